@@ -1,0 +1,63 @@
+//! Command-line interface: argument parsing and dispatch to subcommands.
+//! Exit codes: 0 success, 1 the task failed, 2 bad usage or unreadable files.
+
+mod run;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "taskhost",
+    version,
+    about = "Sandboxed task host for WebAssembly component plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run one task: PLUGIN.wasm on input from FILE or stdin; output to
+    /// stdout, captured logs to stderr.
+    Run(run::RunArgs),
+}
+
+/// Exit status for a task that failed.
+pub(crate) const EXIT_TASK_FAILED: u8 = 1;
+/// Exit status for bad usage or an environment problem (unreadable file).
+pub(crate) const EXIT_USAGE: u8 = 2;
+
+pub(crate) fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TASKHOST_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(EXIT_USAGE, &format!("cannot start the async runtime: {e}")),
+    };
+    match cli.command {
+        Command::Run(args) => runtime.block_on(run::run(args)),
+    }
+}
+
+/// Prints the one `error: ` line and returns the exit code.
+pub(crate) fn fail(code: u8, message: &str) -> ExitCode {
+    // Keep the error on one line whatever the detail contains.
+    let one_line = message
+        .split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>();
+    eprintln!("error: {}", one_line.join(" | "));
+    ExitCode::from(code)
+}

@@ -1,0 +1,163 @@
+//! `taskhost run`: one task, one shot, through the same sandbox the server
+//! uses.
+
+use super::{EXIT_TASK_FAILED, EXIT_USAGE, fail};
+use clap::Args;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use taskhost::units::{format_size, parse_duration, parse_size};
+use taskhost::{Limits, Sandbox, SandboxConfig, TaskReport, TaskRequest};
+
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// The plugin component (.wasm, built for wasm32-wasip2).
+    plugin: PathBuf,
+    /// Read the task input from FILE (`-` for stdin). Default: stdin when it
+    /// is not a terminal, else empty input.
+    #[arg(long, short, value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// Fuel budget (≈ wasm instructions).
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
+    /// Linear-memory cap, e.g. `64MiB`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Wall-clock budget, e.g. `500ms`, `2s`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Largest output the plugin may return, e.g. `1MiB`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_output: Option<u64>,
+    /// Cap on each captured stream (stdout, stderr, log), e.g. `64KiB`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_log: Option<u64>,
+    /// Print fuel used and elapsed time to stderr.
+    #[arg(long)]
+    stats: bool,
+}
+
+pub(crate) async fn run(args: RunArgs) -> ExitCode {
+    let bytes = match std::fs::read(&args.plugin) {
+        Ok(b) => b,
+        Err(e) => {
+            return fail(
+                EXIT_USAGE,
+                &format!("cannot read plugin `{}`: {e}", args.plugin.display()),
+            );
+        }
+    };
+    let input = match read_input(args.input.as_deref()) {
+        Ok(i) => i,
+        Err(message) => return fail(EXIT_USAGE, &message),
+    };
+    let mut config = SandboxConfig {
+        pool_instances: 4,
+        ..SandboxConfig::default()
+    };
+    let defaults = &mut config.default_limits;
+    let limits = Limits {
+        fuel: args.fuel.unwrap_or(defaults.fuel),
+        memory_bytes: args.memory.unwrap_or(defaults.memory_bytes),
+        timeout: args.timeout.unwrap_or(defaults.timeout),
+        max_output_bytes: args.max_output.unwrap_or(defaults.max_output_bytes),
+        max_log_bytes: args.max_log.unwrap_or(defaults.max_log_bytes),
+    };
+    *defaults = limits.clone();
+    let sandbox = match Sandbox::new(config) {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_USAGE, &format!("host error: {e:#}")),
+    };
+    if let Err(message) = sandbox.check_limits(&limits) {
+        return fail(EXIT_USAGE, &message);
+    }
+    let name = args
+        .plugin
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let plugin = match sandbox.load(&name, "local", &bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            return fail(
+                EXIT_TASK_FAILED,
+                &format!("invalid plugin: `{}`: {e}", args.plugin.display()),
+            );
+        }
+    };
+    let report = sandbox
+        .run(
+            &plugin,
+            TaskRequest {
+                input,
+                limits: Some(limits),
+                ..TaskRequest::default()
+            },
+        )
+        .await;
+    print_captured(&report);
+    if args.stats {
+        eprintln!(
+            "stats: elapsed {:?}, fuel used {}, output {}",
+            report.elapsed,
+            report
+                .fuel_consumed
+                .map_or_else(|| "n/a".into(), |f| f.to_string()),
+            report
+                .result
+                .as_ref()
+                .map_or_else(|_| "none".into(), |o| format_size(o.len() as u64)),
+        );
+    }
+    match report.result {
+        Ok(output) => {
+            let mut stdout = std::io::stdout().lock();
+            if let Err(e) = stdout.write_all(&output).and_then(|()| stdout.flush()) {
+                return fail(EXIT_USAGE, &format!("cannot write the output: {e}"));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            if let Some(backtrace) = &failure.backtrace {
+                eprintln!("wasm backtrace:\n{backtrace}");
+            }
+            fail(EXIT_TASK_FAILED, &failure.to_string())
+        }
+    }
+}
+
+fn read_input(path: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    match path {
+        Some(p) if p.as_os_str() == "-" => {
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("cannot read input from stdin: {e}"))?;
+        }
+        Some(p) => {
+            buf = std::fs::read(p)
+                .map_err(|e| format!("cannot read input `{}`: {e}", p.display()))?;
+        }
+        None if std::io::stdin().is_terminal() => {}
+        None => {
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("cannot read input from stdin: {e}"))?;
+        }
+    }
+    Ok(buf)
+}
+
+/// The plugin's own log records, then its stdout and stderr, to our stderr.
+fn print_captured(report: &TaskReport) {
+    let mut err = std::io::stderr().lock();
+    for record in &report.logs {
+        let _ = writeln!(err, "[{:>5}] {}", record.level, record.message);
+    }
+    for (name, bytes) in [("stdout", &report.stdout), ("stderr", &report.stderr)] {
+        for line in String::from_utf8_lossy(bytes).lines() {
+            let _ = writeln!(err, "[{name}] {line}");
+        }
+    }
+}

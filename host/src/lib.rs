@@ -1,0 +1,17 @@
+//! taskhost: runs user task logic as WebAssembly components (WASI preview 2)
+//! under wasmtime, each task in a fresh sandbox with hard limits.
+//!
+//! The public surface is deliberately small:
+//! - [`Sandbox`] owns the wasmtime engine and loads [`Plugin`]s;
+//! - [`TaskRequest`] + [`Limits`] describe one run; [`TaskReport`] is what
+//!   came of it, with a classified [`TaskFailure`] on failure;
+//! - [`units`] parses the human sizes and durations the CLI and API accept.
+
+mod bindings;
+mod sandbox;
+pub mod units;
+
+pub use sandbox::{
+    CancelToken, FailureClass, Limits, LoadError, LogLevel, LogRecord, Plugin, Sandbox,
+    SandboxConfig, TaskFailure, TaskMeta, TaskReport, TaskRequest,
+};

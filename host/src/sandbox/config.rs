@@ -1,0 +1,78 @@
+//! Engine-wide sandbox configuration and the per-task limits, with their
+//! documented defaults.
+
+use std::time::Duration;
+
+/// Engine-wide settings, fixed when the [`Sandbox`](super::Sandbox) is built.
+///
+/// | setting | default | why |
+/// |---|---|---|
+/// | `pool_instances` | 1024 | tasks that can be instantiated at once (pooling allocator slots) |
+/// | `max_memory_per_instance` | 4 GiB | pool slot size; a task's `memory_bytes` may not exceed it |
+/// | `max_wasm_stack` | 512 KiB | wasm call-stack cap (deep recursion ends as `stack overflow`) |
+/// | `fuel_metering` | on | per-task fuel budgets; off trades them for ~no instrumentation cost |
+/// | `epoch_tick` | 10 ms | timeout/cancel resolution and how often long guests yield |
+/// | `pooling` | on | off uses on-demand allocation (only useful for comparison) |
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Number of component instances the pooling allocator can hold at once.
+    pub pool_instances: u32,
+    /// Largest linear memory one task may be granted, in bytes.
+    pub max_memory_per_instance: u64,
+    /// Maximum wasm stack in bytes. Engine-wide in wasmtime, so not a
+    /// per-task override.
+    pub max_wasm_stack: usize,
+    /// Whether fuel is metered (needed for [`Limits::fuel`]).
+    pub fuel_metering: bool,
+    /// Epoch tick: timeouts and cancellation are checked this often, and a
+    /// running guest yields to the executor at each tick.
+    pub epoch_tick: Duration,
+    /// Use the pooling instance allocator (recommended).
+    pub pooling: bool,
+    /// Limits applied to a task that sets none of its own.
+    pub default_limits: Limits,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        Self {
+            pool_instances: 1024,
+            max_memory_per_instance: 4 << 30,
+            max_wasm_stack: 512 << 10,
+            fuel_metering: true,
+            epoch_tick: Duration::from_millis(10),
+            pooling: true,
+            default_limits: Limits::default(),
+        }
+    }
+}
+
+/// Hard limits for one task. Every field has a documented default
+/// ([`Limits::default`]) and may be overridden per task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Fuel budget (≈ wasm instructions). Default 10 000 000 000.
+    pub fuel: u64,
+    /// Linear-memory cap in bytes, summed over the task's memories.
+    /// Default 128 MiB.
+    pub memory_bytes: u64,
+    /// Wall-clock budget. Default 30 s.
+    pub timeout: Duration,
+    /// Largest output `run` may return, in bytes. Default 16 MiB.
+    pub max_output_bytes: u64,
+    /// Cap on each captured stream (stdout, stderr, log messages), in bytes.
+    /// Default 1 MiB each.
+    pub max_log_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            fuel: 10_000_000_000,
+            memory_bytes: 128 << 20,
+            timeout: Duration::from_secs(30),
+            max_output_bytes: 16 << 20,
+            max_log_bytes: 1 << 20,
+        }
+    }
+}

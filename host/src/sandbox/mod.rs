@@ -1,0 +1,505 @@
+//! The sandbox: one wasmtime engine (pooling allocator, epoch interruption,
+//! optional fuel) and the logic that runs one task in a fresh `Store` under
+//! its limits and classifies what happened. The sandbox never touches the
+//! task store; it takes a request and returns a report.
+
+mod capture;
+mod config;
+mod host;
+mod limiter;
+mod outcome;
+mod plugin;
+mod state;
+mod ticker;
+
+pub use config::{Limits, SandboxConfig};
+pub use outcome::{FailureClass, LogLevel, LogRecord, TaskFailure, TaskReport};
+pub use plugin::{LoadError, Plugin};
+
+use crate::bindings::{Task, TaskError, TaskPre, WitTaskInfo};
+use anyhow::Context as _;
+use plugin::PluginInner;
+use state::{Interrupted, TaskState};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{
+    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
+};
+
+/// Longest plugin error message kept in a record.
+const MAX_ERROR_MESSAGE: usize = 64 << 10;
+
+/// Who a task is, as the plugin sees it through `runtime.task-info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskMeta {
+    /// Task id.
+    pub id: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Queue name.
+    pub queue: String,
+}
+
+impl Default for TaskMeta {
+    fn default() -> Self {
+        Self {
+            id: "local".into(),
+            attempt: 1,
+            queue: "default".into(),
+        }
+    }
+}
+
+/// A request to run one task.
+#[derive(Debug, Clone, Default)]
+pub struct TaskRequest {
+    /// Input bytes handed to `run`.
+    pub input: Vec<u8>,
+    /// Identity reported to the plugin.
+    pub meta: TaskMeta,
+    /// Limits; `None` means the sandbox's default limits.
+    pub limits: Option<Limits>,
+    /// Cancels the task while it runs.
+    pub cancel: Option<CancelToken>,
+}
+
+/// Cancels a running task: the guest is stopped at its next epoch tick, or
+/// at once if it is waiting in a host call. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken {
+    inner: Arc<CancelInner>,
+}
+
+#[derive(Debug, Default)]
+struct CancelInner {
+    cancelled: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Cancels the task(s) holding this token.
+    pub fn cancel(&self) {
+        self.inner.cancelled.store(true, Ordering::SeqCst);
+        self.inner.notify.notify_waiters();
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.cancelled.load(Ordering::SeqCst)
+    }
+
+    async fn cancelled(&self) {
+        loop {
+            let notified = self.inner.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Owns the wasmtime engine and linker; loads plugins and runs tasks.
+/// Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<SandboxInner>,
+}
+
+struct SandboxInner {
+    engine: Engine,
+    linker: Linker<TaskState>,
+    config: SandboxConfig,
+    _ticker: ticker::Ticker,
+}
+
+impl std::fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sandbox {
+    /// Builds the engine, the linker (WASI p2 without ambient authority, plus
+    /// the taskhost interfaces) and starts the epoch ticker.
+    pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
+        let engine = Engine::new(&engine_config(&config))
+            .map_err(wasm_err)
+            .context("creating the wasmtime engine")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(wasm_err)
+            .context("linking WASI")?;
+        Task::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
+            .map_err(wasm_err)
+            .context("linking the taskhost interfaces")?;
+        let ticker = ticker::Ticker::start(engine.clone(), config.epoch_tick)
+            .context("starting the epoch ticker")?;
+        Ok(Self {
+            inner: Arc::new(SandboxInner {
+                engine,
+                linker,
+                config,
+                _ticker: ticker,
+            }),
+        })
+    }
+
+    /// The configuration this sandbox was built with.
+    pub fn config(&self) -> &SandboxConfig {
+        &self.inner.config
+    }
+
+    /// Compiles and links a component, checking that it implements world
+    /// `task` and imports nothing this host lacks. CPU-bound: call it from
+    /// `spawn_blocking` in async code.
+    pub fn load(&self, name: &str, version: &str, bytes: &[u8]) -> Result<Plugin, LoadError> {
+        let started = Instant::now();
+        let component = plugin::compile(&self.inner.engine, bytes)?;
+        let pre = self
+            .inner
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| LoadError::MissingImport(format!("{e:#}")))?;
+        let pre = TaskPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        Ok(Plugin {
+            inner: Arc::new(PluginInner {
+                name: name.to_owned(),
+                version: version.to_owned(),
+                pre,
+                compile_time: started.elapsed(),
+                size: bytes.len(),
+            }),
+        })
+    }
+
+    /// Checks a task's limits against what this sandbox can grant.
+    pub fn check_limits(&self, limits: &Limits) -> Result<(), String> {
+        let max = self.inner.config.max_memory_per_instance;
+        if limits.memory_bytes > max {
+            return Err(format!(
+                "memory limit {} exceeds this host's per-task maximum of {}",
+                crate::units::format_size(limits.memory_bytes),
+                crate::units::format_size(max)
+            ));
+        }
+        if limits.timeout.is_zero() {
+            return Err("timeout must be greater than zero".into());
+        }
+        Ok(())
+    }
+
+    /// Runs one task in a fresh store. Never panics or errors because of
+    /// the guest: every failure is classified in the report.
+    pub async fn run(&self, plugin: &Plugin, request: TaskRequest) -> TaskReport {
+        self.run_with(plugin, request, Instantiate::Pre).await
+    }
+
+    /// Like [`run`](Self::run) but links the component from scratch instead
+    /// of using the cached `InstancePre`. Only for benchmarks.
+    #[doc(hidden)]
+    pub async fn run_relinking(&self, plugin: &Plugin, request: TaskRequest) -> TaskReport {
+        self.run_with(plugin, request, Instantiate::Relink).await
+    }
+
+    /// Instantiates `count` tasks of `plugin` and keeps them alive together
+    /// until `hold` resolves; returns how many instantiated. Only for the
+    /// memory benchmark.
+    #[doc(hidden)]
+    pub async fn hold_instances(
+        &self,
+        plugin: &Plugin,
+        count: usize,
+        hold: impl std::future::Future<Output = ()>,
+    ) -> usize {
+        let limits = self.inner.config.default_limits.clone();
+        let mut stores = Vec::with_capacity(count);
+        for i in 0..count {
+            let meta = TaskMeta {
+                id: format!("hold-{i}"),
+                ..TaskMeta::default()
+            };
+            let mut store = self.new_store(plugin, &meta, &limits, None);
+            if plugin.inner.pre.instantiate_async(&mut store).await.is_ok() {
+                stores.push(store);
+            }
+        }
+        let held = stores.len();
+        hold.await;
+        held
+    }
+
+    fn new_store(
+        &self,
+        plugin: &Plugin,
+        meta: &TaskMeta,
+        limits: &Limits,
+        cancel: Option<CancelToken>,
+    ) -> Store<TaskState> {
+        let info = WitTaskInfo {
+            id: meta.id.clone(),
+            attempt: meta.attempt,
+            queue: meta.queue.clone(),
+            plugin: plugin.inner.name.clone(),
+            version: plugin.inner.version.clone(),
+        };
+        let mut store = Store::new(&self.inner.engine, TaskState::new(info, limits));
+        store.limiter(|state| &mut state.limiter);
+        if self.inner.config.fuel_metering {
+            // Fails only when fuel is disabled in the engine, checked above.
+            let _ = store.set_fuel(limits.fuel);
+        }
+        let deadline = Instant::now() + limits.timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            if cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+                ctx.data_mut().interrupted = Some(Interrupted::Cancelled);
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            if Instant::now() >= deadline {
+                ctx.data_mut().interrupted = Some(Interrupted::Timeout);
+                return Ok(UpdateDeadline::Interrupt);
+            }
+            // Give the executor back to other tasks once per tick.
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store
+    }
+
+    async fn run_with(
+        &self,
+        plugin: &Plugin,
+        request: TaskRequest,
+        how: Instantiate,
+    ) -> TaskReport {
+        let started = Instant::now();
+        let limits = request
+            .limits
+            .unwrap_or_else(|| self.inner.config.default_limits.clone());
+        if let Err(message) = self.check_limits(&limits) {
+            return TaskReport {
+                result: Err(TaskFailure::new(FailureClass::HostError, message)),
+                logs: Vec::new(),
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+                fuel_consumed: None,
+                elapsed: started.elapsed(),
+            };
+        }
+        let deadline = tokio::time::Instant::now() + limits.timeout;
+        let cancel = request.cancel.clone();
+        let mut store = self.new_store(plugin, &request.meta, &limits, request.cancel);
+
+        enum Ended {
+            Returned(Result<Result<Vec<u8>, TaskError>, wasmtime::Error>),
+            InstantiateFailed(wasmtime::Error),
+            Interrupted(Interrupted),
+        }
+        let ended = {
+            let store = &mut store;
+            let input = request.input;
+            let call = async move {
+                let task = match how {
+                    Instantiate::Pre => plugin.inner.pre.instantiate_async(&mut *store).await,
+                    Instantiate::Relink => {
+                        let component = plugin.inner.pre.instance_pre().component();
+                        let linker = &self.inner.linker;
+                        Task::instantiate_async(&mut *store, component, linker).await
+                    }
+                };
+                match task {
+                    Ok(task) => Ended::Returned(task.call_run(&mut *store, &input).await),
+                    Err(e) => Ended::InstantiateFailed(e),
+                }
+            };
+            let cancelled = async {
+                match &cancel {
+                    Some(token) => token.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            };
+            // The epoch callback stops a guest running wasm; these two arms
+            // stop one that is parked in an async host call (e.g. a sleep).
+            tokio::select! {
+                ended = call => ended,
+                () = tokio::time::sleep_until(deadline) => Ended::Interrupted(Interrupted::Timeout),
+                () = cancelled => Ended::Interrupted(Interrupted::Cancelled),
+            }
+        };
+
+        let result = match ended {
+            Ended::Returned(Ok(Ok(output))) if output.len() as u64 > limits.max_output_bytes => {
+                Err(TaskFailure::new(
+                    FailureClass::OutputTooLarge,
+                    format!(
+                        "the output is {} bytes; the limit is {} bytes",
+                        output.len(),
+                        limits.max_output_bytes
+                    ),
+                ))
+            }
+            Ended::Returned(Ok(Ok(output))) => Ok(output),
+            Ended::Returned(Ok(Err(error))) => Err(plugin_error(error)),
+            Ended::Returned(Err(error)) => Err(outcome::classify_error(error, store.data())),
+            Ended::InstantiateFailed(error)
+                if error.is::<wasmtime::PoolConcurrencyLimitError>() =>
+            {
+                Err(TaskFailure {
+                    retryable: true,
+                    ..TaskFailure::new(
+                        FailureClass::HostError,
+                        format!("no free instance slot: {error:#}"),
+                    )
+                })
+            }
+            Ended::InstantiateFailed(error) => Err(outcome::classify_error(error, store.data())),
+            Ended::Interrupted(why) => {
+                store.data_mut().interrupted = Some(why);
+                Err(outcome::classify_error(
+                    wasmtime::format_err!("interrupted"),
+                    store.data(),
+                ))
+            }
+        };
+        let fuel_consumed = self
+            .inner
+            .config
+            .fuel_metering
+            .then(|| {
+                store
+                    .get_fuel()
+                    .ok()
+                    .map(|left| limits.fuel.saturating_sub(left))
+            })
+            .flatten();
+        let state = store.into_data();
+        TaskReport {
+            result,
+            stdout: state.stdout.take(),
+            stderr: state.stderr.take(),
+            logs: state.logs,
+            fuel_consumed,
+            elapsed: started.elapsed(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Instantiate {
+    Pre,
+    Relink,
+}
+
+fn plugin_error(error: TaskError) -> TaskFailure {
+    let (retryable, mut message) = match error {
+        TaskError::Retryable(m) => (true, m),
+        TaskError::Permanent(m) => (false, m),
+    };
+    if message.len() > MAX_ERROR_MESSAGE {
+        let mut cut = MAX_ERROR_MESSAGE;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("… (truncated)");
+    }
+    TaskFailure {
+        retryable,
+        ..TaskFailure::new(FailureClass::PluginError, message)
+    }
+}
+
+fn engine_config(config: &SandboxConfig) -> wasmtime::Config {
+    let mut c = wasmtime::Config::new();
+    c.wasm_component_model(true)
+        .epoch_interruption(true)
+        .consume_fuel(config.fuel_metering)
+        .max_wasm_stack(config.max_wasm_stack)
+        // The async fiber stack must hold the wasm stack plus host frames.
+        .async_stack_size(config.max_wasm_stack + (1 << 20))
+        .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(64));
+    if config.pooling {
+        let n = config.pool_instances;
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(n)
+            .total_core_instances(n.saturating_mul(8))
+            .max_core_instances_per_component(16)
+            .total_memories(n.saturating_mul(2))
+            .max_memories_per_component(2)
+            .total_tables(n.saturating_mul(8))
+            .max_tables_per_component(16)
+            .total_stacks(n)
+            .max_memory_size(usize::try_from(config.max_memory_per_instance).unwrap_or(usize::MAX));
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    c
+}
+
+/// wasmtime 48's error type is not `anyhow::Error`; convert explicitly.
+pub(crate) fn wasm_err(e: wasmtime::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e:#}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rejects_bytes_that_are_not_a_component() {
+        let sandbox = Sandbox::new(SandboxConfig {
+            pool_instances: 4,
+            ..SandboxConfig::default()
+        })
+        .unwrap();
+        let err = sandbox.load("x", "1", b"hello").unwrap_err();
+        assert!(matches!(err, LoadError::NotWasm), "{err}");
+        // The smallest valid core module: magic + version 1.
+        let err = sandbox.load("x", "1", b"\0asm\x01\0\0\0").unwrap_err();
+        assert!(matches!(err, LoadError::CoreModule), "{err}");
+        assert!(err.to_string().contains("wasm32-wasip2"));
+    }
+
+    #[test]
+    fn refuses_memory_beyond_the_pool_slot() {
+        let sandbox = Sandbox::new(SandboxConfig {
+            pool_instances: 4,
+            max_memory_per_instance: 64 << 20,
+            ..SandboxConfig::default()
+        })
+        .unwrap();
+        let limits = Limits {
+            memory_bytes: 128 << 20,
+            ..Limits::default()
+        };
+        let err = sandbox.check_limits(&limits).unwrap_err();
+        assert!(
+            err.contains("exceeds this host's per-task maximum of 64 MiB"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn cancel_token_wakes_waiters() {
+        let token = CancelToken::new();
+        let waiter = {
+            let token = token.clone();
+            tokio::spawn(async move { token.cancelled().await })
+        };
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(token.is_cancelled());
+    }
+}

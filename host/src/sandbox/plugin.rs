@@ -1,0 +1,99 @@
+//! Loading a component: checking it is a component, compiling it, linking
+//! it against the host's imports once, and keeping the resulting
+//! `InstancePre` so every task starts in microseconds.
+
+use crate::bindings::TaskPre;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use wasmtime::component::Component;
+
+use super::state::TaskState;
+
+/// Why a plugin could not be loaded. Every variant is an `invalid plugin`.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The bytes are not WebAssembly at all.
+    #[error("not a WebAssembly binary: the file does not start with the `\\0asm` magic bytes")]
+    NotWasm,
+    /// A core module where a component is needed.
+    #[error(
+        "this is a core WebAssembly module, not a component: build the plugin for \
+         `--target wasm32-wasip2` (or wrap a module with `wasm-tools component new`)"
+    )]
+    CoreModule,
+    /// Compilation failed (malformed or unsupported component).
+    #[error("the component does not compile: {0}")]
+    Compile(String),
+    /// The component imports something the host does not provide.
+    #[error("the component imports something this host does not provide: {0}")]
+    MissingImport(String),
+    /// The component does not export world `task`'s `run`.
+    #[error(
+        "the component does not implement world `taskhost:plugin/task@0.1.0` \
+         (expected export `run: func(input: list<u8>) -> result<list<u8>, task-error>`): {0}"
+    )]
+    WrongWorld(String),
+}
+
+/// A compiled, linked plugin version, ready to start tasks. Cheap to clone.
+#[derive(Clone)]
+pub struct Plugin {
+    pub(crate) inner: Arc<PluginInner>,
+}
+
+pub(crate) struct PluginInner {
+    pub(crate) name: String,
+    pub(crate) version: String,
+    pub(crate) pre: TaskPre<TaskState>,
+    pub(crate) compile_time: Duration,
+    pub(crate) size: usize,
+}
+
+impl Plugin {
+    /// The name tasks use to call it.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Its version string.
+    pub fn version(&self) -> &str {
+        &self.inner.version
+    }
+
+    /// How long compiling and linking took.
+    pub fn compile_time(&self) -> Duration {
+        self.inner.compile_time
+    }
+
+    /// Size of the component binary in bytes.
+    pub fn size(&self) -> usize {
+        self.inner.size
+    }
+}
+
+impl fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.inner.name)
+            .field("version", &self.inner.version)
+            .field("size", &self.inner.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks the header before handing bytes to the compiler, for a clear error.
+pub(crate) fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
+    if wasmparser::Parser::is_component(bytes) {
+        Ok(())
+    } else if wasmparser::Parser::is_core_wasm(bytes) {
+        Err(LoadError::CoreModule)
+    } else {
+        Err(LoadError::NotWasm)
+    }
+}
+
+pub(crate) fn compile(engine: &wasmtime::Engine, bytes: &[u8]) -> Result<Component, LoadError> {
+    check_header(bytes)?;
+    Component::new(engine, bytes).map_err(|e| LoadError::Compile(format!("{e:#}")))
+}

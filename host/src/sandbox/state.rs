@@ -1,0 +1,113 @@
+//! Everything one task's `Store` holds: its WASI context (no ambient
+//! authority), the memory limiter, the captured streams and log, and what
+//! the epoch callback found (timeout, cancellation).
+
+use super::capture::CappedPipe;
+use super::limiter::MemoryLimiter;
+use super::{Limits, LogLevel, LogRecord};
+use crate::bindings::WitTaskInfo;
+use std::time::{Duration, Instant};
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Why the epoch callback stopped the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interrupted {
+    Timeout,
+    Cancelled,
+}
+
+pub(crate) struct TaskState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) stdout: CappedPipe,
+    pub(crate) stderr: CappedPipe,
+    pub(crate) logs: Vec<LogRecord>,
+    log_bytes: u64,
+    pub(crate) max_log_bytes: u64,
+    pub(crate) timeout: Duration,
+    pub(crate) log_overflowed: bool,
+    pub(crate) info: WitTaskInfo,
+    pub(crate) started: Instant,
+    pub(crate) interrupted: Option<Interrupted>,
+}
+
+impl TaskState {
+    pub(crate) fn new(info: WitTaskInfo, limits: &Limits) -> Self {
+        let max_log_bytes = limits.max_log_bytes;
+        let stdout = CappedPipe::new("stdout", max_log_bytes);
+        let stderr = CappedPipe::new("stderr", max_log_bytes);
+        // No preopened directories, no environment, no arguments, no stdin,
+        // no network: a plugin sees only what the WIT imports give it.
+        // Clocks and randomness are allowed.
+        let wasi = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(limits.memory_bytes),
+            stdout,
+            stderr,
+            logs: Vec::new(),
+            log_bytes: 0,
+            max_log_bytes,
+            timeout: limits.timeout,
+            log_overflowed: false,
+            info,
+            started: Instant::now(),
+            interrupted: None,
+        }
+    }
+
+    /// Records a log line; errs (trapping the guest) once the cap is passed.
+    pub(crate) fn push_log(&mut self, level: LogLevel, message: String) -> wasmtime::Result<()> {
+        self.log_bytes = self.log_bytes.saturating_add(message.len() as u64);
+        if self.log_bytes > self.max_log_bytes {
+            self.log_overflowed = true;
+            return Err(wasmtime::format_err!(
+                "log exceeded its cap of {} bytes",
+                self.max_log_bytes
+            ));
+        }
+        self.logs.push(LogRecord {
+            level,
+            message,
+            at: self.started.elapsed(),
+        });
+        Ok(())
+    }
+
+    /// A copy of what the guest wrote to stderr so far.
+    pub(crate) fn stderr_snapshot(&self) -> Vec<u8> {
+        self.stderr.snapshot()
+    }
+
+    /// The captured stream that went over its cap, if any.
+    pub(crate) fn overflowed_stream(&self) -> Option<&'static str> {
+        if self.log_overflowed {
+            Some("log")
+        } else if self.stdout.overflowed() {
+            Some(self.stdout.name())
+        } else if self.stderr.overflowed() {
+            Some(self.stderr.name())
+        } else {
+            None
+        }
+    }
+}
+
+impl WasiView for TaskState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
