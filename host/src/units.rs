@@ -30,8 +30,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Formats a byte count for people (`64 MiB`).
+/// Formats a byte count for people: `64 MiB` when exact, else `1.5 MiB`.
 pub fn format_size(bytes: u64) -> String {
+    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if bytes >= unit && bytes % unit == 0 {
+            return format!("{} {name}", bytes / unit);
+        }
+    }
     bytesize::ByteSize(bytes).display().iec().to_string()
 }
 
@@ -48,6 +53,14 @@ mod tests {
         let err = parse_size("lots").unwrap_err();
         assert!(err.contains("invalid size `lots`"), "{err}");
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(format_size(64 << 20), "64 MiB");
+        assert_eq!(format_size(3 << 30), "3 GiB");
+        assert_eq!(format_size(1536 << 10), "1536 KiB");
+        assert_eq!(format_size(100), "100 B");
     }
 
     #[test]

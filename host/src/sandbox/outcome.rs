@@ -120,7 +120,8 @@ pub enum LogLevel {
 
 impl fmt::Display for LogLevel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        // `pad` honours width and alignment (`{:>5}`).
+        f.pad(match self {
             Self::Trace => "trace",
             Self::Debug => "debug",
             Self::Info => "info",

@@ -1,0 +1,110 @@
+//! The integration tests: one binary, one module per feature. Plugins are
+//! real components built from source by `tests/artifacts/build.rs`.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use taskhost::{Limits, Plugin, Sandbox, SandboxConfig, TaskMeta, TaskReport, TaskRequest};
+use taskhost_test_artifacts::Artifact;
+
+/// `taskhost run` end to end through the binary.
+mod cli;
+/// The example plugins, SDK and plain wit-bindgen plugins alike.
+mod examples;
+/// Plugins that are not valid task components are refused with the reason.
+mod invalid;
+/// No ambient authority: files, sockets, environment.
+mod isolation;
+/// Every hard limit ends in its class and the host survives.
+mod limits;
+/// Cooperative yielding, cancellation and timeouts in host calls.
+mod scheduling;
+
+/// One sandbox for the whole test binary, as a server would have.
+pub(crate) fn sandbox() -> &'static Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| {
+        Sandbox::new(SandboxConfig {
+            pool_instances: 128,
+            ..SandboxConfig::default()
+        })
+        .unwrap()
+    })
+}
+
+/// Loads (once) and returns the plugin built from `artifact`.
+pub(crate) fn plugin(artifact: Artifact) -> Plugin {
+    static CACHE: OnceLock<Mutex<HashMap<&'static str, Plugin>>> = OnceLock::new();
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap();
+    cache
+        .entry(artifact.name)
+        .or_insert_with(|| {
+            sandbox()
+                .load(artifact.name, "1.0.0", &artifact.bytes())
+                .unwrap()
+        })
+        .clone()
+}
+
+/// Runs `artifact` on `input` with `limits` (or the defaults).
+pub(crate) async fn run(artifact: Artifact, input: &str, limits: Option<Limits>) -> TaskReport {
+    let request = TaskRequest {
+        input: input.as_bytes().to_vec(),
+        limits,
+        ..TaskRequest::default()
+    };
+    sandbox().run(&plugin(artifact), request).await
+}
+
+/// Runs a task with an explicit identity.
+pub(crate) async fn run_as(artifact: Artifact, input: &str, meta: TaskMeta) -> TaskReport {
+    let request = TaskRequest {
+        input: input.as_bytes().to_vec(),
+        meta,
+        ..TaskRequest::default()
+    };
+    sandbox().run(&plugin(artifact), request).await
+}
+
+/// A real component cut in half.
+pub(crate) fn plugin_bytes_truncated() -> Vec<u8> {
+    let mut bytes = taskhost_test_artifacts::UPPERCASE.bytes();
+    bytes.truncate(bytes.len() / 2);
+    bytes
+}
+
+/// The output of a task that must have succeeded, as text.
+pub(crate) fn output(report: &TaskReport) -> String {
+    match &report.result {
+        Ok(bytes) => String::from_utf8(bytes.clone()).unwrap(),
+        Err(failure) => panic!(
+            "task failed: {failure}\nstderr: {}",
+            String::from_utf8_lossy(&report.stderr)
+        ),
+    }
+}
+
+/// The failure of a task that must have failed.
+pub(crate) fn failure(report: &TaskReport) -> &taskhost::TaskFailure {
+    match &report.result {
+        Ok(bytes) => panic!(
+            "task succeeded unexpectedly with {} output bytes",
+            bytes.len()
+        ),
+        Err(failure) => failure,
+    }
+}
+
+#[test]
+fn every_plugin_was_built_and_classified() {
+    let roles: Vec<_> = taskhost_test_artifacts::ALL
+        .iter()
+        .map(|a| a.role)
+        .collect();
+    for role in ["example", "hostile", "fixture", "bench"] {
+        assert!(roles.contains(&role), "no plugin has role {role}");
+    }
+    for artifact in taskhost_test_artifacts::ALL {
+        let bytes = artifact.bytes();
+        assert!(bytes.starts_with(b"\0asm"), "{} is not wasm", artifact.name);
+    }
+}
