@@ -11,5 +11,5 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub(crate) use taskhost::plugin::log::Level;
-pub(crate) use taskhost::plugin::types::TaskInfo as WitTaskInfo;
+pub(crate) use self::taskhost::plugin::log::Level;
+pub(crate) use self::taskhost::plugin::types::TaskInfo as WitTaskInfo;

@@ -232,23 +232,12 @@ pub mod __private {
         runtime_path: "::taskhost_sdk::__private::wit_bindgen::rt",
     });
 
-    use crate::{FromInput, IntoTaskResult};
-
-    /// Runs the user's function on the raw input; used by `#[plugin]`.
-    pub fn dispatch<I, R, F>(input: Vec<u8>, f: F) -> Result<Vec<u8>, TaskError>
-    where
-        I: FromInput,
-        R: IntoTaskResult,
-        F: FnOnce(I) -> R,
-    {
-        I::from_input(input)
-            .and_then(|input| f(input).into_task_result())
-            .map_err(|e| {
-                if e.retryable {
-                    TaskError::Retryable(e.message)
-                } else {
-                    TaskError::Permanent(e.message)
-                }
-            })
+    /// Maps the SDK's error to the WIT `task-error`; used by `#[plugin]`.
+    pub fn task_error(error: crate::Error) -> TaskError {
+        if error.retryable {
+            TaskError::Retryable(error.message)
+        } else {
+            TaskError::Permanent(error.message)
+        }
     }
 }

@@ -59,12 +59,21 @@ fn expand(func: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
         return Err(syn::Error::new(variadic.span(), SHAPE));
     }
     let name = &sig.ident;
-    let output_span = match &sig.output {
-        ReturnType::Default => sig.ident.span(),
-        ReturnType::Type(_, ty) => ty.span(),
+    let Some(FnArg::Typed(arg)) = sig.inputs.first() else {
+        return Err(syn::Error::new(sig.inputs.span(), SHAPE));
     };
-    let call = quote::quote_spanned! {output_span=>
-        ::taskhost_sdk::__private::dispatch(input, #name)
+    let input_ty = &arg.ty;
+    let output_ty = match &sig.output {
+        ReturnType::Default => quote!(()),
+        ReturnType::Type(_, ty) => quote!(#ty),
+    };
+    // Each conversion carries the span of its own type, so a wrong argument
+    // or return type is reported once, where it was written.
+    let from_input = quote::quote_spanned! {input_ty.span()=>
+        <#input_ty as ::taskhost_sdk::FromInput>::from_input(input)
+    };
+    let into_result = quote::quote_spanned! {output_ty.span()=>
+        <#output_ty as ::taskhost_sdk::IntoTaskResult>::into_task_result(output)
     };
     Ok(quote! {
         #func
@@ -77,7 +86,9 @@ fn expand(func: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
             fn run(
                 input: ::std::vec::Vec<u8>,
             ) -> ::std::result::Result<::std::vec::Vec<u8>, ::taskhost_sdk::__private::TaskError> {
-                #call
+                let input = #from_input.map_err(::taskhost_sdk::__private::task_error)?;
+                let output: #output_ty = #name(input);
+                #into_result.map_err(::taskhost_sdk::__private::task_error)
             }
         }
 

@@ -1,10 +1,9 @@
-//! Runs the shared CPU benchmark kernel (see `tests/kernels`) on the number
-//! of integers in its input.
+//! Runs a shared CPU benchmark kernel (see `tests/kernels`): input
+//! `sort N` or `sha256 N`.
 
-use taskhost_sdk::{Result, ResultExt};
+use taskhost_sdk::{Error, Result};
 
 #[taskhost_sdk::plugin]
-fn cpu_kernel(n: String) -> Result<String> {
-    let n: usize = n.trim().parse().permanent()?;
-    Ok(taskhost_bench_kernels::sort_checksum(n, 42).to_string())
+fn cpu_kernel(spec: String) -> Result<String> {
+    taskhost_bench_kernels::run(&spec).map_err(Error::permanent)
 }
