@@ -206,7 +206,11 @@ pub(crate) fn classify_error(err: wasmtime::Error, state: &TaskState) -> TaskFai
     }
     let backtrace = err.downcast_ref::<WasmBacktrace>().map(|bt| bt.to_string());
     let mut message = match trap {
-        Some(trap) => trap.to_string(),
+        // Trap's Display already reads "wasm trap: ..."; the class says trap.
+        Some(trap) => trap
+            .to_string()
+            .trim_start_matches("wasm trap: ")
+            .to_owned(),
         None => format!("{err:#}"),
     };
     if let Some(panic) = panic_message(&state.stderr_snapshot()) {
