@@ -5,10 +5,15 @@
 //! - [`Sandbox`] owns the wasmtime engine and loads [`Plugin`]s;
 //! - [`TaskRequest`] + [`Limits`] describe one run; [`TaskReport`] is what
 //!   came of it, with a classified [`TaskFailure`] on failure;
+//! - [`engine::Engine`] is the durable task engine over [`store::Store`]
+//!   (redb), served over HTTP by [`api::router`];
 //! - [`units`] parses the human sizes and durations the CLI and API accept.
 
+pub mod api;
 mod bindings;
+pub mod engine;
 mod sandbox;
+pub mod store;
 pub mod units;
 
 pub use sandbox::{

@@ -1,7 +1,10 @@
-//! Command-line interface: argument parsing and dispatch to subcommands.
+//! Command-line interface: argument parsing and dispatch to subcommands
+//! (`run` one-shot, `serve` the engine, and the client commands).
 //! Exit codes: 0 success, 1 the task failed, 2 bad usage or unreadable files.
 
+mod client;
 mod run;
+mod serve;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -22,6 +25,22 @@ enum Command {
     /// Run one task: PLUGIN.wasm on input from FILE or stdin; output to
     /// stdout, captured logs to stderr.
     Run(run::RunArgs),
+    /// Run the task engine and its HTTP API.
+    Serve(serve::ServeArgs),
+    /// Submit a task (or a JSONL batch) to a server.
+    Submit(client::SubmitArgs),
+    /// Show a task's record.
+    Status(client::IdArgs),
+    /// Cancel a task.
+    Cancel(client::IdArgs),
+    /// List tasks.
+    Tasks(client::TasksArgs),
+    /// Manage plugins on a server.
+    #[command(subcommand)]
+    Plugins(client::PluginsCommand),
+    /// Manage queues on a server.
+    #[command(subcommand)]
+    Queues(client::QueuesCommand),
 }
 
 /// Exit status for a task that failed.
@@ -47,6 +66,13 @@ pub(crate) fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => runtime.block_on(run::run(args)),
+        Command::Serve(args) => runtime.block_on(serve::serve(args)),
+        Command::Submit(args) => runtime.block_on(client::submit(args)),
+        Command::Status(args) => runtime.block_on(client::status(args)),
+        Command::Cancel(args) => runtime.block_on(client::cancel(args)),
+        Command::Tasks(args) => runtime.block_on(client::tasks(args)),
+        Command::Plugins(command) => runtime.block_on(client::plugins(command)),
+        Command::Queues(command) => runtime.block_on(client::queues(command)),
     }
 }
 

@@ -1,0 +1,153 @@
+//! Prometheus metrics of one engine (its own registry, so several engines
+//! in one process do not mix).
+
+use crate::store::TaskState;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct QueueLabel {
+    pub(crate) queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct StateLabel {
+    pub(crate) queue: String,
+    pub(crate) state: String,
+}
+
+pub(crate) struct Metrics {
+    registry: Registry,
+    tasks: Family<StateLabel, Gauge>,
+    pub(crate) submitted: Family<QueueLabel, Counter>,
+    pub(crate) completed: Family<QueueLabel, Counter>,
+    pub(crate) failed: Family<QueueLabel, Counter>,
+    pub(crate) retried: Family<QueueLabel, Counter>,
+    pub(crate) cancelled: Family<QueueLabel, Counter>,
+    queue_depth: Family<QueueLabel, Gauge>,
+    running: Family<QueueLabel, Gauge>,
+    pub(crate) queue_wait: Histogram,
+    pub(crate) run_time: Histogram,
+    pub(crate) fuel_used: Histogram,
+    /// Tasks by (queue, state), kept in step with committed transitions.
+    counts: Mutex<HashMap<(String, TaskState), i64>>,
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("taskhost");
+        let tasks = Family::<StateLabel, Gauge>::default();
+        let submitted = Family::<QueueLabel, Counter>::default();
+        let completed = Family::<QueueLabel, Counter>::default();
+        let failed = Family::<QueueLabel, Counter>::default();
+        let retried = Family::<QueueLabel, Counter>::default();
+        let cancelled = Family::<QueueLabel, Counter>::default();
+        let queue_depth = Family::<QueueLabel, Gauge>::default();
+        let running = Family::<QueueLabel, Gauge>::default();
+        let queue_wait = Histogram::new(exponential_buckets(0.0001, 4.0, 12));
+        let run_time = Histogram::new(exponential_buckets(0.00001, 4.0, 14));
+        let fuel_used = Histogram::new(exponential_buckets(1000.0, 10.0, 9));
+        registry.register(
+            "tasks",
+            "Tasks in the store by queue and state",
+            tasks.clone(),
+        );
+        registry.register("tasks_submitted", "Tasks accepted", submitted.clone());
+        registry.register("tasks_completed", "Tasks that completed", completed.clone());
+        registry.register(
+            "tasks_failed",
+            "Tasks that failed terminally",
+            failed.clone(),
+        );
+        registry.register(
+            "tasks_retried",
+            "Attempts that failed and were scheduled again",
+            retried.clone(),
+        );
+        registry.register("tasks_cancelled", "Tasks cancelled", cancelled.clone());
+        registry.register(
+            "queue_depth",
+            "Tasks waiting (ready or delayed) per queue",
+            queue_depth.clone(),
+        );
+        registry.register("running", "Tasks running per queue", running.clone());
+        registry.register(
+            "queue_wait_seconds",
+            "Time from ready to started",
+            queue_wait.clone(),
+        );
+        registry.register("run_seconds", "Run time of one attempt", run_time.clone());
+        registry.register("fuel_used", "Fuel used by one attempt", fuel_used.clone());
+        Self {
+            registry,
+            tasks,
+            submitted,
+            completed,
+            failed,
+            retried,
+            cancelled,
+            queue_depth,
+            running,
+            queue_wait,
+            run_time,
+            fuel_used,
+            counts: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn label(queue: &str) -> QueueLabel {
+        QueueLabel {
+            queue: queue.to_owned(),
+        }
+    }
+
+    /// Records a committed move of one task between states.
+    pub(crate) fn moved(&self, queue: &str, from: Option<TaskState>, to: TaskState) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(from) = from {
+            *counts.entry((queue.to_owned(), from)).or_default() -= 1;
+        }
+        *counts.entry((queue.to_owned(), to)).or_default() += 1;
+    }
+
+    /// Tasks per state, summed over queues.
+    pub(crate) fn state_totals(&self) -> HashMap<TaskState, i64> {
+        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut totals = HashMap::new();
+        for ((_, state), n) in counts.iter() {
+            *totals.entry(*state).or_default() += n;
+        }
+        totals
+    }
+
+    /// Renders the Prometheus text format, refreshing the gauges first.
+    pub(crate) fn render(&self, depths: &[(String, super::scheduler::QueueDepth)]) -> String {
+        {
+            let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            for ((queue, state), n) in counts.iter() {
+                let label = StateLabel {
+                    queue: queue.clone(),
+                    state: state.as_str().to_owned(),
+                };
+                self.tasks.get_or_create(&label).set(*n);
+            }
+        }
+        for (queue, depth) in depths {
+            let label = Self::label(queue);
+            self.queue_depth
+                .get_or_create(&label)
+                .set((depth.ready + depth.delayed) as i64);
+            self.running.get_or_create(&label).set(depth.running as i64);
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+}

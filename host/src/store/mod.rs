@@ -1,0 +1,505 @@
+//! The durable task store: one redb file. Every change goes through the
+//! group committer, one thread that batches concurrent operations into one
+//! write transaction, checks each on its own (state + version), commits
+//! once with fsync, and only then answers each caller. Nothing is
+//! acknowledged before its commit; a refused operation writes nothing and
+//! never fails its neighbours.
+
+mod error;
+mod machine;
+mod record;
+mod tables;
+
+pub use error::StoreError;
+pub(crate) use record::now_ms;
+pub use record::{
+    PluginEntry, PluginVersion, QueueConfig, StoredFailure, StoredLimits, TaskRecord, TaskState,
+    Transition,
+};
+
+use record::{decode, encode};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
+};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+use tables::*;
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+/// Most operations one group commit takes.
+const MAX_BATCH: usize = 2048;
+
+/// An edit applied to a record inside its transition.
+pub(crate) type Edit = Box<dyn FnOnce(&mut TaskRecord) + Send>;
+
+/// A checked state change.
+pub(crate) struct Change {
+    pub(crate) id: Uuid,
+    pub(crate) to: TaskState,
+    /// Refuse unless the record still has this version.
+    pub(crate) expected_version: Option<u64>,
+    pub(crate) reason: String,
+    /// Output bytes to store with a completion.
+    pub(crate) output: Option<Vec<u8>>,
+    pub(crate) edit: Option<Edit>,
+}
+
+impl Change {
+    pub(crate) fn new(id: Uuid, to: TaskState, reason: impl Into<String>) -> Self {
+        Self {
+            id,
+            to,
+            expected_version: None,
+            reason: reason.into(),
+            output: None,
+            edit: None,
+        }
+    }
+
+    pub(crate) fn expect_version(mut self, version: u64) -> Self {
+        self.expected_version = Some(version);
+        self
+    }
+
+    pub(crate) fn edit(mut self, edit: impl FnOnce(&mut TaskRecord) + Send + 'static) -> Self {
+        self.edit = Some(Box::new(edit));
+        self
+    }
+
+    pub(crate) fn output(mut self, output: Vec<u8>) -> Self {
+        self.output = Some(output);
+        self
+    }
+}
+
+/// The result of a submission.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The task (the existing one when the idempotency key was seen).
+    pub record: TaskRecord,
+    /// False when an earlier task with the same idempotency key was returned.
+    pub created: bool,
+}
+
+type AdminWrite = Box<dyn FnOnce(&WriteTransaction) -> Result<(), StoreError> + Send>;
+
+enum Op {
+    Submit {
+        record: Box<TaskRecord>,
+        input: Vec<u8>,
+        reply: oneshot::Sender<Result<Submitted, StoreError>>,
+    },
+    Transition {
+        change: Change,
+        reply: oneshot::Sender<Result<TaskRecord, StoreError>>,
+    },
+    /// Rare administrative writes (plugins, queues), committed on their own.
+    Admin {
+        write: AdminWrite,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<Database>,
+    ops: mpsc::Sender<Op>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`. With `group_commit` off,
+    /// every operation gets its own transaction (for comparison only).
+    pub fn open(path: &Path, group_commit: bool) -> Result<Store, StoreError> {
+        let db = Database::create(path)?;
+        let txn = db.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get("schema")?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                }
+                Some(v) if v == SCHEMA_VERSION => {}
+                Some(v) => {
+                    return Err(StoreError::Schema {
+                        expected: SCHEMA_VERSION,
+                        found: v,
+                    });
+                }
+            }
+            txn.open_table(TASKS)?;
+            txn.open_table(INPUTS)?;
+            txn.open_table(OUTPUTS)?;
+            txn.open_table(IDEMPOTENCY)?;
+            txn.open_table(PLUGINS)?;
+            txn.open_table(BLOBS)?;
+            txn.open_table(QUEUES)?;
+        }
+        txn.commit()?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel();
+        let committer_db = db.clone();
+        let batch = if group_commit { MAX_BATCH } else { 1 };
+        std::thread::Builder::new()
+            .name("taskhost-commit".into())
+            .spawn(move || committer(&committer_db, &rx, batch))
+            .map_err(|e| {
+                StoreError::CommitFailed(format!("cannot start the committer thread: {e}"))
+            })?;
+        Ok(Store { db, ops: tx })
+    }
+
+    /// Durably records a new task, or returns the existing one with the
+    /// same idempotency key.
+    pub(crate) async fn submit(
+        &self,
+        record: TaskRecord,
+        input: Vec<u8>,
+    ) -> Result<Submitted, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Submit {
+            record: Box::new(record),
+            input,
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Durably applies a checked transition and returns the new record.
+    pub(crate) async fn transition(&self, change: Change) -> Result<TaskRecord, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Transition { change, reply })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs an administrative write in its own transaction.
+    pub(crate) async fn admin(
+        &self,
+        write: impl FnOnce(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Admin {
+            write: Box::new(write),
+            reply,
+        })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn send(&self, op: Op) -> Result<(), StoreError> {
+        self.ops.send(op).map_err(|_| StoreError::Closed)
+    }
+
+    /// Reads one task.
+    pub fn get(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TASKS)?;
+        table
+            .get(id.as_u128())?
+            .map(|v| decode(v.value()))
+            .transpose()
+    }
+
+    /// A task's input bytes.
+    pub fn input(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(INPUTS)?;
+        Ok(table.get(id.as_u128())?.map(|v| v.value().to_vec()))
+    }
+
+    /// A completed task's output bytes.
+    pub fn output(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(OUTPUTS)?;
+        Ok(table.get(id.as_u128())?.map(|v| v.value().to_vec()))
+    }
+
+    /// Visits tasks in id (submission) order, starting after `after`,
+    /// until `visit` returns false.
+    pub fn scan(
+        &self,
+        after: Option<Uuid>,
+        mut visit: impl FnMut(TaskRecord) -> bool,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TASKS)?;
+        let range = match after {
+            Some(id) => table.range(id.as_u128().saturating_add(1)..)?,
+            None => table.range(0u128..)?,
+        };
+        for entry in range {
+            let (_, value) = entry?;
+            if !visit(decode(value.value())?) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of tasks stored.
+    pub fn task_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(TASKS)?.len()?)
+    }
+
+    /// Every plugin entry.
+    pub fn plugins(&self) -> Result<Vec<(String, PluginEntry)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(PLUGINS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (name, value) = entry?;
+            out.push((name.value().to_owned(), decode(value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// A stored component by digest.
+    pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(BLOBS)?;
+        Ok(table.get(digest)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Adds a plugin version (and its blob, deduplicated by digest).
+    pub(crate) async fn put_plugin_version(
+        &self,
+        name: String,
+        version: PluginVersion,
+        bytes: Vec<u8>,
+    ) -> Result<(), StoreError> {
+        self.admin(move |txn| {
+            let mut plugins = txn.open_table(PLUGINS)?;
+            let mut entry: PluginEntry = plugins
+                .get(name.as_str())?
+                .map(|v| decode(v.value()))
+                .transpose()?
+                .unwrap_or_default();
+            let mut blobs = txn.open_table(BLOBS)?;
+            if blobs.get(version.digest.as_str())?.is_none() {
+                blobs.insert(version.digest.as_str(), bytes.as_slice())?;
+            }
+            entry.versions.push(version);
+            plugins.insert(name.as_str(), encode(&entry).as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every configured queue.
+    pub fn queues(&self) -> Result<Vec<(String, QueueConfig)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(QUEUES)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (name, value) = entry?;
+            out.push((name.value().to_owned(), decode(value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Stores a queue's settings.
+    pub(crate) async fn set_queue(
+        &self,
+        name: String,
+        config: QueueConfig,
+    ) -> Result<(), StoreError> {
+        self.admin(move |txn| {
+            txn.open_table(QUEUES)?
+                .insert(name.as_str(), encode(&config).as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// The group committer loop: one write transaction per batch.
+fn committer(db: &Database, rx: &mpsc::Receiver<Op>, max_batch: usize) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        let (tasks, admin): (Vec<Op>, Vec<Op>) = batch
+            .into_iter()
+            .partition(|op| !matches!(op, Op::Admin { .. }));
+        if !tasks.is_empty() {
+            commit_batch(db, tasks);
+        }
+        for op in admin {
+            if let Op::Admin { write, reply } = op {
+                let result = begin(db).and_then(|txn| {
+                    write(&txn)?;
+                    txn.commit()?;
+                    Ok(())
+                });
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| StoreError::Storage(e.into()))?;
+    // Saves the allocator state with each commit so reopening after a crash
+    // is near-instant instead of a full walk of the file.
+    txn.set_quick_repair(true);
+    Ok(txn)
+}
+
+enum Pending {
+    Submit(
+        oneshot::Sender<Result<Submitted, StoreError>>,
+        Result<Submitted, StoreError>,
+    ),
+    Transition(
+        oneshot::Sender<Result<TaskRecord, StoreError>>,
+        Result<TaskRecord, StoreError>,
+    ),
+}
+
+fn commit_batch(db: &Database, ops: Vec<Op>) {
+    let mut answers = Vec::with_capacity(ops.len());
+    let outcome = begin(db).and_then(|txn| {
+        {
+            let mut tasks = txn.open_table(TASKS)?;
+            let mut inputs = txn.open_table(INPUTS)?;
+            let mut outputs = txn.open_table(OUTPUTS)?;
+            let mut keys = txn.open_table(IDEMPOTENCY)?;
+            for op in ops {
+                match op {
+                    Op::Submit {
+                        record,
+                        input,
+                        reply,
+                    } => {
+                        let result =
+                            apply_submit(&mut tasks, &mut inputs, &mut keys, *record, &input);
+                        // A storage error aborts the whole batch below.
+                        if let Err(StoreError::Storage(e)) = &result {
+                            return Err(StoreError::CommitFailed(e.to_string()));
+                        }
+                        answers.push(Pending::Submit(reply, result));
+                    }
+                    Op::Transition { change, reply } => {
+                        let result = apply_transition(&mut tasks, &mut outputs, change);
+                        if let Err(StoreError::Storage(e)) = &result {
+                            return Err(StoreError::CommitFailed(e.to_string()));
+                        }
+                        answers.push(Pending::Transition(reply, result));
+                    }
+                    Op::Admin { .. } => unreachable!("admin writes are committed on their own"),
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    });
+    // Answer only now: after the commit, or with its failure.
+    for answer in answers {
+        match (answer, &outcome) {
+            (Pending::Submit(reply, result), Ok(())) => drop(reply.send(result)),
+            (Pending::Transition(reply, result), Ok(())) => drop(reply.send(result)),
+            (Pending::Submit(reply, _), Err(e)) => {
+                drop(reply.send(Err(StoreError::CommitFailed(e.to_string()))))
+            }
+            (Pending::Transition(reply, _), Err(e)) => {
+                drop(reply.send(Err(StoreError::CommitFailed(e.to_string()))));
+            }
+        }
+    }
+}
+
+type Table<'t, K, V> = redb::Table<'t, K, V>;
+
+fn apply_submit(
+    tasks: &mut Table<'_, u128, &[u8]>,
+    inputs: &mut Table<'_, u128, &[u8]>,
+    keys: &mut Table<'_, &str, u128>,
+    record: TaskRecord,
+    input: &[u8],
+) -> Result<Submitted, StoreError> {
+    if let Some(key) = &record.idempotency_key {
+        let existing = keys.get(key.as_str())?.map(|v| v.value());
+        if let Some(existing) = existing {
+            let found = tasks
+                .get(existing)?
+                .ok_or(StoreError::NotFound(Uuid::from_u128(existing)))?;
+            return Ok(Submitted {
+                record: decode(found.value())?,
+                created: false,
+            });
+        }
+        keys.insert(key.as_str(), record.id.as_u128())?;
+    }
+    tasks.insert(record.id.as_u128(), encode(&record).as_slice())?;
+    inputs.insert(record.id.as_u128(), input)?;
+    Ok(Submitted {
+        record,
+        created: true,
+    })
+}
+
+fn apply_transition(
+    tasks: &mut Table<'_, u128, &[u8]>,
+    outputs: &mut Table<'_, u128, &[u8]>,
+    change: Change,
+) -> Result<TaskRecord, StoreError> {
+    let id = change.id;
+    let mut record: TaskRecord = match tasks.get(id.as_u128())? {
+        Some(v) => decode(v.value())?,
+        None => return Err(StoreError::NotFound(id)),
+    };
+    if !machine::allowed(record.state, change.to) {
+        return Err(StoreError::IllegalTransition {
+            id,
+            from: record.state,
+            to: change.to,
+        });
+    }
+    if let Some(expected) = change.expected_version
+        && expected != record.version
+    {
+        return Err(StoreError::VersionMismatch {
+            id,
+            expected,
+            found: record.version,
+        });
+    }
+    let from = record.state;
+    if let Some(edit) = change.edit {
+        edit(&mut record);
+    }
+    record.state = change.to;
+    record.version += 1;
+    let at_ms = now_ms();
+    if change.to.is_terminal() {
+        record.finished_at_ms = Some(at_ms);
+    }
+    if let Some(output) = &change.output {
+        record.output_len = Some(output.len() as u64);
+        outputs.insert(id.as_u128(), output.as_slice())?;
+    }
+    record.history.push(Transition {
+        at_ms,
+        from: Some(from),
+        to: change.to,
+        attempt: record.attempts,
+        reason: change.reason,
+    });
+    tasks.insert(id.as_u128(), encode(&record).as_slice())?;
+    Ok(record)
+}

@@ -1,0 +1,218 @@
+//! What the store keeps: task records with their history, plugin entries
+//! and queue settings. Encoded with postcard; field order is the format, so
+//! append new fields only with a schema bump.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use uuid::Uuid;
+
+/// A task's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Ready to run, or scheduled for later (`next_run_at`).
+    Pending,
+    /// A worker is running it.
+    Running,
+    /// Failed with a retryable error; waiting out its backoff.
+    Retrying,
+    /// Finished with an output. Terminal.
+    Completed,
+    /// Permanent failure or attempts exhausted: the dead-letter set.
+    /// Terminal unless re-submitted.
+    Failed,
+    /// Cancelled. Terminal.
+    Cancelled,
+}
+
+impl TaskState {
+    /// Every state.
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Pending,
+        TaskState::Running,
+        TaskState::Retrying,
+        TaskState::Completed,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ];
+
+    /// Whether the task has ended.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            TaskState::Completed | TaskState::Failed | TaskState::Cancelled
+        )
+    }
+
+    /// The state's name, as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Pending => "pending",
+            TaskState::Running => "running",
+            TaskState::Retrying => "retrying",
+            TaskState::Completed => "completed",
+            TaskState::Failed => "failed",
+            TaskState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses an API state name.
+    pub fn parse(text: &str) -> Option<TaskState> {
+        TaskState::ALL.into_iter().find(|s| s.as_str() == text)
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// One entry of a task's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// When, in milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// The state it left (`None` at submission).
+    pub from: Option<TaskState>,
+    /// The state it entered.
+    pub to: TaskState,
+    /// The attempt count at that moment.
+    pub attempt: u32,
+    /// Why.
+    pub reason: String,
+}
+
+/// A failure as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredFailure {
+    /// The failure class, e.g. `fuel exhausted`.
+    pub class: String,
+    /// Whether the plugin said a retry could help.
+    pub retryable: bool,
+    /// The message.
+    pub message: String,
+    /// The wasm backtrace of a trap.
+    pub backtrace: Option<String>,
+}
+
+/// The limits a task runs under, resolved at submission.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredLimits {
+    /// Fuel budget.
+    pub fuel: u64,
+    /// Linear-memory cap in bytes.
+    pub memory_bytes: u64,
+    /// Wall-clock budget in milliseconds.
+    pub timeout_ms: u64,
+    /// Output cap in bytes.
+    pub max_output_bytes: u64,
+    /// Cap per captured stream in bytes.
+    pub max_log_bytes: u64,
+}
+
+/// Everything the store knows about one task (input and output are kept in
+/// their own tables).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// Time-ordered id (UUIDv7).
+    pub id: Uuid,
+    /// Record version, bumped by every transition.
+    pub version: u64,
+    /// Current state.
+    pub state: TaskState,
+    /// Plugin name.
+    pub plugin: String,
+    /// Plugin version pinned at submission.
+    pub plugin_version: String,
+    /// sha256 of the pinned component.
+    pub digest: String,
+    /// Queue name.
+    pub queue: String,
+    /// 0–9, higher runs first.
+    pub priority: u8,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Most attempts allowed.
+    pub max_attempts: u32,
+    /// Limits for each attempt.
+    pub limits: StoredLimits,
+    /// The last failure, if any.
+    pub error: Option<StoredFailure>,
+    /// Submission time (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When the latest attempt started.
+    pub started_at_ms: Option<u64>,
+    /// When the task reached a terminal state.
+    pub finished_at_ms: Option<u64>,
+    /// When a delayed or retrying task becomes ready.
+    pub next_run_at_ms: Option<u64>,
+    /// The submission's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// The task that submitted this one (flows).
+    pub parent_id: Option<Uuid>,
+    /// Where to POST the record when the task ends.
+    pub callback_url: Option<String>,
+    /// Input size in bytes.
+    pub input_len: u64,
+    /// Output size in bytes, once completed.
+    pub output_len: Option<u64>,
+    /// Fuel used by the latest attempt.
+    pub fuel_used: Option<u64>,
+    /// Every transition, oldest first.
+    pub history: Vec<Transition>,
+}
+
+/// One registered version of a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginVersion {
+    /// Version string (an increasing number).
+    pub version: String,
+    /// sha256 of the component, hex.
+    pub digest: String,
+    /// Component size in bytes.
+    pub size: u64,
+    /// Upload time (ms since the Unix epoch).
+    pub created_at_ms: u64,
+}
+
+/// A plugin name and its versions, oldest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginEntry {
+    /// The versions.
+    pub versions: Vec<PluginVersion>,
+}
+
+/// A queue's settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueConfig {
+    /// Most tasks of this queue running at once (`None`: only the global
+    /// limit applies).
+    pub concurrency: Option<u32>,
+    /// Share of the workers relative to other queues with work (≥ 1).
+    pub weight: u32,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: None,
+            weight: 1,
+        }
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("records always encode")
+}
+
+pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, super::StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| super::StoreError::Corrupt(e.to_string()))
+}
+
+/// Milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,25 @@
+//! Every redb table, as a typed constant. Values are postcard-encoded
+//! records from `record.rs`; task ids are UUIDv7s stored as `u128`, so key
+//! order is submission order.
+
+use redb::TableDefinition;
+
+/// Task id → [`TaskRecord`](super::TaskRecord) (metadata, state, history).
+pub(crate) const TASKS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("tasks");
+/// Task id → input bytes, written once at submission.
+pub(crate) const INPUTS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("inputs");
+/// Task id → output bytes, written once at completion.
+pub(crate) const OUTPUTS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("outputs");
+/// Idempotency key → task id.
+pub(crate) const IDEMPOTENCY: TableDefinition<'_, &str, u128> = TableDefinition::new("idempotency");
+/// Plugin name → [`PluginEntry`](super::PluginEntry) (its versions).
+pub(crate) const PLUGINS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("plugins");
+/// sha256 digest (hex) → component bytes, deduplicated.
+pub(crate) const BLOBS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("blobs");
+/// Queue name → [`QueueConfig`](super::QueueConfig).
+pub(crate) const QUEUES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("queues");
+/// `"schema"` → schema version.
+pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+/// The layout version this build reads and writes.
+pub(crate) const SCHEMA_VERSION: u64 = 1;
