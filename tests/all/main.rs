@@ -6,8 +6,12 @@ use std::sync::{Mutex, OnceLock};
 use taskhost::{Limits, Plugin, Sandbox, SandboxConfig, TaskMeta, TaskReport, TaskRequest};
 use taskhost_test_artifacts::Artifact;
 
+/// The HTTP API on loopback: every bad-input case, callbacks.
+mod api;
 /// `taskhost run` end to end through the binary.
 mod cli;
+/// The durable engine: idempotency, priority, fairness, retries, cancel.
+mod engine;
 /// The example plugins, SDK and plain wit-bindgen plugins alike.
 mod examples;
 /// Plugins that are not valid task components are refused with the reason.
@@ -16,6 +20,8 @@ mod invalid;
 mod isolation;
 /// Every hard limit ends in its class and the host survives.
 mod limits;
+/// Kill -9 under load, restart, nothing lost or duplicated.
+mod recovery;
 /// Cooperative yielding, cancellation and timeouts in host calls.
 mod scheduling;
 

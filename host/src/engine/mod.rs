@@ -501,6 +501,7 @@ impl Engine {
     pub async fn cancel(&self, id: Uuid) -> Result<TaskRecord, EngineError> {
         let inner = &self.inner;
         let deadline = Instant::now() + Duration::from_secs(10);
+        let mut interrupted = false;
         loop {
             let record = self.get(id)?;
             match record.state {
@@ -525,6 +526,7 @@ impl Engine {
                     let token = lock(&inner.running).get(&id).cloned();
                     if let Some(token) = token {
                         token.cancel();
+                        interrupted = true;
                     }
                     if Instant::now() > deadline {
                         return Err(EngineError::Conflict(format!(
@@ -533,6 +535,9 @@ impl Engine {
                     }
                     let _ = tokio::time::timeout(Duration::from_millis(50), ended).await;
                 }
+                // We interrupted it and it has ended (cancelled, or it
+                // finished first): report how it ended.
+                _ if interrupted => return Ok(record),
                 state => {
                     return Err(EngineError::Conflict(format!(
                         "task {id} already ended ({state})"

@@ -102,11 +102,28 @@ enum Op {
     },
 }
 
-/// Handle to the store; cheap to clone.
+/// Handle to the store; cheap to clone. When the last handle drops, the
+/// committer finishes what it holds and the file is closed.
 #[derive(Clone)]
 pub struct Store {
+    // Declared first so it drops (joining the committer) before `db`.
+    committer: Arc<Committer>,
     db: Arc<Database>,
-    ops: mpsc::Sender<Op>,
+}
+
+struct Committer {
+    ops: Option<mpsc::Sender<Op>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Committer {
+    fn drop(&mut self) {
+        // Closing the channel ends the committer loop once it drained.
+        self.ops.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -149,13 +166,19 @@ impl Store {
         let (tx, rx) = mpsc::channel();
         let committer_db = db.clone();
         let batch = if group_commit { MAX_BATCH } else { 1 };
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("taskhost-commit".into())
             .spawn(move || committer(&committer_db, &rx, batch))
             .map_err(|e| {
                 StoreError::CommitFailed(format!("cannot start the committer thread: {e}"))
             })?;
-        Ok(Store { db, ops: tx })
+        Ok(Store {
+            committer: Arc::new(Committer {
+                ops: Some(tx),
+                thread: Some(thread),
+            }),
+            db,
+        })
     }
 
     /// Durably records a new task, or returns the existing one with the
@@ -195,7 +218,8 @@ impl Store {
     }
 
     fn send(&self, op: Op) -> Result<(), StoreError> {
-        self.ops.send(op).map_err(|_| StoreError::Closed)
+        let ops = self.committer.ops.as_ref().ok_or(StoreError::Closed)?;
+        ops.send(op).map_err(|_| StoreError::Closed)
     }
 
     /// Reads one task.
@@ -503,3 +527,6 @@ fn apply_transition(
     tasks.insert(id.as_u128(), encode(&record).as_slice())?;
     Ok(record)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,245 @@
+//! Store tests on real redb files: the transition table enforced inside
+//! write transactions, group-commit isolation between neighbours, and a
+//! model-based run with a reopen compared against the model.
+
+use super::*;
+use std::collections::HashMap;
+
+fn record(n: u128, key: Option<&str>) -> TaskRecord {
+    TaskRecord {
+        id: Uuid::from_u128(n),
+        version: 1,
+        state: TaskState::Pending,
+        plugin: "p".into(),
+        plugin_version: "1".into(),
+        digest: "d".into(),
+        queue: "q".into(),
+        priority: 0,
+        attempts: 0,
+        max_attempts: 3,
+        limits: StoredLimits {
+            fuel: 1,
+            memory_bytes: 1,
+            timeout_ms: 1,
+            max_output_bytes: 1,
+            max_log_bytes: 1,
+        },
+        error: None,
+        created_at_ms: 0,
+        started_at_ms: None,
+        finished_at_ms: None,
+        next_run_at_ms: None,
+        idempotency_key: key.map(str::to_owned),
+        parent_id: None,
+        callback_url: None,
+        input_len: 0,
+        output_len: None,
+        fuel_used: None,
+        history: Vec::new(),
+    }
+}
+
+/// Drives a fresh task into `state` through allowed transitions.
+async fn task_in(store: &Store, n: u128, state: TaskState) -> TaskRecord {
+    let path: &[TaskState] = match state {
+        TaskState::Pending => &[],
+        TaskState::Running => &[TaskState::Running],
+        TaskState::Retrying => &[TaskState::Running, TaskState::Retrying],
+        TaskState::Completed => &[TaskState::Running, TaskState::Completed],
+        TaskState::Failed => &[TaskState::Running, TaskState::Failed],
+        TaskState::Cancelled => &[TaskState::Cancelled],
+    };
+    let mut rec = store
+        .submit(record(n, None), b"in".to_vec())
+        .await
+        .unwrap()
+        .record;
+    for &to in path {
+        rec = store
+            .transition(Change::new(rec.id, to, "setup"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(rec.state, state);
+    rec
+}
+
+#[tokio::test]
+async fn every_transition_is_checked_against_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb"), true).unwrap();
+    let mut n = 0;
+    for from in TaskState::ALL {
+        for to in TaskState::ALL {
+            n += 1;
+            let rec = task_in(&store, n, from).await;
+            let result = store.transition(Change::new(rec.id, to, "probe")).await;
+            if machine::allowed(from, to) {
+                let done = result.unwrap_or_else(|e| panic!("{from} -> {to} refused: {e}"));
+                assert_eq!((done.state, done.version), (to, rec.version + 1));
+                assert_eq!(done.history.last().unwrap().from, Some(from));
+            } else {
+                match result {
+                    Err(StoreError::IllegalTransition { from: f, to: t, .. }) => {
+                        assert_eq!((f, t), (from, to))
+                    }
+                    other => panic!("{from} -> {to} should be refused, got {other:?}"),
+                }
+                // Nothing was written.
+                assert_eq!(store.get(rec.id).unwrap().unwrap(), rec);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_stale_version_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb"), true).unwrap();
+    let rec = task_in(&store, 1, TaskState::Pending).await;
+    let started = store
+        .transition(Change::new(rec.id, TaskState::Running, "start").expect_version(1))
+        .await
+        .unwrap();
+    let stale = store
+        .transition(Change::new(rec.id, TaskState::Completed, "late").expect_version(1))
+        .await;
+    assert!(
+        matches!(
+            stale,
+            Err(StoreError::VersionMismatch {
+                expected: 1,
+                found: 2,
+                ..
+            })
+        ),
+        "{stale:?}"
+    );
+    assert_eq!(store.get(rec.id).unwrap().unwrap(), started);
+    let missing = store
+        .transition(Change::new(Uuid::from_u128(999), TaskState::Running, "x"))
+        .await;
+    assert!(matches!(missing, Err(StoreError::NotFound(_))));
+}
+
+/// Many concurrent operations land in shared group commits; the refused
+/// ones must not fail their neighbours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_transition_never_fails_its_neighbours() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb"), true).unwrap();
+    for n in 0..200 {
+        store.submit(record(n, None), Vec::new()).await.unwrap();
+    }
+    // Even ids: legal (pending -> running). Odd ids: illegal (pending -> completed).
+    let ops = (0..200u128).map(|n| {
+        let to = if n % 2 == 0 {
+            TaskState::Running
+        } else {
+            TaskState::Completed
+        };
+        store.transition(Change::new(Uuid::from_u128(n), to, "mixed"))
+    });
+    let results = futures::future::join_all(ops).await;
+    for (n, result) in results.iter().enumerate() {
+        assert_eq!(result.is_ok(), n % 2 == 0, "task {n}: {result:?}");
+    }
+    for n in 0..200u128 {
+        let expected = if n % 2 == 0 {
+            TaskState::Running
+        } else {
+            TaskState::Pending
+        };
+        assert_eq!(
+            store.get(Uuid::from_u128(n)).unwrap().unwrap().state,
+            expected
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_first_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb"), true).unwrap();
+    let first = store
+        .submit(record(1, Some("order-7")), b"a".to_vec())
+        .await
+        .unwrap();
+    let again = store
+        .submit(record(2, Some("order-7")), b"b".to_vec())
+        .await
+        .unwrap();
+    assert!(first.created && !again.created);
+    assert_eq!(again.record.id, Uuid::from_u128(1));
+    assert!(store.get(Uuid::from_u128(2)).unwrap().is_none());
+    assert_eq!(store.input(Uuid::from_u128(1)).unwrap().unwrap(), b"a");
+    assert_eq!(store.task_count().unwrap(), 1);
+}
+
+/// Random operations against the store and a model; then the store is
+/// reopened from its file and must equal the model.
+#[tokio::test]
+async fn matches_a_model_across_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.redb");
+    let mut model: HashMap<u128, (TaskState, u64)> = HashMap::new();
+    let mut rng = fastrand::Rng::with_seed(7);
+    {
+        let store = Store::open(&path, true).unwrap();
+        for step in 0..3000u128 {
+            if model.is_empty() || rng.u8(0..4) == 0 {
+                let key = rng.bool().then(|| format!("k{}", rng.u8(0..50)));
+                let submitted = store
+                    .submit(record(step, key.as_deref()), step.to_le_bytes().to_vec())
+                    .await
+                    .unwrap();
+                model
+                    .entry(submitted.record.id.as_u128())
+                    .or_insert((TaskState::Pending, 1));
+                continue;
+            }
+            let ids: Vec<u128> = model.keys().copied().collect();
+            let id = ids[rng.usize(0..ids.len())];
+            let to = TaskState::ALL[rng.usize(0..TaskState::ALL.len())];
+            let (state, version) = model[&id];
+            let stale = rng.u8(0..10) == 0;
+            let expect = if stale { version + 1 } else { version };
+            let result = store
+                .transition(Change::new(Uuid::from_u128(id), to, "model").expect_version(expect))
+                .await;
+            let legal = machine::allowed(state, to) && !stale;
+            assert_eq!(
+                result.is_ok(),
+                legal,
+                "{state} -> {to} (stale: {stale}): {result:?}"
+            );
+            if legal {
+                model.insert(id, (to, version + 1));
+            }
+        }
+    }
+    let store = Store::open(&path, true).unwrap();
+    let mut seen = 0;
+    store
+        .scan(None, |rec| {
+            seen += 1;
+            assert_eq!(
+                model.get(&rec.id.as_u128()),
+                Some(&(rec.state, rec.version)),
+                "task {}",
+                rec.id
+            );
+            assert_eq!(rec.history.len() as u64, rec.version - 1);
+            true
+        })
+        .unwrap();
+    assert_eq!(seen, model.len());
+}
+
+#[tokio::test]
+async fn without_group_commit_results_are_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb"), false).unwrap();
+    let rec = task_in(&store, 1, TaskState::Completed).await;
+    assert_eq!(rec.version, 3);
+}

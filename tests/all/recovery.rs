@@ -1,0 +1,194 @@
+//! Crash recovery through the real binary: `taskhost serve` is killed with
+//! SIGKILL while submissions and tasks are in flight, restarted on the same
+//! data directory, and every acknowledged task must reach a terminal state
+//! exactly once.
+
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use taskhost_test_artifacts::SLEEP;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start(data: &std::path::Path, port: u16) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .args([
+            "serve",
+            "--data",
+            data.to_str().unwrap(),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--concurrency",
+            "8",
+        ])
+        .args(["--retry-base", "20ms", "--retry-cap", "100ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        assert!(Instant::now() < deadline, "taskhost serve did not come up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Server { child, base }
+}
+
+async fn all_tasks(http: &reqwest::Client, base: &str) -> Vec<Value> {
+    let mut tasks = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => format!("{base}/v1/tasks?limit=1000&cursor={c}"),
+            None => format!("{base}/v1/tasks?limit=1000"),
+        };
+        let page: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+        tasks.extend(page["tasks"].as_array().unwrap().iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return tasks,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_loses_and_duplicates_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = start(data.path(), port).await;
+    let http = reqwest::Client::new();
+    let upload = http
+        .post(format!("{}/v1/plugins/sleep", server.base))
+        .body(SLEEP.bytes())
+        .send()
+        .await
+        .unwrap();
+    assert!(upload.status().is_success());
+
+    // Submit keyed batches until the server dies, recording what it
+    // acknowledged.
+    let acknowledged: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+    let submitter = tokio::spawn({
+        let (http, base, acknowledged) = (http.clone(), server.base.clone(), acknowledged.clone());
+        async move {
+            // Bounded: at most 60 rounds of 25, paced so the kill lands
+            // mid-stream.
+            for round in 0..60 {
+                let tasks: Vec<Value> = (0..25)
+                    .map(|i| json!({"plugin": "sleep", "input": 1 + (i % 4) * 5, "idempotency_key": format!("k{round}-{i}")}))
+                    .collect();
+                let Ok(response) = http
+                    .post(format!("{base}/v1/tasks:batch"))
+                    .json(&json!({"tasks": tasks}))
+                    .send()
+                    .await
+                else {
+                    return;
+                };
+                let Ok(body) = response.json::<Value>().await else {
+                    return;
+                };
+                {
+                    let mut acked = acknowledged.lock().unwrap();
+                    for (i, result) in body["results"].as_array().unwrap().iter().enumerate() {
+                        let id = result["id"]
+                            .as_str()
+                            .expect("every item of a healthy batch is accepted");
+                        acked.insert(format!("k{round}-{i}"), id.to_owned());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    server.child.kill().unwrap(); // SIGKILL
+    server.child.wait().unwrap();
+    submitter.await.unwrap();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() >= 100,
+        "only {} tasks were acknowledged before the kill",
+        acknowledged.len()
+    );
+
+    // Restart on the same data and let everything finish.
+    let mut server = start(data.path(), port).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let tasks = loop {
+        let tasks = all_tasks(&http, &server.base).await;
+        if tasks
+            .iter()
+            .all(|t| ["completed", "failed", "cancelled"].contains(&t["state"].as_str().unwrap()))
+        {
+            break tasks;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tasks did not finish after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+
+    // Every acknowledged task exists and completed.
+    let by_id: HashMap<&str, &Value> = tasks
+        .iter()
+        .map(|t| (t["id"].as_str().unwrap(), t))
+        .collect();
+    for (key, id) in &acknowledged {
+        let task = by_id
+            .get(id.as_str())
+            .unwrap_or_else(|| panic!("acknowledged task {id} ({key}) was lost"));
+        assert_eq!(task["state"], "completed", "{task}");
+        assert_eq!(task["idempotency_key"], key.as_str());
+    }
+    // No idempotency key has two records.
+    let mut keys = HashSet::new();
+    for task in &tasks {
+        assert!(
+            keys.insert(task["idempotency_key"].as_str().unwrap().to_owned()),
+            "duplicate record for {task}"
+        );
+    }
+    // Re-sending acknowledged keys returns the same tasks.
+    let (key, id) = acknowledged.iter().next().unwrap();
+    let again: Value = http
+        .post(format!("{}/v1/tasks", server.base))
+        .json(&json!({"plugin": "sleep", "input": "1", "idempotency_key": key}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (again["id"].as_str(), again["created"].as_bool()),
+        (Some(id.as_str()), Some(false))
+    );
+    // Tasks that were running at the kill were recovered, attempt counted.
+    let recovered = tasks
+        .iter()
+        .filter(|t| t["attempts"].as_u64() > Some(1))
+        .count();
+    assert!(
+        recovered > 0,
+        "no task was running at the kill; the test did not exercise recovery"
+    );
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}
