@@ -4,7 +4,7 @@
 #
 #   ./dev.sh demo    build the host and the example plugins, run them, show results
 #   ./dev.sh test    the whole test suite (what CI runs)
-#   ./dev.sh bench   the sandbox benchmark table
+#   ./dev.sh bench   the sandbox and engine benchmark tables
 #   ./dev.sh setup   only install prerequisites (Rust target wasm32-wasip2)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -69,7 +69,62 @@ demo() {
     # shellcheck disable=SC2086
     echo -n "$input" | $host run "$PLUGIN_DIR/$name.wasm" $flags 2>&1 >/dev/null | grep '^error: ' | cut -c1-120 || true
   done
-  say "done: see README.md for the SDK, limits and benchmarks"
+  serve_demo
+  say "done: see README.md for the API, the SDK, limits and benchmarks"
+}
+
+serve_demo() {
+  local host=target/release/taskhost port=7717
+  say "taskhost serve: the durable engine, with a sample workload"
+  local data; data=$(mktemp -d)
+  $host serve --data "$data" --listen "127.0.0.1:$port" --retry-base 100ms --retry-cap 1s &
+  local pid=$!
+  # shellcheck disable=SC2064
+  trap "kill $pid 2>/dev/null; rm -rf '$data'" RETURN
+  export TASKHOST_SERVER="http://127.0.0.1:$port"
+  local i
+  for i in $(seq 100); do $host plugins list >/dev/null 2>&1 && break; sleep 0.1; done
+
+  echo "$ taskhost plugins add ...   # upload components (validated, versioned, content-addressed)"
+  $host plugins add "$PLUGIN_DIR/uppercase.wasm"
+  $host plugins add "$PLUGIN_DIR/word_count.wasm" --name word-count
+  $host plugins add "$PLUGIN_DIR/hello_task.wasm" --name hello-task
+  $host plugins add "$PLUGIN_DIR/fail.wasm" --name flaky
+  $host queues set interactive --weight 3 >/dev/null
+  $host queues set bulk --concurrency 4 >/dev/null
+
+  echo; echo "$ echo -n Grace | taskhost submit hello-task --queue interactive --wait"
+  echo -n Grace | $host submit hello-task --queue interactive --wait; echo
+
+  local jsonl; jsonl=$(mktemp)
+  python3 - "$jsonl" <<'PY'
+import json, sys
+text = open("LICENSE").read()
+with open(sys.argv[1], "w") as out:
+    for i in range(300):
+        out.write(json.dumps({"plugin": "uppercase", "queue": "bulk", "input": f"bulk item {i}"}) + "\n")
+    for i in range(50):
+        out.write(json.dumps({"plugin": "hello-task", "queue": "interactive", "priority": 9, "input_base64": __import__("base64").b64encode(f"user{i}".encode()).decode()}) + "\n")
+    for i in range(20):
+        out.write(json.dumps({"plugin": "word-count", "queue": "reports", "input": {"text": text, "top": 3}}) + "\n")
+    for i in range(5):
+        out.write(json.dumps({"plugin": "flaky", "queue": "bulk", "max_attempts": 3, "input_base64": __import__("base64").b64encode(b"retryable:upstream busy").decode()}) + "\n")
+PY
+  echo "$ taskhost submit uppercase --batch workload.jsonl   # 375 tasks over 3 queues"
+  $host submit uppercase --batch "$jsonl" >/dev/null
+  rm -f "$jsonl"
+  for i in $(seq 300); do
+    local busy
+    busy=$(for s in pending running retrying; do $host tasks --state "$s" --limit 1; done | grep -vc '^ID' || true)
+    [ "$busy" = 0 ] && break
+    sleep 0.2
+  done
+  echo; echo "$ taskhost tasks --queue reports --limit 3"
+  $host tasks --queue reports --limit 3
+  echo; echo "$ taskhost tasks --state failed   # the dead-letter set: retried 3 times, then failed"
+  $host tasks --state failed
+  echo; echo "$ curl \$TASKHOST_SERVER/metrics | grep tasks_total"
+  python3 -c "import urllib.request,sys; [print(l) for l in urllib.request.urlopen(sys.argv[1]+'/metrics').read().decode().splitlines() if '_total{' in l]" "$TASKHOST_SERVER"
 }
 
 run_tests() {
@@ -80,7 +135,7 @@ run_tests() {
 
 bench() {
   setup
-  cargo bench -p taskhost --bench sandbox
+  cargo bench -p taskhost --bench sandbox --bench engine
 }
 
 case "${1:-}" in

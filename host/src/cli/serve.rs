@@ -63,11 +63,11 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         Ok(e) => e,
         Err(e) => return fail(EXIT_USAGE, &format!("cannot open the engine: {e:#}")),
     };
+    let bound = listener.local_addr().unwrap_or(args.listen);
     let counts = engine.state_counts();
     let total: i64 = counts.values().sum();
     eprintln!(
-        "taskhost serving on http://{} (data: {}, {total} tasks stored, {} plugins)",
-        args.listen,
+        "taskhost serving on http://{bound} (data: {}, {total} tasks stored, {} plugins)",
         data_dir.display(),
         engine.plugins().len()
     );

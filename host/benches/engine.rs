@@ -1,0 +1,251 @@
+//! Durable engine benchmarks, printed as one table:
+//! 1. sustained submit → completed throughput of a trivial plugin, every
+//!    transition durably committed, with group commit on and off;
+//! 2. submit → start latency at a steady 1,000 tasks/s;
+//! 3. restart-to-serving time of `taskhost serve` after SIGKILL with
+//!    100,000 tasks in the store, and its RSS then.
+//!
+//! Run: `cargo bench -p taskhost --bench engine` (or `./dev.sh bench`).
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use taskhost::SandboxConfig;
+use taskhost::engine::{Engine, EngineConfig, NewTask};
+use taskhost::store::TaskState;
+use taskhost_test_artifacts::{CLOCK, TRIVIAL};
+
+const THROUGHPUT_TASKS: usize = 40_000;
+const UNGROUPED_TASKS: usize = 600;
+const LATENCY_SECONDS: u64 = 5;
+const STORED_TASKS: usize = 100_000;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(bench());
+}
+
+async fn open(dir: &std::path::Path, group_commit: bool, concurrency: usize) -> Engine {
+    let config = EngineConfig {
+        data_dir: dir.to_owned(),
+        sandbox: SandboxConfig {
+            pool_instances: 1024,
+            ..SandboxConfig::default()
+        },
+        concurrency,
+        group_commit,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(config).await.unwrap();
+    engine.add_plugin("trivial", TRIVIAL.bytes()).await.unwrap();
+    engine.add_plugin("clock", CLOCK.bytes()).await.unwrap();
+    engine
+}
+
+fn trivial() -> NewTask {
+    NewTask {
+        plugin: "trivial".into(),
+        input: b"x".to_vec(),
+        ..NewTask::default()
+    }
+}
+
+/// Submits `n` tasks from 64 concurrent submitters and waits until all
+/// completed; returns tasks per second.
+async fn throughput(engine: &Engine, n: usize) -> f64 {
+    let started = Instant::now();
+    let submitters: Vec<_> = (0..64)
+        .map(|i| {
+            let engine = engine.clone();
+            // Spread `n` exactly over 64 submitters.
+            let share = n / 64 + usize::from(i < n % 64);
+            tokio::spawn(async move {
+                for _ in 0..share {
+                    engine.submit(trivial()).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        s.await.unwrap();
+    }
+    loop {
+        let counts = engine.state_counts();
+        if counts.get(&TaskState::Completed).copied().unwrap_or(0) as usize >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn unix_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+async fn bench() {
+    println!(
+        "taskhost engine benchmark ({} CPUs)\n",
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
+
+    // 1. Throughput, group commit on vs off.
+    let dir = tempfile::tempdir().unwrap();
+    let grouped = throughput(&open(dir.path(), true, 512).await, THROUGHPUT_TASKS).await;
+    let dir_off = tempfile::tempdir().unwrap();
+    let ungrouped = throughput(&open(dir_off.path(), false, 512).await, UNGROUPED_TASKS).await;
+    println!(
+        "1. durable throughput, trivial plugin, submit -> completed (3 committed transitions per task)\n"
+    );
+    println!("| mode | tasks | tasks/s | vs group commit |");
+    println!("|---|---:|---:|---:|");
+    println!("| group commit (default) | {THROUGHPUT_TASKS} | {grouped:.0} | 1.00x |");
+    println!(
+        "| one commit per transition | {UNGROUPED_TASKS} | {ungrouped:.0} | {:.3}x |",
+        ungrouped / grouped
+    );
+
+    // 2. Latency at a steady 1,000 tasks/s.
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), true, 64).await;
+    let mut ticker = tokio::time::interval(Duration::from_millis(1));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut pending = Vec::new();
+    let until = Instant::now() + Duration::from_secs(LATENCY_SECONDS);
+    while Instant::now() < until {
+        ticker.tick().await;
+        let engine = engine.clone();
+        pending.push(tokio::spawn(async move {
+            let submitted_at = unix_nanos();
+            let task = NewTask {
+                plugin: "clock".into(),
+                ..NewTask::default()
+            };
+            let id = engine.submit(task).await.unwrap().record.id;
+            let record = engine.wait(id, Duration::from_secs(30)).await.unwrap();
+            assert_eq!(record.state, TaskState::Completed);
+            let ran_at: u128 = String::from_utf8(engine.output(id).unwrap().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap();
+            Duration::from_nanos(ran_at.saturating_sub(submitted_at) as u64)
+        }));
+    }
+    let sent = pending.len();
+    let mut latencies = Vec::with_capacity(sent);
+    for p in pending {
+        latencies.push(p.await.unwrap());
+    }
+    latencies.sort();
+    let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
+    println!(
+        "\n2. submit -> start latency at a steady 1,000 tasks/s ({sent} tasks over {LATENCY_SECONDS} s)\n"
+    );
+    println!("| p50 | p90 | p99 | max |");
+    println!("|---:|---:|---:|---:|");
+    println!(
+        "| {} | {} | {} | {} |",
+        ms(pct(50)),
+        ms(pct(90)),
+        ms(pct(99)),
+        ms(*latencies.last().unwrap())
+    );
+
+    // 3. Restart after SIGKILL with 100,000 stored tasks.
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = open(dir.path(), true, 512).await;
+        let fill = Instant::now();
+        let rate = throughput(&engine, STORED_TASKS).await;
+        eprintln!(
+            "(filled {STORED_TASKS} tasks in {:.1} s at {rate:.0}/s)",
+            fill.elapsed().as_secs_f64()
+        );
+        engine.shutdown();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let serve = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
+            .args([
+                "serve",
+                "--data",
+                dir.path().to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let up = |started: Instant| {
+        let (http, url) = (http.clone(), url.clone());
+        async move {
+            loop {
+                if let Ok(r) = http.get(&url).send().await
+                    && r.status().is_success()
+                {
+                    return started.elapsed();
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
+    let mut first = serve();
+    up(Instant::now()).await;
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let restart = Instant::now();
+    let mut second = serve();
+    let to_serving = up(restart).await;
+    let health: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", second.id()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:").map(|v| {
+                v.trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0)
+            })
+        })
+        .unwrap_or(0);
+    let file = std::fs::metadata(dir.path().join("taskhost.redb")).map_or(0, |m| m.len());
+    second.kill().unwrap();
+    second.wait().unwrap();
+    println!("\n3. `taskhost serve` restarted after SIGKILL with {STORED_TASKS} stored tasks\n");
+    println!("| measure | value |");
+    println!("|---|---:|");
+    println!(
+        "| tasks reported by /healthz | {} |",
+        health["tasks"]["completed"]
+    );
+    println!(
+        "| restart to serving (process start -> /healthz 200) | {} |",
+        ms(to_serving)
+    );
+    println!(
+        "| host RSS after restart | {:.1} MiB |",
+        rss as f64 / 1024.0
+    );
+    println!(
+        "| store file size | {:.1} MiB |",
+        file as f64 / (1 << 20) as f64
+    );
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
