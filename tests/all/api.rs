@@ -145,16 +145,13 @@ async fn submit_get_and_list_over_http() {
     assert_eq!(next["tasks"].as_array().unwrap().len(), 1);
     assert!(next["next_cursor"].is_null());
 
-    let (status, metrics) = (
-        api.http
-            .get(format!("{}/metrics", api.base))
-            .send()
-            .await
-            .unwrap(),
-        (),
-    );
-    let _ = metrics;
-    let text = status.text().await.unwrap();
+    let metrics = api
+        .http
+        .get(format!("{}/metrics", api.base))
+        .send()
+        .await
+        .unwrap();
+    let text = metrics.text().await.unwrap();
     assert!(
         text.contains(r#"taskhost_tasks{queue="default",state="completed"} 2"#),
         "{text}"
