@@ -19,36 +19,26 @@ const LATENCY_SECONDS: u64 = 5;
 const STORED_TASKS: usize = 100_000;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(bench());
 }
 
 async fn open(dir: &std::path::Path, group_commit: bool, concurrency: usize) -> Engine {
     let config = EngineConfig {
         data_dir: dir.to_owned(),
-        sandbox: SandboxConfig {
-            pool_instances: 1024,
-            ..SandboxConfig::default()
-        },
+        sandbox: SandboxConfig { pool_instances: 1024, ..SandboxConfig::default() },
         concurrency,
         group_commit,
         ..EngineConfig::default()
     };
     let engine = Engine::open(config).await.unwrap();
-    engine.add_plugin("trivial", TRIVIAL.bytes()).await.unwrap();
-    engine.add_plugin("clock", CLOCK.bytes()).await.unwrap();
+    engine.add_plugin("trivial", TRIVIAL.bytes(), None, true).await.unwrap();
+    engine.add_plugin("clock", CLOCK.bytes(), None, true).await.unwrap();
     engine
 }
 
 fn trivial() -> NewTask {
-    NewTask {
-        plugin: "trivial".into(),
-        input: b"x".to_vec(),
-        ..NewTask::default()
-    }
+    NewTask { plugin: "trivial".into(), input: b"x".to_vec(), ..NewTask::default() }
 }
 
 /// Submits `n` tasks from 64 concurrent submitters and waits until all
@@ -81,33 +71,22 @@ async fn throughput(engine: &Engine, n: usize) -> f64 {
 }
 
 fn unix_nanos() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos()
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
 }
 
 async fn bench() {
-    println!(
-        "taskhost engine benchmark ({} CPUs)\n",
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
+    println!("taskhost engine benchmark ({} CPUs)\n", std::thread::available_parallelism().map_or(1, |n| n.get()));
 
     // 1. Throughput, group commit on vs off.
     let dir = tempfile::tempdir().unwrap();
     let grouped = throughput(&open(dir.path(), true, 512).await, THROUGHPUT_TASKS).await;
     let dir_off = tempfile::tempdir().unwrap();
     let ungrouped = throughput(&open(dir_off.path(), false, 512).await, UNGROUPED_TASKS).await;
-    println!(
-        "1. durable throughput, trivial plugin, submit -> completed (3 committed transitions per task)\n"
-    );
+    println!("1. durable throughput, trivial plugin, submit -> completed (3 committed transitions per task)\n");
     println!("| mode | tasks | tasks/s | vs group commit |");
     println!("|---|---:|---:|---:|");
     println!("| group commit (default) | {THROUGHPUT_TASKS} | {grouped:.0} | 1.00x |");
-    println!(
-        "| one commit per transition | {UNGROUPED_TASKS} | {ungrouped:.0} | {:.3}x |",
-        ungrouped / grouped
-    );
+    println!("| one commit per transition | {UNGROUPED_TASKS} | {ungrouped:.0} | {:.3}x |", ungrouped / grouped);
 
     // 2. Latency at a steady 1,000 tasks/s.
     let dir = tempfile::tempdir().unwrap();
@@ -121,17 +100,11 @@ async fn bench() {
         let engine = engine.clone();
         pending.push(tokio::spawn(async move {
             let submitted_at = unix_nanos();
-            let task = NewTask {
-                plugin: "clock".into(),
-                ..NewTask::default()
-            };
+            let task = NewTask { plugin: "clock".into(), ..NewTask::default() };
             let id = engine.submit(task).await.unwrap().record.id;
             let record = engine.wait(id, Duration::from_secs(30)).await.unwrap();
             assert_eq!(record.state, TaskState::Completed);
-            let ran_at: u128 = String::from_utf8(engine.output(id).unwrap().unwrap())
-                .unwrap()
-                .parse()
-                .unwrap();
+            let ran_at: u128 = String::from_utf8(engine.output(id).unwrap().unwrap()).unwrap().parse().unwrap();
             Duration::from_nanos(ran_at.saturating_sub(submitted_at) as u64)
         }));
     }
@@ -142,18 +115,10 @@ async fn bench() {
     }
     latencies.sort();
     let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
-    println!(
-        "\n2. submit -> start latency at a steady 1,000 tasks/s ({sent} tasks over {LATENCY_SECONDS} s)\n"
-    );
+    println!("\n2. submit -> start latency at a steady 1,000 tasks/s ({sent} tasks over {LATENCY_SECONDS} s)\n");
     println!("| p50 | p90 | p99 | max |");
     println!("|---:|---:|---:|---:|");
-    println!(
-        "| {} | {} | {} | {} |",
-        ms(pct(50)),
-        ms(pct(90)),
-        ms(pct(99)),
-        ms(*latencies.last().unwrap())
-    );
+    println!("| {} | {} | {} | {} |", ms(pct(50)), ms(pct(90)), ms(pct(99)), ms(*latencies.last().unwrap()));
 
     // 3. Restart after SIGKILL with 100,000 stored tasks.
     let dir = tempfile::tempdir().unwrap();
@@ -161,27 +126,14 @@ async fn bench() {
         let engine = open(dir.path(), true, 512).await;
         let fill = Instant::now();
         let rate = throughput(&engine, STORED_TASKS).await;
-        eprintln!(
-            "(filled {STORED_TASKS} tasks in {:.1} s at {rate:.0}/s)",
-            fill.elapsed().as_secs_f64()
-        );
+        eprintln!("(filled {STORED_TASKS} tasks in {:.1} s at {rate:.0}/s)", fill.elapsed().as_secs_f64());
         engine.shutdown();
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let serve = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
-            .args([
-                "serve",
-                "--data",
-                dir.path().to_str().unwrap(),
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
+            .args(["serve", "--data", dir.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap()
@@ -213,13 +165,7 @@ async fn bench() {
         .unwrap_or_default()
         .lines()
         .find_map(|l| {
-            l.strip_prefix("VmRSS:").map(|v| {
-                v.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .unwrap_or(0)
-            })
+            l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0))
         })
         .unwrap_or(0);
     let file = std::fs::metadata(dir.path().join("taskhost.redb")).map_or(0, |m| m.len());
@@ -228,22 +174,10 @@ async fn bench() {
     println!("\n3. `taskhost serve` restarted after SIGKILL with {STORED_TASKS} stored tasks\n");
     println!("| measure | value |");
     println!("|---|---:|");
-    println!(
-        "| tasks reported by /healthz | {} |",
-        health["tasks"]["completed"]
-    );
-    println!(
-        "| restart to serving (process start -> /healthz 200) | {} |",
-        ms(to_serving)
-    );
-    println!(
-        "| host RSS after restart | {:.1} MiB |",
-        rss as f64 / 1024.0
-    );
-    println!(
-        "| store file size | {:.1} MiB |",
-        file as f64 / (1 << 20) as f64
-    );
+    println!("| tasks reported by /healthz | {} |", health["tasks"]["completed"]);
+    println!("| restart to serving (process start -> /healthz 200) | {} |", ms(to_serving));
+    println!("| host RSS after restart | {:.1} MiB |", rss as f64 / 1024.0);
+    println!("| store file size | {:.1} MiB |", file as f64 / (1 << 20) as f64);
 }
 
 fn ms(d: Duration) -> String {

@@ -17,6 +17,6 @@ pub mod store;
 pub mod units;
 
 pub use sandbox::{
-    CancelToken, FailureClass, Limits, LoadError, LogLevel, LogRecord, Plugin, Sandbox,
+    CancelToken, DirGrant, FailureClass, Grants, Limits, LoadError, LogLevel, LogRecord, Plugin, Sandbox,
     SandboxConfig, TaskFailure, TaskMeta, TaskReport, TaskRequest,
 };

@@ -13,7 +13,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         return Err("empty size: expected a number of bytes such as `64MiB` or `4096`".into());
     }
     trimmed.parse::<bytesize::ByteSize>().map(|b| b.as_u64()).map_err(|e| {
-        format!("invalid size `{text}` ({e}): expected a number with an optional unit such as `64MiB`, `512KiB` or `4096`")
+        format!(
+            "invalid size `{text}` ({e}): expected a number with an optional unit such as `64MiB`, `512KiB` or `4096`"
+        )
     })
 }
 
@@ -23,9 +25,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         format!("invalid duration `{text}` ({e}): expected a number with a unit such as `500ms`, `2s` or `1m`")
     })?;
     if d.is_zero() {
-        return Err(format!(
-            "invalid duration `{text}`: must be greater than zero"
-        ));
+        return Err(format!("invalid duration `{text}`: must be greater than zero"));
     }
     Ok(d)
 }
@@ -68,15 +68,7 @@ mod tests {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
         assert_eq!(parse_duration("1m 30s").unwrap(), Duration::from_secs(90));
-        assert!(
-            parse_duration("0s")
-                .unwrap_err()
-                .contains("greater than zero")
-        );
-        assert!(
-            parse_duration("soon")
-                .unwrap_err()
-                .contains("invalid duration `soon`")
-        );
+        assert!(parse_duration("0s").unwrap_err().contains("greater than zero"));
+        assert!(parse_duration("soon").unwrap_err().contains("invalid duration `soon`"));
     }
 }

@@ -43,16 +43,15 @@ impl FromInput for Vec<u8> {
 
 impl FromInput for String {
     fn from_input(input: Vec<u8>) -> Result<Self> {
-        String::from_utf8(input)
-            .map_err(|e| Error::permanent(format!("input is not valid UTF-8: {e}")))
+        String::from_utf8(input).map_err(|e| Error::permanent(format!("input is not valid UTF-8: {e}")))
     }
 }
 
 impl<T: DeserializeOwned> FromInput for Json<T> {
     fn from_input(input: Vec<u8>) -> Result<Self> {
-        serde_json::from_slice(&input).map(Json).map_err(|e| {
-            Error::permanent(format!("input is not the JSON this plugin expects: {e}"))
-        })
+        serde_json::from_slice(&input)
+            .map(Json)
+            .map_err(|e| Error::permanent(format!("input is not the JSON this plugin expects: {e}")))
     }
 }
 
@@ -93,8 +92,7 @@ impl IntoOutput for () {
 
 impl<T: Serialize> IntoOutput for Json<T> {
     fn into_output(self) -> Result<Vec<u8>> {
-        serde_json::to_vec(&self.0)
-            .map_err(|e| Error::permanent(format!("cannot serialise the output as JSON: {e}")))
+        serde_json::to_vec(&self.0).map_err(|e| Error::permanent(format!("cannot serialise the output as JSON: {e}")))
     }
 }
 
@@ -134,10 +132,7 @@ mod tests {
         let Json(v): Json<Vec<u32>> = Json::from_input(b"[1,2]".to_vec()).unwrap();
         assert_eq!(v, vec![1, 2]);
         let err = Json::<Vec<u32>>::from_input(b"{".to_vec()).unwrap_err();
-        assert!(
-            err.message().contains("not the JSON this plugin expects"),
-            "{err}"
-        );
+        assert!(err.message().contains("not the JSON this plugin expects"), "{err}");
     }
 
     #[test]

@@ -128,18 +128,12 @@ pub struct Error {
 impl Error {
     /// A transient failure: the host may run the task again.
     pub fn retryable(message: impl fmt::Display) -> Self {
-        Self {
-            retryable: true,
-            message: message.to_string(),
-        }
+        Self { retryable: true, message: message.to_string() }
     }
 
     /// A failure that will recur on the same input: never retried.
     pub fn permanent(message: impl fmt::Display) -> Self {
-        Self {
-            retryable: false,
-            message: message.to_string(),
-        }
+        Self { retryable: false, message: message.to_string() }
     }
 
     /// Whether the host may retry the task.
@@ -168,11 +162,7 @@ impl<E: std::error::Error> From<E> for Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let kind = if self.retryable {
-            "retryable"
-        } else {
-            "permanent"
-        };
+        let kind = if self.retryable { "retryable" } else { "permanent" };
         write!(f, "{kind}: {}", self.message)
     }
 }
@@ -234,10 +224,6 @@ pub mod __private {
 
     /// Maps the SDK's error to the WIT `task-error`; used by `#[plugin]`.
     pub fn task_error(error: crate::Error) -> TaskError {
-        if error.retryable {
-            TaskError::Retryable(error.message)
-        } else {
-            TaskError::Permanent(error.message)
-        }
+        if error.retryable { TaskError::Retryable(error.message) } else { TaskError::Permanent(error.message) }
     }
 }

@@ -20,12 +20,7 @@ async fn api() -> Api {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(axum::serve(listener, taskhost::api::router(engine.clone())).into_future());
-    Api {
-        base,
-        http: reqwest::Client::new(),
-        engine,
-        _dir: dir,
-    }
+    Api { base, http: reqwest::Client::new(), engine, _dir: dir }
 }
 
 impl Api {
@@ -36,23 +31,18 @@ impl Api {
     }
 
     async fn post_json(&self, path: &str, body: &str) -> (StatusCode, Value) {
-        let request = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .header("content-type", "application/json");
+        let request = self.http.post(format!("{}{path}", self.base)).header("content-type", "application/json");
         self.send(request.body(body.to_owned())).await
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send(self.http.get(format!("{}{path}", self.base)))
-            .await
+        self.send(self.http.get(format!("{}{path}", self.base))).await
     }
 
     async fn wait_done(&self, id: &str) -> Value {
         for _ in 0..600 {
             let (_, task) = self.get(&format!("/v1/tasks/{id}")).await;
-            if ["completed", "failed", "cancelled"].contains(&task["state"].as_str().unwrap_or(""))
-            {
+            if ["completed", "failed", "cancelled"].contains(&task["state"].as_str().unwrap_or("")) {
                 return task;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -65,20 +55,11 @@ impl Api {
     }
 }
 
-fn assert_error(
-    status: StatusCode,
-    body: &Value,
-    expected_status: u16,
-    code: &str,
-    message_part: &str,
-) {
+fn assert_error(status: StatusCode, body: &Value, expected_status: u16, code: &str, message_part: &str) {
     assert_eq!(status.as_u16(), expected_status, "{body}");
     assert_eq!(body["error"]["code"], code, "{body}");
     let message = body["error"]["message"].as_str().unwrap();
-    assert!(
-        message.contains(message_part),
-        "`{message}` lacks `{message_part}`"
-    );
+    assert!(message.contains(message_part), "`{message}` lacks `{message_part}`");
 }
 
 #[tokio::test]
@@ -86,76 +67,35 @@ async fn submit_get_and_list_over_http() {
     let api = api().await;
     let (status, plugins) = api.get("/v1/plugins").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        plugins["plugins"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p["name"] == "uppercase")
-    );
+    assert!(plugins["plugins"].as_array().unwrap().iter().any(|p| p["name"] == "uppercase"));
 
     // A JSON input reaches the plugin as its JSON text; output that parses
     // as JSON is returned as JSON.
-    let (status, created) = api
-        .post_json(
-            "/v1/tasks",
-            r#"{"plugin": "uppercase", "input": {"a": "b"}}"#,
-        )
-        .await;
+    let (status, created) = api.post_json("/v1/tasks", r#"{"plugin": "uppercase", "input": {"a": "b"}}"#).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     let task = api.wait_done(created["id"].as_str().unwrap()).await;
     assert_eq!(task["state"], "completed");
     assert_eq!(task["output"], json!({"A": "B"}));
 
     // Binary-safe input and output.
-    let (_, created) = api
-        .post_json(
-            "/v1/tasks",
-            r#"{"plugin": "uppercase", "input_base64": "aGk="}"#,
-        )
-        .await;
+    let (_, created) = api.post_json("/v1/tasks", r#"{"plugin": "uppercase", "input_base64": "aGk="}"#).await;
     let task = api.wait_done(created["id"].as_str().unwrap()).await;
     assert_eq!(task["output_base64"], "SEk=");
 
-    let (_, history) = api
-        .get(&format!(
-            "/v1/tasks/{}/history",
-            created["id"].as_str().unwrap()
-        ))
-        .await;
-    let states: Vec<_> = history["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["to"].clone())
-        .collect();
-    assert_eq!(
-        states,
-        [json!("pending"), json!("running"), json!("completed")]
-    );
+    let (_, history) = api.get(&format!("/v1/tasks/{}/history", created["id"].as_str().unwrap())).await;
+    let states: Vec<_> = history["history"].as_array().unwrap().iter().map(|t| t["to"].clone()).collect();
+    assert_eq!(states, [json!("pending"), json!("running"), json!("completed")]);
 
     let (_, page) = api.get("/v1/tasks?state=completed&limit=1").await;
     assert_eq!(page["tasks"].as_array().unwrap().len(), 1);
     let cursor = page["next_cursor"].as_str().unwrap();
-    let (_, next) = api
-        .get(&format!(
-            "/v1/tasks?state=completed&limit=1&cursor={cursor}"
-        ))
-        .await;
+    let (_, next) = api.get(&format!("/v1/tasks?state=completed&limit=1&cursor={cursor}")).await;
     assert_eq!(next["tasks"].as_array().unwrap().len(), 1);
     assert!(next["next_cursor"].is_null());
 
-    let metrics = api
-        .http
-        .get(format!("{}/metrics", api.base))
-        .send()
-        .await
-        .unwrap();
+    let metrics = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap();
     let text = metrics.text().await.unwrap();
-    assert!(
-        text.contains(r#"taskhost_tasks{queue="default",state="completed"} 2"#),
-        "{text}"
-    );
+    assert!(text.contains(r#"taskhost_tasks{queue="default",state="completed"} 2"#), "{text}");
     assert!(text.contains("taskhost_run_seconds_bucket"));
     let (_, health) = api.get("/healthz").await;
     assert_eq!(health["status"], "ok");
@@ -174,17 +114,9 @@ async fn batch_submission_answers_each_item() {
     assert_eq!(status, StatusCode::OK, "{results}");
     let r = results["results"].as_array().unwrap();
     assert_eq!(r[0]["state"], "pending");
-    assert_eq!(
-        (r[1]["status"].as_u64(), r[1]["error"]["code"].as_str()),
-        (Some(404), Some("unknown_plugin"))
-    );
+    assert_eq!((r[1]["status"].as_u64(), r[1]["error"]["code"].as_str()), (Some(404), Some("unknown_plugin")));
     assert_eq!(r[2]["error"]["code"], "invalid_request");
-    assert!(
-        r[3]["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("unknown field `oops`")
-    );
+    assert!(r[3]["error"]["message"].as_str().unwrap().contains("unknown field `oops`"));
     assert_eq!(api.stored(), 1);
 }
 
@@ -192,27 +124,9 @@ async fn batch_submission_answers_each_item() {
 async fn every_bad_request_gets_a_clear_4xx_and_writes_nothing() {
     let api = api().await;
     let cases: &[(&str, &str, u16, &str, &str)] = &[
-        (
-            "/v1/tasks",
-            r#"{"plugin": "uppercase""#,
-            400,
-            "malformed_json",
-            "not valid JSON",
-        ),
-        (
-            "/v1/tasks",
-            r#"{"plugin": "uppercase", "colour": "red"}"#,
-            400,
-            "invalid_request",
-            "unknown field `colour`",
-        ),
-        (
-            "/v1/tasks",
-            r#"{"plugin": "nope"}"#,
-            404,
-            "unknown_plugin",
-            "unknown plugin `nope`",
-        ),
+        ("/v1/tasks", r#"{"plugin": "uppercase""#, 400, "malformed_json", "not valid JSON"),
+        ("/v1/tasks", r#"{"plugin": "uppercase", "colour": "red"}"#, 400, "invalid_request", "unknown field `colour`"),
+        ("/v1/tasks", r#"{"plugin": "nope"}"#, 404, "unknown_plugin", "unknown plugin `nope`"),
         (
             "/v1/tasks",
             r#"{"plugin": "uppercase", "priority": 10}"#,
@@ -234,20 +148,8 @@ async fn every_bad_request_gets_a_clear_4xx_and_writes_nothing() {
             "invalid_request",
             "not both",
         ),
-        (
-            "/v1/tasks",
-            r#"{"plugin": "uppercase", "input_base64": "!!"}"#,
-            400,
-            "invalid_request",
-            "not base64",
-        ),
-        (
-            "/v1/tasks",
-            r#"{"plugin": "uppercase", "max_attempts": 1000}"#,
-            400,
-            "invalid_request",
-            "max_attempts 1000",
-        ),
+        ("/v1/tasks", r#"{"plugin": "uppercase", "input_base64": "!!"}"#, 400, "invalid_request", "not base64"),
+        ("/v1/tasks", r#"{"plugin": "uppercase", "max_attempts": 1000}"#, 400, "invalid_request", "max_attempts 1000"),
         (
             "/v1/tasks",
             r#"{"plugin": "uppercase", "timeout_ms": 0}"#,
@@ -269,111 +171,44 @@ async fn every_bad_request_gets_a_clear_4xx_and_writes_nothing() {
             "invalid_request",
             "callback_url",
         ),
-        (
-            "/v1/tasks",
-            r#"{"input": "x"}"#,
-            400,
-            "invalid_request",
-            "missing field `plugin`",
-        ),
-        (
-            "/v1/tasks",
-            r#"[1, 2]"#,
-            400,
-            "invalid_request",
-            "does not fit",
-        ),
-        (
-            "/v1/tasks:batch",
-            r#"{"tasks": 5}"#,
-            400,
-            "invalid_request",
-            "does not fit",
-        ),
+        ("/v1/tasks", r#"{"input": "x"}"#, 400, "invalid_request", "missing field `plugin`"),
+        ("/v1/tasks", r#"[1, 2]"#, 400, "invalid_request", "does not fit"),
+        ("/v1/tasks:batch", r#"{"tasks": 5}"#, 400, "invalid_request", "does not fit"),
     ];
     for (path, body, status, code, message) in cases {
         let (got, response) = api.post_json(path, body).await;
         assert_error(got, &response, *status, code, message);
     }
     // Not JSON at all.
-    let (status, body) = api
-        .send(
-            api.http
-                .post(format!("{}/v1/tasks", api.base))
-                .body("plugin=x"),
-        )
-        .await;
-    assert_error(
-        status,
-        &body,
-        415,
-        "unsupported_media_type",
-        "application/json",
-    );
+    let (status, body) = api.send(api.http.post(format!("{}/v1/tasks", api.base)).body("plugin=x")).await;
+    assert_error(status, &body, 415, "unsupported_media_type", "application/json");
     // Over the body size limit.
-    let huge = format!(
-        r#"{{"plugin": "uppercase", "input": "{}"}}"#,
-        "x".repeat(taskhost::api::MAX_TASK_BODY + 1)
-    );
+    let huge = format!(r#"{{"plugin": "uppercase", "input": "{}"}}"#, "x".repeat(taskhost::api::MAX_TASK_BODY + 1));
     let (status, body) = api.post_json("/v1/tasks", &huge).await;
     assert_error(status, &body, 413, "payload_too_large", "too large");
     // Bad ids and unknown tasks.
     let (status, body) = api.get("/v1/tasks/not-a-uuid").await;
     assert_error(status, &body, 400, "invalid_request", "is not a task id");
-    let (status, body) = api
-        .get("/v1/tasks/01a1fe50-2322-70e4-bb45-25827b3e97d5")
-        .await;
+    let (status, body) = api.get("/v1/tasks/01a1fe50-2322-70e4-bb45-25827b3e97d5").await;
     assert_error(status, &body, 404, "not_found", "not found");
     let (status, body) = api.get("/v1/tasks?state=done").await;
-    assert_error(
-        status,
-        &body,
-        400,
-        "invalid_request",
-        "unknown state `done`; expected one of pending",
-    );
+    assert_error(status, &body, 400, "invalid_request", "unknown state `done`; expected one of pending");
     let (status, body) = api.get("/v1/tasks?colour=red").await;
-    assert_error(
-        status,
-        &body,
-        400,
-        "invalid_request",
-        "unknown field `colour`",
-    );
+    assert_error(status, &body, 400, "invalid_request", "unknown field `colour`");
     let (status, body) = api.get("/v2/nothing").await;
     assert_error(status, &body, 404, "not_found", "no such endpoint");
     // Plugins: not a component, a bad name, an empty body.
-    let post = |name: &str, bytes: Vec<u8>| {
-        api.http
-            .post(format!("{}/v1/plugins/{name}", api.base))
-            .body(bytes)
-    };
+    let post = |name: &str, bytes: Vec<u8>| api.http.post(format!("{}/v1/plugins/{name}", api.base)).body(bytes);
     let (status, body) = api.send(post("junk", b"hello".to_vec())).await;
-    assert_error(
-        status,
-        &body,
-        422,
-        "invalid_plugin",
-        "not a WebAssembly binary",
-    );
+    assert_error(status, &body, 422, "invalid_plugin", "not a WebAssembly binary");
     let (status, body) = api.send(post("core", b"\0asm\x01\0\0\0".to_vec())).await;
-    assert_error(
-        status,
-        &body,
-        422,
-        "invalid_plugin",
-        "core WebAssembly module, not a component",
-    );
+    assert_error(status, &body, 422, "invalid_plugin", "core WebAssembly module, not a component");
     let (status, body) = api.send(post("bad%20name", UPPERCASE.bytes())).await;
     assert_error(status, &body, 400, "invalid_request", "invalid plugin name");
     let (status, body) = api.send(post("empty", Vec::new())).await;
     assert_error(status, &body, 400, "invalid_request", "body is empty");
     let (_, plugins) = api.get("/v1/plugins").await;
-    assert_eq!(
-        plugins["plugins"].as_array().unwrap().len(),
-        4,
-        "a refused upload registered something"
-    );
+    assert_eq!(plugins["plugins"].as_array().unwrap().len(), 4, "a refused upload registered something");
     // Queues.
     let put = |name: &str, body: &str| {
         api.http
@@ -382,21 +217,9 @@ async fn every_bad_request_gets_a_clear_4xx_and_writes_nothing() {
             .body(body.to_owned())
     };
     let (status, body) = api.send(put("q", r#"{"weight": 0}"#)).await;
-    assert_error(
-        status,
-        &body,
-        400,
-        "invalid_request",
-        "weight 0 is out of range",
-    );
+    assert_error(status, &body, 400, "invalid_request", "weight 0 is out of range");
     let (status, body) = api.send(put("q", r#"{"concurrency": 0}"#)).await;
-    assert_error(
-        status,
-        &body,
-        400,
-        "invalid_request",
-        "concurrency must be at least 1",
-    );
+    assert_error(status, &body, 400, "invalid_request", "concurrency must be at least 1");
 
     assert_eq!(api.stored(), 0, "a refused request wrote a task");
 }
@@ -404,9 +227,7 @@ async fn every_bad_request_gets_a_clear_4xx_and_writes_nothing() {
 #[tokio::test]
 async fn cancelling_a_finished_task_is_a_conflict() {
     let api = api().await;
-    let (_, created) = api
-        .post_json("/v1/tasks", r#"{"plugin": "uppercase", "input": "x"}"#)
-        .await;
+    let (_, created) = api.post_json("/v1/tasks", r#"{"plugin": "uppercase", "input": "x"}"#).await;
     let id = created["id"].as_str().unwrap();
     api.wait_done(id).await;
     let (status, body) = api.post_json(&format!("/v1/tasks/{id}/cancel"), "{}").await;
@@ -432,10 +253,7 @@ async fn a_finished_task_is_posted_to_its_callback() {
     tokio::spawn(axum::serve(listener, receiver).into_future());
     let body = json!({"plugin": "uppercase", "input": "ping", "callback_url": hook}).to_string();
     let (_, created) = api.post_json("/v1/tasks", &body).await;
-    let posted = tokio::time::timeout(Duration::from_secs(10), rx.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let posted = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
     assert_eq!(posted["id"], created["id"]);
     assert_eq!(posted["state"], "completed");
     assert_eq!(posted["output"], "PING");

@@ -33,11 +33,7 @@ fn error_line(out: &Output) -> String {
     let text = stderr(out);
     let errors: Vec<_> = text.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(errors.len(), 1, "expected one error line in:\n{text}");
-    assert_eq!(
-        text.lines().last(),
-        Some(errors[0]),
-        "the error line must come last:\n{text}"
-    );
+    assert_eq!(text.lines().last(), Some(errors[0]), "the error line must come last:\n{text}");
     errors[0].to_owned()
 }
 
@@ -52,11 +48,7 @@ fn input_from_stdin_output_to_stdout() {
 fn input_from_a_file() {
     let mut file = tempfile::NamedTempFile::new().unwrap();
     file.write_all(b"from a file").unwrap();
-    let out = run_plugin(
-        UPPERCASE,
-        &["--input", file.path().to_str().unwrap()],
-        b"ignored",
-    );
+    let out = run_plugin(UPPERCASE, &["--input", file.path().to_str().unwrap()], b"ignored");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(out.stdout, b"FROM A FILE");
 }
@@ -66,11 +58,7 @@ fn logs_go_to_stderr() {
     let out = run_plugin(HELLO_TASK, &[], b"Lin");
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("hello, Lin!"));
-    assert!(
-        stderr(&out).contains("[ info] greeting Lin"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("[ info] greeting Lin"), "{}", stderr(&out));
 }
 
 #[test]
@@ -78,15 +66,8 @@ fn a_limit_failure_exits_non_zero_with_its_class() {
     let out = run_plugin(SPIN, &["--fuel", "1000000"], b"");
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
-    assert_eq!(
-        error_line(&out),
-        "error: fuel exhausted: the task used up its fuel budget"
-    );
-    let out = run_plugin(
-        SPIN,
-        &["--fuel", "100000000000000", "--timeout", "300ms"],
-        b"",
-    );
+    assert_eq!(error_line(&out), "error: fuel exhausted: the task used up its fuel budget");
+    let out = run_plugin(SPIN, &["--fuel", "100000000000000", "--timeout", "300ms"], b"");
     assert_eq!(out.status.code(), Some(1));
     assert!(error_line(&out).starts_with("error: timeout: "));
 }
@@ -95,10 +76,7 @@ fn a_limit_failure_exits_non_zero_with_its_class() {
 fn a_plugin_error_exits_non_zero_with_its_message() {
     let out = run_plugin(HELLO_TASK, &[], b"");
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(
-        error_line(&out),
-        "error: plugin error (permanent): input is empty; expected a name"
-    );
+    assert_eq!(error_line(&out), "error: plugin error (permanent): input is empty; expected a name");
 }
 
 #[test]
@@ -106,36 +84,20 @@ fn memory_and_timeout_accept_human_units() {
     let out = run_plugin(UPPERCASE, &["--memory", "64MiB", "--timeout", "2s"], b"ok");
     assert!(out.status.success(), "{}", stderr(&out));
     let out = run_plugin(UPPERCASE, &["--memory", "64 KiB"], b"ok");
-    assert!(
-        error_line(&out).starts_with("error: memory limit exceeded: "),
-        "{}",
-        stderr(&out)
-    );
+    assert!(error_line(&out).starts_with("error: memory limit exceeded: "), "{}", stderr(&out));
 }
 
 #[test]
 fn bad_arguments_are_usage_errors() {
     let out = run_plugin(UPPERCASE, &["--memory", "lots"], b"");
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("invalid size `lots`"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("invalid size `lots`"), "{}", stderr(&out));
     let out = run_plugin(UPPERCASE, &["--timeout", "0s"], b"");
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("greater than zero"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("greater than zero"), "{}", stderr(&out));
     let out = run_plugin(UPPERCASE, &["--memory", "1TiB"], b"");
     assert_eq!(out.status.code(), Some(2));
-    assert!(
-        error_line(&out).contains("exceeds this host's per-task maximum"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(error_line(&out).contains("exceeds this host's per-task maximum"), "{}", stderr(&out));
 }
 
 #[test]
@@ -148,19 +110,13 @@ fn missing_and_invalid_plugin_files() {
     let out = taskhost(&["run", file.path().to_str().unwrap()], b"");
     assert_eq!(out.status.code(), Some(1));
     let line = error_line(&out);
-    assert!(
-        line.starts_with("error: invalid plugin: ") && line.contains("core WebAssembly module"),
-        "{line}"
-    );
+    assert!(line.starts_with("error: invalid plugin: ") && line.contains("core WebAssembly module"), "{line}");
 }
 
 #[test]
 fn the_host_environment_does_not_leak_into_plugins() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_taskhost"));
-    child
-        .args(["run", READ_ENV.path])
-        .env("TASKHOST_TEST_SECRET", "hunter2")
-        .stdin(Stdio::null());
+    child.args(["run", READ_ENV.path]).env("TASKHOST_TEST_SECRET", "hunter2").stdin(Stdio::null());
     let out = child.output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(out.stdout, b"[[],[]]");

@@ -7,49 +7,30 @@ use taskhost::store::{QueueConfig, TaskRecord, TaskState};
 use taskhost::{SandboxConfig, units};
 use taskhost_test_artifacts::{FAIL, SLEEP, SPIN, UPPERCASE};
 
-pub(crate) async fn engine_with(
-    tweak: impl FnOnce(&mut EngineConfig),
-) -> (Engine, tempfile::TempDir) {
+pub(crate) async fn engine_with(tweak: impl FnOnce(&mut EngineConfig)) -> (Engine, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = EngineConfig {
         data_dir: dir.path().to_owned(),
-        sandbox: SandboxConfig {
-            pool_instances: 64,
-            ..SandboxConfig::default()
-        },
+        sandbox: SandboxConfig { pool_instances: 64, ..SandboxConfig::default() },
         concurrency: 8,
-        retry: RetryPolicy {
-            base: Duration::from_millis(40),
-            cap: Duration::from_millis(200),
-        },
+        retry: RetryPolicy { base: Duration::from_millis(40), cap: Duration::from_millis(200) },
         ..EngineConfig::default()
     };
     tweak(&mut config);
     let engine = Engine::open(config).await.unwrap();
     for artifact in [SLEEP, FAIL, SPIN, UPPERCASE] {
-        engine
-            .add_plugin(artifact.name, artifact.bytes())
-            .await
-            .unwrap();
+        engine.add_plugin(artifact.name, artifact.bytes(), None, true).await.unwrap();
     }
     (engine, dir)
 }
 
 pub(crate) fn task(plugin: &str, input: &str) -> NewTask {
-    NewTask {
-        plugin: plugin.into(),
-        input: input.as_bytes().to_vec(),
-        ..NewTask::default()
-    }
+    NewTask { plugin: plugin.into(), input: input.as_bytes().to_vec(), ..NewTask::default() }
 }
 
 async fn finish(engine: &Engine, id: uuid::Uuid) -> TaskRecord {
     let record = engine.wait(id, Duration::from_secs(30)).await.unwrap();
-    assert!(
-        record.state.is_terminal(),
-        "task {id} still {} after 30 s",
-        record.state
-    );
+    assert!(record.state.is_terminal(), "task {id} still {} after 30 s", record.state);
     record
 }
 
@@ -75,14 +56,9 @@ async fn a_task_runs_to_completion_with_its_history() {
 #[tokio::test]
 async fn an_idempotency_key_never_makes_a_second_task() {
     let (engine, _dir) = engine_with(|_| {}).await;
-    let keyed = || NewTask {
-        idempotency_key: Some("invoice-42".into()),
-        ..task("uppercase", "x")
-    };
+    let keyed = || NewTask { idempotency_key: Some("invoice-42".into()), ..task("uppercase", "x") };
     let first = engine.submit(keyed()).await.unwrap();
-    let results = engine
-        .submit_batch((0..20).map(|_| keyed()).collect())
-        .await;
+    let results = engine.submit_batch((0..20).map(|_| keyed()).collect()).await;
     for result in results {
         let again = result.unwrap();
         assert!(!again.created);
@@ -100,20 +76,13 @@ async fn higher_priority_runs_first_then_fifo() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut ids = Vec::new();
     for priority in [0u8, 5, 9, 5, 0, 9] {
-        let t = NewTask {
-            priority: Some(priority),
-            ..task("sleep", "15")
-        };
+        let t = NewTask { priority: Some(priority), ..task("sleep", "15") };
         ids.push((priority, engine.submit(t).await.unwrap().record.id));
     }
     finish(&engine, blocker).await;
     let mut started = Vec::new();
     for (priority, id) in &ids {
-        started.push((
-            finish(&engine, *id).await.started_at_ms.unwrap(),
-            *priority,
-            *id,
-        ));
+        started.push((finish(&engine, *id).await.started_at_ms.unwrap(), *priority, *id));
     }
     started.sort();
     let order: Vec<_> = started.iter().map(|(_, p, id)| (*p, *id)).collect();
@@ -128,10 +97,7 @@ async fn higher_priority_runs_first_then_fifo() {
 async fn queues_with_equal_work_finish_together() {
     let (engine, _dir) = engine_with(|c| c.concurrency = 3).await;
     let start_at = std::time::SystemTime::now() + Duration::from_millis(300);
-    let run_at_ms = start_at
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
+    let run_at_ms = start_at.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
     let plan = [("short", 48, 10), ("medium", 16, 30), ("long", 4, 120)];
     let mut batch = Vec::new();
     for (queue, count, ms) in plan {
@@ -143,12 +109,7 @@ async fn queues_with_equal_work_finish_together() {
             });
         }
     }
-    let ids: Vec<_> = engine
-        .submit_batch(batch)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap().record)
-        .collect();
+    let ids: Vec<_> = engine.submit_batch(batch).await.into_iter().map(|r| r.unwrap().record).collect();
     let mut done_at = std::collections::HashMap::<String, u64>::new();
     for record in ids {
         let record = finish(&engine, record.id).await;
@@ -156,65 +117,36 @@ async fn queues_with_equal_work_finish_together() {
         let at = done_at.entry(record.queue.clone()).or_default();
         *at = (*at).max(record.finished_at_ms.unwrap());
     }
-    let spans: Vec<f64> = plan
-        .iter()
-        .map(|(q, _, _)| (done_at[*q] - run_at_ms) as f64)
-        .collect();
-    let (min, max) = spans
-        .iter()
-        .fold((f64::MAX, 0f64), |(a, b), s| (a.min(*s), b.max(*s)));
-    assert!(
-        (max - min) / max <= 0.2,
-        "queue completion times (ms) {spans:?} differ by more than 20%"
-    );
+    let spans: Vec<f64> = plan.iter().map(|(q, _, _)| (done_at[*q] - run_at_ms) as f64).collect();
+    let (min, max) = spans.iter().fold((f64::MAX, 0f64), |(a, b), s| (a.min(*s), b.max(*s)));
+    assert!((max - min) / max <= 0.2, "queue completion times (ms) {spans:?} differ by more than 20%");
 }
 
 #[tokio::test]
 async fn retryable_failures_back_off_with_jitter_within_bounds() {
-    let policy = RetryPolicy {
-        base: Duration::from_millis(40),
-        cap: Duration::from_millis(200),
-    };
+    let policy = RetryPolicy { base: Duration::from_millis(40), cap: Duration::from_millis(200) };
     let (engine, _dir) = engine_with(|c| c.retry = policy).await;
     let mut delays = Vec::new();
     for _ in 0..4 {
-        let t = NewTask {
-            max_attempts: Some(4),
-            ..task("fail", "retryable:upstream busy")
-        };
+        let t = NewTask { max_attempts: Some(4), ..task("fail", "retryable:upstream busy") };
         let record = finish(&engine, engine.submit(t).await.unwrap().record.id).await;
         assert_eq!((record.state, record.attempts), (TaskState::Failed, 4));
         let error = record.error.as_ref().unwrap();
         assert_eq!(
-            (
-                error.class.as_str(),
-                error.retryable,
-                error.message.as_str()
-            ),
+            (error.class.as_str(), error.retryable, error.message.as_str()),
             ("plugin error", true, "upstream busy")
         );
         let h = &record.history;
-        let retries: Vec<_> = h
-            .iter()
-            .enumerate()
-            .filter(|(_, t)| t.to == TaskState::Retrying)
-            .collect();
+        let retries: Vec<_> = h.iter().enumerate().filter(|(_, t)| t.to == TaskState::Retrying).collect();
         assert_eq!(retries.len(), 3, "{h:#?}");
         for (i, retry) in retries {
             // The next start comes after the backoff, which is within the
             // ceiling for that attempt.
             let next_start = &h[i + 1];
-            assert_eq!(
-                (next_start.from, next_start.to),
-                (Some(TaskState::Retrying), TaskState::Running)
-            );
+            assert_eq!((next_start.from, next_start.to), (Some(TaskState::Retrying), TaskState::Running));
             let waited = next_start.at_ms - retry.at_ms;
             let ceiling = policy.ceiling(retry.attempt).as_millis() as u64;
-            assert!(
-                waited <= ceiling + 100,
-                "attempt {} waited {waited} ms, ceiling {ceiling} ms",
-                retry.attempt
-            );
+            assert!(waited <= ceiling + 100, "attempt {} waited {waited} ms, ceiling {ceiling} ms", retry.attempt);
             delays.push(waited);
         }
         assert!(h.last().unwrap().reason.contains("attempts exhausted"));
@@ -227,18 +159,11 @@ async fn retryable_failures_back_off_with_jitter_within_bounds() {
 #[tokio::test]
 async fn permanent_failures_are_not_retried() {
     let (engine, _dir) = engine_with(|_| {}).await;
-    let t = NewTask {
-        max_attempts: Some(5),
-        ..task("fail", "permanent:bad input")
-    };
+    let t = NewTask { max_attempts: Some(5), ..task("fail", "permanent:bad input") };
     let record = finish(&engine, engine.submit(t).await.unwrap().record.id).await;
     assert_eq!((record.state, record.attempts), (TaskState::Failed, 1));
     // Deterministic limits are not retried either.
-    let t = NewTask {
-        max_attempts: Some(5),
-        fuel: Some(1_000_000),
-        ..task("spin", "")
-    };
+    let t = NewTask { max_attempts: Some(5), fuel: Some(1_000_000), ..task("spin", "") };
     let record = finish(&engine, engine.submit(t).await.unwrap().record.id).await;
     assert_eq!((record.state, record.attempts), (TaskState::Failed, 1));
     assert_eq!(record.error.unwrap().class, "fuel exhausted");
@@ -247,11 +172,7 @@ async fn permanent_failures_are_not_retried() {
 #[tokio::test]
 async fn cancelling_a_running_task_interrupts_it_within_100ms() {
     let (engine, _dir) = engine_with(|_| {}).await;
-    let t = NewTask {
-        fuel: Some(u64::MAX / 2),
-        timeout_ms: Some(60_000),
-        ..task("spin", "")
-    };
+    let t = NewTask { fuel: Some(u64::MAX / 2), timeout_ms: Some(60_000), ..task("spin", "") };
     let id = engine.submit(t).await.unwrap().record.id;
     while engine.get(id).unwrap().state != TaskState::Running {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -262,106 +183,50 @@ async fn cancelling_a_running_task_interrupts_it_within_100ms() {
     let took = asked.elapsed();
     assert_eq!(record.state, TaskState::Cancelled);
     assert!(took < Duration::from_millis(100), "cancel took {took:?}");
-    assert_eq!(
-        record.history.last().unwrap().from,
-        Some(TaskState::Running)
-    );
+    assert_eq!(record.history.last().unwrap().from, Some(TaskState::Running));
     // Cancelling again is a conflict, not a crash.
     let again = engine.cancel(id).await.unwrap_err();
-    assert!(
-        again.to_string().contains("already ended (cancelled)"),
-        "{again}"
-    );
+    assert!(again.to_string().contains("already ended (cancelled)"), "{again}");
 }
 
 #[tokio::test]
 async fn a_delayed_task_waits_and_can_be_cancelled_before_it_runs() {
     let (engine, _dir) = engine_with(|_| {}).await;
-    let delayed = NewTask {
-        delay_ms: Some(250),
-        ..task("uppercase", "later")
-    };
+    let delayed = NewTask { delay_ms: Some(250), ..task("uppercase", "later") };
     let record = engine.submit(delayed).await.unwrap().record;
     let done = finish(&engine, record.id).await;
     assert!(done.started_at_ms.unwrap() >= record.created_at_ms + 250);
-    let never = NewTask {
-        delay_ms: Some(60_000),
-        ..task("uppercase", "never")
-    };
+    let never = NewTask { delay_ms: Some(60_000), ..task("uppercase", "never") };
     let id = engine.submit(never).await.unwrap().record.id;
     let cancelled = engine.cancel(id).await.unwrap();
-    assert_eq!(
-        (cancelled.state, cancelled.attempts),
-        (TaskState::Cancelled, 0)
-    );
+    assert_eq!((cancelled.state, cancelled.attempts), (TaskState::Cancelled, 0));
 }
 
 #[tokio::test]
 async fn the_dead_letter_set_can_be_resubmitted() {
     let (engine, _dir) = engine_with(|_| {}).await;
-    let t = NewTask {
-        max_attempts: Some(1),
-        ..task("fail", "retryable:down")
-    };
+    let t = NewTask { max_attempts: Some(1), ..task("fail", "retryable:down") };
     let id = engine.submit(t).await.unwrap().record.id;
     assert_eq!(finish(&engine, id).await.state, TaskState::Failed);
-    let filter = taskhost::engine::ListFilter {
-        state: Some(TaskState::Failed),
-        ..Default::default()
-    };
+    let filter = taskhost::engine::ListFilter { state: Some(TaskState::Failed), ..Default::default() };
     assert_eq!(engine.list(&filter).unwrap().0.len(), 1);
     let again = engine.resubmit(id).await.unwrap();
     assert_eq!((again.state, again.attempts), (TaskState::Pending, 0));
     let done = finish(&engine, id).await;
     assert_eq!((done.state, done.attempts), (TaskState::Failed, 1));
-    assert!(
-        done.history
-            .iter()
-            .any(|t| t.reason.contains("re-submitted"))
-    );
+    assert!(done.history.iter().any(|t| t.reason.contains("re-submitted")));
     // Only failed tasks can be re-submitted.
-    let ok = engine
-        .submit(task("uppercase", "x"))
-        .await
-        .unwrap()
-        .record
-        .id;
+    let ok = engine.submit(task("uppercase", "x")).await.unwrap().record.id;
     finish(&engine, ok).await;
-    assert!(
-        engine
-            .resubmit(ok)
-            .await
-            .unwrap_err()
-            .to_string()
-            .contains("only failed tasks")
-    );
+    assert!(engine.resubmit(ok).await.unwrap_err().to_string().contains("only failed tasks"));
 }
 
 #[tokio::test]
 async fn a_queue_concurrency_limit_is_respected() {
     let (engine, _dir) = engine_with(|c| c.concurrency = 8).await;
-    engine
-        .set_queue(
-            "serial",
-            QueueConfig {
-                concurrency: Some(1),
-                weight: 1,
-            },
-        )
-        .await
-        .unwrap();
-    let batch = (0..5)
-        .map(|_| NewTask {
-            queue: Some("serial".into()),
-            ..task("sleep", "30")
-        })
-        .collect();
-    let ids: Vec<_> = engine
-        .submit_batch(batch)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap().record.id)
-        .collect();
+    engine.set_queue("serial", QueueConfig { concurrency: Some(1), weight: 1 }).await.unwrap();
+    let batch = (0..5).map(|_| NewTask { queue: Some("serial".into()), ..task("sleep", "30") }).collect();
+    let ids: Vec<_> = engine.submit_batch(batch).await.into_iter().map(|r| r.unwrap().record.id).collect();
     let mut spans = Vec::new();
     for id in ids {
         let r = finish(&engine, id).await;
@@ -369,10 +234,7 @@ async fn a_queue_concurrency_limit_is_respected() {
     }
     spans.sort();
     for pair in spans.windows(2) {
-        assert!(
-            pair[1].0 >= pair[0].1,
-            "tasks of a concurrency-1 queue overlapped: {spans:?}"
-        );
+        assert!(pair[1].0 >= pair[0].1, "tasks of a concurrency-1 queue overlapped: {spans:?}");
     }
 }
 
@@ -380,58 +242,18 @@ async fn a_queue_concurrency_limit_is_respected() {
 async fn bad_submissions_are_refused_and_write_nothing() {
     let (engine, _dir) = engine_with(|_| {}).await;
     let cases = [
-        (
-            NewTask {
-                priority: Some(10),
-                ..task("uppercase", "")
-            },
-            "priority 10 is out of range",
-        ),
+        (NewTask { priority: Some(10), ..task("uppercase", "") }, "priority 10 is out of range"),
         (task("missing", ""), "unknown plugin `missing`"),
-        (task("uppercase@7", ""), "has no version `7`"),
-        (
-            NewTask {
-                queue: Some("bad queue!".into()),
-                ..task("uppercase", "")
-            },
-            "invalid queue name",
-        ),
-        (
-            NewTask {
-                max_attempts: Some(0),
-                ..task("uppercase", "")
-            },
-            "max_attempts 0 is out of range",
-        ),
-        (
-            NewTask {
-                memory_bytes: Some(1 << 40),
-                ..task("uppercase", "")
-            },
-            "exceeds this host's per-task maximum",
-        ),
-        (
-            NewTask {
-                delay_ms: Some(1),
-                run_at_ms: Some(1),
-                ..task("uppercase", "")
-            },
-            "either delay_ms or run_at",
-        ),
-        (
-            NewTask {
-                callback_url: Some("https://x.test/".into()),
-                ..task("uppercase", "")
-            },
-            "use http://",
-        ),
+        (task("uppercase@7", ""), "has no live version `7` (live: 1)"),
+        (NewTask { queue: Some("bad queue!".into()), ..task("uppercase", "") }, "invalid queue name"),
+        (NewTask { max_attempts: Some(0), ..task("uppercase", "") }, "max_attempts 0 is out of range"),
+        (NewTask { memory_bytes: Some(1 << 40), ..task("uppercase", "") }, "exceeds this host's per-task maximum"),
+        (NewTask { delay_ms: Some(1), run_at_ms: Some(1), ..task("uppercase", "") }, "either delay_ms or run_at"),
+        (NewTask { callback_url: Some("https://x.test/".into()), ..task("uppercase", "") }, "use http://"),
     ];
     for (bad, expected) in cases {
         let err = engine.submit(bad).await.unwrap_err();
-        assert!(
-            err.to_string().contains(expected),
-            "{err} (expected {expected:?})"
-        );
+        assert!(err.to_string().contains(expected), "{err} (expected {expected:?})");
     }
     assert!(engine.list(&Default::default()).unwrap().0.is_empty());
     assert_eq!(units::format_size(1 << 40), "1024 GiB");

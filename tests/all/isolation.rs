@@ -13,16 +13,8 @@ async fn host_files_are_out_of_reach() {
     for target in [path.as_str(), "/etc/passwd", "relative.txt"] {
         let report = run(READ_FILE, target, None).await;
         let failure = failure(&report);
-        assert_eq!(
-            (failure.class, failure.retryable),
-            (FailureClass::PluginError, false),
-            "{target}: {failure}"
-        );
-        assert!(
-            failure.message.starts_with("filesystem denied"),
-            "{target}: {}",
-            failure.message
-        );
+        assert_eq!((failure.class, failure.retryable), (FailureClass::PluginError, false), "{target}: {failure}");
+        assert!(failure.message.starts_with("filesystem denied"), "{target}: {}", failure.message);
         assert!(!failure.message.contains("TOP-SECRET"));
     }
 }
@@ -35,22 +27,11 @@ async fn sockets_and_name_lookup_are_denied() {
     for target in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
         let report = run(OPEN_SOCKET, &target, None).await;
         let failure = failure(&report);
-        assert_eq!(
-            failure.class,
-            FailureClass::PluginError,
-            "{target}: {failure}"
-        );
-        assert!(
-            failure.message.starts_with("network denied"),
-            "{target}: {}",
-            failure.message
-        );
+        assert_eq!(failure.class, FailureClass::PluginError, "{target}: {failure}");
+        assert!(failure.message.starts_with("network denied"), "{target}: {}", failure.message);
     }
     // Nothing reached the listener.
-    assert_eq!(
-        listener.accept().unwrap_err().kind(),
-        std::io::ErrorKind::WouldBlock
-    );
+    assert_eq!(listener.accept().unwrap_err().kind(), std::io::ErrorKind::WouldBlock);
 }
 
 #[tokio::test]

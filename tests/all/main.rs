@@ -22,19 +22,16 @@ mod isolation;
 mod limits;
 /// Kill -9 under load, restart, nothing lost or duplicated.
 mod recovery;
+/// Hot-loading: swaps, pinning, the artifact cache, the watched directory,
+/// manifests.
+mod registry;
 /// Cooperative yielding, cancellation and timeouts in host calls.
 mod scheduling;
 
 /// One sandbox for the whole test binary, as a server would have.
 pub(crate) fn sandbox() -> &'static Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX.get_or_init(|| {
-        Sandbox::new(SandboxConfig {
-            pool_instances: 128,
-            ..SandboxConfig::default()
-        })
-        .unwrap()
-    })
+    SANDBOX.get_or_init(|| Sandbox::new(SandboxConfig { pool_instances: 128, ..SandboxConfig::default() }).unwrap())
 }
 
 /// Loads (once) and returns the plugin built from `artifact`.
@@ -43,31 +40,19 @@ pub(crate) fn plugin(artifact: Artifact) -> Plugin {
     let mut cache = CACHE.get_or_init(Default::default).lock().unwrap();
     cache
         .entry(artifact.name)
-        .or_insert_with(|| {
-            sandbox()
-                .load(artifact.name, "1.0.0", &artifact.bytes())
-                .unwrap()
-        })
+        .or_insert_with(|| sandbox().load(artifact.name, "1.0.0", &artifact.bytes()).unwrap())
         .clone()
 }
 
 /// Runs `artifact` on `input` with `limits` (or the defaults).
 pub(crate) async fn run(artifact: Artifact, input: &str, limits: Option<Limits>) -> TaskReport {
-    let request = TaskRequest {
-        input: input.as_bytes().to_vec(),
-        limits,
-        ..TaskRequest::default()
-    };
+    let request = TaskRequest { input: input.as_bytes().to_vec(), limits, ..TaskRequest::default() };
     sandbox().run(&plugin(artifact), request).await
 }
 
 /// Runs a task with an explicit identity.
 pub(crate) async fn run_as(artifact: Artifact, input: &str, meta: TaskMeta) -> TaskReport {
-    let request = TaskRequest {
-        input: input.as_bytes().to_vec(),
-        meta,
-        ..TaskRequest::default()
-    };
+    let request = TaskRequest { input: input.as_bytes().to_vec(), meta, ..TaskRequest::default() };
     sandbox().run(&plugin(artifact), request).await
 }
 
@@ -82,30 +67,21 @@ pub(crate) fn plugin_bytes_truncated() -> Vec<u8> {
 pub(crate) fn output(report: &TaskReport) -> String {
     match &report.result {
         Ok(bytes) => String::from_utf8(bytes.clone()).unwrap(),
-        Err(failure) => panic!(
-            "task failed: {failure}\nstderr: {}",
-            String::from_utf8_lossy(&report.stderr)
-        ),
+        Err(failure) => panic!("task failed: {failure}\nstderr: {}", String::from_utf8_lossy(&report.stderr)),
     }
 }
 
 /// The failure of a task that must have failed.
 pub(crate) fn failure(report: &TaskReport) -> &taskhost::TaskFailure {
     match &report.result {
-        Ok(bytes) => panic!(
-            "task succeeded unexpectedly with {} output bytes",
-            bytes.len()
-        ),
+        Ok(bytes) => panic!("task succeeded unexpectedly with {} output bytes", bytes.len()),
         Err(failure) => failure,
     }
 }
 
 #[test]
 fn every_plugin_was_built_and_classified() {
-    let roles: Vec<_> = taskhost_test_artifacts::ALL
-        .iter()
-        .map(|a| a.role)
-        .collect();
+    let roles: Vec<_> = taskhost_test_artifacts::ALL.iter().map(|a| a.role).collect();
     for role in ["example", "hostile", "fixture", "bench"] {
         assert!(roles.contains(&role), "no plugin has role {role}");
     }

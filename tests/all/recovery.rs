@@ -16,11 +16,7 @@ struct Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn start(data: &std::path::Path, port: u16) -> Server {
@@ -72,12 +68,7 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
     let port = free_port();
     let mut server = start(data.path(), port).await;
     let http = reqwest::Client::new();
-    let upload = http
-        .post(format!("{}/v1/plugins/sleep", server.base))
-        .body(SLEEP.bytes())
-        .send()
-        .await
-        .unwrap();
+    let upload = http.post(format!("{}/v1/plugins/sleep", server.base)).body(SLEEP.bytes()).send().await.unwrap();
     assert!(upload.status().is_success());
 
     // Submit keyed batches until the server dies, recording what it
@@ -92,11 +83,8 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
                 let tasks: Vec<Value> = (0..25)
                     .map(|i| json!({"plugin": "sleep", "input": 1 + (i % 4) * 5, "idempotency_key": format!("k{round}-{i}")}))
                     .collect();
-                let Ok(response) = http
-                    .post(format!("{base}/v1/tasks:batch"))
-                    .json(&json!({"tasks": tasks}))
-                    .send()
-                    .await
+                let Ok(response) =
+                    http.post(format!("{base}/v1/tasks:batch")).json(&json!({"tasks": tasks})).send().await
                 else {
                     return;
                 };
@@ -106,9 +94,7 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
                 {
                     let mut acked = acknowledged.lock().unwrap();
                     for (i, result) in body["results"].as_array().unwrap().iter().enumerate() {
-                        let id = result["id"]
-                            .as_str()
-                            .expect("every item of a healthy batch is accepted");
+                        let id = result["id"].as_str().expect("every item of a healthy batch is accepted");
                         acked.insert(format!("k{round}-{i}"), id.to_owned());
                     }
                 }
@@ -121,49 +107,31 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
     server.child.wait().unwrap();
     submitter.await.unwrap();
     let acknowledged = acknowledged.lock().unwrap().clone();
-    assert!(
-        acknowledged.len() >= 100,
-        "only {} tasks were acknowledged before the kill",
-        acknowledged.len()
-    );
+    assert!(acknowledged.len() >= 100, "only {} tasks were acknowledged before the kill", acknowledged.len());
 
     // Restart on the same data and let everything finish.
     let mut server = start(data.path(), port).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let tasks = loop {
         let tasks = all_tasks(&http, &server.base).await;
-        if tasks
-            .iter()
-            .all(|t| ["completed", "failed", "cancelled"].contains(&t["state"].as_str().unwrap()))
-        {
+        if tasks.iter().all(|t| ["completed", "failed", "cancelled"].contains(&t["state"].as_str().unwrap())) {
             break tasks;
         }
-        assert!(
-            Instant::now() < deadline,
-            "tasks did not finish after the restart"
-        );
+        assert!(Instant::now() < deadline, "tasks did not finish after the restart");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
 
     // Every acknowledged task exists and completed.
-    let by_id: HashMap<&str, &Value> = tasks
-        .iter()
-        .map(|t| (t["id"].as_str().unwrap(), t))
-        .collect();
+    let by_id: HashMap<&str, &Value> = tasks.iter().map(|t| (t["id"].as_str().unwrap(), t)).collect();
     for (key, id) in &acknowledged {
-        let task = by_id
-            .get(id.as_str())
-            .unwrap_or_else(|| panic!("acknowledged task {id} ({key}) was lost"));
+        let task = by_id.get(id.as_str()).unwrap_or_else(|| panic!("acknowledged task {id} ({key}) was lost"));
         assert_eq!(task["state"], "completed", "{task}");
         assert_eq!(task["idempotency_key"], key.as_str());
     }
     // No idempotency key has two records.
     let mut keys = HashSet::new();
     for task in &tasks {
-        assert!(
-            keys.insert(task["idempotency_key"].as_str().unwrap().to_owned()),
-            "duplicate record for {task}"
-        );
+        assert!(keys.insert(task["idempotency_key"].as_str().unwrap().to_owned()), "duplicate record for {task}");
     }
     // Re-sending acknowledged keys returns the same tasks.
     let (key, id) = acknowledged.iter().next().unwrap();
@@ -176,19 +144,10 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
         .json()
         .await
         .unwrap();
-    assert_eq!(
-        (again["id"].as_str(), again["created"].as_bool()),
-        (Some(id.as_str()), Some(false))
-    );
+    assert_eq!((again["id"].as_str(), again["created"].as_bool()), (Some(id.as_str()), Some(false)));
     // Tasks that were running at the kill were recovered, attempt counted.
-    let recovered = tasks
-        .iter()
-        .filter(|t| t["attempts"].as_u64() > Some(1))
-        .count();
-    assert!(
-        recovered > 0,
-        "no task was running at the kill; the test did not exercise recovery"
-    );
+    let recovered = tasks.iter().filter(|t| t["attempts"].as_u64() > Some(1)).count();
+    assert!(recovered > 0, "no task was running at the kill; the test did not exercise recovery");
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }

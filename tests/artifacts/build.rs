@@ -37,19 +37,8 @@ struct TaskhostMeta {
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
-    let root = manifest_dir
-        .parent()
-        .and_then(Path::parent)
-        .expect("workspace root")
-        .to_path_buf();
-    for watched in [
-        "plugins",
-        "tests/plugins",
-        "tests/kernels",
-        "sdk",
-        "wit",
-        "Cargo.lock",
-    ] {
+    let root = manifest_dir.parent().and_then(Path::parent).expect("workspace root").to_path_buf();
+    for watched in ["plugins", "tests/plugins", "tests/kernels", "sdk", "wit", "Cargo.lock"] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
 
@@ -71,16 +60,7 @@ fn main() {
 
     let target_dir = root.join("target").join("plugins");
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(&root)
-        .args([
-            "build",
-            "--profile",
-            PROFILE,
-            "--target",
-            TARGET,
-            "--target-dir",
-        ])
-        .arg(&target_dir);
+    cmd.current_dir(&root).args(["build", "--profile", PROFILE, "--target", TARGET, "--target-dir"]).arg(&target_dir);
     for name in plugins.keys() {
         cmd.args(["-p", name]);
     }
@@ -88,8 +68,7 @@ fn main() {
     // build script (flags, profile, target) must not leak into the plugins.
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
-        let inherited =
-            key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_MAKEFLAGS";
+        let inherited = key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_MAKEFLAGS";
         if inherited || ["RUSTFLAGS", "RUSTC_WORKSPACE_WRAPPER", "RUSTC_WRAPPER"].contains(&&*key) {
             cmd.env_remove(&*key);
         }
@@ -103,15 +82,8 @@ fn main() {
     let mut out = String::new();
     let mut all = String::new();
     for (name, role) in &plugins {
-        let file = target_dir
-            .join(TARGET)
-            .join(PROFILE)
-            .join(format!("{}.wasm", name.replace('-', "_")));
-        assert!(
-            file.is_file(),
-            "cargo built plugin `{name}` but {} is missing",
-            file.display()
-        );
+        let file = target_dir.join(TARGET).join(PROFILE).join(format!("{}.wasm", name.replace('-', "_")));
+        assert!(file.is_file(), "cargo built plugin `{name}` but {} is missing", file.display());
         let ident = name.replace('-', "_").to_uppercase();
         writeln!(
             out,
@@ -121,26 +93,16 @@ fn main() {
         .unwrap();
         write!(all, "{ident}, ").unwrap();
     }
-    writeln!(
-        out,
-        "/// Every built plugin.\npub const ALL: &[Artifact] = &[{all}];"
-    )
-    .unwrap();
-    std::fs::write(
-        PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("plugins.rs"),
-        out,
-    )
-    .unwrap();
+    writeln!(out, "/// Every built plugin.\npub const ALL: &[Artifact] = &[{all}];").unwrap();
+    std::fs::write(PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("plugins.rs"), out).unwrap();
 }
 
 /// Reads a plugin crate's name and role, failing on a crate it cannot
 /// classify.
 fn classify(dir: &Path) -> (String, &'static str) {
     let path = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
-    let manifest: Manifest =
-        toml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let manifest: Manifest = toml::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()));
     let role = manifest.package.metadata.and_then(|m| m.taskhost).and_then(|t| t.role).unwrap_or_else(|| {
         panic!(
             "cannot classify plugin {}: add `[package.metadata.taskhost] role = \"...\"` with one of {ROLES:?}",
@@ -148,10 +110,7 @@ fn classify(dir: &Path) -> (String, &'static str) {
         )
     });
     let role = ROLES.iter().find(|r| **r == role).unwrap_or_else(|| {
-        panic!(
-            "cannot classify plugin {}: unknown role `{role}`, expected one of {ROLES:?}",
-            path.display()
-        )
+        panic!("cannot classify plugin {}: unknown role `{role}`, expected one of {ROLES:?}", path.display())
     });
     (manifest.package.name, role)
 }

@@ -15,11 +15,7 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-        }
+        Self { status, code, message: message.into() }
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
@@ -51,9 +47,7 @@ impl From<EngineError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
-            JsonRejection::JsonDataError(e) => {
-                Self::invalid(format!("the JSON body does not fit: {}", e.body_text()))
-            }
+            JsonRejection::JsonDataError(e) => Self::invalid(format!("the JSON body does not fit: {}", e.body_text())),
             JsonRejection::JsonSyntaxError(e) => Self::new(
                 StatusCode::BAD_REQUEST,
                 "malformed_json",
@@ -78,11 +72,7 @@ impl From<QueryRejection> for ApiError {
 
 pub(crate) fn body_rejection(status: StatusCode, text: String) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(
-            status,
-            "payload_too_large",
-            format!("the body is too large: {text}"),
-        )
+        ApiError::new(status, "payload_too_large", format!("the body is too large: {text}"))
     } else {
         ApiError::new(status, "bad_body", text)
     }

@@ -5,7 +5,7 @@ mod error;
 
 pub(crate) use error::ApiError;
 
-use crate::engine::{Engine, ListFilter, MAX_PLUGIN_BYTES, NewTask};
+use crate::engine::{Engine, ListFilter, MAX_PLUGIN_BYTES, Manifest, NewTask, VersionState, VersionStatus};
 use crate::store::{QueueConfig, TaskRecord, TaskState};
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -33,90 +33,156 @@ pub fn router(engine: Engine) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/v1/plugins", get(list_plugins))
-        .route(
-            "/v1/plugins/{name}",
-            post(add_plugin).layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)),
-        )
-        .route(
-            "/v1/tasks",
-            post(submit)
-                .get(list_tasks)
-                .layer(DefaultBodyLimit::max(MAX_TASK_BODY)),
-        )
-        .route(
-            "/v1/tasks:batch",
-            post(submit_batch).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)),
-        )
+        .route("/v1/plugins/{name}", post(add_plugin).get(get_plugin).layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)))
+        .route("/v1/plugins/{name}/latest", put(set_latest))
+        .route("/v1/plugins/{name}/manifest", put(put_manifest))
+        .route("/v1/plugins/{name}/versions/{version}", axum::routing::delete(delete_version))
+        .route("/v1/tasks", post(submit).get(list_tasks).layer(DefaultBodyLimit::max(MAX_TASK_BODY)))
+        .route("/v1/tasks:batch", post(submit_batch).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)))
         .route("/v1/tasks/{id}", get(get_task))
         .route("/v1/tasks/{id}/history", get(history))
         .route("/v1/tasks/{id}/cancel", post(cancel))
         .route("/v1/tasks/{id}/retry", post(resubmit))
         .route("/v1/queues", get(list_queues))
         .route("/v1/queues/{name}", put(set_queue))
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                "no such endpoint; see README.md",
-            )
-        })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see README.md") })
         .with_state(engine)
 }
 
 type ApiResult<T> = Result<T, ApiError>;
 
 async fn healthz(State(engine): State<Engine>) -> Json<Value> {
-    let counts: serde_json::Map<String, Value> = engine
-        .state_counts()
-        .into_iter()
-        .map(|(s, n)| (s.as_str().to_owned(), json!(n)))
-        .collect();
+    let counts: serde_json::Map<String, Value> =
+        engine.state_counts().into_iter().map(|(s, n)| (s.as_str().to_owned(), json!(n))).collect();
     Json(json!({"status": "ok", "tasks": counts}))
 }
 
 async fn metrics(State(engine): State<Engine>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        engine.metrics_text(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], engine.metrics_text()).into_response()
 }
 
-async fn list_plugins(State(engine): State<Engine>) -> Json<Value> {
-    let plugins: Vec<Value> = engine
-        .plugins()
-        .into_iter()
-        .map(|(name, versions)| {
-            let latest = versions.last().map(|v| v.version.clone());
-            let versions: Vec<Value> = versions
-                .iter()
-                .map(|v| json!({"version": v.version, "digest": v.digest, "size": v.size, "created_at": time(v.created_at_ms)}))
-                .collect();
-            json!({"name": name, "latest": latest, "versions": versions})
-        })
-        .collect();
-    Json(json!({"plugins": plugins}))
+async fn list_plugins(State(engine): State<Engine>) -> ApiResult<Json<Value>> {
+    let mut plugins = Vec::new();
+    for name in engine.plugins() {
+        if let Ok((detail, _)) = engine.plugin(&name) {
+            plugins.push(json!({
+                "name": name,
+                "latest": detail.latest,
+                "versions": detail.versions.iter().map(version_json).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    Ok(Json(json!({"plugins": plugins})))
+}
+
+fn version_json(v: &VersionStatus) -> Value {
+    let (state, reason) = match &v.state {
+        VersionState::Compiling => ("compiling", None),
+        VersionState::Live => ("live", None),
+        VersionState::Failed(reason) => ("failed", Some(reason.clone())),
+    };
+    json!({
+        "version": v.info.version,
+        "digest": v.info.digest,
+        "size": v.info.size,
+        "created_at": time(v.info.created_at_ms),
+        "state": state,
+        "reason": reason,
+        "load_ms": v.load_time.map(|d| d.as_secs_f64() * 1e3),
+        "from_cache": v.from_cache,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UploadQuery {
+    version: Option<String>,
+    wait: Option<bool>,
 }
 
 async fn add_plugin(
     State(engine): State<Engine>,
     Path(name): Path<String>,
+    query: Result<Query<UploadQuery>, QueryRejection>,
     body: Result<axum::body::Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
+    let Query(query) = query?;
     let body = body.map_err(|e| error::body_rejection(e.status(), e.body_text()))?;
     if body.is_empty() {
-        return Err(ApiError::invalid(
-            "the body is empty: send the component (.wasm) bytes",
-        ));
+        return Err(ApiError::invalid("the body is empty: send the component (.wasm) bytes"));
     }
-    let (version, created) = engine.add_plugin(&name, body.to_vec()).await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
+    let wait = query.wait.unwrap_or(true);
+    let (status, created) = engine.add_plugin(&name, body.to_vec(), query.version, wait).await?;
+    let code = match (created, &status.state) {
+        (false, _) => StatusCode::OK,
+        (true, VersionState::Compiling) => StatusCode::ACCEPTED,
+        (true, _) => StatusCode::CREATED,
     };
-    let body = json!({"name": name, "version": version.version, "digest": version.digest, "size": version.size, "created": created});
-    Ok((status, Json(body)).into_response())
+    let mut body = version_json(&status);
+    body["name"] = json!(name);
+    body["created"] = json!(created);
+    Ok((code, Json(body)).into_response())
+}
+
+async fn get_plugin(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+    let (detail, counts) = engine.plugin(&name)?;
+    let versions: Vec<Value> = detail
+        .versions
+        .iter()
+        .map(|v| {
+            let mut j = version_json(v);
+            let tasks: serde_json::Map<String, Value> = counts
+                .iter()
+                .filter(|((version, _), _)| *version == v.info.version)
+                .map(|((_, state), n)| (state.as_str().to_owned(), json!(n)))
+                .collect();
+            j["tasks"] = Value::Object(tasks);
+            j
+        })
+        .collect();
+    let manifest = detail.manifest.as_ref().map(|m| toml::to_string(m).unwrap_or_default());
+    Ok(Json(json!({
+        "name": name,
+        "latest": detail.latest,
+        "versions": versions,
+        "manifest": manifest,
+        "watch_error": detail.watch_error,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LatestBody {
+    version: String,
+}
+
+async fn set_latest(
+    State(engine): State<Engine>,
+    Path(name): Path<String>,
+    body: Result<Json<LatestBody>, JsonRejection>,
+) -> ApiResult<Json<Value>> {
+    let Json(body) = body?;
+    engine.set_latest(&name, &body.version).await?;
+    Ok(Json(json!({"name": name, "latest": body.version})))
+}
+
+async fn delete_version(
+    State(engine): State<Engine>,
+    Path((name, version)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    engine.delete_plugin_version(&name, &version).await?;
+    Ok(Json(json!({"name": name, "deleted": version})))
+}
+
+async fn put_manifest(
+    State(engine): State<Engine>,
+    Path(name): Path<String>,
+    body: Result<String, axum::extract::rejection::StringRejection>,
+) -> ApiResult<Json<Value>> {
+    let text = body.map_err(|e| ApiError::invalid(format!("the manifest must be UTF-8 TOML: {}", e.body_text())))?;
+    let manifest = if text.trim().is_empty() { None } else { Some(Manifest::parse(&text).map_err(ApiError::invalid)?) };
+    engine.set_manifest(&name, manifest).await?;
+    Ok(Json(json!({"name": name, "manifest": text})))
 }
 
 /// `POST /v1/tasks` body.
@@ -142,9 +208,7 @@ impl SubmitBody {
     fn into_task(self) -> Result<NewTask, ApiError> {
         let input = match (self.input, self.input_base64) {
             (Some(_), Some(_)) => {
-                return Err(ApiError::invalid(
-                    "give either input or input_base64, not both",
-                ));
+                return Err(ApiError::invalid("give either input or input_base64, not both"));
             }
             (Some(value), None) => serde_json::to_vec(&value).expect("JSON values serialise"),
             (None, Some(b64)) => BASE64
@@ -156,9 +220,7 @@ impl SubmitBody {
             .priority
             .map(|p| {
                 u8::try_from(p).ok().filter(|p| *p <= 9).ok_or_else(|| {
-                    ApiError::invalid(format!(
-                        "priority {p} is out of range: expected 0-9 (higher runs first)"
-                    ))
+                    ApiError::invalid(format!("priority {p} is out of range: expected 0-9 (higher runs first)"))
                 })
             })
             .transpose()?;
@@ -168,11 +230,7 @@ impl SubmitBody {
                 u32::try_from(m)
                     .ok()
                     .filter(|m| (1..=100).contains(m))
-                    .ok_or_else(|| {
-                        ApiError::invalid(format!(
-                            "max_attempts {m} is out of range: expected 1-100"
-                        ))
-                    })
+                    .ok_or_else(|| ApiError::invalid(format!("max_attempts {m} is out of range: expected 1-100")))
             })
             .transpose()?;
         if self.timeout_ms == Some(0) {
@@ -183,7 +241,11 @@ impl SubmitBody {
             .map(|text| {
                 humantime::parse_rfc3339_weak(&text)
                     .map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64)
-                    .map_err(|e| ApiError::invalid(format!("run_at `{text}` is not an RFC 3339 time ({e}), e.g. 2026-01-31T12:00:00Z")))
+                    .map_err(|e| {
+                        ApiError::invalid(format!(
+                            "run_at `{text}` is not an RFC 3339 time ({e}), e.g. 2026-01-31T12:00:00Z"
+                        ))
+                    })
             })
             .transpose()?;
         Ok(NewTask {
@@ -204,23 +266,12 @@ impl SubmitBody {
     }
 }
 
-async fn submit(
-    State(engine): State<Engine>,
-    body: Result<Json<SubmitBody>, JsonRejection>,
-) -> ApiResult<Response> {
+async fn submit(State(engine): State<Engine>, body: Result<Json<SubmitBody>, JsonRejection>) -> ApiResult<Response> {
     let Json(body) = body?;
     let submitted = engine.submit(body.into_task()?).await?;
-    let status = if submitted.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if submitted.created { StatusCode::CREATED } else { StatusCode::OK };
     let record = &submitted.record;
-    Ok((
-        status,
-        Json(json!({"id": record.id, "state": record.state, "created": submitted.created})),
-    )
-        .into_response())
+    Ok((status, Json(json!({"id": record.id, "state": record.state, "created": submitted.created}))).into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -235,10 +286,7 @@ async fn submit_batch(
 ) -> ApiResult<Json<Value>> {
     let Json(body) = body?;
     if body.tasks.len() > MAX_BATCH {
-        return Err(ApiError::invalid(format!(
-            "{} tasks in one batch; at most {MAX_BATCH}",
-            body.tasks.len()
-        )));
+        return Err(ApiError::invalid(format!("{} tasks in one batch; at most {MAX_BATCH}", body.tasks.len())));
     }
     // Each item is validated and answered on its own.
     let mut slots: Vec<Option<Value>> = vec![None; body.tasks.len()];
@@ -269,18 +317,13 @@ fn item_error(e: ApiError) -> Value {
 }
 
 fn parse_id(text: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text)
-        .map_err(|e| ApiError::invalid(format!("`{text}` is not a task id (a UUID): {e}")))
+    Uuid::parse_str(text).map_err(|e| ApiError::invalid(format!("`{text}` is not a task id (a UUID): {e}")))
 }
 
 async fn get_task(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_id(&id)?;
     let record = engine.get(id)?;
-    let output = if record.state == TaskState::Completed {
-        engine.output(id)?
-    } else {
-        None
-    };
+    let output = if record.state == TaskState::Completed { engine.output(id)? } else { None };
     Ok(Json(task_json(&record, output.as_deref())))
 }
 
@@ -324,10 +367,7 @@ async fn list_tasks(
         .map(|s| {
             TaskState::parse(&s).ok_or_else(|| {
                 let known: Vec<_> = TaskState::ALL.iter().map(|s| s.as_str()).collect();
-                ApiError::invalid(format!(
-                    "unknown state `{s}`; expected one of {}",
-                    known.join(", ")
-                ))
+                ApiError::invalid(format!("unknown state `{s}`; expected one of {}", known.join(", ")))
             })
         })
         .transpose()?;
@@ -335,13 +375,7 @@ async fn list_tasks(
         return Err(ApiError::invalid("limit must be 1-1000"));
     }
     let cursor = query.cursor.as_deref().map(parse_id).transpose()?;
-    let filter = ListFilter {
-        state,
-        queue: query.queue,
-        plugin: query.plugin,
-        limit: query.limit,
-        cursor,
-    };
+    let filter = ListFilter { state, queue: query.queue, plugin: query.plugin, limit: query.limit, cursor };
     let (page, next) = engine.list(&filter)?;
     let tasks: Vec<Value> = page.iter().map(|r| task_json(r, None)).collect();
     Ok(Json(json!({"tasks": tasks, "next_cursor": next})))
@@ -372,14 +406,9 @@ async fn set_queue(
     body: Result<Json<QueueBody>, JsonRejection>,
 ) -> ApiResult<Json<Value>> {
     let Json(body) = body?;
-    let config = QueueConfig {
-        concurrency: body.concurrency,
-        weight: body.weight.unwrap_or(1),
-    };
+    let config = QueueConfig { concurrency: body.concurrency, weight: body.weight.unwrap_or(1) };
     engine.set_queue(&name, config.clone()).await?;
-    Ok(Json(
-        json!({"name": name, "concurrency": config.concurrency, "weight": config.weight}),
-    ))
+    Ok(Json(json!({"name": name, "concurrency": config.concurrency, "weight": config.weight})))
 }
 
 /// A task record as the API shows it; `output` is JSON when it parses as

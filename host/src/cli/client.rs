@@ -16,12 +16,7 @@ use std::time::Duration;
 #[derive(Debug, Args, Clone)]
 pub(crate) struct ServerArg {
     /// taskhost server URL.
-    #[arg(
-        long,
-        global = true,
-        env = "TASKHOST_SERVER",
-        default_value = "http://127.0.0.1:7700"
-    )]
+    #[arg(long, global = true, env = "TASKHOST_SERVER", default_value = "http://127.0.0.1:7700")]
     server: String,
 }
 
@@ -91,6 +86,43 @@ pub(crate) enum PluginsCommand {
         /// Plugin name (default: the file name without extension).
         #[arg(long)]
         name: Option<String>,
+        /// Version (default: the component's declared version, else the next number).
+        #[arg(long)]
+        version: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Show a plugin's versions, their state and task counts, and its manifest.
+    Show {
+        /// Plugin name.
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Make VERSION what the plain name resolves to (rollback).
+    Rollback {
+        /// Plugin name.
+        name: String,
+        /// The version to make latest.
+        version: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Delete a version no unfinished task uses.
+    Delete {
+        /// Plugin name.
+        name: String,
+        /// The version to delete.
+        version: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Set a plugin's capability manifest from a TOML file (`-` clears it).
+    Manifest {
+        /// Plugin name.
+        name: String,
+        /// The manifest TOML file, or `-` to clear.
+        file: PathBuf,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -135,21 +167,12 @@ struct Client {
 
 impl Client {
     fn new(server: &ServerArg) -> Self {
-        Self {
-            base: server.server.trim_end_matches('/').to_owned(),
-            http: reqwest::Client::new(),
-        }
+        Self { base: server.server.trim_end_matches('/').to_owned(), http: reqwest::Client::new() }
     }
 
     async fn call(&self, request: reqwest::RequestBuilder) -> CallResult<Value> {
         let response = request.send().await.map_err(|e| {
-            Failure(
-                EXIT_USAGE,
-                format!(
-                    "cannot reach taskhost at {}: {e} (is `taskhost serve` running?)",
-                    self.base
-                ),
-            )
+            Failure(EXIT_USAGE, format!("cannot reach taskhost at {}: {e} (is `taskhost serve` running?)", self.base))
         })?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
@@ -157,21 +180,17 @@ impl Client {
             Ok(body)
         } else {
             let code = body["error"]["code"].as_str().unwrap_or("error");
-            let message = body["error"]["message"]
-                .as_str()
-                .map_or_else(|| status.to_string(), str::to_owned);
+            let message = body["error"]["message"].as_str().map_or_else(|| status.to_string(), str::to_owned);
             Err(Failure(EXIT_TASK_FAILED, format!("{code}: {message}")))
         }
     }
 
     async fn get(&self, path: &str) -> CallResult<Value> {
-        self.call(self.http.get(format!("{}{path}", self.base)))
-            .await
+        self.call(self.http.get(format!("{}{path}", self.base))).await
     }
 
     async fn post(&self, path: &str, body: &Value) -> CallResult<Value> {
-        self.call(self.http.post(format!("{}{path}", self.base)).json(body))
-            .await
+        self.call(self.http.post(format!("{}{path}", self.base)).json(body)).await
     }
 }
 
@@ -180,10 +199,7 @@ fn done(result: CallResult<ExitCode>) -> ExitCode {
 }
 
 fn print_json(value: &Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
+    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
 pub(crate) async fn submit(args: SubmitArgs) -> ExitCode {
@@ -244,43 +260,25 @@ async fn submit_inner(args: SubmitArgs) -> CallResult<ExitCode> {
                 Some(class) => format!("{class}: {}", error["message"].as_str().unwrap_or("")),
                 None => "cancelled".into(),
             };
-            Err(Failure(
-                EXIT_TASK_FAILED,
-                format!("task {id} {state}: {detail}"),
-            ))
+            Err(Failure(EXIT_TASK_FAILED, format!("task {id} {state}: {detail}")))
         }
-        None => Err(Failure(
-            EXIT_TASK_FAILED,
-            "the server sent a record without a state".into(),
-        )),
+        None => Err(Failure(EXIT_TASK_FAILED, "the server sent a record without a state".into())),
     }
 }
 
-async fn submit_batch(
-    client: &Client,
-    plugin: &str,
-    path: &std::path::Path,
-) -> CallResult<ExitCode> {
-    let file = std::fs::File::open(path)
-        .map_err(|e| Failure(EXIT_USAGE, format!("cannot read `{}`: {e}", path.display())))?;
+async fn submit_batch(client: &Client, plugin: &str, path: &std::path::Path) -> CallResult<ExitCode> {
+    let file =
+        std::fs::File::open(path).map_err(|e| Failure(EXIT_USAGE, format!("cannot read `{}`: {e}", path.display())))?;
     let mut tasks = Vec::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line =
-            line.map_err(|e| Failure(EXIT_USAGE, format!("reading `{}`: {e}", path.display())))?;
+        let line = line.map_err(|e| Failure(EXIT_USAGE, format!("reading `{}`: {e}", path.display())))?;
         if line.trim().is_empty() {
             continue;
         }
-        let mut task: Value = serde_json::from_str(&line).map_err(|e| {
-            Failure(
-                EXIT_USAGE,
-                format!("{}:{}: not JSON: {e}", path.display(), n + 1),
-            )
-        })?;
+        let mut task: Value = serde_json::from_str(&line)
+            .map_err(|e| Failure(EXIT_USAGE, format!("{}:{}: not JSON: {e}", path.display(), n + 1)))?;
         if !task.is_object() {
-            return Err(Failure(
-                EXIT_USAGE,
-                format!("{}:{}: expected a JSON object", path.display(), n + 1),
-            ));
+            return Err(Failure(EXIT_USAGE, format!("{}:{}: expected a JSON object", path.display(), n + 1)));
         }
         if task.get("plugin").is_none() {
             task["plugin"] = json!(plugin);
@@ -293,18 +291,13 @@ async fn submit_batch(
     );
     let (mut accepted, mut rejected) = (0usize, Vec::new());
     for chunk in tasks.chunks(1000) {
-        let response = client
-            .post("/v1/tasks:batch", &json!({"tasks": chunk}))
-            .await?;
+        let response = client.post("/v1/tasks:batch", &json!({"tasks": chunk})).await?;
         for result in response["results"].as_array().into_iter().flatten() {
             if result.get("id").is_some() {
                 accepted += 1;
                 println!("{}", result["id"].as_str().unwrap_or_default());
             } else {
-                rejected.push(format!(
-                    "{}: {}",
-                    result["error"]["code"], result["error"]["message"]
-                ));
+                rejected.push(format!("{}: {}", result["error"]["code"], result["error"]["message"]));
             }
         }
         bar.inc(chunk.len() as u64);
@@ -314,21 +307,13 @@ async fn submit_batch(
     for line in rejected.iter().take(10) {
         eprintln!("  rejected: {line}");
     }
-    Ok(if rejected.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_TASK_FAILED)
-    })
+    Ok(if rejected.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_TASK_FAILED) })
 }
 
 pub(crate) async fn status(args: IdArgs) -> ExitCode {
     done(
         async {
-            print_json(
-                &Client::new(&args.server)
-                    .get(&format!("/v1/tasks/{}", args.id))
-                    .await?,
-            );
+            print_json(&Client::new(&args.server).get(&format!("/v1/tasks/{}", args.id)).await?);
             Ok(ExitCode::SUCCESS)
         }
         .await,
@@ -338,14 +323,8 @@ pub(crate) async fn status(args: IdArgs) -> ExitCode {
 pub(crate) async fn cancel(args: IdArgs) -> ExitCode {
     done(
         async {
-            let record = Client::new(&args.server)
-                .post(&format!("/v1/tasks/{}/cancel", args.id), &json!({}))
-                .await?;
-            println!(
-                "{} {}",
-                record["id"].as_str().unwrap_or_default(),
-                record["state"].as_str().unwrap_or_default()
-            );
+            let record = Client::new(&args.server).post(&format!("/v1/tasks/{}/cancel", args.id), &json!({})).await?;
+            println!("{} {}", record["id"].as_str().unwrap_or_default(), record["state"].as_str().unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
         .await,
@@ -356,22 +335,13 @@ pub(crate) async fn tasks(args: TasksArgs) -> ExitCode {
     done(
         async {
             let mut query = vec![format!("limit={}", args.limit)];
-            for (key, value) in [
-                ("state", &args.state),
-                ("queue", &args.queue),
-                ("plugin", &args.plugin),
-            ] {
+            for (key, value) in [("state", &args.state), ("queue", &args.queue), ("plugin", &args.plugin)] {
                 if let Some(value) = value {
                     query.push(format!("{key}={value}"));
                 }
             }
-            let page = Client::new(&args.server)
-                .get(&format!("/v1/tasks?{}", query.join("&")))
-                .await?;
-            println!(
-                "{:<36}  {:<9}  {:<12}  {:<16}  {:>3}  {:>7}",
-                "ID", "STATE", "QUEUE", "PLUGIN", "PRI", "ATTEMPT"
-            );
+            let page = Client::new(&args.server).get(&format!("/v1/tasks?{}", query.join("&"))).await?;
+            println!("{:<36}  {:<9}  {:<12}  {:<16}  {:>3}  {:>7}", "ID", "STATE", "QUEUE", "PLUGIN", "PRI", "ATTEMPT");
             for task in page["tasks"].as_array().into_iter().flatten() {
                 println!(
                     "{:<36}  {:<9}  {:<12}  {:<16}  {:>3}  {:>7}",
@@ -397,32 +367,51 @@ pub(crate) async fn plugins(command: PluginsCommand) -> ExitCode {
     done(
         async {
             match command {
-                PluginsCommand::Add { file, name, server } => {
-                    let bytes = std::fs::read(&file).map_err(|e| {
-                        Failure(
-                            EXIT_USAGE,
-                            format!("cannot read plugin `{}`: {e}", file.display()),
-                        )
-                    })?;
+                PluginsCommand::Add { file, name, version, server } => {
+                    let bytes = std::fs::read(&file)
+                        .map_err(|e| Failure(EXIT_USAGE, format!("cannot read plugin `{}`: {e}", file.display())))?;
                     let name = name.unwrap_or_else(|| {
-                        file.file_stem()
-                            .map(|s| s.to_string_lossy().into_owned())
-                            .unwrap_or_default()
+                        file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
                     });
                     let client = Client::new(&server);
                     let url = format!("{}/v1/plugins/{name}", client.base);
-                    let added = client.call(client.http.post(url).body(bytes)).await?;
+                    let query: Vec<(&str, String)> = version.map(|v| ("version", v)).into_iter().collect();
+                    let added = client.call(client.http.post(url).query(&query).body(bytes)).await?;
                     println!(
                         "{}@{} sha256:{}{}",
                         added["name"].as_str().unwrap_or_default(),
                         added["version"].as_str().unwrap_or_default(),
                         added["digest"].as_str().unwrap_or_default(),
-                        if added["created"] == json!(false) {
-                            " (unchanged: identical bytes)"
-                        } else {
-                            ""
-                        }
+                        if added["created"] == json!(false) { " (unchanged: identical bytes)" } else { "" }
                     );
+                }
+                PluginsCommand::Show { name, server } => {
+                    print_json(&Client::new(&server).get(&format!("/v1/plugins/{name}")).await?);
+                }
+                PluginsCommand::Rollback { name, version, server } => {
+                    let client = Client::new(&server);
+                    let url = format!("{}/v1/plugins/{name}/latest", client.base);
+                    client.call(client.http.put(url).json(&json!({"version": version}))).await?;
+                    println!("{name} now resolves to {name}@{version}");
+                }
+                PluginsCommand::Delete { name, version, server } => {
+                    let client = Client::new(&server);
+                    let url = format!("{}/v1/plugins/{name}/versions/{version}", client.base);
+                    client.call(client.http.delete(url)).await?;
+                    println!("deleted {name}@{version}");
+                }
+                PluginsCommand::Manifest { name, file, server } => {
+                    let text = if file.as_os_str() == "-" {
+                        String::new()
+                    } else {
+                        std::fs::read_to_string(&file).map_err(|e| {
+                            Failure(EXIT_USAGE, format!("cannot read manifest `{}`: {e}", file.display()))
+                        })?
+                    };
+                    let client = Client::new(&server);
+                    let url = format!("{}/v1/plugins/{name}/manifest", client.base);
+                    client.call(client.http.put(url).body(text)).await?;
+                    println!("manifest of {name} updated");
                 }
                 PluginsCommand::List { server } => {
                     let list = Client::new(&server).get("/v1/plugins").await?;
@@ -453,20 +442,13 @@ pub(crate) async fn queues(command: QueuesCommand) -> ExitCode {
     done(
         async {
             match command {
-                QueuesCommand::Set {
-                    name,
-                    concurrency,
-                    weight,
-                    server,
-                } => {
+                QueuesCommand::Set { name, concurrency, weight, server } => {
                     let client = Client::new(&server);
                     let body = json!({"concurrency": concurrency, "weight": weight});
                     let url = format!("{}/v1/queues/{name}", client.base);
                     print_json(&client.call(client.http.put(url).json(&body)).await?);
                 }
-                QueuesCommand::List { server } => {
-                    print_json(&Client::new(&server).get("/v1/queues").await?)
-                }
+                QueuesCommand::List { server } => print_json(&Client::new(&server).get("/v1/queues").await?),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -478,14 +460,11 @@ fn read_input(path: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
     let mut buf = Vec::new();
     match path {
         Some(p) if p.as_os_str() != "-" => {
-            return std::fs::read(p)
-                .map_err(|e| format!("cannot read input `{}`: {e}", p.display()));
+            return std::fs::read(p).map_err(|e| format!("cannot read input `{}`: {e}", p.display()));
         }
         None if std::io::stdin().is_terminal() => {}
         _ => {
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .map_err(|e| format!("cannot read input from stdin: {e}"))?;
+            std::io::stdin().read_to_end(&mut buf).map_err(|e| format!("cannot read input from stdin: {e}"))?;
         }
     }
     Ok(buf)

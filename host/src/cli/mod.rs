@@ -10,11 +10,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "taskhost",
-    version,
-    about = "Sandboxed task host for WebAssembly component plugins"
-)]
+#[command(name = "taskhost", version, about = "Sandboxed task host for WebAssembly component plugins")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,16 +47,10 @@ pub(crate) const EXIT_USAGE: u8 = 2;
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TASKHOST_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TASKHOST_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(EXIT_USAGE, &format!("cannot start the async runtime: {e}")),
     };
@@ -79,11 +69,7 @@ pub(crate) fn main() -> ExitCode {
 /// Prints the one `error: ` line and returns the exit code.
 pub(crate) fn fail(code: u8, message: &str) -> ExitCode {
     // Keep the error on one line whatever the detail contains.
-    let one_line = message
-        .split(['\n', '\r'])
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>();
+    let one_line = message.split(['\n', '\r']).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>();
     eprintln!("error: {}", one_line.join(" | "));
     ExitCode::from(code)
 }

@@ -42,20 +42,14 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
     let bytes = match std::fs::read(&args.plugin) {
         Ok(b) => b,
         Err(e) => {
-            return fail(
-                EXIT_USAGE,
-                &format!("cannot read plugin `{}`: {e}", args.plugin.display()),
-            );
+            return fail(EXIT_USAGE, &format!("cannot read plugin `{}`: {e}", args.plugin.display()));
         }
     };
     let input = match read_input(args.input.as_deref()) {
         Ok(i) => i,
         Err(message) => return fail(EXIT_USAGE, &message),
     };
-    let mut config = SandboxConfig {
-        pool_instances: 4,
-        ..SandboxConfig::default()
-    };
+    let mut config = SandboxConfig { pool_instances: 4, ..SandboxConfig::default() };
     let defaults = &mut config.default_limits;
     let limits = Limits {
         fuel: args.fuel.unwrap_or(defaults.fuel),
@@ -72,42 +66,21 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
     if let Err(message) = sandbox.check_limits(&limits) {
         return fail(EXIT_USAGE, &message);
     }
-    let name = args
-        .plugin
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = args.plugin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let plugin = match sandbox.load(&name, "local", &bytes) {
         Ok(p) => p,
         Err(e) => {
-            return fail(
-                EXIT_TASK_FAILED,
-                &format!("invalid plugin: `{}`: {e}", args.plugin.display()),
-            );
+            return fail(EXIT_TASK_FAILED, &format!("invalid plugin: `{}`: {e}", args.plugin.display()));
         }
     };
-    let report = sandbox
-        .run(
-            &plugin,
-            TaskRequest {
-                input,
-                limits: Some(limits),
-                ..TaskRequest::default()
-            },
-        )
-        .await;
+    let report = sandbox.run(&plugin, TaskRequest { input, limits: Some(limits), ..TaskRequest::default() }).await;
     print_captured(&report);
     if args.stats {
         eprintln!(
             "stats: elapsed {:?}, fuel used {}, output {}",
             report.elapsed,
-            report
-                .fuel_consumed
-                .map_or_else(|| "n/a".into(), |f| f.to_string()),
-            report
-                .result
-                .as_ref()
-                .map_or_else(|_| "none".into(), |o| format_size(o.len() as u64)),
+            report.fuel_consumed.map_or_else(|| "n/a".into(), |f| f.to_string()),
+            report.result.as_ref().map_or_else(|_| "none".into(), |o| format_size(o.len() as u64)),
         );
     }
     match report.result {
@@ -131,19 +104,14 @@ fn read_input(path: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
     let mut buf = Vec::new();
     match path {
         Some(p) if p.as_os_str() == "-" => {
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .map_err(|e| format!("cannot read input from stdin: {e}"))?;
+            std::io::stdin().read_to_end(&mut buf).map_err(|e| format!("cannot read input from stdin: {e}"))?;
         }
         Some(p) => {
-            buf = std::fs::read(p)
-                .map_err(|e| format!("cannot read input `{}`: {e}", p.display()))?;
+            buf = std::fs::read(p).map_err(|e| format!("cannot read input `{}`: {e}", p.display()))?;
         }
         None if std::io::stdin().is_terminal() => {}
         None => {
-            std::io::stdin()
-                .read_to_end(&mut buf)
-                .map_err(|e| format!("cannot read input from stdin: {e}"))?;
+            std::io::stdin().read_to_end(&mut buf).map_err(|e| format!("cannot read input from stdin: {e}"))?;
         }
     }
     Ok(buf)

@@ -24,6 +24,10 @@ pub(crate) struct ServeArgs {
     /// Commit every transition on its own (slower; for comparison).
     #[arg(long)]
     no_group_commit: bool,
+    /// Watch DIR for `NAME.wasm`, `NAME@VERSION.wasm` and `NAME.toml`
+    /// (manifest) files and load them live.
+    #[arg(long, value_name = "DIR")]
+    plugins: Option<PathBuf>,
     /// Retry backoff base, e.g. `1s`.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     retry_base: Option<Duration>,
@@ -33,10 +37,7 @@ pub(crate) struct ServeArgs {
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
-    let mut config = EngineConfig {
-        data_dir: args.data.unwrap_or_else(default_data_dir),
-        ..EngineConfig::default()
-    };
+    let mut config = EngineConfig { data_dir: args.data.unwrap_or_else(default_data_dir), ..EngineConfig::default() };
     if let Some(n) = args.concurrency {
         if n == 0 {
             return fail(EXIT_USAGE, "--concurrency must be at least 1");
@@ -44,19 +45,17 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         config.concurrency = n;
     }
     config.group_commit = !args.no_group_commit;
+    config.plugins_dir = args.plugins;
+    // Compile on one thread so uploads never starve running tasks.
+    config.sandbox.parallel_compilation = false;
     let defaults = RetryPolicy::default();
-    config.retry = RetryPolicy {
-        base: args.retry_base.unwrap_or(defaults.base),
-        cap: args.retry_cap.unwrap_or(defaults.cap),
-    };
+    config.retry =
+        RetryPolicy { base: args.retry_base.unwrap_or(defaults.base), cap: args.retry_cap.unwrap_or(defaults.cap) };
     let data_dir = config.data_dir.clone();
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
-            return fail(
-                EXIT_USAGE,
-                &format!("cannot listen on {}: {e}", args.listen),
-            );
+            return fail(EXIT_USAGE, &format!("cannot listen on {}: {e}", args.listen));
         }
     };
     let engine = match Engine::open(config).await {
@@ -74,17 +73,14 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
     let app = taskhost::api::router(engine.clone());
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = ctrl_c => {},
             _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {},
         }
         eprintln!("taskhost: shutting down");
     };
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
     engine.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,

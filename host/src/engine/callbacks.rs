@@ -10,12 +10,7 @@ const ATTEMPTS: u32 = 6;
 pub(crate) fn deliver(client: reqwest::Client, url: String, body: serde_json::Value) {
     tokio::spawn(async move {
         for attempt in 1..=ATTEMPTS {
-            let result = client
-                .post(&url)
-                .timeout(Duration::from_secs(10))
-                .json(&body)
-                .send()
-                .await;
+            let result = client.post(&url).timeout(Duration::from_secs(10)).json(&body).send().await;
             match result {
                 Ok(response) if response.status().is_success() => return,
                 Ok(response) => {

@@ -17,6 +17,13 @@ pub(crate) struct QueueLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PluginLabel {
+    pub(crate) plugin: String,
+    pub(crate) version: String,
+    pub(crate) outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StateLabel {
     pub(crate) queue: String,
     pub(crate) state: String,
@@ -35,6 +42,9 @@ pub(crate) struct Metrics {
     pub(crate) queue_wait: Histogram,
     pub(crate) run_time: Histogram,
     pub(crate) fuel_used: Histogram,
+    pub(crate) compile_time: Histogram,
+    pub(crate) plugins_loaded: Gauge,
+    pub(crate) plugin_tasks: Family<PluginLabel, Counter>,
     /// Tasks by (queue, state), kept in step with committed transitions.
     counts: Mutex<HashMap<(String, TaskState), i64>>,
 }
@@ -53,37 +63,27 @@ impl Metrics {
         let queue_wait = Histogram::new(exponential_buckets(0.0001, 4.0, 12));
         let run_time = Histogram::new(exponential_buckets(0.00001, 4.0, 14));
         let fuel_used = Histogram::new(exponential_buckets(1000.0, 10.0, 9));
-        registry.register(
-            "tasks",
-            "Tasks in the store by queue and state",
-            tasks.clone(),
-        );
+        let compile_time = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        let plugins_loaded = Gauge::default();
+        let plugin_tasks = Family::<PluginLabel, Counter>::default();
+        registry.register("tasks", "Tasks in the store by queue and state", tasks.clone());
         registry.register("tasks_submitted", "Tasks accepted", submitted.clone());
         registry.register("tasks_completed", "Tasks that completed", completed.clone());
-        registry.register(
-            "tasks_failed",
-            "Tasks that failed terminally",
-            failed.clone(),
-        );
-        registry.register(
-            "tasks_retried",
-            "Attempts that failed and were scheduled again",
-            retried.clone(),
-        );
+        registry.register("tasks_failed", "Tasks that failed terminally", failed.clone());
+        registry.register("tasks_retried", "Attempts that failed and were scheduled again", retried.clone());
         registry.register("tasks_cancelled", "Tasks cancelled", cancelled.clone());
-        registry.register(
-            "queue_depth",
-            "Tasks waiting (ready or delayed) per queue",
-            queue_depth.clone(),
-        );
+        registry.register("queue_depth", "Tasks waiting (ready or delayed) per queue", queue_depth.clone());
         registry.register("running", "Tasks running per queue", running.clone());
-        registry.register(
-            "queue_wait_seconds",
-            "Time from ready to started",
-            queue_wait.clone(),
-        );
+        registry.register("queue_wait_seconds", "Time from ready to started", queue_wait.clone());
         registry.register("run_seconds", "Run time of one attempt", run_time.clone());
         registry.register("fuel_used", "Fuel used by one attempt", fuel_used.clone());
+        registry.register(
+            "compile_seconds",
+            "Compiling (or loading from cache) one plugin version",
+            compile_time.clone(),
+        );
+        registry.register("plugins_loaded", "Live plugin versions", plugins_loaded.clone());
+        registry.register("plugin_tasks", "Tasks ended, by plugin version and outcome", plugin_tasks.clone());
         Self {
             registry,
             tasks,
@@ -97,14 +97,15 @@ impl Metrics {
             queue_wait,
             run_time,
             fuel_used,
+            compile_time,
+            plugins_loaded,
+            plugin_tasks,
             counts: Mutex::default(),
         }
     }
 
     pub(crate) fn label(queue: &str) -> QueueLabel {
-        QueueLabel {
-            queue: queue.to_owned(),
-        }
+        QueueLabel { queue: queue.to_owned() }
     }
 
     /// Records a committed move of one task between states.
@@ -131,23 +132,17 @@ impl Metrics {
         {
             let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
             for ((queue, state), n) in counts.iter() {
-                let label = StateLabel {
-                    queue: queue.clone(),
-                    state: state.as_str().to_owned(),
-                };
+                let label = StateLabel { queue: queue.clone(), state: state.as_str().to_owned() };
                 self.tasks.get_or_create(&label).set(*n);
             }
         }
         for (queue, depth) in depths {
             let label = Self::label(queue);
-            self.queue_depth
-                .get_or_create(&label)
-                .set((depth.ready + depth.delayed) as i64);
+            self.queue_depth.get_or_create(&label).set((depth.ready + depth.delayed) as i64);
             self.running.get_or_create(&label).set(depth.running as i64);
         }
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
     }
 }

@@ -4,19 +4,21 @@
 //! sandbox → engine records the outcome → store.
 
 mod callbacks;
+mod manifest;
 mod metrics;
 mod plugins;
 mod retry;
 mod scheduler;
+mod watch;
 
-pub use plugins::MAX_PLUGIN_BYTES;
+pub use manifest::Manifest;
+pub use plugins::{MAX_PLUGIN_BYTES, PluginDetail, VersionState, VersionStatus};
 pub use retry::{RetryPolicy, is_retried};
 
 use crate::store::{
-    Change, PluginVersion, QueueConfig, Store, StoreError, StoredFailure, StoredLimits, Submitted,
-    TaskRecord, TaskState, now_ms,
+    Change, QueueConfig, Store, StoreError, StoredFailure, StoredLimits, Submitted, TaskRecord, TaskState, now_ms,
 };
-use crate::{CancelToken, Limits, Sandbox, SandboxConfig, TaskMeta, TaskRequest};
+use crate::{CancelToken, Grants, Limits, Sandbox, SandboxConfig, TaskMeta, TaskRequest};
 use metrics::Metrics;
 use plugins::{Registry, RegistryError};
 use scheduler::{Entry, Scheduler};
@@ -44,6 +46,9 @@ pub struct EngineConfig {
     pub retry: RetryPolicy,
     /// `max_attempts` of a task that sets none. Default 3.
     pub default_max_attempts: u32,
+    /// A directory to watch for `NAME.wasm` / `NAME@VERSION.wasm` (and
+    /// `NAME.toml` manifests) to load live.
+    pub plugins_dir: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -56,6 +61,7 @@ impl Default for EngineConfig {
             group_commit: true,
             retry: RetryPolicy::default(),
             default_max_attempts: 3,
+            plugins_dir: None,
         }
     }
 }
@@ -132,12 +138,12 @@ pub enum EngineError {
 impl From<RegistryError> for EngineError {
     fn from(e: RegistryError) -> Self {
         match e {
-            RegistryError::Unknown(_) | RegistryError::UnknownVersion { .. } => {
-                Self::UnknownPlugin(e.to_string())
-            }
-            RegistryError::BadName(_) | RegistryError::TooLarge { .. } => {
-                Self::InvalidRequest(e.to_string())
-            }
+            RegistryError::Unknown(_) | RegistryError::UnknownVersion { .. } => Self::UnknownPlugin(e.to_string()),
+            RegistryError::BadName(_)
+            | RegistryError::BadVersion(_)
+            | RegistryError::TooLarge { .. }
+            | RegistryError::BadManifest(_) => Self::InvalidRequest(e.to_string()),
+            RegistryError::VersionTaken { .. } => Self::Conflict(e.to_string()),
             RegistryError::Invalid(_) => Self::InvalidPlugin(e.to_string()),
             RegistryError::Store(s) => Self::Store(s),
         }
@@ -184,22 +190,22 @@ struct Inner {
     config: EngineConfig,
     sandbox: Sandbox,
     store: Store,
-    registry: Registry,
+    registry: Arc<Registry>,
     sched: Mutex<Scheduler>,
     wake: Notify,
     running: Mutex<HashMap<Uuid, CancelToken>>,
     /// Signalled whenever a task ends.
     ended: Notify,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
     http: reqwest::Client,
     stopping: AtomicBool,
+    dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Engine")
-            .field("data_dir", &self.inner.config.data_dir)
-            .finish_non_exhaustive()
+        f.debug_struct("Engine").field("data_dir", &self.inner.config.data_dir).finish_non_exhaustive()
     }
 }
 
@@ -213,14 +219,13 @@ impl Engine {
     /// dispatching.
     pub async fn open(config: EngineConfig) -> anyhow::Result<Engine> {
         use anyhow::Context as _;
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("creating the data directory {}", config.data_dir.display())
-        })?;
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating the data directory {}", config.data_dir.display()))?;
         let path = config.data_dir.join("taskhost.redb");
-        let store = Store::open(&path, config.group_commit)
-            .with_context(|| format!("opening {}", path.display()))?;
+        let store = Store::open(&path, config.group_commit).with_context(|| format!("opening {}", path.display()))?;
         let sandbox = Sandbox::new(config.sandbox.clone())?;
-        let registry = Registry::open(sandbox.clone(), store.clone())
+        let metrics = Arc::new(Metrics::new());
+        let registry = Registry::open(sandbox.clone(), store.clone(), metrics.clone(), config.data_dir.join("cache"))
             .await
             .context("loading plugins")?;
         let mut sched = Scheduler::new(config.concurrency);
@@ -233,17 +238,22 @@ impl Engine {
                 config,
                 sandbox,
                 store,
-                registry,
+                registry: Arc::new(registry),
                 wake: Notify::new(),
                 running: Mutex::default(),
                 ended: Notify::new(),
-                metrics: Metrics::new(),
+                metrics,
                 http: reqwest::Client::new(),
                 stopping: AtomicBool::new(false),
+                dispatcher: Mutex::default(),
+                watcher: Mutex::default(),
             }),
         };
         engine.recover().await?;
-        tokio::spawn(engine.clone().dispatch_loop());
+        *lock(&engine.inner.dispatcher) = Some(tokio::spawn(engine.clone().dispatch_loop()));
+        if let Some(dir) = engine.inner.config.plugins_dir.clone() {
+            watch::start(engine.clone(), dir).context("watching the plugins directory")?;
+        }
         Ok(engine)
     }
 
@@ -266,35 +276,25 @@ impl Engine {
         // counted when it started), or failed once out of attempts.
         let changes = interrupted.into_iter().map(|record| {
             let (to, reason) = if record.attempts >= record.max_attempts {
-                (
-                    TaskState::Failed,
-                    "the host stopped during the last attempt; attempts exhausted",
-                )
+                (TaskState::Failed, "the host stopped during the last attempt; attempts exhausted")
             } else {
-                (
-                    TaskState::Pending,
-                    "recovered: the host stopped while the task was running",
-                )
+                (TaskState::Pending, "recovered: the host stopped while the task was running")
             };
-            let change = Change::new(record.id, to, reason)
-                .expect_version(record.version)
-                .edit(move |r| {
-                    if to == TaskState::Failed {
-                        r.error = Some(StoredFailure {
-                            class: "host error".into(),
-                            retryable: false,
-                            message: reason.into(),
-                            backtrace: None,
-                        });
-                    }
-                });
+            let change = Change::new(record.id, to, reason).expect_version(record.version).edit(move |r| {
+                if to == TaskState::Failed {
+                    r.error = Some(StoredFailure {
+                        class: "host error".into(),
+                        retryable: false,
+                        message: reason.into(),
+                        backtrace: None,
+                    });
+                }
+            });
             inner.store.transition(change)
         });
         for result in futures::future::join_all(changes).await {
             let record = result?;
-            inner
-                .metrics
-                .moved(&record.queue, Some(TaskState::Running), record.state);
+            inner.metrics.moved(&record.queue, Some(TaskState::Running), record.state);
             if record.state == TaskState::Pending {
                 ready.push(record);
             }
@@ -306,18 +306,76 @@ impl Engine {
         Ok(())
     }
 
-    /// Uploads a plugin version; identical bytes return the existing one.
+    /// Uploads a plugin version: checked, compiled off the async workers,
+    /// stored, then live. Identical bytes return the existing version
+    /// (`false`). `version` overrides the component's declared version (else
+    /// the next number). With `wait` false, returns at once while it
+    /// compiles.
     pub async fn add_plugin(
         &self,
         name: &str,
         bytes: Vec<u8>,
-    ) -> Result<(PluginVersion, bool), EngineError> {
-        Ok(self.inner.registry.add(name, bytes).await?)
+        version: Option<String>,
+        wait: bool,
+    ) -> Result<(VersionStatus, bool), EngineError> {
+        Ok(self.inner.registry.add(name, bytes, version, wait).await?)
     }
 
-    /// Every plugin with its versions.
-    pub fn plugins(&self) -> Vec<(String, Vec<PluginVersion>)> {
-        self.inner.registry.all()
+    /// Every plugin name.
+    pub fn plugins(&self) -> Vec<String> {
+        self.inner.registry.names()
+    }
+
+    /// One plugin's versions with their state and task counts by state.
+    pub fn plugin(&self, name: &str) -> Result<(PluginDetail, HashMap<(String, TaskState), u64>), EngineError> {
+        let detail = self
+            .inner
+            .registry
+            .detail(name)
+            .ok_or_else(|| EngineError::UnknownPlugin(format!("unknown plugin `{name}`")))?;
+        let mut counts = HashMap::new();
+        self.inner.store.scan(None, |r| {
+            if r.plugin == name {
+                *counts.entry((r.plugin_version, r.state)).or_default() += 1;
+            }
+            true
+        })?;
+        Ok((detail, counts))
+    }
+
+    /// Rolls back (or forward): a plain name now resolves to `version`.
+    pub async fn set_latest(&self, name: &str, version: &str) -> Result<(), EngineError> {
+        Ok(self.inner.registry.set_latest(name, version).await?)
+    }
+
+    /// Deletes a version; refused (409) while an unfinished task uses it.
+    pub async fn delete_plugin_version(&self, name: &str, version: &str) -> Result<(), EngineError> {
+        let mut unfinished = 0;
+        self.inner.store.scan(None, |r| {
+            if r.plugin == name && r.plugin_version == version && !r.state.is_terminal() {
+                unfinished += 1;
+            }
+            true
+        })?;
+        if unfinished > 0 {
+            return Err(EngineError::Conflict(format!(
+                "{name}@{version} is used by {unfinished} unfinished task(s); delete it once they have ended"
+            )));
+        }
+        Ok(self.inner.registry.delete(name, version).await?)
+    }
+
+    /// Sets (or clears, with `None`) a plugin's capability manifest.
+    pub async fn set_manifest(&self, name: &str, manifest: Option<Manifest>) -> Result<(), EngineError> {
+        if let Some(m) = &manifest {
+            m.check().map_err(EngineError::InvalidRequest)?;
+        }
+        Ok(self.inner.registry.set_manifest(name, manifest).await?)
+    }
+
+    /// Compilations and artifact-cache hits since this engine started.
+    pub fn plugin_load_counts(&self) -> (u64, u64) {
+        self.inner.registry.load_counts()
     }
 
     /// Validates, pins the plugin version and durably records a task.
@@ -329,11 +387,7 @@ impl Engine {
         if submitted.created {
             let record = &submitted.record;
             inner.metrics.moved(&record.queue, None, TaskState::Pending);
-            inner
-                .metrics
-                .submitted
-                .get_or_create(&Metrics::label(&record.queue))
-                .inc();
+            inner.metrics.submitted.get_or_create(&Metrics::label(&record.queue)).inc();
             lock(&inner.sched).enqueue(entry(record), record.next_run_at_ms, now_ms());
             inner.wake.notify_one();
         }
@@ -349,41 +403,33 @@ impl Engine {
         let invalid = |m: String| Err(EngineError::InvalidRequest(m));
         let queue = task.queue.unwrap_or_else(|| "default".into());
         if !plugins::valid_name(&queue) {
-            return invalid(format!(
-                "invalid queue name `{queue}`: use 1-64 letters, digits, `-`, `_` or `.`"
-            ));
+            return invalid(format!("invalid queue name `{queue}`: use 1-64 letters, digits, `-`, `_` or `.`"));
         }
         let priority = task.priority.unwrap_or(0);
         if priority > 9 {
-            return invalid(format!(
-                "priority {priority} is out of range: expected 0-9 (higher runs first)"
-            ));
+            return invalid(format!("priority {priority} is out of range: expected 0-9 (higher runs first)"));
         }
-        let max_attempts = task
-            .max_attempts
-            .unwrap_or(self.inner.config.default_max_attempts);
+        let max_attempts = task.max_attempts.unwrap_or(self.inner.config.default_max_attempts);
         if !(1..=100).contains(&max_attempts) {
-            return invalid(format!(
-                "max_attempts {max_attempts} is out of range: expected 1-100"
-            ));
+            return invalid(format!("max_attempts {max_attempts} is out of range: expected 1-100"));
         }
-        let defaults = &self.inner.config.sandbox.default_limits;
+        let (name, loaded) = self.inner.registry.resolve(&task.plugin)?;
+        let host_defaults = &self.inner.config.sandbox.default_limits;
+        let defaults = &match self.inner.registry.manifest(&name) {
+            Some(manifest) => manifest.limits(host_defaults).map_err(EngineError::InvalidRequest)?,
+            None => host_defaults.clone(),
+        };
         let limits = Limits {
             fuel: task.fuel.unwrap_or(defaults.fuel),
             memory_bytes: task.memory_bytes.unwrap_or(defaults.memory_bytes),
-            timeout: task
-                .timeout_ms
-                .map_or(defaults.timeout, Duration::from_millis),
+            timeout: task.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
             max_output_bytes: defaults.max_output_bytes,
             max_log_bytes: defaults.max_log_bytes,
         };
         if limits.fuel == 0 {
             return invalid("fuel must be greater than zero".into());
         }
-        self.inner
-            .sandbox
-            .check_limits(&limits)
-            .map_err(EngineError::InvalidRequest)?;
+        self.inner.sandbox.check_limits(&limits).map_err(EngineError::InvalidRequest)?;
         let now = now_ms();
         let next_run_at_ms = match (task.delay_ms, task.run_at_ms) {
             (Some(_), Some(_)) => {
@@ -402,15 +448,11 @@ impl Engine {
             match reqwest::Url::parse(url) {
                 Ok(u) if u.scheme() == "http" => {}
                 Ok(u) => {
-                    return invalid(format!(
-                        "callback_url scheme `{}` is not supported: use http://",
-                        u.scheme()
-                    ));
+                    return invalid(format!("callback_url scheme `{}` is not supported: use http://", u.scheme()));
                 }
                 Err(e) => return invalid(format!("callback_url `{url}` is not a URL: {e}")),
             }
         }
-        let (name, loaded) = self.inner.registry.resolve(&task.plugin)?;
         let record = TaskRecord {
             id: Uuid::now_v7(),
             version: 1,
@@ -445,12 +487,7 @@ impl Engine {
                 from: None,
                 to: TaskState::Pending,
                 attempt: 0,
-                reason: if next_run_at_ms.is_some() {
-                    "submitted (delayed)"
-                } else {
-                    "submitted"
-                }
-                .into(),
+                reason: if next_run_at_ms.is_some() { "submitted (delayed)" } else { "submitted" }.into(),
             }],
         };
         Ok((record, task.input))
@@ -468,10 +505,7 @@ impl Engine {
 
     /// Lists tasks in submission order; returns the page and the cursor of
     /// the next one.
-    pub fn list(
-        &self,
-        filter: &ListFilter,
-    ) -> Result<(Vec<TaskRecord>, Option<Uuid>), EngineError> {
+    pub fn list(&self, filter: &ListFilter) -> Result<(Vec<TaskRecord>, Option<Uuid>), EngineError> {
         let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
         let mut page = Vec::new();
         let mut more = false;
@@ -488,11 +522,7 @@ impl Engine {
             }
             true
         })?;
-        let cursor = if more {
-            page.last().map(|r| r.id)
-        } else {
-            None
-        };
+        let cursor = if more { page.last().map(|r| r.id) } else { None };
         Ok((page, cursor))
     }
 
@@ -506,18 +536,15 @@ impl Engine {
             let record = self.get(id)?;
             match record.state {
                 TaskState::Pending | TaskState::Retrying => {
-                    let change = Change::new(id, TaskState::Cancelled, "cancelled by request")
-                        .expect_version(record.version);
+                    let change =
+                        Change::new(id, TaskState::Cancelled, "cancelled by request").expect_version(record.version);
                     match inner.store.transition(change).await {
                         Ok(done) => {
                             self.ended(&record, &done);
                             return Ok(done);
                         }
                         // It moved (e.g. a worker started it): look again.
-                        Err(
-                            StoreError::VersionMismatch { .. }
-                            | StoreError::IllegalTransition { .. },
-                        ) => continue,
+                        Err(StoreError::VersionMismatch { .. } | StoreError::IllegalTransition { .. }) => continue,
                         Err(e) => return Err(e.into()),
                     }
                 }
@@ -529,9 +556,7 @@ impl Engine {
                         interrupted = true;
                     }
                     if Instant::now() > deadline {
-                        return Err(EngineError::Conflict(format!(
-                            "task {id} did not stop within 10 s"
-                        )));
+                        return Err(EngineError::Conflict(format!("task {id} did not stop within 10 s")));
                     }
                     let _ = tokio::time::timeout(Duration::from_millis(50), ended).await;
                 }
@@ -539,9 +564,7 @@ impl Engine {
                 // finished first): report how it ended.
                 _ if interrupted => return Ok(record),
                 state => {
-                    return Err(EngineError::Conflict(format!(
-                        "task {id} already ended ({state})"
-                    )));
+                    return Err(EngineError::Conflict(format!("task {id} already ended ({state})")));
                 }
             }
         }
@@ -557,32 +580,19 @@ impl Engine {
                 record.state
             )));
         }
-        let change = Change::new(
-            id,
-            TaskState::Pending,
-            "re-submitted from the dead-letter set",
-        )
-        .expect_version(record.version)
-        .edit(|r| {
-            r.attempts = 0;
-            r.error = None;
-            r.finished_at_ms = None;
-            r.next_run_at_ms = None;
-        });
-        let done = self
-            .inner
-            .store
-            .transition(change)
-            .await
-            .map_err(|e| match e {
-                StoreError::VersionMismatch { .. } => {
-                    EngineError::Conflict(format!("task {id} changed; try again"))
-                }
-                other => other.into(),
-            })?;
-        self.inner
-            .metrics
-            .moved(&done.queue, Some(TaskState::Failed), TaskState::Pending);
+        let change = Change::new(id, TaskState::Pending, "re-submitted from the dead-letter set")
+            .expect_version(record.version)
+            .edit(|r| {
+                r.attempts = 0;
+                r.error = None;
+                r.finished_at_ms = None;
+                r.next_run_at_ms = None;
+            });
+        let done = self.inner.store.transition(change).await.map_err(|e| match e {
+            StoreError::VersionMismatch { .. } => EngineError::Conflict(format!("task {id} changed; try again")),
+            other => other.into(),
+        })?;
+        self.inner.metrics.moved(&done.queue, Some(TaskState::Failed), TaskState::Pending);
         lock(&self.inner.sched).enqueue(entry(&done), None, now_ms());
         self.inner.wake.notify_one();
         Ok(done)
@@ -602,14 +612,9 @@ impl Engine {
             )));
         }
         if config.concurrency == Some(0) {
-            return Err(EngineError::InvalidRequest(
-                "concurrency must be at least 1 (omit it for no limit)".into(),
-            ));
+            return Err(EngineError::InvalidRequest("concurrency must be at least 1 (omit it for no limit)".into()));
         }
-        self.inner
-            .store
-            .set_queue(name.to_owned(), config.clone())
-            .await?;
+        self.inner.store.set_queue(name.to_owned(), config.clone()).await?;
         lock(&self.inner.sched).configure(name, config);
         self.inner.wake.notify_one();
         Ok(())
@@ -651,11 +656,9 @@ impl Engine {
             if record.state.is_terminal() || tokio::time::Instant::now() >= deadline {
                 return Ok(record);
             }
-            let _ = tokio::time::timeout_at(
-                deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)),
-                ended,
-            )
-            .await;
+            let _ =
+                tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + Duration::from_millis(100)), ended)
+                    .await;
         }
     }
 
@@ -663,6 +666,19 @@ impl Engine {
     pub fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
         self.inner.wake.notify_one();
+    }
+
+    /// Stops dispatching, waits for running tasks to end and releases the
+    /// store once the last handle is dropped (a reopen then succeeds).
+    pub async fn close(self) {
+        self.shutdown();
+        let tasks = [lock(&self.inner.dispatcher).take(), lock(&self.inner.watcher).take()];
+        for handle in tasks.into_iter().flatten() {
+            let _ = handle.await;
+        }
+        while !lock(&self.inner.running).is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// The sandbox tasks run in.
@@ -695,12 +711,10 @@ impl Engine {
         let started = Instant::now();
         let token = CancelToken::new();
         lock(&inner.running).insert(queued.id, token.clone());
-        let start = Change::new(queued.id, TaskState::Running, "started")
-            .expect_version(queued.version)
-            .edit(|r| {
-                r.attempts += 1;
-                r.started_at_ms = Some(now_ms());
-            });
+        let start = Change::new(queued.id, TaskState::Running, "started").expect_version(queued.version).edit(|r| {
+            r.attempts += 1;
+            r.started_at_ms = Some(now_ms());
+        });
         let record = match inner.store.transition(start).await {
             Ok(record) => record,
             Err(error) => {
@@ -712,28 +726,13 @@ impl Engine {
                 return;
             }
         };
-        let from = record
-            .history
-            .last()
-            .and_then(|t| t.from)
-            .unwrap_or(TaskState::Pending);
-        inner
-            .metrics
-            .moved(&record.queue, Some(from), TaskState::Running);
-        let ready_since = record
-            .next_run_at_ms
-            .unwrap_or(record.created_at_ms)
-            .max(record.created_at_ms);
-        inner
-            .metrics
-            .queue_wait
-            .observe(now_ms().saturating_sub(ready_since) as f64 / 1000.0);
+        let from = record.history.last().and_then(|t| t.from).unwrap_or(TaskState::Pending);
+        inner.metrics.moved(&record.queue, Some(from), TaskState::Running);
+        let ready_since = record.next_run_at_ms.unwrap_or(record.created_at_ms).max(record.created_at_ms);
+        inner.metrics.queue_wait.observe(now_ms().saturating_sub(ready_since) as f64 / 1000.0);
 
         let change = self.run_attempt(&record, token).await;
-        let finished = inner
-            .store
-            .transition(change.expect_version(record.version))
-            .await;
+        let finished = inner.store.transition(change.expect_version(record.version)).await;
         lock(&inner.running).remove(&record.id);
         let run_secs = started.elapsed().as_secs_f64();
         lock(&inner.sched).finished(&record.queue, run_secs);
@@ -741,14 +740,8 @@ impl Engine {
         match finished {
             Ok(done) => {
                 if done.state == TaskState::Retrying {
-                    inner
-                        .metrics
-                        .moved(&done.queue, Some(TaskState::Running), TaskState::Retrying);
-                    inner
-                        .metrics
-                        .retried
-                        .get_or_create(&Metrics::label(&done.queue))
-                        .inc();
+                    inner.metrics.moved(&done.queue, Some(TaskState::Running), TaskState::Retrying);
+                    inner.metrics.retried.get_or_create(&Metrics::label(&done.queue)).inc();
                     lock(&inner.sched).enqueue(entry(&done), done.next_run_at_ms, now_ms());
                 } else {
                     self.ended(&record, &done);
@@ -769,32 +762,16 @@ impl Engine {
         let fail = |class: &str, message: String| {
             Change::new(id, TaskState::Failed, format!("{class}: {message}")).edit({
                 let class = class.to_owned();
-                move |r| {
-                    r.error = Some(StoredFailure {
-                        class,
-                        retryable: false,
-                        message,
-                        backtrace: None,
-                    })
-                }
+                move |r| r.error = Some(StoredFailure { class, retryable: false, message, backtrace: None })
             })
         };
         let Some(plugin) = inner.registry.get(&record.plugin, &record.plugin_version) else {
-            return fail(
-                "invalid plugin",
-                format!(
-                    "plugin {}@{} is not loaded",
-                    record.plugin, record.plugin_version
-                ),
-            );
+            return fail("invalid plugin", format!("plugin {}@{} is not loaded", record.plugin, record.plugin_version));
         };
         let input = match inner.store.input(id) {
             Ok(Some(input)) => input,
             Ok(None) => {
-                return fail(
-                    "host error",
-                    "the task's input is missing from the store".into(),
-                );
+                return fail("host error", "the task's input is missing from the store".into());
             }
             Err(e) => return fail("host error", format!("reading the input: {e}")),
         };
@@ -805,25 +782,25 @@ impl Engine {
             max_output_bytes: record.limits.max_output_bytes,
             max_log_bytes: record.limits.max_log_bytes,
         };
+        // The operator's grants, resolved at start so DNS changes count.
+        let grants = match inner.registry.manifest(&record.plugin) {
+            Some(manifest) => Grants { dirs: manifest.dir_grants(), connect: manifest.connect_grants().await },
+            None => Grants::default(),
+        };
         let request = TaskRequest {
             input,
-            meta: TaskMeta {
-                id: id.to_string(),
-                attempt: record.attempts,
-                queue: record.queue.clone(),
-            },
+            meta: TaskMeta { id: id.to_string(), attempt: record.attempts, queue: record.queue.clone() },
             limits: Some(limits),
             cancel: Some(token),
+            grants,
         };
         let report = inner.sandbox.run(&plugin, request).await;
         let fuel_used = report.fuel_consumed;
         match report.result {
-            Ok(output) => Change::new(id, TaskState::Completed, "completed")
-                .output(output)
-                .edit(move |r| {
-                    r.error = None;
-                    r.fuel_used = fuel_used;
-                }),
+            Ok(output) => Change::new(id, TaskState::Completed, "completed").output(output).edit(move |r| {
+                r.error = None;
+                r.fuel_used = fuel_used;
+            }),
             Err(failure) => {
                 let stored = StoredFailure {
                     class: failure.class.as_str().to_owned(),
@@ -833,27 +810,13 @@ impl Engine {
                 };
                 let summary = failure.to_string();
                 let (to, reason, next_run) = if failure.class == crate::FailureClass::Cancelled {
-                    (
-                        TaskState::Cancelled,
-                        "cancelled while running".to_owned(),
-                        None,
-                    )
-                } else if is_retried(failure.class, failure.retryable)
-                    && record.attempts < record.max_attempts
-                {
+                    (TaskState::Cancelled, "cancelled while running".to_owned(), None)
+                } else if is_retried(failure.class, failure.retryable) && record.attempts < record.max_attempts {
                     let backoff = inner.config.retry.backoff(record.attempts);
                     let at = now_ms() + backoff.as_millis() as u64;
-                    (
-                        TaskState::Retrying,
-                        format!("{summary}; retrying in {} ms", backoff.as_millis()),
-                        Some(at),
-                    )
+                    (TaskState::Retrying, format!("{summary}; retrying in {} ms", backoff.as_millis()), Some(at))
                 } else if is_retried(failure.class, failure.retryable) {
-                    (
-                        TaskState::Failed,
-                        format!("{summary}; attempts exhausted"),
-                        None,
-                    )
+                    (TaskState::Failed, format!("{summary}; attempts exhausted"), None)
                 } else {
                     (TaskState::Failed, summary, None)
                 };
@@ -870,12 +833,14 @@ impl Engine {
     fn ended(&self, before: &TaskRecord, done: &TaskRecord) {
         let inner = &self.inner;
         let label = Metrics::label(&done.queue);
-        let from = done
-            .history
-            .last()
-            .and_then(|t| t.from)
-            .unwrap_or(before.state);
+        let from = done.history.last().and_then(|t| t.from).unwrap_or(before.state);
         inner.metrics.moved(&done.queue, Some(from), done.state);
+        let plugin_label = metrics::PluginLabel {
+            plugin: done.plugin.clone(),
+            version: done.plugin_version.clone(),
+            outcome: done.state.as_str().to_owned(),
+        };
+        inner.metrics.plugin_tasks.get_or_create(&plugin_label).inc();
         match done.state {
             TaskState::Completed => inner.metrics.completed.get_or_create(&label).inc(),
             TaskState::Failed => inner.metrics.failed.get_or_create(&label).inc(),
@@ -884,21 +849,12 @@ impl Engine {
         };
         if let Some(url) = &done.callback_url {
             let output = self.output(done.id).ok().flatten();
-            callbacks::deliver(
-                inner.http.clone(),
-                url.clone(),
-                crate::api::task_json(done, output.as_deref()),
-            );
+            callbacks::deliver(inner.http.clone(), url.clone(), crate::api::task_json(done, output.as_deref()));
         }
         inner.ended.notify_waiters();
     }
 }
 
 fn entry(record: &TaskRecord) -> Entry {
-    Entry {
-        id: record.id,
-        version: record.version,
-        priority: record.priority,
-        queue: record.queue.clone(),
-    }
+    Entry { id: record.id, version: record.version, priority: record.priority, queue: record.queue.clone() }
 }

@@ -1,12 +1,19 @@
 //! The plugin registry: named, immutable, content-addressed versions,
-//! persisted in the store and compiled in the sandbox. Tasks pin the
-//! version they resolved at submission.
+//! persisted in the store, compiled off the async workers behind a
+//! one-at-a-time gate, with compiled artifacts cached on disk. Tasks pin the
+//! version they resolved at submission; a running task holds its version's
+//! `InstancePre` alive, and memory of versions no one references is freed.
 
-use crate::store::{PluginVersion, Store, now_ms};
+use super::manifest::Manifest;
+use super::metrics::Metrics;
+use crate::store::{PluginEntry, PluginVersion, Store, StoreError, now_ms};
 use crate::{LoadError, Plugin, Sandbox};
 use sha2_digest::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::RwLock;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 /// Largest component accepted.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
@@ -15,185 +22,463 @@ pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
 pub(crate) enum RegistryError {
     #[error("invalid plugin name `{0}`: use 1-64 letters, digits, `-`, `_` or `.`")]
     BadName(String),
+    #[error("invalid version `{0}`: use 1-64 letters, digits, `.`, `-`, `_` or `+`")]
+    BadVersion(String),
     #[error("unknown plugin `{0}`; upload it first with `POST /v1/plugins/{{name}}`")]
     Unknown(String),
-    #[error("plugin `{name}` has no version `{version}` (known: {known})")]
-    UnknownVersion {
-        name: String,
-        version: String,
-        known: String,
-    },
+    #[error("plugin `{name}` has no live version `{version}` (live: {known})")]
+    UnknownVersion { name: String, version: String, known: String },
     #[error("the component is {size} bytes; the limit is {MAX_PLUGIN_BYTES}")]
     TooLarge { size: usize },
+    #[error("version {version} of `{name}` already exists with other content; versions are immutable")]
+    VersionTaken { name: String, version: String },
     #[error("invalid plugin: {0}")]
     Invalid(#[from] LoadError),
+    #[error("{0}")]
+    BadManifest(String),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] StoreError),
 }
 
-/// A loaded version.
+/// Where a version is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VersionState {
+    /// Being compiled; not yet used for new tasks.
+    Compiling,
+    /// Ready: new tasks may resolve to it.
+    Live,
+    /// Validation or compilation failed, with the reason. Not stored.
+    Failed(String),
+}
+
+/// A version as the API shows it.
+#[derive(Debug, Clone)]
+pub struct VersionStatus {
+    /// Version, digest, size, upload time.
+    pub info: PluginVersion,
+    /// Compiling, live or failed.
+    pub state: VersionState,
+    /// How long compiling (or loading from the cache) took.
+    pub load_time: Option<Duration>,
+    /// Whether it came from the on-disk artifact cache.
+    pub from_cache: bool,
+}
+
+struct Slot {
+    status: VersionStatus,
+    plugin: Option<Plugin>,
+}
+
+#[derive(Default)]
+struct Entry {
+    slots: Vec<Slot>,
+    latest: Option<String>,
+    manifest: Option<Manifest>,
+    /// The last problem the watched directory hit for this name.
+    watch_error: Option<String>,
+}
+
+impl Entry {
+    fn live(&self) -> impl Iterator<Item = &Slot> {
+        self.slots.iter().filter(|s| s.status.state == VersionState::Live)
+    }
+}
+
+/// A resolved, live version.
 #[derive(Clone)]
 pub(crate) struct Loaded {
     pub(crate) info: PluginVersion,
-    pub(crate) plugin: Plugin,
 }
 
 pub(crate) struct Registry {
     sandbox: Sandbox,
     store: Store,
-    by_name: RwLock<HashMap<String, Vec<Loaded>>>,
+    metrics: Arc<Metrics>,
+    cache_dir: PathBuf,
+    fingerprint: String,
+    /// One compilation at a time: compiling never takes more than one core
+    /// from running tasks.
+    gate: tokio::sync::Semaphore,
+    entries: RwLock<HashMap<String, Entry>>,
+    compiled: AtomicU64,
+    cache_hits: AtomicU64,
 }
 
 pub(crate) fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+fn valid_version(version: &str) -> bool {
+    (1..=64).contains(&version.len()) && version.chars().all(|c| c.is_ascii_alphanumeric() || ".-_+".contains(c))
+}
+
+/// The version a component declares in its metadata, if any.
+fn declared_version(bytes: &[u8]) -> Option<String> {
+    let payload = wasm_metadata::Payload::from_binary(bytes).ok()?;
+    payload.metadata().version.as_ref().map(|v| v.to_string()).filter(|v| valid_version(v))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Registry {
-    /// Loads and compiles every stored version.
-    pub(crate) async fn open(sandbox: Sandbox, store: Store) -> Result<Self, RegistryError> {
-        let mut by_name: HashMap<String, Vec<Loaded>> = HashMap::new();
-        for (name, entry) in store.plugins()? {
-            for info in entry.versions {
-                let bytes = store.blob(&info.digest)?.ok_or_else(|| {
-                    crate::store::StoreError::Corrupt(format!(
-                        "blob {} of plugin {name} is missing",
-                        info.digest
-                    ))
-                })?;
-                let plugin = compile(&sandbox, &name, &info.version, bytes).await?;
-                by_name
-                    .entry(name.clone())
-                    .or_default()
-                    .push(Loaded { info, plugin });
-            }
-        }
-        Ok(Self {
+    /// Loads every stored version (from the artifact cache when it can).
+    pub(crate) async fn open(
+        sandbox: Sandbox,
+        store: Store,
+        metrics: Arc<Metrics>,
+        cache_dir: PathBuf,
+    ) -> Result<Self, RegistryError> {
+        std::fs::create_dir_all(&cache_dir).map_err(|e| {
+            StoreError::CommitFailed(format!("creating the artifact cache {}: {e}", cache_dir.display()))
+        })?;
+        let registry = Self {
+            fingerprint: sandbox.fingerprint(),
             sandbox,
             store,
-            by_name: RwLock::new(by_name),
-        })
+            metrics,
+            cache_dir,
+            gate: tokio::sync::Semaphore::new(1),
+            entries: RwLock::default(),
+            compiled: AtomicU64::new(0),
+            cache_hits: AtomicU64::new(0),
+        };
+        for (name, stored) in registry.store.plugins()? {
+            let PluginEntry { versions, latest, manifest } = stored;
+            let manifest = manifest.map(|t| Manifest::parse(&t)).transpose().map_err(RegistryError::BadManifest)?;
+            let mut entry = Entry { latest, manifest, ..Entry::default() };
+            for info in versions {
+                let bytes = registry
+                    .store
+                    .blob(&info.digest)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("blob {} of plugin {name} is missing", info.digest)))?;
+                let (state, plugin, load_time, from_cache) = match registry.load(&name, &info, &bytes).await {
+                    Ok((plugin, took, cached)) => (VersionState::Live, Some(plugin), Some(took), cached),
+                    Err(e) => (VersionState::Failed(e.to_string()), None, None, false),
+                };
+                entry.slots.push(Slot { status: VersionStatus { info, state, load_time, from_cache }, plugin });
+            }
+            registry.write().insert(name, entry);
+        }
+        registry.update_gauge();
+        Ok(registry)
     }
 
-    /// Adds a version (validated and compiled first). Identical bytes give
-    /// back the existing version. Returns the version and whether it is new.
-    pub(crate) async fn add(
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Entry>> {
+        self.entries.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
+        self.entries.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Compilations done and cache hits since start.
+    pub(crate) fn load_counts(&self) -> (u64, u64) {
+        (self.compiled.load(Ordering::Relaxed), self.cache_hits.load(Ordering::Relaxed))
+    }
+
+    fn update_gauge(&self) {
+        let live = self.read().values().map(|e| e.live().count()).sum::<usize>();
+        self.metrics.plugins_loaded.set(live as i64);
+    }
+
+    /// Compiles (or loads from the cache) one version.
+    async fn load(
         &self,
         name: &str,
+        info: &PluginVersion,
+        bytes: &[u8],
+    ) -> Result<(Plugin, Duration, bool), LoadError> {
+        let started = Instant::now();
+        let key = format!("{}-{}", info.digest, self.fingerprint);
+        let path = self.cache_dir.join(format!("{key}.cwasm"));
+        // Only an artifact whose hash this host recorded when it wrote it is
+        // ever deserialised: deserialising trusts the bytes as machine code.
+        if let Ok(Some(expected)) = self.store.cache_hash(&key)
+            && let Ok(artifact) = std::fs::read(&path)
+            && hex(&Sha256::digest(&artifact)) == expected
+        {
+            // SAFETY: written by this host (see above) and verified unchanged.
+            match unsafe { self.sandbox.load_serialized(name, &info.version, &artifact, bytes.len()) } {
+                Ok(plugin) => {
+                    self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok((plugin, started.elapsed(), true));
+                }
+                Err(error) => tracing::warn!(%name, %error, "ignoring a cached artifact"),
+            }
+        }
+        let plugin = {
+            let _permit = self.gate.acquire().await.map_err(|_| LoadError::Compile("shutting down".into()))?;
+            let (sandbox, name, version, bytes) =
+                (self.sandbox.clone(), name.to_owned(), info.version.clone(), bytes.to_vec());
+            tokio::task::spawn_blocking(move || sandbox.load(&name, &version, &bytes))
+                .await
+                .unwrap_or_else(|e| Err(LoadError::Compile(format!("the compiler thread failed: {e}"))))?
+        };
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        let took = started.elapsed();
+        self.metrics.compile_time.observe(took.as_secs_f64());
+        if let Err(error) = self.write_cache(&plugin, &path, key).await {
+            tracing::warn!(%name, %error, "could not cache the compiled artifact");
+        }
+        Ok((plugin, took, false))
+    }
+
+    async fn write_cache(&self, plugin: &Plugin, path: &std::path::Path, key: String) -> Result<(), String> {
+        let artifact = plugin.serialize().map_err(|e| e.to_string())?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &artifact).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| e.to_string())?;
+        self.store.set_cache_hash(key, hex(&Sha256::digest(&artifact))).await.map_err(|e| e.to_string())
+    }
+
+    /// Adds a version: checks it, reserves its version number, compiles it
+    /// off the async workers, then stores it and makes it live. Identical
+    /// bytes give back the existing version. With `wait`, returns once it is
+    /// live (or with why it failed); otherwise at once, `compiling`.
+    pub(crate) async fn add(
+        self: &Arc<Self>,
+        name: &str,
         bytes: Vec<u8>,
-    ) -> Result<(PluginVersion, bool), RegistryError> {
+        version: Option<String>,
+        wait: bool,
+    ) -> Result<(VersionStatus, bool), RegistryError> {
         if !valid_name(name) {
             return Err(RegistryError::BadName(name.to_owned()));
         }
         if bytes.len() > MAX_PLUGIN_BYTES {
             return Err(RegistryError::TooLarge { size: bytes.len() });
         }
+        crate::sandbox::check_header(&bytes)?;
         let digest = hex(&Sha256::digest(&bytes));
-        if let Some(existing) = self.versions(name).into_iter().find(|v| v.digest == digest) {
-            return Ok((existing, false));
-        }
-        let next = self
-            .versions(name)
-            .iter()
-            .filter_map(|v| v.version.parse::<u64>().ok())
-            .max()
-            .unwrap_or(0)
-            + 1;
-        let info = PluginVersion {
-            version: next.to_string(),
-            digest,
-            size: bytes.len() as u64,
-            created_at_ms: now_ms(),
+        let status = {
+            let mut entries = self.write();
+            let entry = entries.entry(name.to_owned()).or_default();
+            // Identical bytes: the existing version (unless it failed).
+            let same = |s: &&Slot| s.status.info.digest == digest && !matches!(s.status.state, VersionState::Failed(_));
+            if let Some(existing) = entry.slots.iter().find(same) {
+                return Ok((existing.status.clone(), false));
+            }
+            let version = match version.or_else(|| declared_version(&bytes)) {
+                Some(v) if !valid_version(&v) => return Err(RegistryError::BadVersion(v)),
+                Some(v) => v,
+                None => {
+                    // Failed attempts were never stored: they reserve no number.
+                    let highest = entry
+                        .slots
+                        .iter()
+                        .filter(|s| !matches!(s.status.state, VersionState::Failed(_)))
+                        .filter_map(|s| s.status.info.version.parse::<u64>().ok())
+                        .max();
+                    (highest.unwrap_or(0) + 1).to_string()
+                }
+            };
+            if entry
+                .slots
+                .iter()
+                .any(|s| s.status.info.version == version && !matches!(s.status.state, VersionState::Failed(_)))
+            {
+                return Err(RegistryError::VersionTaken { name: name.into(), version });
+            }
+            entry.slots.retain(|s| s.status.info.version != version);
+            let info = PluginVersion { version, digest, size: bytes.len() as u64, created_at_ms: now_ms() };
+            let status = VersionStatus { info, state: VersionState::Compiling, load_time: None, from_cache: false };
+            entry.slots.push(Slot { status: status.clone(), plugin: None });
+            status
         };
-        let plugin = compile(&self.sandbox, name, &info.version, bytes.clone()).await?;
-        self.store
-            .put_plugin_version(name.to_owned(), info.clone(), bytes)
-            .await?;
-        let mut by_name = self.by_name.write().unwrap_or_else(|e| e.into_inner());
-        by_name.entry(name.to_owned()).or_default().push(Loaded {
-            info: info.clone(),
-            plugin,
-        });
-        Ok((info, true))
+        let job = {
+            let (registry, name, info) = (self.clone(), name.to_owned(), status.info.clone());
+            tokio::spawn(async move { registry.finish_add(name, info, bytes).await })
+        };
+        if !wait {
+            return Ok((status, true));
+        }
+        match job.await {
+            Ok(Ok(status)) => Ok((status, true)),
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(RegistryError::Invalid(LoadError::Compile(format!("the compile task failed: {e}")))),
+        }
     }
 
-    /// Resolves `name` (the latest version) or `name@version`.
+    async fn finish_add(
+        &self,
+        name: String,
+        info: PluginVersion,
+        bytes: Vec<u8>,
+    ) -> Result<VersionStatus, RegistryError> {
+        let outcome = self.load(&name, &info, &bytes).await;
+        let stored = match &outcome {
+            Ok(_) => {
+                self.store.put_plugin_version(name.clone(), info.clone(), bytes).await.map_err(RegistryError::from)
+            }
+            Err(_) => Ok(()),
+        };
+        let mut entries = self.write();
+        let entry = entries.entry(name).or_default();
+        let Some(slot) = entry.slots.iter_mut().find(|s| s.status.info.version == info.version) else {
+            return Err(RegistryError::Store(StoreError::Closed));
+        };
+        let result = match (outcome, stored) {
+            (Ok((plugin, took, cached)), Ok(())) => {
+                slot.plugin = Some(plugin);
+                slot.status.state = VersionState::Live;
+                slot.status.load_time = Some(took);
+                slot.status.from_cache = cached;
+                Ok(slot.status.clone())
+            }
+            (Err(e), _) => {
+                slot.status.state = VersionState::Failed(e.to_string());
+                Err(RegistryError::Invalid(e))
+            }
+            (Ok(_), Err(e)) => {
+                slot.status.state = VersionState::Failed(e.to_string());
+                Err(e)
+            }
+        };
+        drop(entries);
+        self.update_gauge();
+        result
+    }
+
+    /// Resolves `name` (its latest live version) or `name@version`.
     pub(crate) fn resolve(&self, spec: &str) -> Result<(String, Loaded), RegistryError> {
         let (name, version) = match spec.split_once('@') {
             Some((n, v)) => (n, Some(v)),
             None => (spec, None),
         };
-        let by_name = self.by_name.read().unwrap_or_else(|e| e.into_inner());
-        let versions = by_name
+        let entries = self.read();
+        let entry = entries
             .get(name)
-            .filter(|v| !v.is_empty())
+            .filter(|e| e.live().next().is_some())
             .ok_or_else(|| RegistryError::Unknown(name.into()))?;
-        let loaded = match version {
-            None => versions.last(),
-            Some(v) => versions.iter().find(|l| l.info.version == v),
+        let wanted = version.or(entry.latest.as_deref());
+        let slot = match wanted {
+            Some(v) => entry.live().find(|s| s.status.info.version == v),
+            None => entry.live().last(),
         };
-        loaded
-            .cloned()
-            .map(|l| (name.to_owned(), l))
-            .ok_or_else(|| RegistryError::UnknownVersion {
+        slot.map(|s| (name.to_owned(), Loaded { info: s.status.info.clone() })).ok_or_else(|| {
+            RegistryError::UnknownVersion {
                 name: name.into(),
-                version: version.unwrap_or_default().into(),
-                known: versions
-                    .iter()
-                    .map(|l| l.info.version.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+                version: wanted.unwrap_or_default().into(),
+                known: entry.live().map(|s| s.status.info.version.as_str()).collect::<Vec<_>>().join(", "),
+            }
+        })
     }
 
     /// The compiled plugin of a pinned version.
     pub(crate) fn get(&self, name: &str, version: &str) -> Option<Plugin> {
-        let by_name = self.by_name.read().unwrap_or_else(|e| e.into_inner());
-        by_name
-            .get(name)?
-            .iter()
-            .find(|l| l.info.version == version)
-            .map(|l| l.plugin.clone())
+        self.read().get(name)?.live().find(|s| s.status.info.version == version).and_then(|s| s.plugin.clone())
     }
 
-    pub(crate) fn versions(&self, name: &str) -> Vec<PluginVersion> {
-        let by_name = self.by_name.read().unwrap_or_else(|e| e.into_inner());
-        by_name
-            .get(name)
-            .map(|v| v.iter().map(|l| l.info.clone()).collect())
-            .unwrap_or_default()
+    /// The manifest of a plugin, if the operator set one.
+    pub(crate) fn manifest(&self, name: &str) -> Option<Manifest> {
+        self.read().get(name).and_then(|e| e.manifest.clone())
     }
 
-    pub(crate) fn all(&self) -> Vec<(String, Vec<PluginVersion>)> {
-        let by_name = self.by_name.read().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<_> = by_name
-            .iter()
-            .map(|(n, v)| (n.clone(), v.iter().map(|l| l.info.clone()).collect()))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+    /// Sets (or clears) a plugin's manifest.
+    pub(crate) async fn set_manifest(&self, name: &str, manifest: Option<Manifest>) -> Result<(), RegistryError> {
+        if !valid_name(name) {
+            return Err(RegistryError::BadName(name.to_owned()));
+        }
+        let text = manifest.as_ref().map(|m| toml::to_string(m).expect("manifests serialise"));
+        self.store
+            .edit_plugin(name.to_owned(), move |entry| {
+                entry.manifest = text;
+                Vec::new()
+            })
+            .await?;
+        self.write().entry(name.to_owned()).or_default().manifest = manifest;
+        Ok(())
     }
-}
 
-async fn compile(
-    sandbox: &Sandbox,
-    name: &str,
-    version: &str,
-    bytes: Vec<u8>,
-) -> Result<Plugin, LoadError> {
-    let (sandbox, name, version) = (sandbox.clone(), name.to_owned(), version.to_owned());
-    // Compilation is CPU-bound: keep it off the async workers.
-    tokio::task::spawn_blocking(move || sandbox.load(&name, &version, &bytes))
-        .await
-        .unwrap_or_else(|e| {
-            Err(LoadError::Compile(format!(
-                "the compiler thread failed: {e}"
-            )))
+    /// Makes `version` what a plain name resolves to (rollback).
+    pub(crate) async fn set_latest(&self, name: &str, version: &str) -> Result<(), RegistryError> {
+        self.resolve(&format!("{name}@{version}"))?;
+        let v = version.to_owned();
+        self.store
+            .edit_plugin(name.to_owned(), move |entry| {
+                entry.latest = Some(v);
+                Vec::new()
+            })
+            .await?;
+        if let Some(entry) = self.write().get_mut(name) {
+            entry.latest = Some(version.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Removes a version (the caller checked no unfinished task uses it).
+    /// Its compiled code is freed once running tasks let go of it.
+    pub(crate) async fn delete(&self, name: &str, version: &str) -> Result<(), RegistryError> {
+        let (name_s, v) = (name.to_owned(), version.to_owned());
+        let digest = {
+            let entries = self.read();
+            let entry = entries.get(name).ok_or_else(|| RegistryError::Unknown(name.into()))?;
+            let slot = entry.slots.iter().find(|s| s.status.info.version == version).ok_or_else(|| {
+                RegistryError::UnknownVersion {
+                    name: name.into(),
+                    version: version.into(),
+                    known: entry.slots.iter().map(|s| s.status.info.version.as_str()).collect::<Vec<_>>().join(", "),
+                }
+            })?;
+            slot.status.info.digest.clone()
+        };
+        self.store
+            .edit_plugin(name_s, move |entry| {
+                entry.versions.retain(|x| x.version != v);
+                if entry.latest.as_deref() == Some(v.as_str()) {
+                    entry.latest = None;
+                }
+                vec![digest]
+            })
+            .await?;
+        if let Some(entry) = self.write().get_mut(name) {
+            entry.slots.retain(|s| s.status.info.version != version);
+            if entry.latest.as_deref() == Some(version) {
+                entry.latest = None;
+            }
+        }
+        self.update_gauge();
+        Ok(())
+    }
+
+    /// Records a problem the watched directory hit for `name`.
+    pub(crate) fn set_watch_error(&self, name: &str, error: Option<String>) {
+        self.write().entry(name.to_owned()).or_default().watch_error = error;
+    }
+
+    /// Every version of `name` with its state, the latest, the manifest and
+    /// the watched directory's last error.
+    pub(crate) fn detail(&self, name: &str) -> Option<PluginDetail> {
+        let entries = self.read();
+        let entry = entries.get(name)?;
+        let latest = entry.latest.clone().or_else(|| entry.live().last().map(|s| s.status.info.version.clone()));
+        Some(PluginDetail {
+            versions: entry.slots.iter().map(|s| s.status.clone()).collect(),
+            latest,
+            manifest: entry.manifest.clone(),
+            watch_error: entry.watch_error.clone(),
         })
+    }
+
+    /// Names with at least one version.
+    pub(crate) fn names(&self) -> Vec<String> {
+        let mut names: Vec<_> =
+            self.read().iter().filter(|(_, e)| !e.slots.is_empty()).map(|(n, _)| n.clone()).collect();
+        names.sort();
+        names
+    }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// One plugin as the API shows it.
+#[derive(Debug, Clone)]
+pub struct PluginDetail {
+    /// Every version, oldest first.
+    pub versions: Vec<VersionStatus>,
+    /// What a plain name resolves to.
+    pub latest: Option<String>,
+    /// The operator's manifest.
+    pub manifest: Option<Manifest>,
+    /// The watched directory's last problem with this name.
+    pub watch_error: Option<String>,
 }

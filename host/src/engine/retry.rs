@@ -16,19 +16,14 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self {
-            base: Duration::from_secs(1),
-            cap: Duration::from_secs(300),
-        }
+        Self { base: Duration::from_secs(1), cap: Duration::from_secs(300) }
     }
 }
 
 impl RetryPolicy {
     /// The upper bound of the backoff after `attempt` failed attempts.
     pub fn ceiling(&self, attempt: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(attempt.saturating_sub(1))
-            .unwrap_or(u32::MAX);
+        let factor = 1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX);
         self.base.saturating_mul(factor).min(self.cap)
     }
 
@@ -69,10 +64,7 @@ mod tests {
 
     #[test]
     fn ceiling_doubles_up_to_the_cap() {
-        let p = RetryPolicy {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(1),
-        };
+        let p = RetryPolicy { base: Duration::from_millis(100), cap: Duration::from_secs(1) };
         assert_eq!(p.ceiling(1), Duration::from_millis(100));
         assert_eq!(p.ceiling(2), Duration::from_millis(200));
         assert_eq!(p.ceiling(4), Duration::from_millis(800));
@@ -82,10 +74,7 @@ mod tests {
 
     #[test]
     fn backoff_is_jittered_within_bounds() {
-        let p = RetryPolicy {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(10),
-        };
+        let p = RetryPolicy { base: Duration::from_millis(100), cap: Duration::from_secs(10) };
         let samples: Vec<_> = (0..200).map(|_| p.backoff(3)).collect();
         assert!(samples.iter().all(|d| *d <= Duration::from_millis(400)));
         let distinct: std::collections::HashSet<_> = samples.iter().collect();

@@ -31,10 +31,7 @@ struct Ready(Entry);
 impl Ord for Ready {
     fn cmp(&self, other: &Self) -> Ordering {
         // Max-heap: higher priority first, then the older (smaller) id.
-        self.0
-            .priority
-            .cmp(&other.0.priority)
-            .then_with(|| other.0.id.cmp(&self.0.id))
+        self.0.priority.cmp(&other.0.priority).then_with(|| other.0.id.cmp(&self.0.id))
     }
 }
 
@@ -58,11 +55,7 @@ struct Queue {
 
 impl Queue {
     fn eligible(&self) -> bool {
-        !self.ready.is_empty()
-            && self
-                .config
-                .concurrency
-                .is_none_or(|limit| self.running < limit as usize)
+        !self.ready.is_empty() && self.config.concurrency.is_none_or(|limit| self.running < limit as usize)
     }
 }
 
@@ -99,10 +92,7 @@ impl Scheduler {
 
     fn queue(&mut self, name: &str) -> &mut Queue {
         if !self.queues.contains_key(name) {
-            let queue = Queue {
-                avg_cost: INITIAL_COST,
-                ..Queue::default()
-            };
+            let queue = Queue { avg_cost: INITIAL_COST, ..Queue::default() };
             self.queues.insert(name.to_owned(), queue);
         }
         self.queues.get_mut(name).expect("just inserted")
@@ -139,11 +129,7 @@ impl Scheduler {
     }
 
     fn min_active_vtime(&self) -> Option<f64> {
-        self.queues
-            .values()
-            .filter(|q| !q.ready.is_empty() || q.running > 0)
-            .map(|q| q.vtime)
-            .min_by(f64::total_cmp)
+        self.queues.values().filter(|q| !q.ready.is_empty() || q.running > 0).map(|q| q.vtime).min_by(f64::total_cmp)
     }
 
     /// Moves due delayed tasks to their ready heaps; returns the next due
@@ -196,14 +182,7 @@ impl Scheduler {
             .queues
             .iter()
             .map(|(name, q)| {
-                (
-                    name.clone(),
-                    QueueDepth {
-                        ready: q.ready.len(),
-                        delayed: q.delayed,
-                        running: q.running,
-                    },
-                )
+                (name.clone(), QueueDepth { ready: q.ready.len(), delayed: q.delayed, running: q.running })
             })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
@@ -220,12 +199,7 @@ mod tests {
     use super::*;
 
     fn entry(queue: &str, priority: u8, n: u128) -> Entry {
-        Entry {
-            id: Uuid::from_u128(n),
-            version: 1,
-            priority,
-            queue: queue.into(),
-        }
+        Entry { id: Uuid::from_u128(n), version: 1, priority, queue: queue.into() }
     }
 
     #[test]
@@ -234,22 +208,14 @@ mod tests {
         for (n, p) in [(1, 0), (2, 5), (3, 5), (4, 9), (5, 0)] {
             s.enqueue(entry("q", p, n), None, 0);
         }
-        let order: Vec<u128> = std::iter::from_fn(|| s.next())
-            .map(|e| e.id.as_u128())
-            .collect();
+        let order: Vec<u128> = std::iter::from_fn(|| s.next()).map(|e| e.id.as_u128()).collect();
         assert_eq!(order, [4, 2, 3, 1, 5]);
     }
 
     #[test]
     fn respects_global_and_queue_limits() {
         let mut s = Scheduler::new(3);
-        s.configure(
-            "small",
-            QueueConfig {
-                concurrency: Some(1),
-                weight: 1,
-            },
-        );
+        s.configure("small", QueueConfig { concurrency: Some(1), weight: 1 });
         for n in 0..5 {
             s.enqueue(entry("small", 0, n), None, 0);
             s.enqueue(entry("big", 0, 100 + n), None, 0);
@@ -294,22 +260,13 @@ mod tests {
             s.finished(&e.queue, cost);
         }
         let share = time_a / (time_a + time_b);
-        assert!(
-            (0.4..0.6).contains(&share),
-            "queue a got {share:.2} of the time"
-        );
+        assert!((0.4..0.6).contains(&share), "queue a got {share:.2} of the time");
     }
 
     #[test]
     fn weights_skew_the_share() {
         let mut s = Scheduler::new(1);
-        s.configure(
-            "heavy",
-            QueueConfig {
-                concurrency: None,
-                weight: 3,
-            },
-        );
+        s.configure("heavy", QueueConfig { concurrency: None, weight: 3 });
         for n in 0..1000 {
             s.enqueue(entry("heavy", 0, n), None, 0);
             s.enqueue(entry("light", 0, 10_000 + n), None, 0);

@@ -23,11 +23,7 @@ pub(crate) struct CappedPipe {
 
 impl CappedPipe {
     pub(crate) fn new(name: &'static str, cap: u64) -> Self {
-        Self {
-            name,
-            cap: usize::try_from(cap).unwrap_or(usize::MAX),
-            buffer: Arc::default(),
-        }
+        Self { name, cap: usize::try_from(cap).unwrap_or(usize::MAX), buffer: Arc::default() }
     }
 
     pub(crate) fn name(&self) -> &'static str {
@@ -82,10 +78,7 @@ impl OutputStream for CappedPipe {
         if bytes.len() > room {
             buf.bytes.extend_from_slice(&bytes[..room]);
             buf.overflowed = true;
-            return Err(StreamError::trap(&format!(
-                "{} exceeded its cap of {} bytes",
-                self.name, self.cap
-            )));
+            return Err(StreamError::trap(&format!("{} exceeded its cap of {} bytes", self.name, self.cap)));
         }
         buf.bytes.extend_from_slice(&bytes);
         Ok(())

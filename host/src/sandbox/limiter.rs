@@ -24,11 +24,7 @@ pub(crate) struct MemoryLimiter {
 
 impl MemoryLimiter {
     pub(crate) fn new(limit: u64) -> Self {
-        Self {
-            limit,
-            allocated: 0,
-            refused: None,
-        }
+        Self { limit, allocated: 0, refused: None }
     }
 
     pub(crate) fn limit(&self) -> u64 {
@@ -37,29 +33,17 @@ impl MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         let total = self.allocated - current as u64 + desired as u64;
         if total > self.limit {
-            self.refused = Some(Refusal {
-                requested_total: total,
-            });
+            self.refused = Some(Refusal { requested_total: total });
             return Ok(false);
         }
         self.allocated = total;
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
     }
 }

@@ -14,6 +14,7 @@ mod ticker;
 
 pub use config::{Limits, SandboxConfig};
 pub use outcome::{FailureClass, LogLevel, LogRecord, TaskFailure, TaskReport};
+pub(crate) use plugin::check_header;
 pub use plugin::{LoadError, Plugin};
 
 use crate::bindings::{Task, TaskError, TaskPre, WitTaskInfo};
@@ -24,9 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{
-    Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline,
-};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, UpdateDeadline};
 
 /// Bytes of memory, table and stack a pool slot keeps resident between
 /// tasks (reset in place rather than decommitted).
@@ -48,12 +47,30 @@ pub struct TaskMeta {
 
 impl Default for TaskMeta {
     fn default() -> Self {
-        Self {
-            id: "local".into(),
-            attempt: 1,
-            queue: "default".into(),
-        }
+        Self { id: "local".into(), attempt: 1, queue: "default".into() }
     }
+}
+
+/// What an operator granted a plugin beyond the empty default: preopened
+/// directories and outbound addresses. Plugins can never grant themselves
+/// anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Grants {
+    /// Host directories the guest sees.
+    pub dirs: Vec<DirGrant>,
+    /// Addresses the guest may connect or send to (TCP and UDP).
+    pub connect: Vec<std::net::SocketAddr>,
+}
+
+/// One preopened directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirGrant {
+    /// Directory on the host.
+    pub host: std::path::PathBuf,
+    /// Path the guest opens it by, e.g. `/data`.
+    pub guest: String,
+    /// Whether the guest may create, change and delete files in it.
+    pub writable: bool,
 }
 
 /// A request to run one task.
@@ -67,6 +84,8 @@ pub struct TaskRequest {
     pub limits: Option<Limits>,
     /// Cancels the task while it runs.
     pub cancel: Option<CancelToken>,
+    /// Directories and network the operator granted this plugin.
+    pub grants: Grants,
 }
 
 /// Cancels a running task: the guest is stopped at its next epoch tick, or
@@ -126,9 +145,7 @@ struct SandboxInner {
 
 impl std::fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sandbox")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
+        f.debug_struct("Sandbox").field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
 
@@ -136,26 +153,14 @@ impl Sandbox {
     /// Builds the engine, the linker (WASI p2 without ambient authority, plus
     /// the taskhost interfaces) and starts the epoch ticker.
     pub fn new(config: SandboxConfig) -> anyhow::Result<Self> {
-        let engine = Engine::new(&engine_config(&config))
-            .map_err(wasm_err)
-            .context("creating the wasmtime engine")?;
+        let engine = Engine::new(&engine_config(&config)).map_err(wasm_err).context("creating the wasmtime engine")?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
-            .map_err(wasm_err)
-            .context("linking WASI")?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wasm_err).context("linking WASI")?;
         Task::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(wasm_err)
             .context("linking the taskhost interfaces")?;
-        let ticker = ticker::Ticker::start(engine.clone(), config.epoch_tick)
-            .context("starting the epoch ticker")?;
-        Ok(Self {
-            inner: Arc::new(SandboxInner {
-                engine,
-                linker,
-                config,
-                _ticker: ticker,
-            }),
-        })
+        let ticker = ticker::Ticker::start(engine.clone(), config.epoch_tick).context("starting the epoch ticker")?;
+        Ok(Self { inner: Arc::new(SandboxInner { engine, linker, config, _ticker: ticker }) })
     }
 
     /// The configuration this sandbox was built with.
@@ -169,11 +174,48 @@ impl Sandbox {
     pub fn load(&self, name: &str, version: &str, bytes: &[u8]) -> Result<Plugin, LoadError> {
         let started = Instant::now();
         let component = plugin::compile(&self.inner.engine, bytes)?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| LoadError::MissingImport(format!("{e:#}")))?;
+        self.link(name, version, component, bytes.len(), started)
+    }
+
+    /// Loads a component from an artifact that [`Plugin::serialize`] wrote.
+    ///
+    /// # Safety
+    /// The bytes are trusted as native code: pass only artifacts this host
+    /// wrote itself and has verified unchanged since (see
+    /// `wasmtime::component::Component::deserialize`).
+    pub unsafe fn load_serialized(
+        &self,
+        name: &str,
+        version: &str,
+        artifact: &[u8],
+        size: usize,
+    ) -> Result<Plugin, LoadError> {
+        let started = Instant::now();
+        // SAFETY: the caller guarantees the artifact came from this host.
+        let component = unsafe { wasmtime::component::Component::deserialize(&self.inner.engine, artifact) }
+            .map_err(|e| LoadError::Compile(format!("cached artifact rejected: {e:#}")))?;
+        self.link(name, version, component, size, started)
+    }
+
+    /// Identifies the engine configuration: compiled artifacts are only
+    /// valid for an engine with the same fingerprint.
+    pub fn fingerprint(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.inner.engine.precompile_compatibility_hash().hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+
+    fn link(
+        &self,
+        name: &str,
+        version: &str,
+        component: wasmtime::component::Component,
+        size: usize,
+        started: Instant,
+    ) -> Result<Plugin, LoadError> {
+        let pre =
+            self.inner.linker.instantiate_pre(&component).map_err(|e| LoadError::MissingImport(format!("{e:#}")))?;
         let pre = TaskPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         Ok(Plugin {
             inner: Arc::new(PluginInner {
@@ -181,7 +223,7 @@ impl Sandbox {
                 version: version.to_owned(),
                 pre,
                 compile_time: started.elapsed(),
-                size: bytes.len(),
+                size,
             }),
         })
     }
@@ -219,20 +261,14 @@ impl Sandbox {
     /// `while_held` runs (given how many instantiated), then drops them.
     /// Only for the memory benchmark.
     #[doc(hidden)]
-    pub async fn hold_instances<R>(
-        &self,
-        plugin: &Plugin,
-        count: usize,
-        while_held: impl FnOnce(usize) -> R,
-    ) -> R {
+    pub async fn hold_instances<R>(&self, plugin: &Plugin, count: usize, while_held: impl FnOnce(usize) -> R) -> R {
         let limits = self.inner.config.default_limits.clone();
         let mut stores = Vec::with_capacity(count);
         for i in 0..count {
-            let meta = TaskMeta {
-                id: format!("hold-{i}"),
-                ..TaskMeta::default()
+            let meta = TaskMeta { id: format!("hold-{i}"), ..TaskMeta::default() };
+            let Ok(mut store) = self.new_store(plugin, &meta, &limits, &Grants::default(), None) else {
+                continue;
             };
-            let mut store = self.new_store(plugin, &meta, &limits, None);
             if plugin.inner.pre.instantiate_async(&mut store).await.is_ok() {
                 stores.push(store);
             }
@@ -245,8 +281,9 @@ impl Sandbox {
         plugin: &Plugin,
         meta: &TaskMeta,
         limits: &Limits,
+        grants: &Grants,
         cancel: Option<CancelToken>,
-    ) -> Store<TaskState> {
+    ) -> Result<Store<TaskState>, String> {
         let info = WitTaskInfo {
             id: meta.id.clone(),
             attempt: meta.attempt,
@@ -254,7 +291,7 @@ impl Sandbox {
             plugin: plugin.inner.name.clone(),
             version: plugin.inner.version.clone(),
         };
-        let mut store = Store::new(&self.inner.engine, TaskState::new(info, limits));
+        let mut store = Store::new(&self.inner.engine, TaskState::new(info, limits, grants)?);
         store.limiter(|state| &mut state.limiter);
         if self.inner.config.fuel_metering {
             // Fails only when fuel is disabled in the engine, checked above.
@@ -274,32 +311,29 @@ impl Sandbox {
             // Give the executor back to other tasks once per tick.
             Ok(UpdateDeadline::Yield(1))
         });
-        store
+        Ok(store)
     }
 
-    async fn run_with(
-        &self,
-        plugin: &Plugin,
-        request: TaskRequest,
-        how: Instantiate,
-    ) -> TaskReport {
+    async fn run_with(&self, plugin: &Plugin, request: TaskRequest, how: Instantiate) -> TaskReport {
         let started = Instant::now();
-        let limits = request
-            .limits
-            .unwrap_or_else(|| self.inner.config.default_limits.clone());
+        let limits = request.limits.unwrap_or_else(|| self.inner.config.default_limits.clone());
+        let early_failure = |message: String| TaskReport {
+            result: Err(TaskFailure::new(FailureClass::HostError, message)),
+            logs: Vec::new(),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            fuel_consumed: None,
+            elapsed: started.elapsed(),
+        };
         if let Err(message) = self.check_limits(&limits) {
-            return TaskReport {
-                result: Err(TaskFailure::new(FailureClass::HostError, message)),
-                logs: Vec::new(),
-                stdout: Vec::new(),
-                stderr: Vec::new(),
-                fuel_consumed: None,
-                elapsed: started.elapsed(),
-            };
+            return early_failure(message);
         }
         let deadline = tokio::time::Instant::now() + limits.timeout;
         let cancel = request.cancel.clone();
-        let mut store = self.new_store(plugin, &request.meta, &limits, request.cancel);
+        let mut store = match self.new_store(plugin, &request.meta, &limits, &request.grants, request.cancel) {
+            Ok(store) => store,
+            Err(message) => return early_failure(message),
+        };
 
         enum Ended {
             Returned(Result<Result<Vec<u8>, TaskError>, wasmtime::Error>),
@@ -339,49 +373,28 @@ impl Sandbox {
         };
 
         let result = match ended {
-            Ended::Returned(Ok(Ok(output))) if output.len() as u64 > limits.max_output_bytes => {
-                Err(TaskFailure::new(
-                    FailureClass::OutputTooLarge,
-                    format!(
-                        "the output is {} bytes; the limit is {} bytes",
-                        output.len(),
-                        limits.max_output_bytes
-                    ),
-                ))
-            }
+            Ended::Returned(Ok(Ok(output))) if output.len() as u64 > limits.max_output_bytes => Err(TaskFailure::new(
+                FailureClass::OutputTooLarge,
+                format!("the output is {} bytes; the limit is {} bytes", output.len(), limits.max_output_bytes),
+            )),
             Ended::Returned(Ok(Ok(output))) => Ok(output),
             Ended::Returned(Ok(Err(error))) => Err(plugin_error(error)),
             Ended::Returned(Err(error)) => Err(outcome::classify_error(error, store.data())),
-            Ended::InstantiateFailed(error)
-                if error.is::<wasmtime::PoolConcurrencyLimitError>() =>
-            {
-                Err(TaskFailure {
-                    retryable: true,
-                    ..TaskFailure::new(
-                        FailureClass::HostError,
-                        format!("no free instance slot: {error:#}"),
-                    )
-                })
-            }
+            Ended::InstantiateFailed(error) if error.is::<wasmtime::PoolConcurrencyLimitError>() => Err(TaskFailure {
+                retryable: true,
+                ..TaskFailure::new(FailureClass::HostError, format!("no free instance slot: {error:#}"))
+            }),
             Ended::InstantiateFailed(error) => Err(outcome::classify_error(error, store.data())),
             Ended::Interrupted(why) => {
                 store.data_mut().interrupted = Some(why);
-                Err(outcome::classify_error(
-                    wasmtime::format_err!("interrupted"),
-                    store.data(),
-                ))
+                Err(outcome::classify_error(wasmtime::format_err!("interrupted"), store.data()))
             }
         };
         let fuel_consumed = self
             .inner
             .config
             .fuel_metering
-            .then(|| {
-                store
-                    .get_fuel()
-                    .ok()
-                    .map(|left| limits.fuel.saturating_sub(left))
-            })
+            .then(|| store.get_fuel().ok().map(|left| limits.fuel.saturating_sub(left)))
             .flatten();
         let state = store.into_data();
         TaskReport {
@@ -414,10 +427,7 @@ fn plugin_error(error: TaskError) -> TaskFailure {
         message.truncate(cut);
         message.push_str("… (truncated)");
     }
-    TaskFailure {
-        retryable,
-        ..TaskFailure::new(FailureClass::PluginError, message)
-    }
+    TaskFailure { retryable, ..TaskFailure::new(FailureClass::PluginError, message) }
 }
 
 fn engine_config(config: &SandboxConfig) -> wasmtime::Config {
@@ -428,6 +438,7 @@ fn engine_config(config: &SandboxConfig) -> wasmtime::Config {
         .max_wasm_stack(config.max_wasm_stack)
         // The async fiber stack must hold the wasm stack plus host frames.
         .async_stack_size(config.max_wasm_stack + (1 << 20))
+        .parallel_compilation(config.parallel_compilation)
         .wasm_backtrace_max_frames(std::num::NonZeroUsize::new(64));
     if config.pooling {
         let n = config.pool_instances;
@@ -465,11 +476,7 @@ mod tests {
 
     #[test]
     fn rejects_bytes_that_are_not_a_component() {
-        let sandbox = Sandbox::new(SandboxConfig {
-            pool_instances: 4,
-            ..SandboxConfig::default()
-        })
-        .unwrap();
+        let sandbox = Sandbox::new(SandboxConfig { pool_instances: 4, ..SandboxConfig::default() }).unwrap();
         let err = sandbox.load("x", "1", b"hello").unwrap_err();
         assert!(matches!(err, LoadError::NotWasm), "{err}");
         // The smallest valid core module: magic + version 1.
@@ -486,15 +493,9 @@ mod tests {
             ..SandboxConfig::default()
         })
         .unwrap();
-        let limits = Limits {
-            memory_bytes: 128 << 20,
-            ..Limits::default()
-        };
+        let limits = Limits { memory_bytes: 128 << 20, ..Limits::default() };
         let err = sandbox.check_limits(&limits).unwrap_err();
-        assert!(
-            err.contains("exceeds this host's per-task maximum of 64 MiB"),
-            "{err}"
-        );
+        assert!(err.contains("exceeds this host's per-task maximum of 64 MiB"), "{err}");
     }
 
     #[tokio::test]
@@ -505,10 +506,7 @@ mod tests {
             tokio::spawn(async move { token.cancelled().await })
         };
         token.cancel();
-        tokio::time::timeout(Duration::from_secs(5), waiter)
-            .await
-            .unwrap()
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
         assert!(token.is_cancelled());
     }
 }

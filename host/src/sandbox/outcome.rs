@@ -78,12 +78,7 @@ pub struct TaskFailure {
 
 impl TaskFailure {
     pub(crate) fn new(class: FailureClass, message: impl Into<String>) -> Self {
-        Self {
-            class,
-            retryable: false,
-            message: message.into(),
-            backtrace: None,
-        }
+        Self { class, retryable: false, message: message.into(), backtrace: None }
     }
 }
 
@@ -163,10 +158,7 @@ pub struct TaskReport {
 pub(crate) fn classify_error(err: wasmtime::Error, state: &TaskState) -> TaskFailure {
     match state.interrupted {
         Some(Interrupted::Cancelled) => {
-            return TaskFailure::new(
-                FailureClass::Cancelled,
-                "the task was cancelled while running",
-            );
+            return TaskFailure::new(FailureClass::Cancelled, "the task was cancelled while running");
         }
         Some(Interrupted::Timeout) => return timeout_failure(state),
         None => {}
@@ -180,16 +172,10 @@ pub(crate) fn classify_error(err: wasmtime::Error, state: &TaskState) -> TaskFai
     let trap = err.downcast_ref::<Trap>().copied();
     match trap {
         Some(Trap::OutOfFuel) => {
-            return TaskFailure::new(
-                FailureClass::FuelExhausted,
-                "the task used up its fuel budget",
-            );
+            return TaskFailure::new(FailureClass::FuelExhausted, "the task used up its fuel budget");
         }
         Some(Trap::StackOverflow) => {
-            return TaskFailure::new(
-                FailureClass::StackOverflow,
-                "the task exhausted the wasm call stack",
-            );
+            return TaskFailure::new(FailureClass::StackOverflow, "the task exhausted the wasm call stack");
         }
         Some(Trap::Interrupt) => return timeout_failure(state),
         _ => {}
@@ -207,30 +193,19 @@ pub(crate) fn classify_error(err: wasmtime::Error, state: &TaskState) -> TaskFai
     let backtrace = err.downcast_ref::<WasmBacktrace>().map(|bt| bt.to_string());
     let mut message = match trap {
         // Trap's Display already reads "wasm trap: ..."; the class says trap.
-        Some(trap) => trap
-            .to_string()
-            .trim_start_matches("wasm trap: ")
-            .to_owned(),
+        Some(trap) => trap.to_string().trim_start_matches("wasm trap: ").to_owned(),
         None => format!("{err:#}"),
     };
     if let Some(panic) = panic_message(&state.stderr_snapshot()) {
         message = format!("{message} (guest panicked: {panic})");
     }
-    TaskFailure {
-        class: FailureClass::Trap,
-        retryable: false,
-        message,
-        backtrace,
-    }
+    TaskFailure { class: FailureClass::Trap, retryable: false, message, backtrace }
 }
 
 fn timeout_failure(state: &TaskState) -> TaskFailure {
     TaskFailure::new(
         FailureClass::Timeout,
-        format!(
-            "the task ran past its {} ms wall-clock budget",
-            state.timeout.as_millis()
-        ),
+        format!("the task ran past its {} ms wall-clock budget", state.timeout.as_millis()),
     )
 }
 

@@ -70,6 +70,17 @@ impl Plugin {
     pub fn size(&self) -> usize {
         self.inner.size
     }
+
+    /// The compiled artifact, for an on-disk cache read back with
+    /// [`Sandbox::load_serialized`](super::Sandbox::load_serialized).
+    pub fn serialize(&self) -> Result<Vec<u8>, LoadError> {
+        self.inner
+            .pre
+            .instance_pre()
+            .component()
+            .serialize()
+            .map_err(|e| LoadError::Compile(format!("serialising the compiled component: {e:#}")))
+    }
 }
 
 impl fmt::Debug for Plugin {

@@ -1,14 +1,17 @@
 //! Everything one task's `Store` holds: its WASI context (no ambient
-//! authority), the memory limiter, the captured streams and log, and what
+//! authority beyond the operator's grants), the memory limiter, the captured streams and log, and what
 //! the epoch callback found (timeout, cancellation).
 
 use super::capture::CappedPipe;
 use super::limiter::MemoryLimiter;
-use super::{Limits, LogLevel, LogRecord};
+use super::{Grants, Limits, LogLevel, LogRecord};
 use crate::bindings::WitTaskInfo;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi::sockets::SocketAddrUse;
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
 /// Why the epoch callback stopped the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,22 +37,44 @@ pub(crate) struct TaskState {
 }
 
 impl TaskState {
-    pub(crate) fn new(info: WitTaskInfo, limits: &Limits) -> Self {
+    /// Builds the task's state. Fails only when a granted directory cannot
+    /// be opened.
+    pub(crate) fn new(info: WitTaskInfo, limits: &Limits, grants: &Grants) -> Result<Self, String> {
         let max_log_bytes = limits.max_log_bytes;
         let stdout = CappedPipe::new("stdout", max_log_bytes);
         let stderr = CappedPipe::new("stderr", max_log_bytes);
-        // No preopened directories, no environment, no arguments, no stdin,
-        // no network: a plugin sees only what the WIT imports give it.
-        // Clocks and randomness are allowed.
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }))
-            .build();
-        Self {
+        // No environment, no arguments, no stdin. Directories and network
+        // only as the operator granted them (none by default): a plugin
+        // sees only what the WIT imports and its grants give it. Clocks and
+        // randomness are allowed.
+        let mut builder = WasiCtx::builder();
+        builder.stdout(stdout.clone()).stderr(stderr.clone());
+        for dir in &grants.dirs {
+            let perms = if dir.writable { FsPerms::ReadWrite } else { FsPerms::ReadOnly };
+            builder.preopened_dir(&dir.host, &dir.guest, perms).map_err(|e| {
+                format!("cannot open the granted directory {} (as {}): {e:#}", dir.host.display(), dir.guest)
+            })?;
+        }
+        let network = !grants.connect.is_empty();
+        let allowed: Arc<[SocketAddr]> = grants.connect.clone().into();
+        builder.allow_tcp(network).allow_udp(network).allow_ip_name_lookup(network).socket_addr_check(
+            move |addr, usage| {
+                let ok = match usage {
+                    // Only outbound traffic to granted addresses...
+                    SocketAddrUse::TcpConnect | SocketAddrUse::UdpSend | SocketAddrUse::UdpReceive => {
+                        allowed.contains(&addr)
+                    }
+                    // ...and the implicit wildcard bind a connect performs.
+                    SocketAddrUse::TcpBind | SocketAddrUse::UdpBind => {
+                        !allowed.is_empty() && addr.ip().is_unspecified() && addr.port() == 0
+                    }
+                    _ => false,
+                };
+                Box::pin(async move { ok })
+            },
+        );
+        let wasi = builder.build();
+        Ok(Self {
             wasi,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(limits.memory_bytes),
@@ -63,7 +88,7 @@ impl TaskState {
             info,
             started: Instant::now(),
             interrupted: None,
-        }
+        })
     }
 
     /// Records a log line; errs (trapping the guest) once the cap is passed.
@@ -71,16 +96,9 @@ impl TaskState {
         self.log_bytes = self.log_bytes.saturating_add(message.len() as u64);
         if self.log_bytes > self.max_log_bytes {
             self.log_overflowed = true;
-            return Err(wasmtime::format_err!(
-                "log exceeded its cap of {} bytes",
-                self.max_log_bytes
-            ));
+            return Err(wasmtime::format_err!("log exceeded its cap of {} bytes", self.max_log_bytes));
         }
-        self.logs.push(LogRecord {
-            level,
-            message,
-            at: self.started.elapsed(),
-        });
+        self.logs.push(LogRecord { level, message, at: self.started.elapsed() });
         Ok(())
     }
 
@@ -105,9 +123,6 @@ impl TaskState {
 
 impl WasiView for TaskState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }

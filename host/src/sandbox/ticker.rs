@@ -14,14 +14,12 @@ impl Ticker {
     pub(crate) fn start(engine: wasmtime::Engine, tick: Duration) -> std::io::Result<Self> {
         let alive = Arc::new(());
         let weak: Weak<()> = Arc::downgrade(&alive);
-        std::thread::Builder::new()
-            .name("taskhost-epoch".into())
-            .spawn(move || {
-                while weak.strong_count() > 0 {
-                    std::thread::sleep(tick);
-                    engine.increment_epoch();
-                }
-            })?;
+        std::thread::Builder::new().name("taskhost-epoch".into()).spawn(move || {
+            while weak.strong_count() > 0 {
+                std::thread::sleep(tick);
+                engine.increment_epoch();
+            }
+        })?;
         Ok(Self { _alive: alive })
     }
 }

@@ -8,18 +8,10 @@ pub(crate) const TRANSITIONS: &[(TaskState, TaskState, &str)] = &[
     (Pending, Cancelled, "cancelled before it ran"),
     (Running, Completed, "the plugin returned an output"),
     (Running, Failed, "permanent failure or attempts exhausted"),
-    (
-        Running,
-        Retrying,
-        "retryable failure; waiting out the backoff",
-    ),
+    (Running, Retrying, "retryable failure; waiting out the backoff"),
     (Running, Cancelled, "cancelled while running"),
     (Running, Pending, "recovered after the host died mid-run"),
-    (
-        Retrying,
-        Running,
-        "the backoff elapsed; a worker starts the next attempt",
-    ),
+    (Retrying, Running, "the backoff elapsed; a worker starts the next attempt"),
     (Retrying, Cancelled, "cancelled while waiting to retry"),
     (Failed, Pending, "re-submitted from the dead-letter set"),
 ];
@@ -46,11 +38,7 @@ mod tests {
     fn no_self_transitions_and_no_duplicates() {
         for (i, &(from, to, _)) in TRANSITIONS.iter().enumerate() {
             assert_ne!(from, to);
-            assert!(
-                !TRANSITIONS[i + 1..]
-                    .iter()
-                    .any(|&(f, t, _)| f == from && t == to)
-            );
+            assert!(!TRANSITIONS[i + 1..].iter().any(|&(f, t, _)| f == from && t == to));
         }
     }
 }

@@ -13,14 +13,11 @@ mod tables;
 pub use error::StoreError;
 pub(crate) use record::now_ms;
 pub use record::{
-    PluginEntry, PluginVersion, QueueConfig, StoredFailure, StoredLimits, TaskRecord, TaskState,
-    Transition,
+    PluginEntry, PluginVersion, QueueConfig, StoredFailure, StoredLimits, TaskRecord, TaskState, Transition,
 };
 
 use record::{decode, encode};
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -48,14 +45,7 @@ pub(crate) struct Change {
 
 impl Change {
     pub(crate) fn new(id: Uuid, to: TaskState, reason: impl Into<String>) -> Self {
-        Self {
-            id,
-            to,
-            expected_version: None,
-            reason: reason.into(),
-            output: None,
-            edit: None,
-        }
+        Self { id, to, expected_version: None, reason: reason.into(), output: None, edit: None }
     }
 
     pub(crate) fn expect_version(mut self, version: u64) -> Self {
@@ -147,10 +137,7 @@ impl Store {
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
                 Some(v) => {
-                    return Err(StoreError::Schema {
-                        expected: SCHEMA_VERSION,
-                        found: v,
-                    });
+                    return Err(StoreError::Schema { expected: SCHEMA_VERSION, found: v });
                 }
             }
             txn.open_table(TASKS)?;
@@ -160,6 +147,7 @@ impl Store {
             txn.open_table(PLUGINS)?;
             txn.open_table(BLOBS)?;
             txn.open_table(QUEUES)?;
+            txn.open_table(CACHE)?;
         }
         txn.commit()?;
         let db = Arc::new(db);
@@ -169,31 +157,15 @@ impl Store {
         let thread = std::thread::Builder::new()
             .name("taskhost-commit".into())
             .spawn(move || committer(&committer_db, &rx, batch))
-            .map_err(|e| {
-                StoreError::CommitFailed(format!("cannot start the committer thread: {e}"))
-            })?;
-        Ok(Store {
-            committer: Arc::new(Committer {
-                ops: Some(tx),
-                thread: Some(thread),
-            }),
-            db,
-        })
+            .map_err(|e| StoreError::CommitFailed(format!("cannot start the committer thread: {e}")))?;
+        Ok(Store { committer: Arc::new(Committer { ops: Some(tx), thread: Some(thread) }), db })
     }
 
     /// Durably records a new task, or returns the existing one with the
     /// same idempotency key.
-    pub(crate) async fn submit(
-        &self,
-        record: TaskRecord,
-        input: Vec<u8>,
-    ) -> Result<Submitted, StoreError> {
+    pub(crate) async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Submit {
-            record: Box::new(record),
-            input,
-            reply,
-        })?;
+        self.send(Op::Submit { record: Box::new(record), input, reply })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -210,10 +182,7 @@ impl Store {
         write: impl FnOnce(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Admin {
-            write: Box::new(write),
-            reply,
-        })?;
+        self.send(Op::Admin { write: Box::new(write), reply })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -226,10 +195,7 @@ impl Store {
     pub fn get(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(TASKS)?;
-        table
-            .get(id.as_u128())?
-            .map(|v| decode(v.value()))
-            .transpose()
+        table.get(id.as_u128())?.map(|v| decode(v.value())).transpose()
     }
 
     /// A task's input bytes.
@@ -248,11 +214,7 @@ impl Store {
 
     /// Visits tasks in id (submission) order, starting after `after`,
     /// until `visit` returns false.
-    pub fn scan(
-        &self,
-        after: Option<Uuid>,
-        mut visit: impl FnMut(TaskRecord) -> bool,
-    ) -> Result<(), StoreError> {
+    pub fn scan(&self, after: Option<Uuid>, mut visit: impl FnMut(TaskRecord) -> bool) -> Result<(), StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(TASKS)?;
         let range = match after {
@@ -293,7 +255,7 @@ impl Store {
         Ok(table.get(digest)?.map(|v| v.value().to_vec()))
     }
 
-    /// Adds a plugin version (and its blob, deduplicated by digest).
+    /// Adds a plugin version and its blob (deduplicated by digest).
     pub(crate) async fn put_plugin_version(
         &self,
         name: String,
@@ -302,17 +264,61 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.admin(move |txn| {
             let mut plugins = txn.open_table(PLUGINS)?;
-            let mut entry: PluginEntry = plugins
-                .get(name.as_str())?
-                .map(|v| decode(v.value()))
-                .transpose()?
-                .unwrap_or_default();
+            let mut entry: PluginEntry =
+                plugins.get(name.as_str())?.map(|v| decode(v.value())).transpose()?.unwrap_or_default();
             let mut blobs = txn.open_table(BLOBS)?;
             if blobs.get(version.digest.as_str())?.is_none() {
                 blobs.insert(version.digest.as_str(), bytes.as_slice())?;
             }
             entry.versions.push(version);
             plugins.insert(name.as_str(), encode(&entry).as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Changes a plugin's entry (creating it if needed) in its own
+    /// transaction. `edit` returns digests whose blobs may now be unused.
+    pub(crate) async fn edit_plugin(
+        &self,
+        name: String,
+        edit: impl FnOnce(&mut PluginEntry) -> Vec<String> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        self.admin(move |txn| {
+            let mut plugins = txn.open_table(PLUGINS)?;
+            let mut entry: PluginEntry =
+                plugins.get(name.as_str())?.map(|v| decode(v.value())).transpose()?.unwrap_or_default();
+            let dropped = edit(&mut entry);
+            plugins.insert(name.as_str(), encode(&entry).as_slice())?;
+            // Delete blobs no version of any plugin references any more.
+            let mut referenced = std::collections::HashSet::new();
+            for item in plugins.iter()? {
+                let (_, value) = item?;
+                let other: PluginEntry = decode(value.value())?;
+                referenced.extend(other.versions.into_iter().map(|v| v.digest));
+            }
+            let mut blobs = txn.open_table(BLOBS)?;
+            for digest in dropped {
+                if !referenced.contains(&digest) {
+                    blobs.remove(digest.as_str())?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The recorded sha256 of a cached artifact.
+    pub fn cache_hash(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CACHE)?;
+        Ok(table.get(key)?.map(|v| v.value().to_owned()))
+    }
+
+    /// Records the sha256 of an artifact the host just wrote.
+    pub(crate) async fn set_cache_hash(&self, key: String, hash: String) -> Result<(), StoreError> {
+        self.admin(move |txn| {
+            txn.open_table(CACHE)?.insert(key.as_str(), hash.as_str())?;
             Ok(())
         })
         .await
@@ -331,14 +337,9 @@ impl Store {
     }
 
     /// Stores a queue's settings.
-    pub(crate) async fn set_queue(
-        &self,
-        name: String,
-        config: QueueConfig,
-    ) -> Result<(), StoreError> {
+    pub(crate) async fn set_queue(&self, name: String, config: QueueConfig) -> Result<(), StoreError> {
         self.admin(move |txn| {
-            txn.open_table(QUEUES)?
-                .insert(name.as_str(), encode(&config).as_slice())?;
+            txn.open_table(QUEUES)?.insert(name.as_str(), encode(&config).as_slice())?;
             Ok(())
         })
         .await
@@ -355,9 +356,7 @@ fn committer(db: &Database, rx: &mpsc::Receiver<Op>, max_batch: usize) {
                 Err(_) => break,
             }
         }
-        let (tasks, admin): (Vec<Op>, Vec<Op>) = batch
-            .into_iter()
-            .partition(|op| !matches!(op, Op::Admin { .. }));
+        let (tasks, admin): (Vec<Op>, Vec<Op>) = batch.into_iter().partition(|op| !matches!(op, Op::Admin { .. }));
         if !tasks.is_empty() {
             commit_batch(db, tasks);
         }
@@ -376,8 +375,7 @@ fn committer(db: &Database, rx: &mpsc::Receiver<Op>, max_batch: usize) {
 
 fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
     let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(|e| StoreError::Storage(e.into()))?;
+    txn.set_durability(Durability::Immediate).map_err(|e| StoreError::Storage(e.into()))?;
     // Saves the allocator state with each commit so reopening after a crash
     // is near-instant instead of a full walk of the file.
     txn.set_quick_repair(true);
@@ -385,14 +383,8 @@ fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
 }
 
 enum Pending {
-    Submit(
-        oneshot::Sender<Result<Submitted, StoreError>>,
-        Result<Submitted, StoreError>,
-    ),
-    Transition(
-        oneshot::Sender<Result<TaskRecord, StoreError>>,
-        Result<TaskRecord, StoreError>,
-    ),
+    Submit(oneshot::Sender<Result<Submitted, StoreError>>, Result<Submitted, StoreError>),
+    Transition(oneshot::Sender<Result<TaskRecord, StoreError>>, Result<TaskRecord, StoreError>),
 }
 
 fn commit_batch(db: &Database, ops: Vec<Op>) {
@@ -405,13 +397,8 @@ fn commit_batch(db: &Database, ops: Vec<Op>) {
             let mut keys = txn.open_table(IDEMPOTENCY)?;
             for op in ops {
                 match op {
-                    Op::Submit {
-                        record,
-                        input,
-                        reply,
-                    } => {
-                        let result =
-                            apply_submit(&mut tasks, &mut inputs, &mut keys, *record, &input);
+                    Op::Submit { record, input, reply } => {
+                        let result = apply_submit(&mut tasks, &mut inputs, &mut keys, *record, &input);
                         // A storage error aborts the whole batch below.
                         if let Err(StoreError::Storage(e)) = &result {
                             return Err(StoreError::CommitFailed(e.to_string()));
@@ -437,9 +424,7 @@ fn commit_batch(db: &Database, ops: Vec<Op>) {
         match (answer, &outcome) {
             (Pending::Submit(reply, result), Ok(())) => drop(reply.send(result)),
             (Pending::Transition(reply, result), Ok(())) => drop(reply.send(result)),
-            (Pending::Submit(reply, _), Err(e)) => {
-                drop(reply.send(Err(StoreError::CommitFailed(e.to_string()))))
-            }
+            (Pending::Submit(reply, _), Err(e)) => drop(reply.send(Err(StoreError::CommitFailed(e.to_string())))),
             (Pending::Transition(reply, _), Err(e)) => {
                 drop(reply.send(Err(StoreError::CommitFailed(e.to_string()))));
             }
@@ -459,22 +444,14 @@ fn apply_submit(
     if let Some(key) = &record.idempotency_key {
         let existing = keys.get(key.as_str())?.map(|v| v.value());
         if let Some(existing) = existing {
-            let found = tasks
-                .get(existing)?
-                .ok_or(StoreError::NotFound(Uuid::from_u128(existing)))?;
-            return Ok(Submitted {
-                record: decode(found.value())?,
-                created: false,
-            });
+            let found = tasks.get(existing)?.ok_or(StoreError::NotFound(Uuid::from_u128(existing)))?;
+            return Ok(Submitted { record: decode(found.value())?, created: false });
         }
         keys.insert(key.as_str(), record.id.as_u128())?;
     }
     tasks.insert(record.id.as_u128(), encode(&record).as_slice())?;
     inputs.insert(record.id.as_u128(), input)?;
-    Ok(Submitted {
-        record,
-        created: true,
-    })
+    Ok(Submitted { record, created: true })
 }
 
 fn apply_transition(
@@ -488,20 +465,12 @@ fn apply_transition(
         None => return Err(StoreError::NotFound(id)),
     };
     if !machine::allowed(record.state, change.to) {
-        return Err(StoreError::IllegalTransition {
-            id,
-            from: record.state,
-            to: change.to,
-        });
+        return Err(StoreError::IllegalTransition { id, from: record.state, to: change.to });
     }
     if let Some(expected) = change.expected_version
         && expected != record.version
     {
-        return Err(StoreError::VersionMismatch {
-            id,
-            expected,
-            found: record.version,
-        });
+        return Err(StoreError::VersionMismatch { id, expected, found: record.version });
     }
     let from = record.state;
     if let Some(edit) = change.edit {

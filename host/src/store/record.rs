@@ -38,10 +38,7 @@ impl TaskState {
 
     /// Whether the task has ended.
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskState::Completed | TaskState::Failed | TaskState::Cancelled
-        )
+        matches!(self, TaskState::Completed | TaskState::Failed | TaskState::Cancelled)
     }
 
     /// The state's name, as the API spells it.
@@ -176,11 +173,16 @@ pub struct PluginVersion {
     pub created_at_ms: u64,
 }
 
-/// A plugin name and its versions, oldest first.
+/// A plugin name, its versions (oldest first) and its operator settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PluginEntry {
     /// The versions.
     pub versions: Vec<PluginVersion>,
+    /// The version a plain name resolves to (after a rollback); `None`
+    /// means the newest.
+    pub latest: Option<String>,
+    /// The capability manifest, as TOML.
+    pub manifest: Option<String>,
 }
 
 /// A queue's settings.
@@ -195,10 +197,7 @@ pub struct QueueConfig {
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self {
-            concurrency: None,
-            weight: 1,
-        }
+        Self { concurrency: None, weight: 1 }
     }
 }
 
@@ -212,7 +211,5 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, su
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

@@ -18,8 +18,11 @@ pub(crate) const PLUGINS: TableDefinition<'_, &str, &[u8]> = TableDefinition::ne
 pub(crate) const BLOBS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("blobs");
 /// Queue name → [`QueueConfig`](super::QueueConfig).
 pub(crate) const QUEUES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("queues");
+/// Compiled-artifact cache key (`digest-fingerprint`) → sha256 (hex) of the
+/// artifact file the host wrote; only files matching it are ever loaded.
+pub(crate) const CACHE: TableDefinition<'_, &str, &str> = TableDefinition::new("cache");
 /// `"schema"` → schema version.
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 /// The layout version this build reads and writes.
-pub(crate) const SCHEMA_VERSION: u64 = 1;
+pub(crate) const SCHEMA_VERSION: u64 = 2;

@@ -17,13 +17,7 @@ fn record(n: u128, key: Option<&str>) -> TaskRecord {
         priority: 0,
         attempts: 0,
         max_attempts: 3,
-        limits: StoredLimits {
-            fuel: 1,
-            memory_bytes: 1,
-            timeout_ms: 1,
-            max_output_bytes: 1,
-            max_log_bytes: 1,
-        },
+        limits: StoredLimits { fuel: 1, memory_bytes: 1, timeout_ms: 1, max_output_bytes: 1, max_log_bytes: 1 },
         error: None,
         created_at_ms: 0,
         started_at_ms: None,
@@ -49,16 +43,9 @@ async fn task_in(store: &Store, n: u128, state: TaskState) -> TaskRecord {
         TaskState::Failed => &[TaskState::Running, TaskState::Failed],
         TaskState::Cancelled => &[TaskState::Cancelled],
     };
-    let mut rec = store
-        .submit(record(n, None), b"in".to_vec())
-        .await
-        .unwrap()
-        .record;
+    let mut rec = store.submit(record(n, None), b"in".to_vec()).await.unwrap().record;
     for &to in path {
-        rec = store
-            .transition(Change::new(rec.id, to, "setup"))
-            .await
-            .unwrap();
+        rec = store.transition(Change::new(rec.id, to, "setup")).await.unwrap();
     }
     assert_eq!(rec.state, state);
     rec
@@ -97,28 +84,11 @@ async fn a_stale_version_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("t.redb"), true).unwrap();
     let rec = task_in(&store, 1, TaskState::Pending).await;
-    let started = store
-        .transition(Change::new(rec.id, TaskState::Running, "start").expect_version(1))
-        .await
-        .unwrap();
-    let stale = store
-        .transition(Change::new(rec.id, TaskState::Completed, "late").expect_version(1))
-        .await;
-    assert!(
-        matches!(
-            stale,
-            Err(StoreError::VersionMismatch {
-                expected: 1,
-                found: 2,
-                ..
-            })
-        ),
-        "{stale:?}"
-    );
+    let started = store.transition(Change::new(rec.id, TaskState::Running, "start").expect_version(1)).await.unwrap();
+    let stale = store.transition(Change::new(rec.id, TaskState::Completed, "late").expect_version(1)).await;
+    assert!(matches!(stale, Err(StoreError::VersionMismatch { expected: 1, found: 2, .. })), "{stale:?}");
     assert_eq!(store.get(rec.id).unwrap().unwrap(), started);
-    let missing = store
-        .transition(Change::new(Uuid::from_u128(999), TaskState::Running, "x"))
-        .await;
+    let missing = store.transition(Change::new(Uuid::from_u128(999), TaskState::Running, "x")).await;
     assert!(matches!(missing, Err(StoreError::NotFound(_))));
 }
 
@@ -133,11 +103,7 @@ async fn a_refused_transition_never_fails_its_neighbours() {
     }
     // Even ids: legal (pending -> running). Odd ids: illegal (pending -> completed).
     let ops = (0..200u128).map(|n| {
-        let to = if n % 2 == 0 {
-            TaskState::Running
-        } else {
-            TaskState::Completed
-        };
+        let to = if n % 2 == 0 { TaskState::Running } else { TaskState::Completed };
         store.transition(Change::new(Uuid::from_u128(n), to, "mixed"))
     });
     let results = futures::future::join_all(ops).await;
@@ -145,15 +111,8 @@ async fn a_refused_transition_never_fails_its_neighbours() {
         assert_eq!(result.is_ok(), n % 2 == 0, "task {n}: {result:?}");
     }
     for n in 0..200u128 {
-        let expected = if n % 2 == 0 {
-            TaskState::Running
-        } else {
-            TaskState::Pending
-        };
-        assert_eq!(
-            store.get(Uuid::from_u128(n)).unwrap().unwrap().state,
-            expected
-        );
+        let expected = if n % 2 == 0 { TaskState::Running } else { TaskState::Pending };
+        assert_eq!(store.get(Uuid::from_u128(n)).unwrap().unwrap().state, expected);
     }
 }
 
@@ -161,14 +120,8 @@ async fn a_refused_transition_never_fails_its_neighbours() {
 async fn an_idempotency_key_returns_the_first_task() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("t.redb"), true).unwrap();
-    let first = store
-        .submit(record(1, Some("order-7")), b"a".to_vec())
-        .await
-        .unwrap();
-    let again = store
-        .submit(record(2, Some("order-7")), b"b".to_vec())
-        .await
-        .unwrap();
+    let first = store.submit(record(1, Some("order-7")), b"a".to_vec()).await.unwrap();
+    let again = store.submit(record(2, Some("order-7")), b"b".to_vec()).await.unwrap();
     assert!(first.created && !again.created);
     assert_eq!(again.record.id, Uuid::from_u128(1));
     assert!(store.get(Uuid::from_u128(2)).unwrap().is_none());
@@ -189,13 +142,8 @@ async fn matches_a_model_across_a_reopen() {
         for step in 0..3000u128 {
             if model.is_empty() || rng.u8(0..4) == 0 {
                 let key = rng.bool().then(|| format!("k{}", rng.u8(0..50)));
-                let submitted = store
-                    .submit(record(step, key.as_deref()), step.to_le_bytes().to_vec())
-                    .await
-                    .unwrap();
-                model
-                    .entry(submitted.record.id.as_u128())
-                    .or_insert((TaskState::Pending, 1));
+                let submitted = store.submit(record(step, key.as_deref()), step.to_le_bytes().to_vec()).await.unwrap();
+                model.entry(submitted.record.id.as_u128()).or_insert((TaskState::Pending, 1));
                 continue;
             }
             let ids: Vec<u128> = model.keys().copied().collect();
@@ -204,15 +152,9 @@ async fn matches_a_model_across_a_reopen() {
             let (state, version) = model[&id];
             let stale = rng.u8(0..10) == 0;
             let expect = if stale { version + 1 } else { version };
-            let result = store
-                .transition(Change::new(Uuid::from_u128(id), to, "model").expect_version(expect))
-                .await;
+            let result = store.transition(Change::new(Uuid::from_u128(id), to, "model").expect_version(expect)).await;
             let legal = machine::allowed(state, to) && !stale;
-            assert_eq!(
-                result.is_ok(),
-                legal,
-                "{state} -> {to} (stale: {stale}): {result:?}"
-            );
+            assert_eq!(result.is_ok(), legal, "{state} -> {to} (stale: {stale}): {result:?}");
             if legal {
                 model.insert(id, (to, version + 1));
             }
@@ -223,12 +165,7 @@ async fn matches_a_model_across_a_reopen() {
     store
         .scan(None, |rec| {
             seen += 1;
-            assert_eq!(
-                model.get(&rec.id.as_u128()),
-                Some(&(rec.state, rec.version)),
-                "task {}",
-                rec.id
-            );
+            assert_eq!(model.get(&rec.id.as_u128()), Some(&(rec.state, rec.version)), "task {}", rec.id);
             assert_eq!(rec.history.len() as u64, rec.version - 1);
             true
         })

@@ -26,25 +26,13 @@ struct Counts {
 #[taskhost_sdk::plugin]
 fn word_count(Json(req): Json<Request>) -> Result<Json<Counts>> {
     if req.top > 1000 {
-        return Err(Error::permanent(format!(
-            "`top` is {}; at most 1000 allowed",
-            req.top
-        )));
+        return Err(Error::permanent(format!("`top` is {}; at most 1000 allowed", req.top)));
     }
     let mut counts: HashMap<String, usize> = HashMap::new();
-    let words = req
-        .text
-        .split(|c: char| !c.is_alphanumeric() && c != '\'')
-        .filter(|w| !w.is_empty());
-    let total = words
-        .map(|w| *counts.entry(w.to_lowercase()).or_default() += 1)
-        .count();
+    let words = req.text.split(|c: char| !c.is_alphanumeric() && c != '\'').filter(|w| !w.is_empty());
+    let total = words.map(|w| *counts.entry(w.to_lowercase()).or_default() += 1).count();
     let mut top: Vec<(String, usize)> = counts.iter().map(|(w, &n)| (w.clone(), n)).collect();
     top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     top.truncate(req.top);
-    Ok(Json(Counts {
-        words: total,
-        unique: counts.len(),
-        top,
-    }))
+    Ok(Json(Counts { words: total, unique: counts.len(), top }))
 }

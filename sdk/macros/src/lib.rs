@@ -12,9 +12,7 @@ use syn::{FnArg, ItemFn, ReturnType, parse_macro_input};
 pub fn plugin(attr: TokenStream, item: TokenStream) -> TokenStream {
     if !attr.is_empty() {
         let attr = proc_macro2::TokenStream::from(attr);
-        return syn::Error::new(attr.span(), "#[taskhost_sdk::plugin] takes no arguments")
-            .to_compile_error()
-            .into();
+        return syn::Error::new(attr.span(), "#[taskhost_sdk::plugin] takes no arguments").to_compile_error().into();
     }
     let func = parse_macro_input!(item as ItemFn);
     match expand(&func) {
@@ -43,10 +41,7 @@ fn expand(func: &ItemFn) -> syn::Result<proc_macro2::TokenStream> {
     if sig.inputs.len() != 1 {
         return Err(syn::Error::new(
             sig.inputs.span(),
-            format!(
-                "#[taskhost_sdk::plugin] functions take exactly one argument, found {}: {SHAPE}",
-                sig.inputs.len()
-            ),
+            format!("#[taskhost_sdk::plugin] functions take exactly one argument, found {}: {SHAPE}", sig.inputs.len()),
         ));
     }
     if let Some(FnArg::Receiver(receiver)) = sig.inputs.first() {

@@ -3,8 +3,6 @@
 
 #[taskhost_sdk::plugin]
 fn clock(_: Vec<u8>) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     now.as_nanos().to_string()
 }

@@ -16,8 +16,6 @@ fn log_flood(stream: String) -> Result<()> {
         "stderr" => loop {
             eprintln!("{line}");
         },
-        other => Err(Error::permanent(format!(
-            "unknown stream `{other}`; expected log, stdout or stderr"
-        ))),
+        other => Err(Error::permanent(format!("unknown stream `{other}`; expected log, stdout or stderr"))),
     }
 }

@@ -16,7 +16,5 @@ fn open_socket(addr: String) -> Result<String> {
         Ok(_) => return Ok(format!("SENT UDP to {addr}")),
         Err(e) => e,
     };
-    Err(Error::permanent(format!(
-        "network denied: tcp: {tcp}; udp: {udp}"
-    )))
+    Err(Error::permanent(format!("network denied: tcp: {tcp}; udp: {udp}")))
 }

@@ -1,17 +1,24 @@
-//! Hostile: tries to read the host file named by its input, and to list the
-//! root directory. With no preopened directories both must fail; the plugin
-//! reports what happened as a permanent error.
+//! Hostile (and probe for grants): reads the file named by its input, or
+//! with `write PATH` writes one; also tries to list `/`. With no preopened
+//! directories everything must fail; the plugin reports what happened as a
+//! permanent error.
 
 use taskhost_sdk::{Error, Result};
 
 #[taskhost_sdk::plugin]
-fn read_file(path: String) -> Result<String> {
-    if let Ok(contents) = std::fs::read_to_string(path.trim()) {
+fn read_file(input: String) -> Result<String> {
+    if let Some(path) = input.trim().strip_prefix("write ") {
+        return match std::fs::write(path, b"written by a plugin") {
+            Ok(()) => Ok(format!("WROTE {path}")),
+            Err(err) => Err(Error::permanent(format!("filesystem denied: {err}"))),
+        };
+    }
+    if let Ok(contents) = std::fs::read_to_string(input.trim()) {
         return Ok(format!("READ: {contents}"));
     }
     if let Ok(entries) = std::fs::read_dir("/") {
         return Ok(format!("LISTED / with {} entries", entries.count()));
     }
-    let err = std::fs::read_to_string(path.trim()).unwrap_err();
+    let err = std::fs::read_to_string(input.trim()).unwrap_err();
     Err(Error::permanent(format!("filesystem denied: {err}")))
 }

@@ -4,11 +4,7 @@ use std::hint::black_box;
 
 #[inline(never)]
 fn depth(n: u64) -> u64 {
-    if n == 0 {
-        0
-    } else {
-        black_box(depth(black_box(n - 1))) + 1
-    }
+    if n == 0 { 0 } else { black_box(depth(black_box(n - 1))) + 1 }
 }
 
 #[taskhost_sdk::plugin]
