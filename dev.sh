@@ -4,7 +4,7 @@
 #
 #   ./dev.sh demo    build the host and the example plugins, run them, show results
 #   ./dev.sh test    the whole test suite (what CI runs)
-#   ./dev.sh bench   the sandbox and engine benchmark tables
+#   ./dev.sh bench   the sandbox, engine and registry benchmark tables
 #   ./dev.sh setup   only install prerequisites (Rust target wasm32-wasip2)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -135,7 +135,7 @@ run_tests() {
 
 bench() {
   setup
-  cargo bench -p taskhost --bench sandbox --bench engine
+  cargo bench -p taskhost --bench sandbox --bench engine --bench registry
 }
 
 case "${1:-}" in

@@ -174,7 +174,7 @@ mod tests {
         let m = Manifest::parse(&text).unwrap();
         let limits = m.limits(&Limits::default()).unwrap();
         assert_eq!((limits.memory_bytes, limits.timeout.as_secs()), (64 << 20, 5));
-        assert_eq!(m.dir_grants()[0].writable, true);
+        assert!(m.dir_grants()[0].writable);
         assert_eq!(m.models, ["m"]);
     }
 

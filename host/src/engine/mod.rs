@@ -150,6 +150,9 @@ impl From<RegistryError> for EngineError {
     }
 }
 
+/// Tasks by (plugin version, state).
+pub type TaskCounts = HashMap<(String, TaskState), u64>;
+
 /// Filter and page for [`Engine::list`].
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
@@ -327,7 +330,7 @@ impl Engine {
     }
 
     /// One plugin's versions with their state and task counts by state.
-    pub fn plugin(&self, name: &str) -> Result<(PluginDetail, HashMap<(String, TaskState), u64>), EngineError> {
+    pub fn plugin(&self, name: &str) -> Result<(PluginDetail, TaskCounts), EngineError> {
         let detail = self
             .inner
             .registry

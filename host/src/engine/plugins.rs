@@ -96,12 +96,36 @@ pub(crate) struct Registry {
     metrics: Arc<Metrics>,
     cache_dir: PathBuf,
     fingerprint: String,
-    /// One compilation at a time: compiling never takes more than one core
-    /// from running tasks.
-    gate: tokio::sync::Semaphore,
+    /// One compile thread at low CPU priority: compiling never takes more
+    /// than one core from running tasks, and yields to them.
+    compiler: std::sync::Mutex<std::sync::mpsc::Sender<CompileJob>>,
     entries: RwLock<HashMap<String, Entry>>,
     compiled: AtomicU64,
     cache_hits: AtomicU64,
+}
+
+type CompileJob = Box<dyn FnOnce() + Send>;
+
+/// Niceness of the compile thread: running tasks get the CPU first.
+const COMPILE_NICENESS: libc::c_int = 10;
+
+fn start_compiler() -> Result<std::sync::mpsc::Sender<CompileJob>, RegistryError> {
+    let (tx, rx) = std::sync::mpsc::channel::<CompileJob>();
+    std::thread::Builder::new()
+        .name("taskhost-compile".into())
+        .spawn(move || {
+            // SAFETY: plain syscalls on this thread's own id; a failure only
+            // leaves the default priority.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                libc::setpriority(libc::PRIO_PROCESS, tid, COMPILE_NICENESS);
+            }
+            while let Ok(job) = rx.recv() {
+                job();
+            }
+        })
+        .map_err(|e| StoreError::CommitFailed(format!("cannot start the compile thread: {e}")))?;
+    Ok(tx)
 }
 
 pub(crate) fn valid_name(name: &str) -> bool {
@@ -139,7 +163,7 @@ impl Registry {
             store,
             metrics,
             cache_dir,
-            gate: tokio::sync::Semaphore::new(1),
+            compiler: std::sync::Mutex::new(start_compiler()?),
             entries: RwLock::default(),
             compiled: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
@@ -209,12 +233,13 @@ impl Registry {
             }
         }
         let plugin = {
-            let _permit = self.gate.acquire().await.map_err(|_| LoadError::Compile("shutting down".into()))?;
             let (sandbox, name, version, bytes) =
                 (self.sandbox.clone(), name.to_owned(), info.version.clone(), bytes.to_vec());
-            tokio::task::spawn_blocking(move || sandbox.load(&name, &version, &bytes))
-                .await
-                .unwrap_or_else(|e| Err(LoadError::Compile(format!("the compiler thread failed: {e}"))))?
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let job: CompileJob = Box::new(move || drop(tx.send(sandbox.load(&name, &version, &bytes))));
+            let sent = self.compiler.lock().unwrap_or_else(|e| e.into_inner()).send(job);
+            sent.map_err(|_| LoadError::Compile("the compile thread is gone".into()))?;
+            rx.await.map_err(|_| LoadError::Compile("the compile thread failed".into()))??
         };
         self.compiled.fetch_add(1, Ordering::Relaxed);
         let took = started.elapsed();
