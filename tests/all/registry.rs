@@ -296,3 +296,42 @@ async fn manifest_grants_are_honoured_and_nothing_else() {
     let (spun, _) = run("spinner", String::new()).await;
     assert_eq!((spun.error.unwrap().class.as_str(), spun.limits.fuel), ("fuel exhausted", 5_000_000));
 }
+
+#[tokio::test]
+async fn a_declared_version_is_used() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    let mut metadata = wasm_metadata::AddMetadata::default();
+    metadata.version = wasm_metadata::AddMetadataField::Set(wasm_metadata::Version::new("3.1.4"));
+    let stamped = metadata.to_wasm(&UPPERCASE.bytes()).unwrap();
+    let (status, _) = engine.add_plugin("stamped", stamped, None, true).await.unwrap();
+    assert_eq!(status.info.version, "3.1.4");
+    // An explicit version still wins.
+    let (status, _) = engine.add_plugin("explicit", UPPERCASE.bytes(), Some("9.9.9".into()), true).await.unwrap();
+    assert_eq!(status.info.version, "9.9.9");
+}
+
+#[tokio::test]
+async fn idle_versions_are_unloaded_and_reloaded_from_the_cache() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    engine.add_plugin("tool", HELLO_TASK.bytes(), None, true).await.unwrap();
+    let loaded = |engine: &Engine| -> Vec<(String, bool)> {
+        engine.plugin("tool").unwrap().0.versions.iter().map(|v| (v.info.version.clone(), v.loaded)).collect()
+    };
+    // A long task pins version 1 while version 2 arrives: 1 stays loaded.
+    let held = engine.submit(task("sleep", "1")).await.unwrap().record.id; // warm the pool
+    done(&engine, held).await;
+    let pinned = engine.submit(NewTask { delay_ms: Some(300), ..task("tool", "Ada") }).await.unwrap().record.id;
+    engine.add_plugin("tool", HELLO_TASK_RAW.bytes(), None, true).await.unwrap();
+    assert_eq!(loaded(&engine), [("1".into(), true), ("2".into(), true)]);
+    done(&engine, pinned).await;
+    assert!(output(&engine, pinned).ends_with("tool@1"));
+    // Version 1 is now neither latest nor used: its code is freed.
+    assert_eq!(loaded(&engine), [("1".into(), false), ("2".into(), true)]);
+    let (compiled, hits) = engine.plugin_load_counts();
+    // Asking for it again reloads it from the artifact cache, not the compiler.
+    let again = engine.submit(task("tool@1", "Bo")).await.unwrap().record.id;
+    done(&engine, again).await;
+    assert!(output(&engine, again).ends_with("tool@1"));
+    assert_eq!(engine.plugin_load_counts(), (compiled, hits + 1));
+    assert_eq!(loaded(&engine), [("1".into(), false), ("2".into(), true)]);
+}

@@ -90,6 +90,7 @@ fn version_json(v: &VersionStatus) -> Value {
         "reason": reason,
         "load_ms": v.load_time.map(|d| d.as_secs_f64() * 1e3),
         "from_cache": v.from_cache,
+        "loaded": v.loaded,
     })
 }
 

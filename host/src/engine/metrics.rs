@@ -82,7 +82,7 @@ impl Metrics {
             "Compiling (or loading from cache) one plugin version",
             compile_time.clone(),
         );
-        registry.register("plugins_loaded", "Live plugin versions", plugins_loaded.clone());
+        registry.register("plugins_loaded", "Live plugin versions compiled in memory", plugins_loaded.clone());
         registry.register("plugin_tasks", "Tasks ended, by plugin version and outcome", plugin_tasks.clone());
         Self {
             registry,

@@ -203,6 +203,8 @@ struct Inner {
     http: reqwest::Client,
     stopping: AtomicBool,
     dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Unfinished tasks per (plugin, version): what keeps a version loaded.
+    unfinished: Mutex<HashMap<(String, String), u64>>,
     watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -249,10 +251,12 @@ impl Engine {
                 http: reqwest::Client::new(),
                 stopping: AtomicBool::new(false),
                 dispatcher: Mutex::default(),
+                unfinished: Mutex::default(),
                 watcher: Mutex::default(),
             }),
         };
         engine.recover().await?;
+        engine.unload_idle();
         *lock(&engine.inner.dispatcher) = Some(tokio::spawn(engine.clone().dispatch_loop()));
         if let Some(dir) = engine.inner.config.plugins_dir.clone() {
             watch::start(engine.clone(), dir).context("watching the plugins directory")?;
@@ -304,9 +308,42 @@ impl Engine {
         }
         let mut sched = lock(&inner.sched);
         for record in ready {
+            self.hold(&record);
             sched.enqueue(entry(&record), record.next_run_at_ms, now);
         }
         Ok(())
+    }
+
+    /// Counts an unfinished task against its plugin version.
+    fn hold(&self, record: &TaskRecord) {
+        let key = (record.plugin.clone(), record.plugin_version.clone());
+        *lock(&self.inner.unfinished).entry(key).or_default() += 1;
+    }
+
+    /// A task ended: its version may no longer be needed in memory.
+    fn release(&self, record: &TaskRecord) {
+        let key = (record.plugin.clone(), record.plugin_version.clone());
+        let idle = {
+            let mut unfinished = lock(&self.inner.unfinished);
+            let count = unfinished.entry(key.clone()).or_default();
+            *count = count.saturating_sub(1);
+            let idle = *count == 0;
+            if idle {
+                unfinished.remove(&key);
+            }
+            idle
+        };
+        if idle {
+            self.unload_idle();
+        }
+    }
+
+    /// Frees compiled versions that are neither current nor in use.
+    fn unload_idle(&self) {
+        let unfinished = lock(&self.inner.unfinished).clone();
+        self.inner
+            .registry
+            .unload_unreferenced(|name, version| unfinished.contains_key(&(name.to_owned(), version.to_owned())));
     }
 
     /// Uploads a plugin version: checked, compiled off the async workers,
@@ -321,7 +358,10 @@ impl Engine {
         version: Option<String>,
         wait: bool,
     ) -> Result<(VersionStatus, bool), EngineError> {
-        Ok(self.inner.registry.add(name, bytes, version, wait).await?)
+        let added = self.inner.registry.add(name, bytes, version, wait).await?;
+        // The previous latest may now be idle.
+        self.unload_idle();
+        Ok(added)
     }
 
     /// Every plugin name.
@@ -348,7 +388,9 @@ impl Engine {
 
     /// Rolls back (or forward): a plain name now resolves to `version`.
     pub async fn set_latest(&self, name: &str, version: &str) -> Result<(), EngineError> {
-        Ok(self.inner.registry.set_latest(name, version).await?)
+        self.inner.registry.set_latest(name, version).await?;
+        self.unload_idle();
+        Ok(())
     }
 
     /// Deletes a version; refused (409) while an unfinished task uses it.
@@ -389,6 +431,7 @@ impl Engine {
         let submitted = inner.store.submit(record, input).await?;
         if submitted.created {
             let record = &submitted.record;
+            self.hold(record);
             inner.metrics.moved(&record.queue, None, TaskState::Pending);
             inner.metrics.submitted.get_or_create(&Metrics::label(&record.queue)).inc();
             lock(&inner.sched).enqueue(entry(record), record.next_run_at_ms, now_ms());
@@ -596,6 +639,7 @@ impl Engine {
             other => other.into(),
         })?;
         self.inner.metrics.moved(&done.queue, Some(TaskState::Failed), TaskState::Pending);
+        self.hold(&done);
         lock(&self.inner.sched).enqueue(entry(&done), None, now_ms());
         self.inner.wake.notify_one();
         Ok(done)
@@ -768,8 +812,9 @@ impl Engine {
                 move |r| r.error = Some(StoredFailure { class, retryable: false, message, backtrace: None })
             })
         };
-        let Some(plugin) = inner.registry.get(&record.plugin, &record.plugin_version) else {
-            return fail("invalid plugin", format!("plugin {}@{} is not loaded", record.plugin, record.plugin_version));
+        let plugin = match inner.registry.get(&record.plugin, &record.plugin_version).await {
+            Ok(plugin) => plugin,
+            Err(message) => return fail("invalid plugin", message),
         };
         let input = match inner.store.input(id) {
             Ok(Some(input)) => input,
@@ -835,6 +880,7 @@ impl Engine {
     /// Bookkeeping for a task that reached a terminal state.
     fn ended(&self, before: &TaskRecord, done: &TaskRecord) {
         let inner = &self.inner;
+        self.release(done);
         let label = Metrics::label(&done.queue);
         let from = done.history.last().and_then(|t| t.from).unwrap_or(before.state);
         inner.metrics.moved(&done.queue, Some(from), done.state);

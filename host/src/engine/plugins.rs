@@ -62,6 +62,10 @@ pub struct VersionStatus {
     pub load_time: Option<Duration>,
     /// Whether it came from the on-disk artifact cache.
     pub from_cache: bool,
+    /// Whether its compiled code is in memory. A live version that is not
+    /// what its name resolves to and that no unfinished task uses is
+    /// unloaded, and reloaded from the artifact cache when asked for.
+    pub loaded: bool,
 }
 
 struct Slot {
@@ -181,7 +185,8 @@ impl Registry {
                     Ok((plugin, took, cached)) => (VersionState::Live, Some(plugin), Some(took), cached),
                     Err(e) => (VersionState::Failed(e.to_string()), None, None, false),
                 };
-                entry.slots.push(Slot { status: VersionStatus { info, state, load_time, from_cache }, plugin });
+                let loaded = plugin.is_some();
+                entry.slots.push(Slot { status: VersionStatus { info, state, load_time, from_cache, loaded }, plugin });
             }
             registry.write().insert(name, entry);
         }
@@ -203,7 +208,7 @@ impl Registry {
     }
 
     fn update_gauge(&self) {
-        let live = self.read().values().map(|e| e.live().count()).sum::<usize>();
+        let live = self.read().values().map(|e| e.live().filter(|s| s.plugin.is_some()).count()).sum::<usize>();
         self.metrics.plugins_loaded.set(live as i64);
     }
 
@@ -307,7 +312,13 @@ impl Registry {
             }
             entry.slots.retain(|s| s.status.info.version != version);
             let info = PluginVersion { version, digest, size: bytes.len() as u64, created_at_ms: now_ms() };
-            let status = VersionStatus { info, state: VersionState::Compiling, load_time: None, from_cache: false };
+            let status = VersionStatus {
+                info,
+                state: VersionState::Compiling,
+                load_time: None,
+                from_cache: false,
+                loaded: false,
+            };
             entry.slots.push(Slot { status: status.clone(), plugin: None });
             status
         };
@@ -349,6 +360,7 @@ impl Registry {
                 slot.status.state = VersionState::Live;
                 slot.status.load_time = Some(took);
                 slot.status.from_cache = cached;
+                slot.status.loaded = true;
                 Ok(slot.status.clone())
             }
             (Err(e), _) => {
@@ -391,8 +403,56 @@ impl Registry {
     }
 
     /// The compiled plugin of a pinned version.
-    pub(crate) fn get(&self, name: &str, version: &str) -> Option<Plugin> {
-        self.read().get(name)?.live().find(|s| s.status.info.version == version).and_then(|s| s.plugin.clone())
+    /// Reloads it (from the artifact cache, normally) if it was unloaded.
+    pub(crate) async fn get(&self, name: &str, version: &str) -> Result<Plugin, String> {
+        let info = {
+            let entries = self.read();
+            let slot = entries
+                .get(name)
+                .and_then(|e| e.live().find(|s| s.status.info.version == version))
+                .ok_or_else(|| format!("plugin {name}@{version} is not live"))?;
+            match &slot.plugin {
+                Some(plugin) => return Ok(plugin.clone()),
+                None => slot.status.info.clone(),
+            }
+        };
+        let bytes = self
+            .store
+            .blob(&info.digest)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the component of {name}@{version} is missing from the store"))?;
+        let (plugin, took, cached) = self.load(name, &info, &bytes).await.map_err(|e| e.to_string())?;
+        let mut entries = self.write();
+        if let Some(slot) =
+            entries.get_mut(name).and_then(|e| e.slots.iter_mut().find(|s| s.status.info.version == version))
+        {
+            slot.plugin = Some(plugin.clone());
+            slot.status.loaded = true;
+            slot.status.load_time = Some(took);
+            slot.status.from_cache = cached;
+        }
+        drop(entries);
+        self.update_gauge();
+        Ok(plugin)
+    }
+
+    /// Frees the compiled code of every live version that is not what its
+    /// name resolves to and that `in_use` says no unfinished task needs.
+    /// Running tasks keep their own reference until they end.
+    pub(crate) fn unload_unreferenced(&self, in_use: impl Fn(&str, &str) -> bool) {
+        let mut entries = self.write();
+        for (name, entry) in entries.iter_mut() {
+            let current = entry.latest.clone().or_else(|| entry.live().last().map(|s| s.status.info.version.clone()));
+            for slot in &mut entry.slots {
+                let version = &slot.status.info.version;
+                if slot.plugin.is_some() && Some(version) != current.as_ref() && !in_use(name, version) {
+                    slot.plugin = None;
+                    slot.status.loaded = false;
+                }
+            }
+        }
+        drop(entries);
+        self.update_gauge();
     }
 
     /// The manifest of a plugin, if the operator set one.
