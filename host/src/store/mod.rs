@@ -238,8 +238,16 @@ impl Store {
 
     /// Every plugin entry.
     pub fn plugins(&self) -> Result<Vec<(String, PluginEntry)>, StoreError> {
+        self.read_named(PLUGINS)
+    }
+
+    /// Every record of a name-keyed table, decoded.
+    fn read_named<T: for<'de> serde::Deserialize<'de>>(
+        &self,
+        definition: redb::TableDefinition<'_, &str, &[u8]>,
+    ) -> Result<Vec<(String, T)>, StoreError> {
         let txn = self.db.begin_read()?;
-        let table = txn.open_table(PLUGINS)?;
+        let table = txn.open_table(definition)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
             let (name, value) = entry?;
@@ -326,14 +334,7 @@ impl Store {
 
     /// Every configured queue.
     pub fn queues(&self) -> Result<Vec<(String, QueueConfig)>, StoreError> {
-        let txn = self.db.begin_read()?;
-        let table = txn.open_table(QUEUES)?;
-        let mut out = Vec::new();
-        for entry in table.iter()? {
-            let (name, value) = entry?;
-            out.push((name.value().to_owned(), decode(value.value())?));
-        }
-        Ok(out)
+        self.read_named(QUEUES)
     }
 
     /// Stores a queue's settings.
