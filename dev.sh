@@ -76,11 +76,11 @@ demo() {
 serve_demo() {
   local host=target/release/taskhost port=7717
   say "taskhost serve: the durable engine, with a sample workload"
-  local data; data=$(mktemp -d)
-  $host serve --data "$data" --listen "127.0.0.1:$port" --retry-base 100ms --retry-cap 1s &
+  local data watched; data=$(mktemp -d); watched=$(mktemp -d)
+  $host serve --data "$data" --listen "127.0.0.1:$port" --plugins "$watched" --retry-base 100ms --retry-cap 1s &
   local pid=$!
   # shellcheck disable=SC2064
-  trap "kill $pid 2>/dev/null; rm -rf '$data'" RETURN
+  trap "kill $pid 2>/dev/null; rm -rf '$data' '$watched'" RETURN
   export TASKHOST_SERVER="http://127.0.0.1:$port"
   local i
   for i in $(seq 100); do $host plugins list >/dev/null 2>&1 && break; sleep 0.1; done
@@ -95,6 +95,18 @@ serve_demo() {
 
   echo; echo "$ echo -n Grace | taskhost submit hello-task --queue interactive --wait"
   echo -n Grace | $host submit hello-task --queue interactive --wait; echo
+
+  echo "$ cp hello_task_raw.wasm \$WATCHED/hello-task.wasm   # hot-load a new version through the watched directory"
+  cp "$PLUGIN_DIR/hello_task_raw.wasm" "$watched/hello-task.wasm"
+  for i in $(seq 100); do
+    $host plugins show hello-task | python3 -c 'import json, sys
+sys.exit(0 if any(v["version"] == "2" and v["state"] == "live" for v in json.load(sys.stdin)["versions"]) else 1)' && break
+    sleep 0.1
+  done
+  echo -n Linus | $host submit hello-task --wait; echo
+  echo "$ taskhost plugins rollback hello-task 1"
+  $host plugins rollback hello-task 1
+  echo -n Linus | $host submit hello-task --wait; echo
 
   local jsonl; jsonl=$(mktemp)
   python3 - "$jsonl" <<'PY'
