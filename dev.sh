@@ -26,19 +26,12 @@ setup() {
   fi
 }
 
-build_plugins() {
-  # Same command, flags and target dir as tests/artifacts/build.rs, so the
-  # plugins are built once and shared.
-  local args=()
-  for dir in plugins/* tests/plugins/*; do args+=(-p "$(basename "$dir")"); done
-  cargo build --profile plugin --target "$PLUGIN_TARGET" --target-dir target/plugins "${args[@]}"
-}
-
 demo() {
   setup
   say "building the taskhost host (release) and the plugins ($PLUGIN_TARGET)"
-  cargo build --release -p taskhost
-  build_plugins
+  # The same build the test suite uses (tests/artifacts/build.rs builds
+  # every plugin into target/plugins), so demo and tests share one build.
+  cargo test --release --no-run
   local host=target/release/taskhost
   local text; text=$(mktemp); trap 'rm -f "$text"' RETURN
   python3 -c 'import json,sys; print(json.dumps({"text": open("LICENSE").read(), "top": 5}))' >"$text" 2>/dev/null \

@@ -25,6 +25,22 @@ use serde::de::DeserializeOwned;
 pub struct Json<T>(pub T);
 
 /// A type a plugin function can take as its input.
+///
+/// Implement it to accept your own format:
+///
+/// ```
+/// use taskhost_sdk::{Error, FromInput, Result};
+///
+/// struct Lines(Vec<String>);
+///
+/// impl FromInput for Lines {
+///     fn from_input(input: Vec<u8>) -> Result<Self> {
+///         let text = String::from_utf8(input).map_err(|e| Error::permanent(e))?;
+///         Ok(Lines(text.lines().map(str::to_owned).collect()))
+///     }
+/// }
+/// assert_eq!(Lines::from_input(b"a\nb".to_vec()).unwrap().0, ["a", "b"]);
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a plugin input",
     label = "the #[plugin] function's argument must be Vec<u8>, String or Json<T>",
@@ -56,6 +72,19 @@ impl<T: DeserializeOwned> FromInput for Json<T> {
 }
 
 /// A type a plugin function can return as its output.
+///
+/// ```
+/// use taskhost_sdk::{IntoOutput, Result};
+///
+/// struct Csv(Vec<(String, u32)>);
+///
+/// impl IntoOutput for Csv {
+///     fn into_output(self) -> Result<Vec<u8>> {
+///         Ok(self.0.iter().map(|(k, v)| format!("{k},{v}\n")).collect::<String>().into_bytes())
+///     }
+/// }
+/// assert_eq!(Csv(vec![("a".into(), 1)]).into_output().unwrap(), b"a,1\n");
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a plugin output",
     label = "the #[plugin] function must return Vec<u8>, String, &'static str, (), Json<T> or a Result of those",
@@ -97,6 +126,16 @@ impl<T: Serialize> IntoOutput for Json<T> {
 }
 
 /// What a plugin function may return: an output, or a `Result` of one.
+/// Implemented for every [`IntoOutput`] and every `Result` of one.
+///
+/// ```
+/// use taskhost_sdk::IntoTaskResult;
+///
+/// let ok: Result<String, std::io::Error> = Ok("done".into());
+/// assert_eq!(ok.into_task_result().unwrap(), b"done");
+/// let failed: Result<String, std::io::Error> = Err(std::io::Error::other("gone"));
+/// assert_eq!(failed.into_task_result().unwrap_err().message(), "gone");
+/// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be returned from a #[plugin] function",
     label = "return Vec<u8>, String, &'static str, (), Json<T>, or Result<one of those, E> with E: Into<taskhost_sdk::Error>"

@@ -84,6 +84,11 @@ pub use __private::taskhost::plugin::types::TaskInfo;
 
 /// Raw bindings generated from the WIT package, for anything the wrappers
 /// above do not cover. Plugins rarely need them.
+///
+/// ```no_run
+/// use taskhost_sdk::bindings::log::{log, Level};
+/// log(Level::Warn, "written through the raw binding");
+/// ```
 pub mod bindings {
     pub use crate::__private::taskhost::plugin::{log, runtime, types};
 }
@@ -127,21 +132,40 @@ pub struct Error {
 
 impl Error {
     /// A transient failure: the host may run the task again.
+    ///
+    /// ```
+    /// let e = taskhost_sdk::Error::retryable("rate limited");
+    /// assert!(e.is_retryable());
+    /// ```
     pub fn retryable(message: impl fmt::Display) -> Self {
         Self { retryable: true, message: message.to_string() }
     }
 
     /// A failure that will recur on the same input: never retried.
+    ///
+    /// ```
+    /// let e = taskhost_sdk::Error::permanent("order id missing");
+    /// assert!(!e.is_retryable());
+    /// ```
     pub fn permanent(message: impl fmt::Display) -> Self {
         Self { retryable: false, message: message.to_string() }
     }
 
     /// Whether the host may retry the task.
+    ///
+    /// ```
+    /// let e: taskhost_sdk::Error = std::io::Error::other("disk").into();
+    /// assert!(!e.is_retryable()); // converted errors are permanent
+    /// ```
     pub fn is_retryable(&self) -> bool {
         self.retryable
     }
 
     /// The error message.
+    ///
+    /// ```
+    /// assert_eq!(taskhost_sdk::Error::permanent("bad input").message(), "bad input");
+    /// ```
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -174,6 +198,16 @@ impl fmt::Debug for Error {
 }
 
 /// `Result` with the SDK's [`Error`].
+///
+/// ```
+/// fn half(n: u32) -> taskhost_sdk::Result<u32> {
+///     if n % 2 == 1 {
+///         return Err(taskhost_sdk::Error::permanent(format!("{n} is odd")));
+///     }
+///     Ok(n / 2)
+/// }
+/// assert_eq!(half(4).unwrap(), 2);
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Marks the error of any `Result` as retryable or permanent.
@@ -194,8 +228,20 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// ```
 pub trait ResultExt<T> {
     /// Turns the error into a retryable [`Error`].
+    ///
+    /// ```
+    /// use taskhost_sdk::ResultExt;
+    /// let r: Result<(), &str> = Err("timeout");
+    /// assert!(r.retryable().unwrap_err().is_retryable());
+    /// ```
     fn retryable(self) -> Result<T>;
     /// Turns the error into a permanent [`Error`].
+    ///
+    /// ```
+    /// use taskhost_sdk::ResultExt;
+    /// let n = "x1".parse::<u8>().permanent();
+    /// assert!(!n.unwrap_err().is_retryable());
+    /// ```
     fn permanent(self) -> Result<T>;
 }
 

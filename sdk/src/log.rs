@@ -16,55 +16,100 @@
 use crate::__private::taskhost::plugin::log::{Level, log};
 
 /// Logs `message` at trace level.
+///
+/// ```no_run
+/// taskhost_sdk::log::trace("cache warmed");
+/// ```
 pub fn trace(message: impl AsRef<str>) {
     log(Level::Trace, message.as_ref());
 }
 
 /// Logs `message` at debug level.
+///
+/// ```no_run
+/// taskhost_sdk::log::debug("cache warmed");
+/// ```
 pub fn debug(message: impl AsRef<str>) {
     log(Level::Debug, message.as_ref());
 }
 
 /// Logs `message` at info level.
+///
+/// ```no_run
+/// taskhost_sdk::log::info("cache warmed");
+/// ```
 pub fn info(message: impl AsRef<str>) {
     log(Level::Info, message.as_ref());
 }
 
 /// Logs `message` at warn level.
+///
+/// ```no_run
+/// taskhost_sdk::log::warn("cache warmed");
+/// ```
 pub fn warn(message: impl AsRef<str>) {
     log(Level::Warn, message.as_ref());
 }
 
 /// Logs `message` at error level.
+///
+/// ```no_run
+/// taskhost_sdk::log::error("cache warmed");
+/// ```
 pub fn error(message: impl AsRef<str>) {
     log(Level::Error, message.as_ref());
 }
 
-/// Logs a formatted message at trace level: `trace!("x = {x}")`.
+/// Logs a formatted message at trace level.
+///
+/// ```no_run
+/// let items = 3;
+/// taskhost_sdk::trace!("processed {items} items");
+/// ```
 #[macro_export]
 macro_rules! trace {
     ($($arg:tt)*) => { $crate::log::trace(::std::format!($($arg)*)) };
 }
 
-/// Logs a formatted message at debug level: `debug!("x = {x}")`.
+/// Logs a formatted message at debug level.
+///
+/// ```no_run
+/// let items = 3;
+/// taskhost_sdk::debug!("processed {items} items");
+/// ```
 #[macro_export]
 macro_rules! debug {
     ($($arg:tt)*) => { $crate::log::debug(::std::format!($($arg)*)) };
 }
 
-/// Logs a formatted message at info level: `info!("x = {x}")`.
+/// Logs a formatted message at info level.
+///
+/// ```no_run
+/// let items = 3;
+/// taskhost_sdk::info!("processed {items} items");
+/// ```
 #[macro_export]
 macro_rules! info {
     ($($arg:tt)*) => { $crate::log::info(::std::format!($($arg)*)) };
 }
 
-/// Logs a formatted message at warn level: `warn!("x = {x}")`.
+/// Logs a formatted message at warn level.
+///
+/// ```no_run
+/// let items = 3;
+/// taskhost_sdk::warn!("processed {items} items");
+/// ```
 #[macro_export]
 macro_rules! warn {
     ($($arg:tt)*) => { $crate::log::warn(::std::format!($($arg)*)) };
 }
 
-/// Logs a formatted message at error level: `error!("x = {x}")`.
+/// Logs a formatted message at error level.
+///
+/// ```no_run
+/// let items = 3;
+/// taskhost_sdk::error!("processed {items} items");
+/// ```
 #[macro_export]
 macro_rules! error {
     ($($arg:tt)*) => { $crate::log::error(::std::format!($($arg)*)) };

@@ -25,15 +25,17 @@ fn output(engine: &Engine, id: uuid::Uuid) -> String {
 async fn swapping_versions_under_load_fails_no_task() {
     let (engine, _dir) = engine_with(|_| {}).await;
     engine.add_plugin("greeter", HELLO_TASK.bytes(), None, true).await.unwrap();
+    // Submit continuously until every swap has happened.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let submitter = tokio::spawn({
-        let engine = engine.clone();
+        let (engine, stop) = (engine.clone(), stop.clone());
         async move {
             let mut ids = Vec::new();
-            for i in 0..400 {
+            let mut i = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) || ids.len() < 100 {
                 ids.push(engine.submit(task("greeter", &format!("user{i}"))).await.unwrap().record.id);
-                if i % 50 == 0 {
-                    tokio::task::yield_now().await;
-                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
             ids
         }
@@ -44,8 +46,9 @@ async fn swapping_versions_under_load_fails_no_task() {
     assert_eq!(v2.info.version, "2");
     for round in 0..6 {
         engine.set_latest("greeter", if round % 2 == 0 { "1" } else { "2" }).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
     }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let ids = submitter.await.unwrap();
     let mut versions = std::collections::HashSet::new();
     for id in ids {
