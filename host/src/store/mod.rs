@@ -390,13 +390,14 @@ enum Pending {
 
 fn commit_batch(db: &Database, ops: Vec<Op>) {
     let mut answers = Vec::with_capacity(ops.len());
+    let mut ops = ops.into_iter();
     let outcome = begin(db).and_then(|txn| {
         {
             let mut tasks = txn.open_table(TASKS)?;
             let mut inputs = txn.open_table(INPUTS)?;
             let mut outputs = txn.open_table(OUTPUTS)?;
             let mut keys = txn.open_table(IDEMPOTENCY)?;
-            for op in ops {
+            for op in ops.by_ref() {
                 match op {
                     Op::Submit { record, input, reply } => {
                         let result = apply_submit(&mut tasks, &mut inputs, &mut keys, *record, &input);
@@ -420,6 +421,17 @@ fn commit_batch(db: &Database, ops: Vec<Op>) {
         txn.commit()?;
         Ok(())
     });
+    // Operations the failed batch never reached share its failure.
+    if let Err(e) = &outcome {
+        for op in ops {
+            let failure = || StoreError::CommitFailed(e.to_string());
+            match op {
+                Op::Submit { reply, .. } => drop(reply.send(Err(failure()))),
+                Op::Transition { reply, .. } => drop(reply.send(Err(failure()))),
+                Op::Admin { reply, .. } => drop(reply.send(Err(failure()))),
+            }
+        }
+    }
     // Answer only now: after the commit, or with its failure.
     for answer in answers {
         match (answer, &outcome) {
