@@ -141,7 +141,7 @@ async fn get_plugin(State(engine): State<Engine>, Path(name): Path<String>) -> A
             j
         })
         .collect();
-    let manifest = detail.manifest.as_ref().map(|m| toml::to_string(m).unwrap_or_default());
+    let manifest = detail.manifest.as_ref().and_then(|m| m.to_toml().ok());
     Ok(Json(json!({
         "name": name,
         "latest": detail.latest,

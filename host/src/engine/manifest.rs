@@ -120,6 +120,11 @@ impl Manifest {
         Ok(())
     }
 
+    /// The manifest as TOML text.
+    pub fn to_toml(&self) -> Result<String, String> {
+        toml::to_string(self).map_err(|e| format!("cannot write the manifest as TOML: {e}"))
+    }
+
     /// This manifest's limits over `defaults`.
     pub fn limits(&self, defaults: &Limits) -> Result<Limits, String> {
         let l = &self.limits;
@@ -176,6 +181,17 @@ mod tests {
         assert_eq!((limits.memory_bytes, limits.timeout.as_secs()), (64 << 20, 5));
         assert!(m.dir_grants()[0].writable);
         assert_eq!(m.models, ["m"]);
+    }
+
+    #[test]
+    fn a_full_manifest_round_trips_through_toml() {
+        let text = format!(
+            "models = [\"a\", \"b\"]\n[limits]\nfuel = 7\n[[dirs]]\nhost = {:?}\nguest = \"/d\"\n[network]\nallow = [\"h:1\"]\n",
+            std::env::temp_dir().display().to_string()
+        );
+        let m = Manifest::parse(&text).unwrap();
+        let again = Manifest::parse(&m.to_toml().unwrap()).unwrap();
+        assert_eq!(again, m);
     }
 
     #[test]

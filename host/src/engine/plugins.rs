@@ -465,7 +465,7 @@ impl Registry {
         if !valid_name(name) {
             return Err(RegistryError::BadName(name.to_owned()));
         }
-        let text = manifest.as_ref().map(|m| toml::to_string(m).expect("manifests serialise"));
+        let text = manifest.as_ref().map(Manifest::to_toml).transpose().map_err(RegistryError::BadManifest)?;
         self.store
             .edit_plugin(name.to_owned(), move |entry| {
                 entry.manifest = text;
