@@ -93,9 +93,18 @@ async fn submit_get_and_list_over_http() {
     assert_eq!(next["tasks"].as_array().unwrap().len(), 1);
     assert!(next["next_cursor"].is_null());
 
-    let metrics = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap();
-    let text = metrics.text().await.unwrap();
-    assert!(text.contains(r#"taskhost_tasks{queue="default",state="completed"} 2"#), "{text}");
+    // Metrics follow each commit by a moment: wait (bounded) for them.
+    let expected = r#"taskhost_tasks{queue="default",state="completed"} 2"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let metrics = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap();
+        let text = metrics.text().await.unwrap();
+        if text.contains(expected) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(text.contains(expected), "{text}");
     assert!(text.contains("taskhost_run_seconds_bucket"));
     let (_, health) = api.get("/healthz").await;
     assert_eq!(health["status"], "ok");
