@@ -88,6 +88,16 @@ impl Entry {
     }
 }
 
+/// What loading one version produced.
+struct LoadOutcome {
+    plugin: Plugin,
+    took: Duration,
+    from_cache: bool,
+    /// A freshly written artifact (cache key, sha256) that the store must
+    /// record before anyone may load it.
+    written: Option<(String, String)>,
+}
+
 /// A resolved, live version.
 #[derive(Clone)]
 pub(crate) struct Loaded {
@@ -140,6 +150,14 @@ fn valid_version(version: &str) -> bool {
     (1..=64).contains(&version.len()) && version.chars().all(|c| c.is_ascii_alphanumeric() || ".-_+".contains(c))
 }
 
+/// Writes a compiled artifact (atomically) and returns its sha256.
+fn write_artifact(plugin: &Plugin, path: &std::path::Path) -> Result<String, String> {
+    let artifact = plugin.serialize().map_err(|e| e.to_string())?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, &artifact).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| e.to_string())?;
+    Ok(hex(&Sha256::digest(&artifact)))
+}
+
 /// The version a component declares in its metadata, if any.
 fn declared_version(bytes: &[u8]) -> Option<String> {
     let payload = wasm_metadata::Payload::from_binary(bytes).ok()?;
@@ -181,8 +199,8 @@ impl Registry {
                     .store
                     .blob(&info.digest)?
                     .ok_or_else(|| StoreError::Corrupt(format!("blob {} of plugin {name} is missing", info.digest)))?;
-                let (state, plugin, load_time, from_cache) = match registry.load(&name, &info, &bytes).await {
-                    Ok((plugin, took, cached)) => (VersionState::Live, Some(plugin), Some(took), cached),
+                let (state, plugin, load_time, from_cache) = match registry.load_stored(&name, &info, &bytes).await {
+                    Ok(o) => (VersionState::Live, Some(o.plugin), Some(o.took), o.from_cache),
                     Err(e) => (VersionState::Failed(e.to_string()), None, None, false),
                 };
                 let loaded = plugin.is_some();
@@ -213,12 +231,7 @@ impl Registry {
     }
 
     /// Compiles (or loads from the cache) one version.
-    async fn load(
-        &self,
-        name: &str,
-        info: &PluginVersion,
-        bytes: &[u8],
-    ) -> Result<(Plugin, Duration, bool), LoadError> {
+    async fn load(&self, name: &str, info: &PluginVersion, bytes: &[u8]) -> Result<LoadOutcome, LoadError> {
         let started = Instant::now();
         let key = format!("{}-{}", info.digest, self.fingerprint);
         let path = self.cache_dir.join(format!("{key}.cwasm"));
@@ -232,7 +245,7 @@ impl Registry {
             match unsafe { self.sandbox.load_serialized(name, &info.version, &artifact, bytes.len()) } {
                 Ok(plugin) => {
                     self.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok((plugin, started.elapsed(), true));
+                    return Ok(LoadOutcome { plugin, took: started.elapsed(), from_cache: true, written: None });
                 }
                 Err(error) => tracing::warn!(%name, %error, "ignoring a cached artifact"),
             }
@@ -249,17 +262,25 @@ impl Registry {
         self.compiled.fetch_add(1, Ordering::Relaxed);
         let took = started.elapsed();
         self.metrics.compile_time.observe(took.as_secs_f64());
-        if let Err(error) = self.write_cache(&plugin, &path, key).await {
-            tracing::warn!(%name, %error, "could not cache the compiled artifact");
-        }
-        Ok((plugin, took, false))
+        let written = match write_artifact(&plugin, &path) {
+            Ok(hash) => Some((key, hash)),
+            Err(error) => {
+                tracing::warn!(%name, %error, "could not cache the compiled artifact");
+                None
+            }
+        };
+        Ok(LoadOutcome { plugin, took, from_cache: false, written })
     }
 
-    async fn write_cache(&self, plugin: &Plugin, path: &std::path::Path, key: String) -> Result<(), String> {
-        let artifact = plugin.serialize().map_err(|e| e.to_string())?;
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, &artifact).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| e.to_string())?;
-        self.store.set_cache_hash(key, hex(&Sha256::digest(&artifact))).await.map_err(|e| e.to_string())
+    /// Loads a stored version and records a freshly written artifact.
+    async fn load_stored(&self, name: &str, info: &PluginVersion, bytes: &[u8]) -> Result<LoadOutcome, LoadError> {
+        let outcome = self.load(name, info, bytes).await?;
+        if let Some((key, hash)) = outcome.written.clone()
+            && let Err(error) = self.store.set_cache_hash(key, hash).await
+        {
+            tracing::warn!(%name, %error, "could not record the cached artifact");
+        }
+        Ok(outcome)
     }
 
     /// Adds a version: checks it, reserves its version number, compiles it
@@ -343,10 +364,13 @@ impl Registry {
         bytes: Vec<u8>,
     ) -> Result<VersionStatus, RegistryError> {
         let outcome = self.load(&name, &info, &bytes).await;
+        // One commit stores the version, its blob and its cached artifact's hash.
         let stored = match &outcome {
-            Ok(_) => {
-                self.store.put_plugin_version(name.clone(), info.clone(), bytes).await.map_err(RegistryError::from)
-            }
+            Ok(o) => self
+                .store
+                .put_plugin_version(name.clone(), info.clone(), bytes, o.written.clone())
+                .await
+                .map_err(RegistryError::from),
             Err(_) => Ok(()),
         };
         let mut entries = self.write();
@@ -355,11 +379,11 @@ impl Registry {
             return Err(RegistryError::Store(StoreError::Closed));
         };
         let result = match (outcome, stored) {
-            (Ok((plugin, took, cached)), Ok(())) => {
-                slot.plugin = Some(plugin);
+            (Ok(o), Ok(())) => {
+                slot.plugin = Some(o.plugin);
                 slot.status.state = VersionState::Live;
-                slot.status.load_time = Some(took);
-                slot.status.from_cache = cached;
+                slot.status.load_time = Some(o.took);
+                slot.status.from_cache = o.from_cache;
                 slot.status.loaded = true;
                 Ok(slot.status.clone())
             }
@@ -421,7 +445,8 @@ impl Registry {
             .blob(&info.digest)
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("the component of {name}@{version} is missing from the store"))?;
-        let (plugin, took, cached) = self.load(name, &info, &bytes).await.map_err(|e| e.to_string())?;
+        let LoadOutcome { plugin, took, from_cache: cached, .. } =
+            self.load_stored(name, &info, &bytes).await.map_err(|e| e.to_string())?;
         let mut entries = self.write();
         if let Some(slot) =
             entries.get_mut(name).and_then(|e| e.slots.iter_mut().find(|s| s.status.info.version == version))

@@ -263,14 +263,19 @@ impl Store {
         Ok(table.get(digest)?.map(|v| v.value().to_vec()))
     }
 
-    /// Adds a plugin version and its blob (deduplicated by digest).
+    /// Adds a plugin version and its blob (deduplicated by digest), and
+    /// records the hash of its freshly cached artifact, in one commit.
     pub(crate) async fn put_plugin_version(
         &self,
         name: String,
         version: PluginVersion,
         bytes: Vec<u8>,
+        cached_artifact: Option<(String, String)>,
     ) -> Result<(), StoreError> {
         self.admin(move |txn| {
+            if let Some((key, hash)) = &cached_artifact {
+                txn.open_table(CACHE)?.insert(key.as_str(), hash.as_str())?;
+            }
             let mut plugins = txn.open_table(PLUGINS)?;
             let mut entry: PluginEntry =
                 plugins.get(name.as_str())?.map(|v| decode(v.value())).transpose()?.unwrap_or_default();
