@@ -64,7 +64,7 @@ async fn metrics(State(engine): State<Engine>) -> Response {
 async fn list_plugins(State(engine): State<Engine>) -> ApiResult<Json<Value>> {
     let mut plugins = Vec::new();
     for name in engine.plugins() {
-        if let Ok((detail, _)) = engine.plugin(&name) {
+        if let Ok(detail) = engine.plugin_detail(&name) {
             plugins.push(json!({
                 "name": name,
                 "latest": detail.latest,

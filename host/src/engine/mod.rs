@@ -369,13 +369,15 @@ impl Engine {
         self.inner.registry.names()
     }
 
-    /// One plugin's versions with their state and task counts by state.
+    /// One plugin's versions with their state (from memory; no store scan).
+    pub fn plugin_detail(&self, name: &str) -> Result<PluginDetail, EngineError> {
+        self.inner.registry.detail(name).ok_or_else(|| EngineError::UnknownPlugin(format!("unknown plugin `{name}`")))
+    }
+
+    /// One plugin's versions with their state, and task counts by version
+    /// and state (this scans the store).
     pub fn plugin(&self, name: &str) -> Result<(PluginDetail, TaskCounts), EngineError> {
-        let detail = self
-            .inner
-            .registry
-            .detail(name)
-            .ok_or_else(|| EngineError::UnknownPlugin(format!("unknown plugin `{name}`")))?;
+        let detail = self.plugin_detail(name)?;
         let mut counts = HashMap::new();
         self.inner.store.scan(None, |r| {
             if r.plugin == name {
@@ -395,13 +397,9 @@ impl Engine {
 
     /// Deletes a version; refused (409) while an unfinished task uses it.
     pub async fn delete_plugin_version(&self, name: &str, version: &str) -> Result<(), EngineError> {
-        let mut unfinished = 0;
-        self.inner.store.scan(None, |r| {
-            if r.plugin == name && r.plugin_version == version && !r.state.is_terminal() {
-                unfinished += 1;
-            }
-            true
-        })?;
+        // The same count that keeps a version loaded.
+        let key = (name.to_owned(), version.to_owned());
+        let unfinished = lock(&self.inner.unfinished).get(&key).copied().unwrap_or(0);
         if unfinished > 0 {
             return Err(EngineError::Conflict(format!(
                 "{name}@{version} is used by {unfinished} unfinished task(s); delete it once they have ended"
@@ -510,13 +508,7 @@ impl Engine {
             priority,
             attempts: 0,
             max_attempts,
-            limits: StoredLimits {
-                fuel: limits.fuel,
-                memory_bytes: limits.memory_bytes,
-                timeout_ms: limits.timeout.as_millis() as u64,
-                max_output_bytes: limits.max_output_bytes,
-                max_log_bytes: limits.max_log_bytes,
-            },
+            limits: StoredLimits::from(&limits),
             error: None,
             created_at_ms: now,
             started_at_ms: None,
@@ -823,13 +815,7 @@ impl Engine {
             }
             Err(e) => return fail("host error", format!("reading the input: {e}")),
         };
-        let limits = Limits {
-            fuel: record.limits.fuel,
-            memory_bytes: record.limits.memory_bytes,
-            timeout: Duration::from_millis(record.limits.timeout_ms),
-            max_output_bytes: record.limits.max_output_bytes,
-            max_log_bytes: record.limits.max_log_bytes,
-        };
+        let limits = Limits::from(&record.limits);
         // The operator's grants, resolved at start so DNS changes count.
         let grants = match inner.registry.manifest(&record.plugin) {
             Some(manifest) => Grants { dirs: manifest.dir_grants(), connect: manifest.connect_grants().await },

@@ -108,6 +108,30 @@ pub struct StoredLimits {
     pub max_log_bytes: u64,
 }
 
+impl From<&crate::Limits> for StoredLimits {
+    fn from(l: &crate::Limits) -> Self {
+        Self {
+            fuel: l.fuel,
+            memory_bytes: l.memory_bytes,
+            timeout_ms: l.timeout.as_millis().try_into().unwrap_or(u64::MAX),
+            max_output_bytes: l.max_output_bytes,
+            max_log_bytes: l.max_log_bytes,
+        }
+    }
+}
+
+impl From<&StoredLimits> for crate::Limits {
+    fn from(l: &StoredLimits) -> Self {
+        Self {
+            fuel: l.fuel,
+            memory_bytes: l.memory_bytes,
+            timeout: std::time::Duration::from_millis(l.timeout_ms),
+            max_output_bytes: l.max_output_bytes,
+            max_log_bytes: l.max_log_bytes,
+        }
+    }
+}
+
 /// Everything the store knows about one task (input and output are kept in
 /// their own tables).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
