@@ -86,6 +86,12 @@ impl Entry {
     fn live(&self) -> impl Iterator<Item = &Slot> {
         self.slots.iter().filter(|s| s.status.state == VersionState::Live)
     }
+
+    /// The version a plain name resolves to: the rollback pointer, else the
+    /// newest live version.
+    fn current(&self) -> Option<String> {
+        self.latest.clone().or_else(|| self.live().last().map(|s| s.status.info.version.clone()))
+    }
 }
 
 /// What loading one version produced.
@@ -412,15 +418,12 @@ impl Registry {
             .get(name)
             .filter(|e| e.live().next().is_some())
             .ok_or_else(|| RegistryError::Unknown(name.into()))?;
-        let wanted = version.or(entry.latest.as_deref());
-        let slot = match wanted {
-            Some(v) => entry.live().find(|s| s.status.info.version == v),
-            None => entry.live().last(),
-        };
+        let wanted = version.map(str::to_owned).or_else(|| entry.current());
+        let slot = wanted.as_deref().and_then(|v| entry.live().find(|s| s.status.info.version == v));
         slot.map(|s| (name.to_owned(), Loaded { info: s.status.info.clone() })).ok_or_else(|| {
             RegistryError::UnknownVersion {
                 name: name.into(),
-                version: wanted.unwrap_or_default().into(),
+                version: wanted.unwrap_or_default(),
                 known: entry.live().map(|s| s.status.info.version.as_str()).collect::<Vec<_>>().join(", "),
             }
         })
@@ -467,7 +470,7 @@ impl Registry {
     pub(crate) fn unload_unreferenced(&self, in_use: impl Fn(&str, &str) -> bool) {
         let mut entries = self.write();
         for (name, entry) in entries.iter_mut() {
-            let current = entry.latest.clone().or_else(|| entry.live().last().map(|s| s.status.info.version.clone()));
+            let current = entry.current();
             for slot in &mut entry.slots {
                 let version = &slot.status.info.version;
                 if slot.plugin.is_some() && Some(version) != current.as_ref() && !in_use(name, version) {
@@ -562,7 +565,7 @@ impl Registry {
     pub(crate) fn detail(&self, name: &str) -> Option<PluginDetail> {
         let entries = self.read();
         let entry = entries.get(name)?;
-        let latest = entry.latest.clone().or_else(|| entry.live().last().map(|s| s.status.info.version.clone()));
+        let latest = entry.current();
         Some(PluginDetail {
             versions: entry.slots.iter().map(|s| s.status.clone()).collect(),
             latest,
