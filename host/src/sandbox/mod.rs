@@ -294,7 +294,7 @@ impl Sandbox {
         let mut store = Store::new(&self.inner.engine, TaskState::new(info, limits, grants)?);
         store.limiter(|state| &mut state.limiter);
         if self.inner.config.fuel_metering {
-            // Fails only when fuel is disabled in the engine, checked above.
+            // Cannot fail: it errs only when the engine does not meter fuel.
             let _ = store.set_fuel(limits.fuel);
         }
         let deadline = Instant::now() + limits.timeout;
