@@ -91,14 +91,18 @@ async fn higher_priority_runs_first_then_fifo() {
     assert_eq!(order, expected);
 }
 
-/// Three queues with equal total work but different task lengths finish
-/// within 20% of each other.
+/// Three backlogged queues with very different task lengths share the
+/// workers by run time: while all three still have work, each gets a third of
+/// the worker time, whatever its task count. (Completion times are not
+/// compared: per-task overhead is real run time, charged to the queue that
+/// causes it, and grows with machine load; the simulation in
+/// `engine::scheduler` covers finishing together exactly.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queues_with_equal_work_finish_together() {
+async fn backlogged_queues_share_workers_by_run_time() {
     let (engine, _dir) = engine_with(|c| c.concurrency = 3).await;
     let start_at = std::time::SystemTime::now() + Duration::from_millis(300);
     let run_at_ms = start_at.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let plan = [("short", 48, 10), ("medium", 16, 30), ("long", 4, 120)];
+    let plan = [("short", 96, 10), ("medium", 32, 30), ("long", 16, 60)];
     let mut batch = Vec::new();
     for (queue, count, ms) in plan {
         for _ in 0..count {
@@ -110,16 +114,26 @@ async fn queues_with_equal_work_finish_together() {
         }
     }
     let ids: Vec<_> = engine.submit_batch(batch).await.into_iter().map(|r| r.unwrap().record).collect();
-    let mut done_at = std::collections::HashMap::<String, u64>::new();
+    let mut runs = Vec::new();
     for record in ids {
         let record = finish(&engine, record.id).await;
         assert_eq!(record.state, TaskState::Completed);
-        let at = done_at.entry(record.queue.clone()).or_default();
-        *at = (*at).max(record.finished_at_ms.unwrap());
+        runs.push((record.queue.clone(), record.started_at_ms.unwrap(), record.finished_at_ms.unwrap()));
     }
-    let spans: Vec<f64> = plan.iter().map(|(q, _, _)| (done_at[*q] - run_at_ms) as f64).collect();
-    let (min, max) = spans.iter().fold((f64::MAX, 0f64), |(a, b), s| (a.min(*s), b.max(*s)));
-    assert!((max - min) / max <= 0.2, "queue completion times (ms) {spans:?} differ by more than 20%");
+    // The contended window ends when the first queue starts its last task.
+    let window_end =
+        plan.iter().map(|(q, _, _)| runs.iter().filter(|r| r.0 == *q).map(|r| r.1).max().unwrap()).min().unwrap();
+    assert!(window_end > run_at_ms + 200, "window too short to judge: {} ms", window_end - run_at_ms);
+    let busy: Vec<f64> = plan
+        .iter()
+        .map(|(q, _, _)| {
+            let clipped =
+                runs.iter().filter(|r| r.0 == *q).map(|r| r.2.min(window_end).saturating_sub(r.1.min(window_end)));
+            clipped.sum::<u64>() as f64
+        })
+        .collect();
+    let (min, max) = busy.iter().fold((f64::MAX, 0f64), |(a, b), s| (a.min(*s), b.max(*s)));
+    assert!((max - min) / max <= 0.25, "worker time (ms) per queue {busy:?} in a {} ms window", window_end - run_at_ms);
 }
 
 #[tokio::test]

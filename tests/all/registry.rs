@@ -6,7 +6,7 @@ use crate::engine::{engine_with, task};
 use std::io::Write;
 use std::time::{Duration, Instant};
 use taskhost::engine::{Engine, EngineConfig, Manifest, NewTask, RetryPolicy, VersionState};
-use taskhost::store::TaskState;
+use taskhost::store::{QueueConfig, TaskState};
 use taskhost_test_artifacts::{
     FAIL, HELLO_TASK, HELLO_TASK_RAW, MISSING_IMPORT, OPEN_SOCKET, READ_FILE, SLEEP, SPIN, UPPERCASE, WRONG_WORLD,
 };
@@ -329,12 +329,17 @@ async fn idle_versions_are_unloaded_and_reloaded_from_the_cache() {
     let loaded = |engine: &Engine| -> Vec<(String, bool)> {
         engine.plugin("tool").unwrap().0.versions.iter().map(|v| (v.info.version.clone(), v.loaded)).collect()
     };
-    // A long task pins version 1 while version 2 arrives: 1 stays loaded.
-    let held = engine.submit(task("sleep", "1")).await.unwrap().record.id; // warm the pool
-    done(&engine, held).await;
-    let pinned = engine.submit(NewTask { delay_ms: Some(300), ..task("tool", "Ada") }).await.unwrap().record.id;
+    // A queued task pins version 1 while version 2 arrives: 1 stays loaded.
+    // It waits behind a blocker in a one-slot queue until version 2 is in.
+    engine.set_queue("held", QueueConfig { concurrency: Some(1), weight: 1 }).await.unwrap();
+    let in_held = |t: NewTask| NewTask { queue: Some("held".into()), timeout_ms: Some(60_000), ..t };
+    let blocker = engine.submit(in_held(task("sleep", "60000"))).await.unwrap().record.id;
+    eventually(|| engine.get(blocker).unwrap().state == TaskState::Running, "the blocker never started").await;
+    let pinned = engine.submit(in_held(task("tool", "Ada"))).await.unwrap().record.id;
     engine.add_plugin("tool", HELLO_TASK_RAW.bytes(), None, true).await.unwrap();
     assert_eq!(loaded(&engine), [("1".into(), true), ("2".into(), true)]);
+    assert_eq!(engine.get(pinned).unwrap().state, TaskState::Pending);
+    engine.cancel(blocker).await.unwrap();
     done(&engine, pinned).await;
     assert!(output(&engine, pinned).ends_with("tool@1"));
     // Version 1 is now neither latest nor used: its code is freed (right

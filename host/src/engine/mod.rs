@@ -21,7 +21,7 @@ use crate::store::{
 use crate::{CancelToken, Grants, Limits, Sandbox, SandboxConfig, TaskMeta, TaskRequest};
 use metrics::Metrics;
 use plugins::{Registry, RegistryError};
-use scheduler::{Entry, Scheduler};
+use scheduler::{Charge, Entry, Scheduler};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -731,8 +731,8 @@ impl Engine {
             let next_due = {
                 let mut sched = lock(&inner.sched);
                 let next_due = sched.promote_due(now_ms());
-                while let Some(entry) = sched.next() {
-                    tokio::spawn(self.clone().execute(entry));
+                while let Some((entry, charge)) = sched.next() {
+                    tokio::spawn(self.clone().execute(entry, charge));
                 }
                 next_due
             };
@@ -745,7 +745,7 @@ impl Engine {
     }
 
     /// Runs one attempt of a task and records its outcome.
-    async fn execute(self, queued: Entry) {
+    async fn execute(self, queued: Entry, charge: Charge) {
         let inner = &self.inner;
         let started = Instant::now();
         let token = CancelToken::new();
@@ -760,7 +760,7 @@ impl Engine {
                 // Cancelled or changed since it was queued: nothing to run.
                 tracing::debug!(id = %queued.id, %error, "task not started");
                 lock(&inner.running).remove(&queued.id);
-                lock(&inner.sched).finished(&queued.queue, 0.0);
+                lock(&inner.sched).finished(&queued.queue, charge, 0.0);
                 inner.wake.notify_one();
                 return;
             }
@@ -774,7 +774,7 @@ impl Engine {
         let finished = inner.store.transition(change.expect_version(record.version)).await;
         lock(&inner.running).remove(&record.id);
         let run_secs = started.elapsed().as_secs_f64();
-        lock(&inner.sched).finished(&record.queue, run_secs);
+        lock(&inner.sched).finished(&record.queue, charge, run_secs);
         inner.metrics.run_time.observe(run_secs);
         match finished {
             Ok(done) => {

@@ -25,6 +25,12 @@ pub(crate) struct Entry {
     pub(crate) queue: String,
 }
 
+/// What `next` charged a started task up front; `finished` replaces it with
+/// the measured cost, so the correction is exact even when the queue's
+/// estimate moved while the task ran.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Charge(f64);
+
 #[derive(Debug, PartialEq, Eq)]
 struct Ready(Entry);
 
@@ -148,8 +154,9 @@ impl Scheduler {
         None
     }
 
-    /// The next task to start, if a slot is free and a queue has work.
-    pub(crate) fn next(&mut self) -> Option<Entry> {
+    /// The next task to start, if a slot is free and a queue has work, with
+    /// what its queue was charged for it until it finishes.
+    pub(crate) fn next(&mut self) -> Option<(Entry, Charge)> {
         if self.running >= self.max_running {
             return None;
         }
@@ -162,19 +169,23 @@ impl Scheduler {
         queue.running += 1;
         // Charge the estimate now so one dispatch round spreads across
         // queues; `finished` corrects it with the measured cost.
-        queue.vtime += queue.avg_cost / f64::from(queue.config.weight.max(1));
+        let charge = queue.avg_cost / f64::from(queue.config.weight.max(1));
+        queue.vtime += charge;
         self.running += 1;
-        Some(entry)
+        Some((entry, Charge(charge)))
     }
 
-    /// A started task ended after `cost_secs` of run time.
-    pub(crate) fn finished(&mut self, queue: &str, cost_secs: f64) {
+    /// A started task ended after `cost_secs` of run time (0 for one that
+    /// never ran).
+    pub(crate) fn finished(&mut self, queue: &str, charged: Charge, cost_secs: f64) {
         self.running = self.running.saturating_sub(1);
         let q = self.queue(queue);
         q.running = q.running.saturating_sub(1);
         let weight = f64::from(q.config.weight.max(1));
-        q.vtime += (cost_secs - q.avg_cost) / weight;
-        q.avg_cost = 0.8 * q.avg_cost + 0.2 * cost_secs;
+        q.vtime += cost_secs / weight - charged.0;
+        if cost_secs > 0.0 {
+            q.avg_cost = 0.8 * q.avg_cost + 0.2 * cost_secs;
+        }
     }
 
     pub(crate) fn depths(&self) -> Vec<(String, QueueDepth)> {
@@ -208,7 +219,7 @@ mod tests {
         for (n, p) in [(1, 0), (2, 5), (3, 5), (4, 9), (5, 0)] {
             s.enqueue(entry("q", p, n), None, 0);
         }
-        let order: Vec<u128> = std::iter::from_fn(|| s.next()).map(|e| e.id.as_u128()).collect();
+        let order: Vec<u128> = std::iter::from_fn(|| s.next()).map(|(e, _)| e.id.as_u128()).collect();
         assert_eq!(order, [4, 2, 3, 1, 5]);
     }
 
@@ -222,8 +233,9 @@ mod tests {
         }
         let started: Vec<_> = std::iter::from_fn(|| s.next()).collect();
         assert_eq!(started.len(), 3);
-        assert_eq!(started.iter().filter(|e| e.queue == "small").count(), 1);
-        s.finished("big", 0.001);
+        assert_eq!(started.iter().filter(|(e, _)| e.queue == "small").count(), 1);
+        let (big, charge) = started.iter().find(|(e, _)| e.queue == "big").unwrap();
+        s.finished(&big.queue, *charge, 0.001);
         assert!(s.next().is_some());
         assert!(s.next().is_none());
     }
@@ -236,7 +248,7 @@ mod tests {
         assert_eq!(s.promote_due(999), Some(1_000));
         assert!(s.next().is_none());
         assert_eq!(s.promote_due(1_000), None);
-        assert_eq!(s.next().unwrap().id.as_u128(), 1);
+        assert_eq!(s.next().unwrap().0.id.as_u128(), 1);
     }
 
     #[test]
@@ -250,14 +262,14 @@ mod tests {
         }
         let (mut time_a, mut time_b) = (0.0, 0.0);
         for _ in 0..400 {
-            let e = s.next().unwrap();
+            let (e, charge) = s.next().unwrap();
             let cost = if e.queue == "a" { 0.010 } else { 0.100 };
             if e.queue == "a" {
                 time_a += cost
             } else {
                 time_b += cost
             }
-            s.finished(&e.queue, cost);
+            s.finished(&e.queue, charge, cost);
         }
         let share = time_a / (time_a + time_b);
         assert!((0.4..0.6).contains(&share), "queue a got {share:.2} of the time");
@@ -273,11 +285,59 @@ mod tests {
         }
         let mut heavy = 0;
         for _ in 0..400 {
-            let e = s.next().unwrap();
+            let (e, charge) = s.next().unwrap();
             heavy += usize::from(e.queue == "heavy");
-            s.finished(&e.queue, 0.01);
+            s.finished(&e.queue, charge, 0.01);
         }
         let share = heavy as f64 / 400.0;
         assert!((0.7..0.8).contains(&share), "weight 3 of 4 got {share:.2}");
+    }
+
+    /// Runs a discrete-event simulation: `workers` slots, each task of a
+    /// queue costing that queue's fixed seconds plus `overhead`; returns when
+    /// each queue's last task ended.
+    fn simulate(workers: usize, plan: &[(&str, u128, f64)], overhead: f64) -> HashMap<String, f64> {
+        let mut s = Scheduler::new(workers);
+        for (q, (queue, count, _)) in plan.iter().enumerate() {
+            for n in 0..*count {
+                s.enqueue(entry(queue, 0, q as u128 * 100_000 + n), None, 0);
+            }
+        }
+        let cost = |queue: &str| plan.iter().find(|p| p.0 == queue).unwrap().2 + overhead;
+        let (mut now, mut running, mut done) = (0.0f64, Vec::new(), HashMap::new());
+        loop {
+            while let Some((e, charge)) = s.next() {
+                running.push((now + cost(&e.queue), e, charge));
+            }
+            let Some(i) = (0..running.len()).min_by(|&a, &b| running[a].0.total_cmp(&running[b].0)) else {
+                return done;
+            };
+            let (at, e, charge) = running.swap_remove(i);
+            now = at;
+            s.finished(&e.queue, charge, cost(&e.queue));
+            done.insert(e.queue.clone(), now);
+        }
+    }
+
+    #[test]
+    fn queues_with_equal_run_time_finish_together_on_several_workers() {
+        // Equal total run time per queue, very different task lengths; the
+        // spread of finish times must stay within one long task.
+        let plan = [("short", 480, 0.010), ("medium", 160, 0.030), ("long", 40, 0.120)];
+        let done = simulate(3, &plan, 0.0);
+        let (min, max) = done.values().fold((f64::MAX, 0f64), |(a, b), t| (a.min(*t), b.max(*t)));
+        assert!(max - min <= 0.120 + 1e-9, "finish times {done:?}");
+        // Total work 14.4 s on 3 workers: no slot idles while work remains.
+        assert!((max - 4.8).abs() < 0.13, "finish times {done:?}");
+    }
+
+    #[test]
+    fn per_task_overhead_is_charged_to_the_queue_that_causes_it() {
+        // With 2 ms of overhead per task the short queue really uses more
+        // worker time (480 x 12 ms vs 40 x 122 ms), so it finishes last:
+        // fairness is by time used, not by task count or declared work.
+        let plan = [("short", 480, 0.010), ("long", 40, 0.120)];
+        let done = simulate(2, &plan, 0.002);
+        assert!(done["short"] > done["long"] + 0.3, "finish times {done:?}");
     }
 }
