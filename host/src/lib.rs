@@ -20,3 +20,10 @@ pub use sandbox::{
     CancelToken, DirGrant, FailureClass, Grants, Limits, LoadError, LogLevel, LogRecord, Plugin, Sandbox,
     SandboxConfig, TaskFailure, TaskMeta, TaskReport, TaskRequest,
 };
+
+/// The flow services a task reaches through its `queue` and `context`
+/// imports: the trait the engine implements and the WIT types it speaks
+/// (generated from `wit/flow.wit`).
+pub mod flow {
+    pub use crate::sandbox::{ChildTask, ContextError, QueueError, TaskServices, TaskStatus, TaskView};
+}

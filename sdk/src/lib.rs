@@ -61,6 +61,8 @@ extern crate self as taskhost_sdk;
 
 use std::fmt;
 
+pub mod context;
+pub mod flow;
 mod io;
 pub mod log;
 
@@ -90,7 +92,7 @@ pub use __private::taskhost::plugin::types::TaskInfo;
 /// log(Level::Warn, "written through the raw binding");
 /// ```
 pub mod bindings {
-    pub use crate::__private::taskhost::plugin::{log, runtime, types};
+    pub use crate::__private::taskhost::plugin::{context, log, queue, runtime, types};
 }
 
 /// Returns the running task's id, attempt, queue, plugin name and version.

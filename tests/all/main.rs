@@ -14,6 +14,8 @@ mod cli;
 mod engine;
 /// The example plugins, SDK and plain wit-bindgen plugins alike.
 mod examples;
+/// Flows: children, joins, declared DAGs, repeaters, limits, context.
+mod flows;
 /// Plugins that are not valid task components are refused with the reason.
 mod invalid;
 /// No ambient authority: files, sockets, environment.

@@ -2,6 +2,7 @@
 //! shape. Handlers only translate; the engine decides.
 
 mod error;
+mod flows;
 
 pub(crate) use error::ApiError;
 
@@ -43,13 +44,16 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/tasks/{id}/history", get(history))
         .route("/v1/tasks/{id}/cancel", post(cancel))
         .route("/v1/tasks/{id}/retry", post(resubmit))
+        .route("/v1/flows", post(flows::submit).layer(DefaultBodyLimit::max(MAX_TASK_BODY)))
+        .route("/v1/flows/{id}", get(flows::get))
+        .route("/v1/flows/{id}/cancel", post(flows::cancel))
         .route("/v1/queues", get(list_queues))
         .route("/v1/queues/{name}", put(set_queue))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see README.md") })
         .with_state(engine)
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 async fn healthz(State(engine): State<Engine>) -> Json<Value> {
     let counts: serde_json::Map<String, Value> =
@@ -317,7 +321,7 @@ fn item_error(e: ApiError) -> Value {
     json!({"status": e.status.as_u16(), "error": {"code": e.code, "message": e.message}})
 }
 
-fn parse_id(text: &str) -> Result<Uuid, ApiError> {
+pub(crate) fn parse_id(text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|e| ApiError::invalid(format!("`{text}` is not a task id (a UUID): {e}")))
 }
 
@@ -441,6 +445,10 @@ pub(crate) fn task_json(record: &TaskRecord, output: Option<&[u8]>) -> Value {
         "next_run_at": record.next_run_at_ms.map(time),
         "idempotency_key": record.idempotency_key,
         "parent_id": record.parent_id,
+        "flow_id": record.flow_id,
+        "step": record.step,
+        "iteration": record.iteration,
+        "after": record.after,
         "callback_url": record.callback_url,
         "input_bytes": record.input_len,
         "output_bytes": record.output_len,
@@ -455,6 +463,6 @@ pub(crate) fn task_json(record: &TaskRecord, output: Option<&[u8]>) -> Value {
     v
 }
 
-fn time(ms: u64) -> String {
+pub(crate) fn time(ms: u64) -> String {
     humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }

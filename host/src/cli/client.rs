@@ -156,17 +156,17 @@ pub(crate) enum QueuesCommand {
 }
 
 /// A failed call, already worded for the user.
-struct Failure(u8, String);
+pub(crate) struct Failure(pub(crate) u8, pub(crate) String);
 
 type CallResult<T> = Result<T, Failure>;
 
-struct Client {
+pub(crate) struct Client {
     base: String,
     http: reqwest::Client,
 }
 
 impl Client {
-    fn new(server: &ServerArg) -> Self {
+    pub(crate) fn new(server: &ServerArg) -> Self {
         Self { base: server.server.trim_end_matches('/').to_owned(), http: reqwest::Client::new() }
     }
 
@@ -185,20 +185,20 @@ impl Client {
         }
     }
 
-    async fn get(&self, path: &str) -> CallResult<Value> {
+    pub(crate) async fn get(&self, path: &str) -> CallResult<Value> {
         self.call(self.http.get(format!("{}{path}", self.base))).await
     }
 
-    async fn post(&self, path: &str, body: &Value) -> CallResult<Value> {
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> CallResult<Value> {
         self.call(self.http.post(format!("{}{path}", self.base)).json(body)).await
     }
 }
 
-fn done(result: CallResult<ExitCode>) -> ExitCode {
+pub(crate) fn done(result: CallResult<ExitCode>) -> ExitCode {
     result.unwrap_or_else(|Failure(code, message)| fail(code, &message))
 }
 
-fn print_json(value: &Value) {
+pub(crate) fn print_json(value: &Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
@@ -456,7 +456,7 @@ pub(crate) async fn queues(command: QueuesCommand) -> ExitCode {
     )
 }
 
-fn read_input(path: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
+pub(crate) fn read_input(path: Option<&std::path::Path>) -> Result<Vec<u8>, String> {
     let mut buf = Vec::new();
     match path {
         Some(p) if p.as_os_str() != "-" => {

@@ -3,6 +3,7 @@
 //! Exit codes: 0 success, 1 the task failed, 2 bad usage or unreadable files.
 
 mod client;
+mod flow;
 mod run;
 mod serve;
 
@@ -34,6 +35,9 @@ enum Command {
     /// Manage plugins on a server.
     #[command(subcommand)]
     Plugins(client::PluginsCommand),
+    /// Show a flow as a tree (`taskhost flow ID`), declare one
+    /// (`--submit spec.json`) or cancel one (`--cancel`).
+    Flow(flow::FlowArgs),
     /// Manage queues on a server.
     #[command(subcommand)]
     Queues(client::QueuesCommand),
@@ -63,6 +67,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Tasks(args) => runtime.block_on(client::tasks(args)),
         Command::Plugins(command) => runtime.block_on(client::plugins(command)),
         Command::Queues(command) => runtime.block_on(client::queues(command)),
+        Command::Flow(args) => runtime.block_on(flow::flow(args)),
     }
 }
 

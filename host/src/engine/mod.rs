@@ -4,6 +4,7 @@
 //! sandbox → engine records the outcome → store.
 
 mod callbacks;
+mod flows;
 mod manifest;
 mod metrics;
 mod plugins;
@@ -11,6 +12,7 @@ mod retry;
 mod scheduler;
 mod watch;
 
+pub use flows::{FlowLimits, FlowSpec, FlowView, Node, RepeatSpec, Step};
 pub use manifest::Manifest;
 pub use plugins::{MAX_PLUGIN_BYTES, PluginDetail, VersionState, VersionStatus};
 pub use retry::{RetryPolicy, is_retried};
@@ -49,6 +51,8 @@ pub struct EngineConfig {
     /// A directory to watch for `NAME.wasm` / `NAME@VERSION.wasm` (and
     /// `NAME.toml` manifests) to load live.
     pub plugins_dir: Option<PathBuf>,
+    /// Limits against runaway flows.
+    pub flow_limits: FlowLimits,
 }
 
 impl Default for EngineConfig {
@@ -62,6 +66,7 @@ impl Default for EngineConfig {
             retry: RetryPolicy::default(),
             default_max_attempts: 3,
             plugins_dir: None,
+            flow_limits: FlowLimits::default(),
         }
     }
 }
@@ -206,6 +211,8 @@ struct Inner {
     /// Unfinished tasks per (plugin, version): what keeps a version loaded.
     unfinished: Mutex<HashMap<(String, String), u64>>,
     watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Flow totals, limits and waiting joins.
+    book: Mutex<flows::Book>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -253,6 +260,7 @@ impl Engine {
                 dispatcher: Mutex::default(),
                 unfinished: Mutex::default(),
                 watcher: Mutex::default(),
+                book: Mutex::default(),
             }),
         };
         engine.recover().await?;
@@ -306,10 +314,27 @@ impl Engine {
                 ready.push(record);
             }
         }
-        let mut sched = lock(&inner.sched);
-        for record in ready {
-            self.hold(&record);
-            sched.enqueue(entry(&record), record.next_run_at_ms, now);
+        for record in &ready {
+            self.hold(record);
+        }
+        // Flow totals and joins; what is left is ready to run.
+        let ready = self.recover_flows(&ready).await?;
+        let mut released = Vec::new();
+        {
+            let mut sched = lock(&inner.sched);
+            for record in ready {
+                if record.state == TaskState::Pending
+                    && record.input_from == crate::store::InputFrom::Outputs
+                    && !record.after.is_empty()
+                {
+                    released.push(record.id);
+                } else {
+                    sched.enqueue(entry(&record), record.next_run_at_ms, now);
+                }
+            }
+        }
+        for id in released {
+            self.start_released(id, None);
         }
         Ok(())
     }
@@ -428,12 +453,7 @@ impl Engine {
         let (record, input) = self.prepare(task)?;
         let submitted = inner.store.submit(record, input).await?;
         if submitted.created {
-            let record = &submitted.record;
-            self.hold(record);
-            inner.metrics.moved(&record.queue, None, TaskState::Pending);
-            inner.metrics.submitted.get_or_create(&Metrics::label(&record.queue)).inc();
-            lock(&inner.sched).enqueue(entry(record), record.next_run_at_ms, now_ms());
-            inner.wake.notify_one();
+            self.admit(std::slice::from_ref(&submitted.record), false);
         }
         Ok(submitted)
     }
@@ -497,8 +517,9 @@ impl Engine {
                 Err(e) => return invalid(format!("callback_url `{url}` is not a URL: {e}")),
             }
         }
+        let id = Uuid::now_v7();
         let record = TaskRecord {
-            id: Uuid::now_v7(),
+            id,
             version: 1,
             state: TaskState::Pending,
             plugin: name,
@@ -527,6 +548,12 @@ impl Engine {
                 attempt: 0,
                 reason: if next_run_at_ms.is_some() { "submitted (delayed)" } else { "submitted" }.into(),
             }],
+            flow_id: id,
+            depth: 0,
+            after: Vec::new(),
+            input_from: crate::store::InputFrom::Own,
+            step: None,
+            iteration: 0,
         };
         Ok((record, task.input))
     }
@@ -770,8 +797,38 @@ impl Engine {
         let ready_since = record.next_run_at_ms.unwrap_or(record.created_at_ms).max(record.created_at_ms);
         inner.metrics.queue_wait.observe(now_ms().saturating_sub(ready_since) as f64 / 1000.0);
 
-        let change = self.run_attempt(&record, token).await;
-        let finished = inner.store.transition(change.expect_version(record.version)).await;
+        let services = Arc::new(flows::AttemptServices::new(self.clone(), record.clone()));
+        let mut change = self.run_attempt(&record, token, services.clone()).await;
+        let held = services.take();
+        let completing = change.to == TaskState::Completed;
+        let context_writes = !held.effects.context.is_empty();
+        let has_effects = context_writes || held.effects.stop_repeating || !held.effects.children.is_empty();
+        if completing {
+            change = change.effects(held.effects);
+        }
+        let finished = inner.store.apply(change.expect_version(record.version)).await;
+        // Children first, so the flow never looks finished in between.
+        let committed = match &finished {
+            Ok(applied) if completing && applied.effects_applied => {
+                self.admit(&applied.created, true);
+                applied.created.len() as u64
+            }
+            _ => 0,
+        };
+        {
+            let mut book = lock(&inner.book);
+            if has_effects && finished.as_ref().is_ok_and(|a| completing && a.effects_applied) {
+                // The commit created the flow's record: it must be finished.
+                book.grew(record.flow_id);
+            }
+            book.unreserve_tasks(record.flow_id, held.tasks_reserved.saturating_sub(committed));
+            let size = (committed > 0 || context_writes)
+                .then(|| inner.store.context_sizes_of(record.flow_id).ok())
+                .flatten()
+                .filter(|_| finished.as_ref().is_ok_and(|a| completing && a.effects_applied));
+            book.settle_context(record.flow_id, held.context_reserved, size);
+        }
+        let finished = finished.map(|applied| applied.record);
         lock(&inner.running).remove(&record.id);
         let run_secs = started.elapsed().as_secs_f64();
         lock(&inner.sched).finished(&record.queue, charge, run_secs);
@@ -795,7 +852,12 @@ impl Engine {
     }
 
     /// Runs the sandbox and turns its report into the next transition.
-    async fn run_attempt(&self, record: &TaskRecord, token: CancelToken) -> Change {
+    async fn run_attempt(
+        &self,
+        record: &TaskRecord,
+        token: CancelToken,
+        services: Arc<flows::AttemptServices>,
+    ) -> Change {
         let inner = &self.inner;
         let id = record.id;
         let fail = |class: &str, message: String| {
@@ -808,12 +870,9 @@ impl Engine {
             Ok(plugin) => plugin,
             Err(message) => return fail("invalid plugin", message),
         };
-        let input = match inner.store.input(id) {
-            Ok(Some(input)) => input,
-            Ok(None) => {
-                return fail("host error", "the task's input is missing from the store".into());
-            }
-            Err(e) => return fail("host error", format!("reading the input: {e}")),
+        let input = match self.input_of(record) {
+            Ok(input) => input,
+            Err(message) => return fail("host error", message),
         };
         let limits = Limits::from(&record.limits);
         // The operator's grants, resolved at start so DNS changes count.
@@ -827,6 +886,7 @@ impl Engine {
             limits: Some(limits),
             cancel: Some(token),
             grants,
+            services: Some(services),
         };
         let report = inner.sandbox.run(&plugin, request).await;
         let fuel_used = report.fuel_consumed;
@@ -863,6 +923,24 @@ impl Engine {
         }
     }
 
+    /// A task's input: its own, or its predecessors' outputs (one as is,
+    /// several gathered into a JSON array).
+    fn input_of(&self, record: &TaskRecord) -> Result<Vec<u8>, String> {
+        let store = &self.inner.store;
+        if record.input_from == crate::store::InputFrom::Own || record.after.is_empty() {
+            return store
+                .input(record.id)
+                .map_err(|e| format!("reading the input: {e}"))?
+                .ok_or_else(|| "the task's input is missing from the store".into());
+        }
+        let mut outputs = Vec::with_capacity(record.after.len());
+        for dep in &record.after {
+            let output = store.output(*dep).map_err(|e| format!("reading the output of {dep}: {e}"))?;
+            outputs.push(output.ok_or_else(|| format!("task {dep} has no output to pass on"))?);
+        }
+        Ok(if outputs.len() == 1 { outputs.remove(0) } else { flows::gather(&outputs) })
+    }
+
     /// Bookkeeping for a task that reached a terminal state.
     fn ended(&self, before: &TaskRecord, done: &TaskRecord) {
         let inner = &self.inner;
@@ -886,6 +964,7 @@ impl Engine {
             let output = self.output(done.id).ok().flatten();
             callbacks::deliver(inner.http.clone(), url.clone(), crate::api::task_json(done, output.as_deref()));
         }
+        self.flow_task_ended(done);
         inner.ended.notify_waiters();
     }
 }

@@ -9,6 +9,7 @@ mod host;
 mod limiter;
 mod outcome;
 mod plugin;
+mod services;
 mod state;
 mod ticker;
 
@@ -16,6 +17,7 @@ pub use config::{Limits, SandboxConfig};
 pub use outcome::{FailureClass, LogLevel, LogRecord, TaskFailure, TaskReport};
 pub(crate) use plugin::check_header;
 pub use plugin::{LoadError, Plugin};
+pub use services::{ChildTask, ContextError, QueueError, TaskServices, TaskStatus, TaskView};
 
 use crate::bindings::{Task, TaskError, TaskPre, WitTaskInfo};
 use anyhow::Context as _;
@@ -86,6 +88,9 @@ pub struct TaskRequest {
     pub cancel: Option<CancelToken>,
     /// Directories and network the operator granted this plugin.
     pub grants: Grants,
+    /// Engine services behind the `queue` and `context` imports; `None`
+    /// outside the engine (those calls then say so).
+    pub services: Option<Arc<dyn TaskServices>>,
 }
 
 /// Cancels a running task: the guest is stopped at its next epoch tick, or
@@ -266,7 +271,7 @@ impl Sandbox {
         let mut stores = Vec::with_capacity(count);
         for i in 0..count {
             let meta = TaskMeta { id: format!("hold-{i}"), ..TaskMeta::default() };
-            let Ok(mut store) = self.new_store(plugin, &meta, &limits, &Grants::default(), None) else {
+            let Ok(mut store) = self.new_store(plugin, &meta, &limits, &Grants::default(), None, None) else {
                 continue;
             };
             if plugin.inner.pre.instantiate_async(&mut store).await.is_ok() {
@@ -283,6 +288,7 @@ impl Sandbox {
         limits: &Limits,
         grants: &Grants,
         cancel: Option<CancelToken>,
+        services: Option<Arc<dyn TaskServices>>,
     ) -> Result<Store<TaskState>, String> {
         let info = WitTaskInfo {
             id: meta.id.clone(),
@@ -291,7 +297,7 @@ impl Sandbox {
             plugin: plugin.inner.name.clone(),
             version: plugin.inner.version.clone(),
         };
-        let mut store = Store::new(&self.inner.engine, TaskState::new(info, limits, grants)?);
+        let mut store = Store::new(&self.inner.engine, TaskState::new(info, limits, grants, services)?);
         store.limiter(|state| &mut state.limiter);
         if self.inner.config.fuel_metering {
             // Cannot fail: it errs only when the engine does not meter fuel.
@@ -330,10 +336,11 @@ impl Sandbox {
         }
         let deadline = tokio::time::Instant::now() + limits.timeout;
         let cancel = request.cancel.clone();
-        let mut store = match self.new_store(plugin, &request.meta, &limits, &request.grants, request.cancel) {
-            Ok(store) => store,
-            Err(message) => return early_failure(message),
-        };
+        let mut store =
+            match self.new_store(plugin, &request.meta, &limits, &request.grants, request.cancel, request.services) {
+                Ok(store) => store,
+                Err(message) => return early_failure(message),
+            };
 
         enum Ended {
             Returned(Result<Result<Vec<u8>, TaskError>, wasmtime::Error>),

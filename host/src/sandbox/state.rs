@@ -34,12 +34,18 @@ pub(crate) struct TaskState {
     pub(crate) info: WitTaskInfo,
     pub(crate) started: Instant,
     pub(crate) interrupted: Option<Interrupted>,
+    pub(crate) services: Option<Arc<dyn super::TaskServices>>,
 }
 
 impl TaskState {
     /// Builds the task's state. Fails only when a granted directory cannot
     /// be opened.
-    pub(crate) fn new(info: WitTaskInfo, limits: &Limits, grants: &Grants) -> Result<Self, String> {
+    pub(crate) fn new(
+        info: WitTaskInfo,
+        limits: &Limits,
+        grants: &Grants,
+        services: Option<Arc<dyn super::TaskServices>>,
+    ) -> Result<Self, String> {
         let max_log_bytes = limits.max_log_bytes;
         let stdout = CappedPipe::new("stdout", max_log_bytes);
         let stderr = CappedPipe::new("stderr", max_log_bytes);
@@ -88,6 +94,7 @@ impl TaskState {
             info,
             started: Instant::now(),
             interrupted: None,
+            services,
         })
     }
 

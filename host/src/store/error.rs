@@ -49,6 +49,9 @@ pub enum StoreError {
     /// The committer thread is gone (the store is shutting down).
     #[error("the store is closed")]
     Closed,
+    /// A checked flow change was refused (the flow moved on).
+    #[error("{0}")]
+    Refused(String),
 }
 
 macro_rules! storage_from {

@@ -13,7 +13,8 @@ mod tables;
 pub use error::StoreError;
 pub(crate) use record::now_ms;
 pub use record::{
-    PluginEntry, PluginVersion, QueueConfig, StoredFailure, StoredLimits, TaskRecord, TaskState, Transition,
+    FlowRecord, FlowState, InputFrom, PluginEntry, PluginVersion, QueueConfig, Repeat, RepeatKind, StoredFailure,
+    StoredLimits, TaskRecord, TaskState, Transition,
 };
 
 use record::{decode, encode};
@@ -41,11 +42,59 @@ pub(crate) struct Change {
     /// Output bytes to store with a completion.
     pub(crate) output: Option<Vec<u8>>,
     pub(crate) edit: Option<Edit>,
+    /// What the attempt did to its flow, committed only with a completion.
+    pub(crate) effects: Option<Box<Effects>>,
+}
+
+/// What one attempt did to its flow (children, context writes, a stop
+/// request), held until the attempt ends and committed in the same
+/// transaction as its completion, or dropped with any other outcome.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    pub(crate) flow_id: Uuid,
+    /// New tasks with their inputs, in submission order.
+    pub(crate) children: Vec<(TaskRecord, Vec<u8>)>,
+    /// Context writes in order (`None` deletes).
+    pub(crate) context: Vec<(String, Option<Vec<u8>>)>,
+    pub(crate) stop_repeating: bool,
+}
+
+impl Effects {
+    fn is_empty(&self) -> bool {
+        self.children.is_empty() && self.context.is_empty() && !self.stop_repeating
+    }
+}
+
+/// A transition as committed, with the children it created.
+#[derive(Debug, Clone)]
+pub(crate) struct Applied {
+    pub(crate) record: TaskRecord,
+    /// Children created (a keyed child seen before is not created again).
+    pub(crate) created: Vec<TaskRecord>,
+    /// False when the flow was cancelled and the effects were dropped.
+    pub(crate) effects_applied: bool,
+}
+
+/// A checked change to one flow: given the stored record (if any), returns
+/// the new record and tasks to create with it, or refuses.
+pub(crate) type FlowEdit = Box<dyn FnOnce(Option<FlowRecord>) -> Result<FlowUpdate, StoreError> + Send>;
+
+/// What a [`FlowEdit`] writes.
+pub(crate) struct FlowUpdate {
+    pub(crate) flow: FlowRecord,
+    pub(crate) tasks: Vec<(TaskRecord, Vec<u8>)>,
 }
 
 impl Change {
     pub(crate) fn new(id: Uuid, to: TaskState, reason: impl Into<String>) -> Self {
-        Self { id, to, expected_version: None, reason: reason.into(), output: None, edit: None }
+        Self { id, to, expected_version: None, reason: reason.into(), output: None, edit: None, effects: None }
+    }
+
+    pub(crate) fn effects(mut self, effects: Effects) -> Self {
+        if !effects.is_empty() {
+            self.effects = Some(Box::new(effects));
+        }
+        self
     }
 
     pub(crate) fn expect_version(mut self, version: u64) -> Self {
@@ -83,7 +132,12 @@ enum Op {
     },
     Transition {
         change: Change,
-        reply: oneshot::Sender<Result<TaskRecord, StoreError>>,
+        reply: oneshot::Sender<Result<Applied, StoreError>>,
+    },
+    Flow {
+        id: Uuid,
+        edit: FlowEdit,
+        reply: oneshot::Sender<Result<(FlowRecord, Vec<TaskRecord>), StoreError>>,
     },
     /// Rare administrative writes (plugins, queues), committed on their own.
     Admin {
@@ -136,6 +190,10 @@ impl Store {
                     meta.insert("schema", SCHEMA_VERSION)?;
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
+                Some(2) => {
+                    migrate_v2(&txn)?;
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                }
                 Some(v) => {
                     return Err(StoreError::Schema { expected: SCHEMA_VERSION, found: v });
                 }
@@ -148,6 +206,9 @@ impl Store {
             txn.open_table(BLOBS)?;
             txn.open_table(QUEUES)?;
             txn.open_table(CACHE)?;
+            txn.open_table(FLOWS)?;
+            txn.open_table(FLOW_TASKS)?;
+            txn.open_table(CONTEXT)?;
         }
         txn.commit()?;
         let db = Arc::new(db);
@@ -171,9 +232,123 @@ impl Store {
 
     /// Durably applies a checked transition and returns the new record.
     pub(crate) async fn transition(&self, change: Change) -> Result<TaskRecord, StoreError> {
+        Ok(self.apply(change).await?.record)
+    }
+
+    /// Like [`transition`](Self::transition), also reporting the children
+    /// its effects created.
+    pub(crate) async fn apply(&self, change: Change) -> Result<Applied, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(Op::Transition { change, reply })?;
         rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Durably applies a checked change to a flow, creating the tasks it
+    /// returns in the same transaction.
+    pub(crate) async fn flow_change(
+        &self,
+        id: Uuid,
+        edit: impl FnOnce(Option<FlowRecord>) -> Result<FlowUpdate, StoreError> + Send + 'static,
+    ) -> Result<(FlowRecord, Vec<TaskRecord>), StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Op::Flow { id, edit: Box::new(edit), reply })?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// One flow's record.
+    pub fn flow(&self, id: Uuid) -> Result<Option<FlowRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(FLOWS)?;
+        table.get(id.as_u128())?.map(|v| decode(v.value())).transpose()
+    }
+
+    /// Every flow record.
+    pub fn flows(&self) -> Result<Vec<FlowRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(FLOWS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            out.push(decode(entry?.1.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Every task of a flow, in submission order (a root task submitted
+    /// from outside first).
+    pub fn flow_tasks(&self, flow: Uuid) -> Result<Vec<TaskRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let tasks = txn.open_table(TASKS)?;
+        let index = txn.open_table(FLOW_TASKS)?;
+        let mut out = Vec::new();
+        if let Some(root) = tasks.get(flow.as_u128())? {
+            out.push(decode::<TaskRecord>(root.value())?);
+        }
+        for entry in index.range((flow.as_u128(), 0u128)..=(flow.as_u128(), u128::MAX))? {
+            let (key, _) = entry?;
+            if let Some(task) = tasks.get(key.value().1)? {
+                out.push(decode(task.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A flow's context value.
+    pub fn context_get(&self, flow: Uuid, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CONTEXT)?;
+        Ok(table.get((flow.as_u128(), key))?.map(|v| v.value().to_vec()))
+    }
+
+    /// A flow's context keys starting with `prefix`, in order.
+    pub fn context_keys(&self, flow: Uuid, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CONTEXT)?;
+        let mut out = Vec::new();
+        for entry in table.range((flow.as_u128(), prefix)..)? {
+            let (key, _) = entry?;
+            let (f, k) = key.value();
+            if f != flow.as_u128() || !k.starts_with(prefix) {
+                break;
+            }
+            out.push(k.to_owned());
+        }
+        Ok(out)
+    }
+
+    /// Bytes (keys plus values) of every flow's context.
+    pub(crate) fn context_sizes(&self) -> Result<std::collections::HashMap<Uuid, u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CONTEXT)?;
+        let mut out = std::collections::HashMap::new();
+        for entry in table.iter()? {
+            let (key, value) = entry?;
+            let (flow, k) = key.value();
+            *out.entry(Uuid::from_u128(flow)).or_default() += (k.len() + value.value().len()) as u64;
+        }
+        Ok(out)
+    }
+
+    /// Bytes (keys plus values) of one flow's context.
+    pub(crate) fn context_sizes_of(&self, flow: Uuid) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(CONTEXT)?;
+        let mut size = 0;
+        for entry in table.range((flow.as_u128(), "")..)? {
+            let (key, value) = entry?;
+            let (f, k) = key.value();
+            if f != flow.as_u128() {
+                break;
+            }
+            size += (k.len() + value.value().len()) as u64;
+        }
+        Ok(size)
+    }
+
+    /// The task an idempotency key names.
+    pub(crate) fn task_by_key(&self, key: &str) -> Result<Option<Uuid>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(IDEMPOTENCY)?;
+        Ok(table.get(key)?.map(|v| Uuid::from_u128(v.value())))
     }
 
     /// Runs an administrative write in its own transaction.
@@ -390,7 +565,36 @@ fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
 
 enum Pending {
     Submit(oneshot::Sender<Result<Submitted, StoreError>>, Result<Submitted, StoreError>),
-    Transition(oneshot::Sender<Result<TaskRecord, StoreError>>, Result<TaskRecord, StoreError>),
+    Transition(oneshot::Sender<Result<Applied, StoreError>>, Result<Applied, StoreError>),
+    Flow(
+        oneshot::Sender<Result<(FlowRecord, Vec<TaskRecord>), StoreError>>,
+        Result<(FlowRecord, Vec<TaskRecord>), StoreError>,
+    ),
+}
+
+/// The tables one batch writes.
+struct Tables<'t> {
+    tasks: Table<'t, u128, &'static [u8]>,
+    inputs: Table<'t, u128, &'static [u8]>,
+    outputs: Table<'t, u128, &'static [u8]>,
+    keys: Table<'t, &'static str, u128>,
+    flows: Table<'t, u128, &'static [u8]>,
+    flow_tasks: Table<'t, (u128, u128), ()>,
+    context: Table<'t, (u128, &'static str), &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            tasks: txn.open_table(TASKS)?,
+            inputs: txn.open_table(INPUTS)?,
+            outputs: txn.open_table(OUTPUTS)?,
+            keys: txn.open_table(IDEMPOTENCY)?,
+            flows: txn.open_table(FLOWS)?,
+            flow_tasks: txn.open_table(FLOW_TASKS)?,
+            context: txn.open_table(CONTEXT)?,
+        })
+    }
 }
 
 fn commit_batch(db: &Database, ops: Vec<Op>) {
@@ -398,26 +602,34 @@ fn commit_batch(db: &Database, ops: Vec<Op>) {
     let mut ops = ops.into_iter();
     let outcome = begin(db).and_then(|txn| {
         {
-            let mut tasks = txn.open_table(TASKS)?;
-            let mut inputs = txn.open_table(INPUTS)?;
-            let mut outputs = txn.open_table(OUTPUTS)?;
-            let mut keys = txn.open_table(IDEMPOTENCY)?;
+            let mut t = Tables::open(&txn)?;
             for op in ops.by_ref() {
+                // A storage error aborts the whole batch below.
+                let storage_failure = |e: &StoreError| match e {
+                    StoreError::Storage(e) => Some(StoreError::CommitFailed(e.to_string())),
+                    _ => None,
+                };
                 match op {
                     Op::Submit { record, input, reply } => {
-                        let result = apply_submit(&mut tasks, &mut inputs, &mut keys, *record, &input);
-                        // A storage error aborts the whole batch below.
-                        if let Err(StoreError::Storage(e)) = &result {
-                            return Err(StoreError::CommitFailed(e.to_string()));
+                        let result = apply_submit(&mut t, *record, &input);
+                        if let Some(e) = result.as_ref().err().and_then(storage_failure) {
+                            return Err(e);
                         }
                         answers.push(Pending::Submit(reply, result));
                     }
                     Op::Transition { change, reply } => {
-                        let result = apply_transition(&mut tasks, &mut outputs, change);
-                        if let Err(StoreError::Storage(e)) = &result {
-                            return Err(StoreError::CommitFailed(e.to_string()));
+                        let result = apply_transition(&mut t, change);
+                        if let Some(e) = result.as_ref().err().and_then(storage_failure) {
+                            return Err(e);
                         }
                         answers.push(Pending::Transition(reply, result));
+                    }
+                    Op::Flow { id, edit, reply } => {
+                        let result = apply_flow(&mut t, id, edit);
+                        if let Some(e) = result.as_ref().err().and_then(storage_failure) {
+                            return Err(e);
+                        }
+                        answers.push(Pending::Flow(reply, result));
                     }
                     Op::Admin { .. } => unreachable!("admin writes are committed on their own"),
                 }
@@ -433,6 +645,7 @@ fn commit_batch(db: &Database, ops: Vec<Op>) {
             match op {
                 Op::Submit { reply, .. } => drop(reply.send(Err(failure()))),
                 Op::Transition { reply, .. } => drop(reply.send(Err(failure()))),
+                Op::Flow { reply, .. } => drop(reply.send(Err(failure()))),
                 Op::Admin { reply, .. } => drop(reply.send(Err(failure()))),
             }
         }
@@ -442,6 +655,8 @@ fn commit_batch(db: &Database, ops: Vec<Op>) {
         match (answer, &outcome) {
             (Pending::Submit(reply, result), Ok(())) => drop(reply.send(result)),
             (Pending::Transition(reply, result), Ok(())) => drop(reply.send(result)),
+            (Pending::Flow(reply, result), Ok(())) => drop(reply.send(result)),
+            (Pending::Flow(reply, _), Err(e)) => drop(reply.send(Err(StoreError::CommitFailed(e.to_string())))),
             (Pending::Submit(reply, _), Err(e)) => drop(reply.send(Err(StoreError::CommitFailed(e.to_string())))),
             (Pending::Transition(reply, _), Err(e)) => {
                 drop(reply.send(Err(StoreError::CommitFailed(e.to_string()))));
@@ -452,33 +667,30 @@ fn commit_batch(db: &Database, ops: Vec<Op>) {
 
 type Table<'t, K, V> = redb::Table<'t, K, V>;
 
-fn apply_submit(
-    tasks: &mut Table<'_, u128, &[u8]>,
-    inputs: &mut Table<'_, u128, &[u8]>,
-    keys: &mut Table<'_, &str, u128>,
-    record: TaskRecord,
-    input: &[u8],
-) -> Result<Submitted, StoreError> {
+fn apply_submit(t: &mut Tables<'_>, record: TaskRecord, input: &[u8]) -> Result<Submitted, StoreError> {
     if let Some(key) = &record.idempotency_key {
-        let existing = keys.get(key.as_str())?.map(|v| v.value());
+        let existing = t.keys.get(key.as_str())?.map(|v| v.value());
         if let Some(existing) = existing {
-            let found = tasks.get(existing)?.ok_or(StoreError::NotFound(Uuid::from_u128(existing)))?;
+            let found = t.tasks.get(existing)?.ok_or(StoreError::NotFound(Uuid::from_u128(existing)))?;
             return Ok(Submitted { record: decode(found.value())?, created: false });
         }
-        keys.insert(key.as_str(), record.id.as_u128())?;
+        t.keys.insert(key.as_str(), record.id.as_u128())?;
     }
-    tasks.insert(record.id.as_u128(), encode(&record).as_slice())?;
-    inputs.insert(record.id.as_u128(), input)?;
+    t.tasks.insert(record.id.as_u128(), encode(&record).as_slice())?;
+    t.inputs.insert(record.id.as_u128(), input)?;
+    if !record.is_flow_root() {
+        t.flow_tasks.insert((record.flow_id.as_u128(), record.id.as_u128()), ())?;
+    }
     Ok(Submitted { record, created: true })
 }
 
-fn apply_transition(
-    tasks: &mut Table<'_, u128, &[u8]>,
-    outputs: &mut Table<'_, u128, &[u8]>,
-    change: Change,
-) -> Result<TaskRecord, StoreError> {
+fn read_flow(t: &Tables<'_>, id: Uuid) -> Result<Option<FlowRecord>, StoreError> {
+    t.flows.get(id.as_u128())?.map(|v| decode(v.value())).transpose()
+}
+
+fn apply_transition(t: &mut Tables<'_>, change: Change) -> Result<Applied, StoreError> {
     let id = change.id;
-    let mut record: TaskRecord = match tasks.get(id.as_u128())? {
+    let mut record: TaskRecord = match t.tasks.get(id.as_u128())? {
         Some(v) => decode(v.value())?,
         None => return Err(StoreError::NotFound(id)),
     };
@@ -502,7 +714,7 @@ fn apply_transition(
     }
     if let Some(output) = &change.output {
         record.output_len = Some(output.len() as u64);
-        outputs.insert(id.as_u128(), output.as_slice())?;
+        t.outputs.insert(id.as_u128(), output.as_slice())?;
     }
     record.history.push(Transition {
         at_ms,
@@ -511,8 +723,98 @@ fn apply_transition(
         attempt: record.attempts,
         reason: change.reason,
     });
-    tasks.insert(id.as_u128(), encode(&record).as_slice())?;
-    Ok(record)
+    t.tasks.insert(id.as_u128(), encode(&record).as_slice())?;
+    let mut applied = Applied { record, created: Vec::new(), effects_applied: true };
+    if let Some(effects) = change.effects
+        && change.to == TaskState::Completed
+    {
+        applied.effects_applied = apply_effects(t, *effects, &mut applied.created)?;
+    }
+    Ok(applied)
+}
+
+/// Commits an attempt's children, context writes and stop request, unless
+/// its flow was cancelled meanwhile. Creates the flow record on first use.
+fn apply_effects(t: &mut Tables<'_>, effects: Effects, created: &mut Vec<TaskRecord>) -> Result<bool, StoreError> {
+    let Effects { flow_id, children, context, stop_repeating } = effects;
+    let mut flow = match read_flow(t, flow_id)? {
+        Some(flow) if flow.state == FlowState::Cancelled => return Ok(false),
+        Some(flow) => flow,
+        None => FlowRecord {
+            id: flow_id,
+            version: 0,
+            state: FlowState::Running,
+            name: None,
+            created_at_ms: now_ms(),
+            finished_at_ms: None,
+            spec: None,
+            input: Vec::new(),
+            repeat: None,
+            iteration: 0,
+            iteration_at_ms: 0,
+            stop_requested: false,
+            tasks: 1,
+            result_task: None,
+            error: None,
+        },
+    };
+    // A keyed child seen before is not created again; later children that
+    // join it wait for the existing task instead.
+    let mut renamed = std::collections::HashMap::new();
+    for (mut child, input) in children {
+        for dep in &mut child.after {
+            if let Some(existing) = renamed.get(dep) {
+                *dep = *existing;
+            }
+        }
+        let submitted = apply_submit(t, child.clone(), &input)?;
+        if submitted.created {
+            flow.tasks += 1;
+            created.push(child);
+        } else {
+            renamed.insert(child.id, submitted.record.id);
+        }
+    }
+    for (key, value) in context {
+        match value {
+            Some(value) => t.context.insert((flow_id.as_u128(), key.as_str()), value.as_slice())?,
+            None => t.context.remove((flow_id.as_u128(), key.as_str()))?,
+        };
+    }
+    flow.stop_requested |= stop_repeating;
+    flow.version += 1;
+    t.flows.insert(flow_id.as_u128(), encode(&flow).as_slice())?;
+    Ok(true)
+}
+
+fn apply_flow(t: &mut Tables<'_>, id: Uuid, edit: FlowEdit) -> Result<(FlowRecord, Vec<TaskRecord>), StoreError> {
+    let stored = read_flow(t, id)?;
+    let FlowUpdate { mut flow, tasks } = edit(stored)?;
+    let mut created = Vec::new();
+    for (task, input) in tasks {
+        if apply_submit(t, task.clone(), &input)?.created {
+            created.push(task);
+        }
+    }
+    flow.version += 1;
+    t.flows.insert(id.as_u128(), encode(&flow).as_slice())?;
+    Ok((flow, created))
+}
+
+/// Rewrites every schema-2 task record with the flow fields (each task its
+/// own flow).
+fn migrate_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let mut tasks = txn.open_table(TASKS)?;
+    let mut migrated = Vec::new();
+    for entry in tasks.iter()? {
+        let (key, value) = entry?;
+        let old: record::TaskRecordV2 = decode(value.value())?;
+        migrated.push((key.value(), encode(&TaskRecord::from(old))));
+    }
+    for (key, value) in migrated {
+        tasks.insert(key, value.as_slice())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

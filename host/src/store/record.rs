@@ -182,6 +182,190 @@ pub struct TaskRecord {
     pub fuel_used: Option<u64>,
     /// Every transition, oldest first.
     pub history: Vec<Transition>,
+    /// The flow this task belongs to: the id of the task submitted from
+    /// outside (its own id for such a task), or of the declared flow.
+    pub flow_id: Uuid,
+    /// How many submissions separate it from its flow's first tasks (0).
+    pub depth: u32,
+    /// Tasks that must all end before this one starts, in join order.
+    pub after: Vec<Uuid>,
+    /// Where the input comes from when the task starts.
+    pub input_from: InputFrom,
+    /// The declared step this task runs, in a declared flow.
+    pub step: Option<String>,
+    /// Which iteration of a repeating flow it belongs to, from 0.
+    pub iteration: u32,
+}
+
+impl TaskRecord {
+    /// Whether this task was submitted from outside (it roots its own flow).
+    pub fn is_flow_root(&self) -> bool {
+        self.flow_id == self.id
+    }
+}
+
+/// Where a task's input comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InputFrom {
+    /// Its own input bytes, stored at submission.
+    #[default]
+    Own,
+    /// The outputs of the tasks in `after` (a declared step): one
+    /// predecessor passes its output as is; several are gathered into a
+    /// JSON array. The task is cancelled instead if one of them did not
+    /// complete.
+    Outputs,
+}
+
+/// The lifecycle of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FlowState {
+    /// Some task is unfinished, or another iteration is scheduled.
+    Running,
+    /// Every task completed.
+    Completed,
+    /// Some task failed (or was cancelled) and nothing was left to run.
+    Failed,
+    /// Cancelled by request.
+    Cancelled,
+}
+
+impl FlowState {
+    /// The state's name, as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FlowState::Running => "running",
+            FlowState::Completed => "completed",
+            FlowState::Failed => "failed",
+            FlowState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// When a flow runs again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RepeatKind {
+    /// This many iterations in all.
+    Times(u32),
+    /// Until a task calls `stop-repeating` (bounded by `max_iterations`).
+    UntilStop,
+    /// An iteration every this many ms (measured between scheduled starts;
+    /// missed starts are skipped, never run twice).
+    EveryMs(u64),
+    /// At the times of this cron expression (UTC, with seconds:
+    /// `sec min hour day-of-month month day-of-week [year]`).
+    Cron(String),
+}
+
+/// A flow's repeat rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repeat {
+    /// When to run again.
+    pub kind: RepeatKind,
+    /// Most iterations in all (`None`: no bound but the rule's own).
+    pub max_iterations: Option<u32>,
+}
+
+/// A flow: what groups the tasks one submission grew into.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    /// The flow id (a root task's id, or a declared flow's own id).
+    pub id: Uuid,
+    /// Bumped by every change.
+    pub version: u64,
+    /// Current state.
+    pub state: FlowState,
+    /// A declared flow's name.
+    pub name: Option<String>,
+    /// Creation time (ms since the Unix epoch).
+    pub created_at_ms: u64,
+    /// When it ended.
+    pub finished_at_ms: Option<u64>,
+    /// A declared flow's spec (JSON), to start each iteration from.
+    pub spec: Option<String>,
+    /// A declared flow's input, given to its first steps.
+    pub input: Vec<u8>,
+    /// The repeat rule, if it repeats.
+    pub repeat: Option<Repeat>,
+    /// The current iteration, from 0.
+    pub iteration: u32,
+    /// When the current iteration was scheduled to start.
+    pub iteration_at_ms: u64,
+    /// A task called `stop-repeating`.
+    pub stop_requested: bool,
+    /// Tasks created in the flow so far.
+    pub tasks: u64,
+    /// The task whose output is the flow's result: the last one that
+    /// completed when the flow ended.
+    pub result_task: Option<Uuid>,
+    /// Why it failed or was cancelled.
+    pub error: Option<String>,
+}
+
+/// A task record as schema 2 stored it (before flows); read only to
+/// migrate a file.
+#[derive(Deserialize)]
+pub(crate) struct TaskRecordV2 {
+    id: Uuid,
+    version: u64,
+    state: TaskState,
+    plugin: String,
+    plugin_version: String,
+    digest: String,
+    queue: String,
+    priority: u8,
+    attempts: u32,
+    max_attempts: u32,
+    limits: StoredLimits,
+    error: Option<StoredFailure>,
+    created_at_ms: u64,
+    started_at_ms: Option<u64>,
+    finished_at_ms: Option<u64>,
+    next_run_at_ms: Option<u64>,
+    idempotency_key: Option<String>,
+    parent_id: Option<Uuid>,
+    callback_url: Option<String>,
+    input_len: u64,
+    output_len: Option<u64>,
+    fuel_used: Option<u64>,
+    history: Vec<Transition>,
+}
+
+impl From<TaskRecordV2> for TaskRecord {
+    fn from(r: TaskRecordV2) -> Self {
+        TaskRecord {
+            id: r.id,
+            version: r.version,
+            state: r.state,
+            plugin: r.plugin,
+            plugin_version: r.plugin_version,
+            digest: r.digest,
+            queue: r.queue,
+            priority: r.priority,
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            limits: r.limits,
+            error: r.error,
+            created_at_ms: r.created_at_ms,
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: r.finished_at_ms,
+            next_run_at_ms: r.next_run_at_ms,
+            idempotency_key: r.idempotency_key,
+            parent_id: r.parent_id,
+            callback_url: r.callback_url,
+            input_len: r.input_len,
+            output_len: r.output_len,
+            fuel_used: r.fuel_used,
+            history: r.history,
+            flow_id: r.id,
+            depth: 0,
+            after: Vec::new(),
+            input_from: InputFrom::Own,
+            step: None,
+            iteration: 0,
+        }
+    }
 }
 
 /// One registered version of a plugin.

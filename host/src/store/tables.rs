@@ -21,8 +21,17 @@ pub(crate) const QUEUES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new
 /// Compiled-artifact cache key (`digest-fingerprint`) → sha256 (hex) of the
 /// artifact file the host wrote; only files matching it are ever loaded.
 pub(crate) const CACHE: TableDefinition<'_, &str, &str> = TableDefinition::new("cache");
+/// Flow id → [`FlowRecord`](super::FlowRecord), for flows that grew past
+/// one task (children, or declared).
+pub(crate) const FLOWS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("flows");
+/// (flow id, task id) → (): every task of a flow except a root task
+/// submitted from outside (whose id is the flow id).
+pub(crate) const FLOW_TASKS: TableDefinition<'_, (u128, u128), ()> = TableDefinition::new("flow_tasks");
+/// (flow id, key) → value: the flow's context store.
+pub(crate) const CONTEXT: TableDefinition<'_, (u128, &str), &[u8]> = TableDefinition::new("context");
 /// `"schema"` → schema version.
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
-/// The layout version this build reads and writes.
-pub(crate) const SCHEMA_VERSION: u64 = 2;
+/// The layout version this build reads and writes. Version 2 files (before
+/// flows) are migrated in place on open.
+pub(crate) const SCHEMA_VERSION: u64 = 3;

@@ -30,7 +30,162 @@ fn record(n: u128, key: Option<&str>) -> TaskRecord {
         output_len: None,
         fuel_used: None,
         history: Vec::new(),
+        flow_id: Uuid::from_u128(n),
+        depth: 0,
+        after: Vec::new(),
+        input_from: InputFrom::Own,
+        step: None,
+        iteration: 0,
     }
+}
+
+fn child_of(flow: u128, n: u128, key: Option<&str>) -> (TaskRecord, Vec<u8>) {
+    let mut child = record(n, key);
+    child.flow_id = Uuid::from_u128(flow);
+    child.parent_id = Some(Uuid::from_u128(flow));
+    child.depth = 1;
+    (child, format!("input {n}").into_bytes())
+}
+
+#[tokio::test]
+async fn children_and_context_commit_only_with_a_completion() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb"), true).unwrap();
+    let effects = |children: Vec<(TaskRecord, Vec<u8>)>| Effects {
+        flow_id: Uuid::from_u128(1),
+        children,
+        context: vec![("k".into(), Some(b"v".to_vec()))],
+        stop_repeating: false,
+    };
+    // A retry drops what the attempt held; `transition` ignores effects on
+    // anything but a completion.
+    let root = task_in(&store, 1, TaskState::Running).await;
+    let retry = Change::new(root.id, TaskState::Retrying, "flaky").effects(effects(vec![child_of(1, 10, None)]));
+    let applied = store.apply(retry).await.unwrap();
+    assert!(applied.created.is_empty());
+    assert!(store.get(Uuid::from_u128(10)).unwrap().is_none());
+    assert!(store.flow(root.id).unwrap().is_none());
+    assert_eq!(store.context_get(root.id, "k").unwrap(), None);
+    // The completion commits children (a repeated key only once), the
+    // context write and the flow record, in one transaction.
+    store.transition(Change::new(root.id, TaskState::Running, "again")).await.unwrap();
+    let children = vec![child_of(1, 11, Some("a")), child_of(1, 12, None), child_of(1, 13, Some("a"))];
+    let done = Change::new(root.id, TaskState::Completed, "done").effects(effects(children));
+    let applied = store.apply(done).await.unwrap();
+    let created: Vec<u128> = applied.created.iter().map(|c| c.id.as_u128()).collect();
+    assert_eq!(created, [11, 12]);
+    assert_eq!(store.context_get(root.id, "k").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(store.flow(root.id).unwrap().unwrap().tasks, 3);
+    let members: Vec<u128> = store.flow_tasks(root.id).unwrap().iter().map(|t| t.id.as_u128()).collect();
+    assert_eq!(members, [1, 11, 12]);
+    assert_eq!(store.input(Uuid::from_u128(12)).unwrap().unwrap(), b"input 12");
+}
+
+#[tokio::test]
+async fn a_cancelled_flow_takes_no_more_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb"), true).unwrap();
+    let root = task_in(&store, 1, TaskState::Running).await;
+    let cancel = |stored: Option<FlowRecord>| {
+        assert!(stored.is_none());
+        let mut flow = FlowRecord {
+            id: Uuid::from_u128(1),
+            version: 0,
+            state: FlowState::Cancelled,
+            name: None,
+            created_at_ms: 0,
+            finished_at_ms: None,
+            spec: None,
+            input: Vec::new(),
+            repeat: None,
+            iteration: 0,
+            iteration_at_ms: 0,
+            stop_requested: false,
+            tasks: 1,
+            result_task: None,
+            error: None,
+        };
+        flow.finished_at_ms = Some(1);
+        Ok(FlowUpdate { flow, tasks: Vec::new() })
+    };
+    store.flow_change(root.id, cancel).await.unwrap();
+    let effects = Effects { flow_id: root.id, children: vec![child_of(1, 20, None)], ..Effects::default() };
+    let applied = store.apply(Change::new(root.id, TaskState::Completed, "done").effects(effects)).await.unwrap();
+    assert!(!applied.effects_applied);
+    assert_eq!(applied.record.state, TaskState::Completed);
+    assert!(store.get(Uuid::from_u128(20)).unwrap().is_none());
+}
+
+#[tokio::test]
+async fn a_schema_2_file_is_migrated_on_open() {
+    #[derive(serde::Serialize)]
+    struct V2<'a> {
+        id: Uuid,
+        version: u64,
+        state: TaskState,
+        plugin: &'a str,
+        plugin_version: &'a str,
+        digest: &'a str,
+        queue: &'a str,
+        priority: u8,
+        attempts: u32,
+        max_attempts: u32,
+        limits: StoredLimits,
+        error: Option<StoredFailure>,
+        created_at_ms: u64,
+        started_at_ms: Option<u64>,
+        finished_at_ms: Option<u64>,
+        next_run_at_ms: Option<u64>,
+        idempotency_key: Option<String>,
+        parent_id: Option<Uuid>,
+        callback_url: Option<String>,
+        input_len: u64,
+        output_len: Option<u64>,
+        fuel_used: Option<u64>,
+        history: Vec<Transition>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.redb");
+    let id = Uuid::from_u128(7);
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("schema", 2).unwrap();
+        let old = V2 {
+            id,
+            version: 3,
+            state: TaskState::Pending,
+            plugin: "p",
+            plugin_version: "1",
+            digest: "d",
+            queue: "q",
+            priority: 4,
+            attempts: 1,
+            max_attempts: 3,
+            limits: StoredLimits { fuel: 1, memory_bytes: 2, timeout_ms: 3, max_output_bytes: 4, max_log_bytes: 5 },
+            error: None,
+            created_at_ms: 11,
+            started_at_ms: None,
+            finished_at_ms: None,
+            next_run_at_ms: Some(12),
+            idempotency_key: Some("k".into()),
+            parent_id: None,
+            callback_url: None,
+            input_len: 2,
+            output_len: None,
+            fuel_used: None,
+            history: Vec::new(),
+        };
+        txn.open_table(TASKS).unwrap().insert(id.as_u128(), postcard::to_stdvec(&old).unwrap().as_slice()).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, true).unwrap();
+    let migrated = store.get(id).unwrap().unwrap();
+    assert_eq!((migrated.version, migrated.priority, migrated.next_run_at_ms), (3, 4, Some(12)));
+    assert_eq!((migrated.flow_id, migrated.depth, migrated.input_from), (id, 0, InputFrom::Own));
+    drop(store);
+    // Reopening finds schema 3 and changes nothing.
+    assert_eq!(Store::open(&path, true).unwrap().get(id).unwrap().unwrap(), migrated);
 }
 
 /// Drives a fresh task into `state` through allowed transitions.

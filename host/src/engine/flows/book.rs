@@ -1,0 +1,235 @@
+//! In-memory flow bookkeeping, rebuilt from the store on start: unfinished
+//! tasks per flow (a flow ends when its count reaches zero), the tasks and
+//! context bytes attempts have reserved against the flow limits, the
+//! submission rate buckets, and which waiting tasks each task's end
+//! releases (joins).
+
+use super::FlowLimits;
+use crate::engine::scheduler::Entry;
+use std::collections::HashMap;
+use std::time::Instant;
+use uuid::Uuid;
+
+#[derive(Debug)]
+struct Live {
+    /// Tasks created and not yet ended.
+    unfinished: u64,
+    /// Tasks created in the flow so far, plus those attempts hold.
+    tasks: u64,
+    /// Context bytes committed.
+    context_bytes: u64,
+    /// Context bytes running attempts may still commit.
+    context_reserved: u64,
+    /// Submission tokens left, and when they were last refilled.
+    tokens: f64,
+    refilled: Instant,
+    /// It grew past one task (it has a flow record to finish).
+    grown: bool,
+}
+
+/// A task whose `after` tasks have not all ended.
+#[derive(Debug)]
+pub(crate) struct Waiting {
+    pub(crate) remaining: usize,
+    pub(crate) entry: Entry,
+    pub(crate) due_ms: Option<u64>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Book {
+    flows: HashMap<Uuid, Live>,
+    /// Task → tasks waiting for it.
+    waiters: HashMap<Uuid, Vec<Uuid>>,
+    waiting: HashMap<Uuid, Waiting>,
+}
+
+impl Book {
+    fn live(&mut self, flow: Uuid, limits: &FlowLimits) -> &mut Live {
+        self.flows.entry(flow).or_insert_with(|| Live {
+            unfinished: 0,
+            tasks: 0,
+            context_bytes: 0,
+            context_reserved: 0,
+            tokens: f64::from(limits.submissions_per_sec),
+            refilled: Instant::now(),
+            grown: false,
+        })
+    }
+
+    /// At recovery: a flow's totals as stored.
+    pub(crate) fn restore(&mut self, flow: Uuid, tasks: u64, unfinished: u64, context_bytes: u64, l: &FlowLimits) {
+        let live = self.live(flow, l);
+        live.tasks = live.tasks.max(tasks);
+        live.unfinished += unfinished;
+        live.context_bytes = context_bytes;
+        live.grown = true;
+    }
+
+    /// At recovery: unfinished tasks of a flow that is one task.
+    pub(crate) fn restore_single(&mut self, flow: Uuid, unfinished: u64, l: &FlowLimits) {
+        let live = self.live(flow, l);
+        live.tasks = live.tasks.max(1);
+        live.unfinished += unfinished;
+    }
+
+    /// A task was created (its reservation, if any, already counted it);
+    /// `grown` when it is not a flow's only task.
+    pub(crate) fn created(&mut self, flow: Uuid, reserved: bool, grown: bool, limits: &FlowLimits) {
+        let live = self.live(flow, limits);
+        live.unfinished += 1;
+        live.grown |= grown;
+        if !reserved {
+            live.tasks += 1;
+        }
+    }
+
+    /// The flow now has a record to finish (an attempt committed effects).
+    pub(crate) fn grew(&mut self, flow: Uuid) {
+        if let Some(live) = self.flows.get_mut(&flow) {
+            live.grown = true;
+        }
+    }
+
+    /// A task ended; true when it was the last unfinished task of a flow
+    /// that grew past one task (one with a record to finish).
+    pub(crate) fn ended(&mut self, flow: Uuid) -> bool {
+        let Some(live) = self.flows.get_mut(&flow) else { return false };
+        live.unfinished = live.unfinished.saturating_sub(1);
+        let last = live.unfinished == 0 && live.grown;
+        if live.unfinished == 0 && live.context_reserved == 0 {
+            // Keep nothing for idle flows; totals are restored from the
+            // store if the flow grows again.
+            self.flows.remove(&flow);
+        }
+        last
+    }
+
+    /// Whether the flow has unfinished tasks.
+    pub(crate) fn is_active(&self, flow: Uuid) -> bool {
+        self.flows.get(&flow).is_some_and(|l| l.unfinished > 0)
+    }
+
+    /// Takes one submission from the flow's budget (rate, then size), or
+    /// says which limit refused it.
+    pub(crate) fn reserve_task(&mut self, flow: Uuid, stored_tasks: u64, limits: &FlowLimits) -> Result<(), String> {
+        let live = self.live(flow, limits);
+        live.tasks = live.tasks.max(stored_tasks);
+        let rate = f64::from(limits.submissions_per_sec.max(1));
+        let now = Instant::now();
+        live.tokens = (live.tokens + now.duration_since(live.refilled).as_secs_f64() * rate).min(rate);
+        live.refilled = now;
+        if live.tasks >= limits.tasks_per_flow {
+            return Err(format!("the flow already has {} tasks, its limit", limits.tasks_per_flow));
+        }
+        if live.tokens < 1.0 {
+            return Err(format!("the flow submits faster than {} tasks per second", limits.submissions_per_sec));
+        }
+        live.tokens -= 1.0;
+        live.tasks += 1;
+        Ok(())
+    }
+
+    /// Returns task reservations an attempt did not commit.
+    pub(crate) fn unreserve_tasks(&mut self, flow: Uuid, count: u64) {
+        if let Some(live) = self.flows.get_mut(&flow) {
+            live.tasks = live.tasks.saturating_sub(count);
+        }
+    }
+
+    /// Reserves `grow` more context bytes, within the cap.
+    pub(crate) fn reserve_context(&mut self, flow: Uuid, grow: u64, limits: &FlowLimits) -> Result<(), String> {
+        let live = self.live(flow, limits);
+        let total = live.context_bytes + live.context_reserved + grow;
+        if total > limits.context_bytes {
+            return Err(format!(
+                "the flow's context would hold {total} bytes; its limit is {} bytes",
+                limits.context_bytes
+            ));
+        }
+        live.context_reserved += grow;
+        Ok(())
+    }
+
+    /// An attempt ended: its reservation is released and, if it committed
+    /// context writes, the flow's exact size (read back) recorded.
+    pub(crate) fn settle_context(&mut self, flow: Uuid, reserved: u64, committed_size: Option<u64>) {
+        if let Some(live) = self.flows.get_mut(&flow) {
+            live.context_reserved = live.context_reserved.saturating_sub(reserved);
+            if let Some(size) = committed_size {
+                live.context_bytes = size;
+            }
+        }
+    }
+
+    /// Registers a task that starts once `pending` of its `after` tasks end.
+    pub(crate) fn wait(&mut self, entry: Entry, due_ms: Option<u64>, pending: &[Uuid]) {
+        for dep in pending {
+            self.waiters.entry(*dep).or_default().push(entry.id);
+        }
+        self.waiting.insert(entry.id, Waiting { remaining: pending.len(), entry, due_ms });
+    }
+
+    /// A task ended: the waiting tasks it released (all their `after`
+    /// tasks have now ended).
+    pub(crate) fn release(&mut self, id: Uuid) -> Vec<Waiting> {
+        // A waiting task that ended itself (cancelled) waits no more.
+        self.waiting.remove(&id);
+        let mut ready = Vec::new();
+        for waiter in self.waiters.remove(&id).unwrap_or_default() {
+            if let Some(w) = self.waiting.get_mut(&waiter) {
+                w.remaining -= 1;
+                if w.remaining == 0 {
+                    ready.extend(self.waiting.remove(&waiter));
+                }
+            }
+        }
+        ready
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> FlowLimits {
+        FlowLimits { tasks_per_flow: 3, submissions_per_sec: 100, context_bytes: 10, ..FlowLimits::default() }
+    }
+
+    #[test]
+    fn task_and_context_limits_are_hard() {
+        let (mut book, l, flow) = (Book::default(), limits(), Uuid::from_u128(1));
+        book.created(flow, false, false, &l);
+        book.reserve_task(flow, 1, &l).unwrap();
+        book.reserve_task(flow, 1, &l).unwrap();
+        assert!(book.reserve_task(flow, 1, &l).unwrap_err().contains("already has 3 tasks"));
+        book.unreserve_tasks(flow, 1);
+        book.reserve_task(flow, 1, &l).unwrap();
+        book.reserve_context(flow, 8, &l).unwrap();
+        assert!(book.reserve_context(flow, 3, &l).unwrap_err().contains("would hold 11 bytes"));
+        book.settle_context(flow, 8, Some(2));
+        book.reserve_context(flow, 8, &l).unwrap();
+    }
+
+    #[test]
+    fn the_rate_bucket_refuses_a_burst_beyond_its_size() {
+        let mut l = limits();
+        l.tasks_per_flow = 1_000;
+        l.submissions_per_sec = 5;
+        let (mut book, flow) = (Book::default(), Uuid::from_u128(1));
+        for _ in 0..5 {
+            book.reserve_task(flow, 0, &l).unwrap();
+        }
+        assert!(book.reserve_task(flow, 0, &l).unwrap_err().contains("faster than 5 tasks per second"));
+    }
+
+    #[test]
+    fn a_join_is_released_by_its_last_dependency() {
+        let mut book = Book::default();
+        let entry = Entry { id: Uuid::from_u128(9), version: 1, priority: 0, queue: "q".into() };
+        book.wait(entry, None, &[Uuid::from_u128(1), Uuid::from_u128(2)]);
+        assert!(book.release(Uuid::from_u128(2)).is_empty());
+        let ready = book.release(Uuid::from_u128(1));
+        assert_eq!(ready.iter().map(|w| w.entry.id.as_u128()).collect::<Vec<_>>(), [9]);
+        assert!(book.release(Uuid::from_u128(1)).is_empty());
+    }
+}

@@ -1,0 +1,294 @@
+//! Declared flows: the JSON spec `POST /v1/flows` takes, checked and
+//! compiled into a DAG of steps (series, parallel, or explicit `after`).
+
+use crate::store::{Repeat, RepeatKind};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+
+/// A declared flow, as posted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSpec {
+    /// A name to show.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Input of the first steps (UTF-8 text, or JSON given as a value).
+    #[serde(default)]
+    pub input: Option<Value>,
+    /// The steps: a step, `{"series": [...]}`, `{"parallel": [...]}` or a
+    /// list (a series). Steps may also name others in `after`.
+    pub steps: Node,
+    /// Repeat the whole flow.
+    #[serde(default)]
+    pub repeat: Option<RepeatSpec>,
+    /// Default queue of every step.
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Default priority of every step.
+    #[serde(default)]
+    pub priority: Option<u8>,
+}
+
+/// One node of the step tree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Node {
+    /// Run these one after another, each fed the previous one's output.
+    Series {
+        /// The nodes.
+        series: Vec<Node>,
+    },
+    /// Run these side by side; what follows gets all their outputs.
+    Parallel {
+        /// The nodes.
+        parallel: Vec<Node>,
+    },
+    /// A plain list is a series.
+    List(Vec<Node>),
+    /// One plugin call.
+    Step(Step),
+}
+
+/// One plugin call of a declared flow.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// A name unique in the flow (default `step-N`).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// `name` or `name@version`.
+    pub plugin: String,
+    /// This step's own input; without it a step gets its predecessors'
+    /// outputs (or the flow's input if it has none).
+    #[serde(default)]
+    pub input: Option<Value>,
+    /// More steps (by id) to wait for, beyond the series order.
+    #[serde(default)]
+    pub after: Vec<String>,
+    /// Queue (default: the flow's).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Priority (default: the flow's).
+    #[serde(default)]
+    pub priority: Option<u8>,
+    /// Most attempts.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Wall-clock budget per attempt, ms.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+}
+
+/// How a declared flow repeats.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepeatSpec {
+    /// This many iterations in all.
+    #[serde(default)]
+    pub times: Option<u32>,
+    /// Until a task calls `stop-repeating`.
+    #[serde(default)]
+    pub until_stop: bool,
+    /// An iteration every this many ms.
+    #[serde(default)]
+    pub every_ms: Option<u64>,
+    /// At the times of this cron expression (UTC; `sec min hour dom month
+    /// dow [year]`).
+    #[serde(default)]
+    pub cron: Option<String>,
+    /// Most iterations in all.
+    #[serde(default)]
+    pub max_iterations: Option<u32>,
+}
+
+/// A step with its resolved predecessors, in an order where each step
+/// comes after its predecessors.
+#[derive(Debug, Clone)]
+pub(crate) struct Planned {
+    pub(crate) name: String,
+    pub(crate) step: Step,
+    pub(crate) after: Vec<usize>,
+}
+
+impl FlowSpec {
+    /// Checks the spec and orders its steps; errors say what is wrong.
+    pub(crate) fn plan(&self, max_steps: u64) -> Result<Vec<Planned>, String> {
+        let mut steps: Vec<(Step, Vec<usize>)> = Vec::new();
+        flatten(&self.steps, &[], &mut steps)?;
+        if steps.is_empty() {
+            return Err("the flow has no steps".into());
+        }
+        if steps.len() as u64 > max_steps {
+            return Err(format!("the flow has {} steps; a flow may have at most {max_steps} tasks", steps.len()));
+        }
+        let mut names = HashMap::new();
+        for (i, (step, _)) in steps.iter().enumerate() {
+            let name = step.id.clone().unwrap_or_else(|| format!("step-{}", i + 1));
+            if name.is_empty() || name.len() > 64 {
+                return Err(format!("step id `{name}` must be 1-64 bytes"));
+            }
+            if names.insert(name.clone(), i).is_some() {
+                return Err(format!("two steps have the id `{name}`: step ids must be unique"));
+            }
+        }
+        let mut after: Vec<Vec<usize>> = steps.iter().map(|(_, a)| a.clone()).collect();
+        for (i, (step, _)) in steps.iter().enumerate() {
+            for name in &step.after {
+                let Some(&j) = names.get(name) else {
+                    return Err(format!(
+                        "step `{}` waits for `{name}`, which is not a step of this flow",
+                        step_name(i, step)
+                    ));
+                };
+                if !after[i].contains(&j) {
+                    after[i].push(j);
+                }
+            }
+        }
+        // Kahn's algorithm: an order exists exactly when there is no cycle.
+        let mut indegree: Vec<usize> = after.iter().map(Vec::len).collect();
+        let mut order = Vec::with_capacity(steps.len());
+        // Among ready steps, the one declared first goes first.
+        let mut ready: std::collections::BTreeSet<usize> = (0..steps.len()).filter(|&i| indegree[i] == 0).collect();
+        while let Some(i) = ready.pop_first() {
+            order.push(i);
+            for (k, preds) in after.iter().enumerate() {
+                if preds.contains(&i) {
+                    indegree[k] -= 1;
+                    if indegree[k] == 0 {
+                        ready.insert(k);
+                    }
+                }
+            }
+        }
+        if order.len() != steps.len() {
+            let stuck: Vec<String> =
+                (0..steps.len()).filter(|i| !order.contains(i)).map(|i| step_name(i, &steps[i].0)).collect();
+            return Err(format!("the steps' `after` lists form a cycle through {}", stuck.join(", ")));
+        }
+        let position: BTreeMap<usize, usize> = order.iter().enumerate().map(|(pos, &i)| (i, pos)).collect();
+        Ok(order
+            .iter()
+            .map(|&i| Planned {
+                name: step_name(i, &steps[i].0),
+                step: steps[i].0.clone(),
+                after: after[i].iter().map(|j| position[j]).collect(),
+            })
+            .collect())
+    }
+
+    /// The repeat rule, checked.
+    pub(crate) fn repeat(&self) -> Result<Option<Repeat>, String> {
+        let Some(r) = &self.repeat else { return Ok(None) };
+        let mut kinds = Vec::new();
+        if let Some(n) = r.times {
+            if n == 0 {
+                return Err("repeat.times must be at least 1".into());
+            }
+            kinds.push(RepeatKind::Times(n));
+        }
+        if r.until_stop {
+            kinds.push(RepeatKind::UntilStop);
+        }
+        if let Some(ms) = r.every_ms {
+            if ms < 10 {
+                return Err("repeat.every_ms must be at least 10".into());
+            }
+            kinds.push(RepeatKind::EveryMs(ms));
+        }
+        if let Some(expr) = &r.cron {
+            super::next_cron(expr, 0)?;
+            kinds.push(RepeatKind::Cron(expr.clone()));
+        }
+        match kinds.len() {
+            1 => Ok(Some(Repeat { kind: kinds.remove(0), max_iterations: r.max_iterations })),
+            0 => Err("repeat needs one of `times`, `until_stop`, `every_ms` or `cron`".into()),
+            _ => Err("repeat takes only one of `times`, `until_stop`, `every_ms` or `cron`".into()),
+        }
+    }
+}
+
+fn step_name(i: usize, step: &Step) -> String {
+    step.id.clone().unwrap_or_else(|| format!("step-{}", i + 1))
+}
+
+/// Appends `node`'s steps, each depending on `before`; returns the node's
+/// last steps (what a following node depends on).
+fn flatten(node: &Node, before: &[usize], out: &mut Vec<(Step, Vec<usize>)>) -> Result<Vec<usize>, String> {
+    match node {
+        Node::Step(step) => {
+            out.push((step.clone(), before.to_vec()));
+            Ok(vec![out.len() - 1])
+        }
+        Node::Series { series: nodes } | Node::List(nodes) => {
+            let mut last = before.to_vec();
+            for node in nodes {
+                last = flatten(node, &last, out)?;
+            }
+            Ok(last)
+        }
+        Node::Parallel { parallel } => {
+            if parallel.is_empty() {
+                return Err("`parallel` needs at least one step".into());
+            }
+            let mut ends = Vec::new();
+            for node in parallel {
+                ends.extend(flatten(node, before, out)?);
+            }
+            Ok(ends)
+        }
+    }
+}
+
+/// Input bytes from a spec value: a string as its UTF-8 bytes, anything
+/// else as JSON.
+pub(crate) fn input_bytes(value: Option<&Value>) -> Vec<u8> {
+    match value {
+        None => Vec::new(),
+        Some(Value::String(s)) => s.as_bytes().to_vec(),
+        Some(other) => other.to_string().into_bytes(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> FlowSpec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn series_and_parallel_compile_to_a_dag() {
+        let s = spec(
+            r#"{"steps": {"series": [{"id": "a", "plugin": "p"},
+                {"parallel": [{"id": "b", "plugin": "p"}, [{"id": "c", "plugin": "p"}, {"id": "d", "plugin": "p"}]]},
+                {"id": "e", "plugin": "p"}]}}"#,
+        );
+        let plan = s.plan(100).unwrap();
+        let deps: Vec<(String, Vec<String>)> =
+            plan.iter().map(|p| (p.name.clone(), p.after.iter().map(|&i| plan[i].name.clone()).collect())).collect();
+        let expect = |n: &str, d: &[&str]| (n.to_owned(), d.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            deps,
+            [expect("a", &[]), expect("b", &["a"]), expect("c", &["a"]), expect("d", &["c"]), expect("e", &["b", "d"])]
+        );
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        let err = |json: &str| spec(json).plan(100).unwrap_err();
+        assert!(err(r#"{"steps": [{"id": "a", "plugin": "p"}, {"id": "a", "plugin": "p"}]}"#).contains("unique"));
+        assert!(err(r#"{"steps": [{"id": "a", "plugin": "p", "after": ["x"]}]}"#).contains("`x`, which is not"));
+        let cycle = r#"{"steps": {"parallel": [{"id": "a", "plugin": "p", "after": ["b"]},
+            {"id": "b", "plugin": "p", "after": ["a"]}]}}"#;
+        assert!(err(cycle).contains("cycle through a, b"));
+        assert!(err(r#"{"steps": []}"#).contains("no steps"));
+        assert!(spec(r#"{"steps": [{"plugin": "p"}, {"plugin": "p"}]}"#).plan(1).unwrap_err().contains("at most 1"));
+        let twice = spec(r#"{"steps": {"plugin": "p"}, "repeat": {"times": 2, "every_ms": 100}}"#);
+        assert!(twice.repeat().unwrap_err().contains("only one of"));
+        let cron = spec(r#"{"steps": {"plugin": "p"}, "repeat": {"cron": "not cron"}}"#);
+        assert!(cron.repeat().unwrap_err().contains("cron expression"));
+    }
+}

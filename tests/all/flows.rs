@@ -1,0 +1,394 @@
+//! Flows: children and joins from inside plugins, declared series/parallel
+//! flows, repeaters (stop signal, cron across a restart), retries that do
+//! not duplicate children, every flow limit, context isolation, a fork
+//! bomb, and the flow API over HTTP with `taskhost flow`.
+
+use crate::engine::{engine_with, task};
+use serde_json::{Value, json};
+use std::time::Duration;
+use taskhost::engine::{Engine, EngineConfig, FlowLimits, FlowSpec, FlowView, NewTask};
+use taskhost::store::{FlowState, TaskState};
+use taskhost_test_artifacts::{FLOW_PROBE, FORK_BOMB, MAP_REDUCE, PIPELINE};
+use uuid::Uuid;
+
+async fn flow_engine(tweak: impl FnOnce(&mut EngineConfig)) -> (Engine, tempfile::TempDir) {
+    let (engine, dir) = engine_with(tweak).await;
+    for artifact in [FLOW_PROBE, FORK_BOMB, MAP_REDUCE, PIPELINE] {
+        engine.add_plugin(artifact.name, artifact.bytes(), None, true).await.unwrap();
+    }
+    (engine, dir)
+}
+
+/// Runs a flow-probe script as a new flow's root task; returns the flow id.
+async fn probe(engine: &Engine, script: Value) -> Uuid {
+    engine.submit(task("flow-probe", &script.to_string())).await.unwrap().record.id
+}
+
+async fn ended(engine: &Engine, flow: Uuid) -> FlowView {
+    let view = engine.wait_flow(flow, Duration::from_secs(60)).await.unwrap();
+    assert_ne!(view.flow.state, FlowState::Running, "flow {flow} still running: {:#?}", view.flow);
+    view
+}
+
+fn output(engine: &Engine, id: Uuid) -> Value {
+    serde_json::from_slice(&engine.output(id).unwrap().expect("an output")).unwrap()
+}
+
+fn script(text: &str) -> String {
+    text.to_owned()
+}
+
+#[tokio::test]
+async fn a_join_receives_every_child_output_in_order() {
+    let (engine, _dir) = flow_engine(|_| {}).await;
+    let mut actions: Vec<Value> =
+        (0..24).map(|i| json!({"submit": {"plugin": "uppercase", "input": format!("part {i}")}})).collect();
+    actions.push(json!({"join": "all", "then": {"plugin": "flow-probe", "input": script(r#"["joined"]"#)}}));
+    let flow = probe(&engine, Value::Array(actions)).await;
+    let view = ended(&engine, flow).await;
+    assert_eq!(view.flow.state, FlowState::Completed);
+    assert_eq!(view.tasks.len(), 26);
+    // The join ran last, so its output is the flow's result.
+    let join = view.tasks.iter().find(|t| !t.after.is_empty()).unwrap();
+    assert_eq!(view.flow.result_task, Some(join.id));
+    let joined = output(&engine, join.id)[0].clone();
+    let outputs: Vec<&str> = joined.as_array().unwrap().iter().map(|o| o["output"].as_str().unwrap()).collect();
+    let expected: Vec<String> = (0..24).map(|i| format!("PART {i}")).collect();
+    assert_eq!(outputs, expected);
+    assert!(joined.as_array().unwrap().iter().all(|o| o["status"] == "completed"));
+    // Every child started after its parent completed, and the join after
+    // every child ended.
+    let root = &view.tasks[0];
+    let last_child_end = view.tasks[1..25].iter().map(|t| t.finished_at_ms.unwrap()).max().unwrap();
+    assert!(view.tasks[1..25].iter().all(|t| t.started_at_ms >= root.finished_at_ms));
+    assert!(join.started_at_ms.unwrap() >= last_child_end);
+    assert!(view.tasks[1..].iter().all(|t| t.parent_id == Some(root.id) && t.flow_id == flow && t.depth == 1));
+}
+
+#[tokio::test]
+async fn cancelling_a_flow_reaches_every_unfinished_task() {
+    let (engine, _dir) = flow_engine(|_| {}).await;
+    let mut actions: Vec<Value> = (0..6).map(|_| json!({"submit": {"plugin": "sleep", "input": "20000"}})).collect();
+    actions.push(json!({"submit": {"plugin": "uppercase", "input": "later", "delay_ms": 60000}}));
+    actions.push(json!({"join": "all", "then": {"plugin": "uppercase", "input": "never"}}));
+    let flow = probe(&engine, Value::Array(actions)).await;
+    // Wait until the sleepers run.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while engine.flow(flow).unwrap().tasks.iter().filter(|t| t.state == TaskState::Running).count() < 6 {
+        assert!(std::time::Instant::now() < deadline, "the children never started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let asked = std::time::Instant::now();
+    let view = engine.cancel_flow(flow).await.unwrap();
+    assert!(asked.elapsed() < Duration::from_secs(5), "cancel took {:?}", asked.elapsed());
+    assert_eq!(view.flow.state, FlowState::Cancelled);
+    let states: Vec<TaskState> = view.tasks.iter().map(|t| t.state).collect();
+    assert_eq!(states[0], TaskState::Completed, "the root had completed");
+    assert!(states[1..].iter().all(|s| *s == TaskState::Cancelled), "{states:?}");
+    assert_eq!(states.len(), 9);
+    let again = engine.cancel_flow(flow).await.unwrap_err();
+    assert!(again.to_string().contains("already ended (cancelled)"), "{again}");
+}
+
+#[tokio::test]
+async fn declared_series_and_parallel_steps_pass_outputs_along() {
+    let (engine, _dir) = flow_engine(|_| {}).await;
+    let spec: FlowSpec = serde_json::from_value(json!({
+        "name": "shout",
+        "input": "hello",
+        "steps": [
+            {"id": "first", "plugin": "uppercase"},
+            {"parallel": [{"id": "left", "plugin": "uppercase"}, {"id": "right", "plugin": "uppercase"}]},
+            {"id": "gather", "plugin": "uppercase"}
+        ]
+    }))
+    .unwrap();
+    let view = engine.submit_flow(spec).await.unwrap();
+    let view = ended(&engine, view.flow.id).await;
+    assert_eq!(view.flow.state, FlowState::Completed);
+    let steps: Vec<&str> = view.tasks.iter().map(|t| t.step.as_deref().unwrap()).collect();
+    assert_eq!(steps, ["first", "left", "right", "gather"]);
+    // Two predecessors are gathered into a JSON array, in `after` order.
+    assert_eq!(view.output.as_deref(), Some(&br#"["HELLO","HELLO"]"#[..]));
+
+    // A failed step skips what depends on it, and the flow fails.
+    let spec: FlowSpec = serde_json::from_value(json!({
+        "steps": [{"id": "boom", "plugin": "fail", "input": "permanent:no"}, {"id": "after", "plugin": "uppercase"}]
+    }))
+    .unwrap();
+    let view = ended(&engine, engine.submit_flow(spec).await.unwrap().flow.id).await;
+    assert_eq!(view.flow.state, FlowState::Failed);
+    assert_eq!(view.tasks[1].state, TaskState::Cancelled);
+    assert!(view.tasks[1].history.last().unwrap().reason.contains("step `boom` ended failed"));
+    assert!(view.flow.error.as_deref().unwrap().contains("step `boom` failed: plugin error: no"), "{:?}", view.flow);
+
+    // Bad specs are refused and create nothing.
+    for (spec, message) in [
+        (json!({"steps": {"plugin": "nope"}}), "step `step-1`: unknown plugin"),
+        (json!({"steps": [{"id": "a", "plugin": "uppercase", "after": ["a"]}]}), "cycle through a"),
+        (json!({"steps": {"plugin": "uppercase"}, "repeat": {"cron": "every tuesday"}}), "not a cron expression"),
+    ] {
+        let spec: FlowSpec = serde_json::from_value(spec).unwrap();
+        let error = engine.submit_flow(spec).await.unwrap_err().to_string();
+        assert!(error.contains(message), "{error}");
+    }
+}
+
+#[tokio::test]
+async fn a_repeater_runs_until_a_plugin_signals_stop() {
+    let (engine, _dir) = flow_engine(|_| {}).await;
+    let spec: FlowSpec = serde_json::from_value(json!({
+        "steps": {"plugin": "flow-probe", "input": [{"count_until": 4}]},
+        "repeat": {"until_stop": true, "max_iterations": 50}
+    }))
+    .unwrap();
+    let view = ended(&engine, engine.submit_flow(spec).await.unwrap().flow.id).await;
+    assert_eq!(view.flow.state, FlowState::Completed);
+    assert_eq!((view.flow.iteration, view.tasks.len()), (3, 4), "stopped after the 4th iteration");
+    let iterations: Vec<u32> = view.tasks.iter().map(|t| t.iteration).collect();
+    assert_eq!(iterations, [0, 1, 2, 3]);
+    assert_eq!(output(&engine, view.tasks[3].id), json!([4]));
+    assert!(view.flow.stop_requested);
+}
+
+#[tokio::test]
+async fn a_cron_repeater_survives_a_restart_without_double_firing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || EngineConfig {
+        data_dir: dir.path().to_owned(),
+        concurrency: 4,
+        sandbox: taskhost::SandboxConfig { pool_instances: 16, ..Default::default() },
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(config()).await.unwrap();
+    engine.add_plugin("uppercase", taskhost_test_artifacts::UPPERCASE.bytes(), None, true).await.unwrap();
+    let spec: FlowSpec = serde_json::from_value(json!({
+        "steps": {"plugin": "uppercase", "input": "tick"},
+        "repeat": {"cron": "* * * * * *", "max_iterations": 5}
+    }))
+    .unwrap();
+    let flow = engine.submit_flow(spec).await.unwrap().flow.id;
+    // Let two iterations fire, then stop the host and stay down past a fire
+    // time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while engine.flow(flow).unwrap().tasks.iter().filter(|t| t.state == TaskState::Completed).count() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the cron flow never fired twice");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine.close().await;
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let engine = Engine::open(config()).await.unwrap();
+    let view = ended(&engine, flow).await;
+    assert_eq!(view.flow.state, FlowState::Completed);
+    assert_eq!(view.tasks.len(), 5, "one task per iteration: {:#?}", view.tasks);
+    let iterations: Vec<u32> = view.tasks.iter().map(|t| t.iteration).collect();
+    assert_eq!(iterations, [0, 1, 2, 3, 4]);
+    // Every iteration was scheduled on a whole second, each later than the
+    // one before: the downtime skipped fire times, never doubled one.
+    let due: Vec<u64> = view.tasks.iter().map(|t| t.next_run_at_ms.unwrap()).collect();
+    assert!(due.iter().all(|d| d % 1000 == 0), "{due:?}");
+    assert!(due.windows(2).all(|w| w[1] > w[0]), "{due:?}");
+    assert!(due.windows(2).any(|w| w[1] - w[0] >= 2000), "the downtime should have skipped a second: {due:?}");
+    for t in &view.tasks {
+        assert!(t.started_at_ms.unwrap() >= t.next_run_at_ms.unwrap(), "fired early: {t:#?}");
+    }
+}
+
+#[tokio::test]
+async fn a_retried_parent_does_not_duplicate_children() {
+    let (engine, _dir) = flow_engine(|_| {}).await;
+    let actions = json!([
+        {"submit": {"plugin": "uppercase", "input": "one"}},
+        {"submit": {"plugin": "uppercase", "input": "two", "key": "second"}},
+        {"submit": {"plugin": "uppercase", "input": "two again", "key": "second"}},
+        {"set": ["progress", "submitted"]},
+        {"fail_before_attempt": [3, "flaky upstream"]}
+    ]);
+    let root = engine
+        .submit(NewTask { max_attempts: Some(3), ..task("flow-probe", &actions.to_string()) })
+        .await
+        .unwrap()
+        .record
+        .id;
+    let view = ended(&engine, root).await;
+    assert_eq!(view.tasks[0].attempts, 3, "the parent failed twice after submitting");
+    assert_eq!(view.tasks.len(), 3, "children of failed attempts were never created: {:#?}", view.tasks);
+    let ids = output(&engine, root);
+    assert_eq!(ids[1], ids[2], "the same key in one attempt returns the same id");
+    let inputs: Vec<Vec<u8>> = view.tasks[1..].iter().map(|t| engine.output(t.id).unwrap().unwrap()).collect();
+    assert_eq!(inputs, [b"ONE".to_vec(), b"TWO".to_vec()]);
+    assert_eq!(view.flow.state, FlowState::Completed);
+}
+
+#[tokio::test]
+async fn every_flow_limit_is_refused_cleanly() {
+    let limits = FlowLimits {
+        children_per_task: 3,
+        max_depth: 2,
+        tasks_per_flow: 6,
+        context_bytes: 64,
+        submissions_per_sec: 1_000,
+    };
+    let (engine, _dir) = flow_engine(|c| c.flow_limits = limits).await;
+    let run = |actions: Value| {
+        let engine = engine.clone();
+        async move {
+            let root = probe(&engine, actions).await;
+            let view = ended(&engine, root).await;
+            (view, output(&engine, root))
+        }
+    };
+    // Children per task.
+    let (view, out) = run(json!([{"fanout": {"n": 5, "plugin": "uppercase", "input": "x"}}])).await;
+    assert_eq!(out[0]["submitted"], 3);
+    let refused = out[0]["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 2);
+    assert!(refused[0].as_str().unwrap().contains("limit exceeded: a task may submit at most 3 children"));
+    assert_eq!(view.tasks.len(), 4);
+    // Depth: root (0) → child (1) → grandchild (2) → refused.
+    let level3 = json!([{"submit": {"plugin": "uppercase"}}]).to_string();
+    let level2 = json!([{"submit": {"plugin": "flow-probe", "input": level3}}]).to_string();
+    let (view, _) = run(json!([{"submit": {"plugin": "flow-probe", "input": level2}}])).await;
+    assert_eq!(view.tasks.len(), 3);
+    let deepest = output(&engine, view.tasks[2].id);
+    assert!(deepest[0]["error"].as_str().unwrap().contains("3 submissions deep; the limit is 2"), "{deepest}");
+    // Tasks per flow: the fork bomb stops at 6 (before its depth limit).
+    let bomb = engine.submit(task("fork-bomb", "")).await.unwrap().record.id;
+    let view = ended(&engine, bomb).await;
+    assert_eq!(view.tasks.len(), 6);
+    assert!(view.tasks.iter().all(|t| t.state == TaskState::Completed));
+    let outputs: Vec<String> =
+        view.tasks.iter().map(|t| String::from_utf8(engine.output(t.id).unwrap().unwrap()).unwrap()).collect();
+    assert!(outputs.iter().any(|o| o.contains("the flow already has 6 tasks, its limit")), "{outputs:#?}");
+    // Context bytes (keys plus values).
+    let big = "v".repeat(40);
+    let (_, out) = run(json!([{"set": ["a", big]}, {"set": ["b", big]}, {"keys": ""}])).await;
+    assert_eq!(out[0], "ok");
+    assert!(out[1]["error"].as_str().unwrap().contains("would hold 82 bytes; its limit is 64 bytes"), "{out}");
+    assert_eq!(out[2], json!(["a"]));
+    // Bad submissions name the problem.
+    let (_, out) = run(json!([
+        {"submit": {"plugin": "no-such-plugin"}},
+        {"submit": {"plugin": "uppercase", "priority": 12}},
+        {"get": "0190a1b2-0000-7000-8000-000000000000"},
+        {"join": ["not-an-id"], "then": {"plugin": "uppercase"}}
+    ]))
+    .await;
+    assert!(out[0]["error"].as_str().unwrap().contains("unknown plugin `no-such-plugin`"), "{out}");
+    assert!(out[1]["error"].as_str().unwrap().contains("priority 12 is out of range"), "{out}");
+    assert!(out[2]["error"].as_str().unwrap().contains("no task 0190a1b2-0000-7000-8000-000000000000 in this flow"));
+    assert!(out[3]["error"].as_str().unwrap().contains("`not-an-id` is not a task id"), "{out}");
+    // Submissions per second.
+    let (engine, _dir) = flow_engine(|c| c.flow_limits.submissions_per_sec = 4).await;
+    let root = probe(&engine, json!([{"fanout": {"n": 10, "plugin": "uppercase"}}])).await;
+    ended(&engine, root).await;
+    let out = output(&engine, root);
+    assert_eq!(out[0]["submitted"], 4);
+    assert!(out[0]["refused"][0].as_str().unwrap().contains("faster than 4 tasks per second"), "{out}");
+    // The host is fine.
+    let t = engine.submit(task("uppercase", "still here")).await.unwrap().record.id;
+    assert_eq!(engine.wait(t, Duration::from_secs(10)).await.unwrap().state, TaskState::Completed);
+}
+
+#[tokio::test]
+async fn context_is_shared_within_a_flow_and_isolated_between_flows() {
+    let (engine, _dir) = flow_engine(|_| {}).await;
+    let reader = json!([{"get_ctx": "k"}, {"keys": ""}]).to_string();
+    let a =
+        probe(&engine, json!([{"set": ["k", "from a"]}, {"submit": {"plugin": "flow-probe", "input": reader}}])).await;
+    let a_view = ended(&engine, a).await;
+    let b = probe(
+        &engine,
+        json!([{"get_ctx": "k"}, {"set": ["k", "from b"]}, {"get_ctx": "k"}, {"delete": "k"}, {"keys": ""}]),
+    )
+    .await;
+    ended(&engine, b).await;
+    // A's child saw A's value; B saw nothing of A, its own write at once,
+    // and its delete.
+    assert_eq!(output(&engine, a_view.tasks[1].id), json!(["from a", ["k"]]));
+    assert_eq!(output(&engine, b), json!([null, "ok", "from b", true, []]));
+    // A failed attempt's writes are never committed.
+    let failing = json!([{"set": ["k", "lost"]}, {"fail_before_attempt": [9, "always"]}]).to_string();
+    let c = engine.submit(NewTask { max_attempts: Some(1), ..task("flow-probe", &failing) }).await.unwrap().record.id;
+    ended(&engine, c).await;
+    let check = probe(&engine, json!([{"keys": ""}])).await;
+    ended(&engine, check).await;
+    assert_eq!(output(&engine, check), json!([[]]));
+}
+
+#[tokio::test]
+async fn a_fork_bomb_is_contained_and_other_queues_keep_their_share() {
+    let (engine, _dir) = flow_engine(|c| {
+        c.concurrency = 4;
+        c.flow_limits.tasks_per_flow = 3_000;
+    })
+    .await;
+    let bomb = engine.submit(NewTask { queue: Some("bomb".into()), ..task("fork-bomb", "") }).await.unwrap().record.id;
+    // Let the bomb build a backlog, then submit ordinary work.
+    while engine.flow(bomb).unwrap().tasks.len() < 200 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let work: Vec<Uuid> = engine
+        .submit_batch((0..40).map(|_| NewTask { queue: Some("work".into()), ..task("sleep", "20") }).collect())
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().record.id)
+        .collect();
+    let mut runs = Vec::new();
+    for id in &work {
+        let record = engine.wait(*id, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(record.state, TaskState::Completed);
+        runs.push((record.started_at_ms.unwrap(), record.finished_at_ms.unwrap()));
+    }
+    let view = ended(&engine, bomb).await;
+    assert_eq!(view.tasks.len(), 3_000, "the bomb stopped at its flow's task limit");
+    assert!(view.tasks.iter().all(|t| t.state == TaskState::Completed));
+    // While the work ran, it had a fair share of the workers: at least a
+    // third of the busy worker time (an even split is a half).
+    let (from, to) = (runs.iter().map(|r| r.0).min().unwrap(), runs.iter().map(|r| r.0).max().unwrap());
+    let busy = |s: u64, f: u64| f.min(to).saturating_sub(s.max(from));
+    let work_busy: u64 = runs.iter().map(|r| busy(r.0, r.1)).sum();
+    let bomb_busy: u64 = view.tasks.iter().filter_map(|t| Some(busy(t.started_at_ms?, t.finished_at_ms?))).sum();
+    let share = work_busy as f64 / (work_busy + bomb_busy).max(1) as f64;
+    assert!(share >= 0.33, "ordinary work got {share:.2} of the workers beside the fork bomb");
+    // And the host still answers.
+    let t = engine.submit(task("uppercase", "ok")).await.unwrap().record.id;
+    assert_eq!(engine.wait(t, Duration::from_secs(10)).await.unwrap().state, TaskState::Completed);
+}
+
+#[tokio::test]
+async fn the_pipeline_example_repeats_its_three_stages() {
+    let (engine, _dir) = flow_engine(|_| {}).await;
+    let input = json!({"stage": "a", "round": 0, "rounds": 3, "text": "  The Quick  Brown Fox "});
+    let root = engine.submit(task("pipeline", &input.to_string())).await.unwrap().record.id;
+    let view = ended(&engine, root).await;
+    assert_eq!(view.flow.state, FlowState::Completed);
+    assert_eq!(view.tasks.len(), 9, "A, B and C, three times");
+    // Each stage was created by the one before it.
+    for pair in view.tasks.windows(2) {
+        assert_eq!(pair[1].parent_id, Some(pair[0].id));
+    }
+    let result = engine.output(view.flow.result_task.unwrap()).unwrap().unwrap();
+    assert_eq!(String::from_utf8(result).unwrap(), "round-000,round-001,round-002");
+}
+
+#[tokio::test]
+async fn map_reduce_counts_a_real_text_exactly() {
+    let (engine, _dir) = flow_engine(|_| {}).await;
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let input = json!({"text": {"text": text, "chunk_lines": 25}});
+    let root = engine.submit(task("map-reduce", &input.to_string())).await.unwrap().record.id;
+    let view = ended(&engine, root).await;
+    assert_eq!(view.flow.state, FlowState::Completed);
+    let chunks = text.lines().count().div_ceil(25);
+    assert_eq!(view.tasks.len(), 1 + chunks + 1);
+    let counts: std::collections::BTreeMap<String, u64> =
+        serde_json::from_slice(&view.output.clone().unwrap()).unwrap();
+    // The same count done here, in one pass.
+    let mut expected = std::collections::BTreeMap::<String, u64>::new();
+    for word in text.split(|c: char| !c.is_alphanumeric() && c != '\'').filter(|w| !w.is_empty()) {
+        *expected.entry(word.to_lowercase()).or_default() += 1;
+    }
+    assert_eq!(counts, expected);
+    assert!(counts["the"] > 50);
+}
