@@ -34,16 +34,12 @@ fn output(engine: &Engine, id: Uuid) -> Value {
     serde_json::from_slice(&engine.output(id).unwrap().expect("an output")).unwrap()
 }
 
-fn script(text: &str) -> String {
-    text.to_owned()
-}
-
 #[tokio::test]
 async fn a_join_receives_every_child_output_in_order() {
     let (engine, _dir) = flow_engine(|_| {}).await;
     let mut actions: Vec<Value> =
         (0..24).map(|i| json!({"submit": {"plugin": "uppercase", "input": format!("part {i}")}})).collect();
-    actions.push(json!({"join": "all", "then": {"plugin": "flow-probe", "input": script(r#"["joined"]"#)}}));
+    actions.push(json!({"join": "all", "then": {"plugin": "flow-probe", "input": r#"["joined"]"#}}));
     let flow = probe(&engine, Value::Array(actions)).await;
     let view = ended(&engine, flow).await;
     assert_eq!(view.flow.state, FlowState::Completed);
@@ -391,4 +387,67 @@ async fn map_reduce_counts_a_real_text_exactly() {
     }
     assert_eq!(counts, expected);
     assert!(counts["the"] > 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_over_http_and_in_the_terminal() {
+    let (engine, _dir) = flow_engine(|_| {}).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, taskhost::api::router(engine.clone())).into_future());
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
+    // Declare a flow: two parallel steps and a join.
+    let spec = json!({"name": "demo", "input": "hi", "steps": [
+        {"parallel": [{"id": "a", "plugin": "uppercase"}, {"id": "b", "plugin": "uppercase"}]},
+        {"id": "both", "plugin": "uppercase"}
+    ]});
+    let response = post("/v1/flows", spec).await.unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+    let created: Value = response.json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert_eq!((created["name"].as_str(), created["tasks"]["total"].as_u64()), (Some("demo"), Some(3)));
+    ended(&engine, id.parse().unwrap()).await;
+    let view: Value = http.get(format!("{base}/v1/flows/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(view["state"], "completed");
+    assert_eq!(view["output"], json!(["HI", "HI"]));
+    assert_eq!(view["tasks"]["by_state"]["completed"], 3);
+    let steps: Vec<&str> = view["tree"].as_array().unwrap().iter().map(|n| n["step"].as_str().unwrap()).collect();
+    assert_eq!(steps, ["a", "b", "both"]);
+    assert!(view["tree"][2]["run_ms"].is_u64());
+    // The same flow in the terminal.
+    let server = base.clone();
+    let shown = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
+            .args(["flow", &id, "--server", &server])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
+    let text = String::from_utf8(shown.stdout).unwrap();
+    assert!(text.starts_with(&format!("flow {} completed (demo)  3 tasks", view["id"].as_str().unwrap())), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("✔") && l.contains("uppercase")).count(), 3, "{text}");
+    assert!(text.contains("[both] completed"), "{text}");
+    // A code-created flow shows its children under their parent; cancel
+    // over HTTP.
+    let actions = json!([{"submit": {"plugin": "sleep", "input": "20000"}}]).to_string();
+    let root = engine.submit(task("flow-probe", &actions)).await.unwrap().record.id;
+    while engine.flow(root).unwrap().tasks.len() < 2 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cancelled: Value = post(&format!("/v1/flows/{root}/cancel"), json!({})).await.unwrap().json().await.unwrap();
+    assert_eq!(cancelled["state"], "cancelled");
+    assert_eq!(cancelled["tree"][0]["children"][0]["state"], "cancelled");
+    // Bad requests say what is wrong.
+    let bad = post("/v1/flows", json!({"steps": [{"plugin": "uppercase", "after": ["ghost"]}]})).await.unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+    let body: Value = bad.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("`ghost`, which is not a step"), "{body}");
+    let bad = post("/v1/flows", json!({"stepz": []})).await.unwrap();
+    let body: Value = bad.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("unknown field `stepz`"), "{body}");
+    let missing = http.get(format!("{base}/v1/flows/{}", Uuid::now_v7())).send().await.unwrap();
+    assert_eq!(missing.status().as_u16(), 404);
 }

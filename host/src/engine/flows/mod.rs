@@ -22,11 +22,14 @@ use crate::store::{
 use std::collections::HashMap;
 use uuid::Uuid;
 
+/// Task records with their inputs, to create together.
+type NewTasks = Vec<(TaskRecord, Vec<u8>)>;
+
 /// Limits against runaway flows. Going over one is an error returned to
 /// the plugin (`limit-exceeded`), never a host failure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FlowLimits {
-    /// Children (and joins) one attempt may submit. Default 10,000.
+    /// Children (and joins) one attempt may submit. Default 50,000.
     pub children_per_task: u32,
     /// Submissions between a flow's first tasks and the deepest. Default 64.
     pub max_depth: u32,
@@ -41,7 +44,7 @@ pub struct FlowLimits {
 impl Default for FlowLimits {
     fn default() -> Self {
         Self {
-            children_per_task: 10_000,
+            children_per_task: 50_000,
             max_depth: 64,
             tasks_per_flow: 100_000,
             context_bytes: 1 << 20,
@@ -292,7 +295,7 @@ impl Engine {
         flow: &FlowRecord,
         ok: bool,
         last: Option<Uuid>,
-    ) -> Result<Option<(u64, Vec<(TaskRecord, Vec<u8>)>)>, EngineError> {
+    ) -> Result<Option<(u64, NewTasks)>, EngineError> {
         let (Some(repeat), Some(spec)) = (&flow.repeat, &flow.spec) else { return Ok(None) };
         let iteration = flow.iteration + 1;
         if flow.stop_requested || repeat.max_iterations.is_some_and(|m| iteration >= m) {
@@ -334,7 +337,7 @@ impl Engine {
         iteration: u32,
         input: &[u8],
         run_at_ms: Option<u64>,
-    ) -> Result<Vec<(TaskRecord, Vec<u8>)>, EngineError> {
+    ) -> Result<NewTasks, EngineError> {
         let plan = spec.plan(self.inner.config.flow_limits.tasks_per_flow).map_err(EngineError::InvalidRequest)?;
         let mut out: Vec<(TaskRecord, Vec<u8>)> = Vec::with_capacity(plan.len());
         for planned in &plan {
@@ -470,9 +473,13 @@ impl Engine {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let ended = self.inner.ended.notified();
-            let view = self.flow(id)?;
-            if view.flow.state != FlowState::Running || tokio::time::Instant::now() >= deadline {
-                return Ok(view);
+            // The state alone (one read), not the whole tree, until it ends.
+            let state = match self.inner.store.flow(id)? {
+                Some(flow) => flow.state,
+                None => synthesised(&self.get(id)?).state,
+            };
+            if state != FlowState::Running || tokio::time::Instant::now() >= deadline {
+                return self.flow(id);
             }
             let wake = deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(100));
             let _ = tokio::time::timeout_at(wake, ended).await;

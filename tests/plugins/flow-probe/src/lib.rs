@@ -3,7 +3,7 @@
 //! by this script):
 //! `{"submit": CHILD}`, `{"fanout": {"n": N, "plugin": P, "input": S}}`,
 //! `{"join": ["$0", ID...] | "all", "then": CHILD}`, `{"get": ID}`,
-//! `"joined"`, `"stop"`, `{"set": [K, V]}`, `{"get_ctx": K}`,
+//! `"joined"`, `"joined_count"`, `"stop"`, `{"set": [K, V]}`, `{"get_ctx": K}`,
 //! `{"delete": K}`, `{"keys": PREFIX}`, `{"fail_before_attempt": [N, MSG]}`,
 //! `{"count_until": N}` (bumps context `count`; stops the repeat at N).
 //! CHILD is `{"plugin", "input"?, "key"?, "queue"?, "priority"?, "delay_ms"?}`.
@@ -79,6 +79,11 @@ fn flow_probe(Json(script): Json<Vec<Value>>) -> Result<Json<Vec<Value>>> {
     for action in script {
         let result = match action {
             Value::String(a) if a == "joined" => flow::joined().iter().map(outcome).collect(),
+            Value::String(a) if a == "joined_count" => {
+                let all = flow::joined();
+                let done = all.iter().filter(|o| o.status == flow::Status::Completed).count();
+                json!({"completed": done, "total": all.len()})
+            }
             Value::String(a) if a == "stop" => {
                 flow::stop_repeating();
                 Value::Null
