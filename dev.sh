@@ -4,7 +4,7 @@
 #
 #   ./dev.sh demo    build the host and the example plugins, run them, show results
 #   ./dev.sh test    the whole test suite (what CI runs)
-#   ./dev.sh bench   the sandbox, engine and registry benchmark tables
+#   ./dev.sh bench   the sandbox, engine, flows and registry benchmark tables
 #   ./dev.sh setup   only install prerequisites (Rust target wasm32-wasip2)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -128,8 +128,34 @@ PY
   $host tasks --queue reports --limit 3
   echo; echo "$ taskhost tasks --state failed   # the dead-letter set: retried 3 times, then failed"
   $host tasks --state failed
+  flow_demo
   echo; echo "$ curl \$TASKHOST_SERVER/metrics | grep tasks_total"
   python3 -c "import urllib.request,sys; [print(l) for l in urllib.request.urlopen(sys.argv[1]+'/metrics').read().decode().splitlines() if '_total{' in l]" "$TASKHOST_SERVER"
+}
+
+flow_demo() {
+  local host=target/release/taskhost tmp; tmp=$(mktemp -d)
+  $host plugins add "$PLUGIN_DIR/map_reduce.wasm" --name map-reduce >/dev/null
+  $host plugins add "$PLUGIN_DIR/pipeline.wasm" --name pipeline >/dev/null
+  python3 - "$tmp" <<'PY'
+import json, sys
+d = sys.argv[1]
+json.dump({"text": {"text": open("README.md").read(), "chunk_lines": 150}}, open(d + "/mr.json", "w"))
+json.dump({"stage": "a", "round": 0, "rounds": 2, "text": "  Flows Are  Durable Tasks "}, open(d + "/pipe.json", "w"))
+json.dump({"name": "shout twice", "input": "hello", "repeat": {"times": 2},
+           "steps": [{"id": "first", "plugin": "uppercase"},
+                     {"parallel": [{"id": "left", "plugin": "uppercase"}, {"id": "right", "plugin": "hello-task"}]},
+                     {"id": "gather", "plugin": "uppercase"}]}, open(d + "/spec.json", "w"))
+PY
+  echo; echo "$ taskhost submit map-reduce --input readme.json; taskhost flow ID --wait   # fan out, then join"
+  local id; id=$($host submit map-reduce --input "$tmp/mr.json")
+  $host flow "$id" --wait | cut -c1-100
+  echo; echo "$ taskhost submit pipeline ...; taskhost flow ID --wait   # A->B->C, twice, each stage a durable task"
+  id=$($host submit pipeline --input "$tmp/pipe.json")
+  $host flow "$id" --wait | cut -c1-100
+  echo; echo "$ taskhost flow --submit spec.json --wait   # declared: series + parallel, repeated 2 times"
+  $host flow --submit "$tmp/spec.json" --wait | cut -c1-100
+  rm -rf "$tmp"
 }
 
 run_tests() {
@@ -140,7 +166,7 @@ run_tests() {
 
 bench() {
   setup
-  cargo bench -p taskhost --bench sandbox --bench engine --bench registry
+  cargo bench -p taskhost --bench sandbox --bench engine --bench flows --bench registry
 }
 
 case "${1:-}" in
