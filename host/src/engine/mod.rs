@@ -659,6 +659,7 @@ impl Engine {
         })?;
         self.inner.metrics.moved(&done.queue, Some(TaskState::Failed), TaskState::Pending);
         self.hold(&done);
+        lock(&self.inner.book).reopened(done.flow_id, &self.inner.config.flow_limits);
         lock(&self.inner.sched).enqueue(entry(&done), None, now_ms());
         self.inner.wake.notify_one();
         Ok(done)

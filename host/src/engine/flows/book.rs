@@ -90,6 +90,12 @@ impl Book {
         }
     }
 
+    /// A task that had ended runs again (re-submitted from the dead-letter
+    /// set): its flow waits for it.
+    pub(crate) fn reopened(&mut self, flow: Uuid, limits: &FlowLimits) {
+        self.live(flow, limits).unfinished += 1;
+    }
+
     /// A task ended; true when it was the last unfinished task of a flow
     /// that grew past one task (one with a record to finish).
     pub(crate) fn ended(&mut self, flow: Uuid) -> bool {

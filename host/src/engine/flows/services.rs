@@ -33,8 +33,8 @@ struct Held {
 pub(crate) struct AttemptServices {
     engine: Engine,
     task: TaskRecord,
-    /// Tasks the flow had when the attempt started.
-    flow_tasks: u64,
+    /// Tasks the flow had stored, read on the first submission.
+    flow_tasks: std::sync::OnceLock<u64>,
     held: Mutex<Held>,
 }
 
@@ -53,9 +53,13 @@ pub(crate) struct Outcome {
 
 impl AttemptServices {
     pub(crate) fn new(engine: Engine, task: TaskRecord) -> Self {
-        let flow_tasks = engine.inner.store.flow(task.flow_id).ok().flatten().map_or(1, |f| f.tasks);
         let effects = Effects { flow_id: task.flow_id, ..Effects::default() };
-        Self { engine, task, flow_tasks, held: Mutex::new(Held { effects, ..Held::default() }) }
+        Self {
+            engine,
+            task,
+            flow_tasks: std::sync::OnceLock::new(),
+            held: Mutex::new(Held { effects, ..Held::default() }),
+        }
     }
 
     /// Takes what the attempt held (once, when it ended).
@@ -113,7 +117,7 @@ impl AttemptServices {
             other => QueueError::Invalid(other.to_string()),
         })?;
         lock(&self.engine.inner.book)
-            .reserve_task(flow, self.flow_tasks, &limits)
+            .reserve_task(flow, self.stored_flow_tasks(), &limits)
             .map_err(QueueError::LimitExceeded)?;
         held.tasks_reserved += 1;
         record.flow_id = flow;
@@ -128,6 +132,12 @@ impl AttemptServices {
         held.ids.insert(id);
         held.effects.children.push((record, input));
         Ok(id.to_string())
+    }
+
+    fn stored_flow_tasks(&self) -> u64 {
+        *self
+            .flow_tasks
+            .get_or_init(|| self.engine.inner.store.flow(self.task.flow_id).ok().flatten().map_or(1, |f| f.tasks))
     }
 
     fn view(&self, id: Uuid) -> Result<TaskView, QueueError> {
