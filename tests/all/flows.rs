@@ -274,6 +274,18 @@ async fn every_flow_limit_is_refused_cleanly() {
     assert!(out[1]["error"].as_str().unwrap().contains("priority 12 is out of range"), "{out}");
     assert!(out[2]["error"].as_str().unwrap().contains("no task 0190a1b2-0000-7000-8000-000000000000 in this flow"));
     assert!(out[3]["error"].as_str().unwrap().contains("`not-an-id` is not a task id"), "{out}");
+    // Operators see every refusal by its limit.
+    let metrics = engine.metrics_text();
+    for line in [
+        r#"taskhost_flow_limit_refusals_total{limit="children_per_task"} 2"#,
+        r#"taskhost_flow_limit_refusals_total{limit="context_bytes"} 1"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no `{line}` in\n{metrics}");
+    }
+    // (The fork bomb also ran into its depth limit.)
+    for limit in ["depth", "tasks_per_flow"] {
+        assert!(metrics.contains(&format!(r#"taskhost_flow_limit_refusals_total{{limit="{limit}"}}"#)), "{metrics}");
+    }
     // Submissions per second.
     let (engine, _dir) = flow_engine(|c| c.flow_limits.submissions_per_sec = 4).await;
     let root = probe(&engine, json!([{"fanout": {"n": 10, "plugin": "uppercase"}}])).await;

@@ -24,6 +24,16 @@ pub(crate) struct PluginLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FlowLabel {
+    pub(crate) state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct LimitLabel {
+    pub(crate) limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StateLabel {
     pub(crate) queue: String,
     pub(crate) state: String,
@@ -45,6 +55,8 @@ pub(crate) struct Metrics {
     pub(crate) compile_time: Histogram,
     pub(crate) plugins_loaded: Gauge,
     pub(crate) plugin_tasks: Family<PluginLabel, Counter>,
+    pub(crate) flows_ended: Family<FlowLabel, Counter>,
+    pub(crate) flow_refusals: Family<LimitLabel, Counter>,
     /// Tasks by (queue, state), kept in step with committed transitions.
     counts: Mutex<HashMap<(String, TaskState), i64>>,
 }
@@ -66,6 +78,8 @@ impl Metrics {
         let compile_time = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         let plugins_loaded = Gauge::default();
         let plugin_tasks = Family::<PluginLabel, Counter>::default();
+        let flows_ended = Family::<FlowLabel, Counter>::default();
+        let flow_refusals = Family::<LimitLabel, Counter>::default();
         registry.register("tasks", "Tasks in the store by queue and state", tasks.clone());
         registry.register("tasks_submitted", "Tasks accepted", submitted.clone());
         registry.register("tasks_completed", "Tasks that completed", completed.clone());
@@ -84,6 +98,12 @@ impl Metrics {
         );
         registry.register("plugins_loaded", "Live plugin versions compiled in memory", plugins_loaded.clone());
         registry.register("plugin_tasks", "Tasks ended, by plugin version and outcome", plugin_tasks.clone());
+        registry.register("flows_ended", "Flows that ended (grown past one task), by state", flows_ended.clone());
+        registry.register(
+            "flow_limit_refusals",
+            "Submissions or context writes refused by a flow limit, by limit",
+            flow_refusals.clone(),
+        );
         Self {
             registry,
             tasks,
@@ -100,8 +120,15 @@ impl Metrics {
             compile_time,
             plugins_loaded,
             plugin_tasks,
+            flows_ended,
+            flow_refusals,
             counts: Mutex::default(),
         }
+    }
+
+    /// Counts a refusal by a flow limit.
+    pub(crate) fn refused(&self, limit: &str) {
+        self.flow_refusals.get_or_create(&LimitLabel { limit: limit.to_owned() }).inc();
     }
 
     pub(crate) fn label(queue: &str) -> QueueLabel {

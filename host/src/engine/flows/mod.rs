@@ -14,7 +14,7 @@ pub(crate) use book::Book;
 pub(crate) use services::AttemptServices;
 pub use spec::{FlowSpec, Node, RepeatSpec, Step};
 
-use super::{Engine, EngineError, NewTask, entry, lock};
+use super::{Engine, EngineError, NewTask, entry, lock, metrics};
 use crate::flow::TaskView;
 use crate::store::{
     Change, FlowRecord, FlowState, FlowUpdate, InputFrom, Repeat, RepeatKind, StoreError, TaskRecord, TaskState, now_ms,
@@ -277,7 +277,11 @@ impl Engine {
                 }
             };
             match inner.store.flow_change(id, edit).await {
-                Ok((_, created)) => {
+                Ok((flow, created)) => {
+                    if flow.state != FlowState::Running {
+                        let label = metrics::FlowLabel { state: flow.state.as_str().to_owned() };
+                        inner.metrics.flows_ended.get_or_create(&label).inc();
+                    }
                     self.admit(&created, false);
                     inner.ended.notify_waiters();
                     return Ok(());
@@ -454,6 +458,7 @@ impl Engine {
             StoreError::Refused(m) => EngineError::Conflict(m),
             other => other.into(),
         })?;
+        self.inner.metrics.flows_ended.get_or_create(&metrics::FlowLabel { state: "cancelled".into() }).inc();
         let unfinished: Vec<Uuid> =
             self.inner.store.flow_tasks(id)?.into_iter().filter(|t| !t.state.is_terminal()).map(|t| t.id).collect();
         let cancels = unfinished.into_iter().map(|task| self.cancel(task));

@@ -90,13 +90,16 @@ impl AttemptServices {
                 return Ok(id.to_string());
             }
         }
+        let metrics = &self.engine.inner.metrics;
         if held.effects.children.len() >= limits.children_per_task as usize {
+            metrics.refused("children_per_task");
             return Err(QueueError::LimitExceeded(format!(
                 "a task may submit at most {} children per attempt",
                 limits.children_per_task
             )));
         }
         if self.task.depth + 1 > limits.max_depth {
+            metrics.refused("depth");
             return Err(QueueError::LimitExceeded(format!(
                 "a child here would be {} submissions deep; the limit is {}",
                 self.task.depth + 1,
@@ -116,9 +119,10 @@ impl AttemptServices {
             EngineError::UnknownPlugin(m) => QueueError::UnknownPlugin(m),
             other => QueueError::Invalid(other.to_string()),
         })?;
-        lock(&self.engine.inner.book)
-            .reserve_task(flow, self.stored_flow_tasks(), &limits)
-            .map_err(QueueError::LimitExceeded)?;
+        lock(&self.engine.inner.book).reserve_task(flow, self.stored_flow_tasks(), &limits).map_err(|m| {
+            metrics.refused(if m.contains("per second") { "submissions_per_sec" } else { "tasks_per_flow" });
+            QueueError::LimitExceeded(m)
+        })?;
         held.tasks_reserved += 1;
         record.flow_id = flow;
         record.depth = self.task.depth + 1;
@@ -220,9 +224,10 @@ impl TaskServices for AttemptServices {
         let mut held = lock(&self.held);
         let grow = self.growth(&held, &key, Some(&value));
         if grow > 0 {
-            lock(&self.engine.inner.book)
-                .reserve_context(self.task.flow_id, grow, self.limits())
-                .map_err(ContextError::TooLarge)?;
+            lock(&self.engine.inner.book).reserve_context(self.task.flow_id, grow, self.limits()).map_err(|m| {
+                self.engine.inner.metrics.refused("context_bytes");
+                ContextError::TooLarge(m)
+            })?;
             held.context_reserved += grow;
         }
         held.overlay.insert(key.clone(), Some(value.clone()));
