@@ -55,6 +55,14 @@
 //! [permanent](Error::permanent). `?` on any `std::error::Error` gives a
 //! permanent error; [`ResultExt::retryable`] marks one as worth retrying.
 
+//!
+//! # Flows
+//!
+//! A task can submit child tasks and join on them ([`flow`]), and share
+//! small durable state with the other tasks of its flow ([`context`]).
+//! Both commit with the task's completion, so a retried task never
+//! duplicates what it submitted.
+
 #![deny(missing_docs)]
 
 extern crate self as taskhost_sdk;

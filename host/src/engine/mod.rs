@@ -817,16 +817,15 @@ impl Engine {
             _ => 0,
         };
         {
+            let applied = finished.as_ref().is_ok_and(|a| completing && a.effects_applied);
+            // The flow's exact context size, read back after its writes.
+            let size = (applied && context_writes).then(|| inner.store.context_sizes_of(record.flow_id).ok()).flatten();
             let mut book = lock(&inner.book);
-            if has_effects && finished.as_ref().is_ok_and(|a| completing && a.effects_applied) {
+            if applied && has_effects {
                 // The commit created the flow's record: it must be finished.
                 book.grew(record.flow_id);
             }
             book.unreserve_tasks(record.flow_id, held.tasks_reserved.saturating_sub(committed));
-            let size = (committed > 0 || context_writes)
-                .then(|| inner.store.context_sizes_of(record.flow_id).ok())
-                .flatten()
-                .filter(|_| finished.as_ref().is_ok_and(|a| completing && a.effects_applied));
             book.settle_context(record.flow_id, held.context_reserved, size);
         }
         let finished = finished.map(|applied| applied.record);
