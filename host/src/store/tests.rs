@@ -285,12 +285,19 @@ async fn an_idempotency_key_returns_the_first_task() {
 }
 
 /// Random operations against the store and a model; then the store is
-/// reopened from its file and must equal the model.
+/// reopened from its file and must equal the model. Transitions randomly
+/// carry flow effects (children and a context write), which must exist
+/// exactly when the transition was a legal completion.
 #[tokio::test]
 async fn matches_a_model_across_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.redb");
     let mut model: HashMap<u128, (TaskState, u64)> = HashMap::new();
+    // Task → its flow; flow → its context and its member tasks.
+    let mut flow_of: HashMap<u128, u128> = HashMap::new();
+    let mut context: HashMap<u128, HashMap<String, Vec<u8>>> = HashMap::new();
+    let mut members: HashMap<u128, Vec<u128>> = HashMap::new();
+    let mut next_child = 1_000_000u128;
     let mut rng = fastrand::Rng::with_seed(7);
     {
         let store = Store::open(&path, true).unwrap();
@@ -298,7 +305,9 @@ async fn matches_a_model_across_a_reopen() {
             if model.is_empty() || rng.u8(0..4) == 0 {
                 let key = rng.bool().then(|| format!("k{}", rng.u8(0..50)));
                 let submitted = store.submit(record(step, key.as_deref()), step.to_le_bytes().to_vec()).await.unwrap();
-                model.entry(submitted.record.id.as_u128()).or_insert((TaskState::Pending, 1));
+                let id = submitted.record.id.as_u128();
+                model.entry(id).or_insert((TaskState::Pending, 1));
+                flow_of.entry(id).or_insert(id);
                 continue;
             }
             let ids: Vec<u128> = model.keys().copied().collect();
@@ -307,11 +316,41 @@ async fn matches_a_model_across_a_reopen() {
             let (state, version) = model[&id];
             let stale = rng.u8(0..10) == 0;
             let expect = if stale { version + 1 } else { version };
-            let result = store.transition(Change::new(Uuid::from_u128(id), to, "model").expect_version(expect)).await;
+            let mut change = Change::new(Uuid::from_u128(id), to, "model").expect_version(expect);
+            let flow = flow_of[&id];
+            let mut children = Vec::new();
+            let key = format!("k{}", rng.u8(0..5));
+            if rng.u8(0..3) == 0 {
+                for _ in 0..rng.usize(0..3) {
+                    next_child += 1;
+                    children.push(child_of(flow, next_child, None));
+                }
+                let context = vec![(key.clone(), Some(step.to_le_bytes().to_vec()))];
+                change = change.effects(Effects {
+                    flow_id: Uuid::from_u128(flow),
+                    children: children.clone(),
+                    context,
+                    stop_repeating: false,
+                });
+            }
+            let had_effects = change.effects.is_some();
+            let result = store.apply(change).await;
             let legal = machine::allowed(state, to) && !stale;
-            assert_eq!(result.is_ok(), legal, "{state} -> {to} (stale: {stale}): {result:?}");
+            assert_eq!(result.is_ok(), legal, "{state} -> {to} (stale: {stale}): {:?}", result.map(|a| a.record));
             if legal {
                 model.insert(id, (to, version + 1));
+                let applied = result.unwrap();
+                if to == TaskState::Completed && had_effects {
+                    assert_eq!(applied.created.len(), children.len());
+                    for (child, _) in children {
+                        model.insert(child.id.as_u128(), (TaskState::Pending, 1));
+                        flow_of.insert(child.id.as_u128(), flow);
+                        members.entry(flow).or_default().push(child.id.as_u128());
+                    }
+                    context.entry(flow).or_default().insert(key, step.to_le_bytes().to_vec());
+                } else {
+                    assert!(applied.created.is_empty());
+                }
             }
         }
     }
@@ -326,6 +365,22 @@ async fn matches_a_model_across_a_reopen() {
         })
         .unwrap();
     assert_eq!(seen, model.len());
+    for (flow, values) in &context {
+        let keys = store.context_keys(Uuid::from_u128(*flow), "").unwrap();
+        let mut expected: Vec<&String> = values.keys().collect();
+        expected.sort();
+        assert_eq!(keys.iter().collect::<Vec<_>>(), expected);
+        for (key, value) in values {
+            assert_eq!(store.context_get(Uuid::from_u128(*flow), key).unwrap().as_ref(), Some(value));
+        }
+    }
+    for (flow, tasks) in &members {
+        let stored: Vec<u128> =
+            store.flow_tasks(Uuid::from_u128(*flow)).unwrap().iter().map(|t| t.id.as_u128()).collect();
+        assert_eq!(stored[0], *flow, "the root comes first");
+        assert_eq!(&stored[1..], tasks.as_slice(), "flow {flow}");
+    }
+    assert!(!members.is_empty() && !context.is_empty(), "the run exercised effects");
 }
 
 #[tokio::test]
