@@ -89,7 +89,12 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
             // mid-stream.
             for round in 0..60 {
                 let tasks: Vec<Value> = (0..25)
-                    .map(|i| json!({"plugin": "sleep", "input": 1 + (i % 4) * 5, "idempotency_key": format!("k{round}-{i}")}))
+                    // Mostly short tasks, one long one per round, so some
+                    // task is always running when the kill lands.
+                    .map(|i| {
+                        let ms = if i == 0 { 300 } else { 1 + (i % 4) * 5 };
+                        json!({"plugin": "sleep", "input": ms, "idempotency_key": format!("k{round}-{i}")})
+                    })
                     .collect();
                 let Ok(response) =
                     http.post(format!("{base}/v1/tasks:batch")).json(&json!({"tasks": tasks})).send().await
@@ -110,7 +115,20 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Kill once enough is acknowledged and a task is running.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let enough = acknowledged.lock().unwrap().len() >= 100;
+        let running = match http.get(format!("{}/v1/tasks?state=running&limit=1", server.base)).send().await {
+            Ok(r) => r.json::<Value>().await.is_ok_and(|page| page["tasks"].as_array().is_some_and(|t| !t.is_empty())),
+            Err(_) => false,
+        };
+        if enough && running {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never saw 100 acknowledged tasks with one running");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     server.child.kill().unwrap(); // SIGKILL
     server.child.wait().unwrap();
     submitter.await.unwrap();
