@@ -18,6 +18,8 @@ const UNGROUPED_TASKS: usize = 600;
 const LATENCY_SECONDS: u64 = 5;
 const STORED_TASKS: usize = 100_000;
 
+mod common;
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(bench());
@@ -37,37 +39,9 @@ async fn open(dir: &std::path::Path, group_commit: bool, concurrency: usize) -> 
     engine
 }
 
-fn trivial() -> NewTask {
-    NewTask { plugin: "trivial".into(), input: b"x".to_vec(), ..NewTask::default() }
-}
-
-/// Submits `n` tasks from 64 concurrent submitters and waits until all
-/// completed; returns tasks per second.
+/// Tasks per second of `n` trivial tasks, submit to completed.
 async fn throughput(engine: &Engine, n: usize) -> f64 {
-    let started = Instant::now();
-    let submitters: Vec<_> = (0..64)
-        .map(|i| {
-            let engine = engine.clone();
-            // Spread `n` exactly over 64 submitters.
-            let share = n / 64 + usize::from(i < n % 64);
-            tokio::spawn(async move {
-                for _ in 0..share {
-                    engine.submit(trivial()).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for s in submitters {
-        s.await.unwrap();
-    }
-    loop {
-        let counts = engine.state_counts();
-        if counts.get(&TaskState::Completed).copied().unwrap_or(0) as usize >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    n as f64 / started.elapsed().as_secs_f64()
+    n as f64 / common::submit_and_complete(engine, n).await.as_secs_f64()
 }
 
 fn unix_nanos() -> u128 {

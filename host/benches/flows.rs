@@ -9,11 +9,13 @@ use serde_json::json;
 use std::time::{Duration, Instant};
 use taskhost::SandboxConfig;
 use taskhost::engine::{Engine, EngineConfig, NewTask};
-use taskhost::store::{FlowState, TaskState};
+use taskhost::store::FlowState;
 use taskhost_test_artifacts::{FLOW_PROBE, TRIVIAL};
 
 const TASKS: usize = 10_000;
 const ROUNDS: usize = 5;
+
+mod common;
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -34,32 +36,10 @@ async fn open(dir: &std::path::Path) -> Engine {
     engine
 }
 
-fn trivial() -> NewTask {
-    NewTask { plugin: "trivial".into(), input: b"x".to_vec(), ..NewTask::default() }
-}
-
 /// 10,000 independent tasks from 64 concurrent submitters, until all
 /// completed (as the engine benchmark measures throughput).
 async fn independent(engine: &Engine) -> Duration {
-    let started = Instant::now();
-    let submitters: Vec<_> = (0..64)
-        .map(|i| {
-            let engine = engine.clone();
-            let share = TASKS / 64 + usize::from(i < TASKS % 64);
-            tokio::spawn(async move {
-                for _ in 0..share {
-                    engine.submit(trivial()).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for s in submitters {
-        s.await.unwrap();
-    }
-    while engine.state_counts().get(&TaskState::Completed).copied().unwrap_or(0) < TASKS as i64 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-    started.elapsed()
+    common::submit_and_complete(engine, TASKS).await
 }
 
 /// One task submits 10,000 children and a join; until the join ended.

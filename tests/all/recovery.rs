@@ -53,6 +53,15 @@ async fn start(data: &std::path::Path, port: u16) -> Server {
     Server { child, base }
 }
 
+async fn upload(http: &reqwest::Client, base: &str, name: &str, bytes: Vec<u8>) {
+    let response = http.post(format!("{base}/v1/plugins/{name}")).body(bytes).send().await.unwrap();
+    assert!(response.status().is_success(), "uploading {name}: {}", response.status());
+}
+
+async fn get_json(http: &reqwest::Client, url: String) -> Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
+
 async fn all_tasks(http: &reqwest::Client, base: &str) -> Vec<Value> {
     let mut tasks = Vec::new();
     let mut cursor: Option<String> = None;
@@ -61,7 +70,7 @@ async fn all_tasks(http: &reqwest::Client, base: &str) -> Vec<Value> {
             Some(c) => format!("{base}/v1/tasks?limit=1000&cursor={c}"),
             None => format!("{base}/v1/tasks?limit=1000"),
         };
-        let page: Value = http.get(url).send().await.unwrap().json().await.unwrap();
+        let page = get_json(http, url).await;
         tasks.extend(page["tasks"].as_array().unwrap().iter().cloned());
         match page["next_cursor"].as_str() {
             Some(c) => cursor = Some(c.to_owned()),
@@ -76,8 +85,7 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
     let port = free_port();
     let mut server = start(data.path(), port).await;
     let http = reqwest::Client::new();
-    let upload = http.post(format!("{}/v1/plugins/sleep", server.base)).body(SLEEP.bytes()).send().await.unwrap();
-    assert!(upload.status().is_success());
+    upload(&http, &server.base, "sleep", SLEEP.bytes()).await;
 
     // Submit keyed batches until the server dies, recording what it
     // acknowledged.
@@ -186,10 +194,8 @@ async fn sigkill_during_a_fan_out_keeps_the_flow_whole() {
     let port = free_port();
     let mut server = start(data.path(), port).await;
     let http = reqwest::Client::new();
-    for (name, bytes) in [("sleep", SLEEP.bytes()), ("flow-probe", taskhost_test_artifacts::FLOW_PROBE.bytes())] {
-        let upload = http.post(format!("{}/v1/plugins/{name}", server.base)).body(bytes).send().await.unwrap();
-        assert!(upload.status().is_success());
-    }
+    upload(&http, &server.base, "sleep", SLEEP.bytes()).await;
+    upload(&http, &server.base, "flow-probe", taskhost_test_artifacts::FLOW_PROBE.bytes()).await;
     let script = json!([
         {"fanout": {"n": 200, "plugin": "sleep", "input": "30"}},
         {"join": "all", "then": {"plugin": "flow-probe", "input": r#"["joined_count"]"#}}
@@ -207,8 +213,7 @@ async fn sigkill_during_a_fan_out_keeps_the_flow_whole() {
     // Kill it once some, not all, children have completed.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let view: Value =
-            http.get(format!("{}/v1/flows/{flow}", server.base)).send().await.unwrap().json().await.unwrap();
+        let view = get_json(&http, format!("{}/v1/flows/{flow}", server.base)).await;
         let done = view["tasks"]["by_state"]["completed"].as_u64().unwrap_or(0);
         if done >= 40 {
             assert!(done < 150, "the fan-out finished before the kill ({done} completed)");
@@ -222,8 +227,7 @@ async fn sigkill_during_a_fan_out_keeps_the_flow_whole() {
     let server = start(data.path(), port).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let view = loop {
-        let view: Value =
-            http.get(format!("{}/v1/flows/{flow}", server.base)).send().await.unwrap().json().await.unwrap();
+        let view = get_json(&http, format!("{}/v1/flows/{flow}", server.base)).await;
         if view["state"] != "running" {
             break view;
         }

@@ -319,23 +319,7 @@ impl Engine {
         }
         // Flow totals and joins; what is left is ready to run.
         let ready = self.recover_flows(&ready).await?;
-        let mut released = Vec::new();
-        {
-            let mut sched = lock(&inner.sched);
-            for record in ready {
-                if record.state == TaskState::Pending
-                    && record.input_from == crate::store::InputFrom::Outputs
-                    && !record.after.is_empty()
-                {
-                    released.push(record.id);
-                } else {
-                    sched.enqueue(entry(&record), record.next_run_at_ms, now);
-                }
-            }
-        }
-        for id in released {
-            self.start_released(id, None);
-        }
+        self.schedule_ready(&ready, now);
         Ok(())
     }
 

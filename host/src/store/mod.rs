@@ -740,23 +740,7 @@ fn apply_effects(t: &mut Tables<'_>, effects: Effects, created: &mut Vec<TaskRec
     let mut flow = match read_flow(t, flow_id)? {
         Some(flow) if flow.state == FlowState::Cancelled => return Ok(false),
         Some(flow) => flow,
-        None => FlowRecord {
-            id: flow_id,
-            version: 0,
-            state: FlowState::Running,
-            name: None,
-            created_at_ms: now_ms(),
-            finished_at_ms: None,
-            spec: None,
-            input: Vec::new(),
-            repeat: None,
-            iteration: 0,
-            iteration_at_ms: 0,
-            stop_requested: false,
-            tasks: 1,
-            result_task: None,
-            error: None,
-        },
+        None => FlowRecord::new(flow_id, now_ms()),
     };
     // A keyed child seen before is not created again; later children that
     // join it wait for the existing task instead.

@@ -303,6 +303,29 @@ pub struct FlowRecord {
     pub error: Option<String>,
 }
 
+impl FlowRecord {
+    /// A running flow with nothing declared: no spec, no repeat, one task.
+    pub fn new(id: Uuid, created_at_ms: u64) -> Self {
+        FlowRecord {
+            id,
+            version: 0,
+            state: FlowState::Running,
+            name: None,
+            created_at_ms,
+            finished_at_ms: None,
+            spec: None,
+            input: Vec::new(),
+            repeat: None,
+            iteration: 0,
+            iteration_at_ms: created_at_ms,
+            stop_requested: false,
+            tasks: 1,
+            result_task: None,
+            error: None,
+        }
+    }
+}
+
 /// A task record as schema 2 stored it (before flows); read only to
 /// migrate a file.
 #[derive(Deserialize)]

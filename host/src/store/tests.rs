@@ -88,24 +88,11 @@ async fn a_cancelled_flow_takes_no_more_children() {
     let root = task_in(&store, 1, TaskState::Running).await;
     let cancel = |stored: Option<FlowRecord>| {
         assert!(stored.is_none());
-        let mut flow = FlowRecord {
-            id: Uuid::from_u128(1),
-            version: 0,
+        let flow = FlowRecord {
             state: FlowState::Cancelled,
-            name: None,
-            created_at_ms: 0,
-            finished_at_ms: None,
-            spec: None,
-            input: Vec::new(),
-            repeat: None,
-            iteration: 0,
-            iteration_at_ms: 0,
-            stop_requested: false,
-            tasks: 1,
-            result_task: None,
-            error: None,
+            finished_at_ms: Some(1),
+            ..FlowRecord::new(Uuid::from_u128(1), 0)
         };
-        flow.finished_at_ms = Some(1);
         Ok(FlowUpdate { flow, tasks: Vec::new() })
     };
     store.flow_change(root.id, cancel).await.unwrap();

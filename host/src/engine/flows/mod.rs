@@ -70,7 +70,8 @@ fn scoped_key(flow: Uuid, key: &str) -> String {
     format!("flow:{flow}:{key}")
 }
 
-fn gathered_view(record: &TaskRecord, output: Option<Vec<u8>>) -> TaskView {
+/// What `queue.get` and `queue.joined` show of a task.
+fn task_view(record: &TaskRecord, output: Option<Vec<u8>>) -> TaskView {
     TaskView {
         id: record.id.to_string(),
         status: services::status(record.state),
@@ -126,19 +127,10 @@ impl Engine {
             inner.metrics.submitted.get_or_create(&super::Metrics::label(&record.queue)).inc();
         }
         for record in records {
-            if record.after.is_empty() {
-                ready.push(record);
-                continue;
-            }
             // Under the book lock, a task that ends after this read finds
             // the waiter registered; one that ended before is not waited
             // for.
-            let pending: Vec<Uuid> = record
-                .after
-                .iter()
-                .copied()
-                .filter(|dep| inner.store.get(*dep).ok().flatten().is_some_and(|r| !r.state.is_terminal()))
-                .collect();
+            let pending = self.unfinished_deps(record);
             if pending.is_empty() {
                 ready.push(record);
             } else {
@@ -146,23 +138,42 @@ impl Engine {
             }
         }
         drop(book);
-        let now = now_ms();
-        let mut release = Vec::new();
+        self.schedule_ready(ready, now_ms());
+    }
+
+    /// The tasks of `record.after` that have not ended yet.
+    fn unfinished_deps(&self, record: &TaskRecord) -> Vec<Uuid> {
+        let store = &self.inner.store;
+        record
+            .after
+            .iter()
+            .copied()
+            .filter(|dep| store.get(*dep).ok().flatten().is_some_and(|r| !r.state.is_terminal()))
+            .collect()
+    }
+
+    /// Schedules tasks that wait for nothing. A pending declared step whose
+    /// predecessors have ended is checked first (and skipped if one of them
+    /// did not complete).
+    pub(crate) fn schedule_ready<'a>(&self, ready: impl IntoIterator<Item = &'a TaskRecord>, now: u64) {
+        let mut released = Vec::new();
         {
-            let mut sched = lock(&inner.sched);
+            let mut sched = lock(&self.inner.sched);
             for record in ready {
-                if record.input_from == InputFrom::Outputs && !record.after.is_empty() {
-                    release.push(record.id);
+                if record.state == TaskState::Pending
+                    && record.input_from == InputFrom::Outputs
+                    && !record.after.is_empty()
+                {
+                    released.push(record.id);
                 } else {
                     sched.enqueue(entry(record), record.next_run_at_ms, now);
                 }
             }
         }
-        // Declared steps whose predecessors already ended: check them.
-        for id in release {
+        for id in released {
             self.start_released(id, None);
         }
-        inner.wake.notify_one();
+        self.inner.wake.notify_one();
     }
 
     /// A released declared step: cancelled when a predecessor did not
@@ -392,21 +403,13 @@ impl Engine {
         let tasks = self.plan_tasks(&spec, id, 0, &input, first_at)?;
         let text = serde_json::to_string(&spec_json(&spec)).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
         let flow = FlowRecord {
-            id,
-            version: 0,
-            state: FlowState::Running,
             name: spec.name.clone(),
-            created_at_ms: now,
-            finished_at_ms: None,
             spec: Some(text),
             input,
             repeat,
-            iteration: 0,
             iteration_at_ms: first_at.unwrap_or(now),
-            stop_requested: false,
             tasks: tasks.len() as u64,
-            result_task: None,
-            error: None,
+            ..FlowRecord::new(id, now)
         };
         let edit = move |stored: Option<FlowRecord>| match stored {
             Some(_) => Err(StoreError::Refused(format!("flow {id} exists"))),
@@ -443,7 +446,8 @@ impl Engine {
         if view.flow.state != FlowState::Running {
             return Err(EngineError::Conflict(format!("flow {id} already ended ({})", view.flow.state.as_str())));
         }
-        let synthesised = synthesised_flow(&view);
+        // A flow of one task has no record yet: the view's is synthesised.
+        let synthesised = view.flow;
         let edit = move |stored: Option<FlowRecord>| {
             let mut flow = stored.unwrap_or(synthesised);
             if flow.state != FlowState::Running {
@@ -517,16 +521,12 @@ impl Engine {
         {
             let mut book = lock(&inner.book);
             for t in tasks.iter().filter(|t| matches!(t.state, TaskState::Pending | TaskState::Retrying)) {
-                let pending: Vec<Uuid> = t
-                    .after
-                    .iter()
-                    .copied()
-                    .filter(|d| inner.store.get(*d).ok().flatten().is_some_and(|r| !r.state.is_terminal()))
-                    .collect();
-                if t.state == TaskState::Pending && !pending.is_empty() {
-                    book.wait(entry(t), t.next_run_at_ms, &pending);
-                } else {
+                // A retrying task started once: what it joined has ended.
+                let pending = if t.state == TaskState::Pending { self.unfinished_deps(t) } else { Vec::new() };
+                if pending.is_empty() {
                     ready.push(t.clone());
+                } else {
+                    book.wait(entry(t), t.next_run_at_ms, &pending);
                 }
             }
         }
@@ -546,29 +546,12 @@ fn synthesised(root: &TaskRecord) -> FlowRecord {
         _ => FlowState::Running,
     };
     FlowRecord {
-        id: root.id,
-        version: 0,
         state,
-        name: None,
-        created_at_ms: root.created_at_ms,
         finished_at_ms: root.finished_at_ms,
-        spec: None,
-        input: Vec::new(),
-        repeat: None,
-        iteration: 0,
-        iteration_at_ms: root.created_at_ms,
-        stop_requested: false,
-        tasks: 1,
         result_task: (root.state == TaskState::Completed).then_some(root.id),
         error: root.error.as_ref().map(|e| format!("{}: {}", e.class, e.message)),
+        ..FlowRecord::new(root.id, root.created_at_ms)
     }
-}
-
-fn synthesised_flow(view: &FlowView) -> FlowRecord {
-    let mut flow = view.flow.clone();
-    flow.version = 0;
-    flow.state = FlowState::Running;
-    flow
 }
 
 /// The spec as stored (to build later iterations from).

@@ -3,7 +3,7 @@
 //! the attempt's [`Effects`] and hands them to the engine when the attempt
 //! ends (committed with a completion, released otherwise).
 
-use super::{FlowLimits, gathered_view, scoped_key};
+use super::{FlowLimits, scoped_key, task_view};
 use crate::engine::{Engine, EngineError, NewTask, lock};
 use crate::flow::{ChildTask, ContextError, QueueError, TaskServices, TaskStatus, TaskView};
 use crate::store::{Effects, TaskRecord, TaskState};
@@ -154,7 +154,7 @@ impl AttemptServices {
             return Err(not_found());
         }
         let output = self.engine.inner.store.output(id).ok().flatten();
-        Ok(gathered_view(&record, output))
+        Ok(task_view(&record, output))
     }
 
     /// The size a context write changes the flow's context by, upward.
