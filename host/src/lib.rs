@@ -12,6 +12,7 @@
 pub mod api;
 mod bindings;
 pub mod engine;
+pub mod inference;
 mod sandbox;
 pub mod store;
 pub mod units;
@@ -20,6 +21,14 @@ pub use sandbox::{
     CancelToken, DirGrant, FailureClass, Grants, Limits, LoadError, LogLevel, LogRecord, Plugin, Sandbox,
     SandboxConfig, TaskFailure, TaskMeta, TaskReport, TaskRequest,
 };
+
+/// The WIT types of the `inference` import (generated from
+/// `wit/inference.wit`) and the trait the model registry implements.
+pub mod infer {
+    pub use crate::sandbox::{
+        Caller, InferenceError, InferenceService, ModelInfo, RunResult, Tensor, TensorSpec, TensorType,
+    };
+}
 
 /// The flow services a task reaches through its `queue` and `context`
 /// imports: the trait the engine implements and the WIT types it speaks

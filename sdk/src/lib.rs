@@ -62,6 +62,11 @@
 //! small durable state with the other tasks of its flow ([`context`]).
 //! Both commit with the task's completion, so a retried task never
 //! duplicates what it submitted.
+//!
+//! # Inference
+//!
+//! [`inference::run`] runs an ONNX model the host serves; the host batches
+//! concurrent calls from many tasks into one run.
 
 #![deny(missing_docs)]
 
@@ -71,6 +76,7 @@ use std::fmt;
 
 pub mod context;
 pub mod flow;
+pub mod inference;
 mod io;
 pub mod log;
 
@@ -100,7 +106,7 @@ pub use __private::taskhost::plugin::types::TaskInfo;
 /// log(Level::Warn, "written through the raw binding");
 /// ```
 pub mod bindings {
-    pub use crate::__private::taskhost::plugin::{context, log, queue, runtime, types};
+    pub use crate::__private::taskhost::plugin::{context, inference, log, queue, runtime, types};
 }
 
 /// Returns the running task's id, attempt, queue, plugin name and version.

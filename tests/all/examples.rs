@@ -50,7 +50,7 @@ async fn word_count_reports_bad_json_as_permanent() {
 
 #[tokio::test]
 async fn hello_task_sees_its_task_info_and_logs() {
-    let meta = TaskMeta { id: "task-42".into(), attempt: 3, queue: "emails".into() };
+    let meta = TaskMeta { id: "task-42".into(), attempt: 3, queue: "emails".into(), priority: 0 };
     let report = run_as(HELLO_TASK, "Ada", meta).await;
     assert_eq!(
         output(&report),

@@ -3,6 +3,7 @@
 
 mod error;
 mod flows;
+mod models;
 
 pub(crate) use error::ApiError;
 
@@ -47,6 +48,8 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/flows", post(flows::submit).layer(DefaultBodyLimit::max(MAX_TASK_BODY)))
         .route("/v1/flows/{id}", get(flows::get))
         .route("/v1/flows/{id}/cancel", post(flows::cancel))
+        .route("/v1/models", get(models::list).post(models::put))
+        .route("/v1/models/{name}", get(models::get).delete(models::remove))
         .route("/v1/queues", get(list_queues))
         .route("/v1/queues/{name}", put(set_queue))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see README.md") })

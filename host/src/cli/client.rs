@@ -189,6 +189,10 @@ impl Client {
         self.call(self.http.get(format!("{}{path}", self.base))).await
     }
 
+    pub(crate) async fn delete(&self, path: &str) -> CallResult<Value> {
+        self.call(self.http.delete(format!("{}{path}", self.base))).await
+    }
+
     pub(crate) async fn post(&self, path: &str, body: &Value) -> CallResult<Value> {
         self.call(self.http.post(format!("{}{path}", self.base)).json(body)).await
     }

@@ -4,6 +4,7 @@
 
 mod client;
 mod flow;
+mod models;
 mod run;
 mod serve;
 
@@ -41,6 +42,9 @@ enum Command {
     /// Manage queues on a server.
     #[command(subcommand)]
     Queues(client::QueuesCommand),
+    /// Manage the models plugins call through `inference`.
+    #[command(subcommand)]
+    Models(models::ModelsCommand),
 }
 
 /// Exit status for a task that failed.
@@ -68,6 +72,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Plugins(command) => runtime.block_on(client::plugins(command)),
         Command::Queues(command) => runtime.block_on(client::queues(command)),
         Command::Flow(args) => runtime.block_on(flow::flow(args)),
+        Command::Models(command) => runtime.block_on(models::models(command)),
     }
 }
 

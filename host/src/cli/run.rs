@@ -36,6 +36,14 @@ pub(crate) struct RunArgs {
     /// Print fuel used and elapsed time to stderr.
     #[arg(long)]
     stats: bool,
+    /// Serve the models in FILE (TOML, see README "Inference") to the
+    /// plugin's `inference` calls.
+    #[arg(long, value_name = "FILE")]
+    models: Option<PathBuf>,
+    /// The plugin's name, as model grants see it (default: the file name
+    /// without `.wasm`).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
 }
 
 pub(crate) async fn run(args: RunArgs) -> ExitCode {
@@ -66,14 +74,24 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
     if let Err(message) = sandbox.check_limits(&limits) {
         return fail(EXIT_USAGE, &message);
     }
-    let name = args.plugin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| args.plugin.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default());
+    let inference = match args.models.clone() {
+        Some(file) => match super::models::open(file, true).await {
+            Ok(models) => Some(std::sync::Arc::new(models) as std::sync::Arc<dyn taskhost::infer::InferenceService>),
+            Err(message) => return fail(EXIT_USAGE, &message),
+        },
+        None => None,
+    };
     let plugin = match sandbox.load(&name, "local", &bytes) {
         Ok(p) => p,
         Err(e) => {
             return fail(EXIT_TASK_FAILED, &format!("invalid plugin: `{}`: {e}", args.plugin.display()));
         }
     };
-    let report = sandbox.run(&plugin, TaskRequest { input, limits: Some(limits), ..TaskRequest::default() }).await;
+    let report = sandbox.run(&plugin, TaskRequest { input, limits: Some(limits), inference, ..TaskRequest::default() }).await;
     print_captured(&report);
     if args.stats {
         eprintln!(

@@ -28,6 +28,10 @@ pub(crate) struct ServeArgs {
     /// (manifest) files and load them live.
     #[arg(long, value_name = "DIR")]
     plugins: Option<PathBuf>,
+    /// Models file (TOML) with the models plugins may call; reloaded when
+    /// it changes; `POST /v1/models` writes to it. Default: DATA/models.toml.
+    #[arg(long, value_name = "FILE")]
+    models: Option<PathBuf>,
     /// Retry backoff base, e.g. `1s`.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     retry_base: Option<Duration>,
@@ -52,6 +56,15 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
     config.retry =
         RetryPolicy { base: args.retry_base.unwrap_or(defaults.base), cap: args.retry_cap.unwrap_or(defaults.cap) };
     let data_dir = config.data_dir.clone();
+    let models_file = args.models.unwrap_or_else(|| data_dir.join("models.toml"));
+    let models = match super::models::open(models_file, false).await {
+        Ok(models) => models,
+        Err(message) => return fail(EXIT_USAGE, &message),
+    };
+    if let Err(e) = models.watch() {
+        eprintln!("taskhost: WARNING: the models file will not reload on change: {e}");
+    }
+    config.models = Some(models);
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {

@@ -62,8 +62,12 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new() -> Self {
+    /// The engine's metrics, with the model registry's beside them.
+    pub(crate) fn new(inference: Option<&crate::inference::InferenceMetrics>) -> Self {
         let mut registry = Registry::with_prefix("taskhost");
+        if let Some(inference) = inference {
+            inference.register(&mut registry);
+        }
         let tasks = Family::<StateLabel, Gauge>::default();
         let submitted = Family::<QueueLabel, Counter>::default();
         let completed = Family::<QueueLabel, Counter>::default();

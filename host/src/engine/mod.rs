@@ -53,6 +53,8 @@ pub struct EngineConfig {
     pub plugins_dir: Option<PathBuf>,
     /// Limits against runaway flows.
     pub flow_limits: FlowLimits,
+    /// The models tasks may call through `inference` (none when `None`).
+    pub models: Option<crate::inference::Models>,
 }
 
 impl Default for EngineConfig {
@@ -67,6 +69,7 @@ impl Default for EngineConfig {
             default_max_attempts: 3,
             plugins_dir: None,
             flow_limits: FlowLimits::default(),
+            models: None,
         }
     }
 }
@@ -213,6 +216,8 @@ struct Inner {
     watcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Flow totals, limits and waiting joins.
     book: Mutex<flows::Book>,
+    /// `config.models` as the service each attempt gets.
+    inference: Option<Arc<dyn crate::sandbox::InferenceService>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -236,7 +241,9 @@ impl Engine {
         let path = config.data_dir.join("taskhost.redb");
         let store = Store::open(&path, config.group_commit).with_context(|| format!("opening {}", path.display()))?;
         let sandbox = Sandbox::new(config.sandbox.clone())?;
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::new(config.models.as_ref().map(|m| m.metrics())));
+        let inference =
+            config.models.clone().map(|m| -> Arc<dyn crate::sandbox::InferenceService> { Arc::new(m) });
         let registry = Registry::open(sandbox.clone(), store.clone(), metrics.clone(), config.data_dir.join("cache"))
             .await
             .context("loading plugins")?;
@@ -261,6 +268,7 @@ impl Engine {
                 unfinished: Mutex::default(),
                 watcher: Mutex::default(),
                 book: Mutex::default(),
+                inference,
             }),
         };
         engine.recover().await?;
@@ -371,6 +379,11 @@ impl Engine {
         // The previous latest may now be idle.
         self.unload_idle();
         Ok(added)
+    }
+
+    /// The model registry, if this engine serves models.
+    pub fn models(&self) -> Option<&crate::inference::Models> {
+        self.inner.config.models.as_ref()
     }
 
     /// Every plugin name.
@@ -866,11 +879,17 @@ impl Engine {
         };
         let request = TaskRequest {
             input,
-            meta: TaskMeta { id: id.to_string(), attempt: record.attempts, queue: record.queue.clone() },
+            meta: TaskMeta {
+                id: id.to_string(),
+                attempt: record.attempts,
+                queue: record.queue.clone(),
+                priority: record.priority,
+            },
             limits: Some(limits),
             cancel: Some(token),
             grants,
             services: Some(services),
+            inference: inner.inference.clone(),
         };
         let report = inner.sandbox.run(&plugin, request).await;
         let fuel_used = report.fuel_consumed;

@@ -6,6 +6,7 @@
 mod capture;
 mod config;
 mod host;
+mod inference;
 mod limiter;
 mod outcome;
 mod plugin;
@@ -17,6 +18,7 @@ pub use config::{Limits, SandboxConfig};
 pub use outcome::{FailureClass, LogLevel, LogRecord, TaskFailure, TaskReport};
 pub(crate) use plugin::check_header;
 pub use plugin::{LoadError, Plugin};
+pub use inference::{Caller, InferenceError, InferenceService, ModelInfo, RunResult, Tensor, TensorSpec, TensorType};
 pub use services::{ChildTask, ContextError, QueueError, TaskServices, TaskStatus, TaskView};
 
 use crate::bindings::{Task, TaskError, TaskPre, WitTaskInfo};
@@ -45,11 +47,13 @@ pub struct TaskMeta {
     pub attempt: u32,
     /// Queue name.
     pub queue: String,
+    /// Priority, 0-9 (orders the task's inference calls).
+    pub priority: u8,
 }
 
 impl Default for TaskMeta {
     fn default() -> Self {
-        Self { id: "local".into(), attempt: 1, queue: "default".into() }
+        Self { id: "local".into(), attempt: 1, queue: "default".into(), priority: 0 }
     }
 }
 
@@ -91,6 +95,9 @@ pub struct TaskRequest {
     /// Engine services behind the `queue` and `context` imports; `None`
     /// outside the engine (those calls then say so).
     pub services: Option<Arc<dyn TaskServices>>,
+    /// Models behind the `inference` import; `None` when this host serves
+    /// none (calls then say so).
+    pub inference: Option<Arc<dyn InferenceService>>,
 }
 
 /// Cancels a running task: the guest is stopped at its next epoch tick, or
@@ -271,7 +278,7 @@ impl Sandbox {
         let mut stores = Vec::with_capacity(count);
         for i in 0..count {
             let meta = TaskMeta { id: format!("hold-{i}"), ..TaskMeta::default() };
-            let Ok(mut store) = self.new_store(plugin, &meta, &limits, &Grants::default(), None, None) else {
+            let Ok(mut store) = self.new_store(plugin, &meta, &limits, &Grants::default(), None, Attached::default()) else {
                 continue;
             };
             if plugin.inner.pre.instantiate_async(&mut store).await.is_ok() {
@@ -288,7 +295,7 @@ impl Sandbox {
         limits: &Limits,
         grants: &Grants,
         cancel: Option<CancelToken>,
-        services: Option<Arc<dyn TaskServices>>,
+        attached: Attached,
     ) -> Result<Store<TaskState>, String> {
         let info = WitTaskInfo {
             id: meta.id.clone(),
@@ -297,7 +304,7 @@ impl Sandbox {
             plugin: plugin.inner.name.clone(),
             version: plugin.inner.version.clone(),
         };
-        let mut store = Store::new(&self.inner.engine, TaskState::new(info, limits, grants, services)?);
+        let mut store = Store::new(&self.inner.engine, TaskState::new(info, limits, grants, attached.services, attached.inference, meta.priority)?);
         store.limiter(|state| &mut state.limiter);
         if self.inner.config.fuel_metering {
             // Cannot fail: it errs only when the engine does not meter fuel.
@@ -336,11 +343,11 @@ impl Sandbox {
         }
         let deadline = tokio::time::Instant::now() + limits.timeout;
         let cancel = request.cancel.clone();
-        let mut store =
-            match self.new_store(plugin, &request.meta, &limits, &request.grants, request.cancel, request.services) {
-                Ok(store) => store,
-                Err(message) => return early_failure(message),
-            };
+        let attached = Attached { services: request.services, inference: request.inference };
+        let mut store = match self.new_store(plugin, &request.meta, &limits, &request.grants, request.cancel, attached) {
+            Ok(store) => store,
+            Err(message) => return early_failure(message),
+        };
 
         enum Ended {
             Returned(Result<Result<Vec<u8>, TaskError>, wasmtime::Error>),
@@ -413,6 +420,13 @@ impl Sandbox {
             elapsed: started.elapsed(),
         }
     }
+}
+
+/// The services a request attaches to its store.
+#[derive(Default)]
+struct Attached {
+    services: Option<Arc<dyn TaskServices>>,
+    inference: Option<Arc<dyn InferenceService>>,
 }
 
 #[derive(Clone, Copy)]

@@ -35,6 +35,8 @@ pub(crate) struct TaskState {
     pub(crate) started: Instant,
     pub(crate) interrupted: Option<Interrupted>,
     pub(crate) services: Option<Arc<dyn super::TaskServices>>,
+    pub(crate) inference: Option<Arc<dyn super::InferenceService>>,
+    pub(crate) priority: u8,
 }
 
 impl TaskState {
@@ -45,6 +47,8 @@ impl TaskState {
         limits: &Limits,
         grants: &Grants,
         services: Option<Arc<dyn super::TaskServices>>,
+        inference: Option<Arc<dyn super::InferenceService>>,
+        priority: u8,
     ) -> Result<Self, String> {
         let max_log_bytes = limits.max_log_bytes;
         let stdout = CappedPipe::new("stdout", max_log_bytes);
@@ -95,6 +99,8 @@ impl TaskState {
             started: Instant::now(),
             interrupted: None,
             services,
+            inference,
+            priority,
         })
     }
 

@@ -1,0 +1,69 @@
+//! The model endpoints: list the models (with ONNX Runtime's state and the
+//! device each model actually runs on), add or replace one, remove one.
+
+use super::{ApiError, ApiResult};
+use crate::engine::Engine;
+use crate::inference::{Models, ModelsError, ModelSpec};
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+fn models(engine: &Engine) -> ApiResult<Models> {
+    engine.models().cloned().ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, "no_models", "this host serves no models (start it with `--models FILE`)")
+    })
+}
+
+impl From<ModelsError> for ApiError {
+    fn from(e: ModelsError) -> Self {
+        let (status, code) = match &e {
+            ModelsError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            ModelsError::Load(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model"),
+            ModelsError::Write(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+            ModelsError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        };
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
+pub(super) async fn list(State(engine): State<Engine>) -> ApiResult<Response> {
+    Ok(Json(models(&engine)?.view()).into_response())
+}
+
+pub(super) async fn get(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult<Response> {
+    let view = models(&engine)?
+        .model(&name)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no model named `{name}`")))?;
+    Ok(Json(view).into_response())
+}
+
+/// `POST /v1/models` with `{"name": ..., "path": ..., ...}` (the fields of
+/// a `[models.NAME]` table). Loads the model before anything changes.
+pub(super) async fn put(State(engine): State<Engine>, body: Result<Json<Value>, JsonRejection>) -> ApiResult<Response> {
+    let Json(mut body) = body?;
+    let name = match body.as_object_mut().and_then(|o| o.remove("name")) {
+        Some(Value::String(name)) => name,
+        _ => return Err(ApiError::invalid("`name` is missing; expected {\"name\": \"...\", \"path\": \"model.onnx\", ...}")),
+    };
+    let spec: ModelSpec = serde_json::from_value(body)
+        .map_err(|e| ApiError::invalid(format!("the model settings do not fit: {e} (see README \"Inference\")")))?;
+    let models = models(&engine)?;
+    let replaced = models.model(&name).is_some();
+    let view = tokio::task::spawn_blocking(move || models.put(&name, spec))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    let status = if replaced { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(view)).into_response())
+}
+
+pub(super) async fn remove(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult<Response> {
+    let models = models(&engine)?;
+    let removed = name.clone();
+    tokio::task::spawn_blocking(move || models.remove(&removed))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    Ok(Json(serde_json::json!({"removed": name})).into_response())
+}

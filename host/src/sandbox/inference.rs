@@ -1,0 +1,63 @@
+//! The host side of the `inference` import: each call is forwarded to the
+//! [`InferenceService`] the caller of the sandbox injected (the model
+//! registry). The sandbox keeps no model state. Without a service
+//! (`taskhost run` without `--models`), calls answer that inference is
+//! unavailable and why.
+
+use super::state::TaskState;
+use crate::bindings::taskhost::plugin::inference;
+use futures::future::BoxFuture;
+
+pub use inference::{InferenceError, ModelInfo, Tensor, TensorSpec, TensorType};
+
+/// Who calls a model: the plugin (for permissions) and the task's priority
+/// (for the order in a model's queue).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    /// The plugin's registered name.
+    pub plugin: String,
+    /// The calling task's id.
+    pub task: String,
+    /// The task's priority, 0-9, higher first.
+    pub priority: u8,
+}
+
+/// The models a task reaches through its `inference` import. The model
+/// registry implements it; the sandbox only forwards calls.
+pub trait InferenceService: Send + Sync + std::fmt::Debug {
+    /// `inference.models`: the models `caller` may use.
+    fn models(&self, caller: &Caller) -> Vec<ModelInfo>;
+    /// `inference.run`. The future resolves when the call's batch ran, or
+    /// with an error; dropping it (the task was cancelled or timed out)
+    /// withdraws the call.
+    fn run(&self, caller: &Caller, model: String, inputs: Vec<Tensor>) -> BoxFuture<'static, RunResult>;
+}
+
+/// What one `inference.run` returns.
+pub type RunResult = Result<Vec<Tensor>, InferenceError>;
+
+const NO_MODELS: &str =
+    "this host serves no models (start it with `--models FILE`; see README \"Inference\")";
+
+impl TaskState {
+    fn caller(&self) -> Caller {
+        Caller { plugin: self.info.plugin.clone(), task: self.info.id.clone(), priority: self.priority }
+    }
+}
+
+impl inference::Host for TaskState {
+    fn models(&mut self) -> wasmtime::Result<Vec<ModelInfo>> {
+        Ok(match &self.inference {
+            Some(service) => service.models(&self.caller()),
+            None => Vec::new(),
+        })
+    }
+
+    async fn run(&mut self, model: String, inputs: Vec<Tensor>) -> wasmtime::Result<RunResult> {
+        let Some(service) = self.inference.clone() else {
+            return Ok(Err(InferenceError::Unavailable(NO_MODELS.into())));
+        };
+        let call = service.run(&self.caller(), model, inputs);
+        Ok(call.await)
+    }
+}
