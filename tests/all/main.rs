@@ -16,6 +16,9 @@ mod engine;
 mod examples;
 /// Flows: children, joins, declared DAGs, repeaters, limits, context.
 mod flows;
+/// Inference on ONNX Runtime: batching across tasks, checks, grants,
+/// timeouts, cancellation, the models API and file, MiniLM.
+mod inference;
 /// Plugins that are not valid task components are refused with the reason.
 mod invalid;
 /// No ambient authority: files, sockets, environment.

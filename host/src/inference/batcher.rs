@@ -95,11 +95,55 @@ impl Batcher {
         Ok(Self { shared })
     }
 
-    /// Queues a checked call; the receiver gets its outputs.
-    pub(crate) fn submit(&self, checked: Checked, priority: u8) -> Result<oneshot::Receiver<RunResult>, InferenceError> {
+    /// Queues a checked call; the ticket waits for its outputs.
+    pub(crate) fn submit(&self, checked: Checked, priority: u8) -> Result<Ticket, InferenceError> {
+        self.shared.submit(checked, priority)
+    }
+
+    /// The model's signature.
+    pub(crate) fn signature(&self) -> &Signature {
+        &self.shared.signature
+    }
+
+    /// Calls waiting now.
+    pub(crate) fn queued(&self) -> usize {
+        self.shared.lock().calls.len()
+    }
+}
+
+/// A queued call. Dropping it unanswered (the task was cancelled or timed
+/// out) withdraws the call: the batcher is woken to drop it from the queue.
+pub(crate) struct Ticket {
+    rx: oneshot::Receiver<RunResult>,
+    shared: Arc<Shared>,
+    answered: bool,
+}
+
+impl Ticket {
+    /// The call's outputs; `None` if the batcher went away unanswered.
+    pub(crate) async fn wait(&mut self) -> Option<RunResult> {
+        let result = (&mut self.rx).await.ok();
+        self.answered = true;
+        result
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.rx.close();
+            self.shared.wake.notify_all();
+        }
+    }
+}
+
+impl Shared {
+    /// Queues a checked call; the ticket waits for its outputs.
+    fn submit(self: &Arc<Self>, checked: Checked, priority: u8) -> Result<Ticket, InferenceError> {
         let (reply, rx) = oneshot::channel();
-        let shared = &self.shared;
+        let shared = self;
         let mut queue = shared.lock();
+        shared.prune(&mut queue);
         if queue.closed {
             return Err(InferenceError::Unavailable(format!("model `{}` was just removed or replaced", shared.model)));
         }
@@ -122,21 +166,9 @@ impl Batcher {
         shared.metrics.queued.get_or_create(&InferenceMetrics::label(&shared.model)).set(queue.calls.len() as i64);
         drop(queue);
         shared.wake.notify_all();
-        Ok(rx)
+        Ok(Ticket { rx, shared: shared.clone(), answered: false })
     }
 
-    /// The model's signature.
-    pub(crate) fn signature(&self) -> &Signature {
-        &self.shared.signature
-    }
-
-    /// Calls waiting now.
-    pub(crate) fn queued(&self) -> usize {
-        self.shared.lock().calls.len()
-    }
-}
-
-impl Shared {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -154,7 +186,9 @@ impl Shared {
         queue.calls.retain(|c| !c.reply.is_closed());
         let gone = before - queue.calls.len();
         if gone > 0 {
-            self.metrics.withdrawn.get_or_create(&InferenceMetrics::label(&self.model)).inc_by(gone as u64);
+            let label = InferenceMetrics::label(&self.model);
+            self.metrics.withdrawn.get_or_create(&label).inc_by(gone as u64);
+            self.metrics.queued.get_or_create(&label).set(queue.calls.len() as i64);
         }
     }
 
@@ -319,4 +353,101 @@ fn split(outputs: Vec<Tensor>, calls: &[Call], rows: usize, batched: bool) -> Re
         }
     }
     Ok(per_call)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::{TensorSpec, TensorType};
+
+    fn shared(max_rows: usize, max_delay: Duration, preferred: Vec<usize>) -> Shared {
+        let spec = |name: &str| TensorSpec { name: name.into(), ty: TensorType::F32, shape: vec![-1, -1] };
+        Shared {
+            model: "m".into(),
+            signature: Signature::new(vec![spec("x")], vec![spec("y")]),
+            policy: Policy { max_rows, max_delay, preferred, max_queue: 100 },
+            queue: Mutex::default(),
+            wake: Condvar::new(),
+            seq: AtomicU64::new(0),
+            metrics: InferenceMetrics::default(),
+        }
+    }
+
+    /// Queues a call of `rows` rows of width `width`, marked with `tag`.
+    fn push(s: &Arc<Shared>, tag: f32, rows: u64, width: u64, priority: u8) -> Ticket {
+        let data = vec![tag; (rows * width) as usize].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let tensor = Tensor { name: "x".into(), ty: TensorType::F32, shape: vec![rows, width], data };
+        let checked = s.signature.check("m", vec![tensor], 64).unwrap();
+        s.submit(checked, priority).unwrap()
+    }
+
+    fn tags(batch: &[Call]) -> Vec<f32> {
+        batch.iter().map(|c| f32::from_le_bytes(c.checked.inputs[0].data[..4].try_into().unwrap())).collect()
+    }
+
+    #[test]
+    fn a_full_batch_goes_at_once_highest_priority_first() {
+        let s = Arc::new(shared(3, Duration::from_secs(60), vec![]));
+        let _t: Vec<Ticket> = vec![push(&s, 1.0, 1, 4, 0), push(&s, 2.0, 1, 4, 9), push(&s, 3.0, 1, 4, 5), push(&s, 4.0, 1, 4, 9)];
+        let batch = s.next_batch().unwrap();
+        assert_eq!(tags(&batch), [2.0, 4.0, 3.0]);
+        assert_eq!(s.lock().calls.len(), 1);
+    }
+
+    #[test]
+    fn calls_of_other_shapes_wait_for_their_own_batch() {
+        let s = Arc::new(shared(4, Duration::ZERO, vec![]));
+        let _t = [push(&s, 1.0, 2, 4, 0), push(&s, 2.0, 1, 8, 0), push(&s, 3.0, 2, 4, 0)];
+        assert_eq!(tags(&s.next_batch().unwrap()), [1.0, 3.0]);
+        assert_eq!(tags(&s.next_batch().unwrap()), [2.0]);
+    }
+
+    #[test]
+    fn a_preferred_size_goes_without_waiting_for_the_delay() {
+        let s = Arc::new(shared(16, Duration::from_secs(60), vec![2, 4]));
+        let _t: Vec<Ticket> = (0..5).map(|i| push(&s, i as f32, 1, 4, 0)).collect();
+        let started = Instant::now();
+        assert_eq!(s.next_batch().unwrap().len(), 4);
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_partial_batch_goes_after_the_delay() {
+        let s = Arc::new(shared(16, Duration::from_millis(30), vec![]));
+        let _t = [push(&s, 1.0, 3, 4, 0)];
+        let started = Instant::now();
+        assert_eq!(s.next_batch().unwrap().len(), 1);
+        assert!(started.elapsed() >= Duration::from_millis(25), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn withdrawn_calls_leave_the_queue_and_a_closed_queue_drains() {
+        let s = Arc::new(shared(2, Duration::from_secs(60), vec![]));
+        let gone = push(&s, 1.0, 1, 4, 0);
+        let _kept = [push(&s, 2.0, 1, 4, 0)];
+        drop(gone);
+        let _more = [push(&s, 3.0, 1, 4, 0)];
+        assert_eq!(tags(&s.next_batch().unwrap()), [2.0, 3.0]);
+        let label = InferenceMetrics::label("m");
+        assert_eq!(s.metrics.withdrawn.get_or_create(&label).get(), 1);
+        let _last = [push(&s, 4.0, 1, 4, 0)];
+        s.lock().closed = true;
+        assert_eq!(tags(&s.next_batch().unwrap()), [4.0]);
+        assert!(s.next_batch().is_none());
+    }
+
+    #[test]
+    fn split_returns_each_call_its_rows() {
+        let s = Arc::new(shared(8, Duration::ZERO, vec![]));
+        let _t = [push(&s, 1.0, 1, 2, 0), push(&s, 2.0, 3, 2, 0)];
+        let mut batch = s.next_batch().unwrap();
+        let merged = merge(&mut batch, 4);
+        assert_eq!(merged[0].shape, [4, 2]);
+        let out = Tensor { name: "y".into(), ty: TensorType::U8, shape: vec![4, 1], data: vec![10, 20, 21, 22] };
+        let per_call = split(vec![out.clone()], &batch, 4, true).unwrap();
+        assert_eq!(per_call[0][0].data, [10]);
+        assert_eq!((per_call[1][0].shape.clone(), per_call[1][0].data.clone()), (vec![3, 1], vec![20, 21, 22]));
+        let wrong = Tensor { shape: vec![1, 4], ..out };
+        assert!(split(vec![wrong], &batch, 4, true).unwrap_err().contains("must return 4 rows"));
+    }
 }

@@ -142,7 +142,9 @@ mod duration {
     }
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
-        crate::units::parse_duration(&s).map_err(serde::de::Error::custom)
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!("invalid duration `{s}` ({e}): expected e.g. `0ms`, `2ms` or `10s`"))
+        })
     }
 }
 

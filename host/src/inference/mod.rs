@@ -448,7 +448,7 @@ impl Models {
             }
         };
         let checked = ready.info_signature_check(name, inputs).inspect_err(|_| metrics.error(name, "invalid_input"))?;
-        let rx = ready.batcher.submit(checked, caller.priority).inspect_err(|e| {
+        let mut ticket = ready.batcher.submit(checked, caller.priority).inspect_err(|e| {
             metrics.error(name, if matches!(e, InferenceError::Overloaded(_)) { "overloaded" } else { "unavailable" })
         })?;
         metrics.requests.get_or_create(&InferenceMetrics::label(name)).inc();
@@ -458,9 +458,9 @@ impl Models {
         Ok(Box::pin(async move {
             // `model` stays alive (and so its batcher) while the call waits.
             let _model = model;
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(result)) => result,
-                Ok(Err(_)) => Err(InferenceError::Backend(format!("model `{name}` stopped before answering"))),
+            match tokio::time::timeout(timeout, ticket.wait()).await {
+                Ok(Some(result)) => result,
+                Ok(None) => Err(InferenceError::Backend(format!("model `{name}` stopped before answering"))),
                 Err(_) => {
                     metrics.error(&name, "timeout");
                     Err(InferenceError::Timeout(format!(

@@ -100,7 +100,15 @@ fn specs(outlets: &[ort::value::Outlet], what: &str) -> Result<Vec<TensorSpec>, 
 }
 
 pub(crate) fn signature(session: &Session) -> Result<Signature, String> {
-    Ok(Signature::new(specs(session.inputs(), "input")?, specs(session.outputs(), "output")?))
+    let symbols = session
+        .inputs()
+        .iter()
+        .map(|o| match o.dtype() {
+            ValueType::Tensor { dimension_symbols, .. } => dimension_symbols.to_vec(),
+            _ => Vec::new(),
+        })
+        .collect();
+    Ok(Signature::new(specs(session.inputs(), "input")?, specs(session.outputs(), "output")?).with_symbols(symbols))
 }
 
 /// Runs `inputs` (already checked and merged) and returns the outputs in

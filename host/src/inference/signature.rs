@@ -70,6 +70,9 @@ pub(crate) struct Signature {
     /// Every input and output has a dynamic first dimension: calls can be
     /// stacked along it.
     pub(crate) batched: bool,
+    /// The model's names for its inputs' dynamic dimensions (`seq`):
+    /// dimensions with one name must have one size in a call.
+    pub(crate) symbols: Vec<Vec<String>>,
 }
 
 /// One call's inputs after the checks: in the model's input order, with
@@ -86,7 +89,13 @@ impl Signature {
     pub(crate) fn new(inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>) -> Self {
         let dynamic_first = |s: &TensorSpec| s.shape.first().is_some_and(|d| *d < 0);
         let batched = !inputs.is_empty() && inputs.iter().chain(&outputs).all(dynamic_first);
-        Self { inputs, outputs, batched }
+        Self { inputs, outputs, batched, symbols: Vec::new() }
+    }
+
+    /// Adds the names of the inputs' dynamic dimensions.
+    pub(crate) fn with_symbols(mut self, symbols: Vec<Vec<String>>) -> Self {
+        self.symbols = symbols;
+        self
     }
 
     fn list_inputs(&self) -> String {
@@ -136,6 +145,21 @@ impl Signature {
         } else {
             1
         };
+        let mut named: Vec<(&str, u64, &str)> = Vec::new();
+        for (t, symbols) in checked.iter().zip(&self.symbols) {
+            for (&size, symbol) in t.shape.iter().zip(symbols).filter(|(_, s)| !s.is_empty()) {
+                match named.iter().find(|(s, _, _)| s == symbol) {
+                    Some(&(_, first, other)) if first != size => {
+                        return Err(invalid(format!(
+                            "inputs disagree on dimension `{symbol}`: `{other}` has {first}, `{}` has {size}",
+                            t.name
+                        )));
+                    }
+                    Some(_) => {}
+                    None => named.push((symbol, size, &t.name)),
+                }
+            }
+        }
         let key = if self.batched { checked.iter().map(|t| t.shape[1..].to_vec()).collect() } else { Vec::new() };
         Ok(Checked { inputs: checked, rows, key })
     }
@@ -227,6 +251,19 @@ mod tests {
         short.data.pop();
         assert!(err(vec![ids(), short]).contains("has 31 bytes of data; shape [2, 4] of f32 needs 32"));
         assert!(err(vec![ids(), ids()]).contains("given twice"));
+    }
+
+    #[test]
+    fn dimensions_with_one_name_must_agree() {
+        let s = Signature::new(
+            vec![spec("ids", TensorType::I64, &[-1, -1]), spec("mask", TensorType::I64, &[-1, -1])],
+            vec![spec("out", TensorType::F32, &[-1, -1])],
+        )
+        .with_symbols(vec![vec!["batch".into(), "seq".into()], vec!["batch".into(), "seq".into()]]);
+        let t = |name: &str, seq: u64| tensor(name, TensorType::I64, &[1, seq]);
+        assert!(s.check("m", vec![t("ids", 3), t("mask", 3)], 4).is_ok());
+        let Err(InferenceError::InvalidInput(m)) = s.check("m", vec![t("ids", 3), t("mask", 4)], 4) else { panic!() };
+        assert!(m.contains("inputs disagree on dimension `seq`: `ids` has 3, `mask` has 4"), "{m}");
     }
 
     #[test]
