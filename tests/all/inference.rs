@@ -366,3 +366,40 @@ async fn the_semantic_search_example_finds_the_nearest_sentences_with_minilm() {
     assert_eq!(metric(&text, "requests_total", "minilm"), 5.0);
     assert_eq!(metric(&text, "batch_rows_sum", "minilm"), 12.0);
 }
+
+#[tokio::test]
+async fn a_full_queue_refuses_calls_as_overloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = "max_batch = 8\nmax_delay = \"10s\"\nmax_queue = 1\ntimeout = \"2s\"\nplugins = [\"*\"]";
+    let models = open(dir.path(), &[("affine", "affine", settings)]);
+    let first = tokio::spawn({
+        let models = models.clone();
+        async move { probe(&models, affine_call(&[[1.0; 4]])).await }
+    });
+    wait_until(|| models.model("affine").unwrap().queued == 1, "the first call to be queued").await;
+    let (kind, message) = error(&probe(&models, affine_call(&[[2.0; 4]])).await);
+    assert_eq!(kind, "overloaded");
+    assert!(message.contains("has 1 calls waiting, its limit (max_queue)"), "{message}");
+    assert_eq!(error(&first.await.unwrap()).0, "timeout");
+}
+
+#[test]
+fn the_device_a_model_runs_on_is_reported_and_cuda_failures_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = open(dir.path(), &[("gpu", "affine", "device = \"cuda:0\""), ("any", "affine", "device = \"auto\"")]);
+    let view = models.view();
+    let (gpu, any) = (models.model("gpu").unwrap(), models.model("any").unwrap());
+    match &view.runtime.cuda_error {
+        // This ONNX Runtime has no CUDA (the CPU wheel, as in CI).
+        Some(why) => {
+            assert_eq!(gpu.state, "failed");
+            assert!(gpu.error.as_deref().unwrap().contains("cannot run on cuda:0"), "{gpu:?}");
+            assert_eq!(any.running_on.as_deref(), Some("cpu"));
+            assert!(any.device_note.as_deref().unwrap().contains(why.as_str()), "{any:?}");
+        }
+        None => {
+            assert_eq!(gpu.running_on.as_deref(), Some("cuda:0"), "{gpu:?}");
+            assert_eq!(any.running_on.as_deref(), Some("cuda:0"), "{any:?}");
+        }
+    }
+}

@@ -8,7 +8,7 @@
 //! device = "auto"                         # cpu | cuda:N | auto
 //! instances = 1                           # sessions per device
 //! max_batch = 32                          # rows per run
-//! max_delay = "2ms"                       # longest wait to fill a batch
+//! max_delay = "0ms"                       # longest wait to fill a batch
 //! preferred_batch = [8, 16, 32]           # dispatch at once at these sizes
 //! timeout = "10s"                         # per call, queued + run
 //! max_queue = 1024                        # calls waiting, then `overloaded`
@@ -87,7 +87,10 @@ pub struct ModelSpec {
     /// Most rows in one run. Default 32; 1 turns batching off.
     #[serde(default = "defaults::max_batch")]
     pub max_batch: u32,
-    /// Longest a call waits for others to fill its batch. Default 2ms.
+    /// Longest a call waits for others to fill its batch. Default 0: a
+    /// free instance runs what is queued at once, and calls that arrive
+    /// while it is busy form the next batch. A few ms trade latency for
+    /// larger batches under bursty load.
     #[serde(default = "defaults::max_delay", with = "duration")]
     pub max_delay: Duration,
     /// Batch sizes dispatched as soon as that many rows wait.
@@ -123,7 +126,7 @@ mod defaults {
         32
     }
     pub(super) fn max_delay() -> Duration {
-        Duration::from_millis(2)
+        Duration::ZERO
     }
     pub(super) fn timeout() -> Duration {
         Duration::from_secs(10)

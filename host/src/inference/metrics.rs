@@ -76,6 +76,12 @@ impl InferenceMetrics {
         r.register("model_device", "1 for the device each loaded model runs on", self.device.clone());
     }
 
+    /// Registers the families under `inference_` in a registry of the
+    /// caller's (the engine does this itself).
+    pub fn register_into(&self, registry: &mut Registry) {
+        self.register(registry);
+    }
+
     pub(crate) fn error(&self, model: &str, kind: &str) {
         self.errors.get_or_create(&ErrorLabel { model: model.to_owned(), kind: kind.to_owned() }).inc();
     }

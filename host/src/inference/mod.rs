@@ -277,6 +277,14 @@ impl Models {
         &runtime::runtime().status
     }
 
+    /// The process's ONNX Runtime environment (there is one per process),
+    /// for code that calls ONNX Runtime directly beside the registry. Only
+    /// for benchmarks.
+    #[doc(hidden)]
+    pub fn ort_environment(&self) -> Option<ort::environment::Environment> {
+        runtime::runtime().env.clone()
+    }
+
     /// The metric families (the engine registers them).
     pub fn metrics(&self) -> &InferenceMetrics {
         &self.inner.metrics
