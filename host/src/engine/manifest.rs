@@ -4,6 +4,8 @@
 //! its own.
 //!
 //! ```toml
+//! models = ["minilm"]   # models it may call (inference)
+//!
 //! [limits]              # defaults for this plugin's tasks
 //! fuel = 2_000_000_000
 //! memory = "64MiB"
@@ -18,8 +20,6 @@
 //!
 //! [network]
 //! allow = ["127.0.0.1:8080", "api.example.com:443"]   # outbound TCP/UDP
-//!
-//! models = ["minilm"]   # models it may call (inference)
 //! ```
 
 use crate::units::{parse_duration, parse_size};

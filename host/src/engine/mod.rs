@@ -874,7 +874,11 @@ impl Engine {
         let limits = Limits::from(&record.limits);
         // The operator's grants, resolved at start so DNS changes count.
         let grants = match inner.registry.manifest(&record.plugin) {
-            Some(manifest) => Grants { dirs: manifest.dir_grants(), connect: manifest.connect_grants().await },
+            Some(manifest) => Grants {
+                dirs: manifest.dir_grants(),
+                connect: manifest.connect_grants().await,
+                models: manifest.models.clone(),
+            },
             None => Grants::default(),
         };
         let request = TaskRequest {

@@ -441,10 +441,10 @@ impl Models {
                 if known.is_empty() { "none".to_string() } else { known.join(", ") }
             )));
         };
-        if !model.spec.permits(&caller.plugin) {
+        if !permits(&model.spec, name, caller) {
             metrics.error(name, "not_permitted");
             return Err(InferenceError::NotPermitted(format!(
-                "plugin `{}` may not use model `{name}`; the operator grants it with `plugins = [\"{}\"]` in the model's settings",
+                "plugin `{}` may not use model `{name}`; the operator grants it with `plugins = [\"{}\"]` in the model's settings, or `models = [\"{name}\"]` in the plugin's manifest",
                 caller.plugin, caller.plugin
             )));
         }
@@ -484,10 +484,15 @@ impl Models {
         let models = self.inner.models.read().unwrap_or_else(|e| e.into_inner());
         models
             .values()
-            .filter(|m| m.spec.permits(&caller.plugin))
+            .filter(|m| permits(&m.spec, &m.name, caller))
             .filter_map(|m| m.loaded.as_ref().ok().map(|r| r.info.clone()))
             .collect()
     }
+}
+
+/// A model is granted by its own settings or by the plugin's manifest.
+fn permits(spec: &ModelSpec, name: &str, caller: &Caller) -> bool {
+    spec.permits(&caller.plugin) || caller.granted.iter().any(|m| m == name)
 }
 
 impl Ready {

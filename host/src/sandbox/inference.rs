@@ -20,6 +20,8 @@ pub struct Caller {
     pub task: String,
     /// The task's priority, 0-9, higher first.
     pub priority: u8,
+    /// Models the plugin's manifest grants it.
+    pub granted: Vec<String>,
 }
 
 /// The models a task reaches through its `inference` import. The model
@@ -41,7 +43,12 @@ const NO_MODELS: &str =
 
 impl TaskState {
     fn caller(&self) -> Caller {
-        Caller { plugin: self.info.plugin.clone(), task: self.info.id.clone(), priority: self.priority }
+        Caller {
+            plugin: self.info.plugin.clone(),
+            task: self.info.id.clone(),
+            priority: self.priority,
+            granted: self.models.clone(),
+        }
     }
 }
 

@@ -66,6 +66,9 @@ pub struct Grants {
     pub dirs: Vec<DirGrant>,
     /// Addresses the guest may connect or send to (TCP and UDP).
     pub connect: Vec<std::net::SocketAddr>,
+    /// Models the guest may call through `inference`, beyond those whose
+    /// own settings grant the plugin.
+    pub models: Vec<String>,
 }
 
 /// One preopened directory.
@@ -304,7 +307,7 @@ impl Sandbox {
             plugin: plugin.inner.name.clone(),
             version: plugin.inner.version.clone(),
         };
-        let mut store = Store::new(&self.inner.engine, TaskState::new(info, limits, grants, attached.services, attached.inference, meta.priority)?);
+        let mut store = Store::new(&self.inner.engine, TaskState::new(info, limits, grants, attached, meta.priority)?);
         store.limiter(|state| &mut state.limiter);
         if self.inner.config.fuel_metering {
             // Cannot fail: it errs only when the engine does not meter fuel.
@@ -424,9 +427,9 @@ impl Sandbox {
 
 /// The services a request attaches to its store.
 #[derive(Default)]
-struct Attached {
-    services: Option<Arc<dyn TaskServices>>,
-    inference: Option<Arc<dyn InferenceService>>,
+pub(crate) struct Attached {
+    pub(crate) services: Option<Arc<dyn TaskServices>>,
+    pub(crate) inference: Option<Arc<dyn InferenceService>>,
 }
 
 #[derive(Clone, Copy)]

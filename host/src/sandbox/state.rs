@@ -36,6 +36,8 @@ pub(crate) struct TaskState {
     pub(crate) interrupted: Option<Interrupted>,
     pub(crate) services: Option<Arc<dyn super::TaskServices>>,
     pub(crate) inference: Option<Arc<dyn super::InferenceService>>,
+    /// Models the operator granted this plugin (its manifest).
+    pub(crate) models: Vec<String>,
     pub(crate) priority: u8,
 }
 
@@ -46,8 +48,7 @@ impl TaskState {
         info: WitTaskInfo,
         limits: &Limits,
         grants: &Grants,
-        services: Option<Arc<dyn super::TaskServices>>,
-        inference: Option<Arc<dyn super::InferenceService>>,
+        attached: super::Attached,
         priority: u8,
     ) -> Result<Self, String> {
         let max_log_bytes = limits.max_log_bytes;
@@ -98,8 +99,9 @@ impl TaskState {
             info,
             started: Instant::now(),
             interrupted: None,
-            services,
-            inference,
+            services: attached.services,
+            inference: attached.inference,
+            models: grants.models.clone(),
             priority,
         })
     }
