@@ -50,9 +50,8 @@ fn models(dir: &Path, max_batch: u32) -> Models {
 
 fn models_of(dir: &Path, name: &str, model: &Path, max_batch: u32) -> Models {
     let file = dir.join(format!("models-{name}-{max_batch}.toml"));
-    let text = format!(
-        "[models.{name}]\npath = {model:?}\nmax_batch = {max_batch}\nmax_queue = 4096\nplugins = [\"*\"]\n"
-    );
+    let text =
+        format!("[models.{name}]\npath = {model:?}\nmax_batch = {max_batch}\nmax_queue = 4096\nplugins = [\"*\"]\n");
     std::fs::write(&file, text).unwrap();
     let models = Models::open(Some(file)).unwrap();
     let view = models.view();
@@ -86,7 +85,14 @@ async fn bench() {
         let b = load(&sandbox, &embed, &on, concurrency).await;
         println!(
             "{concurrency:>11} | {:>9.0} {:>9.2} {:>9.2} | {:>9.0} {:>9.2} {:>9.2} {:>10.1} | {:>6.2}x",
-            a.rate, a.p50, a.p99, b.rate, b.p50, b.p99, b.mean_batch, b.rate / a.rate
+            a.rate,
+            a.p50,
+            a.p99,
+            b.rate,
+            b.p50,
+            b.p99,
+            b.mean_batch,
+            b.rate / a.rate
         );
     }
     println!();
@@ -173,8 +179,13 @@ fn bert_inputs(rows: u64, seq: u64) -> Vec<Tensor> {
         })
         .collect();
     let bytes = |v: &[i64]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
-    let tensor = |name: &str, data: Vec<u8>| Tensor { name: name.into(), ty: TensorType::I64, shape: vec![rows, seq], data };
-    vec![tensor("input_ids", bytes(&ids)), tensor("attention_mask", bytes(&vec![1; n])), tensor("token_type_ids", bytes(&vec![0; n]))]
+    let tensor =
+        |name: &str, data: Vec<u8>| Tensor { name: name.into(), ty: TensorType::I64, shape: vec![rows, seq], data };
+    vec![
+        tensor("input_ids", bytes(&ids)),
+        tensor("attention_mask", bytes(&vec![1; n])),
+        tensor("token_type_ids", bytes(&vec![0; n])),
+    ]
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -192,7 +203,8 @@ async fn tiny(dir: &Path) {
             .map(|_| {
                 let models = models.clone();
                 tokio::spawn(async move {
-                    let caller = Caller { plugin: "bench".into(), task: "bench".into(), priority: 0, granted: Vec::new() };
+                    let caller =
+                        Caller { plugin: "bench".into(), task: "bench".into(), priority: 0, granted: Vec::new() };
                     let x = Tensor { name: "x".into(), ty: TensorType::F32, shape: vec![1, 4], data: vec![0; 16] };
                     let mut n = 0u64;
                     while Instant::now() < until {
@@ -232,7 +244,9 @@ async fn per_call(sandbox: &Sandbox, models: &Models) {
         .unwrap();
     let caller = Caller { plugin: "bench".into(), task: "bench".into(), priority: 0, granted: Vec::new() };
     let service: Arc<dyn InferenceService> = Arc::new(models.clone());
-    println!("per call, {seq} tokens a row ({ROUNDS} rounds of {CALLS} calls each way, interleaved; medians; overhead = median of the rounds' ratios):");
+    println!(
+        "per call, {seq} tokens a row ({ROUNDS} rounds of {CALLS} calls each way, interleaved; medians; overhead = median of the rounds' ratios):"
+    );
     println!(
         "{:>5} | {:>12} | {:>12} {:>9} | {:>12} {:>9}",
         "rows", "direct ms", "host path ms", "overhead", "WIT path ms", "overhead"

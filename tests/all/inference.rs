@@ -71,9 +71,7 @@ const PROBE_ONLY: &str = r#"plugins = ["infer-probe"]"#;
 
 fn metric(text: &str, name: &str, model: &str) -> f64 {
     let prefix = format!("taskhost_inference_{name}{{model=\"{model}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .map_or(0.0, |v| v.trim().parse().unwrap())
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 async fn engine_serving(models: &Models, concurrency: usize) -> (Engine, tempfile::TempDir) {
@@ -136,22 +134,71 @@ async fn preferred_batch_sizes_go_without_waiting_for_the_delay() {
 #[tokio::test]
 async fn inputs_are_checked_against_the_model_before_anything_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let models = open(dir.path(), &[("affine", "affine", "max_batch = 4\nmax_delay = \"0ms\"\nplugins = [\"*\"]"), ("mask", "mask", PROBE_ONLY), ("fixed", "fixed", PROBE_ONLY)]);
+    let models = open(
+        dir.path(),
+        &[
+            ("affine", "affine", "max_batch = 4\nmax_delay = \"0ms\"\nplugins = [\"*\"]"),
+            ("mask", "mask", PROBE_ONLY),
+            ("fixed", "fixed", PROBE_ONLY),
+        ],
+    );
     let x = |ty: &str, shape: Value, values: Value| json!({"name": "x", "type": ty, "shape": shape, "values": values});
     let call = |model: &str, inputs: Value| json!({"model": model, "inputs": inputs});
     let cases = [
-        (call("affine", json!([x("f64", json!([1, 4]), json!([1, 2, 3, 4]))])), "input `x` is f64; the model expects f32 (x f32[?, 4])"),
-        (call("affine", json!([x("f32", json!([1, 3]), json!([1, 2, 3]))])), "input `x` has shape [1, 3]; the model expects x f32[?, 4]"),
-        (call("affine", json!([x("f32", json!([4]), json!([1, 2, 3, 4]))])), "has shape [4]; the model expects x f32[?, 4]"),
-        (call("affine", json!([x("f32", json!([5, 4]), json!(vec![0; 20]))])), "the call has 5 rows; the model takes at most 4 per call"),
+        (
+            call("affine", json!([x("f64", json!([1, 4]), json!([1, 2, 3, 4]))])),
+            "input `x` is f64; the model expects f32 (x f32[?, 4])",
+        ),
+        (
+            call("affine", json!([x("f32", json!([1, 3]), json!([1, 2, 3]))])),
+            "input `x` has shape [1, 3]; the model expects x f32[?, 4]",
+        ),
+        (
+            call("affine", json!([x("f32", json!([4]), json!([1, 2, 3, 4]))])),
+            "has shape [4]; the model expects x f32[?, 4]",
+        ),
+        (
+            call("affine", json!([x("f32", json!([5, 4]), json!(vec![0; 20]))])),
+            "the call has 5 rows; the model takes at most 4 per call",
+        ),
         (call("affine", json!([x("f32", json!([0, 4]), json!([]))])), "the batch is empty"),
-        (call("affine", json!([{"name": "x", "type": "f32", "shape": [1, 4], "bytes": vec![0; 15]}])), "has 15 bytes of data; shape [1, 4] of f32 needs 16"),
+        (
+            call("affine", json!([{"name": "x", "type": "f32", "shape": [1, 4], "bytes": vec![0; 15]}])),
+            "has 15 bytes of data; shape [1, 4] of f32 needs 16",
+        ),
         (call("affine", json!([])), "input `x` is missing (x f32[?, 4])"),
-        (call("affine", json!([x("f32", json!([1, 4]), json!(vec![0; 4])), {"name": "z", "type": "f32", "shape": [1], "values": [1]}])), "it has no input `z`; its inputs are: x f32[?, 4]"),
-        (call("mask", json!([{"name": "ids", "type": "i64", "shape": [1, 2], "values": [1, 2]}, {"name": "keep", "type": "bool", "shape": [1, 2], "bytes": [1, 2]}])), "input `keep` is bool but holds the byte 2"),
-        (call("mask", json!([{"name": "ids", "type": "i64", "shape": [1, 2], "values": [1, 2]}, {"name": "keep", "type": "bool", "shape": [1, 3], "values": [1, 0, 1]}])), "inputs disagree on dimension `seq`: `ids` has 2, `keep` has 3"),
-        (call("mask", json!([{"name": "ids", "type": "i64", "shape": [1, 2], "values": [1, 2]}, {"name": "keep", "type": "bool", "shape": [2, 2], "values": [1, 0, 1, 1]}])), "inputs disagree on the batch size"),
-        (call("fixed", json!([x("f32", json!([2, 3]), json!(vec![0; 6]))])), "has shape [2, 3]; the model expects x f32[1, 3]"),
+        (
+            call(
+                "affine",
+                json!([x("f32", json!([1, 4]), json!(vec![0; 4])), {"name": "z", "type": "f32", "shape": [1], "values": [1]}]),
+            ),
+            "it has no input `z`; its inputs are: x f32[?, 4]",
+        ),
+        (
+            call(
+                "mask",
+                json!([{"name": "ids", "type": "i64", "shape": [1, 2], "values": [1, 2]}, {"name": "keep", "type": "bool", "shape": [1, 2], "bytes": [1, 2]}]),
+            ),
+            "input `keep` is bool but holds the byte 2",
+        ),
+        (
+            call(
+                "mask",
+                json!([{"name": "ids", "type": "i64", "shape": [1, 2], "values": [1, 2]}, {"name": "keep", "type": "bool", "shape": [1, 3], "values": [1, 0, 1]}]),
+            ),
+            "inputs disagree on dimension `seq`: `ids` has 2, `keep` has 3",
+        ),
+        (
+            call(
+                "mask",
+                json!([{"name": "ids", "type": "i64", "shape": [1, 2], "values": [1, 2]}, {"name": "keep", "type": "bool", "shape": [2, 2], "values": [1, 0, 1, 1]}]),
+            ),
+            "inputs disagree on the batch size",
+        ),
+        (
+            call("fixed", json!([x("f32", json!([2, 3]), json!(vec![0; 6]))])),
+            "has shape [2, 3]; the model expects x f32[1, 3]",
+        ),
     ];
     for (script, expected) in cases {
         let (kind, message) = error(&probe(&models, script.clone()).await);
@@ -160,7 +207,10 @@ async fn inputs_are_checked_against_the_model_before_anything_runs() {
     }
     // Nothing reached ONNX Runtime: no batch ran.
     let ok = probe(&models, call("mask", json!([{"name": "ids", "type": "i64", "shape": [2, 3], "values": [1, 2, 3, 4, 5, 6]}, {"name": "keep", "type": "bool", "shape": [2, 3], "values": [1, 0, 1, 0, 0, 1]}]))).await;
-    assert_eq!(ok["ok"][0], json!({"name": "out", "type": "i64", "shape": [2, 3], "values": [1.0, 0.0, 3.0, 0.0, 0.0, 6.0]}));
+    assert_eq!(
+        ok["ok"][0],
+        json!({"name": "out", "type": "i64", "shape": [2, 3], "values": [1.0, 0.0, 3.0, 0.0, 0.0, 6.0]})
+    );
     let fixed = probe(&models, call("fixed", json!([x("f32", json!([1, 3]), json!([1, 2, 3]))]))).await;
     assert_eq!(fixed["ok"][0]["values"], json!([2.0, 3.0, 4.0]));
     let (kind, message) = error(&probe(&models, call("nope", json!([]))).await);
@@ -176,10 +226,16 @@ async fn a_plugin_not_granted_a_model_cannot_see_or_run_it() {
     assert_eq!(kind, "not-permitted");
     assert!(message.contains("plugin `intruder` may not use model `affine`"), "{message}");
     let listed = probe_as(&models, "intruder", json!({"list": true})).await;
-    assert_eq!(listed["models"].as_array().unwrap().iter().map(|m| m["name"].clone()).collect::<Vec<_>>(), [json!("fixed")]);
+    assert_eq!(
+        listed["models"].as_array().unwrap().iter().map(|m| m["name"].clone()).collect::<Vec<_>>(),
+        [json!("fixed")]
+    );
     let granted = probe(&models, json!({"list": true})).await;
     assert_eq!(granted["models"].as_array().unwrap().len(), 2);
-    assert_eq!(granted["models"][0], json!({"name": "affine", "batched": true, "max_rows": 32, "device": "cpu", "inputs": ["x"]}));
+    assert_eq!(
+        granted["models"][0],
+        json!({"name": "affine", "batched": true, "max_rows": 32, "device": "cpu", "inputs": ["x"]})
+    );
     assert!(probe(&models, affine_call(&[[1.0; 4]])).await["ok"].is_array());
 }
 
@@ -187,12 +243,16 @@ async fn a_plugin_not_granted_a_model_cannot_see_or_run_it() {
 async fn a_failed_batch_is_reported_to_every_caller_and_the_model_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
     let models = open(dir.path(), &[("lookup", "lookup", "max_batch = 2\nmax_delay = \"10s\"\nplugins = [\"*\"]")]);
-    let call = |i: i64| json!({"model": "lookup", "inputs": [{"name": "idx", "type": "i64", "shape": [1, 1], "values": [i]}]});
+    let call =
+        |i: i64| json!({"model": "lookup", "inputs": [{"name": "idx", "type": "i64", "shape": [1, 1], "values": [i]}]});
     let (good, bad) = tokio::join!(probe(&models, call(1)), probe(&models, call(7)));
     for result in [good, bad] {
         let (kind, message) = error(&result);
         assert_eq!(kind, "backend");
-        assert!(message.contains("the batch of 2 rows from 2 calls") && message.contains("out of data bounds"), "{message}");
+        assert!(
+            message.contains("the batch of 2 rows from 2 calls") && message.contains("out of data bounds"),
+            "{message}"
+        );
     }
     let (a, b) = tokio::join!(probe(&models, call(0)), probe(&models, call(3)));
     assert_eq!((a["ok"][0]["values"].clone(), b["ok"][0]["values"].clone()), (json!([10.0]), json!([40.0])));
@@ -236,7 +296,10 @@ async fn a_task_cancelled_while_its_call_is_queued_drops_out_cleanly() {
     assert_eq!(metric(&engine.metrics_text(), "withdrawn_total", "affine"), 1.0);
     // The model serves the next calls as before.
     let (a, b) = tokio::join!(probe(&models, affine_call(&[[0.0; 4]])), probe(&models, affine_call(&[[1.0; 4]])));
-    assert_eq!((a["ok"][0]["values"].clone(), b["ok"][0]["values"].clone()), (json!(vec![1.0; 4]), json!(vec![3.0; 4])));
+    assert_eq!(
+        (a["ok"][0]["values"].clone(), b["ok"][0]["values"].clone()),
+        (json!(vec![1.0; 4]), json!(vec![3.0; 4]))
+    );
 }
 
 #[tokio::test]
@@ -252,14 +315,21 @@ async fn the_models_api_adds_lists_and_removes_models_in_the_models_file() {
     let http = reqwest::Client::new();
     let post = |body: Value| http.post(&base).json(&body).send();
 
-    let added = post(json!({"name": "affine", "path": model_path("affine"), "max_batch": 8, "plugins": ["infer-probe"]})).await.unwrap();
+    let added =
+        post(json!({"name": "affine", "path": model_path("affine"), "max_batch": 8, "plugins": ["infer-probe"]}))
+            .await
+            .unwrap();
     assert_eq!(added.status(), 201);
     let view: Value = added.json().await.unwrap();
     assert_eq!((view["state"].clone(), view["running_on"].clone()), (json!("ready"), json!("cpu")));
     assert_eq!(view["inputs"], json!([{"name": "x", "type": "f32", "shape": [-1, 4]}]));
 
     for (body, status, expected) in [
-        (json!({"name": "bad", "path": model_path("affine"), "max_batch": 0}), 400, "`max_batch` is 0; expected 1 to 4096"),
+        (
+            json!({"name": "bad", "path": model_path("affine"), "max_batch": 0}),
+            400,
+            "`max_batch` is 0; expected 1 to 4096",
+        ),
         (json!({"name": "bad", "path": model_path("affine"), "device": "tpu"}), 400, "unknown device `tpu`"),
         (json!({"name": "bad", "path": "/nowhere/m.onnx"}), 422, "model file /nowhere/m.onnx does not exist"),
         (json!({"path": "x.onnx"}), 400, "`name` is missing"),
@@ -323,7 +393,12 @@ fn without_onnx_runtime_inference_says_why_and_other_tasks_still_run() {
     };
     let out = run(INFER_PROBE.path, &affine_call(&[[1.0; 4]]).to_string());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("WARNING: inference is unavailable: ORT_DYLIB_PATH is /nonexistent/libonnxruntime.so, which is not a file"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "WARNING: inference is unavailable: ORT_DYLIB_PATH is /nonexistent/libonnxruntime.so, which is not a file"
+        ),
+        "{stderr}"
+    );
     let result: Value = serde_json::from_slice(&out.stdout).unwrap();
     let (kind, message) = error(&result);
     assert_eq!(kind, "unavailable");
@@ -339,7 +414,8 @@ async fn the_semantic_search_example_finds_the_nearest_sentences_with_minilm() {
     assert!(minilm.is_file(), "{} is missing: run ./dev.sh setup", minilm.display());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("models.toml");
-    std::fs::write(&file, format!("[models.minilm]\npath = {minilm:?}\nplugins = [\"embed\"]\nmax_delay = \"5ms\"\n")).unwrap();
+    std::fs::write(&file, format!("[models.minilm]\npath = {minilm:?}\nplugins = [\"embed\"]\nmax_delay = \"5ms\"\n"))
+        .unwrap();
     let models = Models::open(Some(file)).unwrap();
     let (engine, _data) = engine_serving(&models, 16).await;
     let corpus = [

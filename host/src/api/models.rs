@@ -3,7 +3,7 @@
 
 use super::{ApiError, ApiResult};
 use crate::engine::Engine;
-use crate::inference::{Models, ModelsError, ModelSpec};
+use crate::inference::{ModelSpec, Models, ModelsError};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -46,7 +46,11 @@ pub(super) async fn put(State(engine): State<Engine>, body: Result<Json<Value>, 
     let Json(mut body) = body?;
     let name = match body.as_object_mut().and_then(|o| o.remove("name")) {
         Some(Value::String(name)) => name,
-        _ => return Err(ApiError::invalid("`name` is missing; expected {\"name\": \"...\", \"path\": \"model.onnx\", ...}")),
+        _ => {
+            return Err(ApiError::invalid(
+                "`name` is missing; expected {\"name\": \"...\", \"path\": \"model.onnx\", ...}",
+            ));
+        }
     };
     let spec: ModelSpec = serde_json::from_value(body)
         .map_err(|e| ApiError::invalid(format!("the model settings do not fit: {e} (see README \"Inference\")")))?;

@@ -91,7 +91,8 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
             return fail(EXIT_TASK_FAILED, &format!("invalid plugin: `{}`: {e}", args.plugin.display()));
         }
     };
-    let report = sandbox.run(&plugin, TaskRequest { input, limits: Some(limits), inference, ..TaskRequest::default() }).await;
+    let report =
+        sandbox.run(&plugin, TaskRequest { input, limits: Some(limits), inference, ..TaskRequest::default() }).await;
     print_captured(&report);
     if args.stats {
         eprintln!(

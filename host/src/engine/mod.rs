@@ -242,8 +242,7 @@ impl Engine {
         let store = Store::open(&path, config.group_commit).with_context(|| format!("opening {}", path.display()))?;
         let sandbox = Sandbox::new(config.sandbox.clone())?;
         let metrics = Arc::new(Metrics::new(config.models.as_ref().map(|m| m.metrics())));
-        let inference =
-            config.models.clone().map(|m| -> Arc<dyn crate::sandbox::InferenceService> { Arc::new(m) });
+        let inference = config.models.clone().map(|m| -> Arc<dyn crate::sandbox::InferenceService> { Arc::new(m) });
         let registry = Registry::open(sandbox.clone(), store.clone(), metrics.clone(), config.data_dir.join("cache"))
             .await
             .context("loading plugins")?;

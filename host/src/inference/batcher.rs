@@ -161,7 +161,9 @@ impl Shared {
             enqueued: Instant::now(),
             reply,
         };
-        let at = queue.calls.partition_point(|c| (c.priority, std::cmp::Reverse(c.seq)) > (priority, std::cmp::Reverse(call.seq)));
+        let at = queue
+            .calls
+            .partition_point(|c| (c.priority, std::cmp::Reverse(c.seq)) > (priority, std::cmp::Reverse(call.seq)));
         queue.calls.insert(at, call);
         shared.metrics.queued.get_or_create(&InferenceMetrics::label(&shared.model)).set(queue.calls.len() as i64);
         drop(queue);
@@ -388,7 +390,8 @@ mod tests {
     #[test]
     fn a_full_batch_goes_at_once_highest_priority_first() {
         let s = Arc::new(shared(3, Duration::from_secs(60), vec![]));
-        let _t: Vec<Ticket> = vec![push(&s, 1.0, 1, 4, 0), push(&s, 2.0, 1, 4, 9), push(&s, 3.0, 1, 4, 5), push(&s, 4.0, 1, 4, 9)];
+        let _t: Vec<Ticket> =
+            vec![push(&s, 1.0, 1, 4, 0), push(&s, 2.0, 1, 4, 9), push(&s, 3.0, 1, 4, 5), push(&s, 4.0, 1, 4, 9)];
         let batch = s.next_batch().unwrap();
         assert_eq!(tags(&batch), [2.0, 4.0, 3.0]);
         assert_eq!(s.lock().calls.len(), 1);

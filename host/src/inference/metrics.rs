@@ -71,7 +71,11 @@ impl InferenceMetrics {
         r.register("queue_wait_seconds", "Time a call waited for its batch to start", self.queue_wait.clone());
         r.register("run_seconds", "ONNX Runtime time per batch", self.run_time.clone());
         r.register("errors", "Calls that ended in an error, by kind", self.errors.clone());
-        r.register("withdrawn", "Queued calls dropped because their task was cancelled or timed out", self.withdrawn.clone());
+        r.register(
+            "withdrawn",
+            "Queued calls dropped because their task was cancelled or timed out",
+            self.withdrawn.clone(),
+        );
         r.register("queued", "Calls waiting for a batch now", self.queued.clone());
         r.register("model_device", "1 for the device each loaded model runs on", self.device.clone());
     }

@@ -153,8 +153,7 @@ impl Model {
         preferred.sort_unstable();
         let batched = opened.signature.batched;
         let max_rows = if batched { spec.max_batch as usize } else { 1 };
-        let policy =
-            Policy { max_rows, max_delay: spec.max_delay, preferred, max_queue: spec.max_queue as usize };
+        let policy = Policy { max_rows, max_delay: spec.max_delay, preferred, max_queue: spec.max_queue as usize };
         let info = ModelInfo {
             name: name.to_owned(),
             inputs: opened.signature.inputs.clone(),
@@ -389,7 +388,8 @@ impl Models {
         };
         *lock(&self.inner.file_error) = None;
         let base = self.base();
-        let current: Vec<String> = self.inner.models.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        let current: Vec<String> =
+            self.inner.models.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
         for name in current.iter().filter(|n| !parsed.models.contains_key(*n)) {
             tracing::info!(model = %name, "model removed from the models file");
             lock(&self.inner.reload_errors).remove(name);
@@ -398,7 +398,8 @@ impl Models {
         for (name, spec) in &parsed.models {
             let old = self.get(name);
             let path = spec.resolved_path(base.as_deref());
-            let unchanged = old.as_ref().is_some_and(|m| m.spec == *spec && m.stamp == stamp(&path) && m.loaded.is_ok());
+            let unchanged =
+                old.as_ref().is_some_and(|m| m.spec == *spec && m.stamp == stamp(&path) && m.loaded.is_ok());
             if unchanged {
                 continue;
             }

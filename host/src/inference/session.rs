@@ -133,7 +133,8 @@ pub(crate) fn run(session: &mut Session, signature: &Signature, inputs: Vec<Tens
         .outputs
         .iter()
         .map(|spec| {
-            let value = outputs.get(&spec.name).ok_or_else(|| format!("the model returned no output `{}`", spec.name))?;
+            let value =
+                outputs.get(&spec.name).ok_or_else(|| format!("the model returned no output `{}`", spec.name))?;
             let tensor = value.view().downcast::<DynTensorValueType>().map_err(|e| e.to_string())?;
             let ty = from_ort(*tensor.data_type())
                 .ok_or_else(|| format!("output `{}` has an unsupported type", spec.name))?;

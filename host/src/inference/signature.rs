@@ -178,7 +178,12 @@ fn check_tensor(spec: &TensorSpec, t: &Tensor) -> Result<(), String> {
     let fits = t.shape.len() == spec.shape.len()
         && t.shape.iter().zip(&spec.shape).all(|(&have, &want)| want < 0 || have == want as u64);
     if !fits {
-        return Err(format!("input `{}` has shape {:?}; the model expects {} (? is any size)", t.name, t.shape, describe(spec)));
+        return Err(format!(
+            "input `{}` has shape {:?}; the model expects {} (? is any size)",
+            t.name,
+            t.shape,
+            describe(spec)
+        ));
     }
     let elems = t.shape.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d));
     let want = elems.and_then(|n| n.checked_mul(elem_size(t.ty) as u64));
@@ -242,11 +247,23 @@ mod tests {
     fn says_what_was_wrong_and_what_was_expected() {
         let ids = || tensor("ids", TensorType::I64, &[2, 5]);
         assert!(err(vec![ids()]).contains("input `scale` is missing (scale f32[?, 4])"));
-        assert!(err(vec![ids(), tensor("x", TensorType::F32, &[2, 4])]).contains("no input `x`; its inputs are: ids i64[?, ?], scale f32[?, 4]"));
-        assert!(err(vec![ids(), tensor("scale", TensorType::F64, &[2, 4])]).contains("input `scale` is f64; the model expects f32"));
-        assert!(err(vec![ids(), tensor("scale", TensorType::F32, &[2, 5])]).contains("has shape [2, 5]; the model expects scale f32[?, 4]"));
+        assert!(
+            err(vec![ids(), tensor("x", TensorType::F32, &[2, 4])])
+                .contains("no input `x`; its inputs are: ids i64[?, ?], scale f32[?, 4]")
+        );
+        assert!(
+            err(vec![ids(), tensor("scale", TensorType::F64, &[2, 4])])
+                .contains("input `scale` is f64; the model expects f32")
+        );
+        assert!(
+            err(vec![ids(), tensor("scale", TensorType::F32, &[2, 5])])
+                .contains("has shape [2, 5]; the model expects scale f32[?, 4]")
+        );
         assert!(err(vec![ids(), tensor("scale", TensorType::F32, &[3, 4])]).contains("disagree on the batch size"));
-        assert!(err(vec![tensor("ids", TensorType::I64, &[9, 1]), tensor("scale", TensorType::F32, &[9, 4])]).contains("9 rows; the model takes at most 8"));
+        assert!(
+            err(vec![tensor("ids", TensorType::I64, &[9, 1]), tensor("scale", TensorType::F32, &[9, 4])])
+                .contains("9 rows; the model takes at most 8")
+        );
         let mut short = tensor("scale", TensorType::F32, &[2, 4]);
         short.data.pop();
         assert!(err(vec![ids(), short]).contains("has 31 bytes of data; shape [2, 4] of f32 needs 32"));

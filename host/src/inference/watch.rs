@@ -35,7 +35,8 @@ pub(super) fn start(inner: Weak<Inner>, file: PathBuf) -> Result<(), String> {
                 let wait = due.map_or(Duration::from_millis(500), |d| d.saturating_duration_since(Instant::now()));
                 match rx.recv_timeout(wait) {
                     Ok(path) => {
-                        let relevant = path == file || inner.upgrade().is_some_and(|i| names(&i, &file).contains(&path));
+                        let relevant =
+                            path == file || inner.upgrade().is_some_and(|i| names(&i, &file).contains(&path));
                         if relevant {
                             due = Some(Instant::now() + QUIET);
                         }

@@ -38,8 +38,7 @@ pub trait InferenceService: Send + Sync + std::fmt::Debug {
 /// What one `inference.run` returns.
 pub type RunResult = Result<Vec<Tensor>, InferenceError>;
 
-const NO_MODELS: &str =
-    "this host serves no models (start it with `--models FILE`; see README \"Inference\")";
+const NO_MODELS: &str = "this host serves no models (start it with `--models FILE`; see README \"Inference\")";
 
 impl TaskState {
     fn caller(&self) -> Caller {

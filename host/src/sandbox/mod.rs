@@ -15,10 +15,10 @@ mod state;
 mod ticker;
 
 pub use config::{Limits, SandboxConfig};
+pub use inference::{Caller, InferenceError, InferenceService, ModelInfo, RunResult, Tensor, TensorSpec, TensorType};
 pub use outcome::{FailureClass, LogLevel, LogRecord, TaskFailure, TaskReport};
 pub(crate) use plugin::check_header;
 pub use plugin::{LoadError, Plugin};
-pub use inference::{Caller, InferenceError, InferenceService, ModelInfo, RunResult, Tensor, TensorSpec, TensorType};
 pub use services::{ChildTask, ContextError, QueueError, TaskServices, TaskStatus, TaskView};
 
 use crate::bindings::{Task, TaskError, TaskPre, WitTaskInfo};
@@ -281,7 +281,8 @@ impl Sandbox {
         let mut stores = Vec::with_capacity(count);
         for i in 0..count {
             let meta = TaskMeta { id: format!("hold-{i}"), ..TaskMeta::default() };
-            let Ok(mut store) = self.new_store(plugin, &meta, &limits, &Grants::default(), None, Attached::default()) else {
+            let Ok(mut store) = self.new_store(plugin, &meta, &limits, &Grants::default(), None, Attached::default())
+            else {
                 continue;
             };
             if plugin.inner.pre.instantiate_async(&mut store).await.is_ok() {
@@ -347,7 +348,8 @@ impl Sandbox {
         let deadline = tokio::time::Instant::now() + limits.timeout;
         let cancel = request.cancel.clone();
         let attached = Attached { services: request.services, inference: request.inference };
-        let mut store = match self.new_store(plugin, &request.meta, &limits, &request.grants, request.cancel, attached) {
+        let mut store = match self.new_store(plugin, &request.meta, &limits, &request.grants, request.cancel, attached)
+        {
             Ok(store) => store,
             Err(message) => return early_failure(message),
         };

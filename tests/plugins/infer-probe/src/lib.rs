@@ -104,8 +104,10 @@ fn probe(Json(script): Json<Script>) -> Result<Json<serde_json::Value>> {
     if script.list {
         let models: Vec<_> = inference::models()
             .into_iter()
-            .map(|m| serde_json::json!({"name": m.name, "batched": m.batched, "max_rows": m.max_rows,
-                "device": m.device, "inputs": m.inputs.iter().map(|s| &s.name).collect::<Vec<_>>()}))
+            .map(|m| {
+                serde_json::json!({"name": m.name, "batched": m.batched, "max_rows": m.max_rows,
+                "device": m.device, "inputs": m.inputs.iter().map(|s| &s.name).collect::<Vec<_>>()})
+            })
             .collect();
         return Ok(Json(serde_json::json!({ "models": models })));
     }
