@@ -235,10 +235,15 @@ async fn rollback_and_delete() {
     let (engine, _dir) = engine_with(|_| {}).await;
     engine.add_plugin("tool", HELLO_TASK.bytes(), None, true).await.unwrap();
     engine.add_plugin("tool", HELLO_TASK_RAW.bytes(), None, true).await.unwrap();
-    assert_eq!(engine.submit(task("tool", "a")).await.unwrap().record.plugin_version, "2");
+    let first = engine.submit(task("tool", "a")).await.unwrap().record;
+    assert_eq!(first.plugin_version, "2");
     engine.set_latest("tool", "1").await.unwrap();
-    assert_eq!(engine.submit(task("tool", "a")).await.unwrap().record.plugin_version, "1");
+    let second = engine.submit(task("tool", "a")).await.unwrap().record;
+    assert_eq!(second.plugin_version, "1");
     assert!(engine.set_latest("tool", "9").await.unwrap_err().to_string().contains("no live version `9`"));
+    // Let those two end, so the only unfinished task below is the held one.
+    done(&engine, first.id).await;
+    done(&engine, second.id).await;
 
     // A version with unfinished tasks cannot be deleted.
     let held = NewTask { delay_ms: Some(60_000), ..task("tool@2", "later") };

@@ -240,6 +240,10 @@ impl Models {
     /// it). A file that does not parse is an error; a model that fails to
     /// load is kept as `failed`, with why. Blocking (loads models).
     pub fn open(file: Option<PathBuf>) -> Result<Self, String> {
+        // Absolute, so file events (which carry absolute paths) match it.
+        let file = file
+            .map(|f| std::path::absolute(&f).map_err(|e| format!("cannot resolve {}: {e}", f.display())))
+            .transpose()?;
         let parsed = match &file {
             Some(path) => ModelsFile::read(path)?,
             None => ModelsFile::default(),

@@ -89,12 +89,24 @@ fn load_from(path: &Path) -> Result<ort::environment::Environment, String> {
     // is for anything it does not expect, so the host keeps running.
     let loaded = std::panic::catch_unwind(|| -> Result<_, String> {
         let builder = ort::init_from(path).map_err(|e| e.to_string())?;
-        builder.with_name("taskhost").build().map_err(|e| e.to_string())
+        builder.with_name("taskhost").with_logger(std::sync::Arc::new(log)).build().map_err(|e| e.to_string())
     });
     match loaded {
         Ok(Ok(env)) => Ok(env),
         Ok(Err(e)) => Err(format!("cannot load ONNX Runtime from {}: {e}", path.display())),
         Err(_) => Err(format!("loading ONNX Runtime from {} panicked", path.display())),
+    }
+}
+
+/// ONNX Runtime's own log, into the host's (`TASKHOST_LOG`), one level
+/// down: a failed kernel is already reported to the callers of its batch.
+fn log(level: ort::logging::LogLevel, category: &str, _id: &str, location: &str, message: &str) {
+    use ort::logging::LogLevel;
+    match level {
+        LogLevel::Fatal | LogLevel::Error => tracing::warn!(target: "onnxruntime", %category, %location, "{message}"),
+        LogLevel::Warning => tracing::info!(target: "onnxruntime", %category, %location, "{message}"),
+        LogLevel::Info => tracing::debug!(target: "onnxruntime", %category, "{message}"),
+        LogLevel::Verbose => tracing::trace!(target: "onnxruntime", %category, "{message}"),
     }
 }
 
