@@ -92,7 +92,10 @@ async fn concurrent_calls_from_many_tasks_run_as_one_batch_and_each_gets_its_own
     let dir = tempfile::tempdir().unwrap();
     // 16 tasks of 1 or 2 rows: 24 rows fill exactly one batch; the long
     // delay means nothing runs until all are queued.
-    let models = open(dir.path(), &[("affine", "affine", "max_batch = 24\nmax_delay = \"10s\"\ntimeout = \"60s\"\nplugins = [\"*\"]")]);
+    let models = open(
+        dir.path(),
+        &[("affine", "affine", "max_batch = 24\nmax_delay = \"10s\"\ntimeout = \"60s\"\nplugins = [\"*\"]")],
+    );
     // This test runs on a single-threaded runtime: 16 tasks can only wait
     // together if a waiting task holds no thread.
     let (engine, _data) = engine_serving(&models, 32).await;
@@ -242,7 +245,10 @@ async fn a_plugin_not_granted_a_model_cannot_see_or_run_it() {
 #[tokio::test]
 async fn a_failed_batch_is_reported_to_every_caller_and_the_model_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let models = open(dir.path(), &[("lookup", "lookup", "max_batch = 2\nmax_delay = \"10s\"\ntimeout = \"60s\"\nplugins = [\"*\"]")]);
+    let models = open(
+        dir.path(),
+        &[("lookup", "lookup", "max_batch = 2\nmax_delay = \"10s\"\ntimeout = \"60s\"\nplugins = [\"*\"]")],
+    );
     let call =
         |i: i64| json!({"model": "lookup", "inputs": [{"name": "idx", "type": "i64", "shape": [1, 1], "values": [i]}]});
     let (good, bad) = tokio::join!(probe(&models, call(1)), probe(&models, call(7)));
