@@ -85,14 +85,17 @@ impl Batcher {
             seq: AtomicU64::new(0),
             metrics,
         });
+        // Built first, so a failure below closes the queue and ends the
+        // threads already started.
+        let batcher = Self { shared };
         for (i, session) in sessions.into_iter().enumerate() {
-            let shared = shared.clone();
+            let shared = batcher.shared.clone();
             std::thread::Builder::new()
                 .name(format!("infer-{model}-{i}"))
                 .spawn(move || shared.serve(session))
                 .map_err(|e| format!("cannot start an inference thread: {e}"))?;
         }
-        Ok(Self { shared })
+        Ok(batcher)
     }
 
     /// Queues a checked call; the ticket waits for its outputs.
