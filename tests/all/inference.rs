@@ -479,9 +479,16 @@ fn the_device_a_model_runs_on_is_reported_and_cuda_failures_are_clear() {
             assert_eq!(any.running_on.as_deref(), Some("cpu"));
             assert!(any.device_note.as_deref().unwrap().contains(why.as_str()), "{any:?}");
         }
-        None => {
+        // A CUDA build: on a usable GPU both run there; without one (or
+        // without CUDA's libraries) `cuda:0` fails and `auto` says why.
+        None if gpu.state == "ready" => {
             assert_eq!(gpu.running_on.as_deref(), Some("cuda:0"), "{gpu:?}");
             assert_eq!(any.running_on.as_deref(), Some("cuda:0"), "{any:?}");
+        }
+        None => {
+            assert!(gpu.error.as_deref().unwrap().contains("cannot run on cuda:0"), "{gpu:?}");
+            assert_eq!(any.running_on.as_deref(), Some("cpu"));
+            assert!(any.device_note.as_deref().unwrap().contains("CUDA failed"), "{any:?}");
         }
     }
 }

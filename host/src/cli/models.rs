@@ -33,13 +33,12 @@ pub(crate) async fn open(file: PathBuf, quiet: bool) -> Result<Models, String> {
         eprintln!("taskhost: WARNING: the CUDA execution provider cannot be used: {why}");
     }
     for m in &view.models {
-        match (&m.error, &m.running_on) {
-            (Some(error), _) => eprintln!("taskhost: WARNING: model `{}` failed to load: {error}", m.name),
-            (None, Some(device)) if !quiet => eprintln!(
-                "taskhost: model `{}` ready on {device}{}",
-                m.name,
-                m.device_note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default()
-            ),
+        match (&m.error, &m.running_on, &m.device_note) {
+            (Some(error), _, _) => eprintln!("taskhost: WARNING: model `{}` failed to load: {error}", m.name),
+            (None, Some(device), Some(note)) => {
+                eprintln!("taskhost: WARNING: model `{}` runs on {device}, not a GPU: {note}", m.name)
+            }
+            (None, Some(device), None) if !quiet => eprintln!("taskhost: model `{}` ready on {device}", m.name),
             _ => {}
         }
     }

@@ -68,9 +68,10 @@ fn build(
     gpu: Option<u32>,
     threads: Option<u32>,
 ) -> Result<Session, String> {
-    let err = |e: ort::Error<_>| e.to_string();
+    // ONNX Runtime's messages may span lines; keep each on one.
+    let err = |e: ort::Error<_>| one_line(&e.to_string());
     let mut builder = Session::builder(env)
-        .map_err(|e| e.to_string())?
+        .map_err(|e| one_line(&e.to_string()))?
         .with_optimization_level(GraphOptimizationLevel::Level3)
         .map_err(err)?;
     if let Some(n) = threads {
@@ -80,7 +81,11 @@ fn build(
         let cuda = ort::ep::CUDA::default().with_device_id(n as i32).build().error_on_failure();
         builder = builder.with_execution_providers([cuda]).map_err(err)?;
     }
-    builder.commit_from_file(path).map_err(|e| format!("cannot load {}: {e}", path.display()))
+    builder.commit_from_file(path).map_err(|e| format!("cannot load {}: {}", path.display(), one_line(&e.to_string())))
+}
+
+fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn specs(outlets: &[ort::value::Outlet], what: &str) -> Result<Vec<TensorSpec>, String> {
