@@ -11,7 +11,10 @@
 //!    `inference.run`), each the median per call.
 //!
 //! Needs `./dev.sh setup` (ONNX Runtime and the model). Run:
-//! `cargo bench -p taskhost --bench inference` (or `./dev.sh bench`).
+//! `cargo bench -p taskhost --bench inference` (or `./dev.sh bench`). On a
+//! GPU: `ORT_DYLIB_PATH=<onnxruntime-gpu 1.31 libonnxruntime.so>
+//! INFERENCE_DEVICE=cuda:0 cargo bench -p taskhost --bench inference` runs
+//! every model (and the direct session) on that device.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -50,14 +53,22 @@ fn models(dir: &Path, max_batch: u32) -> Models {
 
 fn models_of(dir: &Path, name: &str, model: &Path, max_batch: u32) -> Models {
     let file = dir.join(format!("models-{name}-{max_batch}.toml"));
-    let text =
-        format!("[models.{name}]\npath = {model:?}\nmax_batch = {max_batch}\nmax_queue = 4096\nplugins = [\"*\"]\n");
+    let text = format!(
+        "[models.{name}]\npath = {model:?}\ndevice = {:?}\nmax_batch = {max_batch}\nmax_queue = 4096\nplugins = [\"*\"]\n",
+        device()
+    );
     std::fs::write(&file, text).unwrap();
     let models = Models::open(Some(file)).unwrap();
     let view = models.view();
     assert!(view.runtime.available, "ONNX Runtime is not available: {:?} (run ./dev.sh setup)", view.runtime.error);
     assert_eq!(view.models[0].state, "ready", "{:?}", view.models[0].error);
+    assert_eq!(view.models[0].running_on.as_deref(), Some(device().as_str()), "{:?}", view.models[0].device_note);
     models
+}
+
+/// `$INFERENCE_DEVICE`, default `cpu`.
+fn device() -> String {
+    std::env::var("INFERENCE_DEVICE").unwrap_or_else(|_| "cpu".into())
 }
 
 fn main() {
@@ -73,7 +84,10 @@ async fn bench() {
     let off = models(dir.path(), 1);
     let on = models(dir.path(), 64);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    println!("MiniLM-L6-v2 int8 on ONNX Runtime 1.31, CPU ({cpus} cores); {SECONDS} s per cell, closed loop");
+    println!(
+        "MiniLM-L6-v2 int8 on ONNX Runtime 1.31, device {} ({cpus} CPU cores); {SECONDS} s per cell, closed loop",
+        device()
+    );
     println!();
     println!("embed plugin, one sentence per task:");
     println!(
@@ -101,7 +115,8 @@ async fn bench() {
     tiny(dir.path()).await;
     println!();
     match on.runtime().cuda.clone() {
-        Ok(()) => println!("CUDA: available; run with a models file that sets device = \"cuda:0\" for GPU figures"),
+        Ok(()) if device() == "cpu" => println!("CUDA: available; INFERENCE_DEVICE=cuda:0 gives the GPU figures"),
+        Ok(()) => {}
         Err(why) => println!("CUDA: not measured here: {why}"),
     }
 }
@@ -236,12 +251,15 @@ async fn per_call(sandbox: &Sandbox, models: &Models) {
     let seq = 16;
     let plugin = sandbox.load("infer-bench", "1", &INFER_BENCH.bytes()).unwrap();
     let env = models.ort_environment().expect("the ONNX Runtime environment");
-    let mut session = ort::session::Session::builder(&env)
+    let mut builder = ort::session::Session::builder(&env)
         .unwrap()
         .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
-        .unwrap()
-        .commit_from_file(model_dir().join("model.onnx"))
         .unwrap();
+    if let Some(gpu) = device().strip_prefix("cuda:") {
+        let cuda = ort::ep::CUDA::default().with_device_id(gpu.parse().unwrap()).build().error_on_failure();
+        builder = builder.with_execution_providers([cuda]).unwrap();
+    }
+    let mut session = builder.commit_from_file(model_dir().join("model.onnx")).unwrap();
     let caller = Caller { plugin: "bench".into(), task: "bench".into(), priority: 0, granted: Vec::new() };
     let service: Arc<dyn InferenceService> = Arc::new(models.clone());
     println!(
