@@ -2,7 +2,7 @@
 //! `inference` WIT import. [`Models`] holds the registered models (from a
 //! TOML models file, `POST /v1/models`, reloaded when the file changes),
 //! checks each call against the model's signature and the plugin's grant,
-//! and queues it on the model's dynamic [`batcher`].
+//! and queues it on the model's dynamic batcher (`batcher.rs`).
 
 mod batcher;
 mod config;
