@@ -7,8 +7,15 @@ use std::process::{Command, Output, Stdio};
 use taskhost_test_artifacts::{Artifact, HELLO_TASK, READ_ENV, SPIN, UPPERCASE};
 
 fn taskhost(args: &[&str], stdin: &[u8]) -> Output {
+    taskhost_with_env(args, &[], stdin)
+}
+
+/// Runs the `taskhost` binary with extra environment variables, feeding
+/// `stdin`; returns everything it printed.
+pub(crate) fn taskhost_with_env(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_taskhost"))
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

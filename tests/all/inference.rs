@@ -385,17 +385,9 @@ fn without_onnx_runtime_inference_says_why_and_other_tasks_still_run() {
     let dir = tempfile::tempdir().unwrap();
     let file = models_file(dir.path(), &[("affine", "affine", r#"plugins = ["*"]"#)]);
     let run = |plugin: &str, input: &str| {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
-            .args(["run", plugin, "--models", file.to_str().unwrap()])
-            .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
+        let args = ["run", plugin, "--models", file.to_str().unwrap()];
+        let env = [("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")];
+        crate::cli::taskhost_with_env(&args, &env, input.as_bytes())
     };
     let out = run(INFER_PROBE.path, &affine_call(&[[1.0; 4]]).to_string());
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -32,7 +32,7 @@ pub(crate) fn open(
     if !path.is_file() {
         return Err(format!("model file {} does not exist", path.display()));
     }
-    let (gpu, note) = match device {
+    let (mut gpu, mut note) = match device {
         Device::Cpu => (None, None),
         Device::Cuda(n) => (Some(n), None),
         Device::Auto => match super::runtime::runtime().status.cuda.clone() {
@@ -40,24 +40,23 @@ pub(crate) fn open(
             Err(why) => (None, Some(format!("auto: running on the CPU because {why}"))),
         },
     };
-    let mut sessions = Vec::new();
-    let mut placed = gpu.map_or_else(|| "cpu".to_string(), |n| format!("cuda:{n}"));
-    let mut note = note;
+    let mut sessions = Vec::with_capacity(instances as usize);
     for _ in 0..instances {
-        let session = match gpu {
-            Some(n) => match build(env, path, Some(n), threads) {
-                Ok(s) => s,
-                Err(e) if device == Device::Auto => {
-                    note = Some(format!("auto: running on the CPU because CUDA failed: {e}"));
-                    placed = "cpu".into();
-                    build(env, path, None, threads)?
-                }
-                Err(e) => return Err(format!("cannot run on cuda:{n}: {e}")),
-            },
-            None => build(env, path, None, threads)?,
+        let session = match (build(env, path, gpu, threads), gpu) {
+            (Ok(session), _) => session,
+            // `auto` settles on the CPU at the first CUDA failure, so every
+            // instance runs on the device the model reports.
+            (Err(e), Some(_)) if device == Device::Auto && sessions.is_empty() => {
+                note = Some(format!("auto: running on the CPU because CUDA failed: {e}"));
+                gpu = None;
+                build(env, path, None, threads)?
+            }
+            (Err(e), Some(n)) => return Err(format!("cannot run on cuda:{n}: {e}")),
+            (Err(e), None) => return Err(e),
         };
         sessions.push(session);
     }
+    let placed = gpu.map_or_else(|| "cpu".to_string(), |n| format!("cuda:{n}"));
     let signature = signature(&sessions[0])?;
     Ok(Opened { sessions, signature, device: placed, note })
 }

@@ -3,7 +3,7 @@
 //!
 //! Input: `{"model": "affine", "inputs": [{"name": "x", "type": "f32",
 //! "shape": [1, 4], "values": [1, 2, 3, 4]}], "repeat": 1}` (`bytes`
-//! instead of `values` sends raw data; `"list": true` returns the granted
+//! instead of `values` sends raw data, e.g. a bool byte other than 0/1; `"list": true` returns the granted
 //! models instead). Output: `{"ok": [tensor, ...]}` or `{"error": {"kind":
 //! "invalid-input", "message": "..."}}`.
 
@@ -57,21 +57,21 @@ fn parse_type(ty: &str) -> TensorType {
 
 fn tensor(i: In) -> Tensor {
     let ty = parse_type(&i.ty);
-    let data = match i.bytes {
-        Some(bytes) => bytes,
-        None => {
-            let v = &i.values;
-            match ty {
-                TensorType::F32 => v.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect(),
-                TensorType::F64 => v.iter().flat_map(|&x| x.to_le_bytes()).collect(),
-                TensorType::I64 => v.iter().flat_map(|&x| (x as i64).to_le_bytes()).collect(),
-                TensorType::I32 => v.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect(),
-                TensorType::F16 => v.iter().flat_map(|_| [0u8, 0]).collect(),
-                TensorType::I8 | TensorType::U8 | TensorType::Bool => v.iter().map(|&x| x as u8).collect(),
-            }
-        }
-    };
-    Tensor { name: i.name, ty, shape: i.shape, data }
+    if let Some(data) = i.bytes {
+        return Tensor { name: i.name, ty, shape: i.shape, data };
+    }
+    let (name, shape, v) = (i.name.as_str(), i.shape.as_slice(), &i.values);
+    match ty {
+        TensorType::F32 => Tensor::f32(name, shape, &v.iter().map(|&x| x as f32).collect::<Vec<_>>()),
+        TensorType::F64 => Tensor::f64(name, shape, v),
+        TensorType::I64 => Tensor::i64(name, shape, &v.iter().map(|&x| x as i64).collect::<Vec<_>>()),
+        TensorType::I32 => Tensor::i32(name, shape, &v.iter().map(|&x| x as i32).collect::<Vec<_>>()),
+        TensorType::I8 => Tensor::i8(name, shape, &v.iter().map(|&x| x as i8).collect::<Vec<_>>()),
+        TensorType::U8 => Tensor::u8(name, shape, &v.iter().map(|&x| x as u8).collect::<Vec<_>>()),
+        TensorType::Bool => Tensor::bool(name, shape, &v.iter().map(|&x| x != 0.0).collect::<Vec<_>>()),
+        // The SDK has no f16 constructor: zeros of the right size.
+        TensorType::F16 => Tensor { name: i.name, ty, shape: i.shape, data: vec![0; v.len() * 2] },
+    }
 }
 
 fn values(t: &Tensor) -> Result<(&'static str, Vec<f64>)> {
