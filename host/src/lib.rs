@@ -7,15 +7,23 @@
 //!   came of it, with a classified [`TaskFailure`] on failure;
 //! - [`engine::Engine`] is the durable task engine over [`store::Store`]
 //!   (redb), served over HTTP by [`api::router`];
+//! - [`registry`] holds plugin versions, their compiled code and the
+//!   operators' capability [`registry::Manifest`]s;
+//! - [`wire`] has the JSON shapes the API answers with and callbacks carry;
 //! - [`units`] parses the human sizes and durations the CLI and API accept.
 
 pub mod api;
 mod bindings;
 pub mod engine;
 pub mod inference;
+pub mod names;
+pub mod registry;
 mod sandbox;
 pub mod store;
+mod sync;
 pub mod units;
+pub mod watch;
+pub mod wire;
 
 pub use sandbox::{
     CancelToken, DirGrant, FailureClass, Grants, Limits, LoadError, LogLevel, LogRecord, Plugin, Sandbox,
@@ -34,5 +42,7 @@ pub mod infer {
 /// imports: the trait the engine implements and the WIT types it speaks
 /// (generated from `wit/flow.wit`).
 pub mod flow {
-    pub use crate::sandbox::{ChildTask, ContextError, QueueError, TaskServices, TaskStatus, TaskView};
+    pub use crate::sandbox::{
+        ChildTask, ContextError, HostFailure, QueueError, Served, TaskServices, TaskStatus, TaskView,
+    };
 }

@@ -496,7 +496,7 @@ async fn a_plugins_manifest_can_grant_it_a_model() {
         serde_json::from_slice::<Value>(&engine.output(id).unwrap().unwrap()).unwrap()
     };
     assert_eq!(error(&run(engine.clone()).await).0, "not-permitted");
-    let manifest = taskhost::engine::Manifest { models: vec!["affine".into()], ..Default::default() };
+    let manifest = taskhost::registry::Manifest { models: vec!["affine".into()], ..Default::default() };
     engine.set_manifest("infer-probe", Some(manifest)).await.unwrap();
     assert_eq!(run(engine).await["ok"][0]["values"], json!(vec![3.0; 4]));
 }

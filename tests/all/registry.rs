@@ -5,7 +5,8 @@
 use crate::engine::{engine_with, task};
 use std::io::Write;
 use std::time::{Duration, Instant};
-use taskhost::engine::{Engine, EngineConfig, Manifest, NewTask, RetryPolicy, VersionState};
+use taskhost::engine::{Engine, EngineConfig, NewTask, RetryPolicy};
+use taskhost::registry::{Manifest, VersionState};
 use taskhost::store::{QueueConfig, TaskState};
 use taskhost_test_artifacts::{
     FAIL, HELLO_TASK, HELLO_TASK_RAW, MISSING_IMPORT, OPEN_SOCKET, READ_FILE, SLEEP, SPIN, UPPERCASE, WRONG_WORLD,
@@ -119,7 +120,7 @@ async fn invalid_uploads_are_refused_naming_the_problem() {
     let mut truncated = UPPERCASE.bytes();
     truncated.truncate(truncated.len() / 3);
     assert!(refuse(truncated, "cut").await.contains("does not compile"));
-    let huge = vec![0u8; taskhost::engine::MAX_PLUGIN_BYTES + 1];
+    let huge = vec![0u8; taskhost::registry::MAX_PLUGIN_BYTES + 1];
     assert!(refuse(huge, "big").await.contains("the limit is"));
     // None of them went live or was stored.
     for name in ["ww", "mi", "core", "cut", "big"] {

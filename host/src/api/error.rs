@@ -25,6 +25,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            // The client sees the message; the operator must see it too.
+            tracing::error!(status = %self.status, code = self.code, message = %self.message, "request failed");
+        }
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
         (self.status, axum::Json(body)).into_response()
     }
@@ -38,6 +42,7 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidPlugin(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin"),
             EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             EngineError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
         };
         Self::new(status, code, e.to_string())

@@ -7,7 +7,8 @@ mod models;
 
 pub(crate) use error::ApiError;
 
-use crate::engine::{Engine, ListFilter, MAX_PLUGIN_BYTES, Manifest, NewTask, VersionState, VersionStatus};
+use crate::engine::{Engine, ListFilter, NewTask};
+use crate::registry::{MAX_PLUGIN_BYTES, Manifest, VersionState, VersionStatus};
 use crate::store::{QueueConfig, TaskRecord, TaskState};
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
@@ -19,7 +20,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 use uuid::Uuid;
 
 /// Largest task-submission body (one task).
@@ -419,53 +420,9 @@ async fn set_queue(
     Ok(Json(json!({"name": name, "concurrency": config.concurrency, "weight": config.weight})))
 }
 
-/// A task record as the API shows it; `output` is JSON when it parses as
-/// JSON, else `output_base64`.
+/// A task record as the API shows it (see [`crate::wire::Task`]).
 pub(crate) fn task_json(record: &TaskRecord, output: Option<&[u8]>) -> Value {
-    let mut v = json!({
-        "id": record.id,
-        "state": record.state,
-        "plugin": record.plugin,
-        "plugin_version": record.plugin_version,
-        "digest": record.digest,
-        "queue": record.queue,
-        "priority": record.priority,
-        "attempts": record.attempts,
-        "max_attempts": record.max_attempts,
-        "limits": {
-            "fuel": record.limits.fuel,
-            "memory_bytes": record.limits.memory_bytes,
-            "timeout_ms": record.limits.timeout_ms,
-            "max_output_bytes": record.limits.max_output_bytes,
-            "max_log_bytes": record.limits.max_log_bytes,
-        },
-        "error": record.error.as_ref().map(|e| json!({
-            "class": e.class, "retryable": e.retryable, "message": e.message, "backtrace": e.backtrace,
-        })),
-        "created_at": time(record.created_at_ms),
-        "started_at": record.started_at_ms.map(time),
-        "finished_at": record.finished_at_ms.map(time),
-        "next_run_at": record.next_run_at_ms.map(time),
-        "idempotency_key": record.idempotency_key,
-        "parent_id": record.parent_id,
-        "flow_id": record.flow_id,
-        "step": record.step,
-        "iteration": record.iteration,
-        "after": record.after,
-        "callback_url": record.callback_url,
-        "input_bytes": record.input_len,
-        "output_bytes": record.output_len,
-        "fuel_used": record.fuel_used,
-    });
-    if let Some(output) = output {
-        match serde_json::from_slice::<Value>(output) {
-            Ok(parsed) => v["output"] = parsed,
-            Err(_) => v["output_base64"] = json!(BASE64.encode(output)),
-        }
-    }
-    v
+    serde_json::to_value(crate::wire::Task::new(record, output)).expect("a task view always encodes")
 }
 
-pub(crate) fn time(ms: u64) -> String {
-    humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
+pub(crate) use crate::wire::time;

@@ -7,7 +7,7 @@ use std::time::Duration;
 /// Attempts per callback before it is given up (and logged).
 const ATTEMPTS: u32 = 6;
 
-pub(crate) fn deliver(client: reqwest::Client, url: String, body: serde_json::Value) {
+pub(crate) fn deliver(client: reqwest::Client, url: String, body: crate::wire::Task) {
     tokio::spawn(async move {
         for attempt in 1..=ATTEMPTS {
             let result = client.post(&url).timeout(Duration::from_secs(10)).json(&body).send().await;

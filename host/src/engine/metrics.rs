@@ -52,8 +52,7 @@ pub(crate) struct Metrics {
     pub(crate) queue_wait: Histogram,
     pub(crate) run_time: Histogram,
     pub(crate) fuel_used: Histogram,
-    pub(crate) compile_time: Histogram,
-    pub(crate) plugins_loaded: Gauge,
+    pub(crate) registry_metrics: crate::registry::RegistryMetrics,
     pub(crate) plugin_tasks: Family<PluginLabel, Counter>,
     pub(crate) flows_ended: Family<FlowLabel, Counter>,
     pub(crate) flow_refusals: Family<LimitLabel, Counter>,
@@ -79,8 +78,6 @@ impl Metrics {
         let queue_wait = Histogram::new(exponential_buckets(0.0001, 4.0, 12));
         let run_time = Histogram::new(exponential_buckets(0.00001, 4.0, 14));
         let fuel_used = Histogram::new(exponential_buckets(1000.0, 10.0, 9));
-        let compile_time = Histogram::new(exponential_buckets(0.001, 2.0, 16));
-        let plugins_loaded = Gauge::default();
         let plugin_tasks = Family::<PluginLabel, Counter>::default();
         let flows_ended = Family::<FlowLabel, Counter>::default();
         let flow_refusals = Family::<LimitLabel, Counter>::default();
@@ -95,12 +92,7 @@ impl Metrics {
         registry.register("queue_wait_seconds", "Time from ready to started", queue_wait.clone());
         registry.register("run_seconds", "Run time of one attempt", run_time.clone());
         registry.register("fuel_used", "Fuel used by one attempt", fuel_used.clone());
-        registry.register(
-            "compile_seconds",
-            "Compiling (or loading from cache) one plugin version",
-            compile_time.clone(),
-        );
-        registry.register("plugins_loaded", "Live plugin versions compiled in memory", plugins_loaded.clone());
+        let registry_metrics = crate::registry::RegistryMetrics::register(&mut registry);
         registry.register("plugin_tasks", "Tasks ended, by plugin version and outcome", plugin_tasks.clone());
         registry.register("flows_ended", "Flows that ended (grown past one task), by state", flows_ended.clone());
         registry.register(
@@ -121,8 +113,7 @@ impl Metrics {
             queue_wait,
             run_time,
             fuel_used,
-            compile_time,
-            plugins_loaded,
+            registry_metrics,
             plugin_tasks,
             flows_ended,
             flow_refusals,
@@ -141,7 +132,7 @@ impl Metrics {
 
     /// Records a committed move of one task between states.
     pub(crate) fn moved(&self, queue: &str, from: Option<TaskState>, to: TaskState) {
-        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = crate::sync::lock(&self.counts);
         if let Some(from) = from {
             *counts.entry((queue.to_owned(), from)).or_default() -= 1;
         }
@@ -150,7 +141,7 @@ impl Metrics {
 
     /// Tasks per state, summed over queues.
     pub(crate) fn state_totals(&self) -> HashMap<TaskState, i64> {
-        let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let counts = crate::sync::lock(&self.counts);
         let mut totals = HashMap::new();
         for ((_, state), n) in counts.iter() {
             *totals.entry(*state).or_default() += n;
@@ -161,7 +152,7 @@ impl Metrics {
     /// Renders the Prometheus text format, refreshing the gauges first.
     pub(crate) fn render(&self, depths: &[(String, super::scheduler::QueueDepth)]) -> String {
         {
-            let counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+            let counts = crate::sync::lock(&self.counts);
             for ((queue, state), n) in counts.iter() {
                 let label = StateLabel { queue: queue.clone(), state: state.as_str().to_owned() };
                 self.tasks.get_or_create(&label).set(*n);

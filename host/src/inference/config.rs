@@ -224,14 +224,7 @@ impl ModelSpec {
 
 /// Model names: what plugins pass to `inference.run`.
 pub(crate) fn check_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("model name {name:?} is invalid: expected 1-64 characters of a-z, A-Z, 0-9, `-`, `_`, `.`"))
-    }
+    crate::names::name(crate::names::NameKind::Model, name).map_err(|e| e.to_string())
 }
 
 /// A whole models file.

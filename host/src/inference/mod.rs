@@ -222,6 +222,8 @@ struct Inner {
     file_error: Mutex<Option<String>>,
     reload_errors: Mutex<BTreeMap<String, String>>,
     metrics: InferenceMetrics,
+    /// The models file's watch, once started.
+    watch: Mutex<Option<crate::watch::Watch>>,
 }
 
 impl std::fmt::Debug for Models {
@@ -230,9 +232,7 @@ impl std::fmt::Debug for Models {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::sync::lock;
 
 impl Models {
     /// Opens the registry: loads ONNX Runtime (once per process) and every
@@ -255,6 +255,7 @@ impl Models {
             file_error: Mutex::default(),
             reload_errors: Mutex::default(),
             metrics: InferenceMetrics::default(),
+            watch: Mutex::default(),
         };
         let models = Self { inner: Arc::new(inner) };
         let base = models.base();
@@ -262,17 +263,18 @@ impl Models {
         for (name, spec) in &parsed.models {
             map.insert(name.clone(), Arc::new(Model::load(name, spec, base.as_deref(), &models.inner.metrics)));
         }
-        *models.inner.models.write().unwrap_or_else(|e| e.into_inner()) = map;
+        *crate::sync::write(&models.inner.models) = map;
         Ok(models)
     }
 
     /// Reloads the models file whenever it (or a model file it names)
     /// changes, until the registry is dropped.
-    pub fn watch(&self) -> Result<(), String> {
-        match &self.inner.file {
-            Some(file) => watch::start(Arc::downgrade(&self.inner), file.clone()),
-            None => Ok(()),
+    pub fn watch(&self) -> Result<(), crate::watch::WatchError> {
+        let mut slot = lock(&self.inner.watch);
+        if let (Some(file), None) = (&self.inner.file, slot.as_ref()) {
+            *slot = Some(watch::start(Arc::downgrade(&self.inner), file.clone())?);
         }
+        Ok(())
     }
 
     /// The runtime: loaded, or why not.
@@ -303,11 +305,11 @@ impl Models {
     }
 
     fn get(&self, name: &str) -> Option<Arc<Model>> {
-        self.inner.models.read().unwrap_or_else(|e| e.into_inner()).get(name).cloned()
+        crate::sync::read(&self.inner.models).get(name).cloned()
     }
 
     fn swap(&self, name: &str, model: Option<Arc<Model>>) {
-        let mut map = self.inner.models.write().unwrap_or_else(|e| e.into_inner());
+        let mut map = crate::sync::write(&self.inner.models);
         match model {
             Some(m) => map.insert(name.to_owned(), m),
             None => map.remove(name),
@@ -325,7 +327,7 @@ impl Models {
             cuda_error: status.cuda.clone().err(),
         };
         let errors = lock(&self.inner.reload_errors).clone();
-        let models = self.inner.models.read().unwrap_or_else(|e| e.into_inner());
+        let models = crate::sync::read(&self.inner.models);
         ModelsView {
             runtime,
             file: self.inner.file.clone(),
@@ -392,8 +394,7 @@ impl Models {
         };
         *lock(&self.inner.file_error) = None;
         let base = self.base();
-        let current: Vec<String> =
-            self.inner.models.read().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        let current: Vec<String> = crate::sync::read(&self.inner.models).keys().cloned().collect();
         for name in current.iter().filter(|n| !parsed.models.contains_key(*n)) {
             tracing::info!(model = %name, "model removed from the models file");
             lock(&self.inner.reload_errors).remove(name);
@@ -486,7 +487,7 @@ impl Models {
     }
 
     fn granted(&self, caller: &Caller) -> Vec<ModelInfo> {
-        let models = self.inner.models.read().unwrap_or_else(|e| e.into_inner());
+        let models = crate::sync::read(&self.inner.models);
         models
             .values()
             .filter(|m| permits(&m.spec, &m.name, caller))

@@ -1,67 +1,40 @@
-//! Reloads the models file when it, or a model file it names, changes.
-//! Events are debounced so a file being written is read once it is quiet;
-//! the watch ends when the registry is dropped.
+//! Reloads the models file when it, or a model file it names, changes,
+//! through the shared debounced watcher ([`crate::watch`]); the watch ends
+//! when the registry is dropped.
 
 use super::Inner;
-use notify::{RecursiveMode, Watcher};
+use crate::watch::{self, Watch, WatchError};
 use std::collections::BTreeSet;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Weak;
-use std::sync::mpsc::{RecvTimeoutError, channel};
-use std::time::{Duration, Instant};
 
-/// How long the files must be quiet before a reload.
-const QUIET: Duration = Duration::from_millis(300);
-
-pub(super) fn start(inner: Weak<Inner>, file: PathBuf) -> Result<(), String> {
-    let (tx, rx) = channel::<PathBuf>();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            for path in event.paths {
-                let _ = tx.send(path);
+pub(super) fn start(inner: Weak<Inner>, file: PathBuf) -> Result<Watch, WatchError> {
+    let dir = parent(&file);
+    std::fs::create_dir_all(&dir).map_err(|source| WatchError::Io { path: dir.clone(), source })?;
+    let mut dirs = vec![dir];
+    if let Some(inner) = inner.upgrade() {
+        for path in names(&inner, &file) {
+            let folder = parent(&path);
+            if !dirs.contains(&folder) && folder.is_dir() {
+                dirs.push(folder);
             }
         }
-    })
-    .map_err(|e| format!("cannot watch the models file: {e}"))?;
-    let dir = parent(&file);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    std::thread::Builder::new()
-        .name("models-watch".into())
-        .spawn(move || {
-            let mut watched: BTreeSet<PathBuf> = BTreeSet::from([dir]);
-            let mut due: Option<Instant> = None;
-            loop {
-                let wait = due.map_or(Duration::from_millis(500), |d| d.saturating_duration_since(Instant::now()));
-                match rx.recv_timeout(wait) {
-                    Ok(path) => {
-                        let relevant =
-                            path == file || inner.upgrade().is_some_and(|i| names(&i, &file).contains(&path));
-                        if relevant {
-                            due = Some(Instant::now() + QUIET);
-                        }
-                        continue;
-                    }
-                    Err(RecvTimeoutError::Disconnected) => return,
-                    Err(RecvTimeoutError::Timeout) => {}
-                }
-                let Some(inner) = inner.upgrade() else { return };
-                if due.is_some_and(|d| Instant::now() >= d) {
-                    due = None;
-                    let models = super::Models { inner };
-                    let _ = models.reload();
-                    // Watch the folders of the model files too.
-                    for path in names(&models.inner, &file) {
-                        let dir = parent(&path);
-                        if watched.insert(dir.clone()) {
-                            let _ = watcher.watch(&dir, RecursiveMode::NonRecursive);
-                        }
-                    }
-                }
+    }
+    watch::start("models-watch", &dirs, Vec::new(), move |paths, folders| {
+        let Some(inner) = inner.upgrade() else { return ControlFlow::Break(()) };
+        let used = names(&inner, &file);
+        if paths.iter().any(|p| *p == file || used.contains(p)) {
+            let models = super::Models { inner };
+            // A failed reload keeps what serves and records why (file_error).
+            let _ = models.reload();
+            // Watch the folders of the model files too.
+            for path in names(&models.inner, &file) {
+                folders.add(&parent(&path));
             }
-        })
-        .map_err(|e| format!("cannot start the models watcher: {e}"))?;
-    Ok(())
+        }
+        ControlFlow::Continue(())
+    })
 }
 
 fn parent(path: &Path) -> PathBuf {
@@ -74,6 +47,6 @@ fn parent(path: &Path) -> PathBuf {
 /// The model files the registry uses now.
 fn names(inner: &Inner, file: &Path) -> BTreeSet<PathBuf> {
     let base = file.parent();
-    let models = inner.models.read().unwrap_or_else(|e| e.into_inner());
+    let models = crate::sync::read(&inner.models);
     models.values().map(|m| m.spec.resolved_path(base)).collect()
 }

@@ -71,12 +71,48 @@ pub struct ManifestDir {
     /// Absolute path the guest sees.
     pub guest: String,
     /// `ro` (default) or `rw`.
-    #[serde(default = "read_only")]
-    pub mode: String,
+    #[serde(default)]
+    pub mode: DirMode,
 }
 
-fn read_only() -> String {
-    "ro".into()
+/// How a granted directory is opened.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "&'static str")]
+#[non_exhaustive]
+pub enum DirMode {
+    /// `ro`: read only.
+    #[default]
+    ReadOnly,
+    /// `rw`: read and write.
+    ReadWrite,
+}
+
+impl DirMode {
+    /// The manifest's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReadOnly => "ro",
+            Self::ReadWrite => "rw",
+        }
+    }
+}
+
+impl From<DirMode> for &'static str {
+    fn from(mode: DirMode) -> Self {
+        mode.as_str()
+    }
+}
+
+impl TryFrom<String> for DirMode {
+    type Error = String;
+
+    fn try_from(mode: String) -> Result<Self, String> {
+        match mode.as_str() {
+            "ro" => Ok(Self::ReadOnly),
+            "rw" => Ok(Self::ReadWrite),
+            _ => Err(format!("dirs: mode `{mode}` must be `ro` or `rw`")),
+        }
+    }
 }
 
 /// `[network]`.
@@ -105,9 +141,6 @@ impl Manifest {
             }
             if !dir.guest.starts_with('/') {
                 return Err(format!("dirs: guest path `{}` must be absolute, e.g. `/data`", dir.guest));
-            }
-            if dir.mode != "ro" && dir.mode != "rw" {
-                return Err(format!("dirs: mode `{}` for `{}` must be `ro` or `rw`", dir.mode, dir.guest));
             }
         }
         for entry in &self.network.allow {
@@ -147,7 +180,7 @@ impl Manifest {
     pub fn dir_grants(&self) -> Vec<DirGrant> {
         self.dirs
             .iter()
-            .map(|d| DirGrant { host: d.host.clone(), guest: d.guest.clone(), writable: d.mode == "rw" })
+            .map(|d| DirGrant { host: d.host.clone(), guest: d.guest.clone(), writable: d.mode == DirMode::ReadWrite })
             .collect()
     }
 

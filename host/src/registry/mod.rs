@@ -1,12 +1,23 @@
 //! The plugin registry: named, immutable, content-addressed versions,
-//! persisted in the store, compiled off the async workers behind a
-//! one-at-a-time gate, with compiled artifacts cached on disk. Tasks pin the
-//! version they resolved at submission; a running task holds its version's
-//! `InstancePre` alive, and memory of versions no one references is freed.
+//! persisted in the store, compiled off the async workers on one
+//! low-priority compile thread, with compiled artifacts cached on disk.
+//! It is the one place that knows which versions are loaded: tasks pin the
+//! version they resolved at submission and hold it ([`Registry::hold`])
+//! until they end; a version that is neither what its name resolves to nor
+//! held by an unfinished task is unloaded, and reloaded from the artifact
+//! cache when asked for. Operators set capability [`Manifest`]s here, and
+//! [`watch`] loads a watched directory.
 
-use super::manifest::Manifest;
-use super::metrics::Metrics;
+mod manifest;
+mod metrics;
+pub(crate) mod watch;
+
+pub use manifest::{DirMode, Manifest, ManifestDir, ManifestLimits, ManifestNetwork};
+pub(crate) use metrics::RegistryMetrics;
+
+use crate::names::{self, NameError};
 use crate::store::{PluginEntry, PluginVersion, Store, StoreError, now_ms};
+use crate::sync::{lock, read, write};
 use crate::{LoadError, Plugin, Sandbox};
 use sha2_digest::{Digest, Sha256};
 use std::collections::HashMap;
@@ -18,12 +29,14 @@ use std::time::{Duration, Instant};
 /// Largest component accepted.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
 
+/// Why the registry refused a request.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub(crate) enum RegistryError {
-    #[error("invalid plugin name `{0}`: use 1-64 letters, digits, `-`, `_` or `.`")]
-    BadName(String),
-    #[error("invalid version `{0}`: use 1-64 letters, digits, `.`, `-`, `_` or `+`")]
-    BadVersion(String),
+    #[error(transparent)]
+    BadName(NameError),
+    #[error(transparent)]
+    BadVersion(NameError),
     #[error("unknown plugin `{0}`; upload it first with `POST /v1/plugins/{{name}}`")]
     Unknown(String),
     #[error("plugin `{name}` has no live version `{version}` (live: {known})")]
@@ -36,6 +49,8 @@ pub(crate) enum RegistryError {
     Invalid(#[from] LoadError),
     #[error("{0}")]
     BadManifest(String),
+    #[error("{name}@{version} is used by {unfinished} unfinished task(s); delete it once they have ended")]
+    InUse { name: String, version: String, unfinished: u64 },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -71,6 +86,14 @@ pub struct VersionStatus {
 struct Slot {
     status: VersionStatus,
     plugin: Option<Plugin>,
+    /// Unfinished tasks pinned to this version: what keeps it loaded.
+    unfinished: AtomicU64,
+}
+
+impl Slot {
+    fn new(status: VersionStatus, plugin: Option<Plugin>) -> Self {
+        Self { status, plugin, unfinished: AtomicU64::new(0) }
+    }
 }
 
 #[derive(Default)]
@@ -91,6 +114,28 @@ impl Entry {
     /// newest live version.
     fn current(&self) -> Option<String> {
         self.latest.clone().or_else(|| self.live().last().map(|s| s.status.info.version.clone()))
+    }
+
+    fn slot(&self, version: &str) -> Option<&Slot> {
+        self.slots.iter().find(|s| s.status.info.version == version)
+    }
+
+    /// Frees the compiled code of versions that are not current and that no
+    /// unfinished task holds; returns whether any was freed. Running tasks
+    /// keep their own reference until they end.
+    fn unload_idle(&mut self) -> bool {
+        let current = self.current();
+        let mut freed = false;
+        for slot in &mut self.slots {
+            let version = &slot.status.info.version;
+            if slot.plugin.is_some() && Some(version) != current.as_ref() && slot.unfinished.load(Ordering::SeqCst) == 0
+            {
+                slot.plugin = None;
+                slot.status.loaded = false;
+                freed = true;
+            }
+        }
+        freed
     }
 }
 
@@ -113,7 +158,7 @@ pub(crate) struct Loaded {
 pub(crate) struct Registry {
     sandbox: Sandbox,
     store: Store,
-    metrics: Arc<Metrics>,
+    metrics: RegistryMetrics,
     cache_dir: PathBuf,
     fingerprint: String,
     /// One compile thread at low CPU priority: compiling never takes more
@@ -148,14 +193,6 @@ fn start_compiler() -> Result<std::sync::mpsc::Sender<CompileJob>, RegistryError
     Ok(tx)
 }
 
-pub(crate) fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len()) && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-}
-
-fn valid_version(version: &str) -> bool {
-    (1..=64).contains(&version.len()) && version.chars().all(|c| c.is_ascii_alphanumeric() || ".-_+".contains(c))
-}
-
 /// Writes a compiled artifact (atomically) and returns its sha256.
 fn write_artifact(plugin: &Plugin, path: &std::path::Path) -> Result<String, String> {
     let artifact = plugin.serialize().map_err(|e| e.to_string())?;
@@ -164,10 +201,20 @@ fn write_artifact(plugin: &Plugin, path: &std::path::Path) -> Result<String, Str
     Ok(hex(&Sha256::digest(&artifact)))
 }
 
-/// The version a component declares in its metadata, if any.
+/// The version a component declares in its metadata, if any (a parse of
+/// up to the whole component: call it off the async workers).
 fn declared_version(bytes: &[u8]) -> Option<String> {
     let payload = wasm_metadata::Payload::from_binary(bytes).ok()?;
-    payload.metadata().version.as_ref().map(|v| v.to_string()).filter(|v| valid_version(v))
+    payload.metadata().version.as_ref().map(|v| v.to_string()).filter(|v| names::version(v).is_ok())
+}
+
+/// Runs blocking work (file reads, hashing, parsing, store reads) on
+/// tokio's blocking pool, never on an async worker.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(value) => value,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -179,10 +226,11 @@ impl Registry {
     pub(crate) async fn open(
         sandbox: Sandbox,
         store: Store,
-        metrics: Arc<Metrics>,
+        metrics: RegistryMetrics,
         cache_dir: PathBuf,
     ) -> Result<Self, RegistryError> {
-        std::fs::create_dir_all(&cache_dir).map_err(|e| {
+        let dir = cache_dir.clone();
+        blocking(move || std::fs::create_dir_all(&dir)).await.map_err(|e| {
             StoreError::CommitFailed(format!("creating the artifact cache {}: {e}", cache_dir.display()))
         })?;
         let registry = Self {
@@ -196,34 +244,34 @@ impl Registry {
             compiled: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
         };
-        for (name, stored) in registry.store.plugins()? {
+        let store = registry.store.clone();
+        for (name, stored) in blocking(move || store.plugins()).await? {
             let PluginEntry { versions, latest, manifest } = stored;
             let manifest = manifest.map(|t| Manifest::parse(&t)).transpose().map_err(RegistryError::BadManifest)?;
             let mut entry = Entry { latest, manifest, ..Entry::default() };
             for info in versions {
-                let bytes = registry
-                    .store
-                    .blob(&info.digest)?
-                    .ok_or_else(|| StoreError::Corrupt(format!("blob {} of plugin {name} is missing", info.digest)))?;
-                let (state, plugin, load_time, from_cache) = match registry.load_stored(&name, &info, &bytes).await {
+                let bytes = registry.blob(&name, &info).await?;
+                let (state, plugin, load_time, from_cache) = match registry.load_stored(&name, &info, bytes).await {
                     Ok(o) => (VersionState::Live, Some(o.plugin), Some(o.took), o.from_cache),
                     Err(e) => (VersionState::Failed(e.to_string()), None, None, false),
                 };
                 let loaded = plugin.is_some();
-                entry.slots.push(Slot { status: VersionStatus { info, state, load_time, from_cache, loaded }, plugin });
+                entry.slots.push(Slot::new(VersionStatus { info, state, load_time, from_cache, loaded }, plugin));
             }
-            registry.write().insert(name, entry);
+            write(&registry.entries).insert(name, entry);
         }
         registry.update_gauge();
         Ok(registry)
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Entry>> {
-        self.entries.write().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Entry>> {
-        self.entries.read().unwrap_or_else(|e| e.into_inner())
+    /// A stored version's component bytes (a store read, off the workers).
+    async fn blob(&self, name: &str, info: &PluginVersion) -> Result<Arc<[u8]>, RegistryError> {
+        let (store, digest) = (self.store.clone(), info.digest.clone());
+        let bytes = blocking(move || store.blob(&digest)).await?;
+        let bytes = bytes.ok_or_else(|| {
+            StoreError::Corrupt(format!("blob {} of plugin {name}@{} is missing", info.digest, info.version))
+        })?;
+        Ok(bytes.into())
     }
 
     /// Compilations done and cache hits since start.
@@ -232,54 +280,81 @@ impl Registry {
     }
 
     fn update_gauge(&self) {
-        let live = self.read().values().map(|e| e.live().filter(|s| s.plugin.is_some()).count()).sum::<usize>();
+        let live = read(&self.entries).values().map(|e| e.live().filter(|s| s.plugin.is_some()).count()).sum::<usize>();
         self.metrics.plugins_loaded.set(live as i64);
     }
 
-    /// Compiles (or loads from the cache) one version.
-    async fn load(&self, name: &str, info: &PluginVersion, bytes: &[u8]) -> Result<LoadOutcome, LoadError> {
+    /// Compiles (or loads from the cache) one version. Every step that
+    /// reads files, hashes or compiles runs off the async workers.
+    async fn load(&self, name: &str, info: &PluginVersion, bytes: Arc<[u8]>) -> Result<LoadOutcome, LoadError> {
         let started = Instant::now();
         let key = format!("{}-{}", info.digest, self.fingerprint);
         let path = self.cache_dir.join(format!("{key}.cwasm"));
-        // Only an artifact whose hash this host recorded when it wrote it is
-        // ever deserialised: deserialising trusts the bytes as machine code.
-        if let Ok(Some(expected)) = self.store.cache_hash(&key)
-            && let Ok(artifact) = std::fs::read(&path)
-            && hex(&Sha256::digest(&artifact)) == expected
-        {
-            // SAFETY: written by this host (see above) and verified unchanged.
-            match unsafe { self.sandbox.load_serialized(name, &info.version, &artifact, bytes.len()) } {
-                Ok(plugin) => {
-                    self.cache_hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(LoadOutcome { plugin, took: started.elapsed(), from_cache: true, written: None });
+        let cached = {
+            let (store, sandbox, key, path) = (self.store.clone(), self.sandbox.clone(), key.clone(), path.clone());
+            let (name, version, size) = (name.to_owned(), info.version.clone(), bytes.len());
+            blocking(move || -> Option<Plugin> {
+                // Only an artifact whose hash this host recorded when it wrote
+                // it is ever deserialised: deserialising trusts the bytes as
+                // machine code.
+                let expected = match store.cache_hash(&key) {
+                    Ok(Some(expected)) => expected,
+                    Ok(None) => return None,
+                    Err(error) => {
+                        tracing::warn!(%name, %error, "cannot read the artifact cache's record; compiling");
+                        return None;
+                    }
+                };
+                let artifact = std::fs::read(&path).ok()?;
+                if hex(&Sha256::digest(&artifact)) != expected {
+                    tracing::warn!(%name, path = %path.display(), "a cached artifact changed on disk; compiling");
+                    return None;
                 }
-                Err(error) => tracing::warn!(%name, %error, "ignoring a cached artifact"),
-            }
+                // SAFETY: written by this host (see above) and verified unchanged.
+                match unsafe { sandbox.load_serialized(&name, &version, &artifact, size) } {
+                    Ok(plugin) => Some(plugin),
+                    Err(error) => {
+                        tracing::warn!(%name, %error, "ignoring a cached artifact");
+                        None
+                    }
+                }
+            })
+            .await
+        };
+        if let Some(plugin) = cached {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(LoadOutcome { plugin, took: started.elapsed(), from_cache: true, written: None });
         }
-        let plugin = {
-            let (sandbox, name, version, bytes) =
-                (self.sandbox.clone(), name.to_owned(), info.version.clone(), bytes.to_vec());
+        let (plugin, written) = {
+            let (sandbox, name, version) = (self.sandbox.clone(), name.to_owned(), info.version.clone());
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let job: CompileJob = Box::new(move || drop(tx.send(sandbox.load(&name, &version, &bytes))));
-            let sent = self.compiler.lock().unwrap_or_else(|e| e.into_inner()).send(job);
+            // Compiling and writing the artifact both happen on the compile
+            // thread.
+            let job: CompileJob = Box::new(move || {
+                let result = sandbox.load(&name, &version, &bytes).map(|plugin| {
+                    let written = match write_artifact(&plugin, &path) {
+                        Ok(hash) => Some((key, hash)),
+                        Err(error) => {
+                            tracing::warn!(%name, %error, "could not cache the compiled artifact");
+                            None
+                        }
+                    };
+                    (plugin, written)
+                });
+                drop(tx.send(result));
+            });
+            let sent = lock(&self.compiler).send(job);
             sent.map_err(|_| LoadError::Compile("the compile thread is gone".into()))?;
             rx.await.map_err(|_| LoadError::Compile("the compile thread failed".into()))??
         };
         self.compiled.fetch_add(1, Ordering::Relaxed);
         let took = started.elapsed();
         self.metrics.compile_time.observe(took.as_secs_f64());
-        let written = match write_artifact(&plugin, &path) {
-            Ok(hash) => Some((key, hash)),
-            Err(error) => {
-                tracing::warn!(%name, %error, "could not cache the compiled artifact");
-                None
-            }
-        };
         Ok(LoadOutcome { plugin, took, from_cache: false, written })
     }
 
     /// Loads a stored version and records a freshly written artifact.
-    async fn load_stored(&self, name: &str, info: &PluginVersion, bytes: &[u8]) -> Result<LoadOutcome, LoadError> {
+    async fn load_stored(&self, name: &str, info: &PluginVersion, bytes: Arc<[u8]>) -> Result<LoadOutcome, LoadError> {
         let outcome = self.load(name, info, bytes).await?;
         if let Some((key, hash)) = outcome.written.clone()
             && let Err(error) = self.store.set_cache_hash(key, hash).await
@@ -300,24 +375,32 @@ impl Registry {
         version: Option<String>,
         wait: bool,
     ) -> Result<(VersionStatus, bool), RegistryError> {
-        if !valid_name(name) {
-            return Err(RegistryError::BadName(name.to_owned()));
-        }
+        names::name(names::NameKind::Plugin, name).map_err(RegistryError::BadName)?;
         if bytes.len() > MAX_PLUGIN_BYTES {
             return Err(RegistryError::TooLarge { size: bytes.len() });
         }
+        if let Some(v) = &version {
+            names::version(v).map_err(RegistryError::BadVersion)?;
+        }
         crate::sandbox::check_header(&bytes)?;
-        let digest = hex(&Sha256::digest(&bytes));
+        // Hashing and reading the metadata of up to 64 MiB: off the workers,
+        // and before the registry lock, so no submission waits on it.
+        let bytes: Arc<[u8]> = bytes.into();
+        let (digest, declared) = {
+            let bytes = bytes.clone();
+            let want_declared = version.is_none();
+            blocking(move || (hex(&Sha256::digest(&bytes)), want_declared.then(|| declared_version(&bytes)).flatten()))
+                .await
+        };
         let status = {
-            let mut entries = self.write();
+            let mut entries = write(&self.entries);
             let entry = entries.entry(name.to_owned()).or_default();
             // Identical bytes: the existing version (unless it failed).
             let same = |s: &&Slot| s.status.info.digest == digest && !matches!(s.status.state, VersionState::Failed(_));
             if let Some(existing) = entry.slots.iter().find(same) {
                 return Ok((existing.status.clone(), false));
             }
-            let version = match version.or_else(|| declared_version(&bytes)) {
-                Some(v) if !valid_version(&v) => return Err(RegistryError::BadVersion(v)),
+            let version = match version.or(declared) {
                 Some(v) => v,
                 None => {
                     // Failed attempts were never stored: they reserve no number.
@@ -346,7 +429,7 @@ impl Registry {
                 from_cache: false,
                 loaded: false,
             };
-            entry.slots.push(Slot { status: status.clone(), plugin: None });
+            entry.slots.push(Slot::new(status.clone(), None));
             status
         };
         let job = {
@@ -367,19 +450,19 @@ impl Registry {
         &self,
         name: String,
         info: PluginVersion,
-        bytes: Vec<u8>,
+        bytes: Arc<[u8]>,
     ) -> Result<VersionStatus, RegistryError> {
-        let outcome = self.load(&name, &info, &bytes).await;
+        let outcome = self.load(&name, &info, bytes.clone()).await;
         // One commit stores the version, its blob and its cached artifact's hash.
         let stored = match &outcome {
             Ok(o) => self
                 .store
-                .put_plugin_version(name.clone(), info.clone(), bytes, o.written.clone())
+                .put_plugin_version(name.clone(), info.clone(), bytes.to_vec(), o.written.clone())
                 .await
                 .map_err(RegistryError::from),
             Err(_) => Ok(()),
         };
-        let mut entries = self.write();
+        let mut entries = write(&self.entries);
         let entry = entries.entry(name).or_default();
         let Some(slot) = entry.slots.iter_mut().find(|s| s.status.info.version == info.version) else {
             return Err(RegistryError::Store(StoreError::Closed));
@@ -402,6 +485,8 @@ impl Registry {
                 Err(e)
             }
         };
+        // The previous latest may now be idle.
+        entry.unload_idle();
         drop(entries);
         self.update_gauge();
         result
@@ -413,7 +498,7 @@ impl Registry {
             Some((n, v)) => (n, Some(v)),
             None => (spec, None),
         };
-        let entries = self.read();
+        let entries = read(&self.entries);
         let entry = entries
             .get(name)
             .filter(|e| e.live().next().is_some())
@@ -431,26 +516,26 @@ impl Registry {
 
     /// The compiled plugin of a pinned version.
     /// Reloads it (from the artifact cache, normally) if it was unloaded.
-    pub(crate) async fn get(&self, name: &str, version: &str) -> Result<Plugin, String> {
+    pub(crate) async fn get(&self, name: &str, version: &str) -> Result<Plugin, RegistryError> {
         let info = {
-            let entries = self.read();
-            let slot = entries
-                .get(name)
-                .and_then(|e| e.live().find(|s| s.status.info.version == version))
-                .ok_or_else(|| format!("plugin {name}@{version} is not live"))?;
+            let entries = read(&self.entries);
+            let slot = entries.get(name).and_then(|e| e.live().find(|s| s.status.info.version == version));
+            let slot = slot.ok_or_else(|| RegistryError::UnknownVersion {
+                name: name.into(),
+                version: version.into(),
+                known: entries
+                    .get(name)
+                    .map(|e| e.live().map(|s| s.status.info.version.as_str()).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default(),
+            })?;
             match &slot.plugin {
                 Some(plugin) => return Ok(plugin.clone()),
                 None => slot.status.info.clone(),
             }
         };
-        let bytes = self
-            .store
-            .blob(&info.digest)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("the component of {name}@{version} is missing from the store"))?;
-        let LoadOutcome { plugin, took, from_cache: cached, .. } =
-            self.load_stored(name, &info, &bytes).await.map_err(|e| e.to_string())?;
-        let mut entries = self.write();
+        let bytes = self.blob(name, &info).await?;
+        let LoadOutcome { plugin, took, from_cache: cached, .. } = self.load_stored(name, &info, bytes).await?;
+        let mut entries = write(&self.entries);
         if let Some(slot) =
             entries.get_mut(name).and_then(|e| e.slots.iter_mut().find(|s| s.status.info.version == version))
         {
@@ -464,34 +549,62 @@ impl Registry {
         Ok(plugin)
     }
 
-    /// Frees the compiled code of every live version that is not what its
-    /// name resolves to and that `in_use` says no unfinished task needs.
-    /// Running tasks keep their own reference until they end.
-    pub(crate) fn unload_unreferenced(&self, in_use: impl Fn(&str, &str) -> bool) {
-        let mut entries = self.write();
-        for (name, entry) in entries.iter_mut() {
-            let current = entry.current();
-            for slot in &mut entry.slots {
-                let version = &slot.status.info.version;
-                if slot.plugin.is_some() && Some(version) != current.as_ref() && !in_use(name, version) {
-                    slot.plugin = None;
-                    slot.status.loaded = false;
-                }
-            }
+    /// Counts an unfinished task against the version it pinned: the
+    /// version stays loaded (and cannot be deleted) until it is released.
+    pub(crate) fn hold(&self, name: &str, version: &str) {
+        if let Some(slot) = read(&self.entries).get(name).and_then(|e| e.slot(version)) {
+            slot.unfinished.fetch_add(1, Ordering::SeqCst);
         }
-        drop(entries);
-        self.update_gauge();
+    }
+
+    /// A task of this version ended; the version's code is freed once no
+    /// unfinished task holds it and its name no longer resolves to it.
+    pub(crate) fn release(&self, name: &str, version: &str) {
+        let idle = {
+            let entries = read(&self.entries);
+            let Some(slot) = entries.get(name).and_then(|e| e.slot(version)) else { return };
+            let previous = slot.unfinished.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            previous == Ok(1) && slot.plugin.is_some()
+        };
+        if idle {
+            self.unload_idle_of(name);
+        }
+    }
+
+    /// Unfinished tasks that hold `name@version`.
+    pub(crate) fn unfinished(&self, name: &str, version: &str) -> u64 {
+        read(&self.entries).get(name).and_then(|e| e.slot(version)).map_or(0, |s| s.unfinished.load(Ordering::SeqCst))
+    }
+
+    fn unload_idle_of(&self, name: &str) {
+        let freed = write(&self.entries).get_mut(name).is_some_and(Entry::unload_idle);
+        if freed {
+            self.update_gauge();
+        }
+    }
+
+    /// Frees every version that is neither current nor held (at start,
+    /// once the unfinished tasks have been counted).
+    pub(crate) fn unload_idle(&self) {
+        let mut freed = false;
+        for entry in write(&self.entries).values_mut() {
+            freed |= entry.unload_idle();
+        }
+        if freed {
+            self.update_gauge();
+        }
     }
 
     /// The manifest of a plugin, if the operator set one.
     pub(crate) fn manifest(&self, name: &str) -> Option<Manifest> {
-        self.read().get(name).and_then(|e| e.manifest.clone())
+        read(&self.entries).get(name).and_then(|e| e.manifest.clone())
     }
 
-    /// Sets (or clears) a plugin's manifest.
+    /// Checks and sets (or clears) a plugin's manifest.
     pub(crate) async fn set_manifest(&self, name: &str, manifest: Option<Manifest>) -> Result<(), RegistryError> {
-        if !valid_name(name) {
-            return Err(RegistryError::BadName(name.to_owned()));
+        names::name(names::NameKind::Plugin, name).map_err(RegistryError::BadName)?;
+        if let Some(m) = &manifest {
+            m.check().map_err(RegistryError::BadManifest)?;
         }
         let text = manifest.as_ref().map(Manifest::to_toml).transpose().map_err(RegistryError::BadManifest)?;
         self.store
@@ -500,7 +613,7 @@ impl Registry {
                 Vec::new()
             })
             .await?;
-        self.write().entry(name.to_owned()).or_default().manifest = manifest;
+        write(&self.entries).entry(name.to_owned()).or_default().manifest = manifest;
         Ok(())
     }
 
@@ -514,26 +627,30 @@ impl Registry {
                 Vec::new()
             })
             .await?;
-        if let Some(entry) = self.write().get_mut(name) {
+        if let Some(entry) = write(&self.entries).get_mut(name) {
             entry.latest = Some(version.to_owned());
         }
+        // The previous latest may now be idle.
+        self.unload_idle_of(name);
         Ok(())
     }
 
-    /// Removes a version (the caller checked no unfinished task uses it).
-    /// Its compiled code is freed once running tasks let go of it.
+    /// Removes a version; refused while an unfinished task holds it. Its
+    /// compiled code is freed once running tasks let go of it.
     pub(crate) async fn delete(&self, name: &str, version: &str) -> Result<(), RegistryError> {
         let (name_s, v) = (name.to_owned(), version.to_owned());
         let digest = {
-            let entries = self.read();
+            let entries = read(&self.entries);
             let entry = entries.get(name).ok_or_else(|| RegistryError::Unknown(name.into()))?;
-            let slot = entry.slots.iter().find(|s| s.status.info.version == version).ok_or_else(|| {
-                RegistryError::UnknownVersion {
-                    name: name.into(),
-                    version: version.into(),
-                    known: entry.slots.iter().map(|s| s.status.info.version.as_str()).collect::<Vec<_>>().join(", "),
-                }
+            let slot = entry.slot(version).ok_or_else(|| RegistryError::UnknownVersion {
+                name: name.into(),
+                version: version.into(),
+                known: entry.slots.iter().map(|s| s.status.info.version.as_str()).collect::<Vec<_>>().join(", "),
             })?;
+            let unfinished = slot.unfinished.load(Ordering::SeqCst);
+            if unfinished > 0 {
+                return Err(RegistryError::InUse { name: name.into(), version: version.into(), unfinished });
+            }
             slot.status.info.digest.clone()
         };
         self.store
@@ -545,7 +662,7 @@ impl Registry {
                 vec![digest]
             })
             .await?;
-        if let Some(entry) = self.write().get_mut(name) {
+        if let Some(entry) = write(&self.entries).get_mut(name) {
             entry.slots.retain(|s| s.status.info.version != version);
             if entry.latest.as_deref() == Some(version) {
                 entry.latest = None;
@@ -557,13 +674,13 @@ impl Registry {
 
     /// Records a problem the watched directory hit for `name`.
     pub(crate) fn set_watch_error(&self, name: &str, error: Option<String>) {
-        self.write().entry(name.to_owned()).or_default().watch_error = error;
+        write(&self.entries).entry(name.to_owned()).or_default().watch_error = error;
     }
 
     /// Every version of `name` with its state, the latest, the manifest and
     /// the watched directory's last error.
     pub(crate) fn detail(&self, name: &str) -> Option<PluginDetail> {
-        let entries = self.read();
+        let entries = read(&self.entries);
         let entry = entries.get(name)?;
         let latest = entry.current();
         Some(PluginDetail {
@@ -577,7 +694,7 @@ impl Registry {
     /// Names with at least one version.
     pub(crate) fn names(&self) -> Vec<String> {
         let mut names: Vec<_> =
-            self.read().iter().filter(|(_, e)| !e.slots.is_empty()).map(|(n, _)| n.clone()).collect();
+            read(&self.entries).iter().filter(|(_, e)| !e.slots.is_empty()).map(|(n, _)| n.clone()).collect();
         names.sort();
         names
     }

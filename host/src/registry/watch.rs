@@ -1,59 +1,58 @@
 //! The watched plugins directory (`taskhost serve --plugins DIR`): a new or
 //! changed `NAME.wasm` or `NAME@VERSION.wasm` goes live, and `NAME.toml`
-//! sets NAME's manifest. Events are debounced per file, so a file written
-//! in place, written then renamed, or still being written is read only once
-//! it has been quiet for a moment. A half-written file that fails to load
-//! is reported (`watch_error`) and tried again on its next change.
+//! sets NAME's manifest. Changes arrive debounced from the shared watcher
+//! ([`crate::watch`]), so each file is read once it has been quiet for a
+//! moment. A half-written file that fails to load is reported
+//! (`watch_error`) and tried again on its next change. Files are read on
+//! tokio's blocking pool; what was loaded is remembered by digest, not by
+//! content.
 
-use super::{Engine, Manifest};
-use notify::{RecursiveMode, Watcher};
+use super::{MAX_PLUGIN_BYTES, Manifest, Registry};
+use crate::watch::{self, Watch, WatchError};
+use sha2_digest::{Digest, Sha256};
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
-/// How long a file must be quiet before it is read.
-const QUIET: Duration = Duration::from_millis(300);
+/// Batches of changed paths waiting for the loader; the watcher thread
+/// waits when it is full.
+const BATCHES: usize = 16;
 
-pub(crate) fn start(engine: Engine, dir: PathBuf) -> anyhow::Result<()> {
-    anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PathBuf>();
-    let events = tx.clone();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event {
-            for path in event.paths {
-                let _ = events.send(path);
-            }
+/// A running directory watch: stop it by dropping `watch`, then await
+/// `loader` (it ends once the watcher thread has let go of its channel).
+#[derive(Debug)]
+pub(crate) struct DirWatch {
+    pub(crate) watch: Watch,
+    pub(crate) loader: tokio::task::JoinHandle<()>,
+}
+
+/// Starts watching `dir`; files already there count as new.
+pub(crate) fn start(registry: Arc<Registry>, dir: PathBuf) -> Result<DirWatch, WatchError> {
+    if !dir.is_dir() {
+        return Err(WatchError::NotADirectory(dir));
+    }
+    let existing: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|source| WatchError::Io { path: dir.clone(), source })?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<PathBuf>>(BATCHES);
+    let watch = watch::start("plugins-watch", std::slice::from_ref(&dir), existing, move |paths, _| {
+        match tx.blocking_send(paths) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
         }
     })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    // Files already there count as new.
-    for entry in std::fs::read_dir(&dir)?.flatten() {
-        let _ = tx.send(entry.path());
-    }
-    let slot = engine.clone();
-    let handle = tokio::spawn(async move {
-        let _watcher = watcher; // keep watching while this task lives
-        let mut pending: HashMap<PathBuf, Instant> = HashMap::new();
-        let mut seen: HashMap<PathBuf, Vec<u8>> = HashMap::new();
-        while !engine.inner.stopping.load(Ordering::SeqCst) {
-            match tokio::time::timeout(Duration::from_millis(100), rx.recv()).await {
-                Ok(Some(path)) => {
-                    pending.insert(path, Instant::now());
-                }
-                Ok(None) => break,
-                Err(_) => {}
-            }
-            let ready: Vec<PathBuf> =
-                pending.iter().filter(|(_, at)| at.elapsed() >= QUIET).map(|(p, _)| p.clone()).collect();
-            for path in ready {
-                pending.remove(&path);
-                process(&engine, &path, &mut seen).await;
+    let loader = tokio::spawn(async move {
+        let mut seen: HashMap<PathBuf, [u8; 32]> = HashMap::new();
+        while let Some(paths) = rx.recv().await {
+            for path in paths {
+                process(&registry, &path, &mut seen).await;
             }
         }
     });
-    *super::lock(&slot.inner.watcher) = Some(handle);
-    Ok(())
+    Ok(DirWatch { watch, loader })
 }
 
 /// What a file name asks for: (plugin name, explicit version, is manifest).
@@ -72,28 +71,49 @@ fn classify(path: &Path) -> Option<(String, Option<String>, bool)> {
     })
 }
 
-async fn process(engine: &Engine, path: &Path, seen: &mut HashMap<PathBuf, Vec<u8>>) {
+/// Reads a watched file, refusing one larger than any plugin may be.
+async fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    let size = tokio::fs::metadata(path).await?.len();
+    if size > MAX_PLUGIN_BYTES as u64 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::FileTooLarge,
+            format!("the file is {size} bytes; the limit is {MAX_PLUGIN_BYTES}"),
+        ));
+    }
+    tokio::fs::read(path).await
+}
+
+async fn process(registry: &Arc<Registry>, path: &Path, seen: &mut HashMap<PathBuf, [u8; 32]>) {
     let Some((name, version, is_manifest)) = classify(path) else { return };
-    let Ok(bytes) = std::fs::read(path) else {
-        return; // removed or renamed away: nothing to load
+    let bytes = match read_bounded(path).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            seen.remove(path); // removed or renamed away: nothing to load
+            return;
+        }
+        Err(error) => {
+            tracing::warn!(file = %path.display(), %error, "cannot read from the plugins directory");
+            registry.set_watch_error(&name, Some(format!("{}: {error}", path.display())));
+            return;
+        }
     };
-    if seen.get(path) == Some(&bytes) {
+    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    if seen.get(path) == Some(&digest) {
         return;
     }
-    let registry = &engine.inner.registry;
     let outcome = if is_manifest {
         match std::str::from_utf8(&bytes).map_err(|e| e.to_string()).and_then(Manifest::parse) {
-            Ok(manifest) => engine.set_manifest(&name, Some(manifest)).await.map_err(|e| e.to_string()),
+            Ok(manifest) => registry.set_manifest(&name, Some(manifest)).await.map_err(|e| e.to_string()),
             Err(e) => Err(e),
         }
     } else {
-        engine.add_plugin(&name, bytes.clone(), version, true).await.map(|_| ()).map_err(|e| e.to_string())
+        registry.add(&name, bytes, version, true).await.map(|_| ()).map_err(|e| e.to_string())
     };
     match outcome {
         Ok(()) => {
             tracing::info!(file = %path.display(), "loaded from the plugins directory");
             registry.set_watch_error(&name, None);
-            seen.insert(path.to_owned(), bytes);
+            seen.insert(path.to_owned(), digest);
         }
         Err(error) => {
             tracing::warn!(file = %path.display(), %error, "could not load from the plugins directory");

@@ -19,7 +19,7 @@ pub use inference::{Caller, InferenceError, InferenceService, ModelInfo, RunResu
 pub use outcome::{FailureClass, LogLevel, LogRecord, TaskFailure, TaskReport};
 pub(crate) use plugin::check_header;
 pub use plugin::{LoadError, Plugin};
-pub use services::{ChildTask, ContextError, QueueError, TaskServices, TaskStatus, TaskView};
+pub use services::{ChildTask, ContextError, HostFailure, QueueError, Served, TaskServices, TaskStatus, TaskView};
 
 use crate::bindings::{Task, TaskError, TaskPre, WitTaskInfo};
 use anyhow::Context as _;

@@ -163,6 +163,9 @@ pub(crate) fn classify_error(err: wasmtime::Error, state: &TaskState) -> TaskFai
         Some(Interrupted::Timeout) => return timeout_failure(state),
         None => {}
     }
+    if let Some(message) = &state.host_failure {
+        return TaskFailure::new(FailureClass::HostError, message.clone());
+    }
     if let Some(stream) = state.overflowed_stream() {
         return TaskFailure::new(
             FailureClass::OutputTooLarge,

@@ -35,6 +35,8 @@ pub(crate) struct TaskState {
     pub(crate) started: Instant,
     pub(crate) interrupted: Option<Interrupted>,
     pub(crate) services: Option<Arc<dyn super::TaskServices>>,
+    /// A host call the host could not serve; it ended the attempt.
+    pub(crate) host_failure: Option<String>,
     pub(crate) inference: Option<Arc<dyn super::InferenceService>>,
     /// Models the operator granted this plugin (its manifest).
     pub(crate) models: Vec<String>,
@@ -100,6 +102,7 @@ impl TaskState {
             started: Instant::now(),
             interrupted: None,
             services: attached.services,
+            host_failure: None,
             inference: attached.inference,
             models: grants.models.clone(),
             priority,

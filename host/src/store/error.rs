@@ -5,6 +5,7 @@ use uuid::Uuid;
 
 /// Why a store operation was refused or failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// No task has this id.
     #[error("task {0} not found")]

@@ -6,6 +6,7 @@ use super::TaskState::{self, *};
 pub(crate) const TRANSITIONS: &[(TaskState, TaskState, &str)] = &[
     (Pending, Running, "a worker starts the task"),
     (Pending, Cancelled, "cancelled before it ran"),
+    (Pending, Failed, "the host cannot start it: what it waits for cannot be read"),
     (Running, Completed, "the plugin returned an output"),
     (Running, Failed, "permanent failure or attempts exhausted"),
     (Running, Retrying, "retryable failure; waiting out the backoff"),

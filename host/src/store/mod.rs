@@ -153,6 +153,8 @@ pub struct Store {
     // Declared first so it drops (joining the committer) before `db`.
     committer: Arc<Committer>,
     db: Arc<Database>,
+    /// Reads of a task record left to fail on purpose (tests only set it).
+    read_faults: Arc<std::sync::atomic::AtomicU32>,
 }
 
 struct Committer {
@@ -219,7 +221,11 @@ impl Store {
             .name("taskhost-commit".into())
             .spawn(move || committer(&committer_db, &rx, batch))
             .map_err(|e| StoreError::CommitFailed(format!("cannot start the committer thread: {e}")))?;
-        Ok(Store { committer: Arc::new(Committer { ops: Some(tx), thread: Some(thread) }), db })
+        Ok(Store {
+            committer: Arc::new(Committer { ops: Some(tx), thread: Some(thread) }),
+            db,
+            read_faults: Arc::default(),
+        })
     }
 
     /// Durably records a new task, or returns the existing one with the
@@ -346,6 +352,7 @@ impl Store {
 
     /// The task an idempotency key names.
     pub(crate) fn task_by_key(&self, key: &str) -> Result<Option<Uuid>, StoreError> {
+        self.injected("an idempotency key")?;
         let txn = self.db.begin_read()?;
         let table = txn.open_table(IDEMPOTENCY)?;
         Ok(table.get(key)?.map(|v| Uuid::from_u128(v.value())))
@@ -366,8 +373,27 @@ impl Store {
         ops.send(op).map_err(|_| StoreError::Closed)
     }
 
+    /// Makes the next `n` task reads fail, to test how callers handle a
+    /// failed read.
+    #[cfg(test)]
+    pub(crate) fn fail_next_reads(&self, n: u32) {
+        self.read_faults.store(n, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Fails this read if tests asked for it.
+    fn injected(&self, what: &str) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.read_faults.load(Ordering::Relaxed) > 0
+            && self.read_faults.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+        {
+            return Err(StoreError::Corrupt(format!("injected failure reading {what}")));
+        }
+        Ok(())
+    }
+
     /// Reads one task.
     pub fn get(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        self.injected("a task")?;
         let txn = self.db.begin_read()?;
         let table = txn.open_table(TASKS)?;
         table.get(id.as_u128())?.map(|v| decode(v.value())).transpose()
@@ -802,4 +828,4 @@ fn migrate_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

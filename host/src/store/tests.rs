@@ -5,7 +5,7 @@
 use super::*;
 use std::collections::HashMap;
 
-fn record(n: u128, key: Option<&str>) -> TaskRecord {
+pub(crate) fn record(n: u128, key: Option<&str>) -> TaskRecord {
     TaskRecord {
         id: Uuid::from_u128(n),
         version: 1,

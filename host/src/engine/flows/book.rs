@@ -7,6 +7,7 @@
 use super::FlowLimits;
 use crate::engine::scheduler::Entry;
 use std::collections::HashMap;
+use std::fmt;
 use std::time::Instant;
 use uuid::Uuid;
 
@@ -33,6 +34,40 @@ pub(crate) struct Waiting {
     pub(crate) remaining: usize,
     pub(crate) entry: Entry,
     pub(crate) due_ms: Option<u64>,
+}
+
+/// Which flow limit refused a submission or a context write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// The flow already has `limit` tasks.
+    TasksPerFlow { limit: u64 },
+    /// The flow submits faster than `limit` per second.
+    SubmissionsPerSec { limit: u32 },
+    /// The context would hold `total` bytes, over `limit`.
+    ContextBytes { total: u64, limit: u64 },
+}
+
+impl Refusal {
+    /// The limit's name, as in `flow_limit_refusals_total{limit}`.
+    pub(crate) fn limit(&self) -> &'static str {
+        match self {
+            Self::TasksPerFlow { .. } => "tasks_per_flow",
+            Self::SubmissionsPerSec { .. } => "submissions_per_sec",
+            Self::ContextBytes { .. } => "context_bytes",
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TasksPerFlow { limit } => write!(f, "the flow already has {limit} tasks, its limit"),
+            Self::SubmissionsPerSec { limit } => write!(f, "the flow submits faster than {limit} tasks per second"),
+            Self::ContextBytes { total, limit } => {
+                write!(f, "the flow's context would hold {total} bytes; its limit is {limit} bytes")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -117,7 +152,7 @@ impl Book {
 
     /// Takes one submission from the flow's budget (rate, then size), or
     /// says which limit refused it.
-    pub(crate) fn reserve_task(&mut self, flow: Uuid, stored_tasks: u64, limits: &FlowLimits) -> Result<(), String> {
+    pub(crate) fn reserve_task(&mut self, flow: Uuid, stored_tasks: u64, limits: &FlowLimits) -> Result<(), Refusal> {
         let live = self.live(flow, limits);
         live.tasks = live.tasks.max(stored_tasks);
         let rate = f64::from(limits.submissions_per_sec.max(1));
@@ -125,10 +160,10 @@ impl Book {
         live.tokens = (live.tokens + now.duration_since(live.refilled).as_secs_f64() * rate).min(rate);
         live.refilled = now;
         if live.tasks >= limits.tasks_per_flow {
-            return Err(format!("the flow already has {} tasks, its limit", limits.tasks_per_flow));
+            return Err(Refusal::TasksPerFlow { limit: limits.tasks_per_flow });
         }
         if live.tokens < 1.0 {
-            return Err(format!("the flow submits faster than {} tasks per second", limits.submissions_per_sec));
+            return Err(Refusal::SubmissionsPerSec { limit: limits.submissions_per_sec });
         }
         live.tokens -= 1.0;
         live.tasks += 1;
@@ -143,14 +178,11 @@ impl Book {
     }
 
     /// Reserves `grow` more context bytes, within the cap.
-    pub(crate) fn reserve_context(&mut self, flow: Uuid, grow: u64, limits: &FlowLimits) -> Result<(), String> {
+    pub(crate) fn reserve_context(&mut self, flow: Uuid, grow: u64, limits: &FlowLimits) -> Result<(), Refusal> {
         let live = self.live(flow, limits);
         let total = live.context_bytes + live.context_reserved + grow;
         if total > limits.context_bytes {
-            return Err(format!(
-                "the flow's context would hold {total} bytes; its limit is {} bytes",
-                limits.context_bytes
-            ));
+            return Err(Refusal::ContextBytes { total, limit: limits.context_bytes });
         }
         live.context_reserved += grow;
         Ok(())
@@ -207,11 +239,11 @@ mod tests {
         book.created(flow, false, false, &l);
         book.reserve_task(flow, 1, &l).unwrap();
         book.reserve_task(flow, 1, &l).unwrap();
-        assert!(book.reserve_task(flow, 1, &l).unwrap_err().contains("already has 3 tasks"));
+        assert!(book.reserve_task(flow, 1, &l).unwrap_err().to_string().contains("already has 3 tasks"));
         book.unreserve_tasks(flow, 1);
         book.reserve_task(flow, 1, &l).unwrap();
         book.reserve_context(flow, 8, &l).unwrap();
-        assert!(book.reserve_context(flow, 3, &l).unwrap_err().contains("would hold 11 bytes"));
+        assert!(book.reserve_context(flow, 3, &l).unwrap_err().to_string().contains("would hold 11 bytes"));
         book.settle_context(flow, 8, Some(2));
         book.reserve_context(flow, 8, &l).unwrap();
     }
@@ -225,7 +257,7 @@ mod tests {
         for _ in 0..5 {
             book.reserve_task(flow, 0, &l).unwrap();
         }
-        assert!(book.reserve_task(flow, 0, &l).unwrap_err().contains("faster than 5 tasks per second"));
+        assert!(book.reserve_task(flow, 0, &l).unwrap_err().to_string().contains("faster than 5 tasks per second"));
     }
 
     #[test]

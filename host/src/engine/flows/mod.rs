@@ -1,25 +1,30 @@
 //! Flows: the tasks one submission grows into, code-created (children and
 //! joins through `queue`) or declared (`POST /v1/flows`), possibly
-//! repeating. This module admits new tasks (scheduling them now, or once
-//! the tasks they join have ended), notices when a flow's last task ends,
-//! records its outcome and, for a repeating flow, creates the next
-//! iteration in the same transaction, so an iteration is never lost or
-//! started twice across a restart.
+//! repeating. [`Flows`] owns the flow book (unfinished tasks per flow,
+//! reservations against the limits, waiting joins), notices when a flow's
+//! last task ends, records its outcome and, for a repeating flow, creates
+//! the next iteration in the same transaction, so an iteration is never
+//! lost or started twice across a restart. Scheduling what it creates is
+//! admission's job; it returns the created records.
 
 mod book;
 mod services;
 mod spec;
 
-pub(crate) use book::Book;
+pub(crate) use book::{Book, Waiting};
 pub(crate) use services::AttemptServices;
 pub use spec::{FlowSpec, Node, RepeatSpec, Step};
 
-use super::{Engine, EngineError, NewTask, entry, lock, metrics};
+use super::shared::{Shared, entry};
+use super::submission::Submission;
+use super::{EngineError, NewTask, metrics};
 use crate::flow::TaskView;
 use crate::store::{
-    Change, FlowRecord, FlowState, FlowUpdate, InputFrom, Repeat, RepeatKind, StoreError, TaskRecord, TaskState, now_ms,
+    FlowRecord, FlowState, FlowUpdate, InputFrom, Repeat, RepeatKind, StoreError, TaskRecord, TaskState, now_ms,
 };
+use crate::sync::lock;
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
 use uuid::Uuid;
 
 /// Task records with their inputs, to create together.
@@ -112,144 +117,66 @@ pub(crate) fn gather(outputs: &[Vec<u8>]) -> Vec<u8> {
     serde_json::to_vec(&items).expect("JSON values always encode")
 }
 
-impl Engine {
-    /// Bookkeeping for tasks just committed: counted in their flow, then
-    /// scheduled, or parked until the tasks they join have ended.
-    pub(crate) fn admit(&self, records: &[TaskRecord], reserved: bool) {
-        let inner = &self.inner;
-        let limits = &inner.config.flow_limits;
-        let mut book = lock(&inner.book);
-        let mut ready = Vec::with_capacity(records.len());
-        for record in records {
-            book.created(record.flow_id, reserved, !record.is_flow_root(), limits);
-            self.hold(record);
-            inner.metrics.moved(&record.queue, None, TaskState::Pending);
-            inner.metrics.submitted.get_or_create(&super::Metrics::label(&record.queue)).inc();
-        }
-        for record in records {
-            // Under the book lock, a task that ends after this read finds
-            // the waiter registered; one that ended before is not waited
-            // for.
-            let pending = self.unfinished_deps(record);
-            if pending.is_empty() {
-                ready.push(record);
-            } else {
-                book.wait(entry(record), record.next_run_at_ms, &pending);
-            }
-        }
-        drop(book);
-        self.schedule_ready(ready, now_ms());
+/// See the module docs.
+pub(crate) struct Flows {
+    shared: Arc<Shared>,
+    submission: Arc<Submission>,
+    book: Mutex<Book>,
+}
+
+impl Flows {
+    pub(crate) fn new(shared: Arc<Shared>, submission: Arc<Submission>) -> Self {
+        Self { shared, submission, book: Mutex::default() }
     }
 
-    /// The tasks of `record.after` that have not ended yet.
-    fn unfinished_deps(&self, record: &TaskRecord) -> Vec<Uuid> {
-        let store = &self.inner.store;
-        record
-            .after
-            .iter()
-            .copied()
-            .filter(|dep| store.get(*dep).ok().flatten().is_some_and(|r| !r.state.is_terminal()))
-            .collect()
+    /// The flow book. Admission holds it while it checks dependencies, so
+    /// a dependency that ends meanwhile finds its waiter registered.
+    pub(crate) fn book(&self) -> MutexGuard<'_, Book> {
+        lock(&self.book)
     }
 
-    /// Schedules tasks that wait for nothing. A pending declared step whose
-    /// predecessors have ended is checked first (and skipped if one of them
-    /// did not complete).
-    pub(crate) fn schedule_ready<'a>(&self, ready: impl IntoIterator<Item = &'a TaskRecord>, now: u64) {
-        let mut released = Vec::new();
-        {
-            let mut sched = lock(&self.inner.sched);
-            for record in ready {
-                if record.state == TaskState::Pending
-                    && record.input_from == InputFrom::Outputs
-                    && !record.after.is_empty()
-                {
-                    released.push(record.id);
-                } else {
-                    sched.enqueue(entry(record), record.next_run_at_ms, now);
-                }
-            }
-        }
-        for id in released {
-            self.start_released(id, None);
-        }
-        self.inner.wake.notify_one();
+    pub(crate) fn limits(&self) -> &FlowLimits {
+        &self.shared.config.flow_limits
     }
 
-    /// A released declared step: cancelled when a predecessor did not
-    /// complete, else scheduled.
-    pub(crate) fn start_released(&self, id: Uuid, due_ms: Option<u64>) {
-        let engine = self.clone();
-        let check = move || {
-            let inner = &engine.inner;
-            let record = inner.store.get(id).ok().flatten()?;
-            if record.state != TaskState::Pending {
-                return None;
-            }
-            if record.input_from == InputFrom::Outputs {
-                for dep in &record.after {
-                    let d = inner.store.get(*dep).ok().flatten()?;
-                    if d.state != TaskState::Completed {
-                        let step = d.step.clone().unwrap_or_else(|| d.id.to_string());
-                        return Some((record, Some(format!("skipped: step `{step}` ended {}", d.state))));
-                    }
-                }
-            }
-            Some((record, None))
-        };
-        let Some((record, skip)) = check() else { return };
-        match skip {
-            None => {
-                lock(&self.inner.sched).enqueue(entry(&record), due_ms.or(record.next_run_at_ms), now_ms());
-                self.inner.wake.notify_one();
-            }
-            Some(reason) => {
-                let engine = self.clone();
-                tokio::spawn(async move {
-                    let change = Change::new(record.id, TaskState::Cancelled, reason).expect_version(record.version);
-                    if let Ok(done) = engine.inner.store.transition(change).await {
-                        engine.ended(&record, &done);
-                    }
-                });
+    /// The tasks of `record.after` that have not ended yet. A failed read
+    /// is an error, never taken for "ended".
+    pub(crate) fn unfinished_deps(&self, record: &TaskRecord) -> Result<Vec<Uuid>, EngineError> {
+        let mut pending = Vec::new();
+        for dep in &record.after {
+            match self.shared.store.get(*dep)? {
+                Some(r) if !r.state.is_terminal() => pending.push(*dep),
+                Some(_) => {}
+                // Deleted with its flow's retention, or never committed:
+                // there is nothing to wait for.
+                None => {}
             }
         }
+        Ok(pending)
     }
 
-    /// Flow bookkeeping for a task that ended: releases its joins and, if
-    /// it was its flow's last unfinished task, ends (or repeats) the flow.
-    pub(crate) fn flow_task_ended(&self, done: &TaskRecord) {
-        let (released, last) = {
-            let mut book = lock(&self.inner.book);
-            (book.release(done.id), book.ended(done.flow_id))
-        };
-        for waiting in released {
-            self.start_released(waiting.entry.id, waiting.due_ms);
-        }
-        if last {
-            let engine = self.clone();
-            let flow = done.flow_id;
-            tokio::spawn(async move {
-                if let Err(error) = engine.finish_flow(flow).await {
-                    tracing::error!(%flow, %error, "recording the end of a flow failed");
-                }
-            });
-        }
+    /// A task ended: the waiting tasks it released, and whether it was
+    /// the last unfinished task of a flow that has a record to finish.
+    pub(crate) fn task_ended(&self, done: &TaskRecord) -> (Vec<Waiting>, bool) {
+        let mut book = self.book();
+        (book.release(done.id), book.ended(done.flow_id))
     }
 
     /// Records a flow's outcome once no task of it is unfinished, or
-    /// creates its next iteration. Does nothing for a flow that is still
-    /// running tasks or that never grew past one task.
-    pub(crate) async fn finish_flow(&self, id: Uuid) -> Result<(), EngineError> {
-        let inner = &self.inner;
+    /// creates its next iteration; returns the tasks it created. Does
+    /// nothing for a flow that is still running tasks or that never grew
+    /// past one task.
+    pub(crate) async fn finish(&self, id: Uuid) -> Result<Vec<TaskRecord>, EngineError> {
+        let shared = &self.shared;
         loop {
-            let Some(flow) = inner.store.flow(id)? else { return Ok(()) };
-            if flow.state != FlowState::Running || lock(&inner.book).is_active(id) {
-                return Ok(());
+            let Some(flow) = shared.store.flow(id)? else { return Ok(Vec::new()) };
+            if flow.state != FlowState::Running || self.book().is_active(id) {
+                return Ok(Vec::new());
             }
             let tasks: Vec<TaskRecord> =
-                inner.store.flow_tasks(id)?.into_iter().filter(|t| t.iteration == flow.iteration).collect();
+                shared.store.flow_tasks(id)?.into_iter().filter(|t| t.iteration == flow.iteration).collect();
             if tasks.iter().any(|t| !t.state.is_terminal()) {
-                return Ok(());
+                return Ok(Vec::new());
             }
             let ok = tasks.iter().all(|t| t.state == TaskState::Completed);
             let last_completed = tasks
@@ -287,15 +214,13 @@ impl Engine {
                     }
                 }
             };
-            match inner.store.flow_change(id, edit).await {
+            match shared.store.flow_change(id, edit).await {
                 Ok((flow, created)) => {
                     if flow.state != FlowState::Running {
                         let label = metrics::FlowLabel { state: flow.state.as_str().to_owned() };
-                        inner.metrics.flows_ended.get_or_create(&label).inc();
+                        shared.metrics.flows_ended.get_or_create(&label).inc();
                     }
-                    self.admit(&created, false);
-                    inner.ended.notify_waiters();
-                    return Ok(());
+                    return Ok(created);
                 }
                 // Cancelled or changed meanwhile: look again.
                 Err(StoreError::Refused(_)) => continue,
@@ -335,7 +260,7 @@ impl Engine {
             Some(input) => input,
             None if matches!(repeat.kind, RepeatKind::Cron(_)) => flow.input.clone(),
             None => match last {
-                Some(task) => self.inner.store.output(task)?.unwrap_or_default(),
+                Some(task) => self.shared.store.output(task)?.unwrap_or_default(),
                 None => flow.input.clone(),
             },
         };
@@ -353,7 +278,7 @@ impl Engine {
         input: &[u8],
         run_at_ms: Option<u64>,
     ) -> Result<NewTasks, EngineError> {
-        let plan = spec.plan(self.inner.config.flow_limits.tasks_per_flow).map_err(EngineError::InvalidRequest)?;
+        let plan = spec.plan(self.limits().tasks_per_flow).map_err(EngineError::InvalidRequest)?;
         let mut out: Vec<(TaskRecord, Vec<u8>)> = Vec::with_capacity(plan.len());
         for planned in &plan {
             let step = &planned.step;
@@ -372,7 +297,7 @@ impl Engine {
                 run_at_ms: if planned.after.is_empty() { run_at_ms } else { None },
                 ..NewTask::default()
             };
-            let (mut record, input) = self.prepare(new).map_err(|e| match e {
+            let (mut record, input) = self.submission.prepare(new).map_err(|e| match e {
                 EngineError::InvalidRequest(m) | EngineError::UnknownPlugin(m) => {
                     EngineError::InvalidRequest(format!("step `{}`: {m}", planned.name))
                 }
@@ -390,8 +315,9 @@ impl Engine {
     }
 
     /// Starts a declared flow: every step of its first iteration is
-    /// committed with the flow record in one transaction.
-    pub async fn submit_flow(&self, spec: FlowSpec) -> Result<FlowView, EngineError> {
+    /// committed with the flow record in one transaction. Returns the flow
+    /// id and the tasks to admit.
+    pub(crate) async fn submit(&self, spec: FlowSpec) -> Result<(Uuid, Vec<TaskRecord>), EngineError> {
         let repeat: Option<Repeat> = spec.repeat().map_err(EngineError::InvalidRequest)?;
         let input = spec::input_bytes(spec.input.as_ref());
         let id = Uuid::now_v7();
@@ -415,15 +341,14 @@ impl Engine {
             Some(_) => Err(StoreError::Refused(format!("flow {id} exists"))),
             None => Ok(FlowUpdate { flow, tasks }),
         };
-        let (_, created) = self.inner.store.flow_change(id, edit).await?;
-        self.admit(&created, false);
-        self.flow(id)
+        let (_, created) = self.shared.store.flow_change(id, edit).await?;
+        Ok((id, created))
     }
 
     /// A flow with its tasks. Any task id that roots a flow works, even one
     /// that never submitted children.
-    pub fn flow(&self, id: Uuid) -> Result<FlowView, EngineError> {
-        let store = &self.inner.store;
+    pub(crate) fn view(&self, id: Uuid) -> Result<FlowView, EngineError> {
+        let store = &self.shared.store;
         let tasks = store.flow_tasks(id)?;
         let flow = match store.flow(id)? {
             Some(flow) => flow,
@@ -439,10 +364,18 @@ impl Engine {
         Ok(FlowView { flow, tasks, output })
     }
 
-    /// Cancels a flow: no further task or iteration starts, and every
-    /// unfinished task is cancelled (running ones interrupted).
-    pub async fn cancel_flow(&self, id: Uuid) -> Result<FlowView, EngineError> {
-        let view = self.flow(id)?;
+    /// A flow's state (one read, not the whole tree).
+    pub(crate) fn state(&self, id: Uuid) -> Result<FlowState, EngineError> {
+        Ok(match self.shared.store.flow(id)? {
+            Some(flow) => flow.state,
+            None => synthesised(&self.shared.task(id)?).state,
+        })
+    }
+
+    /// Marks a flow cancelled, so no later iteration starts; returns its
+    /// unfinished tasks, for the caller to cancel.
+    pub(crate) async fn cancel(&self, id: Uuid) -> Result<Vec<Uuid>, EngineError> {
+        let view = self.view(id)?;
         if view.flow.state != FlowState::Running {
             return Err(EngineError::Conflict(format!("flow {id} already ended ({})", view.flow.state.as_str())));
         }
@@ -458,82 +391,49 @@ impl Engine {
             flow.error = Some("cancelled by request".into());
             Ok(FlowUpdate { flow, tasks: Vec::new() })
         };
-        self.inner.store.flow_change(id, edit).await.map_err(|e| match e {
+        self.shared.store.flow_change(id, edit).await.map_err(|e| match e {
             StoreError::Refused(m) => EngineError::Conflict(m),
             other => other.into(),
         })?;
-        self.inner.metrics.flows_ended.get_or_create(&metrics::FlowLabel { state: "cancelled".into() }).inc();
-        let unfinished: Vec<Uuid> =
-            self.inner.store.flow_tasks(id)?.into_iter().filter(|t| !t.state.is_terminal()).map(|t| t.id).collect();
-        let cancels = unfinished.into_iter().map(|task| self.cancel(task));
-        for result in futures::future::join_all(cancels).await {
-            match result {
-                // Ended on its own meanwhile: nothing to cancel.
-                Ok(_) | Err(EngineError::Conflict(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.inner.ended.notify_waiters();
-        self.flow(id)
+        self.shared.metrics.flows_ended.get_or_create(&metrics::FlowLabel { state: "cancelled".into() }).inc();
+        Ok(self.shared.store.flow_tasks(id)?.into_iter().filter(|t| !t.state.is_terminal()).map(|t| t.id).collect())
     }
 
-    /// Waits until a flow ends or `timeout` passes; returns its view.
-    pub async fn wait_flow(&self, id: Uuid, timeout: std::time::Duration) -> Result<FlowView, EngineError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let ended = self.inner.ended.notified();
-            // The state alone (one read), not the whole tree, until it ends.
-            let state = match self.inner.store.flow(id)? {
-                Some(flow) => flow.state,
-                None => synthesised(&self.get(id)?).state,
-            };
-            if state != FlowState::Running || tokio::time::Instant::now() >= deadline {
-                return self.flow(id);
-            }
-            let wake = deadline.min(tokio::time::Instant::now() + std::time::Duration::from_millis(100));
-            let _ = tokio::time::timeout_at(wake, ended).await;
-        }
-    }
-
-    /// At start: flow totals, waiting joins, and flows whose last task
-    /// ended just before the host stopped.
-    pub(crate) async fn recover_flows(&self, tasks: &[TaskRecord]) -> Result<Vec<TaskRecord>, EngineError> {
-        let inner = &self.inner;
-        let limits = &inner.config.flow_limits;
-        let sizes = inner.store.context_sizes()?;
+    /// At start: flow totals and waiting joins from the unfinished tasks.
+    /// Returns the tasks that are ready to schedule, and the running flows
+    /// to check for an end (their last task may have ended just before the
+    /// host stopped).
+    pub(crate) fn recover(&self, tasks: &[TaskRecord]) -> Result<(Vec<TaskRecord>, Vec<Uuid>), EngineError> {
+        let store = &self.shared.store;
+        let limits = self.limits();
+        let sizes = store.context_sizes()?;
         let mut unfinished: HashMap<Uuid, u64> = HashMap::new();
         for t in tasks.iter().filter(|t| !t.state.is_terminal()) {
             *unfinished.entry(t.flow_id).or_default() += 1;
         }
-        let flows = inner.store.flows()?;
-        {
-            let mut book = lock(&inner.book);
-            for flow in &flows {
-                let open = unfinished.remove(&flow.id).unwrap_or(0);
-                book.restore(flow.id, flow.tasks, open, sizes.get(&flow.id).copied().unwrap_or(0), limits);
-            }
-            for (flow, open) in unfinished {
-                book.restore_single(flow, open, limits);
-            }
+        let flows = store.flows()?;
+        let mut ready = Vec::new();
+        let mut book = self.book();
+        for flow in &flows {
+            let open = unfinished.remove(&flow.id).unwrap_or(0);
+            book.restore(flow.id, flow.tasks, open, sizes.get(&flow.id).copied().unwrap_or(0), limits);
+        }
+        for (flow, open) in unfinished {
+            book.restore_single(flow, open, limits);
         }
         // Pending tasks that join others wait again; the rest are ready.
-        let mut ready = Vec::new();
-        {
-            let mut book = lock(&inner.book);
-            for t in tasks.iter().filter(|t| matches!(t.state, TaskState::Pending | TaskState::Retrying)) {
-                // A retrying task started once: what it joined has ended.
-                let pending = if t.state == TaskState::Pending { self.unfinished_deps(t) } else { Vec::new() };
-                if pending.is_empty() {
-                    ready.push(t.clone());
-                } else {
-                    book.wait(entry(t), t.next_run_at_ms, &pending);
-                }
+        for t in tasks.iter().filter(|t| matches!(t.state, TaskState::Pending | TaskState::Retrying)) {
+            // A retrying task started once: what it joined has ended.
+            let pending = if t.state == TaskState::Pending { self.unfinished_deps(t)? } else { Vec::new() };
+            if pending.is_empty() {
+                ready.push(t.clone());
+            } else {
+                book.wait(entry(t), t.next_run_at_ms, &pending);
             }
         }
-        for flow in flows.iter().filter(|f| f.state == FlowState::Running) {
-            self.finish_flow(flow.id).await?;
-        }
-        Ok(ready)
+        drop(book);
+        let running = flows.iter().filter(|f| f.state == FlowState::Running).map(|f| f.id).collect();
+        Ok((ready, running))
     }
 }
 

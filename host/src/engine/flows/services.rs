@@ -1,18 +1,20 @@
 //! The services one attempt reaches through `queue` and `context`: checks
 //! each call against the flow limits, holds children and context writes in
 //! the attempt's [`Effects`] and hands them to the engine when the attempt
-//! ends (committed with a completion, released otherwise).
+//! ends (committed with a completion, released otherwise). A store read
+//! that fails ends the attempt as a host error (retried); it is never taken
+//! for "absent".
 
-use super::{FlowLimits, scoped_key, task_view};
-use crate::engine::{Engine, EngineError, NewTask, lock};
-use crate::flow::{ChildTask, ContextError, QueueError, TaskServices, TaskStatus, TaskView};
-use crate::store::{Effects, TaskRecord, TaskState};
+use super::{FlowLimits, Flows, scoped_key, task_view};
+use crate::engine::shared::Shared;
+use crate::engine::submission::{MAX_KEY, Submission};
+use crate::engine::{EngineError, NewTask};
+use crate::flow::{ChildTask, ContextError, HostFailure, QueueError, Served, TaskServices, TaskStatus, TaskView};
+use crate::store::{Effects, StoreError, TaskRecord, TaskState};
+use crate::sync::lock;
 use std::collections::{BTreeMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use uuid::Uuid;
-
-/// Longest context key, in bytes.
-const MAX_KEY: usize = 256;
 
 #[derive(Debug, Default)]
 struct Held {
@@ -31,10 +33,12 @@ struct Held {
 
 /// Per-attempt services; see the module docs.
 pub(crate) struct AttemptServices {
-    engine: Engine,
+    shared: Arc<Shared>,
+    submission: Arc<Submission>,
+    flows: Arc<Flows>,
     task: TaskRecord,
     /// Tasks the flow had stored, read on the first submission.
-    flow_tasks: std::sync::OnceLock<u64>,
+    flow_tasks: OnceLock<u64>,
     held: Mutex<Held>,
 }
 
@@ -51,13 +55,19 @@ pub(crate) struct Outcome {
     pub(crate) context_reserved: u64,
 }
 
+fn host(what: &str, e: StoreError) -> HostFailure {
+    HostFailure(format!("the host could not {what}: {e}"))
+}
+
 impl AttemptServices {
-    pub(crate) fn new(engine: Engine, task: TaskRecord) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, submission: Arc<Submission>, flows: Arc<Flows>, task: TaskRecord) -> Self {
         let effects = Effects { flow_id: task.flow_id, ..Effects::default() };
         Self {
-            engine,
+            shared,
+            submission,
+            flows,
             task,
-            flow_tasks: std::sync::OnceLock::new(),
+            flow_tasks: OnceLock::new(),
             held: Mutex::new(Held { effects, ..Held::default() }),
         }
     }
@@ -69,42 +79,44 @@ impl AttemptServices {
     }
 
     fn limits(&self) -> &FlowLimits {
-        &self.engine.inner.config.flow_limits
+        self.flows.limits()
     }
 
-    fn child(&self, spec: ChildTask, after: Vec<Uuid>) -> Result<String, QueueError> {
+    fn child(&self, spec: ChildTask, after: Vec<Uuid>) -> Served<Result<String, QueueError>> {
         let limits = self.limits().clone();
         let mut held = lock(&self.held);
         let flow = self.task.flow_id;
         if let Some(key) = &spec.idempotency_key
             && (key.is_empty() || key.len() > MAX_KEY)
         {
-            return Err(QueueError::Invalid(format!("idempotency keys must be 1-{MAX_KEY} bytes; got {}", key.len())));
+            let message = format!("idempotency keys must be 1-{MAX_KEY} bytes; got {}", key.len());
+            return Ok(Err(QueueError::Invalid(message)));
         }
         let key = spec.idempotency_key.as_deref().map(|k| scoped_key(flow, k));
         if let Some(key) = &key {
             if let Some(id) = held.keys.get(key) {
-                return Ok(id.to_string());
+                return Ok(Ok(id.to_string()));
             }
-            if let Ok(Some(id)) = self.engine.inner.store.task_by_key(key) {
-                return Ok(id.to_string());
+            let stored = self.shared.store.task_by_key(key).map_err(|e| host("look up an idempotency key", e))?;
+            if let Some(id) = stored {
+                return Ok(Ok(id.to_string()));
             }
         }
-        let metrics = &self.engine.inner.metrics;
+        let metrics = &self.shared.metrics;
         if held.effects.children.len() >= limits.children_per_task as usize {
             metrics.refused("children_per_task");
-            return Err(QueueError::LimitExceeded(format!(
+            return Ok(Err(QueueError::LimitExceeded(format!(
                 "a task may submit at most {} children per attempt",
                 limits.children_per_task
-            )));
+            ))));
         }
         if self.task.depth + 1 > limits.max_depth {
             metrics.refused("depth");
-            return Err(QueueError::LimitExceeded(format!(
+            return Ok(Err(QueueError::LimitExceeded(format!(
                 "a child here would be {} submissions deep; the limit is {}",
                 self.task.depth + 1,
                 limits.max_depth
-            )));
+            ))));
         }
         let new = NewTask {
             plugin: spec.plugin,
@@ -115,14 +127,17 @@ impl AttemptServices {
             parent_id: Some(self.task.id),
             ..NewTask::default()
         };
-        let (mut record, input) = self.engine.prepare(new).map_err(|e| match e {
-            EngineError::UnknownPlugin(m) => QueueError::UnknownPlugin(m),
-            other => QueueError::Invalid(other.to_string()),
-        })?;
-        lock(&self.engine.inner.book).reserve_task(flow, self.stored_flow_tasks(), &limits).map_err(|m| {
-            metrics.refused(if m.contains("per second") { "submissions_per_sec" } else { "tasks_per_flow" });
-            QueueError::LimitExceeded(m)
-        })?;
+        let (mut record, input) = match self.submission.prepare(new) {
+            Ok(prepared) => prepared,
+            Err(EngineError::UnknownPlugin(m)) => return Ok(Err(QueueError::UnknownPlugin(m))),
+            Err(EngineError::Store(e)) => return Err(host("check the child", e)),
+            Err(other) => return Ok(Err(QueueError::Invalid(other.to_string()))),
+        };
+        let stored_tasks = self.stored_flow_tasks()?;
+        if let Err(refusal) = self.flows.book().reserve_task(flow, stored_tasks, &limits) {
+            metrics.refused(refusal.limit());
+            return Ok(Err(QueueError::LimitExceeded(refusal.to_string())));
+        }
         held.tasks_reserved += 1;
         record.flow_id = flow;
         record.depth = self.task.depth + 1;
@@ -135,40 +150,40 @@ impl AttemptServices {
         }
         held.ids.insert(id);
         held.effects.children.push((record, input));
-        Ok(id.to_string())
+        Ok(Ok(id.to_string()))
     }
 
-    fn stored_flow_tasks(&self) -> u64 {
-        *self
-            .flow_tasks
-            .get_or_init(|| self.engine.inner.store.flow(self.task.flow_id).ok().flatten().map_or(1, |f| f.tasks))
+    fn stored_flow_tasks(&self) -> Served<u64> {
+        if let Some(n) = self.flow_tasks.get() {
+            return Ok(*n);
+        }
+        let flow = self.shared.store.flow(self.task.flow_id).map_err(|e| host("read the flow", e))?;
+        Ok(*self.flow_tasks.get_or_init(|| flow.map_or(1, |f| f.tasks)))
     }
 
-    fn view(&self, id: Uuid) -> Result<TaskView, QueueError> {
+    fn view(&self, id: Uuid) -> Served<Result<TaskView, QueueError>> {
         if lock(&self.held).ids.contains(&id) {
-            return Ok(TaskView { id: id.to_string(), status: TaskStatus::Pending, output: None, error: None });
+            return Ok(Ok(TaskView { id: id.to_string(), status: TaskStatus::Pending, output: None, error: None }));
         }
         let not_found = || QueueError::NotFound(format!("no task {id} in this flow"));
-        let record = self.engine.inner.store.get(id).ok().flatten().ok_or_else(not_found)?;
-        if record.flow_id != self.task.flow_id {
-            return Err(not_found());
-        }
-        let output = self.engine.inner.store.output(id).ok().flatten();
-        Ok(task_view(&record, output))
+        let record = self.shared.store.get(id).map_err(|e| host("read a task", e))?;
+        let Some(record) = record.filter(|r| r.flow_id == self.task.flow_id) else { return Ok(Err(not_found())) };
+        let output = self.shared.store.output(id).map_err(|e| host("read a task's output", e))?;
+        Ok(Ok(task_view(&record, output)))
     }
 
     /// The size a context write changes the flow's context by, upward.
-    fn growth(&self, held: &Held, key: &str, value: Option<&[u8]>) -> u64 {
+    fn growth(&self, held: &Held, key: &str, value: Option<&[u8]>) -> Served<u64> {
         let before = match held.overlay.get(key) {
             Some(v) => v.as_ref().map(|v| key.len() + v.len()),
-            None => self.stored(key).map(|v| key.len() + v.len()),
+            None => self.stored(key)?.map(|v| key.len() + v.len()),
         };
         let after = value.map(|v| key.len() + v.len());
-        (after.unwrap_or(0) as u64).saturating_sub(before.unwrap_or(0) as u64)
+        Ok((after.unwrap_or(0) as u64).saturating_sub(before.unwrap_or(0) as u64))
     }
 
-    fn stored(&self, key: &str) -> Option<Vec<u8>> {
-        self.engine.inner.store.context_get(self.task.flow_id, key).ok().flatten()
+    fn stored(&self, key: &str) -> Served<Option<Vec<u8>>> {
+        self.shared.store.context_get(self.task.flow_id, key).map_err(|e| host("read the flow's context", e))
     }
 }
 
@@ -177,81 +192,97 @@ fn parse_id(id: &str) -> Result<Uuid, QueueError> {
 }
 
 impl TaskServices for AttemptServices {
-    fn submit(&self, task: ChildTask) -> Result<String, QueueError> {
+    fn submit(&self, task: ChildTask) -> Served<Result<String, QueueError>> {
         self.child(task, Vec::new())
     }
 
-    fn join(&self, tasks: Vec<String>, then: ChildTask) -> Result<String, QueueError> {
+    fn join(&self, tasks: Vec<String>, then: ChildTask) -> Served<Result<String, QueueError>> {
         if tasks.is_empty() {
-            return Err(QueueError::Invalid("join needs at least one task to wait for".into()));
+            return Ok(Err(QueueError::Invalid("join needs at least one task to wait for".into())));
         }
         let mut after = Vec::with_capacity(tasks.len());
         for id in &tasks {
-            let id = parse_id(id)?;
+            let id = match parse_id(id) {
+                Ok(id) => id,
+                Err(e) => return Ok(Err(e)),
+            };
             // Only tasks of this flow (held or stored) can be joined.
-            self.view(id)?;
+            if let Err(e) = self.view(id)? {
+                return Ok(Err(e));
+            }
             after.push(id);
         }
         self.child(then, after)
     }
 
-    fn joined(&self) -> Vec<TaskView> {
-        self.task.after.iter().map(|id| self.view(*id).unwrap_or_else(|e| missing(*id, e))).collect()
+    fn joined(&self) -> Served<Vec<TaskView>> {
+        let mut views = Vec::with_capacity(self.task.after.len());
+        for id in &self.task.after {
+            views.push(self.view(*id)?.unwrap_or_else(|e| missing(*id, e)));
+        }
+        Ok(views)
     }
 
-    fn get(&self, id: &str) -> Result<TaskView, QueueError> {
-        self.view(parse_id(id)?)
+    fn get(&self, id: &str) -> Served<Result<TaskView, QueueError>> {
+        match parse_id(id) {
+            Ok(id) => self.view(id),
+            Err(e) => Ok(Err(e)),
+        }
     }
 
     fn stop_repeating(&self) {
         lock(&self.held).effects.stop_repeating = true;
     }
 
-    fn context_get(&self, key: &str) -> Option<Vec<u8>> {
+    fn context_get(&self, key: &str) -> Served<Option<Vec<u8>>> {
         match lock(&self.held).overlay.get(key) {
-            Some(value) => value.clone(),
+            Some(value) => Ok(value.clone()),
             None => self.stored(key),
         }
     }
 
-    fn context_set(&self, key: String, value: Vec<u8>) -> Result<(), ContextError> {
+    fn context_set(&self, key: String, value: Vec<u8>) -> Served<Result<(), ContextError>> {
         if key.is_empty() || key.len() > MAX_KEY {
-            return Err(ContextError::InvalidKey(format!(
+            return Ok(Err(ContextError::InvalidKey(format!(
                 "context keys must be 1-{MAX_KEY} bytes; this one is {} bytes",
                 key.len()
-            )));
+            ))));
         }
         let mut held = lock(&self.held);
-        let grow = self.growth(&held, &key, Some(&value));
+        let grow = self.growth(&held, &key, Some(&value))?;
         if grow > 0 {
-            lock(&self.engine.inner.book).reserve_context(self.task.flow_id, grow, self.limits()).map_err(|m| {
-                self.engine.inner.metrics.refused("context_bytes");
-                ContextError::TooLarge(m)
-            })?;
+            if let Err(refusal) = self.flows.book().reserve_context(self.task.flow_id, grow, self.limits()) {
+                self.shared.metrics.refused(refusal.limit());
+                return Ok(Err(ContextError::TooLarge(refusal.to_string())));
+            }
             held.context_reserved += grow;
         }
         held.overlay.insert(key.clone(), Some(value.clone()));
         held.effects.context.push((key, Some(value)));
-        Ok(())
+        Ok(Ok(()))
     }
 
-    fn context_delete(&self, key: &str) -> bool {
+    fn context_delete(&self, key: &str) -> Served<bool> {
         let mut held = lock(&self.held);
         let existed = match held.overlay.get(key) {
             Some(value) => value.is_some(),
-            None => self.stored(key).is_some(),
+            None => self.stored(key)?.is_some(),
         };
         if existed {
             held.overlay.insert(key.to_owned(), None);
             held.effects.context.push((key.to_owned(), None));
         }
-        existed
+        Ok(existed)
     }
 
-    fn context_list(&self, prefix: &str) -> Vec<String> {
+    fn context_list(&self, prefix: &str) -> Served<Vec<String>> {
         let held = lock(&self.held);
-        let mut keys: std::collections::BTreeSet<String> =
-            self.engine.inner.store.context_keys(self.task.flow_id, prefix).unwrap_or_default().into_iter().collect();
+        let stored = self
+            .shared
+            .store
+            .context_keys(self.task.flow_id, prefix)
+            .map_err(|e| host("list the flow's context", e))?;
+        let mut keys: std::collections::BTreeSet<String> = stored.into_iter().collect();
         for (key, value) in held.overlay.range(prefix.to_owned()..) {
             if !key.starts_with(prefix) {
                 break;
@@ -262,7 +293,7 @@ impl TaskServices for AttemptServices {
                 keys.remove(key);
             }
         }
-        keys.into_iter().collect()
+        Ok(keys.into_iter().collect())
     }
 }
 
@@ -285,5 +316,49 @@ pub(crate) fn status(state: TaskState) -> TaskStatus {
         TaskState::Completed => TaskStatus::Completed,
         TaskState::Failed => TaskStatus::Failed,
         TaskState::Cancelled => TaskStatus::Cancelled,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::testing::{Harness, Script};
+    use crate::flow::{ChildTask, TaskServices as _};
+
+    fn child(key: &str) -> ChildTask {
+        ChildTask {
+            plugin: "echo".into(),
+            input: b"x".to_vec(),
+            queue: None,
+            priority: None,
+            idempotency_key: Some(key.into()),
+            delay_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_key_lookup_fails_the_call_instead_of_duplicating_the_child() {
+        let h = Harness::new().await;
+        let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
+        h.wait(parent).await;
+        let services = h.services(parent);
+        let first = services.submit(child("k")).unwrap().unwrap();
+        assert_eq!(services.submit(child("k")).unwrap().unwrap(), first, "held keys dedupe");
+        // The key's lookup in the store is the first read: it fails.
+        h.store().fail_next_reads(1);
+        let failed = services.submit(child("k2")).unwrap_err();
+        assert!(failed.0.contains("could not look up an idempotency key"), "{failed}");
+        assert!(services.submit(child("k2")).unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_is_not_an_absent_task() {
+        let h = Harness::new().await;
+        let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
+        h.wait(parent).await;
+        let services = h.services(parent);
+        h.store().fail_next_reads(1);
+        let failed = services.get(&parent.to_string()).unwrap_err();
+        assert!(failed.0.contains("could not read a task"), "{failed}");
+        assert!(services.get(&parent.to_string()).unwrap().is_ok());
     }
 }

@@ -1,0 +1,261 @@
+//! Administration: cancelling tasks and flows, re-submitting dead-letter
+//! tasks, queue settings, and reading and listing records.
+
+use super::EngineError;
+use super::ending::Endings;
+use super::flows::{FlowView, Flows};
+use super::shared::{Shared, entry};
+use crate::names::{self, NameKind};
+use crate::store::{Change, FlowState, QueueConfig, StoreError, TaskRecord, TaskState, now_ms};
+use crate::sync::lock;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Filter and page for [`Engine::list`](super::Engine::list).
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this state.
+    pub state: Option<TaskState>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this plugin name.
+    pub plugin: Option<String>,
+    /// Page size (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// Continue after this task id.
+    pub cursor: Option<Uuid>,
+}
+
+/// A queue with its settings and current depth.
+#[derive(Debug, Clone)]
+pub struct QueueInfo {
+    /// Name.
+    pub name: String,
+    /// Settings.
+    pub config: QueueConfig,
+    /// Ready tasks.
+    pub ready: usize,
+    /// Delayed or retrying tasks.
+    pub delayed: usize,
+    /// Running tasks.
+    pub running: usize,
+}
+
+/// How long `cancel` waits for a running task to stop.
+const CANCEL_WAIT: Duration = Duration::from_secs(10);
+
+pub(crate) struct Admin {
+    shared: Arc<Shared>,
+    flows: Arc<Flows>,
+    endings: Arc<Endings>,
+}
+
+impl Admin {
+    pub(crate) fn new(shared: Arc<Shared>, flows: Arc<Flows>, endings: Arc<Endings>) -> Self {
+        Self { shared, flows, endings }
+    }
+
+    /// Cancels a task: at once when pending or retrying; a running task is
+    /// interrupted within an epoch tick and this returns once it ended.
+    pub(crate) async fn cancel(&self, id: Uuid) -> Result<TaskRecord, EngineError> {
+        let shared = &self.shared;
+        let deadline = Instant::now() + CANCEL_WAIT;
+        let mut interrupted = false;
+        loop {
+            let record = shared.task(id)?;
+            match record.state {
+                TaskState::Pending | TaskState::Retrying => {
+                    let change =
+                        Change::new(id, TaskState::Cancelled, "cancelled by request").expect_version(record.version);
+                    match shared.store.transition(change).await {
+                        Ok(done) => {
+                            self.endings.ended(&done);
+                            return Ok(done);
+                        }
+                        // It moved (e.g. a worker started it): look again.
+                        Err(StoreError::VersionMismatch { .. } | StoreError::IllegalTransition { .. }) => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                TaskState::Running => {
+                    let ended = shared.ended.notified();
+                    let token = lock(&shared.running).get(&id).cloned();
+                    if let Some(token) = token {
+                        token.cancel();
+                        interrupted = true;
+                    }
+                    if Instant::now() > deadline {
+                        return Err(EngineError::Conflict(format!(
+                            "task {id} did not stop within {} s",
+                            CANCEL_WAIT.as_secs()
+                        )));
+                    }
+                    let _ = tokio::time::timeout(Duration::from_millis(50), ended).await;
+                }
+                // We interrupted it and it has ended (cancelled, or it
+                // finished first): report how it ended.
+                _ if interrupted => return Ok(record),
+                state => {
+                    return Err(EngineError::Conflict(format!("task {id} already ended ({state})")));
+                }
+            }
+        }
+    }
+
+    /// Re-submits a failed (dead-letter) task: back to pending with its
+    /// attempts reset; its history is kept.
+    pub(crate) async fn resubmit(&self, id: Uuid) -> Result<TaskRecord, EngineError> {
+        let shared = &self.shared;
+        let record = shared.task(id)?;
+        if record.state != TaskState::Failed {
+            return Err(EngineError::Conflict(format!(
+                "only failed tasks can be re-submitted; task {id} is {}",
+                record.state
+            )));
+        }
+        let change = Change::new(id, TaskState::Pending, "re-submitted from the dead-letter set")
+            .expect_version(record.version)
+            .edit(|r| {
+                r.attempts = 0;
+                r.error = None;
+                r.finished_at_ms = None;
+                r.next_run_at_ms = None;
+            });
+        let done = shared.store.transition(change).await.map_err(|e| match e {
+            StoreError::VersionMismatch { .. } => EngineError::Conflict(format!("task {id} changed; try again")),
+            other => other.into(),
+        })?;
+        shared.metrics.moved(&done.queue, Some(TaskState::Failed), TaskState::Pending);
+        shared.runner.hold(&done.plugin, &done.plugin_version);
+        self.flows.book().reopened(done.flow_id, self.flows.limits());
+        lock(&shared.sched).enqueue(entry(&done), None, now_ms());
+        shared.wake.notify_one();
+        Ok(done)
+    }
+
+    /// Cancels a flow: no further task or iteration starts, and every
+    /// unfinished task is cancelled (running ones interrupted).
+    pub(crate) async fn cancel_flow(&self, id: Uuid) -> Result<FlowView, EngineError> {
+        let unfinished = self.flows.cancel(id).await?;
+        let cancels = unfinished.into_iter().map(|task| self.cancel(task));
+        for result in futures::future::join_all(cancels).await {
+            match result {
+                // Ended on its own meanwhile: nothing to cancel.
+                Ok(_) | Err(EngineError::Conflict(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.shared.ended.notify_waiters();
+        self.flows.view(id)
+    }
+
+    /// Sets a queue's concurrency limit and weight.
+    pub(crate) async fn set_queue(&self, name: &str, config: QueueConfig) -> Result<(), EngineError> {
+        names::name(NameKind::Queue, name).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        if !(1..=1000).contains(&config.weight) {
+            return Err(EngineError::InvalidRequest(format!(
+                "weight {} is out of range: expected 1-1000",
+                config.weight
+            )));
+        }
+        if config.concurrency == Some(0) {
+            return Err(EngineError::InvalidRequest("concurrency must be at least 1 (omit it for no limit)".into()));
+        }
+        self.shared.store.set_queue(name.to_owned(), config.clone()).await?;
+        lock(&self.shared.sched).configure(name, config);
+        self.shared.wake.notify_one();
+        Ok(())
+    }
+
+    /// Every known queue.
+    pub(crate) fn queues(&self) -> Vec<QueueInfo> {
+        let sched = lock(&self.shared.sched);
+        sched
+            .depths()
+            .into_iter()
+            .map(|(name, d)| QueueInfo {
+                config: sched.config(&name).unwrap_or_default(),
+                name,
+                ready: d.ready,
+                delayed: d.delayed,
+                running: d.running,
+            })
+            .collect()
+    }
+
+    /// Lists tasks in submission order; returns the page and the cursor of
+    /// the next one.
+    pub(crate) fn list(&self, filter: &ListFilter) -> Result<(Vec<TaskRecord>, Option<Uuid>), EngineError> {
+        let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+        let mut page = Vec::new();
+        let mut more = false;
+        self.shared.store.scan(filter.cursor, |record| {
+            let keep = filter.state.is_none_or(|s| s == record.state)
+                && filter.queue.as_deref().is_none_or(|q| q == record.queue)
+                && filter.plugin.as_deref().is_none_or(|p| p == record.plugin);
+            if keep {
+                if page.len() == limit {
+                    more = true;
+                    return false;
+                }
+                page.push(record);
+            }
+            true
+        })?;
+        let cursor = if more { page.last().map(|r| r.id) } else { None };
+        Ok((page, cursor))
+    }
+
+    /// Waits until the task has ended, or `timeout` passed.
+    pub(crate) async fn wait(&self, id: Uuid, timeout: Duration) -> Result<TaskRecord, EngineError> {
+        let shared = &self.shared;
+        shared
+            .wait_until(timeout, || Ok(Some(shared.task(id)?).filter(|r| r.state.is_terminal())), || shared.task(id))
+            .await
+    }
+
+    /// Waits until a flow ends or `timeout` passes; returns its view.
+    pub(crate) async fn wait_flow(&self, id: Uuid, timeout: Duration) -> Result<FlowView, EngineError> {
+        let ended = self
+            .shared
+            .wait_until(timeout, || Ok((self.flows.state(id)? != FlowState::Running).then_some(())), || Ok(()))
+            .await;
+        ended.and_then(|()| self.flows.view(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::testing::{Harness, Script};
+    use crate::store::TaskState;
+
+    #[tokio::test]
+    async fn cancelling_a_delayed_task_ends_it_at_once_and_a_second_cancel_conflicts() {
+        let h = Harness::new().await;
+        let id = h.submit_delayed("echo", Script::Complete(Vec::new()), 60_000).await;
+        let done = h.engine.cancel(id).await.unwrap();
+        assert_eq!(done.state, TaskState::Cancelled);
+        assert!(h.engine.cancel(id).await.unwrap_err().to_string().contains("already ended (cancelled)"));
+    }
+
+    #[tokio::test]
+    async fn cancelling_a_running_task_interrupts_it() {
+        let h = Harness::new().await;
+        let id = h.submit("echo", Script::RunUntilCancelled).await;
+        h.wait_state(id, TaskState::Running).await;
+        let done = h.engine.cancel(id).await.unwrap();
+        assert_eq!(done.state, TaskState::Cancelled);
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_task_runs_again_from_its_first_attempt() {
+        let h = Harness::new().await;
+        let id = h.submit("echo", Script::FailTimes(3, b"ok".to_vec())).await;
+        assert_eq!(h.wait(id).await.state, TaskState::Failed);
+        assert!(h.engine.resubmit(id).await.is_ok());
+        let done = h.wait(id).await;
+        assert_eq!((done.state, done.attempts), (TaskState::Completed, 1));
+        assert!(h.engine.resubmit(id).await.unwrap_err().to_string().contains("only failed tasks"));
+    }
+}

@@ -1,0 +1,108 @@
+//! What happens when a task ends: metrics, its plugin version released,
+//! its callback sent, the joins it releases started (or skipped), and its
+//! flow finished or repeated once its last task has ended. Dispatch and
+//! administration both end tasks through here; admission's refusals
+//! ([`StepEnd`]) are committed here too.
+
+use super::admission::{Admission, StepEnd};
+use super::callbacks;
+use super::flows::Flows;
+use super::metrics::{self, Metrics};
+use super::shared::Shared;
+use crate::store::{Change, TaskRecord, TaskState};
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub(crate) struct Endings {
+    shared: Arc<Shared>,
+    flows: Arc<Flows>,
+    admission: Arc<Admission>,
+    http: reqwest::Client,
+}
+
+impl Endings {
+    pub(crate) fn new(shared: Arc<Shared>, flows: Arc<Flows>, admission: Arc<Admission>) -> Self {
+        Self { shared, flows, admission, http: reqwest::Client::new() }
+    }
+
+    /// Admits committed tasks and ends the steps admission refused.
+    pub(crate) fn admit(self: &Arc<Self>, records: &[TaskRecord], reserved: bool) {
+        let ends = self.admission.admit(records, reserved);
+        self.end_steps(ends);
+    }
+
+    /// Commits each step end on its own task (a store commit each), then
+    /// does the bookkeeping of a task that ended.
+    pub(crate) fn end_steps(self: &Arc<Self>, ends: Vec<StepEnd>) {
+        for end in ends {
+            let endings = self.clone();
+            tokio::spawn(async move {
+                let StepEnd { id, version, to, reason, error } = end;
+                let change = Change::new(id, to, reason).expect_version(version).edit(move |r| {
+                    if error.is_some() {
+                        r.error = error;
+                    }
+                });
+                match endings.shared.store.transition(change).await {
+                    Ok(done) => endings.ended(&done),
+                    Err(error) => tracing::error!(%id, %error, "cannot end a step that must not run"),
+                }
+            });
+        }
+    }
+
+    /// Bookkeeping for a task that reached a terminal state.
+    pub(crate) fn ended(self: &Arc<Self>, done: &TaskRecord) {
+        let shared = &self.shared;
+        shared.runner.release(&done.plugin, &done.plugin_version);
+        let label = Metrics::label(&done.queue);
+        let from = done.history.last().and_then(|t| t.from);
+        shared.metrics.moved(&done.queue, from, done.state);
+        let plugin_label = metrics::PluginLabel {
+            plugin: done.plugin.clone(),
+            version: done.plugin_version.clone(),
+            outcome: done.state.as_str().to_owned(),
+        };
+        shared.metrics.plugin_tasks.get_or_create(&plugin_label).inc();
+        match done.state {
+            TaskState::Completed => shared.metrics.completed.get_or_create(&label).inc(),
+            TaskState::Failed => shared.metrics.failed.get_or_create(&label).inc(),
+            TaskState::Cancelled => shared.metrics.cancelled.get_or_create(&label).inc(),
+            _ => 0,
+        };
+        if let Some(url) = &done.callback_url {
+            match shared.store.output(done.id) {
+                Ok(output) => {
+                    let body = crate::wire::Task::new(done, output.as_deref());
+                    callbacks::deliver(self.http.clone(), url.clone(), body);
+                }
+                Err(error) => tracing::error!(id = %done.id, %error, "cannot read the output for the callback"),
+            }
+        }
+        let (released, last) = self.flows.task_ended(done);
+        let ends: Vec<StepEnd> = released
+            .into_iter()
+            .filter_map(|waiting| self.admission.release(waiting.entry.id, waiting.entry.version, waiting.due_ms))
+            .collect();
+        self.end_steps(ends);
+        if last {
+            self.finish_flow(done.flow_id);
+        }
+        shared.ended.notify_waiters();
+    }
+
+    /// Records the end of a flow whose last task ended, or starts its next
+    /// iteration (on its own task: it commits).
+    pub(crate) fn finish_flow(self: &Arc<Self>, flow: Uuid) {
+        let endings = self.clone();
+        tokio::spawn(async move {
+            match endings.flows.finish(flow).await {
+                Ok(created) => {
+                    endings.admit(&created, false);
+                    endings.shared.ended.notify_waiters();
+                }
+                Err(error) => tracing::error!(%flow, %error, "recording the end of a flow failed"),
+            }
+        });
+    }
+}

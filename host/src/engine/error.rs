@@ -1,0 +1,48 @@
+//! The engine's errors: what the API turns into status codes.
+
+use crate::registry::RegistryError;
+use crate::store::StoreError;
+use uuid::Uuid;
+
+/// Why the engine refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The request is malformed or out of range; nothing was written.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The plugin (or version) is not registered.
+    #[error("{0}")]
+    UnknownPlugin(String),
+    /// The uploaded component cannot be a task plugin.
+    #[error("{0}")]
+    InvalidPlugin(String),
+    /// No task with this id.
+    #[error("task {0} not found")]
+    NotFound(Uuid),
+    /// The request conflicts with the task's state.
+    #[error("{0}")]
+    Conflict(String),
+    /// This engine does not offer what was asked (e.g. a plugin registry
+    /// in an engine built without one).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<RegistryError> for EngineError {
+    fn from(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Unknown(_) | RegistryError::UnknownVersion { .. } => Self::UnknownPlugin(e.to_string()),
+            RegistryError::BadName(_)
+            | RegistryError::BadVersion(_)
+            | RegistryError::TooLarge { .. }
+            | RegistryError::BadManifest(_) => Self::InvalidRequest(e.to_string()),
+            RegistryError::VersionTaken { .. } | RegistryError::InUse { .. } => Self::Conflict(e.to_string()),
+            RegistryError::Invalid(_) => Self::InvalidPlugin(e.to_string()),
+            RegistryError::Store(s) => Self::Store(s),
+        }
+    }
+}

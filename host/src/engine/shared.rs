@@ -1,0 +1,95 @@
+//! The state every engine component shares: settings, the store, the
+//! runner, the scheduler with its wake-up, the metrics, and the running
+//! attempts' cancel tokens. Components hold an `Arc<Shared>`; none holds
+//! another component's private state.
+
+use super::metrics::Metrics;
+use super::runner::Runner;
+use super::scheduler::{Entry, Scheduler};
+use super::{EngineConfig, EngineError};
+use crate::CancelToken;
+use crate::store::{Store, TaskRecord};
+use crate::sync::lock;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+pub(crate) struct Shared {
+    pub(crate) config: EngineConfig,
+    pub(crate) store: Store,
+    pub(crate) runner: Arc<dyn Runner>,
+    pub(crate) sched: Mutex<Scheduler>,
+    /// Wakes the dispatcher: a task became ready or a slot freed.
+    pub(crate) wake: Notify,
+    /// Signalled whenever a task or a flow ends.
+    pub(crate) ended: Notify,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Cancel tokens of the attempts running now.
+    pub(crate) running: Mutex<HashMap<Uuid, CancelToken>>,
+    /// Signalled when the last running attempt ends.
+    pub(crate) idle: Notify,
+    pub(crate) stopping: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn new(config: EngineConfig, store: Store, runner: Arc<dyn Runner>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            sched: Mutex::new(Scheduler::new(config.concurrency)),
+            config,
+            store,
+            runner,
+            wake: Notify::new(),
+            ended: Notify::new(),
+            metrics,
+            running: Mutex::default(),
+            idle: Notify::new(),
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues a task to run once `due_ms` (if any) has passed.
+    pub(crate) fn enqueue(&self, record: &TaskRecord, due_ms: Option<u64>, now_ms: u64) {
+        lock(&self.sched).enqueue(entry(record), due_ms, now_ms);
+        self.wake.notify_one();
+    }
+
+    pub(crate) fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Reads a task that must exist.
+    pub(crate) fn task(&self, id: Uuid) -> Result<TaskRecord, EngineError> {
+        self.store.get(id)?.ok_or(EngineError::NotFound(id))
+    }
+
+    /// Re-checks `done` after each end (or every 100 ms) until it gives a
+    /// value or `timeout` passes; then gives `last`'s value. One loop for
+    /// waiting on a task and on a flow.
+    pub(crate) async fn wait_until<T>(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut() -> Result<Option<T>, EngineError>,
+        last: impl FnOnce() -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let ended = self.ended.notified();
+            if let Some(value) = check()? {
+                return Ok(value);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return last();
+            }
+            let _ = tokio::time::timeout_at(deadline.min(now + Duration::from_millis(100)), ended).await;
+        }
+    }
+}
+
+/// A task's place in the scheduler.
+pub(crate) fn entry(record: &TaskRecord) -> Entry {
+    Entry { id: record.id, version: record.version, priority: record.priority, queue: record.queue.clone() }
+}

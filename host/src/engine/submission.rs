@@ -1,0 +1,199 @@
+//! Submission: checks a new task against the host's rules, resolves and
+//! pins its plugin version, and builds the record to commit. Nothing here
+//! writes; a refused task changes nothing.
+
+use super::EngineError;
+use super::shared::Shared;
+use crate::Limits;
+use crate::names::{self, NameKind};
+use crate::store::{InputFrom, StoredLimits, TaskRecord, TaskState, Transition, now_ms};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// A task to submit.
+#[derive(Debug, Clone, Default)]
+pub struct NewTask {
+    /// `name` (latest version, pinned now) or `name@version`.
+    pub plugin: String,
+    /// Input bytes.
+    pub input: Vec<u8>,
+    /// Queue (default `default`); created on first use.
+    pub queue: Option<String>,
+    /// 0–9, higher runs first (default 0).
+    pub priority: Option<u8>,
+    /// A second submission with the same key returns the first task.
+    pub idempotency_key: Option<String>,
+    /// Most attempts (1–100).
+    pub max_attempts: Option<u32>,
+    /// Wall-clock budget per attempt, ms.
+    pub timeout_ms: Option<u64>,
+    /// Fuel per attempt.
+    pub fuel: Option<u64>,
+    /// Memory cap per attempt, bytes.
+    pub memory_bytes: Option<u64>,
+    /// Start no sooner than this many ms from now.
+    pub delay_ms: Option<u64>,
+    /// Start no sooner than this time (ms since the Unix epoch).
+    pub run_at_ms: Option<u64>,
+    /// POST the record here when the task ends (http:// only).
+    pub callback_url: Option<String>,
+    /// The submitting task, for flows.
+    pub parent_id: Option<Uuid>,
+}
+
+/// Longest idempotency key, in bytes.
+pub(crate) const MAX_KEY: usize = 256;
+
+pub(crate) struct Submission {
+    shared: Arc<Shared>,
+}
+
+impl Submission {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    /// Validates `task`, pins its plugin version and builds its record (a
+    /// flow root; flows adjust the flow fields).
+    pub(crate) fn prepare(&self, task: NewTask) -> Result<(TaskRecord, Vec<u8>), EngineError> {
+        let invalid = |m: String| Err(EngineError::InvalidRequest(m));
+        let queue = task.queue.unwrap_or_else(|| "default".into());
+        names::name(NameKind::Queue, &queue).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        let priority = task.priority.unwrap_or(0);
+        if priority > 9 {
+            return invalid(format!("priority {priority} is out of range: expected 0-9 (higher runs first)"));
+        }
+        let max_attempts = task.max_attempts.unwrap_or(self.shared.config.default_max_attempts);
+        if !(1..=100).contains(&max_attempts) {
+            return invalid(format!("max_attempts {max_attempts} is out of range: expected 1-100"));
+        }
+        let resolved = self.shared.runner.resolve(&task.plugin)?;
+        let defaults = &resolved.defaults;
+        let limits = Limits {
+            fuel: task.fuel.unwrap_or(defaults.fuel),
+            memory_bytes: task.memory_bytes.unwrap_or(defaults.memory_bytes),
+            timeout: task.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
+            max_output_bytes: defaults.max_output_bytes,
+            max_log_bytes: defaults.max_log_bytes,
+        };
+        if limits.fuel == 0 {
+            return invalid("fuel must be greater than zero".into());
+        }
+        self.shared.runner.check_limits(&limits).map_err(EngineError::InvalidRequest)?;
+        let now = now_ms();
+        let next_run_at_ms = match (task.delay_ms, task.run_at_ms) {
+            (Some(_), Some(_)) => {
+                return invalid("give either delay_ms or run_at, not both".into());
+            }
+            (Some(delay), None) => Some(now.saturating_add(delay)),
+            (None, Some(at)) => Some(at),
+            (None, None) => None,
+        };
+        if let Some(key) = &task.idempotency_key
+            && (key.is_empty() || key.len() > MAX_KEY)
+        {
+            return invalid(format!("idempotency_key must be 1-{MAX_KEY} bytes"));
+        }
+        if let Some(url) = &task.callback_url {
+            match reqwest::Url::parse(url) {
+                Ok(u) if u.scheme() == "http" => {}
+                Ok(u) => {
+                    return invalid(format!("callback_url scheme `{}` is not supported: use http://", u.scheme()));
+                }
+                Err(e) => return invalid(format!("callback_url `{url}` is not a URL: {e}")),
+            }
+        }
+        let id = Uuid::now_v7();
+        let record = TaskRecord {
+            id,
+            version: 1,
+            state: TaskState::Pending,
+            plugin: resolved.name,
+            plugin_version: resolved.version,
+            digest: resolved.digest,
+            queue,
+            priority,
+            attempts: 0,
+            max_attempts,
+            limits: StoredLimits::from(&limits),
+            error: None,
+            created_at_ms: now,
+            started_at_ms: None,
+            finished_at_ms: None,
+            next_run_at_ms,
+            idempotency_key: task.idempotency_key,
+            parent_id: task.parent_id,
+            callback_url: task.callback_url,
+            input_len: task.input.len() as u64,
+            output_len: None,
+            fuel_used: None,
+            history: vec![Transition {
+                at_ms: now,
+                from: None,
+                to: TaskState::Pending,
+                attempt: 0,
+                reason: if next_run_at_ms.is_some() { "submitted (delayed)" } else { "submitted" }.into(),
+            }],
+            flow_id: id,
+            depth: 0,
+            after: Vec::new(),
+            input_from: InputFrom::Own,
+            step: None,
+            iteration: 0,
+        };
+        Ok((record, task.input))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::testing::Harness;
+
+    fn task(f: impl FnOnce(&mut NewTask)) -> NewTask {
+        let mut t = NewTask { plugin: "echo".into(), ..NewTask::default() };
+        f(&mut t);
+        t
+    }
+
+    #[tokio::test]
+    async fn refuses_what_is_out_of_range_naming_it() {
+        let h = Harness::new().await;
+        let submission = Submission::new(h.shared.clone());
+        let refused = |t: NewTask| submission.prepare(t).unwrap_err().to_string();
+        assert!(refused(task(|t| t.priority = Some(10))).contains("priority 10 is out of range"));
+        assert!(refused(task(|t| t.max_attempts = Some(0))).contains("max_attempts 0 is out of range"));
+        assert!(refused(task(|t| t.queue = Some("a b".into()))).contains("invalid queue name `a b`"));
+        assert!(refused(task(|t| t.fuel = Some(0))).contains("fuel must be greater than zero"));
+        let both = task(|t| {
+            t.delay_ms = Some(1);
+            t.run_at_ms = Some(1);
+        });
+        assert!(refused(both).contains("either delay_ms or run_at"));
+        assert!(refused(task(|t| t.idempotency_key = Some(String::new()))).contains("idempotency_key must be"));
+        let https = task(|t| t.callback_url = Some("https://x".into()));
+        assert!(refused(https).contains("scheme `https` is not supported"));
+        assert!(refused(task(|t| t.plugin = "missing".into())).contains("unknown plugin `missing`"));
+        assert!(h.store().task_count().unwrap() == 0, "a refusal writes nothing");
+    }
+
+    #[tokio::test]
+    async fn pins_the_resolved_version_and_applies_defaults() {
+        let h = Harness::new().await;
+        let submission = Submission::new(h.shared.clone());
+        let (record, input) = submission
+            .prepare(task(|t| {
+                t.input = b"in".to_vec();
+                t.delay_ms = Some(5_000);
+                t.timeout_ms = Some(250);
+            }))
+            .unwrap();
+        assert_eq!((record.plugin.as_str(), record.plugin_version.as_str()), ("echo", "1"));
+        assert_eq!((record.queue.as_str(), record.priority, record.max_attempts), ("default", 0, 3));
+        assert_eq!(record.limits.timeout_ms, 250);
+        assert!(record.next_run_at_ms.unwrap() >= record.created_at_ms + 5_000);
+        assert_eq!((record.flow_id, input.as_slice()), (record.id, &b"in"[..]));
+        assert_eq!(record.history[0].reason, "submitted (delayed)");
+    }
+}

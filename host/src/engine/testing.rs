@@ -1,0 +1,179 @@
+//! A harness for the engine's unit tests: a real redb store in a temporary
+//! directory and a scripted [`Runner`] instead of wasm, so dispatch,
+//! retries, admission and flows are tested on their own. A task's input
+//! says what its attempts do (see [`Script`]).
+
+use super::runner::{Attempt, Resolved, Runner};
+use super::{Engine, EngineConfig, EngineError, NewTask};
+use crate::store::{Store, TaskRecord, TaskState};
+use crate::sync::lock;
+use crate::{FailureClass, Limits, TaskFailure, TaskReport};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// What every attempt of a task does, carried as its input (JSON).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Script {
+    /// Completes with this output.
+    Complete(Vec<u8>),
+    /// Traps (a retried class) this many times, then completes.
+    FailTimes(u32, Vec<u8>),
+    /// Runs until cancelled.
+    RunUntilCancelled,
+}
+
+/// The scripted runner: every plugin name resolves to version `1`.
+#[derive(Default)]
+pub(crate) struct ScriptRunner {
+    /// Attempts run per task.
+    calls: Mutex<HashMap<Uuid, u32>>,
+    /// Unfinished tasks held per plugin.
+    pub(crate) held: Mutex<HashMap<String, i64>>,
+}
+
+fn report(result: Result<Vec<u8>, TaskFailure>) -> TaskReport {
+    TaskReport {
+        result,
+        logs: Vec::new(),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        fuel_consumed: Some(1),
+        elapsed: Duration::ZERO,
+    }
+}
+
+#[async_trait::async_trait]
+impl Runner for ScriptRunner {
+    fn resolve(&self, spec: &str) -> Result<Resolved, EngineError> {
+        let name = spec.split('@').next().unwrap_or_default();
+        if name == "missing" {
+            return Err(EngineError::UnknownPlugin(format!("unknown plugin `{name}`")));
+        }
+        Ok(Resolved { name: name.into(), version: "1".into(), digest: "d".into(), defaults: Limits::default() })
+    }
+
+    fn check_limits(&self, _: &Limits) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn hold(&self, name: &str, _: &str) {
+        *lock(&self.held).entry(name.into()).or_default() += 1;
+    }
+
+    fn release(&self, name: &str, _: &str) {
+        *lock(&self.held).entry(name.into()).or_default() -= 1;
+    }
+
+    async fn run(&self, task: &TaskRecord, attempt: Attempt) -> TaskReport {
+        let call = {
+            let mut calls = lock(&self.calls);
+            let n = calls.entry(task.id).or_default();
+            *n += 1;
+            *n
+        };
+        let script: Script = match serde_json::from_slice(&attempt.input) {
+            Ok(script) => script,
+            // Steps fed by other steps' outputs: complete with the input.
+            Err(_) => return report(Ok(attempt.input)),
+        };
+        match script {
+            Script::Complete(output) => report(Ok(output)),
+            Script::FailTimes(n, output) if call > n => report(Ok(output)),
+            Script::FailTimes(..) => report(Err(TaskFailure::new(FailureClass::Trap, format!("failure {call}")))),
+            Script::RunUntilCancelled => {
+                while !attempt.cancel.is_cancelled() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                report(Err(TaskFailure::new(FailureClass::Cancelled, "cancelled")))
+            }
+        }
+    }
+}
+
+/// An engine on a scripted runner, in a temporary directory.
+pub(crate) struct Harness {
+    pub(crate) engine: Engine,
+    pub(crate) shared: Arc<super::shared::Shared>,
+    pub(crate) runner: Arc<ScriptRunner>,
+    _dir: tempfile::TempDir,
+}
+
+pub(crate) fn input(script: &Script) -> Vec<u8> {
+    serde_json::to_vec(script).unwrap()
+}
+
+impl Harness {
+    pub(crate) async fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            data_dir: dir.path().to_path_buf(),
+            concurrency: 4,
+            retry: super::RetryPolicy { base: Duration::from_millis(1), cap: Duration::from_millis(5) },
+            ..EngineConfig::default()
+        };
+        let store = Store::open(&dir.path().join("taskhost.redb"), true).unwrap();
+        let runner = Arc::new(ScriptRunner::default());
+        let metrics = Arc::new(super::metrics::Metrics::new(None));
+        let engine = Engine::assemble(config, store, runner.clone(), metrics, None).await.unwrap();
+        let shared = engine.inner.shared.clone();
+        Self { engine, shared, runner, _dir: dir }
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    pub(crate) async fn submit(&self, plugin: &str, script: Script) -> Uuid {
+        let task = NewTask { plugin: plugin.into(), input: input(&script), ..NewTask::default() };
+        self.engine.submit(task).await.unwrap().record.id
+    }
+
+    pub(crate) async fn submit_delayed(&self, plugin: &str, script: Script, delay_ms: u64) -> Uuid {
+        let task =
+            NewTask { plugin: plugin.into(), input: input(&script), delay_ms: Some(delay_ms), ..NewTask::default() };
+        self.engine.submit(task).await.unwrap().record.id
+    }
+
+    /// Waits (at most 10 s) for the task to end.
+    pub(crate) async fn wait(&self, id: Uuid) -> TaskRecord {
+        let done = self.engine.wait(id, Duration::from_secs(10)).await.unwrap();
+        assert!(done.state.is_terminal(), "task {id} did not end: {done:?}");
+        done
+    }
+
+    /// Waits (at most 10 s) for the task to reach `state`.
+    pub(crate) async fn wait_state(&self, id: Uuid, state: TaskState) -> TaskRecord {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let record = self.engine.get(id).unwrap();
+            if record.state == state {
+                return record;
+            }
+            assert!(Instant::now() < deadline, "task {id} never reached {state}: {record:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Unfinished tasks holding `plugin`'s version.
+    pub(crate) fn held(&self, plugin: &str) -> i64 {
+        lock(&self.runner.held).get(plugin).copied().unwrap_or(0)
+    }
+
+    pub(crate) fn output(&self, id: Uuid) -> Option<Vec<u8>> {
+        self.engine.output(id).unwrap()
+    }
+
+    /// The flow services an attempt of `task` would get.
+    pub(crate) fn services(&self, task: Uuid) -> super::flows::AttemptServices {
+        let record = self.engine.get(task).unwrap();
+        super::flows::AttemptServices::new(
+            self.shared.clone(),
+            self.engine.inner.submission.clone(),
+            self.engine.inner.flows.clone(),
+            record,
+        )
+    }
+}

@@ -1,0 +1,30 @@
+//! The registry's Prometheus metrics (compile time, versions in memory),
+//! registered into the engine's metrics registry.
+
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Cheap to clone: the metrics share their values.
+#[derive(Clone)]
+pub(crate) struct RegistryMetrics {
+    pub(crate) compile_time: Histogram,
+    pub(crate) plugins_loaded: Gauge,
+}
+
+impl RegistryMetrics {
+    /// New metrics, registered into `registry`.
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            compile_time: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            plugins_loaded: Gauge::default(),
+        };
+        registry.register(
+            "compile_seconds",
+            "Compiling (or loading from cache) one plugin version",
+            metrics.compile_time.clone(),
+        );
+        registry.register("plugins_loaded", "Live plugin versions compiled in memory", metrics.plugins_loaded.clone());
+        metrics
+    }
+}
