@@ -10,6 +10,8 @@ use taskhost_test_artifacts::Artifact;
 mod api;
 /// `taskhost run` end to end through the binary.
 mod cli;
+/// README.md and docs/: size, links and anchors, the index.
+mod docs;
 /// The durable engine: idempotency, priority, fairness, retries, cancel.
 mod engine;
 /// The example plugins, SDK and plain wit-bindgen plugins alike.
