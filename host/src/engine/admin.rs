@@ -6,7 +6,7 @@ use super::ending::Endings;
 use super::flows::{FlowView, Flows};
 use super::shared::{Shared, entry};
 use crate::names::{self, NameKind};
-use crate::store::{Change, FlowState, QueueConfig, StoreError, TaskRecord, TaskState, now_ms};
+use crate::store::{Change, FlowState, QueueConfig, StoreError, TaskQuery, TaskRecord, TaskState, now_ms};
 use crate::sync::lock;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -188,21 +188,8 @@ impl Admin {
     /// the next one.
     pub(crate) fn list(&self, filter: &ListFilter) -> Result<(Vec<TaskRecord>, Option<Uuid>), EngineError> {
         let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
-        let mut page = Vec::new();
-        let mut more = false;
-        self.shared.store.scan(filter.cursor, |record| {
-            let keep = filter.state.is_none_or(|s| s == record.state)
-                && filter.queue.as_deref().is_none_or(|q| q == record.queue)
-                && filter.plugin.as_deref().is_none_or(|p| p == record.plugin);
-            if keep {
-                if page.len() == limit {
-                    more = true;
-                    return false;
-                }
-                page.push(record);
-            }
-            true
-        })?;
+        let query = TaskQuery { state: filter.state, queue: filter.queue.clone(), plugin: filter.plugin.clone() };
+        let (page, more) = self.shared.store.list(&query, filter.cursor, limit)?;
         let cursor = if more { page.last().map(|r| r.id) } else { None };
         Ok((page, cursor))
     }

@@ -33,7 +33,12 @@ impl StepEnd {
             version,
             to: TaskState::Failed,
             reason: format!("host error: {message}"),
-            error: Some(StoredFailure { class: "host error".into(), retryable: false, message, backtrace: None }),
+            error: Some(StoredFailure {
+                class: crate::FailureClass::HostError,
+                retryable: false,
+                message,
+                backtrace: None,
+            }),
         }
     }
 }
@@ -170,7 +175,7 @@ mod tests {
         h.engine.inner.endings.end_steps(ends);
         let done = h.wait(join.id).await;
         let StoredFailure { class, .. } = done.error.unwrap();
-        assert_eq!((done.state, class.as_str()), (TaskState::Failed, "host error"));
+        assert_eq!((done.state, class), (TaskState::Failed, crate::FailureClass::HostError));
         h.engine.cancel(dep.id).await.unwrap();
     }
 

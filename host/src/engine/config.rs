@@ -9,7 +9,10 @@ use std::path::PathBuf;
 pub struct EngineConfig {
     /// Where the store lives (`taskhost.redb` inside it).
     pub data_dir: PathBuf,
-    /// Sandbox (engine-wide limits and pool).
+    /// Sandbox (engine-wide limits and pool). The engine's default differs
+    /// from [`SandboxConfig::default`] in one way: `parallel_compilation`
+    /// is off, because the registry compiles on one low-priority thread so
+    /// that uploads never starve running tasks.
     pub sandbox: SandboxConfig,
     /// Most tasks running at once across all queues. Default 4 × CPUs.
     pub concurrency: usize,
@@ -34,7 +37,7 @@ impl Default for EngineConfig {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         Self {
             data_dir: default_data_dir(),
-            sandbox: SandboxConfig::default(),
+            sandbox: SandboxConfig { parallel_compilation: false, ..SandboxConfig::default() },
             concurrency: 4 * cpus,
             group_commit: true,
             retry: RetryPolicy::default(),

@@ -39,7 +39,7 @@ pub(crate) fn decide(record: &TaskRecord, report: TaskReport, retry: &RetryPolic
         }),
         Err(failure) => {
             let stored = StoredFailure {
-                class: failure.class.as_str().to_owned(),
+                class: failure.class,
                 retryable: failure.retryable,
                 message: failure.message.clone(),
                 backtrace: failure.backtrace.clone(),
@@ -68,10 +68,8 @@ pub(crate) fn decide(record: &TaskRecord, report: TaskReport, retry: &RetryPolic
 
 /// A failure recorded before anything ran.
 fn fail_before_run(record: &TaskRecord, class: FailureClass, message: String) -> Change {
-    let class = class.as_str();
-    Change::new(record.id, TaskState::Failed, format!("{class}: {message}")).edit(move |r| {
-        r.error = Some(StoredFailure { class: class.to_owned(), retryable: false, message, backtrace: None })
-    })
+    Change::new(record.id, TaskState::Failed, format!("{class}: {message}"))
+        .edit(move |r| r.error = Some(StoredFailure { class, retryable: false, message, backtrace: None }))
 }
 
 impl Dispatch {

@@ -27,9 +27,20 @@ pub enum EngineError {
     /// in an engine built without one).
     #[error("{0}")]
     Unavailable(String),
+    /// A bounded queue is full; try again shortly.
+    #[error("{0}")]
+    Overloaded(String),
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl EngineError {
+    /// Whether the request met a full queue and may succeed if tried again
+    /// shortly (the API answers 503 with `Retry-After`).
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self, Self::Store(StoreError::Busy { .. }) | Self::Overloaded(_))
+    }
 }
 
 impl From<RegistryError> for EngineError {

@@ -189,7 +189,7 @@ impl Engine {
             let change = Change::new(record.id, to, reason).expect_version(record.version).edit(move |r| {
                 if to == TaskState::Failed {
                     r.error = Some(StoredFailure {
-                        class: "host error".into(),
+                        class: crate::FailureClass::HostError,
                         retryable: false,
                         message: reason.into(),
                         backtrace: None,
@@ -261,16 +261,10 @@ impl Engine {
     }
 
     /// One plugin's versions with their state, and task counts by version
-    /// and state (this scans the store).
+    /// and state (read through the store's plugin index).
     pub fn plugin(&self, name: &str) -> Result<(PluginDetail, TaskCounts), EngineError> {
         let detail = self.plugin_detail(name)?;
-        let mut counts = HashMap::new();
-        self.inner.shared.store.scan(None, |r| {
-            if r.plugin == name {
-                *counts.entry((r.plugin_version, r.state)).or_default() += 1;
-            }
-            true
-        })?;
+        let counts = self.inner.shared.store.plugin_task_counts(name)?;
         Ok((detail, counts))
     }
 

@@ -43,6 +43,39 @@ pub enum ModelsError {
     NotFound(String),
 }
 
+/// Whether a registered model can serve calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ModelState {
+    /// Loaded: calls run.
+    Ready,
+    /// Failed to load (see `error`): calls answer `unavailable`.
+    Failed,
+}
+
+impl ModelState {
+    /// The state as the API writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for ModelState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ModelState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// One registered model as `GET /v1/models` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelView {
@@ -52,7 +85,7 @@ pub struct ModelView {
     #[serde(flatten)]
     pub spec: ModelSpec,
     /// `ready` or `failed`.
-    pub state: &'static str,
+    pub state: ModelState,
     /// Why it failed to load.
     pub error: Option<String>,
     /// The device it actually runs on (`cpu`, `cuda:0`), when ready.
@@ -175,7 +208,7 @@ impl Model {
         };
         let (state, error, running_on, device_note, inputs, outputs, batched, queued) = match &self.loaded {
             Ok(r) => (
-                "ready",
+                ModelState::Ready,
                 None,
                 Some(r.device.clone()),
                 r.note.clone(),
@@ -184,7 +217,7 @@ impl Model {
                 r.info.batched,
                 r.batcher.queued(),
             ),
-            Err(e) => ("failed", Some(e.clone()), None, None, Vec::new(), Vec::new(), false, 0),
+            Err(e) => (ModelState::Failed, Some(e.clone()), None, None, Vec::new(), Vec::new(), false, 0),
         };
         ModelView {
             name: self.name.clone(),

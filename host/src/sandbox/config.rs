@@ -13,7 +13,7 @@ use std::time::Duration;
 /// | `fuel_metering` | on | per-task fuel budgets; off trades them for ~no instrumentation cost |
 /// | `epoch_tick` | 10 ms | timeout/cancel resolution and how often long guests yield |
 /// | `pooling` | on | off uses on-demand allocation (only useful for comparison) |
-/// | `parallel_compilation` | on | off compiles on one thread (the server's choice) |
+/// | `parallel_compilation` | on | off compiles on one thread (the engine's default: see `EngineConfig::sandbox`) |
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
     /// Number of component instances the pooling allocator can hold at once.
@@ -30,8 +30,9 @@ pub struct SandboxConfig {
     pub epoch_tick: Duration,
     /// Use the pooling instance allocator (recommended).
     pub pooling: bool,
-    /// Compile a component's functions on all cores. Default on; the
-    /// server turns it off so compiling never starves running tasks.
+    /// Compile a component's functions on all cores. Default on here (for
+    /// `taskhost run`); the engine's default turns it off so compiling
+    /// never starves running tasks, in the library and the binary alike.
     pub parallel_compilation: bool,
     /// Limits applied to a task that sets none of its own.
     pub default_limits: Limits,

@@ -9,8 +9,11 @@ use std::fmt;
 use std::time::Duration;
 use wasmtime::{Trap, WasmBacktrace};
 
-/// The class of a failed task. Every failure has exactly one.
+/// The class of a failed task. Every failure has exactly one. Records
+/// store it as a stable one-byte code ([`FailureClass::code`]); JSON and
+/// people see its name ([`FailureClass::as_str`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum FailureClass {
     /// The task used up its fuel budget.
     FuelExhausted,
@@ -54,9 +57,95 @@ impl FailureClass {
     }
 }
 
+impl FailureClass {
+    /// Every class, in code order.
+    pub const ALL: [FailureClass; 10] = [
+        Self::FuelExhausted,
+        Self::MemoryLimitExceeded,
+        Self::Timeout,
+        Self::StackOverflow,
+        Self::Trap,
+        Self::PluginError,
+        Self::OutputTooLarge,
+        Self::InvalidPlugin,
+        Self::Cancelled,
+        Self::HostError,
+    ];
+
+    /// The code stored in records. Codes are forever: a new class takes a
+    /// new code, and no code is reused.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::FuelExhausted => 1,
+            Self::MemoryLimitExceeded => 2,
+            Self::Timeout => 3,
+            Self::StackOverflow => 4,
+            Self::Trap => 5,
+            Self::PluginError => 6,
+            Self::OutputTooLarge => 7,
+            Self::InvalidPlugin => 8,
+            Self::Cancelled => 9,
+            Self::HostError => 10,
+        }
+    }
+
+    /// The class of a stored code.
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+}
+
 impl fmt::Display for FailureClass {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not a failure class.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a failure class")]
+pub struct UnknownClass(pub String);
+
+impl std::str::FromStr for FailureClass {
+    type Err = UnknownClass;
+
+    fn from_str(s: &str) -> Result<Self, UnknownClass> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s).ok_or_else(|| UnknownClass(s.to_owned()))
+    }
+}
+
+impl PartialEq<str> for FailureClass {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for FailureClass {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl serde::Serialize for FailureClass {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            serializer.serialize_str(self.as_str())
+        } else {
+            serializer.serialize_u8(self.code())
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for FailureClass {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        if deserializer.is_human_readable() {
+            let name = String::deserialize(deserializer)?;
+            name.parse().map_err(D::Error::custom)
+        } else {
+            let code = u8::deserialize(deserializer)?;
+            Self::from_code(code).ok_or_else(|| D::Error::custom(format!("unknown failure class code {code}")))
+        }
     }
 }
 
@@ -152,6 +241,30 @@ pub struct TaskReport {
     pub fuel_consumed: Option<u64>,
     /// Wall-clock time from instantiation to the end of the call.
     pub elapsed: Duration,
+}
+
+#[cfg(test)]
+mod class_tests {
+    use super::FailureClass;
+
+    #[test]
+    fn codes_and_names_are_unique_and_round_trip() {
+        for (i, class) in FailureClass::ALL.into_iter().enumerate() {
+            assert_eq!(FailureClass::from_code(class.code()), Some(class));
+            assert_eq!(class.as_str().parse::<FailureClass>(), Ok(class));
+            assert!(
+                FailureClass::ALL[i + 1..].iter().all(|c| c.code() != class.code() && c.as_str() != class.as_str())
+            );
+            let json = serde_json::to_string(&class).unwrap();
+            assert_eq!(json, format!("\"{}\"", class.as_str()));
+            assert_eq!(serde_json::from_str::<FailureClass>(&json).unwrap(), class);
+            let bytes = postcard::to_stdvec(&class).unwrap();
+            assert_eq!(bytes, [class.code()]);
+            assert_eq!(postcard::from_bytes::<FailureClass>(&bytes).unwrap(), class);
+        }
+        assert!("gremlins".parse::<FailureClass>().is_err());
+        assert!(postcard::from_bytes::<FailureClass>(&[0]).is_err());
+    }
 }
 
 /// Classifies an error raised while instantiating or running the guest.

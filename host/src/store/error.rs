@@ -47,6 +47,12 @@ pub enum StoreError {
     /// The group commit holding this operation failed.
     #[error("commit failed: {0}")]
     CommitFailed(String),
+    /// The committer's queue is full: try again shortly.
+    #[error("the store is busy: {capacity} writes are already waiting; try again shortly")]
+    Busy {
+        /// The queue's capacity.
+        capacity: usize,
+    },
     /// The committer thread is gone (the store is shutting down).
     #[error("the store is closed")]
     Closed,

@@ -21,13 +21,19 @@ use record::{decode, encode};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc;
 use tables::*;
+use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 /// Most operations one group commit takes.
 const MAX_BATCH: usize = 2048;
+
+/// Operations waiting for the committer at most. Internal writes (starts,
+/// outcomes, flows) wait for room; a submission finding it full is refused
+/// with [`StoreError::Busy`], which the API answers with 503 and
+/// `Retry-After`, so a flood of submissions never grows memory.
+pub const QUEUE_CAPACITY: usize = 16_384;
 
 /// An edit applied to a record inside its transition.
 pub(crate) type Edit = Box<dyn FnOnce(&mut TaskRecord) + Send>;
@@ -159,6 +165,7 @@ pub struct Store {
 
 struct Committer {
     ops: Option<mpsc::Sender<Op>>,
+    capacity: usize,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -182,6 +189,11 @@ impl Store {
     /// Opens (or creates) the store at `path`. With `group_commit` off,
     /// every operation gets its own transaction (for comparison only).
     pub fn open(path: &Path, group_commit: bool) -> Result<Store, StoreError> {
+        Self::open_with(path, group_commit, QUEUE_CAPACITY)
+    }
+
+    /// [`Store::open`] with a committer queue of `capacity` operations.
+    pub fn open_with(path: &Path, group_commit: bool, capacity: usize) -> Result<Store, StoreError> {
         let db = Database::create(path)?;
         let txn = db.begin_write()?;
         {
@@ -193,7 +205,13 @@ impl Store {
                 }
                 Some(v) if v == SCHEMA_VERSION => {}
                 Some(2) => {
-                    migrate_v2(&txn)?;
+                    migrate::<record::TaskRecordV2>(&txn)?;
+                    index_all(&txn)?;
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                }
+                Some(3) => {
+                    migrate::<record::TaskRecordV3>(&txn)?;
+                    index_all(&txn)?;
                     meta.insert("schema", SCHEMA_VERSION)?;
                 }
                 Some(v) => {
@@ -211,18 +229,23 @@ impl Store {
             txn.open_table(FLOWS)?;
             txn.open_table(FLOW_TASKS)?;
             txn.open_table(CONTEXT)?;
+            txn.open_table(BY_STATE)?;
+            txn.open_table(BY_QUEUE)?;
+            txn.open_table(BY_PLUGIN)?;
+            txn.open_table(BY_ITERATION)?;
         }
         txn.commit()?;
         let db = Arc::new(db);
-        let (tx, rx) = mpsc::channel();
+        let capacity = capacity.max(1);
+        let (tx, mut rx) = mpsc::channel(capacity);
         let committer_db = db.clone();
         let batch = if group_commit { MAX_BATCH } else { 1 };
         let thread = std::thread::Builder::new()
             .name("taskhost-commit".into())
-            .spawn(move || committer(&committer_db, &rx, batch))
+            .spawn(move || committer(&committer_db, &mut rx, batch))
             .map_err(|e| StoreError::CommitFailed(format!("cannot start the committer thread: {e}")))?;
         Ok(Store {
-            committer: Arc::new(Committer { ops: Some(tx), thread: Some(thread) }),
+            committer: Arc::new(Committer { ops: Some(tx), capacity, thread: Some(thread) }),
             db,
             read_faults: Arc::default(),
         })
@@ -230,9 +253,15 @@ impl Store {
 
     /// Durably records a new task, or returns the existing one with the
     /// same idempotency key.
+    /// Refused with [`StoreError::Busy`] when the committer's queue is
+    /// full.
     pub(crate) async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Submit { record: Box::new(record), input, reply })?;
+        let ops = self.committer.ops.as_ref().ok_or(StoreError::Closed)?;
+        ops.try_send(Op::Submit { record: Box::new(record), input, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => StoreError::Busy { capacity: self.committer.capacity },
+            mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
+        })?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -245,7 +274,7 @@ impl Store {
     /// its effects created.
     pub(crate) async fn apply(&self, change: Change) -> Result<Applied, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Transition { change, reply })?;
+        self.send(Op::Transition { change, reply }).await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -257,7 +286,7 @@ impl Store {
         edit: impl FnOnce(Option<FlowRecord>) -> Result<FlowUpdate, StoreError> + Send + 'static,
     ) -> Result<(FlowRecord, Vec<TaskRecord>), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Flow { id, edit: Box::new(edit), reply })?;
+        self.send(Op::Flow { id, edit: Box::new(edit), reply }).await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -364,13 +393,21 @@ impl Store {
         write: impl FnOnce(&WriteTransaction) -> Result<(), StoreError> + Send + 'static,
     ) -> Result<(), StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.send(Op::Admin { write: Box::new(write), reply })?;
+        self.send(Op::Admin { write: Box::new(write), reply }).await?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    fn send(&self, op: Op) -> Result<(), StoreError> {
+    /// Queues an operation, waiting (without blocking a thread) while the
+    /// committer's queue is full.
+    async fn send(&self, op: Op) -> Result<(), StoreError> {
         let ops = self.committer.ops.as_ref().ok_or(StoreError::Closed)?;
-        ops.send(op).map_err(|_| StoreError::Closed)
+        ops.send(op).await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Operations waiting for the committer now.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.committer.ops.as_ref().map_or(0, |ops| ops.max_capacity() - ops.capacity())
     }
 
     /// Makes the next `n` task reads fail, to test how callers handle a
@@ -429,6 +466,99 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// A page of the tasks `query` matches, in submission order after
+    /// `after`, and whether more follow. It walks the index of the most
+    /// selective filter it has (state, then queue, then plugin), so a
+    /// listing costs what it returns, not what is stored.
+    pub fn list(
+        &self,
+        query: &TaskQuery,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> Result<(Vec<TaskRecord>, bool), StoreError> {
+        let txn = self.db.begin_read()?;
+        let tasks = txn.open_table(TASKS)?;
+        let start = after.map_or(0, |id| id.as_u128().saturating_add(1));
+        let mut page = Vec::new();
+        let mut more = false;
+        let mut visit = |id: u128| -> Result<bool, StoreError> {
+            let Some(value) = tasks.get(id)? else { return Ok(true) };
+            let record: TaskRecord = decode(value.value())?;
+            if query.matches(&record) {
+                if page.len() == limit {
+                    more = true;
+                    return Ok(false);
+                }
+                page.push(record);
+            }
+            Ok(true)
+        };
+        if let Some(state) = query.state {
+            let index = txn.open_table(BY_STATE)?;
+            for entry in index.range((state.code(), start)..=(state.code(), u128::MAX))? {
+                if !visit(entry?.0.value().1)? {
+                    break;
+                }
+            }
+        } else if let Some(queue) = query.queue.as_deref() {
+            let index = txn.open_table(BY_QUEUE)?;
+            for entry in index.range((queue, start)..=(queue, u128::MAX))? {
+                if !visit(entry?.0.value().1)? {
+                    break;
+                }
+            }
+        } else if let Some(plugin) = query.plugin.as_deref() {
+            let index = txn.open_table(BY_PLUGIN)?;
+            for entry in index.range((plugin, start)..=(plugin, u128::MAX))? {
+                if !visit(entry?.0.value().1)? {
+                    break;
+                }
+            }
+        } else {
+            for entry in tasks.range(start..)? {
+                if !visit(entry?.0.value())? {
+                    break;
+                }
+            }
+        }
+        Ok((page, more))
+    }
+
+    /// A plugin's tasks counted by (version, state), read through the
+    /// plugin index.
+    pub fn plugin_task_counts(
+        &self,
+        plugin: &str,
+    ) -> Result<std::collections::HashMap<(String, TaskState), u64>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let tasks = txn.open_table(TASKS)?;
+        let index = txn.open_table(BY_PLUGIN)?;
+        let mut counts = std::collections::HashMap::new();
+        for entry in index.range((plugin, 0u128)..=(plugin, u128::MAX))? {
+            if let Some(value) = tasks.get(entry?.0.value().1)? {
+                let r: TaskRecord = decode(value.value())?;
+                *counts.entry((r.plugin_version, r.state)).or_default() += 1;
+            }
+        }
+        Ok(counts)
+    }
+
+    /// The tasks of one iteration of a flow (its root included), in
+    /// submission order.
+    pub fn iteration_tasks(&self, flow: Uuid, iteration: u32) -> Result<Vec<TaskRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let tasks = txn.open_table(TASKS)?;
+        let index = txn.open_table(BY_ITERATION)?;
+        let (f, i) = (flow.as_u128(), iteration);
+        let mut out = Vec::new();
+        for entry in index.range((f, i, 0u128)..=(f, i, u128::MAX))? {
+            if let Some(value) = tasks.get(entry?.0.value().2)? {
+                out.push(decode(value.value())?);
+            }
+        }
+        Ok(out)
     }
 
     /// Number of tasks stored.
@@ -554,8 +684,8 @@ impl Store {
 }
 
 /// The group committer loop: one write transaction per batch.
-fn committer(db: &Database, rx: &mpsc::Receiver<Op>, max_batch: usize) {
-    while let Ok(first) = rx.recv() {
+fn committer(db: &Database, rx: &mut mpsc::Receiver<Op>, max_batch: usize) {
+    while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -607,6 +737,7 @@ struct Tables<'t> {
     flows: Table<'t, u128, &'static [u8]>,
     flow_tasks: Table<'t, (u128, u128), ()>,
     context: Table<'t, (u128, &'static str), &'static [u8]>,
+    indexes: Indexes<'t>,
 }
 
 impl<'t> Tables<'t> {
@@ -619,6 +750,12 @@ impl<'t> Tables<'t> {
             flows: txn.open_table(FLOWS)?,
             flow_tasks: txn.open_table(FLOW_TASKS)?,
             context: txn.open_table(CONTEXT)?,
+            indexes: Indexes {
+                by_state: txn.open_table(BY_STATE)?,
+                by_queue: txn.open_table(BY_QUEUE)?,
+                by_plugin: txn.open_table(BY_PLUGIN)?,
+                by_iteration: txn.open_table(BY_ITERATION)?,
+            },
         })
     }
 }
@@ -703,6 +840,7 @@ fn apply_submit(t: &mut Tables<'_>, record: TaskRecord, input: &[u8]) -> Result<
         t.keys.insert(key.as_str(), record.id.as_u128())?;
     }
     t.tasks.insert(record.id.as_u128(), encode(&record).as_slice())?;
+    t.indexes.insert(&record)?;
     t.inputs.insert(record.id.as_u128(), input)?;
     if !record.is_flow_root() {
         t.flow_tasks.insert((record.flow_id.as_u128(), record.id.as_u128()), ())?;
@@ -750,6 +888,7 @@ fn apply_transition(t: &mut Tables<'_>, change: Change) -> Result<Applied, Store
         reason: change.reason,
     });
     t.tasks.insert(id.as_u128(), encode(&record).as_slice())?;
+    t.indexes.moved(id, from, change.to)?;
     let mut applied = Applied { record, created: Vec::new(), effects_applied: true };
     if let Some(effects) = change.effects
         && change.to == TaskState::Completed
@@ -811,20 +950,90 @@ fn apply_flow(t: &mut Tables<'_>, id: Uuid, edit: FlowEdit) -> Result<(FlowRecor
     Ok((flow, created))
 }
 
-/// Rewrites every schema-2 task record with the flow fields (each task its
-/// own flow).
-fn migrate_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
+/// Rewrites every task record of an older schema `Old` in today's layout:
+/// schema 2 gains the flow fields (each task its own flow), schemas 2 and 3
+/// store the failure class as a code instead of text.
+fn migrate<Old>(txn: &WriteTransaction) -> Result<(), StoreError>
+where
+    Old: for<'de> serde::Deserialize<'de>,
+    TaskRecord: TryFrom<Old, Error = StoreError>,
+{
     let mut tasks = txn.open_table(TASKS)?;
     let mut migrated = Vec::new();
     for entry in tasks.iter()? {
         let (key, value) = entry?;
-        let old: record::TaskRecordV2 = decode(value.value())?;
-        migrated.push((key.value(), encode(&TaskRecord::from(old))));
+        let old: Old = decode(value.value())?;
+        migrated.push((key.value(), encode(&TaskRecord::try_from(old)?)));
     }
     for (key, value) in migrated {
         tasks.insert(key, value.as_slice())?;
     }
     Ok(())
+}
+
+/// Builds the task indexes from the task table (migrating to schema 4).
+fn index_all(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let tasks = txn.open_table(TASKS)?;
+    let mut indexes = Indexes {
+        by_state: txn.open_table(BY_STATE)?,
+        by_queue: txn.open_table(BY_QUEUE)?,
+        by_plugin: txn.open_table(BY_PLUGIN)?,
+        by_iteration: txn.open_table(BY_ITERATION)?,
+    };
+    for entry in tasks.iter()? {
+        let record: TaskRecord = decode(entry?.1.value())?;
+        indexes.insert(&record)?;
+    }
+    Ok(())
+}
+
+/// The secondary indexes of the task table, kept in the same write
+/// transaction as the records they point at.
+struct Indexes<'t> {
+    by_state: Table<'t, (u8, u128), ()>,
+    by_queue: Table<'t, (&'static str, u128), ()>,
+    by_plugin: Table<'t, (&'static str, u128), ()>,
+    by_iteration: Table<'t, (u128, u32, u128), ()>,
+}
+
+impl Indexes<'_> {
+    /// Indexes a new task.
+    fn insert(&mut self, r: &TaskRecord) -> Result<(), StoreError> {
+        let id = r.id.as_u128();
+        self.by_state.insert((r.state.code(), id), ())?;
+        self.by_queue.insert((r.queue.as_str(), id), ())?;
+        self.by_plugin.insert((r.plugin.as_str(), id), ())?;
+        self.by_iteration.insert((r.flow_id.as_u128(), r.iteration, id), ())?;
+        Ok(())
+    }
+
+    /// A task moved between states.
+    fn moved(&mut self, id: Uuid, from: TaskState, to: TaskState) -> Result<(), StoreError> {
+        if from != to {
+            self.by_state.remove((from.code(), id.as_u128()))?;
+            self.by_state.insert((to.code(), id.as_u128()), ())?;
+        }
+        Ok(())
+    }
+}
+
+/// Which tasks a listing wants; every given filter must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TaskQuery {
+    /// Only this state.
+    pub state: Option<TaskState>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this plugin name.
+    pub plugin: Option<String>,
+}
+
+impl TaskQuery {
+    fn matches(&self, r: &TaskRecord) -> bool {
+        self.state.is_none_or(|s| s == r.state)
+            && self.queue.as_deref().is_none_or(|q| q == r.queue)
+            && self.plugin.as_deref().is_none_or(|p| p == r.plugin)
+    }
 }
 
 #[cfg(test)]

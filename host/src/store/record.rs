@@ -53,6 +53,18 @@ impl TaskState {
         }
     }
 
+    /// The code the state index stores. Codes are forever.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            TaskState::Pending => 1,
+            TaskState::Running => 2,
+            TaskState::Retrying => 3,
+            TaskState::Completed => 4,
+            TaskState::Failed => 5,
+            TaskState::Cancelled => 6,
+        }
+    }
+
     /// Parses an API state name.
     pub fn parse(text: &str) -> Option<TaskState> {
         TaskState::ALL.into_iter().find(|s| s.as_str() == text)
@@ -84,7 +96,7 @@ pub struct Transition {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredFailure {
     /// The failure class, e.g. `fuel exhausted`.
-    pub class: String,
+    pub class: crate::FailureClass,
     /// Whether the plugin said a retry could help.
     pub retryable: bool,
     /// The message.
@@ -326,6 +338,23 @@ impl FlowRecord {
     }
 }
 
+/// A failure as schemas 2 and 3 stored it: the class as text. Read only
+/// to migrate a file.
+#[derive(Deserialize)]
+pub(crate) struct StoredFailureV3 {
+    class: String,
+    retryable: bool,
+    message: String,
+    backtrace: Option<String>,
+}
+
+impl StoredFailureV3 {
+    fn upgrade(self) -> Result<StoredFailure, super::StoreError> {
+        let class = self.class.parse().map_err(|e| super::StoreError::Corrupt(format!("a stored failure: {e}")))?;
+        Ok(StoredFailure { class, retryable: self.retryable, message: self.message, backtrace: self.backtrace })
+    }
+}
+
 /// A task record as schema 2 stored it (before flows); read only to
 /// migrate a file.
 #[derive(Deserialize)]
@@ -341,7 +370,7 @@ pub(crate) struct TaskRecordV2 {
     attempts: u32,
     max_attempts: u32,
     limits: StoredLimits,
-    error: Option<StoredFailure>,
+    error: Option<StoredFailureV3>,
     created_at_ms: u64,
     started_at_ms: Option<u64>,
     finished_at_ms: Option<u64>,
@@ -355,9 +384,46 @@ pub(crate) struct TaskRecordV2 {
     history: Vec<Transition>,
 }
 
-impl From<TaskRecordV2> for TaskRecord {
-    fn from(r: TaskRecordV2) -> Self {
-        TaskRecord {
+/// A task record as schema 3 stored it (the failure class as text); read
+/// only to migrate a file.
+#[derive(Deserialize)]
+pub(crate) struct TaskRecordV3 {
+    id: Uuid,
+    version: u64,
+    state: TaskState,
+    plugin: String,
+    plugin_version: String,
+    digest: String,
+    queue: String,
+    priority: u8,
+    attempts: u32,
+    max_attempts: u32,
+    limits: StoredLimits,
+    error: Option<StoredFailureV3>,
+    created_at_ms: u64,
+    started_at_ms: Option<u64>,
+    finished_at_ms: Option<u64>,
+    next_run_at_ms: Option<u64>,
+    idempotency_key: Option<String>,
+    parent_id: Option<Uuid>,
+    callback_url: Option<String>,
+    input_len: u64,
+    output_len: Option<u64>,
+    fuel_used: Option<u64>,
+    history: Vec<Transition>,
+    flow_id: Uuid,
+    depth: u32,
+    after: Vec<Uuid>,
+    input_from: InputFrom,
+    step: Option<String>,
+    iteration: u32,
+}
+
+impl TryFrom<TaskRecordV2> for TaskRecord {
+    type Error = super::StoreError;
+
+    fn try_from(r: TaskRecordV2) -> Result<Self, Self::Error> {
+        Ok(TaskRecord {
             id: r.id,
             version: r.version,
             state: r.state,
@@ -369,7 +435,7 @@ impl From<TaskRecordV2> for TaskRecord {
             attempts: r.attempts,
             max_attempts: r.max_attempts,
             limits: r.limits,
-            error: r.error,
+            error: r.error.map(StoredFailureV3::upgrade).transpose()?,
             created_at_ms: r.created_at_ms,
             started_at_ms: r.started_at_ms,
             finished_at_ms: r.finished_at_ms,
@@ -387,7 +453,45 @@ impl From<TaskRecordV2> for TaskRecord {
             input_from: InputFrom::Own,
             step: None,
             iteration: 0,
-        }
+        })
+    }
+}
+
+impl TryFrom<TaskRecordV3> for TaskRecord {
+    type Error = super::StoreError;
+
+    fn try_from(r: TaskRecordV3) -> Result<Self, Self::Error> {
+        Ok(TaskRecord {
+            id: r.id,
+            version: r.version,
+            state: r.state,
+            plugin: r.plugin,
+            plugin_version: r.plugin_version,
+            digest: r.digest,
+            queue: r.queue,
+            priority: r.priority,
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            limits: r.limits,
+            error: r.error.map(StoredFailureV3::upgrade).transpose()?,
+            created_at_ms: r.created_at_ms,
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: r.finished_at_ms,
+            next_run_at_ms: r.next_run_at_ms,
+            idempotency_key: r.idempotency_key,
+            parent_id: r.parent_id,
+            callback_url: r.callback_url,
+            input_len: r.input_len,
+            output_len: r.output_len,
+            fuel_used: r.fuel_used,
+            history: r.history,
+            flow_id: r.flow_id,
+            depth: r.depth,
+            after: r.after,
+            input_from: r.input_from,
+            step: r.step,
+            iteration: r.iteration,
+        })
     }
 }
 

@@ -29,9 +29,20 @@ pub(crate) const FLOWS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new(
 pub(crate) const FLOW_TASKS: TableDefinition<'_, (u128, u128), ()> = TableDefinition::new("flow_tasks");
 /// (flow id, key) → value: the flow's context store.
 pub(crate) const CONTEXT: TableDefinition<'_, (u128, &str), &[u8]> = TableDefinition::new("context");
+/// (state code, task id) → (): the tasks in each state, in submission
+/// order (listing by state reads only those).
+pub(crate) const BY_STATE: TableDefinition<'_, (u8, u128), ()> = TableDefinition::new("tasks_by_state");
+/// (queue, task id) → (): each queue's tasks, in submission order.
+pub(crate) const BY_QUEUE: TableDefinition<'_, (&str, u128), ()> = TableDefinition::new("tasks_by_queue");
+/// (plugin name, task id) → (): each plugin's tasks, in submission order.
+pub(crate) const BY_PLUGIN: TableDefinition<'_, (&str, u128), ()> = TableDefinition::new("tasks_by_plugin");
+/// (flow id, iteration, task id) → (): every task of a flow (its root
+/// included) by iteration, so ending an iteration reads only its tasks.
+pub(crate) const BY_ITERATION: TableDefinition<'_, (u128, u32, u128), ()> = TableDefinition::new("tasks_by_iteration");
 /// `"schema"` → schema version.
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 /// The layout version this build reads and writes. Version 2 files (before
-/// flows) are migrated in place on open.
-pub(crate) const SCHEMA_VERSION: u64 = 3;
+/// flows) and version 3 files (failure classes as text, no indexes) are
+/// migrated in place on open.
+pub(crate) const SCHEMA_VERSION: u64 = 4;

@@ -118,7 +118,7 @@ async fn a_schema_2_file_is_migrated_on_open() {
         attempts: u32,
         max_attempts: u32,
         limits: StoredLimits,
-        error: Option<StoredFailure>,
+        error: Option<OldFailure>,
         created_at_ms: u64,
         started_at_ms: Option<u64>,
         finished_at_ms: Option<u64>,
@@ -150,7 +150,7 @@ async fn a_schema_2_file_is_migrated_on_open() {
             attempts: 1,
             max_attempts: 3,
             limits: StoredLimits { fuel: 1, memory_bytes: 2, timeout_ms: 3, max_output_bytes: 4, max_log_bytes: 5 },
-            error: None,
+            error: Some(old_failure("timeout")),
             created_at_ms: 11,
             started_at_ms: None,
             finished_at_ms: None,
@@ -170,9 +170,89 @@ async fn a_schema_2_file_is_migrated_on_open() {
     let migrated = store.get(id).unwrap().unwrap();
     assert_eq!((migrated.version, migrated.priority, migrated.next_run_at_ms), (3, 4, Some(12)));
     assert_eq!((migrated.flow_id, migrated.depth, migrated.input_from), (id, 0, InputFrom::Own));
+    assert_eq!(migrated.error.as_ref().map(|e| e.class), Some(crate::FailureClass::Timeout));
     drop(store);
-    // Reopening finds schema 3 and changes nothing.
+    // Reopening finds today's schema and changes nothing.
     assert_eq!(Store::open(&path, true).unwrap().get(id).unwrap().unwrap(), migrated);
+}
+
+/// A failure as schemas 2 and 3 wrote it: the class as text.
+#[derive(serde::Serialize)]
+struct OldFailure {
+    class: String,
+    retryable: bool,
+    message: String,
+    backtrace: Option<String>,
+}
+
+fn old_failure(class: &str) -> OldFailure {
+    OldFailure { class: class.into(), retryable: true, message: "m".into(), backtrace: Some("bt".into()) }
+}
+
+/// Writes `record` as schema 3 did: postcard writes a struct as its fields
+/// in order, so nested tuples of the same fields give the same bytes, with
+/// the failure's class as text.
+fn encode_v3(r: &TaskRecord, failure: Option<OldFailure>) -> Vec<u8> {
+    let head = (r.id, r.version, r.state, &r.plugin, &r.plugin_version, &r.digest, &r.queue, r.priority);
+    let counts = (r.attempts, r.max_attempts, &r.limits);
+    let times = (r.created_at_ms, r.started_at_ms, r.finished_at_ms, r.next_run_at_ms);
+    let rest = (&r.idempotency_key, r.parent_id, &r.callback_url, r.input_len, r.output_len, r.fuel_used, &r.history);
+    let flow = (r.flow_id, r.depth, &r.after, r.input_from, &r.step, r.iteration);
+    postcard::to_stdvec(&(head, counts, failure, times, rest, flow)).unwrap()
+}
+
+#[tokio::test]
+async fn a_schema_3_file_gets_typed_failure_classes_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.redb");
+    let mut failed = record(1, None);
+    failed.state = TaskState::Failed;
+    failed.after = vec![Uuid::from_u128(9)];
+    failed.step = Some("s".into());
+    let plain = record(2, Some("k"));
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("schema", 3).unwrap();
+        {
+            let mut tasks = txn.open_table(TASKS).unwrap();
+            tasks.insert(1u128, encode_v3(&failed, Some(old_failure("fuel exhausted"))).as_slice()).unwrap();
+            tasks.insert(2u128, encode_v3(&plain, None).as_slice()).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, true).unwrap();
+    let migrated = store.get(Uuid::from_u128(1)).unwrap().unwrap();
+    let error = migrated.error.clone().unwrap();
+    assert_eq!((error.class, error.retryable, error.message.as_str()), (crate::FailureClass::FuelExhausted, true, "m"));
+    assert_eq!(TaskRecord { error: None, ..migrated.clone() }, failed);
+    assert_eq!(store.get(Uuid::from_u128(2)).unwrap().unwrap(), plain);
+    // The migration built the indexes.
+    let failed_only = TaskQuery { state: Some(TaskState::Failed), ..TaskQuery::default() };
+    assert_eq!(store.list(&failed_only, None, 10).unwrap().0, [migrated.clone()]);
+    let queue = TaskQuery { queue: Some("q".into()), ..TaskQuery::default() };
+    assert_eq!(store.list(&queue, None, 10).unwrap().0.len(), 2);
+    drop(store);
+    assert_eq!(Store::open(&path, true).unwrap().get(Uuid::from_u128(1)).unwrap().unwrap(), migrated);
+}
+
+#[tokio::test]
+async fn an_unknown_stored_class_refuses_the_migration_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.redb");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("schema", 3).unwrap();
+        let bytes = encode_v3(&record(1, None), Some(old_failure("gremlins")));
+        txn.open_table(TASKS).unwrap().insert(1u128, bytes.as_slice()).unwrap();
+        txn.commit().unwrap();
+    }
+    let error = Store::open(&path, true).err().expect("the migration is refused").to_string();
+    assert!(error.contains("`gremlins` is not a failure class"), "{error}");
+    let db = redb::Database::create(&path).unwrap();
+    let schema = db.begin_read().unwrap().open_table(META).unwrap().get("schema").unwrap().unwrap().value();
+    assert_eq!(schema, 3, "a refused migration leaves the file as it was");
 }
 
 /// Drives a fresh task into `state` through allowed transitions.
@@ -368,6 +448,16 @@ async fn matches_a_model_across_a_reopen() {
         assert_eq!(&stored[1..], tasks.as_slice(), "flow {flow}");
     }
     assert!(!members.is_empty() && !context.is_empty(), "the run exercised effects");
+    // The state index agrees with the model (children are counted by the
+    // store only: compare the modelled tasks).
+    for state in TaskState::ALL {
+        let query = TaskQuery { state: Some(state), ..TaskQuery::default() };
+        let indexed: std::collections::BTreeSet<u128> =
+            list_all(&store, &query).iter().map(|id| id.as_u128()).filter(|id| model.contains_key(id)).collect();
+        let modelled: std::collections::BTreeSet<u128> =
+            model.iter().filter(|(_, (s, _))| *s == state).map(|(id, _)| *id).collect();
+        assert_eq!(indexed, modelled, "{state}");
+    }
 }
 
 #[tokio::test]
@@ -376,4 +466,135 @@ async fn without_group_commit_results_are_the_same() {
     let store = Store::open(&dir.path().join("t.redb"), false).unwrap();
     let rec = task_in(&store, 1, TaskState::Completed).await;
     assert_eq!(rec.version, 3);
+}
+
+/// Every page of `list`, followed to the end, in one vector.
+fn list_all(store: &Store, query: &TaskQuery) -> Vec<Uuid> {
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let (page, more) = store.list(query, after, 7).unwrap();
+        out.extend(page.iter().map(|r| r.id));
+        if !more {
+            return out;
+        }
+        after = page.last().map(|r| r.id);
+    }
+}
+
+/// The same query answered by reading every record.
+fn scan_all(store: &Store, query: &TaskQuery) -> Vec<Uuid> {
+    let mut out = Vec::new();
+    store
+        .scan(None, |r| {
+            if query.matches(&r) {
+                out.push(r.id);
+            }
+            true
+        })
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn indexed_listing_matches_a_full_scan_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.redb");
+    let store = Store::open(&path, true).unwrap();
+    let mut rng = fastrand::Rng::with_seed(11);
+    for n in 1..=240u128 {
+        let mut r = record(n, None);
+        r.queue = ["a", "b", "c"][rng.usize(..3)].into();
+        r.plugin = ["p", "q"][rng.usize(..2)].into();
+        r.flow_id = Uuid::from_u128(1 + n % 5);
+        let r = store.submit(r, Vec::new()).await.unwrap().record;
+        let path: &[TaskState] = match rng.usize(..4) {
+            0 => &[],
+            1 => &[TaskState::Running],
+            2 => &[TaskState::Running, TaskState::Completed],
+            _ => &[TaskState::Running, TaskState::Retrying, TaskState::Running, TaskState::Failed],
+        };
+        for &to in path {
+            store.transition(Change::new(r.id, to, "t")).await.unwrap();
+        }
+    }
+    let mut queries = vec![TaskQuery::default()];
+    for state in TaskState::ALL {
+        queries.push(TaskQuery { state: Some(state), ..TaskQuery::default() });
+        queries.push(TaskQuery { state: Some(state), queue: Some("b".into()), plugin: Some("q".into()) });
+    }
+    for queue in ["a", "b", "c", "none"] {
+        queries.push(TaskQuery { queue: Some(queue.into()), ..TaskQuery::default() });
+        queries.push(TaskQuery { queue: Some(queue.into()), plugin: Some("p".into()), ..TaskQuery::default() });
+    }
+    queries.push(TaskQuery { plugin: Some("q".into()), ..TaskQuery::default() });
+    for query in &queries {
+        assert_eq!(list_all(&store, query), scan_all(&store, query), "{query:?}");
+    }
+    let counts = store.plugin_task_counts("q").unwrap();
+    let expected = scan_all(&store, &TaskQuery { plugin: Some("q".into()), ..TaskQuery::default() }).len();
+    assert_eq!(counts.values().sum::<u64>() as usize, expected);
+    let flow = Uuid::from_u128(3);
+    let by_iteration: Vec<Uuid> = store.iteration_tasks(flow, 0).unwrap().iter().map(|r| r.id).collect();
+    let by_flow: Vec<Uuid> = {
+        let mut all = Vec::new();
+        store
+            .scan(None, |r| {
+                if r.flow_id == flow {
+                    all.push(r.id);
+                }
+                true
+            })
+            .unwrap();
+        all
+    };
+    assert_eq!(by_iteration, by_flow);
+    drop(store);
+    let store = Store::open(&path, true).unwrap();
+    for query in &queries {
+        assert_eq!(list_all(&store, query), scan_all(&store, query), "after a reopen: {query:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_committer_queue_refuses_submissions_and_loses_nothing_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(&dir.path().join("t.redb"), true, 2).unwrap();
+    // Hold the committer inside an administrative write.
+    let (started_tx, started) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let blocker = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .admin(move |_| {
+                    started_tx.send(()).unwrap();
+                    released.recv().unwrap();
+                    Ok(())
+                })
+                .await
+        })
+    };
+    tokio::task::spawn_blocking(move || started.recv().unwrap()).await.unwrap();
+    let queued: Vec<_> = (1..=2u128)
+        .map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move { store.submit(record(n, None), Vec::new()).await })
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while store.queued() < 2 {
+        assert!(std::time::Instant::now() < deadline, "the two submissions never queued");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let refused = store.submit(record(3, None), Vec::new()).await.unwrap_err();
+    assert!(matches!(refused, StoreError::Busy { capacity: 2 }), "{refused}");
+    assert!(refused.to_string().contains("2 writes are already waiting"), "{refused}");
+    release.send(()).unwrap();
+    blocker.await.unwrap().unwrap();
+    for q in queued {
+        assert!(q.await.unwrap().unwrap().created);
+    }
+    assert_eq!(store.task_count().unwrap(), 2, "the refused submission wrote nothing");
+    assert!(store.submit(record(3, None), Vec::new()).await.unwrap().created, "room again");
 }

@@ -173,8 +173,7 @@ impl Flows {
             if flow.state != FlowState::Running || self.book().is_active(id) {
                 return Ok(Vec::new());
             }
-            let tasks: Vec<TaskRecord> =
-                shared.store.flow_tasks(id)?.into_iter().filter(|t| t.iteration == flow.iteration).collect();
+            let tasks = shared.store.iteration_tasks(id, flow.iteration)?;
             if tasks.iter().any(|t| !t.state.is_terminal()) {
                 return Ok(Vec::new());
             }
