@@ -360,3 +360,44 @@ async fn idle_versions_are_unloaded_and_reloaded_from_the_cache() {
     assert_eq!(engine.plugin_load_counts(), (compiled, hits + 1));
     eventually(|| loaded(&engine) == idle, "version 1 was not unloaded again").await;
 }
+
+/// A component made distinct by a trailing custom section `n` (components,
+/// like modules, allow custom sections anywhere).
+fn distinct(bytes: &[u8], n: u8) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    // id 0 (custom), size 3: name length 1, name "n", one payload byte.
+    out.extend_from_slice(&[0x00, 0x03, 0x01, b'n', n]);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_past_the_compile_queue_are_refused_as_overloaded() {
+    let (engine, _dir) = engine_with(|_| {}).await;
+    let max = taskhost::registry::MAX_COMPILE_QUEUE;
+    let uploads = (0..2 * max as u8).map(|n| engine.add_plugin("many", distinct(&SPIN.bytes(), n), None, false));
+    let results = futures::future::join_all(uploads).await;
+    let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    assert!(accepted >= 1 && accepted <= max, "accepted {accepted}");
+    assert!(!refused.is_empty(), "some uploads must wait for the compile queue");
+    for e in &refused {
+        assert!(e.is_overloaded(), "{e}");
+        assert!(e.to_string().contains("already compiling"), "{e}");
+    }
+    // Once the queue drains, every accepted version is live and a refused
+    // upload goes through.
+    eventually_async(|| async {
+        engine.plugin_detail("many").unwrap().versions.iter().all(|v| v.state == VersionState::Live)
+    })
+    .await;
+    engine.add_plugin("many", distinct(&SPIN.bytes(), 200), None, true).await.unwrap();
+    assert_eq!(engine.plugin_detail("many").unwrap().versions.len(), accepted + 1);
+}
+
+async fn eventually_async<F: std::future::Future<Output = bool>>(condition: impl Fn() -> F) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -5,7 +5,7 @@
 //! ([`StepEnd`]) are committed here too.
 
 use super::admission::{Admission, StepEnd};
-use super::callbacks;
+use super::callbacks::{self, Callbacks};
 use super::flows::Flows;
 use super::metrics::{self, Metrics};
 use super::shared::Shared;
@@ -17,12 +17,13 @@ pub(crate) struct Endings {
     shared: Arc<Shared>,
     flows: Arc<Flows>,
     admission: Arc<Admission>,
-    http: reqwest::Client,
+    callbacks: Callbacks,
 }
 
 impl Endings {
     pub(crate) fn new(shared: Arc<Shared>, flows: Arc<Flows>, admission: Arc<Admission>) -> Self {
-        Self { shared, flows, admission, http: reqwest::Client::new() }
+        let callbacks = Callbacks::new(shared.metrics.callbacks_dropped.clone(), callbacks::MAX_PENDING);
+        Self { shared, flows, admission, callbacks }
     }
 
     /// Admits committed tasks and ends the steps admission refused.
@@ -74,7 +75,7 @@ impl Endings {
             match shared.store.output(done.id) {
                 Ok(output) => {
                     let body = crate::wire::Task::new(done, output.as_deref());
-                    callbacks::deliver(self.http.clone(), url.clone(), body);
+                    self.callbacks.deliver(url.clone(), body);
                 }
                 Err(error) => tracing::error!(id = %done.id, %error, "cannot read the output for the callback"),
             }

@@ -53,6 +53,7 @@ impl From<RegistryError> for EngineError {
             | RegistryError::BadManifest(_) => Self::InvalidRequest(e.to_string()),
             RegistryError::VersionTaken { .. } | RegistryError::InUse { .. } => Self::Conflict(e.to_string()),
             RegistryError::Invalid(_) => Self::InvalidPlugin(e.to_string()),
+            RegistryError::Busy => Self::Overloaded(e.to_string()),
             RegistryError::Store(s) => Self::Store(s),
         }
     }

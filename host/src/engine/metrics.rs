@@ -56,6 +56,7 @@ pub(crate) struct Metrics {
     pub(crate) plugin_tasks: Family<PluginLabel, Counter>,
     pub(crate) flows_ended: Family<FlowLabel, Counter>,
     pub(crate) flow_refusals: Family<LimitLabel, Counter>,
+    pub(crate) callbacks_dropped: Counter,
     /// Tasks by (queue, state), kept in step with committed transitions.
     counts: Mutex<HashMap<(String, TaskState), i64>>,
 }
@@ -81,6 +82,7 @@ impl Metrics {
         let plugin_tasks = Family::<PluginLabel, Counter>::default();
         let flows_ended = Family::<FlowLabel, Counter>::default();
         let flow_refusals = Family::<LimitLabel, Counter>::default();
+        let callbacks_dropped = Counter::default();
         registry.register("tasks", "Tasks in the store by queue and state", tasks.clone());
         registry.register("tasks_submitted", "Tasks accepted", submitted.clone());
         registry.register("tasks_completed", "Tasks that completed", completed.clone());
@@ -100,6 +102,11 @@ impl Metrics {
             "Submissions or context writes refused by a flow limit, by limit",
             flow_refusals.clone(),
         );
+        registry.register(
+            "callbacks_dropped",
+            "Completion callbacks dropped because too many deliveries were pending",
+            callbacks_dropped.clone(),
+        );
         Self {
             registry,
             tasks,
@@ -117,6 +124,7 @@ impl Metrics {
             plugin_tasks,
             flows_ended,
             flow_refusals,
+            callbacks_dropped,
             counts: Mutex::default(),
         }
     }

@@ -25,6 +25,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Uploads compiling or waiting to compile at most; another upload is
+/// refused (503 with `Retry-After`) until one finishes.
+pub const MAX_COMPILE_QUEUE: usize = 4;
 
 /// Largest component accepted.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
@@ -51,6 +56,8 @@ pub(crate) enum RegistryError {
     BadManifest(String),
     #[error("{name}@{version} is used by {unfinished} unfinished task(s); delete it once they have ended")]
     InUse { name: String, version: String, unfinished: u64 },
+    #[error("{MAX_COMPILE_QUEUE} uploads are already compiling or waiting to; try again shortly")]
+    Busy,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -167,6 +174,8 @@ pub(crate) struct Registry {
     entries: RwLock<HashMap<String, Entry>>,
     compiled: AtomicU64,
     cache_hits: AtomicU64,
+    /// Uploads compiling or waiting to (at most [`MAX_COMPILE_QUEUE`]).
+    uploads: Arc<Semaphore>,
 }
 
 type CompileJob = Box<dyn FnOnce() + Send>;
@@ -243,6 +252,7 @@ impl Registry {
             entries: RwLock::default(),
             compiled: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
+            uploads: Arc::new(Semaphore::new(MAX_COMPILE_QUEUE)),
         };
         let store = registry.store.clone();
         for (name, stored) in blocking(move || store.plugins()).await? {
@@ -383,6 +393,8 @@ impl Registry {
             names::version(v).map_err(RegistryError::BadVersion)?;
         }
         crate::sandbox::check_header(&bytes)?;
+        // Held until its compile ends (or the upload turns out to be known).
+        let permit = self.uploads.clone().try_acquire_owned().map_err(|_| RegistryError::Busy)?;
         // Hashing and reading the metadata of up to 64 MiB: off the workers,
         // and before the registry lock, so no submission waits on it.
         let bytes: Arc<[u8]> = bytes.into();
@@ -434,7 +446,10 @@ impl Registry {
         };
         let job = {
             let (registry, name, info) = (self.clone(), name.to_owned(), status.info.clone());
-            tokio::spawn(async move { registry.finish_add(name, info, bytes).await })
+            tokio::spawn(async move {
+                let _permit = permit;
+                registry.finish_add(name, info, bytes).await
+            })
         };
         if !wait {
             return Ok((status, true));

@@ -83,6 +83,23 @@ async fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
     tokio::fs::read(path).await
 }
 
+/// Adds a watched file's version, waiting while uploads fill the compile
+/// queue (a file in the directory is not a request that can be refused).
+async fn add_waiting(
+    registry: &Arc<Registry>,
+    name: &str,
+    bytes: Vec<u8>,
+    version: Option<String>,
+) -> Result<(), String> {
+    loop {
+        match registry.add(name, bytes.clone(), version.clone(), true).await {
+            Ok(_) => return Ok(()),
+            Err(super::RegistryError::Busy) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
 async fn process(registry: &Arc<Registry>, path: &Path, seen: &mut HashMap<PathBuf, [u8; 32]>) {
     let Some((name, version, is_manifest)) = classify(path) else { return };
     let bytes = match read_bounded(path).await {
@@ -107,7 +124,7 @@ async fn process(registry: &Arc<Registry>, path: &Path, seen: &mut HashMap<PathB
             Err(e) => Err(e),
         }
     } else {
-        registry.add(&name, bytes, version, true).await.map(|_| ()).map_err(|e| e.to_string())
+        add_waiting(registry, &name, bytes, version).await
     };
     match outcome {
         Ok(()) => {
