@@ -471,3 +471,58 @@ fn spec_json(spec: &FlowSpec) -> serde_json::Value {
     }
     serde_json::json!({"name": spec.name, "steps": node(&spec.steps), "queue": spec.queue, "priority": spec.priority})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::FlowSpec;
+    use crate::engine::testing::{Harness, Script};
+    use crate::store::{FlowState, TaskState};
+    use std::time::Duration;
+
+    fn spec(script: &Script, steps: serde_json::Value) -> FlowSpec {
+        serde_json::from_value(serde_json::json!({"input": script, "steps": steps})).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_series_passes_each_output_on_and_ends_with_the_last() {
+        let h = Harness::new().await;
+        let steps = serde_json::json!({"series": [
+            {"id": "a", "plugin": "echo"}, {"id": "b", "plugin": "echo"}, {"id": "c", "plugin": "echo"}
+        ]});
+        let view = h.engine.submit_flow(spec(&Script::Complete(b"hi".to_vec()), steps)).await.unwrap();
+        let done = h.engine.wait_flow(view.flow.id, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(done.flow.state, FlowState::Completed, "{:?}", done.flow);
+        assert_eq!(done.output.as_deref(), Some(&b"hi"[..]));
+        assert!(done.tasks.iter().all(|t| t.state == TaskState::Completed));
+        assert_eq!(h.held("echo"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_failed_step_skips_what_follows_and_fails_the_flow_naming_it() {
+        let h = Harness::new().await;
+        let steps = serde_json::json!({"series": [
+            {"id": "a", "plugin": "echo", "max_attempts": 1}, {"id": "b", "plugin": "echo"}
+        ]});
+        let view = h.engine.submit_flow(spec(&Script::FailTimes(5, Vec::new()), steps)).await.unwrap();
+        let done = h.engine.wait_flow(view.flow.id, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(done.flow.state, FlowState::Failed);
+        let error = done.flow.error.clone().unwrap();
+        assert!(error.starts_with("step `a` failed: trap"), "{error}");
+        let b = done.tasks.iter().find(|t| t.step.as_deref() == Some("b")).unwrap();
+        assert_eq!(b.state, TaskState::Cancelled);
+        assert_eq!(b.history.last().unwrap().reason, "skipped: step `a` ended failed");
+        assert_eq!(b.attempts, 0, "a skipped step never runs");
+    }
+
+    #[tokio::test]
+    async fn a_repeating_flow_runs_each_iteration_then_ends() {
+        let h = Harness::new().await;
+        let mut spec = spec(&Script::Complete(b"x".to_vec()), serde_json::json!({"id": "only", "plugin": "echo"}));
+        spec.repeat = Some(serde_json::from_value(serde_json::json!({"times": 3})).unwrap());
+        let view = h.engine.submit_flow(spec).await.unwrap();
+        let done = h.engine.wait_flow(view.flow.id, Duration::from_secs(10)).await.unwrap();
+        assert_eq!((done.flow.state, done.flow.iteration), (FlowState::Completed, 2));
+        let iterations: Vec<u32> = done.tasks.iter().map(|t| t.iteration).collect();
+        assert_eq!(iterations, [0, 1, 2]);
+    }
+}
