@@ -231,6 +231,11 @@ run_tests() {
   cargo xtask licenses
   say "running the whole test suite"
   cargo test --release
+  say "linting (cargo clippy --all-targets -D warnings) and checking the docs (cargo doc, warnings denied)"
+  if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
+  cargo clippy --all-targets -- -D warnings
+  cargo clippy -p xtask --all-targets -- -D warnings
+  RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p taskhost -p taskhost-sdk -p taskhost-sdk-macros
 }
 
 bench() {

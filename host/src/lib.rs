@@ -12,6 +12,9 @@
 //! - [`wire`] has the JSON shapes the API answers with and callbacks carry;
 //! - [`units`] parses the human sizes and durations the CLI and API accept.
 
+#![warn(missing_docs, unreachable_pub)]
+#![deny(clippy::await_holding_lock)]
+
 pub mod api;
 mod bindings;
 pub mod engine;

@@ -1,6 +1,6 @@
 //! The one debounced file watcher, shared by the plugins directory and the
 //! models file: watches folders (not recursively) and hands over each
-//! changed path once it has been quiet for [`QUIET`], so a file written in
+//! changed path once it has been quiet for `QUIET` (300 ms), so a file written in
 //! place, written then renamed, or still being written is read once. It
 //! runs on its own thread (no async worker waits on it) and stops when its
 //! handle is dropped or its callback says so.

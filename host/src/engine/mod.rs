@@ -8,7 +8,7 @@
 //! tasks, or parking joins), dispatch (the attempt loop and the retry
 //! decision), endings (what a task's end sets off), flows (the flow book,
 //! flow ends and iterations) and administration (cancel, re-submit,
-//! queues, listing). Plugins come through a [`runner`] trait, so all of it
+//! queues, listing). Plugins come through a `runner` trait, so all of it
 //! is tested without wasm.
 
 mod admin;

@@ -2,11 +2,11 @@
 //! persisted in the store, compiled off the async workers on one
 //! low-priority compile thread, with compiled artifacts cached on disk.
 //! It is the one place that knows which versions are loaded: tasks pin the
-//! version they resolved at submission and hold it ([`Registry::hold`])
+//! version they resolved at submission and hold it (`Registry::hold`)
 //! until they end; a version that is neither what its name resolves to nor
 //! held by an unfinished task is unloaded, and reloaded from the artifact
 //! cache when asked for. Operators set capability [`Manifest`]s here, and
-//! [`watch`] loads a watched directory.
+//! `watch` loads a watched directory.
 
 mod manifest;
 mod metrics;

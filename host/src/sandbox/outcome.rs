@@ -243,30 +243,6 @@ pub struct TaskReport {
     pub elapsed: Duration,
 }
 
-#[cfg(test)]
-mod class_tests {
-    use super::FailureClass;
-
-    #[test]
-    fn codes_and_names_are_unique_and_round_trip() {
-        for (i, class) in FailureClass::ALL.into_iter().enumerate() {
-            assert_eq!(FailureClass::from_code(class.code()), Some(class));
-            assert_eq!(class.as_str().parse::<FailureClass>(), Ok(class));
-            assert!(
-                FailureClass::ALL[i + 1..].iter().all(|c| c.code() != class.code() && c.as_str() != class.as_str())
-            );
-            let json = serde_json::to_string(&class).unwrap();
-            assert_eq!(json, format!("\"{}\"", class.as_str()));
-            assert_eq!(serde_json::from_str::<FailureClass>(&json).unwrap(), class);
-            let bytes = postcard::to_stdvec(&class).unwrap();
-            assert_eq!(bytes, [class.code()]);
-            assert_eq!(postcard::from_bytes::<FailureClass>(&bytes).unwrap(), class);
-        }
-        assert!("gremlins".parse::<FailureClass>().is_err());
-        assert!(postcard::from_bytes::<FailureClass>(&[0]).is_err());
-    }
-}
-
 /// Classifies an error raised while instantiating or running the guest.
 pub(crate) fn classify_error(err: wasmtime::Error, state: &TaskState) -> TaskFailure {
     match state.interrupted {
@@ -334,4 +310,28 @@ fn panic_message(stderr: &[u8]) -> Option<String> {
     let message = rest.split_once('\n').map(|(_, m)| m).unwrap_or(rest);
     let message = message.lines().next().unwrap_or("").trim();
     (!message.is_empty()).then(|| message.chars().take(500).collect())
+}
+
+#[cfg(test)]
+mod class_tests {
+    use super::FailureClass;
+
+    #[test]
+    fn codes_and_names_are_unique_and_round_trip() {
+        for (i, class) in FailureClass::ALL.into_iter().enumerate() {
+            assert_eq!(FailureClass::from_code(class.code()), Some(class));
+            assert_eq!(class.as_str().parse::<FailureClass>(), Ok(class));
+            assert!(
+                FailureClass::ALL[i + 1..].iter().all(|c| c.code() != class.code() && c.as_str() != class.as_str())
+            );
+            let json = serde_json::to_string(&class).unwrap();
+            assert_eq!(json, format!("\"{}\"", class.as_str()));
+            assert_eq!(serde_json::from_str::<FailureClass>(&json).unwrap(), class);
+            let bytes = postcard::to_stdvec(&class).unwrap();
+            assert_eq!(bytes, [class.code()]);
+            assert_eq!(postcard::from_bytes::<FailureClass>(&bytes).unwrap(), class);
+        }
+        assert!("gremlins".parse::<FailureClass>().is_err());
+        assert!(postcard::from_bytes::<FailureClass>(&[0]).is_err());
+    }
 }

@@ -229,7 +229,7 @@ async fn a_schema_3_file_gets_typed_failure_classes_on_open() {
     assert_eq!(store.get(Uuid::from_u128(2)).unwrap().unwrap(), plain);
     // The migration built the indexes.
     let failed_only = TaskQuery { state: Some(TaskState::Failed), ..TaskQuery::default() };
-    assert_eq!(store.list(&failed_only, None, 10).unwrap().0, [migrated.clone()]);
+    assert_eq!(store.list(&failed_only, None, 10).unwrap().0, std::slice::from_ref(&migrated));
     let queue = TaskQuery { queue: Some("q".into()), ..TaskQuery::default() };
     assert_eq!(store.list(&queue, None, 10).unwrap().0.len(), 2);
     drop(store);
@@ -248,7 +248,8 @@ async fn an_unknown_stored_class_refuses_the_migration_and_changes_nothing() {
         txn.open_table(TASKS).unwrap().insert(1u128, bytes.as_slice()).unwrap();
         txn.commit().unwrap();
     }
-    let error = Store::open(&path, true).err().expect("the migration is refused").to_string();
+    let Err(error) = Store::open(&path, true) else { panic!("the migration must be refused") };
+    let error = error.to_string();
     assert!(error.contains("`gremlins` is not a failure class"), "{error}");
     let db = redb::Database::create(&path).unwrap();
     let schema = db.begin_read().unwrap().open_table(META).unwrap().get("schema").unwrap().unwrap().value();
