@@ -483,17 +483,22 @@ impl Store {
         let start = after.map_or(0, |id| id.as_u128().saturating_add(1));
         let mut page = Vec::new();
         let mut more = false;
-        let mut visit = |id: u128| -> Result<bool, StoreError> {
-            let Some(value) = tasks.get(id)? else { return Ok(true) };
-            let record: TaskRecord = decode(value.value())?;
+        let mut keep = |record: TaskRecord| -> bool {
             if query.matches(&record) {
                 if page.len() == limit {
                     more = true;
-                    return Ok(false);
+                    return false;
                 }
                 page.push(record);
             }
-            Ok(true)
+            true
+        };
+        // Through an index: each id's record is read from the task table.
+        let mut visit = |id: u128| -> Result<bool, StoreError> {
+            match tasks.get(id)? {
+                Some(value) => Ok(keep(decode(value.value())?)),
+                None => Ok(true),
+            }
         };
         if let Some(state) = query.state {
             let index = txn.open_table(BY_STATE)?;
@@ -517,8 +522,9 @@ impl Store {
                 }
             }
         } else {
+            drop(visit);
             for entry in tasks.range(start..)? {
-                if !visit(entry?.0.value())? {
+                if !keep(decode(entry?.1.value())?) {
                     break;
                 }
             }
