@@ -28,6 +28,7 @@ use std::time::SystemTime;
 
 /// Why a change to the registry was refused. Nothing changed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ModelsError {
     /// The settings are wrong (name, field values).
     #[error("{0}")]

@@ -12,6 +12,7 @@ use super::state::TaskState;
 
 /// Why a plugin could not be loaded. Every variant is an `invalid plugin`.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoadError {
     /// The bytes are not WebAssembly at all.
     #[error("not a WebAssembly binary: the file does not start with the `\\0asm` magic bytes")]
