@@ -20,7 +20,7 @@ use crate::sandbox::{Caller, InferenceError, InferenceService, ModelInfo, RunRes
 use batcher::{Batcher, Policy};
 use config::ModelsFile;
 use futures::future::BoxFuture;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -43,8 +43,10 @@ pub enum ModelsError {
     NotFound(String),
 }
 
-/// One registered model as `GET /v1/models` shows it.
-#[derive(Debug, Clone, Serialize)]
+/// One registered model as `GET /v1/models` shows it (re-exported as a
+/// wire type, [`crate::wire::ModelView`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ModelView {
     /// Registered name.
     pub name: String,
@@ -52,7 +54,7 @@ pub struct ModelView {
     #[serde(flatten)]
     pub spec: ModelSpec,
     /// `ready` or `failed`.
-    pub state: &'static str,
+    pub state: ModelState,
     /// Why it failed to load.
     pub error: Option<String>,
     /// The device it actually runs on (`cpu`, `cuda:0`), when ready.
@@ -72,20 +74,50 @@ pub struct ModelView {
     pub reload_error: Option<String>,
 }
 
+/// Whether a model loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ModelState {
+    /// Loaded: calls run.
+    Ready,
+    /// It failed to load (see `error`); calls are refused.
+    Failed,
+}
+
+impl ModelState {
+    /// The state's name, as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelState::Ready => "ready",
+            ModelState::Failed => "failed",
+        }
+    }
+}
+
+/// Compares with the name (`state == "ready"`), as when it was a string.
+impl PartialEq<&str> for ModelState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// A tensor in a signature: `{"name": "x", "type": "f32", "shape": [-1, 4]}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TensorView {
     /// Name.
     pub name: String,
     /// Element type.
     #[serde(rename = "type")]
-    pub ty: &'static str,
+    pub ty: String,
     /// Dimensions, -1 for any size.
     pub shape: Vec<i64>,
 }
 
 /// The whole registry as `GET /v1/models` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ModelsView {
     /// ONNX Runtime: loaded or why not, and CUDA.
     pub runtime: RuntimeView,
@@ -99,7 +131,8 @@ pub struct ModelsView {
 }
 
 /// [`RuntimeStatus`] for JSON.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RuntimeView {
     /// Whether ONNX Runtime is loaded.
     pub available: bool,
@@ -170,12 +203,16 @@ impl Model {
         let tensors = |specs: &[crate::sandbox::TensorSpec]| {
             specs
                 .iter()
-                .map(|s| TensorView { name: s.name.clone(), ty: signature::type_name(s.ty), shape: s.shape.clone() })
+                .map(|s| TensorView {
+                    name: s.name.clone(),
+                    ty: signature::type_name(s.ty).to_owned(),
+                    shape: s.shape.clone(),
+                })
                 .collect()
         };
         let (state, error, running_on, device_note, inputs, outputs, batched, queued) = match &self.loaded {
             Ok(r) => (
-                "ready",
+                ModelState::Ready,
                 None,
                 Some(r.device.clone()),
                 r.note.clone(),
@@ -184,7 +221,7 @@ impl Model {
                 r.info.batched,
                 r.batcher.queued(),
             ),
-            Err(e) => ("failed", Some(e.clone()), None, None, Vec::new(), Vec::new(), false, 0),
+            Err(e) => (ModelState::Failed, Some(e.clone()), None, None, Vec::new(), Vec::new(), false, 0),
         };
         ModelView {
             name: self.name.clone(),
