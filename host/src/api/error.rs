@@ -1,7 +1,8 @@
 //! The API's error format: `{"error": {"code": "...", "message": "..."}}`
-//! with the matching HTTP status.
+//! ([`crate::wire::ErrorBody`]) with the matching HTTP status.
 
 use crate::engine::EngineError;
+use crate::wire::ErrorBody;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -21,6 +22,11 @@ impl ApiError {
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
+
+    /// The error's body.
+    pub(crate) fn body(self) -> ErrorBody {
+        ErrorBody::new(self.code, self.message)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -29,8 +35,7 @@ impl IntoResponse for ApiError {
             // The client sees the message; the operator must see it too.
             tracing::error!(status = %self.status, code = self.code, message = %self.message, "request failed");
         }
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, axum::Json(body)).into_response()
+        (self.status, axum::Json(self.body())).into_response()
     }
 }
 

@@ -90,7 +90,11 @@ pub(crate) fn render(view: &Value) -> String {
         };
         let step = node["step"].as_str().map(|s| format!(" [{s}]")).unwrap_or_default();
         let timing = node["run_ms"].as_u64().map(|ms| format!("  {ms} ms")).unwrap_or_default();
-        let error = node["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default();
+        let error = &node["error"];
+        let error = error["class"]
+            .as_str()
+            .map(|class| format!("  {class}: {}", error["message"].as_str().unwrap_or_default()))
+            .unwrap_or_default();
         out.push_str(&format!(
             "{}{mark} {} {}{step} {}{timing}{error}\n",
             "  ".repeat(depth + 1),
