@@ -267,3 +267,79 @@ async fn a_finished_task_is_posted_to_its_callback() {
     assert_eq!(posted["state"], "completed");
     assert_eq!(posted["output"], "PING");
 }
+
+/// Runs the `taskhost` binary against the API; returns what it printed.
+async fn cli(api: &Api, args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let server = api.base.clone();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
+            .args(&args)
+            .env("TASKHOST_SERVER", server)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_reads_every_answer_into_its_wire_type() {
+    let api = api().await;
+    let mut input = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut input, b"hi").unwrap();
+    let out = cli(&api, &["submit", "uppercase", "--wait", "--input", input.path().to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, b"HI");
+    let (_, page) = api.get("/v1/tasks?limit=1").await;
+    let id = page["tasks"][0]["id"].as_str().unwrap().to_owned();
+
+    // `status` prints the record; it reads back into the wire type.
+    let out = cli(&api, &["status", &id]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let task: taskhost::wire::Task = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((task.output_bytes().as_deref(), task.output.base64.as_deref()), (Some(&b"HI"[..]), Some("SEk=")));
+    let out = cli(&api, &["tasks"]).await;
+    let listed = text(&out.stdout);
+    assert!(listed.lines().any(|l| l.starts_with(&id) && l.contains("uppercase@1")), "{listed}");
+    let out = cli(&api, &["plugins", "list"]).await;
+    assert!(text(&out.stdout).lines().any(|l| l.starts_with("uppercase ")), "{}", text(&out.stdout));
+    let out = cli(&api, &["plugins", "show", "uppercase"]).await;
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (shown["versions"][0]["state"].as_str(), shown["versions"][0]["tasks"]["completed"].as_u64()),
+        (Some("live"), Some(1))
+    );
+    let out = cli(&api, &["queues", "set", "bulk", "--weight", "2"]).await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&out.stdout).unwrap(),
+        json!({"name": "bulk", "concurrency": null, "weight": 2})
+    );
+    let out = cli(&api, &["queues", "list"]).await;
+    let queues: taskhost::wire::QueueList = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(queues.queues.iter().any(|q| q.name == "bulk" && q.weight == 2), "{queues:?}");
+
+    // Refusals print the error body's code and message.
+    let out = cli(&api, &["cancel", &id]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("error: conflict: "), "{}", text(&out.stderr));
+    let out = cli(&api, &["submit", "nope"]).await;
+    assert!(text(&out.stderr).contains("error: unknown_plugin: unknown plugin `nope`"), "{}", text(&out.stderr));
+
+    // A server that answers something else is named, with what it sent.
+    let odd = axum::Router::new().fallback(|| async { axum::Json(json!({"id": 5})) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, odd).into_future());
+    let elsewhere =
+        Api { base, http: api.http.clone(), engine: api.engine.clone(), _dir: tempfile::tempdir().unwrap() };
+    let out = cli(&elsewhere, &["status", &id]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains(&format!("answered GET /v1/tasks/{id} with something unexpected")), "{stderr}");
+    assert!(stderr.contains(r#"The answer began: {"id":5}"#), "{stderr}");
+}

@@ -462,4 +462,39 @@ async fn flows_over_http_and_in_the_terminal() {
     assert!(body["error"]["message"].as_str().unwrap().contains("unknown field `stepz`"), "{body}");
     let missing = http.get(format!("{base}/v1/flows/{}", Uuid::now_v7())).send().await.unwrap();
     assert_eq!(missing.status().as_u16(), 404);
+
+    // A result that is not JSON comes as `output_base64`, as in a task's
+    // record; a failed step's node has the task record's error object.
+    let spec = json!({"input": "hi", "steps": [
+        {"id": "up", "plugin": "uppercase"},
+        {"id": "bad", "plugin": "fail", "input": "permanent:bad input", "after": ["up"]}
+    ]});
+    let created: Value = post("/v1/flows", spec).await.unwrap().json().await.unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    ended(&engine, id.parse().unwrap()).await;
+    let view: Value = http.get(format!("{base}/v1/flows/{id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(view["state"], "failed");
+    assert_eq!(view["output_base64"], "SEk=", "{view}");
+    assert!(view.get("output").is_none() && view.get("output_text").is_none(), "{view}");
+    assert!(view["error"].as_str().unwrap().starts_with("step `bad` failed: "), "{view}");
+    let node = &view["tree"][1];
+    assert_eq!((node["step"].as_str(), node["state"].as_str()), (Some("bad"), Some("failed")));
+    let error = &node["error"];
+    assert_eq!((error["message"].as_str(), error["retryable"].as_bool()), (Some("bad input"), Some(false)), "{node}");
+    assert!(error["class"].is_string() && error["backtrace"].is_null(), "{node}");
+    let typed: taskhost::wire::Flow = serde_json::from_value(view.clone()).unwrap();
+    assert_eq!(typed.output.bytes().as_deref(), Some(&b"HI"[..]));
+    // The terminal shows the node's error as `class: message`.
+    let server = base.clone();
+    let shown = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_taskhost")).args(["flow", &id, "--server", &server]).output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8(shown.stdout).unwrap();
+    let class = error["class"].as_str().unwrap();
+    let line = format!("  {class}: bad input");
+    assert!(text.lines().any(|l| l.contains("fail [bad] failed") && l.ends_with(&line)), "{text}");
+    assert!(text.contains("  error: step `bad` failed: "), "{text}");
 }

@@ -1,7 +1,8 @@
 //! The API's error format: `{"error": {"code": "...", "message": "..."}}`
-//! with the matching HTTP status.
+//! ([`crate::wire::ErrorBody`]) with the matching HTTP status.
 
 use crate::engine::EngineError;
+use crate::wire::ErrorBody;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -29,6 +30,11 @@ impl ApiError {
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
     }
+
+    /// The error's body.
+    pub(crate) fn body(self) -> ErrorBody {
+        ErrorBody::new(self.code, self.message)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -37,9 +43,9 @@ impl IntoResponse for ApiError {
             // The client sees the message; the operator must see it too.
             tracing::error!(status = %self.status, code = self.code, message = %self.message, "request failed");
         }
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        let mut response = (self.status, axum::Json(body)).into_response();
-        if let Some(seconds) = self.retry_after {
+        let (status, retry_after) = (self.status, self.retry_after);
+        let mut response = (status, axum::Json(self.body())).into_response();
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
         }
         response

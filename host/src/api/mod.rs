@@ -1,5 +1,6 @@
-//! The HTTP API (`taskhost serve`): JSON in and out, every error in one
-//! shape. Handlers only translate; the engine decides.
+//! The HTTP API (`taskhost serve`): JSON in and out, every body one of the
+//! typed [`crate::wire`] structs, every error in one shape. Handlers only
+//! translate; the engine decides.
 
 mod error;
 mod flows;
@@ -8,8 +9,9 @@ mod models;
 pub(crate) use error::ApiError;
 
 use crate::engine::{Engine, ListFilter, NewTask};
-use crate::registry::{MAX_PLUGIN_BYTES, Manifest, VersionState, VersionStatus};
-use crate::store::{QueueConfig, TaskRecord, TaskState};
+use crate::registry::{MAX_PLUGIN_BYTES, Manifest, VersionState};
+use crate::store::{QueueConfig, TaskState};
+use crate::wire;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
@@ -19,7 +21,6 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
-use serde_json::{Value, json};
 use std::time::UNIX_EPOCH;
 use uuid::Uuid;
 
@@ -59,47 +60,21 @@ pub fn router(engine: Engine) -> Router {
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
-async fn healthz(State(engine): State<Engine>) -> Json<Value> {
-    let counts: serde_json::Map<String, Value> =
-        engine.state_counts().into_iter().map(|(s, n)| (s.as_str().to_owned(), json!(n))).collect();
-    Json(json!({"status": "ok", "tasks": counts}))
+async fn healthz(State(engine): State<Engine>) -> Json<wire::Health> {
+    Json(wire::Health::new(&engine.state_counts()))
 }
 
 async fn metrics(State(engine): State<Engine>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], engine.metrics_text()).into_response()
 }
 
-async fn list_plugins(State(engine): State<Engine>) -> ApiResult<Json<Value>> {
-    let mut plugins = Vec::new();
-    for name in engine.plugins() {
-        if let Ok(detail) = engine.plugin_detail(&name) {
-            plugins.push(json!({
-                "name": name,
-                "latest": detail.latest,
-                "versions": detail.versions.iter().map(version_json).collect::<Vec<_>>(),
-            }));
-        }
-    }
-    Ok(Json(json!({"plugins": plugins})))
-}
-
-fn version_json(v: &VersionStatus) -> Value {
-    let (state, reason) = match &v.state {
-        VersionState::Compiling => ("compiling", None),
-        VersionState::Live => ("live", None),
-        VersionState::Failed(reason) => ("failed", Some(reason.clone())),
-    };
-    json!({
-        "version": v.info.version,
-        "digest": v.info.digest,
-        "size": v.info.size,
-        "created_at": time(v.info.created_at_ms),
-        "state": state,
-        "reason": reason,
-        "load_ms": v.load_time.map(|d| d.as_secs_f64() * 1e3),
-        "from_cache": v.from_cache,
-        "loaded": v.loaded,
-    })
+async fn list_plugins(State(engine): State<Engine>) -> ApiResult<Json<wire::PluginList>> {
+    let plugins = engine
+        .plugins()
+        .into_iter()
+        .filter_map(|name| engine.plugin_detail(&name).ok().map(|detail| wire::PluginSummary::new(&name, &detail)))
+        .collect();
+    Ok(Json(wire::PluginList::new(plugins)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,183 +102,130 @@ async fn add_plugin(
         (true, VersionState::Compiling) => StatusCode::ACCEPTED,
         (true, _) => StatusCode::CREATED,
     };
-    let mut body = version_json(&status);
-    body["name"] = json!(name);
-    body["created"] = json!(created);
-    Ok((code, Json(body)).into_response())
+    Ok((code, Json(wire::PluginAdded::new(&name, &status, created))).into_response())
 }
 
-async fn get_plugin(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_plugin(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult<Json<wire::Plugin>> {
     let (detail, counts) = engine.plugin(&name)?;
-    let versions: Vec<Value> = detail
-        .versions
-        .iter()
-        .map(|v| {
-            let mut j = version_json(v);
-            let tasks: serde_json::Map<String, Value> = counts
-                .iter()
-                .filter(|((version, _), _)| *version == v.info.version)
-                .map(|((_, state), n)| (state.as_str().to_owned(), json!(n)))
-                .collect();
-            j["tasks"] = Value::Object(tasks);
-            j
-        })
-        .collect();
-    let manifest = detail.manifest.as_ref().and_then(|m| m.to_toml().ok());
-    Ok(Json(json!({
-        "name": name,
-        "latest": detail.latest,
-        "versions": versions,
-        "manifest": manifest,
-        "watch_error": detail.watch_error,
-    })))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LatestBody {
-    version: String,
+    Ok(Json(wire::Plugin::new(&name, &detail, &counts)))
 }
 
 async fn set_latest(
     State(engine): State<Engine>,
     Path(name): Path<String>,
-    body: Result<Json<LatestBody>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    body: Result<Json<wire::LatestChange>, JsonRejection>,
+) -> ApiResult<Json<wire::PluginLatest>> {
     let Json(body) = body?;
     engine.set_latest(&name, &body.version).await?;
-    Ok(Json(json!({"name": name, "latest": body.version})))
+    Ok(Json(wire::PluginLatest::new(name, body.version)))
 }
 
 async fn delete_version(
     State(engine): State<Engine>,
     Path((name, version)): Path<(String, String)>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::VersionDeleted>> {
     engine.delete_plugin_version(&name, &version).await?;
-    Ok(Json(json!({"name": name, "deleted": version})))
+    Ok(Json(wire::VersionDeleted::new(name, version)))
 }
 
 async fn put_manifest(
     State(engine): State<Engine>,
     Path(name): Path<String>,
     body: Result<String, axum::extract::rejection::StringRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::ManifestSet>> {
     let text = body.map_err(|e| ApiError::invalid(format!("the manifest must be UTF-8 TOML: {}", e.body_text())))?;
     let manifest = if text.trim().is_empty() { None } else { Some(Manifest::parse(&text).map_err(ApiError::invalid)?) };
     engine.set_manifest(&name, manifest).await?;
-    Ok(Json(json!({"name": name, "manifest": text})))
+    Ok(Json(wire::ManifestSet::new(name, text)))
 }
 
-/// `POST /v1/tasks` body.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(crate) struct SubmitBody {
-    plugin: String,
-    input: Option<Value>,
-    input_base64: Option<String>,
-    queue: Option<String>,
-    priority: Option<i64>,
-    idempotency_key: Option<String>,
-    max_attempts: Option<i64>,
-    timeout_ms: Option<u64>,
-    fuel: Option<u64>,
-    memory_bytes: Option<u64>,
-    delay_ms: Option<u64>,
-    run_at: Option<String>,
-    callback_url: Option<String>,
-}
-
-impl SubmitBody {
-    fn into_task(self) -> Result<NewTask, ApiError> {
-        let input = match (self.input, self.input_base64) {
-            (Some(_), Some(_)) => {
-                return Err(ApiError::invalid("give either input or input_base64, not both"));
-            }
-            (Some(value), None) => serde_json::to_vec(&value).expect("JSON values serialise"),
-            (None, Some(b64)) => BASE64
-                .decode(b64.as_bytes())
-                .map_err(|e| ApiError::invalid(format!("input_base64 is not base64: {e}")))?,
-            (None, None) => Vec::new(),
-        };
-        let priority = self
-            .priority
-            .map(|p| {
-                u8::try_from(p).ok().filter(|p| *p <= 9).ok_or_else(|| {
-                    ApiError::invalid(format!("priority {p} is out of range: expected 0-9 (higher runs first)"))
-                })
-            })
-            .transpose()?;
-        let max_attempts = self
-            .max_attempts
-            .map(|m| {
-                u32::try_from(m)
-                    .ok()
-                    .filter(|m| (1..=100).contains(m))
-                    .ok_or_else(|| ApiError::invalid(format!("max_attempts {m} is out of range: expected 1-100")))
-            })
-            .transpose()?;
-        if self.timeout_ms == Some(0) {
-            return Err(ApiError::invalid("timeout_ms must be greater than zero"));
+/// A submission ([`wire::TaskSubmission`]) checked and turned into the
+/// engine's [`NewTask`].
+fn new_task(body: wire::TaskSubmission) -> Result<NewTask, ApiError> {
+    let input = match (body.input, body.input_base64) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid("give either input or input_base64, not both"));
         }
-        let run_at_ms = self
-            .run_at
-            .map(|text| {
-                humantime::parse_rfc3339_weak(&text)
-                    .map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64)
-                    .map_err(|e| {
-                        ApiError::invalid(format!(
-                            "run_at `{text}` is not an RFC 3339 time ({e}), e.g. 2026-01-31T12:00:00Z"
-                        ))
-                    })
+        (Some(value), None) => serde_json::to_vec(&value).expect("JSON values serialise"),
+        (None, Some(b64)) => {
+            BASE64.decode(b64.as_bytes()).map_err(|e| ApiError::invalid(format!("input_base64 is not base64: {e}")))?
+        }
+        (None, None) => Vec::new(),
+    };
+    let priority = body
+        .priority
+        .map(|p| {
+            u8::try_from(p).ok().filter(|p| *p <= 9).ok_or_else(|| {
+                ApiError::invalid(format!("priority {p} is out of range: expected 0-9 (higher runs first)"))
             })
-            .transpose()?;
-        Ok(NewTask {
-            plugin: self.plugin,
-            input,
-            queue: self.queue,
-            priority,
-            idempotency_key: self.idempotency_key,
-            max_attempts,
-            timeout_ms: self.timeout_ms,
-            fuel: self.fuel,
-            memory_bytes: self.memory_bytes,
-            delay_ms: self.delay_ms,
-            run_at_ms,
-            callback_url: self.callback_url,
-            parent_id: None,
         })
+        .transpose()?;
+    let max_attempts = body
+        .max_attempts
+        .map(|m| {
+            u32::try_from(m)
+                .ok()
+                .filter(|m| (1..=100).contains(m))
+                .ok_or_else(|| ApiError::invalid(format!("max_attempts {m} is out of range: expected 1-100")))
+        })
+        .transpose()?;
+    if body.timeout_ms == Some(0) {
+        return Err(ApiError::invalid("timeout_ms must be greater than zero"));
     }
+    let run_at_ms = body
+        .run_at
+        .map(|text| {
+            humantime::parse_rfc3339_weak(&text)
+                .map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64)
+                .map_err(|e| {
+                    ApiError::invalid(format!(
+                        "run_at `{text}` is not an RFC 3339 time ({e}), e.g. 2026-01-31T12:00:00Z"
+                    ))
+                })
+        })
+        .transpose()?;
+    Ok(NewTask {
+        plugin: body.plugin,
+        input,
+        queue: body.queue,
+        priority,
+        idempotency_key: body.idempotency_key,
+        max_attempts,
+        timeout_ms: body.timeout_ms,
+        fuel: body.fuel,
+        memory_bytes: body.memory_bytes,
+        delay_ms: body.delay_ms,
+        run_at_ms,
+        callback_url: body.callback_url,
+        parent_id: None,
+    })
 }
 
-async fn submit(State(engine): State<Engine>, body: Result<Json<SubmitBody>, JsonRejection>) -> ApiResult<Response> {
+async fn submit(
+    State(engine): State<Engine>,
+    body: Result<Json<wire::TaskSubmission>, JsonRejection>,
+) -> ApiResult<Response> {
     let Json(body) = body?;
-    let submitted = engine.submit(body.into_task()?).await?;
+    let submitted = engine.submit(new_task(body)?).await?;
     let status = if submitted.created { StatusCode::CREATED } else { StatusCode::OK };
-    let record = &submitted.record;
-    Ok((status, Json(json!({"id": record.id, "state": record.state, "created": submitted.created}))).into_response())
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBody {
-    tasks: Vec<Value>,
+    Ok((status, Json(wire::Submitted::from(&submitted))).into_response())
 }
 
 async fn submit_batch(
     State(engine): State<Engine>,
-    body: Result<Json<BatchBody>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    body: Result<Json<wire::BatchSubmission>, JsonRejection>,
+) -> ApiResult<Json<wire::BatchAnswer>> {
     let Json(body) = body?;
     if body.tasks.len() > MAX_BATCH {
         return Err(ApiError::invalid(format!("{} tasks in one batch; at most {MAX_BATCH}", body.tasks.len())));
     }
     // Each item is validated and answered on its own.
-    let mut slots: Vec<Option<Value>> = vec![None; body.tasks.len()];
+    let mut slots: Vec<Option<wire::BatchItem>> = vec![None; body.tasks.len()];
     let mut tasks = Vec::new();
     for (i, item) in body.tasks.into_iter().enumerate() {
-        let parsed = serde_json::from_value::<SubmitBody>(item)
+        let parsed = serde_json::from_value::<wire::TaskSubmission>(item)
             .map_err(|e| ApiError::invalid(format!("the task does not fit: {e}")))
-            .and_then(SubmitBody::into_task);
+            .and_then(new_task);
         match parsed {
             Ok(task) => tasks.push((i, task)),
             Err(e) => slots[i] = Some(item_error(e)),
@@ -312,48 +234,45 @@ async fn submit_batch(
     let (indexes, tasks): (Vec<usize>, Vec<NewTask>) = tasks.into_iter().unzip();
     for (i, result) in indexes.into_iter().zip(engine.submit_batch(tasks).await) {
         slots[i] = Some(match result {
-            Ok(s) => json!({"id": s.record.id, "state": s.record.state, "created": s.created}),
+            Ok(s) => wire::BatchItem::Submitted(wire::Submitted::from(&s)),
             Err(e) => item_error(e.into()),
         });
     }
-    Ok(Json(json!({"results": slots})))
+    // Every slot is filled: each item was refused or submitted.
+    Ok(Json(wire::BatchAnswer::new(slots.into_iter().flatten().collect())))
 }
 
 /// One batch item's error: the same shape as a whole-request error, with
 /// the status it would have had.
-fn item_error(e: ApiError) -> Value {
-    json!({"status": e.status.as_u16(), "error": {"code": e.code, "message": e.message}})
+fn item_error(e: ApiError) -> wire::BatchItem {
+    let status = e.status.as_u16();
+    wire::BatchItem::Refused(wire::BatchRefusal::new(status, e.body().error))
 }
 
 pub(crate) fn parse_id(text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|e| ApiError::invalid(format!("`{text}` is not a task id (a UUID): {e}")))
 }
 
-async fn get_task(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_task(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<wire::Task>> {
     let id = parse_id(&id)?;
     let record = engine.get(id)?;
     let output = if record.state == TaskState::Completed { engine.output(id)? } else { None };
-    Ok(Json(task_json(&record, output.as_deref())))
+    Ok(Json(wire::Task::new(&record, output.as_deref())))
 }
 
-async fn history(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn history(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<wire::History>> {
     let record = engine.get(parse_id(&id)?)?;
-    let history: Vec<Value> = record
-        .history
-        .iter()
-        .map(|t| json!({"at": time(t.at_ms), "from": t.from, "to": t.to, "attempt": t.attempt, "reason": t.reason}))
-        .collect();
-    Ok(Json(json!({"id": record.id, "history": history})))
+    Ok(Json(wire::History::new(&record)))
 }
 
-async fn cancel(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn cancel(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<wire::Task>> {
     let record = engine.cancel(parse_id(&id)?).await?;
-    Ok(Json(task_json(&record, None)))
+    Ok(Json(wire::Task::new(&record, None)))
 }
 
-async fn resubmit(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn resubmit(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<wire::Task>> {
     let record = engine.resubmit(parse_id(&id)?).await?;
-    Ok(Json(task_json(&record, None)))
+    Ok(Json(wire::Task::new(&record, None)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -369,7 +288,7 @@ struct ListQuery {
 async fn list_tasks(
     State(engine): State<Engine>,
     query: Result<Query<ListQuery>, QueryRejection>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<wire::TaskPage>> {
     let Query(query) = query?;
     let state = query
         .state
@@ -386,43 +305,20 @@ async fn list_tasks(
     let cursor = query.cursor.as_deref().map(parse_id).transpose()?;
     let filter = ListFilter { state, queue: query.queue, plugin: query.plugin, limit: query.limit, cursor };
     let (page, next) = engine.list(&filter)?;
-    let tasks: Vec<Value> = page.iter().map(|r| task_json(r, None)).collect();
-    Ok(Json(json!({"tasks": tasks, "next_cursor": next})))
+    Ok(Json(wire::TaskPage::new(&page, next)))
 }
 
-async fn list_queues(State(engine): State<Engine>) -> Json<Value> {
-    let queues: Vec<Value> = engine
-        .queues()
-        .into_iter()
-        .map(|q| {
-            json!({"name": q.name, "concurrency": q.config.concurrency, "weight": q.config.weight,
-                   "ready": q.ready, "delayed": q.delayed, "running": q.running})
-        })
-        .collect();
-    Json(json!({"queues": queues}))
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct QueueBody {
-    concurrency: Option<u32>,
-    weight: Option<u32>,
+async fn list_queues(State(engine): State<Engine>) -> Json<wire::QueueList> {
+    Json(wire::QueueList::new(&engine.queues()))
 }
 
 async fn set_queue(
     State(engine): State<Engine>,
     Path(name): Path<String>,
-    body: Result<Json<QueueBody>, JsonRejection>,
-) -> ApiResult<Json<Value>> {
+    body: Result<Json<wire::QueueChange>, JsonRejection>,
+) -> ApiResult<Json<wire::QueueSettings>> {
     let Json(body) = body?;
     let config = QueueConfig { concurrency: body.concurrency, weight: body.weight.unwrap_or(1) };
     engine.set_queue(&name, config.clone()).await?;
-    Ok(Json(json!({"name": name, "concurrency": config.concurrency, "weight": config.weight})))
+    Ok(Json(wire::QueueSettings::new(name, &config)))
 }
-
-/// A task record as the API shows it (see [`crate::wire::Task`]).
-pub(crate) fn task_json(record: &TaskRecord, output: Option<&[u8]>) -> Value {
-    serde_json::to_value(crate::wire::Task::new(record, output)).expect("a task view always encodes")
-}
-
-pub(crate) use crate::wire::time;

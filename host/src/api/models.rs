@@ -69,5 +69,5 @@ pub(super) async fn remove(State(engine): State<Engine>, Path(name): Path<String
     tokio::task::spawn_blocking(move || models.remove(&removed))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
-    Ok(Json(serde_json::json!({"removed": name})).into_response())
+    Ok(Json(crate::wire::ModelRemoved::new(name)).into_response())
 }

@@ -1,16 +1,21 @@
 //! The client commands (`submit`, `status`, `cancel`, `tasks`, `plugins`,
-//! `queues`): thin wrappers over the HTTP API.
+//! `queues`): thin wrappers over the HTTP API, reading every answer into
+//! its typed [`taskhost::wire`] struct.
 
 use super::{EXIT_TASK_FAILED, EXIT_USAGE, fail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::io::{BufRead, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use taskhost::store::TaskState;
+use taskhost::wire;
 
 /// How to reach the server.
 #[derive(Debug, Args, Clone)]
@@ -170,31 +175,59 @@ impl Client {
         Self { base: server.server.trim_end_matches('/').to_owned(), http: reqwest::Client::new() }
     }
 
-    async fn call(&self, request: reqwest::RequestBuilder) -> CallResult<Value> {
-        let response = request.send().await.map_err(|e| {
+    /// Sends `request` and reads a success into `T`; an error answer
+    /// becomes its `code: message`, and an answer that is not a `T` says
+    /// what did not fit.
+    async fn call<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> CallResult<T> {
+        let request = request.build().map_err(|e| Failure(EXIT_USAGE, format!("cannot build the request: {e}")))?;
+        let what = format!("{} {}", request.method(), request.url().path());
+        let response = self.http.execute(request).await.map_err(|e| {
             Failure(EXIT_USAGE, format!("cannot reach taskhost at {}: {e} (is `taskhost serve` running?)", self.base))
         })?;
         let status = response.status();
-        let body: Value = response.json().await.unwrap_or(Value::Null);
-        if status.is_success() {
-            Ok(body)
-        } else {
-            let code = body["error"]["code"].as_str().unwrap_or("error");
-            let message = body["error"]["message"].as_str().map_or_else(|| status.to_string(), str::to_owned);
-            Err(Failure(EXIT_TASK_FAILED, format!("{code}: {message}")))
+        let body = response.bytes().await.unwrap_or_default();
+        if !status.is_success() {
+            let message = match serde_json::from_slice::<wire::ErrorBody>(&body) {
+                Ok(answer) => answer.error.to_string(),
+                Err(_) => format!("error: {status}"),
+            };
+            return Err(Failure(EXIT_TASK_FAILED, message));
         }
+        serde_json::from_slice(&body).map_err(|e| {
+            let start = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            Failure(
+                EXIT_USAGE,
+                format!(
+                    "taskhost at {} answered {what} with something unexpected ({e}); is it the same version as \
+                     this client? The answer began: {start}",
+                    self.base
+                ),
+            )
+        })
     }
 
-    pub(crate) async fn get(&self, path: &str) -> CallResult<Value> {
-        self.call(self.http.get(format!("{}{path}", self.base))).await
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
     }
 
-    pub(crate) async fn delete(&self, path: &str) -> CallResult<Value> {
-        self.call(self.http.delete(format!("{}{path}", self.base))).await
+    /// `GET path`, read into `T`.
+    pub(crate) async fn get_json<T: DeserializeOwned>(&self, path: &str) -> CallResult<T> {
+        self.call(self.http.get(self.url(path))).await
     }
 
-    pub(crate) async fn post(&self, path: &str, body: &Value) -> CallResult<Value> {
-        self.call(self.http.post(format!("{}{path}", self.base)).json(body)).await
+    /// `DELETE path`, read into `T`.
+    pub(crate) async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> CallResult<T> {
+        self.call(self.http.delete(self.url(path))).await
+    }
+
+    /// `POST path` with a JSON body, read into `T`.
+    pub(crate) async fn post_json<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> CallResult<T> {
+        self.call(self.http.post(self.url(path)).json(body)).await
+    }
+
+    /// `PUT path` with a JSON body, read into `T`.
+    pub(crate) async fn put_json<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> CallResult<T> {
+        self.call(self.http.put(self.url(path)).json(body)).await
     }
 }
 
@@ -202,8 +235,11 @@ pub(crate) fn done(result: CallResult<ExitCode>) -> ExitCode {
     result.unwrap_or_else(|Failure(code, message)| fail(code, &message))
 }
 
-pub(crate) fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+/// Prints an answer as pretty JSON, keys sorted (as printing the untyped
+/// JSON did).
+pub(crate) fn print_json(value: &impl Serialize) {
+    let value = serde_json::to_value(value).unwrap_or_default();
+    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
 }
 
 pub(crate) async fn submit(args: SubmitArgs) -> ExitCode {
@@ -216,19 +252,14 @@ async fn submit_inner(args: SubmitArgs) -> CallResult<ExitCode> {
         return submit_batch(&client, &args.plugin, batch).await;
     }
     let input = read_input(args.input.as_deref()).map_err(|m| Failure(EXIT_USAGE, m))?;
-    let mut body = json!({"plugin": args.plugin, "input_base64": BASE64.encode(&input)});
-    for (key, value) in [
-        ("queue", args.queue.map(Value::from)),
-        ("priority", args.priority.map(Value::from)),
-        ("idempotency_key", args.key.map(Value::from)),
-        ("max_attempts", args.max_attempts.map(Value::from)),
-    ] {
-        if let Some(value) = value {
-            body[key] = value;
-        }
-    }
-    let submitted = client.post("/v1/tasks", &body).await?;
-    let id = submitted["id"].as_str().unwrap_or_default().to_owned();
+    let mut body = wire::TaskSubmission::new(args.plugin);
+    body.input_base64 = Some(BASE64.encode(&input));
+    body.queue = args.queue;
+    body.priority = args.priority;
+    body.idempotency_key = args.key;
+    body.max_attempts = args.max_attempts;
+    let submitted: wire::Submitted = client.post_json("/v1/tasks", &body).await?;
+    let id = submitted.id;
     if !args.wait {
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
@@ -238,35 +269,33 @@ async fn submit_inner(args: SubmitArgs) -> CallResult<ExitCode> {
         spinner.enable_steady_tick(Duration::from_millis(100));
     }
     let record = loop {
-        let record = client.get(&format!("/v1/tasks/{id}")).await?;
-        let state = record["state"].as_str().unwrap_or("?").to_owned();
-        spinner.set_message(format!("{id}: {state} (attempt {})", record["attempts"]));
-        if matches!(state.as_str(), "completed" | "failed" | "cancelled") {
+        let record: wire::Task = client.get_json(&format!("/v1/tasks/{id}")).await?;
+        spinner.set_message(format!("{id}: {} (attempt {})", record.state, record.attempts));
+        if record.state.is_terminal() {
             break record;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     spinner.finish_and_clear();
-    match record["state"].as_str() {
-        Some("completed") => {
-            let bytes = match (&record["output"], record["output_base64"].as_str()) {
-                (_, Some(b64)) => BASE64.decode(b64).unwrap_or_default(),
-                (Value::Null, None) => Vec::new(),
-                (Value::String(s), None) => s.clone().into_bytes(),
-                (other, None) => other.to_string().into_bytes(),
-            };
-            let _ = std::io::stdout().write_all(&bytes);
-            Ok(ExitCode::SUCCESS)
-        }
-        Some(state) => {
-            let error = &record["error"];
-            let detail = match error["class"].as_str() {
-                Some(class) => format!("{class}: {}", error["message"].as_str().unwrap_or("")),
-                None => "cancelled".into(),
-            };
-            Err(Failure(EXIT_TASK_FAILED, format!("task {id} {state}: {detail}")))
-        }
-        None => Err(Failure(EXIT_TASK_FAILED, "the server sent a record without a state".into())),
+    if record.state == TaskState::Completed {
+        let _ = std::io::stdout().write_all(&printed_output(&record.output));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let detail = match &record.error {
+        Some(error) => format!("{}: {}", error.class, error.message),
+        None => "cancelled".into(),
+    };
+    Err(Failure(EXIT_TASK_FAILED, format!("task {id} {}: {detail}", record.state)))
+}
+
+/// The bytes `submit --wait` prints: raw bytes as they were, a JSON string
+/// as its text, other JSON as its text, nothing for no output or `null`.
+fn printed_output(output: &wire::Output) -> Vec<u8> {
+    match (&output.json, &output.base64) {
+        (_, Some(b64)) => BASE64.decode(b64).unwrap_or_default(),
+        (None | Some(Value::Null), None) => Vec::new(),
+        (Some(Value::String(s)), None) => s.clone().into_bytes(),
+        (Some(other), None) => other.to_string().into_bytes(),
     }
 }
 
@@ -295,13 +324,20 @@ async fn submit_batch(client: &Client, plugin: &str, path: &std::path::Path) -> 
     );
     let (mut accepted, mut rejected) = (0usize, Vec::new());
     for chunk in tasks.chunks(1000) {
-        let response = client.post("/v1/tasks:batch", &json!({"tasks": chunk})).await?;
-        for result in response["results"].as_array().into_iter().flatten() {
-            if result.get("id").is_some() {
-                accepted += 1;
-                println!("{}", result["id"].as_str().unwrap_or_default());
-            } else {
-                rejected.push(format!("{}: {}", result["error"]["code"], result["error"]["message"]));
+        let body = wire::BatchSubmission::new(chunk.to_vec());
+        let answer: wire::BatchAnswer = client.post_json("/v1/tasks:batch", &body).await?;
+        for result in &answer.results {
+            match result {
+                wire::BatchItem::Submitted(submitted) => {
+                    accepted += 1;
+                    println!("{}", submitted.id);
+                }
+                wire::BatchItem::Refused(refused) => {
+                    // Code and message quoted, as JSON strings.
+                    let (code, message) = (json!(refused.error.code), json!(refused.error.message));
+                    rejected.push(format!("{code}: {message}"));
+                }
+                other => rejected.push(format!("an answer this client does not know: {other:?}")),
             }
         }
         bar.inc(chunk.len() as u64);
@@ -317,7 +353,8 @@ async fn submit_batch(client: &Client, plugin: &str, path: &std::path::Path) -> 
 pub(crate) async fn status(args: IdArgs) -> ExitCode {
     done(
         async {
-            print_json(&Client::new(&args.server).get(&format!("/v1/tasks/{}", args.id)).await?);
+            let task: wire::Task = Client::new(&args.server).get_json(&format!("/v1/tasks/{}", args.id)).await?;
+            print_json(&task);
             Ok(ExitCode::SUCCESS)
         }
         .await,
@@ -327,8 +364,9 @@ pub(crate) async fn status(args: IdArgs) -> ExitCode {
 pub(crate) async fn cancel(args: IdArgs) -> ExitCode {
     done(
         async {
-            let record = Client::new(&args.server).post(&format!("/v1/tasks/{}/cancel", args.id), &json!({})).await?;
-            println!("{} {}", record["id"].as_str().unwrap_or_default(), record["state"].as_str().unwrap_or_default());
+            let record: wire::Task =
+                Client::new(&args.server).post_json(&format!("/v1/tasks/{}/cancel", args.id), &json!({})).await?;
+            println!("{} {}", record.id, record.state);
             Ok(ExitCode::SUCCESS)
         }
         .await,
@@ -344,21 +382,18 @@ pub(crate) async fn tasks(args: TasksArgs) -> ExitCode {
                     query.push(format!("{key}={value}"));
                 }
             }
-            let page = Client::new(&args.server).get(&format!("/v1/tasks?{}", query.join("&"))).await?;
+            let page: wire::TaskPage =
+                Client::new(&args.server).get_json(&format!("/v1/tasks?{}", query.join("&"))).await?;
             println!("{:<36}  {:<9}  {:<12}  {:<16}  {:>3}  {:>7}", "ID", "STATE", "QUEUE", "PLUGIN", "PRI", "ATTEMPT");
-            for task in page["tasks"].as_array().into_iter().flatten() {
+            for task in &page.tasks {
                 println!(
                     "{:<36}  {:<9}  {:<12}  {:<16}  {:>3}  {:>7}",
-                    task["id"].as_str().unwrap_or_default(),
-                    task["state"].as_str().unwrap_or_default(),
-                    task["queue"].as_str().unwrap_or_default(),
-                    format!(
-                        "{}@{}",
-                        task["plugin"].as_str().unwrap_or_default(),
-                        task["plugin_version"].as_str().unwrap_or_default()
-                    ),
-                    task["priority"],
-                    format!("{}/{}", task["attempts"], task["max_attempts"]),
+                    task.id.to_string(),
+                    task.state,
+                    task.queue,
+                    format!("{}@{}", task.plugin, task.plugin_version),
+                    task.priority,
+                    format!("{}/{}", task.attempts, task.max_attempts),
                 );
             }
             Ok(ExitCode::SUCCESS)
@@ -378,30 +413,30 @@ pub(crate) async fn plugins(command: PluginsCommand) -> ExitCode {
                         file.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
                     });
                     let client = Client::new(&server);
-                    let url = format!("{}/v1/plugins/{name}", client.base);
+                    let url = client.url(&format!("/v1/plugins/{name}"));
                     let query: Vec<(&str, String)> = version.map(|v| ("version", v)).into_iter().collect();
-                    let added = client.call(client.http.post(url).query(&query).body(bytes)).await?;
+                    let added: wire::PluginAdded = client.call(client.http.post(url).query(&query).body(bytes)).await?;
                     println!(
                         "{}@{} sha256:{}{}",
-                        added["name"].as_str().unwrap_or_default(),
-                        added["version"].as_str().unwrap_or_default(),
-                        added["digest"].as_str().unwrap_or_default(),
-                        if added["created"] == json!(false) { " (unchanged: identical bytes)" } else { "" }
+                        added.name,
+                        added.version.version,
+                        added.version.digest,
+                        if added.created { "" } else { " (unchanged: identical bytes)" }
                     );
                 }
                 PluginsCommand::Show { name, server } => {
-                    print_json(&Client::new(&server).get(&format!("/v1/plugins/{name}")).await?);
+                    let plugin: wire::Plugin = Client::new(&server).get_json(&format!("/v1/plugins/{name}")).await?;
+                    print_json(&plugin);
                 }
                 PluginsCommand::Rollback { name, version, server } => {
-                    let client = Client::new(&server);
-                    let url = format!("{}/v1/plugins/{name}/latest", client.base);
-                    client.call(client.http.put(url).json(&json!({"version": version}))).await?;
+                    let path = format!("/v1/plugins/{name}/latest");
+                    let _: wire::PluginLatest =
+                        Client::new(&server).put_json(&path, &wire::LatestChange::new(&version)).await?;
                     println!("{name} now resolves to {name}@{version}");
                 }
                 PluginsCommand::Delete { name, version, server } => {
-                    let client = Client::new(&server);
-                    let url = format!("{}/v1/plugins/{name}/versions/{version}", client.base);
-                    client.call(client.http.delete(url)).await?;
+                    let path = format!("/v1/plugins/{name}/versions/{version}");
+                    let _: wire::VersionDeleted = Client::new(&server).delete_json(&path).await?;
                     println!("deleted {name}@{version}");
                 }
                 PluginsCommand::Manifest { name, file, server } => {
@@ -413,24 +448,20 @@ pub(crate) async fn plugins(command: PluginsCommand) -> ExitCode {
                         })?
                     };
                     let client = Client::new(&server);
-                    let url = format!("{}/v1/plugins/{name}/manifest", client.base);
-                    client.call(client.http.put(url).body(text)).await?;
+                    let url = client.url(&format!("/v1/plugins/{name}/manifest"));
+                    let _: wire::ManifestSet = client.call(client.http.put(url).body(text)).await?;
                     println!("manifest of {name} updated");
                 }
                 PluginsCommand::List { server } => {
-                    let list = Client::new(&server).get("/v1/plugins").await?;
+                    let list: wire::PluginList = Client::new(&server).get_json("/v1/plugins").await?;
                     println!("{:<24}  {:<8}  {:>8}  DIGEST", "NAME", "LATEST", "VERSIONS");
-                    for plugin in list["plugins"].as_array().into_iter().flatten() {
-                        let versions = plugin["versions"].as_array().map_or(0, Vec::len);
-                        let digest = plugin["versions"]
-                            .as_array()
-                            .and_then(|v| v.last())
-                            .map(|v| v["digest"].as_str().unwrap_or_default().to_owned())
-                            .unwrap_or_default();
+                    for plugin in &list.plugins {
+                        let digest = plugin.versions.last().map(|v| v.digest.as_str()).unwrap_or_default();
                         println!(
-                            "{:<24}  {:<8}  {versions:>8}  {}",
-                            plugin["name"].as_str().unwrap_or_default(),
-                            plugin["latest"].as_str().unwrap_or_default(),
+                            "{:<24}  {:<8}  {:>8}  {}",
+                            plugin.name,
+                            plugin.latest.as_deref().unwrap_or_default(),
+                            plugin.versions.len(),
                             &digest[..digest.len().min(16)]
                         );
                     }
@@ -447,12 +478,15 @@ pub(crate) async fn queues(command: QueuesCommand) -> ExitCode {
         async {
             match command {
                 QueuesCommand::Set { name, concurrency, weight, server } => {
-                    let client = Client::new(&server);
-                    let body = json!({"concurrency": concurrency, "weight": weight});
-                    let url = format!("{}/v1/queues/{name}", client.base);
-                    print_json(&client.call(client.http.put(url).json(&body)).await?);
+                    let body = wire::QueueChange::new(concurrency, weight);
+                    let settings: wire::QueueSettings =
+                        Client::new(&server).put_json(&format!("/v1/queues/{name}"), &body).await?;
+                    print_json(&settings);
                 }
-                QueuesCommand::List { server } => print_json(&Client::new(&server).get("/v1/queues").await?),
+                QueuesCommand::List { server } => {
+                    let queues: wire::QueueList = Client::new(&server).get_json("/v1/queues").await?;
+                    print_json(&queues);
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

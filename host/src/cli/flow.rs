@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use taskhost::store::{FlowState, TaskState};
+use taskhost::wire::{Flow, FlowNode};
 
 #[derive(Debug, Args)]
 pub(crate) struct FlowArgs {
@@ -36,22 +38,21 @@ pub(crate) async fn flow(args: FlowArgs) -> ExitCode {
 
 async fn flow_inner(args: FlowArgs) -> Result<ExitCode, Failure> {
     let client = Client::new(&args.server);
-    let mut view = match (&args.submit, &args.id) {
+    let mut view: Flow = match (&args.submit, &args.id) {
         (Some(path), _) => {
             let text = super::client::read_input(Some(path)).map_err(|e| Failure(EXIT_USAGE, e))?;
             let spec: Value = serde_json::from_slice(&text)
                 .map_err(|e| Failure(EXIT_USAGE, format!("{} is not JSON: {e}", path.display())))?;
-            client.post("/v1/flows", &spec).await?
+            client.post_json("/v1/flows", &spec).await?
         }
-        (None, Some(id)) if args.cancel => client.post(&format!("/v1/flows/{id}/cancel"), &json!({})).await?,
-        (None, Some(id)) => client.get(&format!("/v1/flows/{id}")).await?,
+        (None, Some(id)) if args.cancel => client.post_json(&format!("/v1/flows/{id}/cancel"), &json!({})).await?,
+        (None, Some(id)) => client.get_json(&format!("/v1/flows/{id}")).await?,
         (None, None) => return Err(Failure(EXIT_USAGE, "give a flow id, or --submit FILE".into())),
     };
     if args.wait {
-        let id = view["id"].as_str().unwrap_or_default().to_owned();
-        while view["state"] == "running" {
+        while view.state == FlowState::Running {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            view = client.get(&format!("/v1/flows/{id}")).await?;
+            view = client.get_json(&format!("/v1/flows/{}", view.id)).await?;
         }
     }
     if args.json {
@@ -59,50 +60,50 @@ async fn flow_inner(args: FlowArgs) -> Result<ExitCode, Failure> {
     } else {
         print!("{}", render(&view));
     }
-    Ok(match view["state"].as_str() {
-        Some("failed" | "cancelled") if args.wait => ExitCode::from(EXIT_TASK_FAILED),
+    Ok(match view.state {
+        FlowState::Failed | FlowState::Cancelled if args.wait => ExitCode::from(EXIT_TASK_FAILED),
         _ => ExitCode::SUCCESS,
     })
 }
 
 /// The flow as text: a header, then one line per task, children indented
 /// under the task that submitted them.
-pub(crate) fn render(view: &Value) -> String {
+pub(crate) fn render(view: &Flow) -> String {
     let mut out = format!(
         "flow {} {}{}  {} tasks{}{}\n",
-        view["id"].as_str().unwrap_or("?"),
-        view["state"].as_str().unwrap_or("?"),
-        view["name"].as_str().map(|n| format!(" ({n})")).unwrap_or_default(),
-        view["tasks"]["total"],
-        view["duration_ms"].as_u64().map(|ms| format!("  {ms} ms")).unwrap_or_default(),
-        view["iteration"].as_u64().filter(|&i| i > 0).map(|i| format!("  iteration {i}")).unwrap_or_default(),
+        view.id,
+        view.state.as_str(),
+        view.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default(),
+        view.tasks.total,
+        view.duration_ms.map(|ms| format!("  {ms} ms")).unwrap_or_default(),
+        Some(view.iteration).filter(|&i| i > 0).map(|i| format!("  iteration {i}")).unwrap_or_default(),
     );
-    if let Some(error) = view["error"].as_str() {
+    if let Some(error) = &view.error {
         out.push_str(&format!("  error: {error}\n"));
     }
-    fn walk(node: &Value, depth: usize, out: &mut String) {
-        let mark = match node["state"].as_str() {
-            Some("completed") => "✔",
-            Some("failed") => "✘",
-            Some("cancelled") => "⊘",
-            Some("running") => "▶",
-            _ => "…",
+    fn walk(node: &FlowNode, depth: usize, out: &mut String) {
+        let mark = match node.state {
+            TaskState::Completed => "✔",
+            TaskState::Failed => "✘",
+            TaskState::Cancelled => "⊘",
+            TaskState::Running => "▶",
+            TaskState::Pending | TaskState::Retrying => "…",
         };
-        let step = node["step"].as_str().map(|s| format!(" [{s}]")).unwrap_or_default();
-        let timing = node["run_ms"].as_u64().map(|ms| format!("  {ms} ms")).unwrap_or_default();
-        let error = node["error"].as_str().map(|e| format!("  {e}")).unwrap_or_default();
+        let step = node.step.as_deref().map(|s| format!(" [{s}]")).unwrap_or_default();
+        let timing = node.run_ms.map(|ms| format!("  {ms} ms")).unwrap_or_default();
+        let error = node.error.as_ref().map(|e| format!("  {}: {}", e.class, e.message)).unwrap_or_default();
         out.push_str(&format!(
             "{}{mark} {} {}{step} {}{timing}{error}\n",
             "  ".repeat(depth + 1),
-            node["id"].as_str().unwrap_or("?"),
-            node["plugin"].as_str().unwrap_or("?"),
-            node["state"].as_str().unwrap_or("?"),
+            node.id,
+            node.plugin,
+            node.state,
         ));
-        for child in node["children"].as_array().into_iter().flatten() {
+        for child in &node.children {
             walk(child, depth + 1, out);
         }
     }
-    for node in view["tree"].as_array().into_iter().flatten() {
+    for node in &view.tree {
         walk(node, 0, &mut out);
     }
     out

@@ -8,6 +8,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use taskhost::inference::Models;
+use taskhost::wire;
 
 /// Opens the registry (loading ONNX Runtime and every model, which may
 /// take a moment) and prints what came of it to stderr; `quiet` prints only
@@ -79,7 +80,10 @@ pub(crate) async fn models(command: ModelsCommand) -> ExitCode {
     done(
         async {
             match command {
-                ModelsCommand::List { server } => print_json(&Client::new(&server).get("/v1/models").await?),
+                ModelsCommand::List { server } => {
+                    let models: wire::ModelsView = Client::new(&server).get_json("/v1/models").await?;
+                    print_json(&models);
+                }
                 ModelsCommand::Add { name, spec, server } => {
                     let text = std::fs::read_to_string(&spec).map_err(|e| {
                         super::client::Failure(super::EXIT_USAGE, format!("cannot read {}: {e}", spec.display()))
@@ -88,10 +92,11 @@ pub(crate) async fn models(command: ModelsCommand) -> ExitCode {
                         super::client::Failure(super::EXIT_USAGE, format!("{} is not valid TOML: {e}", spec.display()))
                     })?;
                     body["name"] = Value::String(name);
-                    print_json(&Client::new(&server).post("/v1/models", &body).await?);
+                    let model: wire::ModelView = Client::new(&server).post_json("/v1/models", &body).await?;
+                    print_json(&model);
                 }
                 ModelsCommand::Remove { name, server } => {
-                    Client::new(&server).delete(&format!("/v1/models/{name}")).await?;
+                    let _: wire::ModelRemoved = Client::new(&server).delete_json(&format!("/v1/models/{name}")).await?;
                     eprintln!("removed model `{name}`");
                 }
             }

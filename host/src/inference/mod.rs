@@ -20,7 +20,7 @@ use crate::sandbox::{Caller, InferenceError, InferenceService, ModelInfo, RunRes
 use batcher::{Batcher, Policy};
 use config::ModelsFile;
 use futures::future::BoxFuture;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -44,41 +44,10 @@ pub enum ModelsError {
     NotFound(String),
 }
 
-/// Whether a registered model can serve calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+/// One registered model as `GET /v1/models` shows it (re-exported as a
+/// wire type, [`crate::wire::ModelView`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
-pub enum ModelState {
-    /// Loaded: calls run.
-    Ready,
-    /// Failed to load (see `error`): calls answer `unavailable`.
-    Failed,
-}
-
-impl ModelState {
-    /// The state as the API writes it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ready => "ready",
-            Self::Failed => "failed",
-        }
-    }
-}
-
-impl std::fmt::Display for ModelState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl PartialEq<&str> for ModelState {
-    fn eq(&self, other: &&str) -> bool {
-        self.as_str() == *other
-    }
-}
-
-/// One registered model as `GET /v1/models` shows it.
-#[derive(Debug, Clone, Serialize)]
 pub struct ModelView {
     /// Registered name.
     pub name: String,
@@ -106,20 +75,50 @@ pub struct ModelView {
     pub reload_error: Option<String>,
 }
 
+/// Whether a model loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ModelState {
+    /// Loaded: calls run.
+    Ready,
+    /// It failed to load (see `error`); calls are refused.
+    Failed,
+}
+
+impl ModelState {
+    /// The state's name, as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelState::Ready => "ready",
+            ModelState::Failed => "failed",
+        }
+    }
+}
+
+/// Compares with the name (`state == "ready"`), as when it was a string.
+impl PartialEq<&str> for ModelState {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// A tensor in a signature: `{"name": "x", "type": "f32", "shape": [-1, 4]}`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct TensorView {
     /// Name.
     pub name: String,
     /// Element type.
     #[serde(rename = "type")]
-    pub ty: &'static str,
+    pub ty: String,
     /// Dimensions, -1 for any size.
     pub shape: Vec<i64>,
 }
 
 /// The whole registry as `GET /v1/models` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ModelsView {
     /// ONNX Runtime: loaded or why not, and CUDA.
     pub runtime: RuntimeView,
@@ -133,7 +132,8 @@ pub struct ModelsView {
 }
 
 /// [`RuntimeStatus`] for JSON.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RuntimeView {
     /// Whether ONNX Runtime is loaded.
     pub available: bool,
@@ -204,7 +204,11 @@ impl Model {
         let tensors = |specs: &[crate::sandbox::TensorSpec]| {
             specs
                 .iter()
-                .map(|s| TensorView { name: s.name.clone(), ty: signature::type_name(s.ty), shape: s.shape.clone() })
+                .map(|s| TensorView {
+                    name: s.name.clone(),
+                    ty: signature::type_name(s.ty).to_owned(),
+                    shape: s.shape.clone(),
+                })
                 .collect()
         };
         let (state, error, running_on, device_note, inputs, outputs, batched, queued) = match &self.loaded {

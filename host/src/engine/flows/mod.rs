@@ -101,16 +101,16 @@ pub(crate) fn next_cron(expr: &str, after_ms: u64) -> Result<u64, String> {
     Ok(next.timestamp_millis().max(0) as u64)
 }
 
-/// Gathers outputs into one JSON array: each output as JSON if it parses,
-/// else as a string if UTF-8, else `{"base64": "..."}`.
+/// Gathers outputs into one JSON array, each output as JSON if it parses,
+/// else as a string if it is UTF-8, else as `{"output_base64": "..."}`
+/// (the [`crate::wire::Output`] an API answer carries it in).
 pub(crate) fn gather(outputs: &[Vec<u8>]) -> Vec<u8> {
-    use base64::Engine as _;
     let items: Vec<serde_json::Value> = outputs
         .iter()
         .map(|o| {
             serde_json::from_slice(o).unwrap_or_else(|_| match std::str::from_utf8(o) {
                 Ok(text) => serde_json::Value::String(text.to_owned()),
-                Err(_) => serde_json::json!({"base64": base64::engine::general_purpose::STANDARD.encode(o)}),
+                Err(_) => serde_json::to_value(crate::wire::Output::of(o)).expect("an output always encodes"),
             })
         })
         .collect();
@@ -474,7 +474,8 @@ fn spec_json(spec: &FlowSpec) -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use super::FlowSpec;
+    use super::{FlowSpec, gather};
+    use serde_json::{Value, json};
     use crate::engine::testing::{Harness, Script};
     use crate::store::{FlowState, TaskState};
     use std::time::Duration;
@@ -524,5 +525,12 @@ mod tests {
         assert_eq!((done.flow.state, done.flow.iteration), (FlowState::Completed, 2));
         let iterations: Vec<u32> = done.tasks.iter().map(|t| t.iteration).collect();
         assert_eq!(iterations, [0, 1, 2]);
+    }
+
+    #[test]
+    fn gather_keeps_json_and_text_and_carries_bytes_as_output_base64() {
+        let outputs = [br#"{"n":1}"#.to_vec(), b"plain text".to_vec(), vec![0xff, 0x00]];
+        let gathered: Value = serde_json::from_slice(&gather(&outputs)).unwrap();
+        assert_eq!(gathered, json!([{"n": 1}, "plain text", {"output_base64": "/wA="}]));
     }
 }
