@@ -29,7 +29,8 @@ pub(super) async fn submit(
 }
 
 pub(super) async fn get(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<Flow>> {
-    Ok(Json(Flow::new(&engine.flow(parse_id(&id)?)?)))
+    let id = parse_id(&id)?;
+    Ok(Json(super::read(&engine, move |engine| Ok(Flow::new(&engine.flow(id)?))).await?))
 }
 
 pub(super) async fn cancel(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<Flow>> {

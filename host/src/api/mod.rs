@@ -106,7 +106,8 @@ async fn add_plugin(
 }
 
 async fn get_plugin(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult<Json<wire::Plugin>> {
-    let (detail, counts) = engine.plugin(&name)?;
+    let wanted = name.clone();
+    let (detail, counts) = read(&engine, move |engine| engine.plugin(&wanted)).await?;
     Ok(Json(wire::Plugin::new(&name, &detail, &counts)))
 }
 
@@ -249,15 +250,34 @@ fn item_error(e: ApiError) -> wire::BatchItem {
     wire::BatchItem::Refused(wire::BatchRefusal::new(status, e.body().error))
 }
 
+/// Runs a store read on tokio's blocking pool, so reads whose cost grows
+/// with what is stored (a plugin's task counts, a page of records, a
+/// flow's tree, an output of up to the output cap) never hold an async
+/// worker.
+pub(crate) async fn read<T: Send + 'static>(
+    engine: &Engine,
+    read: impl FnOnce(&Engine) -> Result<T, crate::engine::EngineError> + Send + 'static,
+) -> ApiResult<T> {
+    let engine = engine.clone();
+    match tokio::task::spawn_blocking(move || read(&engine)).await {
+        Ok(result) => Ok(result?),
+        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("a read failed: {e}"))),
+    }
+}
+
 pub(crate) fn parse_id(text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|e| ApiError::invalid(format!("`{text}` is not a task id (a UUID): {e}")))
 }
 
 async fn get_task(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<wire::Task>> {
     let id = parse_id(&id)?;
-    let record = engine.get(id)?;
-    let output = if record.state == TaskState::Completed { engine.output(id)? } else { None };
-    Ok(Json(wire::Task::new(&record, output.as_deref())))
+    let task = read(&engine, move |engine| {
+        let record = engine.get(id)?;
+        let output = if record.state == TaskState::Completed { engine.output(id)? } else { None };
+        Ok(wire::Task::new(&record, output.as_deref()))
+    })
+    .await?;
+    Ok(Json(task))
 }
 
 async fn history(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<wire::History>> {
@@ -304,8 +324,12 @@ async fn list_tasks(
     }
     let cursor = query.cursor.as_deref().map(parse_id).transpose()?;
     let filter = ListFilter { state, queue: query.queue, plugin: query.plugin, limit: query.limit, cursor };
-    let (page, next) = engine.list(&filter)?;
-    Ok(Json(wire::TaskPage::new(&page, next)))
+    let page = read(&engine, move |engine| {
+        let (page, next) = engine.list(&filter)?;
+        Ok(wire::TaskPage::new(&page, next))
+    })
+    .await?;
+    Ok(Json(page))
 }
 
 async fn list_queues(State(engine): State<Engine>) -> Json<wire::QueueList> {
