@@ -13,6 +13,8 @@
 //! - [`units`] parses the human sizes and durations the CLI and API accept.
 
 pub mod api;
+#[cfg(test)]
+mod arbitrary_json;
 mod bindings;
 pub mod engine;
 pub mod inference;

@@ -31,8 +31,7 @@ pub struct FlowSpec {
 }
 
 /// One node of the step tree.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum Node {
     /// Run these one after another, each fed the previous one's output.
     Series {
@@ -48,6 +47,30 @@ pub enum Node {
     List(Vec<Node>),
     /// One plugin call.
     Step(Step),
+}
+
+/// By shape: an array is a list; an object with `series` or `parallel` is
+/// that node and has no other key (nothing beside it is silently dropped);
+/// any other object is a step.
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let nodes = |v: Value| serde_json::from_value::<Vec<Node>>(v).map_err(D::Error::custom);
+        match Value::deserialize(deserializer)? {
+            list @ Value::Array(_) => nodes(list).map(Node::List),
+            Value::Object(mut map) if map.contains_key("series") || map.contains_key("parallel") => {
+                let kind = if map.contains_key("series") { "series" } else { "parallel" };
+                let inner = nodes(map.remove(kind).expect("checked"));
+                if let Some(other) = map.keys().next() {
+                    return Err(D::Error::custom(format!(
+                        "a `{kind}` node takes no other key, found `{other}` (give a step its own object)"
+                    )));
+                }
+                Ok(if kind == "series" { Node::Series { series: inner? } } else { Node::Parallel { parallel: inner? } })
+            }
+            step => serde_json::from_value(step).map(Node::Step).map_err(D::Error::custom),
+        }
+    }
 }
 
 /// One plugin call of a declared flow.
@@ -252,6 +275,9 @@ pub(crate) fn input_bytes(value: Option<&Value>) -> Vec<u8> {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -288,6 +314,13 @@ mod tests {
         assert!(spec(r#"{"steps": [{"plugin": "p"}, {"plugin": "p"}]}"#).plan(1).unwrap_err().contains("at most 1"));
         let twice = spec(r#"{"steps": {"plugin": "p"}, "repeat": {"times": 2, "every_ms": 100}}"#);
         assert!(twice.repeat().unwrap_err().contains("only one of"));
+        // Found by the property tests: a key beside `series` or `parallel`
+        // was dropped without a word (here the whole parallel branch).
+        let both = r#"{"steps": {"series": [{"plugin": "a"}], "parallel": [{"plugin": "b"}]}}"#;
+        let refused = serde_json::from_str::<FlowSpec>(both).unwrap_err().to_string();
+        assert!(refused.contains("a `series` node takes no other key, found `parallel`"), "{refused}");
+        let after = r#"{"steps": {"parallel": [{"plugin": "a"}], "after": ["x"]}}"#;
+        assert!(serde_json::from_str::<FlowSpec>(after).unwrap_err().to_string().contains("found `after`"));
         let cron = spec(r#"{"steps": {"plugin": "p"}, "repeat": {"cron": "not cron"}}"#);
         assert!(cron.repeat().unwrap_err().contains("cron expression"));
     }
