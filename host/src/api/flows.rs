@@ -1,12 +1,12 @@
 //! The flow endpoints: declare a flow, look at one as a tree with states
 //! and timings, cancel one.
 
-use super::{ApiError, ApiResult, parse_id, time};
+use super::{ApiError, ApiResult, Path, parse_id, time};
 use crate::engine::{Engine, FlowSpec, FlowView};
 use crate::store::{RepeatKind, TaskRecord, TaskState};
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
