@@ -16,6 +16,8 @@
 #![deny(clippy::await_holding_lock)]
 
 pub mod api;
+#[cfg(test)]
+mod arbitrary_json;
 mod bindings;
 pub mod engine;
 pub mod inference;

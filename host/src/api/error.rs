@@ -3,9 +3,12 @@
 
 use crate::engine::EngineError;
 use crate::wire::ErrorBody;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::FromRequestParts;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
 
 #[derive(Debug)]
 pub(crate) struct ApiError {
@@ -94,6 +97,30 @@ impl From<JsonRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
         Self::invalid(format!("bad query string: {}", r.body_text()))
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        // A path that does not decode (not UTF-8, not the type) is the
+        // client's; the other rejections are routing mistakes, ours.
+        let status = r.status();
+        let code = if status.is_client_error() { "invalid_request" } else { "internal" };
+        Self::new(status, code, format!("bad path: {}", r.body_text()))
+    }
+}
+
+/// [`axum::extract::Path`], refusing in the API's error shape (axum's own
+/// answers a bad path, e.g. `%FF`, in plain text).
+#[derive(Debug)]
+pub(crate) struct Path<T>(pub(crate) T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let axum::extract::Path(value) = axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
     }
 }
 

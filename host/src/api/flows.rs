@@ -1,12 +1,12 @@
 //! The flow endpoints: declare a flow, look at one as a tree with states
 //! and timings ([`crate::wire::Flow`]), cancel one.
 
-use super::{ApiError, ApiResult, parse_id};
+use super::{ApiError, ApiResult, Path, parse_id};
 use crate::engine::{Engine, FlowSpec};
 use crate::wire::Flow;
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;

@@ -5,15 +5,17 @@
 mod error;
 mod flows;
 mod models;
+#[cfg(test)]
+mod proptests;
 
-pub(crate) use error::ApiError;
+pub(crate) use error::{ApiError, Path};
 
 use crate::engine::{Engine, ListFilter, NewTask};
 use crate::registry::{MAX_PLUGIN_BYTES, Manifest, VersionState};
 use crate::store::{QueueConfig, TaskState};
 use crate::wire;
 use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};

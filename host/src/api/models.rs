@@ -1,12 +1,12 @@
 //! The model endpoints: list the models (with ONNX Runtime's state and the
 //! device each model actually runs on), add or replace one, remove one.
 
-use super::{ApiError, ApiResult};
+use super::{ApiError, ApiResult, Path};
 use crate::engine::Engine;
 use crate::inference::{ModelSpec, Models, ModelsError};
 use axum::Json;
+use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;

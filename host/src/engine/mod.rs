@@ -26,7 +26,7 @@ mod scheduler;
 mod shared;
 mod submission;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 
 pub use admin::{ListFilter, QueueInfo};
 pub use config::{EngineConfig, default_data_dir};

@@ -206,6 +206,9 @@ impl Scheduler {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

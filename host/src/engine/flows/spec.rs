@@ -4,7 +4,7 @@
 use crate::store::{Repeat, RepeatKind};
 use serde::Deserialize;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// A declared flow, as posted.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,8 +31,7 @@ pub struct FlowSpec {
 }
 
 /// One node of the step tree.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum Node {
     /// Run these one after another, each fed the previous one's output.
     Series {
@@ -48,6 +47,30 @@ pub enum Node {
     List(Vec<Node>),
     /// One plugin call.
     Step(Step),
+}
+
+/// By shape: an array is a list; an object with `series` or `parallel` is
+/// that node and has no other key (nothing beside it is silently dropped);
+/// any other object is a step.
+impl<'de> Deserialize<'de> for Node {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        let nodes = |v: Value| serde_json::from_value::<Vec<Node>>(v).map_err(D::Error::custom);
+        match Value::deserialize(deserializer)? {
+            list @ Value::Array(_) => nodes(list).map(Node::List),
+            Value::Object(mut map) if map.contains_key("series") || map.contains_key("parallel") => {
+                let kind = if map.contains_key("series") { "series" } else { "parallel" };
+                let inner = nodes(map.remove(kind).expect("checked"));
+                if let Some(other) = map.keys().next() {
+                    return Err(D::Error::custom(format!(
+                        "a `{kind}` node takes no other key, found `{other}` (give a step its own object)"
+                    )));
+                }
+                Ok(if kind == "series" { Node::Series { series: inner? } } else { Node::Parallel { parallel: inner? } })
+            }
+            step => serde_json::from_value(step).map(Node::Step).map_err(D::Error::custom),
+        }
+    }
 }
 
 /// One plugin call of a declared flow.
@@ -114,13 +137,17 @@ pub(crate) struct Planned {
 impl FlowSpec {
     /// Checks the spec and orders its steps; errors say what is wrong.
     pub(crate) fn plan(&self, max_steps: u64) -> Result<Vec<Planned>, String> {
+        // Counted before the steps are listed: listing materialises every
+        // series edge (two parallels in series are n x m of them), so an
+        // oversized flow must not get that far.
+        let count = count_steps(&self.steps);
+        if count > max_steps {
+            return Err(format!("the flow has {count} steps; a flow may have at most {max_steps} tasks"));
+        }
         let mut steps: Vec<(Step, Vec<usize>)> = Vec::new();
         flatten(&self.steps, &[], &mut steps)?;
         if steps.is_empty() {
             return Err("the flow has no steps".into());
-        }
-        if steps.len() as u64 > max_steps {
-            return Err(format!("the flow has {} steps; a flow may have at most {max_steps} tasks", steps.len()));
         }
         let mut names = HashMap::new();
         for (i, (step, _)) in steps.iter().enumerate() {
@@ -134,6 +161,12 @@ impl FlowSpec {
         }
         let mut after: Vec<Vec<usize>> = steps.iter().map(|(_, a)| a.clone()).collect();
         for (i, (step, _)) in steps.iter().enumerate() {
+            if step.after.is_empty() {
+                continue;
+            }
+            // The series predecessors are distinct; an `after` name adds one
+            // only once, in the order given.
+            let mut seen: HashSet<usize> = after[i].iter().copied().collect();
             for name in &step.after {
                 let Some(&j) = names.get(name) else {
                     return Err(format!(
@@ -141,30 +174,34 @@ impl FlowSpec {
                         step_name(i, step)
                     ));
                 };
-                if !after[i].contains(&j) {
+                if seen.insert(j) {
                     after[i].push(j);
                 }
             }
         }
         // Kahn's algorithm: an order exists exactly when there is no cycle.
+        let mut successors: Vec<Vec<usize>> = vec![Vec::new(); steps.len()];
+        for (k, preds) in after.iter().enumerate() {
+            for &j in preds {
+                successors[j].push(k);
+            }
+        }
         let mut indegree: Vec<usize> = after.iter().map(Vec::len).collect();
         let mut order = Vec::with_capacity(steps.len());
         // Among ready steps, the one declared first goes first.
         let mut ready: std::collections::BTreeSet<usize> = (0..steps.len()).filter(|&i| indegree[i] == 0).collect();
         while let Some(i) = ready.pop_first() {
             order.push(i);
-            for (k, preds) in after.iter().enumerate() {
-                if preds.contains(&i) {
-                    indegree[k] -= 1;
-                    if indegree[k] == 0 {
-                        ready.insert(k);
-                    }
+            for &k in &successors[i] {
+                indegree[k] -= 1;
+                if indegree[k] == 0 {
+                    ready.insert(k);
                 }
             }
         }
         if order.len() != steps.len() {
             let stuck: Vec<String> =
-                (0..steps.len()).filter(|i| !order.contains(i)).map(|i| step_name(i, &steps[i].0)).collect();
+                (0..steps.len()).filter(|&i| indegree[i] > 0).map(|i| step_name(i, &steps[i].0)).collect();
             return Err(format!("the steps' `after` lists form a cycle through {}", stuck.join(", ")));
         }
         let position: BTreeMap<usize, usize> = order.iter().enumerate().map(|(pos, &i)| (i, pos)).collect();
@@ -213,6 +250,16 @@ fn step_name(i: usize, step: &Step) -> String {
     step.id.clone().unwrap_or_else(|| format!("step-{}", i + 1))
 }
 
+/// Steps in a step tree.
+fn count_steps(node: &Node) -> u64 {
+    match node {
+        Node::Step(_) => 1,
+        Node::Series { series: nodes } | Node::List(nodes) | Node::Parallel { parallel: nodes } => {
+            nodes.iter().map(count_steps).sum()
+        }
+    }
+}
+
 /// Appends `node`'s steps, each depending on `before`; returns the node's
 /// last steps (what a following node depends on).
 fn flatten(node: &Node, before: &[usize], out: &mut Vec<(Step, Vec<usize>)>) -> Result<Vec<usize>, String> {
@@ -252,6 +299,9 @@ pub(crate) fn input_bytes(value: Option<&Value>) -> Vec<u8> {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -277,6 +327,23 @@ mod tests {
     }
 
     #[test]
+    fn large_flows_plan_in_linear_time_and_oversized_ones_are_refused_unlisted() {
+        // A series of the default most tasks: the planner once scanned every
+        // step for each step it placed (minutes for this one).
+        let steps: Vec<Value> = (0..100_000).map(|_| serde_json::json!({"plugin": "p"})).collect();
+        let long: FlowSpec = serde_json::from_value(serde_json::json!({ "steps": steps })).unwrap();
+        let started = std::time::Instant::now();
+        let plan = long.plan(100_000).unwrap();
+        assert_eq!((plan.len(), plan[99_999].after.as_slice()), (100_000, &[99_998][..]));
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "took {:?}", started.elapsed());
+        // Two parallels of 60,000 in series are 3.6e9 edges once listed: a
+        // few MB of JSON must be refused by count first, not run out of memory.
+        let layer = || serde_json::json!({"parallel": vec![serde_json::json!({"plugin": "p"}); 60_000]});
+        let wide: FlowSpec = serde_json::from_value(serde_json::json!({"steps": [layer(), layer()]})).unwrap();
+        assert!(wide.plan(100_000).unwrap_err().contains("the flow has 120000 steps"));
+    }
+
+    #[test]
     fn bad_specs_say_what_is_wrong() {
         let err = |json: &str| spec(json).plan(100).unwrap_err();
         assert!(err(r#"{"steps": [{"id": "a", "plugin": "p"}, {"id": "a", "plugin": "p"}]}"#).contains("unique"));
@@ -288,6 +355,13 @@ mod tests {
         assert!(spec(r#"{"steps": [{"plugin": "p"}, {"plugin": "p"}]}"#).plan(1).unwrap_err().contains("at most 1"));
         let twice = spec(r#"{"steps": {"plugin": "p"}, "repeat": {"times": 2, "every_ms": 100}}"#);
         assert!(twice.repeat().unwrap_err().contains("only one of"));
+        // Found by the property tests: a key beside `series` or `parallel`
+        // was dropped without a word (here the whole parallel branch).
+        let both = r#"{"steps": {"series": [{"plugin": "a"}], "parallel": [{"plugin": "b"}]}}"#;
+        let refused = serde_json::from_str::<FlowSpec>(both).unwrap_err().to_string();
+        assert!(refused.contains("a `series` node takes no other key, found `parallel`"), "{refused}");
+        let after = r#"{"steps": {"parallel": [{"plugin": "a"}], "after": ["x"]}}"#;
+        assert!(serde_json::from_str::<FlowSpec>(after).unwrap_err().to_string().contains("found `after`"));
         let cron = spec(r#"{"steps": {"plugin": "p"}, "repeat": {"cron": "not cron"}}"#);
         assert!(cron.repeat().unwrap_err().contains("cron expression"));
     }
