@@ -263,7 +263,9 @@ pub(crate) async fn read<T: Send + 'static>(
     let engine = engine.clone();
     match tokio::task::spawn_blocking(move || read(&engine)).await {
         Ok(result) => Ok(result?),
-        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("a read failed: {e}"))),
+        Err(e) => {
+            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("a read failed: {e}")))
+        }
     }
 }
 

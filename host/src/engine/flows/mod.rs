@@ -475,9 +475,9 @@ fn spec_json(spec: &FlowSpec) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::{FlowSpec, gather};
-    use serde_json::{Value, json};
     use crate::engine::testing::{Harness, Script};
     use crate::store::{FlowState, TaskState};
+    use serde_json::{Value, json};
     use std::time::Duration;
 
     fn spec(script: &Script, steps: serde_json::Value) -> FlowSpec {
