@@ -559,6 +559,14 @@ impl Store {
         let index = txn.open_table(BY_ITERATION)?;
         let (f, i) = (flow.as_u128(), iteration);
         let mut out = Vec::new();
+        if iteration == 0
+            && let Some(value) = tasks.get(f)?
+        {
+            let root: TaskRecord = decode(value.value())?;
+            if root.is_flow_root() {
+                out.push(root);
+            }
+        }
         for entry in index.range((f, i, 0u128)..=(f, i, u128::MAX))? {
             if let Some(value) = tasks.get(entry?.0.value().2)? {
                 out.push(decode(value.value())?);
@@ -1009,7 +1017,11 @@ impl Indexes<'_> {
         self.by_state.insert((r.state.code(), id), ())?;
         self.by_queue.insert((r.queue.as_str(), id), ())?;
         self.by_plugin.insert((r.plugin.as_str(), id), ())?;
-        self.by_iteration.insert((r.flow_id.as_u128(), r.iteration, id), ())?;
+        // A flow's root (a task submitted from outside, its id the flow's)
+        // is found by its id; only the tasks it grew are indexed.
+        if !r.is_flow_root() {
+            self.by_iteration.insert((r.flow_id.as_u128(), r.iteration, id), ())?;
+        }
         Ok(())
     }
 

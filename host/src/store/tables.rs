@@ -36,8 +36,9 @@ pub(crate) const BY_STATE: TableDefinition<'_, (u8, u128), ()> = TableDefinition
 pub(crate) const BY_QUEUE: TableDefinition<'_, (&str, u128), ()> = TableDefinition::new("tasks_by_queue");
 /// (plugin name, task id) → (): each plugin's tasks, in submission order.
 pub(crate) const BY_PLUGIN: TableDefinition<'_, (&str, u128), ()> = TableDefinition::new("tasks_by_plugin");
-/// (flow id, iteration, task id) → (): every task of a flow (its root
-/// included) by iteration, so ending an iteration reads only its tasks.
+/// (flow id, iteration, task id) → (): the tasks a flow grew, by
+/// iteration, so ending an iteration reads only its tasks (a root task,
+/// whose id is the flow's, is read by its id).
 pub(crate) const BY_ITERATION: TableDefinition<'_, (u128, u32, u128), ()> = TableDefinition::new("tasks_by_iteration");
 /// `"schema"` → schema version.
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
