@@ -502,7 +502,8 @@ impl Store {
         };
         if let Some(state) = query.state {
             let index = txn.open_table(BY_STATE)?;
-            for entry in index.range((state.code(), start)..=(state.code(), u128::MAX))? {
+            let bucket = state_bucket(state);
+            for entry in index.range((bucket, start)..=(bucket, u128::MAX))? {
                 if !visit(entry?.0.value().1)? {
                     break;
                 }
@@ -1014,7 +1015,7 @@ impl Indexes<'_> {
     /// Indexes a new task.
     fn insert(&mut self, r: &TaskRecord) -> Result<(), StoreError> {
         let id = r.id.as_u128();
-        self.by_state.insert((r.state.code(), id), ())?;
+        self.by_state.insert((state_bucket(r.state), id), ())?;
         self.by_queue.insert((r.queue.as_str(), id), ())?;
         self.by_plugin.insert((r.plugin.as_str(), id), ())?;
         // A flow's root (a task submitted from outside, its id the flow's)
@@ -1027,12 +1028,21 @@ impl Indexes<'_> {
 
     /// A task moved between states.
     fn moved(&mut self, id: Uuid, from: TaskState, to: TaskState) -> Result<(), StoreError> {
+        let (from, to) = (state_bucket(from), state_bucket(to));
         if from != to {
-            self.by_state.remove((from.code(), id.as_u128()))?;
-            self.by_state.insert((to.code(), id.as_u128()), ())?;
+            self.by_state.remove((from, id.as_u128()))?;
+            self.by_state.insert((to, id.as_u128()), ())?;
         }
         Ok(())
     }
+}
+
+/// The state index's bucket of a state: one bucket for every unfinished
+/// state (pending, running, retrying), so starting and retrying a task
+/// write no index entry; one bucket per terminal state. A listing by an
+/// unfinished state walks the unfinished tasks and keeps those in it.
+fn state_bucket(state: TaskState) -> u8 {
+    if state.is_terminal() { state.code() } else { 0 }
 }
 
 /// Which tasks a listing wants; every given filter must match.

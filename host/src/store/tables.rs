@@ -29,8 +29,9 @@ pub(crate) const FLOWS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new(
 pub(crate) const FLOW_TASKS: TableDefinition<'_, (u128, u128), ()> = TableDefinition::new("flow_tasks");
 /// (flow id, key) → value: the flow's context store.
 pub(crate) const CONTEXT: TableDefinition<'_, (u128, &str), &[u8]> = TableDefinition::new("context");
-/// (state code, task id) → (): the tasks in each state, in submission
-/// order (listing by state reads only those).
+/// (state bucket, task id) → (): the unfinished tasks (one bucket) and the
+/// tasks of each terminal state, in submission order (listing by state
+/// reads only its bucket).
 pub(crate) const BY_STATE: TableDefinition<'_, (u8, u128), ()> = TableDefinition::new("tasks_by_state");
 /// (queue, task id) → (): each queue's tasks, in submission order.
 pub(crate) const BY_QUEUE: TableDefinition<'_, (&str, u128), ()> = TableDefinition::new("tasks_by_queue");
