@@ -148,8 +148,21 @@ impl Admission {
 mod tests {
     use crate::engine::NewTask;
     use crate::engine::testing::{Harness, Script, input};
-    use crate::store::{StoredFailure, TaskState};
+    use crate::store::{StoredFailure, TaskRecord, TaskState};
     use crate::sync::lock;
+
+    /// A running task, and a join on it committed (not yet admitted) as an
+    /// attempt would commit it.
+    async fn join_on_a_running_task(h: &Harness) -> (TaskRecord, TaskRecord) {
+        let dep = h.submit("echo", Script::RunUntilCancelled).await;
+        let dep = h.wait_state(dep, TaskState::Running).await;
+        let task =
+            NewTask { plugin: "echo".into(), input: input(&Script::Complete(b"j".to_vec())), ..NewTask::default() };
+        let (mut record, bytes) = h.engine.inner.submission.prepare(task).unwrap();
+        (record.flow_id, record.after, record.depth) = (dep.flow_id, vec![dep.id], 1);
+        let join = h.store().submit(record, bytes).await.unwrap().record;
+        (dep, join)
+    }
 
     fn ready_tasks(h: &Harness) -> usize {
         lock(&h.shared.sched).depths().iter().map(|(_, d)| d.ready).sum()
@@ -158,14 +171,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_dependency_read_fails_the_task_instead_of_starting_it_early() {
         let h = Harness::new().await;
-        let dep = h.submit("echo", Script::RunUntilCancelled).await;
-        let dep = h.wait_state(dep, TaskState::Running).await;
-        // A join on the running task, committed as an attempt would.
-        let task =
-            NewTask { plugin: "echo".into(), input: input(&Script::Complete(b"j".to_vec())), ..NewTask::default() };
-        let (mut record, bytes) = h.engine.inner.submission.prepare(task).unwrap();
-        (record.flow_id, record.after, record.depth) = (dep.flow_id, vec![dep.id], 1);
-        let join = h.store().submit(record, bytes).await.unwrap().record;
+        let (dep, join) = join_on_a_running_task(&h).await;
         h.store().fail_next_reads(1);
         let ends = h.engine.inner.admission.admit(std::slice::from_ref(&join), false);
         assert_eq!(ends.len(), 1, "{ends:?}");
@@ -182,13 +188,7 @@ mod tests {
     #[tokio::test]
     async fn a_dependency_read_that_works_parks_the_join_until_the_end() {
         let h = Harness::new().await;
-        let dep = h.submit("echo", Script::RunUntilCancelled).await;
-        let dep = h.wait_state(dep, TaskState::Running).await;
-        let task =
-            NewTask { plugin: "echo".into(), input: input(&Script::Complete(b"j".to_vec())), ..NewTask::default() };
-        let (mut record, bytes) = h.engine.inner.submission.prepare(task).unwrap();
-        (record.flow_id, record.after, record.depth) = (dep.flow_id, vec![dep.id], 1);
-        let join = h.store().submit(record, bytes).await.unwrap().record;
+        let (dep, join) = join_on_a_running_task(&h).await;
         assert!(h.engine.inner.admission.admit(std::slice::from_ref(&join), false).is_empty());
         assert_eq!(ready_tasks(&h), 0);
         h.engine.cancel(dep.id).await.unwrap();

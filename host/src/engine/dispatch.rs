@@ -233,18 +233,7 @@ impl Dispatch {
 mod tests {
     use super::*;
     use crate::TaskFailure;
-    use crate::engine::testing::{Harness, Script};
-
-    fn report(result: Result<Vec<u8>, TaskFailure>) -> TaskReport {
-        TaskReport {
-            result,
-            logs: Vec::new(),
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            fuel_consumed: Some(7),
-            elapsed: Duration::ZERO,
-        }
-    }
+    use crate::engine::testing::{Harness, Script, report};
 
     fn failure(class: FailureClass, retryable: bool) -> TaskFailure {
         TaskFailure { class, retryable, message: "boom".into(), backtrace: None }

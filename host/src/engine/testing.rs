@@ -34,7 +34,8 @@ pub(crate) struct ScriptRunner {
     pub(crate) held: Mutex<HashMap<String, i64>>,
 }
 
-fn report(result: Result<Vec<u8>, TaskFailure>) -> TaskReport {
+/// A report with `result` and nothing else of note.
+pub(crate) fn report(result: Result<Vec<u8>, TaskFailure>) -> TaskReport {
     TaskReport {
         result,
         logs: Vec::new(),

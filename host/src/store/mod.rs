@@ -523,7 +523,6 @@ impl Store {
                 }
             }
         } else {
-            drop(visit);
             for entry in tasks.range(start..)? {
                 if !keep(decode(entry?.1.value())?) {
                     break;
