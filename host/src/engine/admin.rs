@@ -114,6 +114,15 @@ impl Admin {
                 record.state
             )));
         }
+        // A task that failed before it could start (what it waits for could
+        // not be read) may still wait for tasks that have not ended.
+        let waiting = self.flows.unfinished_deps(&record)?;
+        if !waiting.is_empty() {
+            return Err(EngineError::Conflict(format!(
+                "task {id} waits for {} unfinished task(s); re-submit it once they have ended",
+                waiting.len()
+            )));
+        }
         let change = Change::new(id, TaskState::Pending, "re-submitted from the dead-letter set")
             .expect_version(record.version)
             .edit(|r| {

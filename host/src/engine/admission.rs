@@ -182,7 +182,13 @@ mod tests {
         let done = h.wait(join.id).await;
         let StoredFailure { class, .. } = done.error.unwrap();
         assert_eq!((done.state, class), (TaskState::Failed, crate::FailureClass::HostError));
+        // Re-submitting it while what it joins still runs is refused; once
+        // that has ended, it runs.
+        let refused = h.engine.resubmit(join.id).await.unwrap_err().to_string();
+        assert!(refused.contains("waits for 1 unfinished task"), "{refused}");
         h.engine.cancel(dep.id).await.unwrap();
+        h.engine.resubmit(join.id).await.unwrap();
+        assert_eq!(h.wait(join.id).await.state, TaskState::Completed);
     }
 
     #[tokio::test]

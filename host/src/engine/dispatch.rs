@@ -91,7 +91,11 @@ impl Dispatch {
                 let mut sched = lock(&shared.sched);
                 let next_due = sched.promote_due(now_ms());
                 while let Some((entry, charge)) = sched.next() {
-                    tokio::spawn(self.clone().execute(entry, charge));
+                    // Tracked before it is spawned, so `close()` never finds
+                    // `running` empty while an attempt is about to start.
+                    let token = CancelToken::new();
+                    lock(&shared.running).insert(entry.id, token.clone());
+                    tokio::spawn(self.clone().execute(entry, charge, token));
                 }
                 next_due
             };
@@ -112,11 +116,9 @@ impl Dispatch {
     }
 
     /// Runs one attempt of a task and records its outcome.
-    async fn execute(self: Arc<Self>, queued: Entry, charge: Charge) {
+    async fn execute(self: Arc<Self>, queued: Entry, charge: Charge, token: CancelToken) {
         let shared = &self.shared;
         let started = Instant::now();
-        let token = CancelToken::new();
-        lock(&shared.running).insert(queued.id, token.clone());
         let start = Change::new(queued.id, TaskState::Running, "started").expect_version(queued.version).edit(|r| {
             r.attempts += 1;
             r.started_at_ms = Some(now_ms());

@@ -92,6 +92,21 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) 
     }
 }
 
+/// Runs a request's commit and the bookkeeping after it on a task of its
+/// own and waits for it: a caller that goes away (an HTTP client that
+/// disconnects) drops only the wait, never a commit without its
+/// bookkeeping (a task committed but never scheduled, a cancel never
+/// released).
+async fn detached<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, EngineError>> + Send + 'static,
+) -> Result<T, EngineError> {
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(EngineError::Unavailable("the engine is shutting down".into())),
+    }
+}
+
 impl Engine {
     /// Opens the store, loads plugins, recovers interrupted tasks (running
     /// → pending, attempt counted) and rebuilds the schedule, then starts
@@ -297,11 +312,15 @@ impl Engine {
     /// Returns after the commit.
     pub async fn submit(&self, task: NewTask) -> Result<Submitted, EngineError> {
         let (record, input) = self.inner.submission.prepare(task)?;
-        let submitted = self.inner.shared.store.submit(record, input).await?;
-        if submitted.created {
-            self.inner.endings.admit(std::slice::from_ref(&submitted.record), false);
-        }
-        Ok(submitted)
+        let engine = self.clone();
+        detached(async move {
+            let submitted = engine.inner.shared.store.submit(record, input).await?;
+            if submitted.created {
+                engine.inner.endings.admit(std::slice::from_ref(&submitted.record), false);
+            }
+            Ok(submitted)
+        })
+        .await
     }
 
     /// Submits many tasks; each is answered on its own.
@@ -328,13 +347,15 @@ impl Engine {
     /// Cancels a task: at once when pending or retrying; a running task is
     /// interrupted within an epoch tick and this returns once it ended.
     pub async fn cancel(&self, id: Uuid) -> Result<TaskRecord, EngineError> {
-        self.inner.admin.cancel(id).await
+        let engine = self.clone();
+        detached(async move { engine.inner.admin.cancel(id).await }).await
     }
 
     /// Re-submits a failed (dead-letter) task: back to pending with its
     /// attempts reset; its history is kept.
     pub async fn resubmit(&self, id: Uuid) -> Result<TaskRecord, EngineError> {
-        self.inner.admin.resubmit(id).await
+        let engine = self.clone();
+        detached(async move { engine.inner.admin.resubmit(id).await }).await
     }
 
     /// Sets a queue's concurrency limit and weight.
@@ -366,8 +387,13 @@ impl Engine {
     /// Starts a declared flow: every step of its first iteration is
     /// committed with the flow record in one transaction.
     pub async fn submit_flow(&self, spec: FlowSpec) -> Result<FlowView, EngineError> {
-        let (id, created) = self.inner.flows.submit(spec).await?;
-        self.inner.endings.admit(&created, false);
+        let engine = self.clone();
+        let id = detached(async move {
+            let (id, created) = engine.inner.flows.submit(spec).await?;
+            engine.inner.endings.admit(&created, false);
+            Ok(id)
+        })
+        .await?;
         self.flow(id)
     }
 
@@ -380,7 +406,8 @@ impl Engine {
     /// Cancels a flow: no further task or iteration starts, and every
     /// unfinished task is cancelled (running ones interrupted).
     pub async fn cancel_flow(&self, id: Uuid) -> Result<FlowView, EngineError> {
-        self.inner.admin.cancel_flow(id).await
+        let engine = self.clone();
+        detached(async move { engine.inner.admin.cancel_flow(id).await }).await
     }
 
     /// Waits until a flow ends or `timeout` passes; returns its view.

@@ -32,20 +32,25 @@ pub(crate) fn start(registry: Arc<Registry>, dir: PathBuf) -> Result<DirWatch, W
     if !dir.is_dir() {
         return Err(WatchError::NotADirectory(dir));
     }
-    let existing: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(|source| WatchError::Io { path: dir.clone(), source })?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<PathBuf>>(BATCHES);
-    let watch = watch::start("plugins-watch", std::slice::from_ref(&dir), existing, move |paths, _| {
+    let watch = watch::start("plugins-watch", std::slice::from_ref(&dir), Vec::new(), move |paths, _| {
         match tx.blocking_send(paths) {
             Ok(()) => ControlFlow::Continue(()),
             Err(_) => ControlFlow::Break(()),
         }
     })?;
+    // Listed once the watch runs, so a file written in between is seen
+    // (twice at worst: the loader skips content it has loaded).
+    let existing: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(|source| WatchError::Io { path: dir.clone(), source })?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     let loader = tokio::spawn(async move {
         let mut seen: HashMap<PathBuf, [u8; 32]> = HashMap::new();
+        for path in existing {
+            process(&registry, &path, &mut seen).await;
+        }
         while let Some(paths) = rx.recv().await {
             for path in paths {
                 process(&registry, &path, &mut seen).await;

@@ -378,7 +378,10 @@ async fn matches_a_model_across_a_reopen() {
                 flow_of.entry(id).or_insert(id);
                 continue;
             }
-            let ids: Vec<u128> = model.keys().copied().collect();
+            // Sorted: the map's own order differs from run to run, and the
+            // run must be the same every time for its seed.
+            let mut ids: Vec<u128> = model.keys().copied().collect();
+            ids.sort_unstable();
             let id = ids[rng.usize(0..ids.len())];
             let to = TaskState::ALL[rng.usize(0..TaskState::ALL.len())];
             let (state, version) = model[&id];
