@@ -4,7 +4,7 @@
 use super::EngineError;
 use super::ending::Endings;
 use super::flows::{FlowView, Flows};
-use super::shared::{Shared, entry};
+use super::shared::Shared;
 use crate::names::{self, NameKind};
 use crate::store::{Change, FlowState, QueueConfig, StoreError, TaskQuery, TaskRecord, TaskState, now_ms};
 use crate::sync::lock;
@@ -138,8 +138,7 @@ impl Admin {
         shared.metrics.moved(&done.queue, Some(TaskState::Failed), TaskState::Pending);
         shared.runner.hold(&done.plugin, &done.plugin_version);
         self.flows.book().reopened(done.flow_id, self.flows.limits());
-        lock(&shared.sched).enqueue(entry(&done), None, now_ms());
-        shared.wake.notify_one();
+        shared.enqueue(&done, None, now_ms());
         Ok(done)
     }
 

@@ -199,7 +199,7 @@ impl Dispatch {
                 if done.state == TaskState::Retrying {
                     shared.metrics.moved(&done.queue, Some(TaskState::Running), TaskState::Retrying);
                     shared.metrics.retried.get_or_create(&Metrics::label(&done.queue)).inc();
-                    lock(&shared.sched).enqueue(super::shared::entry(&done), done.next_run_at_ms, now_ms());
+                    shared.enqueue(&done, done.next_run_at_ms, now_ms());
                 } else {
                     self.endings.ended(&done);
                 }

@@ -37,7 +37,7 @@ pub use submission::NewTask;
 
 use crate::registry::{Manifest, PluginDetail, Registry, VersionStatus};
 use crate::store::{QueueConfig, Store, StoreError, Submitted, TaskRecord, TaskState, now_ms};
-use crate::sync::lock;
+use crate::sync::{blocking, lock};
 use crate::{Sandbox, SandboxConfig};
 use admin::Admin;
 use admission::Admission;
@@ -80,15 +80,6 @@ struct Inner {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine").field("data_dir", &self.inner.shared.config.data_dir).finish_non_exhaustive()
-    }
-}
-
-/// Runs blocking work (opening and migrating the store) off the async
-/// workers.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => value,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 

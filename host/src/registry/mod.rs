@@ -17,7 +17,7 @@ pub(crate) use metrics::RegistryMetrics;
 
 use crate::names::{self, NameError};
 use crate::store::{PluginEntry, PluginVersion, Store, StoreError, now_ms};
-use crate::sync::{lock, read, write};
+use crate::sync::{blocking, lock, read, write};
 use crate::{LoadError, Plugin, Sandbox};
 use sha2_digest::{Digest, Sha256};
 use std::collections::HashMap;
@@ -123,6 +123,11 @@ impl Entry {
         self.latest.clone().or_else(|| self.live().last().map(|s| s.status.info.version.clone()))
     }
 
+    /// The live versions, for an error naming what could have been meant.
+    fn live_versions(&self) -> String {
+        self.live().map(|s| s.status.info.version.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
     fn slot(&self, version: &str) -> Option<&Slot> {
         self.slots.iter().find(|s| s.status.info.version == version)
     }
@@ -215,15 +220,6 @@ fn write_artifact(plugin: &Plugin, path: &std::path::Path) -> Result<String, Str
 fn declared_version(bytes: &[u8]) -> Option<String> {
     let payload = wasm_metadata::Payload::from_binary(bytes).ok()?;
     payload.metadata().version.as_ref().map(|v| v.to_string()).filter(|v| names::version(v).is_ok())
-}
-
-/// Runs blocking work (file reads, hashing, parsing, store reads) on
-/// tokio's blocking pool, never on an async worker.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => value,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -524,7 +520,7 @@ impl Registry {
             RegistryError::UnknownVersion {
                 name: name.into(),
                 version: wanted.unwrap_or_default(),
-                known: entry.live().map(|s| s.status.info.version.as_str()).collect::<Vec<_>>().join(", "),
+                known: entry.live_versions(),
             }
         })
     }
@@ -538,10 +534,7 @@ impl Registry {
             let slot = slot.ok_or_else(|| RegistryError::UnknownVersion {
                 name: name.into(),
                 version: version.into(),
-                known: entries
-                    .get(name)
-                    .map(|e| e.live().map(|s| s.status.info.version.as_str()).collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default(),
+                known: entries.get(name).map(Entry::live_versions).unwrap_or_default(),
             })?;
             match &slot.plugin {
                 Some(plugin) => return Ok(plugin.clone()),
