@@ -31,8 +31,8 @@ pub mod watch;
 pub mod wire;
 
 pub use sandbox::{
-    CancelToken, DirGrant, FailureClass, Grants, Limits, LoadError, LogLevel, LogRecord, Plugin, Sandbox,
-    SandboxConfig, TaskFailure, TaskMeta, TaskReport, TaskRequest,
+    AttemptRuntime, BudgetExceeded, CancelToken, Ceilings, DirGrant, FailureClass, Grants, HostBudget, Limits,
+    LoadError, LogLevel, LogRecord, Plugin, Sandbox, SandboxConfig, TaskFailure, TaskMeta, TaskReport, TaskRequest,
 };
 
 /// The WIT types of the `inference` import (generated from

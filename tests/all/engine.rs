@@ -186,7 +186,7 @@ async fn permanent_failures_are_not_retried() {
 #[tokio::test]
 async fn cancelling_a_running_task_interrupts_it_within_100ms() {
     let (engine, _dir) = engine_with(|_| {}).await;
-    let t = NewTask { fuel: Some(u64::MAX / 2), timeout_ms: Some(60_000), ..task("spin", "") };
+    let t = NewTask { fuel: Some(100_000_000_000), timeout_ms: Some(60_000), ..task("spin", "") };
     let id = engine.submit(t).await.unwrap().record.id;
     while engine.get(id).unwrap().state != TaskState::Running {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -261,7 +261,7 @@ async fn bad_submissions_are_refused_and_write_nothing() {
         (task("uppercase@7", ""), "has no live version `7` (live: 1)"),
         (NewTask { queue: Some("bad queue!".into()), ..task("uppercase", "") }, "invalid queue name"),
         (NewTask { max_attempts: Some(0), ..task("uppercase", "") }, "max_attempts 0 is out of range"),
-        (NewTask { memory_bytes: Some(1 << 40), ..task("uppercase", "") }, "exceeds this host's per-task maximum"),
+        (NewTask { memory_bytes: Some(1 << 40), ..task("uppercase", "") }, "memory_bytes 1024 GiB is over the most"),
         (NewTask { delay_ms: Some(1), run_at_ms: Some(1), ..task("uppercase", "") }, "either delay_ms or run_at"),
         (NewTask { callback_url: Some("https://x.test/".into()), ..task("uppercase", "") }, "use http://"),
     ];

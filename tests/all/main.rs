@@ -18,6 +18,9 @@ mod engine;
 mod examples;
 /// Flows: children, joins, declared DAGs, repeaters, limits, context.
 mod flows;
+/// The host around the sandbox under hostile plugins and clients: host
+/// budgets, the operator's ceilings, a bounded pool for guests' file I/O.
+mod hostile_host;
 /// Inference on ONNX Runtime: batching across tasks, checks, grants,
 /// timeouts, cancellation, the models API and file, MiniLM.
 mod inference;

@@ -33,6 +33,10 @@ pub(crate) struct RunArgs {
     /// Cap on each captured stream (stdout, stderr, log), e.g. `64KiB`.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_log: Option<u64>,
+    /// Host budget: what the plugin may make the host hold outside its own
+    /// memory (log records, captured streams, inference tensors), e.g. `16MiB`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    host_memory: Option<u64>,
     /// Print fuel used and elapsed time to stderr.
     #[arg(long)]
     stats: bool,
@@ -65,6 +69,7 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
         timeout: args.timeout.unwrap_or(defaults.timeout),
         max_output_bytes: args.max_output.unwrap_or(defaults.max_output_bytes),
         max_log_bytes: args.max_log.unwrap_or(defaults.max_log_bytes),
+        host_bytes: args.host_memory.unwrap_or(defaults.host_bytes),
     };
     *defaults = limits.clone();
     let sandbox = match Sandbox::new(config) {

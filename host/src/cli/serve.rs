@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 use taskhost::engine::{Engine, EngineConfig, RetryPolicy, default_data_dir};
-use taskhost::units::parse_duration;
+use taskhost::units::{parse_duration, parse_size};
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
@@ -38,6 +38,28 @@ pub(crate) struct ServeArgs {
     /// Longest retry backoff, e.g. `5m`.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     retry_cap: Option<Duration>,
+    /// Ceiling: most fuel any task may be given (default 100000000000).
+    #[arg(long, value_name = "N")]
+    max_fuel: Option<u64>,
+    /// Ceiling: most linear memory any task may be given, e.g. `1GiB`
+    /// (default 4GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
+    /// Ceiling: longest wall-clock budget any task may be given, e.g. `5m`
+    /// (default 15m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    max_timeout: Option<Duration>,
+    /// Host budget of a task whose manifest sets none: what one attempt may
+    /// make the host hold outside its own memory, e.g. `16MiB` (default 64MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    host_memory: Option<u64>,
+    /// Ceiling: largest host budget a manifest may give (default 1GiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_host_memory: Option<u64>,
+    /// Threads for guests' blocking file I/O (default 64); when guests
+    /// hold them all, further guest file I/O waits and ends by timeout.
+    #[arg(long, value_name = "N")]
+    guest_file_threads: Option<usize>,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
@@ -49,6 +71,23 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         config.concurrency = n;
     }
     config.group_commit = !args.no_group_commit;
+    let sandbox = &mut config.sandbox;
+    let ceilings = &mut sandbox.ceilings;
+    ceilings.fuel = args.max_fuel.unwrap_or(ceilings.fuel);
+    ceilings.memory_bytes = args.max_memory.unwrap_or(ceilings.memory_bytes);
+    ceilings.timeout = args.max_timeout.unwrap_or(ceilings.timeout);
+    ceilings.host_bytes = args.max_host_memory.unwrap_or(ceilings.host_bytes);
+    if ceilings.fuel == 0 || ceilings.memory_bytes == 0 || ceilings.timeout.is_zero() || ceilings.host_bytes == 0 {
+        return fail(EXIT_USAGE, "--max-fuel, --max-memory, --max-timeout and --max-host-memory must be above zero");
+    }
+    if let Some(bytes) = args.host_memory {
+        sandbox.default_limits.host_bytes = bytes;
+    }
+    match args.guest_file_threads {
+        Some(0) => return fail(EXIT_USAGE, "--guest-file-threads must be at least 1"),
+        Some(n) => sandbox.blocking_threads = n,
+        None => {}
+    }
     config.plugins_dir = args.plugins;
     let defaults = RetryPolicy::default();
     config.retry =

@@ -32,10 +32,12 @@ pub(crate) struct Dispatch {
 pub(crate) fn decide(record: &TaskRecord, report: TaskReport, retry: &RetryPolicy) -> Change {
     let id = record.id;
     let fuel_used = report.fuel_consumed;
+    let host_bytes_used = Some(report.host_bytes_peak);
     match report.result {
         Ok(output) => Change::new(id, TaskState::Completed, "completed").output(output).edit(move |r| {
             r.error = None;
             r.fuel_used = fuel_used;
+            r.host_bytes_used = host_bytes_used;
         }),
         Err(failure) => {
             let stored = StoredFailure {
@@ -60,6 +62,7 @@ pub(crate) fn decide(record: &TaskRecord, report: TaskReport, retry: &RetryPolic
             Change::new(id, to, reason).edit(move |r| {
                 r.error = Some(stored);
                 r.fuel_used = fuel_used;
+                r.host_bytes_used = host_bytes_used;
                 r.next_run_at_ms = next_run;
             })
         }
@@ -143,7 +146,7 @@ impl Dispatch {
             Arc::new(AttemptServices::new(shared.clone(), self.submission.clone(), self.flows.clone(), record.clone()));
         let mut change = match self.input_of(&record) {
             Ok(input) => {
-                let attempt = Attempt { input, cancel: token, services: services.clone() };
+                let attempt = Attempt { input, cancel: token, services: services.clone(), budget: services.budget() };
                 let report = shared.runner.run(&record, attempt).await;
                 decide(&record, report, &shared.config.retry)
             }

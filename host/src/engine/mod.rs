@@ -114,7 +114,10 @@ impl Engine {
             .context("loading plugins")?;
         let registry = Arc::new(registry);
         let inference = config.models.clone().map(|m| -> Arc<dyn crate::sandbox::InferenceService> { Arc::new(m) });
-        let runner = Arc::new(SandboxRunner { sandbox: sandbox.clone(), registry: registry.clone(), inference });
+        let runtime =
+            crate::AttemptRuntime::new(config.sandbox.blocking_threads).context("starting the attempt runtime")?;
+        let runner =
+            Arc::new(SandboxRunner { sandbox: sandbox.clone(), runtime, registry: registry.clone(), inference });
         let plugins_dir = config.plugins_dir.clone();
         let engine =
             Self::assemble(config, store, runner, Arc::new(metrics), Some((registry.clone(), sandbox))).await?;

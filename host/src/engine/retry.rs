@@ -43,7 +43,7 @@ impl RetryPolicy {
 /// | trap | yes | may be transient (a bug hit by timing, a host call that failed) |
 /// | timeout | yes | the machine may have been busy |
 /// | host error | yes | the host lacked capacity |
-/// | fuel exhausted, memory limit exceeded, stack overflow, output too large | no | deterministic: the same input hits the same limit |
+/// | fuel exhausted, memory limit exceeded, stack overflow, output too large, host budget exceeded | no | deterministic: the same input hits the same limit |
 /// | invalid plugin, cancelled | no | retrying cannot help / was asked to stop |
 pub fn is_retried(class: FailureClass, plugin_said_retryable: bool) -> bool {
     match class {
@@ -53,6 +53,7 @@ pub fn is_retried(class: FailureClass, plugin_said_retryable: bool) -> bool {
         | FailureClass::MemoryLimitExceeded
         | FailureClass::StackOverflow
         | FailureClass::OutputTooLarge
+        | FailureClass::HostBudgetExceeded
         | FailureClass::InvalidPlugin
         | FailureClass::Cancelled => false,
     }

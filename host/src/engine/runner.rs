@@ -20,8 +20,64 @@ pub(crate) struct Resolved {
     pub(crate) version: String,
     /// Its content digest.
     pub(crate) digest: String,
-    /// Its default limits: the operator's manifest over the host's.
+    /// Its default limits: the operator's manifest over the host's,
+    /// within the host's ceilings.
     pub(crate) defaults: Limits,
+    /// The most a submission may ask for.
+    pub(crate) caps: Caps,
+}
+
+/// Who set a cap a submission ran into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CapSource {
+    /// The plugin's manifest.
+    Manifest,
+    /// The operator's ceiling for every task on this host.
+    Host,
+}
+
+/// One cap and who set it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cap<T> {
+    pub(crate) most: T,
+    pub(crate) set_by: CapSource,
+}
+
+/// The most fuel, memory and time a submission may ask for: the plugin
+/// manifest's limit where it sets one, else the host's ceiling (and never
+/// more than the ceiling).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Caps {
+    pub(crate) fuel: Cap<u64>,
+    pub(crate) memory_bytes: Cap<u64>,
+    pub(crate) timeout: Cap<std::time::Duration>,
+}
+
+impl Caps {
+    /// The host's ceilings alone (a plugin without a manifest).
+    pub(crate) fn host(ceilings: &crate::Ceilings) -> Self {
+        fn host<T>(most: T) -> Cap<T> {
+            Cap { most, set_by: CapSource::Host }
+        }
+        Self { fuel: host(ceilings.fuel), memory_bytes: host(ceilings.memory_bytes), timeout: host(ceilings.timeout) }
+    }
+
+    /// The caps for a plugin whose manifest gives `limits`; `set` says
+    /// which of fuel, memory and timeout the manifest sets.
+    pub(crate) fn with_manifest(ceilings: &crate::Ceilings, limits: &Limits, set: [bool; 3]) -> Self {
+        fn cap<T: Ord + Copy>(ceiling: T, manifest: T, set: bool) -> Cap<T> {
+            if set && manifest <= ceiling {
+                Cap { most: manifest, set_by: CapSource::Manifest }
+            } else {
+                Cap { most: ceiling, set_by: CapSource::Host }
+            }
+        }
+        Self {
+            fuel: cap(ceilings.fuel, limits.fuel, set[0]),
+            memory_bytes: cap(ceilings.memory_bytes, limits.memory_bytes, set[1]),
+            timeout: cap(ceilings.timeout, limits.timeout, set[2]),
+        }
+    }
 }
 
 /// One attempt to run.
@@ -32,6 +88,8 @@ pub(crate) struct Attempt {
     pub(crate) cancel: CancelToken,
     /// The flow services behind `queue` and `context`.
     pub(crate) services: Arc<dyn TaskServices>,
+    /// The attempt's host budget, shared with `services`.
+    pub(crate) budget: Arc<crate::HostBudget>,
 }
 
 /// See the module docs.
@@ -52,6 +110,8 @@ pub(crate) trait Runner: Send + Sync + 'static {
 /// The real runner: plugins from the registry, run in the sandbox.
 pub(crate) struct SandboxRunner {
     pub(crate) sandbox: Sandbox,
+    /// Where attempts run (see [`AttemptRuntime`](crate::AttemptRuntime)).
+    pub(crate) runtime: crate::AttemptRuntime,
     pub(crate) registry: Arc<Registry>,
     pub(crate) inference: Option<Arc<dyn crate::sandbox::InferenceService>>,
 }
@@ -64,6 +124,7 @@ fn failed(class: FailureClass, message: String) -> TaskReport {
         stderr: Vec::new(),
         fuel_consumed: None,
         elapsed: std::time::Duration::ZERO,
+        host_bytes_peak: 0,
     }
 }
 
@@ -71,12 +132,19 @@ fn failed(class: FailureClass, message: String) -> TaskReport {
 impl Runner for SandboxRunner {
     fn resolve(&self, spec: &str) -> Result<Resolved, EngineError> {
         let (name, loaded) = self.registry.resolve(spec)?;
-        let host_defaults = &self.sandbox.config().default_limits;
-        let defaults = match self.registry.manifest(&name) {
-            Some(manifest) => manifest.limits(host_defaults).map_err(EngineError::InvalidRequest)?,
-            None => host_defaults.clone(),
+        let config = self.sandbox.config();
+        let ceilings = &config.ceilings;
+        let host_defaults = ceilings.clamp(&config.default_limits);
+        let (defaults, caps) = match self.registry.manifest(&name) {
+            Some(manifest) => {
+                let limits = manifest.limits(&host_defaults).map_err(EngineError::InvalidRequest)?;
+                let l = &manifest.limits;
+                let set = [l.fuel.is_some(), l.memory.is_some(), l.timeout.is_some()];
+                (ceilings.clamp(&limits), Caps::with_manifest(ceilings, &limits, set))
+            }
+            None => (host_defaults, Caps::host(ceilings)),
         };
-        Ok(Resolved { name, version: loaded.info.version, digest: loaded.info.digest, defaults })
+        Ok(Resolved { name, version: loaded.info.version, digest: loaded.info.digest, defaults, caps })
     }
 
     fn check_limits(&self, limits: &Limits) -> Result<(), String> {
@@ -105,6 +173,18 @@ impl Runner for SandboxRunner {
             },
             None => Grants::default(),
         };
+        // A plugin with directories needs the pool for guests' file I/O;
+        // when guests hold all of it, fail now (retried) rather than queue.
+        if !grants.dirs.is_empty() && !self.runtime.file_io_available().await {
+            return failed(
+                FailureClass::HostError,
+                format!(
+                    "guest file I/O is unavailable: all {} threads for it are taken by guests blocked in file \
+                     operations (e.g. reading a FIFO); the task is retried later",
+                    self.runtime.blocking_threads()
+                ),
+            );
+        }
         let request = TaskRequest {
             input: attempt.input,
             meta: TaskMeta {
@@ -118,7 +198,13 @@ impl Runner for SandboxRunner {
             grants,
             services: Some(attempt.services),
             inference: self.inference.clone(),
+            budget: Some(attempt.budget),
         };
-        self.sandbox.run(&plugin, request).await
+        let sandbox = self.sandbox.clone();
+        let attempt = async move { sandbox.run(&plugin, request).await };
+        match self.runtime.run(attempt).await {
+            Some(report) => report,
+            None => failed(FailureClass::HostError, "the attempt's runtime stopped before it ended".into()),
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! writes; a refused task changes nothing.
 
 use super::EngineError;
+use super::runner::{Cap, CapSource};
 use super::shared::Shared;
 use crate::Limits;
 use crate::names::{self, NameKind};
@@ -76,10 +77,17 @@ impl Submission {
             timeout: task.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
             max_output_bytes: defaults.max_output_bytes,
             max_log_bytes: defaults.max_log_bytes,
+            host_bytes: defaults.host_bytes,
         };
         if limits.fuel == 0 {
             return invalid("fuel must be greater than zero".into());
         }
+        let caps = &resolved.caps;
+        let plugin = &resolved.name;
+        over_cap("fuel", task.fuel, caps.fuel, plugin, |n| n.to_string())?;
+        over_cap("memory_bytes", task.memory_bytes, caps.memory_bytes, plugin, crate::units::format_size)?;
+        let timeout = task.timeout_ms.map(Duration::from_millis);
+        over_cap("timeout_ms", timeout, caps.timeout, plugin, |d| format!("{} ms", d.as_millis()))?;
         self.shared.runner.check_limits(&limits).map_err(EngineError::InvalidRequest)?;
         let now = now_ms();
         let next_run_at_ms = match (task.delay_ms, task.run_at_ms) {
@@ -128,6 +136,7 @@ impl Submission {
             input_len: task.input.len() as u64,
             output_len: None,
             fuel_used: None,
+            host_bytes_used: None,
             history: vec![Transition {
                 at_ms: now,
                 from: None,
@@ -143,6 +152,31 @@ impl Submission {
             iteration: 0,
         };
         Ok((record, task.input))
+    }
+}
+
+/// Refuses a requested limit over its cap, naming the limit and who set
+/// the cap. Limits are never silently clamped.
+fn over_cap<T: PartialOrd + Copy>(
+    field: &str,
+    asked: Option<T>,
+    cap: Cap<T>,
+    plugin: &str,
+    show: impl Fn(T) -> String,
+) -> Result<(), EngineError> {
+    match asked {
+        Some(asked) if asked > cap.most => {
+            let by = match cap.set_by {
+                CapSource::Manifest => format!("plugin `{plugin}`'s manifest"),
+                CapSource::Host => "this host's ceiling".to_owned(),
+            };
+            Err(EngineError::InvalidRequest(format!(
+                "{field} {} is over the most a task of `{plugin}` may be given: {} (set by {by})",
+                show(asked),
+                show(cap.most)
+            )))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -176,6 +210,39 @@ mod tests {
         assert!(refused(https).contains("scheme `https` is not supported"));
         assert!(refused(task(|t| t.plugin = "missing".into())).contains("unknown plugin `missing`"));
         assert!(h.store().task_count().unwrap() == 0, "a refusal writes nothing");
+    }
+
+    #[tokio::test]
+    async fn refuses_limits_over_the_hosts_ceilings_naming_them() {
+        let h = Harness::new().await;
+        let submission = Submission::new(h.shared.clone());
+        let refused = |t: NewTask| submission.prepare(t).unwrap_err().to_string();
+        let fuel = refused(task(|t| t.fuel = Some(u64::MAX)));
+        assert!(fuel.contains("fuel 18446744073709551615 is over the most a task of `echo` may be given"), "{fuel}");
+        assert!(fuel.contains("(set by this host's ceiling)"), "{fuel}");
+        let memory = refused(task(|t| t.memory_bytes = Some(8 << 30)));
+        assert!(memory.contains("memory_bytes 8 GiB is over the most") && memory.contains("4 GiB"), "{memory}");
+        let timeout = refused(task(|t| t.timeout_ms = Some(3_600_000)));
+        assert!(
+            timeout.contains("timeout_ms 3600000 ms is over the most") && timeout.contains("900000 ms"),
+            "{timeout}"
+        );
+        // At the ceiling is allowed.
+        assert!(submission.prepare(task(|t| t.timeout_ms = Some(900_000))).is_ok());
+        assert_eq!(h.store().task_count().unwrap(), 0, "a refusal writes nothing");
+    }
+
+    #[test]
+    fn a_manifest_caps_below_the_ceiling_and_never_above_it() {
+        let ceilings = crate::Ceilings::default();
+        let limits = Limits { fuel: 1_000_000, timeout: Duration::from_secs(3_600), ..Limits::default() };
+        let caps = super::super::runner::Caps::with_manifest(&ceilings, &limits, [true, false, true]);
+        assert_eq!((caps.fuel.most, caps.fuel.set_by), (1_000_000, CapSource::Manifest));
+        assert_eq!((caps.memory_bytes.most, caps.memory_bytes.set_by), (ceilings.memory_bytes, CapSource::Host));
+        assert_eq!((caps.timeout.most, caps.timeout.set_by), (ceilings.timeout, CapSource::Host), "over the ceiling");
+        let refused = over_cap("fuel", Some(1_000_001), caps.fuel, "p", |n| n.to_string()).unwrap_err().to_string();
+        assert!(refused.contains("fuel 1000001 is over the most a task of `p` may be given: 1000000"), "{refused}");
+        assert!(refused.contains("(set by plugin `p`'s manifest)"), "{refused}");
     }
 
     #[tokio::test]

@@ -42,6 +42,7 @@ pub(crate) fn report(result: Result<Vec<u8>, TaskFailure>) -> TaskReport {
         stdout: Vec::new(),
         stderr: Vec::new(),
         fuel_consumed: Some(1),
+        host_bytes_peak: 0,
         elapsed: Duration::ZERO,
     }
 }
@@ -53,7 +54,8 @@ impl Runner for ScriptRunner {
         if name == "missing" {
             return Err(EngineError::UnknownPlugin(format!("unknown plugin `{name}`")));
         }
-        Ok(Resolved { name: name.into(), version: "1".into(), digest: "d".into(), defaults: Limits::default() })
+        let caps = super::runner::Caps::host(&crate::Ceilings::default());
+        Ok(Resolved { name: name.into(), version: "1".into(), digest: "d".into(), defaults: Limits::default(), caps })
     }
 
     fn check_limits(&self, _: &Limits) -> Result<(), String> {

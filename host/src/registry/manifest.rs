@@ -12,6 +12,7 @@
 //! timeout = "5s"
 //! max_output = "1MiB"
 //! max_log = "256KiB"
+//! host_memory = "16MiB" # what its tasks may make the host hold
 //!
 //! [[dirs]]              # preopened directories
 //! host = "/srv/reports"
@@ -60,6 +61,8 @@ pub struct ManifestLimits {
     pub max_output: Option<String>,
     /// Cap per captured stream.
     pub max_log: Option<String>,
+    /// The host budget per attempt.
+    pub host_memory: Option<String>,
 }
 
 /// `[[dirs]]`: one preopened directory.
@@ -173,6 +176,7 @@ impl Manifest {
             },
             max_output_bytes: size(&l.max_output, defaults.max_output_bytes, "max_output")?,
             max_log_bytes: size(&l.max_log, defaults.max_log_bytes, "max_log")?,
+            host_bytes: size(&l.host_memory, defaults.host_bytes, "host_memory")?,
         })
     }
 

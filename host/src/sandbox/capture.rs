@@ -1,7 +1,9 @@
 //! Capped in-memory capture of a guest's stdout and stderr. Writing past the
 //! cap records the overflow and traps the guest at once, so the task ends as
 //! `output too large` instead of running on with its output silently lost.
+//! Captured bytes also count against the attempt's host budget.
 
+use super::budget::HostBudget;
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -19,11 +21,12 @@ pub(crate) struct CappedPipe {
     name: &'static str,
     cap: usize,
     buffer: Arc<Mutex<Buffer>>,
+    budget: Arc<HostBudget>,
 }
 
 impl CappedPipe {
-    pub(crate) fn new(name: &'static str, cap: u64) -> Self {
-        Self { name, cap: usize::try_from(cap).unwrap_or(usize::MAX), buffer: Arc::default() }
+    pub(crate) fn new(name: &'static str, cap: u64, budget: Arc<HostBudget>) -> Self {
+        Self { name, cap: usize::try_from(cap).unwrap_or(usize::MAX), buffer: Arc::default(), budget }
     }
 
     pub(crate) fn name(&self) -> &'static str {
@@ -75,6 +78,10 @@ impl OutputStream for CappedPipe {
     fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
         let mut buf = self.lock();
         let room = self.cap.saturating_sub(buf.bytes.len());
+        let kept = bytes.len().min(room);
+        if let Err(refused) = self.budget.charge(self.name, kept as u64) {
+            return Err(StreamError::Trap(wasmtime::Error::new(refused)));
+        }
         if bytes.len() > room {
             buf.bytes.extend_from_slice(&bytes[..room]);
             buf.overflowed = true;

@@ -14,6 +14,8 @@ use std::time::Duration;
 /// | `epoch_tick` | 10 ms | timeout/cancel resolution and how often long guests yield |
 /// | `pooling` | on | off uses on-demand allocation (only useful for comparison) |
 /// | `parallel_compilation` | on | off compiles on one thread (the engine's default: see `EngineConfig::sandbox`) |
+/// | `ceilings` | see [`Ceilings`] | the most fuel, memory and time any task may be given |
+/// | `blocking_threads` | 64 | threads for guests' blocking file I/O (the engine's [`AttemptRuntime`](crate::AttemptRuntime)) |
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
     /// Number of component instances the pooling allocator can hold at once.
@@ -36,6 +38,13 @@ pub struct SandboxConfig {
     pub parallel_compilation: bool,
     /// Limits applied to a task that sets none of its own.
     pub default_limits: Limits,
+    /// The operator's ceilings: no submission or manifest gets more.
+    pub ceilings: Ceilings,
+    /// Threads for guests' blocking file I/O under the engine. When all
+    /// are stuck (guests blocked reading a FIFO, say), further guest file
+    /// I/O waits and its tasks end by their timeout; the host's own
+    /// threads are never used.
+    pub blocking_threads: usize,
 }
 
 impl Default for SandboxConfig {
@@ -49,6 +58,50 @@ impl Default for SandboxConfig {
             pooling: true,
             parallel_compilation: true,
             default_limits: Limits::default(),
+            ceilings: Ceilings::default(),
+            blocking_threads: 64,
+        }
+    }
+}
+
+/// The operator's ceilings on what one task may be given. A task's
+/// effective limit is the least of what its submission asks, its plugin's
+/// manifest and these; a submission that asks for more than its plugin's
+/// manifest or these is refused naming the limit (never silently clamped).
+/// A manifest over a ceiling is clamped to it (the operator sets both).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ceilings {
+    /// Most fuel per attempt. Default 100 000 000 000 (10× the default).
+    pub fuel: u64,
+    /// Most linear memory per task, bytes. Default 4 GiB (also capped by
+    /// the pool's slot size, `max_memory_per_instance`).
+    pub memory_bytes: u64,
+    /// Longest wall-clock budget per attempt. Default 15 minutes.
+    pub timeout: Duration,
+    /// Largest host budget per attempt, bytes. Default 1 GiB.
+    pub host_bytes: u64,
+}
+
+impl Default for Ceilings {
+    fn default() -> Self {
+        Self {
+            fuel: 100_000_000_000,
+            memory_bytes: 4 << 30,
+            timeout: Duration::from_secs(15 * 60),
+            host_bytes: 1 << 30,
+        }
+    }
+}
+
+impl Ceilings {
+    /// `limits` with each field lowered to its ceiling.
+    pub fn clamp(&self, limits: &Limits) -> Limits {
+        Limits {
+            fuel: limits.fuel.min(self.fuel),
+            memory_bytes: limits.memory_bytes.min(self.memory_bytes),
+            timeout: limits.timeout.min(self.timeout),
+            host_bytes: limits.host_bytes.min(self.host_bytes),
+            ..limits.clone()
         }
     }
 }
@@ -69,6 +122,11 @@ pub struct Limits {
     /// Cap on each captured stream (stdout, stderr, log messages), in bytes.
     /// Default 1 MiB each.
     pub max_log_bytes: u64,
+    /// The host budget: bytes the task may make the host hold outside its
+    /// own memory (log records, captured streams, children and their
+    /// inputs, context writes, join results, inference tensors). Default
+    /// 64 MiB. See [`HostBudget`](crate::HostBudget).
+    pub host_bytes: u64,
 }
 
 impl Default for Limits {
@@ -79,6 +137,7 @@ impl Default for Limits {
             timeout: Duration::from_secs(30),
             max_output_bytes: 16 << 20,
             max_log_bytes: 1 << 20,
+            host_bytes: 64 << 20,
         }
     }
 }

@@ -63,7 +63,24 @@ impl inference::Host for TaskState {
         let Some(service) = self.inference.clone() else {
             return Ok(Err(InferenceError::Unavailable(NO_MODELS.into())));
         };
+        // The tensors are held by the host while the call waits for its
+        // batch and runs: they must fit the task's host budget.
+        let sent = tensor_bytes(&inputs);
+        if let Err(refused) = self.budget.fits("inference inputs", sent) {
+            return Ok(Err(InferenceError::InvalidInput(refused.to_string())));
+        }
         let call = service.run(&self.caller(), model, inputs);
-        Ok(call.await)
+        let outputs = call.await;
+        if let Ok(outputs) = &outputs
+            && let Err(refused) = self.budget.fits("inference inputs and outputs", sent + tensor_bytes(outputs))
+        {
+            return Ok(Err(InferenceError::InvalidInput(refused.to_string())));
+        }
+        Ok(outputs)
     }
+}
+
+/// Host bytes a list of tensors holds (data, shape and names).
+fn tensor_bytes(tensors: &[Tensor]) -> u64 {
+    tensors.iter().map(|t| (t.data.len() + t.name.len() + 8 * t.shape.len() + 32) as u64).sum()
 }

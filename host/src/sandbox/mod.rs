@@ -3,6 +3,7 @@
 //! its limits and classifies what happened. The sandbox never touches the
 //! task store; it takes a request and returns a report.
 
+mod budget;
 mod capture;
 mod config;
 mod host;
@@ -10,15 +11,18 @@ mod inference;
 mod limiter;
 mod outcome;
 mod plugin;
+mod runtime;
 mod services;
 mod state;
 mod ticker;
 
-pub use config::{Limits, SandboxConfig};
+pub use budget::{BudgetExceeded, HostBudget};
+pub use config::{Ceilings, Limits, SandboxConfig};
 pub use inference::{Caller, InferenceError, InferenceService, ModelInfo, RunResult, Tensor, TensorSpec, TensorType};
 pub use outcome::{FailureClass, LogLevel, LogRecord, TaskFailure, TaskReport};
 pub(crate) use plugin::check_header;
 pub use plugin::{LoadError, Plugin};
+pub use runtime::AttemptRuntime;
 pub use services::{ChildTask, ContextError, HostFailure, QueueError, Served, TaskServices, TaskStatus, TaskView};
 
 use crate::bindings::{Task, TaskError, TaskPre, WitTaskInfo};
@@ -101,6 +105,9 @@ pub struct TaskRequest {
     /// Models behind the `inference` import; `None` when this host serves
     /// none (calls then say so).
     pub inference: Option<Arc<dyn InferenceService>>,
+    /// The attempt's host budget, shared with `services`; `None` makes a
+    /// fresh one of `limits.host_bytes`.
+    pub budget: Option<Arc<HostBudget>>,
 }
 
 /// Cancels a running task: the guest is stopped at its next epoch tick, or
@@ -341,13 +348,14 @@ impl Sandbox {
             stderr: Vec::new(),
             fuel_consumed: None,
             elapsed: started.elapsed(),
+            host_bytes_peak: 0,
         };
         if let Err(message) = self.check_limits(&limits) {
             return early_failure(message);
         }
         let deadline = tokio::time::Instant::now() + limits.timeout;
         let cancel = request.cancel.clone();
-        let attached = Attached { services: request.services, inference: request.inference };
+        let attached = Attached { services: request.services, inference: request.inference, budget: request.budget };
         let mut store = match self.new_store(plugin, &request.meta, &limits, &request.grants, request.cancel, attached)
         {
             Ok(store) => store,
@@ -423,6 +431,7 @@ impl Sandbox {
             logs: state.logs,
             fuel_consumed,
             elapsed: started.elapsed(),
+            host_bytes_peak: state.budget.peak(),
         }
     }
 }
@@ -432,6 +441,7 @@ impl Sandbox {
 pub(crate) struct Attached {
     pub(crate) services: Option<Arc<dyn TaskServices>>,
     pub(crate) inference: Option<Arc<dyn InferenceService>>,
+    pub(crate) budget: Option<Arc<HostBudget>>,
 }
 
 #[derive(Clone, Copy)]

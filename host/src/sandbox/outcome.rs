@@ -4,6 +4,7 @@
 //! an abort after a refused `memory.grow` is `memory limit exceeded`, not
 //! `unreachable`.
 
+use super::budget::BudgetExceeded;
 use super::state::{Interrupted, TaskState};
 use std::fmt;
 use std::time::Duration;
@@ -37,6 +38,9 @@ pub enum FailureClass {
     Cancelled,
     /// The host could not run the task (e.g. no free instance slot).
     HostError,
+    /// The task made the host hold more than its host budget (log
+    /// records, children, context writes, join results, inference tensors).
+    HostBudgetExceeded,
 }
 
 impl FailureClass {
@@ -53,13 +57,14 @@ impl FailureClass {
             Self::InvalidPlugin => "invalid plugin",
             Self::Cancelled => "cancelled",
             Self::HostError => "host error",
+            Self::HostBudgetExceeded => "host budget exceeded",
         }
     }
 }
 
 impl FailureClass {
     /// Every class, in code order.
-    pub const ALL: [FailureClass; 10] = [
+    pub const ALL: [FailureClass; 11] = [
         Self::FuelExhausted,
         Self::MemoryLimitExceeded,
         Self::Timeout,
@@ -70,6 +75,7 @@ impl FailureClass {
         Self::InvalidPlugin,
         Self::Cancelled,
         Self::HostError,
+        Self::HostBudgetExceeded,
     ];
 
     /// The code stored in records. Codes are forever: a new class takes a
@@ -86,6 +92,7 @@ impl FailureClass {
             Self::InvalidPlugin => 8,
             Self::Cancelled => 9,
             Self::HostError => 10,
+            Self::HostBudgetExceeded => 11,
         }
     }
 
@@ -241,6 +248,9 @@ pub struct TaskReport {
     pub fuel_consumed: Option<u64>,
     /// Wall-clock time from instantiation to the end of the call.
     pub elapsed: Duration,
+    /// The most bytes the task made the host hold at once (its host
+    /// budget's peak).
+    pub host_bytes_peak: u64,
 }
 
 /// Classifies an error raised while instantiating or running the guest.
@@ -282,7 +292,24 @@ pub(crate) fn classify_error(err: wasmtime::Error, state: &TaskState) -> TaskFai
             ),
         );
     }
+    if let Some(refused) = err.chain().find_map(|e| e.downcast_ref::<BudgetExceeded>()) {
+        return TaskFailure::new(FailureClass::HostBudgetExceeded, refused.to_string());
+    }
     let backtrace = err.downcast_ref::<WasmBacktrace>().map(|bt| bt.to_string());
+    // A guest that panics on a refused call (`unwrap` of `limit-exceeded`)
+    // traps `unreachable`: the budget's record says why.
+    if trap == Some(Trap::UnreachableCodeReached)
+        && let Some(refusal) = state.budget.refusal()
+    {
+        let panic =
+            panic_message(&state.stderr_snapshot()).map(|p| format!(" (guest panicked: {p})")).unwrap_or_default();
+        return TaskFailure {
+            class: FailureClass::HostBudgetExceeded,
+            retryable: false,
+            message: format!("{refusal}{panic}"),
+            backtrace,
+        };
+    }
     let mut message = match trap {
         // Trap's Display already reads "wasm trap: ..."; the class says trap.
         Some(trap) => trap.to_string().trim_start_matches("wasm trap: ").to_owned(),

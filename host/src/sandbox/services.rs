@@ -4,6 +4,7 @@
 //! and never touches the store. Without services (`taskhost run`), every
 //! call answers that flows need the engine.
 
+use super::budget::BudgetExceeded;
 use super::state::TaskState;
 use crate::bindings::taskhost::plugin::{context, queue};
 use std::sync::Arc;
@@ -30,8 +31,10 @@ pub trait TaskServices: Send + Sync + std::fmt::Debug {
     fn submit(&self, task: ChildTask) -> Served<Result<String, QueueError>>;
     /// `queue.join`: holds a continuation of `tasks` until the attempt ends.
     fn join(&self, tasks: Vec<String>, then: ChildTask) -> Served<Result<String, QueueError>>;
-    /// `queue.joined`: the outcomes of what this task joins, in order.
-    fn joined(&self) -> Served<Vec<TaskView>>;
+    /// `queue.joined`: the outcomes of what this task joins, in order;
+    /// refused when their outputs would not fit the attempt's host budget
+    /// (which traps the guest).
+    fn joined(&self) -> Served<Result<Vec<TaskView>, BudgetExceeded>>;
     /// `queue.get`: a task of the caller's flow.
     fn get(&self, id: &str) -> Served<Result<TaskView, QueueError>>;
     /// `queue.stop-repeating`.
@@ -79,7 +82,7 @@ impl queue::Host for TaskState {
 
     fn joined(&mut self) -> wasmtime::Result<Vec<TaskView>> {
         match self.services().cloned() {
-            Some(s) => self.served(s.joined()),
+            Some(s) => self.served(s.joined())?.map_err(wasmtime::Error::new),
             None => Ok(Vec::new()),
         }
     }

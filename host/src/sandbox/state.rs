@@ -2,6 +2,7 @@
 //! authority beyond the operator's grants), the memory limiter, the captured streams and log, and what
 //! the epoch callback found (timeout, cancellation).
 
+use super::budget::{HostBudget, LOG_RECORD_OVERHEAD};
 use super::capture::CappedPipe;
 use super::limiter::MemoryLimiter;
 use super::{Grants, Limits, LogLevel, LogRecord};
@@ -41,6 +42,8 @@ pub(crate) struct TaskState {
     /// Models the operator granted this plugin (its manifest).
     pub(crate) models: Vec<String>,
     pub(crate) priority: u8,
+    /// What the guest makes the host hold, shared with the services.
+    pub(crate) budget: Arc<HostBudget>,
 }
 
 impl TaskState {
@@ -54,8 +57,9 @@ impl TaskState {
         priority: u8,
     ) -> Result<Self, String> {
         let max_log_bytes = limits.max_log_bytes;
-        let stdout = CappedPipe::new("stdout", max_log_bytes);
-        let stderr = CappedPipe::new("stderr", max_log_bytes);
+        let budget = attached.budget.unwrap_or_else(|| Arc::new(HostBudget::new(limits.host_bytes)));
+        let stdout = CappedPipe::new("stdout", max_log_bytes, budget.clone());
+        let stderr = CappedPipe::new("stderr", max_log_bytes, budget.clone());
         // No environment, no arguments, no stdin. Directories and network
         // only as the operator granted them (none by default): a plugin
         // sees only what the WIT imports and its grants give it. Clocks and
@@ -106,6 +110,7 @@ impl TaskState {
             inference: attached.inference,
             models: grants.models.clone(),
             priority,
+            budget,
         })
     }
 
@@ -116,6 +121,9 @@ impl TaskState {
             self.log_overflowed = true;
             return Err(wasmtime::format_err!("log exceeded its cap of {} bytes", self.max_log_bytes));
         }
+        // The cap counts message bytes; the budget also counts each
+        // record's own cost, so a flood of empty messages is not free.
+        self.budget.charge("a log record", message.len() as u64 + LOG_RECORD_OVERHEAD)?;
         self.logs.push(LogRecord { level, message, at: self.started.elapsed() });
         Ok(())
     }

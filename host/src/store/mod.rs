@@ -214,6 +214,11 @@ impl Store {
                     index_all(&txn)?;
                     meta.insert("schema", SCHEMA_VERSION)?;
                 }
+                Some(4) => {
+                    // Indexes are unchanged from schema 4.
+                    migrate::<record::TaskRecordV4>(&txn)?;
+                    meta.insert("schema", SCHEMA_VERSION)?;
+                }
                 Some(v) => {
                     return Err(StoreError::Schema { expected: SCHEMA_VERSION, found: v });
                 }
@@ -966,7 +971,8 @@ fn apply_flow(t: &mut Tables<'_>, id: Uuid, edit: FlowEdit) -> Result<(FlowRecor
 
 /// Rewrites every task record of an older schema `Old` in today's layout:
 /// schema 2 gains the flow fields (each task its own flow), schemas 2 and 3
-/// store the failure class as a code instead of text.
+/// store the failure class as a code instead of text, schemas 2-4 gain the
+/// host budget (the default's) and its use (unknown).
 fn migrate<Old>(txn: &WriteTransaction) -> Result<(), StoreError>
 where
     Old: for<'de> serde::Deserialize<'de>,

@@ -118,6 +118,8 @@ pub struct StoredLimits {
     pub max_output_bytes: u64,
     /// Cap per captured stream in bytes.
     pub max_log_bytes: u64,
+    /// The host budget in bytes (see [`crate::HostBudget`]).
+    pub host_bytes: u64,
 }
 
 impl From<&crate::Limits> for StoredLimits {
@@ -128,6 +130,7 @@ impl From<&crate::Limits> for StoredLimits {
             timeout_ms: l.timeout.as_millis().try_into().unwrap_or(u64::MAX),
             max_output_bytes: l.max_output_bytes,
             max_log_bytes: l.max_log_bytes,
+            host_bytes: l.host_bytes,
         }
     }
 }
@@ -140,6 +143,7 @@ impl From<&StoredLimits> for crate::Limits {
             timeout: std::time::Duration::from_millis(l.timeout_ms),
             max_output_bytes: l.max_output_bytes,
             max_log_bytes: l.max_log_bytes,
+            host_bytes: l.host_bytes,
         }
     }
 }
@@ -192,6 +196,8 @@ pub struct TaskRecord {
     pub output_len: Option<u64>,
     /// Fuel used by the latest attempt.
     pub fuel_used: Option<u64>,
+    /// The most bytes the latest attempt made the host hold at once.
+    pub host_bytes_used: Option<u64>,
     /// Every transition, oldest first.
     pub history: Vec<Transition>,
     /// The flow this task belongs to: the id of the task submitted from
@@ -369,7 +375,7 @@ pub(crate) struct TaskRecordV2 {
     priority: u8,
     attempts: u32,
     max_attempts: u32,
-    limits: StoredLimits,
+    limits: StoredLimitsV4,
     error: Option<StoredFailureV3>,
     created_at_ms: u64,
     started_at_ms: Option<u64>,
@@ -398,7 +404,7 @@ pub(crate) struct TaskRecordV3 {
     priority: u8,
     attempts: u32,
     max_attempts: u32,
-    limits: StoredLimits,
+    limits: StoredLimitsV4,
     error: Option<StoredFailureV3>,
     created_at_ms: u64,
     started_at_ms: Option<u64>,
@@ -434,7 +440,7 @@ impl TryFrom<TaskRecordV2> for TaskRecord {
             priority: r.priority,
             attempts: r.attempts,
             max_attempts: r.max_attempts,
-            limits: r.limits,
+            limits: r.limits.upgrade(),
             error: r.error.map(StoredFailureV3::upgrade).transpose()?,
             created_at_ms: r.created_at_ms,
             started_at_ms: r.started_at_ms,
@@ -446,6 +452,7 @@ impl TryFrom<TaskRecordV2> for TaskRecord {
             input_len: r.input_len,
             output_len: r.output_len,
             fuel_used: r.fuel_used,
+            host_bytes_used: None,
             history: r.history,
             flow_id: r.id,
             depth: 0,
@@ -472,7 +479,7 @@ impl TryFrom<TaskRecordV3> for TaskRecord {
             priority: r.priority,
             attempts: r.attempts,
             max_attempts: r.max_attempts,
-            limits: r.limits,
+            limits: r.limits.upgrade(),
             error: r.error.map(StoredFailureV3::upgrade).transpose()?,
             created_at_ms: r.created_at_ms,
             started_at_ms: r.started_at_ms,
@@ -484,6 +491,106 @@ impl TryFrom<TaskRecordV3> for TaskRecord {
             input_len: r.input_len,
             output_len: r.output_len,
             fuel_used: r.fuel_used,
+            host_bytes_used: None,
+            history: r.history,
+            flow_id: r.flow_id,
+            depth: r.depth,
+            after: r.after,
+            input_from: r.input_from,
+            step: r.step,
+            iteration: r.iteration,
+        })
+    }
+}
+
+/// Limits as schemas 2-4 stored them (no host budget); read only to
+/// migrate a file.
+#[derive(Deserialize)]
+pub(crate) struct StoredLimitsV4 {
+    fuel: u64,
+    memory_bytes: u64,
+    timeout_ms: u64,
+    max_output_bytes: u64,
+    max_log_bytes: u64,
+}
+
+impl StoredLimitsV4 {
+    /// Today's layout; the host budget is the default's.
+    fn upgrade(self) -> StoredLimits {
+        StoredLimits {
+            fuel: self.fuel,
+            memory_bytes: self.memory_bytes,
+            timeout_ms: self.timeout_ms,
+            max_output_bytes: self.max_output_bytes,
+            max_log_bytes: self.max_log_bytes,
+            host_bytes: crate::Limits::default().host_bytes,
+        }
+    }
+}
+
+/// A task record as schema 4 stored it (no host budget); read only to
+/// migrate a file.
+#[derive(Deserialize)]
+pub(crate) struct TaskRecordV4 {
+    id: Uuid,
+    version: u64,
+    state: TaskState,
+    plugin: String,
+    plugin_version: String,
+    digest: String,
+    queue: String,
+    priority: u8,
+    attempts: u32,
+    max_attempts: u32,
+    limits: StoredLimitsV4,
+    error: Option<StoredFailure>,
+    created_at_ms: u64,
+    started_at_ms: Option<u64>,
+    finished_at_ms: Option<u64>,
+    next_run_at_ms: Option<u64>,
+    idempotency_key: Option<String>,
+    parent_id: Option<Uuid>,
+    callback_url: Option<String>,
+    input_len: u64,
+    output_len: Option<u64>,
+    fuel_used: Option<u64>,
+    history: Vec<Transition>,
+    flow_id: Uuid,
+    depth: u32,
+    after: Vec<Uuid>,
+    input_from: InputFrom,
+    step: Option<String>,
+    iteration: u32,
+}
+
+impl TryFrom<TaskRecordV4> for TaskRecord {
+    type Error = super::StoreError;
+
+    fn try_from(r: TaskRecordV4) -> Result<Self, Self::Error> {
+        Ok(TaskRecord {
+            id: r.id,
+            version: r.version,
+            state: r.state,
+            plugin: r.plugin,
+            plugin_version: r.plugin_version,
+            digest: r.digest,
+            queue: r.queue,
+            priority: r.priority,
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            limits: r.limits.upgrade(),
+            error: r.error,
+            created_at_ms: r.created_at_ms,
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: r.finished_at_ms,
+            next_run_at_ms: r.next_run_at_ms,
+            idempotency_key: r.idempotency_key,
+            parent_id: r.parent_id,
+            callback_url: r.callback_url,
+            input_len: r.input_len,
+            output_len: r.output_len,
+            fuel_used: r.fuel_used,
+            host_bytes_used: None,
             history: r.history,
             flow_id: r.flow_id,
             depth: r.depth,

@@ -45,6 +45,7 @@ pub(crate) const BY_ITERATION: TableDefinition<'_, (u128, u32, u128), ()> = Tabl
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 /// The layout version this build reads and writes. Version 2 files (before
-/// flows) and version 3 files (failure classes as text, no indexes) are
+/// flows), version 3 files (failure classes as text, no indexes) and
+/// version 4 files (no host budget in the limits or the record) are
 /// migrated in place on open.
-pub(crate) const SCHEMA_VERSION: u64 = 4;
+pub(crate) const SCHEMA_VERSION: u64 = 5;

@@ -17,7 +17,14 @@ pub(crate) fn record(n: u128, key: Option<&str>) -> TaskRecord {
         priority: 0,
         attempts: 0,
         max_attempts: 3,
-        limits: StoredLimits { fuel: 1, memory_bytes: 1, timeout_ms: 1, max_output_bytes: 1, max_log_bytes: 1 },
+        limits: StoredLimits {
+            fuel: 1,
+            memory_bytes: 1,
+            timeout_ms: 1,
+            max_output_bytes: 1,
+            max_log_bytes: 1,
+            host_bytes: crate::Limits::default().host_bytes,
+        },
         error: None,
         created_at_ms: 0,
         started_at_ms: None,
@@ -29,6 +36,7 @@ pub(crate) fn record(n: u128, key: Option<&str>) -> TaskRecord {
         input_len: 0,
         output_len: None,
         fuel_used: None,
+        host_bytes_used: None,
         history: Vec::new(),
         flow_id: Uuid::from_u128(n),
         depth: 0,
@@ -117,7 +125,7 @@ async fn a_schema_2_file_is_migrated_on_open() {
         priority: u8,
         attempts: u32,
         max_attempts: u32,
-        limits: StoredLimits,
+        limits: (u64, u64, u64, u64, u64),
         error: Option<OldFailure>,
         created_at_ms: u64,
         started_at_ms: Option<u64>,
@@ -149,7 +157,7 @@ async fn a_schema_2_file_is_migrated_on_open() {
             priority: 4,
             attempts: 1,
             max_attempts: 3,
-            limits: StoredLimits { fuel: 1, memory_bytes: 2, timeout_ms: 3, max_output_bytes: 4, max_log_bytes: 5 },
+            limits: (1, 2, 3, 4, 5),
             error: Some(old_failure("timeout")),
             created_at_ms: 11,
             started_at_ms: None,
@@ -171,6 +179,7 @@ async fn a_schema_2_file_is_migrated_on_open() {
     assert_eq!((migrated.version, migrated.priority, migrated.next_run_at_ms), (3, 4, Some(12)));
     assert_eq!((migrated.flow_id, migrated.depth, migrated.input_from), (id, 0, InputFrom::Own));
     assert_eq!(migrated.error.as_ref().map(|e| e.class), Some(crate::FailureClass::Timeout));
+    assert_eq!((migrated.limits.max_log_bytes, migrated.limits.host_bytes), (5, crate::Limits::default().host_bytes));
     drop(store);
     // Reopening finds today's schema and changes nothing.
     assert_eq!(Store::open(&path, true).unwrap().get(id).unwrap().unwrap(), migrated);
@@ -194,11 +203,55 @@ fn old_failure(class: &str) -> OldFailure {
 /// the failure's class as text.
 fn encode_v3(r: &TaskRecord, failure: Option<OldFailure>) -> Vec<u8> {
     let head = (r.id, r.version, r.state, &r.plugin, &r.plugin_version, &r.digest, &r.queue, r.priority);
-    let counts = (r.attempts, r.max_attempts, &r.limits);
+    let counts = (r.attempts, r.max_attempts, old_limits(&r.limits));
     let times = (r.created_at_ms, r.started_at_ms, r.finished_at_ms, r.next_run_at_ms);
     let rest = (&r.idempotency_key, r.parent_id, &r.callback_url, r.input_len, r.output_len, r.fuel_used, &r.history);
     let flow = (r.flow_id, r.depth, &r.after, r.input_from, &r.step, r.iteration);
     postcard::to_stdvec(&(head, counts, failure, times, rest, flow)).unwrap()
+}
+
+/// Limits as schemas 2-4 wrote them (no host budget).
+fn old_limits(l: &StoredLimits) -> (u64, u64, u64, u64, u64) {
+    (l.fuel, l.memory_bytes, l.timeout_ms, l.max_output_bytes, l.max_log_bytes)
+}
+
+/// Writes `record` as schema 4 did: no host budget in the limits, no
+/// host bytes used.
+fn encode_v4(r: &TaskRecord) -> Vec<u8> {
+    let head = (r.id, r.version, r.state, &r.plugin, &r.plugin_version, &r.digest, &r.queue, r.priority);
+    let counts = (r.attempts, r.max_attempts, old_limits(&r.limits), &r.error);
+    let times = (r.created_at_ms, r.started_at_ms, r.finished_at_ms, r.next_run_at_ms);
+    let rest = (&r.idempotency_key, r.parent_id, &r.callback_url, r.input_len, r.output_len, r.fuel_used, &r.history);
+    let flow = (r.flow_id, r.depth, &r.after, r.input_from, &r.step, r.iteration);
+    postcard::to_stdvec(&(head, counts, times, rest, flow)).unwrap()
+}
+
+#[tokio::test]
+async fn a_schema_4_file_gains_the_host_budget_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v4.redb");
+    let mut failed = record(1, None);
+    failed.state = TaskState::Failed;
+    failed.error = Some(StoredFailure {
+        class: crate::FailureClass::Trap,
+        retryable: false,
+        message: "m".into(),
+        backtrace: None,
+    });
+    failed.limits.host_bytes = crate::Limits::default().host_bytes;
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("schema", 4).unwrap();
+        txn.open_table(TASKS).unwrap().insert(1u128, encode_v4(&failed).as_slice()).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, true).unwrap();
+    assert_eq!(store.get(Uuid::from_u128(1)).unwrap().unwrap(), failed);
+    drop(store);
+    let db = redb::Database::create(&path).unwrap();
+    let schema = db.begin_read().unwrap().open_table(META).unwrap().get("schema").unwrap().unwrap().value();
+    assert_eq!(schema, SCHEMA_VERSION);
 }
 
 #[tokio::test]

@@ -22,6 +22,8 @@ pub struct TaskLimits {
     pub max_output_bytes: u64,
     /// Cap per captured stream.
     pub max_log_bytes: u64,
+    /// The host budget: bytes the task may make the host hold.
+    pub host_bytes: u64,
 }
 
 impl From<&store::StoredLimits> for TaskLimits {
@@ -32,6 +34,7 @@ impl From<&store::StoredLimits> for TaskLimits {
             timeout_ms: l.timeout_ms,
             max_output_bytes: l.max_output_bytes,
             max_log_bytes: l.max_log_bytes,
+            host_bytes: l.host_bytes,
         }
     }
 }
@@ -119,6 +122,8 @@ pub struct Task {
     pub output_len: Option<u64>,
     /// Fuel the last attempt used.
     pub fuel_used: Option<u64>,
+    /// The most bytes the last attempt made the host hold at once.
+    pub host_bytes_used: Option<u64>,
     /// The output (`output` or `output_base64`), where the answer carries
     /// it: `GET /v1/tasks/{id}` and callbacks of a completed task.
     #[serde(flatten)]
@@ -154,6 +159,7 @@ impl Task {
             input_len: record.input_len,
             output_len: record.output_len,
             fuel_used: record.fuel_used,
+            host_bytes_used: record.host_bytes_used,
             output: Output::new(output),
         }
     }
@@ -410,6 +416,7 @@ mod tests {
                 "finished_at",
                 "flow_id",
                 "fuel_used",
+                "host_bytes_used",
                 "id",
                 "idempotency_key",
                 "input_bytes",

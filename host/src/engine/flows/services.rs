@@ -3,7 +3,8 @@
 //! the attempt's [`Effects`] and hands them to the engine when the attempt
 //! ends (committed with a completion, released otherwise). A store read
 //! that fails ends the attempt as a host error (retried); it is never taken
-//! for "absent".
+//! for "absent". What the attempt holds (children, their inputs, context
+//! writes) and what a join hands back count against its host budget.
 
 use super::{FlowLimits, Flows, scoped_key, task_view};
 use crate::engine::shared::Shared;
@@ -12,7 +13,8 @@ use crate::engine::{EngineError, NewTask};
 use crate::flow::{ChildTask, ContextError, HostFailure, QueueError, Served, TaskServices, TaskStatus, TaskView};
 use crate::store::{Effects, StoreError, TaskRecord, TaskState};
 use crate::sync::lock;
-use std::collections::{BTreeMap, HashSet};
+use crate::{BudgetExceeded, HostBudget};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, OnceLock};
 use uuid::Uuid;
 
@@ -23,8 +25,13 @@ struct Held {
     ids: HashSet<Uuid>,
     /// Scoped idempotency keys of held children → their ids.
     keys: BTreeMap<String, Uuid>,
-    /// Latest value per context key written by this attempt.
+    /// Latest value per context key written by this attempt (each key
+    /// once: a later write replaces an earlier one and gives its bytes
+    /// back).
     overlay: BTreeMap<String, Option<Vec<u8>>>,
+    /// Size (key + value) each written key had in the store before the
+    /// attempt; the reservation of a key is what it grew by since.
+    baseline: HashMap<String, u64>,
     /// Context bytes reserved against the flow cap.
     context_reserved: u64,
     /// Flow task reservations held.
@@ -40,7 +47,18 @@ pub(crate) struct AttemptServices {
     /// Tasks the flow had stored, read on the first submission.
     flow_tasks: OnceLock<u64>,
     held: Mutex<Held>,
+    budget: Arc<HostBudget>,
 }
+
+/// Most tasks one `join` may wait for.
+pub(crate) const MAX_JOIN: usize = 10_000;
+
+/// Largest input a plugin may give one child (the API's own body cap).
+pub(crate) const MAX_CHILD_INPUT: usize = crate::api::MAX_TASK_BODY;
+
+/// What holding one child costs the host beyond its strings and input:
+/// its record and the maps that find it.
+const CHILD_OVERHEAD: u64 = 512;
 
 impl std::fmt::Debug for AttemptServices {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -62,6 +80,7 @@ fn host(what: &str, e: StoreError) -> HostFailure {
 impl AttemptServices {
     pub(crate) fn new(shared: Arc<Shared>, submission: Arc<Submission>, flows: Arc<Flows>, task: TaskRecord) -> Self {
         let effects = Effects { flow_id: task.flow_id, ..Effects::default() };
+        let budget = Arc::new(HostBudget::new(task.limits.host_bytes));
         Self {
             shared,
             submission,
@@ -69,12 +88,20 @@ impl AttemptServices {
             task,
             flow_tasks: OnceLock::new(),
             held: Mutex::new(Held { effects, ..Held::default() }),
+            budget,
         }
     }
 
-    /// Takes what the attempt held (once, when it ended).
+    /// The attempt's host budget, which the sandbox charges too.
+    pub(crate) fn budget(&self) -> Arc<HostBudget> {
+        self.budget.clone()
+    }
+
+    /// Takes what the attempt held (once, when it ended): the context
+    /// writes are the last value of each key.
     pub(crate) fn take(&self) -> Outcome {
-        let held = std::mem::take(&mut *lock(&self.held));
+        let mut held = std::mem::take(&mut *lock(&self.held));
+        held.effects.context = std::mem::take(&mut held.overlay).into_iter().collect();
         Outcome { effects: held.effects, tasks_reserved: held.tasks_reserved, context_reserved: held.context_reserved }
     }
 
@@ -103,6 +130,13 @@ impl AttemptServices {
             }
         }
         let metrics = &self.shared.metrics;
+        if spec.input.len() > MAX_CHILD_INPUT {
+            metrics.refused("child_input");
+            return Ok(Err(QueueError::LimitExceeded(format!(
+                "a child's input may be at most {MAX_CHILD_INPUT} bytes; this one is {} bytes",
+                spec.input.len()
+            ))));
+        }
         if held.effects.children.len() >= limits.children_per_task as usize {
             metrics.refused("children_per_task");
             return Ok(Err(QueueError::LimitExceeded(format!(
@@ -127,16 +161,26 @@ impl AttemptServices {
             parent_id: Some(self.task.id),
             ..NewTask::default()
         };
+        let cost = child_cost(&new, key.as_deref(), after.len());
+        if let Err(refused) = self.budget.charge("a child", cost) {
+            metrics.refused("host_budget");
+            return Ok(Err(QueueError::LimitExceeded(refused.to_string())));
+        }
+        // Given back if the child is refused below.
+        let refund = |r| {
+            self.budget.refund(cost);
+            r
+        };
         let (mut record, input) = match self.submission.prepare(new) {
             Ok(prepared) => prepared,
-            Err(EngineError::UnknownPlugin(m)) => return Ok(Err(QueueError::UnknownPlugin(m))),
-            Err(EngineError::Store(e)) => return Err(host("check the child", e)),
-            Err(other) => return Ok(Err(QueueError::Invalid(other.to_string()))),
+            Err(EngineError::UnknownPlugin(m)) => return refund(Ok(Err(QueueError::UnknownPlugin(m)))),
+            Err(EngineError::Store(e)) => return refund(Err(host("check the child", e))),
+            Err(other) => return refund(Ok(Err(QueueError::Invalid(other.to_string())))),
         };
-        let stored_tasks = self.stored_flow_tasks()?;
+        let stored_tasks = refund_on_err(self.stored_flow_tasks(), || self.budget.refund(cost))?;
         if let Err(refusal) = self.flows.book().reserve_task(flow, stored_tasks, &limits) {
             metrics.refused(refusal.limit());
-            return Ok(Err(QueueError::LimitExceeded(refusal.to_string())));
+            return refund(Ok(Err(QueueError::LimitExceeded(refusal.to_string()))));
         }
         held.tasks_reserved += 1;
         record.flow_id = flow;
@@ -172,19 +216,71 @@ impl AttemptServices {
         Ok(Ok(task_view(&record, output)))
     }
 
-    /// The size a context write changes the flow's context by, upward.
-    fn growth(&self, held: &Held, key: &str, value: Option<&[u8]>) -> Served<u64> {
-        let before = match held.overlay.get(key) {
-            Some(v) => v.as_ref().map(|v| key.len() + v.len()),
-            None => self.stored(key)?.map(|v| key.len() + v.len()),
+    /// Writes `value` (`None` deletes) to `key` in the attempt's overlay:
+    /// the key's reservation against the flow's cap grows or shrinks to
+    /// what the key grew by since the attempt began, and the host budget
+    /// holds the overlay's bytes (a replaced value's are given back).
+    fn write(&self, held: &mut Held, key: &str, value: Option<Vec<u8>>) -> Served<Result<(), ContextError>> {
+        let baseline = match held.baseline.get(key) {
+            Some(size) => *size,
+            None => {
+                let size = self.stored(key)?.map_or(0, |v| (key.len() + v.len()) as u64);
+                held.baseline.insert(key.to_owned(), size);
+                size
+            }
         };
-        let after = value.map(|v| key.len() + v.len());
-        Ok((after.unwrap_or(0) as u64).saturating_sub(before.unwrap_or(0) as u64))
+        let size = |v: Option<&Option<Vec<u8>>>| v.map(|v| v.as_ref().map_or(0, |v| (key.len() + v.len()) as u64));
+        // A key the attempt has not written yet stands at its baseline.
+        let before = size(held.overlay.get(key)).unwrap_or(baseline);
+        let after = size(Some(&value)).unwrap_or(0);
+        let (was_reserved, reserve) = (before.saturating_sub(baseline), after.saturating_sub(baseline));
+        // The overlay holds the key and the new value. A deletion's is not
+        // counted: only stored keys can be deleted, and those are bounded
+        // by the flow's context cap.
+        let holds =
+            |v: Option<&Option<Vec<u8>>>| v.and_then(Option::as_ref).map_or(0, |v| (key.len() + v.len()) as u64);
+        let (held_before, held_after) = (holds(held.overlay.get(key)), holds(Some(&value)));
+        if held_after > held_before
+            && let Err(refused) = self.budget.charge("a context write", held_after - held_before)
+        {
+            self.shared.metrics.refused("host_budget");
+            return Ok(Err(ContextError::TooLarge(refused.to_string())));
+        }
+        if reserve > was_reserved {
+            if let Err(refusal) =
+                self.flows.book().reserve_context(self.task.flow_id, reserve - was_reserved, self.limits())
+            {
+                self.budget.refund(held_after.saturating_sub(held_before));
+                self.shared.metrics.refused(refusal.limit());
+                return Ok(Err(ContextError::TooLarge(refusal.to_string())));
+            }
+            held.context_reserved += reserve - was_reserved;
+        } else if was_reserved > reserve {
+            self.flows.book().settle_context(self.task.flow_id, was_reserved - reserve, None);
+            held.context_reserved -= was_reserved - reserve;
+        }
+        self.budget.refund(held_before.saturating_sub(held_after));
+        held.overlay.insert(key.to_owned(), value);
+        Ok(Ok(()))
     }
 
     fn stored(&self, key: &str) -> Served<Option<Vec<u8>>> {
         self.shared.store.context_get(self.task.flow_id, key).map_err(|e| host("read the flow's context", e))
     }
+}
+
+/// What holding a child costs the host: its input, strings and ids.
+fn child_cost(task: &NewTask, key: Option<&str>, after: usize) -> u64 {
+    let strings = task.plugin.len() + task.queue.as_ref().map_or(0, String::len) + key.map_or(0, str::len);
+    (task.input.len() + strings + 16 * after) as u64 + CHILD_OVERHEAD
+}
+
+/// `served`, running `undo` first when it is a host failure.
+fn refund_on_err<T>(served: Served<T>, undo: impl FnOnce()) -> Served<T> {
+    if served.is_err() {
+        undo();
+    }
+    served
 }
 
 fn parse_id(id: &str) -> Result<Uuid, QueueError> {
@@ -200,12 +296,23 @@ impl TaskServices for AttemptServices {
         if tasks.is_empty() {
             return Ok(Err(QueueError::Invalid("join needs at least one task to wait for".into())));
         }
+        if tasks.len() > MAX_JOIN {
+            self.shared.metrics.refused("join_tasks");
+            return Ok(Err(QueueError::LimitExceeded(format!(
+                "a join may wait for at most {MAX_JOIN} tasks; this one names {}",
+                tasks.len()
+            ))));
+        }
         let mut after = Vec::with_capacity(tasks.len());
+        let mut seen = HashSet::with_capacity(tasks.len());
         for id in &tasks {
             let id = match parse_id(id) {
                 Ok(id) => id,
                 Err(e) => return Ok(Err(e)),
             };
+            if !seen.insert(id) {
+                return Ok(Err(QueueError::Invalid(format!("task {id} appears more than once in the join"))));
+            }
             // Only tasks of this flow (held or stored) can be joined.
             if let Err(e) = self.view(id)? {
                 return Ok(Err(e));
@@ -215,12 +322,22 @@ impl TaskServices for AttemptServices {
         self.child(then, after)
     }
 
-    fn joined(&self) -> Served<Vec<TaskView>> {
+    fn joined(&self) -> Served<Result<Vec<TaskView>, BudgetExceeded>> {
         let mut views = Vec::with_capacity(self.task.after.len());
+        let mut bytes = 0u64;
         for id in &self.task.after {
-            views.push(self.view(*id)?.unwrap_or_else(|e| missing(*id, e)));
+            let view = self.view(*id)?.unwrap_or_else(|e| missing(*id, e));
+            // The outputs are copies the host holds until the guest has
+            // them: all of them must fit beside what the attempt holds.
+            bytes += (view.id.len() + view.output.as_ref().map_or(0, Vec::len)) as u64
+                + view.error.as_ref().map_or(0, |e| e.len() as u64);
+            if let Err(refused) = self.budget.fits("the joined tasks' outputs", bytes) {
+                self.shared.metrics.refused("host_budget");
+                return Ok(Err(refused));
+            }
+            views.push(view);
         }
-        Ok(views)
+        Ok(Ok(views))
     }
 
     fn get(&self, id: &str) -> Served<Result<TaskView, QueueError>> {
@@ -249,17 +366,7 @@ impl TaskServices for AttemptServices {
             ))));
         }
         let mut held = lock(&self.held);
-        let grow = self.growth(&held, &key, Some(&value))?;
-        if grow > 0 {
-            if let Err(refusal) = self.flows.book().reserve_context(self.task.flow_id, grow, self.limits()) {
-                self.shared.metrics.refused(refusal.limit());
-                return Ok(Err(ContextError::TooLarge(refusal.to_string())));
-            }
-            held.context_reserved += grow;
-        }
-        held.overlay.insert(key.clone(), Some(value.clone()));
-        held.effects.context.push((key, Some(value)));
-        Ok(Ok(()))
+        self.write(&mut held, &key, Some(value))
     }
 
     fn context_delete(&self, key: &str) -> Served<bool> {
@@ -269,8 +376,11 @@ impl TaskServices for AttemptServices {
             None => self.stored(key)?.is_some(),
         };
         if existed {
-            held.overlay.insert(key.to_owned(), None);
-            held.effects.context.push((key.to_owned(), None));
+            // A delete only shrinks what the key holds and reserves, so
+            // nothing but a failed store read can stop it.
+            if let Err(refused) = self.write(&mut held, key, None)? {
+                return Err(HostFailure(format!("a context delete was refused: {refused:?}")));
+            }
         }
         Ok(existed)
     }
