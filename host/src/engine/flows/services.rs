@@ -205,13 +205,36 @@ impl AttemptServices {
         Ok(*self.flow_tasks.get_or_init(|| flow.map_or(1, |f| f.tasks)))
     }
 
-    fn view(&self, id: Uuid) -> Served<Result<TaskView, QueueError>> {
+    /// A task of this flow, held by this attempt or stored; `None` for a
+    /// held one.
+    fn find(&self, id: Uuid) -> Served<Result<Option<TaskRecord>, QueueError>> {
         if lock(&self.held).ids.contains(&id) {
-            return Ok(Ok(TaskView { id: id.to_string(), status: TaskStatus::Pending, output: None, error: None }));
+            return Ok(Ok(None));
         }
-        let not_found = || QueueError::NotFound(format!("no task {id} in this flow"));
         let record = self.shared.store.get(id).map_err(|e| host("read a task", e))?;
-        let Some(record) = record.filter(|r| r.flow_id == self.task.flow_id) else { return Ok(Err(not_found())) };
+        match record.filter(|r| r.flow_id == self.task.flow_id) {
+            Some(record) => Ok(Ok(Some(record))),
+            None => Ok(Err(QueueError::NotFound(format!("no task {id} in this flow")))),
+        }
+    }
+
+    /// The view of a task of this flow, with its output. The output is a
+    /// copy the host holds until the guest has it: it must fit the host
+    /// budget beside `already` bytes of the same call, checked before it
+    /// is read.
+    fn view(&self, id: Uuid, already: u64) -> Served<Result<TaskView, ViewError>> {
+        let record = match self.find(id)? {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                return Ok(Ok(TaskView { id: id.to_string(), status: TaskStatus::Pending, output: None, error: None }));
+            }
+            Err(e) => return Ok(Err(ViewError::Queue(e))),
+        };
+        let bytes = already + view_bytes(&record);
+        if let Err(refused) = self.budget.fits("the joined tasks' outputs", bytes) {
+            self.shared.metrics.refused("host_budget");
+            return Ok(Err(ViewError::Budget(refused)));
+        }
         let output = self.shared.store.output(id).map_err(|e| host("read a task's output", e))?;
         Ok(Ok(task_view(&record, output)))
     }
@@ -269,6 +292,20 @@ impl AttemptServices {
     }
 }
 
+/// Why a view could not be given.
+enum ViewError {
+    /// Not a task of this flow.
+    Queue(QueueError),
+    /// Its output does not fit the host budget.
+    Budget(BudgetExceeded),
+}
+
+/// What a view of `record` makes the host hold: its output and error.
+fn view_bytes(record: &TaskRecord) -> u64 {
+    let error = record.error.as_ref().map_or(0, |e| e.message.len() as u64);
+    36 + record.output_len.unwrap_or(0) + error
+}
+
 /// What holding a child costs the host: its input, strings and ids.
 fn child_cost(task: &NewTask, key: Option<&str>, after: usize) -> u64 {
     let strings = task.plugin.len() + task.queue.as_ref().map_or(0, String::len) + key.map_or(0, str::len);
@@ -314,7 +351,7 @@ impl TaskServices for AttemptServices {
                 return Ok(Err(QueueError::Invalid(format!("task {id} appears more than once in the join"))));
             }
             // Only tasks of this flow (held or stored) can be joined.
-            if let Err(e) = self.view(id)? {
+            if let Err(e) = self.find(id)? {
                 return Ok(Err(e));
             }
             after.push(id);
@@ -323,18 +360,18 @@ impl TaskServices for AttemptServices {
     }
 
     fn joined(&self) -> Served<Result<Vec<TaskView>, BudgetExceeded>> {
+        // The outputs are copies the host holds until the guest has them:
+        // all of them together must fit beside what the attempt holds.
         let mut views = Vec::with_capacity(self.task.after.len());
         let mut bytes = 0u64;
         for id in &self.task.after {
-            let view = self.view(*id)?.unwrap_or_else(|e| missing(*id, e));
-            // The outputs are copies the host holds until the guest has
-            // them: all of them must fit beside what the attempt holds.
+            let view = match self.view(*id, bytes)? {
+                Ok(view) => view,
+                Err(ViewError::Budget(refused)) => return Ok(Err(refused)),
+                Err(ViewError::Queue(e)) => missing(*id, e),
+            };
             bytes += (view.id.len() + view.output.as_ref().map_or(0, Vec::len)) as u64
                 + view.error.as_ref().map_or(0, |e| e.len() as u64);
-            if let Err(refused) = self.budget.fits("the joined tasks' outputs", bytes) {
-                self.shared.metrics.refused("host_budget");
-                return Ok(Err(refused));
-            }
             views.push(view);
         }
         Ok(Ok(views))
@@ -342,7 +379,10 @@ impl TaskServices for AttemptServices {
 
     fn get(&self, id: &str) -> Served<Result<TaskView, QueueError>> {
         match parse_id(id) {
-            Ok(id) => self.view(id),
+            Ok(id) => Ok(self.view(id, 0)?.map_err(|e| match e {
+                ViewError::Queue(e) => e,
+                ViewError::Budget(refused) => QueueError::LimitExceeded(refused.to_string()),
+            })),
             Err(e) => Ok(Err(e)),
         }
     }
@@ -431,6 +471,7 @@ pub(crate) fn status(state: TaskState) -> TaskStatus {
 
 #[cfg(test)]
 mod tests {
+    use super::{MAX_CHILD_INPUT, MAX_JOIN};
     use crate::engine::testing::{Harness, Script};
     use crate::flow::{ChildTask, TaskServices as _};
 
@@ -458,6 +499,73 @@ mod tests {
         let failed = services.submit(child("k2")).unwrap_err();
         assert!(failed.0.contains("could not look up an idempotency key"), "{failed}");
         assert!(services.submit(child("k2")).unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn children_count_against_the_host_budget_and_a_refusal_holds_nothing() {
+        let h = Harness::new().await;
+        let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
+        h.wait(parent).await;
+        let services = h.services(parent);
+        let budget = services.budget();
+        let big = |n: usize| ChildTask { input: vec![b'x'; n], idempotency_key: None, ..child("unused") };
+        let mut accepted = 0;
+        let refusal = loop {
+            match services.submit(big(8 << 20)).unwrap() {
+                Ok(_) => accepted += 1,
+                Err(e) => break e,
+            }
+        };
+        // 64 MiB holds seven 8 MiB children and their records, not eight.
+        assert_eq!(accepted, 7);
+        let crate::flow::QueueError::LimitExceeded(message) = refusal else { panic!("{refusal:?}") };
+        // Its input, plugin and queue names (the parent's queue), and 512.
+        let queue = h.store().get(parent).unwrap().unwrap().queue;
+        let cost = (8 << 20) + "echo".len() + queue.len() + 512;
+        assert!(message.contains(&format!("a child needs {cost} more bytes")), "{message}");
+        let held = budget.held();
+        assert!(services.submit(big(8 << 20)).unwrap().is_err());
+        assert_eq!(budget.held(), held, "a refused child holds nothing");
+        // Over the input cap, whatever the budget.
+        let over = services.submit(big(MAX_CHILD_INPUT + 1)).unwrap().unwrap_err();
+        assert!(format!("{over:?}").contains("a child's input may be at most"), "{over:?}");
+    }
+
+    #[tokio::test]
+    async fn a_key_set_then_deleted_gives_its_bytes_back() {
+        let h = Harness::new().await;
+        let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
+        h.wait(parent).await;
+        let services = h.services(parent);
+        // Twenty rounds of 100 KiB under a 1 MiB flow cap.
+        for round in 0..20 {
+            services
+                .context_set("k".into(), vec![b'v'; 100 << 10])
+                .unwrap()
+                .unwrap_or_else(|e| panic!("{round}: {e:?}"));
+            assert!(services.context_delete("k").unwrap());
+        }
+        assert_eq!(services.budget().held(), 0);
+        // Only the last write of a key is committed.
+        services.context_set("k".into(), b"1".to_vec()).unwrap().unwrap();
+        services.context_set("k".into(), b"2".to_vec()).unwrap().unwrap();
+        let outcome = services.take();
+        assert_eq!(outcome.effects.context, vec![("k".to_owned(), Some(b"2".to_vec()))]);
+        assert_eq!(outcome.context_reserved, 2);
+    }
+
+    #[tokio::test]
+    async fn a_join_names_each_task_once_and_at_most_max_join() {
+        let h = Harness::new().await;
+        let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
+        h.wait(parent).await;
+        let services = h.services(parent);
+        let a = services.submit(child("a")).unwrap().unwrap();
+        let twice = services.join(vec![a.clone(), a.clone()], child("then")).unwrap().unwrap_err();
+        assert!(format!("{twice:?}").contains("appears more than once in the join"), "{twice:?}");
+        let many = vec![a; MAX_JOIN + 1];
+        let refused = services.join(many, child("then")).unwrap().unwrap_err();
+        assert!(format!("{refused:?}").contains("a join may wait for at most 10000 tasks"), "{refused:?}");
     }
 
     #[tokio::test]
