@@ -128,7 +128,8 @@ async fn store_with_tasks(n: usize) -> tempfile::TempDir {
     let mut ids = Vec::new();
     for i in 0..n {
         let input = marker(i).repeat(20);
-        let (status, _, task) = post(&http, format!("{}/v1/tasks", server.base), json!({"plugin": "uppercase", "input": input})).await;
+        let (status, _, task) =
+            post(&http, format!("{}/v1/tasks", server.base), json!({"plugin": "uppercase", "input": input})).await;
         assert_eq!(status, 201, "{task}");
         ids.push(task["id"].as_str().unwrap().to_owned());
     }
@@ -163,8 +164,12 @@ fn assert_refused(out: &Output, file: &Path, what: &str) {
 /// are free pages nothing reads), found by `taskhost store check`.
 fn live_page_with(data: &Path, original: &[u8], wanted: &str) -> usize {
     let file = store_file(data);
-    let mut pages: Vec<usize> =
-        original.windows(wanted.len()).enumerate().filter(|(_, w)| *w == wanted.as_bytes()).map(|(at, _)| at / PAGE).collect();
+    let mut pages: Vec<usize> = original
+        .windows(wanted.len())
+        .enumerate()
+        .filter(|(_, w)| *w == wanted.as_bytes())
+        .map(|(at, _)| at / PAGE)
+        .collect();
     pages.dedup();
     let live = pages.into_iter().find(|&page| {
         std::fs::write(&file, zeroed(original, page)).unwrap();
@@ -193,7 +198,9 @@ async fn a_damaged_store_file_ends_start_up_with_a_clear_error_never_a_panic() {
         match check.status.code() {
             Some(0) => match start(data.path()).await {
                 Start::Up(server) => drop(server),
-                Start::Exited(out) => panic!("page {page}: check found nothing, yet serve exited: {}", text(&out.stderr)),
+                Start::Exited(out) => {
+                    panic!("page {page}: check found nothing, yet serve exited: {}", text(&out.stderr))
+                }
             },
             Some(1) => {
                 match start(data.path()).await {
@@ -297,7 +304,9 @@ impl Tmpfs {
                     Err(e) => e.to_string(),
                 };
                 assert!(std::env::var_os("TASKHOST_REQUIRE_TMPFS").is_none(), "cannot mount a tmpfs: {why}");
-                eprintln!("SKIPPED: cannot mount a tmpfs here ({why}); the store's unit tests cover this with a failing backend");
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs here ({why}); the store's unit tests cover this with a failing backend"
+                );
                 None
             }
         }
@@ -366,7 +375,10 @@ async fn a_full_disk_turns_the_server_unhealthy_and_loses_nothing_acknowledged()
                 match status {
                     201 => acked.push(body["id"].as_str().unwrap().to_owned()),
                     503 => {
-                        assert_eq!((body["error"]["code"].as_str(), retry.as_deref()), (Some("store_unwritable"), Some("5")));
+                        assert_eq!(
+                            (body["error"]["code"].as_str(), retry.as_deref()),
+                            (Some("store_unwritable"), Some("5"))
+                        );
                         tokio::time::sleep(Duration::from_millis(50)).await;
                     }
                     other => panic!("submission answered {other}: {body}"),

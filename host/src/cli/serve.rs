@@ -78,7 +78,10 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         Ok(Ok(e)) => e,
         Ok(Err(e)) => return open_failed(&e, &data_dir),
         Err(panic) => {
-            let what = panic.downcast_ref::<&str>().map(|s| (*s).to_owned()).or_else(|| panic.downcast_ref::<String>().cloned());
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned());
             return fail(
                 EXIT_STORE,
                 &format!(
@@ -129,8 +132,14 @@ fn open_failed(e: &anyhow::Error, data_dir: &std::path::Path) -> ExitCode {
         })
     });
     match store_error {
-        Some(StoreError::Damaged { .. } | StoreError::InUse { .. }) => fail(EXIT_STORE, &format!("cannot start: {e:#}")),
-        Some(StoreError::Corrupt(_) | StoreError::Schema { .. } | StoreError::Storage(_)) => fail(
+        // These say what is wrong and what to do (or are not damage).
+        Some(
+            StoreError::Damaged { .. }
+            | StoreError::InUse { .. }
+            | StoreError::Schema { .. }
+            | StoreError::Storage(redb::Error::Io(_)),
+        ) => fail(EXIT_STORE, &format!("cannot start: {e:#}")),
+        Some(StoreError::Corrupt(_) | StoreError::Storage(_)) => fail(
             EXIT_STORE,
             &format!(
                 "cannot start: reading the store {} failed: {e:#}; restore it from a backup, or run \

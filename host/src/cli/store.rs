@@ -52,7 +52,11 @@ pub(crate) async fn store(command: StoreCommand) -> ExitCode {
     }
     let work = file.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        if repairing { store::check::repair(&work).map(Outcome::Repaired) } else { store::check::check(&work).map(Outcome::Checked) }
+        if repairing {
+            store::check::repair(&work).map(Outcome::Repaired)
+        } else {
+            store::check::check(&work).map(Outcome::Checked)
+        }
     })
     .await;
     match outcome {

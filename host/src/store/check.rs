@@ -112,23 +112,31 @@ pub fn repair(path: &Path) -> Result<RepairReport, StoreError> {
         Err(StoreError::Damaged { .. }) => None,
         Err(e) => return Err(e),
     };
+    let before = match verified {
+        Some(db) => {
+            let mut before = CheckReport::default();
+            check_records(&db, &mut before)?;
+            Some(before)
+        }
+        None => None,
+    };
+    if let Some(before) = &before
+        && before.is_healthy()
+    {
+        report.actions.push("every page verifies and every record and index agrees: nothing to repair".into());
+        report.after = before.clone();
+        return Ok(report);
+    }
     let backup = backup_name(path);
     copy_durably(path, &backup)?;
     report.actions.push(format!("kept a copy of the file as it was: {}", backup.display()));
     report.backup = Some(backup);
-    match verified {
-        Some(db) => {
-            let mut before = CheckReport::default();
-            check_records(&db, &mut before)?;
-            drop(db);
-            if before.is_healthy() {
-                report.actions.push("every page verifies and every record and index agrees: nothing to repair".into());
-            } else {
-                for problem in &before.problems {
-                    report.actions.push(format!("found: {problem}"));
-                }
-                rebuild_in_place(path, &mut report)?;
+    match before {
+        Some(before) => {
+            for problem in &before.problems {
+                report.actions.push(format!("found: {problem}"));
             }
+            rebuild_in_place(path, &mut report)?;
         }
         None => salvage(path, &mut report)?,
     }
@@ -145,7 +153,9 @@ fn open_overlay(path: &Path, verify: bool) -> Result<Database, StoreError> {
     match quietly(|| builder.create_with_backend(backend)) {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(open::open_error(path, e)),
-        Err(panic) => Err(open::damaged(path, &format!("cannot be read: redb failed on it ({})", panic_message(&panic)))),
+        Err(panic) => {
+            Err(open::damaged(path, &format!("cannot be read: redb failed on it ({})", panic_message(&panic))))
+        }
     }
 }
 
@@ -267,7 +277,8 @@ fn check_records(db: &Database, report: &mut CheckReport) -> Result<(), StoreErr
             for entry in index.iter()? {
                 let key = entry?.0;
                 let (value, id) = key.value();
-                let matches = task(id).is_some_and(|r| if name == "queue" { r.queue == value } else { r.plugin == value });
+                let matches =
+                    task(id).is_some_and(|r| if name == "queue" { r.queue == value } else { r.plugin == value });
                 if !matches {
                     tally.add("queue- or plugin-index entries are stale", || uuid::Uuid::from_u128(id).to_string());
                 }
@@ -382,7 +393,8 @@ fn copy_durably(from: &Path, to: &Path) -> Result<(), StoreError> {
 }
 
 /// The derived tables, rebuilt from the task table.
-const DERIVED: [&str; 6] = ["idempotency", "flow_tasks", "tasks_by_state", "tasks_by_queue", "tasks_by_plugin", "tasks_by_iteration"];
+const DERIVED: [&str; 6] =
+    ["idempotency", "flow_tasks", "tasks_by_state", "tasks_by_queue", "tasks_by_plugin", "tasks_by_iteration"];
 
 /// Rebuilds the derived tables of a file whose pages verify.
 fn rebuild_in_place(path: &Path, report: &mut RepairReport) -> Result<(), StoreError> {
@@ -394,7 +406,10 @@ fn rebuild_in_place(path: &Path, report: &mut RepairReport) -> Result<(), StoreE
     let txn = super::commit::begin(&db)?;
     let dropped = rebuild_derived(&txn)?;
     txn.commit()?;
-    report.actions.push(format!("rebuilt the indexes, idempotency keys and flow lists from the task table ({})", DERIVED.join(", ")));
+    report.actions.push(format!(
+        "rebuilt the indexes, idempotency keys and flow lists from the task table ({})",
+        DERIVED.join(", ")
+    ));
     if dropped > 0 {
         report.lost.push(format!("{dropped} task records that do not decode were removed"));
     }
@@ -531,35 +546,38 @@ fn salvage(path: &Path, report: &mut RepairReport) -> Result<(), StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(StoreError::Storage(e.into())),
     }
-    let dst = Builder::new().set_cache_size(CACHE_BYTES).create(&temporary).map_err(|e| open::open_error(&temporary, e))?;
+    let dst =
+        Builder::new().set_cache_size(CACHE_BYTES).create(&temporary).map_err(|e| open::open_error(&temporary, e))?;
     let txn = super::commit::begin(&dst)?;
     txn.open_table(META)?.insert("schema", schema)?;
-    let mut kept = Vec::new();
-    kept.push(("tasks", copy_table(&src, &txn, TASKS)?));
-    kept.push(("inputs", copy_table(&src, &txn, INPUTS)?));
-    kept.push(("outputs", copy_table(&src, &txn, OUTPUTS)?));
-    kept.push(("flows", copy_table(&src, &txn, FLOWS)?));
-    kept.push(("context", copy_table(&src, &txn, CONTEXT)?));
-    kept.push(("plugins", copy_table(&src, &txn, PLUGINS)?));
-    kept.push(("blobs", copy_table(&src, &txn, BLOBS)?));
-    kept.push(("queues", copy_table(&src, &txn, QUEUES)?));
-    kept.push(("cache", copy_table(&src, &txn, CACHE)?));
-    drop(src);
+    let mut kept = vec![
+        ("tasks", copy_table(&src, &txn, TASKS)?),
+        ("inputs", copy_table(&src, &txn, INPUTS)?),
+        ("outputs", copy_table(&src, &txn, OUTPUTS)?),
+        ("flows", copy_table(&src, &txn, FLOWS)?),
+        ("context", copy_table(&src, &txn, CONTEXT)?),
+        ("plugins", copy_table(&src, &txn, PLUGINS)?),
+        ("blobs", copy_table(&src, &txn, BLOBS)?),
+        ("queues", copy_table(&src, &txn, QUEUES)?),
+        ("cache", copy_table(&src, &txn, CACHE)?),
+    ];
     if schema == SCHEMA_VERSION {
         let dropped = rebuild_derived(&txn)?;
         if dropped > 0 {
             report.lost.push(format!("{dropped} task records that do not decode"));
         }
     } else {
-        // An older layout: the next start migrates it and builds the indexes.
-        for name in ["idempotency", "flow_tasks"] {
-            report.actions.push(format!("copied no `{name}` entries: schema {schema} is rebuilt on the next start"));
-        }
+        // An older layout: its records are migrated and indexed on the next
+        // start, which does not rebuild these two.
+        kept.push(("idempotency", copy_table(&src, &txn, IDEMPOTENCY)?));
+        kept.push(("flow_tasks", copy_table(&src, &txn, FLOW_TASKS)?));
     }
+    drop(src);
     txn.commit()?;
     dst.close().map_err(|e| StoreError::Storage(e.into()))?;
     for (name, k) in kept {
-        let stops = if k.stops.is_empty() { String::new() } else { format!(" (reading stopped at: {})", k.stops.join("; ")) };
+        let stops =
+            if k.stops.is_empty() { String::new() } else { format!(" (reading stopped at: {})", k.stops.join("; ")) };
         report.actions.push(format!("{name}: kept {} of {} entries{stops}", k.copied, k.expected));
         if k.copied < k.expected {
             report.lost.push(format!("{name}: {} entries could not be read", k.expected - k.copied));
@@ -636,8 +654,12 @@ mod tests {
         // are free pages that nothing reads).
         let original = std::fs::read(&path).unwrap();
         let wanted = marker(150);
-        let mut pages: Vec<usize> =
-            original.windows(13).enumerate().filter(|(_, w)| *w == wanted.as_bytes()).map(|(at, _)| at / 4096).collect();
+        let mut pages: Vec<usize> = original
+            .windows(13)
+            .enumerate()
+            .filter(|(_, w)| *w == wanted.as_bytes())
+            .map(|(at, _)| at / 4096)
+            .collect();
         pages.dedup();
         let bytes = pages
             .into_iter()

@@ -25,7 +25,7 @@
 
 use super::open;
 use super::{
-    Applied, FlowRecord, Op, Redo, StoreError, Submitted, TaskRecord, Tables, apply_flow, apply_submit,
+    Applied, FlowRecord, Op, Redo, StoreError, Submitted, Tables, TaskRecord, apply_flow, apply_submit,
     apply_transition,
 };
 use crate::sync::lock;
@@ -201,8 +201,8 @@ impl Shared {
             Source::File(path) => open::reopen(path)?,
             #[cfg(test)]
             Source::Faulty(path, full) => {
-                let backend = super::backend::Faulty::open(path, full.clone())
-                    .map_err(|e| open::open_error(path, e))?;
+                let backend =
+                    super::backend::Faulty::open(path, full.clone()).map_err(|e| open::open_error(path, e))?;
                 redb::Builder::new().create_with_backend(backend).map_err(|e| open::open_error(path, e))?
             }
         };

@@ -819,7 +819,11 @@ pub(crate) enum Redo {
 /// One write to a task index.
 pub(crate) enum IndexWrite {
     /// Adds (`present`) or removes a state-index entry.
-    State { bucket: u8, id: u128, present: bool },
+    State {
+        bucket: u8,
+        id: u128,
+        present: bool,
+    },
     Queue(String, u128),
     Plugin(String, u128),
     Iteration(u128, u32, u128),
@@ -869,7 +873,9 @@ impl<'t> Tables<'t> {
             Redo::Key(key, id) => drop(self.keys.insert(key.as_str(), *id)?),
             Redo::Flow(id, value) => drop(self.flows.insert(*id, value.as_slice())?),
             Redo::FlowTask(flow, id) => drop(self.flow_tasks.insert((*flow, *id), ())?),
-            Redo::Context(flow, key, Some(value)) => drop(self.context.insert((*flow, key.as_str()), value.as_slice())?),
+            Redo::Context(flow, key, Some(value)) => {
+                drop(self.context.insert((*flow, key.as_str()), value.as_slice())?)
+            }
             Redo::Context(flow, key, None) => drop(self.context.remove((*flow, key.as_str()))?),
             Redo::Index(write) => self.indexes.put(write)?,
         }

@@ -76,10 +76,7 @@ pub(crate) fn quietly<T>(work: impl FnOnce() -> T) -> std::thread::Result<T> {
 }
 
 /// Runs a redb open, turning its errors and panics into the store's.
-fn guarded(
-    path: &Path,
-    open: impl FnOnce() -> Result<Database, DatabaseError>,
-) -> Result<Database, StoreError> {
+fn guarded(path: &Path, open: impl FnOnce() -> Result<Database, DatabaseError>) -> Result<Database, StoreError> {
     match quietly(open) {
         Ok(Ok(db)) => Ok(db),
         Ok(Err(e)) => Err(open_error(path, e)),

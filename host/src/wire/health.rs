@@ -29,7 +29,12 @@ impl Health {
 
     /// A host that is up but cannot do its work: `reason` since `since_ms`.
     pub fn unhealthy(counts: &HashMap<TaskState, i64>, reason: String, since_ms: u64) -> Self {
-        Self { status: "unhealthy".into(), reason: Some(reason), since: Some(super::time(since_ms)), ..Self::new(counts) }
+        Self {
+            status: "unhealthy".into(),
+            reason: Some(reason),
+            since: Some(super::time(since_ms)),
+            ..Self::new(counts)
+        }
     }
 
     /// Whether `status` is `ok`.
