@@ -37,6 +37,9 @@ mod recovery;
 mod registry;
 /// Cooperative yielding, cancellation and timeouts in host calls.
 mod scheduling;
+/// Storage faults: a damaged or empty store file refused at start-up with
+/// a clear error, `taskhost store check|repair`, a full disk.
+mod storage;
 
 /// One sandbox for the whole test binary, as a server would have.
 pub(crate) fn sandbox() -> &'static Sandbox {

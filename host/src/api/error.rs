@@ -2,6 +2,7 @@
 //! ([`crate::wire::ErrorBody`]) with the matching HTTP status.
 
 use crate::engine::EngineError;
+use crate::store::StoreError;
 use crate::wire::ErrorBody;
 use axum::extract::FromRequestParts;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -28,6 +29,14 @@ impl ApiError {
     /// The host is at a bound (a full queue): try again in a second.
     pub(crate) fn overloaded(message: impl Into<String>) -> Self {
         Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message) }
+    }
+
+    /// The store cannot write now (a full disk): try again later.
+    pub(crate) fn unwritable(message: impl Into<String>) -> Self {
+        Self {
+            retry_after: Some(super::health::UNWRITABLE_RETRY_AFTER),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unwritable", message)
+        }
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
@@ -59,6 +68,19 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         if e.is_overloaded() {
             return Self::overloaded(e.to_string());
+        }
+        if let EngineError::Store(store) = &e
+            && store.io_fault().is_some()
+        {
+            // The disk refused a write (or the file is being reopened
+            // after one): this passes, so it is a 503 with Retry-After.
+            return match store {
+                StoreError::Unwritable { .. } => Self::unwritable(e.to_string()),
+                _ => Self {
+                    retry_after: Some(super::health::UNWRITABLE_RETRY_AFTER),
+                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
+                },
+            };
         }
         let (status, code) = match &e {
             EngineError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
@@ -135,7 +157,6 @@ pub(crate) fn body_rejection(status: StatusCode, text: String) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreError;
 
     #[test]
     fn a_full_queue_is_a_503_with_retry_after_and_the_error_shape() {
@@ -145,5 +166,20 @@ mod tests {
         let plain = ApiError::from(EngineError::Conflict("c".into())).into_response();
         assert_eq!(plain.status(), StatusCode::CONFLICT);
         assert!(plain.headers().get(axum::http::header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn a_store_that_cannot_write_is_a_503_with_retry_after_not_a_500() {
+        let refused = EngineError::Store(StoreError::Unwritable { reason: "No space left on device".into() });
+        let response = ApiError::from(refused).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "5");
+        let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let failed = ApiError::from(EngineError::Store(StoreError::Storage(redb::Error::Io(io))));
+        assert_eq!((failed.status, failed.code), (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"));
+        let poisoned = ApiError::from(EngineError::Store(StoreError::Storage(redb::Error::PreviousIo)));
+        assert_eq!((poisoned.status, poisoned.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(5)));
+        let corrupt = ApiError::from(EngineError::Store(StoreError::Corrupt("bad".into())));
+        assert_eq!(corrupt.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -4,6 +4,7 @@
 
 mod error;
 mod flows;
+mod health;
 mod models;
 #[cfg(test)]
 mod proptests;
@@ -36,7 +37,7 @@ pub const MAX_BATCH: usize = 10_000;
 /// The router for an engine.
 pub fn router(engine: Engine) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics))
         .route("/v1/plugins", get(list_plugins))
         .route("/v1/plugins/{name}", post(add_plugin).get(get_plugin).layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)))
@@ -57,14 +58,11 @@ pub fn router(engine: Engine) -> Router {
         .route("/v1/queues", get(list_queues))
         .route("/v1/queues/{name}", put(set_queue))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see README.md") })
+        .layer(axum::middleware::from_fn_with_state(engine.clone(), health::refuse_writes_while_unwritable))
         .with_state(engine)
 }
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
-
-async fn healthz(State(engine): State<Engine>) -> Json<wire::Health> {
-    Json(wire::Health::new(&engine.state_counts()))
-}
 
 async fn metrics(State(engine): State<Engine>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], engine.metrics_text()).into_response()

@@ -1,12 +1,15 @@
 //! Command-line interface: argument parsing and dispatch to subcommands
-//! (`run` one-shot, `serve` the engine, and the client commands).
-//! Exit codes: 0 success, 1 the task failed, 2 bad usage or unreadable files.
+//! (`run` one-shot, `serve` the engine, `store` offline, and the client
+//! commands). Exit codes: 0 success, 1 the task failed (for `store`:
+//! problems found), 2 bad usage or unreadable files, 3 `serve` cannot open
+//! the store (damaged, not a store, in use).
 
 mod client;
 mod flow;
 mod models;
 mod run;
 mod serve;
+mod store;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -45,12 +48,18 @@ enum Command {
     /// Manage the models plugins call through `inference`.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Check or repair the data store, offline (no server running on it).
+    #[command(subcommand)]
+    Store(store::StoreCommand),
 }
 
 /// Exit status for a task that failed.
 pub(crate) const EXIT_TASK_FAILED: u8 = 1;
 /// Exit status for bad usage or an environment problem (unreadable file).
 pub(crate) const EXIT_USAGE: u8 = 2;
+/// Exit status of `serve` when the store cannot be opened (damaged, not a
+/// store, in use).
+pub(crate) const EXIT_STORE: u8 = 3;
 
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -73,6 +82,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Queues(command) => runtime.block_on(client::queues(command)),
         Command::Flow(args) => runtime.block_on(flow::flow(args)),
         Command::Models(command) => runtime.block_on(models::models(command)),
+        Command::Store(command) => runtime.block_on(store::store(command)),
     }
 }
 

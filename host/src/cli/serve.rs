@@ -1,12 +1,14 @@
 //! `taskhost serve`: the engine behind the HTTP API.
 
-use super::{EXIT_USAGE, fail};
+use super::{EXIT_STORE, EXIT_USAGE, fail};
 use clap::Args;
+use futures::FutureExt as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use taskhost::engine::{Engine, EngineConfig, RetryPolicy, default_data_dir};
+use taskhost::engine::{Engine, EngineConfig, EngineError, RetryPolicy, default_data_dir};
+use taskhost::store::{self, StoreError};
 use taskhost::units::{parse_duration, parse_size};
 
 #[derive(Debug, Args)]
@@ -108,9 +110,28 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
             return fail(EXIT_USAGE, &format!("cannot listen on {}: {e}", args.listen));
         }
     };
-    let engine = match Engine::open(config).await {
-        Ok(e) => e,
-        Err(e) => return fail(EXIT_USAGE, &format!("cannot open the engine: {e:#}")),
+    // A panic while opening (a damaged store read by a dependency) ends
+    // start-up with a clear error too, never with the panic's exit code.
+    let opened = std::panic::AssertUnwindSafe(Engine::open(config)).catch_unwind().await;
+    let engine = match opened {
+        Ok(Ok(e)) => e,
+        Ok(Err(e)) => return open_failed(&e, &data_dir),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned());
+            return fail(
+                EXIT_STORE,
+                &format!(
+                    "cannot open the engine: it failed while starting ({}); if the store {} is damaged, restore it from a \
+                     backup, or run `taskhost store check --data {dir}` and `taskhost store repair --data {dir}`",
+                    what.unwrap_or_else(|| "no message".into()),
+                    data_dir.join(store::FILE_NAME).display(),
+                    dir = data_dir.display()
+                ),
+            );
+        }
     };
     let bound = listener.local_addr().unwrap_or(args.listen);
     let counts = engine.state_counts();
@@ -137,5 +158,35 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(EXIT_USAGE, &format!("server error: {e}")),
+    }
+}
+
+/// Ends start-up on an engine that would not open: a store that cannot be
+/// used exits with [`EXIT_STORE`], naming the file and what to do.
+fn open_failed(e: &anyhow::Error, data_dir: &std::path::Path) -> ExitCode {
+    let store_error = e.chain().find_map(|cause| {
+        cause.downcast_ref::<StoreError>().or_else(|| match cause.downcast_ref::<EngineError>() {
+            Some(EngineError::Store(s)) => Some(s),
+            _ => None,
+        })
+    });
+    match store_error {
+        // These say what is wrong and what to do (or are not damage).
+        Some(
+            StoreError::Damaged { .. }
+            | StoreError::InUse { .. }
+            | StoreError::Schema { .. }
+            | StoreError::Storage(redb::Error::Io(_)),
+        ) => fail(EXIT_STORE, &format!("cannot start: {e:#}")),
+        Some(StoreError::Corrupt(_) | StoreError::Storage(_)) => fail(
+            EXIT_STORE,
+            &format!(
+                "cannot start: reading the store {} failed: {e:#}; restore it from a backup, or run \
+                 `taskhost store check --data {dir}` and `taskhost store repair --data {dir}`",
+                data_dir.join(store::FILE_NAME).display(),
+                dir = data_dir.display()
+            ),
+        ),
+        _ => fail(EXIT_USAGE, &format!("cannot open the engine: {e:#}")),
     }
 }

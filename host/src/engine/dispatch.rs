@@ -276,6 +276,41 @@ mod tests {
         assert_eq!(h.held("echo"), 0, "an ended task releases its version");
     }
 
+    /// The disk fills while a task runs: its outcome waits for room instead
+    /// of failing (so the task never sticks in `running`), submissions are
+    /// refused meanwhile, and once there is room the outcome is recorded
+    /// and the engine goes on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outcome_the_disk_refused_is_recorded_once_there_is_room() {
+        use crate::engine::{EngineError, NewTask};
+        use crate::store::StoreError;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let full = Arc::new(AtomicBool::new(false));
+        let h = Harness::on_disk(full.clone()).await;
+        let id = h.submit("echo", Script::AwaitGate(b"late".to_vec())).await;
+        h.wait_state(id, TaskState::Running).await;
+        full.store(true, Ordering::SeqCst);
+        h.runner.gate.add_permits(1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.engine.store_fault().is_none() {
+            assert!(Instant::now() < deadline, "the outcome's commit never failed");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(h.engine.get(id).unwrap().state, TaskState::Running, "reads go on; nothing recorded yet");
+        let task = NewTask { plugin: "echo".into(), ..NewTask::default() };
+        let refused = h.engine.submit(task).await.unwrap_err();
+        assert!(matches!(refused, EngineError::Store(StoreError::Unwritable { .. })), "{refused}");
+
+        full.store(false, Ordering::SeqCst);
+        let done = h.wait(id).await;
+        assert_eq!((done.state, done.attempts), (TaskState::Completed, 1));
+        assert_eq!(h.output(id).as_deref(), Some(&b"late"[..]));
+        assert!(h.engine.store_fault().is_none());
+        let next = h.submit("echo", Script::Complete(b"next".to_vec())).await;
+        assert_eq!(h.wait(next).await.state, TaskState::Completed);
+        assert_eq!(h.held("echo"), 0);
+    }
+
     #[tokio::test]
     async fn a_task_out_of_attempts_fails_with_its_last_error() {
         let h = Harness::new().await;

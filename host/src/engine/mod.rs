@@ -373,6 +373,11 @@ impl Engine {
         self.inner.shared.metrics.state_totals()
     }
 
+    /// Why the store cannot write now (a full disk), while it cannot.
+    pub fn store_fault(&self) -> Option<crate::store::WriteFault> {
+        self.inner.shared.store.write_fault()
+    }
+
     /// Waits until the task has ended, or `timeout` passed.
     pub async fn wait(&self, id: Uuid, timeout: Duration) -> Result<TaskRecord, EngineError> {
         self.inner.admin.wait(id, timeout).await
@@ -420,6 +425,8 @@ impl Engine {
     /// succeeds).
     pub async fn close(self) {
         self.shutdown();
+        // Outcomes a full disk holds are answered now, not waited for.
+        self.inner.shared.store.stop_retrying();
         let watcher = lock(&self.inner.watcher).take();
         if let Some(crate::registry::watch::DirWatch { watch, loader }) = watcher {
             drop(watch);
@@ -454,10 +461,12 @@ async fn open_store(config: &EngineConfig) -> anyhow::Result<Store> {
     let (dir, group_commit) = (config.data_dir.clone(), config.group_commit);
     blocking(move || -> anyhow::Result<Store> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
-        let path = dir.join("taskhost.redb");
-        Store::open(&path, group_commit)
-            .map_err(|e: StoreError| anyhow::anyhow!(e))
-            .with_context(|| format!("opening {}", path.display()))
+        let path = dir.join(crate::store::FILE_NAME);
+        Store::open(&path, group_commit).map_err(|e: StoreError| match e {
+            // These name the file and say what to do.
+            StoreError::Damaged { .. } | StoreError::InUse { .. } => anyhow::anyhow!(e),
+            e => anyhow::anyhow!(e).context(format!("opening {}", path.display())),
+        })
     })
     .await
 }

@@ -23,15 +23,24 @@ pub(crate) enum Script {
     FailTimes(u32, Vec<u8>),
     /// Runs until cancelled.
     RunUntilCancelled,
+    /// Waits until the runner's gate opens, then completes with this output.
+    AwaitGate(Vec<u8>),
 }
 
 /// The scripted runner: every plugin name resolves to version `1`.
-#[derive(Default)]
 pub(crate) struct ScriptRunner {
     /// Attempts run per task.
     calls: Mutex<HashMap<Uuid, u32>>,
     /// Unfinished tasks held per plugin.
     pub(crate) held: Mutex<HashMap<String, i64>>,
+    /// Opens for [`Script::AwaitGate`] attempts.
+    pub(crate) gate: tokio::sync::Semaphore,
+}
+
+impl Default for ScriptRunner {
+    fn default() -> Self {
+        Self { calls: Mutex::default(), held: Mutex::default(), gate: tokio::sync::Semaphore::new(0) }
+    }
 }
 
 /// A report with `result` and nothing else of note.
@@ -92,6 +101,11 @@ impl Runner for ScriptRunner {
                 }
                 report(Err(TaskFailure::new(FailureClass::Cancelled, "cancelled")))
             }
+            Script::AwaitGate(output) => {
+                // A closed semaphore ends the wait too.
+                drop(self.gate.acquire().await);
+                report(Ok(output))
+            }
         }
     }
 }
@@ -110,6 +124,15 @@ pub(crate) fn input(script: &Script) -> Vec<u8> {
 
 impl Harness {
     pub(crate) async fn new() -> Self {
+        Self::on(|path| Store::open(path, true).unwrap()).await
+    }
+
+    /// An engine whose store file's writes fail while `full` is set.
+    pub(crate) async fn on_disk(full: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self::on(|path| Store::open_faulty(path, full, crate::store::QUEUE_CAPACITY).unwrap()).await
+    }
+
+    async fn on(open: impl FnOnce(&std::path::Path) -> Store) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = EngineConfig {
             data_dir: dir.path().to_path_buf(),
@@ -117,7 +140,7 @@ impl Harness {
             retry: super::RetryPolicy { base: Duration::from_millis(1), cap: Duration::from_millis(5) },
             ..EngineConfig::default()
         };
-        let store = Store::open(&dir.path().join("taskhost.redb"), true).unwrap();
+        let store = open(&dir.path().join("taskhost.redb"));
         let runner = Arc::new(ScriptRunner::default());
         let metrics = Arc::new(super::metrics::Metrics::new(None));
         let engine = Engine::assemble(config, store, runner.clone(), metrics, None).await.unwrap();

@@ -1,6 +1,7 @@
 //! Errors of the task store.
 
 use super::TaskState;
+use std::path::PathBuf;
 use uuid::Uuid;
 
 /// Why a store operation was refused or failed.
@@ -59,6 +60,64 @@ pub enum StoreError {
     /// A checked flow change was refused (the flow moved on).
     #[error("{0}")]
     Refused(String),
+    /// The store cannot write now (the disk is full, or another I/O
+    /// error): nothing was written; try again once it recovered. The store
+    /// retries on its own and reports this in `/healthz` meanwhile.
+    #[error("the store cannot write: {reason}; try again shortly")]
+    Unwritable {
+        /// The I/O error of the last failed write.
+        reason: String,
+    },
+    /// The store is reopening its file after a write fault; try again
+    /// shortly.
+    #[error("the store is reopening its file after a write fault ({reason}); try again shortly")]
+    Reopening {
+        /// The I/O error that made it reopen.
+        reason: String,
+    },
+    /// The store file exists but cannot be used: damaged, not a taskhost
+    /// store, or empty. Nothing was written to it.
+    #[error(
+        "the store file {} {problem}; restore it from a backup, or run `taskhost store check --data {}` to see \
+         the damage and `taskhost store repair --data {}` to keep what can be read (it keeps a backup of the file)",
+        path.display(),
+        dir(path),
+        dir(path)
+    )]
+    Damaged {
+        /// The store file.
+        path: PathBuf,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// Another process has the store file open.
+    #[error("the store file {} is in use by another process (another `taskhost serve`?); stop it first", path.display())]
+    InUse {
+        /// The store file.
+        path: PathBuf,
+    },
+}
+
+/// The data directory holding a store file, for the advice in messages.
+fn dir(path: &std::path::Path) -> String {
+    path.parent().map(|p| p.display().to_string()).filter(|p| !p.is_empty()).unwrap_or_else(|| ".".into())
+}
+
+impl StoreError {
+    /// The I/O error behind a failed write, when the failure is one that
+    /// may pass (a full disk, an I/O error): redb then refuses every later
+    /// operation until the file is reopened.
+    pub(crate) fn io_fault(&self) -> Option<String> {
+        match self {
+            StoreError::Storage(redb::Error::Io(e)) => Some(e.to_string()),
+            StoreError::Storage(redb::Error::PreviousIo) => {
+                Some("an earlier write failed; the file must be reopened".into())
+            }
+            StoreError::Storage(redb::Error::DatabaseClosed) => Some("the file is being reopened".into()),
+            StoreError::Unwritable { reason } | StoreError::Reopening { reason } => Some(reason.clone()),
+            _ => None,
+        }
+    }
 }
 
 macro_rules! storage_from {

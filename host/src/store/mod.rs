@@ -3,13 +3,20 @@
 //! write transaction, checks each on its own (state + version), commits
 //! once with fsync, and only then answers each caller. Nothing is
 //! acknowledged before its commit; a refused operation writes nothing and
-//! never fails its neighbours.
+//! never fails its neighbours. A commit the disk refuses is held and
+//! retried until it succeeds (see `commit.rs`); opening verifies the file
+//! (see `open.rs`); `check.rs` checks and repairs a file offline.
 
+mod backend;
+pub mod check;
+mod commit;
 mod error;
 mod machine;
+mod open;
 mod record;
 mod tables;
 
+pub use commit::WriteFault;
 pub use error::StoreError;
 pub(crate) use record::now_ms;
 pub use record::{
@@ -17,14 +24,18 @@ pub use record::{
     StoredLimits, TaskRecord, TaskState, Transition,
 };
 
+use commit::{Shared, Source};
 use record::{decode, encode};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 use std::path::Path;
 use std::sync::Arc;
 use tables::*;
 use tokio::sync::mpsc;
 use tokio::sync::oneshot;
 use uuid::Uuid;
+
+/// The store's file name in the data directory.
+pub const FILE_NAME: &str = "taskhost.redb";
 
 /// Most operations one group commit takes.
 const MAX_BATCH: usize = 2048;
@@ -152,13 +163,32 @@ enum Op {
     },
 }
 
+impl Op {
+    /// Payload bytes the operation writes (about), for sizing batches.
+    fn bytes(&self) -> usize {
+        const OVERHEAD: usize = 512;
+        OVERHEAD
+            + match self {
+                Op::Submit { input, .. } => input.len(),
+                Op::Transition { change, .. } => {
+                    change.output.as_ref().map_or(0, Vec::len)
+                        + change.effects.as_ref().map_or(0, |e| {
+                            e.children.iter().map(|(_, input)| input.len() + OVERHEAD).sum::<usize>()
+                                + e.context.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum::<usize>()
+                        })
+                }
+                Op::Flow { .. } | Op::Admin { .. } => 0,
+            }
+    }
+}
+
 /// Handle to the store; cheap to clone. When the last handle drops, the
 /// committer finishes what it holds and the file is closed.
 #[derive(Clone)]
 pub struct Store {
-    // Declared first so it drops (joining the committer) before `db`.
+    // Declared first so it drops (joining the committer) before the file.
     committer: Arc<Committer>,
-    db: Arc<Database>,
+    shared: Arc<Shared>,
     /// Reads of a task record left to fail on purpose (tests only set it).
     read_faults: Arc<std::sync::atomic::AtomicU32>,
 }
@@ -167,10 +197,13 @@ struct Committer {
     ops: Option<mpsc::Sender<Op>>,
     capacity: usize,
     thread: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
 }
 
 impl Drop for Committer {
     fn drop(&mut self) {
+        // A held batch is answered with its error rather than waited for.
+        self.shared.stop();
         // Closing the channel ends the committer loop once it drained.
         self.ops.take();
         if let Some(thread) = self.thread.take() {
@@ -193,74 +226,71 @@ impl Store {
     }
 
     /// [`Store::open`] with a committer queue of `capacity` operations.
+    ///
+    /// Only a missing file starts a new store; an existing one is verified
+    /// first and refused with [`StoreError::Damaged`] (naming it) when it is
+    /// damaged, empty or not a taskhost store, never replaced.
     pub fn open_with(path: &Path, group_commit: bool, capacity: usize) -> Result<Store, StoreError> {
-        let db = Database::create(path)?;
-        let txn = db.begin_write()?;
-        {
-            let mut meta = txn.open_table(META)?;
-            let found = meta.get("schema")?.map(|v| v.value());
-            match found {
-                None => {
-                    meta.insert("schema", SCHEMA_VERSION)?;
-                }
-                Some(v) if v == SCHEMA_VERSION => {}
-                Some(2) => {
-                    migrate::<record::TaskRecordV2>(&txn)?;
-                    index_all(&txn)?;
-                    meta.insert("schema", SCHEMA_VERSION)?;
-                }
-                Some(3) => {
-                    migrate::<record::TaskRecordV3>(&txn)?;
-                    index_all(&txn)?;
-                    meta.insert("schema", SCHEMA_VERSION)?;
-                }
-                Some(4) => {
-                    // Indexes are unchanged from schema 4.
-                    migrate::<record::TaskRecordV4>(&txn)?;
-                    meta.insert("schema", SCHEMA_VERSION)?;
-                }
-                Some(v) => {
-                    return Err(StoreError::Schema { expected: SCHEMA_VERSION, found: v });
-                }
-            }
-            txn.open_table(TASKS)?;
-            txn.open_table(INPUTS)?;
-            txn.open_table(OUTPUTS)?;
-            txn.open_table(IDEMPOTENCY)?;
-            txn.open_table(PLUGINS)?;
-            txn.open_table(BLOBS)?;
-            txn.open_table(QUEUES)?;
-            txn.open_table(CACHE)?;
-            txn.open_table(FLOWS)?;
-            txn.open_table(FLOW_TASKS)?;
-            txn.open_table(CONTEXT)?;
-            txn.open_table(BY_STATE)?;
-            txn.open_table(BY_QUEUE)?;
-            txn.open_table(BY_PLUGIN)?;
-            txn.open_table(BY_ITERATION)?;
-        }
-        txn.commit()?;
-        let db = Arc::new(db);
+        let (db, _) = open::open_file(path, |db| prepare(db, path, true))?;
+        prepare(&db, path, false)?;
+        Self::start(Source::File(path.to_owned()), db, group_commit, capacity)
+    }
+
+    /// A store whose file's writes fail with ENOSPC while `full` is set.
+    #[cfg(test)]
+    pub(crate) fn open_faulty(
+        path: &Path,
+        full: Arc<std::sync::atomic::AtomicBool>,
+        capacity: usize,
+    ) -> Result<Store, StoreError> {
+        drop(open::open_file(path, |db| prepare(db, path, true))?);
+        let backend = backend::Faulty::open(path, full.clone()).map_err(|e| open::open_error(path, e))?;
+        let db = redb::Builder::new().create_with_backend(backend).map_err(|e| open::open_error(path, e))?;
+        Self::start(Source::Faulty(path.to_owned(), full), db, true, capacity)
+    }
+
+    fn start(source: Source, db: Database, group_commit: bool, capacity: usize) -> Result<Store, StoreError> {
+        let shared = Arc::new(Shared::new(source, db));
         let capacity = capacity.max(1);
         let (tx, mut rx) = mpsc::channel(capacity);
-        let committer_db = db.clone();
+        let committer_shared = shared.clone();
         let batch = if group_commit { MAX_BATCH } else { 1 };
         let thread = std::thread::Builder::new()
             .name("taskhost-commit".into())
-            .spawn(move || committer(&committer_db, &mut rx, batch))
+            .spawn(move || commit::run(&committer_shared, &mut rx, batch))
             .map_err(|e| StoreError::CommitFailed(format!("cannot start the committer thread: {e}")))?;
         Ok(Store {
-            committer: Arc::new(Committer { ops: Some(tx), capacity, thread: Some(thread) }),
-            db,
+            committer: Arc::new(Committer { ops: Some(tx), capacity, thread: Some(thread), shared: shared.clone() }),
+            shared,
             read_faults: Arc::default(),
         })
+    }
+
+    /// Why writes fail now (a full disk), while they do: submissions are
+    /// refused with [`StoreError::Unwritable`] and the failed commit is
+    /// retried until it succeeds.
+    pub fn write_fault(&self) -> Option<WriteFault> {
+        self.shared.write_fault()
+    }
+
+    /// At shutdown: writes held by a write fault (and later failing ones)
+    /// are answered with their error instead of waiting for the disk; a
+    /// task whose outcome was not recorded is recovered on the next start.
+    pub(crate) fn stop_retrying(&self) {
+        self.shared.stop();
+    }
+
+    /// The open database.
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.shared.db()
     }
 
     /// Durably records a new task, or returns the existing one with the
     /// same idempotency key.
     /// Refused with [`StoreError::Busy`] when the committer's queue is
-    /// full.
+    /// full, and with [`StoreError::Unwritable`] while writes fail.
     pub(crate) async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, StoreError> {
+        self.shared.check_writable()?;
         let (reply, rx) = oneshot::channel();
         let ops = self.committer.ops.as_ref().ok_or(StoreError::Closed)?;
         ops.try_send(Op::Submit { record: Box::new(record), input, reply }).map_err(|e| match e {
@@ -297,14 +327,16 @@ impl Store {
 
     /// One flow's record.
     pub fn flow(&self, id: Uuid) -> Result<Option<FlowRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(FLOWS)?;
         table.get(id.as_u128())?.map(|v| decode(v.value())).transpose()
     }
 
     /// Every flow record.
     pub fn flows(&self) -> Result<Vec<FlowRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(FLOWS)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
@@ -316,7 +348,8 @@ impl Store {
     /// Every task of a flow, in submission order (a root task submitted
     /// from outside first).
     pub fn flow_tasks(&self, flow: Uuid) -> Result<Vec<TaskRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let tasks = txn.open_table(TASKS)?;
         let index = txn.open_table(FLOW_TASKS)?;
         let mut out = Vec::new();
@@ -334,14 +367,16 @@ impl Store {
 
     /// A flow's context value.
     pub fn context_get(&self, flow: Uuid, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(CONTEXT)?;
         Ok(table.get((flow.as_u128(), key))?.map(|v| v.value().to_vec()))
     }
 
     /// A flow's context keys starting with `prefix`, in order.
     pub fn context_keys(&self, flow: Uuid, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(CONTEXT)?;
         let mut out = Vec::new();
         for entry in table.range((flow.as_u128(), prefix)..)? {
@@ -357,7 +392,8 @@ impl Store {
 
     /// Bytes (keys plus values) of every flow's context.
     pub(crate) fn context_sizes(&self) -> Result<std::collections::HashMap<Uuid, u64>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(CONTEXT)?;
         let mut out = std::collections::HashMap::new();
         for entry in table.iter()? {
@@ -370,7 +406,8 @@ impl Store {
 
     /// Bytes (keys plus values) of one flow's context.
     pub(crate) fn context_sizes_of(&self, flow: Uuid) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(CONTEXT)?;
         let mut size = 0;
         for entry in table.range((flow.as_u128(), "")..)? {
@@ -387,7 +424,8 @@ impl Store {
     /// The task an idempotency key names.
     pub(crate) fn task_by_key(&self, key: &str) -> Result<Option<Uuid>, StoreError> {
         self.injected("an idempotency key")?;
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(IDEMPOTENCY)?;
         Ok(table.get(key)?.map(|v| Uuid::from_u128(v.value())))
     }
@@ -436,21 +474,24 @@ impl Store {
     /// Reads one task.
     pub fn get(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
         self.injected("a task")?;
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(TASKS)?;
         table.get(id.as_u128())?.map(|v| decode(v.value())).transpose()
     }
 
     /// A task's input bytes.
     pub fn input(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(INPUTS)?;
         Ok(table.get(id.as_u128())?.map(|v| v.value().to_vec()))
     }
 
     /// A completed task's output bytes.
     pub fn output(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(OUTPUTS)?;
         Ok(table.get(id.as_u128())?.map(|v| v.value().to_vec()))
     }
@@ -458,7 +499,8 @@ impl Store {
     /// Visits tasks in id (submission) order, starting after `after`,
     /// until `visit` returns false.
     pub fn scan(&self, after: Option<Uuid>, mut visit: impl FnMut(TaskRecord) -> bool) -> Result<(), StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(TASKS)?;
         let range = match after {
             Some(id) => table.range(id.as_u128().saturating_add(1)..)?,
@@ -483,7 +525,8 @@ impl Store {
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<(Vec<TaskRecord>, bool), StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let tasks = txn.open_table(TASKS)?;
         let start = after.map_or(0, |id| id.as_u128().saturating_add(1));
         let mut page = Vec::new();
@@ -543,7 +586,8 @@ impl Store {
         &self,
         plugin: &str,
     ) -> Result<std::collections::HashMap<(String, TaskState), u64>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let tasks = txn.open_table(TASKS)?;
         let index = txn.open_table(BY_PLUGIN)?;
         let mut counts = std::collections::HashMap::new();
@@ -559,7 +603,8 @@ impl Store {
     /// The tasks of one iteration of a flow (its root included), in
     /// submission order.
     pub fn iteration_tasks(&self, flow: Uuid, iteration: u32) -> Result<Vec<TaskRecord>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let tasks = txn.open_table(TASKS)?;
         let index = txn.open_table(BY_ITERATION)?;
         let (f, i) = (flow.as_u128(), iteration);
@@ -582,7 +627,8 @@ impl Store {
 
     /// Number of tasks stored.
     pub fn task_count(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         Ok(txn.open_table(TASKS)?.len()?)
     }
 
@@ -596,7 +642,8 @@ impl Store {
         &self,
         definition: redb::TableDefinition<'_, &str, &[u8]>,
     ) -> Result<Vec<(String, T)>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(definition)?;
         let mut out = Vec::new();
         for entry in table.iter()? {
@@ -608,7 +655,8 @@ impl Store {
 
     /// A stored component by digest.
     pub fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(BLOBS)?;
         Ok(table.get(digest)?.map(|v| v.value().to_vec()))
     }
@@ -673,7 +721,8 @@ impl Store {
 
     /// The recorded sha256 of a cached artifact.
     pub fn cache_hash(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
         let table = txn.open_table(CACHE)?;
         Ok(table.get(key)?.map(|v| v.value().to_owned()))
     }
@@ -702,53 +751,91 @@ impl Store {
     }
 }
 
-/// The group committer loop: one write transaction per batch.
-fn committer(db: &Database, rx: &mut mpsc::Receiver<Op>, max_batch: usize) {
-    while let Some(first) = rx.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+type Table<'t, K, V> = redb::Table<'t, K, V>;
+
+/// Opens (creating, checking or migrating) the store's schema; with
+/// `created` false a file without one is refused, never initialised.
+fn prepare(db: &Database, path: &Path, created: bool) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    {
+        let mut meta = txn.open_table(META)?;
+        let found = meta.get("schema")?.map(|v| v.value());
+        match found {
+            None if created => {
+                meta.insert("schema", SCHEMA_VERSION)?;
+            }
+            None => return Err(open::damaged(path, "holds no taskhost store (it has no schema record)")),
+            Some(v) if v == SCHEMA_VERSION => {}
+            Some(2) => {
+                migrate::<record::TaskRecordV2>(&txn)?;
+                index_all(&txn)?;
+                meta.insert("schema", SCHEMA_VERSION)?;
+            }
+            Some(3) => {
+                migrate::<record::TaskRecordV3>(&txn)?;
+                index_all(&txn)?;
+                meta.insert("schema", SCHEMA_VERSION)?;
+            }
+            Some(4) => {
+                // Indexes are unchanged from schema 4.
+                migrate::<record::TaskRecordV4>(&txn)?;
+                meta.insert("schema", SCHEMA_VERSION)?;
+            }
+            Some(v) => {
+                return Err(StoreError::Schema { expected: SCHEMA_VERSION, found: v });
             }
         }
-        let (tasks, admin): (Vec<Op>, Vec<Op>) = batch.into_iter().partition(|op| !matches!(op, Op::Admin { .. }));
-        if !tasks.is_empty() {
-            commit_batch(db, tasks);
-        }
-        for op in admin {
-            if let Op::Admin { write, reply } = op {
-                let result = begin(db).and_then(|txn| {
-                    write(&txn)?;
-                    txn.commit()?;
-                    Ok(())
-                });
-                let _ = reply.send(result);
-            }
-        }
+        txn.open_table(TASKS)?;
+        txn.open_table(INPUTS)?;
+        txn.open_table(OUTPUTS)?;
+        txn.open_table(IDEMPOTENCY)?;
+        txn.open_table(PLUGINS)?;
+        txn.open_table(BLOBS)?;
+        txn.open_table(QUEUES)?;
+        txn.open_table(CACHE)?;
+        txn.open_table(FLOWS)?;
+        txn.open_table(FLOW_TASKS)?;
+        txn.open_table(CONTEXT)?;
+        txn.open_table(BY_STATE)?;
+        txn.open_table(BY_QUEUE)?;
+        txn.open_table(BY_PLUGIN)?;
+        txn.open_table(BY_ITERATION)?;
     }
+    txn.commit()?;
+    Ok(())
 }
 
-fn begin(db: &Database) -> Result<WriteTransaction, StoreError> {
-    let mut txn = db.begin_write()?;
-    txn.set_durability(Durability::Immediate).map_err(|e| StoreError::Storage(e.into()))?;
-    // Saves the allocator state with each commit so reopening after a crash
-    // is near-instant instead of a full walk of the file.
-    txn.set_quick_repair(true);
-    Ok(txn)
+/// One write of a batch, with what it writes (absolute values, so writing
+/// it twice leaves what writing it once does). A batch keeps its writes
+/// until its commit succeeded, so a commit the disk refused can be made
+/// again, unchanged, once it has room.
+pub(crate) enum Redo {
+    Task(u128, Vec<u8>),
+    Input(u128, Vec<u8>),
+    Output(u128, Vec<u8>),
+    Key(String, u128),
+    Flow(u128, Vec<u8>),
+    FlowTask(u128, u128),
+    /// A context write; `None` deletes.
+    Context(u128, String, Option<Vec<u8>>),
+    Index(IndexWrite),
 }
 
-enum Pending {
-    Submit(oneshot::Sender<Result<Submitted, StoreError>>, Result<Submitted, StoreError>),
-    Transition(oneshot::Sender<Result<Applied, StoreError>>, Result<Applied, StoreError>),
-    Flow(
-        oneshot::Sender<Result<(FlowRecord, Vec<TaskRecord>), StoreError>>,
-        Result<(FlowRecord, Vec<TaskRecord>), StoreError>,
-    ),
+/// One write to a task index.
+pub(crate) enum IndexWrite {
+    /// Adds (`present`) or removes a state-index entry.
+    State {
+        bucket: u8,
+        id: u128,
+        present: bool,
+    },
+    Queue(String, u128),
+    Plugin(String, u128),
+    Iteration(u128, u32, u128),
 }
 
-/// The tables one batch writes.
-struct Tables<'t> {
+/// The tables one batch writes, and the writes it made so far.
+pub(crate) struct Tables<'t> {
     tasks: Table<'t, u128, &'static [u8]>,
     inputs: Table<'t, u128, &'static [u8]>,
     outputs: Table<'t, u128, &'static [u8]>,
@@ -757,10 +844,11 @@ struct Tables<'t> {
     flow_tasks: Table<'t, (u128, u128), ()>,
     context: Table<'t, (u128, &'static str), &'static [u8]>,
     indexes: Indexes<'t>,
+    pub(crate) redo: &'t mut Vec<Redo>,
 }
 
 impl<'t> Tables<'t> {
-    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+    pub(crate) fn open(txn: &'t WriteTransaction, redo: &'t mut Vec<Redo>) -> Result<Self, StoreError> {
         Ok(Self {
             tasks: txn.open_table(TASKS)?,
             inputs: txn.open_table(INPUTS)?,
@@ -769,100 +857,53 @@ impl<'t> Tables<'t> {
             flows: txn.open_table(FLOWS)?,
             flow_tasks: txn.open_table(FLOW_TASKS)?,
             context: txn.open_table(CONTEXT)?,
-            indexes: Indexes {
-                by_state: txn.open_table(BY_STATE)?,
-                by_queue: txn.open_table(BY_QUEUE)?,
-                by_plugin: txn.open_table(BY_PLUGIN)?,
-                by_iteration: txn.open_table(BY_ITERATION)?,
-            },
+            indexes: Indexes::open(txn)?,
+            redo,
         })
     }
-}
 
-fn commit_batch(db: &Database, ops: Vec<Op>) {
-    let mut answers = Vec::with_capacity(ops.len());
-    let mut ops = ops.into_iter();
-    let outcome = begin(db).and_then(|txn| {
-        {
-            let mut t = Tables::open(&txn)?;
-            for op in ops.by_ref() {
-                // A storage error aborts the whole batch below.
-                let storage_failure = |e: &StoreError| match e {
-                    StoreError::Storage(e) => Some(StoreError::CommitFailed(e.to_string())),
-                    _ => None,
-                };
-                match op {
-                    Op::Submit { record, input, reply } => {
-                        let result = apply_submit(&mut t, *record, &input);
-                        if let Some(e) = result.as_ref().err().and_then(storage_failure) {
-                            return Err(e);
-                        }
-                        answers.push(Pending::Submit(reply, result));
-                    }
-                    Op::Transition { change, reply } => {
-                        let result = apply_transition(&mut t, change);
-                        if let Some(e) = result.as_ref().err().and_then(storage_failure) {
-                            return Err(e);
-                        }
-                        answers.push(Pending::Transition(reply, result));
-                    }
-                    Op::Flow { id, edit, reply } => {
-                        let result = apply_flow(&mut t, id, edit);
-                        if let Some(e) = result.as_ref().err().and_then(storage_failure) {
-                            return Err(e);
-                        }
-                        answers.push(Pending::Flow(reply, result));
-                    }
-                    Op::Admin { .. } => unreachable!("admin writes are committed on their own"),
-                }
-            }
-        }
-        txn.commit()?;
+    /// Makes a write and keeps it.
+    fn write(&mut self, write: Redo) -> Result<(), StoreError> {
+        self.put(&write)?;
+        self.redo.push(write);
         Ok(())
-    });
-    // Operations the failed batch never reached share its failure.
-    if let Err(e) = &outcome {
-        for op in ops {
-            let failure = || StoreError::CommitFailed(e.to_string());
-            match op {
-                Op::Submit { reply, .. } => drop(reply.send(Err(failure()))),
-                Op::Transition { reply, .. } => drop(reply.send(Err(failure()))),
-                Op::Flow { reply, .. } => drop(reply.send(Err(failure()))),
-                Op::Admin { reply, .. } => drop(reply.send(Err(failure()))),
-            }
-        }
     }
-    // Answer only now: after the commit, or with its failure.
-    for answer in answers {
-        match (answer, &outcome) {
-            (Pending::Submit(reply, result), Ok(())) => drop(reply.send(result)),
-            (Pending::Transition(reply, result), Ok(())) => drop(reply.send(result)),
-            (Pending::Flow(reply, result), Ok(())) => drop(reply.send(result)),
-            (Pending::Flow(reply, _), Err(e)) => drop(reply.send(Err(StoreError::CommitFailed(e.to_string())))),
-            (Pending::Submit(reply, _), Err(e)) => drop(reply.send(Err(StoreError::CommitFailed(e.to_string())))),
-            (Pending::Transition(reply, _), Err(e)) => {
-                drop(reply.send(Err(StoreError::CommitFailed(e.to_string()))));
+
+    /// Makes a write.
+    pub(crate) fn put(&mut self, write: &Redo) -> Result<(), StoreError> {
+        match write {
+            Redo::Task(id, value) => drop(self.tasks.insert(*id, value.as_slice())?),
+            Redo::Input(id, value) => drop(self.inputs.insert(*id, value.as_slice())?),
+            Redo::Output(id, value) => drop(self.outputs.insert(*id, value.as_slice())?),
+            Redo::Key(key, id) => drop(self.keys.insert(key.as_str(), *id)?),
+            Redo::Flow(id, value) => drop(self.flows.insert(*id, value.as_slice())?),
+            Redo::FlowTask(flow, id) => drop(self.flow_tasks.insert((*flow, *id), ())?),
+            Redo::Context(flow, key, Some(value)) => {
+                drop(self.context.insert((*flow, key.as_str()), value.as_slice())?)
             }
+            Redo::Context(flow, key, None) => drop(self.context.remove((*flow, key.as_str()))?),
+            Redo::Index(write) => self.indexes.put(write)?,
         }
+        Ok(())
     }
 }
 
-type Table<'t, K, V> = redb::Table<'t, K, V>;
-
-fn apply_submit(t: &mut Tables<'_>, record: TaskRecord, input: &[u8]) -> Result<Submitted, StoreError> {
+fn apply_submit(t: &mut Tables<'_>, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, StoreError> {
     if let Some(key) = &record.idempotency_key {
         let existing = t.keys.get(key.as_str())?.map(|v| v.value());
         if let Some(existing) = existing {
             let found = t.tasks.get(existing)?.ok_or(StoreError::NotFound(Uuid::from_u128(existing)))?;
             return Ok(Submitted { record: decode(found.value())?, created: false });
         }
-        t.keys.insert(key.as_str(), record.id.as_u128())?;
+        t.write(Redo::Key(key.clone(), record.id.as_u128()))?;
     }
-    t.tasks.insert(record.id.as_u128(), encode(&record).as_slice())?;
-    t.indexes.insert(&record)?;
-    t.inputs.insert(record.id.as_u128(), input)?;
+    t.write(Redo::Task(record.id.as_u128(), encode(&record)))?;
+    for write in index_writes(&record) {
+        t.write(Redo::Index(write))?;
+    }
+    t.write(Redo::Input(record.id.as_u128(), input))?;
     if !record.is_flow_root() {
-        t.flow_tasks.insert((record.flow_id.as_u128(), record.id.as_u128()), ())?;
+        t.write(Redo::FlowTask(record.flow_id.as_u128(), record.id.as_u128()))?;
     }
     Ok(Submitted { record, created: true })
 }
@@ -895,9 +936,9 @@ fn apply_transition(t: &mut Tables<'_>, change: Change) -> Result<Applied, Store
     if change.to.is_terminal() {
         record.finished_at_ms = Some(at_ms);
     }
-    if let Some(output) = &change.output {
+    if let Some(output) = change.output {
         record.output_len = Some(output.len() as u64);
-        t.outputs.insert(id.as_u128(), output.as_slice())?;
+        t.write(Redo::Output(id.as_u128(), output))?;
     }
     record.history.push(Transition {
         at_ms,
@@ -906,8 +947,10 @@ fn apply_transition(t: &mut Tables<'_>, change: Change) -> Result<Applied, Store
         attempt: record.attempts,
         reason: change.reason,
     });
-    t.tasks.insert(id.as_u128(), encode(&record).as_slice())?;
-    t.indexes.moved(id, from, change.to)?;
+    t.write(Redo::Task(id.as_u128(), encode(&record)))?;
+    for write in moved_writes(id, from, change.to) {
+        t.write(Redo::Index(write))?;
+    }
     let mut applied = Applied { record, created: Vec::new(), effects_applied: true };
     if let Some(effects) = change.effects
         && change.to == TaskState::Completed
@@ -935,7 +978,7 @@ fn apply_effects(t: &mut Tables<'_>, effects: Effects, created: &mut Vec<TaskRec
                 *dep = *existing;
             }
         }
-        let submitted = apply_submit(t, child.clone(), &input)?;
+        let submitted = apply_submit(t, child.clone(), input)?;
         if submitted.created {
             flow.tasks += 1;
             created.push(child);
@@ -944,14 +987,11 @@ fn apply_effects(t: &mut Tables<'_>, effects: Effects, created: &mut Vec<TaskRec
         }
     }
     for (key, value) in context {
-        match value {
-            Some(value) => t.context.insert((flow_id.as_u128(), key.as_str()), value.as_slice())?,
-            None => t.context.remove((flow_id.as_u128(), key.as_str()))?,
-        };
+        t.write(Redo::Context(flow_id.as_u128(), key, value))?;
     }
     flow.stop_requested |= stop_repeating;
     flow.version += 1;
-    t.flows.insert(flow_id.as_u128(), encode(&flow).as_slice())?;
+    t.write(Redo::Flow(flow_id.as_u128(), encode(&flow)))?;
     Ok(true)
 }
 
@@ -960,12 +1000,12 @@ fn apply_flow(t: &mut Tables<'_>, id: Uuid, edit: FlowEdit) -> Result<(FlowRecor
     let FlowUpdate { mut flow, tasks } = edit(stored)?;
     let mut created = Vec::new();
     for (task, input) in tasks {
-        if apply_submit(t, task.clone(), &input)?.created {
+        if apply_submit(t, task.clone(), input)?.created {
             created.push(task);
         }
     }
     flow.version += 1;
-    t.flows.insert(id.as_u128(), encode(&flow).as_slice())?;
+    t.write(Redo::Flow(id.as_u128(), encode(&flow)))?;
     Ok((flow, created))
 }
 
@@ -994,15 +1034,12 @@ where
 /// Builds the task indexes from the task table (migrating to schema 4).
 fn index_all(txn: &WriteTransaction) -> Result<(), StoreError> {
     let tasks = txn.open_table(TASKS)?;
-    let mut indexes = Indexes {
-        by_state: txn.open_table(BY_STATE)?,
-        by_queue: txn.open_table(BY_QUEUE)?,
-        by_plugin: txn.open_table(BY_PLUGIN)?,
-        by_iteration: txn.open_table(BY_ITERATION)?,
-    };
+    let mut indexes = Indexes::open(txn)?;
     for entry in tasks.iter()? {
         let record: TaskRecord = decode(entry?.1.value())?;
-        indexes.insert(&record)?;
+        for write in index_writes(&record) {
+            indexes.put(&write)?;
+        }
     }
     Ok(())
 }
@@ -1016,30 +1053,56 @@ struct Indexes<'t> {
     by_iteration: Table<'t, (u128, u32, u128), ()>,
 }
 
-impl Indexes<'_> {
-    /// Indexes a new task.
-    fn insert(&mut self, r: &TaskRecord) -> Result<(), StoreError> {
-        let id = r.id.as_u128();
-        self.by_state.insert((state_bucket(r.state), id), ())?;
-        self.by_queue.insert((r.queue.as_str(), id), ())?;
-        self.by_plugin.insert((r.plugin.as_str(), id), ())?;
-        // A flow's root (a task submitted from outside, its id the flow's)
-        // is found by its id; only the tasks it grew are indexed.
-        if !r.is_flow_root() {
-            self.by_iteration.insert((r.flow_id.as_u128(), r.iteration, id), ())?;
-        }
-        Ok(())
+impl<'t> Indexes<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            by_state: txn.open_table(BY_STATE)?,
+            by_queue: txn.open_table(BY_QUEUE)?,
+            by_plugin: txn.open_table(BY_PLUGIN)?,
+            by_iteration: txn.open_table(BY_ITERATION)?,
+        })
     }
 
-    /// A task moved between states.
-    fn moved(&mut self, id: Uuid, from: TaskState, to: TaskState) -> Result<(), StoreError> {
-        let (from, to) = (state_bucket(from), state_bucket(to));
-        if from != to {
-            self.by_state.remove((from, id.as_u128()))?;
-            self.by_state.insert((to, id.as_u128()), ())?;
+    fn put(&mut self, write: &IndexWrite) -> Result<(), StoreError> {
+        match write {
+            IndexWrite::State { bucket, id, present: true } => drop(self.by_state.insert((*bucket, *id), ())?),
+            IndexWrite::State { bucket, id, present: false } => drop(self.by_state.remove((*bucket, *id))?),
+            IndexWrite::Queue(queue, id) => drop(self.by_queue.insert((queue.as_str(), *id), ())?),
+            IndexWrite::Plugin(plugin, id) => drop(self.by_plugin.insert((plugin.as_str(), *id), ())?),
+            IndexWrite::Iteration(flow, iteration, id) => {
+                drop(self.by_iteration.insert((*flow, *iteration, *id), ())?);
+            }
         }
         Ok(())
     }
+}
+
+/// The index entries of a new task.
+fn index_writes(r: &TaskRecord) -> Vec<IndexWrite> {
+    let id = r.id.as_u128();
+    let mut writes = vec![
+        IndexWrite::State { bucket: state_bucket(r.state), id, present: true },
+        IndexWrite::Queue(r.queue.clone(), id),
+        IndexWrite::Plugin(r.plugin.clone(), id),
+    ];
+    // A flow's root (a task submitted from outside, its id the flow's)
+    // is found by its id; only the tasks it grew are indexed.
+    if !r.is_flow_root() {
+        writes.push(IndexWrite::Iteration(r.flow_id.as_u128(), r.iteration, id));
+    }
+    writes
+}
+
+/// The index changes of a task moving between states.
+fn moved_writes(id: Uuid, from: TaskState, to: TaskState) -> Vec<IndexWrite> {
+    let (from, to) = (state_bucket(from), state_bucket(to));
+    if from == to {
+        return Vec::new();
+    }
+    vec![
+        IndexWrite::State { bucket: from, id: id.as_u128(), present: false },
+        IndexWrite::State { bucket: to, id: id.as_u128(), present: true },
+    ]
 }
 
 /// The state index's bucket of a state: one bucket for every unfinished

@@ -655,3 +655,134 @@ async fn a_full_committer_queue_refuses_submissions_and_loses_nothing_queued() {
     assert_eq!(store.task_count().unwrap(), 2, "the refused submission wrote nothing");
     assert!(store.submit(record(3, None), Vec::new()).await.unwrap().created, "room again");
 }
+
+/// Waits (at most 10 s) until `done` holds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "{what} never happened");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+fn disk() -> Arc<std::sync::atomic::AtomicBool> {
+    Arc::new(std::sync::atomic::AtomicBool::new(false))
+}
+
+fn set(flag: &std::sync::atomic::AtomicBool, full: bool) {
+    flag.store(full, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The disk fills while a completion (with output, children and a context
+/// write) is being committed: the store turns unwritable, refuses
+/// submissions, keeps serving reads, answers nobody before the write is
+/// durable, and once there is room writes the held batch, then what
+/// queued behind it, exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_holds_the_failed_commit_and_writes_it_once_there_is_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.redb");
+    let full = disk();
+    let store = Store::open_faulty(&path, full.clone(), 64).unwrap();
+    let root = task_in(&store, 1, TaskState::Running).await;
+    let waiting = store.submit(record(2, Some("two")), b"two".to_vec()).await.unwrap().record;
+    assert!(store.write_fault().is_none());
+
+    set(&full, true);
+    let done = Change::new(root.id, TaskState::Completed, "done").output(b"out".to_vec()).effects(Effects {
+        flow_id: root.id,
+        children: vec![child_of(1, 10, Some("c")), child_of(1, 11, None)],
+        context: vec![("k".into(), Some(b"v".to_vec()))],
+        stop_repeating: false,
+    });
+    let completion = tokio::spawn({
+        let store = store.clone();
+        async move { store.apply(done).await }
+    });
+    eventually("the write fault", || store.write_fault().is_some()).await;
+    let fault = store.write_fault().unwrap();
+    assert!(fault.reason.contains("No space left on device"), "{fault:?}");
+    let refused = store.submit(record(3, None), b"three".to_vec()).await.unwrap_err();
+    assert!(matches!(refused, StoreError::Unwritable { .. }), "{refused}");
+    // Reads go on from the reopened file; the held write is not visible.
+    assert_eq!(store.get(root.id).unwrap().unwrap(), root);
+    assert_eq!(store.get(waiting.id).unwrap().unwrap(), waiting);
+    assert!(store.get(Uuid::from_u128(10)).unwrap().is_none());
+    assert!(!completion.is_finished(), "nothing is answered before it is durable");
+    // Written meanwhile: waits behind the held batch instead of failing.
+    let start = tokio::spawn({
+        let store = store.clone();
+        async move { store.transition(Change::new(waiting.id, TaskState::Running, "start")).await }
+    });
+
+    set(&full, false);
+    let applied = completion.await.unwrap().unwrap();
+    assert_eq!(applied.record.state, TaskState::Completed);
+    let created: Vec<u128> = applied.created.iter().map(|c| c.id.as_u128()).collect();
+    assert_eq!(created, [10, 11]);
+    assert_eq!(start.await.unwrap().unwrap().state, TaskState::Running);
+    assert!(store.write_fault().is_none(), "healthy again once the held batch committed");
+    assert!(store.submit(record(3, None), b"three".to_vec()).await.unwrap().created);
+
+    // Everything is in the file, once, indexes included.
+    drop(store);
+    let store = Store::open(&path, true).unwrap();
+    let stored = store.get(root.id).unwrap().unwrap();
+    assert_eq!((stored.state, stored.version), (TaskState::Completed, root.version + 1));
+    assert_eq!(store.output(root.id).unwrap().as_deref(), Some(&b"out"[..]));
+    assert_eq!(store.input(Uuid::from_u128(10)).unwrap().as_deref(), Some(&b"input 10"[..]));
+    assert_eq!(store.task_by_key("c").unwrap(), Some(Uuid::from_u128(10)));
+    assert_eq!(store.context_get(root.id, "k").unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(store.flow(root.id).unwrap().unwrap().tasks, 3);
+    let completed = TaskQuery { state: Some(TaskState::Completed), ..TaskQuery::default() };
+    assert_eq!(list_all(&store, &completed), [root.id]);
+    let running = TaskQuery { state: Some(TaskState::Running), ..TaskQuery::default() };
+    assert_eq!(list_all(&store, &running), [waiting.id]);
+    assert_eq!(store.task_count().unwrap(), 5);
+}
+
+/// At shutdown nothing waits for the disk: a held write is answered with
+/// the error, and the file keeps the last durable state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_answers_a_held_write_with_its_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.redb");
+    let full = disk();
+    let store = Store::open_faulty(&path, full.clone(), 64).unwrap();
+    let running = task_in(&store, 1, TaskState::Running).await;
+    set(&full, true);
+    let outcome = tokio::spawn({
+        let store = store.clone();
+        async move { store.transition(Change::new(running.id, TaskState::Completed, "done")).await }
+    });
+    eventually("the write fault", || store.write_fault().is_some()).await;
+    store.stop_retrying();
+    let error = outcome.await.unwrap().unwrap_err();
+    assert!(matches!(error, StoreError::Unwritable { .. }), "{error}");
+    drop(store);
+    set(&full, false);
+    let store = Store::open(&path, true).unwrap();
+    assert_eq!(store.get(running.id).unwrap().unwrap(), running, "left for recovery on the next start");
+}
+
+/// A plugin upload (an administrative write) that meets a full disk is
+/// refused, and the task writes behind it wait and then succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_admin_write_is_refused_and_later_writes_wait_for_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let full = disk();
+    let store = Store::open_faulty(&dir.path().join("t.redb"), full.clone(), 64).unwrap();
+    let task = task_in(&store, 1, TaskState::Pending).await;
+    set(&full, true);
+    let refused = store.set_queue("q".into(), QueueConfig { concurrency: Some(1), weight: 1 }).await.unwrap_err();
+    assert!(matches!(refused, StoreError::Unwritable { .. }), "{refused}");
+    assert!(store.write_fault().is_some());
+    let start = tokio::spawn({
+        let store = store.clone();
+        async move { store.transition(Change::new(task.id, TaskState::Running, "start")).await }
+    });
+    set(&full, false);
+    assert_eq!(start.await.unwrap().unwrap().state, TaskState::Running);
+    assert!(store.write_fault().is_none());
+    assert!(store.queues().unwrap().is_empty(), "the refused write changed nothing");
+}

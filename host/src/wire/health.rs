@@ -4,12 +4,19 @@ use crate::store::TaskState;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 
-/// The host is up, with its tasks per state.
+/// The host's health, with its tasks per state. Served with 200 when
+/// `status` is `ok`, with 503 when it is `unhealthy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Health {
-    /// Always `ok` (a host that is not answers nothing).
+    /// `ok`, or `unhealthy` while the store cannot write (a full disk).
     pub status: String,
+    /// Why the host is unhealthy (absent when it is not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Since when it is unhealthy (RFC 3339; absent when it is not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
     /// Tasks per state, all queues.
     pub tasks: BTreeMap<TaskState, i64>,
 }
@@ -17,7 +24,22 @@ pub struct Health {
 impl Health {
     /// A healthy host with these task counts.
     pub fn new(counts: &HashMap<TaskState, i64>) -> Self {
-        Self { status: "ok".into(), tasks: counts.iter().map(|(s, n)| (*s, *n)).collect() }
+        Self { status: "ok".into(), reason: None, since: None, tasks: counts.iter().map(|(s, n)| (*s, *n)).collect() }
+    }
+
+    /// A host that is up but cannot do its work: `reason` since `since_ms`.
+    pub fn unhealthy(counts: &HashMap<TaskState, i64>, reason: String, since_ms: u64) -> Self {
+        Self {
+            status: "unhealthy".into(),
+            reason: Some(reason),
+            since: Some(super::time(since_ms)),
+            ..Self::new(counts)
+        }
+    }
+
+    /// Whether `status` is `ok`.
+    pub fn is_ok(&self) -> bool {
+        self.status == "ok"
     }
 }
 
@@ -32,5 +54,16 @@ mod tests {
         let value = serde_json::to_value(&health).unwrap();
         assert_eq!(value, json!({"status": "ok", "tasks": {"pending": 0, "running": 2}}));
         assert_eq!(serde_json::from_value::<Health>(value).unwrap(), health);
+    }
+
+    #[test]
+    fn an_unhealthy_host_says_why_and_since_when() {
+        let health = Health::unhealthy(&HashMap::from([(TaskState::Pending, 1)]), "disk full".into(), 0);
+        let value = serde_json::to_value(&health).unwrap();
+        assert_eq!(
+            value,
+            json!({"status": "unhealthy", "reason": "disk full", "since": "1970-01-01T00:00:00.000Z", "tasks": {"pending": 1}})
+        );
+        assert!(!serde_json::from_value::<Health>(value).unwrap().is_ok());
     }
 }

@@ -1,0 +1,193 @@
+//! Opening the store file. Only a missing file starts a new store, and it
+//! is built under a temporary name and renamed into place once initialised,
+//! so a crash never leaves an empty file behind. An existing file is
+//! verified page by page (redb's integrity check, about a second per GB)
+//! before anything reads it: a damaged, empty or foreign file ends the open
+//! with [`StoreError::Damaged`] naming it and what to do, never a panic, and
+//! is never replaced or silently repaired. After a write fault the file is
+//! reopened without the check (redb's commits are atomic).
+
+use super::StoreError;
+use redb::{Builder, Database, DatabaseError, StorageError};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+/// What happened to the file on open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Opened {
+    /// There was no file: a new, empty store was created.
+    Created,
+    /// An existing file passed the integrity check.
+    Existing,
+}
+
+/// Opens the store at `path` (see the module docs); `init` initialises a
+/// new file's schema inside its first transaction.
+pub(crate) fn open_file(
+    path: &Path,
+    init: impl FnOnce(&Database) -> Result<(), StoreError>,
+) -> Result<(Database, Opened), StoreError> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            create(path, init)?;
+            Ok((verified(path)?, Opened::Created))
+        }
+        Err(e) => Err(StoreError::Storage(e.into())),
+        Ok(meta) if !meta.is_file() => Err(damaged(path, "is not a regular file")),
+        Ok(meta) if meta.len() == 0 => Err(damaged(
+            path,
+            "is empty (0 bytes), so it holds no store although one was expected here; if this data directory \
+             never held tasks, delete the empty file to start a new store",
+        )),
+        Ok(_) => Ok((verified(path)?, Opened::Existing)),
+    }
+}
+
+/// Opens an existing file after a write fault: no integrity check (the
+/// fault left redb's last commit intact), still never a panic.
+pub(crate) fn reopen(path: &Path) -> Result<Database, StoreError> {
+    guarded(path, || Builder::new().open(path))
+}
+
+/// Opens an existing file, verifying every page first.
+fn verified(path: &Path) -> Result<Database, StoreError> {
+    guarded(path, || Builder::new().set_check_integrity_on_open(true).open(path))
+}
+
+/// Runs `work`, catching a panic (redb's, on a damaged file) without the
+/// panic hook printing it: the caller reports it as an error.
+pub(crate) fn quietly<T>(work: impl FnOnce() -> T) -> std::thread::Result<T> {
+    thread_local! {
+        static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    let was = QUIET.with(|q| q.replace(true));
+    let result = catch_unwind(AssertUnwindSafe(work));
+    QUIET.with(|q| q.set(was));
+    result
+}
+
+/// Runs a redb open, turning its errors and panics into the store's.
+fn guarded(path: &Path, open: impl FnOnce() -> Result<Database, DatabaseError>) -> Result<Database, StoreError> {
+    match quietly(open) {
+        Ok(Ok(db)) => Ok(db),
+        Ok(Err(e)) => Err(open_error(path, e)),
+        Err(panic) => Err(damaged(path, &format!("cannot be read: redb failed on it ({})", panic_message(&panic)))),
+    }
+}
+
+/// The text of a caught panic.
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// A redb open error as the store's.
+pub(crate) fn open_error(path: &Path, e: DatabaseError) -> StoreError {
+    match e {
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+            StoreError::InUse { path: path.to_owned() }
+        }
+        DatabaseError::Storage(StorageError::Corrupted(detail)) => damaged(path, &format!("is damaged: {detail}")),
+        DatabaseError::Storage(StorageError::Io(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+            damaged(path, &format!("is not a taskhost store: {e}"))
+        }
+        other => StoreError::Storage(other.into()),
+    }
+}
+
+pub(crate) fn damaged(path: &Path, problem: &str) -> StoreError {
+    StoreError::Damaged { path: path.to_owned(), problem: problem.to_owned() }
+}
+
+/// A file beside `path` with `suffix` added to its name.
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
+/// Builds a new store at a temporary name, then renames it into place, so
+/// `path` only ever names a complete store.
+fn create(path: &Path, init: impl FnOnce(&Database) -> Result<(), StoreError>) -> Result<(), StoreError> {
+    let temporary = sibling(path, ".creating");
+    match std::fs::remove_file(&temporary) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(StoreError::Storage(e.into())),
+    }
+    let db = guarded(&temporary, || Builder::new().create(&temporary))?;
+    init(&db)?;
+    db.close().map_err(|e| StoreError::Storage(e.into()))?;
+    std::fs::rename(&temporary, path).map_err(|e| StoreError::Storage(e.into()))?;
+    sync_dir(path)
+}
+
+/// Makes a rename in `path`'s directory durable.
+pub(crate) fn sync_dir(path: &Path) -> Result<(), StoreError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Storage(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_missing_file_creates_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let (db, opened) = open_file(&path, |_| Ok(())).unwrap();
+        assert_eq!(opened, Opened::Created);
+        assert!(!sibling(&path, ".creating").exists(), "the temporary file was renamed into place");
+        drop(db);
+        assert_eq!(open_file(&path, |_| panic!("an existing file is not initialised")).unwrap().1, Opened::Existing);
+
+        let empty = dir.path().join("empty.redb");
+        std::fs::write(&empty, b"").unwrap();
+        let e = open_file(&empty, |_| Ok(())).unwrap_err();
+        assert!(matches!(&e, StoreError::Damaged { path, .. } if path == &empty), "{e}");
+        assert!(e.to_string().contains("empty") && e.to_string().contains("taskhost store repair"), "{e}");
+        assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0, "the empty file is left as it was");
+
+        let foreign = dir.path().join("foreign.redb");
+        std::fs::write(&foreign, vec![7u8; 8192]).unwrap();
+        let e = open_file(&foreign, |_| Ok(())).unwrap_err();
+        assert!(matches!(e, StoreError::Damaged { .. }), "{e}");
+        assert_eq!(std::fs::read(&foreign).unwrap(), vec![7u8; 8192], "a foreign file is never overwritten");
+    }
+
+    #[test]
+    fn a_failed_first_start_leaves_no_file_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let e = open_file(&path, |_| Err(StoreError::Refused("init failed".into()))).unwrap_err();
+        assert!(matches!(e, StoreError::Refused(_)), "{e}");
+        assert!(!path.exists(), "only a complete store is ever renamed into place");
+        // The next start creates the store.
+        assert_eq!(open_file(&path, |_| Ok(())).unwrap().1, Opened::Created);
+    }
+
+    #[test]
+    fn a_second_opener_is_told_the_file_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let _first = open_file(&path, |_| Ok(())).unwrap();
+        let e = open_file(&path, |_| Ok(())).unwrap_err();
+        assert!(matches!(e, StoreError::InUse { .. }), "{e}");
+    }
+}
