@@ -34,6 +34,9 @@ mod recovery;
 mod registry;
 /// Cooperative yielding, cancellation and timeouts in host calls.
 mod scheduling;
+/// Hostile values and races over HTTP: times, names, keys, retries,
+/// deletes, queue limits.
+mod values;
 
 /// One sandbox for the whole test binary, as a server would have.
 pub(crate) fn sandbox() -> &'static Sandbox {

@@ -123,6 +123,12 @@ impl Admin {
                 waiting.len()
             )));
         }
+        // It runs the version it pinned, which must still be there (and
+        // stays, until the task holds it again).
+        let pinned = format!("{}@{}", record.plugin, record.plugin_version);
+        let resolved = shared.runner.resolve(&pinned).map_err(|e| {
+            EngineError::Conflict(format!("task {id} cannot be re-submitted: it runs {pinned}, which is gone ({e})"))
+        })?;
         let change = Change::new(id, TaskState::Pending, "re-submitted from the dead-letter set")
             .expect_version(record.version)
             .edit(|r| {
@@ -132,11 +138,19 @@ impl Admin {
                 r.next_run_at_ms = None;
             });
         let done = shared.store.transition(change).await.map_err(|e| match e {
-            StoreError::VersionMismatch { .. } => EngineError::Conflict(format!("task {id} changed; try again")),
+            // Another request (a concurrent re-submission) moved it first.
+            StoreError::VersionMismatch { .. } | StoreError::IllegalTransition { .. } => {
+                let now = shared.task(id).map_or_else(|_| "gone".to_owned(), |r| r.state.to_string());
+                EngineError::Conflict(format!(
+                    "task {id} changed while it was being re-submitted (another request re-submitted or cancelled \
+                     it first); it is {now} now"
+                ))
+            }
             other => other.into(),
         })?;
         shared.metrics.moved(&done.queue, Some(TaskState::Failed), TaskState::Pending);
         shared.runner.hold(&done.plugin, &done.plugin_version);
+        drop(resolved);
         self.flows.book().reopened(done.flow_id, self.flows.limits());
         shared.enqueue(&done, None, now_ms());
         Ok(done)
@@ -241,6 +255,35 @@ mod tests {
         h.wait_state(id, TaskState::Running).await;
         let done = h.engine.cancel(id).await.unwrap();
         assert_eq!(done.state, TaskState::Cancelled);
+    }
+
+    /// Twenty concurrent re-submissions of one failed task: one wins, the
+    /// others lost the race and get a conflict (they once got a storage
+    /// error: "cannot go from pending to pending").
+    #[tokio::test]
+    async fn concurrent_resubmissions_have_one_winner_and_conflicts() {
+        let h = Harness::new().await;
+        let id = h.submit("echo", Script::FailTimes(3, b"ok".to_vec())).await;
+        assert_eq!(h.wait(id).await.state, TaskState::Failed);
+        let tries = (0..20).map(|_| {
+            let engine = h.engine.clone();
+            tokio::spawn(async move { engine.resubmit(id).await })
+        });
+        let mut won = 0;
+        for result in futures::future::join_all(tries).await {
+            match result.unwrap() {
+                Ok(_) => won += 1,
+                Err(crate::engine::EngineError::Conflict(m)) => {
+                    assert!(
+                        m.contains("only failed tasks") || m.contains("changed while it was being re-submitted"),
+                        "{m}"
+                    );
+                }
+                Err(other) => panic!("a lost race must be a conflict: {other:?}"),
+            }
+        }
+        assert_eq!(won, 1);
+        assert_eq!(h.wait(id).await.state, TaskState::Completed);
     }
 
     #[tokio::test]

@@ -12,7 +12,7 @@ use crate::{CancelToken, FailureClass, Grants, Limits, Sandbox, TaskFailure, Tas
 use std::sync::Arc;
 
 /// A plugin resolved at submission.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Resolved {
     /// Plugin name.
     pub(crate) name: String,
@@ -22,6 +22,8 @@ pub(crate) struct Resolved {
     pub(crate) digest: String,
     /// Its default limits: the operator's manifest over the host's.
     pub(crate) defaults: Limits,
+    /// Keeps the version from being deleted until the task holds it.
+    pub(crate) pin: crate::registry::Pin,
 }
 
 /// One attempt to run.
@@ -37,7 +39,8 @@ pub(crate) struct Attempt {
 /// See the module docs.
 #[async_trait::async_trait]
 pub(crate) trait Runner: Send + Sync + 'static {
-    /// Resolves `name` or `name@version` to a live version.
+    /// Resolves `name` or `name@version` to a live version, pinned until
+    /// the [`Resolved`] is dropped.
     fn resolve(&self, spec: &str) -> Result<Resolved, EngineError>;
     /// Whether these limits are within what this host can give one task.
     fn check_limits(&self, limits: &Limits) -> Result<(), String>;
@@ -76,7 +79,8 @@ impl Runner for SandboxRunner {
             Some(manifest) => manifest.limits(host_defaults).map_err(EngineError::InvalidRequest)?,
             None => host_defaults.clone(),
         };
-        Ok(Resolved { name, version: loaded.info.version, digest: loaded.info.digest, defaults })
+        let pin = loaded.pin;
+        Ok(Resolved { name, version: loaded.info.version, digest: loaded.info.digest, defaults, pin })
     }
 
     fn check_limits(&self, limits: &Limits) -> Result<(), String> {

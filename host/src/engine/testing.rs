@@ -53,7 +53,13 @@ impl Runner for ScriptRunner {
         if name == "missing" {
             return Err(EngineError::UnknownPlugin(format!("unknown plugin `{name}`")));
         }
-        Ok(Resolved { name: name.into(), version: "1".into(), digest: "d".into(), defaults: Limits::default() })
+        Ok(Resolved {
+            name: name.into(),
+            version: "1".into(),
+            digest: "d".into(),
+            defaults: Limits::default(),
+            pin: crate::registry::Pin::default(),
+        })
     }
 
     fn check_limits(&self, _: &Limits) -> Result<(), String> {
@@ -108,13 +114,19 @@ pub(crate) fn input(script: &Script) -> Vec<u8> {
 
 impl Harness {
     pub(crate) async fn new() -> Self {
+        Self::with_config(|_| {}).await
+    }
+
+    /// A harness whose settings `tweak` changes first.
+    pub(crate) async fn with_config(tweak: impl FnOnce(&mut EngineConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = EngineConfig {
+        let mut config = EngineConfig {
             data_dir: dir.path().to_path_buf(),
             concurrency: 4,
             retry: super::RetryPolicy { base: Duration::from_millis(1), cap: Duration::from_millis(5) },
             ..EngineConfig::default()
         };
+        tweak(&mut config);
         let store = Store::open(&dir.path().join("taskhost.redb"), true).unwrap();
         let runner = Arc::new(ScriptRunner::default());
         let metrics = Arc::new(super::metrics::Metrics::new(None));
