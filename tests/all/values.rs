@@ -64,7 +64,7 @@ impl Host {
     async fn close_gate(&self) -> String {
         let request = self.http.put(self.url("/v1/queues/gate")).json(&json!({"concurrency": 1}));
         assert!(self.send(request).await.0.is_success());
-        let blocker = self.submit(json!({"plugin": "sleep", "input": "60000", "queue": "gate"})).await;
+        let blocker = self.submit(json!({"plugin": "sleep", "input": 60000, "queue": "gate"})).await;
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.get(&format!("/v1/tasks/{blocker}")).await["state"] != "running" {
             assert!(Instant::now() < deadline, "the blocker never started");
@@ -191,7 +191,9 @@ async fn a_client_key_spelled_like_a_flow_childs_does_not_hijack_the_child() {
     assert_eq!(view["state"], "completed", "{view}");
     assert_eq!(view["tasks"]["total"], 2, "the parent and its child: {view}");
     let ran = host.ended(&child).await;
-    assert_eq!((ran["output"].as_str(), ran["parent_id"].as_str()), (Some("CHILD"), Some(parent.as_str())), "{ran}");
+    // `CHILD`, raw bytes (not JSON), so base64.
+    let output = ran["output_base64"].as_str();
+    assert_eq!((output, ran["parent_id"].as_str()), (Some("Q0hJTEQ="), Some(parent.as_str())), "{ran}");
     let theirs = host.ended(&client).await;
     assert_eq!((theirs["output"].as_str(), theirs["parent_id"].as_str()), (Some("CLIENT"), None), "{theirs}");
 }
@@ -201,13 +203,15 @@ async fn a_client_key_spelled_like_a_flow_childs_does_not_hijack_the_child() {
 #[tokio::test]
 async fn concurrent_retries_of_one_failed_task_have_one_winner() {
     let host = host(&[]).await;
-    let failing = json!({"plugin": "fail", "input": "permanent:no", "max_attempts": 1, "queue": "gate"});
+    // `permanent:no` as raw bytes (a JSON string would arrive quoted).
+    let failing = json!({"plugin": "fail", "input_base64": "cGVybWFuZW50Om5v", "max_attempts": 1, "queue": "gate"});
     let id = host.submit(failing).await;
     assert_eq!(host.ended(&id).await["state"], "failed");
     // The winner's task waits behind the gate: it cannot fail again (and
     // be re-submittable again) while the others try.
     let blocker = host.close_gate().await;
-    let retries = (0..20).map(|_| host.post(&format!("/v1/tasks/{id}/retry"), json!({})));
+    let retry = format!("/v1/tasks/{id}/retry");
+    let retries = (0..20).map(|_| host.post(&retry, json!({})));
     let answers = futures::future::join_all(retries).await;
     let won = answers.iter().filter(|(status, _)| status.is_success()).count();
     assert_eq!(won, 1, "{answers:?}");

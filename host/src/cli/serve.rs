@@ -38,6 +38,14 @@ pub(crate) struct ServeArgs {
     /// Longest retry backoff, e.g. `5m`.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     retry_cap: Option<Duration>,
+    /// Most queues; a task or setting naming a new queue past this is
+    /// refused (default 1000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_queues: Option<u32>,
+    /// Most plugin names; an upload of a new name past this is refused
+    /// (default 1000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_plugins: Option<u32>,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
@@ -49,6 +57,12 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         config.concurrency = n;
     }
     config.group_commit = !args.no_group_commit;
+    if let Some(n) = args.max_queues {
+        config.max_queues = n as usize;
+    }
+    if let Some(n) = args.max_plugins {
+        config.max_plugins = n as usize;
+    }
     config.plugins_dir = args.plugins;
     let defaults = RetryPolicy::default();
     config.retry =

@@ -184,6 +184,7 @@ impl Admin {
         if config.concurrency == Some(0) {
             return Err(EngineError::InvalidRequest("concurrency must be at least 1 (omit it for no limit)".into()));
         }
+        self.shared.queues.admit(name, self.shared.config.max_queues)?;
         self.shared.store.set_queue(name.to_owned(), config.clone()).await?;
         lock(&self.shared.sched).configure(name, config);
         self.shared.wake.notify_one();
@@ -237,7 +238,7 @@ impl Admin {
 #[cfg(test)]
 mod tests {
     use crate::engine::testing::{Harness, Script};
-    use crate::store::TaskState;
+    use crate::store::{QueueConfig, TaskState};
 
     #[tokio::test]
     async fn cancelling_a_delayed_task_ends_it_at_once_and_a_second_cancel_conflicts() {
@@ -284,6 +285,16 @@ mod tests {
         }
         assert_eq!(won, 1);
         assert_eq!(h.wait(id).await.state, TaskState::Completed);
+    }
+
+    #[tokio::test]
+    async fn a_setting_for_a_new_queue_past_the_limit_is_refused() {
+        let h = Harness::with_config(|c| c.max_queues = 1).await;
+        h.engine.set_queue("a", QueueConfig::default()).await.unwrap();
+        let refused = h.engine.set_queue("b", QueueConfig::default()).await.unwrap_err();
+        assert!(matches!(refused, crate::engine::EngineError::LimitReached(_)), "{refused:?}");
+        assert!(h.store().queues().unwrap().iter().all(|(name, _)| name == "a"), "a refusal writes nothing");
+        h.engine.set_queue("a", QueueConfig { weight: 3, ..QueueConfig::default() }).await.unwrap();
     }
 
     #[tokio::test]
