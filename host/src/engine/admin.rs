@@ -127,7 +127,9 @@ impl Admin {
         // stays, until the task holds it again).
         let pinned = format!("{}@{}", record.plugin, record.plugin_version);
         let resolved = shared.runner.resolve(&pinned).map_err(|e| {
-            EngineError::Conflict(format!("task {id} cannot be re-submitted: it runs {pinned}, which is gone ({e})"))
+            EngineError::Conflict(format!(
+                "task {id} cannot be re-submitted: {pinned}, the version it is pinned to, is gone ({e})"
+            ))
         })?;
         let change = Change::new(id, TaskState::Pending, "re-submitted from the dead-letter set")
             .expect_version(record.version)

@@ -39,8 +39,8 @@ pub(crate) struct Attempt {
 /// See the module docs.
 #[async_trait::async_trait]
 pub(crate) trait Runner: Send + Sync + 'static {
-    /// Resolves `name` or `name@version` to a live version, pinned until
-    /// the [`Resolved`] is dropped.
+    /// Resolves `name` or `name@version` to a live version, pinned (not
+    /// deleted) until the [`Resolved`]'s `pin` is dropped.
     fn resolve(&self, spec: &str) -> Result<Resolved, EngineError>;
     /// Whether these limits are within what this host can give one task.
     fn check_limits(&self, limits: &Limits) -> Result<(), String>;

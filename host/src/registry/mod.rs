@@ -8,8 +8,9 @@
 //! unfinished task is unloaded, and reloaded from the artifact cache when
 //! asked for. Deleting a version and resolving to it serialise on the
 //! registry's lock: a pinned or held version is not deleted, and a version
-//! being deleted is not resolved to. Operators set capability [`Manifest`]s here, and
-//! `watch` loads a watched directory.
+//! being deleted is not resolved to. Operators set capability
+//! [`Manifest`]s here, and `watch` loads a watched directory. New plugin
+//! names are refused past `max_plugins`.
 
 mod manifest;
 mod metrics;

@@ -168,7 +168,8 @@ impl Flows {
     }
 
     /// Records a flow's outcome once no task of it is unfinished, or
-    /// creates its next iteration; returns the tasks it created. Does
+    /// creates its next iteration; returns the tasks it created (with
+    /// their pins: keep them until the tasks are admitted). Does
     /// nothing for a flow that is still running tasks or that never grew
     /// past one task.
     pub(crate) async fn finish(&self, id: Uuid) -> Result<Created, EngineError> {
