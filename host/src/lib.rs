@@ -21,6 +21,7 @@ mod arbitrary_json;
 mod bindings;
 pub mod engine;
 pub mod inference;
+mod labels;
 pub mod names;
 pub mod registry;
 mod sandbox;

@@ -40,6 +40,9 @@ mod scheduling;
 /// Storage faults: a damaged or empty store file refused at start-up with
 /// a clear error, `taskhost store check|repair`, a full disk.
 mod storage;
+/// Hostile values and races over HTTP: times, names, keys, retries,
+/// deletes, queue limits.
+mod values;
 
 /// One sandbox for the whole test binary, as a server would have.
 pub(crate) fn sandbox() -> &'static Sandbox {

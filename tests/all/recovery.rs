@@ -10,9 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use taskhost_test_artifacts::SLEEP;
 
-struct Server {
+/// `taskhost serve` on loopback, killed when dropped.
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
 }
 
 impl Drop for Server {
@@ -23,11 +24,17 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 async fn start(data: &std::path::Path, port: u16) -> Server {
+    start_with(data, port, &[]).await
+}
+
+/// Starts `taskhost serve` on `data` with `extra` arguments and waits
+/// until it answers.
+pub(crate) async fn start_with(data: &std::path::Path, port: u16, extra: &[&str]) -> Server {
     let child = Command::new(env!("CARGO_BIN_EXE_taskhost"))
         .args([
             "serve",
@@ -39,6 +46,7 @@ async fn start(data: &std::path::Path, port: u16) -> Server {
             "8",
         ])
         .args(["--retry-base", "20ms", "--retry-cap", "100ms"])
+        .args(extra)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -53,12 +61,12 @@ async fn start(data: &std::path::Path, port: u16) -> Server {
     Server { child, base }
 }
 
-async fn upload(http: &reqwest::Client, base: &str, name: &str, bytes: Vec<u8>) {
+pub(crate) async fn upload(http: &reqwest::Client, base: &str, name: &str, bytes: Vec<u8>) {
     let response = http.post(format!("{base}/v1/plugins/{name}")).body(bytes).send().await.unwrap();
     assert!(response.status().is_success(), "uploading {name}: {}", response.status());
 }
 
-async fn get_json(http: &reqwest::Client, url: String) -> Value {
+pub(crate) async fn get_json(http: &reqwest::Client, url: String) -> Value {
     http.get(url).send().await.unwrap().json().await.unwrap()
 }
 

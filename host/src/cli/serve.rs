@@ -62,6 +62,14 @@ pub(crate) struct ServeArgs {
     /// hold them all, further guest file I/O waits and ends by timeout.
     #[arg(long, value_name = "N")]
     guest_file_threads: Option<usize>,
+    /// Most queues; a task or setting naming a new queue past this is
+    /// refused (default 1000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_queues: Option<u32>,
+    /// Most plugin names; an upload of a new name past this is refused
+    /// (default 1000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_plugins: Option<u32>,
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
@@ -89,6 +97,12 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         Some(0) => return fail(EXIT_USAGE, "--guest-file-threads must be at least 1"),
         Some(n) => sandbox.blocking_threads = n,
         None => {}
+    }
+    if let Some(n) = args.max_queues {
+        config.max_queues = n as usize;
+    }
+    if let Some(n) = args.max_plugins {
+        config.max_plugins = n as usize;
     }
     config.plugins_dir = args.plugins;
     let defaults = RetryPolicy::default();

@@ -123,6 +123,14 @@ impl Admin {
                 waiting.len()
             )));
         }
+        // It runs the version it pinned, which must still be there (and
+        // stays, until the task holds it again).
+        let pinned = format!("{}@{}", record.plugin, record.plugin_version);
+        let resolved = shared.runner.resolve(&pinned).map_err(|e| {
+            EngineError::Conflict(format!(
+                "task {id} cannot be re-submitted: {pinned}, the version it is pinned to, is gone ({e})"
+            ))
+        })?;
         let change = Change::new(id, TaskState::Pending, "re-submitted from the dead-letter set")
             .expect_version(record.version)
             .edit(|r| {
@@ -132,11 +140,19 @@ impl Admin {
                 r.next_run_at_ms = None;
             });
         let done = shared.store.transition(change).await.map_err(|e| match e {
-            StoreError::VersionMismatch { .. } => EngineError::Conflict(format!("task {id} changed; try again")),
+            // Another request (a concurrent re-submission) moved it first.
+            StoreError::VersionMismatch { .. } | StoreError::IllegalTransition { .. } => {
+                let now = shared.task(id).map_or_else(|_| "gone".to_owned(), |r| r.state.to_string());
+                EngineError::Conflict(format!(
+                    "task {id} changed while it was being re-submitted (another request re-submitted or cancelled \
+                     it first); it is {now} now"
+                ))
+            }
             other => other.into(),
         })?;
         shared.metrics.moved(&done.queue, Some(TaskState::Failed), TaskState::Pending);
         shared.runner.hold(&done.plugin, &done.plugin_version);
+        drop(resolved);
         self.flows.book().reopened(done.flow_id, self.flows.limits());
         shared.enqueue(&done, None, now_ms());
         Ok(done)
@@ -170,6 +186,7 @@ impl Admin {
         if config.concurrency == Some(0) {
             return Err(EngineError::InvalidRequest("concurrency must be at least 1 (omit it for no limit)".into()));
         }
+        self.shared.queues.admit(name, self.shared.config.max_queues)?;
         self.shared.store.set_queue(name.to_owned(), config.clone()).await?;
         lock(&self.shared.sched).configure(name, config);
         self.shared.wake.notify_one();
@@ -223,7 +240,7 @@ impl Admin {
 #[cfg(test)]
 mod tests {
     use crate::engine::testing::{Harness, Script};
-    use crate::store::TaskState;
+    use crate::store::{QueueConfig, TaskState};
 
     #[tokio::test]
     async fn cancelling_a_delayed_task_ends_it_at_once_and_a_second_cancel_conflicts() {
@@ -241,6 +258,45 @@ mod tests {
         h.wait_state(id, TaskState::Running).await;
         let done = h.engine.cancel(id).await.unwrap();
         assert_eq!(done.state, TaskState::Cancelled);
+    }
+
+    /// Twenty concurrent re-submissions of one failed task: one wins, the
+    /// others lost the race and get a conflict (they once got a storage
+    /// error: "cannot go from pending to pending").
+    #[tokio::test]
+    async fn concurrent_resubmissions_have_one_winner_and_conflicts() {
+        let h = Harness::new().await;
+        let id = h.submit("echo", Script::FailTimes(3, b"ok".to_vec())).await;
+        assert_eq!(h.wait(id).await.state, TaskState::Failed);
+        let tries = (0..20).map(|_| {
+            let engine = h.engine.clone();
+            tokio::spawn(async move { engine.resubmit(id).await })
+        });
+        let mut won = 0;
+        for result in futures::future::join_all(tries).await {
+            match result.unwrap() {
+                Ok(_) => won += 1,
+                Err(crate::engine::EngineError::Conflict(m)) => {
+                    assert!(
+                        m.contains("only failed tasks") || m.contains("changed while it was being re-submitted"),
+                        "{m}"
+                    );
+                }
+                Err(other) => panic!("a lost race must be a conflict: {other:?}"),
+            }
+        }
+        assert_eq!(won, 1);
+        assert_eq!(h.wait(id).await.state, TaskState::Completed);
+    }
+
+    #[tokio::test]
+    async fn a_setting_for_a_new_queue_past_the_limit_is_refused() {
+        let h = Harness::with_config(|c| c.max_queues = 1).await;
+        h.engine.set_queue("a", QueueConfig::default()).await.unwrap();
+        let refused = h.engine.set_queue("b", QueueConfig::default()).await.unwrap_err();
+        assert!(matches!(refused, crate::engine::EngineError::LimitReached(_)), "{refused:?}");
+        assert!(h.store().queues().unwrap().iter().all(|(name, _)| name == "a"), "a refusal writes nothing");
+        h.engine.set_queue("a", QueueConfig { weight: 3, ..QueueConfig::default() }).await.unwrap();
     }
 
     #[tokio::test]

@@ -158,7 +158,7 @@ mod tests {
         let dep = h.wait_state(dep, TaskState::Running).await;
         let task =
             NewTask { plugin: "echo".into(), input: input(&Script::Complete(b"j".to_vec())), ..NewTask::default() };
-        let (mut record, bytes) = h.engine.inner.submission.prepare(task).unwrap();
+        let (mut record, bytes, _pin) = h.engine.inner.submission.prepare(task).unwrap();
         (record.flow_id, record.after, record.depth) = (dep.flow_id, vec![dep.id], 1);
         let join = h.store().submit(record, bytes).await.unwrap().record;
         (dep, join)

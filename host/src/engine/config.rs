@@ -30,6 +30,14 @@ pub struct EngineConfig {
     pub flow_limits: FlowLimits,
     /// The models tasks may call through `inference` (none when `None`).
     pub models: Option<crate::inference::Models>,
+    /// Most queues: a submission or queue setting that names a new queue
+    /// past this many is refused (409 `limit_reached`). Each queue is a
+    /// label value of the queue metrics and an entry in the scheduler.
+    /// Default 1,000.
+    pub max_queues: usize,
+    /// Most plugin names: an upload (or manifest) for a new name past
+    /// this many is refused (409 `limit_reached`). Default 1,000.
+    pub max_plugins: usize,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +53,8 @@ impl Default for EngineConfig {
             plugins_dir: None,
             flow_limits: FlowLimits::default(),
             models: None,
+            max_queues: 1_000,
+            max_plugins: 1_000,
         }
     }
 }

@@ -52,7 +52,7 @@ pub(crate) fn decide(record: &TaskRecord, report: TaskReport, retry: &RetryPolic
                 (TaskState::Cancelled, "cancelled while running".to_owned(), None)
             } else if retried && record.attempts < record.max_attempts {
                 let backoff = retry.backoff(record.attempts);
-                let at = now_ms() + backoff.as_millis() as u64;
+                let at = now_ms().saturating_add(u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX));
                 (TaskState::Retrying, format!("{summary}; retrying in {} ms", backoff.as_millis()), Some(at))
             } else if retried {
                 (TaskState::Failed, format!("{summary}; attempts exhausted"), None)
@@ -169,6 +169,8 @@ impl Dispatch {
             }
             _ => 0,
         };
+        // Admitted children hold their versions now; dropped ones need none.
+        drop(held.pins);
         {
             // The flow's exact context size, read back after its writes.
             let size = if applied && context_writes {

@@ -7,7 +7,7 @@
 use super::admission::{Admission, StepEnd};
 use super::callbacks::{self, Callbacks};
 use super::flows::Flows;
-use super::metrics::{self, Metrics};
+use super::metrics::Metrics;
 use super::shared::Shared;
 use crate::store::{Change, TaskRecord, TaskState};
 use std::sync::Arc;
@@ -59,11 +59,7 @@ impl Endings {
         let label = Metrics::label(&done.queue);
         let from = done.history.last().and_then(|t| t.from);
         shared.metrics.moved(&done.queue, from, done.state);
-        let plugin_label = metrics::PluginLabel {
-            plugin: done.plugin.clone(),
-            version: done.plugin_version.clone(),
-            outcome: done.state.as_str().to_owned(),
-        };
+        let plugin_label = shared.metrics.plugin_label(&done.plugin, &done.plugin_version, done.state.as_str());
         shared.metrics.plugin_tasks.get_or_create(&plugin_label).inc();
         match done.state {
             TaskState::Completed => shared.metrics.completed.get_or_create(&label).inc(),
@@ -98,8 +94,10 @@ impl Endings {
         let endings = self.clone();
         tokio::spawn(async move {
             match endings.flows.finish(flow).await {
-                Ok(created) => {
+                Ok((created, pins)) => {
                     endings.admit(&created, false);
+                    // The tasks hold their versions now.
+                    drop(pins);
                     endings.shared.ended.notify_waiters();
                 }
                 Err(error) => tracing::error!(%flow, %error, "recording the end of a flow failed"),

@@ -30,9 +30,27 @@ pub enum EngineError {
     /// A bounded queue is full; try again shortly.
     #[error("{0}")]
     Overloaded(String),
+    /// The host keeps at most so many of something (queues, plugin
+    /// names), and this request would add one more.
+    #[error("{0}")]
+    LimitReached(String),
     /// The store failed.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+/// What the store refused for the state a record is in (a lost race with
+/// another request, or a record that is gone) is the request's conflict,
+/// never a storage failure.
+impl From<StoreError> for EngineError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => Self::NotFound(id),
+            StoreError::IllegalTransition { .. } | StoreError::VersionMismatch { .. } => Self::Conflict(e.to_string()),
+            StoreError::Refused(message) => Self::Conflict(message),
+            other => Self::Store(other),
+        }
+    }
 }
 
 impl EngineError {
@@ -54,6 +72,7 @@ impl From<RegistryError> for EngineError {
             RegistryError::VersionTaken { .. } | RegistryError::InUse { .. } => Self::Conflict(e.to_string()),
             RegistryError::Invalid(_) => Self::InvalidPlugin(e.to_string()),
             RegistryError::Busy => Self::Overloaded(e.to_string()),
+            RegistryError::TooManyPlugins { .. } => Self::LimitReached(e.to_string()),
             RegistryError::Store(s) => Self::Store(s),
         }
     }

@@ -1,6 +1,9 @@
 //! Prometheus metrics of one engine (its own registry, so several engines
-//! in one process do not mix).
+//! in one process do not mix). Every label value is bounded: queues by
+//! `max_queues`, plugin versions by [`PLUGIN_LABELS`], the rest are fixed
+//! sets.
 
+use crate::labels::{LabelBudget, OTHER};
 use crate::store::TaskState;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -39,8 +42,14 @@ pub(crate) struct StateLabel {
     pub(crate) state: String,
 }
 
+/// Plugin versions with their own `plugin_tasks` series; tasks of later
+/// ones are counted under `plugin="_other", version="_other"`.
+pub(crate) const PLUGIN_LABELS: usize = 1_000;
+
 pub(crate) struct Metrics {
     registry: Registry,
+    /// `name@version`s with their own `plugin_tasks` series.
+    plugin_versions: LabelBudget,
     tasks: Family<StateLabel, Gauge>,
     pub(crate) submitted: Family<QueueLabel, Counter>,
     pub(crate) completed: Family<QueueLabel, Counter>,
@@ -109,6 +118,7 @@ impl Metrics {
         );
         Self {
             registry,
+            plugin_versions: LabelBudget::new(PLUGIN_LABELS),
             tasks,
             submitted,
             completed,
@@ -132,6 +142,17 @@ impl Metrics {
     /// Counts a refusal by a flow limit.
     pub(crate) fn refused(&self, limit: &str) {
         self.flow_refusals.get_or_create(&LimitLabel { limit: limit.to_owned() }).inc();
+    }
+
+    /// The `plugin_tasks` label of a task of `plugin@version` that ended
+    /// `outcome` (within [`PLUGIN_LABELS`]).
+    pub(crate) fn plugin_label(&self, plugin: &str, version: &str, outcome: &str) -> PluginLabel {
+        let outcome = outcome.to_owned();
+        if self.plugin_versions.admits(&format!("{plugin}@{version}")) {
+            PluginLabel { plugin: plugin.to_owned(), version: version.to_owned(), outcome }
+        } else {
+            PluginLabel { plugin: OTHER.to_owned(), version: OTHER.to_owned(), outcome }
+        }
     }
 
     pub(crate) fn label(queue: &str) -> QueueLabel {
@@ -174,5 +195,26 @@ impl Metrics {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plugin versions named without end (a watched directory saved over
+    /// and over) keep `/metrics` bounded.
+    #[test]
+    fn plugin_versions_past_the_budget_share_one_series() {
+        let metrics = Metrics::new(None);
+        for v in 0..PLUGIN_LABELS + 500 {
+            metrics.plugin_tasks.get_or_create(&metrics.plugin_label("p", &v.to_string(), "completed")).inc();
+        }
+        let text = metrics.render(&[]);
+        assert_eq!(text.lines().filter(|l| l.starts_with("taskhost_plugin_tasks_total{")).count(), PLUGIN_LABELS + 1);
+        let other = metrics.plugin_label("q", "1", "completed");
+        assert_eq!((other.plugin.as_str(), other.version.as_str()), (OTHER, OTHER));
+        assert_eq!(metrics.plugin_tasks.get_or_create(&other).get(), 500);
+        assert_eq!(metrics.plugin_label("p", "7", "failed").version, "7", "admitted versions keep their label");
     }
 }

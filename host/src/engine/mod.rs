@@ -33,7 +33,7 @@ pub use config::{EngineConfig, default_data_dir};
 pub use error::EngineError;
 pub use flows::{FlowLimits, FlowSpec, FlowView, Node, RepeatSpec, Step};
 pub use retry::{RetryPolicy, is_retried};
-pub use submission::NewTask;
+pub use submission::{MAX_DELAY_MS, NewTask};
 
 use crate::registry::{Manifest, PluginDetail, Registry, VersionStatus};
 use crate::store::{QueueConfig, Store, StoreError, Submitted, TaskRecord, TaskState, now_ms};
@@ -111,7 +111,8 @@ impl Engine {
         let registry_metrics = metrics.registry_metrics.clone();
         let registry = Registry::open(sandbox.clone(), store.clone(), registry_metrics, config.data_dir.join("cache"))
             .await
-            .context("loading plugins")?;
+            .context("loading plugins")?
+            .with_max_plugins(config.max_plugins);
         let registry = Arc::new(registry);
         let inference = config.models.clone().map(|m| -> Arc<dyn crate::sandbox::InferenceService> { Arc::new(m) });
         let runtime =
@@ -144,6 +145,7 @@ impl Engine {
         {
             let mut sched = lock(&shared.sched);
             for (name, queue) in queues {
+                shared.queues.known(&name);
                 sched.configure(&name, queue);
             }
         }
@@ -179,6 +181,7 @@ impl Engine {
         let mut interrupted = Vec::new();
         let mut unfinished = Vec::new();
         shared.store.scan(None, |record| {
+            shared.queues.known(&record.queue);
             shared.metrics.moved(&record.queue, None, record.state);
             match record.state {
                 TaskState::Running => interrupted.push(record),
@@ -220,8 +223,9 @@ impl Engine {
         // Flow totals and joins; what is left is ready to run.
         let (ready, running_flows) = self.inner.flows.recover(&unfinished)?;
         for flow in running_flows {
-            let created = self.inner.flows.finish(flow).await?;
+            let (created, pins) = self.inner.flows.finish(flow).await?;
             self.inner.endings.admit(&created, false);
+            drop(pins);
         }
         let ends = self.inner.admission.schedule_ready(&ready, now);
         self.inner.endings.end_steps(ends);
@@ -282,9 +286,12 @@ impl Engine {
         Ok(self.registry()?.set_latest(name, version).await?)
     }
 
-    /// Deletes a version; refused (409) while an unfinished task uses it.
+    /// Deletes a version; refused (409) while an unfinished task uses it
+    /// or a submission that resolved to it is being committed. Runs to
+    /// its end even if the caller goes away.
     pub async fn delete_plugin_version(&self, name: &str, version: &str) -> Result<(), EngineError> {
-        Ok(self.registry()?.delete(name, version).await?)
+        let (registry, name, version) = (self.registry()?.clone(), name.to_owned(), version.to_owned());
+        detached(async move { Ok(registry.delete(&name, &version).await?) }).await
     }
 
     /// Sets (or clears, with `None`) a plugin's capability manifest.
@@ -305,13 +312,15 @@ impl Engine {
     /// Validates, pins the plugin version and durably records a task.
     /// Returns after the commit.
     pub async fn submit(&self, task: NewTask) -> Result<Submitted, EngineError> {
-        let (record, input) = self.inner.submission.prepare(task)?;
+        let (record, input, pin) = self.inner.submission.prepare(task)?;
         let engine = self.clone();
         detached(async move {
             let submitted = engine.inner.shared.store.submit(record, input).await?;
             if submitted.created {
                 engine.inner.endings.admit(std::slice::from_ref(&submitted.record), false);
             }
+            // The task holds its version now (or was never created).
+            drop(pin);
             Ok(submitted)
         })
         .await
@@ -388,8 +397,9 @@ impl Engine {
     pub async fn submit_flow(&self, spec: FlowSpec) -> Result<FlowView, EngineError> {
         let engine = self.clone();
         let id = detached(async move {
-            let (id, created) = engine.inner.flows.submit(spec).await?;
+            let (id, (created, pins)) = engine.inner.flows.submit(spec).await?;
             engine.inner.endings.admit(&created, false);
+            drop(pins);
             Ok(id)
         })
         .await?;

@@ -12,7 +12,7 @@ use crate::{CancelToken, FailureClass, Grants, Limits, Sandbox, TaskFailure, Tas
 use std::sync::Arc;
 
 /// A plugin resolved at submission.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct Resolved {
     /// Plugin name.
     pub(crate) name: String,
@@ -23,6 +23,8 @@ pub(crate) struct Resolved {
     /// Its default limits: the operator's manifest over the host's,
     /// within the host's ceilings.
     pub(crate) defaults: Limits,
+    /// Keeps the version from being deleted until the task holds it.
+    pub(crate) pin: crate::registry::Pin,
     /// The most a submission may ask for.
     pub(crate) caps: Caps,
 }
@@ -95,7 +97,8 @@ pub(crate) struct Attempt {
 /// See the module docs.
 #[async_trait::async_trait]
 pub(crate) trait Runner: Send + Sync + 'static {
-    /// Resolves `name` or `name@version` to a live version.
+    /// Resolves `name` or `name@version` to a live version, pinned (not
+    /// deleted) until the [`Resolved`]'s `pin` is dropped.
     fn resolve(&self, spec: &str) -> Result<Resolved, EngineError>;
     /// Whether these limits are within what this host can give one task.
     fn check_limits(&self, limits: &Limits) -> Result<(), String>;
@@ -144,7 +147,8 @@ impl Runner for SandboxRunner {
             }
             None => (host_defaults, Caps::host(ceilings)),
         };
-        Ok(Resolved { name, version: loaded.info.version, digest: loaded.info.digest, defaults, caps })
+        let pin = loaded.pin;
+        Ok(Resolved { name, version: loaded.info.version, digest: loaded.info.digest, defaults, caps, pin })
     }
 
     fn check_limits(&self, limits: &Limits) -> Result<(), String> {

@@ -1,6 +1,6 @@
 //! The state every engine component shares: settings, the store, the
-//! runner, the scheduler with its wake-up, the metrics, and the running
-//! attempts' cancel tokens. Components hold an `Arc<Shared>`; none holds
+//! runner, the scheduler with its wake-up, the metrics, the running
+//! attempts' cancel tokens, and the queue names the host knows. Components hold an `Arc<Shared>`; none holds
 //! another component's private state.
 
 use super::metrics::Metrics;
@@ -10,7 +10,7 @@ use super::{EngineConfig, EngineError};
 use crate::CancelToken;
 use crate::store::{Store, TaskRecord};
 use crate::sync::lock;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +32,8 @@ pub(crate) struct Shared {
     /// Signalled when the last running attempt ends.
     pub(crate) idle: Notify,
     pub(crate) stopping: AtomicBool,
+    /// Every queue a stored task or setting names.
+    pub(crate) queues: QueueNames,
 }
 
 impl Shared {
@@ -47,6 +49,7 @@ impl Shared {
             running: Mutex::default(),
             idle: Notify::new(),
             stopping: AtomicBool::new(false),
+            queues: QueueNames::default(),
         }
     }
 
@@ -89,7 +92,70 @@ impl Shared {
     }
 }
 
+/// The queue names the host knows, bounded by
+/// [`EngineConfig::max_queues`]: each one is a label value of the queue
+/// metrics and an entry in the scheduler, so a client (or a plugin's
+/// children) naming ever new queues must meet a limit. Queues are never
+/// forgotten while the host runs.
+#[derive(Debug, Default)]
+pub(crate) struct QueueNames(Mutex<HashSet<String>>);
+
+impl QueueNames {
+    /// A queue that exists already (stored tasks and settings, at start):
+    /// never refused, even past the limit.
+    pub(crate) fn known(&self, name: &str) {
+        let mut names = lock(&self.0);
+        if !names.contains(name) {
+            names.insert(name.to_owned());
+        }
+    }
+
+    /// Admits `name`: a known queue, or a new one while fewer than `max`
+    /// are known. A refusal names the limit.
+    pub(crate) fn admit(&self, name: &str, max: usize) -> Result<(), EngineError> {
+        let mut names = lock(&self.0);
+        if names.contains(name) {
+            return Ok(());
+        }
+        if names.len() >= max {
+            return Err(EngineError::LimitReached(format!(
+                "queue `{name}` would be a new queue, and this host already has {} queues, the most it keeps \
+                 (max_queues = {max}); use an existing queue",
+                names.len()
+            )));
+        }
+        names.insert(name.to_owned());
+        Ok(())
+    }
+
+    /// How many queues are known.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
+}
+
 /// A task's place in the scheduler.
 pub(crate) fn entry(record: &TaskRecord) -> Entry {
     Entry { id: record.id, version: record.version, priority: record.priority, queue: record.queue.clone() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QueueNames;
+
+    #[test]
+    fn queue_names_past_the_limit_are_refused_naming_it_and_known_ones_always_pass() {
+        let queues = QueueNames::default();
+        queues.admit("a", 2).unwrap();
+        queues.admit("b", 2).unwrap();
+        queues.admit("a", 2).unwrap();
+        let refused = queues.admit("c", 2).unwrap_err().to_string();
+        assert!(refused.contains("queue `c` would be a new queue") && refused.contains("max_queues = 2"), "{refused}");
+        assert_eq!(queues.len(), 2, "a refusal adds nothing");
+        // Queues stored before the limit was lowered still work.
+        queues.known("old");
+        queues.admit("old", 2).unwrap();
+        assert!(queues.admit("d", 2).is_err());
+    }
 }

@@ -7,6 +7,7 @@ use super::runner::{Cap, CapSource};
 use super::shared::Shared;
 use crate::Limits;
 use crate::names::{self, NameKind};
+use crate::registry::Pin;
 use crate::store::{InputFrom, StoredLimits, TaskRecord, TaskState, Transition, now_ms};
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +47,13 @@ pub struct NewTask {
 /// Longest idempotency key, in bytes.
 pub(crate) const MAX_KEY: usize = 256;
 
+/// The longest delay, in ms: `delay_ms` (from the API or a plugin's
+/// child), how far ahead `run_at` may be, and a repeating flow's
+/// `every_ms`. 36,500 days (about 100 years): every cron schedule (whose
+/// years end at 2100) fits, and every time the engine stores stays far
+/// inside what RFC 3339 can write.
+pub const MAX_DELAY_MS: u64 = 36_500 * 24 * 60 * 60 * 1000;
+
 pub(crate) struct Submission {
     shared: Arc<Shared>,
 }
@@ -56,8 +64,10 @@ impl Submission {
     }
 
     /// Validates `task`, pins its plugin version and builds its record (a
-    /// flow root; flows adjust the flow fields).
-    pub(crate) fn prepare(&self, task: NewTask) -> Result<(TaskRecord, Vec<u8>), EngineError> {
+    /// flow root; flows adjust the flow fields). The [`Pin`] keeps the
+    /// version from being deleted: keep it until the task is admitted
+    /// (then the task holds the version) or known not to be created.
+    pub(crate) fn prepare(&self, task: NewTask) -> Result<(TaskRecord, Vec<u8>, Pin), EngineError> {
         let invalid = |m: String| Err(EngineError::InvalidRequest(m));
         let queue = task.queue.unwrap_or_else(|| "default".into());
         names::name(NameKind::Queue, &queue).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
@@ -94,7 +104,18 @@ impl Submission {
             (Some(_), Some(_)) => {
                 return invalid("give either delay_ms or run_at, not both".into());
             }
-            (Some(delay), None) => Some(now.saturating_add(delay)),
+            (Some(delay), None) if delay > MAX_DELAY_MS => {
+                return invalid(format!(
+                    "delay_ms {delay} is out of range: expected at most {MAX_DELAY_MS} (36,500 days)"
+                ));
+            }
+            (Some(delay), None) => Some(now + delay),
+            (None, Some(at)) if at > now.saturating_add(MAX_DELAY_MS) => {
+                let (at, latest) = (crate::wire::time(at), crate::wire::time(now.saturating_add(MAX_DELAY_MS)));
+                return invalid(format!(
+                    "run_at {at} is more than 36,500 days ahead; the latest accepted now is {latest}"
+                ));
+            }
             (None, Some(at)) => Some(at),
             (None, None) => None,
         };
@@ -112,6 +133,8 @@ impl Submission {
                 Err(e) => return invalid(format!("callback_url `{url}` is not a URL: {e}")),
             }
         }
+        // Last: a refused task reserves no queue.
+        self.shared.queues.admit(&queue, self.shared.config.max_queues)?;
         let id = Uuid::now_v7();
         let record = TaskRecord {
             id,
@@ -151,7 +174,7 @@ impl Submission {
             step: None,
             iteration: 0,
         };
-        Ok((record, task.input))
+        Ok((record, task.input, resolved.pin))
     }
 }
 
@@ -249,7 +272,7 @@ mod tests {
     async fn pins_the_resolved_version_and_applies_defaults() {
         let h = Harness::new().await;
         let submission = Submission::new(h.shared.clone());
-        let (record, input) = submission
+        let (record, input, _pin) = submission
             .prepare(task(|t| {
                 t.input = b"in".to_vec();
                 t.delay_ms = Some(5_000);
@@ -262,5 +285,45 @@ mod tests {
         assert!(record.next_run_at_ms.unwrap() >= record.created_at_ms + 5_000);
         assert_eq!((record.flow_id, input.as_slice()), (record.id, &b"in"[..]));
         assert_eq!(record.history[0].reason, "submitted (delayed)");
+    }
+
+    /// A delay of about 10^15 ms once made every view of its task panic.
+    /// Times are checked here, for the API and plugins' children alike.
+    #[tokio::test]
+    async fn times_past_the_longest_delay_are_refused() {
+        let h = Harness::new().await;
+        let submission = Submission::new(h.shared.clone());
+        let refused = |t: NewTask| submission.prepare(t).unwrap_err().to_string();
+        for delay in [MAX_DELAY_MS + 1, 1_000_000_000_000_000, u64::MAX] {
+            let message = refused(task(|t| t.delay_ms = Some(delay)));
+            assert!(message.contains(&format!("delay_ms {delay} is out of range")), "{message}");
+        }
+        let message = refused(task(|t| t.run_at_ms = Some(u64::MAX)));
+        assert!(message.contains("run_at 18446744073709551615 is more than 36,500 days ahead"), "{message}");
+        let far = now_ms() + MAX_DELAY_MS + 60_000;
+        assert!(refused(task(|t| t.run_at_ms = Some(far))).contains("the latest accepted now is"));
+        assert_eq!(h.store().task_count().unwrap(), 0);
+        // The longest delay itself, and any time in the past, are fine.
+        let (record, _, _) = submission.prepare(task(|t| t.delay_ms = Some(MAX_DELAY_MS))).unwrap();
+        let at = record.next_run_at_ms.unwrap();
+        assert!(crate::wire::time(at).ends_with('Z'), "{}", crate::wire::time(at));
+        assert!(submission.prepare(task(|t| t.run_at_ms = Some(0))).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_new_queue_past_the_limit_is_refused_naming_it() {
+        let h = Harness::with_config(|c| c.max_queues = 2).await;
+        let submission = Submission::new(h.shared.clone());
+        let queue = |q: &str| task(|t| t.queue = Some(q.into()));
+        submission.prepare(queue("a")).unwrap();
+        submission.prepare(queue("b")).unwrap();
+        let refused = submission.prepare(queue("c")).unwrap_err();
+        assert!(matches!(refused, EngineError::LimitReached(_)), "{refused:?}");
+        assert!(refused.to_string().contains("max_queues = 2"), "{refused}");
+        // Known queues still take tasks; a refused task reserved nothing.
+        submission.prepare(queue("a")).unwrap();
+        assert!(submission.prepare(task(|t| t.queue = Some("d".into()))).is_err());
+        assert!(submission.prepare(task(|t| t.priority = Some(99))).is_err());
+        assert_eq!(h.shared.queues.len(), 2);
     }
 }

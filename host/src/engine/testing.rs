@@ -64,7 +64,14 @@ impl Runner for ScriptRunner {
             return Err(EngineError::UnknownPlugin(format!("unknown plugin `{name}`")));
         }
         let caps = super::runner::Caps::host(&crate::Ceilings::default());
-        Ok(Resolved { name: name.into(), version: "1".into(), digest: "d".into(), defaults: Limits::default(), caps })
+        Ok(Resolved {
+            name: name.into(),
+            version: "1".into(),
+            digest: "d".into(),
+            defaults: Limits::default(),
+            caps,
+            pin: crate::registry::Pin::default(),
+        })
     }
 
     fn check_limits(&self, _: &Limits) -> Result<(), String> {
@@ -124,22 +131,28 @@ pub(crate) fn input(script: &Script) -> Vec<u8> {
 
 impl Harness {
     pub(crate) async fn new() -> Self {
-        Self::on(|path| Store::open(path, true).unwrap()).await
+        Self::on(|path| Store::open(path, true).unwrap(), |_| {}).await
+    }
+
+    /// A harness whose settings `tweak` changes first.
+    pub(crate) async fn with_config(tweak: impl FnOnce(&mut EngineConfig)) -> Self {
+        Self::on(|path| Store::open(path, true).unwrap(), tweak).await
     }
 
     /// An engine whose store file's writes fail while `full` is set.
     pub(crate) async fn on_disk(full: Arc<std::sync::atomic::AtomicBool>) -> Self {
-        Self::on(|path| Store::open_faulty(path, full, crate::store::QUEUE_CAPACITY).unwrap()).await
+        Self::on(|path| Store::open_faulty(path, full, crate::store::QUEUE_CAPACITY).unwrap(), |_| {}).await
     }
 
-    async fn on(open: impl FnOnce(&std::path::Path) -> Store) -> Self {
+    async fn on(open: impl FnOnce(&std::path::Path) -> Store, tweak: impl FnOnce(&mut EngineConfig)) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let config = EngineConfig {
+        let mut config = EngineConfig {
             data_dir: dir.path().to_path_buf(),
             concurrency: 4,
             retry: super::RetryPolicy { base: Duration::from_millis(1), cap: Duration::from_millis(5) },
             ..EngineConfig::default()
         };
+        tweak(&mut config);
         let store = open(&dir.path().join("taskhost.redb"));
         let runner = Arc::new(ScriptRunner::default());
         let metrics = Arc::new(super::metrics::Metrics::new(None));

@@ -168,7 +168,7 @@ impl Shared {
             .calls
             .partition_point(|c| (c.priority, std::cmp::Reverse(c.seq)) > (priority, std::cmp::Reverse(call.seq)));
         queue.calls.insert(at, call);
-        shared.metrics.queued.get_or_create(&InferenceMetrics::label(&shared.model)).set(queue.calls.len() as i64);
+        shared.metrics.queued.get_or_create(&shared.metrics.label(&shared.model)).set(queue.calls.len() as i64);
         drop(queue);
         shared.wake.notify_all();
         Ok(Ticket { rx, shared: shared.clone(), answered: false })
@@ -191,7 +191,7 @@ impl Shared {
         queue.calls.retain(|c| !c.reply.is_closed());
         let gone = before - queue.calls.len();
         if gone > 0 {
-            let label = InferenceMetrics::label(&self.model);
+            let label = self.metrics.label(&self.model);
             self.metrics.withdrawn.get_or_create(&label).inc_by(gone as u64);
             self.metrics.queued.get_or_create(&label).set(queue.calls.len() as i64);
         }
@@ -259,13 +259,13 @@ impl Shared {
             taken.push(queue.calls.remove(i));
         }
         taken.reverse();
-        self.metrics.queued.get_or_create(&InferenceMetrics::label(&self.model)).set(queue.calls.len() as i64);
+        self.metrics.queued.get_or_create(&self.metrics.label(&self.model)).set(queue.calls.len() as i64);
         taken
     }
 
     /// Runs one batch and answers each caller.
     fn run(&self, session: &mut Session, mut calls: Vec<Call>) {
-        let label = InferenceMetrics::label(&self.model);
+        let label = self.metrics.label(&self.model);
         let before = calls.len();
         calls.retain(|c| !c.reply.is_closed());
         if calls.len() < before {
@@ -434,7 +434,7 @@ mod tests {
         drop(gone);
         let _more = [push(&s, 3.0, 1, 4, 0)];
         assert_eq!(tags(&s.next_batch().unwrap()), [2.0, 3.0]);
-        let label = InferenceMetrics::label("m");
+        let label = s.metrics.label("m");
         assert_eq!(s.metrics.withdrawn.get_or_create(&label).get(), 1);
         let _last = [push(&s, 4.0, 1, 4, 0)];
         s.lock().closed = true;

@@ -202,7 +202,8 @@ impl ModelSpec {
         if self.threads == Some(0) {
             return Err(field("`threads` is 0; expected at least 1, or leave it out"));
         }
-        if let Some(bad) = self.plugins.iter().find(|p| p.is_empty() || p.contains(char::is_whitespace)) {
+        let not_a_plugin = |p: &&String| *p != "*" && crate::names::name(crate::names::NameKind::Plugin, p).is_err();
+        if let Some(bad) = self.plugins.iter().find(not_a_plugin) {
             return Err(field(&format!("`plugins` has {bad:?}; expected plugin names or \"*\"")));
         }
         Ok(())
@@ -331,7 +332,9 @@ mod tests {
         assert!(err("[models.a]\npath = \"a\"\nmax_batch = 0").contains("model `a`: `max_batch` is 0"));
         assert!(err("[models.a]\npath = \"a\"\npreferred_batch = [64]").contains("`preferred_batch` has 64"));
         assert!(err("[models.a]\npath = \"a\"\nbatch = 3").contains("unknown field `batch`"));
-        assert!(err("[models.\"a b\"]\npath = \"a\"").contains("model name \"a b\" is invalid"));
+        assert!(err("[models.\"a b\"]\npath = \"a\"").contains("invalid model name `a b`"));
+        assert!(err("[models.\"..\"]\npath = \"a\"").contains("invalid model name `..`"));
+        assert!(err("[models.a]\npath = \"a\"\nplugins = [\"..\"]").contains("`plugins` has \"..\""));
         assert!(err("[models.a]\ndevice = \"cpu\"").contains("missing field `path`"));
     }
 

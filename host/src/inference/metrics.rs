@@ -1,6 +1,8 @@
 //! Prometheus metrics per model: calls, rows per batch, time queued, run
 //! time, errors by kind, calls waiting, and the device each model runs on.
-//! The families live here; the engine registers them beside its own.
+//! The families live here; the engine registers them beside its own. The
+//! first [`MODEL_LABELS`] model names seen get series of their own, later
+//! ones share `model="_other"` (models come and go through the API).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -8,6 +10,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// Model names with series of their own.
+pub(crate) const MODEL_LABELS: usize = 100;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ModelLabel {
@@ -39,6 +45,8 @@ pub struct InferenceMetrics {
     pub(crate) withdrawn: Family<ModelLabel, Counter>,
     pub(crate) queued: Family<ModelLabel, Gauge>,
     pub(crate) device: Family<DeviceLabel, Gauge>,
+    /// Model names with series of their own.
+    models: Arc<crate::labels::LabelBudget>,
 }
 
 impl Default for InferenceMetrics {
@@ -58,6 +66,7 @@ impl Default for InferenceMetrics {
             withdrawn: Family::default(),
             queued: Family::default(),
             device: Family::default(),
+            models: Arc::new(crate::labels::LabelBudget::new(MODEL_LABELS)),
         }
     }
 }
@@ -87,10 +96,42 @@ impl InferenceMetrics {
     }
 
     pub(crate) fn error(&self, model: &str, kind: &str) {
-        self.errors.get_or_create(&ErrorLabel { model: model.to_owned(), kind: kind.to_owned() }).inc();
+        let model = self.models.label(model).to_owned();
+        self.errors.get_or_create(&ErrorLabel { model, kind: kind.to_owned() }).inc();
     }
 
-    pub(crate) fn label(model: &str) -> ModelLabel {
-        ModelLabel { model: model.to_owned() }
+    /// The label of `model` (within [`MODEL_LABELS`]).
+    pub(crate) fn label(&self, model: &str) -> ModelLabel {
+        ModelLabel { model: self.models.label(model).to_owned() }
+    }
+
+    /// The device label of `model`.
+    pub(crate) fn device_label(&self, model: &str, device: &str) -> DeviceLabel {
+        DeviceLabel { model: self.models.label(model).to_owned(), device: device.to_owned() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_names_past_the_budget_share_one_series() {
+        let metrics = InferenceMetrics::default();
+        for n in 0..MODEL_LABELS + 50 {
+            let name = format!("m{n}");
+            metrics.requests.get_or_create(&metrics.label(&name)).inc();
+            metrics.error(&name, "timeout");
+            metrics.device.get_or_create(&metrics.device_label(&name, "cpu")).set(1);
+        }
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        for family in ["inference_requests_total{", "inference_errors_total{", "inference_model_device{"] {
+            assert_eq!(text.lines().filter(|l| l.starts_with(family)).count(), MODEL_LABELS + 1, "{family}");
+        }
+        assert_eq!(metrics.requests.get_or_create(&metrics.label("another")).get(), 50);
+        assert_eq!(metrics.label("m3").model, "m3");
     }
 }

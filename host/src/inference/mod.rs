@@ -170,7 +170,7 @@ impl Model {
         let stamp = stamp(&path);
         let loaded = Self::open(name, spec, &path, metrics);
         if let Ok(ready) = &loaded {
-            let label = metrics::DeviceLabel { model: name.to_owned(), device: ready.device.clone() };
+            let label = metrics.device_label(name, &ready.device);
             metrics.device.get_or_create(&label).set(1);
         }
         Model { name: name.to_owned(), spec: spec.clone(), stamp, loaded }
@@ -503,7 +503,7 @@ impl Models {
         let mut ticket = ready.batcher.submit(checked, caller.priority).inspect_err(|e| {
             metrics.error(name, if matches!(e, InferenceError::Overloaded(_)) { "overloaded" } else { "unavailable" })
         })?;
-        metrics.requests.get_or_create(&InferenceMetrics::label(name)).inc();
+        metrics.requests.get_or_create(&metrics.label(name)).inc();
         let timeout = model.spec.timeout;
         let metrics = metrics.clone();
         let name = name.to_owned();

@@ -2,11 +2,15 @@
 //! persisted in the store, compiled off the async workers on one
 //! low-priority compile thread, with compiled artifacts cached on disk.
 //! It is the one place that knows which versions are loaded: tasks pin the
-//! version they resolved at submission and hold it (`Registry::hold`)
-//! until they end; a version that is neither what its name resolves to nor
-//! held by an unfinished task is unloaded, and reloaded from the artifact
-//! cache when asked for. Operators set capability [`Manifest`]s here, and
-//! `watch` loads a watched directory.
+//! version they resolved at submission ([`Pin`], from resolving until the
+//! task is admitted) and hold it (`Registry::hold`) until they end; a
+//! version that is neither what its name resolves to nor held by an
+//! unfinished task is unloaded, and reloaded from the artifact cache when
+//! asked for. Deleting a version and resolving to it serialise on the
+//! registry's lock: a pinned or held version is not deleted, and a version
+//! being deleted is not resolved to. Operators set capability
+//! [`Manifest`]s here, and `watch` loads a watched directory. New plugin
+//! names are refused past `max_plugins`.
 
 mod manifest;
 mod metrics;
@@ -58,6 +62,11 @@ pub(crate) enum RegistryError {
     InUse { name: String, version: String, unfinished: u64 },
     #[error("{MAX_COMPILE_QUEUE} uploads are already compiling or waiting to; try again shortly")]
     Busy,
+    #[error(
+        "plugin `{name}` would be a new plugin, and this host already has {max} plugin names, the most it keeps \
+         (max_plugins); delete the versions of one first"
+    )]
+    TooManyPlugins { name: String, max: usize },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -95,11 +104,41 @@ struct Slot {
     plugin: Option<Plugin>,
     /// Unfinished tasks pinned to this version: what keeps it loaded.
     unfinished: AtomicU64,
+    /// Submissions that resolved to this version and are not admitted
+    /// yet (their [`Pin`]s).
+    pinned: Arc<AtomicU64>,
+    /// Being deleted: no longer resolved to.
+    deleting: bool,
 }
 
 impl Slot {
     fn new(status: VersionStatus, plugin: Option<Plugin>) -> Self {
-        Self { status, plugin, unfinished: AtomicU64::new(0) }
+        Self { status, plugin, unfinished: AtomicU64::new(0), pinned: Arc::default(), deleting: false }
+    }
+
+    /// Live and not being deleted: what a task may resolve to and run.
+    fn usable(&self) -> bool {
+        self.status.state == VersionState::Live && !self.deleting
+    }
+
+    fn pin(&self) -> Pin {
+        self.pinned.fetch_add(1, Ordering::SeqCst);
+        Pin(Some(self.pinned.clone()))
+    }
+}
+
+/// A submission's claim on the version it resolved to, from resolving
+/// until the task is admitted (and holds the version) or turns out not to
+/// be created: while any is alive, the version is not deleted. Dropping
+/// it lets go. The default pins nothing (for runners without a registry).
+#[derive(Debug, Default)]
+pub(crate) struct Pin(Option<Arc<AtomicU64>>);
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        if let Some(pinned) = &self.0 {
+            pinned.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -114,7 +153,13 @@ struct Entry {
 
 impl Entry {
     fn live(&self) -> impl Iterator<Item = &Slot> {
-        self.slots.iter().filter(|s| s.status.state == VersionState::Live)
+        self.slots.iter().filter(|s| s.usable())
+    }
+
+    /// Whether the name counts against `max_plugins`: it has a version or
+    /// a manifest.
+    fn in_use(&self) -> bool {
+        !self.slots.is_empty() || self.manifest.is_some()
     }
 
     /// The version a plain name resolves to: the rollback pointer, else the
@@ -161,10 +206,10 @@ struct LoadOutcome {
     written: Option<(String, String)>,
 }
 
-/// A resolved, live version.
-#[derive(Clone)]
+/// A resolved, live version, pinned while the [`Pin`] lives.
 pub(crate) struct Loaded {
     pub(crate) info: PluginVersion,
+    pub(crate) pin: Pin,
 }
 
 pub(crate) struct Registry {
@@ -181,6 +226,8 @@ pub(crate) struct Registry {
     cache_hits: AtomicU64,
     /// Uploads compiling or waiting to (at most [`MAX_COMPILE_QUEUE`]).
     uploads: Arc<Semaphore>,
+    /// Most plugin names with a version or a manifest.
+    max_plugins: usize,
 }
 
 type CompileJob = Box<dyn FnOnce() + Send>;
@@ -249,6 +296,7 @@ impl Registry {
             compiled: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
             uploads: Arc::new(Semaphore::new(MAX_COMPILE_QUEUE)),
+            max_plugins: usize::MAX,
         };
         let store = registry.store.clone();
         for (name, stored) in blocking(move || store.plugins()).await? {
@@ -268,6 +316,25 @@ impl Registry {
         }
         registry.update_gauge();
         Ok(registry)
+    }
+
+    /// Refuses new plugin names past `max` (names stored before still
+    /// work).
+    pub(crate) fn with_max_plugins(mut self, max: usize) -> Self {
+        self.max_plugins = max;
+        self
+    }
+
+    /// Refuses `name` if it is new and the registry already keeps
+    /// `max_plugins` names. Called under the entries lock.
+    fn admit_name(&self, entries: &HashMap<String, Entry>, name: &str) -> Result<(), RegistryError> {
+        if entries.get(name).is_some_and(Entry::in_use) {
+            return Ok(());
+        }
+        if entries.values().filter(|e| e.in_use()).count() >= self.max_plugins {
+            return Err(RegistryError::TooManyPlugins { name: name.into(), max: self.max_plugins });
+        }
+        Ok(())
     }
 
     /// A stored version's component bytes (a store read, off the workers).
@@ -402,6 +469,7 @@ impl Registry {
         };
         let status = {
             let mut entries = write(&self.entries);
+            self.admit_name(&entries, name)?;
             let entry = entries.entry(name.to_owned()).or_default();
             // Identical bytes: the existing version (unless it failed).
             let same = |s: &&Slot| s.status.info.digest == digest && !matches!(s.status.state, VersionState::Failed(_));
@@ -516,7 +584,8 @@ impl Registry {
             .ok_or_else(|| RegistryError::Unknown(name.into()))?;
         let wanted = version.map(str::to_owned).or_else(|| entry.current());
         let slot = wanted.as_deref().and_then(|v| entry.live().find(|s| s.status.info.version == v));
-        slot.map(|s| (name.to_owned(), Loaded { info: s.status.info.clone() })).ok_or_else(|| {
+        // Pinned under the lock a delete takes to check for pins.
+        slot.map(|s| (name.to_owned(), Loaded { info: s.status.info.clone(), pin: s.pin() })).ok_or_else(|| {
             RegistryError::UnknownVersion {
                 name: name.into(),
                 version: wanted.unwrap_or_default(),
@@ -613,6 +682,11 @@ impl Registry {
         names::name(names::NameKind::Plugin, name).map_err(RegistryError::BadName)?;
         if let Some(m) = &manifest {
             m.check().map_err(RegistryError::BadManifest)?;
+            for model in &m.models {
+                names::name(names::NameKind::Model, model)
+                    .map_err(|e| RegistryError::BadManifest(format!("models: {e}")))?;
+            }
+            self.admit_name(&read(&self.entries), name)?;
         }
         let text = manifest.as_ref().map(Manifest::to_toml).transpose().map_err(RegistryError::BadManifest)?;
         self.store
@@ -627,7 +701,8 @@ impl Registry {
 
     /// Makes `version` what a plain name resolves to (rollback).
     pub(crate) async fn set_latest(&self, name: &str, version: &str) -> Result<(), RegistryError> {
-        self.resolve(&format!("{name}@{version}"))?;
+        // Pinned until the pointer is set: not deleted meanwhile.
+        let (_, _pinned) = self.resolve(&format!("{name}@{version}"))?;
         let v = version.to_owned();
         self.store
             .edit_plugin(name.to_owned(), move |entry| {
@@ -643,25 +718,33 @@ impl Registry {
         Ok(())
     }
 
-    /// Removes a version; refused while an unfinished task holds it. Its
-    /// compiled code is freed once running tasks let go of it.
+    /// Removes a version; refused while an unfinished task holds it or a
+    /// submission that resolved to it is not admitted yet. From the check
+    /// on, no submission resolves to it (the check and that mark share
+    /// the write lock that resolving reads under). Its compiled code is
+    /// freed once running tasks let go of it. Cancelling the call midway
+    /// can leave the version unresolvable: run it to its end.
     pub(crate) async fn delete(&self, name: &str, version: &str) -> Result<(), RegistryError> {
         let (name_s, v) = (name.to_owned(), version.to_owned());
         let digest = {
-            let entries = read(&self.entries);
-            let entry = entries.get(name).ok_or_else(|| RegistryError::Unknown(name.into()))?;
-            let slot = entry.slot(version).ok_or_else(|| RegistryError::UnknownVersion {
+            let mut entries = write(&self.entries);
+            let entry = entries.get_mut(name).ok_or_else(|| RegistryError::Unknown(name.into()))?;
+            let known = entry.slots.iter().map(|s| s.status.info.version.clone()).collect::<Vec<_>>().join(", ");
+            let slot = entry.slots.iter_mut().find(|s| s.status.info.version == version && !s.deleting);
+            let slot = slot.ok_or_else(|| RegistryError::UnknownVersion {
                 name: name.into(),
                 version: version.into(),
-                known: entry.slots.iter().map(|s| s.status.info.version.as_str()).collect::<Vec<_>>().join(", "),
+                known,
             })?;
-            let unfinished = slot.unfinished.load(Ordering::SeqCst);
+            let unfinished = slot.unfinished.load(Ordering::SeqCst) + slot.pinned.load(Ordering::SeqCst);
             if unfinished > 0 {
                 return Err(RegistryError::InUse { name: name.into(), version: version.into(), unfinished });
             }
+            slot.deleting = true;
             slot.status.info.digest.clone()
         };
-        self.store
+        let stored = self
+            .store
             .edit_plugin(name_s, move |entry| {
                 entry.versions.retain(|x| x.version != v);
                 if entry.latest.as_deref() == Some(v.as_str()) {
@@ -669,20 +752,38 @@ impl Registry {
                 }
                 vec![digest]
             })
-            .await?;
+            .await;
         if let Some(entry) = write(&self.entries).get_mut(name) {
-            entry.slots.retain(|s| s.status.info.version != version);
-            if entry.latest.as_deref() == Some(version) {
-                entry.latest = None;
+            match &stored {
+                Ok(()) => {
+                    entry.slots.retain(|s| !(s.status.info.version == version && s.deleting));
+                    if entry.latest.as_deref() == Some(version) {
+                        entry.latest = None;
+                    }
+                }
+                // Not deleted after all: usable again.
+                Err(_) => entry.slots.iter_mut().filter(|s| s.status.info.version == version).for_each(|s| {
+                    s.deleting = false;
+                }),
             }
         }
+        stored?;
         self.update_gauge();
         Ok(())
     }
 
-    /// Records a problem the watched directory hit for `name`.
+    /// Records a problem the watched directory hit for `name` (for a new
+    /// name only while the registry keeps fewer than `max_plugins`; past
+    /// that it is logged only).
     pub(crate) fn set_watch_error(&self, name: &str, error: Option<String>) {
-        write(&self.entries).entry(name.to_owned()).or_default().watch_error = error;
+        let mut entries = write(&self.entries);
+        if let Some(entry) = entries.get_mut(name) {
+            entry.watch_error = error;
+        } else if entries.len() < self.max_plugins {
+            entries.insert(name.to_owned(), Entry { watch_error: error, ..Entry::default() });
+        } else if let Some(error) = error {
+            tracing::warn!(%name, %error, "the plugins directory has a problem with a plugin past max_plugins");
+        }
     }
 
     /// Every version of `name` with its state, the latest, the manifest and
@@ -719,4 +820,82 @@ pub struct PluginDetail {
     pub manifest: Option<Manifest>,
     /// The watched directory's last problem with this name.
     pub watch_error: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use taskhost_test_artifacts::TRIVIAL;
+
+    async fn registry(dir: &std::path::Path, max_plugins: usize) -> Arc<Registry> {
+        let sandbox =
+            Sandbox::new(crate::SandboxConfig { pool_instances: 4, ..crate::SandboxConfig::default() }).unwrap();
+        let store = Store::open(&dir.join("t.redb"), true).unwrap();
+        let mut prometheus = prometheus_client::registry::Registry::default();
+        let metrics = RegistryMetrics::register(&mut prometheus);
+        let registry = Registry::open(sandbox, store, metrics, dir.join("cache")).await.unwrap();
+        Arc::new(registry.with_max_plugins(max_plugins))
+    }
+
+    /// Delete and submit serialise: a version a submission resolved to is
+    /// not deleted until the task holds it (or the pin is dropped), and a
+    /// version being deleted is not resolved to.
+    #[tokio::test]
+    async fn a_pinned_version_is_not_deleted_and_one_being_deleted_is_not_resolved() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path(), 10).await;
+        r.add("t", TRIVIAL.bytes(), Some("1".into()), true).await.unwrap();
+        let (_, submitting) = r.resolve("t@1").unwrap();
+        let refused = r.delete("t", "1").await.unwrap_err();
+        assert!(matches!(refused, RegistryError::InUse { unfinished: 1, .. }), "{refused}");
+        // Admission holds it, then the pin goes: still in use.
+        r.hold("t", "1");
+        drop(submitting);
+        assert!(matches!(r.delete("t", "1").await, Err(RegistryError::InUse { unfinished: 1, .. })));
+        r.release("t", "1");
+        // Being deleted: nothing resolves to it.
+        write(&r.entries).get_mut("t").unwrap().slots[0].deleting = true;
+        // (Its only version: the name itself resolves to nothing.)
+        assert!(matches!(r.resolve("t@1"), Err(RegistryError::Unknown(_))));
+        assert!(matches!(r.resolve("t"), Err(RegistryError::Unknown(_))));
+        assert!(matches!(r.delete("t", "1").await, Err(RegistryError::UnknownVersion { .. })), "deleted once");
+        write(&r.entries).get_mut("t").unwrap().slots[0].deleting = false;
+        r.delete("t", "1").await.unwrap();
+        assert!(r.resolve("t@1").is_err());
+    }
+
+    #[tokio::test]
+    async fn plugin_names_past_the_limit_are_refused_and_known_ones_take_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path(), 1).await;
+        r.add("a", TRIVIAL.bytes(), Some("1".into()), true).await.unwrap();
+        let refused = r.add("b", TRIVIAL.bytes(), Some("1".into()), true).await.unwrap_err();
+        assert!(matches!(refused, RegistryError::TooManyPlugins { max: 1, .. }), "{refused}");
+        assert!(refused.to_string().contains("plugin `b` would be a new plugin"), "{refused}");
+        assert!(r.set_manifest("c", Some(Manifest::default())).await.is_err());
+        assert_eq!(r.names(), ["a"]);
+        // A known name takes more versions; a deleted one frees its place.
+        r.add("a", taskhost_test_artifacts::UPPERCASE.bytes(), Some("2".into()), true).await.unwrap();
+        r.delete("a", "1").await.unwrap();
+        r.delete("a", "2").await.unwrap();
+        r.add("b", TRIVIAL.bytes(), Some("1".into()), true).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unsafe_names_and_versions_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path(), 10).await;
+        for name in [".", "..", "-x", ".hidden"] {
+            let refused = r.add(name, TRIVIAL.bytes(), None, true).await.unwrap_err();
+            assert!(matches!(refused, RegistryError::BadName(_)), "{name}: {refused}");
+            assert!(matches!(r.set_manifest(name, None).await, Err(RegistryError::BadName(_))), "{name}");
+        }
+        for version in [".", ".."] {
+            let refused = r.add("p", TRIVIAL.bytes(), Some(version.into()), true).await.unwrap_err();
+            assert!(matches!(refused, RegistryError::BadVersion(_)), "{version}: {refused}");
+        }
+        let bad_model = Manifest { models: vec!["..".into()], ..Manifest::default() };
+        let refused = r.set_manifest("p", Some(bad_model)).await.unwrap_err();
+        assert!(refused.to_string().contains("invalid model name `..`"), "{refused}");
+    }
 }

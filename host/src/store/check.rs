@@ -218,6 +218,7 @@ fn check_records(db: &Database, report: &mut CheckReport) -> Result<(), StoreErr
     let inputs = open_or_none(&txn, INPUTS)?;
     let outputs = open_or_none(&txn, OUTPUTS)?;
     let keys = open_or_none(&txn, IDEMPOTENCY)?;
+    let flow_keys = open_or_none(&txn, FLOW_KEYS)?;
     let flow_tasks = open_or_none(&txn, FLOW_TASKS)?;
     let by_state = open_or_none(&txn, BY_STATE)?;
     let by_queue = open_or_none(&txn, BY_QUEUE)?;
@@ -256,10 +257,17 @@ fn check_records(db: &Database, report: &mut CheckReport) -> Result<(), StoreErr
         if !record.is_flow_root() && !has(&flow_tasks, (record.flow_id.as_u128(), id)) {
             tally.add("tasks are missing from their flow's list", show);
         }
-        if let Some(k) = &record.idempotency_key
-            && keys.as_ref().is_none_or(|t| t.get(k.as_str()).ok().flatten().map(|v| v.value()) != Some(id))
-        {
-            tally.add("idempotency keys do not name their task", || k.clone());
+        // A flow root's key is the API's; a flow child's is its flow's.
+        if let Some(k) = &record.idempotency_key {
+            let named = if record.is_flow_root() {
+                keys.as_ref().and_then(|t| t.get(k.as_str()).ok().flatten()).map(|v| v.value())
+            } else {
+                let flow = record.flow_id.as_u128();
+                flow_keys.as_ref().and_then(|t| t.get((flow, k.as_str())).ok().flatten()).map(|v| v.value())
+            };
+            if named != Some(id) {
+                tally.add("idempotency keys do not name their task", || k.clone());
+            }
         }
     }
     // Every index entry names a task that matches it.
@@ -305,7 +313,17 @@ fn check_records(db: &Database, report: &mut CheckReport) -> Result<(), StoreErr
         for entry in index.iter()? {
             let (key, id) = entry?;
             let (key, id) = (key.value().to_owned(), id.value());
-            if task(id).is_none_or(|r| r.idempotency_key.as_deref() != Some(key.as_str())) {
+            if task(id).is_none_or(|r| !r.is_flow_root() || r.idempotency_key.as_deref() != Some(key.as_str())) {
+                tally.add("idempotency keys name a missing task", || key);
+            }
+        }
+    }
+    if let Some(index) = &flow_keys {
+        for entry in index.iter()? {
+            let (key, id) = entry?;
+            let ((flow, key), id) = ((key.value().0, key.value().1.to_owned()), id.value());
+            let names = |r: &TaskRecord| r.flow_id.as_u128() == flow && r.idempotency_key.as_deref() == Some(&key);
+            if task(id).is_none_or(|r| r.is_flow_root() || !names(&r)) {
                 tally.add("idempotency keys name a missing task", || key);
             }
         }
@@ -421,6 +439,7 @@ fn rebuild_in_place(path: &Path, report: &mut RepairReport) -> Result<(), StoreE
 fn rebuild_derived(txn: &WriteTransaction) -> Result<u64, StoreError> {
     // Recreated empty below.
     txn.delete_table(IDEMPOTENCY)?;
+    txn.delete_table(FLOW_KEYS)?;
     txn.delete_table(FLOW_TASKS)?;
     txn.delete_table(BY_STATE)?;
     txn.delete_table(BY_QUEUE)?;
@@ -428,6 +447,7 @@ fn rebuild_derived(txn: &WriteTransaction) -> Result<u64, StoreError> {
     txn.delete_table(BY_ITERATION)?;
     let mut tasks = txn.open_table(TASKS)?;
     let mut keys = txn.open_table(IDEMPOTENCY)?;
+    let mut flow_keys = txn.open_table(FLOW_KEYS)?;
     let mut flow_tasks = txn.open_table(FLOW_TASKS)?;
     let mut indexes = Indexes::open(txn)?;
     let mut broken = Vec::new();
@@ -442,8 +462,10 @@ fn rebuild_derived(txn: &WriteTransaction) -> Result<u64, StoreError> {
                 if !record.is_flow_root() {
                     flow_tasks.insert((record.flow_id.as_u128(), id), ())?;
                 }
-                if let Some(k) = &record.idempotency_key {
-                    keys.insert(k.as_str(), id)?;
+                match &record.idempotency_key {
+                    Some(k) if record.is_flow_root() => drop(keys.insert(k.as_str(), id)?),
+                    Some(k) => drop(flow_keys.insert((record.flow_id.as_u128(), k.as_str()), id)?),
+                    None => {}
                 }
             }
             Err(_) => broken.push(id),

@@ -421,13 +421,24 @@ impl Store {
         Ok(size)
     }
 
-    /// The task an idempotency key names.
+    #[cfg(test)]
+    /// The task a client's idempotency key names (the API's namespace).
     pub(crate) fn task_by_key(&self, key: &str) -> Result<Option<Uuid>, StoreError> {
         self.injected("an idempotency key")?;
         let db = self.db()?;
         let txn = db.begin_read()?;
         let table = txn.open_table(IDEMPOTENCY)?;
         Ok(table.get(key)?.map(|v| Uuid::from_u128(v.value())))
+    }
+
+    /// The task of `flow` that a child's idempotency key names (flows'
+    /// keys live apart from the API's).
+    pub(crate) fn child_by_key(&self, flow: Uuid, key: &str) -> Result<Option<Uuid>, StoreError> {
+        self.injected("an idempotency key")?;
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = txn.open_table(FLOW_KEYS)?;
+        Ok(table.get((flow.as_u128(), key))?.map(|v| Uuid::from_u128(v.value())))
     }
 
     /// Runs an administrative write in its own transaction.
@@ -785,10 +796,15 @@ fn prepare(db: &Database, path: &Path, created: bool) -> Result<(), StoreError> 
                 return Err(StoreError::Schema { expected: SCHEMA_VERSION, found: v });
             }
         }
+        if meta.get(FLOW_KEYS_MOVED)?.is_none() {
+            move_flow_keys(&txn)?;
+            meta.insert(FLOW_KEYS_MOVED, 1)?;
+        }
         txn.open_table(TASKS)?;
         txn.open_table(INPUTS)?;
         txn.open_table(OUTPUTS)?;
         txn.open_table(IDEMPOTENCY)?;
+        txn.open_table(FLOW_KEYS)?;
         txn.open_table(PLUGINS)?;
         txn.open_table(BLOBS)?;
         txn.open_table(QUEUES)?;
@@ -814,6 +830,8 @@ pub(crate) enum Redo {
     Input(u128, Vec<u8>),
     Output(u128, Vec<u8>),
     Key(String, u128),
+    /// A key of a task a flow grew, in that flow's namespace.
+    FlowKey(u128, String, u128),
     Flow(u128, Vec<u8>),
     FlowTask(u128, u128),
     /// A context write; `None` deletes.
@@ -840,6 +858,7 @@ pub(crate) struct Tables<'t> {
     inputs: Table<'t, u128, &'static [u8]>,
     outputs: Table<'t, u128, &'static [u8]>,
     keys: Table<'t, &'static str, u128>,
+    flow_keys: Table<'t, (u128, &'static str), u128>,
     flows: Table<'t, u128, &'static [u8]>,
     flow_tasks: Table<'t, (u128, u128), ()>,
     context: Table<'t, (u128, &'static str), &'static [u8]>,
@@ -854,6 +873,7 @@ impl<'t> Tables<'t> {
             inputs: txn.open_table(INPUTS)?,
             outputs: txn.open_table(OUTPUTS)?,
             keys: txn.open_table(IDEMPOTENCY)?,
+            flow_keys: txn.open_table(FLOW_KEYS)?,
             flows: txn.open_table(FLOWS)?,
             flow_tasks: txn.open_table(FLOW_TASKS)?,
             context: txn.open_table(CONTEXT)?,
@@ -876,6 +896,7 @@ impl<'t> Tables<'t> {
             Redo::Input(id, value) => drop(self.inputs.insert(*id, value.as_slice())?),
             Redo::Output(id, value) => drop(self.outputs.insert(*id, value.as_slice())?),
             Redo::Key(key, id) => drop(self.keys.insert(key.as_str(), *id)?),
+            Redo::FlowKey(flow, key, id) => drop(self.flow_keys.insert((*flow, key.as_str()), *id)?),
             Redo::Flow(id, value) => drop(self.flows.insert(*id, value.as_slice())?),
             Redo::FlowTask(flow, id) => drop(self.flow_tasks.insert((*flow, *id), ())?),
             Redo::Context(flow, key, Some(value)) => {
@@ -888,14 +909,26 @@ impl<'t> Tables<'t> {
     }
 }
 
+/// Records a task, or returns the one its idempotency key names: a key of
+/// a task submitted from outside (a flow's root) in the API's namespace,
+/// a key of a task a flow grew in that flow's own.
 fn apply_submit(t: &mut Tables<'_>, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, StoreError> {
     if let Some(key) = &record.idempotency_key {
-        let existing = t.keys.get(key.as_str())?.map(|v| v.value());
+        let flow = record.flow_id.as_u128();
+        let existing = if record.is_flow_root() {
+            t.keys.get(key.as_str())?.map(|v| v.value())
+        } else {
+            t.flow_keys.get((flow, key.as_str()))?.map(|v| v.value())
+        };
         if let Some(existing) = existing {
             let found = t.tasks.get(existing)?.ok_or(StoreError::NotFound(Uuid::from_u128(existing)))?;
             return Ok(Submitted { record: decode(found.value())?, created: false });
         }
-        t.write(Redo::Key(key.clone(), record.id.as_u128()))?;
+        if record.is_flow_root() {
+            t.write(Redo::Key(key.clone(), record.id.as_u128()))?;
+        } else {
+            t.write(Redo::FlowKey(flow, key.clone(), record.id.as_u128()))?;
+        }
     }
     t.write(Redo::Task(record.id.as_u128(), encode(&record)))?;
     for write in index_writes(&record) {
@@ -1027,6 +1060,31 @@ where
     }
     for (key, value) in migrated {
         tasks.insert(key, value.as_slice())?;
+    }
+    Ok(())
+}
+
+/// Moves the keys of tasks a flow grew out of the API's namespace into
+/// [`FLOW_KEYS`] (files from before it kept both in [`IDEMPOTENCY`], flow
+/// keys as `flow:<flow id>:<key>`). A `flow:` key whose task is a flow's
+/// root was a client's own and stays where it is.
+fn move_flow_keys(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let tasks = txn.open_table(TASKS)?;
+    let mut keys = txn.open_table(IDEMPOTENCY)?;
+    let mut flow_keys = txn.open_table(FLOW_KEYS)?;
+    let mut moved = Vec::new();
+    // Every key that starts with `flow:` (`;` follows `:`).
+    for entry in keys.range("flow:".."flow;")? {
+        let (key, id) = entry?;
+        let Some(value) = tasks.get(id.value())? else { continue };
+        let record: TaskRecord = decode(value.value())?;
+        if !record.is_flow_root() && record.idempotency_key.as_deref() == Some(key.value()) {
+            moved.push((key.value().to_owned(), record.flow_id.as_u128(), id.value()));
+        }
+    }
+    for (key, flow, id) in moved {
+        keys.remove(key.as_str())?;
+        flow_keys.insert((flow, key.as_str()), id)?;
     }
     Ok(())
 }

@@ -10,8 +10,13 @@ pub(crate) const TASKS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new(
 pub(crate) const INPUTS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("inputs");
 /// Task id → output bytes, written once at completion.
 pub(crate) const OUTPUTS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("outputs");
-/// Idempotency key → task id.
+/// Idempotency key → task id, for tasks submitted from outside (the API):
+/// one namespace for every client.
 pub(crate) const IDEMPOTENCY: TableDefinition<'_, &str, u128> = TableDefinition::new("idempotency");
+/// (flow id, idempotency key) → task id, for the tasks a flow grew (a
+/// plugin's children): each flow its own namespace, apart from the API's,
+/// so no client can claim a key a flow will give a child.
+pub(crate) const FLOW_KEYS: TableDefinition<'_, (u128, &str), u128> = TableDefinition::new("flow_keys");
 /// Plugin name → [`PluginEntry`](super::PluginEntry) (its versions).
 pub(crate) const PLUGINS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("plugins");
 /// sha256 digest (hex) → component bytes, deduplicated.
@@ -41,8 +46,14 @@ pub(crate) const BY_PLUGIN: TableDefinition<'_, (&str, u128), ()> = TableDefinit
 /// iteration, so ending an iteration reads only its tasks (a root task,
 /// whose id is the flow's, is read by its id).
 pub(crate) const BY_ITERATION: TableDefinition<'_, (u128, u32, u128), ()> = TableDefinition::new("tasks_by_iteration");
-/// `"schema"` → schema version.
+/// `"schema"` → schema version; [`FLOW_KEYS_MOVED`] → 1 once the flows'
+/// keys have their own table.
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+/// The [`META`] flag set once the flow-scoped keys that files before
+/// [`FLOW_KEYS`] kept in [`IDEMPOTENCY`] were moved there. Independent of
+/// the schema version: the move runs once, on whichever schema.
+pub(crate) const FLOW_KEYS_MOVED: &str = "flow_keys_moved";
 
 /// The layout version this build reads and writes. Version 2 files (before
 /// flows), version 3 files (failure classes as text, no indexes) and

@@ -405,6 +405,74 @@ async fn an_idempotency_key_returns_the_first_task() {
     assert_eq!(store.task_count().unwrap(), 1);
 }
 
+/// A client's key and a flow's key for a child are apart, even when the
+/// client spells its key as the engine spells a child's.
+#[tokio::test]
+async fn api_keys_and_flow_keys_live_in_separate_namespaces() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("t.redb"), true).unwrap();
+    let key = format!("flow:{}:step-1", Uuid::from_u128(1));
+    let client = store.submit(record(5, Some(&key)), Vec::new()).await.unwrap();
+    assert!(client.created);
+    assert_eq!(store.child_by_key(Uuid::from_u128(1), &key).unwrap(), None, "the client claimed no child's key");
+    // The flow's child with that key is created, and found by its flow only.
+    let root = task_in(&store, 1, TaskState::Running).await;
+    let effects = Effects { flow_id: root.id, children: vec![child_of(1, 10, Some(&key))], ..Effects::default() };
+    let applied = store.apply(Change::new(root.id, TaskState::Completed, "done").effects(effects)).await.unwrap();
+    assert_eq!(applied.created.len(), 1);
+    assert_eq!(store.child_by_key(Uuid::from_u128(1), &key).unwrap(), Some(Uuid::from_u128(10)));
+    assert_eq!(store.child_by_key(Uuid::from_u128(2), &key).unwrap(), None);
+    // The client's key still names the client's task.
+    let again = store.submit(record(6, Some(&key)), Vec::new()).await.unwrap();
+    assert_eq!((again.created, again.record.id), (false, Uuid::from_u128(5)));
+}
+
+/// Files from before the flows' own key table kept children's keys among
+/// the clients': opening moves them, once, and leaves the clients' keys.
+#[tokio::test]
+async fn flow_keys_kept_among_client_keys_are_moved_once_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.redb");
+    let flow = Uuid::from_u128(1);
+    let child_key = format!("flow:{flow}:a");
+    let client_key = format!("flow:{flow}:b");
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("schema", SCHEMA_VERSION).unwrap();
+        let (child, _) = child_of(1, 10, Some(&child_key));
+        let client = record(20, Some(&client_key));
+        let plain = record(30, Some("order-7"));
+        let mut tasks = txn.open_table(TASKS).unwrap();
+        let mut keys = txn.open_table(IDEMPOTENCY).unwrap();
+        for r in [&child, &client, &plain] {
+            tasks.insert(r.id.as_u128(), encode(r).as_slice()).unwrap();
+            keys.insert(r.idempotency_key.as_deref().unwrap(), r.id.as_u128()).unwrap();
+        }
+        drop((tasks, keys));
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, true).unwrap();
+    assert_eq!(store.child_by_key(flow, &child_key).unwrap(), Some(Uuid::from_u128(10)));
+    assert_eq!(store.child_by_key(flow, &client_key).unwrap(), None);
+    // The clients' keys stay theirs; the child's is no longer among them.
+    for (n, key, existing) in
+        [(40, &client_key, Some(20)), (41, &"order-7".to_owned(), Some(30)), (42, &child_key, None)]
+    {
+        let submitted = store.submit(record(n, Some(key)), Vec::new()).await.unwrap();
+        assert_eq!(submitted.created, existing.is_none(), "{key}");
+        assert_eq!(submitted.record.id, Uuid::from_u128(existing.unwrap_or(n)), "{key}");
+    }
+    drop(store);
+    // Once: the flag is set, and a reopen changes nothing.
+    let store = Store::open(&path, true).unwrap();
+    let meta = store.db().unwrap().begin_read().unwrap().open_table(META).unwrap();
+    assert_eq!(meta.get(FLOW_KEYS_MOVED).unwrap().map(|v| v.value()), Some(1));
+    assert_eq!(store.child_by_key(flow, &child_key).unwrap(), Some(Uuid::from_u128(10)));
+    let submitted = store.submit(record(43, Some(&child_key)), Vec::new()).await.unwrap();
+    assert_eq!(submitted.record.id, Uuid::from_u128(42));
+}
+
 /// Random operations against the store and a model; then the store is
 /// reopened from its file and must equal the model. Transitions randomly
 /// carry flow effects (children and a context write), which must exist
@@ -731,7 +799,7 @@ async fn a_full_disk_holds_the_failed_commit_and_writes_it_once_there_is_room() 
     assert_eq!((stored.state, stored.version), (TaskState::Completed, root.version + 1));
     assert_eq!(store.output(root.id).unwrap().as_deref(), Some(&b"out"[..]));
     assert_eq!(store.input(Uuid::from_u128(10)).unwrap().as_deref(), Some(&b"input 10"[..]));
-    assert_eq!(store.task_by_key("c").unwrap(), Some(Uuid::from_u128(10)));
+    assert_eq!(store.child_by_key(root.id, "c").unwrap(), Some(Uuid::from_u128(10)));
     assert_eq!(store.context_get(root.id, "k").unwrap().as_deref(), Some(&b"v"[..]));
     assert_eq!(store.flow(root.id).unwrap().unwrap().tasks, 3);
     let completed = TaskQuery { state: Some(TaskState::Completed), ..TaskQuery::default() };

@@ -48,9 +48,18 @@ use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 use std::time::{Duration, SystemTime};
 
-/// A time as the API writes it: RFC 3339 with milliseconds, UTC.
+/// A time as the API writes it: RFC 3339 with milliseconds, UTC. Total:
+/// a time RFC 3339 cannot write (past 9999-12-31, which the engine never
+/// accepts, but a record written before times were checked may hold) is
+/// written as its milliseconds since the epoch, so no view of a record
+/// can fail.
 pub fn time(ms: u64) -> String {
-    humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    use std::fmt::Write as _;
+    let mut text = String::new();
+    let written = SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms))
+        .is_some_and(|at| write!(text, "{}", humantime::format_rfc3339_millis(at)).is_ok());
+    if written { text } else { ms.to_string() }
 }
 
 /// An output as every body carries it, flattened into the body: `output`
@@ -107,6 +116,18 @@ impl Output {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn every_stored_time_formats_without_panicking() {
+        assert_eq!(time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(time(1_500), "1970-01-01T00:00:01.500Z");
+        // The last millisecond RFC 3339 can write, and the first it cannot.
+        assert_eq!(time(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(time(253_402_300_800_000), "253402300800000");
+        // A delay of about 10^15 ms, once stored, and the largest value.
+        assert_eq!(time(1_000_000_000_000_000), "1000000000000000");
+        assert_eq!(time(u64::MAX), u64::MAX.to_string());
+    }
 
     #[test]
     fn an_output_is_json_or_base64_and_round_trips() {

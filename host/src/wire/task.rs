@@ -444,6 +444,29 @@ mod tests {
         assert_eq!(value["limits"]["timeout_ms"], 1);
     }
 
+    /// A record stored with an absurd time (a delay of about 10^15 ms,
+    /// accepted before times were checked) still renders in every view.
+    #[test]
+    fn a_record_with_an_absurd_time_still_renders() {
+        let mut record = crate::store::tests::record(3, None);
+        record.next_run_at_ms = Some(1_000_000_000_000_000);
+        record.finished_at_ms = Some(u64::MAX);
+        record.history.push(Transition {
+            at_ms: u64::MAX,
+            from: None,
+            to: TaskState::Pending,
+            attempt: 0,
+            reason: "submitted (delayed)".into(),
+        });
+        let value = round_trip(&Task::new(&record, None));
+        assert_eq!(value["next_run_at"], "1000000000000000");
+        assert_eq!(value["finished_at"], u64::MAX.to_string());
+        assert_eq!(value["created_at"], "1970-01-01T00:00:00.000Z");
+        let page = round_trip(&TaskPage::new(std::slice::from_ref(&record), None));
+        assert_eq!(page["tasks"][0]["next_run_at"], "1000000000000000");
+        assert_eq!(round_trip(&History::new(&record))["history"][0]["at"], u64::MAX.to_string());
+    }
+
     #[test]
     fn submissions_and_their_answers() {
         let mut submission = TaskSubmission::new("uppercase");

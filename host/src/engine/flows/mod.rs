@@ -19,6 +19,7 @@ use super::shared::{Shared, entry};
 use super::submission::Submission;
 use super::{EngineError, NewTask, metrics};
 use crate::flow::TaskView;
+use crate::registry::Pin;
 use crate::store::{
     FlowRecord, FlowState, FlowUpdate, InputFrom, Repeat, RepeatKind, StoreError, TaskRecord, TaskState, now_ms,
 };
@@ -29,6 +30,10 @@ use uuid::Uuid;
 
 /// Task records with their inputs, to create together.
 type NewTasks = Vec<(TaskRecord, Vec<u8>)>;
+
+/// Tasks a flow change created, with the pins on their plugin versions:
+/// keep the pins until the tasks are admitted.
+pub(crate) type Created = (Vec<TaskRecord>, Vec<Pin>);
 
 /// Limits against runaway flows. Going over one is an error returned to
 /// the plugin (`limit-exceeded`), never a host failure.
@@ -163,19 +168,20 @@ impl Flows {
     }
 
     /// Records a flow's outcome once no task of it is unfinished, or
-    /// creates its next iteration; returns the tasks it created. Does
+    /// creates its next iteration; returns the tasks it created (with
+    /// their pins: keep them until the tasks are admitted). Does
     /// nothing for a flow that is still running tasks or that never grew
     /// past one task.
-    pub(crate) async fn finish(&self, id: Uuid) -> Result<Vec<TaskRecord>, EngineError> {
+    pub(crate) async fn finish(&self, id: Uuid) -> Result<Created, EngineError> {
         let shared = &self.shared;
         loop {
-            let Some(flow) = shared.store.flow(id)? else { return Ok(Vec::new()) };
+            let Some(flow) = shared.store.flow(id)? else { return Ok(Created::default()) };
             if flow.state != FlowState::Running || self.book().is_active(id) {
-                return Ok(Vec::new());
+                return Ok(Created::default());
             }
             let tasks = shared.store.iteration_tasks(id, flow.iteration)?;
             if tasks.iter().any(|t| !t.state.is_terminal()) {
-                return Ok(Vec::new());
+                return Ok(Created::default());
             }
             let ok = tasks.iter().all(|t| t.state == TaskState::Completed);
             let last_completed = tasks
@@ -190,7 +196,10 @@ impl Flows {
                     None => format!("{what} {}", t.state),
                 }
             });
-            let next = self.next_iteration(&flow, ok, last_completed)?;
+            let (next, pins) = match self.next_iteration(&flow, ok, last_completed)? {
+                Some((at, tasks, pins)) => (Some((at, tasks)), pins),
+                None => (None, Vec::new()),
+            };
             let version = flow.version;
             let edit = move |stored: Option<FlowRecord>| {
                 let mut flow = stored.ok_or_else(|| StoreError::Refused(format!("flow {id} vanished")))?;
@@ -219,7 +228,7 @@ impl Flows {
                         let label = metrics::FlowLabel { state: flow.state.as_str().to_owned() };
                         shared.metrics.flows_ended.get_or_create(&label).inc();
                     }
-                    return Ok(created);
+                    return Ok((created, pins));
                 }
                 // Cancelled or changed meanwhile: look again.
                 Err(StoreError::Refused(_)) => continue,
@@ -234,7 +243,7 @@ impl Flows {
         flow: &FlowRecord,
         ok: bool,
         last: Option<Uuid>,
-    ) -> Result<Option<(u64, NewTasks)>, EngineError> {
+    ) -> Result<Option<(u64, NewTasks, Vec<Pin>)>, EngineError> {
         let (Some(repeat), Some(spec)) = (&flow.repeat, &flow.spec) else { return Ok(None) };
         let iteration = flow.iteration + 1;
         if flow.stop_requested || repeat.max_iterations.is_some_and(|m| iteration >= m) {
@@ -247,7 +256,9 @@ impl Flows {
             RepeatKind::UntilStop => (ok, now, None),
             // Schedules keep going whatever one run did; missed starts
             // are skipped, so a restart never fires one twice.
-            RepeatKind::EveryMs(ms) => (true, (flow.iteration_at_ms + ms).max(now), Some(flow.input.clone())),
+            RepeatKind::EveryMs(ms) => {
+                (true, flow.iteration_at_ms.saturating_add(*ms).max(now), Some(flow.input.clone()))
+            }
             RepeatKind::Cron(expr) => {
                 (true, next_cron(expr, flow.iteration_at_ms.max(now)).map_err(EngineError::InvalidRequest)?, None)
             }
@@ -264,8 +275,8 @@ impl Flows {
             },
         };
         let spec: FlowSpec = serde_json::from_str(spec).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
-        let tasks = self.plan_tasks(&spec, flow.id, iteration, &input, Some(at))?;
-        Ok(Some((at, tasks)))
+        let (tasks, pins) = self.plan_tasks(&spec, flow.id, iteration, &input, Some(at))?;
+        Ok(Some((at, tasks, pins)))
     }
 
     /// The tasks of one iteration of a declared flow.
@@ -276,9 +287,10 @@ impl Flows {
         iteration: u32,
         input: &[u8],
         run_at_ms: Option<u64>,
-    ) -> Result<NewTasks, EngineError> {
+    ) -> Result<(NewTasks, Vec<Pin>), EngineError> {
         let plan = spec.plan(self.limits().tasks_per_flow).map_err(EngineError::InvalidRequest)?;
         let mut out: Vec<(TaskRecord, Vec<u8>)> = Vec::with_capacity(plan.len());
+        let mut pins = Vec::with_capacity(plan.len());
         for planned in &plan {
             let step = &planned.step;
             let own = step.input.is_some() || planned.after.is_empty();
@@ -296,7 +308,7 @@ impl Flows {
                 run_at_ms: if planned.after.is_empty() { run_at_ms } else { None },
                 ..NewTask::default()
             };
-            let (mut record, input) = self.submission.prepare(new).map_err(|e| match e {
+            let (mut record, input, pin) = self.submission.prepare(new).map_err(|e| match e {
                 EngineError::InvalidRequest(m) | EngineError::UnknownPlugin(m) => {
                     EngineError::InvalidRequest(format!("step `{}`: {m}", planned.name))
                 }
@@ -309,14 +321,15 @@ impl Flows {
             record.depth = planned.after.iter().map(|&i| out[i].0.depth + 1).max().unwrap_or(0);
             record.input_from = if own { InputFrom::Own } else { InputFrom::Outputs };
             out.push((record, input));
+            pins.push(pin);
         }
-        Ok(out)
+        Ok((out, pins))
     }
 
     /// Starts a declared flow: every step of its first iteration is
     /// committed with the flow record in one transaction. Returns the flow
-    /// id and the tasks to admit.
-    pub(crate) async fn submit(&self, spec: FlowSpec) -> Result<(Uuid, Vec<TaskRecord>), EngineError> {
+    /// id and the tasks to admit, with their pins.
+    pub(crate) async fn submit(&self, spec: FlowSpec) -> Result<(Uuid, Created), EngineError> {
         let repeat: Option<Repeat> = spec.repeat().map_err(EngineError::InvalidRequest)?;
         let input = spec::input_bytes(spec.input.as_ref());
         let id = Uuid::now_v7();
@@ -325,7 +338,7 @@ impl Flows {
             Some(RepeatKind::Cron(expr)) => Some(next_cron(expr, now).map_err(EngineError::InvalidRequest)?),
             _ => None,
         };
-        let tasks = self.plan_tasks(&spec, id, 0, &input, first_at)?;
+        let (tasks, pins) = self.plan_tasks(&spec, id, 0, &input, first_at)?;
         let text = serde_json::to_string(&spec_json(&spec)).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
         let flow = FlowRecord {
             name: spec.name.clone(),
@@ -341,7 +354,7 @@ impl Flows {
             None => Ok(FlowUpdate { flow, tasks }),
         };
         let (_, created) = self.shared.store.flow_change(id, edit).await?;
-        Ok((id, created))
+        Ok((id, (created, pins)))
     }
 
     /// A flow with its tasks. Any task id that roots a flow works, even one

@@ -11,6 +11,7 @@ use crate::engine::shared::Shared;
 use crate::engine::submission::{MAX_KEY, Submission};
 use crate::engine::{EngineError, NewTask};
 use crate::flow::{ChildTask, ContextError, HostFailure, QueueError, Served, TaskServices, TaskStatus, TaskView};
+use crate::registry::Pin;
 use crate::store::{Effects, StoreError, TaskRecord, TaskState};
 use crate::sync::lock;
 use crate::{BudgetExceeded, HostBudget};
@@ -36,6 +37,9 @@ struct Held {
     context_reserved: u64,
     /// Flow task reservations held.
     tasks_reserved: u64,
+    /// The held children's plugin versions, kept from deletion until the
+    /// children are admitted or dropped.
+    pins: Vec<Pin>,
 }
 
 /// Per-attempt services; see the module docs.
@@ -71,6 +75,8 @@ pub(crate) struct Outcome {
     pub(crate) effects: Effects,
     pub(crate) tasks_reserved: u64,
     pub(crate) context_reserved: u64,
+    /// Keep until the committed children are admitted.
+    pub(crate) pins: Vec<Pin>,
 }
 
 fn host(what: &str, e: StoreError) -> HostFailure {
@@ -102,7 +108,12 @@ impl AttemptServices {
     pub(crate) fn take(&self) -> Outcome {
         let mut held = std::mem::take(&mut *lock(&self.held));
         held.effects.context = std::mem::take(&mut held.overlay).into_iter().collect();
-        Outcome { effects: held.effects, tasks_reserved: held.tasks_reserved, context_reserved: held.context_reserved }
+        Outcome {
+            effects: held.effects,
+            tasks_reserved: held.tasks_reserved,
+            context_reserved: held.context_reserved,
+            pins: held.pins,
+        }
     }
 
     fn limits(&self) -> &FlowLimits {
@@ -124,7 +135,8 @@ impl AttemptServices {
             if let Some(id) = held.keys.get(key) {
                 return Ok(Ok(id.to_string()));
             }
-            let stored = self.shared.store.task_by_key(key).map_err(|e| host("look up an idempotency key", e))?;
+            let stored =
+                self.shared.store.child_by_key(flow, key).map_err(|e| host("look up an idempotency key", e))?;
             if let Some(id) = stored {
                 return Ok(Ok(id.to_string()));
             }
@@ -171,9 +183,10 @@ impl AttemptServices {
             self.budget.refund(cost);
             r
         };
-        let (mut record, input) = match self.submission.prepare(new) {
+        let (mut record, input, pin) = match self.submission.prepare(new) {
             Ok(prepared) => prepared,
             Err(EngineError::UnknownPlugin(m)) => return refund(Ok(Err(QueueError::UnknownPlugin(m)))),
+            Err(EngineError::LimitReached(m)) => return refund(Ok(Err(QueueError::LimitExceeded(m)))),
             Err(EngineError::Store(e)) => return refund(Err(host("check the child", e))),
             Err(other) => return refund(Ok(Err(QueueError::Invalid(other.to_string())))),
         };
@@ -194,6 +207,7 @@ impl AttemptServices {
         }
         held.ids.insert(id);
         held.effects.children.push((record, input));
+        held.pins.push(pin);
         Ok(Ok(id.to_string()))
     }
 
@@ -473,7 +487,7 @@ pub(crate) fn status(state: TaskState) -> TaskStatus {
 mod tests {
     use super::{MAX_CHILD_INPUT, MAX_JOIN};
     use crate::engine::testing::{Harness, Script};
-    use crate::flow::{ChildTask, TaskServices as _};
+    use crate::flow::{ChildTask, QueueError, TaskServices as _};
 
     fn child(key: &str) -> ChildTask {
         ChildTask {
@@ -499,6 +513,45 @@ mod tests {
         let failed = services.submit(child("k2")).unwrap_err();
         assert!(failed.0.contains("could not look up an idempotency key"), "{failed}");
         assert!(services.submit(child("k2")).unwrap().is_ok());
+    }
+
+    /// A client that registers the key a flow will give its child does not
+    /// get the child: the flow's keys are its own.
+    #[tokio::test]
+    async fn a_client_key_spelled_like_a_childs_does_not_hijack_the_child() {
+        let h = Harness::new().await;
+        let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
+        h.wait(parent).await;
+        let hijack = crate::engine::NewTask {
+            plugin: "echo".into(),
+            idempotency_key: Some(format!("flow:{parent}:step-1")),
+            ..crate::engine::NewTask::default()
+        };
+        let client = h.engine.submit(hijack).await.unwrap().record.id;
+        let services = h.services(parent);
+        let child_id = services.submit(child("step-1")).unwrap().unwrap();
+        assert_ne!(child_id, client.to_string(), "the child is a new task of the flow");
+    }
+
+    /// A plugin's child is checked like a submission: a delay of about
+    /// 10^15 ms, or a queue past the limit, is refused to the plugin.
+    #[tokio::test]
+    async fn a_childs_delay_and_queue_are_checked() {
+        let h = Harness::with_config(|c| c.max_queues = 2).await;
+        let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
+        h.wait(parent).await;
+        let services = h.services(parent);
+        let late = ChildTask { delay_ms: Some(1_000_000_000_000_000), ..child("late") };
+        match services.submit(late).unwrap() {
+            Err(QueueError::Invalid(m)) => assert!(m.contains("delay_ms 1000000000000000 is out of range"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        // `default` is known; one more queue fits, the next does not.
+        services.submit(ChildTask { queue: Some("q1".into()), ..child("a") }).unwrap().unwrap();
+        match services.submit(ChildTask { queue: Some("q2".into()), ..child("b") }).unwrap() {
+            Err(QueueError::LimitExceeded(m)) => assert!(m.contains("max_queues = 2"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -152,9 +152,7 @@ impl FlowSpec {
         let mut names = HashMap::new();
         for (i, (step, _)) in steps.iter().enumerate() {
             let name = step.id.clone().unwrap_or_else(|| format!("step-{}", i + 1));
-            if name.is_empty() || name.len() > 64 {
-                return Err(format!("step id `{name}` must be 1-64 bytes"));
-            }
+            crate::names::name(crate::names::NameKind::Step, &name).map_err(|e| e.to_string())?;
             if names.insert(name.clone(), i).is_some() {
                 return Err(format!("two steps have the id `{name}`: step ids must be unique"));
             }
@@ -229,8 +227,9 @@ impl FlowSpec {
             kinds.push(RepeatKind::UntilStop);
         }
         if let Some(ms) = r.every_ms {
-            if ms < 10 {
-                return Err("repeat.every_ms must be at least 10".into());
+            let most = crate::engine::submission::MAX_DELAY_MS;
+            if !(10..=most).contains(&ms) {
+                return Err(format!("repeat.every_ms {ms} is out of range: expected 10 to {most} (36,500 days)"));
             }
             kinds.push(RepeatKind::EveryMs(ms));
         }
@@ -364,5 +363,25 @@ mod tests {
         assert!(serde_json::from_str::<FlowSpec>(after).unwrap_err().to_string().contains("found `after`"));
         let cron = spec(r#"{"steps": {"plugin": "p"}, "repeat": {"cron": "not cron"}}"#);
         assert!(cron.repeat().unwrap_err().contains("cron expression"));
+    }
+
+    /// Step ids follow the one name rule; schedules stay within the
+    /// longest delay, so no time the flow computes leaves the range.
+    #[test]
+    fn step_ids_are_names_and_schedules_are_bounded() {
+        for bad in ["", "..", "a b", "-x", "a/b"] {
+            let json = serde_json::json!({"steps": [{"id": bad, "plugin": "p"}]});
+            let refused = serde_json::from_value::<FlowSpec>(json).unwrap().plan(100).unwrap_err();
+            assert!(refused.starts_with("invalid step id"), "{bad}: {refused}");
+        }
+        for (every, ok) in [(9, false), (10, true), (crate::engine::submission::MAX_DELAY_MS, true), (u64::MAX, false)]
+        {
+            let json = serde_json::json!({"steps": {"plugin": "p"}, "repeat": {"every_ms": every}});
+            let result = serde_json::from_value::<FlowSpec>(json).unwrap().repeat();
+            assert_eq!(result.is_ok(), ok, "every_ms {every}: {result:?}");
+            if !ok {
+                assert!(result.unwrap_err().contains("repeat.every_ms"));
+            }
+        }
     }
 }

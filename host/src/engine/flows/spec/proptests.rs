@@ -293,15 +293,16 @@ fn same_tree(node: &Node, value: &Value) -> Result<(), TestCaseError> {
 }
 
 /// Checks what every successful plan must be: as many tasks as the tree
-/// has steps, unique 1-64 byte names, every dependency on an earlier task
-/// (so a DAG in topological order) and listed once, every `after` name
-/// honoured.
+/// has steps, unique names that pass the one name rule, every dependency
+/// on an earlier task (so a DAG in topological order) and listed once,
+/// every `after` name honoured.
 fn check_plan(spec: &FlowSpec, plan: &[Planned]) -> Result<(), TestCaseError> {
     prop_assert!(!plan.is_empty());
     prop_assert_eq!(plan.len(), leaves(&spec.steps));
     let mut names = HashMap::new();
     for (pos, p) in plan.iter().enumerate() {
-        prop_assert!((1..=64).contains(&p.name.len()), "name {:?}", p.name);
+        let valid = crate::names::name(crate::names::NameKind::Step, &p.name);
+        prop_assert!(valid.is_ok(), "name {:?}: {:?}", p.name, valid);
         prop_assert!(names.insert(p.name.as_str(), pos).is_none(), "duplicate name {:?}", p.name);
         let unique: HashSet<usize> = p.after.iter().copied().collect();
         prop_assert_eq!(unique.len(), p.after.len(), "duplicate dependency of {}", p.name);
