@@ -2,6 +2,7 @@
 
 use super::{FlowLimits, RetryPolicy};
 use crate::SandboxConfig;
+use crate::registry::Compiler;
 use std::path::PathBuf;
 
 /// Engine settings. See [`EngineConfig::default`] for the defaults.
@@ -30,6 +31,9 @@ pub struct EngineConfig {
     pub flow_limits: FlowLimits,
     /// The models tasks may call through `inference` (none when `None`).
     pub models: Option<crate::inference::Models>,
+    /// Where plugins compile. Default [`Compiler::InProcess`] (no time
+    /// budget); `taskhost serve` compiles in child processes with one.
+    pub compiler: Compiler,
 }
 
 impl Default for EngineConfig {
@@ -45,6 +49,7 @@ impl Default for EngineConfig {
             plugins_dir: None,
             flow_limits: FlowLimits::default(),
             models: None,
+            compiler: Compiler::default(),
         }
     }
 }
