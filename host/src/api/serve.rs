@@ -331,3 +331,32 @@ impl http_body::Body for Deadline {
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_idle_connection_is_asked_to_close_and_never_a_busy_one() {
+        let conns = Conns {
+            slots: Arc::new(Semaphore::new(3)),
+            open: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            started: Instant::now(),
+        };
+        let (_, recent) = conns.register();
+        let (_, busy) = conns.register();
+        let (_, oldest) = conns.register();
+        recent.idle_since_ms.store(5, Ordering::SeqCst);
+        busy.idle_since_ms.store(1, Ordering::SeqCst);
+        busy.busy.store(1, Ordering::SeqCst);
+        oldest.idle_since_ms.store(3, Ordering::SeqCst);
+        let asked = || [&recent, &busy, &oldest].map(|c| c.evicting.load(Ordering::SeqCst));
+        conns.evict_longest_idle();
+        assert_eq!(asked(), [false, false, true]);
+        conns.evict_longest_idle();
+        assert_eq!(asked(), [true, false, true]);
+        conns.evict_longest_idle();
+        assert_eq!(asked(), [true, false, true], "a connection in a request is never closed to make room");
+    }
+}

@@ -2,11 +2,14 @@
 //! cannot be stopped once it runs, so a time budget needs a process to
 //! kill: with [`Compiler::Process`] (what `taskhost serve` uses) each
 //! compile runs in a child process of this program (`taskhost __compile`),
-//! at low CPU priority, under a CPU-time and a file-size rlimit, killed
-//! when its parent dies and once its budget passes. The child compiles
-//! with the host's exact engine settings and writes the artifact into the
-//! artifact cache; the host checks the child's engine fingerprint, hashes
-//! the artifact and loads it. [`Compiler::InProcess`] (the library's
+//! at low CPU priority, under CPU-time, address-space and file-size
+//! rlimits, first in line for the OOM killer, killed when its parent dies
+//! and once its budget passes. The child compiles with the host's engine
+//! settings (without the pooling allocator, which only instantiating needs
+//! and which would reserve terabytes of address space; the fingerprint is
+//! the same, and checked) and writes the artifact into the artifact cache;
+//! the host checks the child's engine fingerprint, hashes the artifact and
+//! loads it. [`Compiler::InProcess`] (the library's
 //! default) compiles on one low-priority thread, with no budget.
 
 use super::{MAX_PLUGIN_BYTES, RegistryError, hex};
@@ -29,6 +32,10 @@ pub(crate) const COMPILE_NICENESS: libc::c_int = 10;
 
 /// Largest artifact a compile process may write (its `RLIMIT_FSIZE`).
 const MAX_ARTIFACT_BYTES: u64 = 1 << 30;
+
+/// Address space a compile process may map (its `RLIMIT_AS`): a compile
+/// that needs more ends as an invalid plugin, not as the host's memory.
+const MAX_COMPILE_ADDRESS_SPACE: u64 = 4 << 30;
 
 /// Largest request a compile process reads, and largest answer the host
 /// reads back.
@@ -79,7 +86,10 @@ impl ProcessCompiler {
 /// The engine settings a compile process rebuilds: every
 /// [`SandboxConfig`] field that shapes compiled code. A field added to the
 /// sandbox config and not passed here shows up as a fingerprint mismatch,
-/// never as a silently wrong artifact (wasmtime refuses those anyway).
+/// never as a silently wrong artifact (wasmtime refuses those anyway). The
+/// pooling allocator is left off in the compile process: it only serves
+/// instantiation, leaves compiled code (and the fingerprint) unchanged, and
+/// its reservations would not fit the address-space limit.
 #[derive(Debug, Serialize, Deserialize)]
 struct EngineSettings {
     pool_instances: u32,
@@ -87,7 +97,6 @@ struct EngineSettings {
     max_wasm_stack: usize,
     fuel_metering: bool,
     epoch_tick_ns: u64,
-    pooling: bool,
     parallel_compilation: bool,
 }
 
@@ -99,7 +108,6 @@ impl EngineSettings {
             max_wasm_stack: config.max_wasm_stack,
             fuel_metering: config.fuel_metering,
             epoch_tick_ns: u64::try_from(config.epoch_tick.as_nanos()).unwrap_or(u64::MAX),
-            pooling: config.pooling,
             parallel_compilation: config.parallel_compilation,
         }
     }
@@ -111,7 +119,7 @@ impl EngineSettings {
             max_wasm_stack: self.max_wasm_stack,
             fuel_metering: self.fuel_metering,
             epoch_tick: Duration::from_nanos(self.epoch_tick_ns),
-            pooling: self.pooling,
+            pooling: false,
             parallel_compilation: self.parallel_compilation,
             ..SandboxConfig::default()
         }
@@ -200,6 +208,10 @@ pub fn compile_process_main() -> ExitCode {
 
 fn compile_process() -> anyhow::Result<CompileReply> {
     use anyhow::Context as _;
+    // Should memory run out, this process goes first, not the host.
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "1000") {
+        eprintln!("taskhost compile process: WARNING: cannot volunteer for the OOM killer: {e}");
+    }
     let mut text = Vec::new();
     std::io::stdin().lock().take(MAX_MESSAGE_BYTES).read_to_end(&mut text).context("reading the request")?;
     let request: CompileRequest = serde_json::from_slice(&text).context("parsing the request")?;
@@ -239,6 +251,8 @@ fn limit_compile_process(cpu_seconds: u64) -> std::io::Result<()> {
         check(libc::setrlimit(libc::RLIMIT_CPU, &cpu))?;
         let size = libc::rlimit { rlim_cur: MAX_ARTIFACT_BYTES, rlim_max: MAX_ARTIFACT_BYTES };
         check(libc::setrlimit(libc::RLIMIT_FSIZE, &size))?;
+        let space = libc::rlimit { rlim_cur: MAX_COMPILE_ADDRESS_SPACE, rlim_max: MAX_COMPILE_ADDRESS_SPACE };
+        check(libc::setrlimit(libc::RLIMIT_AS, &space))?;
         check(libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0))?;
     }
     Ok(())

@@ -52,7 +52,7 @@ pub(crate) enum RegistryError {
     Unknown(String),
     #[error("plugin `{name}` has no live version `{version}` (live: {known})")]
     UnknownVersion { name: String, version: String, known: String },
-    #[error("the component is larger than the limit of {MAX_PLUGIN_BYTES} bytes (at least {size} bytes)")]
+    #[error("the component is too large: at least {size} bytes; the limit is {MAX_PLUGIN_BYTES}")]
     TooLarge { size: u64 },
     #[error("version {version} of `{name}` already exists with other content; versions are immutable")]
     VersionTaken { name: String, version: String },

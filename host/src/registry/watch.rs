@@ -116,23 +116,32 @@ fn kind(file_type: std::fs::FileType) -> &'static str {
     }
 }
 
-/// Opens a watched file without ever waiting on it (a FIFO opens at once
-/// with `O_NONBLOCK`), then checks what was opened: a regular file of at
-/// most `limit` bytes. Blocking: call it on the blocking pool.
-fn open_regular(path: &Path, limit: u64) -> Result<std::fs::File, ReadError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| if e.kind() == std::io::ErrorKind::NotFound { ReadError::Gone } else { ReadError::Io(e) })?;
-    let metadata = file.metadata()?;
+/// A regular file of at most `limit` bytes, or why not.
+fn check(metadata: &std::fs::Metadata, limit: u64) -> Result<(), ReadError> {
     if !metadata.file_type().is_file() {
         return Err(ReadError::NotAFile(kind(metadata.file_type())));
     }
     if metadata.len() > limit {
         return Err(ReadError::TooLarge { size: metadata.len(), limit });
     }
+    Ok(())
+}
+
+/// Opens a watched file without ever waiting on it: its type and size are
+/// checked first (`stat` never blocks), then it is opened with
+/// `O_NONBLOCK` (a FIFO swapped in meanwhile opens at once) and what was
+/// opened is checked again. Blocking: call it on the blocking pool.
+fn open_regular(path: &Path, limit: u64) -> Result<std::fs::File, ReadError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let gone_or =
+        |e: std::io::Error| if e.kind() == std::io::ErrorKind::NotFound { ReadError::Gone } else { ReadError::Io(e) };
+    check(&std::fs::metadata(path).map_err(gone_or)?, limit)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(gone_or)?;
+    check(&file.metadata()?, limit)?;
     Ok(file)
 }
 
@@ -217,5 +226,31 @@ async fn process(registry: &Arc<Registry>, path: &Path, seen: &mut HashMap<PathB
             tracing::warn!(file = %path.display(), %error, "could not load from the plugins directory");
             registry.set_watch_error(&name, Some(format!("{}: {error}", path.display())));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_within_the_limit_are_opened_and_nothing_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.wasm");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; creates a FIFO in our own directory.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+        assert!(matches!(open_regular(&fifo, 10), Err(ReadError::NotAFile("a FIFO"))));
+        std::fs::create_dir(dir.path().join("folder.wasm")).unwrap();
+        assert!(matches!(open_regular(&dir.path().join("folder.wasm"), 10), Err(ReadError::NotAFile("a directory"))));
+        let sparse = dir.path().join("sparse.wasm");
+        std::fs::File::create(&sparse).unwrap().set_len(1 << 30).unwrap();
+        assert!(matches!(open_regular(&sparse, 10), Err(ReadError::TooLarge { size: 1073741824, limit: 10 })));
+        assert!(matches!(open_regular(&dir.path().join("gone.wasm"), 10), Err(ReadError::Gone)));
+        let fine = dir.path().join("fine.wasm");
+        std::fs::write(&fine, b"0123456789").unwrap();
+        let mut text = String::new();
+        open_regular(&fine, 10).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "0123456789");
     }
 }
