@@ -8,6 +8,9 @@ use taskhost_test_artifacts::Artifact;
 
 /// The HTTP API on loopback: every bad-input case, callbacks.
 mod api;
+/// The bounds against hostile clients and files: connection timeouts and
+/// cap, the compile budget, the upload queue, watched files, callbacks.
+mod bounds;
 /// `taskhost run` end to end through the binary.
 mod cli;
 /// README.md and docs/: size, links and anchors, the index.

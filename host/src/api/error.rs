@@ -91,6 +91,7 @@ impl From<EngineError> for ApiError {
             EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             EngineError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             EngineError::LimitReached(_) => (StatusCode::CONFLICT, "limit_reached"),
+            EngineError::CompileTimeout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "compile_timeout"),
             EngineError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
         };
         Self::new(status, code, e.to_string())

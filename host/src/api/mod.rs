@@ -1,6 +1,7 @@
 //! The HTTP API (`taskhost serve`): JSON in and out, every body one of the
 //! typed [`crate::wire`] structs, every error in one shape. Handlers only
-//! translate; the engine decides.
+//! translate; the engine decides. [`serve`] serves it under the bounds of
+//! a [`ServeConfig`].
 
 mod error;
 mod flows;
@@ -8,16 +9,18 @@ mod health;
 mod models;
 #[cfg(test)]
 mod proptests;
+mod serve;
 
 pub(crate) use error::{ApiError, Path};
+pub use serve::{ServeConfig, serve};
 
 use crate::engine::{Engine, ListFilter, NewTask};
-use crate::registry::{MAX_PLUGIN_BYTES, Manifest, VersionState};
+use crate::registry::{MAX_PLUGIN_BYTES, Manifest, RegistryError, VersionState};
 use crate::store::{QueueConfig, TaskState};
 use crate::wire;
-use axum::extract::rejection::{BytesRejection, JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -40,7 +43,7 @@ pub fn router(engine: Engine) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/metrics", get(metrics))
         .route("/v1/plugins", get(list_plugins))
-        .route("/v1/plugins/{name}", post(add_plugin).get(get_plugin).layer(DefaultBodyLimit::max(MAX_PLUGIN_BYTES)))
+        .route("/v1/plugins/{name}", post(add_plugin).get(get_plugin))
         .route("/v1/plugins/{name}/latest", put(set_latest))
         .route("/v1/plugins/{name}/manifest", put(put_manifest))
         .route("/v1/plugins/{name}/versions/{version}", axum::routing::delete(delete_version))
@@ -84,19 +87,45 @@ struct UploadQuery {
     wait: Option<bool>,
 }
 
+/// An upload refused for its size, in the shape a body-limit refusal has.
+fn too_large(e: RegistryError) -> ApiError {
+    match e {
+        RegistryError::TooLarge { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is too large: {e}"))
+        }
+        other => crate::engine::EngineError::from(other).into(),
+    }
+}
+
+/// Uploads a component. A full compile queue is refused (503,
+/// `Retry-After`) before the body is read; the body then goes to a staging
+/// file as it arrives, so an upload waiting to compile is not in memory.
 async fn add_plugin(
     State(engine): State<Engine>,
     Path(name): Path<String>,
     query: Result<Query<UploadQuery>, QueryRejection>,
-    body: Result<axum::body::Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: axum::body::Body,
 ) -> ApiResult<Response> {
+    use futures::StreamExt as _;
     let Query(query) = query?;
-    let body = body.map_err(|e| error::body_rejection(e.status(), e.body_text()))?;
-    if body.is_empty() {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(size) = declared.filter(|size| *size > MAX_PLUGIN_BYTES as u64) {
+        return Err(too_large(RegistryError::TooLarge { size }));
+    }
+    let (slot, mut staging) = engine.begin_plugin_upload(&name, query.version.as_deref()).await?;
+    let mut body = body.into_data_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("reading the body: {e}")))?;
+        staging.write(&chunk).await.map_err(too_large)?;
+    }
+    let staged = staging.finish().await.map_err(too_large)?;
+    if staged.size == 0 {
         return Err(ApiError::invalid("the body is empty: send the component (.wasm) bytes"));
     }
     let wait = query.wait.unwrap_or(true);
-    let (status, created) = engine.add_plugin(&name, body.to_vec(), query.version, wait).await?;
+    let (status, created) = engine.add_staged_plugin(slot, &name, staged, query.version, wait).await?;
     let code = match (created, &status.state) {
         (false, _) => StatusCode::OK,
         (true, VersionState::Compiling) => StatusCode::ACCEPTED,

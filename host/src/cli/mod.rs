@@ -51,6 +51,9 @@ enum Command {
     /// Check or repair the data store, offline (no server running on it).
     #[command(subcommand)]
     Store(store::StoreCommand),
+    /// The compile process `serve` starts for each compile (internal).
+    #[command(name = "__compile", hide = true)]
+    Compile,
 }
 
 /// Exit status for a task that failed.
@@ -63,6 +66,10 @@ pub(crate) const EXIT_STORE: u8 = 3;
 
 pub(crate) fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Compile = cli.command {
+        // No async runtime, no logging set-up: it only compiles.
+        return taskhost::registry::compile_process_main();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TASKHOST_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
@@ -73,7 +80,12 @@ pub(crate) fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => runtime.block_on(run::run(args)),
-        Command::Serve(args) => runtime.block_on(serve::serve(args)),
+        Command::Serve(args) => {
+            let code = runtime.block_on(serve::serve(args));
+            // The engine has closed; nothing left may hold the exit.
+            runtime.shutdown_timeout(serve::EXIT_GRACE);
+            code
+        }
         Command::Submit(args) => runtime.block_on(client::submit(args)),
         Command::Status(args) => runtime.block_on(client::status(args)),
         Command::Cancel(args) => runtime.block_on(client::cancel(args)),
@@ -83,6 +95,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Flow(args) => runtime.block_on(flow::flow(args)),
         Command::Models(command) => runtime.block_on(models::models(command)),
         Command::Store(command) => runtime.block_on(store::store(command)),
+        Command::Compile => taskhost::registry::compile_process_main(),
     }
 }
 

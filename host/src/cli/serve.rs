@@ -1,4 +1,5 @@
-//! `taskhost serve`: the engine behind the HTTP API.
+//! `taskhost serve`: the engine behind the HTTP API, with the server's
+//! bounds (connections, header and body timeouts) and the compile budget.
 
 use super::{EXIT_STORE, EXIT_USAGE, fail};
 use clap::Args;
@@ -7,9 +8,22 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use taskhost::api::ServeConfig;
 use taskhost::engine::{Engine, EngineConfig, EngineError, RetryPolicy, default_data_dir};
+use taskhost::registry::{Compiler, ProcessCompiler};
 use taskhost::store::{self, StoreError};
 use taskhost::units::{parse_duration, parse_size};
+
+/// How long the process waits, once the engine has closed, for leftover
+/// blocking work before it exits anyway.
+pub(crate) const EXIT_GRACE: Duration = Duration::from_secs(5);
+
+/// File descriptors kept for everything but client connections (the
+/// store, artifacts, uploads, callbacks, compile processes, watches).
+const RESERVED_FDS: u64 = 512;
+
+/// Default compile budget.
+const DEFAULT_COMPILE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
@@ -70,10 +84,90 @@ pub(crate) struct ServeArgs {
     /// (default 1000).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     max_plugins: Option<u32>,
+    /// Most client connections open at once (default 512). At the cap a
+    /// new connection closes the one idle the longest.
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
+    /// How long a client may take to send a request's head, counted from
+    /// when it connected or its previous response went out; also the idle
+    /// timeout (default 30s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    header_timeout: Option<Duration>,
+    /// How long a request's body may take to arrive (default 60s); past it
+    /// the answer is 408.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    body_timeout: Option<Duration>,
+    /// Longest one plugin compile may take (default 60s); past it the
+    /// compile process is killed and the upload refused (`compile_timeout`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    compile_timeout: Option<Duration>,
+}
+
+/// The server's bounds from the flags, checked.
+fn serve_config(args: &ServeArgs) -> Result<ServeConfig, String> {
+    let defaults = ServeConfig::default();
+    let nonzero = |flag: &str, d: Option<Duration>, default: Duration| match d {
+        Some(d) if d.is_zero() => Err(format!("{flag} must be greater than zero")),
+        Some(d) => Ok(d),
+        None => Ok(default),
+    };
+    let max_connections = match args.max_connections {
+        Some(0) => return Err("--max-connections must be at least 1".into()),
+        Some(n) => n,
+        None => defaults.max_connections,
+    };
+    Ok(ServeConfig {
+        max_connections,
+        header_timeout: nonzero("--header-timeout", args.header_timeout, defaults.header_timeout)?,
+        body_timeout: nonzero("--body-timeout", args.body_timeout, defaults.body_timeout)?,
+        ..defaults
+    })
+}
+
+/// Raises the soft limit on open files towards what `connections` need
+/// (up to the hard limit); warns when even that is too few.
+fn ensure_fd_limit(connections: usize) {
+    let needed = connections as u64 + RESERVED_FDS;
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: plain system calls on this process with a valid pointer.
+    let got = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    if got != 0 {
+        let error = std::io::Error::last_os_error();
+        eprintln!("taskhost: WARNING: cannot read the open-file limit: {error}");
+        return;
+    }
+    if limit.rlim_cur >= needed {
+        return;
+    }
+    let raised = libc::rlimit { rlim_cur: needed.min(limit.rlim_max), rlim_max: limit.rlim_max };
+    // SAFETY: as above.
+    let set = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
+    let now = if set == 0 { raised.rlim_cur } else { limit.rlim_cur };
+    if now < needed {
+        eprintln!(
+            "taskhost: WARNING: at most {now} open files (hard limit {}); {connections} connections need about \
+             {needed}: lower --max-connections or raise `ulimit -n`",
+            limit.rlim_max
+        );
+    }
 }
 
 pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
+    let serve_config = match serve_config(&args) {
+        Ok(c) => c,
+        Err(message) => return fail(EXIT_USAGE, &message),
+    };
+    let budget = match args.compile_timeout {
+        Some(d) if d.is_zero() => return fail(EXIT_USAGE, "--compile-timeout must be greater than zero"),
+        Some(d) => d,
+        None => DEFAULT_COMPILE_TIMEOUT,
+    };
+    let compiler = match ProcessCompiler::this_program(budget) {
+        Ok(process) => Compiler::Process(process),
+        Err(e) => return fail(EXIT_USAGE, &format!("cannot find this program to compile plugins with: {e}")),
+    };
     let mut config = EngineConfig { data_dir: args.data.unwrap_or_else(default_data_dir), ..EngineConfig::default() };
+    config.compiler = compiler;
     if let Some(n) = args.concurrency {
         if n == 0 {
             return fail(EXIT_USAGE, "--concurrency must be at least 1");
@@ -118,6 +212,7 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         eprintln!("taskhost: WARNING: the models file will not reload on change: {e}");
     }
     config.models = Some(models);
+    ensure_fd_limit(serve_config.max_connections);
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -165,14 +260,11 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         }
         eprintln!("taskhost: shutting down");
     };
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    taskhost::api::serve(listener, app, serve_config, shutdown).await;
     // Stop dispatching and watching, let running attempts end and their
     // outcomes commit, then release the store.
     engine.close().await;
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(EXIT_USAGE, &format!("server error: {e}")),
-    }
+    ExitCode::SUCCESS
 }
 
 /// Ends start-up on an engine that would not open: a store that cannot be

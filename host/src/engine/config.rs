@@ -2,6 +2,7 @@
 
 use super::{FlowLimits, RetryPolicy};
 use crate::SandboxConfig;
+use crate::registry::Compiler;
 use std::path::PathBuf;
 
 /// Engine settings. See [`EngineConfig::default`] for the defaults.
@@ -38,6 +39,9 @@ pub struct EngineConfig {
     /// Most plugin names: an upload (or manifest) for a new name past
     /// this many is refused (409 `limit_reached`). Default 1,000.
     pub max_plugins: usize,
+    /// Where plugins compile. Default [`Compiler::InProcess`] (no time
+    /// budget); `taskhost serve` compiles in child processes with one.
+    pub compiler: Compiler,
 }
 
 impl Default for EngineConfig {
@@ -55,6 +59,7 @@ impl Default for EngineConfig {
             models: None,
             max_queues: 1_000,
             max_plugins: 1_000,
+            compiler: Compiler::default(),
         }
     }
 }

@@ -34,6 +34,10 @@ pub enum EngineError {
     /// names), and this request would add one more.
     #[error("{0}")]
     LimitReached(String),
+    /// Compiling the uploaded component ran past the host's compile budget
+    /// and was stopped.
+    #[error("{0}")]
+    CompileTimeout(String),
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
@@ -71,8 +75,10 @@ impl From<RegistryError> for EngineError {
             | RegistryError::BadManifest(_) => Self::InvalidRequest(e.to_string()),
             RegistryError::VersionTaken { .. } | RegistryError::InUse { .. } => Self::Conflict(e.to_string()),
             RegistryError::Invalid(_) => Self::InvalidPlugin(e.to_string()),
+            RegistryError::CompileTimeout { .. } => Self::CompileTimeout(e.to_string()),
             RegistryError::Busy => Self::Overloaded(e.to_string()),
             RegistryError::TooManyPlugins { .. } => Self::LimitReached(e.to_string()),
+            RegistryError::Compiler(_) | RegistryError::Io { .. } => Self::Unavailable(e.to_string()),
             RegistryError::Store(s) => Self::Store(s),
         }
     }

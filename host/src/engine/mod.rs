@@ -54,6 +54,10 @@ use std::time::Duration;
 use submission::Submission;
 use uuid::Uuid;
 
+/// How long closing waits for the watched directory's loader before it
+/// stops waiting on the compile it is in.
+const WATCH_STOP_GRACE: Duration = Duration::from_secs(2);
+
 /// Tasks by (plugin version, state).
 pub type TaskCounts = HashMap<(String, TaskState), u64>;
 
@@ -109,7 +113,12 @@ impl Engine {
         let sandbox = blocking(move || Sandbox::new(sandbox_config)).await?;
         let metrics = Metrics::new(config.models.as_ref().map(|m| m.metrics()));
         let registry_metrics = metrics.registry_metrics.clone();
-        let registry = Registry::open(sandbox.clone(), store.clone(), registry_metrics, config.data_dir.join("cache"))
+        let options = crate::registry::RegistryOptions {
+            cache_dir: config.data_dir.join("cache"),
+            staging_dir: config.data_dir.join("uploads"),
+            compiler: config.compiler.clone(),
+        };
+        let registry = Registry::open(sandbox.clone(), store.clone(), registry_metrics, options)
             .await
             .context("loading plugins")?
             .with_max_plugins(config.max_plugins);
@@ -256,6 +265,34 @@ impl Engine {
         wait: bool,
     ) -> Result<(VersionStatus, bool), EngineError> {
         Ok(self.registry()?.add(name, bytes, version, wait).await?)
+    }
+
+    /// Starts an upload whose body is still to arrive: checks the name and
+    /// version and takes a place in the compile queue, so a full queue is
+    /// refused before the body is read. The body is then written to the
+    /// upload's staging file ([`crate::registry::Staging::write`]) and the
+    /// upload added with [`Engine::add_staged_plugin`].
+    pub(crate) async fn begin_plugin_upload(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(crate::registry::QueueSlot, crate::registry::Staging), EngineError> {
+        let registry = self.registry()?;
+        Registry::check_names(name, version)?;
+        let slot = registry.reserve()?;
+        Ok((slot, registry.staging().await?))
+    }
+
+    /// Adds an upload staged after [`Engine::begin_plugin_upload`].
+    pub(crate) async fn add_staged_plugin(
+        &self,
+        slot: crate::registry::QueueSlot,
+        name: &str,
+        staged: crate::registry::Staged,
+        version: Option<String>,
+        wait: bool,
+    ) -> Result<(VersionStatus, bool), EngineError> {
+        Ok(self.registry()?.add_staged(slot, name, staged, version, wait).await?)
     }
 
     /// The model registry, if this engine serves models.
@@ -438,9 +475,14 @@ impl Engine {
         // Outcomes a full disk holds are answered now, not waited for.
         self.inner.shared.store.stop_retrying();
         let watcher = lock(&self.inner.watcher).take();
-        if let Some(crate::registry::watch::DirWatch { watch, loader }) = watcher {
+        if let Some(crate::registry::watch::DirWatch { watch, mut loader }) = watcher {
             drop(watch);
-            let _ = loader.await;
+            // The loader ends once the watcher lets go of its channel, unless
+            // it waits on a compile: that wait is dropped past a bound (the
+            // compile itself ends with the process).
+            if tokio::time::timeout(WATCH_STOP_GRACE, &mut loader).await.is_err() {
+                loader.abort();
+            }
         }
         let dispatcher = lock(&self.inner.dispatcher).take();
         if let Some(handle) = dispatcher {

@@ -1,6 +1,8 @@
 //! The plugin registry: named, immutable, content-addressed versions,
-//! persisted in the store, compiled off the async workers on one
-//! low-priority compile thread, with compiled artifacts cached on disk.
+//! persisted in the store, compiled off the async workers one at a time at
+//! low priority (in a child process with a time budget, or on a thread: see
+//! [`Compiler`]), with compiled artifacts cached on disk. Uploads wait for
+//! the compile queue as files in the staging directory, not in memory.
 //! It is the one place that knows which versions are loaded: tasks pin the
 //! version they resolved at submission ([`Pin`], from resolving until the
 //! task is admitted) and hold it (`Registry::hold`) until they end; a
@@ -12,12 +14,16 @@
 //! [`Manifest`]s here, and `watch` loads a watched directory. New plugin
 //! names are refused past `max_plugins`.
 
+mod compiler;
 mod manifest;
 mod metrics;
+mod staging;
 pub(crate) mod watch;
 
+pub use compiler::{COMPILE_COMMAND, Compiler, ProcessCompiler, compile_process_main};
 pub use manifest::{DirMode, Manifest, ManifestDir, ManifestLimits, ManifestNetwork};
 pub(crate) use metrics::RegistryMetrics;
+pub(crate) use staging::{Staged, Staging};
 
 use crate::names::{self, NameError};
 use crate::store::{PluginEntry, PluginVersion, Store, StoreError, now_ms};
@@ -29,7 +35,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Uploads compiling or waiting to compile at most; another upload is
 /// refused (503 with `Retry-After`) until one finishes.
@@ -50,8 +56,8 @@ pub(crate) enum RegistryError {
     Unknown(String),
     #[error("plugin `{name}` has no live version `{version}` (live: {known})")]
     UnknownVersion { name: String, version: String, known: String },
-    #[error("the component is {size} bytes; the limit is {MAX_PLUGIN_BYTES}")]
-    TooLarge { size: usize },
+    #[error("the component is too large: at least {size} bytes; the limit is {MAX_PLUGIN_BYTES}")]
+    TooLarge { size: u64 },
     #[error("version {version} of `{name}` already exists with other content; versions are immutable")]
     VersionTaken { name: String, version: String },
     #[error("invalid plugin: {0}")]
@@ -67,8 +73,26 @@ pub(crate) enum RegistryError {
          (max_plugins); delete the versions of one first"
     )]
     TooManyPlugins { name: String, max: usize },
+    #[error(
+        "compiling the component took longer than this host's compile budget of {}; it was stopped \
+         (`taskhost serve --compile-timeout`)",
+        humantime::format_duration(*budget)
+    )]
+    CompileTimeout { budget: Duration },
+    /// The compile process could not run or answer (a host problem, not
+    /// the component's).
+    #[error("{0}")]
+    Compiler(String),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl RegistryError {
+    pub(crate) fn io(context: String, source: std::io::Error) -> Self {
+        Self::Io { context, source }
+    }
 }
 
 /// Where a version is in its life.
@@ -212,15 +236,34 @@ pub(crate) struct Loaded {
     pub(crate) pin: Pin,
 }
 
+/// Where the registry keeps its files and how it compiles.
+#[derive(Debug, Clone)]
+pub(crate) struct RegistryOptions {
+    /// Compiled artifacts.
+    pub(crate) cache_dir: PathBuf,
+    /// Uploads waiting for the compile queue (emptied at open).
+    pub(crate) staging_dir: PathBuf,
+    /// In-process or in a child process with a time budget.
+    pub(crate) compiler: Compiler,
+}
+
 pub(crate) struct Registry {
     sandbox: Sandbox,
     store: Store,
     metrics: RegistryMetrics,
     cache_dir: PathBuf,
+    staging_dir: PathBuf,
     fingerprint: String,
-    /// One compile thread at low CPU priority: compiling never takes more
-    /// than one core from running tasks, and yields to them.
-    compiler: std::sync::Mutex<std::sync::mpsc::Sender<CompileJob>>,
+    compiler: Compiler,
+    /// With [`Compiler::InProcess`], one compile thread at low CPU
+    /// priority: compiling never takes more than one core from running
+    /// tasks, and yields to them.
+    compile_thread: Option<std::sync::Mutex<std::sync::mpsc::Sender<CompileJob>>>,
+    /// One compile at a time, wherever it runs.
+    compile_slot: Semaphore,
+    /// One upload at a time is read whole into memory (for its declared
+    /// version, or to be stored).
+    whole_slot: Semaphore,
     entries: RwLock<HashMap<String, Entry>>,
     compiled: AtomicU64,
     cache_hits: AtomicU64,
@@ -230,12 +273,23 @@ pub(crate) struct Registry {
     max_plugins: usize,
 }
 
+/// A place in the compile queue, held by an upload until its compile ends.
+#[derive(Debug)]
+pub(crate) struct QueueSlot {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// What a version is compiled from.
+enum Input {
+    /// An upload waiting in the staging directory.
+    Staged(Staged),
+    /// A stored version's bytes (staged only if it must be compiled).
+    Blob(Arc<[u8]>),
+}
+
 type CompileJob = Box<dyn FnOnce() + Send>;
 
-/// Niceness of the compile thread: running tasks get the CPU first.
-const COMPILE_NICENESS: libc::c_int = 10;
-
-fn start_compiler() -> Result<std::sync::mpsc::Sender<CompileJob>, RegistryError> {
+fn start_compile_thread() -> Result<std::sync::mpsc::Sender<CompileJob>, RegistryError> {
     let (tx, rx) = std::sync::mpsc::channel::<CompileJob>();
     std::thread::Builder::new()
         .name("taskhost-compile".into())
@@ -244,21 +298,23 @@ fn start_compiler() -> Result<std::sync::mpsc::Sender<CompileJob>, RegistryError
             // leaves the default priority.
             unsafe {
                 let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                libc::setpriority(libc::PRIO_PROCESS, tid, COMPILE_NICENESS);
+                libc::setpriority(libc::PRIO_PROCESS, tid, compiler::COMPILE_NICENESS);
             }
             while let Ok(job) = rx.recv() {
                 job();
             }
         })
-        .map_err(|e| StoreError::CommitFailed(format!("cannot start the compile thread: {e}")))?;
+        .map_err(|e| RegistryError::io("starting the compile thread".into(), e))?;
     Ok(tx)
 }
 
 /// Writes a compiled artifact (atomically) and returns its sha256.
-fn write_artifact(plugin: &Plugin, path: &std::path::Path) -> Result<String, String> {
-    let artifact = plugin.serialize().map_err(|e| e.to_string())?;
+fn write_artifact(plugin: &Plugin, path: &std::path::Path) -> Result<String, RegistryError> {
+    let artifact = plugin.serialize()?;
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, &artifact).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| e.to_string())?;
+    std::fs::write(&tmp, &artifact)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .map_err(|e| RegistryError::io(format!("writing {}", path.display()), e))?;
     Ok(hex(&Sha256::digest(&artifact)))
 }
 
@@ -279,19 +335,32 @@ impl Registry {
         sandbox: Sandbox,
         store: Store,
         metrics: RegistryMetrics,
-        cache_dir: PathBuf,
+        options: RegistryOptions,
     ) -> Result<Self, RegistryError> {
+        let RegistryOptions { cache_dir, staging_dir, compiler } = options;
         let dir = cache_dir.clone();
-        blocking(move || std::fs::create_dir_all(&dir)).await.map_err(|e| {
-            StoreError::CommitFailed(format!("creating the artifact cache {}: {e}", cache_dir.display()))
+        blocking(move || std::fs::create_dir_all(&dir))
+            .await
+            .map_err(|e| RegistryError::io(format!("creating the artifact cache {}", cache_dir.display()), e))?;
+        let dir = staging_dir.clone();
+        blocking(move || staging::reset_dir(&dir)).await.map_err(|e| {
+            RegistryError::io(format!("emptying the upload staging directory {}", staging_dir.display()), e)
         })?;
+        let compile_thread = match compiler {
+            Compiler::InProcess => Some(std::sync::Mutex::new(start_compile_thread()?)),
+            Compiler::Process(_) => None,
+        };
         let registry = Self {
             fingerprint: sandbox.fingerprint(),
             sandbox,
             store,
             metrics,
             cache_dir,
-            compiler: std::sync::Mutex::new(start_compiler()?),
+            staging_dir,
+            compiler,
+            compile_thread,
+            compile_slot: Semaphore::new(1),
+            whole_slot: Semaphore::new(1),
             entries: RwLock::default(),
             compiled: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
@@ -305,7 +374,8 @@ impl Registry {
             let mut entry = Entry { latest, manifest, ..Entry::default() };
             for info in versions {
                 let bytes = registry.blob(&name, &info).await?;
-                let (state, plugin, load_time, from_cache) = match registry.load_stored(&name, &info, bytes).await {
+                let loaded = registry.load_stored(&name, &info, Input::Blob(bytes)).await;
+                let (state, plugin, load_time, from_cache) = match loaded {
                     Ok(o) => (VersionState::Live, Some(o.plugin), Some(o.took), o.from_cache),
                     Err(e) => (VersionState::Failed(e.to_string()), None, None, false),
                 };
@@ -358,14 +428,16 @@ impl Registry {
     }
 
     /// Compiles (or loads from the cache) one version. Every step that
-    /// reads files, hashes or compiles runs off the async workers.
-    async fn load(&self, name: &str, info: &PluginVersion, bytes: Arc<[u8]>) -> Result<LoadOutcome, LoadError> {
+    /// reads files, hashes or compiles runs off the async workers; compiles
+    /// run one at a time.
+    async fn load(&self, name: &str, info: &PluginVersion, input: Input) -> Result<LoadOutcome, RegistryError> {
         let started = Instant::now();
         let key = format!("{}-{}", info.digest, self.fingerprint);
         let path = self.cache_dir.join(format!("{key}.cwasm"));
+        let size = usize::try_from(info.size).unwrap_or(usize::MAX);
         let cached = {
             let (store, sandbox, key, path) = (self.store.clone(), self.sandbox.clone(), key.clone(), path.clone());
-            let (name, version, size) = (name.to_owned(), info.version.clone(), bytes.len());
+            let (name, version) = (name.to_owned(), info.version.clone());
             blocking(move || -> Option<Plugin> {
                 // Only an artifact whose hash this host recorded when it wrote
                 // it is ever deserialised: deserialising trusts the bytes as
@@ -398,13 +470,47 @@ impl Registry {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(LoadOutcome { plugin, took: started.elapsed(), from_cache: true, written: None });
         }
-        let (plugin, written) = {
-            let (sandbox, name, version) = (self.sandbox.clone(), name.to_owned(), info.version.clone());
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            // Compiling and writing the artifact both happen on the compile
-            // thread.
-            let job: CompileJob = Box::new(move || {
-                let result = sandbox.load(&name, &version, &bytes).map(|plugin| {
+        let _slot = self.compile_slot.acquire().await.expect("the compile slot is never closed");
+        let compile_started = Instant::now();
+        let staged = match input {
+            Input::Staged(staged) => staged,
+            Input::Blob(bytes) => staging::stage_bytes(&self.staging_dir, bytes).await?,
+        };
+        let (plugin, written) = match &self.compiler {
+            Compiler::InProcess => self.compile_on_thread(name, &info.version, staged, key, path).await?,
+            Compiler::Process(process) => {
+                let compiled =
+                    compiler::compile_in_child(process, &self.sandbox, name, &info.version, staged.path(), size, &path)
+                        .await;
+                if let Err(RegistryError::CompileTimeout { .. }) = &compiled {
+                    self.metrics.compile_timeouts.inc();
+                }
+                let compiled = compiled?;
+                (compiled.plugin, compiled.artifact_hash.map(|hash| (key, hash)))
+            }
+        };
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        self.metrics.compile_time.observe(compile_started.elapsed().as_secs_f64());
+        Ok(LoadOutcome { plugin, took: started.elapsed(), from_cache: false, written })
+    }
+
+    /// Compiles on the compile thread, which also writes the artifact.
+    async fn compile_on_thread(
+        &self,
+        name: &str,
+        version: &str,
+        staged: Staged,
+        key: String,
+        path: PathBuf,
+    ) -> Result<(Plugin, Option<(String, String)>), RegistryError> {
+        let thread = self.compile_thread.as_ref().ok_or_else(|| RegistryError::Compiler("no compile thread".into()))?;
+        let (sandbox, name, version) = (self.sandbox.clone(), name.to_owned(), version.to_owned());
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: CompileJob = Box::new(move || {
+            let result = std::fs::read(staged.path())
+                .map_err(|e| RegistryError::io(format!("reading {}", staged.path().display()), e))
+                .and_then(|bytes| sandbox.load(&name, &version, &bytes).map_err(RegistryError::Invalid))
+                .map(|plugin| {
                     let written = match write_artifact(&plugin, &path) {
                         Ok(hash) => Some((key, hash)),
                         Err(error) => {
@@ -414,21 +520,16 @@ impl Registry {
                     };
                     (plugin, written)
                 });
-                drop(tx.send(result));
-            });
-            let sent = lock(&self.compiler).send(job);
-            sent.map_err(|_| LoadError::Compile("the compile thread is gone".into()))?;
-            rx.await.map_err(|_| LoadError::Compile("the compile thread failed".into()))??
-        };
-        self.compiled.fetch_add(1, Ordering::Relaxed);
-        let took = started.elapsed();
-        self.metrics.compile_time.observe(took.as_secs_f64());
-        Ok(LoadOutcome { plugin, took, from_cache: false, written })
+            drop(tx.send(result));
+        });
+        let sent = lock(thread).send(job);
+        sent.map_err(|_| RegistryError::Compiler("the compile thread is gone".into()))?;
+        rx.await.map_err(|_| RegistryError::Compiler("the compile thread failed".into()))?
     }
 
     /// Loads a stored version and records a freshly written artifact.
-    async fn load_stored(&self, name: &str, info: &PluginVersion, bytes: Arc<[u8]>) -> Result<LoadOutcome, LoadError> {
-        let outcome = self.load(name, info, bytes).await?;
+    async fn load_stored(&self, name: &str, info: &PluginVersion, input: Input) -> Result<LoadOutcome, RegistryError> {
+        let outcome = self.load(name, info, input).await?;
         if let Some((key, hash)) = outcome.written.clone()
             && let Err(error) = self.store.set_cache_hash(key, hash).await
         {
@@ -437,10 +538,35 @@ impl Registry {
         Ok(outcome)
     }
 
-    /// Adds a version: checks it, reserves its version number, compiles it
-    /// off the async workers, then stores it and makes it live. Identical
-    /// bytes give back the existing version. With `wait`, returns once it is
-    /// live (or with why it failed); otherwise at once, `compiling`.
+    /// Checks a plugin name and an explicit version.
+    pub(crate) fn check_names(name: &str, version: Option<&str>) -> Result<(), RegistryError> {
+        names::name(names::NameKind::Plugin, name).map_err(RegistryError::BadName)?;
+        if let Some(v) = version {
+            names::version(v).map_err(RegistryError::BadVersion)?;
+        }
+        Ok(())
+    }
+
+    /// Takes a place in the compile queue, or refuses at once
+    /// ([`RegistryError::Busy`]) when [`MAX_COMPILE_QUEUE`] uploads hold
+    /// one: before an upload's body is read.
+    pub(crate) fn reserve(&self) -> Result<QueueSlot, RegistryError> {
+        self.uploads.clone().try_acquire_owned().map(|p| QueueSlot { _permit: p }).map_err(|_| RegistryError::Busy)
+    }
+
+    /// Waits for a place in the compile queue (the watched directory's
+    /// files are not requests that can be refused).
+    pub(crate) async fn reserve_waiting(&self) -> QueueSlot {
+        QueueSlot { _permit: self.uploads.clone().acquire_owned().await.expect("the upload queue is never closed") }
+    }
+
+    /// A new staging file for an upload.
+    pub(crate) async fn staging(&self) -> Result<Staging, RegistryError> {
+        Staging::create(&self.staging_dir).await
+    }
+
+    /// Adds a version from bytes in memory: checks them, then stages them
+    /// and adds them as [`Registry::add_staged`] does.
     pub(crate) async fn add(
         self: &Arc<Self>,
         name: &str,
@@ -448,25 +574,43 @@ impl Registry {
         version: Option<String>,
         wait: bool,
     ) -> Result<(VersionStatus, bool), RegistryError> {
-        names::name(names::NameKind::Plugin, name).map_err(RegistryError::BadName)?;
+        Self::check_names(name, version.as_deref())?;
         if bytes.len() > MAX_PLUGIN_BYTES {
-            return Err(RegistryError::TooLarge { size: bytes.len() });
-        }
-        if let Some(v) = &version {
-            names::version(v).map_err(RegistryError::BadVersion)?;
+            return Err(RegistryError::TooLarge { size: bytes.len() as u64 });
         }
         crate::sandbox::check_header(&bytes)?;
-        // Held until its compile ends (or the upload turns out to be known).
-        let permit = self.uploads.clone().try_acquire_owned().map_err(|_| RegistryError::Busy)?;
-        // Hashing and reading the metadata of up to 64 MiB: off the workers,
-        // and before the registry lock, so no submission waits on it.
-        let bytes: Arc<[u8]> = bytes.into();
-        let (digest, declared) = {
-            let bytes = bytes.clone();
-            let want_declared = version.is_none();
-            blocking(move || (hex(&Sha256::digest(&bytes)), want_declared.then(|| declared_version(&bytes)).flatten()))
-                .await
+        let slot = self.reserve()?;
+        let staging = self.staging().await?;
+        let staged = blocking(move || staging.fill_from(&bytes[..])).await?;
+        self.add_staged(slot, name, staged, version, wait).await
+    }
+
+    /// Adds a staged version: checks it, reserves its version number,
+    /// compiles it off the async workers, then stores it and makes it live.
+    /// Identical bytes give back the existing version. With `wait`, returns
+    /// once it is live (or with why it failed); otherwise at once,
+    /// `compiling`. `slot` is held until the compile ends.
+    pub(crate) async fn add_staged(
+        self: &Arc<Self>,
+        slot: QueueSlot,
+        name: &str,
+        staged: Staged,
+        version: Option<String>,
+        wait: bool,
+    ) -> Result<(VersionStatus, bool), RegistryError> {
+        Self::check_names(name, version.as_deref())?;
+        crate::sandbox::check_header(staged.head())?;
+        // The version a component declares is in its metadata: a parse of
+        // up to the whole component, read whole one upload at a time.
+        let declared = match &version {
+            Some(_) => None,
+            None => {
+                let _whole = self.whole_slot.acquire().await.expect("never closed");
+                let bytes = staged.read().await?;
+                blocking(move || declared_version(&bytes)).await
+            }
         };
+        let digest = staged.digest.clone();
         let status = {
             let mut entries = write(&self.entries);
             self.admit_name(&entries, name)?;
@@ -497,7 +641,7 @@ impl Registry {
                 return Err(RegistryError::VersionTaken { name: name.into(), version });
             }
             entry.slots.retain(|s| s.status.info.version != version);
-            let info = PluginVersion { version, digest, size: bytes.len() as u64, created_at_ms: now_ms() };
+            let info = PluginVersion { version, digest, size: staged.size, created_at_ms: now_ms() };
             let status = VersionStatus {
                 info,
                 state: VersionState::Compiling,
@@ -511,16 +655,15 @@ impl Registry {
         let job = {
             let (registry, name, info) = (self.clone(), name.to_owned(), status.info.clone());
             tokio::spawn(async move {
-                let _permit = permit;
-                registry.finish_add(name, info, bytes).await
+                let _slot = slot;
+                registry.finish_add(name, info, staged).await
             })
         };
         if !wait {
             return Ok((status, true));
         }
         match job.await {
-            Ok(Ok(status)) => Ok((status, true)),
-            Ok(Err(e)) => Err(e),
+            Ok(result) => result.map(|status| (status, true)),
             Err(e) => Err(RegistryError::Invalid(LoadError::Compile(format!("the compile task failed: {e}")))),
         }
     }
@@ -529,18 +672,26 @@ impl Registry {
         &self,
         name: String,
         info: PluginVersion,
-        bytes: Arc<[u8]>,
+        staged: Staged,
     ) -> Result<VersionStatus, RegistryError> {
-        let outcome = self.load(&name, &info, bytes.clone()).await;
-        // One commit stores the version, its blob and its cached artifact's hash.
+        let outcome = self.load(&name, &info, Input::Staged(staged.clone())).await;
+        // One commit stores the version, its blob and its cached artifact's
+        // hash; the blob is read whole one upload at a time.
         let stored = match &outcome {
-            Ok(o) => self
-                .store
-                .put_plugin_version(name.clone(), info.clone(), bytes.to_vec(), o.written.clone())
-                .await
-                .map_err(RegistryError::from),
+            Ok(o) => {
+                let _whole = self.whole_slot.acquire().await.expect("never closed");
+                match staged.read().await {
+                    Ok(bytes) => self
+                        .store
+                        .put_plugin_version(name.clone(), info.clone(), bytes, o.written.clone())
+                        .await
+                        .map_err(RegistryError::from),
+                    Err(e) => Err(e),
+                }
+            }
             Err(_) => Ok(()),
         };
+        drop(staged);
         let mut entries = write(&self.entries);
         let entry = entries.entry(name).or_default();
         let Some(slot) = entry.slots.iter_mut().find(|s| s.status.info.version == info.version) else {
@@ -555,11 +706,7 @@ impl Registry {
                 slot.status.loaded = true;
                 Ok(slot.status.clone())
             }
-            (Err(e), _) => {
-                slot.status.state = VersionState::Failed(e.to_string());
-                Err(RegistryError::Invalid(e))
-            }
-            (Ok(_), Err(e)) => {
+            (Err(e), _) | (Ok(_), Err(e)) => {
                 slot.status.state = VersionState::Failed(e.to_string());
                 Err(e)
             }
@@ -611,7 +758,8 @@ impl Registry {
             }
         };
         let bytes = self.blob(name, &info).await?;
-        let LoadOutcome { plugin, took, from_cache: cached, .. } = self.load_stored(name, &info, bytes).await?;
+        let LoadOutcome { plugin, took, from_cache: cached, .. } =
+            self.load_stored(name, &info, Input::Blob(bytes)).await?;
         let mut entries = write(&self.entries);
         if let Some(slot) =
             entries.get_mut(name).and_then(|e| e.slots.iter_mut().find(|s| s.status.info.version == version))
@@ -833,7 +981,12 @@ mod tests {
         let store = Store::open(&dir.join("t.redb"), true).unwrap();
         let mut prometheus = prometheus_client::registry::Registry::default();
         let metrics = RegistryMetrics::register(&mut prometheus);
-        let registry = Registry::open(sandbox, store, metrics, dir.join("cache")).await.unwrap();
+        let options = RegistryOptions {
+            cache_dir: dir.join("cache"),
+            staging_dir: dir.join("uploads"),
+            compiler: Compiler::default(),
+        };
+        let registry = Registry::open(sandbox, store, metrics, options).await.unwrap();
         Arc::new(registry.with_max_plugins(max_plugins))
     }
 

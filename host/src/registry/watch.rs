@@ -3,14 +3,20 @@
 //! sets NAME's manifest. Changes arrive debounced from the shared watcher
 //! ([`crate::watch`]), so each file is read once it has been quiet for a
 //! moment. A half-written file that fails to load is reported
-//! (`watch_error`) and tried again on its next change. Files are read on
-//! tokio's blocking pool; what was loaded is remembered by digest, not by
-//! content.
+//! (`watch_error`) and tried again on its next change. A file is opened
+//! without waiting (`O_NONBLOCK`) and checked before anything is read: only
+//! a regular file of at most the plugin (or manifest) limit is read, so a
+//! FIFO, socket, device or directory named `x.wasm`, or a huge sparse file,
+//! is skipped with a warning and never holds the loader or shutdown. Files
+//! are read on tokio's blocking pool, components straight into a staging
+//! file; what was loaded is remembered by digest, not by content.
 
 use super::{MAX_PLUGIN_BYTES, Manifest, Registry};
+use crate::sync::blocking;
 use crate::watch::{self, Watch, WatchError};
 use sha2_digest::{Digest, Sha256};
 use std::collections::HashMap;
+use std::io::Read as _;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,7 +53,7 @@ pub(crate) fn start(registry: Arc<Registry>, dir: PathBuf) -> Result<DirWatch, W
         .map(|e| e.path())
         .collect();
     let loader = tokio::spawn(async move {
-        let mut seen: HashMap<PathBuf, [u8; 32]> = HashMap::new();
+        let mut seen: HashMap<PathBuf, String> = HashMap::new();
         for path in existing {
             process(&registry, &path, &mut seen).await;
         }
@@ -76,16 +82,96 @@ fn classify(path: &Path) -> Option<(String, Option<String>, bool)> {
     })
 }
 
-/// Reads a watched file, refusing one larger than any plugin may be.
-async fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
-    let size = tokio::fs::metadata(path).await?.len();
-    if size > MAX_PLUGIN_BYTES as u64 {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::FileTooLarge,
-            format!("the file is {size} bytes; the limit is {MAX_PLUGIN_BYTES}"),
-        ));
+/// Largest manifest (`NAME.toml`) read from the directory.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// Why a watched file was not read.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    #[error("it is gone")]
+    Gone,
+    #[error("it is {0}, not a regular file; only regular files are loaded")]
+    NotAFile(&'static str),
+    #[error("it is {size} bytes; the limit is {limit}")]
+    TooLarge { size: u64, limit: u64 },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Registry(#[from] super::RegistryError),
+}
+
+/// What kind of file a non-regular file is, for the operator.
+fn kind(file_type: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if file_type.is_dir() {
+        "a directory"
+    } else if file_type.is_fifo() {
+        "a FIFO"
+    } else if file_type.is_socket() {
+        "a socket"
+    } else if file_type.is_char_device() || file_type.is_block_device() {
+        "a device"
+    } else {
+        "not a regular file"
     }
-    tokio::fs::read(path).await
+}
+
+/// A regular file of at most `limit` bytes, or why not.
+fn check(metadata: &std::fs::Metadata, limit: u64) -> Result<(), ReadError> {
+    if !metadata.file_type().is_file() {
+        return Err(ReadError::NotAFile(kind(metadata.file_type())));
+    }
+    if metadata.len() > limit {
+        return Err(ReadError::TooLarge { size: metadata.len(), limit });
+    }
+    Ok(())
+}
+
+/// Opens a watched file without ever waiting on it: its type and size are
+/// checked first (`stat` never blocks), then it is opened with
+/// `O_NONBLOCK` (a FIFO swapped in meanwhile opens at once) and what was
+/// opened is checked again. Blocking: call it on the blocking pool.
+fn open_regular(path: &Path, limit: u64) -> Result<std::fs::File, ReadError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let gone_or =
+        |e: std::io::Error| if e.kind() == std::io::ErrorKind::NotFound { ReadError::Gone } else { ReadError::Io(e) };
+    check(&std::fs::metadata(path).map_err(gone_or)?, limit)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(gone_or)?;
+    check(&file.metadata()?, limit)?;
+    Ok(file)
+}
+
+/// A watched file, read and checked.
+enum Content {
+    /// A component, staged (not in memory) with its digest.
+    Component(super::Staged),
+    /// A manifest's text.
+    Manifest(Vec<u8>),
+}
+
+/// Reads a watched file on the blocking pool, never waiting on what is not
+/// a regular file and never reading more than a plugin or manifest may be.
+async fn read_checked(registry: &Arc<Registry>, path: &Path, is_manifest: bool) -> Result<Content, ReadError> {
+    let path = path.to_owned();
+    if is_manifest {
+        return blocking(move || {
+            let file = open_regular(&path, MAX_MANIFEST_BYTES)?;
+            let mut text = Vec::new();
+            file.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut text)?;
+            Ok(Content::Manifest(text))
+        })
+        .await;
+    }
+    let staging = registry.staging().await?;
+    blocking(move || {
+        let file = open_regular(&path, MAX_PLUGIN_BYTES as u64)?;
+        Ok(Content::Component(staging.fill_from(file)?))
+    })
+    .await
 }
 
 /// Adds a watched file's version, waiting while uploads fill the compile
@@ -93,43 +179,42 @@ async fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
 async fn add_waiting(
     registry: &Arc<Registry>,
     name: &str,
-    bytes: Vec<u8>,
+    staged: super::Staged,
     version: Option<String>,
 ) -> Result<(), String> {
-    loop {
-        match registry.add(name, bytes.clone(), version.clone(), true).await {
-            Ok(_) => return Ok(()),
-            Err(super::RegistryError::Busy) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
-            Err(e) => return Err(e.to_string()),
-        }
-    }
+    let slot = registry.reserve_waiting().await;
+    registry.add_staged(slot, name, staged, version, true).await.map(drop).map_err(|e| e.to_string())
 }
 
-async fn process(registry: &Arc<Registry>, path: &Path, seen: &mut HashMap<PathBuf, [u8; 32]>) {
+async fn process(registry: &Arc<Registry>, path: &Path, seen: &mut HashMap<PathBuf, String>) {
     let Some((name, version, is_manifest)) = classify(path) else { return };
-    let bytes = match read_bounded(path).await {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    let content = match read_checked(registry, path, is_manifest).await {
+        Ok(content) => content,
+        Err(ReadError::Gone) => {
             seen.remove(path); // removed or renamed away: nothing to load
             return;
         }
         Err(error) => {
-            tracing::warn!(file = %path.display(), %error, "cannot read from the plugins directory");
+            tracing::warn!(file = %path.display(), %error, "skipping a file in the plugins directory");
             registry.set_watch_error(&name, Some(format!("{}: {error}", path.display())));
             return;
         }
     };
-    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+    let digest = match &content {
+        Content::Manifest(text) => super::hex(&Sha256::digest(text)),
+        Content::Component(staged) => staged.digest.clone(),
+    };
     if seen.get(path) == Some(&digest) {
         return;
     }
-    let outcome = if is_manifest {
-        match std::str::from_utf8(&bytes).map_err(|e| e.to_string()).and_then(Manifest::parse) {
-            Ok(manifest) => registry.set_manifest(&name, Some(manifest)).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e),
+    let outcome = match content {
+        Content::Manifest(bytes) => {
+            match std::str::from_utf8(&bytes).map_err(|e| e.to_string()).and_then(Manifest::parse) {
+                Ok(manifest) => registry.set_manifest(&name, Some(manifest)).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            }
         }
-    } else {
-        add_waiting(registry, &name, bytes, version).await
+        Content::Component(staged) => add_waiting(registry, &name, staged, version).await,
     };
     match outcome {
         Ok(()) => {
@@ -141,5 +226,31 @@ async fn process(registry: &Arc<Registry>, path: &Path, seen: &mut HashMap<PathB
             tracing::warn!(file = %path.display(), %error, "could not load from the plugins directory");
             registry.set_watch_error(&name, Some(format!("{}: {error}", path.display())));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_regular_files_within_the_limit_are_opened_and_nothing_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("pipe.wasm");
+        let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string; creates a FIFO in our own directory.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+        assert!(matches!(open_regular(&fifo, 10), Err(ReadError::NotAFile("a FIFO"))));
+        std::fs::create_dir(dir.path().join("folder.wasm")).unwrap();
+        assert!(matches!(open_regular(&dir.path().join("folder.wasm"), 10), Err(ReadError::NotAFile("a directory"))));
+        let sparse = dir.path().join("sparse.wasm");
+        std::fs::File::create(&sparse).unwrap().set_len(1 << 30).unwrap();
+        assert!(matches!(open_regular(&sparse, 10), Err(ReadError::TooLarge { size: 1073741824, limit: 10 })));
+        assert!(matches!(open_regular(&dir.path().join("gone.wasm"), 10), Err(ReadError::Gone)));
+        let fine = dir.path().join("fine.wasm");
+        std::fs::write(&fine, b"0123456789").unwrap();
+        let mut text = String::new();
+        open_regular(&fine, 10).unwrap().read_to_string(&mut text).unwrap();
+        assert_eq!(text, "0123456789");
     }
 }
