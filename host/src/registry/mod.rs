@@ -4,7 +4,7 @@
 //! [`Compiler`]), with compiled artifacts cached on disk. Uploads wait for
 //! the compile queue as files in the staging directory, not in memory.
 //! It is the one place that knows which versions are loaded: tasks pin the
-//! version they resolved at submission ([`Pin`], from resolving until the
+//! version they resolved at submission (`Pin`, from resolving until the
 //! task is admitted) and hold it (`Registry::hold`) until they end; a
 //! version that is neither what its name resolves to nor held by an
 //! unfinished task is unloaded, and reloaded from the artifact cache when

@@ -61,8 +61,8 @@ impl AttemptRuntime {
     }
 
     /// Whether the blocking pool takes work: a no-op sent to it runs
-    /// within [`PROBE_WAIT`]. At most one probe is in flight, so a stuck
-    /// pool holds one probe, not one per attempt.
+    /// within 200 ms (`PROBE_WAIT`). At most one probe is in flight, so a
+    /// stuck pool holds one probe, not one per attempt.
     pub async fn file_io_available(&self) -> bool {
         let Some(handle) = self.handle() else { return false };
         let mut answered = {
