@@ -72,8 +72,9 @@ pub(crate) struct ServeArgs {
     /// Ceiling: largest host budget a manifest may give (default 1GiB).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_host_memory: Option<u64>,
-    /// Threads for guests' blocking file I/O (default 64); when guests
-    /// hold them all, further guest file I/O waits and ends by timeout.
+    /// Threads for guests' blocking file I/O (default 64); while guests
+    /// hold them all, tasks with granted directories fail at once as a
+    /// retried host error.
     #[arg(long, value_name = "N")]
     guest_file_threads: Option<usize>,
     /// Most queues; a task or setting naming a new queue past this is

@@ -32,6 +32,9 @@ pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Idle connections kept per receiver between deliveries.
+/// How long an idle connection to a receiver is kept for its next callback.
+const IDLE_KEEP: Duration = Duration::from_secs(2);
+
 const IDLE_PER_HOST: usize = 4;
 
 pub(crate) struct Callbacks {
@@ -55,6 +58,10 @@ impl Callbacks {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(ATTEMPT_TIMEOUT)
             .pool_max_idle_per_host(IDLE_PER_HOST)
+            // Receivers are client-chosen addresses: idle connections to
+            // many of them must not pile up (the in-flight bound counts
+            // only connections in use).
+            .pool_idle_timeout(IDLE_KEEP)
             .build()
             // As `reqwest::Client::new` does: building fails only when the
             // TLS backend or resolver cannot start, and this one has neither.

@@ -65,7 +65,8 @@ impl AttemptRuntime {
     /// stuck pool holds one probe, not one per attempt.
     pub async fn file_io_available(&self) -> bool {
         let Some(handle) = self.handle() else { return false };
-        let mut answered = {
+        // The probe to wait for and when it was sent, read together.
+        let (mut answered, sent) = {
             let mut probe = crate::sync::lock(&self.probe);
             match &*probe {
                 Probe::Idle { answered: Some(at) } if at.elapsed() < PROBE_FRESH => return true,
@@ -74,20 +75,17 @@ impl AttemptRuntime {
                     handle.spawn_blocking(move || {
                         let _ = tx.send(true);
                     });
-                    *probe = Probe::InFlight { sent: Instant::now(), answered: rx.clone() };
-                    rx
+                    let sent = Instant::now();
+                    *probe = Probe::InFlight { sent, answered: rx.clone() };
+                    (rx, sent)
                 }
                 Probe::InFlight { answered, .. } if *answered.borrow() => {
                     *probe = Probe::Idle { answered: Some(Instant::now()) };
                     return true;
                 }
                 Probe::InFlight { sent, .. } if sent.elapsed() >= PROBE_WAIT => return false,
-                Probe::InFlight { answered, .. } => answered.clone(),
+                Probe::InFlight { answered, sent } => (answered.clone(), *sent),
             }
-        };
-        let sent = match &*crate::sync::lock(&self.probe) {
-            Probe::InFlight { sent, .. } => *sent,
-            Probe::Idle { .. } => return true,
         };
         let wait = PROBE_WAIT.saturating_sub(sent.elapsed());
         let ok = tokio::time::timeout(wait, answered.wait_for(|done| *done)).await.is_ok_and(|r| r.is_ok());

@@ -788,8 +788,11 @@ fn prepare(db: &Database, path: &Path, created: bool) -> Result<(), StoreError> 
                 meta.insert("schema", SCHEMA_VERSION)?;
             }
             Some(4) => {
-                // Indexes are unchanged from schema 4.
                 migrate::<record::TaskRecordV4>(&txn)?;
+                // The index layout is schema 4's; (re)building it also
+                // indexes a schema-4 file `store repair` salvaged, which
+                // copied no indexes.
+                index_all(&txn)?;
                 meta.insert("schema", SCHEMA_VERSION)?;
             }
             Some(v) => {

@@ -248,6 +248,9 @@ async fn a_schema_4_file_gains_the_host_budget_on_open() {
     }
     let store = Store::open(&path, true).unwrap();
     assert_eq!(store.get(Uuid::from_u128(1)).unwrap().unwrap(), failed);
+    // Indexed on migration (a salvaged schema-4 file has no indexes).
+    let failed_only = TaskQuery { state: Some(TaskState::Failed), ..TaskQuery::default() };
+    assert_eq!(store.list(&failed_only, None, 10).unwrap().0, std::slice::from_ref(&failed));
     drop(store);
     let db = redb::Database::create(&path).unwrap();
     let schema = db.begin_read().unwrap().open_table(META).unwrap().get("schema").unwrap().unwrap().value();

@@ -271,9 +271,10 @@ impl AttemptServices {
         let before = size(held.overlay.get(key)).unwrap_or(baseline);
         let after = size(Some(&value)).unwrap_or(0);
         let (was_reserved, reserve) = (before.saturating_sub(baseline), after.saturating_sub(baseline));
-        // The overlay holds the key and the new value. A deletion's is not
-        // counted: only stored keys can be deleted, and those are bounded
-        // by the flow's context cap.
+        // The overlay holds the key and the new value. A deletion is not
+        // counted: a key this attempt created is forgotten when deleted
+        // (below), so tombstones are only kept for stored keys, which the
+        // flow's context cap bounds.
         let holds =
             |v: Option<&Option<Vec<u8>>>| v.and_then(Option::as_ref).map_or(0, |v| (key.len() + v.len()) as u64);
         let (held_before, held_after) = (holds(held.overlay.get(key)), holds(Some(&value)));
@@ -297,7 +298,14 @@ impl AttemptServices {
             held.context_reserved -= was_reserved - reserve;
         }
         self.budget.refund(held_before.saturating_sub(held_after));
-        held.overlay.insert(key.to_owned(), value);
+        if value.is_none() && baseline == 0 {
+            // Deleting a key this attempt created leaves nothing to commit:
+            // forget it, so set-then-delete loops hold nothing.
+            held.overlay.remove(key);
+            held.baseline.remove(key);
+        } else {
+            held.overlay.insert(key.to_owned(), value);
+        }
         Ok(Ok(()))
     }
 
@@ -599,6 +607,12 @@ mod tests {
             assert!(services.context_delete("k").unwrap());
         }
         assert_eq!(services.budget().held(), 0);
+        // Keys created and deleted within the attempt leave nothing behind
+        // (no tombstones to hold or commit).
+        for i in 0..1_000 {
+            services.context_set(format!("new-{i}"), b"v".to_vec()).unwrap().unwrap();
+            assert!(services.context_delete(&format!("new-{i}")).unwrap());
+        }
         // Only the last write of a key is committed.
         services.context_set("k".into(), b"1".to_vec()).unwrap().unwrap();
         services.context_set("k".into(), b"2".to_vec()).unwrap().unwrap();
