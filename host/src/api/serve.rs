@@ -233,11 +233,19 @@ async fn connection(
             let router = router.clone();
             async move {
                 let timed_out = Arc::new(AtomicBool::new(false));
-                let request = request.map(|body| Body::new(Deadline::new(body, body_timeout, timed_out.clone())));
-                let response = tower::ServiceExt::oneshot(router, request).await.unwrap_or_else(|e| match e {});
+                let ended = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(request.body())));
+                let request =
+                    request.map(|body| Body::new(Deadline::new(body, body_timeout, timed_out.clone(), ended.clone())));
+                let mut response = tower::ServiceExt::oneshot(router, request).await.unwrap_or_else(|e| match e {});
                 drop(busy);
                 if timed_out.load(Ordering::SeqCst) {
                     return Ok::<_, Infallible>(body_timeout_response(body_timeout));
+                }
+                if !ended.load(Ordering::SeqCst) {
+                    // Answered before its body was read (a refusal): the
+                    // connection closes after this response, so say so,
+                    // or the client would send its next request into it.
+                    response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
                 }
                 Ok(response)
             }
@@ -294,11 +302,13 @@ struct Deadline {
     deadline: tokio::time::Instant,
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     timed_out: Arc<AtomicBool>,
+    /// Set once the whole body was read.
+    ended: Arc<AtomicBool>,
 }
 
 impl Deadline {
-    fn new(inner: Incoming, timeout: Duration, timed_out: Arc<AtomicBool>) -> Self {
-        Self { inner, timeout, deadline: tokio::time::Instant::now() + timeout, sleep: None, timed_out }
+    fn new(inner: Incoming, timeout: Duration, timed_out: Arc<AtomicBool>, ended: Arc<AtomicBool>) -> Self {
+        Self { inner, timeout, deadline: tokio::time::Instant::now() + timeout, sleep: None, timed_out, ended }
     }
 }
 
@@ -312,6 +322,9 @@ impl http_body::Body for Deadline {
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
         let this = self.get_mut();
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            if frame.is_none() || this.inner.is_end_stream() {
+                this.ended.store(true, Ordering::SeqCst);
+            }
             return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
         }
         let deadline = this.deadline;
