@@ -1,7 +1,8 @@
 //! The host around the sandbox under hostile plugins and clients, through
 //! the real binary on loopback: what a task makes the host hold is counted
 //! against its host budget, limits are the operator's, and a guest stuck in
-//! file I/O holds a bounded pool, not host threads. Throughout, the host's
+//! file I/O holds a bounded pool, not host threads, and running tasks'
+//! memory limits stay within the host's memory budget. Throughout, the host's
 //! RSS, threads and open files stay under stated bounds, `/healthz`
 //! answers, and every accepted task ends.
 
@@ -10,7 +11,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use taskhost_test_artifacts::{HOST_HOG, READ_FILE, UPPERCASE};
+use taskhost_test_artifacts::{ALLOC_FOREVER, HOST_HOG, READ_FILE, UPPERCASE};
 
 struct Server {
     child: Child,
@@ -306,4 +307,66 @@ async fn guests_stuck_reading_a_fifo_hold_a_bounded_pool_not_the_host() {
         }
         assert!(Instant::now() < deadline, "file I/O never recovered: {task}");
     }
+}
+
+/// A metric's value in a `/metrics` text (0 when absent).
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.split([' ', '{']).next() == Some(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Sixteen tasks that each touch memory up to their 128 MiB limit, under a
+/// 600 MiB memory budget: each reserves 128 MiB plus its 64 MiB host
+/// budget, so three run at once although eight slots are free. The rest
+/// wait, every task ends, the reserved memory never passes the budget, the
+/// host's peak RSS stays under what three (not eight, about 1 GiB) such
+/// tasks need, and the metrics and the plugin's run history show it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_whose_memory_does_not_fit_the_budget_wait_and_all_end() {
+    let server = start(&["--memory-budget", "600MiB", "--concurrency", "8"]).await;
+    server.upload("alloc", ALLOC_FOREVER.bytes()).await;
+    let before = proc_status(server.pid(), "VmRSS:");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (http, url, stop) = (server.http.clone(), format!("{}/metrics", server.base), stop.clone());
+        tokio::spawn(async move {
+            let mut most: f64 = 0.0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let text = http.get(&url).send().await.unwrap().text().await.unwrap();
+                most = most.max(metric(&text, "taskhost_memory_reserved_bytes"));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            most
+        })
+    };
+    let mut ids = Vec::new();
+    for _ in 0..16 {
+        let (status, body) = server.submit(json!({"plugin": "alloc", "memory_bytes": 128 << 20})).await;
+        assert_eq!(status, 201, "{body}");
+        ids.push(body["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        let task = server.ended(id).await;
+        assert_eq!(error_of(&task).0, "memory limit exceeded", "{task}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let most_reserved = sampler.await.unwrap();
+    assert!(most_reserved > 0.0, "the sampler saw tasks running");
+    assert!(most_reserved <= (600u64 << 20) as f64, "reserved {most_reserved} bytes, past the budget");
+    let text = server.http.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text, "taskhost_memory_budget_bytes"), (600u64 << 20) as f64);
+    assert!(metric(&text, "taskhost_memory_waits_total") > 0.0, "some tasks waited:\n{text}");
+    assert_eq!(metric(&text, "taskhost_memory_reserved_bytes"), 0.0);
+    let grown = proc_status(server.pid(), "VmHWM:").saturating_sub(before);
+    assert!(grown < 640 << 10, "peak RSS grew {grown} KiB: more than three 128 MiB tasks at once");
+
+    let plugin: Value =
+        server.http.get(format!("{}/v1/plugins/alloc", server.base)).send().await.unwrap().json().await.unwrap();
+    let runs = &plugin["versions"][0]["runs"];
+    assert_eq!(runs["runs"], 16, "{plugin}");
+    let peak = runs["memory_bytes_max"].as_u64().unwrap();
+    assert!((100 << 20..=128 << 20).contains(&peak), "peak linear memory {peak}");
 }

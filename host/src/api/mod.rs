@@ -137,7 +137,7 @@ async fn add_plugin(
 async fn get_plugin(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult<Json<wire::Plugin>> {
     let wanted = name.clone();
     let (detail, counts) = read(&engine, move |engine| engine.plugin(&wanted)).await?;
-    Ok(Json(wire::Plugin::new(&name, &detail, &counts)))
+    Ok(Json(wire::Plugin::new(&name, &detail, &counts, |version| engine.plugin_runs(&name, version))))
 }
 
 async fn set_latest(

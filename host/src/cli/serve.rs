@@ -34,9 +34,20 @@ pub(crate) struct ServeArgs {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
-    /// Most tasks running at once (default 4 × CPUs).
+    /// Most tasks running in sandboxes at once (default 4 × CPUs). A slot
+    /// is held only while a sandbox runs, not while commits are awaited.
     #[arg(long, value_name = "N")]
     concurrency: Option<usize>,
+    /// Most tasks claimed (started, so `running`) ahead of a free slot,
+    /// so short tasks' commits overlap other runs; used less the longer
+    /// tasks run (default 1024).
+    #[arg(long, value_name = "N")]
+    claim_ahead: Option<usize>,
+    /// Memory that running tasks may reserve together (each its memory
+    /// limit plus its host budget); a task that does not fit waits, e.g.
+    /// `8GiB` (default: half of the machine's or cgroup's memory).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    memory_budget: Option<u64>,
     /// Commit every transition on its own (slower; for comparison).
     #[arg(long)]
     no_group_commit: bool,
@@ -175,6 +186,14 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         }
         config.concurrency = n;
     }
+    if let Some(n) = args.claim_ahead {
+        config.claim_ahead = n;
+    }
+    match args.memory_budget {
+        Some(0) => return fail(EXIT_USAGE, "--memory-budget must be above zero"),
+        Some(bytes) => config.memory_budget = bytes,
+        None => {}
+    }
     config.group_commit = !args.no_group_commit;
     let sandbox = &mut config.sandbox;
     let ceilings = &mut sandbox.ceilings;
@@ -222,6 +241,12 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
     };
     // A panic while opening (a damaged store read by a dependency) ends
     // start-up with a clear error too, never with the panic's exit code.
+    let settings = format!(
+        "{} execution slots, claim-ahead {}, memory budget {}",
+        config.concurrency,
+        config.claim_ahead,
+        taskhost::units::format_size(config.memory_budget)
+    );
     let opened = std::panic::AssertUnwindSafe(Engine::open(config)).catch_unwind().await;
     let engine = match opened {
         Ok(Ok(e)) => e,
@@ -247,7 +272,7 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
     let counts = engine.state_counts();
     let total: i64 = counts.values().sum();
     eprintln!(
-        "taskhost serving on http://{bound} (data: {}, {total} tasks stored, {} plugins)",
+        "taskhost serving on http://{bound} (data: {}, {total} tasks stored, {} plugins; {settings})",
         data_dir.display(),
         engine.plugins().len()
     );

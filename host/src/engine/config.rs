@@ -15,8 +15,20 @@ pub struct EngineConfig {
     /// is off, because the registry compiles on one low-priority thread so
     /// that uploads never starve running tasks.
     pub sandbox: SandboxConfig,
-    /// Most tasks running at once across all queues. Default 4 × CPUs.
+    /// Most attempts running in sandboxes at once across all queues (the
+    /// execution slots). A slot is held only while a sandbox runs, never
+    /// while a commit is awaited. Default 4 × CPUs.
     pub concurrency: usize,
+    /// Most tasks claimed (durably started, so `running`) ahead of a free
+    /// execution slot, so that short tasks' commits overlap other tasks'
+    /// runs. The scheduler uses less of it the longer tasks run (none for
+    /// tasks of `slots × 8 ms` or more). Default 1,024.
+    pub claim_ahead: usize,
+    /// The memory running attempts may reserve together: each reserves
+    /// its memory limit plus its host budget while it runs, and one that
+    /// does not fit waits. Default half of the machine's memory (or of
+    /// the cgroup's limit, if lower); see [`default_memory_budget`].
+    pub memory_budget: u64,
     /// Batch concurrent transitions into one commit. Default on; off only
     /// for comparison.
     pub group_commit: bool,
@@ -51,6 +63,8 @@ impl Default for EngineConfig {
             data_dir: default_data_dir(),
             sandbox: SandboxConfig { parallel_compilation: false, ..SandboxConfig::default() },
             concurrency: 4 * cpus,
+            claim_ahead: 1_024,
+            memory_budget: default_memory_budget(),
             group_commit: true,
             retry: RetryPolicy::default(),
             default_max_attempts: 3,
@@ -77,4 +91,45 @@ pub fn default_data_dir() -> PathBuf {
         return PathBuf::from(home).join(".local/share/taskhost");
     }
     PathBuf::from("taskhost-data")
+}
+
+/// Half of the memory this process may use: the machine's (`MemTotal` in
+/// `/proc/meminfo`), or `/sys/fs/cgroup/memory.max` (a container's cgroup
+/// v2 limit) when that is lower; 4 GiB where neither can be read.
+pub fn default_memory_budget() -> u64 {
+    fn meminfo() -> Option<u64> {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib.saturating_mul(1024))
+    }
+    fn cgroup() -> Option<u64> {
+        std::fs::read_to_string("/sys/fs/cgroup/memory.max").ok()?.trim().parse().ok()
+    }
+    let total = match (meminfo(), cgroup()) {
+        (Some(m), Some(c)) => m.min(c),
+        (Some(m), None) => m,
+        (None, Some(c)) => c,
+        (None, None) => 8 << 30,
+    };
+    total / 2
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_default_memory_budget_is_half_of_what_the_machine_has() {
+        let budget = super::default_memory_budget();
+        let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+        let kib: u64 = text
+            .lines()
+            .find(|l| l.starts_with("MemTotal:"))
+            .unwrap()
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(budget > 0 && budget <= kib * 1024 / 2, "budget {budget} of {kib} KiB");
+    }
 }

@@ -1,7 +1,10 @@
-//! Dispatch: the loop that starts ready tasks when the scheduler has a
-//! slot, and one attempt from start to recorded outcome: the start
-//! transition (attempt counted), the run through the [`Runner`], the retry
-//! decision, and the commit of the outcome with the attempt's flow effects.
+//! Dispatch: the loop that claims ready tasks while the scheduler's
+//! window has room, and one attempt from claim to recorded outcome: the
+//! start transition (attempt counted, durable before anything runs), the
+//! wait at the execution gate (a slot and room in the memory budget), the
+//! run through the [`Runner`], the retry decision, and the commit of the
+//! outcome with the attempt's flow effects. Only the run holds a slot:
+//! the two commits overlap other tasks' runs through group commit.
 //!
 //! [`Runner`]: super::runner::Runner
 
@@ -69,9 +72,29 @@ pub(crate) fn decide(record: &TaskRecord, report: TaskReport, retry: &RetryPolic
     }
 }
 
-/// A failure recorded before anything ran.
+/// An attempt that ran.
+struct Ran<'a> {
+    report: TaskReport,
+    /// Its run time.
+    secs: f64,
+    /// When its run began.
+    started_ms: u64,
+    /// The memory its outcome holds until it is recorded.
+    reserved: super::gate::Reserved<'a>,
+}
+
+/// Why a claimed attempt did not run.
+enum NotRun {
+    /// It failed (or was cancelled) before it ran.
+    Failed(FailureClass, String),
+    /// The host is stopping.
+    Stopping,
+}
+
+/// A failure (or a cancel) recorded before anything ran.
 fn fail_before_run(record: &TaskRecord, class: FailureClass, message: String) -> Change {
-    Change::new(record.id, TaskState::Failed, format!("{class}: {message}"))
+    let to = if class == FailureClass::Cancelled { TaskState::Cancelled } else { TaskState::Failed };
+    Change::new(record.id, to, format!("{class}: {message}"))
         .edit(move |r| r.error = Some(StoredFailure { class, retryable: false, message, backtrace: None }))
 }
 
@@ -121,7 +144,7 @@ impl Dispatch {
     /// Runs one attempt of a task and records its outcome.
     async fn execute(self: Arc<Self>, queued: Entry, charge: Charge, token: CancelToken) {
         let shared = &self.shared;
-        let started = Instant::now();
+        let claimed = Instant::now();
         let start = Change::new(queued.id, TaskState::Running, "started").expect_version(queued.version).edit(|r| {
             r.attempts += 1;
             r.started_at_ms = Some(now_ms());
@@ -139,19 +162,32 @@ impl Dispatch {
         };
         let from = record.history.last().and_then(|t| t.from).unwrap_or(TaskState::Pending);
         shared.metrics.moved(&record.queue, Some(from), TaskState::Running);
-        let ready_since = record.next_run_at_ms.unwrap_or(record.created_at_ms).max(record.created_at_ms);
-        shared.metrics.queue_wait.observe(now_ms().saturating_sub(ready_since) as f64 / 1000.0);
 
         let services =
             Arc::new(AttemptServices::new(shared.clone(), self.submission.clone(), self.flows.clone(), record.clone()));
-        let mut change = match self.input_of(&record) {
-            Ok(input) => {
-                let attempt = Attempt { input, cancel: token, services: services.clone(), budget: services.budget() };
-                let report = shared.runner.run(&record, attempt).await;
-                decide(&record, report, &shared.config.retry)
+        let mut run_secs = 0.0;
+        // Memory the outcome holds stays reserved until it is recorded.
+        let mut _reserved = None;
+        // Time spent waiting for a slot or memory is not charged.
+        let mut waited = Duration::ZERO;
+        let mut change = match self.gated_run(&record, token, &services, &mut waited).await {
+            Ok(ran) => {
+                run_secs = ran.secs;
+                _reserved = Some(ran.reserved);
+                let run_started = ran.started_ms;
+                decide(&record, ran.report, &shared.config.retry).edit(move |r| r.started_at_ms = Some(run_started))
             }
-            Err(message) => fail_before_run(&record, FailureClass::HostError, message),
+            Err(NotRun::Failed(class, message)) => fail_before_run(&record, class, message),
+            Err(NotRun::Stopping) => {
+                // Claimed but never run: back to pending, its attempt not
+                // counted, to run after the restart.
+                Change::new(record.id, TaskState::Pending, "not started: the host is stopping")
+                    .edit(|r| r.attempts = r.attempts.saturating_sub(1))
+            }
         };
+        // The queue's slot is free before the outcome's commit.
+        lock(&shared.sched).ran(&record.queue, run_secs);
+        shared.wake.notify_one();
         let held = services.take();
         let completing = change.to == TaskState::Completed;
         let context_writes = !held.effects.context.is_empty();
@@ -196,12 +232,16 @@ impl Dispatch {
         }
         let finished = finished.map(|applied| applied.record);
         self.stop_running(record.id);
-        let run_secs = started.elapsed().as_secs_f64();
-        lock(&shared.sched).finished(&record.queue, charge, run_secs);
+        let cost = claimed.elapsed().saturating_sub(waited);
+        lock(&shared.sched).settled(&record.queue, charge, cost.as_secs_f64());
         shared.metrics.run_time.observe(run_secs);
         match finished {
             Ok(done) => {
-                if done.state == TaskState::Retrying {
+                if done.state == TaskState::Pending {
+                    // Not started before the host stopped: it runs after
+                    // the restart (the store has it pending).
+                    shared.metrics.moved(&done.queue, Some(TaskState::Running), TaskState::Pending);
+                } else if done.state == TaskState::Retrying {
                     shared.metrics.moved(&done.queue, Some(TaskState::Running), TaskState::Retrying);
                     shared.metrics.retried.get_or_create(&Metrics::label(&done.queue)).inc();
                     shared.enqueue(&done, done.next_run_at_ms, now_ms());
@@ -215,6 +255,53 @@ impl Dispatch {
             Err(error) => tracing::error!(id = %record.id, %error, "recording the outcome failed"),
         }
         shared.wake.notify_one();
+    }
+
+    /// Waits at the gate for a slot and room for the task's memory, reads
+    /// its input, then runs it. A task that can never fit, one cancelled
+    /// while it waits, one whose input cannot be read, and one the host
+    /// stops before it runs give why they did not run.
+    async fn gated_run<'a>(
+        &'a self,
+        record: &TaskRecord,
+        cancel: CancelToken,
+        services: &Arc<AttemptServices>,
+        waited: &mut Duration,
+    ) -> Result<Ran<'a>, NotRun> {
+        let shared = &self.shared;
+        let needs = record.limits.memory_bytes.saturating_add(record.limits.host_bytes);
+        let waiting = Instant::now();
+        let entered = tokio::select! {
+            entered = shared.gate.enter(needs, record.priority) => entered.ok_or_else(|| {
+                let size = crate::units::format_size;
+                NotRun::Failed(FailureClass::HostError, format!(
+                    "the task reserves {} (its memory limit plus its host budget), more than this host's memory \
+                     budget of {}",
+                    size(needs),
+                    size(shared.gate.budget())
+                ))
+            }),
+            () = cancel.cancelled() => {
+                Err(NotRun::Failed(FailureClass::Cancelled, "the task was cancelled before it ran".into()))
+            }
+            () = shared.halted() => Err(NotRun::Stopping),
+        };
+        *waited = waiting.elapsed();
+        let (slot, mut reserved) = entered?;
+        let input = self.input_of(record).map_err(|message| NotRun::Failed(FailureClass::HostError, message))?;
+        let input_len = input.len() as u64;
+        let ready_since = record.next_run_at_ms.unwrap_or(record.created_at_ms).max(record.created_at_ms);
+        let started_ms = now_ms();
+        shared.metrics.queue_wait.observe(started_ms.saturating_sub(ready_since) as f64 / 1000.0);
+        let started = Instant::now();
+        let attempt = Attempt { input, cancel, services: services.clone(), budget: services.budget() };
+        let report = shared.runner.run(record, attempt).await;
+        drop(slot);
+        let output_len = report.result.as_ref().map_or(0, |o| o.len() as u64);
+        reserved.shrink_to(input_len + output_len + report.host_bytes_peak);
+        let secs = started.elapsed().as_secs_f64();
+        shared.history.record(&record.plugin, &record.plugin_version, secs, report.memory_peak, report.host_bytes_peak);
+        Ok(Ran { report, secs, started_ms, reserved })
     }
 
     /// A task's input: its own, or its predecessors' outputs (one as is,
@@ -311,6 +398,122 @@ mod tests {
         let next = h.submit("echo", Script::Complete(b"next".to_vec())).await;
         assert_eq!(h.wait(next).await.state, TaskState::Completed);
         assert_eq!(h.held("echo"), 0);
+    }
+
+    /// Waits until exactly one of `a` and `b` has entered its run, and
+    /// checks the other does not follow while the first holds the slot.
+    async fn one_runs(h: &Harness, a: uuid::Uuid, b: uuid::Uuid) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.runner.calls(a) + h.runner.calls(b) == 0 {
+            assert!(Instant::now() < deadline, "neither task ran");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(h.runner.calls(a) + h.runner.calls(b), 1, "one slot, one run");
+    }
+
+    /// With one execution slot, a task whose outcome cannot be committed
+    /// (the disk is full) holds no slot: the next task, claimed ahead,
+    /// runs meanwhile. Before, the slot was held across both commits.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slot_is_not_held_while_an_outcome_waits_for_its_commit() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let full = Arc::new(AtomicBool::new(false));
+        let h = Harness::on_disk_with(full.clone(), |c| c.concurrency = 1).await;
+        let a = h.submit("echo", Script::AwaitGate(b"a".to_vec())).await;
+        let b = h.submit("echo", Script::AwaitGate(b"b".to_vec())).await;
+        // Both are claimed (durably started); only one runs.
+        h.wait_state(a, TaskState::Running).await;
+        h.wait_state(b, TaskState::Running).await;
+        one_runs(&h, a, b).await;
+        let first = if h.runner.calls(a) == 1 { a } else { b };
+        let second = if first == a { b } else { a };
+        full.store(true, Ordering::SeqCst);
+        h.runner.gate.add_permits(1);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.runner.calls(second) == 0 || h.engine.store_fault().is_none() {
+            assert!(Instant::now() < deadline, "the second task never ran while the first's outcome waited");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(h.engine.get(first).unwrap().state, TaskState::Running, "its outcome is not recorded yet");
+        full.store(false, Ordering::SeqCst);
+        assert_eq!(h.wait(first).await.state, TaskState::Completed);
+        assert_eq!(h.wait(second).await.state, TaskState::Completed);
+        assert_eq!(h.runner.most_active.load(Ordering::SeqCst), 1, "one slot: never two runs at once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_never_exceed_the_slots_however_many_are_claimed() {
+        let h = Harness::with_config(|c| c.concurrency = 3).await;
+        let mut ids = Vec::new();
+        for _ in 0..40 {
+            ids.push(h.submit("echo", Script::Sleep(2, b"ok".to_vec())).await);
+        }
+        for id in ids {
+            assert_eq!(h.wait(id).await.state, TaskState::Completed);
+        }
+        let most = h.runner.most_active.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((1..=3).contains(&most), "{most} ran at once");
+    }
+
+    /// Each task reserves its memory limit plus its host budget (192 MiB by
+    /// default); a budget of 400 MiB lets two run at once whatever the
+    /// slots, the rest wait and all complete, and the metrics show it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_whose_memory_does_not_fit_wait_and_then_all_complete() {
+        let h = Harness::with_config(|c| {
+            c.concurrency = 8;
+            c.memory_budget = 400 << 20;
+        })
+        .await;
+        let mut ids = Vec::new();
+        for _ in 0..12 {
+            ids.push(h.submit("echo", Script::Sleep(5, b"ok".to_vec())).await);
+        }
+        for id in ids {
+            assert_eq!(h.wait(id).await.state, TaskState::Completed);
+        }
+        assert_eq!(h.runner.most_active.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let gate = &h.shared.metrics.gate;
+        assert!(gate.waits.get() > 0, "some waited for room");
+        assert_eq!((gate.reserved.get(), gate.waiting.get()), (0, 0));
+        assert_eq!(gate.budget.get(), 400 << 20);
+    }
+
+    #[tokio::test]
+    async fn a_task_that_could_never_fit_the_memory_budget_is_refused() {
+        let h = Harness::with_config(|c| c.memory_budget = 100 << 20).await;
+        let task = crate::engine::NewTask { plugin: "echo".into(), ..crate::engine::NewTask::default() };
+        let refused = h.engine.submit(task).await.unwrap_err().to_string();
+        assert!(refused.contains("more than this host's whole memory budget of 100 MiB"), "{refused}");
+        let small = crate::engine::NewTask {
+            plugin: "echo".into(),
+            memory_bytes: Some(16 << 20),
+            ..crate::engine::NewTask::default()
+        };
+        // 16 MiB + the 64 MiB host budget fit.
+        let id = h.engine.submit(small).await.unwrap().record.id;
+        assert_eq!(h.wait(id).await.state, TaskState::Completed);
+    }
+
+    /// A task cancelled while it waits for a slot ends `cancelled` without
+    /// running.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_cancelled_while_it_waits_for_a_slot_never_runs() {
+        let h = Harness::with_config(|c| c.concurrency = 1).await;
+        let a = h.submit("echo", Script::AwaitGate(b"a".to_vec())).await;
+        let b = h.submit("echo", Script::AwaitGate(b"b".to_vec())).await;
+        h.wait_state(b, TaskState::Running).await;
+        h.wait_state(a, TaskState::Running).await;
+        one_runs(&h, a, b).await;
+        let waiting = if h.runner.calls(a) == 1 { b } else { a };
+        h.engine.cancel(waiting).await.unwrap();
+        let done = h.wait(waiting).await;
+        assert_eq!(done.state, TaskState::Cancelled);
+        assert_eq!(h.runner.calls(waiting), 0);
+        h.runner.gate.add_permits(1);
+        let other = if waiting == a { b } else { a };
+        assert_eq!(h.wait(other).await.state, TaskState::Completed);
     }
 
     #[tokio::test]

@@ -66,6 +66,8 @@ pub(crate) struct Metrics {
     pub(crate) flows_ended: Family<FlowLabel, Counter>,
     pub(crate) flow_refusals: Family<LimitLabel, Counter>,
     pub(crate) callbacks_dropped: Counter,
+    /// The execution gate's memory budget.
+    pub(crate) gate: super::gate::GateMetrics,
     /// Tasks by (queue, state), kept in step with committed transitions.
     counts: Mutex<HashMap<(String, TaskState), i64>>,
 }
@@ -116,8 +118,22 @@ impl Metrics {
             "Completion callbacks dropped because too many deliveries were pending",
             callbacks_dropped.clone(),
         );
+        let gate = super::gate::GateMetrics::default();
+        registry.register("memory_budget_bytes", "The host memory budget running attempts share", gate.budget.clone());
+        registry.register(
+            "memory_reserved_bytes",
+            "Memory reserved by running attempts (memory limit plus host budget each)",
+            gate.reserved.clone(),
+        );
+        registry.register(
+            "memory_waiting",
+            "Claimed attempts waiting for room in the memory budget",
+            gate.waiting.clone(),
+        );
+        registry.register("memory_waits", "Attempts that waited for room in the memory budget", gate.waits.clone());
         Self {
             registry,
+            gate,
             plugin_versions: LabelBudget::new(PLUGIN_LABELS),
             tasks,
             submitted,

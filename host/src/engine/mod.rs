@@ -19,6 +19,8 @@ mod dispatch;
 mod ending;
 mod error;
 mod flows;
+mod gate;
+mod history;
 mod metrics;
 mod retry;
 mod runner;
@@ -29,7 +31,7 @@ mod submission;
 pub(crate) mod testing;
 
 pub use admin::{ListFilter, QueueInfo};
-pub use config::{EngineConfig, default_data_dir};
+pub use config::{EngineConfig, default_data_dir, default_memory_budget};
 pub use error::EngineError;
 pub use flows::{FlowLimits, FlowSpec, FlowView, Node, RepeatSpec, Step};
 pub use retry::{RetryPolicy, is_retried};
@@ -48,7 +50,6 @@ use metrics::Metrics;
 use runner::{Runner, SandboxRunner};
 use shared::Shared;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use submission::Submission;
@@ -318,6 +319,11 @@ impl Engine {
         Ok((detail, counts))
     }
 
+    /// How a plugin version's attempts ran since the host started.
+    pub fn plugin_runs(&self, name: &str, version: &str) -> Option<crate::wire::RunStats> {
+        self.inner.shared.history.stats(name, version)
+    }
+
     /// Rolls back (or forward): a plain name now resolves to `version`.
     pub async fn set_latest(&self, name: &str, version: &str) -> Result<(), EngineError> {
         Ok(self.registry()?.set_latest(name, version).await?)
@@ -463,8 +469,7 @@ impl Engine {
 
     /// Stops dispatching new tasks (running ones finish).
     pub fn shutdown(&self) {
-        self.inner.shared.stopping.store(true, Ordering::SeqCst);
-        self.inner.shared.wake.notify_one();
+        self.inner.shared.halt();
     }
 
     /// Stops dispatching and watching, waits for running tasks to end and

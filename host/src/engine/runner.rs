@@ -128,6 +128,7 @@ fn failed(class: FailureClass, message: String) -> TaskReport {
         fuel_consumed: None,
         elapsed: std::time::Duration::ZERO,
         host_bytes_peak: 0,
+        memory_peak: 0,
     }
 }
 

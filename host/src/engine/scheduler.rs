@@ -9,6 +9,14 @@
 //! comes from the eligible queue with the least virtual time. Queues with
 //! equal amounts of work therefore finish close together whatever their
 //! task lengths, which plain per-task round robin cannot give.
+//!
+//! What it bounds: tasks *in flight*, from their claim (the durable start)
+//! to their recorded outcome. That window is the execution slots plus a
+//! claim-ahead share sized to how short tasks are, so that commits of
+//! short tasks overlap their runs while long tasks are not claimed long
+//! before a slot frees (see [`Scheduler::window`]). The execution slots
+//! themselves are the dispatcher's gate; a queue's own limit counts its
+//! tasks from claim to the end of their run.
 
 use crate::store::QueueConfig;
 use std::cmp::{Ordering, Reverse};
@@ -78,22 +86,58 @@ pub(crate) struct Scheduler {
     queues: HashMap<String, Queue>,
     delayed: BinaryHeap<Reverse<(u64, Uuid)>>,
     delayed_entries: HashMap<Uuid, Entry>,
-    running: usize,
-    max_running: usize,
+    /// Tasks claimed and not yet settled (outcome recorded).
+    in_flight: usize,
+    /// Execution slots (the engine's concurrency).
+    slots: usize,
+    /// The most tasks claimed ahead of a free slot.
+    ahead_max: usize,
+    /// Running estimate of one task's run time over all queues (seconds).
+    avg_run: f64,
 }
 
 /// Initial guess of a task's run time, before any has been measured.
 const INITIAL_COST: f64 = 0.001;
 
+/// The time a claimed task spends in commits (its start and its outcome,
+/// each waiting for a group commit), as the claim-ahead sizing assumes it.
+const COMMIT_TIME: f64 = 0.008;
+
 impl Scheduler {
-    pub(crate) fn new(max_running: usize) -> Self {
+    /// A scheduler with `slots` execution slots and no claim-ahead.
+    pub(crate) fn new(slots: usize) -> Self {
         Self {
             queues: HashMap::new(),
             delayed: BinaryHeap::new(),
             delayed_entries: HashMap::new(),
-            running: 0,
-            max_running: max_running.max(1),
+            in_flight: 0,
+            slots: slots.max(1),
+            ahead_max: 0,
+            avg_run: INITIAL_COST,
         }
+    }
+
+    /// Lets up to `ahead_max` tasks be claimed beyond the slots.
+    pub(crate) fn with_ahead(mut self, ahead_max: usize) -> Self {
+        self.ahead_max = ahead_max;
+        self
+    }
+
+    /// The most tasks in flight (claimed, not yet settled): the slots,
+    /// plus as many claimed ahead as keep the slots busy while commits
+    /// take [`COMMIT_TIME`]: `slots × COMMIT_TIME / average run time`,
+    /// at most `ahead_max`: the shorter the tasks, the more are claimed
+    /// ahead; tasks of `slots × 8 ms` or more get none, so a long task is
+    /// never claimed (and marked `running`) long before a slot frees.
+    pub(crate) fn window(&self) -> usize {
+        let wanted = self.slots as f64 * COMMIT_TIME / self.avg_run.max(1e-7);
+        self.slots + (wanted.floor() as usize).min(self.ahead_max)
+    }
+
+    /// Tasks in flight now.
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
     }
 
     fn queue(&mut self, name: &str) -> &mut Queue {
@@ -154,10 +198,10 @@ impl Scheduler {
         None
     }
 
-    /// The next task to start, if a slot is free and a queue has work, with
-    /// what its queue was charged for it until it finishes.
+    /// The next task to claim, if the window has room and a queue has
+    /// work, with what its queue was charged for it until it has run.
     pub(crate) fn next(&mut self) -> Option<(Entry, Charge)> {
-        if self.running >= self.max_running {
+        if self.in_flight >= self.window() {
             return None;
         }
         let (_, queue) = self
@@ -171,21 +215,40 @@ impl Scheduler {
         // queues; `finished` corrects it with the measured cost.
         let charge = queue.avg_cost / f64::from(queue.config.weight.max(1));
         queue.vtime += charge;
-        self.running += 1;
+        self.in_flight += 1;
         Some((entry, Charge(charge)))
     }
 
-    /// A started task ended after `cost_secs` of run time (0 for one that
-    /// never ran).
-    pub(crate) fn finished(&mut self, queue: &str, charged: Charge, cost_secs: f64) {
-        self.running = self.running.saturating_sub(1);
+    /// A claimed task's run in the sandbox ended after `run_secs` (0 for
+    /// one that never ran): its queue's slot is free, and the run time
+    /// sizes the claim-ahead. It stays in flight until
+    /// [`Scheduler::settled`].
+    pub(crate) fn ran(&mut self, queue: &str, run_secs: f64) {
         let q = self.queue(queue);
         q.running = q.running.saturating_sub(1);
+        if run_secs > 0.0 {
+            self.avg_run = 0.95 * self.avg_run + 0.05 * run_secs;
+        }
+    }
+
+    /// A claimed task's outcome is recorded (or it was never started),
+    /// `cost_secs` after its claim began: it leaves the window, and its
+    /// queue is charged that time (its commits and its wait for a slot
+    /// are part of what it cost) in place of the estimate.
+    pub(crate) fn settled(&mut self, queue: &str, charged: Charge, cost_secs: f64) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let q = self.queue(queue);
         let weight = f64::from(q.config.weight.max(1));
         q.vtime += cost_secs / weight - charged.0;
         if cost_secs > 0.0 {
             q.avg_cost = 0.8 * q.avg_cost + 0.2 * cost_secs;
         }
+    }
+
+    /// [`Scheduler::ran`] and [`Scheduler::settled`] at once.
+    pub(crate) fn finished(&mut self, queue: &str, charged: Charge, cost_secs: f64) {
+        self.ran(queue, cost_secs);
+        self.settled(queue, charged, cost_secs);
     }
 
     pub(crate) fn depths(&self) -> Vec<(String, QueueDepth)> {
@@ -241,6 +304,47 @@ mod tests {
         s.finished(&big.queue, *charge, 0.001);
         assert!(s.next().is_some());
         assert!(s.next().is_none());
+    }
+
+    #[test]
+    fn short_tasks_are_claimed_ahead_of_the_slots_and_long_ones_are_not() {
+        let mut s = Scheduler::new(2).with_ahead(100);
+        // Before anything ran: 1 ms assumed, 2 slots x 8 ms / 1 ms ahead.
+        assert_eq!(s.window(), 2 + 16);
+        for n in 0..2_000 {
+            s.enqueue(entry("q", 0, n), None, 0);
+        }
+        for _ in 0..200 {
+            let (e, charge) = s.next().unwrap();
+            s.finished(&e.queue, charge, 0.000_01);
+        }
+        assert_eq!(s.window(), 2 + 100, "10 us tasks: the whole claim-ahead");
+        let claimed: Vec<_> = std::iter::from_fn(|| s.next()).collect();
+        assert_eq!((claimed.len(), s.in_flight()), (102, 102));
+        for (e, charge) in claimed {
+            s.finished(&e.queue, charge, 1.0);
+        }
+        for _ in 0..200 {
+            let (e, charge) = s.next().unwrap();
+            s.finished(&e.queue, charge, 1.0);
+        }
+        assert_eq!(s.window(), 2, "1 s tasks: none claimed ahead");
+    }
+
+    #[test]
+    fn a_task_stays_in_flight_until_its_outcome_is_settled() {
+        let mut s = Scheduler::new(1);
+        s.configure("limited", QueueConfig { concurrency: Some(1), weight: 1 });
+        for n in 0..3 {
+            s.enqueue(entry("limited", 0, n), None, 0);
+        }
+        let (e, charge) = s.next().unwrap();
+        assert!(s.next().is_none());
+        s.ran(&e.queue, 0.001);
+        // The queue's slot is free, the window is not until it settles.
+        assert!(s.next().is_none());
+        s.settled(&e.queue, charge, 0.002);
+        assert!(s.next().is_some());
     }
 
     #[test]

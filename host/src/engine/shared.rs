@@ -1,8 +1,10 @@
 //! The state every engine component shares: settings, the store, the
-//! runner, the scheduler with its wake-up, the metrics, the running
-//! attempts' cancel tokens, and the queue names the host knows. Components hold an `Arc<Shared>`; none holds
-//! another component's private state.
+//! runner, the scheduler with its wake-up, the execution gate, the
+//! metrics, the plugins' run history, the running attempts' cancel
+//! tokens, and the queue names the host knows. Components hold an
+//! `Arc<Shared>`; none holds another component's private state.
 
+use super::gate::Gate;
 use super::metrics::Metrics;
 use super::runner::Runner;
 use super::scheduler::{Entry, Scheduler};
@@ -22,16 +24,23 @@ pub(crate) struct Shared {
     pub(crate) store: Store,
     pub(crate) runner: Arc<dyn Runner>,
     pub(crate) sched: Mutex<Scheduler>,
+    /// Execution slots and the memory budget, held only while a sandbox
+    /// runs.
+    pub(crate) gate: Gate,
     /// Wakes the dispatcher: a task became ready or a slot freed.
     pub(crate) wake: Notify,
     /// Signalled whenever a task or a flow ends.
     pub(crate) ended: Notify,
     pub(crate) metrics: Arc<Metrics>,
+    /// Run time and memory of each plugin version's recent attempts.
+    pub(crate) history: super::history::History,
     /// Cancel tokens of the attempts running now.
     pub(crate) running: Mutex<HashMap<Uuid, CancelToken>>,
     /// Signalled when the last running attempt ends.
     pub(crate) idle: Notify,
     pub(crate) stopping: AtomicBool,
+    /// Signalled when `stopping` is set.
+    halting: Notify,
     /// Every queue a stored task or setting names.
     pub(crate) queues: QueueNames,
 }
@@ -39,16 +48,19 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(config: EngineConfig, store: Store, runner: Arc<dyn Runner>, metrics: Arc<Metrics>) -> Self {
         Self {
-            sched: Mutex::new(Scheduler::new(config.concurrency)),
+            sched: Mutex::new(Scheduler::new(config.concurrency).with_ahead(config.claim_ahead)),
+            gate: Gate::new(config.concurrency, config.memory_budget, metrics.gate.clone()),
             config,
             store,
             runner,
             wake: Notify::new(),
             ended: Notify::new(),
             metrics,
+            history: super::history::History::default(),
             running: Mutex::default(),
             idle: Notify::new(),
             stopping: AtomicBool::new(false),
+            halting: Notify::new(),
             queues: QueueNames::default(),
         }
     }
@@ -61,6 +73,24 @@ impl Shared {
 
     pub(crate) fn stopping(&self) -> bool {
         self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Stops the engine: nothing new starts.
+    pub(crate) fn halt(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.halting.notify_waiters();
+        self.wake.notify_one();
+    }
+
+    /// Resolves once the engine is stopping.
+    pub(crate) async fn halted(&self) {
+        loop {
+            let notified = self.halting.notified();
+            if self.stopping() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Reads a task that must exist.

@@ -99,6 +99,18 @@ impl Submission {
         let timeout = task.timeout_ms.map(Duration::from_millis);
         over_cap("timeout_ms", timeout, caps.timeout, plugin, |d| format!("{} ms", d.as_millis()))?;
         self.shared.runner.check_limits(&limits).map_err(EngineError::InvalidRequest)?;
+        let needs = limits.memory_bytes.saturating_add(limits.host_bytes);
+        if !self.shared.gate.fits(needs) {
+            let size = crate::units::format_size;
+            return invalid(format!(
+                "a task of `{plugin}` would reserve {} (memory_bytes {} plus its host budget {}) while it runs, \
+                 more than this host's whole memory budget of {} (--memory-budget); ask for less memory",
+                size(needs),
+                size(limits.memory_bytes),
+                size(limits.host_bytes),
+                size(self.shared.gate.budget())
+            ));
+        }
         let now = now_ms();
         let next_run_at_ms = match (task.delay_ms, task.run_at_ms) {
             (Some(_), Some(_)) => {

@@ -25,12 +25,17 @@ pub(crate) enum Script {
     RunUntilCancelled,
     /// Waits until the runner's gate opens, then completes with this output.
     AwaitGate(Vec<u8>),
+    /// Sleeps this many milliseconds, then completes.
+    Sleep(u64, Vec<u8>),
 }
 
 /// The scripted runner: every plugin name resolves to version `1`.
 pub(crate) struct ScriptRunner {
     /// Attempts run per task.
     calls: Mutex<HashMap<Uuid, u32>>,
+    /// Attempts in `run` now, and the most there were at once.
+    active: std::sync::atomic::AtomicUsize,
+    pub(crate) most_active: std::sync::atomic::AtomicUsize,
     /// Unfinished tasks held per plugin.
     pub(crate) held: Mutex<HashMap<String, i64>>,
     /// Opens for [`Script::AwaitGate`] attempts.
@@ -39,7 +44,13 @@ pub(crate) struct ScriptRunner {
 
 impl Default for ScriptRunner {
     fn default() -> Self {
-        Self { calls: Mutex::default(), held: Mutex::default(), gate: tokio::sync::Semaphore::new(0) }
+        Self {
+            calls: Mutex::default(),
+            active: Default::default(),
+            most_active: Default::default(),
+            held: Mutex::default(),
+            gate: tokio::sync::Semaphore::new(0),
+        }
     }
 }
 
@@ -52,6 +63,7 @@ pub(crate) fn report(result: Result<Vec<u8>, TaskFailure>) -> TaskReport {
         stderr: Vec::new(),
         fuel_consumed: Some(1),
         host_bytes_peak: 0,
+        memory_peak: 0,
         elapsed: Duration::ZERO,
     }
 }
@@ -87,6 +99,22 @@ impl Runner for ScriptRunner {
     }
 
     async fn run(&self, task: &TaskRecord, attempt: Attempt) -> TaskReport {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.active.fetch_add(1, SeqCst) + 1;
+        self.most_active.fetch_max(now, SeqCst);
+        let report = self.run_script(task, attempt).await;
+        self.active.fetch_sub(1, SeqCst);
+        report
+    }
+}
+
+impl ScriptRunner {
+    /// Attempts of `task` that ran.
+    pub(crate) fn calls(&self, task: Uuid) -> u32 {
+        lock(&self.calls).get(&task).copied().unwrap_or(0)
+    }
+
+    async fn run_script(&self, task: &TaskRecord, attempt: Attempt) -> TaskReport {
         let call = {
             let mut calls = lock(&self.calls);
             let n = calls.entry(task.id).or_default();
@@ -111,6 +139,10 @@ impl Runner for ScriptRunner {
             Script::AwaitGate(output) => {
                 // A closed semaphore ends the wait too.
                 drop(self.gate.acquire().await);
+                report(Ok(output))
+            }
+            Script::Sleep(ms, output) => {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
                 report(Ok(output))
             }
         }
@@ -141,7 +173,14 @@ impl Harness {
 
     /// An engine whose store file's writes fail while `full` is set.
     pub(crate) async fn on_disk(full: Arc<std::sync::atomic::AtomicBool>) -> Self {
-        Self::on(|path| Store::open_faulty(path, full, crate::store::QUEUE_CAPACITY).unwrap(), |_| {}).await
+        Self::on_disk_with(full, |_| {}).await
+    }
+
+    pub(crate) async fn on_disk_with(
+        full: Arc<std::sync::atomic::AtomicBool>,
+        tweak: impl FnOnce(&mut EngineConfig),
+    ) -> Self {
+        Self::on(|path| Store::open_faulty(path, full, crate::store::QUEUE_CAPACITY).unwrap(), tweak).await
     }
 
     async fn on(open: impl FnOnce(&std::path::Path) -> Store, tweak: impl FnOnce(&mut EngineConfig)) -> Self {

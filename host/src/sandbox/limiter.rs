@@ -30,6 +30,12 @@ impl MemoryLimiter {
     pub(crate) fn limit(&self) -> u64 {
         self.limit
     }
+
+    /// The most linear memory the task held (memories only grow, so this
+    /// is what it holds at the end).
+    pub(crate) fn peak(&self) -> u64 {
+        self.allocated
+    }
 }
 
 impl ResourceLimiter for MemoryLimiter {

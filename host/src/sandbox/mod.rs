@@ -140,7 +140,8 @@ impl CancelToken {
         self.inner.cancelled.load(Ordering::SeqCst)
     }
 
-    async fn cancelled(&self) {
+    /// Resolves once [`cancel`](Self::cancel) is called.
+    pub async fn cancelled(&self) {
         loop {
             let notified = self.inner.notify.notified();
             if self.is_cancelled() {
@@ -215,6 +216,29 @@ impl Sandbox {
         let started = Instant::now();
         // SAFETY: the caller guarantees the artifact came from this host.
         let component = unsafe { wasmtime::component::Component::deserialize(&self.inner.engine, artifact) }
+            .map_err(|e| LoadError::Compile(format!("cached artifact rejected: {e:#}")))?;
+        self.link(name, version, component, size, started)
+    }
+
+    /// Loads a component from an artifact file that [`Plugin::serialize`]
+    /// wrote, mapping the file rather than reading it, so only the code a
+    /// task runs is paged in.
+    ///
+    /// # Safety
+    /// As for [`Sandbox::load_serialized`]; and the file must not change
+    /// while the plugin is loaded (replace it by renaming a new file over
+    /// it, never by writing into it).
+    pub unsafe fn load_serialized_file(
+        &self,
+        name: &str,
+        version: &str,
+        path: &std::path::Path,
+        size: usize,
+    ) -> Result<Plugin, LoadError> {
+        let started = Instant::now();
+        // SAFETY: the caller guarantees the artifact came from this host
+        // and stays unchanged.
+        let component = unsafe { wasmtime::component::Component::deserialize_file(&self.inner.engine, path) }
             .map_err(|e| LoadError::Compile(format!("cached artifact rejected: {e:#}")))?;
         self.link(name, version, component, size, started)
     }
@@ -349,6 +373,7 @@ impl Sandbox {
             fuel_consumed: None,
             elapsed: started.elapsed(),
             host_bytes_peak: 0,
+            memory_peak: 0,
         };
         if let Err(message) = self.check_limits(&limits) {
             return early_failure(message);
@@ -432,6 +457,7 @@ impl Sandbox {
             fuel_consumed,
             elapsed: started.elapsed(),
             host_bytes_peak: state.budget.peak(),
+            memory_peak: state.limiter.peak(),
         }
     }
 }

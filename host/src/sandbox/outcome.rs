@@ -251,6 +251,8 @@ pub struct TaskReport {
     /// The most bytes the task made the host hold at once (its host
     /// budget's peak).
     pub host_bytes_peak: u64,
+    /// The most linear memory the task's instance held.
+    pub memory_peak: u64,
 }
 
 /// Classifies an error raised while instantiating or running the guest.

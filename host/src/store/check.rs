@@ -27,8 +27,8 @@ use redb::{
 };
 use std::path::{Path, PathBuf};
 
-/// Cache redb may use while checking or repairing.
-const CACHE_BYTES: usize = 256 << 20;
+/// Cache redb may use while checking or repairing: as when serving.
+use super::open::CACHE_BYTES;
 /// Examples listed per kind of problem.
 const EXAMPLES: usize = 5;
 

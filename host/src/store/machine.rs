@@ -11,7 +11,7 @@ pub(crate) const TRANSITIONS: &[(TaskState, TaskState, &str)] = &[
     (Running, Failed, "permanent failure or attempts exhausted"),
     (Running, Retrying, "retryable failure; waiting out the backoff"),
     (Running, Cancelled, "cancelled while running"),
-    (Running, Pending, "recovered after the host died mid-run"),
+    (Running, Pending, "recovered after the host died mid-run, or claimed but not started before the host stopped"),
     (Retrying, Running, "the backoff elapsed; a worker starts the next attempt"),
     (Retrying, Cancelled, "cancelled while waiting to retry"),
     (Failed, Pending, "re-submitted from the dead-letter set"),

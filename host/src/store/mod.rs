@@ -119,8 +119,15 @@ impl Change {
         self
     }
 
+    /// Adds an edit of the record, applied after any edit added before.
     pub(crate) fn edit(mut self, edit: impl FnOnce(&mut TaskRecord) + Send + 'static) -> Self {
-        self.edit = Some(Box::new(edit));
+        self.edit = Some(match self.edit.take() {
+            Some(first) => Box::new(move |r: &mut TaskRecord| {
+                first(r);
+                edit(r);
+            }),
+            None => Box::new(edit),
+        });
         self
     }
 

@@ -32,7 +32,7 @@ pub use flow::{Flow, FlowNode, FlowRepeat, FlowTasks, RepeatRule};
 pub use health::Health;
 pub use plugin::{
     LatestChange, ManifestSet, Plugin, PluginAdded, PluginLatest, PluginList, PluginSummary, PluginVersion,
-    PluginVersionDetail, VersionDeleted, VersionState,
+    PluginVersionDetail, RunStats, VersionDeleted, VersionState,
 };
 pub use queue::{Queue, QueueChange, QueueList, QueueSettings};
 pub use task::{

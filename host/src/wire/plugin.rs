@@ -99,6 +99,32 @@ pub struct PluginVersionDetail {
     pub version: PluginVersion,
     /// Tasks pinned to it, per state; states with none are left out.
     pub tasks: BTreeMap<TaskState, u64>,
+    /// How its attempts ran since the host started (`null`: none ran).
+    #[serde(default)]
+    pub runs: Option<RunStats>,
+}
+
+/// How a plugin version's attempts ran: all of them since the host
+/// started (`runs`), and quantiles over the last `recent` of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RunStats {
+    /// Attempts that ran since the host started.
+    pub runs: u64,
+    /// How many of the latest the quantiles cover (at most 256).
+    pub recent: usize,
+    /// Median run time, in milliseconds.
+    pub run_ms_p50: f64,
+    /// 95th percentile run time, in milliseconds.
+    pub run_ms_p95: f64,
+    /// Longest run time, in milliseconds.
+    pub run_ms_max: f64,
+    /// Median peak linear memory, in bytes.
+    pub memory_bytes_p50: u64,
+    /// Largest peak linear memory, in bytes.
+    pub memory_bytes_max: u64,
+    /// Largest peak of bytes held by the host for one attempt.
+    pub host_bytes_max: u64,
 }
 
 /// `GET /v1/plugins/{name}`: one plugin in detail.
@@ -118,9 +144,14 @@ pub struct Plugin {
 }
 
 impl Plugin {
-    /// Plugin `name` from its registry `detail` and task `counts` by
-    /// version and state.
-    pub fn new(name: &str, detail: &PluginDetail, counts: &TaskCounts) -> Self {
+    /// Plugin `name` from its registry `detail`, task `counts` by version
+    /// and state, and each version's `runs`.
+    pub fn new(
+        name: &str,
+        detail: &PluginDetail,
+        counts: &TaskCounts,
+        runs: impl Fn(&str) -> Option<RunStats>,
+    ) -> Self {
         let versions = detail
             .versions
             .iter()
@@ -131,6 +162,7 @@ impl Plugin {
                     .filter(|((version, _), _)| *version == v.info.version)
                     .map(|((_, state), n)| (*state, *n))
                     .collect(),
+                runs: runs(&v.info.version),
             })
             .collect();
         Self {
@@ -296,9 +328,26 @@ mod tests {
         };
         let counts: TaskCounts =
             HashMap::from([(("1".to_owned(), TaskState::Completed), 4), (("1".to_owned(), TaskState::Failed), 1)]);
-        let plugin = Plugin::new("up", &detail, &counts);
+        let runs = |version: &str| {
+            (version == "1").then_some(RunStats {
+                runs: 5,
+                recent: 5,
+                run_ms_p50: 1.5,
+                run_ms_p95: 2.0,
+                run_ms_max: 3.0,
+                memory_bytes_p50: 1 << 20,
+                memory_bytes_max: 2 << 20,
+                host_bytes_max: 100,
+            })
+        };
+        let plugin = Plugin::new("up", &detail, &counts, runs);
         let value = serde_json::to_value(&plugin).unwrap();
         assert_eq!(value["versions"][0]["tasks"], json!({"completed": 4, "failed": 1}));
+        assert_eq!(
+            (value["versions"][0]["runs"]["runs"].as_u64(), value["versions"][0]["runs"]["run_ms_p50"].as_f64()),
+            (Some(5), Some(1.5))
+        );
+        assert!(value["versions"][1]["runs"].is_null());
         assert_eq!(value["versions"][1]["tasks"], json!({}));
         assert_eq!((value["versions"][1]["state"].as_str(), value["latest"].as_str()), (Some("compiling"), Some("1")));
         assert!(value["manifest"].is_null() && value["watch_error"].is_null());

@@ -158,8 +158,8 @@ impl Model {
 
     /// The scheduler's counts agree with the model and stay in the limits.
     fn check(&self, s: &Scheduler) -> Result<(), TestCaseError> {
-        prop_assert!(s.running <= s.max_running);
-        prop_assert_eq!(s.running, self.running.len());
+        prop_assert!(s.in_flight <= s.window());
+        prop_assert_eq!(s.in_flight, self.running.len());
         for (name, depth) in s.depths() {
             let expect = QueueDepth {
                 ready: self.ready.get(&name).map_or(0, Vec::len),
