@@ -238,9 +238,29 @@ run_tests() {
   RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p taskhost -p taskhost-sdk -p taskhost-sdk-macros
 }
 
+# An 18 MB Python component for the defaults benchmark's `taskhost run`
+# row, built with componentize-py (from PyPI, into target/venv).
+PY_COMPONENT=target/py-upper.wasm
+build_py_component() {
+  if [[ -f $PY_COMPONENT ]]; then return; fi
+  say "building a Python component with componentize-py (for the run benchmark)"
+  if [[ ! -x target/venv/bin/componentize-py ]]; then
+    python3 -m venv target/venv
+    target/venv/bin/pip install --quiet --disable-pip-version-check 'componentize-py==0.25.*'
+  fi
+  local app; app=$(mktemp -d)
+  printf 'import wit_world\n\nclass WitWorld(wit_world.WitWorld):\n    def run(self, input: bytes) -> bytes:\n        return input.upper()\n' > "$app/app.py"
+  (cd "$app" && "$OLDPWD/target/venv/bin/componentize-py" -d "$OLDPWD/wit" -w task componentize app -o "$OLDPWD/$PY_COMPONENT.part")
+  rm -rf "$app"
+  mv "$PY_COMPONENT.part" "$PY_COMPONENT"
+}
+
 bench() {
   setup
-  cargo bench -p taskhost --bench sandbox --bench engine --bench flows --bench registry --bench store --bench inference
+  build_py_component
+  BENCH_PY_COMPONENT=$PWD/$PY_COMPONENT \
+    cargo bench -p taskhost --bench sandbox --bench engine --bench flows --bench registry --bench store --bench inference \
+      --bench defaults
 }
 
 case "${1:-}" in

@@ -13,8 +13,12 @@ fn taskhost(args: &[&str], stdin: &[u8]) -> Output {
 /// Runs the `taskhost` binary with extra environment variables, feeding
 /// `stdin`; returns everything it printed.
 pub(crate) fn taskhost_with_env(args: &[&str], env: &[(&str, &str)], stdin: &[u8]) -> Output {
+    // The artifact cache of these runs is the tests' own, not the user's.
+    static CACHE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let cache = CACHE.get_or_init(|| tempfile::tempdir().unwrap());
     let mut child = Command::new(env!("CARGO_BIN_EXE_taskhost"))
         .args(args)
+        .env("TASKHOST_CACHE", cache.path())
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -127,4 +131,43 @@ fn the_host_environment_does_not_leak_into_plugins() {
     let out = child.output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(out.stdout, b"[[],[]]");
+}
+
+/// A second run of the same component loads its compiled artifact from the
+/// cache instead of compiling; an artifact someone else may write is not
+/// trusted, and `--no-cache` neither reads nor writes the cache.
+#[test]
+fn a_second_run_loads_the_compiled_plugin_from_the_artifact_cache() {
+    use std::os::unix::fs::PermissionsExt;
+    let cache = tempfile::tempdir().unwrap();
+    let dir = cache.path().join("artifacts");
+    let args = ["run", UPPERCASE.path, "--stats", "--cache-dir", dir.to_str().unwrap()];
+    let first = taskhost(&args, b"abc");
+    assert!(first.status.success(), "{}", stderr(&first));
+    assert!(stderr(&first).contains("stats: plugin compiled in"), "{}", stderr(&first));
+    let second = taskhost(&args, b"abc");
+    assert_eq!(second.stdout, b"ABC");
+    assert!(stderr(&second).contains("stats: plugin loaded from the artifact cache in"), "{}", stderr(&second));
+    assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
+
+    // Writable by others: ignored with a warning, and compiled again.
+    let artifact = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "cwasm"));
+    let artifact = artifact.expect("an artifact in the cache");
+    std::fs::set_permissions(&artifact, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let third = taskhost(&args, b"abc");
+    assert_eq!(third.stdout, b"ABC");
+    let text = stderr(&third);
+    assert!(text.contains("warning: ignoring the cached artifact") && text.contains("plugin compiled in"), "{text}");
+
+    let other = tempfile::tempdir().unwrap();
+    let uncached = taskhost_with_env(
+        &["run", UPPERCASE.path, "--stats", "--no-cache"],
+        &[("TASKHOST_CACHE", other.path().to_str().unwrap())],
+        b"abc",
+    );
+    assert!(stderr(&uncached).contains("plugin compiled in"), "{}", stderr(&uncached));
+    assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 0, "--no-cache writes nothing");
 }

@@ -4,6 +4,7 @@
 //! problems found), 2 bad usage or unreadable files, 3 `serve` cannot open
 //! the store (damaged, not a store, in use).
 
+mod artifacts;
 mod client;
 mod flow;
 mod models;

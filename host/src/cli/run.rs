@@ -37,9 +37,17 @@ pub(crate) struct RunArgs {
     /// memory (log records, captured streams, inference tensors), e.g. `16MiB`.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     host_memory: Option<u64>,
-    /// Print fuel used and elapsed time to stderr.
+    /// Print fuel used, elapsed time and how the plugin was loaded to stderr.
     #[arg(long)]
     stats: bool,
+    /// Keep compiled plugins in DIR, so a second run of the same component
+    /// skips compiling (default: $TASKHOST_CACHE, else
+    /// $XDG_CACHE_HOME/taskhost/artifacts, else ~/.cache/taskhost/artifacts).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// Compile the plugin without reading or writing the artifact cache.
+    #[arg(long, conflicts_with = "cache_dir")]
+    no_cache: bool,
     /// Serve the models in FILE (TOML, see README "Inference") to the
     /// plugin's `inference` calls.
     #[arg(long, value_name = "FILE")]
@@ -51,12 +59,6 @@ pub(crate) struct RunArgs {
 }
 
 pub(crate) async fn run(args: RunArgs) -> ExitCode {
-    let bytes = match std::fs::read(&args.plugin) {
-        Ok(b) => b,
-        Err(e) => {
-            return fail(EXIT_USAGE, &format!("cannot read plugin `{}`: {e}", args.plugin.display()));
-        }
-    };
     let input = match read_input(args.input.as_deref()) {
         Ok(i) => i,
         Err(message) => return fail(EXIT_USAGE, &message),
@@ -90,9 +92,11 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
         },
         None => None,
     };
-    let plugin = match sandbox.load(&name, "local", &bytes) {
-        Ok(p) => p,
-        Err(e) => {
+    let cache = if args.no_cache { None } else { args.cache_dir.clone().or_else(super::artifacts::default_dir) };
+    let (plugin, source, load_time) = match super::artifacts::load(&sandbox, &name, &args.plugin, cache.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(super::artifacts::Failed::Read(message)) => return fail(EXIT_USAGE, &message),
+        Err(super::artifacts::Failed::Load(e)) => {
             return fail(EXIT_TASK_FAILED, &format!("invalid plugin: `{}`: {e}", args.plugin.display()));
         }
     };
@@ -100,8 +104,12 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
         sandbox.run(&plugin, TaskRequest { input, limits: Some(limits), inference, ..TaskRequest::default() }).await;
     print_captured(&report);
     if args.stats {
+        let how = match source {
+            super::artifacts::Source::Cached => "loaded from the artifact cache",
+            super::artifacts::Source::Compiled => "compiled",
+        };
         eprintln!(
-            "stats: elapsed {:?}, fuel used {}, output {}",
+            "stats: plugin {how} in {load_time:?}, elapsed {:?}, fuel used {}, output {}",
             report.elapsed,
             report.fuel_consumed.map_or_else(|| "n/a".into(), |f| f.to_string()),
             report.result.as_ref().map_or_else(|_| "none".into(), |o| format_size(o.len() as u64)),

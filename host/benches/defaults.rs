@@ -1,0 +1,377 @@
+//! "Fast by default": the figures a user gets from the shipped settings,
+//! in one table, with the old behaviour (execution slots held across the
+//! start and outcome commits, `--claim-ahead 0`) and a tuned run beside
+//! them for ratios:
+//! 1. trivial tasks over HTTP (`POST /v1/tasks:batch`, 1,000 per request,
+//!    4 clients), submit → all completed, on the real `taskhost serve`
+//!    binary started with no tuning flags;
+//! 2. the in-process engine with `EngineConfig::default()`;
+//! 3. submit → start p50/p99 at a steady 1,000 and 10,000 tasks/s;
+//! 4. restart to serving after SIGKILL with 1,000,000 stored tasks, and
+//!    the host's RSS then (`BENCH_STORED_TASKS` sets the count);
+//! 5. `taskhost run` of an 18 MB Python component (componentize-py),
+//!    first run (compiles) and second run (artifact cache). Skipped when
+//!    `BENCH_PY_COMPONENT` names no file (`./dev.sh bench` builds it).
+//!
+//! Run: `cargo bench -p taskhost --bench defaults` (or `./dev.sh bench`);
+//! `BENCH_ROWS=1,2` runs only those groups (for profiling one of them).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use taskhost::engine::{Engine, EngineConfig, NewTask};
+use taskhost::store::TaskState;
+use taskhost_test_artifacts::{CLOCK, TRIVIAL};
+
+mod common;
+
+const HTTP_TASKS: usize = 40_000;
+const HTTP_BATCH: usize = 1_000;
+const HTTP_CLIENTS: usize = 4;
+const ENGINE_TASKS: usize = 40_000;
+const LATENCY_SECONDS: u64 = 2;
+/// Rounds of the 1,000/s latency run per setting.
+const LATENCY_ROUNDS: usize = 3;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(bench());
+}
+
+struct Row {
+    figure: String,
+    setting: String,
+    value: String,
+    ratio: String,
+}
+
+fn row(figure: &str, setting: &str, value: String, ratio: String) -> Row {
+    eprintln!("({figure}, {setting}: {value})");
+    Row { figure: figure.into(), setting: setting.into(), value, ratio }
+}
+
+async fn bench() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let defaults = EngineConfig::default();
+    eprintln!(
+        "defaults here: concurrency {}, claim-ahead {}, memory budget {} MiB",
+        defaults.concurrency,
+        defaults.claim_ahead,
+        defaults.memory_budget >> 20
+    );
+    let mut rows = Vec::new();
+    let only = std::env::var("BENCH_ROWS").ok();
+    let per_s = |r: f64| format!("{r:.0} tasks/s");
+    let vs = |r: f64, base: f64| format!("{:.2}x", r / base);
+    let wanted = |group: &str| only.as_deref().is_none_or(|o| o.split(',').any(|g| g.trim() == group));
+
+    // 1. HTTP, the real binary.
+    if wanted("1") {
+        let http_default = http_throughput(&[]).await;
+        let http_old = http_throughput(&["--claim-ahead", "0"]).await;
+        let http_tuned = http_throughput(&["--concurrency", "256"]).await;
+        let figure = "trivial tasks over HTTP, tasks:batch, submit -> all completed";
+        rows.push(row(figure, "defaults (`taskhost serve`)", per_s(http_default), "1.00x".into()));
+        rows.push(row(
+            figure,
+            "--claim-ahead 0 (slots held across commits, as before)",
+            per_s(http_old),
+            vs(http_old, http_default),
+        ));
+        rows.push(row(figure, "--concurrency 256", per_s(http_tuned), vs(http_tuned, http_default)));
+    }
+
+    // 2. In-process engine.
+    if wanted("2") {
+        let engine_default = engine_throughput(EngineConfig::default()).await;
+        let engine_old = engine_throughput(EngineConfig { claim_ahead: 0, ..EngineConfig::default() }).await;
+        let engine_tuned = engine_throughput(EngineConfig { concurrency: 512, ..EngineConfig::default() }).await;
+        let figure = "in-process engine, trivial plugin, submit -> completed";
+        rows.push(row(figure, "EngineConfig::default()", per_s(engine_default), "1.00x".into()));
+        rows.push(row(figure, "claim_ahead 0 (as before)", per_s(engine_old), vs(engine_old, engine_default)));
+        rows.push(row(figure, "concurrency 512", per_s(engine_tuned), vs(engine_tuned, engine_default)));
+    }
+
+    // 3. Latency at steady rates, the old behaviour beside the default at
+    // 1,000/s, interleaved in rounds (the disk's latency drifts).
+    if wanted("3") {
+        let settings = [("defaults", 1_024usize), ("claim_ahead 0 (as before)", 0)];
+        let engines = futures::future::join_all(settings.iter().map(|(_, ahead)| async move {
+            let dir = tempfile::tempdir().unwrap();
+            let engine = open(dir.path(), EngineConfig { claim_ahead: *ahead, ..EngineConfig::default() }).await;
+            (dir, engine)
+        }))
+        .await;
+        let mut samples = vec![Vec::new(); settings.len()];
+        for _ in 0..LATENCY_ROUNDS {
+            for (i, (_, engine)) in engines.iter().enumerate() {
+                samples[i].extend(latency(engine, 1_000).await);
+            }
+        }
+        let p = |l: &mut Vec<Duration>, q: usize| {
+            l.sort();
+            l[(l.len() * q / 100).min(l.len() - 1)]
+        };
+        let base = p(&mut samples[0], 99);
+        for (i, (name, _)) in settings.iter().enumerate() {
+            let l = &mut samples[i];
+            let (p50, p99) = (p(l, 50), p(l, 99));
+            rows.push(row(
+                &format!("submit -> start at a steady 1000 tasks/s ({} tasks)", l.len()),
+                name,
+                format!("p50 {} / p99 {}", ms(p50), ms(p99)),
+                format!("{:.2}x (p99)", p99.as_secs_f64() / base.as_secs_f64()),
+            ));
+        }
+        let l = latency(&engines[0].1, 10_000).await;
+        let pct = |q: usize| l[(l.len() * q / 100).min(l.len() - 1)];
+        rows.push(row(
+            &format!("submit -> start at a steady 10000 tasks/s ({} tasks)", l.len()),
+            "defaults",
+            format!("p50 {} / p99 {}", ms(pct(50)), ms(pct(99))),
+            "-".into(),
+        ));
+        for (_, engine) in &engines {
+            engine.shutdown();
+        }
+    }
+
+    // 4. Restart with many stored tasks.
+    if wanted("4") {
+        let stored: usize = std::env::var("BENCH_STORED_TASKS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+        let (to_serving, rss, file) = restart(stored).await;
+        let figure = format!("`taskhost serve` restart after SIGKILL, {stored} stored tasks");
+        rows.push(row(&figure, "defaults", format!("{} to serving", ms(to_serving)), "-".into()));
+        rows.push(row(
+            &figure,
+            "defaults",
+            format!("RSS {:.1} MiB (store file {:.0} MiB)", rss as f64 / 1024.0, file as f64 / (1 << 20) as f64),
+            "-".into(),
+        ));
+    }
+
+    // 5. `taskhost run` of a large component, twice.
+    if wanted("5") {
+        match std::env::var_os("BENCH_PY_COMPONENT").filter(|p| Path::new(p).is_file()) {
+            Some(component) => {
+                let cache = tempfile::tempdir().unwrap();
+                let size = std::fs::metadata(&component).unwrap().len();
+                let first = run_once(Path::new(&component), cache.path());
+                let second = (0..5).map(|_| run_once(Path::new(&component), cache.path())).min().unwrap();
+                let figure = format!("`taskhost run` of a {:.1} MB Python component", size as f64 / 1e6);
+                rows.push(row(&figure, "first run (compiles)", ms(first), "1.00x".into()));
+                rows.push(row(
+                    &figure,
+                    "second run (artifact cache), best of 5",
+                    ms(second),
+                    format!("{:.4}x", second.as_secs_f64() / first.as_secs_f64()),
+                ));
+            }
+            None => {
+                eprintln!("(row 5 skipped: set BENCH_PY_COMPONENT to a componentize-py component; ./dev.sh bench does)")
+            }
+        }
+    }
+
+    println!("taskhost defaults benchmark ({cpus} CPUs)\n");
+    println!("| figure | settings | value | ratio |");
+    println!("|---|---|---:|---:|");
+    for r in rows {
+        println!("| {} | {} | {} | {} |", r.figure, r.setting, r.value, r.ratio);
+    }
+}
+
+async fn open(dir: &Path, config: EngineConfig) -> Engine {
+    let engine = Engine::open(EngineConfig { data_dir: dir.to_owned(), ..config }).await.unwrap();
+    engine.add_plugin("trivial", TRIVIAL.bytes(), None, true).await.unwrap();
+    engine.add_plugin("clock", CLOCK.bytes(), None, true).await.unwrap();
+    engine
+}
+
+async fn engine_throughput(config: EngineConfig) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = open(dir.path(), config).await;
+    let rate = ENGINE_TASKS as f64 / common::submit_and_complete(&engine, ENGINE_TASKS).await.as_secs_f64();
+    engine.shutdown();
+    rate
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn serve(dir: &Path, port: u16, extra: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .args(["serve", "--data", dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn until_up(http: &reqwest::Client, base: &str) -> Duration {
+    let started = Instant::now();
+    loop {
+        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
+            && r.status().is_success()
+        {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the server did not come up");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+async fn completed(http: &reqwest::Client, base: &str) -> u64 {
+    let health: serde_json::Value = http.get(format!("{base}/healthz")).send().await.unwrap().json().await.unwrap();
+    health["tasks"]["completed"].as_u64().unwrap_or(0)
+}
+
+/// Tasks per second over HTTP on a fresh `taskhost serve` with `extra`
+/// flags: the time from the first batch sent to the last task completed.
+async fn http_throughput(extra: &[&str]) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = serve(dir.path(), port, extra);
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    until_up(&http, &base).await;
+    let up = http.post(format!("{base}/v1/plugins/trivial")).body(TRIVIAL.bytes()).send().await.unwrap();
+    assert!(up.status().is_success(), "upload: {}", up.status());
+    let batch = serde_json::json!({
+        "tasks": vec![serde_json::json!({"plugin": "trivial", "input": "x"}); HTTP_BATCH]
+    })
+    .to_string();
+    let started = Instant::now();
+    let clients: Vec<_> = (0..HTTP_CLIENTS)
+        .map(|_| {
+            let (http, base, batch) = (http.clone(), base.clone(), batch.clone());
+            tokio::spawn(async move {
+                for _ in 0..HTTP_TASKS / HTTP_BATCH / HTTP_CLIENTS {
+                    let r = http
+                        .post(format!("{base}/v1/tasks:batch"))
+                        .header("content-type", "application/json")
+                        .body(batch.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert!(r.status().is_success(), "batch: {}", r.status());
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    while completed(&http, &base).await < HTTP_TASKS as u64 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let rate = HTTP_TASKS as f64 / started.elapsed().as_secs_f64();
+    server.kill().unwrap();
+    server.wait().unwrap();
+    rate
+}
+
+fn unix_nanos() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+}
+
+/// Submit → start latencies of `clock` tasks at `rate` per second for
+/// [`LATENCY_SECONDS`], sorted. Each task's output is the time it started;
+/// the outputs are read once all have completed, so waiting costs nothing
+/// while they run.
+async fn latency(engine: &Engine, rate: u64) -> Vec<Duration> {
+    let done_before = completed_in(engine);
+    let tick = Duration::from_micros(1_000_000 / rate.min(1_000));
+    let per_tick = (rate / 1_000).max(1);
+    let mut ticker = tokio::time::interval(tick);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut pending = Vec::new();
+    let until = Instant::now() + Duration::from_secs(LATENCY_SECONDS);
+    while Instant::now() < until {
+        ticker.tick().await;
+        for _ in 0..per_tick {
+            let engine = engine.clone();
+            pending.push(tokio::spawn(async move {
+                let submitted_at = unix_nanos();
+                let task = NewTask { plugin: "clock".into(), ..NewTask::default() };
+                (engine.submit(task).await.unwrap().record.id, submitted_at)
+            }));
+        }
+    }
+    let mut submitted = Vec::with_capacity(pending.len());
+    for p in pending {
+        submitted.push(p.await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while completed_in(engine) < done_before + submitted.len() as i64 {
+        assert!(Instant::now() < deadline, "the latency run's tasks did not all complete in 2 minutes");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut latencies: Vec<Duration> = submitted
+        .into_iter()
+        .map(|(id, submitted_at)| {
+            let ran_at: u128 = String::from_utf8(engine.output(id).unwrap().unwrap()).unwrap().parse().unwrap();
+            Duration::from_nanos(ran_at.saturating_sub(submitted_at) as u64)
+        })
+        .collect();
+    latencies.sort();
+    latencies
+}
+
+fn completed_in(engine: &Engine) -> i64 {
+    engine.state_counts().get(&TaskState::Completed).copied().unwrap_or(0)
+}
+
+/// Fills a store with `n` completed tasks, starts `taskhost serve` on it,
+/// SIGKILLs it, and times the restart to serving; gives that, the RSS
+/// (KiB) then and the store file's size.
+async fn restart(n: usize) -> (Duration, u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let engine = open(dir.path(), EngineConfig::default()).await;
+        let fill = Instant::now();
+        common::submit_and_complete(&engine, n).await;
+        eprintln!("(filled {n} tasks in {:.1} s)", fill.elapsed().as_secs_f64());
+        engine.shutdown();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let port = free_port();
+    let http = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut first = serve(dir.path(), port, &[]);
+    until_up(&http, &base).await;
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    let mut second = serve(dir.path(), port, &[]);
+    let to_serving = until_up(&http, &base).await;
+    assert_eq!(completed(&http, &base).await, n as u64);
+    let rss = std::fs::read_to_string(format!("/proc/{}/status", second.id()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+        .unwrap_or(0);
+    let file = std::fs::metadata(dir.path().join("taskhost.redb")).map_or(0, |m| m.len());
+    second.kill().unwrap();
+    second.wait().unwrap();
+    (to_serving, rss, file)
+}
+
+/// One `taskhost run` of `component` with the artifact cache in `cache`,
+/// process start to exit.
+fn run_once(component: &Path, cache: &Path) -> Duration {
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .args(["run", component.to_str().unwrap(), "--cache-dir", cache.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(out.status.success(), "taskhost run: {}", String::from_utf8_lossy(&out.stderr));
+    took
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
