@@ -167,13 +167,13 @@ impl Dispatch {
             Arc::new(AttemptServices::new(shared.clone(), self.submission.clone(), self.flows.clone(), record.clone()));
         let mut run_secs = 0.0;
         // Memory the outcome holds stays reserved until it is recorded.
-        let mut _reserved = None;
+        let mut reserved = None;
         // Time spent waiting for a slot or memory is not charged.
         let mut waited = Duration::ZERO;
         let mut change = match self.gated_run(&record, token, &services, &mut waited).await {
             Ok(ran) => {
                 run_secs = ran.secs;
-                _reserved = Some(ran.reserved);
+                reserved = Some(ran.reserved);
                 let run_started = ran.started_ms;
                 decide(&record, ran.report, &shared.config.retry).edit(move |r| r.started_at_ms = Some(run_started))
             }
@@ -196,6 +196,7 @@ impl Dispatch {
             change = change.effects(held.effects);
         }
         let finished = shared.store.apply(change.expect_version(record.version)).await;
+        drop(reserved);
         // Children first, so the flow never looks finished in between.
         let applied = finished.as_ref().is_ok_and(|a| completing && a.effects_applied);
         let committed = match &finished {
@@ -476,7 +477,13 @@ mod tests {
         assert_eq!(h.runner.most_active.load(std::sync::atomic::Ordering::SeqCst), 2);
         let gate = &h.shared.metrics.gate;
         assert!(gate.waits.get() > 0, "some waited for room");
-        assert_eq!((gate.reserved.get(), gate.waiting.get()), (0, 0));
+        // An outcome's memory is given back just after its commit.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while gate.reserved.get() != 0 {
+            assert!(Instant::now() < deadline, "{} bytes still reserved", gate.reserved.get());
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(gate.waiting.get(), 0);
         assert_eq!(gate.budget.get(), 400 << 20);
     }
 

@@ -1,7 +1,10 @@
 //! Property tests of the scheduler against a plain model: random
-//! operations keep every limit, dispatch only due tasks in priority-then-
-//! FIFO order, never idle a free slot while a queue could run, and return
-//! every task exactly once; backlogged queues get their weight's share.
+//! operations keep every limit (a queue's from claim to the end of the
+//! run, the window from claim to the recorded outcome, with claim-ahead
+//! sized by measured run time), dispatch only due tasks in priority-then-
+//! FIFO order, never idle while the window has room and a queue could
+//! run, and return every task exactly once; backlogged queues get their
+//! weight's share.
 
 use super::*;
 use proptest::collection::vec;
@@ -29,8 +32,20 @@ enum Op {
         due: Option<u64>,
     },
     Next,
-    /// Finishes the running task at `which` modulo their number.
+    /// Finishes the running task at `which` modulo their number (run and
+    /// outcome recorded at once).
     Finish {
+        which: usize,
+        cost: f64,
+    },
+    /// Ends the run of the running task at `which` (its queue's slot frees;
+    /// it stays in flight).
+    Ran {
+        which: usize,
+        run: f64,
+    },
+    /// Records the outcome of the task at `which` among those that ran.
+    Settle {
         which: usize,
         cost: f64,
     },
@@ -44,7 +59,9 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0..QUEUES.len(), 0u8..=9, proptest::option::of(0u64..30))
             .prop_map(|(queue, priority, due)| Op::Enqueue { queue, priority, due }),
         5 => Just(Op::Next),
-        3 => (any::<usize>(), prop_oneof![Just(0.0), 0.0001f64..0.2]).prop_map(|(which, cost)| Op::Finish { which, cost }),
+        2 => (any::<usize>(), prop_oneof![Just(0.0), 0.0001f64..0.2]).prop_map(|(which, cost)| Op::Finish { which, cost }),
+        2 => (any::<usize>(), prop_oneof![Just(0.0), 0.000_01f64..0.2]).prop_map(|(which, run)| Op::Ran { which, run }),
+        2 => (any::<usize>(), 0.0001f64..0.2).prop_map(|(which, cost)| Op::Settle { which, cost }),
         2 => (0u64..20).prop_map(Op::Advance),
     ]
 }
@@ -54,6 +71,12 @@ fn op() -> impl Strategy<Value = Op> {
 struct Model {
     now: u64,
     max_running: usize,
+    /// The most claimed ahead of the slots.
+    ahead: usize,
+    /// The model's running average of run times (seconds).
+    avg_run: f64,
+    /// Claimed, run over, outcome not yet recorded.
+    ran: Vec<(Entry, Charge)>,
     limits: HashMap<String, Option<u32>>,
     ready: HashMap<String, Vec<Entry>>,
     delayed: Vec<(u64, Entry)>,
@@ -68,9 +91,20 @@ impl Model {
         self.running.iter().filter(|(e, _)| e.queue == queue).count()
     }
 
-    /// Queues `next` may take from: work ready, under their own limit.
+    /// The most tasks in flight: the slots, plus `slots × 8 ms / average
+    /// run`, at most `ahead`.
+    fn window(&self) -> usize {
+        self.max_running + ((self.max_running as f64 * 0.008 / self.avg_run).floor() as usize).min(self.ahead)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.running.len() + self.ran.len()
+    }
+
+    /// Queues `next` may take from: room in the window, work ready, under
+    /// their own limit.
     fn eligible(&self) -> Vec<String> {
-        if self.running.len() >= self.max_running {
+        if self.in_flight() >= self.window() {
             return Vec::new();
         }
         self.ready
@@ -109,6 +143,21 @@ impl Model {
                 if !self.running.is_empty() {
                     let (entry, charge) = self.running.swap_remove(which % self.running.len());
                     s.finished(&entry.queue, charge, *cost);
+                    self.measured(*cost);
+                }
+            }
+            Op::Ran { which, run } => {
+                if !self.running.is_empty() {
+                    let (entry, charge) = self.running.swap_remove(which % self.running.len());
+                    s.ran(&entry.queue, *run);
+                    self.measured(*run);
+                    self.ran.push((entry, charge));
+                }
+            }
+            Op::Settle { which, cost } => {
+                if !self.ran.is_empty() {
+                    let (entry, charge) = self.ran.swap_remove(which % self.ran.len());
+                    s.settled(&entry.queue, charge, *cost);
                 }
             }
             Op::Advance(ms) => {
@@ -123,6 +172,12 @@ impl Model {
             }
         }
         self.check(s)
+    }
+
+    fn measured(&mut self, run: f64) {
+        if run > 0.0 {
+            self.avg_run = 0.95 * self.avg_run + 0.05 * run;
+        }
     }
 
     /// One `next`: None exactly when no queue may start a task; otherwise
@@ -158,8 +213,8 @@ impl Model {
 
     /// The scheduler's counts agree with the model and stay in the limits.
     fn check(&self, s: &Scheduler) -> Result<(), TestCaseError> {
-        prop_assert!(s.in_flight <= s.window());
-        prop_assert_eq!(s.in_flight, self.running.len());
+        prop_assert_eq!(s.window(), self.window());
+        prop_assert_eq!(s.in_flight, self.in_flight());
         for (name, depth) in s.depths() {
             let expect = QueueDepth {
                 ready: self.ready.get(&name).map_or(0, Vec::len),
@@ -179,20 +234,28 @@ proptest! {
     /// [`Model::check`]); then, with time run out and every slot freed in
     /// turn, every enqueued task has been started exactly once.
     #[test]
-    fn random_operations_keep_the_invariants(max_running in 1usize..=4, ops in vec(op(), 0..120)) {
-        let mut s = Scheduler::new(max_running);
-        let mut model = Model { max_running, ..Model::default() };
+    fn random_operations_keep_the_invariants(
+        max_running in 1usize..=4,
+        ahead in prop_oneof![Just(0usize), 1usize..=6],
+        ops in vec(op(), 0..120),
+    ) {
+        let mut s = Scheduler::new(max_running).with_ahead(ahead);
+        let mut model = Model { max_running, ahead, avg_run: 0.001, ..Model::default() };
         for op in &ops {
             model.apply(&mut s, op)?;
         }
         model.apply(&mut s, &Op::Advance(1_000))?;
         loop {
             model.apply(&mut s, &Op::Next)?;
-            if model.running.is_empty() && model.eligible().is_empty() {
+            if model.in_flight() == 0 && model.eligible().is_empty() {
                 break;
             }
             if model.eligible().is_empty() {
-                model.apply(&mut s, &Op::Finish { which: 0, cost: 0.001 })?;
+                if model.ran.is_empty() {
+                    model.apply(&mut s, &Op::Ran { which: 0, run: 0.001 })?;
+                } else {
+                    model.apply(&mut s, &Op::Settle { which: 0, cost: 0.001 })?;
+                }
             }
         }
         prop_assert_eq!(&model.returned, &model.enqueued);
