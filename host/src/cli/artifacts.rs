@@ -12,10 +12,10 @@
 //! size and times) remembers its digest, so a second run of an unchanged
 //! file neither reads nor hashes it; the artifact is mapped, not read.
 
-use sha2_digest::{Digest, Sha256};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
+use taskhost::registry::sha256_hex;
 use taskhost::{LoadError, Plugin, Sandbox};
 
 /// The most bytes the cache keeps.
@@ -86,8 +86,8 @@ pub(crate) fn load(
     cache: Option<&Path>,
 ) -> Result<(Plugin, Source, std::time::Duration), Failed> {
     let started = Instant::now();
-    let read =
-        || std::fs::read(file).map_err(|e| Failed::Read(format!("cannot read plugin `{}`: {e}", file.display())));
+    let unreadable = |e: std::io::Error| Failed::Read(format!("cannot read plugin `{}`: {e}", file.display()));
+    let read = || std::fs::read(file).map_err(unreadable);
     let compile = |bytes: &[u8]| sandbox.load(name, "local", bytes).map_err(Failed::Load);
     let Some(dir) = cache else {
         return Ok((compile(&read()?)?, Source::Compiled, started.elapsed()));
@@ -99,10 +99,9 @@ pub(crate) fn load(
     // The file's identity (device, inode, size, modification and change
     // times, to the nanosecond) finds its digest without hashing it again;
     // any write to the file changes its change time.
-    let unreadable = |e: std::io::Error| Failed::Read(format!("cannot read plugin `{}`: {e}", file.display()));
     let mut opened = std::fs::File::open(file).map_err(unreadable)?;
     let meta = opened.metadata().map_err(unreadable)?;
-    let index = dir.join(format!("stat-{}", &hex(&Sha256::digest(identity(&meta).as_bytes()))[..32]));
+    let index = dir.join(format!("stat-{}", &sha256_hex(identity(&meta).as_bytes())[..32]));
     let fingerprint = sandbox.fingerprint();
     let size = meta.size() as usize;
     if let Some(digest) = read_private(&index).and_then(|d| String::from_utf8(d).ok())
@@ -116,7 +115,7 @@ pub(crate) fn load(
     }
     let mut bytes = Vec::with_capacity(size);
     std::io::Read::read_to_end(&mut opened, &mut bytes).map_err(unreadable)?;
-    let digest = hex(&Sha256::digest(&bytes));
+    let digest = sha256_hex(&bytes);
     let path = dir.join(format!("{digest}-{fingerprint}.cwasm"));
     // The identity is recorded only if the file did not change while it
     // was read and its last change is old enough that a later write would
@@ -234,10 +233,6 @@ fn trim(dir: &Path, max: u64) {
             total -= len;
         }
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

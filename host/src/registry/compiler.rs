@@ -12,11 +12,10 @@
 //! loads it. [`Compiler::InProcess`] (the library's
 //! default) compiles on one low-priority thread, with no budget.
 
-use super::{MAX_PLUGIN_BYTES, RegistryError, hex};
+use super::{MAX_PLUGIN_BYTES, RegistryError};
 use crate::sync::blocking;
 use crate::{LoadError, Plugin, Sandbox, SandboxConfig};
 use serde::{Deserialize, Serialize};
-use sha2_digest::{Digest, Sha256};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -320,7 +319,7 @@ pub(crate) async fn compile_in_child(
                 return Err(RegistryError::io(format!("reading the compiled artifact {}", temporary.display()), e));
             }
         };
-        let hash = hex(&Sha256::digest(&bytes));
+        let hash = super::sha256_hex(&bytes);
         // SAFETY: written moments ago by this host's own program (the
         // compile process) into the host's artifact cache, and hashed
         // above; only this hash is ever recorded for it.

@@ -315,7 +315,7 @@ fn write_artifact(plugin: &Plugin, path: &std::path::Path) -> Result<String, Reg
     std::fs::write(&tmp, &artifact)
         .and_then(|()| std::fs::rename(&tmp, path))
         .map_err(|e| RegistryError::io(format!("writing {}", path.display()), e))?;
-    Ok(hex(&Sha256::digest(&artifact)))
+    Ok(sha256_hex(&artifact))
 }
 
 /// The version a component declares in its metadata, if any (a parse of
@@ -327,6 +327,12 @@ fn declared_version(bytes: &[u8]) -> Option<String> {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The sha256 of `bytes` in lower-case hex: how components, artifacts and
+/// manifests are named and checked.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 impl Registry {
@@ -451,7 +457,7 @@ impl Registry {
                     }
                 };
                 let artifact = std::fs::read(&path).ok()?;
-                if hex(&Sha256::digest(&artifact)) != expected {
+                if sha256_hex(&artifact) != expected {
                     tracing::warn!(%name, path = %path.display(), "a cached artifact changed on disk; compiling");
                     return None;
                 }

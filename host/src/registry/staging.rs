@@ -229,7 +229,7 @@ mod tests {
         }
         let staged = staging.finish().await.unwrap();
         assert_eq!(staged.size, content.len() as u64);
-        assert_eq!(staged.digest, hex(&Sha256::digest(&content)));
+        assert_eq!(staged.digest, crate::registry::sha256_hex(&content));
         assert_eq!(staged.head(), &content[..HEAD]);
         assert_eq!(staged.read().await.unwrap(), content);
         drop(staged);

@@ -14,7 +14,6 @@
 use super::{MAX_PLUGIN_BYTES, Manifest, Registry};
 use crate::sync::blocking;
 use crate::watch::{self, Watch, WatchError};
-use sha2_digest::{Digest, Sha256};
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::ops::ControlFlow;
@@ -201,7 +200,7 @@ async fn process(registry: &Arc<Registry>, path: &Path, seen: &mut HashMap<PathB
         }
     };
     let digest = match &content {
-        Content::Manifest(text) => super::hex(&Sha256::digest(text)),
+        Content::Manifest(text) => super::sha256_hex(text),
         Content::Component(staged) => staged.digest.clone(),
     };
     if seen.get(path) == Some(&digest) {
