@@ -19,13 +19,17 @@
 //! `BENCH_ROWS=1,2` runs only those groups (for profiling one of them).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use taskhost::engine::{Engine, EngineConfig, NewTask};
 use taskhost::store::TaskState;
 use taskhost_test_artifacts::{CLOCK, TRIVIAL};
 
 mod common;
+#[path = "common/server.rs"]
+mod server;
+
+use server::{completed, free_port, serve, until_up};
 
 const HTTP_TASKS: usize = 20_000;
 const HTTP_BATCH: usize = 1_000;
@@ -213,38 +217,6 @@ async fn engine_throughput(config: EngineConfig) -> f64 {
     rate
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn serve(dir: &Path, port: u16, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_taskhost"))
-        .args(["serve", "--data", dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
-}
-
-async fn until_up(http: &reqwest::Client, base: &str) -> Duration {
-    let started = Instant::now();
-    loop {
-        if let Ok(r) = http.get(format!("{base}/healthz")).send().await
-            && r.status().is_success()
-        {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < Duration::from_secs(120), "the server did not come up");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-async fn completed(http: &reqwest::Client, base: &str) -> u64 {
-    let health: serde_json::Value = http.get(format!("{base}/healthz")).send().await.unwrap().json().await.unwrap();
-    health["tasks"]["completed"].as_u64().unwrap_or(0)
-}
-
 /// Tasks per second over HTTP on a fresh `taskhost serve` with `extra`
 /// flags: the time from the first batch sent to the last task completed.
 async fn http_throughput(extra: &[&str]) -> f64 {
@@ -354,25 +326,9 @@ async fn restart(n: usize) -> (Duration, u64, u64) {
         engine.shutdown();
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let port = free_port();
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut first = serve(dir.path(), port, &[]);
-    until_up(&http, &base).await;
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
-    let mut second = serve(dir.path(), port, &[]);
-    let to_serving = until_up(&http, &base).await;
-    assert_eq!(completed(&http, &base).await, n as u64);
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", second.id()))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
-        .unwrap_or(0);
-    let file = std::fs::metadata(dir.path().join("taskhost.redb")).map_or(0, |m| m.len());
-    second.kill().unwrap();
-    second.wait().unwrap();
-    (to_serving, rss, file)
+    let restarted = server::restart_after_kill(dir.path()).await;
+    assert_eq!(restarted.completed, n as u64);
+    (restarted.to_serving, restarted.rss_kib, restarted.file_bytes)
 }
 
 /// One `taskhost run` of `component` with the artifact cache in `cache`,

@@ -20,6 +20,8 @@ const LATENCY_SECONDS: u64 = 5;
 const STORED_TASKS: usize = 100_000;
 
 mod common;
+#[path = "common/server.rs"]
+mod server;
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -115,54 +117,14 @@ async fn bench() {
         engine.shutdown();
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let serve = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
-            .args(["serve", "--data", dir.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap()
-    };
-    let http = reqwest::Client::new();
-    let url = format!("http://127.0.0.1:{port}/healthz");
-    let up = |started: Instant| {
-        let (http, url) = (http.clone(), url.clone());
-        async move {
-            loop {
-                if let Ok(r) = http.get(&url).send().await
-                    && r.status().is_success()
-                {
-                    return started.elapsed();
-                }
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        }
-    };
-    let mut first = serve();
-    up(Instant::now()).await;
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
-    let restart = Instant::now();
-    let mut second = serve();
-    let to_serving = up(restart).await;
-    let health: serde_json::Value = http.get(&url).send().await.unwrap().json().await.unwrap();
-    let rss = std::fs::read_to_string(format!("/proc/{}/status", second.id()))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("VmRSS:").map(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap_or(0))
-        })
-        .unwrap_or(0);
-    let file = std::fs::metadata(dir.path().join("taskhost.redb")).map_or(0, |m| m.len());
-    second.kill().unwrap();
-    second.wait().unwrap();
+    let restarted = server::restart_after_kill(dir.path()).await;
     println!("\n3. `taskhost serve` restarted after SIGKILL with {STORED_TASKS} stored tasks\n");
     println!("| measure | value |");
     println!("|---|---:|");
-    println!("| tasks reported by /healthz | {} |", health["tasks"]["completed"]);
-    println!("| restart to serving (process start -> /healthz 200) | {} |", ms(to_serving));
-    println!("| host RSS after restart | {:.1} MiB |", rss as f64 / 1024.0);
-    println!("| store file size | {:.1} MiB |", file as f64 / (1 << 20) as f64);
+    println!("| tasks reported by /healthz | {} |", restarted.completed);
+    println!("| restart to serving (process start -> /healthz 200) | {} |", ms(restarted.to_serving));
+    println!("| host RSS after restart | {:.1} MiB |", restarted.rss_kib as f64 / 1024.0);
+    println!("| store file size | {:.1} MiB |", restarted.file_bytes as f64 / (1 << 20) as f64);
 }
 
 /// Submit → start latencies of `clock` tasks at 1,000/s for

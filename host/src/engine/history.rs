@@ -38,8 +38,31 @@ pub(crate) struct History {
 
 #[derive(Debug, Default)]
 struct Inner {
-    versions: HashMap<(String, String), Version>,
+    /// By plugin, then version: found without allocating a key.
+    plugins: HashMap<String, HashMap<String, Version>>,
+    versions: usize,
     clock: u64,
+}
+
+impl Inner {
+    /// Forgets the version that ran least recently.
+    fn forget_oldest(&mut self) {
+        let oldest = self
+            .plugins
+            .iter()
+            .flat_map(|(p, vs)| vs.iter().map(move |(v, entry)| (entry.last, p, v)))
+            .min_by_key(|(last, _, _)| *last)
+            .map(|(_, p, v)| (p.clone(), v.clone()));
+        if let Some((plugin, version)) = oldest
+            && let Some(versions) = self.plugins.get_mut(&plugin)
+        {
+            versions.remove(&version);
+            self.versions -= 1;
+            if versions.is_empty() {
+                self.plugins.remove(&plugin);
+            }
+        }
+    }
 }
 
 impl History {
@@ -48,14 +71,15 @@ impl History {
         let mut inner = lock(&self.inner);
         inner.clock += 1;
         let clock = inner.clock;
-        let key = (plugin.to_owned(), version.to_owned());
-        if !inner.versions.contains_key(&key) && inner.versions.len() >= MAX_VERSIONS {
-            let oldest = inner.versions.iter().min_by_key(|(_, v)| v.last).map(|(k, _)| k.clone());
-            if let Some(oldest) = oldest {
-                inner.versions.remove(&oldest);
+        let known = inner.plugins.get(plugin).is_some_and(|vs| vs.contains_key(version));
+        if !known {
+            if inner.versions >= MAX_VERSIONS {
+                inner.forget_oldest();
             }
+            inner.plugins.entry(plugin.to_owned()).or_default().insert(version.to_owned(), Version::default());
+            inner.versions += 1;
         }
-        let entry = inner.versions.entry(key).or_default();
+        let entry = inner.plugins.get_mut(plugin).and_then(|vs| vs.get_mut(version)).expect("present or just added");
         entry.runs += 1;
         entry.last = clock;
         if entry.recent.len() == KEPT {
@@ -67,7 +91,7 @@ impl History {
     /// The figures of one version, if it ran since the host started.
     pub(crate) fn stats(&self, plugin: &str, version: &str) -> Option<RunStats> {
         let inner = lock(&self.inner);
-        let entry = inner.versions.get(&(plugin.to_owned(), version.to_owned()))?;
+        let entry = inner.plugins.get(plugin)?.get(version)?;
         let mut micros: Vec<u64> = entry.recent.iter().map(|r| r.micros).collect();
         let mut memory: Vec<u64> = entry.recent.iter().map(|r| r.memory).collect();
         micros.sort_unstable();
@@ -88,7 +112,9 @@ impl History {
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        lock(&self.inner).versions.len()
+        let inner = lock(&self.inner);
+        assert_eq!(inner.versions, inner.plugins.values().map(HashMap::len).sum::<usize>());
+        inner.versions
     }
 }
 
