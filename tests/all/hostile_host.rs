@@ -309,15 +309,6 @@ async fn guests_stuck_reading_a_fifo_hold_a_bounded_pool_not_the_host() {
     }
 }
 
-/// A metric's value in a `/metrics` text (0 when absent).
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.split([' ', '{']).next() == Some(name))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Sixteen tasks that each touch memory up to their 128 MiB limit, under a
 /// 600 MiB memory budget: each reserves 128 MiB plus its 64 MiB host
 /// budget, so three run at once although eight slots are free. The rest
@@ -336,7 +327,7 @@ async fn tasks_whose_memory_does_not_fit_the_budget_wait_and_all_end() {
             let mut most: f64 = 0.0;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let text = http.get(&url).send().await.unwrap().text().await.unwrap();
-                most = most.max(metric(&text, "taskhost_memory_reserved_bytes"));
+                most = most.max(crate::metric_value(&text, "taskhost_memory_reserved_bytes"));
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             most
@@ -357,9 +348,9 @@ async fn tasks_whose_memory_does_not_fit_the_budget_wait_and_all_end() {
     assert!(most_reserved > 0.0, "the sampler saw tasks running");
     assert!(most_reserved <= (600u64 << 20) as f64, "reserved {most_reserved} bytes, past the budget");
     let text = server.http.get(format!("{}/metrics", server.base)).send().await.unwrap().text().await.unwrap();
-    assert_eq!(metric(&text, "taskhost_memory_budget_bytes"), (600u64 << 20) as f64);
-    assert!(metric(&text, "taskhost_memory_waits_total") > 0.0, "some tasks waited:\n{text}");
-    assert_eq!(metric(&text, "taskhost_memory_reserved_bytes"), 0.0);
+    assert_eq!(crate::metric_value(&text, "taskhost_memory_budget_bytes"), (600u64 << 20) as f64);
+    assert!(crate::metric_value(&text, "taskhost_memory_waits_total") > 0.0, "some tasks waited:\n{text}");
+    assert_eq!(crate::metric_value(&text, "taskhost_memory_reserved_bytes"), 0.0);
     let grown = proc_status(server.pid(), "VmHWM:").saturating_sub(before);
     assert!(grown < 640 << 10, "peak RSS grew {grown} KiB: more than three 128 MiB tasks at once");
 

@@ -70,8 +70,7 @@ fn error(result: &Value) -> (String, String) {
 const PROBE_ONLY: &str = r#"plugins = ["infer-probe"]"#;
 
 fn metric(text: &str, name: &str, model: &str) -> f64 {
-    let prefix = format!("taskhost_inference_{name}{{model=\"{model}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).map_or(0.0, |v| v.trim().parse().unwrap())
+    crate::metric_value(text, &format!("taskhost_inference_{name}{{model=\"{model}\"}}"))
 }
 
 async fn engine_serving(models: &Models, concurrency: usize) -> (Engine, tempfile::TempDir) {

@@ -48,6 +48,14 @@ mod storage;
 mod values;
 
 /// One sandbox for the whole test binary, as a server would have.
+/// The value of one series (`name` or `name{labels}`, exactly) in a
+/// Prometheus text; 0 when it is absent.
+pub(crate) fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.trim().parse().unwrap_or_else(|e| panic!("`{series}` has the value `{v}`: {e}")))
+}
+
 pub(crate) fn sandbox() -> &'static Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
     SANDBOX.get_or_init(|| Sandbox::new(SandboxConfig { pool_instances: 128, ..SandboxConfig::default() }).unwrap())
