@@ -4,7 +4,8 @@
 //! them for ratios:
 //! 1. trivial tasks over HTTP (`POST /v1/tasks:batch`, 1,000 per request,
 //!    4 clients), submit → all completed, on the real `taskhost serve`
-//!    binary started with no tuning flags;
+//!    binary started with no tuning flags (every request's token checked),
+//!    and with `--no-auth` for the cost of that check;
 //! 2. the in-process engine with `EngineConfig::default()`
 //!    (1 and 2: medians of 3 interleaved rounds per setting);
 //! 3. submit → start p50/p99 at a steady 1,000 tasks/s (old behaviour
@@ -29,7 +30,7 @@ mod common;
 #[path = "common/server.rs"]
 mod server;
 
-use server::{completed, free_port, serve, until_up};
+use server::{admin_client, completed, free_port, serve, until_up};
 
 const HTTP_TASKS: usize = 20_000;
 const HTTP_BATCH: usize = 1_000;
@@ -77,8 +78,9 @@ async fn bench() {
     // runs ROUNDS times, interleaved, and the median is reported (the
     // disk's speed drifts during a run).
     if wanted("1") {
-        let settings: [(&str, &[&str]); 3] = [
-            ("defaults (`taskhost serve`)", &[]),
+        let settings: [(&str, &[&str]); 4] = [
+            ("defaults (`taskhost serve`, token checked on every request)", &[]),
+            ("--no-auth (no token check)", &["--no-auth"]),
             ("--claim-ahead 0 (slots held across commits, as before)", &["--claim-ahead", "0"]),
             ("--concurrency 256", &["--concurrency", "256"]),
         ];
@@ -223,7 +225,7 @@ async fn http_throughput(extra: &[&str]) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut server = serve(dir.path(), port, extra);
-    let http = reqwest::Client::new();
+    let http = admin_client(dir.path()).await;
     let base = format!("http://127.0.0.1:{port}");
     until_up(&http, &base).await;
     let up = http.post(format!("{base}/v1/plugins/trivial")).body(TRIVIAL.bytes()).send().await.unwrap();

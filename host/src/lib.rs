@@ -10,6 +10,9 @@
 //! - [`registry`] holds plugin versions, their compiled code and the
 //!   operators' capability [`registry::Manifest`]s;
 //! - [`wire`] has the JSON shapes the API answers with and callbacks carry;
+//! - [`egress`] is the guarded HTTP client for what the host fetches or
+//!   posts on users' behalf; [`tls`] serves HTTPS;
+//! - [`auth`] keeps the API tokens, their scopes and the audit log;
 //! - [`units`] parses the human sizes and durations the CLI and API accept.
 
 #![warn(missing_docs, unreachable_pub)]
@@ -18,7 +21,9 @@
 pub mod api;
 #[cfg(test)]
 mod arbitrary_json;
+pub mod auth;
 mod bindings;
+pub mod egress;
 pub mod engine;
 pub mod inference;
 mod labels;
@@ -27,6 +32,7 @@ pub mod registry;
 mod sandbox;
 pub mod store;
 mod sync;
+pub mod tls;
 pub mod units;
 pub mod watch;
 pub mod wire;

@@ -21,6 +21,10 @@ pub enum NameKind {
     Version,
     /// A declared flow's step id.
     Step,
+    /// An API token's name.
+    Token,
+    /// A tenant's name.
+    Tenant,
 }
 
 impl NameKind {
@@ -31,6 +35,8 @@ impl NameKind {
             Self::Model => "model name",
             Self::Version => "version",
             Self::Step => "step id",
+            Self::Token => "token name",
+            Self::Tenant => "tenant name",
         }
     }
 }

@@ -10,17 +10,21 @@ use taskhost_test_artifacts::UPPERCASE;
 
 struct Api {
     base: String,
+    /// Sends the admin token.
     http: reqwest::Client,
+    token: String,
     engine: Engine,
     _dir: tempfile::TempDir,
 }
 
 async fn api() -> Api {
-    let (engine, dir) = engine_with(|_| {}).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, taskhost::api::router(engine.clone())).into_future());
-    Api { base, http: reqwest::Client::new(), engine, _dir: dir }
+    api_with(|_| {}).await
+}
+
+async fn api_with(tweak: impl FnOnce(&mut taskhost::engine::EngineConfig)) -> Api {
+    let (engine, dir) = engine_with(tweak).await;
+    let (base, token) = crate::serve_api(&engine, dir.path()).await;
+    Api { base, http: crate::authed(&token), token, engine, _dir: dir }
 }
 
 impl Api {
@@ -245,7 +249,8 @@ async fn cancelling_a_finished_task_is_a_conflict() {
 
 #[tokio::test]
 async fn a_finished_task_is_posted_to_its_callback() {
-    let api = api().await;
+    let loopback = taskhost::egress::EgressPolicy::allowing(vec!["127.0.0.0/8".parse().unwrap()]);
+    let api = api_with(|c| c.egress = loopback).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Value>();
     let receiver = axum::Router::new().route(
         "/hook",
@@ -271,11 +276,12 @@ async fn a_finished_task_is_posted_to_its_callback() {
 /// Runs the `taskhost` binary against the API; returns what it printed.
 async fn cli(api: &Api, args: &[&str]) -> std::process::Output {
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let server = api.base.clone();
+    let (server, token) = (api.base.clone(), api.token.clone());
     tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
             .args(&args)
             .env("TASKHOST_SERVER", server)
+            .env("TASKHOST_TOKEN", token)
             .output()
             .unwrap()
     })
@@ -335,8 +341,13 @@ async fn the_cli_reads_every_answer_into_its_wire_type() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(axum::serve(listener, odd).into_future());
-    let elsewhere =
-        Api { base, http: api.http.clone(), engine: api.engine.clone(), _dir: tempfile::tempdir().unwrap() };
+    let elsewhere = Api {
+        base,
+        http: api.http.clone(),
+        token: api.token.clone(),
+        engine: api.engine.clone(),
+        _dir: tempfile::tempdir().unwrap(),
+    };
     let out = cli(&elsewhere, &["status", &id]).await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = text(&out.stderr);

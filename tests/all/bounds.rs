@@ -22,6 +22,9 @@ struct Server {
     addr: String,
     base: String,
     data: tempfile::TempDir,
+    /// Sends the admin token.
+    http: reqwest::Client,
+    token: String,
 }
 
 impl Drop for Server {
@@ -47,9 +50,11 @@ impl Server {
             .spawn()
             .unwrap();
         let base = format!("http://{addr}");
-        let server = Server { child, addr, base, data };
+        let token = crate::admin_token(data.path()).await;
+        let http = crate::authed(&token);
+        let server = Server { child, addr, base, data, http, token };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while reqwest::get(format!("{}/healthz", server.base)).await.is_err() {
+        while server.http.get(format!("{}/healthz", server.base)).send().await.is_err() {
             assert!(Instant::now() < deadline, "taskhost serve did not come up: {}", server.log());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -62,6 +67,7 @@ impl Server {
 
     /// `/healthz` answers 200 on a new connection.
     async fn healthy(&self) -> bool {
+        taskhost::tls::install_crypto_provider();
         let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
         let answer = tokio::time::timeout(Duration::from_secs(10), client.get(format!("{}/healthz", self.base)).send());
         matches!(answer.await, Ok(Ok(response)) if response.status() == 200)
@@ -69,12 +75,12 @@ impl Server {
 
     async fn upload(&self, name: &str, query: &str, bytes: Vec<u8>) -> (u16, Value) {
         let url = format!("{}/v1/plugins/{name}{query}", self.base);
-        let response = reqwest::Client::new().post(url).body(bytes).send().await.unwrap();
+        let response = self.http.post(url).body(bytes).send().await.unwrap();
         (response.status().as_u16(), response.json().await.unwrap_or(Value::Null))
     }
 
     async fn get(&self, path: &str) -> Value {
-        reqwest::get(format!("{}{path}", self.base)).await.unwrap().json().await.unwrap()
+        self.http.get(format!("{}{path}", self.base)).send().await.unwrap().json().await.unwrap()
     }
 
     /// The server's resident memory, in bytes.
@@ -124,7 +130,11 @@ async fn idle_slow_header_and_slow_body_connections_are_closed_and_never_lock_cl
         slow_heads.push(socket);
     }
     let mut slow_body = TcpStream::connect(&server.addr).await.unwrap();
-    let head = "POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{";
+    let head = format!(
+        "POST /v1/tasks HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 1000\r\n\r\n{{",
+        server.token
+    );
     slow_body.write_all(head.as_bytes()).await.unwrap();
     // A client still gets in while they are all open.
     for _ in 0..5 {
@@ -212,7 +222,7 @@ async fn a_compile_past_its_budget_is_stopped_with_its_class_and_the_next_upload
     // The compile slot is free again: an ordinary plugin compiles and runs.
     let (status, body) = server.upload("uppercase", "", UPPERCASE.bytes()).await;
     assert_eq!(status, 201, "{body}");
-    let http = reqwest::Client::new();
+    let http = &server.http;
     let submitted: Value = http
         .post(format!("{}/v1/tasks", server.base))
         .json(&json!({"plugin": "uppercase", "input_base64": "aGk="}))
@@ -278,7 +288,10 @@ async fn a_full_upload_queue_is_refused_before_the_body_and_queued_uploads_are_n
     assert!(grown < LARGE as u64, "three queued uploads of 60 MiB grew the host by {} MiB", grown >> 20);
     // The fifth is refused as soon as its head arrives: its body is never read.
     let mut socket = TcpStream::connect(&server.addr).await.unwrap();
-    let head = "POST /v1/plugins/late HTTP/1.1\r\nHost: x\r\nContent-Length: 50000000\r\n\r\n";
+    let head = format!(
+        "POST /v1/plugins/late HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Length: 50000000\r\n\r\n",
+        server.token
+    );
     socket.write_all(head.as_bytes()).await.unwrap();
     let mut answer = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(10), async {
@@ -366,12 +379,13 @@ async fn callbacks_to_a_receiver_that_never_answers_stay_within_the_in_flight_bo
             }
         })
     };
-    let server = Server::start(&[]).await;
+    let server = Server::start(&["--egress-allow", "127.0.0.1"]).await;
     assert_eq!(server.upload("uppercase", "", UPPERCASE.bytes()).await.0, 201);
     const TASKS: usize = 200;
     let tasks: Vec<Value> =
         (0..TASKS).map(|_| json!({"plugin": "uppercase", "input": "x", "callback_url": hook})).collect();
-    let answer = reqwest::Client::new()
+    let answer = server
+        .http
         .post(format!("{}/v1/tasks:batch", server.base))
         .json(&json!({"tasks": tasks}))
         .send()

@@ -403,11 +403,9 @@ async fn map_reduce_counts_a_real_text_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flows_over_http_and_in_the_terminal() {
-    let (engine, _dir) = flow_engine(|_| {}).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, taskhost::api::router(engine.clone())).into_future());
-    let http = reqwest::Client::new();
+    let (engine, dir) = flow_engine(|_| {}).await;
+    let (base, token) = crate::serve_api(&engine, dir.path()).await;
+    let http = crate::authed(&token);
     let post = |path: &str, body: Value| http.post(format!("{base}{path}")).json(&body).send();
     // Declare a flow: two parallel steps and a join.
     let spec = json!({"name": "demo", "input": "hi", "steps": [
@@ -428,10 +426,11 @@ async fn flows_over_http_and_in_the_terminal() {
     assert_eq!(steps, ["a", "b", "both"]);
     assert!(view["tree"][2]["run_ms"].is_u64());
     // The same flow in the terminal.
-    let server = base.clone();
+    let (server, shown_token) = (base.clone(), token.clone());
     let shown = tokio::task::spawn_blocking(move || {
         std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
             .args(["flow", &id, "--server", &server])
+            .env("TASKHOST_TOKEN", shown_token)
             .output()
             .unwrap()
     })
@@ -485,9 +484,12 @@ async fn flows_over_http_and_in_the_terminal() {
     let typed: taskhost::wire::Flow = serde_json::from_value(view.clone()).unwrap();
     assert_eq!(typed.output.bytes().as_deref(), Some(&b"HI"[..]));
     // The terminal shows the node's error as `class: message`.
-    let server = base.clone();
+    let (server, token) = (base.clone(), token.clone());
     let shown = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_taskhost")).args(["flow", &id, "--server", &server]).output()
+        std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
+            .args(["flow", &id, "--server", &server])
+            .env("TASKHOST_TOKEN", token)
+            .output()
     })
     .await
     .unwrap()

@@ -38,7 +38,8 @@ async fn start(extra: &[&str]) -> Server {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let server = Server { child, base: format!("http://127.0.0.1:{port}"), http: reqwest::Client::new(), _data: data };
+    let http = crate::admin_client(data.path()).await;
+    let server = Server { child, base: format!("http://127.0.0.1:{port}"), http, _data: data };
     let deadline = Instant::now() + Duration::from_secs(30);
     while server.http.get(format!("{}/healthz", server.base)).send().await.is_err() {
         assert!(Instant::now() < deadline, "taskhost serve did not come up");

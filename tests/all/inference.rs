@@ -313,11 +313,10 @@ async fn the_models_api_adds_lists_and_removes_models_in_the_models_file() {
     let file = dir.path().join("models.toml");
     std::fs::write(&file, "# kept\n").unwrap();
     let models = Models::open(Some(file.clone())).unwrap();
-    let (engine, _data) = engine_serving(&models, 8).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}/v1/models", listener.local_addr().unwrap());
-    tokio::spawn(axum::serve(listener, taskhost::api::router(engine.clone())).into_future());
-    let http = reqwest::Client::new();
+    let (engine, data) = engine_serving(&models, 8).await;
+    let (base, token) = crate::serve_api(&engine, data.path()).await;
+    let base = format!("{base}/v1/models");
+    let http = crate::authed(&token);
     let post = |body: Value| http.post(&base).json(&body).send();
 
     let added =

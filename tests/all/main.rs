@@ -6,6 +6,9 @@ use std::sync::{Mutex, OnceLock};
 use taskhost::{Limits, Plugin, Sandbox, SandboxConfig, TaskMeta, TaskReport, TaskRequest};
 use taskhost_test_artifacts::Artifact;
 
+/// The trust boundary: tokens and scopes on every route, revocation, the
+/// audit log, `--metrics-listen`, the CLI's token.
+mod access;
 /// The HTTP API on loopback: every bad-input case, callbacks.
 mod api;
 /// The bounds against hostile clients and files: connection timeouts and
@@ -47,7 +50,55 @@ mod storage;
 /// deletes, queue limits.
 mod values;
 
-/// One sandbox for the whole test binary, as a server would have.
+/// The admin token a `taskhost serve` on `data` wrote to
+/// `DATA/admin.token` at its first start, once it has.
+pub(crate) async fn admin_token(data: &std::path::Path) -> String {
+    let path = data.join(taskhost::auth::ADMIN_TOKEN_FILE);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        match taskhost::auth::read_token_file(&path) {
+            Ok(token) if !token.is_empty() => return token,
+            _ if std::time::Instant::now() < deadline => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            other => panic!("no admin token in {}: {other:?}", path.display()),
+        }
+    }
+}
+
+/// A plain HTTP client (after installing the TLS provider every client in
+/// this process needs).
+pub(crate) fn http() -> reqwest::Client {
+    taskhost::tls::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+/// An HTTP client that sends `token` with every request.
+pub(crate) fn authed(token: &str) -> reqwest::Client {
+    taskhost::tls::install_crypto_provider();
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
+/// Serves `engine`'s API on a free loopback port, behind tokens, with an
+/// admin token bootstrapped into `data`; its base URL and that token.
+pub(crate) async fn serve_api(engine: &taskhost::engine::Engine, data: &std::path::Path) -> (String, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let auth = std::sync::Arc::new(taskhost::auth::Auth::load(engine.store()).unwrap());
+    auth.bootstrap(data).await.unwrap();
+    let token = admin_token(data).await;
+    let router = taskhost::api::router(engine.clone(), taskhost::api::Access::tokens(auth));
+    tokio::spawn(axum::serve(listener, router).into_future());
+    (base, token)
+}
+
+/// [`authed`] with the admin token of the server on `data`.
+pub(crate) async fn admin_client(data: &std::path::Path) -> reqwest::Client {
+    authed(&admin_token(data).await)
+}
+
 /// The value of one series (`name` or `name{labels}`, exactly) in a
 /// Prometheus text; 0 when it is absent.
 pub(crate) fn metric_value(text: &str, series: &str) -> f64 {
@@ -56,6 +107,7 @@ pub(crate) fn metric_value(text: &str, series: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().unwrap_or_else(|e| panic!("`{series}` has the value `{v}`: {e}")))
 }
 
+/// One sandbox for the whole test binary, as a server would have.
 pub(crate) fn sandbox() -> &'static Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
     SANDBOX.get_or_init(|| Sandbox::new(SandboxConfig { pool_instances: 128, ..SandboxConfig::default() }).unwrap())

@@ -52,7 +52,7 @@ pub(crate) async fn start_with(data: &std::path::Path, port: u16, extra: &[&str]
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = crate::http();
     let deadline = Instant::now() + Duration::from_secs(30);
     while http.get(format!("{base}/healthz")).send().await.is_err() {
         assert!(Instant::now() < deadline, "taskhost serve did not come up");
@@ -92,7 +92,7 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut server = start(data.path(), port).await;
-    let http = reqwest::Client::new();
+    let http = crate::admin_client(data.path()).await;
     upload(&http, &server.base, "sleep", SLEEP.bytes()).await;
 
     // Submit keyed batches until the server dies, recording what it
@@ -201,7 +201,7 @@ async fn sigkill_during_a_fan_out_keeps_the_flow_whole() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut server = start(data.path(), port).await;
-    let http = reqwest::Client::new();
+    let http = crate::admin_client(data.path()).await;
     upload(&http, &server.base, "sleep", SLEEP.bytes()).await;
     upload(&http, &server.base, "flow-probe", taskhost_test_artifacts::FLOW_PROBE.bytes()).await;
     let script = json!([
@@ -259,7 +259,7 @@ async fn sigterm_lets_running_attempts_end_and_commit() {
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut server = start(data.path(), port).await;
-    let http = reqwest::Client::new();
+    let http = crate::admin_client(data.path()).await;
     upload(&http, &server.base, "sleep", SLEEP.bytes()).await;
     let submitted = http
         .post(format!("{}/v1/tasks", server.base))

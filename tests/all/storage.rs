@@ -59,7 +59,7 @@ async fn start(data: &Path) -> Start {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
+    let http = crate::http();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -123,7 +123,7 @@ fn marker(i: usize) -> String {
 async fn store_with_tasks(n: usize) -> tempfile::TempDir {
     let data = tempfile::tempdir().unwrap();
     let server = up(data.path()).await;
-    let http = reqwest::Client::new();
+    let http = crate::admin_client(data.path()).await;
     upload(&http, &server.base).await;
     let mut ids = Vec::new();
     for i in 0..n {
@@ -270,7 +270,7 @@ async fn store_check_finds_the_damage_and_repair_keeps_a_backup_and_what_it_can_
     let after = taskhost(&["store", "check", "--data", dir]);
     assert!(!text(&after.stdout).contains("integrity check failed"), "{}", text(&after.stdout));
     let server = up(data.path()).await;
-    let http = reqwest::Client::new();
+    let http = crate::admin_client(data.path()).await;
     let (status, page) = get(&http, format!("{}/v1/tasks?limit=1000", server.base)).await;
     assert_eq!(status, 200, "{page}");
     let tasks = page["tasks"].as_array().unwrap();
@@ -346,7 +346,7 @@ async fn a_full_disk_turns_the_server_unhealthy_and_loses_nothing_acknowledged()
     let data = disk.path().join("data");
     let server = up(&data).await;
     let base = server.base.clone();
-    let http = reqwest::Client::new();
+    let http = crate::admin_client(&data).await;
     upload(&http, &base).await;
     let mut acknowledged = Vec::new();
     for i in 0..10 {

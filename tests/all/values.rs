@@ -20,7 +20,7 @@ struct Host {
 async fn host(extra: &[&str]) -> Host {
     let data = tempfile::tempdir().unwrap();
     let server = start_with(data.path(), free_port(), extra).await;
-    let http = reqwest::Client::new();
+    let http = crate::admin_client(data.path()).await;
     for artifact in [UPPERCASE, FAIL, FLOW_PROBE, SLEEP] {
         upload(&http, &server.base, artifact.name, artifact.bytes()).await;
     }

@@ -19,6 +19,11 @@ const ALLOWED: &[&str] = &[
     "BSD-3-Clause",
     "BSL-1.0",
     "CC0-1.0",
+    // Community Data License Agreement, permissive: use, change and share
+    // freely, keeping the licence text with shared data. Mozilla's root
+    // certificates (webpki-root-certs, which rustls-platform-verifier
+    // uses on some platforms) come under it.
+    "CDLA-Permissive-2.0",
     "ISC",
     "MIT",
     "Unicode-3.0",

@@ -22,6 +22,26 @@ pub fn serve(dir: &Path, port: u16, extra: &[&str]) -> Child {
         .unwrap()
 }
 
+/// A client sending the admin token the server on `dir` wrote at its
+/// first start (waits for the file). (Not every benchmark that includes
+/// this file sends requests that need a token.)
+#[allow(dead_code)]
+pub async fn admin_client(dir: &Path) -> reqwest::Client {
+    let path = dir.join(taskhost::auth::ADMIN_TOKEN_FILE);
+    let started = Instant::now();
+    let token = loop {
+        match taskhost::auth::read_token_file(&path) {
+            Ok(token) if !token.is_empty() => break token,
+            _ => assert!(started.elapsed() < Duration::from_secs(120), "no admin token in {}", path.display()),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {token}").parse().unwrap());
+    taskhost::tls::install_crypto_provider();
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
 /// Waits until `/healthz` answers 200; gives how long that took.
 pub async fn until_up(http: &reqwest::Client, base: &str) -> Duration {
     let started = Instant::now();
@@ -58,6 +78,7 @@ pub struct Restarted {
 /// serves, and times a second start to serving.
 pub async fn restart_after_kill(dir: &Path) -> Restarted {
     let port = free_port();
+    taskhost::tls::install_crypto_provider();
     let http = reqwest::Client::new();
     let base = format!("http://127.0.0.1:{port}");
     let mut first = serve(dir, port, &[]);

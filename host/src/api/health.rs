@@ -82,7 +82,7 @@ mod tests {
     async fn while_the_store_cannot_write_health_is_503_and_writes_are_refused_but_reads_go_on() {
         let full = Arc::new(AtomicBool::new(false));
         let h = Harness::on_disk(full.clone()).await;
-        let app = crate::api::router(h.engine.clone());
+        let app = crate::api::router(h.engine.clone(), crate::api::Access::for_tests(&h.engine));
         let task = r#"{"plugin": "echo", "input": {"Complete": [111]}}"#;
         let (status, _, submitted) = send(&app, Method::POST, "/v1/tasks", task).await;
         assert_eq!(status, StatusCode::CREATED, "{submitted}");

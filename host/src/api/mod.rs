@@ -1,8 +1,10 @@
 //! The HTTP API (`taskhost serve`): JSON in and out, every body one of the
 //! typed [`crate::wire`] structs, every error in one shape. Handlers only
-//! translate; the engine decides. [`serve`] serves it under the bounds of
+//! translate; the engine decides. Every route but `/healthz` needs a
+//! token with a named scope ([`Access`]). [`serve`] serves it under the bounds of
 //! a [`ServeConfig`].
 
+mod access;
 mod error;
 mod flows;
 mod health;
@@ -11,22 +13,26 @@ mod models;
 mod proptests;
 mod serve;
 
+pub use access::Access;
 pub(crate) use error::{ApiError, Path};
 pub use serve::{ServeConfig, serve};
 
+use crate::auth::Scope;
 use crate::engine::{Engine, ListFilter, NewTask};
 use crate::registry::{MAX_PLUGIN_BYTES, Manifest, RegistryError, VersionState};
 use crate::store::{QueueConfig, TaskState};
 use crate::wire;
+use access::{audited, guard, needs};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::extract::{DefaultBodyLimit, Extension, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Deserialize;
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 use uuid::Uuid;
 
@@ -37,31 +43,62 @@ pub const MAX_BATCH_BODY: usize = 64 << 20;
 /// Most tasks in one batch.
 pub const MAX_BATCH: usize = 10_000;
 
-/// The router for an engine.
-pub fn router(engine: Engine) -> Router {
+/// The router for an engine, behind `access`: every route but `/healthz`
+/// needs a token with the scope it names (see [`access`]).
+pub fn router(engine: Engine, access: Arc<Access>) -> Router {
+    use Scope::{Admin, Metrics, Plugins, Read, Submit};
+    let g = |need, route| guard(&access, need, route);
     Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/metrics", get(metrics))
-        .route("/v1/plugins", get(list_plugins))
-        .route("/v1/plugins/{name}", post(add_plugin).get(get_plugin))
-        .route("/v1/plugins/{name}/latest", put(set_latest))
-        .route("/v1/plugins/{name}/manifest", put(put_manifest))
-        .route("/v1/plugins/{name}/versions/{version}", axum::routing::delete(delete_version))
-        .route("/v1/tasks", post(submit).get(list_tasks).layer(DefaultBodyLimit::max(MAX_TASK_BODY)))
-        .route("/v1/tasks:batch", post(submit_batch).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)))
-        .route("/v1/tasks/{id}", get(get_task))
-        .route("/v1/tasks/{id}/history", get(history))
-        .route("/v1/tasks/{id}/cancel", post(cancel))
-        .route("/v1/tasks/{id}/retry", post(resubmit))
-        .route("/v1/flows", post(flows::submit).layer(DefaultBodyLimit::max(MAX_TASK_BODY)))
-        .route("/v1/flows/{id}", get(flows::get))
-        .route("/v1/flows/{id}/cancel", post(flows::cancel))
-        .route("/v1/models", get(models::list).post(models::put))
-        .route("/v1/models/{name}", get(models::get).delete(models::remove))
-        .route("/v1/queues", get(list_queues))
-        .route("/v1/queues/{name}", put(set_queue))
+        .route("/metrics", g(needs(Metrics), get(metrics)))
+        .route("/v1/plugins", g(needs(Read), get(list_plugins)))
+        .route(
+            "/v1/plugins/{name}",
+            g(audited(Plugins, "plugin.upload"), post(add_plugin)).merge(g(needs(Read), get(get_plugin))),
+        )
+        .route("/v1/plugins/{name}/latest", g(audited(Plugins, "plugin.rollback"), put(set_latest)))
+        .route("/v1/plugins/{name}/manifest", g(audited(Admin, "plugin.manifest"), put(put_manifest)))
+        .route("/v1/plugins/{name}/versions/{version}", g(audited(Plugins, "plugin.delete"), delete(delete_version)))
+        .route(
+            "/v1/tasks",
+            g(needs(Submit), post(submit))
+                .merge(g(needs(Read), get(list_tasks)))
+                .layer(DefaultBodyLimit::max(MAX_TASK_BODY)),
+        )
+        .route("/v1/tasks:batch", g(needs(Submit), post(submit_batch)).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)))
+        .route("/v1/tasks/{id}", g(needs(Read), get(get_task)))
+        .route("/v1/tasks/{id}/history", g(needs(Read), get(history)))
+        .route("/v1/tasks/{id}/cancel", g(needs(Submit), post(cancel)))
+        .route("/v1/tasks/{id}/retry", g(needs(Submit), post(resubmit)))
+        .route("/v1/flows", g(needs(Submit), post(flows::submit)).layer(DefaultBodyLimit::max(MAX_TASK_BODY)))
+        .route("/v1/flows/{id}", g(needs(Read), get(flows::get)))
+        .route("/v1/flows/{id}/cancel", g(needs(Submit), post(flows::cancel)))
+        .route("/v1/models", g(needs(Read), get(models::list)).merge(g(audited(Admin, "model.put"), post(models::put))))
+        .route(
+            "/v1/models/{name}",
+            g(needs(Read), get(models::get)).merge(g(audited(Admin, "model.delete"), delete(models::remove))),
+        )
+        .route("/v1/queues", g(needs(Read), get(list_queues)))
+        .route("/v1/queues/{name}", g(audited(Admin, "queue.set"), put(set_queue)))
+        .route(
+            "/v1/tokens",
+            g(needs(Admin), post(access::create_token)).merge(g(needs(Admin), get(access::list_tokens))),
+        )
+        .route("/v1/tokens/{id}", g(audited(Admin, "token.revoke"), delete(access::revoke_token)))
+        .route("/v1/audit", g(needs(Admin), get(access::audit)))
+        .route("/v1/callbacks/secret", g(needs(Admin), get(access::callback_secret)))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see README.md") })
         .layer(axum::middleware::from_fn_with_state(engine.clone(), health::refuse_writes_while_unwritable))
+        .layer(Extension(access.clone()))
+        .with_state(engine)
+}
+
+/// A router with `/metrics` alone, open to anyone who can reach it (for
+/// `serve --metrics-listen`, an address only the scraper reaches).
+pub fn metrics_router(engine: Engine) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "only /metrics is served here") })
         .with_state(engine)
 }
 

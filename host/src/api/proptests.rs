@@ -344,7 +344,7 @@ fn run<S: Strategy>(
 ) -> BTreeMap<u16, u32> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let h = runtime.block_on(Harness::new());
-    let app = router(h.engine.clone());
+    let app = router(h.engine.clone(), crate::api::Access::for_tests(&h.engine));
     let statuses = RefCell::new(BTreeMap::new());
     let result = TestRunner::new(config(cases)).run(&strategy, |input| {
         let status = runtime.block_on(case(&h, &app, input))?;
@@ -476,7 +476,7 @@ fn queue_settings_change_that_queue_or_nothing() {
 #[tokio::test]
 async fn a_path_that_does_not_decode_is_refused_in_the_error_shape() {
     let h = Harness::new().await;
-    let app = router(h.engine.clone());
+    let app = router(h.engine.clone(), crate::api::Access::for_tests(&h.engine));
     let before = written(&h);
     for (method, uri) in [
         (Method::PUT, "/v1/queues/%80"),

@@ -50,6 +50,10 @@ pub struct ServeConfig {
     /// When stopping, how long requests in progress may take to finish
     /// before their connections are closed. Default 10 s.
     pub shutdown_grace: Duration,
+    /// Serve HTTPS with this configuration (`serve --tls-cert/--tls-key`);
+    /// plain HTTP when `None`. The handshake must end within
+    /// `header_timeout`.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for ServeConfig {
@@ -59,6 +63,7 @@ impl Default for ServeConfig {
             header_timeout: Duration::from_secs(30),
             body_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -222,8 +227,24 @@ async fn connection(
     conns: Arc<Conns>,
     router: Router,
     config: ServeConfig,
-    mut stopping: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
 ) {
+    let Some(tls) = config.tls.clone() else {
+        return serve_io(TokioIo::new(stream), conns, router, config, stopping).await;
+    };
+    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+    match tokio::time::timeout(config.header_timeout, handshake).await {
+        Ok(Ok(stream)) => serve_io(TokioIo::new(stream), conns, router, config, stopping).await,
+        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+        Err(_) => tracing::debug!("TLS handshake did not end within the header timeout"),
+    }
+}
+
+/// Serves HTTP/1 on one connection's byte stream (plain or TLS).
+async fn serve_io<I>(io: I, conns: Arc<Conns>, router: Router, config: ServeConfig, mut stopping: watch::Receiver<bool>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (id, conn) = conns.register();
     let body_timeout = config.body_timeout;
     let service = {
@@ -253,7 +274,7 @@ async fn connection(
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(config.header_timeout);
-    let serving = builder.serve_connection(TokioIo::new(stream), service);
+    let serving = builder.serve_connection(io, service);
     tokio::pin!(serving);
     let mut graceful = *stopping.borrow();
     if graceful {

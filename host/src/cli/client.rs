@@ -23,6 +23,42 @@ pub(crate) struct ServerArg {
     /// taskhost server URL.
     #[arg(long, global = true, env = "TASKHOST_SERVER", default_value = "http://127.0.0.1:7700")]
     server: String,
+    /// API token (`th_...`). Default: $TASKHOST_TOKEN; for a server on
+    /// this machine, the admin token `serve` wrote to DATA/admin.token.
+    #[arg(long, global = true, env = "TASKHOST_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Data directory of a server on this machine, whose admin.token is
+    /// used when no token is given (default as for `serve`).
+    #[arg(long, global = true, value_name = "DIR")]
+    data: Option<PathBuf>,
+}
+
+impl ServerArg {
+    /// The token to send, or why there is none (said when the server
+    /// answers 401).
+    fn token(&self) -> Result<String, String> {
+        if let Some(token) = &self.token {
+            return Ok(token.trim().to_owned());
+        }
+        let local = reqwest::Url::parse(&self.server).ok().is_some_and(|url| {
+            let host = url.host_str().unwrap_or_default();
+            host == "localhost"
+                || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+        });
+        if !local {
+            return Err(format!("{} is not on this machine, so give --token or set $TASKHOST_TOKEN", self.server));
+        }
+        let data = self.data.clone().unwrap_or_else(taskhost::engine::default_data_dir);
+        let path = data.join(taskhost::auth::ADMIN_TOKEN_FILE);
+        match taskhost::auth::read_token_file(&path) {
+            Ok(token) if !token.is_empty() => Ok(token),
+            Ok(_) => Err(format!("{} is empty; give --token or set $TASKHOST_TOKEN", path.display())),
+            Err(e) => Err(format!(
+                "cannot read {} ({e}); give --token, set $TASKHOST_TOKEN, or --data DIR of the server",
+                path.display()
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -168,17 +204,28 @@ type CallResult<T> = Result<T, Failure>;
 pub(crate) struct Client {
     base: String,
     http: reqwest::Client,
+    /// The token sent, or why none is.
+    token: Result<String, String>,
 }
 
 impl Client {
     pub(crate) fn new(server: &ServerArg) -> Self {
-        Self { base: server.server.trim_end_matches('/').to_owned(), http: reqwest::Client::new() }
+        taskhost::tls::install_crypto_provider();
+        Self {
+            base: server.server.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::new(),
+            token: server.token(),
+        }
     }
 
     /// Sends `request` and reads a success into `T`; an error answer
     /// becomes its `code: message`, and an answer that is not a `T` says
     /// what did not fit.
     async fn call<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> CallResult<T> {
+        let request = match &self.token {
+            Ok(token) => request.bearer_auth(token),
+            Err(_) => request,
+        };
         let request = request.build().map_err(|e| Failure(EXIT_USAGE, format!("cannot build the request: {e}")))?;
         let what = format!("{} {}", request.method(), request.url().path());
         let response = self.http.execute(request).await.map_err(|e| {
@@ -187,10 +234,13 @@ impl Client {
         let status = response.status();
         let body = response.bytes().await.unwrap_or_default();
         if !status.is_success() {
-            let message = match serde_json::from_slice::<wire::ErrorBody>(&body) {
+            let mut message = match serde_json::from_slice::<wire::ErrorBody>(&body) {
                 Ok(answer) => answer.error.to_string(),
                 Err(_) => format!("error: {status}"),
             };
+            if let (reqwest::StatusCode::UNAUTHORIZED, Err(why)) = (status, &self.token) {
+                message = format!("{message} (no token was sent: {why})");
+            }
             return Err(Failure(EXIT_TASK_FAILED, message));
         }
         serde_json::from_slice(&body).map_err(|e| {

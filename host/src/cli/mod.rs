@@ -11,6 +11,7 @@ mod models;
 mod run;
 mod serve;
 mod store;
+mod tokens;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -28,7 +29,7 @@ enum Command {
     /// stdout, captured logs to stderr.
     Run(run::RunArgs),
     /// Run the task engine and its HTTP API.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Submit a task (or a JSONL batch) to a server.
     Submit(client::SubmitArgs),
     /// Show a task's record.
@@ -49,6 +50,11 @@ enum Command {
     /// Manage the models plugins call through `inference`.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Manage API tokens (admin).
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
+    /// Show the audit log of admin and plugin actions (admin), newest first.
+    Audit(tokens::AuditArgs),
     /// Check or repair the data store, offline (no server running on it).
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -82,7 +88,7 @@ pub(crate) fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => runtime.block_on(run::run(args)),
         Command::Serve(args) => {
-            let code = runtime.block_on(serve::serve(args));
+            let code = runtime.block_on(serve::serve(*args));
             // The engine has closed; nothing left may hold the exit.
             runtime.shutdown_timeout(serve::EXIT_GRACE);
             code
@@ -95,6 +101,8 @@ pub(crate) fn main() -> ExitCode {
         Command::Queues(command) => runtime.block_on(client::queues(command)),
         Command::Flow(args) => runtime.block_on(flow::flow(args)),
         Command::Models(command) => runtime.block_on(models::models(command)),
+        Command::Tokens(command) => runtime.block_on(tokens::tokens(command)),
+        Command::Audit(args) => runtime.block_on(tokens::audit(args)),
         Command::Store(command) => runtime.block_on(store::store(command)),
         Command::Compile => taskhost::registry::compile_process_main(),
     }

@@ -7,8 +7,10 @@ use futures::FutureExt as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
-use taskhost::api::ServeConfig;
+use taskhost::api::{Access, ServeConfig};
+use taskhost::auth::Auth;
 use taskhost::engine::{Engine, EngineConfig, EngineError, RetryPolicy, default_data_dir};
 use taskhost::registry::{Compiler, ProcessCompiler};
 use taskhost::store::{self, StoreError};
@@ -34,6 +36,25 @@ pub(crate) struct ServeArgs {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7700")]
     listen: SocketAddr,
+    /// Also serve `/metrics` here without a token, for a scraper only it
+    /// reaches (on `--listen`, `/metrics` needs a `metrics`-scoped token).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// A network completion callbacks may reach although it is loopback,
+    /// private, link-local or otherwise refused, e.g. `10.1.0.0/16` or
+    /// `127.0.0.1` (repeat for more). Public addresses need no entry.
+    #[arg(long = "egress-allow", value_name = "CIDR", value_parser = parse_network)]
+    egress_allow: Vec<ipnet::IpNet>,
+    /// Let every request in without a token, as an admin. Only for a host
+    /// nothing else can reach; it is refused on a non-loopback --listen.
+    #[arg(long)]
+    no_auth: bool,
     /// Most tasks running in sandboxes at once (default 4 × CPUs). A slot
     /// is held only while a sandbox runs, not while commits are awaited.
     #[arg(long, value_name = "N")]
@@ -115,6 +136,13 @@ pub(crate) struct ServeArgs {
     compile_timeout: Option<Duration>,
 }
 
+/// A network (`10.0.0.0/8`) or one address (`127.0.0.1`, `::1`).
+fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map_err(|_| format!("`{text}` is not a network (e.g. 10.0.0.0/8) or an IP address"))
+}
+
 /// The server's bounds from the flags, checked.
 fn serve_config(args: &ServeArgs) -> Result<ServeConfig, String> {
     let defaults = ServeConfig::default();
@@ -122,6 +150,10 @@ fn serve_config(args: &ServeArgs) -> Result<ServeConfig, String> {
         Some(d) if d.is_zero() => Err(format!("{flag} must be greater than zero")),
         Some(d) => Ok(d),
         None => Ok(default),
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(taskhost::tls::server_config(cert, key).map_err(|e| e.to_string())?),
+        _ => None,
     };
     let max_connections = match args.max_connections {
         Some(0) => return Err("--max-connections must be at least 1".into()),
@@ -132,6 +164,7 @@ fn serve_config(args: &ServeArgs) -> Result<ServeConfig, String> {
         max_connections,
         header_timeout: nonzero("--header-timeout", args.header_timeout, defaults.header_timeout)?,
         body_timeout: nonzero("--body-timeout", args.body_timeout, defaults.body_timeout)?,
+        tls,
         ..defaults
     })
 }
@@ -219,6 +252,7 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         config.max_plugins = n as usize;
     }
     config.plugins_dir = args.plugins;
+    config.egress = taskhost::egress::EgressPolicy::allowing(args.egress_allow.clone());
     let defaults = RetryPolicy::default();
     config.retry =
         RetryPolicy { base: args.retry_base.unwrap_or(defaults.base), cap: args.retry_cap.unwrap_or(defaults.cap) };
@@ -233,6 +267,22 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
     }
     config.models = Some(models);
     ensure_fd_limit(serve_config.max_connections);
+    if args.no_auth && !args.listen.ip().is_loopback() {
+        return fail(
+            EXIT_USAGE,
+            &format!(
+                "--no-auth is refused on {}: anyone who reaches it could run code and read every task",
+                args.listen
+            ),
+        );
+    }
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => return fail(EXIT_USAGE, &format!("cannot listen on {addr} (--metrics-listen): {e}")),
+        },
+        None => None,
+    };
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -271,12 +321,45 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
     let bound = listener.local_addr().unwrap_or(args.listen);
     let counts = engine.state_counts();
     let total: i64 = counts.values().sum();
+    let scheme = if serve_config.tls.is_some() { "https" } else { "http" };
+    if serve_config.tls.is_none() && !bound.ip().is_loopback() {
+        eprintln!(
+            "taskhost: WARNING: serving plain HTTP on {bound}, which other machines can reach: tokens and task data \
+             cross the network unencrypted; give --tls-cert and --tls-key"
+        );
+    }
     eprintln!(
-        "taskhost serving on http://{bound} (data: {}, {total} tasks stored, {} plugins; {settings})",
+        "taskhost serving on {scheme}://{bound} (data: {}, {total} tasks stored, {} plugins; {settings})",
         data_dir.display(),
         engine.plugins().len()
     );
-    let app = taskhost::api::router(engine.clone());
+    let auth = match Auth::load(engine.store()) {
+        Ok(auth) => Arc::new(auth),
+        Err(e) => return fail(EXIT_STORE, &format!("cannot read the API tokens: {e}")),
+    };
+    match auth.bootstrap(&data_dir).await {
+        Ok(Some(path)) => {
+            eprintln!("taskhost: made an admin token; it is in {} (readable by you only)", path.display())
+        }
+        Ok(None) => {}
+        Err(e) => return fail(EXIT_USAGE, &format!("cannot make the first admin token: {e}")),
+    }
+    let access = if args.no_auth {
+        eprintln!("taskhost: WARNING: --no-auth: every request to {bound} is let in as an admin, without a token");
+        Access::open(auth)
+    } else {
+        Access::tokens(auth)
+    };
+    let app = taskhost::api::router(engine.clone(), access);
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    if let Some(listener) = metrics_listener {
+        let metrics = taskhost::api::metrics_router(engine.clone());
+        let mut stopped = stopped.clone();
+        eprintln!("taskhost: /metrics also on http://{} (no token)", listener.local_addr().unwrap_or(bound));
+        tokio::spawn(taskhost::api::serve(listener, metrics, ServeConfig::default(), async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        }));
+    }
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -285,6 +368,7 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
             _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {},
         }
         eprintln!("taskhost: shutting down");
+        let _ = stopping.send(true);
     };
     taskhost::api::serve(listener, app, serve_config, shutdown).await;
     // Stop dispatching and watching, let running attempts end and their

@@ -10,8 +10,17 @@
 //! connect and [`ATTEMPT_TIMEOUT`] in all. Deliveries are never waited for
 //! when the host stops. The task's record is not affected:
 //! `GET /v1/tasks/{id}` always has it.
+//!
+//! Deliveries go through the [`EgressPolicy`]'s guarded client (no
+//! private, loopback or metadata address unless allowed; no redirects),
+//! and each is signed: `Taskhost-Signature: t=<unix seconds>,v1=<hex>`,
+//! where `v1` is HMAC-SHA256 under the tenant's callback secret of
+//! `<t>.<body>` ([`signature`]), as GitHub and Stripe sign webhooks.
 
+use crate::egress::EgressPolicy;
+use hmac::{Hmac, Mac as _};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -37,8 +46,37 @@ const IDLE_KEEP: Duration = Duration::from_secs(2);
 
 const IDLE_PER_HOST: usize = 4;
 
+/// The header a delivery's signature travels in.
+pub(crate) const SIGNATURE_HEADER: &str = "taskhost-signature";
+
+/// The `Taskhost-Signature` value for `body` sent at `timestamp` (Unix
+/// seconds): `t=<timestamp>,v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`.
+pub(crate) fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2_digest::Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let digest: String = mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    format!("t={timestamp},v1={digest}")
+}
+
+/// Callbacks not delivered, by reason (`egress_refused`: the receiver's
+/// address is one the policy refuses, not retried; `gave_up`: every
+/// attempt failed).
+#[derive(Clone, Default)]
+pub(crate) struct Undelivered(pub(crate) Family<[(&'static str, &'static str); 1], Counter>);
+
+impl Undelivered {
+    fn count(&self, reason: &'static str) {
+        self.0.get_or_create(&[("reason", reason)]).inc();
+    }
+}
+
 pub(crate) struct Callbacks {
     http: reqwest::Client,
+    undelivered: Undelivered,
+    /// The key deliveries are signed with.
+    secret: Arc<[u8]>,
     /// Deliveries pending.
     pending: Arc<Semaphore>,
     /// Attempts under way.
@@ -47,16 +85,27 @@ pub(crate) struct Callbacks {
 }
 
 impl Callbacks {
-    /// Callbacks with at most `max_pending` deliveries pending and
-    /// [`MAX_IN_FLIGHT`] attempts under way.
-    pub(crate) fn new(dropped: Counter, max_pending: usize) -> Self {
-        Self::with_limits(dropped, max_pending, MAX_IN_FLIGHT)
+    /// Callbacks under `policy`, signed with `secret`, with at most
+    /// `max_pending` deliveries pending and [`MAX_IN_FLIGHT`] attempts
+    /// under way.
+    pub(crate) fn new(
+        (dropped, undelivered): (Counter, Undelivered),
+        max_pending: usize,
+        policy: &EgressPolicy,
+        secret: Arc<[u8]>,
+    ) -> Self {
+        Self::with_limits((dropped, undelivered), max_pending, MAX_IN_FLIGHT, policy, secret)
     }
 
-    fn with_limits(dropped: Counter, max_pending: usize, max_in_flight: usize) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(ATTEMPT_TIMEOUT)
+    fn with_limits(
+        (dropped, undelivered): (Counter, Undelivered),
+        max_pending: usize,
+        max_in_flight: usize,
+        policy: &EgressPolicy,
+        secret: Arc<[u8]>,
+    ) -> Self {
+        let http = policy
+            .client(CONNECT_TIMEOUT, ATTEMPT_TIMEOUT)
             .pool_max_idle_per_host(IDLE_PER_HOST)
             // Receivers are client-chosen addresses: idle connections to
             // many of them must not pile up (the in-flight bound counts
@@ -65,9 +114,11 @@ impl Callbacks {
             .build()
             // As `reqwest::Client::new` does: building fails only when the
             // TLS backend or resolver cannot start, and this one has neither.
-            .expect("an HTTP client without TLS builds");
+            .expect("the callback client builds");
         Self {
             http,
+            undelivered,
+            secret,
             pending: Arc::new(Semaphore::new(max_pending)),
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             dropped,
@@ -82,25 +133,43 @@ impl Callbacks {
             tracing::error!(%url, task = %body.id, "callback dropped: {MAX_PENDING} deliveries are already pending");
             return;
         };
-        let (client, in_flight) = (self.http.clone(), self.in_flight.clone());
+        let (client, in_flight, secret) = (self.http.clone(), self.in_flight.clone(), self.secret.clone());
+        let undelivered = self.undelivered.clone();
+        let body = serde_json::to_vec(&body).expect("a task record serialises");
         tokio::spawn(async move {
             let _pending = pending;
             for attempt in 1..=ATTEMPTS {
                 let result = {
                     let _turn = in_flight.acquire().await.expect("the in-flight bound is never closed");
-                    client.post(&url).json(&body).send().await
+                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+                    client
+                        .post(&url)
+                        .header(reqwest::header::CONTENT_TYPE, "application/json")
+                        .header(SIGNATURE_HEADER, signature(&secret, now.as_secs(), &body))
+                        .body(body.clone())
+                        .send()
+                        .await
                 };
                 match result {
                     Ok(response) if response.status().is_success() => return,
                     Ok(response) => {
                         tracing::warn!(%url, attempt, status = %response.status(), "callback refused")
                     }
-                    Err(error) => tracing::warn!(%url, attempt, %error, "callback failed"),
+                    Err(error) => {
+                        if let Some(refused) = crate::egress::refusal_in(&error) {
+                            // The policy will refuse every attempt.
+                            tracing::error!(%url, %refused, "callback not delivered");
+                            undelivered.count("egress_refused");
+                            return;
+                        }
+                        tracing::warn!(%url, attempt, %error, "callback failed")
+                    }
                 }
                 let ceiling = 250u64 << attempt.min(10);
                 tokio::time::sleep(Duration::from_millis(fastrand::u64(ceiling / 2..=ceiling))).await;
             }
             tracing::error!(%url, "callback given up after {ATTEMPTS} attempts");
+            undelivered.count("gave_up");
         });
     }
 }
@@ -110,18 +179,55 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    fn loopback() -> EgressPolicy {
+        EgressPolicy::allowing(vec!["127.0.0.0/8".parse().unwrap()])
+    }
+
+    /// The same value Python's `hmac.new(key, f"{t}.{body}", sha256)` gives.
+    #[test]
+    fn the_signature_is_hmac_sha256_of_timestamp_dot_body() {
+        let signed = signature(b"secret", 1_700_000_000, br#"{"id":"x"}"#);
+        assert_eq!(signed, "t=1700000000,v1=2f7852138f9dbd8d61c07c2cfb0b8ac96a46a32d78d4527788fb42fcb409a493");
+    }
+
     #[tokio::test]
     async fn past_the_bound_callbacks_are_dropped_and_counted() {
         // A port nobody listens on: each delivery stays pending (retrying).
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dropped = Counter::default();
-        let callbacks = Callbacks::new(dropped.clone(), 2);
+        let callbacks = Callbacks::new((dropped.clone(), Undelivered::default()), 2, &loopback(), Arc::from(&b"k"[..]));
         let body = crate::wire::Task::new(&crate::store::tests::record(1, None), None);
         for _ in 0..5 {
             callbacks.deliver(format!("http://127.0.0.1:{port}/hook"), body.clone());
         }
         assert_eq!(dropped.get(), 3);
         assert_eq!(callbacks.pending.available_permits(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_name_that_resolves_to_loopback_is_refused_at_once_and_counted() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let undelivered = Undelivered::default();
+        let callbacks = Callbacks::new(
+            (Counter::default(), undelivered.clone()),
+            8,
+            &EgressPolicy::default(),
+            Arc::from(&b"k"[..]),
+        );
+        let body = crate::wire::Task::new(&crate::store::tests::record(1, None), None);
+        callbacks.deliver(format!("http://localhost:{port}/hook"), body);
+        let refused = || undelivered.0.get_or_create(&[("reason", "egress_refused")]).get();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while refused() == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the delivery was never refused");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Nothing connected, and it was not retried.
+        let accepted = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(accepted.is_err(), "the receiver on loopback was reached");
+        assert_eq!(refused(), 1);
+        assert_eq!(callbacks.pending.available_permits(), 8);
     }
 
     #[tokio::test]
@@ -139,7 +245,13 @@ mod tests {
                 held.push(socket);
             }
         });
-        let callbacks = Callbacks::with_limits(Counter::default(), 100, 3);
+        let callbacks = Callbacks::with_limits(
+            (Counter::default(), Undelivered::default()),
+            100,
+            3,
+            &loopback(),
+            Arc::from(&b"k"[..]),
+        );
         let body = crate::wire::Task::new(&crate::store::tests::record(1, None), None);
         for _ in 0..20 {
             callbacks.deliver(url.clone(), body.clone());

@@ -54,6 +54,9 @@ pub struct EngineConfig {
     /// Where plugins compile. Default [`Compiler::InProcess`] (no time
     /// budget); `taskhost serve` compiles in child processes with one.
     pub compiler: Compiler,
+    /// What completion callbacks may reach: public addresses, and the
+    /// networks it allows. Default: public addresses only.
+    pub egress: crate::egress::EgressPolicy,
 }
 
 impl Default for EngineConfig {
@@ -74,6 +77,7 @@ impl Default for EngineConfig {
             max_queues: 1_000,
             max_plugins: 1_000,
             compiler: Compiler::default(),
+            egress: crate::egress::EgressPolicy::default(),
         }
     }
 }

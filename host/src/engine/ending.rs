@@ -21,8 +21,18 @@ pub(crate) struct Endings {
 }
 
 impl Endings {
-    pub(crate) fn new(shared: Arc<Shared>, flows: Arc<Flows>, admission: Arc<Admission>) -> Self {
-        let callbacks = Callbacks::new(shared.metrics.callbacks_dropped.clone(), callbacks::MAX_PENDING);
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        flows: Arc<Flows>,
+        admission: Arc<Admission>,
+        callback_secret: Arc<[u8]>,
+    ) -> Self {
+        let callbacks = Callbacks::new(
+            (shared.metrics.callbacks_dropped.clone(), shared.metrics.callbacks_undelivered.clone()),
+            callbacks::MAX_PENDING,
+            &shared.config.egress,
+            callback_secret,
+        );
         Self { shared, flows, admission, callbacks }
     }
 

@@ -66,6 +66,9 @@ pub(crate) struct Metrics {
     pub(crate) flows_ended: Family<FlowLabel, Counter>,
     pub(crate) flow_refusals: Family<LimitLabel, Counter>,
     pub(crate) callbacks_dropped: Counter,
+    /// Callbacks not delivered: refused by the egress policy, or given up
+    /// after every attempt failed.
+    pub(crate) callbacks_undelivered: super::callbacks::Undelivered,
     /// The execution gate's memory budget.
     pub(crate) gate: super::gate::GateMetrics,
     /// Tasks by (queue, state), kept in step with committed transitions.
@@ -118,6 +121,12 @@ impl Metrics {
             "Completion callbacks dropped because too many deliveries were pending",
             callbacks_dropped.clone(),
         );
+        let callbacks_undelivered = super::callbacks::Undelivered::default();
+        registry.register(
+            "callbacks_undelivered",
+            "Completion callbacks not delivered, by reason (egress_refused, gave_up)",
+            callbacks_undelivered.0.clone(),
+        );
         let gate = super::gate::GateMetrics::default();
         registry.register("memory_budget_bytes", "The host memory budget running attempts share", gate.budget.clone());
         registry.register(
@@ -151,6 +160,7 @@ impl Metrics {
             flows_ended,
             flow_refusals,
             callbacks_dropped,
+            callbacks_undelivered,
             counts: Mutex::default(),
         }
     }

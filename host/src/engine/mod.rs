@@ -68,6 +68,10 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
+/// The store's name for the key callbacks are signed with (one tenant,
+/// `default`, so far).
+const CALLBACK_SECRET: &str = "callbacks/default";
+
 struct Inner {
     shared: Arc<Shared>,
     submission: Arc<Submission>,
@@ -151,6 +155,7 @@ impl Engine {
         plugins: Option<(Arc<Registry>, Sandbox)>,
     ) -> Result<Engine, EngineError> {
         let queues = store.queues()?;
+        let callback_secret: Arc<[u8]> = store.secret(CALLBACK_SECRET).await?.into();
         let shared = Arc::new(Shared::new(config, store, runner, metrics));
         {
             let mut sched = lock(&shared.sched);
@@ -162,7 +167,7 @@ impl Engine {
         let submission = Arc::new(Submission::new(shared.clone()));
         let flows = Arc::new(Flows::new(shared.clone(), submission.clone()));
         let admission = Arc::new(Admission::new(shared.clone(), flows.clone()));
-        let endings = Arc::new(Endings::new(shared.clone(), flows.clone(), admission.clone()));
+        let endings = Arc::new(Endings::new(shared.clone(), flows.clone(), admission.clone(), callback_secret));
         let dispatch = Arc::new(Dispatch::new(shared.clone(), submission.clone(), flows.clone(), endings.clone()));
         let admin = Admin::new(shared.clone(), flows.clone(), endings.clone());
         let engine = Engine {
@@ -423,6 +428,18 @@ impl Engine {
     /// Tasks per state (all queues).
     pub fn state_counts(&self) -> HashMap<TaskState, i64> {
         self.inner.shared.metrics.state_totals()
+    }
+
+    /// The key completion callbacks are signed with (see
+    /// docs/api.md "Callbacks").
+    pub async fn callback_secret(&self) -> Result<Vec<u8>, EngineError> {
+        Ok(self.inner.shared.store.secret(CALLBACK_SECRET).await?)
+    }
+
+    /// The engine's store (a cheap handle), for what keeps its own records
+    /// beside the engine's (tokens, the audit log).
+    pub fn store(&self) -> Store {
+        self.inner.shared.store.clone()
     }
 
     /// Why the store cannot write now (a full disk), while it cannot.

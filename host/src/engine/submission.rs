@@ -137,12 +137,12 @@ impl Submission {
             return invalid(format!("idempotency_key must be 1-{MAX_KEY} bytes"));
         }
         if let Some(url) = &task.callback_url {
-            match reqwest::Url::parse(url) {
-                Ok(u) if u.scheme() == "http" => {}
-                Ok(u) => {
-                    return invalid(format!("callback_url scheme `{}` is not supported: use http://", u.scheme()));
-                }
+            let parsed = match reqwest::Url::parse(url) {
+                Ok(parsed) => parsed,
                 Err(e) => return invalid(format!("callback_url `{url}` is not a URL: {e}")),
+            };
+            if let Err(e) = self.shared.config.egress.check_url(&parsed) {
+                return invalid(format!("callback_url `{url}` is refused: {e}"));
             }
         }
         // Last: a refused task reserves no queue.
@@ -241,8 +241,10 @@ mod tests {
         });
         assert!(refused(both).contains("either delay_ms or run_at"));
         assert!(refused(task(|t| t.idempotency_key = Some(String::new()))).contains("idempotency_key must be"));
-        let https = task(|t| t.callback_url = Some("https://x".into()));
-        assert!(refused(https).contains("scheme `https` is not supported"));
+        let ftp = task(|t| t.callback_url = Some("ftp://example.com/x".into()));
+        assert!(refused(ftp).contains("the scheme `ftp` is not allowed"));
+        let metadata = task(|t| t.callback_url = Some("http://169.254.169.254/latest".into()));
+        assert!(refused(metadata).contains("a link-local (or metadata) address"));
         assert!(refused(task(|t| t.plugin = "missing".into())).contains("unknown plugin `missing`"));
         assert!(h.store().task_count().unwrap() == 0, "a refusal writes nothing");
     }

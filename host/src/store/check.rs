@@ -366,7 +366,16 @@ fn check_records(db: &Database, report: &mut CheckReport) -> Result<(), StoreErr
             }
         }
     }
-    report.notes.push(format!("{records} flow, plugin and queue records"));
+    if let Some(tokens) = open_or_none(&txn, TOKENS)? {
+        for entry in tokens.iter()? {
+            let (key, value) = entry?;
+            records += 1;
+            if let Err(e) = decode::<super::StoredToken>(value.value()) {
+                tally.add("tokens do not decode", || format!("{}: {e}", key.value()));
+            }
+        }
+    }
+    report.notes.push(format!("{records} flow, plugin, queue and token records"));
     tally.into_problems(&mut report.problems);
     Ok(())
 }
@@ -582,6 +591,9 @@ fn salvage(path: &Path, report: &mut RepairReport) -> Result<(), StoreError> {
         ("blobs", copy_table(&src, &txn, BLOBS)?),
         ("queues", copy_table(&src, &txn, QUEUES)?),
         ("cache", copy_table(&src, &txn, CACHE)?),
+        ("tokens", copy_table(&src, &txn, TOKENS)?),
+        ("audit", copy_table(&src, &txn, AUDIT)?),
+        ("secrets", copy_table(&src, &txn, SECRETS)?),
     ];
     if schema == SCHEMA_VERSION {
         let dropped = rebuild_derived(&txn)?;

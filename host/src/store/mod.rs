@@ -7,6 +7,7 @@
 //! retried until it succeeds (see `commit.rs`); opening verifies the file
 //! (see `open.rs`); `check.rs` checks and repairs a file offline.
 
+mod access;
 mod backend;
 pub mod check;
 mod commit;
@@ -16,6 +17,7 @@ mod open;
 mod record;
 mod tables;
 
+pub use access::{AUDIT_KEEP, AuditEntry, StoredToken};
 pub use commit::WriteFault;
 pub use error::StoreError;
 pub(crate) use record::now_ms;
@@ -826,6 +828,9 @@ fn prepare(db: &Database, path: &Path, created: bool) -> Result<(), StoreError> 
         txn.open_table(BY_QUEUE)?;
         txn.open_table(BY_PLUGIN)?;
         txn.open_table(BY_ITERATION)?;
+        txn.open_table(TOKENS)?;
+        txn.open_table(AUDIT)?;
+        txn.open_table(SECRETS)?;
     }
     txn.commit()?;
     Ok(())

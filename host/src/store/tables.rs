@@ -46,6 +46,14 @@ pub(crate) const BY_PLUGIN: TableDefinition<'_, (&str, u128), ()> = TableDefinit
 /// iteration, so ending an iteration reads only its tasks (a root task,
 /// whose id is the flow's, is read by its id).
 pub(crate) const BY_ITERATION: TableDefinition<'_, (u128, u32, u128), ()> = TableDefinition::new("tasks_by_iteration");
+/// Token id → [`StoredToken`](super::StoredToken): API tokens, each with
+/// only the hash of its secret.
+pub(crate) const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
+/// Entry id (a UUIDv7, so time order) → [`AuditEntry`](super::AuditEntry).
+pub(crate) const AUDIT: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("audit");
+/// Secret name (e.g. `callbacks/default`) → random bytes the host made
+/// once: keys it signs with.
+pub(crate) const SECRETS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("secrets");
 /// `"schema"` → schema version; [`FLOW_KEYS_MOVED`] → 1 once the flows'
 /// keys have their own table.
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");

@@ -7,6 +7,7 @@
 //! - [`flow`]: the flow view ([`Flow`]) with its task tree;
 //! - [`plugin`]: plugin versions, details and lists;
 //! - [`queue`]: queue settings and depths;
+//! - [`access`]: API tokens and the audit log;
 //! - [`error`]: the one error body, [`ErrorBody`];
 //! - [`model`]: the model registry's views ([`ModelsView`] and friends,
 //!   defined beside the registry in [`crate::inference`]);
@@ -19,6 +20,7 @@
 //! Every answer deserializes back into its struct, so a client can read it
 //! without digging through untyped JSON.
 
+pub mod access;
 pub mod error;
 pub mod flow;
 pub mod health;
@@ -27,6 +29,9 @@ pub mod plugin;
 pub mod queue;
 pub mod task;
 
+pub use access::{
+    AuditPage, AuditRecord, CallbackSecret, TokenCreated, TokenInfo, TokenList, TokenRequest, TokenRevoked,
+};
 pub use error::{ErrorBody, ErrorDetail};
 pub use flow::{Flow, FlowNode, FlowRepeat, FlowTasks, RepeatRule};
 pub use health::Health;

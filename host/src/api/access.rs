@@ -1,0 +1,200 @@
+//! The API's door: every route but `/healthz` names the [`Scope`] it
+//! needs ([`guard`]); the bearer token is checked before the handler runs
+//! (401 without a valid one, 403 naming the scope it lacks), the caller
+//! is handed to the handler, and a successful admin or plugin action is
+//! appended to the audit log. Also the token and audit routes.
+
+use super::{ApiError, ApiResult, Path};
+use crate::auth::{Auth, AuthError, Caller, NewToken, Scope, Scopes};
+use crate::engine::Engine;
+use crate::wire;
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Extension, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+/// How the API lets requests in.
+pub struct Access {
+    auth: Arc<Auth>,
+    /// Every request is let in as an admin (`serve --no-auth`).
+    open: bool,
+}
+
+impl Access {
+    /// Requests need a valid token of `auth`.
+    pub fn tokens(auth: Arc<Auth>) -> Arc<Self> {
+        Arc::new(Self { auth, open: false })
+    }
+
+    /// Every request is let in with every scope, as `anonymous`; only for a
+    /// host no one else can reach. The audit log still records actions.
+    pub fn open(auth: Arc<Auth>) -> Arc<Self> {
+        Arc::new(Self { auth, open: true })
+    }
+
+    /// Open access over `engine`'s store, for the API's unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests(engine: &Engine) -> Arc<Self> {
+        Self::open(Arc::new(Auth::load(engine.store()).expect("the tokens load")))
+    }
+
+    fn caller(&self, header: Option<&[u8]>) -> Result<Caller, AuthError> {
+        if self.open {
+            return Ok(Caller {
+                token_id: "-".into(),
+                name: "anonymous".into(),
+                tenant: crate::auth::DEFAULT_TENANT.into(),
+                scopes: Scopes::of([Scope::Admin]),
+            });
+        }
+        self.auth.authenticate(header)
+    }
+}
+
+/// What a route needs: a scope, and the audit action its success records.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Need {
+    scope: Scope,
+    action: Option<&'static str>,
+}
+
+/// A route that needs `scope` and records nothing.
+pub(crate) fn needs(scope: Scope) -> Need {
+    Need { scope, action: None }
+}
+
+/// A route that needs `scope` and, when it succeeds, appends `action` on
+/// its path to the audit log.
+pub(crate) fn audited(scope: Scope, action: &'static str) -> Need {
+    Need { scope, action: Some(action) }
+}
+
+/// `route` behind the door: only callers with `need`'s scope reach it.
+pub(crate) fn guard(access: &Arc<Access>, need: Need, route: MethodRouter<Engine>) -> MethodRouter<Engine> {
+    route.route_layer(axum::middleware::from_fn_with_state((access.clone(), need), check))
+}
+
+async fn check(State((access, need)): State<(Arc<Access>, Need)>, mut request: Request, next: Next) -> Response {
+    let header = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
+    let caller = match access.caller(header).and_then(|c| c.require(need.scope).map(|()| c)) {
+        Ok(caller) => caller,
+        Err(e) => {
+            let mut refused = ApiError::from(e).into_response();
+            if refused.status() == StatusCode::UNAUTHORIZED {
+                refused.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            }
+            return refused;
+        }
+    };
+    let object = request.uri().path_and_query().map_or_else(|| request.uri().path().to_owned(), |p| p.to_string());
+    request.extensions_mut().insert(caller.clone());
+    let response = next.run(request).await;
+    if let Some(action) = need.action
+        && response.status().is_success()
+        && let Err(e) = access.auth.record(&caller, action, &object).await
+    {
+        // The action is done; the log must say its record is missing.
+        tracing::error!(action, object, token = caller.name, error = %e, "cannot append to the audit log");
+    }
+    response
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let (status, code) = match &e {
+            AuthError::Missing | AuthError::Malformed | AuthError::Unknown | AuthError::Expired(_) => {
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            }
+            AuthError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            AuthError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            AuthError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AuthError::TooMany => (StatusCode::CONFLICT, "limit_reached"),
+            AuthError::Store(_) => {
+                let AuthError::Store(store) = e else { unreachable!() };
+                return crate::engine::EngineError::Store(store).into();
+            }
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+pub(crate) async fn create_token(
+    Extension(access): Extension<Arc<Access>>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Json<wire::TokenRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(body) = body?;
+    let scopes = Scopes::parse(body.scopes.iter().map(String::as_str)).map_err(ApiError::invalid)?;
+    let expires_at_ms = body
+        .expires_at
+        .map(|text| {
+            humantime::parse_rfc3339_weak(&text)
+                .map(|t| t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64)
+                .map_err(|e| ApiError::invalid(format!("expires_at `{text}` is not an RFC 3339 time ({e})")))
+        })
+        .transpose()?;
+    let mut new = NewToken::new(body.name, scopes).expires_at_ms(expires_at_ms);
+    if let Some(tenant) = body.tenant {
+        new = new.tenant(tenant);
+    }
+    let created = access.auth.create(&caller, new).await?;
+    let object = format!("token {} ({})", created.id, created.stored.name);
+    if let Err(e) = access.auth.record(&caller, "token.create", &object).await {
+        tracing::error!(object, token = caller.name, error = %e, "cannot append to the audit log");
+    }
+    Ok((StatusCode::CREATED, Json(wire::TokenCreated::new(&created.id, &created.stored, created.token)))
+        .into_response())
+}
+
+pub(crate) async fn list_tokens(Extension(access): Extension<Arc<Access>>) -> Json<wire::TokenList> {
+    let tokens = access.auth.list().iter().map(|(id, t)| wire::TokenInfo::new(id, t)).collect();
+    Json(wire::TokenList::new(tokens))
+}
+
+pub(crate) async fn revoke_token(
+    Extension(access): Extension<Arc<Access>>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<wire::TokenRevoked>> {
+    let revoked = access.auth.revoke(&id).await?;
+    Ok(Json(wire::TokenRevoked::new(&id, &revoked)))
+}
+
+pub(crate) async fn callback_secret(
+    State(engine): State<Engine>,
+    Extension(caller): Extension<Caller>,
+) -> ApiResult<Json<wire::CallbackSecret>> {
+    let secret = engine.callback_secret().await?;
+    Ok(Json(wire::CallbackSecret::new(caller.tenant, &secret)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuditQuery {
+    before: Option<String>,
+    limit: Option<usize>,
+}
+
+pub(crate) async fn audit(
+    Extension(access): Extension<Arc<Access>>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> ApiResult<Json<wire::AuditPage>> {
+    let Query(query) = query?;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be 1-1000"));
+    }
+    let before = query.before.as_deref().map(super::parse_id).transpose()?;
+    let entries = tokio::task::spawn_blocking(move || access.auth.audit(before, limit)).await.map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("a read failed: {e}"))
+    })??;
+    let full = entries.len() == limit;
+    let records = entries.iter().map(|(id, e)| wire::AuditRecord::new(*id, e)).collect();
+    Ok(Json(wire::AuditPage::new(records, full)))
+}

@@ -1,0 +1,213 @@
+//! What the store keeps for the trust boundary: API tokens (by id, with
+//! only the hash of their secret) and the audit log (append-only, the
+//! newest [`AUDIT_KEEP`] entries kept). The store does not interpret
+//! either: [`crate::auth`] does.
+
+use super::record::{decode, encode};
+use super::tables::{AUDIT, SECRETS, TOKENS};
+use super::{Store, StoreError};
+use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Audit entries kept; appending past it drops the oldest.
+pub const AUDIT_KEEP: u64 = 100_000;
+
+/// A token as stored: everything but its secret, of which only a SHA-256
+/// hash is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct StoredToken {
+    /// A name for people (unique among tokens).
+    pub name: String,
+    /// The tenant its holder acts in.
+    pub tenant: String,
+    /// Its scopes, as the bits of `auth::Scopes`.
+    pub scopes: u8,
+    /// SHA-256 of the secret.
+    pub secret_hash: [u8; 32],
+    /// When it was created (ms since the epoch).
+    pub created_at_ms: u64,
+    /// When it stops working, if ever.
+    pub expires_at_ms: Option<u64>,
+    /// Name of the token that created it (`serve` for the bootstrap one).
+    pub created_by: String,
+}
+
+impl StoredToken {
+    /// A token record.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        tenant: String,
+        scopes: u8,
+        secret_hash: [u8; 32],
+        created_at_ms: u64,
+        expires_at_ms: Option<u64>,
+        created_by: String,
+    ) -> Self {
+        Self { name, tenant, scopes, secret_hash, created_at_ms, expires_at_ms, created_by }
+    }
+}
+
+/// One audit entry: who did what to which object, when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AuditEntry {
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+    /// The acting token's id.
+    pub token_id: String,
+    /// The acting token's name.
+    pub token_name: String,
+    /// The tenant it acted in.
+    pub tenant: String,
+    /// What was done, e.g. `plugin.upload`.
+    pub action: String,
+    /// What it was done to, e.g. `/v1/plugins/resize`.
+    pub object: String,
+}
+
+impl AuditEntry {
+    /// An entry of `action` on `object` by the token `token_id`/`token_name`.
+    pub fn new(token_id: String, token_name: String, tenant: String, action: String, object: String) -> Self {
+        Self { at_ms: super::now_ms(), token_id, token_name, tenant, action, object }
+    }
+}
+
+impl Store {
+    /// Every stored token, by id.
+    pub fn tokens(&self) -> Result<Vec<(String, StoredToken)>, StoreError> {
+        self.read_named(TOKENS)
+    }
+
+    /// Stores a token under `id` (replacing one of that id).
+    pub(crate) async fn put_token(&self, id: String, token: StoredToken) -> Result<(), StoreError> {
+        self.admin(move |txn| {
+            txn.open_table(TOKENS)?.insert(id.as_str(), encode(&token).as_slice())?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes the token `id`; whether there was one.
+    pub(crate) async fn remove_token(&self, id: String) -> Result<bool, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.admin(move |txn| {
+            let removed = txn.open_table(TOKENS)?.remove(id.as_str())?.is_some();
+            let _ = tx.send(removed);
+            Ok(())
+        })
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// The secret `name` (32 random bytes), made and stored the first time
+    /// it is asked for.
+    pub(crate) async fn secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let name = name.to_owned();
+        self.admin(move |txn| {
+            let mut table = txn.open_table(SECRETS)?;
+            let existing = table.get(name.as_str())?.map(|v| v.value().to_vec());
+            let secret = match existing {
+                Some(secret) => secret,
+                None => {
+                    let mut fresh = vec![0u8; 32];
+                    getrandom::fill(&mut fresh)
+                        .map_err(|e| StoreError::CommitFailed(format!("cannot draw a random secret: {e}")))?;
+                    table.insert(name.as_str(), fresh.as_slice())?;
+                    fresh
+                }
+            };
+            let _ = tx.send(secret);
+            Ok(())
+        })
+        .await?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Appends an audit entry, dropping the oldest past [`AUDIT_KEEP`].
+    pub(crate) async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.admin(move |txn| {
+            let mut table = txn.open_table(AUDIT)?;
+            table.insert(Uuid::now_v7().as_u128(), encode(&entry).as_slice())?;
+            let excess = table.len()?.saturating_sub(AUDIT_KEEP);
+            for _ in 0..excess {
+                table.pop_first()?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Up to `limit` audit entries older than `before` (all when `None`),
+    /// newest first, with their ids.
+    pub fn audit(&self, before: Option<Uuid>, limit: usize) -> Result<Vec<(Uuid, AuditEntry)>, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = txn.open_table(AUDIT)?;
+        let range = match before {
+            Some(before) => table.range(..before.as_u128())?,
+            None => table.range::<u128>(..)?,
+        };
+        let mut out = Vec::new();
+        for entry in range.rev().take(limit) {
+            let (id, value) = entry?;
+            out.push((Uuid::from_u128(id.value()), decode(value.value())?));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(name: &str) -> StoredToken {
+        StoredToken::new(name.into(), "default".into(), 1, [7; 32], 1, None, "serve".into())
+    }
+
+    #[tokio::test]
+    async fn tokens_are_stored_replaced_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), true).unwrap();
+        store.put_token("a".into(), token("one")).await.unwrap();
+        store.put_token("b".into(), token("two")).await.unwrap();
+        assert_eq!(store.tokens().unwrap(), vec![("a".into(), token("one")), ("b".into(), token("two"))]);
+        assert!(store.remove_token("a".into()).await.unwrap());
+        assert!(!store.remove_token("a".into()).await.unwrap());
+        drop(store);
+        let store = Store::open(&dir.path().join("s.redb"), true).unwrap();
+        assert_eq!(store.tokens().unwrap(), vec![("b".into(), token("two"))]);
+    }
+
+    #[tokio::test]
+    async fn a_secret_is_made_once_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path, true).unwrap();
+        let first = store.secret("callbacks/default").await.unwrap();
+        assert_eq!(first.len(), 32);
+        assert_eq!(store.secret("callbacks/default").await.unwrap(), first);
+        assert_ne!(store.secret("callbacks/other").await.unwrap(), first);
+        drop(store);
+        assert_eq!(Store::open(&path, true).unwrap().secret("callbacks/default").await.unwrap(), first);
+    }
+
+    #[tokio::test]
+    async fn the_audit_log_pages_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), true).unwrap();
+        for n in 0..5 {
+            let entry = AuditEntry::new("id".into(), "t".into(), "default".into(), "act".into(), n.to_string());
+            store.append_audit(entry).await.unwrap();
+        }
+        let page = store.audit(None, 2).unwrap();
+        let objects: Vec<_> = page.iter().map(|(_, e)| e.object.as_str()).collect();
+        assert_eq!(objects, ["4", "3"]);
+        let rest = store.audit(Some(page[1].0), 10).unwrap();
+        let objects: Vec<_> = rest.iter().map(|(_, e)| e.object.as_str()).collect();
+        assert_eq!(objects, ["2", "1", "0"]);
+    }
+}
