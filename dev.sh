@@ -131,11 +131,14 @@ serve_demo() {
   local host=target/release/taskhost port=7717
   say "taskhost serve: the durable engine, with a sample workload"
   local data watched; data=$(mktemp -d); watched=$(mktemp -d)
-  $host serve --data "$data" --listen "127.0.0.1:$port" --plugins "$watched" --retry-base 100ms --retry-cap 1s &
+  $host serve --data "$data" --listen "127.0.0.1:$port" --metrics-listen "127.0.0.1:$((port + 1))" \
+    --plugins "$watched" --retry-base 100ms --retry-cap 1s &
   local pid=$!
   # shellcheck disable=SC2064
   trap "kill $pid 2>/dev/null; rm -rf '$data' '$watched'" RETURN
   export TASKHOST_SERVER="http://127.0.0.1:$port"
+  # The CLI reads the admin token serve wrote to DATA/admin.token.
+  export TASKHOST_DATA="$data" TASKHOST_METRICS="http://127.0.0.1:$((port + 1))"
   local i
   for i in $(seq 100); do $host plugins list >/dev/null 2>&1 && break; sleep 0.1; done
   if ! kill -0 "$pid" 2>/dev/null; then
@@ -182,8 +185,8 @@ serve_demo() {
   $host tasks --state failed
   flow_demo
   inference_demo
-  echo; echo "$ curl \$TASKHOST_SERVER/metrics | grep tasks_total"
-  $XTASK metrics "$TASKHOST_SERVER" --contains '_total{'
+  echo; echo "$ curl \$METRICS/metrics | grep tasks_total   # --metrics-listen: no token"
+  $XTASK metrics "$TASKHOST_METRICS" --contains '_total{'
 }
 
 flow_demo() {
@@ -217,7 +220,7 @@ inference_demo() {
   local id; id=$($host submit semantic-search --input "$tmp/search.json")
   $host flow "$id" --wait >/dev/null
   $host flow "$id" --json | $XTASK search-answers
-  $XTASK metrics "$TASKHOST_SERVER" --prefix taskhost_inference_ \
+  $XTASK metrics "$TASKHOST_METRICS" --prefix taskhost_inference_ \
     --contains _total --contains batch_rows_sum --contains batch_rows_count
   rm -rf "$tmp"
 }

@@ -278,9 +278,12 @@ fn flatten(node: &Node, before: &[usize], out: &mut Vec<(Step, Vec<usize>)>) -> 
             if parallel.is_empty() {
                 return Err("`parallel` needs at least one step".into());
             }
+            // Branches that add no step (empty series) end where they
+            // began: their ends are `before`, listed once however many.
             let mut ends = Vec::new();
+            let mut seen = HashSet::new();
             for node in parallel {
-                ends.extend(flatten(node, before, out)?);
+                ends.extend(flatten(node, before, out)?.into_iter().filter(|end| seen.insert(*end)));
             }
             Ok(ends)
         }
@@ -354,6 +357,13 @@ mod tests {
         assert!(spec(r#"{"steps": [{"plugin": "p"}, {"plugin": "p"}]}"#).plan(1).unwrap_err().contains("at most 1"));
         let twice = spec(r#"{"steps": {"plugin": "p"}, "repeat": {"times": 2, "every_ms": 100}}"#);
         assert!(twice.repeat().unwrap_err().contains("only one of"));
+        // Found by the property tests: two branches without steps each
+        // passed the steps before them on, so the next step waited for the
+        // same task twice.
+        let empty_branches = r#"{"steps": [{"parallel": [{"plugin": "p"}]},
+            {"parallel": [{"series": []}, {"series": []}]}, {"plugin": "p"}]}"#;
+        let plan = serde_json::from_str::<FlowSpec>(empty_branches).unwrap().plan(10).unwrap();
+        assert_eq!(plan[1].after, [0]);
         // Found by the property tests: a key beside `series` or `parallel`
         // was dropped without a word (here the whole parallel branch).
         let both = r#"{"steps": {"series": [{"plugin": "a"}], "parallel": [{"plugin": "b"}]}}"#;
