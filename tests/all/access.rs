@@ -416,3 +416,21 @@ async fn https_round_trip_with_the_operators_certificate() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Without tokens only programs on this machine get in: a browser's
+/// request (`Origin`) or one for another host name (DNS rebinding) is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_auth_lets_local_programs_in_but_not_browsers_or_other_host_names() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with(data.path(), free_port(), &["--no-auth"]).await;
+    let http = crate::http();
+    let url = format!("{}/v1/tasks", server.base);
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 200);
+    let from_page = http.get(&url).header("origin", "https://evil.example").send().await.unwrap();
+    assert_eq!(from_page.status(), 403);
+    let rebound = http.get(&url).header("host", "evil.example:7700").send().await.unwrap();
+    assert_eq!(rebound.status(), 403);
+    let body: Value = rebound.json().await.unwrap();
+    assert!(body["error"]["message"].as_str().unwrap().contains("evil.example"), "{body}");
+}

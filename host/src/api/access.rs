@@ -44,8 +44,23 @@ impl Access {
         Self::open(Arc::new(Auth::load(engine.store()).expect("the tokens load")))
     }
 
-    fn caller(&self, header: Option<&[u8]>) -> Result<Caller, AuthError> {
+    fn caller(&self, headers: &axum::http::HeaderMap) -> Result<Caller, AuthError> {
         if self.open {
+            // Without tokens only a program on this machine may call: a
+            // browser's request (it sends `Origin`) or one for another name
+            // (DNS rebinding) would let any web page drive the host.
+            if headers.contains_key(header::ORIGIN) {
+                return Err(AuthError::Refused(
+                    "a request with an Origin header (from a browser) under --no-auth".into(),
+                ));
+            }
+            // (A request without `Host` is not a browser's.)
+            let host = headers.get(header::HOST).map(|h| h.to_str().unwrap_or_default());
+            if let Some(host) = host.filter(|host| !is_loopback_host(host)) {
+                return Err(AuthError::Refused(format!(
+                    "a request for host `{host}` under --no-auth (only loopback names)"
+                )));
+            }
             return Ok(Caller {
                 token_id: "-".into(),
                 name: "anonymous".into(),
@@ -53,8 +68,20 @@ impl Access {
                 scopes: Scopes::of([Scope::Admin]),
             });
         }
-        self.auth.authenticate(header)
+        self.auth.authenticate(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
     }
+}
+
+/// Whether a `Host` header names this machine: `localhost` or a loopback
+/// address, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// What a route needs: a scope, and the audit action its success records.
@@ -81,8 +108,7 @@ pub(crate) fn guard(access: &Arc<Access>, need: Need, route: MethodRouter<Engine
 }
 
 async fn check(State((access, need)): State<(Arc<Access>, Need)>, mut request: Request, next: Next) -> Response {
-    let header = request.headers().get(header::AUTHORIZATION).map(|v| v.as_bytes());
-    let caller = match access.caller(header).and_then(|c| c.require(need.scope).map(|()| c)) {
+    let caller = match access.caller(request.headers()).and_then(|c| c.require(need.scope).map(|()| c)) {
         Ok(caller) => caller,
         Err(e) => {
             let mut refused = ApiError::from(e).into_response();
@@ -94,15 +120,45 @@ async fn check(State((access, need)): State<(Arc<Access>, Need)>, mut request: R
     };
     let object = request.uri().path_and_query().map_or_else(|| request.uri().path().to_owned(), |p| p.to_string());
     request.extensions_mut().insert(caller.clone());
-    let response = next.run(request).await;
-    if let Some(action) = need.action
-        && response.status().is_success()
-        && let Err(e) = access.auth.record(&caller, action, &object).await
-    {
-        // The action is done; the log must say its record is missing.
-        tracing::error!(action, object, token = caller.name, error = %e, "cannot append to the audit log");
+    let Some(action) = need.action else {
+        return next.run(request).await;
+    };
+    // An audited action runs to its end on its own task, with its record:
+    // a client that goes away mid-request must not leave an action done
+    // (a compile that goes live, a version deleted) and unrecorded.
+    let auth = access.auth.clone();
+    let done = tokio::spawn(async move {
+        let response = next.run(request).await;
+        if response.status().is_success()
+            && let Err(e) = auth.record(&caller, action, &object).await
+        {
+            // The action is done; the log must say its record is missing.
+            tracing::error!(action, object, token = caller.name, error = %e, "cannot append to the audit log");
+        }
+        response
+    });
+    match done.await {
+        Ok(response) => response,
+        Err(e) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("the request failed: {e}"))
+                .into_response()
+        }
     }
-    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_names_are_this_machine() {
+        for host in ["localhost", "localhost:7700", "127.0.0.1:7700", "127.9.9.9", "[::1]:7700", "[::1]", "LOCALHOST"] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["", "evil.example", "evil.example:7700", "10.0.0.1:7700", "[::2]:80", "localhost.evil.example"] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 }
 
 impl From<AuthError> for ApiError {
@@ -111,7 +167,7 @@ impl From<AuthError> for ApiError {
             AuthError::Missing | AuthError::Malformed | AuthError::Unknown | AuthError::Expired(_) => {
                 (StatusCode::UNAUTHORIZED, "unauthorized")
             }
-            AuthError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            AuthError::Forbidden { .. } | AuthError::Refused(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AuthError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             AuthError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AuthError::TooMany => (StatusCode::CONFLICT, "limit_reached"),
@@ -144,11 +200,20 @@ pub(crate) async fn create_token(
     if let Some(tenant) = body.tenant {
         new = new.tenant(tenant);
     }
-    let created = access.auth.create(&caller, new).await?;
-    let object = format!("token {} ({})", created.id, created.stored.name);
-    if let Err(e) = access.auth.record(&caller, "token.create", &object).await {
-        tracing::error!(object, token = caller.name, error = %e, "cannot append to the audit log");
-    }
+    // On its own task, so a client that goes away cannot leave a token
+    // stored but not recorded.
+    let created = tokio::spawn(async move {
+        let created = access.auth.create(&caller, new).await?;
+        let object = format!("token {} ({})", created.id, created.stored.name);
+        if let Err(e) = access.auth.record(&caller, "token.create", &object).await {
+            tracing::error!(object, token = caller.name, error = %e, "cannot append to the audit log");
+        }
+        Ok::<_, AuthError>(created)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("the request failed: {e}"))
+    })??;
     Ok((StatusCode::CREATED, Json(wire::TokenCreated::new(&created.id, &created.stored, created.token)))
         .into_response())
 }
@@ -170,8 +235,7 @@ pub(crate) async fn callback_secret(
     State(engine): State<Engine>,
     Extension(caller): Extension<Caller>,
 ) -> ApiResult<Json<wire::CallbackSecret>> {
-    let secret = engine.callback_secret().await?;
-    Ok(Json(wire::CallbackSecret::new(caller.tenant, &secret)))
+    Ok(Json(wire::CallbackSecret::new(caller.tenant, &engine.callback_secret())))
 }
 
 #[derive(Debug, Deserialize)]

@@ -227,25 +227,42 @@ async fn connection(
     conns: Arc<Conns>,
     router: Router,
     config: ServeConfig,
-    stopping: watch::Receiver<bool>,
+    mut stopping: watch::Receiver<bool>,
 ) {
-    let Some(tls) = config.tls.clone() else {
-        return serve_io(TokioIo::new(stream), conns, router, config, stopping).await;
-    };
-    let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
-    match tokio::time::timeout(config.header_timeout, handshake).await {
-        Ok(Ok(stream)) => serve_io(TokioIo::new(stream), conns, router, config, stopping).await,
-        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
-        Err(_) => tracing::debug!("TLS handshake did not end within the header timeout"),
+    // Registered before any byte is read (a TLS handshake included), so a
+    // connection that never completes one can be closed to make room.
+    let (id, conn) = conns.register();
+    match config.tls.clone() {
+        None => serve_io(TokioIo::new(stream), (&conns, &conn), router, config, stopping).await,
+        Some(tls) => {
+            let handshake =
+                tokio::time::timeout(config.header_timeout, tokio_rustls::TlsAcceptor::from(tls).accept(stream));
+            tokio::select! {
+                done = handshake => match done {
+                    Ok(Ok(stream)) => serve_io(TokioIo::new(stream), (&conns, &conn), router, config, stopping).await,
+                    Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                    Err(_) => tracing::debug!("TLS handshake did not end within the header timeout"),
+                },
+                // Closed to make room (it is idle until it completes a
+                // request), or the server is stopping.
+                () = conn.evict.notified() => {}
+                _ = stopping.changed() => {}
+            }
+        }
     }
+    conns.unregister(id);
 }
 
 /// Serves HTTP/1 on one connection's byte stream (plain or TLS).
-async fn serve_io<I>(io: I, conns: Arc<Conns>, router: Router, config: ServeConfig, mut stopping: watch::Receiver<bool>)
-where
+async fn serve_io<I>(
+    io: I,
+    (conns, conn): (&Arc<Conns>, &Arc<Conn>),
+    router: Router,
+    config: ServeConfig,
+    mut stopping: watch::Receiver<bool>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (id, conn) = conns.register();
     let body_timeout = config.body_timeout;
     let service = {
         let (conn, conns) = (conn.clone(), conns.clone());
@@ -300,7 +317,6 @@ where
             }
         }
     }
-    conns.unregister(id);
 }
 
 fn body_timeout_response(timeout: Duration) -> Response {

@@ -58,6 +58,10 @@ pub enum AuthError {
         /// The scope needed.
         needed: Scope,
     },
+    /// A request refused whatever its token (e.g. from a browser while
+    /// tokens are off).
+    #[error("refused: {0}")]
+    Refused(String),
     /// A token change that does not fit.
     #[error("{0}")]
     Invalid(String),
@@ -165,17 +169,21 @@ impl Auth {
     }
 
     /// On a store with no token yet, makes an admin token and writes it to
-    /// `DATA/admin.token` (mode 0600); the file's path when it did.
+    /// `DATA/admin.token` (mode 0600); the file's path when it did. The
+    /// file is written (and synced) before the token is stored, so a start
+    /// that fails in between leaves no token and the next start makes one.
     pub async fn bootstrap(&self, data_dir: &Path) -> Result<Option<PathBuf>, AuthError> {
         if !read(&self.tokens).is_empty() {
             return Ok(None);
         }
         let path = data_dir.join(ADMIN_TOKEN_FILE);
-        let created = self.mint(NewToken::new(BOOTSTRAP_NAME, Scopes::of([Scope::Admin])), "serve").await?;
-        let (file, text) = (path.clone(), format!("{}\n", created.token));
+        let _change = self.changes.lock().await;
+        let (minted, stored) = self.prepare(NewToken::new(BOOTSTRAP_NAME, Scopes::of([Scope::Admin])), "serve")?;
+        let (file, text) = (path.clone(), format!("{}\n", minted.token));
         crate::sync::blocking(move || write_private(&file, text.as_bytes()))
             .await
             .map_err(|source| AuthError::File { path: path.clone(), source })?;
+        self.commit(minted, stored).await?;
         Ok(Some(path))
     }
 
@@ -211,6 +219,13 @@ impl Auth {
     }
 
     async fn mint(&self, new: NewToken, created_by: &str) -> Result<Created, AuthError> {
+        let _change = self.changes.lock().await;
+        let (minted, stored) = self.prepare(new, created_by)?;
+        self.commit(minted, stored).await
+    }
+
+    /// Checks a new token and draws its secret; the caller holds `changes`.
+    fn prepare(&self, new: NewToken, created_by: &str) -> Result<(token::Minted, StoredToken), AuthError> {
         names::name(NameKind::Token, &new.name).map_err(|e| AuthError::Invalid(e.to_string()))?;
         names::name(NameKind::Tenant, &new.tenant).map_err(|e| AuthError::Invalid(e.to_string()))?;
         if new.tenant != DEFAULT_TENANT {
@@ -225,7 +240,6 @@ impl Auth {
         if new.expires_at_ms.is_some_and(|at| at <= now_ms()) {
             return Err(AuthError::Invalid("the expiry is in the past".into()));
         }
-        let _change = self.changes.lock().await;
         {
             let tokens = read(&self.tokens);
             if tokens.len() >= MAX_TOKENS {
@@ -245,6 +259,11 @@ impl Auth {
             new.expires_at_ms,
             created_by.to_owned(),
         );
+        Ok((minted, stored))
+    }
+
+    /// Stores a prepared token and lets it in.
+    async fn commit(&self, minted: token::Minted, stored: StoredToken) -> Result<Created, AuthError> {
         self.store.put_token(minted.id.clone(), stored.clone()).await?;
         write(&self.tokens).insert(minted.id.clone(), stored.clone());
         Ok(Created { id: minted.id, token: minted.token, stored })
@@ -288,7 +307,12 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?;
     file.write_all(bytes)?;
     file.sync_all()?;
-    std::fs::rename(&temporary, path)
+    std::fs::rename(&temporary, path)?;
+    // The rename itself is durable once the directory is synced.
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 /// Reads a token from a file written by [`Auth::bootstrap`] (or by hand):

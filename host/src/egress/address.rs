@@ -23,7 +23,9 @@ pub enum Refused {
     Unspecified,
     /// Broadcast, reserved, benchmarking, documentation and protocol
     /// ranges (`240/4`, `198.18/15`, `192.0.0/24`, `192.0.2/24`,
-    /// `198.51.100/24`, `203.0.113/24`, `2001:db8::/32`, `100::/64`).
+    /// `198.51.100/24`, `203.0.113/24`); every IPv6 address outside
+    /// global unicast `2000::/3`, and inside it `2001::/23` (Teredo and
+    /// other protocol assignments), `2001:db8::/32` and `3fff::/20`.
     Reserved,
 }
 
@@ -94,7 +96,13 @@ fn refused_v6(ip: Ipv6Addr) -> Option<Refused> {
         // Site-local (deprecated, fec0::/10): private in practice.
         [first, ..] if first & 0xffc0 == 0xfec0 => Refused::Private,
         [first, ..] if first & 0xff00 == 0xff00 => Refused::Multicast,
-        [0x2001, 0x0db8, ..] | [0x0100, 0, 0, 0, ..] => Refused::Reserved,
+        // Only global unicast (2000::/3) is public; inside it, the IETF
+        // protocol block (2001::/23: Teredo, ORCHID, benchmarking...) and
+        // the documentation ranges are not.
+        [first, ..] if first & 0xe000 != 0x2000 => Refused::Reserved,
+        [0x2001, second, ..] if second < 0x0200 => Refused::Reserved,
+        [0x2001, 0x0db8, ..] => Refused::Reserved,
+        [first, ..] if first & 0xfff0 == 0x3ff0 => Refused::Reserved,
         _ => return None,
     })
 }
@@ -138,6 +146,15 @@ mod tests {
             ("::10.0.0.1", Refused::Private),
             ("64:ff9b::10.0.0.1", Refused::Private),
             ("2002:7f00:1::", Refused::Loopback),
+            // Outside global unicast, or protocol and documentation ranges.
+            ("64:ff9b:1::1", Refused::Reserved),
+            ("2001::1", Refused::Reserved),
+            ("2001:2::1", Refused::Reserved),
+            ("3fff::1", Refused::Reserved),
+            ("5f00::1", Refused::Reserved),
+            ("::ffff:0:a00:1", Refused::Reserved),
+            ("::0.0.1.2", Refused::Reserved),
+            ("100::1", Refused::Reserved),
         ];
         for (ip, expected) in cases {
             assert_eq!(class(ip), Some(expected), "{ip}");

@@ -73,6 +73,10 @@ impl Undelivered {
 }
 
 pub(crate) struct Callbacks {
+    /// Checks each URL again before its delivery (an address written in
+    /// the URL skips the resolver, and the policy may have narrowed since
+    /// the task was submitted).
+    policy: EgressPolicy,
     http: reqwest::Client,
     undelivered: Undelivered,
     /// The key deliveries are signed with.
@@ -116,6 +120,7 @@ impl Callbacks {
             // TLS backend or resolver cannot start, and this one has neither.
             .expect("the callback client builds");
         Self {
+            policy: policy.clone(),
             http,
             undelivered,
             secret,
@@ -128,6 +133,14 @@ impl Callbacks {
     /// Delivers `body` to `url` in the background, unless too many
     /// deliveries are pending already.
     pub(crate) fn deliver(&self, url: String, body: crate::wire::Task) {
+        let checked = reqwest::Url::parse(&url)
+            .map_err(|e| e.to_string())
+            .and_then(|parsed| self.policy.check_url(&parsed).map_err(|e| e.to_string()));
+        if let Err(refused) = checked {
+            tracing::error!(%url, task = %body.id, %refused, "callback not delivered");
+            self.undelivered.count("egress_refused");
+            return;
+        }
         let Ok(pending) = self.pending.clone().try_acquire_owned() else {
             self.dropped.inc();
             tracing::error!(%url, task = %body.id, "callback dropped: {MAX_PENDING} deliveries are already pending");
@@ -228,6 +241,24 @@ mod tests {
         assert!(accepted.is_err(), "the receiver on loopback was reached");
         assert_eq!(refused(), 1);
         assert_eq!(callbacks.pending.available_permits(), 8);
+    }
+
+    #[tokio::test]
+    async fn an_address_written_in_the_url_is_checked_again_when_delivering() {
+        // Accepted by a wider policy at submission, say; refused now.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let undelivered = Undelivered::default();
+        let callbacks = Callbacks::new(
+            (Counter::default(), undelivered.clone()),
+            8,
+            &EgressPolicy::default(),
+            Arc::from(&b"k"[..]),
+        );
+        let body = crate::wire::Task::new(&crate::store::tests::record(1, None), None);
+        callbacks.deliver(format!("http://{}/hook", listener.local_addr().unwrap()), body);
+        assert_eq!(undelivered.0.get_or_create(&[("reason", "egress_refused")]).get(), 1);
+        let accepted = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+        assert!(accepted.is_err(), "the receiver on loopback was reached");
     }
 
     #[tokio::test]

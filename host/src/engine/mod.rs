@@ -74,6 +74,8 @@ const CALLBACK_SECRET: &str = "callbacks/default";
 
 struct Inner {
     shared: Arc<Shared>,
+    /// The key callbacks are signed with.
+    callback_secret: Arc<[u8]>,
     submission: Arc<Submission>,
     flows: Arc<Flows>,
     admission: Arc<Admission>,
@@ -167,7 +169,7 @@ impl Engine {
         let submission = Arc::new(Submission::new(shared.clone()));
         let flows = Arc::new(Flows::new(shared.clone(), submission.clone()));
         let admission = Arc::new(Admission::new(shared.clone(), flows.clone()));
-        let endings = Arc::new(Endings::new(shared.clone(), flows.clone(), admission.clone(), callback_secret));
+        let endings = Arc::new(Endings::new(shared.clone(), flows.clone(), admission.clone(), callback_secret.clone()));
         let dispatch = Arc::new(Dispatch::new(shared.clone(), submission.clone(), flows.clone(), endings.clone()));
         let admin = Admin::new(shared.clone(), flows.clone(), endings.clone());
         let engine = Engine {
@@ -179,6 +181,7 @@ impl Engine {
                 endings,
                 admin,
                 plugins,
+                callback_secret,
                 dispatcher: Mutex::default(),
                 watcher: Mutex::default(),
             }),
@@ -430,10 +433,10 @@ impl Engine {
         self.inner.shared.metrics.state_totals()
     }
 
-    /// The key completion callbacks are signed with (see
-    /// docs/api.md "Callbacks").
-    pub async fn callback_secret(&self) -> Result<Vec<u8>, EngineError> {
-        Ok(self.inner.shared.store.secret(CALLBACK_SECRET).await?)
+    /// The key completion callbacks are signed with (see docs/security.md
+    /// "Signed callbacks").
+    pub fn callback_secret(&self) -> Arc<[u8]> {
+        self.inner.callback_secret.clone()
     }
 
     /// The engine's store (a cheap handle), for what keeps its own records
@@ -534,13 +537,27 @@ async fn open_store(config: &EngineConfig) -> anyhow::Result<Store> {
     use anyhow::Context as _;
     let (dir, group_commit) = (config.data_dir.clone(), config.group_commit);
     blocking(move || -> anyhow::Result<Store> {
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating the data directory {}", dir.display()))?;
+        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+        // The store holds every task's data, the token hashes and the
+        // callback key: a new directory and file are the owner's alone.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("creating the data directory {}", dir.display()))?;
         let path = dir.join(crate::store::FILE_NAME);
-        Store::open(&path, group_commit).map_err(|e: StoreError| match e {
+        let store = Store::open(&path, group_commit).map_err(|e: StoreError| match e {
             // These name the file and say what to do.
             StoreError::Damaged { .. } | StoreError::InUse { .. } => anyhow::anyhow!(e),
             e => anyhow::anyhow!(e).context(format!("opening {}", path.display())),
-        })
+        })?;
+        let mode =
+            std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o700))
+                .with_context(|| format!("making {} readable by its owner only", path.display()))?;
+        }
+        Ok(store)
     })
     .await
 }

@@ -124,7 +124,7 @@ impl TokenRevoked {
 }
 
 /// `GET /v1/callbacks/secret`: the key completion callbacks are signed
-/// with (HMAC-SHA256; see docs/api.md "Callbacks").
+/// with (HMAC-SHA256; see docs/security.md "Signed callbacks").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct CallbackSecret {
