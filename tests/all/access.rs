@@ -434,3 +434,90 @@ async fn no_auth_lets_local_programs_in_but_not_browsers_or_other_host_names() {
     let body: Value = rebound.json().await.unwrap();
     assert!(body["error"]["message"].as_str().unwrap().contains("evil.example"), "{body}");
 }
+
+/// `input_url`: the host fetches the input when the task starts, through
+/// the egress guard, capped; a fetch that fails is the attempt's `input
+/// fetch failed`, retried, and the next attempt fetches anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_are_fetched_by_url_when_the_task_starts_and_refetched_on_retry() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with(data.path(), free_port(), &["--egress-allow", "127.0.0.1"]).await;
+    let base = &server.base;
+    let http = crate::admin_client(data.path()).await;
+    crate::recovery::upload(&http, base, "uppercase", UPPERCASE.bytes()).await;
+    let flaky_calls = std::sync::Arc::new(AtomicUsize::new(0));
+    let calls = flaky_calls.clone();
+    let inputs = axum::Router::new()
+        .route("/hello", axum::routing::get(|| async { "hello" }))
+        .route("/missing", axum::routing::get(|| async { (axum::http::StatusCode::NOT_FOUND, "no") }))
+        .route("/huge", axum::routing::get(|| async { vec![b'a'; (64 << 20) + 1] }))
+        .route(
+            "/flaky",
+            axum::routing::get(move || {
+                let first = calls.fetch_add(1, Ordering::SeqCst) == 0;
+                async move {
+                    if first {
+                        (axum::http::StatusCode::SERVICE_UNAVAILABLE, "later")
+                    } else {
+                        (axum::http::StatusCode::OK, "again")
+                    }
+                }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(axum::serve(listener, inputs).into_future());
+    let submit = |body: Value| http.post(format!("{base}/v1/tasks")).json(&body).send();
+    let ended = |id: String| {
+        let http = http.clone();
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            loop {
+                let task: Value = http.get(format!("{base}/v1/tasks/{id}")).send().await.unwrap().json().await.unwrap();
+                if matches!(task["state"].as_str(), Some("completed" | "failed")) {
+                    return task;
+                }
+                assert!(std::time::Instant::now() < deadline, "never ended: {task}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let mut ids = Vec::new();
+    for (path, attempts) in [("hello", 3), ("flaky", 3), ("missing", 2), ("huge", 1)] {
+        let body = json!({"plugin": "uppercase", "input_url": format!("{origin}/{path}"), "max_attempts": attempts});
+        let answer = submit(body).await.unwrap();
+        assert_eq!(answer.status(), 201, "{path}");
+        let created: Value = answer.json().await.unwrap();
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    let hello = ended(ids[0].clone()).await;
+    // HELLO, five bytes in and out ("SEVMTE8=" in base64: not JSON).
+    let fields =
+        |t: &Value| (t["state"].clone(), t["output_base64"].clone(), t["input_bytes"].clone(), t["attempts"].clone());
+    assert_eq!(fields(&hello), (json!("completed"), json!("SEVMTE8="), json!(5), json!(1)), "{hello}");
+    let flaky = ended(ids[1].clone()).await;
+    assert_eq!(fields(&flaky), (json!("completed"), json!("QUdBSU4="), json!(5), json!(2)), "{flaky}");
+    let missing = ended(ids[2].clone()).await;
+    assert_eq!((&missing["state"], &missing["attempts"]), (&json!("failed"), &json!(2)), "{missing}");
+    assert_eq!(missing["error"]["class"], "input fetch failed", "{missing}");
+    assert!(missing["error"]["message"].as_str().unwrap().contains("answered 404"), "{missing}");
+    let huge = ended(ids[3].clone()).await;
+    assert!(huge["error"]["message"].as_str().unwrap().contains("is larger than 64 MiB"), "{huge}");
+
+    // Refused at submission, writing nothing: an address the guard
+    // refuses, and an input given twice.
+    let before: Value = http.get(format!("{base}/v1/tasks?limit=1000")).send().await.unwrap().json().await.unwrap();
+    for (body, expected) in [
+        (json!({"plugin": "uppercase", "input_url": "http://10.0.0.1/x"}), "input_url `http://10.0.0.1/x` is refused"),
+        (json!({"plugin": "uppercase", "input_url": format!("{origin}/hello"), "input": "x"}), "at most one of"),
+        (json!({"plugin": "uppercase", "input_url": "not a url"}), "is not a URL"),
+    ] {
+        let answer = submit(body).await.unwrap();
+        assert_eq!(answer.status(), 400);
+        let error: Value = answer.json().await.unwrap();
+        assert!(error["error"]["message"].as_str().unwrap().contains(expected), "{error}");
+    }
+    let after: Value = http.get(format!("{base}/v1/tasks?limit=1000")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(before["tasks"].as_array().unwrap().len(), after["tasks"].as_array().unwrap().len());
+}

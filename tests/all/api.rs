@@ -159,7 +159,7 @@ async fn every_bad_request_gets_a_clear_4xx_and_writes_nothing() {
             r#"{"plugin": "uppercase", "input": 1, "input_base64": "AA=="}"#,
             400,
             "invalid_request",
-            "not both",
+            "give at most one of input, input_base64 and input_url",
         ),
         ("/v1/tasks", r#"{"plugin": "uppercase", "input_base64": "!!"}"#, 400, "invalid_request", "not base64"),
         ("/v1/tasks", r#"{"plugin": "uppercase", "max_attempts": 1000}"#, 400, "invalid_request", "max_attempts 1000"),

@@ -33,32 +33,55 @@ async fn start(data: &std::path::Path, port: u16) -> Server {
 }
 
 /// Starts `taskhost serve` on `data` with `extra` arguments and waits
-/// until it answers.
+/// until it answers, its own admin token written. When another process
+/// took `port` first (a free port is only free until someone binds it),
+/// it starts again on another.
 pub(crate) async fn start_with(data: &std::path::Path, port: u16, extra: &[&str]) -> Server {
-    let child = Command::new(env!("CARGO_BIN_EXE_taskhost"))
-        .args([
-            "serve",
-            "--data",
-            data.to_str().unwrap(),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--concurrency",
-            "8",
-        ])
-        .args(["--retry-base", "20ms", "--retry-cap", "100ms"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{port}");
-    let http = crate::http();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(Instant::now() < deadline, "taskhost serve did not come up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut port = port;
+    for _ in 0..5 {
+        let log_path = data.join(format!("serve-{port}.log"));
+        let log = std::fs::File::create(&log_path).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+            .args([
+                "serve",
+                "--data",
+                data.to_str().unwrap(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--concurrency",
+                "8",
+            ])
+            .args(["--retry-base", "20ms", "--retry-cap", "100ms"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let base = format!("http://127.0.0.1:{port}");
+        let http = crate::http();
+        let token = data.join(taskhost::auth::ADMIN_TOKEN_FILE);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                assert!(log.contains("cannot listen"), "taskhost serve exited while starting: {log}");
+                break; // the port was taken: try another
+            }
+            // Its own answer: the token in its data directory exists only
+            // once it has bound its port (or from its previous start).
+            if token.exists() && http.get(format!("{base}/healthz")).send().await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if child.try_wait().unwrap().is_none() {
+                    return Server { child, base };
+                }
+                continue;
+            }
+            assert!(Instant::now() < deadline, "taskhost serve did not come up");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        port = free_port();
     }
-    Server { child, base }
+    panic!("taskhost serve found no free port in 5 tries");
 }
 
 pub(crate) async fn upload(http: &reqwest::Client, base: &str, name: &str, bytes: Vec<u8>) {

@@ -209,10 +209,12 @@ async fn put_manifest(
 /// A submission ([`wire::TaskSubmission`]) checked and turned into the
 /// engine's [`NewTask`].
 fn new_task(body: wire::TaskSubmission) -> Result<NewTask, ApiError> {
+    let given = [body.input.is_some(), body.input_base64.is_some(), body.input_url.is_some()];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(ApiError::invalid("give at most one of input, input_base64 and input_url"));
+    }
     let input = match (body.input, body.input_base64) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid("give either input or input_base64, not both"));
-        }
+        (Some(_), Some(_)) => unreachable!("refused above"),
         (Some(value), None) => serde_json::to_vec(&value).expect("JSON values serialise"),
         (None, Some(b64)) => {
             BASE64.decode(b64.as_bytes()).map_err(|e| ApiError::invalid(format!("input_base64 is not base64: {e}")))?
@@ -264,6 +266,7 @@ fn new_task(body: wire::TaskSubmission) -> Result<NewTask, ApiError> {
         delay_ms: body.delay_ms,
         run_at_ms,
         callback_url: body.callback_url,
+        input_url: body.input_url,
         parent_id: None,
     })
 }

@@ -9,6 +9,7 @@
 //! [`Runner`]: super::runner::Runner
 
 use super::ending::Endings;
+use super::fetch::InputFetcher;
 use super::flows::{AttemptServices, Flows, gather};
 use super::metrics::Metrics;
 use super::retry::{RetryPolicy, is_retried};
@@ -18,12 +19,14 @@ use super::shared::Shared;
 use super::submission::Submission;
 use crate::store::{Change, InputFrom, StoredFailure, TaskRecord, TaskState, now_ms};
 use crate::sync::lock;
-use crate::{CancelToken, FailureClass, TaskReport};
+use crate::{CancelToken, FailureClass, TaskFailure, TaskReport};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub(crate) struct Dispatch {
     shared: Arc<Shared>,
+    /// Fetches the inputs of tasks submitted with an `input_url`.
+    fetcher: InputFetcher,
     submission: Arc<Submission>,
     flows: Arc<Flows>,
     endings: Arc<Endings>,
@@ -79,6 +82,8 @@ struct Ran<'a> {
     secs: f64,
     /// When its run began.
     started_ms: u64,
+    /// The input's size (a fetched input's is known only now).
+    input_len: u64,
     /// The memory its outcome holds until it is recorded.
     reserved: super::gate::Reserved<'a>,
 }
@@ -87,8 +92,25 @@ struct Ran<'a> {
 enum NotRun {
     /// It failed (or was cancelled) before it ran.
     Failed(FailureClass, String),
+    /// It failed before it ran in a way another attempt may not (its input
+    /// could not be fetched): decided as a run's failure is.
+    Retried(TaskFailure),
     /// The host is stopping.
     Stopping,
+}
+
+/// The report of an attempt that failed before its run began.
+fn unrun(failure: TaskFailure) -> TaskReport {
+    TaskReport {
+        result: Err(failure),
+        logs: Vec::new(),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        fuel_consumed: None,
+        elapsed: Duration::ZERO,
+        host_bytes_peak: 0,
+        memory_peak: 0,
+    }
 }
 
 /// A failure (or a cancel) recorded before anything ran.
@@ -105,7 +127,8 @@ impl Dispatch {
         flows: Arc<Flows>,
         endings: Arc<Endings>,
     ) -> Self {
-        Self { shared, submission, flows, endings }
+        let fetcher = InputFetcher::new(&shared.config.egress);
+        Self { shared, fetcher, submission, flows, endings }
     }
 
     /// Starts tasks while the scheduler has slots, sleeping until the next
@@ -174,10 +197,16 @@ impl Dispatch {
             Ok(ran) => {
                 run_secs = ran.secs;
                 reserved = Some(ran.reserved);
-                let run_started = ran.started_ms;
-                decide(&record, ran.report, &shared.config.retry).edit(move |r| r.started_at_ms = Some(run_started))
+                let (run_started, input_len) = (ran.started_ms, ran.input_len);
+                decide(&record, ran.report, &shared.config.retry).edit(move |r| {
+                    r.started_at_ms = Some(run_started);
+                    if r.input_from == InputFrom::Url {
+                        r.input_len = input_len;
+                    }
+                })
             }
             Err(NotRun::Failed(class, message)) => fail_before_run(&record, class, message),
+            Err(NotRun::Retried(failure)) => decide(&record, unrun(failure), &shared.config.retry),
             Err(NotRun::Stopping) => {
                 // Claimed but never run: back to pending, its attempt not
                 // counted, to run after the restart.
@@ -289,7 +318,7 @@ impl Dispatch {
         };
         *waited = waiting.elapsed();
         let (slot, mut reserved) = entered?;
-        let input = self.input_of(record).map_err(|message| NotRun::Failed(FailureClass::HostError, message))?;
+        let input = self.input_of(record).await?;
         let input_len = input.len() as u64;
         let ready_since = record.next_run_at_ms.unwrap_or(record.created_at_ms).max(record.created_at_ms);
         let started_ms = now_ms();
@@ -302,23 +331,37 @@ impl Dispatch {
         reserved.shrink_to(input_len + output_len + report.host_bytes_peak);
         let secs = started.elapsed().as_secs_f64();
         shared.history.record(&record.plugin, &record.plugin_version, secs, report.memory_peak, report.host_bytes_peak);
-        Ok(Ran { report, secs, started_ms, reserved })
+        Ok(Ran { report, secs, started_ms, input_len, reserved })
     }
 
-    /// A task's input: its own, or its predecessors' outputs (one as is,
-    /// several gathered into a JSON array).
-    fn input_of(&self, record: &TaskRecord) -> Result<Vec<u8>, String> {
+    /// A task's input: its own, its predecessors' outputs (one as is,
+    /// several gathered into a JSON array), or fetched from its URL.
+    async fn input_of(&self, record: &TaskRecord) -> Result<Vec<u8>, NotRun> {
         let store = &self.shared.store;
-        if record.input_from == InputFrom::Own || record.after.is_empty() {
-            return store
+        let host_error = |message: String| NotRun::Failed(FailureClass::HostError, message);
+        if record.input_from == InputFrom::Own || record.input_from == InputFrom::Url || record.after.is_empty() {
+            let own = store
                 .input(record.id)
-                .map_err(|e| format!("reading the input: {e}"))?
-                .ok_or_else(|| "the task's input is missing from the store".into());
+                .map_err(|e| host_error(format!("reading the input: {e}")))?
+                .ok_or_else(|| host_error("the task's input is missing from the store".into()))?;
+            if record.input_from != InputFrom::Url {
+                return Ok(own);
+            }
+            let url = String::from_utf8(own).map_err(|_| host_error("the stored input_url is not UTF-8".into()))?;
+            let cap = super::fetch::MAX_FETCHED_INPUT.min(record.limits.memory_bytes);
+            return self.fetcher.fetch(&url, cap).await.map_err(|message| {
+                NotRun::Retried(TaskFailure {
+                    class: FailureClass::InputFetchFailed,
+                    retryable: true,
+                    message,
+                    backtrace: None,
+                })
+            });
         }
         let mut outputs = Vec::with_capacity(record.after.len());
         for dep in &record.after {
-            let output = store.output(*dep).map_err(|e| format!("reading the output of {dep}: {e}"))?;
-            outputs.push(output.ok_or_else(|| format!("task {dep} has no output to pass on"))?);
+            let output = store.output(*dep).map_err(|e| host_error(format!("reading the output of {dep}: {e}")))?;
+            outputs.push(output.ok_or_else(|| host_error(format!("task {dep} has no output to pass on")))?);
         }
         Ok(if outputs.len() == 1 { outputs.remove(0) } else { gather(&outputs) })
     }

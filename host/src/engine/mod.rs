@@ -18,6 +18,7 @@ mod config;
 mod dispatch;
 mod ending;
 mod error;
+mod fetch;
 mod flows;
 mod gate;
 mod history;

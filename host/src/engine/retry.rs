@@ -43,12 +43,13 @@ impl RetryPolicy {
 /// | trap | yes | may be transient (a bug hit by timing, a host call that failed) |
 /// | timeout | yes | the machine may have been busy |
 /// | host error | yes | the host lacked capacity |
+/// | input fetch failed | yes | the input's server may be back; each attempt fetches anew |
 /// | fuel exhausted, memory limit exceeded, stack overflow, output too large, host budget exceeded | no | deterministic: the same input hits the same limit |
 /// | invalid plugin, cancelled | no | retrying cannot help / was asked to stop |
 pub fn is_retried(class: FailureClass, plugin_said_retryable: bool) -> bool {
     match class {
         FailureClass::PluginError => plugin_said_retryable,
-        FailureClass::Trap | FailureClass::Timeout | FailureClass::HostError => true,
+        FailureClass::Trap | FailureClass::Timeout | FailureClass::HostError | FailureClass::InputFetchFailed => true,
         FailureClass::FuelExhausted
         | FailureClass::MemoryLimitExceeded
         | FailureClass::StackOverflow

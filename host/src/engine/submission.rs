@@ -38,14 +38,21 @@ pub struct NewTask {
     pub delay_ms: Option<u64>,
     /// Start no sooner than this time (ms since the Unix epoch).
     pub run_at_ms: Option<u64>,
-    /// POST the record here when the task ends (http:// only).
+    /// POST the record here when the task ends (http or https, through
+    /// the egress guard).
     pub callback_url: Option<String>,
+    /// Where to fetch the input when the task starts, instead of `input`
+    /// (which must then be empty).
+    pub input_url: Option<String>,
     /// The submitting task, for flows.
     pub parent_id: Option<Uuid>,
 }
 
 /// Longest idempotency key, in bytes.
 pub(crate) const MAX_KEY: usize = 256;
+
+/// Longest `input_url`, in bytes.
+pub(crate) const MAX_INPUT_URL: usize = 8 * 1024;
 
 /// The longest delay, in ms: `delay_ms` (from the API or a plugin's
 /// child), how far ahead `run_at` may be, and a repeating flow's
@@ -136,14 +143,21 @@ impl Submission {
         {
             return invalid(format!("idempotency_key must be 1-{MAX_KEY} bytes"));
         }
-        if let Some(url) = &task.callback_url {
+        for (field, url) in [("callback_url", &task.callback_url), ("input_url", &task.input_url)] {
+            let Some(url) = url else { continue };
             let parsed = match reqwest::Url::parse(url) {
                 Ok(parsed) => parsed,
-                Err(e) => return invalid(format!("callback_url `{url}` is not a URL: {e}")),
+                Err(e) => return invalid(format!("{field} `{url}` is not a URL: {e}")),
             };
             if let Err(e) = self.shared.config.egress.check_url(&parsed) {
-                return invalid(format!("callback_url `{url}` is refused: {e}"));
+                return invalid(format!("{field} `{url}` is refused: {e}"));
             }
+        }
+        if task.input_url.as_ref().is_some_and(|url| url.len() > MAX_INPUT_URL) {
+            return invalid(format!("input_url is longer than {MAX_INPUT_URL} bytes"));
+        }
+        if task.input_url.is_some() && !task.input.is_empty() {
+            return invalid("give either an input or an input_url, not both".into());
         }
         // Last: a refused task reserves no queue.
         self.shared.queues.admit(&queue, self.shared.config.max_queues)?;
@@ -168,7 +182,7 @@ impl Submission {
             idempotency_key: task.idempotency_key,
             parent_id: task.parent_id,
             callback_url: task.callback_url,
-            input_len: task.input.len() as u64,
+            input_len: if task.input_url.is_some() { 0 } else { task.input.len() as u64 },
             output_len: None,
             fuel_used: None,
             host_bytes_used: None,
@@ -182,11 +196,16 @@ impl Submission {
             flow_id: id,
             depth: 0,
             after: Vec::new(),
-            input_from: InputFrom::Own,
+            input_from: if task.input_url.is_some() { InputFrom::Url } else { InputFrom::Own },
             step: None,
             iteration: 0,
         };
-        Ok((record, task.input, resolved.pin))
+        // A fetched input's URL is kept where its bytes would be.
+        let input = match task.input_url {
+            Some(url) => url.into_bytes(),
+            None => task.input,
+        };
+        Ok((record, input, resolved.pin))
     }
 }
 

@@ -41,6 +41,10 @@ pub enum FailureClass {
     /// The task made the host hold more than its host budget (log
     /// records, children, context writes, join results, inference tensors).
     HostBudgetExceeded,
+    /// The task's input could not be fetched from its `input_url` (refused
+    /// by the egress guard, unreachable, an error status, too large, too
+    /// slow). Retried: each attempt fetches anew.
+    InputFetchFailed,
 }
 
 impl FailureClass {
@@ -58,13 +62,14 @@ impl FailureClass {
             Self::Cancelled => "cancelled",
             Self::HostError => "host error",
             Self::HostBudgetExceeded => "host budget exceeded",
+            Self::InputFetchFailed => "input fetch failed",
         }
     }
 }
 
 impl FailureClass {
     /// Every class, in code order.
-    pub const ALL: [FailureClass; 11] = [
+    pub const ALL: [FailureClass; 12] = [
         Self::FuelExhausted,
         Self::MemoryLimitExceeded,
         Self::Timeout,
@@ -76,6 +81,7 @@ impl FailureClass {
         Self::Cancelled,
         Self::HostError,
         Self::HostBudgetExceeded,
+        Self::InputFetchFailed,
     ];
 
     /// The code stored in records. Codes are forever: a new class takes a
@@ -93,6 +99,7 @@ impl FailureClass {
             Self::Cancelled => 9,
             Self::HostError => 10,
             Self::HostBudgetExceeded => 11,
+            Self::InputFetchFailed => 12,
         }
     }
 

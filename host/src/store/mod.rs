@@ -786,6 +786,10 @@ fn prepare(db: &Database, path: &Path, created: bool) -> Result<(), StoreError> 
             }
             None => return Err(open::damaged(path, "holds no taskhost store (it has no schema record)")),
             Some(v) if v == SCHEMA_VERSION => {}
+            // Version 6 adds a variant no version-5 record holds.
+            Some(5) => {
+                meta.insert("schema", SCHEMA_VERSION)?;
+            }
             Some(2) => {
                 migrate::<record::TaskRecordV2>(&txn)?;
                 index_all(&txn)?;

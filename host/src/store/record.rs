@@ -233,6 +233,9 @@ pub enum InputFrom {
     /// JSON array. The task is cancelled instead if one of them did not
     /// complete.
     Outputs,
+    /// Fetched when the task starts, each attempt anew, from the URL kept
+    /// in the task's input (`input_url`).
+    Url,
 }
 
 /// The lifecycle of a flow.

@@ -66,5 +66,7 @@ pub(crate) const FLOW_KEYS_MOVED: &str = "flow_keys_moved";
 /// The layout version this build reads and writes. Version 2 files (before
 /// flows), version 3 files (failure classes as text, no indexes) and
 /// version 4 files (no host budget in the limits or the record) are
-/// migrated in place on open.
-pub(crate) const SCHEMA_VERSION: u64 = 5;
+/// migrated in place on open. Version 6 records may take their input from
+/// a URL ([`InputFrom::Url`](super::InputFrom)), which a build of version
+/// 5 cannot read: version 5 files open as they are and are marked 6.
+pub(crate) const SCHEMA_VERSION: u64 = 6;

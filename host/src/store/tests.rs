@@ -857,3 +857,32 @@ async fn a_failed_admin_write_is_refused_and_later_writes_wait_for_room() {
     assert!(store.write_fault().is_none());
     assert!(store.queues().unwrap().is_empty(), "the refused write changed nothing");
 }
+
+/// Schema 6 adds inputs by URL: a schema-5 file opens with its records as
+/// they were and is marked 6 (so a build of schema 5 refuses it rather
+/// than misread a record with an input URL); a newer file is refused.
+#[tokio::test]
+async fn a_schema_5_file_is_marked_6_and_a_newer_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v5.redb");
+    let task = record(1, None);
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("schema", 5).unwrap();
+        txn.open_table(TASKS).unwrap().insert(1u128, encode(&task).as_slice()).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, true).unwrap();
+    assert_eq!(store.get(Uuid::from_u128(1)).unwrap().unwrap(), task);
+    drop(store);
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let schema = db.begin_read().unwrap().open_table(META).unwrap().get("schema").unwrap().unwrap().value();
+        assert_eq!(schema, 6);
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("schema", 7).unwrap();
+        txn.commit().unwrap();
+    }
+    assert!(matches!(Store::open(&path, true), Err(StoreError::Schema { expected: 6, found: 7 })));
+}

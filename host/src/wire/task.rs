@@ -181,9 +181,14 @@ pub struct TaskSubmission {
     /// Any JSON value; the plugin receives its JSON text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Value>,
-    /// Raw input bytes, base64. At most one of `input` and `input_base64`.
+    /// Raw input bytes, base64. At most one of `input`, `input_base64`
+    /// and `input_url`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_base64: Option<String>,
+    /// Where the host fetches the input (http or https) when the task
+    /// starts, each attempt anew, through the egress guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_url: Option<String>,
     /// Queue (default `default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
@@ -212,7 +217,7 @@ pub struct TaskSubmission {
     /// Start no sooner than this RFC 3339 time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run_at: Option<String>,
-    /// Where to POST the record when the task ends (`http://` only).
+    /// Where to POST the record when the task ends (http or https).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback_url: Option<String>,
 }

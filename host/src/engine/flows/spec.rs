@@ -6,9 +6,10 @@ use serde::Deserialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-/// A declared flow, as posted.
+/// A declared flow, as posted: a JSON object (serde's derive would also
+/// read a struct from an array of its fields in order, which no spec is).
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "SpecObject")]
 pub struct FlowSpec {
     /// A name to show.
     #[serde(default)]
@@ -28,6 +29,52 @@ pub struct FlowSpec {
     /// Default priority of every step.
     #[serde(default)]
     pub priority: Option<u8>,
+}
+
+/// [`FlowSpec`]'s fields, read from an object only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpecFields {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    input: Option<Value>,
+    steps: Node,
+    #[serde(default, deserialize_with = "repeat_object")]
+    repeat: Option<RepeatSpec>,
+    #[serde(default)]
+    queue: Option<String>,
+    #[serde(default)]
+    priority: Option<u8>,
+}
+
+/// A JSON object, the only shape a spec (or its `repeat`) has.
+#[derive(Deserialize)]
+struct SpecObject(serde_json::Map<String, Value>);
+
+impl TryFrom<SpecObject> for FlowSpec {
+    type Error = serde_json::Error;
+
+    fn try_from(SpecObject(map): SpecObject) -> Result<Self, serde_json::Error> {
+        let f: SpecFields = serde_json::from_value(Value::Object(map))?;
+        Ok(Self {
+            name: f.name,
+            input: f.input,
+            steps: f.steps,
+            repeat: f.repeat,
+            queue: f.queue,
+            priority: f.priority,
+        })
+    }
+}
+
+/// `repeat`, from an object only (or `null`).
+fn repeat_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<RepeatSpec>, D::Error> {
+    use serde::de::Error;
+    match Option::<SpecObject>::deserialize(d)? {
+        None => Ok(None),
+        Some(SpecObject(map)) => serde_json::from_value(Value::Object(map)).map(Some).map_err(D::Error::custom),
+    }
 }
 
 /// One node of the step tree.
@@ -357,6 +404,11 @@ mod tests {
         assert!(spec(r#"{"steps": [{"plugin": "p"}, {"plugin": "p"}]}"#).plan(1).unwrap_err().contains("at most 1"));
         let twice = spec(r#"{"steps": {"plugin": "p"}, "repeat": {"times": 2, "every_ms": 100}}"#);
         assert!(twice.repeat().unwrap_err().contains("only one of"));
+        // Found by the property tests: serde reads a struct from an array of
+        // its fields, so `["", null, []]` was a spec with no steps.
+        assert!(serde_json::from_str::<FlowSpec>(r#"["", null, {"plugin": "p"}]"#).is_err());
+        assert!(serde_json::from_str::<FlowSpec>(r#"{"steps": {"plugin": "p"}, "repeat": [2]}"#).is_err());
+        assert!(serde_json::from_str::<FlowSpec>(r#"{"steps": {"plugin": "p"}, "repeat": {"times": 2}}"#).is_ok());
         // Found by the property tests: two branches without steps each
         // passed the steps before them on, so the next step waited for the
         // same task twice.
