@@ -314,6 +314,18 @@ async fn callbacks_to_private_loopback_and_metadata_addresses_are_refused() {
     }
     let reached = tokio::time::timeout(std::time::Duration::from_millis(500), receiver.accept()).await;
     assert!(reached.is_err(), "the receiver on loopback was reached");
+    // The task's record says so, not only the log.
+    let created: Value = answer.json().await.unwrap();
+    let task: Value = http
+        .get(format!("{base}/v1/tasks/{}", created["id"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(task["callback"]["state"], "failed", "{task}");
+    assert!(task["callback"]["error"].as_str().unwrap().contains("localhost resolves only to addresses"), "{task}");
 }
 
 /// An allowed receiver gets the record with a signature it can check:
@@ -371,6 +383,18 @@ async fn callbacks_are_signed_with_the_tenants_secret() {
     mac.update(format!("{t}.").as_bytes());
     mac.update(&body[1..]);
     assert_ne!(mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>(), v1);
+    // The record shows the delivery.
+    let url = format!("{base}/v1/tasks/{}", submitted["id"].as_str().unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let task: Value = http.get(&url).send().await.unwrap().json().await.unwrap();
+        if task["callback"]["state"] == "delivered" {
+            assert_eq!(task["callback"]["attempts"], 1, "{task}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the delivery never showed: {task}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 /// `--tls-cert/--tls-key` serve HTTPS: a client that trusts the

@@ -345,7 +345,8 @@ async fn get_task(State(engine): State<Engine>, Path(id): Path<String>) -> ApiRe
     let task = read(&engine, move |engine| {
         let record = engine.get(id)?;
         let output = if record.state == TaskState::Completed { engine.output(id)? } else { None };
-        Ok(wire::Task::new(&record, output.as_deref()))
+        let callback = if record.callback_url.is_some() { engine.callback_outcome(id)? } else { None };
+        Ok(wire::Task::new(&record, output.as_deref()).with_callback(&record, callback.as_ref()))
     })
     .await?;
     Ok(Json(task))

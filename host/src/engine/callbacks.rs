@@ -18,12 +18,14 @@
 //! `<t>.<body>` ([`signature`]), as GitHub and Stripe sign webhooks.
 
 use crate::egress::EgressPolicy;
+use crate::store::{CallbackOutcome, Store};
 use hmac::{Hmac, Mac as _};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
+use uuid::Uuid;
 
 /// Attempts per callback before it is given up (and logged).
 const ATTEMPTS: u32 = 6;
@@ -73,6 +75,8 @@ impl Undelivered {
 }
 
 pub(crate) struct Callbacks {
+    /// Where each delivery's end is recorded, for the task's view.
+    store: Store,
     /// Checks each URL again before its delivery (an address written in
     /// the URL skips the resolver, and the policy may have narrowed since
     /// the task was submitted).
@@ -93,15 +97,17 @@ impl Callbacks {
     /// `max_pending` deliveries pending and [`MAX_IN_FLIGHT`] attempts
     /// under way.
     pub(crate) fn new(
+        store: Store,
         (dropped, undelivered): (Counter, Undelivered),
         max_pending: usize,
         policy: &EgressPolicy,
         secret: Arc<[u8]>,
     ) -> Self {
-        Self::with_limits((dropped, undelivered), max_pending, MAX_IN_FLIGHT, policy, secret)
+        Self::with_limits(store, (dropped, undelivered), max_pending, MAX_IN_FLIGHT, policy, secret)
     }
 
     fn with_limits(
+        store: Store,
         (dropped, undelivered): (Counter, Undelivered),
         max_pending: usize,
         max_in_flight: usize,
@@ -120,6 +126,7 @@ impl Callbacks {
             // TLS backend or resolver cannot start, and this one has neither.
             .expect("the callback client builds");
         Self {
+            store,
             policy: policy.clone(),
             http,
             undelivered,
@@ -131,59 +138,93 @@ impl Callbacks {
     }
 
     /// Delivers `body` to `url` in the background, unless too many
-    /// deliveries are pending already.
+    /// deliveries are pending already; how it ends is recorded.
     pub(crate) fn deliver(&self, url: String, body: crate::wire::Task) {
+        let task = body.id;
         let checked = reqwest::Url::parse(&url)
             .map_err(|e| e.to_string())
             .and_then(|parsed| self.policy.check_url(&parsed).map_err(|e| e.to_string()));
         if let Err(refused) = checked {
-            tracing::error!(%url, task = %body.id, %refused, "callback not delivered");
+            tracing::error!(%url, %task, %refused, "callback not delivered");
             self.undelivered.count("egress_refused");
+            self.ended(task, CallbackOutcome::failed(0, refused));
             return;
         }
         let Ok(pending) = self.pending.clone().try_acquire_owned() else {
             self.dropped.inc();
-            tracing::error!(%url, task = %body.id, "callback dropped: {MAX_PENDING} deliveries are already pending");
+            tracing::error!(%url, %task, "callback dropped: {MAX_PENDING} deliveries are already pending");
+            self.ended(task, CallbackOutcome::failed(0, format!("dropped: {MAX_PENDING} deliveries were pending")));
             return;
         };
         let (client, in_flight, secret) = (self.http.clone(), self.in_flight.clone(), self.secret.clone());
-        let undelivered = self.undelivered.clone();
+        let (undelivered, store) = (self.undelivered.clone(), self.store.clone());
         let body = serde_json::to_vec(&body).expect("a task record serialises");
         tokio::spawn(async move {
             let _pending = pending;
-            for attempt in 1..=ATTEMPTS {
-                let result = {
-                    let _turn = in_flight.acquire().await.expect("the in-flight bound is never closed");
-                    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-                    client
-                        .post(&url)
-                        .header(reqwest::header::CONTENT_TYPE, "application/json")
-                        .header(SIGNATURE_HEADER, signature(&secret, now.as_secs(), &body))
-                        .body(body.clone())
-                        .send()
-                        .await
-                };
-                match result {
-                    Ok(response) if response.status().is_success() => return,
-                    Ok(response) => {
-                        tracing::warn!(%url, attempt, status = %response.status(), "callback refused")
-                    }
-                    Err(error) => {
-                        if let Some(refused) = crate::egress::refusal_in(&error) {
-                            // The policy will refuse every attempt.
-                            tracing::error!(%url, %refused, "callback not delivered");
-                            undelivered.count("egress_refused");
-                            return;
-                        }
-                        tracing::warn!(%url, attempt, %error, "callback failed")
-                    }
-                }
-                let ceiling = 250u64 << attempt.min(10);
-                tokio::time::sleep(Duration::from_millis(fastrand::u64(ceiling / 2..=ceiling))).await;
-            }
-            tracing::error!(%url, "callback given up after {ATTEMPTS} attempts");
-            undelivered.count("gave_up");
+            let outcome = attempts(&client, &in_flight, &secret, &url, &body, &undelivered).await;
+            record(&store, task, outcome).await;
         });
+    }
+
+    /// Records how task `task`'s delivery ended, in the background.
+    fn ended(&self, task: Uuid, outcome: CallbackOutcome) {
+        let store = self.store.clone();
+        tokio::spawn(async move { record(&store, task, outcome).await });
+    }
+}
+
+/// Up to [`ATTEMPTS`] attempts at one delivery, with jittered backoff.
+async fn attempts(
+    client: &reqwest::Client,
+    in_flight: &Semaphore,
+    secret: &[u8],
+    url: &str,
+    body: &[u8],
+    undelivered: &Undelivered,
+) -> CallbackOutcome {
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let result = {
+            let _turn = in_flight.acquire().await.expect("the in-flight bound is never closed");
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+            client
+                .post(url)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .header(SIGNATURE_HEADER, signature(secret, now.as_secs(), body))
+                .body(body.to_vec())
+                .send()
+                .await
+        };
+        match result {
+            Ok(response) if response.status().is_success() => return CallbackOutcome::delivered(attempt),
+            Ok(response) => {
+                tracing::warn!(%url, attempt, status = %response.status(), "callback refused");
+                last = format!("the receiver answered {}", response.status());
+            }
+            Err(error) => {
+                if let Some(refused) = crate::egress::refusal_in(&error) {
+                    // The policy will refuse every attempt.
+                    tracing::error!(%url, %refused, "callback not delivered");
+                    undelivered.count("egress_refused");
+                    return CallbackOutcome::failed(attempt, refused.to_string());
+                }
+                tracing::warn!(%url, attempt, %error, "callback failed");
+                last = error.to_string();
+            }
+        }
+        let ceiling = 250u64 << attempt.min(10);
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(ceiling / 2..=ceiling))).await;
+    }
+    tracing::error!(%url, "callback given up after {ATTEMPTS} attempts");
+    undelivered.count("gave_up");
+    CallbackOutcome::failed(ATTEMPTS, format!("given up after {ATTEMPTS} attempts; the last: {last}"))
+}
+
+/// Stores a delivery's end; a store that refuses it is logged (the
+/// delivery itself is done either way).
+async fn record(store: &Store, task: Uuid, outcome: CallbackOutcome) {
+    if let Err(error) = store.put_callback_outcome(task, outcome).await {
+        tracing::error!(%task, %error, "cannot record how the callback ended");
     }
 }
 
@@ -191,6 +232,12 @@ impl Callbacks {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), true).unwrap();
+        (dir, store)
+    }
 
     fn loopback() -> EgressPolicy {
         EgressPolicy::allowing(vec!["127.0.0.0/8".parse().unwrap()])
@@ -208,13 +255,24 @@ mod tests {
         // A port nobody listens on: each delivery stays pending (retrying).
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let dropped = Counter::default();
-        let callbacks = Callbacks::new((dropped.clone(), Undelivered::default()), 2, &loopback(), Arc::from(&b"k"[..]));
-        let body = crate::wire::Task::new(&crate::store::tests::record(1, None), None);
+        let (_dir, store) = store();
+        let callbacks = Callbacks::new(
+            store.clone(),
+            (dropped.clone(), Undelivered::default()),
+            2,
+            &loopback(),
+            Arc::from(&b"k"[..]),
+        );
+        let record = crate::store::tests::record(1, None);
+        let body = crate::wire::Task::new(&record, None);
         for _ in 0..5 {
             callbacks.deliver(format!("http://127.0.0.1:{port}/hook"), body.clone());
         }
         assert_eq!(dropped.get(), 3);
         assert_eq!(callbacks.pending.available_permits(), 0);
+        // A dropped delivery is on the task's view, not only in the log.
+        let outcome = wait_for_outcome(&store, record.id).await;
+        assert!(!outcome.delivered && outcome.error.unwrap().starts_with("dropped"));
     }
 
     #[tokio::test]
@@ -222,14 +280,16 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let undelivered = Undelivered::default();
+        let (_dir, store) = store();
         let callbacks = Callbacks::new(
+            store.clone(),
             (Counter::default(), undelivered.clone()),
             8,
             &EgressPolicy::default(),
             Arc::from(&b"k"[..]),
         );
-        let body = crate::wire::Task::new(&crate::store::tests::record(1, None), None);
-        callbacks.deliver(format!("http://localhost:{port}/hook"), body);
+        let record = crate::store::tests::record(1, None);
+        callbacks.deliver(format!("http://localhost:{port}/hook"), crate::wire::Task::new(&record, None));
         let refused = || undelivered.0.get_or_create(&[("reason", "egress_refused")]).get();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while refused() == 0 {
@@ -240,7 +300,21 @@ mod tests {
         let accepted = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
         assert!(accepted.is_err(), "the receiver on loopback was reached");
         assert_eq!(refused(), 1);
+        let outcome = wait_for_outcome(&store, record.id).await;
+        assert_eq!((outcome.delivered, outcome.attempts), (false, 1));
+        assert!(outcome.error.unwrap().contains("resolves only to addresses"));
         assert_eq!(callbacks.pending.available_permits(), 8);
+    }
+
+    async fn wait_for_outcome(store: &Store, id: Uuid) -> CallbackOutcome {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(outcome) = store.callback_outcome(id).unwrap() {
+                return outcome;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no outcome recorded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]
@@ -248,7 +322,9 @@ mod tests {
         // Accepted by a wider policy at submission, say; refused now.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let undelivered = Undelivered::default();
+        let (_dir, store) = store();
         let callbacks = Callbacks::new(
+            store,
             (Counter::default(), undelivered.clone()),
             8,
             &EgressPolicy::default(),
@@ -276,7 +352,9 @@ mod tests {
                 held.push(socket);
             }
         });
+        let (_dir, store) = store();
         let callbacks = Callbacks::with_limits(
+            store,
             (Counter::default(), Undelivered::default()),
             100,
             3,

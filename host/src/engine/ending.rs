@@ -28,6 +28,7 @@ impl Endings {
         callback_secret: Arc<[u8]>,
     ) -> Self {
         let callbacks = Callbacks::new(
+            shared.store.clone(),
             (shared.metrics.callbacks_dropped.clone(), shared.metrics.callbacks_undelivered.clone()),
             callbacks::MAX_PENDING,
             &shared.config.egress,
@@ -83,7 +84,17 @@ impl Endings {
                     let body = crate::wire::Task::new(done, output.as_deref());
                     self.callbacks.deliver(url.clone(), body);
                 }
-                Err(error) => tracing::error!(id = %done.id, %error, "cannot read the output for the callback"),
+                Err(error) => {
+                    tracing::error!(id = %done.id, %error, "cannot read the output for the callback");
+                    let outcome =
+                        crate::store::CallbackOutcome::failed(0, format!("reading the output failed: {error}"));
+                    let (store, id) = (shared.store.clone(), done.id);
+                    tokio::spawn(async move {
+                        if let Err(error) = store.put_callback_outcome(id, outcome).await {
+                            tracing::error!(%id, %error, "cannot record how the callback ended");
+                        }
+                    });
+                }
             }
         }
         let (released, last) = self.flows.task_ended(done);

@@ -440,6 +440,11 @@ impl Engine {
         self.inner.callback_secret.clone()
     }
 
+    /// How task `id`'s completion callback ended, if it has.
+    pub fn callback_outcome(&self, id: Uuid) -> Result<Option<crate::store::CallbackOutcome>, EngineError> {
+        Ok(self.inner.shared.store.callback_outcome(id)?)
+    }
+
     /// The engine's store (a cheap handle), for what keeps its own records
     /// beside the engine's (tokens, the audit log).
     pub fn store(&self) -> Store {

@@ -594,6 +594,7 @@ fn salvage(path: &Path, report: &mut RepairReport) -> Result<(), StoreError> {
         ("tokens", copy_table(&src, &txn, TOKENS)?),
         ("audit", copy_table(&src, &txn, AUDIT)?),
         ("secrets", copy_table(&src, &txn, SECRETS)?),
+        ("callbacks", copy_table(&src, &txn, CALLBACKS)?),
     ];
     if schema == SCHEMA_VERSION {
         let dropped = rebuild_derived(&txn)?;

@@ -11,6 +11,7 @@ mod access;
 mod backend;
 pub mod check;
 mod commit;
+mod deliveries;
 mod error;
 mod machine;
 mod open;
@@ -19,6 +20,7 @@ mod tables;
 
 pub use access::{AUDIT_KEEP, AuditEntry, StoredToken};
 pub use commit::WriteFault;
+pub use deliveries::CallbackOutcome;
 pub use error::StoreError;
 pub(crate) use record::now_ms;
 pub use record::{
@@ -835,6 +837,7 @@ fn prepare(db: &Database, path: &Path, created: bool) -> Result<(), StoreError> 
         txn.open_table(TOKENS)?;
         txn.open_table(AUDIT)?;
         txn.open_table(SECRETS)?;
+        txn.open_table(CALLBACKS)?;
     }
     txn.commit()?;
     Ok(())

@@ -54,6 +54,9 @@ pub(crate) const AUDIT: TableDefinition<'_, u128, &[u8]> = TableDefinition::new(
 /// Secret name (e.g. `callbacks/default`) → random bytes the host made
 /// once: keys it signs with.
 pub(crate) const SECRETS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("secrets");
+/// Task id → [`CallbackOutcome`](super::CallbackOutcome): how its
+/// completion callback ended.
+pub(crate) const CALLBACKS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("callbacks");
 /// `"schema"` → schema version; [`FLOW_KEYS_MOVED`] → 1 once the flows'
 /// keys have their own table.
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");

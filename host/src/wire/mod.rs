@@ -41,8 +41,8 @@ pub use plugin::{
 };
 pub use queue::{Queue, QueueChange, QueueList, QueueSettings};
 pub use task::{
-    BatchAnswer, BatchItem, BatchRefusal, BatchSubmission, History, HistoryEntry, Submitted, Task, TaskError,
-    TaskLimits, TaskPage, TaskSubmission,
+    BatchAnswer, BatchItem, BatchRefusal, BatchSubmission, CallbackDelivery, History, HistoryEntry, Submitted, Task,
+    TaskError, TaskLimits, TaskPage, TaskSubmission,
 };
 
 pub use model::{ModelRemoved, ModelState, ModelView, ModelsView, RuntimeView, TensorView};

@@ -3,7 +3,7 @@
 //! gets back ([`Submitted`], [`BatchAnswer`]), list pages and history.
 
 use super::{ErrorDetail, Output, time};
-use crate::store::{self, StoredFailure, TaskRecord, TaskState, Transition};
+use crate::store::{self, CallbackOutcome, StoredFailure, TaskRecord, TaskState, Transition};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -124,6 +124,10 @@ pub struct Task {
     pub fuel_used: Option<u64>,
     /// The most bytes the last attempt made the host hold at once.
     pub host_bytes_used: Option<u64>,
+    /// Where its completion callback stands, once it has ended (absent
+    /// without a `callback_url`, and in lists and callbacks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub callback: Option<CallbackDelivery>,
     /// The output (`output` or `output_base64`), where the answer carries
     /// it: `GET /v1/tasks/{id}` and callbacks of a completed task.
     #[serde(flatten)]
@@ -161,12 +165,52 @@ impl Task {
             fuel_used: record.fuel_used,
             host_bytes_used: record.host_bytes_used,
             output: Output::new(output),
+            callback: None,
         }
+    }
+
+    /// The same view, with where its callback stands (for a task that has
+    /// one and has ended): `outcome`, or pending when it has none yet.
+    pub fn with_callback(mut self, record: &TaskRecord, outcome: Option<&CallbackOutcome>) -> Self {
+        if record.callback_url.is_some() && record.state.is_terminal() {
+            self.callback = Some(CallbackDelivery::new(outcome));
+        }
+        self
     }
 
     /// The output bytes, decoded from whichever field carries them.
     pub fn output_bytes(&self) -> Option<Vec<u8>> {
         self.output.bytes()
+    }
+}
+
+/// Where a task's completion callback stands (`callback` on an ended
+/// task with a `callback_url`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CallbackDelivery {
+    /// `pending` (being delivered or retried), `delivered`, or `failed`.
+    pub state: String,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When it was delivered or given up.
+    pub at: Option<String>,
+    /// Why it was not delivered.
+    pub error: Option<String>,
+}
+
+impl CallbackDelivery {
+    /// The view of `outcome`; pending without one.
+    pub fn new(outcome: Option<&CallbackOutcome>) -> Self {
+        match outcome {
+            None => Self { state: "pending".into(), attempts: 0, at: None, error: None },
+            Some(o) => Self {
+                state: if o.delivered { "delivered" } else { "failed" }.into(),
+                attempts: o.attempts,
+                at: Some(time(o.at_ms)),
+                error: o.error.clone(),
+            },
+        }
     }
 }
 
