@@ -14,7 +14,9 @@
 //!    the host's RSS then (`BENCH_STORED_TASKS` sets the count);
 //! 5. `taskhost run` of an 18 MB Python component (componentize-py),
 //!    first run (compiles) and second run (artifact cache). Skipped when
-//!    `BENCH_PY_COMPONENT` names no file (`./dev.sh bench` builds it).
+//!    `BENCH_PY_COMPONENT` names no file (`./dev.sh bench` builds it);
+//! 6. small API requests per second (`GET /v1/queues`), every request's
+//!    token checked vs `--no-auth`: the per-request cost of the check.
 //!
 //! Run: `cargo bench -p taskhost --bench defaults` (or `./dev.sh bench`);
 //! `BENCH_ROWS=1,2` runs only those groups (for profiling one of them).
@@ -35,6 +37,9 @@ use server::{admin_client, completed, free_port, serve, until_up};
 const HTTP_TASKS: usize = 20_000;
 const HTTP_BATCH: usize = 1_000;
 const HTTP_CLIENTS: usize = 4;
+/// Small requests per setting of row 6, and the clients sending them.
+const REQUESTS: usize = 40_000;
+const REQUEST_CLIENTS: usize = 8;
 const ENGINE_TASKS: usize = 20_000;
 /// Rounds of each throughput setting.
 const ROUNDS: usize = 3;
@@ -196,6 +201,26 @@ async fn bench() {
         }
     }
 
+    // 6. What checking a token costs one request: small reads
+    // (`GET /v1/queues`), token checked vs `--no-auth`, interleaved rounds.
+    if wanted("6") {
+        let settings: [(&str, &[&str]); 2] =
+            [("defaults (token checked)", &[]), ("--no-auth (no token check)", &["--no-auth"])];
+        let mut rates = vec![Vec::new(); settings.len()];
+        for _ in 0..ROUNDS {
+            for (i, (_, flags)) in settings.iter().enumerate() {
+                rates[i].push(http_requests(flags).await);
+            }
+        }
+        let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
+        let figure = format!(
+            "small API requests (GET /v1/queues, {REQUEST_CLIENTS} clients, keep-alive), requests/s (median of {ROUNDS})"
+        );
+        for (i, (name, _)) in settings.iter().enumerate() {
+            rows.push(row(&figure, name, format!("{:.0} requests/s", medians[i]), vs(medians[i], medians[0])));
+        }
+    }
+
     println!("taskhost defaults benchmark ({cpus} CPUs)\n");
     println!("| figure | settings | value | ratio |");
     println!("|---|---|---:|---:|");
@@ -216,6 +241,37 @@ async fn engine_throughput(config: EngineConfig) -> f64 {
     let engine = open(dir.path(), config).await;
     let rate = ENGINE_TASKS as f64 / common::submit_and_complete(&engine, ENGINE_TASKS).await.as_secs_f64();
     engine.shutdown();
+    rate
+}
+
+/// Requests per second of `GET /v1/queues` on a fresh `taskhost serve`
+/// with `extra` flags, from [`REQUEST_CLIENTS`] keep-alive clients.
+async fn http_requests(extra: &[&str]) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut server = serve(dir.path(), port, extra);
+    let http = admin_client(dir.path()).await;
+    let base = format!("http://127.0.0.1:{port}");
+    until_up(&http, &base).await;
+    let started = Instant::now();
+    let clients: Vec<_> = (0..REQUEST_CLIENTS)
+        .map(|_| {
+            let (http, url) = (http.clone(), format!("{base}/v1/queues"));
+            tokio::spawn(async move {
+                for _ in 0..REQUESTS / REQUEST_CLIENTS {
+                    let r = http.get(&url).send().await.unwrap();
+                    assert!(r.status().is_success(), "GET /v1/queues: {}", r.status());
+                    r.bytes().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let rate = REQUESTS as f64 / started.elapsed().as_secs_f64();
+    server.kill().unwrap();
+    server.wait().unwrap();
     rate
 }
 
