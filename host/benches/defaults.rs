@@ -244,15 +244,22 @@ async fn engine_throughput(config: EngineConfig) -> f64 {
     rate
 }
 
-/// Requests per second of `GET /v1/queues` on a fresh `taskhost serve`
-/// with `extra` flags, from [`REQUEST_CLIENTS`] keep-alive clients.
-async fn http_requests(extra: &[&str]) -> f64 {
+/// A fresh `taskhost serve` with `extra` flags, serving: its data
+/// directory, process, an admin client and its base URL.
+async fn started(extra: &[&str]) -> (tempfile::TempDir, std::process::Child, reqwest::Client, String) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = serve(dir.path(), port, extra);
+    let server = serve(dir.path(), port, extra);
     let http = admin_client(dir.path()).await;
     let base = format!("http://127.0.0.1:{port}");
     until_up(&http, &base).await;
+    (dir, server, http, base)
+}
+
+/// Requests per second of `GET /v1/queues` on a fresh `taskhost serve`
+/// with `extra` flags, from [`REQUEST_CLIENTS`] keep-alive clients.
+async fn http_requests(extra: &[&str]) -> f64 {
+    let (_dir, mut server, http, base) = started(extra).await;
     let started = Instant::now();
     let clients: Vec<_> = (0..REQUEST_CLIENTS)
         .map(|_| {
@@ -278,12 +285,7 @@ async fn http_requests(extra: &[&str]) -> f64 {
 /// Tasks per second over HTTP on a fresh `taskhost serve` with `extra`
 /// flags: the time from the first batch sent to the last task completed.
 async fn http_throughput(extra: &[&str]) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut server = serve(dir.path(), port, extra);
-    let http = admin_client(dir.path()).await;
-    let base = format!("http://127.0.0.1:{port}");
-    until_up(&http, &base).await;
+    let (_dir, mut server, http, base) = started(extra).await;
     let up = http.post(format!("{base}/v1/plugins/trivial")).body(TRIVIAL.bytes()).send().await.unwrap();
     assert!(up.status().is_success(), "upload: {}", up.status());
     let batch = serde_json::json!({

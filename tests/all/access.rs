@@ -203,6 +203,16 @@ async fn metrics_listen_serves_metrics_without_a_token_and_only_metrics() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
+/// A server with `extra` flags and the `uppercase` plugin; its data
+/// directory, the server and an admin client.
+async fn serving_uppercase(extra: &[&str]) -> (tempfile::TempDir, crate::recovery::Server, reqwest::Client) {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with(data.path(), free_port(), extra).await;
+    let http = crate::admin_client(data.path()).await;
+    crate::recovery::upload(&http, &server.base, "uppercase", UPPERCASE.bytes()).await;
+    (data, server, http)
+}
+
 fn taskhost(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = crate::cli::taskhost_with_env(args, env, b"");
     (
@@ -254,11 +264,8 @@ fn no_auth_is_refused_on_an_address_others_can_reach() {
 /// accepted, then refused when connecting: never delivered, counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_to_private_loopback_and_metadata_addresses_are_refused() {
-    let data = tempfile::tempdir().unwrap();
-    let server = start_with(data.path(), free_port(), &[]).await;
+    let (_data, server, http) = serving_uppercase(&[]).await;
     let base = &server.base;
-    let http = crate::admin_client(data.path()).await;
-    crate::recovery::upload(&http, base, "uppercase", UPPERCASE.bytes()).await;
     let receiver = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = receiver.local_addr().unwrap().port();
     let refused = [
@@ -334,11 +341,8 @@ async fn callbacks_to_private_loopback_and_metadata_addresses_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn callbacks_are_signed_with_the_tenants_secret() {
     use hmac::Mac as _;
-    let data = tempfile::tempdir().unwrap();
-    let server = start_with(data.path(), free_port(), &["--egress-allow", "127.0.0.1"]).await;
+    let (_data, server, http) = serving_uppercase(&["--egress-allow", "127.0.0.1"]).await;
     let base = &server.base;
-    let http = crate::admin_client(data.path()).await;
-    crate::recovery::upload(&http, base, "uppercase", UPPERCASE.bytes()).await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Option<String>, bytes::Bytes)>();
     let receiver = axum::Router::new().route(
         "/hook",
@@ -465,11 +469,8 @@ async fn no_auth_lets_local_programs_in_but_not_browsers_or_other_host_names() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inputs_are_fetched_by_url_when_the_task_starts_and_refetched_on_retry() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let data = tempfile::tempdir().unwrap();
-    let server = start_with(data.path(), free_port(), &["--egress-allow", "127.0.0.1"]).await;
+    let (_data, server, http) = serving_uppercase(&["--egress-allow", "127.0.0.1"]).await;
     let base = &server.base;
-    let http = crate::admin_client(data.path()).await;
-    crate::recovery::upload(&http, base, "uppercase", UPPERCASE.bytes()).await;
     let flaky_calls = std::sync::Arc::new(AtomicUsize::new(0));
     let calls = flaky_calls.clone();
     let inputs = axum::Router::new()

@@ -44,7 +44,7 @@ pub const MAX_BATCH_BODY: usize = 64 << 20;
 pub const MAX_BATCH: usize = 10_000;
 
 /// The router for an engine, behind `access`: every route but `/healthz`
-/// needs a token with the scope it names (see [`access`]).
+/// needs a token with the scope it names (see [`Access`] and docs/security.md).
 pub fn router(engine: Engine, access: Arc<Access>) -> Router {
     use Scope::{Admin, Metrics, Plugins, Read, Submit};
     let g = |need, route| guard(&access, need, route);
@@ -86,7 +86,7 @@ pub fn router(engine: Engine, access: Arc<Access>) -> Router {
         )
         .route("/v1/tokens/{id}", g(audited(Admin, "token.revoke"), delete(access::revoke_token)))
         .route("/v1/audit", g(needs(Admin), get(access::audit)))
-        .route("/v1/callbacks/secret", g(needs(Admin), get(access::callback_secret)))
+        .route("/v1/callbacks/secret", g(audited(Admin, "callbacks.secret"), get(access::callback_secret)))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see README.md") })
         .layer(axum::middleware::from_fn_with_state(engine.clone(), health::refuse_writes_while_unwritable))
         .layer(Extension(access.clone()))

@@ -330,6 +330,16 @@ mod tests {
         format!("Bearer {token}").into_bytes()
     }
 
+    /// An admin caller, as a token would make it.
+    fn admin() -> Caller {
+        Caller {
+            token_id: "x".into(),
+            name: "root".into(),
+            tenant: DEFAULT_TENANT.into(),
+            scopes: Scopes::of([Scope::Admin]),
+        }
+    }
+
     async fn auth() -> (tempfile::TempDir, Auth) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("s.redb"), true).unwrap();
@@ -353,12 +363,7 @@ mod tests {
     #[tokio::test]
     async fn bad_headers_wrong_secrets_and_revoked_tokens_are_refused() {
         let (_dir, auth) = auth().await;
-        let admin = Caller {
-            token_id: "x".into(),
-            name: "root".into(),
-            tenant: DEFAULT_TENANT.into(),
-            scopes: Scopes::of([Scope::Admin]),
-        };
+        let admin = admin();
         let created = auth.create(&admin, NewToken::new("ci", Scopes::of([Scope::Submit]))).await.unwrap();
         let caller = auth.authenticate(Some(&bearer(&created.token))).unwrap();
         assert_eq!(
@@ -385,12 +390,7 @@ mod tests {
     #[tokio::test]
     async fn names_scopes_tenants_and_expiry_are_checked() {
         let (_dir, auth) = auth().await;
-        let admin = Caller {
-            token_id: "x".into(),
-            name: "root".into(),
-            tenant: DEFAULT_TENANT.into(),
-            scopes: Scopes::of([Scope::Admin]),
-        };
+        let admin = admin();
         let read = Scopes::of([Scope::Read]);
         auth.create(&admin, NewToken::new("a", read)).await.unwrap();
         let refused = [
