@@ -245,6 +245,16 @@ async fn the_cli_uses_the_local_admin_token_or_the_one_it_is_given() {
     assert!(!ok && stderr.contains("unauthorized") && stderr.contains("admin.token"), "{stderr}");
     let (ok, printed, stderr) = taskhost(&["tokens", "list", "--data", dir], &server_env);
     assert!(ok && printed.contains("\"ci\"") && !printed.contains(&ci), "{stderr}");
+    // A lifetime becomes an expiry an hour ahead.
+    let (ok, printed, stderr) = taskhost(
+        &["tokens", "create", "brief", "--scope", "read", "--expires-in", "1h", "--json", "--data", dir],
+        &server_env,
+    );
+    assert!(ok, "{stderr}");
+    let created: Value = serde_json::from_str(&printed).unwrap();
+    let expires = humantime::parse_rfc3339(created["expires_at"].as_str().unwrap()).unwrap();
+    let ahead = expires.duration_since(std::time::SystemTime::now()).unwrap();
+    assert!(ahead > std::time::Duration::from_secs(3500) && ahead <= std::time::Duration::from_secs(3600), "{created}");
 }
 
 #[test]
