@@ -556,3 +556,52 @@ async fn inputs_are_fetched_by_url_when_the_task_starts_and_refetched_on_retry()
     let after: Value = http.get(format!("{base}/v1/tasks?limit=1000")).send().await.unwrap().json().await.unwrap();
     assert_eq!(before["tasks"].as_array().unwrap().len(), after["tasks"].as_array().unwrap().len());
 }
+
+/// The CLI gives the local admin token only to a server that runs as the
+/// same user: another user who binds the port (while `serve` is down)
+/// gets nothing. Needs root to start that listener as `nobody`.
+#[test]
+fn the_admin_token_is_not_sent_to_a_local_listener_of_another_user() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let (setpriv, python) = ("/usr/bin/setpriv", "/usr/bin/python3");
+    if unsafe { libc::geteuid() } != 0
+        || !std::path::Path::new(setpriv).exists()
+        || !std::path::Path::new(python).exists()
+    {
+        eprintln!("skipped: needs root, {setpriv} and {python} to listen as another user");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let secret = "th_0123456789abcdef_not-for-strangers";
+    std::fs::write(data.path().join(taskhost::auth::ADMIN_TOKEN_FILE), format!("{secret}\n")).unwrap();
+    let seen = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(seen.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let record = seen.path().join("requests");
+    let port = free_port();
+    // Listens as uid 65534 and keeps whatever each connection sends.
+    let script = format!(
+        "import socket\ns = socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port}))\ns.listen()\nopen('{ready}', 'w').close()\nwhile True:\n    c, _ = s.accept()\n    \
+         c.settimeout(2)\n    try:\n        data = c.recv(65536)\n    except OSError:\n        data = b''\n    \
+         open('{record}', 'ab').write(data)\n    c.close()\n",
+        ready = seen.path().join("ready").display(),
+        record = record.display(),
+    );
+    let mut impostor = std::process::Command::new(setpriv)
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", &script])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !seen.path().join("ready").exists() {
+        assert!(std::time::Instant::now() < deadline, "the other user's listener did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let server = format!("http://127.0.0.1:{port}");
+    let (ok, _, stderr) =
+        taskhost(&["tasks", "--data", data.path().to_str().unwrap()], &[("TASKHOST_SERVER", &server)]);
+    let _ = impostor.kill();
+    let _ = impostor.wait();
+    assert!(!ok && stderr.contains("runs as uid 65534, not as you"), "{stderr}");
+    let sent = std::fs::read(&record).unwrap_or_default();
+    assert!(!String::from_utf8_lossy(&sent).contains(secret), "the admin token reached another user's listener");
+}

@@ -17,6 +17,15 @@ use std::time::Duration;
 use taskhost::store::TaskState;
 use taskhost::wire;
 
+/// Why no token is sent.
+#[derive(Debug)]
+enum NoToken {
+    /// None was given or found (said when the server answers 401).
+    Missing(String),
+    /// The local server runs as another user: nothing is sent to it.
+    Impostor(String),
+}
+
 /// How to reach the server.
 #[derive(Debug, Args, Clone)]
 pub(crate) struct ServerArg {
@@ -36,27 +45,40 @@ pub(crate) struct ServerArg {
 impl ServerArg {
     /// The token to send, or why there is none (said when the server
     /// answers 401).
-    fn token(&self) -> Result<String, String> {
+    fn token(&self) -> Result<String, NoToken> {
         if let Some(token) = &self.token {
             return Ok(token.trim().to_owned());
         }
-        let local = reqwest::Url::parse(&self.server).ok().is_some_and(|url| {
+        let url = reqwest::Url::parse(&self.server).ok();
+        let local = url.as_ref().is_some_and(|url| {
             let host = url.host_str().unwrap_or_default();
             host == "localhost"
                 || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
         });
         if !local {
-            return Err(format!("{} is not on this machine, so give --token or set $TASKHOST_TOKEN", self.server));
+            return Err(NoToken::Missing(format!(
+                "{} is not on this machine, so give --token or set $TASKHOST_TOKEN",
+                self.server
+            )));
+        }
+        // The admin token goes only to a server that runs as this user.
+        let me = unsafe { libc::geteuid() };
+        let port = url.as_ref().and_then(|url| url.port_or_known_default()).unwrap_or_default();
+        if let Some(other) = super::local_server::listening_uids(port).into_iter().find(|uid| *uid != me) {
+            return Err(NoToken::Impostor(format!(
+                "the server listening on port {port} runs as uid {other}, not as you (uid {me}), so your admin token \
+                 is not sent to it; give --token if you trust it"
+            )));
         }
         let data = self.data.clone().unwrap_or_else(taskhost::engine::default_data_dir);
         let path = data.join(taskhost::auth::ADMIN_TOKEN_FILE);
         match taskhost::auth::read_token_file(&path) {
             Ok(token) if !token.is_empty() => Ok(token),
-            Ok(_) => Err(format!("{} is empty; give --token or set $TASKHOST_TOKEN", path.display())),
-            Err(e) => Err(format!(
+            Ok(_) => Err(NoToken::Missing(format!("{} is empty; give --token or set $TASKHOST_TOKEN", path.display()))),
+            Err(e) => Err(NoToken::Missing(format!(
                 "cannot read {} ({e}); give --token, set $TASKHOST_TOKEN, or --data DIR of the server",
                 path.display()
-            )),
+            ))),
         }
     }
 }
@@ -205,7 +227,7 @@ pub(crate) struct Client {
     base: String,
     http: reqwest::Client,
     /// The token sent, or why none is.
-    token: Result<String, String>,
+    token: Result<String, NoToken>,
 }
 
 impl Client {
@@ -224,7 +246,8 @@ impl Client {
     async fn call<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> CallResult<T> {
         let request = match &self.token {
             Ok(token) => request.bearer_auth(token),
-            Err(_) => request,
+            Err(NoToken::Impostor(why)) => return Err(Failure(EXIT_USAGE, why.clone())),
+            Err(NoToken::Missing(_)) => request,
         };
         let request = request.build().map_err(|e| Failure(EXIT_USAGE, format!("cannot build the request: {e}")))?;
         let what = format!("{} {}", request.method(), request.url().path());
@@ -238,7 +261,7 @@ impl Client {
                 Ok(answer) => answer.error.to_string(),
                 Err(_) => format!("error: {status}"),
             };
-            if let (reqwest::StatusCode::UNAUTHORIZED, Err(why)) = (status, &self.token) {
+            if let (reqwest::StatusCode::UNAUTHORIZED, Err(NoToken::Missing(why))) = (status, &self.token) {
                 message = format!("{message} (no token was sent: {why})");
             }
             return Err(Failure(EXIT_TASK_FAILED, message));

@@ -7,6 +7,7 @@
 mod artifacts;
 mod client;
 mod flow;
+mod local_server;
 mod models;
 mod run;
 mod serve;
