@@ -220,8 +220,26 @@ impl Auth {
 
     async fn mint(&self, new: NewToken, created_by: &str) -> Result<Created, AuthError> {
         let _change = self.changes.lock().await;
+        self.forget_expired().await?;
         let (minted, stored) = self.prepare(new, created_by)?;
         self.commit(minted, stored).await
+    }
+
+    /// Removes the tokens whose expiry has passed (they let no one in),
+    /// so they neither hold their names nor count toward [`MAX_TOKENS`].
+    /// The caller holds `changes`.
+    async fn forget_expired(&self) -> Result<(), AuthError> {
+        let now = now_ms();
+        let expired: Vec<String> = read(&self.tokens)
+            .iter()
+            .filter(|(_, t)| t.expires_at_ms.is_some_and(|at| at <= now))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.store.remove_token(id.clone()).await?;
+            write(&self.tokens).remove(&id);
+        }
+        Ok(())
     }
 
     /// Checks a new token and draws its secret; the caller holds `changes`.
@@ -409,5 +427,11 @@ mod tests {
         assert!(auth.authenticate(Some(&bearer(&soon.token))).is_ok());
         tokio::time::sleep(std::time::Duration::from_millis(80)).await;
         assert!(matches!(auth.authenticate(Some(&bearer(&soon.token))), Err(AuthError::Expired(_))));
+        // An expired token holds its name no longer: the next creation
+        // removes it.
+        assert_eq!(auth.list().len(), 2);
+        auth.create(&admin, NewToken::new("soon", read)).await.unwrap();
+        assert_eq!(auth.list().iter().filter(|(_, t)| t.name == "soon").count(), 1);
+        assert!(matches!(auth.authenticate(Some(&bearer(&soon.token))), Err(AuthError::Unknown)));
     }
 }
