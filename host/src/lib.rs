@@ -25,6 +25,7 @@ pub mod auth;
 mod bindings;
 pub mod egress;
 pub mod engine;
+pub mod files;
 pub mod inference;
 mod labels;
 pub mod names;

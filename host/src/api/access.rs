@@ -56,7 +56,7 @@ impl Access {
             }
             // (A request without `Host` is not a browser's.)
             let host = headers.get(header::HOST).map(|h| h.to_str().unwrap_or_default());
-            if let Some(host) = host.filter(|host| !is_loopback_host(host)) {
+            if let Some(host) = host.filter(|host| !crate::egress::is_loopback_host(host)) {
                 return Err(AuthError::Refused(format!(
                     "a request for host `{host}` under --no-auth (only loopback names)"
                 )));
@@ -70,18 +70,6 @@ impl Access {
         }
         self.auth.authenticate(headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()))
     }
-}
-
-/// Whether a `Host` header names this machine: `localhost` or a loopback
-/// address, with or without a port.
-fn is_loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or_default(),
-        None => host
-            .rsplit_once(':')
-            .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host }),
-    };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// What a route needs: a scope, and the audit action its success records.
@@ -142,21 +130,6 @@ async fn check(State((access, need)): State<(Arc<Access>, Need)>, mut request: R
         Err(e) => {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("the request failed: {e}"))
                 .into_response()
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_loopback_host;
-
-    #[test]
-    fn only_loopback_names_are_this_machine() {
-        for host in ["localhost", "localhost:7700", "127.0.0.1:7700", "127.9.9.9", "[::1]:7700", "[::1]", "LOCALHOST"] {
-            assert!(is_loopback_host(host), "{host}");
-        }
-        for host in ["", "evil.example", "evil.example:7700", "10.0.0.1:7700", "[::2]:80", "localhost.evil.example"] {
-            assert!(!is_loopback_host(host), "{host}");
         }
     }
 }

@@ -17,7 +17,6 @@ use crate::names::{self, NameKind};
 use crate::store::{AuditEntry, Store, StoreError, StoredToken, now_ms};
 use crate::sync::{read, write};
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 use uuid::Uuid;
@@ -180,7 +179,7 @@ impl Auth {
         let _change = self.changes.lock().await;
         let (minted, stored) = self.prepare(NewToken::new(BOOTSTRAP_NAME, Scopes::of([Scope::Admin])), "serve")?;
         let (file, text) = (path.clone(), format!("{}\n", minted.token));
-        crate::sync::blocking(move || write_private(&file, text.as_bytes()))
+        crate::sync::blocking(move || crate::files::write_private(&file, text.as_bytes()))
             .await
             .map_err(|source| AuthError::File { path: path.clone(), source })?;
         self.commit(minted, stored).await?;
@@ -314,23 +313,6 @@ impl Auth {
     pub fn audit(&self, before: Option<Uuid>, limit: usize) -> Result<Vec<(Uuid, AuditEntry)>, AuthError> {
         Ok(self.store.audit(before, limit)?)
     }
-}
-
-/// Writes `bytes` to `path` readable by its owner only, atomically (a
-/// private temporary file, synced, then renamed over it).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let temporary = path.with_extension("token.tmp");
-    let _ = std::fs::remove_file(&temporary);
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&temporary)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, path)?;
-    // The rename itself is durable once the directory is synced.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Reads a token from a file written by [`Auth::bootstrap`] (or by hand):

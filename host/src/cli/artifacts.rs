@@ -12,7 +12,7 @@
 //! size and times) remembers its digest, so a second run of an unchanged
 //! file neither reads nor hashes it; the artifact is mapped, not read.
 
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 use taskhost::registry::sha256_hex;
@@ -187,23 +187,10 @@ fn cached(sandbox: &Sandbox, name: &str, size: usize, path: &Path) -> Option<Plu
     }
 }
 
-/// Writes `bytes` to `path` in `dir` atomically (a private temporary file
-/// renamed over it).
+/// Writes `bytes` to `path` in the cache `dir`, private and atomically.
 fn write_private(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), String> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = dir.join(format!(".{}.{name}.tmp", std::process::id()));
-    let written = std::fs::File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, bytes).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(format!("cannot write the artifact cache {}: {e}", dir.display()));
-    }
-    Ok(())
+    taskhost::files::write_private(path, bytes)
+        .map_err(|e| format!("cannot write the artifact cache {}: {e}", dir.display()))
 }
 
 /// Removes the least recently used artifacts and file identities until

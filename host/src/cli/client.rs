@@ -50,11 +50,7 @@ impl ServerArg {
             return Ok(token.trim().to_owned());
         }
         let url = reqwest::Url::parse(&self.server).ok();
-        let local = url.as_ref().is_some_and(|url| {
-            let host = url.host_str().unwrap_or_default();
-            host == "localhost"
-                || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-        });
+        let local = url.as_ref().and_then(|url| url.host_str()).is_some_and(taskhost::egress::is_loopback_host);
         if !local {
             return Err(NoToken::Missing(format!(
                 "{} is not on this machine, so give --token or set $TASKHOST_TOKEN",

@@ -107,9 +107,31 @@ fn refused_v6(ip: Ipv6Addr) -> Option<Refused> {
     })
 }
 
+/// Whether a host (a `Host` header, a URL's host) names this machine:
+/// `localhost` or a loopback address, with or without a port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => host
+            .rsplit_once(':')
+            .map_or(host, |(name, port)| if port.bytes().all(|b| b.is_ascii_digit()) { name } else { host }),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_names_are_this_machine() {
+        for host in ["localhost", "localhost:7700", "127.0.0.1:7700", "127.9.9.9", "[::1]:7700", "[::1]", "LOCALHOST"] {
+            assert!(is_loopback_host(host), "{host}");
+        }
+        for host in ["", "evil.example", "evil.example:7700", "10.0.0.1:7700", "[::2]:80", "localhost.evil.example"] {
+            assert!(!is_loopback_host(host), "{host}");
+        }
+    }
 
     fn class(text: &str) -> Option<Refused> {
         refused(text.parse().unwrap())

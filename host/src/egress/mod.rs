@@ -14,7 +14,7 @@
 
 mod address;
 
-pub use address::{Refused, refused};
+pub use address::{Refused, is_loopback_host, refused};
 
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
@@ -48,10 +48,12 @@ impl EgressPolicy {
         Some(why)
     }
 
-    /// Checks a URL before a request: its scheme is http or https, and a
-    /// host that is an IP address passes [`EgressPolicy::check`] (a name is
-    /// checked by the client's resolver when it connects).
-    pub fn check_url(&self, url: &reqwest::Url) -> Result<(), EgressError> {
+    /// Parses and checks a URL before a request: its scheme is http or
+    /// https, and a host that is an IP address passes
+    /// [`EgressPolicy::check`] (a name is checked by the client's resolver
+    /// when it connects).
+    pub fn check_url(&self, url: &str) -> Result<reqwest::Url, EgressError> {
+        let url = reqwest::Url::parse(url).map_err(|e| EgressError::NotAUrl(e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(EgressError::Scheme(url.scheme().to_owned()));
         }
@@ -61,7 +63,7 @@ impl EgressPolicy {
         {
             return Err(EgressError::Refused { host: host.to_owned(), ip, why });
         }
-        Ok(())
+        Ok(url)
     }
 
     /// An HTTP client under this policy: its resolver drops refused
@@ -81,6 +83,9 @@ impl EgressPolicy {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum EgressError {
+    /// Not a URL at all.
+    #[error("not a URL: {0}")]
+    NotAUrl(String),
     /// Not http or https.
     #[error("the scheme `{0}` is not allowed: use http or https")]
     Scheme(String),
@@ -166,13 +171,12 @@ mod tests {
             "http://[fd00:ec2::254]/",
             "http://0.0.0.0:80/",
         ] {
-            let parsed = reqwest::Url::parse(url).unwrap();
-            assert!(matches!(policy.check_url(&parsed), Err(EgressError::Refused { .. })), "{url}");
+            assert!(matches!(policy.check_url(url), Err(EgressError::Refused { .. })), "{url}");
         }
-        let file = reqwest::Url::parse("file:///etc/passwd").unwrap();
-        assert!(matches!(policy.check_url(&file), Err(EgressError::Scheme(_))));
-        assert!(policy.check_url(&reqwest::Url::parse("https://93.184.215.14/x").unwrap()).is_ok());
-        assert!(policy.check_url(&reqwest::Url::parse("https://example.com/x").unwrap()).is_ok());
+        assert!(matches!(policy.check_url("file:///etc/passwd"), Err(EgressError::Scheme(_))));
+        assert!(matches!(policy.check_url("not a url"), Err(EgressError::NotAUrl(_))));
+        assert!(policy.check_url("https://93.184.215.14/x").is_ok());
+        assert!(policy.check_url("https://example.com/x").is_ok());
     }
 
     #[test]

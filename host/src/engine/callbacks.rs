@@ -141,13 +141,10 @@ impl Callbacks {
     /// deliveries are pending already; how it ends is recorded.
     pub(crate) fn deliver(&self, url: String, body: crate::wire::Task) {
         let task = body.id;
-        let checked = reqwest::Url::parse(&url)
-            .map_err(|e| e.to_string())
-            .and_then(|parsed| self.policy.check_url(&parsed).map_err(|e| e.to_string()));
-        if let Err(refused) = checked {
+        if let Err(refused) = self.policy.check_url(&url) {
             tracing::error!(%url, %task, %refused, "callback not delivered");
             self.undelivered.count("egress_refused");
-            self.ended(task, CallbackOutcome::failed(0, refused));
+            self.ended(task, CallbackOutcome::failed(0, refused.to_string()));
             return;
         }
         let Ok(pending) = self.pending.clone().try_acquire_owned() else {
@@ -167,7 +164,7 @@ impl Callbacks {
     }
 
     /// Records how task `task`'s delivery ended, in the background.
-    fn ended(&self, task: Uuid, outcome: CallbackOutcome) {
+    pub(crate) fn ended(&self, task: Uuid, outcome: CallbackOutcome) {
         let store = self.store.clone();
         tokio::spawn(async move { record(&store, task, outcome).await });
     }

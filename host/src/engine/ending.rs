@@ -86,14 +86,8 @@ impl Endings {
                 }
                 Err(error) => {
                     tracing::error!(id = %done.id, %error, "cannot read the output for the callback");
-                    let outcome =
-                        crate::store::CallbackOutcome::failed(0, format!("reading the output failed: {error}"));
-                    let (store, id) = (shared.store.clone(), done.id);
-                    tokio::spawn(async move {
-                        if let Err(error) = store.put_callback_outcome(id, outcome).await {
-                            tracing::error!(%id, %error, "cannot record how the callback ended");
-                        }
-                    });
+                    let why = format!("reading the output failed: {error}");
+                    self.callbacks.ended(done.id, crate::store::CallbackOutcome::failed(0, why));
                 }
             }
         }

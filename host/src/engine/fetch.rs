@@ -36,9 +36,8 @@ impl InputFetcher {
     /// The bytes at `url`, at most `cap` of them; else why not, worded for
     /// the task's record.
     pub(crate) async fn fetch(&self, url: &str, cap: u64) -> Result<Vec<u8>, String> {
-        let parsed = reqwest::Url::parse(url).map_err(|e| format!("`{url}` is not a URL: {e}"))?;
         // Checked again: the policy may have narrowed since submission.
-        self.policy.check_url(&parsed).map_err(|e| e.to_string())?;
+        let parsed = self.policy.check_url(url).map_err(|e| format!("`{url}`: {e}"))?;
         let mut response = self.http.get(parsed).send().await.map_err(|e| describe(url, &e))?;
         let status = response.status();
         if !status.is_success() {

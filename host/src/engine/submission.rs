@@ -145,12 +145,12 @@ impl Submission {
         }
         for (field, url) in [("callback_url", &task.callback_url), ("input_url", &task.input_url)] {
             let Some(url) = url else { continue };
-            let parsed = match reqwest::Url::parse(url) {
-                Ok(parsed) => parsed,
-                Err(e) => return invalid(format!("{field} `{url}` is not a URL: {e}")),
-            };
-            if let Err(e) = self.shared.config.egress.check_url(&parsed) {
-                return invalid(format!("{field} `{url}` is refused: {e}"));
+            match self.shared.config.egress.check_url(url) {
+                Ok(_) => {}
+                Err(crate::egress::EgressError::NotAUrl(e)) => {
+                    return invalid(format!("{field} `{url}` is not a URL: {e}"));
+                }
+                Err(e) => return invalid(format!("{field} `{url}` is refused: {e}")),
             }
         }
         if task.input_url.as_ref().is_some_and(|url| url.len() > MAX_INPUT_URL) {
