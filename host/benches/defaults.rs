@@ -5,7 +5,9 @@
 //! 1. trivial tasks over HTTP (`POST /v1/tasks:batch`, 1,000 per request,
 //!    4 clients), submit → all completed, on the real `taskhost serve`
 //!    binary started with no tuning flags (every request's token checked),
-//!    and with `--no-auth` for the cost of that check;
+//!    with each client a tenant of its own (tenant tokens, per-tenant
+//!    names and fair shares), and with `--no-auth` for the cost of the
+//!    check;
 //! 2. the in-process engine with `EngineConfig::default()`
 //!    (1 and 2: medians of 3 interleaved rounds per setting);
 //! 3. submit → start p50/p99 at a steady 1,000 tasks/s (old behaviour
@@ -16,7 +18,11 @@
 //!    first run (compiles) and second run (artifact cache). Skipped when
 //!    `BENCH_PY_COMPONENT` names no file (`./dev.sh bench` builds it);
 //! 6. small API requests per second (`GET /v1/queues`), every request's
-//!    token checked vs `--no-auth`: the per-request cost of the check.
+//!    token checked vs `--no-auth`: the per-request cost of the check;
+//! 7. fairness across tenants: the queue wait (submitted → started) of a
+//!    trickle of tasks, one every 20 ms, while a backlog of 20,000 tasks
+//!    runs: the trickle in a tenant of its own vs in the backlog's tenant
+//!    and queue (where it can only wait its turn).
 //!
 //! Run: `cargo bench -p taskhost --bench defaults` (or `./dev.sh bench`);
 //! `BENCH_ROWS=1,2` runs only those groups (for profiling one of them).
@@ -83,21 +89,24 @@ async fn bench() {
     // runs ROUNDS times, interleaved, and the median is reported (the
     // disk's speed drifts during a run).
     if wanted("1") {
-        let settings: [(&str, &[&str]); 4] = [
-            ("defaults (`taskhost serve`, token checked on every request)", &[]),
-            ("--no-auth (no token check)", &["--no-auth"]),
-            ("--claim-ahead 0 (slots held across commits, as before)", &["--claim-ahead", "0"]),
-            ("--concurrency 256", &["--concurrency", "256"]),
+        use Senders::{OnePlugin, PluginEach, TenantEach};
+        let settings: [(&str, &[&str], Senders); 6] = [
+            ("defaults (`taskhost serve`, token checked on every request)", &[], OnePlugin),
+            ("defaults, 4 plugins of one tenant (a plugin per client)", &[], PluginEach),
+            ("defaults, 4 tenants (a tenant token and plugin per client)", &[], TenantEach),
+            ("--no-auth (no token check)", &["--no-auth"], OnePlugin),
+            ("--claim-ahead 0 (slots held across commits, as before)", &["--claim-ahead", "0"], OnePlugin),
+            ("--concurrency 256", &["--concurrency", "256"], OnePlugin),
         ];
         let mut rates = vec![Vec::new(); settings.len()];
         for _ in 0..ROUNDS {
-            for (i, (_, flags)) in settings.iter().enumerate() {
-                rates[i].push(http_throughput(flags).await);
+            for (i, (_, flags, senders)) in settings.iter().enumerate() {
+                rates[i].push(http_throughput(flags, *senders).await);
             }
         }
         let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
         let figure = format!("trivial tasks over HTTP, tasks:batch, submit -> all completed (median of {ROUNDS})");
-        for (i, (name, _)) in settings.iter().enumerate() {
+        for (i, (name, _, _)) in settings.iter().enumerate() {
             rows.push(row(&figure, name, per_s(medians[i]), vs(medians[i], medians[0])));
         }
     }
@@ -221,6 +230,22 @@ async fn bench() {
         }
     }
 
+    // 7. A trickle beside another tenant's backlog, and inside it.
+    if wanted("7") {
+        let figure = format!("trickle queue wait (1 task / 20 ms) during a {HTTP_TASKS}-task backlog, p50 / p99");
+        let mut p99s = Vec::new();
+        for (name, own_tenant) in
+            [("trickle in a tenant of its own", true), ("trickle in the backlog's tenant and queue", false)]
+        {
+            let mut waits = trickle_waits(own_tenant).await;
+            waits.sort();
+            let (p50, p99) = (waits[waits.len() / 2], waits[(waits.len() * 99 / 100).min(waits.len() - 1)]);
+            p99s.push(p99.as_secs_f64().max(1e-3));
+            let ratio = format!("{:.2}x", p99s[0] / p99s[p99s.len() - 1]);
+            rows.push(row(&figure, name, format!("{} / {} ({} tasks)", ms(p50), ms(p99), waits.len()), ratio));
+        }
+    }
+
     println!("taskhost defaults benchmark ({cpus} CPUs)\n");
     println!("| figure | settings | value | ratio |");
     println!("|---|---|---:|---:|");
@@ -282,20 +307,61 @@ async fn http_requests(extra: &[&str]) -> f64 {
     rate
 }
 
+/// A client of a new tenant `name` (made by `admin`) with the `trivial`
+/// plugin uploaded.
+async fn tenant_client(admin: &reqwest::Client, base: &str, name: &str) -> reqwest::Client {
+    let made = admin.put(format!("{base}/v1/tenants/{name}")).json(&serde_json::json!({})).send().await.unwrap();
+    assert!(made.status().is_success(), "tenant: {}", made.status());
+    let token = serde_json::json!({"name": name, "tenant": name, "scopes": ["plugins", "submit", "read"]});
+    let created: serde_json::Value =
+        admin.post(format!("{base}/v1/tokens")).json(&token).send().await.unwrap().json().await.unwrap();
+    let mut headers = reqwest::header::HeaderMap::new();
+    let bearer = format!("Bearer {}", created["token"].as_str().unwrap());
+    headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().unwrap());
+    let client = reqwest::Client::builder().default_headers(headers).build().unwrap();
+    let up = client.post(format!("{base}/v1/plugins/trivial")).body(TRIVIAL.bytes()).send().await.unwrap();
+    assert!(up.status().is_success(), "upload: {}", up.status());
+    client
+}
+
+/// Who the clients of [`http_throughput`] submit as.
+#[derive(Debug, Clone, Copy)]
+enum Senders {
+    /// The admin, to one plugin.
+    OnePlugin,
+    /// The admin, each client to a plugin of its own (the same bytes).
+    PluginEach,
+    /// Each client a tenant of its own, with its own plugin.
+    TenantEach,
+}
+
 /// Tasks per second over HTTP on a fresh `taskhost serve` with `extra`
 /// flags: the time from the first batch sent to the last task completed.
-async fn http_throughput(extra: &[&str]) -> f64 {
+async fn http_throughput(extra: &[&str], senders: Senders) -> f64 {
     let (_dir, mut server, http, base) = started(extra).await;
-    let up = http.post(format!("{base}/v1/plugins/trivial")).body(TRIVIAL.bytes()).send().await.unwrap();
-    assert!(up.status().is_success(), "upload: {}", up.status());
-    let batch = serde_json::json!({
-        "tasks": vec![serde_json::json!({"plugin": "trivial", "input": "x"}); HTTP_BATCH]
-    })
-    .to_string();
+    let mut clients = Vec::new();
+    for i in 0..HTTP_CLIENTS {
+        let (client, plugin) = match senders {
+            Senders::TenantEach => (tenant_client(&http, &base, &format!("t{i}")).await, "trivial".to_owned()),
+            Senders::OnePlugin | Senders::PluginEach => {
+                let plugin =
+                    if matches!(senders, Senders::PluginEach) { format!("trivial{i}") } else { "trivial".into() };
+                let up = http.post(format!("{base}/v1/plugins/{plugin}")).body(TRIVIAL.bytes()).send().await.unwrap();
+                assert!(up.status().is_success(), "upload: {}", up.status());
+                (http.clone(), plugin)
+            }
+        };
+        let batch = serde_json::json!({
+            "tasks": vec![serde_json::json!({"plugin": plugin, "input": "x"}); HTTP_BATCH]
+        })
+        .to_string();
+        clients.push((client, batch));
+    }
     let started = Instant::now();
-    let clients: Vec<_> = (0..HTTP_CLIENTS)
-        .map(|_| {
-            let (http, base, batch) = (http.clone(), base.clone(), batch.clone());
+    let clients: Vec<_> = clients
+        .into_iter()
+        .map(|(http, batch)| {
+            let base = base.clone();
             tokio::spawn(async move {
                 for _ in 0..HTTP_TASKS / HTTP_BATCH / HTTP_CLIENTS {
                     let r = http
@@ -320,6 +386,65 @@ async fn http_throughput(extra: &[&str]) -> f64 {
     server.kill().unwrap();
     server.wait().unwrap();
     rate
+}
+
+/// Queue waits (submitted → started) of a trickle of trivial tasks, one
+/// every 20 ms, sent while [`HTTP_TASKS`] tasks of tenant `bulk` are
+/// submitted and run: the trickle as tenant `trickle` (`own_tenant`) or
+/// as `bulk` in its queue.
+async fn trickle_waits(own_tenant: bool) -> Vec<Duration> {
+    let (_dir, mut server, http, base) = started(&[]).await;
+    let bulk = tenant_client(&http, &base, "bulk").await;
+    let trickle = if own_tenant { tenant_client(&http, &base, "trickle").await } else { bulk.clone() };
+    let batch = serde_json::json!({
+        "tasks": vec![serde_json::json!({"plugin": "trivial", "input": "x"}); HTTP_BATCH]
+    })
+    .to_string();
+    let backlog = {
+        let (bulk, base) = (bulk.clone(), base.clone());
+        tokio::spawn(async move {
+            for _ in 0..HTTP_TASKS / HTTP_BATCH {
+                let r = bulk
+                    .post(format!("{base}/v1/tasks:batch"))
+                    .header("content-type", "application/json")
+                    .body(batch.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success(), "batch: {}", r.status());
+            }
+        })
+    };
+    let mut ids = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let total = HTTP_TASKS as u64;
+    loop {
+        tick.tick().await;
+        let task = serde_json::json!({"plugin": "trivial", "input": "t"});
+        let submitted: serde_json::Value =
+            trickle.post(format!("{base}/v1/tasks")).json(&task).send().await.unwrap().json().await.unwrap();
+        ids.push(submitted["id"].as_str().unwrap().to_owned());
+        if backlog.is_finished() && completed(&http, &base).await >= total {
+            break;
+        }
+    }
+    backlog.await.unwrap();
+    let at = |v: &serde_json::Value| humantime::parse_rfc3339_weak(v.as_str().unwrap()).unwrap();
+    let mut waits = Vec::with_capacity(ids.len());
+    for id in &ids {
+        let task = loop {
+            let task: serde_json::Value =
+                trickle.get(format!("{base}/v1/tasks/{id}")).send().await.unwrap().json().await.unwrap();
+            if task["state"] == "completed" {
+                break task;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        waits.push(at(&task["started_at"]).duration_since(at(&task["created_at"])).unwrap_or_default());
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    waits
 }
 
 fn unix_nanos() -> u128 {

@@ -141,6 +141,7 @@ async fn bench() {
             state: filter.state,
             queue: filter.queue.clone(),
             plugin: filter.plugin.clone(),
+            ..Default::default()
         };
         let (mut indexed, mut scanned) = (Vec::new(), Vec::new());
         let mut found = 0;

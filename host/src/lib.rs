@@ -13,6 +13,7 @@
 //! - [`egress`] is the guarded HTTP client for what the host fetches or
 //!   posts on users' behalf; [`tls`] serves HTTPS;
 //! - [`auth`] keeps the API tokens, their scopes and the audit log;
+//!   [`tenant`] turns tenants' names into the keys below the API;
 //! - [`units`] parses the human sizes and durations the CLI and API accept.
 
 #![warn(missing_docs, unreachable_pub)]
@@ -33,6 +34,7 @@ pub mod registry;
 mod sandbox;
 pub mod store;
 mod sync;
+pub mod tenant;
 pub mod tls;
 pub mod units;
 pub mod watch;

@@ -40,8 +40,11 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("POST", "/v1/tokens", Some("admin")),
     ("GET", "/v1/tokens", Some("admin")),
     ("DELETE", "/v1/tokens/{id}", Some("admin")),
+    ("GET", "/v1/tenants", Some("admin")),
+    ("GET", "/v1/tenants/{name}", Some("read")),
+    ("PUT", "/v1/tenants/{name}", Some("admin")),
     ("GET", "/v1/audit", Some("admin")),
-    ("GET", "/v1/callbacks/secret", Some("admin")),
+    ("GET", "/v1/callbacks/secret", Some("submit")),
 ];
 
 const SCOPES: [&str; 5] = ["admin", "plugins", "submit", "read", "metrics"];

@@ -98,7 +98,7 @@ async fn submit_get_and_list_over_http() {
     assert!(next["next_cursor"].is_null());
 
     // Metrics follow each commit by a moment: wait (bounded) for them.
-    let expected = r#"taskhost_tasks{queue="default",state="completed"} 2"#;
+    let expected = r#"taskhost_tasks{tenant="default",queue="default",state="completed"} 2"#;
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let text = loop {
         let metrics = api.http.get(format!("{}/metrics", api.base)).send().await.unwrap();

@@ -46,6 +46,8 @@ mod scheduling;
 /// Storage faults: a damaged or empty store file refused at start-up with
 /// a clear error, `taskhost store check|repair`, a full disk.
 mod storage;
+/// Tenants: isolation of every object kind, quotas, fairness, the CLI.
+mod tenants;
 /// Hostile values and races over HTTP: times, names, keys, retries,
 /// deletes, queue limits.
 mod values;

@@ -1,12 +1,17 @@
 //! The API's door: every route but `/healthz` names the [`Scope`] it
 //! needs ([`guard`]); the bearer token is checked before the handler runs
 //! (401 without a valid one, 403 naming the scope it lacks), the caller
-//! is handed to the handler, and a successful admin or plugin action is
-//! appended to the audit log. Also the token and audit routes.
+//! and the tenant [`Namespace`] it acts in are handed to the handler, and
+//! a successful admin or plugin action is appended to the audit log. Also
+//! the token, tenant and audit routes.
+//!
+//! A request acts in its token's tenant; an admin token may act in
+//! another by sending [`TENANT_HEADER`].
 
 use super::{ApiError, ApiResult, Path};
 use crate::auth::{Auth, AuthError, Caller, NewToken, Scope, Scopes};
 use crate::engine::Engine;
+use crate::tenant::Namespace;
 use crate::wire;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -18,6 +23,9 @@ use axum::routing::MethodRouter;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
+
+/// The header an admin sends to act in another tenant.
+pub const TENANT_HEADER: &str = "taskhost-tenant";
 
 /// How the API lets requests in.
 pub struct Access {
@@ -91,11 +99,44 @@ pub(crate) fn audited(scope: Scope, action: &'static str) -> Need {
 }
 
 /// `route` behind the door: only callers with `need`'s scope reach it.
-pub(crate) fn guard(access: &Arc<Access>, need: Need, route: MethodRouter<Engine>) -> MethodRouter<Engine> {
-    route.route_layer(axum::middleware::from_fn_with_state((access.clone(), need), check))
+pub(crate) fn guard(
+    access: &Arc<Access>,
+    engine: &Engine,
+    need: Need,
+    route: MethodRouter<Engine>,
+) -> MethodRouter<Engine> {
+    route.route_layer(axum::middleware::from_fn_with_state((access.clone(), engine.clone(), need), check))
 }
 
-async fn check(State((access, need)): State<(Arc<Access>, Need)>, mut request: Request, next: Next) -> Response {
+/// The tenant a request acts in: its token's, or (for an admin) the one
+/// [`TENANT_HEADER`] names.
+fn namespace(engine: &Engine, caller: &Caller, headers: &axum::http::HeaderMap) -> Result<Namespace, ApiError> {
+    let Some(value) = headers.get(TENANT_HEADER) else {
+        return Ok(Namespace::new(caller.tenant.clone()));
+    };
+    let tenant = value.to_str().map_err(|_| ApiError::invalid(format!("the {TENANT_HEADER} header is not text")))?;
+    if tenant == caller.tenant {
+        return Ok(Namespace::new(tenant));
+    }
+    caller.require(Scope::Admin).map_err(|_| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("only an admin token may act in another tenant ({TENANT_HEADER})"),
+        )
+    })?;
+    crate::names::name(crate::names::NameKind::Tenant, tenant)?;
+    if !engine.tenant_exists(tenant) {
+        return Err(crate::engine::EngineError::UnknownTenant(tenant.to_owned()).into());
+    }
+    Ok(Namespace::new(tenant))
+}
+
+async fn check(
+    State((access, engine, need)): State<(Arc<Access>, Engine, Need)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let caller = match access.caller(request.headers()).and_then(|c| c.require(need.scope).map(|()| c)) {
         Ok(caller) => caller,
         Err(e) => {
@@ -106,8 +147,15 @@ async fn check(State((access, need)): State<(Arc<Access>, Need)>, mut request: R
             return refused;
         }
     };
+    let ns = match namespace(&engine, &caller, request.headers()) {
+        Ok(ns) => ns,
+        Err(e) => return e.into_response(),
+    };
+    // The audit log names the tenant acted in.
+    let caller = Caller { tenant: ns.tenant().to_owned(), ..caller };
     let object = request.uri().path_and_query().map_or_else(|| request.uri().path().to_owned(), |p| p.to_string());
     request.extensions_mut().insert(caller.clone());
+    request.extensions_mut().insert(ns);
     let Some(action) = need.action else {
         return next.run(request).await;
     };
@@ -154,12 +202,22 @@ impl From<AuthError> for ApiError {
     }
 }
 
+/// Makes a token, of the tenant the body names (default: the tenant the
+/// request acts in).
 pub(crate) async fn create_token(
+    State(engine): State<Engine>,
     Extension(access): Extension<Arc<Access>>,
     Extension(caller): Extension<Caller>,
     body: Result<Json<wire::TokenRequest>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(body) = body?;
+    let tenant = body.tenant.clone().unwrap_or_else(|| caller.tenant.clone());
+    if !engine.tenant_exists(&tenant) {
+        return Err(ApiError::invalid(format!(
+            "tenant `{}` does not exist; make it first (PUT /v1/tenants/NAME, `taskhost tenants put NAME`)",
+            tenant.escape_debug()
+        )));
+    }
     let scopes = Scopes::parse(body.scopes.iter().map(String::as_str)).map_err(ApiError::invalid)?;
     let expires_at_ms = body
         .expires_at
@@ -169,10 +227,7 @@ pub(crate) async fn create_token(
                 .map_err(|e| ApiError::invalid(format!("expires_at `{text}` is not an RFC 3339 time ({e})")))
         })
         .transpose()?;
-    let mut new = NewToken::new(body.name, scopes).expires_at_ms(expires_at_ms);
-    if let Some(tenant) = body.tenant {
-        new = new.tenant(tenant);
-    }
+    let new = NewToken::new(body.name, scopes).expires_at_ms(expires_at_ms).tenant(tenant);
     // On its own task, so a client that goes away cannot leave a token
     // stored but not recorded.
     let created = tokio::spawn(async move {
@@ -206,9 +261,41 @@ pub(crate) async fn revoke_token(
 
 pub(crate) async fn callback_secret(
     State(engine): State<Engine>,
-    Extension(caller): Extension<Caller>,
+    Extension(ns): Extension<Namespace>,
 ) -> ApiResult<Json<wire::CallbackSecret>> {
-    Ok(Json(wire::CallbackSecret::new(caller.tenant, &engine.callback_secret())))
+    Ok(Json(wire::CallbackSecret::new(ns.tenant(), &engine.callback_secret(ns.tenant()))))
+}
+
+pub(crate) async fn list_tenants(State(engine): State<Engine>) -> Json<wire::TenantList> {
+    let tenants = engine.tenants().iter().map(|(name, record)| wire::Tenant::new(name, record, None)).collect();
+    Json(wire::TenantList::new(tenants))
+}
+
+/// A tenant with its usage: an admin reads any, a tenant's token its own
+/// (another tenant's name answers as one that does not exist).
+pub(crate) async fn get_tenant(
+    State(engine): State<Engine>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<wire::Tenant>> {
+    if name != caller.tenant && caller.require(Scope::Admin).is_err() {
+        return Err(crate::engine::EngineError::UnknownTenant(name).into());
+    }
+    let (record, usage) = engine.tenant(&name)?;
+    Ok(Json(wire::Tenant::new(name, &record, Some(&usage))))
+}
+
+pub(crate) async fn put_tenant(
+    State(engine): State<Engine>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    body: Result<Json<wire::TenantChange>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(body) = body?;
+    let created = engine.put_tenant(&name, (&body.quotas).into(), &caller.name).await?;
+    let (record, usage) = engine.tenant(&name)?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(wire::Tenant::new(name, &record, Some(&usage)))).into_response())
 }
 
 #[derive(Debug, Deserialize)]

@@ -82,8 +82,14 @@ impl From<EngineError> for ApiError {
                 },
             };
         }
+        if let EngineError::QuotaExceeded { retry_after_secs, .. } = &e {
+            let retry_after = *retry_after_secs;
+            return Self { retry_after, ..Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.to_string()) };
+        }
         let (status, code) = match &e {
             EngineError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            EngineError::UnknownTenant(_) => (StatusCode::NOT_FOUND, "not_found"),
+            EngineError::QuotaExceeded { .. } => unreachable!("answered above"),
             EngineError::UnknownPlugin(_) => (StatusCode::NOT_FOUND, "unknown_plugin"),
             EngineError::InvalidPlugin(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin"),
             EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -95,6 +101,13 @@ impl From<EngineError> for ApiError {
             EngineError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
         };
         Self::new(status, code, e.to_string())
+    }
+}
+
+/// A name that is not one (400, `invalid_request`).
+impl From<crate::names::NameError> for ApiError {
+    fn from(e: crate::names::NameError) -> Self {
+        Self::invalid(e.to_string())
     }
 }
 

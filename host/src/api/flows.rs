@@ -2,17 +2,26 @@
 //! and timings ([`crate::wire::Flow`]), cancel one.
 
 use super::{ApiError, ApiResult, Path, parse_id};
-use crate::engine::{Engine, FlowSpec};
+use crate::engine::{Engine, EngineError, FlowSpec, FlowView};
+use crate::tenant::Namespace;
 use crate::wire::Flow;
 use axum::Json;
-use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
+/// Flow `id`, when its tasks are `ns`'s: another tenant's flow answers
+/// exactly as one that does not exist.
+fn owned(engine: &Engine, ns: &Namespace, id: uuid::Uuid) -> Result<FlowView, EngineError> {
+    let view = engine.flow(id)?;
+    if view.tasks.iter().all(|t| ns.owns(&t.plugin)) { Ok(view) } else { Err(EngineError::NotFound(id)) }
+}
+
 pub(super) async fn submit(
     State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(body) = body?;
@@ -24,15 +33,27 @@ pub(super) async fn submit(
              {{\"parallel\": [...]}} | [...]}}, each STEP {{\"plugin\": ..., \"id\"?, \"input\"?, \"after\"?}})"
         ))
     })?;
+    let spec = spec.in_namespace(&ns)?;
     let view = engine.submit_flow(spec).await?;
-    Ok((StatusCode::CREATED, Json(Flow::new(&view))).into_response())
+    Ok((StatusCode::CREATED, Json(Flow::new(&view).in_namespace(&ns))).into_response())
 }
 
-pub(super) async fn get(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<Flow>> {
+pub(super) async fn get(
+    State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Flow>> {
     let id = parse_id(&id)?;
-    Ok(Json(super::read(&engine, move |engine| Ok(Flow::new(&engine.flow(id)?))).await?))
+    Ok(Json(super::read(&engine, move |engine| Ok(Flow::new(&owned(engine, &ns, id)?).in_namespace(&ns))).await?))
 }
 
-pub(super) async fn cancel(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<Flow>> {
-    Ok(Json(Flow::new(&engine.cancel_flow(parse_id(&id)?).await?)))
+pub(super) async fn cancel(
+    State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Flow>> {
+    let id = parse_id(&id)?;
+    let ns2 = ns.clone();
+    super::read(&engine, move |engine| owned(engine, &ns2, id).map(drop)).await?;
+    Ok(Json(Flow::new(&engine.cancel_flow(id).await?).in_namespace(&ns)))
 }

@@ -13,14 +13,16 @@ mod models;
 mod proptests;
 mod serve;
 
-pub use access::Access;
+pub use access::{Access, TENANT_HEADER};
 pub(crate) use error::{ApiError, Path};
 pub use serve::{ServeConfig, serve};
 
 use crate::auth::Scope;
 use crate::engine::{Engine, ListFilter, NewTask};
+use crate::names::NameKind;
 use crate::registry::{MAX_PLUGIN_BYTES, Manifest, RegistryError, VersionState};
-use crate::store::{QueueConfig, TaskState};
+use crate::store::{QueueConfig, TaskRecord, TaskState};
+use crate::tenant::Namespace;
 use crate::wire;
 use access::{audited, guard, needs};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -44,10 +46,11 @@ pub const MAX_BATCH_BODY: usize = 64 << 20;
 pub const MAX_BATCH: usize = 10_000;
 
 /// The router for an engine, behind `access`: every route but `/healthz`
-/// needs a token with the scope it names (see [`Access`] and docs/security.md).
+/// needs a token with the scope it names (see [`Access`] and docs/security.md),
+/// and works in the tenant the token acts in.
 pub fn router(engine: Engine, access: Arc<Access>) -> Router {
     use Scope::{Admin, Metrics, Plugins, Read, Submit};
-    let g = |need, route| guard(&access, need, route);
+    let g = |need, route| guard(&access, &engine, need, route);
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/metrics", g(needs(Metrics), get(metrics)))
@@ -85,12 +88,17 @@ pub fn router(engine: Engine, access: Arc<Access>) -> Router {
             g(needs(Admin), post(access::create_token)).merge(g(needs(Admin), get(access::list_tokens))),
         )
         .route("/v1/tokens/{id}", g(audited(Admin, "token.revoke"), delete(access::revoke_token)))
+        .route("/v1/tenants", g(needs(Admin), get(access::list_tenants)))
+        .route(
+            "/v1/tenants/{name}",
+            g(needs(Read), get(access::get_tenant)).merge(g(audited(Admin, "tenant.put"), put(access::put_tenant))),
+        )
         .route("/v1/audit", g(needs(Admin), get(access::audit)))
-        .route("/v1/callbacks/secret", g(audited(Admin, "callbacks.secret"), get(access::callback_secret)))
+        .route("/v1/callbacks/secret", g(audited(Submit, "callbacks.secret"), get(access::callback_secret)))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see README.md") })
         .layer(axum::middleware::from_fn_with_state(engine.clone(), health::refuse_writes_while_unwritable))
         .layer(Extension(access.clone()))
-        .with_state(engine)
+        .with_state(engine.clone())
 }
 
 /// A router with `/metrics` alone, open to anyone who can reach it (for
@@ -108,11 +116,29 @@ async fn metrics(State(engine): State<Engine>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], engine.metrics_text()).into_response()
 }
 
-async fn list_plugins(State(engine): State<Engine>) -> ApiResult<Json<wire::PluginList>> {
+/// The key of plugin `name` in `ns`, or the API's refusal of the name.
+fn plugin_key(ns: &Namespace, name: &str) -> Result<String, ApiError> {
+    Ok(ns.key(NameKind::Plugin, name)?)
+}
+
+/// Task `id`'s record, when it is one of `ns`'s tasks: another tenant's
+/// task answers exactly as one that does not exist.
+fn owned(engine: &Engine, ns: &Namespace, id: Uuid) -> Result<TaskRecord, crate::engine::EngineError> {
+    let record = engine.get(id)?;
+    if ns.owns(&record.plugin) { Ok(record) } else { Err(crate::engine::EngineError::NotFound(id)) }
+}
+
+async fn list_plugins(
+    State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
+) -> ApiResult<Json<wire::PluginList>> {
     let plugins = engine
         .plugins()
         .into_iter()
-        .filter_map(|name| engine.plugin_detail(&name).ok().map(|detail| wire::PluginSummary::new(&name, &detail)))
+        .filter_map(|key| {
+            let name = ns.local(&key)?;
+            engine.plugin_detail(&key).ok().map(|detail| wire::PluginSummary::new(name, &detail))
+        })
         .collect();
     Ok(Json(wire::PluginList::new(plugins)))
 }
@@ -139,6 +165,7 @@ fn too_large(e: RegistryError) -> ApiError {
 /// file as it arrives, so an upload waiting to compile is not in memory.
 async fn add_plugin(
     State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
     Path(name): Path<String>,
     query: Result<Query<UploadQuery>, QueryRejection>,
     headers: HeaderMap,
@@ -150,7 +177,8 @@ async fn add_plugin(
     if let Some(size) = declared.filter(|size| *size > MAX_PLUGIN_BYTES as u64) {
         return Err(too_large(RegistryError::TooLarge { size }));
     }
-    let (slot, mut staging) = engine.begin_plugin_upload(&name, query.version.as_deref()).await?;
+    let key = plugin_key(&ns, &name)?;
+    let (slot, mut staging) = engine.begin_plugin_upload(&key, query.version.as_deref()).await?;
     let mut body = body.into_data_stream();
     while let Some(chunk) = body.next().await {
         let chunk =
@@ -162,7 +190,7 @@ async fn add_plugin(
         return Err(ApiError::invalid("the body is empty: send the component (.wasm) bytes"));
     }
     let wait = query.wait.unwrap_or(true);
-    let (status, created) = engine.add_staged_plugin(slot, &name, staged, query.version, wait).await?;
+    let (status, created) = engine.add_staged_plugin(slot, &key, staged, query.version, wait).await?;
     let code = match (created, &status.state) {
         (false, _) => StatusCode::OK,
         (true, VersionState::Compiling) => StatusCode::ACCEPTED,
@@ -171,44 +199,52 @@ async fn add_plugin(
     Ok((code, Json(wire::PluginAdded::new(&name, &status, created))).into_response())
 }
 
-async fn get_plugin(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult<Json<wire::Plugin>> {
-    let wanted = name.clone();
+async fn get_plugin(
+    State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<wire::Plugin>> {
+    let key = plugin_key(&ns, &name)?;
+    let wanted = key.clone();
     let (detail, counts) = read(&engine, move |engine| engine.plugin(&wanted)).await?;
-    Ok(Json(wire::Plugin::new(&name, &detail, &counts, |version| engine.plugin_runs(&name, version))))
+    Ok(Json(wire::Plugin::new(&name, &detail, &counts, |version| engine.plugin_runs(&key, version))))
 }
 
 async fn set_latest(
     State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
     Path(name): Path<String>,
     body: Result<Json<wire::LatestChange>, JsonRejection>,
 ) -> ApiResult<Json<wire::PluginLatest>> {
     let Json(body) = body?;
-    engine.set_latest(&name, &body.version).await?;
+    engine.set_latest(&plugin_key(&ns, &name)?, &body.version).await?;
     Ok(Json(wire::PluginLatest::new(name, body.version)))
 }
 
 async fn delete_version(
     State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
     Path((name, version)): Path<(String, String)>,
 ) -> ApiResult<Json<wire::VersionDeleted>> {
-    engine.delete_plugin_version(&name, &version).await?;
+    engine.delete_plugin_version(&plugin_key(&ns, &name)?, &version).await?;
     Ok(Json(wire::VersionDeleted::new(name, version)))
 }
 
 async fn put_manifest(
     State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
     Path(name): Path<String>,
     body: Result<String, axum::extract::rejection::StringRejection>,
 ) -> ApiResult<Json<wire::ManifestSet>> {
     let text = body.map_err(|e| ApiError::invalid(format!("the manifest must be UTF-8 TOML: {}", e.body_text())))?;
     let manifest = if text.trim().is_empty() { None } else { Some(Manifest::parse(&text).map_err(ApiError::invalid)?) };
-    engine.set_manifest(&name, manifest).await?;
+    engine.set_manifest(&plugin_key(&ns, &name)?, manifest).await?;
     Ok(Json(wire::ManifestSet::new(name, text)))
 }
 
 /// A submission ([`wire::TaskSubmission`]) checked and turned into the
-/// engine's [`NewTask`].
-fn new_task(body: wire::TaskSubmission) -> Result<NewTask, ApiError> {
+/// engine's [`NewTask`], its names made `ns`'s keys.
+fn new_task(body: wire::TaskSubmission, ns: &Namespace) -> Result<NewTask, ApiError> {
     let given = [body.input.is_some(), body.input_base64.is_some(), body.input_url.is_some()];
     if given.iter().filter(|g| **g).count() > 1 {
         return Err(ApiError::invalid("give at most one of input, input_base64 and input_url"));
@@ -253,12 +289,15 @@ fn new_task(body: wire::TaskSubmission) -> Result<NewTask, ApiError> {
                 })
         })
         .transpose()?;
+    if body.idempotency_key.as_deref().is_some_and(|k| k.contains('\0')) {
+        return Err(ApiError::invalid("idempotency_key must not hold NUL"));
+    }
     Ok(NewTask {
-        plugin: body.plugin,
+        plugin: ns.plugin_ref(&body.plugin)?,
         input,
-        queue: body.queue,
+        queue: Some(ns.key(NameKind::Queue, body.queue.as_deref().unwrap_or("default"))?),
         priority,
-        idempotency_key: body.idempotency_key,
+        idempotency_key: body.idempotency_key.map(|key| ns.idempotency_key(&key)),
         max_attempts,
         timeout_ms: body.timeout_ms,
         fuel: body.fuel,
@@ -273,16 +312,18 @@ fn new_task(body: wire::TaskSubmission) -> Result<NewTask, ApiError> {
 
 async fn submit(
     State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
     body: Result<Json<wire::TaskSubmission>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(body) = body?;
-    let submitted = engine.submit(new_task(body)?).await?;
+    let submitted = engine.submit(new_task(body, &ns)?).await?;
     let status = if submitted.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(wire::Submitted::from(&submitted))).into_response())
 }
 
 async fn submit_batch(
     State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
     body: Result<Json<wire::BatchSubmission>, JsonRejection>,
 ) -> ApiResult<Json<wire::BatchAnswer>> {
     let Json(body) = body?;
@@ -295,7 +336,7 @@ async fn submit_batch(
     for (i, item) in body.tasks.into_iter().enumerate() {
         let parsed = serde_json::from_value::<wire::TaskSubmission>(item)
             .map_err(|e| ApiError::invalid(format!("the task does not fit: {e}")))
-            .and_then(new_task);
+            .and_then(|task| new_task(task, &ns));
         match parsed {
             Ok(task) => tasks.push((i, task)),
             Err(e) => slots[i] = Some(item_error(e)),
@@ -340,31 +381,50 @@ pub(crate) fn parse_id(text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|e| ApiError::invalid(format!("`{text}` is not a task id (a UUID): {e}")))
 }
 
-async fn get_task(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<wire::Task>> {
+async fn get_task(
+    State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<wire::Task>> {
     let id = parse_id(&id)?;
     let task = read(&engine, move |engine| {
-        let record = engine.get(id)?;
+        let record = owned(engine, &ns, id)?;
         let output = if record.state == TaskState::Completed { engine.output(id)? } else { None };
         let callback = if record.callback_url.is_some() { engine.callback_outcome(id)? } else { None };
-        Ok(wire::Task::new(&record, output.as_deref()).with_callback(&record, callback.as_ref()))
+        Ok(wire::Task::new(&record, output.as_deref()).with_callback(&record, callback.as_ref()).in_namespace(&ns))
     })
     .await?;
     Ok(Json(task))
 }
 
-async fn history(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<wire::History>> {
-    let record = engine.get(parse_id(&id)?)?;
+async fn history(
+    State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<wire::History>> {
+    let record = owned(&engine, &ns, parse_id(&id)?)?;
     Ok(Json(wire::History::new(&record)))
 }
 
-async fn cancel(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<wire::Task>> {
-    let record = engine.cancel(parse_id(&id)?).await?;
-    Ok(Json(wire::Task::new(&record, None)))
+async fn cancel(
+    State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<wire::Task>> {
+    // The tenant of a task never changes: checked once, it holds.
+    let id = owned(&engine, &ns, parse_id(&id)?)?.id;
+    let record = engine.cancel(id).await?;
+    Ok(Json(wire::Task::new(&record, None).in_namespace(&ns)))
 }
 
-async fn resubmit(State(engine): State<Engine>, Path(id): Path<String>) -> ApiResult<Json<wire::Task>> {
-    let record = engine.resubmit(parse_id(&id)?).await?;
-    Ok(Json(wire::Task::new(&record, None)))
+async fn resubmit(
+    State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<wire::Task>> {
+    let id = owned(&engine, &ns, parse_id(&id)?)?.id;
+    let record = engine.resubmit(id).await?;
+    Ok(Json(wire::Task::new(&record, None).in_namespace(&ns)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -379,6 +439,7 @@ struct ListQuery {
 
 async fn list_tasks(
     State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Json<wire::TaskPage>> {
     let Query(query) = query?;
@@ -395,26 +456,44 @@ async fn list_tasks(
         return Err(ApiError::invalid("limit must be 1-1000"));
     }
     let cursor = query.cursor.as_deref().map(parse_id).transpose()?;
-    let filter = ListFilter { state, queue: query.queue, plugin: query.plugin, limit: query.limit, cursor };
+    let key = |kind, name: Option<String>| name.map(|n| ns.key(kind, &n).map_err(ApiError::from)).transpose();
+    let filter = ListFilter {
+        state,
+        queue: key(NameKind::Queue, query.queue)?,
+        plugin: key(NameKind::Plugin, query.plugin)?,
+        tenant: Some(ns.tenant().to_owned()),
+        limit: query.limit,
+        cursor,
+    };
     let page = read(&engine, move |engine| {
         let (page, next) = engine.list(&filter)?;
-        Ok(wire::TaskPage::new(&page, next))
+        Ok(wire::TaskPage::new(&page, next).in_namespace(&ns))
     })
     .await?;
     Ok(Json(page))
 }
 
-async fn list_queues(State(engine): State<Engine>) -> Json<wire::QueueList> {
-    Json(wire::QueueList::new(&engine.queues()))
+async fn list_queues(State(engine): State<Engine>, Extension(ns): Extension<Namespace>) -> Json<wire::QueueList> {
+    let queues: Vec<_> = engine
+        .queues()
+        .into_iter()
+        .filter_map(|mut queue| {
+            queue.name = ns.local(&queue.name)?.to_owned();
+            Some(queue)
+        })
+        .collect();
+    Json(wire::QueueList::new(&queues))
 }
 
 async fn set_queue(
     State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
     Path(name): Path<String>,
     body: Result<Json<wire::QueueChange>, JsonRejection>,
 ) -> ApiResult<Json<wire::QueueSettings>> {
     let Json(body) = body?;
     let config = QueueConfig { concurrency: body.concurrency, weight: body.weight.unwrap_or(1) };
-    engine.set_queue(&name, config.clone()).await?;
+    let key = ns.key(NameKind::Queue, &name)?;
+    engine.set_queue(&key, config.clone()).await?;
     Ok(Json(wire::QueueSettings::new(name, &config)))
 }

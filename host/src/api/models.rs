@@ -3,10 +3,11 @@
 
 use super::{ApiError, ApiResult, Path};
 use crate::engine::Engine;
-use crate::inference::{ModelSpec, Models, ModelsError};
+use crate::inference::{ModelSpec, ModelView, Models, ModelsError};
+use crate::tenant::Namespace;
 use axum::Json;
-use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{Extension, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
@@ -29,15 +30,32 @@ impl From<ModelsError> for ApiError {
     }
 }
 
-pub(super) async fn list(State(engine): State<Engine>) -> ApiResult<Response> {
-    Ok(Json(models(&engine)?.view()).into_response())
+/// A model as tenant `ns` sees it: of the plugins granted it, only its
+/// own (by their names in it), so no tenant learns another's plugins.
+fn in_namespace(mut view: ModelView, ns: &Namespace) -> ModelView {
+    let plugins = std::mem::take(&mut view.spec.plugins);
+    view.spec.plugins = plugins
+        .iter()
+        .filter_map(|p| if p == "*" { Some(p.clone()) } else { ns.local(p).map(str::to_owned) })
+        .collect();
+    view
 }
 
-pub(super) async fn get(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult<Response> {
+pub(super) async fn list(State(engine): State<Engine>, Extension(ns): Extension<Namespace>) -> ApiResult<Response> {
+    let mut view = models(&engine)?.view();
+    view.models = view.models.into_iter().map(|m| in_namespace(m, &ns)).collect();
+    Ok(Json(view).into_response())
+}
+
+pub(super) async fn get(
+    State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
     let view = models(&engine)?
         .model(&name)
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no model named `{name}`")))?;
-    Ok(Json(view).into_response())
+    Ok(Json(in_namespace(view, &ns)).into_response())
 }
 
 /// `POST /v1/models` with `{"name": ..., "path": ..., ...}` (the fields of

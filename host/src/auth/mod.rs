@@ -24,8 +24,8 @@ use uuid::Uuid;
 /// Most tokens a host keeps.
 pub const MAX_TOKENS: usize = 10_000;
 
-/// The tenant every token acts in until tenants of their own exist.
-pub const DEFAULT_TENANT: &str = "default";
+/// The operator's tenant, the one admin tokens belong to.
+pub const DEFAULT_TENANT: &str = crate::tenant::DEFAULT;
 
 /// The file in the data directory the bootstrap admin token is written to.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -245,11 +245,15 @@ impl Auth {
     fn prepare(&self, new: NewToken, created_by: &str) -> Result<(token::Minted, StoredToken), AuthError> {
         names::name(NameKind::Token, &new.name).map_err(|e| AuthError::Invalid(e.to_string()))?;
         names::name(NameKind::Tenant, &new.tenant).map_err(|e| AuthError::Invalid(e.to_string()))?;
-        if new.tenant != DEFAULT_TENANT {
-            return Err(AuthError::Invalid(format!(
-                "tenant `{}`: only the `{DEFAULT_TENANT}` tenant exists in this version",
-                new.tenant
-            )));
+        // What spans tenants is the operator's: a tenant's token has
+        // neither `admin` nor `metrics` (whose series name every tenant).
+        for operator in [Scope::Admin, Scope::Metrics] {
+            if new.tenant != DEFAULT_TENANT && new.scopes.contains(operator) {
+                return Err(AuthError::Invalid(format!(
+                    "a token of tenant `{}` cannot have the `{operator}` scope: it spans tenants (only `{DEFAULT_TENANT}` tokens may)",
+                    new.tenant
+                )));
+            }
         }
         if new.scopes.is_empty() {
             return Err(AuthError::Invalid("a token needs at least one scope".into()));
@@ -397,7 +401,8 @@ mod tests {
             NewToken::new("a", read),
             NewToken::new("bad name", read),
             NewToken::new("b", Scopes::default()),
-            NewToken::new("b", read).tenant("other"),
+            NewToken::new("b", Scopes::of([Scope::Admin])).tenant("other"),
+            NewToken::new("b", Scopes::of([Scope::Read, Scope::Metrics])).tenant("other"),
             NewToken::new("b", read).expires_at_ms(Some(1)),
         ];
         for new in refused {

@@ -8,7 +8,8 @@ use std::fmt;
 #[non_exhaustive]
 pub enum Scope {
     /// Tokens, tenants, manifests and grants, models, queue settings, the
-    /// audit log; includes every other scope.
+    /// audit log, every tenant; includes every other scope. Only tokens
+    /// of the default tenant may hold it.
     Admin,
     /// Upload plugins, roll back and delete versions.
     Plugins,
@@ -16,7 +17,8 @@ pub enum Scope {
     Submit,
     /// Read records, outputs, history, plugins, queues, models.
     Read,
-    /// Read `/metrics`.
+    /// Read `/metrics` (every tenant's series: only tokens of the default
+    /// tenant may hold it).
     Metrics,
 }
 

@@ -40,6 +40,10 @@ pub(crate) struct ServerArg {
     /// used when no token is given (default as for `serve`).
     #[arg(long, global = true, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Act in this tenant (an admin token in any; another token only in
+    /// its own). Default: the token's tenant.
+    #[arg(long, global = true, env = "TASKHOST_TENANT", value_name = "NAME")]
+    tenant: Option<String>,
 }
 
 impl ServerArg {
@@ -224,6 +228,8 @@ pub(crate) struct Client {
     http: reqwest::Client,
     /// The token sent, or why none is.
     token: Result<String, NoToken>,
+    /// The tenant to act in, when not the token's.
+    tenant: Option<String>,
 }
 
 impl Client {
@@ -233,6 +239,7 @@ impl Client {
             base: server.server.trim_end_matches('/').to_owned(),
             http: reqwest::Client::new(),
             token: server.token(),
+            tenant: server.tenant.clone(),
         }
     }
 
@@ -244,6 +251,10 @@ impl Client {
             Ok(token) => request.bearer_auth(token),
             Err(NoToken::Impostor(why)) => return Err(Failure(EXIT_USAGE, why.clone())),
             Err(NoToken::Missing(_)) => request,
+        };
+        let request = match &self.tenant {
+            Some(tenant) => request.header(taskhost::api::TENANT_HEADER, tenant),
+            None => request,
         };
         let request = request.build().map_err(|e| Failure(EXIT_USAGE, format!("cannot build the request: {e}")))?;
         let what = format!("{} {}", request.method(), request.url().path());

@@ -12,6 +12,7 @@ mod models;
 mod run;
 mod serve;
 mod store;
+mod tenants;
 mod tokens;
 
 use clap::{Parser, Subcommand};
@@ -54,6 +55,9 @@ enum Command {
     /// Manage API tokens (admin).
     #[command(subcommand)]
     Tokens(tokens::TokensCommand),
+    /// Manage tenants and their quotas (admin).
+    #[command(subcommand)]
+    Tenants(tenants::TenantsCommand),
     /// Show the audit log of admin and plugin actions (admin), newest first.
     Audit(tokens::AuditArgs),
     /// Check or repair the data store, offline (no server running on it).
@@ -103,6 +107,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Flow(args) => runtime.block_on(flow::flow(args)),
         Command::Models(command) => runtime.block_on(models::models(command)),
         Command::Tokens(command) => runtime.block_on(tokens::tokens(command)),
+        Command::Tenants(command) => runtime.block_on(tenants::tenants(command)),
         Command::Audit(args) => runtime.block_on(tokens::audit(args)),
         Command::Store(command) => runtime.block_on(store::store(command)),
         Command::Compile => taskhost::registry::compile_process_main(),

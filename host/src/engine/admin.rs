@@ -5,7 +5,7 @@ use super::EngineError;
 use super::ending::Endings;
 use super::flows::{FlowView, Flows};
 use super::shared::Shared;
-use crate::names::{self, NameKind};
+use crate::names::NameKind;
 use crate::store::{Change, FlowState, QueueConfig, StoreError, TaskQuery, TaskRecord, TaskState, now_ms};
 use crate::sync::lock;
 use std::sync::Arc;
@@ -21,6 +21,8 @@ pub struct ListFilter {
     pub queue: Option<String>,
     /// Only this plugin name.
     pub plugin: Option<String>,
+    /// Only this tenant's tasks.
+    pub tenant: Option<String>,
     /// Page size (default 100, at most 1000).
     pub limit: Option<usize>,
     /// Continue after this task id.
@@ -176,7 +178,7 @@ impl Admin {
 
     /// Sets a queue's concurrency limit and weight.
     pub(crate) async fn set_queue(&self, name: &str, config: QueueConfig) -> Result<(), EngineError> {
-        names::name(NameKind::Queue, name).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        crate::tenant::check_key(NameKind::Queue, name).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
         if !(1..=1000).contains(&config.weight) {
             return Err(EngineError::InvalidRequest(format!(
                 "weight {} is out of range: expected 1-1000",
@@ -213,7 +215,12 @@ impl Admin {
     /// the next one.
     pub(crate) fn list(&self, filter: &ListFilter) -> Result<(Vec<TaskRecord>, Option<Uuid>), EngineError> {
         let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
-        let query = TaskQuery { state: filter.state, queue: filter.queue.clone(), plugin: filter.plugin.clone() };
+        let query = TaskQuery {
+            state: filter.state,
+            queue: filter.queue.clone(),
+            plugin: filter.plugin.clone(),
+            tenant: filter.tenant.clone(),
+        };
         let (page, more) = self.shared.store.list(&query, filter.cursor, limit)?;
         let cursor = if more { page.last().map(|r| r.id) } else { None };
         Ok((page, cursor))

@@ -62,6 +62,20 @@ pub(crate) fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     format!("t={timestamp},v1={digest}")
 }
 
+/// The key tenant `tenant`'s callbacks are signed with: the host's key
+/// for the default tenant (as before tenants existed), and for another
+/// tenant an HMAC-SHA256 of its name under the host's key, so no tenant's
+/// key tells another's.
+pub(crate) fn tenant_secret(host: &[u8], tenant: &str) -> Vec<u8> {
+    if tenant == crate::tenant::DEFAULT {
+        return host.to_vec();
+    }
+    let mut mac = Hmac::<sha2_digest::Sha256>::new_from_slice(host).expect("HMAC takes a key of any length");
+    mac.update(b"taskhost callbacks, tenant ");
+    mac.update(tenant.as_bytes());
+    mac.finalize().into_bytes().to_vec()
+}
+
 /// Callbacks not delivered, by reason (`egress_refused`: the receiver's
 /// address is one the policy refuses, not retried; `gave_up`: every
 /// attempt failed).
@@ -137,9 +151,10 @@ impl Callbacks {
         }
     }
 
-    /// Delivers `body` to `url` in the background, unless too many
-    /// deliveries are pending already; how it ends is recorded.
-    pub(crate) fn deliver(&self, url: String, body: crate::wire::Task) {
+    /// Delivers `body` to `url` in the background, signed with `tenant`'s
+    /// key, unless too many deliveries are pending already; how it ends is
+    /// recorded.
+    pub(crate) fn deliver(&self, url: String, body: crate::wire::Task, tenant: &str) {
         let task = body.id;
         if let Err(refused) = self.policy.check_url(&url) {
             tracing::error!(%url, %task, %refused, "callback not delivered");
@@ -153,7 +168,8 @@ impl Callbacks {
             self.ended(task, CallbackOutcome::failed(0, format!("dropped: {MAX_PENDING} deliveries were pending")));
             return;
         };
-        let (client, in_flight, secret) = (self.http.clone(), self.in_flight.clone(), self.secret.clone());
+        let secret = tenant_secret(&self.secret, tenant);
+        let (client, in_flight) = (self.http.clone(), self.in_flight.clone());
         let (undelivered, store) = (self.undelivered.clone(), self.store.clone());
         let body = serde_json::to_vec(&body).expect("a task record serialises");
         tokio::spawn(async move {
@@ -263,7 +279,7 @@ mod tests {
         let record = crate::store::tests::record(1, None);
         let body = crate::wire::Task::new(&record, None);
         for _ in 0..5 {
-            callbacks.deliver(format!("http://127.0.0.1:{port}/hook"), body.clone());
+            callbacks.deliver(format!("http://127.0.0.1:{port}/hook"), body.clone(), "default");
         }
         assert_eq!(dropped.get(), 3);
         assert_eq!(callbacks.pending.available_permits(), 0);
@@ -286,7 +302,7 @@ mod tests {
             Arc::from(&b"k"[..]),
         );
         let record = crate::store::tests::record(1, None);
-        callbacks.deliver(format!("http://localhost:{port}/hook"), crate::wire::Task::new(&record, None));
+        callbacks.deliver(format!("http://localhost:{port}/hook"), crate::wire::Task::new(&record, None), "default");
         let refused = || undelivered.0.get_or_create(&[("reason", "egress_refused")]).get();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while refused() == 0 {
@@ -328,7 +344,7 @@ mod tests {
             Arc::from(&b"k"[..]),
         );
         let body = crate::wire::Task::new(&crate::store::tests::record(1, None), None);
-        callbacks.deliver(format!("http://{}/hook", listener.local_addr().unwrap()), body);
+        callbacks.deliver(format!("http://{}/hook", listener.local_addr().unwrap()), body, "default");
         assert_eq!(undelivered.0.get_or_create(&[("reason", "egress_refused")]).get(), 1);
         let accepted = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
         assert!(accepted.is_err(), "the receiver on loopback was reached");
@@ -360,7 +376,7 @@ mod tests {
         );
         let body = crate::wire::Task::new(&crate::store::tests::record(1, None), None);
         for _ in 0..20 {
-            callbacks.deliver(url.clone(), body.clone());
+            callbacks.deliver(url.clone(), body.clone(), "default");
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while accepted.load(Ordering::SeqCst) < 3 {

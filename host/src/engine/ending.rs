@@ -81,8 +81,9 @@ impl Endings {
         if let Some(url) = &done.callback_url {
             match shared.store.output(done.id) {
                 Ok(output) => {
-                    let body = crate::wire::Task::new(done, output.as_deref());
-                    self.callbacks.deliver(url.clone(), body);
+                    let ns = crate::tenant::Namespace::new(crate::tenant::tenant_of(&done.plugin));
+                    let body = crate::wire::Task::new(done, output.as_deref()).in_namespace(&ns);
+                    self.callbacks.deliver(url.clone(), body, ns.tenant());
                 }
                 Err(error) => {
                     tracing::error!(id = %done.id, %error, "cannot read the output for the callback");

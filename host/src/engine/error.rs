@@ -34,6 +34,21 @@ pub enum EngineError {
     /// names), and this request would add one more.
     #[error("{0}")]
     LimitReached(String),
+    /// A tenant's quota refuses the request; nothing was written.
+    #[error("tenant `{tenant}`: {message} (quota `{quota}`)")]
+    QuotaExceeded {
+        /// The tenant.
+        tenant: String,
+        /// The quota, as `GET /v1/tenants/{t}` names it.
+        quota: &'static str,
+        /// What was refused.
+        message: String,
+        /// When trying again may succeed (a rate), in seconds.
+        retry_after_secs: Option<u32>,
+    },
+    /// No tenant of this name.
+    #[error("no tenant `{0}`")]
+    UnknownTenant(String),
     /// Compiling the uploaded component ran past the host's compile budget
     /// and was stopped.
     #[error("{0}")]

@@ -14,13 +14,16 @@ use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+/// A queue's labels: its tenant and its name in the tenant.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct QueueLabel {
+    pub(crate) tenant: String,
     pub(crate) queue: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PluginLabel {
+    pub(crate) tenant: String,
     pub(crate) plugin: String,
     pub(crate) version: String,
     pub(crate) outcome: String,
@@ -38,6 +41,7 @@ pub(crate) struct LimitLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct StateLabel {
+    pub(crate) tenant: String,
     pub(crate) queue: String,
     pub(crate) state: String,
 }
@@ -174,15 +178,19 @@ impl Metrics {
     /// `outcome` (within [`PLUGIN_LABELS`]).
     pub(crate) fn plugin_label(&self, plugin: &str, version: &str, outcome: &str) -> PluginLabel {
         let outcome = outcome.to_owned();
+        let (tenant, name) = crate::tenant::split(plugin);
+        let tenant = tenant.to_owned();
         if self.plugin_versions.admits(&format!("{plugin}@{version}")) {
-            PluginLabel { plugin: plugin.to_owned(), version: version.to_owned(), outcome }
+            PluginLabel { tenant, plugin: name.to_owned(), version: version.to_owned(), outcome }
         } else {
-            PluginLabel { plugin: OTHER.to_owned(), version: OTHER.to_owned(), outcome }
+            PluginLabel { tenant: OTHER.to_owned(), plugin: OTHER.to_owned(), version: OTHER.to_owned(), outcome }
         }
     }
 
+    /// The labels of the queue with key `queue`.
     pub(crate) fn label(queue: &str) -> QueueLabel {
-        QueueLabel { queue: queue.to_owned() }
+        let (tenant, queue) = crate::tenant::split(queue);
+        QueueLabel { tenant: tenant.to_owned(), queue: queue.to_owned() }
     }
 
     /// Records a committed move of one task between states.
@@ -192,6 +200,17 @@ impl Metrics {
             *counts.entry((queue.to_owned(), from)).or_default() -= 1;
         }
         *counts.entry((queue.to_owned(), to)).or_default() += 1;
+    }
+
+    /// Tasks of `tenant` stored and not yet finished.
+    pub(crate) fn unfinished_of(&self, tenant: &str) -> u64 {
+        let counts = crate::sync::lock(&self.counts);
+        let unfinished = counts
+            .iter()
+            .filter(|((queue, state), _)| !state.is_terminal() && crate::tenant::tenant_of(queue) == tenant)
+            .map(|(_, n)| *n)
+            .sum::<i64>();
+        unfinished.max(0) as u64
     }
 
     /// Tasks per state, summed over queues.
@@ -209,7 +228,8 @@ impl Metrics {
         {
             let counts = crate::sync::lock(&self.counts);
             for ((queue, state), n) in counts.iter() {
-                let label = StateLabel { queue: queue.clone(), state: state.as_str().to_owned() };
+                let QueueLabel { tenant, queue } = Self::label(queue);
+                let label = StateLabel { tenant, queue, state: state.as_str().to_owned() };
                 self.tasks.get_or_create(&label).set(*n);
             }
         }

@@ -28,6 +28,7 @@ mod runner;
 mod scheduler;
 mod shared;
 mod submission;
+mod tenants;
 #[cfg(test)]
 pub(crate) mod testing;
 
@@ -37,6 +38,7 @@ pub use error::EngineError;
 pub use flows::{FlowLimits, FlowSpec, FlowView, Node, RepeatSpec, Step};
 pub use retry::{RetryPolicy, is_retried};
 pub use submission::{MAX_DELAY_MS, NewTask};
+pub use tenants::MAX_TENANTS;
 
 use crate::registry::{Manifest, PluginDetail, Registry, VersionStatus};
 use crate::store::{QueueConfig, Store, StoreError, Submitted, TaskRecord, TaskState, now_ms};
@@ -60,6 +62,32 @@ use uuid::Uuid;
 /// stops waiting on the compile it is in.
 const WATCH_STOP_GRACE: Duration = Duration::from_secs(2);
 
+/// What a tenant uses now (`GET /v1/tenants/{t}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TenantUsage {
+    /// Tasks stored and not yet finished.
+    pub unfinished: u64,
+    /// Tasks ready to run.
+    pub ready: u64,
+    /// Tasks waiting for their time (delayed or retrying).
+    pub delayed: u64,
+    /// Tasks running.
+    pub running: u64,
+    /// Plugins.
+    pub plugins: u64,
+}
+
+/// The plugin of a spec's first step.
+fn first_plugin(node: &Node) -> Option<&str> {
+    match node {
+        Node::Step(step) => Some(&step.plugin),
+        Node::Series { series: nodes } | Node::Parallel { parallel: nodes } | Node::List(nodes) => {
+            nodes.iter().find_map(first_plugin)
+        }
+    }
+}
+
 /// Tasks by (plugin version, state).
 pub type TaskCounts = HashMap<(String, TaskState), u64>;
 
@@ -69,14 +97,15 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
-/// The store's name for the key callbacks are signed with (one tenant,
-/// `default`, so far).
+/// The store's name for the host's callback key (the default tenant's;
+/// the other tenants' are derived from it).
 const CALLBACK_SECRET: &str = "callbacks/default";
 
 struct Inner {
     shared: Arc<Shared>,
     /// The key callbacks are signed with.
     callback_secret: Arc<[u8]>,
+    tenants: Arc<tenants::Tenants>,
     submission: Arc<Submission>,
     flows: Arc<Flows>,
     admission: Arc<Admission>,
@@ -159,12 +188,16 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let queues = store.queues()?;
         let callback_secret: Arc<[u8]> = store.secret(CALLBACK_SECRET).await?.into();
+        let tenants = Arc::new(tenants::Tenants::load(store.clone())?);
         let shared = Arc::new(Shared::new(config, store, runner, metrics));
         {
             let mut sched = lock(&shared.sched);
             for (name, queue) in queues {
                 shared.queues.known(&name);
                 sched.configure(&name, queue);
+            }
+            for (name, tenant) in tenants.list() {
+                sched.configure_tenant(&name, tenant.quotas.max_running);
             }
         }
         let submission = Arc::new(Submission::new(shared.clone()));
@@ -183,6 +216,7 @@ impl Engine {
                 admin,
                 plugins,
                 callback_secret,
+                tenants,
                 dispatcher: Mutex::default(),
                 watcher: Mutex::default(),
             }),
@@ -364,9 +398,16 @@ impl Engine {
     /// Validates, pins the plugin version and durably records a task.
     /// Returns after the commit.
     pub async fn submit(&self, task: NewTask) -> Result<Submitted, EngineError> {
+        let tenants = &self.inner.tenants;
+        let tenant = crate::tenant::tenant_of(&task.plugin).to_owned();
+        tenants.take_submission(&tenant)?;
+        let metrics = &self.inner.shared.metrics;
+        let quota = tenants.reserve_unfinished(&tenant, || metrics.unfinished_of(&tenant), 1)?;
         let (record, input, pin) = self.inner.submission.prepare(task)?;
         let engine = self.clone();
         detached(async move {
+            // Counted as pending until admitted (or refused).
+            let _quota = quota;
             let submitted = engine.inner.shared.store.submit(record, input).await?;
             if submitted.created {
                 engine.inner.endings.admit(std::slice::from_ref(&submitted.record), false);
@@ -434,10 +475,51 @@ impl Engine {
         self.inner.shared.metrics.state_totals()
     }
 
-    /// The key completion callbacks are signed with (see docs/security.md
-    /// "Signed callbacks").
-    pub fn callback_secret(&self) -> Arc<[u8]> {
-        self.inner.callback_secret.clone()
+    /// The key tenant `tenant`'s completion callbacks are signed with
+    /// (see docs/security.md "Signed callbacks").
+    pub fn callback_secret(&self, tenant: &str) -> Vec<u8> {
+        callbacks::tenant_secret(&self.inner.callback_secret, tenant)
+    }
+
+    /// Whether `name` is a tenant.
+    pub fn tenant_exists(&self, name: &str) -> bool {
+        self.inner.tenants.exists(name)
+    }
+
+    /// Every tenant, the default one first.
+    pub fn tenants(&self) -> Vec<(String, crate::store::TenantRecord)> {
+        self.inner.tenants.list()
+    }
+
+    /// Tenant `name` and what it uses now.
+    pub fn tenant(&self, name: &str) -> Result<(crate::store::TenantRecord, TenantUsage), EngineError> {
+        let record = self.inner.tenants.get(name).ok_or_else(|| EngineError::UnknownTenant(name.to_owned()))?;
+        let depth = lock(&self.inner.shared.sched).tenant_depth(name);
+        let plugins = self.plugins().iter().filter(|p| crate::tenant::tenant_of(p) == name).count();
+        let usage = TenantUsage {
+            unfinished: self.inner.shared.metrics.unfinished_of(name),
+            ready: depth.ready as u64,
+            delayed: depth.delayed as u64,
+            running: depth.running as u64,
+            plugins: plugins as u64,
+        };
+        Ok((record, usage))
+    }
+
+    /// Makes tenant `name` or sets its quotas (by the token named `by`);
+    /// whether it was made.
+    pub async fn put_tenant(
+        &self,
+        name: &str,
+        quotas: crate::store::TenantQuotas,
+        by: &str,
+    ) -> Result<bool, EngineError> {
+        let max_running = quotas.max_running;
+        let created = self.inner.tenants.put(name, quotas, by).await?;
+        lock(&self.inner.shared.sched).configure_tenant(name, max_running);
+        // A raised cap may let tasks start.
+        self.inner.shared.wake.notify_one();
+        Ok(created)
     }
 
     /// How task `id`'s completion callback ended, if it has.
@@ -464,8 +546,16 @@ impl Engine {
     /// Starts a declared flow: every step of its first iteration is
     /// committed with the flow record in one transaction.
     pub async fn submit_flow(&self, spec: FlowSpec) -> Result<FlowView, EngineError> {
+        // Its tenant is its steps' (every key of a spec is one tenant's).
+        let tenant = first_plugin(&spec.steps).map(|p| crate::tenant::tenant_of(p).to_owned());
+        let tenant = tenant.unwrap_or_else(|| crate::tenant::DEFAULT.to_owned());
+        let tenants = &self.inner.tenants;
+        tenants.take_submission(&tenant)?;
+        let metrics = &self.inner.shared.metrics;
+        let quota = tenants.reserve_unfinished(&tenant, || metrics.unfinished_of(&tenant), 1)?;
         let engine = self.clone();
         let id = detached(async move {
+            let _quota = quota;
             let (id, (created, pins)) = engine.inner.flows.submit(spec).await?;
             engine.inner.endings.admit(&created, false);
             drop(pins);

@@ -4,11 +4,15 @@
 //! truth.
 //!
 //! Fairness is deficit round robin charged by measured run time (the
-//! virtual-time form of weighted fair queuing): each queue has a virtual
-//! time that grows by `run time / weight` for what it ran; the next task
-//! comes from the eligible queue with the least virtual time. Queues with
-//! equal amounts of work therefore finish close together whatever their
-//! task lengths, which plain per-task round robin cannot give.
+//! virtual-time form of weighted fair queuing), on two levels: across
+//! tenants first, then across one tenant's queues. Each tenant and each
+//! queue has a virtual time that grows by what it ran (a queue's divided
+//! by its weight); the next task comes from the tenant with the least
+//! virtual time that has an eligible queue, and within it from the
+//! eligible queue with the least. Queues with equal amounts of work
+//! therefore finish close together whatever their task lengths, which
+//! plain per-task round robin cannot give, and a tenant with a deep
+//! backlog takes no more than its share from one with a single task.
 //!
 //! What it bounds: tasks *in flight*, from their claim (the durable start)
 //! to their recorded outcome. That window is the execution slots plus a
@@ -33,11 +37,12 @@ pub(crate) struct Entry {
     pub(crate) queue: String,
 }
 
-/// What `next` charged a started task up front; `finished` replaces it with
-/// the measured cost, so the correction is exact even when the queue's
-/// estimate moved while the task ran.
+/// What `next` charged a started task up front (its queue, weighted, and
+/// its tenant); `finished` replaces it with the measured cost, so the
+/// correction is exact even when the queue's estimate moved while the
+/// task ran.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct Charge(f64);
+pub(crate) struct Charge(f64, f64);
 
 #[derive(Debug, PartialEq, Eq)]
 struct Ready(Entry);
@@ -73,6 +78,26 @@ impl Queue {
     }
 }
 
+/// One tenant's share: its virtual time, its tasks ready and running, and
+/// its cap on running ones.
+#[derive(Debug, Default)]
+struct Tenant {
+    vtime: f64,
+    ready: usize,
+    running: usize,
+    max_running: Option<u32>,
+}
+
+impl Tenant {
+    fn active(&self) -> bool {
+        self.ready > 0 || self.running > 0
+    }
+
+    fn capped(&self) -> bool {
+        self.max_running.is_some_and(|max| self.running >= max as usize)
+    }
+}
+
 /// Per-queue counts for metrics and the API.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct QueueDepth {
@@ -84,6 +109,8 @@ pub(crate) struct QueueDepth {
 #[derive(Debug)]
 pub(crate) struct Scheduler {
     queues: HashMap<String, Queue>,
+    /// By tenant name (from the queues' keys).
+    tenants: HashMap<String, Tenant>,
     delayed: BinaryHeap<Reverse<(u64, Uuid)>>,
     delayed_entries: HashMap<Uuid, Entry>,
     /// Tasks claimed and not yet settled (outcome recorded).
@@ -108,6 +135,7 @@ impl Scheduler {
     pub(crate) fn new(slots: usize) -> Self {
         Self {
             queues: HashMap::new(),
+            tenants: HashMap::new(),
             delayed: BinaryHeap::new(),
             delayed_entries: HashMap::new(),
             in_flight: 0,
@@ -148,8 +176,33 @@ impl Scheduler {
         self.queues.get_mut(name).expect("just inserted")
     }
 
+    fn tenant(&mut self, queue: &str) -> &mut Tenant {
+        let name = crate::tenant::tenant_of(queue);
+        if !self.tenants.contains_key(name) {
+            self.tenants.insert(name.to_owned(), Tenant::default());
+        }
+        self.tenants.get_mut(name).expect("just inserted")
+    }
+
     pub(crate) fn configure(&mut self, name: &str, config: QueueConfig) {
         self.queue(name).config = config;
+    }
+
+    /// Caps the tasks of `tenant` running at once (`None`: no cap).
+    pub(crate) fn configure_tenant(&mut self, tenant: &str, max_running: Option<u32>) {
+        let key = crate::tenant::qualify(tenant, "-");
+        self.tenant(&key).max_running = max_running;
+    }
+
+    /// The tasks of `tenant` ready (or delayed) and running now.
+    pub(crate) fn tenant_depth(&self, tenant: &str) -> QueueDepth {
+        let mut depth = QueueDepth::default();
+        for (_, q) in self.queues.iter().filter(|(name, _)| crate::tenant::tenant_of(name) == tenant) {
+            depth.ready += q.ready.len();
+            depth.delayed += q.delayed;
+            depth.running += q.running;
+        }
+        depth
     }
 
     /// Adds a task: ready now, or at `due_ms`.
@@ -165,9 +218,18 @@ impl Scheduler {
     }
 
     fn make_ready(&mut self, entry: Entry) {
-        // A queue waking from idle starts at the current fair point, so it
-        // cannot spend credit banked while it had nothing to do.
-        let floor = self.min_active_vtime();
+        // A tenant or a queue waking from idle starts at the current fair
+        // point, so it cannot spend credit banked while it had nothing to
+        // do.
+        let tenant_floor = self.tenants.values().filter(|t| t.active()).map(|t| t.vtime).min_by(f64::total_cmp);
+        let tenant = self.tenant(&entry.queue);
+        if !tenant.active()
+            && let Some(floor) = tenant_floor
+        {
+            tenant.vtime = tenant.vtime.max(floor);
+        }
+        tenant.ready += 1;
+        let floor = self.min_active_vtime(crate::tenant::tenant_of(&entry.queue));
         let queue = self.queue(&entry.queue);
         if queue.ready.is_empty()
             && queue.running == 0
@@ -178,8 +240,13 @@ impl Scheduler {
         queue.ready.push(Ready(entry));
     }
 
-    fn min_active_vtime(&self) -> Option<f64> {
-        self.queues.values().filter(|q| !q.ready.is_empty() || q.running > 0).map(|q| q.vtime).min_by(f64::total_cmp)
+    /// The least virtual time of `tenant`'s active queues.
+    fn min_active_vtime(&self, tenant: &str) -> Option<f64> {
+        self.queues
+            .iter()
+            .filter(|(name, q)| (!q.ready.is_empty() || q.running > 0) && crate::tenant::tenant_of(name) == tenant)
+            .map(|(_, q)| q.vtime)
+            .min_by(f64::total_cmp)
     }
 
     /// Moves due delayed tasks to their ready heaps; returns the next due
@@ -204,19 +271,40 @@ impl Scheduler {
         if self.in_flight >= self.window() {
             return None;
         }
-        let (_, queue) = self
+        // The tenant with the least virtual time that may start a task,
+        // then its queue with the least.
+        let tenants = &self.tenants;
+        fn share<'a>(tenants: &HashMap<String, Tenant>, name: &'a str) -> Option<(f64, &'a str)> {
+            let tenant = tenants.get(crate::tenant::tenant_of(name)).filter(|t| !t.capped())?;
+            Some((tenant.vtime, crate::tenant::tenant_of(name)))
+        }
+        let (name, _) = self
             .queues
-            .iter_mut()
+            .iter()
             .filter(|(_, q)| q.eligible())
-            .min_by(|(an, a), (bn, b)| a.vtime.total_cmp(&b.vtime).then_with(|| an.cmp(bn)))?;
+            .filter_map(|(name, q)| Some((name, (share(tenants, name)?, q.vtime))))
+            .min_by(|(an, (at, av)), (bn, (bt, bv))| {
+                at.0.total_cmp(&bt.0)
+                    .then_with(|| at.1.cmp(bt.1))
+                    .then_with(|| av.total_cmp(bv))
+                    .then_with(|| an.cmp(bn))
+            })?;
+        let name = name.clone();
+        let queue = self.queues.get_mut(&name).expect("just found");
         let Ready(entry) = queue.ready.pop()?;
         queue.running += 1;
         // Charge the estimate now so one dispatch round spreads across
-        // queues; `finished` corrects it with the measured cost.
-        let charge = queue.avg_cost / f64::from(queue.config.weight.max(1));
-        queue.vtime += charge;
+        // queues and tenants; `finished` corrects it with the measured
+        // cost.
+        let cost = queue.avg_cost;
+        let charge = Charge(cost / f64::from(queue.config.weight.max(1)), cost);
+        queue.vtime += charge.0;
+        let tenant = self.tenant(&name);
+        tenant.ready -= 1;
+        tenant.running += 1;
+        tenant.vtime += charge.1;
         self.in_flight += 1;
-        Some((entry, Charge(charge)))
+        Some((entry, charge))
     }
 
     /// A claimed task's run in the sandbox ended after `run_secs` (0 for
@@ -226,6 +314,8 @@ impl Scheduler {
     pub(crate) fn ran(&mut self, queue: &str, run_secs: f64) {
         let q = self.queue(queue);
         q.running = q.running.saturating_sub(1);
+        let tenant = self.tenant(queue);
+        tenant.running = tenant.running.saturating_sub(1);
         if run_secs > 0.0 {
             self.avg_run = 0.95 * self.avg_run + 0.05 * run_secs;
         }
@@ -243,6 +333,7 @@ impl Scheduler {
         if cost_secs > 0.0 {
             q.avg_cost = 0.8 * q.avg_cost + 0.2 * cost_secs;
         }
+        self.tenant(queue).vtime += cost_secs - charged.1;
     }
 
     /// [`Scheduler::ran`] and [`Scheduler::settled`] at once.
@@ -398,6 +489,67 @@ mod tests {
         }
         let share = heavy as f64 / 400.0;
         assert!((0.7..0.8).contains(&share), "weight 3 of 4 got {share:.2}");
+    }
+
+    /// A tenant's million-task backlog does not hold back another
+    /// tenant's one task: it is one of the next two claimed once it is
+    /// ready (it joins at the fair point, level with the backlog's
+    /// tenant), whatever the backlog's priority, because tenants share
+    /// first.
+    #[test]
+    fn a_deep_backlog_of_one_tenant_does_not_starve_another() {
+        let mut s = Scheduler::new(4);
+        for n in 0..1_000_000 {
+            s.enqueue(entry("a/bulk", 9, n), None, 0);
+        }
+        for _ in 0..1_000 {
+            let (e, charge) = s.next().unwrap();
+            s.finished(&e.queue, charge, 0.001);
+        }
+        s.enqueue(entry("b/default", 0, 5_000_000), None, 0);
+        let next: Vec<_> = (0..2).map(|_| s.next().unwrap().0.queue).collect();
+        assert!(next.contains(&"b/default".to_owned()), "{next:?}");
+        assert_eq!(s.tenant_depth("b"), QueueDepth { ready: 0, delayed: 0, running: 1 });
+    }
+
+    /// Tenants share the workers equally, however many queues each has;
+    /// within a tenant its queues share as before.
+    #[test]
+    fn tenants_share_first_and_their_queues_second() {
+        let mut s = Scheduler::new(1);
+        for n in 0..3_000 {
+            for (i, queue) in ["a/one", "a/two", "a/three", "b/only"].iter().enumerate() {
+                s.enqueue(entry(queue, 0, i as u128 * 100_000 + n), None, 0);
+            }
+        }
+        let mut by_queue: HashMap<String, usize> = HashMap::new();
+        for _ in 0..1_200 {
+            let (e, charge) = s.next().unwrap();
+            *by_queue.entry(e.queue.clone()).or_default() += 1;
+            s.finished(&e.queue, charge, 0.01);
+        }
+        assert!((590..=610).contains(&by_queue["b/only"]), "{by_queue:?}");
+        for queue in ["a/one", "a/two", "a/three"] {
+            assert!((190..=210).contains(&by_queue[queue]), "{by_queue:?}");
+        }
+    }
+
+    #[test]
+    fn a_tenants_running_cap_holds_across_its_queues() {
+        let mut s = Scheduler::new(10);
+        s.configure_tenant("a", Some(2));
+        for n in 0..5 {
+            s.enqueue(entry("a/x", 0, n), None, 0);
+            s.enqueue(entry("a/y", 0, 100 + n), None, 0);
+            s.enqueue(entry("b/z", 0, 200 + n), None, 0);
+        }
+        let started: Vec<_> = std::iter::from_fn(|| s.next()).collect();
+        let of_a = started.iter().filter(|(e, _)| e.queue.starts_with("a/")).count();
+        assert_eq!((of_a, started.len()), (2, 7));
+        assert_eq!(s.tenant_depth("a"), QueueDepth { ready: 8, delayed: 0, running: 2 });
+        let (e, charge) = started.iter().find(|(e, _)| e.queue.starts_with("a/")).unwrap();
+        s.finished(&e.queue, *charge, 0.001);
+        assert!(s.next().unwrap().0.queue.starts_with("a/"));
     }
 
     /// Runs a discrete-event simulation: `workers` slots, each task of a

@@ -6,7 +6,7 @@ use super::EngineError;
 use super::runner::{Cap, CapSource};
 use super::shared::Shared;
 use crate::Limits;
-use crate::names::{self, NameKind};
+use crate::names::NameKind;
 use crate::registry::Pin;
 use crate::store::{InputFrom, StoredLimits, TaskRecord, TaskState, Transition, now_ms};
 use std::sync::Arc;
@@ -77,7 +77,7 @@ impl Submission {
     pub(crate) fn prepare(&self, task: NewTask) -> Result<(TaskRecord, Vec<u8>, Pin), EngineError> {
         let invalid = |m: String| Err(EngineError::InvalidRequest(m));
         let queue = task.queue.unwrap_or_else(|| "default".into());
-        names::name(NameKind::Queue, &queue).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        crate::tenant::check_key(NameKind::Queue, &queue).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
         let priority = task.priority.unwrap_or(0);
         if priority > 9 {
             return invalid(format!("priority {priority} is out of range: expected 0-9 (higher runs first)"));
@@ -139,9 +139,15 @@ impl Submission {
             (None, None) => None,
         };
         if let Some(key) = &task.idempotency_key
-            && (key.is_empty() || key.len() > MAX_KEY)
+            && let (_, key) = crate::tenant::split_idempotency(key)
+            && (key.is_empty() || key.len() > MAX_KEY || key.contains('\0'))
         {
-            return invalid(format!("idempotency_key must be 1-{MAX_KEY} bytes"));
+            return invalid(format!("idempotency_key must be 1-{MAX_KEY} bytes, without NUL"));
+        }
+        // One tenant's task lives in its own queues only.
+        let tenant = crate::tenant::tenant_of(&task.plugin);
+        if crate::tenant::tenant_of(&queue) != tenant {
+            return invalid(format!("queue `{queue}` belongs to another tenant than plugin `{}`", task.plugin));
         }
         for (field, url) in [("callback_url", &task.callback_url), ("input_url", &task.input_url)] {
             let Some(url) = url else { continue };

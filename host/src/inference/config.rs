@@ -202,7 +202,8 @@ impl ModelSpec {
         if self.threads == Some(0) {
             return Err(field("`threads` is 0; expected at least 1, or leave it out"));
         }
-        let not_a_plugin = |p: &&String| *p != "*" && crate::names::name(crate::names::NameKind::Plugin, p).is_err();
+        let not_a_plugin =
+            |p: &&String| *p != "*" && crate::tenant::check_key(crate::names::NameKind::Plugin, p).is_err();
         if let Some(bad) = self.plugins.iter().find(not_a_plugin) {
             return Err(field(&format!("`plugins` has {bad:?}; expected plugin names or \"*\"")));
         }

@@ -546,7 +546,7 @@ impl Registry {
 
     /// Checks a plugin name and an explicit version.
     pub(crate) fn check_names(name: &str, version: Option<&str>) -> Result<(), RegistryError> {
-        names::name(names::NameKind::Plugin, name).map_err(RegistryError::BadName)?;
+        crate::tenant::check_key(names::NameKind::Plugin, name).map_err(RegistryError::BadName)?;
         if let Some(v) = version {
             names::version(v).map_err(RegistryError::BadVersion)?;
         }
@@ -833,7 +833,7 @@ impl Registry {
 
     /// Checks and sets (or clears) a plugin's manifest.
     pub(crate) async fn set_manifest(&self, name: &str, manifest: Option<Manifest>) -> Result<(), RegistryError> {
-        names::name(names::NameKind::Plugin, name).map_err(RegistryError::BadName)?;
+        crate::tenant::check_key(names::NameKind::Plugin, name).map_err(RegistryError::BadName)?;
         if let Some(m) = &manifest {
             m.check().map_err(RegistryError::BadManifest)?;
             for model in &m.models {

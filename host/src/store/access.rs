@@ -1,10 +1,11 @@
 //! What the store keeps for the trust boundary: API tokens (by id, with
-//! only the hash of their secret) and the audit log (append-only, the
+//! only the hash of their secret), the tenants and their quotas, and the
+//! audit log (append-only, the
 //! newest [`AUDIT_KEEP`] entries kept). The store does not interpret
 //! either: [`crate::auth`] does.
 
 use super::record::{decode, encode};
-use super::tables::{AUDIT, SECRETS, TOKENS};
+use super::tables::{AUDIT, SECRETS, TENANTS, TOKENS};
 use super::{Store, StoreError};
 use redb::{ReadableDatabase as _, ReadableTable as _, ReadableTableMetadata as _};
 use serde::{Deserialize, Serialize};
@@ -48,6 +49,44 @@ impl StoredToken {
     ) -> Self {
         Self { name, tenant, scopes, secret_hash, created_at_ms, expires_at_ms, created_by }
     }
+}
+
+/// A tenant an admin made: when, by whom, and its quotas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TenantRecord {
+    /// When it was made (ms since the epoch).
+    pub created_at_ms: u64,
+    /// Name of the token that made it.
+    pub created_by: String,
+    /// Its quotas.
+    #[serde(default)]
+    pub quotas: TenantQuotas,
+}
+
+impl TenantRecord {
+    /// A tenant made now by `created_by`.
+    pub fn new(created_by: String, quotas: TenantQuotas) -> Self {
+        Self { created_at_ms: super::now_ms(), created_by, quotas }
+    }
+}
+
+/// What a tenant may use; `None` is no quota of its own (the host's
+/// limits still hold).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct TenantQuotas {
+    /// Submissions (tasks and flows' tasks from the API) per second,
+    /// refilled continuously.
+    pub submit_per_sec: Option<u32>,
+    /// Submissions allowed at once beyond the rate (the bucket's size;
+    /// default: one second's worth).
+    pub submit_burst: Option<u32>,
+    /// Tasks of the tenant running at once.
+    pub max_running: Option<u32>,
+    /// Tasks of the tenant stored and not yet finished.
+    pub max_unfinished: Option<u64>,
 }
 
 /// One audit entry: who did what to which object, when.
@@ -100,6 +139,31 @@ impl Store {
         })
         .await?;
         rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Every tenant an admin made, by name.
+    pub fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = txn.open_table(TENANTS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (name, value) = entry?;
+            let record = serde_json::from_slice(value.value())
+                .map_err(|e| StoreError::Corrupt(format!("tenant `{}`: {e}", name.value())))?;
+            out.push((name.value().to_owned(), record));
+        }
+        Ok(out)
+    }
+
+    /// Stores tenant `name` (replacing its record).
+    pub(crate) async fn put_tenant(&self, name: String, tenant: TenantRecord) -> Result<(), StoreError> {
+        let json = serde_json::to_vec(&tenant).expect("a tenant record serialises");
+        self.admin(move |txn| {
+            txn.open_table(TENANTS)?.insert(name.as_str(), json.as_slice())?;
+            Ok(())
+        })
+        .await
     }
 
     /// The secret `name` (32 random bytes), made and stored the first time
@@ -191,6 +255,20 @@ mod tests {
         drop(store);
         let store = Store::open(&dir.path().join("s.redb"), true).unwrap();
         assert_eq!(store.tokens().unwrap(), vec![("b".into(), token("two"))]);
+    }
+
+    #[tokio::test]
+    async fn tenants_are_stored_and_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let store = Store::open(&path, true).unwrap();
+        assert!(store.tenants().unwrap().is_empty());
+        let quotas = TenantQuotas { max_running: Some(2), ..TenantQuotas::default() };
+        store.put_tenant("a".into(), TenantRecord::new("root".into(), TenantQuotas::default())).await.unwrap();
+        let replaced = TenantRecord::new("root".into(), quotas);
+        store.put_tenant("a".into(), replaced.clone()).await.unwrap();
+        drop(store);
+        assert_eq!(Store::open(&path, true).unwrap().tenants().unwrap(), vec![("a".into(), replaced)]);
     }
 
     #[tokio::test]

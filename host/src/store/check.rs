@@ -375,7 +375,16 @@ fn check_records(db: &Database, report: &mut CheckReport) -> Result<(), StoreErr
             }
         }
     }
-    report.notes.push(format!("{records} flow, plugin, queue and token records"));
+    if let Some(tenants) = open_or_none(&txn, TENANTS)? {
+        for entry in tenants.iter()? {
+            let (key, value) = entry?;
+            records += 1;
+            if let Err(e) = serde_json::from_slice::<super::TenantRecord>(value.value()) {
+                tally.add("tenants do not decode", || format!("{}: {e}", key.value()));
+            }
+        }
+    }
+    report.notes.push(format!("{records} flow, plugin, queue, token and tenant records"));
     tally.into_problems(&mut report.problems);
     Ok(())
 }
@@ -592,6 +601,7 @@ fn salvage(path: &Path, report: &mut RepairReport) -> Result<(), StoreError> {
         ("queues", copy_table(&src, &txn, QUEUES)?),
         ("cache", copy_table(&src, &txn, CACHE)?),
         ("tokens", copy_table(&src, &txn, TOKENS)?),
+        ("tenants", copy_table(&src, &txn, TENANTS)?),
         ("audit", copy_table(&src, &txn, AUDIT)?),
         ("secrets", copy_table(&src, &txn, SECRETS)?),
         ("callbacks", copy_table(&src, &txn, CALLBACKS)?),

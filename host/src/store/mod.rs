@@ -18,7 +18,7 @@ mod open;
 mod record;
 mod tables;
 
-pub use access::{AUDIT_KEEP, AuditEntry, StoredToken};
+pub use access::{AUDIT_KEEP, AuditEntry, StoredToken, TenantQuotas, TenantRecord};
 pub use commit::WriteFault;
 pub use deliveries::CallbackOutcome;
 pub use error::StoreError;
@@ -835,6 +835,7 @@ fn prepare(db: &Database, path: &Path, created: bool) -> Result<(), StoreError> 
         txn.open_table(BY_PLUGIN)?;
         txn.open_table(BY_ITERATION)?;
         txn.open_table(TOKENS)?;
+        txn.open_table(TENANTS)?;
         txn.open_table(AUDIT)?;
         txn.open_table(SECRETS)?;
         txn.open_table(CALLBACKS)?;
@@ -1202,11 +1203,14 @@ pub struct TaskQuery {
     pub queue: Option<String>,
     /// Only this plugin name.
     pub plugin: Option<String>,
+    /// Only this tenant's tasks.
+    pub tenant: Option<String>,
 }
 
 impl TaskQuery {
     fn matches(&self, r: &TaskRecord) -> bool {
-        self.state.is_none_or(|s| s == r.state)
+        self.tenant.as_deref().is_none_or(|t| t == crate::tenant::tenant_of(&r.plugin))
+            && self.state.is_none_or(|s| s == r.state)
             && self.queue.as_deref().is_none_or(|q| q == r.queue)
             && self.plugin.as_deref().is_none_or(|p| p == r.plugin)
     }

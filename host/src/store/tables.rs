@@ -49,6 +49,10 @@ pub(crate) const BY_ITERATION: TableDefinition<'_, (u128, u32, u128), ()> = Tabl
 /// Token id → [`StoredToken`](super::StoredToken): API tokens, each with
 /// only the hash of its secret.
 pub(crate) const TOKENS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tokens");
+/// Tenant name → [`TenantRecord`](super::TenantRecord) as JSON (so a
+/// quota added later reads in files written before it): the tenants an
+/// admin made, beside the default one.
+pub(crate) const TENANTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("tenants");
 /// Entry id (a UUIDv7, so time order) → [`AuditEntry`](super::AuditEntry).
 pub(crate) const AUDIT: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("audit");
 /// Secret name (e.g. `callbacks/default`) → random bytes the host made

@@ -649,7 +649,12 @@ async fn indexed_listing_matches_a_full_scan_and_survives_a_reopen() {
     let mut queries = vec![TaskQuery::default()];
     for state in TaskState::ALL {
         queries.push(TaskQuery { state: Some(state), ..TaskQuery::default() });
-        queries.push(TaskQuery { state: Some(state), queue: Some("b".into()), plugin: Some("q".into()) });
+        queries.push(TaskQuery {
+            state: Some(state),
+            queue: Some("b".into()),
+            plugin: Some("q".into()),
+            ..TaskQuery::default()
+        });
     }
     for queue in ["a", "b", "c", "none"] {
         queries.push(TaskQuery { queue: Some(queue.into()), ..TaskQuery::default() });

@@ -17,7 +17,7 @@ pub struct TokenRequest {
     pub name: String,
     /// Its scopes: `admin`, `plugins`, `submit`, `read`, `metrics`.
     pub scopes: Vec<String>,
-    /// Its tenant (default `default`).
+    /// Its tenant (default: the tenant the request acts in).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// When it stops working (RFC 3339); never when absent.

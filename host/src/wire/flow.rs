@@ -5,6 +5,7 @@
 use super::{Output, TaskError, time};
 use crate::engine::FlowView;
 use crate::store::{FlowState, RepeatKind, TaskRecord, TaskState};
+use crate::tenant::Namespace;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
@@ -135,6 +136,16 @@ pub struct FlowNode {
 }
 
 impl Flow {
+    /// The same, with plugin and queue names as tenant `ns` wrote them.
+    pub fn in_namespace(mut self, ns: &Namespace) -> Self {
+        fn node(n: &mut FlowNode, ns: &Namespace) {
+            n.plugin = ns.name_of(&n.plugin);
+            n.queue = ns.name_of(&n.queue);
+            n.children.iter_mut().for_each(|c| node(c, ns));
+        }
+        self.tree.iter_mut().for_each(|n| node(n, ns));
+        self
+    }
     /// The wire view of `view`.
     pub fn new(view: &FlowView) -> Self {
         let flow = &view.flow;

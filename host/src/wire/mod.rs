@@ -8,6 +8,7 @@
 //! - [`plugin`]: plugin versions, details and lists;
 //! - [`queue`]: queue settings and depths;
 //! - [`access`]: API tokens and the audit log;
+//! - [`tenant`]: tenants, their quotas and usage;
 //! - [`error`]: the one error body, [`ErrorBody`];
 //! - [`model`]: the model registry's views ([`ModelsView`] and friends,
 //!   defined beside the registry in [`crate::inference`]);
@@ -28,6 +29,7 @@ pub mod model;
 pub mod plugin;
 pub mod queue;
 pub mod task;
+pub mod tenant;
 
 pub use access::{
     AuditPage, AuditRecord, CallbackSecret, TokenCreated, TokenInfo, TokenList, TokenRequest, TokenRevoked,
@@ -44,6 +46,8 @@ pub use task::{
     BatchAnswer, BatchItem, BatchRefusal, BatchSubmission, CallbackDelivery, History, HistoryEntry, Submitted, Task,
     TaskError, TaskLimits, TaskPage, TaskSubmission,
 };
+
+pub use tenant::{Quotas, Tenant, TenantChange, TenantList, Usage};
 
 pub use model::{ModelRemoved, ModelState, ModelView, ModelsView, RuntimeView, TensorView};
 

@@ -4,6 +4,7 @@
 
 use super::{ErrorDetail, Output, time};
 use crate::store::{self, CallbackOutcome, StoredFailure, TaskRecord, TaskState, Transition};
+use crate::tenant::Namespace;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
@@ -135,6 +136,16 @@ pub struct Task {
 }
 
 impl Task {
+    /// The same, with its names (plugin, queue, idempotency key) as
+    /// tenant `ns` wrote them, not as the host keys them.
+    pub fn in_namespace(mut self, ns: &Namespace) -> Self {
+        self.plugin = ns.name_of(&self.plugin);
+        self.queue = ns.name_of(&self.queue);
+        if let Some(key) = self.idempotency_key.take() {
+            self.idempotency_key = Some(crate::tenant::split_idempotency(&key).1.to_owned());
+        }
+        self
+    }
     /// The view of `record`, with its output if given.
     pub fn new(record: &TaskRecord, output: Option<&[u8]>) -> Self {
         Self {
@@ -369,6 +380,12 @@ impl TaskPage {
     /// The page of `records`, continued at `next_cursor`.
     pub fn new(records: &[TaskRecord], next_cursor: Option<Uuid>) -> Self {
         Self { tasks: records.iter().map(|r| Task::new(r, None)).collect(), next_cursor }
+    }
+
+    /// The same, with names as tenant `ns` wrote them.
+    pub fn in_namespace(mut self, ns: &Namespace) -> Self {
+        self.tasks = self.tasks.into_iter().map(|t| t.in_namespace(ns)).collect();
+        self
     }
 }
 

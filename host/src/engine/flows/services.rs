@@ -164,10 +164,21 @@ impl AttemptServices {
                 limits.max_depth
             ))));
         }
+        // A child belongs to its parent's tenant: its names are that
+        // tenant's (a name cannot reach into another).
+        let ns = crate::tenant::Namespace::new(crate::tenant::tenant_of(&self.task.plugin));
+        let names = ns.plugin_ref(&spec.plugin).and_then(|plugin| {
+            let queue = spec.queue.as_deref().map(|q| ns.key(crate::names::NameKind::Queue, q)).transpose()?;
+            Ok((plugin, queue))
+        });
+        let (plugin, queue) = match names {
+            Ok(names) => names,
+            Err(e) => return Ok(Err(QueueError::Invalid(e.to_string()))),
+        };
         let new = NewTask {
-            plugin: spec.plugin,
+            plugin,
             input: spec.input,
-            queue: Some(spec.queue.unwrap_or_else(|| self.task.queue.clone())),
+            queue: Some(queue.unwrap_or_else(|| self.task.queue.clone())),
             priority: Some(spec.priority.unwrap_or(self.task.priority)),
             delay_ms: spec.delay_ms,
             parent_id: Some(self.task.id),

@@ -77,6 +77,31 @@ fn repeat_object<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Repeat
     }
 }
 
+impl FlowSpec {
+    /// The spec with its plugin and queue names turned into `ns`'s keys
+    /// (a name that is not one is refused: none reaches another tenant).
+    pub fn in_namespace(mut self, ns: &crate::tenant::Namespace) -> Result<Self, crate::names::NameError> {
+        use crate::names::NameKind;
+        fn walk(node: &mut Node, ns: &crate::tenant::Namespace) -> Result<(), crate::names::NameError> {
+            match node {
+                Node::Series { series: nodes } | Node::Parallel { parallel: nodes } | Node::List(nodes) => {
+                    nodes.iter_mut().try_for_each(|n| walk(n, ns))
+                }
+                Node::Step(step) => {
+                    step.plugin = ns.plugin_ref(&step.plugin)?;
+                    step.queue = step.queue.as_deref().map(|q| ns.key(NameKind::Queue, q)).transpose()?;
+                    Ok(())
+                }
+            }
+        }
+        walk(&mut self.steps, ns)?;
+        if ns.tenant() != crate::tenant::DEFAULT || self.queue.is_some() {
+            self.queue = Some(ns.key(NameKind::Queue, self.queue.as_deref().unwrap_or("default"))?);
+        }
+        Ok(self)
+    }
+}
+
 /// One node of the step tree.
 #[derive(Debug, Clone)]
 pub enum Node {

@@ -1,0 +1,253 @@
+//! Tenants: the namespaces an admin made beside [`tenant::DEFAULT`] and
+//! their quotas. Submissions are checked here (a token bucket per tenant,
+//! and its stored unfinished tasks); the scheduler holds each tenant's cap
+//! on running tasks ([`Scheduler::configure_tenant`]).
+//!
+//! [`Scheduler::configure_tenant`]: super::scheduler::Scheduler::configure_tenant
+
+use super::EngineError;
+use crate::store::{Store, TenantQuotas, TenantRecord};
+use crate::sync::{lock, read, write};
+use crate::tenant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+/// Most tenants a host keeps.
+pub const MAX_TENANTS: usize = 10_000;
+
+/// A tenant's submission bucket: tokens left and when they were counted.
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+pub(crate) struct Tenants {
+    store: Store,
+    known: RwLock<HashMap<String, TenantRecord>>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    /// Tasks each tenant submitted that are not yet counted as stored
+    /// (between their check and their admission).
+    pending: Mutex<HashMap<String, u64>>,
+    /// Serialises changes, so two creations cannot both pass the count.
+    changes: tokio::sync::Mutex<()>,
+}
+
+/// A tenant's submissions counted as pending until dropped (once the
+/// tasks are admitted, or refused); nothing for a tenant without the
+/// quota.
+pub(crate) struct Pending(Option<(Arc<Tenants>, String, u64)>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some((tenants, tenant, n)) = self.0.take() else { return };
+        let mut pending = lock(&tenants.pending);
+        if let Some(count) = pending.get_mut(&tenant) {
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                pending.remove(&tenant);
+            }
+        }
+    }
+}
+
+impl Tenants {
+    /// The tenants stored in `store`.
+    pub(crate) fn load(store: Store) -> Result<Self, EngineError> {
+        let known = store.tenants()?.into_iter().collect();
+        Ok(Self {
+            store,
+            known: RwLock::new(known),
+            buckets: Mutex::default(),
+            pending: Mutex::default(),
+            changes: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Whether `name` is a tenant (the default one always is).
+    pub(crate) fn exists(&self, name: &str) -> bool {
+        name == tenant::DEFAULT || read(&self.known).contains_key(name)
+    }
+
+    /// Tenant `name`'s record; the default tenant has one without quotas
+    /// until an admin sets some.
+    pub(crate) fn get(&self, name: &str) -> Option<TenantRecord> {
+        let known = read(&self.known).get(name).cloned();
+        known.or_else(|| (name == tenant::DEFAULT).then(|| TenantRecord::new("serve".into(), TenantQuotas::default())))
+    }
+
+    /// Every tenant, by name, the default one first.
+    pub(crate) fn list(&self) -> Vec<(String, TenantRecord)> {
+        let mut out: Vec<_> = read(&self.known).iter().map(|(n, r)| (n.clone(), r.clone())).collect();
+        if !out.iter().any(|(n, _)| n == tenant::DEFAULT) {
+            out.push((tenant::DEFAULT.to_owned(), self.get(tenant::DEFAULT).expect("always")));
+        }
+        out.sort_by(|a, b| (a.0 != tenant::DEFAULT, &a.0).cmp(&(b.0 != tenant::DEFAULT, &b.0)));
+        out
+    }
+
+    /// Makes tenant `name`, or sets its quotas; whether it was made.
+    pub(crate) async fn put(&self, name: &str, quotas: TenantQuotas, by: &str) -> Result<bool, EngineError> {
+        crate::names::name(crate::names::NameKind::Tenant, name)
+            .map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        check_quotas(&quotas)?;
+        let _change = self.changes.lock().await;
+        let existing = read(&self.known).get(name).cloned();
+        let created = existing.is_none();
+        if created && read(&self.known).len() >= MAX_TENANTS {
+            return Err(EngineError::LimitReached(format!("{MAX_TENANTS} tenants exist already")));
+        }
+        let record = match existing {
+            Some(mut record) => {
+                record.quotas = quotas;
+                record
+            }
+            None => TenantRecord::new(by.to_owned(), quotas),
+        };
+        self.store.put_tenant(name.to_owned(), record.clone()).await?;
+        write(&self.known).insert(name.to_owned(), record);
+        // A changed rate starts from a full bucket.
+        lock(&self.buckets).remove(name);
+        Ok(created)
+    }
+
+    /// Takes one submission from `tenant`'s bucket, or refuses.
+    pub(crate) fn take_submission(&self, tenant: &str) -> Result<(), EngineError> {
+        let Some(quotas) = read(&self.known).get(tenant).map(|r| r.quotas.clone()) else {
+            return Ok(());
+        };
+        let Some(rate) = quotas.submit_per_sec else { return Ok(()) };
+        let size = f64::from(quotas.submit_burst.unwrap_or(rate).max(1));
+        let rate = f64::from(rate);
+        let now = Instant::now();
+        let mut buckets = lock(&self.buckets);
+        let bucket = buckets.entry(tenant.to_owned()).or_insert(Bucket { tokens: size, at: now });
+        bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(size);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            return Ok(());
+        }
+        let wait = ((1.0 - bucket.tokens) / rate.max(f64::MIN_POSITIVE)).ceil().clamp(1.0, 3600.0) as u32;
+        Err(EngineError::QuotaExceeded {
+            tenant: tenant.to_owned(),
+            quota: "submit_per_sec",
+            message: format!("more than {rate} submissions per second (burst {size})"),
+            retry_after_secs: Some(wait),
+        })
+    }
+
+    /// Counts `n` more unfinished tasks of `tenant` as pending, or refuses
+    /// when its stored unfinished tasks (`stored()`, read only for a
+    /// tenant with the quota) and those pending would pass its quota.
+    pub(crate) fn reserve_unfinished(
+        self: &Arc<Self>,
+        tenant: &str,
+        stored: impl FnOnce() -> u64,
+        n: u64,
+    ) -> Result<Pending, EngineError> {
+        let Some(max) = read(&self.known).get(tenant).and_then(|r| r.quotas.max_unfinished) else {
+            return Ok(Pending(None));
+        };
+        // Read under the lock: a task admitted meanwhile is counted as
+        // stored or still as pending (at worst both, for a moment), never
+        // as neither, so the quota is never passed.
+        let mut pending = lock(&self.pending);
+        let stored = stored();
+        let count = pending.entry(tenant.to_owned()).or_default();
+        if stored + *count + n > max {
+            let count = *count;
+            if count == 0 {
+                pending.remove(tenant);
+            }
+            return Err(EngineError::QuotaExceeded {
+                tenant: tenant.to_owned(),
+                quota: "max_unfinished",
+                message: format!("{} unfinished tasks are stored or on their way; the quota is {max}", stored + count),
+                retry_after_secs: None,
+            });
+        }
+        *count += n;
+        Ok(Pending(Some((self.clone(), tenant.to_owned(), n))))
+    }
+}
+
+/// A quota of zero would refuse everything: say so rather than store it.
+fn check_quotas(q: &TenantQuotas) -> Result<(), EngineError> {
+    let zero = [
+        ("submit_per_sec", q.submit_per_sec.map(u64::from)),
+        ("submit_burst", q.submit_burst.map(u64::from)),
+        ("max_running", q.max_running.map(u64::from)),
+        ("max_unfinished", q.max_unfinished),
+    ]
+    .into_iter()
+    .find(|(_, v)| *v == Some(0));
+    match zero {
+        Some((name, _)) => Err(EngineError::InvalidRequest(format!(
+            "quota `{name}` must be at least 1 (leave it out for no quota of the tenant's own)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn tenants() -> (tempfile::TempDir, Arc<Tenants>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), true).unwrap();
+        (dir, Arc::new(Tenants::load(store).unwrap()))
+    }
+
+    #[tokio::test]
+    async fn tenants_are_made_listed_and_their_quotas_checked() {
+        let (_dir, t) = tenants().await;
+        assert!(t.exists(tenant::DEFAULT) && !t.exists("a"));
+        assert!(t.put("a", TenantQuotas::default(), "root").await.unwrap());
+        assert!(!t.put("a", TenantQuotas::default(), "root").await.unwrap(), "a second put changes it");
+        assert!(t.exists("a"));
+        let names: Vec<_> = t.list().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(names, [tenant::DEFAULT, "a"]);
+        assert!(matches!(t.put("a b", TenantQuotas::default(), "root").await, Err(EngineError::InvalidRequest(_))));
+        let zero = TenantQuotas { max_running: Some(0), ..TenantQuotas::default() };
+        let e = t.put("a", zero, "root").await.unwrap_err().to_string();
+        assert!(e.contains("`max_running` must be at least 1"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_bucket_allows_a_burst_then_refuses_with_a_wait() {
+        let (_dir, t) = tenants().await;
+        let quotas = TenantQuotas { submit_per_sec: Some(1), submit_burst: Some(3), ..TenantQuotas::default() };
+        t.put("a", quotas, "root").await.unwrap();
+        for _ in 0..3 {
+            t.take_submission("a").unwrap();
+        }
+        match t.take_submission("a") {
+            Err(EngineError::QuotaExceeded { quota: "submit_per_sec", retry_after_secs: Some(1), .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        // Other tenants have their own buckets (the default none at all).
+        for _ in 0..100 {
+            t.take_submission(tenant::DEFAULT).unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn unfinished_tasks_on_their_way_count_until_dropped() {
+        let (_dir, t) = tenants().await;
+        t.put("a", TenantQuotas { max_unfinished: Some(5), ..TenantQuotas::default() }, "root").await.unwrap();
+        let first = t.reserve_unfinished("a", || 2, 3).unwrap();
+        let e = t.reserve_unfinished("a", || 2, 1).err().unwrap().to_string();
+        assert!(e.contains("5 unfinished tasks") && e.contains("quota `max_unfinished`"), "{e}");
+        drop(first);
+        let again = t.reserve_unfinished("a", || 2, 3).unwrap();
+        assert!(lock(&t.pending).contains_key("a"));
+        drop(again);
+        assert!(lock(&t.pending).is_empty(), "nothing is held once admitted");
+        // A tenant without the quota is not counted (nor its tasks read).
+        let _free = t.reserve_unfinished(tenant::DEFAULT, || unreachable!(), 1_000_000).unwrap();
+        assert!(lock(&t.pending).is_empty());
+    }
+}

@@ -1,0 +1,135 @@
+//! Tenants on the wire: `GET /v1/tenants` ([`TenantList`]),
+//! `PUT /v1/tenants/{name}` ([`TenantChange`] in, [`Tenant`] out) and
+//! `GET /v1/tenants/{name}` ([`Tenant`], with what it uses now).
+
+use super::time;
+use crate::engine::TenantUsage;
+use crate::store::{TenantQuotas, TenantRecord};
+use serde::{Deserialize, Serialize};
+
+/// A tenant's quotas; `null` is no quota of its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Quotas {
+    /// Task (or flow) submissions per second.
+    #[serde(default)]
+    pub submit_per_sec: Option<u32>,
+    /// Submissions allowed at once beyond the rate (default: one second's
+    /// worth).
+    #[serde(default)]
+    pub submit_burst: Option<u32>,
+    /// Tasks running at once.
+    #[serde(default)]
+    pub max_running: Option<u32>,
+    /// Tasks stored and not yet finished.
+    #[serde(default)]
+    pub max_unfinished: Option<u64>,
+}
+
+impl From<&TenantQuotas> for Quotas {
+    fn from(q: &TenantQuotas) -> Self {
+        Self {
+            submit_per_sec: q.submit_per_sec,
+            submit_burst: q.submit_burst,
+            max_running: q.max_running,
+            max_unfinished: q.max_unfinished,
+        }
+    }
+}
+
+impl From<&Quotas> for TenantQuotas {
+    fn from(q: &Quotas) -> Self {
+        Self {
+            submit_per_sec: q.submit_per_sec,
+            submit_burst: q.submit_burst,
+            max_running: q.max_running,
+            max_unfinished: q.max_unfinished,
+        }
+    }
+}
+
+/// What a tenant uses now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Usage {
+    /// Tasks stored and not yet finished.
+    pub unfinished: u64,
+    /// Tasks ready to run.
+    pub ready: u64,
+    /// Tasks waiting for their time (delayed or retrying).
+    pub delayed: u64,
+    /// Tasks running.
+    pub running: u64,
+    /// Plugins.
+    pub plugins: u64,
+}
+
+impl From<&TenantUsage> for Usage {
+    fn from(u: &TenantUsage) -> Self {
+        Self { unfinished: u.unfinished, ready: u.ready, delayed: u.delayed, running: u.running, plugins: u.plugins }
+    }
+}
+
+/// A tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Tenant {
+    /// Its name.
+    pub name: String,
+    /// When it was made.
+    pub created_at: String,
+    /// The token that made it.
+    pub created_by: String,
+    /// Its quotas.
+    pub quotas: Quotas,
+    /// What it uses now (`GET /v1/tenants/{name}` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+}
+
+impl Tenant {
+    /// Tenant `name` as stored, with `usage` when known.
+    pub fn new(name: impl Into<String>, record: &TenantRecord, usage: Option<&TenantUsage>) -> Self {
+        Self {
+            name: name.into(),
+            created_at: time(record.created_at_ms),
+            created_by: record.created_by.clone(),
+            quotas: Quotas::from(&record.quotas),
+            usage: usage.map(Usage::from),
+        }
+    }
+}
+
+/// `GET /v1/tenants`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct TenantList {
+    /// Every tenant, the default one first.
+    pub tenants: Vec<Tenant>,
+}
+
+impl TenantList {
+    /// The list of `tenants`.
+    pub fn new(tenants: Vec<Tenant>) -> Self {
+        Self { tenants }
+    }
+}
+
+/// `PUT /v1/tenants/{name}` body: the tenant's quotas (all of them: one
+/// left out is no quota). Unknown fields are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TenantChange {
+    /// The quotas.
+    #[serde(default)]
+    pub quotas: Quotas,
+}
+
+impl TenantChange {
+    /// A change setting `quotas`.
+    pub fn new(quotas: Quotas) -> Self {
+        Self { quotas }
+    }
+}

@@ -1,0 +1,372 @@
+//! Tenants over real loopback HTTP on the real binary: two tenants may
+//! both have a plugin `uppercase`; neither sees nor touches the other's
+//! tasks, flows, plugins or queues (another tenant's id answers exactly as
+//! one that does not exist, and nothing changes); idempotency keys are per
+//! tenant; only an admin acts in another tenant; quotas refuse with 429
+//! naming the quota and write nothing; a tenant's deep backlog does not
+//! hold back another tenant's tasks.
+
+use crate::recovery::{free_port, start_with};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use taskhost_test_artifacts::UPPERCASE;
+
+/// Makes (or changes) tenant `name` with `quotas`.
+async fn put_tenant(http: &reqwest::Client, base: &str, admin: &str, name: &str, quotas: Value) -> StatusCode {
+    let put = http.put(format!("{base}/v1/tenants/{name}")).bearer_auth(admin).json(&json!({"quotas": quotas}));
+    put.send().await.unwrap().status()
+}
+
+/// A token of `tenant` with `scopes`: its secret, or the refusal.
+async fn tenant_token(
+    http: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    name: &str,
+    tenant: &str,
+    scopes: &[&str],
+) -> Result<String, (StatusCode, Value)> {
+    let created = http
+        .post(format!("{base}/v1/tokens"))
+        .bearer_auth(admin)
+        .json(&json!({"name": name, "tenant": tenant, "scopes": scopes}))
+        .send()
+        .await
+        .unwrap();
+    let status = created.status();
+    let body: Value = created.json().await.unwrap();
+    if status == StatusCode::CREATED { Ok(body["token"].as_str().unwrap().to_owned()) } else { Err((status, body)) }
+}
+
+/// `method path` as `token` (and `tenant` in the header, if given).
+async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    tenant: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = http.request(method, format!("{base}{path}")).bearer_auth(token);
+    if let Some(tenant) = tenant {
+        request = request.header(taskhost::api::TENANT_HEADER, tenant);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn get(http: &reqwest::Client, base: &str, token: &str, path: &str) -> (StatusCode, Value) {
+    call(http, base, token, reqwest::Method::GET, path, None, None).await
+}
+
+async fn post(http: &reqwest::Client, base: &str, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+    call(http, base, token, reqwest::Method::POST, path, None, Some(body)).await
+}
+
+/// Waits until task `id` ended, as `token` sees it.
+async fn ended(http: &reqwest::Client, base: &str, token: &str, id: &str) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let (status, task) = get(http, base, token, &format!("/v1/tasks/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{task}");
+        if ["completed", "failed", "cancelled"].contains(&task["state"].as_str().unwrap()) {
+            return task;
+        }
+        assert!(std::time::Instant::now() < deadline, "task {id} never ended: {task}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The body of a 404 for `id`, with the id taken out: what a client
+/// learns from it.
+fn without(body: &Value, id: &str) -> String {
+    body.to_string().replace(id, "ID")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_neither_see_nor_touch_each_others_objects() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with(data.path(), free_port(), &[]).await;
+    let base = &server.base;
+    let admin = crate::admin_token(data.path()).await;
+    let http = crate::http();
+    assert_eq!(put_tenant(&http, base, &admin, "a", json!({})).await, StatusCode::CREATED);
+    assert_eq!(put_tenant(&http, base, &admin, "b", json!({})).await, StatusCode::CREATED);
+    assert_eq!(put_tenant(&http, base, &admin, "b", json!({})).await, StatusCode::OK, "a second put changes it");
+    assert_eq!(put_tenant(&http, base, &admin, "bad name", json!({})).await, StatusCode::BAD_REQUEST);
+
+    // A token names an existing tenant, and only the operator's tenant
+    // holds what spans tenants.
+    let (status, body) = tenant_token(&http, base, &admin, "x", "nope", &["read"]).await.unwrap_err();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"]["message"].as_str().unwrap().contains("tenant `nope` does not exist"), "{body}");
+    for scope in ["admin", "metrics"] {
+        let (status, body) = tenant_token(&http, base, &admin, "x", "a", &[scope]).await.unwrap_err();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(&format!("`{scope}` scope")), "{body}");
+    }
+    let scopes = ["plugins", "submit", "read"];
+    let ta = tenant_token(&http, base, &admin, "ta", "a", &scopes).await.unwrap();
+    let tb = tenant_token(&http, base, &admin, "tb", "b", &scopes).await.unwrap();
+
+    // Names are per tenant: both upload `uppercase`.
+    for token in [&ta, &tb] {
+        let upload = http.post(format!("{base}/v1/plugins/uppercase")).bearer_auth(token).body(UPPERCASE.bytes());
+        assert_eq!(upload.send().await.unwrap().status(), StatusCode::CREATED);
+    }
+    let (_, plugins) = get(&http, base, &admin, "/v1/plugins").await;
+    assert_eq!(plugins["plugins"], json!([]), "the admin's own tenant has none");
+    let (_, plugins) = call(&http, base, &admin, reqwest::Method::GET, "/v1/plugins", Some("a"), None).await;
+    assert_eq!(plugins["plugins"][0]["name"], "uppercase", "{plugins}");
+    // No name reaches into another tenant.
+    let (status, body) = post(&http, base, &tb, "/v1/tasks", json!({"plugin": "a/uppercase"})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // Idempotency keys are per tenant: the same key makes two tasks.
+    let submit = json!({"plugin": "uppercase", "input": "hello", "idempotency_key": "k"});
+    let (status, a_task) = post(&http, base, &ta, "/v1/tasks", submit.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{a_task}");
+    let (status, b_task) = post(&http, base, &tb, "/v1/tasks", submit).await;
+    assert_eq!(status, StatusCode::CREATED, "b's key is its own: {b_task}");
+    let (a_id, b_id) = (a_task["id"].as_str().unwrap().to_owned(), b_task["id"].as_str().unwrap().to_owned());
+    assert_ne!(a_id, b_id);
+    let done = ended(&http, base, &ta, &a_id).await;
+    assert_eq!(
+        (&done["state"], &done["output"], &done["plugin"]),
+        (&json!("completed"), &json!("HELLO"), &json!("uppercase"))
+    );
+    assert_eq!(
+        (&done["queue"], &done["idempotency_key"]),
+        (&json!("default"), &json!("k")),
+        "names as the tenant wrote them"
+    );
+    ended(&http, base, &tb, &b_id).await;
+
+    // Another tenant's task answers as one that does not exist, on every
+    // route, and stays as it was.
+    let absent = "0190a0a0-0000-7000-8000-000000000000";
+    for (method, suffix) in [("GET", ""), ("GET", "/history"), ("POST", "/cancel"), ("POST", "/retry")] {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let theirs = call(&http, base, &tb, method.clone(), &format!("/v1/tasks/{a_id}{suffix}"), None, None).await;
+        let nobodys = call(&http, base, &tb, method, &format!("/v1/tasks/{absent}{suffix}"), None, None).await;
+        assert_eq!(theirs.0, StatusCode::NOT_FOUND, "{suffix}: {}", theirs.1);
+        assert_eq!((theirs.0, without(&theirs.1, &a_id)), (nobodys.0, without(&nobodys.1, absent)), "{suffix}");
+    }
+    let (_, again) = get(&http, base, &ta, &format!("/v1/tasks/{a_id}")).await;
+    assert_eq!((&again["state"], &again["attempts"]), (&done["state"], &done["attempts"]), "nothing changed");
+    // Listings hold one's own tasks only, filtered or not.
+    for (token, own) in [(&ta, &a_id), (&tb, &b_id)] {
+        for query in ["", "?plugin=uppercase", "?queue=default", "?state=completed"] {
+            let (_, page) = get(&http, base, token, &format!("/v1/tasks{query}")).await;
+            let ids: Vec<&str> = page["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
+            assert_eq!(ids, [own.as_str()], "{query}: {page}");
+        }
+    }
+
+    // Flows: another tenant's flow is not found, and is not cancelled.
+    let (status, flow) = post(&http, base, &ta, "/v1/flows", json!({"steps": [{"plugin": "uppercase"}]})).await;
+    assert_eq!(status, StatusCode::CREATED, "{flow}");
+    assert_eq!(flow["tree"][0]["plugin"], "uppercase");
+    let flow_id = flow["id"].as_str().unwrap();
+    for (method, suffix) in [(reqwest::Method::GET, ""), (reqwest::Method::POST, "/cancel")] {
+        let theirs = call(&http, base, &tb, method.clone(), &format!("/v1/flows/{flow_id}{suffix}"), None, None).await;
+        let nobodys = call(&http, base, &tb, method, &format!("/v1/flows/{absent}{suffix}"), None, None).await;
+        assert_eq!((theirs.0, without(&theirs.1, flow_id)), (nobodys.0, without(&nobodys.1, absent)), "{suffix}");
+    }
+    let (status, flow) = get(&http, base, &ta, &format!("/v1/flows/{flow_id}")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(flow["state"], "cancelled", "{flow}");
+
+    // Queue settings are an admin's; an admin acts in a tenant through the
+    // header, and a tenant's token cannot.
+    let (status, _) = call(&http, base, &ta, reqwest::Method::PUT, "/v1/queues/x", None, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _) = call(&http, base, &admin, reqwest::Method::PUT, "/v1/queues/x", Some("a"), Some(json!({}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = call(&http, base, &ta, reqwest::Method::GET, "/v1/tasks", Some("b"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let (status, _) = call(&http, base, &admin, reqwest::Method::GET, "/v1/tasks", Some("nope"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let queues = |token: String| {
+        let http = http.clone();
+        async move {
+            let (_, list) = get(&http, base, &token, "/v1/queues").await;
+            let mut names: Vec<String> =
+                list["queues"].as_array().unwrap().iter().map(|q| q["name"].as_str().unwrap().to_owned()).collect();
+            names.sort();
+            names
+        }
+    };
+    assert_eq!(queues(ta.clone()).await, ["default", "x"]);
+    assert_eq!(queues(tb.clone()).await, ["default"]);
+
+    // A tenant reads its own record, not another's; the admin reads all.
+    let (status, own) = get(&http, base, &ta, "/v1/tenants/a").await;
+    assert_eq!(status, StatusCode::OK, "{own}");
+    assert_eq!(own["usage"]["plugins"], 1, "{own}");
+    let (status, _) = get(&http, base, &ta, "/v1/tenants/b").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, all) = get(&http, base, &admin, "/v1/tenants").await;
+    let names: Vec<&str> = all["tenants"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["default", "a", "b"]);
+
+    // Metrics carry the tenant.
+    let metrics = http.get(format!("{base}/metrics")).bearer_auth(&admin).send().await.unwrap().text().await.unwrap();
+    for tenant in ["a", "b"] {
+        let series = format!("taskhost_tasks_completed_total{{tenant=\"{tenant}\",queue=\"default\"}}");
+        assert!(crate::metric_value(&metrics, &series) >= 1.0, "{series} in:\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_refuse_with_429_naming_the_quota_and_write_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with(data.path(), free_port(), &[]).await;
+    let base = &server.base;
+    let admin = crate::admin_token(data.path()).await;
+    let http = crate::http();
+    let quotas = json!({"submit_per_sec": 1, "submit_burst": 2, "max_unfinished": 3});
+    assert_eq!(put_tenant(&http, base, &admin, "q", quotas.clone()).await, StatusCode::CREATED);
+    let (status, body) = call(
+        &http,
+        base,
+        &admin,
+        reqwest::Method::PUT,
+        "/v1/tenants/q",
+        None,
+        Some(json!({"quotas": {"max_running": 0}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let token = tenant_token(&http, base, &admin, "tq", "q", &["plugins", "submit", "read"]).await.unwrap();
+    let upload = http.post(format!("{base}/v1/plugins/uppercase")).bearer_auth(&token).body(UPPERCASE.bytes());
+    assert_eq!(upload.send().await.unwrap().status(), StatusCode::CREATED);
+
+    // The rate: a burst of two, then 429 with a wait.
+    let delayed = json!({"plugin": "uppercase", "delay_ms": 600_000});
+    for _ in 0..2 {
+        assert_eq!(post(&http, base, &token, "/v1/tasks", delayed.clone()).await.0, StatusCode::CREATED);
+    }
+    let refused = http.post(format!("{base}/v1/tasks")).bearer_auth(&token).json(&delayed).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "quota_exceeded");
+    assert!(body["error"]["message"].as_str().unwrap().contains("quota `submit_per_sec`"), "{body}");
+
+    // Stored unfinished tasks: the third waits, the fourth is refused.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(post(&http, base, &token, "/v1/tasks", delayed.clone()).await.0, StatusCode::CREATED);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let (status, body) = post(&http, base, &token, "/v1/tasks", delayed.clone()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("quota `max_unfinished`"), "{body}");
+    // Nothing refused was written.
+    let (_, page) = get(&http, base, &token, "/v1/tasks").await;
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 3, "{page}");
+    let (_, tenant) = get(&http, base, &token, "/v1/tenants/q").await;
+    assert_eq!(tenant["usage"]["unfinished"], 3, "{tenant}");
+    assert_eq!(tenant["quotas"]["max_unfinished"], 3, "{tenant}");
+    // Other tenants have quotas of their own (the default none).
+    let admin_http = crate::authed(&admin);
+    crate::recovery::upload(&admin_http, base, "uppercase", UPPERCASE.bytes()).await;
+    for _ in 0..5 {
+        assert_eq!(post(&http, base, &admin, "/v1/tasks", delayed.clone()).await.0, StatusCode::CREATED);
+    }
+}
+
+/// One tenant's deep backlog does not hold back another tenant's tasks:
+/// they run (tenants share first) while the backlog is still deep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_tenants_backlog_does_not_hold_back_a_trickle() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with(data.path(), free_port(), &[]).await;
+    let base = &server.base;
+    let admin = crate::admin_token(data.path()).await;
+    let http = crate::http();
+    let mut tokens = Vec::new();
+    for tenant in ["bulk", "trickle"] {
+        assert_eq!(put_tenant(&http, base, &admin, tenant, json!({})).await, StatusCode::CREATED);
+        let token = tenant_token(&http, base, &admin, tenant, tenant, &["plugins", "submit", "read"]).await.unwrap();
+        let upload = http.post(format!("{base}/v1/plugins/uppercase")).bearer_auth(&token).body(UPPERCASE.bytes());
+        assert_eq!(upload.send().await.unwrap().status(), StatusCode::CREATED);
+        tokens.push(token);
+    }
+    let (bulk, trickle) = (&tokens[0], &tokens[1]);
+    // The backlog, at the highest priority.
+    for _ in 0..3 {
+        let tasks: Vec<Value> =
+            (0..10_000).map(|n| json!({"plugin": "uppercase", "input": format!("n{n}"), "priority": 9})).collect();
+        let (status, _) = post(&http, base, bulk, "/v1/tasks:batch", json!({"tasks": tasks})).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (status, task) =
+            post(&http, base, trickle, "/v1/tasks", json!({"plugin": "uppercase", "input": "x"})).await;
+        assert_eq!(status, StatusCode::CREATED, "{task}");
+        ids.push(task["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        assert_eq!(ended(&http, base, trickle, id).await["state"], "completed");
+    }
+    let (_, usage) = get(&http, base, &admin, "/v1/tenants/bulk").await;
+    let left = usage["usage"]["unfinished"].as_u64().unwrap();
+    assert!(left > 1_000, "the trickle ran while the backlog was deep ({left} of 30,000 left)");
+}
+
+fn taskhost(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = crate::cli::taskhost_with_env(args, env, b"");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `taskhost tenants put|list|show`, `tokens create --tenant`, and
+/// `--tenant` for an admin acting in a tenant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_makes_tenants_and_acts_in_them() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with(data.path(), free_port(), &[]).await;
+    let dir = data.path().to_str().unwrap();
+    let env = [("TASKHOST_SERVER", server.base.as_str())];
+    let (ok, out, err) = taskhost(&["tenants", "put", "acme", "--max-running", "2", "--data", dir], &env);
+    assert!(ok, "{err}");
+    let tenant: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((&tenant["name"], &tenant["quotas"]["max_running"]), (&json!("acme"), &json!(2)), "{out}");
+    let (ok, token, err) = taskhost(
+        &["tokens", "create", "acme-ci", "--tenant", "acme", "--scope", "plugins", "--scope", "read", "--data", dir],
+        &env,
+    );
+    assert!(ok, "{err}");
+    let token = token.trim();
+    let (ok, _, err) = taskhost(&["plugins", "add", UPPERCASE.path, "--name", "uppercase", "--token", token], &env);
+    assert!(ok, "{err}");
+    // The list is a table: a header, then a line per plugin.
+    let names = |out: &str| -> Vec<String> {
+        out.lines().skip(1).filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect()
+    };
+    let (ok, out, err) = taskhost(&["plugins", "list", "--data", dir], &env);
+    assert!(ok, "{err}");
+    assert!(names(&out).is_empty(), "the admin's own tenant has none: {out}");
+    let (ok, out, err) = taskhost(&["plugins", "list", "--tenant", "acme", "--data", dir], &env);
+    assert!(ok, "{err}");
+    assert_eq!(names(&out), ["uppercase"]);
+    // The tenant's token reads its own record; another tenant it may not
+    // act in.
+    let (ok, out, err) = taskhost(&["tenants", "show", "acme", "--token", token], &env);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"plugins\": 1"), "{out}");
+    let (ok, _, err) = taskhost(&["plugins", "list", "--tenant", "default", "--token", token], &env);
+    assert!(!ok && err.contains("only an admin token may act in another tenant"), "{err}");
+    let (ok, out, err) = taskhost(&["tenants", "list", "--data", dir], &env);
+    assert!(ok && out.contains("\"acme\""), "{err}");
+}
