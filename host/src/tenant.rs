@@ -44,8 +44,12 @@ pub(crate) fn split_idempotency(key: &str) -> (&str, &str) {
 pub(crate) fn check_key(kind: NameKind, key: &str) -> Result<(), NameError> {
     let (tenant, name) = split(key);
     names::name(kind, name)?;
-    if tenant != DEFAULT {
+    if key.contains(SEP) {
+        // The default tenant's keys are bare names: `default/x` is none.
         names::name(NameKind::Tenant, tenant)?;
+        if tenant == DEFAULT {
+            return Err(NameError { kind, name: key.to_owned() });
+        }
     }
     Ok(())
 }
@@ -87,7 +91,10 @@ impl Namespace {
         };
         let key = self.key(NameKind::Plugin, name)?;
         Ok(match version {
-            Some(version) => format!("{key}@{version}"),
+            Some(version) => {
+                names::version(version)?;
+                format!("{key}@{version}")
+            }
             None => key,
         })
     }
@@ -141,7 +148,7 @@ mod tests {
     #[test]
     fn a_name_cannot_name_another_tenants_key() {
         for ns in [Namespace::default_tenant(), Namespace::new("b")] {
-            for bad in ["a/resize", "a/resize@1", "/x", "x/"] {
+            for bad in ["a/resize", "a/resize@1", "/x", "x/", "x@a/resize", "x@1/2"] {
                 assert!(ns.key(NameKind::Plugin, bad).is_err() || ns.plugin_ref(bad).is_err(), "{bad}");
                 assert!(ns.plugin_ref(bad).is_err(), "{bad}");
             }
@@ -152,7 +159,7 @@ mod tests {
     fn keys_are_checked_in_both_parts() {
         assert!(check_key(NameKind::Queue, "q").is_ok());
         assert!(check_key(NameKind::Queue, "a/q").is_ok());
-        for bad in ["a/b/q", "/q", "a/", "-a/q", "a/q q"] {
+        for bad in ["a/b/q", "/q", "a/", "-a/q", "a/q q", "default/q"] {
             assert!(check_key(NameKind::Queue, bad).is_err(), "{bad}");
         }
     }

@@ -216,6 +216,17 @@ async fn tenants_neither_see_nor_touch_each_others_objects() {
     let names: Vec<&str> = all["tenants"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["default", "a", "b"]);
 
+    // Each tenant signs its callbacks with a key of its own.
+    let mut keys = Vec::new();
+    for (token, tenant) in [(&admin, "default"), (&ta, "a"), (&tb, "b")] {
+        let (status, key) = get(&http, base, token, "/v1/callbacks/secret").await;
+        assert_eq!((status, &key["tenant"]), (StatusCode::OK, &json!(tenant)), "{key}");
+        keys.push(key["secret"].as_str().unwrap().to_owned());
+    }
+    assert!(keys[0] != keys[1] && keys[1] != keys[2] && keys[0] != keys[2]);
+    let (_, as_a) = call(&http, base, &admin, reqwest::Method::GET, "/v1/callbacks/secret", Some("a"), None).await;
+    assert_eq!(as_a["secret"].as_str().unwrap(), keys[1], "an admin reads a tenant's key by acting in it");
+
     // Metrics carry the tenant.
     let metrics = http.get(format!("{base}/metrics")).bearer_auth(&admin).send().await.unwrap().text().await.unwrap();
     for tenant in ["a", "b"] {
@@ -250,15 +261,20 @@ async fn quotas_refuse_with_429_naming_the_quota_and_write_nothing() {
 
     // The rate: a burst of two, then 429 with a wait.
     let delayed = json!({"plugin": "uppercase", "delay_ms": 600_000});
-    for _ in 0..2 {
-        assert_eq!(post(&http, base, &token, "/v1/tasks", delayed.clone()).await.0, StatusCode::CREATED);
-    }
+    let keyed = json!({"plugin": "uppercase", "delay_ms": 600_000, "idempotency_key": "again"});
+    let (status, first) = post(&http, base, &token, "/v1/tasks", keyed.clone()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(post(&http, base, &token, "/v1/tasks", delayed.clone()).await.0, StatusCode::CREATED);
     let refused = http.post(format!("{base}/v1/tasks")).bearer_auth(&token).json(&delayed).send().await.unwrap();
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(refused.headers().contains_key("retry-after"));
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "quota_exceeded");
     assert!(body["error"]["message"].as_str().unwrap().contains("quota `submit_per_sec`"), "{body}");
+    // A key seen before still answers with its task: a replay costs no
+    // quota.
+    let (status, replay) = post(&http, base, &token, "/v1/tasks", keyed).await;
+    assert_eq!((status, &replay["id"]), (StatusCode::OK, &first["id"]), "{replay}");
 
     // Stored unfinished tasks: the third waits, the fourth is refused.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
@@ -369,4 +385,80 @@ async fn the_cli_makes_tenants_and_acts_in_them() {
     assert!(!ok && err.contains("only an admin token may act in another tenant"), "{err}");
     let (ok, out, err) = taskhost(&["tenants", "list", "--data", dir], &env);
     assert!(ok && out.contains("\"acme\""), "{err}");
+}
+
+/// Uploads `bytes` as plugin `name` with `token`: the status and body.
+async fn upload(http: &reqwest::Client, base: &str, token: &str, name: &str, bytes: Vec<u8>) -> (StatusCode, Value) {
+    let response = http.post(format!("{base}/v1/plugins/{name}")).bearer_auth(token).body(bytes).send().await.unwrap();
+    let status = response.status();
+    (status, response.json().await.unwrap())
+}
+
+fn refused_by(status: StatusCode, body: &Value, code: &str, quota: &str) {
+    assert_eq!(body["error"]["code"], code, "{status}: {body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("quota `{quota}`")), "{message}");
+}
+
+/// A tenant's ceilings hold its tasks' limits (asked above: refused; a
+/// default above: lowered); its plugin quotas refuse a name, a version or
+/// a component too many or too large; its stored bytes refuse an input
+/// that would pass them. Nothing refused is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ceilings_plugin_quotas_and_stored_bytes() {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with(data.path(), free_port(), &[]).await;
+    let base = &server.base;
+    let admin = crate::admin_token(data.path()).await;
+    let http = crate::http();
+    let quotas = json!({"max_fuel": 50_000_000, "max_timeout_ms": 5_000, "max_plugins": 1, "max_plugin_versions": 1,
+        "max_stored_bytes": 64});
+    assert_eq!(put_tenant(&http, base, &admin, "c", quotas).await, StatusCode::CREATED);
+    let token = tenant_token(&http, base, &admin, "tc", "c", &["plugins", "submit", "read"]).await.unwrap();
+
+    // Plugins: one name, one version.
+    assert_eq!(upload(&http, base, &token, "uppercase", UPPERCASE.bytes()).await.0, StatusCode::CREATED);
+    let (status, body) = upload(&http, base, &token, "other", UPPERCASE.bytes()).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    refused_by(status, &body, "quota_exceeded", "max_plugins");
+    let (status, body) = upload(&http, base, &token, "uppercase", taskhost_test_artifacts::TRIVIAL.bytes()).await;
+    refused_by(status, &body, "quota_exceeded", "max_plugin_versions");
+    let (_, plugins) = get(&http, base, &token, "/v1/plugins").await;
+    assert_eq!(plugins["plugins"].as_array().unwrap().len(), 1, "{plugins}");
+    assert_eq!(plugins["plugins"][0]["versions"].as_array().unwrap().len(), 1, "{plugins}");
+
+    // Ceilings: asked above is refused, the default is lowered.
+    let (status, body) =
+        post(&http, base, &token, "/v1/tasks", json!({"plugin": "uppercase", "fuel": 60_000_000})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    refused_by(status, &body, "invalid_request", "max_fuel");
+    let (status, body) =
+        post(&http, base, &token, "/v1/tasks", json!({"plugin": "uppercase", "timeout_ms": 6_000})).await;
+    refused_by(status, &body, "invalid_request", "max_timeout_ms");
+    let (status, task) = post(&http, base, &token, "/v1/tasks", json!({"plugin": "uppercase", "input": "abc"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    let done = ended(&http, base, &token, task["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!((&done["limits"]["fuel"], &done["limits"]["timeout_ms"]), (&json!(50_000_000), &json!(5_000)), "{done}");
+
+    // Stored bytes: the input and output kept so far, then one input too
+    // many.
+    let (_, tenant) = get(&http, base, &token, "/v1/tenants/c").await;
+    let kept = tenant["usage"]["stored_bytes"].as_u64().unwrap();
+    let expected = done["input_bytes"].as_u64().unwrap() + done["output_bytes"].as_u64().unwrap();
+    assert_eq!(kept, expected, "{tenant}");
+    let too_much = "x".repeat((64 - kept) as usize); // and its two quotes
+    let (status, body) =
+        post(&http, base, &token, "/v1/tasks", json!({"plugin": "uppercase", "input": too_much})).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    refused_by(status, &body, "quota_exceeded", "max_stored_bytes");
+    let (_, page) = get(&http, base, &token, "/v1/tasks").await;
+    assert_eq!(page["tasks"].as_array().unwrap().len(), 1, "nothing refused was written: {page}");
+
+    // The component size.
+    let small = json!({"max_plugin_bytes": 1_000});
+    assert_eq!(put_tenant(&http, base, &admin, "d", small).await, StatusCode::CREATED);
+    let token = tenant_token(&http, base, &admin, "td", "d", &["plugins"]).await.unwrap();
+    let (status, body) = upload(&http, base, &token, "uppercase", UPPERCASE.bytes()).await;
+    refused_by(status, &body, "quota_exceeded", "max_plugin_bytes");
 }

@@ -30,20 +30,28 @@ impl From<ModelsError> for ApiError {
     }
 }
 
-/// A model as tenant `ns` sees it: of the plugins granted it, only its
-/// own (by their names in it), so no tenant learns another's plugins.
-fn in_namespace(mut view: ModelView, ns: &Namespace) -> ModelView {
+/// A model as tenant `ns` sees it, if it sees it at all: another tenant
+/// sees only models granted to its plugins, and of the plugins granted,
+/// only its own (by their names in it; `*` for all of them), so no tenant
+/// learns another's plugins.
+fn in_namespace(mut view: ModelView, ns: &Namespace) -> Option<ModelView> {
+    if ns.tenant() != crate::tenant::DEFAULT && !view.spec.grants_tenant(ns.tenant()) {
+        return None;
+    }
     let plugins = std::mem::take(&mut view.spec.plugins);
     view.spec.plugins = plugins
         .iter()
-        .filter_map(|p| if p == "*" { Some(p.clone()) } else { ns.local(p).map(str::to_owned) })
+        .filter_map(|p| match crate::inference::every_plugin_of(p) {
+            Some(tenant) => (tenant == ns.tenant()).then(|| "*".to_owned()),
+            None => ns.local(p).map(str::to_owned),
+        })
         .collect();
-    view
+    Some(view)
 }
 
 pub(super) async fn list(State(engine): State<Engine>, Extension(ns): Extension<Namespace>) -> ApiResult<Response> {
     let mut view = models(&engine)?.view();
-    view.models = view.models.into_iter().map(|m| in_namespace(m, &ns)).collect();
+    view.models = view.models.into_iter().filter_map(|m| in_namespace(m, &ns)).collect();
     Ok(Json(view).into_response())
 }
 
@@ -54,8 +62,9 @@ pub(super) async fn get(
 ) -> ApiResult<Response> {
     let view = models(&engine)?
         .model(&name)
+        .and_then(|view| in_namespace(view, &ns))
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no model named `{name}`")))?;
-    Ok(Json(in_namespace(view, &ns)).into_response())
+    Ok(Json(view).into_response())
 }
 
 /// `POST /v1/models` with `{"name": ..., "path": ..., ...}` (the fields of

@@ -4,6 +4,7 @@
 use super::client::{Client, ServerArg, done, print_json};
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
+use taskhost::units::{parse_duration, parse_size};
 use taskhost::wire;
 
 #[derive(Debug, Subcommand)]
@@ -47,6 +48,30 @@ pub(crate) struct QuotaArgs {
     /// Tasks stored and not yet finished.
     #[arg(long, value_name = "N")]
     max_unfinished: Option<u64>,
+    /// Bytes of task inputs and outputs kept, e.g. `10GiB`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_stored_bytes: Option<u64>,
+    /// Plugin names.
+    #[arg(long, value_name = "N")]
+    max_plugins: Option<u32>,
+    /// Versions one plugin keeps.
+    #[arg(long, value_name = "N")]
+    max_plugin_versions: Option<u32>,
+    /// Size of one uploaded component, e.g. `20MiB`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_plugin_bytes: Option<u64>,
+    /// Fuel one task may be given.
+    #[arg(long, value_name = "N")]
+    max_fuel: Option<u64>,
+    /// Memory one task may be given, e.g. `256MiB`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_memory: Option<u64>,
+    /// Wall-clock time one attempt may be given, e.g. `30s`.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    max_timeout: Option<std::time::Duration>,
+    /// Queues (its `default` queue is never refused).
+    #[arg(long, value_name = "N")]
+    max_queues: Option<u32>,
 }
 
 impl QuotaArgs {
@@ -56,6 +81,14 @@ impl QuotaArgs {
         quotas.submit_burst = self.submit_burst;
         quotas.max_running = self.max_running;
         quotas.max_unfinished = self.max_unfinished;
+        quotas.max_stored_bytes = self.max_stored_bytes;
+        quotas.max_plugins = self.max_plugins;
+        quotas.max_plugin_versions = self.max_plugin_versions;
+        quotas.max_plugin_bytes = self.max_plugin_bytes;
+        quotas.max_fuel = self.max_fuel;
+        quotas.max_memory_bytes = self.max_memory;
+        quotas.max_timeout_ms = self.max_timeout.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        quotas.max_queues = self.max_queues;
         quotas
     }
 }

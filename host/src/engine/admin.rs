@@ -188,7 +188,8 @@ impl Admin {
         if config.concurrency == Some(0) {
             return Err(EngineError::InvalidRequest("concurrency must be at least 1 (omit it for no limit)".into()));
         }
-        self.shared.queues.admit(name, self.shared.config.max_queues)?;
+        let tenant_queues = self.shared.tenants.quotas(crate::tenant::tenant_of(name)).and_then(|q| q.max_queues);
+        self.shared.queues.admit(name, self.shared.config.max_queues, tenant_queues)?;
         self.shared.store.set_queue(name.to_owned(), config.clone()).await?;
         lock(&self.shared.sched).configure(name, config);
         self.shared.wake.notify_one();

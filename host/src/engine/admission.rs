@@ -65,6 +65,7 @@ impl Admission {
             book.created(record.flow_id, reserved, !record.is_flow_root(), limits);
             shared.runner.hold(&record.plugin, &record.plugin_version);
             shared.metrics.moved(&record.queue, None, TaskState::Pending);
+            shared.tenants.add_stored(crate::tenant::tenant_of(&record.plugin), record.input_len);
             shared.metrics.submitted.get_or_create(&Metrics::label(&record.queue)).inc();
         }
         for record in records {

@@ -62,18 +62,33 @@ pub(crate) fn signature(secret: &[u8], timestamp: u64, body: &[u8]) -> String {
     format!("t={timestamp},v1={digest}")
 }
 
-/// The key tenant `tenant`'s callbacks are signed with: the host's key
-/// for the default tenant (as before tenants existed), and for another
-/// tenant an HMAC-SHA256 of its name under the host's key, so no tenant's
-/// key tells another's.
-pub(crate) fn tenant_secret(host: &[u8], tenant: &str) -> Vec<u8> {
-    if tenant == crate::tenant::DEFAULT {
-        return host.to_vec();
+/// The keys callbacks are signed with, one per tenant: the default
+/// tenant's is a key of its own (the one key before tenants existed);
+/// every other tenant's is an HMAC-SHA256 of its name under a second key
+/// that no route shows, so no tenant's key tells another's.
+pub(crate) struct CallbackKeys {
+    default: Vec<u8>,
+    derive: Vec<u8>,
+}
+
+impl CallbackKeys {
+    /// The keys from the default tenant's key and the one others' are
+    /// derived from.
+    pub(crate) fn new(default: Vec<u8>, derive: Vec<u8>) -> Self {
+        Self { default, derive }
     }
-    let mut mac = Hmac::<sha2_digest::Sha256>::new_from_slice(host).expect("HMAC takes a key of any length");
-    mac.update(b"taskhost callbacks, tenant ");
-    mac.update(tenant.as_bytes());
-    mac.finalize().into_bytes().to_vec()
+
+    /// Tenant `tenant`'s key.
+    pub(crate) fn of(&self, tenant: &str) -> Vec<u8> {
+        if tenant == crate::tenant::DEFAULT {
+            return self.default.clone();
+        }
+        let mut mac =
+            Hmac::<sha2_digest::Sha256>::new_from_slice(&self.derive).expect("HMAC takes a key of any length");
+        mac.update(b"taskhost callbacks, tenant ");
+        mac.update(tenant.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
 }
 
 /// Callbacks not delivered, by reason (`egress_refused`: the receiver's
@@ -97,8 +112,8 @@ pub(crate) struct Callbacks {
     policy: EgressPolicy,
     http: reqwest::Client,
     undelivered: Undelivered,
-    /// The key deliveries are signed with.
-    secret: Arc<[u8]>,
+    /// The keys deliveries are signed with.
+    keys: Arc<CallbackKeys>,
     /// Deliveries pending.
     pending: Arc<Semaphore>,
     /// Attempts under way.
@@ -107,7 +122,7 @@ pub(crate) struct Callbacks {
 }
 
 impl Callbacks {
-    /// Callbacks under `policy`, signed with `secret`, with at most
+    /// Callbacks under `policy`, signed with `keys`, with at most
     /// `max_pending` deliveries pending and [`MAX_IN_FLIGHT`] attempts
     /// under way.
     pub(crate) fn new(
@@ -115,9 +130,9 @@ impl Callbacks {
         (dropped, undelivered): (Counter, Undelivered),
         max_pending: usize,
         policy: &EgressPolicy,
-        secret: Arc<[u8]>,
+        keys: Arc<CallbackKeys>,
     ) -> Self {
-        Self::with_limits(store, (dropped, undelivered), max_pending, MAX_IN_FLIGHT, policy, secret)
+        Self::with_limits(store, (dropped, undelivered), max_pending, MAX_IN_FLIGHT, policy, keys)
     }
 
     fn with_limits(
@@ -126,7 +141,7 @@ impl Callbacks {
         max_pending: usize,
         max_in_flight: usize,
         policy: &EgressPolicy,
-        secret: Arc<[u8]>,
+        keys: Arc<CallbackKeys>,
     ) -> Self {
         let http = policy
             .client(CONNECT_TIMEOUT, ATTEMPT_TIMEOUT)
@@ -144,7 +159,7 @@ impl Callbacks {
             policy: policy.clone(),
             http,
             undelivered,
-            secret,
+            keys,
             pending: Arc::new(Semaphore::new(max_pending)),
             in_flight: Arc::new(Semaphore::new(max_in_flight.max(1))),
             dropped,
@@ -168,7 +183,7 @@ impl Callbacks {
             self.ended(task, CallbackOutcome::failed(0, format!("dropped: {MAX_PENDING} deliveries were pending")));
             return;
         };
-        let secret = tenant_secret(&self.secret, tenant);
+        let secret = self.keys.of(tenant);
         let (client, in_flight) = (self.http.clone(), self.in_flight.clone());
         let (undelivered, store) = (self.undelivered.clone(), self.store.clone());
         let body = serde_json::to_vec(&body).expect("a task record serialises");
@@ -258,6 +273,18 @@ mod tests {
 
     /// The same value Python's `hmac.new(key, f"{t}.{body}", sha256)` gives.
     #[test]
+    fn each_tenant_has_its_own_key_and_none_tells_anothers() {
+        let keys = CallbackKeys::new(b"default key".to_vec(), b"derive key".to_vec());
+        assert_eq!(keys.of(crate::tenant::DEFAULT), b"default key");
+        let (a, b) = (keys.of("a"), keys.of("b"));
+        assert!(a != b && a.len() == 32 && b.len() == 32);
+        // The default tenant's key is not the one the others come from.
+        let from_default = CallbackKeys::new(b"x".to_vec(), b"default key".to_vec());
+        assert_ne!(from_default.of("a"), a);
+        assert_eq!(CallbackKeys::new(b"other".to_vec(), b"derive key".to_vec()).of("a"), a);
+    }
+
+    #[test]
     fn the_signature_is_hmac_sha256_of_timestamp_dot_body() {
         let signed = signature(b"secret", 1_700_000_000, br#"{"id":"x"}"#);
         assert_eq!(signed, "t=1700000000,v1=2f7852138f9dbd8d61c07c2cfb0b8ac96a46a32d78d4527788fb42fcb409a493");
@@ -274,7 +301,7 @@ mod tests {
             (dropped.clone(), Undelivered::default()),
             2,
             &loopback(),
-            Arc::from(&b"k"[..]),
+            Arc::new(CallbackKeys::new(b"k".to_vec(), b"d".to_vec())),
         );
         let record = crate::store::tests::record(1, None);
         let body = crate::wire::Task::new(&record, None);
@@ -299,7 +326,7 @@ mod tests {
             (Counter::default(), undelivered.clone()),
             8,
             &EgressPolicy::default(),
-            Arc::from(&b"k"[..]),
+            Arc::new(CallbackKeys::new(b"k".to_vec(), b"d".to_vec())),
         );
         let record = crate::store::tests::record(1, None);
         callbacks.deliver(format!("http://localhost:{port}/hook"), crate::wire::Task::new(&record, None), "default");
@@ -341,7 +368,7 @@ mod tests {
             (Counter::default(), undelivered.clone()),
             8,
             &EgressPolicy::default(),
-            Arc::from(&b"k"[..]),
+            Arc::new(CallbackKeys::new(b"k".to_vec(), b"d".to_vec())),
         );
         let body = crate::wire::Task::new(&crate::store::tests::record(1, None), None);
         callbacks.deliver(format!("http://{}/hook", listener.local_addr().unwrap()), body, "default");
@@ -372,7 +399,7 @@ mod tests {
             100,
             3,
             &loopback(),
-            Arc::from(&b"k"[..]),
+            Arc::new(CallbackKeys::new(b"k".to_vec(), b"d".to_vec())),
         );
         let body = crate::wire::Task::new(&crate::store::tests::record(1, None), None);
         for _ in 0..20 {

@@ -25,14 +25,14 @@ impl Endings {
         shared: Arc<Shared>,
         flows: Arc<Flows>,
         admission: Arc<Admission>,
-        callback_secret: Arc<[u8]>,
+        callback_keys: Arc<callbacks::CallbackKeys>,
     ) -> Self {
         let callbacks = Callbacks::new(
             shared.store.clone(),
             (shared.metrics.callbacks_dropped.clone(), shared.metrics.callbacks_undelivered.clone()),
             callbacks::MAX_PENDING,
             &shared.config.egress,
-            callback_secret,
+            callback_keys,
         );
         Self { shared, flows, admission, callbacks }
     }
@@ -70,6 +70,9 @@ impl Endings {
         let label = Metrics::label(&done.queue);
         let from = done.history.last().and_then(|t| t.from);
         shared.metrics.moved(&done.queue, from, done.state);
+        if let Some(output) = done.output_len.filter(|_| done.state == TaskState::Completed) {
+            shared.tenants.add_stored(crate::tenant::tenant_of(&done.plugin), output);
+        }
         let plugin_label = shared.metrics.plugin_label(&done.plugin, &done.plugin_version, done.state.as_str());
         shared.metrics.plugin_tasks.get_or_create(&plugin_label).inc();
         match done.state {

@@ -76,6 +76,8 @@ pub struct TenantUsage {
     pub running: u64,
     /// Plugins.
     pub plugins: u64,
+    /// Bytes of task inputs and outputs kept.
+    pub stored_bytes: u64,
 }
 
 /// The plugin of a spec's first step.
@@ -97,15 +99,17 @@ pub struct Engine {
     inner: Arc<Inner>,
 }
 
-/// The store's name for the host's callback key (the default tenant's;
-/// the other tenants' are derived from it).
+/// The store's name for the default tenant's callback key.
 const CALLBACK_SECRET: &str = "callbacks/default";
+
+/// The store's name for the key the other tenants' callback keys are
+/// derived from (no route shows it).
+const CALLBACK_DERIVE_SECRET: &str = "callbacks/tenants";
 
 struct Inner {
     shared: Arc<Shared>,
-    /// The key callbacks are signed with.
-    callback_secret: Arc<[u8]>,
-    tenants: Arc<tenants::Tenants>,
+    /// The keys callbacks are signed with.
+    callback_keys: Arc<callbacks::CallbackKeys>,
     submission: Arc<Submission>,
     flows: Arc<Flows>,
     admission: Arc<Admission>,
@@ -187,9 +191,12 @@ impl Engine {
         plugins: Option<(Arc<Registry>, Sandbox)>,
     ) -> Result<Engine, EngineError> {
         let queues = store.queues()?;
-        let callback_secret: Arc<[u8]> = store.secret(CALLBACK_SECRET).await?.into();
+        let callback_keys = Arc::new(callbacks::CallbackKeys::new(
+            store.secret(CALLBACK_SECRET).await?,
+            store.secret(CALLBACK_DERIVE_SECRET).await?,
+        ));
         let tenants = Arc::new(tenants::Tenants::load(store.clone())?);
-        let shared = Arc::new(Shared::new(config, store, runner, metrics));
+        let shared = Arc::new(Shared::new(config, store, runner, metrics, tenants.clone()));
         {
             let mut sched = lock(&shared.sched);
             for (name, queue) in queues {
@@ -203,7 +210,7 @@ impl Engine {
         let submission = Arc::new(Submission::new(shared.clone()));
         let flows = Arc::new(Flows::new(shared.clone(), submission.clone()));
         let admission = Arc::new(Admission::new(shared.clone(), flows.clone()));
-        let endings = Arc::new(Endings::new(shared.clone(), flows.clone(), admission.clone(), callback_secret.clone()));
+        let endings = Arc::new(Endings::new(shared.clone(), flows.clone(), admission.clone(), callback_keys.clone()));
         let dispatch = Arc::new(Dispatch::new(shared.clone(), submission.clone(), flows.clone(), endings.clone()));
         let admin = Admin::new(shared.clone(), flows.clone(), endings.clone());
         let engine = Engine {
@@ -215,8 +222,7 @@ impl Engine {
                 endings,
                 admin,
                 plugins,
-                callback_secret,
-                tenants,
+                callback_keys,
                 dispatcher: Mutex::default(),
                 watcher: Mutex::default(),
             }),
@@ -235,6 +241,8 @@ impl Engine {
         let mut unfinished = Vec::new();
         shared.store.scan(None, |record| {
             shared.queues.known(&record.queue);
+            let kept = record.input_len + record.output_len.unwrap_or(0);
+            shared.tenants.add_stored(crate::tenant::tenant_of(&record.plugin), kept);
             shared.metrics.moved(&record.queue, None, record.state);
             match record.state {
                 TaskState::Running => interrupted.push(record),
@@ -323,6 +331,7 @@ impl Engine {
     ) -> Result<(crate::registry::QueueSlot, crate::registry::Staging), EngineError> {
         let registry = self.registry()?;
         Registry::check_names(name, version)?;
+        self.check_plugin_quotas(name)?;
         let slot = registry.reserve()?;
         Ok((slot, registry.staging().await?))
     }
@@ -336,7 +345,49 @@ impl Engine {
         version: Option<String>,
         wait: bool,
     ) -> Result<(VersionStatus, bool), EngineError> {
+        let tenant = crate::tenant::tenant_of(name);
+        if let Some(max) = self.inner.shared.tenants.quotas(tenant).and_then(|q| q.max_plugin_bytes)
+            && staged.size > max
+        {
+            return Err(tenants::exceeded(
+                tenant,
+                "max_plugin_bytes",
+                format!("the component is {} bytes; the quota is {max}", staged.size),
+            ));
+        }
         Ok(self.registry()?.add_staged(slot, name, staged, version, wait).await?)
+    }
+
+    /// Refuses an upload to plugin `name` past its tenant's plugin quotas
+    /// (a new name past `max_plugins`, a version past
+    /// `max_plugin_versions`).
+    fn check_plugin_quotas(&self, name: &str) -> Result<(), EngineError> {
+        let tenant = crate::tenant::tenant_of(name);
+        let Some(quotas) = self.inner.shared.tenants.quotas(tenant) else { return Ok(()) };
+        let names = self.plugins();
+        let existing = names.iter().any(|n| n == name);
+        if let Some(max) = quotas.max_plugins
+            && !existing
+        {
+            let count = names.iter().filter(|n| crate::tenant::tenant_of(n) == tenant).count() as u64;
+            if count >= u64::from(max) {
+                let message = format!("it has {count} plugins; the quota is {max}");
+                return Err(tenants::exceeded(tenant, "max_plugins", message));
+            }
+        }
+        if let Some(max) = quotas.max_plugin_versions
+            && existing
+        {
+            let versions = self.plugin_detail(name)?.versions.len() as u64;
+            if versions >= u64::from(max) {
+                let message = format!(
+                    "`{}` has {versions} versions; the quota is {max} (delete one first)",
+                    crate::tenant::split(name).1
+                );
+                return Err(tenants::exceeded(tenant, "max_plugin_versions", message));
+            }
+        }
+        Ok(())
     }
 
     /// The model registry, if this engine serves models.
@@ -398,12 +449,19 @@ impl Engine {
     /// Validates, pins the plugin version and durably records a task.
     /// Returns after the commit.
     pub async fn submit(&self, task: NewTask) -> Result<Submitted, EngineError> {
-        let tenants = &self.inner.tenants;
+        // A key seen before answers with its task and costs no quota.
+        if let Some(key) = &task.idempotency_key
+            && let Some(id) = self.inner.shared.store.task_by_key(key)?
+        {
+            return Ok(Submitted { record: self.get(id)?, created: false });
+        }
+        let tenants = &self.inner.shared.tenants;
         let tenant = crate::tenant::tenant_of(&task.plugin).to_owned();
         tenants.take_submission(&tenant)?;
         let metrics = &self.inner.shared.metrics;
         let quota = tenants.reserve_unfinished(&tenant, || metrics.unfinished_of(&tenant), 1)?;
         let (record, input, pin) = self.inner.submission.prepare(task)?;
+        tenants.check_stored(&tenant, input.len() as u64)?;
         let engine = self.clone();
         detached(async move {
             // Counted as pending until admitted (or refused).
@@ -450,8 +508,18 @@ impl Engine {
     /// Re-submits a failed (dead-letter) task: back to pending with its
     /// attempts reset; its history is kept.
     pub async fn resubmit(&self, id: Uuid) -> Result<TaskRecord, EngineError> {
+        // A retried task is unfinished again: it counts as a submission.
+        let tenant = crate::tenant::tenant_of(&self.get(id)?.plugin).to_owned();
+        let tenants = &self.inner.shared.tenants;
+        tenants.take_submission(&tenant)?;
+        let metrics = &self.inner.shared.metrics;
+        let quota = tenants.reserve_unfinished(&tenant, || metrics.unfinished_of(&tenant), 1)?;
         let engine = self.clone();
-        detached(async move { engine.inner.admin.resubmit(id).await }).await
+        detached(async move {
+            let _quota = quota;
+            engine.inner.admin.resubmit(id).await
+        })
+        .await
     }
 
     /// Sets a queue's concurrency limit and weight.
@@ -478,25 +546,26 @@ impl Engine {
     /// The key tenant `tenant`'s completion callbacks are signed with
     /// (see docs/security.md "Signed callbacks").
     pub fn callback_secret(&self, tenant: &str) -> Vec<u8> {
-        callbacks::tenant_secret(&self.inner.callback_secret, tenant)
+        self.inner.callback_keys.of(tenant)
     }
 
     /// Whether `name` is a tenant.
     pub fn tenant_exists(&self, name: &str) -> bool {
-        self.inner.tenants.exists(name)
+        self.inner.shared.tenants.exists(name)
     }
 
     /// Every tenant, the default one first.
     pub fn tenants(&self) -> Vec<(String, crate::store::TenantRecord)> {
-        self.inner.tenants.list()
+        self.inner.shared.tenants.list()
     }
 
     /// Tenant `name` and what it uses now.
     pub fn tenant(&self, name: &str) -> Result<(crate::store::TenantRecord, TenantUsage), EngineError> {
-        let record = self.inner.tenants.get(name).ok_or_else(|| EngineError::UnknownTenant(name.to_owned()))?;
+        let record = self.inner.shared.tenants.get(name).ok_or_else(|| EngineError::UnknownTenant(name.to_owned()))?;
         let depth = lock(&self.inner.shared.sched).tenant_depth(name);
         let plugins = self.plugins().iter().filter(|p| crate::tenant::tenant_of(p) == name).count();
         let usage = TenantUsage {
+            stored_bytes: self.inner.shared.tenants.stored_of(name),
             unfinished: self.inner.shared.metrics.unfinished_of(name),
             ready: depth.ready as u64,
             delayed: depth.delayed as u64,
@@ -515,7 +584,7 @@ impl Engine {
         by: &str,
     ) -> Result<bool, EngineError> {
         let max_running = quotas.max_running;
-        let created = self.inner.tenants.put(name, quotas, by).await?;
+        let created = self.inner.shared.tenants.put(name, quotas, by).await?;
         lock(&self.inner.shared.sched).configure_tenant(name, max_running);
         // A raised cap may let tasks start.
         self.inner.shared.wake.notify_one();
@@ -549,10 +618,16 @@ impl Engine {
         // Its tenant is its steps' (every key of a spec is one tenant's).
         let tenant = first_plugin(&spec.steps).map(|p| crate::tenant::tenant_of(p).to_owned());
         let tenant = tenant.unwrap_or_else(|| crate::tenant::DEFAULT.to_owned());
-        let tenants = &self.inner.tenants;
+        let tenants = &self.inner.shared.tenants;
         tenants.take_submission(&tenant)?;
+        // A flow's tasks' inputs are counted as they are admitted: a
+        // tenant already past its stored bytes starts no flow.
+        tenants.check_stored(&tenant, 0)?;
+        // Its first iteration's tasks count as unfinished (a plan that
+        // does not fit is refused below, with its reason).
+        let planned = spec.plan(self.inner.flows.limits().tasks_per_flow).map_or(1, |plan| plan.len() as u64);
         let metrics = &self.inner.shared.metrics;
-        let quota = tenants.reserve_unfinished(&tenant, || metrics.unfinished_of(&tenant), 1)?;
+        let quota = tenants.reserve_unfinished(&tenant, || metrics.unfinished_of(&tenant), planned)?;
         let engine = self.clone();
         let id = detached(async move {
             let _quota = quota;

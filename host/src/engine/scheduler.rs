@@ -111,6 +111,8 @@ pub(crate) struct Scheduler {
     queues: HashMap<String, Queue>,
     /// By tenant name (from the queues' keys).
     tenants: HashMap<String, Tenant>,
+    /// Whether any tenant has a cap on running tasks.
+    any_caps: bool,
     delayed: BinaryHeap<Reverse<(u64, Uuid)>>,
     delayed_entries: HashMap<Uuid, Entry>,
     /// Tasks claimed and not yet settled (outcome recorded).
@@ -136,6 +138,7 @@ impl Scheduler {
         Self {
             queues: HashMap::new(),
             tenants: HashMap::new(),
+            any_caps: false,
             delayed: BinaryHeap::new(),
             delayed_entries: HashMap::new(),
             in_flight: 0,
@@ -192,6 +195,7 @@ impl Scheduler {
     pub(crate) fn configure_tenant(&mut self, tenant: &str, max_running: Option<u32>) {
         let key = crate::tenant::qualify(tenant, "-");
         self.tenant(&key).max_running = max_running;
+        self.any_caps = self.tenants.values().any(|t| t.max_running.is_some());
     }
 
     /// The tasks of `tenant` ready (or delayed) and running now.
@@ -220,8 +224,14 @@ impl Scheduler {
     fn make_ready(&mut self, entry: Entry) {
         // A tenant or a queue waking from idle starts at the current fair
         // point, so it cannot spend credit banked while it had nothing to
-        // do.
-        let tenant_floor = self.tenants.values().filter(|t| t.active()).map(|t| t.vtime).min_by(f64::total_cmp);
+        // do. The fair point is that of those that may run now: one held
+        // at its cap has fallen behind, and starting there would let the
+        // newcomer take every worker until it caught up.
+        let tenant_floor = {
+            let active = || self.tenants.values().filter(|t| t.active());
+            let free = active().filter(|t| !t.capped()).map(|t| t.vtime).min_by(f64::total_cmp);
+            free.or_else(|| active().map(|t| t.vtime).min_by(f64::total_cmp))
+        };
         let tenant = self.tenant(&entry.queue);
         if !tenant.active()
             && let Some(floor) = tenant_floor
@@ -240,13 +250,18 @@ impl Scheduler {
         queue.ready.push(Ready(entry));
     }
 
-    /// The least virtual time of `tenant`'s active queues.
+    /// The least virtual time of `tenant`'s active queues that may run
+    /// now (of all its active ones when none may).
     fn min_active_vtime(&self, tenant: &str) -> Option<f64> {
-        self.queues
-            .iter()
-            .filter(|(name, q)| (!q.ready.is_empty() || q.running > 0) && crate::tenant::tenant_of(name) == tenant)
-            .map(|(_, q)| q.vtime)
-            .min_by(f64::total_cmp)
+        let active = || {
+            self.queues
+                .iter()
+                .filter(|(name, q)| (!q.ready.is_empty() || q.running > 0) && crate::tenant::tenant_of(name) == tenant)
+                .map(|(_, q)| q)
+        };
+        let capped = |q: &Queue| q.config.concurrency.is_some_and(|limit| q.running >= limit as usize);
+        let free = active().filter(|q| !capped(q)).map(|q| q.vtime).min_by(f64::total_cmp);
+        free.or_else(|| active().map(|q| q.vtime).min_by(f64::total_cmp))
     }
 
     /// Moves due delayed tasks to their ready heaps; returns the next due
@@ -300,9 +315,17 @@ impl Scheduler {
         let charge = Charge(cost / f64::from(queue.config.weight.max(1)), cost);
         queue.vtime += charge.0;
         let tenant = self.tenant(&name);
+        let fair_point = tenant.vtime;
         tenant.ready -= 1;
         tenant.running += 1;
         tenant.vtime += charge.1;
+        // A tenant held at its cap banks no credit meanwhile: it moves with
+        // the fair point, so raising its cap gives it no burst.
+        if self.any_caps {
+            for held in self.tenants.values_mut().filter(|t| t.capped() && t.active()) {
+                held.vtime = held.vtime.max(fair_point);
+            }
+        }
         self.in_flight += 1;
         Some((entry, charge))
     }
@@ -550,6 +573,42 @@ mod tests {
         let (e, charge) = started.iter().find(|(e, _)| e.queue.starts_with("a/")).unwrap();
         s.finished(&e.queue, *charge, 0.001);
         assert!(s.next().unwrap().0.queue.starts_with("a/"));
+    }
+
+    /// A tenant held at its cap while others ran neither hands a tenant
+    /// that wakes a start far behind the others (which would let it take
+    /// every worker until it caught up) nor gets a burst when its cap is
+    /// raised.
+    #[test]
+    fn a_capped_tenant_banks_no_credit_for_itself_or_a_newcomer() {
+        let mut s = Scheduler::new(4);
+        s.configure_tenant("a", Some(1));
+        for n in 0..100_000 {
+            s.enqueue(entry("a/q", 0, n), None, 0);
+            s.enqueue(entry("b/q", 0, 1_000_000 + n), None, 0);
+        }
+        let run = |s: &mut Scheduler, rounds: usize| {
+            let mut by_tenant: HashMap<String, usize> = HashMap::new();
+            for _ in 0..rounds {
+                let claimed: Vec<_> = std::iter::from_fn(|| s.next()).collect();
+                for (e, charge) in claimed {
+                    *by_tenant.entry(crate::tenant::tenant_of(&e.queue).to_owned()).or_default() += 1;
+                    s.finished(&e.queue, charge, 0.001);
+                }
+            }
+            by_tenant
+        };
+        run(&mut s, 1_000);
+        for n in 0..100_000 {
+            s.enqueue(entry("c/q", 0, 2_000_000 + n), None, 0);
+        }
+        let shares = run(&mut s, 600);
+        let (b, c) = (shares["b"], shares["c"]);
+        assert!(b * 10 >= c * 7 && c * 10 >= b * 7, "b and c share alike: {shares:?}");
+        // Raising a's cap gives it its share, not a burst.
+        s.configure_tenant("a", None);
+        let shares = run(&mut s, 600);
+        assert!(shares["a"] * 10 <= (shares["b"] + shares["c"]) * 7, "no burst for a: {shares:?}");
     }
 
     /// Runs a discrete-event simulation: `workers` slots, each task of a

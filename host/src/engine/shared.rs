@@ -1,7 +1,7 @@
 //! The state every engine component shares: settings, the store, the
 //! runner, the scheduler with its wake-up, the execution gate, the
 //! metrics, the plugins' run history, the running attempts' cancel
-//! tokens, and the queue names the host knows. Components hold an
+//! tokens, the queue names the host knows, and the tenants. Components hold an
 //! `Arc<Shared>`; none holds another component's private state.
 
 use super::gate::Gate;
@@ -43,10 +43,18 @@ pub(crate) struct Shared {
     halting: Notify,
     /// Every queue a stored task or setting names.
     pub(crate) queues: QueueNames,
+    /// The tenants, their quotas and what they keep.
+    pub(crate) tenants: Arc<super::tenants::Tenants>,
 }
 
 impl Shared {
-    pub(crate) fn new(config: EngineConfig, store: Store, runner: Arc<dyn Runner>, metrics: Arc<Metrics>) -> Self {
+    pub(crate) fn new(
+        config: EngineConfig,
+        store: Store,
+        runner: Arc<dyn Runner>,
+        metrics: Arc<Metrics>,
+        tenants: Arc<super::tenants::Tenants>,
+    ) -> Self {
         Self {
             sched: Mutex::new(Scheduler::new(config.concurrency).with_ahead(config.claim_ahead)),
             gate: Gate::new(config.concurrency, config.memory_budget, metrics.gate.clone()),
@@ -62,6 +70,7 @@ impl Shared {
             stopping: AtomicBool::new(false),
             halting: Notify::new(),
             queues: QueueNames::default(),
+            tenants,
         }
     }
 
@@ -141,13 +150,32 @@ impl QueueNames {
     }
 
     /// Admits `name`: a known queue, or a new one while fewer than `max`
-    /// are known. A refusal names the limit.
-    pub(crate) fn admit(&self, name: &str, max: usize) -> Result<(), EngineError> {
+    /// are known and its tenant has fewer than `tenant_max`. A tenant's
+    /// `default` queue is never refused (one per tenant, and tenants are
+    /// bounded), so one tenant's queues cannot keep another from its own.
+    /// A refusal names the limit.
+    pub(crate) fn admit(&self, name: &str, max: usize, tenant_max: Option<u32>) -> Result<(), EngineError> {
         let mut names = lock(&self.0);
         if names.contains(name) {
             return Ok(());
         }
-        if names.len() >= max {
+        let (tenant, local) = crate::tenant::split(name);
+        if local != "default"
+            && let Some(tenant_max) = tenant_max
+        {
+            let count = names.iter().filter(|n| crate::tenant::tenant_of(n) == tenant).count();
+            // Its `default` queue counts whether it exists yet or not.
+            let default_known = names.contains(&crate::tenant::qualify(tenant, "default"));
+            let count = count + usize::from(!default_known);
+            if count >= tenant_max as usize {
+                return Err(super::tenants::exceeded(
+                    tenant,
+                    "max_queues",
+                    format!("queue `{local}` would be a new queue, and the tenant has {count} (counting `default`)"),
+                ));
+            }
+        }
+        if local != "default" && names.len() >= max {
             return Err(EngineError::LimitReached(format!(
                 "queue `{name}` would be a new queue, and this host already has {} queues, the most it keeps \
                  (max_queues = {max}); use an existing queue",
@@ -177,15 +205,25 @@ mod tests {
     #[test]
     fn queue_names_past_the_limit_are_refused_naming_it_and_known_ones_always_pass() {
         let queues = QueueNames::default();
-        queues.admit("a", 2).unwrap();
-        queues.admit("b", 2).unwrap();
-        queues.admit("a", 2).unwrap();
-        let refused = queues.admit("c", 2).unwrap_err().to_string();
+        queues.admit("a", 2, None).unwrap();
+        queues.admit("b", 2, None).unwrap();
+        queues.admit("a", 2, None).unwrap();
+        let refused = queues.admit("c", 2, None).unwrap_err().to_string();
         assert!(refused.contains("queue `c` would be a new queue") && refused.contains("max_queues = 2"), "{refused}");
         assert_eq!(queues.len(), 2, "a refusal adds nothing");
         // Queues stored before the limit was lowered still work.
         queues.known("old");
-        queues.admit("old", 2).unwrap();
-        assert!(queues.admit("d", 2).is_err());
+        queues.admit("old", 2, None).unwrap();
+        assert!(queues.admit("d", 2, None).is_err());
+        // A tenant's `default` queue is never refused; its other queues
+        // meet its own quota (counting `default`) and the host's limit.
+        queues.admit("t/default", 2, None).unwrap();
+        assert!(queues.admit("t/x", 2, None).is_err(), "the host's limit");
+        let queues = QueueNames::default();
+        queues.admit("t/x", 100, Some(2)).unwrap();
+        let refused = queues.admit("t/y", 100, Some(2)).unwrap_err().to_string();
+        assert!(refused.contains("quota `max_queues`"), "{refused}");
+        queues.admit("t/default", 100, Some(2)).unwrap();
+        queues.admit("u/y", 100, Some(2)).unwrap();
     }
 }

@@ -88,7 +88,7 @@ impl Submission {
         }
         let resolved = self.shared.runner.resolve(&task.plugin)?;
         let defaults = &resolved.defaults;
-        let limits = Limits {
+        let mut limits = Limits {
             fuel: task.fuel.unwrap_or(defaults.fuel),
             memory_bytes: task.memory_bytes.unwrap_or(defaults.memory_bytes),
             timeout: task.timeout_ms.map_or(defaults.timeout, Duration::from_millis),
@@ -105,6 +105,22 @@ impl Submission {
         over_cap("memory_bytes", task.memory_bytes, caps.memory_bytes, plugin, crate::units::format_size)?;
         let timeout = task.timeout_ms.map(Duration::from_millis);
         over_cap("timeout_ms", timeout, caps.timeout, plugin, |d| format!("{} ms", d.as_millis()))?;
+        let tenant = crate::tenant::tenant_of(plugin);
+        if let Some(quotas) = self.shared.tenants.quotas(tenant) {
+            let asked = [task.fuel.is_some(), task.memory_bytes.is_some(), task.timeout_ms.is_some()];
+            ceiling(tenant, "fuel", &mut limits.fuel, asked[0], quotas.max_fuel, "max_fuel")?;
+            ceiling(
+                tenant,
+                "memory_bytes",
+                &mut limits.memory_bytes,
+                asked[1],
+                quotas.max_memory_bytes,
+                "max_memory_bytes",
+            )?;
+            let mut timeout_ms = u64::try_from(limits.timeout.as_millis()).unwrap_or(u64::MAX);
+            ceiling(tenant, "timeout_ms", &mut timeout_ms, asked[2], quotas.max_timeout_ms, "max_timeout_ms")?;
+            limits.timeout = Duration::from_millis(timeout_ms);
+        }
         self.shared.runner.check_limits(&limits).map_err(EngineError::InvalidRequest)?;
         let needs = limits.memory_bytes.saturating_add(limits.host_bytes);
         if !self.shared.gate.fits(needs) {
@@ -166,7 +182,8 @@ impl Submission {
             return invalid("give either an input or an input_url, not both".into());
         }
         // Last: a refused task reserves no queue.
-        self.shared.queues.admit(&queue, self.shared.config.max_queues)?;
+        let tenant_queues = self.shared.tenants.quotas(crate::tenant::tenant_of(&queue)).and_then(|q| q.max_queues);
+        self.shared.queues.admit(&queue, self.shared.config.max_queues, tenant_queues)?;
         let id = Uuid::now_v7();
         let record = TaskRecord {
             id,
@@ -217,6 +234,29 @@ impl Submission {
 
 /// Refuses a requested limit over its cap, naming the limit and who set
 /// the cap. Limits are never silently clamped.
+/// Holds a task's limit `value` to its tenant's ceiling `max` (the quota
+/// `quota`): a value the submission asked for above it is refused (400,
+/// naming the quota); a plugin's default above it is lowered to it.
+fn ceiling(
+    tenant: &str,
+    field: &str,
+    value: &mut u64,
+    asked: bool,
+    max: Option<u64>,
+    quota: &str,
+) -> Result<(), EngineError> {
+    match max {
+        Some(max) if *value > max && asked => Err(EngineError::InvalidRequest(format!(
+            "{field} {value} is over tenant `{tenant}`'s ceiling of {max} (quota `{quota}`)"
+        ))),
+        Some(max) => {
+            *value = (*value).min(max);
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
 fn over_cap<T: PartialOrd + Copy>(
     field: &str,
     asked: Option<T>,

@@ -1,7 +1,9 @@
-//! Tenants: the namespaces an admin made beside [`tenant::DEFAULT`] and
-//! their quotas. Submissions are checked here (a token bucket per tenant,
-//! and its stored unfinished tasks); the scheduler holds each tenant's cap
-//! on running tasks ([`Scheduler::configure_tenant`]).
+//! Tenants: the namespaces an admin made beside [`tenant::DEFAULT`], their
+//! quotas, and the bytes each keeps. Submissions are checked here (a token
+//! bucket per tenant, its stored unfinished tasks, its stored bytes); the
+//! submission checks a task's limits against the tenant's ceilings, the
+//! engine an upload against its plugin quotas, and the scheduler holds
+//! each tenant's cap on running tasks ([`Scheduler::configure_tenant`]).
 //!
 //! [`Scheduler::configure_tenant`]: super::scheduler::Scheduler::configure_tenant
 
@@ -30,6 +32,9 @@ pub(crate) struct Tenants {
     /// Tasks each tenant submitted that are not yet counted as stored
     /// (between their check and their admission).
     pending: Mutex<HashMap<String, u64>>,
+    /// Bytes of task inputs and outputs each tenant keeps in the store
+    /// (counted at start-up, then as tasks are admitted and complete).
+    stored: Mutex<HashMap<String, u64>>,
     /// Serialises changes, so two creations cannot both pass the count.
     changes: tokio::sync::Mutex<()>,
 }
@@ -61,6 +66,7 @@ impl Tenants {
             known: RwLock::new(known),
             buckets: Mutex::default(),
             pending: Mutex::default(),
+            stored: Mutex::default(),
             changes: tokio::sync::Mutex::new(()),
         })
     }
@@ -75,6 +81,39 @@ impl Tenants {
     pub(crate) fn get(&self, name: &str) -> Option<TenantRecord> {
         let known = read(&self.known).get(name).cloned();
         known.or_else(|| (name == tenant::DEFAULT).then(|| TenantRecord::new("serve".into(), TenantQuotas::default())))
+    }
+
+    /// Tenant `name`'s quotas, when it has a record.
+    pub(crate) fn quotas(&self, name: &str) -> Option<TenantQuotas> {
+        read(&self.known).get(name).map(|r| r.quotas.clone())
+    }
+
+    /// Counts `bytes` more kept by `tenant`.
+    pub(crate) fn add_stored(&self, tenant: &str, bytes: u64) {
+        if bytes > 0 {
+            *lock(&self.stored).entry(tenant.to_owned()).or_default() += bytes;
+        }
+    }
+
+    /// The bytes `tenant` keeps.
+    pub(crate) fn stored_of(&self, tenant: &str) -> u64 {
+        lock(&self.stored).get(tenant).copied().unwrap_or(0)
+    }
+
+    /// Refuses `bytes` more for `tenant` past its `max_stored_bytes`.
+    pub(crate) fn check_stored(&self, tenant: &str, bytes: u64) -> Result<(), EngineError> {
+        let Some(max) = read(&self.known).get(tenant).and_then(|r| r.quotas.max_stored_bytes) else {
+            return Ok(());
+        };
+        let kept = self.stored_of(tenant);
+        if kept.saturating_add(bytes) > max {
+            return Err(exceeded(
+                tenant,
+                "max_stored_bytes",
+                format!("it keeps {kept} bytes of inputs and outputs; {bytes} more would pass the quota of {max}"),
+            ));
+        }
+        Ok(())
     }
 
     /// Every tenant, by name, the default one first.
@@ -173,6 +212,11 @@ impl Tenants {
     }
 }
 
+/// `tenant`'s `quota` refuses a request (not a rate: no wait helps).
+pub(crate) fn exceeded(tenant: &str, quota: &'static str, message: String) -> EngineError {
+    EngineError::QuotaExceeded { tenant: tenant.to_owned(), quota, message, retry_after_secs: None }
+}
+
 /// A quota of zero would refuse everything: say so rather than store it.
 fn check_quotas(q: &TenantQuotas) -> Result<(), EngineError> {
     let zero = [
@@ -180,6 +224,14 @@ fn check_quotas(q: &TenantQuotas) -> Result<(), EngineError> {
         ("submit_burst", q.submit_burst.map(u64::from)),
         ("max_running", q.max_running.map(u64::from)),
         ("max_unfinished", q.max_unfinished),
+        ("max_stored_bytes", q.max_stored_bytes),
+        ("max_plugins", q.max_plugins.map(u64::from)),
+        ("max_plugin_versions", q.max_plugin_versions.map(u64::from)),
+        ("max_plugin_bytes", q.max_plugin_bytes),
+        ("max_fuel", q.max_fuel),
+        ("max_memory_bytes", q.max_memory_bytes),
+        ("max_timeout_ms", q.max_timeout_ms),
+        ("max_queues", q.max_queues.map(u64::from)),
     ]
     .into_iter()
     .find(|(_, v)| *v == Some(0));

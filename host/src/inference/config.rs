@@ -103,7 +103,9 @@ pub struct ModelSpec {
     /// `overloaded`. Default 1024.
     #[serde(default = "defaults::max_queue")]
     pub max_queue: u32,
-    /// Plugins that may use the model; `"*"` grants every plugin. Default:
+    /// Plugins that may use the model, by key (`NAME` in the default
+    /// tenant, `TENANT/NAME` in another); `"*"` grants every plugin of
+    /// the default tenant, `"TENANT/*"` every plugin of TENANT. Default:
     /// none.
     #[serde(default)]
     pub plugins: Vec<String>,
@@ -202,17 +204,28 @@ impl ModelSpec {
         if self.threads == Some(0) {
             return Err(field("`threads` is 0; expected at least 1, or leave it out"));
         }
-        let not_a_plugin =
-            |p: &&String| *p != "*" && crate::tenant::check_key(crate::names::NameKind::Plugin, p).is_err();
+        let not_a_plugin = |p: &&String| {
+            let every = p.strip_suffix("/*").map(|t| crate::names::name(crate::names::NameKind::Tenant, t).is_ok());
+            *p != "*" && every != Some(true) && crate::tenant::check_key(crate::names::NameKind::Plugin, p).is_err()
+        };
         if let Some(bad) = self.plugins.iter().find(not_a_plugin) {
-            return Err(field(&format!("`plugins` has {bad:?}; expected plugin names or \"*\"")));
+            return Err(field(&format!(
+                "`plugins` has {bad:?}; expected plugin names (TENANT/NAME in a tenant), \"*\" or \"TENANT/*\""
+            )));
         }
         Ok(())
     }
 
-    /// Whether `plugin` was granted this model.
+    /// Whether `plugin` (a key) was granted this model.
     pub(crate) fn permits(&self, plugin: &str) -> bool {
-        self.plugins.iter().any(|p| p == "*" || p == plugin)
+        let tenant = crate::tenant::tenant_of(plugin);
+        self.plugins.iter().any(|p| p == plugin || self::every_plugin_of(p) == Some(tenant))
+    }
+
+    /// Whether any plugin of `tenant` is granted this model by name or by
+    /// a wildcard.
+    pub(crate) fn grants_tenant(&self, tenant: &str) -> bool {
+        self.plugins.iter().any(|p| self::every_plugin_of(p) == Some(tenant) || crate::tenant::tenant_of(p) == tenant)
     }
 
     /// The model file, resolved against the models file's directory.
@@ -222,6 +235,12 @@ impl ModelSpec {
             _ => self.path.clone(),
         }
     }
+}
+
+/// The tenant a grant gives every plugin of: `*` the default tenant's,
+/// `TENANT/*` TENANT's.
+pub(crate) fn every_plugin_of(grant: &str) -> Option<&str> {
+    if grant == "*" { Some(crate::tenant::DEFAULT) } else { grant.strip_suffix("/*") }
 }
 
 /// Model names: what plugins pass to `inference.run`.
@@ -324,6 +343,23 @@ mod tests {
         assert_eq!(b.max_delay, Duration::from_millis(5));
         assert!(b.permits("anything"));
         assert!(!file.models["a"].permits("anything"));
+    }
+
+    /// `*` grants the default tenant's plugins, `TENANT/*` a tenant's,
+    /// and a name only that plugin (`TENANT/NAME` in a tenant).
+    #[test]
+    fn grants_reach_only_the_tenants_they_name() {
+        let mut spec = ModelSpec::new("m.onnx");
+        spec.plugins = vec!["*".into(), "b/*".into(), "c/embed".into()];
+        assert!(spec.check("m").is_ok());
+        assert!(spec.permits("resize") && spec.permits("b/resize") && spec.permits("c/embed"));
+        assert!(!spec.permits("a/resize") && !spec.permits("c/other"));
+        assert!(spec.grants_tenant("c") && spec.grants_tenant("b") && !spec.grants_tenant("a"));
+        spec.plugins = vec!["default/*".into()];
+        assert!(spec.check("m").is_ok(), "default/* is the same as *");
+        assert!(spec.permits("x") && !spec.permits("a/x"));
+        spec.plugins = vec!["a b/*".into()];
+        assert!(spec.check("m").is_err());
     }
 
     #[test]

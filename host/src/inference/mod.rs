@@ -12,6 +12,7 @@ mod session;
 mod signature;
 mod watch;
 
+pub(crate) use config::every_plugin_of;
 pub use config::{Device, ModelSpec};
 pub use metrics::InferenceMetrics;
 pub use runtime::RuntimeStatus;

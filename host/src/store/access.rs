@@ -87,6 +87,23 @@ pub struct TenantQuotas {
     pub max_running: Option<u32>,
     /// Tasks of the tenant stored and not yet finished.
     pub max_unfinished: Option<u64>,
+    /// Bytes of task inputs and outputs the tenant keeps in the store.
+    pub max_stored_bytes: Option<u64>,
+    /// Plugin names the tenant has.
+    pub max_plugins: Option<u32>,
+    /// Versions one of its plugins keeps.
+    pub max_plugin_versions: Option<u32>,
+    /// Size of one uploaded component, in bytes.
+    pub max_plugin_bytes: Option<u64>,
+    /// Fuel one of its tasks may be given (lower than the host's ceiling).
+    pub max_fuel: Option<u64>,
+    /// Memory one of its tasks may be given, in bytes.
+    pub max_memory_bytes: Option<u64>,
+    /// Wall-clock time one attempt of its tasks may be given, in ms.
+    pub max_timeout_ms: Option<u64>,
+    /// Queues the tenant has (its `default` queue always counts among
+    /// them and is never refused).
+    pub max_queues: Option<u32>,
 }
 
 /// One audit entry: who did what to which object, when.

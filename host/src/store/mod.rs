@@ -432,7 +432,6 @@ impl Store {
         Ok(size)
     }
 
-    #[cfg(test)]
     /// The task a client's idempotency key names (the API's namespace).
     pub(crate) fn task_by_key(&self, key: &str) -> Result<Option<Uuid>, StoreError> {
         self.injected("an idempotency key")?;

@@ -25,6 +25,30 @@ pub struct Quotas {
     /// Tasks stored and not yet finished.
     #[serde(default)]
     pub max_unfinished: Option<u64>,
+    /// Bytes of task inputs and outputs kept in the store.
+    #[serde(default)]
+    pub max_stored_bytes: Option<u64>,
+    /// Plugin names.
+    #[serde(default)]
+    pub max_plugins: Option<u32>,
+    /// Versions one plugin keeps.
+    #[serde(default)]
+    pub max_plugin_versions: Option<u32>,
+    /// Size of one uploaded component, in bytes.
+    #[serde(default)]
+    pub max_plugin_bytes: Option<u64>,
+    /// Fuel one task may be given.
+    #[serde(default)]
+    pub max_fuel: Option<u64>,
+    /// Memory one task may be given, in bytes.
+    #[serde(default)]
+    pub max_memory_bytes: Option<u64>,
+    /// Wall-clock time one attempt may be given, in ms.
+    #[serde(default)]
+    pub max_timeout_ms: Option<u64>,
+    /// Queues (its `default` queue is never refused).
+    #[serde(default)]
+    pub max_queues: Option<u32>,
 }
 
 impl From<&TenantQuotas> for Quotas {
@@ -34,6 +58,14 @@ impl From<&TenantQuotas> for Quotas {
             submit_burst: q.submit_burst,
             max_running: q.max_running,
             max_unfinished: q.max_unfinished,
+            max_stored_bytes: q.max_stored_bytes,
+            max_plugins: q.max_plugins,
+            max_plugin_versions: q.max_plugin_versions,
+            max_plugin_bytes: q.max_plugin_bytes,
+            max_fuel: q.max_fuel,
+            max_memory_bytes: q.max_memory_bytes,
+            max_timeout_ms: q.max_timeout_ms,
+            max_queues: q.max_queues,
         }
     }
 }
@@ -45,6 +77,14 @@ impl From<&Quotas> for TenantQuotas {
             submit_burst: q.submit_burst,
             max_running: q.max_running,
             max_unfinished: q.max_unfinished,
+            max_stored_bytes: q.max_stored_bytes,
+            max_plugins: q.max_plugins,
+            max_plugin_versions: q.max_plugin_versions,
+            max_plugin_bytes: q.max_plugin_bytes,
+            max_fuel: q.max_fuel,
+            max_memory_bytes: q.max_memory_bytes,
+            max_timeout_ms: q.max_timeout_ms,
+            max_queues: q.max_queues,
         }
     }
 }
@@ -63,11 +103,20 @@ pub struct Usage {
     pub running: u64,
     /// Plugins.
     pub plugins: u64,
+    /// Bytes of task inputs and outputs kept.
+    pub stored_bytes: u64,
 }
 
 impl From<&TenantUsage> for Usage {
     fn from(u: &TenantUsage) -> Self {
-        Self { unfinished: u.unfinished, ready: u.ready, delayed: u.delayed, running: u.running, plugins: u.plugins }
+        Self {
+            unfinished: u.unfinished,
+            ready: u.ready,
+            delayed: u.delayed,
+            running: u.running,
+            plugins: u.plugins,
+            stored_bytes: u.stored_bytes,
+        }
     }
 }
 
