@@ -43,6 +43,7 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/v1/tenants", Some("admin")),
     ("GET", "/v1/tenants/{name}", Some("read")),
     ("PUT", "/v1/tenants/{name}", Some("admin")),
+    ("GET", "/v1/config", Some("admin")),
     ("GET", "/v1/audit", Some("admin")),
     ("GET", "/v1/callbacks/secret", Some("submit")),
 ];

@@ -462,3 +462,85 @@ async fn ceilings_plugin_quotas_and_stored_bytes() {
     let (status, body) = upload(&http, base, &token, "uppercase", UPPERCASE.bytes()).await;
     refused_by(status, &body, "quota_exceeded", "max_plugin_bytes");
 }
+
+/// Waits until `GET /v1/config` satisfies `ok`; the view.
+async fn config_until(http: &reqwest::Client, base: &str, admin: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (status, view) = get(http, base, admin, "/v1/config").await;
+        assert_eq!(status, StatusCode::OK, "{view}");
+        if ok(&view) {
+            return view;
+        }
+        assert!(std::time::Instant::now() < deadline, "the configuration never got there: {view}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn entry<'a>(view: &'a Value, list: &str, name: &str) -> &'a Value {
+    view[list].as_array().unwrap().iter().find(|e| e["name"] == name).unwrap_or(&Value::Null)
+}
+
+/// `serve --config`: the file's tenants and queues are applied at start
+/// and on every change; a broken edit changes nothing and is shown; the
+/// API cannot change what the file sets; `GET /v1/config` says where each
+/// setting comes from; a broken file stops the start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_file_is_applied_live_and_a_broken_edit_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("taskhost.toml");
+    std::fs::write(&file, "[tenants.acme]\nmax_running = 2\n\n[queues.bulk]\nconcurrency = 4\nweight = 2\n").unwrap();
+    let server = start_with(data.path(), free_port(), &["--config", file.to_str().unwrap()]).await;
+    let base = &server.base;
+    let admin = crate::admin_token(data.path()).await;
+    let http = crate::http();
+    let view = config_until(&http, base, &admin, |v| v["applied_at"].is_string()).await;
+    assert_eq!(view["error"], Value::Null);
+    let acme = entry(&view, "tenants", "acme");
+    assert_eq!((&acme["quotas"]["max_running"], &acme["source"]), (&json!(2), &json!("file")), "{view}");
+    let bulk = entry(&view, "queues", "bulk");
+    assert_eq!((&bulk["concurrency"], &bulk["weight"], &bulk["source"]), (&json!(4), &json!(2), &json!("file")));
+
+    // The API cannot change what the file sets; it can change the rest.
+    let (status, body) =
+        call(&http, base, &admin, reqwest::Method::PUT, "/v1/tenants/acme", None, Some(json!({"quotas": {}}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("taskhost.toml"), "{body}");
+    let (status, _) = call(&http, base, &admin, reqwest::Method::PUT, "/v1/queues/bulk", None, Some(json!({}))).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(put_tenant(&http, base, &admin, "beta", json!({"max_running": 1})).await, StatusCode::CREATED);
+
+    // A good edit is applied without a restart.
+    std::fs::write(&file, "[tenants.acme]\nmax_running = 3\n[tenants.gamma]\n[queues.bulk]\nweight = 5\n").unwrap();
+    let view = config_until(&http, base, &admin, |v| entry(v, "tenants", "gamma")["source"] == "file").await;
+    assert_eq!(entry(&view, "tenants", "acme")["quotas"]["max_running"], 3, "{view}");
+    assert_eq!(entry(&view, "queues", "bulk")["weight"], 5, "{view}");
+    assert_eq!(entry(&view, "tenants", "beta")["source"], "api", "{view}");
+    let (_, acme) = get(&http, base, &admin, "/v1/tenants/acme").await;
+    assert_eq!(acme["quotas"]["max_running"], 3, "{acme}");
+
+    // A broken edit changes nothing and says why.
+    std::fs::write(&file, "[tenants.acme]\nmax_runing = 9\n").unwrap();
+    let view = config_until(&http, base, &admin, |v| v["error"].is_string()).await;
+    assert!(view["error"].as_str().unwrap().contains("unknown field `max_runing`"), "{view}");
+    assert_eq!(entry(&view, "tenants", "acme")["quotas"]["max_running"], 3, "the last good file stays: {view}");
+    assert_eq!(entry(&view, "tenants", "acme")["source"], "file");
+    drop(server);
+
+    // A broken file stops the start, with the file's error.
+    let out = crate::cli::taskhost_with_env(
+        &[
+            "serve",
+            "--data",
+            data.path().to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            file.to_str().unwrap(),
+        ],
+        &[],
+        b"",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unknown field `max_runing`"), "{err}");
+}

@@ -292,6 +292,7 @@ pub(crate) async fn put_tenant(
     body: Result<Json<wire::TenantChange>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(body) = body?;
+    engine.check_not_file_managed(Some(&name), None)?;
     let created = engine.put_tenant(&name, (&body.quotas).into(), &caller.name).await?;
     let (record, usage) = engine.tenant(&name)?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };

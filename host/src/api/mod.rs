@@ -93,6 +93,7 @@ pub fn router(engine: Engine, access: Arc<Access>) -> Router {
             "/v1/tenants/{name}",
             g(needs(Read), get(access::get_tenant)).merge(g(audited(Admin, "tenant.put"), put(access::put_tenant))),
         )
+        .route("/v1/config", g(needs(Admin), get(config)))
         .route("/v1/audit", g(needs(Admin), get(access::audit)))
         .route("/v1/callbacks/secret", g(audited(Submit, "callbacks.secret"), get(access::callback_secret)))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see README.md") })
@@ -473,6 +474,10 @@ async fn list_tasks(
     Ok(Json(page))
 }
 
+async fn config(State(engine): State<Engine>) -> Json<wire::ConfigView> {
+    Json(engine.config_view())
+}
+
 async fn list_queues(State(engine): State<Engine>, Extension(ns): Extension<Namespace>) -> Json<wire::QueueList> {
     let queues: Vec<_> = engine
         .queues()
@@ -494,6 +499,7 @@ async fn set_queue(
     let Json(body) = body?;
     let config = QueueConfig { concurrency: body.concurrency, weight: body.weight.unwrap_or(1) };
     let key = ns.key(NameKind::Queue, &name)?;
+    engine.check_not_file_managed(None, Some(&key))?;
     engine.set_queue(&key, config.clone()).await?;
     Ok(Json(wire::QueueSettings::new(name, &config)))
 }

@@ -80,6 +80,11 @@ pub(crate) struct ServeArgs {
     /// it changes; `POST /v1/models` writes to it. Default: DATA/models.toml.
     #[arg(long, value_name = "FILE")]
     models: Option<PathBuf>,
+    /// Configuration file (TOML): tenants with their quotas, and queue
+    /// settings; applied at start and on every change (a broken edit is
+    /// refused and the last good one kept). See docs/security.md.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     /// Retry backoff base, e.g. `1s`.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     retry_base: Option<Duration>,
@@ -252,6 +257,7 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         config.max_plugins = n as usize;
     }
     config.plugins_dir = args.plugins;
+    config.settings_file = args.config;
     config.egress = taskhost::egress::EgressPolicy::allowing(args.egress_allow.clone());
     let defaults = RetryPolicy::default();
     config.retry =
@@ -380,6 +386,9 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
 /// Ends start-up on an engine that would not open: a store that cannot be
 /// used exits with [`EXIT_STORE`], naming the file and what to do.
 fn open_failed(e: &anyhow::Error, data_dir: &std::path::Path) -> ExitCode {
+    if e.chain().any(|cause| cause.downcast_ref::<taskhost::engine::SettingsError>().is_some()) {
+        return fail(EXIT_USAGE, &format!("cannot start: the configuration file: {e:#}"));
+    }
     let store_error = e.chain().find_map(|cause| {
         cause.downcast_ref::<StoreError>().or_else(|| match cause.downcast_ref::<EngineError>() {
             Some(EngineError::Store(s)) => Some(s),

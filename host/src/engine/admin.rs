@@ -29,6 +29,17 @@ pub struct ListFilter {
     pub cursor: Option<Uuid>,
 }
 
+/// Refuses queue settings out of range.
+pub(crate) fn check_queue(config: &QueueConfig) -> Result<(), EngineError> {
+    if !(1..=1000).contains(&config.weight) {
+        return Err(EngineError::InvalidRequest(format!("weight {} is out of range: expected 1-1000", config.weight)));
+    }
+    if config.concurrency == Some(0) {
+        return Err(EngineError::InvalidRequest("concurrency must be at least 1 (omit it for no limit)".into()));
+    }
+    Ok(())
+}
+
 /// A queue with its settings and current depth.
 #[derive(Debug, Clone)]
 pub struct QueueInfo {
@@ -179,15 +190,7 @@ impl Admin {
     /// Sets a queue's concurrency limit and weight.
     pub(crate) async fn set_queue(&self, name: &str, config: QueueConfig) -> Result<(), EngineError> {
         crate::tenant::check_key(NameKind::Queue, name).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
-        if !(1..=1000).contains(&config.weight) {
-            return Err(EngineError::InvalidRequest(format!(
-                "weight {} is out of range: expected 1-1000",
-                config.weight
-            )));
-        }
-        if config.concurrency == Some(0) {
-            return Err(EngineError::InvalidRequest("concurrency must be at least 1 (omit it for no limit)".into()));
-        }
+        check_queue(&config)?;
         let tenant_queues = self.shared.tenants.quotas(crate::tenant::tenant_of(name)).and_then(|q| q.max_queues);
         self.shared.queues.admit(name, self.shared.config.max_queues, tenant_queues)?;
         self.shared.store.set_queue(name.to_owned(), config.clone()).await?;

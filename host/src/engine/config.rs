@@ -57,6 +57,10 @@ pub struct EngineConfig {
     /// What completion callbacks may reach: public addresses, and the
     /// networks it allows. Default: public addresses only.
     pub egress: crate::egress::EgressPolicy,
+    /// The live configuration file (tenants, quotas, queue settings):
+    /// applied at start (a broken file stops the start) and on every
+    /// change. Default: none.
+    pub settings_file: Option<PathBuf>,
 }
 
 impl Default for EngineConfig {
@@ -78,6 +82,7 @@ impl Default for EngineConfig {
             max_plugins: 1_000,
             compiler: Compiler::default(),
             egress: crate::egress::EgressPolicy::default(),
+            settings_file: None,
         }
     }
 }

@@ -26,6 +26,7 @@ mod metrics;
 mod retry;
 mod runner;
 mod scheduler;
+mod settings;
 mod shared;
 mod submission;
 mod tenants;
@@ -37,6 +38,7 @@ pub use config::{EngineConfig, default_data_dir, default_memory_budget};
 pub use error::EngineError;
 pub use flows::{FlowLimits, FlowSpec, FlowView, Node, RepeatSpec, Step};
 pub use retry::{RetryPolicy, is_retried};
+pub use settings::{MAX_SETTINGS_BYTES, SettingsError};
 pub use submission::{MAX_DELAY_MS, NewTask};
 pub use tenants::MAX_TENANTS;
 
@@ -120,6 +122,9 @@ struct Inner {
     plugins: Option<(Arc<Registry>, Sandbox)>,
     dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     watcher: Mutex<Option<crate::registry::watch::DirWatch>>,
+    /// The configuration file's state, and its watch.
+    settings: settings::FileSettings,
+    settings_watch: Mutex<Option<crate::watch::Watch>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -178,6 +183,14 @@ impl Engine {
             let watch = crate::registry::watch::start(registry, dir).context("watching the plugins directory")?;
             *lock(&engine.inner.watcher) = Some(watch);
         }
+        if let Some(file) = engine.inner.shared.config.settings_file.clone() {
+            // Absolute, as the watcher names changed paths.
+            let file = std::path::absolute(&file).unwrap_or(file);
+            engine.reload_settings(&file).await?;
+            let watch =
+                settings::watch(Arc::downgrade(&engine.inner), file).context("watching the configuration file")?;
+            *lock(&engine.inner.settings_watch) = Some(watch);
+        }
         Ok(engine)
     }
 
@@ -225,6 +238,8 @@ impl Engine {
                 callback_keys,
                 dispatcher: Mutex::default(),
                 watcher: Mutex::default(),
+                settings: settings::FileSettings::default(),
+                settings_watch: Mutex::default(),
             }),
         };
         engine.recover().await?;
@@ -573,6 +588,43 @@ impl Engine {
             plugins: plugins as u64,
         };
         Ok((record, usage))
+    }
+
+    /// The configuration file's state: its path, the settings it applied
+    /// and when, and the last reload's error.
+    pub fn config_view(&self) -> crate::wire::ConfigView {
+        let state = self.inner.settings.state();
+        let tenants = self
+            .tenants()
+            .into_iter()
+            .map(|(name, record)| {
+                let from_file = state.applied.tenants.contains_key(&name);
+                crate::wire::ConfigTenant::new(&name, &record.quotas, from_file)
+            })
+            .collect();
+        let queues = self
+            .queues()
+            .into_iter()
+            .map(|q| crate::wire::ConfigQueue::new(&q.name, &q.config, state.applied.queues.contains_key(&q.name)))
+            .collect();
+        crate::wire::ConfigView::new(state.path.as_deref(), state.applied_at_ms, state.error.clone(), tenants, queues)
+    }
+
+    /// Refuses an API change to a tenant or queue the configuration file
+    /// sets (the file wins; edit it there).
+    pub fn check_not_file_managed(&self, tenant: Option<&str>, queue: Option<&str>) -> Result<(), EngineError> {
+        let file = match (tenant, queue) {
+            (Some(name), _) => self.inner.settings.sets_tenant(name).map(|f| (format!("tenant `{name}`"), f)),
+            (None, Some(key)) => self.inner.settings.sets_queue(key).map(|f| (format!("queue `{key}`"), f)),
+            (None, None) => None,
+        };
+        match file {
+            Some((what, file)) => Err(EngineError::Conflict(format!(
+                "{what} is set in the configuration file {}; change it there (the file wins)",
+                file.display()
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Makes tenant `name` or sets its quotas (by the token named `by`);

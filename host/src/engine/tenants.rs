@@ -218,7 +218,7 @@ pub(crate) fn exceeded(tenant: &str, quota: &'static str, message: String) -> En
 }
 
 /// A quota of zero would refuse everything: say so rather than store it.
-fn check_quotas(q: &TenantQuotas) -> Result<(), EngineError> {
+pub(crate) fn check_quotas(q: &TenantQuotas) -> Result<(), EngineError> {
     let zero = [
         ("submit_per_sec", q.submit_per_sec.map(u64::from)),
         ("submit_burst", q.submit_burst.map(u64::from)),

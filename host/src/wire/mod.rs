@@ -9,6 +9,8 @@
 //! - [`queue`]: queue settings and depths;
 //! - [`access`]: API tokens and the audit log;
 //! - [`tenant`]: tenants, their quotas and usage;
+//! - [`config`]: the effective configuration and where each part comes
+//!   from;
 //! - [`error`]: the one error body, [`ErrorBody`];
 //! - [`model`]: the model registry's views ([`ModelsView`] and friends,
 //!   defined beside the registry in [`crate::inference`]);
@@ -22,6 +24,7 @@
 //! without digging through untyped JSON.
 
 pub mod access;
+pub mod config;
 pub mod error;
 pub mod flow;
 pub mod health;
@@ -47,6 +50,7 @@ pub use task::{
     TaskError, TaskLimits, TaskPage, TaskSubmission,
 };
 
+pub use config::{ConfigQueue, ConfigTenant, ConfigView, Source};
 pub use tenant::{Quotas, Tenant, TenantChange, TenantList, Usage};
 
 pub use model::{ModelRemoved, ModelState, ModelView, ModelsView, RuntimeView, TensorView};

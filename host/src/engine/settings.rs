@@ -1,0 +1,257 @@
+//! The live configuration file (`taskhost serve --config FILE`): tenants
+//! with their quotas, and queue settings. The file is read as a whole and
+//! checked before anything changes; it is applied at start (a broken file
+//! stops the start) and again on every change, through the shared
+//! debounced watcher. A broken edit changes nothing: the error is logged
+//! and shown by `GET /v1/config`, and the last good file stays in force.
+//!
+//! What the file sets is the file's: the API refuses to change it (409),
+//! and the file wins over what the API set before. Settings the file
+//! does not name stay as the API (or an earlier file) left them.
+//!
+//! ```toml
+//! [tenants.acme]            # made if new; every quota at once
+//! max_running = 8
+//! submit_per_sec = 500
+//!
+//! [queues.bulk]             # the default tenant's queue `bulk`
+//! concurrency = 4
+//! weight = 2
+//!
+//! [queues."acme/reports"]   # tenant acme's queue `reports`
+//! weight = 3
+//! ```
+
+use super::{Engine, EngineError, Inner};
+use crate::names::NameKind;
+use crate::store::{QueueConfig, TenantQuotas, now_ms};
+use crate::sync::{read, write};
+use crate::watch::{self, Watch, WatchError};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::sync::{RwLock, Weak};
+
+/// Largest configuration file read.
+pub const MAX_SETTINGS_BYTES: u64 = 1 << 20;
+
+/// A configuration file that cannot be applied; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingsError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not a configuration (TOML, fields, values).
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        message: String,
+    },
+    /// Applying a checked file failed (the store).
+    #[error("{path}: cannot apply it: {source}")]
+    Apply {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: EngineError,
+    },
+}
+
+/// The file's contents.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsFile {
+    #[serde(default)]
+    tenants: BTreeMap<String, crate::wire::Quotas>,
+    #[serde(default)]
+    queues: BTreeMap<String, crate::wire::QueueChange>,
+}
+
+/// A checked configuration: tenants and queues by key.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Settings {
+    pub(crate) tenants: BTreeMap<String, TenantQuotas>,
+    pub(crate) queues: BTreeMap<String, QueueConfig>,
+}
+
+impl Settings {
+    /// Parses and checks `text` (read from `path`, for messages).
+    pub(crate) fn parse(path: &Path, text: &str) -> Result<Self, SettingsError> {
+        let invalid = |message: String| SettingsError::Invalid { path: path.to_owned(), message };
+        let file: SettingsFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let mut settings = Settings::default();
+        for (name, quotas) in file.tenants {
+            crate::names::name(NameKind::Tenant, &name).map_err(|e| invalid(format!("[tenants]: {e}")))?;
+            let quotas = TenantQuotas::from(&quotas);
+            super::tenants::check_quotas(&quotas).map_err(|e| invalid(format!("[tenants.{name}]: {e}")))?;
+            settings.tenants.insert(name, quotas);
+        }
+        for (key, change) in file.queues {
+            crate::tenant::check_key(NameKind::Queue, &key).map_err(|e| invalid(format!("[queues]: {e}")))?;
+            let config = QueueConfig { concurrency: change.concurrency, weight: change.weight.unwrap_or(1) };
+            super::admin::check_queue(&config).map_err(|e| invalid(format!("[queues.\"{key}\"]: {e}")))?;
+            // (A queue's tenant may come from the API: checked when applied.)
+            settings.queues.insert(key, config);
+        }
+        Ok(settings)
+    }
+
+    /// Reads and checks `path`.
+    pub(crate) fn read(path: &Path) -> Result<Self, SettingsError> {
+        use std::io::Read as _;
+        let file = std::fs::File::open(path).map_err(|source| SettingsError::Read { path: path.to_owned(), source })?;
+        let mut text = String::new();
+        file.take(MAX_SETTINGS_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|source| SettingsError::Read { path: path.to_owned(), source })?;
+        if text.len() as u64 > MAX_SETTINGS_BYTES {
+            return Err(SettingsError::Invalid {
+                path: path.to_owned(),
+                message: format!("the file is larger than {MAX_SETTINGS_BYTES} bytes"),
+            });
+        }
+        Self::parse(path, &text)
+    }
+}
+
+/// Where the configuration stands: the file, its last good settings, when
+/// they were applied, and the last reload's error.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct FileState {
+    pub(crate) path: Option<PathBuf>,
+    pub(crate) applied: Settings,
+    pub(crate) applied_at_ms: Option<u64>,
+    pub(crate) error: Option<String>,
+}
+
+/// The configuration file's state, shared by the engine and its watch.
+#[derive(Debug, Default)]
+pub(crate) struct FileSettings(RwLock<FileState>);
+
+impl FileSettings {
+    /// The state now.
+    pub(crate) fn state(&self) -> FileState {
+        read(&self.0).clone()
+    }
+
+    /// Whether the file sets tenant `name`'s quotas.
+    pub(crate) fn sets_tenant(&self, name: &str) -> Option<PathBuf> {
+        let state = read(&self.0);
+        state.applied.tenants.contains_key(name).then(|| state.path.clone()).flatten()
+    }
+
+    /// Whether the file sets queue `key`.
+    pub(crate) fn sets_queue(&self, key: &str) -> Option<PathBuf> {
+        let state = read(&self.0);
+        state.applied.queues.contains_key(key).then(|| state.path.clone()).flatten()
+    }
+}
+
+impl Engine {
+    /// Applies `settings` read from `path`: tenants first (a queue may
+    /// belong to one), then queues. Stops at the first failure, with what
+    /// was applied before it kept.
+    pub(crate) async fn apply_settings(&self, path: &Path, settings: Settings) -> Result<(), SettingsError> {
+        let apply = |source| SettingsError::Apply { path: path.to_owned(), source };
+        for (name, quotas) in &settings.tenants {
+            self.put_tenant(name, quotas.clone(), "config file").await.map_err(apply)?;
+        }
+        for (key, config) in &settings.queues {
+            if !self.tenant_exists(crate::tenant::tenant_of(key)) {
+                let tenant = crate::tenant::tenant_of(key).to_owned();
+                return Err(apply(EngineError::UnknownTenant(tenant)));
+            }
+            self.inner.admin.set_queue(key, config.clone()).await.map_err(apply)?;
+        }
+        let mut state = write(&self.inner.settings.0);
+        state.path = Some(path.to_owned());
+        state.applied = settings;
+        state.applied_at_ms = Some(now_ms());
+        state.error = None;
+        Ok(())
+    }
+
+    /// Reads and applies the configuration file `path`; on failure the
+    /// error is kept for `GET /v1/config` (and returned).
+    pub(crate) async fn reload_settings(&self, path: &Path) -> Result<(), SettingsError> {
+        let read_path = path.to_owned();
+        let settings = crate::sync::blocking(move || Settings::read(&read_path)).await;
+        let result = match settings {
+            Ok(settings) => self.apply_settings(path, settings).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            let mut state = write(&self.inner.settings.0);
+            state.path = Some(path.to_owned());
+            state.error = Some(e.to_string());
+        }
+        result
+    }
+}
+
+/// Watches the configuration file and applies each change; a change that
+/// does not apply is logged and leaves the last good settings in force.
+/// The watch ends when the engine is dropped.
+pub(crate) fn watch(inner: Weak<Inner>, file: PathBuf) -> Result<Watch, WatchError> {
+    let dir = match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let runtime = tokio::runtime::Handle::current();
+    watch::start("config-watch", &[dir], Vec::new(), move |paths, _| {
+        let Some(inner) = inner.upgrade() else { return ControlFlow::Break(()) };
+        if paths.contains(&file) {
+            let engine = Engine { inner };
+            match runtime.block_on(engine.reload_settings(&file)) {
+                Ok(()) => tracing::info!(file = %file.display(), "configuration applied"),
+                Err(error) => {
+                    tracing::error!(%error, "configuration change refused; the last good one stays in force")
+                }
+            }
+        }
+        ControlFlow::Continue(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, String> {
+        Settings::parse(Path::new("taskhost.toml"), text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_file_sets_tenants_and_queues_and_a_bad_one_says_where() {
+        let settings = parse(
+            "[tenants.acme]\nmax_running = 8\n[queues.bulk]\nconcurrency = 4\nweight = 2\n\
+             [queues.\"acme/reports\"]\nweight = 3\n",
+        )
+        .unwrap();
+        assert_eq!(settings.tenants["acme"].max_running, Some(8));
+        assert_eq!(settings.queues["bulk"], QueueConfig { concurrency: Some(4), weight: 2 });
+        assert_eq!(settings.queues["acme/reports"].weight, 3);
+        assert_eq!(parse("").unwrap(), Settings::default());
+        for (bad, says) in [
+            ("[tenants.acme]\nmax_runing = 8\n", "unknown field `max_runing`"),
+            ("listen = \"0.0.0.0:1\"\n", "unknown field `listen`"),
+            ("[tenants.\"a b\"]\n", "invalid tenant name `a b`"),
+            ("[tenants.acme]\nmax_running = 0\n", "[tenants.acme]: quota `max_running` must be at least 1"),
+            ("[queues.\"a/b/c\"]\n", "[queues]: invalid queue name"),
+            ("[queues.bulk]\nweight = 0\n", "weight 0 is out of range"),
+            ("[tenants.acme\n", "taskhost.toml"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(says) && e.starts_with("taskhost.toml"), "{bad}: {e}");
+        }
+    }
+}

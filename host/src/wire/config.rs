@@ -1,0 +1,105 @@
+//! The configuration on the wire: `GET /v1/config` ([`ConfigView`]): the
+//! effective tenant quotas and queue settings, each with where it comes
+//! from (the configuration file or the API), and the file's state.
+
+use super::{Quotas, time};
+use crate::store::{QueueConfig, TenantQuotas};
+use serde::{Deserialize, Serialize};
+
+/// Where a setting comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Source {
+    /// The configuration file (`serve --config`); the API cannot change it.
+    File,
+    /// The API (or an earlier file), kept in the store.
+    Api,
+}
+
+impl Source {
+    fn of(from_file: bool) -> Self {
+        if from_file { Self::File } else { Self::Api }
+    }
+}
+
+/// A tenant's effective quotas.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ConfigTenant {
+    /// The tenant.
+    pub name: String,
+    /// Its quotas.
+    pub quotas: Quotas,
+    /// Where they come from.
+    pub source: Source,
+}
+
+impl ConfigTenant {
+    /// Tenant `name`'s `quotas`, from the file or not.
+    pub fn new(name: &str, quotas: &TenantQuotas, from_file: bool) -> Self {
+        Self { name: name.to_owned(), quotas: quotas.into(), source: Source::of(from_file) }
+    }
+}
+
+/// A queue's effective settings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ConfigQueue {
+    /// The queue's key (`NAME`, or `TENANT/NAME` in another tenant).
+    pub name: String,
+    /// Most of its tasks running at once.
+    pub concurrency: Option<u32>,
+    /// Its weight.
+    pub weight: u32,
+    /// Where they come from.
+    pub source: Source,
+}
+
+impl ConfigQueue {
+    /// Queue `name`'s `config`, from the file or not.
+    pub fn new(name: &str, config: &QueueConfig, from_file: bool) -> Self {
+        Self {
+            name: name.to_owned(),
+            concurrency: config.concurrency,
+            weight: config.weight,
+            source: Source::of(from_file),
+        }
+    }
+}
+
+/// `GET /v1/config`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ConfigView {
+    /// The configuration file, if the server has one.
+    pub file: Option<String>,
+    /// When the file's settings now in force were applied.
+    pub applied_at: Option<String>,
+    /// Why the last change to the file was refused (the settings applied
+    /// before stay in force); `null` once a change applies.
+    pub error: Option<String>,
+    /// Every tenant's quotas.
+    pub tenants: Vec<ConfigTenant>,
+    /// Every queue's settings.
+    pub queues: Vec<ConfigQueue>,
+}
+
+impl ConfigView {
+    /// The view.
+    pub fn new(
+        file: Option<&std::path::Path>,
+        applied_at_ms: Option<u64>,
+        error: Option<String>,
+        tenants: Vec<ConfigTenant>,
+        queues: Vec<ConfigQueue>,
+    ) -> Self {
+        Self {
+            file: file.map(|f| f.display().to_string()),
+            applied_at: applied_at_ms.map(time),
+            error,
+            tenants,
+            queues,
+        }
+    }
+}
