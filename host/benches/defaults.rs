@@ -241,7 +241,8 @@ async fn bench() {
             waits.sort();
             let (p50, p99) = (waits[waits.len() / 2], waits[(waits.len() * 99 / 100).min(waits.len() - 1)]);
             p99s.push(p99.as_secs_f64().max(1e-3));
-            let ratio = format!("{:.2}x", p99s[0] / p99s[p99s.len() - 1]);
+            // How many times the first setting's p99 this one's is.
+            let ratio = format!("{:.2}x", p99s[p99s.len() - 1] / p99s[0]);
             rows.push(row(&figure, name, format!("{} / {} ({} tasks)", ms(p50), ms(p99), waits.len()), ratio));
         }
     }
@@ -362,18 +363,9 @@ async fn http_throughput(extra: &[&str], senders: Senders) -> f64 {
         .into_iter()
         .map(|(http, batch)| {
             let base = base.clone();
-            tokio::spawn(async move {
-                for _ in 0..HTTP_TASKS / HTTP_BATCH / HTTP_CLIENTS {
-                    let r = http
-                        .post(format!("{base}/v1/tasks:batch"))
-                        .header("content-type", "application/json")
-                        .body(batch.clone())
-                        .send()
-                        .await
-                        .unwrap();
-                    assert!(r.status().is_success(), "batch: {}", r.status());
-                }
-            })
+            tokio::spawn(
+                async move { send_batches(&http, &base, &batch, HTTP_TASKS / HTTP_BATCH / HTTP_CLIENTS).await },
+            )
         })
         .collect();
     for c in clients {
@@ -386,6 +378,20 @@ async fn http_throughput(extra: &[&str], senders: Senders) -> f64 {
     server.kill().unwrap();
     server.wait().unwrap();
     rate
+}
+
+/// Sends `batch` (a `tasks:batch` body) `count` times, one after another.
+async fn send_batches(http: &reqwest::Client, base: &str, batch: &str, count: usize) {
+    for _ in 0..count {
+        let r = http
+            .post(format!("{base}/v1/tasks:batch"))
+            .header("content-type", "application/json")
+            .body(batch.to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "batch: {}", r.status());
+    }
 }
 
 /// Queue waits (submitted → started) of a trickle of trivial tasks, one
@@ -402,18 +408,7 @@ async fn trickle_waits(own_tenant: bool) -> Vec<Duration> {
     .to_string();
     let backlog = {
         let (bulk, base) = (bulk.clone(), base.clone());
-        tokio::spawn(async move {
-            for _ in 0..HTTP_TASKS / HTTP_BATCH {
-                let r = bulk
-                    .post(format!("{base}/v1/tasks:batch"))
-                    .header("content-type", "application/json")
-                    .body(batch.clone())
-                    .send()
-                    .await
-                    .unwrap();
-                assert!(r.status().is_success(), "batch: {}", r.status());
-            }
-        })
+        tokio::spawn(async move { send_batches(&bulk, &base, &batch, HTTP_TASKS / HTTP_BATCH).await })
     };
     let mut ids = Vec::new();
     let mut tick = tokio::time::interval(Duration::from_millis(20));

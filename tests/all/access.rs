@@ -217,7 +217,8 @@ async fn serving_uppercase(extra: &[&str]) -> (tempfile::TempDir, crate::recover
     (data, server, http)
 }
 
-fn taskhost(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+/// Runs the CLI: whether it succeeded, its stdout and its stderr.
+pub(crate) fn taskhost(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = crate::cli::taskhost_with_env(args, env, b"");
     (
         out.status.success(),

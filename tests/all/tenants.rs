@@ -337,14 +337,7 @@ async fn another_tenants_backlog_does_not_hold_back_a_trickle() {
     assert!(left > 1_000, "the trickle ran while the backlog was deep ({left} of 30,000 left)");
 }
 
-fn taskhost(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = crate::cli::taskhost_with_env(args, env, b"");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use crate::access::taskhost;
 
 /// `taskhost tenants put|list|show`, `tokens create --tenant`, and
 /// `--tenant` for an admin acting in a tenant.

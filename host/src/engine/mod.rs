@@ -64,24 +64,6 @@ use uuid::Uuid;
 /// stops waiting on the compile it is in.
 const WATCH_STOP_GRACE: Duration = Duration::from_secs(2);
 
-/// What a tenant uses now (`GET /v1/tenants/{t}`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TenantUsage {
-    /// Tasks stored and not yet finished.
-    pub unfinished: u64,
-    /// Tasks ready to run.
-    pub ready: u64,
-    /// Tasks waiting for their time (delayed or retrying).
-    pub delayed: u64,
-    /// Tasks running.
-    pub running: u64,
-    /// Plugins.
-    pub plugins: u64,
-    /// Bytes of task inputs and outputs kept.
-    pub stored_bytes: u64,
-}
-
 /// The plugin of a spec's first step.
 fn first_plugin(node: &Node) -> Option<&str> {
     match node {
@@ -575,11 +557,11 @@ impl Engine {
     }
 
     /// Tenant `name` and what it uses now.
-    pub fn tenant(&self, name: &str) -> Result<(crate::store::TenantRecord, TenantUsage), EngineError> {
+    pub fn tenant(&self, name: &str) -> Result<(crate::store::TenantRecord, crate::wire::Usage), EngineError> {
         let record = self.inner.shared.tenants.get(name).ok_or_else(|| EngineError::UnknownTenant(name.to_owned()))?;
         let depth = lock(&self.inner.shared.sched).tenant_depth(name);
         let plugins = self.plugins().iter().filter(|p| crate::tenant::tenant_of(p) == name).count();
-        let usage = TenantUsage {
+        let usage = crate::wire::Usage {
             stored_bytes: self.inner.shared.tenants.stored_of(name),
             unfinished: self.inner.shared.metrics.unfinished_of(name),
             ready: depth.ready as u64,

@@ -3,7 +3,6 @@
 //! `GET /v1/tenants/{name}` ([`Tenant`], with what it uses now).
 
 use super::time;
-use crate::engine::TenantUsage;
 use crate::store::{TenantQuotas, TenantRecord};
 use serde::{Deserialize, Serialize};
 
@@ -107,19 +106,6 @@ pub struct Usage {
     pub stored_bytes: u64,
 }
 
-impl From<&TenantUsage> for Usage {
-    fn from(u: &TenantUsage) -> Self {
-        Self {
-            unfinished: u.unfinished,
-            ready: u.ready,
-            delayed: u.delayed,
-            running: u.running,
-            plugins: u.plugins,
-            stored_bytes: u.stored_bytes,
-        }
-    }
-}
-
 /// A tenant.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -139,13 +125,13 @@ pub struct Tenant {
 
 impl Tenant {
     /// Tenant `name` as stored, with `usage` when known.
-    pub fn new(name: impl Into<String>, record: &TenantRecord, usage: Option<&TenantUsage>) -> Self {
+    pub fn new(name: impl Into<String>, record: &TenantRecord, usage: Option<&Usage>) -> Self {
         Self {
             name: name.into(),
             created_at: time(record.created_at_ms),
             created_by: record.created_by.clone(),
             quotas: Quotas::from(&record.quotas),
-            usage: usage.map(Usage::from),
+            usage: usage.cloned(),
         }
     }
 }
