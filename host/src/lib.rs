@@ -43,7 +43,13 @@ pub mod wire;
 pub use sandbox::{
     AttemptRuntime, BudgetExceeded, CancelToken, Ceilings, DirGrant, FailureClass, Grants, HostBudget, Limits,
     LoadError, LogLevel, LogRecord, Plugin, Sandbox, SandboxConfig, TaskFailure, TaskMeta, TaskReport, TaskRequest,
+    Transcript,
 };
+
+/// Attempts' transcripts: what a task logged and printed, as timed lines.
+pub mod logs {
+    pub use crate::sandbox::{AttemptLog, DEFAULT_KEEP, Dropped, LogLine, MAX_LINE, Stream};
+}
 
 /// The WIT types of the `inference` import (generated from
 /// `wit/inference.wit`) and the trait the model registry implements.

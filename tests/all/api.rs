@@ -275,18 +275,7 @@ async fn a_finished_task_is_posted_to_its_callback() {
 
 /// Runs the `taskhost` binary against the API; returns what it printed.
 async fn cli(api: &Api, args: &[&str]) -> std::process::Output {
-    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
-    let (server, token) = (api.base.clone(), api.token.clone());
-    tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
-            .args(&args)
-            .env("TASKHOST_SERVER", server)
-            .env("TASKHOST_TOKEN", token)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap()
+    crate::client_cli(&api.base, &api.token, args).await
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -36,6 +36,9 @@ mod invalid;
 mod isolation;
 /// Every hard limit ends in its class and the host survives.
 mod limits;
+/// What tasks log and print under the server: kept per attempt within a
+/// cap, shown and followed over HTTP and the CLI.
+mod logs;
 /// Kill -9 under load, restart, nothing lost or duplicated.
 mod recovery;
 /// Hot-loading: swaps, pinning, the artifact cache, the watched directory,
@@ -94,6 +97,23 @@ pub(crate) async fn serve_api(engine: &taskhost::engine::Engine, data: &std::pat
     let router = taskhost::api::router(engine.clone(), taskhost::api::Access::tokens(auth));
     tokio::spawn(axum::serve(listener, router).into_future());
     (base, token)
+}
+
+/// Runs the `taskhost` binary's client command `args` against the server
+/// at `server` with `token`, off the async workers.
+pub(crate) async fn client_cli(server: &str, token: &str, args: &[&str]) -> std::process::Output {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let (server, token) = (server.to_owned(), token.to_owned());
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
+            .args(&args)
+            .env("TASKHOST_SERVER", server)
+            .env("TASKHOST_TOKEN", token)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 /// [`authed`] with the admin token of the server on `data`.

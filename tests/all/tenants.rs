@@ -151,7 +151,14 @@ async fn tenants_neither_see_nor_touch_each_others_objects() {
     // Another tenant's task answers as one that does not exist, on every
     // route, and stays as it was.
     let absent = "0190a0a0-0000-7000-8000-000000000000";
-    for (method, suffix) in [("GET", ""), ("GET", "/history"), ("POST", "/cancel"), ("POST", "/retry")] {
+    for (method, suffix) in [
+        ("GET", ""),
+        ("GET", "/history"),
+        ("GET", "/logs"),
+        ("GET", "/logs?follow=true"),
+        ("POST", "/cancel"),
+        ("POST", "/retry"),
+    ] {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let theirs = call(&http, base, &tb, method.clone(), &format!("/v1/tasks/{a_id}{suffix}"), None, None).await;
         let nobodys = call(&http, base, &tb, method, &format!("/v1/tasks/{absent}{suffix}"), None, None).await;

@@ -71,6 +71,7 @@ pub fn router(engine: Engine, access: Arc<Access>) -> Router {
         .route("/v1/tasks:batch", g(needs(Submit), post(submit_batch)).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)))
         .route("/v1/tasks/{id}", g(needs(Read), get(get_task)))
         .route("/v1/tasks/{id}/history", g(needs(Read), get(history)))
+        .route("/v1/tasks/{id}/logs", g(needs(Read), get(logs)))
         .route("/v1/tasks/{id}/cancel", g(needs(Submit), post(cancel)))
         .route("/v1/tasks/{id}/retry", g(needs(Submit), post(resubmit)))
         .route("/v1/flows", g(needs(Submit), post(flows::submit)).layer(DefaultBodyLimit::max(MAX_TASK_BODY)))
@@ -405,6 +406,41 @@ async fn history(
 ) -> ApiResult<Json<wire::History>> {
     let record = owned(&engine, &ns, parse_id(&id)?)?;
     Ok(Json(wire::History::new(&record)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    /// The attempt (its latest when absent).
+    attempt: Option<u32>,
+    /// Stream the lines as they are written (Server-Sent Events).
+    follow: Option<bool>,
+}
+
+/// One attempt's lines, or (`follow=true`) a stream of them as they are
+/// written until the task ends: Server-Sent Events named as
+/// [`wire::LogEvent`]'s variants, each carrying the event as JSON.
+async fn logs(
+    State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
+    Path(id): Path<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let Query(query) = query?;
+    let id = parse_id(&id)?;
+    let record = read(&engine, move |engine| owned(engine, &ns, id)).await?;
+    if !query.follow.unwrap_or(false) {
+        let logs = read(&engine, move |engine| engine.task_logs(&record, query.attempt)).await?;
+        return Ok(Json(logs).into_response());
+    }
+    let events = engine.follow_logs(&record, query.attempt)?;
+    let stream = futures::stream::unfold(events, |mut events| async move {
+        let event = events.recv().await?;
+        let sse = Event::default().event(event.name()).json_data(&event).map_err(axum::Error::new);
+        Some((sse, events))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
 async fn cancel(

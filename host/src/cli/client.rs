@@ -247,6 +247,25 @@ impl Client {
     /// becomes its `code: message`, and an answer that is not a `T` says
     /// what did not fit.
     async fn call<T: DeserializeOwned>(&self, request: reqwest::RequestBuilder) -> CallResult<T> {
+        let (what, response) = self.send(request).await?;
+        let body = response.bytes().await.unwrap_or_default();
+        serde_json::from_slice(&body).map_err(|e| {
+            let start = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+            Failure(
+                EXIT_USAGE,
+                format!(
+                    "taskhost at {} answered {what} with something unexpected ({e}); is it the same version as \
+                     this client? The answer began: {start}",
+                    self.base
+                ),
+            )
+        })
+    }
+
+    /// Sends `request` with the token and tenant; returns what was asked
+    /// (`GET /v1/...`) and a successful answer, whose body is not read
+    /// yet. An error answer becomes its `code: message`.
+    async fn send(&self, request: reqwest::RequestBuilder) -> CallResult<(String, reqwest::Response)> {
         let request = match &self.token {
             Ok(token) => request.bearer_auth(token),
             Err(NoToken::Impostor(why)) => return Err(Failure(EXIT_USAGE, why.clone())),
@@ -262,8 +281,8 @@ impl Client {
             Failure(EXIT_USAGE, format!("cannot reach taskhost at {}: {e} (is `taskhost serve` running?)", self.base))
         })?;
         let status = response.status();
-        let body = response.bytes().await.unwrap_or_default();
         if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
             let mut message = match serde_json::from_slice::<wire::ErrorBody>(&body) {
                 Ok(answer) => answer.error.to_string(),
                 Err(_) => format!("error: {status}"),
@@ -273,17 +292,7 @@ impl Client {
             }
             return Err(Failure(EXIT_TASK_FAILED, message));
         }
-        serde_json::from_slice(&body).map_err(|e| {
-            let start = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
-            Failure(
-                EXIT_USAGE,
-                format!(
-                    "taskhost at {} answered {what} with something unexpected ({e}); is it the same version as \
-                     this client? The answer began: {start}",
-                    self.base
-                ),
-            )
-        })
+        Ok((what, response))
     }
 
     fn url(&self, path: &str) -> String {
@@ -293,6 +302,11 @@ impl Client {
     /// `GET path`, read into `T`.
     pub(crate) async fn get_json<T: DeserializeOwned>(&self, path: &str) -> CallResult<T> {
         self.call(self.http.get(self.url(path))).await
+    }
+
+    /// `GET path`, its answer's body left to read as it comes (a stream).
+    pub(crate) async fn get_stream(&self, path: &str) -> CallResult<reqwest::Response> {
+        Ok(self.send(self.http.get(self.url(path))).await?.1)
     }
 
     /// `DELETE path`, read into `T`.

@@ -8,6 +8,7 @@ mod artifacts;
 mod client;
 mod flow;
 mod local_server;
+mod logs;
 mod models;
 mod run;
 mod serve;
@@ -38,6 +39,9 @@ enum Command {
     Status(client::IdArgs),
     /// Cancel a task.
     Cancel(client::IdArgs),
+    /// Show what a task logged and printed (one attempt's lines), or
+    /// follow its lines as they are written (`--follow`).
+    Logs(logs::LogsArgs),
     /// List tasks.
     Tasks(client::TasksArgs),
     /// Manage plugins on a server.
@@ -101,6 +105,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Submit(args) => runtime.block_on(client::submit(args)),
         Command::Status(args) => runtime.block_on(client::status(args)),
         Command::Cancel(args) => runtime.block_on(client::cancel(args)),
+        Command::Logs(args) => runtime.block_on(logs::logs(args)),
         Command::Tasks(args) => runtime.block_on(client::tasks(args)),
         Command::Plugins(command) => runtime.block_on(client::plugins(command)),
         Command::Queues(command) => runtime.block_on(client::queues(command)),

@@ -114,6 +114,11 @@ pub(crate) struct ServeArgs {
     /// retried host error.
     #[arg(long, value_name = "N")]
     guest_file_threads: Option<usize>,
+    /// Bytes of each attempt's log records, stdout and stderr kept with
+    /// the task: its first and its latest lines, e.g. `256KiB` (default
+    /// 64KiB, at most 16MiB; 0 keeps none).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    log_keep: Option<u64>,
     /// Most queues; a task or setting naming a new queue past this is
     /// refused (default 1000).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -140,6 +145,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     compile_timeout: Option<Duration>,
 }
+
+/// The most `--log-keep` takes: what each running attempt may hold of
+/// its lines, and each attempt may store.
+const MAX_LOG_KEEP: u64 = 16 << 20;
 
 /// A network (`10.0.0.0/8`) or one address (`127.0.0.1`, `::1`).
 fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
@@ -248,6 +257,13 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
     match args.guest_file_threads {
         Some(0) => return fail(EXIT_USAGE, "--guest-file-threads must be at least 1"),
         Some(n) => sandbox.blocking_threads = n,
+        None => {}
+    }
+    match args.log_keep {
+        Some(bytes) if bytes > MAX_LOG_KEEP => {
+            return fail(EXIT_USAGE, &format!("--log-keep is at most {}", taskhost::units::format_size(MAX_LOG_KEEP)));
+        }
+        Some(bytes) => config.log_keep_bytes = bytes,
         None => {}
     }
     if let Some(n) = args.max_queues {

@@ -57,6 +57,11 @@ pub struct EngineConfig {
     /// What completion callbacks may reach: public addresses, and the
     /// networks it allows. Default: public addresses only.
     pub egress: crate::egress::EgressPolicy,
+    /// The bytes of each attempt's transcript (its log records, stdout
+    /// and stderr as lines) kept with the task: the first half and the
+    /// latest half, with what was dropped between counted. 0 keeps none.
+    /// Default 64 KiB.
+    pub log_keep_bytes: u64,
     /// The live configuration file (tenants, quotas, queue settings):
     /// applied at start (a broken file stops the start) and on every
     /// change. Default: none.
@@ -83,6 +88,7 @@ impl Default for EngineConfig {
             compiler: Compiler::default(),
             egress: crate::egress::EgressPolicy::default(),
             settings_file: None,
+            log_keep_bytes: crate::sandbox::DEFAULT_KEEP,
         }
     }
 }

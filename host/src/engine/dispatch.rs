@@ -157,6 +157,7 @@ impl Dispatch {
     }
 
     fn stop_running(&self, id: uuid::Uuid) {
+        lock(&self.shared.transcripts).remove(&id);
         let mut running = lock(&self.shared.running);
         running.remove(&id);
         if running.is_empty() {
@@ -193,7 +194,15 @@ impl Dispatch {
         let mut reserved = None;
         // Time spent waiting for a slot or memory is not charged.
         let mut waited = Duration::ZERO;
-        let mut change = match self.gated_run(&record, token, &services, &mut waited).await {
+        // Followers read the attempt's lines from here until its outcome
+        // is recorded (with them).
+        let keep = shared.config.log_keep_bytes;
+        let transcript = (keep > 0).then(|| crate::sandbox::Transcript::new(keep));
+        let run = record.runs();
+        if let Some(t) = &transcript {
+            lock(&shared.transcripts).insert(record.id, (run, t.clone()));
+        }
+        let mut change = match self.gated_run(&record, token, &services, transcript.clone(), &mut waited).await {
             Ok(ran) => {
                 run_secs = ran.secs;
                 reserved = Some(ran.reserved);
@@ -224,7 +233,14 @@ impl Dispatch {
         if completing {
             change = change.effects(held.effects);
         }
+        if let Some(t) = &transcript {
+            change = change.log(run, &t.finish());
+        }
+        let log_bytes = change.log.as_ref().map_or(0, |(_, bytes)| bytes.len() as u64);
         let finished = shared.store.apply(change.expect_version(record.version)).await;
+        if finished.is_ok() && log_bytes > 0 {
+            shared.tenants.add_stored(crate::tenant::tenant_of(&record.plugin), log_bytes);
+        }
         drop(reserved);
         // Children first, so the flow never looks finished in between.
         let applied = finished.as_ref().is_ok_and(|a| completing && a.effects_applied);
@@ -296,6 +312,7 @@ impl Dispatch {
         record: &TaskRecord,
         cancel: CancelToken,
         services: &Arc<AttemptServices>,
+        transcript: Option<crate::sandbox::Transcript>,
         waited: &mut Duration,
     ) -> Result<Ran<'a>, NotRun> {
         let shared = &self.shared;
@@ -324,7 +341,7 @@ impl Dispatch {
         let started_ms = now_ms();
         shared.metrics.queue_wait.observe(started_ms.saturating_sub(ready_since) as f64 / 1000.0);
         let started = Instant::now();
-        let attempt = Attempt { input, cancel, services: services.clone(), budget: services.budget() };
+        let attempt = Attempt { input, cancel, services: services.clone(), budget: services.budget(), transcript };
         let report = shared.runner.run(record, attempt).await;
         drop(slot);
         let output_len = report.result.as_ref().map_or(0, |o| o.len() as u64);

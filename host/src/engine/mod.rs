@@ -22,6 +22,7 @@ mod fetch;
 mod flows;
 mod gate;
 mod history;
+mod logs;
 mod metrics;
 mod retry;
 mod runner;
@@ -37,6 +38,7 @@ pub use admin::{ListFilter, QueueInfo};
 pub use config::{EngineConfig, default_data_dir, default_memory_budget};
 pub use error::EngineError;
 pub use flows::{FlowLimits, FlowSpec, FlowView, Node, RepeatSpec, Step};
+pub use logs::MAX_FOLLOWERS;
 pub use retry::{RetryPolicy, is_retried};
 pub use settings::{MAX_SETTINGS_BYTES, SettingsError};
 pub use submission::{MAX_DELAY_MS, NewTask};
@@ -107,6 +109,8 @@ struct Inner {
     /// The configuration file's state, and its watch.
     settings: settings::FileSettings,
     settings_watch: Mutex<Option<crate::watch::Watch>>,
+    /// Clients following logs.
+    followers: logs::Followers,
 }
 
 impl std::fmt::Debug for Engine {
@@ -222,6 +226,7 @@ impl Engine {
                 watcher: Mutex::default(),
                 settings: settings::FileSettings::default(),
                 settings_watch: Mutex::default(),
+                followers: logs::Followers::default(),
             }),
         };
         engine.recover().await?;
@@ -236,9 +241,9 @@ impl Engine {
         let now = now_ms();
         let mut interrupted = Vec::new();
         let mut unfinished = Vec::new();
-        shared.store.scan(None, |record| {
+        shared.store.scan_with_log_bytes(|record, log_bytes| {
             shared.queues.known(&record.queue);
-            let kept = record.input_len + record.output_len.unwrap_or(0);
+            let kept = record.input_len + record.output_len.unwrap_or(0) + log_bytes;
             shared.tenants.add_stored(crate::tenant::tenant_of(&record.plugin), kept);
             shared.metrics.moved(&record.queue, None, record.state);
             match record.state {
@@ -246,7 +251,6 @@ impl Engine {
                 TaskState::Pending | TaskState::Retrying => unfinished.push(record),
                 _ => {}
             }
-            true
         })?;
         // Tasks the host died running: back to pending (their attempt was
         // counted when it started), or failed once out of attempts.
@@ -487,6 +491,24 @@ impl Engine {
     /// A task's output, once it completed.
     pub fn output(&self, id: Uuid) -> Result<Option<Vec<u8>>, EngineError> {
         Ok(self.inner.shared.store.output(id)?)
+    }
+
+    /// One attempt's lines of task `record` (its latest when `attempt` is
+    /// `None`): live while it runs, else as recorded with its outcome.
+    pub fn task_logs(&self, record: &TaskRecord, attempt: Option<u32>) -> Result<crate::wire::TaskLogs, EngineError> {
+        logs::task_logs(&self.inner.shared, record, attempt)
+    }
+
+    /// Follows task `record`'s lines from attempt `attempt` (its latest
+    /// when `None`) until it ends: see [`crate::wire::LogEvent`]. At most
+    /// [`MAX_FOLLOWERS`] follow at once; one more is refused
+    /// ([`EngineError::Overloaded`]).
+    pub fn follow_logs(
+        &self,
+        record: &TaskRecord,
+        attempt: Option<u32>,
+    ) -> Result<tokio::sync::mpsc::Receiver<crate::wire::LogEvent>, EngineError> {
+        logs::follow(&self.inner.shared, &self.inner.followers, record, attempt)
     }
 
     /// Lists tasks in submission order; returns the page and the cursor of

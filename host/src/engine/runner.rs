@@ -92,6 +92,8 @@ pub(crate) struct Attempt {
     pub(crate) services: Arc<dyn TaskServices>,
     /// The attempt's host budget, shared with `services`.
     pub(crate) budget: Arc<crate::HostBudget>,
+    /// Where its log lines, stdout and stderr go as they come.
+    pub(crate) transcript: Option<crate::sandbox::Transcript>,
 }
 
 /// See the module docs.
@@ -204,6 +206,7 @@ impl Runner for SandboxRunner {
             services: Some(attempt.services),
             inference: self.inference.clone(),
             budget: Some(attempt.budget),
+            transcript: attempt.transcript,
         };
         let sandbox = self.sandbox.clone();
         let attempt = async move { sandbox.run(&plugin, request).await };

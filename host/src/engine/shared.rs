@@ -36,6 +36,9 @@ pub(crate) struct Shared {
     pub(crate) history: super::history::History,
     /// Cancel tokens of the attempts running now.
     pub(crate) running: Mutex<HashMap<Uuid, CancelToken>>,
+    /// The transcripts of the attempts running now (their attempt
+    /// numbers with them), until their outcome is recorded.
+    pub(crate) transcripts: Mutex<HashMap<Uuid, (u32, crate::sandbox::Transcript)>>,
     /// Signalled when the last running attempt ends.
     pub(crate) idle: Notify,
     pub(crate) stopping: AtomicBool,
@@ -66,6 +69,7 @@ impl Shared {
             metrics,
             history: super::history::History::default(),
             running: Mutex::default(),
+            transcripts: Mutex::default(),
             idle: Notify::new(),
             stopping: AtomicBool::new(false),
             halting: Notify::new(),

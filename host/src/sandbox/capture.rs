@@ -4,6 +4,7 @@
 //! Captured bytes also count against the attempt's host budget.
 
 use super::budget::HostBudget;
+use super::transcript::{Stream, Transcript};
 use bytes::Bytes;
 use std::sync::{Arc, Mutex};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
@@ -19,14 +20,24 @@ struct Buffer {
 #[derive(Debug, Clone)]
 pub(crate) struct CappedPipe {
     name: &'static str,
+    stream: Stream,
     cap: usize,
     buffer: Arc<Mutex<Buffer>>,
     budget: Arc<HostBudget>,
+    /// Where what is kept is also written, as lines.
+    transcript: Option<Transcript>,
 }
 
 impl CappedPipe {
-    pub(crate) fn new(name: &'static str, cap: u64, budget: Arc<HostBudget>) -> Self {
-        Self { name, cap: usize::try_from(cap).unwrap_or(usize::MAX), buffer: Arc::default(), budget }
+    pub(crate) fn new(stream: Stream, cap: u64, budget: Arc<HostBudget>, transcript: Option<Transcript>) -> Self {
+        Self {
+            name: stream.as_str(),
+            stream,
+            cap: usize::try_from(cap).unwrap_or(usize::MAX),
+            buffer: Arc::default(),
+            budget,
+            transcript,
+        }
     }
 
     pub(crate) fn name(&self) -> &'static str {
@@ -81,6 +92,9 @@ impl OutputStream for CappedPipe {
         let kept = bytes.len().min(room);
         if let Err(refused) = self.budget.charge(self.name, kept as u64) {
             return Err(StreamError::Trap(wasmtime::Error::new(refused)));
+        }
+        if let Some(transcript) = &self.transcript {
+            transcript.write(self.stream, &bytes[..kept]);
         }
         if bytes.len() > room {
             buf.bytes.extend_from_slice(&bytes[..room]);

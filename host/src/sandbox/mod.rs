@@ -15,6 +15,7 @@ mod runtime;
 mod services;
 mod state;
 mod ticker;
+mod transcript;
 
 pub use budget::{BudgetExceeded, HostBudget};
 pub use config::{Ceilings, Limits, SandboxConfig};
@@ -24,6 +25,7 @@ pub(crate) use plugin::check_header;
 pub use plugin::{LoadError, Plugin};
 pub use runtime::AttemptRuntime;
 pub use services::{ChildTask, ContextError, HostFailure, QueueError, Served, TaskServices, TaskStatus, TaskView};
+pub use transcript::{AttemptLog, DEFAULT_KEEP, Dropped, LogLine, MAX_LINE, Stream, Transcript};
 
 use crate::bindings::{Task, TaskError, TaskPre, WitTaskInfo};
 use anyhow::Context as _;
@@ -108,6 +110,9 @@ pub struct TaskRequest {
     /// The attempt's host budget, shared with `services`; `None` makes a
     /// fresh one of `limits.host_bytes`.
     pub budget: Option<Arc<HostBudget>>,
+    /// Where the guest's log lines, stdout and stderr are also written as
+    /// they come (for a server that keeps and shows them).
+    pub transcript: Option<Transcript>,
 }
 
 /// Cancels a running task: the guest is stopped at its next epoch tick, or
@@ -380,7 +385,12 @@ impl Sandbox {
         }
         let deadline = tokio::time::Instant::now() + limits.timeout;
         let cancel = request.cancel.clone();
-        let attached = Attached { services: request.services, inference: request.inference, budget: request.budget };
+        let attached = Attached {
+            services: request.services,
+            inference: request.inference,
+            budget: request.budget,
+            transcript: request.transcript,
+        };
         let mut store = match self.new_store(plugin, &request.meta, &limits, &request.grants, request.cancel, attached)
         {
             Ok(store) => store,
@@ -468,6 +478,7 @@ pub(crate) struct Attached {
     pub(crate) services: Option<Arc<dyn TaskServices>>,
     pub(crate) inference: Option<Arc<dyn InferenceService>>,
     pub(crate) budget: Option<Arc<HostBudget>>,
+    pub(crate) transcript: Option<Transcript>,
 }
 
 #[derive(Clone, Copy)]

@@ -202,7 +202,8 @@ impl fmt::Display for TaskFailure {
 impl std::error::Error for TaskFailure {}
 
 /// Severity of a guest log record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Very detailed tracing.
     Trace,
@@ -337,15 +338,22 @@ fn timeout_failure(state: &TaskState) -> TaskFailure {
     )
 }
 
-/// The message of a Rust panic printed to stderr, if there is one.
+/// The message of a Rust panic printed to stderr, with where it happened
+/// (`message at src/lib.rs:3:5`), if there is one.
 fn panic_message(stderr: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(stderr);
     let start = text.find("panicked at ")?;
-    let rest = &text[start..];
+    let rest = &text[start + "panicked at ".len()..];
     // `panicked at src/lib.rs:3:5:\nmessage`
-    let message = rest.split_once('\n').map(|(_, m)| m).unwrap_or(rest);
-    let message = message.lines().next().unwrap_or("").trim();
-    (!message.is_empty()).then(|| message.chars().take(500).collect())
+    let (location, message) = rest.split_once('\n').unwrap_or((rest, ""));
+    let location: String = location.trim().trim_end_matches(':').chars().take(200).collect();
+    let message: String = message.lines().next().unwrap_or("").trim().chars().take(500).collect();
+    match (message.is_empty(), location.is_empty()) {
+        (true, true) => None,
+        (true, false) => Some(format!("at {location}")),
+        (false, true) => Some(message),
+        (false, false) => Some(format!("{message} at {location}")),
+    }
 }
 
 #[cfg(test)]

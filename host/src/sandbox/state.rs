@@ -5,7 +5,7 @@
 use super::budget::{HostBudget, LOG_RECORD_OVERHEAD};
 use super::capture::CappedPipe;
 use super::limiter::MemoryLimiter;
-use super::{Grants, Limits, LogLevel, LogRecord};
+use super::{Grants, Limits, LogLevel, LogRecord, Stream, Transcript};
 use crate::bindings::WitTaskInfo;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +44,8 @@ pub(crate) struct TaskState {
     pub(crate) priority: u8,
     /// What the guest makes the host hold, shared with the services.
     pub(crate) budget: Arc<HostBudget>,
+    /// Where log lines are also written as they come.
+    transcript: Option<Transcript>,
 }
 
 impl TaskState {
@@ -58,8 +60,9 @@ impl TaskState {
     ) -> Result<Self, String> {
         let max_log_bytes = limits.max_log_bytes;
         let budget = attached.budget.unwrap_or_else(|| Arc::new(HostBudget::new(limits.host_bytes)));
-        let stdout = CappedPipe::new("stdout", max_log_bytes, budget.clone());
-        let stderr = CappedPipe::new("stderr", max_log_bytes, budget.clone());
+        let transcript = attached.transcript;
+        let stdout = CappedPipe::new(Stream::Stdout, max_log_bytes, budget.clone(), transcript.clone());
+        let stderr = CappedPipe::new(Stream::Stderr, max_log_bytes, budget.clone(), transcript.clone());
         // No environment, no arguments, no stdin. Directories and network
         // only as the operator granted them (none by default): a plugin
         // sees only what the WIT imports and its grants give it. Clocks and
@@ -111,6 +114,7 @@ impl TaskState {
             models: grants.models.clone(),
             priority,
             budget,
+            transcript,
         })
     }
 
@@ -124,6 +128,9 @@ impl TaskState {
         // The cap counts message bytes; the budget also counts each
         // record's own cost, so a flood of empty messages is not free.
         self.budget.charge("a log record", message.len() as u64 + LOG_RECORD_OVERHEAD)?;
+        if let Some(transcript) = &self.transcript {
+            transcript.log(level, &message);
+        }
         self.logs.push(LogRecord { level, message, at: self.started.elapsed() });
         Ok(())
     }

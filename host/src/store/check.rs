@@ -605,6 +605,7 @@ fn salvage(path: &Path, report: &mut RepairReport) -> Result<(), StoreError> {
         ("audit", copy_table(&src, &txn, AUDIT)?),
         ("secrets", copy_table(&src, &txn, SECRETS)?),
         ("callbacks", copy_table(&src, &txn, CALLBACKS)?),
+        ("logs", copy_table(&src, &txn, LOGS)?),
     ];
     if schema == SCHEMA_VERSION {
         let dropped = rebuild_derived(&txn)?;

@@ -65,6 +65,8 @@ pub(crate) struct Change {
     pub(crate) edit: Option<Edit>,
     /// What the attempt did to its flow, committed only with a completion.
     pub(crate) effects: Option<Box<Effects>>,
+    /// The ending attempt's transcript (its number and postcard bytes).
+    pub(crate) log: Option<(u32, Vec<u8>)>,
 }
 
 /// What one attempt did to its flow (children, context writes, a stop
@@ -108,7 +110,16 @@ pub(crate) struct FlowUpdate {
 
 impl Change {
     pub(crate) fn new(id: Uuid, to: TaskState, reason: impl Into<String>) -> Self {
-        Self { id, to, expected_version: None, reason: reason.into(), output: None, edit: None, effects: None }
+        Self {
+            id,
+            to,
+            expected_version: None,
+            reason: reason.into(),
+            output: None,
+            edit: None,
+            effects: None,
+            log: None,
+        }
     }
 
     pub(crate) fn effects(mut self, effects: Effects) -> Self {
@@ -137,6 +148,15 @@ impl Change {
 
     pub(crate) fn output(mut self, output: Vec<u8>) -> Self {
         self.output = Some(output);
+        self
+    }
+
+    /// Records attempt `attempt`'s transcript with the transition (an
+    /// empty one is not written).
+    pub(crate) fn log(mut self, attempt: u32, log: &crate::sandbox::AttemptLog) -> Self {
+        if !log.is_empty() {
+            self.log = Some((attempt, encode(log)));
+        }
         self
     }
 }
@@ -517,6 +537,14 @@ impl Store {
         Ok(table.get(id.as_u128())?.map(|v| v.value().to_vec()))
     }
 
+    /// Attempt `attempt`'s transcript of task `id`, if it wrote one.
+    pub fn attempt_log(&self, id: Uuid, attempt: u32) -> Result<Option<crate::sandbox::AttemptLog>, StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = txn.open_table(LOGS)?;
+        table.get((id.as_u128(), attempt))?.map(|v| decode(v.value())).transpose()
+    }
+
     /// Visits tasks in id (submission) order, starting after `after`,
     /// until `visit` returns false.
     pub fn scan(&self, after: Option<Uuid>, mut visit: impl FnMut(TaskRecord) -> bool) -> Result<(), StoreError> {
@@ -532,6 +560,37 @@ impl Store {
             if !visit(decode(value.value())?) {
                 break;
             }
+        }
+        Ok(())
+    }
+
+    /// Visits every task in id order with the bytes its attempts'
+    /// transcripts take in the store (0 for one that wrote none): the
+    /// two tables are walked together, both in task order.
+    pub fn scan_with_log_bytes(&self, mut visit: impl FnMut(TaskRecord, u64)) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let tasks = txn.open_table(TASKS)?;
+        let logs = txn.open_table(LOGS)?;
+        let mut logs = logs.range((0u128, 0u32)..)?.peekable();
+        for entry in tasks.range(0u128..)? {
+            let (key, value) = entry?;
+            let id = key.value();
+            let mut bytes = 0u64;
+            loop {
+                match logs.peek() {
+                    None => break,
+                    Some(Ok((key, _))) if key.value().0 > id => break,
+                    // A transcript's entry, or an error `next` gives.
+                    Some(_) => {}
+                }
+                let Some(entry) = logs.next() else { break };
+                let (key, value) = entry?;
+                if key.value().0 == id {
+                    bytes += value.value().len() as u64;
+                }
+            }
+            visit(decode(value.value())?, bytes);
         }
         Ok(())
     }
@@ -838,6 +897,7 @@ fn prepare(db: &Database, path: &Path, created: bool) -> Result<(), StoreError> 
         txn.open_table(AUDIT)?;
         txn.open_table(SECRETS)?;
         txn.open_table(CALLBACKS)?;
+        txn.open_table(LOGS)?;
     }
     txn.commit()?;
     Ok(())
@@ -858,6 +918,8 @@ pub(crate) enum Redo {
     FlowTask(u128, u128),
     /// A context write; `None` deletes.
     Context(u128, String, Option<Vec<u8>>),
+    /// An attempt's transcript.
+    Log(u128, u32, Vec<u8>),
     Index(IndexWrite),
 }
 
@@ -884,6 +946,7 @@ pub(crate) struct Tables<'t> {
     flows: Table<'t, u128, &'static [u8]>,
     flow_tasks: Table<'t, (u128, u128), ()>,
     context: Table<'t, (u128, &'static str), &'static [u8]>,
+    logs: Table<'t, (u128, u32), &'static [u8]>,
     indexes: Indexes<'t>,
     pub(crate) redo: &'t mut Vec<Redo>,
 }
@@ -899,6 +962,7 @@ impl<'t> Tables<'t> {
             flows: txn.open_table(FLOWS)?,
             flow_tasks: txn.open_table(FLOW_TASKS)?,
             context: txn.open_table(CONTEXT)?,
+            logs: txn.open_table(LOGS)?,
             indexes: Indexes::open(txn)?,
             redo,
         })
@@ -925,6 +989,7 @@ impl<'t> Tables<'t> {
                 drop(self.context.insert((*flow, key.as_str()), value.as_slice())?)
             }
             Redo::Context(flow, key, None) => drop(self.context.remove((*flow, key.as_str()))?),
+            Redo::Log(id, attempt, value) => drop(self.logs.insert((*id, *attempt), value.as_slice())?),
             Redo::Index(write) => self.indexes.put(write)?,
         }
         Ok(())
@@ -994,6 +1059,9 @@ fn apply_transition(t: &mut Tables<'_>, change: Change) -> Result<Applied, Store
     if let Some(output) = change.output {
         record.output_len = Some(output.len() as u64);
         t.write(Redo::Output(id.as_u128(), output))?;
+    }
+    if let Some((attempt, log)) = change.log {
+        t.write(Redo::Log(id.as_u128(), attempt, log))?;
     }
     record.history.push(Transition {
         at_ms,

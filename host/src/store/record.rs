@@ -220,6 +220,14 @@ impl TaskRecord {
     pub fn is_flow_root(&self) -> bool {
         self.flow_id == self.id
     }
+
+    /// How many times it started over its whole life: unlike `attempts`,
+    /// a manual retry does not reset it. Its attempts' transcripts are
+    /// numbered by it.
+    pub fn runs(&self) -> u32 {
+        let runs = self.history.iter().filter(|t| t.to == TaskState::Running).count();
+        u32::try_from(runs).unwrap_or(u32::MAX)
+    }
 }
 
 /// Where a task's input comes from.

@@ -63,6 +63,9 @@ pub(crate) const SECRETS: TableDefinition<'_, &str, &[u8]> = TableDefinition::ne
 pub(crate) const CALLBACKS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("callbacks");
 /// `"schema"` → schema version; [`FLOW_KEYS_MOVED`] → 1 once the flows'
 /// keys have their own table.
+/// Each attempt's transcript (postcard [`crate::sandbox::AttemptLog`]),
+/// by task and attempt.
+pub(crate) const LOGS: TableDefinition<'_, (u128, u32), &[u8]> = TableDefinition::new("logs");
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 /// The [`META`] flag set once the flow-scoped keys that files before

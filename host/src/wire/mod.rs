@@ -14,6 +14,7 @@
 //! - [`error`]: the one error body, [`ErrorBody`];
 //! - [`model`]: the model registry's views ([`ModelsView`] and friends,
 //!   defined beside the registry in [`crate::inference`]);
+//! - [`logs`]: a task's logs and the events of following them;
 //! - [`health`]: `GET /healthz`.
 //!
 //! Conventions: times are RFC 3339 strings with milliseconds (UTC); an
@@ -28,6 +29,7 @@ pub mod config;
 pub mod error;
 pub mod flow;
 pub mod health;
+pub mod logs;
 pub mod model;
 pub mod plugin;
 pub mod queue;
@@ -40,6 +42,7 @@ pub use access::{
 pub use error::{ErrorBody, ErrorDetail};
 pub use flow::{Flow, FlowNode, FlowRepeat, FlowTasks, RepeatRule};
 pub use health::Health;
+pub use logs::{LogEvent, LogLine, LogsDropped, TaskLogs};
 pub use plugin::{
     LatestChange, ManifestSet, Plugin, PluginAdded, PluginLatest, PluginList, PluginSummary, PluginVersion,
     PluginVersionDetail, RunStats, VersionDeleted, VersionState,

@@ -1,0 +1,159 @@
+//! `taskhost logs ID`: one attempt's lines of a task, or (`--follow`) its
+//! lines as they are written until it ends, read from the server's
+//! Server-Sent Events.
+
+use super::client::{Client, Failure, ServerArg, done};
+use super::{EXIT_TASK_FAILED, EXIT_USAGE};
+use clap::Args;
+use std::process::ExitCode;
+use taskhost::store::TaskState;
+use taskhost::wire::{self, LogEvent, LogLine};
+
+/// Most bytes of one event the CLI takes from the stream.
+const MAX_EVENT: usize = 1 << 20;
+
+#[derive(Debug, Args)]
+pub(crate) struct LogsArgs {
+    /// Task id.
+    id: String,
+    /// The attempt (counted over the task's life); its latest by default.
+    #[arg(long)]
+    attempt: Option<u32>,
+    /// Keep printing lines as they are written, attempt after attempt,
+    /// until the task ends; then exit 0 if it completed, 1 if not.
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// JSON: the attempt's record (one line per event with --follow).
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+pub(crate) async fn logs(args: LogsArgs) -> ExitCode {
+    done(run(args).await)
+}
+
+async fn run(args: LogsArgs) -> Result<ExitCode, Failure> {
+    let client = Client::new(&args.server);
+    let mut path = format!("/v1/tasks/{}/logs?follow={}", args.id, args.follow);
+    if let Some(attempt) = args.attempt {
+        path.push_str(&format!("&attempt={attempt}"));
+    }
+    if !args.follow {
+        let logs: wire::TaskLogs = client.get_json(&path).await?;
+        let mut out = std::io::stdout().lock();
+        let written = if args.json { print_json_line(&mut out, &logs) } else { print_logs(&mut out, &logs) };
+        return Ok(closed_pipe_is_fine(written));
+    }
+    let mut response = client.get_stream(&path).await?;
+    let mut buffer = Vec::new();
+    loop {
+        let chunk = response
+            .chunk()
+            .await
+            .map_err(|e| Failure(EXIT_USAGE, format!("the server stopped sending the task's lines: {e}")))?;
+        let Some(chunk) = chunk else {
+            return Err(Failure(EXIT_USAGE, "the server closed the stream before the task ended".into()));
+        };
+        buffer.extend_from_slice(&chunk);
+        while let Some(end) = find(&buffer, b"\n\n") {
+            let block: Vec<u8> = buffer.drain(..end + 2).collect();
+            let Some(event) = parse_event(&block)? else { continue };
+            let mut out = std::io::stdout().lock();
+            let written = if args.json { print_json_line(&mut out, &event) } else { print_event(&mut out, &event) };
+            if let Err(e) = written {
+                return Ok(closed_pipe_is_fine(Err(e)));
+            }
+            if let LogEvent::End { state, .. } = event {
+                return Ok(if state == TaskState::Completed {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::from(EXIT_TASK_FAILED)
+                });
+            }
+        }
+        if buffer.len() > MAX_EVENT {
+            return Err(Failure(EXIT_USAGE, format!("the server sent an event over {MAX_EVENT} bytes")));
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The event of one SSE block; `None` for a comment (a keep-alive).
+fn parse_event(block: &[u8]) -> Result<Option<LogEvent>, Failure> {
+    let text = String::from_utf8_lossy(block);
+    let data: Vec<&str> =
+        text.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
+    if data.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(&data.join("\n"))
+        .map(Some)
+        .map_err(|e| Failure(EXIT_USAGE, format!("the server sent an event this client cannot read ({e}): {text}")))
+}
+
+/// A write that failed because the reader went away (`| head`) ends the
+/// command quietly, as done; any other failure is reported.
+fn closed_pipe_is_fine(written: std::io::Result<()>) -> ExitCode {
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => super::fail(EXIT_USAGE, &format!("cannot write to stdout: {e}")),
+    }
+}
+
+fn print_json_line(out: &mut impl std::io::Write, value: &impl serde::Serialize) -> std::io::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    writeln!(out)
+}
+
+fn print_logs(out: &mut impl std::io::Write, logs: &wire::TaskLogs) -> std::io::Result<()> {
+    if logs.attempt == 0 {
+        return writeln!(out, "(task {} has not started yet: {})", logs.id, logs.state);
+    }
+    for line in &logs.lines {
+        print_line(out, line)?;
+        if let Some(dropped) = logs.dropped.filter(|d| d.after_seq == line.seq) {
+            writeln!(out, "… {} line(s), {} bytes, dropped over the attempt's cap …", dropped.lines, dropped.bytes)?;
+        }
+    }
+    if logs.lines.is_empty() {
+        writeln!(out, "(attempt {} of {} wrote nothing)", logs.attempt, logs.attempts)?;
+    }
+    Ok(())
+}
+
+fn print_event(out: &mut impl std::io::Write, event: &LogEvent) -> std::io::Result<()> {
+    match event {
+        LogEvent::Line(line) => print_line(out, line),
+        LogEvent::Skipped { lines } => writeln!(out, "… {lines} line(s) dropped over the attempt's cap …"),
+        LogEvent::Attempt { attempt } => writeln!(out, "── attempt {attempt} ──"),
+        LogEvent::End { state, attempts } => writeln!(out, "── the task ended {state} after {attempts} attempt(s) ──"),
+        _ => Ok(()),
+    }
+}
+
+fn print_line(out: &mut impl std::io::Write, line: &LogLine) -> std::io::Result<()> {
+    let label = match line.level {
+        Some(level) => level.to_string(),
+        None => line.stream.as_str().to_owned(),
+    };
+    writeln!(out, "{} {label:<6} {}", line.at, line.text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sse_blocks_become_events_and_comments_are_skipped() {
+        let block = b"event: attempt\ndata: {\"attempt\":{\"attempt\":2}}\n\n";
+        assert_eq!(parse_event(block).ok().flatten(), Some(LogEvent::Attempt { attempt: 2 }));
+        assert!(matches!(parse_event(b":\n\n"), Ok(None)));
+        assert!(parse_event(b"data: nonsense\n\n").is_err());
+    }
+}
