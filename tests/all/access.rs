@@ -29,6 +29,7 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/v1/tasks/{id}/logs", Some("read")),
     ("POST", "/v1/tasks/{id}/cancel", Some("submit")),
     ("POST", "/v1/tasks/{id}/retry", Some("submit")),
+    ("GET", "/v1/events", Some("read")),
     ("POST", "/v1/flows", Some("submit")),
     ("GET", "/v1/flows/{id}", Some("read")),
     ("POST", "/v1/flows/{id}/cancel", Some("submit")),
@@ -82,6 +83,10 @@ async fn send(
     }
     let response = request.header("content-type", "application/json").body("{}").send().await.unwrap();
     let status = response.status();
+    if response.headers().get("content-type").is_some_and(|t| t == "text/event-stream") {
+        // A stream that ends only when dropped (`/v1/events`).
+        return (status, Value::Null);
+    }
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }

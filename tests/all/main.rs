@@ -20,6 +20,9 @@ mod cli;
 mod docs;
 /// The durable engine: idempotency, priority, fairness, retries, cancel.
 mod engine;
+/// The live events (SSE): order, filters, resuming, tenants, slow
+/// subscribers, `taskhost events`.
+mod events;
 /// The example plugins, SDK and plain wit-bindgen plugins alike.
 mod examples;
 /// Flows: children, joins, declared DAGs, repeaters, limits, context.

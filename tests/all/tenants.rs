@@ -12,13 +12,19 @@ use serde_json::{Value, json};
 use taskhost_test_artifacts::UPPERCASE;
 
 /// Makes (or changes) tenant `name` with `quotas`.
-async fn put_tenant(http: &reqwest::Client, base: &str, admin: &str, name: &str, quotas: Value) -> StatusCode {
+pub(crate) async fn put_tenant(
+    http: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    name: &str,
+    quotas: Value,
+) -> StatusCode {
     let put = http.put(format!("{base}/v1/tenants/{name}")).bearer_auth(admin).json(&json!({"quotas": quotas}));
     put.send().await.unwrap().status()
 }
 
 /// A token of `tenant` with `scopes`: its secret, or the refusal.
-async fn tenant_token(
+pub(crate) async fn tenant_token(
     http: &reqwest::Client,
     base: &str,
     admin: &str,

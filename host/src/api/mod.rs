@@ -6,6 +6,7 @@
 
 mod access;
 mod error;
+mod events;
 mod flows;
 mod health;
 mod models;
@@ -74,6 +75,7 @@ pub fn router(engine: Engine, access: Arc<Access>) -> Router {
         .route("/v1/tasks/{id}/logs", g(needs(Read), get(logs)))
         .route("/v1/tasks/{id}/cancel", g(needs(Submit), post(cancel)))
         .route("/v1/tasks/{id}/retry", g(needs(Submit), post(resubmit)))
+        .route("/v1/events", g(needs(Read), get(events::events)))
         .route("/v1/flows", g(needs(Submit), post(flows::submit)).layer(DefaultBodyLimit::max(MAX_TASK_BODY)))
         .route("/v1/flows/{id}", g(needs(Read), get(flows::get)))
         .route("/v1/flows/{id}/cancel", g(needs(Submit), post(flows::cancel)))

@@ -9,9 +9,6 @@ use std::process::ExitCode;
 use taskhost::store::TaskState;
 use taskhost::wire::{self, LogEvent, LogLine};
 
-/// Most bytes of one event the CLI takes from the stream.
-const MAX_EVENT: usize = 1 << 20;
-
 #[derive(Debug, Args)]
 pub(crate) struct LogsArgs {
     /// Task id.
@@ -46,59 +43,32 @@ async fn run(args: LogsArgs) -> Result<ExitCode, Failure> {
         let written = if args.json { print_json_line(&mut out, &logs) } else { print_logs(&mut out, &logs) };
         return Ok(closed_pipe_is_fine(written));
     }
-    let mut response = client.get_stream(&path).await?;
-    let mut buffer = Vec::new();
+    let mut events = super::sse::SseReader::new(client.get_stream(&path).await?);
     loop {
-        let chunk = response
-            .chunk()
-            .await
-            .map_err(|e| Failure(EXIT_USAGE, format!("the server stopped sending the task's lines: {e}")))?;
-        let Some(chunk) = chunk else {
+        let Some(sse) = events.next().await? else {
             return Err(Failure(EXIT_USAGE, "the server closed the stream before the task ended".into()));
         };
-        buffer.extend_from_slice(&chunk);
-        while let Some(end) = find(&buffer, b"\n\n") {
-            let block: Vec<u8> = buffer.drain(..end + 2).collect();
-            let Some(event) = parse_event(&block)? else { continue };
-            let mut out = std::io::stdout().lock();
-            let written = if args.json { print_json_line(&mut out, &event) } else { print_event(&mut out, &event) };
-            if let Err(e) = written {
-                return Ok(closed_pipe_is_fine(Err(e)));
-            }
-            if let LogEvent::End { state, .. } = event {
-                return Ok(if state == TaskState::Completed {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::from(EXIT_TASK_FAILED)
-                });
-            }
+        let event: LogEvent = serde_json::from_str(&sse.data).map_err(|e| {
+            Failure(EXIT_USAGE, format!("the server sent an event this client cannot read ({e}): {}", sse.data))
+        })?;
+        let mut out = std::io::stdout().lock();
+        let written = if args.json { print_json_line(&mut out, &event) } else { print_event(&mut out, &event) };
+        if let Err(e) = written {
+            return Ok(closed_pipe_is_fine(Err(e)));
         }
-        if buffer.len() > MAX_EVENT {
-            return Err(Failure(EXIT_USAGE, format!("the server sent an event over {MAX_EVENT} bytes")));
+        if let LogEvent::End { state, .. } = event {
+            return Ok(if state == TaskState::Completed {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_TASK_FAILED)
+            });
         }
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// The event of one SSE block; `None` for a comment (a keep-alive).
-fn parse_event(block: &[u8]) -> Result<Option<LogEvent>, Failure> {
-    let text = String::from_utf8_lossy(block);
-    let data: Vec<&str> =
-        text.lines().filter_map(|l| l.strip_prefix("data:")).map(|d| d.strip_prefix(' ').unwrap_or(d)).collect();
-    if data.is_empty() {
-        return Ok(None);
-    }
-    serde_json::from_str(&data.join("\n"))
-        .map(Some)
-        .map_err(|e| Failure(EXIT_USAGE, format!("the server sent an event this client cannot read ({e}): {text}")))
 }
 
 /// A write that failed because the reader went away (`| head`) ends the
 /// command quietly, as done; any other failure is reported.
-fn closed_pipe_is_fine(written: std::io::Result<()>) -> ExitCode {
+pub(crate) fn closed_pipe_is_fine(written: std::io::Result<()>) -> ExitCode {
     match written {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
@@ -106,7 +76,7 @@ fn closed_pipe_is_fine(written: std::io::Result<()>) -> ExitCode {
     }
 }
 
-fn print_json_line(out: &mut impl std::io::Write, value: &impl serde::Serialize) -> std::io::Result<()> {
+pub(crate) fn print_json_line(out: &mut impl std::io::Write, value: &impl serde::Serialize) -> std::io::Result<()> {
     serde_json::to_writer(&mut *out, value)?;
     writeln!(out)
 }
@@ -143,17 +113,4 @@ fn print_line(out: &mut impl std::io::Write, line: &LogLine) -> std::io::Result<
         None => line.stream.as_str().to_owned(),
     };
     writeln!(out, "{} {label:<6} {}", line.at, line.text)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sse_blocks_become_events_and_comments_are_skipped() {
-        let block = b"event: attempt\ndata: {\"attempt\":{\"attempt\":2}}\n\n";
-        assert_eq!(parse_event(block).ok().flatten(), Some(LogEvent::Attempt { attempt: 2 }));
-        assert!(matches!(parse_event(b":\n\n"), Ok(None)));
-        assert!(parse_event(b"data: nonsense\n\n").is_err());
-    }
 }

@@ -6,12 +6,14 @@
 
 mod artifacts;
 mod client;
+mod events;
 mod flow;
 mod local_server;
 mod logs;
 mod models;
 mod run;
 mod serve;
+mod sse;
 mod store;
 mod tenants;
 mod tokens;
@@ -39,6 +41,9 @@ enum Command {
     Status(client::IdArgs),
     /// Cancel a task.
     Cancel(client::IdArgs),
+    /// Print the tasks' transitions as they happen, one line each
+    /// (filtered by queue, flow, plugin, state).
+    Events(events::EventsArgs),
     /// Show what a task logged and printed (one attempt's lines), or
     /// follow its lines as they are written (`--follow`).
     Logs(logs::LogsArgs),
@@ -106,6 +111,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Status(args) => runtime.block_on(client::status(args)),
         Command::Cancel(args) => runtime.block_on(client::cancel(args)),
         Command::Logs(args) => runtime.block_on(logs::logs(args)),
+        Command::Events(args) => runtime.block_on(events::events(args)),
         Command::Tasks(args) => runtime.block_on(client::tasks(args)),
         Command::Plugins(command) => runtime.block_on(client::plugins(command)),
         Command::Queues(command) => runtime.block_on(client::queues(command)),

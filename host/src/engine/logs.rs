@@ -1,4 +1,5 @@
-//! Tasks' transcripts: one attempt's lines as kept (live from a running
+//! Tasks' transcripts (and the bound on clients that follow them or the
+//! events): one attempt's lines as kept (live from a running
 //! attempt, else from the store, where an attempt's lines are committed
 //! with its outcome), and following a task's lines as they are written,
 //! attempt after attempt, until it ends.
@@ -14,20 +15,35 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use uuid::Uuid;
 
-/// Most followers at once, host-wide; one more is refused (503).
+/// Most followers of logs at once, host-wide; one more is refused (503).
 pub const MAX_FOLLOWERS: usize = 256;
+/// Most subscribers of the events at once, host-wide; one more is
+/// refused (503).
+pub const MAX_SUBSCRIBERS: usize = 256;
 /// Events buffered for one follower; a follower that reads none of them
 /// holds its follow task, never the engine.
 const FOLLOW_BUFFER: usize = 256;
 /// How often a follower looks for the next attempt while none runs.
 const POLL: Duration = Duration::from_millis(200);
 
-/// The followers' bound.
-pub(crate) struct Followers(Arc<Semaphore>);
+/// The bounds on followers of logs and subscribers of events.
+pub(crate) struct Followers {
+    logs: Arc<Semaphore>,
+    events: Arc<Semaphore>,
+}
 
 impl Default for Followers {
     fn default() -> Self {
-        Self(Arc::new(Semaphore::new(MAX_FOLLOWERS)))
+        Self { logs: Arc::new(Semaphore::new(MAX_FOLLOWERS)), events: Arc::new(Semaphore::new(MAX_SUBSCRIBERS)) }
+    }
+}
+
+impl Followers {
+    /// A place for one more subscriber of the events.
+    pub(crate) fn subscriber(&self) -> Result<tokio::sync::OwnedSemaphorePermit, EngineError> {
+        self.events.clone().try_acquire_owned().map_err(|_| {
+            EngineError::Overloaded(format!("{MAX_SUBSCRIBERS} clients subscribe to events already; try again later"))
+        })
     }
 }
 
@@ -80,7 +96,7 @@ pub(crate) fn follow(
     if attempt > runs.max(1) {
         return Err(no_attempt(record, attempt));
     }
-    let permit = followers.0.clone().try_acquire_owned().map_err(|_| {
+    let permit = followers.logs.clone().try_acquire_owned().map_err(|_| {
         EngineError::Overloaded(format!("{MAX_FOLLOWERS} clients follow logs already; try again later"))
     })?;
     let (tx, rx) = mpsc::channel(FOLLOW_BUFFER);

@@ -38,7 +38,7 @@ pub use admin::{ListFilter, QueueInfo};
 pub use config::{EngineConfig, default_data_dir, default_memory_budget};
 pub use error::EngineError;
 pub use flows::{FlowLimits, FlowSpec, FlowView, Node, RepeatSpec, Step};
-pub use logs::MAX_FOLLOWERS;
+pub use logs::{MAX_FOLLOWERS, MAX_SUBSCRIBERS};
 pub use retry::{RetryPolicy, is_retried};
 pub use settings::{MAX_SETTINGS_BYTES, SettingsError};
 pub use submission::{MAX_DELAY_MS, NewTask};
@@ -509,6 +509,18 @@ impl Engine {
         attempt: Option<u32>,
     ) -> Result<tokio::sync::mpsc::Receiver<crate::wire::LogEvent>, EngineError> {
         logs::follow(&self.inner.shared, &self.inner.followers, record, attempt)
+    }
+
+    /// Subscribes to every committed task transition after event `seq` of
+    /// host run `run` (only what comes next when `None`), holding one of
+    /// [`MAX_SUBSCRIBERS`] places until the permit drops; one more is
+    /// refused ([`EngineError::Overloaded`]).
+    pub fn subscribe_events(
+        &self,
+        resume: Option<(u64, u64)>,
+    ) -> Result<(crate::store::Subscription, tokio::sync::OwnedSemaphorePermit), EngineError> {
+        let permit = self.inner.followers.subscriber()?;
+        Ok((self.inner.shared.store.subscribe(resume), permit))
     }
 
     /// Lists tasks in submission order; returns the page and the cursor of

@@ -73,6 +73,8 @@ pub struct WriteFault {
 /// What the store's handles and its committer share: the open database
 /// (replaced on a reopen) and the write-fault state.
 pub(crate) struct Shared {
+    /// Committed transitions, published once durable.
+    pub(crate) feed: super::events::Feed,
     source: Source,
     db: Mutex<Option<Arc<Database>>>,
     /// A reopen is under way.
@@ -88,6 +90,7 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(source: Source, db: Database) -> Self {
         Self {
+            feed: super::events::Feed::default(),
             source,
             db: Mutex::new(Some(Arc::new(db))),
             reopening: AtomicBool::new(false),
@@ -252,12 +255,31 @@ pub(crate) enum Pending {
 }
 
 impl Pending {
-    /// Sends the answer (the batch committed).
-    fn send(self) {
+    /// Publishes what committed to `feed`, then sends the answer (the
+    /// batch committed).
+    fn send(self, feed: &super::events::Feed) {
         match self {
-            Pending::Submit(reply, result) => drop(reply.send(result)),
-            Pending::Transition(reply, result) => drop(reply.send(result)),
-            Pending::Flow(reply, result) => drop(reply.send(result)),
+            Pending::Submit(reply, result) => {
+                if let Ok(submitted) = &result
+                    && submitted.created
+                {
+                    feed.published(&submitted.record);
+                }
+                drop(reply.send(result));
+            }
+            Pending::Transition(reply, result) => {
+                if let Ok(applied) = &result {
+                    feed.published(&applied.record);
+                    applied.created.iter().for_each(|child| feed.published(child));
+                }
+                drop(reply.send(result));
+            }
+            Pending::Flow(reply, result) => {
+                if let Ok((_, created)) = &result {
+                    created.iter().for_each(|task| feed.published(task));
+                }
+                drop(reply.send(result));
+            }
         }
     }
 
@@ -409,7 +431,7 @@ fn retry(shared: &Shared, held: Held) -> Result<(), Held> {
             // finds the store writable.
             shared.recovered();
             for answer in held.answers {
-                answer.send();
+                answer.send(&shared.feed);
             }
             Ok(())
         }
@@ -468,7 +490,7 @@ fn commit_batch(shared: &Shared, ops: Vec<Op>) -> Option<(Held, Vec<Op>)> {
     let error = match outcome {
         Ok(()) => {
             for answer in held.answers {
-                answer.send();
+                answer.send(&shared.feed);
             }
             return None;
         }

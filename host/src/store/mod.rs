@@ -13,6 +13,7 @@ pub mod check;
 mod commit;
 mod deliveries;
 mod error;
+mod events;
 mod machine;
 mod open;
 mod record;
@@ -22,6 +23,7 @@ pub use access::{AUDIT_KEEP, AuditEntry, StoredToken, TenantQuotas, TenantRecord
 pub use commit::WriteFault;
 pub use deliveries::CallbackOutcome;
 pub use error::StoreError;
+pub use events::{EVENTS_BUFFER, EVENTS_KEPT, Subscription, TaskEvent};
 pub(crate) use record::now_ms;
 pub use record::{
     FlowRecord, FlowState, InputFrom, PluginEntry, PluginVersion, QueueConfig, Repeat, RepeatKind, StoredFailure,
@@ -295,6 +297,12 @@ impl Store {
             shared,
             read_faults: Arc::default(),
         })
+    }
+
+    /// Subscribes to the committed transitions after event `seq` of host
+    /// run `run` (only what comes next when `None`); see [`Subscription`].
+    pub fn subscribe(&self, resume: Option<(u64, u64)>) -> Subscription {
+        self.shared.feed.subscribe(resume)
     }
 
     /// Why writes fail now (a full disk), while they do: submissions are

@@ -14,6 +14,7 @@
 //! - [`error`]: the one error body, [`ErrorBody`];
 //! - [`model`]: the model registry's views ([`ModelsView`] and friends,
 //!   defined beside the registry in [`crate::inference`]);
+//! - [`events`]: the live task events;
 //! - [`logs`]: a task's logs and the events of following them;
 //! - [`health`]: `GET /healthz`.
 //!
@@ -27,6 +28,7 @@
 pub mod access;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod flow;
 pub mod health;
 pub mod logs;
@@ -40,6 +42,7 @@ pub use access::{
     AuditPage, AuditRecord, CallbackSecret, TokenCreated, TokenInfo, TokenList, TokenRequest, TokenRevoked,
 };
 pub use error::{ErrorBody, ErrorDetail};
+pub use events::{EventsMissed, TaskMoved, event_id, parse_event_id};
 pub use flow::{Flow, FlowNode, FlowRepeat, FlowTasks, RepeatRule};
 pub use health::Health;
 pub use logs::{LogEvent, LogLine, LogsDropped, TaskLogs};

@@ -1,0 +1,105 @@
+//! `taskhost events`: the tenant's task transitions as they commit, one
+//! line each, read from the server's Server-Sent Events until
+//! interrupted (or the server drops a reader that fell behind).
+
+use super::client::{Client, Failure, ServerArg, done};
+use super::logs::{closed_pipe_is_fine, print_json_line};
+use super::{EXIT_TASK_FAILED, EXIT_USAGE};
+use clap::Args;
+use std::process::ExitCode;
+use taskhost::wire::{EventsMissed, TaskMoved};
+
+#[derive(Debug, Args)]
+pub(crate) struct EventsArgs {
+    /// Only this queue's tasks.
+    #[arg(long)]
+    queue: Option<String>,
+    /// Only this flow's tasks.
+    #[arg(long)]
+    flow: Option<String>,
+    /// Only this plugin's tasks.
+    #[arg(long)]
+    plugin: Option<String>,
+    /// Only transitions into this state (repeat it, or separate by commas).
+    #[arg(long, value_delimiter = ',')]
+    state: Vec<String>,
+    /// Start after this event id (an earlier run's last `id`): the events
+    /// missed since, as far as the server keeps them.
+    #[arg(long)]
+    after: Option<String>,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+pub(crate) async fn events(args: EventsArgs) -> ExitCode {
+    done(run(args).await)
+}
+
+async fn run(args: EventsArgs) -> Result<ExitCode, Failure> {
+    let mut query = Vec::new();
+    for (key, value) in [("queue", &args.queue), ("flow", &args.flow), ("plugin", &args.plugin), ("after", &args.after)]
+    {
+        if let Some(value) = value {
+            query.push(format!("{key}={}", urlencoding(value)));
+        }
+    }
+    if !args.state.is_empty() {
+        query.push(format!("state={}", urlencoding(&args.state.join(","))));
+    }
+    let path = format!("/v1/events?{}", query.join("&"));
+    let mut events = super::sse::SseReader::new(Client::new(&args.server).get_stream(&path).await?);
+    while let Some(sse) = events.next().await? {
+        let mut out = std::io::stdout().lock();
+        let written = match sse.name.as_str() {
+            "task" => {
+                let moved: TaskMoved = serde_json::from_str(&sse.data).map_err(|e| unreadable(&e, &sse.data))?;
+                if args.json { print_json_line(&mut out, &moved) } else { print_moved(&mut out, &moved) }
+            }
+            "missed" => {
+                let missed: EventsMissed = serde_json::from_str(&sse.data).map_err(|e| unreadable(&e, &sse.data))?;
+                eprintln!("taskhost: events missed ({}): {}", missed.reason, missed.message);
+                if missed.reason == "too_slow" {
+                    return Ok(ExitCode::from(EXIT_TASK_FAILED));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = written {
+            return Ok(closed_pipe_is_fine(Err(e)));
+        }
+    }
+    Err(Failure(EXIT_USAGE, "the server closed the event stream".into()))
+}
+
+fn unreadable(e: &serde_json::Error, data: &str) -> Failure {
+    Failure(EXIT_USAGE, format!("the server sent an event this client cannot read ({e}): {data}"))
+}
+
+/// A query value with what a URL query cannot carry as is escaped.
+fn urlencoding(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn print_moved(out: &mut impl std::io::Write, m: &TaskMoved) -> std::io::Result<()> {
+    let from = m.from.map_or("new", |s| s.as_str());
+    writeln!(
+        out,
+        "{} {} {:<12} {from:>9} → {:<9} queue={} attempt={}",
+        m.at,
+        m.id,
+        m.plugin,
+        m.to.as_str(),
+        m.queue,
+        m.attempt
+    )
+}

@@ -1,0 +1,168 @@
+//! The feed of committed task transitions: every task created and every
+//! state it moved to, numbered in commit order, published once its batch
+//! is durable. The newest [`EVENTS_KEPT`] events are kept, so a subscriber that
+//! reconnects with the last number it saw gets what it missed; each live
+//! subscriber reads through its own bounded buffer ([`EVENTS_BUFFER`]), and one
+//! that falls behind it is told so and dropped: publishing never waits.
+
+use super::{TaskRecord, TaskState};
+use crate::sync::lock;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+/// Events kept for subscribers that resume.
+pub const EVENTS_KEPT: usize = 16_384;
+/// Events buffered for one live subscriber.
+pub const EVENTS_BUFFER: usize = 4_096;
+
+/// One committed change of a task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskEvent {
+    /// Its number in this run of the host, from 1, in commit order.
+    pub seq: u64,
+    /// When it was committed (ms since the Unix epoch).
+    pub at_ms: u64,
+    /// The task.
+    pub id: Uuid,
+    /// Its flow.
+    pub flow_id: Uuid,
+    /// Its plugin key (`TENANT/NAME` outside the default tenant).
+    pub plugin: String,
+    /// Its queue key.
+    pub queue: String,
+    /// The state it left; `None` when it was created.
+    pub from: Option<TaskState>,
+    /// The state it entered.
+    pub to: TaskState,
+    /// Its attempts then.
+    pub attempt: u32,
+}
+
+/// Where a subscription starts.
+#[derive(Debug)]
+pub struct Subscription {
+    /// This run of the host (its start, ms since the epoch): event numbers
+    /// start again at 1 in each.
+    pub run: u64,
+    /// The kept events after the one asked for, to send first.
+    pub replay: Vec<TaskEvent>,
+    /// Events were lost between the one asked for and `replay` (it is
+    /// older than the ring, or from before a restart).
+    pub gap: bool,
+    /// The live events after `replay`.
+    pub live: broadcast::Receiver<TaskEvent>,
+}
+
+/// See the module docs.
+#[derive(Debug)]
+pub(crate) struct Feed {
+    run: u64,
+    ring: Mutex<Ring>,
+    live: broadcast::Sender<TaskEvent>,
+}
+
+#[derive(Debug, Default)]
+struct Ring {
+    events: VecDeque<TaskEvent>,
+    last_seq: u64,
+}
+
+impl Default for Feed {
+    fn default() -> Self {
+        Self { run: super::now_ms(), ring: Mutex::default(), live: broadcast::Sender::new(EVENTS_BUFFER) }
+    }
+}
+
+impl Feed {
+    /// Publishes a record's latest transition (or its creation).
+    pub(crate) fn published(&self, record: &TaskRecord) {
+        let Some(last) = record.history.last() else { return };
+        let mut ring = lock(&self.ring);
+        ring.last_seq += 1;
+        let event = TaskEvent {
+            seq: ring.last_seq,
+            at_ms: last.at_ms,
+            id: record.id,
+            flow_id: record.flow_id,
+            plugin: record.plugin.clone(),
+            queue: record.queue.clone(),
+            from: last.from,
+            to: last.to,
+            attempt: record.attempts,
+        };
+        if ring.events.len() == EVENTS_KEPT {
+            ring.events.pop_front();
+        }
+        ring.events.push_back(event.clone());
+        // Under the ring's lock, so a subscriber's replay and live events
+        // neither overlap nor leave a hole. No receiver is no error.
+        let _ = self.live.send(event);
+    }
+
+    /// Subscribes after event `seq` of host run `run` (only what comes
+    /// next when `None`).
+    pub(crate) fn subscribe(&self, resume: Option<(u64, u64)>) -> Subscription {
+        let ring = lock(&self.ring);
+        let live = self.live.subscribe();
+        let run = self.run;
+        let Some((from_run, after)) = resume else { return Subscription { run, replay: Vec::new(), gap: false, live } };
+        if from_run != run || after > ring.last_seq {
+            // From another run of the host (its numbers started again).
+            return Subscription { run, replay: ring.events.iter().cloned().collect(), gap: true, live };
+        }
+        let oldest = ring.events.front().map_or(ring.last_seq + 1, |e| e.seq);
+        let gap = after + 1 < oldest;
+        let replay = ring.events.iter().filter(|e| e.seq > after).cloned().collect();
+        Subscription { run, replay, gap, live }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Transition;
+
+    fn record(to: TaskState) -> TaskRecord {
+        let mut r = crate::store::tests::record(1, None);
+        r.history.push(Transition { at_ms: 1, from: Some(TaskState::Pending), to, attempt: 1, reason: String::new() });
+        r
+    }
+
+    #[tokio::test]
+    async fn subscribers_resume_from_the_ring_and_live_events_follow_without_a_hole() {
+        let feed = Feed::default();
+        feed.published(&record(TaskState::Running));
+        feed.published(&record(TaskState::Completed));
+        let mut from_start = feed.subscribe(Some((feed.run, 0)));
+        assert_eq!(from_start.replay.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert!(!from_start.gap);
+        let resumed = feed.subscribe(Some((feed.run, 1)));
+        assert_eq!(resumed.replay.iter().map(|e| (e.seq, e.to)).collect::<Vec<_>>(), [(2, TaskState::Completed)]);
+        feed.published(&record(TaskState::Failed));
+        assert_eq!(from_start.live.recv().await.unwrap().seq, 3);
+        // Another run's number, or one not given yet, is a gap, answered
+        // with all that is kept.
+        for stale in [(feed.run + 1, 1), (feed.run, 99)] {
+            let stale = feed.subscribe(Some(stale));
+            assert!(stale.gap);
+            assert_eq!(stale.replay.len(), 3);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_is_told_and_the_ring_stays_bounded() {
+        let feed = Feed::default();
+        let mut slow = feed.subscribe(None);
+        for _ in 0..EVENTS_KEPT + 10 {
+            feed.published(&record(TaskState::Running));
+        }
+        assert!(matches!(slow.live.recv().await, Err(broadcast::error::RecvError::Lagged(_))));
+        assert_eq!(lock(&feed.ring).events.len(), EVENTS_KEPT);
+        let old = feed.subscribe(Some((feed.run, 1)));
+        assert!(old.gap);
+        assert_eq!(old.replay.first().map(|e| e.seq), Some(11));
+    }
+}
