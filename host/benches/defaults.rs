@@ -6,8 +6,9 @@
 //!    4 clients), submit → all completed, on the real `taskhost serve`
 //!    binary started with no tuning flags (every request's token checked),
 //!    with each client a tenant of its own (tenant tokens, per-tenant
-//!    names and fair shares), and with `--no-auth` for the cost of the
-//!    check;
+//!    names and fair shares), with 10 subscribers of `/v1/events` that
+//!    never read and with 10 that read every event, with `--log-keep 0`
+//!    (no task logs kept) and with `--no-auth` for the cost of the check;
 //! 2. the in-process engine with `EngineConfig::default()`
 //!    (1 and 2: medians of 3 interleaved rounds per setting);
 //! 3. submit → start p50/p99 at a steady 1,000 tasks/s (old behaviour
@@ -90,23 +91,26 @@ async fn bench() {
     // disk's speed drifts during a run).
     if wanted("1") {
         use Senders::{OnePlugin, PluginEach, TenantEach};
-        let settings: [(&str, &[&str], Senders); 6] = [
-            ("defaults (`taskhost serve`, token checked on every request)", &[], OnePlugin),
-            ("defaults, 4 plugins of one tenant (a plugin per client)", &[], PluginEach),
-            ("defaults, 4 tenants (a tenant token and plugin per client)", &[], TenantEach),
-            ("--no-auth (no token check)", &["--no-auth"], OnePlugin),
-            ("--claim-ahead 0 (slots held across commits, as before)", &["--claim-ahead", "0"], OnePlugin),
-            ("--concurrency 256", &["--concurrency", "256"], OnePlugin),
+        let settings: [(&str, &[&str], Senders, (usize, usize)); 9] = [
+            ("defaults (`taskhost serve`, token checked on every request)", &[], OnePlugin, (0, 0)),
+            ("defaults, 4 plugins of one tenant (a plugin per client)", &[], PluginEach, (0, 0)),
+            ("defaults, 4 tenants (a tenant token and plugin per client)", &[], TenantEach, (0, 0)),
+            ("defaults, 10 event subscribers never reading (dropped)", &[], OnePlugin, (0, 10)),
+            ("defaults, 10 event subscribers reading every event", &[], OnePlugin, (10, 0)),
+            ("--log-keep 0 (no task logs kept)", &["--log-keep", "0"], OnePlugin, (0, 0)),
+            ("--no-auth (no token check)", &["--no-auth"], OnePlugin, (0, 0)),
+            ("--claim-ahead 0 (slots held across commits, as before)", &["--claim-ahead", "0"], OnePlugin, (0, 0)),
+            ("--concurrency 256", &["--concurrency", "256"], OnePlugin, (0, 0)),
         ];
         let mut rates = vec![Vec::new(); settings.len()];
         for _ in 0..ROUNDS {
-            for (i, (_, flags, senders)) in settings.iter().enumerate() {
-                rates[i].push(http_throughput(flags, *senders).await);
+            for (i, (_, flags, senders, subscribers)) in settings.iter().enumerate() {
+                rates[i].push(http_throughput(flags, *senders, *subscribers).await);
             }
         }
         let medians: Vec<f64> = rates.iter_mut().map(|r| median(r)).collect();
         let figure = format!("trivial tasks over HTTP, tasks:batch, submit -> all completed (median of {ROUNDS})");
-        for (i, (name, _, _)) in settings.iter().enumerate() {
+        for (i, (name, ..)) in settings.iter().enumerate() {
             rows.push(row(&figure, name, per_s(medians[i]), vs(medians[i], medians[0])));
         }
     }
@@ -336,10 +340,36 @@ enum Senders {
     TenantEach,
 }
 
+/// Subscribers of `GET /v1/events` on `base`: `reading` that read every
+/// event as it comes and `stalled` that never read (the server drops them
+/// once they fall behind). Abort the handles to end them.
+async fn subscribers(
+    http: &reqwest::Client,
+    base: &str,
+    reading: usize,
+    stalled: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut handles = Vec::new();
+    for i in 0..reading + stalled {
+        let mut response = http.get(format!("{base}/v1/events")).send().await.unwrap();
+        assert!(response.status().is_success(), "subscribe: {}", response.status());
+        handles.push(tokio::spawn(async move {
+            if i < reading {
+                while let Ok(Some(_)) = response.chunk().await {}
+            } else {
+                std::future::pending::<()>().await;
+            }
+        }));
+    }
+    handles
+}
+
 /// Tasks per second over HTTP on a fresh `taskhost serve` with `extra`
-/// flags: the time from the first batch sent to the last task completed.
-async fn http_throughput(extra: &[&str], senders: Senders) -> f64 {
+/// flags and `(reading, stalled)` [`subscribers`] of the events: the time
+/// from the first batch sent to the last task completed.
+async fn http_throughput(extra: &[&str], senders: Senders, (reading, stalled): (usize, usize)) -> f64 {
     let (_dir, mut server, http, base) = started(extra).await;
+    let watchers = subscribers(&http, &base, reading, stalled).await;
     let mut clients = Vec::new();
     for i in 0..HTTP_CLIENTS {
         let (client, plugin) = match senders {
@@ -375,6 +405,7 @@ async fn http_throughput(extra: &[&str], senders: Senders) -> f64 {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let rate = HTTP_TASKS as f64 / started.elapsed().as_secs_f64();
+    watchers.iter().for_each(tokio::task::JoinHandle::abort);
     server.kill().unwrap();
     server.wait().unwrap();
     rate
