@@ -121,9 +121,16 @@ async fn each_attempts_lines_are_kept_in_order_shown_and_not_replaced_by_a_manua
     // follow the earlier attempts' rather than replacing them.
     let id = s.submit(json!({"plugin": "chatter", "input": "1:0:2", "max_attempts": 1})).await;
     assert_eq!(s.ended(&id).await["state"], "failed");
-    let response = s.http.post(format!("{}/v1/tasks/{id}/retry", s.base)).send().await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    let out = s.cli(&["retry", &id]).await;
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("pending"), "{out:?}");
     let again = s.ended(&id).await;
+    let out = s.cli(&["history", &id]).await;
+    let history = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<&str> = history.lines().collect();
+    assert!(lines[0].contains("new → pending"), "{history}");
+    assert!(lines.iter().filter(|l| l.contains("pending → running")).count() == 2, "{history}");
+    assert!(lines.last().unwrap().contains("running → failed"), "{history}");
     assert_eq!((&again["state"], &again["attempts"]), (&json!("failed"), &json!(1)), "{again}");
     let (_, latest) = s.get(&format!("/v1/tasks/{id}/logs")).await;
     assert_eq!((&latest["attempt"], &latest["attempts"]), (&json!(2), &json!(2)));

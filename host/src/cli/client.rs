@@ -123,6 +123,17 @@ pub(crate) struct IdArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct HistoryArgs {
+    /// Task id.
+    id: String,
+    /// The answer as JSON.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct TasksArgs {
     /// Only this state (pending, running, retrying, completed, failed, cancelled).
     #[arg(long)]
@@ -461,6 +472,47 @@ pub(crate) async fn cancel(args: IdArgs) -> ExitCode {
             let record: wire::Task =
                 Client::new(&args.server).post_json(&format!("/v1/tasks/{}/cancel", args.id), &json!({})).await?;
             println!("{} {}", record.id, record.state);
+            Ok(ExitCode::SUCCESS)
+        }
+        .await,
+    )
+}
+
+pub(crate) async fn retry(args: IdArgs) -> ExitCode {
+    done(
+        async {
+            let record: wire::Task =
+                Client::new(&args.server).post_json(&format!("/v1/tasks/{}/retry", args.id), &json!({})).await?;
+            println!("{} {}", record.id, record.state);
+            Ok(ExitCode::SUCCESS)
+        }
+        .await,
+    )
+}
+
+pub(crate) async fn history(args: HistoryArgs) -> ExitCode {
+    done(
+        async {
+            let history: wire::History =
+                Client::new(&args.server).get_json(&format!("/v1/tasks/{}/history", args.id)).await?;
+            if args.json {
+                print_json(&history);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut out = std::io::stdout().lock();
+            for entry in &history.history {
+                let from = entry.from.map_or("new", |s| s.as_str());
+                let line = format!(
+                    "{} {from:>9} → {:<9} attempt {} {}",
+                    entry.at,
+                    entry.to.as_str(),
+                    entry.attempt,
+                    entry.reason
+                );
+                if let Err(e) = std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes()) {
+                    return Ok(super::logs::closed_pipe_is_fine(Err(e)));
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         .await,

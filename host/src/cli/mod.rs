@@ -41,6 +41,11 @@ enum Command {
     Status(client::IdArgs),
     /// Cancel a task.
     Cancel(client::IdArgs),
+    /// Run a failed task again (from the dead-letter set), its attempts
+    /// counted afresh.
+    Retry(client::IdArgs),
+    /// Show a task's transitions, oldest first.
+    History(client::HistoryArgs),
     /// Print the tasks' transitions as they happen, one line each
     /// (filtered by queue, flow, plugin, state).
     Events(events::EventsArgs),
@@ -110,6 +115,8 @@ pub(crate) fn main() -> ExitCode {
         Command::Submit(args) => runtime.block_on(client::submit(args)),
         Command::Status(args) => runtime.block_on(client::status(args)),
         Command::Cancel(args) => runtime.block_on(client::cancel(args)),
+        Command::Retry(args) => runtime.block_on(client::retry(args)),
+        Command::History(args) => runtime.block_on(client::history(args)),
         Command::Logs(args) => runtime.block_on(logs::logs(args)),
         Command::Events(args) => runtime.block_on(events::events(args)),
         Command::Tasks(args) => runtime.block_on(client::tasks(args)),
