@@ -91,7 +91,7 @@ async fn bench() {
     // disk's speed drifts during a run).
     if wanted("1") {
         use Senders::{OnePlugin, PluginEach, TenantEach};
-        let settings: [(&str, &[&str], Senders, (usize, usize)); 9] = [
+        let settings: [HttpSetting; 9] = [
             ("defaults (`taskhost serve`, token checked on every request)", &[], OnePlugin, (0, 0)),
             ("defaults, 4 plugins of one tenant (a plugin per client)", &[], PluginEach, (0, 0)),
             ("defaults, 4 tenants (a tenant token and plugin per client)", &[], TenantEach, (0, 0)),
@@ -328,6 +328,10 @@ async fn tenant_client(admin: &reqwest::Client, base: &str, name: &str) -> reqwe
     assert!(up.status().is_success(), "upload: {}", up.status());
     client
 }
+
+/// A setting of row 1: its name, `serve`'s flags, who submits, and the
+/// event subscribers (reading, never reading).
+type HttpSetting = (&'static str, &'static [&'static str], Senders, (usize, usize));
 
 /// Who the clients of [`http_throughput`] submit as.
 #[derive(Debug, Clone, Copy)]

@@ -93,6 +93,7 @@ pub(super) async fn events(
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(query) = query?;
+    let tenant = ns.tenant().to_owned();
     let filter = Filter::new(&query, ns)?;
     let resume = match query.after.as_deref().or_else(|| headers.get("last-event-id")?.to_str().ok()) {
         Some(id) => Some(parse_event_id(id).ok_or_else(|| {
@@ -100,7 +101,7 @@ pub(super) async fn events(
         })?),
         None => None,
     };
-    let (subscription, permit) = engine.subscribe_events(resume)?;
+    let (subscription, permit) = engine.subscribe_events(&tenant, resume)?;
     let Subscription { run, replay, gap, live } = subscription;
     let first = gap.then(|| {
         missed(

@@ -81,14 +81,20 @@ pub(crate) fn print_json_line(out: &mut impl std::io::Write, value: &impl serde:
     writeln!(out)
 }
 
-fn print_logs(out: &mut impl std::io::Write, logs: &wire::TaskLogs) -> std::io::Result<()> {
+fn print_logs(out: &mut dyn std::io::Write, logs: &wire::TaskLogs) -> std::io::Result<()> {
     if logs.attempt == 0 {
         return writeln!(out, "(task {} has not started yet: {})", logs.id, logs.state);
+    }
+    let marker = |out: &mut dyn std::io::Write, d: &wire::LogsDropped| {
+        writeln!(out, "… {} line(s), {} bytes, dropped over the attempt's cap …", d.lines, d.bytes)
+    };
+    if let Some(dropped) = logs.dropped.filter(|d| d.after_seq == 0) {
+        marker(out, &dropped)?;
     }
     for line in &logs.lines {
         print_line(out, line)?;
         if let Some(dropped) = logs.dropped.filter(|d| d.after_seq == line.seq) {
-            writeln!(out, "… {} line(s), {} bytes, dropped over the attempt's cap …", dropped.lines, dropped.bytes)?;
+            marker(out, &dropped)?;
         }
     }
     if logs.lines.is_empty() {
@@ -107,7 +113,7 @@ fn print_event(out: &mut impl std::io::Write, event: &LogEvent) -> std::io::Resu
     }
 }
 
-fn print_line(out: &mut impl std::io::Write, line: &LogLine) -> std::io::Result<()> {
+fn print_line(out: &mut dyn std::io::Write, line: &LogLine) -> std::io::Result<()> {
     let label = match line.level {
         Some(level) => level.to_string(),
         None => line.stream.as_str().to_owned(),

@@ -156,8 +156,14 @@ impl Dispatch {
         }
     }
 
-    fn stop_running(&self, id: uuid::Uuid) {
-        lock(&self.shared.transcripts).remove(&id);
+    fn stop_running(&self, id: uuid::Uuid, run: u32) {
+        {
+            // Only this attempt's: a manual retry's next may be running.
+            let mut transcripts = lock(&self.shared.transcripts);
+            if transcripts.get(&id).is_some_and(|(r, _)| *r == run) {
+                transcripts.remove(&id);
+            }
+        }
         let mut running = lock(&self.shared.running);
         running.remove(&id);
         if running.is_empty() {
@@ -178,7 +184,7 @@ impl Dispatch {
             Err(error) => {
                 // Cancelled or changed since it was queued: nothing to run.
                 tracing::debug!(id = %queued.id, %error, "task not started");
-                self.stop_running(queued.id);
+                self.stop_running(queued.id, 0);
                 lock(&shared.sched).finished(&queued.queue, charge, 0.0);
                 shared.wake.notify_one();
                 return;
@@ -277,7 +283,7 @@ impl Dispatch {
             book.settle_context(record.flow_id, held.context_reserved, size);
         }
         let finished = finished.map(|applied| applied.record);
-        self.stop_running(record.id);
+        self.stop_running(record.id, run);
         let cost = claimed.elapsed().saturating_sub(waited);
         lock(&shared.sched).settled(&record.queue, charge, cost.as_secs_f64());
         shared.metrics.run_time.observe(run_secs);

@@ -7,6 +7,7 @@
 use super::EngineError;
 use super::shared::Shared;
 use crate::sandbox::{AttemptLog, Transcript};
+
 use crate::store::{TaskRecord, TaskState};
 use crate::sync::lock;
 use crate::wire::{LogEvent, LogLine, TaskLogs};
@@ -20,30 +21,96 @@ pub const MAX_FOLLOWERS: usize = 256;
 /// Most subscribers of the events at once, host-wide; one more is
 /// refused (503).
 pub const MAX_SUBSCRIBERS: usize = 256;
+/// Most followers of logs, and most subscribers of events, of one tenant.
+pub const MAX_PER_TENANT: usize = 32;
 /// Events buffered for one follower; a follower that reads none of them
 /// holds its follow task, never the engine.
 const FOLLOW_BUFFER: usize = 256;
 /// How often a follower looks for the next attempt while none runs.
 const POLL: Duration = Duration::from_millis(200);
+/// How long a follower's full buffer may stay full before it is dropped.
+const SEND_DEADLINE: Duration = Duration::from_secs(60);
 
-/// The bounds on followers of logs and subscribers of events.
+/// Runs a store read off the async workers.
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .unwrap_or_else(|e| Err(EngineError::Unavailable(format!("a log read failed: {e}"))))
+}
+
+/// Places for clients that hold a stream open (following logs, or
+/// subscribed to events): [`MAX_FOLLOWERS`] / [`MAX_SUBSCRIBERS`] host-wide
+/// and [`MAX_PER_TENANT`] of each kind per tenant, so no tenant can take
+/// them all.
 pub(crate) struct Followers {
-    logs: Arc<Semaphore>,
-    events: Arc<Semaphore>,
+    logs: Places,
+    events: Places,
 }
 
 impl Default for Followers {
     fn default() -> Self {
-        Self { logs: Arc::new(Semaphore::new(MAX_FOLLOWERS)), events: Arc::new(Semaphore::new(MAX_SUBSCRIBERS)) }
+        Self {
+            logs: Places::new(MAX_FOLLOWERS, "follow logs"),
+            events: Places::new(MAX_SUBSCRIBERS, "subscribe to events"),
+        }
     }
 }
 
 impl Followers {
-    /// A place for one more subscriber of the events.
-    pub(crate) fn subscriber(&self) -> Result<tokio::sync::OwnedSemaphorePermit, EngineError> {
-        self.events.clone().try_acquire_owned().map_err(|_| {
-            EngineError::Overloaded(format!("{MAX_SUBSCRIBERS} clients subscribe to events already; try again later"))
-        })
+    /// A place for one more subscriber of `tenant` to the events.
+    pub(crate) fn subscriber(&self, tenant: &str) -> Result<Place, EngineError> {
+        self.events.take(tenant)
+    }
+}
+
+/// One kind of place: a host-wide semaphore and a count per tenant.
+struct Places {
+    host: Arc<Semaphore>,
+    tenants: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    what: &'static str,
+}
+
+/// A place taken; given back when dropped.
+#[derive(Debug)]
+pub struct Place {
+    _host: tokio::sync::OwnedSemaphorePermit,
+    tenants: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    tenant: String,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut tenants = lock(&self.tenants);
+        if let Some(n) = tenants.get_mut(&self.tenant) {
+            *n -= 1;
+            if *n == 0 {
+                tenants.remove(&self.tenant);
+            }
+        }
+    }
+}
+
+impl Places {
+    fn new(host: usize, what: &'static str) -> Self {
+        Self { host: Arc::new(Semaphore::new(host)), tenants: Arc::default(), what }
+    }
+
+    fn take(&self, tenant: &str) -> Result<Place, EngineError> {
+        let what = self.what;
+        let host = self.host.clone().try_acquire_owned().map_err(|_| {
+            EngineError::Overloaded(format!("as many clients as this host allows {what} already; try again later"))
+        })?;
+        let mut tenants = lock(&self.tenants);
+        let n = tenants.entry(tenant.to_owned()).or_default();
+        if *n >= MAX_PER_TENANT {
+            return Err(EngineError::Overloaded(format!(
+                "{MAX_PER_TENANT} clients of this tenant {what} already; close one or try again later"
+            )));
+        }
+        *n += 1;
+        Ok(Place { _host: host, tenants: self.tenants.clone(), tenant: tenant.to_owned() })
     }
 }
 
@@ -96,9 +163,7 @@ pub(crate) fn follow(
     if attempt > runs.max(1) {
         return Err(no_attempt(record, attempt));
     }
-    let permit = followers.logs.clone().try_acquire_owned().map_err(|_| {
-        EngineError::Overloaded(format!("{MAX_FOLLOWERS} clients follow logs already; try again later"))
-    })?;
+    let permit = followers.logs.take(crate::tenant::tenant_of(&record.plugin))?;
     let (tx, rx) = mpsc::channel(FOLLOW_BUFFER);
     let shared = shared.clone();
     let id = record.id;
@@ -119,6 +184,8 @@ enum Stopped {
     Gone,
     #[error("the host is stopping")]
     Halted,
+    #[error("the follower read nothing for {} s", SEND_DEADLINE.as_secs())]
+    Stalled,
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -135,17 +202,22 @@ struct Follower {
 
 impl Follower {
     async fn run(&mut self) -> Result<(), Stopped> {
+        // The attempt whose stored lines were all sent (not read again).
+        let mut sent_whole = 0;
         loop {
-            let record = self.shared.task(self.id)?;
+            let (shared, id) = (self.shared.clone(), self.id);
+            let record = blocking(move || shared.task(id)).await?;
             let runs = record.runs();
-            let (log, live) = if self.attempt <= runs {
-                attempt_log(&self.shared, self.id, self.attempt)?
-            } else {
-                (AttemptLog::default(), None)
-            };
-            self.send_lines(&log).await?;
-            if let Some(transcript) = live {
-                self.drain(&transcript).await?;
+            if self.attempt <= runs && sent_whole != self.attempt {
+                let (shared, attempt) = (self.shared.clone(), self.attempt);
+                let (log, live) = blocking(move || attempt_log(&shared, id, attempt)).await?;
+                self.send_lines(log.lines.iter()).await?;
+                match live {
+                    Some(transcript) => self.drain(&transcript).await?,
+                    // A stored log is the attempt's whole log.
+                    None if runs > attempt || record.state != TaskState::Running => sent_whole = attempt,
+                    None => {}
+                }
             }
             // This attempt is over once it is not the running one.
             let over = runs > self.attempt || (runs == self.attempt && record.state != TaskState::Running);
@@ -168,7 +240,7 @@ impl Follower {
         loop {
             let (last, ended) = *changed.borrow_and_update();
             if last > self.seq {
-                self.send_lines(&transcript.kept()).await?;
+                self.send_lines(transcript.after(self.seq).iter()).await?;
             }
             if ended {
                 return Ok(());
@@ -183,8 +255,11 @@ impl Follower {
 
     /// Sends the lines after the last one sent, saying where lines were
     /// dropped unseen.
-    async fn send_lines(&mut self, log: &AttemptLog) -> Result<(), Stopped> {
-        for line in log.after(self.seq) {
+    async fn send_lines(&mut self, lines: impl Iterator<Item = &crate::sandbox::LogLine>) -> Result<(), Stopped> {
+        for line in lines {
+            if line.seq <= self.seq {
+                continue;
+            }
             if line.seq > self.seq + 1 {
                 self.send(LogEvent::Skipped { lines: line.seq - self.seq - 1 }).await?;
             }
@@ -194,8 +269,14 @@ impl Follower {
         Ok(())
     }
 
+    /// Sends `event`; a client that reads nothing for [`SEND_DEADLINE`]
+    /// (its buffer stays full) is given up on, freeing its place.
     async fn send(&self, event: LogEvent) -> Result<(), Stopped> {
-        self.tx.send(event).await.map_err(|_| Stopped::Gone)
+        match tokio::time::timeout(SEND_DEADLINE, self.tx.send(event)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Stopped::Gone),
+            Err(_) => Err(Stopped::Stalled),
+        }
     }
 
     async fn pause(&self, pause: Duration) -> Result<(), Stopped> {
@@ -204,5 +285,24 @@ impl Follower {
             () = self.tx.closed() => Err(Stopped::Gone),
             () = self.shared.halted() => Err(Stopped::Halted),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tenant_takes_at_most_its_share_of_places_and_a_dropped_place_is_given_back() {
+        let places = Places::new(MAX_PER_TENANT + 1, "follow logs");
+        let a: Vec<Place> = (0..MAX_PER_TENANT).map(|_| places.take("a").unwrap()).collect();
+        let refused = places.take("a").unwrap_err().to_string();
+        assert!(refused.contains(&format!("{MAX_PER_TENANT} clients of this tenant")), "{refused}");
+        let b = places.take("b").unwrap();
+        assert!(places.take("c").unwrap_err().to_string().contains("as many clients as this host allows"));
+        drop(b);
+        drop(a);
+        assert!(lock(&places.tenants).is_empty());
+        assert!(places.take("a").is_ok());
     }
 }

@@ -38,7 +38,7 @@ pub use admin::{ListFilter, QueueInfo};
 pub use config::{EngineConfig, default_data_dir, default_memory_budget};
 pub use error::EngineError;
 pub use flows::{FlowLimits, FlowSpec, FlowView, Node, RepeatSpec, Step};
-pub use logs::{MAX_FOLLOWERS, MAX_SUBSCRIBERS};
+pub use logs::{MAX_FOLLOWERS, MAX_PER_TENANT, MAX_SUBSCRIBERS, Place};
 pub use retry::{RetryPolicy, is_retried};
 pub use settings::{MAX_SETTINGS_BYTES, SettingsError};
 pub use submission::{MAX_DELAY_MS, NewTask};
@@ -501,8 +501,8 @@ impl Engine {
 
     /// Follows task `record`'s lines from attempt `attempt` (its latest
     /// when `None`) until it ends: see [`crate::wire::LogEvent`]. At most
-    /// [`MAX_FOLLOWERS`] follow at once; one more is refused
-    /// ([`EngineError::Overloaded`]).
+    /// [`MAX_FOLLOWERS`] follow at once ([`MAX_PER_TENANT`] per tenant);
+    /// one more is refused ([`EngineError::Overloaded`]).
     pub fn follow_logs(
         &self,
         record: &TaskRecord,
@@ -511,15 +511,16 @@ impl Engine {
         logs::follow(&self.inner.shared, &self.inner.followers, record, attempt)
     }
 
-    /// Subscribes to every committed task transition after event `seq` of
-    /// host run `run` (only what comes next when `None`), holding one of
-    /// [`MAX_SUBSCRIBERS`] places until the permit drops; one more is
-    /// refused ([`EngineError::Overloaded`]).
+    /// Subscribes `tenant` to every committed task transition after event
+    /// `seq` of host run `run` (only what comes next when `None`), holding
+    /// a place (of [`MAX_SUBSCRIBERS`], [`MAX_PER_TENANT`] per tenant)
+    /// until it drops; one more is refused ([`EngineError::Overloaded`]).
     pub fn subscribe_events(
         &self,
+        tenant: &str,
         resume: Option<(u64, u64)>,
-    ) -> Result<(crate::store::Subscription, tokio::sync::OwnedSemaphorePermit), EngineError> {
-        let permit = self.inner.followers.subscriber()?;
+    ) -> Result<(crate::store::Subscription, Place), EngineError> {
+        let permit = self.inner.followers.subscriber(tenant)?;
         Ok((self.inner.shared.store.subscribe(resume), permit))
     }
 

@@ -233,6 +233,13 @@ impl Transcript {
         self.lock().log()
     }
 
+    /// The lines kept after line `seq`, copying only those.
+    pub fn after(&self, seq: u64) -> Vec<LogLine> {
+        let lines = self.lock();
+        let head = lines.head.iter().filter(|l| l.seq > seq);
+        head.chain(lines.tail.iter().filter(|l| l.seq > seq)).cloned().collect()
+    }
+
     /// Whether [`Transcript::finish`] was called.
     pub fn is_ended(&self) -> bool {
         self.lock().ended
@@ -277,19 +284,14 @@ impl Lines {
 }
 
 /// `bytes` as text lines: a trailing `\r` dropped, lines longer than
-/// [`MAX_LINE`] cut.
-fn split(bytes: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in bytes.split(|b| *b == b'\n') {
+/// [`MAX_LINE`] cut. Lazy, so a message of a million empty lines never
+/// holds a million strings at once.
+fn split(bytes: &[u8]) -> impl Iterator<Item = String> + '_ {
+    bytes.split(|b| *b == b'\n').flat_map(|line| {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        if line.is_empty() {
-            out.push(String::new());
-        }
-        for piece in line.chunks(MAX_LINE) {
-            out.push(lossy(piece));
-        }
-    }
-    out
+        let empty = line.is_empty().then(String::new);
+        empty.into_iter().chain(line.chunks(MAX_LINE).map(lossy))
+    })
 }
 
 fn lossy(bytes: &[u8]) -> String {
@@ -335,6 +337,8 @@ mod tests {
         assert_eq!(kept, [first, last].concat());
         assert_eq!(log.dropped, Some(Dropped { lines: 80, bytes: 320, after_seq: 10 }));
         assert_eq!(log.after(95).count(), 5);
+        let after: Vec<u64> = t.after(9).iter().map(|l| l.seq).collect();
+        assert_eq!(after, [10, 91, 92, 93, 94, 95, 96, 97, 98, 99, 100]);
     }
 
     #[test]

@@ -205,6 +205,7 @@ impl Op {
                 Op::Submit { input, .. } => input.len(),
                 Op::Transition { change, .. } => {
                     change.output.as_ref().map_or(0, Vec::len)
+                        + change.log.as_ref().map_or(0, |(_, log)| log.len())
                         + change.effects.as_ref().map_or(0, |e| {
                             e.children.iter().map(|(_, input)| input.len() + OVERHEAD).sum::<usize>()
                                 + e.context.iter().map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len)).sum::<usize>()
