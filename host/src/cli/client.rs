@@ -373,13 +373,29 @@ async fn submit_inner(args: SubmitArgs) -> CallResult<ExitCode> {
     if std::io::stderr().is_terminal() {
         spinner.enable_steady_tick(Duration::from_millis(100));
     }
+    // Subscribed before the record is read, so no transition after it
+    // is missed; a host without room for one more subscriber is polled.
+    let mut events = match client.get_stream(&format!("/v1/events?flow={id}")).await {
+        Ok(response) => Some(super::sse::SseReader::new(response)),
+        Err(Failure(_, why)) => {
+            tracing::debug!(%why, "waiting by polling: no event stream");
+            None
+        }
+    };
     let record = loop {
         let record: wire::Task = client.get_json(&format!("/v1/tasks/{id}")).await?;
         spinner.set_message(format!("{id}: {} (attempt {})", record.state, record.attempts));
         if record.state.is_terminal() {
             break record;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        match &mut events {
+            Some(stream) => {
+                if !next_move_of(stream, &id.to_string()).await? {
+                    events = None;
+                }
+            }
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     };
     spinner.finish_and_clear();
     if record.state == TaskState::Completed {
@@ -391,6 +407,22 @@ async fn submit_inner(args: SubmitArgs) -> CallResult<ExitCode> {
         None => "cancelled".into(),
     };
     Err(Failure(EXIT_TASK_FAILED, format!("task {id} {}: {detail}", record.state)))
+}
+
+/// Waits for the next event of task `id` (or a marker that events were
+/// missed: the record is read again either way); false once the stream
+/// ended (the caller polls instead).
+pub(crate) async fn next_move_of(events: &mut super::sse::SseReader, id: &str) -> Result<bool, Failure> {
+    loop {
+        let Some(event) = events.next().await? else { return Ok(false) };
+        if event.name == "missed" {
+            return Ok(true);
+        }
+        let moved: Option<wire::TaskMoved> = serde_json::from_str(&event.data).ok();
+        if event.name == "task" && moved.is_some_and(|m| m.id.to_string() == id) {
+            return Ok(true);
+        }
+    }
 }
 
 /// The bytes `submit --wait` prints: raw bytes as they were, a JSON string

@@ -49,9 +49,22 @@ async fn flow_inner(args: FlowArgs) -> Result<ExitCode, Failure> {
         (None, Some(id)) => client.get_json(&format!("/v1/flows/{id}")).await?,
         (None, None) => return Err(Failure(EXIT_USAGE, "give a flow id, or --submit FILE".into())),
     };
-    if args.wait {
+    if args.wait && view.state == FlowState::Running {
+        // The view is read again when one of the flow's tasks ends (at
+        // most every 100 ms); without an event stream, every 250 ms.
+        let path = format!("/v1/events?flow={}&state=completed,failed,cancelled", view.id);
+        let mut events = client.get_stream(&path).await.ok().map(super::sse::SseReader::new);
+        view = client.get_json(&format!("/v1/flows/{}", view.id)).await?;
         while view.state == FlowState::Running {
-            tokio::time::sleep(Duration::from_millis(250)).await;
+            match &mut events {
+                Some(stream) => {
+                    if stream.next().await?.is_none() {
+                        events = None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                None => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
             view = client.get_json(&format!("/v1/flows/{}", view.id)).await?;
         }
     }
