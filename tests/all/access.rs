@@ -5,7 +5,7 @@
 //! land in the audit log; `/metrics` on `--metrics-listen` needs no token;
 //! the CLI finds the admin token of a local server and takes `--token`.
 
-use crate::recovery::{free_port, start_with};
+use crate::recovery::{free_port, fresh, start_with};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
@@ -106,11 +106,8 @@ async fn token(http: &reqwest::Client, base: &str, admin: &str, name: &str, scop
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_route_needs_a_valid_token_with_its_scope() {
-    let data = tempfile::tempdir().unwrap();
-    let server = start_with(data.path(), free_port(), &[]).await;
+    let (_data, server, admin, http) = fresh(&[]).await;
     let base = &server.base;
-    let admin = crate::admin_token(data.path()).await;
-    let http = crate::http();
     let mut tokens = Vec::new();
     for scope in SCOPES {
         let created = token(&http, base, &admin, &format!("only-{scope}"), &[scope]).await;
@@ -145,11 +142,8 @@ async fn every_route_needs_a_valid_token_with_its_scope() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_token_is_refused_from_the_next_request_and_actions_are_audited() {
-    let data = tempfile::tempdir().unwrap();
-    let server = start_with(data.path(), free_port(), &[]).await;
+    let (_data, server, admin, http) = fresh(&[]).await;
     let base = &server.base;
-    let admin = crate::admin_token(data.path()).await;
-    let http = crate::http();
     let publisher = token(&http, base, &admin, "publisher", &["plugins", "submit", "read"]).await;
     let secret = publisher["token"].as_str().unwrap().to_owned();
     let id = publisher["id"].as_str().unwrap().to_owned();

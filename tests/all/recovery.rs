@@ -32,6 +32,15 @@ async fn start(data: &std::path::Path, port: u16) -> Server {
     start_with(data, port, &[]).await
 }
 
+/// A `taskhost serve` with `extra` flags on a new data directory: the
+/// directory, the server, its admin token and a plain client.
+pub(crate) async fn fresh(extra: &[&str]) -> (tempfile::TempDir, Server, String, reqwest::Client) {
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with(data.path(), free_port(), extra).await;
+    let admin = crate::admin_token(data.path()).await;
+    (data, server, admin, crate::http())
+}
+
 /// Starts `taskhost serve` on `data` with `extra` arguments and waits
 /// until it answers, its own admin token written. When another process
 /// took `port` first (a free port is only free until someone binds it),

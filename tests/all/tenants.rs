@@ -6,7 +6,7 @@
 //! naming the quota and write nothing; a tenant's deep backlog does not
 //! hold back another tenant's tasks.
 
-use crate::recovery::{free_port, start_with};
+use crate::recovery::{free_port, fresh, start_with};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use taskhost_test_artifacts::UPPERCASE;
@@ -97,11 +97,8 @@ fn without(body: &Value, id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_neither_see_nor_touch_each_others_objects() {
-    let data = tempfile::tempdir().unwrap();
-    let server = start_with(data.path(), free_port(), &[]).await;
+    let (_data, server, admin, http) = fresh(&[]).await;
     let base = &server.base;
-    let admin = crate::admin_token(data.path()).await;
-    let http = crate::http();
     assert_eq!(put_tenant(&http, base, &admin, "a", json!({})).await, StatusCode::CREATED);
     assert_eq!(put_tenant(&http, base, &admin, "b", json!({})).await, StatusCode::CREATED);
     assert_eq!(put_tenant(&http, base, &admin, "b", json!({})).await, StatusCode::OK, "a second put changes it");
@@ -250,11 +247,8 @@ async fn tenants_neither_see_nor_touch_each_others_objects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quotas_refuse_with_429_naming_the_quota_and_write_nothing() {
-    let data = tempfile::tempdir().unwrap();
-    let server = start_with(data.path(), free_port(), &[]).await;
+    let (_data, server, admin, http) = fresh(&[]).await;
     let base = &server.base;
-    let admin = crate::admin_token(data.path()).await;
-    let http = crate::http();
     let quotas = json!({"submit_per_sec": 1, "submit_burst": 2, "max_unfinished": 3});
     assert_eq!(put_tenant(&http, base, &admin, "q", quotas.clone()).await, StatusCode::CREATED);
     let (status, body) = call(
@@ -314,11 +308,8 @@ async fn quotas_refuse_with_429_naming_the_quota_and_write_nothing() {
 /// they run (tenants share first) while the backlog is still deep.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_tenants_backlog_does_not_hold_back_a_trickle() {
-    let data = tempfile::tempdir().unwrap();
-    let server = start_with(data.path(), free_port(), &[]).await;
+    let (_data, server, admin, http) = fresh(&[]).await;
     let base = &server.base;
-    let admin = crate::admin_token(data.path()).await;
-    let http = crate::http();
     let mut tokens = Vec::new();
     for tenant in ["bulk", "trickle"] {
         assert_eq!(put_tenant(&http, base, &admin, tenant, json!({})).await, StatusCode::CREATED);
@@ -412,11 +403,8 @@ fn refused_by(status: StatusCode, body: &Value, code: &str, quota: &str) {
 /// that would pass them. Nothing refused is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ceilings_plugin_quotas_and_stored_bytes() {
-    let data = tempfile::tempdir().unwrap();
-    let server = start_with(data.path(), free_port(), &[]).await;
+    let (_data, server, admin, http) = fresh(&[]).await;
     let base = &server.base;
-    let admin = crate::admin_token(data.path()).await;
-    let http = crate::http();
     let quotas = json!({"max_fuel": 50_000_000, "max_timeout_ms": 5_000, "max_plugins": 1, "max_plugin_versions": 1,
         "max_stored_bytes": 64});
     assert_eq!(put_tenant(&http, base, &admin, "c", quotas).await, StatusCode::CREATED);
