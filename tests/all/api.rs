@@ -294,6 +294,13 @@ async fn the_cli_reads_every_answer_into_its_wire_type() {
     let id = page["tasks"][0]["id"].as_str().unwrap().to_owned();
 
     // `status` prints the record; it reads back into the wire type.
+    // An input past the server's body limit: a 413 that states it.
+    let big = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(big.path(), vec![b'a'; 7 << 20]).unwrap();
+    let out = cli(&api, &["submit", "uppercase", "--input", big.path().to_str().unwrap()]).await;
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("payload_too_large") && said.contains("at most 8 MiB of JSON"), "{said}");
     let out = cli(&api, &["status", &id]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let task: taskhost::wire::Task = serde_json::from_slice(&out.stdout).unwrap();

@@ -229,6 +229,19 @@ pub(crate) enum QueuesCommand {
     },
 }
 
+/// The server's body limit for a request to `path`, as a 413's message
+/// states it.
+fn body_limit(path: &str) -> Option<String> {
+    let bytes = match path {
+        "/v1/tasks" | "/v1/flows" => taskhost::api::MAX_TASK_BODY,
+        "/v1/tasks:batch" => taskhost::api::MAX_BATCH_BODY,
+        p if p.starts_with("/v1/plugins/") => taskhost::registry::MAX_PLUGIN_BYTES,
+        _ => return None,
+    };
+    let size = taskhost::units::format_size(bytes as u64);
+    Some(if path == "/v1/tasks" { format!("{size} of JSON, the input as base64 (4/3 of its size)") } else { size })
+}
+
 /// A failed call, already worded for the user.
 pub(crate) struct Failure(pub(crate) u8, pub(crate) String);
 
@@ -287,7 +300,8 @@ impl Client {
             None => request,
         };
         let request = request.build().map_err(|e| Failure(EXIT_USAGE, format!("cannot build the request: {e}")))?;
-        let what = format!("{} {}", request.method(), request.url().path());
+        let path = request.url().path().to_owned();
+        let what = format!("{} {path}", request.method());
         let response = self.http.execute(request).await.map_err(|e| {
             Failure(EXIT_USAGE, format!("cannot reach taskhost at {}: {e} (is `taskhost serve` running?)", self.base))
         })?;
@@ -300,6 +314,9 @@ impl Client {
             };
             if let (reqwest::StatusCode::UNAUTHORIZED, Err(NoToken::Missing(why))) = (status, &self.token) {
                 message = format!("{message} (no token was sent: {why})");
+            }
+            if let (reqwest::StatusCode::PAYLOAD_TOO_LARGE, Some(limit)) = (status, body_limit(&path)) {
+                message = format!("{message} (the server takes at most {limit} per request there)");
             }
             return Err(Failure(EXIT_TASK_FAILED, message));
         }
