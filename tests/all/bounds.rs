@@ -115,6 +115,24 @@ async fn closed_by_server(mut socket: TcpStream, drip: &[u8], within: Duration) 
     }
 }
 
+/// A connection sending a stream (events) is not idle: new connections
+/// past the cap close idle ones, never the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_connection_is_not_closed_to_make_room() {
+    let server = Server::start(&["--max-connections", "4"]).await;
+    let mut stream = server.http.get(format!("{}/v1/events", server.base)).send().await.unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut idle = Vec::new();
+    for _ in 0..12 {
+        idle.push(TcpStream::connect(&server.addr).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(server.healthy().await, "a client gets in past the cap");
+    // Still open: no end of stream within a while (an evicted one ends at once).
+    let read = tokio::time::timeout(Duration::from_secs(2), stream.chunk()).await;
+    assert!(read.is_err(), "the event stream was closed to make room: {read:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_slow_header_and_slow_body_connections_are_closed_and_never_lock_clients_out() {
     let server = Server::start(&["--max-connections", "16", "--header-timeout", "1s", "--body-timeout", "1s"]).await;

@@ -274,11 +274,13 @@ async fn serve_io<I>(
                 let ended = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(request.body())));
                 let request =
                     request.map(|body| Body::new(Deadline::new(body, body_timeout, timed_out.clone(), ended.clone())));
-                let mut response = tower::ServiceExt::oneshot(router, request).await.unwrap_or_else(|e| match e {});
-                drop(busy);
+                let response = tower::ServiceExt::oneshot(router, request).await.unwrap_or_else(|e| match e {});
                 if timed_out.load(Ordering::SeqCst) {
                     return Ok::<_, Infallible>(body_timeout_response(body_timeout));
                 }
+                // Busy until its body is sent: a stream (events, logs) is
+                // not an idle connection to close for room.
+                let mut response = response.map(|body| Body::new(Sending { inner: body, _busy: busy }));
                 if !ended.load(Ordering::SeqCst) {
                     // Answered before its body was read (a refusal): the
                     // connection closes after this response, so say so,
@@ -333,6 +335,33 @@ fn body_timeout_response(timeout: Duration) -> Response {
 struct BodyTimedOut(Duration);
 
 /// A request body that fails once its deadline passes, and says so.
+/// A response body that keeps its connection [`Busy`] until it is sent
+/// (or dropped).
+struct Sending {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for Sending {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 struct Deadline {
     inner: Incoming,
     timeout: Duration,
