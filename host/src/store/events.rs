@@ -8,7 +8,7 @@
 use super::{TaskRecord, TaskState};
 use crate::sync::lock;
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
@@ -48,12 +48,12 @@ pub struct Subscription {
     /// start again at 1 in each.
     pub run: u64,
     /// The kept events after the one asked for, to send first.
-    pub replay: Vec<TaskEvent>,
+    pub replay: Vec<Arc<TaskEvent>>,
     /// Events were lost between the one asked for and `replay` (it is
     /// older than the ring, or from before a restart).
     pub gap: bool,
     /// The live events after `replay`.
-    pub live: broadcast::Receiver<TaskEvent>,
+    pub live: broadcast::Receiver<Arc<TaskEvent>>,
 }
 
 /// See the module docs.
@@ -61,12 +61,14 @@ pub struct Subscription {
 pub(crate) struct Feed {
     run: u64,
     ring: Mutex<Ring>,
-    live: broadcast::Sender<TaskEvent>,
+    live: broadcast::Sender<Arc<TaskEvent>>,
 }
 
 #[derive(Debug, Default)]
 struct Ring {
-    events: VecDeque<TaskEvent>,
+    /// Shared with the subscribers' buffers: a replay or a send copies
+    /// pointers, not events, under the ring's lock.
+    events: VecDeque<Arc<TaskEvent>>,
     last_seq: u64,
 }
 
@@ -80,10 +82,8 @@ impl Feed {
     /// Publishes a record's latest transition (or its creation).
     pub(crate) fn published(&self, record: &TaskRecord) {
         let Some(last) = record.history.last() else { return };
-        let mut ring = lock(&self.ring);
-        ring.last_seq += 1;
-        let event = TaskEvent {
-            seq: ring.last_seq,
+        let mut event = TaskEvent {
+            seq: 0,
             at_ms: last.at_ms,
             id: record.id,
             flow_id: record.flow_id,
@@ -93,6 +93,10 @@ impl Feed {
             to: last.to,
             attempt: record.attempts,
         };
+        let mut ring = lock(&self.ring);
+        ring.last_seq += 1;
+        event.seq = ring.last_seq;
+        let event = Arc::new(event);
         if ring.events.len() == EVENTS_KEPT {
             ring.events.pop_front();
         }
