@@ -332,9 +332,10 @@ impl Client {
         self.call(self.http.get(self.url(path))).await
     }
 
-    /// `GET path`, its answer's body left to read as it comes (a stream).
-    pub(crate) async fn get_stream(&self, path: &str) -> CallResult<reqwest::Response> {
-        Ok(self.send(self.http.get(self.url(path))).await?.1)
+    /// `GET path?query` (the query encoded), its answer's body left to
+    /// read as it comes (a stream).
+    pub(crate) async fn get_stream(&self, path: &str, query: &[(&str, String)]) -> CallResult<reqwest::Response> {
+        Ok(self.send(self.http.get(self.url(path)).query(query)).await?.1)
     }
 
     /// `DELETE path`, read into `T`.
@@ -392,7 +393,7 @@ async fn submit_inner(args: SubmitArgs) -> CallResult<ExitCode> {
     }
     // Subscribed before the record is read, so no transition after it
     // is missed; a host without room for one more subscriber is polled.
-    let mut events = match client.get_stream(&format!("/v1/events?flow={id}")).await {
+    let mut events = match client.get_stream("/v1/events", &[("flow", id.to_string())]).await {
         Ok(response) => Some(super::sse::SseReader::new(response)),
         Err(Failure(_, why)) => {
             tracing::debug!(%why, "waiting by polling: no event stream");
@@ -516,22 +517,19 @@ pub(crate) async fn status(args: IdArgs) -> ExitCode {
 }
 
 pub(crate) async fn cancel(args: IdArgs) -> ExitCode {
-    done(
-        async {
-            let record: wire::Task =
-                Client::new(&args.server).post_json(&format!("/v1/tasks/{}/cancel", args.id), &json!({})).await?;
-            println!("{} {}", record.id, record.state);
-            Ok(ExitCode::SUCCESS)
-        }
-        .await,
-    )
+    task_action(args, "cancel").await
 }
 
 pub(crate) async fn retry(args: IdArgs) -> ExitCode {
+    task_action(args, "retry").await
+}
+
+/// `POST /v1/tasks/ID/ACTION`; prints the task's id and new state.
+async fn task_action(args: IdArgs, action: &str) -> ExitCode {
     done(
         async {
-            let record: wire::Task =
-                Client::new(&args.server).post_json(&format!("/v1/tasks/{}/retry", args.id), &json!({})).await?;
+            let path = format!("/v1/tasks/{}/{action}", args.id);
+            let record: wire::Task = Client::new(&args.server).post_json(&path, &json!({})).await?;
             println!("{} {}", record.id, record.state);
             Ok(ExitCode::SUCCESS)
         }

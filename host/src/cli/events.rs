@@ -39,18 +39,12 @@ pub(crate) async fn events(args: EventsArgs) -> ExitCode {
 }
 
 async fn run(args: EventsArgs) -> Result<ExitCode, Failure> {
-    let mut query = Vec::new();
-    for (key, value) in [("queue", &args.queue), ("flow", &args.flow), ("plugin", &args.plugin), ("after", &args.after)]
-    {
-        if let Some(value) = value {
-            query.push(format!("{key}={}", urlencoding(value)));
-        }
-    }
+    let given = [("queue", args.queue), ("flow", args.flow), ("plugin", args.plugin), ("after", args.after)];
+    let mut query: Vec<(&str, String)> = given.into_iter().filter_map(|(key, value)| Some((key, value?))).collect();
     if !args.state.is_empty() {
-        query.push(format!("state={}", urlencoding(&args.state.join(","))));
+        query.push(("state", args.state.join(",")));
     }
-    let path = format!("/v1/events?{}", query.join("&"));
-    let mut events = super::sse::SseReader::new(Client::new(&args.server).get_stream(&path).await?);
+    let mut events = super::sse::SseReader::new(Client::new(&args.server).get_stream("/v1/events", &query).await?);
     while let Some(sse) = events.next().await? {
         let mut out = std::io::stdout().lock();
         let written = match sse.name.as_str() {
@@ -77,17 +71,6 @@ async fn run(args: EventsArgs) -> Result<ExitCode, Failure> {
 
 fn unreadable(e: &serde_json::Error, data: &str) -> Failure {
     Failure(EXIT_USAGE, format!("the server sent an event this client cannot read ({e}): {data}"))
-}
-
-/// A query value with what a URL query cannot carry as is escaped.
-fn urlencoding(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b',' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn print_moved(out: &mut impl std::io::Write, m: &TaskMoved) -> std::io::Result<()> {

@@ -52,8 +52,8 @@ async fn flow_inner(args: FlowArgs) -> Result<ExitCode, Failure> {
     if args.wait && view.state == FlowState::Running {
         // The view is read again when one of the flow's tasks ends (at
         // most every 100 ms); without an event stream, every 250 ms.
-        let path = format!("/v1/events?flow={}&state=completed,failed,cancelled", view.id);
-        let mut events = client.get_stream(&path).await.ok().map(super::sse::SseReader::new);
+        let query = [("flow", view.id.to_string()), ("state", "completed,failed,cancelled".to_owned())];
+        let mut events = client.get_stream("/v1/events", &query).await.ok().map(super::sse::SseReader::new);
         view = client.get_json(&format!("/v1/flows/{}", view.id)).await?;
         while view.state == FlowState::Running {
             match &mut events {

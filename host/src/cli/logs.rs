@@ -33,17 +33,17 @@ pub(crate) async fn logs(args: LogsArgs) -> ExitCode {
 
 async fn run(args: LogsArgs) -> Result<ExitCode, Failure> {
     let client = Client::new(&args.server);
-    let mut path = format!("/v1/tasks/{}/logs?follow={}", args.id, args.follow);
-    if let Some(attempt) = args.attempt {
-        path.push_str(&format!("&attempt={attempt}"));
-    }
+    let path = format!("/v1/tasks/{}/logs", args.id);
+    let mut query = vec![("follow", args.follow.to_string())];
+    query.extend(args.attempt.map(|a| ("attempt", a.to_string())));
     if !args.follow {
-        let logs: wire::TaskLogs = client.get_json(&path).await?;
+        let attempt = args.attempt.map(|a| format!("?attempt={a}")).unwrap_or_default();
+        let logs: wire::TaskLogs = client.get_json(&format!("{path}{attempt}")).await?;
         let mut out = std::io::stdout().lock();
         let written = if args.json { print_json_line(&mut out, &logs) } else { print_logs(&mut out, &logs) };
         return Ok(closed_pipe_is_fine(written));
     }
-    let mut events = super::sse::SseReader::new(client.get_stream(&path).await?);
+    let mut events = super::sse::SseReader::new(client.get_stream(&path, &query).await?);
     loop {
         let Some(sse) = events.next().await? else {
             return Err(Failure(EXIT_USAGE, "the server closed the stream before the task ended".into()));

@@ -48,7 +48,7 @@ pub(crate) struct QuotaArgs {
     /// Tasks stored and not yet finished.
     #[arg(long, value_name = "N")]
     max_unfinished: Option<u64>,
-    /// Bytes of task inputs and outputs kept, e.g. `10GiB`.
+    /// Bytes of task inputs, outputs and logs kept, e.g. `10GiB`.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_stored_bytes: Option<u64>,
     /// Plugin names.

@@ -31,15 +31,6 @@ const POLL: Duration = Duration::from_millis(200);
 /// How long a follower's full buffer may stay full before it is dropped.
 const SEND_DEADLINE: Duration = Duration::from_secs(60);
 
-/// Runs a store read off the async workers.
-async fn blocking<T: Send + 'static>(
-    read: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
-) -> Result<T, EngineError> {
-    tokio::task::spawn_blocking(read)
-        .await
-        .unwrap_or_else(|e| Err(EngineError::Unavailable(format!("a log read failed: {e}"))))
-}
-
 /// Places for clients that hold a stream open (following logs, or
 /// subscribed to events): [`MAX_FOLLOWERS`] / [`MAX_SUBSCRIBERS`] host-wide
 /// and [`MAX_PER_TENANT`] of each kind per tenant, so no tenant can take
@@ -206,11 +197,11 @@ impl Follower {
         let mut sent_whole = 0;
         loop {
             let (shared, id) = (self.shared.clone(), self.id);
-            let record = blocking(move || shared.task(id)).await?;
+            let record = crate::sync::blocking(move || shared.task(id)).await?;
             let runs = record.runs();
             if self.attempt <= runs && sent_whole != self.attempt {
                 let (shared, attempt) = (self.shared.clone(), self.attempt);
-                let (log, live) = blocking(move || attempt_log(&shared, id, attempt)).await?;
+                let (log, live) = crate::sync::blocking(move || attempt_log(&shared, id, attempt)).await?;
                 self.send_lines(log.lines.iter()).await?;
                 match live {
                     Some(transcript) => self.drain(&transcript).await?,

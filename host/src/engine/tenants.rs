@@ -32,7 +32,7 @@ pub(crate) struct Tenants {
     /// Tasks each tenant submitted that are not yet counted as stored
     /// (between their check and their admission).
     pending: Mutex<HashMap<String, u64>>,
-    /// Bytes of task inputs and outputs each tenant keeps in the store
+    /// Bytes of task inputs, outputs and logs each tenant keeps in the store
     /// (counted at start-up, then as tasks are admitted and complete).
     stored: Mutex<HashMap<String, u64>>,
     /// Serialises changes, so two creations cannot both pass the count.
@@ -110,7 +110,9 @@ impl Tenants {
             return Err(exceeded(
                 tenant,
                 "max_stored_bytes",
-                format!("it keeps {kept} bytes of inputs and outputs; {bytes} more would pass the quota of {max}"),
+                format!(
+                    "it keeps {kept} bytes of inputs, outputs and logs; {bytes} more would pass the quota of {max}"
+                ),
             ));
         }
         Ok(())

@@ -87,7 +87,7 @@ pub struct TenantQuotas {
     pub max_running: Option<u32>,
     /// Tasks of the tenant stored and not yet finished.
     pub max_unfinished: Option<u64>,
-    /// Bytes of task inputs and outputs the tenant keeps in the store.
+    /// Bytes of task inputs, outputs and logs the tenant keeps in the store.
     pub max_stored_bytes: Option<u64>,
     /// Plugin names the tenant has.
     pub max_plugins: Option<u32>,

@@ -24,7 +24,7 @@ pub struct Quotas {
     /// Tasks stored and not yet finished.
     #[serde(default)]
     pub max_unfinished: Option<u64>,
-    /// Bytes of task inputs and outputs kept in the store.
+    /// Bytes of task inputs, outputs and logs kept in the store.
     #[serde(default)]
     pub max_stored_bytes: Option<u64>,
     /// Plugin names.
@@ -102,7 +102,7 @@ pub struct Usage {
     pub running: u64,
     /// Plugins.
     pub plugins: u64,
-    /// Bytes of task inputs and outputs kept.
+    /// Bytes of task inputs, outputs and logs kept.
     pub stored_bytes: u64,
 }
 
