@@ -238,7 +238,10 @@ async fn the_dead_letter_set_can_be_resubmitted() {
 #[tokio::test]
 async fn a_queue_concurrency_limit_is_respected() {
     let (engine, _dir) = engine_with(|c| c.concurrency = 8).await;
-    engine.set_queue("serial", QueueConfig { concurrency: Some(1), weight: 1 }).await.unwrap();
+    engine
+        .set_queue("serial", QueueConfig { concurrency: Some(1), weight: 1, ..QueueConfig::default() })
+        .await
+        .unwrap();
     let batch = (0..5).map(|_| NewTask { queue: Some("serial".into()), ..task("sleep", "30") }).collect();
     let ids: Vec<_> = engine.submit_batch(batch).await.into_iter().map(|r| r.unwrap().record.id).collect();
     let mut spans = Vec::new();

@@ -11,7 +11,7 @@ use taskhost::store::{FlowState, TaskState};
 use taskhost_test_artifacts::{FLOW_PROBE, FORK_BOMB, MAP_REDUCE, PIPELINE};
 use uuid::Uuid;
 
-async fn flow_engine(tweak: impl FnOnce(&mut EngineConfig)) -> (Engine, tempfile::TempDir) {
+pub(crate) async fn flow_engine(tweak: impl FnOnce(&mut EngineConfig)) -> (Engine, tempfile::TempDir) {
     let (engine, dir) = engine_with(tweak).await;
     for artifact in [FLOW_PROBE, FORK_BOMB, MAP_REDUCE, PIPELINE] {
         engine.add_plugin(artifact.name, artifact.bytes(), None, true).await.unwrap();
@@ -20,11 +20,11 @@ async fn flow_engine(tweak: impl FnOnce(&mut EngineConfig)) -> (Engine, tempfile
 }
 
 /// Runs a flow-probe script as a new flow's root task; returns the flow id.
-async fn probe(engine: &Engine, script: Value) -> Uuid {
+pub(crate) async fn probe(engine: &Engine, script: Value) -> Uuid {
     engine.submit(task("flow-probe", &script.to_string())).await.unwrap().record.id
 }
 
-async fn ended(engine: &Engine, flow: Uuid) -> FlowView {
+pub(crate) async fn ended(engine: &Engine, flow: Uuid) -> FlowView {
     let view = engine.wait_flow(flow, Duration::from_secs(60)).await.unwrap();
     assert_ne!(view.flow.state, FlowState::Running, "flow {flow} still running: {:#?}", view.flow);
     view

@@ -47,6 +47,9 @@ mod recovery;
 /// Hot-loading: swaps, pinning, the artifact cache, the watched directory,
 /// manifests.
 mod registry;
+/// Retention: ended tasks and flows deleted past their queue's or the
+/// host's bound, with all they kept; a long run within a size bound.
+mod retention;
 /// Cooperative yielding, cancellation and timeouts in host calls.
 mod scheduling;
 /// Storage faults: a damaged or empty store file refused at start-up with

@@ -337,7 +337,7 @@ async fn idle_versions_are_unloaded_and_reloaded_from_the_cache() {
     };
     // A queued task pins version 1 while version 2 arrives: 1 stays loaded.
     // It waits behind a blocker in a one-slot queue until version 2 is in.
-    engine.set_queue("held", QueueConfig { concurrency: Some(1), weight: 1 }).await.unwrap();
+    engine.set_queue("held", QueueConfig { concurrency: Some(1), weight: 1, ..QueueConfig::default() }).await.unwrap();
     let in_held = |t: NewTask| NewTask { queue: Some("held".into()), timeout_ms: Some(60_000), ..t };
     let blocker = engine.submit(in_held(task("sleep", "60000"))).await.unwrap().record.id;
     eventually(|| engine.get(blocker).unwrap().state == TaskState::Running, "the blocker never started").await;

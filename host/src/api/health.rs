@@ -91,7 +91,7 @@ mod tests {
 
         full.store(true, Ordering::SeqCst);
         // A write meets the full disk (one answered at once: a queue setting).
-        let config = QueueConfig { concurrency: Some(1), weight: 1 };
+        let config = QueueConfig { concurrency: Some(1), weight: 1, ..QueueConfig::default() };
         assert!(h.store().set_queue("q".into(), config).await.is_err());
         let (status, retry, health) = send(&app, Method::GET, "/healthz", "").await;
         assert_eq!((status, retry.as_deref()), (StatusCode::SERVICE_UNAVAILABLE, Some("5")), "{health}");

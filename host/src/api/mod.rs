@@ -22,7 +22,7 @@ use crate::auth::Scope;
 use crate::engine::{Engine, ListFilter, NewTask};
 use crate::names::NameKind;
 use crate::registry::{MAX_PLUGIN_BYTES, Manifest, RegistryError, VersionState};
-use crate::store::{QueueConfig, TaskRecord, TaskState};
+use crate::store::{TaskRecord, TaskState};
 use crate::tenant::Namespace;
 use crate::wire;
 use access::{audited, guard, needs};
@@ -535,7 +535,7 @@ async fn set_queue(
     body: Result<Json<wire::QueueChange>, JsonRejection>,
 ) -> ApiResult<Json<wire::QueueSettings>> {
     let Json(body) = body?;
-    let config = QueueConfig { concurrency: body.concurrency, weight: body.weight.unwrap_or(1) };
+    let config = crate::engine::queue_config(&body)?;
     let key = ns.key(NameKind::Queue, &name)?;
     engine.check_not_file_managed(None, Some(&key))?;
     engine.set_queue(&key, config.clone()).await?;

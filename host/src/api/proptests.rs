@@ -459,6 +459,7 @@ fn queue_settings_change_that_queue_or_nothing() {
         let config = QueueConfig {
             concurrency: json["concurrency"].as_u64().map(|c| c as u32),
             weight: json["weight"].as_u64().unwrap_or(0) as u32,
+            ..QueueConfig::default()
         };
         prop_assert!(
             after.stored_queues.contains(&(name.clone(), config.clone())),

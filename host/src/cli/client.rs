@@ -219,6 +219,14 @@ pub(crate) enum QueuesCommand {
         /// Share relative to other queues (default 1).
         #[arg(long)]
         weight: Option<u32>,
+        /// How long its ended tasks (outside flows) are kept, e.g. `3d`,
+        /// or `forever` (default: the server's `--retain-for`).
+        #[arg(long, value_name = "DURATION")]
+        retain_for: Option<String>,
+        /// How many of its latest ended tasks (outside flows) are kept
+        /// (default: the server's `--retain-count`).
+        #[arg(long, value_name = "N")]
+        retain_count: Option<u64>,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -670,8 +678,8 @@ pub(crate) async fn queues(command: QueuesCommand) -> ExitCode {
     done(
         async {
             match command {
-                QueuesCommand::Set { name, concurrency, weight, server } => {
-                    let body = wire::QueueChange::new(concurrency, weight);
+                QueuesCommand::Set { name, concurrency, weight, retain_for, retain_count, server } => {
+                    let body = wire::QueueChange::new(concurrency, weight).retain(retain_for, retain_count);
                     let settings: wire::QueueSettings =
                         Client::new(&server).put_json(&format!("/v1/queues/{name}"), &body).await?;
                     print_json(&settings);

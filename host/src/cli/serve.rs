@@ -119,6 +119,19 @@ pub(crate) struct ServeArgs {
     /// 64KiB, at most 16MiB; 0 keeps none).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     log_keep: Option<u64>,
+    /// How long ended work is kept before it is deleted with its input,
+    /// output and logs: tasks outside flows (unless their queue sets its
+    /// own) and whole flows, e.g. `3d`, `12h`, or `forever` (default 7d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_retain_for)]
+    retain_for: Option<RetainFor>,
+    /// How many ended tasks (outside flows) each queue keeps, and ended
+    /// flows each tenant keeps, at most: the oldest go first (default: no
+    /// count, only `--retain-for`).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    retain_count: Option<u64>,
+    /// How often ended work past its retention is looked for (default 1m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    retention_interval: Option<Duration>,
     /// Most queues; a task or setting naming a new queue past this is
     /// refused (default 1000).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
@@ -149,6 +162,14 @@ pub(crate) struct ServeArgs {
 /// The most `--log-keep` takes: what each running attempt may hold of
 /// its lines, and each attempt may store.
 const MAX_LOG_KEEP: u64 = 16 << 20;
+
+/// `--retain-for`: a duration, or `forever` (`None`).
+#[derive(Debug, Clone, Copy)]
+struct RetainFor(Option<Duration>);
+
+fn parse_retain_for(text: &str) -> Result<RetainFor, String> {
+    if text.trim() == "forever" { Ok(RetainFor(None)) } else { parse_duration(text).map(|d| RetainFor(Some(d))) }
+}
 
 /// A network (`10.0.0.0/8`) or one address (`127.0.0.1`, `::1`).
 fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
@@ -265,6 +286,15 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         }
         Some(bytes) => config.log_keep_bytes = bytes,
         None => {}
+    }
+    if let Some(RetainFor(keep)) = args.retain_for {
+        config.retention.keep_for_ms = keep.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    }
+    if let Some(n) = args.retain_count {
+        config.retention.keep_count = Some(n);
+    }
+    if let Some(every) = args.retention_interval {
+        config.retention_interval = every;
     }
     if let Some(n) = args.max_queues {
         config.max_queues = n as usize;

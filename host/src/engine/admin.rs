@@ -29,6 +29,28 @@ pub struct ListFilter {
     pub cursor: Option<Uuid>,
 }
 
+/// The settings a queue change asks for, checked: `retain_for` is a
+/// duration or `forever`.
+pub(crate) fn queue_config(change: &crate::wire::QueueChange) -> Result<QueueConfig, EngineError> {
+    let retain_for_ms = match change.retain_for.as_deref().map(str::trim) {
+        None => None,
+        Some("forever") => Some(u64::MAX),
+        Some(text) => {
+            let keep = crate::units::parse_duration(text)
+                .map_err(|e| EngineError::InvalidRequest(format!("retain_for: {e}, or `forever`")))?;
+            Some(u64::try_from(keep.as_millis()).unwrap_or(u64::MAX))
+        }
+    };
+    let config = QueueConfig {
+        concurrency: change.concurrency,
+        weight: change.weight.unwrap_or(1),
+        retain_for_ms,
+        retain_count: change.retain_count,
+    };
+    check_queue(&config)?;
+    Ok(config)
+}
+
 /// Refuses queue settings out of range.
 pub(crate) fn check_queue(config: &QueueConfig) -> Result<(), EngineError> {
     if !(1..=1000).contains(&config.weight) {
@@ -36,6 +58,11 @@ pub(crate) fn check_queue(config: &QueueConfig) -> Result<(), EngineError> {
     }
     if config.concurrency == Some(0) {
         return Err(EngineError::InvalidRequest("concurrency must be at least 1 (omit it for no limit)".into()));
+    }
+    if config.retain_count == Some(0) {
+        return Err(EngineError::InvalidRequest(
+            "retain_count must be at least 1 (omit it for the host's default)".into(),
+        ));
     }
     Ok(())
 }

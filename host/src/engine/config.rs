@@ -66,7 +66,17 @@ pub struct EngineConfig {
     /// applied at start (a broken file stops the start) and on every
     /// change. Default: none.
     pub settings_file: Option<PathBuf>,
+    /// How long and how many ended units are kept: tasks outside any flow
+    /// per queue (unless the queue sets its own), flows per tenant.
+    /// Default: 7 days ([`DEFAULT_RETAIN_FOR`]), no count.
+    pub retention: crate::store::Retention,
+    /// How often ended work past its retention is looked for and
+    /// deleted. Default 1 minute.
+    pub retention_interval: std::time::Duration,
 }
+
+/// How long ended work is kept by default: 7 days.
+pub const DEFAULT_RETAIN_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -89,6 +99,8 @@ impl Default for EngineConfig {
             egress: crate::egress::EgressPolicy::default(),
             settings_file: None,
             log_keep_bytes: crate::sandbox::DEFAULT_KEEP,
+            retention: crate::store::Retention::new(Some(DEFAULT_RETAIN_FOR.as_millis() as u64), None),
+            retention_interval: std::time::Duration::from_secs(60),
         }
     }
 }

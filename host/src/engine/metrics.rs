@@ -70,6 +70,10 @@ pub(crate) struct Metrics {
     pub(crate) flows_ended: Family<FlowLabel, Counter>,
     pub(crate) flow_refusals: Family<LimitLabel, Counter>,
     pub(crate) callbacks_dropped: Counter,
+    /// Ended tasks deleted past their retention, by queue.
+    pub(crate) expired: Family<QueueLabel, Counter>,
+    /// Ended flows deleted past their retention.
+    pub(crate) flows_expired: Counter,
     /// Callbacks not delivered: refused by the egress policy, or given up
     /// after every attempt failed.
     pub(crate) callbacks_undelivered: super::callbacks::Undelivered,
@@ -101,6 +105,8 @@ impl Metrics {
         let flows_ended = Family::<FlowLabel, Counter>::default();
         let flow_refusals = Family::<LimitLabel, Counter>::default();
         let callbacks_dropped = Counter::default();
+        let expired = Family::<QueueLabel, Counter>::default();
+        let flows_expired = Counter::default();
         registry.register("tasks", "Tasks in the store by queue and state", tasks.clone());
         registry.register("tasks_submitted", "Tasks accepted", submitted.clone());
         registry.register("tasks_completed", "Tasks that completed", completed.clone());
@@ -113,6 +119,8 @@ impl Metrics {
         registry.register("run_seconds", "Run time of one attempt", run_time.clone());
         registry.register("fuel_used", "Fuel used by one attempt", fuel_used.clone());
         let registry_metrics = crate::registry::RegistryMetrics::register(&mut registry);
+        registry.register("tasks_expired", "Ended tasks deleted past their retention", expired.clone());
+        registry.register("flows_expired", "Ended flows deleted past their retention", flows_expired.clone());
         registry.register("plugin_tasks", "Tasks ended, by plugin version and outcome", plugin_tasks.clone());
         registry.register("flows_ended", "Flows that ended (grown past one task), by state", flows_ended.clone());
         registry.register(
@@ -164,6 +172,8 @@ impl Metrics {
             flows_ended,
             flow_refusals,
             callbacks_dropped,
+            expired,
+            flows_expired,
             callbacks_undelivered,
             counts: Mutex::default(),
         }
@@ -200,6 +210,12 @@ impl Metrics {
             *counts.entry((queue.to_owned(), from)).or_default() -= 1;
         }
         *counts.entry((queue.to_owned(), to)).or_default() += 1;
+    }
+
+    /// Records a task deleted from the store in `state`.
+    pub(crate) fn deleted(&self, queue: &str, state: TaskState) {
+        let mut counts = crate::sync::lock(&self.counts);
+        *counts.entry((queue.to_owned(), state)).or_default() -= 1;
     }
 
     /// Tasks of `tenant` stored and not yet finished.

@@ -24,6 +24,7 @@ mod gate;
 mod history;
 mod logs;
 mod metrics;
+mod retention;
 mod retry;
 mod runner;
 mod scheduler;
@@ -34,8 +35,9 @@ mod tenants;
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub(crate) use admin::queue_config;
 pub use admin::{ListFilter, QueueInfo};
-pub use config::{EngineConfig, default_data_dir, default_memory_budget};
+pub use config::{DEFAULT_RETAIN_FOR, EngineConfig, default_data_dir, default_memory_budget};
 pub use error::EngineError;
 pub use flows::{FlowLimits, FlowSpec, FlowView, Node, RepeatSpec, Step};
 pub use logs::{MAX_FOLLOWERS, MAX_PER_TENANT, MAX_SUBSCRIBERS, Place};
@@ -105,6 +107,8 @@ struct Inner {
     /// runner).
     plugins: Option<(Arc<Registry>, Sandbox)>,
     dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The retention sweep.
+    sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
     watcher: Mutex<Option<crate::registry::watch::DirWatch>>,
     /// The configuration file's state, and its watch.
     settings: settings::FileSettings,
@@ -223,6 +227,7 @@ impl Engine {
                 plugins,
                 callback_keys,
                 dispatcher: Mutex::default(),
+                sweeper: Mutex::default(),
                 watcher: Mutex::default(),
                 settings: settings::FileSettings::default(),
                 settings_watch: Mutex::default(),
@@ -231,6 +236,7 @@ impl Engine {
         };
         engine.recover().await?;
         *lock(&engine.inner.dispatcher) = Some(tokio::spawn(dispatch.run()));
+        *lock(&engine.inner.sweeper) = Some(tokio::spawn(retention::run(engine.inner.shared.clone())));
         Ok(engine)
     }
 
@@ -753,6 +759,10 @@ impl Engine {
         if let Some(handle) = dispatcher {
             let _ = handle.await;
         }
+        let sweeper = lock(&self.inner.sweeper).take();
+        if let Some(handle) = sweeper {
+            let _ = handle.await;
+        }
         let shared = &self.inner.shared;
         loop {
             let idle = shared.idle.notified();
@@ -761,6 +771,12 @@ impl Engine {
             }
             idle.await;
         }
+    }
+
+    /// Deletes the ended work past its retention now (the sweep that runs
+    /// every `retention_interval`); returns how many tasks it deleted.
+    pub async fn expire(&self) -> Result<u64, EngineError> {
+        retention::sweep(&self.inner.shared).await
     }
 
     /// The sandbox tasks run in.

@@ -406,7 +406,7 @@ mod tests {
     #[test]
     fn respects_global_and_queue_limits() {
         let mut s = Scheduler::new(3);
-        s.configure("small", QueueConfig { concurrency: Some(1), weight: 1 });
+        s.configure("small", QueueConfig { concurrency: Some(1), weight: 1, ..QueueConfig::default() });
         for n in 0..5 {
             s.enqueue(entry("small", 0, n), None, 0);
             s.enqueue(entry("big", 0, 100 + n), None, 0);
@@ -448,7 +448,7 @@ mod tests {
     #[test]
     fn a_task_stays_in_flight_until_its_outcome_is_settled() {
         let mut s = Scheduler::new(1);
-        s.configure("limited", QueueConfig { concurrency: Some(1), weight: 1 });
+        s.configure("limited", QueueConfig { concurrency: Some(1), weight: 1, ..QueueConfig::default() });
         for n in 0..3 {
             s.enqueue(entry("limited", 0, n), None, 0);
         }
@@ -499,7 +499,7 @@ mod tests {
     #[test]
     fn weights_skew_the_share() {
         let mut s = Scheduler::new(1);
-        s.configure("heavy", QueueConfig { concurrency: None, weight: 3 });
+        s.configure("heavy", QueueConfig { concurrency: None, weight: 3, ..QueueConfig::default() });
         for n in 0..1000 {
             s.enqueue(entry("heavy", 0, n), None, 0);
             s.enqueue(entry("light", 0, 10_000 + n), None, 0);

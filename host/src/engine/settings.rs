@@ -20,6 +20,7 @@
 //!
 //! [queues."acme/reports"]   # tenant acme's queue `reports`
 //! weight = 3
+//! retain_for = "30d"        # ended tasks kept 30 days
 //! ```
 
 use super::{Engine, EngineError, Inner};
@@ -97,8 +98,8 @@ impl Settings {
         }
         for (key, change) in file.queues {
             crate::tenant::check_key(NameKind::Queue, &key).map_err(|e| invalid(format!("[queues]: {e}")))?;
-            let config = QueueConfig { concurrency: change.concurrency, weight: change.weight.unwrap_or(1) };
-            super::admin::check_queue(&config).map_err(|e| invalid(format!("[queues.\"{key}\"]: {e}")))?;
+            let config =
+                super::admin::queue_config(&change).map_err(|e| invalid(format!("[queues.\"{key}\"]: {e}")))?;
             // (A queue's tenant may come from the API: checked when applied.)
             settings.queues.insert(key, config);
         }
@@ -234,12 +235,16 @@ mod tests {
     fn a_file_sets_tenants_and_queues_and_a_bad_one_says_where() {
         let settings = parse(
             "[tenants.acme]\nmax_running = 8\n[queues.bulk]\nconcurrency = 4\nweight = 2\n\
-             [queues.\"acme/reports\"]\nweight = 3\n",
+             [queues.\"acme/reports\"]\nweight = 3\nretain_for = \"30d\"\nretain_count = 100\n",
         )
         .unwrap();
         assert_eq!(settings.tenants["acme"].max_running, Some(8));
-        assert_eq!(settings.queues["bulk"], QueueConfig { concurrency: Some(4), weight: 2 });
-        assert_eq!(settings.queues["acme/reports"].weight, 3);
+        assert_eq!(settings.queues["bulk"], QueueConfig { concurrency: Some(4), weight: 2, ..QueueConfig::default() });
+        let reports = &settings.queues["acme/reports"];
+        assert_eq!(
+            (reports.weight, reports.retain_for_ms, reports.retain_count),
+            (3, Some(30 * 86_400_000), Some(100))
+        );
         assert_eq!(parse("").unwrap(), Settings::default());
         for (bad, says) in [
             ("[tenants.acme]\nmax_runing = 8\n", "unknown field `max_runing`"),
@@ -248,6 +253,8 @@ mod tests {
             ("[tenants.acme]\nmax_running = 0\n", "[tenants.acme]: quota `max_running` must be at least 1"),
             ("[queues.\"a/b/c\"]\n", "[queues]: invalid queue name"),
             ("[queues.bulk]\nweight = 0\n", "weight 0 is out of range"),
+            ("[queues.bulk]\nretain_for = \"a while\"\n", "[queues.\"bulk\"]: retain_for: invalid duration"),
+            ("[queues.bulk]\nretain_count = 0\n", "retain_count must be at least 1"),
             ("[tenants.acme\n", "taskhost.toml"),
         ] {
             let e = parse(bad).unwrap_err();

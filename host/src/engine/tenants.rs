@@ -95,6 +95,13 @@ impl Tenants {
         }
     }
 
+    /// Counts `bytes` fewer kept by `tenant` (deleted).
+    pub(crate) fn sub_stored(&self, tenant: &str, bytes: u64) {
+        if let Some(kept) = lock(&self.stored).get_mut(tenant) {
+            *kept = kept.saturating_sub(bytes);
+        }
+    }
+
     /// The bytes `tenant` keeps.
     pub(crate) fn stored_of(&self, tenant: &str) -> u64 {
         lock(&self.stored).get(tenant).copied().unwrap_or(0)

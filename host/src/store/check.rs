@@ -20,7 +20,7 @@ use super::backend::Overlay;
 use super::open::{self, panic_message, quietly, sibling};
 use super::record::decode;
 use super::tables::*;
-use super::{FlowRecord, IndexWrite, Indexes, PluginEntry, QueueConfig, StoreError, TaskRecord, index_writes};
+use super::{FlowRecord, IndexWrite, Indexes, PluginEntry, StoreError, TaskRecord, index_writes};
 use redb::{
     Builder, Database, Key, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, Value,
     WriteTransaction,
@@ -328,6 +328,23 @@ fn check_records(db: &Database, report: &mut CheckReport) -> Result<(), StoreErr
             }
         }
     }
+    // The retention index lists exactly the ended units.
+    match (open_or_none(&txn, FINISHED)?, open_or_none(&txn, FLOWS)?, &flow_tasks) {
+        (None, _, _) => report.notes.push("no retention index yet: the next start builds it".into()),
+        (Some(finished), Some(flows), Some(flow_tasks)) => {
+            let expected = super::retention::expected_finished(&tasks, &flows, flow_tasks)?;
+            let mut found = std::collections::BTreeSet::new();
+            for entry in finished.iter()? {
+                let (key, _) = entry?;
+                let (group, at, id) = key.value();
+                found.insert((group.to_owned(), at, id));
+            }
+            for (_, _, id) in expected.symmetric_difference(&found) {
+                tally.add("retention-index entries are missing or stale", || uuid::Uuid::from_u128(*id).to_string());
+            }
+        }
+        _ => {}
+    }
     report.notes.push(format!("{count} task records, their inputs, outputs and indexes"));
     let mut records = 0u64;
     if let Some(flows) = open_or_none(&txn, FLOWS)? {
@@ -361,7 +378,7 @@ fn check_records(db: &Database, report: &mut CheckReport) -> Result<(), StoreErr
         for entry in queues.iter()? {
             let (key, value) = entry?;
             records += 1;
-            if let Err(e) = decode::<QueueConfig>(value.value()) {
+            if let Err(e) = super::record::decode_queue(value.value()) {
                 tally.add("queue settings do not decode", || format!("{}: {e}", key.value()));
             }
         }
@@ -429,8 +446,15 @@ fn copy_durably(from: &Path, to: &Path) -> Result<(), StoreError> {
 }
 
 /// The derived tables, rebuilt from the task table.
-const DERIVED: [&str; 6] =
-    ["idempotency", "flow_tasks", "tasks_by_state", "tasks_by_queue", "tasks_by_plugin", "tasks_by_iteration"];
+const DERIVED: [&str; 7] = [
+    "idempotency",
+    "flow_tasks",
+    "tasks_by_state",
+    "tasks_by_queue",
+    "tasks_by_plugin",
+    "tasks_by_iteration",
+    "finished",
+];
 
 /// Rebuilds the derived tables of a file whose pages verify.
 fn rebuild_in_place(path: &Path, report: &mut RepairReport) -> Result<(), StoreError> {
@@ -463,6 +487,7 @@ fn rebuild_derived(txn: &WriteTransaction) -> Result<u64, StoreError> {
     txn.delete_table(BY_QUEUE)?;
     txn.delete_table(BY_PLUGIN)?;
     txn.delete_table(BY_ITERATION)?;
+    txn.delete_table(FINISHED)?;
     let mut tasks = txn.open_table(TASKS)?;
     let mut keys = txn.open_table(IDEMPOTENCY)?;
     let mut flow_keys = txn.open_table(FLOW_KEYS)?;
@@ -492,6 +517,8 @@ fn rebuild_derived(txn: &WriteTransaction) -> Result<u64, StoreError> {
     for id in &broken {
         tasks.remove(*id)?;
     }
+    drop((tasks, keys, flow_keys, flow_tasks, indexes));
+    super::retention::index_finished(txn)?;
     Ok(broken.len() as u64)
 }
 

@@ -17,6 +17,7 @@ mod events;
 mod machine;
 mod open;
 mod record;
+mod retention;
 mod tables;
 
 pub use access::{AUDIT_KEEP, AuditEntry, StoredToken, TenantQuotas, TenantRecord};
@@ -29,6 +30,8 @@ pub use record::{
     FlowRecord, FlowState, InputFrom, PluginEntry, PluginVersion, QueueConfig, Repeat, RepeatKind, StoredFailure,
     StoredLimits, TaskRecord, TaskState, Transition,
 };
+pub(crate) use retention::flow_group;
+pub use retention::{Removed, Retention, is_flow_group};
 
 use commit::{Shared, Source};
 use record::{decode, encode};
@@ -827,7 +830,15 @@ impl Store {
 
     /// Every configured queue.
     pub fn queues(&self) -> Result<Vec<(String, QueueConfig)>, StoreError> {
-        self.read_named(QUEUES)
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let table = txn.open_table(QUEUES)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (name, value) = entry?;
+            out.push((name.value().to_owned(), record::decode_queue(value.value())?));
+        }
+        Ok(out)
     }
 
     /// Stores a queue's settings.
@@ -885,6 +896,10 @@ fn prepare(db: &Database, path: &Path, created: bool) -> Result<(), StoreError> 
             move_flow_keys(&txn)?;
             meta.insert(FLOW_KEYS_MOVED, 1)?;
         }
+        if meta.get(FINISHED_BUILT)?.is_none() {
+            retention::index_finished(&txn)?;
+            meta.insert(FINISHED_BUILT, 1)?;
+        }
         txn.open_table(TASKS)?;
         txn.open_table(INPUTS)?;
         txn.open_table(OUTPUTS)?;
@@ -907,6 +922,7 @@ fn prepare(db: &Database, path: &Path, created: bool) -> Result<(), StoreError> 
         txn.open_table(SECRETS)?;
         txn.open_table(CALLBACKS)?;
         txn.open_table(LOGS)?;
+        txn.open_table(FINISHED)?;
     }
     txn.commit()?;
     Ok(())
@@ -930,6 +946,9 @@ pub(crate) enum Redo {
     /// An attempt's transcript.
     Log(u128, u32, Vec<u8>),
     Index(IndexWrite),
+    /// Adds (`true`) or removes an ended unit in [`FINISHED`]: its group,
+    /// end time and id.
+    Finished(String, u64, u128, bool),
 }
 
 /// One write to a task index.
@@ -956,6 +975,7 @@ pub(crate) struct Tables<'t> {
     flow_tasks: Table<'t, (u128, u128), ()>,
     context: Table<'t, (u128, &'static str), &'static [u8]>,
     logs: Table<'t, (u128, u32), &'static [u8]>,
+    finished: Table<'t, (&'static str, u64, u128), ()>,
     indexes: Indexes<'t>,
     pub(crate) redo: &'t mut Vec<Redo>,
 }
@@ -972,6 +992,7 @@ impl<'t> Tables<'t> {
             flow_tasks: txn.open_table(FLOW_TASKS)?,
             context: txn.open_table(CONTEXT)?,
             logs: txn.open_table(LOGS)?,
+            finished: txn.open_table(FINISHED)?,
             indexes: Indexes::open(txn)?,
             redo,
         })
@@ -1000,6 +1021,8 @@ impl<'t> Tables<'t> {
             Redo::Context(flow, key, None) => drop(self.context.remove((*flow, key.as_str()))?),
             Redo::Log(id, attempt, value) => drop(self.logs.insert((*id, *attempt), value.as_slice())?),
             Redo::Index(write) => self.indexes.put(write)?,
+            Redo::Finished(group, at, id, true) => drop(self.finished.insert((group.as_str(), *at, *id), ())?),
+            Redo::Finished(group, at, id, false) => drop(self.finished.remove((group.as_str(), *at, *id))?),
         }
         Ok(())
     }
@@ -1041,6 +1064,25 @@ fn read_flow(t: &Tables<'_>, id: Uuid) -> Result<Option<FlowRecord>, StoreError>
     t.flows.get(id.as_u128())?.map(|v| decode(v.value())).transpose()
 }
 
+/// Writes a flow's record (stored as `before`), keeping its entry in
+/// [`FINISHED`] in step: listed while it has ended, under its tenant's
+/// flow group.
+fn write_flow(t: &mut Tables<'_>, before: Option<&FlowRecord>, flow: &FlowRecord) -> Result<(), StoreError> {
+    let id = flow.id.as_u128();
+    let ended = |f: &FlowRecord| (f.state != FlowState::Running).then(|| f.finished_at_ms.unwrap_or(f.created_at_ms));
+    let (was, now) = (before.and_then(ended), ended(flow));
+    if was != now {
+        let group = flow_group(&retention::flow_tenant(&t.tasks, &t.flow_tasks, id)?);
+        if let Some(at) = was {
+            t.write(Redo::Finished(group.clone(), at, id, false))?;
+        }
+        if let Some(at) = now {
+            t.write(Redo::Finished(group, at, id, true))?;
+        }
+    }
+    t.write(Redo::Flow(id, encode(flow)))
+}
+
 fn apply_transition(t: &mut Tables<'_>, change: Change) -> Result<Applied, StoreError> {
     let id = change.id;
     let mut record: TaskRecord = match t.tasks.get(id.as_u128())? {
@@ -1056,6 +1098,7 @@ fn apply_transition(t: &mut Tables<'_>, change: Change) -> Result<Applied, Store
         return Err(StoreError::VersionMismatch { id, expected, found: record.version });
     }
     let from = record.state;
+    let ended_at = record.finished_at_ms;
     if let Some(edit) = change.edit {
         edit(&mut record);
     }
@@ -1089,6 +1132,21 @@ fn apply_transition(t: &mut Tables<'_>, change: Change) -> Result<Applied, Store
     {
         applied.effects_applied = apply_effects(t, *effects, &mut applied.created)?;
     }
+    // A task outside any flow is a unit of retention of its own (once its
+    // ending grew children, its flow is the unit).
+    let record = &applied.record;
+    if (from.is_terminal() || record.state.is_terminal())
+        && record.is_flow_root()
+        && read_flow(t, record.flow_id)?.is_none()
+    {
+        if from.is_terminal() {
+            let at = ended_at.unwrap_or(record.created_at_ms);
+            t.write(Redo::Finished(record.queue.clone(), at, id.as_u128(), false))?;
+        }
+        if let Some(at) = record.finished_at_ms.filter(|_| record.state.is_terminal()) {
+            t.write(Redo::Finished(record.queue.clone(), at, id.as_u128(), true))?;
+        }
+    }
     Ok(applied)
 }
 
@@ -1096,9 +1154,10 @@ fn apply_transition(t: &mut Tables<'_>, change: Change) -> Result<Applied, Store
 /// its flow was cancelled meanwhile. Creates the flow record on first use.
 fn apply_effects(t: &mut Tables<'_>, effects: Effects, created: &mut Vec<TaskRecord>) -> Result<bool, StoreError> {
     let Effects { flow_id, children, context, stop_repeating } = effects;
-    let mut flow = match read_flow(t, flow_id)? {
+    let before = read_flow(t, flow_id)?;
+    let mut flow = match &before {
         Some(flow) if flow.state == FlowState::Cancelled => return Ok(false),
-        Some(flow) => flow,
+        Some(flow) => flow.clone(),
         None => FlowRecord::new(flow_id, now_ms()),
     };
     // A keyed child seen before is not created again; later children that
@@ -1123,13 +1182,13 @@ fn apply_effects(t: &mut Tables<'_>, effects: Effects, created: &mut Vec<TaskRec
     }
     flow.stop_requested |= stop_repeating;
     flow.version += 1;
-    t.write(Redo::Flow(flow_id.as_u128(), encode(&flow)))?;
+    write_flow(t, before.as_ref(), &flow)?;
     Ok(true)
 }
 
 fn apply_flow(t: &mut Tables<'_>, id: Uuid, edit: FlowEdit) -> Result<(FlowRecord, Vec<TaskRecord>), StoreError> {
     let stored = read_flow(t, id)?;
-    let FlowUpdate { mut flow, tasks } = edit(stored)?;
+    let FlowUpdate { mut flow, tasks } = edit(stored.clone())?;
     let mut created = Vec::new();
     for (task, input) in tasks {
         if apply_submit(t, task.clone(), input)?.created {
@@ -1137,7 +1196,7 @@ fn apply_flow(t: &mut Tables<'_>, id: Uuid, edit: FlowEdit) -> Result<(FlowRecor
         }
     }
     flow.version += 1;
-    t.write(Redo::Flow(id.as_u128(), encode(&flow)))?;
+    write_flow(t, stored.as_ref(), &flow)?;
     Ok((flow, created))
 }
 

@@ -646,12 +646,34 @@ pub struct QueueConfig {
     pub concurrency: Option<u32>,
     /// Share of the workers relative to other queues with work (≥ 1).
     pub weight: u32,
+    /// How long an ended task outside any flow is kept (ms; `None`: the
+    /// host's default).
+    pub retain_for_ms: Option<u64>,
+    /// How many of the queue's latest ended tasks outside any flow are
+    /// kept (`None`: the host's default).
+    pub retain_count: Option<u64>,
 }
 
 impl Default for QueueConfig {
     fn default() -> Self {
-        Self { concurrency: None, weight: 1 }
+        Self { concurrency: None, weight: 1, retain_for_ms: None, retain_count: None }
     }
+}
+
+/// A queue's settings as files from before retention stored them.
+#[derive(Deserialize)]
+struct QueueConfigV1 {
+    concurrency: Option<u32>,
+    weight: u32,
+}
+
+/// Decodes a stored queue's settings, of this layout or the one before
+/// retention (which has no retention fields: the host's defaults apply).
+pub(crate) fn decode_queue(bytes: &[u8]) -> Result<QueueConfig, super::StoreError> {
+    decode::<QueueConfig>(bytes).or_else(|error| match decode::<QueueConfigV1>(bytes) {
+        Ok(old) => Ok(QueueConfig { concurrency: old.concurrency, weight: old.weight, ..QueueConfig::default() }),
+        Err(_) => Err(error),
+    })
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {

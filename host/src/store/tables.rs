@@ -61,17 +61,27 @@ pub(crate) const SECRETS: TableDefinition<'_, &str, &[u8]> = TableDefinition::ne
 /// Task id → [`CallbackOutcome`](super::CallbackOutcome): how its
 /// completion callback ended.
 pub(crate) const CALLBACKS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("callbacks");
-/// `"schema"` → schema version; [`FLOW_KEYS_MOVED`] → 1 once the flows'
-/// keys have their own table.
 /// Each attempt's transcript (postcard [`crate::sandbox::AttemptLog`]),
 /// by task and attempt.
 pub(crate) const LOGS: TableDefinition<'_, (u128, u32), &[u8]> = TableDefinition::new("logs");
+/// (group, end time in ms, unit id) → (): every ended unit of retention,
+/// oldest first in each group — a task outside any flow under its queue,
+/// a flow (with all its tasks) under its tenant's flow group (see
+/// `retention.rs`).
+pub(crate) const FINISHED: TableDefinition<'_, (&str, u64, u128), ()> = TableDefinition::new("finished");
+/// `"schema"` → schema version; [`FLOW_KEYS_MOVED`] → 1 once the flows'
+/// keys have their own table; [`FINISHED_BUILT`] → 1 once [`FINISHED`]
+/// lists what files from before it hold.
 pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 /// The [`META`] flag set once the flow-scoped keys that files before
 /// [`FLOW_KEYS`] kept in [`IDEMPOTENCY`] were moved there. Independent of
 /// the schema version: the move runs once, on whichever schema.
 pub(crate) const FLOW_KEYS_MOVED: &str = "flow_keys_moved";
+
+/// The [`META`] flag set once [`FINISHED`] was built from the tasks and
+/// flows a file held before the index existed.
+pub(crate) const FINISHED_BUILT: &str = "finished_built";
 
 /// The layout version this build reads and writes. Version 2 files (before
 /// flows), version 3 files (failure classes as text, no indexes) and

@@ -47,7 +47,7 @@ pub(crate) fn record(n: u128, key: Option<&str>) -> TaskRecord {
     }
 }
 
-fn child_of(flow: u128, n: u128, key: Option<&str>) -> (TaskRecord, Vec<u8>) {
+pub(crate) fn child_of(flow: u128, n: u128, key: Option<&str>) -> (TaskRecord, Vec<u8>) {
     let mut child = record(n, key);
     child.flow_id = Uuid::from_u128(flow);
     child.parent_id = Some(Uuid::from_u128(flow));
@@ -313,7 +313,7 @@ async fn an_unknown_stored_class_refuses_the_migration_and_changes_nothing() {
 }
 
 /// Drives a fresh task into `state` through allowed transitions.
-async fn task_in(store: &Store, n: u128, state: TaskState) -> TaskRecord {
+pub(crate) async fn task_in(store: &Store, n: u128, state: TaskState) -> TaskRecord {
     let path: &[TaskState] = match state {
         TaskState::Pending => &[],
         TaskState::Running => &[TaskState::Running],
@@ -850,7 +850,10 @@ async fn a_failed_admin_write_is_refused_and_later_writes_wait_for_room() {
     let store = Store::open_faulty(&dir.path().join("t.redb"), full.clone(), 64).unwrap();
     let task = task_in(&store, 1, TaskState::Pending).await;
     set(&full, true);
-    let refused = store.set_queue("q".into(), QueueConfig { concurrency: Some(1), weight: 1 }).await.unwrap_err();
+    let refused = store
+        .set_queue("q".into(), QueueConfig { concurrency: Some(1), weight: 1, ..QueueConfig::default() })
+        .await
+        .unwrap_err();
     assert!(matches!(refused, StoreError::Unwritable { .. }), "{refused}");
     assert!(store.write_fault().is_some());
     let start = tokio::spawn({

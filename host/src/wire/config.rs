@@ -52,6 +52,11 @@ pub struct ConfigQueue {
     pub concurrency: Option<u32>,
     /// Its weight.
     pub weight: u32,
+    /// How long its ended tasks outside flows are kept: a duration
+    /// such as `7days`, or `forever` (`null`: the host's `--retain-for`).
+    pub retain_for: Option<String>,
+    /// How many of its ended tasks are kept (`null`: the host's).
+    pub retain_count: Option<u64>,
     /// Where they come from.
     pub source: Source,
 }
@@ -63,6 +68,8 @@ impl ConfigQueue {
             name: name.to_owned(),
             concurrency: config.concurrency,
             weight: config.weight,
+            retain_for: crate::wire::queue::retain_text(config.retain_for_ms),
+            retain_count: config.retain_count,
             source: Source::of(from_file),
         }
     }

@@ -119,7 +119,10 @@ impl Model {
     fn apply(&mut self, s: &mut Scheduler, op: &Op) -> Result<(), TestCaseError> {
         match op {
             Op::Configure { queue, weight, concurrency } => {
-                s.configure(QUEUES[*queue], QueueConfig { concurrency: *concurrency, weight: *weight });
+                s.configure(
+                    QUEUES[*queue],
+                    QueueConfig { concurrency: *concurrency, weight: *weight, ..QueueConfig::default() },
+                );
                 self.limits.insert(QUEUES[*queue].into(), *concurrency);
             }
             Op::Enqueue { queue, priority, due } => {
@@ -288,7 +291,7 @@ proptest! {
         let mut s = Scheduler::new(workers);
         let names: Vec<String> = (0..weights.len()).map(|i| format!("q{i}")).collect();
         for (name, &weight) in names.iter().zip(&weights) {
-            s.configure(name, QueueConfig { concurrency: None, weight });
+            s.configure(name, QueueConfig { concurrency: None, weight, ..QueueConfig::default() });
         }
         let mut id = 0u128;
         for _ in 0..rounds + workers {

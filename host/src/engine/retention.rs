@@ -1,0 +1,103 @@
+//! The retention sweep: every `retention_interval`, the ended work past
+//! its retention is deleted, in batches, with what it counted (the
+//! tenant's stored bytes, the task gauges). Tasks outside any flow follow
+//! their queue's `retain_for` / `retain_count`, else the host's; flows (each
+//! deleted whole) follow the host's. See `store/retention.rs` for what a
+//! unit is and what is deleted with it.
+
+use super::EngineError;
+use super::metrics::Metrics;
+use super::shared::Shared;
+use crate::store::{QueueConfig, Retention, is_flow_group, now_ms};
+use crate::sync::blocking;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Most units one deletion takes (one write transaction).
+const BATCH: usize = 256;
+
+/// The retention of `group`: the host's, with what a queue sets over it
+/// (`retain_for_ms` of `u64::MAX` keeps forever).
+fn rule(host: Retention, queues: &HashMap<String, QueueConfig>, group: &str) -> Retention {
+    let Some(queue) = queues.get(group).filter(|_| !is_flow_group(group)) else {
+        return host;
+    };
+    let keep_for_ms = match queue.retain_for_ms {
+        Some(u64::MAX) => None,
+        Some(ms) => Some(ms),
+        None => host.keep_for_ms,
+    };
+    Retention::new(keep_for_ms, queue.retain_count.or(host.keep_count))
+}
+
+/// Sweeps every `retention_interval` until the engine stops.
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let every = shared.config.retention_interval;
+    loop {
+        tokio::select! {
+            () = shared.halted() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if let Err(error) = sweep(&shared).await {
+            tracing::warn!(%error, "deleting ended tasks past their retention failed; the next sweep tries again");
+        }
+    }
+}
+
+/// Deletes what is past its retention now; returns how many tasks went.
+pub(crate) async fn sweep(shared: &Shared) -> Result<u64, EngineError> {
+    let mut deleted = 0;
+    while !shared.stopping() {
+        let store = shared.store.clone();
+        let host = shared.config.retention;
+        let found = blocking(move || {
+            let queues: HashMap<String, QueueConfig> = store.queues()?.into_iter().collect();
+            store.expired(|group| rule(host, &queues, group), now_ms(), BATCH)
+        })
+        .await?;
+        let full = found.len() == BATCH;
+        if found.is_empty() {
+            break;
+        }
+        let removed = shared.store.delete_expired(found).await?;
+        for (queue, state, tenant, bytes) in &removed.tasks {
+            shared.metrics.deleted(queue, *state);
+            shared.metrics.expired.get_or_create(&Metrics::label(queue)).inc();
+            shared.tenants.sub_stored(tenant, *bytes);
+        }
+        shared.metrics.flows_expired.inc_by(removed.flows);
+        deleted += removed.tasks.len() as u64;
+        if removed.tasks.is_empty() && removed.flows == 0 {
+            // Everything found was kept (waiting for a callback): the
+            // next sweep looks again.
+            break;
+        }
+        if !full {
+            break;
+        }
+    }
+    if deleted > 0 {
+        tracing::debug!(deleted, "deleted ended tasks past their retention");
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_queue_sets_what_it_names_and_inherits_the_rest() {
+        let host = Retention::new(Some(1_000), Some(50));
+        let mut queues = HashMap::new();
+        queues.insert("short".to_owned(), QueueConfig { retain_for_ms: Some(10), ..QueueConfig::default() });
+        queues.insert("kept".to_owned(), QueueConfig { retain_for_ms: Some(u64::MAX), ..QueueConfig::default() });
+        queues.insert("few".to_owned(), QueueConfig { retain_count: Some(3), ..QueueConfig::default() });
+        assert_eq!(rule(host, &queues, "short"), Retention::new(Some(10), Some(50)));
+        assert_eq!(rule(host, &queues, "kept"), Retention::new(None, Some(50)));
+        assert_eq!(rule(host, &queues, "few"), Retention::new(Some(1_000), Some(3)));
+        assert_eq!(rule(host, &queues, "other"), host);
+        assert_eq!(rule(host, &queues, "@flows"), host);
+        assert_eq!(rule(host, &queues, "acme/@flows"), host);
+    }
+}
