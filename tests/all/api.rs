@@ -6,6 +6,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
 use taskhost::engine::Engine;
+use taskhost::store::TaskState;
 use taskhost_test_artifacts::UPPERCASE;
 
 struct Api {
@@ -319,11 +320,14 @@ async fn the_cli_reads_every_answer_into_its_wire_type() {
     let out = cli(&api, &["queues", "set", "bulk", "--weight", "2"]).await;
     assert_eq!(
         serde_json::from_slice::<Value>(&out.stdout).unwrap(),
-        json!({"name": "bulk", "concurrency": null, "weight": 2})
+        json!({"name": "bulk", "concurrency": null, "weight": 2, "retain_for": null, "retain_count": null})
     );
-    let out = cli(&api, &["queues", "list"]).await;
+    let out = cli(&api, &["queues", "list", "--json"]).await;
     let queues: taskhost::wire::QueueList = serde_json::from_slice(&out.stdout).unwrap();
     assert!(queues.queues.iter().any(|q| q.name == "bulk" && q.weight == 2), "{queues:?}");
+    let out = cli(&api, &["queues", "list"]).await;
+    let table = text(&out.stdout);
+    assert!(table.starts_with("QUEUE ") && table.lines().any(|l| l.starts_with("bulk ")), "{table}");
 
     // Refusals print the error body's code and message.
     let out = cli(&api, &["cancel", &id]).await;
@@ -349,4 +353,91 @@ async fn the_cli_reads_every_answer_into_its_wire_type() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains(&format!("answered GET /v1/tasks/{id} with something unexpected")), "{stderr}");
     assert!(stderr.contains(r#"The answer began: {"id":5}"#), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_pages_tasks_newest_first_and_passes_every_submit_flag() {
+    let api = api().await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let input = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(input.path(), format!("task {n}")).unwrap();
+        let out =
+            cli(&api, &["submit", "uppercase", "--queue", "paged", "--input", input.path().to_str().unwrap()]).await;
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        ids.push(text(&out.stdout).trim().to_owned());
+    }
+    // Newest first, a page of two, and how many more.
+    let out = cli(&api, &["tasks", "--queue", "paged", "--limit", "2"]).await;
+    let listed = text(&out.stdout);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(lines[0].starts_with("ID ") && lines[0].contains("SUBMITTED"), "{listed}");
+    assert!(lines[1].starts_with(&ids[4]) && lines[2].starts_with(&ids[3]), "{listed}");
+    assert_eq!(lines[3], format!("3 more: --cursor {}", ids[3]), "{listed}");
+    let out = cli(&api, &["tasks", "--queue", "paged", "--limit", "2", "--cursor", &ids[3]]).await;
+    let listed = text(&out.stdout);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(lines[1].starts_with(&ids[2]) && lines[2].starts_with(&ids[1]), "{listed}");
+    assert_eq!(lines[3], format!("1 more: --cursor {}", ids[1]), "{listed}");
+    let out = cli(&api, &["tasks", "--queue", "paged", "--oldest", "--json"]).await;
+    let page: taskhost::wire::TaskPage = serde_json::from_slice(&out.stdout).unwrap();
+    let oldest: Vec<String> = page.tasks.iter().map(|t| t.id.to_string()).collect();
+    assert_eq!((oldest, page.more, page.next_cursor), (ids.clone(), Some(0), None));
+    let out = cli(&api, &["tasks", "--queue", "none-here"]).await;
+    assert!(text(&out.stdout).ends_with("no tasks\n"), "{}", text(&out.stdout));
+    let (status, refused) = api.get("/v1/tasks?order=sideways").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert!(refused["error"]["message"].as_str().unwrap().contains("unknown order `sideways`"), "{refused}");
+
+    // Every limit and timing flag reaches the record.
+    let out = cli(
+        &api,
+        &[
+            "submit",
+            "uppercase",
+            "--timeout",
+            "7s",
+            "--fuel",
+            "123456789",
+            "--memory",
+            "32MiB",
+            "--delay",
+            "1h",
+            "--callback",
+            "https://example.com/hook",
+        ],
+    )
+    .await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_owned();
+    let (_, task) = api.get(&format!("/v1/tasks/{id}")).await;
+    assert_eq!(task["limits"]["timeout_ms"], 7000, "{task}");
+    assert_eq!(task["limits"]["fuel"], 123_456_789u64, "{task}");
+    assert_eq!(task["limits"]["memory_bytes"], 32u64 << 20, "{task}");
+    assert_eq!(task["callback_url"], "https://example.com/hook", "{task}");
+    assert_eq!(task["state"], "pending", "{task}");
+    assert!(task["next_run_at"].is_string(), "delayed: {task}");
+    let out = cli(&api, &["submit", "uppercase", "--run-at", "2031-01-01T00:00:00Z"]).await;
+    let (_, task) = api.get(&format!("/v1/tasks/{}", text(&out.stdout).trim())).await;
+    assert!(task["next_run_at"].as_str().unwrap().starts_with("2031-01-01T00:00:00"), "{task}");
+    let out = cli(&api, &["submit", "uppercase", "--delay", "1m", "--run-at", "2031-01-01T00:00:00Z"]).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+
+    // A dead task retried on a fixed version of its plugin.
+    let input = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(input.path(), "permanent:broken").unwrap();
+    let out = cli(&api, &["submit", "fail", "--wait", "--input", input.path().to_str().unwrap()]).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let (_, page) = api.get("/v1/tasks?state=failed&order=newest&limit=1").await;
+    let dead = page["tasks"][0]["id"].as_str().unwrap().to_owned();
+    api.engine.add_plugin("fail", UPPERCASE.bytes(), Some("2".into()), true).await.unwrap();
+    let out = cli(&api, &["retry", &dead, "--version", "9"]).await;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no live version `9`"), "{}", text(&out.stderr));
+    let out = cli(&api, &["retry", &dead, "--version", "2"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ended = api.engine.wait(dead.parse().unwrap(), Duration::from_secs(30)).await.unwrap();
+    assert_eq!((ended.state, ended.plugin_version.as_str()), (TaskState::Completed, "2"));
+    let out = cli(&api, &["history", &dead]).await;
+    assert!(text(&out.stdout).contains("on version 2"), "{}", text(&out.stdout));
 }

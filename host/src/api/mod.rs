@@ -460,9 +460,16 @@ async fn resubmit(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
     Path(id): Path<String>,
+    body: Result<Json<wire::RetryRequest>, JsonRejection>,
 ) -> ApiResult<Json<wire::Task>> {
+    // No body (or `{}`) retries on the pinned version.
+    let version = match body {
+        Ok(Json(body)) => body.version,
+        Err(JsonRejection::MissingJsonContentType(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
     let id = owned(&engine, &ns, parse_id(&id)?)?.id;
-    let record = engine.resubmit(id).await?;
+    let record = engine.resubmit_on(id, version).await?;
     Ok(Json(wire::Task::new(&record, None).in_namespace(&ns)))
 }
 
@@ -474,6 +481,10 @@ struct ListQuery {
     plugin: Option<String>,
     limit: Option<usize>,
     cursor: Option<String>,
+    /// `newest` or `oldest` (the default).
+    order: Option<String>,
+    /// Count the tasks after the page (`more`).
+    count: Option<bool>,
 }
 
 async fn list_tasks(
@@ -495,6 +506,11 @@ async fn list_tasks(
         return Err(ApiError::invalid("limit must be 1-1000"));
     }
     let cursor = query.cursor.as_deref().map(parse_id).transpose()?;
+    let newest_first = match query.order.as_deref() {
+        None | Some("oldest") => false,
+        Some("newest") => true,
+        Some(other) => return Err(ApiError::invalid(format!("unknown order `{other}`; expected newest or oldest"))),
+    };
     let key = |kind, name: Option<String>| name.map(|n| ns.key(kind, &n).map_err(ApiError::from)).transpose();
     let filter = ListFilter {
         state,
@@ -503,10 +519,12 @@ async fn list_tasks(
         tenant: Some(ns.tenant().to_owned()),
         limit: query.limit,
         cursor,
+        newest_first,
+        count_more: query.count.unwrap_or(false),
     };
     let page = read(&engine, move |engine| {
-        let (page, next) = engine.list(&filter)?;
-        Ok(wire::TaskPage::new(&page, next).in_namespace(&ns))
+        let page = engine.list_page(&filter)?;
+        Ok(wire::TaskPage::new(&page.tasks, page.next).more(page.more).in_namespace(&ns))
     })
     .await?;
     Ok(Json(page))

@@ -103,12 +103,39 @@ pub(crate) struct SubmitArgs {
     /// Most attempts.
     #[arg(long)]
     max_attempts: Option<i64>,
+    /// Wall-clock budget of each attempt, e.g. `30s` (default: the
+    /// plugin's or the server's).
+    #[arg(long, value_name = "DURATION", value_parser = taskhost::units::parse_duration)]
+    timeout: Option<Duration>,
+    /// Fuel (instructions, roughly) of each attempt.
+    #[arg(long, value_name = "N")]
+    fuel: Option<u64>,
+    /// Memory limit of each attempt, e.g. `64MiB`.
+    #[arg(long, value_name = "SIZE", value_parser = taskhost::units::parse_size)]
+    memory: Option<u64>,
+    /// Start it no sooner than this from now, e.g. `10m`.
+    #[arg(long, value_name = "DURATION", value_parser = taskhost::units::parse_duration, conflicts_with = "run_at")]
+    delay: Option<Duration>,
+    /// Start it no sooner than this time (RFC 3339, e.g.
+    /// `2026-12-24T18:00:00Z`).
+    #[arg(long, value_name = "TIME")]
+    run_at: Option<String>,
+    /// POST the task's record to this URL when it ends (signed; see
+    /// `GET /v1/callbacks/secret`).
+    #[arg(long, value_name = "URL")]
+    callback: Option<String>,
     /// Wait for the task to end, showing progress, and print its output.
     #[arg(long, short)]
     wait: bool,
     /// Submit every line of a JSONL file (each a task object; `plugin`
     /// defaults to PLUGIN), with a progress bar.
-    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["input", "wait", "key"])]
+    #[arg(
+        long,
+        value_name = "FILE.jsonl",
+        conflicts_with_all = [
+            "input", "wait", "key", "timeout", "fuel", "memory", "delay", "run_at", "callback"
+        ]
+    )]
     batch: Option<PathBuf>,
     #[command(flatten)]
     server: ServerArg,
@@ -118,6 +145,18 @@ pub(crate) struct SubmitArgs {
 pub(crate) struct IdArgs {
     /// Task id.
     id: String,
+    #[command(flatten)]
+    server: ServerArg,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct RetryArgs {
+    /// Task id.
+    id: String,
+    /// Run it on this version of its plugin instead of the one it pinned
+    /// (say, a fixed one).
+    #[arg(long)]
+    version: Option<String>,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -144,9 +183,18 @@ pub(crate) struct TasksArgs {
     /// Only this plugin.
     #[arg(long)]
     plugin: Option<String>,
-    /// Most tasks to show.
-    #[arg(long, default_value_t = 50)]
-    limit: usize,
+    /// Most tasks to show (1-1000).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    limit: u64,
+    /// Oldest first (default: newest first).
+    #[arg(long)]
+    oldest: bool,
+    /// Show the page after this task (the cursor the previous page printed).
+    #[arg(long, value_name = "ID")]
+    cursor: Option<String>,
+    /// The page as JSON (`{tasks, next_cursor, more}`).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -230,8 +278,11 @@ pub(crate) enum QueuesCommand {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// List queues with their depth.
+    /// List queues with their settings and depth.
     List {
+        /// The list as JSON.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -340,6 +391,15 @@ impl Client {
         self.call(self.http.get(self.url(path))).await
     }
 
+    /// `GET path?query` (the query encoded), read into `T`.
+    pub(crate) async fn get_json_query<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> CallResult<T> {
+        self.call(self.http.get(self.url(path)).query(query)).await
+    }
+
     /// `GET path?query` (the query encoded), its answer's body left to
     /// read as it comes (a stream).
     pub(crate) async fn get_stream(&self, path: &str, query: &[(&str, String)]) -> CallResult<reqwest::Response> {
@@ -389,6 +449,13 @@ async fn submit_inner(args: SubmitArgs) -> CallResult<ExitCode> {
     body.priority = args.priority;
     body.idempotency_key = args.key;
     body.max_attempts = args.max_attempts;
+    let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    body.timeout_ms = args.timeout.map(millis);
+    body.fuel = args.fuel;
+    body.memory_bytes = args.memory;
+    body.delay_ms = args.delay.map(millis);
+    body.run_at = args.run_at;
+    body.callback_url = args.callback;
     let submitted: wire::Submitted = client.post_json("/v1/tasks", &body).await?;
     let id = submitted.id;
     if !args.wait {
@@ -525,19 +592,20 @@ pub(crate) async fn status(args: IdArgs) -> ExitCode {
 }
 
 pub(crate) async fn cancel(args: IdArgs) -> ExitCode {
-    task_action(args, "cancel").await
+    task_action(args, "cancel", &json!({})).await
 }
 
-pub(crate) async fn retry(args: IdArgs) -> ExitCode {
-    task_action(args, "retry").await
+pub(crate) async fn retry(args: RetryArgs) -> ExitCode {
+    let body = wire::RetryRequest::new(args.version);
+    task_action(IdArgs { id: args.id, server: args.server }, "retry", &body).await
 }
 
 /// `POST /v1/tasks/ID/ACTION`; prints the task's id and new state.
-async fn task_action(args: IdArgs, action: &str) -> ExitCode {
+async fn task_action(args: IdArgs, action: &str, body: &impl serde::Serialize) -> ExitCode {
     done(
         async {
             let path = format!("/v1/tasks/{}/{action}", args.id);
-            let record: wire::Task = Client::new(&args.server).post_json(&path, &json!({})).await?;
+            let record: wire::Task = Client::new(&args.server).post_json(&path, body).await?;
             println!("{} {}", record.id, record.state);
             Ok(ExitCode::SUCCESS)
         }
@@ -577,25 +645,50 @@ pub(crate) async fn history(args: HistoryArgs) -> ExitCode {
 pub(crate) async fn tasks(args: TasksArgs) -> ExitCode {
     done(
         async {
-            let mut query = vec![format!("limit={}", args.limit)];
-            for (key, value) in [("state", &args.state), ("queue", &args.queue), ("plugin", &args.plugin)] {
+            let order = if args.oldest { "oldest" } else { "newest" };
+            let mut query =
+                vec![("limit", args.limit.to_string()), ("order", order.to_owned()), ("count", "true".to_owned())];
+            for (key, value) in
+                [("state", args.state), ("queue", args.queue), ("plugin", args.plugin), ("cursor", args.cursor)]
+            {
                 if let Some(value) = value {
-                    query.push(format!("{key}={value}"));
+                    query.push((key, value));
                 }
             }
-            let page: wire::TaskPage =
-                Client::new(&args.server).get_json(&format!("/v1/tasks?{}", query.join("&"))).await?;
-            println!("{:<36}  {:<9}  {:<12}  {:<16}  {:>3}  {:>7}", "ID", "STATE", "QUEUE", "PLUGIN", "PRI", "ATTEMPT");
+            let page: wire::TaskPage = Client::new(&args.server).get_json_query("/v1/tasks", &query).await?;
+            if args.json {
+                print_json(&page);
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut out = std::io::stdout().lock();
+            let header = format!(
+                "{:<36}  {:<9}  {:<12}  {:<16}  {:>3}  {:>7}  {}",
+                "ID", "STATE", "QUEUE", "PLUGIN", "PRI", "ATTEMPT", "SUBMITTED"
+            );
+            let _ = writeln!(out, "{}", header.trim_end());
             for task in &page.tasks {
-                println!(
-                    "{:<36}  {:<9}  {:<12}  {:<16}  {:>3}  {:>7}",
+                let _ = writeln!(
+                    out,
+                    "{:<36}  {:<9}  {:<12}  {:<16}  {:>3}  {:>7}  {}",
                     task.id.to_string(),
                     task.state,
                     task.queue,
                     format!("{}@{}", task.plugin, task.plugin_version),
                     task.priority,
                     format!("{}/{}", task.attempts, task.max_attempts),
+                    task.created_at,
                 );
+            }
+            match (page.more, page.next_cursor) {
+                (Some(more), Some(cursor)) => {
+                    let more =
+                        if more >= taskhost::engine::MORE_COUNTED { format!("{more}+") } else { more.to_string() };
+                    let _ = writeln!(out, "{more} more: --cursor {cursor}");
+                }
+                _ if page.tasks.is_empty() => {
+                    let _ = writeln!(out, "no tasks");
+                }
+                _ => {}
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -684,15 +777,46 @@ pub(crate) async fn queues(command: QueuesCommand) -> ExitCode {
                         Client::new(&server).put_json(&format!("/v1/queues/{name}"), &body).await?;
                     print_json(&settings);
                 }
-                QueuesCommand::List { server } => {
+                QueuesCommand::List { json, server } => {
                     let queues: wire::QueueList = Client::new(&server).get_json("/v1/queues").await?;
-                    print_json(&queues);
+                    if json {
+                        print_json(&queues);
+                    } else {
+                        print_queues(&queues);
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         .await,
     )
+}
+
+/// The queues as a table.
+fn print_queues(list: &wire::QueueList) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "{:<24}  {:>6}  {:>11}  {:>7}  {:>7}  {:>7}  {:<9}  RETAIN-COUNT",
+        "QUEUE", "WEIGHT", "CONCURRENCY", "READY", "DELAYED", "RUNNING", "RETAIN"
+    );
+    for q in &list.queues {
+        let _ = writeln!(
+            out,
+            "{:<24}  {:>6}  {:>11}  {:>7}  {:>7}  {:>7}  {:<9}  {}",
+            q.name,
+            q.weight,
+            q.concurrency.map_or("-".to_owned(), |c| c.to_string()),
+            q.ready,
+            q.delayed,
+            q.running,
+            q.retain_for.as_deref().unwrap_or("default"),
+            q.retain_count.map_or("default".to_owned(), |c| c.to_string()),
+        );
+    }
+    if list.queues.is_empty() {
+        let _ = writeln!(out, "no queues");
+    }
 }
 
 pub(crate) fn read_input(path: Option<&std::path::Path>) -> Result<Vec<u8>, String> {

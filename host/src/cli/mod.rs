@@ -43,7 +43,7 @@ enum Command {
     Cancel(client::IdArgs),
     /// Run a failed task again (from the dead-letter set), its attempts
     /// counted afresh.
-    Retry(client::IdArgs),
+    Retry(client::RetryArgs),
     /// Show a task's transitions, oldest first.
     History(client::HistoryArgs),
     /// Print the tasks' transitions as they happen, one line each

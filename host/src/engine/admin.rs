@@ -6,7 +6,7 @@ use super::ending::Endings;
 use super::flows::{FlowView, Flows};
 use super::shared::Shared;
 use crate::names::NameKind;
-use crate::store::{Change, FlowState, QueueConfig, StoreError, TaskQuery, TaskRecord, TaskState, now_ms};
+use crate::store::{Change, FlowState, Listing, QueueConfig, StoreError, TaskQuery, TaskRecord, TaskState, now_ms};
 use crate::sync::lock;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,8 +25,28 @@ pub struct ListFilter {
     pub tenant: Option<String>,
     /// Page size (default 100, at most 1000).
     pub limit: Option<usize>,
-    /// Continue after this task id.
+    /// Continue after this task id (the last of the page before).
     pub cursor: Option<Uuid>,
+    /// Newest first (default: oldest first).
+    pub newest_first: bool,
+    /// Count the tasks after the page (up to [`MORE_COUNTED`]).
+    pub count_more: bool,
+}
+
+/// The most tasks after a page a listing counts.
+pub const MORE_COUNTED: u64 = 10_000;
+
+/// A page of tasks.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TaskList {
+    /// The tasks, in the listing's order.
+    pub tasks: Vec<TaskRecord>,
+    /// The cursor of the next page, if any.
+    pub next: Option<Uuid>,
+    /// How many more tasks match after this page, counted up to
+    /// [`MORE_COUNTED`], when asked (`count_more`).
+    pub more: Option<u64>,
 }
 
 /// The settings a queue change asks for, checked: `retain_for` is a
@@ -145,7 +165,10 @@ impl Admin {
 
     /// Re-submits a failed (dead-letter) task: back to pending with its
     /// attempts reset; its history is kept.
-    pub(crate) async fn resubmit(&self, id: Uuid) -> Result<TaskRecord, EngineError> {
+    pub(crate) async fn resubmit(&self, id: Uuid, version: Option<String>) -> Result<TaskRecord, EngineError> {
+        if let Some(version) = &version {
+            crate::names::version(version).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
+        }
         let shared = &self.shared;
         let record = shared.task(id)?;
         if record.state != TaskState::Failed {
@@ -163,22 +186,32 @@ impl Admin {
                 waiting.len()
             )));
         }
-        // It runs the version it pinned, which must still be there (and
-        // stays, until the task holds it again).
-        let pinned = format!("{}@{}", record.plugin, record.plugin_version);
-        let resolved = shared.runner.resolve(&pinned).map_err(|e| {
-            EngineError::Conflict(format!(
-                "task {id} cannot be re-submitted: {pinned}, the version it is pinned to, is gone ({e})"
-            ))
-        })?;
-        let change = Change::new(id, TaskState::Pending, "re-submitted from the dead-letter set")
-            .expect_version(record.version)
-            .edit(|r| {
-                r.attempts = 0;
-                r.error = None;
-                r.finished_at_ms = None;
-                r.next_run_at_ms = None;
-            });
+        // It runs the version it pinned (or the one asked for), which must
+        // still be there (and stays, until the task holds it again).
+        let resolved = match &version {
+            None => {
+                let pinned = format!("{}@{}", record.plugin, record.plugin_version);
+                shared.runner.resolve(&pinned).map_err(|e| {
+                    EngineError::Conflict(format!(
+                        "task {id} cannot be re-submitted: {pinned}, the version it is pinned to, is gone ({e})"
+                    ))
+                })?
+            }
+            Some(version) => shared.runner.resolve(&format!("{}@{version}", record.plugin))?,
+        };
+        let reason = match &version {
+            None => "re-submitted from the dead-letter set".to_owned(),
+            Some(v) => format!("re-submitted from the dead-letter set on version {v}"),
+        };
+        let (version, digest) = (resolved.version.clone(), resolved.digest.clone());
+        let change = Change::new(id, TaskState::Pending, reason).expect_version(record.version).edit(move |r| {
+            r.attempts = 0;
+            r.error = None;
+            r.finished_at_ms = None;
+            r.next_run_at_ms = None;
+            r.plugin_version = version;
+            r.digest = digest;
+        });
         let done = shared.store.transition(change).await.map_err(|e| match e {
             // Another request (a concurrent re-submission) moved it first.
             StoreError::VersionMismatch { .. } | StoreError::IllegalTransition { .. } => {
@@ -244,17 +277,22 @@ impl Admin {
 
     /// Lists tasks in submission order; returns the page and the cursor of
     /// the next one.
-    pub(crate) fn list(&self, filter: &ListFilter) -> Result<(Vec<TaskRecord>, Option<Uuid>), EngineError> {
-        let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+    pub(crate) fn list(&self, filter: &ListFilter) -> Result<TaskList, EngineError> {
         let query = TaskQuery {
             state: filter.state,
             queue: filter.queue.clone(),
             plugin: filter.plugin.clone(),
             tenant: filter.tenant.clone(),
         };
-        let (page, more) = self.shared.store.list(&query, filter.cursor, limit)?;
-        let cursor = if more { page.last().map(|r| r.id) } else { None };
-        Ok((page, cursor))
+        let listing = Listing {
+            after: filter.cursor,
+            limit: filter.limit.unwrap_or(100).clamp(1, 1000),
+            newest_first: filter.newest_first,
+            count_up_to: if filter.count_more { MORE_COUNTED } else { 1 },
+        };
+        let listed = self.shared.store.list_page(&query, &listing)?;
+        let next = if listed.more > 0 { listed.tasks.last().map(|r| r.id) } else { None };
+        Ok(TaskList { next, more: filter.count_more.then_some(listed.more), tasks: listed.tasks })
     }
 
     /// Waits until the task has ended, or `timeout` passed.

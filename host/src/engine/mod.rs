@@ -36,7 +36,7 @@ mod tenants;
 pub(crate) mod testing;
 
 pub(crate) use admin::queue_config;
-pub use admin::{ListFilter, QueueInfo};
+pub use admin::{ListFilter, MORE_COUNTED, QueueInfo, TaskList};
 pub use config::{DEFAULT_RETAIN_FOR, EngineConfig, default_data_dir, default_memory_budget};
 pub use error::EngineError;
 pub use flows::{FlowLimits, FlowSpec, FlowView, Node, RepeatSpec, Step};
@@ -533,6 +533,13 @@ impl Engine {
     /// Lists tasks in submission order; returns the page and the cursor of
     /// the next one.
     pub fn list(&self, filter: &ListFilter) -> Result<(Vec<TaskRecord>, Option<Uuid>), EngineError> {
+        let page = self.inner.admin.list(filter)?;
+        Ok((page.tasks, page.next))
+    }
+
+    /// A page of tasks matching `filter`, oldest or newest first, with how
+    /// many more match when `count_more` asks.
+    pub fn list_page(&self, filter: &ListFilter) -> Result<TaskList, EngineError> {
         self.inner.admin.list(filter)
     }
 
@@ -546,6 +553,12 @@ impl Engine {
     /// Re-submits a failed (dead-letter) task: back to pending with its
     /// attempts reset; its history is kept.
     pub async fn resubmit(&self, id: Uuid) -> Result<TaskRecord, EngineError> {
+        self.resubmit_on(id, None).await
+    }
+
+    /// Like [`resubmit`](Self::resubmit), on plugin version `version`
+    /// instead of the one the task pinned (`None`: that one).
+    pub async fn resubmit_on(&self, id: Uuid, version: Option<String>) -> Result<TaskRecord, EngineError> {
         // A retried task is unfinished again: it counts as a submission.
         let tenant = crate::tenant::tenant_of(&self.get(id)?.plugin).to_owned();
         let tenants = &self.inner.shared.tenants;
@@ -555,7 +568,7 @@ impl Engine {
         let engine = self.clone();
         detached(async move {
             let _quota = quota;
-            engine.inner.admin.resubmit(id).await
+            engine.inner.admin.resubmit(id, version).await
         })
         .await
     }

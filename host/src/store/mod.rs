@@ -608,30 +608,44 @@ impl Store {
     }
 
     /// A page of the tasks `query` matches, in submission order after
-    /// `after`, and whether more follow. It walks the index of the most
-    /// selective filter it has (state, then queue, then plugin), so a
-    /// listing costs what it returns, not what is stored.
+    /// `after`, and whether more follow. See [`Store::list_page`].
     pub fn list(
         &self,
         query: &TaskQuery,
         after: Option<Uuid>,
         limit: usize,
     ) -> Result<(Vec<TaskRecord>, bool), StoreError> {
+        let listed = self.list_page(query, &Listing { after, limit, newest_first: false, count_up_to: 0 })?;
+        Ok((listed.tasks, listed.more > 0))
+    }
+
+    /// A page of the tasks `query` matches, oldest or newest first, past
+    /// the cursor `after` (the last task of the page before), and how many
+    /// more match (counted up to `count_up_to`, at least 1 when any does).
+    /// It walks the index of the most selective filter it has (state, then
+    /// queue, then plugin), so a listing costs what it returns and counts,
+    /// not what is stored.
+    pub fn list_page(&self, query: &TaskQuery, listing: &Listing) -> Result<Listed, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
         let tasks = txn.open_table(TASKS)?;
-        let start = after.map_or(0, |id| id.as_u128().saturating_add(1));
-        let mut page = Vec::new();
-        let mut more = false;
+        let (low, high) = match (listing.after, listing.newest_first) {
+            (None, _) => (0, u128::MAX),
+            (Some(id), false) => (id.as_u128().saturating_add(1), u128::MAX),
+            (Some(id), true) => (0, id.as_u128().saturating_sub(1)),
+        };
+        let count_up_to = listing.count_up_to.max(1);
+        let mut listed = Listed::default();
         let mut keep = |record: TaskRecord| -> bool {
-            if query.matches(&record) {
-                if page.len() == limit {
-                    more = true;
-                    return false;
-                }
-                page.push(record);
+            if !query.matches(&record) {
+                return true;
             }
-            true
+            if listed.tasks.len() < listing.limit {
+                listed.tasks.push(record);
+                return true;
+            }
+            listed.more += 1;
+            listed.more < count_up_to
         };
         // Through an index: each id's record is read from the task table.
         let mut visit = |id: u128| -> Result<bool, StoreError> {
@@ -640,36 +654,38 @@ impl Store {
                 None => Ok(true),
             }
         };
+        let newest_first = listing.newest_first;
         if let Some(state) = query.state {
             let index = txn.open_table(BY_STATE)?;
             let bucket = state_bucket(state);
-            for entry in index.range((bucket, start)..=(bucket, u128::MAX))? {
-                if !visit(entry?.0.value().1)? {
-                    break;
-                }
-            }
+            walk(index.range((bucket, low)..=(bucket, high))?, newest_first, |k| k.1, &mut visit)?;
         } else if let Some(queue) = query.queue.as_deref() {
             let index = txn.open_table(BY_QUEUE)?;
-            for entry in index.range((queue, start)..=(queue, u128::MAX))? {
-                if !visit(entry?.0.value().1)? {
-                    break;
-                }
-            }
+            walk(index.range((queue, low)..=(queue, high))?, newest_first, |k| k.1, &mut visit)?;
         } else if let Some(plugin) = query.plugin.as_deref() {
             let index = txn.open_table(BY_PLUGIN)?;
-            for entry in index.range((plugin, start)..=(plugin, u128::MAX))? {
-                if !visit(entry?.0.value().1)? {
-                    break;
-                }
-            }
+            walk(index.range((plugin, low)..=(plugin, high))?, newest_first, |k| k.1, &mut visit)?;
         } else {
-            for entry in tasks.range(start..)? {
-                if !keep(decode(entry?.1.value())?) {
-                    break;
+            let range = tasks.range(low..=high)?;
+            let mut each = |entry: Result<
+                (redb::AccessGuard<'_, u128>, redb::AccessGuard<'_, &[u8]>),
+                redb::StorageError,
+            >| { Ok::<_, StoreError>(keep(decode(entry?.1.value())?)) };
+            if newest_first {
+                for entry in range.rev() {
+                    if !each(entry)? {
+                        break;
+                    }
+                }
+            } else {
+                for entry in range {
+                    if !each(entry)? {
+                        break;
+                    }
                 }
             }
         }
-        Ok((page, more))
+        Ok(listed)
     }
 
     /// A plugin's tasks counted by (version, state), read through the
@@ -1327,6 +1343,57 @@ fn moved_writes(id: Uuid, from: TaskState, to: TaskState) -> Vec<IndexWrite> {
 /// unfinished state walks the unfinished tasks and keeps those in it.
 fn state_bucket(state: TaskState) -> u8 {
     if state.is_terminal() { state.code() } else { 0 }
+}
+
+/// Which page of a listing is wanted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The cursor: the last task of the page before.
+    pub after: Option<Uuid>,
+    /// Most tasks in the page.
+    pub limit: usize,
+    /// Newest first (else oldest first).
+    pub newest_first: bool,
+    /// Count the tasks after the page up to this many (0 or 1: only tell
+    /// whether there are any).
+    pub count_up_to: u64,
+}
+
+/// A page of a listing.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Listed {
+    /// The tasks, in the listing's order.
+    pub tasks: Vec<TaskRecord>,
+    /// How many more match after the page, counted up to the listing's
+    /// `count_up_to` (so a lower bound when it equals it).
+    pub more: u64,
+}
+
+/// Walks index entries `range` in either direction, passing each entry's
+/// task id (taken from its key by `id`) to `visit` until it returns false.
+fn walk<'a, K: redb::Key + 'static>(
+    range: redb::Range<'a, K, ()>,
+    newest_first: bool,
+    id: impl Fn(K::SelfType<'_>) -> u128,
+    visit: &mut impl FnMut(u128) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let mut step = |entry: Result<(redb::AccessGuard<'_, K>, redb::AccessGuard<'_, ()>), redb::StorageError>| {
+        visit(id(entry?.0.value()))
+    };
+    if newest_first {
+        for entry in range.rev() {
+            if !step(entry)? {
+                break;
+            }
+        }
+    } else {
+        for entry in range {
+            if !step(entry)? {
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Which tasks a listing wants; every given filter must match.

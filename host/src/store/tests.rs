@@ -610,6 +610,24 @@ fn list_all(store: &Store, query: &TaskQuery) -> Vec<Uuid> {
     }
 }
 
+/// Every page newest first, each page's count of the rest checked
+/// against what the later pages hold.
+fn list_all_newest(store: &Store, query: &TaskQuery) -> Vec<Uuid> {
+    let mut out = Vec::new();
+    let mut after = None;
+    let total = scan_all(store, query).len() as u64;
+    loop {
+        let listing = Listing { after, limit: 7, newest_first: true, count_up_to: 1_000 };
+        let page = store.list_page(query, &listing).unwrap();
+        out.extend(page.tasks.iter().map(|r| r.id));
+        assert_eq!(page.more, total - out.len() as u64, "{query:?}");
+        if page.more == 0 {
+            return out;
+        }
+        after = page.tasks.last().map(|r| r.id);
+    }
+}
+
 /// The same query answered by reading every record.
 fn scan_all(store: &Store, query: &TaskQuery) -> Vec<Uuid> {
     let mut out = Vec::new();
@@ -662,8 +680,13 @@ async fn indexed_listing_matches_a_full_scan_and_survives_a_reopen() {
     }
     queries.push(TaskQuery { plugin: Some("q".into()), ..TaskQuery::default() });
     for query in &queries {
-        assert_eq!(list_all(&store, query), scan_all(&store, query), "{query:?}");
+        let scanned = scan_all(&store, query);
+        assert_eq!(list_all(&store, query), scanned, "{query:?}");
+        let newest: Vec<Uuid> = scanned.iter().rev().copied().collect();
+        assert_eq!(list_all_newest(&store, query), newest, "newest first: {query:?}");
     }
+    let counted = Listing { after: None, limit: 5, newest_first: false, count_up_to: 10 };
+    assert_eq!(store.list_page(&TaskQuery::default(), &counted).unwrap().more, 10, "counting stops at the cap");
     let counts = store.plugin_task_counts("q").unwrap();
     let expected = scan_all(&store, &TaskQuery { plugin: Some("q".into()), ..TaskQuery::default() }).len();
     assert_eq!(counts.values().sum::<u64>() as usize, expected);

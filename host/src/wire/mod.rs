@@ -52,8 +52,8 @@ pub use plugin::{
 };
 pub use queue::{Queue, QueueChange, QueueList, QueueSettings};
 pub use task::{
-    BatchAnswer, BatchItem, BatchRefusal, BatchSubmission, CallbackDelivery, History, HistoryEntry, Submitted, Task,
-    TaskError, TaskLimits, TaskPage, TaskSubmission,
+    BatchAnswer, BatchItem, BatchRefusal, BatchSubmission, CallbackDelivery, History, HistoryEntry, RetryRequest,
+    Submitted, Task, TaskError, TaskLimits, TaskPage, TaskSubmission,
 };
 
 pub use config::{ConfigQueue, ConfigTenant, ConfigView, Source};

@@ -366,7 +366,25 @@ impl BatchAnswer {
     }
 }
 
-/// `GET /v1/tasks`: a page of tasks in submission order (without outputs).
+/// `POST /v1/tasks/{id}/retry` body (optional). Unknown fields are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct RetryRequest {
+    /// Run it on this plugin version instead of the one it pinned.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+impl RetryRequest {
+    /// A retry on `version` (`None`: the pinned one).
+    pub fn new(version: Option<String>) -> Self {
+        Self { version }
+    }
+}
+
+/// `GET /v1/tasks`: a page of tasks, oldest or newest first (without
+/// outputs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct TaskPage {
@@ -374,12 +392,22 @@ pub struct TaskPage {
     pub tasks: Vec<Task>,
     /// Pass as `cursor` for the next page; `null` on the last one.
     pub next_cursor: Option<Uuid>,
+    /// How many more tasks match after this page, counted up to 10,000
+    /// (a lower bound at that): only with `count=true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub more: Option<u64>,
 }
 
 impl TaskPage {
     /// The page of `records`, continued at `next_cursor`.
     pub fn new(records: &[TaskRecord], next_cursor: Option<Uuid>) -> Self {
-        Self { tasks: records.iter().map(|r| Task::new(r, None)).collect(), next_cursor }
+        Self { tasks: records.iter().map(|r| Task::new(r, None)).collect(), next_cursor, more: None }
+    }
+
+    /// The same, saying how many more match.
+    pub fn more(mut self, more: Option<u64>) -> Self {
+        self.more = more;
+        self
     }
 
     /// The same, with names as tenant `ns` wrote them.
