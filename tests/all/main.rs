@@ -16,6 +16,9 @@ mod api;
 mod bounds;
 /// `taskhost run` end to end through the binary.
 mod cli;
+/// The web console in a real headless Chromium: every page, its actions
+/// end to end, no browser errors.
+mod console;
 /// README.md and docs/: size, links and anchors, the index.
 mod docs;
 /// The durable engine: idempotency, priority, fairness, retries, cancel.

@@ -5,6 +5,7 @@
 //! a [`ServeConfig`].
 
 mod access;
+mod console;
 mod error;
 mod events;
 mod flows;
@@ -72,6 +73,7 @@ pub fn router(engine: Engine, access: Arc<Access>) -> Router {
         .route("/v1/tasks:batch", g(needs(Submit), post(submit_batch)).layer(DefaultBodyLimit::max(MAX_BATCH_BODY)))
         .route("/v1/tasks/{id}", g(needs(Read), get(get_task)))
         .route("/v1/tasks/{id}/history", g(needs(Read), get(history)))
+        .route("/v1/tasks/{id}/input", g(needs(Read), get(input)))
         .route("/v1/tasks/{id}/logs", g(needs(Read), get(logs)))
         .route("/v1/tasks/{id}/cancel", g(needs(Submit), post(cancel)))
         .route("/v1/tasks/{id}/retry", g(needs(Submit), post(resubmit)))
@@ -99,6 +101,7 @@ pub fn router(engine: Engine, access: Arc<Access>) -> Router {
         .route("/v1/config", g(needs(Admin), get(config)))
         .route("/v1/audit", g(needs(Admin), get(access::audit)))
         .route("/v1/callbacks/secret", g(audited(Submit, "callbacks.secret"), get(access::callback_secret)))
+        .merge(console::router())
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see README.md") })
         .layer(axum::middleware::from_fn_with_state(engine.clone(), health::refuse_writes_while_unwritable))
         .layer(Extension(access.clone()))
@@ -399,6 +402,21 @@ async fn get_task(
     })
     .await?;
     Ok(Json(task))
+}
+
+/// The task's input bytes as they were stored.
+async fn input(
+    State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let id = parse_id(&id)?;
+    let bytes = read(&engine, move |engine| {
+        owned(engine, &ns, id)?;
+        Ok(engine.input(id)?.unwrap_or_default())
+    })
+    .await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
 async fn history(

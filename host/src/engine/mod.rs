@@ -494,6 +494,12 @@ impl Engine {
         self.inner.shared.task(id)
     }
 
+    /// A task's input as stored (fetched, for a task whose input comes
+    /// from a URL, once it started).
+    pub fn input(&self, id: Uuid) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(self.inner.shared.store.input(id)?)
+    }
+
     /// A task's output, once it completed.
     pub fn output(&self, id: Uuid) -> Result<Option<Vec<u8>>, EngineError> {
         Ok(self.inner.shared.store.output(id)?)
