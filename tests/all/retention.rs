@@ -80,9 +80,6 @@ async fn a_queue_keeps_its_latest_ended_tasks_and_the_rest_are_deleted() {
     let listed: Value = http.get(format!("{base}/v1/tasks?queue=short")).send().await.unwrap().json().await.unwrap();
     let listed: Vec<&str> = listed["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
     assert_eq!(listed, [short[3].to_string(), short[4].to_string()]);
-    // A deleted task's key is free again: it makes a new task.
-    let again = engine.submit(keyed(0)).await.unwrap();
-    assert!(again.created && again.record.id != short[0]);
     // The queue shows its setting; the metrics count what went.
     let queues: Value = http.get(format!("{base}/v1/queues")).send().await.unwrap().json().await.unwrap();
     let queue = queues["queues"].as_array().unwrap().iter().find(|q| q["name"] == "short").unwrap().clone();
@@ -98,6 +95,9 @@ async fn a_queue_keeps_its_latest_ended_tasks_and_the_rest_are_deleted() {
         metrics.lines().any(|l| l.contains("queue=\"short\",state=\"completed\"") && l.ends_with(" 2")),
         "the task gauge counts what is left: {metrics}"
     );
+    // A deleted task's key is free again: it makes a new task.
+    let again = engine.submit(keyed(0)).await.unwrap();
+    assert!(again.created && again.record.id != short[0]);
 }
 
 #[tokio::test]

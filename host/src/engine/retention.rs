@@ -16,6 +16,10 @@ use std::sync::Arc;
 /// Most units one deletion takes (one write transaction).
 const BATCH: usize = 256;
 
+/// Most kept units one sweep passes over before it stops (the next sweep
+/// looks at them again).
+const MAX_PASSED_OVER: usize = 16_384;
+
 /// The retention of `group`: the host's, with what a queue sets over it
 /// (`retain_for_ms` of `u64::MAX` keeps forever).
 fn rule(host: Retention, queues: &HashMap<String, QueueConfig>, group: &str) -> Retention {
@@ -47,19 +51,26 @@ pub(crate) async fn run(shared: Arc<Shared>) {
 /// Deletes what is past its retention now; returns how many tasks went.
 pub(crate) async fn sweep(shared: &Shared) -> Result<u64, EngineError> {
     let mut deleted = 0;
-    while !shared.stopping() {
+    // Units kept this sweep (waiting for a callback, a flow still ending),
+    // passed over so the ones behind them go.
+    let mut kept = std::collections::HashSet::new();
+    while !shared.stopping() && kept.len() < MAX_PASSED_OVER {
         let store = shared.store.clone();
         let host = shared.config.retention;
-        let found = blocking(move || {
+        let skip = std::mem::take(&mut kept);
+        let (found, skip) = blocking(move || {
             let queues: HashMap<String, QueueConfig> = store.queues()?.into_iter().collect();
-            store.expired(|group| rule(host, &queues, group), now_ms(), BATCH)
+            let found = store.expired_past(|group| rule(host, &queues, group), now_ms(), BATCH, &skip)?;
+            Ok::<_, crate::store::StoreError>((found, skip))
         })
         .await?;
+        kept = skip;
         let full = found.len() == BATCH;
         if found.is_empty() {
             break;
         }
         let removed = shared.store.delete_expired(found).await?;
+        kept.extend(removed.kept_units.iter().map(|u| (u.group.clone(), u.ended_at_ms, u.id)));
         for (queue, state, tenant, bytes) in &removed.tasks {
             shared.metrics.deleted(queue, *state);
             shared.metrics.expired.get_or_create(&Metrics::label(queue)).inc();
@@ -67,11 +78,6 @@ pub(crate) async fn sweep(shared: &Shared) -> Result<u64, EngineError> {
         }
         shared.metrics.flows_expired.inc_by(removed.flows);
         deleted += removed.tasks.len() as u64;
-        if removed.tasks.is_empty() && removed.flows == 0 {
-            // Everything found was kept (waiting for a callback): the
-            // next sweep looks again.
-            break;
-        }
         if !full {
             break;
         }

@@ -965,6 +965,8 @@ pub(crate) enum Redo {
     /// Adds (`true`) or removes an ended unit in [`FINISHED`]: its group,
     /// end time and id.
     Finished(String, u64, u128, bool),
+    /// Forgets how a task's last callback ended (it runs again).
+    ClearCallback(u128),
 }
 
 /// One write to a task index.
@@ -992,6 +994,7 @@ pub(crate) struct Tables<'t> {
     context: Table<'t, (u128, &'static str), &'static [u8]>,
     logs: Table<'t, (u128, u32), &'static [u8]>,
     finished: Table<'t, (&'static str, u64, u128), ()>,
+    callbacks: Table<'t, u128, &'static [u8]>,
     indexes: Indexes<'t>,
     pub(crate) redo: &'t mut Vec<Redo>,
 }
@@ -1009,6 +1012,7 @@ impl<'t> Tables<'t> {
             context: txn.open_table(CONTEXT)?,
             logs: txn.open_table(LOGS)?,
             finished: txn.open_table(FINISHED)?,
+            callbacks: txn.open_table(CALLBACKS)?,
             indexes: Indexes::open(txn)?,
             redo,
         })
@@ -1039,6 +1043,7 @@ impl<'t> Tables<'t> {
             Redo::Index(write) => self.indexes.put(write)?,
             Redo::Finished(group, at, id, true) => drop(self.finished.insert((group.as_str(), *at, *id), ())?),
             Redo::Finished(group, at, id, false) => drop(self.finished.remove((group.as_str(), *at, *id))?),
+            Redo::ClearCallback(id) => drop(self.callbacks.remove(*id)?),
         }
         Ok(())
     }
@@ -1085,6 +1090,23 @@ fn read_flow(t: &Tables<'_>, id: Uuid) -> Result<Option<FlowRecord>, StoreError>
 /// flow group.
 fn write_flow(t: &mut Tables<'_>, before: Option<&FlowRecord>, flow: &FlowRecord) -> Result<(), StoreError> {
     let id = flow.id.as_u128();
+    let root =
+        if before.is_none() { t.tasks.get(id)?.map(|v| decode::<TaskRecord>(v.value())).transpose()? } else { None };
+    if let Some(root) = root.filter(|r| r.state.is_terminal()) {
+        // A root that ended alone is its flow's now (a flow of one task
+        // cancelled after it ended): it goes with the flow.
+        let at = root.finished_at_ms.unwrap_or(root.created_at_ms);
+        t.write(Redo::Finished(root.queue, at, id, false))?;
+    }
+    if let Some(before) = before
+        && flow.repeat.is_some()
+        && flow.iteration > before.iteration
+    {
+        // A repeating flow's past iterations are units of their own: one
+        // entry for each iteration that ended, as it ends.
+        let group = retention::iteration_group(&retention::flow_tenant(&t.tasks, &t.flow_tasks, id)?);
+        t.write(Redo::Finished(group, now_ms(), id, true))?;
+    }
     let ended = |f: &FlowRecord| (f.state != FlowState::Running).then(|| f.finished_at_ms.unwrap_or(f.created_at_ms));
     let (was, now) = (before.and_then(ended), ended(flow));
     if was != now {
@@ -1139,6 +1161,10 @@ fn apply_transition(t: &mut Tables<'_>, change: Change) -> Result<Applied, Store
         reason: change.reason,
     });
     t.write(Redo::Task(id.as_u128(), encode(&record)))?;
+    if from.is_terminal() && record.callback_url.is_some() {
+        // It ends again: its callback is delivered again.
+        t.write(Redo::ClearCallback(id.as_u128()))?;
+    }
     for write in moved_writes(id, from, change.to) {
         t.write(Redo::Index(write))?;
     }

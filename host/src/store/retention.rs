@@ -24,6 +24,11 @@ use std::ops::Bound;
 /// holds `@`, so none is read as this one).
 const FLOW_GROUP: &str = "@flows";
 
+/// The group of repeating flows' past iterations in a tenant's namespace:
+/// an entry (its time, the flow's id) each time an iteration ended, so a
+/// flow that repeats for ever still lets its old iterations go.
+const ITERATION_GROUP: &str = "@iterations";
+
 /// How long a task whose completion callback has no recorded outcome is
 /// kept past its retention, for the delivery to end (after a restart
 /// the delivery is not made again, so the wait has an end).
@@ -57,9 +62,19 @@ pub(crate) fn flow_group(tenant: &str) -> String {
     crate::tenant::qualify(tenant, FLOW_GROUP)
 }
 
-/// Whether a group of [`FINISHED`] is a tenant's flows (else a queue).
+/// Whether a group of [`FINISHED`] is a tenant's flows, or its repeating
+/// flows' iterations (else a queue): both follow the host's retention.
 pub fn is_flow_group(group: &str) -> bool {
-    crate::tenant::split(group).1 == FLOW_GROUP
+    matches!(crate::tenant::split(group).1, FLOW_GROUP | ITERATION_GROUP)
+}
+
+/// The group of the past iterations of `tenant`'s repeating flows.
+pub(crate) fn iteration_group(tenant: &str) -> String {
+    crate::tenant::qualify(tenant, ITERATION_GROUP)
+}
+
+pub(crate) fn is_iteration_group(group: &str) -> bool {
+    crate::tenant::split(group).1 == ITERATION_GROUP
 }
 
 /// An ended unit past its retention, as a read found it.
@@ -82,6 +97,8 @@ pub struct Removed {
     /// Units found expired but kept: changed meanwhile, or still waiting
     /// for a callback's outcome.
     pub kept: u64,
+    /// Those units, for a sweep to pass over.
+    pub(crate) kept_units: Vec<Expired>,
 }
 
 /// The tenant a flow belongs to: its root task's or first task's.
@@ -136,7 +153,8 @@ pub(crate) fn index_finished(txn: &WriteTransaction) -> Result<(), StoreError> {
         expected_finished(&tasks, &flows, &flow_tasks)?
     };
     let mut finished = txn.open_table(FINISHED)?;
-    finished.retain(|_, _| false)?;
+    // Iterations' entries are not derived from the records: kept.
+    finished.retain(|key, _| is_iteration_group(key.0))?;
     for (group, at, id) in &expected {
         finished.insert((group.as_str(), *at, *id), ())?;
     }
@@ -160,11 +178,24 @@ impl Store {
     /// Up to `limit` ended units past their group's retention (`rule`
     /// gives it) at time `now`, oldest first in each group. A lone task
     /// still waiting for its callback's outcome is passed over.
+    #[cfg(test)]
     pub(crate) fn expired(
         &self,
         rule: impl Fn(&str) -> Retention,
         now: u64,
         limit: usize,
+    ) -> Result<Vec<Expired>, StoreError> {
+        self.expired_past(rule, now, limit, &std::collections::HashSet::new())
+    }
+
+    /// [`Store::expired`], passing over the units in `skip` (kept by an
+    /// earlier deletion of the same sweep).
+    pub(crate) fn expired_past(
+        &self,
+        rule: impl Fn(&str) -> Retention,
+        now: u64,
+        limit: usize,
+        skip: &std::collections::HashSet<(String, u64, u128)>,
     ) -> Result<Vec<Expired>, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
@@ -189,6 +220,9 @@ impl Store {
                     break;
                 }
                 over = over.saturating_sub(1);
+                if skip.contains(&(group.clone(), ended_at_ms, id)) {
+                    continue;
+                }
                 if !is_flow_group(g)
                     && let Some(value) = tasks.get(id)?
                     && awaits_callback(&decode(value.value())?, &callbacks, now)?
@@ -233,6 +267,12 @@ fn delete_unit(txn: &WriteTransaction, unit: &Expired, now: u64, removed: &mut R
     let mut finished = txn.open_table(FINISHED)?;
     if finished.get(key)?.is_none() {
         removed.kept += 1;
+        removed.kept_units.push(unit.clone());
+        return Ok(());
+    }
+    if is_iteration_group(&unit.group) {
+        delete_iterations(txn, unit, now, removed)?;
+        finished.remove(key)?;
         return Ok(());
     }
     let flow = is_flow_group(&unit.group);
@@ -255,6 +295,7 @@ fn delete_unit(txn: &WriteTransaction, unit: &Expired, now: u64, removed: &mut R
             let record: TaskRecord = decode(value.value())?;
             if !record.state.is_terminal() || awaits_callback(&record, &callbacks, now)? {
                 removed.kept += 1;
+                removed.kept_units.push(unit.clone());
                 return Ok(());
             }
         }
@@ -277,19 +318,73 @@ fn delete_unit(txn: &WriteTransaction, unit: &Expired, now: u64, removed: &mut R
     Ok(())
 }
 
+/// Deletes the iterations of a repeating flow that ended by the unit's
+/// time, oldest first, each whole (its tasks, their keys and list
+/// entries); the flow's root task, the iteration before the current one
+/// (and the current one), and the flow's result stay.
+fn delete_iterations(
+    txn: &WriteTransaction,
+    unit: &Expired,
+    now: u64,
+    removed: &mut Removed,
+) -> Result<(), StoreError> {
+    let f = unit.id;
+    let Some(flow) = txn.open_table(FLOWS)?.get(f)?.map(|v| decode::<FlowRecord>(v.value())).transpose()? else {
+        return Ok(());
+    };
+    let keep_from = flow.iteration.saturating_sub(1);
+    let mut by_iteration: std::collections::BTreeMap<u32, Vec<u128>> = std::collections::BTreeMap::new();
+    for entry in txn.open_table(BY_ITERATION)?.range((f, 0u32, 0u128)..(f, keep_from, 0u128))? {
+        let (flow_id, iteration, id) = entry?.0.value();
+        debug_assert_eq!(flow_id, f);
+        by_iteration.entry(iteration).or_default().push(id);
+    }
+    let result = flow.result_task.map(|r| r.as_u128());
+    for ids in by_iteration.into_values() {
+        let done = {
+            let tasks = txn.open_table(TASKS)?;
+            let callbacks = txn.open_table(CALLBACKS)?;
+            let mut done = true;
+            for id in &ids {
+                let Some(value) = tasks.get(*id)? else { continue };
+                let record: TaskRecord = decode(value.value())?;
+                let ended_in_time = record.state.is_terminal()
+                    && record.finished_at_ms.unwrap_or(u64::MAX) <= unit.ended_at_ms
+                    && !awaits_callback(&record, &callbacks, now)?;
+                if !ended_in_time || result == Some(*id) {
+                    done = false;
+                    break;
+                }
+            }
+            done
+        };
+        if !done {
+            // Iterations end in order: the later ones ended later still.
+            break;
+        }
+        let gone: BTreeSet<u128> = ids.iter().copied().collect();
+        for id in ids {
+            if let Some(task) = delete_task(txn, id)? {
+                removed.tasks.push(task);
+            }
+            txn.open_table(FLOW_TASKS)?.remove((f, id))?;
+        }
+        txn.open_table(FLOW_KEYS)?.retain_in((f, "")..(f.saturating_add(1), ""), |_, named| !gone.contains(&named))?;
+    }
+    Ok(())
+}
+
 /// Deletes one task with everything kept beside it; returns its queue,
 /// state, tenant and the bytes it kept.
 fn delete_task(txn: &WriteTransaction, id: u128) -> Result<Option<(String, TaskState, String, u64)>, StoreError> {
     let Some(record) = txn.open_table(TASKS)?.remove(id)?.map(|v| decode::<TaskRecord>(v.value())).transpose()? else {
         return Ok(None);
     };
-    let mut bytes = 0u64;
-    if let Some(input) = txn.open_table(INPUTS)?.remove(id)? {
-        bytes += input.value().len() as u64;
-    }
-    if let Some(output) = txn.open_table(OUTPUTS)?.remove(id)? {
-        bytes += output.value().len() as u64;
-    }
+    // Counted as the engine counts what a tenant keeps (recovery,
+    // admission, completion), so the usage goes back to what it was.
+    let mut bytes = record.input_len + record.output_len.unwrap_or(0);
+    txn.open_table(INPUTS)?.remove(id)?;
+    txn.open_table(OUTPUTS)?.remove(id)?;
     txn.open_table(LOGS)?.retain_in((id, 0u32)..=(id, u32::MAX), |_, log| {
         bytes += log.len() as u64;
         false
@@ -471,6 +566,71 @@ mod tests {
         assert_eq!(store.context_get(root.id, "k").unwrap(), None);
         assert_eq!(store.child_by_key(root.id, "a").unwrap(), None);
         assert_eq!(store.task_count().unwrap(), 0);
+        assert_consistent(&path, store);
+    }
+
+    #[tokio::test]
+    async fn a_repeating_flows_old_iterations_go_and_the_latest_stay() {
+        let (_dir, path, store) = open();
+        let f = Uuid::from_u128(100);
+        for i in 0..4u32 {
+            let key = format!("k{i}");
+            let (mut task, input) = child_of(100, 200 + u128::from(i), Some(&key));
+            task.iteration = i;
+            let id = task.id;
+            store
+                .flow_change(f, move |stored| {
+                    let mut flow = stored.unwrap_or_else(|| FlowRecord {
+                        repeat: Some(crate::store::Repeat {
+                            kind: crate::store::RepeatKind::UntilStop,
+                            max_iterations: None,
+                        }),
+                        ..FlowRecord::new(f, 0)
+                    });
+                    flow.iteration = i;
+                    Ok(FlowUpdate { flow, tasks: vec![(task, input)] })
+                })
+                .await
+                .unwrap();
+            store.transition(Change::new(id, TaskState::Running, "start")).await.unwrap();
+            store.transition(Change::new(id, TaskState::Completed, "done")).await.unwrap();
+            // (Each iteration ends before the next starts, a tick later.)
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let now = |_: &str| Retention::new(Some(0), None);
+        let found = store.expired(now, now_ms(), 10).unwrap();
+        assert_eq!(found.len(), 3, "one entry each time an iteration ended: {found:?}");
+        assert!(found.iter().all(|e| e.group == "@iterations" && e.id == 100));
+        let removed = store.delete_expired(found).await.unwrap();
+        assert_eq!(removed.tasks.len(), 2, "{removed:?}");
+        let left: Vec<u32> = store.flow_tasks(f).unwrap().iter().map(|t| t.iteration).collect();
+        assert_eq!(left, [2, 3], "the iteration before the current one and the current one stay");
+        // The old iterations' keys are gone with them; the flow still runs.
+        assert_eq!(store.child_by_key(f, "k0").unwrap(), None);
+        assert_eq!(store.child_by_key(f, "k1").unwrap(), None);
+        assert_eq!(store.child_by_key(f, "k3").unwrap(), Some(Uuid::from_u128(203)));
+        assert_eq!(store.flow(f).unwrap().unwrap().state, FlowState::Running);
+        assert!(store.expired(now, now_ms(), 10).unwrap().is_empty());
+        assert_consistent(&path, store);
+    }
+
+    #[tokio::test]
+    async fn a_lone_task_cancelled_as_a_flow_after_it_ended_is_listed_once() {
+        let (_dir, path, store) = open();
+        let done = task_in(&store, 1, TaskState::Completed).await;
+        let cancel = |stored: Option<FlowRecord>| {
+            assert!(stored.is_none());
+            let flow = FlowRecord {
+                state: FlowState::Cancelled,
+                finished_at_ms: Some(now_ms()),
+                ..FlowRecord::new(Uuid::from_u128(1), 0)
+            };
+            Ok(FlowUpdate { flow, tasks: Vec::new() })
+        };
+        store.flow_change(done.id, cancel).await.unwrap();
+        let found = store.expired(|_| Retention::new(Some(0), None), now_ms(), 10).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].group, "@flows");
         assert_consistent(&path, store);
     }
 
