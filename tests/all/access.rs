@@ -26,6 +26,7 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("POST", "/v1/tasks:batch", Some("submit")),
     ("GET", "/v1/tasks/{id}", Some("read")),
     ("GET", "/v1/tasks/{id}/history", Some("read")),
+    ("GET", "/v1/tasks/{id}/input", Some("read")),
     ("GET", "/v1/tasks/{id}/logs", Some("read")),
     ("POST", "/v1/tasks/{id}/cancel", Some("submit")),
     ("POST", "/v1/tasks/{id}/retry", Some("submit")),

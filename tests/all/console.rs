@@ -118,6 +118,19 @@ impl Browser {
         }
     }
 
+    /// Waits until `selector` matches `n` elements.
+    async fn wait_count(&self, selector: &str, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self.count(selector).await;
+            if found == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "`{selector}` matches {found}, not {n}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn count(&self, selector: &str) -> u64 {
         self.run("return document.querySelectorAll(arguments[0]).length", json!([selector])).await.as_u64().unwrap()
     }
@@ -218,7 +231,8 @@ async fn every_page_shows_live_tasks_and_its_actions_work_in_a_real_browser() {
     browser.screenshot("tasks").await;
     browser.go(&format!("{base}/ui#/tasks?queue=web")).await;
     browser.wait_text("tbody td", &done[0].to_string()).await;
-    assert_eq!(browser.count("tbody tr").await, 4, "the three done and the delayed one");
+    // The three done and the delayed one.
+    browser.wait_count("tbody tr", 4).await;
 
     // A task: record, history, input, output, logs; then retry it.
     browser.go(&format!("{base}/ui#/task/{}", done[0])).await;
@@ -237,6 +251,7 @@ async fn every_page_shows_live_tasks_and_its_actions_work_in_a_real_browser() {
     assert!(engine.get(failed).unwrap().history.iter().any(|t| t.reason.contains("re-submitted")));
     // Cancel a delayed task.
     browser.go(&format!("{base}/ui#/task/{delayed}")).await;
+    browser.wait_text("h1", &delayed.to_string()).await;
     browser.wait_text("h1", "pending").await;
     browser.click("#cancel").await;
     browser.wait_text("h1", "cancelled").await;
@@ -275,15 +290,17 @@ async fn every_page_shows_live_tasks_and_its_actions_work_in_a_real_browser() {
     browser.go(&format!("{base}/ui#/plugins")).await;
     browser.wait_text("tbody td", "uppercase").await;
     browser.go(&format!("{base}/ui#/plugin/uppercase")).await;
+    browser.wait_text("h1", "Plugin uppercase").await;
     browser.wait_text("tbody td", "live").await;
     browser.go(&format!("{base}/ui#/models")).await;
     browser.wait_text("tbody td", "affine").await;
     browser.screenshot("models").await;
 
     // Readable at 1280×800: nothing wider than the window.
-    for page in ["#/", "#/tasks", "#/queues", &format!("#/task/{failed}")] {
+    let failed_page = format!("#/task/{failed}");
+    for (page, title) in [("#/", "Overview"), ("#/tasks", "Tasks"), ("#/queues", "Queues"), (&failed_page, "Task ")] {
         browser.go(&format!("{base}/ui{page}")).await;
-        browser.wait_text("h1", "").await;
+        browser.wait_text("h1", title).await;
         let wide = browser.run("return document.documentElement.scrollWidth", json!([])).await;
         assert!(wide.as_u64().unwrap() <= 1280, "{page} is {wide}px wide");
     }

@@ -412,8 +412,18 @@ async fn input(
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
     let bytes = read(&engine, move |engine| {
-        owned(engine, &ns, id)?;
-        Ok(engine.input(id)?.unwrap_or_default())
+        let record = owned(engine, &ns, id)?;
+        match record.input_from {
+            crate::store::InputFrom::Own => Ok(engine.input(id)?.unwrap_or_default()),
+            // The store holds the URL (which may carry credentials), or
+            // nothing: the input is made when an attempt starts.
+            crate::store::InputFrom::Url => Err(crate::engine::EngineError::Conflict(format!(
+                "task {id} takes its input from a URL, fetched when each attempt starts; it is not stored"
+            ))),
+            crate::store::InputFrom::Outputs => Err(crate::engine::EngineError::Conflict(format!(
+                "task {id} takes its input from the outputs of the tasks it waits for; it is not stored"
+            ))),
+        }
     })
     .await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
@@ -478,13 +488,15 @@ async fn resubmit(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
     Path(id): Path<String>,
-    body: Result<Json<wire::RetryRequest>, JsonRejection>,
+    body: axum::body::Bytes,
 ) -> ApiResult<Json<wire::Task>> {
     // No body (or `{}`) retries on the pinned version.
-    let version = match body {
-        Ok(Json(body)) => body.version,
-        Err(JsonRejection::MissingJsonContentType(_)) => None,
-        Err(e) => return Err(e.into()),
+    let version = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        serde_json::from_slice::<wire::RetryRequest>(&body)
+            .map_err(|e| ApiError::invalid(format!("the retry body is not {{\"version\"?: string}}: {e}")))?
+            .version
     };
     let id = owned(&engine, &ns, parse_id(&id)?)?.id;
     let record = engine.resubmit_on(id, version).await?;

@@ -291,14 +291,19 @@ pub(crate) enum QueuesCommand {
 /// The server's body limit for a request to `path`, as a 413's message
 /// states it.
 fn body_limit(path: &str) -> Option<String> {
-    let bytes = match path {
+    let bytes = body_limit_bytes(path)?;
+    let size = taskhost::units::format_size(bytes as u64);
+    Some(if path == "/v1/tasks" { format!("{size} of JSON, the input as base64 (4/3 of its size)") } else { size })
+}
+
+/// The server's body limit on `path`, in bytes.
+fn body_limit_bytes(path: &str) -> Option<usize> {
+    Some(match path {
         "/v1/tasks" | "/v1/flows" => taskhost::api::MAX_TASK_BODY,
         "/v1/tasks:batch" => taskhost::api::MAX_BATCH_BODY,
         p if p.starts_with("/v1/plugins/") => taskhost::registry::MAX_PLUGIN_BYTES,
         _ => return None,
-    };
-    let size = taskhost::units::format_size(bytes as u64);
-    Some(if path == "/v1/tasks" { format!("{size} of JSON, the input as base64 (4/3 of its size)") } else { size })
+    })
 }
 
 /// A failed call, already worded for the user.
@@ -361,8 +366,30 @@ impl Client {
         let request = request.build().map_err(|e| Failure(EXIT_USAGE, format!("cannot build the request: {e}")))?;
         let path = request.url().path().to_owned();
         let what = format!("{} {path}", request.method());
+        // A body over the server's limit is refused here: sent, the server
+        // answers 413 and closes the connection, which the client may see
+        // only as a reset halfway through sending.
+        let size = request.body().and_then(|b| b.as_bytes()).map_or(0, <[u8]>::len);
+        if let (Some(max), Some(limit)) = (body_limit_bytes(&path), body_limit(&path))
+            && size > max
+        {
+            return Err(Failure(
+                EXIT_TASK_FAILED,
+                format!(
+                    "error: payload_too_large: the request is {} (the server takes at most {limit} per request there)",
+                    taskhost::units::format_size(size as u64)
+                ),
+            ));
+        }
         let response = self.http.execute(request).await.map_err(|e| {
-            Failure(EXIT_USAGE, format!("cannot reach taskhost at {}: {e} (is `taskhost serve` running?)", self.base))
+            if e.is_connect() {
+                Failure(
+                    EXIT_USAGE,
+                    format!("cannot reach taskhost at {}: {e} (is `taskhost serve` running?)", self.base),
+                )
+            } else {
+                Failure(EXIT_USAGE, format!("the connection to taskhost at {} broke during {what}: {e}", self.base))
+            }
         })?;
         let status = response.status();
         if !status.is_success() {
@@ -428,9 +455,12 @@ pub(crate) fn done(result: CallResult<ExitCode>) -> ExitCode {
 
 /// Prints an answer as pretty JSON, keys sorted (as printing the untyped
 /// JSON did).
+/// Prints `value` as pretty JSON; a reader that closed the pipe early
+/// (`| head`) ends the output quietly instead of a panic.
 pub(crate) fn print_json(value: &impl Serialize) {
     let value = serde_json::to_value(value).unwrap_or_default();
-    println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
 }
 
 pub(crate) async fn submit(args: SubmitArgs) -> ExitCode {

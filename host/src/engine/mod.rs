@@ -494,8 +494,9 @@ impl Engine {
         self.inner.shared.task(id)
     }
 
-    /// A task's input as stored (fetched, for a task whose input comes
-    /// from a URL, once it started).
+    /// A task's input bytes as stored at submission (for a task whose
+    /// input comes from a URL, the URL; for a declared step fed by other
+    /// tasks' outputs, nothing).
     pub fn input(&self, id: Uuid) -> Result<Option<Vec<u8>>, EngineError> {
         Ok(self.inner.shared.store.input(id)?)
     }

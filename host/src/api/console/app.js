@@ -57,8 +57,20 @@ function bytes(n) {
 
 /** Base64 bytes as text when they are UTF-8, else as base64 (said so). */
 function decodeBase64(text) {
-  const raw = Uint8Array.from(atob(text), (c) => c.charCodeAt(0));
-  try { return new TextDecoder("utf-8", { fatal: true }).decode(raw); } catch (_) { return `(${raw.length} bytes, base64) ${text}`; }
+  return shownBytes(Uint8Array.from(atob(text), (c) => c.charCodeAt(0)));
+}
+
+/** Bytes as text when they are UTF-8, else as base64 (said so); at most
+ *  64 KiB of them. */
+function shownBytes(raw) {
+  const cap = 64 * 1024;
+  const more = raw.length > cap ? `\n… ${raw.length - cap} more bytes` : "";
+  const head = raw.subarray(0, cap);
+  try { return new TextDecoder("utf-8", { fatal: true }).decode(head) + more; } catch (_) {
+    let text = "";
+    for (const b of head) text += String.fromCharCode(b);
+    return `(${raw.length} bytes, base64) ${btoa(text)}${more}`;
+  }
 }
 
 function toast(message, bad) {
@@ -112,7 +124,16 @@ const api = {
   post: (path, body) => call("POST", path, body === undefined ? {} : body),
   put: (path, body) => call("PUT", path, body),
   text: async (path) => (await call("GET", path, undefined, true)).text(),
+  bytes: async (path) => new Uint8Array(await (await call("GET", path, undefined, true)).arrayBuffer()),
 };
+
+/** `/healthz`: its body either way (503 while the store cannot write). */
+async function health() {
+  const response = await fetch("/healthz");
+  return response.json();
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
 // ---- the event stream ------------------------------------------------
 
@@ -183,6 +204,18 @@ function disconnectEvents() {
 /** What the current page started (timers), stopped when it is left. */
 let timers = [];
 
+/** Bumped by every route. */
+let routeNumber = 0;
+
+/** A fresh container for the page being shown. Each page writes into its
+ *  own: one the user left while it loaded writes into a container no
+ *  longer on the screen. */
+function pageRoot() {
+  const view = h("div");
+  main.replaceChildren(view);
+  return view;
+}
+
 function every(ms, work) {
   timers.push(setInterval(work, ms));
 }
@@ -218,6 +251,7 @@ function showLogin(reason) {
 }
 
 async function overview() {
+  const main = pageRoot();
   const cards = h("div", { class: "cards" });
   const rate = h("canvas", { width: 600, height: 140, "aria-label": "Tasks ended per second" });
   const latency = h("canvas", { width: 600, height: 140, "aria-label": "Mean queue wait and run time" });
@@ -243,13 +277,14 @@ async function overview() {
   );
   const samples = [];
   async function refresh() {
-    const [health, list, run] = await Promise.all([
-      api.get("/healthz"), api.get("/v1/queues"), api.get("/v1/tasks?state=running&order=newest&limit=15"),
+    const [healthz, list, run] = await Promise.all([
+      health(), api.get("/v1/queues"), api.get("/v1/tasks?state=running&order=newest&limit=15"),
     ]);
     const busy = list.queues.reduce((n, q) => n + q.running, 0);
     cards.replaceChildren(
-      ...STATES.map((s) => h("div", { class: "card" }, h("b", { "data-state": s }, health.tasks?.[s] ?? 0), stateBadge(s))),
+      ...STATES.map((s) => h("div", { class: "card", title: "tasks in the whole host" }, h("b", { "data-state": s }, healthz.tasks?.[s] ?? 0), stateBadge(s))),
       h("div", { class: "card" }, h("b", {}, busy), "workers busy"),
+      healthz.status === "ok" ? "" : h("div", { class: "card error", id: "unhealthy" }, h("b", {}, "unhealthy"), healthz.reason || ""),
     );
     queues.replaceChildren(...list.queues.map((q) => h("tr", {},
       h("td", {}, h("a", { href: `#/tasks?queue=${encodeURIComponent(q.name)}` }, q.name)),
@@ -340,6 +375,7 @@ function chart(canvas, values, colour) {
 }
 
 async function tasksPage(params) {
+  const main = pageRoot();
   const query = new URLSearchParams({ order: "newest", count: "true", limit: "50" });
   for (const key of ["state", "queue", "plugin", "cursor"]) if (params.get(key)) query.set(key, params.get(key));
   const page = await api.get(`/v1/tasks?${query}`);
@@ -405,8 +441,9 @@ async function tasksPage(params) {
 }
 
 async function taskPage(id) {
+  const main = pageRoot();
   const [task, history] = await Promise.all([api.get(`/v1/tasks/${id}`), api.get(`/v1/tasks/${id}/history`)]);
-  const input = await api.text(`/v1/tasks/${id}/input`).catch((e) => `(cannot read the input: ${e.message})`);
+  const input = await api.bytes(`/v1/tasks/${id}/input`).then(shownBytes, (e) => `(${e.message})`);
   const actions = h("div", { class: "toolbar" });
   if (!TERMINAL.has(task.state)) {
     actions.append(h("button", { type: "button", class: "danger", id: "cancel", onclick: async () => {
@@ -463,6 +500,7 @@ async function taskPage(id) {
 }
 
 async function queuesPage() {
+  const main = pageRoot();
   const list = await api.get("/v1/queues");
   const rows = list.queues.map((q) => {
     const weight = h("input", { type: "number", min: 1, max: 1000, value: q.weight, size: 5, "aria-label": `weight of ${q.name}` });
@@ -499,6 +537,7 @@ async function queuesPage() {
 }
 
 async function flowsPage() {
+  const main = pageRoot();
   const page = await api.get("/v1/tasks?order=newest&limit=500");
   const flows = new Map();
   for (const t of page.tasks) {
@@ -565,6 +604,7 @@ function dag(tree) {
 }
 
 async function flowPage(id) {
+  const main = pageRoot();
   const flow = await api.get(`/v1/flows/${id}`);
   const actions = h("div", { class: "toolbar" });
   if (flow.state === "running") {
@@ -592,6 +632,7 @@ async function flowPage(id) {
 }
 
 async function pluginsPage() {
+  const main = pageRoot();
   const list = await api.get("/v1/plugins");
   main.replaceChildren(h("h1", {}, "Plugins"), h("div", { class: "panel scroll" }, h("table", {},
     h("thead", {}, h("tr", {}, h("th", {}, "Plugin"), h("th", {}, "Latest"), h("th", {}, "Versions"))),
@@ -602,6 +643,7 @@ async function pluginsPage() {
 }
 
 async function pluginPage(name) {
+  const main = pageRoot();
   const plugin = await api.get(`/v1/plugins/${encodeURIComponent(name)}`);
   const rows = plugin.versions.map((d) => {
     const v = d; // the version's fields, flattened beside its counts
@@ -625,6 +667,7 @@ async function pluginPage(name) {
 }
 
 async function modelsPage() {
+  const main = pageRoot();
   let view;
   try { view = await api.get("/v1/models"); } catch (e) {
     main.replaceChildren(h("h1", {}, "Models"), h("p", { class: "muted" }, e.message));
@@ -667,6 +710,7 @@ async function route() {
   for (const t of timers) { clearInterval(t); clearTimeout(t); }
   timers = [];
   eventListeners = [];
+  const mine = ++routeNumber;
   if (!token()) { showLogin(); return; }
   connectEvents();
   const [path, search] = location.hash.replace(/^#/, "").split("?");
@@ -675,7 +719,12 @@ async function route() {
   const page = parts[0] || "overview";
   const current = { task: "tasks", flow: "flows", plugin: "plugins" }[page] || page;
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.page === current);
-  const id = decodeURIComponent(parts[1] || "");
+  let id = "";
+  try { id = decodeURIComponent(parts[1] || ""); } catch (_) { id = "\u0000"; }
+  if (["task", "flow"].includes(page) && !UUID.test(id)) {
+    main.replaceChildren(h("h1", {}, "Not found"), h("p", { class: "error", id: "page-error" }, "That is not a task or flow id."));
+    return;
+  }
   const pages = {
     overview, tasks: () => tasksPage(params), task: () => taskPage(id), queues: queuesPage,
     flows: flowsPage, flow: () => flowPage(id), plugins: pluginsPage, plugin: () => pluginPage(id), models: modelsPage,
@@ -686,9 +735,10 @@ async function route() {
   try {
     await render();
   } catch (error) {
-    if (error.status === 401) return;
+    if (error.status === 401 || mine !== routeNumber) return;
     main.replaceChildren(h("h1", {}, "Cannot show this page"), h("p", { class: "error", id: "page-error" }, error.message));
   }
+  if (mine !== routeNumber) return;
 }
 
 document.getElementById("logout").addEventListener("click", () => {
