@@ -181,6 +181,8 @@ impl Browser {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_shows_live_tasks_and_its_actions_work_in_a_real_browser() {
+    // A whole browser: no timing test runs beside it.
+    let _heavy = crate::heavy().await;
     let models_dir = tempfile::tempdir().unwrap();
     let models = crate::inference::open(models_dir.path(), &[("affine", "affine", "plugins = [\"*\"]")]);
     let (engine, dir) = crate::flows::flow_engine(move |c| c.models = Some(models)).await;

@@ -99,6 +99,7 @@ async fn higher_priority_runs_first_then_fifo() {
 /// `engine::scheduler` covers finishing together exactly.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlogged_queues_share_workers_by_run_time() {
+    let _quiet = crate::timing().await;
     let (engine, _dir) = engine_with(|c| c.concurrency = 3).await;
     let start_at = std::time::SystemTime::now() + Duration::from_millis(300);
     let run_at_ms = start_at.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
@@ -138,6 +139,7 @@ async fn backlogged_queues_share_workers_by_run_time() {
 
 #[tokio::test]
 async fn retryable_failures_back_off_with_jitter_within_bounds() {
+    let _quiet = crate::timing().await;
     let policy = RetryPolicy { base: Duration::from_millis(40), cap: Duration::from_millis(200) };
     let (engine, _dir) = engine_with(|c| c.retry = policy).await;
     let mut delays = Vec::new();
@@ -185,6 +187,7 @@ async fn permanent_failures_are_not_retried() {
 
 #[tokio::test]
 async fn cancelling_a_running_task_interrupts_it_within_100ms() {
+    let _quiet = crate::timing().await;
     let (engine, _dir) = engine_with(|_| {}).await;
     let t = NewTask { fuel: Some(100_000_000_000), timeout_ms: Some(60_000), ..task("spin", "") };
     let id = engine.submit(t).await.unwrap().record.id;

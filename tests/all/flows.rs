@@ -326,6 +326,7 @@ async fn context_is_shared_within_a_flow_and_isolated_between_flows() {
 
 #[tokio::test]
 async fn a_fork_bomb_is_contained_and_other_queues_keep_their_share() {
+    let _quiet = crate::timing().await;
     let (engine, _dir) = flow_engine(|c| {
         c.concurrency = 4;
         c.flow_limits.tasks_per_flow = 3_000;

@@ -64,6 +64,22 @@ mod tenants;
 /// deletes, queue limits.
 mod values;
 
+/// Tests that judge timing (a cancel within 100 ms, shares of worker
+/// time) hold this for reading; a test that loads the machine hard (a
+/// whole browser) holds it for writing, so it never runs beside them on a
+/// 2-core machine.
+static QUIET: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// Held by a test whose assertions are about time.
+pub(crate) async fn timing() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    QUIET.read().await
+}
+
+/// Held by a test that loads the machine: no timing test runs meanwhile.
+pub(crate) async fn heavy() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    QUIET.write().await
+}
+
 /// The admin token a `taskhost serve` on `data` wrote to
 /// `DATA/admin.token` at its first start, once it has.
 pub(crate) async fn admin_token(data: &std::path::Path) -> String {

@@ -79,6 +79,7 @@ async fn a_guest_sleeping_past_its_timeout_times_out() {
 
 #[tokio::test]
 async fn many_tasks_at_once_share_the_pool() {
+    let _quiet = crate::timing().await;
     let tasks: Vec<_> = (0..100)
         .map(|i| {
             tokio::spawn(async move {
