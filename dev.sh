@@ -253,6 +253,8 @@ run_tests() {
   cargo xtask licenses
   say "running the whole test suite"
   cargo test --release
+  say "running the web console's test in headless Chromium (alone: a browser loads 2 cores)"
+  cargo test --release -p taskhost --test all -- --ignored console::
   say "linting (cargo clippy --all-targets -D warnings) and checking the docs (cargo doc, warnings denied)"
   if ! cargo clippy --version >/dev/null 2>&1; then rustup component add clippy; fi
   cargo clippy --all-targets -- -D warnings

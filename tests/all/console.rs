@@ -179,6 +179,10 @@ impl Browser {
     }
 }
 
+// Run alone, after the rest (`./dev.sh test` does: `cargo test --release
+// -p taskhost --test all -- --ignored console::`): a whole browser beside
+// the other tests made timing tests fail on 2 cores.
+#[ignore = "runs alone: ./dev.sh test runs it after the suite"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_page_shows_live_tasks_and_its_actions_work_in_a_real_browser() {
     // A whole browser: no timing test runs beside it.
