@@ -62,7 +62,7 @@ pub(crate) fn flow_group(tenant: &str) -> String {
     crate::tenant::qualify(tenant, FLOW_GROUP)
 }
 
-/// Whether a group of [`FINISHED`] is a tenant's flows, or its repeating
+/// Whether a group of the `finished` index is a tenant's flows, or its repeating
 /// flows' iterations (else a queue): both follow the host's retention.
 pub fn is_flow_group(group: &str) -> bool {
     matches!(crate::tenant::split(group).1, FLOW_GROUP | ITERATION_GROUP)
