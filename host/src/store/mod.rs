@@ -666,24 +666,7 @@ impl Store {
             let index = txn.open_table(BY_PLUGIN)?;
             walk(index.range((plugin, low)..=(plugin, high))?, newest_first, |k| k.1, &mut visit)?;
         } else {
-            let range = tasks.range(low..=high)?;
-            let mut each = |entry: Result<
-                (redb::AccessGuard<'_, u128>, redb::AccessGuard<'_, &[u8]>),
-                redb::StorageError,
-            >| { Ok::<_, StoreError>(keep(decode(entry?.1.value())?)) };
-            if newest_first {
-                for entry in range.rev() {
-                    if !each(entry)? {
-                        break;
-                    }
-                }
-            } else {
-                for entry in range {
-                    if !each(entry)? {
-                        break;
-                    }
-                }
-            }
+            either_way(tasks.range(low..=high)?, newest_first, |entry| Ok(keep(decode(entry?.1.value())?)))?;
         }
         Ok(listed)
     }
@@ -1403,18 +1386,25 @@ fn walk<'a, K: redb::Key + 'static>(
     id: impl Fn(K::SelfType<'_>) -> u128,
     visit: &mut impl FnMut(u128) -> Result<bool, StoreError>,
 ) -> Result<(), StoreError> {
-    let mut step = |entry: Result<(redb::AccessGuard<'_, K>, redb::AccessGuard<'_, ()>), redb::StorageError>| {
-        visit(id(entry?.0.value()))
-    };
+    either_way(range, newest_first, |entry| visit(id(entry?.0.value())))
+}
+
+/// Steps through `items` backwards (`newest_first`) or forwards until
+/// `step` returns false.
+fn either_way<I: DoubleEndedIterator>(
+    items: I,
+    newest_first: bool,
+    mut step: impl FnMut(I::Item) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
     if newest_first {
-        for entry in range.rev() {
-            if !step(entry)? {
+        for item in items.rev() {
+            if !step(item)? {
                 break;
             }
         }
     } else {
-        for entry in range {
-            if !step(entry)? {
+        for item in items {
+            if !step(item)? {
                 break;
             }
         }
