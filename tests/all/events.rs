@@ -211,3 +211,36 @@ async fn a_subscriber_that_does_not_read_is_dropped_with_a_marker_and_the_tasks_
         &text[text.len().saturating_sub(500)..]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_streams_end_with_a_stopping_event_as_soon_as_the_server_stops() {
+    let (_data, mut server, admin, _) = crate::recovery::fresh(&[]).await;
+    let http = crate::authed(&admin);
+    let base = server.base.clone();
+    crate::recovery::upload(&http, &base, "uppercase", taskhost_test_artifacts::UPPERCASE.bytes()).await;
+    let mut events = read_events(http.get(format!("{base}/v1/events")).send().await.unwrap());
+    // A task that starts in a minute: its logs are followed meanwhile.
+    let task = json!({"plugin": "uppercase", "input_base64": "eA==", "delay_ms": 60_000});
+    let created: Value = http.post(format!("{base}/v1/tasks")).json(&task).send().await.unwrap().json().await.unwrap();
+    let id = created["id"].as_str().unwrap();
+    let logs = http.get(format!("{base}/v1/tasks/{id}/logs?follow=true")).send().await.unwrap();
+    assert_eq!(logs.status(), StatusCode::OK);
+    let mut logs = read_events(logs);
+    // Both streams are open (the events one has sent the task's).
+    let first = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
+    assert_eq!(first.name, "task", "{first:?}");
+
+    // The shutdown does not wait out its grace period (10 s) for them.
+    let (status, took) = server.terminate(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}");
+    assert!(took < Duration::from_secs(5), "the server took {took:?} to stop with two streams open");
+    for (what, stream) in [("events", &mut events), ("logs", &mut logs)] {
+        let mut last = None;
+        while let Some(event) = tokio::time::timeout(Duration::from_secs(10), stream.recv()).await.unwrap() {
+            last = Some(event);
+        }
+        let last = last.unwrap_or_else(|| panic!("the {what} stream sent nothing"));
+        assert_eq!(last.name, "stopping", "the {what} stream's last event: {last:?}");
+        assert!(last.data["message"].as_str().unwrap().contains("reconnect"), "{last:?}");
+    }
+}

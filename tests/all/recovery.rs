@@ -16,6 +16,24 @@ pub(crate) struct Server {
     pub(crate) base: String,
 }
 
+impl Server {
+    /// Sends SIGTERM (a clean shutdown) and waits for the process to
+    /// exit, at most `within`: its exit status and how long it took.
+    pub(crate) async fn terminate(&mut self, within: Duration) -> (std::process::ExitStatus, Duration) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: signals our own child, which has not been reaped.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        let sent = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, sent.elapsed());
+            }
+            assert!(sent.elapsed() < within, "taskhost serve did not exit within {within:?} of SIGTERM");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 impl Drop for Server {
     /// Never leaves a server running, even when an assertion failed.
     fn drop(&mut self) {

@@ -266,9 +266,11 @@ async fn serve_io<I>(
     let body_timeout = config.body_timeout;
     let service = {
         let (conn, conns) = (conn.clone(), conns.clone());
+        let stop_signal = stopping.clone();
         hyper::service::service_fn(move |request: Request<Incoming>| {
             let busy = Busy::enter(conn.clone(), conns.clone());
             let router = router.clone();
+            let stop_signal = stop_signal.clone();
             async move {
                 let timed_out = Arc::new(AtomicBool::new(false));
                 let ended = Arc::new(AtomicBool::new(http_body::Body::is_end_stream(request.body())));
@@ -279,8 +281,22 @@ async fn serve_io<I>(
                     return Ok::<_, Infallible>(body_timeout_response(body_timeout));
                 }
                 // Busy until its body is sent: a stream (events, logs) is
-                // not an idle connection to close for room.
-                let mut response = response.map(|body| Body::new(Sending { inner: body, _busy: busy }));
+                // not an idle connection to close for room. A stream ends
+                // with a `stopping` event as soon as the server stops,
+                // rather than holding the shutdown for its grace period.
+                let streaming = response
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .is_some_and(|t| t.as_bytes().starts_with(b"text/event-stream"));
+                let stop = streaming.then(|| {
+                    let mut stopping = stop_signal;
+                    let stopped: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+                        let _ = stopping.wait_for(|stop| *stop).await;
+                    });
+                    stopped
+                });
+                let mut response =
+                    response.map(|body| Body::new(Sending { inner: body, _busy: busy, stop, ended: false }));
                 if !ended.load(Ordering::SeqCst) {
                     // Answered before its body was read (a refusal): the
                     // connection closes after this response, so say so,
@@ -340,6 +356,16 @@ struct BodyTimedOut(Duration);
 struct Sending {
     inner: Body,
     _busy: Busy,
+    /// For a stream: completes when the server stops.
+    stop: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// The stream's `stopping` event was sent: nothing follows.
+    ended: bool,
+}
+
+/// The last frame of a stream when the server stops.
+fn stopping_event() -> bytes::Bytes {
+    let data = serde_json::to_string(&crate::wire::Stopping::new()).unwrap_or_default();
+    bytes::Bytes::from(format!("event: {}\ndata: {data}\n\n", crate::wire::Stopping::EVENT))
 }
 
 impl http_body::Body for Sending {
@@ -350,11 +376,21 @@ impl http_body::Body for Sending {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(stop) = &mut this.stop
+            && stop.as_mut().poll(cx).is_ready()
+        {
+            this.ended = true;
+            return Poll::Ready(Some(Ok(http_body::Frame::data(stopping_event()))));
+        }
+        Pin::new(&mut this.inner).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.ended || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> http_body::SizeHint {

@@ -7,7 +7,7 @@ use super::logs::{closed_pipe_is_fine, print_json_line};
 use super::{EXIT_TASK_FAILED, EXIT_USAGE};
 use clap::Args;
 use std::process::ExitCode;
-use taskhost::wire::{EventsMissed, TaskMoved};
+use taskhost::wire::{self, EventsMissed, TaskMoved};
 
 #[derive(Debug, Args)]
 pub(crate) struct EventsArgs {
@@ -59,6 +59,14 @@ async fn run(args: EventsArgs) -> Result<ExitCode, Failure> {
                     return Ok(ExitCode::from(EXIT_TASK_FAILED));
                 }
                 Ok(())
+            }
+            name if name == wire::Stopping::EVENT => {
+                return Err(Failure(
+                    EXIT_USAGE,
+                    "the server is stopping; run this again once it is back (with --after and the last event id \
+                     seen, to miss nothing)"
+                        .into(),
+                ));
             }
             _ => Ok(()),
         };

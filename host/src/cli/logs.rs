@@ -48,6 +48,12 @@ async fn run(args: LogsArgs) -> Result<ExitCode, Failure> {
         let Some(sse) = events.next().await? else {
             return Err(Failure(EXIT_USAGE, "the server closed the stream before the task ended".into()));
         };
+        if sse.name == wire::Stopping::EVENT {
+            return Err(Failure(
+                EXIT_USAGE,
+                "the server is stopping before the task ended; follow it again once the server is back".into(),
+            ));
+        }
         let event: LogEvent = serde_json::from_str(&sse.data).map_err(|e| {
             Failure(EXIT_USAGE, format!("the server sent an event this client cannot read ({e}): {}", sse.data))
         })?;

@@ -62,6 +62,33 @@ pub fn parse_event_id(id: &str) -> Option<(u64, u64)> {
     Some((run.parse().ok()?, seq.parse().ok()?))
 }
 
+/// The last event of every stream (`/v1/events`, a followed task's logs)
+/// when the server stops: SSE event `stopping`. Nothing follows it; the
+/// client reconnects once the server is back (resuming `/v1/events` with
+/// the last event id it saw).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Stopping {
+    /// What happened and what to do.
+    pub message: String,
+}
+
+impl Stopping {
+    /// The SSE event's name.
+    pub const EVENT: &'static str = "stopping";
+
+    /// The one message it carries.
+    pub fn new() -> Self {
+        Self { message: "the server is stopping; reconnect once it is back".into() }
+    }
+}
+
+impl Default for Stopping {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Why events are missing from a stream (SSE event `missed`): the
 /// subscriber resumed after events no longer kept or from before a
 /// restart (`gap`), or read too slowly and is dropped (`too_slow`; the

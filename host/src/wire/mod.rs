@@ -42,7 +42,7 @@ pub use access::{
     AuditPage, AuditRecord, CallbackSecret, TokenCreated, TokenInfo, TokenList, TokenRequest, TokenRevoked,
 };
 pub use error::{ErrorBody, ErrorDetail};
-pub use events::{EventsMissed, TaskMoved, event_id, parse_event_id};
+pub use events::{EventsMissed, Stopping, TaskMoved, event_id, parse_event_id};
 pub use flow::{Flow, FlowNode, FlowRepeat, FlowTasks, RepeatRule};
 pub use health::Health;
 pub use logs::{LogEvent, LogLine, LogsDropped, TaskLogs};
