@@ -269,7 +269,8 @@ async fn open(dir: &Path, config: EngineConfig) -> Engine {
 async fn engine_throughput(config: EngineConfig) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let engine = open(dir.path(), config).await;
-    let rate = ENGINE_TASKS as f64 / common::submit_and_complete(&engine, ENGINE_TASKS).await.as_secs_f64();
+    let rate =
+        ENGINE_TASKS as f64 / common::submit_and_complete(&engine, ENGINE_TASKS, common::trivial).await.as_secs_f64();
     engine.shutdown();
     rate
 }
@@ -536,7 +537,7 @@ async fn restart(n: usize) -> (Duration, u64, u64) {
     {
         let engine = open(dir.path(), EngineConfig::default()).await;
         let fill = Instant::now();
-        common::submit_and_complete(&engine, n).await;
+        common::submit_and_complete(&engine, n, common::trivial).await;
         eprintln!("(filled {n} tasks in {:.1} s)", fill.elapsed().as_secs_f64());
         engine.shutdown();
     }

@@ -44,7 +44,7 @@ async fn open(dir: &std::path::Path, group_commit: bool, concurrency: usize) -> 
 
 /// Tasks per second of `n` trivial tasks, submit to completed.
 async fn throughput(engine: &Engine, n: usize) -> f64 {
-    n as f64 / common::submit_and_complete(engine, n).await.as_secs_f64()
+    n as f64 / common::submit_and_complete(engine, n, common::trivial).await.as_secs_f64()
 }
 
 fn unix_nanos() -> u128 {

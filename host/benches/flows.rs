@@ -39,7 +39,7 @@ async fn open(dir: &std::path::Path) -> Engine {
 /// 10,000 independent tasks from 64 concurrent submitters, until all
 /// completed (as the engine benchmark measures throughput).
 async fn independent(engine: &Engine) -> Duration {
-    common::submit_and_complete(engine, TASKS).await
+    common::submit_and_complete(engine, TASKS, common::trivial).await
 }
 
 /// One task submits 10,000 children and a join; until the join ended.

@@ -218,8 +218,13 @@ async fn tiny(dir: &Path) {
             .map(|_| {
                 let models = models.clone();
                 tokio::spawn(async move {
-                    let caller =
-                        Caller { plugin: "bench".into(), task: "bench".into(), priority: 0, granted: Vec::new() };
+                    let caller = Caller {
+                        plugin: "bench".into(),
+                        task: "bench".into(),
+                        priority: 0,
+                        granted: Vec::new(),
+                        trace: Default::default(),
+                    };
                     let x = Tensor { name: "x".into(), ty: TensorType::F32, shape: vec![1, 4], data: vec![0; 16] };
                     let mut n = 0u64;
                     while Instant::now() < until {
@@ -260,7 +265,13 @@ async fn per_call(sandbox: &Sandbox, models: &Models) {
         builder = builder.with_execution_providers([cuda]).unwrap();
     }
     let mut session = builder.commit_from_file(model_dir().join("model.onnx")).unwrap();
-    let caller = Caller { plugin: "bench".into(), task: "bench".into(), priority: 0, granted: Vec::new() };
+    let caller = Caller {
+        plugin: "bench".into(),
+        task: "bench".into(),
+        priority: 0,
+        granted: Vec::new(),
+        trace: Default::default(),
+    };
     let service: Arc<dyn InferenceService> = Arc::new(models.clone());
     println!(
         "per call, {seq} tokens a row ({ROUNDS} rounds of {CALLS} calls each way, interleaved; medians; overhead = median of the rounds' ratios):"

@@ -36,6 +36,7 @@ pub mod store;
 mod sync;
 pub mod tenant;
 pub mod tls;
+pub mod trace;
 pub mod units;
 pub mod watch;
 pub mod wire;

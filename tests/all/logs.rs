@@ -234,3 +234,45 @@ async fn a_panic_s_location_is_in_the_error_and_a_flood_keeps_its_first_and_last
     let out = s.cli(&["logs", &id]).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("dropped over the attempt's cap"), "{out:?}");
 }
+
+#[tokio::test]
+async fn a_task_sets_its_own_transcript_cap_within_the_operators_ceiling() {
+    let s = server(|c| {
+        c.log_keep_bytes = 4096;
+        c.log_keep_ceiling = 16 << 10;
+    })
+    .await;
+    let kept = |logs: &Value| -> usize { texts(logs).iter().map(|t| t.len()).sum() };
+    // The host's default: 4 KiB.
+    let id = s.submit(json!({"plugin": "log-flood", "input_base64": "c3RkZXJy"})).await;
+    s.ended(&id).await;
+    let (_, default) = s.get(&format!("/v1/tasks/{id}/logs")).await;
+    assert!(kept(&default) <= 4096, "{} bytes kept", kept(&default));
+    // Its own: 16 KiB, the ceiling.
+    let id = s.submit(json!({"plugin": "log-flood", "input_base64": "c3RkZXJy", "log_keep_bytes": 16384})).await;
+    s.ended(&id).await;
+    let (_, own) = s.get(&format!("/v1/tasks/{id}/logs")).await;
+    assert!(kept(&own) > 8192 && kept(&own) <= 16384, "{} bytes kept", kept(&own));
+    assert!(own["dropped"]["lines"].as_u64().unwrap() > 0, "the cap still drops: {own}");
+    // None at all.
+    let id = s.submit(json!({"plugin": "chatter", "input": "1:0:1", "max_attempts": 1, "log_keep_bytes": 0})).await;
+    s.ended(&id).await;
+    let (_, none) = s.get(&format!("/v1/tasks/{id}/logs")).await;
+    assert_eq!(texts(&none).len(), 0, "{none}");
+    // Over the ceiling: refused, naming it, and nothing is created.
+    let response = s
+        .http
+        .post(format!("{}/v1/tasks", s.base))
+        .json(&json!({"plugin": "chatter", "input": "1:0:1", "log_keep_bytes": 16385}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("over this host's ceiling of 16 KiB") && message.contains("--log-keep-max"), "{body}");
+    // The CLI's flag.
+    let out = s.cli(&["submit", "chatter", "--log-keep", "1MiB"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ceiling"), "{out:?}");
+}

@@ -60,6 +60,9 @@ mod scheduling;
 mod storage;
 /// Tenants: isolation of every object kind, quotas, fairness, the CLI.
 mod tenants;
+/// OpenTelemetry traces through the real binary to a real OTLP/HTTP
+/// receiver: the span tree of a fan-out flow and of a declared flow.
+mod traces;
 /// Hostile values and races over HTTP: times, names, keys, retries,
 /// deletes, queue limits.
 mod values;

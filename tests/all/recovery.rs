@@ -64,6 +64,11 @@ pub(crate) async fn fresh(extra: &[&str]) -> (tempfile::TempDir, Server, String,
 /// took `port` first (a free port is only free until someone binds it),
 /// it starts again on another.
 pub(crate) async fn start_with(data: &std::path::Path, port: u16, extra: &[&str]) -> Server {
+    start_with_env(data, port, extra, &[]).await
+}
+
+/// [`start_with`], with `env` set for the server.
+pub(crate) async fn start_with_env(data: &std::path::Path, port: u16, extra: &[&str], env: &[(&str, &str)]) -> Server {
     let mut port = port;
     for _ in 0..5 {
         let log_path = data.join(format!("serve-{port}.log"));
@@ -80,6 +85,7 @@ pub(crate) async fn start_with(data: &std::path::Path, port: u16, extra: &[&str]
             ])
             .args(["--retry-base", "20ms", "--retry-cap", "100ms"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -9,9 +9,9 @@ pub fn trivial() -> NewTask {
     NewTask { plugin: "trivial".into(), input: b"x".to_vec(), ..NewTask::default() }
 }
 
-/// Submits `n` trivial tasks from 64 concurrent submitters and waits until
+/// Submits `n` tasks (`make` makes each) from 64 concurrent submitters and waits until
 /// the engine counts `n` completed; returns the time taken.
-pub async fn submit_and_complete(engine: &Engine, n: usize) -> Duration {
+pub async fn submit_and_complete(engine: &Engine, n: usize, make: fn() -> NewTask) -> Duration {
     let started = Instant::now();
     let submitters: Vec<_> = (0..64)
         .map(|i| {
@@ -20,7 +20,7 @@ pub async fn submit_and_complete(engine: &Engine, n: usize) -> Duration {
             let share = n / 64 + usize::from(i < n % 64);
             tokio::spawn(async move {
                 for _ in 0..share {
-                    engine.submit(trivial()).await.unwrap();
+                    engine.submit(make()).await.unwrap();
                 }
             })
         })

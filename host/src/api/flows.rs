@@ -24,6 +24,7 @@ fn owned(engine: &Engine, ns: &Namespace, id: uuid::Uuid) -> Result<FlowView, En
 pub(super) async fn submit(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(body) = body?;
@@ -35,7 +36,8 @@ pub(super) async fn submit(
              {{\"parallel\": [...]}} | [...]}}, each STEP {{\"plugin\": ..., \"id\"?, \"input\"?, \"after\"?}})"
         ))
     })?;
-    let spec = spec.in_namespace(&ns)?;
+    let mut spec = spec.in_namespace(&ns)?;
+    spec.trace = super::trace_parent(&headers);
     let view = engine.submit_flow(spec).await?;
     Ok((StatusCode::CREATED, Json(Flow::new(&view).in_namespace(&ns))).into_response())
 }

@@ -314,16 +314,34 @@ fn new_task(body: wire::TaskSubmission, ns: &Namespace) -> Result<NewTask, ApiEr
         callback_url: body.callback_url,
         input_url: body.input_url,
         parent_id: None,
+        log_keep_bytes: body.log_keep_bytes,
+        trace: None,
     })
+}
+
+/// The caller's W3C `traceparent`, which the submission's span continues.
+/// A malformed one is ignored (a new trace starts), as the W3C
+/// recommendation asks.
+pub(crate) fn trace_parent(headers: &axum::http::HeaderMap) -> Option<crate::trace::TraceParent> {
+    let value = headers.get("traceparent")?;
+    match value.to_str().map_err(|_| crate::trace::ParentError::Malformed).and_then(crate::trace::TraceParent::parse) {
+        Ok(parent) => Some(parent),
+        Err(error) => {
+            tracing::debug!(%error, "ignoring the request's traceparent");
+            None
+        }
+    }
 }
 
 async fn submit(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<wire::TaskSubmission>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(body) = body?;
-    let submitted = engine.submit(new_task(body, &ns)?).await?;
+    let task = NewTask { trace: trace_parent(&headers), ..new_task(body, &ns)? };
+    let submitted = engine.submit(task).await?;
     let status = if submitted.created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(wire::Submitted::from(&submitted))).into_response())
 }
@@ -331,9 +349,11 @@ async fn submit(
 async fn submit_batch(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<wire::BatchSubmission>, JsonRejection>,
 ) -> ApiResult<Json<wire::BatchAnswer>> {
     let Json(body) = body?;
+    let trace = trace_parent(&headers);
     if body.tasks.len() > MAX_BATCH {
         return Err(ApiError::invalid(format!("{} tasks in one batch; at most {MAX_BATCH}", body.tasks.len())));
     }
@@ -343,7 +363,8 @@ async fn submit_batch(
     for (i, item) in body.tasks.into_iter().enumerate() {
         let parsed = serde_json::from_value::<wire::TaskSubmission>(item)
             .map_err(|e| ApiError::invalid(format!("the task does not fit: {e}")))
-            .and_then(|task| new_task(task, &ns));
+            .and_then(|task| new_task(task, &ns))
+            .map(|task| NewTask { trace, ..task });
         match parsed {
             Ok(task) => tasks.push((i, task)),
             Err(e) => slots[i] = Some(item_error(e)),

@@ -124,6 +124,10 @@ pub(crate) struct SubmitArgs {
     /// `GET /v1/callbacks/secret`).
     #[arg(long, value_name = "URL")]
     callback: Option<String>,
+    /// Bytes of each attempt's log lines kept with the task, e.g. `256KiB`
+    /// (default: the server's `--log-keep`, at most its `--log-keep-max`).
+    #[arg(long, value_name = "SIZE", value_parser = taskhost::units::parse_size)]
+    log_keep: Option<u64>,
     /// Wait for the task to end, showing progress, and print its output.
     #[arg(long, short)]
     wait: bool,
@@ -486,6 +490,7 @@ async fn submit_inner(args: SubmitArgs) -> CallResult<ExitCode> {
     body.delay_ms = args.delay.map(millis);
     body.run_at = args.run_at;
     body.callback_url = args.callback;
+    body.log_keep_bytes = args.log_keep;
     let submitted: wire::Submitted = client.post_json("/v1/tasks", &body).await?;
     let id = submitted.id;
     if !args.wait {

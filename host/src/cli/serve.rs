@@ -119,6 +119,10 @@ pub(crate) struct ServeArgs {
     /// 64KiB, at most 16MiB; 0 keeps none).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     log_keep: Option<u64>,
+    /// The most a submission may ask each attempt's transcript to keep
+    /// (its `log_keep_bytes`), e.g. `4MiB` (default 1MiB, at most 16MiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    log_keep_max: Option<u64>,
     /// How long ended work is kept before it is deleted with its input,
     /// output and logs: tasks outside flows (unless their queue sets its
     /// own) and whole flows, e.g. `3d`, `12h`, or `forever` (default 7d).
@@ -287,6 +291,29 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         Some(bytes) => config.log_keep_bytes = bytes,
         None => {}
     }
+    match args.log_keep_max {
+        Some(bytes) if bytes > MAX_LOG_KEEP => {
+            let most = taskhost::units::format_size(MAX_LOG_KEEP);
+            return fail(EXIT_USAGE, &format!("--log-keep-max is at most {most}"));
+        }
+        Some(bytes) => config.log_keep_ceiling = bytes,
+        None => {}
+    }
+    if config.log_keep_bytes > config.log_keep_ceiling {
+        let size = taskhost::units::format_size;
+        return fail(
+            EXIT_USAGE,
+            &format!(
+                "--log-keep {} is over --log-keep-max {}: the default must fit the ceiling",
+                size(config.log_keep_bytes),
+                size(config.log_keep_ceiling)
+            ),
+        );
+    }
+    config.traces = match taskhost::trace::Traces::from_env() {
+        Ok(traces) => traces,
+        Err(e) => return fail(EXIT_USAGE, &format!("cannot set up traces: {e}")),
+    };
     if let Some(RetainFor(keep)) = args.retain_for {
         config.retention.keep_for_ms = keep.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     }
@@ -385,6 +412,9 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
         data_dir.display(),
         engine.plugins().len()
     );
+    if let Some(endpoint) = engine.traces().endpoint() {
+        eprintln!("taskhost: traces go to {endpoint} (OTLP over HTTP)");
+    }
     let auth = match Auth::load(engine.store()) {
         Ok(auth) => Arc::new(auth),
         Err(e) => return fail(EXIT_STORE, &format!("cannot read the API tokens: {e}")),
@@ -425,7 +455,10 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
     taskhost::api::serve(listener, app, serve_config, shutdown).await;
     // Stop dispatching and watching, let running attempts end and their
     // outcomes commit, then release the store.
+    let traces = engine.traces().clone();
     engine.close().await;
+    // Send the spans still buffered (blocking: off the async workers).
+    let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
     ExitCode::SUCCESS
 }
 

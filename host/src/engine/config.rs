@@ -62,6 +62,11 @@ pub struct EngineConfig {
     /// latest half, with what was dropped between counted. 0 keeps none.
     /// Default 64 KiB.
     pub log_keep_bytes: u64,
+    /// The most a submission may ask its attempts' transcripts to keep
+    /// (`log_keep_bytes` on the task). Default 1 MiB.
+    pub log_keep_ceiling: u64,
+    /// Where spans go (OpenTelemetry over OTLP/HTTP). Default: nowhere.
+    pub traces: crate::trace::Traces,
     /// The live configuration file (tenants, quotas, queue settings):
     /// applied at start (a broken file stops the start) and on every
     /// change. Default: none.
@@ -74,6 +79,10 @@ pub struct EngineConfig {
     /// deleted. Default 1 minute.
     pub retention_interval: std::time::Duration,
 }
+
+/// The most bytes of each attempt's transcript a submission may ask to
+/// keep, by default: 1 MiB.
+pub const DEFAULT_LOG_KEEP_CEILING: u64 = 1 << 20;
 
 /// How long ended work is kept by default: 7 days.
 pub const DEFAULT_RETAIN_FOR: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
@@ -99,6 +108,8 @@ impl Default for EngineConfig {
             egress: crate::egress::EgressPolicy::default(),
             settings_file: None,
             log_keep_bytes: crate::sandbox::DEFAULT_KEEP,
+            log_keep_ceiling: DEFAULT_LOG_KEEP_CEILING,
+            traces: crate::trace::Traces::off(),
             retention: crate::store::Retention::new(Some(DEFAULT_RETAIN_FOR.as_millis() as u64), None),
             retention_interval: std::time::Duration::from_secs(60),
         }

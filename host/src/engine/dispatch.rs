@@ -192,9 +192,24 @@ impl Dispatch {
         };
         let from = record.history.last().and_then(|t| t.from).unwrap_or(TaskState::Pending);
         shared.metrics.moved(&record.queue, Some(from), TaskState::Running);
+        let traces = &shared.config.traces;
+        let mut attempt_span = traces.child("attempt", record.trace);
+        attempt_span.set_with(|set| {
+            set("taskhost.task.id", record.id.to_string().into());
+            set("taskhost.task.attempt", i64::from(record.attempts).into());
+            set("taskhost.plugin", record.plugin.clone().into());
+            set("taskhost.plugin.version", record.plugin_version.clone().into());
+            set("taskhost.queue", record.queue.clone().into());
+        });
+        let trace = crate::trace::Scope::new(traces, attempt_span.context());
 
-        let services =
-            Arc::new(AttemptServices::new(shared.clone(), self.submission.clone(), self.flows.clone(), record.clone()));
+        let services = Arc::new(AttemptServices::new(
+            shared.clone(),
+            self.submission.clone(),
+            self.flows.clone(),
+            record.clone(),
+            attempt_span.context(),
+        ));
         let mut run_secs = 0.0;
         // Memory the outcome holds stays reserved until it is recorded.
         let mut reserved = None;
@@ -202,13 +217,14 @@ impl Dispatch {
         let mut waited = Duration::ZERO;
         // Followers read the attempt's lines from here until its outcome
         // is recorded (with them).
-        let keep = shared.config.log_keep_bytes;
+        let keep = record.log_keep_bytes.unwrap_or(shared.config.log_keep_bytes);
         let transcript = (keep > 0).then(|| crate::sandbox::Transcript::new(keep));
         let run = record.runs();
         if let Some(t) = &transcript {
             lock(&shared.transcripts).insert(record.id, (run, t.clone()));
         }
-        let mut change = match self.gated_run(&record, token, &services, transcript.clone(), &mut waited).await {
+        let ran = self.gated_run(&record, token, &services, transcript.clone(), trace.clone(), &mut waited).await;
+        let mut change = match ran {
             Ok(ran) => {
                 run_secs = ran.secs;
                 reserved = Some(ran.reserved);
@@ -243,7 +259,20 @@ impl Dispatch {
             change = change.log(run, &t.finish());
         }
         let log_bytes = change.log.as_ref().map_or(0, |(_, bytes)| bytes.len() as u64);
+        let mut commit_span = trace.child("commit");
         let finished = shared.store.apply(change.expect_version(record.version)).await;
+        match &finished {
+            Ok(applied) => {
+                let state = applied.record.state.as_str();
+                commit_span.set("taskhost.task.state", state);
+                attempt_span.set("taskhost.task.state", state);
+                if let Some(error) = applied.record.error.as_ref().filter(|_| state != "completed") {
+                    attempt_span.fail(format!("{}: {}", error.class, error.message));
+                }
+            }
+            Err(error) => commit_span.fail(error.to_string()),
+        }
+        commit_span.end();
         if finished.is_ok() && log_bytes > 0 {
             shared.tenants.add_stored(crate::tenant::tenant_of(&record.plugin), log_bytes);
         }
@@ -319,6 +348,7 @@ impl Dispatch {
         cancel: CancelToken,
         services: &Arc<AttemptServices>,
         transcript: Option<crate::sandbox::Transcript>,
+        trace: crate::trace::Scope,
         waited: &mut Duration,
     ) -> Result<Ran<'a>, NotRun> {
         let shared = &self.shared;
@@ -346,8 +376,11 @@ impl Dispatch {
         let ready_since = record.next_run_at_ms.unwrap_or(record.created_at_ms).max(record.created_at_ms);
         let started_ms = now_ms();
         shared.metrics.queue_wait.observe(started_ms.saturating_sub(ready_since) as f64 / 1000.0);
+        let at = crate::trace::at_ms;
+        shared.config.traces.child_at("queue wait", record.trace, at(ready_since)).end_at(at(started_ms));
         let started = Instant::now();
-        let attempt = Attempt { input, cancel, services: services.clone(), budget: services.budget(), transcript };
+        let attempt =
+            Attempt { input, cancel, services: services.clone(), budget: services.budget(), transcript, trace };
         let report = shared.runner.run(record, attempt).await;
         drop(slot);
         let output_len = report.result.as_ref().map_or(0, |o| o.len() as u64);

@@ -37,7 +37,7 @@ pub(crate) mod testing;
 
 pub(crate) use admin::queue_config;
 pub use admin::{ListFilter, MORE_COUNTED, QueueInfo, TaskList};
-pub use config::{DEFAULT_RETAIN_FOR, EngineConfig, default_data_dir, default_memory_budget};
+pub use config::{DEFAULT_LOG_KEEP_CEILING, DEFAULT_RETAIN_FOR, EngineConfig, default_data_dir, default_memory_budget};
 pub use error::EngineError;
 pub use flows::{FlowLimits, FlowSpec, FlowView, Node, RepeatSpec, Step};
 pub use logs::{MAX_FOLLOWERS, MAX_PER_TENANT, MAX_SUBSCRIBERS, Place};
@@ -455,7 +455,26 @@ impl Engine {
 
     /// Validates, pins the plugin version and durably records a task.
     /// Returns after the commit.
-    pub async fn submit(&self, task: NewTask) -> Result<Submitted, EngineError> {
+    pub async fn submit(&self, mut task: NewTask) -> Result<Submitted, EngineError> {
+        // The submission's span; the task's own spans hang under it.
+        let mut span = self.inner.shared.config.traces.start("submit", task.trace);
+        span.set_with(|set| {
+            set("taskhost.plugin", task.plugin.clone().into());
+            set("taskhost.queue", task.queue.clone().unwrap_or_else(|| "default".into()).into());
+        });
+        task.trace = span.context();
+        let submitted = self.submit_in_span(task).await;
+        match &submitted {
+            Ok(s) => {
+                span.set("taskhost.task.id", s.record.id.to_string());
+                span.set("taskhost.task.created", s.created);
+            }
+            Err(error) => span.fail(error.to_string()),
+        }
+        submitted
+    }
+
+    async fn submit_in_span(&self, task: NewTask) -> Result<Submitted, EngineError> {
         // A key seen before answers with its task and costs no quota.
         if let Some(key) = &task.idempotency_key
             && let Some(id) = self.inner.shared.store.task_by_key(key)?
@@ -487,6 +506,11 @@ impl Engine {
     /// Submits many tasks; each is answered on its own.
     pub async fn submit_batch(&self, tasks: Vec<NewTask>) -> Vec<Result<Submitted, EngineError>> {
         futures::future::join_all(tasks.into_iter().map(|t| self.submit(t))).await
+    }
+
+    /// Where spans go (off unless configured).
+    pub fn traces(&self) -> &crate::trace::Traces {
+        &self.inner.shared.config.traces
     }
 
     /// One task's record.
@@ -709,7 +733,19 @@ impl Engine {
 
     /// Starts a declared flow: every step of its first iteration is
     /// committed with the flow record in one transaction.
-    pub async fn submit_flow(&self, spec: FlowSpec) -> Result<FlowView, EngineError> {
+    pub async fn submit_flow(&self, mut spec: FlowSpec) -> Result<FlowView, EngineError> {
+        // The submission's span; every step's spans hang under it.
+        let mut span = self.inner.shared.config.traces.start("submit flow", spec.trace);
+        spec.trace = span.context();
+        let submitted = self.submit_flow_in_span(spec).await;
+        match &submitted {
+            Ok(view) => span.set("taskhost.flow.id", view.flow.id.to_string()),
+            Err(error) => span.fail(error.to_string()),
+        }
+        submitted
+    }
+
+    async fn submit_flow_in_span(&self, spec: FlowSpec) -> Result<FlowView, EngineError> {
         // Its tenant is its steps' (every key of a spec is one tenant's).
         let tenant = first_plugin(&spec.steps).map(|p| crate::tenant::tenant_of(p).to_owned());
         let tenant = tenant.unwrap_or_else(|| crate::tenant::DEFAULT.to_owned());

@@ -94,6 +94,9 @@ pub(crate) struct Attempt {
     pub(crate) budget: Arc<crate::HostBudget>,
     /// Where its log lines, stdout and stderr go as they come.
     pub(crate) transcript: Option<crate::sandbox::Transcript>,
+    /// The attempt's span, for the spans of its instantiation and host
+    /// calls.
+    pub(crate) trace: crate::trace::Scope,
 }
 
 /// See the module docs.
@@ -207,6 +210,7 @@ impl Runner for SandboxRunner {
             inference: self.inference.clone(),
             budget: Some(attempt.budget),
             transcript: attempt.transcript,
+            trace: attempt.trace,
         };
         let sandbox = self.sandbox.clone();
         let attempt = async move { sandbox.run(&plugin, request).await };

@@ -46,6 +46,12 @@ pub struct NewTask {
     pub input_url: Option<String>,
     /// The submitting task, for flows.
     pub parent_id: Option<Uuid>,
+    /// The bytes of each attempt's transcript to keep, within the host's
+    /// ceiling (default: the host's default).
+    pub log_keep_bytes: Option<u64>,
+    /// Where the task's spans hang: its submission span (set by the
+    /// engine when traces are on).
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 /// Longest idempotency key, in bytes.
@@ -181,6 +187,17 @@ impl Submission {
         if task.input_url.is_some() && !task.input.is_empty() {
             return invalid("give either an input or an input_url, not both".into());
         }
+        let ceiling = self.shared.config.log_keep_ceiling;
+        if let Some(keep) = task.log_keep_bytes
+            && keep > ceiling
+        {
+            let size = crate::units::format_size;
+            return invalid(format!(
+                "log_keep_bytes {} is over this host's ceiling of {} (--log-keep-max)",
+                size(keep),
+                size(ceiling)
+            ));
+        }
         // Last: a refused task reserves no queue.
         let tenant_queues = self.shared.tenants.quotas(crate::tenant::tenant_of(&queue)).and_then(|q| q.max_queues);
         self.shared.queues.admit(&queue, self.shared.config.max_queues, tenant_queues)?;
@@ -222,6 +239,8 @@ impl Submission {
             input_from: if task.input_url.is_some() { InputFrom::Url } else { InputFrom::Own },
             step: None,
             iteration: 0,
+            log_keep_bytes: task.log_keep_bytes,
+            trace: task.trace,
         };
         // A fetched input's URL is kept where its bytes would be.
         let input = match task.input_url {

@@ -252,6 +252,7 @@ impl Harness {
             self.engine.inner.submission.clone(),
             self.engine.inner.flows.clone(),
             record,
+            None,
         )
     }
 }

@@ -35,6 +35,8 @@ struct Call {
     seq: u64,
     enqueued: Instant,
     reply: oneshot::Sender<RunResult>,
+    /// The calling task's `inference.run` span.
+    trace: crate::trace::Scope,
 }
 
 #[derive(Default)]
@@ -98,9 +100,15 @@ impl Batcher {
         Ok(batcher)
     }
 
-    /// Queues a checked call; the ticket waits for its outputs.
-    pub(crate) fn submit(&self, checked: Checked, priority: u8) -> Result<Ticket, InferenceError> {
-        self.shared.submit(checked, priority)
+    /// Queues a checked call; the ticket waits for its outputs. The batch
+    /// it runs in is a span under `trace`.
+    pub(crate) fn submit(
+        &self,
+        checked: Checked,
+        priority: u8,
+        trace: crate::trace::Scope,
+    ) -> Result<Ticket, InferenceError> {
+        self.shared.submit(checked, priority, trace)
     }
 
     /// The model's signature.
@@ -142,7 +150,12 @@ impl Drop for Ticket {
 
 impl Shared {
     /// Queues a checked call; the ticket waits for its outputs.
-    fn submit(self: &Arc<Self>, checked: Checked, priority: u8) -> Result<Ticket, InferenceError> {
+    fn submit(
+        self: &Arc<Self>,
+        checked: Checked,
+        priority: u8,
+        trace: crate::trace::Scope,
+    ) -> Result<Ticket, InferenceError> {
         let (reply, rx) = oneshot::channel();
         let shared = self;
         let mut queue = shared.lock();
@@ -163,6 +176,7 @@ impl Shared {
             seq: shared.seq.fetch_add(1, Ordering::Relaxed),
             enqueued: Instant::now(),
             reply,
+            trace,
         };
         let at = queue
             .calls
@@ -280,6 +294,24 @@ impl Shared {
         for call in &calls {
             wait.observe(call.enqueued.elapsed().as_secs_f64());
         }
+        let n = calls.len();
+        let mut spans: Vec<crate::trace::Span> = calls
+            .iter()
+            .map(|call| {
+                let mut span = call.trace.child("inference.batch");
+                span.set_with(|set| {
+                    set("taskhost.inference.model", self.model.clone().into());
+                    set("taskhost.inference.batch_rows", i64::try_from(rows).unwrap_or(i64::MAX).into());
+                    set("taskhost.inference.batch_calls", i64::try_from(n).unwrap_or(i64::MAX).into());
+                    set("taskhost.inference.call_rows", i64::try_from(call.checked.rows).unwrap_or(i64::MAX).into());
+                    set(
+                        "taskhost.inference.wait_us",
+                        i64::try_from(call.enqueued.elapsed().as_micros()).unwrap_or(i64::MAX).into(),
+                    );
+                });
+                span
+            })
+            .collect();
         let inputs = merge(&mut calls, rows);
         let started = Instant::now();
         let ran = std::panic::catch_unwind(AssertUnwindSafe(|| session::run(session, &self.signature, inputs)));
@@ -296,7 +328,9 @@ impl Shared {
                 }
             }
             Err(e) => {
-                let n = calls.len();
+                for span in &mut spans {
+                    span.fail(e.to_string());
+                }
                 for call in calls {
                     self.metrics.error(&self.model, "backend");
                     let _ = call.reply.send(Err(InferenceError::Backend(format!(
@@ -383,7 +417,7 @@ mod tests {
         let data = vec![tag; (rows * width) as usize].iter().flat_map(|v| v.to_le_bytes()).collect();
         let tensor = Tensor { name: "x".into(), ty: TensorType::F32, shape: vec![rows, width], data };
         let checked = s.signature.check("m", vec![tensor], 64).unwrap();
-        s.submit(checked, priority).unwrap()
+        s.submit(checked, priority, crate::trace::Scope::default()).unwrap()
     }
 
     fn tags(batch: &[Call]) -> Vec<f32> {

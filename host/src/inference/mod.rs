@@ -501,7 +501,7 @@ impl Models {
             }
         };
         let checked = ready.info_signature_check(name, inputs).inspect_err(|_| metrics.error(name, "invalid_input"))?;
-        let mut ticket = ready.batcher.submit(checked, caller.priority).inspect_err(|e| {
+        let mut ticket = ready.batcher.submit(checked, caller.priority, caller.trace.clone()).inspect_err(|e| {
             metrics.error(name, if matches!(e, InferenceError::Overloaded(_)) { "overloaded" } else { "unavailable" })
         })?;
         metrics.requests.get_or_create(&metrics.label(name)).inc();

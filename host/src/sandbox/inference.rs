@@ -22,6 +22,9 @@ pub struct Caller {
     pub priority: u8,
     /// Models the plugin's manifest grants it.
     pub granted: Vec<String>,
+    /// The span of the call (`inference.run`): the batch it ran in is a
+    /// span under it, with its size and the call's wait.
+    pub trace: crate::trace::Scope,
 }
 
 /// The models a task reaches through its `inference` import. The model
@@ -47,6 +50,7 @@ impl TaskState {
             task: self.info.id.clone(),
             priority: self.priority,
             granted: self.models.clone(),
+            trace: crate::trace::Scope::default(),
         }
     }
 }
@@ -60,6 +64,8 @@ impl inference::Host for TaskState {
     }
 
     async fn run(&mut self, model: String, inputs: Vec<Tensor>) -> wasmtime::Result<RunResult> {
+        let mut span = self.trace.child("inference.run");
+        span.set_with(|set| set("taskhost.inference.model", model.clone().into()));
         let Some(service) = self.inference.clone() else {
             return Ok(Err(InferenceError::Unavailable(NO_MODELS.into())));
         };
@@ -69,7 +75,8 @@ impl inference::Host for TaskState {
         if let Err(refused) = self.budget.fits("inference inputs", sent) {
             return Ok(Err(InferenceError::InvalidInput(refused.to_string())));
         }
-        let call = service.run(&self.caller(), model, inputs);
+        let caller = Caller { trace: self.trace.under(&span), ..self.caller() };
+        let call = service.run(&caller, model, inputs);
         let outputs = call.await;
         if let Ok(outputs) = &outputs
             && let Err(refused) = self.budget.fits("inference inputs and outputs", sent + tensor_bytes(outputs))

@@ -113,6 +113,9 @@ pub struct TaskRequest {
     /// Where the guest's log lines, stdout and stderr are also written as
     /// they come (for a server that keeps and shows them).
     pub transcript: Option<Transcript>,
+    /// The span the attempt's instantiation and host calls hang under
+    /// (none outside a trace).
+    pub trace: crate::trace::Scope,
 }
 
 /// Cancels a running task: the guest is stopped at its next epoch tick, or
@@ -390,6 +393,7 @@ impl Sandbox {
             inference: request.inference,
             budget: request.budget,
             transcript: request.transcript,
+            trace: request.trace,
         };
         let mut store = match self.new_store(plugin, &request.meta, &limits, &request.grants, request.cancel, attached)
         {
@@ -406,6 +410,7 @@ impl Sandbox {
             let store = &mut store;
             let input = request.input;
             let call = async move {
+                let mut span = store.data().trace.child("instantiate");
                 let task = match how {
                     Instantiate::Pre => plugin.inner.pre.instantiate_async(&mut *store).await,
                     Instantiate::Relink => {
@@ -414,6 +419,10 @@ impl Sandbox {
                         Task::instantiate_async(&mut *store, component, linker).await
                     }
                 };
+                if let Err(e) = &task {
+                    span.fail(format!("{e:#}"));
+                }
+                span.end();
                 match task {
                     Ok(task) => Ended::Returned(task.call_run(&mut *store, &input).await),
                     Err(e) => Ended::InstantiateFailed(e),
@@ -479,6 +488,7 @@ pub(crate) struct Attached {
     pub(crate) inference: Option<Arc<dyn InferenceService>>,
     pub(crate) budget: Option<Arc<HostBudget>>,
     pub(crate) transcript: Option<Transcript>,
+    pub(crate) trace: crate::trace::Scope,
 }
 
 #[derive(Clone, Copy)]

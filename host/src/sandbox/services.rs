@@ -67,6 +67,7 @@ impl TaskState {
 
 impl queue::Host for TaskState {
     fn submit(&mut self, task: ChildTask) -> wasmtime::Result<Result<String, QueueError>> {
+        let _span = self.trace.child("queue.submit");
         match self.services().cloned() {
             Some(s) => self.served(s.submit(task)),
             None => Ok(Err(QueueError::Invalid(NO_ENGINE.into()))),
@@ -74,6 +75,7 @@ impl queue::Host for TaskState {
     }
 
     fn join(&mut self, tasks: Vec<String>, then: ChildTask) -> wasmtime::Result<Result<String, QueueError>> {
+        let _span = self.trace.child("queue.join");
         match self.services().cloned() {
             Some(s) => self.served(s.join(tasks, then)),
             None => Ok(Err(QueueError::Invalid(NO_ENGINE.into()))),
@@ -81,6 +83,7 @@ impl queue::Host for TaskState {
     }
 
     fn joined(&mut self) -> wasmtime::Result<Vec<TaskView>> {
+        let _span = self.trace.child("queue.joined");
         match self.services().cloned() {
             Some(s) => self.served(s.joined())?.map_err(wasmtime::Error::new),
             None => Ok(Vec::new()),
@@ -88,6 +91,7 @@ impl queue::Host for TaskState {
     }
 
     fn get(&mut self, id: String) -> wasmtime::Result<Result<TaskView, QueueError>> {
+        let _span = self.trace.child("queue.get");
         match self.services().cloned() {
             Some(s) => self.served(s.get(&id)),
             None => Ok(Err(QueueError::Invalid(NO_ENGINE.into()))),
@@ -104,6 +108,7 @@ impl queue::Host for TaskState {
 
 impl context::Host for TaskState {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        let _span = self.trace.child("context.get");
         match self.services().cloned() {
             Some(s) => self.served(s.context_get(&key)),
             None => Ok(None),
@@ -111,6 +116,7 @@ impl context::Host for TaskState {
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), ContextError>> {
+        let _span = self.trace.child("context.set");
         match self.services().cloned() {
             Some(s) => self.served(s.context_set(key, value)),
             None => Ok(Err(ContextError::TooLarge(NO_ENGINE.into()))),
@@ -118,6 +124,7 @@ impl context::Host for TaskState {
     }
 
     fn delete(&mut self, key: String) -> wasmtime::Result<bool> {
+        let _span = self.trace.child("context.delete");
         match self.services().cloned() {
             Some(s) => self.served(s.context_delete(&key)),
             None => Ok(false),
@@ -125,6 +132,7 @@ impl context::Host for TaskState {
     }
 
     fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Vec<String>> {
+        let _span = self.trace.child("context.list-keys");
         match self.services().cloned() {
             Some(s) => self.served(s.context_list(&prefix)),
             None => Ok(Vec::new()),

@@ -46,6 +46,8 @@ pub(crate) struct TaskState {
     pub(crate) budget: Arc<HostBudget>,
     /// Where log lines are also written as they come.
     transcript: Option<Transcript>,
+    /// The attempt's span: each host call is a span under it.
+    pub(crate) trace: crate::trace::Scope,
 }
 
 impl TaskState {
@@ -115,6 +117,7 @@ impl TaskState {
             priority,
             budget,
             transcript,
+            trace: attached.trace,
         })
     }
 

@@ -865,8 +865,10 @@ fn prepare(db: &Database, path: &Path, created: bool) -> Result<(), StoreError> 
             }
             None => return Err(open::damaged(path, "holds no taskhost store (it has no schema record)")),
             Some(v) if v == SCHEMA_VERSION => {}
-            // Version 6 adds a variant no version-5 record holds.
-            Some(5) => {
+            // Version 6 added a variant no version-5 record holds; version
+            // 7 records end with a trace and a transcript cap.
+            Some(5 | 6) => {
+                migrate::<record::TaskRecordV6>(&txn)?;
                 meta.insert("schema", SCHEMA_VERSION)?;
             }
             Some(2) => {

@@ -213,6 +213,12 @@ pub struct TaskRecord {
     pub step: Option<String>,
     /// Which iteration of a repeating flow it belongs to, from 0.
     pub iteration: u32,
+    /// The bytes of each attempt's transcript kept, when the submission
+    /// asked (within the host's ceiling); `None`: the host's default.
+    pub log_keep_bytes: Option<u64>,
+    /// Where this task's spans hang in a trace (its submission span), when
+    /// traces were on as it was submitted.
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 impl TaskRecord {
@@ -471,6 +477,8 @@ impl TryFrom<TaskRecordV2> for TaskRecord {
             input_from: InputFrom::Own,
             step: None,
             iteration: 0,
+            log_keep_bytes: None,
+            trace: None,
         })
     }
 }
@@ -510,6 +518,8 @@ impl TryFrom<TaskRecordV3> for TaskRecord {
             input_from: r.input_from,
             step: r.step,
             iteration: r.iteration,
+            log_keep_bytes: None,
+            trace: None,
         })
     }
 }
@@ -609,6 +619,8 @@ impl TryFrom<TaskRecordV4> for TaskRecord {
             input_from: r.input_from,
             step: r.step,
             iteration: r.iteration,
+            log_keep_bytes: None,
+            trace: None,
         })
     }
 }
@@ -687,4 +699,81 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, su
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A task record as schemas 5 and 6 stored it (no trace, no per-task
+/// transcript cap); read only to migrate a file.
+#[derive(Deserialize)]
+pub(crate) struct TaskRecordV6 {
+    id: Uuid,
+    version: u64,
+    state: TaskState,
+    plugin: String,
+    plugin_version: String,
+    digest: String,
+    queue: String,
+    priority: u8,
+    attempts: u32,
+    max_attempts: u32,
+    limits: StoredLimits,
+    error: Option<StoredFailure>,
+    created_at_ms: u64,
+    started_at_ms: Option<u64>,
+    finished_at_ms: Option<u64>,
+    next_run_at_ms: Option<u64>,
+    idempotency_key: Option<String>,
+    parent_id: Option<Uuid>,
+    callback_url: Option<String>,
+    input_len: u64,
+    output_len: Option<u64>,
+    fuel_used: Option<u64>,
+    host_bytes_used: Option<u64>,
+    history: Vec<Transition>,
+    flow_id: Uuid,
+    depth: u32,
+    after: Vec<Uuid>,
+    input_from: InputFrom,
+    step: Option<String>,
+    iteration: u32,
+}
+
+impl TryFrom<TaskRecordV6> for TaskRecord {
+    type Error = super::StoreError;
+
+    fn try_from(r: TaskRecordV6) -> Result<Self, Self::Error> {
+        Ok(TaskRecord {
+            id: r.id,
+            version: r.version,
+            state: r.state,
+            plugin: r.plugin,
+            plugin_version: r.plugin_version,
+            digest: r.digest,
+            queue: r.queue,
+            priority: r.priority,
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            limits: r.limits,
+            error: r.error,
+            created_at_ms: r.created_at_ms,
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: r.finished_at_ms,
+            next_run_at_ms: r.next_run_at_ms,
+            idempotency_key: r.idempotency_key,
+            parent_id: r.parent_id,
+            callback_url: r.callback_url,
+            input_len: r.input_len,
+            output_len: r.output_len,
+            fuel_used: r.fuel_used,
+            host_bytes_used: r.host_bytes_used,
+            history: r.history,
+            flow_id: r.flow_id,
+            depth: r.depth,
+            after: r.after,
+            input_from: r.input_from,
+            step: r.step,
+            iteration: r.iteration,
+            log_keep_bytes: None,
+            trace: None,
+        })
+    }
 }

@@ -88,5 +88,6 @@ pub(crate) const FINISHED_BUILT: &str = "finished_built";
 /// version 4 files (no host budget in the limits or the record) are
 /// migrated in place on open. Version 6 records may take their input from
 /// a URL ([`InputFrom::Url`](super::InputFrom)), which a build of version
-/// 5 cannot read: version 5 files open as they are and are marked 6.
-pub(crate) const SCHEMA_VERSION: u64 = 6;
+/// 5 cannot read. Version 7 records end with the task's trace and its own
+/// transcript cap: version 5 and 6 files are migrated in place on open.
+pub(crate) const SCHEMA_VERSION: u64 = 7;

@@ -44,6 +44,8 @@ pub(crate) fn record(n: u128, key: Option<&str>) -> TaskRecord {
         input_from: InputFrom::Own,
         step: None,
         iteration: 0,
+        log_keep_bytes: None,
+        trace: None,
     }
 }
 
@@ -183,6 +185,34 @@ async fn a_schema_2_file_is_migrated_on_open() {
     drop(store);
     // Reopening finds today's schema and changes nothing.
     assert_eq!(Store::open(&path, true).unwrap().get(id).unwrap().unwrap(), migrated);
+}
+
+#[tokio::test]
+async fn schema_5_and_6_files_gain_the_trace_and_transcript_cap_on_open() {
+    for schema in [5u64, 6] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.redb");
+        let old = record(9, Some("k"));
+        {
+            // A schema-6 record is today's without its last two fields
+            // (two `None`s, one byte each in postcard).
+            let mut bytes = postcard::to_stdvec(&old).unwrap();
+            assert_eq!(bytes.split_off(bytes.len() - 2), [0, 0]);
+            let db = redb::Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            txn.open_table(META).unwrap().insert("schema", schema).unwrap();
+            txn.open_table(TASKS).unwrap().insert(old.id.as_u128(), bytes.as_slice()).unwrap();
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path, true).unwrap();
+        let migrated = store.get(old.id).unwrap().unwrap();
+        assert_eq!(migrated, old, "schema {schema}");
+        assert_eq!((migrated.trace, migrated.log_keep_bytes), (None, None));
+        drop(store);
+        let db = redb::Database::open(&path).unwrap();
+        let read = db.begin_read().unwrap();
+        assert_eq!(read.open_table(META).unwrap().get("schema").unwrap().unwrap().value(), SCHEMA_VERSION);
+    }
 }
 
 /// A failure as schemas 2 and 3 wrote it: the class as text.
@@ -893,27 +923,17 @@ async fn a_failed_admin_write_is_refused_and_later_writes_wait_for_room() {
 /// they were and is marked 6 (so a build of schema 5 refuses it rather
 /// than misread a record with an input URL); a newer file is refused.
 #[tokio::test]
-async fn a_schema_5_file_is_marked_6_and_a_newer_one_is_refused() {
+async fn a_file_of_a_newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("v5.redb");
-    let task = record(1, None);
+    let path = dir.path().join("v8.redb");
     {
         let db = redb::Database::create(&path).unwrap();
         let txn = db.begin_write().unwrap();
-        txn.open_table(META).unwrap().insert("schema", 5).unwrap();
-        txn.open_table(TASKS).unwrap().insert(1u128, encode(&task).as_slice()).unwrap();
+        txn.open_table(META).unwrap().insert("schema", SCHEMA_VERSION + 1).unwrap();
         txn.commit().unwrap();
     }
-    let store = Store::open(&path, true).unwrap();
-    assert_eq!(store.get(Uuid::from_u128(1)).unwrap().unwrap(), task);
-    drop(store);
-    {
-        let db = redb::Database::create(&path).unwrap();
-        let schema = db.begin_read().unwrap().open_table(META).unwrap().get("schema").unwrap().unwrap().value();
-        assert_eq!(schema, 6);
-        let txn = db.begin_write().unwrap();
-        txn.open_table(META).unwrap().insert("schema", 7).unwrap();
-        txn.commit().unwrap();
-    }
-    assert!(matches!(Store::open(&path, true), Err(StoreError::Schema { expected: 6, found: 7 })));
+    assert!(matches!(
+        Store::open(&path, true),
+        Err(StoreError::Schema { expected: SCHEMA_VERSION, found }) if found == SCHEMA_VERSION + 1
+    ));
 }

@@ -244,6 +244,10 @@ pub struct TaskSubmission {
     /// starts, each attempt anew, through the egress guard.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_url: Option<String>,
+    /// The bytes of each attempt's log transcript to keep, up to the
+    /// host's ceiling (`--log-keep-max`); default the host's `--log-keep`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_keep_bytes: Option<u64>,
     /// Queue (default `default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,

@@ -275,7 +275,14 @@ impl Flows {
             },
         };
         let spec: FlowSpec = serde_json::from_str(spec).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
-        let (tasks, pins) = self.plan_tasks(&spec, flow.id, iteration, &input, Some(at))?;
+        // Each iteration is a trace of its own (a schedule's runs are
+        // unrelated requests).
+        let mut span = self.shared.config.traces.start("flow iteration", None);
+        span.set_with(|set| {
+            set("taskhost.flow.id", flow.id.to_string().into());
+            set("taskhost.flow.iteration", i64::from(iteration).into());
+        });
+        let (tasks, pins) = self.plan_tasks(&spec, flow.id, iteration, &input, Some(at), span.context())?;
         Ok(Some((at, tasks, pins)))
     }
 
@@ -287,6 +294,7 @@ impl Flows {
         iteration: u32,
         input: &[u8],
         run_at_ms: Option<u64>,
+        trace: Option<crate::trace::TraceParent>,
     ) -> Result<(NewTasks, Vec<Pin>), EngineError> {
         let plan = spec.plan(self.limits().tasks_per_flow).map_err(EngineError::InvalidRequest)?;
         let mut out: Vec<(TaskRecord, Vec<u8>)> = Vec::with_capacity(plan.len());
@@ -306,6 +314,7 @@ impl Flows {
                 max_attempts: step.max_attempts,
                 timeout_ms: step.timeout_ms,
                 run_at_ms: if planned.after.is_empty() { run_at_ms } else { None },
+                trace,
                 ..NewTask::default()
             };
             let (mut record, input, pin) = self.submission.prepare(new).map_err(|e| match e {
@@ -338,7 +347,7 @@ impl Flows {
             Some(RepeatKind::Cron(expr)) => Some(next_cron(expr, now).map_err(EngineError::InvalidRequest)?),
             _ => None,
         };
-        let (tasks, pins) = self.plan_tasks(&spec, id, 0, &input, first_at)?;
+        let (tasks, pins) = self.plan_tasks(&spec, id, 0, &input, first_at, spec.trace)?;
         let text = serde_json::to_string(&spec_json(&spec)).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
         let flow = FlowRecord {
             name: spec.name.clone(),

@@ -52,6 +52,8 @@ pub(crate) struct AttemptServices {
     flow_tasks: OnceLock<u64>,
     held: Mutex<Held>,
     budget: Arc<HostBudget>,
+    /// The attempt's span: the tasks it submits continue the trace there.
+    trace: Option<crate::trace::TraceParent>,
 }
 
 /// Most tasks one `join` may wait for.
@@ -84,7 +86,13 @@ fn host(what: &str, e: StoreError) -> HostFailure {
 }
 
 impl AttemptServices {
-    pub(crate) fn new(shared: Arc<Shared>, submission: Arc<Submission>, flows: Arc<Flows>, task: TaskRecord) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        submission: Arc<Submission>,
+        flows: Arc<Flows>,
+        task: TaskRecord,
+        trace: Option<crate::trace::TraceParent>,
+    ) -> Self {
         let effects = Effects { flow_id: task.flow_id, ..Effects::default() };
         let budget = Arc::new(HostBudget::new(task.limits.host_bytes));
         Self {
@@ -95,6 +103,7 @@ impl AttemptServices {
             flow_tasks: OnceLock::new(),
             held: Mutex::new(Held { effects, ..Held::default() }),
             budget,
+            trace,
         }
     }
 
@@ -182,6 +191,7 @@ impl AttemptServices {
             priority: Some(spec.priority.unwrap_or(self.task.priority)),
             delay_ms: spec.delay_ms,
             parent_id: Some(self.task.id),
+            trace: self.trace,
             ..NewTask::default()
         };
         let cost = child_cost(&new, key.as_deref(), after.len());

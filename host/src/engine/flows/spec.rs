@@ -29,6 +29,10 @@ pub struct FlowSpec {
     /// Default priority of every step.
     #[serde(default)]
     pub priority: Option<u8>,
+    /// The span the submission continues (the caller's `traceparent`);
+    /// never read from the spec's JSON.
+    #[serde(skip)]
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 /// [`FlowSpec`]'s fields, read from an object only.
@@ -64,6 +68,7 @@ impl TryFrom<SpecObject> for FlowSpec {
             repeat: f.repeat,
             queue: f.queue,
             priority: f.priority,
+            trace: None,
         })
     }
 }
