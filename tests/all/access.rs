@@ -15,6 +15,7 @@ use taskhost_test_artifacts::UPPERCASE;
 const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/healthz", None),
     ("GET", "/metrics", Some("metrics")),
+    ("GET", "/v1/stats/recent", Some("metrics")),
     ("GET", "/v1/plugins", Some("read")),
     ("POST", "/v1/plugins/{name}", Some("plugins")),
     ("GET", "/v1/plugins/{name}", Some("read")),

@@ -441,3 +441,39 @@ async fn the_cli_pages_tasks_newest_first_and_passes_every_submit_flag() {
     let out = cli(&api, &["history", &dead]).await;
     assert!(text(&out.stdout).contains("on version 2"), "{}", text(&out.stdout));
 }
+
+#[tokio::test]
+async fn recent_stats_count_ended_tasks_and_their_times() {
+    let api = api().await;
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let (status, created) = api.post_json("/v1/tasks", r#"{"plugin": "uppercase", "input": "x"}"#).await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        api.wait_done(id).await;
+    }
+    // A sample is taken every 2 s: one after the tasks ended counts them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let stats = loop {
+        let (status, stats) = api.get("/v1/stats/recent").await;
+        assert_eq!(status, StatusCode::OK, "{stats}");
+        if stats["samples"].as_array().unwrap().last().is_some_and(|s| s["ended"] == 5) {
+            break stats;
+        }
+        assert!(std::time::Instant::now() < deadline, "no sample counts the 5 tasks: {stats}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(stats["every_ms"], 2000);
+    let samples = stats["samples"].as_array().unwrap();
+    assert!(samples.len() >= 2, "the first sample is taken at start: {stats}");
+    let (first, last) = (&samples[0], samples.last().unwrap());
+    assert_eq!((first["ended"].as_u64(), last["completed"].as_u64()), (Some(0), Some(5)));
+    assert_eq!((last["runs"].as_u64(), last["queue_waits"].as_u64()), (Some(5), Some(5)));
+    assert!(last["run_us"].as_u64().unwrap() > 0);
+    for pair in samples.windows(2) {
+        assert!(pair[0]["at_ms"].as_u64() < pair[1]["at_ms"].as_u64(), "{stats}");
+        assert!(pair[0]["ended"].as_u64() <= pair[1]["ended"].as_u64(), "{stats}");
+    }
+}

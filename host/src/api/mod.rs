@@ -56,6 +56,7 @@ pub fn router(engine: Engine, access: Arc<Access>) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/metrics", g(needs(Metrics), get(metrics)))
+        .route("/v1/stats/recent", g(needs(Metrics), get(recent_stats)))
         .route("/v1/plugins", g(needs(Read), get(list_plugins)))
         .route(
             "/v1/plugins/{name}",
@@ -118,6 +119,11 @@ pub fn metrics_router(engine: Engine) -> Router {
 }
 
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
+
+/// The recent throughput and latency, host-wide (as `/metrics` is).
+async fn recent_stats(State(engine): State<Engine>) -> Json<wire::RecentStats> {
+    Json(engine.recent_stats())
+}
 
 async fn metrics(State(engine): State<Engine>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], engine.metrics_text()).into_response()

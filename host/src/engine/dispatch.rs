@@ -316,6 +316,7 @@ impl Dispatch {
         let cost = claimed.elapsed().saturating_sub(waited);
         lock(&shared.sched).settled(&record.queue, charge, cost.as_secs_f64());
         shared.metrics.run_time.observe(run_secs);
+        shared.metrics.recent.ran(run_secs);
         match finished {
             Ok(done) => {
                 if done.state == TaskState::Pending {
@@ -375,7 +376,9 @@ impl Dispatch {
         let input_len = input.len() as u64;
         let ready_since = record.next_run_at_ms.unwrap_or(record.created_at_ms).max(record.created_at_ms);
         let started_ms = now_ms();
-        shared.metrics.queue_wait.observe(started_ms.saturating_sub(ready_since) as f64 / 1000.0);
+        let wait = started_ms.saturating_sub(ready_since) as f64 / 1000.0;
+        shared.metrics.queue_wait.observe(wait);
+        shared.metrics.recent.waited(wait);
         let at = crate::trace::at_ms;
         shared.config.traces.child_at("queue wait", record.trace, at(ready_since)).end_at(at(started_ms));
         let started = Instant::now();

@@ -75,6 +75,9 @@ impl Endings {
         }
         let plugin_label = shared.metrics.plugin_label(&done.plugin, &done.plugin_version, done.state.as_str());
         shared.metrics.plugin_tasks.get_or_create(&plugin_label).inc();
+        if matches!(done.state, TaskState::Completed | TaskState::Failed) {
+            shared.metrics.recent.ended(done.state == TaskState::Completed);
+        }
         match done.state {
             TaskState::Completed => shared.metrics.completed.get_or_create(&label).inc(),
             TaskState::Failed => shared.metrics.failed.get_or_create(&label).inc(),

@@ -81,6 +81,8 @@ pub(crate) struct Metrics {
     pub(crate) gate: super::gate::GateMetrics,
     /// Tasks by (queue, state), kept in step with committed transitions.
     counts: Mutex<HashMap<(String, TaskState), i64>>,
+    /// Running totals sampled for the recent charts.
+    pub(crate) recent: super::recent::Recent,
 }
 
 impl Metrics {
@@ -176,6 +178,7 @@ impl Metrics {
             flows_expired,
             callbacks_undelivered,
             counts: Mutex::default(),
+            recent: super::recent::Recent::default(),
         }
     }
 

@@ -24,6 +24,7 @@ mod gate;
 mod history;
 mod logs;
 mod metrics;
+mod recent;
 mod retention;
 mod retry;
 mod runner;
@@ -237,6 +238,8 @@ impl Engine {
         engine.recover().await?;
         *lock(&engine.inner.dispatcher) = Some(tokio::spawn(dispatch.run()));
         *lock(&engine.inner.sweeper) = Some(tokio::spawn(retention::run(engine.inner.shared.clone())));
+        // Ends when the engine halts.
+        tokio::spawn(recent::run(engine.inner.shared.clone()));
         Ok(engine)
     }
 
@@ -612,6 +615,13 @@ impl Engine {
     /// Every known queue.
     pub fn queues(&self) -> Vec<QueueInfo> {
         self.inner.admin.queues()
+    }
+
+    /// The recent throughput and latency: running totals sampled every 2
+    /// seconds over the last 10 minutes, host-wide.
+    pub fn recent_stats(&self) -> crate::wire::RecentStats {
+        let every = u64::try_from(recent::EVERY.as_millis()).unwrap_or(u64::MAX);
+        crate::wire::RecentStats::new(every, self.inner.shared.metrics.recent.samples())
     }
 
     /// The Prometheus text exposition.

@@ -16,7 +16,8 @@
 //!   defined beside the registry in [`crate::inference`]);
 //! - [`events`]: the live task events;
 //! - [`logs`]: a task's logs and the events of following them;
-//! - [`health`]: `GET /healthz`.
+//! - [`health`]: `GET /healthz`;
+//! - [`stats`]: the recent throughput and latency.
 //!
 //! Conventions: times are RFC 3339 strings with milliseconds (UTC); an
 //! output (a task's, a flow's, an item of a gathered join input) is
@@ -35,6 +36,7 @@ pub mod logs;
 pub mod model;
 pub mod plugin;
 pub mod queue;
+pub mod stats;
 pub mod task;
 pub mod tenant;
 
@@ -51,6 +53,7 @@ pub use plugin::{
     PluginVersionDetail, RunStats, VersionDeleted, VersionState,
 };
 pub use queue::{Queue, QueueChange, QueueList, QueueSettings};
+pub use stats::{RecentSample, RecentStats};
 pub use task::{
     BatchAnswer, BatchItem, BatchRefusal, BatchSubmission, CallbackDelivery, History, HistoryEntry, RetryRequest,
     Submitted, Task, TaskError, TaskLimits, TaskPage, TaskSubmission,

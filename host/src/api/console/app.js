@@ -275,7 +275,7 @@ async function overview() {
     h("section", { class: "panel scroll" }, h("h2", {}, "Latest transitions"),
       h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "At"), h("th", {}, "Task"), h("th", {}, "Queue"), h("th", {}, "Plugin"), h("th", {}, "Move"))), recent)),
   );
-  const samples = [];
+  let samples = [];
   async function refresh() {
     const [healthz, list, run] = await Promise.all([
       health(), api.get("/v1/queues"), api.get("/v1/tasks?state=running&order=newest&limit=15"),
@@ -295,26 +295,24 @@ async function overview() {
       h("td", {}, taskLink(t.id)), h("td", {}, `${t.plugin}@${t.plugin_version}`), h("td", {}, ago(t.started_at)))));
     if (!run.tasks.length) running.append(h("tr", {}, h("td", { colspan: 3, class: "muted" }, "nothing is running")));
   }
+  /** The host's running totals of the last 10 minutes (sampled every
+   *  2 s by the server), charted as rates and mean latencies. */
   async function sample() {
-    let text;
-    try { text = await api.text("/metrics"); } catch (error) {
+    let stats;
+    try { stats = await api.get("/v1/stats/recent"); } catch (error) {
       rateNow.textContent = error.status === 403 ? "(needs a token with the metrics scope)" : "";
       return;
     }
-    const m = parseMetrics(text);
-    samples.push({ t: Date.now() / 1000, ended: m.sum("taskhost_tasks_completed_total") + m.sum("taskhost_tasks_failed_total"),
-      waitSum: m.sum("taskhost_queue_wait_seconds_sum"), waitCount: m.sum("taskhost_queue_wait_seconds_count"),
-      runSum: m.sum("taskhost_run_seconds_sum"), runCount: m.sum("taskhost_run_seconds_count") });
-    if (samples.length > 151) samples.shift();
+    samples = stats.samples;
     const rates = [];
     const lat = [];
     for (let i = 1; i < samples.length; i++) {
       const a = samples[i - 1], b = samples[i];
-      const dt = Math.max(b.t - a.t, 0.001);
+      const dt = Math.max((b.at_ms - a.at_ms) / 1000, 0.001);
       rates.push(Math.max(0, (b.ended - a.ended) / dt));
-      const wait = b.waitCount > a.waitCount ? (b.waitSum - a.waitSum) / (b.waitCount - a.waitCount) : 0;
-      const run = b.runCount > a.runCount ? (b.runSum - a.runSum) / (b.runCount - a.runCount) : 0;
-      lat.push((wait + run) * 1000);
+      const wait = b.queue_waits > a.queue_waits ? (b.queue_wait_us - a.queue_wait_us) / (b.queue_waits - a.queue_waits) : 0;
+      const run = b.runs > a.runs ? (b.run_us - a.run_us) / (b.runs - a.runs) : 0;
+      lat.push((wait + run) / 1000);
     }
     chart(rate, rates, "#2458c6");
     chart(latency, lat, "#c77d00");
