@@ -120,7 +120,8 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     log_keep: Option<u64>,
     /// The most a submission may ask each attempt's transcript to keep
-    /// (its `log_keep_bytes`), e.g. `4MiB` (default 1MiB, at most 16MiB).
+    /// (its `log_keep_bytes`), e.g. `4MiB` (default 1MiB, or `--log-keep`
+    /// when that is more; at most 16MiB).
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     log_keep_max: Option<u64>,
     /// How long ended work is kept before it is deleted with its input,
@@ -297,7 +298,8 @@ pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
             return fail(EXIT_USAGE, &format!("--log-keep-max is at most {most}"));
         }
         Some(bytes) => config.log_keep_ceiling = bytes,
-        None => {}
+        // The default never refuses a `--log-keep` that started before it.
+        None => config.log_keep_ceiling = config.log_keep_ceiling.max(config.log_keep_bytes),
     }
     if config.log_keep_bytes > config.log_keep_ceiling {
         let size = taskhost::units::format_size;

@@ -195,7 +195,7 @@ fn check_records(db: &Database, report: &mut CheckReport) -> Result<(), StoreErr
             report.problems.push("no schema record: this is not a taskhost store".into());
             return Ok(());
         }
-        Some(v) if v == SCHEMA_VERSION => report.notes.push(format!("schema version {v}")),
+        Some(v) if (LAYOUT_SINCE..=SCHEMA_VERSION).contains(&v) => report.notes.push(format!("schema version {v}")),
         Some(v) if v < SCHEMA_VERSION => {
             report.notes.push(format!("schema version {v}: the next start migrates it to {SCHEMA_VERSION}"));
             return Ok(());
@@ -637,7 +637,7 @@ fn salvage(path: &Path, report: &mut RepairReport) -> Result<(), StoreError> {
         ("callbacks", copy_table(&src, &txn, CALLBACKS)?),
         ("logs", copy_table(&src, &txn, LOGS)?),
     ];
-    if schema == SCHEMA_VERSION {
+    if (LAYOUT_SINCE..=SCHEMA_VERSION).contains(&schema) {
         let dropped = rebuild_derived(&txn)?;
         if dropped > 0 {
             report.lost.push(format!("{dropped} task records that do not decode"));

@@ -729,7 +729,7 @@ impl Store {
     }
 
     /// Every record of a name-keyed table, decoded.
-    fn read_named<T: for<'de> serde::Deserialize<'de>>(
+    fn read_named<T: for<'de> serde::Deserialize<'de> + 'static>(
         &self,
         definition: redb::TableDefinition<'_, &str, &[u8]>,
     ) -> Result<Vec<(String, T)>, StoreError> {
@@ -866,9 +866,9 @@ fn prepare(db: &Database, path: &Path, created: bool) -> Result<(), StoreError> 
             None => return Err(open::damaged(path, "holds no taskhost store (it has no schema record)")),
             Some(v) if v == SCHEMA_VERSION => {}
             // Version 6 added a variant no version-5 record holds; version
-            // 7 records end with a trace and a transcript cap.
-            Some(5 | 6) => {
-                migrate::<record::TaskRecordV6>(&txn)?;
+            // 7 records end with a trace and a transcript cap. Both older
+            // layouts are read as they are (see `record::decode`).
+            Some(LAYOUT_SINCE..SCHEMA_VERSION) => {
                 meta.insert("schema", SCHEMA_VERSION)?;
             }
             Some(2) => {
@@ -1233,7 +1233,7 @@ fn apply_flow(t: &mut Tables<'_>, id: Uuid, edit: FlowEdit) -> Result<(FlowRecor
 /// host budget (the default's) and its use (unknown).
 fn migrate<Old>(txn: &WriteTransaction) -> Result<(), StoreError>
 where
-    Old: for<'de> serde::Deserialize<'de>,
+    Old: for<'de> serde::Deserialize<'de> + 'static,
     TaskRecord: TryFrom<Old, Error = StoreError>,
 {
     let mut tasks = txn.open_table(TASKS)?;

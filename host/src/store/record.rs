@@ -692,8 +692,27 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("records always encode")
 }
 
-pub(crate) fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, super::StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| super::StoreError::Corrupt(e.to_string()))
+///
+/// A task record of schemas 5 and 6 (which ends before today's last two
+/// fields) is read as today's, with no trace and no transcript cap of its
+/// own: those files are not rewritten on open, and each record takes
+/// today's layout at its next write. Today's bytes never read as the old
+/// layout's, and the old layout's always fail as today's (they end early).
+pub(crate) fn decode<T: for<'de> Deserialize<'de> + 'static>(bytes: &[u8]) -> Result<T, super::StoreError> {
+    match postcard::from_bytes(bytes) {
+        Ok(value) => Ok(value),
+        Err(error) => {
+            if std::any::TypeId::of::<T>() == std::any::TypeId::of::<TaskRecord>()
+                && let Ok(old) = postcard::from_bytes::<TaskRecordV6>(bytes)
+            {
+                let record: Box<dyn std::any::Any> = Box::new(TaskRecord::try_from(old)?);
+                if let Ok(record) = record.downcast::<T>() {
+                    return Ok(*record);
+                }
+            }
+            Err(super::StoreError::Corrupt(error.to_string()))
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -702,7 +721,7 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// A task record as schemas 5 and 6 stored it (no trace, no per-task
-/// transcript cap); read only to migrate a file.
+/// transcript cap); read by [`decode`] when today's layout does not fit.
 #[derive(Deserialize)]
 pub(crate) struct TaskRecordV6 {
     id: Uuid,

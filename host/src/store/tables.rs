@@ -89,5 +89,11 @@ pub(crate) const FINISHED_BUILT: &str = "finished_built";
 /// migrated in place on open. Version 6 records may take their input from
 /// a URL ([`InputFrom::Url`](super::InputFrom)), which a build of version
 /// 5 cannot read. Version 7 records end with the task's trace and its own
-/// transcript cap: version 5 and 6 files are migrated in place on open.
+/// transcript cap; version 5 and 6 records are read as they are (and take
+/// today's layout when next written), so those files open as they are and
+/// are marked 7.
 pub(crate) const SCHEMA_VERSION: u64 = 7;
+
+/// The oldest schema whose files this build reads without migrating them:
+/// `store check` and `store repair` treat them as today's.
+pub(crate) const LAYOUT_SINCE: u64 = 5;

@@ -188,30 +188,117 @@ async fn a_schema_2_file_is_migrated_on_open() {
 }
 
 #[tokio::test]
-async fn schema_5_and_6_files_gain_the_trace_and_transcript_cap_on_open() {
+async fn schema_5_and_6_records_are_read_as_they_are_and_checked_and_repaired_as_todays() {
     for schema in [5u64, 6] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.redb");
         let old = record(9, Some("k"));
+        // A schema-6 record: the layout of the build before this one, with
+        // no trace or transcript cap at its end.
+        let v6 = TaskRecordV6Layout::from(&old);
         {
-            // A schema-6 record is today's without its last two fields
-            // (two `None`s, one byte each in postcard).
-            let mut bytes = postcard::to_stdvec(&old).unwrap();
-            assert_eq!(bytes.split_off(bytes.len() - 2), [0, 0]);
             let db = redb::Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
             txn.open_table(META).unwrap().insert("schema", schema).unwrap();
+            let bytes = postcard::to_stdvec(&v6).unwrap();
             txn.open_table(TASKS).unwrap().insert(old.id.as_u128(), bytes.as_slice()).unwrap();
+            txn.open_table(INPUTS).unwrap().insert(old.id.as_u128(), b"x".as_slice()).unwrap();
             txn.commit().unwrap();
         }
+        // Checked as today's layout: its record reads, and the indexes this
+        // file lacks are found missing...
+        let report = check::check(&path).unwrap();
+        assert!(report.problems.iter().any(|p| p.contains("index")), "schema {schema}: {report:?}");
+        // ...and repair rebuilds them.
+        let repaired = check::repair(&path).unwrap();
+        assert!(repaired.lost.is_empty(), "schema {schema}: {repaired:?}");
+        let after = check::check(&path).unwrap();
+        assert!(after.is_healthy(), "schema {schema}: {after:?} after {repaired:?}");
         let store = Store::open(&path, true).unwrap();
-        let migrated = store.get(old.id).unwrap().unwrap();
-        assert_eq!(migrated, old, "schema {schema}");
-        assert_eq!((migrated.trace, migrated.log_keep_bytes), (None, None));
+        let read = store.get(old.id).unwrap().unwrap();
+        assert_eq!(read, old, "schema {schema}");
+        assert_eq!((read.trace, read.log_keep_bytes), (None, None));
+        let query = TaskQuery { state: Some(TaskState::Pending), ..TaskQuery::default() };
+        assert_eq!(store.list(&query, None, 10).unwrap().0.len(), 1, "found through the rebuilt index");
+        assert_eq!(store.task_by_key("k").unwrap(), Some(old.id));
         drop(store);
         let db = redb::Database::open(&path).unwrap();
         let read = db.begin_read().unwrap();
         assert_eq!(read.open_table(META).unwrap().get("schema").unwrap().unwrap().value(), SCHEMA_VERSION);
+    }
+}
+
+/// A task record exactly as schemas 5 and 6 wrote it (a copy of that
+/// build's struct, field for field), for the tests of reading them.
+#[derive(serde::Serialize)]
+struct TaskRecordV6Layout {
+    id: Uuid,
+    version: u64,
+    state: TaskState,
+    plugin: String,
+    plugin_version: String,
+    digest: String,
+    queue: String,
+    priority: u8,
+    attempts: u32,
+    max_attempts: u32,
+    limits: StoredLimits,
+    error: Option<StoredFailure>,
+    created_at_ms: u64,
+    started_at_ms: Option<u64>,
+    finished_at_ms: Option<u64>,
+    next_run_at_ms: Option<u64>,
+    idempotency_key: Option<String>,
+    parent_id: Option<Uuid>,
+    callback_url: Option<String>,
+    input_len: u64,
+    output_len: Option<u64>,
+    fuel_used: Option<u64>,
+    host_bytes_used: Option<u64>,
+    history: Vec<Transition>,
+    flow_id: Uuid,
+    depth: u32,
+    after: Vec<Uuid>,
+    input_from: InputFrom,
+    step: Option<String>,
+    iteration: u32,
+}
+
+impl From<&TaskRecord> for TaskRecordV6Layout {
+    fn from(r: &TaskRecord) -> Self {
+        let r = r.clone();
+        Self {
+            id: r.id,
+            version: r.version,
+            state: r.state,
+            plugin: r.plugin,
+            plugin_version: r.plugin_version,
+            digest: r.digest,
+            queue: r.queue,
+            priority: r.priority,
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            limits: r.limits,
+            error: r.error,
+            created_at_ms: r.created_at_ms,
+            started_at_ms: r.started_at_ms,
+            finished_at_ms: r.finished_at_ms,
+            next_run_at_ms: r.next_run_at_ms,
+            idempotency_key: r.idempotency_key,
+            parent_id: r.parent_id,
+            callback_url: r.callback_url,
+            input_len: r.input_len,
+            output_len: r.output_len,
+            fuel_used: r.fuel_used,
+            host_bytes_used: r.host_bytes_used,
+            history: r.history,
+            flow_id: r.flow_id,
+            depth: r.depth,
+            after: r.after,
+            input_from: r.input_from,
+            step: r.step,
+            iteration: r.iteration,
+        }
     }
 }
 
