@@ -266,11 +266,15 @@ impl Dispatch {
                 let state = applied.record.state.as_str();
                 commit_span.set("taskhost.task.state", state);
                 attempt_span.set("taskhost.task.state", state);
-                if let Some(error) = applied.record.error.as_ref().filter(|_| state != "completed") {
-                    attempt_span.fail(format!("{}: {}", error.class, error.message));
+                // A task put back to pending (the host stopped) keeps its
+                // last attempt's error: only an attempt that failed says so.
+                let failed =
+                    matches!(applied.record.state, TaskState::Failed | TaskState::Retrying | TaskState::Cancelled);
+                if let Some(error) = applied.record.error.as_ref().filter(|_| failed) {
+                    attempt_span.fail_with(|| format!("{}: {}", error.class, error.message));
                 }
             }
-            Err(error) => commit_span.fail(error.to_string()),
+            Err(error) => commit_span.fail_with(|| error.to_string()),
         }
         commit_span.end();
         if finished.is_ok() && log_bytes > 0 {
@@ -374,7 +378,10 @@ impl Dispatch {
         let (slot, mut reserved) = entered?;
         let input = self.input_of(record).await?;
         let input_len = input.len() as u64;
-        let ready_since = record.next_run_at_ms.unwrap_or(record.created_at_ms).max(record.created_at_ms);
+        // Ready since its last move before this start (submitted, retried,
+        // retried by hand, put back at a restart), or its delay if later.
+        let moved = record.history.iter().rev().nth(1).map_or(record.created_at_ms, |t| t.at_ms);
+        let ready_since = record.next_run_at_ms.unwrap_or(0).max(moved);
         let started_ms = now_ms();
         let wait = started_ms.saturating_sub(ready_since) as f64 / 1000.0;
         shared.metrics.queue_wait.observe(wait);

@@ -468,11 +468,11 @@ impl Engine {
         task.trace = span.context();
         let submitted = self.submit_in_span(task).await;
         match &submitted {
-            Ok(s) => {
-                span.set("taskhost.task.id", s.record.id.to_string());
-                span.set("taskhost.task.created", s.created);
-            }
-            Err(error) => span.fail(error.to_string()),
+            Ok(s) => span.set_with(|set| {
+                set("taskhost.task.id", s.record.id.to_string().into());
+                set("taskhost.task.created", s.created.into());
+            }),
+            Err(error) => span.fail_with(|| error.to_string()),
         }
         submitted
     }
@@ -749,8 +749,8 @@ impl Engine {
         spec.trace = span.context();
         let submitted = self.submit_flow_in_span(spec).await;
         match &submitted {
-            Ok(view) => span.set("taskhost.flow.id", view.flow.id.to_string()),
-            Err(error) => span.fail(error.to_string()),
+            Ok(view) => span.set_with(|set| set("taskhost.flow.id", view.flow.id.to_string().into())),
+            Err(error) => span.fail_with(|| error.to_string()),
         }
         submitted
     }

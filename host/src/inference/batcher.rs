@@ -329,7 +329,7 @@ impl Shared {
             }
             Err(e) => {
                 for span in &mut spans {
-                    span.fail(e.to_string());
+                    span.fail_with(|| e.to_string());
                 }
                 for call in calls {
                     self.metrics.error(&self.model, "backend");

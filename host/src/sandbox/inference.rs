@@ -83,6 +83,9 @@ impl inference::Host for TaskState {
         {
             return Ok(Err(InferenceError::InvalidInput(refused.to_string())));
         }
+        if let Err(error) = &outputs {
+            span.fail_with(|| error.to_string());
+        }
         Ok(outputs)
     }
 }

@@ -420,7 +420,7 @@ impl Sandbox {
                     }
                 };
                 if let Err(e) = &task {
-                    span.fail(format!("{e:#}"));
+                    span.fail_with(|| format!("{e:#}"));
                 }
                 span.end();
                 match task {

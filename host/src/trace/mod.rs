@@ -22,6 +22,34 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+/// The longest text attribute a span keeps, in bytes; longer ones are cut
+/// (a name or queue is far shorter; what a guest chose is bounded).
+const MAX_ATTRIBUTE: usize = 256;
+/// The longest status message a span keeps, in bytes.
+const MAX_STATUS: usize = 1024;
+
+/// `text` cut to at most `most` bytes, at a character boundary, marked.
+fn cut(mut text: String, most: usize) -> String {
+    if text.len() > most {
+        let mut end = most.saturating_sub(3);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+fn bounded(value: opentelemetry::Value) -> opentelemetry::Value {
+    match value {
+        opentelemetry::Value::String(s) if s.as_str().len() > MAX_ATTRIBUTE => {
+            opentelemetry::Value::String(cut(s.as_str().to_owned(), MAX_ATTRIBUTE).into())
+        }
+        other => other,
+    }
+}
+
 /// How long an export may take when `OTEL_EXPORTER_OTLP_TIMEOUT` does not
 /// say: the specification's 10 seconds.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -36,6 +64,22 @@ struct Inner {
     provider: SdkTracerProvider,
     tracer: SdkTracer,
     endpoint: String,
+}
+
+impl Drop for Inner {
+    /// The last handle gone without [`Traces::shutdown`] (a start that
+    /// failed, a library user): the exporter is shut down on a thread of
+    /// its own, since shutting it down waits (up to 5 s) and this may be
+    /// an async worker.
+    fn drop(&mut self) {
+        let provider = self.provider.clone();
+        let spawned = std::thread::Builder::new().name("taskhost-otlp-stop".into()).spawn(move || {
+            let _ = provider.shutdown();
+        });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot stop the trace exporter on a thread of its own");
+        }
+    }
 }
 
 impl std::fmt::Debug for Traces {
@@ -192,7 +236,9 @@ impl Traces {
             .build()
             .map_err(|e| TraceError::Build(e.to_string()))?;
         let mut resource = opentelemetry_sdk::Resource::builder();
-        if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
+        let named = std::env::var_os("OTEL_SERVICE_NAME").is_some()
+            || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|a| a.contains("service.name="));
+        if !named {
             resource = resource.with_service_name("taskhost");
         }
         let resource = resource.with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))).build();
@@ -325,7 +371,7 @@ impl Span {
     /// Sets an attribute.
     pub fn set(&mut self, key: &'static str, value: impl Into<opentelemetry::Value>) {
         if let SpanState::Recording(span) = &mut self.0 {
-            span.set_attribute(KeyValue::new(key, value));
+            span.set_attribute(KeyValue::new(key, bounded(value.into())));
         }
     }
 
@@ -333,14 +379,15 @@ impl Span {
     /// (so nothing is built otherwise).
     pub fn set_with(&mut self, make: impl FnOnce(&mut dyn FnMut(&'static str, opentelemetry::Value))) {
         if let SpanState::Recording(span) = &mut self.0 {
-            make(&mut |key, value| span.set_attribute(KeyValue::new(key, value)));
+            make(&mut |key, value| span.set_attribute(KeyValue::new(key, bounded(value))));
         }
     }
 
-    /// Marks it failed, with why.
-    pub fn fail(&mut self, why: impl Into<String>) {
+    /// Marks it failed, with why (built only for a recorded span, and cut
+    /// to 1 KiB).
+    pub fn fail_with(&mut self, why: impl FnOnce() -> String) {
         if let SpanState::Recording(span) = &mut self.0 {
-            span.set_status(Status::error(why.into()));
+            span.set_status(Status::error(cut(why(), MAX_STATUS)));
         }
     }
 
@@ -458,6 +505,17 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(ok.timeout, Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn what_a_guest_chose_is_cut_to_a_bound() {
+        assert_eq!(cut("short".into(), 8), "short");
+        let long = "é".repeat(1000);
+        let kept = cut(long, MAX_ATTRIBUTE);
+        assert!(kept.len() <= MAX_ATTRIBUTE && kept.ends_with('…'), "{} bytes", kept.len());
+        let value = bounded(opentelemetry::Value::from("x".repeat(10_000)));
+        assert!(value.as_str().len() <= MAX_ATTRIBUTE);
+        assert_eq!(bounded(opentelemetry::Value::from(7_i64)), opentelemetry::Value::from(7_i64));
     }
 
     #[test]
