@@ -33,6 +33,7 @@ const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("POST", "/v1/tasks/{id}/retry", Some("submit")),
     ("GET", "/v1/events", Some("read")),
     ("POST", "/v1/flows", Some("submit")),
+    ("GET", "/v1/flows", Some("read")),
     ("GET", "/v1/flows/{id}", Some("read")),
     ("POST", "/v1/flows/{id}/cancel", Some("submit")),
     ("GET", "/v1/models", Some("read")),

@@ -501,3 +501,80 @@ async fn flows_over_http_and_in_the_terminal() {
     assert!(text.lines().any(|l| l.contains("fail [bad] failed") && l.ends_with(&line)), "{text}");
     assert!(text.contains("  error: step `bad` failed: "), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flows_are_listed_newest_first_paged_and_filtered_by_state() {
+    let (engine, dir) = flow_engine(|_| {}).await;
+    let (base, token) = crate::serve_api(&engine, dir.path()).await;
+    let http = crate::authed(&token);
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let response = http.get(path).send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    // A declared flow, a flow grown by a task's children, a lone task (no
+    // flow) and a declared flow whose step fails.
+    let declared: Value = http
+        .post(format!("{base}/v1/flows"))
+        .json(&json!({"name": "first", "input": "hi", "steps": [{"plugin": "uppercase"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let declared = declared["id"].as_str().unwrap().parse::<Uuid>().unwrap();
+    ended(&engine, declared).await;
+    let grown = probe(&engine, json!([{"fanout": {"n": 2, "plugin": "uppercase", "input": "x"}}])).await;
+    ended(&engine, grown).await;
+    engine.submit(task("uppercase", "lone")).await.unwrap();
+    let failing: Value = http
+        .post(format!("{base}/v1/flows"))
+        .json(&json!({"steps": [{"plugin": "flow-probe", "input": "not json", "max_attempts": 1}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let failing = failing["id"].as_str().unwrap().parse::<Uuid>().unwrap();
+    ended(&engine, failing).await;
+
+    let (status, page) = get(format!("{base}/v1/flows")).await;
+    assert_eq!(status, 200, "{page}");
+    let ids: Vec<&str> = page["flows"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [failing.to_string(), grown.to_string(), declared.to_string()], "newest first, no lone task");
+    assert_eq!(page["next_cursor"], Value::Null);
+    let first = &page["flows"][2];
+    assert_eq!((first["name"].as_str(), first["state"].as_str()), (Some("first"), Some("completed")));
+    assert_eq!((first["plugin"].as_str(), first["tasks"].as_u64()), (Some("uppercase"), Some(1)));
+    assert_eq!(page["flows"][1]["tasks"], 3, "the root and its two children");
+    assert_eq!(page["flows"][0]["state"], "failed");
+
+    // Paged one at a time, the same flows in the same order.
+    let mut paged = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let query = cursor.as_ref().map(|c| format!("&cursor={c}")).unwrap_or_default();
+        let (_, page) = get(format!("{base}/v1/flows?limit=1{query}")).await;
+        paged.extend(page["flows"].as_array().unwrap().iter().map(|f| f["id"].as_str().unwrap().to_owned()));
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(paged, ids);
+    // By state.
+    let (_, done) = get(format!("{base}/v1/flows?state=completed")).await;
+    assert_eq!(done["flows"].as_array().unwrap().len(), 2, "{done}");
+    // Bad queries are refused, naming what is wrong.
+    for (query, says) in
+        [("state=done", "unknown flow state `done`"), ("limit=0", "limit 0 is out of range"), ("cursor=x", "x")]
+    {
+        let (status, body) = get(format!("{base}/v1/flows?{query}")).await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(says), "{query}: {body}");
+    }
+}

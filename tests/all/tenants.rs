@@ -192,6 +192,17 @@ async fn tenants_neither_see_nor_touch_each_others_objects() {
     let (status, flow) = get(&http, base, &ta, &format!("/v1/flows/{flow_id}")).await;
     assert_eq!(status, StatusCode::OK);
     assert_ne!(flow["state"], "cancelled", "{flow}");
+    // Listed to its tenant only.
+    let (_, mine) = get(&http, base, &ta, "/v1/flows").await;
+    assert_eq!(mine["flows"].as_array().map(Vec::len), Some(1), "{mine}");
+    assert_eq!(
+        (mine["flows"][0]["id"].as_str(), mine["flows"][0]["plugin"].as_str()),
+        (Some(flow_id), Some("uppercase"))
+    );
+    let (_, theirs) = get(&http, base, &tb, "/v1/flows").await;
+    assert_eq!(theirs["flows"], json!([]), "{theirs}");
+    let (_, admins) = get(&http, base, &admin, "/v1/flows").await;
+    assert_eq!(admins["flows"], json!([]), "the admin's own tenant has none: {admins}");
 
     // Queue settings are an admin's; an admin acts in a tenant through the
     // header, and a tenant's token cannot.

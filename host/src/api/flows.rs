@@ -42,6 +42,44 @@ pub(super) async fn submit(
     Ok((StatusCode::CREATED, Json(Flow::new(&view).in_namespace(&ns))).into_response())
 }
 
+/// `GET /v1/flows`'s query.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+    state: Option<String>,
+}
+
+/// The caller's flows, newest first.
+pub(super) async fn list(
+    State(engine): State<Engine>,
+    Extension(ns): Extension<Namespace>,
+    query: Result<axum::extract::Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<crate::wire::FlowPage>> {
+    let axum::extract::Query(query) = query?;
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit {limit} is out of range: expected 1-100")));
+    }
+    let state = query
+        .state
+        .map(|s| {
+            crate::store::FlowState::parse(&s).ok_or_else(|| {
+                ApiError::invalid(format!("unknown flow state `{s}`; expected running, completed, failed or cancelled"))
+            })
+        })
+        .transpose()?;
+    let cursor = query.cursor.as_deref().map(parse_id).transpose()?;
+    let page = super::read(&engine, move |engine| {
+        let (flows, next) = engine.flows_page(cursor, limit, state, |plugin| ns.owns(plugin))?;
+        let flows = flows.iter().map(|(flow, first)| crate::wire::FlowSummary::new(flow, first.as_ref(), &ns));
+        Ok(crate::wire::FlowPage::new(flows.collect(), next))
+    })
+    .await?;
+    Ok(Json(page))
+}
+
 pub(super) async fn get(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,

@@ -79,7 +79,12 @@ pub fn router(engine: Engine, access: Arc<Access>) -> Router {
         .route("/v1/tasks/{id}/cancel", g(needs(Submit), post(cancel)))
         .route("/v1/tasks/{id}/retry", g(needs(Submit), post(resubmit)))
         .route("/v1/events", g(needs(Read), get(events::events)))
-        .route("/v1/flows", g(needs(Submit), post(flows::submit)).layer(DefaultBodyLimit::max(MAX_TASK_BODY)))
+        .route(
+            "/v1/flows",
+            g(needs(Submit), post(flows::submit))
+                .layer(DefaultBodyLimit::max(MAX_TASK_BODY))
+                .merge(g(needs(Read), get(flows::list))),
+        )
         .route("/v1/flows/{id}", g(needs(Read), get(flows::get)))
         .route("/v1/flows/{id}/cancel", g(needs(Submit), post(flows::cancel)))
         .route("/v1/models", g(needs(Read), get(models::list)).merge(g(audited(Admin, "model.put"), post(models::put))))

@@ -38,6 +38,10 @@ pub(crate) mod testing;
 
 pub(crate) use admin::queue_config;
 pub use admin::{ListFilter, MORE_COUNTED, QueueInfo, TaskList};
+/// The most flows one listing reads (`Engine::flows_page`): a tenant with
+/// few flows among many others gets short pages rather than a long scan.
+pub const FLOWS_SCANNED: usize = 10_000;
+
 pub use config::{DEFAULT_LOG_KEEP_CEILING, DEFAULT_RETAIN_FOR, EngineConfig, default_data_dir, default_memory_budget};
 pub use error::EngineError;
 pub use flows::{FlowLimits, FlowSpec, FlowView, Node, RepeatSpec, Step};
@@ -779,6 +783,23 @@ impl Engine {
         })
         .await?;
         self.flow(id)
+    }
+
+    /// Flows newest first, from before `before`: at most `limit` (1-100)
+    /// whose first task's plugin `owns` takes (a tenant's), in `state` when
+    /// given. One call reads at most [`FLOWS_SCANNED`] flows; the id to go
+    /// on from is given when more may follow (a page may be short).
+    pub fn flows_page(
+        &self,
+        before: Option<Uuid>,
+        limit: usize,
+        state: Option<crate::store::FlowState>,
+        owns: impl Fn(&str) -> bool,
+    ) -> Result<(Vec<(crate::store::FlowRecord, Option<TaskRecord>)>, Option<Uuid>), EngineError> {
+        let keep = |flow: &crate::store::FlowRecord, first: Option<&TaskRecord>| {
+            state.is_none_or(|s| flow.state == s) && first.is_some_and(|t| owns(&t.plugin))
+        };
+        Ok(self.inner.shared.store.flows_newest(before, limit.clamp(1, 100), FLOWS_SCANNED, keep)?)
     }
 
     /// A flow with its tasks. Any task id that roots a flow works, even one

@@ -388,6 +388,56 @@ impl Store {
         Ok(out)
     }
 
+    /// Flows newest first, from before `before` (exclusive), each with its
+    /// first task (its root, or its first declared step), while `keep`
+    /// takes them: at most `limit` taken, reading at most `scan` flows.
+    /// The id to go on from, when more may follow.
+    pub fn flows_newest(
+        &self,
+        before: Option<Uuid>,
+        limit: usize,
+        scan: usize,
+        keep: impl Fn(&FlowRecord, Option<&TaskRecord>) -> bool,
+    ) -> Result<(Vec<(FlowRecord, Option<TaskRecord>)>, Option<Uuid>), StoreError> {
+        let db = self.db()?;
+        let txn = db.begin_read()?;
+        let flows = txn.open_table(FLOWS)?;
+        let tasks = txn.open_table(TASKS)?;
+        let index = txn.open_table(FLOW_TASKS)?;
+        let mut range = match before {
+            Some(before) => flows.range(..before.as_u128())?,
+            None => flows.range::<u128>(..)?,
+        };
+        let (mut out, mut scanned) = (Vec::new(), 0);
+        while let Some(entry) = range.next_back() {
+            let (id, value) = entry?;
+            let flow: FlowRecord = decode(value.value())?;
+            scanned += 1;
+            let first_id = match tasks.get(id.value())? {
+                Some(_) => Some(id.value()),
+                None => index
+                    .range((id.value(), 0u128)..=(id.value(), u128::MAX))?
+                    .next()
+                    .transpose()?
+                    .map(|(k, _)| k.value().1),
+            };
+            let first = match first_id {
+                Some(task) => tasks.get(task)?.map(|v| decode::<TaskRecord>(v.value())).transpose()?,
+                None => None,
+            };
+            if keep(&flow, first.as_ref()) {
+                out.push((flow, first));
+            }
+            if out.len() >= limit || scanned >= scan {
+                // More may follow this one.
+                let more = range.next_back().is_some();
+                let last = Uuid::from_u128(id.value());
+                return Ok((out, more.then_some(last)));
+            }
+        }
+        Ok((out, None))
+    }
+
     /// Every task of a flow, in submission order (a root task submitted
     /// from outside first).
     pub fn flow_tasks(&self, flow: Uuid) -> Result<Vec<TaskRecord>, StoreError> {

@@ -276,6 +276,13 @@ impl FlowState {
             FlowState::Cancelled => "cancelled",
         }
     }
+
+    /// The state named `text`, as the API spells it.
+    pub fn parse(text: &str) -> Option<Self> {
+        [FlowState::Running, FlowState::Completed, FlowState::Failed, FlowState::Cancelled]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
 }
 
 /// When a flow runs again.

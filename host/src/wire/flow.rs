@@ -311,3 +311,65 @@ mod tests {
         assert!(value.get("output_base64").is_none());
     }
 }
+
+/// `GET /v1/flows`: a page of flows, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct FlowPage {
+    /// The flows of this page.
+    pub flows: Vec<FlowSummary>,
+    /// Pass as `cursor` for the next page; absent on the last.
+    pub next_cursor: Option<Uuid>,
+}
+
+impl FlowPage {
+    /// A page of `flows`, `next` going on.
+    pub fn new(flows: Vec<FlowSummary>, next: Option<Uuid>) -> Self {
+        Self { flows, next_cursor: next }
+    }
+}
+
+/// One flow of a list: its record, without its tasks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct FlowSummary {
+    /// Flow id (see [`Flow::id`]).
+    pub id: Uuid,
+    /// A declared flow's name.
+    pub name: Option<String>,
+    /// `running`, `completed`, `failed` or `cancelled`.
+    pub state: FlowState,
+    /// Created.
+    pub created_at: String,
+    /// Ended.
+    pub finished_at: Option<String>,
+    /// The current iteration, from 0.
+    pub iteration: u32,
+    /// Whether it repeats.
+    pub repeats: bool,
+    /// Tasks it holds (in every iteration kept).
+    pub tasks: u64,
+    /// The plugin of its first task (its root, or its first step).
+    pub plugin: Option<String>,
+    /// Why it failed or was cancelled.
+    pub error: Option<String>,
+}
+
+impl FlowSummary {
+    /// The summary of `flow`, whose first task is `first`, with names as
+    /// tenant `ns` wrote them.
+    pub fn new(flow: &crate::store::FlowRecord, first: Option<&TaskRecord>, ns: &Namespace) -> Self {
+        Self {
+            id: flow.id,
+            name: flow.name.clone(),
+            state: flow.state,
+            created_at: time(flow.created_at_ms),
+            finished_at: flow.finished_at_ms.map(time),
+            iteration: flow.iteration,
+            repeats: flow.repeat.is_some(),
+            tasks: flow.tasks,
+            plugin: first.map(|t| ns.name_of(&t.plugin)),
+            error: flow.error.clone(),
+        }
+    }
+}

@@ -45,7 +45,7 @@ pub use access::{
 };
 pub use error::{ErrorBody, ErrorDetail};
 pub use events::{EventsMissed, Stopping, TaskMoved, event_id, parse_event_id};
-pub use flow::{Flow, FlowNode, FlowRepeat, FlowTasks, RepeatRule};
+pub use flow::{Flow, FlowNode, FlowPage, FlowRepeat, FlowSummary, FlowTasks, RepeatRule};
 pub use health::Health;
 pub use logs::{LogEvent, LogLine, LogsDropped, TaskLogs};
 pub use plugin::{

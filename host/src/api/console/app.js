@@ -359,13 +359,14 @@ function chart(canvas, values, colour) {
     ctx.beginPath(); ctx.moveTo(36, y); ctx.lineTo(width, y); ctx.stroke();
     ctx.fillText((max * f).toFixed(max < 10 ? 1 : 0), 0, y + 4);
   }
-  ctx.fillText("last 5 minutes", width - 80, height - 2);
+  ctx.fillText("last 10 minutes", width - 86, height - 2);
   if (values.length < 2) return;
   ctx.strokeStyle = colour;
   ctx.lineWidth = 2;
   ctx.beginPath();
   values.forEach((v, i) => {
-    const x = 36 + (i / 150) * (width - 36);
+    // The newest at the right edge; 300 intervals of 2 s across.
+    const x = 36 + ((300 - (values.length - 1 - i)) / 300) * (width - 36);
     const y = height - 16 - (v / max) * (height - 24);
     if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
   });
@@ -534,25 +535,39 @@ async function queuesPage() {
   });
 }
 
-async function flowsPage() {
+async function flowsPage(params) {
   const main = pageRoot();
-  const page = await api.get("/v1/tasks?order=newest&limit=500");
-  const flows = new Map();
-  for (const t of page.tasks) {
-    if (t.flow_id === t.id && !t.parent_id && !page.tasks.some((o) => o.flow_id === t.id && o.id !== t.id)) continue;
-    const f = flows.get(t.flow_id) || { id: t.flow_id, tasks: 0, states: {}, latest: t.created_at };
-    f.tasks++; f.states[t.state] = (f.states[t.state] || 0) + 1;
-    flows.set(t.flow_id, f);
+  const query = new URLSearchParams({ limit: "50" });
+  for (const key of ["state", "cursor"]) if (params.get(key)) query.set(key, params.get(key));
+  const page = await api.get(`/v1/flows?${query}`);
+  const states = ["", "running", "completed", "failed", "cancelled"];
+  const filter = h("select", { name: "state", "aria-label": "flow state", onchange: (e) => {
+    const next = new URLSearchParams(); if (e.target.value) next.set("state", e.target.value);
+    location.hash = `#/flows?${next}`;
+  } }, states.map((s) => h("option", { value: s, selected: (params.get("state") || "") === s }, s || "any state")));
+  const paging = h("p", { class: "toolbar" });
+  if (params.get("cursor")) {
+    const first = new URLSearchParams(params); first.delete("cursor");
+    paging.append(h("a", { href: `#/flows?${first}` }, "« Newest"));
+  }
+  if (page.next_cursor) {
+    const next = new URLSearchParams(params); next.set("cursor", page.next_cursor);
+    paging.append(h("a", { href: `#/flows?${next}`, id: "next" }, "Next page »"));
   }
   main.replaceChildren(h("h1", {}, "Flows"),
     h("form", { class: "filters", onsubmit: (e) => { e.preventDefault(); location.hash = `#/flow/${e.target.elements.id.value.trim()}`; } },
+      h("label", {}, "State ", filter),
       h("label", {}, "Flow id", h("input", { name: "id", size: 38, required: true })), h("button", { type: "submit" }, "Show")),
-    h("div", { class: "panel scroll" }, h("h2", {}, "Flows among the latest 500 tasks"), h("table", {},
-      h("thead", {}, h("tr", {}, h("th", {}, "Flow"), h("th", { class: "num" }, "Tasks shown"), h("th", {}, "States"), h("th", {}, "Latest task"))),
-      h("tbody", {}, flows.size ? [...flows.values()].map((f) => h("tr", {},
-        h("td", {}, h("a", { href: `#/flow/${f.id}`, class: "mono" }, f.id)), h("td", { class: "num" }, f.tasks),
-        h("td", {}, Object.entries(f.states).map(([s, n]) => [stateBadge(s), ` ${n} `])), h("td", {}, ago(f.latest))))
-        : h("tr", {}, h("td", { colspan: 4, class: "muted" }, "no flows among the latest tasks"))))));
+    h("div", { class: "panel scroll" }, h("h2", {}, "Flows, newest first"), h("table", {},
+      h("thead", {}, h("tr", {}, h("th", {}, "Flow"), h("th", {}, "Name"), h("th", {}, "State"), h("th", {}, "First plugin"),
+        h("th", { class: "num" }, "Tasks"), h("th", { class: "num" }, "Iteration"), h("th", {}, "Created"), h("th", {}, "Error"))),
+      h("tbody", {}, page.flows.length ? page.flows.map((f) => h("tr", {},
+        h("td", {}, h("a", { href: `#/flow/${f.id}`, class: "mono" }, f.id)), h("td", {}, f.name || ""),
+        h("td", {}, stateBadge(f.state)), h("td", {}, f.plugin || ""), h("td", { class: "num" }, f.tasks),
+        h("td", { class: "num" }, f.repeats ? f.iteration : ""), h("td", { title: when(f.created_at) }, ago(f.created_at)),
+        h("td", { class: "error" }, (f.error || "").slice(0, 80))))
+        : h("tr", {}, h("td", { colspan: 8, class: "muted" }, "no flows"))))),
+    paging);
 }
 
 /** A flow's tree as an SVG graph: one row per depth, edges to children
@@ -725,7 +740,7 @@ async function route() {
   }
   const pages = {
     overview, tasks: () => tasksPage(params), task: () => taskPage(id), queues: queuesPage,
-    flows: flowsPage, flow: () => flowPage(id), plugins: pluginsPage, plugin: () => pluginPage(id), models: modelsPage,
+    flows: () => flowsPage(params), flow: () => flowPage(id), plugins: pluginsPage, plugin: () => pluginPage(id), models: modelsPage,
   };
   const render = pages[page];
   if (!render) { main.replaceChildren(h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Overview"))); return; }
