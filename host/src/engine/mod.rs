@@ -795,7 +795,7 @@ impl Engine {
         limit: usize,
         state: Option<crate::store::FlowState>,
         owns: impl Fn(&str) -> bool,
-    ) -> Result<(Vec<(crate::store::FlowRecord, Option<TaskRecord>)>, Option<Uuid>), EngineError> {
+    ) -> Result<crate::store::FlowsPage, EngineError> {
         let keep = |flow: &crate::store::FlowRecord, first: Option<&TaskRecord>| {
             state.is_none_or(|s| flow.state == s) && first.is_some_and(|t| owns(&t.plugin))
         };

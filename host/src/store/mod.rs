@@ -398,7 +398,7 @@ impl Store {
         limit: usize,
         scan: usize,
         keep: impl Fn(&FlowRecord, Option<&TaskRecord>) -> bool,
-    ) -> Result<(Vec<(FlowRecord, Option<TaskRecord>)>, Option<Uuid>), StoreError> {
+    ) -> Result<FlowsPage, StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
         let flows = txn.open_table(FLOWS)?;
@@ -1276,6 +1276,10 @@ fn apply_flow(t: &mut Tables<'_>, id: Uuid, edit: FlowEdit) -> Result<(FlowRecor
     write_flow(t, stored.as_ref(), &flow)?;
     Ok((flow, created))
 }
+
+/// A page of flows, each with its first task, and the id to go on from
+/// when more may follow.
+pub type FlowsPage = (Vec<(FlowRecord, Option<TaskRecord>)>, Option<Uuid>);
 
 /// Rewrites every task record of an older schema `Old` in today's layout:
 /// schema 2 gains the flow fields (each task its own flow), schemas 2 and 3
