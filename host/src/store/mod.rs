@@ -413,17 +413,14 @@ impl Store {
             let (id, value) = entry?;
             let flow: FlowRecord = decode(value.value())?;
             scanned += 1;
-            let first_id = match tasks.get(id.value())? {
-                Some(_) => Some(id.value()),
-                None => index
-                    .range((id.value(), 0u128)..=(id.value(), u128::MAX))?
-                    .next()
-                    .transpose()?
-                    .map(|(k, _)| k.value().1),
-            };
-            let first = match first_id {
-                Some(task) => tasks.get(task)?.map(|v| decode::<TaskRecord>(v.value())).transpose()?,
-                None => None,
+            // Its root task (a flow grown by a task's children), else its
+            // first declared step; each read once.
+            let first = match tasks.get(id.value())? {
+                Some(root) => Some(decode::<TaskRecord>(root.value())?),
+                None => match index.range((id.value(), 0u128)..=(id.value(), u128::MAX))?.next().transpose()? {
+                    Some((key, _)) => tasks.get(key.value().1)?.map(|v| decode::<TaskRecord>(v.value())).transpose()?,
+                    None => None,
+                },
             };
             if keep(&flow, first.as_ref()) {
                 out.push((flow, first));
