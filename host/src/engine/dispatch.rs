@@ -17,6 +17,7 @@ use super::runner::Attempt;
 use super::scheduler::{Charge, Entry};
 use super::shared::Shared;
 use super::submission::Submission;
+use crate::sandbox::Transcript;
 use crate::store::{Change, InputFrom, StoredFailure, TaskRecord, TaskState, now_ms};
 use crate::sync::lock;
 use crate::{CancelToken, FailureClass, TaskFailure, TaskReport};
@@ -218,7 +219,7 @@ impl Dispatch {
         // Followers read the attempt's lines from here until its outcome
         // is recorded (with them).
         let keep = record.log_keep_bytes.unwrap_or(shared.config.log_keep_bytes);
-        let transcript = (keep > 0).then(|| crate::sandbox::Transcript::new(keep));
+        let transcript = (keep > 0).then(|| Transcript::new(keep));
         let run = record.runs();
         if let Some(t) = &transcript {
             lock(&shared.transcripts).insert(record.id, (run, t.clone()));
@@ -352,18 +353,19 @@ impl Dispatch {
         record: &TaskRecord,
         cancel: CancelToken,
         services: &Arc<AttemptServices>,
-        transcript: Option<crate::sandbox::Transcript>,
+        transcript: Option<Transcript>,
         trace: crate::trace::Scope,
         waited: &mut Duration,
     ) -> Result<Ran<'a>, NotRun> {
         let shared = &self.shared;
         let needs = record.limits.memory_bytes.saturating_add(record.limits.host_bytes);
+        let needs = needs.saturating_add(transcript.as_ref().map_or(0, Transcript::most));
         let waiting = Instant::now();
         let entered = tokio::select! {
             entered = shared.gate.enter(needs, record.priority) => entered.ok_or_else(|| {
                 let size = crate::units::format_size;
                 NotRun::Failed(FailureClass::HostError, format!(
-                    "the task reserves {} (its memory limit plus its host budget), more than this host's memory \
+                    "the task reserves {} (its memory limit, its host budget and its transcript), more than this host's memory \
                      budget of {}",
                     size(needs),
                     size(shared.gate.budget())
@@ -389,12 +391,14 @@ impl Dispatch {
         let at = crate::trace::at_ms;
         shared.config.traces.child_at("queue wait", record.trace, at(ready_since)).end_at(at(started_ms));
         let started = Instant::now();
+        let attempt_transcript = transcript.clone();
         let attempt =
             Attempt { input, cancel, services: services.clone(), budget: services.budget(), transcript, trace };
         let report = shared.runner.run(record, attempt).await;
         drop(slot);
         let output_len = report.result.as_ref().map_or(0, |o| o.len() as u64);
-        reserved.shrink_to(input_len + output_len + report.host_bytes_peak);
+        let transcript_held = attempt_transcript.as_ref().map_or(0, Transcript::held);
+        reserved.shrink_to(input_len + output_len + report.host_bytes_peak + transcript_held);
         let secs = started.elapsed().as_secs_f64();
         shared.history.record(&record.plugin, &record.plugin_version, secs, report.memory_peak, report.host_bytes_peak);
         Ok(Ran { report, secs, started_ms, input_len, reserved })

@@ -145,7 +145,7 @@ impl Metrics {
         registry.register("memory_budget_bytes", "The host memory budget running attempts share", gate.budget.clone());
         registry.register(
             "memory_reserved_bytes",
-            "Memory reserved by running attempts (memory limit plus host budget each)",
+            "Memory reserved by running attempts (memory limit, host budget and transcript each)",
             gate.reserved.clone(),
         );
         registry.register(

@@ -128,18 +128,6 @@ impl Submission {
             limits.timeout = Duration::from_millis(timeout_ms);
         }
         self.shared.runner.check_limits(&limits).map_err(EngineError::InvalidRequest)?;
-        let needs = limits.memory_bytes.saturating_add(limits.host_bytes);
-        if !self.shared.gate.fits(needs) {
-            let size = crate::units::format_size;
-            return invalid(format!(
-                "a task of `{plugin}` would reserve {} (memory_bytes {} plus its host budget {}) while it runs, \
-                 more than this host's whole memory budget of {} (--memory-budget); ask for less memory",
-                size(needs),
-                size(limits.memory_bytes),
-                size(limits.host_bytes),
-                size(self.shared.gate.budget())
-            ));
-        }
         let now = now_ms();
         let next_run_at_ms = match (task.delay_ms, task.run_at_ms) {
             (Some(_), Some(_)) => {
@@ -196,6 +184,20 @@ impl Submission {
                 "log_keep_bytes {} is over this host's ceiling of {} (--log-keep-max)",
                 size(keep),
                 size(ceiling)
+            ));
+        }
+        let keep = task.log_keep_bytes.unwrap_or(self.shared.config.log_keep_bytes);
+        let needs = limits.memory_bytes.saturating_add(limits.host_bytes);
+        let needs = needs.saturating_add(crate::sandbox::Transcript::most_for(keep));
+        if !self.shared.gate.fits(needs) {
+            let size = crate::units::format_size;
+            return invalid(format!(
+                "a task of `{plugin}` would reserve {} (memory_bytes {}, its host budget {} and its transcript) while it runs, \
+                 more than this host's whole memory budget of {} (--memory-budget); ask for less memory",
+                size(needs),
+                size(limits.memory_bytes),
+                size(limits.host_bytes),
+                size(self.shared.gate.budget())
             ));
         }
         // Last: a refused task reserves no queue.

@@ -18,8 +18,9 @@ use tokio::sync::watch;
 /// The longest line kept whole; a longer one (or a partial line that long)
 /// is cut into lines of this size.
 pub const MAX_LINE: usize = 4096;
-/// What a line costs besides its text (its stamp, number, source).
-const LINE_OVERHEAD: usize = 24;
+/// What a line costs besides its text: the line itself in memory (its
+/// stamp, number, source, the text's pointer) and its text's allocation.
+const LINE_OVERHEAD: usize = std::mem::size_of::<LogLine>() + 16;
 /// The cap when none is given: 64 KiB an attempt.
 pub const DEFAULT_KEEP: u64 = 64 << 10;
 
@@ -144,6 +145,30 @@ impl Transcript {
                 started_ms,
             }),
         }
+    }
+
+    /// The most it can make the host hold from the attempt's start until
+    /// its outcome is recorded: its lines (the cap, each counted with its
+    /// overhead), the two unfinished lines (up to [`MAX_LINE`] each), and
+    /// at the commit a copy of its lines and their encoding (at most the
+    /// cap again each).
+    pub fn most(&self) -> u64 {
+        Self::most_for(self.lock().half as u64 * 2)
+    }
+
+    /// [`Transcript::most`] for a transcript keeping `cap` bytes (none for
+    /// 0, which keeps no transcript).
+    pub fn most_for(cap: u64) -> u64 {
+        if cap == 0 { 0 } else { cap.saturating_mul(3).saturating_add(2 * MAX_LINE as u64) }
+    }
+
+    /// What it holds now, counted as [`Transcript::most`] counts it: its
+    /// lines and unfinished lines, three times over for the commit.
+    pub fn held(&self) -> u64 {
+        let lines = self.lock();
+        let kept = (lines.head_bytes + lines.tail_bytes) as u64;
+        let partial = lines.partial.iter().map(|(p, _)| p.len() as u64).sum::<u64>();
+        kept.saturating_mul(3).saturating_add(partial)
     }
 
     fn now_ms(&self) -> u64 {
@@ -317,6 +342,25 @@ mod tests {
         // Nothing is taken after the end.
         t.write(Stream::Stdout, b"late\n");
         assert_eq!(t.kept().lines.len(), 4);
+    }
+
+    #[test]
+    fn what_a_transcript_holds_stays_within_what_it_reserves() {
+        let t = Transcript::new(DEFAULT_KEEP);
+        assert_eq!(t.most(), Transcript::most_for(DEFAULT_KEEP));
+        assert_eq!(Transcript::most_for(0), 0);
+        assert_eq!(t.held(), 0);
+        // A flood of empty lines costs their overhead, and an unfinished
+        // line its bytes.
+        for _ in 0..100_000 {
+            t.write(Stream::Stdout, b"\n");
+        }
+        t.write(Stream::Stderr, &[b'x'; MAX_LINE - 1]);
+        let held = t.held();
+        assert!(held > 3 * (DEFAULT_KEEP - 2 * LINE_OVERHEAD as u64), "{held}");
+        assert!(held <= t.most(), "{held} > {}", t.most());
+        // Counted lines are at least what they take in memory.
+        assert!(LINE_OVERHEAD >= std::mem::size_of::<LogLine>());
     }
 
     #[test]
