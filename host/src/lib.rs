@@ -47,6 +47,11 @@ pub use sandbox::{
     Transcript,
 };
 
+/// Scripts (JavaScript, Python) and the runner components that run them.
+pub mod scripts {
+    pub use crate::sandbox::{Language, MAX_SCRIPT_BYTES, RunnerId, Script, ScriptError};
+}
+
 /// Attempts' transcripts: what a task logged and printed, as timed lines.
 pub mod logs {
     pub use crate::sandbox::{AttemptLog, DEFAULT_KEEP, Dropped, LogLine, MAX_LINE, Stream};

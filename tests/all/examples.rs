@@ -87,3 +87,18 @@ async fn plugin_errors_keep_their_retryability_and_message() {
     assert_eq!((permanent.class, permanent.retryable), (FailureClass::PluginError, false));
     assert_eq!(permanent.to_string(), "plugin error (permanent): bad order id");
 }
+
+/// A plugin built against the contract's first release (0.1.0) still runs
+/// on this host (0.1.1): wasmtime links 0.1.x imports semver-compatibly,
+/// and releases only add interfaces.
+#[tokio::test]
+async fn a_plugin_built_against_wit_0_1_0_still_runs() {
+    let bytes = taskhost_test_artifacts::WIT_0_1_0.bytes();
+    let imports = String::from_utf8_lossy(&bytes);
+    assert!(imports.contains("taskhost:plugin/log@0.1.0"), "the fixture imports the old release");
+    let plugin = crate::sandbox().load("old", "1", &bytes).unwrap();
+    let request = taskhost::TaskRequest { input: b"hello".to_vec(), ..Default::default() };
+    let report = crate::sandbox().run(&plugin, request).await;
+    assert_eq!(crate::output(&report), "hello from old");
+    assert_eq!(report.logs[0].message, "built against 0.1.0");
+}

@@ -28,7 +28,7 @@ fn another_world_is_refused_naming_the_missing_export() {
     let err = crate::sandbox().load("x", "1", &WRONG_WORLD.bytes()).unwrap_err();
     assert!(matches!(err, LoadError::WrongWorld(_)), "{err}");
     let message = err.to_string();
-    assert!(message.contains("does not implement world `taskhost:plugin/task@0.1.0`"), "{message}");
+    assert!(message.contains("does not implement world `taskhost:plugin/task@0.1.1`"), "{message}");
     assert!(message.contains("no export `run`"), "{message}");
 }
 

@@ -55,6 +55,9 @@ mod registry;
 mod retention;
 /// Cooperative yielding, cancellation and timeouts in host calls.
 mod scheduling;
+/// JavaScript scripts in the pre-initialised runner: output, every WIT
+/// binding, errors that point at the script, limits, `taskhost run x.js`.
+mod scripts;
 /// Storage faults: a damaged or empty store file refused at start-up with
 /// a clear error, `taskhost store check|repair`, a full disk.
 mod storage;

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const ROLES: &[&str] = &["example", "hostile", "fixture", "bench"];
+const ROLES: &[&str] = &["example", "hostile", "fixture", "bench", "runner"];
 const PLUGIN_DIRS: &[&str] = &["plugins", "tests/plugins"];
 const PROFILE: &str = "plugin";
 const TARGET: &str = "wasm32-wasip2";
@@ -52,6 +52,10 @@ fn main() {
         entries.sort();
         for path in entries {
             let (name, role) = classify(&path);
+            // Script runners are built and embedded by the host itself.
+            if role == "runner" {
+                continue;
+            }
             if let Some(previous) = plugins.insert(name.clone(), role) {
                 panic!("plugin name `{name}` is used twice (roles {previous} and another)");
             }

@@ -16,6 +16,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 use taskhost::registry::sha256_hex;
+use taskhost::scripts::{Language, RunnerId, ScriptError};
 use taskhost::{LoadError, Plugin, Sandbox};
 
 /// The most bytes the cache keeps.
@@ -138,6 +139,63 @@ pub(crate) fn load(
         Err(message) => eprintln!("warning: {message}"),
     }
     Ok((plugin, Source::Compiled, elapsed))
+}
+
+/// The script runner for `language`, pre-initialised and compiled once,
+/// then kept in the cache `dir` (keyed by the runner's digest and the
+/// engine's fingerprint) and loaded from there.
+pub(crate) async fn load_runner(
+    sandbox: &Sandbox,
+    language: Language,
+    cache: Option<&Path>,
+) -> Result<(Plugin, Source, std::time::Duration), ScriptError> {
+    let started = Instant::now();
+    let id = RunnerId::of(language)?;
+    let dir = cache.filter(|dir| match open_dir(dir) {
+        Ok(()) => true,
+        Err(message) => {
+            eprintln!("warning: {message}");
+            false
+        }
+    });
+    let path = dir.map(|dir| dir.join(format!("runner-{}-{}.cwasm", id.digest, sandbox.fingerprint())));
+    if let Some(path) = &path
+        && let Some(plugin) = cached_runner(sandbox, &id, path)
+    {
+        return Ok((plugin, Source::Cached, started.elapsed()));
+    }
+    let plugin = sandbox.load_runner(language).await?;
+    let elapsed = started.elapsed();
+    if let (Some(dir), Some(path)) = (dir, &path) {
+        let stored = plugin.serialize().map_err(|e| format!("cannot serialize the runner: {e}"));
+        match stored.and_then(|artifact| write_private(dir, path, &artifact)) {
+            Ok(()) => trim(dir, MAX_BYTES),
+            Err(message) => eprintln!("warning: {message}"),
+        }
+    }
+    Ok((plugin, Source::Compiled, elapsed))
+}
+
+/// The cached runner at `path`, if there is a usable one.
+fn cached_runner(sandbox: &Sandbox, id: &RunnerId, path: &Path) -> Option<Plugin> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() || !private(&meta) {
+        eprintln!("warning: ignoring the cached artifact {}: not a private file of this user's", path.display());
+        return None;
+    }
+    // SAFETY: as in `cached`: a private file of this user's, in this
+    // user's private cache, named by the runner's digest and this engine's
+    // fingerprint, written by this program and replaced only by renaming.
+    match unsafe { sandbox.load_serialized_file(&id.plugin_name(), id.version(), path, meta.size() as usize) } {
+        Ok(plugin) => {
+            let _ = std::fs::File::options().append(true).open(path).and_then(|f| f.set_modified(SystemTime::now()));
+            Some(plugin)
+        }
+        Err(e) => {
+            eprintln!("warning: ignoring the cached artifact {}: {e}", path.display());
+            None
+        }
+    }
 }
 
 /// What identifies one content of a file: device, inode, size, and its

@@ -7,13 +7,19 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use taskhost::scripts::{Language, Script};
 use taskhost::units::{format_size, parse_duration, parse_size};
 use taskhost::{Limits, Sandbox, SandboxConfig, TaskReport, TaskRequest};
 
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
-    /// The plugin component (.wasm, built for wasm32-wasip2).
+    /// The plugin component (.wasm, built for wasm32-wasip2), or a script:
+    /// JavaScript (.js, .mjs), told by its extension or by --lang.
     plugin: PathBuf,
+    /// Run the file as a script in this language (`js`), whatever its
+    /// extension.
+    #[arg(long, value_name = "LANG")]
+    lang: Option<taskhost::scripts::Language>,
     /// Read the task input from FILE (`-` for stdin). Default: stdin when it
     /// is not a terminal, else empty input.
     #[arg(long, short, value_name = "FILE")]
@@ -93,15 +99,35 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
         None => None,
     };
     let cache = if args.no_cache { None } else { args.cache_dir.clone().or_else(super::artifacts::default_dir) };
-    let (plugin, source, load_time) = match super::artifacts::load(&sandbox, &name, &args.plugin, cache.as_deref()) {
-        Ok(loaded) => loaded,
-        Err(super::artifacts::Failed::Read(message)) => return fail(EXIT_USAGE, &message),
-        Err(super::artifacts::Failed::Load(e)) => {
-            return fail(EXIT_TASK_FAILED, &format!("invalid plugin: `{}`: {e}", args.plugin.display()));
+    let language = args.lang.or_else(|| Language::from_file_name(&args.plugin.to_string_lossy()));
+    let mut script = None;
+    let loaded = match language {
+        Some(language) => {
+            let name = args.plugin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let bytes = match std::fs::read(&args.plugin) {
+                Ok(bytes) => bytes,
+                Err(e) => return fail(EXIT_USAGE, &format!("cannot read script `{}`: {e}", args.plugin.display())),
+            };
+            script = match Script::new(language, name, bytes) {
+                Ok(script) => Some(std::sync::Arc::new(script)),
+                Err(e) => return fail(EXIT_USAGE, &e.to_string()),
+            };
+            match super::artifacts::load_runner(&sandbox, language, cache.as_deref()).await {
+                Ok(loaded) => loaded,
+                Err(e) => return fail(EXIT_USAGE, &e.to_string()),
+            }
         }
+        None => match super::artifacts::load(&sandbox, &name, &args.plugin, cache.as_deref()) {
+            Ok(loaded) => loaded,
+            Err(super::artifacts::Failed::Read(message)) => return fail(EXIT_USAGE, &message),
+            Err(super::artifacts::Failed::Load(e)) => {
+                return fail(EXIT_TASK_FAILED, &format!("invalid plugin: `{}`: {e}", args.plugin.display()));
+            }
+        },
     };
-    let report =
-        sandbox.run(&plugin, TaskRequest { input, limits: Some(limits), inference, ..TaskRequest::default() }).await;
+    let (plugin, source, load_time) = loaded;
+    let request = TaskRequest { input, limits: Some(limits), inference, script, ..TaskRequest::default() };
+    let report = sandbox.run(&plugin, request).await;
     print_captured(&report);
     if args.stats {
         let how = match source {

@@ -211,6 +211,7 @@ impl Runner for SandboxRunner {
             budget: Some(attempt.budget),
             transcript: attempt.transcript,
             trace: attempt.trace,
+            script: None,
         };
         let sandbox = self.sandbox.clone();
         let attempt = async move { sandbox.run(&plugin, request).await };

@@ -20,6 +20,24 @@ impl plugin::log::Host for TaskState {
     }
 }
 
+impl plugin::script::Host for TaskState {
+    fn current(&mut self) -> wasmtime::Result<plugin::script::Source> {
+        let Some(script) = &self.script else {
+            return Err(wasmtime::format_err!(
+                "this task runs no script: only a script runner may call `taskhost:plugin/script.current`"
+            ));
+        };
+        Ok(plugin::script::Source {
+            language: match script.language {
+                super::Language::JavaScript => plugin::script::Language::Javascript,
+                super::Language::Python => plugin::script::Language::Python,
+            },
+            name: script.name.clone(),
+            text: script.text.clone(),
+        })
+    }
+}
+
 impl plugin::runtime::Host for TaskState {
     fn current_task(&mut self) -> wasmtime::Result<WitTaskInfo> {
         Ok(self.info.clone())

@@ -12,6 +12,7 @@ mod limiter;
 mod outcome;
 mod plugin;
 mod runtime;
+mod script;
 mod services;
 mod state;
 mod ticker;
@@ -24,6 +25,7 @@ pub use outcome::{FailureClass, LogLevel, LogRecord, TaskFailure, TaskReport};
 pub(crate) use plugin::check_header;
 pub use plugin::{LoadError, Plugin};
 pub use runtime::AttemptRuntime;
+pub use script::{Language, MAX_SCRIPT_BYTES, RunnerId, Script, ScriptError};
 pub use services::{ChildTask, ContextError, HostFailure, QueueError, Served, TaskServices, TaskStatus, TaskView};
 pub use transcript::{AttemptLog, DEFAULT_KEEP, Dropped, LogLine, MAX_LINE, Stream, Transcript};
 
@@ -116,6 +118,8 @@ pub struct TaskRequest {
     /// The span the attempt's instantiation and host calls hang under
     /// (none outside a trace).
     pub trace: crate::trace::Scope,
+    /// The script, for a task of a script runner.
+    pub script: Option<Arc<Script>>,
 }
 
 /// Cancels a running task: the guest is stopped at its next epoch tick, or
@@ -347,7 +351,21 @@ impl Sandbox {
             plugin: plugin.inner.name.clone(),
             version: plugin.inner.version.clone(),
         };
-        let mut store = Store::new(&self.inner.engine, TaskState::new(info, limits, grants, attached, meta.priority)?);
+        self.store_for(info, meta.priority, limits, grants, cancel, attached)
+    }
+
+    /// A store for one instance: its state, memory limiter, fuel, and the
+    /// epoch deadline that ends it at its timeout or cancellation.
+    fn store_for(
+        &self,
+        info: WitTaskInfo,
+        priority: u8,
+        limits: &Limits,
+        grants: &Grants,
+        cancel: Option<CancelToken>,
+        attached: Attached,
+    ) -> Result<Store<TaskState>, String> {
+        let mut store = Store::new(&self.inner.engine, TaskState::new(info, limits, grants, attached, priority)?);
         store.limiter(|state| &mut state.limiter);
         if self.inner.config.fuel_metering {
             // Cannot fail: it errs only when the engine does not meter fuel.
@@ -394,6 +412,7 @@ impl Sandbox {
             budget: request.budget,
             transcript: request.transcript,
             trace: request.trace,
+            script: request.script,
         };
         let mut store = match self.new_store(plugin, &request.meta, &limits, &request.grants, request.cancel, attached)
         {
@@ -449,7 +468,17 @@ impl Sandbox {
                 format!("the output is {} bytes; the limit is {} bytes", output.len(), limits.max_output_bytes),
             )),
             Ended::Returned(Ok(Ok(output))) => Ok(output),
-            Ended::Returned(Ok(Err(error))) => Err(plugin_error(error)),
+            // A guest whose growth was refused may catch that and report
+            // an error of its own (an interpreter's "out of memory"): the
+            // limiter's record says what happened.
+            Ended::Returned(Ok(Err(error))) => Err(match outcome::memory_refused(store.data()) {
+                Some(mut failure) => {
+                    let reported = plugin_error(error);
+                    failure.message = format!("{}; the guest then reported: {}", failure.message, reported.message);
+                    failure
+                }
+                None => plugin_error(error),
+            }),
             Ended::Returned(Err(error)) => Err(outcome::classify_error(error, store.data())),
             Ended::InstantiateFailed(error) if error.is::<wasmtime::PoolConcurrencyLimitError>() => Err(TaskFailure {
                 retryable: true,
@@ -489,6 +518,7 @@ pub(crate) struct Attached {
     pub(crate) budget: Option<Arc<HostBudget>>,
     pub(crate) transcript: Option<Transcript>,
     pub(crate) trace: crate::trace::Scope,
+    pub(crate) script: Option<Arc<Script>>,
 }
 
 #[derive(Clone, Copy)]

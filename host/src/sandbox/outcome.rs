@@ -292,15 +292,8 @@ pub(crate) fn classify_error(err: wasmtime::Error, state: &TaskState) -> TaskFai
         Some(Trap::Interrupt) => return timeout_failure(state),
         _ => {}
     }
-    if let Some(refusal) = state.limiter.refused {
-        return TaskFailure::new(
-            FailureClass::MemoryLimitExceeded,
-            format!(
-                "the task asked for {} bytes of linear memory; its limit is {}",
-                refusal.requested_total,
-                state.limiter.limit()
-            ),
-        );
+    if let Some(failure) = memory_refused(state) {
+        return failure;
     }
     if let Some(refused) = err.chain().find_map(|e| e.downcast_ref::<BudgetExceeded>()) {
         return TaskFailure::new(FailureClass::HostBudgetExceeded, refused.to_string());
@@ -354,6 +347,20 @@ fn panic_message(stderr: &[u8]) -> Option<String> {
         (false, true) => Some(message),
         (false, false) => Some(format!("{message} at {location}")),
     }
+}
+
+/// `memory limit exceeded`, if the limiter refused the task's memory a
+/// growth during the attempt.
+pub(crate) fn memory_refused(state: &TaskState) -> Option<TaskFailure> {
+    let refusal = state.limiter.refused?;
+    Some(TaskFailure::new(
+        FailureClass::MemoryLimitExceeded,
+        format!(
+            "the task asked for {} bytes of linear memory; its limit is {}",
+            refusal.requested_total,
+            state.limiter.limit()
+        ),
+    ))
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ pub enum LoadError {
     MissingImport(String),
     /// The component does not export world `task`'s `run`.
     #[error(
-        "the component does not implement world `taskhost:plugin/task@0.1.0` \
+        "the component does not implement world `taskhost:plugin/task@0.1.1` \
          (expected export `run: func(input: list<u8>) -> result<list<u8>, task-error>`): {0}"
     )]
     WrongWorld(String),

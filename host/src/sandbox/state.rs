@@ -48,6 +48,8 @@ pub(crate) struct TaskState {
     transcript: Option<Transcript>,
     /// The attempt's span: each host call is a span under it.
     pub(crate) trace: crate::trace::Scope,
+    /// The script a script runner runs (`taskhost:plugin/script`).
+    pub(crate) script: Option<Arc<super::Script>>,
 }
 
 impl TaskState {
@@ -118,6 +120,7 @@ impl TaskState {
             budget,
             transcript,
             trace: attached.trace,
+            script: attached.script,
         })
     }
 

@@ -1,0 +1,295 @@
+//! Scripts and the runners that run them: the script types a task carries,
+//! the runner components this binary embeds (built from source by
+//! `host/build.rs`), and their pre-initialisation: the runner is
+//! instantiated once, its `wizer-initialize` export starts the interpreter,
+//! and its memory is snapshotted into a new component (the `wasmtime-wizer`
+//! crate), so each task starts with the interpreter ready.
+
+use super::state::TaskState;
+use super::{Attached, Grants, LoadError, Plugin, Sandbox, wasm_err};
+use crate::bindings::WitTaskInfo;
+use std::fmt;
+use wasmtime::component::{Component, Instance, WasmList};
+
+mod embedded {
+    include!(concat!(env!("OUT_DIR"), "/runners.rs"));
+}
+
+/// The longest script a task may carry.
+pub const MAX_SCRIPT_BYTES: usize = 1 << 20;
+
+/// A script's language.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Language {
+    /// JavaScript: an ES module, run by QuickJS.
+    JavaScript,
+    /// Python 3 (no runner yet).
+    Python,
+}
+
+impl Language {
+    /// The language a file name's extension says (`.js`, `.mjs`, `.py`).
+    pub fn from_file_name(name: &str) -> Option<Self> {
+        let extension = name.rsplit_once('.')?.1;
+        match extension {
+            "js" | "mjs" => Some(Self::JavaScript),
+            "py" => Some(Self::Python),
+            _ => None,
+        }
+    }
+
+    /// Its name as flags and the API write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::JavaScript => "js",
+            Self::Python => "python",
+        }
+    }
+
+    /// The runner component for it, as built.
+    fn runner(self) -> Result<&'static [u8], ScriptError> {
+        match self {
+            Self::JavaScript => Ok(embedded::JAVASCRIPT),
+            Self::Python => Err(ScriptError::NoRunner(self)),
+        }
+    }
+}
+
+impl std::str::FromStr for Language {
+    type Err = ScriptError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "js" | "javascript" => Ok(Self::JavaScript),
+            "py" | "python" => Ok(Self::Python),
+            other => Err(ScriptError::UnknownLanguage(other.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Language {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::JavaScript => "JavaScript",
+            Self::Python => "Python",
+        })
+    }
+}
+
+/// A script a task runs: what the runner reads through
+/// `taskhost:plugin/script`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Script {
+    /// Its language.
+    pub language: Language,
+    /// Its file name, as errors and stack traces show it.
+    pub name: String,
+    /// Its text.
+    pub text: String,
+}
+
+impl Script {
+    /// A script from a file's bytes, checked for size and UTF-8.
+    pub fn new(language: Language, name: impl Into<String>, bytes: Vec<u8>) -> Result<Self, ScriptError> {
+        let name = name.into();
+        if bytes.len() > MAX_SCRIPT_BYTES {
+            return Err(ScriptError::TooLarge { name, size: bytes.len() });
+        }
+        let text = String::from_utf8(bytes).map_err(|e| ScriptError::NotUtf8 { name: name.clone(), error: e })?;
+        Ok(Self { language, name, text })
+    }
+}
+
+/// Why a script or its runner could not be made ready.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScriptError {
+    /// A language name this host does not know.
+    #[error("unknown script language `{0}`: expected `js` or `python`")]
+    UnknownLanguage(String),
+    /// A language this host has no runner for yet.
+    #[error("this host has no {0} runner yet")]
+    NoRunner(Language),
+    /// The script is over [`MAX_SCRIPT_BYTES`].
+    #[error("script `{name}` is {size} bytes; the most a script may be is {MAX_SCRIPT_BYTES} bytes")]
+    TooLarge {
+        /// The script's name.
+        name: String,
+        /// Its size.
+        size: usize,
+    },
+    /// The script is not UTF-8 text.
+    #[error("script `{name}` is not UTF-8 text: {error}")]
+    NotUtf8 {
+        /// The script's name.
+        name: String,
+        /// Where it is not.
+        error: std::string::FromUtf8Error,
+    },
+    /// The runner could not be pre-initialised.
+    #[error("pre-initialising the {language} runner failed: {message}")]
+    PreInitialize {
+        /// The runner's language.
+        language: Language,
+        /// What failed.
+        message: String,
+    },
+    /// The pre-initialised runner did not load.
+    #[error("loading the {language} runner failed: {error}")]
+    Load {
+        /// The runner's language.
+        language: Language,
+        /// Why.
+        error: LoadError,
+    },
+}
+
+/// A runner's identity: its language and the digest of the component as
+/// built, which names its version and keys its cached artifact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerId {
+    /// The language it runs.
+    pub language: Language,
+    /// sha256 of the runner component, hex.
+    pub digest: String,
+}
+
+impl RunnerId {
+    /// The runner this binary embeds for `language`.
+    pub fn of(language: Language) -> Result<Self, ScriptError> {
+        Ok(Self { language, digest: crate::registry::sha256_hex(language.runner()?) })
+    }
+
+    /// The plugin name its tasks report (`runtime.current-task`).
+    pub fn plugin_name(&self) -> String {
+        format!("{}-runner", self.language.as_str())
+    }
+
+    /// The version its tasks report: the first 12 digits of its digest.
+    pub fn version(&self) -> &str {
+        &self.digest[..12]
+    }
+}
+
+impl Sandbox {
+    /// Pre-initialises the runner for `language`: instantiates it once,
+    /// runs its `wizer-initialize` export and snapshots its memory into a
+    /// new component. CPU-bound (it compiles the runner), so call it where
+    /// blocking is allowed; cache what it returns.
+    pub async fn pre_initialize_runner(&self, language: Language) -> Result<Vec<u8>, ScriptError> {
+        let failed = |message: String| ScriptError::PreInitialize { language, message };
+        let mut wizer = wasmtime_wizer::Wizer::new();
+        // The component still exports it; its core function must stay.
+        wizer.keep_init_func(true);
+        let (cx, instrumented) =
+            wizer.instrument_component(language.runner()?).map_err(|e| failed(format!("{:#}", wasm_err(e))))?;
+        let component =
+            Component::new(&self.inner.engine, &instrumented).map_err(|e| failed(format!("{:#}", wasm_err(e))))?;
+        let id = RunnerId::of(language)?;
+        let info = WitTaskInfo {
+            id: "pre-initialise".into(),
+            attempt: 1,
+            queue: String::new(),
+            plugin: id.plugin_name(),
+            version: id.version().to_owned(),
+        };
+        let limits = self.inner.config.default_limits.clone();
+        let mut store =
+            self.store_for(info, 0, &limits, &Grants::default(), None, Attached::default()).map_err(failed)?;
+        let instance = self
+            .inner
+            .linker
+            .instantiate_async(&mut store, &component)
+            .await
+            .map_err(|e| failed(format!("instantiating: {:#}", wasm_err(e))))?;
+        let init = instance
+            .get_typed_func::<(), ()>(&mut store, "wizer-initialize")
+            .map_err(|e| failed(format!("the runner has no `wizer-initialize`: {:#}", wasm_err(e))))?;
+        init.call_async(&mut store, ()).await.map_err(|e| {
+            let stderr = String::from_utf8_lossy(&store.data().stderr_snapshot()).into_owned();
+            failed(format!("`wizer-initialize` trapped: {:#} {stderr}", wasm_err(e)))
+        })?;
+        wizer
+            .snapshot_component(&cx, &mut Access { store: &mut store, instance })
+            .await
+            .map_err(|e| failed(format!("taking the snapshot: {:#}", wasm_err(e))))
+    }
+
+    /// The runner for `language`, pre-initialised and compiled: what
+    /// [`Sandbox::pre_initialize_runner`] makes, loaded. CPU-bound.
+    pub async fn load_runner(&self, language: Language) -> Result<Plugin, ScriptError> {
+        let snapshot = self.pre_initialize_runner(language).await?;
+        let id = RunnerId::of(language)?;
+        self.load(&id.plugin_name(), id.version(), &snapshot).map_err(|error| ScriptError::Load { language, error })
+    }
+}
+
+/// What the snapshot reads: the instance's memories and globals, through
+/// the accessors the instrumentation exported.
+struct Access<'a> {
+    store: &'a mut wasmtime::Store<TaskState>,
+    instance: Instance,
+}
+
+impl Access<'_> {
+    async fn call<R>(&mut self, instance: &str, func: &str) -> R
+    where
+        R: wasmtime::component::Lift + wasmtime::component::ComponentType + Send + Sync + 'static,
+    {
+        let (_, exported) = self.instance.get_export(&mut *self.store, None, instance).expect("instrumented export");
+        let (_, index) =
+            self.instance.get_export(&mut *self.store, Some(&exported), func).expect("instrumented function");
+        let func = self.instance.get_typed_func::<(), (R,)>(&mut *self.store, index).expect("its type");
+        func.call_async(&mut *self.store, ()).await.expect("the accessors do not trap").0
+    }
+}
+
+impl wasmtime_wizer::ComponentInstanceState for Access<'_> {
+    async fn call_func_ret_list_u8(&mut self, instance: &str, func: &str, contents: impl FnOnce(&[u8]) + Send) {
+        let list: WasmList<u8> = self.call(instance, func).await;
+        contents(list.as_le_slice(&*self.store));
+    }
+
+    async fn call_func_ret_s32(&mut self, instance: &str, func: &str) -> i32 {
+        self.call(instance, func).await
+    }
+
+    async fn call_func_ret_s64(&mut self, instance: &str, func: &str) -> i64 {
+        self.call(instance, func).await
+    }
+
+    async fn call_func_ret_f32(&mut self, instance: &str, func: &str) -> u32 {
+        self.call::<f32>(instance, func).await.to_bits()
+    }
+
+    async fn call_func_ret_f64(&mut self, instance: &str, func: &str) -> u64 {
+        self.call::<f64>(instance, func).await.to_bits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn languages_are_read_from_names_and_extensions() {
+        assert_eq!(Language::from_file_name("hello.js"), Some(Language::JavaScript));
+        assert_eq!(Language::from_file_name("a.b.mjs"), Some(Language::JavaScript));
+        assert_eq!(Language::from_file_name("report.py"), Some(Language::Python));
+        assert_eq!(Language::from_file_name("plugin.wasm"), None);
+        assert_eq!(Language::from_file_name("js"), None);
+        assert_eq!("javascript".parse::<Language>().unwrap(), Language::JavaScript);
+        let err = "ruby".parse::<Language>().unwrap_err().to_string();
+        assert!(err.contains("unknown script language `ruby`"), "{err}");
+    }
+
+    #[test]
+    fn a_script_is_utf8_and_bounded() {
+        let err = Script::new(Language::JavaScript, "x.js", vec![0xff]).unwrap_err().to_string();
+        assert!(err.contains("not UTF-8"), "{err}");
+        let err = Script::new(Language::JavaScript, "x.js", vec![b' '; MAX_SCRIPT_BYTES + 1]).unwrap_err().to_string();
+        assert!(err.contains("the most a script may be"), "{err}");
+        assert_eq!(Script::new(Language::JavaScript, "x.js", b"1".to_vec()).unwrap().text, "1");
+    }
+}

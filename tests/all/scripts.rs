@@ -1,0 +1,256 @@
+//! JavaScript scripts in the JavaScript runner: the real runner component
+//! built from source, pre-initialised, running scripts under the same
+//! limits as any plugin; every WIT function bound; errors that point at the
+//! script; `taskhost run hello.js` through the binary.
+
+use std::sync::Arc;
+use taskhost::scripts::{Language, Script};
+use taskhost::{FailureClass, Limits, Plugin, TaskReport, TaskRequest};
+use tokio::sync::OnceCell;
+
+/// The JavaScript runner, pre-initialised once for the whole binary.
+async fn runner() -> Plugin {
+    static RUNNER: OnceCell<Plugin> = OnceCell::const_new();
+    RUNNER.get_or_init(|| async { crate::sandbox().load_runner(Language::JavaScript).await.unwrap() }).await.clone()
+}
+
+/// Runs `source` (named `name`) on `input` under `limits`.
+async fn js_named(name: &str, source: &str, input: &[u8], limits: Option<Limits>) -> TaskReport {
+    let script = Script::new(Language::JavaScript, name, source.as_bytes().to_vec()).unwrap();
+    let request =
+        TaskRequest { input: input.to_vec(), limits, script: Some(Arc::new(script)), ..TaskRequest::default() };
+    crate::sandbox().run(&runner().await, request).await
+}
+
+async fn js(source: &str, input: &[u8]) -> TaskReport {
+    js_named("test.js", source, input, None).await
+}
+
+fn failure(report: &TaskReport) -> &taskhost::TaskFailure {
+    report.result.as_ref().err().unwrap_or_else(|| panic!("the task succeeded: {:?}", report.result))
+}
+
+#[tokio::test]
+async fn a_script_runs_on_its_input_and_returns_its_output() {
+    let source = r#"
+        export default function (input) {
+          const { name } = input.json();
+          console.log("greeting", name, { n: 1 });
+          host.log("warn", "careful");
+          return { hello: name, task: host.task().plugin, bytes: input.length };
+        }
+    "#;
+    let report = js(source, br#"{"name":"Ada"}"#).await;
+    let output: serde_json::Value = serde_json::from_str(&crate::output(&report)).unwrap();
+    assert_eq!(output, serde_json::json!({"hello": "Ada", "task": "js-runner", "bytes": 14}));
+    let logs: Vec<_> = report.logs.iter().map(|r| (r.level.to_string(), r.message.as_str())).collect();
+    assert_eq!(logs, [("info".to_owned(), r#"greeting Ada {"n":1}"#), ("warn".to_owned(), "careful")]);
+
+    // What a script returns becomes bytes: strings as UTF-8, typed arrays
+    // as they are, undefined as nothing; `run` works as well as default;
+    // an async function is awaited.
+    let cases: [(&str, &[u8]); 4] = [
+        ("export function run(input) { return input.text().toUpperCase(); }", b"ABC"),
+        ("export default () => new Uint8Array([0, 255, 7]);", &[0, 255, 7]),
+        ("export default () => {};", b""),
+        ("export default async (input) => { await null; return 'later ' + input.text(); }", b"later abc"),
+    ];
+    for (source, expected) in cases {
+        let report = js(source, b"abc").await;
+        assert_eq!(report.result.as_deref().map_err(ToString::to_string), Ok(expected), "{source}");
+    }
+}
+
+#[tokio::test]
+async fn every_wit_function_has_a_binding_in_the_runner_and_in_the_type_declarations() {
+    // The JavaScript name of each WIT import, by rule: `host.<interface>.
+    // <camelCase>`, but for the few that read better shorter.
+    let renamed = [
+        ("log", "log", "host.log"),
+        ("runtime", "current-task", "host.task"),
+        ("context", "list-keys", "host.context.keys"),
+    ];
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut resolve = wit_parser::Resolve::new();
+    let (package, _) = resolve.push_dir(root.join("wit")).unwrap();
+    let world = resolve.select_world(&[package], Some("script-task")).unwrap();
+    let mut expected = Vec::new();
+    for (_, item) in &resolve.worlds[world].imports {
+        let wit_parser::WorldItem::Interface { id, .. } = item else { continue };
+        let interface = &resolve.interfaces[*id];
+        let name = interface.name.clone().unwrap();
+        // `script` is how the runner gets the script, not a service.
+        if interface.package != Some(package) || name == "script" {
+            continue;
+        }
+        for function in interface.functions.keys() {
+            let path = renamed.iter().find(|(i, f, _)| *i == name && f == function).map_or_else(
+                || {
+                    let mut parts = function.split('-');
+                    let first = parts.next().unwrap().to_owned();
+                    let camel = parts.fold(first, |acc, p| acc + &p[..1].to_uppercase() + &p[1..]);
+                    format!("host.{name}.{camel}")
+                },
+                |(_, _, path)| (*path).to_owned(),
+            );
+            expected.push(path);
+        }
+    }
+    assert!(expected.len() >= 13 && expected.contains(&"host.inference.run".to_owned()), "{expected:?}");
+    // In the runner: each is a function.
+    let probe = r#"
+        export default (input) => input.json().filter((path) =>
+          typeof path.split(".").slice(1).reduce((o, k) => (o == null ? undefined : o[k]), host) !== "function");
+    "#;
+    let report = js(probe, serde_json::to_string(&expected).unwrap().as_bytes()).await;
+    assert_eq!(crate::output(&report), "[]", "functions the runner lacks");
+    // In the declarations editors read: each has its WIT name documented
+    // beside it.
+    let declarations = std::fs::read_to_string(root.join("sdk/scripts/taskhost.d.ts")).unwrap();
+    for path in &expected {
+        let member = path.rsplit('.').next().unwrap();
+        assert!(declarations.contains(&format!("  {member}(")), "taskhost.d.ts does not declare {path}");
+    }
+    for (_, item) in &resolve.worlds[world].imports {
+        let wit_parser::WorldItem::Interface { id, .. } = item else { continue };
+        let interface = &resolve.interfaces[*id];
+        let name = interface.name.clone().unwrap();
+        if interface.package != Some(package) || name == "script" {
+            continue;
+        }
+        for function in interface.functions.keys() {
+            assert!(
+                declarations.contains(&format!("WIT `{name}.{function}`")),
+                "taskhost.d.ts does not name {name}.{function}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn errors_point_at_the_script_and_say_whether_to_retry() {
+    // A syntax error: permanent, with the script's name, line and column.
+    let failed = js_named("broken.js", "export default function (input) {\n  let x = ;\n}\n", b"", None).await;
+    let f = failure(&failed);
+    assert_eq!((f.class, f.retryable), (FailureClass::PluginError, false), "{f}");
+    assert!(f.message.starts_with("SyntaxError: "), "{f}");
+    assert!(f.message.contains("broken.js:2:"), "{f}");
+
+    // A thrown error: retryable, with the script's frames and none of the
+    // runner's own.
+    let source = "function inner() { throw new Error('boom'); }\nexport default function () {\n  inner();\n}\n";
+    let f = failure(&js_named("thrower.js", source, b"", None).await).clone();
+    assert_eq!((f.class, f.retryable), (FailureClass::PluginError, true), "{f}");
+    assert!(f.message.starts_with("Error: boom"), "{f}");
+    assert!(f.message.contains("at inner (thrower.js:1:"), "{f}");
+    assert!(f.message.contains("thrower.js:3:"), "{f}");
+    assert!(!f.message.contains("taskhost>"), "{f}");
+
+    // Saying so makes it permanent.
+    for source in [
+        "export default () => { throw new host.PermanentError('bad input'); }",
+        "export default () => { const e = new Error('bad input'); e.permanent = true; throw e; }",
+    ] {
+        let f = failure(&js(source, b"").await).clone();
+        assert!(!f.retryable && f.message.contains("bad input"), "{f}");
+    }
+    // A thrown value that is not an Error, and a rejected promise.
+    let f = failure(&js("export default () => { throw { code: 7 }; }", b"").await).clone();
+    assert!(f.retryable && f.message.contains(r#"not an Error: {"code":7}"#), "{f}");
+    let f = failure(&js("export default async () => { throw new TypeError('later'); }", b"").await).clone();
+    assert!(f.message.starts_with("TypeError: later"), "{f}");
+    // No entry point.
+    let f = failure(&js_named("lib.js", "export const x = 1;", b"", None).await).clone();
+    assert!(!f.retryable && f.message.contains("lib.js exports no function to run"), "{f}");
+    // A refused host call is a HostError carrying the WIT case.
+    let source =
+        "export default () => { try { host.context.set('', 'v'); } catch (e) { return `${e.name} ${e.kind}`; } }";
+    let report = js(source, b"").await;
+    assert!(crate::output(&report).starts_with("HostError "), "{}", crate::output(&report));
+}
+
+#[tokio::test]
+async fn every_limit_ends_a_script_in_its_class() {
+    let limits = Limits { fuel: 50_000_000, ..Limits::default() };
+    let spin = js_named("spin.js", "export default () => { for (;;) {} }", b"", Some(limits)).await;
+    assert_eq!(failure(&spin).class, FailureClass::FuelExhausted, "{}", failure(&spin));
+
+    let limits = Limits { fuel: u64::MAX / 2, timeout: std::time::Duration::from_millis(300), ..Limits::default() };
+    let slow = js_named("spin.js", "export default () => { for (;;) {} }", b"", Some(limits)).await;
+    assert_eq!(failure(&slow).class, FailureClass::Timeout, "{}", failure(&slow));
+
+    // QuickJS catches the refused growth and throws its own "out of
+    // memory"; the limiter's record classifies it.
+    let limits = Limits { memory_bytes: 32 << 20, ..Limits::default() };
+    let source = "export default () => { const a = []; for (;;) a.push(new Array(100000).fill(1)); }";
+    let hog = js_named("hog.js", source, b"", Some(limits)).await;
+    let f = failure(&hog);
+    assert_eq!(f.class, FailureClass::MemoryLimitExceeded, "{f}");
+    assert!(f.message.contains("out of memory"), "the guest's own report is kept: {f}");
+
+    let deep = js("function f(n) { return f(n + 1) + 1; }\nexport default () => f(0);", b"").await;
+    assert_eq!(failure(&deep).class, FailureClass::StackOverflow, "{}", failure(&deep));
+
+    let limits = Limits { max_output_bytes: 1000, ..Limits::default() };
+    let big = js_named("big.js", "export default () => 'x'.repeat(1001);", b"", Some(limits)).await;
+    assert_eq!(failure(&big).class, FailureClass::OutputTooLarge, "{}", failure(&big));
+
+    // The runner still runs the next script.
+    assert_eq!(crate::output(&js("export default () => 'fine'", b"").await), "fine");
+}
+
+#[tokio::test]
+async fn each_task_starts_from_the_snapshot_with_its_own_randomness_and_no_authority() {
+    let source =
+        "globalThis.count = (globalThis.count ?? 0) + 1;\nexport default () => JSON.stringify([count, Math.random()]);";
+    let mut randoms = Vec::new();
+    for _ in 0..3 {
+        let (count, random): (u32, f64) = serde_json::from_str(&crate::output(&js(source, b"").await)).unwrap();
+        assert_eq!(count, 1, "no state is left from an earlier task");
+        assert!((0.0..1.0).contains(&random));
+        randoms.push(random.to_bits());
+    }
+    randoms.dedup();
+    assert_eq!(randoms.len(), 3, "Math.random is seeded per task");
+
+    // No modules to import, no file, network or process globals.
+    let failed = js("import * as os from 'os';\nexport default () => os.getenv('HOME');", b"").await;
+    assert!(failure(&failed).message.contains("os"), "{}", failure(&failed));
+    let probe = "export default () => ['std', 'os', 'fetch', 'require', 'process', 'XMLHttpRequest', 'WebSocket']\
+        .filter((name) => typeof globalThis[name] !== 'undefined');";
+    assert_eq!(crate::output(&js(probe, b"").await), "[]");
+}
+
+#[test]
+fn taskhost_run_runs_a_script_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("hello.js");
+    std::fs::write(&script, "export default (input) => { console.log('hi'); return `hello, ${input.text()}!`; };")
+        .unwrap();
+    let path = script.to_str().unwrap();
+    let out = crate::cli::taskhost_with_env(&["run", path], &[], b"Ada");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello, Ada!");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[ info] hi"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The second run loads the pre-initialised runner from the cache.
+    let out = crate::cli::taskhost_with_env(&["run", path, "--stats"], &[], b"Bob");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello, Bob!");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loaded from the artifact cache"));
+
+    // Any name with --lang; an unknown language is refused.
+    let other = dir.path().join("transform.txt");
+    std::fs::write(&other, "export default () => 'as js';").unwrap();
+    let out = crate::cli::taskhost_with_env(&["run", other.to_str().unwrap(), "--lang", "js"], &[], b"");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "as js");
+    let out = crate::cli::taskhost_with_env(&["run", path, "--lang", "ruby"], &[], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown script language `ruby`"));
+
+    // A failing script: exit 1 and one error line pointing at it.
+    std::fs::write(&script, "export default () => {\n  null.x;\n};").unwrap();
+    let out = crate::cli::taskhost_with_env(&["run", path], &[], b"");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("TypeError") && stderr.contains("hello.js:2:"), "{stderr}");
+}
