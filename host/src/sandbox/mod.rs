@@ -320,17 +320,35 @@ impl Sandbox {
     /// Only for the memory benchmark.
     #[doc(hidden)]
     pub async fn hold_instances<R>(&self, plugin: &Plugin, count: usize, while_held: impl FnOnce(usize) -> R) -> R {
+        self.hold_ran_instances(plugin, count, None, while_held).await
+    }
+
+    /// Like [`Sandbox::hold_instances`], but each instance first runs
+    /// `run` (its input and script), so what a task touches counts. Only
+    /// for the memory benchmark.
+    #[doc(hidden)]
+    pub async fn hold_ran_instances<R>(
+        &self,
+        plugin: &Plugin,
+        count: usize,
+        run: Option<(&[u8], Option<Arc<Script>>)>,
+        while_held: impl FnOnce(usize) -> R,
+    ) -> R {
         let limits = self.inner.config.default_limits.clone();
         let mut stores = Vec::with_capacity(count);
         for i in 0..count {
             let meta = TaskMeta { id: format!("hold-{i}"), ..TaskMeta::default() };
-            let Ok(mut store) = self.new_store(plugin, &meta, &limits, &Grants::default(), None, Attached::default())
-            else {
+            let attached = Attached { script: run.as_ref().and_then(|(_, s)| s.clone()), ..Attached::default() };
+            let Ok(mut store) = self.new_store(plugin, &meta, &limits, &Grants::default(), None, attached) else {
                 continue;
             };
-            if plugin.inner.pre.instantiate_async(&mut store).await.is_ok() {
-                stores.push(store);
+            let Ok(task) = plugin.inner.pre.instantiate_async(&mut store).await else { continue };
+            if let Some((input, _)) = run
+                && !matches!(task.call_run(&mut store, input).await, Ok(Ok(_)))
+            {
+                continue;
             }
+            stores.push(store);
         }
         while_held(stores.len())
     }

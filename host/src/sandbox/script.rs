@@ -225,6 +225,17 @@ impl Sandbox {
     }
 }
 
+impl Sandbox {
+    /// The runner for `language` as built, not pre-initialised: each task
+    /// starts the interpreter itself. Only for benchmarks.
+    #[doc(hidden)]
+    pub fn load_runner_without_snapshot(&self, language: Language) -> Result<Plugin, ScriptError> {
+        let id = RunnerId::of(language)?;
+        self.load(&id.plugin_name(), id.version(), language.runner()?)
+            .map_err(|error| ScriptError::Load { language, error })
+    }
+}
+
 /// What the snapshot reads: the instance's memories and globals, through
 /// the accessors the instrumentation exported.
 struct Access<'a> {
