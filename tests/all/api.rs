@@ -477,3 +477,37 @@ async fn recent_stats_count_ended_tasks_and_their_times() {
         assert!(pair[0]["ended"].as_u64() <= pair[1]["ended"].as_u64(), "{stats}");
     }
 }
+
+/// A reader that goes away (`taskhost plugins list | head -0`) ends the
+/// command quietly, as Unix tools end, never with a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_whose_reader_is_gone_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let api = api().await;
+    let jsonl = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(jsonl.path(), "{\"input\": \"a\"}\n".repeat(50)).unwrap();
+    let batch = ["submit", "uppercase", "--batch", jsonl.path().to_str().unwrap()];
+    for args in [&["plugins", "list"][..], &["tasks"], &batch] {
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let (base, token) = (api.base.clone(), api.token.clone());
+        let out = tokio::task::spawn_blocking(move || {
+            let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
+                .args(&args)
+                .env("TASKHOST_SERVER", base)
+                .env("TASKHOST_TOKEN", token)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            // The reader is gone before the command has written anything.
+            drop(child.stdout.take());
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap();
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        let quiet = out.status.success() || out.status.signal() == Some(libc::SIGPIPE);
+        assert!(quiet, "{:?}: {stderr}", out.status);
+    }
+}

@@ -22,7 +22,8 @@ pub(crate) struct FlowArgs {
     /// Cancel the flow: every unfinished task, and any later iteration.
     #[arg(long)]
     cancel: bool,
-    /// Follow the flow until it ends, redrawing the tree.
+    /// Wait until the flow ends (following its tasks' ends on the event
+    /// stream), then print its tree.
     #[arg(long, short, conflicts_with = "cancel")]
     wait: bool,
     /// Print the flow as JSON instead of a tree.

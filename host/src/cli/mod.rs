@@ -96,6 +96,16 @@ pub(crate) fn main() -> ExitCode {
         // No async runtime, no logging set-up: it only compiles.
         return taskhost::registry::compile_process_main();
     }
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A command whose reader went away (`taskhost plugins list | head
+        // -1`) ends quietly, as Unix tools do, instead of panicking in
+        // `println!`. Sockets are unaffected (written with MSG_NOSIGNAL);
+        // the server keeps Rust's default of ignoring the signal.
+        // SAFETY: sets a signal disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TASKHOST_LOG").unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
