@@ -38,3 +38,55 @@ fn an_unknown_import_is_refused_naming_it() {
     assert!(matches!(err, LoadError::MissingImport(_)), "{err}");
     assert!(err.to_string().contains("test:missing/db"), "{err}");
 }
+
+/// The usual mistakes of a plugin author get a hint that says what to do.
+#[test]
+fn an_authors_usual_mistakes_are_told_what_to_do() {
+    // A native build: the host's own binary is an ELF file.
+    let native = std::fs::read(env!("CARGO_BIN_EXE_taskhost")).unwrap();
+    let err = crate::sandbox().load("x", "1", &native[..4096]).unwrap_err();
+    assert!(matches!(err, LoadError::NativeCode), "{err}");
+    assert!(err.to_string().contains("--target wasm32-wasip2"), "{err}");
+    // A library archive: cargo built an .rlib, not a cdylib.
+    let err = crate::sandbox()
+        .load("x", "1", b"!<arch>\n/               0           0     0     0       8         `\n")
+        .unwrap_err();
+    assert!(matches!(err, LoadError::Archive), "{err}");
+    assert!(err.to_string().contains(r#"crate-type = ["cdylib"]"#), "{err}");
+    // A component that wants outgoing HTTP.
+    let err = crate::sandbox().load("x", "1", &http_component()).unwrap_err();
+    assert!(matches!(err, LoadError::MissingImport(_)), "{err}");
+    let message = err.to_string();
+    assert!(message.contains("wasi:http/outgoing-handler") && message.contains("provides no `wasi:http`"), "{message}");
+}
+
+/// `taskhost run` of a .wasm that cargo did not build, beside the .rlib it
+/// did, says why.
+#[test]
+fn a_missing_wasm_beside_an_rlib_asks_for_a_cdylib() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("libgreeter.rlib"), b"!<arch>\n").unwrap();
+    let wasm = dir.path().join("greeter.wasm");
+    let out = crate::cli::taskhost_with_env(&["run", wasm.to_str().unwrap()], &[], b"");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("libgreeter.rlib but no .wasm") && stderr.contains("cdylib"), "{stderr}");
+}
+
+/// A component whose only import is the `wasi:http/outgoing-handler`
+/// instance (with a function, as a real one has).
+fn http_component() -> Vec<u8> {
+    use wasm_encoder::{
+        Component, ComponentImportSection, ComponentTypeRef, ComponentTypeSection, InstanceType, PrimitiveValType,
+    };
+    let mut types = ComponentTypeSection::new();
+    let mut instance = InstanceType::new();
+    instance.ty().function().params([("x", PrimitiveValType::U32)]).result(None);
+    instance.export("handle", ComponentTypeRef::Func(0));
+    types.instance(&instance);
+    let mut imports = ComponentImportSection::new();
+    imports.import("wasi:http/outgoing-handler@0.2.0", ComponentTypeRef::Instance(0));
+    let mut component = Component::new();
+    component.section(&types).section(&imports);
+    component.finish()
+}

@@ -87,7 +87,8 @@ pub(crate) fn load(
     cache: Option<&Path>,
 ) -> Result<(Plugin, Source, std::time::Duration), Failed> {
     let started = Instant::now();
-    let unreadable = |e: std::io::Error| Failed::Read(format!("cannot read plugin `{}`: {e}", file.display()));
+    let unreadable =
+        |e: std::io::Error| Failed::Read(format!("cannot read plugin `{}`: {e}{}", file.display(), hint(file)));
     let read = || std::fs::read(file).map_err(unreadable);
     let compile = |bytes: &[u8]| sandbox.load(name, "local", bytes).map_err(Failed::Load);
     let Some(dir) = cache else {
@@ -195,6 +196,21 @@ fn cached_runner(sandbox: &Sandbox, id: &RunnerId, path: &Path) -> Option<Plugin
             eprintln!("warning: ignoring the cached artifact {}: {e}", path.display());
             None
         }
+    }
+}
+
+/// Why a plugin file may be missing: cargo built the crate as a plain
+/// library (`libNAME.rlib` beside where the `.wasm` would be).
+fn hint(file: &Path) -> String {
+    let (Some(dir), Some(stem)) = (file.parent(), file.file_stem()) else { return String::new() };
+    let rlib = dir.join(format!("lib{}.rlib", stem.to_string_lossy()));
+    if file.extension().is_some_and(|e| e == "wasm") && !file.exists() && rlib.exists() {
+        format!(
+            " (cargo built {} but no .wasm: add `crate-type = [\"cdylib\"]` under `[lib]` in the plugin's Cargo.toml)",
+            rlib.display()
+        )
+    } else {
+        String::new()
     }
 }
 

@@ -140,6 +140,8 @@ struct CompileRequest {
 #[serde(rename_all = "snake_case")]
 enum Refusal {
     NotWasm,
+    NativeCode,
+    Archive,
     CoreModule,
     Compile(String),
     MissingImport(String),
@@ -150,6 +152,8 @@ impl From<LoadError> for Refusal {
     fn from(e: LoadError) -> Self {
         match e {
             LoadError::NotWasm => Self::NotWasm,
+            LoadError::NativeCode => Self::NativeCode,
+            LoadError::Archive => Self::Archive,
             LoadError::CoreModule => Self::CoreModule,
             LoadError::Compile(m) => Self::Compile(m),
             LoadError::MissingImport(m) => Self::MissingImport(m),
@@ -162,6 +166,8 @@ impl From<Refusal> for LoadError {
     fn from(r: Refusal) -> Self {
         match r {
             Refusal::NotWasm => Self::NotWasm,
+            Refusal::NativeCode => Self::NativeCode,
+            Refusal::Archive => Self::Archive,
             Refusal::CoreModule => Self::CoreModule,
             Refusal::Compile(m) => Self::Compile(m),
             Refusal::MissingImport(m) => Self::MissingImport(m),

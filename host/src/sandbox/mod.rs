@@ -272,8 +272,16 @@ impl Sandbox {
         size: usize,
         started: Instant,
     ) -> Result<Plugin, LoadError> {
-        let pre =
-            self.inner.linker.instantiate_pre(&component).map_err(|e| LoadError::MissingImport(format!("{e:#}")))?;
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(|e| {
+            let mut message = format!("{e:#}");
+            if message.contains("wasi:http/") {
+                message.push_str(
+                    " (taskhost provides no `wasi:http`: a plugin reaches the network only through `wasi:sockets`, \
+                     to the addresses its manifest grants; see the `[network]` section of a manifest)",
+                );
+            }
+            LoadError::MissingImport(message)
+        })?;
         let pre = TaskPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
         Ok(Plugin {
             inner: Arc::new(PluginInner {

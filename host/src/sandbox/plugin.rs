@@ -17,6 +17,18 @@ pub enum LoadError {
     /// The bytes are not WebAssembly at all.
     #[error("not a WebAssembly binary: the file does not start with the `\\0asm` magic bytes")]
     NotWasm,
+    /// A native shared library or executable (ELF), not WebAssembly.
+    #[error(
+        "this is a native library or program (ELF), not WebAssembly: build the plugin with \
+         `cargo build --release --target wasm32-wasip2`"
+    )]
+    NativeCode,
+    /// A static library archive (a Rust `.rlib`, a C `.a`).
+    #[error(
+        "this is a library archive (an .rlib or .a), not a component: add `crate-type = [\"cdylib\"]` under \
+         `[lib]` in the plugin's Cargo.toml, so that cargo builds a .wasm component"
+    )]
+    Archive,
     /// A core module where a component is needed.
     #[error(
         "this is a core WebAssembly module, not a component: build the plugin for \
@@ -100,6 +112,10 @@ pub(crate) fn check_header(bytes: &[u8]) -> Result<(), LoadError> {
         Ok(())
     } else if wasmparser::Parser::is_core_wasm(bytes) {
         Err(LoadError::CoreModule)
+    } else if bytes.starts_with(b"\x7fELF") {
+        Err(LoadError::NativeCode)
+    } else if bytes.starts_with(b"!<arch>\n") {
+        Err(LoadError::Archive)
     } else {
         Err(LoadError::NotWasm)
     }
