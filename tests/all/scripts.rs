@@ -254,3 +254,163 @@ fn taskhost_run_runs_a_script_file() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("TypeError") && stderr.contains("hello.js:2:"), "{stderr}");
 }
+
+/// Waits for `id` to end and gives its record and output.
+async fn finished(engine: &taskhost::engine::Engine, id: uuid::Uuid) -> (taskhost::store::TaskRecord, String) {
+    let record = engine.wait(id, std::time::Duration::from_secs(60)).await.unwrap();
+    assert!(record.state.is_terminal(), "{id} is still {}", record.state);
+    let output = engine.output(id).unwrap().map(|o| String::from_utf8(o).unwrap()).unwrap_or_default();
+    (record, output)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_plugins_are_versioned_by_their_source_and_run_as_tasks() {
+    let (engine, _dir) = crate::engine::engine_with(|_| {}).await;
+    let v1 = b"export default (input) => `v1 ${input.text()} ${host.task().plugin}@${host.task().version}`;".to_vec();
+    let (added, created) =
+        engine.add_script_plugin("greet", Language::JavaScript, v1.clone(), None, true).await.unwrap();
+    assert!(created);
+    let version = added.info.version.clone();
+    assert_eq!(version, added.info.digest[..12], "a script's version is its source's hash");
+    assert_eq!(added.info.script.as_deref(), Some("js"));
+    let submitted = engine.submit(crate::engine::task("greet", "Ada")).await.unwrap();
+    let (record, output) = finished(&engine, submitted.record.id).await;
+    assert_eq!(record.state, taskhost::store::TaskState::Completed);
+    assert_eq!(output, format!("v1 Ada greet@{version}"));
+
+    // The same source is the same version; another is a new one, and a
+    // rollback goes back.
+    let (_, created) = engine.add_script_plugin("greet", Language::JavaScript, v1, None, true).await.unwrap();
+    assert!(!created);
+    let v2 = b"export default (input) => 'v2 ' + input.text();".to_vec();
+    engine.add_script_plugin("greet", Language::JavaScript, v2, None, true).await.unwrap();
+    let id = engine.submit(crate::engine::task("greet", "Bob")).await.unwrap().record.id;
+    assert_eq!(finished(&engine, id).await.1, "v2 Bob");
+    engine.set_latest("greet", &version).await.unwrap();
+    let id = engine.submit(crate::engine::task("greet", "Cy")).await.unwrap().record.id;
+    assert!(finished(&engine, id).await.1.starts_with("v1 Cy"));
+
+    // A script that is not UTF-8 is refused, and nothing is added.
+    let refused = engine.add_script_plugin("bad", Language::JavaScript, vec![0xff, 0xfe], None, true).await;
+    assert!(refused.unwrap_err().to_string().contains("not UTF-8"));
+    assert!(engine.submit(crate::engine::task("bad", "")).await.is_err());
+
+    // A script error fails the task with the script's name and line, and
+    // is retried like any retryable plugin error.
+    let source = b"export default () => {\n  throw new Error('flaky');\n};".to_vec();
+    engine.add_script_plugin("flaky", Language::JavaScript, source, None, true).await.unwrap();
+    let mut task = crate::engine::task("flaky", "");
+    task.max_attempts = Some(2);
+    let id = engine.submit(task).await.unwrap().record.id;
+    let (record, _) = finished(&engine, id).await;
+    assert_eq!((record.state, record.attempts), (taskhost::store::TaskState::Failed, 2));
+    let error = record.error.unwrap().message;
+    assert!(error.contains("Error: flaky") && error.contains("flaky.js:2:"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_script_fans_out_and_joins_through_the_queue() {
+    let (engine, _dir) = crate::engine::engine_with(|_| {}).await;
+    let scripts: [(&str, &str); 3] = [
+        (
+            "fan",
+            r#"export default (input) => {
+                 const ids = input.json().map((n) => host.queue.submit({ plugin: "double", input: String(n) }));
+                 host.context.set("count", String(ids.length));
+                 return host.queue.join(ids, { plugin: "sum" });
+               };"#,
+        ),
+        ("double", "export default (input) => String(2 * Number(input.text()));"),
+        (
+            "sum",
+            r#"export default () => {
+                 const parts = host.queue.joined();
+                 if (parts.some((p) => p.status !== "completed")) throw new host.PermanentError("a part failed");
+                 const total = parts.reduce((acc, p) => acc + Number(p.output.text()), 0);
+                 return { total, parts: parts.length, counted: Number(host.context.get("count").text()) };
+               };"#,
+        ),
+    ];
+    for (name, source) in scripts {
+        engine.add_script_plugin(name, Language::JavaScript, source.as_bytes().to_vec(), None, true).await.unwrap();
+    }
+    let id = engine.submit(crate::engine::task("fan", "[1, 2, 3, 4]")).await.unwrap().record.id;
+    let (record, join_id) = finished(&engine, id).await;
+    assert_eq!(record.state, taskhost::store::TaskState::Completed);
+    let join_id: uuid::Uuid = join_id.trim_matches('"').parse().unwrap();
+    let (joined, output) = finished(&engine, join_id).await;
+    assert_eq!(joined.state, taskhost::store::TaskState::Completed, "{:?}", joined.error);
+    let output: serde_json::Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(output, serde_json::json!({"total": 20, "parts": 4, "counted": 4}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_are_uploaded_over_http_and_by_the_cli() {
+    let (engine, dir) = crate::engine::engine_with(|_| {}).await;
+    let (base, token) = crate::serve_api(&engine, dir.path()).await;
+    let http = crate::authed(&token);
+    let source = "export default (input) => input.text().split('').reverse().join('');";
+    let response = http.post(format!("{base}/v1/plugins/reverse?lang=js")).body(source).send().await.unwrap();
+    assert_eq!(response.status(), 201);
+    let added: serde_json::Value = response.json().await.unwrap();
+    assert_eq!((added["lang"].as_str(), added["version"].as_str().map(str::len)), (Some("js"), Some(12)), "{added}");
+    // An unknown language and a body that is not a script are refused.
+    let response = http.post(format!("{base}/v1/plugins/other?lang=ruby")).body(source).send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await.unwrap().contains("unknown script language `ruby`"));
+    let response = http.post(format!("{base}/v1/plugins/other?lang=js")).body(vec![0xffu8; 10]).send().await.unwrap();
+    assert_eq!(response.status(), 422, "an invalid plugin, as for a component");
+    assert!(response.text().await.unwrap().contains("not UTF-8"));
+
+    // The CLI tells a script by its extension.
+    let file = dir.path().join("shout.js");
+    std::fs::write(&file, "export default (input) => input.text().toUpperCase() + '!';").unwrap();
+    let out = crate::client_cli(&base, &token, &["plugins", "add", file.to_str().unwrap()]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("shout@"), "{}", String::from_utf8_lossy(&out.stdout));
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "hey").unwrap();
+    let out =
+        crate::client_cli(&base, &token, &["submit", "shout", "--wait", "--input", input.to_str().unwrap()]).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HEY!", "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_plugins_survive_a_restart_and_load_from_the_watched_directory() {
+    use taskhost::engine::{Engine, EngineConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let watched = tempfile::tempdir().unwrap();
+    let config = || EngineConfig {
+        data_dir: dir.path().to_owned(),
+        plugins_dir: Some(watched.path().to_owned()),
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(config()).await.unwrap();
+    let source = b"export default (input) => 'kept ' + input.text();".to_vec();
+    engine.add_script_plugin("kept", Language::JavaScript, source, None, true).await.unwrap();
+    assert_eq!(engine.plugin_load_counts(), (1, 0), "the runner was prepared once");
+    // A script dropped into the watched directory goes live.
+    std::fs::write(watched.path().join("dropped.js"), "export default () => 'from the directory';").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let id = loop {
+        match engine.submit(crate::engine::task("dropped", "")).await {
+            Ok(submitted) => break submitted.record.id,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "dropped.js never went live: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    };
+    assert_eq!(finished(&engine, id).await.1, "from the directory");
+    let (detail, _) = engine.plugin("dropped").unwrap();
+    assert_eq!(detail.versions[0].info.script.as_deref(), Some("js"));
+    engine.close().await;
+
+    // After a restart the scripts are there, and the runner comes from
+    // the artifact cache, not pre-initialised again.
+    let engine = Engine::open(config()).await.unwrap();
+    assert_eq!(engine.plugin_load_counts(), (0, 1), "the runner was prepared again instead of loaded");
+    let id = engine.submit(crate::engine::task("kept", "still")).await.unwrap().record.id;
+    assert_eq!(finished(&engine, id).await.1, "kept still");
+    engine.close().await;
+}

@@ -166,6 +166,8 @@ async fn list_plugins(
 struct UploadQuery {
     version: Option<String>,
     wait: Option<bool>,
+    /// The body is a script in this language (`js`), not a component.
+    lang: Option<String>,
 }
 
 /// An upload refused for its size, in the shape a body-limit refusal has.
@@ -178,7 +180,7 @@ fn too_large(e: RegistryError) -> ApiError {
     }
 }
 
-/// Uploads a component. A full compile queue is refused (503,
+/// Uploads a component, or a script with `?lang=js`. A full compile queue is refused (503,
 /// `Retry-After`) before the body is read; the body then goes to a staging
 /// file as it arrives, so an upload waiting to compile is not in memory.
 async fn add_plugin(
@@ -191,6 +193,12 @@ async fn add_plugin(
 ) -> ApiResult<Response> {
     use futures::StreamExt as _;
     let Query(query) = query?;
+    let script = query
+        .lang
+        .as_deref()
+        .map(str::parse::<crate::sandbox::Language>)
+        .transpose()
+        .map_err(|e| ApiError::invalid(format!("lang: {e}")))?;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let Some(size) = declared.filter(|size| *size > MAX_PLUGIN_BYTES as u64) {
         return Err(too_large(RegistryError::TooLarge { size }));
@@ -205,10 +213,12 @@ async fn add_plugin(
     }
     let staged = staging.finish().await.map_err(too_large)?;
     if staged.size == 0 {
-        return Err(ApiError::invalid("the body is empty: send the component (.wasm) bytes"));
+        return Err(ApiError::invalid(
+            "the body is empty: send the component (.wasm) bytes, or a script with `?lang=`",
+        ));
     }
     let wait = query.wait.unwrap_or(true);
-    let (status, created) = engine.add_staged_plugin(slot, &key, staged, query.version, wait).await?;
+    let (status, created) = engine.add_staged_plugin(slot, &key, staged, query.version, wait, script).await?;
     let code = match (created, &status.state) {
         (false, _) => StatusCode::OK,
         (true, VersionState::Compiling) => StatusCode::ACCEPTED,

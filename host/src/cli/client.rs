@@ -207,8 +207,13 @@ pub(crate) struct TasksArgs {
 pub(crate) enum PluginsCommand {
     /// Upload a component as a new version.
     Add {
-        /// The .wasm file.
+        /// The .wasm file, or a script (.js, .mjs: its version is the
+        /// source's hash).
         file: PathBuf,
+        /// Register the file as a script in this language (`js`), whatever
+        /// its extension.
+        #[arg(long, value_name = "LANG")]
+        lang: Option<taskhost::scripts::Language>,
         /// Plugin name (default: the file name without extension).
         #[arg(long)]
         name: Option<String>,
@@ -735,7 +740,7 @@ pub(crate) async fn plugins(command: PluginsCommand) -> ExitCode {
     done(
         async {
             match command {
-                PluginsCommand::Add { file, name, version, server } => {
+                PluginsCommand::Add { file, name, version, lang, server } => {
                     let bytes = std::fs::read(&file)
                         .map_err(|e| Failure(EXIT_USAGE, format!("cannot read plugin `{}`: {e}", file.display())))?;
                     let name = name.unwrap_or_else(|| {
@@ -743,7 +748,9 @@ pub(crate) async fn plugins(command: PluginsCommand) -> ExitCode {
                     });
                     let client = Client::new(&server);
                     let url = client.url(&format!("/v1/plugins/{name}"));
-                    let query: Vec<(&str, String)> = version.map(|v| ("version", v)).into_iter().collect();
+                    let lang = lang.or_else(|| taskhost::scripts::Language::from_file_name(&file.to_string_lossy()));
+                    let mut query: Vec<(&str, String)> = version.map(|v| ("version", v)).into_iter().collect();
+                    query.extend(lang.map(|l| ("lang", l.as_str().to_owned())));
                     let added: wire::PluginAdded = client.call(client.http.post(url).query(&query).body(bytes)).await?;
                     println!(
                         "{}@{} sha256:{}{}",

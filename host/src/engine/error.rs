@@ -90,6 +90,12 @@ impl From<RegistryError> for EngineError {
             | RegistryError::BadManifest(_) => Self::InvalidRequest(e.to_string()),
             RegistryError::VersionTaken { .. } | RegistryError::InUse { .. } => Self::Conflict(e.to_string()),
             RegistryError::Invalid(_) => Self::InvalidPlugin(e.to_string()),
+            RegistryError::Script(ref error) => match error {
+                crate::sandbox::ScriptError::PreInitialize { .. } | crate::sandbox::ScriptError::Load { .. } => {
+                    Self::Unavailable(e.to_string())
+                }
+                _ => Self::InvalidPlugin(e.to_string()),
+            },
             RegistryError::CompileTimeout { .. } => Self::CompileTimeout(e.to_string()),
             RegistryError::Busy => Self::Overloaded(e.to_string()),
             RegistryError::TooManyPlugins { .. } => Self::LimitReached(e.to_string()),

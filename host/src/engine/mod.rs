@@ -333,6 +333,21 @@ impl Engine {
         Ok(self.registry()?.add(name, bytes, version, wait).await?)
     }
 
+    /// Uploads a script plugin version: a `language` script whose source
+    /// is `source`, run by that language's runner. Otherwise as
+    /// [`Engine::add_plugin`]: identical source returns the existing
+    /// version.
+    pub async fn add_script_plugin(
+        &self,
+        name: &str,
+        language: crate::sandbox::Language,
+        source: Vec<u8>,
+        version: Option<String>,
+        wait: bool,
+    ) -> Result<(VersionStatus, bool), EngineError> {
+        Ok(self.registry()?.add_script(name, language, source, version, wait).await?)
+    }
+
     /// Starts an upload whose body is still to arrive: checks the name and
     /// version and takes a place in the compile queue, so a full queue is
     /// refused before the body is read. The body is then written to the
@@ -350,7 +365,8 @@ impl Engine {
         Ok((slot, registry.staging().await?))
     }
 
-    /// Adds an upload staged after [`Engine::begin_plugin_upload`].
+    /// Adds an upload staged after [`Engine::begin_plugin_upload`]: a
+    /// component, or a script in `script`'s language.
     pub(crate) async fn add_staged_plugin(
         &self,
         slot: crate::registry::QueueSlot,
@@ -358,6 +374,7 @@ impl Engine {
         staged: crate::registry::Staged,
         version: Option<String>,
         wait: bool,
+        script: Option<crate::sandbox::Language>,
     ) -> Result<(VersionStatus, bool), EngineError> {
         let tenant = crate::tenant::tenant_of(name);
         if let Some(max) = self.inner.shared.tenants.quotas(tenant).and_then(|q| q.max_plugin_bytes)
@@ -369,7 +386,7 @@ impl Engine {
                 format!("the component is {} bytes; the quota is {max}", staged.size),
             ));
         }
-        Ok(self.registry()?.add_staged(slot, name, staged, version, wait).await?)
+        Ok(self.registry()?.add_staged(slot, name, staged, version, wait, script).await?)
     }
 
     /// Refuses an upload to plugin `name` past its tenant's plugin quotas

@@ -26,6 +26,7 @@ pub(crate) use metrics::RegistryMetrics;
 pub(crate) use staging::{Staged, Staging};
 
 use crate::names::{self, NameError};
+use crate::sandbox::{Language, MAX_SCRIPT_BYTES, RunnerId, Script};
 use crate::store::{PluginEntry, PluginVersion, Store, StoreError, now_ms};
 use crate::sync::{blocking, lock, read, write};
 use crate::{LoadError, Plugin, Sandbox};
@@ -62,6 +63,8 @@ pub(crate) enum RegistryError {
     VersionTaken { name: String, version: String },
     #[error("invalid plugin: {0}")]
     Invalid(#[from] LoadError),
+    #[error("invalid script: {0}")]
+    Script(#[from] crate::sandbox::ScriptError),
     #[error("{0}")]
     BadManifest(String),
     #[error("{name}@{version} is used by {unfinished} unfinished task(s); delete it once they have ended")]
@@ -271,6 +274,9 @@ pub(crate) struct Registry {
     uploads: Arc<Semaphore>,
     /// Most plugin names with a version or a manifest.
     max_plugins: usize,
+    /// The JavaScript runner, pre-initialised and compiled (or loaded from
+    /// the artifact cache) at the first script's load.
+    javascript: tokio::sync::OnceCell<Plugin>,
 }
 
 /// A place in the compile queue, held by an upload until its compile ends.
@@ -372,6 +378,7 @@ impl Registry {
             cache_hits: AtomicU64::new(0),
             uploads: Arc::new(Semaphore::new(MAX_COMPILE_QUEUE)),
             max_plugins: usize::MAX,
+            javascript: tokio::sync::OnceCell::new(),
         };
         let store = registry.store.clone();
         for (name, stored) in blocking(move || store.plugins()).await? {
@@ -437,41 +444,14 @@ impl Registry {
     /// reads files, hashes or compiles runs off the async workers; compiles
     /// run one at a time.
     async fn load(&self, name: &str, info: &PluginVersion, input: Input) -> Result<LoadOutcome, RegistryError> {
+        if let Some(language) = &info.script {
+            return self.load_script(name, info, language, input).await;
+        }
         let started = Instant::now();
         let key = format!("{}-{}", info.digest, self.fingerprint);
         let path = self.cache_dir.join(format!("{key}.cwasm"));
         let size = usize::try_from(info.size).unwrap_or(usize::MAX);
-        let cached = {
-            let (store, sandbox, key, path) = (self.store.clone(), self.sandbox.clone(), key.clone(), path.clone());
-            let (name, version) = (name.to_owned(), info.version.clone());
-            blocking(move || -> Option<Plugin> {
-                // Only an artifact whose hash this host recorded when it wrote
-                // it is ever deserialised: deserialising trusts the bytes as
-                // machine code.
-                let expected = match store.cache_hash(&key) {
-                    Ok(Some(expected)) => expected,
-                    Ok(None) => return None,
-                    Err(error) => {
-                        tracing::warn!(%name, %error, "cannot read the artifact cache's record; compiling");
-                        return None;
-                    }
-                };
-                let artifact = std::fs::read(&path).ok()?;
-                if sha256_hex(&artifact) != expected {
-                    tracing::warn!(%name, path = %path.display(), "a cached artifact changed on disk; compiling");
-                    return None;
-                }
-                // SAFETY: written by this host (see above) and verified unchanged.
-                match unsafe { sandbox.load_serialized(&name, &version, &artifact, size) } {
-                    Ok(plugin) => Some(plugin),
-                    Err(error) => {
-                        tracing::warn!(%name, %error, "ignoring a cached artifact");
-                        None
-                    }
-                }
-            })
-            .await
-        };
+        let cached = self.cached_artifact(name, &info.version, &key, &path, size).await;
         if let Some(plugin) = cached {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(LoadOutcome { plugin, took: started.elapsed(), from_cache: true, written: None });
@@ -498,6 +478,107 @@ impl Registry {
         self.compiled.fetch_add(1, Ordering::Relaxed);
         self.metrics.compile_time.observe(compile_started.elapsed().as_secs_f64());
         Ok(LoadOutcome { plugin, took: started.elapsed(), from_cache: false, written })
+    }
+
+    /// The artifact this host compiled and recorded under `key`, if it is
+    /// on disk unchanged and loads.
+    async fn cached_artifact(
+        &self,
+        name: &str,
+        version: &str,
+        key: &str,
+        path: &std::path::Path,
+        size: usize,
+    ) -> Option<Plugin> {
+        let (store, sandbox, key, path) = (self.store.clone(), self.sandbox.clone(), key.to_owned(), path.to_owned());
+        let (name, version) = (name.to_owned(), version.to_owned());
+        blocking(move || -> Option<Plugin> {
+            // Only an artifact whose hash this host recorded when it wrote
+            // it is ever deserialised: deserialising trusts the bytes as
+            // machine code.
+            let expected = match store.cache_hash(&key) {
+                Ok(Some(expected)) => expected,
+                Ok(None) => return None,
+                Err(error) => {
+                    tracing::warn!(%name, %error, "cannot read the artifact cache's record; compiling");
+                    return None;
+                }
+            };
+            let artifact = std::fs::read(&path).ok()?;
+            if sha256_hex(&artifact) != expected {
+                tracing::warn!(%name, path = %path.display(), "a cached artifact changed on disk; compiling");
+                return None;
+            }
+            // SAFETY: written by this host (see above) and verified unchanged.
+            match unsafe { sandbox.load_serialized(&name, &version, &artifact, size) } {
+                Ok(plugin) => Some(plugin),
+                Err(error) => {
+                    tracing::warn!(%name, %error, "ignoring a cached artifact");
+                    None
+                }
+            }
+        })
+        .await
+    }
+
+    /// A script version: its source, run by its language's runner.
+    async fn load_script(
+        &self,
+        name: &str,
+        info: &PluginVersion,
+        language: &str,
+        input: Input,
+    ) -> Result<LoadOutcome, RegistryError> {
+        let started = Instant::now();
+        let language: Language = language.parse()?;
+        let bytes = match input {
+            Input::Staged(staged) => staged.read().await?,
+            Input::Blob(bytes) => bytes.to_vec(),
+        };
+        let file = format!("{}.{}", name.rsplit('/').next().unwrap_or(name), language.extension());
+        let script = Script::new(language, file, bytes)?;
+        let (runner, from_cache) = self.runner(language).await?;
+        let plugin = Plugin::scripted(&runner, name, &info.version, script);
+        Ok(LoadOutcome { plugin, took: started.elapsed(), from_cache, written: None })
+    }
+
+    /// The runner for `language`: pre-initialised and compiled once, its
+    /// artifact cached and recorded like a compiled component's. Whether
+    /// this call found it ready.
+    async fn runner(&self, language: Language) -> Result<(Plugin, bool), RegistryError> {
+        let cell = match language {
+            Language::JavaScript => &self.javascript,
+            _ => return Err(crate::sandbox::ScriptError::NoRunner(language).into()),
+        };
+        let ready = cell.initialized();
+        let runner = cell.get_or_try_init(|| self.prepare_runner(language)).await?;
+        Ok((runner.clone(), ready))
+    }
+
+    async fn prepare_runner(&self, language: Language) -> Result<Plugin, RegistryError> {
+        let id = RunnerId::of(language)?;
+        let key = format!("runner-{}-{}", id.digest, self.fingerprint);
+        let path = self.cache_dir.join(format!("{key}.cwasm"));
+        if let Some(plugin) = self.cached_artifact(&id.plugin_name(), id.version(), &key, &path, 0).await {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(plugin);
+        }
+        let started = Instant::now();
+        let (sandbox, handle) = (self.sandbox.clone(), tokio::runtime::Handle::current());
+        // Pre-initialising instantiates and compiles: off the async workers.
+        let plugin = blocking(move || handle.block_on(sandbox.load_runner(language))).await?;
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        self.metrics.compile_time.observe(started.elapsed().as_secs_f64());
+        let (written, artifact_path) = (plugin.clone(), path.clone());
+        match blocking(move || write_artifact(&written, &artifact_path)).await {
+            Ok(hash) => {
+                if let Err(error) = self.store.set_cache_hash(key, hash).await {
+                    tracing::warn!(%error, "could not record the runner's cached artifact");
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not cache the runner's compiled artifact"),
+        }
+        Ok(plugin)
     }
 
     /// Compiles on the compile thread, which also writes the artifact.
@@ -580,15 +661,39 @@ impl Registry {
         version: Option<String>,
         wait: bool,
     ) -> Result<(VersionStatus, bool), RegistryError> {
+        self.add_bytes(name, bytes, version, wait, None).await
+    }
+
+    /// Adds a version whose code is a script in `language`.
+    pub(crate) async fn add_script(
+        self: &Arc<Self>,
+        name: &str,
+        language: Language,
+        source: Vec<u8>,
+        version: Option<String>,
+        wait: bool,
+    ) -> Result<(VersionStatus, bool), RegistryError> {
+        self.add_bytes(name, source, version, wait, Some(language)).await
+    }
+
+    async fn add_bytes(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: Vec<u8>,
+        version: Option<String>,
+        wait: bool,
+        script: Option<Language>,
+    ) -> Result<(VersionStatus, bool), RegistryError> {
         Self::check_names(name, version.as_deref())?;
-        if bytes.len() > MAX_PLUGIN_BYTES {
-            return Err(RegistryError::TooLarge { size: bytes.len() as u64 });
+        match script {
+            None if bytes.len() > MAX_PLUGIN_BYTES => return Err(RegistryError::TooLarge { size: bytes.len() as u64 }),
+            None => crate::sandbox::check_header(&bytes)?,
+            Some(language) => drop(Script::new(language, name, bytes.clone())?),
         }
-        crate::sandbox::check_header(&bytes)?;
         let slot = self.reserve()?;
         let staging = self.staging().await?;
         let staged = blocking(move || staging.fill_from(&bytes[..])).await?;
-        self.add_staged(slot, name, staged, version, wait).await
+        self.add_staged(slot, name, staged, version, wait, script).await
     }
 
     /// Adds a staged version: checks it, reserves its version number,
@@ -603,13 +708,25 @@ impl Registry {
         staged: Staged,
         version: Option<String>,
         wait: bool,
+        script: Option<Language>,
     ) -> Result<(VersionStatus, bool), RegistryError> {
         Self::check_names(name, version.as_deref())?;
-        crate::sandbox::check_header(staged.head())?;
+        match script {
+            None => crate::sandbox::check_header(staged.head())?,
+            Some(language) => {
+                if staged.size > MAX_SCRIPT_BYTES as u64 {
+                    let size = usize::try_from(staged.size).unwrap_or(usize::MAX);
+                    return Err(crate::sandbox::ScriptError::TooLarge { name: name.into(), size }.into());
+                }
+                drop(Script::new(language, name, staged.read().await?)?);
+            }
+        }
         // The version a component declares is in its metadata: a parse of
         // up to the whole component, read whole one upload at a time.
         let declared = match &version {
             Some(_) => None,
+            // A script's version is its source's hash.
+            None if script.is_some() => Some(staged.digest[..12].to_owned()),
             None => {
                 let _whole = self.whole_slot.acquire().await.expect("never closed");
                 let bytes = staged.read().await?;
@@ -647,7 +764,8 @@ impl Registry {
                 return Err(RegistryError::VersionTaken { name: name.into(), version });
             }
             entry.slots.retain(|s| s.status.info.version != version);
-            let info = PluginVersion { version, digest, size: staged.size, created_at_ms: now_ms() };
+            let script = script.map(|l| l.as_str().to_owned());
+            let info = PluginVersion { version, digest, size: staged.size, created_at_ms: now_ms(), script };
             let status = VersionStatus {
                 info,
                 state: VersionState::Compiling,

@@ -1,6 +1,6 @@
 //! The watched plugins directory (`taskhost serve --plugins DIR`): a new or
-//! changed `NAME.wasm` or `NAME@VERSION.wasm` goes live, and `NAME.toml`
-//! sets NAME's manifest. Changes arrive debounced from the shared watcher
+//! changed `NAME.wasm` or `NAME@VERSION.wasm` (a component) or `NAME.js`
+//! (a script) goes live, and `NAME.toml` sets NAME's manifest. Changes arrive debounced from the shared watcher
 //! ([`crate::watch`]), so each file is read once it has been quiet for a
 //! moment. A half-written file that fails to load is reported
 //! (`watch_error`) and tried again on its next change. A file is opened
@@ -12,6 +12,7 @@
 //! file; what was loaded is remembered by digest, not by content.
 
 use super::{MAX_PLUGIN_BYTES, Manifest, Registry};
+use crate::sandbox::{Language, MAX_SCRIPT_BYTES};
 use crate::sync::blocking;
 use crate::watch::{self, Watch, WatchError};
 use std::collections::HashMap;
@@ -65,19 +66,33 @@ pub(crate) fn start(registry: Arc<Registry>, dir: PathBuf) -> Result<DirWatch, W
     Ok(DirWatch { watch, loader })
 }
 
-/// What a file name asks for: (plugin name, explicit version, is manifest).
-fn classify(path: &Path) -> Option<(String, Option<String>, bool)> {
+/// What a watched file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `NAME.toml`: a manifest.
+    Manifest,
+    /// `NAME[@VERSION].wasm`: a component.
+    Component,
+    /// `NAME[@VERSION].js`: a script.
+    Script(Language),
+}
+
+/// What a file name asks for: (plugin name, explicit version, kind).
+fn classify(path: &Path) -> Option<(String, Option<String>, Kind)> {
     let file = path.file_name()?.to_str()?;
     if file.starts_with('.') {
         return None; // editors' and writers' temporary files
     }
     if let Some(stem) = file.strip_suffix(".toml") {
-        return Some((stem.to_owned(), None, true));
+        return Some((stem.to_owned(), None, Kind::Manifest));
     }
-    let stem = file.strip_suffix(".wasm")?;
+    let (stem, kind) = match file.strip_suffix(".wasm") {
+        Some(stem) => (stem, Kind::Component),
+        None => (file.strip_suffix(".js")?, Kind::Script(Language::JavaScript)),
+    };
     Some(match stem.split_once('@') {
-        Some((name, version)) => (name.to_owned(), Some(version.to_owned()), false),
-        None => (stem.to_owned(), None, false),
+        Some((name, version)) => (name.to_owned(), Some(version.to_owned()), kind),
+        None => (stem.to_owned(), None, kind),
     })
 }
 
@@ -154,9 +169,9 @@ enum Content {
 
 /// Reads a watched file on the blocking pool, never waiting on what is not
 /// a regular file and never reading more than a plugin or manifest may be.
-async fn read_checked(registry: &Arc<Registry>, path: &Path, is_manifest: bool) -> Result<Content, ReadError> {
+async fn read_checked(registry: &Arc<Registry>, path: &Path, kind: Kind) -> Result<Content, ReadError> {
     let path = path.to_owned();
-    if is_manifest {
+    if kind == Kind::Manifest {
         return blocking(move || {
             let file = open_regular(&path, MAX_MANIFEST_BYTES)?;
             let mut text = Vec::new();
@@ -166,8 +181,9 @@ async fn read_checked(registry: &Arc<Registry>, path: &Path, is_manifest: bool) 
         .await;
     }
     let staging = registry.staging().await?;
+    let limit = if kind == Kind::Component { MAX_PLUGIN_BYTES } else { MAX_SCRIPT_BYTES };
     blocking(move || {
-        let file = open_regular(&path, MAX_PLUGIN_BYTES as u64)?;
+        let file = open_regular(&path, limit as u64)?;
         Ok(Content::Component(staging.fill_from(file)?))
     })
     .await
@@ -180,14 +196,15 @@ async fn add_waiting(
     name: &str,
     staged: super::Staged,
     version: Option<String>,
+    script: Option<Language>,
 ) -> Result<(), String> {
     let slot = registry.reserve_waiting().await;
-    registry.add_staged(slot, name, staged, version, true).await.map(drop).map_err(|e| e.to_string())
+    registry.add_staged(slot, name, staged, version, true, script).await.map(drop).map_err(|e| e.to_string())
 }
 
 async fn process(registry: &Arc<Registry>, path: &Path, seen: &mut HashMap<PathBuf, String>) {
-    let Some((name, version, is_manifest)) = classify(path) else { return };
-    let content = match read_checked(registry, path, is_manifest).await {
+    let Some((name, version, kind)) = classify(path) else { return };
+    let content = match read_checked(registry, path, kind).await {
         Ok(content) => content,
         Err(ReadError::Gone) => {
             seen.remove(path); // removed or renamed away: nothing to load
@@ -213,7 +230,13 @@ async fn process(registry: &Arc<Registry>, path: &Path, seen: &mut HashMap<PathB
                 Err(e) => Err(e),
             }
         }
-        Content::Component(staged) => add_waiting(registry, &name, staged, version).await,
+        Content::Component(staged) => {
+            let script = match kind {
+                Kind::Script(language) => Some(language),
+                _ => None,
+            };
+            add_waiting(registry, &name, staged, version, script).await
+        }
     };
     match outcome {
         Ok(()) => {
@@ -251,5 +274,16 @@ mod tests {
         let mut text = String::new();
         open_regular(&fine, 10).unwrap().read_to_string(&mut text).unwrap();
         assert_eq!(text, "0123456789");
+    }
+
+    #[test]
+    fn file_names_say_what_they_hold() {
+        let kind = |name: &str| classify(Path::new(name));
+        assert_eq!(kind("/p/resize.wasm"), Some(("resize".into(), None, Kind::Component)));
+        assert_eq!(kind("/p/resize@2.0.wasm"), Some(("resize".into(), Some("2.0".into()), Kind::Component)));
+        assert_eq!(kind("/p/transform.js"), Some(("transform".into(), None, Kind::Script(Language::JavaScript))));
+        assert_eq!(kind("/p/resize.toml"), Some(("resize".into(), None, Kind::Manifest)));
+        assert_eq!(kind("/p/.transform.js.swp"), None);
+        assert_eq!(kind("/p/notes.txt"), None);
     }
 }

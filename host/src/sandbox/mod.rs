@@ -290,6 +290,7 @@ impl Sandbox {
                 pre,
                 compile_time: started.elapsed(),
                 size,
+                script: None,
             }),
         })
     }
@@ -438,7 +439,7 @@ impl Sandbox {
             budget: request.budget,
             transcript: request.transcript,
             trace: request.trace,
-            script: request.script,
+            script: request.script.or_else(|| plugin.inner.script.clone()),
         };
         let mut store = match self.new_store(plugin, &request.meta, &limits, &request.grants, request.cancel, attached)
         {

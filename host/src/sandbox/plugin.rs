@@ -61,6 +61,8 @@ pub(crate) struct PluginInner {
     pub(crate) pre: TaskPre<TaskState>,
     pub(crate) compile_time: Duration,
     pub(crate) size: usize,
+    /// For a script plugin: the script its runner (`pre`) runs.
+    pub(crate) script: Option<Arc<super::Script>>,
 }
 
 impl Plugin {
@@ -72,6 +74,28 @@ impl Plugin {
     /// Its version string.
     pub fn version(&self) -> &str {
         &self.inner.version
+    }
+
+    /// A plugin whose code is `script`, run by `runner` (a script runner
+    /// loaded with [`Sandbox::load_runner`](super::Sandbox::load_runner)):
+    /// it shares the runner's compiled code and starts each task with the
+    /// script.
+    pub fn scripted(runner: &Plugin, name: &str, version: &str, script: super::Script) -> Self {
+        Self {
+            inner: Arc::new(PluginInner {
+                name: name.to_owned(),
+                version: version.to_owned(),
+                pre: runner.inner.pre.clone(),
+                compile_time: Duration::ZERO,
+                size: script.text.len(),
+                script: Some(Arc::new(script)),
+            }),
+        }
+    }
+
+    /// The script it runs, for a script plugin.
+    pub fn script(&self) -> Option<&super::Script> {
+        self.inner.script.as_deref()
     }
 
     /// How long compiling and linking took.

@@ -47,6 +47,14 @@ impl Language {
         }
     }
 
+    /// The file extension of its scripts.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::JavaScript => "js",
+            Self::Python => "py",
+        }
+    }
+
     /// The runner component for it, as built.
     fn runner(self) -> Result<&'static [u8], ScriptError> {
         match self {

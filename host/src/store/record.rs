@@ -643,6 +643,44 @@ pub struct PluginVersion {
     pub size: u64,
     /// Upload time (ms since the Unix epoch).
     pub created_at_ms: u64,
+    /// For a script, its language (`js`): the version's blob is the
+    /// script's source, run by that language's runner. `None` for a
+    /// component.
+    pub script: Option<String>,
+}
+
+/// A plugin version as schemas up to 7 stored it (no scripts).
+#[derive(Deserialize)]
+struct PluginVersionV7 {
+    version: String,
+    digest: String,
+    size: u64,
+    created_at_ms: u64,
+}
+
+/// A plugin entry as schemas up to 7 stored it.
+#[derive(Deserialize)]
+pub(crate) struct PluginEntryV7 {
+    versions: Vec<PluginVersionV7>,
+    latest: Option<String>,
+    manifest: Option<String>,
+}
+
+impl From<PluginEntryV7> for PluginEntry {
+    fn from(old: PluginEntryV7) -> Self {
+        let versions = old
+            .versions
+            .into_iter()
+            .map(|v| PluginVersion {
+                version: v.version,
+                digest: v.digest,
+                size: v.size,
+                created_at_ms: v.created_at_ms,
+                script: None,
+            })
+            .collect();
+        Self { versions, latest: old.latest, manifest: old.manifest }
+    }
 }
 
 /// A plugin name, its versions (oldest first) and its operator settings.
@@ -701,7 +739,8 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 ///
 /// A task record of schemas 5 and 6 (which ends before today's last two
-/// fields) is read as today's, with no trace and no transcript cap of its
+/// fields) is read as today's, and a plugin entry of schemas up to 7 (its
+/// versions without their script language) as today's with none, with no trace and no transcript cap of its
 /// own: those files are not rewritten on open, and each record takes
 /// today's layout at its next write. Today's bytes never read as the old
 /// layout's, and the old layout's always fail as today's (they end early).
@@ -715,6 +754,14 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de> + 'static>(bytes: &[u8]) -> Re
                 let record: Box<dyn std::any::Any> = Box::new(TaskRecord::try_from(old)?);
                 if let Ok(record) = record.downcast::<T>() {
                     return Ok(*record);
+                }
+            }
+            if std::any::TypeId::of::<T>() == std::any::TypeId::of::<PluginEntry>()
+                && let Ok(old) = postcard::from_bytes::<PluginEntryV7>(bytes)
+            {
+                let entry: Box<dyn std::any::Any> = Box::new(PluginEntry::from(old));
+                if let Ok(entry) = entry.downcast::<T>() {
+                    return Ok(*entry);
                 }
             }
             Err(super::StoreError::Corrupt(error.to_string()))

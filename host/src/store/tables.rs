@@ -91,8 +91,10 @@ pub(crate) const FINISHED_BUILT: &str = "finished_built";
 /// 5 cannot read. Version 7 records end with the task's trace and its own
 /// transcript cap; version 5 and 6 records are read as they are (and take
 /// today's layout when next written), so those files open as they are and
-/// are marked 7.
-pub(crate) const SCHEMA_VERSION: u64 = 7;
+/// are marked 7. Version 8 plugin versions may be scripts (their
+/// language); older plugin entries are read as they are, and version 5-7
+/// files are marked 8.
+pub(crate) const SCHEMA_VERSION: u64 = 8;
 
 /// The oldest schema whose files this build reads without migrating them:
 /// `store check` and `store repair` treat them as today's.

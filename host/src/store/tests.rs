@@ -1024,3 +1024,43 @@ async fn a_file_of_a_newer_schema_is_refused() {
         Err(StoreError::Schema { expected: SCHEMA_VERSION, found }) if found == SCHEMA_VERSION + 1
     ));
 }
+
+/// A plugin entry as schemas up to 7 wrote it (versions without a script
+/// language), field for field.
+#[derive(serde::Serialize)]
+struct PluginEntryV7Layout {
+    versions: Vec<(String, String, u64, u64)>,
+    latest: Option<String>,
+    manifest: Option<String>,
+}
+
+#[test]
+fn schema_7_plugin_entries_are_read_as_components() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.redb");
+    let old = PluginEntryV7Layout {
+        versions: vec![("1".into(), "ab".repeat(32), 1234, 5), ("2".into(), "cd".repeat(32), 99, 6)],
+        latest: Some("1".into()),
+        manifest: Some("models = []".into()),
+    };
+    {
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.open_table(META).unwrap().insert("schema", 7u64).unwrap();
+        let bytes = postcard::to_stdvec(&old).unwrap();
+        txn.open_table(PLUGINS).unwrap().insert("greeter", bytes.as_slice()).unwrap();
+        txn.commit().unwrap();
+    }
+    let store = Store::open(&path, true).unwrap();
+    let plugins = store.plugins().unwrap();
+    assert_eq!(plugins.len(), 1);
+    let (name, entry) = &plugins[0];
+    assert_eq!(name, "greeter");
+    let versions: Vec<_> = entry.versions.iter().map(|v| (v.version.as_str(), v.size, v.script.clone())).collect();
+    assert_eq!(versions, [("1", 1234, None), ("2", 99, None)]);
+    assert_eq!((entry.latest.as_deref(), entry.manifest.as_deref()), (Some("1"), Some("models = []")));
+    drop(store);
+    let db = redb::Database::open(&path).unwrap();
+    let read = db.begin_read().unwrap();
+    assert_eq!(read.open_table(META).unwrap().get("schema").unwrap().unwrap().value(), SCHEMA_VERSION);
+}

@@ -33,6 +33,9 @@ pub struct PluginVersion {
     pub digest: String,
     /// Component size in bytes.
     pub size: u64,
+    /// For a script plugin, its language (`js`); absent for a component.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lang: Option<String>,
     /// Uploaded.
     pub created_at: String,
     /// Compiling, live or failed.
@@ -58,6 +61,7 @@ impl From<&VersionStatus> for PluginVersion {
             version: v.info.version.clone(),
             digest: v.info.digest.clone(),
             size: v.info.size,
+            lang: v.info.script.clone(),
             created_at: time(v.info.created_at_ms),
             state,
             reason,
@@ -296,6 +300,7 @@ mod tests {
                 digest: "ab".repeat(32),
                 size: 1024,
                 created_at_ms: 0,
+                script: None,
             },
             state,
             load_time: Some(Duration::from_micros(1500)),
