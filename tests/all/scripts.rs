@@ -74,6 +74,7 @@ async fn every_wit_function_has_a_binding_in_the_runner_and_in_the_type_declarat
     let mut resolve = wit_parser::Resolve::new();
     let (package, _) = resolve.push_dir(root.join("wit")).unwrap();
     let world = resolve.select_world(&[package], Some("script-task")).unwrap();
+    // (JavaScript path, WIT `interface.function`) of every service import.
     let mut expected = Vec::new();
     for (_, item) in &resolve.worlds[world].imports {
         let wit_parser::WorldItem::Interface { id, .. } = item else { continue };
@@ -93,37 +94,25 @@ async fn every_wit_function_has_a_binding_in_the_runner_and_in_the_type_declarat
                 },
                 |(_, _, path)| (*path).to_owned(),
             );
-            expected.push(path);
+            expected.push((path, format!("{name}.{function}")));
         }
     }
-    assert!(expected.len() >= 13 && expected.contains(&"host.inference.run".to_owned()), "{expected:?}");
+    assert!(expected.len() >= 13 && expected.iter().any(|(path, _)| path == "host.inference.run"), "{expected:?}");
+    let paths: Vec<&String> = expected.iter().map(|(path, _)| path).collect();
     // In the runner: each is a function.
     let probe = r#"
         export default (input) => input.json().filter((path) =>
           typeof path.split(".").slice(1).reduce((o, k) => (o == null ? undefined : o[k]), host) !== "function");
     "#;
-    let report = js(probe, serde_json::to_string(&expected).unwrap().as_bytes()).await;
+    let report = js(probe, serde_json::to_string(&paths).unwrap().as_bytes()).await;
     assert_eq!(crate::output(&report), "[]", "functions the runner lacks");
     // In the declarations editors read: each has its WIT name documented
     // beside it.
     let declarations = std::fs::read_to_string(root.join("sdk/scripts/taskhost.d.ts")).unwrap();
-    for path in &expected {
+    for (path, wit) in &expected {
         let member = path.rsplit('.').next().unwrap();
         assert!(declarations.contains(&format!("  {member}(")), "taskhost.d.ts does not declare {path}");
-    }
-    for (_, item) in &resolve.worlds[world].imports {
-        let wit_parser::WorldItem::Interface { id, .. } = item else { continue };
-        let interface = &resolve.interfaces[*id];
-        let name = interface.name.clone().unwrap();
-        if interface.package != Some(package) || name == "script" {
-            continue;
-        }
-        for function in interface.functions.keys() {
-            assert!(
-                declarations.contains(&format!("WIT `{name}.{function}`")),
-                "taskhost.d.ts does not name {name}.{function}"
-            );
-        }
+        assert!(declarations.contains(&format!("WIT `{wit}`")), "taskhost.d.ts does not name {wit}");
     }
 }
 
@@ -163,10 +152,18 @@ async fn errors_point_at_the_script_and_say_whether_to_retry() {
     let f = failure(&js_named("lib.js", "export const x = 1;", b"", None).await).clone();
     assert!(!f.retryable && f.message.contains("lib.js exports no function to run"), "{f}");
     // A refused host call is a HostError carrying the WIT case.
-    let source =
-        "export default () => { try { host.context.set('', 'v'); } catch (e) { return `${e.name} ${e.kind}`; } }";
+    let source = "export default () => { try { host.queue.get('x'); } catch (e) { return `${e.name} ${e.kind}`; } }";
     let report = js(source, b"").await;
-    assert!(crate::output(&report).starts_with("HostError "), "{}", crate::output(&report));
+    let output = crate::output(&report);
+    assert!(output.starts_with("HostError ") && output.len() > "HostError ".len(), "{output}");
+    assert!(!output.ends_with("undefined"), "the refusal carries its WIT case: {output}");
+    // A bad number is refused before the call, naming the field.
+    let source = "export default () => host.queue.submit({ plugin: 'x', input: '', priority: 1.5 });";
+    let f = failure(&js(source, b"").await).clone();
+    assert!(f.message.starts_with("RangeError: queue.submit: priority must be an integer"), "{f}");
+    // A promise nothing can settle fails for good, saying so.
+    let f = failure(&js("export default () => new Promise(() => {});", b"").await).clone();
+    assert!(!f.retryable && f.message.contains("promise never settled"), "{f}");
 }
 
 #[tokio::test]
@@ -212,6 +209,21 @@ async fn each_task_starts_from_the_snapshot_with_its_own_randomness_and_no_autho
     }
     randoms.dedup();
     assert_eq!(randoms.len(), 3, "Math.random is seeded per task");
+    // `performance` counts from each task's start, not the snapshot's.
+    let source = "export default () => JSON.stringify([performance.now(), performance.timeOrigin, Date.now()]);";
+    let mut origins = Vec::new();
+    for _ in 0..2 {
+        let (now, origin, date): (f64, f64, f64) =
+            serde_json::from_str(&crate::output(&js(source, b"").await)).unwrap();
+        assert!((0.0..5_000.0).contains(&now), "performance.now() is {now}");
+        assert!(
+            (date - origin - now).abs() < 1_000.0,
+            "timeOrigin {origin} + now {now} is not about Date.now() {date}"
+        );
+        origins.push(origin);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(origins[1] > origins[0], "each task has its own origin: {origins:?}");
 
     // No modules to import, no file, network or process globals.
     let failed = js("import * as os from 'os';\nexport default () => os.getenv('HOME');", b"").await;
@@ -358,6 +370,9 @@ async fn scripts_are_uploaded_over_http_and_by_the_cli() {
     let response = http.post(format!("{base}/v1/plugins/other?lang=ruby")).body(source).send().await.unwrap();
     assert_eq!(response.status(), 400);
     assert!(response.text().await.unwrap().contains("unknown script language `ruby`"));
+    let response = http.post(format!("{base}/v1/plugins/other?lang=python")).body("x = 1").send().await.unwrap();
+    assert_eq!(response.status(), 422, "no runner for it: refused now, not stored");
+    assert!(response.text().await.unwrap().contains("no Python runner"));
     let response = http.post(format!("{base}/v1/plugins/other?lang=js")).body(vec![0xffu8; 10]).send().await.unwrap();
     assert_eq!(response.status(), 422, "an invalid plugin, as for a component");
     assert!(response.text().await.unwrap().contains("not UTF-8"));

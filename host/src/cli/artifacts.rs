@@ -111,7 +111,7 @@ pub(crate) fn load(
         && digest.bytes().all(|b| b.is_ascii_hexdigit())
     {
         let path = dir.join(format!("{digest}-{fingerprint}.cwasm"));
-        if let Some(plugin) = cached(sandbox, name, size, &path) {
+        if let Some(plugin) = cached(sandbox, (name, "local"), size, &path) {
             return Ok((plugin, Source::Cached, started.elapsed()));
         }
     }
@@ -129,7 +129,7 @@ pub(crate) fn load(
             && SystemTime::now().duration_since(changed).is_ok_and(|age| age > std::time::Duration::from_secs(2))
     });
     let written = if settled { write_private(dir, &index, digest.as_bytes()) } else { Ok(()) };
-    if let Some(plugin) = cached(sandbox, name, bytes.len(), &path) {
+    if let Some(plugin) = cached(sandbox, (name, "local"), bytes.len(), &path) {
         return Ok((plugin, Source::Cached, started.elapsed()));
     }
     let plugin = compile(&bytes)?;
@@ -161,7 +161,8 @@ pub(crate) async fn load_runner(
     });
     let path = dir.map(|dir| dir.join(format!("runner-{}-{}.cwasm", id.digest, sandbox.fingerprint())));
     if let Some(path) = &path
-        && let Some(plugin) = cached_runner(sandbox, &id, path)
+        && let Ok(meta) = std::fs::symlink_metadata(path)
+        && let Some(plugin) = cached(sandbox, (&id.plugin_name(), id.version()), meta.len() as usize, path)
     {
         return Ok((plugin, Source::Cached, started.elapsed()));
     }
@@ -175,28 +176,6 @@ pub(crate) async fn load_runner(
         }
     }
     Ok((plugin, Source::Compiled, elapsed))
-}
-
-/// The cached runner at `path`, if there is a usable one.
-fn cached_runner(sandbox: &Sandbox, id: &RunnerId, path: &Path) -> Option<Plugin> {
-    let meta = std::fs::symlink_metadata(path).ok()?;
-    if !meta.is_file() || !private(&meta) {
-        eprintln!("warning: ignoring the cached artifact {}: not a private file of this user's", path.display());
-        return None;
-    }
-    // SAFETY: as in `cached`: a private file of this user's, in this
-    // user's private cache, named by the runner's digest and this engine's
-    // fingerprint, written by this program and replaced only by renaming.
-    match unsafe { sandbox.load_serialized_file(&id.plugin_name(), id.version(), path, meta.size() as usize) } {
-        Ok(plugin) => {
-            let _ = std::fs::File::options().append(true).open(path).and_then(|f| f.set_modified(SystemTime::now()));
-            Some(plugin)
-        }
-        Err(e) => {
-            eprintln!("warning: ignoring the cached artifact {}: {e}", path.display());
-            None
-        }
-    }
 }
 
 /// Why a plugin file may be missing: cargo built the crate as a plain
@@ -237,7 +216,7 @@ fn read_private(path: &Path) -> Option<Vec<u8>> {
 }
 
 /// The artifact at `path`, if there is a usable one.
-fn cached(sandbox: &Sandbox, name: &str, size: usize, path: &Path) -> Option<Plugin> {
+fn cached(sandbox: &Sandbox, (name, version): (&str, &str), size: usize, path: &Path) -> Option<Plugin> {
     let meta = std::fs::symlink_metadata(path).ok()?;
     if !meta.is_file() || !private(&meta) {
         eprintln!("warning: ignoring the cached artifact {}: not a private file of this user's", path.display());
@@ -248,7 +227,7 @@ fn cached(sandbox: &Sandbox, name: &str, size: usize, path: &Path) -> Option<Plu
     // fingerprint: an artifact this program wrote, and replaced only by
     // renaming a new file over it. wasmtime still checks its header and
     // engine compatibility.
-    match unsafe { sandbox.load_serialized_file(name, "local", path, size) } {
+    match unsafe { sandbox.load_serialized_file(name, version, path, size) } {
         Ok(plugin) => {
             // Marks it used, for the least-recently-used trim.
             let _ = std::fs::File::options().append(true).open(path).and_then(|f| f.set_modified(SystemTime::now()));

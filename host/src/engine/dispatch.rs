@@ -397,7 +397,12 @@ impl Dispatch {
         let report = shared.runner.run(record, attempt).await;
         drop(slot);
         let output_len = report.result.as_ref().map_or(0, |o| o.len() as u64);
-        let transcript_held = attempt_transcript.as_ref().map_or(0, Transcript::held);
+        // Ended now, so its unfinished lines are counted as the lines the
+        // commit holds (a second finish at the commit changes nothing).
+        let transcript_held = attempt_transcript.as_ref().map_or(0, |t| {
+            t.finish();
+            t.held()
+        });
         reserved.shrink_to(input_len + output_len + report.host_bytes_peak + transcript_held);
         let secs = started.elapsed().as_secs_f64();
         shared.history.record(&record.plugin, &record.plugin_version, secs, report.memory_peak, report.host_bytes_peak);

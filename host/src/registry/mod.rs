@@ -63,7 +63,7 @@ pub(crate) enum RegistryError {
     VersionTaken { name: String, version: String },
     #[error("invalid plugin: {0}")]
     Invalid(#[from] LoadError),
-    #[error("invalid script: {0}")]
+    #[error(transparent)]
     Script(#[from] crate::sandbox::ScriptError),
     #[error("{0}")]
     BadManifest(String),
@@ -688,7 +688,10 @@ impl Registry {
         match script {
             None if bytes.len() > MAX_PLUGIN_BYTES => return Err(RegistryError::TooLarge { size: bytes.len() as u64 }),
             None => crate::sandbox::check_header(&bytes)?,
-            Some(language) => drop(Script::new(language, name, bytes.clone())?),
+            Some(_) if bytes.len() > MAX_SCRIPT_BYTES => {
+                return Err(crate::sandbox::ScriptError::TooLarge { name: name.into(), size: bytes.len() }.into());
+            }
+            Some(_) => {}
         }
         let slot = self.reserve()?;
         let staging = self.staging().await?;
@@ -714,6 +717,9 @@ impl Registry {
         match script {
             None => crate::sandbox::check_header(staged.head())?,
             Some(language) => {
+                // A language this host has no runner for is refused now,
+                // not stored to fail at every load.
+                RunnerId::of(language)?;
                 if staged.size > MAX_SCRIPT_BYTES as u64 {
                     let size = usize::try_from(staged.size).unwrap_or(usize::MAX);
                     return Err(crate::sandbox::ScriptError::TooLarge { name: name.into(), size }.into());

@@ -202,7 +202,13 @@ impl Sandbox {
             plugin: id.plugin_name(),
             version: id.version().to_owned(),
         };
-        let limits = self.inner.config.default_limits.clone();
+        // Its own limits, not the operator's task defaults (which may be
+        // too small to start an interpreter).
+        let limits = super::Limits {
+            memory_bytes: self.inner.config.max_memory_per_instance.min(256 << 20),
+            timeout: std::time::Duration::from_secs(120),
+            ..super::Limits::default()
+        };
         let mut store =
             self.store_for(info, 0, &limits, &Grants::default(), None, Attached::default()).map_err(failed)?;
         let instance = self
@@ -218,10 +224,15 @@ impl Sandbox {
             let stderr = String::from_utf8_lossy(&store.data().stderr_snapshot()).into_owned();
             failed(format!("`wizer-initialize` trapped: {:#} {stderr}", wasm_err(e)))
         })?;
-        wizer
-            .snapshot_component(&cx, &mut Access { store: &mut store, instance })
+        let mut access = Access { store: &mut store, instance, failed: None };
+        let snapshot = wizer
+            .snapshot_component(&cx, &mut access)
             .await
-            .map_err(|e| failed(format!("taking the snapshot: {:#}", wasm_err(e))))
+            .map_err(|e| failed(format!("taking the snapshot: {:#}", wasm_err(e))))?;
+        match access.failed {
+            Some(error) => Err(failed(format!("reading the instance's state: {error}"))),
+            None => Ok(snapshot),
+        }
     }
 
     /// The runner for `language`, pre-initialised and compiled: what
@@ -245,45 +256,72 @@ impl Sandbox {
 }
 
 /// What the snapshot reads: the instance's memories and globals, through
-/// the accessors the instrumentation exported.
+/// the accessors the instrumentation exported. The first failure is kept
+/// (the snapshot is then discarded) rather than panicking the host.
 struct Access<'a> {
     store: &'a mut wasmtime::Store<TaskState>,
     instance: Instance,
+    failed: Option<String>,
 }
 
 impl Access<'_> {
-    async fn call<R>(&mut self, instance: &str, func: &str) -> R
+    async fn call<R>(&mut self, instance: &str, func: &str) -> Option<R>
     where
         R: wasmtime::component::Lift + wasmtime::component::ComponentType + Send + Sync + 'static,
     {
-        let (_, exported) = self.instance.get_export(&mut *self.store, None, instance).expect("instrumented export");
-        let (_, index) =
-            self.instance.get_export(&mut *self.store, Some(&exported), func).expect("instrumented function");
-        let func = self.instance.get_typed_func::<(), (R,)>(&mut *self.store, index).expect("its type");
-        func.call_async(&mut *self.store, ()).await.expect("the accessors do not trap").0
+        if self.failed.is_some() {
+            return None;
+        }
+        let called = async {
+            let (_, exported) = self
+                .instance
+                .get_export(&mut *self.store, None, instance)
+                .ok_or_else(|| format!("no export `{instance}`"))?;
+            let (_, index) = self
+                .instance
+                .get_export(&mut *self.store, Some(&exported), func)
+                .ok_or_else(|| format!("no function `{instance}#{func}`"))?;
+            let typed = self
+                .instance
+                .get_typed_func::<(), (R,)>(&mut *self.store, index)
+                .map_err(|e| format!("`{instance}#{func}`: {:#}", wasm_err(e)))?;
+            typed
+                .call_async(&mut *self.store, ())
+                .await
+                .map(|(r,)| r)
+                .map_err(|e| format!("`{func}`: {:#}", wasm_err(e)))
+        };
+        match called.await {
+            Ok(value) => Some(value),
+            Err(error) => {
+                self.failed = Some(error);
+                None
+            }
+        }
     }
 }
 
 impl wasmtime_wizer::ComponentInstanceState for Access<'_> {
     async fn call_func_ret_list_u8(&mut self, instance: &str, func: &str, contents: impl FnOnce(&[u8]) + Send) {
-        let list: WasmList<u8> = self.call(instance, func).await;
-        contents(list.as_le_slice(&*self.store));
+        if let Some(list) = self.call::<WasmList<u8>>(instance, func).await {
+            contents(list.as_le_slice(&*self.store));
+        }
     }
 
     async fn call_func_ret_s32(&mut self, instance: &str, func: &str) -> i32 {
-        self.call(instance, func).await
+        self.call(instance, func).await.unwrap_or_default()
     }
 
     async fn call_func_ret_s64(&mut self, instance: &str, func: &str) -> i64 {
-        self.call(instance, func).await
+        self.call(instance, func).await.unwrap_or_default()
     }
 
     async fn call_func_ret_f32(&mut self, instance: &str, func: &str) -> u32 {
-        self.call::<f32>(instance, func).await.to_bits()
+        self.call::<f32>(instance, func).await.unwrap_or_default().to_bits()
     }
 
     async fn call_func_ret_f64(&mut self, instance: &str, func: &str) -> u64 {
-        self.call::<f64>(instance, func).await.to_bits()
+        self.call::<f64>(instance, func).await.unwrap_or_default().to_bits()
     }
 }
 

@@ -737,19 +737,20 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("records always encode")
 }
 
-///
-/// A task record of schemas 5 and 6 (which ends before today's last two
-/// fields) is read as today's, and a plugin entry of schemas up to 7 (its
-/// versions without their script language) as today's with none, with no trace and no transcript cap of its
-/// own: those files are not rewritten on open, and each record takes
-/// today's layout at its next write. Today's bytes never read as the old
-/// layout's, and the old layout's always fail as today's (they end early).
+/// Decodes a stored record of today's layout, or of an older one read as
+/// today's: a task record of schemas 5 and 6 (which ends before today's
+/// last two fields) with no trace and no transcript cap of its own, and a
+/// plugin entry of schemas up to 7 (its versions without a script
+/// language) with none. Those files are not rewritten on open; each
+/// record takes today's layout at its next write. Every layout must take
+/// all of a record's bytes ([`whole`]), so one layout's bytes never pass
+/// for another's.
 pub(crate) fn decode<T: for<'de> Deserialize<'de> + 'static>(bytes: &[u8]) -> Result<T, super::StoreError> {
-    match postcard::from_bytes(bytes) {
+    match whole(bytes) {
         Ok(value) => Ok(value),
         Err(error) => {
             if std::any::TypeId::of::<T>() == std::any::TypeId::of::<TaskRecord>()
-                && let Ok(old) = postcard::from_bytes::<TaskRecordV6>(bytes)
+                && let Ok(old) = whole::<TaskRecordV6>(bytes)
             {
                 let record: Box<dyn std::any::Any> = Box::new(TaskRecord::try_from(old)?);
                 if let Ok(record) = record.downcast::<T>() {
@@ -757,7 +758,7 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de> + 'static>(bytes: &[u8]) -> Re
                 }
             }
             if std::any::TypeId::of::<T>() == std::any::TypeId::of::<PluginEntry>()
-                && let Ok(old) = postcard::from_bytes::<PluginEntryV7>(bytes)
+                && let Ok(old) = whole::<PluginEntryV7>(bytes)
             {
                 let entry: Box<dyn std::any::Any> = Box::new(PluginEntry::from(old));
                 if let Ok(entry) = entry.downcast::<T>() {
@@ -766,6 +767,16 @@ pub(crate) fn decode<T: for<'de> Deserialize<'de> + 'static>(bytes: &[u8]) -> Re
             }
             Err(super::StoreError::Corrupt(error.to_string()))
         }
+    }
+}
+
+/// `bytes` decoded as one `T` with nothing left over: a record is exactly
+/// its bytes, so one layout's bytes never pass for another's by leaving
+/// some unread.
+fn whole<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T, postcard::Error> {
+    match postcard::take_from_bytes(bytes)? {
+        (value, []) => Ok(value),
+        _ => Err(postcard::Error::DeserializeBadEncoding),
     }
 }
 

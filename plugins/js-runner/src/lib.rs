@@ -94,7 +94,7 @@ impl Guest for Runner {
                 *slot = Some(engine().map_err(TaskError::Permanent)?);
             }
             let engine = slot.as_ref().expect("just built");
-            natives::reseed();
+            natives::reseed().map_err(TaskError::Retryable)?;
             engine.context.with(|ctx| run_script(&ctx, &source.name, &source.text, input))
         })
     }
@@ -155,6 +155,11 @@ fn failure(error: CaughtError<'_>, compiling: bool) -> TaskError {
             let text = format!("the script threw a value that is not an Error: {}", describe(&value));
             if permanent { TaskError::Permanent(text) } else { TaskError::Retryable(text) }
         }
+        // Nothing outside a script can settle its promises (no timers, no
+        // I/O): one left pending stays so on every retry.
+        CaughtError::Error(rquickjs::Error::WouldBlock) => TaskError::Permanent(
+            "the script's promise never settled: nothing outside the script can resolve it (no timers or I/O)".into(),
+        ),
         CaughtError::Error(error) => {
             if compiling {
                 TaskError::Permanent(error.to_string())

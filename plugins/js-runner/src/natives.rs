@@ -13,14 +13,32 @@ const REFUSED: &str = "\u{0}taskhost refused";
 
 thread_local! {
     static RANDOM: Cell<u64> = const { Cell::new(0x9e37_79b9_7f4a_7c15) };
+    /// When the task started: `performance`'s origin.
+    static STARTED: Cell<Option<(std::time::Instant, f64)>> = const { Cell::new(None) };
 }
 
-/// Seeds `Math.random` from WASI randomness, once per task.
-pub(crate) fn reseed() {
+/// What the snapshot must not fix for every task: seeds `Math.random`
+/// from WASI randomness and sets `performance`'s origin, once per task.
+/// Fails, failing the task, when WASI gives no randomness.
+pub(crate) fn reseed() -> std::result::Result<(), String> {
     let mut seed = [0u8; 8];
-    if getrandom::fill(&mut seed).is_ok() {
-        RANDOM.with(|r| r.set(u64::from_le_bytes(seed) | 1));
-    }
+    getrandom::fill(&mut seed).map_err(|e| format!("no randomness to seed Math.random: {e}"))?;
+    RANDOM.with(|r| r.set(u64::from_le_bytes(seed) | 1));
+    let wall =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1e3);
+    STARTED.with(|s| s.set(Some((std::time::Instant::now(), wall))));
+    Ok(())
+}
+
+/// Milliseconds since the task started (`performance.now()`).
+fn elapsed_ms() -> f64 {
+    STARTED.with(|s| s.get().map_or(0.0, |(at, _)| at.elapsed().as_secs_f64() * 1e3))
+}
+
+/// When the task started, in ms since the Unix epoch
+/// (`performance.timeOrigin`).
+fn origin_ms() -> f64 {
+    STARTED.with(|s| s.get().map_or(0.0, |(_, wall)| wall))
 }
 
 /// splitmix64, as a float in [0, 1).
@@ -139,6 +157,8 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>) -> Result<Object<'js>> {
     native.set("utf8", Func::from(|ctx: Ctx<'js>, text: String| bytes(&ctx, text.into_bytes())))?;
     native.set("text", Func::from(|data: TypedArray<'js, u8>| String::from_utf8_lossy(&read(&data)).into_owned()))?;
     native.set("random", Func::from(random))?;
+    native.set("now", Func::from(elapsed_ms))?;
+    native.set("origin", Func::from(origin_ms))?;
     native.set(
         "log",
         Func::from(|level: u32, message: String| {

@@ -67,10 +67,17 @@
     if (task === null || typeof task !== "object") throw new TypeError(`${what} takes a task: { plugin, input, ... }`);
     if (typeof task.plugin !== "string") throw new TypeError(`${what}: the task's plugin must be a string`);
     const opt = (v) => (v === undefined || v === null ? undefined : v);
+    const integer = (field, max) => {
+      const v = opt(task[field]);
+      if (v !== undefined && !(Number.isInteger(v) && v >= 0 && v <= max)) {
+        throw new RangeError(`${what}: ${field} must be an integer from 0 to ${max}, not ${String(v)}`);
+      }
+      return v;
+    };
     const options = {
       queue: opt(task.queue),
-      priority: opt(task.priority),
-      delayMs: opt(task.delayMs),
+      priority: integer("priority", 255),
+      delayMs: integer("delayMs", Number.MAX_SAFE_INTEGER),
       idempotencyKey: opt(task.idempotencyKey),
     };
     return [task.plugin, bytesOf(task.input, "input"), options];
@@ -144,7 +151,11 @@
           }
           names.push(String(t.name));
           types.push(TYPES.indexOf(type));
-          shapes.push((t.shape ?? [t.data.length]).map(Number));
+          const shape = t.shape ?? [t.data.length];
+          if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
+            throw new RangeError(`tensor ${JSON.stringify(t.name)}: its shape must be non-negative integers`);
+          }
+          shapes.push(shape);
           datas.push(bytesOf(t.data, "tensor data"));
         }
         const outputs = check(native.infer(String(model), names, types, shapes, datas));
@@ -180,6 +191,14 @@
   // Seeded from WASI randomness on every task: a pre-initialised snapshot
   // would otherwise give every task the same sequence.
   Math.random = native.random;
+  // QuickJS's own `performance` took its origin when the snapshot was
+  // made; this one counts from each task's start.
+  globalThis.performance = Object.freeze({
+    now: () => native.now(),
+    get timeOrigin() {
+      return native.origin();
+    },
+  });
 
   // What the runner calls: the script's export on the input, the result
   // as bytes.
