@@ -171,3 +171,53 @@ fn a_second_run_loads_the_compiled_plugin_from_the_artifact_cache() {
     assert!(stderr(&uncached).contains("plugin compiled in"), "{}", stderr(&uncached));
     assert_eq!(std::fs::read_dir(other.path()).unwrap().count(), 0, "--no-cache writes nothing");
 }
+
+/// An author tests a grant without a server: `--dir`, `--allow-net` and
+/// `--manifest` give the task what a manifest on a server would.
+#[test]
+fn grants_are_given_on_the_command_line_or_by_a_manifest() {
+    use taskhost_test_artifacts::READ_FILE;
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(data.path().join("note.txt"), "granted").unwrap();
+    let dir = data.path().to_str().unwrap();
+
+    // Nothing granted: nothing to read.
+    let out = run_plugin(READ_FILE, &[], b"/data/note.txt");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    // A read-only directory: read, not written.
+    let ro = format!("{dir}:/data:ro");
+    let out = run_plugin(READ_FILE, &["--dir", &ro], b"/data/note.txt");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "READ: granted", "{}", stderr(&out));
+    let out = run_plugin(READ_FILE, &["--dir", &ro], b"write /data/new.txt");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!data.path().join("new.txt").exists());
+    // Read-write, by default at the same path.
+    let out = run_plugin(READ_FILE, &["--dir", dir], format!("write {dir}/new.txt").as_bytes());
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_to_string(data.path().join("new.txt")).unwrap(), "written by a plugin");
+
+    // The same from a manifest, whose limits apply too.
+    let manifest = data.path().join("grants.toml");
+    std::fs::write(
+        &manifest,
+        format!("[limits]\nmax_output = \"5B\"\n\n[[dirs]]\nhost = \"{dir}\"\nguest = \"/data\"\nmode = \"ro\"\n"),
+    )
+    .unwrap();
+    let out = run_plugin(READ_FILE, &["--manifest", manifest.to_str().unwrap()], b"/data/note.txt");
+    assert!(stderr(&out).contains("output too large"), "the manifest's limit holds: {}", stderr(&out));
+    let out =
+        run_plugin(READ_FILE, &["--manifest", manifest.to_str().unwrap(), "--max-output", "1KiB"], b"/data/note.txt");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "READ: granted", "a flag overrides it: {}", stderr(&out));
+
+    // Bad grants are refused before anything runs.
+    for (args, says) in [
+        (vec!["--dir", "/no/such/dir"], "/no/such/dir"),
+        (vec!["--dir", &format!("{dir}:data")], "must be absolute"),
+        (vec!["--allow-net", "no port"], "--allow-net `no port`"),
+        (vec!["--manifest", "/no/such.toml"], "manifest `/no/such.toml`"),
+    ] {
+        let out = run_plugin(READ_FILE, &args, b"");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
+    }
+}

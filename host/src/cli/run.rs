@@ -7,6 +7,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use taskhost::registry::Manifest;
 use taskhost::scripts::{Language, Script};
 use taskhost::units::{format_size, parse_duration, parse_size};
 use taskhost::{Limits, Sandbox, SandboxConfig, TaskReport, TaskRequest};
@@ -62,6 +63,50 @@ pub(crate) struct RunArgs {
     /// without `.wasm`).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
+    /// Grant what a capability manifest (TOML, as for a server's plugin)
+    /// grants: its directories, network and models, and its limits as the
+    /// defaults the flags above override.
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+    /// Preopen a host directory: `HOST[:GUEST][:ro]` (GUEST defaults to
+    /// the absolute HOST path; read-write unless `:ro`). Repeat for more.
+    #[arg(long = "dir", value_name = "HOST[:GUEST][:ro]", value_parser = parse_dir)]
+    dirs: Vec<taskhost::DirGrant>,
+    /// Allow outbound TCP/UDP to `HOST:PORT` (resolved now). Repeat for
+    /// more.
+    #[arg(long = "allow-net", value_name = "HOST:PORT")]
+    allow_net: Vec<String>,
+}
+
+/// `HOST[:GUEST][:ro|:rw]` as a directory grant of an existing directory.
+fn parse_dir(value: &str) -> Result<taskhost::DirGrant, String> {
+    let mut parts: Vec<&str> = value.split(':').collect();
+    let writable = match parts.last() {
+        Some(&"ro") => {
+            parts.pop();
+            false
+        }
+        Some(&"rw") => {
+            parts.pop();
+            true
+        }
+        _ => true,
+    };
+    let (host, guest) = match parts.as_slice() {
+        [host] => (*host, None),
+        [host, guest] => (*host, Some(*guest)),
+        _ => return Err(format!("`{value}`: expected HOST[:GUEST][:ro]")),
+    };
+    let host = std::fs::canonicalize(host).map_err(|e| format!("`{host}`: {e}"))?;
+    if !host.is_dir() {
+        return Err(format!("`{}` is not a directory", host.display()));
+    }
+    let guest = match guest {
+        Some(guest) if guest.starts_with('/') => guest.to_owned(),
+        Some(guest) => return Err(format!("the guest path `{guest}` must be absolute, e.g. `/data`")),
+        None => host.to_string_lossy().into_owned(),
+    };
+    Ok(taskhost::DirGrant { host, guest, writable })
 }
 
 pub(crate) async fn run(args: RunArgs) -> ExitCode {
@@ -70,6 +115,34 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
         Err(message) => return fail(EXIT_USAGE, &message),
     };
     let mut config = SandboxConfig { pool_instances: 4, ..SandboxConfig::default() };
+    let manifest = match &args.manifest {
+        Some(file) => {
+            match std::fs::read_to_string(file).map_err(|e| e.to_string()).and_then(|t| Manifest::parse(&t)) {
+                Ok(manifest) => Some(manifest),
+                Err(e) => return fail(EXIT_USAGE, &format!("manifest `{}`: {e}", file.display())),
+            }
+        }
+        None => None,
+    };
+    if let Some(manifest) = &manifest {
+        match manifest.limits(&config.default_limits) {
+            Ok(limits) => config.default_limits = limits,
+            Err(e) => return fail(EXIT_USAGE, &format!("manifest: {e}")),
+        }
+    }
+    let mut grants = taskhost::Grants::default();
+    if let Some(manifest) = &manifest {
+        grants.dirs = manifest.dir_grants();
+        grants.connect = manifest.connect_grants().await;
+        grants.models = manifest.models.clone();
+    }
+    grants.dirs.extend(args.dirs.iter().cloned());
+    for address in &args.allow_net {
+        match tokio::net::lookup_host(address.as_str()).await {
+            Ok(found) => grants.connect.extend(found),
+            Err(e) => return fail(EXIT_USAGE, &format!("--allow-net `{address}`: {e} (expected HOST:PORT)")),
+        }
+    }
     let defaults = &mut config.default_limits;
     let limits = Limits {
         fuel: args.fuel.unwrap_or(defaults.fuel),
@@ -126,7 +199,7 @@ pub(crate) async fn run(args: RunArgs) -> ExitCode {
         },
     };
     let (plugin, source, load_time) = loaded;
-    let request = TaskRequest { input, limits: Some(limits), inference, script, ..TaskRequest::default() };
+    let request = TaskRequest { input, limits: Some(limits), inference, script, grants, ..TaskRequest::default() };
     let report = sandbox.run(&plugin, request).await;
     print_captured(&report);
     if args.stats {
