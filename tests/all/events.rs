@@ -244,3 +244,38 @@ async fn open_streams_end_with_a_stopping_event_as_soon_as_the_server_stops() {
         assert!(last.data["message"].as_str().unwrap().contains("reconnect"), "{last:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_and_flow_filters_pass_only_their_tasks() {
+    let (engine, dir) = engine_with(|_| {}).await;
+    let (base, admin) = crate::serve_api(&engine, dir.path()).await;
+    let http = crate::authed(&admin);
+    let mut all = subscribe(&http, &base, "", None).await;
+    let mut first_queue = subscribe(&http, &base, "?queue=q1", None).await;
+    let a = submit(&http, &base, json!({"plugin": "uppercase", "input": "a", "queue": "q1"})).await;
+    let b = submit(&http, &base, json!({"plugin": "uppercase", "input": "b", "queue": "q2"})).await;
+    let seen = [until(&mut all, &a, "completed").await, until(&mut all, &b, "completed").await].concat();
+    let before_a = seen.iter().find(|e| e.data["id"] == a.as_str()).and_then(|e| e.id.clone()).unwrap();
+
+    // The queue filter: a's events only, all three of them.
+    let in_q1 = until(&mut first_queue, &a, "completed").await;
+    assert_eq!(in_q1.len(), 3, "{in_q1:?}");
+    assert!(in_q1.iter().all(|e| e.data["id"] == a.as_str() && e.data["queue"] == "q1"), "{in_q1:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(first_queue.try_recv().is_err(), "another queue's event passed the filter");
+
+    // The flow filter, replayed from just before a was created: a's flow
+    // is a alone; b's events never pass.
+    let record = http.get(format!("{base}/v1/tasks/{a}")).send().await.unwrap();
+    assert_eq!(record.status(), StatusCode::OK);
+    let flow = record.json::<Value>().await.unwrap()["flow_id"].as_str().unwrap().to_owned();
+    let (run, seq) = before_a.rsplit_once('-').unwrap();
+    let resume = format!("{run}-{}", seq.parse::<u64>().unwrap() - 1);
+    let mut of_flow = subscribe(&http, &base, &format!("?flow={flow}"), Some(&resume)).await;
+    let in_flow = until(&mut of_flow, &a, "completed").await;
+    let moves: Vec<&Value> = in_flow.iter().map(|e| &e.data["to"]).collect();
+    assert_eq!(moves, [&json!("pending"), &json!("running"), &json!("completed")], "{in_flow:?}");
+    assert!(in_flow.iter().all(|e| e.data["flow_id"] == flow.as_str()), "{in_flow:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(of_flow.try_recv().is_err(), "another flow's event passed the filter");
+}
