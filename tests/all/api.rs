@@ -511,3 +511,28 @@ async fn a_command_whose_reader_is_gone_ends_quietly() {
         assert!(quiet, "{:?}: {stderr}", out.status);
     }
 }
+
+/// `taskhost flow --submit spec.json --wait` follows the flow to its end
+/// and exits by how it ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_wait_follows_a_declared_flow_to_its_end() {
+    let api = api().await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.json");
+    let spec =
+        json!({"input": "hi", "steps": [{"id": "one", "plugin": "uppercase"}, {"id": "two", "plugin": "uppercase"}]});
+    std::fs::write(&good, spec.to_string()).unwrap();
+    let out = cli(&api, &["flow", "--submit", good.to_str().unwrap(), "--wait", "--json"]).await;
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let flow: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(flow["state"], "completed", "{flow}");
+
+    let bad = dir.path().join("bad.json");
+    let spec = json!({"steps": [{"id": "breaks", "plugin": "fail", "input": "permanent:no"}, {"id": "after", "plugin": "uppercase"}]});
+    std::fs::write(&bad, spec.to_string()).unwrap();
+    let out = cli(&api, &["flow", "--submit", bad.to_str().unwrap(), "--wait", "--json"]).await;
+    assert_eq!(out.status.code(), Some(1), "a failed flow exits 1: {}", text(&out.stderr));
+    let flow: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: stdout {:?}, stderr {}", text(&out.stdout), text(&out.stderr)));
+    assert_eq!(flow["state"], "failed", "{flow}");
+}
