@@ -8,6 +8,10 @@
 //! Run: `cargo bench -p taskhost --bench sandbox` (or `./dev.sh bench`).
 //! Figures are medians; machines are noisy, so compare the ratios.
 
+#[path = "common/measure.rs"]
+mod measure;
+
+use measure::{median, ms, ratio, rss_kib, status_kib, us};
 use std::time::{Duration, Instant};
 use taskhost::{Limits, Plugin, Sandbox, SandboxConfig, TaskRequest};
 use taskhost_test_artifacts::{CPU_KERNEL, TRIVIAL};
@@ -125,39 +129,11 @@ async fn kernel(sandbox: &Sandbox, spec: &str, expected: &str) -> Duration {
         let output = report.result.expect("the kernel ran");
         assert_eq!(String::from_utf8(output).unwrap(), expected.to_string(), "sandboxed kernel disagrees with native");
     }
-    times.sort();
-    times[times.len() / 2]
+    median(times)
 }
 
 fn median_of(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
-    let mut times: Vec<_> = (0..runs).map(|_| f()).collect();
-    times.sort();
-    times[times.len() / 2]
-}
-
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64()
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
-
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn rss_kib() -> u64 {
-    status_kib("VmRSS:")
+    median((0..runs).map(|_| f()).collect())
 }
 
 fn hwm_kib() -> u64 {

@@ -9,6 +9,10 @@
 //! Run: `cargo bench -p taskhost --bench scripts` (or `./dev.sh bench`).
 //! Figures are medians; machines are noisy, so compare the ratios.
 
+#[path = "common/measure.rs"]
+mod measure;
+
+use measure::{median, ms, ratio, rss_kib, us};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taskhost::scripts::{Language, Script};
@@ -149,32 +153,4 @@ async fn per_task(sandbox: &Sandbox, plugin: &Plugin, script: Option<&str>, inpu
     }
     times.sort();
     (times[times.len() / 2], times[times.len() * 99 / 100])
-}
-
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[times.len() / 2]
-}
-
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64()
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.1} µs", d.as_secs_f64() * 1e6)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1e3)
-}
-
-fn rss_kib() -> u64 {
-    status_kib("VmRSS:")
-}
-
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(field)?.trim().strip_suffix("kB")?.trim().parse().ok()))
-        .unwrap_or(0)
 }

@@ -535,7 +535,8 @@ impl Registry {
             Input::Staged(staged) => staged.read().await?,
             Input::Blob(bytes) => bytes.to_vec(),
         };
-        let file = format!("{}.{}", name.rsplit('/').next().unwrap_or(name), language.extension());
+        // The tenant's own name for it, as the script's author knows it.
+        let file = format!("{}.{}", crate::tenant::split(name).1, language.extension());
         let script = Script::new(language, file, bytes)?;
         let (runner, from_cache) = self.runner(language).await?;
         let plugin = Plugin::scripted(&runner, name, &info.version, script);

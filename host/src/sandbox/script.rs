@@ -164,9 +164,16 @@ pub struct RunnerId {
 }
 
 impl RunnerId {
-    /// The runner this binary embeds for `language`.
+    /// The runner this binary embeds for `language` (its digest hashed
+    /// once per process).
     pub fn of(language: Language) -> Result<Self, ScriptError> {
-        Ok(Self { language, digest: crate::registry::sha256_hex(language.runner()?) })
+        static JAVASCRIPT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        let runner = language.runner()?;
+        let digest = match language {
+            Language::JavaScript => JAVASCRIPT.get_or_init(|| crate::registry::sha256_hex(runner)).clone(),
+            Language::Python => crate::registry::sha256_hex(runner),
+        };
+        Ok(Self { language, digest })
     }
 
     /// The plugin name its tasks report (`runtime.current-task`).
