@@ -45,6 +45,9 @@ mod limits;
 /// What tasks log and print under the server: kept per attempt within a
 /// cap, shown and followed over HTTP and the CLI.
 mod logs;
+/// Python scripts in the runner componentize-py builds: output, every WIT
+/// binding, errors, limits, the standard library, `taskhost run x.py`.
+mod python;
 /// Kill -9 under load, restart, nothing lost or duplicated.
 mod recovery;
 /// Hot-loading: swaps, pinning, the artifact cache, the watched directory,

@@ -277,6 +277,7 @@ pub(crate) struct Registry {
     /// The JavaScript runner, pre-initialised and compiled (or loaded from
     /// the artifact cache) at the first script's load.
     javascript: tokio::sync::OnceCell<Plugin>,
+    python: tokio::sync::OnceCell<Plugin>,
 }
 
 /// A place in the compile queue, held by an upload until its compile ends.
@@ -379,6 +380,7 @@ impl Registry {
             uploads: Arc::new(Semaphore::new(MAX_COMPILE_QUEUE)),
             max_plugins: usize::MAX,
             javascript: tokio::sync::OnceCell::new(),
+            python: tokio::sync::OnceCell::new(),
         };
         let store = registry.store.clone();
         for (name, stored) in blocking(move || store.plugins()).await? {
@@ -549,7 +551,7 @@ impl Registry {
     async fn runner(&self, language: Language) -> Result<(Plugin, bool), RegistryError> {
         let cell = match language {
             Language::JavaScript => &self.javascript,
-            _ => return Err(crate::sandbox::ScriptError::NoRunner(language).into()),
+            Language::Python => &self.python,
         };
         let ready = cell.initialized();
         let runner = cell.get_or_try_init(|| self.prepare_runner(language)).await?;

@@ -1,6 +1,7 @@
 //! The watched plugins directory (`taskhost serve --plugins DIR`): a new or
-//! changed `NAME.wasm` or `NAME@VERSION.wasm` (a component) or `NAME.js`
-//! or `NAME.mjs` (a script) goes live, and `NAME.toml` sets NAME's manifest. Changes arrive debounced from the shared watcher
+//! changed `NAME.wasm` or `NAME@VERSION.wasm` (a component) or `NAME.js`,
+//! `NAME.mjs` or `NAME.py` (a script) goes live, and `NAME.toml` sets
+//! NAME's manifest. Changes arrive debounced from the shared watcher
 //! ([`crate::watch`]), so each file is read once it has been quiet for a
 //! moment. A half-written file that fails to load is reported
 //! (`watch_error`) and tried again on its next change. A file is opened
@@ -73,7 +74,7 @@ enum Kind {
     Manifest,
     /// `NAME[@VERSION].wasm`: a component.
     Component,
-    /// `NAME[@VERSION].js`: a script.
+    /// `NAME[@VERSION].js` (or `.mjs`, `.py`): a script.
     Script(Language),
 }
 
@@ -89,8 +90,8 @@ fn classify(path: &Path) -> Option<(String, Option<String>, Kind)> {
     let (stem, kind) = match file.strip_suffix(".wasm") {
         Some(stem) => (stem, Kind::Component),
         None => {
-            let stem = file.strip_suffix(".js").or_else(|| file.strip_suffix(".mjs"))?;
-            (stem, Kind::Script(Language::JavaScript))
+            let language = Language::from_file_name(file)?;
+            (file.rsplit_once('.')?.0, Kind::Script(language))
         }
     };
     Some(match stem.split_once('@') {
@@ -286,6 +287,7 @@ mod tests {
         assert_eq!(kind("/p/resize@2.0.wasm"), Some(("resize".into(), Some("2.0".into()), Kind::Component)));
         assert_eq!(kind("/p/transform.js"), Some(("transform".into(), None, Kind::Script(Language::JavaScript))));
         assert_eq!(kind("/p/t@2.mjs"), Some(("t".into(), Some("2".into()), Kind::Script(Language::JavaScript))));
+        assert_eq!(kind("/p/report.py"), Some(("report".into(), None, Kind::Script(Language::Python))));
         assert_eq!(kind("/p/resize.toml"), Some(("resize".into(), None, Kind::Manifest)));
         assert_eq!(kind("/p/.transform.js.swp"), None);
         assert_eq!(kind("/p/notes.txt"), None);

@@ -1,9 +1,11 @@
 //! Scripts and the runners that run them: the script types a task carries,
 //! the runner components this binary embeds (built from source by
-//! `host/build.rs`), and their pre-initialisation: the runner is
-//! instantiated once, its `wizer-initialize` export starts the interpreter,
-//! and its memory is snapshotted into a new component (the `wasmtime-wizer`
-//! crate), so each task starts with the interpreter ready.
+//! `host/build.rs`), and their pre-initialisation, so each task starts
+//! with the interpreter ready. The JavaScript runner is pre-initialised
+//! here: instantiated once, its `wizer-initialize` export starts QuickJS,
+//! and its memory is snapshotted into a new component (the
+//! `wasmtime-wizer` crate). The Python runner comes pre-initialised:
+//! componentize-py snapshots CPython as it builds it.
 
 use super::state::TaskState;
 use super::{Attached, Grants, LoadError, Plugin, Sandbox, wasm_err};
@@ -24,7 +26,7 @@ pub const MAX_SCRIPT_BYTES: usize = 1 << 20;
 pub enum Language {
     /// JavaScript: an ES module, run by QuickJS.
     JavaScript,
-    /// Python 3 (no runner yet).
+    /// Python 3: a module, run by CPython.
     Python,
 }
 
@@ -59,7 +61,7 @@ impl Language {
     fn runner(self) -> Result<&'static [u8], ScriptError> {
         match self {
             Self::JavaScript => Ok(embedded::JAVASCRIPT),
-            Self::Python => Err(ScriptError::NoRunner(self)),
+            Self::Python => embedded::PYTHON.ok_or(ScriptError::NoRunner(self)),
         }
     }
 }
@@ -116,8 +118,11 @@ pub enum ScriptError {
     /// A language name this host does not know.
     #[error("unknown script language `{0}`: expected `js` or `python`")]
     UnknownLanguage(String),
-    /// A language this host has no runner for yet.
-    #[error("this host has no {0} runner yet")]
+    /// A language this binary was built without a runner for.
+    #[error(
+        "this taskhost was built without its {0} runner (componentize-py was missing when it was built): \
+         install it with `./dev.sh setup`, or put it on PATH, and rebuild"
+    )]
     NoRunner(Language),
     /// The script is over [`MAX_SCRIPT_BYTES`].
     #[error("script `{name}` is {size} bytes; the most a script may be is {MAX_SCRIPT_BYTES} bytes")]
@@ -168,11 +173,13 @@ impl RunnerId {
     /// once per process).
     pub fn of(language: Language) -> Result<Self, ScriptError> {
         static JAVASCRIPT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        static PYTHON: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         let runner = language.runner()?;
-        let digest = match language {
-            Language::JavaScript => JAVASCRIPT.get_or_init(|| crate::registry::sha256_hex(runner)).clone(),
-            Language::Python => crate::registry::sha256_hex(runner),
+        let cell = match language {
+            Language::JavaScript => &JAVASCRIPT,
+            Language::Python => &PYTHON,
         };
+        let digest = cell.get_or_init(|| crate::registry::sha256_hex(runner)).clone();
         Ok(Self { language, digest })
     }
 
@@ -191,8 +198,12 @@ impl Sandbox {
     /// Pre-initialises the runner for `language`: instantiates it once,
     /// runs its `wizer-initialize` export and snapshots its memory into a
     /// new component. CPU-bound (it compiles the runner), so call it where
-    /// blocking is allowed; cache what it returns.
+    /// blocking is allowed; cache what it returns. The Python runner is
+    /// pre-initialised when it is built, and returned as it is.
     pub async fn pre_initialize_runner(&self, language: Language) -> Result<Vec<u8>, ScriptError> {
+        if language == Language::Python {
+            return Ok(language.runner()?.to_vec());
+        }
         let failed = |message: String| ScriptError::PreInitialize { language, message };
         let mut wizer = wasmtime_wizer::Wizer::new();
         // The component still exports it; its core function must stay.
