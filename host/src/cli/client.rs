@@ -207,10 +207,10 @@ pub(crate) struct TasksArgs {
 pub(crate) enum PluginsCommand {
     /// Upload a component as a new version.
     Add {
-        /// The .wasm file, or a script (.js, .mjs: its version is the
+        /// The .wasm file, or a script (.js, .mjs, .py: its version is the
         /// source's hash).
         file: PathBuf,
-        /// Register the file as a script in this language (`js`), whatever
+        /// Register the file as a script in this language (`js`, `python`), whatever
         /// its extension.
         #[arg(long, value_name = "LANG")]
         lang: Option<taskhost::scripts::Language>,

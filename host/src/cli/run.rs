@@ -15,9 +15,10 @@ use taskhost::{Limits, Sandbox, SandboxConfig, TaskReport, TaskRequest};
 #[derive(Debug, Args)]
 pub(crate) struct RunArgs {
     /// The plugin component (.wasm, built for wasm32-wasip2), or a script:
-    /// JavaScript (.js, .mjs), told by its extension or by --lang.
+    /// JavaScript (.js, .mjs) or Python (.py), told by its extension or by
+    /// --lang.
     plugin: PathBuf,
-    /// Run the file as a script in this language (`js`), whatever its
+    /// Run the file as a script in this language (`js`, `python`), whatever its
     /// extension.
     #[arg(long, value_name = "LANG")]
     lang: Option<taskhost::scripts::Language>,
