@@ -102,3 +102,82 @@ async fn a_plugin_built_against_wit_0_1_0_still_runs() {
     assert_eq!(crate::output(&report), "hello from old");
     assert_eq!(report.logs[0].message, "built against 0.1.0");
 }
+
+/// An example script from `plugins/scripts/`, as its file name and text.
+fn script_example(file: &str) -> (String, String) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/scripts").join(file);
+    (file.to_owned(), std::fs::read_to_string(path).unwrap())
+}
+
+#[tokio::test]
+async fn the_json_transform_script_sums_orders_per_customer() {
+    let (name, source) = script_example("transform.js");
+    let input = br#"{"orders": [
+        {"id": 1, "customer": "ada", "items": [{"sku": "a", "qty": 2, "price": 350}]},
+        {"id": 2, "customer": "bob", "items": [{"sku": "b", "qty": 1, "price": 1999}]},
+        {"id": 3, "customer": "ada", "items": [{"sku": "c", "qty": 3, "price": 100}, {"sku": "d", "qty": 1, "price": 5}]}
+    ]}"#;
+    let report = crate::scripts::js_named(&name, &source, input, None).await;
+    let output: serde_json::Value = serde_json::from_str(&output(&report)).unwrap();
+    assert_eq!(
+        output,
+        serde_json::json!({"currency": "EUR", "customers": [
+            {"customer": "bob", "orders": 1, "items": 1, "total": 1999},
+            {"customer": "ada", "orders": 2, "items": 6, "total": 1005},
+        ]})
+    );
+    assert_eq!(report.logs[0].message, "3 orders from 2 customers");
+    // A malformed order fails for good, naming it.
+    let bad = br#"{"orders": [{"id": 7, "customer": "cy", "items": [{"qty": 1.5, "price": 1}]}]}"#;
+    let f = failure(&crate::scripts::js_named(&name, &source, bad, None).await).clone();
+    assert!(!f.retryable && f.message.contains("order 7: qty and price must be integers"), "{f}");
+}
+
+#[tokio::test]
+async fn the_csv_report_script_summarises_sales_exactly() {
+    let (name, source) = script_example("report.py");
+    let csv = b"date,region,amount\n2026-01-05,north,10.50\n2026-01-20,south,3.25\n2026-02-01,north,7.00\n\
+                2026-02-14,north,1.10\n";
+    let report = crate::python::py_named(&name, &source, csv, None).await;
+    let output: serde_json::Value = serde_json::from_str(&output(&report)).unwrap();
+    assert_eq!(
+        output,
+        serde_json::json!({
+            "regions": {
+                "north": {"rows": 3, "total": "18.60", "mean": "6.20", "median": "7.00"},
+                "south": {"rows": 1, "total": "3.25", "mean": "3.25", "median": "3.25"},
+            },
+            "months": {"2026-01": "13.75", "2026-02": "8.10"},
+        })
+    );
+    assert_eq!(report.logs[0].message, "4 rows, 2 regions");
+    // A bad row fails for good, naming its line; a missing column too.
+    let f =
+        failure(&crate::python::py_named(&name, &source, b"date,region,amount\n2026-13-05,n,1\n", None).await).clone();
+    assert!(!f.retryable && f.message.contains("line 2: month must be in 1..12"), "{f}");
+    let f = failure(&crate::python::py_named(&name, &source, b"day,region\n", None).await).clone();
+    assert!(!f.retryable && f.message.contains("the CSV has no column amount, date"), "{f}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fan_out_script_counts_words_across_child_tasks() {
+    use taskhost::scripts::Language;
+    use taskhost::store::TaskState;
+    let (engine, _dir) = crate::engine::engine_with(|_| {}).await;
+    let (_, source) = script_example("fanout.js");
+    engine.add_script_plugin("fanout", Language::JavaScript, source.into_bytes(), None, true).await.unwrap();
+    // 120 lines of "alpha beta N" (N = 0..6): 360 words, 9 distinct.
+    let text: Vec<String> = (0..120).map(|i| format!("Alpha beta {}", i % 7)).collect();
+    let input = serde_json::json!({"text": text.join("\n"), "chunk": 50}).to_string();
+    let id = engine.submit(crate::engine::task("fanout", &input)).await.unwrap().record.id;
+    let (record, join) = crate::scripts::finished(&engine, id).await;
+    assert_eq!(record.state, TaskState::Completed, "{:?}", record.error);
+    let logs = engine.task_logs(&record, None).unwrap();
+    assert_eq!(logs.lines.first().map(|l| l.text.as_str()), Some("120 lines in 3 chunks"));
+    let (merged, output) = crate::scripts::finished(&engine, join.parse().unwrap()).await;
+    assert_eq!(merged.state, TaskState::Completed, "{:?}", merged.error);
+    let output: serde_json::Value = serde_json::from_str(&output).unwrap();
+    assert_eq!((output["words"].as_u64(), output["unique"].as_u64()), (Some(360), Some(9)), "{output}");
+    assert_eq!(output["top"][0], serde_json::json!(["alpha", 120]));
+    assert_eq!(output["top"][1], serde_json::json!(["beta", 120]));
+}

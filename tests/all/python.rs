@@ -16,7 +16,7 @@ async fn runner() -> Plugin {
 }
 
 /// Runs `source` (named `name`) on `input` under `limits`.
-async fn py_named(name: &str, source: &str, input: &[u8], limits: Option<Limits>) -> TaskReport {
+pub(crate) async fn py_named(name: &str, source: &str, input: &[u8], limits: Option<Limits>) -> TaskReport {
     let script = Script::new(Language::Python, name, source.as_bytes().to_vec()).unwrap();
     let request =
         TaskRequest { input: input.to_vec(), limits, script: Some(Arc::new(script)), ..TaskRequest::default() };

@@ -15,7 +15,7 @@ async fn runner() -> Plugin {
 }
 
 /// Runs `source` (named `name`) on `input` under `limits`.
-async fn js_named(name: &str, source: &str, input: &[u8], limits: Option<Limits>) -> TaskReport {
+pub(crate) async fn js_named(name: &str, source: &str, input: &[u8], limits: Option<Limits>) -> TaskReport {
     let script = Script::new(Language::JavaScript, name, source.as_bytes().to_vec()).unwrap();
     let request =
         TaskRequest { input: input.to_vec(), limits, script: Some(Arc::new(script)), ..TaskRequest::default() };
@@ -268,7 +268,10 @@ fn taskhost_run_runs_a_script_file() {
 }
 
 /// Waits for `id` to end and gives its record and output.
-async fn finished(engine: &taskhost::engine::Engine, id: uuid::Uuid) -> (taskhost::store::TaskRecord, String) {
+pub(crate) async fn finished(
+    engine: &taskhost::engine::Engine,
+    id: uuid::Uuid,
+) -> (taskhost::store::TaskRecord, String) {
     let record = engine.wait(id, std::time::Duration::from_secs(60)).await.unwrap();
     assert!(record.state.is_terminal(), "{id} is still {}", record.state);
     let output = engine.output(id).unwrap().map(|o| String::from_utf8(o).unwrap()).unwrap_or_default();
