@@ -221,3 +221,56 @@ fn grants_are_given_on_the_command_line_or_by_a_manifest() {
         assert!(stderr(&out).contains(says), "{args:?}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn taskhost_new_scaffolds_projects_that_build_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    // Scripts: a script, an input and the editor types; ready to run.
+    for (lang, file, types) in [("js", "greet.js", "taskhost.d.ts"), ("python", "greet.py", "taskhost.pyi")] {
+        let project = at(lang);
+        let out = taskhost(&["new", "greet", "--lang", lang, "--dir", &project], b"");
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(std::path::Path::new(&project).join(types).is_file());
+        let script = format!("{project}/{file}");
+        let out = taskhost(&["run", &script, "--input", &format!("{project}/input.json")], b"");
+        assert!(out.status.success(), "{lang}: {}", stderr(&out));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), r#"{"hello":"Ada","attempt":1}"#, "{lang}");
+        assert!(stderr(&out).contains("greeting Ada"), "{lang}: {}", stderr(&out));
+    }
+    // Rust: a plain `cargo build` in the project makes the component,
+    // against the SDK of this clone.
+    let project = at("rust");
+    let out = taskhost(&["new", "greet-rs", "--dir", &project], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cargo build --release"));
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo.current_dir(&project).args(["build", "--release", "--quiet"]);
+    // Nothing of this test's own build may leak into the project's (but
+    // rustup's settings stay: the toolchain is the one this test runs on).
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let flags = ["RUSTFLAGS", "RUSTDOCFLAGS", "RUSTC", "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER"];
+        if (key.starts_with("CARGO_") && key != "CARGO_HOME") || flags.contains(&&*key) {
+            cargo.env_remove(&*key);
+        }
+    }
+    let built = cargo.output().unwrap();
+    assert!(built.status.success(), "cargo build: {}", String::from_utf8_lossy(&built.stderr));
+    let wasm = format!("{project}/target/wasm32-wasip2/release/greet_rs.wasm");
+    let out = taskhost(&["run", &wasm, "--input", &format!("{project}/input.txt")], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), r#"{"hello":"Ada","attempt":1}"#);
+
+    // Nothing is overwritten; a bad name or SDK path is refused.
+    let out = taskhost(&["new", "greet", "--lang", "js", "--dir", &at("js")], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    let out = taskhost(&["new", "Greet", "--dir", &at("other")], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("invalid name `Greet`"), "{}", stderr(&out));
+    let out = taskhost(&["new", "x", "--dir", &at("x"), "--sdk", dir.path().to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("is not the taskhost SDK crate"), "{}", stderr(&out));
+    assert!(!std::path::Path::new(&at("other")).exists() && !std::path::Path::new(&at("x")).exists());
+}

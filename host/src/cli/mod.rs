@@ -11,6 +11,7 @@ mod flow;
 mod local_server;
 mod logs;
 mod models;
+mod new;
 mod run;
 mod serve;
 mod sse;
@@ -33,6 +34,9 @@ enum Command {
     /// Run one task: PLUGIN.wasm on input from FILE or stdin; output to
     /// stdout, captured logs to stderr.
     Run(run::RunArgs),
+    /// Create a plugin project: a Rust component crate, or a JavaScript or
+    /// Python script, ready to build and run.
+    New(new::NewArgs),
     /// Run the task engine and its HTTP API.
     Serve(Box<serve::ServeArgs>),
     /// Submit a task (or a JSONL batch) to a server.
@@ -116,6 +120,7 @@ pub(crate) fn main() -> ExitCode {
     };
     match cli.command {
         Command::Run(args) => runtime.block_on(run::run(args)),
+        Command::New(args) => new::new(args),
         Command::Serve(args) => {
             let code = runtime.block_on(serve::serve(*args));
             // The engine has closed; nothing left may hold the exit.
