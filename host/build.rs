@@ -85,7 +85,10 @@ fn main() {
 fn python_runner(root: &Path, target_dir: &Path) -> String {
     let venv = root.join("target/venv/bin/componentize-py");
     println!("cargo:rerun-if-changed={}", root.join("plugins/py-runner").display());
-    println!("cargo:rerun-if-changed={}", venv.display());
+    // A path that does not exist would rerun this script on every build.
+    if let Some(watched) = [venv.as_path(), &root.join("target/venv")].into_iter().find(|p| p.exists()) {
+        println!("cargo:rerun-if-changed={}", watched.display());
+    }
     println!("cargo:rerun-if-env-changed=COMPONENTIZE_PY");
     println!("cargo:rerun-if-env-changed=TASKHOST_REQUIRE_PYTHON_RUNNER");
     let tool = std::env::var_os("COMPONENTIZE_PY")
@@ -109,9 +112,17 @@ fn python_runner(root: &Path, target_dir: &Path) -> String {
         Ok(out) => panic!("`{} --version` failed: {}", tool.display(), String::from_utf8_lossy(&out.stderr)),
         Err(e) => panic!("running {}: {e}", tool.display()),
     };
-    // What the component is made from: the tool, the runner and the WIT.
+    // The runner is written against 0.25's bindings.
+    assert!(
+        version.starts_with("componentize-py 0.25."),
+        "{} is {version}; the Python runner needs componentize-py 0.25 (`./dev.sh setup` installs it into target/venv)",
+        tool.display()
+    );
+    // What the component is made from: the tool, this recipe, the runner
+    // and the WIT.
     let mut hasher = std::hash::DefaultHasher::new();
     version.hash(&mut hasher);
+    include_str!("build.rs").hash(&mut hasher);
     for dir in ["plugins/py-runner", "wit"] {
         let mut files: Vec<PathBuf> =
             std::fs::read_dir(root.join(dir)).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_file()).collect();
@@ -125,7 +136,7 @@ fn python_runner(root: &Path, target_dir: &Path) -> String {
     let (file, stamp) = (target_dir.join("py-runner.wasm"), target_dir.join("py-runner.key"));
     if !(file.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|k| k == key)) {
         std::fs::create_dir_all(target_dir).unwrap();
-        let part = target_dir.join("py-runner.wasm.part");
+        let part = target_dir.join(format!("py-runner.wasm.{}.part", std::process::id()));
         let out = Command::new(&tool)
             .current_dir(root.join("plugins/py-runner"))
             .env_remove("VIRTUAL_ENV")

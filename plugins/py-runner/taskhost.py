@@ -14,6 +14,7 @@ its task for good; any other exception fails it retryably.
 import array as _array
 import json as _json
 import re as _re
+import struct as _struct
 from dataclasses import dataclass as _dataclass
 from typing import Any as _Any, List as _List, Optional as _Optional
 
@@ -23,8 +24,13 @@ from wit_world.imports import inference as _inference
 from wit_world.imports import log as _log
 from wit_world.imports import queue as _queue
 from wit_world.imports import runtime as _runtime
+from wit_world.imports import types as _types
 
-__all__ = ["Bytes", "HostError", "PermanentError", "Tensor", "log", "task", "queue", "context", "inference"]
+__all__ = ["Bytes", "HostError", "ModelInfo", "PermanentError", "TaskInfo", "TaskView", "Tensor", "TensorSpec", "log",
+           "task", "queue", "context", "inference"]
+
+#: The running task, as `task()` gives it.
+TaskInfo = _types.TaskInfo
 
 
 class HostError(Exception):
@@ -71,7 +77,24 @@ def _call(function, *args):
 
 
 def _to_json(value) -> bytes:
-    return _json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    # NaN and infinities are not JSON: refused rather than written.
+    return _json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _message(text: str) -> str:
+    """Text for a log line or an error: a lone surrogate (not Unicode, so
+    not a WIT string) is written as its escape instead."""
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
+def _str(what: str, value) -> str:
+    """`value` as a WIT string, or a ValueError naming `what`."""
+    value = str(value)
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode (it holds a lone surrogate)") from None
+    return value
 
 
 def _bytes(value, what: str, any_json: bool) -> bytes:
@@ -82,7 +105,10 @@ def _bytes(value, what: str, any_json: bool) -> bytes:
     if isinstance(value, (bytearray, memoryview, _array.array)):
         return bytes(value)
     if isinstance(value, str):
-        return value.encode()
+        try:
+            return value.encode()
+        except UnicodeEncodeError:
+            raise TypeError(f"{what} is a string that is not valid Unicode (it holds a lone surrogate)") from None
     if value is None:
         return b""
     if any_json:
@@ -118,7 +144,7 @@ def log(level: str, *args) -> None:
     at = _LEVELS.get(level)
     if at is None:
         raise ValueError(f"unknown log level {level!r}: expected one of {', '.join(_LEVELS)}")
-    _log.log(at, _format(args))
+    _log.log(at, _message(_format(args)))
 
 
 def task():
@@ -138,14 +164,14 @@ def _integer(what: str, field: str, value, most: int):
 def _text(what: str, field: str, value):
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{what}: {field} must be a string, not {type(value).__name__}")
-    return value
+    return None if value is None else _str(f"{what}: {field}", value)
 
 
 def _child(what, plugin, input, queue, priority, delay_ms, idempotency_key):
     if not isinstance(plugin, str):
         raise TypeError(f"{what}: the plugin must be a string (`name` or `name@version`)")
     return _queue.ChildTask(
-        plugin=plugin,
+        plugin=_str(f"{what}: the plugin", plugin),
         input=_bytes(input, f"{what}: the input", True),
         queue=_text(what, "queue", queue),
         priority=_integer(what, "priority", priority, 255),
@@ -187,10 +213,14 @@ class queue:
              idempotency_key=None) -> str:
         """Submits a task that starts once every task in `tasks` has ended.
         WIT `queue.join`."""
-        if isinstance(tasks, (str, bytes)) or not all(isinstance(t, str) for t in tasks):
+        if isinstance(tasks, (str, bytes)):
             raise TypeError("queue.join takes a list of task ids, then the task to submit")
+        tasks = list(tasks)
+        if not all(isinstance(t, str) for t in tasks):
+            raise TypeError("queue.join takes a list of task ids, then the task to submit")
+        tasks = [_str("queue.join: a task id", t) for t in tasks]
         child = _child("queue.join", plugin, input, queue, priority, delay_ms, idempotency_key)
-        return _call(_queue.join, list(tasks), child)
+        return _call(_queue.join, tasks, child)
 
     @staticmethod
     def joined() -> _List[TaskView]:
@@ -201,7 +231,7 @@ class queue:
     @staticmethod
     def get(id: str) -> TaskView:
         """A task of this flow. WIT `queue.get`."""
-        return _view(_call(_queue.get, str(id)))
+        return _view(_call(_queue.get, _str("queue.get: the id", id)))
 
     @staticmethod
     def stop_repeating() -> None:
@@ -215,24 +245,24 @@ class context:
     @staticmethod
     def get(key: str) -> _Optional[Bytes]:
         """The value under `key`, or None. WIT `context.get`."""
-        value = _context.get(str(key))
+        value = _context.get(_str("context.get: the key", key))
         return None if value is None else Bytes(value)
 
     @staticmethod
     def set(key: str, value) -> None:
         """Stores `value` (bytes, text, or anything else as JSON) under
         `key`. WIT `context.set`."""
-        _call(_context.set, str(key), _bytes(value, "context.set: the value", True))
+        _call(_context.set, _str("context.set: the key", key), _bytes(value, "context.set: the value", True))
 
     @staticmethod
     def delete(key: str) -> bool:
         """Removes `key`; True if it existed. WIT `context.delete`."""
-        return _context.delete(str(key))
+        return _context.delete(_str("context.delete: the key", key))
 
     @staticmethod
     def keys(prefix: str = "") -> _List[str]:
         """Every key starting with `prefix`, in order. WIT `context.list-keys`."""
-        return _context.list_keys(str(prefix))
+        return _context.list_keys(_str("context.keys: the prefix", prefix))
 
 
 # Tensor element types: (WIT case, array.array typecode). f16 travels as
@@ -248,7 +278,7 @@ _TYPES = {
     "bool": (_inference.TensorType.BOOL, "B"),
 }
 _BY_CASE = {case: name for name, (case, _) in _TYPES.items()}
-_BY_TYPECODE = {"f": "f32", "d": "f64", "q": "i64", "i": "i32", "b": "i8"}
+_BY_TYPECODE = {"f": "f32", "d": "f64", "q": "i64", "i": "i32", "b": "i8", "B": "u8"}
 
 
 @_dataclass
@@ -303,7 +333,12 @@ def _tensor_in(tensor) -> "_inference.Tensor":
         raise TypeError(f"tensor {tensor.name!r}: give its type (one of {', '.join(_TYPES)})")
     case, typecode = _TYPES[kind]
     if isinstance(data, (list, tuple)):
-        data = _array.array(typecode, data)
+        if kind == "f16":
+            data = _array.array("H", _struct.pack(f"<{len(data)}e", *data))
+        elif kind == "bool":
+            data = _array.array("B", [1 if v else 0 for v in data])
+        else:
+            data = _array.array(typecode, data)
     if isinstance(data, _array.array):
         if data.typecode != typecode:
             data = _array.array(typecode, data)
@@ -314,9 +349,9 @@ def _tensor_in(tensor) -> "_inference.Tensor":
     else:
         raise TypeError(f"tensor {tensor.name!r}: its data must be an array.array, a list of numbers or bytes")
     shape = [count] if tensor.shape is None else list(tensor.shape)
-    if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise ValueError(f"tensor {tensor.name!r}: its shape must be non-negative integers")
-    return _inference.Tensor(name=str(tensor.name), ty=case, shape=shape, data=raw)
+    if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 64 for d in shape):
+        raise ValueError(f"tensor {tensor.name!r}: its shape must be integers from 0 to 2**64 - 1")
+    return _inference.Tensor(name=_str("a tensor's name", tensor.name), ty=case, shape=shape, data=raw)
 
 
 def _tensor_out(tensor) -> Tensor:
@@ -346,4 +381,4 @@ class inference:
         if isinstance(inputs, (Tensor, dict)) or not isinstance(inputs, (list, tuple)):
             raise TypeError("inference.run takes a model name and a list of tensors")
         tensors = [_tensor_in(t) for t in inputs]
-        return [_tensor_out(t) for t in _call(_inference.run, str(model), tensors)]
+        return [_tensor_out(t) for t in _call(_inference.run, _str("inference.run: the model", model), tensors)]

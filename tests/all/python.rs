@@ -147,6 +147,8 @@ async fn python_errors_point_at_the_script_and_say_whether_to_retry() {
     // runner lacks (saying where the list is), sys.exit.
     let f = failure(&py_named("lib.py", "x = 1", b"", None).await).clone();
     assert!(!f.retryable && f.message.contains("lib.py defines no function `run(input)`"), "{f}");
+    let f = failure(&py("from json import nothing\ndef run(input):\n    pass", b"").await).clone();
+    assert!(!f.retryable && f.message.contains("cannot import name 'nothing'"), "{f}");
     let f = failure(&py("import socket\ndef run(input):\n    pass", b"").await).clone();
     assert!(!f.retryable && f.message.contains("No module named 'socket'"), "{f}");
     assert!(f.message.contains("docs/scripts.md"), "{f}");
@@ -159,7 +161,36 @@ async fn python_errors_point_at_the_script_and_say_whether_to_retry() {
     // A refused host call is a HostError carrying the WIT case.
     let source = "def run(input):\n    try:\n        host.queue.get('x')\n    except host.HostError as e:\n        \
                   return f'{type(e).__name__} {e.kind}'";
-    assert_eq!(crate::output(&py(source, b"").await), "HostError invalid", "not an id");
+    assert_eq!(crate::output(&py(source, b"").await), "HostError invalid", "no engine under a bare sandbox");
+    // Text that is not Unicode (a lone surrogate) never reaches the host as
+    // a string: logged escaped, refused as a key, a permanent output error.
+    let source = "def run(input):\n    print('\\ud800')\n    raise ValueError('\\ud83d')";
+    let report = py(source, b"").await;
+    assert_eq!(report.logs[0].message, "\\ud800");
+    let f = failure(&report);
+    assert_eq!((f.class, f.retryable), (FailureClass::PluginError, true), "{f}");
+    assert!(f.message.starts_with("ValueError: \\ud83d"), "{f}");
+    let f = failure(&py("def run(input):\n    host.context.get('\\ud800')", b"").await).clone();
+    assert!(f.message.contains("context.get: the key is not valid Unicode"), "{f}");
+    let f = failure(&py("def run(input):\n    return '\\ud800'", b"").await).clone();
+    assert!(!f.retryable && f.message.contains("not valid Unicode"), "{f}");
+    // NaN is not JSON: refused, not written.
+    let f = failure(&py("def run(input):\n    return {'x': float('nan')}", b"").await).clone();
+    assert!(!f.retryable && f.message.contains("not JSON compliant"), "{f}");
+    // An `Err` the script raises, or an error whose report fails, is the
+    // script's failure, never a crash of the runner.
+    let source = "from componentize_py_types import Err\ndef run(input):\n    raise Err('mine')";
+    let f = failure(&py(source, b"").await).clone();
+    assert_eq!(f.class, FailureClass::PluginError, "{f}");
+    let source = "class Bad(Exception):\n    @property\n    def permanent(self):\n        raise KeyboardInterrupt\n\n\
+                  def run(input):\n    raise Bad()";
+    let f = failure(&py(source, b"").await).clone();
+    assert_eq!(f.class, FailureClass::PluginError, "{f}");
+    assert!(f.message.contains("could not be reported"), "{f}");
+    // The script is `__main__`, so annotations resolve.
+    let source = "import dataclasses, typing\n@dataclasses.dataclass\nclass Node:\n    next: 'Node | None'\n\n\
+                  def run(input):\n    return str(typing.get_type_hints(Node)['next'])";
+    assert_eq!(crate::output(&py(source, b"").await), "__main__.Node | None");
     // A bad number is refused before the call, naming the field.
     let source = "def run(input):\n    host.queue.submit('x', '', priority=1.5)";
     let f = failure(&py(source, b"").await).clone();
@@ -217,7 +248,7 @@ async fn each_python_task_starts_from_the_snapshot_with_its_own_randomness_and_n
     // No files, environment or processes; a path outside any grant says so.
     let source = "def run(input):\n    return open('/etc/passwd').read()";
     let f = failure(&py(source, b"").await).clone();
-    assert!(f.message.starts_with("FileNotFoundError") && f.message.contains("no directory grant"), "{f}");
+    assert!(f.message.starts_with("FileNotFoundError") && f.message.contains("directory grants"), "{f}");
     let source = "import os\ndef run(input):\n    return [dict(os.environ), hasattr(os, 'fork')]";
     assert_eq!(crate::output(&py(source, b"").await), "[{},false]");
     for module in ["subprocess", "socket", "ctypes"] {
