@@ -66,34 +66,9 @@ def run(input):
 
 #[tokio::test]
 async fn every_wit_function_has_a_binding_in_the_python_runner_and_its_stub() {
-    // The Python name of each WIT import, by rule: `host.<interface>.
-    // <snake_case>`, but for the few that read better shorter.
-    let renamed = [
-        ("log", "log", "host.log"),
-        ("runtime", "current-task", "host.task"),
-        ("context", "list-keys", "host.context.keys"),
-    ];
+    // The Python name of each WIT import: `host.<interface>.<snake_case>`.
+    let expected = crate::scripts::service_functions(|function| function.replace('-', "_"));
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut resolve = wit_parser::Resolve::new();
-    let (package, _) = resolve.push_dir(root.join("wit")).unwrap();
-    let world = resolve.select_world(&[package], Some("script-task")).unwrap();
-    let mut expected = Vec::new();
-    for (_, item) in &resolve.worlds[world].imports {
-        let wit_parser::WorldItem::Interface { id, .. } = item else { continue };
-        let interface = &resolve.interfaces[*id];
-        let name = interface.name.clone().unwrap();
-        if interface.package != Some(package) || name == "script" {
-            continue;
-        }
-        for function in interface.functions.keys() {
-            let path = renamed
-                .iter()
-                .find(|(i, f, _)| *i == name && f == function)
-                .map_or_else(|| format!("host.{name}.{}", function.replace('-', "_")), |(_, _, p)| (*p).to_owned());
-            expected.push((path, format!("{name}.{function}")));
-        }
-    }
-    assert!(expected.len() >= 13 && expected.iter().any(|(path, _)| path == "host.inference.run"), "{expected:?}");
     let paths: Vec<&String> = expected.iter().map(|(path, _)| path).collect();
     // In the runner: each is callable.
     let probe = r#"

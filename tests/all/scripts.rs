@@ -61,10 +61,11 @@ async fn a_script_runs_on_its_input_and_returns_its_output() {
     }
 }
 
-#[tokio::test]
-async fn every_wit_function_has_a_binding_in_the_runner_and_in_the_type_declarations() {
-    // The JavaScript name of each WIT import, by rule: `host.<interface>.
-    // <camelCase>`, but for the few that read better shorter.
+/// (the script's name, WIT `interface.function`) of every service import
+/// of world `script-task`, read from `wit/`: `host.<interface>.<member>`,
+/// the member named by `style` from the function, but for the few that
+/// read better shorter (the same in every language).
+pub(crate) fn service_functions(style: impl Fn(&str) -> String) -> Vec<(String, String)> {
     let renamed = [
         ("log", "log", "host.log"),
         ("runtime", "current-task", "host.task"),
@@ -74,7 +75,6 @@ async fn every_wit_function_has_a_binding_in_the_runner_and_in_the_type_declarat
     let mut resolve = wit_parser::Resolve::new();
     let (package, _) = resolve.push_dir(root.join("wit")).unwrap();
     let world = resolve.select_world(&[package], Some("script-task")).unwrap();
-    // (JavaScript path, WIT `interface.function`) of every service import.
     let mut expected = Vec::new();
     for (_, item) in &resolve.worlds[world].imports {
         let wit_parser::WorldItem::Interface { id, .. } = item else { continue };
@@ -85,19 +85,27 @@ async fn every_wit_function_has_a_binding_in_the_runner_and_in_the_type_declarat
             continue;
         }
         for function in interface.functions.keys() {
-            let path = renamed.iter().find(|(i, f, _)| *i == name && f == function).map_or_else(
-                || {
-                    let mut parts = function.split('-');
-                    let first = parts.next().unwrap().to_owned();
-                    let camel = parts.fold(first, |acc, p| acc + &p[..1].to_uppercase() + &p[1..]);
-                    format!("host.{name}.{camel}")
-                },
-                |(_, _, path)| (*path).to_owned(),
-            );
+            let path = renamed
+                .iter()
+                .find(|(i, f, _)| *i == name && f == function)
+                .map_or_else(|| format!("host.{name}.{}", style(function)), |(_, _, path)| (*path).to_owned());
             expected.push((path, format!("{name}.{function}")));
         }
     }
     assert!(expected.len() >= 13 && expected.iter().any(|(path, _)| path == "host.inference.run"), "{expected:?}");
+    expected
+}
+
+#[tokio::test]
+async fn every_wit_function_has_a_binding_in_the_runner_and_in_the_type_declarations() {
+    // The JavaScript name of each WIT import, by rule: `host.<interface>.
+    // <camelCase>`, but for the few that read better shorter.
+    let expected = service_functions(|function| {
+        let mut parts = function.split('-');
+        let first = parts.next().unwrap().to_owned();
+        parts.fold(first, |acc, p| acc + &p[..1].to_uppercase() + &p[1..])
+    });
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let paths: Vec<&String> = expected.iter().map(|(path, _)| path).collect();
     // In the runner: each is a function.
     let probe = r#"
