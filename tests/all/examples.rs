@@ -117,7 +117,7 @@ async fn the_json_transform_script_sums_orders_per_customer() {
         {"id": 2, "customer": "bob", "items": [{"sku": "b", "qty": 1, "price": 1999}]},
         {"id": 3, "customer": "ada", "items": [{"sku": "c", "qty": 3, "price": 100}, {"sku": "d", "qty": 1, "price": 5}]}
     ]}"#;
-    let report = crate::scripts::js_named(&name, &source, input, None).await;
+    let report = crate::scripts::run_script(&name, &source, input, None).await;
     let output: serde_json::Value = serde_json::from_str(&output(&report)).unwrap();
     assert_eq!(
         output,
@@ -129,7 +129,7 @@ async fn the_json_transform_script_sums_orders_per_customer() {
     assert_eq!(report.logs[0].message, "3 orders from 2 customers");
     // A malformed order fails for good, naming it.
     let bad = br#"{"orders": [{"id": 7, "customer": "cy", "items": [{"qty": 1.5, "price": 1}]}]}"#;
-    let f = failure(&crate::scripts::js_named(&name, &source, bad, None).await).clone();
+    let f = failure(&crate::scripts::run_script(&name, &source, bad, None).await).clone();
     assert!(!f.retryable && f.message.contains("order 7: qty and price must be integers"), "{f}");
 }
 
@@ -138,7 +138,7 @@ async fn the_csv_report_script_summarises_sales_exactly() {
     let (name, source) = script_example("report.py");
     let csv = b"date,region,amount\n2026-01-05,north,10.50\n2026-01-20,south,3.25\n2026-02-01,north,7.00\n\
                 2026-02-14,north,1.10\n";
-    let report = crate::python::py_named(&name, &source, csv, None).await;
+    let report = crate::scripts::run_script(&name, &source, csv, None).await;
     let output: serde_json::Value = serde_json::from_str(&output(&report)).unwrap();
     assert_eq!(
         output,
@@ -152,10 +152,10 @@ async fn the_csv_report_script_summarises_sales_exactly() {
     );
     assert_eq!(report.logs[0].message, "4 rows, 2 regions");
     // A bad row fails for good, naming its line; a missing column too.
-    let f =
-        failure(&crate::python::py_named(&name, &source, b"date,region,amount\n2026-13-05,n,1\n", None).await).clone();
+    let f = failure(&crate::scripts::run_script(&name, &source, b"date,region,amount\n2026-13-05,n,1\n", None).await)
+        .clone();
     assert!(!f.retryable && f.message.contains("line 2: month must be in 1..12"), "{f}");
-    let f = failure(&crate::python::py_named(&name, &source, b"day,region\n", None).await).clone();
+    let f = failure(&crate::scripts::run_script(&name, &source, b"day,region\n", None).await).clone();
     assert!(!f.retryable && f.message.contains("the CSV has no column amount, date"), "{f}");
 }
 

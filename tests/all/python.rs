@@ -4,31 +4,13 @@
 //! script; the standard library the docs list; `taskhost run x.py`; a
 //! Python script plugin run as tasks by the engine.
 
-use std::sync::Arc;
-use taskhost::scripts::{Language, Script};
-use taskhost::{FailureClass, Limits, Plugin, TaskReport, TaskRequest};
-use tokio::sync::OnceCell;
-
-/// The Python runner, compiled once for the whole binary.
-async fn runner() -> Plugin {
-    static RUNNER: OnceCell<Plugin> = OnceCell::const_new();
-    RUNNER.get_or_init(|| async { crate::sandbox().load_runner(Language::Python).await.unwrap() }).await.clone()
-}
-
-/// Runs `source` (named `name`) on `input` under `limits`.
-pub(crate) async fn py_named(name: &str, source: &str, input: &[u8], limits: Option<Limits>) -> TaskReport {
-    let script = Script::new(Language::Python, name, source.as_bytes().to_vec()).unwrap();
-    let request =
-        TaskRequest { input: input.to_vec(), limits, script: Some(Arc::new(script)), ..TaskRequest::default() };
-    crate::sandbox().run(&runner().await, request).await
-}
+use crate::failure;
+use crate::scripts::run_script;
+use taskhost::scripts::Language;
+use taskhost::{FailureClass, Limits, TaskReport};
 
 async fn py(source: &str, input: &[u8]) -> TaskReport {
-    py_named("test.py", source, input, None).await
-}
-
-fn failure(report: &TaskReport) -> &taskhost::TaskFailure {
-    report.result.as_ref().err().unwrap_or_else(|| panic!("the task succeeded: {:?}", report.result))
+    run_script("test.py", source, input, None).await
 }
 
 #[tokio::test]
@@ -95,7 +77,7 @@ def run(input):
 #[tokio::test]
 async fn python_errors_point_at_the_script_and_say_whether_to_retry() {
     // A syntax error: permanent, with the script's name, line and column.
-    let f = failure(&py_named("broken.py", "def run(input):\n    x = (\n", b"", None).await).clone();
+    let f = failure(&run_script("broken.py", "def run(input):\n    x = (\n", b"", None).await).clone();
     assert_eq!((f.class, f.retryable), (FailureClass::PluginError, false), "{f}");
     assert!(f.message.starts_with("SyntaxError: "), "{f}");
     assert!(f.message.contains("(broken.py:2:"), "{f}");
@@ -103,7 +85,7 @@ async fn python_errors_point_at_the_script_and_say_whether_to_retry() {
     // An exception: retryable, with the script's frames and none of the
     // runner's own.
     let source = "def inner():\n    raise ValueError('boom')\n\ndef run(input):\n    inner()\n";
-    let f = failure(&py_named("thrower.py", source, b"", None).await).clone();
+    let f = failure(&run_script("thrower.py", source, b"", None).await).clone();
     assert_eq!((f.class, f.retryable), (FailureClass::PluginError, true), "{f}");
     assert!(f.message.starts_with("ValueError: boom"), "{f}");
     assert!(f.message.contains("File \"thrower.py\", line 2, in inner"), "{f}");
@@ -120,7 +102,7 @@ async fn python_errors_point_at_the_script_and_say_whether_to_retry() {
     }
     // Failures that would recur are permanent: no entry point, a module the
     // runner lacks (saying where the list is), sys.exit.
-    let f = failure(&py_named("lib.py", "x = 1", b"", None).await).clone();
+    let f = failure(&run_script("lib.py", "x = 1", b"", None).await).clone();
     assert!(!f.retryable && f.message.contains("lib.py defines no function `run(input)`"), "{f}");
     let f = failure(&py("from json import nothing\ndef run(input):\n    pass", b"").await).clone();
     assert!(!f.retryable && f.message.contains("cannot import name 'nothing'"), "{f}");
@@ -179,18 +161,18 @@ async fn python_errors_point_at_the_script_and_say_whether_to_retry() {
 #[tokio::test]
 async fn every_limit_ends_a_python_script_in_its_class() {
     let limits = Limits { fuel: 50_000_000, ..Limits::default() };
-    let spin = py_named("spin.py", "def run(input):\n    while True:\n        pass", b"", Some(limits)).await;
+    let spin = run_script("spin.py", "def run(input):\n    while True:\n        pass", b"", Some(limits)).await;
     assert_eq!(failure(&spin).class, FailureClass::FuelExhausted, "{}", failure(&spin));
 
     let limits = Limits { fuel: u64::MAX / 2, timeout: std::time::Duration::from_millis(300), ..Limits::default() };
-    let slow = py_named("spin.py", "def run(input):\n    while True:\n        pass", b"", Some(limits)).await;
+    let slow = run_script("spin.py", "def run(input):\n    while True:\n        pass", b"", Some(limits)).await;
     assert_eq!(failure(&slow).class, FailureClass::Timeout, "{}", failure(&slow));
 
     // CPython catches the refused growth and raises MemoryError; the
     // limiter's record classifies it.
     let limits = Limits { memory_bytes: 96 << 20, ..Limits::default() };
     let source = "def run(input):\n    a = []\n    while True:\n        a.append(bytearray(1 << 20))";
-    let f = failure(&py_named("hog.py", source, b"", Some(limits)).await).clone();
+    let f = failure(&run_script("hog.py", source, b"", Some(limits)).await).clone();
     assert_eq!(f.class, FailureClass::MemoryLimitExceeded, "{f}");
     assert!(f.message.contains("MemoryError"), "the guest's own report is kept: {f}");
 
@@ -200,7 +182,7 @@ async fn every_limit_ends_a_python_script_in_its_class() {
     assert!(f.class == FailureClass::StackOverflow || (f.message.starts_with("RecursionError") && !f.retryable), "{f}");
 
     let limits = Limits { max_output_bytes: 1000, ..Limits::default() };
-    let big = py_named("big.py", "def run(input):\n    return 'x' * 1001", b"", Some(limits)).await;
+    let big = run_script("big.py", "def run(input):\n    return 'x' * 1001", b"", Some(limits)).await;
     assert_eq!(failure(&big).class, FailureClass::OutputTooLarge, "{}", failure(&big));
 
     // The runner still runs the next script.

@@ -3,31 +3,37 @@
 //! limits as any plugin; every WIT function bound; errors that point at the
 //! script; `taskhost run hello.js` through the binary.
 
+use crate::failure;
 use std::sync::Arc;
 use taskhost::scripts::{Language, Script};
 use taskhost::{FailureClass, Limits, Plugin, TaskReport, TaskRequest};
 use tokio::sync::OnceCell;
 
-/// The JavaScript runner, pre-initialised once for the whole binary.
-async fn runner() -> Plugin {
-    static RUNNER: OnceCell<Plugin> = OnceCell::const_new();
-    RUNNER.get_or_init(|| async { crate::sandbox().load_runner(Language::JavaScript).await.unwrap() }).await.clone()
+/// The runner for `language`, made ready (pre-initialised, compiled) once
+/// for the whole binary.
+async fn runner(language: Language) -> Plugin {
+    static JAVASCRIPT: OnceCell<Plugin> = OnceCell::const_new();
+    static PYTHON: OnceCell<Plugin> = OnceCell::const_new();
+    let cell = match language {
+        Language::JavaScript => &JAVASCRIPT,
+        Language::Python => &PYTHON,
+        other => panic!("no runner for {other}"),
+    };
+    cell.get_or_init(|| async { crate::sandbox().load_runner(language).await.unwrap() }).await.clone()
 }
 
-/// Runs `source` (named `name`) on `input` under `limits`.
-pub(crate) async fn js_named(name: &str, source: &str, input: &[u8], limits: Option<Limits>) -> TaskReport {
-    let script = Script::new(Language::JavaScript, name, source.as_bytes().to_vec()).unwrap();
+/// Runs the script `source`, named `name` (whose extension says its
+/// language), on `input` under `limits`, in its language's runner.
+pub(crate) async fn run_script(name: &str, source: &str, input: &[u8], limits: Option<Limits>) -> TaskReport {
+    let language = Language::from_file_name(name).unwrap_or_else(|| panic!("{name} names no script language"));
+    let script = Script::new(language, name, source.as_bytes().to_vec()).unwrap();
     let request =
         TaskRequest { input: input.to_vec(), limits, script: Some(Arc::new(script)), ..TaskRequest::default() };
-    crate::sandbox().run(&runner().await, request).await
+    crate::sandbox().run(&runner(language).await, request).await
 }
 
 async fn js(source: &str, input: &[u8]) -> TaskReport {
-    js_named("test.js", source, input, None).await
-}
-
-fn failure(report: &TaskReport) -> &taskhost::TaskFailure {
-    report.result.as_ref().err().unwrap_or_else(|| panic!("the task succeeded: {:?}", report.result))
+    run_script("test.js", source, input, None).await
 }
 
 #[tokio::test]
@@ -127,7 +133,7 @@ async fn every_wit_function_has_a_binding_in_the_runner_and_in_the_type_declarat
 #[tokio::test]
 async fn errors_point_at_the_script_and_say_whether_to_retry() {
     // A syntax error: permanent, with the script's name, line and column.
-    let failed = js_named("broken.js", "export default function (input) {\n  let x = ;\n}\n", b"", None).await;
+    let failed = run_script("broken.js", "export default function (input) {\n  let x = ;\n}\n", b"", None).await;
     let f = failure(&failed);
     assert_eq!((f.class, f.retryable), (FailureClass::PluginError, false), "{f}");
     assert!(f.message.starts_with("SyntaxError: "), "{f}");
@@ -136,7 +142,7 @@ async fn errors_point_at_the_script_and_say_whether_to_retry() {
     // A thrown error: retryable, with the script's frames and none of the
     // runner's own.
     let source = "function inner() { throw new Error('boom'); }\nexport default function () {\n  inner();\n}\n";
-    let f = failure(&js_named("thrower.js", source, b"", None).await).clone();
+    let f = failure(&run_script("thrower.js", source, b"", None).await).clone();
     assert_eq!((f.class, f.retryable), (FailureClass::PluginError, true), "{f}");
     assert!(f.message.starts_with("Error: boom"), "{f}");
     assert!(f.message.contains("at inner (thrower.js:1:"), "{f}");
@@ -157,7 +163,7 @@ async fn errors_point_at_the_script_and_say_whether_to_retry() {
     let f = failure(&js("export default async () => { throw new TypeError('later'); }", b"").await).clone();
     assert!(f.message.starts_with("TypeError: later"), "{f}");
     // No entry point.
-    let f = failure(&js_named("lib.js", "export const x = 1;", b"", None).await).clone();
+    let f = failure(&run_script("lib.js", "export const x = 1;", b"", None).await).clone();
     assert!(!f.retryable && f.message.contains("lib.js exports no function to run"), "{f}");
     // A refused host call is a HostError carrying the WIT case.
     let source = "export default () => { try { host.queue.get('x'); } catch (e) { return `${e.name} ${e.kind}`; } }";
@@ -177,18 +183,18 @@ async fn errors_point_at_the_script_and_say_whether_to_retry() {
 #[tokio::test]
 async fn every_limit_ends_a_script_in_its_class() {
     let limits = Limits { fuel: 50_000_000, ..Limits::default() };
-    let spin = js_named("spin.js", "export default () => { for (;;) {} }", b"", Some(limits)).await;
+    let spin = run_script("spin.js", "export default () => { for (;;) {} }", b"", Some(limits)).await;
     assert_eq!(failure(&spin).class, FailureClass::FuelExhausted, "{}", failure(&spin));
 
     let limits = Limits { fuel: u64::MAX / 2, timeout: std::time::Duration::from_millis(300), ..Limits::default() };
-    let slow = js_named("spin.js", "export default () => { for (;;) {} }", b"", Some(limits)).await;
+    let slow = run_script("spin.js", "export default () => { for (;;) {} }", b"", Some(limits)).await;
     assert_eq!(failure(&slow).class, FailureClass::Timeout, "{}", failure(&slow));
 
     // QuickJS catches the refused growth and throws its own "out of
     // memory"; the limiter's record classifies it.
     let limits = Limits { memory_bytes: 32 << 20, ..Limits::default() };
     let source = "export default () => { const a = []; for (;;) a.push(new Array(100000).fill(1)); }";
-    let hog = js_named("hog.js", source, b"", Some(limits)).await;
+    let hog = run_script("hog.js", source, b"", Some(limits)).await;
     let f = failure(&hog);
     assert_eq!(f.class, FailureClass::MemoryLimitExceeded, "{f}");
     assert!(f.message.contains("out of memory"), "the guest's own report is kept: {f}");
@@ -197,7 +203,7 @@ async fn every_limit_ends_a_script_in_its_class() {
     assert_eq!(failure(&deep).class, FailureClass::StackOverflow, "{}", failure(&deep));
 
     let limits = Limits { max_output_bytes: 1000, ..Limits::default() };
-    let big = js_named("big.js", "export default () => 'x'.repeat(1001);", b"", Some(limits)).await;
+    let big = run_script("big.js", "export default () => 'x'.repeat(1001);", b"", Some(limits)).await;
     assert_eq!(failure(&big).class, FailureClass::OutputTooLarge, "{}", failure(&big));
 
     // The runner still runs the next script.
