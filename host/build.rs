@@ -12,6 +12,9 @@
 //!   `TASKHOST_REQUIRE_PYTHON_RUNNER=1` makes that an error, as `./dev.sh`
 //!   does).
 
+#[path = "build/nested_cargo.rs"]
+mod nested_cargo;
+
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -31,20 +34,11 @@ fn main() {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let target_dir = root.join("target").join("runners");
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut cmd = nested_cargo::command();
     cmd.current_dir(&root).args(["build", "--quiet", "--profile", PROFILE, "--target", TARGET, "--target-dir"]);
     cmd.arg(&target_dir);
     for (name, _) in RUNNERS {
         cmd.args(["-p", name]);
-    }
-    // A clean environment: what cargo set for this build script (flags,
-    // profile, target) must not leak into the runners' build.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        let inherited = key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_MAKEFLAGS";
-        if inherited || ["RUSTFLAGS", "RUSTC_WORKSPACE_WRAPPER", "RUSTC_WRAPPER"].contains(&&*key) {
-            cmd.env_remove(&*key);
-        }
     }
     let c_compiler = std::env::var("CC_wasm32_wasip2").unwrap_or_else(|_| "clang-19".into());
     let headers = Path::new("/usr/include/wasm32-wasi");

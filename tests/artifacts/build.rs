@@ -4,10 +4,12 @@
 //! `[package.metadata.taskhost] role = "..."`; a crate without a known role
 //! fails the build, so no plugin is silently left untested.
 
+#[path = "../../host/build/nested_cargo.rs"]
+mod nested_cargo;
+
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 const ROLES: &[&str] = &["example", "hostile", "fixture", "bench", "runner"];
 const PLUGIN_DIRS: &[&str] = &["plugins", "tests/plugins"];
@@ -63,19 +65,10 @@ fn main() {
     }
 
     let target_dir = root.join("target").join("plugins");
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    let mut cmd = nested_cargo::command();
     cmd.current_dir(&root).args(["build", "--profile", PROFILE, "--target", TARGET, "--target-dir"]).arg(&target_dir);
     for name in plugins.keys() {
         cmd.args(["-p", name]);
-    }
-    // Run the nested cargo with a clean environment: what cargo set for this
-    // build script (flags, profile, target) must not leak into the plugins.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        let inherited = key.starts_with("CARGO_") && key != "CARGO_HOME" && key != "CARGO_MAKEFLAGS";
-        if inherited || ["RUSTFLAGS", "RUSTC_WORKSPACE_WRAPPER", "RUSTC_WRAPPER"].contains(&&*key) {
-            cmd.env_remove(&*key);
-        }
     }
     let status = cmd.status().expect("running cargo to build the plugins");
     assert!(
