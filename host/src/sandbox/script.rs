@@ -10,6 +10,7 @@
 use super::state::TaskState;
 use super::{Attached, Grants, LoadError, Plugin, Sandbox, wasm_err};
 use crate::bindings::WitTaskInfo;
+use std::borrow::Cow;
 use std::fmt;
 use wasmtime::component::{Component, Instance, WasmList};
 
@@ -199,10 +200,11 @@ impl Sandbox {
     /// runs its `wizer-initialize` export and snapshots its memory into a
     /// new component. CPU-bound (it compiles the runner), so call it where
     /// blocking is allowed; cache what it returns. The Python runner is
-    /// pre-initialised when it is built, and returned as it is.
-    pub async fn pre_initialize_runner(&self, language: Language) -> Result<Vec<u8>, ScriptError> {
+    /// pre-initialised when it is built, and returned as it is (borrowed,
+    /// not copied).
+    pub async fn pre_initialize_runner(&self, language: Language) -> Result<Cow<'static, [u8]>, ScriptError> {
         if language == Language::Python {
-            return Ok(language.runner()?.to_vec());
+            return Ok(Cow::Borrowed(language.runner()?));
         }
         let failed = |message: String| ScriptError::PreInitialize { language, message };
         let mut wizer = wasmtime_wizer::Wizer::new();
@@ -249,7 +251,7 @@ impl Sandbox {
             .map_err(|e| failed(format!("taking the snapshot: {:#}", wasm_err(e))))?;
         match access.failed {
             Some(error) => Err(failed(format!("reading the instance's state: {error}"))),
-            None => Ok(snapshot),
+            None => Ok(Cow::Owned(snapshot)),
         }
     }
 
