@@ -320,6 +320,7 @@ impl Dispatch {
         self.stop_running(record.id, run);
         let cost = claimed.elapsed().saturating_sub(waited);
         lock(&shared.sched).settled(&record.queue, charge, cost.as_secs_f64());
+        shared.metrics.worker_seconds.get_or_create(&Metrics::label(&record.queue)).inc_by(cost.as_secs_f64());
         shared.metrics.run_time.observe(run_secs);
         shared.metrics.recent.ran(run_secs);
         match finished {

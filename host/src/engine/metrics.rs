@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
 /// A queue's labels: its tenant and its name in the tenant.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,6 +65,8 @@ pub(crate) struct Metrics {
     running: Family<QueueLabel, Gauge>,
     pub(crate) queue_wait: Histogram,
     pub(crate) run_time: Histogram,
+    /// Worker time charged to each queue (what fair queuing shares out).
+    pub(crate) worker_seconds: Family<QueueLabel, Counter<f64, AtomicU64>>,
     pub(crate) fuel_used: Histogram,
     pub(crate) registry_metrics: crate::registry::RegistryMetrics,
     pub(crate) plugin_tasks: Family<PluginLabel, Counter>,
@@ -102,6 +105,7 @@ impl Metrics {
         let running = Family::<QueueLabel, Gauge>::default();
         let queue_wait = Histogram::new(exponential_buckets(0.0001, 4.0, 12));
         let run_time = Histogram::new(exponential_buckets(0.00001, 4.0, 14));
+        let worker_seconds = Family::<QueueLabel, Counter<f64, AtomicU64>>::default();
         let fuel_used = Histogram::new(exponential_buckets(1000.0, 10.0, 9));
         let plugin_tasks = Family::<PluginLabel, Counter>::default();
         let flows_ended = Family::<FlowLabel, Counter>::default();
@@ -119,6 +123,11 @@ impl Metrics {
         registry.register("running", "Tasks running per queue", running.clone());
         registry.register("queue_wait_seconds", "Time from ready to started", queue_wait.clone());
         registry.register("run_seconds", "Run time of one attempt", run_time.clone());
+        registry.register(
+            "worker_seconds",
+            "Worker time charged to a queue by fair queuing: each attempt's run and commits, not its wait for memory",
+            worker_seconds.clone(),
+        );
         registry.register("fuel_used", "Fuel used by one attempt", fuel_used.clone());
         let registry_metrics = crate::registry::RegistryMetrics::register(&mut registry);
         registry.register("tasks_expired", "Ended tasks deleted past their retention", expired.clone());
@@ -168,6 +177,7 @@ impl Metrics {
             running,
             queue_wait,
             run_time,
+            worker_seconds,
             fuel_used,
             registry_metrics,
             plugin_tasks,
