@@ -39,6 +39,7 @@ setup() {
   install_onnxruntime
   install_minilm
   install_chromium
+  install_prometheus
 }
 
 # The JavaScript runner embeds QuickJS, which is C: the host's build
@@ -83,6 +84,15 @@ install_chromium() {
   command -v chromium >/dev/null && command -v chromedriver >/dev/null && return
   say "installing Chromium and ChromeDriver (Debian: chromium, chromium-driver) for the console's browser test"
   apt_install chromium chromium-driver
+}
+
+# The metrics tests run `promtool check metrics` on /metrics and a real
+# Prometheus that scrapes a test server (Debian's package; its service is
+# not started, the tests start their own).
+install_prometheus() {
+  command -v promtool >/dev/null && command -v prometheus >/dev/null && return
+  say "installing Prometheus and promtool (Debian: prometheus) for the metrics tests"
+  apt_install prometheus
 }
 
 ORT_DIR=target/onnxruntime

@@ -55,7 +55,7 @@ async fn probe(models: &Models, script: Value) -> Value {
     probe_as(models, INFER_PROBE.name, script).await
 }
 
-fn affine_call(rows: &[[f32; 4]]) -> Value {
+pub(crate) fn affine_call(rows: &[[f32; 4]]) -> Value {
     let values: Vec<f32> = rows.iter().flatten().copied().collect();
     json!({"model": "affine", "inputs": [{"name": "x", "type": "f32", "shape": [rows.len(), 4], "values": values}]})
 }
@@ -73,7 +73,7 @@ fn metric(text: &str, name: &str, model: &str) -> f64 {
     crate::metric_value(text, &format!("taskhost_inference_{name}{{model=\"{model}\"}}"))
 }
 
-async fn engine_serving(models: &Models, concurrency: usize) -> (Engine, tempfile::TempDir) {
+pub(crate) async fn engine_serving(models: &Models, concurrency: usize) -> (Engine, tempfile::TempDir) {
     let models = models.clone();
     let (engine, dir) = engine_with(move |c| {
         c.models = Some(models);

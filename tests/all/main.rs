@@ -30,6 +30,9 @@ mod events;
 mod examples;
 /// Flows: children, joins, declared DAGs, repeaters, limits, context.
 mod flows;
+/// What the server emits, read by real tools: `promtool`, a real
+/// Prometheus, the Grafana dashboard's queries.
+mod formats;
 /// The host around the sandbox under hostile plugins and clients: host
 /// budgets, the operator's ceilings, a bounded pool for guests' file I/O.
 mod hostile_host;

@@ -10,6 +10,7 @@ mod error;
 mod events;
 mod flows;
 mod health;
+mod metrics;
 mod models;
 #[cfg(test)]
 mod proptests;
@@ -55,7 +56,7 @@ pub fn router(engine: Engine, access: Arc<Access>) -> Router {
     let g = |need, route| guard(&access, &engine, need, route);
     Router::new()
         .route("/healthz", get(health::healthz))
-        .route("/metrics", g(needs(Metrics), get(metrics)))
+        .route("/metrics", g(needs(Metrics), get(metrics::metrics)))
         .route("/v1/stats/recent", g(needs(Metrics), get(recent_stats)))
         .route("/v1/plugins", g(needs(Read), get(list_plugins)))
         .route(
@@ -118,7 +119,7 @@ pub fn router(engine: Engine, access: Arc<Access>) -> Router {
 /// `serve --metrics-listen`, an address only the scraper reaches).
 pub fn metrics_router(engine: Engine) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "only /metrics is served here") })
         .with_state(engine)
 }
@@ -128,10 +129,6 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
 /// The recent throughput and latency, host-wide (as `/metrics` is).
 async fn recent_stats(State(engine): State<Engine>) -> Json<wire::RecentStats> {
     Json(engine.recent_stats())
-}
-
-async fn metrics(State(engine): State<Engine>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], engine.metrics_text()).into_response()
 }
 
 /// The key of plugin `name` in `ns`, or the API's refusal of the name.

@@ -30,6 +30,14 @@ pub(crate) struct PluginLabel {
     pub(crate) outcome: String,
 }
 
+/// A queue's labels and a failure class (`fuel exhausted`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FailureLabel {
+    pub(crate) tenant: String,
+    pub(crate) queue: String,
+    pub(crate) class: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct FlowLabel {
     pub(crate) state: String,
@@ -60,6 +68,8 @@ pub(crate) struct Metrics {
     pub(crate) completed: Family<QueueLabel, Counter>,
     pub(crate) failed: Family<QueueLabel, Counter>,
     pub(crate) retried: Family<QueueLabel, Counter>,
+    /// Attempts that ended in a failure, by queue and class.
+    attempt_failures: Family<FailureLabel, Counter>,
     pub(crate) cancelled: Family<QueueLabel, Counter>,
     queue_depth: Family<QueueLabel, Gauge>,
     running: Family<QueueLabel, Gauge>,
@@ -101,6 +111,7 @@ impl Metrics {
         let failed = Family::<QueueLabel, Counter>::default();
         let retried = Family::<QueueLabel, Counter>::default();
         let cancelled = Family::<QueueLabel, Counter>::default();
+        let attempt_failures = Family::<FailureLabel, Counter>::default();
         let queue_depth = Family::<QueueLabel, Gauge>::default();
         let running = Family::<QueueLabel, Gauge>::default();
         let queue_wait = Histogram::new(exponential_buckets(0.0001, 4.0, 12));
@@ -119,6 +130,11 @@ impl Metrics {
         registry.register("tasks_failed", "Tasks that failed terminally", failed.clone());
         registry.register("tasks_retried", "Attempts that failed and were scheduled again", retried.clone());
         registry.register("tasks_cancelled", "Tasks cancelled", cancelled.clone());
+        registry.register(
+            "attempt_failures",
+            "Attempts that ended in a failure (retried or not), by queue and failure class",
+            attempt_failures.clone(),
+        );
         registry.register("queue_depth", "Tasks waiting (ready or delayed) per queue", queue_depth.clone());
         registry.register("running", "Tasks running per queue", running.clone());
         registry.register("queue_wait_seconds", "Time from ready to started", queue_wait.clone());
@@ -172,6 +188,7 @@ impl Metrics {
             completed,
             failed,
             retried,
+            attempt_failures,
             cancelled,
             queue_depth,
             running,
@@ -190,6 +207,12 @@ impl Metrics {
             counts: Mutex::default(),
             recent: super::recent::Recent::default(),
         }
+    }
+
+    /// Counts an attempt of a task in `queue` that failed with `class`.
+    pub(crate) fn attempt_failed(&self, queue: &str, class: crate::sandbox::FailureClass) {
+        let QueueLabel { tenant, queue } = Self::label(queue);
+        self.attempt_failures.get_or_create(&FailureLabel { tenant, queue, class: class.as_str().to_owned() }).inc();
     }
 
     /// Counts a refusal by a flow limit.
