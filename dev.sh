@@ -55,12 +55,14 @@ install_wasm_c() {
 # (PyPI), in a virtual environment of its own. The host's build finds it
 # there; this script's builds require it (TASKHOST_REQUIRE_PYTHON_RUNNER),
 # so a test run never quietly builds a host without Python.
+# The same environment holds openapi-spec-validator (PyPI), which the tests
+# run on the OpenAPI document.
 COMPONENTIZE_PY=target/venv/bin/componentize-py
 install_componentize_py() {
-  [[ -x $COMPONENTIZE_PY ]] && return
-  say "installing componentize-py 0.25 (PyPI, into target/venv) to build the Python runner"
-  python3 -m venv target/venv
-  target/venv/bin/pip install --quiet --disable-pip-version-check 'componentize-py==0.25.*'
+  [[ -x $COMPONENTIZE_PY ]] && target/venv/bin/python -c 'import openapi_spec_validator' 2>/dev/null && return
+  say "installing componentize-py 0.25 and openapi-spec-validator 0.7 (PyPI, into target/venv)"
+  [[ -x target/venv/bin/pip ]] || python3 -m venv target/venv
+  target/venv/bin/pip install --quiet --disable-pip-version-check 'componentize-py==0.25.*' 'openapi-spec-validator==0.7.*'
 }
 export TASKHOST_REQUIRE_PYTHON_RUNNER=1
 

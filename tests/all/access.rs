@@ -12,8 +12,10 @@ use std::collections::BTreeSet;
 use taskhost_test_artifacts::UPPERCASE;
 
 /// Every route of the API, with the scope it needs (`None`: open).
-const ROUTES: &[(&str, &str, Option<&str>)] = &[
+pub(crate) const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/healthz", None),
+    ("GET", "/v1/openapi.json", None),
+    ("GET", "/docs", None),
     ("GET", "/metrics", Some("metrics")),
     ("GET", "/v1/stats/recent", Some("metrics")),
     ("GET", "/v1/plugins", Some("read")),

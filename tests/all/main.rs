@@ -48,6 +48,9 @@ mod limits;
 /// What tasks log and print under the server: kept per attempt within a
 /// cap, shown and followed over HTTP and the CLI.
 mod logs;
+/// The OpenAPI document: every route with its scope, a real validator,
+/// live answers against their schemas.
+mod openapi;
 /// Python scripts in the runner componentize-py builds: output, every WIT
 /// binding, errors, limits, the standard library, `taskhost run x.py`.
 mod python;

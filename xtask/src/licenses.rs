@@ -26,6 +26,9 @@ const ALLOWED: &[&str] = &[
     "CDLA-Permissive-2.0",
     "ISC",
     "MIT",
+    // MIT without the attribution clause (OSI-approved); `borrow-or-share`,
+    // under the test-only `jsonschema`, uses it.
+    "MIT-0",
     "Unicode-3.0",
     "Unlicense",
     "Zlib",

@@ -204,6 +204,19 @@ impl From<AuthError> for ApiError {
 
 /// Makes a token, of the tenant the body names (default: the tenant the
 /// request acts in).
+#[utoipa::path(
+    post,
+    path = "/v1/tokens",
+    operation_id = "create_token",
+    tag = "access",
+    request_body(content = crate::wire::TokenRequest),
+    responses(
+        (status = 201, description = "The token; its secret is shown this once", body = crate::wire::TokenCreated),
+        (status = 400, description = "A bad name, scope or tenant (`invalid_request`)", body = crate::wire::ErrorBody),
+        super::openapi::Refused
+    ),
+    security(("token" = ["admin"]))
+)]
 pub(crate) async fn create_token(
     State(engine): State<Engine>,
     Extension(access): Extension<Arc<Access>>,
@@ -246,11 +259,35 @@ pub(crate) async fn create_token(
         .into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tokens",
+    operation_id = "list_tokens",
+    tag = "access",
+    responses(
+        (status = 200, description = "Every token (never its secret)", body = crate::wire::TokenList),
+        super::openapi::Refused
+    ),
+    security(("token" = ["admin"]))
+)]
 pub(crate) async fn list_tokens(Extension(access): Extension<Arc<Access>>) -> Json<wire::TokenList> {
     let tokens = access.auth.list().iter().map(|(id, t)| wire::TokenInfo::new(id, t)).collect();
     Json(wire::TokenList::new(tokens))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/tokens/{id}",
+    operation_id = "revoke_token",
+    tag = "access",
+    params(("id" = String, Path, description = "The token id")),
+    responses(
+        (status = 200, description = "The token is revoked from the next request on", body = crate::wire::TokenRevoked),
+        (status = 404, description = "No such token (`not_found`)", body = crate::wire::ErrorBody),
+        super::openapi::Refused
+    ),
+    security(("token" = ["admin"]))
+)]
 pub(crate) async fn revoke_token(
     Extension(access): Extension<Arc<Access>>,
     Path(id): Path<String>,
@@ -259,6 +296,17 @@ pub(crate) async fn revoke_token(
     Ok(Json(wire::TokenRevoked::new(&id, &revoked)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/callbacks/secret",
+    operation_id = "callback_secret",
+    tag = "access",
+    responses(
+        (status = 200, description = "The key the tenant's callbacks are signed with", body = crate::wire::CallbackSecret),
+        super::openapi::Refused
+    ),
+    security(("token" = ["submit"]))
+)]
 pub(crate) async fn callback_secret(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -266,6 +314,17 @@ pub(crate) async fn callback_secret(
     Ok(Json(wire::CallbackSecret::new(ns.tenant(), &engine.callback_secret(ns.tenant()))))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tenants",
+    operation_id = "list_tenants",
+    tag = "access",
+    responses(
+        (status = 200, description = "Every tenant with its quotas", body = crate::wire::TenantList),
+        super::openapi::Refused
+    ),
+    security(("token" = ["admin"]))
+)]
 pub(crate) async fn list_tenants(State(engine): State<Engine>) -> Json<wire::TenantList> {
     let tenants = engine.tenants().iter().map(|(name, record)| wire::Tenant::new(name, record, None)).collect();
     Json(wire::TenantList::new(tenants))
@@ -273,6 +332,19 @@ pub(crate) async fn list_tenants(State(engine): State<Engine>) -> Json<wire::Ten
 
 /// A tenant with its usage: an admin reads any, a tenant's token its own
 /// (another tenant's name answers as one that does not exist).
+#[utoipa::path(
+    get,
+    path = "/v1/tenants/{name}",
+    operation_id = "get_tenant",
+    tag = "access",
+    params(("name" = String, Path, description = "The tenant's name")),
+    responses(
+        (status = 200, description = "The tenant with its quotas and usage (a tenant's token reads its own)", body = crate::wire::Tenant),
+        (status = 404, description = "No such tenant (`not_found`)", body = crate::wire::ErrorBody),
+        super::openapi::Refused
+    ),
+    security(("token" = ["read"]))
+)]
 pub(crate) async fn get_tenant(
     State(engine): State<Engine>,
     Extension(caller): Extension<Caller>,
@@ -285,6 +357,22 @@ pub(crate) async fn get_tenant(
     Ok(Json(wire::Tenant::new(name, &record, Some(&usage))))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/tenants/{name}",
+    operation_id = "put_tenant",
+    tag = "access",
+    params(("name" = String, Path, description = "The tenant's name")),
+    request_body(content = crate::wire::TenantChange),
+    responses(
+        (status = 201, description = "A new tenant", body = crate::wire::Tenant),
+        (status = 200, description = "The tenant's quotas, changed", body = crate::wire::Tenant),
+        (status = 400, description = "A bad name or quota (`invalid_request`)", body = crate::wire::ErrorBody),
+        (status = 409, description = "The configuration file manages the tenant (`conflict`)", body = crate::wire::ErrorBody),
+        super::openapi::Refused
+    ),
+    security(("token" = ["admin"]))
+)]
 pub(crate) async fn put_tenant(
     State(engine): State<Engine>,
     Extension(caller): Extension<Caller>,
@@ -299,13 +387,27 @@ pub(crate) async fn put_tenant(
     Ok((status, Json(wire::Tenant::new(name, &record, Some(&usage)))).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuditQuery {
     before: Option<String>,
     limit: Option<usize>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/audit",
+    operation_id = "audit_log",
+    tag = "access",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Admin and plugin actions, newest first", body = crate::wire::AuditPage),
+        (status = 400, description = "A bad limit or cursor (`invalid_request`)", body = crate::wire::ErrorBody),
+        super::openapi::Refused
+    ),
+    security(("token" = ["admin"]))
+)]
 pub(crate) async fn audit(
     Extension(access): Extension<Arc<Access>>,
     query: Result<Query<AuditQuery>, QueryRejection>,

@@ -19,7 +19,8 @@ use futures::StreamExt as _;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EventsQuery {
     /// Only this queue's tasks.
@@ -86,6 +87,19 @@ fn missed(reason: &str, message: String) -> Event {
     Event::default().event("missed").json_data(&body).unwrap_or_default()
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    operation_id = "events",
+    tag = "tasks",
+    params(EventsQuery, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
+    responses(
+        (status = 200, description = "Server-Sent Events: `task` (a `TaskMoved`) per committed transition; `missed` (an `EventsMissed`) before a stream ends behind; `stopping` when the server stops", content_type = "text/event-stream", body = crate::wire::TaskMoved),
+        (status = 400, description = "A bad filter or event id (`invalid_request`)", body = crate::wire::ErrorBody),
+        super::openapi::Refused
+    ),
+    security(("token" = ["read"]))
+)]
 pub(super) async fn events(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,

@@ -21,6 +21,21 @@ fn owned(engine: &Engine, ns: &Namespace, id: uuid::Uuid) -> Result<FlowView, En
     if owned { Ok(view) } else { Err(EngineError::NotFound(id)) }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/flows",
+    operation_id = "submit_flow",
+    tag = "flows",
+    request_body(content = crate::engine::FlowSpec),
+    responses(
+        (status = 201, description = "The flow, with its task tree", body = Flow),
+        (status = 400, description = "A spec that does not fit or does not form a DAG (`invalid_request`)", body = crate::wire::ErrorBody),
+        (status = 404, description = "A step names no plugin that exists (`unknown_plugin`)", body = crate::wire::ErrorBody),
+        (status = 429, description = "A tenant quota is used up (`quota_exceeded`)", body = crate::wire::ErrorBody),
+        super::openapi::Refused
+    ),
+    security(("token" = ["submit"]))
+)]
 pub(super) async fn submit(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -43,7 +58,8 @@ pub(super) async fn submit(
 }
 
 /// `GET /v1/flows`'s query.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
     limit: Option<usize>,
@@ -52,6 +68,19 @@ pub(super) struct ListQuery {
 }
 
 /// The caller's flows, newest first.
+#[utoipa::path(
+    get,
+    path = "/v1/flows",
+    operation_id = "list_flows",
+    tag = "flows",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of the tenant's flows, newest first", body = crate::wire::FlowPage),
+        (status = 400, description = "A bad limit, cursor or state (`invalid_request`)", body = crate::wire::ErrorBody),
+        super::openapi::Refused
+    ),
+    security(("token" = ["read"]))
+)]
 pub(super) async fn list(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -80,6 +109,19 @@ pub(super) async fn list(
     Ok(Json(page))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/flows/{id}",
+    operation_id = "get_flow",
+    tag = "flows",
+    params(("id" = String, Path, description = "The flow id (a UUID)")),
+    responses(
+        (status = 200, description = "The flow with its task tree", body = Flow),
+        (status = 404, description = "No such flow (`not_found`)", body = crate::wire::ErrorBody),
+        super::openapi::Refused
+    ),
+    security(("token" = ["read"]))
+)]
 pub(super) async fn get(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -89,6 +131,19 @@ pub(super) async fn get(
     Ok(Json(super::read(&engine, move |engine| Ok(Flow::new(&owned(engine, &ns, id)?).in_namespace(&ns))).await?))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/flows/{id}/cancel",
+    operation_id = "cancel_flow",
+    tag = "flows",
+    params(("id" = String, Path, description = "The flow id (a UUID)")),
+    responses(
+        (status = 200, description = "The flow, with every unfinished task cancelled", body = Flow),
+        (status = 404, description = "No such flow (`not_found`)", body = crate::wire::ErrorBody),
+        super::openapi::Refused
+    ),
+    security(("token" = ["submit"]))
+)]
 pub(super) async fn cancel(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,

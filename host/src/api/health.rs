@@ -16,6 +16,16 @@ use axum::response::{IntoResponse, Response};
 /// store retries at least this often).
 pub(crate) const UNWRITABLE_RETRY_AFTER: u32 = 5;
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "health",
+    tag = "host",
+    responses(
+        (status = 200, description = "The host can write; task counts by state", body = wire::Health),
+        (status = 503, description = "The store cannot write: why and since when (with `Retry-After`)", body = wire::Health)
+    )
+)]
 pub(crate) async fn healthz(State(engine): State<Engine>) -> Response {
     let counts = engine.state_counts();
     match engine.store_fault() {

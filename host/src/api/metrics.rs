@@ -18,6 +18,18 @@ pub(crate) const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.
 /// The content type of the Prometheus text format.
 pub(crate) const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    tag = "host",
+    params(("Accept" = Option<String>, Header, description = "`application/openmetrics-text` for OpenMetrics 1.0; else the text format 0.0.4")),
+    responses(
+        (status = 200, description = "Prometheus metrics (docs/monitoring.md)", content((String = "text/plain; version=0.0.4; charset=utf-8"), (String = "application/openmetrics-text; version=1.0.0; charset=utf-8"))),
+        super::openapi::Refused
+    ),
+    security(("token" = ["metrics"]))
+)]
 pub(crate) async fn metrics(State(engine): State<Engine>, headers: HeaderMap) -> Response {
     let openmetrics = engine.metrics_text();
     if wants_openmetrics(&headers) {

@@ -12,12 +12,15 @@ mod flows;
 mod health;
 mod metrics;
 mod models;
+mod openapi;
 #[cfg(test)]
 mod proptests;
+mod reference;
 mod serve;
 
 pub use access::{Access, TENANT_HEADER};
 pub(crate) use error::{ApiError, Path};
+pub use openapi::openapi_json;
 pub use serve::{ServeConfig, serve};
 
 use crate::auth::Scope;
@@ -56,6 +59,8 @@ pub fn router(engine: Engine, access: Arc<Access>) -> Router {
     let g = |need, route| guard(&access, &engine, need, route);
     Router::new()
         .route("/healthz", get(health::healthz))
+        .route("/v1/openapi.json", get(openapi::document))
+        .route("/docs", get(openapi::reference))
         .route("/metrics", g(needs(Metrics), get(metrics::metrics)))
         .route("/v1/stats/recent", g(needs(Metrics), get(recent_stats)))
         .route("/v1/plugins", g(needs(Read), get(list_plugins)))
@@ -127,6 +132,17 @@ pub fn metrics_router(engine: Engine) -> Router {
 pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// The recent throughput and latency, host-wide (as `/metrics` is).
+#[utoipa::path(
+    get,
+    path = "/v1/stats/recent",
+    operation_id = "recent_stats",
+    tag = "host",
+    responses(
+        (status = 200, description = "Throughput and latency over the last minutes, host-wide", body = wire::RecentStats),
+        openapi::Refused
+    ),
+    security(("token" = ["metrics"]))
+)]
 async fn recent_stats(State(engine): State<Engine>) -> Json<wire::RecentStats> {
     Json(engine.recent_stats())
 }
@@ -143,6 +159,17 @@ fn owned(engine: &Engine, ns: &Namespace, id: Uuid) -> Result<TaskRecord, crate:
     if ns.owns(&record.plugin) { Ok(record) } else { Err(crate::engine::EngineError::NotFound(id)) }
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/plugins",
+    operation_id = "list_plugins",
+    tag = "plugins",
+    responses(
+        (status = 200, description = "The tenant's plugins with their latest versions", body = wire::PluginList),
+        openapi::Refused
+    ),
+    security(("token" = ["read"]))
+)]
 async fn list_plugins(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -158,7 +185,8 @@ async fn list_plugins(
     Ok(Json(wire::PluginList::new(plugins)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct UploadQuery {
     version: Option<String>,
@@ -180,6 +208,26 @@ fn too_large(e: RegistryError) -> ApiError {
 /// Uploads a component, or a script with `?lang=js` or `?lang=python`. A full compile queue is refused (503,
 /// `Retry-After`) before the body is read; the body then goes to a staging
 /// file as it arrives, so an upload waiting to compile is not in memory.
+#[utoipa::path(
+    post,
+    path = "/v1/plugins/{name}",
+    operation_id = "upload_plugin",
+    tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name"), UploadQuery),
+    request_body(content = Vec<u8>, description = "The component (`.wasm`) bytes, or a script's source with `?lang=`", content_type = "application/wasm"),
+    responses(
+        (status = 201, description = "A new version, compiled", body = wire::PluginAdded),
+        (status = 202, description = "A new version, still compiling (`wait=false`)", body = wire::PluginAdded),
+        (status = 200, description = "The same bytes as an existing version: nothing new", body = wire::PluginAdded),
+        (status = 400, description = "A bad name, version or `lang`, or an empty body (`invalid_request`)", body = crate::wire::ErrorBody),
+        (status = 409, description = "The version exists with other bytes (`conflict`), or the plugin limit is reached (`limit_reached`)", body = crate::wire::ErrorBody),
+        (status = 413, description = "Past the upload size limit (`payload_too_large`)", body = crate::wire::ErrorBody),
+        (status = 422, description = "Not a valid task component or script (`invalid_plugin`, `compile_timeout`)", body = crate::wire::ErrorBody),
+        (status = 429, description = "A tenant quota is used up (`quota_exceeded`)", body = crate::wire::ErrorBody),
+        openapi::Refused
+    ),
+    security(("token" = ["plugins"]))
+)]
 async fn add_plugin(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -224,6 +272,19 @@ async fn add_plugin(
     Ok((code, Json(wire::PluginAdded::new(&name, &status, created))).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/plugins/{name}",
+    operation_id = "get_plugin",
+    tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    responses(
+        (status = 200, description = "The plugin's versions, manifest and run statistics", body = wire::Plugin),
+        (status = 404, description = "No such plugin (`unknown_plugin`)", body = crate::wire::ErrorBody),
+        openapi::Refused
+    ),
+    security(("token" = ["read"]))
+)]
 async fn get_plugin(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -235,6 +296,22 @@ async fn get_plugin(
     Ok(Json(wire::Plugin::new(&name, &detail, &counts, |version| engine.plugin_runs(&key, version))))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/plugins/{name}/latest",
+    operation_id = "set_latest_version",
+    tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    request_body(content = wire::LatestChange),
+    responses(
+        (status = 200, description = "The version new tasks now run", body = wire::PluginLatest),
+        (status = 400, description = "A malformed body (`invalid_request`, `malformed_json`)", body = crate::wire::ErrorBody),
+        (status = 404, description = "No such plugin or version (`unknown_plugin`, `not_found`)", body = crate::wire::ErrorBody),
+        (status = 409, description = "The version cannot be made latest (`conflict`)", body = crate::wire::ErrorBody),
+        openapi::Refused
+    ),
+    security(("token" = ["plugins"]))
+)]
 async fn set_latest(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -246,6 +323,20 @@ async fn set_latest(
     Ok(Json(wire::PluginLatest::new(name, body.version)))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/plugins/{name}/versions/{version}",
+    operation_id = "delete_plugin_version",
+    tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name"), ("version" = String, Path, description = "The version to delete")),
+    responses(
+        (status = 200, description = "The version is deleted", body = wire::VersionDeleted),
+        (status = 404, description = "No such plugin or version (`unknown_plugin`, `not_found`)", body = crate::wire::ErrorBody),
+        (status = 409, description = "The version is the latest, or tasks still pin it (`conflict`)", body = crate::wire::ErrorBody),
+        openapi::Refused
+    ),
+    security(("token" = ["plugins"]))
+)]
 async fn delete_version(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -255,6 +346,21 @@ async fn delete_version(
     Ok(Json(wire::VersionDeleted::new(name, version)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/plugins/{name}/manifest",
+    operation_id = "set_manifest",
+    tag = "plugins",
+    params(("name" = String, Path, description = "The plugin's name")),
+    request_body(content = String, description = "The capability manifest (TOML): grants, limits, egress", content_type = "application/toml"),
+    responses(
+        (status = 200, description = "The manifest is in force", body = wire::ManifestSet),
+        (status = 400, description = "Not UTF-8 TOML, or a manifest that does not fit (`invalid_request`)", body = crate::wire::ErrorBody),
+        (status = 409, description = "The plugin limit is reached (`limit_reached`)", body = crate::wire::ErrorBody),
+        openapi::Refused
+    ),
+    security(("token" = ["admin"]))
+)]
 async fn put_manifest(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -351,6 +457,26 @@ pub(crate) fn trace_parent(headers: &axum::http::HeaderMap) -> Option<crate::tra
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tasks",
+    operation_id = "submit_task",
+    tag = "tasks",
+    params(("traceparent" = Option<String>, Header, description = "A W3C trace context the submission continues")),
+    request_body(content = wire::TaskSubmission),
+    responses(
+        (status = 201, description = "The task is accepted", body = wire::Submitted),
+        (status = 200, description = "A task with this idempotency key exists: that task", body = wire::Submitted),
+        (status = 400, description = "A field out of range or a malformed body (`invalid_request`, `malformed_json`)", body = crate::wire::ErrorBody),
+        (status = 404, description = "No such plugin (`unknown_plugin`)", body = crate::wire::ErrorBody),
+        (status = 409, description = "A queue limit is reached (`limit_reached`)", body = crate::wire::ErrorBody),
+        (status = 413, description = "The body is past 8 MiB (`payload_too_large`)", body = crate::wire::ErrorBody),
+        (status = 415, description = "Not `application/json` (`unsupported_media_type`)", body = crate::wire::ErrorBody),
+        (status = 429, description = "A tenant quota is used up (`quota_exceeded`, with `Retry-After`)", body = crate::wire::ErrorBody),
+        openapi::Refused
+    ),
+    security(("token" = ["submit"]))
+)]
 async fn submit(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -364,6 +490,21 @@ async fn submit(
     Ok((status, Json(wire::Submitted::from(&submitted))).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tasks:batch",
+    operation_id = "submit_batch",
+    tag = "tasks",
+    request_body(content = wire::BatchSubmission),
+    responses(
+        (status = 200, description = "One answer per item, in order: accepted or refused with its error", body = wire::BatchAnswer),
+        (status = 400, description = "A malformed body or more than 10,000 tasks (`invalid_request`, `malformed_json`)", body = crate::wire::ErrorBody),
+        (status = 413, description = "The body is past 64 MiB (`payload_too_large`)", body = crate::wire::ErrorBody),
+        (status = 429, description = "A tenant quota is used up (`quota_exceeded`)", body = crate::wire::ErrorBody),
+        openapi::Refused
+    ),
+    security(("token" = ["submit"]))
+)]
 async fn submit_batch(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -427,6 +568,20 @@ pub(crate) fn parse_id(text: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(text).map_err(|e| ApiError::invalid(format!("`{text}` is not a task id (a UUID): {e}")))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}",
+    operation_id = "get_task",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task id (a UUID)")),
+    responses(
+        (status = 200, description = "The task with its output", body = wire::Task),
+        (status = 400, description = "Not a task id (`invalid_request`)", body = crate::wire::ErrorBody),
+        (status = 404, description = "No such task (`not_found`)", body = crate::wire::ErrorBody),
+        openapi::Refused
+    ),
+    security(("token" = ["read"]))
+)]
 async fn get_task(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -444,6 +599,20 @@ async fn get_task(
 }
 
 /// The task's input bytes as they were stored.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/input",
+    operation_id = "task_input",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task id (a UUID)")),
+    responses(
+        (status = 200, description = "The task's input bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "No such task (`not_found`)", body = crate::wire::ErrorBody),
+        (status = 409, description = "The input is not stored: it comes from a URL or from joined tasks (`conflict`)", body = crate::wire::ErrorBody),
+        openapi::Refused
+    ),
+    security(("token" = ["read"]))
+)]
 async fn input(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -468,6 +637,19 @@ async fn input(
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/history",
+    operation_id = "task_history",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task id (a UUID)")),
+    responses(
+        (status = 200, description = "Every state transition of the task", body = wire::History),
+        (status = 404, description = "No such task (`not_found`)", body = crate::wire::ErrorBody),
+        openapi::Refused
+    ),
+    security(("token" = ["read"]))
+)]
 async fn history(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -477,7 +659,8 @@ async fn history(
     Ok(Json(wire::History::new(&record)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LogsQuery {
     /// The attempt (its latest when absent).
@@ -489,6 +672,20 @@ struct LogsQuery {
 /// One attempt's lines, or (`follow=true`) a stream of them as they are
 /// written until the task ends: Server-Sent Events named as
 /// [`wire::LogEvent`]'s variants, each carrying the event as JSON.
+#[utoipa::path(
+    get,
+    path = "/v1/tasks/{id}/logs",
+    operation_id = "task_logs",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task id (a UUID)"), LogsQuery),
+    responses(
+        (status = 200, description = "One attempt's lines; with `follow=true`, Server-Sent Events named as `LogEvent`'s variants until the task ends", content((wire::TaskLogs = "application/json"), (wire::LogEvent = "text/event-stream"))),
+        (status = 400, description = "A bad attempt number (`invalid_request`)", body = crate::wire::ErrorBody),
+        (status = 404, description = "No such task or attempt (`not_found`)", body = crate::wire::ErrorBody),
+        openapi::Refused
+    ),
+    security(("token" = ["read"]))
+)]
 async fn logs(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -512,6 +709,20 @@ async fn logs(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/cancel",
+    operation_id = "cancel_task",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task id (a UUID)")),
+    responses(
+        (status = 200, description = "The task, cancelled (a running attempt is stopped)", body = wire::Task),
+        (status = 404, description = "No such task (`not_found`)", body = crate::wire::ErrorBody),
+        (status = 409, description = "The task has ended (`conflict`)", body = crate::wire::ErrorBody),
+        openapi::Refused
+    ),
+    security(("token" = ["submit"]))
+)]
 async fn cancel(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -523,6 +734,21 @@ async fn cancel(
     Ok(Json(wire::Task::new(&record, None).in_namespace(&ns)))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{id}/retry",
+    operation_id = "retry_task",
+    tag = "tasks",
+    params(("id" = String, Path, description = "The task id (a UUID)")),
+    request_body(content = Option<wire::RetryRequest>, description = "Optional: another plugin version to run it on"),
+    responses(
+        (status = 200, description = "The task, pending again", body = wire::Task),
+        (status = 404, description = "No such task or version (`not_found`, `unknown_plugin`)", body = crate::wire::ErrorBody),
+        (status = 409, description = "The task has not failed: only a failed task is retried (`conflict`)", body = crate::wire::ErrorBody),
+        openapi::Refused
+    ),
+    security(("token" = ["submit"]))
+)]
 async fn resubmit(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -542,7 +768,8 @@ async fn resubmit(
     Ok(Json(wire::Task::new(&record, None).in_namespace(&ns)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
     state: Option<String>,
@@ -556,6 +783,19 @@ struct ListQuery {
     count: Option<bool>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/tasks",
+    operation_id = "list_tasks",
+    tag = "tasks",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of tasks (without outputs) and the cursor of the next", body = wire::TaskPage),
+        (status = 400, description = "A bad filter, limit or cursor (`invalid_request`)", body = crate::wire::ErrorBody),
+        openapi::Refused
+    ),
+    security(("token" = ["read"]))
+)]
 async fn list_tasks(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -599,10 +839,32 @@ async fn list_tasks(
     Ok(Json(page))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/config",
+    operation_id = "get_config",
+    tag = "host",
+    responses(
+        (status = 200, description = "The effective configuration and where each part comes from", body = wire::ConfigView),
+        openapi::Refused
+    ),
+    security(("token" = ["admin"]))
+)]
 async fn config(State(engine): State<Engine>) -> Json<wire::ConfigView> {
     Json(engine.config_view())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/queues",
+    operation_id = "list_queues",
+    tag = "queues",
+    responses(
+        (status = 200, description = "The tenant's queues with their settings and depths", body = wire::QueueList),
+        openapi::Refused
+    ),
+    security(("token" = ["read"]))
+)]
 async fn list_queues(State(engine): State<Engine>, Extension(ns): Extension<Namespace>) -> Json<wire::QueueList> {
     let queues: Vec<_> = engine
         .queues()
@@ -615,6 +877,21 @@ async fn list_queues(State(engine): State<Engine>, Extension(ns): Extension<Name
     Json(wire::QueueList::new(&queues))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/queues/{name}",
+    operation_id = "set_queue",
+    tag = "queues",
+    params(("name" = String, Path, description = "The queue's name")),
+    request_body(content = wire::QueueChange),
+    responses(
+        (status = 200, description = "The queue's settings now", body = wire::QueueSettings),
+        (status = 400, description = "A setting out of range (`invalid_request`)", body = crate::wire::ErrorBody),
+        (status = 409, description = "The queue limit is reached, or the configuration file manages it (`limit_reached`, `conflict`)", body = crate::wire::ErrorBody),
+        openapi::Refused
+    ),
+    security(("token" = ["admin"]))
+)]
 async fn set_queue(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,

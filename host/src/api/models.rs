@@ -49,12 +49,37 @@ fn in_namespace(mut view: ModelView, ns: &Namespace) -> Option<ModelView> {
     Some(view)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    operation_id = "list_models",
+    tag = "models",
+    responses(
+        (status = 200, description = "ONNX Runtime's state and the models the tenant's plugins may use", body = crate::wire::ModelsView),
+        (status = 404, description = "The host serves no models (`no_models`)", body = crate::wire::ErrorBody),
+        super::openapi::Refused
+    ),
+    security(("token" = ["read"]))
+)]
 pub(super) async fn list(State(engine): State<Engine>, Extension(ns): Extension<Namespace>) -> ApiResult<Response> {
     let mut view = models(&engine)?.view();
     view.models = view.models.into_iter().filter_map(|m| in_namespace(m, &ns)).collect();
     Ok(Json(view).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/models/{name}",
+    operation_id = "get_model",
+    tag = "models",
+    params(("name" = String, Path, description = "The model's name")),
+    responses(
+        (status = 200, description = "The model, its tensors and the device it runs on", body = ModelView),
+        (status = 404, description = "No such model, or no models at all (`not_found`, `no_models`)", body = crate::wire::ErrorBody),
+        super::openapi::Refused
+    ),
+    security(("token" = ["read"]))
+)]
 pub(super) async fn get(
     State(engine): State<Engine>,
     Extension(ns): Extension<Namespace>,
@@ -67,8 +92,36 @@ pub(super) async fn get(
     Ok(Json(view).into_response())
 }
 
+/// `POST /v1/models`'s body: the model's name beside the fields of its
+/// `[models.NAME]` table. The handler reads `name`, then the rest as a
+/// [`ModelSpec`] (so a misspelt field gets serde's exact complaint).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct ModelPut {
+    /// The name tasks call the model by.
+    name: String,
+    #[serde(flatten)]
+    spec: ModelSpec,
+}
+
 /// `POST /v1/models` with `{"name": ..., "path": ..., ...}` (the fields of
 /// a `[models.NAME]` table). Loads the model before anything changes.
+#[utoipa::path(
+    post,
+    path = "/v1/models",
+    operation_id = "put_model",
+    tag = "models",
+    request_body(content = ModelPut),
+    responses(
+        (status = 201, description = "The model is loaded and in the models file", body = ModelView),
+        (status = 200, description = "The model replaced one of the same name", body = ModelView),
+        (status = 400, description = "A spec that does not fit (`invalid_request`)", body = crate::wire::ErrorBody),
+        (status = 404, description = "The host serves no models (`no_models`)", body = crate::wire::ErrorBody),
+        (status = 422, description = "ONNX Runtime cannot load the model (`invalid_model`)", body = crate::wire::ErrorBody),
+        super::openapi::Refused
+    ),
+    security(("token" = ["admin"]))
+)]
 pub(super) async fn put(State(engine): State<Engine>, body: Result<Json<Value>, JsonRejection>) -> ApiResult<Response> {
     let Json(mut body) = body?;
     let name = match body.as_object_mut().and_then(|o| o.remove("name")) {
@@ -90,6 +143,19 @@ pub(super) async fn put(State(engine): State<Engine>, body: Result<Json<Value>, 
     Ok((status, Json(view)).into_response())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/models/{name}",
+    operation_id = "delete_model",
+    tag = "models",
+    params(("name" = String, Path, description = "The model's name")),
+    responses(
+        (status = 200, description = "The model is unloaded and out of the models file", body = crate::wire::ModelRemoved),
+        (status = 404, description = "No such model (`not_found`)", body = crate::wire::ErrorBody),
+        super::openapi::Refused
+    ),
+    security(("token" = ["admin"]))
+)]
 pub(super) async fn remove(State(engine): State<Engine>, Path(name): Path<String>) -> ApiResult<Response> {
     let models = models(&engine)?;
     let removed = name.clone();

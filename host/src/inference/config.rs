@@ -73,13 +73,15 @@ impl From<Device> for String {
 
 /// One model's settings, as the models file and `POST /v1/models` take
 /// them. Every field but `path` has a default.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// The `.onnx` file; relative paths are relative to the models file.
+    #[schema(value_type = String, example = "models/classifier.onnx")]
     pub path: PathBuf,
     /// `cpu`, `cuda:N` or `auto` (default `cpu`).
     #[serde(default = "defaults::device")]
+    #[schema(value_type = String, example = "cpu")]
     pub device: Device,
     /// Sessions (each with its own batch queue consumer) per device. Default 1.
     #[serde(default = "defaults::instances")]
@@ -92,12 +94,14 @@ pub struct ModelSpec {
     /// while it is busy form the next batch. A few ms trade latency for
     /// larger batches under bursty load.
     #[serde(default = "defaults::max_delay", with = "duration")]
+    #[schema(value_type = String, example = "2ms")]
     pub max_delay: Duration,
     /// Batch sizes dispatched as soon as that many rows wait.
     #[serde(default)]
     pub preferred_batch: Vec<u32>,
     /// Longest one call may take, queued and running. Default 10s.
     #[serde(default = "defaults::timeout", with = "duration")]
+    #[schema(value_type = String, example = "10s")]
     pub timeout: Duration,
     /// Most calls waiting for this model; more are refused as
     /// `overloaded`. Default 1024.

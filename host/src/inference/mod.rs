@@ -47,7 +47,7 @@ pub enum ModelsError {
 
 /// One registered model as `GET /v1/models` shows it (re-exported as a
 /// wire type, [`crate::wire::ModelView`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct ModelView {
     /// Registered name.
@@ -77,7 +77,7 @@ pub struct ModelView {
 }
 
 /// Whether a model loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ModelState {
@@ -105,7 +105,7 @@ impl PartialEq<&str> for ModelState {
 }
 
 /// A tensor in a signature: `{"name": "x", "type": "f32", "shape": [-1, 4]}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct TensorView {
     /// Name.
@@ -118,12 +118,13 @@ pub struct TensorView {
 }
 
 /// The whole registry as `GET /v1/models` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct ModelsView {
     /// ONNX Runtime: loaded or why not, and CUDA.
     pub runtime: RuntimeView,
     /// The models file, if any.
+    #[schema(value_type = Option<String>)]
     pub file: Option<PathBuf>,
     /// Why the last reload of the models file was refused (the models in
     /// use are those from before it).
@@ -133,12 +134,13 @@ pub struct ModelsView {
 }
 
 /// [`RuntimeStatus`] for JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct RuntimeView {
     /// Whether ONNX Runtime is loaded.
     pub available: bool,
     /// Its library.
+    #[schema(value_type = Option<String>)]
     pub library: Option<PathBuf>,
     /// Why it is not.
     pub error: Option<String>,

@@ -25,7 +25,7 @@ const LINE_OVERHEAD: usize = std::mem::size_of::<LogLine>() + 16;
 pub const DEFAULT_KEEP: u64 = 64 << 10;
 
 /// Where a line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     /// The WIT `log` interface.

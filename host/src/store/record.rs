@@ -7,7 +7,7 @@ use std::fmt;
 use uuid::Uuid;
 
 /// A task's lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Ready to run, or scheduled for later (`next_run_at`).
@@ -253,7 +253,7 @@ pub enum InputFrom {
 }
 
 /// The lifecycle of a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FlowState {
     /// Some task is unfinished, or another iteration is scheduled.

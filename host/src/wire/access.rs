@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// `POST /v1/tokens` body. Unknown fields are refused.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TokenRequest {
@@ -40,7 +40,7 @@ impl TokenRequest {
 }
 
 /// A token as listed: everything but its secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct TokenInfo {
     /// Its id (16 hex digits; the token string starts `th_<id>_`).
@@ -75,7 +75,7 @@ impl TokenInfo {
 }
 
 /// The answer to `POST /v1/tokens`: the token, shown this once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct TokenCreated {
     /// What is stored of it.
@@ -94,7 +94,7 @@ impl TokenCreated {
 }
 
 /// `GET /v1/tokens`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct TokenList {
     /// Every token, by name.
@@ -109,7 +109,7 @@ impl TokenList {
 }
 
 /// The answer to `DELETE /v1/tokens/{id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct TokenRevoked {
     /// The revoked token.
@@ -125,7 +125,7 @@ impl TokenRevoked {
 
 /// `GET /v1/callbacks/secret`: the key completion callbacks are signed
 /// with (HMAC-SHA256; see docs/security.md "Signed callbacks").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct CallbackSecret {
     /// The tenant whose callbacks it signs.
@@ -142,7 +142,7 @@ impl CallbackSecret {
 }
 
 /// One audit entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct AuditRecord {
     /// Its id (pass as `before` for the next page).
@@ -177,7 +177,7 @@ impl AuditRecord {
 }
 
 /// `GET /v1/audit`: newest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct AuditPage {
     /// The entries.

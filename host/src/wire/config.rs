@@ -7,7 +7,7 @@ use crate::store::{QueueConfig, TenantQuotas};
 use serde::{Deserialize, Serialize};
 
 /// Where a setting comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Source {
@@ -24,7 +24,7 @@ impl Source {
 }
 
 /// A tenant's effective quotas.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct ConfigTenant {
     /// The tenant.
@@ -43,7 +43,7 @@ impl ConfigTenant {
 }
 
 /// A queue's effective settings.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct ConfigQueue {
     /// The queue's key (`NAME`, or `TENANT/NAME` in another tenant).
@@ -76,7 +76,7 @@ impl ConfigQueue {
 }
 
 /// `GET /v1/config`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct ConfigView {
     /// The configuration file, if the server has one.

@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 /// One transition of a task (SSE event `task`); its SSE id is
 /// `RUN-SEQ` ([`event_id`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct TaskMoved {
     /// Its number in this run of the host, in commit order.
@@ -66,7 +66,7 @@ pub fn parse_event_id(id: &str) -> Option<(u64, u64)> {
 /// when the server stops: SSE event `stopping`. Nothing follows it; the
 /// client reconnects once the server is back (resuming `/v1/events` with
 /// the last event id it saw).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct Stopping {
     /// What happened and what to do.
@@ -93,7 +93,7 @@ impl Default for Stopping {
 /// subscriber resumed after events no longer kept or from before a
 /// restart (`gap`), or read too slowly and is dropped (`too_slow`; the
 /// stream ends).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct EventsMissed {
     /// `gap` or `too_slow`.

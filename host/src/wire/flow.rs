@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 /// A flow and its tasks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct Flow {
     /// Flow id: a declared flow's own id, or the id of the task that
@@ -52,7 +52,7 @@ pub struct Flow {
 }
 
 /// A flow's task counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct FlowTasks {
     /// Tasks in all (every iteration).
@@ -62,7 +62,7 @@ pub struct FlowTasks {
 }
 
 /// A repeating flow's rule and progress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct FlowRepeat {
     /// When it runs again.
@@ -74,7 +74,7 @@ pub struct FlowRepeat {
 }
 
 /// When a flow runs again, as its spec's `repeat` wrote it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RepeatRule {
@@ -101,7 +101,7 @@ impl From<&RepeatKind> for RepeatRule {
 }
 
 /// One task of a flow's tree.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct FlowNode {
     /// Task id.
@@ -132,6 +132,7 @@ pub struct FlowNode {
     pub error: Option<TaskError>,
     /// The tasks it submitted (absent when none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(no_recursion)]
     pub children: Vec<FlowNode>,
 }
 
@@ -313,7 +314,7 @@ mod tests {
 }
 
 /// `GET /v1/flows`: a page of flows, newest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct FlowPage {
     /// The flows of this page.
@@ -330,7 +331,7 @@ impl FlowPage {
 }
 
 /// One flow of a list: its record, without its tasks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct FlowSummary {
     /// Flow id (see [`Flow::id`]).

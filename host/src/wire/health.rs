@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 
 /// The host's health, with its tasks per state. Served with 200 when
 /// `status` is `ok`, with 503 when it is `unhealthy`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct Health {
     /// `ok`, or `unhealthy` while the store cannot write (a full disk).

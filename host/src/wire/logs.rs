@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// One line a task logged or printed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct LogLine {
     /// Its number in the attempt, from 1; a jump means lines were dropped
@@ -34,7 +34,7 @@ impl From<&crate::sandbox::LogLine> for LogLine {
 }
 
 /// Lines dropped from the middle of an attempt's transcript over its cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct LogsDropped {
     /// How many.
@@ -46,7 +46,7 @@ pub struct LogsDropped {
 }
 
 /// `GET /v1/tasks/{id}/logs`: one attempt's lines.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct TaskLogs {
     /// Task id.
@@ -85,7 +85,7 @@ impl TaskLogs {
 
 /// One event of following a task's logs; its SSE event name is the
 /// variant's (`line`, `skipped`, `attempt`, `end`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum LogEvent {

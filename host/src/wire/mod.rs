@@ -87,7 +87,7 @@ pub fn time(ms: u64) -> String {
 /// An output as every body carries it, flattened into the body: `output`
 /// when the bytes parse as JSON, else `output_base64`. Neither field
 /// appears when there is no output.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct Output {
     /// The output, when it parses as JSON (`null` included).

@@ -9,7 +9,7 @@ pub use crate::inference::{ModelState, ModelView, ModelsView, RuntimeView, Tenso
 use serde::{Deserialize, Serialize};
 
 /// The answer to `DELETE /v1/models/{name}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct ModelRemoved {
     /// The model removed.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Where a version is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum VersionState {
@@ -24,7 +24,7 @@ pub enum VersionState {
 }
 
 /// One version of a plugin.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct PluginVersion {
     /// Version string.
@@ -75,7 +75,7 @@ impl From<&VersionStatus> for PluginVersion {
 /// The answer to `POST /v1/plugins/{name}`: 201 a new version, 202 one
 /// still compiling (`?wait=false`), 200 bytes identical to an existing
 /// version.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct PluginAdded {
     /// Plugin name.
@@ -95,7 +95,7 @@ impl PluginAdded {
 }
 
 /// A version with its task counts (in [`Plugin`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct PluginVersionDetail {
     /// The version.
@@ -110,7 +110,7 @@ pub struct PluginVersionDetail {
 
 /// How a plugin version's attempts ran: all of them since the host
 /// started (`runs`), and quantiles over the last `recent` of them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct RunStats {
     /// Attempts that ran since the host started.
@@ -132,7 +132,7 @@ pub struct RunStats {
 }
 
 /// `GET /v1/plugins/{name}`: one plugin in detail.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct Plugin {
     /// Plugin name.
@@ -180,7 +180,7 @@ impl Plugin {
 }
 
 /// One plugin in [`PluginList`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct PluginSummary {
     /// Plugin name.
@@ -203,7 +203,7 @@ impl PluginSummary {
 }
 
 /// `GET /v1/plugins`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct PluginList {
     /// Every plugin, by name.
@@ -219,7 +219,7 @@ impl PluginList {
 
 /// `PUT /v1/plugins/{name}/latest` body: the version a plain name resolves
 /// to from now on. Unknown fields are refused.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct LatestChange {
@@ -235,7 +235,7 @@ impl LatestChange {
 }
 
 /// The answer to `PUT /v1/plugins/{name}/latest`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct PluginLatest {
     /// Plugin name.
@@ -252,7 +252,7 @@ impl PluginLatest {
 }
 
 /// The answer to `DELETE /v1/plugins/{name}/versions/{version}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct VersionDeleted {
     /// Plugin name.
@@ -269,7 +269,7 @@ impl VersionDeleted {
 }
 
 /// The answer to `PUT /v1/plugins/{name}/manifest`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct ManifestSet {
     /// Plugin name.

@@ -6,7 +6,7 @@ use crate::store::QueueConfig;
 use serde::{Deserialize, Serialize};
 
 /// A queue with its settings and depth.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct Queue {
     /// Name.
@@ -55,7 +55,7 @@ pub(crate) fn retain_text(ms: Option<u64>) -> Option<String> {
 }
 
 /// `GET /v1/queues`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct QueueList {
     /// Every queue.
@@ -70,7 +70,7 @@ impl QueueList {
 }
 
 /// `PUT /v1/queues/{name}` body. Unknown fields are refused.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct QueueChange {
@@ -106,7 +106,7 @@ impl QueueChange {
 }
 
 /// The answer to `PUT /v1/queues/{name}`: the settings now in force.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct QueueSettings {
     /// Name.

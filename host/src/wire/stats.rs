@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// interval is the difference of two samples' totals over the difference
 /// of their times; a mean wait or run time, the difference of the sums
 /// over the difference of the counts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct RecentStats {
     /// How often a sample is taken, ms.
@@ -24,7 +24,7 @@ impl RecentStats {
 }
 
 /// Running totals since the host started, at one time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct RecentSample {
     /// When it was taken, ms since the Unix epoch.

@@ -10,7 +10,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 /// A task's limits.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct TaskLimits {
     /// Fuel per attempt.
@@ -42,7 +42,7 @@ impl From<&store::StoredLimits> for TaskLimits {
 
 /// Why a task's last attempt failed: the same object in a task's record
 /// and in a flow's task tree.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct TaskError {
     /// The failure class (`trap`, `timeout`, `plugin error`, ...).
@@ -68,7 +68,7 @@ impl From<&StoredFailure> for TaskError {
 
 /// A task record (`GET /v1/tasks/{id}`, list pages, cancel and retry
 /// answers, callbacks).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct Task {
     /// Task id.
@@ -197,7 +197,7 @@ impl Task {
 
 /// Where a task's completion callback stands (`callback` on an ended
 /// task with a `callback_url`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct CallbackDelivery {
     /// `pending` (being delivered or retried), `delivered`, or `failed`.
@@ -227,7 +227,7 @@ impl CallbackDelivery {
 
 /// `POST /v1/tasks`: one task to submit (also each item of a batch).
 /// Unknown fields are refused.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TaskSubmission {
@@ -292,7 +292,7 @@ impl TaskSubmission {
 /// `POST /v1/tasks:batch`: up to 10,000 tasks, each a [`TaskSubmission`]
 /// object. Items stay untyped here because each is checked, and refused,
 /// on its own.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct BatchSubmission {
@@ -309,7 +309,7 @@ impl BatchSubmission {
 
 /// A submitted task: the answer to `POST /v1/tasks` (201 new, 200 an
 /// idempotency key seen before) and each accepted batch item.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct Submitted {
     /// Task id (the existing task's, when the key was seen before).
@@ -328,7 +328,7 @@ impl From<&store::Submitted> for Submitted {
 
 /// A refused batch item: the same `error` as a whole-request refusal, with
 /// the status it would have had.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct BatchRefusal {
     /// The HTTP status a single submission would have got.
@@ -345,7 +345,7 @@ impl BatchRefusal {
 }
 
 /// One item of a batch answer, in the order of the submission.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 #[non_exhaustive]
 pub enum BatchItem {
@@ -356,7 +356,7 @@ pub enum BatchItem {
 }
 
 /// The answer to `POST /v1/tasks:batch`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct BatchAnswer {
     /// One item per submitted task, in order.
@@ -371,7 +371,7 @@ impl BatchAnswer {
 }
 
 /// `POST /v1/tasks/{id}/retry` body (optional). Unknown fields are refused.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct RetryRequest {
@@ -389,7 +389,7 @@ impl RetryRequest {
 
 /// `GET /v1/tasks`: a page of tasks, oldest or newest first (without
 /// outputs).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct TaskPage {
     /// The tasks.
@@ -422,7 +422,7 @@ impl TaskPage {
 }
 
 /// One transition of a task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct HistoryEntry {
     /// When.
@@ -444,7 +444,7 @@ impl From<&Transition> for HistoryEntry {
 }
 
 /// `GET /v1/tasks/{id}/history`: every transition, oldest first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct History {
     /// Task id.

@@ -7,7 +7,7 @@ use crate::store::{TenantQuotas, TenantRecord};
 use serde::{Deserialize, Serialize};
 
 /// A tenant's quotas; `null` is no quota of its own.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct Quotas {
@@ -89,7 +89,7 @@ impl From<&Quotas> for TenantQuotas {
 }
 
 /// What a tenant uses now.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct Usage {
     /// Tasks stored and not yet finished.
@@ -107,7 +107,7 @@ pub struct Usage {
 }
 
 /// A tenant.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct Tenant {
     /// Its name.
@@ -137,7 +137,7 @@ impl Tenant {
 }
 
 /// `GET /v1/tenants`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct TenantList {
     /// Every tenant, the default one first.
@@ -153,7 +153,7 @@ impl TenantList {
 
 /// `PUT /v1/tenants/{name}` body: the tenant's quotas (all of them: one
 /// left out is no quota). Unknown fields are refused.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct TenantChange {

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// A declared flow, as posted: a JSON object (serde's derive would also
 /// read a struct from an array of its fields in order, which no spec is).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "SpecObject")]
 pub struct FlowSpec {
     /// A name to show.
@@ -150,8 +150,39 @@ impl<'de> Deserialize<'de> for Node {
     }
 }
 
+/// [`Node`]'s schema, by shape as it deserializes: a step, a list (a
+/// series), `{"series": [...]}` or `{"parallel": [...]}`.
+impl utoipa::PartialSchema for Node {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Ref};
+        let nodes = || ArrayBuilder::new().items(Ref::from_schema_name("Node"));
+        let only = |key: &str, what: &str| {
+            ObjectBuilder::new()
+                .property(key, nodes())
+                .required(key)
+                .additional_properties(Some(utoipa::openapi::schema::AdditionalProperties::FreeForm(false)))
+                .description(Some(what))
+        };
+        OneOfBuilder::new()
+            .item(Ref::from_schema_name("Step"))
+            .item(nodes().description(Some("A series: each node fed the previous one's output")))
+            .item(only("series", "Run these one after another, each fed the previous one's output"))
+            .item(only("parallel", "Run these side by side; what follows gets all their outputs"))
+            .description(Some("One node of the step tree"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Node {
+    fn schemas(schemas: &mut Vec<(String, utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>)>) {
+        use utoipa::PartialSchema as _;
+        schemas.push(("Step".to_owned(), Step::schema()));
+        Step::schemas(schemas);
+    }
+}
+
 /// One plugin call of a declared flow.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// A name unique in the flow (default `step-N`).
@@ -181,7 +212,7 @@ pub struct Step {
 }
 
 /// How a declared flow repeats.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepeatSpec {
     /// This many iterations in all.
