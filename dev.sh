@@ -89,12 +89,14 @@ install_chromium() {
 }
 
 # The metrics tests run `promtool check metrics` on /metrics and a real
-# Prometheus that scrapes a test server (Debian's package; its service is
-# not started, the tests start their own).
+# Prometheus that scrapes a test server (Debian's package, without the
+# exporters it recommends). The tests start their own Prometheus on free
+# ports; on a machine run by systemd the package also starts its service
+# on :9090, which they leave alone.
 install_prometheus() {
   command -v promtool >/dev/null && command -v prometheus >/dev/null && return
   say "installing Prometheus and promtool (Debian: prometheus) for the metrics tests"
-  apt_install prometheus
+  apt_install --no-install-recommends prometheus
 }
 
 ORT_DIR=target/onnxruntime

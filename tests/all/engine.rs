@@ -148,6 +148,7 @@ async fn backlogged_queues_share_workers_by_run_time() {
         plan.iter().map(|(q, _, _)| runs.iter().filter(|r| r.0 == *q).map(|r| r.1).max().unwrap()).min().unwrap();
     assert!(window_end > run_at_ms + 200, "window too short to judge: {} ms", window_end - run_at_ms);
     let (at_ms, charged) = samples.iter().rev().find(|(at, _)| *at <= window_end).unwrap();
+    assert!(*at_ms > run_at_ms + 200, "no sample well inside the window: the last before its end is at {at_ms}");
     let window_ms = (at_ms - run_at_ms) as f64;
     let busy: Vec<f64> = charged.iter().map(|s| s * 1000.0).collect();
     let total: f64 = busy.iter().sum();

@@ -34,6 +34,13 @@ async fn busy_server() -> (Engine, [tempfile::TempDir; 2], String) {
     }
     let delayed = engine.submit(NewTask { delay_ms: Some(600_000), ..task("uppercase", "later") }).await.unwrap();
     engine.cancel(delayed.record.id).await.unwrap();
+    // Cancelled while it runs: a cancellation, not an attempt failure.
+    let sleeping = engine.submit(task("sleep", "30000")).await.unwrap().record.id;
+    while engine.get(sleeping).unwrap().state != taskhost::store::TaskState::Running {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let cancelled = engine.cancel(sleeping).await.unwrap();
+    assert_eq!(cancelled.state, taskhost::store::TaskState::Cancelled);
     for id in ids {
         let record = engine.wait(id, Duration::from_secs(60)).await.unwrap();
         assert!(record.state.is_terminal(), "{record:?}");
@@ -72,6 +79,8 @@ async fn metrics_pass_promtool_in_the_text_format_and_are_openmetrics_when_asked
     ] {
         assert!(crate::metric_value(&text, series) >= 1.0, "no {series} in\n{text}");
     }
+    assert!(crate::metric_value(&text, r#"taskhost_tasks_cancelled_total{tenant="default",queue="default"}"#) >= 2.0);
+    assert!(!text.contains(r#"class="cancelled""#), "a cancellation counted as a failure:\n{text}");
     // The failed attempts: 1 permanent + 2 retryable ones of the same class.
     let plugin_errors = r#"taskhost_attempt_failures_total{tenant="default",queue="default",class="plugin error"}"#;
     assert_eq!(crate::metric_value(&text, plugin_errors), 3.0);

@@ -85,6 +85,26 @@ impl Checker {
             .clone()
     }
 
+    /// [`Checker::check`], and `sent` (the JSON body of the request),
+    /// when the server accepted it, against the operation's request schema.
+    async fn check_sent(&mut self, method: Method, path: &str, sent: &Value, response: reqwest::Response) -> Value {
+        let accepted = response.status().is_success();
+        let template = self.template(path.split('?').next().unwrap());
+        let answer = self.check(method.clone(), path, response).await;
+        if accepted {
+            let op = &self.doc["paths"][&template][method.as_str().to_lowercase()];
+            let schema = &op["requestBody"]["content"]["application/json"]["schema"];
+            assert!(schema.is_object(), "{method} {template} took JSON the document does not describe: {sent}");
+            let errors = schema_errors(&self.doc, schema, sent);
+            assert!(
+                errors.is_empty(),
+                "{method} {template} accepted {sent}, which its request schema refuses: {errors:#?}"
+            );
+            self.checked.push(format!("{method} {template} request"));
+        }
+        answer
+    }
+
     async fn check(&mut self, method: Method, path: &str, response: reqwest::Response) -> Value {
         let status = response.status().as_u16().to_string();
         let media = response.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
@@ -140,7 +160,9 @@ fn the_schema_check_refuses_a_body_that_does_not_fit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_answers_have_a_documented_status_and_fit_their_schema() {
-    let (_data, server, admin, http) = fresh(&[]).await;
+    let models = tempfile::tempdir().unwrap();
+    let models_file = crate::inference::models_file(models.path(), &[("affine", "affine", "plugins = [\"*\"]")]);
+    let (_data, server, admin, http) = fresh(&["--models", models_file.to_str().unwrap()]).await;
     let base = server.base.clone();
     let mut c = Checker::new();
     macro_rules! call {
@@ -151,14 +173,15 @@ async fn live_answers_have_a_documented_status_and_fit_their_schema() {
         }};
         ($method:ident, $path:expr, json $body:expr) => {{
             let path: String = $path;
+            let body: Value = $body;
             let r = http
                 .request(Method::$method, format!("{base}{path}"))
                 .bearer_auth(&admin)
-                .json(&$body)
+                .json(&body)
                 .send()
                 .await
                 .unwrap();
-            c.check(Method::$method, &path, r).await
+            c.check_sent(Method::$method, &path, &body, r).await
         }};
         ($method:ident, $path:expr, bytes $body:expr) => {{
             let path: String = $path;
@@ -230,11 +253,16 @@ async fn live_answers_have_a_documented_status_and_fit_their_schema() {
     call!(GET, "/v1/flows".into());
     call!(GET, format!("/v1/flows/{flow_id}"));
     call!(POST, format!("/v1/flows/{flow_id}/cancel"));
-    // Models: this server serves none.
+    // Models.
+    let affine = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/models/affine.onnx");
+    call!(POST, "/v1/models".into(), json json!({"name": "twin", "path": affine, "max_batch": 8, "max_delay": "1ms"}));
+    call!(POST, "/v1/models".into(), json json!({"name": "twin", "path": affine}));
+    call!(POST, "/v1/models".into(), json json!({"name": "bad", "path": "missing.onnx"}));
+    call!(POST, "/v1/models".into(), json json!({"name": "odd", "path": affine, "colour": "red"}));
     call!(GET, "/v1/models".into());
     call!(GET, "/v1/models/affine".into());
-    call!(POST, "/v1/models".into(), json json!({"name": "affine", "path": "affine.onnx"}));
-    call!(DELETE, "/v1/models/affine".into());
+    call!(GET, "/v1/models/nope".into());
+    call!(DELETE, "/v1/models/twin".into());
     // Queues, tokens, tenants, audit.
     call!(PUT, "/v1/queues/slow".into(), json json!({"concurrency": 2, "weight": 3}));
     call!(GET, "/v1/queues".into());
@@ -247,11 +275,40 @@ async fn live_answers_have_a_documented_status_and_fit_their_schema() {
     call!(GET, "/v1/audit?limit=10".into());
     call!(GET, "/v1/callbacks/secret".into());
     call!(GET, "/v1/events?state=completed".into());
-    // A token without the scope, and none at all.
+    // No token; a token without the scope; another tenant that does not
+    // exist.
     let refused = http.get(format!("{base}/v1/config")).send().await.unwrap();
     c.check(Method::GET, "/v1/config", refused).await;
+    let reader = call!(POST, "/v1/tokens".into(), json json!({"name": "reader2", "scopes": ["read"]}));
+    let reader = reader["token"].as_str().unwrap().to_owned();
+    let refused =
+        http.put(format!("{base}/v1/queues/slow")).bearer_auth(&reader).json(&json!({})).send().await.unwrap();
+    assert_eq!(refused.status(), 403);
+    c.check(Method::PUT, "/v1/queues/slow", refused).await;
+    let refused = http
+        .get(format!("{base}/v1/queues"))
+        .bearer_auth(&admin)
+        .header("taskhost-tenant", "nope")
+        .send()
+        .await
+        .unwrap();
+    c.check(Method::GET, "/v1/queues", refused).await;
+    let refused = http
+        .put(format!("{base}/v1/queues/slow"))
+        .bearer_auth(&admin)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 415);
+    c.check(Method::PUT, "/v1/queues/slow", refused).await;
     let documented: usize = c.doc["paths"].as_object().unwrap().values().map(|i| i.as_object().unwrap().len()).sum();
-    let operations: std::collections::BTreeSet<_> =
-        c.checked.iter().map(|k| k.rsplit_once(' ').unwrap().0.to_owned()).collect();
+    let operations: std::collections::BTreeSet<_> = c
+        .checked
+        .iter()
+        .filter(|k| !k.ends_with(" request"))
+        .map(|k| k.rsplit_once(' ').unwrap().0.to_owned())
+        .collect();
     assert_eq!(operations.len(), documented, "not every operation was checked: {operations:#?}");
 }

@@ -211,9 +211,11 @@ impl From<AuthError> for ApiError {
     tag = "access",
     request_body(content = crate::wire::TokenRequest),
     responses(
+        super::openapi::Refused,
+        super::openapi::BodyRefused,
         (status = 201, description = "The token; its secret is shown this once", body = crate::wire::TokenCreated),
-        (status = 400, description = "A bad name, scope or tenant (`invalid_request`)", body = crate::wire::ErrorBody),
-        super::openapi::Refused
+        (status = 400, description = "A bad or taken name, a bad scope, tenant or expiry (`invalid_request`)", body = crate::wire::ErrorBody),
+        (status = 409, description = "The token limit is reached (`limit_reached`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["admin"]))
 )]
@@ -265,8 +267,8 @@ pub(crate) async fn create_token(
     operation_id = "list_tokens",
     tag = "access",
     responses(
-        (status = 200, description = "Every token (never its secret)", body = crate::wire::TokenList),
-        super::openapi::Refused
+        super::openapi::Refused,
+        (status = 200, description = "Every token (never its secret)", body = crate::wire::TokenList)
     ),
     security(("token" = ["admin"]))
 )]
@@ -282,9 +284,9 @@ pub(crate) async fn list_tokens(Extension(access): Extension<Arc<Access>>) -> Js
     tag = "access",
     params(("id" = String, Path, description = "The token id")),
     responses(
+        super::openapi::Refused,
         (status = 200, description = "The token is revoked from the next request on", body = crate::wire::TokenRevoked),
-        (status = 404, description = "No such token (`not_found`)", body = crate::wire::ErrorBody),
-        super::openapi::Refused
+        (status = 404, description = "No such token (`not_found`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["admin"]))
 )]
@@ -302,8 +304,8 @@ pub(crate) async fn revoke_token(
     operation_id = "callback_secret",
     tag = "access",
     responses(
-        (status = 200, description = "The key the tenant's callbacks are signed with", body = crate::wire::CallbackSecret),
-        super::openapi::Refused
+        super::openapi::Refused,
+        (status = 200, description = "The key the tenant's callbacks are signed with", body = crate::wire::CallbackSecret)
     ),
     security(("token" = ["submit"]))
 )]
@@ -320,8 +322,8 @@ pub(crate) async fn callback_secret(
     operation_id = "list_tenants",
     tag = "access",
     responses(
-        (status = 200, description = "Every tenant with its quotas", body = crate::wire::TenantList),
-        super::openapi::Refused
+        super::openapi::Refused,
+        (status = 200, description = "Every tenant with its quotas", body = crate::wire::TenantList)
     ),
     security(("token" = ["admin"]))
 )]
@@ -339,9 +341,9 @@ pub(crate) async fn list_tenants(State(engine): State<Engine>) -> Json<wire::Ten
     tag = "access",
     params(("name" = String, Path, description = "The tenant's name")),
     responses(
+        super::openapi::Refused,
         (status = 200, description = "The tenant with its quotas and usage (a tenant's token reads its own)", body = crate::wire::Tenant),
-        (status = 404, description = "No such tenant (`not_found`)", body = crate::wire::ErrorBody),
-        super::openapi::Refused
+        (status = 404, description = "No such tenant (`not_found`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["read"]))
 )]
@@ -365,11 +367,12 @@ pub(crate) async fn get_tenant(
     params(("name" = String, Path, description = "The tenant's name")),
     request_body(content = crate::wire::TenantChange),
     responses(
+        super::openapi::Refused,
+        super::openapi::BodyRefused,
         (status = 201, description = "A new tenant", body = crate::wire::Tenant),
         (status = 200, description = "The tenant's quotas, changed", body = crate::wire::Tenant),
         (status = 400, description = "A bad name or quota (`invalid_request`)", body = crate::wire::ErrorBody),
-        (status = 409, description = "The configuration file manages the tenant (`conflict`)", body = crate::wire::ErrorBody),
-        super::openapi::Refused
+        (status = 409, description = "The configuration file manages the tenant (`conflict`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["admin"]))
 )]
@@ -391,7 +394,9 @@ pub(crate) async fn put_tenant(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuditQuery {
+    /// The `next_before` of the previous page.
     before: Option<String>,
+    /// Records per page, 1-1000 (default 100).
     limit: Option<usize>,
 }
 
@@ -402,9 +407,9 @@ pub(crate) struct AuditQuery {
     tag = "access",
     params(AuditQuery),
     responses(
+        super::openapi::Refused,
         (status = 200, description = "Admin and plugin actions, newest first", body = crate::wire::AuditPage),
-        (status = 400, description = "A bad limit or cursor (`invalid_request`)", body = crate::wire::ErrorBody),
-        super::openapi::Refused
+        (status = 400, description = "A bad limit or cursor (`invalid_request`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["admin"]))
 )]

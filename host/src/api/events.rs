@@ -94,9 +94,9 @@ fn missed(reason: &str, message: String) -> Event {
     tag = "tasks",
     params(EventsQuery, ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event")),
     responses(
-        (status = 200, description = "Server-Sent Events: `task` (a `TaskMoved`) per committed transition; `missed` (an `EventsMissed`) before a stream ends behind; `stopping` when the server stops", content_type = "text/event-stream", body = crate::wire::TaskMoved),
-        (status = 400, description = "A bad filter or event id (`invalid_request`)", body = crate::wire::ErrorBody),
-        super::openapi::Refused
+        super::openapi::Refused,
+        (status = 200, description = "Server-Sent Events: `task` (a `TaskMoved`) per committed transition; `missed` (an `EventsMissed`) before a stream ends behind; `stopping` (a `Stopping`) when the server stops; the schemas of all three are in the components", content_type = "text/event-stream", body = crate::wire::TaskMoved),
+        (status = 400, description = "A bad filter or event id (`invalid_request`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["read"]))
 )]

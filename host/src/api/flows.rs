@@ -28,11 +28,11 @@ fn owned(engine: &Engine, ns: &Namespace, id: uuid::Uuid) -> Result<FlowView, En
     tag = "flows",
     request_body(content = crate::engine::FlowSpec),
     responses(
+        super::openapi::Refused,
+        super::openapi::BodyRefused,
         (status = 201, description = "The flow, with its task tree", body = Flow),
-        (status = 400, description = "A spec that does not fit or does not form a DAG (`invalid_request`)", body = crate::wire::ErrorBody),
-        (status = 404, description = "A step names no plugin that exists (`unknown_plugin`)", body = crate::wire::ErrorBody),
-        (status = 429, description = "A tenant quota is used up (`quota_exceeded`)", body = crate::wire::ErrorBody),
-        super::openapi::Refused
+        (status = 400, description = "A spec that does not fit, does not form a DAG, or names a plugin that does not exist (`invalid_request`)", body = crate::wire::ErrorBody),
+        (status = 429, description = "A tenant quota is used up (`quota_exceeded`)", body = crate::wire::ErrorBody, headers(("Retry-After" = u32, description = "Seconds until the quota allows it")))
     ),
     security(("token" = ["submit"]))
 )]
@@ -62,8 +62,11 @@ pub(super) async fn submit(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
+    /// Flows per page, 1-100 (default 50).
     limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
+    /// Only flows in this state (`running`, `completed`, `failed`, `cancelled`).
     state: Option<String>,
 }
 
@@ -75,9 +78,9 @@ pub(super) struct ListQuery {
     tag = "flows",
     params(ListQuery),
     responses(
+        super::openapi::Refused,
         (status = 200, description = "A page of the tenant's flows, newest first", body = crate::wire::FlowPage),
-        (status = 400, description = "A bad limit, cursor or state (`invalid_request`)", body = crate::wire::ErrorBody),
-        super::openapi::Refused
+        (status = 400, description = "A bad limit, cursor or state (`invalid_request`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["read"]))
 )]
@@ -116,9 +119,9 @@ pub(super) async fn list(
     tag = "flows",
     params(("id" = String, Path, description = "The flow id (a UUID)")),
     responses(
+        super::openapi::Refused,
         (status = 200, description = "The flow with its task tree", body = Flow),
-        (status = 404, description = "No such flow (`not_found`)", body = crate::wire::ErrorBody),
-        super::openapi::Refused
+        (status = 404, description = "No such flow (`not_found`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["read"]))
 )]
@@ -138,9 +141,10 @@ pub(super) async fn get(
     tag = "flows",
     params(("id" = String, Path, description = "The flow id (a UUID)")),
     responses(
+        super::openapi::Refused,
         (status = 200, description = "The flow, with every unfinished task cancelled", body = Flow),
         (status = 404, description = "No such flow (`not_found`)", body = crate::wire::ErrorBody),
-        super::openapi::Refused
+        (status = 409, description = "The flow has ended (`conflict`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["submit"]))
 )]

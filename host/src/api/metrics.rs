@@ -1,12 +1,12 @@
 //! `GET /metrics` in the exposition format the scraper asks for: OpenMetrics
-//! 1.0 when its `Accept` names `application/openmetrics-text` (Prometheus
-//! does), else the Prometheus text format 0.0.4 that `promtool check
+//! 1.0 when its `Accept` prefers `application/openmetrics-text` (Prometheus
+//! does by default), else the Prometheus text format 0.0.4 that `promtool check
 //! metrics`, older scrapers and people with `curl` read.
 //!
 //! The engine renders OpenMetrics; the text format differs only in names
 //! and markers, so it is derived here line by line: a counter family's
-//! `# HELP`/`# TYPE` name gains the `_total` its samples carry, `unknown`
-//! becomes `untyped`, and `# UNIT`, `# EOF` and exemplars are left out.
+//! `# HELP`/`# TYPE` name gains the `_total` its samples carry, a type the
+//! text format lacks becomes `untyped`, and `# UNIT`, `# EOF` and exemplars are left out.
 
 use crate::engine::Engine;
 use axum::extract::State;
@@ -23,10 +23,9 @@ pub(crate) const TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
     path = "/metrics",
     operation_id = "metrics",
     tag = "host",
-    params(("Accept" = Option<String>, Header, description = "`application/openmetrics-text` for OpenMetrics 1.0; else the text format 0.0.4")),
     responses(
-        (status = 200, description = "Prometheus metrics (docs/monitoring.md)", content((String = "text/plain; version=0.0.4; charset=utf-8"), (String = "application/openmetrics-text; version=1.0.0; charset=utf-8"))),
-        super::openapi::Refused
+        super::openapi::Refused,
+        (status = 200, description = "Prometheus metrics (docs/monitoring.md): OpenMetrics 1.0 when `Accept` prefers `application/openmetrics-text`, else the text format 0.0.4", content((String = "text/plain; version=0.0.4; charset=utf-8"), (String = "application/openmetrics-text; version=1.0.0; charset=utf-8")))
     ),
     security(("token" = ["metrics"]))
 )]
@@ -39,15 +38,26 @@ pub(crate) async fn metrics(State(engine): State<Engine>, headers: HeaderMap) ->
     }
 }
 
-/// Whether `Accept` lists OpenMetrics text with a quality above zero.
+/// Whether `Accept` prefers OpenMetrics: its best quality for
+/// `application/openmetrics-text` is above zero and at least that of any
+/// range that covers the text format (`text/plain`, `text/*`, `*/*`).
 fn wants_openmetrics(headers: &HeaderMap) -> bool {
-    headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(|item| {
+    let (mut openmetrics, mut text) = (0.0f32, 0.0f32);
+    let items = headers.get_all(header::ACCEPT).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(','));
+    for item in items {
         let mut parts = item.split(';').map(str::trim);
-        let media = parts.next().unwrap_or_default();
-        let refused =
-            parts.any(|p| p.strip_prefix("q=").is_some_and(|q| q.trim().parse::<f32>().map_or(true, |q| q <= 0.0)));
-        media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
-    })
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let quality = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(name, _)| name.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, q)| q.trim().parse::<f32>().unwrap_or(0.0));
+        match media.as_str() {
+            "application/openmetrics-text" => openmetrics = openmetrics.max(quality),
+            "text/plain" | "text/*" | "*/*" => text = text.max(quality),
+            _ => {}
+        }
+    }
+    openmetrics > 0.0 && openmetrics >= text
 }
 
 /// The Prometheus text format 0.0.4 of an OpenMetrics exposition.
@@ -72,8 +82,10 @@ pub(crate) fn text_format(openmetrics: &str) -> String {
             let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
             let (suffix, kind) = match kind {
                 "counter" => ("_total", "counter"),
-                "unknown" => ("", "untyped"),
-                other => ("", other),
+                kind @ ("gauge" | "histogram" | "summary") => ("", kind),
+                // `unknown`, and OpenMetrics' own types (info, stateset,
+                // gaugehistogram), which the text format lacks.
+                _ => ("", "untyped"),
             };
             out.push_str(&format!("# TYPE {name}{suffix} {kind}\n"));
         } else {
@@ -111,12 +123,12 @@ mod tests {
         let om = "# HELP a_seconds Time.\n# TYPE a_seconds histogram\n# UNIT a_seconds seconds\n\
                   a_seconds_bucket{le=\"1.0\"} 2\n\
                   # HELP b Things done.\n# TYPE b counter\nb_total{q=\"x # \\\" y\"} 3 # {trace_id=\"1\"} 1.0\n\
-                  # HELP c Odd.\n# TYPE c unknown\nc 1\n# EOF\n";
+                  # HELP c Odd.\n# TYPE c unknown\nc 1\n# TYPE d info\nd_info{v=\"1\"} 1\n# EOF\n";
         assert_eq!(
             text_format(om),
             "# HELP a_seconds Time.\n# TYPE a_seconds histogram\na_seconds_bucket{le=\"1.0\"} 2\n\
              # HELP b_total Things done.\n# TYPE b_total counter\nb_total{q=\"x # \\\" y\"} 3\n\
-             # HELP c Odd.\n# TYPE c untyped\nc 1\n"
+             # HELP c Odd.\n# TYPE c untyped\nc 1\n# TYPE d untyped\nd_info{v=\"1\"} 1\n"
         );
     }
 
@@ -136,5 +148,9 @@ mod tests {
              text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
         ));
         assert!(!with("application/openmetrics-text;q=0, text/plain"));
+        assert!(!with("application/openmetrics-text;Q=0"));
+        // A scraper that prefers the text format gets it.
+        assert!(!with("text/plain;version=0.0.4;q=1,application/openmetrics-text;version=1.0.0;q=0.1"));
+        assert!(with("Application/OpenMetrics-Text; version=1.0.0"));
     }
 }

@@ -138,8 +138,8 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
     operation_id = "recent_stats",
     tag = "host",
     responses(
-        (status = 200, description = "Throughput and latency over the last minutes, host-wide", body = wire::RecentStats),
-        openapi::Refused
+        openapi::Refused,
+        (status = 200, description = "Throughput and latency over the last minutes, host-wide", body = wire::RecentStats)
     ),
     security(("token" = ["metrics"]))
 )]
@@ -165,8 +165,8 @@ fn owned(engine: &Engine, ns: &Namespace, id: Uuid) -> Result<TaskRecord, crate:
     operation_id = "list_plugins",
     tag = "plugins",
     responses(
-        (status = 200, description = "The tenant's plugins with their latest versions", body = wire::PluginList),
-        openapi::Refused
+        openapi::Refused,
+        (status = 200, description = "The tenant's plugins with their latest versions", body = wire::PluginList)
     ),
     security(("token" = ["read"]))
 )]
@@ -189,9 +189,11 @@ async fn list_plugins(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct UploadQuery {
+    /// The version to create (default: the next number).
     version: Option<String>,
+    /// Answer once compiled (default `true`); `false` answers 202 at once.
     wait: Option<bool>,
-    /// The body is a script in this language (`js`), not a component.
+    /// The body is a script in this language (`js` or `python`), not a component.
     lang: Option<String>,
 }
 
@@ -214,8 +216,12 @@ fn too_large(e: RegistryError) -> ApiError {
     operation_id = "upload_plugin",
     tag = "plugins",
     params(("name" = String, Path, description = "The plugin's name"), UploadQuery),
-    request_body(content = Vec<u8>, description = "The component (`.wasm`) bytes, or a script's source with `?lang=`", content_type = "application/wasm"),
+    request_body(
+        description = "The component (`.wasm`) bytes, or a script's source (UTF-8) with `?lang=`; any content type",
+        content((openapi::Bytes = "application/wasm"), (String = "text/plain"))
+    ),
     responses(
+        openapi::Refused,
         (status = 201, description = "A new version, compiled", body = wire::PluginAdded),
         (status = 202, description = "A new version, still compiling (`wait=false`)", body = wire::PluginAdded),
         (status = 200, description = "The same bytes as an existing version: nothing new", body = wire::PluginAdded),
@@ -223,8 +229,7 @@ fn too_large(e: RegistryError) -> ApiError {
         (status = 409, description = "The version exists with other bytes (`conflict`), or the plugin limit is reached (`limit_reached`)", body = crate::wire::ErrorBody),
         (status = 413, description = "Past the upload size limit (`payload_too_large`)", body = crate::wire::ErrorBody),
         (status = 422, description = "Not a valid task component or script (`invalid_plugin`, `compile_timeout`)", body = crate::wire::ErrorBody),
-        (status = 429, description = "A tenant quota is used up (`quota_exceeded`)", body = crate::wire::ErrorBody),
-        openapi::Refused
+        (status = 429, description = "A tenant quota is used up (`quota_exceeded`)", body = crate::wire::ErrorBody, headers(("Retry-After" = u32, description = "Seconds until the quota allows it")))
     ),
     security(("token" = ["plugins"]))
 )]
@@ -279,9 +284,9 @@ async fn add_plugin(
     tag = "plugins",
     params(("name" = String, Path, description = "The plugin's name")),
     responses(
+        openapi::Refused,
         (status = 200, description = "The plugin's versions, manifest and run statistics", body = wire::Plugin),
-        (status = 404, description = "No such plugin (`unknown_plugin`)", body = crate::wire::ErrorBody),
-        openapi::Refused
+        (status = 404, description = "No such plugin (`unknown_plugin`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["read"]))
 )]
@@ -304,11 +309,12 @@ async fn get_plugin(
     params(("name" = String, Path, description = "The plugin's name")),
     request_body(content = wire::LatestChange),
     responses(
+        openapi::Refused,
+        openapi::BodyRefused,
         (status = 200, description = "The version new tasks now run", body = wire::PluginLatest),
         (status = 400, description = "A malformed body (`invalid_request`, `malformed_json`)", body = crate::wire::ErrorBody),
         (status = 404, description = "No such plugin or version (`unknown_plugin`, `not_found`)", body = crate::wire::ErrorBody),
-        (status = 409, description = "The version cannot be made latest (`conflict`)", body = crate::wire::ErrorBody),
-        openapi::Refused
+        (status = 409, description = "The version cannot be made latest (`conflict`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["plugins"]))
 )]
@@ -330,10 +336,10 @@ async fn set_latest(
     tag = "plugins",
     params(("name" = String, Path, description = "The plugin's name"), ("version" = String, Path, description = "The version to delete")),
     responses(
+        openapi::Refused,
         (status = 200, description = "The version is deleted", body = wire::VersionDeleted),
         (status = 404, description = "No such plugin or version (`unknown_plugin`, `not_found`)", body = crate::wire::ErrorBody),
-        (status = 409, description = "The version is the latest, or tasks still pin it (`conflict`)", body = crate::wire::ErrorBody),
-        openapi::Refused
+        (status = 409, description = "The version is the latest, or tasks still pin it (`conflict`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["plugins"]))
 )]
@@ -354,10 +360,11 @@ async fn delete_version(
     params(("name" = String, Path, description = "The plugin's name")),
     request_body(content = String, description = "The capability manifest (TOML): grants, limits, egress", content_type = "application/toml"),
     responses(
+        openapi::Refused,
         (status = 200, description = "The manifest is in force", body = wire::ManifestSet),
         (status = 400, description = "Not UTF-8 TOML, or a manifest that does not fit (`invalid_request`)", body = crate::wire::ErrorBody),
         (status = 409, description = "The plugin limit is reached (`limit_reached`)", body = crate::wire::ErrorBody),
-        openapi::Refused
+        (status = 413, description = "The manifest is past 2 MiB (`payload_too_large`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["admin"]))
 )]
@@ -465,6 +472,8 @@ pub(crate) fn trace_parent(headers: &axum::http::HeaderMap) -> Option<crate::tra
     params(("traceparent" = Option<String>, Header, description = "A W3C trace context the submission continues")),
     request_body(content = wire::TaskSubmission),
     responses(
+        openapi::Refused,
+        openapi::BodyRefused,
         (status = 201, description = "The task is accepted", body = wire::Submitted),
         (status = 200, description = "A task with this idempotency key exists: that task", body = wire::Submitted),
         (status = 400, description = "A field out of range or a malformed body (`invalid_request`, `malformed_json`)", body = crate::wire::ErrorBody),
@@ -472,8 +481,7 @@ pub(crate) fn trace_parent(headers: &axum::http::HeaderMap) -> Option<crate::tra
         (status = 409, description = "A queue limit is reached (`limit_reached`)", body = crate::wire::ErrorBody),
         (status = 413, description = "The body is past 8 MiB (`payload_too_large`)", body = crate::wire::ErrorBody),
         (status = 415, description = "Not `application/json` (`unsupported_media_type`)", body = crate::wire::ErrorBody),
-        (status = 429, description = "A tenant quota is used up (`quota_exceeded`, with `Retry-After`)", body = crate::wire::ErrorBody),
-        openapi::Refused
+        (status = 429, description = "A tenant quota is used up (`quota_exceeded`, with `Retry-After`)", body = crate::wire::ErrorBody, headers(("Retry-After" = u32, description = "Seconds until the quota allows it")))
     ),
     security(("token" = ["submit"]))
 )]
@@ -497,11 +505,12 @@ async fn submit(
     tag = "tasks",
     request_body(content = wire::BatchSubmission),
     responses(
+        openapi::Refused,
+        openapi::BodyRefused,
         (status = 200, description = "One answer per item, in order: accepted or refused with its error", body = wire::BatchAnswer),
         (status = 400, description = "A malformed body or more than 10,000 tasks (`invalid_request`, `malformed_json`)", body = crate::wire::ErrorBody),
         (status = 413, description = "The body is past 64 MiB (`payload_too_large`)", body = crate::wire::ErrorBody),
-        (status = 429, description = "A tenant quota is used up (`quota_exceeded`)", body = crate::wire::ErrorBody),
-        openapi::Refused
+        (status = 429, description = "A tenant quota is used up (`quota_exceeded`)", body = crate::wire::ErrorBody, headers(("Retry-After" = u32, description = "Seconds until the quota allows it")))
     ),
     security(("token" = ["submit"]))
 )]
@@ -575,10 +584,10 @@ pub(crate) fn parse_id(text: &str) -> Result<Uuid, ApiError> {
     tag = "tasks",
     params(("id" = String, Path, description = "The task id (a UUID)")),
     responses(
+        openapi::Refused,
         (status = 200, description = "The task with its output", body = wire::Task),
         (status = 400, description = "Not a task id (`invalid_request`)", body = crate::wire::ErrorBody),
-        (status = 404, description = "No such task (`not_found`)", body = crate::wire::ErrorBody),
-        openapi::Refused
+        (status = 404, description = "No such task (`not_found`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["read"]))
 )]
@@ -606,10 +615,10 @@ async fn get_task(
     tag = "tasks",
     params(("id" = String, Path, description = "The task id (a UUID)")),
     responses(
-        (status = 200, description = "The task's input bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        openapi::Refused,
+        (status = 200, description = "The task's input bytes", content_type = "application/octet-stream", body = openapi::Bytes),
         (status = 404, description = "No such task (`not_found`)", body = crate::wire::ErrorBody),
-        (status = 409, description = "The input is not stored: it comes from a URL or from joined tasks (`conflict`)", body = crate::wire::ErrorBody),
-        openapi::Refused
+        (status = 409, description = "The input is not stored: it comes from a URL or from joined tasks (`conflict`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["read"]))
 )]
@@ -644,9 +653,9 @@ async fn input(
     tag = "tasks",
     params(("id" = String, Path, description = "The task id (a UUID)")),
     responses(
+        openapi::Refused,
         (status = 200, description = "Every state transition of the task", body = wire::History),
-        (status = 404, description = "No such task (`not_found`)", body = crate::wire::ErrorBody),
-        openapi::Refused
+        (status = 404, description = "No such task (`not_found`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["read"]))
 )]
@@ -679,10 +688,10 @@ struct LogsQuery {
     tag = "tasks",
     params(("id" = String, Path, description = "The task id (a UUID)"), LogsQuery),
     responses(
+        openapi::Refused,
         (status = 200, description = "One attempt's lines; with `follow=true`, Server-Sent Events named as `LogEvent`'s variants until the task ends", content((wire::TaskLogs = "application/json"), (wire::LogEvent = "text/event-stream"))),
-        (status = 400, description = "A bad attempt number (`invalid_request`)", body = crate::wire::ErrorBody),
-        (status = 404, description = "No such task or attempt (`not_found`)", body = crate::wire::ErrorBody),
-        openapi::Refused
+        (status = 400, description = "An attempt the task has not run (`invalid_request`)", body = crate::wire::ErrorBody),
+        (status = 404, description = "No such task (`not_found`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["read"]))
 )]
@@ -716,10 +725,10 @@ async fn logs(
     tag = "tasks",
     params(("id" = String, Path, description = "The task id (a UUID)")),
     responses(
+        openapi::Refused,
         (status = 200, description = "The task, cancelled (a running attempt is stopped)", body = wire::Task),
         (status = 404, description = "No such task (`not_found`)", body = crate::wire::ErrorBody),
-        (status = 409, description = "The task has ended (`conflict`)", body = crate::wire::ErrorBody),
-        openapi::Refused
+        (status = 409, description = "The task has ended (`conflict`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["submit"]))
 )]
@@ -742,10 +751,12 @@ async fn cancel(
     params(("id" = String, Path, description = "The task id (a UUID)")),
     request_body(content = Option<wire::RetryRequest>, description = "Optional: another plugin version to run it on"),
     responses(
+        openapi::Refused,
+        openapi::BodyRefused,
         (status = 200, description = "The task, pending again", body = wire::Task),
         (status = 404, description = "No such task or version (`not_found`, `unknown_plugin`)", body = crate::wire::ErrorBody),
         (status = 409, description = "The task has not failed: only a failed task is retried (`conflict`)", body = crate::wire::ErrorBody),
-        openapi::Refused
+        (status = 429, description = "A tenant quota is used up (`quota_exceeded`)", body = crate::wire::ErrorBody, headers(("Retry-After" = u32, description = "Seconds until the quota allows it")))
     ),
     security(("token" = ["submit"]))
 )]
@@ -772,10 +783,15 @@ async fn resubmit(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ListQuery {
+    /// Only tasks in this state (`pending`, `running`, `completed`, ...).
     state: Option<String>,
+    /// Only this queue's tasks.
     queue: Option<String>,
+    /// Only this plugin's tasks.
     plugin: Option<String>,
+    /// Tasks per page, 1-1000.
     limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
     /// `newest` or `oldest` (the default).
     order: Option<String>,
@@ -790,9 +806,9 @@ struct ListQuery {
     tag = "tasks",
     params(ListQuery),
     responses(
+        openapi::Refused,
         (status = 200, description = "A page of tasks (without outputs) and the cursor of the next", body = wire::TaskPage),
-        (status = 400, description = "A bad filter, limit or cursor (`invalid_request`)", body = crate::wire::ErrorBody),
-        openapi::Refused
+        (status = 400, description = "A bad filter, limit or cursor (`invalid_request`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["read"]))
 )]
@@ -845,8 +861,8 @@ async fn list_tasks(
     operation_id = "get_config",
     tag = "host",
     responses(
-        (status = 200, description = "The effective configuration and where each part comes from", body = wire::ConfigView),
-        openapi::Refused
+        openapi::Refused,
+        (status = 200, description = "The effective configuration and where each part comes from", body = wire::ConfigView)
     ),
     security(("token" = ["admin"]))
 )]
@@ -860,8 +876,8 @@ async fn config(State(engine): State<Engine>) -> Json<wire::ConfigView> {
     operation_id = "list_queues",
     tag = "queues",
     responses(
-        (status = 200, description = "The tenant's queues with their settings and depths", body = wire::QueueList),
-        openapi::Refused
+        openapi::Refused,
+        (status = 200, description = "The tenant's queues with their settings and depths", body = wire::QueueList)
     ),
     security(("token" = ["read"]))
 )]
@@ -885,10 +901,11 @@ async fn list_queues(State(engine): State<Engine>, Extension(ns): Extension<Name
     params(("name" = String, Path, description = "The queue's name")),
     request_body(content = wire::QueueChange),
     responses(
+        openapi::Refused,
+        openapi::BodyRefused,
         (status = 200, description = "The queue's settings now", body = wire::QueueSettings),
         (status = 400, description = "A setting out of range (`invalid_request`)", body = crate::wire::ErrorBody),
-        (status = 409, description = "The queue limit is reached, or the configuration file manages it (`limit_reached`, `conflict`)", body = crate::wire::ErrorBody),
-        openapi::Refused
+        (status = 409, description = "The queue limit is reached, or the configuration file manages it (`limit_reached`, `conflict`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["admin"]))
 )]

@@ -55,9 +55,9 @@ fn in_namespace(mut view: ModelView, ns: &Namespace) -> Option<ModelView> {
     operation_id = "list_models",
     tag = "models",
     responses(
+        super::openapi::Refused,
         (status = 200, description = "ONNX Runtime's state and the models the tenant's plugins may use", body = crate::wire::ModelsView),
-        (status = 404, description = "The host serves no models (`no_models`)", body = crate::wire::ErrorBody),
-        super::openapi::Refused
+        (status = 404, description = "The host serves no models (`no_models`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["read"]))
 )]
@@ -74,9 +74,9 @@ pub(super) async fn list(State(engine): State<Engine>, Extension(ns): Extension<
     tag = "models",
     params(("name" = String, Path, description = "The model's name")),
     responses(
+        super::openapi::Refused,
         (status = 200, description = "The model, its tensors and the device it runs on", body = ModelView),
-        (status = 404, description = "No such model, or no models at all (`not_found`, `no_models`)", body = crate::wire::ErrorBody),
-        super::openapi::Refused
+        (status = 404, description = "No such model, or no models at all (`not_found`, `no_models`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["read"]))
 )]
@@ -113,12 +113,13 @@ pub(super) struct ModelPut {
     tag = "models",
     request_body(content = ModelPut),
     responses(
+        super::openapi::Refused,
+        super::openapi::BodyRefused,
         (status = 201, description = "The model is loaded and in the models file", body = ModelView),
         (status = 200, description = "The model replaced one of the same name", body = ModelView),
         (status = 400, description = "A spec that does not fit (`invalid_request`)", body = crate::wire::ErrorBody),
         (status = 404, description = "The host serves no models (`no_models`)", body = crate::wire::ErrorBody),
-        (status = 422, description = "ONNX Runtime cannot load the model (`invalid_model`)", body = crate::wire::ErrorBody),
-        super::openapi::Refused
+        (status = 422, description = "ONNX Runtime cannot load the model (`invalid_model`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["admin"]))
 )]
@@ -150,9 +151,9 @@ pub(super) async fn put(State(engine): State<Engine>, body: Result<Json<Value>, 
     tag = "models",
     params(("name" = String, Path, description = "The model's name")),
     responses(
+        super::openapi::Refused,
         (status = 200, description = "The model is unloaded and out of the models file", body = crate::wire::ModelRemoved),
-        (status = 404, description = "No such model (`not_found`)", body = crate::wire::ErrorBody),
-        super::openapi::Refused
+        (status = 404, description = "No such model (`not_found`)", body = crate::wire::ErrorBody)
     ),
     security(("token" = ["admin"]))
 )]

@@ -8,27 +8,104 @@ use crate::wire::ErrorBody;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use std::sync::OnceLock;
+use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+use utoipa::openapi::schema::{AdditionalProperties, KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, Required};
 use utoipa::{Modify, OpenApi};
 
-/// Refusals any route behind a token can answer, whatever it does.
+/// Refusals any route behind a token can answer, whatever it does (a
+/// route's own entry for the same status says more).
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
 pub(crate) enum Refused {
-    /// No token, or one that is malformed, unknown or revoked
+    /// A malformed request: a bad `Taskhost-Tenant` header, path id,
+    /// parameter or body (`invalid_request`).
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No token, or one that is malformed, unknown, expired or revoked
     /// (`unauthorized`).
     #[response(status = 401)]
     Unauthorized(ErrorBody),
     /// The token lacks the scope the route needs (`forbidden`, naming it).
     #[response(status = 403)]
     Forbidden(ErrorBody),
+    /// What the route names does not exist in the tenant, or the tenant
+    /// named by `Taskhost-Tenant` does not (`not_found`).
+    #[response(status = 404)]
+    NotFound(ErrorBody),
     /// The store failed (`storage_error`).
     #[response(status = 500)]
     Internal(ErrorBody),
-    /// The host is busy (`overloaded`, with `Retry-After`), stopping
-    /// (`unavailable`), or cannot write (`store_unwritable`, on writes).
-    #[response(status = 503)]
+    /// The host is busy (`overloaded`), stopping (`unavailable`), or cannot
+    /// write (`store_unwritable`, on writes).
+    #[response(status = 503, headers(("Retry-After" = u32, description = "Seconds to wait before trying again")))]
     Unavailable(ErrorBody),
+}
+
+/// Refusals of a JSON request body, on every route that takes one.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum BodyRefused {
+    /// The body is past the route's size limit (`payload_too_large`).
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// The body is not `Content-Type: application/json`
+    /// (`unsupported_media_type`).
+    #[response(status = 415)]
+    NotJson(ErrorBody),
+}
+
+/// Raw bytes in a body (an upload, a task's input): a binary string.
+pub(crate) struct Bytes;
+
+impl utoipa::PartialSchema for Bytes {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .description(Some("Raw bytes"))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Bytes {}
+
+/// Fixes what the derives cannot say: the `Taskhost-Tenant` header every
+/// guarded operation takes; that a model's settings are flattened into
+/// bodies beside other fields (so `ModelSpec` alone does not refuse
+/// them); that a flow spec refuses unknown fields (its `try_from` hides
+/// the `deny_unknown_fields` of the fields it reads).
+struct Adjust;
+
+impl Modify for Adjust {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let tenant = ParameterBuilder::new()
+            .name("Taskhost-Tenant")
+            .parameter_in(ParameterIn::Header)
+            .required(Required::False)
+            .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+            .description(Some(
+                "Act in this tenant (a token of the default tenant with the `admin` scope only); \
+                 default: the token's own tenant",
+            ))
+            .build();
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete];
+            for op in operations.into_iter().flatten() {
+                if op.security.as_ref().is_some_and(|s| !s.is_empty()) {
+                    op.parameters.get_or_insert_with(Vec::new).push(tenant.clone());
+                }
+            }
+        }
+        let Some(components) = openapi.components.as_mut() else { return };
+        if let Some(RefOr::T(Schema::Object(spec))) = components.schemas.get_mut("ModelSpec") {
+            spec.additional_properties = None;
+        }
+        if let Some(RefOr::T(Schema::Object(spec))) = components.schemas.get_mut("FlowSpec") {
+            spec.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
+        }
+    }
 }
 
 /// The `token` security scheme: `Authorization: Bearer TOKEN`.
@@ -57,7 +134,9 @@ impl Modify for BearerToken {
                        Times are RFC 3339 strings in UTC with milliseconds. See docs/http-api.md.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
-    modifiers(&BearerToken),
+    modifiers(&BearerToken, &Adjust),
+    // The events of the streams, which no JSON answer names.
+    components(schemas(crate::wire::TaskMoved, crate::wire::EventsMissed, crate::wire::Stopping, crate::wire::LogEvent)),
     paths(
         super::health::healthz,
         super::metrics::metrics,
@@ -142,7 +221,12 @@ pub(crate) async fn document() -> Response {
 pub(crate) async fn reference() -> Response {
     static HTML: OnceLock<String> = OnceLock::new();
     let html = HTML.get_or_init(|| super::reference::render(&ApiDoc::openapi()));
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html.as_str()).into_response()
+    let headers = [
+        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (header::CONTENT_SECURITY_POLICY, "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    ];
+    (headers, html.as_str()).into_response()
 }
 
 /// The document as JSON, for tests and tools.

@@ -20,7 +20,7 @@ pub(crate) fn render(doc: &utoipa::openapi::OpenApi) -> String {
          <title>{title} API reference</title><style>{STYLE}</style></head><body><main>\
          <h1>{title} API <small>{version}</small></h1><p>{}</p>\
          <p>The machine-readable document: <a href=\"/v1/openapi.json\">/v1/openapi.json</a> (OpenAPI {}).</p>",
-        text(&doc["info"]["description"]),
+        prose(&doc["info"]["description"]),
         text(&doc["openapi"]),
     );
     let empty = Map::new();
@@ -30,12 +30,12 @@ pub(crate) fn render(doc: &utoipa::openapi::OpenApi) -> String {
     for tag in doc["tags"].as_array().into_iter().flatten() {
         let name = text(&tag["name"]);
         let _ = write!(toc, "<li><a href=\"#tag-{name}\">{name}</a></li>");
-        let _ = write!(body, "<section><h2 id=\"tag-{name}\">{name}</h2><p>{}</p>", text(&tag["description"]));
+        let _ = write!(body, "<section><h2 id=\"tag-{name}\">{name}</h2><p>{}</p>", prose(&tag["description"]));
         for (path, item) in paths {
             for (method, op) in item.as_object().unwrap_or(&empty) {
                 let tagged = op["tags"].as_array().is_some_and(|t| t.iter().any(|t| t.as_str() == Some(&name)));
                 if tagged {
-                    operation(&mut body, method, path, op);
+                    operation(&mut body, method, path, op, &doc);
                 }
             }
         }
@@ -53,7 +53,7 @@ pub(crate) fn render(doc: &utoipa::openapi::OpenApi) -> String {
     page
 }
 
-fn operation(out: &mut String, method: &str, path: &str, op: &Value) {
+fn operation(out: &mut String, method: &str, path: &str, op: &Value, doc: &Value) {
     let id = format!("{method}-{path}").replace(['/', '{', '}', ':', '.'], "-");
     let _ = write!(
         out,
@@ -80,8 +80,8 @@ fn operation(out: &mut String, method: &str, path: &str, op: &Value) {
         }
     );
     for field in ["summary", "description"] {
-        if let Some(t) = op[field].as_str() {
-            let _ = write!(out, "<p>{}</p>", escape(t).replace("\n\n", "</p><p>"));
+        if op[field].is_string() {
+            let _ = write!(out, "<p>{}</p>", prose(&op[field]).replace("\n\n", "</p><p>"));
         }
     }
     if let Some(params) = op["parameters"].as_array() {
@@ -94,7 +94,7 @@ fn operation(out: &mut String, method: &str, path: &str, op: &Value) {
                 if p["required"] == true { " <b>required</b>" } else { "" },
                 text(&p["in"]),
                 kind(&p["schema"]),
-                text(&p["description"])
+                prose(&p["description"])
             );
         }
         out.push_str("</table>");
@@ -103,6 +103,10 @@ fn operation(out: &mut String, method: &str, path: &str, op: &Value) {
         out.push_str("<p>Body:</p><ul>");
         for (media, c) in content {
             let _ = write!(out, "<li><code>{}</code>: {}</li>", escape(media), kind(&c["schema"]));
+            if let Some(example) = example(&c["schema"], doc) {
+                let pretty = serde_json::to_string_pretty(example).unwrap_or_default();
+                let _ = write!(out, "<pre>{}</pre>", escape(&pretty));
+            }
         }
         out.push_str("</ul>");
     }
@@ -118,7 +122,7 @@ fn operation(out: &mut String, method: &str, path: &str, op: &Value) {
             out,
             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(status),
-            text(&r["description"]),
+            prose(&r["description"]),
             bodies.join("<br>")
         );
     }
@@ -127,8 +131,12 @@ fn operation(out: &mut String, method: &str, path: &str, op: &Value) {
 
 /// A schema's properties as a table, or its shape in a line.
 fn describe(out: &mut String, schema: &Value) {
-    if let Some(d) = schema["description"].as_str() {
-        let _ = write!(out, "<p>{}</p>", escape(d));
+    if schema["description"].is_string() {
+        let _ = write!(out, "<p>{}</p>", prose(&schema["description"]));
+    }
+    if schema["example"].is_object() {
+        let pretty = serde_json::to_string_pretty(&schema["example"]).unwrap_or_default();
+        let _ = write!(out, "<pre>{}</pre>", escape(&pretty));
     }
     let Some(properties) = schema["properties"].as_object() else {
         let _ = write!(out, "<p>{}</p>", kind(schema));
@@ -143,10 +151,19 @@ fn describe(out: &mut String, schema: &Value) {
             escape(name),
             if required.contains(&name.as_str()) { " <b>required</b>" } else { "" },
             kind(p),
-            text(&p["description"])
+            prose(&p["description"])
         );
     }
     out.push_str("</table>");
+}
+
+/// The example of a schema, or of the component it names.
+fn example<'a>(schema: &'a Value, doc: &'a Value) -> Option<&'a Value> {
+    let schema = match schema["$ref"].as_str().and_then(|r| r.strip_prefix("#/components/schemas/")) {
+        Some(name) => &doc["components"]["schemas"][name],
+        None => schema,
+    };
+    Some(&schema["example"]).filter(|e| !e.is_null())
 }
 
 /// A schema in a few words: a link to a named one, or its type.
@@ -185,6 +202,20 @@ fn text(value: &Value) -> String {
     value.as_str().map(escape).unwrap_or_default()
 }
 
+/// A description as HTML: escaped, with `code spans` as `<code>`.
+fn prose(value: &Value) -> String {
+    let escaped = text(value);
+    let mut out = String::with_capacity(escaped.len());
+    for (i, part) in escaped.split('`').enumerate() {
+        if i % 2 == 1 {
+            let _ = write!(out, "<code>{part}</code>");
+        } else {
+            out.push_str(part);
+        }
+    }
+    out
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
@@ -198,7 +229,8 @@ td,th{border:1px solid #d8dde6;padding:.25rem .5rem;text-align:left;vertical-ali
 th{background:#f3f5f8}code{font-size:90%}.scope{color:#4a5568}\
 .method{display:inline-block;min-width:4.5em;font-size:80%;padding:.1rem .4rem;border-radius:4px;color:#fff;background:#4a5568}\
 .get{background:#2b6cb0}.post{background:#2f855a}.put{background:#b7791f}.delete{background:#c53030}\
-h1 small{font-size:50%;color:#4a5568}";
+h1 small{font-size:50%;color:#4a5568}\
+pre{background:#f3f5f8;padding:.5rem;overflow:auto;font-size:85%}";
 
 #[cfg(test)]
 mod tests {
@@ -221,5 +253,7 @@ mod tests {
         }
         assert!(!page.contains("<script"), "the page runs no script");
         assert_eq!(escape("<a href=\"x\">&</a>"), "&lt;a href=&quot;x&quot;&gt;&amp;&lt;/a&gt;");
+        assert_eq!(prose(&Value::from("a `<b>` c")), "a <code>&lt;b&gt;</code> c");
+        assert!(page.contains("&quot;idempotency_key&quot;: &quot;order-42&quot;"), "the submission example is shown");
     }
 }

@@ -273,7 +273,10 @@ impl Dispatch {
                     matches!(applied.record.state, TaskState::Failed | TaskState::Retrying | TaskState::Cancelled);
                 if let Some(error) = applied.record.error.as_ref().filter(|_| failed) {
                     attempt_span.fail_with(|| format!("{}: {}", error.class, error.message));
-                    shared.metrics.attempt_failed(&applied.record.queue, error.class);
+                    // A cancellation is counted as one, not as a failure.
+                    if applied.record.state != TaskState::Cancelled {
+                        shared.metrics.attempt_failed(&applied.record.queue, error.class);
+                    }
                 }
             }
             Err(error) => commit_span.fail_with(|| error.to_string()),

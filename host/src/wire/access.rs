@@ -12,6 +12,7 @@ use uuid::Uuid;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
+#[schema(example = json!({"name": "ci-submitter", "scopes": ["submit", "read"], "expires_at": "2027-06-30T00:00:00Z"}))]
 pub struct TokenRequest {
     /// A unique name for people, e.g. `ci-submitter`.
     pub name: String,

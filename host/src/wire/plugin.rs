@@ -222,6 +222,7 @@ impl PluginList {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
+#[schema(example = json!({"version": "2"}))]
 pub struct LatestChange {
     /// An existing live version.
     pub version: String,

@@ -73,6 +73,7 @@ impl QueueList {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
+#[schema(example = json!({"concurrency": 4, "weight": 2, "retain_for": "3d"}))]
 pub struct QueueChange {
     /// Most tasks of this queue running at once (`null`: no limit but the
     /// global one).

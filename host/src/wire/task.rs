@@ -230,6 +230,7 @@ impl CallbackDelivery {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
+#[schema(example = json!({"plugin": "uppercase", "input": "hello", "queue": "emails", "priority": 5, "idempotency_key": "order-42", "max_attempts": 3, "timeout_ms": 5000}))]
 pub struct TaskSubmission {
     /// `name` or `name@version`.
     pub plugin: String,
@@ -295,8 +296,10 @@ impl TaskSubmission {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
+#[schema(example = json!({"tasks": [{"plugin": "uppercase", "input": "a"}, {"plugin": "word-count", "input_base64": "aGVsbG8gd29ybGQ=", "priority": 9}]}))]
 pub struct BatchSubmission {
     /// The tasks.
+    #[schema(value_type = Vec<TaskSubmission>)]
     pub tasks: Vec<Value>,
 }
 
@@ -374,6 +377,7 @@ impl BatchAnswer {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
+#[schema(example = json!({"version": "3"}))]
 pub struct RetryRequest {
     /// Run it on this plugin version instead of the one it pinned.
     #[serde(default)]

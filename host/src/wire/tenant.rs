@@ -156,6 +156,7 @@ impl TenantList {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
+#[schema(example = json!({"quotas": {"submit_per_sec": 100, "max_unfinished": 10000, "max_plugins": 20}}))]
 pub struct TenantChange {
     /// The quotas.
     #[serde(default)]

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 /// read a struct from an array of its fields in order, which no spec is).
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(try_from = "SpecObject")]
+#[schema(example = json!({"name": "report", "input": "hello", "steps": [{"plugin": "fetch", "id": "fetch"}, {"parallel": [{"plugin": "clean"}, {"plugin": "count", "timeout_ms": 2000}]}, {"plugin": "summarise"}], "queue": "reports"}))]
 pub struct FlowSpec {
     /// A name to show.
     #[serde(default)]
