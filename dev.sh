@@ -40,6 +40,7 @@ setup() {
   install_minilm
   install_chromium
   install_prometheus
+  install_clients
 }
 
 # The JavaScript runner embeds QuickJS, which is C: the host's build
@@ -86,6 +87,26 @@ install_chromium() {
   command -v chromium >/dev/null && command -v chromedriver >/dev/null && return
   say "installing Chromium and ChromeDriver (Debian: chromium, chromium-driver) for the console's browser test"
   apt_install chromium chromium-driver
+}
+
+# The Python and TypeScript clients (clients/) are tested against a live
+# server by the suite: the Python one installed (editable, with pytest) into
+# target/venv, the TypeScript one's dev dependencies (the compiler) from
+# its lock file. Node 18 or later runs it (Debian: nodejs, npm).
+install_clients() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    say "installing Node.js and npm (Debian: nodejs, npm) for the TypeScript client"
+    apt_install nodejs npm
+  fi
+  if ! target/venv/bin/python -c 'import taskhost, pytest' 2>/dev/null; then
+    say "installing the Python client (clients/python, editable) and pytest into target/venv"
+    target/venv/bin/pip install --quiet --disable-pip-version-check -e ./clients/python pytest
+  fi
+  local lock=clients/typescript/node_modules/.package-lock.json
+  if [[ ! -f $lock || clients/typescript/package-lock.json -nt $lock ]]; then
+    say "installing the TypeScript client's dev dependencies (npm ci in clients/typescript)"
+    (cd clients/typescript && npm ci --no-audit --no-fund --silent)
+  fi
 }
 
 # The metrics tests run `promtool check metrics` on /metrics and a real

@@ -16,6 +16,8 @@ mod api;
 mod bounds;
 /// `taskhost run` end to end through the binary.
 mod cli;
+/// The Python and TypeScript clients' own suites against a live server.
+mod clients;
 /// The web console in a real headless Chromium: every page, its actions
 /// end to end, no browser errors.
 mod console;

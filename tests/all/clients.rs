@@ -1,0 +1,56 @@
+//! The Python and TypeScript clients (`clients/`) run their own suites
+//! (pytest; `node --test` on the compiled package) against a live
+//! `taskhost serve` with an admin token and the uppercase example plugin.
+//! Each suite also checks its client against `/v1/openapi.json` (every
+//! operation reachable) and runs its README's example verbatim.
+//! `./dev.sh setup` installs what they need (target/venv, npm ci).
+
+use crate::recovery::fresh;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use taskhost_test_artifacts::UPPERCASE;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs `program args` in `dir` against a fresh server, and fails with its
+/// output unless it succeeds within `limit`.
+async fn run_against_a_server(dir: &Path, program: &Path, args: &[&str], limit: Duration) {
+    let (_data, server, admin, _http) = fresh(&[]).await;
+    let mut command = tokio::process::Command::new(program);
+    command
+        .args(args)
+        .current_dir(dir)
+        .env("TASKHOST_URL", &server.base)
+        .env("TASKHOST_TOKEN", &admin)
+        .env("TASKHOST_TEST_PLUGIN", UPPERCASE.path)
+        .env_remove("TASKHOST_SERVER")
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(limit, command.output())
+        .await
+        .unwrap_or_else(|_| panic!("{} {args:?} ran past {limit:?}", program.display()))
+        .unwrap_or_else(|e| panic!("cannot run {}: {e} (run ./dev.sh setup)", program.display()));
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{} {args:?} failed ({}):\n{said}", program.display(), output.status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_client_passes_its_suite_against_a_live_server() {
+    let python = repo().join("target/venv/bin/python");
+    assert!(python.exists(), "no {}: run ./dev.sh setup", python.display());
+    let args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "clients/python/tests"];
+    run_against_a_server(&repo(), &python, &args, Duration::from_secs(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_client_builds_and_passes_its_suite_against_a_live_server() {
+    let dir = repo().join("clients/typescript");
+    assert!(dir.join("node_modules").is_dir(), "no {}/node_modules: run ./dev.sh setup", dir.display());
+    let npm = PathBuf::from("npm");
+    let built = tokio::process::Command::new(&npm).args(["run", "--silent", "build"]).current_dir(&dir).output().await;
+    let built = built.unwrap_or_else(|e| panic!("cannot run npm: {e} (run ./dev.sh setup)"));
+    let said = format!("{}{}", String::from_utf8_lossy(&built.stdout), String::from_utf8_lossy(&built.stderr));
+    assert!(built.status.success(), "npm run build failed:\n{said}");
+    run_against_a_server(&dir, Path::new("node"), &["--test", "test/"], Duration::from_secs(300)).await;
+}
