@@ -14,6 +14,7 @@ import pytest
 from taskhost import (
     ApiError,
     AsyncClient,
+    CallbackSecret,
     Client,
     Conflict,
     Flow,
@@ -27,7 +28,7 @@ from taskhost import (
     UnknownPlugin,
 )
 from taskhost._decode import DecodeError, decode
-from taskhost._sse import SseParser, iter_events, task_event
+from taskhost._sse import SseParser, iter_events, split_lines, task_event
 from taskhost._waiting import flow_target, task_target
 from taskhost.errors import api_error, error_from_response
 
@@ -87,7 +88,7 @@ def test_configuration_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
 def test_task_spec_encodes_each_kind_of_input() -> None:
     assert TaskSpec("p", input=b"\xff\x00").to_json() == {"plugin": "p", "input_base64": "/wA="}
     assert TaskSpec("p", input="é").to_json()["input_base64"] == base64.b64encode("é".encode()).decode()
-    assert TaskSpec("p", json=None).to_json() == {"plugin": "p", "input": None}
+    assert TaskSpec("p", json=None).to_json() == {"plugin": "p", "input_base64": "bnVsbA=="}
     assert TaskSpec("p", json="hi", queue="q", delay_ms=5).to_json() == {
         "plugin": "p",
         "input": "hi",
@@ -175,6 +176,16 @@ def test_sse_parser_assembles_events() -> None:
     events = [event for event in map(parser.feed, lines) if event is not None]
 
     assert [(e.event, e.data, e.id) for e in events] == [("task", '{"a":\n1}', "7-1"), ("message", "x", "7-1")]
+
+
+def test_secrets_stay_out_of_reprs() -> None:
+    secret = CallbackSecret(tenant="t", secret="deadbeef")
+    assert "deadbeef" not in repr(secret) and secret.secret == "deadbeef"
+
+
+def test_lines_end_only_where_sse_ends_them() -> None:
+    chunks = ["data: a\u2028b\u0085c\r", "\ndata: d\re", "vent: x\n\n", "data: tail\r"]
+    assert list(split_lines(chunks)) == ["data: a\u2028b\u0085c", "data: d", "event: x", "", "data: tail"]
 
 
 def test_task_events_are_read_with_keep_alives_between() -> None:

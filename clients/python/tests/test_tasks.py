@@ -24,6 +24,13 @@ from taskhost import (
 NOT_UTF8 = bytes(range(256))
 
 
+def test_a_json_null_input_reaches_the_plugin_as_null(client: Client, plugin: str) -> None:
+    task = client.wait(client.submit(plugin, json=None).id, timeout=10)
+
+    assert client.input(task.id) == b"null"
+    assert task.output_as_bytes() == b"NULL"
+
+
 def test_json_input_runs_and_its_output_parses(client: Client, plugin: str) -> None:
     submitted = client.submit(plugin, json={"word": "hi", "n": [1, 2]})
     assert submitted.created and submitted.state == "pending"

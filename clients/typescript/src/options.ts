@@ -99,7 +99,9 @@ export function submission(request: TaskRequest): TaskSubmission {
   if (inputs > 1) throw new TypeError("give at most one of input, json and input_url");
   const body: TaskSubmission = { ...rest };
   if (input !== undefined) body.input_base64 = toBase64(utf8(input));
-  if (json !== undefined) body.input = json;
+  // The API reads `"input": null` as no input: JSON `null` goes as its bytes.
+  if (json === null) body.input_base64 = toBase64(utf8("null"));
+  else if (json !== undefined) body.input = json;
   if (input_url !== undefined) body.input_url = input_url;
   if (run_at !== undefined) body.run_at = run_at instanceof Date ? run_at.toISOString() : run_at;
   return body;

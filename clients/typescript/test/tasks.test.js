@@ -33,6 +33,12 @@ describe("submit and wait", () => {
     assert.equal(outputJson(task), "HELLO, WORLD");
   });
 
+  test("a JSON null input reaches the plugin as null", async () => {
+    const task = await admin.wait((await admin.submit(plugin, { json: null })).id, WAIT);
+    assert.deepEqual([...(await admin.input(task.id))], [...new TextEncoder().encode("null")]);
+    assert.equal(task.state, "completed");
+  });
+
   test("raw bytes go in exactly, and an output that is not JSON comes back as bytes", async () => {
     // Valid UTF-8 (the plugin refuses anything else) that is not JSON, with a control byte.
     const input = new TextEncoder().encode("straße \u0001 ünïcode");

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import AsyncGenerator, AsyncIterable, Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar, Union
@@ -90,6 +91,45 @@ def log_event(sse: ServerSentEvent) -> LogEvent | None:
     if sse.event == "stopping":
         return LogEvent(kind="stopping", message=data.get("message", ""))
     return None
+
+
+_LINE_END = re.compile(r"\r\n|\r|\n")
+
+
+def _split(pending: str, final: bool) -> tuple[list[str], str]:
+    """The whole lines of ``pending`` and what is left of it. A trailing
+    CR waits for the next text (it may be half of a CRLF) unless ``final``."""
+    hold = not final and pending.endswith("\r")
+    parts = _LINE_END.split(pending[:-1] if hold else pending)
+    rest = parts.pop() + ("\r" if hold else "")
+    if final and rest:
+        parts.append(rest)
+        rest = ""
+    return parts, rest
+
+
+def split_lines(chunks: Iterable[str]) -> Generator[str, None, None]:
+    """A stream's lines, ended only by CRLF, LF or CR as SSE says (unlike
+    ``str.splitlines``, which also splits at U+2028, U+0085 and others that
+    JSON data may carry unescaped)."""
+    pending = ""
+    for chunk in chunks:
+        lines, pending = _split(pending + chunk, final=False)
+        yield from lines
+    lines, _ = _split(pending, final=True)
+    yield from lines
+
+
+async def asplit_lines(chunks: AsyncIterable[str]) -> AsyncGenerator[str, None]:
+    """:func:`split_lines` over an asynchronous stream of text."""
+    pending = ""
+    async for chunk in chunks:
+        lines, pending = _split(pending + chunk, final=False)
+        for line in lines:
+            yield line
+    lines, _ = _split(pending, final=True)
+    for line in lines:
+        yield line
 
 
 def iter_events(

@@ -13,7 +13,7 @@ import httpx
 
 from . import _calls, _config
 from ._calls import Call, PluginSource, Request, Stream
-from ._sse import TaskEvent, aiter_events
+from ._sse import TaskEvent, aiter_events, asplit_lines
 from ._waiting import SETTLE_FIRST, Backoff, Deadline, WaitTarget, flow_target, task_target
 from .errors import ApiError, TransportError, error_from_response
 from .models import (
@@ -134,7 +134,7 @@ class AsyncClient:
                 if not response.is_success:
                     await response.aread()
                     raise error_from_response(response)
-                events = aiter_events(response.aiter_lines(), stream.convert)
+                events = aiter_events(asplit_lines(response.aiter_text()), stream.convert)
                 try:
                     yield events
                 finally:
@@ -186,6 +186,10 @@ class AsyncClient:
                         record = await self._settle(target, deadline)
                         if target.done(record):
                             return record
+                    if deadline.expired():
+                        # A busy stream sends no keep-alive: the caller
+                        # raises the timeout.
+                        return record
         except (ApiError, TransportError):
             pass
         return None

@@ -13,7 +13,7 @@ import httpx
 
 from . import _calls, _config
 from ._calls import Call, PluginSource, Request, Stream
-from ._sse import TaskEvent, iter_events
+from ._sse import TaskEvent, iter_events, split_lines
 from ._waiting import SETTLE_FIRST, Backoff, Deadline, WaitTarget, flow_target, task_target
 from .errors import ApiError, TransportError, error_from_response
 from .models import (
@@ -133,7 +133,7 @@ class Client:
                 if not response.is_success:
                     response.read()
                     raise error_from_response(response)
-                events = iter_events(response.iter_lines(), stream.convert)
+                events = iter_events(split_lines(response.iter_text()), stream.convert)
                 try:
                     yield events
                 finally:
@@ -185,6 +185,10 @@ class Client:
                         record = self._settle(target, deadline)
                         if target.done(record):
                             return record
+                    if deadline.expired():
+                        # A busy stream sends no keep-alive: the caller
+                        # raises the timeout.
+                        return record
         except (ApiError, TransportError):
             pass
         return None

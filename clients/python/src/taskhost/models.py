@@ -611,9 +611,10 @@ class TokenInfo:
 
 @dataclass(frozen=True)
 class TokenCreated(TokenInfo):
-    """A new token; ``token`` is its secret, shown this once."""
+    """A new token; ``token`` is its secret, shown this once (and never in
+    the object's ``repr``, so logging it leaks nothing)."""
 
-    token: str
+    token: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -742,10 +743,11 @@ class AuditPage:
 
 @dataclass(frozen=True)
 class CallbackSecret:
-    """The key (hex) a tenant's callbacks are signed with."""
+    """The key (hex) a tenant's callbacks are signed with (never in the
+    object's ``repr``)."""
 
     tenant: str
-    secret: str
+    secret: str = field(repr=False)
 
 
 @dataclass(frozen=True)

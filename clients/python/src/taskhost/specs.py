@@ -70,7 +70,11 @@ class TaskSpec:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.name == "json":
-                if value is not UNSET:
+                if value is None:
+                    # The API reads `"input": null` as no input: send the
+                    # JSON text `null` as bytes.
+                    body["input_base64"] = base64.b64encode(b"null").decode("ascii")
+                elif value is not UNSET:
                     body["input"] = value
             elif f.name == "input":
                 if value is not None:
