@@ -26,6 +26,7 @@ async fn run_against_a_server(dir: &Path, program: &Path, args: &[&str], limit: 
         .env("TASKHOST_TOKEN", &admin)
         .env("TASKHOST_TEST_PLUGIN", UPPERCASE.path)
         .env_remove("TASKHOST_SERVER")
+        .env_remove("TASKHOST_TENANT")
         .kill_on_drop(true);
     let output = tokio::time::timeout(limit, command.output())
         .await

@@ -71,6 +71,7 @@ RECORD: dict[str, Any] = {
 
 
 def test_configuration_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TASKHOST_TENANT", raising=False)
     monkeypatch.setenv("TASKHOST_SERVER", "http://taskhost.example:8123")
     monkeypatch.setenv("TASKHOST_TOKEN", "th_env")
     with Client(tenant="acme") as client:
@@ -83,6 +84,13 @@ def test_configuration_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.delenv("TASKHOST_TOKEN")
     with Client() as client:
         assert client.base_url == "http://127.0.0.1:7700" and "authorization" not in client._http.headers
+    monkeypatch.setenv("TASKHOST_TOKEN", "th_env")
+    monkeypatch.setenv("TASKHOST_TENANT", "env-tenant")
+    with Client() as client:
+        assert client._http.headers["taskhost-tenant"] == "env-tenant"
+    # An empty string turns the environment's value off.
+    with Client(token="", tenant="") as client:
+        assert "authorization" not in client._http.headers and "taskhost-tenant" not in client._http.headers
 
 
 def test_task_spec_encodes_each_kind_of_input() -> None:

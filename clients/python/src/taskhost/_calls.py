@@ -57,8 +57,9 @@ from .specs import UNSET, Node, RepeatSpec, TaskSpec, flow_spec, rfc3339
 T = TypeVar("T")
 E = TypeVar("E")
 
-PluginSource = Union[bytes, str, "os.PathLike[str]"]
-"""A plugin's code: its bytes, or the path of its file."""
+PluginSource = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]"]
+"""A plugin's code: its bytes, or the path of its file (a ``str`` is a path;
+give a script's source as bytes)."""
 
 
 @dataclass(frozen=True)
@@ -258,8 +259,8 @@ def cancel_flow(flow_id: str) -> Call[Flow]:
 
 def read_source(source: PluginSource) -> bytes:
     """A plugin's bytes: ``source`` itself, or the file it names."""
-    if isinstance(source, bytes):
-        return source
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return bytes(source)
     with open(source, "rb") as file:
         return file.read()
 
