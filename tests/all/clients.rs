@@ -38,8 +38,7 @@ async fn run_against_a_server(dir: &Path, program: &Path, args: &[&str], limit: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_client_passes_its_suite_against_a_live_server() {
-    let python = repo().join("target/venv/bin/python");
-    assert!(python.exists(), "no {}: run ./dev.sh setup", python.display());
+    let python = crate::venv_python();
     let args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "clients/python/tests"];
     run_against_a_server(&repo(), &python, &args, Duration::from_secs(300)).await;
 }

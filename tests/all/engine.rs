@@ -129,7 +129,11 @@ async fn backlogged_queues_share_workers_by_run_time() {
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 let text = engine.metrics_text();
                 let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-                samples.push((at.as_millis() as u64, queues.map(|q| worker_seconds(&text, q))));
+                let charged = queues.map(|q| {
+                    let series = format!("taskhost_worker_seconds_total{{tenant=\"default\",queue=\"{q}\"}}");
+                    crate::metric_value(&text, &series)
+                });
+                samples.push((at.as_millis() as u64, charged));
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             samples
@@ -162,12 +166,6 @@ async fn backlogged_queues_share_workers_by_run_time() {
     );
     let (min, max) = busy.iter().fold((f64::MAX, 0f64), |(a, b), s| (a.min(*s), b.max(*s)));
     assert!((max - min) / max <= 0.25, "worker time (ms) per queue {busy:?} in a {window_ms} ms window");
-}
-
-/// `taskhost_worker_seconds_total` of `queue` in the default tenant.
-fn worker_seconds(metrics: &str, queue: &str) -> f64 {
-    let series = format!("taskhost_worker_seconds_total{{tenant=\"default\",queue=\"{queue}\"}} ");
-    metrics.lines().find_map(|l| l.strip_prefix(&series)).map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 #[tokio::test]

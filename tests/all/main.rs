@@ -171,6 +171,14 @@ pub(crate) fn metric_value(text: &str, series: &str) -> f64 {
         .map_or(0.0, |v| v.trim().parse().unwrap_or_else(|e| panic!("`{series}` has the value `{v}`: {e}")))
 }
 
+/// The Python of `target/venv` (componentize-py, openapi-spec-validator,
+/// the Python client and pytest), or a failure saying how to get it.
+pub(crate) fn venv_python() -> std::path::PathBuf {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv/bin/python");
+    assert!(python.exists(), "no {}: run ./dev.sh setup", python.display());
+    python
+}
+
 /// One sandbox for the whole test binary, as a server would have.
 pub(crate) fn sandbox() -> &'static Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();

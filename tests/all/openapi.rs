@@ -10,11 +10,10 @@ use crate::recovery::fresh;
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::path::Path;
 use taskhost_test_artifacts::UPPERCASE;
 
 fn document() -> Value {
-    serde_json::from_str(&taskhost::api::openapi_json()).unwrap()
+    serde_json::from_str(taskhost::api::openapi_json()).unwrap()
 }
 
 #[test]
@@ -47,8 +46,7 @@ fn the_document_names_every_route_with_its_scope_and_nothing_else() {
 
 #[tokio::test]
 async fn a_real_openapi_validator_accepts_the_document() {
-    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/venv/bin/python");
-    assert!(python.exists(), "no {}: run ./dev.sh setup", python.display());
+    let python = crate::venv_python();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("openapi.json");
     std::fs::write(&file, taskhost::api::openapi_json()).unwrap();

@@ -193,9 +193,15 @@ impl Modify for BearerToken {
 pub(crate) struct ApiDoc;
 
 /// The document, built once.
-pub(crate) fn document_json() -> &'static str {
+fn api() -> &'static utoipa::openapi::OpenApi {
+    static API: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    API.get_or_init(ApiDoc::openapi)
+}
+
+/// The document as JSON (what `GET /v1/openapi.json` answers), built once.
+pub fn openapi_json() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();
-    JSON.get_or_init(|| ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serializes"))
+    JSON.get_or_init(|| api().to_pretty_json().expect("the OpenAPI document serializes"))
 }
 
 /// This document.
@@ -207,7 +213,7 @@ pub(crate) fn document_json() -> &'static str {
     responses((status = 200, description = "The OpenAPI 3.1 document", body = serde_json::Value))
 )]
 pub(crate) async fn document() -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], document_json()).into_response()
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
 
 /// The readable reference: every operation with its parameters, bodies and
@@ -221,16 +227,11 @@ pub(crate) async fn document() -> Response {
 )]
 pub(crate) async fn reference() -> Response {
     static HTML: OnceLock<String> = OnceLock::new();
-    let html = HTML.get_or_init(|| super::reference::render(&ApiDoc::openapi()));
+    let html = HTML.get_or_init(|| super::reference::render(api()));
     let headers = [
         (header::CONTENT_TYPE, "text/html; charset=utf-8"),
         (header::CONTENT_SECURITY_POLICY, "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'"),
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
     ];
     (headers, html.as_str()).into_response()
-}
-
-/// The document as JSON, for tests and tools.
-pub fn openapi_json() -> String {
-    document_json().to_owned()
 }
