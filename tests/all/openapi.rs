@@ -140,7 +140,12 @@ fn schema_errors(doc: &Value, schema: &Value, body: &Value) -> Vec<String> {
         "components": doc["components"],
         "allOf": [schema],
     });
-    let validator = jsonschema::validator_for(&root).unwrap_or_else(|e| panic!("the schema {schema}: {e}"));
+    let validator = jsonschema::options()
+        .should_validate_formats(true)
+        // Times are RFC 3339 in UTC (`Z`), as the wire conventions say.
+        .with_format("date-time", |s: &str| s.ends_with('Z') && humantime::parse_rfc3339(s).is_ok())
+        .build(&root)
+        .unwrap_or_else(|e| panic!("the schema {schema}: {e}"));
     validator.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path())).collect()
 }
 
@@ -150,10 +155,22 @@ fn the_schema_check_refuses_a_body_that_does_not_fit() {
     let task = json!({"$ref": "#/components/schemas/Task"});
     assert!(!schema_errors(&doc, &task, &json!({"id": 5})).is_empty());
     let error = json!({"$ref": "#/components/schemas/ErrorBody"});
-    assert!(schema_errors(&doc, &error, &json!({"error": {"code": "x", "message": "y"}})).is_empty());
     assert!(!schema_errors(&doc, &error, &json!({"error": {"code": 1}})).is_empty());
+    // Codes and failure classes are closed sets in the document.
+    assert!(!schema_errors(&doc, &error, &json!({"error": {"code": "x", "message": "y"}})).is_empty());
+    assert!(schema_errors(&doc, &error, &json!({"error": {"code": "not_found", "message": "y"}})).is_empty());
+    let failure = json!({"$ref": "#/components/schemas/TaskError"});
+    let failed = |class: &str| json!({"class": class, "retryable": false, "message": "m", "backtrace": null});
+    assert!(schema_errors(&doc, &failure, &failed("fuel exhausted")).is_empty());
+    assert!(!schema_errors(&doc, &failure, &failed("bad luck")).is_empty());
     let state = json!({"$ref": "#/components/schemas/TaskState"});
     assert!(!schema_errors(&doc, &state, &json!("finished")).is_empty());
+    // Times are checked: RFC 3339, in UTC.
+    let health = json!({"$ref": "#/components/schemas/Health"});
+    let unhealthy = |since: &str| json!({"status": "unhealthy", "reason": "r", "since": since, "tasks": {}});
+    assert!(schema_errors(&doc, &health, &unhealthy("2026-12-04T15:00:00.000Z")).is_empty());
+    assert!(!schema_errors(&doc, &health, &unhealthy("2026-12-04T17:00:00.000+02:00")).is_empty());
+    assert!(!schema_errors(&doc, &health, &unhealthy("yesterday")).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -222,6 +239,21 @@ async fn live_answers_have_a_documented_status_and_fit_their_schema() {
     loop {
         let task = call!(GET, format!("/v1/tasks/{id}"));
         if task["state"] == "completed" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{task}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // A failure (its class is in the document's closed set) whose callback
+    // is refused at delivery (its state likewise).
+    let failing =
+        json!({"plugin": "uppercase", "fuel": 1, "max_attempts": 1, "callback_url": "http://localhost:9/hook"});
+    let failing = call!(POST, "/v1/tasks".into(), json failing);
+    let failing = failing["id"].as_str().unwrap().to_owned();
+    loop {
+        let task = call!(GET, format!("/v1/tasks/{failing}"));
+        if task["state"] == "failed" && task["callback"]["state"] == "failed" {
+            assert_eq!(task["error"]["class"], "fuel exhausted", "{task}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{task}");

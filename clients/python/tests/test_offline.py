@@ -58,6 +58,7 @@ RECORD: dict[str, Any] = {
     "idempotency_key": None,
     "parent_id": None,
     "flow_id": "01a24138-0dbe-71b7-ae88-214af4758d4b",
+    "depth": 0,
     "step": None,
     "iteration": 0,
     "after": [],

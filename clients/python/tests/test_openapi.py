@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from taskhost import OPERATIONS, AsyncClient, Client, TaskSpec
+from taskhost import ERROR_CODES, FAILURE_CLASSES, OPERATIONS, AsyncClient, Client, TaskSpec
 
 # Options that are arguments of another name.
 RENAMED: dict[tuple[str, str], str] = {
@@ -80,6 +80,13 @@ def test_task_spec_is_the_task_submission(document: dict[str, Any]) -> None:
     assert fields == set(schema["properties"])
     submit = set(inspect.signature(Client.submit).parameters) - {"self", "traceparent"}
     assert submit == {f.name for f in dataclasses.fields(TaskSpec)}
+
+
+def test_error_codes_and_failure_classes_are_the_documents(document: dict[str, Any]) -> None:
+    schemas = document["components"]["schemas"]
+
+    assert sorted(ERROR_CODES) == sorted(schemas["ErrorCode"]["enum"])
+    assert sorted(FAILURE_CLASSES) == sorted(schemas["FailureClass"]["enum"])
 
 
 def body_fields(document: dict[str, Any], operation: dict[str, Any]) -> set[str]:

@@ -8,33 +8,41 @@
  */
 
 /**
- * The codes the server documents (`ErrorDetail.code`). The server may add
- * others; `code` is then that string, and a body that is not an error
- * document (say, a proxy's page) gets `http_error`.
+ * The codes the server documents (the OpenAPI document's `ErrorCode`, with
+ * each one's status and meaning; a test holds this list to it).
  */
-export type ErrorCode =
-  | "invalid_request"
-  | "malformed_json"
-  | "unauthorized"
-  | "forbidden"
-  | "not_found"
-  | "unknown_plugin"
-  | "request_timeout"
-  | "conflict"
-  | "limit_reached"
-  | "payload_too_large"
-  | "quota_exceeded"
-  | "unsupported_media_type"
-  | "invalid_plugin"
-  | "invalid_model"
-  | "compile_timeout"
-  | "storage_error"
-  | "overloaded"
-  | "store_unwritable"
-  | "store_unavailable"
-  | "unavailable"
-  | "http_error"
-  | (string & {});
+export const ERROR_CODES = [
+  "invalid_request",
+  "malformed_json",
+  "bad_body",
+  "unauthorized",
+  "forbidden",
+  "not_found",
+  "unknown_plugin",
+  "no_models",
+  "request_timeout",
+  "conflict",
+  "limit_reached",
+  "payload_too_large",
+  "unsupported_media_type",
+  "invalid_plugin",
+  "compile_timeout",
+  "invalid_model",
+  "quota_exceeded",
+  "storage_error",
+  "internal_error",
+  "overloaded",
+  "unavailable",
+  "store_unwritable",
+  "store_unavailable",
+] as const;
+
+/**
+ * An error's code: one of {@link ERROR_CODES}; `http_error` for a body that
+ * is not an error document (say, a proxy's page); or a code a newer server
+ * added, as its string.
+ */
+export type ErrorCode = (typeof ERROR_CODES)[number] | "http_error" | (string & {});
 
 /** A request the server refused: its HTTP status and the body's `{"error": {"code", "message"}}`. */
 export class TaskhostError extends Error {

@@ -7,7 +7,8 @@
 
 export { TaskhostClient } from "./client.js";
 export { DEFAULT_SERVER, type ClientOptions, type RequestOptions } from "./http.js";
-export { TaskhostError, TaskhostConnectionError, WaitTimeoutError, type ErrorCode } from "./errors.js";
+export { ERROR_CODES, TaskhostError, TaskhostConnectionError, WaitTimeoutError, type ErrorCode } from "./errors.js";
+export { FAILURE_CLASSES } from "./types.js";
 export { TERMINAL_STATES, isTerminal, isRefusal, outputBytes, outputJson } from "./records.js";
 export { toBase64, fromBase64 } from "./bytes.js";
 export { EventStream } from "./sse.js";

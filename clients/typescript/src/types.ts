@@ -7,6 +7,8 @@
  * @module
  */
 
+import type { ErrorCode } from "./errors.js";
+
 /** A JSON value as the API carries it (an `input`, an `output`). */
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 
@@ -14,7 +16,7 @@ export type Json = null | boolean | number | string | Json[] | { [key: string]: 
 
 /** `ErrorDetail`: a refusal's stable code and a message for people. */
 export interface ErrorDetail {
-  code: string;
+  code: ErrorCode;
   message: string;
 }
 
@@ -46,10 +48,32 @@ export interface TaskLimits {
   host_bytes: number;
 }
 
+/**
+ * The failure classes the server documents (the OpenAPI document's
+ * `FailureClass`, with what each means; a test holds this list to it).
+ */
+export const FAILURE_CLASSES = [
+  "fuel exhausted",
+  "memory limit exceeded",
+  "timeout",
+  "stack overflow",
+  "trap",
+  "plugin error",
+  "output too large",
+  "invalid plugin",
+  "cancelled",
+  "host error",
+  "host budget exceeded",
+  "input fetch failed",
+] as const;
+
+/** Why an attempt failed: one of {@link FAILURE_CLASSES}, or a class a newer server added. */
+export type FailureClass = (typeof FAILURE_CLASSES)[number] | (string & {});
+
 /** `TaskError`: why a task's last attempt failed. */
 export interface TaskError {
-  /** The failure class (`trap`, `timeout`, `plugin error`, ...). */
-  class: string;
+  /** The failure class: one of {@link FAILURE_CLASSES}, or a class a newer server added. */
+  class: FailureClass;
   retryable: boolean;
   message: string;
   /** The wasm backtrace of a trap. */
@@ -89,6 +113,8 @@ export interface Task extends Output {
   /** The submitting task. */
   parent_id?: string | null;
   flow_id: string;
+  /** How many submissions deep in its flow (0 for a task submitted from outside). */
+  depth: number;
   /** A declared flow's step name. */
   step?: string | null;
   iteration: number;

@@ -5,14 +5,17 @@
 
 import assert from "node:assert/strict";
 import { before, test } from "node:test";
-import { OPERATIONS, TaskhostClient } from "../dist/index.js";
+import { ERROR_CODES, FAILURE_CLASSES, OPERATIONS, TaskhostClient } from "../dist/index.js";
 import { client } from "../test-support/live.js";
 
 /** operationId → { method, path } from the live server's document. */
 const operations = new Map();
+/** The document's closed sets, by schema name. */
+let schemas = {};
 
 before(async () => {
   const spec = await client().openapi();
+  schemas = spec.components.schemas;
   for (const [path, item] of Object.entries(spec.paths)) {
     for (const [method, operation] of Object.entries(item)) {
       if (operation?.operationId) operations.set(operation.operationId, { method: method.toUpperCase(), path });
@@ -112,4 +115,9 @@ test("each mapped method sends its operation's method and path", async () => {
     }
   }
   assert.deepEqual(wrong, []);
+});
+
+test("ERROR_CODES and FAILURE_CLASSES are the document's", () => {
+  assert.deepEqual([...ERROR_CODES].sort(), [...schemas.ErrorCode.enum].sort());
+  assert.deepEqual([...FAILURE_CLASSES].sort(), [...schemas.FailureClass.enum].sort());
 });

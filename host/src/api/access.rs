@@ -13,6 +13,7 @@ use crate::auth::{Auth, AuthError, Caller, NewToken, Scope, Scopes};
 use crate::engine::Engine;
 use crate::tenant::Namespace;
 use crate::wire;
+use crate::wire::ErrorCode;
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Extension, Query, Request, State};
@@ -119,11 +120,7 @@ fn namespace(engine: &Engine, caller: &Caller, headers: &axum::http::HeaderMap) 
         return Ok(Namespace::new(tenant));
     }
     caller.require(Scope::Admin).map_err(|_| {
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("only an admin token may act in another tenant ({TENANT_HEADER})"),
-        )
+        ApiError::new(ErrorCode::Forbidden, format!("only an admin token may act in another tenant ({TENANT_HEADER})"))
     })?;
     crate::names::name(crate::names::NameKind::Tenant, tenant)?;
     if !engine.tenant_exists(tenant) {
@@ -175,30 +172,27 @@ async fn check(
     });
     match done.await {
         Ok(response) => response,
-        Err(e) => {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("the request failed: {e}"))
-                .into_response()
-        }
+        Err(e) => ApiError::new(ErrorCode::InternalError, format!("the request failed: {e}")).into_response(),
     }
 }
 
 impl From<AuthError> for ApiError {
     fn from(e: AuthError) -> Self {
-        let (status, code) = match &e {
+        let code = match &e {
             AuthError::Missing | AuthError::Malformed | AuthError::Unknown | AuthError::Expired(_) => {
-                (StatusCode::UNAUTHORIZED, "unauthorized")
+                ErrorCode::Unauthorized
             }
-            AuthError::Forbidden { .. } | AuthError::Refused(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            AuthError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            AuthError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            AuthError::TooMany => (StatusCode::CONFLICT, "limit_reached"),
+            AuthError::Forbidden { .. } | AuthError::Refused(_) => ErrorCode::Forbidden,
+            AuthError::Invalid(_) => ErrorCode::InvalidRequest,
+            AuthError::NotFound(_) => ErrorCode::NotFound,
+            AuthError::TooMany => ErrorCode::LimitReached,
             AuthError::Store(_) => {
                 let AuthError::Store(store) = e else { unreachable!() };
                 return crate::engine::EngineError::Store(store).into();
             }
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            _ => ErrorCode::InternalError,
         };
-        Self::new(status, code, e.to_string())
+        Self::new(code, e.to_string())
     }
 }
 
@@ -254,9 +248,7 @@ pub(crate) async fn create_token(
         Ok::<_, AuthError>(created)
     })
     .await
-    .map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("the request failed: {e}"))
-    })??;
+    .map_err(|e| ApiError::new(ErrorCode::InternalError, format!("the request failed: {e}")))??;
     Ok((StatusCode::CREATED, Json(wire::TokenCreated::new(&created.id, &created.stored, created.token)))
         .into_response())
 }
@@ -423,9 +415,9 @@ pub(crate) async fn audit(
         return Err(ApiError::invalid("limit must be 1-1000"));
     }
     let before = query.before.as_deref().map(super::parse_id).transpose()?;
-    let entries = tokio::task::spawn_blocking(move || access.auth.audit(before, limit)).await.map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("a read failed: {e}"))
-    })??;
+    let entries = tokio::task::spawn_blocking(move || access.auth.audit(before, limit))
+        .await
+        .map_err(|e| ApiError::new(ErrorCode::InternalError, format!("a read failed: {e}")))??;
     let full = entries.len() == limit;
     let records = entries.iter().map(|(id, e)| wire::AuditRecord::new(*id, e)).collect();
     Ok(Json(wire::AuditPage::new(records, full)))

@@ -3,7 +3,7 @@
 
 use crate::engine::EngineError;
 use crate::store::StoreError;
-use crate::wire::ErrorBody;
+use crate::wire::{ErrorBody, ErrorCode};
 use axum::extract::FromRequestParts;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 #[derive(Debug)]
 pub(crate) struct ApiError {
     pub(crate) status: StatusCode,
-    pub(crate) code: &'static str,
+    pub(crate) code: ErrorCode,
     pub(crate) message: String,
     /// Seconds after which a refused request may be tried again (sent as
     /// `Retry-After` with 429 and 503 answers).
@@ -22,25 +22,27 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    pub(crate) fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    /// A refusal with `code` and the status the code publishes.
+    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         Self { status, code, message: message.into(), retry_after: None }
     }
 
     /// The host is at a bound (a full queue): try again in a second.
     pub(crate) fn overloaded(message: impl Into<String>) -> Self {
-        Self { retry_after: Some(1), ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", message) }
+        Self { retry_after: Some(1), ..Self::new(ErrorCode::Overloaded, message) }
     }
 
     /// The store cannot write now (a full disk): try again later.
     pub(crate) fn unwritable(message: impl Into<String>) -> Self {
         Self {
             retry_after: Some(super::health::UNWRITABLE_RETRY_AFTER),
-            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unwritable", message)
+            ..Self::new(ErrorCode::StoreUnwritable, message)
         }
     }
 
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        Self::new(ErrorCode::InvalidRequest, message)
     }
 
     /// The error's body.
@@ -53,7 +55,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() && self.retry_after.is_none() {
             // The client sees the message; the operator must see it too.
-            tracing::error!(status = %self.status, code = self.code, message = %self.message, "request failed");
+            tracing::error!(status = %self.status, code = self.code.as_str(), message = %self.message, "request failed");
         }
         let (status, retry_after) = (self.status, self.retry_after);
         let mut response = (status, axum::Json(self.body())).into_response();
@@ -78,29 +80,29 @@ impl From<EngineError> for ApiError {
                 StoreError::Unwritable { .. } => Self::unwritable(e.to_string()),
                 _ => Self {
                     retry_after: Some(super::health::UNWRITABLE_RETRY_AFTER),
-                    ..Self::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", e.to_string())
+                    ..Self::new(ErrorCode::StoreUnavailable, e.to_string())
                 },
             };
         }
         if let EngineError::QuotaExceeded { retry_after_secs, .. } = &e {
             let retry_after = *retry_after_secs;
-            return Self { retry_after, ..Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", e.to_string()) };
+            return Self { retry_after, ..Self::new(ErrorCode::QuotaExceeded, e.to_string()) };
         }
-        let (status, code) = match &e {
-            EngineError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            EngineError::UnknownTenant(_) => (StatusCode::NOT_FOUND, "not_found"),
+        let code = match &e {
+            EngineError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            EngineError::UnknownTenant(_) => ErrorCode::NotFound,
             EngineError::QuotaExceeded { .. } => unreachable!("answered above"),
-            EngineError::UnknownPlugin(_) => (StatusCode::NOT_FOUND, "unknown_plugin"),
-            EngineError::InvalidPlugin(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin"),
-            EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            EngineError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            EngineError::Overloaded(_) => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
-            EngineError::LimitReached(_) => (StatusCode::CONFLICT, "limit_reached"),
-            EngineError::CompileTimeout(_) => (StatusCode::UNPROCESSABLE_ENTITY, "compile_timeout"),
-            EngineError::Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
+            EngineError::UnknownPlugin(_) => ErrorCode::UnknownPlugin,
+            EngineError::InvalidPlugin(_) => ErrorCode::InvalidPlugin,
+            EngineError::NotFound(_) => ErrorCode::NotFound,
+            EngineError::Conflict(_) => ErrorCode::Conflict,
+            EngineError::Unavailable(_) => ErrorCode::Unavailable,
+            EngineError::Overloaded(_) => ErrorCode::Overloaded,
+            EngineError::LimitReached(_) => ErrorCode::LimitReached,
+            EngineError::CompileTimeout(_) => ErrorCode::CompileTimeout,
+            EngineError::Store(_) => ErrorCode::StorageError,
         };
-        Self::new(status, code, e.to_string())
+        Self::new(code, e.to_string())
     }
 }
 
@@ -115,14 +117,11 @@ impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {
             JsonRejection::JsonDataError(e) => Self::invalid(format!("the JSON body does not fit: {}", e.body_text())),
-            JsonRejection::JsonSyntaxError(e) => Self::new(
-                StatusCode::BAD_REQUEST,
-                "malformed_json",
-                format!("the body is not valid JSON: {}", e.body_text()),
-            ),
+            JsonRejection::JsonSyntaxError(e) => {
+                Self::new(ErrorCode::MalformedJson, format!("the body is not valid JSON: {}", e.body_text()))
+            }
             JsonRejection::MissingJsonContentType(_) => Self::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
+                ErrorCode::UnsupportedMediaType,
                 "send the body as JSON with `content-type: application/json`",
             ),
             JsonRejection::BytesRejection(e) => body_rejection(e.status(), e.body_text()),
@@ -141,9 +140,8 @@ impl From<PathRejection> for ApiError {
     fn from(r: PathRejection) -> Self {
         // A path that does not decode (not UTF-8, not the type) is the
         // client's; the other rejections are routing mistakes, ours.
-        let status = r.status();
-        let code = if status.is_client_error() { "invalid_request" } else { "internal" };
-        Self::new(status, code, format!("bad path: {}", r.body_text()))
+        let code = if r.status().is_client_error() { ErrorCode::InvalidRequest } else { ErrorCode::InternalError };
+        Self::new(code, format!("bad path: {}", r.body_text()))
     }
 }
 
@@ -163,9 +161,9 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Path<T>
 
 pub(crate) fn body_rejection(status: StatusCode, text: String) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::new(status, "payload_too_large", format!("the body is too large: {text}"))
+        ApiError::new(ErrorCode::PayloadTooLarge, format!("the body is too large: {text}"))
     } else {
-        ApiError::new(status, "bad_body", text)
+        ApiError::new(ErrorCode::BadBody, text)
     }
 }
 
@@ -191,7 +189,7 @@ mod tests {
         assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "5");
         let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
         let failed = ApiError::from(EngineError::Store(StoreError::Storage(redb::Error::Io(io))));
-        assert_eq!((failed.status, failed.code), (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"));
+        assert_eq!((failed.status, failed.code), (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable));
         let poisoned = ApiError::from(EngineError::Store(StoreError::Storage(redb::Error::PreviousIo)));
         assert_eq!((poisoned.status, poisoned.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(5)));
         let corrupt = ApiError::from(EngineError::Store(StoreError::Corrupt("bad".into())));

@@ -9,7 +9,7 @@ use crate::engine::Engine;
 use crate::names::NameKind;
 use crate::store::{Subscription, TaskEvent, TaskState};
 use crate::tenant::Namespace;
-use crate::wire::{EventsMissed, TaskMoved, event_id, parse_event_id};
+use crate::wire::{EventsMissed, MissedReason, TaskMoved, event_id, parse_event_id};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Extension, Query, State};
 use axum::http::HeaderMap;
@@ -82,8 +82,8 @@ impl Filter {
     }
 }
 
-fn missed(reason: &str, message: String) -> Event {
-    let body = EventsMissed { reason: reason.into(), message };
+fn missed(reason: MissedReason, message: String) -> Event {
+    let body = EventsMissed { reason, message };
     Event::default().event("missed").json_data(&body).unwrap_or_default()
 }
 
@@ -119,7 +119,7 @@ pub(super) async fn events(
     let Subscription { run, replay, gap, live } = subscription;
     let first = gap.then(|| {
         missed(
-            "gap",
+            MissedReason::Gap,
             "events after the one given are no longer kept (or are from before a restart): read the tasks' \
              records for what happened meanwhile"
                 .into(),
@@ -150,7 +150,7 @@ pub(super) async fn events(
                             "this subscriber fell {n} events behind and is dropped; subscribe again with the \
                              last event id seen"
                         );
-                        return Some((missed("too_slow", message), None));
+                        return Some((missed(MissedReason::TooSlow, message), None));
                     }
                     Err(RecvError::Closed) => return None,
                 }

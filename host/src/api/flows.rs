@@ -31,7 +31,8 @@ fn owned(engine: &Engine, ns: &Namespace, id: uuid::Uuid) -> Result<FlowView, En
         super::openapi::Refused,
         super::openapi::BodyRefused,
         (status = 201, description = "The flow, with its task tree", body = Flow),
-        (status = 400, description = "A spec that does not fit, does not form a DAG, or names a plugin that does not exist (`invalid_request`)", body = crate::wire::ErrorBody),
+        (status = 400, description = "A spec that does not fit or does not form a DAG (`invalid_request`)", body = crate::wire::ErrorBody),
+        (status = 404, description = "A step names a plugin (or version) the tenant does not have (`unknown_plugin`, naming the step)", body = crate::wire::ErrorBody),
         (status = 429, description = "A tenant quota is used up (`quota_exceeded`)", body = crate::wire::ErrorBody, headers(("Retry-After" = u32, description = "Seconds until the quota allows it")))
     ),
     security(("token" = ["submit"]))

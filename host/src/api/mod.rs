@@ -30,6 +30,7 @@ use crate::registry::{MAX_PLUGIN_BYTES, Manifest, RegistryError, VersionState};
 use crate::store::{TaskRecord, TaskState};
 use crate::tenant::Namespace;
 use crate::wire;
+use crate::wire::ErrorCode;
 use access::{audited, guard, needs};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Extension, Query, State};
@@ -114,7 +115,7 @@ pub fn router(engine: Engine, access: Arc<Access>) -> Router {
         .route("/v1/audit", g(needs(Admin), get(access::audit)))
         .route("/v1/callbacks/secret", g(audited(Submit, "callbacks.secret"), get(access::callback_secret)))
         .merge(console::router())
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint; see README.md") })
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "no such endpoint; see README.md") })
         .layer(axum::middleware::from_fn_with_state(engine.clone(), health::refuse_writes_while_unwritable))
         .layer(Extension(access.clone()))
         .with_state(engine.clone())
@@ -125,7 +126,7 @@ pub fn router(engine: Engine, access: Arc<Access>) -> Router {
 pub fn metrics_router(engine: Engine) -> Router {
     Router::new()
         .route("/metrics", get(metrics::metrics))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "only /metrics is served here") })
+        .fallback(|| async { ApiError::new(ErrorCode::NotFound, "only /metrics is served here") })
         .with_state(engine)
 }
 
@@ -201,7 +202,7 @@ struct UploadQuery {
 fn too_large(e: RegistryError) -> ApiError {
     match e {
         RegistryError::TooLarge { .. } => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is too large: {e}"))
+            ApiError::new(ErrorCode::PayloadTooLarge, format!("the body is too large: {e}"))
         }
         other => crate::engine::EngineError::from(other).into(),
     }
@@ -257,8 +258,7 @@ async fn add_plugin(
     let (slot, mut staging) = engine.begin_plugin_upload(&key, query.version.as_deref()).await?;
     let mut body = body.into_data_stream();
     while let Some(chunk) = body.next().await {
-        let chunk =
-            chunk.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_body", format!("reading the body: {e}")))?;
+        let chunk = chunk.map_err(|e| ApiError::new(ErrorCode::BadBody, format!("reading the body: {e}")))?;
         staging.write(&chunk).await.map_err(too_large)?;
     }
     let staged = staging.finish().await.map_err(too_large)?;
@@ -567,9 +567,7 @@ pub(crate) async fn read<T: Send + 'static>(
     let engine = engine.clone();
     match tokio::task::spawn_blocking(move || read(&engine)).await {
         Ok(result) => Ok(result?),
-        Err(e) => {
-            Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", format!("a read failed: {e}")))
-        }
+        Err(e) => Err(ApiError::new(ErrorCode::InternalError, format!("a read failed: {e}"))),
     }
 }
 

@@ -5,6 +5,7 @@ use super::{ApiError, ApiResult, Path};
 use crate::engine::Engine;
 use crate::inference::{ModelSpec, ModelView, Models, ModelsError};
 use crate::tenant::Namespace;
+use crate::wire::ErrorCode;
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Extension, State};
@@ -13,20 +14,21 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 fn models(engine: &Engine) -> ApiResult<Models> {
-    engine.models().cloned().ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, "no_models", "this host serves no models (start it with `--models FILE`)")
-    })
+    engine
+        .models()
+        .cloned()
+        .ok_or_else(|| ApiError::new(ErrorCode::NoModels, "this host serves no models (start it with `--models FILE`)"))
 }
 
 impl From<ModelsError> for ApiError {
     fn from(e: ModelsError) -> Self {
-        let (status, code) = match &e {
-            ModelsError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            ModelsError::Load(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_model"),
-            ModelsError::Write(_) => (StatusCode::INTERNAL_SERVER_ERROR, "storage_error"),
-            ModelsError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+        let code = match &e {
+            ModelsError::Invalid(_) => ErrorCode::InvalidRequest,
+            ModelsError::Load(_) => ErrorCode::InvalidModel,
+            ModelsError::Write(_) => ErrorCode::StorageError,
+            ModelsError::NotFound(_) => ErrorCode::NotFound,
         };
-        ApiError::new(status, code, e.to_string())
+        ApiError::new(code, e.to_string())
     }
 }
 
@@ -88,7 +90,7 @@ pub(super) async fn get(
     let view = models(&engine)?
         .model(&name)
         .and_then(|view| in_namespace(view, &ns))
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no model named `{name}`")))?;
+        .ok_or_else(|| ApiError::new(ErrorCode::NotFound, format!("no model named `{name}`")))?;
     Ok(Json(view).into_response())
 }
 
@@ -139,7 +141,7 @@ pub(super) async fn put(State(engine): State<Engine>, body: Result<Json<Value>, 
     let replaced = models.model(&name).is_some();
     let view = tokio::task::spawn_blocking(move || models.put(&name, spec))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+        .map_err(|e| ApiError::new(ErrorCode::InternalError, e.to_string()))??;
     let status = if replaced { StatusCode::OK } else { StatusCode::CREATED };
     Ok((status, Json(view)).into_response())
 }
@@ -162,6 +164,6 @@ pub(super) async fn remove(State(engine): State<Engine>, Path(name): Path<String
     let removed = name.clone();
     tokio::task::spawn_blocking(move || models.remove(&removed))
         .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+        .map_err(|e| ApiError::new(ErrorCode::InternalError, e.to_string()))??;
     Ok(Json(crate::wire::ModelRemoved::new(name)).into_response())
 }

@@ -32,14 +32,17 @@ pub(crate) enum Refused {
     #[response(status = 403)]
     Forbidden(ErrorBody),
     /// What the route names does not exist in the tenant, or the tenant
-    /// named by `Taskhost-Tenant` does not (`not_found`).
+    /// named by `Taskhost-Tenant` does not (`not_found`; `unknown_plugin`
+    /// for a plugin a task or flow step names).
     #[response(status = 404)]
     NotFound(ErrorBody),
-    /// The store failed (`storage_error`).
+    /// The store failed (`storage_error`), or the host did
+    /// (`internal_error`).
     #[response(status = 500)]
     Internal(ErrorBody),
-    /// The host is busy (`overloaded`), stopping (`unavailable`), or cannot
-    /// write (`store_unwritable`, on writes).
+    /// The host is busy (`overloaded`), stopping (`unavailable`), cannot
+    /// write (`store_unwritable`, on writes), or is reopening its store
+    /// (`store_unavailable`).
     #[response(status = 503, headers(("Retry-After" = u32, description = "Seconds to wait before trying again")))]
     Unavailable(ErrorBody),
 }

@@ -9,9 +9,10 @@
 //! in the listen backlog until one ends.
 
 use super::ApiError;
+use crate::wire::ErrorCode;
 use axum::Router;
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{Request, header};
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -340,7 +341,7 @@ async fn serve_io<I>(
 fn body_timeout_response(timeout: Duration) -> Response {
     let message =
         format!("the request body did not arrive within {} (`--body-timeout`)", humantime::format_duration(timeout));
-    let mut response = ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", message).into_response();
+    let mut response = ApiError::new(ErrorCode::RequestTimeout, message).into_response();
     response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
     response
 }

@@ -7,7 +7,7 @@ use super::logs::{closed_pipe_is_fine, print_json_line};
 use super::{EXIT_TASK_FAILED, EXIT_USAGE};
 use clap::Args;
 use std::process::ExitCode;
-use taskhost::wire::{self, EventsMissed, TaskMoved};
+use taskhost::wire::{self, EventsMissed, MissedReason, TaskMoved};
 
 #[derive(Debug, Args)]
 pub(crate) struct EventsArgs {
@@ -55,7 +55,7 @@ async fn run(args: EventsArgs) -> Result<ExitCode, Failure> {
             "missed" => {
                 let missed: EventsMissed = serde_json::from_str(&sse.data).map_err(|e| unreadable(&e, &sse.data))?;
                 eprintln!("taskhost: events missed ({}): {}", missed.reason, missed.message);
-                if missed.reason == "too_slow" {
+                if missed.reason == MissedReason::TooSlow {
                     return Ok(ExitCode::from(EXIT_TASK_FAILED));
                 }
                 Ok(())

@@ -23,6 +23,7 @@ pub struct TokenRequest {
     pub tenant: Option<String>,
     /// When it stops working (RFC 3339); never when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
 }
 
@@ -53,10 +54,12 @@ pub struct TokenInfo {
     /// Its scopes.
     pub scopes: Vec<String>,
     /// When it was made.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Name of the token that made it (`serve` for the bootstrap token).
     pub created_by: String,
     /// When it stops working, if ever.
+    #[schema(format = DateTime)]
     pub expires_at: Option<String>,
 }
 
@@ -149,6 +152,7 @@ pub struct AuditRecord {
     /// Its id (pass as `before` for the next page).
     pub id: Uuid,
     /// When.
+    #[schema(format = DateTime)]
     pub at: String,
     /// The acting token's id.
     pub token_id: String,

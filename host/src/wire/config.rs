@@ -82,6 +82,7 @@ pub struct ConfigView {
     /// The configuration file, if the server has one.
     pub file: Option<String>,
     /// When the file's settings now in force were applied.
+    #[schema(format = DateTime)]
     pub applied_at: Option<String>,
     /// Why the last change to the file was refused (the settings applied
     /// before stay in force); `null` once a change applies.

@@ -16,6 +16,7 @@ pub struct TaskMoved {
     /// Its number in this run of the host, in commit order.
     pub seq: u64,
     /// When it was committed.
+    #[schema(format = DateTime)]
     pub at: String,
     /// The task.
     pub id: Uuid,
@@ -96,10 +97,30 @@ impl Default for Stopping {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct EventsMissed {
-    /// `gap` or `too_slow`.
-    pub reason: String,
+    /// Why events are missing.
+    pub reason: MissedReason,
     /// What to do about it.
     pub message: String,
+}
+
+/// Why a stream misses events (`EventsMissed.reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MissedReason {
+    /// Resumed after events no longer kept, or from before a restart.
+    Gap,
+    /// The subscriber read too slowly and is dropped; the stream ends.
+    TooSlow,
+}
+
+impl std::fmt::Display for MissedReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Gap => "gap",
+            Self::TooSlow => "too_slow",
+        })
+    }
 }
 
 #[cfg(test)]

@@ -22,8 +22,10 @@ pub struct Flow {
     /// `running`, `completed`, `failed` or `cancelled`.
     pub state: FlowState,
     /// Created.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Ended.
+    #[schema(format = DateTime)]
     pub finished_at: Option<String>,
     /// From creation to the end.
     pub duration_ms: Option<u64>,
@@ -31,6 +33,7 @@ pub struct Flow {
     pub iteration: u32,
     /// When the current iteration of a repeating flow was due (after the
     /// first).
+    #[schema(format = DateTime)]
     pub next_iteration_at: Option<String>,
     /// A repeating flow's rule.
     pub repeat: Option<FlowRepeat>,
@@ -121,10 +124,13 @@ pub struct FlowNode {
     /// Tasks it joins.
     pub after: Vec<Uuid>,
     /// Submitted.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Last attempt started.
+    #[schema(format = DateTime)]
     pub started_at: Option<String>,
     /// Ended.
+    #[schema(format = DateTime)]
     pub finished_at: Option<String>,
     /// From the last start to the end.
     pub run_ms: Option<u64>,
@@ -341,8 +347,10 @@ pub struct FlowSummary {
     /// `running`, `completed`, `failed` or `cancelled`.
     pub state: FlowState,
     /// Created.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Ended.
+    #[schema(format = DateTime)]
     pub finished_at: Option<String>,
     /// The current iteration, from 0.
     pub iteration: u32,

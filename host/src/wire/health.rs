@@ -10,27 +10,44 @@ use std::collections::{BTreeMap, HashMap};
 #[non_exhaustive]
 pub struct Health {
     /// `ok`, or `unhealthy` while the store cannot write (a full disk).
-    pub status: String,
+    pub status: HealthStatus,
     /// Why the host is unhealthy (absent when it is not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Since when it is unhealthy (RFC 3339; absent when it is not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub since: Option<String>,
     /// Tasks per state, all queues.
     pub tasks: BTreeMap<TaskState, i64>,
 }
 
+/// Whether the host can do its work (`Health.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HealthStatus {
+    /// Serving (200).
+    Ok,
+    /// Up but unable to do its work, e.g. the store cannot write (503).
+    Unhealthy,
+}
+
 impl Health {
     /// A healthy host with these task counts.
     pub fn new(counts: &HashMap<TaskState, i64>) -> Self {
-        Self { status: "ok".into(), reason: None, since: None, tasks: counts.iter().map(|(s, n)| (*s, *n)).collect() }
+        Self {
+            status: HealthStatus::Ok,
+            reason: None,
+            since: None,
+            tasks: counts.iter().map(|(s, n)| (*s, *n)).collect(),
+        }
     }
 
     /// A host that is up but cannot do its work: `reason` since `since_ms`.
     pub fn unhealthy(counts: &HashMap<TaskState, i64>, reason: String, since_ms: u64) -> Self {
         Self {
-            status: "unhealthy".into(),
+            status: HealthStatus::Unhealthy,
             reason: Some(reason),
             since: Some(super::time(since_ms)),
             ..Self::new(counts)
@@ -39,7 +56,7 @@ impl Health {
 
     /// Whether `status` is `ok`.
     pub fn is_ok(&self) -> bool {
-        self.status == "ok"
+        self.status == HealthStatus::Ok
     }
 }
 

@@ -17,6 +17,7 @@ pub struct LogLine {
     /// (see [`TaskLogs::dropped`]).
     pub seq: u64,
     /// When it was written.
+    #[schema(format = DateTime)]
     pub at: String,
     /// `log` (the WIT `log` interface), `stdout` or `stderr`.
     pub stream: Stream,

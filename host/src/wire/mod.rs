@@ -43,10 +43,10 @@ pub mod tenant;
 pub use access::{
     AuditPage, AuditRecord, CallbackSecret, TokenCreated, TokenInfo, TokenList, TokenRequest, TokenRevoked,
 };
-pub use error::{ErrorBody, ErrorDetail};
-pub use events::{EventsMissed, Stopping, TaskMoved, event_id, parse_event_id};
+pub use error::{ErrorBody, ErrorCode, ErrorDetail};
+pub use events::{EventsMissed, MissedReason, Stopping, TaskMoved, event_id, parse_event_id};
 pub use flow::{Flow, FlowNode, FlowPage, FlowRepeat, FlowSummary, FlowTasks, RepeatRule};
-pub use health::Health;
+pub use health::{Health, HealthStatus};
 pub use logs::{LogEvent, LogLine, LogsDropped, TaskLogs};
 pub use plugin::{
     LatestChange, ManifestSet, Plugin, PluginAdded, PluginLatest, PluginList, PluginSummary, PluginVersion,
@@ -55,8 +55,8 @@ pub use plugin::{
 pub use queue::{Queue, QueueChange, QueueList, QueueSettings};
 pub use stats::{RecentSample, RecentStats};
 pub use task::{
-    BatchAnswer, BatchItem, BatchRefusal, BatchSubmission, CallbackDelivery, History, HistoryEntry, RetryRequest,
-    Submitted, Task, TaskError, TaskLimits, TaskPage, TaskSubmission,
+    BatchAnswer, BatchItem, BatchRefusal, BatchSubmission, CallbackDelivery, CallbackState, History, HistoryEntry,
+    RetryRequest, Submitted, Task, TaskError, TaskLimits, TaskPage, TaskSubmission,
 };
 
 pub use config::{ConfigQueue, ConfigTenant, ConfigView, Source};

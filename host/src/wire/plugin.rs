@@ -37,6 +37,7 @@ pub struct PluginVersion {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lang: Option<String>,
     /// Uploaded.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Compiling, live or failed.
     pub state: VersionState,

@@ -45,7 +45,10 @@ impl From<&store::StoredLimits> for TaskLimits {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct TaskError {
-    /// The failure class (`trap`, `timeout`, `plugin error`, ...).
+    /// The failure class: one of the `FailureClass` names (`trap`,
+    /// `timeout`, `plugin error`, ...). Kept as a string on the wire so
+    /// that a client reads a class a newer server added.
+    #[schema(value_type = crate::FailureClass)]
     pub class: String,
     /// Whether the plugin marked it retryable.
     pub retryable: bool,
@@ -53,6 +56,56 @@ pub struct TaskError {
     pub message: String,
     /// The wasm backtrace of a trap.
     pub backtrace: Option<String>,
+}
+
+/// What each failure class means, as the OpenAPI document says it.
+fn class_meaning(class: crate::FailureClass) -> &'static str {
+    use crate::FailureClass as C;
+    match class {
+        C::FuelExhausted => "the task used up its fuel budget",
+        C::MemoryLimitExceeded => "the task asked for more linear memory than its limit",
+        C::Timeout => "the task ran past its wall-clock budget",
+        C::StackOverflow => "the task exhausted the wasm call stack",
+        C::Trap => {
+            "the guest trapped (a panic, `unreachable`, an out-of-bounds access); `backtrace` has the wasm frames"
+        }
+        C::PluginError => "the plugin returned an error; `retryable` says whether the plugin asked for another attempt",
+        C::OutputTooLarge => "the output, or a captured stream (stdout, stderr, log), passed its cap",
+        C::InvalidPlugin => {
+            "the component cannot run here (not a component, not world `task`, an import this host lacks)"
+        }
+        C::Cancelled => "the task was cancelled while it ran",
+        C::HostError => "the host could not run the task (e.g. no free instance slot)",
+        C::HostBudgetExceeded => {
+            "the task made the host hold more than its budget (logs, children, context, join results, tensors)"
+        }
+        C::InputFetchFailed => "the task's `input_url` could not be fetched; each attempt fetches anew",
+    }
+}
+
+/// A string enum of the class names, with what each means.
+impl utoipa::PartialSchema for crate::FailureClass {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+        let mut description = String::from(
+            "Why an attempt failed. A client should treat a class it does not know as a failure \
+             of unknown cause.\n\n| class | meaning |\n|---|---|\n",
+        );
+        for class in crate::FailureClass::ALL {
+            description.push_str(&format!("| `{}` | {} |\n", class.as_str(), class_meaning(class)));
+        }
+        ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::String))
+            .enum_values(Some(crate::FailureClass::ALL.iter().map(|c| c.as_str())))
+            .description(Some(description))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for crate::FailureClass {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "FailureClass".into()
+    }
 }
 
 impl From<&StoredFailure> for TaskError {
@@ -94,12 +147,16 @@ pub struct Task {
     /// The last failure.
     pub error: Option<TaskError>,
     /// Submitted.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// Last attempt started.
+    #[schema(format = DateTime)]
     pub started_at: Option<String>,
     /// Ended.
+    #[schema(format = DateTime)]
     pub finished_at: Option<String>,
     /// Due (delayed or retrying).
+    #[schema(format = DateTime)]
     pub next_run_at: Option<String>,
     /// The idempotency key.
     pub idempotency_key: Option<String>,
@@ -107,6 +164,10 @@ pub struct Task {
     pub parent_id: Option<Uuid>,
     /// The flow.
     pub flow_id: Uuid,
+    /// How deep in its flow: 0 for a first task; one more than its
+    /// parent's for a task a plugin submitted, or than the deepest task it
+    /// joins for a declared flow's step.
+    pub depth: u32,
     /// A declared flow's step name.
     pub step: Option<String>,
     /// The flow iteration.
@@ -167,6 +228,7 @@ impl Task {
             idempotency_key: record.idempotency_key.clone(),
             parent_id: record.parent_id,
             flow_id: record.flow_id,
+            depth: record.depth,
             step: record.step.clone(),
             iteration: record.iteration,
             after: record.after.clone(),
@@ -200,11 +262,12 @@ impl Task {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct CallbackDelivery {
-    /// `pending` (being delivered or retried), `delivered`, or `failed`.
-    pub state: String,
+    /// Where delivery stands.
+    pub state: CallbackState,
     /// Attempts made.
     pub attempts: u32,
     /// When it was delivered or given up.
+    #[schema(format = DateTime)]
     pub at: Option<String>,
     /// Why it was not delivered.
     pub error: Option<String>,
@@ -214,15 +277,28 @@ impl CallbackDelivery {
     /// The view of `outcome`; pending without one.
     pub fn new(outcome: Option<&CallbackOutcome>) -> Self {
         match outcome {
-            None => Self { state: "pending".into(), attempts: 0, at: None, error: None },
+            None => Self { state: CallbackState::Pending, attempts: 0, at: None, error: None },
             Some(o) => Self {
-                state: if o.delivered { "delivered" } else { "failed" }.into(),
+                state: if o.delivered { CallbackState::Delivered } else { CallbackState::Failed },
                 attempts: o.attempts,
                 at: Some(time(o.at_ms)),
                 error: o.error.clone(),
             },
         }
     }
+}
+
+/// Where a completion callback's delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CallbackState {
+    /// Being delivered, or waiting to be retried.
+    Pending,
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Every attempt failed; `error` says why.
+    Failed,
 }
 
 /// `POST /v1/tasks`: one task to submit (also each item of a batch).
@@ -276,6 +352,7 @@ pub struct TaskSubmission {
     pub delay_ms: Option<u64>,
     /// Start no sooner than this RFC 3339 time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime)]
     pub run_at: Option<String>,
     /// Where to POST the record when the task ends (http or https).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -430,6 +507,7 @@ impl TaskPage {
 #[non_exhaustive]
 pub struct HistoryEntry {
     /// When.
+    #[schema(format = DateTime)]
     pub at: String,
     /// The state it left (`null` at submission).
     pub from: Option<TaskState>,
@@ -513,6 +591,7 @@ mod tests {
                 "attempts",
                 "callback_url",
                 "created_at",
+                "depth",
                 "digest",
                 "error",
                 "finished_at",
@@ -581,7 +660,8 @@ mod tests {
 
         let id = Uuid::from_u128(5);
         let accepted = BatchItem::Submitted(Submitted { id, state: TaskState::Pending, created: true });
-        let refused = BatchItem::Refused(BatchRefusal::new(404, ErrorDetail::new("unknown_plugin", "no")));
+        let refused =
+            BatchItem::Refused(BatchRefusal::new(404, ErrorDetail::new(crate::wire::ErrorCode::UnknownPlugin, "no")));
         let value = round_trip(&BatchAnswer::new(vec![accepted, refused]));
         assert_eq!(
             value,

@@ -113,6 +113,7 @@ pub struct Tenant {
     /// Its name.
     pub name: String,
     /// When it was made.
+    #[schema(format = DateTime)]
     pub created_at: String,
     /// The token that made it.
     pub created_by: String,

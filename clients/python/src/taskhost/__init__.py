@@ -7,6 +7,7 @@ from ._version import __version__
 from .async_client import AsyncClient
 from .client import Client
 from .errors import (
+    ERROR_CODES,
     ApiError,
     BadRequest,
     Conflict,
@@ -27,6 +28,7 @@ from .errors import (
     WaitTimeout,
 )
 from .models import (
+    FAILURE_CLASSES,
     FLOW_TERMINAL_STATES,
     TERMINAL_STATES,
     AuditPage,
@@ -92,6 +94,8 @@ from .operations import OPERATIONS
 from .specs import UNSET, Node, Parallel, RepeatSpec, Series, Step, TaskSpec
 
 __all__ = [
+    "ERROR_CODES",
+    "FAILURE_CLASSES",
     "__version__",
     "Client",
     "AsyncClient",

@@ -14,6 +14,35 @@ from typing import Any
 
 import httpx
 
+#: The codes the server documents (the OpenAPI document's ``ErrorCode``, with
+#: each one's status and meaning; a test holds this tuple to it). A newer
+#: server may send others: ``code`` is then that string.
+ERROR_CODES: tuple[str, ...] = (
+    "invalid_request",
+    "malformed_json",
+    "bad_body",
+    "unauthorized",
+    "forbidden",
+    "not_found",
+    "unknown_plugin",
+    "no_models",
+    "request_timeout",
+    "conflict",
+    "limit_reached",
+    "payload_too_large",
+    "unsupported_media_type",
+    "invalid_plugin",
+    "compile_timeout",
+    "invalid_model",
+    "quota_exceeded",
+    "storage_error",
+    "internal_error",
+    "overloaded",
+    "unavailable",
+    "store_unwritable",
+    "store_unavailable",
+)
+
 
 class TaskhostError(Exception):
     """Base of every error this client raises.
@@ -99,7 +128,8 @@ class QuotaExceeded(ApiError):
 
 
 class ServerError(ApiError):
-    """500 (``storage_error``) or another 5xx the API does not name."""
+    """500 (``storage_error``, ``internal_error``) or another 5xx the API does
+    not name."""
 
 
 class Unavailable(ApiError):

@@ -85,6 +85,25 @@ class TaskLimits:
     host_bytes: int
 
 
+#: The failure classes the server documents (the OpenAPI document's
+#: ``FailureClass``, with what each means; a test holds this tuple to it). A
+#: newer server may send others: ``TaskError.class_`` is then that string.
+FAILURE_CLASSES: tuple[str, ...] = (
+    "fuel exhausted",
+    "memory limit exceeded",
+    "timeout",
+    "stack overflow",
+    "trap",
+    "plugin error",
+    "output too large",
+    "invalid plugin",
+    "cancelled",
+    "host error",
+    "host budget exceeded",
+    "input fetch failed",
+)
+
+
 @dataclass(frozen=True)
 class TaskError:
     """Why a task's last attempt failed."""
@@ -129,6 +148,7 @@ class Task(_HasOutput):
     idempotency_key: Optional[str]
     parent_id: Optional[str]
     flow_id: str
+    depth: int
     step: Optional[str]
     iteration: int
     after: list[str]

@@ -318,9 +318,9 @@ impl Flows {
                 ..NewTask::default()
             };
             let (mut record, input, pin) = self.submission.prepare(new).map_err(|e| match e {
-                EngineError::InvalidRequest(m) | EngineError::UnknownPlugin(m) => {
-                    EngineError::InvalidRequest(format!("step `{}`: {m}", planned.name))
-                }
+                EngineError::InvalidRequest(m) => EngineError::InvalidRequest(format!("step `{}`: {m}", planned.name)),
+                // As for a task: 404 `unknown_plugin`, naming the step.
+                EngineError::UnknownPlugin(m) => EngineError::UnknownPlugin(format!("step `{}`: {m}", planned.name)),
                 other => other,
             })?;
             record.flow_id = flow;
