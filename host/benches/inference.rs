@@ -14,7 +14,9 @@
 //! `cargo bench -p taskhost --bench inference` (or `./dev.sh bench`). On a
 //! GPU: `ORT_DYLIB_PATH=<onnxruntime-gpu 1.31 libonnxruntime.so>
 //! INFERENCE_DEVICE=cuda:0 cargo bench -p taskhost --bench inference` runs
-//! every model (and the direct session) on that device.
+//! every model (and the direct session) on that device;
+//! `host/benches/inference_python.py` runs the per-call batches through
+//! ONNX Runtime from Python for comparison.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
