@@ -259,7 +259,7 @@ serve_demo() {
   echo "$ cp hello_task_raw.wasm \$WATCHED/hello-task.wasm   # hot-load a new version through the watched directory"
   cp "$PLUGIN_DIR/hello_task_raw.wasm" "$watched/hello-task.wasm"
   for i in $(seq 100); do
-    $host plugins show hello-task | $XTASK plugin-live 2 && break
+    $host plugins show hello-task --json | $XTASK plugin-live 2 && break
     sleep 0.1
   done
   echo -n Linus | $host submit hello-task --wait; echo
@@ -274,7 +274,7 @@ serve_demo() {
   rm -f "$jsonl"
   for i in $(seq 300); do
     local busy
-    busy=$(for s in pending running retrying; do $host tasks --state "$s" --limit 1; done | grep -vc '^ID' || true)
+    busy=$(for s in pending running retrying; do $host tasks --state "$s" --limit 1; done | grep -vcE '^(ID |no tasks$)' || true)
     [ "$busy" = 0 ] && break
     sleep 0.2
   done
@@ -311,7 +311,7 @@ inference_demo() {
   say "inference: all-MiniLM-L6-v2 on ONNX Runtime, batched across tasks"
   printf 'path = "%s"\nplugins = ["embed"]\nmax_batch = 32\n' "$PWD/$MINILM_DIR/model.onnx" >"$tmp/minilm.toml"
   echo "$ taskhost models add minilm --spec minilm.toml   # loads it, then writes it into DATA/models.toml"
-  $host models add minilm --spec "$tmp/minilm.toml" | $XTASK model-summary
+  $host models add minilm --spec "$tmp/minilm.toml" --json | $XTASK model-summary
   $host plugins add "$PLUGIN_DIR/embed.wasm" --name embed >/dev/null
   $host plugins add "$PLUGIN_DIR/semantic_search.wasm" --name semantic-search >/dev/null
   $XTASK demo-input semantic-search >"$tmp/search.json"

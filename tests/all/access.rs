@@ -254,6 +254,9 @@ async fn the_cli_uses_the_local_admin_token_or_the_one_it_is_given() {
     let (ok, _, stderr) = taskhost(&["tasks", "--data", elsewhere.path().to_str().unwrap()], &server_env);
     assert!(!ok && stderr.contains("unauthorized") && stderr.contains("admin.token"), "{stderr}");
     let (ok, printed, stderr) = taskhost(&["tokens", "list", "--data", dir], &server_env);
+    assert!(ok && printed.starts_with("ID ") && !printed.contains(&ci), "{stderr}");
+    assert!(printed.lines().any(|l| l.split_whitespace().nth(1) == Some("ci")), "{printed}");
+    let (ok, printed, stderr) = taskhost(&["tokens", "list", "--json", "--data", dir], &server_env);
     assert!(ok && printed.contains("\"ci\"") && !printed.contains(&ci), "{stderr}");
     // A lifetime becomes an expiry an hour ahead.
     let (ok, printed, stderr) = taskhost(

@@ -302,22 +302,31 @@ async fn the_cli_reads_every_answer_into_its_wire_type() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(said.contains("payload_too_large") && said.contains("at most 8 MiB of JSON"), "{said}");
-    let out = cli(&api, &["status", &id]).await;
+    let out = cli(&api, &["status", &id, "--json"]).await;
     assert!(out.status.success(), "{}", text(&out.stderr));
     let task: taskhost::wire::Task = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!((task.output_bytes().as_deref(), task.output.base64.as_deref()), (Some(&b"HI"[..]), Some("SEk=")));
+    // Without `--json`: the record for people, a field a line.
+    let out = cli(&api, &["status", &id]).await;
+    let shown = text(&out.stdout);
+    let field = |key: &str| shown.lines().find_map(|l| l.strip_prefix(key)).map(str::trim_start).unwrap_or_default();
+    assert_eq!((field("id"), field("state"), field("output")), (id.as_str(), "completed", "HI"), "{shown}");
+    assert!(field("plugin").starts_with("uppercase@1 (sha256:") && field("attempts").starts_with("1 of "), "{shown}");
     let out = cli(&api, &["tasks"]).await;
     let listed = text(&out.stdout);
     assert!(listed.lines().any(|l| l.starts_with(&id) && l.contains("uppercase@1")), "{listed}");
     let out = cli(&api, &["plugins", "list"]).await;
     assert!(text(&out.stdout).lines().any(|l| l.starts_with("uppercase ")), "{}", text(&out.stdout));
     let out = cli(&api, &["plugins", "show", "uppercase"]).await;
+    let shown = text(&out.stdout);
+    assert!(shown.lines().any(|l| l.starts_with("1 ") && l.contains("live") && l.contains("completed 1")), "{shown}");
+    let out = cli(&api, &["plugins", "show", "uppercase", "--json"]).await;
     let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (shown["versions"][0]["state"].as_str(), shown["versions"][0]["tasks"]["completed"].as_u64()),
         (Some("live"), Some(1))
     );
-    let out = cli(&api, &["queues", "set", "bulk", "--weight", "2"]).await;
+    let out = cli(&api, &["queues", "set", "bulk", "--weight", "2", "--json"]).await;
     assert_eq!(
         serde_json::from_slice::<Value>(&out.stdout).unwrap(),
         json!({"name": "bulk", "concurrency": null, "weight": 2, "retain_for": null, "retain_count": null})

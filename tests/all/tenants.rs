@@ -362,7 +362,7 @@ async fn the_cli_makes_tenants_and_acts_in_them() {
     let server = start_with(data.path(), free_port(), &[]).await;
     let dir = data.path().to_str().unwrap();
     let env = [("TASKHOST_SERVER", server.base.as_str())];
-    let (ok, out, err) = taskhost(&["tenants", "put", "acme", "--max-running", "2", "--data", dir], &env);
+    let (ok, out, err) = taskhost(&["tenants", "put", "acme", "--max-running", "2", "--json", "--data", dir], &env);
     assert!(ok, "{err}");
     let tenant: Value = serde_json::from_str(&out).unwrap();
     assert_eq!((&tenant["name"], &tenant["quotas"]["max_running"]), (&json!("acme"), &json!(2)), "{out}");
@@ -386,13 +386,18 @@ async fn the_cli_makes_tenants_and_acts_in_them() {
     assert_eq!(names(&out), ["uppercase"]);
     // The tenant's token reads its own record; another tenant it may not
     // act in.
-    let (ok, out, err) = taskhost(&["tenants", "show", "acme", "--token", token], &env);
+    let (ok, out, err) = taskhost(&["tenants", "show", "acme", "--token", token, "--json"], &env);
     assert!(ok, "{err}");
     assert!(out.contains("\"plugins\": 1"), "{out}");
+    let (ok, out, err) = taskhost(&["tenants", "show", "acme", "--token", token], &env);
+    assert!(ok && out.lines().any(|l| l == "plugins  1"), "{out}{err}");
+    assert!(out.lines().any(|l| l.starts_with("quotas   max_running=2")), "{out}");
     let (ok, _, err) = taskhost(&["plugins", "list", "--tenant", "default", "--token", token], &env);
     assert!(!ok && err.contains("only an admin token may act in another tenant"), "{err}");
-    let (ok, out, err) = taskhost(&["tenants", "list", "--data", dir], &env);
+    let (ok, out, err) = taskhost(&["tenants", "list", "--json", "--data", dir], &env);
     assert!(ok && out.contains("\"acme\""), "{err}");
+    let (ok, out, err) = taskhost(&["tenants", "list", "--data", dir], &env);
+    assert!(ok && out.starts_with("TENANT ") && out.lines().any(|l| l.starts_with("acme ")), "{out}{err}");
 }
 
 /// Uploads `bytes` as plugin `name` with `token`: the status and body.

@@ -2,6 +2,7 @@
 //! `queues`): thin wrappers over the HTTP API, reading every answer into
 //! its typed [`taskhost::wire`] struct.
 
+use super::render::{self, JsonArg, Table, fields, or_dash};
 use super::{EXIT_TASK_FAILED, EXIT_USAGE, fail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -142,6 +143,8 @@ pub(crate) struct SubmitArgs {
     )]
     batch: Option<PathBuf>,
     #[command(flatten)]
+    out: JsonArg,
+    #[command(flatten)]
     server: ServerArg,
 }
 
@@ -149,6 +152,8 @@ pub(crate) struct SubmitArgs {
 pub(crate) struct IdArgs {
     /// Task id.
     id: String,
+    #[command(flatten)]
+    out: JsonArg,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -161,6 +166,8 @@ pub(crate) struct RetryArgs {
     /// (say, a fixed one).
     #[arg(long)]
     version: Option<String>,
+    #[command(flatten)]
+    out: JsonArg,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -221,12 +228,16 @@ pub(crate) enum PluginsCommand {
         #[arg(long)]
         version: Option<String>,
         #[command(flatten)]
+        out: JsonArg,
+        #[command(flatten)]
         server: ServerArg,
     },
     /// Show a plugin's versions, their state and task counts, and its manifest.
     Show {
         /// Plugin name.
         name: String,
+        #[command(flatten)]
+        out: JsonArg,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -237,6 +248,8 @@ pub(crate) enum PluginsCommand {
         /// The version to make latest.
         version: String,
         #[command(flatten)]
+        out: JsonArg,
+        #[command(flatten)]
         server: ServerArg,
     },
     /// Delete a version no unfinished task uses.
@@ -245,6 +258,8 @@ pub(crate) enum PluginsCommand {
         name: String,
         /// The version to delete.
         version: String,
+        #[command(flatten)]
+        out: JsonArg,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -255,10 +270,14 @@ pub(crate) enum PluginsCommand {
         /// The manifest TOML file, or `-` to clear.
         file: PathBuf,
         #[command(flatten)]
+        out: JsonArg,
+        #[command(flatten)]
         server: ServerArg,
     },
     /// List plugins and their versions.
     List {
+        #[command(flatten)]
+        out: JsonArg,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -284,6 +303,8 @@ pub(crate) enum QueuesCommand {
         /// (default: the server's `--retain-count`).
         #[arg(long, value_name = "N")]
         retain_count: Option<u64>,
+        #[command(flatten)]
+        out: JsonArg,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -479,7 +500,7 @@ pub(crate) async fn submit(args: SubmitArgs) -> ExitCode {
 async fn submit_inner(args: SubmitArgs) -> CallResult<ExitCode> {
     let client = Client::new(&args.server);
     if let Some(batch) = &args.batch {
-        return submit_batch(&client, &args.plugin, batch).await;
+        return submit_batch(&client, &args.plugin, batch, args.out).await;
     }
     let input = read_input(args.input.as_deref()).map_err(|m| Failure(EXIT_USAGE, m))?;
     let mut body = wire::TaskSubmission::new(args.plugin);
@@ -499,7 +520,7 @@ async fn submit_inner(args: SubmitArgs) -> CallResult<ExitCode> {
     let submitted: wire::Submitted = client.post_json("/v1/tasks", &body).await?;
     let id = submitted.id;
     if !args.wait {
-        println!("{id}");
+        args.out.print(&submitted, |s| format!("{}\n", s.id));
         return Ok(ExitCode::SUCCESS);
     }
     let spinner = ProgressBar::new_spinner().with_message(format!("{id}: submitted"));
@@ -531,6 +552,11 @@ async fn submit_inner(args: SubmitArgs) -> CallResult<ExitCode> {
         }
     };
     spinner.finish_and_clear();
+    if args.out.json {
+        print_json(&record);
+        let ok = record.state == TaskState::Completed;
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_TASK_FAILED) });
+    }
     if record.state == TaskState::Completed {
         let _ = std::io::stdout().write_all(&printed_output(&record.output));
         return Ok(ExitCode::SUCCESS);
@@ -569,7 +595,7 @@ fn printed_output(output: &wire::Output) -> Vec<u8> {
     }
 }
 
-async fn submit_batch(client: &Client, plugin: &str, path: &std::path::Path) -> CallResult<ExitCode> {
+async fn submit_batch(client: &Client, plugin: &str, path: &std::path::Path, out: JsonArg) -> CallResult<ExitCode> {
     let file =
         std::fs::File::open(path).map_err(|e| Failure(EXIT_USAGE, format!("cannot read `{}`: {e}", path.display())))?;
     let mut tasks = Vec::new();
@@ -597,10 +623,16 @@ async fn submit_batch(client: &Client, plugin: &str, path: &std::path::Path) -> 
         let body = wire::BatchSubmission::new(chunk.to_vec());
         let answer: wire::BatchAnswer = client.post_json("/v1/tasks:batch", &body).await?;
         for result in &answer.results {
+            if out.json {
+                // One line per item, in submission order.
+                render::out(&format!("{}\n", serde_json::to_string(result).unwrap_or_default()));
+            }
             match result {
                 wire::BatchItem::Submitted(submitted) => {
                     accepted += 1;
-                    println!("{}", submitted.id);
+                    if !out.json {
+                        println!("{}", submitted.id);
+                    }
                 }
                 wire::BatchItem::Refused(refused) => {
                     // Code and message quoted, as JSON strings.
@@ -624,7 +656,7 @@ pub(crate) async fn status(args: IdArgs) -> ExitCode {
     done(
         async {
             let task: wire::Task = Client::new(&args.server).get_json(&format!("/v1/tasks/{}", args.id)).await?;
-            print_json(&task);
+            args.out.print(&task, task_text);
             Ok(ExitCode::SUCCESS)
         }
         .await,
@@ -637,7 +669,7 @@ pub(crate) async fn cancel(args: IdArgs) -> ExitCode {
 
 pub(crate) async fn retry(args: RetryArgs) -> ExitCode {
     let body = wire::RetryRequest::new(args.version);
-    task_action(IdArgs { id: args.id, server: args.server }, "retry", &body).await
+    task_action(IdArgs { id: args.id, out: args.out, server: args.server }, "retry", &body).await
 }
 
 /// `POST /v1/tasks/ID/ACTION`; prints the task's id and new state.
@@ -646,7 +678,7 @@ async fn task_action(args: IdArgs, action: &str, body: &impl serde::Serialize) -
         async {
             let path = format!("/v1/tasks/{}/{action}", args.id);
             let record: wire::Task = Client::new(&args.server).post_json(&path, body).await?;
-            println!("{} {}", record.id, record.state);
+            args.out.print(&record, |r| format!("{} {}\n", r.id, r.state));
             Ok(ExitCode::SUCCESS)
         }
         .await,
@@ -740,7 +772,7 @@ pub(crate) async fn plugins(command: PluginsCommand) -> ExitCode {
     done(
         async {
             match command {
-                PluginsCommand::Add { file, name, version, lang, server } => {
+                PluginsCommand::Add { file, name, version, lang, out, server } => {
                     let bytes = std::fs::read(&file)
                         .map_err(|e| Failure(EXIT_USAGE, format!("cannot read plugin `{}`: {e}", file.display())))?;
                     let name = name.unwrap_or_else(|| {
@@ -752,30 +784,32 @@ pub(crate) async fn plugins(command: PluginsCommand) -> ExitCode {
                     let mut query: Vec<(&str, String)> = version.map(|v| ("version", v)).into_iter().collect();
                     query.extend(lang.map(|l| ("lang", l.as_str().to_owned())));
                     let added: wire::PluginAdded = client.call(client.http.post(url).query(&query).body(bytes)).await?;
-                    println!(
-                        "{}@{} sha256:{}{}",
-                        added.name,
-                        added.version.version,
-                        added.version.digest,
-                        if added.created { "" } else { " (unchanged: identical bytes)" }
-                    );
+                    out.print(&added, |added| {
+                        format!(
+                            "{}@{} sha256:{}{}\n",
+                            added.name,
+                            added.version.version,
+                            added.version.digest,
+                            if added.created { "" } else { " (unchanged: identical bytes)" }
+                        )
+                    });
                 }
-                PluginsCommand::Show { name, server } => {
+                PluginsCommand::Show { name, out, server } => {
                     let plugin: wire::Plugin = Client::new(&server).get_json(&format!("/v1/plugins/{name}")).await?;
-                    print_json(&plugin);
+                    out.print(&plugin, plugin_text);
                 }
-                PluginsCommand::Rollback { name, version, server } => {
+                PluginsCommand::Rollback { name, version, out, server } => {
                     let path = format!("/v1/plugins/{name}/latest");
-                    let _: wire::PluginLatest =
+                    let latest: wire::PluginLatest =
                         Client::new(&server).put_json(&path, &wire::LatestChange::new(&version)).await?;
-                    println!("{name} now resolves to {name}@{version}");
+                    out.print(&latest, |l| format!("{0} now resolves to {0}@{1}\n", l.name, l.latest));
                 }
-                PluginsCommand::Delete { name, version, server } => {
+                PluginsCommand::Delete { name, version, out, server } => {
                     let path = format!("/v1/plugins/{name}/versions/{version}");
-                    let _: wire::VersionDeleted = Client::new(&server).delete_json(&path).await?;
-                    println!("deleted {name}@{version}");
+                    let deleted: wire::VersionDeleted = Client::new(&server).delete_json(&path).await?;
+                    out.print(&deleted, |d| format!("deleted {}@{}\n", d.name, d.deleted));
                 }
-                PluginsCommand::Manifest { name, file, server } => {
+                PluginsCommand::Manifest { name, file, out, server } => {
                     let text = if file.as_os_str() == "-" {
                         String::new()
                     } else {
@@ -785,22 +819,24 @@ pub(crate) async fn plugins(command: PluginsCommand) -> ExitCode {
                     };
                     let client = Client::new(&server);
                     let url = client.url(&format!("/v1/plugins/{name}/manifest"));
-                    let _: wire::ManifestSet = client.call(client.http.put(url).body(text)).await?;
-                    println!("manifest of {name} updated");
+                    let set: wire::ManifestSet = client.call(client.http.put(url).body(text)).await?;
+                    out.print(&set, |m| format!("manifest of {} updated\n", m.name));
                 }
-                PluginsCommand::List { server } => {
+                PluginsCommand::List { out, server } => {
                     let list: wire::PluginList = Client::new(&server).get_json("/v1/plugins").await?;
-                    println!("{:<24}  {:<8}  {:>8}  DIGEST", "NAME", "LATEST", "VERSIONS");
-                    for plugin in &list.plugins {
-                        let digest = plugin.versions.last().map(|v| v.digest.as_str()).unwrap_or_default();
-                        println!(
-                            "{:<24}  {:<8}  {:>8}  {}",
-                            plugin.name,
-                            plugin.latest.as_deref().unwrap_or_default(),
-                            plugin.versions.len(),
-                            &digest[..digest.len().min(16)]
-                        );
-                    }
+                    out.print(&list, |list| {
+                        let mut table = Table::new(&["NAME", "LATEST", "VERSIONS", "DIGEST"]).right(&[2]);
+                        for plugin in &list.plugins {
+                            let digest = plugin.versions.last().map(|v| v.digest.as_str()).unwrap_or_default();
+                            table.row(vec![
+                                plugin.name.clone(),
+                                plugin.latest.clone().unwrap_or_default(),
+                                plugin.versions.len().to_string(),
+                                digest[..digest.len().min(16)].to_owned(),
+                            ]);
+                        }
+                        table.render("no plugins")
+                    });
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -813,11 +849,19 @@ pub(crate) async fn queues(command: QueuesCommand) -> ExitCode {
     done(
         async {
             match command {
-                QueuesCommand::Set { name, concurrency, weight, retain_for, retain_count, server } => {
+                QueuesCommand::Set { name, concurrency, weight, retain_for, retain_count, out, server } => {
                     let body = wire::QueueChange::new(concurrency, weight).retain(retain_for, retain_count);
                     let settings: wire::QueueSettings =
                         Client::new(&server).put_json(&format!("/v1/queues/{name}"), &body).await?;
-                    print_json(&settings);
+                    out.print(&settings, |q| {
+                        fields(&[
+                            ("queue", q.name.clone()),
+                            ("weight", q.weight.to_string()),
+                            ("concurrency", or_dash(q.concurrency)),
+                            ("retain for", q.retain_for.clone().unwrap_or_else(|| "the server's default".into())),
+                            ("retain count", q.retain_count.map_or("the server's default".into(), |c| c.to_string())),
+                        ])
+                    });
                 }
                 QueuesCommand::List { json, server } => {
                     let queues: wire::QueueList = Client::new(&server).get_json("/v1/queues").await?;
@@ -832,6 +876,86 @@ pub(crate) async fn queues(command: QueuesCommand) -> ExitCode {
         }
         .await,
     )
+}
+
+/// A task's record for people: what it is, where it stands, what came of it.
+fn task_text(task: &wire::Task) -> String {
+    let time = |t: &Option<String>| t.clone().unwrap_or_default();
+    let output = match task.output_bytes() {
+        Some(bytes) => match std::str::from_utf8(&bytes) {
+            Ok(text) if text.len() <= 200 && !text.trim_end_matches('\n').contains('\n') => {
+                text.trim_end_matches('\n').to_owned()
+            }
+            _ => format!("{} (`taskhost status ID --json` has it)", render::bytes(bytes.len() as u64)),
+        },
+        None => task.output_len.map(render::bytes).unwrap_or_default(),
+    };
+    let error = task.error.as_ref().map_or(String::new(), |e| {
+        let retry = if e.retryable { " (retryable)" } else { "" };
+        format!("{}: {}{retry}", e.class, e.message)
+    });
+    let callback = task.callback.as_ref().map_or(String::new(), |c| {
+        let state = render::wire_name(&c.state);
+        let error = c.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default();
+        format!("{state} after {} attempt(s){error}", c.attempts)
+    });
+    let flow = if task.flow_id == task.id {
+        String::new()
+    } else {
+        let step = task.step.as_deref().map(|s| format!(", step {s}")).unwrap_or_default();
+        format!("{}{step}, iteration {}, depth {}", task.flow_id, task.iteration, task.depth)
+    };
+    fields(&[
+        ("id", task.id.to_string()),
+        ("state", task.state.to_string()),
+        (
+            "plugin",
+            format!("{}@{} (sha256:{})", task.plugin, task.plugin_version, &task.digest[..task.digest.len().min(16)]),
+        ),
+        ("queue", format!("{}, priority {}", task.queue, task.priority)),
+        ("attempts", format!("{} of {}", task.attempts, task.max_attempts)),
+        ("flow", flow),
+        ("parent", task.parent_id.map(|p| p.to_string()).unwrap_or_default()),
+        ("created", task.created_at.clone()),
+        ("started", time(&task.started_at)),
+        ("finished", time(&task.finished_at)),
+        ("next run", time(&task.next_run_at)),
+        ("input", render::bytes(task.input_len)),
+        ("output", output),
+        ("fuel used", task.fuel_used.map(|f| f.to_string()).unwrap_or_default()),
+        ("error", error),
+        ("callback", callback),
+    ])
+}
+
+/// A plugin for people: its name and latest, then a row per version.
+fn plugin_text(plugin: &wire::Plugin) -> String {
+    let mut text = fields(&[
+        ("plugin", plugin.name.clone()),
+        ("latest", plugin.latest.clone().unwrap_or_else(|| "the newest live version".into())),
+        ("manifest", if plugin.manifest.is_some() { "set (`--json` shows it)".into() } else { "none".into() }),
+        ("watch error", plugin.watch_error.clone().unwrap_or_default()),
+    ]);
+    let mut table = Table::new(&["VERSION", "STATE", "LANG", "SIZE", "CREATED", "TASKS", "DIGEST"]);
+    for v in &plugin.versions {
+        let tasks: Vec<String> = v.tasks.iter().filter(|(_, n)| **n > 0).map(|(s, n)| format!("{s} {n}")).collect();
+        let state = match &v.version.reason {
+            Some(reason) => format!("{}: {reason}", render::wire_name(&v.version.state)),
+            None => render::wire_name(&v.version.state),
+        };
+        table.row(vec![
+            v.version.version.clone(),
+            state,
+            v.version.lang.clone().unwrap_or_else(|| "wasm".into()),
+            render::bytes(v.version.size),
+            v.version.created_at.clone(),
+            if tasks.is_empty() { "-".into() } else { tasks.join(", ") },
+            v.version.digest[..v.version.digest.len().min(16)].to_owned(),
+        ]);
+    }
+    text.push('\n');
+    text.push_str(&table.render("no versions"));
+    text
 }
 
 /// The queues as a table.

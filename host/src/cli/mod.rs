@@ -12,6 +12,7 @@ mod local_server;
 mod logs;
 mod models;
 mod new;
+mod render;
 mod run;
 mod serve;
 mod sse;
@@ -153,4 +154,35 @@ pub(crate) fn fail(code: u8, message: &str) -> ExitCode {
     let one_line = message.split(['\n', '\r']).map(str::trim).filter(|s| !s.is_empty()).collect::<Vec<_>>();
     eprintln!("error: {}", one_line.join(" | "));
     ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every command that talks to a server prints text for people by
+    /// default and the server's answer with `--json`.
+    #[test]
+    fn every_client_command_takes_json() {
+        fn leaves(command: &clap::Command, path: String, found: &mut Vec<(String, bool)>) {
+            let subcommands: Vec<_> = command.get_subcommands().filter(|c| c.get_name() != "help").collect();
+            if subcommands.is_empty() {
+                if command.get_arguments().any(|a| a.get_id() == "server") {
+                    found.push((path, command.get_arguments().any(|a| a.get_long() == Some("json"))));
+                }
+                return;
+            }
+            for sub in subcommands {
+                leaves(sub, format!("{path} {}", sub.get_name()), found);
+            }
+        }
+        let mut cli = Cli::command();
+        cli.build();
+        let mut found = Vec::new();
+        leaves(&cli, "taskhost".into(), &mut found);
+        let without: Vec<&String> = found.iter().filter(|(_, json)| !json).map(|(path, _)| path).collect();
+        assert!(found.len() >= 25, "client commands: {found:?}");
+        assert!(without.is_empty(), "client commands without --json: {without:?}");
+    }
 }

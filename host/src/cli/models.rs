@@ -2,7 +2,8 @@
 //! (saying loudly at start what is unavailable and why), and the
 //! `taskhost models` client commands.
 
-use super::client::{Client, ServerArg, done, print_json};
+use super::client::{Client, ServerArg, done};
+use super::render::{JsonArg, Table, or_dash};
 use clap::Subcommand;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -54,6 +55,8 @@ pub(crate) enum ModelsCommand {
     /// List the models, the device each runs on and ONNX Runtime's state.
     List {
         #[command(flatten)]
+        out: JsonArg,
+        #[command(flatten)]
         server: ServerArg,
     },
     /// Add or replace a model from a TOML file holding one model's settings
@@ -65,12 +68,16 @@ pub(crate) enum ModelsCommand {
         #[arg(long, value_name = "FILE")]
         spec: PathBuf,
         #[command(flatten)]
+        out: JsonArg,
+        #[command(flatten)]
         server: ServerArg,
     },
     /// Remove a model.
     Remove {
         /// Model name.
         name: String,
+        #[command(flatten)]
+        out: JsonArg,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -80,11 +87,11 @@ pub(crate) async fn models(command: ModelsCommand) -> ExitCode {
     done(
         async {
             match command {
-                ModelsCommand::List { server } => {
+                ModelsCommand::List { out, server } => {
                     let models: wire::ModelsView = Client::new(&server).get_json("/v1/models").await?;
-                    print_json(&models);
+                    out.print(&models, models_text);
                 }
-                ModelsCommand::Add { name, spec, server } => {
+                ModelsCommand::Add { name, spec, out, server } => {
                     let text = std::fs::read_to_string(&spec).map_err(|e| {
                         super::client::Failure(super::EXIT_USAGE, format!("cannot read {}: {e}", spec.display()))
                     })?;
@@ -93,15 +100,52 @@ pub(crate) async fn models(command: ModelsCommand) -> ExitCode {
                     })?;
                     body["name"] = Value::String(name);
                     let model: wire::ModelView = Client::new(&server).post_json("/v1/models", &body).await?;
-                    print_json(&model);
+                    out.print(&model, |m| {
+                        let mut table = model_table();
+                        model_row(&mut table, m);
+                        table.render("")
+                    });
                 }
-                ModelsCommand::Remove { name, server } => {
-                    let _: wire::ModelRemoved = Client::new(&server).delete_json(&format!("/v1/models/{name}")).await?;
-                    eprintln!("removed model `{name}`");
+                ModelsCommand::Remove { name, out, server } => {
+                    let removed: wire::ModelRemoved =
+                        Client::new(&server).delete_json(&format!("/v1/models/{name}")).await?;
+                    out.print(&removed, |r| format!("removed model `{}`\n", r.removed));
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         .await,
     )
+}
+
+fn model_table() -> Table {
+    Table::new(&["MODEL", "STATE", "ON", "BATCH", "QUEUED", "ERROR"]).right(&[3, 4])
+}
+
+fn model_row(table: &mut Table, m: &wire::ModelView) {
+    let error = m.error.clone().or_else(|| m.reload_error.clone()).or_else(|| m.device_note.clone());
+    table.row(vec![
+        m.name.clone(),
+        m.state.as_str().to_owned(),
+        or_dash(m.running_on.as_ref()),
+        m.spec.max_batch.to_string(),
+        m.queued.to_string(),
+        error.unwrap_or_default(),
+    ]);
+}
+
+/// The models for people: ONNX Runtime's state, then a row per model.
+fn models_text(view: &wire::ModelsView) -> String {
+    let runtime = match (&view.runtime.error, &view.runtime.library) {
+        (Some(error), _) => format!("ONNX Runtime: unavailable: {error}\n"),
+        (None, Some(library)) => {
+            format!("ONNX Runtime: {}{}\n", library.display(), if view.runtime.cuda { ", CUDA available" } else { "" })
+        }
+        (None, None) => "ONNX Runtime: not loaded yet\n".to_owned(),
+    };
+    let mut table = model_table();
+    for m in &view.models {
+        model_row(&mut table, m);
+    }
+    format!("{runtime}{}", table.render("no models"))
 }

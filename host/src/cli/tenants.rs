@@ -1,7 +1,8 @@
 //! `taskhost tenants put|list|show`: the admin's commands for tenants and
 //! their quotas (a tenant's own token may `show` its own).
 
-use super::client::{Client, ServerArg, done, print_json};
+use super::client::{Client, ServerArg, done};
+use super::render::{self, JsonArg, Table, fields};
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
 use taskhost::units::{parse_duration, parse_size};
@@ -17,10 +18,14 @@ pub(crate) enum TenantsCommand {
         #[command(flatten)]
         quotas: QuotaArgs,
         #[command(flatten)]
+        out: JsonArg,
+        #[command(flatten)]
         server: ServerArg,
     },
     /// List the tenants and their quotas.
     List {
+        #[command(flatten)]
+        out: JsonArg,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -28,6 +33,8 @@ pub(crate) enum TenantsCommand {
     Show {
         /// The tenant's name.
         name: String,
+        #[command(flatten)]
+        out: JsonArg,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -97,23 +104,65 @@ pub(crate) async fn tenants(command: TenantsCommand) -> ExitCode {
     done(
         async {
             match command {
-                TenantsCommand::Put { name, quotas, server } => {
+                TenantsCommand::Put { name, quotas, out, server } => {
                     let change = wire::TenantChange::new(quotas.quotas());
                     let tenant: wire::Tenant =
                         Client::new(&server).put_json(&format!("/v1/tenants/{name}"), &change).await?;
-                    print_json(&tenant);
+                    out.print(&tenant, tenant_text);
                 }
-                TenantsCommand::List { server } => {
+                TenantsCommand::List { out, server } => {
                     let list: wire::TenantList = Client::new(&server).get_json("/v1/tenants").await?;
-                    print_json(&list);
+                    out.print(&list, |list| {
+                        let mut table = Table::new(&["TENANT", "CREATED", "BY", "QUOTAS"]);
+                        for t in &list.tenants {
+                            table.row(vec![
+                                t.name.clone(),
+                                t.created_at.clone(),
+                                t.created_by.clone(),
+                                quota_list(&t.quotas),
+                            ]);
+                        }
+                        table.render("no tenants")
+                    });
                 }
-                TenantsCommand::Show { name, server } => {
+                TenantsCommand::Show { name, out, server } => {
                     let tenant: wire::Tenant = Client::new(&server).get_json(&format!("/v1/tenants/{name}")).await?;
-                    print_json(&tenant);
+                    out.print(&tenant, tenant_text);
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
         .await,
     )
+}
+
+/// The quotas a tenant has, `name=value` (`none`: no quota of its own).
+fn quota_list(q: &wire::Quotas) -> String {
+    let value = serde_json::to_value(q).unwrap_or_default();
+    let set: Vec<String> = value
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if set.is_empty() { "none".into() } else { set.join(" ") }
+}
+
+/// A tenant for people: its quotas, then what it uses now.
+fn tenant_text(t: &wire::Tenant) -> String {
+    let mut pairs = vec![
+        ("tenant", t.name.clone()),
+        ("created", format!("{} by {}", t.created_at, t.created_by)),
+        ("quotas", quota_list(&t.quotas)),
+    ];
+    if let Some(u) = &t.usage {
+        pairs.push((
+            "tasks",
+            format!("{} unfinished ({} ready, {} delayed, {} running)", u.unfinished, u.ready, u.delayed, u.running),
+        ));
+        pairs.push(("plugins", u.plugins.to_string()));
+        pairs.push(("stored", render::bytes(u.stored_bytes)));
+    }
+    fields(&pairs)
 }

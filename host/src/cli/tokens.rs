@@ -2,6 +2,7 @@
 //! commands for API tokens and the audit log.
 
 use super::client::{Client, ServerArg, done, print_json};
+use super::render::{JsonArg, Table, or_dash};
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -32,12 +33,16 @@ pub(crate) enum TokensCommand {
     /// List the tokens (never their secrets).
     List {
         #[command(flatten)]
+        out: JsonArg,
+        #[command(flatten)]
         server: ServerArg,
     },
     /// Revoke a token by id: it is refused from the next request on.
     Revoke {
         /// The token's id (16 hex digits, from `tokens list`).
         id: String,
+        #[command(flatten)]
+        out: JsonArg,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -64,14 +69,27 @@ pub(crate) async fn tokens(command: TokensCommand) -> ExitCode {
                         );
                     }
                 }
-                TokensCommand::List { server } => {
+                TokensCommand::List { out, server } => {
                     let list: wire::TokenList = Client::new(&server).get_json("/v1/tokens").await?;
-                    print_json(&list);
+                    out.print(&list, |list| {
+                        let mut table = Table::new(&["ID", "NAME", "TENANT", "SCOPES", "CREATED", "EXPIRES"]);
+                        for t in &list.tokens {
+                            table.row(vec![
+                                t.id.clone(),
+                                t.name.clone(),
+                                t.tenant.clone(),
+                                t.scopes.join(","),
+                                t.created_at.clone(),
+                                or_dash(t.expires_at.as_ref()),
+                            ]);
+                        }
+                        table.render("no tokens")
+                    });
                 }
-                TokensCommand::Revoke { id, server } => {
+                TokensCommand::Revoke { id, out, server } => {
                     let revoked: wire::TokenRevoked =
                         Client::new(&server).delete_json(&format!("/v1/tokens/{id}")).await?;
-                    print_json(&revoked);
+                    out.print(&revoked, |r| format!("revoked token `{}` ({})\n", r.revoked.name, r.revoked.id));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -89,6 +107,8 @@ pub(crate) struct AuditArgs {
     #[arg(long, value_name = "ID")]
     before: Option<String>,
     #[command(flatten)]
+    out: JsonArg,
+    #[command(flatten)]
     server: ServerArg,
 }
 
@@ -100,7 +120,24 @@ pub(crate) async fn audit(args: AuditArgs) -> ExitCode {
                 path.push_str(&format!("&before={before}"));
             }
             let page: wire::AuditPage = Client::new(&args.server).get_json(&path).await?;
-            print_json(&page);
+            args.out.print(&page, |page| {
+                let mut table = Table::new(&["AT", "TOKEN", "TENANT", "ACTION", "OBJECT", "ID"]);
+                for r in &page.entries {
+                    table.row(vec![
+                        r.at.clone(),
+                        r.token_name.clone(),
+                        r.tenant.clone(),
+                        r.action.clone(),
+                        r.object.clone(),
+                        r.id.to_string(),
+                    ]);
+                }
+                let mut text = table.render("no audit records");
+                if let Some(before) = page.next_before {
+                    text.push_str(&format!("older: --before {before}\n"));
+                }
+                text
+            });
             Ok(ExitCode::SUCCESS)
         }
         .await,
