@@ -277,7 +277,7 @@ pub mod __private {
 
     wit_bindgen::generate!({
         world: "task",
-        path: "../wit",
+        path: "wit",
         pub_export_macro: true,
         export_macro_name: "__export_task",
         default_bindings_module: "::taskhost_sdk::__private",

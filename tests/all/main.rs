@@ -69,6 +69,8 @@ mod scheduling;
 /// JavaScript scripts in the pre-initialised runner: output, every WIT
 /// binding, errors that point at the script, limits, `taskhost run x.js`.
 mod scripts;
+/// The SDK packages for outside authors, with this WIT.
+mod sdk;
 /// Storage faults: a damaged or empty store file refused at start-up with
 /// a clear error, `taskhost store check|repair`, a full disk.
 mod storage;
