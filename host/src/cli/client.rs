@@ -832,7 +832,7 @@ pub(crate) async fn plugins(command: PluginsCommand) -> ExitCode {
                                 plugin.name.clone(),
                                 plugin.latest.clone().unwrap_or_default(),
                                 plugin.versions.len().to_string(),
-                                digest[..digest.len().min(16)].to_owned(),
+                                render::short(digest, 16).to_owned(),
                             ]);
                         }
                         table.render("no plugins")
@@ -886,7 +886,7 @@ fn task_text(task: &wire::Task) -> String {
             Ok(text) if text.len() <= 200 && !text.trim_end_matches('\n').contains('\n') => {
                 text.trim_end_matches('\n').to_owned()
             }
-            _ => format!("{} (`taskhost status ID --json` has it)", render::bytes(bytes.len() as u64)),
+            _ => format!("{} (`taskhost status {} --json` has it)", render::bytes(bytes.len() as u64), task.id),
         },
         None => task.output_len.map(render::bytes).unwrap_or_default(),
     };
@@ -916,6 +916,8 @@ fn task_text(task: &wire::Task) -> String {
         ("attempts", format!("{} of {}", task.attempts, task.max_attempts)),
         ("flow", flow),
         ("parent", task.parent_id.map(|p| p.to_string()).unwrap_or_default()),
+        ("after", if task.after.is_empty() { String::new() } else { format!("{} task(s)", task.after.len()) }),
+        ("key", task.idempotency_key.clone().unwrap_or_default()),
         ("created", task.created_at.clone()),
         ("started", time(&task.started_at)),
         ("finished", time(&task.finished_at)),
@@ -924,6 +926,7 @@ fn task_text(task: &wire::Task) -> String {
         ("output", output),
         ("fuel used", task.fuel_used.map(|f| f.to_string()).unwrap_or_default()),
         ("error", error),
+        ("callback url", task.callback_url.clone().unwrap_or_default()),
         ("callback", callback),
     ])
 }
@@ -936,7 +939,10 @@ fn plugin_text(plugin: &wire::Plugin) -> String {
         ("manifest", if plugin.manifest.is_some() { "set (`--json` shows it)".into() } else { "none".into() }),
         ("watch error", plugin.watch_error.clone().unwrap_or_default()),
     ]);
-    let mut table = Table::new(&["VERSION", "STATE", "LANG", "SIZE", "CREATED", "TASKS", "DIGEST"]);
+    let mut table = Table::new(&[
+        "VERSION", "STATE", "LANG", "SIZE", "CREATED", "TASKS", "RUNS", "P50 MS", "MAX MS", "MAX MEM", "DIGEST",
+    ])
+    .right(&[3, 6, 7, 8, 9]);
     for v in &plugin.versions {
         let tasks: Vec<String> = v.tasks.iter().filter(|(_, n)| **n > 0).map(|(s, n)| format!("{s} {n}")).collect();
         let state = match &v.version.reason {
@@ -950,7 +956,11 @@ fn plugin_text(plugin: &wire::Plugin) -> String {
             render::bytes(v.version.size),
             v.version.created_at.clone(),
             if tasks.is_empty() { "-".into() } else { tasks.join(", ") },
-            v.version.digest[..v.version.digest.len().min(16)].to_owned(),
+            v.runs.as_ref().map_or("-".into(), |r| r.runs.to_string()),
+            v.runs.as_ref().map_or("-".into(), |r| format!("{:.2}", r.run_ms_p50)),
+            v.runs.as_ref().map_or("-".into(), |r| format!("{:.2}", r.run_ms_max)),
+            v.runs.as_ref().map_or("-".into(), |r| render::bytes(r.memory_bytes_max)),
+            render::short(&v.version.digest, 16).to_owned(),
         ]);
     }
     text.push('\n');

@@ -3,7 +3,7 @@
 //! `taskhost models` client commands.
 
 use super::client::{Client, ServerArg, done};
-use super::render::{JsonArg, Table, or_dash};
+use super::render::{self, JsonArg, Table, or_dash};
 use clap::Subcommand;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -119,33 +119,41 @@ pub(crate) async fn models(command: ModelsCommand) -> ExitCode {
 }
 
 fn model_table() -> Table {
-    Table::new(&["MODEL", "STATE", "ON", "BATCH", "QUEUED", "ERROR"]).right(&[3, 4])
+    Table::new(&["MODEL", "STATE", "ON", "BATCH", "QUEUED", "NOTES"]).right(&[3, 4])
 }
 
 fn model_row(table: &mut Table, m: &wire::ModelView) {
-    let error = m.error.clone().or_else(|| m.reload_error.clone()).or_else(|| m.device_note.clone());
+    let notes: Vec<&str> =
+        [&m.error, &m.reload_error, &m.device_note].into_iter().filter_map(|n| n.as_deref()).collect();
     table.row(vec![
         m.name.clone(),
         m.state.as_str().to_owned(),
         or_dash(m.running_on.as_ref()),
         m.spec.max_batch.to_string(),
         m.queued.to_string(),
-        error.unwrap_or_default(),
+        notes.join("; "),
     ]);
 }
 
 /// The models for people: ONNX Runtime's state, then a row per model.
 fn models_text(view: &wire::ModelsView) -> String {
     let runtime = match (&view.runtime.error, &view.runtime.library) {
-        (Some(error), _) => format!("ONNX Runtime: unavailable: {error}\n"),
+        (Some(error), _) => format!("ONNX Runtime: unavailable: {}\n", render::printable(error)),
         (None, Some(library)) => {
             format!("ONNX Runtime: {}{}\n", library.display(), if view.runtime.cuda { ", CUDA available" } else { "" })
         }
         (None, None) => "ONNX Runtime: not loaded yet\n".to_owned(),
     };
+    let file = match (&view.file, &view.file_error) {
+        (Some(file), Some(error)) => {
+            format!("models file: {} (its last change was refused: {})\n", file.display(), render::printable(error))
+        }
+        (Some(file), None) => format!("models file: {}\n", file.display()),
+        (None, _) => String::new(),
+    };
     let mut table = model_table();
     for m in &view.models {
         model_row(&mut table, m);
     }
-    format!("{runtime}{}", table.render("no models"))
+    format!("{runtime}{file}{}", table.render("no models"))
 }

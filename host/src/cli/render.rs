@@ -24,6 +24,18 @@ impl JsonArg {
     }
 }
 
+/// `value` safe to print on a terminal: control characters (a newline, an
+/// escape sequence a plugin put in its output or error) are shown escaped,
+/// so what a task wrote can neither break the layout nor drive the terminal.
+pub(crate) fn printable(value: &str) -> String {
+    value.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// The first `n` characters of a digest (all of it when shorter).
+pub(crate) fn short(digest: &str, n: usize) -> &str {
+    digest.get(..n).unwrap_or(digest)
+}
+
 /// Writes `text` to stdout; a reader that closed the pipe early (`| head`)
 /// ends the output quietly.
 pub(crate) fn out(text: &str) {
@@ -56,7 +68,7 @@ impl Table {
 
     /// Adds a row (missing cells print empty).
     pub(crate) fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
+        self.rows.push(cells.iter().map(|c| printable(c)).collect());
     }
 
     /// The table as text; `empty` (e.g. `no queues`) when it has no rows.
@@ -100,7 +112,7 @@ impl Table {
 pub(crate) fn fields(pairs: &[(&str, String)]) -> String {
     let shown: Vec<&(&str, String)> = pairs.iter().filter(|(_, v)| !v.is_empty()).collect();
     let width = shown.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-    shown.iter().map(|(k, v)| format!("{k:<width$}  {v}\n")).collect()
+    shown.iter().map(|(k, v)| format!("{k:<width$}  {}\n", printable(v))).collect()
 }
 
 /// The name a value serializes to (an enum's wire name, e.g. `live`).
@@ -145,6 +157,16 @@ mod tests {
     fn fields_align_and_skip_empty_values() {
         let text = fields(&[("id", "7".into()), ("state", "done".into()), ("error", String::new())]);
         assert_eq!(text, "id     7\nstate  done\n");
+    }
+
+    #[test]
+    fn what_a_task_wrote_cannot_drive_the_terminal() {
+        assert_eq!(printable("ok\u{1b}]0;owned\u{7}\nnext"), "ok\\u{1b}]0;owned\\u{7}\\nnext");
+        assert_eq!(fields(&[("output", "a\u{1b}[2Jb".into())]), "output  a\\u{1b}[2Jb\n");
+        let mut table = Table::new(&["A"]);
+        table.row(vec!["x\ry".into()]);
+        assert_eq!(table.render(""), "A\nx\\ry\n");
+        assert_eq!((short("abcdef", 4), short("ab", 4), short("é", 1)), ("abcd", "ab", "é"));
     }
 
     #[test]

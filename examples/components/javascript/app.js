@@ -9,5 +9,6 @@ export function run(input) {
     throw { tag: "permanent", val: "empty input" };
   }
   log("info", `upper-casing ${input.length} bytes`);
+  console.error("written to stderr");
   return new TextEncoder().encode(new TextDecoder().decode(input).toUpperCase());
 }
