@@ -13,7 +13,6 @@ use serde::de::DeserializeOwned;
 
 #[derive(Debug)]
 pub(crate) struct ApiError {
-    pub(crate) status: StatusCode,
     pub(crate) code: ErrorCode,
     pub(crate) message: String,
     /// Seconds after which a refused request may be tried again (sent as
@@ -22,10 +21,14 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    /// A refusal with `code` and the status the code publishes.
+    /// A refusal with `code`, answered with the status the code publishes.
     pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        let status = StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        Self { status, code, message: message.into(), retry_after: None }
+        Self { code, message: message.into(), retry_after: None }
+    }
+
+    /// The HTTP status: the one [`ErrorCode::status`] publishes.
+    pub(crate) fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     /// The host is at a bound (a full queue): try again in a second.
@@ -53,11 +56,12 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if self.status.is_server_error() && self.retry_after.is_none() {
+        let status = self.status();
+        if status.is_server_error() && self.retry_after.is_none() {
             // The client sees the message; the operator must see it too.
-            tracing::error!(status = %self.status, code = self.code.as_str(), message = %self.message, "request failed");
+            tracing::error!(%status, code = self.code.as_str(), message = %self.message, "request failed");
         }
-        let (status, retry_after) = (self.status, self.retry_after);
+        let retry_after = self.retry_after;
         let mut response = (status, axum::Json(self.body())).into_response();
         if let Some(seconds) = retry_after {
             response.headers_mut().insert(axum::http::header::RETRY_AFTER, seconds.into());
@@ -189,10 +193,10 @@ mod tests {
         assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "5");
         let io = std::io::Error::from_raw_os_error(libc::ENOSPC);
         let failed = ApiError::from(EngineError::Store(StoreError::Storage(redb::Error::Io(io))));
-        assert_eq!((failed.status, failed.code), (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable));
+        assert_eq!((failed.status(), failed.code), (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable));
         let poisoned = ApiError::from(EngineError::Store(StoreError::Storage(redb::Error::PreviousIo)));
-        assert_eq!((poisoned.status, poisoned.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(5)));
+        assert_eq!((poisoned.status(), poisoned.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(5)));
         let corrupt = ApiError::from(EngineError::Store(StoreError::Corrupt("bad".into())));
-        assert_eq!(corrupt.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -552,7 +552,7 @@ async fn submit_batch(
 /// One batch item's error: the same shape as a whole-request error, with
 /// the status it would have had.
 fn item_error(e: ApiError) -> wire::BatchItem {
-    let status = e.status.as_u16();
+    let status = e.status().as_u16();
     wire::BatchItem::Refused(wire::BatchRefusal::new(status, e.body().error))
 }
 
