@@ -272,6 +272,16 @@ async fn a_finished_task_is_posted_to_its_callback() {
     assert_eq!(posted["id"], created["id"]);
     assert_eq!(posted["state"], "completed");
     assert_eq!(posted["output"], "PING");
+
+    // A failure's callback carries the failed attempt's last stderr lines.
+    let panic = taskhost_test_artifacts::PANIC;
+    api.engine.add_plugin(panic.name, panic.bytes(), None, true).await.unwrap();
+    let body = json!({"plugin": "panic", "input": "ping", "max_attempts": 1, "callback_url": hook}).to_string();
+    let (_, created) = api.post_json("/v1/tasks", &body).await;
+    let posted = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+    assert_eq!((&posted["id"], &posted["state"]), (&created["id"], &json!("failed")), "{posted}");
+    let tail = posted["error"]["stderr_tail"].as_array().unwrap();
+    assert!(tail.iter().any(|l| l.as_str().unwrap().contains("plugin gave up on")), "{posted}");
 }
 
 /// Runs the `taskhost` binary against the API; returns what it printed.
@@ -485,6 +495,63 @@ async fn recent_stats_count_ended_tasks_and_their_times() {
         assert!(pair[0]["at_ms"].as_u64() < pair[1]["at_ms"].as_u64(), "{stats}");
         assert!(pair[0]["ended"].as_u64() <= pair[1]["ended"].as_u64(), "{stats}");
     }
+
+    // The execution slots now: the engine's 8, none busy; then one held
+    // by a sleeping task while it runs, and free again once it ended.
+    assert_eq!((stats["workers"].as_u64(), stats["busy"].as_u64()), (Some(8), Some(0)), "{stats}");
+    let (_, sleeper) = api.post_json("/v1/tasks", r#"{"plugin": "sleep", "input": 1500}"#).await;
+    let sleeper = sleeper["id"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, stats) = api.get("/v1/stats/recent").await;
+        if stats["busy"] == 1 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the sleeping task never shows as a busy slot: {stats}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    api.wait_done(&sleeper).await;
+    let (_, stats) = api.get("/v1/stats/recent").await;
+    assert_eq!((stats["workers"].as_u64(), stats["busy"].as_u64()), (Some(8), Some(0)), "{stats}");
+}
+
+/// `submit --batch`: each line of the file a task; what was refused is
+/// named by its line, and `--json` prints one answer per task with its line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_names_each_refusal_by_its_line() {
+    let api = api().await;
+    let jsonl = tempfile::NamedTempFile::new().unwrap();
+    let path = jsonl.path().to_str().unwrap();
+    std::fs::write(jsonl.path(), "{\"input\": \"a\"}\n\n{\"plugin\": \"nope\"}\n{\"input\": \"b\", \"priority\": 9}\n")
+        .unwrap();
+    let out = cli(&api, &["submit", "uppercase", "--batch", path]).await;
+    assert_eq!(out.status.code(), Some(1), "one refused: {out:?}");
+    let ids: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("2 accepted, 1 rejected"), "{stderr}");
+    assert!(stderr.contains(&format!("rejected: {path}:3: \"unknown_plugin\": ")), "{stderr}");
+    for id in &ids {
+        assert_eq!(api.wait_done(id).await["state"], "completed");
+    }
+
+    let out = cli(&api, &["submit", "uppercase", "--batch", path, "--json"]).await;
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let items: Vec<Value> = text(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<u64> = items.iter().map(|i| i["line"].as_u64().unwrap()).collect();
+    assert_eq!(lines, [1, 3, 4], "{items:?}");
+    assert_eq!(items[1]["error"]["code"], "unknown_plugin", "{items:?}");
+    let (_, fourth) = api.get(&format!("/v1/tasks/{}", items[2]["id"].as_str().unwrap())).await;
+    assert_eq!((&fourth["priority"], &fourth["plugin"]), (&json!(9), &json!("uppercase")), "{fourth}");
+
+    // Not JSON: named by its line, and nothing is submitted.
+    std::fs::write(jsonl.path(), "{\"input\": \"a\"}\n{oops\n").unwrap();
+    let (_, before) = api.get("/v1/tasks?limit=1000").await;
+    let out = cli(&api, &["submit", "uppercase", "--batch", path]).await;
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(text(&out.stderr).contains(&format!("{path}:2: not JSON")), "{}", text(&out.stderr));
+    let (_, after) = api.get("/v1/tasks?limit=1000").await;
+    assert_eq!(before["tasks"].as_array().unwrap().len(), after["tasks"].as_array().unwrap().len());
 }
 
 /// A reader that goes away (`taskhost plugins list | head -0`) ends the

@@ -204,12 +204,16 @@ async fn every_page_shows_live_tasks_and_its_actions_work_in_a_real_browser() {
         .unwrap()
         .record
         .id;
+    let panic = taskhost_test_artifacts::PANIC;
+    engine.add_plugin(panic.name, panic.bytes(), None, true).await.unwrap();
+    let panicked =
+        engine.submit(NewTask { max_attempts: Some(1), ..task("panic", "the console") }).await.unwrap().record.id;
     let delayed = engine.submit(NewTask { delay_ms: Some(3_600_000), ..queued("later") }).await.unwrap().record.id;
     let fan_out: Vec<Value> =
         (0..3).map(|i| json!({"submit": {"plugin": "uppercase", "input": format!("part {i}")}})).collect();
     let flow = crate::flows::probe(&engine, Value::Array(fan_out)).await;
     let flow_view = crate::flows::ended(&engine, flow).await;
-    for id in done.iter().chain([&failed]) {
+    for id in done.iter().chain([&failed, &panicked]) {
         engine.wait(*id, Duration::from_secs(30)).await.unwrap();
     }
 
@@ -225,6 +229,10 @@ async fn every_page_shows_live_tasks_and_its_actions_work_in_a_real_browser() {
     assert!(completed.parse::<u64>().unwrap() >= 6, "{completed}");
     browser.wait_text("main table td", "web").await;
     browser.wait_text("h2", "now").await;
+    // The execution slots: none busy now (the delayed task waits), of the
+    // host's concurrency.
+    let workers = engine.recent_stats().workers;
+    browser.wait_text("#workers", &format!("0 / {workers}")).await;
     browser.screenshot("overview").await;
 
     // Tasks: newest first, filtered, the failure shown.
@@ -245,6 +253,9 @@ async fn every_page_shows_live_tasks_and_its_actions_work_in_a_real_browser() {
     browser.wait_text("#output", "HELLO 0").await;
     browser.wait_text("#input", "hello 0").await;
     browser.wait_text("ol.timeline", "completed").await;
+    // A panic: its last stderr lines shown with the failure.
+    browser.go(&format!("{base}/ui#/task/{panicked}")).await;
+    browser.wait_text("#stderr-tail", "plugin gave up on \"the console\"").await;
     browser.go(&format!("{base}/ui#/task/{failed}")).await;
     browser.wait_text("dd", "the console should show this").await;
     browser.screenshot("task").await;

@@ -128,7 +128,8 @@ async fn each_attempts_lines_are_kept_in_order_shown_and_not_replaced_by_a_manua
     let history = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     let lines: Vec<&str> = history.lines().collect();
-    assert!(lines[0].contains("new → pending"), "{history}");
+    assert!(lines[0].starts_with("AT ") && lines[0].contains("MOVE"), "{history}");
+    assert!(lines[1].contains("new → pending"), "{history}");
     assert!(lines.iter().filter(|l| l.contains("pending → running")).count() == 2, "{history}");
     assert!(lines.last().unwrap().contains("running → failed"), "{history}");
     assert_eq!((&again["state"], &again["attempts"]), (&json!("failed"), &json!(1)), "{again}");
@@ -211,6 +212,13 @@ async fn a_panic_s_location_is_in_the_error_and_a_flood_keeps_its_first_and_last
     assert!(message.contains(" at ") && message.contains("src/lib.rs:"), "the panic's location: {message}");
     let (_, logs) = s.get(&format!("/v1/tasks/{id}/logs")).await;
     assert!(texts(&logs).iter().any(|t| t.contains("panicked at")), "{logs}");
+    // The failure shows the attempt's last stderr lines, and so does
+    // `taskhost status`.
+    let tail = failed["error"]["stderr_tail"].as_array().unwrap();
+    assert!(tail.iter().any(|t| t.as_str().unwrap().contains("panicked at")), "{failed}");
+    let out = s.cli(&["status", &id]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("stderr (the failed attempt's last lines):\n  ") && text.contains("panicked at"), "{text}");
 
     let id = s.submit(json!({"plugin": "log-flood", "input_base64": "c3RkZXJy"})).await;
     let flooded = s.ended(&id).await;
@@ -231,8 +239,34 @@ async fn a_panic_s_location_is_in_the_error_and_a_flood_keeps_its_first_and_last
         "the dropped lines are exactly those between"
     );
     assert!(lines.iter().all(|l| l["text"].as_str().unwrap().starts_with("flood")), "{logs}");
+    // Its stderr tail: the newest lines kept, however many were dropped.
+    let tail = flooded["error"]["stderr_tail"].as_array().unwrap();
+    let newest: Vec<&Value> = lines.iter().rev().take(tail.len()).rev().map(|l| &l["text"]).collect();
+    assert!(!tail.is_empty() && tail.len() <= 20, "{flooded}");
+    assert_eq!(tail.iter().collect::<Vec<_>>(), newest, "{flooded}");
     let out = s.cli(&["logs", &id]).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains("dropped over the attempt's cap"), "{out:?}");
+}
+
+/// While a retry runs, the failure shown is the one before it, with that
+/// attempt's stderr lines, not the running attempt's.
+#[tokio::test]
+async fn while_a_retry_runs_its_failure_shows_the_failed_attempts_stderr() {
+    let s = server(|_| {}).await;
+    let id = s.submit(json!({"plugin": "chatter", "input": "3:300:2", "max_attempts": 2})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let running = loop {
+        let (_, task) = s.get(&format!("/v1/tasks/{id}")).await;
+        if task["state"] == "running" && task["attempts"] == 2 {
+            break task;
+        }
+        assert!(std::time::Instant::now() < deadline, "attempt 2 never ran: {task}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(running["error"]["message"], "attempt 1 fails on purpose", "{running}");
+    assert_eq!(running["error"]["stderr_tail"], json!(["attempt 1 err 1", "attempt 1 err 2", "attempt 1 err 3"]));
+    let done = s.ended(&id).await;
+    assert_eq!((&done["state"], &done["error"]), (&json!("completed"), &Value::Null), "{done}");
 }
 
 #[tokio::test]

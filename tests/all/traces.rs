@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use taskhost_test_artifacts::{FLOW_PROBE, UPPERCASE};
+use taskhost_test_artifacts::{FLOW_PROBE, INFER_PROBE, UPPERCASE};
 
 /// One received span, its ids as numbers.
 #[derive(Debug, Clone)]
@@ -130,16 +130,20 @@ async fn a_fan_out_flow_is_one_trace_under_the_callers_span() {
     let (got, collector) = receiver().await;
     let data = tempfile::tempdir().unwrap();
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", collector.as_str()), ("OTEL_BSP_SCHEDULE_DELAY", "100")];
-    let server = start_with_env(data.path(), free_port(), &[], &env).await;
+    let models = tempfile::tempdir().unwrap();
+    let models = crate::inference::models_file(models.path(), &[("affine", "affine", "plugins = [\"*\"]")]);
+    let server = start_with_env(data.path(), free_port(), &["--models", models.to_str().unwrap()], &env).await;
     let http = crate::admin_client(data.path()).await;
     let base = server.base.clone();
     upload(&http, &base, "flow-probe", FLOW_PROBE.bytes()).await;
     upload(&http, &base, "uppercase", UPPERCASE.bytes()).await;
+    upload(&http, &base, "infer-probe", INFER_PROBE.bytes()).await;
 
     // The caller's trace: the task's spans join it.
     let (trace, caller) = (0x4bf92f3577b34da6a3ce929d0e0e4736_u128, 0x00f067aa0ba902b7_u64);
     let traceparent = format!("00-{trace:032x}-{caller:016x}-01");
-    let actions = json!([{"fanout": {"n": 3, "plugin": "uppercase", "input": "x"}}]);
+    let actions =
+        json!([{"fanout": {"n": 3, "plugin": "uppercase", "input": "x"}}, {"set": ["k", "v"]}, {"get_ctx": "k"}]);
     let submitted: Value = http
         .post(format!("{base}/v1/tasks"))
         .header("traceparent", &traceparent)
@@ -178,6 +182,8 @@ async fn a_fan_out_flow_is_one_trace_under_the_callers_span() {
     assert_eq!(attempt.attrs["taskhost.task.state"], "completed");
     assert_eq!(under(&ours, attempt, "instantiate").len(), 1);
     assert_eq!(under(&ours, attempt, "queue.submit").len(), 3, "one span per host call");
+    assert_eq!(under(&ours, attempt, "context.set").len(), 1, "{ours:#?}");
+    assert_eq!(under(&ours, attempt, "context.get").len(), 1, "{ours:#?}");
     let commit = under(&ours, attempt, "commit");
     assert_eq!((commit.len(), commit[0].attrs["taskhost.task.state"].as_str()), (1, "completed"));
     // Each child continues the trace under the attempt that submitted it.
@@ -223,6 +229,43 @@ async fn a_fan_out_flow_is_one_trace_under_the_callers_span() {
     let submit = one(&ours, "flow submit span", |s| s.name == "submit flow");
     assert_eq!((submit.parent, submit.attrs["taskhost.flow.id"].as_str()), (caller2, flow_id.as_str()));
     assert_eq!(under(&ours, submit, "attempt").len(), 3, "{ours:#?}");
+
+    // An inference call: its span under the attempt, and under it the
+    // batch it ran in, with the batch's size and the call's wait.
+    let (trace3, caller3) = (0x11f7651916cd43dd8448eb211c80319c_u128, 0xc7ad6b7169203331_u64);
+    let call = crate::inference::affine_call(&[[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]);
+    let created: Value = http
+        .post(format!("{base}/v1/tasks"))
+        .header("traceparent", format!("00-{trace3:032x}-{caller3:016x}-01"))
+        .json(&json!({"plugin": "infer-probe", "input": call}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let spans = spans_until(&got, "the inference task's commit", |spans| {
+        spans.iter().any(|s| s.trace == trace3 && s.name == "commit")
+    })
+    .await;
+    let ours: Vec<Got> = spans.into_iter().filter(|s| s.trace == trace3).collect();
+    let attempt = one(&ours, "the inference task's attempt", |s| s.name == "attempt");
+    assert_eq!((attempt.attrs["taskhost.task.id"].as_str(), attempt.error), (id.as_str(), false), "{ours:#?}");
+    let run = under(&ours, attempt, "inference.run");
+    assert_eq!(run.len(), 1, "{ours:#?}");
+    assert_eq!(run[0].attrs["taskhost.inference.model"], "affine");
+    let batch = under(&ours, run[0], "inference.batch");
+    assert_eq!(batch.len(), 1, "{ours:#?}");
+    let attrs = &batch[0].attrs;
+    assert_eq!(
+        (attrs["taskhost.inference.model"].as_str(), attrs["taskhost.inference.call_rows"].as_str()),
+        ("affine", "2")
+    );
+    let rows: u64 = attrs["taskhost.inference.batch_rows"].parse().unwrap();
+    let calls: u64 = attrs["taskhost.inference.batch_calls"].parse().unwrap();
+    assert!(rows >= 2 && calls >= 1, "{attrs:?}");
+    assert!(attrs["taskhost.inference.wait_us"].parse::<u64>().is_ok(), "{attrs:?}");
 
     // A malformed traceparent is ignored: the task runs, in a trace of
     // its own.

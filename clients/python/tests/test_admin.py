@@ -49,6 +49,7 @@ def test_host_state(client: Client) -> None:
 
     stats = client.recent_stats()  # no samples yet in the first seconds of a host
     assert stats.every_ms > 0 and all(s.completed <= s.ended for s in stats.samples)
+    assert stats.workers >= 1 and 0 <= stats.busy <= stats.workers
     assert len(client.callback_secret().secret) == 64
     assert "# TYPE taskhost_" in client.metrics()
     assert client.metrics(openmetrics=True).rstrip().endswith("# EOF")

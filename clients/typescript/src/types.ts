@@ -78,6 +78,9 @@ export interface TaskError {
   message: string;
   /** The wasm backtrace of a trap. */
   backtrace?: string | null;
+  /** The failed attempt's last stderr lines, oldest first (`getTask` and
+   *  callbacks give them; list pages do not). */
+  stderr_tail?: string[];
 }
 
 /** `CallbackDelivery`: where an ended task's completion callback stands. */
@@ -756,8 +759,11 @@ export interface RecentSample {
   runs: number;
 }
 
-/** `RecentStats`: the samples of the last 10 minutes, oldest first. */
+/** `RecentStats`: the samples of the last 10 minutes, oldest first;
+ *  and the execution slots now: `busy` of `workers`. */
 export interface RecentStats {
   every_ms: number;
   samples: RecentSample[];
+  workers: number;
+  busy: number;
 }

@@ -45,6 +45,7 @@ describe("the host", () => {
     const stats = await admin.recentStats();
     assert.equal(stats.every_ms, 2_000);
     assert.ok(Array.isArray(stats.samples));
+    assert.ok(stats.workers >= 1 && stats.busy >= 0 && stats.busy <= stats.workers, JSON.stringify(stats));
     const secret = await admin.callbackSecret();
     assert.equal(secret.tenant, "default");
     assert.match(secret.secret, /^[0-9a-f]{64}$/);

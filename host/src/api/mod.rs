@@ -599,7 +599,11 @@ async fn get_task(
         let record = owned(engine, &ns, id)?;
         let output = if record.state == TaskState::Completed { engine.output(id)? } else { None };
         let callback = if record.callback_url.is_some() { engine.callback_outcome(id)? } else { None };
-        Ok(wire::Task::new(&record, output.as_deref()).with_callback(&record, callback.as_ref()).in_namespace(&ns))
+        let stderr = engine.stderr_tail(&record)?;
+        Ok(wire::Task::new(&record, output.as_deref())
+            .with_callback(&record, callback.as_ref())
+            .with_stderr_tail(stderr)
+            .in_namespace(&ns))
     })
     .await?;
     Ok(Json(task))

@@ -176,9 +176,8 @@ pub(crate) struct RetryArgs {
 pub(crate) struct HistoryArgs {
     /// Task id.
     id: String,
-    /// The answer as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: JsonArg,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -203,9 +202,8 @@ pub(crate) struct TasksArgs {
     /// Show the page after this task (the cursor the previous page printed).
     #[arg(long, value_name = "ID")]
     cursor: Option<String>,
-    /// The page as JSON (`{tasks, next_cursor, more}`).
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: JsonArg,
     #[command(flatten)]
     server: ServerArg,
 }
@@ -310,9 +308,8 @@ pub(crate) enum QueuesCommand {
     },
     /// List queues with their settings and depth.
     List {
-        /// The list as JSON.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        out: JsonArg,
         #[command(flatten)]
         server: ServerArg,
     },
@@ -598,7 +595,8 @@ fn printed_output(output: &wire::Output) -> Vec<u8> {
 async fn submit_batch(client: &Client, plugin: &str, path: &std::path::Path, out: JsonArg) -> CallResult<ExitCode> {
     let file =
         std::fs::File::open(path).map_err(|e| Failure(EXIT_USAGE, format!("cannot read `{}`: {e}", path.display())))?;
-    let mut tasks = Vec::new();
+    // Each task with its line in the file, to name it in the answers.
+    let (mut tasks, mut lines) = (Vec::new(), Vec::new());
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.map_err(|e| Failure(EXIT_USAGE, format!("reading `{}`: {e}", path.display())))?;
         if line.trim().is_empty() {
@@ -613,33 +611,51 @@ async fn submit_batch(client: &Client, plugin: &str, path: &std::path::Path, out
             task["plugin"] = json!(plugin);
         }
         tasks.push(task);
+        lines.push(n + 1);
     }
     let bar = ProgressBar::new(tasks.len() as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} submitted ({per_sec}, eta {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     let (mut accepted, mut rejected) = (0usize, Vec::new());
-    for chunk in tasks.chunks(1000) {
+    for (chunk, chunk_lines) in tasks.chunks(1000).zip(lines.chunks(1000)) {
         let body = wire::BatchSubmission::new(chunk.to_vec());
         let answer: wire::BatchAnswer = client.post_json("/v1/tasks:batch", &body).await?;
-        for result in &answer.results {
+        if answer.results.len() != chunk.len() {
+            return Err(Failure(
+                EXIT_USAGE,
+                format!(
+                    "the server answered {} item(s) for a batch of {} tasks; which were accepted is unknown",
+                    answer.results.len(),
+                    chunk.len()
+                ),
+            ));
+        }
+        for (result, line) in answer.results.iter().zip(chunk_lines) {
             if out.json {
-                // One line per item, in submission order.
-                render::out(&format!("{}\n", serde_json::to_string(result).unwrap_or_default()));
+                // One line per item, in submission order, with the file's
+                // line it came from.
+                let mut item = serde_json::to_value(result).unwrap_or_default();
+                if let Some(object) = item.as_object_mut() {
+                    object.insert("line".into(), json!(line));
+                }
+                render::out(&format!("{item}\n"));
             }
             match result {
                 wire::BatchItem::Submitted(submitted) => {
                     accepted += 1;
                     if !out.json {
-                        println!("{}", submitted.id);
+                        render::out(&format!("{}\n", submitted.id));
                     }
                 }
                 wire::BatchItem::Refused(refused) => {
                     // Code and message quoted, as JSON strings.
                     let (code, message) = (json!(refused.error.code), json!(refused.error.message));
-                    rejected.push(format!("{code}: {message}"));
+                    rejected.push(format!("{}:{line}: {code}: {message}", path.display()));
                 }
-                other => rejected.push(format!("an answer this client does not know: {other:?}")),
+                other => {
+                    rejected.push(format!("{}:{line}: an answer this client does not know: {other:?}", path.display()))
+                }
             }
         }
         bar.inc(chunk.len() as u64);
@@ -690,28 +706,25 @@ pub(crate) async fn history(args: HistoryArgs) -> ExitCode {
         async {
             let history: wire::History =
                 Client::new(&args.server).get_json(&format!("/v1/tasks/{}/history", args.id)).await?;
-            if args.json {
-                print_json(&history);
-                return Ok(ExitCode::SUCCESS);
-            }
-            let mut out = std::io::stdout().lock();
-            for entry in &history.history {
-                let from = entry.from.map_or("new", |s| s.as_str());
-                let line = format!(
-                    "{} {from:>9} → {:<9} attempt {} {}",
-                    entry.at,
-                    entry.to.as_str(),
-                    entry.attempt,
-                    entry.reason
-                );
-                if let Err(e) = std::io::Write::write_all(&mut out, format!("{line}\n").as_bytes()) {
-                    return Ok(super::logs::closed_pipe_is_fine(Err(e)));
-                }
-            }
+            args.out.print(&history, history_text);
             Ok(ExitCode::SUCCESS)
         }
         .await,
     )
+}
+
+/// A task's transitions for people, oldest first.
+fn history_text(history: &wire::History) -> String {
+    let mut table = Table::new(&["AT", "MOVE", "ATTEMPT", "REASON"]).right(&[2]);
+    for entry in &history.history {
+        table.row(vec![
+            entry.at.clone(),
+            format!("{} → {}", entry.from.map_or("new", |s| s.as_str()), entry.to.as_str()),
+            entry.attempt.to_string(),
+            entry.reason.clone(),
+        ]);
+    }
+    table.render("no transitions")
 }
 
 pub(crate) async fn tasks(args: TasksArgs) -> ExitCode {
@@ -728,44 +741,34 @@ pub(crate) async fn tasks(args: TasksArgs) -> ExitCode {
                 }
             }
             let page: wire::TaskPage = Client::new(&args.server).get_json_query("/v1/tasks", &query).await?;
-            if args.json {
-                print_json(&page);
-                return Ok(ExitCode::SUCCESS);
-            }
-            let mut out = std::io::stdout().lock();
-            let header = format!(
-                "{:<36}  {:<9}  {:<12}  {:<16}  {:>3}  {:>7}  {}",
-                "ID", "STATE", "QUEUE", "PLUGIN", "PRI", "ATTEMPT", "SUBMITTED"
-            );
-            let _ = writeln!(out, "{}", header.trim_end());
-            for task in &page.tasks {
-                let _ = writeln!(
-                    out,
-                    "{:<36}  {:<9}  {:<12}  {:<16}  {:>3}  {:>7}  {}",
-                    task.id.to_string(),
-                    task.state,
-                    task.queue,
-                    format!("{}@{}", task.plugin, task.plugin_version),
-                    task.priority,
-                    format!("{}/{}", task.attempts, task.max_attempts),
-                    task.created_at,
-                );
-            }
-            match (page.more, page.next_cursor) {
-                (Some(more), Some(cursor)) => {
-                    let more =
-                        if more >= taskhost::engine::MORE_COUNTED { format!("{more}+") } else { more.to_string() };
-                    let _ = writeln!(out, "{more} more: --cursor {cursor}");
-                }
-                _ if page.tasks.is_empty() => {
-                    let _ = writeln!(out, "no tasks");
-                }
-                _ => {}
-            }
+            args.out.print(&page, tasks_text);
             Ok(ExitCode::SUCCESS)
         }
         .await,
     )
+}
+
+/// A page of tasks for people, then how many more there are and the
+/// cursor that shows them.
+fn tasks_text(page: &wire::TaskPage) -> String {
+    let mut table = Table::new(&["ID", "STATE", "QUEUE", "PLUGIN", "PRI", "ATTEMPT", "SUBMITTED"]).right(&[4, 5]);
+    for task in &page.tasks {
+        table.row(vec![
+            task.id.to_string(),
+            task.state.to_string(),
+            task.queue.clone(),
+            format!("{}@{}", task.plugin, task.plugin_version),
+            task.priority.to_string(),
+            format!("{}/{}", task.attempts, task.max_attempts),
+            task.created_at.clone(),
+        ]);
+    }
+    let mut text = table.render("no tasks");
+    if let (Some(more), Some(cursor)) = (page.more, page.next_cursor) {
+        let more = if more >= taskhost::engine::MORE_COUNTED { format!("{more}+") } else { more.to_string() };
+        text.push_str(&format!("{more} more: --cursor {cursor}\n"));
+    }
+    text
 }
 
 pub(crate) async fn plugins(command: PluginsCommand) -> ExitCode {
@@ -863,13 +866,9 @@ pub(crate) async fn queues(command: QueuesCommand) -> ExitCode {
                         ])
                     });
                 }
-                QueuesCommand::List { json, server } => {
+                QueuesCommand::List { out, server } => {
                     let queues: wire::QueueList = Client::new(&server).get_json("/v1/queues").await?;
-                    if json {
-                        print_json(&queues);
-                    } else {
-                        print_queues(&queues);
-                    }
+                    out.print(&queues, queues_text);
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -905,7 +904,7 @@ fn task_text(task: &wire::Task) -> String {
         let step = task.step.as_deref().map(|s| format!(", step {s}")).unwrap_or_default();
         format!("{}{step}, iteration {}, depth {}", task.flow_id, task.iteration, task.depth)
     };
-    fields(&[
+    let mut text = fields(&[
         ("id", task.id.to_string()),
         ("state", task.state.to_string()),
         (
@@ -928,7 +927,14 @@ fn task_text(task: &wire::Task) -> String {
         ("error", error),
         ("callback url", task.callback_url.clone().unwrap_or_default()),
         ("callback", callback),
-    ])
+    ]);
+    if let Some(error) = task.error.as_ref().filter(|e| !e.stderr_tail.is_empty()) {
+        text.push_str("stderr (the failed attempt's last lines):\n");
+        for line in &error.stderr_tail {
+            text.push_str(&format!("  {}\n", render::printable(line)));
+        }
+    }
+    text
 }
 
 /// A plugin for people: its name and latest, then a row per version.
@@ -969,30 +975,23 @@ fn plugin_text(plugin: &wire::Plugin) -> String {
 }
 
 /// The queues as a table.
-fn print_queues(list: &wire::QueueList) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "{:<24}  {:>6}  {:>11}  {:>7}  {:>7}  {:>7}  {:<9}  RETAIN-COUNT",
-        "QUEUE", "WEIGHT", "CONCURRENCY", "READY", "DELAYED", "RUNNING", "RETAIN"
-    );
+fn queues_text(list: &wire::QueueList) -> String {
+    let mut table =
+        Table::new(&["QUEUE", "WEIGHT", "CONCURRENCY", "READY", "DELAYED", "RUNNING", "RETAIN", "RETAIN-COUNT"])
+            .right(&[1, 2, 3, 4, 5]);
     for q in &list.queues {
-        let _ = writeln!(
-            out,
-            "{:<24}  {:>6}  {:>11}  {:>7}  {:>7}  {:>7}  {:<9}  {}",
-            q.name,
-            q.weight,
-            q.concurrency.map_or("-".to_owned(), |c| c.to_string()),
-            q.ready,
-            q.delayed,
-            q.running,
-            q.retain_for.as_deref().unwrap_or("default"),
+        table.row(vec![
+            q.name.clone(),
+            q.weight.to_string(),
+            or_dash(q.concurrency),
+            q.ready.to_string(),
+            q.delayed.to_string(),
+            q.running.to_string(),
+            q.retain_for.clone().unwrap_or_else(|| "default".into()),
             q.retain_count.map_or("default".to_owned(), |c| c.to_string()),
-        );
+        ]);
     }
-    if list.queues.is_empty() {
-        let _ = writeln!(out, "no queues");
-    }
+    table.render("no queues")
 }
 
 pub(crate) fn read_input(path: Option<&std::path::Path>) -> Result<Vec<u8>, String> {

@@ -85,15 +85,21 @@ impl Endings {
             _ => 0,
         };
         if let Some(url) = &done.callback_url {
-            match shared.store.output(done.id) {
-                Ok(output) => {
+            let read = shared
+                .store
+                .output(done.id)
+                .map_err(super::EngineError::from)
+                .and_then(|output| Ok((output, super::logs::stderr_tail(shared, done)?)));
+            match read {
+                Ok((output, stderr)) => {
                     let ns = crate::tenant::Namespace::new(crate::tenant::tenant_of(&done.plugin));
-                    let body = crate::wire::Task::new(done, output.as_deref()).in_namespace(&ns);
+                    let body =
+                        crate::wire::Task::new(done, output.as_deref()).with_stderr_tail(stderr).in_namespace(&ns);
                     self.callbacks.deliver(url.clone(), body, ns.tenant());
                 }
                 Err(error) => {
-                    tracing::error!(id = %done.id, %error, "cannot read the output for the callback");
-                    let why = format!("reading the output failed: {error}");
+                    tracing::error!(id = %done.id, %error, "cannot read the output or transcript for the callback");
+                    let why = format!("reading the output or transcript failed: {error}");
                     self.callbacks.ended(done.id, crate::store::CallbackOutcome::failed(0, why));
                 }
             }

@@ -69,6 +69,8 @@ impl Ord for Waiter {
 #[derive(Debug)]
 pub(crate) struct Gate {
     slots: Mutex<Slots>,
+    /// How many execution slots there are.
+    slot_count: usize,
     memory: Semaphore,
     budget_units: u32,
     metrics: GateMetrics,
@@ -131,6 +133,7 @@ impl Gate {
         metrics.budget.set((u64::from(budget_units) * UNIT) as i64);
         Self {
             slots: Mutex::new(Slots { free: slots.max(1), waiting: BinaryHeap::new(), arrivals: 0 }),
+            slot_count: slots.max(1),
             memory: Semaphore::new(budget_units as usize),
             budget_units,
             metrics,
@@ -203,9 +206,18 @@ impl Gate {
     }
 
     /// Execution slots free now.
-    #[cfg(test)]
     pub(crate) fn free_slots(&self) -> usize {
         lock(&self.slots).free
+    }
+
+    /// How many execution slots there are (the engine's concurrency).
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slot_count
+    }
+
+    /// Execution slots held by running attempts now.
+    pub(crate) fn busy_slots(&self) -> usize {
+        self.slot_count.saturating_sub(self.free_slots())
     }
 }
 

@@ -115,6 +115,56 @@ fn attempt_log(shared: &Shared, id: Uuid, attempt: u32) -> Result<(AttemptLog, O
     Ok((shared.store.attempt_log(id, attempt)?.unwrap_or_default(), None))
 }
 
+/// Most stderr lines shown with a failure ([`stderr_tail`]).
+pub(crate) const STDERR_TAIL_LINES: usize = 20;
+/// Most bytes of stderr text shown with a failure; an older line that
+/// would pass it is left out (the newest is cut to fit).
+pub(crate) const STDERR_TAIL_BYTES: usize = 4096;
+
+/// The last stderr lines of the attempt that left task `record`'s
+/// failure: its latest run, or the one before it while a retry runs.
+/// Empty when it has no failure or never ran. Read from the attempt's
+/// transcript, so what its cap dropped from the middle is not there, but
+/// its last lines are (the transcript keeps its newest lines).
+pub(crate) fn stderr_tail(shared: &Shared, record: &TaskRecord) -> Result<Vec<String>, EngineError> {
+    if record.error.is_none() {
+        return Ok(Vec::new());
+    }
+    let runs = record.runs();
+    let attempt = if record.state == TaskState::Running { runs.saturating_sub(1) } else { runs };
+    if attempt == 0 {
+        return Ok(Vec::new());
+    }
+    let (log, _) = attempt_log(shared, record.id, attempt)?;
+    Ok(last_stderr(&log))
+}
+
+/// The newest stderr lines of `log`, oldest first, within
+/// [`STDERR_TAIL_LINES`] and [`STDERR_TAIL_BYTES`].
+fn last_stderr(log: &AttemptLog) -> Vec<String> {
+    let mut budget = STDERR_TAIL_BYTES;
+    let mut tail = Vec::new();
+    for line in log.lines.iter().rev().filter(|l| l.stream == crate::sandbox::Stream::Stderr) {
+        if tail.len() == STDERR_TAIL_LINES || budget == 0 {
+            break;
+        }
+        if line.text.len() > budget {
+            if tail.is_empty() {
+                let mut end = budget;
+                while !line.text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                tail.push(line.text[..end].to_owned());
+            }
+            break;
+        }
+        budget -= line.text.len();
+        tail.push(line.text.clone());
+    }
+    tail.reverse();
+    tail
+}
+
 /// The refusal of an attempt a task has not made.
 fn no_attempt(record: &TaskRecord, attempt: u32) -> EngineError {
     EngineError::InvalidRequest(format!(
@@ -282,6 +332,31 @@ impl Follower {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn line(stream: crate::sandbox::Stream, text: &str) -> crate::sandbox::LogLine {
+        crate::sandbox::LogLine { seq: 0, at_ms: 0, stream, level: None, text: text.to_owned() }
+    }
+
+    #[test]
+    fn a_failures_stderr_tail_is_the_newest_stderr_lines_within_its_bounds() {
+        use crate::sandbox::Stream::{Log, Stderr, Stdout};
+        let mut lines = vec![line(Stdout, "out"), line(Log, "logged")];
+        lines.extend((0..30).map(|n| line(Stderr, &format!("err {n}"))));
+        lines.push(line(Stdout, "after"));
+        let tail = last_stderr(&AttemptLog { lines, dropped: None });
+        let wanted: Vec<String> = (10..30).map(|n| format!("err {n}")).collect();
+        assert_eq!(tail, wanted, "the last 20, oldest first, stdout and log left out");
+
+        // Over the byte bound: older lines are left out whole, the newest
+        // alone is cut (on a character boundary).
+        let big = "é".repeat(STDERR_TAIL_BYTES);
+        let lines = vec![line(Stderr, "older"), line(Stderr, &"x".repeat(STDERR_TAIL_BYTES - 2)), line(Stderr, "ab")];
+        assert_eq!(last_stderr(&AttemptLog { lines, dropped: None }), ["x".repeat(STDERR_TAIL_BYTES - 2), "ab".into()]);
+        let tail = last_stderr(&AttemptLog { lines: vec![line(Stderr, "older"), line(Stderr, &big)], dropped: None });
+        assert_eq!(tail.len(), 1);
+        assert!(tail[0].len() <= STDERR_TAIL_BYTES && tail[0].chars().all(|c| c == 'é'), "{}", tail[0].len());
+        assert!(last_stderr(&AttemptLog::default()).is_empty());
+    }
 
     #[test]
     fn a_tenant_takes_at_most_its_share_of_places_and_a_dropped_place_is_given_back() {

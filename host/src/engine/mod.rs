@@ -560,6 +560,12 @@ impl Engine {
         logs::task_logs(&self.inner.shared, record, attempt)
     }
 
+    /// The last stderr lines of the attempt that left `record`'s failure
+    /// (empty without one): what `GET /v1/tasks/{id}` shows with it.
+    pub fn stderr_tail(&self, record: &TaskRecord) -> Result<Vec<String>, EngineError> {
+        logs::stderr_tail(&self.inner.shared, record)
+    }
+
     /// Follows task `record`'s lines from attempt `attempt` (its latest
     /// when `None`) until it ends: see [`crate::wire::LogEvent`]. At most
     /// [`MAX_FOLLOWERS`] follow at once ([`MAX_PER_TENANT`] per tenant);
@@ -639,10 +645,17 @@ impl Engine {
     }
 
     /// The recent throughput and latency: running totals sampled every 2
-    /// seconds over the last 10 minutes, host-wide.
+    /// seconds over the last 10 minutes, host-wide; and the execution
+    /// slots busy now.
     pub fn recent_stats(&self) -> crate::wire::RecentStats {
         let every = u64::try_from(recent::EVERY.as_millis()).unwrap_or(u64::MAX);
-        crate::wire::RecentStats::new(every, self.inner.shared.metrics.recent.samples())
+        let gate = &self.inner.shared.gate;
+        crate::wire::RecentStats::new(
+            every,
+            self.inner.shared.metrics.recent.samples(),
+            gate.slot_count() as u64,
+            gate.busy_slots() as u64,
+        )
     }
 
     /// The Prometheus text exposition.

@@ -14,12 +14,18 @@ pub struct RecentStats {
     pub every_ms: u64,
     /// Oldest first.
     pub samples: Vec<RecentSample>,
+    /// The host's execution slots: the most attempts that run at once
+    /// (`--concurrency`).
+    pub workers: u64,
+    /// Of them, those running an attempt now.
+    pub busy: u64,
 }
 
 impl RecentStats {
-    /// Samples taken every `every_ms`.
-    pub fn new(every_ms: u64, samples: Vec<RecentSample>) -> Self {
-        Self { every_ms, samples }
+    /// Samples taken every `every_ms`, and the slots now: `busy` of
+    /// `workers`.
+    pub fn new(every_ms: u64, samples: Vec<RecentSample>, workers: u64, busy: u64) -> Self {
+        Self { every_ms, samples, workers, busy }
     }
 }
 

@@ -56,6 +56,13 @@ pub struct TaskError {
     pub message: String,
     /// The wasm backtrace of a trap.
     pub backtrace: Option<String>,
+    /// The last lines the failed attempt wrote to stderr (at most 20 and
+    /// 4 KiB), oldest first: a panic's message, a traceback. Given by
+    /// `GET /v1/tasks/{id}` and a completion callback; absent from list
+    /// pages and when the attempt wrote none (the whole transcript is at
+    /// `GET /v1/tasks/{id}/logs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stderr_tail: Vec<String>,
 }
 
 /// What each failure class means, as the OpenAPI document says it.
@@ -115,6 +122,7 @@ impl From<&StoredFailure> for TaskError {
             retryable: e.retryable,
             message: e.message.clone(),
             backtrace: e.backtrace.clone(),
+            stderr_tail: Vec::new(),
         }
     }
 }
@@ -247,6 +255,15 @@ impl Task {
     pub fn with_callback(mut self, record: &TaskRecord, outcome: Option<&CallbackOutcome>) -> Self {
         if record.callback_url.is_some() && record.state.is_terminal() {
             self.callback = Some(CallbackDelivery::new(outcome));
+        }
+        self
+    }
+
+    /// The same view, with the failed attempt's last stderr lines on its
+    /// error (see [`TaskError::stderr_tail`]).
+    pub fn with_stderr_tail(mut self, lines: Vec<String>) -> Self {
+        if let Some(error) = &mut self.error {
+            error.stderr_tail = lines;
         }
         self
     }

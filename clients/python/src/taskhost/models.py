@@ -112,6 +112,9 @@ class TaskError:
     retryable: bool
     message: str
     backtrace: Optional[str]
+    #: The failed attempt's last stderr lines, oldest first (``get_task``
+    #: and callbacks give them; list pages do not).
+    stderr_tail: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -785,10 +788,13 @@ class RecentSample:
 
 @dataclass(frozen=True)
 class RecentStats:
-    """The samples of the last 10 minutes, oldest first."""
+    """The samples of the last 10 minutes, oldest first; and the
+    execution slots now: ``busy`` of ``workers``."""
 
     every_ms: int
     samples: list[RecentSample]
+    workers: int
+    busy: int
 
 
 @dataclass(frozen=True)

@@ -277,13 +277,20 @@ async function overview() {
   );
   let samples = [];
   async function refresh() {
-    const [healthz, list, run] = await Promise.all([
+    const [healthz, list, run, slots] = await Promise.all([
       health(), api.get("/v1/queues"), api.get("/v1/tasks?state=running&order=newest&limit=15"),
+      // The host's execution slots need the metrics scope; without it the
+      // card counts the running tasks of this token's queues.
+      api.get("/v1/stats/recent").catch((error) => { if (error.status === 403) return null; throw error; }),
     ]);
-    const busy = list.queues.reduce((n, q) => n + q.running, 0);
+    const mine = list.queues.reduce((n, q) => n + q.running, 0);
+    const workers = slots
+      ? h("div", { class: "card", title: "execution slots running an attempt now, of the host's --concurrency" },
+        h("b", { id: "workers" }, `${slots.busy} / ${slots.workers}`), "workers busy")
+      : h("div", { class: "card", title: "tasks of your queues running now" }, h("b", { id: "workers" }, mine), "running");
     cards.replaceChildren(
       ...STATES.map((s) => h("div", { class: "card", title: "tasks in the whole host" }, h("b", { "data-state": s }, healthz.tasks?.[s] ?? 0), stateBadge(s))),
-      h("div", { class: "card" }, h("b", {}, busy), "workers busy"),
+      workers,
       healthz.status === "ok" ? "" : h("div", { class: "card error", id: "unhealthy" }, h("b", {}, "unhealthy"), healthz.reason || ""),
     );
     queues.replaceChildren(...list.queues.map((q) => h("tr", {},
@@ -484,7 +491,10 @@ async function taskPage(id) {
         field("Finished", when(task.finished_at)), field("Runs at", task.next_run_at ? when(task.next_run_at) : null),
         field("Limits", `fuel ${task.limits.fuel}, memory ${bytes(task.limits.memory_bytes)}, timeout ${task.limits.timeout_ms} ms`),
         field("Fuel used", task.fuel_used), field("Key", task.idempotency_key), field("Callback", task.callback_url),
-        field("Error", task.error ? h("span", { class: "error" }, `${task.error.class}: ${task.error.message}`) : null))),
+        field("Error", task.error ? h("span", { class: "error" }, `${task.error.class}: ${task.error.message}`) : null),
+        task.error?.stderr_tail?.length
+          ? field("Stderr", h("pre", { id: "stderr-tail", title: "the failed attempt's last stderr lines" }, task.error.stderr_tail.join("\n")))
+          : null)),
       h("section", { class: "panel" }, h("h2", {}, "History"), h("ol", { class: "timeline" },
         history.history.map((t) => h("li", {}, h("span", { class: "muted" }, `${when(t.at)} · attempt ${t.attempt} · `),
           `${t.from || "new"} → `, stateBadge(t.to), h("div", { class: "muted" }, t.reason)))))),
