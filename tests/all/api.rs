@@ -554,6 +554,50 @@ async fn a_batch_names_each_refusal_by_its_line() {
     assert_eq!(before["tasks"].as_array().unwrap().len(), after["tasks"].as_array().unwrap().len());
 }
 
+/// A task cancelled while it waits is out of its queue's and its
+/// tenant's ready counts at once, not when its turn would have come.
+#[tokio::test]
+async fn a_cancelled_waiting_task_leaves_the_ready_counts_at_once() {
+    let api = api().await;
+    let put = api.http.put(format!("{}/v1/queues/held", api.base)).json(&json!({"concurrency": 1}));
+    assert_eq!(api.send(put).await.0, StatusCode::OK);
+    let (_, sleeper) = api.post_json("/v1/tasks", r#"{"plugin": "sleep", "input": 2000, "queue": "held"}"#).await;
+    let mut waiting = Vec::new();
+    for _ in 0..3 {
+        let (_, task) = api.post_json("/v1/tasks", r#"{"plugin": "uppercase", "input": "x", "queue": "held"}"#).await;
+        waiting.push(task["id"].as_str().unwrap().to_owned());
+    }
+    let ready = |queues: &Value| {
+        queues["queues"].as_array().unwrap().iter().find(|q| q["name"] == "held").unwrap()["ready"].clone()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, queues) = api.get("/v1/queues").await;
+        if ready(&queues) == 3 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the three never waited behind the sleeper: {queues}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for id in &waiting[..2] {
+        let (status, cancelled) = api.post_json(&format!("/v1/tasks/{id}/cancel"), "{}").await;
+        assert_eq!((status, cancelled["state"].as_str()), (StatusCode::OK, Some("cancelled")), "{cancelled}");
+    }
+    let (_, queues) = api.get("/v1/queues").await;
+    assert_eq!(ready(&queues), 1, "{queues}");
+    let (_, tenant) = api.get("/v1/tenants/default").await;
+    assert_eq!(tenant["usage"]["ready"], 1, "{tenant}");
+    // The one left runs once the sleeper is done; the cancelled never do.
+    assert_eq!(api.wait_done(&waiting[2]).await["state"], "completed");
+    assert_eq!(api.wait_done(sleeper["id"].as_str().unwrap()).await["state"], "completed");
+    for id in &waiting[..2] {
+        let (_, task) = api.get(&format!("/v1/tasks/{id}")).await;
+        assert_eq!((&task["state"], &task["started_at"]), (&json!("cancelled"), &Value::Null), "{task}");
+    }
+    let (_, queues) = api.get("/v1/queues").await;
+    assert_eq!((ready(&queues), queues["queues"][0]["running"].clone()), (json!(0), json!(0)), "{queues}");
+}
+
 /// A reader that goes away (`taskhost plugins list | head -0`) ends the
 /// command quietly, as Unix tools end, never with a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

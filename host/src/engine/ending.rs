@@ -10,6 +10,7 @@ use super::flows::Flows;
 use super::metrics::Metrics;
 use super::shared::Shared;
 use crate::store::{Change, TaskRecord, TaskState};
+use crate::sync::lock;
 use std::sync::Arc;
 use uuid::Uuid;
 
@@ -66,6 +67,11 @@ impl Endings {
     /// Bookkeeping for a task that reached a terminal state.
     pub(crate) fn ended(self: &Arc<Self>, done: &TaskRecord) {
         let shared = &self.shared;
+        if done.state == TaskState::Cancelled {
+            // Cancelled before it was claimed: out of the ready counts now,
+            // not when its entry comes up.
+            lock(&shared.sched).withdraw(done.id, &done.queue);
+        }
         shared.runner.release(&done.plugin, &done.plugin_version);
         let label = Metrics::label(&done.queue);
         let from = done.history.last().and_then(|t| t.from);

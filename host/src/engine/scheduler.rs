@@ -24,7 +24,7 @@
 
 use crate::store::QueueConfig;
 use std::cmp::{Ordering, Reverse};
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use uuid::Uuid;
 
 /// A task the scheduler can start.
@@ -63,6 +63,9 @@ impl PartialOrd for Ready {
 #[derive(Debug, Default)]
 struct Queue {
     ready: BinaryHeap<Ready>,
+    /// Entries in `ready` that were withdrawn (their task was cancelled):
+    /// skipped when they come up, and not counted as ready meanwhile.
+    withdrawn: usize,
     delayed: usize,
     running: usize,
     config: QueueConfig,
@@ -73,8 +76,13 @@ struct Queue {
 }
 
 impl Queue {
+    /// Ready tasks, not counting withdrawn ones.
+    fn live(&self) -> usize {
+        self.ready.len() - self.withdrawn
+    }
+
     fn eligible(&self) -> bool {
-        !self.ready.is_empty() && self.config.concurrency.is_none_or(|limit| self.running < limit as usize)
+        self.live() > 0 && self.config.concurrency.is_none_or(|limit| self.running < limit as usize)
     }
 }
 
@@ -115,6 +123,13 @@ pub(crate) struct Scheduler {
     any_caps: bool,
     delayed: BinaryHeap<Reverse<(u64, Uuid)>>,
     delayed_entries: HashMap<Uuid, Entry>,
+    /// The tasks in the ready heaps (withdrawn ones aside), with the
+    /// version their entry expects.
+    ready_ids: HashMap<Uuid, u64>,
+    /// Entries withdrawn from the ready heaps, skipped when they come up:
+    /// (task, version), so a task made ready again (a manual retry) is not
+    /// mistaken for its withdrawn entry.
+    withdrawn: HashSet<(Uuid, u64)>,
     /// Tasks claimed and not yet settled (outcome recorded).
     in_flight: usize,
     /// Execution slots (the engine's concurrency).
@@ -141,6 +156,8 @@ impl Scheduler {
             any_caps: false,
             delayed: BinaryHeap::new(),
             delayed_entries: HashMap::new(),
+            ready_ids: HashMap::new(),
+            withdrawn: HashSet::new(),
             in_flight: 0,
             slots: slots.max(1),
             ahead_max: 0,
@@ -202,7 +219,7 @@ impl Scheduler {
     pub(crate) fn tenant_depth(&self, tenant: &str) -> QueueDepth {
         let mut depth = QueueDepth::default();
         for (_, q) in self.queues.iter().filter(|(name, _)| crate::tenant::tenant_of(name) == tenant) {
-            depth.ready += q.ready.len();
+            depth.ready += q.live();
             depth.delayed += q.delayed;
             depth.running += q.running;
         }
@@ -239,9 +256,10 @@ impl Scheduler {
             tenant.vtime = tenant.vtime.max(floor);
         }
         tenant.ready += 1;
+        self.ready_ids.insert(entry.id, entry.version);
         let floor = self.min_active_vtime(crate::tenant::tenant_of(&entry.queue));
         let queue = self.queue(&entry.queue);
-        if queue.ready.is_empty()
+        if queue.live() == 0
             && queue.running == 0
             && let Some(floor) = floor
         {
@@ -250,13 +268,31 @@ impl Scheduler {
         queue.ready.push(Ready(entry));
     }
 
+    /// Withdraws a task that ended before it was claimed (cancelled while
+    /// ready or delayed), so it is no longer counted, nor charged to its
+    /// tenant's share. A task not held here (claimed already, or waiting
+    /// for its flow's predecessors) is left alone.
+    pub(crate) fn withdraw(&mut self, id: Uuid, queue: &str) {
+        if let Some(entry) = self.delayed_entries.remove(&id) {
+            let q = self.queue(&entry.queue);
+            q.delayed = q.delayed.saturating_sub(1);
+            return;
+        }
+        if let Some(version) = self.ready_ids.remove(&id) {
+            self.withdrawn.insert((id, version));
+            self.queue(queue).withdrawn += 1;
+            let tenant = self.tenant(queue);
+            tenant.ready = tenant.ready.saturating_sub(1);
+        }
+    }
+
     /// The least virtual time of `tenant`'s active queues that may run
     /// now (of all its active ones when none may).
     fn min_active_vtime(&self, tenant: &str) -> Option<f64> {
         let active = || {
             self.queues
                 .iter()
-                .filter(|(name, q)| (!q.ready.is_empty() || q.running > 0) && crate::tenant::tenant_of(name) == tenant)
+                .filter(|(name, q)| (q.live() > 0 || q.running > 0) && crate::tenant::tenant_of(name) == tenant)
                 .map(|(_, q)| q)
         };
         let capped = |q: &Queue| q.config.concurrency.is_some_and(|limit| q.running >= limit as usize);
@@ -306,7 +342,17 @@ impl Scheduler {
             })?;
         let name = name.clone();
         let queue = self.queues.get_mut(&name).expect("just found");
-        let Ready(entry) = queue.ready.pop()?;
+        // Withdrawn entries are dropped as they come up; the queue has a
+        // live one (it is eligible).
+        let entry = loop {
+            let Ready(entry) = queue.ready.pop()?;
+            if self.withdrawn.remove(&(entry.id, entry.version)) {
+                queue.withdrawn -= 1;
+                continue;
+            }
+            break entry;
+        };
+        self.ready_ids.remove(&entry.id);
         queue.running += 1;
         // Charge the estimate now so one dispatch round spreads across
         // queues and tenants; `finished` corrects it with the measured
@@ -369,9 +415,7 @@ impl Scheduler {
         let mut out: Vec<_> = self
             .queues
             .iter()
-            .map(|(name, q)| {
-                (name.clone(), QueueDepth { ready: q.ready.len(), delayed: q.delayed, running: q.running })
-            })
+            .map(|(name, q)| (name.clone(), QueueDepth { ready: q.live(), delayed: q.delayed, running: q.running }))
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -391,6 +435,32 @@ mod tests {
 
     fn entry(queue: &str, priority: u8, n: u128) -> Entry {
         Entry { id: Uuid::from_u128(n), version: 1, priority, queue: queue.into() }
+    }
+
+    #[test]
+    fn a_withdrawn_task_is_neither_counted_nor_claimed_and_a_retry_of_it_is() {
+        let mut s = Scheduler::new(10);
+        for n in 1..=3 {
+            s.enqueue(entry("q", 0, n), None, 0);
+        }
+        s.enqueue(entry("q", 0, 4), Some(1_000), 0);
+        s.withdraw(Uuid::from_u128(2), "q");
+        s.withdraw(Uuid::from_u128(4), "q");
+        // Not held here: nothing changes.
+        s.withdraw(Uuid::from_u128(99), "q");
+        assert_eq!(s.depths(), [("q".to_owned(), QueueDepth { ready: 2, delayed: 0, running: 0 })]);
+        assert_eq!(s.tenant_depth("default").ready, 2);
+        // Made ready again under a new version (a manual retry) before its
+        // withdrawn entry came up: it runs once, as that version.
+        s.enqueue(Entry { version: 3, ..entry("q", 0, 2) }, None, 0);
+        assert_eq!(s.depths()[0].1.ready, 3);
+        let claimed: Vec<(u128, u64)> =
+            std::iter::from_fn(|| s.next()).map(|(e, _)| (e.id.as_u128(), e.version)).collect();
+        assert_eq!(claimed, [(1, 1), (2, 3), (3, 1)]);
+        assert_eq!(s.promote_due(2_000), None, "the withdrawn delayed task never becomes ready");
+        assert!(s.next().is_none());
+        assert_eq!(s.depths()[0].1, QueueDepth { ready: 0, delayed: 0, running: 3 });
+        assert!(s.withdrawn.is_empty() && s.ready_ids.is_empty(), "nothing is left behind");
     }
 
     #[test]
