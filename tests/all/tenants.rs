@@ -473,6 +473,55 @@ async fn ceilings_plugin_quotas_and_stored_bytes() {
     refused_by(status, &body, "quota_exceeded", "max_plugin_bytes");
 }
 
+/// A tenant's flow quotas lower the host's flow limits for its flows
+/// only: a declared flow with more steps is refused with nothing written;
+/// a plugin's children and context writes past them get `limit-exceeded`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_flow_quotas_lower_the_flow_limits_for_its_flows() {
+    let (_data, server, admin, http) = fresh(&[]).await;
+    let base = &server.base;
+    let quotas = json!({"max_flow_tasks": 3, "max_children_per_task": 2, "max_flow_context_bytes": 16});
+    assert_eq!(put_tenant(&http, base, &admin, "f", quotas).await, StatusCode::CREATED);
+    let token = tenant_token(&http, base, &admin, "tf", "f", &["plugins", "submit", "read"]).await.unwrap();
+    for (who, token) in [("f", token.as_str()), ("default", admin.as_str())] {
+        for (name, artifact) in [("uppercase", UPPERCASE), ("flow-probe", taskhost_test_artifacts::FLOW_PROBE)] {
+            assert_eq!(upload(&http, base, token, name, artifact.bytes()).await.0, StatusCode::CREATED, "{who}");
+        }
+    }
+
+    // Declared flows: four steps are one too many for tenant f.
+    let steps = |n: usize| json!({"input": "x", "steps": vec![json!({"plugin": "uppercase"}); n]});
+    let (status, body) = post(&http, base, &token, "/v1/flows", steps(4)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    refused_by(status, &body, "quota_exceeded", "max_flow_tasks");
+    let (_, flows) = get(&http, base, &token, "/v1/flows").await;
+    assert_eq!(flows["flows"], json!([]), "nothing refused was written: {flows}");
+    let (status, body) = post(&http, base, &token, "/v1/flows", steps(3)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = post(&http, base, &admin, "/v1/flows", steps(4)).await;
+    assert_eq!(status, StatusCode::CREATED, "the default tenant keeps the host's limits: {body}");
+
+    // From inside a plugin: children and context.
+    let script = json!([{"fanout": {"n": 3, "plugin": "uppercase", "input": "x"}},
+        {"set": ["key", "a value past sixteen bytes"]}]);
+    for (token, submitted, refused) in [(&token, 2, 1), (&admin, 3, 0)] {
+        let (status, task) =
+            post(&http, base, token, "/v1/tasks", json!({"plugin": "flow-probe", "input": script})).await;
+        assert_eq!(status, StatusCode::CREATED, "{task}");
+        let done = ended(&http, base, token, task["id"].as_str().unwrap()).await;
+        let out = &done["output"];
+        assert_eq!(out[0]["submitted"], submitted, "{done}");
+        let refusals = out[0]["refused"].as_array().unwrap();
+        assert_eq!(refusals.len(), refused, "{done}");
+        if refused > 0 {
+            assert!(refusals[0].as_str().unwrap().contains("at most 2 children per attempt"), "{done}");
+            assert!(out[1]["error"].as_str().unwrap().contains("limit is 16 bytes"), "{done}");
+        } else {
+            assert_eq!(out[1], "ok", "{done}");
+        }
+    }
+}
+
 /// Waits until `GET /v1/config` satisfies `ok`; the view.
 async fn config_until(http: &reqwest::Client, base: &str, admin: &str, ok: impl Fn(&Value) -> bool) -> Value {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

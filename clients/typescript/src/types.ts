@@ -650,6 +650,10 @@ export interface Quotas {
   max_memory_bytes?: number | null;
   max_timeout_ms?: number | null;
   max_queues?: number | null;
+  max_flow_tasks?: number | null;
+  max_flow_depth?: number | null;
+  max_children_per_task?: number | null;
+  max_flow_context_bytes?: number | null;
 }
 
 /** `Usage`: what a tenant uses now. */

@@ -79,6 +79,18 @@ pub(crate) struct QuotaArgs {
     /// Queues (its `default` queue is never refused).
     #[arg(long, value_name = "N")]
     max_queues: Option<u32>,
+    /// Tasks one of its flows may create in all.
+    #[arg(long, value_name = "N")]
+    max_flow_tasks: Option<u64>,
+    /// Submissions between a flow's first tasks and the deepest.
+    #[arg(long, value_name = "N")]
+    max_flow_depth: Option<u32>,
+    /// Children (and joins) one attempt may submit.
+    #[arg(long, value_name = "N")]
+    max_children_per_task: Option<u32>,
+    /// Bytes of one flow's context, e.g. `256KiB`.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_flow_context: Option<u64>,
 }
 
 impl QuotaArgs {
@@ -96,6 +108,10 @@ impl QuotaArgs {
         quotas.max_memory_bytes = self.max_memory;
         quotas.max_timeout_ms = self.max_timeout.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         quotas.max_queues = self.max_queues;
+        quotas.max_flow_tasks = self.max_flow_tasks;
+        quotas.max_flow_depth = self.max_flow_depth;
+        quotas.max_children_per_task = self.max_children_per_task;
+        quotas.max_flow_context_bytes = self.max_flow_context;
         quotas
     }
 }

@@ -800,7 +800,8 @@ impl Engine {
         tenants.check_stored(&tenant, 0)?;
         // Its first iteration's tasks count as unfinished (a plan that
         // does not fit is refused below, with its reason).
-        let planned = spec.plan(self.inner.flows.limits().tasks_per_flow).map_or(1, |plan| plan.len() as u64);
+        let planned =
+            spec.plan(self.inner.flows.limits_for(&tenant).tasks_per_flow).map_or(1, |plan| plan.len() as u64);
         let metrics = &self.inner.shared.metrics;
         let quota = tenants.reserve_unfinished(&tenant, || metrics.unfinished_of(&tenant), planned)?;
         let engine = self.clone();

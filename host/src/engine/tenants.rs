@@ -241,6 +241,10 @@ pub(crate) fn check_quotas(q: &TenantQuotas) -> Result<(), EngineError> {
         ("max_memory_bytes", q.max_memory_bytes),
         ("max_timeout_ms", q.max_timeout_ms),
         ("max_queues", q.max_queues.map(u64::from)),
+        ("max_flow_tasks", q.max_flow_tasks),
+        ("max_flow_depth", q.max_flow_depth.map(u64::from)),
+        ("max_children_per_task", q.max_children_per_task.map(u64::from)),
+        ("max_flow_context_bytes", q.max_flow_context_bytes),
     ]
     .into_iter()
     .find(|(_, v)| *v == Some(0));

@@ -104,6 +104,15 @@ pub struct TenantQuotas {
     /// Queues the tenant has (its `default` queue always counts among
     /// them and is never refused).
     pub max_queues: Option<u32>,
+    /// Tasks one of its flows may create in all (lower than the host's
+    /// flow limit).
+    pub max_flow_tasks: Option<u64>,
+    /// Submissions between one of its flows' first tasks and the deepest.
+    pub max_flow_depth: Option<u32>,
+    /// Children (and joins) one attempt of its tasks may submit.
+    pub max_children_per_task: Option<u32>,
+    /// Bytes of keys plus values in one of its flows' context.
+    pub max_flow_context_bytes: Option<u64>,
 }
 
 /// One audit entry: who did what to which object, when.

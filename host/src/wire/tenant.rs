@@ -48,6 +48,18 @@ pub struct Quotas {
     /// Queues (its `default` queue is never refused).
     #[serde(default)]
     pub max_queues: Option<u32>,
+    /// Tasks one flow may create in all (lowers the host's flow limit).
+    #[serde(default)]
+    pub max_flow_tasks: Option<u64>,
+    /// Submissions between a flow's first tasks and the deepest.
+    #[serde(default)]
+    pub max_flow_depth: Option<u32>,
+    /// Children (and joins) one attempt may submit.
+    #[serde(default)]
+    pub max_children_per_task: Option<u32>,
+    /// Bytes of keys plus values in one flow's context.
+    #[serde(default)]
+    pub max_flow_context_bytes: Option<u64>,
 }
 
 impl From<&TenantQuotas> for Quotas {
@@ -65,6 +77,10 @@ impl From<&TenantQuotas> for Quotas {
             max_memory_bytes: q.max_memory_bytes,
             max_timeout_ms: q.max_timeout_ms,
             max_queues: q.max_queues,
+            max_flow_tasks: q.max_flow_tasks,
+            max_flow_depth: q.max_flow_depth,
+            max_children_per_task: q.max_children_per_task,
+            max_flow_context_bytes: q.max_flow_context_bytes,
         }
     }
 }
@@ -84,6 +100,10 @@ impl From<&Quotas> for TenantQuotas {
             max_memory_bytes: q.max_memory_bytes,
             max_timeout_ms: q.max_timeout_ms,
             max_queues: q.max_queues,
+            max_flow_tasks: q.max_flow_tasks,
+            max_flow_depth: q.max_flow_depth,
+            max_children_per_task: q.max_children_per_task,
+            max_flow_context_bytes: q.max_flow_context_bytes,
         }
     }
 }

@@ -671,6 +671,10 @@ class Quotas:
     max_memory_bytes: Optional[int] = None
     max_timeout_ms: Optional[int] = None
     max_queues: Optional[int] = None
+    max_flow_tasks: Optional[int] = None
+    max_flow_depth: Optional[int] = None
+    max_children_per_task: Optional[int] = None
+    max_flow_context_bytes: Optional[int] = None
 
     def to_json(self) -> dict[str, Optional[int]]:
         """The quotas as the API takes them."""

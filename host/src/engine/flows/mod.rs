@@ -51,6 +51,18 @@ pub struct FlowLimits {
     pub submissions_per_sec: u32,
 }
 
+impl FlowLimits {
+    /// Lowers each limit to the tenant's quota for it, where it has one.
+    pub(crate) fn lower_to(&mut self, q: &crate::store::TenantQuotas) {
+        let lower = |limit: &mut u64, quota: Option<u64>| *limit = quota.map_or(*limit, |q| q.min(*limit));
+        lower(&mut self.tasks_per_flow, q.max_flow_tasks);
+        lower(&mut self.context_bytes, q.max_flow_context_bytes);
+        let lower32 = |limit: &mut u32, quota: Option<u32>| *limit = quota.map_or(*limit, |q| q.min(*limit));
+        lower32(&mut self.max_depth, q.max_flow_depth);
+        lower32(&mut self.children_per_task, q.max_children_per_task);
+    }
+}
+
 impl Default for FlowLimits {
     fn default() -> Self {
         Self {
@@ -140,8 +152,19 @@ impl Flows {
         lock(&self.book)
     }
 
+    /// The host's flow limits.
     pub(crate) fn limits(&self) -> &FlowLimits {
         &self.shared.config.flow_limits
+    }
+
+    /// The flow limits of `tenant`'s flows: the host's, lowered by the
+    /// tenant's own quotas.
+    pub(crate) fn limits_for(&self, tenant: &str) -> FlowLimits {
+        let mut limits = self.limits().clone();
+        if let Some(q) = self.shared.tenants.quotas(tenant) {
+            limits.lower_to(&q);
+        }
+        limits
     }
 
     /// The tasks of `record.after` that have not ended yet. A failed read
@@ -297,6 +320,23 @@ impl Flows {
         trace: Option<crate::trace::TraceParent>,
     ) -> Result<(NewTasks, Vec<Pin>), EngineError> {
         let plan = spec.plan(self.limits().tasks_per_flow).map_err(EngineError::InvalidRequest)?;
+        // Every step is the tenant's (names were qualified in its
+        // namespace): its own flow quota applies too.
+        if let Some(first) = plan.first() {
+            let tenant = crate::tenant::tenant_of(&first.step.plugin);
+            let limit = self.limits_for(tenant).tasks_per_flow;
+            if plan.len() as u64 > limit {
+                return Err(EngineError::QuotaExceeded {
+                    tenant: tenant.to_owned(),
+                    quota: "max_flow_tasks",
+                    message: format!(
+                        "the flow has {} steps; a flow of this tenant may have at most {limit} tasks",
+                        plan.len()
+                    ),
+                    retry_after_secs: None,
+                });
+            }
+        }
         let mut out: Vec<(TaskRecord, Vec<u8>)> = Vec::with_capacity(plan.len());
         let mut pins = Vec::with_capacity(plan.len());
         for planned in &plan {

@@ -125,12 +125,13 @@ impl AttemptServices {
         }
     }
 
-    fn limits(&self) -> &FlowLimits {
-        self.flows.limits()
+    /// The flow limits of this task's tenant.
+    fn limits(&self) -> FlowLimits {
+        self.flows.limits_for(crate::tenant::tenant_of(&self.task.plugin))
     }
 
     fn child(&self, spec: ChildTask, after: Vec<Uuid>) -> Served<Result<String, QueueError>> {
-        let limits = self.limits().clone();
+        let limits = self.limits();
         let mut held = lock(&self.held);
         let flow = self.task.flow_id;
         if let Some(key) = &spec.idempotency_key
@@ -307,7 +308,7 @@ impl AttemptServices {
         }
         if reserve > was_reserved {
             if let Err(refusal) =
-                self.flows.book().reserve_context(self.task.flow_id, reserve - was_reserved, self.limits())
+                self.flows.book().reserve_context(self.task.flow_id, reserve - was_reserved, &self.limits())
             {
                 self.budget.refund(held_after.saturating_sub(held_before));
                 self.shared.metrics.refused(refusal.limit());
