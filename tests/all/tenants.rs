@@ -492,8 +492,8 @@ async fn a_tenants_flow_quotas_lower_the_flow_limits_for_its_flows() {
     // Declared flows: four steps are one too many for tenant f.
     let steps = |n: usize| json!({"input": "x", "steps": vec![json!({"plugin": "uppercase"}); n]});
     let (status, body) = post(&http, base, &token, "/v1/flows", steps(4)).await;
-    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
-    refused_by(status, &body, "quota_exceeded", "max_flow_tasks");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a ceiling, as max_fuel's: {body}");
+    refused_by(status, &body, "invalid_request", "max_flow_tasks");
     let (_, flows) = get(&http, base, &token, "/v1/flows").await;
     assert_eq!(flows["flows"], json!([]), "nothing refused was written: {flows}");
     let (status, body) = post(&http, base, &token, "/v1/flows", steps(3)).await;
@@ -559,6 +559,8 @@ async fn the_configuration_file_is_applied_live_and_a_broken_edit_is_refused() {
     assert_eq!((&acme["quotas"]["max_running"], &acme["source"]), (&json!(2), &json!("file")), "{view}");
     let bulk = entry(&view, "queues", "bulk");
     assert_eq!((&bulk["concurrency"], &bulk["weight"], &bulk["source"]), (&json!(4), &json!(2), &json!("file")));
+    // The server's own backoff (the harness starts it with these).
+    assert_eq!(view["retry"], json!({"base": "20ms", "cap": "100ms", "source": "serve"}), "{view}");
 
     // The API cannot change what the file sets; it can change the rest.
     let (status, body) =
@@ -570,8 +572,39 @@ async fn the_configuration_file_is_applied_live_and_a_broken_edit_is_refused() {
     assert_eq!(put_tenant(&http, base, &admin, "beta", json!({"max_running": 1})).await, StatusCode::CREATED);
 
     // A good edit is applied without a restart.
-    std::fs::write(&file, "[tenants.acme]\nmax_running = 3\n[tenants.gamma]\n[queues.bulk]\nweight = 5\n").unwrap();
+    std::fs::write(
+        &file,
+        "[tenants.acme]\nmax_running = 3\n[tenants.gamma]\n[queues.bulk]\nweight = 5\n\
+         [retry]\nbase = \"100h\"\ncap = \"100h\"\n",
+    )
+    .unwrap();
     let view = config_until(&http, base, &admin, |v| entry(v, "tenants", "gamma")["source"] == "file").await;
+    assert_eq!(view["retry"], json!({"base": "4days 4h", "cap": "4days 4h", "source": "file"}), "{view}");
+    // The file's backoff holds the next retry: up to 100 h away (full
+    // jitter: under a second with odds of one in 360,000).
+    let (status, _) = upload(&http, base, &admin, "fail", taskhost_test_artifacts::FAIL.bytes()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, task) = post(
+        &http,
+        base,
+        &admin,
+        "/v1/tasks",
+        json!({"plugin": "fail", "input_base64": "cmV0cnlhYmxlOmFnYWlu", "max_attempts": 2}),
+    )
+    .await;
+    let id = task["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let waiting = loop {
+        let (_, task) = get(&http, base, &admin, &format!("/v1/tasks/{id}")).await;
+        if task["state"] == "retrying" {
+            break task;
+        }
+        let first = task["attempts"].as_u64().is_some_and(|a| a <= 1) && task["state"] != "completed";
+        assert!(first && std::time::Instant::now() < deadline, "the task should wait for its retry: {task}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let at = |field: &str| chrono::DateTime::parse_from_rfc3339(waiting[field].as_str().unwrap()).unwrap();
+    assert!(at("next_run_at") - at("started_at") > chrono::TimeDelta::seconds(1), "{waiting}");
     assert_eq!(entry(&view, "tenants", "acme")["quotas"]["max_running"], 3, "{view}");
     assert_eq!(entry(&view, "queues", "bulk")["weight"], 5, "{view}");
     assert_eq!(entry(&view, "tenants", "beta")["source"], "api", "{view}");

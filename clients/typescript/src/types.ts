@@ -697,7 +697,7 @@ export interface Health {
 }
 
 /** Where a setting comes from. */
-export type Source = "file" | "api";
+export type Source = "file" | "api" | "serve";
 
 /** `ConfigTenant`: a tenant's effective quotas. */
 export interface ConfigTenant {
@@ -724,6 +724,14 @@ export interface ConfigView {
   file?: string | null;
   applied_at?: string | null;
   error?: string | null;
+  retry: ConfigRetry;
+}
+
+/** `ConfigRetry`: the retry backoff in force (`source`: `file` or `serve`). */
+export interface ConfigRetry {
+  base: string;
+  cap: string;
+  source: Source;
 }
 
 /** `AuditRecord`: one audit entry. */

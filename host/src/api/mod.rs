@@ -599,7 +599,12 @@ async fn get_task(
         let record = owned(engine, &ns, id)?;
         let output = if record.state == TaskState::Completed { engine.output(id)? } else { None };
         let callback = if record.callback_url.is_some() { engine.callback_outcome(id)? } else { None };
-        let stderr = engine.stderr_tail(&record)?;
+        // The tail is an aid: a transcript that cannot be read leaves it
+        // out (and is logged) rather than failing the whole record.
+        let stderr = engine.stderr_tail(&record).unwrap_or_else(|error| {
+            tracing::warn!(%id, %error, "cannot read the failed attempt's transcript");
+            Vec::new()
+        });
         Ok(wire::Task::new(&record, output.as_deref())
             .with_callback(&record, callback.as_ref())
             .with_stderr_tail(stderr)

@@ -622,6 +622,8 @@ async fn submit_batch(client: &Client, plugin: &str, path: &std::path::Path, out
         let body = wire::BatchSubmission::new(chunk.to_vec());
         let answer: wire::BatchAnswer = client.post_json("/v1/tasks:batch", &body).await?;
         if answer.results.len() != chunk.len() {
+            bar.finish_and_clear();
+            eprintln!("{accepted} accepted, {} rejected before the server's answer went wrong", rejected.len());
             return Err(Failure(
                 EXIT_USAGE,
                 format!(

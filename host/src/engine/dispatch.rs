@@ -230,7 +230,7 @@ impl Dispatch {
                 run_secs = ran.secs;
                 reserved = Some(ran.reserved);
                 let (run_started, input_len) = (ran.started_ms, ran.input_len);
-                decide(&record, ran.report, &shared.config.retry).edit(move |r| {
+                decide(&record, ran.report, &shared.retry_policy()).edit(move |r| {
                     r.started_at_ms = Some(run_started);
                     if r.input_from == InputFrom::Url {
                         r.input_len = input_len;
@@ -238,7 +238,7 @@ impl Dispatch {
                 })
             }
             Err(NotRun::Failed(class, message)) => fail_before_run(&record, class, message),
-            Err(NotRun::Retried(failure)) => decide(&record, unrun(failure), &shared.config.retry),
+            Err(NotRun::Retried(failure)) => decide(&record, unrun(failure), &shared.retry_policy()),
             Err(NotRun::Stopping) => {
                 // Claimed but never run: back to pending, its attempt not
                 // counted, to run after the restart.

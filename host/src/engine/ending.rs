@@ -91,21 +91,22 @@ impl Endings {
             _ => 0,
         };
         if let Some(url) = &done.callback_url {
-            let read = shared
-                .store
-                .output(done.id)
-                .map_err(super::EngineError::from)
-                .and_then(|output| Ok((output, super::logs::stderr_tail(shared, done)?)));
-            match read {
-                Ok((output, stderr)) => {
+            match shared.store.output(done.id) {
+                Ok(output) => {
+                    // The tail is an aid: one that cannot be read is left
+                    // out (and logged); the callback still goes.
+                    let stderr = super::logs::stderr_tail(shared, done).unwrap_or_else(|error| {
+                        tracing::warn!(id = %done.id, %error, "cannot read the failed attempt's transcript");
+                        Vec::new()
+                    });
                     let ns = crate::tenant::Namespace::new(crate::tenant::tenant_of(&done.plugin));
                     let body =
                         crate::wire::Task::new(done, output.as_deref()).with_stderr_tail(stderr).in_namespace(&ns);
                     self.callbacks.deliver(url.clone(), body, ns.tenant());
                 }
                 Err(error) => {
-                    tracing::error!(id = %done.id, %error, "cannot read the output or transcript for the callback");
-                    let why = format!("reading the output or transcript failed: {error}");
+                    tracing::error!(id = %done.id, %error, "cannot read the output for the callback");
+                    let why = format!("reading the output failed: {error}");
                     self.callbacks.ended(done.id, crate::store::CallbackOutcome::failed(0, why));
                 }
             }

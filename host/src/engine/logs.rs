@@ -122,21 +122,36 @@ pub(crate) const STDERR_TAIL_LINES: usize = 20;
 pub(crate) const STDERR_TAIL_BYTES: usize = 4096;
 
 /// The last stderr lines of the attempt that left task `record`'s
-/// failure: its latest run, or the one before it while a retry runs.
-/// Empty when it has no failure or never ran. Read from the attempt's
-/// transcript, so what its cap dropped from the middle is not there, but
-/// its last lines are (the transcript keeps its newest lines).
+/// failure ([`failed_run`]); empty when no run left it. Read from the
+/// attempt's transcript, so what its cap dropped from the middle is not
+/// there, but its last lines are (the transcript keeps its newest lines).
 pub(crate) fn stderr_tail(shared: &Shared, record: &TaskRecord) -> Result<Vec<String>, EngineError> {
     if record.error.is_none() {
         return Ok(Vec::new());
     }
-    let runs = record.runs();
-    let attempt = if record.state == TaskState::Running { runs.saturating_sub(1) } else { runs };
-    if attempt == 0 {
-        return Ok(Vec::new());
-    }
+    let Some(attempt) = failed_run(&record.history) else { return Ok(Vec::new()) };
     let (log, _) = attempt_log(shared, record.id, attempt)?;
     Ok(last_stderr(&log))
+}
+
+/// The run (counted over the task's life, as transcripts are numbered)
+/// whose end left the task's latest failure: the last move into
+/// `retrying`, `failed` or `cancelled`, when it came from `running`. A
+/// failure set without a run (a flow step whose predecessor failed) has
+/// none; a run that started since (a retry running) or a recovery's move
+/// back to `pending` leaves it as it was.
+fn failed_run(history: &[crate::store::Transition]) -> Option<u32> {
+    let (mut runs, mut failed) = (0u32, None);
+    for t in history {
+        match t.to {
+            TaskState::Running => runs += 1,
+            TaskState::Retrying | TaskState::Failed | TaskState::Cancelled => {
+                failed = (t.from == Some(TaskState::Running)).then_some(runs);
+            }
+            _ => {}
+        }
+    }
+    failed.filter(|&run| run > 0)
 }
 
 /// The newest stderr lines of `log`, oldest first, within
@@ -335,6 +350,63 @@ mod tests {
 
     fn line(stream: crate::sandbox::Stream, text: &str) -> crate::sandbox::LogLine {
         crate::sandbox::LogLine { seq: 0, at_ms: 0, stream, level: None, text: text.to_owned() }
+    }
+
+    #[test]
+    fn a_failure_is_tied_to_the_run_whose_end_left_it() {
+        use TaskState::{Cancelled, Failed, Pending, Retrying, Running};
+        let history = |moves: &[(Option<TaskState>, TaskState)]| -> Vec<crate::store::Transition> {
+            moves
+                .iter()
+                .map(|&(from, to)| crate::store::Transition { at_ms: 0, from, to, attempt: 0, reason: String::new() })
+                .collect()
+        };
+        let new = (None, Pending);
+        for (moves, run) in [
+            (vec![new, (Some(Pending), Running), (Some(Running), Failed)], Some(1)),
+            // A retry running: the failure is the first run's.
+            (vec![new, (Some(Pending), Running), (Some(Running), Retrying), (Some(Retrying), Running)], Some(1)),
+            // The host died during the second run: recovered to pending.
+            (
+                vec![
+                    new,
+                    (Some(Pending), Running),
+                    (Some(Running), Retrying),
+                    (Some(Retrying), Running),
+                    (Some(Running), Pending),
+                ],
+                Some(1),
+            ),
+            // A manual retry's run failed: the task's third run.
+            (
+                vec![
+                    new,
+                    (Some(Pending), Running),
+                    (Some(Running), Retrying),
+                    (Some(Retrying), Running),
+                    (Some(Running), Failed),
+                    (Some(Failed), Pending),
+                    (Some(Pending), Running),
+                    (Some(Running), Failed),
+                ],
+                Some(3),
+            ),
+            // A step that never ran: cancelled from pending after a
+            // manual retry of an earlier failure.
+            (
+                vec![
+                    new,
+                    (Some(Pending), Running),
+                    (Some(Running), Failed),
+                    (Some(Failed), Pending),
+                    (Some(Pending), Cancelled),
+                ],
+                None,
+            ),
+            (vec![new, (Some(Pending), Cancelled)], None),
+        ] {
+            assert_eq!(failed_run(&history(&moves)), run, "{moves:?}");
+        }
     }
 
     #[test]

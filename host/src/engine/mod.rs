@@ -718,7 +718,15 @@ impl Engine {
             .into_iter()
             .map(|q| crate::wire::ConfigQueue::new(&q.name, &q.config, state.applied.queues.contains_key(&q.name)))
             .collect();
-        crate::wire::ConfigView::new(state.path.as_deref(), state.applied_at_ms, state.error.clone(), tenants, queues)
+        let retry = crate::wire::ConfigRetry::new(&self.inner.shared.retry_policy(), state.applied.retry.is_some());
+        crate::wire::ConfigView::new(
+            state.path.as_deref(),
+            state.applied_at_ms,
+            state.error.clone(),
+            tenants,
+            queues,
+            retry,
+        )
     }
 
     /// Refuses an API change to a tenant or queue the configuration file

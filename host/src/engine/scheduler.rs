@@ -78,7 +78,7 @@ struct Queue {
 impl Queue {
     /// Ready tasks, not counting withdrawn ones.
     fn live(&self) -> usize {
-        self.ready.len() - self.withdrawn
+        self.ready.len().saturating_sub(self.withdrawn)
     }
 
     fn eligible(&self) -> bool {
@@ -280,9 +280,19 @@ impl Scheduler {
         }
         if let Some(version) = self.ready_ids.remove(&id) {
             self.withdrawn.insert((id, version));
-            self.queue(queue).withdrawn += 1;
             let tenant = self.tenant(queue);
             tenant.ready = tenant.ready.saturating_sub(1);
+            let q = self.queues.entry(queue.to_owned()).or_default();
+            q.withdrawn += 1;
+            // Once withdrawn entries are half the heap, drop them all: a
+            // queue that gets no more work (or whose withdrawn entries
+            // sit below a stream of higher priorities) never holds them
+            // long, at a cost shared by the withdrawals it drops.
+            if q.withdrawn * 2 > q.ready.len() {
+                let withdrawn = &mut self.withdrawn;
+                q.ready.retain(|Ready(e)| !withdrawn.remove(&(e.id, e.version)));
+                q.withdrawn = 0;
+            }
         }
     }
 
@@ -461,6 +471,17 @@ mod tests {
         assert!(s.next().is_none());
         assert_eq!(s.depths()[0].1, QueueDepth { ready: 0, delayed: 0, running: 3 });
         assert!(s.withdrawn.is_empty() && s.ready_ids.is_empty(), "nothing is left behind");
+
+        // A queue whose ready tasks are all withdrawn keeps none of them.
+        for n in 10..20 {
+            s.enqueue(entry("idle", 0, n), None, 0);
+        }
+        for n in 10..20 {
+            s.withdraw(Uuid::from_u128(n), "idle");
+        }
+        let idle = &s.queues["idle"];
+        assert_eq!((idle.ready.len(), idle.withdrawn), (0, 0));
+        assert!(s.withdrawn.is_empty() && s.ready_ids.is_empty());
     }
 
     #[test]

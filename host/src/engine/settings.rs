@@ -1,5 +1,5 @@
 //! The live configuration file (`taskhost serve --config FILE`): tenants
-//! with their quotas, and queue settings. The file is read as a whole and
+//! with their quotas, queue settings and the retry backoff. The file is read as a whole and
 //! checked before anything changes; it is applied at start (a broken file
 //! stops the start) and again on every change, through the shared
 //! debounced watcher. A broken edit changes nothing: the error is logged
@@ -21,6 +21,10 @@
 //! [queues."acme/reports"]   # tenant acme's queue `reports`
 //! weight = 3
 //! retain_for = "30d"        # ended tasks kept 30 days
+//!
+//! [retry]                   # the backoff between attempts
+//! base = "2s"
+//! cap = "10m"
 //! ```
 
 use super::{Engine, EngineError, Inner};
@@ -33,6 +37,7 @@ use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::{RwLock, Weak};
+use std::time::Duration;
 
 /// Largest configuration file read.
 pub const MAX_SETTINGS_BYTES: u64 = 1 << 20;
@@ -75,6 +80,16 @@ struct SettingsFile {
     tenants: BTreeMap<String, crate::wire::Quotas>,
     #[serde(default)]
     queues: BTreeMap<String, crate::wire::QueueChange>,
+    retry: Option<RetryFile>,
+}
+
+/// `[retry]`: the backoff between attempts (`serve --retry-base` and
+/// `--retry-cap` where the file leaves one out).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetryFile {
+    base: Option<String>,
+    cap: Option<String>,
 }
 
 /// A checked configuration: tenants and queues by key.
@@ -82,6 +97,8 @@ struct SettingsFile {
 pub(crate) struct Settings {
     pub(crate) tenants: BTreeMap<String, TenantQuotas>,
     pub(crate) queues: BTreeMap<String, QueueConfig>,
+    /// `[retry]`'s base and cap, each where the file sets it.
+    pub(crate) retry: Option<(Option<Duration>, Option<Duration>)>,
 }
 
 impl Settings {
@@ -102,6 +119,23 @@ impl Settings {
                 super::admin::queue_config(&change).map_err(|e| invalid(format!("[queues.\"{key}\"]: {e}")))?;
             // (A queue's tenant may come from the API: checked when applied.)
             settings.queues.insert(key, config);
+        }
+        if let Some(retry) = file.retry {
+            let duration = |name: &str, text: Option<String>| {
+                text.map(|t| crate::units::parse_duration(&t).map_err(|e| invalid(format!("[retry]: {name}: {e}"))))
+                    .transpose()
+            };
+            let (base, cap) = (duration("base", retry.base)?, duration("cap", retry.cap)?);
+            if let (Some(base), Some(cap)) = (base, cap)
+                && cap < base
+            {
+                return Err(invalid(format!(
+                    "[retry]: cap ({}) is shorter than base ({})",
+                    humantime::format_duration(cap),
+                    humantime::format_duration(base)
+                )));
+            }
+            settings.retry = Some((base, cap));
         }
         Ok(settings)
     }
@@ -173,6 +207,12 @@ impl Engine {
             }
             self.inner.admin.set_queue(key, config.clone()).await.map_err(apply)?;
         }
+        // The file's backoff, else the server's own (a `[retry]` taken out
+        // of the file gives the server's back).
+        let serve = self.inner.shared.config.retry;
+        let (base, cap) = settings.retry.unwrap_or_default();
+        *write(&self.inner.shared.retry) =
+            super::RetryPolicy { base: base.unwrap_or(serve.base), cap: cap.unwrap_or(serve.cap) };
         let mut state = write(&self.inner.settings.0);
         state.path = Some(path.to_owned());
         state.applied = settings;
@@ -246,6 +286,8 @@ mod tests {
             (3, Some(30 * 86_400_000), Some(100))
         );
         assert_eq!(parse("").unwrap(), Settings::default());
+        let retry = parse("[retry]\ncap = \"10m\"\n").unwrap().retry;
+        assert_eq!(retry, Some((None, Some(Duration::from_secs(600)))));
         for (bad, says) in [
             ("[tenants.acme]\nmax_runing = 8\n", "unknown field `max_runing`"),
             ("listen = \"0.0.0.0:1\"\n", "unknown field `listen`"),
@@ -256,6 +298,9 @@ mod tests {
             ("[queues.bulk]\nretain_for = \"a while\"\n", "[queues.\"bulk\"]: retain_for: invalid duration"),
             ("[queues.bulk]\nretain_count = 0\n", "retain_count must be at least 1"),
             ("[tenants.acme\n", "taskhost.toml"),
+            ("[retry]\nbase = \"soon\"\n", "[retry]: base: invalid duration `soon`"),
+            ("[retry]\nbase = \"1m\"\ncap = \"1s\"\n", "[retry]: cap (1s) is shorter than base (1m)"),
+            ("[retry]\njitter = true\n", "unknown field `jitter`"),
         ] {
             let e = parse(bad).unwrap_err();
             assert!(e.contains(says) && e.starts_with("taskhost.toml"), "{bad}: {e}");

@@ -48,9 +48,17 @@ pub(crate) struct Shared {
     pub(crate) queues: QueueNames,
     /// The tenants, their quotas and what they keep.
     pub(crate) tenants: Arc<super::tenants::Tenants>,
+    /// The retry backoff in force: the configuration file's `[retry]`,
+    /// else `config.retry`.
+    pub(crate) retry: std::sync::RwLock<super::RetryPolicy>,
 }
 
 impl Shared {
+    /// The retry backoff in force now.
+    pub(crate) fn retry_policy(&self) -> super::RetryPolicy {
+        *crate::sync::read(&self.retry)
+    }
+
     pub(crate) fn new(
         config: EngineConfig,
         store: Store,
@@ -60,6 +68,7 @@ impl Shared {
     ) -> Self {
         Self {
             sched: Mutex::new(Scheduler::new(config.concurrency).with_ahead(config.claim_ahead)),
+            retry: std::sync::RwLock::new(config.retry),
             gate: Gate::new(config.concurrency, config.memory_budget, metrics.gate.clone()),
             config,
             store,

@@ -15,6 +15,9 @@ pub enum Source {
     File,
     /// The API (or an earlier file), kept in the store.
     Api,
+    /// The server's start options (`serve --retry-base`, ...) or their
+    /// defaults.
+    Serve,
 }
 
 impl Source {
@@ -91,6 +94,32 @@ pub struct ConfigView {
     pub tenants: Vec<ConfigTenant>,
     /// Every queue's settings.
     pub queues: Vec<ConfigQueue>,
+    /// The retry backoff in force.
+    pub retry: ConfigRetry,
+}
+
+/// The retry backoff in force: attempt `n` waits a random time up to
+/// `min(cap, base × 2^(n-1))`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[non_exhaustive]
+pub struct ConfigRetry {
+    /// The backoff base, e.g. `1s`.
+    pub base: String,
+    /// The longest backoff, e.g. `5m`.
+    pub cap: String,
+    /// `file` when the file's `[retry]` sets either, else `serve`.
+    pub source: Source,
+}
+
+impl ConfigRetry {
+    /// The backoff `policy`, from the file or not.
+    pub fn new(policy: &crate::engine::RetryPolicy, from_file: bool) -> Self {
+        Self {
+            base: humantime::format_duration(policy.base).to_string(),
+            cap: humantime::format_duration(policy.cap).to_string(),
+            source: if from_file { Source::File } else { Source::Serve },
+        }
+    }
 }
 
 impl ConfigView {
@@ -101,6 +130,7 @@ impl ConfigView {
         error: Option<String>,
         tenants: Vec<ConfigTenant>,
         queues: Vec<ConfigQueue>,
+        retry: ConfigRetry,
     ) -> Self {
         Self {
             file: file.map(|f| f.display().to_string()),
@@ -108,6 +138,7 @@ impl ConfigView {
             error,
             tenants,
             queues,
+            retry,
         }
     }
 }

@@ -59,7 +59,7 @@ pub use task::{
     RetryRequest, Submitted, Task, TaskError, TaskLimits, TaskPage, TaskSubmission,
 };
 
-pub use config::{ConfigQueue, ConfigTenant, ConfigView, Source};
+pub use config::{ConfigQueue, ConfigRetry, ConfigTenant, ConfigView, Source};
 pub use tenant::{Quotas, Tenant, TenantChange, TenantList, Usage};
 
 pub use model::{ModelRemoved, ModelState, ModelView, ModelsView, RuntimeView, TensorView};

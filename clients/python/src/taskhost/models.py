@@ -736,6 +736,15 @@ class ConfigQueue:
 
 
 @dataclass(frozen=True)
+class ConfigRetry:
+    """The retry backoff in force (``source``: ``file`` or ``serve``)."""
+
+    base: str
+    cap: str
+    source: str
+
+
+@dataclass(frozen=True)
 class ConfigView:
     """The effective configuration and where it comes from."""
 
@@ -744,6 +753,7 @@ class ConfigView:
     file: Optional[str]
     applied_at: Optional[str]
     error: Optional[str]
+    retry: ConfigRetry
 
 
 @dataclass(frozen=True)

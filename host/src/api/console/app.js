@@ -281,7 +281,7 @@ async function overview() {
       health(), api.get("/v1/queues"), api.get("/v1/tasks?state=running&order=newest&limit=15"),
       // The host's execution slots need the metrics scope; without it the
       // card counts the running tasks of this token's queues.
-      api.get("/v1/stats/recent").catch((error) => { if (error.status === 403) return null; throw error; }),
+      api.get("/v1/stats/recent").catch(() => null),
     ]);
     const mine = list.queues.reduce((n, q) => n + q.running, 0);
     const workers = slots

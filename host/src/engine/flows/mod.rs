@@ -320,21 +320,20 @@ impl Flows {
         trace: Option<crate::trace::TraceParent>,
     ) -> Result<(NewTasks, Vec<Pin>), EngineError> {
         let plan = spec.plan(self.limits().tasks_per_flow).map_err(EngineError::InvalidRequest)?;
-        // Every step is the tenant's (names were qualified in its
-        // namespace): its own flow quota applies too.
-        if let Some(first) = plan.first() {
+        // A new flow's steps are its tenant's (names were qualified in its
+        // namespace): the tenant's own flow quota holds too. Checked only
+        // at submission: a later iteration of a flow accepted before a
+        // quota was lowered still runs (refusing it would stall the flow).
+        if iteration == 0
+            && let Some(first) = plan.first()
+        {
             let tenant = crate::tenant::tenant_of(&first.step.plugin);
             let limit = self.limits_for(tenant).tasks_per_flow;
             if plan.len() as u64 > limit {
-                return Err(EngineError::QuotaExceeded {
-                    tenant: tenant.to_owned(),
-                    quota: "max_flow_tasks",
-                    message: format!(
-                        "the flow has {} steps; a flow of this tenant may have at most {limit} tasks",
-                        plan.len()
-                    ),
-                    retry_after_secs: None,
-                });
+                return Err(EngineError::InvalidRequest(format!(
+                    "the flow has {} steps; tenant `{tenant}`'s quota `max_flow_tasks` allows at most {limit} tasks in a flow",
+                    plan.len()
+                )));
             }
         }
         let mut out: Vec<(TaskRecord, Vec<u8>)> = Vec::with_capacity(plan.len());
