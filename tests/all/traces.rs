@@ -125,6 +125,13 @@ fn under<'a>(spans: &'a [Got], parent: &Got, name: &str) -> Vec<&'a Got> {
     spans.iter().filter(|s| s.parent == parent.id && s.name == name).collect()
 }
 
+/// POSTs `body` to `url` as part of the caller's trace `traceparent`; the
+/// answer's body.
+async fn post_traced(http: &reqwest::Client, url: &str, traceparent: &str, body: Value) -> Value {
+    let response = http.post(url).header("traceparent", traceparent).json(&body).send().await.unwrap();
+    response.json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fan_out_flow_is_one_trace_under_the_callers_span() {
     let (got, collector) = receiver().await;
@@ -144,16 +151,13 @@ async fn a_fan_out_flow_is_one_trace_under_the_callers_span() {
     let traceparent = format!("00-{trace:032x}-{caller:016x}-01");
     let actions =
         json!([{"fanout": {"n": 3, "plugin": "uppercase", "input": "x"}}, {"set": ["k", "v"]}, {"get_ctx": "k"}]);
-    let submitted: Value = http
-        .post(format!("{base}/v1/tasks"))
-        .header("traceparent", &traceparent)
-        .json(&json!({"plugin": "flow-probe", "input": actions}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let submitted = post_traced(
+        &http,
+        &format!("{base}/v1/tasks"),
+        &traceparent,
+        json!({"plugin": "flow-probe", "input": actions}),
+    )
+    .await;
     let root = submitted["id"].as_str().unwrap().to_owned();
     let flow = flow_ended(&http, &base, &root).await;
     assert_eq!(flow["state"], "completed", "{flow}");
@@ -209,16 +213,8 @@ async fn a_fan_out_flow_is_one_trace_under_the_callers_span() {
         {"parallel": [{"id": "a", "plugin": "uppercase"}, {"id": "b", "plugin": "uppercase"}]},
         {"id": "both", "plugin": "uppercase"}
     ]});
-    let created: Value = http
-        .post(format!("{base}/v1/flows"))
-        .header("traceparent", format!("00-{trace2:032x}-{caller2:016x}-01"))
-        .json(&spec)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let created =
+        post_traced(&http, &format!("{base}/v1/flows"), &format!("00-{trace2:032x}-{caller2:016x}-01"), spec).await;
     let flow_id = created["id"].as_str().unwrap().to_owned();
     assert_eq!(flow_ended(&http, &base, &flow_id).await["state"], "completed");
     let spans = spans_until(&got, "the declared flow's three attempts", |spans| {
@@ -234,16 +230,10 @@ async fn a_fan_out_flow_is_one_trace_under_the_callers_span() {
     // batch it ran in, with the batch's size and the call's wait.
     let (trace3, caller3) = (0x11f7651916cd43dd8448eb211c80319c_u128, 0xc7ad6b7169203331_u64);
     let call = crate::inference::affine_call(&[[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]);
-    let created: Value = http
-        .post(format!("{base}/v1/tasks"))
-        .header("traceparent", format!("00-{trace3:032x}-{caller3:016x}-01"))
-        .json(&json!({"plugin": "infer-probe", "input": call}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let traceparent = format!("00-{trace3:032x}-{caller3:016x}-01");
+    let created =
+        post_traced(&http, &format!("{base}/v1/tasks"), &traceparent, json!({"plugin": "infer-probe", "input": call}))
+            .await;
     let id = created["id"].as_str().unwrap().to_owned();
     let spans = spans_until(&got, "the inference task's commit", |spans| {
         spans.iter().any(|s| s.trace == trace3 && s.name == "commit")
