@@ -887,9 +887,13 @@ fn task_text(task: &wire::Task) -> String {
             Ok(text) if text.len() <= 200 && !text.trim_end_matches('\n').contains('\n') => {
                 text.trim_end_matches('\n').to_owned()
             }
-            _ => format!("{} (`taskhost status {} --json` has it)", render::bytes(bytes.len() as u64), task.id),
+            _ => format!(
+                "{} (`taskhost status {} --json` has it)",
+                taskhost::units::format_size(bytes.len() as u64),
+                task.id
+            ),
         },
-        None => task.output_len.map(render::bytes).unwrap_or_default(),
+        None => task.output_len.map(taskhost::units::format_size).unwrap_or_default(),
     };
     let error = task.error.as_ref().map_or(String::new(), |e| {
         let retry = if e.retryable { " (retryable)" } else { "" };
@@ -909,10 +913,7 @@ fn task_text(task: &wire::Task) -> String {
     let mut text = fields(&[
         ("id", task.id.to_string()),
         ("state", task.state.to_string()),
-        (
-            "plugin",
-            format!("{}@{} (sha256:{})", task.plugin, task.plugin_version, &task.digest[..task.digest.len().min(16)]),
-        ),
+        ("plugin", format!("{}@{} (sha256:{})", task.plugin, task.plugin_version, render::short(&task.digest, 16))),
         ("queue", format!("{}, priority {}", task.queue, task.priority)),
         ("attempts", format!("{} of {}", task.attempts, task.max_attempts)),
         ("flow", flow),
@@ -923,7 +924,7 @@ fn task_text(task: &wire::Task) -> String {
         ("started", time(&task.started_at)),
         ("finished", time(&task.finished_at)),
         ("next run", time(&task.next_run_at)),
-        ("input", render::bytes(task.input_len)),
+        ("input", taskhost::units::format_size(task.input_len)),
         ("output", output),
         ("fuel used", task.fuel_used.map(|f| f.to_string()).unwrap_or_default()),
         ("error", error),
@@ -961,13 +962,13 @@ fn plugin_text(plugin: &wire::Plugin) -> String {
             v.version.version.clone(),
             state,
             v.version.lang.clone().unwrap_or_else(|| "wasm".into()),
-            render::bytes(v.version.size),
+            taskhost::units::format_size(v.version.size),
             v.version.created_at.clone(),
             if tasks.is_empty() { "-".into() } else { tasks.join(", ") },
             v.runs.as_ref().map_or("-".into(), |r| r.runs.to_string()),
             v.runs.as_ref().map_or("-".into(), |r| format!("{:.2}", r.run_ms_p50)),
             v.runs.as_ref().map_or("-".into(), |r| format!("{:.2}", r.run_ms_max)),
-            v.runs.as_ref().map_or("-".into(), |r| render::bytes(r.memory_bytes_max)),
+            v.runs.as_ref().map_or("-".into(), |r| taskhost::units::format_size(r.memory_bytes_max)),
             render::short(&v.version.digest, 16).to_owned(),
         ]);
     }

@@ -125,21 +125,6 @@ pub(crate) fn or_dash<T: ToString>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
-/// A byte count for people: `512 B`, `64.0 KiB`, `3.2 MiB`.
-pub(crate) fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,10 +155,7 @@ mod tests {
     }
 
     #[test]
-    fn byte_counts_read_as_people_write_them() {
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(65536), "64.0 KiB");
-        assert_eq!(bytes(3 << 20), "3.0 MiB");
+    fn an_absent_value_reads_as_a_dash() {
         assert_eq!((or_dash(None::<u32>), or_dash(Some(4))), ("-".to_owned(), "4".to_owned()));
     }
 }

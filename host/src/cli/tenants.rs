@@ -178,7 +178,7 @@ fn tenant_text(t: &wire::Tenant) -> String {
             format!("{} unfinished ({} ready, {} delayed, {} running)", u.unfinished, u.ready, u.delayed, u.running),
         ));
         pairs.push(("plugins", u.plugins.to_string()));
-        pairs.push(("stored", render::bytes(u.stored_bytes)));
+        pairs.push(("stored", taskhost::units::format_size(u.stored_bytes)));
     }
     fields(&pairs)
 }

@@ -355,57 +355,29 @@ mod tests {
     #[test]
     fn a_failure_is_tied_to_the_run_whose_end_left_it() {
         use TaskState::{Cancelled, Failed, Pending, Retrying, Running};
-        let history = |moves: &[(Option<TaskState>, TaskState)]| -> Vec<crate::store::Transition> {
-            moves
-                .iter()
-                .map(|&(from, to)| crate::store::Transition { at_ms: 0, from, to, attempt: 0, reason: String::new() })
+        // The states a task went through, from its submission: each move
+        // from the one before (the first from nothing).
+        let history = |path: &[TaskState]| -> Vec<crate::store::Transition> {
+            let froms = std::iter::once(None).chain(path.iter().copied().map(Some));
+            froms
+                .zip(path)
+                .map(|(from, &to)| crate::store::Transition { at_ms: 0, from, to, attempt: 0, reason: String::new() })
                 .collect()
         };
-        let new = (None, Pending);
-        for (moves, run) in [
-            (vec![new, (Some(Pending), Running), (Some(Running), Failed)], Some(1)),
+        for (path, run) in [
+            (vec![Pending, Running, Failed], Some(1)),
             // A retry running: the failure is the first run's.
-            (vec![new, (Some(Pending), Running), (Some(Running), Retrying), (Some(Retrying), Running)], Some(1)),
+            (vec![Pending, Running, Retrying, Running], Some(1)),
             // The host died during the second run: recovered to pending.
-            (
-                vec![
-                    new,
-                    (Some(Pending), Running),
-                    (Some(Running), Retrying),
-                    (Some(Retrying), Running),
-                    (Some(Running), Pending),
-                ],
-                Some(1),
-            ),
+            (vec![Pending, Running, Retrying, Running, Pending], Some(1)),
             // A manual retry's run failed: the task's third run.
-            (
-                vec![
-                    new,
-                    (Some(Pending), Running),
-                    (Some(Running), Retrying),
-                    (Some(Retrying), Running),
-                    (Some(Running), Failed),
-                    (Some(Failed), Pending),
-                    (Some(Pending), Running),
-                    (Some(Running), Failed),
-                ],
-                Some(3),
-            ),
+            (vec![Pending, Running, Retrying, Running, Failed, Pending, Running, Failed], Some(3)),
             // A step that never ran: cancelled from pending after a
             // manual retry of an earlier failure.
-            (
-                vec![
-                    new,
-                    (Some(Pending), Running),
-                    (Some(Running), Failed),
-                    (Some(Failed), Pending),
-                    (Some(Pending), Cancelled),
-                ],
-                None,
-            ),
-            (vec![new, (Some(Pending), Cancelled)], None),
+            (vec![Pending, Running, Failed, Pending, Cancelled], None),
+            (vec![Pending, Cancelled], None),
         ] {
-            assert_eq!(failed_run(&history(&moves)), run, "{moves:?}");
+            assert_eq!(failed_run(&history(&path)), run, "{path:?}");
         }
     }
 

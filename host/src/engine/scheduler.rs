@@ -282,7 +282,8 @@ impl Scheduler {
             self.withdrawn.insert((id, version));
             let tenant = self.tenant(queue);
             tenant.ready = tenant.ready.saturating_sub(1);
-            let q = self.queues.entry(queue.to_owned()).or_default();
+            // The entry is in its queue's heap, so the queue exists.
+            let Some(q) = self.queues.get_mut(queue) else { return };
             q.withdrawn += 1;
             // Once withdrawn entries are half the heap, drop them all: a
             // queue that gets no more work (or whose withdrawn entries

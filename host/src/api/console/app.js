@@ -276,12 +276,13 @@ async function overview() {
       h("table", {}, h("thead", {}, h("tr", {}, h("th", {}, "At"), h("th", {}, "Task"), h("th", {}, "Queue"), h("th", {}, "Plugin"), h("th", {}, "Move"))), recent)),
   );
   let samples = [];
+  // The host's execution slots, from the latest sample; they need the
+  // metrics scope, and without it the card counts the running tasks of
+  // this token's queues.
+  let slots = null;
   async function refresh() {
-    const [healthz, list, run, slots] = await Promise.all([
+    const [healthz, list, run] = await Promise.all([
       health(), api.get("/v1/queues"), api.get("/v1/tasks?state=running&order=newest&limit=15"),
-      // The host's execution slots need the metrics scope; without it the
-      // card counts the running tasks of this token's queues.
-      api.get("/v1/stats/recent").catch(() => null),
     ]);
     const mine = list.queues.reduce((n, q) => n + q.running, 0);
     const workers = slots
@@ -308,8 +309,10 @@ async function overview() {
     let stats;
     try { stats = await api.get("/v1/stats/recent"); } catch (error) {
       rateNow.textContent = error.status === 403 ? "(needs a token with the metrics scope)" : "";
+      slots = null;
       return;
     }
+    slots = { busy: stats.busy, workers: stats.workers };
     samples = stats.samples;
     const rates = [];
     const lat = [];
@@ -332,8 +335,8 @@ async function overview() {
       h("td", {}, e.queue), h("td", {}, e.plugin), h("td", {}, `${e.from || "new"} → `, stateBadge(e.to))));
     while (recent.children.length > 15) recent.lastChild.remove();
   });
-  await refresh();
   await sample();
+  await refresh();
   every(2000, () => refresh().catch(() => {}));
   every(2000, () => sample().catch(() => {}));
 }
