@@ -2,7 +2,7 @@
 //! their quotas (a tenant's own token may `show` its own).
 
 use super::client::{Client, ServerArg, done};
-use super::render::{self, JsonArg, Table, fields};
+use super::render::{JsonArg, Table, fields};
 use clap::{Args, Subcommand};
 use std::process::ExitCode;
 use taskhost::units::{parse_duration, parse_size};
