@@ -446,3 +446,118 @@ async fn script_plugins_survive_a_restart_and_load_from_the_watched_directory() 
     assert_eq!(finished(&engine, id).await.1, "kept still");
     engine.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ad_hoc_scripts_run_only_where_a_tenant_allows_them_and_the_oldest_idle_ones_are_collected() {
+    use serde_json::{Value, json};
+    let (engine, dir) = crate::engine::engine_with(|c| c.max_ad_hoc_scripts = 2).await;
+    let (base, token) = crate::serve_api(&engine, dir.path()).await;
+    let http = crate::authed(&token);
+    let submit = |body: Value| {
+        let request = http.post(format!("{base}/v1/tasks")).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    let script = |source: &str, queue: &str| json!({"script": {"lang": "js", "source": source}, "input": 5, "queue": queue, "max_attempts": 1});
+    let double = "export default (input) => String(Number(input.text()) * 2);";
+    let versions = || async {
+        let detail = engine.plugin_detail("adhoc.js");
+        detail.map(|d| d.versions.into_iter().map(|v| v.info.version).collect::<Vec<_>>()).unwrap_or_default()
+    };
+
+    // Off by default: refused, and nothing is stored.
+    let (status, body) = submit(script(double, "default")).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+    assert!(body["error"]["message"].as_str().unwrap().contains("does not take ad-hoc scripts"), "{body}");
+    assert!(versions().await.is_empty());
+
+    // An admin allows them in one queue, with a size cap.
+    let put = |quotas: Value| http.put(format!("{base}/v1/tenants/default")).json(&json!({"quotas": quotas})).send();
+    let response = put(json!({"script_queues": ["bad queue"]})).await.unwrap();
+    assert_eq!(response.status(), 400, "a queue name is checked");
+    let response = put(json!({"script_queues": ["scripts"], "max_script_bytes": 200})).await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    assert_eq!(submit(script(double, "other")).await.0, 403, "another queue still takes none");
+    let (status, body) = submit(script(double, "scripts")).await;
+    assert_eq!(status, 201, "{body}");
+    let id: uuid::Uuid = body["id"].as_str().unwrap().parse().unwrap();
+    let (record, output) = finished(&engine, id).await;
+    assert_eq!((record.state, output.as_str()), (taskhost::store::TaskState::Completed, "10"), "{:?}", record.error);
+    assert_eq!(record.plugin, "adhoc.js");
+    let first = record.plugin_version.clone();
+    assert_eq!(first.len(), 12, "a script's version is its source's hash");
+    let (_, again) = submit(script(double, "scripts")).await;
+    let again = engine.get(again["id"].as_str().unwrap().parse().unwrap()).unwrap();
+    assert_eq!(again.plugin_version, first, "the same source is the same version");
+
+    // Refusals, each naming what is wrong.
+    let refusals = [
+        (script(&"x".repeat(201), "scripts"), 400, "at most 200 (`max_script_bytes`)"),
+        (json!({"plugin": "uppercase", "script": {"lang": "js", "source": double}}), 400, "not both"),
+        (json!({"script": {"lang": "ruby", "source": "puts 1"}, "queue": "scripts"}), 400, "not a script language"),
+        (json!({"input": 1}), 400, "give a plugin"),
+    ];
+    for (body, want, message) in refusals {
+        let (status, answer) = submit(body).await;
+        assert_eq!(status, want, "{answer}");
+        assert!(answer["error"]["message"].as_str().unwrap().contains(message), "{answer}");
+    }
+    let upload = http.post(format!("{base}/v1/plugins/adhoc.js?lang=js")).body(double).send().await.unwrap();
+    assert_eq!(upload.status(), 400, "the ad-hoc plugins' names are reserved");
+    assert!(upload.text().await.unwrap().contains("reserved for ad-hoc scripts"));
+
+    // A failure points at the script by its ad-hoc name.
+    let (_, body) = submit(script("export default () => {\n  throw new Error('boom');\n};", "scripts")).await;
+    let (record, _) = finished(&engine, body["id"].as_str().unwrap().parse().unwrap()).await;
+    let error = record.error.unwrap().message;
+    assert!(error.contains("boom") && error.contains("adhoc.js:2:"), "{error}");
+    assert_eq!(versions().await.len(), 2);
+
+    // Past the cap (2 here) the oldest idle script goes; while every one
+    // is held by an unfinished task, a new one is refused.
+    let (status, body) = submit(script("export default () => 'third';", "scripts")).await;
+    assert_eq!(status, 201);
+    finished(&engine, body["id"].as_str().unwrap().parse().unwrap()).await;
+    let kept = versions().await;
+    assert_eq!(kept.len(), 2);
+    assert!(!kept.contains(&first), "the oldest idle version was collected: {kept:?}");
+    let later = |n: u32| {
+        let mut body = script(&format!("export default () => 'later {n}';"), "scripts");
+        body["delay_ms"] = json!(3_600_000);
+        body
+    };
+    assert_eq!(submit(later(1)).await.0, 201);
+    assert_eq!(submit(later(2)).await.0, 201);
+    let (status, body) = submit(later(3)).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "limit_reached");
+    assert!(body["error"]["message"].as_str().unwrap().contains("2 distinct ad-hoc scripts"), "{body}");
+    // A task already submitted keeps running its script.
+    assert_eq!(submit(later(2)).await.0, 201, "a held script is submitted again");
+
+    // The CLI submits a script file.
+    let file = dir.path().join("shout.js");
+    std::fs::write(&file, "export default (input) => input.text().toUpperCase();").unwrap();
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "hey").unwrap();
+    let (file, input) = (file.to_str().unwrap(), input.to_str().unwrap());
+    let args = ["submit", "--script", file, "--input", input, "--queue", "scripts", "--wait"];
+    // Both held scripts are delayed: the file is a third one, refused.
+    let out = crate::client_cli(&base, &token, &args).await;
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("distinct ad-hoc scripts"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for id in engine.list(&taskhost::engine::ListFilter::default()).unwrap().0.iter().filter(|t| !t.state.is_terminal())
+    {
+        engine.cancel(id.id).await.unwrap();
+    }
+    let out = crate::client_cli(&base, &token, &args).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "HEY", "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -11,9 +11,13 @@ from pathlib import Path
 import pytest
 
 from taskhost import (
+    BadRequest,
     BatchRefusal,
     Client,
     Conflict,
+    Forbidden,
+    Quotas,
+    Script,
     Submitted,
     TaskMoved,
     TaskSpec,
@@ -44,6 +48,26 @@ def test_json_input_runs_and_its_output_parses(client: Client, plugin: str) -> N
     assert [entry.to for entry in client.history(task.id).history] == ["pending", "running", "completed"]
     logs = client.logs(task.id)
     assert (logs.attempt, logs.state, logs.live) == (1, "completed", False)
+
+
+def test_an_ad_hoc_script_runs_only_where_its_tenant_allows_it(
+    client: Client, server_url: str, admin_token: str, unique: str
+) -> None:
+    client.put_tenant(unique, Quotas(script_queues=["scripts"], max_script_bytes=1024))
+    script = Script("js", "export default (input) => input.text().split('').reverse().join('');")
+    with Client(server_url, admin_token, tenant=unique) as tenant:
+        with pytest.raises(Forbidden) as refused:
+            tenant.submit(script=script, input="abc", queue="other")
+        assert "does not take ad-hoc scripts" in refused.value.message
+
+        task = tenant.wait(tenant.submit(script=script, input="abc", queue="scripts").id, timeout=20)
+
+        assert task.state == "completed" and task.output_as_text() == "cba"
+        assert task.plugin == "adhoc.js" and len(task.plugin_version) == 12
+        again = tenant.wait(tenant.submit(script=script, input="xy", queue="scripts").id, timeout=20)
+        assert again.plugin_version == task.plugin_version, "the same source is the same version"
+        with pytest.raises(BadRequest):
+            tenant.submit(script=Script("js", "x" * 1025), queue="scripts")
 
 
 def test_text_input_arrives_as_its_bytes(client: Client, plugin: str) -> None:

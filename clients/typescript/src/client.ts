@@ -45,6 +45,7 @@ import type {
   QueueSettings,
   Quotas,
   RecentStats,
+  ScriptSubmission,
   Submitted,
   Task,
   TaskLogs,
@@ -96,6 +97,20 @@ export class TaskhostClient {
    */
   async submit(plugin: string, options: SubmitOptions = {}, request: RequestOptions = {}): Promise<Submitted> {
     return this.#http.json("POST", "/v1/tasks", { ...request, json: submission({ ...options, plugin }) });
+  }
+
+  /**
+   * Submits an ad-hoc `script` (`{ lang: "js" | "python", source }`) to run
+   * instead of a plugin (`POST /v1/tasks`). The server takes it only in
+   * queues its tenant's `script_queues` quota names, and refuses it with a
+   * 403 `forbidden` elsewhere.
+   */
+  async submitScript(
+    script: ScriptSubmission,
+    options: SubmitOptions = {},
+    request: RequestOptions = {},
+  ): Promise<Submitted> {
+    return this.#http.json("POST", "/v1/tasks", { ...request, json: submission({ ...options, script }) });
   }
 
   /**

@@ -6,7 +6,7 @@
  */
 
 import { toBase64, utf8 } from "./bytes.js";
-import type { FlowState, TaskState, TaskSubmission } from "./types.js";
+import type { FlowState, ScriptSubmission, TaskState, TaskSubmission } from "./types.js";
 
 /**
  * A task's options: the fields of the API's `TaskSubmission` (snake_case,
@@ -44,10 +44,12 @@ export interface SubmitOptions {
   log_keep_bytes?: number;
 }
 
-/** One task of a batch: its plugin and options. */
+/** One task of a batch: its plugin (or an ad-hoc script) and options. */
 export interface TaskRequest extends SubmitOptions {
-  /** `name` or `name@version`. */
-  plugin: string;
+  /** `name` or `name@version`; give it or `script`. */
+  plugin?: string;
+  /** An ad-hoc script to run instead of a plugin. */
+  script?: ScriptSubmission;
 }
 
 /** Filters and paging of `listTasks`. */

@@ -138,8 +138,10 @@ export interface Task extends Output {
  * The client builds it from `SubmitOptions`.
  */
 export interface TaskSubmission {
-  /** `name` or `name@version`. */
-  plugin: string;
+  /** `name` or `name@version`. Give either a plugin or a `script`. */
+  plugin?: string | null;
+  /** An ad-hoc script to run instead of a plugin (where the tenant's `script_queues` allow it). */
+  script?: ScriptSubmission | null;
   /** Any JSON value; the plugin receives its JSON text. */
   input?: unknown;
   /** Raw input bytes, base64. */
@@ -165,6 +167,14 @@ export interface TaskSubmission {
   callback_url?: string | null;
   /** Bytes of each attempt's log lines to keep. */
   log_keep_bytes?: number | null;
+}
+
+/** `ScriptSubmission`: an ad-hoc script, run instead of a plugin. */
+export interface ScriptSubmission {
+  /** `js` (an ES module exporting `default` or `run`) or `python` (a module defining `run`). */
+  lang: string;
+  /** The source, at most the tenant's `max_script_bytes` (64 KiB by default). */
+  source: string;
 }
 
 /** `Submitted`: a submitted task (201 new; 200 when its idempotency key was seen before). */
@@ -654,6 +664,10 @@ export interface Quotas {
   max_flow_depth?: number | null;
   max_children_per_task?: number | null;
   max_flow_context_bytes?: number | null;
+  /** Queues that take ad-hoc scripts (`"*"`: every queue); none by default. */
+  script_queues?: string[] | null;
+  /** Size of one ad-hoc script, in bytes (default 64 KiB). */
+  max_script_bytes?: number | null;
 }
 
 /** `Usage`: what a tenant uses now. */

@@ -245,3 +245,25 @@ describe("refusals", () => {
     await assert.rejects(client({ token: "" }).listTasks(), { status: 401, code: "unauthorized" });
   });
 });
+
+describe("ad-hoc scripts", () => {
+  test("a script runs in a queue its tenant allows, and is a 403 forbidden elsewhere", async () => {
+    const tenant = unique("scripts");
+    await admin.putTenant(tenant, { script_queues: ["scripts"] });
+    const inTenant = client({ tenant });
+    const script = { lang: "python", source: "def run(input):\n    return input[::-1]\n" };
+    await assert.rejects(inTenant.submitScript(script, { input: "abc", queue: "other" }), {
+      status: 403,
+      code: "forbidden",
+    });
+    const { id } = await inTenant.submitScript(script, { input: "abc", queue: "scripts" });
+    const task = await inTenant.wait(id, { timeoutMs: 30_000 });
+    assert.equal(task.state, "completed", JSON.stringify(task.error));
+    assert.equal(task.plugin, "adhoc.py");
+    assert.deepEqual(outputBytes(task), new TextEncoder().encode("cba"));
+    const answer = await inTenant.submitBatch([{ script, input: "xy", queue: "scripts" }, { script, plugin }]);
+    assert.equal(answer.results.length, 2);
+    assert.ok(!isRefusal(answer.results[0]), JSON.stringify(answer.results[0]));
+    assert.ok(isRefusal(answer.results[1]) && answer.results[1].status === 400, "a plugin and a script at once");
+  });
+});

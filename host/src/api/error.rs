@@ -99,6 +99,7 @@ impl From<EngineError> for ApiError {
             EngineError::UnknownPlugin(_) => ErrorCode::UnknownPlugin,
             EngineError::InvalidPlugin(_) => ErrorCode::InvalidPlugin,
             EngineError::NotFound(_) => ErrorCode::NotFound,
+            EngineError::Forbidden(_) => ErrorCode::Forbidden,
             EngineError::Conflict(_) => ErrorCode::Conflict,
             EngineError::Unavailable(_) => ErrorCode::Unavailable,
             EngineError::Overloaded(_) => ErrorCode::Overloaded,

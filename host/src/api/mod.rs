@@ -430,8 +430,24 @@ fn new_task(body: wire::TaskSubmission, ns: &Namespace) -> Result<NewTask, ApiEr
     if body.idempotency_key.as_deref().is_some_and(|k| k.contains('\0')) {
         return Err(ApiError::invalid("idempotency_key must not hold NUL"));
     }
+    let (plugin, script) = match (body.plugin, body.script) {
+        (Some(plugin), None) => (ns.plugin_ref(&plugin)?, None),
+        (None, Some(script)) => {
+            let language: crate::sandbox::Language = script.lang.parse().map_err(|_| {
+                ApiError::invalid(format!(
+                    "script.lang `{}` is not a script language: expected js or python",
+                    script.lang
+                ))
+            })?;
+            let plugin = ns.key(NameKind::Plugin, crate::engine::ad_hoc_plugin(language))?;
+            (plugin, Some(crate::engine::AdHocScript::new(language, script.source)))
+        }
+        (Some(_), Some(_)) => return Err(ApiError::invalid("give either a plugin or a script, not both")),
+        (None, None) => return Err(ApiError::invalid("give a plugin (or an ad-hoc script)")),
+    };
     Ok(NewTask {
-        plugin: ns.plugin_ref(&body.plugin)?,
+        plugin,
+        script,
         input,
         queue: Some(ns.key(NameKind::Queue, body.queue.as_deref().unwrap_or("default"))?),
         priority,
@@ -477,8 +493,9 @@ pub(crate) fn trace_parent(headers: &axum::http::HeaderMap) -> Option<crate::tra
         (status = 201, description = "The task is accepted", body = wire::Submitted),
         (status = 200, description = "A task with this idempotency key exists: that task", body = wire::Submitted),
         (status = 400, description = "A field out of range or a malformed body (`invalid_request`, `malformed_json`)", body = crate::wire::ErrorBody),
+        (status = 403, description = "An ad-hoc script in a queue that takes none (`forbidden`)", body = crate::wire::ErrorBody),
         (status = 404, description = "No such plugin (`unknown_plugin`)", body = crate::wire::ErrorBody),
-        (status = 409, description = "A queue limit is reached (`limit_reached`)", body = crate::wire::ErrorBody),
+        (status = 409, description = "A queue limit is reached, or the tenant's ad-hoc scripts are all held (`limit_reached`)", body = crate::wire::ErrorBody),
         (status = 413, description = "The body is past 8 MiB (`payload_too_large`)", body = crate::wire::ErrorBody),
         (status = 415, description = "Not `application/json` (`unsupported_media_type`)", body = crate::wire::ErrorBody),
         (status = 429, description = "A tenant quota is used up (`quota_exceeded`, with `Retry-After`)", body = crate::wire::ErrorBody, headers(("Retry-After" = u32, description = "Seconds until the quota allows it")))

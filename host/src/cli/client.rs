@@ -86,8 +86,17 @@ impl ServerArg {
 
 #[derive(Debug, Args)]
 pub(crate) struct SubmitArgs {
-    /// Plugin name, or name@version.
-    plugin: String,
+    /// Plugin name, or name@version (or `--script FILE` instead).
+    #[arg(required_unless_present_any = ["script", "batch"])]
+    plugin: Option<String>,
+    /// Run this script file (`.js`, `.mjs`, `.py`) as an ad-hoc script
+    /// instead of a plugin, where the tenant allows ad-hoc scripts in the
+    /// queue (its `script_queues` quota).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["plugin", "batch"])]
+    script: Option<PathBuf>,
+    /// The script's language when its file name does not say it.
+    #[arg(long, value_name = "LANG", requires = "script")]
+    lang: Option<taskhost::scripts::Language>,
     /// Input from FILE (`-` for stdin). Default: stdin when it is not a
     /// terminal, else empty.
     #[arg(long, short, value_name = "FILE")]
@@ -497,10 +506,14 @@ pub(crate) async fn submit(args: SubmitArgs) -> ExitCode {
 async fn submit_inner(args: SubmitArgs) -> CallResult<ExitCode> {
     let client = Client::new(&args.server);
     if let Some(batch) = &args.batch {
-        return submit_batch(&client, &args.plugin, batch, args.out).await;
+        return submit_batch(&client, args.plugin.as_deref(), batch, args.out).await;
     }
+    let mut body = match (&args.plugin, &args.script) {
+        (_, Some(path)) => wire::TaskSubmission::script(script_submission(path, args.lang)?),
+        (Some(plugin), None) => wire::TaskSubmission::new(plugin.clone()),
+        (None, None) => return Err(Failure(EXIT_USAGE, "give a PLUGIN or --script FILE".into())),
+    };
     let input = read_input(args.input.as_deref()).map_err(|m| Failure(EXIT_USAGE, m))?;
-    let mut body = wire::TaskSubmission::new(args.plugin);
     body.input_base64 = Some(BASE64.encode(&input));
     body.queue = args.queue;
     body.priority = args.priority;
@@ -592,7 +605,35 @@ fn printed_output(output: &wire::Output) -> Vec<u8> {
     }
 }
 
-async fn submit_batch(client: &Client, plugin: &str, path: &std::path::Path, out: JsonArg) -> CallResult<ExitCode> {
+/// An ad-hoc script read from `path`, its language from `lang` or the
+/// file's extension.
+fn script_submission(
+    path: &std::path::Path,
+    lang: Option<taskhost::scripts::Language>,
+) -> CallResult<wire::ScriptSubmission> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let language = match lang {
+        Some(lang) => lang,
+        None => taskhost::scripts::Language::from_file_name(&name).ok_or_else(|| {
+            Failure(
+                EXIT_USAGE,
+                format!("cannot tell the language of `{}`: name it .js or .py, or give --lang", path.display()),
+            )
+        })?,
+    };
+    let source =
+        std::fs::read(path).map_err(|e| Failure(EXIT_USAGE, format!("cannot read `{}`: {e}", path.display())))?;
+    let source = String::from_utf8(source)
+        .map_err(|_| Failure(EXIT_USAGE, format!("`{}` is not UTF-8 text", path.display())))?;
+    Ok(wire::ScriptSubmission::new(language.as_str(), source))
+}
+
+async fn submit_batch(
+    client: &Client,
+    plugin: Option<&str>,
+    path: &std::path::Path,
+    out: JsonArg,
+) -> CallResult<ExitCode> {
     let file =
         std::fs::File::open(path).map_err(|e| Failure(EXIT_USAGE, format!("cannot read `{}`: {e}", path.display())))?;
     // Each task with its line in the file, to name it in the answers.
@@ -607,7 +648,10 @@ async fn submit_batch(client: &Client, plugin: &str, path: &std::path::Path, out
         if !task.is_object() {
             return Err(Failure(EXIT_USAGE, format!("{}:{}: expected a JSON object", path.display(), n + 1)));
         }
-        if task.get("plugin").is_none() {
+        if task.get("plugin").is_none()
+            && task.get("script").is_none()
+            && let Some(plugin) = plugin
+        {
             task["plugin"] = json!(plugin);
         }
         tasks.push(task);

@@ -16,7 +16,7 @@ pub(crate) enum TenantsCommand {
         /// The tenant's name.
         name: String,
         #[command(flatten)]
-        quotas: QuotaArgs,
+        quotas: Box<QuotaArgs>,
         #[command(flatten)]
         out: JsonArg,
         #[command(flatten)]
@@ -91,6 +91,13 @@ pub(crate) struct QuotaArgs {
     /// Bytes of one flow's context, e.g. `256KiB`.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_flow_context: Option<u64>,
+    /// Queues that take ad-hoc scripts (`submit --script`), comma-separated;
+    /// `*` for every queue. Default: none.
+    #[arg(long, value_name = "QUEUE,...", value_delimiter = ',')]
+    script_queues: Option<Vec<String>>,
+    /// Size of one ad-hoc script, e.g. `256KiB` (default 64 KiB).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_script: Option<u64>,
 }
 
 impl QuotaArgs {
@@ -112,6 +119,8 @@ impl QuotaArgs {
         quotas.max_flow_depth = self.max_flow_depth;
         quotas.max_children_per_task = self.max_children_per_task;
         quotas.max_flow_context_bytes = self.max_flow_context;
+        quotas.script_queues = self.script_queues.clone();
+        quotas.max_script_bytes = self.max_script;
         quotas
     }
 }

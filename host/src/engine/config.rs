@@ -51,6 +51,10 @@ pub struct EngineConfig {
     /// Most plugin names: an upload (or manifest) for a new name past
     /// this many is refused (409 `limit_reached`). Default 1,000.
     pub max_plugins: usize,
+    /// Distinct ad-hoc scripts a tenant keeps per language: past this
+    /// many, the oldest no unfinished task holds is deleted (and when all
+    /// are held, a new one is refused). Default [`super::MAX_AD_HOC_SCRIPTS`].
+    pub max_ad_hoc_scripts: usize,
     /// Where plugins compile. Default [`Compiler::InProcess`] (no time
     /// budget); `taskhost serve` compiles in child processes with one.
     pub compiler: Compiler,
@@ -104,6 +108,7 @@ impl Default for EngineConfig {
             models: None,
             max_queues: 1_000,
             max_plugins: 1_000,
+            max_ad_hoc_scripts: super::MAX_AD_HOC_SCRIPTS,
             compiler: Compiler::default(),
             egress: crate::egress::EgressPolicy::default(),
             settings_file: None,

@@ -20,6 +20,10 @@ pub enum EngineError {
     /// No task with this id.
     #[error("task {0} not found")]
     NotFound(Uuid),
+    /// What the caller asked for is not allowed here (e.g. an ad-hoc
+    /// script in a queue that takes none).
+    #[error("{0}")]
+    Forbidden(String),
     /// The request conflicts with the task's state.
     #[error("{0}")]
     Conflict(String),

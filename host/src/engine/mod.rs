@@ -11,6 +11,7 @@
 //! queues, listing). Plugins come through a `runner` trait, so all of it
 //! is tested without wasm.
 
+mod ad_hoc;
 mod admin;
 mod admission;
 mod callbacks;
@@ -36,6 +37,11 @@ mod tenants;
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub(crate) use ad_hoc::check_quotas as check_script_quotas;
+pub use ad_hoc::{
+    AD_HOC_JS, AD_HOC_PYTHON, AdHocScript, DEFAULT_MAX_SCRIPT_BYTES, MAX_AD_HOC_SCRIPTS, MAX_SCRIPT_QUEUES,
+    plugin_for as ad_hoc_plugin,
+};
 pub(crate) use admin::queue_config;
 pub use admin::{ListFilter, MORE_COUNTED, QueueInfo, TaskList};
 /// The most flows one listing reads (`Engine::flows_page`): a tenant with
@@ -120,6 +126,9 @@ struct Inner {
     settings_watch: Mutex<Option<crate::watch::Watch>>,
     /// Clients following logs.
     followers: logs::Followers,
+    /// Held from an ad-hoc script's version being added (or found) until
+    /// its submission pins it, and while versions are collected.
+    ad_hoc: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -237,6 +246,7 @@ impl Engine {
                 settings: settings::FileSettings::default(),
                 settings_watch: Mutex::default(),
                 followers: logs::Followers::default(),
+                ad_hoc: Arc::default(),
             }),
         };
         engine.recover().await?;
@@ -330,6 +340,7 @@ impl Engine {
         version: Option<String>,
         wait: bool,
     ) -> Result<(VersionStatus, bool), EngineError> {
+        ad_hoc::refuse_reserved(name)?;
         Ok(self.registry()?.add(name, bytes, version, wait).await?)
     }
 
@@ -345,6 +356,7 @@ impl Engine {
         version: Option<String>,
         wait: bool,
     ) -> Result<(VersionStatus, bool), EngineError> {
+        ad_hoc::refuse_reserved(name)?;
         Ok(self.registry()?.add_script(name, language, source, version, wait).await?)
     }
 
@@ -360,6 +372,7 @@ impl Engine {
     ) -> Result<(crate::registry::QueueSlot, crate::registry::Staging), EngineError> {
         let registry = self.registry()?;
         Registry::check_names(name, version)?;
+        ad_hoc::refuse_reserved(name)?;
         self.check_plugin_quotas(name)?;
         let slot = registry.reserve()?;
         Ok((slot, registry.staging().await?))
@@ -498,7 +511,7 @@ impl Engine {
         submitted
     }
 
-    async fn submit_in_span(&self, task: NewTask) -> Result<Submitted, EngineError> {
+    async fn submit_in_span(&self, mut task: NewTask) -> Result<Submitted, EngineError> {
         // A key seen before answers with its task and costs no quota.
         if let Some(key) = &task.idempotency_key
             && let Some(id) = self.inner.shared.store.task_by_key(key)?
@@ -510,7 +523,14 @@ impl Engine {
         tenants.take_submission(&tenant)?;
         let metrics = &self.inner.shared.metrics;
         let quota = tenants.reserve_unfinished(&tenant, || metrics.unfinished_of(&tenant), 1)?;
+        // An ad-hoc script becomes a version first; the guard keeps it
+        // until the submission below has pinned it.
+        let ad_hoc = match task.script.take() {
+            Some(script) => Some(self.ad_hoc(&mut task, script).await?),
+            None => None,
+        };
         let (record, input, pin) = self.inner.submission.prepare(task)?;
+        drop(ad_hoc);
         tenants.check_stored(&tenant, input.len() as u64)?;
         let engine = self.clone();
         detached(async move {

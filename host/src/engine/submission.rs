@@ -52,6 +52,10 @@ pub struct NewTask {
     /// Where the task's spans hang: its submission span (set by the
     /// engine when traces are on).
     pub trace: Option<crate::trace::TraceParent>,
+    /// An ad-hoc script to run instead of a named plugin: it becomes a
+    /// version of the tenant's reserved ad-hoc plugin, and `plugin` only
+    /// names the tenant (any plugin key of it).
+    pub script: Option<super::AdHocScript>,
 }
 
 /// Longest idempotency key, in bytes.

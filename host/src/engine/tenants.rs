@@ -245,9 +245,11 @@ pub(crate) fn check_quotas(q: &TenantQuotas) -> Result<(), EngineError> {
         ("max_flow_depth", q.max_flow_depth.map(u64::from)),
         ("max_children_per_task", q.max_children_per_task.map(u64::from)),
         ("max_flow_context_bytes", q.max_flow_context_bytes),
+        ("max_script_bytes", q.max_script_bytes),
     ]
     .into_iter()
     .find(|(_, v)| *v == Some(0));
+    super::check_script_quotas(q.script_queues.as_deref(), q.max_script_bytes)?;
     match zero {
         Some((name, _)) => Err(EngineError::InvalidRequest(format!(
             "quota `{name}` must be at least 1 (leave it out for no quota of the tenant's own)"

@@ -538,7 +538,13 @@ impl Registry {
             Input::Blob(bytes) => bytes.to_vec(),
         };
         // The tenant's own name for it, as the script's author knows it.
-        let file = format!("{}.{}", crate::tenant::split(name).1, language.extension());
+        // (An ad-hoc script's plugin, `adhoc.js`, is already a file name.)
+        let local = crate::tenant::split(name).1;
+        let extension = language.extension();
+        let file = match local.strip_suffix(extension).and_then(|stem| stem.strip_suffix('.')) {
+            Some(_) => local.to_owned(),
+            None => format!("{local}.{extension}"),
+        };
         let script = Script::new(language, file, bytes)?;
         let (runner, from_cache) = self.runner(language).await?;
         let plugin = Plugin::scripted(&runner, name, &info.version, script);

@@ -113,6 +113,11 @@ pub struct TenantQuotas {
     pub max_children_per_task: Option<u32>,
     /// Bytes of keys plus values in one of its flows' context.
     pub max_flow_context_bytes: Option<u64>,
+    /// Queues that take ad-hoc scripts (`{"script": ...}` submissions);
+    /// `*` is every queue. None: no ad-hoc scripts.
+    pub script_queues: Option<Vec<String>>,
+    /// Size of one ad-hoc script, in bytes (default 64 KiB).
+    pub max_script_bytes: Option<u64>,
 }
 
 /// One audit entry: who did what to which object, when.

@@ -56,7 +56,7 @@ pub use queue::{Queue, QueueChange, QueueList, QueueSettings};
 pub use stats::{RecentSample, RecentStats};
 pub use task::{
     BatchAnswer, BatchItem, BatchRefusal, BatchSubmission, CallbackDelivery, CallbackState, History, HistoryEntry,
-    RetryRequest, Submitted, Task, TaskError, TaskLimits, TaskPage, TaskSubmission,
+    RetryRequest, ScriptSubmission, Submitted, Task, TaskError, TaskLimits, TaskPage, TaskSubmission,
 };
 
 pub use config::{ConfigQueue, ConfigRetry, ConfigTenant, ConfigView, Source};

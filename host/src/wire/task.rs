@@ -325,8 +325,14 @@ pub enum CallbackState {
 #[non_exhaustive]
 #[schema(example = json!({"plugin": "uppercase", "input": "hello", "queue": "emails", "priority": 5, "idempotency_key": "order-42", "max_attempts": 3, "timeout_ms": 5000}))]
 pub struct TaskSubmission {
-    /// `name` or `name@version`.
-    pub plugin: String,
+    /// `name` or `name@version`. Give either a plugin or a `script`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// An ad-hoc script to run instead of a plugin, where the tenant's
+    /// `script_queues` quota allows it in the task's queue (none by
+    /// default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub script: Option<ScriptSubmission>,
     /// Any JSON value; the plugin receives its JSON text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input: Option<Value>,
@@ -380,7 +386,33 @@ impl TaskSubmission {
     /// A submission of `plugin` with no input and every default; set the
     /// fields to change them.
     pub fn new(plugin: impl Into<String>) -> Self {
-        Self { plugin: plugin.into(), ..Self::default() }
+        Self { plugin: Some(plugin.into()), ..Self::default() }
+    }
+
+    /// A submission of an ad-hoc `script` with no input and every default.
+    pub fn script(script: ScriptSubmission) -> Self {
+        Self { script: Some(script), ..Self::default() }
+    }
+}
+
+/// An ad-hoc script in a submission: its language and its source.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+#[schema(example = json!({"lang": "js", "source": "export default (input) => input.text().toUpperCase();"}))]
+pub struct ScriptSubmission {
+    /// `js` (an ES module exporting `default` or `run`) or `python` (a
+    /// module defining `run`).
+    pub lang: String,
+    /// The source, at most the tenant's `max_script_bytes` (64 KiB by
+    /// default).
+    pub source: String,
+}
+
+impl ScriptSubmission {
+    /// A `lang` script of `source`.
+    pub fn new(lang: impl Into<String>, source: impl Into<String>) -> Self {
+        Self { lang: lang.into(), source: source.into() }
     }
 }
 

@@ -60,6 +60,14 @@ pub struct Quotas {
     /// Bytes of keys plus values in one flow's context.
     #[serde(default)]
     pub max_flow_context_bytes: Option<u64>,
+    /// Queues that take ad-hoc scripts (submissions carrying
+    /// `{"script": {"lang", "source"}}`); `"*"` is every queue. `null`:
+    /// none (the default).
+    #[serde(default)]
+    pub script_queues: Option<Vec<String>>,
+    /// Size of one ad-hoc script, in bytes (default 64 KiB, at most 1 MiB).
+    #[serde(default)]
+    pub max_script_bytes: Option<u64>,
 }
 
 impl From<&TenantQuotas> for Quotas {
@@ -81,6 +89,8 @@ impl From<&TenantQuotas> for Quotas {
             max_flow_depth: q.max_flow_depth,
             max_children_per_task: q.max_children_per_task,
             max_flow_context_bytes: q.max_flow_context_bytes,
+            script_queues: q.script_queues.clone(),
+            max_script_bytes: q.max_script_bytes,
         }
     }
 }
@@ -104,6 +114,8 @@ impl From<&Quotas> for TenantQuotas {
             max_flow_depth: q.max_flow_depth,
             max_children_per_task: q.max_children_per_task,
             max_flow_context_bytes: q.max_flow_context_bytes,
+            script_queues: q.script_queues.clone(),
+            max_script_bytes: q.max_script_bytes,
         }
     }
 }

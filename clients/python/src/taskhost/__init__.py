@@ -92,7 +92,7 @@ from .models import (
     VersionDeleted,
 )
 from .operations import OPERATIONS
-from .specs import UNSET, Node, Parallel, RepeatSpec, Series, Step, TaskSpec
+from .specs import UNSET, Node, Parallel, RepeatSpec, Script, Series, Step, TaskSpec
 
 __all__ = [
     "ERROR_CODES",
@@ -103,6 +103,7 @@ __all__ = [
     "OPERATIONS",
     "UNSET",
     # What is sent
+    "Script",
     "TaskSpec",
     "Node",
     "Step",

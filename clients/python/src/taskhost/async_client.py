@@ -50,7 +50,7 @@ from .models import (
     TokenRevoked,
     VersionDeleted,
 )
-from .specs import UNSET, Node, RepeatSpec, TaskSpec
+from .specs import UNSET, Node, RepeatSpec, Script, TaskSpec
 
 T = TypeVar("T")
 E = TypeVar("E")
@@ -208,7 +208,7 @@ class AsyncClient:
 
     async def submit(
         self,
-        plugin: str,
+        plugin: str | None = None,
         input: bytes | str | None = None,
         *,
         json: Any = UNSET,
@@ -224,11 +224,13 @@ class AsyncClient:
         run_at: datetime | str | None = None,
         callback_url: str | None = None,
         log_keep_bytes: int | None = None,
+        script: Script | None = None,
         traceparent: str | None = None,
     ) -> Submitted:
-        """Submits a task of ``plugin`` (``name`` or ``name@version``); the
-        arguments are those of :class:`~taskhost.TaskSpec`. ``traceparent``
-        makes the submission's span a child of the caller's."""
+        """Submits a task of ``plugin`` (``name`` or ``name@version``), or of
+        an ad-hoc ``script`` instead; the arguments are those of
+        :class:`~taskhost.TaskSpec`. ``traceparent`` makes the submission's
+        span a child of the caller's."""
         spec = TaskSpec(
             plugin=plugin,
             input=input,
@@ -245,6 +247,7 @@ class AsyncClient:
             run_at=run_at,
             callback_url=callback_url,
             log_keep_bytes=log_keep_bytes,
+            script=script,
         )
         return await self._call(_calls.submit_task(spec, traceparent))
 

@@ -88,7 +88,8 @@ class Unauthorized(ApiError):
 
 
 class Forbidden(ApiError):
-    """403: the token lacks the scope the route needs."""
+    """403: the token lacks the scope the route needs, or the tenant does not
+    allow what was asked (an ad-hoc script in a queue that takes none)."""
 
 
 class NotFound(ApiError):

@@ -675,8 +675,11 @@ class Quotas:
     max_flow_depth: Optional[int] = None
     max_children_per_task: Optional[int] = None
     max_flow_context_bytes: Optional[int] = None
+    script_queues: Optional[list[str]] = None
+    """Queues that take ad-hoc scripts (``"*"``: every queue)."""
+    max_script_bytes: Optional[int] = None
 
-    def to_json(self) -> dict[str, Optional[int]]:
+    def to_json(self) -> dict[str, Any]:
         """The quotas as the API takes them."""
         return dataclasses.asdict(self)
 

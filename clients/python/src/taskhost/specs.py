@@ -22,6 +22,22 @@ input of ``null``)."""
 
 
 @dataclass(frozen=True)
+class Script:
+    """An ad-hoc script to run instead of a plugin: ``lang`` is ``"js"``
+    (an ES module exporting ``default`` or ``run``) or ``"python"`` (a module
+    defining ``run``). The server runs it only in queues its tenant's
+    ``script_queues`` quota names (none by default), and refuses it with
+    :class:`~taskhost.Forbidden` elsewhere."""
+
+    lang: str
+    source: str
+
+    def to_json(self) -> dict[str, str]:
+        """The script as the API takes it."""
+        return {"lang": self.lang, "source": self.source}
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """One task to submit: the fields of the API's ``TaskSubmission``.
 
@@ -38,9 +54,11 @@ class TaskSpec:
     are per-attempt limits (the plugin's manifest, else the host's defaults,
     apply when left out). The server checks every value and refuses a bad one
     with :class:`~taskhost.BadRequest`.
+
+    Give either ``plugin`` or ``script`` (an ad-hoc :class:`Script`).
     """
 
-    plugin: str
+    plugin: str | None = None
     input: bytes | str | None = None
     json: Any = UNSET
     input_url: str | None = None
@@ -55,6 +73,7 @@ class TaskSpec:
     run_at: datetime | str | None = None
     callback_url: str | None = None
     log_keep_bytes: int | None = None
+    script: Script | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The submission as the API takes it."""
@@ -80,6 +99,8 @@ class TaskSpec:
                 if value is not None:
                     raw = value.encode() if isinstance(value, str) else bytes(value)
                     body["input_base64"] = base64.b64encode(raw).decode("ascii")
+            elif f.name == "script" and isinstance(value, Script):
+                body["script"] = value.to_json()
             elif f.name == "run_at" and isinstance(value, datetime):
                 body["run_at"] = rfc3339(value)
             elif value is not None:

@@ -1,0 +1,200 @@
+//! Ad-hoc scripts: a submission that carries its own JavaScript or Python
+//! source instead of naming a plugin. Off by default; a tenant's
+//! `script_queues` quota names the queues that take them and
+//! `max_script_bytes` caps their size.
+//!
+//! A script becomes a version of its tenant's reserved plugin
+//! ([`AD_HOC_JS`] or [`AD_HOC_PYTHON`]), versioned by its source's hash
+//! like any script plugin, so retries, recovery after a crash, history and
+//! logs treat it like any plugin task. The same source submitted again is
+//! the same version. A tenant keeps at most
+//! [`EngineConfig::max_ad_hoc_scripts`](super::EngineConfig) versions of
+//! each (default [`MAX_AD_HOC_SCRIPTS`]): past that, the oldest that no
+//! unfinished task holds is deleted, and when every one is held the
+//! submission is refused.
+
+use super::{Engine, EngineError, NewTask};
+use crate::registry::{Registry, RegistryError};
+use crate::sandbox::{Language, MAX_SCRIPT_BYTES};
+use std::sync::Arc;
+
+/// The reserved plugin that holds a tenant's ad-hoc JavaScript.
+pub const AD_HOC_JS: &str = "adhoc.js";
+/// The reserved plugin that holds a tenant's ad-hoc Python.
+pub const AD_HOC_PYTHON: &str = "adhoc.py";
+/// Distinct ad-hoc scripts a tenant keeps per language, by default.
+pub const MAX_AD_HOC_SCRIPTS: usize = 1_000;
+/// The size cap of an ad-hoc script when its tenant sets none.
+pub const DEFAULT_MAX_SCRIPT_BYTES: u64 = 64 * 1024;
+/// Most queues one tenant's `script_queues` may name.
+pub const MAX_SCRIPT_QUEUES: usize = 256;
+
+/// A script carried by a submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AdHocScript {
+    /// Its language.
+    pub language: Language,
+    /// Its source (UTF-8).
+    pub source: Vec<u8>,
+}
+
+impl AdHocScript {
+    /// A `language` script of `source`.
+    pub fn new(language: Language, source: impl Into<Vec<u8>>) -> Self {
+        Self { language, source: source.into() }
+    }
+}
+
+/// The reserved plugin name (unqualified) of `language`'s ad-hoc scripts.
+pub fn plugin_for(language: Language) -> &'static str {
+    match language {
+        Language::JavaScript => AD_HOC_JS,
+        Language::Python => AD_HOC_PYTHON,
+    }
+}
+
+/// Whether `key` (a tenant's plugin key) is a reserved ad-hoc plugin,
+/// which no upload may name.
+pub(crate) fn is_reserved(key: &str) -> bool {
+    let name = crate::tenant::split(key).1;
+    name == AD_HOC_JS || name == AD_HOC_PYTHON
+}
+
+/// Refuses an upload to a reserved name.
+pub(crate) fn refuse_reserved(key: &str) -> Result<(), EngineError> {
+    if is_reserved(key) {
+        let name = crate::tenant::split(key).1;
+        return Err(EngineError::InvalidRequest(format!(
+            "plugin name `{name}` is reserved for ad-hoc scripts (submit {{\"script\": ...}} instead)"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the ad-hoc settings of a tenant's quotas.
+pub(crate) fn check_quotas(script_queues: Option<&[String]>, max_bytes: Option<u64>) -> Result<(), EngineError> {
+    let invalid = |m: String| Err(EngineError::InvalidRequest(m));
+    if let Some(max) = max_bytes
+        && max > MAX_SCRIPT_BYTES as u64
+    {
+        return invalid(format!(
+            "quota `max_script_bytes` {max} is over the host's script limit of {MAX_SCRIPT_BYTES}"
+        ));
+    }
+    let Some(queues) = script_queues else { return Ok(()) };
+    if queues.len() > MAX_SCRIPT_QUEUES {
+        return invalid(format!("`script_queues` names {} queues; at most {MAX_SCRIPT_QUEUES}", queues.len()));
+    }
+    for queue in queues.iter().filter(|q| *q != "*") {
+        crate::names::name(crate::names::NameKind::Queue, queue)
+            .map_err(|e| EngineError::InvalidRequest(format!("`script_queues`: {e} (or `*` for every queue)")))?;
+    }
+    Ok(())
+}
+
+impl Engine {
+    /// Turns `task`'s script into a version of its tenant's ad-hoc plugin
+    /// and points `task` at it. The returned guard keeps the version from
+    /// being collected: hold it until the submission has pinned it.
+    pub(super) async fn ad_hoc(
+        &self,
+        task: &mut NewTask,
+        script: AdHocScript,
+    ) -> Result<tokio::sync::OwnedMutexGuard<()>, EngineError> {
+        // The tenant is `task.plugin`'s (the API names the tenant's ad-hoc
+        // plugin there), as for any task.
+        let tenant = crate::tenant::tenant_of(&task.plugin).to_owned();
+        let tenant = tenant.as_str();
+        let queue = task.queue.clone().unwrap_or_else(|| "default".into());
+        let (queue_tenant, local_queue) = crate::tenant::split(&queue);
+        if queue_tenant != tenant {
+            return Err(EngineError::InvalidRequest(format!(
+                "queue `{queue}` belongs to another tenant than `{tenant}`"
+            )));
+        }
+        let quotas = self.inner.shared.tenants.quotas(tenant).unwrap_or_default();
+        let allowed = quotas.script_queues.as_deref().unwrap_or_default();
+        if !allowed.iter().any(|q| q == "*" || q == local_queue) {
+            return Err(EngineError::Forbidden(format!(
+                "queue `{local_queue}` of tenant `{tenant}` does not take ad-hoc scripts \
+                 (an admin allows them with the tenant's `script_queues` quota, e.g. `taskhost tenants put {tenant} --script-queues '*'`)"
+            )));
+        }
+        let cap = quotas.max_script_bytes.unwrap_or(DEFAULT_MAX_SCRIPT_BYTES);
+        let size = script.source.len() as u64;
+        if size > cap {
+            return Err(EngineError::InvalidRequest(format!(
+                "the script is {size} bytes; tenant `{tenant}` takes ad-hoc scripts of at most {cap} (`max_script_bytes`)"
+            )));
+        }
+        let name = crate::tenant::qualify(tenant, plugin_for(script.language));
+        let version = crate::registry::sha256_hex(&script.source)[..12].to_owned();
+        let registry = self.registry()?.clone();
+        let guard = self.inner.ad_hoc.clone().lock_owned().await;
+        // The same source again: its version is there already.
+        if registry.resolve(&format!("{name}@{version}")).is_err() {
+            make_room(&registry, &name, tenant, self.inner.shared.config.max_ad_hoc_scripts).await?;
+            registry.add_script(&name, script.language, script.source, None, true).await?;
+        }
+        task.plugin = format!("{name}@{version}");
+        Ok(guard)
+    }
+}
+
+/// Deletes the oldest of `name`'s versions that nothing holds while it has
+/// `most` or more, making room for one; refuses when every one is held.
+async fn make_room(registry: &Arc<Registry>, name: &str, tenant: &str, most: usize) -> Result<(), EngineError> {
+    let Some(detail) = registry.detail(name) else { return Ok(()) };
+    let most = most.max(1);
+    if detail.versions.len() < most {
+        return Ok(());
+    }
+    let mut versions = detail.versions;
+    versions.sort_by_key(|v| v.info.created_at_ms);
+    let excess = versions.len() + 1 - most;
+    let mut deleted = 0;
+    for version in &versions {
+        if deleted == excess {
+            return Ok(());
+        }
+        match registry.delete(name, &version.info.version).await {
+            Ok(()) => deleted += 1,
+            Err(RegistryError::InUse { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if deleted == excess {
+        return Ok(());
+    }
+    Err(EngineError::LimitReached(format!(
+        "tenant `{tenant}` has {most} distinct ad-hoc scripts with unfinished tasks (the most it keeps); \
+         submit again when some have ended"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_names_are_refused_for_uploads_in_every_tenant() {
+        for key in ["adhoc.js", "adhoc.py", "acme/adhoc.js"] {
+            let e = refuse_reserved(key).unwrap_err().to_string();
+            assert!(e.contains("reserved for ad-hoc scripts"), "{e}");
+        }
+        refuse_reserved("adhoc").unwrap();
+        refuse_reserved("acme/transform.js").unwrap();
+    }
+
+    #[test]
+    fn the_quotas_are_checked() {
+        check_quotas(Some(&["*".into(), "scripts".into()]), Some(1024)).unwrap();
+        let e = check_quotas(Some(&["bad queue".into()]), None).unwrap_err().to_string();
+        assert!(e.contains("`script_queues`") && e.contains("bad queue"), "{e}");
+        let e = check_quotas(None, Some(MAX_SCRIPT_BYTES as u64 + 1)).unwrap_err().to_string();
+        assert!(e.contains("max_script_bytes"), "{e}");
+        let many: Vec<String> = (0..=MAX_SCRIPT_QUEUES).map(|i| format!("q{i}")).collect();
+        assert!(check_quotas(Some(&many), None).is_err());
+    }
+}
