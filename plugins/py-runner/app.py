@@ -93,8 +93,8 @@ def _classify(error: BaseException, name: str):
     if isinstance(error, RecursionError):
         _fail(_report(error, name), True)  # it would recur on every attempt
     report = _report(error, name)
-    if isinstance(error, OSError) and error.errno == 44 and error.filename is not None:
-        report += "\n(if the path is outside the task's directory grants, it cannot be seen: see [[dirs]] in docs/plugins.md)"
+    if isinstance(error, PermissionError) and error.filename is not None:
+        report += "\n(a path outside the task's directory grants cannot be read or written: see [[dirs]] in docs/plugins.md)"
     _fail(report, getattr(error, "permanent", False) is True)
 
 

@@ -181,15 +181,20 @@ fn grants_are_given_on_the_command_line_or_by_a_manifest() {
     std::fs::write(data.path().join("note.txt"), "granted").unwrap();
     let dir = data.path().to_str().unwrap();
 
-    // Nothing granted: nothing to read.
+    // Nothing granted: nothing to read, and the guest is told so.
     let out = run_plugin(READ_FILE, &[], b"/data/note.txt");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    // A read-only directory: read, not written.
+    assert!(stderr(&out).contains("Permission denied"), "{}", stderr(&out));
+    // A read-only directory: read, not written; a file missing from it is
+    // missing, not refused.
     let ro = format!("{dir}:/data:ro");
     let out = run_plugin(READ_FILE, &["--dir", &ro], b"/data/note.txt");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "READ: granted", "{}", stderr(&out));
+    let out = run_plugin(READ_FILE, &["--dir", &ro], b"/data/missing.txt");
+    assert!(stderr(&out).contains("No such file"), "{}", stderr(&out));
     let out = run_plugin(READ_FILE, &["--dir", &ro], b"write /data/new.txt");
     assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not permitted"), "{}", stderr(&out));
     assert!(!data.path().join("new.txt").exists());
     // Read-write, by default at the same path.
     let out = run_plugin(READ_FILE, &["--dir", dir], format!("write {dir}/new.txt").as_bytes());

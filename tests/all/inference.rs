@@ -498,3 +498,59 @@ async fn a_plugins_manifest_can_grant_it_a_model() {
     engine.set_manifest("infer-probe", Some(manifest)).await.unwrap();
     assert_eq!(run(engine).await["ok"][0]["values"], json!(vec![3.0; 4]));
 }
+
+/// The intent router example (`plugins/scripts/intent_router.py`): a
+/// Python script tokenizes with the model's vocabulary (a directory
+/// grant), embeds through the host's MiniLM, and submits the nearest
+/// intent's handler as a child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_intent_router_script_sends_each_request_to_its_nearest_intent_with_minilm() {
+    use taskhost::registry::Manifest;
+    use taskhost::scripts::Language;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let model_dir = root.join("target/models/all-MiniLM-L6-v2");
+    let minilm = model_dir.join("model.onnx");
+    assert!(minilm.is_file(), "{} is missing: run ./dev.sh setup", minilm.display());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("models.toml");
+    let config = format!("[models.minilm]\npath = {minilm:?}\nplugins = [\"intent-router\"]\nmax_delay = \"5ms\"\n");
+    std::fs::write(&file, config).unwrap();
+    let models = Models::open(Some(file)).unwrap();
+    let (engine, _data) = engine_serving(&models, 8).await;
+    let router = std::fs::read(root.join("plugins/scripts/intent_router.py")).unwrap();
+    engine.add_script_plugin("intent-router", Language::Python, router, None, true).await.unwrap();
+    for handler in ["refunds", "shipping", "cancellations"] {
+        let source = format!("export default (input) => '{handler}: ' + input.json().text;");
+        engine.add_script_plugin(handler, Language::JavaScript, source.into_bytes(), None, true).await.unwrap();
+    }
+    let grant =
+        format!("[[dirs]]\nhost = {:?}\nguest = \"/models/minilm\"\nmode = \"ro\"\n", model_dir.display().to_string());
+    engine.set_manifest("intent-router", Some(Manifest::parse(&grant).unwrap())).await.unwrap();
+
+    let requests = [
+        ("I'd like my money back for the broken blender", "refund", "refunds"),
+        ("Has my parcel shipped yet? I need a tracking number", "shipping", "shipping"),
+        ("Please end my membership, I no longer want it", "cancel", "cancellations"),
+    ];
+    for (text, intent, handler) in requests {
+        let input = json!({ "text": text }).to_string();
+        let id = engine.submit(task("intent-router", &input)).await.unwrap().record.id;
+        let view = engine.wait_flow(id, Duration::from_secs(120)).await.unwrap();
+        let record = engine.get(id).unwrap();
+        assert_eq!(record.state, TaskState::Completed, "{text}: {:?}", record.error);
+        let out: Value = serde_json::from_slice(&engine.output(id).unwrap().unwrap()).unwrap();
+        assert_eq!(out["intent"], intent, "{text}: {out}");
+        assert!(out["score"].as_f64().unwrap() > 0.3, "{out}");
+        let child: uuid::Uuid = out["task"].as_str().unwrap().parse().unwrap();
+        assert_eq!(view.flow.result_task, Some(child), "the handler ends the flow");
+        let handled = String::from_utf8(engine.output(child).unwrap().unwrap()).unwrap();
+        assert_eq!(handled, format!("{handler}: {text}"));
+    }
+    // Without the vocabulary's grant, the router fails for good, saying why.
+    engine.set_manifest("intent-router", None).await.unwrap();
+    let id = engine.submit(task("intent-router", &json!({"text": "refund"}).to_string())).await.unwrap().record.id;
+    let record = engine.wait(id, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(record.state, TaskState::Failed);
+    let error = record.error.unwrap();
+    assert!(!error.retryable && error.message.contains("is not granted"), "{}", error.message);
+}

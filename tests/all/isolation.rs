@@ -15,6 +15,9 @@ async fn host_files_are_out_of_reach() {
         let failure = failure(&report);
         assert_eq!((failure.class, failure.retryable), (FailureClass::PluginError, false), "{target}: {failure}");
         assert!(failure.message.starts_with("filesystem denied"), "{target}: {}", failure.message);
+        // A permission error, not "no such file": the guest can tell a
+        // missing grant from a missing file.
+        assert!(failure.message.contains("Permission denied"), "{target}: {}", failure.message);
         assert!(!failure.message.contains("TOP-SECRET"));
     }
 }

@@ -205,7 +205,7 @@ async fn each_python_task_starts_from_the_snapshot_with_its_own_randomness_and_n
     // No files, environment or processes; a path outside any grant says so.
     let source = "def run(input):\n    return open('/etc/passwd').read()";
     let f = failure(&py(source, b"").await).clone();
-    assert!(f.message.starts_with("FileNotFoundError") && f.message.contains("directory grants"), "{f}");
+    assert!(f.message.starts_with("PermissionError") && f.message.contains("directory grants"), "{f}");
     let source = "import os\ndef run(input):\n    return [dict(os.environ), hasattr(os, 'fork')]";
     assert_eq!(crate::output(&py(source, b"").await), "[{},false]");
     for module in ["subprocess", "socket", "ctypes"] {

@@ -93,10 +93,67 @@ pub(crate) fn check_quotas(script_queues: Option<&[String]>, max_bytes: Option<u
     Ok(())
 }
 
+/// The locks that serialise a name's ad-hoc versions being added or
+/// collected (striped: two tenants rarely wait on each other).
+pub(crate) struct AdHocLocks(Vec<Arc<tokio::sync::Mutex<()>>>);
+
+impl Default for AdHocLocks {
+    fn default() -> Self {
+        Self((0..16).map(|_| Arc::default()).collect())
+    }
+}
+
+impl AdHocLocks {
+    fn of(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hash = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(name);
+        self.0[(hash % self.0.len() as u64) as usize].clone()
+    }
+}
+
+/// Refuses a task of a reserved ad-hoc plugin in a queue (a key) whose
+/// tenant's `script_queues` does not name it: however the task names the
+/// plugin (a script, `adhoc.js@HASH`, a child, a flow step, a retry).
+pub(crate) fn check_queue(quotas: Option<&crate::store::TenantQuotas>, queue: &str) -> Result<(), EngineError> {
+    let (tenant, local) = crate::tenant::split(queue);
+    let allowed = quotas.and_then(|q| q.script_queues.as_deref()).unwrap_or_default();
+    if allowed.iter().any(|q| q == "*" || q == local) {
+        return Ok(());
+    }
+    Err(EngineError::Forbidden(format!(
+        "queue `{local}` of tenant `{tenant}` does not take ad-hoc scripts \
+         (an admin allows them with the tenant's `script_queues` quota, e.g. `taskhost tenants put {tenant} --script-queues '*'`)"
+    )))
+}
+
 impl Engine {
+    /// Checks what needs no write: the queue takes scripts and the script
+    /// fits its tenant's cap.
+    pub(super) fn check_ad_hoc(&self, task: &NewTask, script: &AdHocScript) -> Result<(), EngineError> {
+        let tenant = crate::tenant::tenant_of(&task.plugin);
+        let queue = task.queue.clone().unwrap_or_else(|| "default".into());
+        if crate::tenant::tenant_of(&queue) != tenant {
+            return Err(EngineError::InvalidRequest(format!(
+                "queue `{queue}` belongs to another tenant than `{tenant}`"
+            )));
+        }
+        let quotas = self.inner.shared.tenants.quotas(tenant);
+        check_queue(quotas.as_ref(), &queue)?;
+        let cap = quotas.and_then(|q| q.max_script_bytes).unwrap_or(DEFAULT_MAX_SCRIPT_BYTES);
+        let size = script.source.len() as u64;
+        if size > cap {
+            return Err(EngineError::InvalidRequest(format!(
+                "the script is {size} bytes; tenant `{tenant}` takes ad-hoc scripts of at most {cap} (`max_script_bytes`)"
+            )));
+        }
+        Ok(())
+    }
+
     /// Turns `task`'s script into a version of its tenant's ad-hoc plugin
     /// and points `task` at it. The returned guard keeps the version from
-    /// being collected: hold it until the submission has pinned it.
+    /// being collected: hold it until the submission has pinned it. The
+    /// work runs on a task of its own, so a caller that goes away never
+    /// leaves a collection half done.
     pub(super) async fn ad_hoc(
         &self,
         task: &mut NewTask,
@@ -105,39 +162,31 @@ impl Engine {
         // The tenant is `task.plugin`'s (the API names the tenant's ad-hoc
         // plugin there), as for any task.
         let tenant = crate::tenant::tenant_of(&task.plugin).to_owned();
-        let tenant = tenant.as_str();
-        let queue = task.queue.clone().unwrap_or_else(|| "default".into());
-        let (queue_tenant, local_queue) = crate::tenant::split(&queue);
-        if queue_tenant != tenant {
-            return Err(EngineError::InvalidRequest(format!(
-                "queue `{queue}` belongs to another tenant than `{tenant}`"
-            )));
-        }
-        let quotas = self.inner.shared.tenants.quotas(tenant).unwrap_or_default();
-        let allowed = quotas.script_queues.as_deref().unwrap_or_default();
-        if !allowed.iter().any(|q| q == "*" || q == local_queue) {
-            return Err(EngineError::Forbidden(format!(
-                "queue `{local_queue}` of tenant `{tenant}` does not take ad-hoc scripts \
-                 (an admin allows them with the tenant's `script_queues` quota, e.g. `taskhost tenants put {tenant} --script-queues '*'`)"
-            )));
-        }
-        let cap = quotas.max_script_bytes.unwrap_or(DEFAULT_MAX_SCRIPT_BYTES);
-        let size = script.source.len() as u64;
-        if size > cap {
-            return Err(EngineError::InvalidRequest(format!(
-                "the script is {size} bytes; tenant `{tenant}` takes ad-hoc scripts of at most {cap} (`max_script_bytes`)"
-            )));
-        }
-        let name = crate::tenant::qualify(tenant, plugin_for(script.language));
-        let version = crate::registry::sha256_hex(&script.source)[..12].to_owned();
+        let name = crate::tenant::qualify(&tenant, plugin_for(script.language));
+        let digest = crate::registry::sha256_hex(&script.source);
+        let version = digest[..12].to_owned();
         let registry = self.registry()?.clone();
-        let guard = self.inner.ad_hoc.clone().lock_owned().await;
-        // The same source again: its version is there already.
-        if registry.resolve(&format!("{name}@{version}")).is_err() {
-            make_room(&registry, &name, tenant, self.inner.shared.config.max_ad_hoc_scripts).await?;
+        let lock = self.inner.ad_hoc.of(&name);
+        let most = self.inner.shared.config.max_ad_hoc_scripts;
+        let spec = format!("{name}@{version}");
+        task.plugin = spec.clone();
+        let guard = super::detached(async move {
+            let guard = lock.lock_owned().await;
+            match registry.resolve(&spec) {
+                // The same source again: its version is there already.
+                Ok((_, loaded)) if loaded.info.digest == digest => return Ok(guard),
+                Ok(_) => {
+                    return Err(EngineError::Conflict(format!(
+                        "`{spec}` holds another script than this one (its hash differs past the version's 12 digits)"
+                    )));
+                }
+                Err(_) => {}
+            }
+            make_room(&registry, &name, &tenant, most).await?;
             registry.add_script(&name, script.language, script.source, None, true).await?;
-        }
-        task.plugin = format!("{name}@{version}");
+            Ok(guard)
+        })
+        .await?;
         Ok(guard)
     }
 }
@@ -159,7 +208,8 @@ async fn make_room(registry: &Arc<Registry>, name: &str, tenant: &str, most: usi
             return Ok(());
         }
         match registry.delete(name, &version.info.version).await {
-            Ok(()) => deleted += 1,
+            // Gone already (deleted by its tenant meanwhile) counts too.
+            Ok(()) | Err(RegistryError::Unknown(_) | RegistryError::UnknownVersion { .. }) => deleted += 1,
             Err(RegistryError::InUse { .. }) => {}
             Err(e) => return Err(e.into()),
         }
@@ -168,7 +218,7 @@ async fn make_room(registry: &Arc<Registry>, name: &str, tenant: &str, most: usi
         return Ok(());
     }
     Err(EngineError::LimitReached(format!(
-        "tenant `{tenant}` has {most} distinct ad-hoc scripts with unfinished tasks (the most it keeps); \
+        "tenant `{tenant}` has {most} distinct ad-hoc scripts held by unfinished tasks (the most it keeps); \
          submit again when some have ended"
     )))
 }

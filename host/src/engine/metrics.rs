@@ -226,6 +226,8 @@ impl Metrics {
         let outcome = outcome.to_owned();
         let (tenant, name) = crate::tenant::split(plugin);
         let tenant = tenant.to_owned();
+        // Ad-hoc scripts are one series per tenant, not one per script.
+        let version = if super::ad_hoc::is_reserved(plugin) { "scripts" } else { version };
         if self.plugin_versions.admits(&format!("{plugin}@{version}")) {
             PluginLabel { tenant, plugin: name.to_owned(), version: version.to_owned(), outcome }
         } else {

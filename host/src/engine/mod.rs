@@ -37,11 +37,11 @@ mod tenants;
 #[cfg(test)]
 pub(crate) mod testing;
 
-pub(crate) use ad_hoc::check_quotas as check_script_quotas;
 pub use ad_hoc::{
     AD_HOC_JS, AD_HOC_PYTHON, AdHocScript, DEFAULT_MAX_SCRIPT_BYTES, MAX_AD_HOC_SCRIPTS, MAX_SCRIPT_QUEUES,
     plugin_for as ad_hoc_plugin,
 };
+pub(crate) use ad_hoc::{check_quotas as check_script_quotas, is_reserved as is_ad_hoc_plugin};
 pub(crate) use admin::queue_config;
 pub use admin::{ListFilter, MORE_COUNTED, QueueInfo, TaskList};
 /// The most flows one listing reads (`Engine::flows_page`): a tenant with
@@ -128,7 +128,7 @@ struct Inner {
     followers: logs::Followers,
     /// Held from an ad-hoc script's version being added (or found) until
     /// its submission pins it, and while versions are collected.
-    ad_hoc: Arc<tokio::sync::Mutex<()>>,
+    ad_hoc: ad_hoc::AdHocLocks,
 }
 
 impl std::fmt::Debug for Engine {
@@ -246,7 +246,7 @@ impl Engine {
                 settings: settings::FileSettings::default(),
                 settings_watch: Mutex::default(),
                 followers: logs::Followers::default(),
-                ad_hoc: Arc::default(),
+                ad_hoc: ad_hoc::AdHocLocks::default(),
             }),
         };
         engine.recover().await?;
@@ -413,7 +413,9 @@ impl Engine {
         if let Some(max) = quotas.max_plugins
             && !existing
         {
-            let count = names.iter().filter(|n| crate::tenant::tenant_of(n) == tenant).count() as u64;
+            let count =
+                names.iter().filter(|n| crate::tenant::tenant_of(n) == tenant && !ad_hoc::is_reserved(n)).count()
+                    as u64;
             if count >= u64::from(max) {
                 let message = format!("it has {count} plugins; the quota is {max}");
                 return Err(tenants::exceeded(tenant, "max_plugins", message));
@@ -517,6 +519,11 @@ impl Engine {
             && let Some(id) = self.inner.shared.store.task_by_key(key)?
         {
             return Ok(Submitted { record: self.get(id)?, created: false });
+        }
+        // An ad-hoc script's own checks come first; nothing is written
+        // for a script refused by them.
+        if let Some(script) = &task.script {
+            self.check_ad_hoc(&task, script)?;
         }
         let tenants = &self.inner.shared.tenants;
         let tenant = crate::tenant::tenant_of(&task.plugin).to_owned();
@@ -641,7 +648,11 @@ impl Engine {
     /// instead of the one the task pinned (`None`: that one).
     pub async fn resubmit_on(&self, id: Uuid, version: Option<String>) -> Result<TaskRecord, EngineError> {
         // A retried task is unfinished again: it counts as a submission.
-        let tenant = crate::tenant::tenant_of(&self.get(id)?.plugin).to_owned();
+        let record = self.get(id)?;
+        let tenant = crate::tenant::tenant_of(&record.plugin).to_owned();
+        if ad_hoc::is_reserved(&record.plugin) {
+            ad_hoc::check_queue(self.inner.shared.tenants.quotas(&tenant).as_ref(), &record.queue)?;
+        }
         let tenants = &self.inner.shared.tenants;
         tenants.take_submission(&tenant)?;
         let metrics = &self.inner.shared.metrics;

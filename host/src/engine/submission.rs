@@ -204,6 +204,12 @@ impl Submission {
                 size(self.shared.gate.budget())
             ));
         }
+        // An ad-hoc script's plugin runs only where scripts may, however
+        // the task names it.
+        if super::ad_hoc::is_reserved(&resolved.name) {
+            let quotas = self.shared.tenants.quotas(crate::tenant::tenant_of(&queue));
+            super::ad_hoc::check_queue(quotas.as_ref(), &queue)?;
+        }
         // Last: a refused task reserves no queue.
         let tenant_queues = self.shared.tenants.quotas(crate::tenant::tenant_of(&queue)).and_then(|q| q.max_queues);
         self.shared.queues.admit(&queue, self.shared.config.max_queues, tenant_queues)?;

@@ -754,7 +754,9 @@ impl Registry {
             self.admit_name(&entries, name)?;
             let entry = entries.entry(name.to_owned()).or_default();
             // Identical bytes: the existing version (unless it failed).
-            let same = |s: &&Slot| s.status.info.digest == digest && !matches!(s.status.state, VersionState::Failed(_));
+            let same = |s: &&Slot| {
+                s.status.info.digest == digest && !s.deleting && !matches!(s.status.state, VersionState::Failed(_))
+            };
             if let Some(existing) = entry.slots.iter().find(same) {
                 return Ok((existing.status.clone(), false));
             }

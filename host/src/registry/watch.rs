@@ -208,6 +208,10 @@ async fn add_waiting(
 
 async fn process(registry: &Arc<Registry>, path: &Path, seen: &mut HashMap<PathBuf, String>) {
     let Some((name, version, kind)) = classify(path) else { return };
+    if crate::engine::is_ad_hoc_plugin(&name) {
+        tracing::warn!(file = %path.display(), "ignored: `{name}` is reserved for ad-hoc scripts");
+        return;
+    }
     let content = match read_checked(registry, path, kind).await {
         Ok(content) => content,
         Err(ReadError::Gone) => {

@@ -17,6 +17,7 @@ mod services;
 mod state;
 mod ticker;
 mod transcript;
+mod virtual_root;
 
 pub use budget::{BudgetExceeded, HostBudget};
 pub use config::{Ceilings, Limits, SandboxConfig};
@@ -176,6 +177,8 @@ struct SandboxInner {
     linker: Linker<TaskState>,
     config: SandboxConfig,
     _ticker: ticker::Ticker,
+    /// The empty directory behind each guest's `/`.
+    empty_root: Arc<std::fs::File>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -191,11 +194,13 @@ impl Sandbox {
         let engine = Engine::new(&engine_config(&config)).map_err(wasm_err).context("creating the wasmtime engine")?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(wasm_err).context("linking WASI")?;
+        virtual_root::add_to_linker(&mut linker).map_err(wasm_err).context("linking the guest's `/`")?;
         Task::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)
             .map_err(wasm_err)
             .context("linking the taskhost interfaces")?;
         let ticker = ticker::Ticker::start(engine.clone(), config.epoch_tick).context("starting the epoch ticker")?;
-        Ok(Self { inner: Arc::new(SandboxInner { engine, linker, config, _ticker: ticker }) })
+        let empty_root = virtual_root::empty_root().context("making the empty directory behind guests' `/`")?;
+        Ok(Self { inner: Arc::new(SandboxInner { engine, linker, config, _ticker: ticker, empty_root }) })
     }
 
     /// The configuration this sandbox was built with.
@@ -283,11 +288,16 @@ impl Sandbox {
             LoadError::MissingImport(message)
         })?;
         let pre = TaskPre::new(pre).map_err(|e| LoadError::WrongWorld(format!("{e:#}")))?;
+        let reaches_files = component
+            .component_type()
+            .imports(&self.inner.engine)
+            .any(|(name, _)| name.starts_with("wasi:filesystem/preopens@"));
         Ok(Plugin {
             inner: Arc::new(PluginInner {
                 name: name.to_owned(),
                 version: version.to_owned(),
                 pre,
+                reaches_files,
                 compile_time: started.elapsed(),
                 size,
                 script: None,
@@ -378,11 +388,14 @@ impl Sandbox {
             plugin: plugin.inner.name.clone(),
             version: plugin.inner.version.clone(),
         };
-        self.store_for(info, meta.priority, limits, grants, cancel, attached)
+        self.store_for(info, meta.priority, limits, grants, cancel, attached, plugin.inner.reaches_files)
     }
 
     /// A store for one instance: its state, memory limiter, fuel, and the
     /// epoch deadline that ends it at its timeout or cancellation.
+    /// `reaches_files`: whether the guest imports the filesystem's
+    /// preopens (only then is the empty root behind its `/` opened).
+    #[allow(clippy::too_many_arguments)]
     fn store_for(
         &self,
         info: WitTaskInfo,
@@ -391,8 +404,11 @@ impl Sandbox {
         grants: &Grants,
         cancel: Option<CancelToken>,
         attached: Attached,
+        reaches_files: bool,
     ) -> Result<Store<TaskState>, String> {
-        let mut store = Store::new(&self.inner.engine, TaskState::new(info, limits, grants, attached, priority)?);
+        let root = reaches_files.then(|| self.inner.empty_root.clone());
+        let state = TaskState::new(info, limits, grants, attached, priority, root)?;
+        let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|state| &mut state.limiter);
         if self.inner.config.fuel_metering {
             // Cannot fail: it errs only when the engine does not meter fuel.

@@ -63,6 +63,9 @@ pub(crate) struct PluginInner {
     pub(crate) size: usize,
     /// For a script plugin: the script its runner (`pre`) runs.
     pub(crate) script: Option<Arc<super::Script>>,
+    /// Whether it imports the filesystem's preopens (and so gets the
+    /// empty root behind its `/`).
+    pub(crate) reaches_files: bool,
 }
 
 impl Plugin {
@@ -89,6 +92,7 @@ impl Plugin {
                 compile_time: Duration::ZERO,
                 size: script.text.len(),
                 script: Some(Arc::new(script)),
+                reaches_files: runner.inner.reaches_files,
             }),
         }
     }

@@ -230,7 +230,7 @@ impl Sandbox {
             ..super::Limits::default()
         };
         let mut store =
-            self.store_for(info, 0, &limits, &Grants::default(), None, Attached::default()).map_err(failed)?;
+            self.store_for(info, 0, &limits, &Grants::default(), None, Attached::default(), false).map_err(failed)?;
         let instance = self
             .inner
             .linker

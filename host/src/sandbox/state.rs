@@ -50,17 +50,24 @@ pub(crate) struct TaskState {
     pub(crate) trace: crate::trace::Scope,
     /// The script a script runner runs (`taskhost:plugin/script`).
     pub(crate) script: Option<Arc<super::Script>>,
+    /// The empty directory behind `/` (see [`super::virtual_root`]),
+    /// unless a grant is at `/`.
+    pub(crate) empty_root: Option<Arc<std::fs::File>>,
+    /// The guest's `/`, once it has asked for its preopens.
+    pub(crate) virtual_root: Option<wasmtime_wasi::filesystem::Dir>,
 }
 
 impl TaskState {
-    /// Builds the task's state. Fails only when a granted directory cannot
-    /// be opened.
+    /// Builds the task's state, with `root` (an empty directory) behind
+    /// the guest's `/` when given. Fails only when a granted directory
+    /// cannot be opened.
     pub(crate) fn new(
         info: WitTaskInfo,
         limits: &Limits,
         grants: &Grants,
         attached: super::Attached,
         priority: u8,
+        root: Option<Arc<std::fs::File>>,
     ) -> Result<Self, String> {
         let max_log_bytes = limits.max_log_bytes;
         let budget = attached.budget.unwrap_or_else(|| Arc::new(HostBudget::new(limits.host_bytes)));
@@ -79,6 +86,9 @@ impl TaskState {
                 format!("cannot open the granted directory {} (as {}): {e:#}", dir.host.display(), dir.guest)
             })?;
         }
+        // Outside the grants, `/` refuses every lookup as a permission
+        // error (see `virtual_root`), unless a grant is at `/` itself.
+        let empty_root = root.filter(|_| super::virtual_root::wanted(grants.dirs.iter().map(|d| d.guest.as_str())));
         let network = !grants.connect.is_empty();
         let allowed: Arc<[SocketAddr]> = grants.connect.clone().into();
         builder.allow_tcp(network).allow_udp(network).allow_ip_name_lookup(network).socket_addr_check(
@@ -121,6 +131,8 @@ impl TaskState {
             transcript,
             trace: attached.trace,
             script: attached.script,
+            empty_root,
+            virtual_root: None,
         })
     }
 
