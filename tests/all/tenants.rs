@@ -636,3 +636,69 @@ async fn the_configuration_file_is_applied_live_and_a_broken_edit_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("unknown field `max_runing`"), "{err}");
 }
+
+/// The file's `[server]` is where the server listens (read at start);
+/// `[limits]`, `[ceilings]` and `[egress]` are applied live, and
+/// `GET /v1/config` shows each with its source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configuration_file_sets_listen_addresses_limits_ceilings_and_egress() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("taskhost.toml");
+    let (port, metrics_port) = (free_port(), free_port());
+    let server_section =
+        format!("[server]\nlisten = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics_port}\"\n");
+    let limits = "[limits]\nfuel = 123456789\nmemory = \"48MiB\"\n[ceilings]\ntimeout = \"20s\"\n";
+    std::fs::write(&file, format!("{server_section}{limits}")).unwrap();
+    let server = start_with(data.path(), port, &["--config", file.to_str().unwrap()]).await;
+    let base = &server.base;
+    let admin = crate::admin_token(data.path()).await;
+    let http = crate::http();
+
+    // `[server] metrics_listen`: `/metrics` without a token there.
+    let metrics = http.get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), StatusCode::OK, "the file's metrics_listen is served");
+
+    let view = config_until(&http, base, &admin, |v| v["applied_at"].is_string()).await;
+    let limits = &view["limits"];
+    assert_eq!((&limits["defaults"]["fuel"], &limits["source"]), (&json!(123456789), &json!("file")), "{view}");
+    assert_eq!(limits["defaults"]["memory_bytes"], 48 << 20, "{view}");
+    assert_eq!(limits["max_timeout_ms"], 20_000, "{view}");
+    assert_eq!(view["egress"], json!({"allow": [], "source": "serve"}), "{view}");
+
+    // The defaults are a task's; the ceiling refuses more, naming it.
+    let (status, _) = upload(&http, base, &admin, "upper", UPPERCASE.bytes()).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, task) = post(&http, base, &admin, "/v1/tasks", json!({"plugin": "upper", "input": "x"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{task}");
+    let (_, record) = get(&http, base, &admin, &format!("/v1/tasks/{}", task["id"].as_str().unwrap())).await;
+    assert_eq!((&record["limits"]["fuel"], &record["limits"]["memory_bytes"]), (&json!(123456789), &json!(48 << 20)));
+    let long = json!({"plugin": "upper", "input": "x", "timeout_ms": 30_000});
+    let (status, body) = post(&http, base, &admin, "/v1/tasks", long.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("timeout_ms"), "{body}");
+
+    // `[egress]`: a callback to loopback is refused until the file allows
+    // it, without a restart; the ceiling taken out gives the server's back.
+    let hook = json!({"plugin": "upper", "input": "x", "callback_url": "http://127.0.0.1:9/hook"});
+    let (status, body) = post(&http, base, &admin, "/v1/tasks", hook.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("loopback"), "{body}");
+    std::fs::write(&file, format!("{server_section}[egress]\nallow = [\"127.0.0.0/8\"]\n")).unwrap();
+    let view = config_until(&http, base, &admin, |v| v["egress"]["source"] == "file").await;
+    assert_eq!(view["egress"]["allow"], json!(["127.0.0.0/8"]), "{view}");
+    assert_eq!(view["limits"]["source"], "serve", "{view}");
+    assert_ne!(view["limits"]["defaults"]["fuel"], 123456789, "{view}");
+    assert_eq!(post(&http, base, &admin, "/v1/tasks", hook).await.0, StatusCode::CREATED);
+    assert_eq!(post(&http, base, &admin, "/v1/tasks", long).await.0, StatusCode::CREATED);
+
+    // Bad values are refused, naming the section; nothing changes.
+    for (bad, says) in [
+        ("[egress]\nallow = [\"everywhere\"]\n", "[egress]: allow"),
+        ("[ceilings]\nmemory = \"64TiB\"\n", "per-task maximum"),
+        ("[limits]\ntimeout = \"soon\"\n", "[limits]: timeout"),
+    ] {
+        std::fs::write(&file, format!("{server_section}{bad}")).unwrap();
+        let view = config_until(&http, base, &admin, |v| v["error"].as_str().is_some_and(|e| e.contains(says))).await;
+        assert_eq!(view["egress"]["allow"], json!(["127.0.0.0/8"]), "the last good file stays: {view}");
+    }
+}

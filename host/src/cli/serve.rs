@@ -49,7 +49,7 @@ pub(crate) struct ServeArgs {
     /// A network completion callbacks may reach although it is loopback,
     /// private, link-local or otherwise refused, e.g. `10.1.0.0/16` or
     /// `127.0.0.1` (repeat for more). Public addresses need no entry.
-    #[arg(long = "egress-allow", value_name = "CIDR", value_parser = parse_network)]
+    #[arg(long = "egress-allow", value_name = "CIDR", value_parser = taskhost::egress::parse_network)]
     egress_allow: Vec<ipnet::IpNet>,
     /// Let every request in without a token, as an admin. Only for a host
     /// nothing else can reach; it is refused on a non-loopback --listen.
@@ -80,9 +80,12 @@ pub(crate) struct ServeArgs {
     /// it changes; `POST /v1/models` writes to it. Default: DATA/models.toml.
     #[arg(long, value_name = "FILE")]
     models: Option<PathBuf>,
-    /// Configuration file (TOML): tenants with their quotas, and queue
-    /// settings; applied at start and on every change (a broken edit is
-    /// refused and the last good one kept). See docs/security.md.
+    /// Configuration file (TOML): tenants with their quotas, queue
+    /// settings, the retry backoff, task defaults and ceilings, the egress
+    /// allow-list (all applied at start and on every change; a broken edit
+    /// is refused and the last good one kept), and `[server]` (listen
+    /// addresses and TLS files, read at start). The file wins over the
+    /// flags and the API. See docs/security.md.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Retry backoff base, e.g. `1s`.
@@ -176,13 +179,6 @@ fn parse_retain_for(text: &str) -> Result<RetainFor, String> {
     if text.trim() == "forever" { Ok(RetainFor(None)) } else { parse_duration(text).map(|d| RetainFor(Some(d))) }
 }
 
-/// A network (`10.0.0.0/8`) or one address (`127.0.0.1`, `::1`).
-fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
-    text.parse::<ipnet::IpNet>()
-        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-        .map_err(|_| format!("`{text}` is not a network (e.g. 10.0.0.0/8) or an IP address"))
-}
-
 /// The server's bounds from the flags, checked.
 fn serve_config(args: &ServeArgs) -> Result<ServeConfig, String> {
     let defaults = ServeConfig::default();
@@ -237,7 +233,23 @@ fn ensure_fd_limit(connections: usize) {
     }
 }
 
-pub(crate) async fn serve(args: ServeArgs) -> ExitCode {
+pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
+    // The file's `[server]` wins over the flags, as the file does
+    // everywhere; the whole file is checked now, so a broken one stops the
+    // start before anything listens.
+    if let Some(path) = &args.config {
+        match taskhost::engine::server_settings(path) {
+            Ok(Some(server)) => {
+                args.listen = server.listen.unwrap_or(args.listen);
+                args.metrics_listen = server.metrics_listen.or(args.metrics_listen);
+                if let Some((cert, key)) = server.tls {
+                    (args.tls_cert, args.tls_key) = (Some(cert), Some(key));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => return fail(EXIT_USAGE, &format!("--config: {e}")),
+        }
+    }
     let serve_config = match serve_config(&args) {
         Ok(c) => c,
         Err(message) => return fail(EXIT_USAGE, &message),

@@ -18,28 +18,50 @@ pub use address::{Refused, is_loopback_host, refused};
 
 use ipnet::IpNet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-/// Which addresses egress may reach besides public ones.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A network (`10.0.0.0/8`) or one address (`10.1.2.3`), as
+/// `serve --egress-allow` and the file's `[egress] allow` take them.
+pub fn parse_network(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{text}` is not a network (e.g. 10.0.0.0/8) or an IP address"))
+}
+
+/// Which addresses egress may reach besides public ones. Clones share
+/// the allow-list, so a change ([`EgressPolicy::set_allowed`], from the
+/// configuration file) reaches every client made from the policy at once.
+#[derive(Debug, Clone, Default)]
 pub struct EgressPolicy {
+    /// The networks given at start (`serve --egress-allow`).
+    base: Arc<Vec<IpNet>>,
     /// Networks let through although their class is refused (e.g. a
-    /// receiver on `10.0.0.0/8`); `serve --egress-allow`.
-    pub allow: Vec<IpNet>,
+    /// receiver on `10.0.0.0/8`): `base`, or the file's `[egress] allow`.
+    allow: Arc<RwLock<Vec<IpNet>>>,
 }
 
 impl EgressPolicy {
     /// A policy that also lets `allow` through.
     pub fn allowing(allow: Vec<IpNet>) -> Self {
-        Self { allow }
+        Self { base: Arc::new(allow.clone()), allow: Arc::new(RwLock::new(allow)) }
+    }
+
+    /// The networks let through now.
+    pub fn allowed(&self) -> Vec<IpNet> {
+        crate::sync::read(&self.allow).clone()
+    }
+
+    /// Lets `allow` through from now on (`None`: the networks given at
+    /// start again).
+    pub fn set_allowed(&self, allow: Option<Vec<IpNet>>) {
+        *crate::sync::write(&self.allow) = allow.unwrap_or_else(|| self.base.to_vec());
     }
 
     /// Why `ip` may not be reached, or `None` when it may.
     pub fn check(&self, ip: IpAddr) -> Option<Refused> {
         let why = refused(ip)?;
-        if self
-            .allow
+        if crate::sync::read(&self.allow)
             .iter()
             .any(|net| net.contains(&ip) || address::embedded_v4(ip).is_some_and(|v4| net.contains(&IpAddr::V4(v4))))
         {
@@ -187,6 +209,14 @@ mod tests {
         assert_eq!(policy.check("10.9.1.1".parse().unwrap()), None);
         assert_eq!(policy.check("10.8.1.1".parse().unwrap()), Some(Refused::Private));
         assert_eq!(policy.check("::1".parse().unwrap()), Some(Refused::Loopback));
+        // A change reaches every clone; none gives the start's list back.
+        let clone = policy.clone();
+        policy.set_allowed(Some(vec![parse_network("::1").unwrap()]));
+        assert_eq!(clone.check("::1".parse().unwrap()), None);
+        assert_eq!(clone.check("127.0.0.1".parse().unwrap()), Some(Refused::Loopback));
+        policy.set_allowed(None);
+        assert_eq!(clone.check("127.0.0.1".parse().unwrap()), None);
+        assert!(parse_network("nope").unwrap_err().contains("not a network"));
     }
 
     #[tokio::test]

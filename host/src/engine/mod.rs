@@ -53,7 +53,7 @@ pub use error::EngineError;
 pub use flows::{FlowLimits, FlowSpec, FlowView, Node, RepeatSpec, Step};
 pub use logs::{MAX_FOLLOWERS, MAX_PER_TENANT, MAX_SUBSCRIBERS, Place};
 pub use retry::{RetryPolicy, is_retried};
-pub use settings::{MAX_SETTINGS_BYTES, SettingsError};
+pub use settings::{MAX_SETTINGS_BYTES, ServerSettings, SettingsError, server_settings};
 pub use submission::{MAX_DELAY_MS, NewTask};
 pub use tenants::MAX_TENANTS;
 
@@ -176,8 +176,7 @@ impl Engine {
         let inference = config.models.clone().map(|m| -> Arc<dyn crate::sandbox::InferenceService> { Arc::new(m) });
         let runtime =
             crate::AttemptRuntime::new(config.sandbox.blocking_threads).context("starting the attempt runtime")?;
-        let runner =
-            Arc::new(SandboxRunner { sandbox: sandbox.clone(), runtime, registry: registry.clone(), inference });
+        let runner = Arc::new(SandboxRunner::new(sandbox.clone(), runtime, registry.clone(), inference));
         let plugins_dir = config.plugins_dir.clone();
         let engine =
             Self::assemble(config, store, runner, Arc::new(metrics), Some((registry.clone(), sandbox))).await?;
@@ -750,14 +749,24 @@ impl Engine {
             .map(|q| crate::wire::ConfigQueue::new(&q.name, &q.config, state.applied.queues.contains_key(&q.name)))
             .collect();
         let retry = crate::wire::ConfigRetry::new(&self.inner.shared.retry_policy(), state.applied.retry.is_some());
-        crate::wire::ConfigView::new(
+        let mut view = crate::wire::ConfigView::new(
             state.path.as_deref(),
             state.applied_at_ms,
             state.error.clone(),
             tenants,
             queues,
             retry,
-        )
+        );
+        let from_file = state.applied.limits.is_some() || state.applied.ceilings.is_some();
+        view.limits = self
+            .inner
+            .shared
+            .runner
+            .host_limits()
+            .map(|host| crate::wire::ConfigLimits::new(&host.defaults, &host.ceilings, from_file));
+        let allowed = self.inner.shared.config.egress.allowed();
+        view.egress = crate::wire::ConfigEgress::new(&allowed, state.applied.egress.is_some());
+        view
     }
 
     /// Refuses an API change to a tenant or queue the configuration file

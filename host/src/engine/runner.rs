@@ -113,6 +113,25 @@ pub(crate) trait Runner: Send + Sync + 'static {
     fn release(&self, name: &str, version: &str);
     /// Runs one attempt of `task`.
     async fn run(&self, task: &TaskRecord, attempt: Attempt) -> TaskReport;
+    /// The task defaults and ceilings in force, and those given at start
+    /// (`None`: a runner without them, as in tests).
+    fn host_limits(&self) -> Option<HostLimits> {
+        None
+    }
+    /// Puts `limits` in force (`None`: those given at start again), once
+    /// this host can give them.
+    fn set_host_limits(&self, limits: Option<(Limits, crate::Ceilings)>) -> Result<(), String> {
+        let _ = limits;
+        Ok(())
+    }
+}
+
+/// A host's task defaults and ceilings: in force, and as given at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostLimits {
+    pub(crate) defaults: Limits,
+    pub(crate) ceilings: crate::Ceilings,
+    pub(crate) start: (Limits, crate::Ceilings),
 }
 
 /// The real runner: plugins from the registry, run in the sandbox.
@@ -122,6 +141,23 @@ pub(crate) struct SandboxRunner {
     pub(crate) runtime: crate::AttemptRuntime,
     pub(crate) registry: Arc<Registry>,
     pub(crate) inference: Option<Arc<dyn crate::sandbox::InferenceService>>,
+    /// The defaults and ceilings in force (the configuration file's
+    /// `[limits]` and `[ceilings]`, else the sandbox's).
+    pub(crate) limits: std::sync::RwLock<(Limits, crate::Ceilings)>,
+}
+
+impl SandboxRunner {
+    /// A runner of `registry`'s plugins in `sandbox`, with its defaults
+    /// and ceilings.
+    pub(crate) fn new(
+        sandbox: Sandbox,
+        runtime: crate::AttemptRuntime,
+        registry: Arc<Registry>,
+        inference: Option<Arc<dyn crate::sandbox::InferenceService>>,
+    ) -> Self {
+        let limits = (sandbox.config().default_limits.clone(), sandbox.config().ceilings.clone());
+        Self { sandbox, runtime, registry, inference, limits: std::sync::RwLock::new(limits) }
+    }
 }
 
 fn failed(class: FailureClass, message: String) -> TaskReport {
@@ -141,9 +177,9 @@ fn failed(class: FailureClass, message: String) -> TaskReport {
 impl Runner for SandboxRunner {
     fn resolve(&self, spec: &str) -> Result<Resolved, EngineError> {
         let (name, loaded) = self.registry.resolve(spec)?;
-        let config = self.sandbox.config();
-        let ceilings = &config.ceilings;
-        let host_defaults = ceilings.clamp(&config.default_limits);
+        let (defaults, ceilings) = crate::sync::read(&self.limits).clone();
+        let ceilings = &ceilings;
+        let host_defaults = ceilings.clamp(&defaults);
         let (defaults, caps) = match self.registry.manifest(&name) {
             Some(manifest) => {
                 let limits = manifest.limits(&host_defaults).map_err(EngineError::InvalidRequest)?;
@@ -159,6 +195,26 @@ impl Runner for SandboxRunner {
 
     fn check_limits(&self, limits: &Limits) -> Result<(), String> {
         self.sandbox.check_limits(limits)
+    }
+
+    fn host_limits(&self) -> Option<HostLimits> {
+        let (defaults, ceilings) = crate::sync::read(&self.limits).clone();
+        let config = self.sandbox.config();
+        Some(HostLimits { defaults, ceilings, start: (config.default_limits.clone(), config.ceilings.clone()) })
+    }
+
+    fn set_host_limits(&self, limits: Option<(Limits, crate::Ceilings)>) -> Result<(), String> {
+        let config = self.sandbox.config();
+        let limits = limits.unwrap_or_else(|| (config.default_limits.clone(), config.ceilings.clone()));
+        let ceilings = &limits.1;
+        if ceilings.fuel == 0 || ceilings.memory_bytes == 0 || ceilings.timeout.is_zero() || ceilings.host_bytes == 0 {
+            return Err("a ceiling of zero would refuse every task".into());
+        }
+        let most = Limits { memory_bytes: ceilings.memory_bytes, ..limits.0.clone() };
+        self.sandbox.check_limits(&most).map_err(|e| format!("ceilings: {e}"))?;
+        self.sandbox.check_limits(&limits.0).map_err(|e| format!("limits: {e}"))?;
+        *crate::sync::write(&self.limits) = limits;
+        Ok(())
     }
 
     fn hold(&self, name: &str, version: &str) {

@@ -1,5 +1,6 @@
 //! The live configuration file (`taskhost serve --config FILE`): tenants
-//! with their quotas, queue settings and the retry backoff. The file is read as a whole and
+//! with their quotas, queue settings, the retry backoff, task defaults and
+//! ceilings, the egress allow-list, and where the server listens. The file is read as a whole and
 //! checked before anything changes; it is applied at start (a broken file
 //! stops the start) and again on every change, through the shared
 //! debounced watcher. A broken edit changes nothing: the error is logged
@@ -25,6 +26,23 @@
 //! [retry]                   # the backoff between attempts
 //! base = "2s"
 //! cap = "10m"
+//!
+//! [limits]                  # defaults of tasks whose plugin's manifest sets none
+//! fuel = 1_000_000_000
+//! memory = "64MiB"
+//! timeout = "30s"
+//!
+//! [ceilings]                # the most any task may be given
+//! memory = "1GiB"
+//! timeout = "10m"
+//!
+//! [egress]                  # networks callbacks and input fetches may reach
+//! allow = ["10.0.0.0/8"]
+//!
+//! [server]                  # read at start only: a change needs a restart
+//! listen = "0.0.0.0:7070"
+//! tls_cert = "/etc/taskhost/cert.pem"
+//! tls_key = "/etc/taskhost/key.pem"
 //! ```
 
 use super::{Engine, EngineError, Inner};
@@ -81,6 +99,77 @@ struct SettingsFile {
     #[serde(default)]
     queues: BTreeMap<String, crate::wire::QueueChange>,
     retry: Option<RetryFile>,
+    /// Task defaults where a plugin's manifest sets none.
+    limits: Option<crate::registry::ManifestLimits>,
+    ceilings: Option<CeilingsFile>,
+    egress: Option<EgressFile>,
+    server: Option<ServerFile>,
+}
+
+/// `[ceilings]`: the most any task may be given (`serve --max-fuel`,
+/// `--max-memory`, `--max-timeout`, `--max-host-memory`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CeilingsFile {
+    fuel: Option<u64>,
+    memory: Option<String>,
+    timeout: Option<String>,
+    host_memory: Option<String>,
+}
+
+impl CeilingsFile {
+    /// `start` with each ceiling this sets in its place.
+    fn over(&self, start: &crate::Ceilings) -> Result<crate::Ceilings, String> {
+        let size = |v: &Option<String>, d: u64, what: &str| {
+            v.as_deref().map_or(Ok(d), |s| crate::units::parse_size(s).map_err(|e| format!("[ceilings]: {what}: {e}")))
+        };
+        Ok(crate::Ceilings {
+            fuel: self.fuel.unwrap_or(start.fuel),
+            memory_bytes: size(&self.memory, start.memory_bytes, "memory")?,
+            timeout: match &self.timeout {
+                Some(t) => crate::units::parse_duration(t).map_err(|e| format!("[ceilings]: timeout: {e}"))?,
+                None => start.timeout,
+            },
+            host_bytes: size(&self.host_memory, start.host_bytes, "host_memory")?,
+        })
+    }
+}
+
+/// `[egress]`: networks callbacks and input fetches may reach although
+/// their class is refused (in place of `serve --egress-allow`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EgressFile {
+    allow: Vec<String>,
+}
+
+/// `[server]`: where the server listens, and its TLS files. Read at start
+/// (in place of the flags); a change needs a restart.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerFile {
+    listen: Option<String>,
+    metrics_listen: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+}
+
+/// The file's `[server]`, checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServerSettings {
+    /// `listen`: the API's address.
+    pub listen: Option<std::net::SocketAddr>,
+    /// `metrics_listen`: `/metrics` without a token.
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// `tls_cert` and `tls_key`, both or neither.
+    pub tls: Option<(PathBuf, PathBuf)>,
+}
+
+/// The `[server]` section of configuration file `path` (the whole file is
+/// checked): what `taskhost serve --config` listens on.
+pub fn server_settings(path: &Path) -> Result<Option<ServerSettings>, SettingsError> {
+    Ok(Settings::read(path)?.server)
 }
 
 /// `[retry]`: the backoff between attempts (`serve --retry-base` and
@@ -99,6 +188,14 @@ pub(crate) struct Settings {
     pub(crate) queues: BTreeMap<String, QueueConfig>,
     /// `[retry]`'s base and cap, each where the file sets it.
     pub(crate) retry: Option<(Option<Duration>, Option<Duration>)>,
+    /// `[limits]`: task defaults, each over the server's own.
+    pub(crate) limits: Option<crate::registry::ManifestLimits>,
+    /// `[ceilings]`, each over the server's own.
+    pub(crate) ceilings: Option<CeilingsFile>,
+    /// `[egress] allow`.
+    pub(crate) egress: Option<Vec<ipnet::IpNet>>,
+    /// `[server]`.
+    pub(crate) server: Option<ServerSettings>,
 }
 
 impl Settings {
@@ -136,6 +233,34 @@ impl Settings {
                 )));
             }
             settings.retry = Some((base, cap));
+        }
+        if let Some(limits) = file.limits {
+            let named = |e: String| format!("[limits]: {}", e.trim_start_matches("limits."));
+            limits.over(&crate::Limits::default()).map_err(|e| invalid(named(e)))?;
+            settings.limits = Some(limits);
+        }
+        if let Some(ceilings) = file.ceilings {
+            ceilings.over(&crate::Ceilings::default()).map_err(invalid)?;
+            settings.ceilings = Some(ceilings);
+        }
+        if let Some(egress) = file.egress {
+            let allow = egress.allow.iter().map(|n| crate::egress::parse_network(n)).collect::<Result<Vec<_>, _>>();
+            settings.egress = Some(allow.map_err(|e| invalid(format!("[egress]: allow: {e}")))?);
+        }
+        if let Some(server) = file.server {
+            let address = |what: &str, text: Option<String>| {
+                text.map(|t| t.parse().map_err(|e| invalid(format!("[server]: {what} `{t}`: {e}")))).transpose()
+            };
+            let tls = match (server.tls_cert, server.tls_key) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => return Err(invalid("[server]: give both tls_cert and tls_key, or neither".into())),
+            };
+            settings.server = Some(ServerSettings {
+                listen: address("listen", server.listen)?,
+                metrics_listen: address("metrics_listen", server.metrics_listen)?,
+                tls,
+            });
         }
         Ok(settings)
     }
@@ -197,6 +322,34 @@ impl Engine {
     /// was applied before it kept.
     pub(crate) async fn apply_settings(&self, path: &Path, settings: Settings) -> Result<(), SettingsError> {
         let apply = |source| SettingsError::Apply { path: path.to_owned(), source };
+        let invalid = |message: String| SettingsError::Invalid { path: path.to_owned(), message };
+        // Task defaults and ceilings first: the host must be able to give
+        // them, or nothing changes.
+        let runner = &self.inner.shared.runner;
+        if let Some(host) = runner.host_limits() {
+            let wanted = match (&settings.limits, &settings.ceilings) {
+                (None, None) => None,
+                (limits, ceilings) => {
+                    let defaults = match limits {
+                        Some(l) => l
+                            .over(&host.start.0)
+                            .map_err(|e| invalid(format!("[limits]: {}", e.trim_start_matches("limits."))))?,
+                        None => host.start.0.clone(),
+                    };
+                    let ceilings = match ceilings {
+                        Some(c) => c.over(&host.start.1).map_err(invalid)?,
+                        None => host.start.1.clone(),
+                    };
+                    Some((defaults, ceilings))
+                }
+            };
+            runner.set_host_limits(wanted).map_err(invalid)?;
+        }
+        self.inner.shared.config.egress.set_allowed(settings.egress.clone());
+        let previous = read(&self.inner.settings.0).applied.server.clone();
+        if previous.is_some() && previous != settings.server {
+            tracing::warn!(file = %path.display(), "[server] changed: restart the server to listen as it says");
+        }
         for (name, quotas) in &settings.tenants {
             self.put_tenant(name, quotas.clone(), "config file").await.map_err(apply)?;
         }
@@ -286,6 +439,18 @@ mod tests {
             (3, Some(30 * 86_400_000), Some(100))
         );
         assert_eq!(parse("").unwrap(), Settings::default());
+        let all = parse(
+            "[limits]\nfuel = 5\nmemory = \"64MiB\"\n[ceilings]\ntimeout = \"1m\"\n\
+             [egress]\nallow = [\"10.0.0.0/8\", \"::1\"]\n\
+             [server]\nlisten = \"0.0.0.0:7070\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+        )
+        .unwrap();
+        assert_eq!(all.limits.unwrap().over(&crate::Limits::default()).unwrap().memory_bytes, 64 << 20);
+        assert_eq!(all.ceilings.unwrap().over(&crate::Ceilings::default()).unwrap().timeout, Duration::from_secs(60));
+        assert_eq!(all.egress.unwrap().len(), 2);
+        let server = all.server.unwrap();
+        assert_eq!(server.listen, Some("0.0.0.0:7070".parse().unwrap()));
+        assert_eq!(server.tls, Some(("c.pem".into(), "k.pem".into())));
         let retry = parse("[retry]\ncap = \"10m\"\n").unwrap().retry;
         assert_eq!(retry, Some((None, Some(Duration::from_secs(600)))));
         for (bad, says) in [
@@ -298,6 +463,12 @@ mod tests {
             ("[queues.bulk]\nretain_for = \"a while\"\n", "[queues.\"bulk\"]: retain_for: invalid duration"),
             ("[queues.bulk]\nretain_count = 0\n", "retain_count must be at least 1"),
             ("[tenants.acme\n", "taskhost.toml"),
+            ("[limits]\nmemory = \"lots\"\n", "[limits]: memory"),
+            ("[ceilings]\nmax_output = \"1KiB\"\n", "unknown field `max_output`"),
+            ("[ceilings]\ntimeout = \"soon\"\n", "[ceilings]: timeout"),
+            ("[egress]\nallow = [\"nowhere\"]\n", "[egress]: allow: `nowhere` is not a network"),
+            ("[server]\nlisten = \"here\"\n", "[server]: listen `here`"),
+            ("[server]\ntls_cert = \"c.pem\"\n", "give both tls_cert and tls_key"),
             ("[retry]\nbase = \"soon\"\n", "[retry]: base: invalid duration `soon`"),
             ("[retry]\nbase = \"1m\"\ncap = \"1s\"\n", "[retry]: cap (1s) is shorter than base (1m)"),
             ("[retry]\njitter = true\n", "unknown field `jitter`"),

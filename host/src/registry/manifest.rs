@@ -65,6 +65,27 @@ pub struct ManifestLimits {
     pub host_memory: Option<String>,
 }
 
+impl ManifestLimits {
+    /// `defaults` with each limit this sets in its place.
+    pub fn over(&self, defaults: &Limits) -> Result<Limits, String> {
+        let l = self;
+        let size = |v: &Option<String>, d: u64, what: &str| {
+            v.as_deref().map_or(Ok(d), |s| parse_size(s).map_err(|e| format!("limits.{what}: {e}")))
+        };
+        Ok(Limits {
+            fuel: l.fuel.unwrap_or(defaults.fuel),
+            memory_bytes: size(&l.memory, defaults.memory_bytes, "memory")?,
+            timeout: match &l.timeout {
+                Some(t) => parse_duration(t).map_err(|e| format!("limits.timeout: {e}"))?,
+                None => defaults.timeout,
+            },
+            max_output_bytes: size(&l.max_output, defaults.max_output_bytes, "max_output")?,
+            max_log_bytes: size(&l.max_log, defaults.max_log_bytes, "max_log")?,
+            host_bytes: size(&l.host_memory, defaults.host_bytes, "host_memory")?,
+        })
+    }
+}
+
 /// `[[dirs]]`: one preopened directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -163,21 +184,7 @@ impl Manifest {
 
     /// This manifest's limits over `defaults`.
     pub fn limits(&self, defaults: &Limits) -> Result<Limits, String> {
-        let l = &self.limits;
-        let size = |v: &Option<String>, d: u64, what: &str| {
-            v.as_deref().map_or(Ok(d), |s| parse_size(s).map_err(|e| format!("limits.{what}: {e}")))
-        };
-        Ok(Limits {
-            fuel: l.fuel.unwrap_or(defaults.fuel),
-            memory_bytes: size(&l.memory, defaults.memory_bytes, "memory")?,
-            timeout: match &l.timeout {
-                Some(t) => parse_duration(t).map_err(|e| format!("limits.timeout: {e}"))?,
-                None => defaults.timeout,
-            },
-            max_output_bytes: size(&l.max_output, defaults.max_output_bytes, "max_output")?,
-            max_log_bytes: size(&l.max_log, defaults.max_log_bytes, "max_log")?,
-            host_bytes: size(&l.host_memory, defaults.host_bytes, "host_memory")?,
-        })
+        self.limits.over(defaults)
     }
 
     /// The directory grants.

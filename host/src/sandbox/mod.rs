@@ -178,7 +178,7 @@ struct SandboxInner {
     config: SandboxConfig,
     _ticker: ticker::Ticker,
     /// The empty directory behind each guest's `/`.
-    empty_root: Arc<std::fs::File>,
+    empty_root: Option<Arc<std::fs::File>>,
 }
 
 impl std::fmt::Debug for Sandbox {
@@ -199,7 +199,13 @@ impl Sandbox {
             .map_err(wasm_err)
             .context("linking the taskhost interfaces")?;
         let ticker = ticker::Ticker::start(engine.clone(), config.epoch_tick).context("starting the epoch ticker")?;
-        let empty_root = virtual_root::empty_root().context("making the empty directory behind guests' `/`")?;
+        // Without a usable temporary directory, guests still run: a path
+        // outside their grants then reads as missing, not refused.
+        let empty_root = virtual_root::empty_root()
+            .inspect_err(|error| {
+                tracing::warn!(%error, "no empty directory for guests' `/`: paths outside grants will read as missing")
+            })
+            .ok();
         Ok(Self { inner: Arc::new(SandboxInner { engine, linker, config, _ticker: ticker, empty_root }) })
     }
 
@@ -406,7 +412,7 @@ impl Sandbox {
         attached: Attached,
         reaches_files: bool,
     ) -> Result<Store<TaskState>, String> {
-        let root = reaches_files.then(|| self.inner.empty_root.clone());
+        let root = self.inner.empty_root.clone().filter(|_| reaches_files);
         let state = TaskState::new(info, limits, grants, attached, priority, root)?;
         let mut store = Store::new(&self.inner.engine, state);
         store.limiter(|state| &mut state.limiter);

@@ -14,6 +14,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::sockets::SocketAddrUse;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
+/// Most WASI handles (resources) one guest holds at once.
+pub(crate) const MAX_HANDLES: usize = 16_384;
+
 /// Why the epoch callback stopped the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Interrupted {
@@ -110,7 +113,14 @@ impl TaskState {
         let wasi = builder.build();
         Ok(Self {
             wasi,
-            table: ResourceTable::new(),
+            table: {
+                // Handles a guest holds at once (files, streams, pollables,
+                // preopens it asked for again and again): each is host
+                // memory, so fewer than wasmtime's default of a million.
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(MAX_HANDLES);
+                table
+            },
             limiter: MemoryLimiter::new(limits.memory_bytes),
             stdout,
             stderr,

@@ -48,7 +48,9 @@ pub(crate) fn wanted(guest_paths: impl IntoIterator<Item = impl AsRef<str>>) -> 
 }
 
 /// Shadows the `wasi:filesystem` functions that look a path up (or list a
-/// directory) with ones that refuse the virtual root.
+/// directory) with ones that refuse the virtual root, and those that
+/// would read or flush the directory behind it with ones that answer for
+/// it. (The rest refuse a read-only directory, or any directory, already.)
 pub(crate) fn add_to_linker(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let result = shadow(linker);
@@ -153,6 +155,79 @@ fn shadow(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
                 let mut view = state.filesystem();
                 let result = HostDescriptor::read_directory(&mut view, fd).await;
                 Ok((wit(&mut view, result)?,))
+            })
+        },
+    )?;
+    // What the root itself answers: a directory with no times, one hash,
+    // nothing to sync. None of it reaches the removed directory behind it,
+    // so a guest learns nothing about the host and makes it flush nothing.
+    instance.func_wrap_async(
+        "[method]descriptor.stat",
+        |mut store: StoreContextMut<'_, TaskState>, (fd,): (Resource<Descriptor>,)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if state.is_virtual_root(&fd)? {
+                    let stat = DescriptorStat {
+                        type_: fs::DescriptorType::Directory,
+                        link_count: 1,
+                        size: 0,
+                        data_access_timestamp: None,
+                        data_modification_timestamp: None,
+                        status_change_timestamp: None,
+                    };
+                    return Ok((Ok(stat),));
+                }
+                let mut view = state.filesystem();
+                let result = HostDescriptor::stat(&mut view, fd).await;
+                Ok((wit(&mut view, result)?,))
+            })
+        },
+    )?;
+    instance.func_wrap_async(
+        "[method]descriptor.metadata-hash",
+        |mut store: StoreContextMut<'_, TaskState>, (fd,): (Resource<Descriptor>,)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                if state.is_virtual_root(&fd)? {
+                    return Ok((Ok(MetadataHashValue { lower: 0, upper: 0 }),));
+                }
+                let mut view = state.filesystem();
+                let result = HostDescriptor::metadata_hash(&mut view, fd).await;
+                Ok((wit(&mut view, result)?,))
+            })
+        },
+    )?;
+    for method in ["[method]descriptor.sync", "[method]descriptor.sync-data"] {
+        let data = method.ends_with("sync-data");
+        instance.func_wrap_async(
+            method,
+            move |mut store: StoreContextMut<'_, TaskState>, (fd,): (Resource<Descriptor>,)| {
+                Box::new(async move {
+                    let state = store.data_mut();
+                    if state.is_virtual_root(&fd)? {
+                        return Ok((Ok(()),));
+                    }
+                    let mut view = state.filesystem();
+                    let result = match data {
+                        true => HostDescriptor::sync_data(&mut view, fd).await,
+                        false => HostDescriptor::sync(&mut view, fd).await,
+                    };
+                    Ok((wit(&mut view, result)?,))
+                })
+            },
+        )?;
+    }
+    instance.func_wrap_async(
+        "[method]descriptor.is-same-object",
+        |mut store: StoreContextMut<'_, TaskState>, (fd, other): (Resource<Descriptor>, Resource<Descriptor>)| {
+            Box::new(async move {
+                let state = store.data_mut();
+                let (a, b) = (state.is_virtual_root(&fd)?, state.is_virtual_root(&other)?);
+                if a || b {
+                    return Ok((a && b,));
+                }
+                let mut view = state.filesystem();
+                Ok((HostDescriptor::is_same_object(&mut view, fd, other).await?,))
             })
         },
     )?;

@@ -96,6 +96,76 @@ pub struct ConfigView {
     pub queues: Vec<ConfigQueue>,
     /// The retry backoff in force.
     pub retry: ConfigRetry,
+    /// The task defaults and ceilings in force (`null` on a host without
+    /// a sandbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ConfigLimits>,
+    /// The networks egress may reach although their class is refused.
+    #[serde(default)]
+    pub egress: ConfigEgress,
+}
+
+/// The task defaults (where a plugin's manifest sets none) and the host's
+/// ceilings in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[non_exhaustive]
+pub struct ConfigLimits {
+    /// A task's limits when neither it nor its plugin's manifest sets them.
+    pub defaults: super::TaskLimits,
+    /// The most fuel one attempt may be given.
+    pub max_fuel: u64,
+    /// The most memory one attempt may be given, in bytes.
+    pub max_memory_bytes: u64,
+    /// The longest wall-clock budget of one attempt, in ms.
+    pub max_timeout_ms: u64,
+    /// The largest host budget of one attempt, in bytes.
+    pub max_host_bytes: u64,
+    /// `file` when the file's `[limits]` or `[ceilings]` sets any, else
+    /// `serve`.
+    pub source: Source,
+}
+
+impl ConfigLimits {
+    /// `defaults` and `ceilings`, from the file or not.
+    pub fn new(defaults: &crate::Limits, ceilings: &crate::Ceilings, from_file: bool) -> Self {
+        let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            defaults: super::TaskLimits::from(&crate::store::StoredLimits::from(defaults)),
+            max_fuel: ceilings.fuel,
+            max_memory_bytes: ceilings.memory_bytes,
+            max_timeout_ms: ms(ceilings.timeout),
+            max_host_bytes: ceilings.host_bytes,
+            source: if from_file { Source::File } else { Source::Serve },
+        }
+    }
+}
+
+/// The egress allow-list in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[non_exhaustive]
+pub struct ConfigEgress {
+    /// Networks callbacks and input fetches may reach although they are
+    /// loopback, private or otherwise refused.
+    pub allow: Vec<String>,
+    /// `file` when the file's `[egress]` sets it, else `serve`
+    /// (`--egress-allow`).
+    pub source: Source,
+}
+
+impl Default for ConfigEgress {
+    fn default() -> Self {
+        Self { allow: Vec::new(), source: Source::Serve }
+    }
+}
+
+impl ConfigEgress {
+    /// `allow`, from the file or not.
+    pub fn new(allow: &[ipnet::IpNet], from_file: bool) -> Self {
+        Self {
+            allow: allow.iter().map(ToString::to_string).collect(),
+            source: if from_file { Source::File } else { Source::Serve },
+        }
+    }
 }
 
 /// The retry backoff in force: attempt `n` waits a random time up to
@@ -139,6 +209,8 @@ impl ConfigView {
             tenants,
             queues,
             retry,
+            limits: None,
+            egress: ConfigEgress::default(),
         }
     }
 }

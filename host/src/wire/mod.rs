@@ -59,7 +59,7 @@ pub use task::{
     RetryRequest, ScriptSubmission, Submitted, Task, TaskError, TaskLimits, TaskPage, TaskSubmission,
 };
 
-pub use config::{ConfigQueue, ConfigRetry, ConfigTenant, ConfigView, Source};
+pub use config::{ConfigEgress, ConfigLimits, ConfigQueue, ConfigRetry, ConfigTenant, ConfigView, Source};
 pub use tenant::{Quotas, Tenant, TenantChange, TenantList, Usage};
 
 pub use model::{ModelRemoved, ModelState, ModelView, ModelsView, RuntimeView, TensorView};
