@@ -464,6 +464,38 @@ async fn https_round_trip_with_the_operators_certificate() {
     assert!(plain.is_err() || !plain.unwrap().status().is_success(), "plain HTTP was answered on the TLS port");
     let log = std::fs::read_to_string(data.path().join("stderr.log")).unwrap();
     assert!(log.contains(&format!("serving on https://127.0.0.1:{port}")), "{log}");
+
+    // A renewed certificate is served to new connections without a
+    // restart; a broken one is refused and the one in use stays.
+    let renewed = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    std::fs::write(&key, renewed.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&cert, renewed.cert.pem()).unwrap();
+    let trusting = |pem: String| {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).unwrap())
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let (old, new) = (trusting(certified.cert.pem()), trusting(renewed.cert.pem()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while new.get(format!("{base}/healthz")).send().await.is_err() {
+        let log = std::fs::read_to_string(data.path().join("stderr.log")).unwrap_or_default();
+        assert!(std::time::Instant::now() < deadline, "the renewed certificate was never served: {log}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(old.get(format!("{base}/healthz")).send().await.is_err(), "the old certificate is still served");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(data.path().join("stderr.log")).unwrap_or_default();
+        if log.contains("TLS certificate not reloaded") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the broken certificate was not noticed: {log}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(new.get(format!("{base}/healthz")).send().await.is_ok(), "the certificate in use stays");
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -180,7 +180,7 @@ fn parse_retain_for(text: &str) -> Result<RetainFor, String> {
 }
 
 /// The server's bounds from the flags, checked.
-fn serve_config(args: &ServeArgs) -> Result<ServeConfig, String> {
+fn serve_config(args: &ServeArgs) -> Result<(ServeConfig, Option<Arc<taskhost::tls::ServerCert>>), String> {
     let defaults = ServeConfig::default();
     let nonzero = |flag: &str, d: Option<Duration>, default: Duration| match d {
         Some(d) if d.is_zero() => Err(format!("{flag} must be greater than zero")),
@@ -188,7 +188,10 @@ fn serve_config(args: &ServeArgs) -> Result<ServeConfig, String> {
         None => Ok(default),
     };
     let tls = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => Some(taskhost::tls::server_config(cert, key).map_err(|e| e.to_string())?),
+        (Some(cert), Some(key)) => {
+            let (config, resolver) = taskhost::tls::reloadable_server_config(cert, key).map_err(|e| e.to_string())?;
+            Some((config, resolver))
+        }
         _ => None,
     };
     let max_connections = match args.max_connections {
@@ -196,13 +199,16 @@ fn serve_config(args: &ServeArgs) -> Result<ServeConfig, String> {
         Some(n) => n,
         None => defaults.max_connections,
     };
-    Ok(ServeConfig {
-        max_connections,
-        header_timeout: nonzero("--header-timeout", args.header_timeout, defaults.header_timeout)?,
-        body_timeout: nonzero("--body-timeout", args.body_timeout, defaults.body_timeout)?,
-        tls,
-        ..defaults
-    })
+    Ok((
+        ServeConfig {
+            max_connections,
+            header_timeout: nonzero("--header-timeout", args.header_timeout, defaults.header_timeout)?,
+            body_timeout: nonzero("--body-timeout", args.body_timeout, defaults.body_timeout)?,
+            tls: tls.as_ref().map(|(config, _)| config.clone()),
+            ..defaults
+        },
+        tls.map(|(_, resolver)| resolver),
+    ))
 }
 
 /// Raises the soft limit on open files towards what `connections` need
@@ -250,9 +256,17 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
             Err(e) => return fail(EXIT_USAGE, &format!("--config: {e}")),
         }
     }
-    let serve_config = match serve_config(&args) {
+    let (serve_config, server_cert) = match serve_config(&args) {
         Ok(c) => c,
         Err(message) => return fail(EXIT_USAGE, &message),
+    };
+    // A renewed certificate is served to new connections without a restart.
+    let _cert_watch = match (server_cert, &args.tls_cert, &args.tls_key) {
+        (Some(resolver), Some(cert), Some(key)) => match resolver.watch(cert.clone(), key.clone()) {
+            Ok(watch) => Some(watch),
+            Err(e) => return fail(EXIT_USAGE, &format!("cannot watch the TLS files: {e}")),
+        },
+        _ => None,
     };
     let budget = match args.compile_timeout {
         Some(d) if d.is_zero() => return fail(EXIT_USAGE, "--compile-timeout must be greater than zero"),
