@@ -79,85 +79,35 @@ fn shadow(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
     })?;
 
     let mut instance = linker.instance(TYPES)?;
-    instance.func_wrap_async(
-        "[method]descriptor.open-at",
-        |mut store: StoreContextMut<'_, TaskState>,
-         (fd, path_flags, path, open_flags, flags): (
-            Resource<Descriptor>,
-            PathFlags,
-            String,
-            OpenFlags,
-            DescriptorFlags,
-        )| {
-            Box::new(async move {
-                let state = store.data_mut();
-                if state.is_virtual_root(&fd)? {
-                    return Ok((Err(ErrorCode::Access),));
-                }
-                let mut view = state.filesystem();
-                let result = HostDescriptor::open_at(&mut view, fd, path_flags, path, open_flags, flags).await;
-                Ok((wit(&mut view, result)?,))
-            })
-        },
-    )?;
-    instance.func_wrap_async(
-        "[method]descriptor.stat-at",
-        |mut store: StoreContextMut<'_, TaskState>,
-         (fd, path_flags, path): (Resource<Descriptor>, PathFlags, String)| {
-            Box::new(async move {
-                let state = store.data_mut();
-                if state.is_virtual_root(&fd)? {
-                    return Ok((Err::<DescriptorStat, _>(ErrorCode::Access),));
-                }
-                let mut view = state.filesystem();
-                let result = HostDescriptor::stat_at(&mut view, fd, path_flags, path).await;
-                Ok((wit(&mut view, result)?,))
-            })
-        },
-    )?;
-    instance.func_wrap_async(
-        "[method]descriptor.metadata-hash-at",
-        |mut store: StoreContextMut<'_, TaskState>,
-         (fd, path_flags, path): (Resource<Descriptor>, PathFlags, String)| {
-            Box::new(async move {
-                let state = store.data_mut();
-                if state.is_virtual_root(&fd)? {
-                    return Ok((Err::<MetadataHashValue, _>(ErrorCode::Access),));
-                }
-                let mut view = state.filesystem();
-                let result = HostDescriptor::metadata_hash_at(&mut view, fd, path_flags, path).await;
-                Ok((wit(&mut view, result)?,))
-            })
-        },
-    )?;
-    instance.func_wrap_async(
-        "[method]descriptor.readlink-at",
-        |mut store: StoreContextMut<'_, TaskState>, (fd, path): (Resource<Descriptor>, String)| {
-            Box::new(async move {
-                let state = store.data_mut();
-                if state.is_virtual_root(&fd)? {
-                    return Ok((Err::<String, _>(ErrorCode::Access),));
-                }
-                let mut view = state.filesystem();
-                let result = HostDescriptor::readlink_at(&mut view, fd, path).await;
-                Ok((wit(&mut view, result)?,))
-            })
-        },
-    )?;
-    instance.func_wrap_async(
-        "[method]descriptor.read-directory",
-        |mut store: StoreContextMut<'_, TaskState>, (fd,): (Resource<Descriptor>,)| {
-            Box::new(async move {
-                let state = store.data_mut();
-                if state.is_virtual_root(&fd)? {
-                    return Ok((Err::<Resource<fs::DirectoryEntryStream>, _>(ErrorCode::Access),));
-                }
-                let mut view = state.filesystem();
-                let result = HostDescriptor::read_directory(&mut view, fd).await;
-                Ok((wit(&mut view, result)?,))
-            })
-        },
-    )?;
+    // Each: `access` on the root, else wasmtime-wasi's own.
+    macro_rules! refused_on_root {
+        ($name:literal, $method:ident($($arg:ident: $ty:ty),*) -> $ok:ty) => {
+            instance.func_wrap_async(
+                $name,
+                |mut store: StoreContextMut<'_, TaskState>, (fd, $($arg,)*): (Resource<Descriptor>, $($ty,)*)| {
+                    Box::new(async move {
+                        let state = store.data_mut();
+                        if state.is_virtual_root(&fd)? {
+                            return Ok((Err::<$ok, _>(ErrorCode::Access),));
+                        }
+                        let mut view = state.filesystem();
+                        let result = HostDescriptor::$method(&mut view, fd, $($arg),*).await;
+                        Ok((wit(&mut view, result)?,))
+                    })
+                },
+            )?;
+        };
+    }
+    refused_on_root!("[method]descriptor.open-at", open_at(
+        path_flags: PathFlags, path: String, open_flags: OpenFlags, flags: DescriptorFlags
+    ) -> Resource<Descriptor>);
+    refused_on_root!("[method]descriptor.stat-at", stat_at(path_flags: PathFlags, path: String) -> DescriptorStat);
+    refused_on_root!("[method]descriptor.metadata-hash-at", metadata_hash_at(
+        path_flags: PathFlags, path: String
+    ) -> MetadataHashValue);
+    refused_on_root!("[method]descriptor.readlink-at", readlink_at(path: String) -> String);
+    refused_on_root!("[method]descriptor.read-directory", read_directory() -> Resource<fs::DirectoryEntryStream>);
+
     // What the root itself answers: a directory with no times, one hash,
     // nothing to sync. None of it reaches the removed directory behind it,
     // so a guest learns nothing about the host and makes it flush nothing.
