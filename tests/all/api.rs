@@ -185,7 +185,7 @@ async fn every_bad_request_gets_a_clear_4xx_and_writes_nothing() {
             "invalid_request",
             "callback_url",
         ),
-        ("/v1/tasks", r#"{"input": "x"}"#, 400, "invalid_request", "missing field `plugin`"),
+        ("/v1/tasks", r#"{"input": "x"}"#, 400, "invalid_request", "give a plugin (or an ad-hoc script)"),
         ("/v1/tasks", r#"[1, 2]"#, 400, "invalid_request", "does not fit"),
         ("/v1/tasks:batch", r#"{"tasks": 5}"#, 400, "invalid_request", "does not fit"),
     ];
