@@ -496,7 +496,9 @@ async fn ad_hoc_scripts_run_only_where_a_tenant_allows_them_and_the_oldest_idle_
     // Named as a plugin, an ad-hoc script still runs only where scripts may.
     let by_name = |queue: &str| json!({"plugin": format!("adhoc.js@{first}"), "input": 1, "queue": queue});
     assert_eq!(submit(by_name("other")).await.0, 403, "no way around script_queues");
-    assert_eq!(submit(by_name("scripts")).await.0, 201);
+    let (status, body) = submit(by_name("scripts")).await;
+    assert_eq!(status, 201, "{body}");
+    finished(&engine, body["id"].as_str().unwrap().parse().unwrap()).await;
 
     // Refusals, each naming what is wrong.
     let refusals = [

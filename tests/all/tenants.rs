@@ -637,9 +637,9 @@ async fn the_configuration_file_is_applied_live_and_a_broken_edit_is_refused() {
     assert!(!out.status.success() && err.contains("unknown field `max_runing`"), "{err}");
 }
 
-/// The file's `[server]` is where the server listens (read at start);
-/// `[limits]`, `[ceilings]` and `[egress]` are applied live, and
-/// `GET /v1/config` shows each with its source.
+/// The file's `[server]` is where the server listens (at start, and
+/// moved live); `[limits]`, `[ceilings]` and `[egress]` are applied live,
+/// and `GET /v1/config` shows each with its source.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configuration_file_sets_listen_addresses_limits_ceilings_and_egress() {
     let data = tempfile::tempdir().unwrap();
@@ -700,5 +700,29 @@ async fn the_configuration_file_sets_listen_addresses_limits_ceilings_and_egress
         std::fs::write(&file, format!("{server_section}{bad}")).unwrap();
         let view = config_until(&http, base, &admin, |v| v["error"].as_str().is_some_and(|e| e.contains(says))).await;
         assert_eq!(view["egress"]["allow"], json!(["127.0.0.0/8"]), "the last good file stays: {view}");
+    }
+
+    // `[server]` addresses move the listeners live: new connections go to
+    // the new ones, the old ones take none.
+    let (moved, metrics_moved) = (free_port(), free_port());
+    std::fs::write(
+        &file,
+        format!("[server]\nlisten = \"127.0.0.1:{moved}\"\nmetrics_listen = \"127.0.0.1:{metrics_moved}\"\n"),
+    )
+    .unwrap();
+    let fresh = || reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let new_base = format!("http://127.0.0.1:{moved}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fresh().get(format!("{new_base}/healthz")).send().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the server never moved to {new_base}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, _) = get(&fresh(), &new_base, &admin, "/v1/config").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(fresh().get(format!("{base}/healthz")).send().await.is_err(), "the old address still takes connections");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while fresh().get(format!("http://127.0.0.1:{metrics_moved}/metrics")).send().await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "/metrics never moved");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

@@ -21,7 +21,7 @@ mod serve;
 pub use access::{Access, TENANT_HEADER};
 pub(crate) use error::{ApiError, Path};
 pub use openapi::openapi_json;
-pub use serve::{ServeConfig, serve};
+pub use serve::{ServeConfig, serve, serve_moving};
 
 use crate::auth::Scope;
 use crate::engine::{Engine, ListFilter, NewTask};

@@ -171,6 +171,19 @@ pub async fn serve(
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) {
+    serve_moving(listener, None, router, config, shutdown).await;
+}
+
+/// [`serve`], moving to each listener `moves` sends (a new address from
+/// the configuration file): new connections arrive on it, those already
+/// open on the old one carry on.
+pub async fn serve_moving(
+    mut listener: TcpListener,
+    mut moves: Option<tokio::sync::mpsc::Receiver<TcpListener>>,
+    router: Router,
+    config: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) {
     let conns = Arc::new(Conns {
         slots: Arc::new(Semaphore::new(config.max_connections.max(1))),
         open: Mutex::default(),
@@ -184,6 +197,13 @@ pub async fn serve(
         let accepted = tokio::select! {
             biased;
             () = &mut shutdown => break,
+            moved = async { moves.as_mut().expect("checked").recv().await }, if moves.is_some() => {
+                match moved {
+                    Some(next) => listener = next,
+                    None => moves = None,
+                }
+                continue;
+            }
             accepted = listener.accept() => accepted,
         };
         while tasks.try_join_next().is_some() {}

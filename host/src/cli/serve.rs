@@ -179,6 +179,59 @@ fn parse_retain_for(text: &str) -> Result<RetainFor, String> {
     if text.trim() == "forever" { Ok(RetainFor(None)) } else { parse_duration(text).map(|d| RetainFor(Some(d))) }
 }
 
+/// Moves the API's and `/metrics`' listeners to the addresses a changed
+/// configuration file names (on the file watch's thread).
+struct ListenerMover {
+    runtime: tokio::runtime::Handle,
+    api: (SocketAddr, tokio::sync::mpsc::Sender<tokio::net::TcpListener>),
+    metrics: Option<(SocketAddr, tokio::sync::mpsc::Sender<tokio::net::TcpListener>)>,
+    no_auth: bool,
+    scheme: &'static str,
+}
+
+impl ListenerMover {
+    fn apply(&mut self, server: &taskhost::engine::ServerSettings) {
+        if let Some(to) = server.listen
+            && to != self.api.0
+        {
+            if self.no_auth && !to.ip().is_loopback() {
+                tracing::error!(%to, "not moving: --no-auth serves loopback addresses only; still on {}", self.api.0);
+            } else if let Some(at) = self.bind(to, &self.api.1) {
+                if self.scheme == "http" && !at.ip().is_loopback() {
+                    eprintln!("taskhost: WARNING: serving plain HTTP on {at}, which other machines can reach");
+                }
+                eprintln!("taskhost: now serving on {}://{at} (was {})", self.scheme, self.api.0);
+                self.api.0 = to;
+            }
+        }
+        match (&self.metrics, server.metrics_listen) {
+            (Some((from, sender)), Some(to)) if to != *from => {
+                if let Some(at) = self.bind(to, sender) {
+                    eprintln!("taskhost: /metrics now on http://{at} (was {from})");
+                    self.metrics = Some((to, sender.clone()));
+                }
+            }
+            (None, Some(to)) => tracing::warn!(%to, "metrics_listen added: restart the server to serve /metrics there"),
+            _ => {}
+        }
+    }
+
+    /// Binds `to` and hands the listener over; where it bound, or `None`
+    /// (logged) when it cannot.
+    fn bind(&self, to: SocketAddr, sender: &tokio::sync::mpsc::Sender<tokio::net::TcpListener>) -> Option<SocketAddr> {
+        match self.runtime.block_on(tokio::net::TcpListener::bind(to)) {
+            Ok(listener) => {
+                let at = listener.local_addr().unwrap_or(to);
+                sender.blocking_send(listener).ok().map(|()| at)
+            }
+            Err(error) => {
+                tracing::error!(%error, %to, "cannot listen there; the server stays where it was");
+                None
+            }
+        }
+    }
+}
+
 /// The server's bounds from the flags, checked.
 fn serve_config(args: &ServeArgs) -> Result<(ServeConfig, Option<Arc<taskhost::tls::ServerCert>>), String> {
     let defaults = ServeConfig::default();
@@ -358,7 +411,7 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
         config.max_plugins = n as usize;
     }
     config.plugins_dir = args.plugins;
-    config.settings_file = args.config;
+    config.settings_file = args.config.clone();
     config.egress = taskhost::egress::EgressPolicy::allowing(args.egress_allow.clone());
     let defaults = RetryPolicy::default();
     config.retry =
@@ -462,13 +515,35 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
     };
     let app = taskhost::api::router(engine.clone(), access);
     let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let metrics_bound = metrics_listener.as_ref().and_then(|l| l.local_addr().ok());
+    // The file's `[server]` addresses move the listeners live.
+    let (api_moves, metrics_moves, _server_watch) = match &args.config {
+        Some(path) => {
+            let (api_tx, api_rx) = tokio::sync::mpsc::channel(1);
+            let (metrics_tx, metrics_rx) = tokio::sync::mpsc::channel(1);
+            let mut mover = ListenerMover {
+                runtime: tokio::runtime::Handle::current(),
+                api: (bound, api_tx),
+                metrics: metrics_bound.map(|at| (at, metrics_tx)),
+                no_auth: args.no_auth,
+                scheme,
+            };
+            match taskhost::engine::watch_server_settings(path.clone(), move |server| mover.apply(&server)) {
+                Ok(watch) => (Some(api_rx), Some(metrics_rx), Some(watch)),
+                Err(e) => return fail(EXIT_USAGE, &format!("cannot watch the configuration file: {e}")),
+            }
+        }
+        None => (None, None, None),
+    };
     if let Some(listener) = metrics_listener {
         let metrics = taskhost::api::metrics_router(engine.clone());
         let mut stopped = stopped.clone();
         eprintln!("taskhost: /metrics also on http://{} (no token)", listener.local_addr().unwrap_or(bound));
-        tokio::spawn(taskhost::api::serve(listener, metrics, ServeConfig::default(), async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        }));
+        let serving =
+            taskhost::api::serve_moving(listener, metrics_moves, metrics, ServeConfig::default(), async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            });
+        tokio::spawn(serving);
     }
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
@@ -480,7 +555,7 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
         eprintln!("taskhost: shutting down");
         let _ = stopping.send(true);
     };
-    taskhost::api::serve(listener, app, serve_config, shutdown).await;
+    taskhost::api::serve_moving(listener, api_moves, app, serve_config, shutdown).await;
     // Stop dispatching and watching, let running attempts end and their
     // outcomes commit, then release the store.
     let traces = engine.traces().clone();

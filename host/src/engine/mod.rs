@@ -53,7 +53,9 @@ pub use error::EngineError;
 pub use flows::{FlowLimits, FlowSpec, FlowView, Node, RepeatSpec, Step};
 pub use logs::{MAX_FOLLOWERS, MAX_PER_TENANT, MAX_SUBSCRIBERS, Place};
 pub use retry::{RetryPolicy, is_retried};
-pub use settings::{MAX_SETTINGS_BYTES, ServerSettings, SettingsError, server_settings};
+pub use settings::{
+    MAX_SETTINGS_BYTES, ServerSettings, ServerWatch, SettingsError, server_settings, watch_server_settings,
+};
 pub use submission::{MAX_DELAY_MS, NewTask};
 pub use tenants::MAX_TENANTS;
 

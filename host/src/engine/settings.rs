@@ -39,7 +39,7 @@
 //! [egress]                  # networks callbacks and input fetches may reach
 //! allow = ["10.0.0.0/8"]
 //!
-//! [server]                  # read at start only: a change needs a restart
+//! [server]                  # listen addresses move live; TLS files at start
 //! listen = "0.0.0.0:7070"
 //! tls_cert = "/etc/taskhost/cert.pem"
 //! tls_key = "/etc/taskhost/key.pem"
@@ -170,6 +170,36 @@ pub struct ServerSettings {
 /// checked): what `taskhost serve --config` listens on.
 pub fn server_settings(path: &Path) -> Result<Option<ServerSettings>, SettingsError> {
     Ok(Settings::read(path)?.server)
+}
+
+/// Watches configuration file `path` and hands each good version's
+/// `[server]` (default when it has none) to `changed`, on the watch's own
+/// thread; a broken version is skipped (the engine's own watch logs it).
+/// Dropping the handle stops the watch.
+pub fn watch_server_settings(
+    path: PathBuf,
+    mut changed: impl FnMut(ServerSettings) + Send + 'static,
+) -> Result<ServerWatch, WatchError> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let watch = watch::start("server-watch", &[dir], Vec::new(), move |paths, _| {
+        if paths.contains(&path)
+            && let Ok(server) = server_settings(&path)
+        {
+            changed(server.unwrap_or_default());
+        }
+        ControlFlow::Continue(())
+    })?;
+    Ok(ServerWatch { _watch: watch })
+}
+
+/// A watch of the configuration file's `[server]`
+/// ([`watch_server_settings`]).
+#[derive(Debug)]
+pub struct ServerWatch {
+    _watch: Watch,
 }
 
 /// `[retry]`: the backoff between attempts (`serve --retry-base` and
@@ -346,9 +376,11 @@ impl Engine {
             runner.set_host_limits(wanted).map_err(invalid)?;
         }
         self.inner.shared.config.egress.set_allowed(settings.egress.clone());
+        // (`serve` moves its listeners itself; TLS files are read at start.)
         let previous = read(&self.inner.settings.0).applied.server.clone();
-        if previous.is_some() && previous != settings.server {
-            tracing::warn!(file = %path.display(), "[server] changed: restart the server to listen as it says");
+        let tls = |s: &Option<ServerSettings>| s.as_ref().and_then(|s| s.tls.clone());
+        if previous.is_some() && tls(&previous) != tls(&settings.server) {
+            tracing::warn!(file = %path.display(), "[server] names other TLS files: restart the server to use them");
         }
         for (name, quotas) in &settings.tenants {
             self.put_tenant(name, quotas.clone(), "config file").await.map_err(apply)?;
