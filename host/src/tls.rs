@@ -102,6 +102,11 @@ impl ServerCert {
     /// writing new files), logging the outcome; a bad pair is refused and
     /// the certificate in use stays.
     pub fn watch(self: &Arc<Self>, cert: PathBuf, key: PathBuf) -> Result<CertWatch, crate::watch::WatchError> {
+        // The watcher names changed files by absolute paths; any change in
+        // their folders is looked at (a Kubernetes secret swaps a symlink
+        // beside them), and only new bytes are loaded.
+        let (cert, key) = (std::path::absolute(&cert).unwrap_or(cert), std::path::absolute(&key).unwrap_or(key));
+        let mut last = (std::fs::read(&cert).ok(), std::fs::read(&key).ok());
         let dirs: Vec<PathBuf> = [&cert, &key]
             .into_iter()
             .map(|p| match p.parent() {
@@ -114,7 +119,10 @@ impl ServerCert {
         let this = Arc::downgrade(self);
         let watch = crate::watch::start("tls-watch", &dirs, Vec::new(), move |paths, _| {
             let Some(this) = this.upgrade() else { return std::ops::ControlFlow::Break(()) };
-            if paths.iter().any(|p| *p == cert || *p == key) {
+            let _ = paths;
+            let now = (std::fs::read(&cert).ok(), std::fs::read(&key).ok());
+            if now != last {
+                last = now;
                 match this.reload(&cert, &key) {
                     Ok(()) => tracing::info!(cert = %cert.display(), "TLS certificate reloaded"),
                     Err(error) => tracing::error!(%error, "TLS certificate not reloaded; the one in use stays"),

@@ -426,7 +426,8 @@ async fn callbacks_are_signed_with_the_tenants_secret() {
 
 /// `--tls-cert/--tls-key` serve HTTPS: a client that trusts the
 /// certificate gets answers (tokens work as over HTTP); plain HTTP to the
-/// same port gets none.
+/// same port gets none. A renewed certificate is served without a
+/// restart, and so are other files the configuration file names.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn https_round_trip_with_the_operators_certificate() {
     let data = tempfile::tempdir().unwrap();
@@ -436,9 +437,13 @@ async fn https_round_trip_with_the_operators_certificate() {
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
     let port = free_port();
     let log = std::fs::File::create(data.path().join("stderr.log")).unwrap();
+    let config = data.path().join("taskhost.toml");
+    std::fs::write(&config, "").unwrap();
+    // Paths relative to the server's directory, as an operator types them.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .current_dir(data.path())
         .args(["serve", "--data", data.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()])
+        .args(["--tls-cert", "cert.pem", "--tls-key", "key.pem", "--config", "taskhost.toml"])
         .stdout(std::process::Stdio::null())
         .stderr(log)
         .spawn()
@@ -496,6 +501,20 @@ async fn https_round_trip_with_the_operators_certificate() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert!(new.get(format!("{base}/healthz")).send().await.is_ok(), "the certificate in use stays");
+
+    // Other files named by the configuration file's `[server]`.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let (cert2, key2) = (data.path().join("other-cert.pem"), data.path().join("other-key.pem"));
+    std::fs::write(&cert2, other.cert.pem()).unwrap();
+    std::fs::write(&key2, other.signing_key.serialize_pem()).unwrap();
+    std::fs::write(&config, format!("[server]\ntls_cert = {:?}\ntls_key = {:?}\n", cert2, key2)).unwrap();
+    let third = trusting(other.cert.pem());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while third.get(format!("{base}/healthz")).send().await.is_err() {
+        let log = std::fs::read_to_string(data.path().join("stderr.log")).unwrap_or_default();
+        assert!(std::time::Instant::now() < deadline, "the configuration's TLS files were never served: {log}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let _ = child.kill();
     let _ = child.wait();
 }

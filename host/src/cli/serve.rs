@@ -185,12 +185,21 @@ struct ListenerMover {
     runtime: tokio::runtime::Handle,
     api: (SocketAddr, tokio::sync::mpsc::Sender<tokio::net::TcpListener>),
     metrics: Option<(SocketAddr, tokio::sync::mpsc::Sender<tokio::net::TcpListener>)>,
+    tls: Option<TlsFiles>,
     no_auth: bool,
     scheme: &'static str,
 }
 
+/// The server's certificate, the files it comes from, and their watch.
+struct TlsFiles {
+    cert: Arc<taskhost::tls::ServerCert>,
+    paths: (PathBuf, PathBuf),
+    _watch: taskhost::tls::CertWatch,
+}
+
 impl ListenerMover {
     fn apply(&mut self, server: &taskhost::engine::ServerSettings) {
+        self.move_tls(server);
         if let Some(to) = server.listen
             && to != self.api.0
         {
@@ -213,6 +222,31 @@ impl ListenerMover {
             }
             (None, Some(to)) => tracing::warn!(%to, "metrics_listen added: restart the server to serve /metrics there"),
             _ => {}
+        }
+    }
+
+    /// Serves the certificate of the TLS files `server` names, when they
+    /// are others than those in use, and watches them instead.
+    fn move_tls(&mut self, server: &taskhost::engine::ServerSettings) {
+        let Some((cert, key)) = &server.tls else { return };
+        let Some(tls) = &mut self.tls else {
+            tracing::warn!("[server] names TLS files: restart the server to serve HTTPS");
+            return;
+        };
+        if tls.paths == (cert.clone(), key.clone()) {
+            return;
+        }
+        if let Err(error) = tls.cert.reload(cert, key) {
+            tracing::error!(%error, "the TLS files [server] names cannot be used; the certificate in use stays");
+            return;
+        }
+        match tls.cert.watch(cert.clone(), key.clone()) {
+            Ok(watch) => {
+                tls._watch = watch;
+                tls.paths = (cert.clone(), key.clone());
+                eprintln!("taskhost: the TLS certificate now comes from {}", cert.display());
+            }
+            Err(error) => tracing::error!(%error, "cannot watch the TLS files [server] names"),
         }
     }
 
@@ -314,9 +348,9 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
         Err(message) => return fail(EXIT_USAGE, &message),
     };
     // A renewed certificate is served to new connections without a restart.
-    let _cert_watch = match (server_cert, &args.tls_cert, &args.tls_key) {
-        (Some(resolver), Some(cert), Some(key)) => match resolver.watch(cert.clone(), key.clone()) {
-            Ok(watch) => Some(watch),
+    let mut tls_files = match (server_cert, &args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(cert_path), Some(key_path)) => match cert.watch(cert_path.clone(), key_path.clone()) {
+            Ok(watch) => Some(TlsFiles { cert, paths: (cert_path.clone(), key_path.clone()), _watch: watch }),
             Err(e) => return fail(EXIT_USAGE, &format!("cannot watch the TLS files: {e}")),
         },
         _ => None,
@@ -525,6 +559,7 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
                 runtime: tokio::runtime::Handle::current(),
                 api: (bound, api_tx),
                 metrics: metrics_bound.map(|at| (at, metrics_tx)),
+                tls: tls_files.take(),
                 no_auth: args.no_auth,
                 scheme,
             };

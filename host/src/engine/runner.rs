@@ -205,14 +205,21 @@ impl Runner for SandboxRunner {
 
     fn set_host_limits(&self, limits: Option<(Limits, crate::Ceilings)>) -> Result<(), String> {
         let config = self.sandbox.config();
-        let limits = limits.unwrap_or_else(|| (config.default_limits.clone(), config.ceilings.clone()));
+        let start = (config.default_limits.clone(), config.ceilings.clone());
+        // What the server started with was checked then (its flags may
+        // give more than a new value could): only a change is checked.
+        let limits = limits.unwrap_or_else(|| start.clone());
         let ceilings = &limits.1;
         if ceilings.fuel == 0 || ceilings.memory_bytes == 0 || ceilings.timeout.is_zero() || ceilings.host_bytes == 0 {
             return Err("a ceiling of zero would refuse every task".into());
         }
-        let most = Limits { memory_bytes: ceilings.memory_bytes, ..limits.0.clone() };
-        self.sandbox.check_limits(&most).map_err(|e| format!("ceilings: {e}"))?;
-        self.sandbox.check_limits(&limits.0).map_err(|e| format!("limits: {e}"))?;
+        if ceilings.memory_bytes != start.1.memory_bytes {
+            let most = Limits { memory_bytes: ceilings.memory_bytes, ..limits.0.clone() };
+            self.sandbox.check_limits(&most).map_err(|e| format!("ceilings: {e}"))?;
+        }
+        if limits.0 != start.0 {
+            self.sandbox.check_limits(&limits.0).map_err(|e| format!("limits: {e}"))?;
+        }
         *crate::sync::write(&self.limits) = limits;
         Ok(())
     }

@@ -39,7 +39,7 @@
 //! [egress]                  # networks callbacks and input fetches may reach
 //! allow = ["10.0.0.0/8"]
 //!
-//! [server]                  # listen addresses move live; TLS files at start
+//! [server]                  # moved live: listeners, TLS files
 //! listen = "0.0.0.0:7070"
 //! tls_cert = "/etc/taskhost/cert.pem"
 //! tls_key = "/etc/taskhost/key.pem"
@@ -143,8 +143,8 @@ struct EgressFile {
     allow: Vec<String>,
 }
 
-/// `[server]`: where the server listens, and its TLS files. Read at start
-/// (in place of the flags); a change needs a restart.
+/// `[server]`: where the server listens, and its TLS files (in place of
+/// the flags); `serve` moves its listeners and certificate on a change.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ServerFile {
@@ -184,6 +184,8 @@ pub fn watch_server_settings(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    // The watcher names changed files by absolute paths.
+    let path = std::path::absolute(&path).unwrap_or(path);
     let watch = watch::start("server-watch", &[dir], Vec::new(), move |paths, _| {
         if paths.contains(&path)
             && let Ok(server) = server_settings(&path)
@@ -266,7 +268,10 @@ impl Settings {
         }
         if let Some(limits) = file.limits {
             let named = |e: String| format!("[limits]: {}", e.trim_start_matches("limits."));
-            limits.over(&crate::Limits::default()).map_err(|e| invalid(named(e)))?;
+            let given = limits.over(&crate::Limits::default()).map_err(|e| invalid(named(e)))?;
+            if given.fuel == 0 || given.memory_bytes == 0 || given.timeout.is_zero() {
+                return Err(invalid("[limits]: fuel, memory and timeout must be greater than zero".into()));
+            }
             settings.limits = Some(limits);
         }
         if let Some(ceilings) = file.ceilings {
@@ -353,7 +358,15 @@ impl Engine {
     pub(crate) async fn apply_settings(&self, path: &Path, settings: Settings) -> Result<(), SettingsError> {
         let apply = |source| SettingsError::Apply { path: path.to_owned(), source };
         let invalid = |message: String| SettingsError::Invalid { path: path.to_owned(), message };
-        // Task defaults and ceilings first: the host must be able to give
+        // Every queue's tenant exists (or the file makes it), checked before
+        // anything changes.
+        for key in settings.queues.keys() {
+            let tenant = crate::tenant::tenant_of(key);
+            if !self.tenant_exists(tenant) && !settings.tenants.contains_key(tenant) {
+                return Err(apply(EngineError::UnknownTenant(tenant.to_owned())));
+            }
+        }
+        // Task defaults and ceilings next: the host must be able to give
         // them, or nothing changes.
         let runner = &self.inner.shared.runner;
         if let Some(host) = runner.host_limits() {
@@ -376,12 +389,7 @@ impl Engine {
             runner.set_host_limits(wanted).map_err(invalid)?;
         }
         self.inner.shared.config.egress.set_allowed(settings.egress.clone());
-        // (`serve` moves its listeners itself; TLS files are read at start.)
-        let previous = read(&self.inner.settings.0).applied.server.clone();
-        let tls = |s: &Option<ServerSettings>| s.as_ref().and_then(|s| s.tls.clone());
-        if previous.is_some() && tls(&previous) != tls(&settings.server) {
-            tracing::warn!(file = %path.display(), "[server] names other TLS files: restart the server to use them");
-        }
+        // (`[server]` is `serve`'s: it moves its listeners and TLS files.)
         for (name, quotas) in &settings.tenants {
             self.put_tenant(name, quotas.clone(), "config file").await.map_err(apply)?;
         }
@@ -496,6 +504,7 @@ mod tests {
             ("[queues.bulk]\nretain_count = 0\n", "retain_count must be at least 1"),
             ("[tenants.acme\n", "taskhost.toml"),
             ("[limits]\nmemory = \"lots\"\n", "[limits]: memory"),
+            ("[limits]\nfuel = 0\n", "must be greater than zero"),
             ("[ceilings]\nmax_output = \"1KiB\"\n", "unknown field `max_output`"),
             ("[ceilings]\ntimeout = \"soon\"\n", "[ceilings]: timeout"),
             ("[egress]\nallow = [\"nowhere\"]\n", "[egress]: allow: `nowhere` is not a network"),
