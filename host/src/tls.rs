@@ -107,15 +107,8 @@ impl ServerCert {
         // beside them), and only new bytes are loaded.
         let (cert, key) = (std::path::absolute(&cert).unwrap_or(cert), std::path::absolute(&key).unwrap_or(key));
         let mut last = (std::fs::read(&cert).ok(), std::fs::read(&key).ok());
-        let dirs: Vec<PathBuf> = [&cert, &key]
-            .into_iter()
-            .map(|p| match p.parent() {
-                Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-                _ => PathBuf::from("."),
-            })
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
+        let mut dirs = vec![crate::watch::folder_of(&cert), crate::watch::folder_of(&key)];
+        dirs.dedup();
         let this = Arc::downgrade(self);
         let watch = crate::watch::start("tls-watch", &dirs, Vec::new(), move |paths, _| {
             let Some(this) = this.upgrade() else { return std::ops::ControlFlow::Break(()) };

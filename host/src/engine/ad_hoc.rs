@@ -205,7 +205,7 @@ async fn make_room(registry: &Arc<Registry>, name: &str, tenant: &str, most: usi
     let mut deleted = 0;
     for version in &versions {
         if deleted == excess {
-            return Ok(());
+            break;
         }
         match registry.delete(name, &version.info.version).await {
             // Gone already (deleted by its tenant meanwhile) counts too.

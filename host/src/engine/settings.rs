@@ -180,13 +180,9 @@ pub fn watch_server_settings(
     path: PathBuf,
     mut changed: impl FnMut(ServerSettings) + Send + 'static,
 ) -> Result<ServerWatch, WatchError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     // The watcher names changed files by absolute paths.
     let path = std::path::absolute(&path).unwrap_or(path);
-    let watch = watch::start("server-watch", &[dir], Vec::new(), move |paths, _| {
+    let watch = watch::start("server-watch", &[watch::folder_of(&path)], Vec::new(), move |paths, _| {
         if paths.contains(&path)
             && let Ok(server) = server_settings(&path)
         {
@@ -393,11 +389,8 @@ impl Engine {
         for (name, quotas) in &settings.tenants {
             self.put_tenant(name, quotas.clone(), "config file").await.map_err(apply)?;
         }
+        // (Each queue's tenant was checked above, and the file's are made.)
         for (key, config) in &settings.queues {
-            if !self.tenant_exists(crate::tenant::tenant_of(key)) {
-                let tenant = crate::tenant::tenant_of(key).to_owned();
-                return Err(apply(EngineError::UnknownTenant(tenant)));
-            }
             self.inner.admin.set_queue(key, config.clone()).await.map_err(apply)?;
         }
         // The file's backoff, else the server's own (a `[retry]` taken out
@@ -436,12 +429,8 @@ impl Engine {
 /// does not apply is logged and leaves the last good settings in force.
 /// The watch ends when the engine is dropped.
 pub(crate) fn watch(inner: Weak<Inner>, file: PathBuf) -> Result<Watch, WatchError> {
-    let dir = match file.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
     let runtime = tokio::runtime::Handle::current();
-    watch::start("config-watch", &[dir], Vec::new(), move |paths, _| {
+    watch::start("config-watch", &[watch::folder_of(&file)], Vec::new(), move |paths, _| {
         let Some(inner) = inner.upgrade() else { return ControlFlow::Break(()) };
         if paths.contains(&file) {
             let engine = Engine { inner };

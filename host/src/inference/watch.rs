@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Weak;
 
 pub(super) fn start(inner: Weak<Inner>, file: PathBuf) -> Result<Watch, WatchError> {
-    let dir = parent(&file);
+    let dir = crate::watch::folder_of(&file);
     std::fs::create_dir_all(&dir).map_err(|source| WatchError::Io { path: dir.clone(), source })?;
     let mut dirs = vec![dir];
     if let Some(inner) = inner.upgrade() {
         for path in names(&inner, &file) {
-            let folder = parent(&path);
+            let folder = crate::watch::folder_of(&path);
             if !dirs.contains(&folder) && folder.is_dir() {
                 dirs.push(folder);
             }
@@ -30,18 +30,11 @@ pub(super) fn start(inner: Weak<Inner>, file: PathBuf) -> Result<Watch, WatchErr
             let _ = models.reload();
             // Watch the folders of the model files too.
             for path in names(&models.inner, &file) {
-                folders.add(&parent(&path));
+                folders.add(&crate::watch::folder_of(&path));
             }
         }
         ControlFlow::Continue(())
     })
-}
-
-fn parent(path: &Path) -> PathBuf {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    }
 }
 
 /// The model files the registry uses now.

@@ -79,16 +79,16 @@ fn shadow(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
     })?;
 
     let mut instance = linker.instance(TYPES)?;
-    // Each: `access` on the root, else wasmtime-wasi's own.
-    macro_rules! refused_on_root {
-        ($name:literal, $method:ident($($arg:ident: $ty:ty),*) -> $ok:ty) => {
+    // Each: `$root` on the root, else wasmtime-wasi's own.
+    macro_rules! shadow {
+        ($name:literal, $method:ident($($arg:ident: $ty:ty),*), $root:expr) => {
             instance.func_wrap_async(
                 $name,
                 |mut store: StoreContextMut<'_, TaskState>, (fd, $($arg,)*): (Resource<Descriptor>, $($ty,)*)| {
                     Box::new(async move {
                         let state = store.data_mut();
                         if state.is_virtual_root(&fd)? {
-                            return Ok((Err::<$ok, _>(ErrorCode::Access),));
+                            return Ok(($root,));
                         }
                         let mut view = state.filesystem();
                         let result = HostDescriptor::$method(&mut view, fd, $($arg),*).await;
@@ -98,75 +98,32 @@ fn shadow(linker: &mut Linker<TaskState>) -> wasmtime::Result<()> {
             )?;
         };
     }
-    refused_on_root!("[method]descriptor.open-at", open_at(
+    // Lookups and listings under the root are refused.
+    shadow!("[method]descriptor.open-at", open_at(
         path_flags: PathFlags, path: String, open_flags: OpenFlags, flags: DescriptorFlags
-    ) -> Resource<Descriptor>);
-    refused_on_root!("[method]descriptor.stat-at", stat_at(path_flags: PathFlags, path: String) -> DescriptorStat);
-    refused_on_root!("[method]descriptor.metadata-hash-at", metadata_hash_at(
-        path_flags: PathFlags, path: String
-    ) -> MetadataHashValue);
-    refused_on_root!("[method]descriptor.readlink-at", readlink_at(path: String) -> String);
-    refused_on_root!("[method]descriptor.read-directory", read_directory() -> Resource<fs::DirectoryEntryStream>);
-
+    ), Err(ErrorCode::Access));
+    shadow!("[method]descriptor.stat-at", stat_at(path_flags: PathFlags, path: String), Err(ErrorCode::Access));
+    shadow!("[method]descriptor.metadata-hash-at", metadata_hash_at(path_flags: PathFlags, path: String), Err(ErrorCode::Access));
+    shadow!("[method]descriptor.readlink-at", readlink_at(path: String), Err(ErrorCode::Access));
+    shadow!("[method]descriptor.read-directory", read_directory(), Err(ErrorCode::Access));
     // What the root itself answers: a directory with no times, one hash,
     // nothing to sync. None of it reaches the removed directory behind it,
     // so a guest learns nothing about the host and makes it flush nothing.
-    instance.func_wrap_async(
+    shadow!(
         "[method]descriptor.stat",
-        |mut store: StoreContextMut<'_, TaskState>, (fd,): (Resource<Descriptor>,)| {
-            Box::new(async move {
-                let state = store.data_mut();
-                if state.is_virtual_root(&fd)? {
-                    let stat = DescriptorStat {
-                        type_: fs::DescriptorType::Directory,
-                        link_count: 1,
-                        size: 0,
-                        data_access_timestamp: None,
-                        data_modification_timestamp: None,
-                        status_change_timestamp: None,
-                    };
-                    return Ok((Ok(stat),));
-                }
-                let mut view = state.filesystem();
-                let result = HostDescriptor::stat(&mut view, fd).await;
-                Ok((wit(&mut view, result)?,))
-            })
-        },
-    )?;
-    instance.func_wrap_async(
-        "[method]descriptor.metadata-hash",
-        |mut store: StoreContextMut<'_, TaskState>, (fd,): (Resource<Descriptor>,)| {
-            Box::new(async move {
-                let state = store.data_mut();
-                if state.is_virtual_root(&fd)? {
-                    return Ok((Ok(MetadataHashValue { lower: 0, upper: 0 }),));
-                }
-                let mut view = state.filesystem();
-                let result = HostDescriptor::metadata_hash(&mut view, fd).await;
-                Ok((wit(&mut view, result)?,))
-            })
-        },
-    )?;
-    for method in ["[method]descriptor.sync", "[method]descriptor.sync-data"] {
-        let data = method.ends_with("sync-data");
-        instance.func_wrap_async(
-            method,
-            move |mut store: StoreContextMut<'_, TaskState>, (fd,): (Resource<Descriptor>,)| {
-                Box::new(async move {
-                    let state = store.data_mut();
-                    if state.is_virtual_root(&fd)? {
-                        return Ok((Ok(()),));
-                    }
-                    let mut view = state.filesystem();
-                    let result = match data {
-                        true => HostDescriptor::sync_data(&mut view, fd).await,
-                        false => HostDescriptor::sync(&mut view, fd).await,
-                    };
-                    Ok((wit(&mut view, result)?,))
-                })
-            },
-        )?;
-    }
+        stat(),
+        Ok(DescriptorStat {
+            type_: fs::DescriptorType::Directory,
+            link_count: 1,
+            size: 0,
+            data_access_timestamp: None,
+            data_modification_timestamp: None,
+            status_change_timestamp: None,
+        })
+    );
+    shadow!("[method]descriptor.metadata-hash", metadata_hash(), Ok(MetadataHashValue { lower: 0, upper: 0 }));
+    shadow!("[method]descriptor.sync", sync(), Ok(()));
+    shadow!("[method]descriptor.sync-data", sync_data(), Ok(()));
     instance.func_wrap_async(
         "[method]descriptor.is-same-object",
         |mut store: StoreContextMut<'_, TaskState>, (fd, other): (Resource<Descriptor>, Resource<Descriptor>)| {
