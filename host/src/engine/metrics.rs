@@ -250,6 +250,11 @@ impl Metrics {
         *counts.entry((queue.to_owned(), to)).or_default() += 1;
     }
 
+    /// Counts `n` tasks found in `state` in `queue` at start-up.
+    pub(crate) fn found(&self, queue: &str, state: TaskState, n: i64) {
+        *crate::sync::lock(&self.counts).entry((queue.to_owned(), state)).or_default() += n;
+    }
+
     /// Records a task deleted from the store in `state`.
     pub(crate) fn deleted(&self, queue: &str, state: TaskState) {
         let mut counts = crate::sync::lock(&self.counts);

@@ -265,17 +265,46 @@ impl Engine {
         let now = now_ms();
         let mut interrupted = Vec::new();
         let mut unfinished = Vec::new();
-        shared.store.scan_with_log_bytes(|record, log_bytes| {
-            shared.queues.known(&record.queue);
-            let kept = record.input_len + record.output_len.unwrap_or(0) + log_bytes;
-            shared.tenants.add_stored(crate::tenant::tenant_of(&record.plugin), kept);
-            shared.metrics.moved(&record.queue, None, record.state);
-            match record.state {
-                TaskState::Running => interrupted.push(record),
-                TaskState::Pending | TaskState::Retrying => unfinished.push(record),
+        // The ended tasks (nearly all of a large store) are counted from
+        // their records' leading fields, per queue and tenant, and only
+        // the unfinished ones decoded whole.
+        let mut by_queue: HashMap<String, [i64; TaskState::ALL.len()]> = HashMap::new();
+        let mut stored: HashMap<String, u64> = HashMap::new();
+        shared.store.scan_summaries(|summary, log_bytes, encoded| {
+            let kept = summary.input_len + summary.output_len.unwrap_or(0) + log_bytes;
+            let tenant = crate::tenant::tenant_of(summary.plugin);
+            match stored.get_mut(tenant) {
+                Some(bytes) => *bytes += kept,
+                None => drop(stored.insert(tenant.to_owned(), kept)),
+            }
+            let state = summary.state as usize;
+            match by_queue.get_mut(summary.queue) {
+                Some(counts) => counts[state] += 1,
+                None => {
+                    let mut counts = [0; TaskState::ALL.len()];
+                    counts[state] = 1;
+                    by_queue.insert(summary.queue.to_owned(), counts);
+                }
+            }
+            match summary.state {
+                TaskState::Running => interrupted.push(crate::store::decode_record(encoded)?),
+                TaskState::Pending | TaskState::Retrying => unfinished.push(crate::store::decode_record(encoded)?),
                 _ => {}
             }
+            Ok(())
         })?;
+        for (queue, counts) in &by_queue {
+            shared.queues.known(queue);
+            for state in TaskState::ALL {
+                let n = counts[state as usize];
+                if n > 0 {
+                    shared.metrics.found(queue, state, n);
+                }
+            }
+        }
+        for (tenant, bytes) in &stored {
+            shared.tenants.add_stored(tenant, *bytes);
+        }
         // Tasks the host died running: back to pending (their attempt was
         // counted when it started), or failed once out of attempts.
         let changes = interrupted.into_iter().map(|record| {

@@ -25,6 +25,7 @@ pub use commit::WriteFault;
 pub use deliveries::CallbackOutcome;
 pub use error::StoreError;
 pub use events::{EVENTS_BUFFER, EVENTS_KEPT, Subscription, TaskEvent};
+pub(crate) use record::TaskSummary;
 pub(crate) use record::now_ms;
 pub use record::{
     FlowRecord, FlowState, InputFrom, PluginEntry, PluginVersion, QueueConfig, Repeat, RepeatKind, StoredFailure,
@@ -623,10 +624,15 @@ impl Store {
         Ok(())
     }
 
-    /// Visits every task in id order with the bytes its attempts'
-    /// transcripts take in the store (0 for one that wrote none): the
-    /// two tables are walked together, both in task order.
-    pub fn scan_with_log_bytes(&self, mut visit: impl FnMut(TaskRecord, u64)) -> Result<(), StoreError> {
+    /// Visits every task in id order: its leading fields (not decoding the
+    /// rest: see [`TaskSummary`]), the bytes its attempts' transcripts take
+    /// in the store (0 for one that wrote none; the two tables are walked
+    /// together, both in task order), and its encoded record, for
+    /// [`decode_record`] where the whole is needed.
+    pub(crate) fn scan_summaries(
+        &self,
+        mut visit: impl FnMut(TaskSummary<'_>, u64, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let db = self.db()?;
         let txn = db.begin_read()?;
         let tasks = txn.open_table(TASKS)?;
@@ -649,7 +655,8 @@ impl Store {
                     bytes += value.value().len() as u64;
                 }
             }
-            visit(decode(value.value())?, bytes);
+            let encoded = value.value();
+            visit(TaskSummary::of(encoded)?, bytes, encoded)?;
         }
         Ok(())
     }
@@ -901,6 +908,12 @@ type Table<'t, K, V> = redb::Table<'t, K, V>;
 
 /// Opens (creating, checking or migrating) the store's schema; with
 /// `created` false a file without one is refused, never initialised.
+/// A task record from its stored bytes (as [`Store::scan_summaries`]
+/// gives them).
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<TaskRecord, StoreError> {
+    decode(bytes)
+}
+
 fn prepare(db: &Database, path: &Path, created: bool) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
     {

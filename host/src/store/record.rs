@@ -236,6 +236,56 @@ impl TaskRecord {
     }
 }
 
+/// The leading fields of a stored task record, read without copying and
+/// without the rest (its history, above all): what a start-up scan needs
+/// of the many ended tasks. Today's layout and the older ones
+/// [`decode`] reads share these fields. The unit test
+/// `a_summary_reads_what_the_record_holds` keeps it in step with
+/// [`TaskRecord`].
+#[derive(Debug, Deserialize)]
+pub(crate) struct TaskSummary<'a> {
+    _id: Uuid,
+    _version: u64,
+    pub(crate) state: TaskState,
+    pub(crate) plugin: &'a str,
+    _plugin_version: &'a str,
+    _digest: &'a str,
+    pub(crate) queue: &'a str,
+    _priority: u8,
+    _attempts: u32,
+    _max_attempts: u32,
+    _limits: StoredLimits,
+    #[serde(borrow)]
+    _error: Option<FailureSummary<'a>>,
+    _created_at_ms: u64,
+    _started_at_ms: Option<u64>,
+    _finished_at_ms: Option<u64>,
+    _next_run_at_ms: Option<u64>,
+    _idempotency_key: Option<&'a str>,
+    _parent_id: Option<Uuid>,
+    _callback_url: Option<&'a str>,
+    pub(crate) input_len: u64,
+    pub(crate) output_len: Option<u64>,
+}
+
+/// [`StoredFailure`], borrowed.
+#[derive(Debug, Deserialize)]
+struct FailureSummary<'a> {
+    _class: crate::FailureClass,
+    _retryable: bool,
+    _message: &'a str,
+    _backtrace: Option<&'a str>,
+}
+
+impl<'a> TaskSummary<'a> {
+    /// The summary of the record encoded in `bytes`.
+    pub(crate) fn of(bytes: &'a [u8]) -> Result<Self, super::StoreError> {
+        postcard::take_from_bytes(bytes)
+            .map(|(summary, _)| summary)
+            .map_err(|e| super::StoreError::Corrupt(format!("a task record's leading fields: {e}")))
+    }
+}
+
 /// Where a task's input comes from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum InputFrom {
@@ -859,5 +909,55 @@ impl TryFrom<TaskRecordV6> for TaskRecord {
             log_keep_bytes: None,
             trace: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_summary_reads_what_the_record_holds() {
+        // Every field before the summary's last set, with values that
+        // differ, so a field added or moved before them shows.
+        let mut record = crate::store::tests::record(7, Some("key"));
+        record.state = TaskState::Failed;
+        record.plugin = "acme/resize".into();
+        record.queue = "acme/images".into();
+        record.error = Some(StoredFailure {
+            class: crate::FailureClass::Trap,
+            retryable: true,
+            message: "boom".into(),
+            backtrace: Some("at f".into()),
+        });
+        record.started_at_ms = Some(11);
+        record.finished_at_ms = Some(12);
+        record.next_run_at_ms = Some(13);
+        record.parent_id = Some(Uuid::from_u128(3));
+        record.callback_url = Some("https://example.com/done".into());
+        record.input_len = 4242;
+        record.output_len = Some(99);
+        record.fuel_used = Some(5);
+        record.history.push(Transition {
+            at_ms: 1,
+            from: None,
+            to: TaskState::Pending,
+            attempt: 0,
+            reason: "submitted".into(),
+        });
+        let bytes = encode(&record);
+        // Schema 5-6 records end before today's last two fields (both
+        // `None` here: a byte each).
+        let v6 = &bytes[..bytes.len() - 2];
+        assert_eq!(decode::<TaskRecord>(v6).unwrap().queue, record.queue, "the older layout still decodes");
+        for bytes in [&bytes[..], v6] {
+            let summary = TaskSummary::of(bytes).unwrap();
+            assert_eq!(summary.state, record.state);
+            assert_eq!(summary.plugin, record.plugin);
+            assert_eq!(summary.queue, record.queue);
+            assert_eq!(summary.input_len, record.input_len);
+            assert_eq!(summary.output_len, record.output_len);
+        }
+        assert!(TaskSummary::of(&bytes[..20]).is_err(), "a cut record is an error");
     }
 }
