@@ -26,7 +26,8 @@
 //!    and queue (where it can only wait its turn).
 //!
 //! Run: `cargo bench -p taskhost --bench defaults` (or `./dev.sh bench`);
-//! `BENCH_ROWS=1,2` runs only those groups (for profiling one of them).
+//! `BENCH_ROWS=1,2` runs only those groups, and `BENCH_DEFAULTS_ONLY=1`
+//! only their shipped settings (for profiling one of them).
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -85,6 +86,8 @@ async fn bench() {
     let per_s = |r: f64| format!("{r:.0} tasks/s");
     let vs = |r: f64, base: f64| format!("{:.2}x", r / base);
     let wanted = |group: &str| only.as_deref().is_none_or(|o| o.split(',').any(|g| g.trim() == group));
+    // The first setting of groups 1 and 2 is the shipped one.
+    let kept = |n: usize| if std::env::var_os("BENCH_DEFAULTS_ONLY").is_some() { 1 } else { n };
 
     // 1. HTTP, the real binary; 2. the engine in-process. Each setting
     // runs ROUNDS times, interleaved, and the median is reported (the
@@ -102,6 +105,7 @@ async fn bench() {
             ("--claim-ahead 0 (slots held across commits, as before)", &["--claim-ahead", "0"], OnePlugin, (0, 0)),
             ("--concurrency 256", &["--concurrency", "256"], OnePlugin, (0, 0)),
         ];
+        let settings = &settings[..kept(settings.len())];
         let mut rates = vec![Vec::new(); settings.len()];
         for _ in 0..ROUNDS {
             for (i, (_, flags, senders, subscribers)) in settings.iter().enumerate() {
@@ -120,6 +124,7 @@ async fn bench() {
             ("claim_ahead 0 (as before)", EngineConfig { claim_ahead: 0, ..EngineConfig::default() }),
             ("concurrency 512", EngineConfig { concurrency: 512, ..EngineConfig::default() }),
         ];
+        let settings = &settings[..kept(settings.len())];
         let mut rates = vec![Vec::new(); settings.len()];
         for _ in 0..ROUNDS {
             for (i, (_, config)) in settings.iter().enumerate() {
