@@ -26,6 +26,7 @@ mod history;
 mod logs;
 mod metrics;
 mod recent;
+mod recovery;
 mod retention;
 mod retry;
 mod runner;
@@ -161,6 +162,13 @@ impl Engine {
     pub async fn open(config: EngineConfig) -> anyhow::Result<Engine> {
         use anyhow::Context as _;
         let store = open_store(&config).await?;
+        // The recovery scan reads while the file's integrity check runs;
+        // nothing else reads it before the check passed.
+        let found = recovery::Found::scan_while_checking(&store).await.map_err(|e| match e {
+            // It names the file and says what to do.
+            StoreError::Damaged { .. } => anyhow::anyhow!(e),
+            e => anyhow::anyhow!(e).context("reading the store"),
+        })?;
         let sandbox_config: SandboxConfig = config.sandbox.clone();
         let sandbox = blocking(move || Sandbox::new(sandbox_config)).await?;
         let metrics = Metrics::new(config.models.as_ref().map(|m| m.metrics()));
@@ -181,7 +189,8 @@ impl Engine {
         let runner = Arc::new(SandboxRunner::new(sandbox.clone(), runtime, registry.clone(), inference));
         let plugins_dir = config.plugins_dir.clone();
         let engine =
-            Self::assemble(config, store, runner, Arc::new(metrics), Some((registry.clone(), sandbox))).await?;
+            Self::assemble(config, store, runner, Arc::new(metrics), Some((registry.clone(), sandbox)), Some(found))
+                .await?;
         // Versions no recovered task holds.
         registry.unload_idle();
         if let Some(dir) = plugins_dir {
@@ -199,7 +208,8 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Builds the components over `runner`, recovers and starts
+    /// Builds the components over `runner`, recovers (from what the
+    /// start-up scan `found`, or a scan of its own) and starts
     /// dispatching.
     async fn assemble(
         config: EngineConfig,
@@ -207,7 +217,15 @@ impl Engine {
         runner: Arc<dyn Runner>,
         metrics: Arc<Metrics>,
         plugins: Option<(Arc<Registry>, Sandbox)>,
+        found: Option<recovery::Found>,
     ) -> Result<Engine, EngineError> {
+        let found = match found {
+            Some(found) => found,
+            None => {
+                let store = store.clone();
+                blocking(move || recovery::Found::scan(&store)).await?
+            }
+        };
         let queues = store.queues()?;
         let callback_keys = Arc::new(callbacks::CallbackKeys::new(
             store.secret(CALLBACK_SECRET).await?,
@@ -250,7 +268,7 @@ impl Engine {
                 ad_hoc: ad_hoc::AdHocLocks::default(),
             }),
         };
-        engine.recover().await?;
+        engine.recover(found).await?;
         *lock(&engine.inner.dispatcher) = Some(tokio::spawn(dispatch.run()));
         *lock(&engine.inner.sweeper) = Some(tokio::spawn(retention::run(engine.inner.shared.clone())));
         // Ends when the engine halts.
@@ -258,41 +276,12 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Rebuilds the schedule from the store.
-    async fn recover(&self) -> Result<(), EngineError> {
+    /// Rebuilds the schedule from what the start-up scan found.
+    async fn recover(&self, found: recovery::Found) -> Result<(), EngineError> {
         use crate::store::{Change, StoredFailure};
         let shared = &self.inner.shared;
         let now = now_ms();
-        let mut interrupted = Vec::new();
-        let mut unfinished = Vec::new();
-        // The ended tasks (nearly all of a large store) are counted from
-        // their records' leading fields, per queue and tenant, and only
-        // the unfinished ones decoded whole.
-        let mut by_queue: HashMap<String, [i64; TaskState::ALL.len()]> = HashMap::new();
-        let mut stored: HashMap<String, u64> = HashMap::new();
-        shared.store.scan_summaries(|summary, log_bytes, encoded| {
-            let kept = summary.input_len + summary.output_len.unwrap_or(0) + log_bytes;
-            let tenant = crate::tenant::tenant_of(summary.plugin);
-            match stored.get_mut(tenant) {
-                Some(bytes) => *bytes += kept,
-                None => drop(stored.insert(tenant.to_owned(), kept)),
-            }
-            let state = summary.state as usize;
-            match by_queue.get_mut(summary.queue) {
-                Some(counts) => counts[state] += 1,
-                None => {
-                    let mut counts = [0; TaskState::ALL.len()];
-                    counts[state] = 1;
-                    by_queue.insert(summary.queue.to_owned(), counts);
-                }
-            }
-            match summary.state {
-                TaskState::Running => interrupted.push(crate::store::decode_record(encoded)?),
-                TaskState::Pending | TaskState::Retrying => unfinished.push(crate::store::decode_record(encoded)?),
-                _ => {}
-            }
-            Ok(())
-        })?;
+        let recovery::Found { by_queue, stored, interrupted, mut unfinished } = found;
         for (queue, counts) in &by_queue {
             shared.queues.known(queue);
             for state in TaskState::ALL {
@@ -999,7 +988,9 @@ async fn open_store(config: &EngineConfig) -> anyhow::Result<Store> {
             .create(&dir)
             .with_context(|| format!("creating the data directory {}", dir.display()))?;
         let path = dir.join(crate::store::FILE_NAME);
-        let store = Store::open(&path, group_commit).map_err(|e: StoreError| match e {
+        // The file's integrity check runs beside the recovery scan, which
+        // waits for it before trusting what it read.
+        let store = Store::open_checking(&path, group_commit).map_err(|e: StoreError| match e {
             // These name the file and say what to do.
             StoreError::Damaged { .. } | StoreError::InUse { .. } => anyhow::anyhow!(e),
             e => anyhow::anyhow!(e).context(format!("opening {}", path.display())),

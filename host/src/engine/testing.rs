@@ -195,7 +195,7 @@ impl Harness {
         let store = open(&dir.path().join("taskhost.redb"));
         let runner = Arc::new(ScriptRunner::default());
         let metrics = Arc::new(super::metrics::Metrics::new(None));
-        let engine = Engine::assemble(config, store, runner.clone(), metrics, None).await.unwrap();
+        let engine = Engine::assemble(config, store, runner.clone(), metrics, None, None).await.unwrap();
         let shared = engine.inner.shared.clone();
         Self { engine, shared, runner, _dir: dir }
     }

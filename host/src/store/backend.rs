@@ -1,7 +1,8 @@
 //! redb storage backends of the store's own: [`Overlay`] reads a store file
 //! and keeps every write in memory, so `taskhost store check` can run
-//! redb's integrity check (which repairs what it finds) and `store repair`
-//! can read a damaged file without changing a byte of it; and, for tests,
+//! redb's integrity check (which repairs what it finds), `store repair`
+//! can read a damaged file without changing a byte of it, and a starting
+//! server can check the file it holds open (see `gate.rs`); and, for tests,
 //! [`Faulty`], a file whose writes fail with "no space left on device"
 //! while a switch is on.
 
@@ -14,6 +15,7 @@ use std::sync::Mutex;
 
 /// Forwards the byte-range lock methods to a [`FileBackend`], so a second
 /// process opening the file is refused as with redb's own backend.
+#[cfg(test)]
 macro_rules! forward_locks {
     () => {
         fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
@@ -53,8 +55,35 @@ const BLOCK: u64 = 4096;
 /// A store file seen through an in-memory layer that takes every write.
 #[derive(Debug)]
 pub(crate) struct Overlay {
-    file: FileBackend,
+    file: Reader,
     state: Mutex<OverlayState>,
+}
+
+/// How an [`Overlay`] reaches its file.
+#[derive(Debug)]
+enum Reader {
+    /// Through redb's file backend, taking its locks (through the
+    /// overlay's lock methods), so no other process has the file open.
+    Locked(FileBackend),
+    /// A second, read-only handle of a file this process holds open and
+    /// locked through another: it takes no locks.
+    Beside(std::fs::File),
+}
+
+impl Reader {
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        match self {
+            Reader::Locked(file) => file.read(offset, out),
+            Reader::Beside(file) => std::os::unix::fs::FileExt::read_exact_at(file, out, offset),
+        }
+    }
+
+    fn len(&self) -> std::io::Result<u64> {
+        match self {
+            Reader::Locked(file) => file.len(),
+            Reader::Beside(file) => Ok(file.metadata()?.len()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -71,9 +100,31 @@ struct OverlayState {
 impl Overlay {
     /// The file at `path`, unchanged whatever is written to the overlay.
     pub(crate) fn open(path: &Path) -> Result<Self, redb::DatabaseError> {
-        let file = file_backend(path)?;
+        Self::on(Reader::Locked(file_backend(path)?))
+    }
+
+    /// The file at `path`, which this process already holds open (and
+    /// locked) through another handle.
+    pub(crate) fn beside(path: &Path) -> Result<Self, redb::DatabaseError> {
+        Self::on(Reader::Beside(std::fs::File::open(path)?))
+    }
+
+    fn on(file: Reader) -> Result<Self, redb::DatabaseError> {
         let len = file.len()?;
         Ok(Self { file, state: Mutex::new(OverlayState { len, visible: len, blocks: HashMap::new() }) })
+    }
+
+    /// The file's own backend, for an overlay made with [`Overlay::open`].
+    pub(crate) fn file(&self) -> Option<&FileBackend> {
+        match &self.file {
+            Reader::Locked(file) => Some(file),
+            Reader::Beside(_) => None,
+        }
+    }
+
+    /// Forgets every write (the file now holds them).
+    pub(crate) fn forget_writes(&self) {
+        crate::sync::lock(&self.state).blocks = HashMap::new();
     }
 
     /// Reads one block's current contents into `out` (a whole block).
@@ -92,8 +143,33 @@ impl Overlay {
     }
 }
 
+/// Takes the byte-range locks through the file's backend, or, for a
+/// handle beside the file's own (which holds them), takes none.
+macro_rules! overlay_lock {
+    ($name:ident, $out:ty, $beside:expr) => {
+        fn $name(&self, start: Bound<u64>, end: Bound<u64>) -> Result<$out, BackendError> {
+            match &self.file {
+                Reader::Locked(file) => file.$name(start, end),
+                Reader::Beside(_) => Ok($beside),
+            }
+        }
+    };
+}
+
 impl StorageBackend for Overlay {
-    forward_locks!();
+    overlay_lock!(try_lock_range, bool, true);
+    overlay_lock!(try_lock_shared_range, bool, true);
+    overlay_lock!(lock_range, (), ());
+    overlay_lock!(lock_shared_range, (), ());
+    overlay_lock!(unlock_range, (), ());
+    overlay_lock!(query_lock_range, bool, false);
+
+    fn close(&self) -> Result<(), std::io::Error> {
+        match &self.file {
+            Reader::Locked(file) => file.close(),
+            Reader::Beside(_) => Ok(()),
+        }
+    }
 
     fn len(&self) -> Result<u64, std::io::Error> {
         Ok(crate::sync::lock(&self.state).len)
@@ -101,8 +177,15 @@ impl StorageBackend for Overlay {
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
         let state = crate::sync::lock(&self.state);
-        if offset.checked_add(out.len() as u64).is_none_or(|end| end > state.len) {
+        let end = offset.checked_add(out.len() as u64);
+        if end.is_none_or(|end| end > state.len) {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "read past the end of the file"));
+        }
+        let (first, last) = (offset / BLOCK, (offset + out.len().max(1) as u64 - 1) / BLOCK);
+        if end.is_some_and(|end| end <= state.visible) && (first..=last).all(|b| !state.blocks.contains_key(&b)) {
+            // No write covers it: straight from the file.
+            drop(state);
+            return self.file.read(offset, out);
         }
         let mut block_data = vec![0u8; BLOCK as usize];
         let mut done = 0usize;

@@ -85,10 +85,32 @@ pub(crate) struct Shared {
     fault: Mutex<Option<WriteFault>>,
     stopping: Mutex<bool>,
     wake: Condvar,
+    /// The file's writes, held until its integrity check passed.
+    gate: Option<Arc<super::gate::Gate>>,
+    /// Where that check stands.
+    check: Mutex<Check>,
+    /// Signalled when the check ended.
+    check_ended: Condvar,
+}
+
+/// Where the integrity check of a file opened behind a gate stands.
+#[derive(Debug, Clone)]
+enum Check {
+    /// The committer runs it before its first write.
+    Pending,
+    /// Passed (or not needed: a new file, a test's).
+    Passed,
+    /// The file is damaged: what [`StoreError::Damaged`] says of it.
+    Damaged(String),
+    /// The file checked, but the writes held meanwhile failed (a full
+    /// disk): [`StoreError::Unwritable`].
+    Unwritable(String),
 }
 
 impl Shared {
-    pub(crate) fn new(source: Source, db: Database) -> Self {
+    /// Behind a `gate`, the committer checks the file before it writes.
+    pub(crate) fn new(source: Source, db: Database, gate: Option<Arc<super::gate::Gate>>) -> Self {
+        let check = if gate.is_some() { Check::Pending } else { Check::Passed };
         Self {
             feed: super::events::Feed::default(),
             source,
@@ -99,7 +121,54 @@ impl Shared {
             fault: Mutex::default(),
             stopping: Mutex::new(false),
             wake: Condvar::new(),
+            gate,
+            check: Mutex::new(check),
+            check_ended: Condvar::new(),
         }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        match &self.source {
+            Source::File(path) => path,
+            #[cfg(test)]
+            Source::Faulty(path, _) => path,
+        }
+    }
+
+    /// Checks the file and, if it passed, makes the writes held meanwhile
+    /// (on the committer, before its first write).
+    fn run_check(&self) {
+        let Some(gate) = &self.gate else { return };
+        let outcome = match open::verify(self.path()) {
+            Ok(()) => match gate.release() {
+                Ok(()) => Check::Passed,
+                Err(e) => Check::Unwritable(e.to_string()),
+            },
+            Err(StoreError::Damaged { problem, .. }) => Check::Damaged(problem),
+            Err(other) => Check::Damaged(format!("cannot be checked: {other}")),
+        };
+        *lock(&self.check) = outcome;
+        self.check_ended.notify_all();
+    }
+
+    /// Why the file takes no write, if the check (or the held writes)
+    /// failed.
+    fn refusal(&self) -> Option<StoreError> {
+        match &*lock(&self.check) {
+            Check::Damaged(problem) => Some(open::damaged(self.path(), problem)),
+            Check::Unwritable(reason) => Some(StoreError::Unwritable { reason: reason.clone() }),
+            Check::Pending | Check::Passed => None,
+        }
+    }
+
+    /// Waits for the integrity check to end; the damage it found, if any.
+    pub(crate) fn checked(&self) -> Result<(), StoreError> {
+        let check = self
+            .check_ended
+            .wait_while(lock(&self.check), |check| matches!(check, Check::Pending))
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(check);
+        self.refusal().map_or(Ok(()), Err)
     }
 
     /// The open database. While a reopen after a write fault is under way
@@ -322,6 +391,12 @@ impl Held {
 /// The committer loop: one write transaction per batch; on a write fault,
 /// hold the batch and retry it until it commits.
 pub(crate) fn run(shared: &Shared, rx: &mut mpsc::Receiver<Op>, max_batch: usize) {
+    shared.run_check();
+    // A file that failed its check takes no write.
+    while let Some(why) = shared.refusal() {
+        let Some(op) = rx.blocking_recv() else { return };
+        refuse(op, why);
+    }
     // Operations taken from the queue but not applied yet, ahead of it.
     let mut backlog: VecDeque<Op> = VecDeque::new();
     let mut held: Option<Held> = None;

@@ -14,6 +14,7 @@ mod commit;
 mod deliveries;
 mod error;
 mod events;
+mod gate;
 mod machine;
 mod open;
 mod record;
@@ -25,6 +26,7 @@ pub use commit::WriteFault;
 pub use deliveries::CallbackOutcome;
 pub use error::StoreError;
 pub use events::{EVENTS_BUFFER, EVENTS_KEPT, Subscription, TaskEvent};
+pub(crate) use open::{panic_message, quietly};
 pub(crate) use record::TaskSummary;
 pub(crate) use record::now_ms;
 pub use record::{
@@ -269,9 +271,35 @@ impl Store {
     /// first and refused with [`StoreError::Damaged`] (naming it) when it is
     /// damaged, empty or not a taskhost store, never replaced.
     pub fn open_with(path: &Path, group_commit: bool, capacity: usize) -> Result<Store, StoreError> {
-        let (db, _) = open::open_file(path, |db| prepare(db, path, true))?;
+        let store = Self::open_unchecked(path, group_commit, capacity)?;
+        store.checked()?;
+        Ok(store)
+    }
+
+    /// [`Store::open`], returning before an existing file's integrity
+    /// check (about a second per GB) ended, so the caller reads while it
+    /// runs: nothing is written to the file before the check passed, and
+    /// [`Store::checked`] tells whether what was read can be trusted.
+    pub fn open_checking(path: &Path, group_commit: bool) -> Result<Store, StoreError> {
+        Self::open_unchecked(path, group_commit, QUEUE_CAPACITY)
+    }
+
+    fn open_unchecked(path: &Path, group_commit: bool, capacity: usize) -> Result<Store, StoreError> {
+        let (db, opened) = open::open_file(path, |db| prepare(db, path, true))?;
+        // Its writes wait behind the gate until the file checks.
         prepare(&db, path, false)?;
-        Self::start(Source::File(path.to_owned()), db, group_commit, capacity)
+        let gate = match opened {
+            open::Opened::Created => None,
+            open::Opened::Existing(gate) => Some(gate),
+        };
+        Self::start(Source::File(path.to_owned()), db, group_commit, capacity, gate)
+    }
+
+    /// Waits for the integrity check of a store opened with
+    /// [`Store::open_checking`] (at once for any other): `Ok` once the
+    /// file verified, [`StoreError::Damaged`] if it did not. Blocks.
+    pub fn checked(&self) -> Result<(), StoreError> {
+        self.shared.checked()
     }
 
     /// A store whose file's writes fail with ENOSPC while `full` is set.
@@ -284,11 +312,19 @@ impl Store {
         drop(open::open_file(path, |db| prepare(db, path, true))?);
         let backend = backend::Faulty::open(path, full.clone()).map_err(|e| open::open_error(path, e))?;
         let db = redb::Builder::new().create_with_backend(backend).map_err(|e| open::open_error(path, e))?;
-        Self::start(Source::Faulty(path.to_owned(), full), db, true, capacity)
+        Self::start(Source::Faulty(path.to_owned(), full), db, true, capacity, None)
     }
 
-    fn start(source: Source, db: Database, group_commit: bool, capacity: usize) -> Result<Store, StoreError> {
-        let shared = Arc::new(Shared::new(source, db));
+    /// Starts the committer on `db`; behind a `gate`, it first checks the
+    /// file and writes nothing before that passed.
+    fn start(
+        source: Source,
+        db: Database,
+        group_commit: bool,
+        capacity: usize,
+        gate: Option<Arc<gate::Gate>>,
+    ) -> Result<Store, StoreError> {
+        let shared = Arc::new(Shared::new(source, db, gate));
         let capacity = capacity.max(1);
         let (tx, mut rx) = mpsc::channel(capacity);
         let committer_shared = shared.clone();

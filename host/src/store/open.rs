@@ -1,24 +1,29 @@
 //! Opening the store file. Only a missing file starts a new store, and it
 //! is built under a temporary name and renamed into place once initialised,
 //! so a crash never leaves an empty file behind. An existing file is
-//! verified page by page (redb's integrity check, about a second per GB)
-//! before anything reads it: a damaged, empty or foreign file ends the open
-//! with [`StoreError::Damaged`] naming it and what to do, never a panic, and
-//! is never replaced or silently repaired. After a write fault the file is
-//! reopened without the check (redb's commits are atomic).
+//! verified page by page (redb's integrity check, about a second per GB,
+//! [`verify`]) through a second handle while the first reads it: nothing
+//! is written to the file before the check passed (its writes wait behind
+//! a [`Gate`]), and what was read is trusted only then. A damaged, empty
+//! or foreign file ends the open with [`StoreError::Damaged`] naming it and
+//! what to do, never a panic, and is never replaced or silently repaired.
+//! After a write fault the file is reopened without the check (redb's
+//! commits are atomic).
 
 use super::StoreError;
+use super::gate::Gate;
 use redb::{Builder, Database, DatabaseError, StorageError};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What happened to the file on open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Opened {
-    /// There was no file: a new, empty store was created.
+    /// There was no file: a new, empty store was created (and checked).
     Created,
-    /// An existing file passed the integrity check.
-    Existing,
+    /// An existing file was opened behind its gate, still to be checked.
+    Existing(Arc<Gate>),
 }
 
 /// Opens the store at `path` (see the module docs); `init` initialises a
@@ -30,7 +35,10 @@ pub(crate) fn open_file(
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             create(path, init)?;
-            Ok((verified(path)?, Opened::Created))
+            let db = guarded(path, || {
+                Builder::new().set_cache_size(CACHE_BYTES).set_check_integrity_on_open(true).open(path)
+            })?;
+            Ok((db, Opened::Created))
         }
         Err(e) => Err(StoreError::Storage(e.into())),
         Ok(meta) if !meta.is_file() => Err(damaged(path, "is not a regular file")),
@@ -39,7 +47,11 @@ pub(crate) fn open_file(
             "is empty (0 bytes), so it holds no store although one was expected here; if this data directory \
              never held tasks, delete the empty file to start a new store",
         )),
-        Ok(_) => Ok((verified(path)?, Opened::Existing)),
+        Ok(_) => {
+            let gate = Gate::open(path).map_err(|e| open_error(path, e))?;
+            let db = guarded(path, || Builder::new().set_cache_size(CACHE_BYTES).create_with_backend(gate.backend()))?;
+            Ok((db, Opened::Existing(gate)))
+        }
     }
 }
 
@@ -55,9 +67,21 @@ pub(crate) fn reopen(path: &Path) -> Result<Database, StoreError> {
     guarded(path, || Builder::new().set_cache_size(CACHE_BYTES).open(path))
 }
 
-/// Opens an existing file, verifying every page first.
-fn verified(path: &Path) -> Result<Database, StoreError> {
-    guarded(path, || Builder::new().set_cache_size(CACHE_BYTES).set_check_integrity_on_open(true).open(path))
+/// The page cache of [`verify`]'s handle: it reads each page once.
+const VERIFY_CACHE_BYTES: usize = 16 << 20;
+
+/// Runs redb's integrity check on the store file at `path`, which this
+/// process holds open behind its [`Gate`] (so nothing writes to the file
+/// meanwhile), through a second, read-only handle whose own writes (a
+/// repair, if the check finds one needed) stay in memory. A damaged file
+/// is [`StoreError::Damaged`].
+pub(crate) fn verify(path: &Path) -> Result<(), StoreError> {
+    let beside = super::backend::Overlay::beside(path).map_err(|e| open_error(path, e))?;
+    let checked = guarded(path, || {
+        Builder::new().set_cache_size(VERIFY_CACHE_BYTES).set_check_integrity_on_open(true).create_with_backend(beside)
+    })?;
+    drop(checked);
+    Ok(())
 }
 
 /// Runs `work`, catching a panic (redb's, on a damaged file) without the
@@ -158,10 +182,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.redb");
         let (db, opened) = open_file(&path, |_| Ok(())).unwrap();
-        assert_eq!(opened, Opened::Created);
+        assert!(matches!(opened, Opened::Created));
         assert!(!sibling(&path, ".creating").exists(), "the temporary file was renamed into place");
         drop(db);
-        assert_eq!(open_file(&path, |_| panic!("an existing file is not initialised")).unwrap().1, Opened::Existing);
+        let opened = open_file(&path, |_| panic!("an existing file is not initialised")).unwrap().1;
+        assert!(matches!(opened, Opened::Existing(_)));
 
         let empty = dir.path().join("empty.redb");
         std::fs::write(&empty, b"").unwrap();
@@ -185,7 +210,7 @@ mod tests {
         assert!(matches!(e, StoreError::Refused(_)), "{e}");
         assert!(!path.exists(), "only a complete store is ever renamed into place");
         // The next start creates the store.
-        assert_eq!(open_file(&path, |_| Ok(())).unwrap().1, Opened::Created);
+        assert!(matches!(open_file(&path, |_| Ok(())).unwrap().1, Opened::Created));
     }
 
     #[test]

@@ -1064,3 +1064,43 @@ fn schema_7_plugin_entries_are_read_as_components() {
     let read = db.begin_read().unwrap();
     assert_eq!(read.open_table(META).unwrap().get("schema").unwrap().unwrap().value(), SCHEMA_VERSION);
 }
+
+#[tokio::test]
+async fn a_store_is_read_while_its_check_runs_and_written_only_once_it_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.redb");
+    let marker = b"CHECKED-WHILE-READ".repeat(200);
+    {
+        let store = Store::open(&path, true).unwrap();
+        store.submit(record(1, None), marker.clone()).await.unwrap();
+        task_in(&store, 2, TaskState::Completed).await;
+    }
+    // Healthy: read at once, then the check passes and writes go on.
+    {
+        let store = Store::open_checking(&path, true).unwrap();
+        assert_eq!(store.get(Uuid::from_u128(2)).unwrap().unwrap().state, TaskState::Completed);
+        store.checked().unwrap();
+        task_in(&store, 3, TaskState::Running).await;
+    }
+    assert_eq!(Store::open(&path, true).unwrap().get(Uuid::from_u128(3)).unwrap().unwrap().state, TaskState::Running);
+
+    // The page holding the input, zeroed: the check fails and nothing,
+    // not even the open's own marks, reaches the file.
+    let bytes = std::fs::read(&path).unwrap();
+    let at = bytes.windows(marker.len()).position(|w| w == marker.as_slice()).expect("the input is in the file");
+    let mut damaged = bytes.clone();
+    let page = at / 4096 * 4096;
+    damaged[page..page + 4096].fill(0);
+    std::fs::write(&path, &damaged).unwrap();
+    {
+        // The open reads no input page: it opens, and reads work.
+        let store = Store::open_checking(&path, true).unwrap();
+        assert_eq!(store.get(Uuid::from_u128(2)).unwrap().unwrap().state, TaskState::Completed);
+        let e = store.checked().unwrap_err();
+        assert!(matches!(&e, StoreError::Damaged { path: p, .. } if p == &path), "{e}");
+        let refused = store.submit(record(4, None), b"in".to_vec()).await.unwrap_err();
+        assert!(matches!(refused, StoreError::Damaged { .. }), "{refused}");
+    }
+    assert!(matches!(Store::open(&path, true), Err(StoreError::Damaged { .. })));
+    assert_eq!(std::fs::read(&path).unwrap(), damaged, "a file that failed its check is left as it was");
+}

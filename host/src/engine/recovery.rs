@@ -1,0 +1,112 @@
+//! What a starting engine finds in its store: one scan of every task that
+//! counts them per queue and state and what each tenant keeps, and keeps
+//! the unfinished ones whole for the schedule. The ended tasks (nearly all
+//! of a large store) are read from their records' leading fields only
+//! ([`TaskSummary`](crate::store::TaskSummary)).
+
+use crate::store::{Store, StoreError, TaskRecord, TaskState, decode_record};
+use std::collections::HashMap;
+
+/// Tasks per state, by queue.
+pub(crate) type StateCounts = HashMap<String, [i64; TaskState::ALL.len()]>;
+
+/// What the scan found.
+#[derive(Default)]
+pub(crate) struct Found {
+    /// Tasks per queue and state.
+    pub(crate) by_queue: StateCounts,
+    /// Bytes each tenant keeps in the store (inputs, outputs, transcripts).
+    pub(crate) stored: HashMap<String, u64>,
+    /// Tasks the host died running.
+    pub(crate) interrupted: Vec<TaskRecord>,
+    /// Pending and retrying tasks.
+    pub(crate) unfinished: Vec<TaskRecord>,
+}
+
+impl Found {
+    /// Scans `store` (blocking: it reads every task).
+    pub(crate) fn scan(store: &Store) -> Result<Found, StoreError> {
+        let mut found = Found::default();
+        store.scan_summaries(|summary, log_bytes, encoded| {
+            let kept = summary.input_len + summary.output_len.unwrap_or(0) + log_bytes;
+            let tenant = crate::tenant::tenant_of(summary.plugin);
+            match found.stored.get_mut(tenant) {
+                Some(bytes) => *bytes += kept,
+                None => drop(found.stored.insert(tenant.to_owned(), kept)),
+            }
+            let state = summary.state as usize;
+            match found.by_queue.get_mut(summary.queue) {
+                Some(counts) => counts[state] += 1,
+                None => {
+                    let mut counts = [0; TaskState::ALL.len()];
+                    counts[state] = 1;
+                    found.by_queue.insert(summary.queue.to_owned(), counts);
+                }
+            }
+            match summary.state {
+                TaskState::Running => found.interrupted.push(decode_record(encoded)?),
+                TaskState::Pending | TaskState::Retrying => found.unfinished.push(decode_record(encoded)?),
+                _ => {}
+            }
+            Ok(())
+        })?;
+        Ok(found)
+    }
+
+    /// [`Found::scan`] of a store opened with
+    /// [`Store::open_checking`], run beside the file's integrity check,
+    /// and answered once the check ended: a damaged file is
+    /// [`StoreError::Damaged`] whatever the scan made of it (a panic
+    /// included).
+    pub(crate) async fn scan_while_checking(store: &Store) -> Result<Found, StoreError> {
+        let scanning = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || crate::store::quietly(|| Found::scan(&store)))
+        };
+        let checked = {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.checked())
+        };
+        let (scanned, checked) = futures::join!(scanning, checked);
+        let joined = |e: tokio::task::JoinError| StoreError::CommitFailed(format!("the start-up scan stopped: {e}"));
+        checked.map_err(joined)??;
+        scanned.map_err(joined)?.unwrap_or_else(|panic| {
+            Err(StoreError::Corrupt(format!("reading the tasks failed: {}", crate::store::panic_message(&panic))))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::tests::{record, task_in};
+    use uuid::Uuid;
+
+    #[tokio::test]
+    async fn the_scan_counts_every_task_and_keeps_the_unfinished_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("s.redb"), true).unwrap();
+        for (n, state) in [(1, TaskState::Completed), (2, TaskState::Completed), (3, TaskState::Running)] {
+            task_in(&store, n, state).await;
+        }
+        task_in(&store, 4, TaskState::Retrying).await;
+        let mut other = record(5, None);
+        other.queue = "acme/q".into();
+        other.plugin = "acme/p".into();
+        other.input_len = 5;
+        other.output_len = Some(7);
+        store.submit(other, b"12345".to_vec()).await.unwrap();
+        let found = Found::scan(&store).unwrap();
+        assert_eq!(found.by_queue["q"][TaskState::Completed as usize], 2);
+        assert_eq!(found.by_queue["q"][TaskState::Running as usize], 1);
+        assert_eq!(found.by_queue["q"][TaskState::Retrying as usize], 1);
+        assert_eq!(found.by_queue["acme/q"][TaskState::Pending as usize], 1);
+        assert_eq!(found.interrupted.iter().map(|r| r.id).collect::<Vec<_>>(), vec![Uuid::from_u128(3)]);
+        assert_eq!(found.unfinished.len(), 2, "the retrying and the pending task");
+        let retrying = found.unfinished.iter().find(|r| r.id == Uuid::from_u128(4)).unwrap();
+        assert_eq!(retrying.history.len(), 2, "kept whole, its history too");
+        // What the records say they keep (the helper's say nothing).
+        assert_eq!(found.stored["default"], 0);
+        assert_eq!(found.stored["acme"], 12);
+    }
+}
