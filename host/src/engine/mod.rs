@@ -161,14 +161,7 @@ impl Engine {
     /// dispatching.
     pub async fn open(config: EngineConfig) -> anyhow::Result<Engine> {
         use anyhow::Context as _;
-        let store = open_store(&config).await?;
-        // The recovery scan reads while the file's integrity check runs;
-        // nothing else reads it before the check passed.
-        let found = recovery::Found::scan_while_checking(&store).await.map_err(|e| match e {
-            // It names the file and says what to do.
-            StoreError::Damaged { .. } => anyhow::anyhow!(e),
-            e => anyhow::anyhow!(e).context("reading the store"),
-        })?;
+        let (store, found) = open_store(&config).await?;
         let sandbox_config: SandboxConfig = config.sandbox.clone();
         let sandbox = blocking(move || Sandbox::new(sandbox_config)).await?;
         let metrics = Metrics::new(config.models.as_ref().map(|m| m.metrics()));
@@ -974,12 +967,15 @@ impl Engine {
     }
 }
 
-/// Opens (creating, migrating) the store off the async workers.
-async fn open_store(config: &EngineConfig) -> anyhow::Result<Store> {
+/// Opens (creating, migrating) the store off the async workers, and
+/// scans it beside its integrity check: the store and what the scan found.
+async fn open_store(config: &EngineConfig) -> anyhow::Result<(Store, recovery::Found)> {
     use anyhow::Context as _;
+    use std::os::unix::fs::PermissionsExt as _;
     let (dir, group_commit) = (config.data_dir.clone(), config.group_commit);
-    blocking(move || -> anyhow::Result<Store> {
-        use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let path = dir.join(crate::store::FILE_NAME);
+    let store = blocking(move || -> anyhow::Result<Store> {
+        use std::os::unix::fs::DirBuilderExt as _;
         // The store holds every task's data, the token hashes and the
         // callback key: a new directory and file are the owner's alone.
         std::fs::DirBuilder::new()
@@ -988,20 +984,24 @@ async fn open_store(config: &EngineConfig) -> anyhow::Result<Store> {
             .create(&dir)
             .with_context(|| format!("creating the data directory {}", dir.display()))?;
         let path = dir.join(crate::store::FILE_NAME);
-        // The file's integrity check runs beside the recovery scan, which
-        // waits for it before trusting what it read.
-        let store = Store::open_checking(&path, group_commit).map_err(|e: StoreError| match e {
+        Store::open_checking(&path, group_commit).map_err(|e: StoreError| match e {
             // These name the file and say what to do.
             StoreError::Damaged { .. } | StoreError::InUse { .. } => anyhow::anyhow!(e),
             e => anyhow::anyhow!(e).context(format!("opening {}", path.display())),
-        })?;
-        let mode =
-            std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.permissions().mode();
-        if mode & 0o077 != 0 {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o700))
-                .with_context(|| format!("making {} readable by its owner only", path.display()))?;
-        }
-        Ok(store)
+        })
     })
-    .await
+    .await?;
+    // The recovery scan reads while the file's integrity check runs;
+    // nothing else reads it, and nothing changes it, before the check
+    // passed.
+    let found = recovery::Found::scan_while_checking(&store).await.map_err(|e| match e {
+        StoreError::Damaged { .. } => anyhow::anyhow!(e),
+        e => anyhow::anyhow!(e).context(format!("reading {}", path.display())),
+    })?;
+    let mode = std::fs::metadata(&path).with_context(|| format!("reading {}", path.display()))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o700))
+            .with_context(|| format!("making {} readable by its owner only", path.display()))?;
+    }
+    Ok((store, found))
 }

@@ -26,8 +26,19 @@ pub(crate) struct Found {
 impl Found {
     /// Scans `store` (blocking: it reads every task).
     pub(crate) fn scan(store: &Store) -> Result<Found, StoreError> {
+        Self::scan_unless(store, || false)
+    }
+
+    /// [`Found::scan`], given up once `stop` says so (asked every few
+    /// thousand tasks).
+    fn scan_unless(store: &Store, stop: impl Fn() -> bool) -> Result<Found, StoreError> {
         let mut found = Found::default();
+        let mut seen = 0u64;
         store.scan_summaries(|summary, log_bytes, encoded| {
+            seen += 1;
+            if seen.is_multiple_of(4096) && stop() {
+                return Err(StoreError::Refused("the start-up scan was given up".into()));
+            }
             let kept = summary.input_len + summary.output_len.unwrap_or(0) + log_bytes;
             let tenant = crate::tenant::tenant_of(summary.plugin);
             match found.stored.get_mut(tenant) {
@@ -56,21 +67,22 @@ impl Found {
     /// [`Found::scan`] of a store opened with
     /// [`Store::open_checking`], run beside the file's integrity check,
     /// and answered once the check ended: a damaged file is
-    /// [`StoreError::Damaged`] whatever the scan made of it (a panic
-    /// included).
+    /// [`StoreError::Damaged`] at once, whatever the scan made of it (it
+    /// stops soon after; a panic in it is caught).
     pub(crate) async fn scan_while_checking(store: &Store) -> Result<Found, StoreError> {
         let scanning = {
             let store = store.clone();
-            tokio::task::spawn_blocking(move || crate::store::quietly(|| Found::scan(&store)))
+            tokio::task::spawn_blocking(move || {
+                crate::store::quietly(|| Found::scan_unless(&store, || store.check_failed()))
+            })
         };
         let checked = {
             let store = store.clone();
             tokio::task::spawn_blocking(move || store.checked())
         };
-        let (scanned, checked) = futures::join!(scanning, checked);
         let joined = |e: tokio::task::JoinError| StoreError::CommitFailed(format!("the start-up scan stopped: {e}"));
-        checked.map_err(joined)??;
-        scanned.map_err(joined)?.unwrap_or_else(|panic| {
+        checked.await.map_err(joined)??;
+        scanning.await.map_err(joined)?.unwrap_or_else(|panic| {
             Err(StoreError::Corrupt(format!("reading the tasks failed: {}", crate::store::panic_message(&panic))))
         })
     }

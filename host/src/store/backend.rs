@@ -103,10 +103,21 @@ impl Overlay {
         Self::on(Reader::Locked(file_backend(path)?))
     }
 
-    /// The file at `path`, which this process already holds open (and
-    /// locked) through another handle.
-    pub(crate) fn beside(path: &Path) -> Result<Self, redb::DatabaseError> {
-        Self::on(Reader::Beside(std::fs::File::open(path)?))
+    /// The file at `path`, opened and locked as [`Overlay::open`] does,
+    /// and a second handle of the same open file (sharing its locks) for
+    /// [`Overlay::beside`].
+    pub(crate) fn open_with_twin(path: &Path) -> Result<(Self, std::fs::File), redb::DatabaseError> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        let twin = file.try_clone()?;
+        Ok((Self::on(Reader::Locked(FileBackend::new(file)?))?, twin))
+    }
+
+    /// The file `twin` is a handle of, which this process holds open and
+    /// locked through another handle of the same open file (see
+    /// [`Overlay::open_with_twin`]): it takes no locks, and dropping it
+    /// leaves the other's.
+    pub(crate) fn beside(twin: std::fs::File) -> Result<Self, redb::DatabaseError> {
+        Self::on(Reader::Beside(twin))
     }
 
     fn on(file: Reader) -> Result<Self, redb::DatabaseError> {
@@ -122,9 +133,11 @@ impl Overlay {
         }
     }
 
-    /// Forgets every write (the file now holds them).
+    /// Forgets every write: the file now holds them, all of its length.
     pub(crate) fn forget_writes(&self) {
-        crate::sync::lock(&self.state).blocks = HashMap::new();
+        let mut state = crate::sync::lock(&self.state);
+        state.blocks = HashMap::new();
+        state.visible = state.len;
     }
 
     /// Reads one block's current contents into `out` (a whole block).

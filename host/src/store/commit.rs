@@ -102,8 +102,8 @@ enum Check {
     Passed,
     /// The file is damaged: what [`StoreError::Damaged`] says of it.
     Damaged(String),
-    /// The file checked, but the writes held meanwhile failed (a full
-    /// disk): [`StoreError::Unwritable`].
+    /// The check could not run, or the writes held meanwhile failed (a
+    /// full disk): [`StoreError::Unwritable`]. The next start tries again.
     Unwritable(String),
 }
 
@@ -136,19 +136,48 @@ impl Shared {
     }
 
     /// Checks the file and, if it passed, makes the writes held meanwhile
-    /// (on the committer, before its first write).
+    /// (on the committer, before its first write). A file redb's check
+    /// had to repair is opened again with the check (which repairs it on
+    /// the file, as a start did before the check ran beside the reads).
     fn run_check(&self) {
         let Some(gate) = &self.gate else { return };
-        let outcome = match open::verify(self.path()) {
-            Ok(()) => match gate.release() {
+        let outcome = match open::verify(self.path(), gate) {
+            Ok(open::Verified::Clean) => match gate.release() {
                 Ok(()) => Check::Passed,
-                Err(e) => Check::Unwritable(e.to_string()),
+                Err(e) => Check::Unwritable(format!("writing what the open held back: {e}")),
             },
-            Err(StoreError::Damaged { problem, .. }) => Check::Damaged(problem),
-            Err(other) => Check::Damaged(format!("cannot be checked: {other}")),
+            Ok(open::Verified::Repaired) => {
+                tracing::warn!(file = %self.path().display(), "the store file needed a repair; opening it again");
+                self.discard_db();
+                match open::verified(self.path()) {
+                    Ok(db) => {
+                        *lock(&self.db) = Some(Arc::new(db));
+                        Check::Passed
+                    }
+                    Err(StoreError::Damaged { problem, .. }) => Check::Damaged(problem),
+                    Err(other) => Check::Unwritable(other.to_string()),
+                }
+            }
+            Err(StoreError::Damaged { problem, .. }) => {
+                self.discard_db();
+                Check::Damaged(problem)
+            }
+            Err(other) => {
+                self.discard_db();
+                Check::Unwritable(format!("checking the file: {other}"))
+            }
         };
         *lock(&self.check) = outcome;
         self.check_ended.notify_all();
+    }
+
+    /// Closes the gated database (its held writes never reach the file),
+    /// quietly: its close commits, and may read what the check found
+    /// damaged. Reads after this are refused.
+    fn discard_db(&self) {
+        if let Some(db) = lock(&self.db).take() {
+            when_unused(db, |db| drop(open::quietly(move || drop(db))));
+        }
     }
 
     /// Why the file takes no write, if the check (or the held writes)
@@ -161,7 +190,13 @@ impl Shared {
         }
     }
 
+    /// Whether the integrity check ended and failed.
+    pub(crate) fn check_failed(&self) -> bool {
+        self.refusal().is_some()
+    }
+
     /// Waits for the integrity check to end; the damage it found, if any.
+    /// Blocks: call it off the async workers.
     pub(crate) fn checked(&self) -> Result<(), StoreError> {
         let check = self
             .check_ended
@@ -267,7 +302,11 @@ impl Shared {
     fn replace_db(&self) -> Result<(), StoreError> {
         let old = lock(&self.db).take();
         if let Some(old) = old {
-            close_when_unused(old);
+            when_unused(old, |db| {
+                if let Err(error) = db.close() {
+                    tracing::debug!(%error, "closing the store after a write fault");
+                }
+            });
         }
         let db = match &self.source {
             Source::File(path) => open::reopen(path)?,
@@ -283,18 +322,13 @@ impl Shared {
     }
 }
 
-/// Closes `db` once the reads using it ended (or the grace ran out: it then
-/// closes when the last of them drops it).
-fn close_when_unused(mut db: Arc<Database>) {
+/// Closes `db` with `close` once the reads using it ended (or the grace
+/// ran out: it then closes when the last of them drops it).
+fn when_unused(mut db: Arc<Database>, close: impl FnOnce(Database)) {
     let deadline = Instant::now() + READERS_GRACE;
     loop {
         match Arc::try_unwrap(db) {
-            Ok(db) => {
-                if let Err(error) = db.close() {
-                    tracing::debug!(%error, "closing the store after a write fault");
-                }
-                return;
-            }
+            Ok(db) => return close(db),
             Err(shared) if Instant::now() < deadline => {
                 db = shared;
                 std::thread::sleep(Duration::from_millis(5));

@@ -34,12 +34,30 @@ pub(crate) struct Gate {
     /// What redb wrote while shut, in order.
     held: Mutex<Vec<Held>>,
     open: AtomicBool,
+    /// A second handle of the same open file, for the check (taken once).
+    twin: Mutex<Option<std::fs::File>>,
 }
 
 impl Gate {
     /// The store file at `path`, shut.
     pub(crate) fn open(path: &Path) -> Result<Arc<Self>, redb::DatabaseError> {
-        Ok(Arc::new(Self { overlay: Overlay::open(path)?, held: Mutex::default(), open: AtomicBool::new(false) }))
+        let (overlay, twin) = Overlay::open_with_twin(path)?;
+        Ok(Arc::new(Self {
+            overlay,
+            held: Mutex::default(),
+            open: AtomicBool::new(false),
+            twin: Mutex::new(Some(twin)),
+        }))
+    }
+
+    /// The file as it is on disk, read through a second handle of the
+    /// same open file (the very file redb holds, whatever was renamed
+    /// since), which takes no locks. Once only.
+    pub(crate) fn twin(&self) -> Result<Overlay, redb::DatabaseError> {
+        match lock(&self.twin).take() {
+            Some(file) => Overlay::beside(file),
+            None => Err(std::io::Error::other("the store file's second handle was taken already").into()),
+        }
     }
 
     /// The backend redb opens the file through.
@@ -48,7 +66,10 @@ impl Gate {
     }
 
     /// Makes the held writes on the file, in order, and opens the gate.
-    /// Run by the one writer before its first write.
+    /// Run by the one writer before its first write. A failure (a full
+    /// disk) leaves the file as a crash during those commits would have,
+    /// which redb recovers on the next open; the gate stays shut, so this
+    /// open of the store takes no write.
     pub(crate) fn release(&self) -> std::io::Result<()> {
         let mut held = lock(&self.held);
         if self.open.load(Ordering::Acquire) {

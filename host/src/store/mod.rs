@@ -286,20 +286,38 @@ impl Store {
 
     fn open_unchecked(path: &Path, group_commit: bool, capacity: usize) -> Result<Store, StoreError> {
         let (db, opened) = open::open_file(path, |db| prepare(db, path, true))?;
-        // Its writes wait behind the gate until the file checks.
-        prepare(&db, path, false)?;
-        let gate = match opened {
-            open::Opened::Created => None,
-            open::Opened::Existing(gate) => Some(gate),
+        let (db, gate) = match opened {
+            open::Opened::Created => {
+                prepare(&db, path, false)?;
+                (db, None)
+            }
+            // Today's layout: nothing to write before the check.
+            open::Opened::Existing(gate) if prepared(&db) => (db, Some(gate)),
+            open::Opened::Existing(gate) => {
+                // An older layout (or an unreadable one): checked before
+                // anything reads or migrates it, as the check on open did.
+                drop(db);
+                drop(gate);
+                let db = open::verified(path)?;
+                prepare(&db, path, false)?;
+                (db, None)
+            }
         };
         Self::start(Source::File(path.to_owned()), db, group_commit, capacity, gate)
     }
 
     /// Waits for the integrity check of a store opened with
     /// [`Store::open_checking`] (at once for any other): `Ok` once the
-    /// file verified, [`StoreError::Damaged`] if it did not. Blocks.
+    /// file verified, [`StoreError::Damaged`] if it did not. Blocks: call
+    /// it off the async workers.
     pub fn checked(&self) -> Result<(), StoreError> {
         self.shared.checked()
+    }
+
+    /// Whether the integrity check of a store opened with
+    /// [`Store::open_checking`] ended and failed (a reader may stop).
+    pub(crate) fn check_failed(&self) -> bool {
+        self.shared.check_failed()
     }
 
     /// A store whose file's writes fail with ENOSPC while `full` is set.
@@ -942,14 +960,33 @@ impl Store {
 
 type Table<'t, K, V> = redb::Table<'t, K, V>;
 
-/// Opens (creating, checking or migrating) the store's schema; with
-/// `created` false a file without one is refused, never initialised.
 /// A task record from its stored bytes (as [`Store::scan_summaries`]
 /// gives them).
 pub(crate) fn decode_record(bytes: &[u8]) -> Result<TaskRecord, StoreError> {
     decode(bytes)
 }
 
+/// Whether `db` needs no write to open: today's schema, its one-time
+/// migrations done and every table there. A file that can't be read says
+/// no (and is then checked before anything else reads it).
+fn prepared(db: &Database) -> bool {
+    let read = || -> Result<bool, StoreError> {
+        let txn = db.begin_read()?;
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        let current = meta.get("schema")?.map(|v| v.value()) == Some(SCHEMA_VERSION)
+            && meta.get(FLOW_KEYS_MOVED)?.is_some()
+            && meta.get(FINISHED_BUILT)?.is_some();
+        Ok(current && tables::all_exist(&txn)?)
+    };
+    matches!(open::quietly(read), Ok(Ok(true)))
+}
+
+/// Opens (creating, checking or migrating) the store's schema; with
+/// `created` false a file without one is refused, never initialised.
 fn prepare(db: &Database, path: &Path, created: bool) -> Result<(), StoreError> {
     let txn = db.begin_write()?;
     {
@@ -997,29 +1034,7 @@ fn prepare(db: &Database, path: &Path, created: bool) -> Result<(), StoreError> 
             retention::index_finished(&txn)?;
             meta.insert(FINISHED_BUILT, 1)?;
         }
-        txn.open_table(TASKS)?;
-        txn.open_table(INPUTS)?;
-        txn.open_table(OUTPUTS)?;
-        txn.open_table(IDEMPOTENCY)?;
-        txn.open_table(FLOW_KEYS)?;
-        txn.open_table(PLUGINS)?;
-        txn.open_table(BLOBS)?;
-        txn.open_table(QUEUES)?;
-        txn.open_table(CACHE)?;
-        txn.open_table(FLOWS)?;
-        txn.open_table(FLOW_TASKS)?;
-        txn.open_table(CONTEXT)?;
-        txn.open_table(BY_STATE)?;
-        txn.open_table(BY_QUEUE)?;
-        txn.open_table(BY_PLUGIN)?;
-        txn.open_table(BY_ITERATION)?;
-        txn.open_table(TOKENS)?;
-        txn.open_table(TENANTS)?;
-        txn.open_table(AUDIT)?;
-        txn.open_table(SECRETS)?;
-        txn.open_table(CALLBACKS)?;
-        txn.open_table(LOGS)?;
-        txn.open_table(FINISHED)?;
+        tables::create_all(&txn)?;
     }
     txn.commit()?;
     Ok(())

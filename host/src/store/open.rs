@@ -67,21 +67,47 @@ pub(crate) fn reopen(path: &Path) -> Result<Database, StoreError> {
     guarded(path, || Builder::new().set_cache_size(CACHE_BYTES).open(path))
 }
 
+/// Opens an existing file, verifying every page first (and repairing what
+/// redb's check repairs): the open a start falls back on when [`verify`]
+/// finds the file needed a repair.
+pub(crate) fn verified(path: &Path) -> Result<Database, StoreError> {
+    guarded(path, || Builder::new().set_cache_size(CACHE_BYTES).set_check_integrity_on_open(true).open(path))
+}
+
 /// The page cache of [`verify`]'s handle: it reads each page once.
 const VERIFY_CACHE_BYTES: usize = 16 << 20;
 
-/// Runs redb's integrity check on the store file at `path`, which this
-/// process holds open behind its [`Gate`] (so nothing writes to the file
-/// meanwhile), through a second, read-only handle whose own writes (a
-/// repair, if the check finds one needed) stay in memory. A damaged file
-/// is [`StoreError::Damaged`].
-pub(crate) fn verify(path: &Path) -> Result<(), StoreError> {
-    let beside = super::backend::Overlay::beside(path).map_err(|e| open_error(path, e))?;
-    let checked = guarded(path, || {
-        Builder::new().set_cache_size(VERIFY_CACHE_BYTES).set_check_integrity_on_open(true).create_with_backend(beside)
-    })?;
-    drop(checked);
-    Ok(())
+/// What [`verify`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verified {
+    /// Every page verifies, and the allocator state recorded in the file
+    /// (which the gated handle loaded) is the one a rebuild gives.
+    Clean,
+    /// The pages verify, but redb's check had to repair something (the
+    /// recorded allocator state, a torn last commit): the gated handle
+    /// must not write; open the file with [`verified`] instead.
+    Repaired,
+}
+
+/// Runs redb's integrity check on the store file behind `gate` through a
+/// second handle of it that takes no locks and keeps its own writes (a
+/// repair, if one is needed) in memory. The handle opens as the gated one
+/// did, loading the allocator state recorded in the file, and
+/// [`Database::check_integrity`] compares that with the one it rebuilds.
+/// A damaged file is [`StoreError::Damaged`].
+pub(crate) fn verify(path: &Path, gate: &Gate) -> Result<Verified, StoreError> {
+    let twin = gate.twin().map_err(|e| open_error(path, e))?;
+    let mut db = guarded(path, || Builder::new().set_cache_size(VERIFY_CACHE_BYTES).create_with_backend(twin))?;
+    let checked = quietly(|| db.check_integrity());
+    // Its close commits to memory only, and may read what the check found
+    // damaged: kept quiet too.
+    let _ = quietly(move || drop(db));
+    match checked {
+        Ok(Ok(true)) => Ok(Verified::Clean),
+        Ok(Ok(false)) => Ok(Verified::Repaired),
+        Ok(Err(e)) => Err(open_error(path, e)),
+        Err(panic) => Err(damaged(path, &format!("cannot be read: redb failed on it ({})", panic_message(&panic)))),
+    }
 }
 
 /// Runs `work`, catching a panic (redb's, on a damaged file) without the

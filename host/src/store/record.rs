@@ -241,7 +241,9 @@ impl TaskRecord {
 /// of the many ended tasks. Today's layout and the older ones
 /// [`decode`] reads share these fields. The unit test
 /// `a_summary_reads_what_the_record_holds` keeps it in step with
-/// [`TaskRecord`].
+/// [`TaskRecord`]. Only the prefix is read, so damage past it shows when
+/// the whole record is next read (and `taskhost store check` finds it),
+/// not at start-up.
 #[derive(Debug, Deserialize)]
 pub(crate) struct TaskSummary<'a> {
     _id: Uuid,

@@ -2,7 +2,8 @@
 //! records from `record.rs`; task ids are UUIDv7s stored as `u128`, so key
 //! order is submission order.
 
-use redb::TableDefinition;
+use super::StoreError;
+use redb::{ReadTransaction, TableDefinition, TableError, WriteTransaction};
 
 /// Task id → [`TaskRecord`](super::TaskRecord) (metadata, state, history).
 pub(crate) const TASKS: TableDefinition<'_, u128, &[u8]> = TableDefinition::new("tasks");
@@ -99,3 +100,60 @@ pub(crate) const SCHEMA_VERSION: u64 = 8;
 /// The oldest schema whose files this build reads without migrating them:
 /// `store check` and `store repair` treat them as today's.
 pub(crate) const LAYOUT_SINCE: u64 = 5;
+
+/// Calls `$m!` with every table a store holds besides [`META`].
+macro_rules! every_table {
+    ($m:ident) => {
+        $m!(
+            TASKS,
+            INPUTS,
+            OUTPUTS,
+            IDEMPOTENCY,
+            FLOW_KEYS,
+            PLUGINS,
+            BLOBS,
+            QUEUES,
+            CACHE,
+            FLOWS,
+            FLOW_TASKS,
+            CONTEXT,
+            BY_STATE,
+            BY_QUEUE,
+            BY_PLUGIN,
+            BY_ITERATION,
+            TOKENS,
+            TENANTS,
+            AUDIT,
+            SECRETS,
+            CALLBACKS,
+            LOGS,
+            FINISHED
+        )
+    };
+}
+
+/// Creates the tables `txn`'s file does not have yet.
+pub(crate) fn create_all(txn: &WriteTransaction) -> Result<(), StoreError> {
+    macro_rules! open {
+        ($($table:ident),*) => { $( txn.open_table($table)?; )* };
+    }
+    every_table!(open);
+    Ok(())
+}
+
+/// Whether `txn`'s file has every table.
+pub(crate) fn all_exist(txn: &ReadTransaction) -> Result<bool, StoreError> {
+    macro_rules! exists {
+        ($($table:ident),*) => {
+            $(
+                match txn.open_table($table) {
+                    Ok(_) => {}
+                    Err(TableError::TableDoesNotExist(_)) => return Ok(false),
+                    Err(e) => return Err(e.into()),
+                }
+            )*
+        };
+    }
+    every_table!(exists);
+    Ok(true)
+}

@@ -1084,13 +1084,21 @@ async fn a_store_is_read_while_its_check_runs_and_written_only_once_it_passed() 
     }
     assert_eq!(Store::open(&path, true).unwrap().get(Uuid::from_u128(3)).unwrap().unwrap().state, TaskState::Running);
 
-    // The page holding the input, zeroed: the check fails and nothing,
-    // not even the open's own marks, reaches the file.
+    // Every page holding the input (the live one and any older copy),
+    // zeroed: the check fails and nothing, not even the open's own marks,
+    // reaches the file.
     let bytes = std::fs::read(&path).unwrap();
-    let at = bytes.windows(marker.len()).position(|w| w == marker.as_slice()).expect("the input is in the file");
     let mut damaged = bytes.clone();
-    let page = at / 4096 * 4096;
-    damaged[page..page + 4096].fill(0);
+    let pages: Vec<usize> = bytes
+        .windows(marker.len())
+        .enumerate()
+        .filter(|(_, w)| *w == marker.as_slice())
+        .map(|(at, _)| at / 4096)
+        .collect();
+    assert!(!pages.is_empty(), "the input is in the file");
+    for page in pages {
+        damaged[page * 4096..(page + 1) * 4096].fill(0);
+    }
     std::fs::write(&path, &damaged).unwrap();
     {
         // The open reads no input page: it opens, and reads work.
