@@ -296,7 +296,9 @@ impl Store {
             open::Opened::Existing(gate) => {
                 // An older layout (or an unreadable one): checked before
                 // anything reads or migrates it, as the check on open did.
-                drop(db);
+                // The gated handle's close commits to memory only, and may
+                // read what is damaged: quietly.
+                drop(open::quietly(move || drop(db)));
                 drop(gate);
                 let db = open::verified(path)?;
                 prepare(&db, path, false)?;
