@@ -1,7 +1,7 @@
 //! The store file while its integrity check runs beside a starting server's
 //! first reads: held open and locked as redb's own backend holds it, read
 //! as it is, and every write redb makes meanwhile (marking the file open,
-//! the schema check's commit) kept in memory, in order, syncs included,
+//! after a crash its own recovery) kept in memory, in order, syncs included,
 //! and seen by later reads. Once the check passed, [`Gate::release`] makes
 //! those writes on the file in the order redb made them, each sync where
 //! redb asked for it (so a crash during the release leaves what a crash
