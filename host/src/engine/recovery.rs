@@ -40,20 +40,8 @@ impl Found {
                 return Err(StoreError::Refused("the start-up scan was given up".into()));
             }
             let kept = summary.input_len + summary.output_len.unwrap_or(0) + log_bytes;
-            let tenant = crate::tenant::tenant_of(summary.plugin);
-            match found.stored.get_mut(tenant) {
-                Some(bytes) => *bytes += kept,
-                None => drop(found.stored.insert(tenant.to_owned(), kept)),
-            }
-            let state = summary.state as usize;
-            match found.by_queue.get_mut(summary.queue) {
-                Some(counts) => counts[state] += 1,
-                None => {
-                    let mut counts = [0; TaskState::ALL.len()];
-                    counts[state] = 1;
-                    found.by_queue.insert(summary.queue.to_owned(), counts);
-                }
-            }
+            *slot(&mut found.stored, crate::tenant::tenant_of(summary.plugin)) += kept;
+            slot(&mut found.by_queue, summary.queue)[summary.state as usize] += 1;
             match summary.state {
                 TaskState::Running => found.interrupted.push(decode_record(encoded)?),
                 TaskState::Pending | TaskState::Retrying => found.unfinished.push(decode_record(encoded)?),
@@ -86,6 +74,15 @@ impl Found {
             Err(StoreError::Corrupt(format!("reading the tasks failed: {}", crate::store::panic_message(&panic))))
         })
     }
+}
+
+/// `map`'s value for `key`, a default one made if missing: the key is
+/// copied only then (nearly every task's queue and tenant are known).
+fn slot<'m, V: Default>(map: &'m mut HashMap<String, V>, key: &str) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), V::default());
+    }
+    map.get_mut(key).expect("made above if missing")
 }
 
 #[cfg(test)]
