@@ -13,40 +13,44 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Mutex;
 
-/// Forwards the byte-range lock methods to a [`FileBackend`], so a second
-/// process opening the file is refused as with redb's own backend.
-#[cfg(test)]
+/// Forwards the byte-range lock methods and `close` to the backend
+/// `$inner` names (a field path of `self`), so a second process opening
+/// the file is refused as with redb's own backend.
 macro_rules! forward_locks {
-    () => {
+    ($($inner:tt).+) => {
         fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-            self.file.try_lock_range(start, end)
+            self.$($inner).+.try_lock_range(start, end)
         }
         fn try_lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-            self.file.try_lock_shared_range(start, end)
+            self.$($inner).+.try_lock_shared_range(start, end)
         }
         fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-            self.file.lock_range(start, end)
+            self.$($inner).+.lock_range(start, end)
         }
         fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-            self.file.lock_shared_range(start, end)
+            self.$($inner).+.lock_shared_range(start, end)
         }
         fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-            self.file.unlock_range(start, end)
+            self.$($inner).+.unlock_range(start, end)
         }
         fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-            self.file.query_lock_range(start, end)
+            self.$($inner).+.query_lock_range(start, end)
         }
         fn close(&self) -> Result<(), std::io::Error> {
-            self.file.close()
+            self.$($inner).+.close()
         }
     };
 }
+pub(crate) use forward_locks;
 
 /// Opens `path` for redb (read and write: its locks need a writable
 /// handle, though [`Overlay`] never writes through it).
 fn file_backend(path: &Path) -> Result<FileBackend, redb::DatabaseError> {
-    let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
-    FileBackend::new(file)
+    FileBackend::new(read_write(path)?)
+}
+
+fn read_write(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::OpenOptions::new().read(true).write(true).open(path)
 }
 
 /// Size of the blocks the overlay keeps.
@@ -107,7 +111,7 @@ impl Overlay {
     /// and a second handle of the same open file (sharing its locks) for
     /// [`Overlay::beside`].
     pub(crate) fn open_with_twin(path: &Path) -> Result<(Self, std::fs::File), redb::DatabaseError> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        let file = read_write(path)?;
         let twin = file.try_clone()?;
         Ok((Self::on(Reader::Locked(FileBackend::new(file)?))?, twin))
     }
@@ -283,7 +287,7 @@ impl Faulty {
 
 #[cfg(test)]
 impl StorageBackend for Faulty {
-    forward_locks!();
+    forward_locks!(file);
 
     fn len(&self) -> Result<u64, std::io::Error> {
         self.file.len()

@@ -148,15 +148,9 @@ pub fn repair(path: &Path) -> Result<RepairReport, StoreError> {
 /// redb's integrity check when `verify`.
 fn open_overlay(path: &Path, verify: bool) -> Result<Database, StoreError> {
     let backend = Overlay::open(path).map_err(|e| open::open_error(path, e))?;
-    let mut builder = Builder::new();
-    builder.set_cache_size(CACHE_BYTES).set_check_integrity_on_open(verify);
-    match quietly(|| builder.create_with_backend(backend)) {
-        Ok(Ok(db)) => Ok(db),
-        Ok(Err(e)) => Err(open::open_error(path, e)),
-        Err(panic) => {
-            Err(open::damaged(path, &format!("cannot be read: redb failed on it ({})", panic_message(&panic))))
-        }
-    }
+    open::guarded(path, || {
+        Builder::new().set_cache_size(CACHE_BYTES).set_check_integrity_on_open(verify).create_with_backend(backend)
+    })
 }
 
 /// Problems collected per kind, with a few examples each.

@@ -117,23 +117,8 @@ impl Gate {
 #[derive(Debug)]
 pub(crate) struct GatedFile(Arc<Gate>);
 
-macro_rules! locks {
-    ($($name:ident -> $out:ty),*) => {
-        $(
-            fn $name(&self, start: Bound<u64>, end: Bound<u64>) -> Result<$out, BackendError> {
-                self.0.overlay.$name(start, end)
-            }
-        )*
-    };
-}
-
 impl StorageBackend for GatedFile {
-    locks!(try_lock_range -> bool, try_lock_shared_range -> bool, lock_range -> (), lock_shared_range -> (),
-        unlock_range -> (), query_lock_range -> bool);
-
-    fn close(&self) -> Result<(), std::io::Error> {
-        self.0.overlay.close()
-    }
+    super::backend::forward_locks!(0.overlay);
 
     fn len(&self) -> Result<u64, std::io::Error> {
         if self.0.is_open() { self.0.file().len() } else { self.0.overlay.len() }

@@ -35,10 +35,7 @@ pub(crate) fn open_file(
     match std::fs::metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             create(path, init)?;
-            let db = guarded(path, || {
-                Builder::new().set_cache_size(CACHE_BYTES).set_check_integrity_on_open(true).open(path)
-            })?;
-            Ok((db, Opened::Created))
+            Ok((verified(path)?, Opened::Created))
         }
         Err(e) => Err(StoreError::Storage(e.into())),
         Ok(meta) if !meta.is_file() => Err(damaged(path, "is not a regular file")),
@@ -98,16 +95,11 @@ pub(crate) enum Verified {
 pub(crate) fn verify(path: &Path, gate: &Gate) -> Result<Verified, StoreError> {
     let twin = gate.twin().map_err(|e| open_error(path, e))?;
     let mut db = guarded(path, || Builder::new().set_cache_size(VERIFY_CACHE_BYTES).create_with_backend(twin))?;
-    let checked = quietly(|| db.check_integrity());
+    let clean = guarded(path, || db.check_integrity());
     // Its close commits to memory only, and may read what the check found
     // damaged: kept quiet too.
     let _ = quietly(move || drop(db));
-    match checked {
-        Ok(Ok(true)) => Ok(Verified::Clean),
-        Ok(Ok(false)) => Ok(Verified::Repaired),
-        Ok(Err(e)) => Err(open_error(path, e)),
-        Err(panic) => Err(damaged(path, &format!("cannot be read: redb failed on it ({})", panic_message(&panic)))),
-    }
+    Ok(if clean? { Verified::Clean } else { Verified::Repaired })
 }
 
 /// Runs `work`, catching a panic (redb's, on a damaged file) without the
@@ -131,10 +123,11 @@ pub(crate) fn quietly<T>(work: impl FnOnce() -> T) -> std::thread::Result<T> {
     result
 }
 
-/// Runs a redb open, turning its errors and panics into the store's.
-fn guarded(path: &Path, open: impl FnOnce() -> Result<Database, DatabaseError>) -> Result<Database, StoreError> {
-    match quietly(open) {
-        Ok(Ok(db)) => Ok(db),
+/// Runs a redb open (or check) of `path`, turning its errors and panics
+/// into the store's.
+pub(crate) fn guarded<T>(path: &Path, work: impl FnOnce() -> Result<T, DatabaseError>) -> Result<T, StoreError> {
+    match quietly(work) {
+        Ok(Ok(value)) => Ok(value),
         Ok(Err(e)) => Err(open_error(path, e)),
         Err(panic) => Err(damaged(path, &format!("cannot be read: redb failed on it ({})", panic_message(&panic)))),
     }
