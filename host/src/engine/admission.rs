@@ -73,6 +73,8 @@ impl Admission {
             // the waiter registered; one that ended before is not waited
             // for.
             match self.flows.unfinished_deps(record) {
+                // Claimed in its submission's commit: its submitter runs it.
+                Ok(_) if record.state == TaskState::Running => {}
                 Ok(pending) if pending.is_empty() => ready.push(record),
                 Ok(pending) => book.wait(entry(record), record.next_run_at_ms, &pending),
                 Err(error) => {

@@ -4,7 +4,10 @@
 //! wait at the execution gate (a slot and room in the memory budget), the
 //! run through the [`Runner`], the retry decision, and the commit of the
 //! outcome with the attempt's flow effects. Only the run holds a slot:
-//! the two commits overlap other tasks' runs through group commit.
+//! the two commits overlap other tasks' runs through group commit. A task
+//! submitted while nothing waits before it is claimed in its submission's
+//! commit instead ([`Dispatch::claim_at_submit`]): one commit, not two,
+//! before it starts.
 //!
 //! [`Runner`]: super::runner::Runner
 
@@ -15,7 +18,7 @@ use super::metrics::Metrics;
 use super::retry::{RetryPolicy, is_retried};
 use super::runner::Attempt;
 use super::scheduler::{Charge, Entry};
-use super::shared::Shared;
+use super::shared::{Shared, entry};
 use super::submission::Submission;
 use crate::sandbox::Transcript;
 use crate::store::{Change, InputFrom, StoredFailure, TaskRecord, TaskState, now_ms};
@@ -31,6 +34,24 @@ pub(crate) struct Dispatch {
     submission: Arc<Submission>,
     flows: Arc<Flows>,
     endings: Arc<Endings>,
+}
+
+/// A task claimed before its submission commits: what its queue was
+/// charged, and the token that cancels it, tracked from before the commit.
+pub(crate) struct Claim {
+    queue: String,
+    charge: Charge,
+    token: CancelToken,
+    claimed: Instant,
+}
+
+/// The claim of a queued task (version `version`): running, its attempt
+/// counted, durable before anything runs.
+pub(crate) fn start(id: uuid::Uuid, version: u64) -> Change {
+    Change::new(id, TaskState::Running, "started").expect_version(version).edit(|r| {
+        r.attempts += 1;
+        r.started_at_ms = Some(now_ms());
+    })
 }
 
 /// The transition that records how an attempt ended: completed, retrying
@@ -172,15 +193,53 @@ impl Dispatch {
         }
     }
 
-    /// Runs one attempt of a task and records its outcome.
+    /// Claims `record`, about to be submitted, when the scheduler would
+    /// claim it next anyway (see [`Scheduler::claim_now`]): a plain task,
+    /// due now, while nothing else waits and the window has room. The
+    /// caller commits it with [`start`] through `submit_then`, then hands
+    /// the claim to [`Dispatch::run_claimed`] or, when no task was created,
+    /// to [`Dispatch::unclaim`].
+    ///
+    /// [`Scheduler::claim_now`]: super::scheduler::Scheduler::claim_now
+    pub(crate) fn claim_at_submit(&self, record: &TaskRecord) -> Option<Claim> {
+        let shared = &self.shared;
+        let due = record.next_run_at_ms.is_none_or(|at| at <= now_ms());
+        if !shared.config.claim_at_submit
+            || shared.stopping()
+            || !due
+            || !record.after.is_empty()
+            || record.state != TaskState::Pending
+        {
+            return None;
+        }
+        let claimed = Instant::now();
+        let charge = lock(&shared.sched).claim_now(entry(record))?;
+        // Tracked before its commit, so a cancel finds it once it exists
+        // and `close()` waits for it.
+        let token = CancelToken::new();
+        lock(&shared.running).insert(record.id, token.clone());
+        Some(Claim { queue: record.queue.clone(), charge, token, claimed })
+    }
+
+    /// Runs a task committed as claimed (`record`, running).
+    pub(crate) fn run_claimed(self: &Arc<Self>, claim: Claim, record: TaskRecord) {
+        let Claim { charge, token, claimed, .. } = claim;
+        tokio::spawn(self.clone().attempt(record, charge, token, claimed));
+    }
+
+    /// Gives back the claim of task `id`, whose submission created nothing
+    /// (refused, failed, or an existing task found by its key).
+    pub(crate) fn unclaim(&self, claim: Claim, id: uuid::Uuid) {
+        self.stop_running(id, 0);
+        lock(&self.shared.sched).finished(&claim.queue, claim.charge, 0.0);
+        self.shared.wake.notify_one();
+    }
+
+    /// Claims a queued task, then runs its attempt.
     async fn execute(self: Arc<Self>, queued: Entry, charge: Charge, token: CancelToken) {
         let shared = &self.shared;
         let claimed = Instant::now();
-        let start = Change::new(queued.id, TaskState::Running, "started").expect_version(queued.version).edit(|r| {
-            r.attempts += 1;
-            r.started_at_ms = Some(now_ms());
-        });
-        let record = match shared.store.transition(start).await {
+        let record = match shared.store.transition(start(queued.id, queued.version)).await {
             Ok(record) => record,
             Err(error) => {
                 // Cancelled or changed since it was queued: nothing to run.
@@ -191,6 +250,13 @@ impl Dispatch {
                 return;
             }
         };
+        self.attempt(record, charge, token, claimed).await;
+    }
+
+    /// Runs one attempt of a claimed task (`record`, running since
+    /// `claimed`) and records its outcome.
+    async fn attempt(self: Arc<Self>, record: TaskRecord, charge: Charge, token: CancelToken, claimed: Instant) {
+        let shared = &self.shared;
         let from = record.history.last().and_then(|t| t.from).unwrap_or(TaskState::Pending);
         shared.metrics.moved(&record.queue, Some(from), TaskState::Running);
         let traces = &shared.config.traces;
@@ -451,7 +517,9 @@ impl Dispatch {
 mod tests {
     use super::*;
     use crate::TaskFailure;
-    use crate::engine::testing::{Harness, Script, report};
+    use crate::engine::NewTask;
+    use crate::engine::testing::{Harness, Script, input, report};
+    use crate::store::QueueConfig;
 
     fn failure(class: FailureClass, retryable: bool) -> TaskFailure {
         TaskFailure { class, retryable, message: "boom".into(), backtrace: None }
@@ -564,6 +632,58 @@ mod tests {
         assert_eq!(h.wait(first).await.state, TaskState::Completed);
         assert_eq!(h.wait(second).await.state, TaskState::Completed);
         assert_eq!(h.runner.most_active.load(Ordering::SeqCst), 1, "one slot: never two runs at once");
+    }
+
+    /// A task submitted while nothing waits is committed already claimed:
+    /// one commit before it starts, its two moves in its history and on
+    /// the event feed. One that would wait (its queue at its cap), or that
+    /// comes behind a waiting one, is not; a submission that creates
+    /// nothing gives its claim back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_idle_host_claims_a_task_in_its_submissions_commit() {
+        use crate::store::StoreError;
+        let h = Harness::new().await;
+        lock(&h.shared.sched).configure("held", QueueConfig { concurrency: Some(1), ..QueueConfig::default() });
+        let mut events = h.store().subscribe(None);
+        let task = |queue: &str, s: Script| NewTask {
+            plugin: "echo".into(),
+            input: input(&s),
+            queue: Some(queue.into()),
+            ..NewTask::default()
+        };
+        let first = h.engine.submit(task("held", Script::AwaitGate(b"a".to_vec()))).await.unwrap().record;
+        assert_eq!((first.state, first.attempts, first.version), (TaskState::Running, 1, 2));
+        let moves: Vec<_> = first.history.iter().map(|t| (t.from, t.to, t.attempt)).collect();
+        assert_eq!(moves, [(None, TaskState::Pending, 0), (Some(TaskState::Pending), TaskState::Running, 1)]);
+        for (from, to, attempt) in moves {
+            let event = events.live.recv().await.unwrap();
+            assert_eq!((event.id, event.from, event.to, event.attempt), (first.id, from, to, attempt));
+        }
+        let second = h.engine.submit(task("held", Script::Complete(b"b".to_vec()))).await.unwrap().record;
+        assert_eq!(second.state, TaskState::Pending, "its queue is at its cap");
+        let third = h.engine.submit(task("default", Script::Complete(b"c".to_vec()))).await.unwrap().record;
+        assert_eq!(third.state, TaskState::Pending, "a task waits before it");
+        assert_eq!(h.wait(third.id).await.state, TaskState::Completed, "claimed as any queued task");
+        h.runner.gate.add_permits(1);
+        for id in [first.id, second.id] {
+            assert_eq!(h.wait(id).await.state, TaskState::Completed);
+            assert_eq!(h.runner.calls(id), 1);
+        }
+
+        // A submission refused by the store keeps no claim.
+        let record = h.engine.inner.submission.prepare(task("held", Script::Complete(Vec::new()))).unwrap().0;
+        let claim = h.engine.inner.dispatch.claim_at_submit(&record).expect("idle: claimed");
+        let wrong = start(record.id, record.version + 1);
+        let refused = h.store().submit_then(record.clone(), Vec::new(), wrong).await.unwrap_err();
+        assert!(matches!(refused, StoreError::VersionMismatch { .. }), "{refused}");
+        assert!(h.store().get(record.id).unwrap().is_none(), "a refused submission writes nothing");
+        h.engine.inner.dispatch.unclaim(claim, record.id);
+        assert!(lock(&h.shared.running).is_empty());
+        // The queue's one slot is free again: the next task is claimed.
+        let next = h.engine.submit(task("held", Script::Complete(b"d".to_vec()))).await.unwrap().record;
+        assert_eq!(next.state, TaskState::Running);
+        assert_eq!(h.wait(next.id).await.state, TaskState::Completed);
+        assert_eq!(lock(&h.shared.sched).in_flight(), 0, "every claim settled");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

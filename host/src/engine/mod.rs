@@ -116,6 +116,8 @@ struct Inner {
     flows: Arc<Flows>,
     admission: Arc<Admission>,
     endings: Arc<Endings>,
+    /// Claims and runs tasks (its loop is `dispatcher`).
+    dispatch: Arc<Dispatch>,
     admin: Admin,
     /// The plugin registry and sandbox (absent in engines built on a test
     /// runner).
@@ -249,6 +251,7 @@ impl Engine {
                 flows,
                 admission,
                 endings,
+                dispatch: dispatch.clone(),
                 admin,
                 plugins,
                 callback_keys,
@@ -555,13 +558,26 @@ impl Engine {
         detached(async move {
             // Counted as pending until admitted (or refused).
             let _quota = quota;
-            let submitted = engine.inner.shared.store.submit(record, input).await?;
-            if submitted.created {
-                engine.inner.endings.admit(std::slice::from_ref(&submitted.record), false);
+            let inner = &engine.inner;
+            // A task nothing waits before is claimed in this commit.
+            let (id, version, claim) = (record.id, record.version, inner.dispatch.claim_at_submit(&record));
+            let submitted = match &claim {
+                Some(_) => inner.shared.store.submit_then(record, input, dispatch::start(id, version)).await,
+                None => inner.shared.store.submit(record, input).await,
+            };
+            match (claim, &submitted) {
+                (claim, Ok(s)) if s.created => {
+                    inner.endings.admit(std::slice::from_ref(&s.record), false);
+                    if let Some(claim) = claim {
+                        inner.dispatch.run_claimed(claim, s.record.clone());
+                    }
+                }
+                (Some(claim), _) => inner.dispatch.unclaim(claim, id),
+                (None, _) => {}
             }
             // The task holds its version now (or was never created).
             drop(pin);
-            Ok(submitted)
+            Ok(submitted?)
         })
         .await
     }

@@ -387,6 +387,40 @@ impl Scheduler {
         Some((entry, charge))
     }
 
+    /// Claims a task that is being submitted, before its commit, when it
+    /// is the one [`Scheduler::next`] would claim anyway: nothing else is
+    /// ready, the window has room, and neither its queue nor its tenant is
+    /// at its cap. The task is then charged and in flight as if `next` had
+    /// claimed it; the caller commits it as running, and calls
+    /// [`Scheduler::finished`] when that commit does not happen. `None`
+    /// leaves the scheduler as it was: the task is enqueued after its
+    /// commit, as any other.
+    pub(crate) fn claim_now(&mut self, entry: Entry) -> Option<Charge> {
+        if !self.ready_ids.is_empty() || self.in_flight >= self.window() {
+            return None;
+        }
+        let capped = self
+            .queues
+            .get(&entry.queue)
+            .is_some_and(|q| q.config.concurrency.is_some_and(|limit| q.running >= limit as usize));
+        let tenant_capped = self.tenants.get(crate::tenant::tenant_of(&entry.queue)).is_some_and(Tenant::capped);
+        if capped || tenant_capped {
+            return None;
+        }
+        let (id, queue) = (entry.id, entry.queue.clone());
+        self.make_ready(entry);
+        // The only live ready task, in a queue and tenant under their caps,
+        // so `next` takes it; were it not taken, it is withdrawn again.
+        match self.next() {
+            Some((claimed, charge)) if claimed.id == id => Some(charge),
+            other => {
+                debug_assert!(other.is_none(), "claimed another task than the one submitted");
+                self.withdraw(id, &queue);
+                None
+            }
+        }
+    }
+
     /// A claimed task's run in the sandbox ended after `run_secs` (0 for
     /// one that never ran): its queue's slot is free, and the run time
     /// sizes the claim-ahead. It stays in flight until
@@ -483,6 +517,35 @@ mod tests {
         let idle = &s.queues["idle"];
         assert_eq!((idle.ready.len(), idle.withdrawn), (0, 0));
         assert!(s.withdrawn.is_empty() && s.ready_ids.is_empty());
+    }
+
+    #[test]
+    fn a_submitted_task_is_claimed_at_once_only_when_nothing_waits_before_it() {
+        let mut s = Scheduler::new(1);
+        s.configure("small", QueueConfig { concurrency: Some(1), weight: 1, ..QueueConfig::default() });
+        s.configure_tenant("t", Some(1));
+        // Idle: claimed, in flight and running as `next` would have it.
+        let charge = s.claim_now(entry("small", 9, 1)).expect("an idle scheduler claims it");
+        assert_eq!((s.in_flight(), s.depths()[0].1.running, s.ready_ids.len()), (1, 1, 0));
+        // Its queue at its cap, then the window full: not claimed, and
+        // nothing is left behind.
+        assert!(s.claim_now(entry("small", 9, 2)).is_none());
+        assert!(s.claim_now(entry("other", 9, 3)).is_none(), "one slot, no claim-ahead");
+        assert!(s.ready_ids.is_empty() && s.depths().iter().all(|(_, d)| d.ready == 0));
+        s.finished("small", charge, 0.001);
+        // A task already ready goes first: the new one waits its turn.
+        s.enqueue(entry("other", 0, 4), None, 0);
+        assert!(s.claim_now(entry("other", 9, 5)).is_none());
+        assert_eq!(s.next().unwrap().0.id.as_u128(), 4);
+        s.finished("other", charge, 0.001);
+        // A tenant at its cap: not claimed; under it: claimed.
+        let mut s = Scheduler::new(4);
+        s.configure_tenant("t", Some(1));
+        let first = s.claim_now(entry("t/q", 0, 6));
+        assert!(first.is_some());
+        assert!(s.claim_now(entry("t/q", 0, 7)).is_none(), "the tenant's cap");
+        assert!(s.claim_now(entry("q", 0, 8)).is_some(), "another tenant");
+        assert!(s.ready_ids.is_empty() && s.withdrawn.is_empty());
     }
 
     #[test]

@@ -366,7 +366,7 @@ impl Pending {
                 if let Ok(submitted) = &result
                     && submitted.created
                 {
-                    feed.published(&submitted.record);
+                    feed.created(&submitted.record);
                 }
                 drop(reply.send(result));
             }
@@ -567,8 +567,8 @@ fn commit_batch(shared: &Shared, ops: Vec<Op>) -> Option<(Held, Vec<Op>)> {
             for op in ops.by_ref() {
                 let mark = t.redo.len();
                 let (answer, failure) = match op {
-                    Op::Submit { record, input, reply } => {
-                        let result = apply_submit(&mut t, *record, input);
+                    Op::Submit { record, input, then, reply } => {
+                        let result = apply_submit(&mut t, *record, input, then);
                         let failure = storage_failure(&result);
                         (Pending::Submit(reply, result), failure)
                     }

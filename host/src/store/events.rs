@@ -81,17 +81,28 @@ impl Default for Feed {
 impl Feed {
     /// Publishes a record's latest transition (or its creation).
     pub(crate) fn published(&self, record: &TaskRecord) {
-        let Some(last) = record.history.last() else { return };
+        if let Some(last) = record.history.last() {
+            self.publish(record, last);
+        }
+    }
+
+    /// Publishes every transition of a record just created: its creation,
+    /// and its start when it was claimed in the same commit.
+    pub(crate) fn created(&self, record: &TaskRecord) {
+        record.history.iter().for_each(|transition| self.publish(record, transition));
+    }
+
+    fn publish(&self, record: &TaskRecord, transition: &super::Transition) {
         let mut event = TaskEvent {
             seq: 0,
-            at_ms: last.at_ms,
+            at_ms: transition.at_ms,
             id: record.id,
             flow_id: record.flow_id,
             plugin: record.plugin.clone(),
             queue: record.queue.clone(),
-            from: last.from,
-            to: last.to,
-            attempt: record.attempts,
+            from: transition.from,
+            to: transition.to,
+            attempt: transition.attempt,
         };
         let mut ring = lock(&self.ring);
         ring.last_seq += 1;

@@ -184,6 +184,9 @@ enum Op {
     Submit {
         record: Box<TaskRecord>,
         input: Vec<u8>,
+        /// A change applied to the new record before it is written (its
+        /// start, when it is claimed in its submission's commit).
+        then: Option<Change>,
         reply: oneshot::Sender<Result<Submitted, StoreError>>,
     },
     Transition {
@@ -390,10 +393,34 @@ impl Store {
     /// Refused with [`StoreError::Busy`] when the committer's queue is
     /// full, and with [`StoreError::Unwritable`] while writes fail.
     pub(crate) async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, StoreError> {
+        self.submit_op(record, input, None).await
+    }
+
+    /// Like [`submit`](Self::submit), committing the new task already
+    /// moved by `then` (its claim: pending → running), so it starts after
+    /// one commit instead of two. Only `then`'s state, reason, edit and
+    /// expected version apply: a change carrying an output, a log or
+    /// effects is refused. A task found by its idempotency key is
+    /// returned unchanged (`created` false) and `then` is not applied.
+    pub(crate) async fn submit_then(
+        &self,
+        record: TaskRecord,
+        input: Vec<u8>,
+        then: Change,
+    ) -> Result<Submitted, StoreError> {
+        self.submit_op(record, input, Some(then)).await
+    }
+
+    async fn submit_op(
+        &self,
+        record: TaskRecord,
+        input: Vec<u8>,
+        then: Option<Change>,
+    ) -> Result<Submitted, StoreError> {
         self.shared.check_writable()?;
         let (reply, rx) = oneshot::channel();
         let ops = self.committer.ops.as_ref().ok_or(StoreError::Closed)?;
-        ops.try_send(Op::Submit { record: Box::new(record), input, reply }).map_err(|e| match e {
+        ops.try_send(Op::Submit { record: Box::new(record), input, then, reply }).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => StoreError::Busy { capacity: self.committer.capacity },
             mpsc::error::TrySendError::Closed(_) => StoreError::Closed,
         })?;
@@ -1150,7 +1177,12 @@ impl<'t> Tables<'t> {
 /// Records a task, or returns the one its idempotency key names: a key of
 /// a task submitted from outside (a flow's root) in the API's namespace,
 /// a key of a task a flow grew in that flow's own.
-fn apply_submit(t: &mut Tables<'_>, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, StoreError> {
+fn apply_submit(
+    t: &mut Tables<'_>,
+    mut record: TaskRecord,
+    input: Vec<u8>,
+    then: Option<Change>,
+) -> Result<Submitted, StoreError> {
     if let Some(key) = &record.idempotency_key {
         let flow = record.flow_id.as_u128();
         let existing = if record.is_flow_root() {
@@ -1167,6 +1199,23 @@ fn apply_submit(t: &mut Tables<'_>, record: TaskRecord, input: Vec<u8>) -> Resul
         } else {
             t.write(Redo::FlowKey(flow, key.clone(), record.id.as_u128()))?;
         }
+    }
+    if let Some(change) = then {
+        let id = record.id;
+        if change.output.is_some() || change.log.is_some() || change.effects.is_some() {
+            return Err(StoreError::Refused(format!(
+                "task {id}: a change committed with its submission carries no output, log or effects"
+            )));
+        }
+        if !machine::allowed(record.state, change.to) {
+            return Err(StoreError::IllegalTransition { id, from: record.state, to: change.to });
+        }
+        if let Some(expected) = change.expected_version
+            && expected != record.version
+        {
+            return Err(StoreError::VersionMismatch { id, expected, found: record.version });
+        }
+        moved(&mut record, change.to, change.reason, change.edit);
     }
     t.write(Redo::Task(record.id.as_u128(), encode(&record)))?;
     for write in index_writes(&record) {
@@ -1219,6 +1268,22 @@ fn write_flow(t: &mut Tables<'_>, before: Option<&FlowRecord>, flow: &FlowRecord
     t.write(Redo::Flow(id, encode(flow)))
 }
 
+/// Moves `record` to `to` with `edit` applied first: its state, version,
+/// end time and history, as every transition does.
+fn moved(record: &mut TaskRecord, to: TaskState, reason: String, edit: Option<Edit>) {
+    let from = record.state;
+    if let Some(edit) = edit {
+        edit(record);
+    }
+    record.state = to;
+    record.version += 1;
+    let at_ms = now_ms();
+    if to.is_terminal() {
+        record.finished_at_ms = Some(at_ms);
+    }
+    record.history.push(Transition { at_ms, from: Some(from), to, attempt: record.attempts, reason });
+}
+
 fn apply_transition(t: &mut Tables<'_>, change: Change) -> Result<Applied, StoreError> {
     let id = change.id;
     let mut record: TaskRecord = match t.tasks.get(id.as_u128())? {
@@ -1235,15 +1300,6 @@ fn apply_transition(t: &mut Tables<'_>, change: Change) -> Result<Applied, Store
     }
     let from = record.state;
     let ended_at = record.finished_at_ms;
-    if let Some(edit) = change.edit {
-        edit(&mut record);
-    }
-    record.state = change.to;
-    record.version += 1;
-    let at_ms = now_ms();
-    if change.to.is_terminal() {
-        record.finished_at_ms = Some(at_ms);
-    }
     if let Some(output) = change.output {
         record.output_len = Some(output.len() as u64);
         t.write(Redo::Output(id.as_u128(), output))?;
@@ -1251,13 +1307,7 @@ fn apply_transition(t: &mut Tables<'_>, change: Change) -> Result<Applied, Store
     if let Some((attempt, log)) = change.log {
         t.write(Redo::Log(id.as_u128(), attempt, log))?;
     }
-    record.history.push(Transition {
-        at_ms,
-        from: Some(from),
-        to: change.to,
-        attempt: record.attempts,
-        reason: change.reason,
-    });
+    moved(&mut record, change.to, change.reason, change.edit);
     t.write(Redo::Task(id.as_u128(), encode(&record)))?;
     if from.is_terminal() && record.callback_url.is_some() {
         // It ends again: its callback is delivered again.
@@ -1309,7 +1359,7 @@ fn apply_effects(t: &mut Tables<'_>, effects: Effects, created: &mut Vec<TaskRec
                 *dep = *existing;
             }
         }
-        let submitted = apply_submit(t, child.clone(), input)?;
+        let submitted = apply_submit(t, child.clone(), input, None)?;
         if submitted.created {
             flow.tasks += 1;
             created.push(child);
@@ -1331,7 +1381,7 @@ fn apply_flow(t: &mut Tables<'_>, id: Uuid, edit: FlowEdit) -> Result<(FlowRecor
     let FlowUpdate { mut flow, tasks } = edit(stored.clone())?;
     let mut created = Vec::new();
     for (task, input) in tasks {
-        if apply_submit(t, task.clone(), input)?.created {
+        if apply_submit(t, task.clone(), input, None)?.created {
             created.push(task);
         }
     }
