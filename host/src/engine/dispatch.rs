@@ -213,12 +213,19 @@ impl Dispatch {
             return None;
         }
         let claimed = Instant::now();
-        let charge = lock(&shared.sched).claim_now(entry(record))?;
+        let charge = lock(&shared.sched).claim_now(entry(record), now_ms())?;
         // Tracked before its commit, so a cancel finds it once it exists
         // and `close()` waits for it.
         let token = CancelToken::new();
         lock(&shared.running).insert(record.id, token.clone());
-        Some(Claim { queue: record.queue.clone(), charge, token, claimed })
+        let claim = Claim { queue: record.queue.clone(), charge, token, claimed };
+        // `close()` sets `stopping` before it waits for `running` to empty:
+        // seen here, the engine may not have waited for this claim.
+        if shared.stopping() {
+            self.unclaim(claim, record.id);
+            return None;
+        }
+        Some(claim)
     }
 
     /// Runs a task committed as claimed (`record`, running).
@@ -662,7 +669,7 @@ mod tests {
         let second = h.engine.submit(task("held", Script::Complete(b"b".to_vec()))).await.unwrap().record;
         assert_eq!(second.state, TaskState::Pending, "its queue is at its cap");
         let third = h.engine.submit(task("default", Script::Complete(b"c".to_vec()))).await.unwrap().record;
-        assert_eq!(third.state, TaskState::Pending, "a task waits before it");
+        assert_eq!(third.state, TaskState::Pending, "a task waits before it (held by its queue's cap, here)");
         assert_eq!(h.wait(third.id).await.state, TaskState::Completed, "claimed as any queued task");
         h.runner.gate.add_permits(1);
         for id in [first.id, second.id] {
@@ -670,15 +677,28 @@ mod tests {
             assert_eq!(h.runner.calls(id), 1);
         }
 
-        // A submission refused by the store keeps no claim.
-        let record = h.engine.inner.submission.prepare(task("held", Script::Complete(Vec::new()))).unwrap().0;
+        // A submission refused by the store keeps no claim and writes
+        // nothing, not even its idempotency key.
+        let keyed = |s: Script| NewTask { idempotency_key: Some("k".into()), ..task("held", s) };
+        let record = h.engine.inner.submission.prepare(keyed(Script::Complete(Vec::new()))).unwrap().0;
         let claim = h.engine.inner.dispatch.claim_at_submit(&record).expect("idle: claimed");
         let wrong = start(record.id, record.version + 1);
         let refused = h.store().submit_then(record.clone(), Vec::new(), wrong).await.unwrap_err();
         assert!(matches!(refused, StoreError::VersionMismatch { .. }), "{refused}");
         assert!(h.store().get(record.id).unwrap().is_none(), "a refused submission writes nothing");
+        assert_eq!(h.store().task_by_key("k").unwrap(), None, "nor its key");
         h.engine.inner.dispatch.unclaim(claim, record.id);
         assert!(lock(&h.shared.running).is_empty());
+        // Two submissions of one key at once (in a queue without a cap,
+        // so both are claimed): one task, run once; the other submission
+        // gives its claim back.
+        let both = || NewTask { queue: Some("default".into()), ..keyed(Script::Complete(b"k".to_vec())) };
+        let (a, b) = tokio::join!(h.engine.submit(both()), h.engine.submit(both()));
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.record.id, b.record.id);
+        assert!(a.created != b.created, "one created it");
+        assert_eq!(h.wait(a.record.id).await.state, TaskState::Completed);
+        assert_eq!(h.runner.calls(a.record.id), 1);
         // The queue's one slot is free again: the next task is claimed.
         let next = h.engine.submit(task("held", Script::Complete(b"d".to_vec()))).await.unwrap().record;
         assert_eq!(next.state, TaskState::Running);

@@ -389,13 +389,15 @@ impl Scheduler {
 
     /// Claims a task that is being submitted, before its commit, when it
     /// is the one [`Scheduler::next`] would claim anyway: nothing else is
-    /// ready, the window has room, and neither its queue nor its tenant is
+    /// ready (delayed tasks due at `now_ms` count), the window has room, and neither its queue nor its tenant is
     /// at its cap. The task is then charged and in flight as if `next` had
     /// claimed it; the caller commits it as running, and calls
     /// [`Scheduler::finished`] when that commit does not happen. `None`
     /// leaves the scheduler as it was: the task is enqueued after its
     /// commit, as any other.
-    pub(crate) fn claim_now(&mut self, entry: Entry) -> Option<Charge> {
+    pub(crate) fn claim_now(&mut self, entry: Entry, now_ms: u64) -> Option<Charge> {
+        // Due tasks first, as the dispatch loop promotes them before `next`.
+        self.promote_due(now_ms);
         if !self.ready_ids.is_empty() || self.in_flight >= self.window() {
             return None;
         }
@@ -521,30 +523,37 @@ mod tests {
 
     #[test]
     fn a_submitted_task_is_claimed_at_once_only_when_nothing_waits_before_it() {
-        let mut s = Scheduler::new(1);
+        let mut s = Scheduler::new(2);
         s.configure("small", QueueConfig { concurrency: Some(1), weight: 1, ..QueueConfig::default() });
-        s.configure_tenant("t", Some(1));
         // Idle: claimed, in flight and running as `next` would have it.
-        let charge = s.claim_now(entry("small", 9, 1)).expect("an idle scheduler claims it");
+        let charge = s.claim_now(entry("small", 0, 1), 0).expect("an idle scheduler claims it");
         assert_eq!((s.in_flight(), s.depths()[0].1.running, s.ready_ids.len()), (1, 1, 0));
-        // Its queue at its cap, then the window full: not claimed, and
-        // nothing is left behind.
-        assert!(s.claim_now(entry("small", 9, 2)).is_none());
-        assert!(s.claim_now(entry("other", 9, 3)).is_none(), "one slot, no claim-ahead");
-        assert!(s.ready_ids.is_empty() && s.depths().iter().all(|(_, d)| d.ready == 0));
+        // Its queue at its cap (the window has room): not claimed.
+        assert!(s.claim_now(entry("small", 0, 2), 0).is_none(), "the queue's cap");
+        let other = s.claim_now(entry("other", 0, 3), 0).expect("another queue, a free slot");
+        // The window full (two slots, no claim-ahead): not claimed.
+        assert!(s.claim_now(entry("other", 0, 4), 0).is_none(), "the window");
+        assert!(s.ready_ids.is_empty() && s.depths().iter().all(|(_, d)| d.ready == 0), "nothing left behind");
         s.finished("small", charge, 0.001);
-        // A task already ready goes first: the new one waits its turn.
-        s.enqueue(entry("other", 0, 4), None, 0);
-        assert!(s.claim_now(entry("other", 9, 5)).is_none());
-        assert_eq!(s.next().unwrap().0.id.as_u128(), 4);
+        s.finished("other", other, 0.001);
+        // A task already ready goes first: while one waits, none is
+        // claimed at submission.
+        s.enqueue(entry("other", 5, 5), None, 0);
+        assert!(s.claim_now(entry("other", 0, 6), 0).is_none());
+        let (next, charge) = s.next().unwrap();
+        assert_eq!(next.id.as_u128(), 5);
         s.finished("other", charge, 0.001);
-        // A tenant at its cap: not claimed; under it: claimed.
+        // So does a delayed one that is due, though not promoted yet.
+        s.enqueue(entry("other", 5, 7), Some(1_000), 0);
+        assert!(s.claim_now(entry("other", 0, 8), 999).is_some(), "not due yet");
+        assert!(s.claim_now(entry("other", 0, 9), 1_000).is_none(), "due: it goes first");
+        assert_eq!(s.next().unwrap().0.id.as_u128(), 7);
+        // A tenant at its cap: not claimed; another tenant: claimed.
         let mut s = Scheduler::new(4);
         s.configure_tenant("t", Some(1));
-        let first = s.claim_now(entry("t/q", 0, 6));
-        assert!(first.is_some());
-        assert!(s.claim_now(entry("t/q", 0, 7)).is_none(), "the tenant's cap");
-        assert!(s.claim_now(entry("q", 0, 8)).is_some(), "another tenant");
+        assert!(s.claim_now(entry("t/q", 0, 10), 0).is_some());
+        assert!(s.claim_now(entry("t/q", 0, 11), 0).is_none(), "the tenant's cap");
+        assert!(s.claim_now(entry("q", 0, 12), 0).is_some(), "another tenant");
         assert!(s.ready_ids.is_empty() && s.withdrawn.is_empty());
     }
 

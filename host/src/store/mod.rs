@@ -399,8 +399,9 @@ impl Store {
     /// Like [`submit`](Self::submit), committing the new task already
     /// moved by `then` (its claim: pending → running), so it starts after
     /// one commit instead of two. Only `then`'s state, reason, edit and
-    /// expected version apply: a change carrying an output, a log or
-    /// effects is refused. A task found by its idempotency key is
+    /// expected version apply: a change of another task, to a final state,
+    /// or carrying an output, a log or effects is refused, and a refused
+    /// submission writes nothing. A task found by its idempotency key is
     /// returned unchanged (`created` false) and `then` is not applied.
     pub(crate) async fn submit_then(
         &self,
@@ -1183,6 +1184,9 @@ fn apply_submit(
     input: Vec<u8>,
     then: Option<Change>,
 ) -> Result<Submitted, StoreError> {
+    // Everything is checked before the first write: a write stays in the
+    // batch's transaction even when this operation is refused.
+    let mut key_write = None;
     if let Some(key) = &record.idempotency_key {
         let flow = record.flow_id.as_u128();
         let existing = if record.is_flow_root() {
@@ -1194,14 +1198,19 @@ fn apply_submit(
             let found = t.tasks.get(existing)?.ok_or(StoreError::NotFound(Uuid::from_u128(existing)))?;
             return Ok(Submitted { record: decode(found.value())?, created: false });
         }
-        if record.is_flow_root() {
-            t.write(Redo::Key(key.clone(), record.id.as_u128()))?;
+        key_write = Some(if record.is_flow_root() {
+            Redo::Key(key.clone(), record.id.as_u128())
         } else {
-            t.write(Redo::FlowKey(flow, key.clone(), record.id.as_u128()))?;
-        }
+            Redo::FlowKey(flow, key.clone(), record.id.as_u128())
+        });
     }
     if let Some(change) = then {
         let id = record.id;
+        if change.id != id || change.to.is_terminal() {
+            return Err(StoreError::Refused(format!(
+                "task {id}: a change committed with its submission must be the new task's, to a state that is not final"
+            )));
+        }
         if change.output.is_some() || change.log.is_some() || change.effects.is_some() {
             return Err(StoreError::Refused(format!(
                 "task {id}: a change committed with its submission carries no output, log or effects"
@@ -1216,6 +1225,9 @@ fn apply_submit(
             return Err(StoreError::VersionMismatch { id, expected, found: record.version });
         }
         moved(&mut record, change.to, change.reason, change.edit);
+    }
+    if let Some(write) = key_write {
+        t.write(write)?;
     }
     t.write(Redo::Task(record.id.as_u128(), encode(&record)))?;
     for write in index_writes(&record) {
