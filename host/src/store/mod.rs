@@ -17,6 +17,7 @@ mod events;
 mod gate;
 mod machine;
 mod open;
+pub mod postgres;
 mod record;
 mod retention;
 mod tables;
@@ -167,6 +168,37 @@ impl Change {
         }
         self
     }
+}
+
+/// The claim of a queued task (version `version`): running, its attempt
+/// counted, durable before anything runs.
+pub(crate) fn start(id: Uuid, version: u64) -> Change {
+    Change::new(id, TaskState::Running, "started").expect_version(version).edit(|r| {
+        r.attempts += 1;
+        r.started_at_ms = Some(now_ms());
+    })
+}
+
+/// What becomes of a task whose attempt was cut short by `lost` (its
+/// host stopped, or lost its lease): back to pending, its attempt counted
+/// when it started, or failed once out of attempts.
+pub(crate) fn interrupted(record: &TaskRecord, lost: &str) -> Change {
+    let (to, reason) = if record.attempts >= record.max_attempts {
+        (TaskState::Failed, format!("{lost} during the last attempt; attempts exhausted"))
+    } else {
+        (TaskState::Pending, format!("recovered: {lost} while the task was running"))
+    };
+    let message = reason.clone();
+    Change::new(record.id, to, reason).expect_version(record.version).edit(move |r| {
+        if to == TaskState::Failed {
+            r.error = Some(StoredFailure {
+                class: crate::FailureClass::HostError,
+                retryable: false,
+                message,
+                backtrace: None,
+            });
+        }
+    })
 }
 
 /// The result of a submission.
@@ -1211,20 +1243,12 @@ fn apply_submit(
                 "task {id}: a change committed with its submission must be the new task's, to a state that is not final"
             )));
         }
-        if change.output.is_some() || change.log.is_some() || change.effects.is_some() {
+        if change.output.is_some() {
             return Err(StoreError::Refused(format!(
-                "task {id}: a change committed with its submission carries no output, log or effects"
+                "task {id}: a change committed with its submission carries no output"
             )));
         }
-        if !machine::allowed(record.state, change.to) {
-            return Err(StoreError::IllegalTransition { id, from: record.state, to: change.to });
-        }
-        if let Some(expected) = change.expected_version
-            && expected != record.version
-        {
-            return Err(StoreError::VersionMismatch { id, expected, found: record.version });
-        }
-        moved(&mut record, change.to, change.reason, change.edit);
+        step(&mut record, change)?;
     }
     if let Some(write) = key_write {
         t.write(write)?;
@@ -1278,6 +1302,33 @@ fn write_flow(t: &mut Tables<'_>, before: Option<&FlowRecord>, flow: &FlowRecord
         }
     }
     t.write(Redo::Flow(id, encode(flow)))
+}
+
+/// Applies `change` to `record` in memory, checked as a committed
+/// transition is (the state machine, the expected version); its output
+/// is the caller's to store (a change with a log or effects is refused:
+/// those are the redb store's own).
+pub(crate) fn step(record: &mut TaskRecord, change: Change) -> Result<(), StoreError> {
+    let id = record.id;
+    if change.id != id {
+        return Err(StoreError::Refused(format!("a change of task {} applied to task {id}", change.id)));
+    }
+    if change.log.is_some() || change.effects.is_some() {
+        return Err(StoreError::Refused(format!("task {id}: this change carries a log or effects")));
+    }
+    if !machine::allowed(record.state, change.to) {
+        return Err(StoreError::IllegalTransition { id, from: record.state, to: change.to });
+    }
+    if let Some(expected) = change.expected_version
+        && expected != record.version
+    {
+        return Err(StoreError::VersionMismatch { id, expected, found: record.version });
+    }
+    if let Some(output) = &change.output {
+        record.output_len = Some(output.len() as u64);
+    }
+    moved(record, change.to, change.reason, change.edit);
+    Ok(())
 }
 
 /// Moves `record` to `to` with `edit` applied first: its state, version,

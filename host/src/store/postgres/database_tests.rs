@@ -1,0 +1,209 @@
+//! The PostgreSQL store against a real, throwaway PostgreSQL
+//! (`taskhost-test-postgres`): migrations, idempotency, claims, leases and
+//! fencing, with several stores standing for several hosts.
+
+use super::*;
+use crate::FailureClass;
+use crate::store::StoredFailure;
+use crate::store::tests::record;
+use std::collections::HashSet;
+
+async fn store(name: &str) -> (PgStore, String) {
+    let url = taskhost_test_postgres::cluster().database(name);
+    (PgStore::connect(&url, 4).await.unwrap(), url)
+}
+
+/// `n` pending tasks, the `i`th of priority `priority(i)`.
+async fn submit(store: &PgStore, n: u128, priority: impl Fn(u128) -> u8) -> Vec<TaskRecord> {
+    let mut records = Vec::new();
+    for i in 1..=n {
+        let mut r = record(i, None);
+        r.priority = priority(i);
+        assert!(store.submit(&r, b"in").await.unwrap().created);
+        records.push(r);
+    }
+    records
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_starting_at_once_migrate_once() {
+    let url = taskhost_test_postgres::cluster().database("migrate");
+    let hosts = futures::future::join_all((0..4).map(|_| PgStore::connect(&url, 1))).await;
+    for host in &hosts {
+        assert!(host.is_ok(), "{host:?}");
+    }
+    let store = hosts.into_iter().next().unwrap().unwrap();
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, PgStore::schema_versions(), "each migration applied once");
+    // A later start finds nothing to do.
+    PgStore::connect(&url, 1).await.unwrap();
+    let again: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(again as usize, applied.len());
+}
+
+#[tokio::test]
+async fn bad_urls_and_unreachable_servers_are_named_without_the_password() {
+    let refused = PgStore::connect("mysql://u:pw@db/x", 1).await.unwrap_err().to_string();
+    assert!(refused.contains("is not a PostgreSQL URL") && refused.contains("u:***@db"), "{refused}");
+    assert!(!refused.contains("pw"), "{refused}");
+    let missing = taskhost_test_postgres::cluster().dir().join("nowhere");
+    let url = format!("postgres://u:secret@localhost:5432/x?host={}", missing.display());
+    let unreachable = PgStore::connect(&url, 1).await.unwrap_err().to_string();
+    assert!(unreachable.starts_with("cannot connect to PostgreSQL at socket directory"), "{unreachable}");
+    assert!(!unreachable.contains("secret"), "{unreachable}");
+}
+
+#[tokio::test]
+async fn a_key_seen_before_returns_the_first_task() {
+    let (store, _) = store("keys").await;
+    let first = record(1, Some("k"));
+    assert!(store.submit(&first, b"a").await.unwrap().created);
+    let again = store.submit(&record(2, Some("k")), b"b").await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.record.id, first.id);
+    assert_eq!(store.get(Uuid::from_u128(2)).await.unwrap().map(|r| r.id), None, "nothing else was written");
+    assert_eq!(store.state_counts().await.unwrap(), [(TaskState::Pending, 1)]);
+    let child = crate::store::tests::child_of(1, 3, None).0;
+    let refused = store.submit(&child, b"").await.unwrap_err().to_string();
+    assert!(refused.contains("not supported on PostgreSQL yet"), "{refused}");
+}
+
+/// Three hosts claiming at once take every startable task exactly once,
+/// each batch highest priority first, and leave a task not yet due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_claim_disjoint_batches_highest_priority_first() {
+    let (store, url) = store("claims").await;
+    let submitted = submit(&store, 300, |i| (i % 10) as u8).await;
+    let mut later = record(1_000, None);
+    later.next_run_at_ms = Some(crate::store::now_ms() + 3_600_000);
+    store.submit(&later, b"").await.unwrap();
+    let hosts = futures::future::join_all((0..3).map(|_| PgStore::connect(&url, 2))).await;
+    let claims = futures::future::join_all(hosts.into_iter().enumerate().map(|(n, host)| async move {
+        let host = host.unwrap();
+        let mut batches = Vec::new();
+        loop {
+            let batch = host.claim(&format!("host-{n}"), 10, LEASE).await.unwrap();
+            if batch.is_empty() {
+                return batches;
+            }
+            batches.push(batch);
+        }
+    }))
+    .await;
+    let mut seen = HashSet::new();
+    let mut tokens = HashSet::new();
+    for batches in &claims {
+        for batch in batches {
+            let priorities: Vec<u8> = batch.iter().map(|c| c.record.priority).collect();
+            assert!(priorities.windows(2).all(|w| w[0] >= w[1]), "{priorities:?}");
+            for Claimed { record, lease } in batch {
+                assert!(seen.insert(record.id), "task {} claimed twice", record.id);
+                assert!(tokens.insert(lease.token), "token {} given twice", lease.token);
+                assert_eq!((record.state, record.attempts, record.version), (TaskState::Running, 1, 2));
+                assert_eq!(record.history.last().unwrap().reason, "started");
+            }
+        }
+    }
+    assert_eq!(seen.len(), submitted.len(), "every due task claimed");
+    assert!(!seen.contains(&later.id), "a task not yet due is not claimed");
+    assert!(claims.iter().filter(|batches| !batches.is_empty()).count() >= 2, "the hosts shared the work");
+    let stored = store.get(submitted[0].id).await.unwrap().unwrap();
+    assert_eq!((stored.state, stored.attempts), (TaskState::Running, 1), "the claim is what is stored");
+}
+
+/// An outcome commits once, under a live lease; the same lease cannot
+/// write again.
+#[tokio::test]
+async fn an_outcome_commits_once_under_its_lease() {
+    let (store, _) = store("finish").await;
+    submit(&store, 1, |_| 0).await;
+    let Claimed { record, lease } = store.claim("a", 1, LEASE).await.unwrap().remove(0);
+    let done = |output: &[u8]| Outcome {
+        to: TaskState::Completed,
+        reason: "completed".into(),
+        output: Some(output.to_vec()),
+        error: None,
+        retry_at_ms: None,
+    };
+    let finished = store.finish(&lease, done(b"out")).await.unwrap();
+    assert_eq!((finished.state, finished.output_len, finished.version), (TaskState::Completed, Some(3), 3));
+    assert!(finished.finished_at_ms.is_some());
+    let again = store.finish(&lease, done(b"twice")).await.unwrap_err();
+    assert!(matches!(again, PgError::Fenced { id, .. } if id == record.id), "{again}");
+    assert_eq!(store.output(record.id).await.unwrap().as_deref(), Some(&b"out"[..]));
+    assert_eq!(store.get(record.id).await.unwrap().unwrap().version, 3, "the refused write changed nothing");
+}
+
+/// A host whose lease lapsed (it stopped, or its network was cut) loses
+/// the task: any host takes it back with the attempt counted, another
+/// claims it under a larger token, and the first host's renewal and
+/// outcome are refused. Out of attempts, it fails.
+#[tokio::test]
+async fn a_lapsed_lease_is_taken_back_and_its_old_holder_fenced() {
+    let (store, _) = store("leases").await;
+    let mut task = record(1, None);
+    task.max_attempts = 2;
+    store.submit(&task, b"").await.unwrap();
+    let short = Duration::from_millis(200);
+    let first = store.claim("a", 1, short).await.unwrap().remove(0);
+    assert!(store.reap(10).await.unwrap().is_empty(), "a live lease is not taken back");
+    assert!(store.renew(std::slice::from_ref(&first.lease), short).await.unwrap().is_empty(), "renewed while live");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.renew(std::slice::from_ref(&first.lease), short).await.unwrap(), [task.id], "lost once lapsed");
+    let reaped = store.reap(10).await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!((reaped[0].state, reaped[0].attempts), (TaskState::Pending, 1), "its attempt counted");
+    assert!(reaped[0].history.last().unwrap().reason.contains("host `a` lost its lease"), "{:?}", reaped[0].history);
+
+    let second = store.claim("b", 1, short).await.unwrap().remove(0);
+    assert!(second.lease.token > first.lease.token);
+    assert_eq!(second.record.attempts, 2);
+    let failed = Outcome {
+        to: TaskState::Completed,
+        reason: "late".into(),
+        output: Some(b"stale".to_vec()),
+        error: None,
+        retry_at_ms: None,
+    };
+    let fenced = store.finish(&first.lease, failed).await.unwrap_err();
+    assert!(matches!(fenced, PgError::Fenced { .. }), "{fenced}");
+    assert_eq!(store.output(task.id).await.unwrap(), None, "the stale outcome wrote nothing");
+
+    // The second holder dies on the last attempt: the task fails.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let reaped = store.reap(10).await.unwrap();
+    let error = reaped[0].error.clone().unwrap();
+    assert_eq!((reaped[0].state, error.class), (TaskState::Failed, FailureClass::HostError));
+    assert!(error.message.contains("attempts exhausted"), "{}", error.message);
+    assert!(store.claim("c", 10, short).await.unwrap().is_empty(), "a failed task is not claimed");
+}
+
+/// A retrying outcome waits out its backoff before it is claimed again.
+#[tokio::test]
+async fn a_retrying_task_is_claimed_again_once_due() {
+    let (store, _) = store("retry").await;
+    submit(&store, 1, |_| 0).await;
+    let first = store.claim("a", 1, LEASE).await.unwrap().remove(0);
+    let failure =
+        StoredFailure { class: FailureClass::Trap, retryable: true, message: "try again".into(), backtrace: None };
+    let retry_at_ms = crate::store::now_ms() + 300;
+    let outcome = Outcome {
+        to: TaskState::Retrying,
+        reason: "retrying".into(),
+        output: None,
+        error: Some(failure),
+        retry_at_ms: Some(retry_at_ms),
+    };
+    let retrying = store.finish(&first.lease, outcome).await.unwrap();
+    assert_eq!(retrying.state, TaskState::Retrying);
+    assert!(store.claim("a", 1, LEASE).await.unwrap().is_empty(), "not due yet");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let again = store.claim("a", 1, LEASE).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].record.state, again[0].record.attempts), (TaskState::Running, 2));
+}

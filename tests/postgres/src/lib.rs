@@ -1,0 +1,212 @@
+//! A throwaway PostgreSQL cluster for the tests and benchmarks.
+//!
+//! [`cluster`] starts one per process, the first time it is asked for:
+//! Debian's `postgresql` binaries (`./dev.sh setup` installs them), a new
+//! cluster from `initdb` in a temporary directory, and a server that
+//! listens only on a Unix socket there. Run as root (CI), the cluster
+//! belongs to the `postgres` user the package creates, as PostgreSQL
+//! refuses to run as root. The server gets `SIGINT` (a fast shutdown) when
+//! the process ends, however it ends, and the next process removes the
+//! directories of clusters whose process is gone. Each test takes a
+//! database of its own ([`Cluster::database`]).
+//!
+//! The server runs with `fsync=off`: the tests are about taskhost's
+//! semantics, not PostgreSQL's durability.
+
+use std::os::unix::fs::chown;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The port in the socket's name (the server listens on no TCP port).
+const PORT: u16 = 5432;
+/// The cluster's superuser.
+const USER: &str = "taskhost";
+/// Prefix of the clusters' directories in the temporary directory.
+const PREFIX: &str = "taskhost-pg-";
+
+/// A running throwaway cluster.
+#[derive(Debug)]
+pub struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    next: AtomicU32,
+}
+
+/// The process's cluster, started on first use. Panics, saying what to
+/// install, when PostgreSQL is missing or does not start.
+pub fn cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| Cluster::start().unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}")))
+}
+
+impl Cluster {
+    /// The URL of a new, empty database named after `name` (unique in
+    /// this process).
+    pub fn database(&self, name: &str) -> String {
+        let n = self.next.fetch_add(1, Ordering::SeqCst);
+        let db: String =
+            name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+        let db = format!("{db}_{n}");
+        let out = self.psql("postgres", &format!("CREATE DATABASE {db}"));
+        assert!(out.status.success(), "CREATE DATABASE {db}: {}", String::from_utf8_lossy(&out.stderr));
+        self.url(&db)
+    }
+
+    /// The URL of database `db`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://{USER}@localhost:{PORT}/{db}?host={}", self.dir.display())
+    }
+
+    /// Runs one SQL command with `psql` on database `db`.
+    pub fn psql(&self, db: &str, sql: &str) -> std::process::Output {
+        Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.dir)
+            .args(["-p", &PORT.to_string(), "-U", USER, "-d", db, "-c", sql])
+            .output()
+            .expect("psql runs")
+    }
+
+    /// The directory holding the cluster's data and socket.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn start() -> Result<Cluster, String> {
+        let bin = binaries()?;
+        let tmp = std::env::temp_dir();
+        remove_orphans(&tmp);
+        let dir = tmp.join(format!("{PREFIX}{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let owner = owner()?;
+        if let Some((uid, gid)) = owner {
+            chown(&dir, Some(uid), Some(gid)).map_err(|e| format!("giving {} to postgres: {e}", dir.display()))?;
+        }
+        let data = dir.join("data");
+        let mut initdb = Command::new(bin.join("initdb"));
+        initdb.arg("-D").arg(&data).args(["-U", USER, "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"]);
+        let out = as_owner(&mut initdb, owner).output().map_err(|e| format!("running initdb: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        let log = std::fs::File::create(dir.join("server.log")).map_err(|e| format!("server log: {e}"))?;
+        if let Some((uid, gid)) = owner {
+            chown(dir.join("server.log"), Some(uid), Some(gid)).map_err(|e| format!("server log: {e}"))?;
+        }
+        let mut server = Command::new(bin.join("postgres"));
+        server.arg("-D").arg(&data).arg("-k").arg(&dir).args(["-p", &PORT.to_string()]);
+        for setting in ["listen_addresses=", "fsync=off", "max_connections=300", "shared_buffers=64MB"] {
+            server.args(["-c", setting]);
+        }
+        server.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
+        as_owner(&mut server, owner);
+        // SAFETY: prctl is async-signal-safe and touches no memory of
+        // ours. It runs after the user switch, which would clear it.
+        unsafe {
+            server.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        // The parent-death signal follows the thread that forked: this
+        // one lives as long as the server does.
+        let (started, spawned) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("postgres".into())
+            .spawn(move || match server.spawn() {
+                Ok(mut child) => {
+                    let _ = started.send(Ok(()));
+                    let _ = child.wait();
+                }
+                Err(e) => drop(started.send(Err(format!("starting postgres: {e}")))),
+            })
+            .map_err(|e| e.to_string())?;
+        spawned.recv().map_err(|e| e.to_string())??;
+        let cluster = Cluster { dir, bin, next: AtomicU32::new(0) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ready = Command::new(cluster.bin.join("pg_isready"))
+                .arg("-h")
+                .arg(&cluster.dir)
+                .args(["-p", &PORT.to_string(), "-U", USER, "-q"])
+                .status()
+                .map_err(|e| format!("running pg_isready: {e}"))?;
+            if ready.success() {
+                return Ok(cluster);
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(cluster.dir.join("server.log")).unwrap_or_default();
+                return Err(format!("the server did not become ready in 60 s; its log:\n{log}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The directory of PostgreSQL's server binaries: Debian's newest
+/// `/usr/lib/postgresql/N/bin`, else where `initdb` is on `PATH`.
+fn binaries() -> Result<PathBuf, String> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
+        .filter(|(_, bin): &(u32, PathBuf)| bin.join("initdb").is_file())
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Ok(bin);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .find(|dir| dir.join("initdb").is_file() && dir.join("postgres").is_file())
+        .ok_or_else(|| "PostgreSQL's server is not installed: run `./dev.sh setup` (Debian: postgresql)".into())
+}
+
+/// Who runs the cluster: the `postgres` user when this process is root
+/// (PostgreSQL refuses root), else this process's user (`None`).
+fn owner() -> Result<Option<(u32, u32)>, String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    // SAFETY: a NUL-terminated name; the entry is read before any other
+    // call that could overwrite it.
+    let entry = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
+    if entry.is_null() {
+        return Err(
+            "running as root, and there is no `postgres` user to run PostgreSQL as: run `./dev.sh setup`".into()
+        );
+    }
+    // SAFETY: non-null, from getpwnam just above.
+    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+    Ok(Some((uid, gid)))
+}
+
+fn as_owner(command: &mut Command, owner: Option<(u32, u32)>) -> &mut Command {
+    if let Some((uid, gid)) = owner {
+        // From root, std also drops the supplementary groups.
+        command.uid(uid).gid(gid);
+    }
+    command
+}
+
+/// Removes the directories of clusters whose process has ended.
+fn remove_orphans(tmp: &Path) {
+    for entry in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
