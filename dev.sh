@@ -94,7 +94,8 @@ install_chromium() {
 
 # The PostgreSQL store's tests start a throwaway cluster of their own
 # (tests/postgres: initdb in a temporary directory, a Unix socket only)
-# with Debian's server binaries; nothing is started here.
+# with Debian's server binaries. The cluster Debian's package may create
+# and start is not used.
 install_postgresql() {
   compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && return
   say "installing PostgreSQL (Debian: postgresql) for the PostgreSQL store's tests"

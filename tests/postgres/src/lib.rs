@@ -10,8 +10,9 @@
 //! directories of clusters whose process is gone. Each test takes a
 //! database of its own ([`Cluster::database`]).
 //!
-//! The server runs with `fsync=off`: the tests are about taskhost's
-//! semantics, not PostgreSQL's durability.
+//! The server runs with `fsync=off` (the tests are about taskhost's
+//! semantics, not PostgreSQL's durability) and trusts whoever reaches its
+//! socket, which only the directory's owner (and root) can.
 
 use std::os::unix::fs::chown;
 use std::os::unix::process::CommandExt;
@@ -48,10 +49,14 @@ impl Cluster {
     /// this process).
     pub fn database(&self, name: &str) -> String {
         let n = self.next.fetch_add(1, Ordering::SeqCst);
-        let db: String =
-            name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+        // PostgreSQL keeps 63 bytes of a name: the number stays whole.
+        let db: String = name
+            .chars()
+            .take(40)
+            .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+            .collect();
         let db = format!("{db}_{n}");
-        let out = self.psql("postgres", &format!("CREATE DATABASE {db}"));
+        let out = self.psql("postgres", &format!("CREATE DATABASE \"{db}\""));
         assert!(out.status.success(), "CREATE DATABASE {db}: {}", String::from_utf8_lossy(&out.stderr));
         self.url(&db)
     }
@@ -83,13 +88,21 @@ impl Cluster {
         let dir = tmp.join(format!("{PREFIX}{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        // Its owner only (root gets in anyway): the server trusts whoever
+        // reaches its socket.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        if dir.join(".s.PGSQL.5432").as_os_str().len() > 107 {
+            return Err(format!("{} is too long a path for a Unix socket: set TMPDIR to a shorter one", dir.display()));
+        }
         let owner = owner()?;
         if let Some((uid, gid)) = owner {
             chown(&dir, Some(uid), Some(gid)).map_err(|e| format!("giving {} to postgres: {e}", dir.display()))?;
         }
         let data = dir.join("data");
         let mut initdb = Command::new(bin.join("initdb"));
-        initdb.arg("-D").arg(&data).args(["-U", USER, "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"]);
+        initdb.arg("-D").arg(&data).args(["-U", USER, "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"]);
+        initdb.arg("--no-instructions");
         let out = as_owner(&mut initdb, owner).output().map_err(|e| format!("running initdb: {e}"))?;
         if !out.status.success() {
             return Err(format!("initdb failed: {}", String::from_utf8_lossy(&out.stderr)));
@@ -100,17 +113,24 @@ impl Cluster {
         }
         let mut server = Command::new(bin.join("postgres"));
         server.arg("-D").arg(&data).arg("-k").arg(&dir).args(["-p", &PORT.to_string()]);
-        for setting in ["listen_addresses=", "fsync=off", "max_connections=300", "shared_buffers=64MB"] {
+        let settings = ["listen_addresses=", "unix_socket_permissions=0700", "fsync=off", "max_connections=300"];
+        for setting in settings {
             server.args(["-c", setting]);
         }
         server.stdin(Stdio::null()).stdout(log.try_clone().map_err(|e| e.to_string())?).stderr(log);
         as_owner(&mut server, owner);
-        // SAFETY: prctl is async-signal-safe and touches no memory of
-        // ours. It runs after the user switch, which would clear it.
+        let parent = std::process::id();
+        // SAFETY: prctl and getppid are async-signal-safe and touch no
+        // memory of ours. This runs after the user switch, which would
+        // clear the setting.
         unsafe {
-            server.pre_exec(|| {
+            server.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // This process ended before the setting took: no server.
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other("the test process ended"));
                 }
                 Ok(())
             });
@@ -118,12 +138,15 @@ impl Cluster {
         // The parent-death signal follows the thread that forked: this
         // one lives as long as the server does.
         let (started, spawned) = std::sync::mpsc::channel();
+        let exited = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let server_exited = exited.clone();
         std::thread::Builder::new()
             .name("postgres".into())
             .spawn(move || match server.spawn() {
                 Ok(mut child) => {
                     let _ = started.send(Ok(()));
                     let _ = child.wait();
+                    server_exited.store(true, Ordering::SeqCst);
                 }
                 Err(e) => drop(started.send(Err(format!("starting postgres: {e}")))),
             })
@@ -141,9 +164,12 @@ impl Cluster {
             if ready.success() {
                 return Ok(cluster);
             }
+            let log = || std::fs::read_to_string(cluster.dir.join("server.log")).unwrap_or_default();
+            if exited.load(Ordering::SeqCst) {
+                return Err(format!("the server exited at start; its log:\n{}", log()));
+            }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(cluster.dir.join("server.log")).unwrap_or_default();
-                return Err(format!("the server did not become ready in 60 s; its log:\n{log}"));
+                return Err(format!("the server did not become ready in 60 s; its log:\n{}", log()));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -27,6 +27,19 @@ async fn submit(store: &PgStore, n: u128, priority: impl Fn(u128) -> u8) -> Vec<
 
 const LEASE: Duration = Duration::from_secs(30);
 
+/// Makes task `id`'s lease lapse now, as time would (no sleeping on a
+/// loaded machine).
+async fn lapse(store: &PgStore, id: Uuid) {
+    let lapsed = sqlx::query(
+        "UPDATE taskhost_leases SET expires_at = clock_timestamp() - interval '1 second' WHERE task_id = $1",
+    )
+    .bind(id)
+    .execute(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(lapsed.rows_affected(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_starting_at_once_migrate_once() {
     let url = taskhost_test_postgres::cluster().database("migrate");
@@ -39,7 +52,9 @@ async fn hosts_starting_at_once_migrate_once() {
         .fetch_all(store.pool())
         .await
         .unwrap();
-    assert_eq!(applied, PgStore::schema_versions(), "each migration applied once");
+    // Every host's start succeeded (without the lock, concurrent
+    // `CREATE TABLE`s fail), and every migration is applied.
+    assert_eq!(applied, PgStore::schema_versions());
     // A later start finds nothing to do.
     PgStore::connect(&url, 1).await.unwrap();
     let again: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations").fetch_one(store.pool()).await.unwrap();
@@ -48,9 +63,15 @@ async fn hosts_starting_at_once_migrate_once() {
 
 #[tokio::test]
 async fn bad_urls_and_unreachable_servers_are_named_without_the_password() {
-    let refused = PgStore::connect("mysql://u:pw@db/x", 1).await.unwrap_err().to_string();
-    assert!(refused.contains("is not a PostgreSQL URL") && refused.contains("u:***@db"), "{refused}");
-    assert!(!refused.contains("pw"), "{refused}");
+    for (url, secret) in [
+        ("mysql://u:pw1@db/x", "pw1"),
+        ("postgres://db/x?user=u&password=pw2&sslmode=bogus", "pw2"),
+        ("postgres://u:pa/pw3@db/x", "pw3"),
+    ] {
+        let refused = PgStore::connect(url, 1).await.unwrap_err().to_string();
+        assert!(refused.contains("is not a PostgreSQL URL"), "{refused}");
+        assert!(!refused.contains(secret), "{refused}");
+    }
     let missing = taskhost_test_postgres::cluster().dir().join("nowhere");
     let url = format!("postgres://u:secret@localhost:5432/x?host={}", missing.display());
     let unreachable = PgStore::connect(&url, 1).await.unwrap_err().to_string();
@@ -58,7 +79,7 @@ async fn bad_urls_and_unreachable_servers_are_named_without_the_password() {
     assert!(!unreachable.contains("secret"), "{unreachable}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_seen_before_returns_the_first_task() {
     let (store, _) = store("keys").await;
     let first = record(1, Some("k"));
@@ -68,6 +89,15 @@ async fn a_key_seen_before_returns_the_first_task() {
     assert_eq!(again.record.id, first.id);
     assert_eq!(store.get(Uuid::from_u128(2)).await.unwrap().map(|r| r.id), None, "nothing else was written");
     assert_eq!(store.state_counts().await.unwrap(), [(TaskState::Pending, 1)]);
+    // Eight submissions of a new key at once: one task.
+    let racing = futures::future::join_all((10..18).map(|n| {
+        let store = store.clone();
+        async move { store.submit(&record(n, Some("raced")), b"").await.unwrap() }
+    }))
+    .await;
+    assert_eq!(racing.iter().filter(|s| s.created).count(), 1);
+    assert!(racing.iter().all(|s| s.record.id == racing.iter().find(|s| s.created).unwrap().record.id));
+    assert_eq!(store.state_counts().await.unwrap(), [(TaskState::Pending, 2)]);
     let child = crate::store::tests::child_of(1, 3, None).0;
     let refused = store.submit(&child, b"").await.unwrap_err().to_string();
     assert!(refused.contains("not supported on PostgreSQL yet"), "{refused}");
@@ -142,67 +172,76 @@ async fn an_outcome_commits_once_under_its_lease() {
 /// A host whose lease lapsed (it stopped, or its network was cut) loses
 /// the task: any host takes it back with the attempt counted, another
 /// claims it under a larger token, and the first host's renewal and
-/// outcome are refused. Out of attempts, it fails.
+/// outcome are refused, before and after the takeover. Out of attempts,
+/// it fails.
 #[tokio::test]
 async fn a_lapsed_lease_is_taken_back_and_its_old_holder_fenced() {
     let (store, _) = store("leases").await;
     let mut task = record(1, None);
     task.max_attempts = 2;
     store.submit(&task, b"").await.unwrap();
-    let short = Duration::from_millis(200);
-    let first = store.claim("a", 1, short).await.unwrap().remove(0);
+    let done = |output: &[u8]| Outcome {
+        to: TaskState::Completed,
+        reason: "late".into(),
+        output: Some(output.to_vec()),
+        error: None,
+        retry_at_ms: None,
+    };
+    let first = store.claim("a", 1, LEASE).await.unwrap().remove(0);
     assert!(store.reap(10).await.unwrap().is_empty(), "a live lease is not taken back");
-    assert!(store.renew(std::slice::from_ref(&first.lease), short).await.unwrap().is_empty(), "renewed while live");
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(store.renew(std::slice::from_ref(&first.lease), short).await.unwrap(), [task.id], "lost once lapsed");
+    assert!(store.renew(std::slice::from_ref(&first.lease), LEASE).await.unwrap().is_empty(), "renewed while live");
+    lapse(&store, task.id).await;
+    // Lapsed, not yet taken back: the holder may neither renew nor finish.
+    assert_eq!(store.renew(std::slice::from_ref(&first.lease), LEASE).await.unwrap(), [task.id]);
+    let fenced = store.finish(&first.lease, done(b"lapsed")).await.unwrap_err();
+    assert!(matches!(fenced, PgError::Fenced { .. }), "{fenced}");
     let reaped = store.reap(10).await.unwrap();
     assert_eq!(reaped.len(), 1);
     assert_eq!((reaped[0].state, reaped[0].attempts), (TaskState::Pending, 1), "its attempt counted");
     assert!(reaped[0].history.last().unwrap().reason.contains("host `a` lost its lease"), "{:?}", reaped[0].history);
 
-    let second = store.claim("b", 1, short).await.unwrap().remove(0);
+    // Taken over: the old lease is refused though the task holds a live one.
+    let second = store.claim("b", 1, LEASE).await.unwrap().remove(0);
     assert!(second.lease.token > first.lease.token);
     assert_eq!(second.record.attempts, 2);
-    let failed = Outcome {
-        to: TaskState::Completed,
-        reason: "late".into(),
-        output: Some(b"stale".to_vec()),
-        error: None,
-        retry_at_ms: None,
-    };
-    let fenced = store.finish(&first.lease, failed).await.unwrap_err();
+    assert_eq!(store.renew(std::slice::from_ref(&first.lease), LEASE).await.unwrap(), [task.id]);
+    let fenced = store.finish(&first.lease, done(b"stale")).await.unwrap_err();
     assert!(matches!(fenced, PgError::Fenced { .. }), "{fenced}");
-    assert_eq!(store.output(task.id).await.unwrap(), None, "the stale outcome wrote nothing");
+    assert_eq!(store.output(task.id).await.unwrap(), None, "the stale outcomes wrote nothing");
+    assert!(
+        store.renew(std::slice::from_ref(&second.lease), LEASE).await.unwrap().is_empty(),
+        "the new holder's is live"
+    );
 
     // The second holder dies on the last attempt: the task fails.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    lapse(&store, task.id).await;
     let reaped = store.reap(10).await.unwrap();
     let error = reaped[0].error.clone().unwrap();
     assert_eq!((reaped[0].state, error.class), (TaskState::Failed, FailureClass::HostError));
     assert!(error.message.contains("attempts exhausted"), "{}", error.message);
-    assert!(store.claim("c", 10, short).await.unwrap().is_empty(), "a failed task is not claimed");
+    assert!(store.claim("c", 10, LEASE).await.unwrap().is_empty(), "a failed task is not claimed");
 }
 
 /// A retrying outcome waits out its backoff before it is claimed again.
 #[tokio::test]
 async fn a_retrying_task_is_claimed_again_once_due() {
     let (store, _) = store("retry").await;
-    submit(&store, 1, |_| 0).await;
+    let [task] = submit(&store, 1, |_| 0).await.try_into().unwrap();
     let first = store.claim("a", 1, LEASE).await.unwrap().remove(0);
     let failure =
         StoredFailure { class: FailureClass::Trap, retryable: true, message: "try again".into(), backtrace: None };
-    let retry_at_ms = crate::store::now_ms() + 300;
-    let outcome = Outcome {
-        to: TaskState::Retrying,
-        reason: "retrying".into(),
-        output: None,
-        error: Some(failure),
-        retry_at_ms: Some(retry_at_ms),
-    };
+    let retry_at_ms = Some(crate::store::now_ms() + 3_600_000);
+    let outcome =
+        Outcome { to: TaskState::Retrying, reason: "retrying".into(), output: None, error: Some(failure), retry_at_ms };
     let retrying = store.finish(&first.lease, outcome).await.unwrap();
-    assert_eq!(retrying.state, TaskState::Retrying);
-    assert!(store.claim("a", 1, LEASE).await.unwrap().is_empty(), "not due yet");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!((retrying.state, retrying.next_run_at_ms), (TaskState::Retrying, retry_at_ms));
+    assert!(store.claim("a", 1, LEASE).await.unwrap().is_empty(), "not due for an hour");
+    // Its backoff over:
+    sqlx::query("UPDATE taskhost_tasks SET due_at_ms = 0 WHERE id = $1")
+        .bind(task.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
     let again = store.claim("a", 1, LEASE).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].record.state, again[0].record.attempts), (TaskState::Running, 2));

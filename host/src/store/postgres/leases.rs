@@ -19,6 +19,12 @@
 //! - **Reap.** Lapsed leases are taken back ([`PgStore::reap`], by any
 //!   host): the task goes back to pending with its attempt counted, or
 //!   fails once out of attempts, as after a host's crash on redb.
+//!
+//! Times that decide who may do what (due times, lease expiry) are read
+//! on the database's clock, so hosts' clocks may differ; a retry's due
+//! time is its host's clock plus the backoff. A record that cannot be
+//! decoded fails the whole claim or reap it is in (it is not skipped):
+//! quarantining such rows is still to be built.
 
 use super::{PgError, PgStore, to_i64};
 use crate::store::{
@@ -51,7 +57,8 @@ pub struct Claimed {
 /// How an attempt ended.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// `completed`, `failed`, `retrying` or `cancelled`.
+    /// `completed`, `failed`, `retrying` or `cancelled` (or `pending`:
+    /// claimed but not started).
     pub to: TaskState,
     /// Why, for the task's history.
     pub reason: String,
@@ -70,12 +77,12 @@ impl PgStore {
         let mut txn = self.pool().begin().await?;
         let rows = sqlx::query(
             "SELECT record FROM taskhost_tasks
-             WHERE state IN ('pending', 'retrying') AND due_at_ms <= $1
+             WHERE state IN ('pending', 'retrying')
+               AND due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint
              ORDER BY priority DESC, due_at_ms, id
-             LIMIT $2
+             LIMIT $1
              FOR UPDATE SKIP LOCKED",
         )
-        .bind(to_i64(crate::store::now_ms()))
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *txn)
         .await?;
@@ -103,7 +110,8 @@ impl PgStore {
     }
 
     /// Extends each of `leases` that is still live and still its holder's
-    /// by `lease` from now; gives the tasks whose lease was lost.
+    /// by `lease` from now; gives the tasks whose lease was lost (a task
+    /// whose outcome this host committed meanwhile is among them).
     pub async fn renew(&self, leases: &[Lease], lease: Duration) -> Result<Vec<Uuid>, PgError> {
         let (tasks, tokens): (Vec<Uuid>, Vec<i64>) = leases.iter().map(|l| (l.task, l.token)).unzip();
         let renewed: Vec<Uuid> = sqlx::query_scalar(
@@ -117,6 +125,7 @@ impl PgStore {
         .bind(millis(lease))
         .fetch_all(self.pool())
         .await?;
+        let renewed: std::collections::HashSet<Uuid> = renewed.into_iter().collect();
         Ok(tasks.into_iter().filter(|t| !renewed.contains(t)).collect())
     }
 
@@ -141,12 +150,14 @@ impl PgStore {
         }
         let mut record = locked_record(&mut txn, lease.task).await?;
         let Outcome { to, reason, output, error, retry_at_ms } = outcome;
-        let mut change = Change::new(lease.task, to, reason).expect_version(record.version).edit(move |r| {
+        let output_len = output.as_ref().map(|o| o.len() as u64);
+        let change = Change::new(lease.task, to, reason).edit(move |r| {
             r.error = error;
             r.next_run_at_ms = retry_at_ms;
+            if output_len.is_some() {
+                r.output_len = output_len;
+            }
         });
-        change.output = output;
-        let output = change.output.clone();
         step(&mut record, change)?;
         write_record(&mut txn, &record, output.as_deref()).await?;
         sqlx::query("DELETE FROM taskhost_leases WHERE task_id = $1").bind(lease.task).execute(&mut *txn).await?;
