@@ -5,6 +5,7 @@
 use super::*;
 use crate::FailureClass;
 use crate::store::StoredFailure;
+use crate::store::postgres::Term;
 use crate::store::tests::record;
 use std::collections::HashSet;
 
@@ -245,4 +246,50 @@ async fn a_retrying_task_is_claimed_again_once_due() {
     let again = store.claim("a", 1, LEASE).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].record.state, again[0].record.attempts), (TaskState::Running, 2));
+}
+
+/// Of three hosts asking at once, one leads; it keeps its term while it
+/// renews; once its lease lapses (it stopped) another leads under a
+/// larger term, and the old term no longer passes a duty's check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_leads_at_a_time_and_another_takes_over_once_its_lease_lapses() {
+    let (store, url) = store("leader").await;
+    assert_eq!(store.leader().await.unwrap(), None);
+    let hosts: Vec<PgStore> = futures::future::join_all((0..3).map(|_| PgStore::connect(&url, 2)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let name = |n: usize| format!("host-{n}");
+    let names: Vec<String> = (0..3).map(name).collect();
+    let terms = futures::future::join_all(hosts.iter().zip(&names).map(|(h, n)| h.lead(n, LEASE))).await;
+    let terms: Vec<Option<Term>> = terms.into_iter().map(Result::unwrap).collect();
+    assert_eq!(terms.iter().flatten().count(), 1, "{terms:?}");
+    let first = terms.iter().position(Option::is_some).unwrap();
+    let term = terms[first].unwrap();
+    assert_eq!(hosts[first].lead(&name(first), LEASE).await.unwrap(), Some(term), "renewed, same term");
+    for (n, host) in hosts.iter().enumerate().filter(|(n, _)| *n != first) {
+        assert_eq!(host.lead(&name(n), LEASE).await.unwrap(), None, "host {n} while {first} leads");
+    }
+    let mut txn = store.pool().begin().await.unwrap();
+    assert!(PgStore::leads(&mut txn, term).await.unwrap());
+    txn.commit().await.unwrap();
+
+    // The leader stops: its lease lapses.
+    sqlx::query("UPDATE taskhost_leader SET expires_at = clock_timestamp() - interval '1 second'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let lapsed = store.leader().await.unwrap().unwrap();
+    assert_eq!((lapsed.host.as_str(), lapsed.live), (name(first).as_str(), false));
+    let next = (first + 1) % 3;
+    let new_term = hosts[next].lead(&name(next), LEASE).await.unwrap().expect("the lapsed lease is taken");
+    assert!(new_term > term);
+    let mut txn = store.pool().begin().await.unwrap();
+    assert!(!PgStore::leads(&mut txn, term).await.unwrap(), "the old term is fenced");
+    assert!(PgStore::leads(&mut txn, new_term).await.unwrap());
+    txn.commit().await.unwrap();
+    assert_eq!(hosts[first].lead(&name(first), LEASE).await.unwrap(), None, "the old leader, resumed, follows");
+    let now = store.leader().await.unwrap().unwrap();
+    assert_eq!((now.host, now.term, now.live), (name(next), new_term, true));
 }

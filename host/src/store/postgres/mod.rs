@@ -4,17 +4,20 @@
 //! lock, so hosts starting at once migrate once), submission with
 //! idempotency keys, and the claim, lease and fencing protocol
 //! ([`PgStore::claim`], [`PgStore::renew`], [`PgStore::finish`],
-//! [`PgStore::reap`]). Records are the redb store's own ([`TaskRecord`] in
+//! [`PgStore::reap`]), and leader election ([`PgStore::lead`]). Records
+//! are the redb store's own ([`TaskRecord`] in
 //! postcard) and change through the same checked transitions as there (the
 //! state machine's table, the expected version).
 //!
 //! Not yet here (see `docs/scale-out.md`): the engine running on it
 //! (`taskhost serve --store postgres://…`), flows, context, plugins,
-//! retention, fairness across queues and tenants, leader-run timers and
-//! `LISTEN/NOTIFY` wake-ups.
+//! retention, fairness across queues and tenants, the duties a leader
+//! runs and `LISTEN/NOTIFY` wake-ups.
 
+mod leader;
 mod leases;
 
+pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
 
 use super::{StoreError, Submitted, TaskRecord, TaskState, decode_record, record::encode};
