@@ -4,7 +4,7 @@
 #
 #   ./dev.sh demo    build the host and the example plugins, run them, show results
 #   ./dev.sh test    formatting, dependency licences, then the whole test suite (what CI runs)
-#   ./dev.sh bench   the sandbox, engine, flows, registry, store, inference, traces, scripts and defaults benchmark tables
+#   ./dev.sh bench   the sandbox, engine, flows, registry, store, inference, traces, scripts, defaults and postgres benchmark tables
 #   ./dev.sh setup   only install prerequisites (Rust target wasm32-wasip2,
 #                    Debian's clang-19, llvm-19 and wasi-libc for the JavaScript runner,
 #                    componentize-py from PyPI (into target/venv) for the Python runner,
@@ -389,7 +389,7 @@ bench() {
   build_py_component
   BENCH_PY_COMPONENT=$PWD/$PY_COMPONENT \
     cargo bench -p taskhost --bench sandbox --bench engine --bench flows --bench registry --bench store --bench inference \
-      --bench traces --bench scripts --bench defaults
+      --bench traces --bench scripts --bench defaults --bench postgres
 }
 
 case "${1:-}" in

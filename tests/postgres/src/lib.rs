@@ -10,9 +10,11 @@
 //! directories of clusters whose process is gone. Each test takes a
 //! database of its own ([`Cluster::database`]).
 //!
-//! The server runs with `fsync=off` (the tests are about taskhost's
-//! semantics, not PostgreSQL's durability) and trusts whoever reaches its
-//! socket, which only the directory's owner (and root) can.
+//! The tests' server runs with `fsync=off` (they are about taskhost's
+//! semantics, not PostgreSQL's durability); the benchmarks' one
+//! ([`durable_cluster`]) flushes every commit, as PostgreSQL ships. Both
+//! trust whoever reaches their socket, which only the directory's owner
+//! (and root) can.
 
 use std::os::unix::fs::chown;
 use std::os::unix::process::CommandExt;
@@ -37,11 +39,19 @@ pub struct Cluster {
     next: AtomicU32,
 }
 
-/// The process's cluster, started on first use. Panics, saying what to
-/// install, when PostgreSQL is missing or does not start.
+/// The process's cluster for tests (`fsync=off`), started on first use.
+/// Panics, saying what to install, when PostgreSQL is missing or does not
+/// start.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| Cluster::start().unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}")))
+    CLUSTER.get_or_init(|| Cluster::start(false).unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}")))
+}
+
+/// The process's cluster for benchmarks: durable as PostgreSQL ships
+/// (`fsync` on, every commit flushed), started on first use.
+pub fn durable_cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| Cluster::start(true).unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}")))
 }
 
 impl Cluster {
@@ -81,11 +91,12 @@ impl Cluster {
         &self.dir
     }
 
-    fn start() -> Result<Cluster, String> {
+    fn start(durable: bool) -> Result<Cluster, String> {
         let bin = binaries()?;
         let tmp = std::env::temp_dir();
         remove_orphans(&tmp);
-        let dir = tmp.join(format!("{PREFIX}{}", std::process::id()));
+        let kind = if durable { "-durable" } else { "" };
+        let dir = tmp.join(format!("{PREFIX}{}{kind}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
         // Its owner only (root gets in anyway): the server trusts whoever
@@ -113,7 +124,8 @@ impl Cluster {
         }
         let mut server = Command::new(bin.join("postgres"));
         server.arg("-D").arg(&data).arg("-k").arg(&dir).args(["-p", &PORT.to_string()]);
-        let settings = ["listen_addresses=", "unix_socket_permissions=0700", "fsync=off", "max_connections=300"];
+        let fsync = if durable { "fsync=on" } else { "fsync=off" };
+        let settings = ["listen_addresses=", "unix_socket_permissions=0700", fsync, "max_connections=300"];
         for setting in settings {
             server.args(["-c", setting]);
         }
@@ -228,7 +240,8 @@ fn as_owner(command: &mut Command, owner: Option<(u32, u32)>) -> &mut Command {
 fn remove_orphans(tmp: &Path) {
     for entry in std::fs::read_dir(tmp).into_iter().flatten().flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix(PREFIX)).and_then(|p| p.parse::<u32>().ok()) else {
+        let pid = name.to_str().and_then(|n| n.strip_prefix(PREFIX)).map(|p| p.trim_end_matches("-durable"));
+        let Some(pid) = pid.and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
         if !Path::new(&format!("/proc/{pid}")).exists() {

@@ -170,6 +170,40 @@ async fn an_outcome_commits_once_under_its_lease() {
     assert_eq!(store.get(record.id).await.unwrap().unwrap().version, 3, "the refused write changed nothing");
 }
 
+/// Outcomes committed together: each as alone, a fenced one refused
+/// without holding back the others.
+#[tokio::test]
+async fn outcomes_commit_together_and_a_fenced_one_writes_nothing() {
+    let (store, _) = store("finish_all").await;
+    submit(&store, 3, |_| 0).await;
+    let claimed = store.claim("a", 3, LEASE).await.unwrap();
+    lapse(&store, claimed[1].record.id).await;
+    let done = |output: &[u8]| Outcome {
+        to: TaskState::Completed,
+        reason: "completed".into(),
+        output: Some(output.to_vec()),
+        error: None,
+        retry_at_ms: None,
+    };
+    let mut outcomes: Vec<(Lease, Outcome)> =
+        claimed.iter().map(|c| (c.lease.clone(), done(c.record.id.as_bytes()))).collect();
+    outcomes.push((claimed[0].lease.clone(), done(b"twice")));
+    let answers = store.finish_all(outcomes).await.unwrap();
+    let states: Vec<Result<TaskState, bool>> =
+        answers.iter().map(|a| a.as_ref().map(|r| r.state).map_err(|e| matches!(e, PgError::Fenced { .. }))).collect();
+    assert_eq!(states, [Ok(TaskState::Completed), Err(true), Ok(TaskState::Completed), Err(true)]);
+    for (i, c) in claimed.iter().enumerate() {
+        let output = store.output(c.record.id).await.unwrap();
+        let expected = (i != 1).then(|| c.record.id.as_bytes().to_vec());
+        assert_eq!(output, expected, "task {i}");
+    }
+    assert_eq!(
+        store.get(claimed[1].record.id).await.unwrap().unwrap().state,
+        TaskState::Running,
+        "left for the reaper"
+    );
+}
+
 /// A host whose lease lapsed (it stopped, or its network was cut) loses
 /// the task: any host takes it back with the attempt counted, another
 /// claims it under a larger token, and the first host's renewal and

@@ -86,27 +86,50 @@ impl PgStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *txn)
         .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
+        let mut records = Vec::with_capacity(rows.len());
         for row in rows {
             let mut record = decode_record(row.try_get("record")?)?;
             let claim = start(record.id, record.version);
             step(&mut record, claim)?;
-            write_record(&mut txn, &record, None).await?;
-            let token: i64 = sqlx::query_scalar(
-                "INSERT INTO taskhost_leases (task_id, host, token, expires_at)
-                 VALUES ($1, $2, nextval('taskhost_fencing_tokens'), clock_timestamp() + $3 * interval '1 millisecond')
-                 RETURNING token",
-            )
-            .bind(record.id)
-            .bind(host)
-            .bind(millis(lease))
-            .fetch_one(&mut *txn)
-            .await?;
-            let lease = Lease { task: record.id, token };
-            claimed.push(Claimed { record, lease });
+            records.push(record);
         }
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The whole batch in two statements, not two per task.
+        let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+        let versions: Vec<i64> = records.iter().map(|r| to_i64(r.version)).collect();
+        let encoded: Vec<Vec<u8>> = records.iter().map(encode).collect();
+        sqlx::query(
+            "UPDATE taskhost_tasks AS t SET state = 'running', version = c.version, record = c.record
+             FROM unnest($1::uuid[], $2::bigint[], $3::bytea[]) AS c (id, version, record)
+             WHERE t.id = c.id",
+        )
+        .bind(&ids)
+        .bind(&versions)
+        .bind(&encoded)
+        .execute(&mut *txn)
+        .await?;
+        let tokens: Vec<(Uuid, i64)> = sqlx::query_as(
+            "INSERT INTO taskhost_leases (task_id, host, token, expires_at)
+             SELECT id, $2, nextval('taskhost_fencing_tokens'), clock_timestamp() + $3 * interval '1 millisecond'
+             FROM unnest($1::uuid[]) AS id
+             RETURNING task_id, token",
+        )
+        .bind(&ids)
+        .bind(host)
+        .bind(millis(lease))
+        .fetch_all(&mut *txn)
+        .await?;
         txn.commit().await?;
-        Ok(claimed)
+        let tokens: std::collections::HashMap<Uuid, i64> = tokens.into_iter().collect();
+        records
+            .into_iter()
+            .map(|record| {
+                let token = *tokens.get(&record.id).ok_or(PgError::NotFound(record.id))?;
+                Ok(Claimed { lease: Lease { task: record.id, token }, record })
+            })
+            .collect()
     }
 
     /// Extends each of `leases` that is still live and still its holder's
@@ -133,36 +156,93 @@ impl PgStore {
     /// still live and still the task's; else [`PgError::Fenced`] and
     /// nothing is written.
     pub async fn finish(&self, lease: &Lease, outcome: Outcome) -> Result<TaskRecord, PgError> {
-        let fenced = || PgError::Fenced { id: lease.task, token: lease.token };
+        let mut done = self.finish_all(vec![(lease.clone(), outcome)]).await?;
+        done.pop().unwrap_or(Err(PgError::NotFound(lease.task)))
+    }
+
+    /// Commits many attempts' outcomes in one transaction, each as
+    /// [`finish`](Self::finish) would: one whose lease lapsed or was taken
+    /// over is [`PgError::Fenced`] and writes nothing, and the others
+    /// commit. The answers are in the order of `outcomes`.
+    pub async fn finish_all(
+        &self,
+        outcomes: Vec<(Lease, Outcome)>,
+    ) -> Result<Vec<Result<TaskRecord, PgError>>, PgError> {
+        let (tasks, tokens): (Vec<Uuid>, Vec<i64>) = outcomes.iter().map(|(l, _)| (l.task, l.token)).unzip();
         let mut txn = self.pool().begin().await?;
-        // Locks the lease: a reaper taking it back waits, or has taken it.
-        let live: Option<i64> = sqlx::query_scalar(
-            "SELECT token FROM taskhost_leases
-             WHERE task_id = $1 AND token = $2 AND expires_at > clock_timestamp()
-             FOR UPDATE",
+        // Locks the live leases: a reaper taking one back skips it, or has
+        // taken it already.
+        let live: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT l.task_id FROM taskhost_leases AS l
+             JOIN unnest($1::uuid[], $2::bigint[]) AS held (task_id, token)
+               ON l.task_id = held.task_id AND l.token = held.token
+             WHERE l.expires_at > clock_timestamp()
+             FOR UPDATE OF l",
         )
-        .bind(lease.task)
-        .bind(lease.token)
-        .fetch_optional(&mut *txn)
+        .bind(&tasks)
+        .bind(&tokens)
+        .fetch_all(&mut *txn)
         .await?;
-        if live.is_none() {
-            return Err(fenced());
+        let rows = sqlx::query("SELECT record FROM taskhost_tasks WHERE id = ANY($1) FOR UPDATE")
+            .bind(&live)
+            .fetch_all(&mut *txn)
+            .await?;
+        let mut held = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let record = decode_record(row.try_get("record")?)?;
+            held.insert(record.id, record);
         }
-        let mut record = locked_record(&mut txn, lease.task).await?;
-        let Outcome { to, reason, output, error, retry_at_ms } = outcome;
-        let output_len = output.as_ref().map(|o| o.len() as u64);
-        let change = Change::new(lease.task, to, reason).edit(move |r| {
-            r.error = error;
-            r.next_run_at_ms = retry_at_ms;
-            if output_len.is_some() {
-                r.output_len = output_len;
+        let mut answers = Vec::with_capacity(outcomes.len());
+        let mut written: Vec<(TaskRecord, Option<Vec<u8>>)> = Vec::with_capacity(held.len());
+        for (lease, outcome) in outcomes {
+            let Some(mut record) = held.remove(&lease.task) else {
+                answers.push(Err(PgError::Fenced { id: lease.task, token: lease.token }));
+                continue;
+            };
+            let Outcome { to, reason, output, error, retry_at_ms } = outcome;
+            let output_len = output.as_ref().map(|o| o.len() as u64);
+            let change = Change::new(lease.task, to, reason).edit(move |r| {
+                r.error = error;
+                r.next_run_at_ms = retry_at_ms;
+                if output_len.is_some() {
+                    r.output_len = output_len;
+                }
+            });
+            match step(&mut record, change) {
+                Ok(()) => {
+                    answers.push(Ok(record.clone()));
+                    written.push((record, output));
+                }
+                Err(refused) => answers.push(Err(refused.into())),
             }
-        });
-        step(&mut record, change)?;
-        write_record(&mut txn, &record, output.as_deref()).await?;
-        sqlx::query("DELETE FROM taskhost_leases WHERE task_id = $1").bind(lease.task).execute(&mut *txn).await?;
+        }
+        if !written.is_empty() {
+            let ids: Vec<Uuid> = written.iter().map(|(r, _)| r.id).collect();
+            let states: Vec<&str> = written.iter().map(|(r, _)| r.state.as_str()).collect();
+            let versions: Vec<i64> = written.iter().map(|(r, _)| to_i64(r.version)).collect();
+            let due: Vec<i64> = written.iter().map(|(r, _)| to_i64(r.next_run_at_ms.unwrap_or(0))).collect();
+            let encoded: Vec<Vec<u8>> = written.iter().map(|(r, _)| encode(r)).collect();
+            let outputs: Vec<Option<&[u8]>> = written.iter().map(|(_, o)| o.as_deref()).collect();
+            sqlx::query(
+                "UPDATE taskhost_tasks AS t
+                 SET state = c.state, version = c.version, due_at_ms = c.due, record = c.record,
+                     output = coalesce(c.output, t.output)
+                 FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[])
+                   AS c (id, state, version, due, record, output)
+                 WHERE t.id = c.id",
+            )
+            .bind(&ids)
+            .bind(&states)
+            .bind(&versions)
+            .bind(&due)
+            .bind(&encoded)
+            .bind(&outputs)
+            .execute(&mut *txn)
+            .await?;
+            sqlx::query("DELETE FROM taskhost_leases WHERE task_id = ANY($1)").bind(&ids).execute(&mut *txn).await?;
+        }
         txn.commit().await?;
-        Ok(record)
+        Ok(answers)
     }
 
     /// Takes back up to `limit` lapsed leases: each task goes back to

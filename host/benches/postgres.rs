@@ -1,0 +1,181 @@
+//! The PostgreSQL store's claim protocol (#16, first part): how many
+//! tasks per second hosts sharing one PostgreSQL move from submitted to
+//! completed through claims, leases and fenced outcomes, with 1, 2 and 3
+//! hosts, beside a PostgreSQL-free baseline of the same records. Each
+//! "host" is a store handle with its own connection pool in this process
+//! (the engine does not run on PostgreSQL yet); it claims batches of
+//! [`BATCH`] and commits each batch's outcomes in one transaction
+//! (`finish_all`), as the redb engine groups its commits; beside it, one
+//! host committing each outcome on its own (16 at once). The server is a throwaway cluster on this
+//! machine with every commit flushed (`fsync` on), sharing its CPUs with
+//! the hosts.
+//!
+//! Run: `cargo bench -p taskhost --bench postgres`.
+
+use std::time::{Duration, Instant};
+use taskhost::store::postgres::{Outcome, PgStore};
+use taskhost::store::{InputFrom, StoredLimits, TaskRecord, TaskState, Transition};
+
+/// Tasks per round.
+const TASKS: usize = 10_000;
+/// Tasks per claim.
+const BATCH: usize = 100;
+/// Rounds per setting (the median is shown).
+const ROUNDS: usize = 3;
+const LEASE: Duration = Duration::from_secs(60);
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(bench());
+}
+
+async fn bench() {
+    let cluster = taskhost_test_postgres::durable_cluster();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // (hosts, outcomes of a claim in one commit rather than one each)
+    let settings = [(1, false), (1, true), (2, true), (3, true)];
+    let mut rates: Vec<Vec<(f64, f64)>> = vec![Vec::new(); settings.len()];
+    for round in 0..ROUNDS {
+        for (i, &(hosts, together)) in settings.iter().enumerate() {
+            let url = cluster.database(&format!("bench_{i}_{round}"));
+            rates[i].push(round_of(&url, hosts, together).await);
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!("taskhost PostgreSQL claim protocol benchmark ({cpus} CPUs, PostgreSQL on the same machine, fsync on)\n");
+    println!("{TASKS} tasks per round, claims of {BATCH}; medians of {ROUNDS} rounds\n");
+    println!("| hosts | outcomes | submit (32 at once) | claim → completed, all hosts | per host | ratio |");
+    println!("|---:|---|---:|---:|---:|---:|");
+    let mut base = None;
+    for (i, r) in rates.iter().enumerate() {
+        let (hosts, together) = settings[i];
+        let mut submit: Vec<f64> = r.iter().map(|x| x.0).collect();
+        let mut run: Vec<f64> = r.iter().map(|x| x.1).collect();
+        let (submit, run) = (median(&mut submit), median(&mut run));
+        let base = *base.get_or_insert(run);
+        let outcomes = if together { "a claim's in one commit" } else { "one commit each, 16 at once" };
+        println!(
+            "| {hosts} | {outcomes} | {submit:.0} tasks/s | {run:.0} tasks/s | {:.0} tasks/s | {:.2}x |",
+            run / hosts as f64,
+            run / base
+        );
+    }
+}
+
+/// One round on a new database: submits [`TASKS`] tasks, then `hosts`
+/// stores claim and complete them all. Gives (submitted/s, completed/s).
+async fn round_of(url: &str, hosts: usize, together: bool) -> (f64, f64) {
+    let store = PgStore::connect(url, 32).await.unwrap();
+    let started = Instant::now();
+    let records: Vec<TaskRecord> = (0..TASKS).map(|_| record()).collect();
+    futures::future::join_all(records.chunks(TASKS.div_ceil(32)).map(|chunk| {
+        let store = store.clone();
+        async move {
+            for record in chunk {
+                assert!(store.submit(record, b"{}").await.unwrap().created);
+            }
+        }
+    }))
+    .await;
+    let submit = TASKS as f64 / started.elapsed().as_secs_f64();
+    let stores: Vec<PgStore> = futures::future::join_all((0..hosts).map(|_| PgStore::connect(url, 18)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let started = Instant::now();
+    futures::future::join_all(stores.iter().enumerate().map(|(n, store)| run_host(store, n, together))).await;
+    let run = TASKS as f64 / started.elapsed().as_secs_f64();
+    let counts = store.state_counts().await.unwrap();
+    assert_eq!(counts, [(TaskState::Completed, TASKS as i64)], "every task completed once");
+    (submit, run)
+}
+
+/// Claims and completes tasks until none is left: each claim's outcomes
+/// in one commit (`together`), or each in its own, 16 at once.
+async fn run_host(store: &PgStore, n: usize, together: bool) {
+    let host = format!("host-{n}");
+    let done = || Outcome {
+        to: TaskState::Completed,
+        reason: "completed".into(),
+        output: Some(b"{}".to_vec()),
+        error: None,
+        retry_at_ms: None,
+    };
+    loop {
+        let batch = store.claim(&host, BATCH, LEASE).await.unwrap();
+        if batch.is_empty() {
+            return;
+        }
+        if together {
+            let outcomes = batch.into_iter().map(|claimed| (claimed.lease, done())).collect();
+            for answer in store.finish_all(outcomes).await.unwrap() {
+                answer.unwrap();
+            }
+        } else {
+            let per = batch.len().div_ceil(16);
+            futures::future::join_all(batch.chunks(per).map(|chunk| async move {
+                for claimed in chunk {
+                    store.finish(&claimed.lease, done()).await.unwrap();
+                }
+            }))
+            .await;
+        }
+    }
+}
+
+/// A new pending task of a trivial plugin, as a submission makes it.
+fn record() -> TaskRecord {
+    let id = uuid::Uuid::now_v7();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    TaskRecord {
+        id,
+        version: 1,
+        state: TaskState::Pending,
+        plugin: "trivial".into(),
+        plugin_version: "1".into(),
+        digest: "sha256:0".into(),
+        queue: "default".into(),
+        priority: 0,
+        attempts: 0,
+        max_attempts: 3,
+        limits: StoredLimits {
+            fuel: 1_000_000,
+            memory_bytes: 64 << 20,
+            timeout_ms: 30_000,
+            max_output_bytes: 1 << 20,
+            max_log_bytes: 64 << 10,
+            host_bytes: 16 << 20,
+        },
+        error: None,
+        created_at_ms: now,
+        started_at_ms: None,
+        finished_at_ms: None,
+        next_run_at_ms: None,
+        idempotency_key: None,
+        parent_id: None,
+        callback_url: None,
+        input_len: 2,
+        output_len: None,
+        fuel_used: None,
+        host_bytes_used: None,
+        history: vec![Transition {
+            at_ms: now,
+            from: None,
+            to: TaskState::Pending,
+            attempt: 0,
+            reason: "submitted".into(),
+        }],
+        flow_id: id,
+        depth: 0,
+        after: Vec::new(),
+        input_from: InputFrom::Own,
+        step: None,
+        iteration: 0,
+        log_keep_bytes: None,
+        trace: None,
+    }
+}
