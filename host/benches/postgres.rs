@@ -98,13 +98,7 @@ async fn round_of(url: &str, hosts: usize, together: bool) -> (f64, f64) {
 /// in one commit (`together`), or each in its own, 16 at once.
 async fn run_host(store: &PgStore, n: usize, together: bool) {
     let host = format!("host-{n}");
-    let done = || Outcome {
-        to: TaskState::Completed,
-        reason: "completed".into(),
-        output: Some(b"{}".to_vec()),
-        error: None,
-        retry_at_ms: None,
-    };
+    let done = || Outcome::completed(b"{}".to_vec());
     loop {
         let batch = store.claim(&host, BATCH, LEASE).await.unwrap();
         if batch.is_empty() {

@@ -154,13 +154,7 @@ async fn an_outcome_commits_once_under_its_lease() {
     let (store, _) = store("finish").await;
     submit(&store, 1, |_| 0).await;
     let Claimed { record, lease } = store.claim("a", 1, LEASE).await.unwrap().remove(0);
-    let done = |output: &[u8]| Outcome {
-        to: TaskState::Completed,
-        reason: "completed".into(),
-        output: Some(output.to_vec()),
-        error: None,
-        retry_at_ms: None,
-    };
+    let done = |output: &[u8]| Outcome::completed(output.to_vec());
     let finished = store.finish(&lease, done(b"out")).await.unwrap();
     assert_eq!((finished.state, finished.output_len, finished.version), (TaskState::Completed, Some(3), 3));
     assert!(finished.finished_at_ms.is_some());
@@ -178,13 +172,7 @@ async fn outcomes_commit_together_and_a_fenced_one_writes_nothing() {
     submit(&store, 3, |_| 0).await;
     let claimed = store.claim("a", 3, LEASE).await.unwrap();
     lapse(&store, claimed[1].record.id).await;
-    let done = |output: &[u8]| Outcome {
-        to: TaskState::Completed,
-        reason: "completed".into(),
-        output: Some(output.to_vec()),
-        error: None,
-        retry_at_ms: None,
-    };
+    let done = |output: &[u8]| Outcome::completed(output.to_vec());
     let mut outcomes: Vec<(Lease, Outcome)> =
         claimed.iter().map(|c| (c.lease.clone(), done(c.record.id.as_bytes()))).collect();
     outcomes.push((claimed[0].lease.clone(), done(b"twice")));
@@ -215,13 +203,7 @@ async fn a_lapsed_lease_is_taken_back_and_its_old_holder_fenced() {
     let mut task = record(1, None);
     task.max_attempts = 2;
     store.submit(&task, b"").await.unwrap();
-    let done = |output: &[u8]| Outcome {
-        to: TaskState::Completed,
-        reason: "late".into(),
-        output: Some(output.to_vec()),
-        error: None,
-        retry_at_ms: None,
-    };
+    let done = |output: &[u8]| Outcome::completed(output.to_vec());
     let first = store.claim("a", 1, LEASE).await.unwrap().remove(0);
     assert!(store.reap(10).await.unwrap().is_empty(), "a live lease is not taken back");
     assert!(store.renew(std::slice::from_ref(&first.lease), LEASE).await.unwrap().is_empty(), "renewed while live");

@@ -70,6 +70,19 @@ pub struct Outcome {
     pub retry_at_ms: Option<u64>,
 }
 
+impl Outcome {
+    /// A completion with `output`.
+    pub fn completed(output: Vec<u8>) -> Self {
+        Self {
+            to: TaskState::Completed,
+            reason: "completed".into(),
+            output: Some(output),
+            error: None,
+            retry_at_ms: None,
+        }
+    }
+}
+
 impl PgStore {
     /// Claims up to `limit` startable tasks for `host`, each with a lease
     /// of `lease` (see the module's opening).
