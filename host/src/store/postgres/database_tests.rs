@@ -5,6 +5,7 @@
 use super::*;
 use crate::FailureClass;
 use crate::store::StoredFailure;
+use crate::store::TaskRecord;
 use crate::store::postgres::Term;
 use crate::store::tests::record;
 use std::collections::HashSet;
@@ -102,6 +103,25 @@ async fn a_key_seen_before_returns_the_first_task() {
     let child = crate::store::tests::child_of(1, 3, None).0;
     let refused = store.submit(&child, b"").await.unwrap_err().to_string();
     assert!(refused.contains("not supported on PostgreSQL yet"), "{refused}");
+}
+
+/// Many submissions in one transaction: keys seen before, and keys
+/// repeated within the batch, answer with the task that has them.
+#[tokio::test]
+async fn many_submissions_commit_together_and_keys_hold_within_the_batch() {
+    let (store, _) = store("submit_all").await;
+    assert!(store.submit(&record(1, Some("old")), b"").await.unwrap().created);
+    let batch: Vec<(TaskRecord, Vec<u8>)> =
+        [(2, Some("old")), (3, None), (4, Some("new")), (5, Some("new")), (6, None)]
+            .into_iter()
+            .map(|(n, key)| (record(n, key), n.to_le_bytes().to_vec()))
+            .collect();
+    let answers = store.submit_all(&batch).await.unwrap();
+    let seen: Vec<(u128, bool)> = answers.iter().map(|s| (s.record.id.as_u128(), s.created)).collect();
+    assert_eq!(seen, [(1, false), (3, true), (4, true), (4, false), (6, true)]);
+    assert_eq!(store.state_counts().await.unwrap(), [(TaskState::Pending, 4)]);
+    assert_eq!(store.get(Uuid::from_u128(5)).await.unwrap().map(|r| r.id), None);
+    assert_eq!(store.claim("a", 10, LEASE).await.unwrap().len(), 4);
 }
 
 /// Three hosts claiming at once take every startable task exactly once,

@@ -156,6 +156,77 @@ impl PgStore {
         Ok(Submitted { record: decode_record(row.try_get("record")?)?, created: false })
     }
 
+    /// Records many new tasks (flow roots) in one transaction, each as
+    /// [`submit`](Self::submit) would: a key seen before, or earlier in
+    /// `tasks`, answers with the task that has it. Answers in the order
+    /// of `tasks`.
+    pub async fn submit_all(&self, tasks: &[(TaskRecord, Vec<u8>)]) -> Result<Vec<Submitted>, PgError> {
+        if let Some((r, _)) = tasks.iter().find(|(r, _)| !r.is_flow_root()) {
+            return Err(PgError::Unsupported(format!("task {} belongs to flow {}", r.id, r.flow_id)));
+        }
+        let ids: Vec<Uuid> = tasks.iter().map(|(r, _)| r.id).collect();
+        let states: Vec<&str> = tasks.iter().map(|(r, _)| r.state.as_str()).collect();
+        let versions: Vec<i64> = tasks.iter().map(|(r, _)| to_i64(r.version)).collect();
+        let queues: Vec<&str> = tasks.iter().map(|(r, _)| r.queue.as_str()).collect();
+        let priorities: Vec<i16> = tasks.iter().map(|(r, _)| i16::from(r.priority)).collect();
+        let due: Vec<i64> = tasks.iter().map(|(r, _)| to_i64(r.next_run_at_ms.unwrap_or(0))).collect();
+        let keys: Vec<Option<&str>> = tasks.iter().map(|(r, _)| r.idempotency_key.as_deref()).collect();
+        let records: Vec<Vec<u8>> = tasks.iter().map(|(r, _)| encode(r)).collect();
+        let inputs: Vec<&[u8]> = tasks.iter().map(|(_, input)| input.as_slice()).collect();
+        let mut txn = self.pool.begin().await?;
+        // `ORDER BY n`: of two new tasks with one key, the first is kept.
+        let inserted: Vec<Uuid> = sqlx::query_scalar(
+            "INSERT INTO taskhost_tasks (id, state, version, queue, priority, due_at_ms, idempotency_key, record, input)
+             SELECT id, state, version, queue, priority, due, key, record, input
+             FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::smallint[], $6::bigint[], $7::text[],
+                         $8::bytea[], $9::bytea[])
+               WITH ORDINALITY AS t (id, state, version, queue, priority, due, key, record, input, n)
+             ORDER BY n
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING id",
+        )
+        .bind(&ids)
+        .bind(&states)
+        .bind(&versions)
+        .bind(&queues)
+        .bind(&priorities)
+        .bind(&due)
+        .bind(&keys)
+        .bind(&records)
+        .bind(&inputs)
+        .fetch_all(&mut *txn)
+        .await?;
+        let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
+        let taken: Vec<&str> = tasks
+            .iter()
+            .filter(|(r, _)| !inserted.contains(&r.id))
+            .filter_map(|(r, _)| r.idempotency_key.as_deref())
+            .collect();
+        let rows = sqlx::query("SELECT idempotency_key, record FROM taskhost_tasks WHERE idempotency_key = ANY($1)")
+            .bind(&taken)
+            .fetch_all(&mut *txn)
+            .await?;
+        txn.commit().await?;
+        let mut holders = std::collections::HashMap::with_capacity(rows.len());
+        for row in rows {
+            let key: String = row.try_get("idempotency_key")?;
+            holders.insert(key, decode_record(row.try_get("record")?)?);
+        }
+        tasks
+            .iter()
+            .map(|(record, _)| {
+                if inserted.contains(&record.id) {
+                    return Ok(Submitted { record: record.clone(), created: true });
+                }
+                let key = record.idempotency_key.as_deref().unwrap_or_default();
+                let holder = holders.get(key).ok_or_else(|| {
+                    StoreError::Refused(format!("the task with idempotency key `{key}` was removed meanwhile"))
+                })?;
+                Ok(Submitted { record: holder.clone(), created: false })
+            })
+            .collect()
+    }
+
     /// One task's record.
     pub async fn get(&self, id: Uuid) -> Result<Option<TaskRecord>, PgError> {
         let row =
