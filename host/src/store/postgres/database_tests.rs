@@ -122,6 +122,19 @@ async fn many_submissions_commit_together_and_keys_hold_within_the_batch() {
     assert_eq!(store.state_counts().await.unwrap(), [(TaskState::Pending, 4)]);
     assert_eq!(store.get(Uuid::from_u128(5)).await.unwrap().map(|r| r.id), None);
     assert_eq!(store.claim("a", 10, LEASE).await.unwrap().len(), 4);
+    // Two hosts' batches sharing keys in opposite orders, at once: each
+    // key once, no deadlock.
+    let keyed = |from: u128, keys: [&str; 3]| -> Vec<(TaskRecord, Vec<u8>)> {
+        keys.iter().zip(from..).map(|(key, n)| (record(n, Some(key)), Vec::new())).collect()
+    };
+    let (a, b) = (keyed(10, ["x", "y", "z"]), keyed(20, ["z", "y", "x"]));
+    let (a, b) = tokio::join!(store.submit_all(&a), store.submit_all(&b));
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let created = a.iter().chain(&b).filter(|s| s.created).count();
+    assert_eq!(created, 3, "{a:?} {b:?}");
+    for (x, y) in a.iter().zip(b.iter().rev()) {
+        assert_eq!(x.record.id, y.record.id, "one task per key");
+    }
 }
 
 /// Three hosts claiming at once take every startable task exactly once,

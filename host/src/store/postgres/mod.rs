@@ -174,14 +174,16 @@ impl PgStore {
         let records: Vec<Vec<u8>> = tasks.iter().map(|(r, _)| encode(r)).collect();
         let inputs: Vec<&[u8]> = tasks.iter().map(|(_, input)| input.as_slice()).collect();
         let mut txn = self.pool.begin().await?;
-        // `ORDER BY n`: of two new tasks with one key, the first is kept.
+        // Keys in one order on every host, so two batches sharing keys
+        // wait for each other instead of deadlocking; within a key, the
+        // batch's first task is kept.
         let inserted: Vec<Uuid> = sqlx::query_scalar(
             "INSERT INTO taskhost_tasks (id, state, version, queue, priority, due_at_ms, idempotency_key, record, input)
              SELECT id, state, version, queue, priority, due, key, record, input
              FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::smallint[], $6::bigint[], $7::text[],
                          $8::bytea[], $9::bytea[])
                WITH ORDINALITY AS t (id, state, version, queue, priority, due, key, record, input, n)
-             ORDER BY n
+             ORDER BY key, n
              ON CONFLICT (idempotency_key) DO NOTHING
              RETURNING id",
         )
