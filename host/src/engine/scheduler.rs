@@ -82,7 +82,12 @@ impl Queue {
     }
 
     fn eligible(&self) -> bool {
-        self.live() > 0 && self.config.concurrency.is_none_or(|limit| self.running < limit as usize)
+        self.live() > 0 && !self.capped()
+    }
+
+    /// Running as many tasks as its concurrency limit allows.
+    fn capped(&self) -> bool {
+        self.config.concurrency.is_some_and(|limit| self.running >= limit as usize)
     }
 }
 
@@ -306,8 +311,7 @@ impl Scheduler {
                 .filter(|(name, q)| (q.live() > 0 || q.running > 0) && crate::tenant::tenant_of(name) == tenant)
                 .map(|(_, q)| q)
         };
-        let capped = |q: &Queue| q.config.concurrency.is_some_and(|limit| q.running >= limit as usize);
-        let free = active().filter(|q| !capped(q)).map(|q| q.vtime).min_by(f64::total_cmp);
+        let free = active().filter(|q| !q.capped()).map(|q| q.vtime).min_by(f64::total_cmp);
         free.or_else(|| active().map(|q| q.vtime).min_by(f64::total_cmp))
     }
 
@@ -389,8 +393,8 @@ impl Scheduler {
 
     /// Claims a task that is being submitted, before its commit, when it
     /// is the one [`Scheduler::next`] would claim anyway: nothing else is
-    /// ready (delayed tasks due at `now_ms` count), the window has room, and neither its queue nor its tenant is
-    /// at its cap. The task is then charged and in flight as if `next` had
+    /// ready (delayed tasks due at `now_ms` count), the window has room,
+    /// and neither its queue nor its tenant is at its cap. The task is then charged and in flight as if `next` had
     /// claimed it; the caller commits it as running, and calls
     /// [`Scheduler::finished`] when that commit does not happen. `None`
     /// leaves the scheduler as it was: the task is enqueued after its
@@ -401,10 +405,7 @@ impl Scheduler {
         if !self.ready_ids.is_empty() || self.in_flight >= self.window() {
             return None;
         }
-        let capped = self
-            .queues
-            .get(&entry.queue)
-            .is_some_and(|q| q.config.concurrency.is_some_and(|limit| q.running >= limit as usize));
+        let capped = self.queues.get(&entry.queue).is_some_and(Queue::capped);
         let tenant_capped = self.tenants.get(crate::tenant::tenant_of(&entry.queue)).is_some_and(Tenant::capped);
         if capped || tenant_capped {
             return None;

@@ -1316,6 +1316,18 @@ pub(crate) fn step(record: &mut TaskRecord, change: Change) -> Result<(), StoreE
     if change.log.is_some() || change.effects.is_some() {
         return Err(StoreError::Refused(format!("task {id}: this change carries a log or effects")));
     }
+    allowed(record, &change)?;
+    if let Some(output) = &change.output {
+        record.output_len = Some(output.len() as u64);
+    }
+    moved(record, change.to, change.reason, change.edit);
+    Ok(())
+}
+
+/// Whether `change` may apply to `record`: the state machine allows the
+/// move, and the record has the version the change expects.
+fn allowed(record: &TaskRecord, change: &Change) -> Result<(), StoreError> {
+    let id = record.id;
     if !machine::allowed(record.state, change.to) {
         return Err(StoreError::IllegalTransition { id, from: record.state, to: change.to });
     }
@@ -1324,10 +1336,6 @@ pub(crate) fn step(record: &mut TaskRecord, change: Change) -> Result<(), StoreE
     {
         return Err(StoreError::VersionMismatch { id, expected, found: record.version });
     }
-    if let Some(output) = &change.output {
-        record.output_len = Some(output.len() as u64);
-    }
-    moved(record, change.to, change.reason, change.edit);
     Ok(())
 }
 
@@ -1353,14 +1361,7 @@ fn apply_transition(t: &mut Tables<'_>, change: Change) -> Result<Applied, Store
         Some(v) => decode(v.value())?,
         None => return Err(StoreError::NotFound(id)),
     };
-    if !machine::allowed(record.state, change.to) {
-        return Err(StoreError::IllegalTransition { id, from: record.state, to: change.to });
-    }
-    if let Some(expected) = change.expected_version
-        && expected != record.version
-    {
-        return Err(StoreError::VersionMismatch { id, expected, found: record.version });
-    }
+    allowed(&record, &change)?;
     let from = record.state;
     let ended_at = record.finished_at_ms;
     if let Some(output) = change.output {
