@@ -32,6 +32,7 @@ use crate::store::{
 };
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -111,18 +112,7 @@ impl PgStore {
         }
         // The whole batch in two statements, not two per task.
         let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
-        let versions: Vec<i64> = records.iter().map(|r| to_i64(r.version)).collect();
-        let encoded: Vec<Vec<u8>> = records.iter().map(encode).collect();
-        sqlx::query(
-            "UPDATE taskhost_tasks AS t SET state = 'running', version = c.version, record = c.record
-             FROM unnest($1::uuid[], $2::bigint[], $3::bytea[]) AS c (id, version, record)
-             WHERE t.id = c.id",
-        )
-        .bind(&ids)
-        .bind(&versions)
-        .bind(&encoded)
-        .execute(&mut *txn)
-        .await?;
+        write_records(&mut txn, records.iter().map(|r| (r, None))).await?;
         let tokens: Vec<(Uuid, i64)> = sqlx::query_as(
             "INSERT INTO taskhost_leases (task_id, host, token, expires_at)
              SELECT id, $2, nextval('taskhost_fencing_tokens'), clock_timestamp() + $3 * interval '1 millisecond'
@@ -135,7 +125,7 @@ impl PgStore {
         .fetch_all(&mut *txn)
         .await?;
         txn.commit().await?;
-        let tokens: std::collections::HashMap<Uuid, i64> = tokens.into_iter().collect();
+        let tokens: HashMap<Uuid, i64> = tokens.into_iter().collect();
         records
             .into_iter()
             .map(|record| {
@@ -161,7 +151,7 @@ impl PgStore {
         .bind(millis(lease))
         .fetch_all(self.pool())
         .await?;
-        let renewed: std::collections::HashSet<Uuid> = renewed.into_iter().collect();
+        let renewed: HashSet<Uuid> = renewed.into_iter().collect();
         Ok(tasks.into_iter().filter(|t| !renewed.contains(t)).collect())
     }
 
@@ -196,15 +186,7 @@ impl PgStore {
         .bind(&tokens)
         .fetch_all(&mut *txn)
         .await?;
-        let rows = sqlx::query("SELECT record FROM taskhost_tasks WHERE id = ANY($1) FOR UPDATE")
-            .bind(&live)
-            .fetch_all(&mut *txn)
-            .await?;
-        let mut held = std::collections::HashMap::with_capacity(rows.len());
-        for row in rows {
-            let record = decode_record(row.try_get("record")?)?;
-            held.insert(record.id, record);
-        }
+        let mut held = locked_records(&mut txn, &live).await?;
         let mut answers = Vec::with_capacity(outcomes.len());
         let mut written: Vec<(TaskRecord, Option<Vec<u8>>)> = Vec::with_capacity(held.len());
         for (lease, outcome) in outcomes {
@@ -229,31 +211,8 @@ impl PgStore {
                 Err(refused) => answers.push(Err(refused.into())),
             }
         }
-        if !written.is_empty() {
-            let ids: Vec<Uuid> = written.iter().map(|(r, _)| r.id).collect();
-            let states: Vec<&str> = written.iter().map(|(r, _)| r.state.as_str()).collect();
-            let versions: Vec<i64> = written.iter().map(|(r, _)| to_i64(r.version)).collect();
-            let due: Vec<i64> = written.iter().map(|(r, _)| to_i64(r.next_run_at_ms.unwrap_or(0))).collect();
-            let encoded: Vec<Vec<u8>> = written.iter().map(|(r, _)| encode(r)).collect();
-            let outputs: Vec<Option<&[u8]>> = written.iter().map(|(_, o)| o.as_deref()).collect();
-            sqlx::query(
-                "UPDATE taskhost_tasks AS t
-                 SET state = c.state, version = c.version, due_at_ms = c.due, record = c.record,
-                     output = coalesce(c.output, t.output)
-                 FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[])
-                   AS c (id, state, version, due, record, output)
-                 WHERE t.id = c.id",
-            )
-            .bind(&ids)
-            .bind(&states)
-            .bind(&versions)
-            .bind(&due)
-            .bind(&encoded)
-            .bind(&outputs)
-            .execute(&mut *txn)
-            .await?;
-            sqlx::query("DELETE FROM taskhost_leases WHERE task_id = ANY($1)").bind(&ids).execute(&mut *txn).await?;
-        }
+        write_records(&mut txn, written.iter().map(|(r, output)| (r, output.as_deref()))).await?;
+        release_leases(&mut txn, written.iter().map(|(r, _)| r.id)).await?;
         txn.commit().await?;
         Ok(answers)
     }
@@ -274,47 +233,86 @@ impl PgStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *txn)
         .await?;
-        let mut reaped = Vec::with_capacity(rows.len());
+        let mut lapsed = Vec::with_capacity(rows.len());
         for row in rows {
-            let (task, host): (Uuid, String) = (row.try_get("task_id")?, row.try_get("host")?);
-            let mut record = locked_record(&mut txn, task).await?;
-            let change: Change = interrupted(&record, &format!("host `{host}` lost its lease"));
-            step(&mut record, change)?;
-            write_record(&mut txn, &record, None).await?;
-            sqlx::query("DELETE FROM taskhost_leases WHERE task_id = $1").bind(task).execute(&mut *txn).await?;
+            lapsed.push((row.try_get::<Uuid, _>("task_id")?, row.try_get::<String, _>("host")?));
+        }
+        let ids: Vec<Uuid> = lapsed.iter().map(|(task, _)| *task).collect();
+        let mut held = locked_records(&mut txn, &ids).await?;
+        let mut reaped = Vec::with_capacity(lapsed.len());
+        for (task, host) in lapsed {
+            let mut record = held.remove(&task).ok_or(PgError::NotFound(task))?;
+            let taken_back = interrupted(&record, &format!("host `{host}` lost its lease"));
+            step(&mut record, taken_back)?;
             reaped.push(record);
         }
+        write_records(&mut txn, reaped.iter().map(|r| (r, None))).await?;
+        release_leases(&mut txn, ids).await?;
         txn.commit().await?;
         Ok(reaped)
     }
 }
 
-/// Task `id`'s record, its row locked until the transaction ends.
-async fn locked_record(conn: &mut PgConnection, id: Uuid) -> Result<TaskRecord, PgError> {
-    let row = sqlx::query("SELECT record FROM taskhost_tasks WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .fetch_optional(&mut *conn)
-        .await?
-        .ok_or(PgError::NotFound(id))?;
-    Ok(decode_record(row.try_get("record")?)?)
+/// The records of tasks `ids`, their rows locked until the transaction
+/// ends.
+async fn locked_records(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, TaskRecord>, PgError> {
+    let rows = sqlx::query("SELECT record FROM taskhost_tasks WHERE id = ANY($1) FOR UPDATE")
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?;
+    let mut records = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let record = decode_record(row.try_get("record")?)?;
+        records.insert(record.id, record);
+    }
+    Ok(records)
 }
 
-/// Writes `record` and the columns queried beside it (and `output`, when
-/// given) to its row.
-async fn write_record(conn: &mut PgConnection, record: &TaskRecord, output: Option<&[u8]>) -> Result<(), PgError> {
+/// Writes each record and the columns queried beside it (and its output,
+/// when given) to its row, in one statement.
+async fn write_records<'a>(
+    conn: &mut PgConnection,
+    records: impl Iterator<Item = (&'a TaskRecord, Option<&'a [u8]>)>,
+) -> Result<(), PgError> {
+    let (mut ids, mut states, mut versions, mut due, mut encoded, mut outputs) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (record, output) in records {
+        ids.push(record.id);
+        states.push(record.state.as_str());
+        versions.push(to_i64(record.version));
+        due.push(to_i64(record.next_run_at_ms.unwrap_or(0)));
+        encoded.push(encode(record));
+        outputs.push(output);
+    }
+    if ids.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
-        "UPDATE taskhost_tasks
-         SET state = $2, version = $3, due_at_ms = $4, record = $5, output = coalesce($6, output)
-         WHERE id = $1",
+        "UPDATE taskhost_tasks AS t
+         SET state = c.state, version = c.version, due_at_ms = c.due, record = c.record,
+             output = coalesce(c.output, t.output)
+         FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[])
+           AS c (id, state, version, due, record, output)
+         WHERE t.id = c.id",
     )
-    .bind(record.id)
-    .bind(record.state.as_str())
-    .bind(to_i64(record.version))
-    .bind(to_i64(record.next_run_at_ms.unwrap_or(0)))
-    .bind(encode(record))
-    .bind(output)
+    .bind(&ids)
+    .bind(&states)
+    .bind(&versions)
+    .bind(&due)
+    .bind(&encoded)
+    .bind(&outputs)
     .execute(&mut *conn)
     .await?;
+    Ok(())
+}
+
+/// Deletes the leases of tasks `ids` (their outcome is written, or they
+/// were taken back).
+async fn release_leases(conn: &mut PgConnection, ids: impl IntoIterator<Item = Uuid>) -> Result<(), PgError> {
+    let ids: Vec<Uuid> = ids.into_iter().collect();
+    if !ids.is_empty() {
+        sqlx::query("DELETE FROM taskhost_leases WHERE task_id = ANY($1)").bind(&ids).execute(&mut *conn).await?;
+    }
     Ok(())
 }
 
