@@ -84,11 +84,11 @@ async fn round_of(url: &str, hosts: usize, together: bool) -> (f64, f64) {
         async move {
             if together {
                 for batch in chunk.chunks(BATCH) {
-                    assert!(store.submit_all(batch).await.unwrap().iter().all(|s| s.created));
+                    assert!(store.submit_all(batch.to_vec()).await.unwrap().iter().all(|s| s.created));
                 }
             } else {
                 for (record, input) in chunk {
-                    assert!(store.submit(record, input).await.unwrap().created);
+                    assert!(store.submit(record.clone(), input.clone()).await.unwrap().created);
                 }
             }
         }

@@ -23,11 +23,9 @@
 //! answered with the error instead (a task whose outcome was not recorded
 //! is recovered on the next start).
 
+use super::apply::{apply_flow, apply_submit, apply_transition, at_once};
 use super::open;
-use super::{
-    Applied, FlowRecord, Op, Redo, StoreError, Submitted, Tables, TaskRecord, apply_flow, apply_submit,
-    apply_transition,
-};
+use super::{Applied, FlowRecord, Op, Redo, StoreError, Submitted, Tables, TaskRecord};
 use crate::sync::lock;
 use redb::{Database, Durability, WriteTransaction};
 use std::collections::VecDeque;
@@ -127,7 +125,7 @@ impl Shared {
         }
     }
 
-    fn path(&self) -> &std::path::Path {
+    pub(crate) fn path(&self) -> &std::path::Path {
         match &self.source {
             Source::File(path) => path,
             #[cfg(test)]
@@ -568,17 +566,17 @@ fn commit_batch(shared: &Shared, ops: Vec<Op>) -> Option<(Held, Vec<Op>)> {
                 let mark = t.redo.len();
                 let (answer, failure) = match op {
                     Op::Submit { record, input, then, reply } => {
-                        let result = apply_submit(&mut t, *record, input, then);
+                        let result = at_once(apply_submit(&mut t, *record, input, then));
                         let failure = storage_failure(&result);
                         (Pending::Submit(reply, result), failure)
                     }
                     Op::Transition { change, reply } => {
-                        let result = apply_transition(&mut t, change);
+                        let result = at_once(apply_transition(&mut t, change));
                         let failure = storage_failure(&result);
                         (Pending::Transition(reply, result), failure)
                     }
                     Op::Flow { id, edit, reply } => {
-                        let result = apply_flow(&mut t, id, edit);
+                        let result = at_once(apply_flow(&mut t, id, edit));
                         let failure = storage_failure(&result);
                         (Pending::Flow(reply, result), failure)
                     }

@@ -45,6 +45,10 @@ pub enum StoreError {
     /// The storage engine failed.
     #[error("storage error: {0}")]
     Storage(#[from] redb::Error),
+    /// PostgreSQL failed a query of the shared store (a lost connection,
+    /// a deadlock it broke, a constraint); the transaction wrote nothing.
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] sqlx::Error),
     /// The group commit holding this operation failed.
     #[error("commit failed: {0}")]
     CommitFailed(String),

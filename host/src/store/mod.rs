@@ -8,6 +8,7 @@
 //! (see `open.rs`); `check.rs` checks and repairs a file offline.
 
 mod access;
+mod apply;
 mod backend;
 pub mod check;
 mod commit;
@@ -34,9 +35,9 @@ pub use record::{
     FlowRecord, FlowState, InputFrom, PluginEntry, PluginVersion, QueueConfig, Repeat, RepeatKind, StoredFailure,
     StoredLimits, TaskRecord, TaskState, Transition,
 };
-pub(crate) use retention::flow_group;
 pub use retention::{Removed, Retention, is_flow_group};
 
+use apply::index_writes;
 use commit::{Shared, Source};
 use record::{decode, encode};
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
@@ -341,6 +342,12 @@ impl Store {
             }
         };
         Self::start(Source::File(path.to_owned()), db, group_commit, capacity, gate)
+    }
+
+    /// The store file's path.
+    #[cfg(test)]
+    pub(crate) fn path(&self) -> &Path {
+        self.shared.path()
     }
 
     /// Waits for the integrity check of a store opened with
@@ -1176,13 +1183,6 @@ impl<'t> Tables<'t> {
         })
     }
 
-    /// Makes a write and keeps it.
-    fn write(&mut self, write: Redo) -> Result<(), StoreError> {
-        self.put(&write)?;
-        self.redo.push(write);
-        Ok(())
-    }
-
     /// Makes a write.
     pub(crate) fn put(&mut self, write: &Redo) -> Result<(), StoreError> {
         match write {
@@ -1207,101 +1207,33 @@ impl<'t> Tables<'t> {
     }
 }
 
-/// Records a task, or returns the one its idempotency key names: a key of
-/// a task submitted from outside (a flow's root) in the API's namespace,
-/// a key of a task a flow grew in that flow's own.
-fn apply_submit(
-    t: &mut Tables<'_>,
-    mut record: TaskRecord,
-    input: Vec<u8>,
-    then: Option<Change>,
-) -> Result<Submitted, StoreError> {
-    // Everything is checked before the first write: a write stays in the
-    // batch's transaction even when this operation is refused.
-    let mut key_write = None;
-    if let Some(key) = &record.idempotency_key {
-        let flow = record.flow_id.as_u128();
-        let existing = if record.is_flow_root() {
-            t.keys.get(key.as_str())?.map(|v| v.value())
-        } else {
-            t.flow_keys.get((flow, key.as_str()))?.map(|v| v.value())
-        };
-        if let Some(existing) = existing {
-            let found = t.tasks.get(existing)?.ok_or(StoreError::NotFound(Uuid::from_u128(existing)))?;
-            return Ok(Submitted { record: decode(found.value())?, created: false });
-        }
-        key_write = Some(if record.is_flow_root() {
-            Redo::Key(key.clone(), record.id.as_u128())
-        } else {
-            Redo::FlowKey(flow, key.clone(), record.id.as_u128())
-        });
+impl apply::Txn for Tables<'_> {
+    async fn task(&mut self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        self.tasks.get(id.as_u128())?.map(|v| decode(v.value())).transpose()
     }
-    if let Some(change) = then {
-        let id = record.id;
-        if change.id != id || change.to.is_terminal() {
-            return Err(StoreError::Refused(format!(
-                "task {id}: a change committed with its submission must be the new task's, to a state that is not final"
-            )));
-        }
-        if change.output.is_some() {
-            return Err(StoreError::Refused(format!(
-                "task {id}: a change committed with its submission carries no output"
-            )));
-        }
-        step(&mut record, change)?;
-    }
-    if let Some(write) = key_write {
-        t.write(write)?;
-    }
-    t.write(Redo::Task(record.id.as_u128(), encode(&record)))?;
-    for write in index_writes(&record) {
-        t.write(Redo::Index(write))?;
-    }
-    t.write(Redo::Input(record.id.as_u128(), input))?;
-    if !record.is_flow_root() {
-        t.write(Redo::FlowTask(record.flow_id.as_u128(), record.id.as_u128()))?;
-    }
-    Ok(Submitted { record, created: true })
-}
 
-fn read_flow(t: &Tables<'_>, id: Uuid) -> Result<Option<FlowRecord>, StoreError> {
-    t.flows.get(id.as_u128())?.map(|v| decode(v.value())).transpose()
-}
+    async fn keyed(&mut self, key: &str) -> Result<Option<Uuid>, StoreError> {
+        Ok(self.keys.get(key)?.map(|v| Uuid::from_u128(v.value())))
+    }
 
-/// Writes a flow's record (stored as `before`), keeping its entry in
-/// [`FINISHED`] in step: listed while it has ended, under its tenant's
-/// flow group.
-fn write_flow(t: &mut Tables<'_>, before: Option<&FlowRecord>, flow: &FlowRecord) -> Result<(), StoreError> {
-    let id = flow.id.as_u128();
-    let root =
-        if before.is_none() { t.tasks.get(id)?.map(|v| decode::<TaskRecord>(v.value())).transpose()? } else { None };
-    if let Some(root) = root.filter(|r| r.state.is_terminal()) {
-        // A root that ended alone is its flow's now (a flow of one task
-        // cancelled after it ended): it goes with the flow.
-        let at = root.finished_at_ms.unwrap_or(root.created_at_ms);
-        t.write(Redo::Finished(root.queue, at, id, false))?;
+    async fn flow_keyed(&mut self, flow: Uuid, key: &str) -> Result<Option<Uuid>, StoreError> {
+        Ok(self.flow_keys.get((flow.as_u128(), key))?.map(|v| Uuid::from_u128(v.value())))
     }
-    if let Some(before) = before
-        && flow.repeat.is_some()
-        && flow.iteration > before.iteration
-    {
-        // A repeating flow's past iterations are units of their own: one
-        // entry for each iteration that ended, as it ends.
-        let group = retention::iteration_group(&retention::flow_tenant(&t.tasks, &t.flow_tasks, id)?);
-        t.write(Redo::Finished(group, now_ms(), id, true))?;
+
+    async fn flow(&mut self, id: Uuid) -> Result<Option<FlowRecord>, StoreError> {
+        self.flows.get(id.as_u128())?.map(|v| decode(v.value())).transpose()
     }
-    let ended = |f: &FlowRecord| (f.state != FlowState::Running).then(|| f.finished_at_ms.unwrap_or(f.created_at_ms));
-    let (was, now) = (before.and_then(ended), ended(flow));
-    if was != now {
-        let group = flow_group(&retention::flow_tenant(&t.tasks, &t.flow_tasks, id)?);
-        if let Some(at) = was {
-            t.write(Redo::Finished(group.clone(), at, id, false))?;
-        }
-        if let Some(at) = now {
-            t.write(Redo::Finished(group, at, id, true))?;
-        }
+
+    async fn flow_tenant(&mut self, flow: Uuid) -> Result<String, StoreError> {
+        retention::flow_tenant(&self.tasks, &self.flow_tasks, flow.as_u128())
     }
-    t.write(Redo::Flow(id, encode(flow)))
+
+    /// Makes a write and keeps it.
+    fn write(&mut self, write: Redo) -> Result<(), StoreError> {
+        self.put(&write)?;
+        self.redo.push(write);
+        Ok(())
+    }
 }
 
 /// Applies `change` to `record` in memory, checked as a committed
@@ -1353,105 +1285,6 @@ fn moved(record: &mut TaskRecord, to: TaskState, reason: String, edit: Option<Ed
         record.finished_at_ms = Some(at_ms);
     }
     record.history.push(Transition { at_ms, from: Some(from), to, attempt: record.attempts, reason });
-}
-
-fn apply_transition(t: &mut Tables<'_>, change: Change) -> Result<Applied, StoreError> {
-    let id = change.id;
-    let mut record: TaskRecord = match t.tasks.get(id.as_u128())? {
-        Some(v) => decode(v.value())?,
-        None => return Err(StoreError::NotFound(id)),
-    };
-    allowed(&record, &change)?;
-    let from = record.state;
-    let ended_at = record.finished_at_ms;
-    if let Some(output) = change.output {
-        record.output_len = Some(output.len() as u64);
-        t.write(Redo::Output(id.as_u128(), output))?;
-    }
-    if let Some((attempt, log)) = change.log {
-        t.write(Redo::Log(id.as_u128(), attempt, log))?;
-    }
-    moved(&mut record, change.to, change.reason, change.edit);
-    t.write(Redo::Task(id.as_u128(), encode(&record)))?;
-    if from.is_terminal() && record.callback_url.is_some() {
-        // It ends again: its callback is delivered again.
-        t.write(Redo::ClearCallback(id.as_u128()))?;
-    }
-    for write in moved_writes(id, from, change.to) {
-        t.write(Redo::Index(write))?;
-    }
-    let mut applied = Applied { record, created: Vec::new(), effects_applied: true };
-    if let Some(effects) = change.effects
-        && change.to == TaskState::Completed
-    {
-        applied.effects_applied = apply_effects(t, *effects, &mut applied.created)?;
-    }
-    // A task outside any flow is a unit of retention of its own (once its
-    // ending grew children, its flow is the unit).
-    let record = &applied.record;
-    if (from.is_terminal() || record.state.is_terminal())
-        && record.is_flow_root()
-        && read_flow(t, record.flow_id)?.is_none()
-    {
-        if from.is_terminal() {
-            let at = ended_at.unwrap_or(record.created_at_ms);
-            t.write(Redo::Finished(record.queue.clone(), at, id.as_u128(), false))?;
-        }
-        if let Some(at) = record.finished_at_ms.filter(|_| record.state.is_terminal()) {
-            t.write(Redo::Finished(record.queue.clone(), at, id.as_u128(), true))?;
-        }
-    }
-    Ok(applied)
-}
-
-/// Commits an attempt's children, context writes and stop request, unless
-/// its flow was cancelled meanwhile. Creates the flow record on first use.
-fn apply_effects(t: &mut Tables<'_>, effects: Effects, created: &mut Vec<TaskRecord>) -> Result<bool, StoreError> {
-    let Effects { flow_id, children, context, stop_repeating } = effects;
-    let before = read_flow(t, flow_id)?;
-    let mut flow = match &before {
-        Some(flow) if flow.state == FlowState::Cancelled => return Ok(false),
-        Some(flow) => flow.clone(),
-        None => FlowRecord::new(flow_id, now_ms()),
-    };
-    // A keyed child seen before is not created again; later children that
-    // join it wait for the existing task instead.
-    let mut renamed = std::collections::HashMap::new();
-    for (mut child, input) in children {
-        for dep in &mut child.after {
-            if let Some(existing) = renamed.get(dep) {
-                *dep = *existing;
-            }
-        }
-        let submitted = apply_submit(t, child.clone(), input, None)?;
-        if submitted.created {
-            flow.tasks += 1;
-            created.push(child);
-        } else {
-            renamed.insert(child.id, submitted.record.id);
-        }
-    }
-    for (key, value) in context {
-        t.write(Redo::Context(flow_id.as_u128(), key, value))?;
-    }
-    flow.stop_requested |= stop_repeating;
-    flow.version += 1;
-    write_flow(t, before.as_ref(), &flow)?;
-    Ok(true)
-}
-
-fn apply_flow(t: &mut Tables<'_>, id: Uuid, edit: FlowEdit) -> Result<(FlowRecord, Vec<TaskRecord>), StoreError> {
-    let stored = read_flow(t, id)?;
-    let FlowUpdate { mut flow, tasks } = edit(stored.clone())?;
-    let mut created = Vec::new();
-    for (task, input) in tasks {
-        if apply_submit(t, task.clone(), input, None)?.created {
-            created.push(task);
-        }
-    }
-    flow.version += 1;
-    write_flow(t, stored.as_ref(), &flow)?;
-    Ok((flow, created))
 }
 
 /// A page of flows, each with its first task, and the id to go on from
@@ -1551,34 +1384,6 @@ impl<'t> Indexes<'t> {
     }
 }
 
-/// The index entries of a new task.
-fn index_writes(r: &TaskRecord) -> Vec<IndexWrite> {
-    let id = r.id.as_u128();
-    let mut writes = vec![
-        IndexWrite::State { bucket: state_bucket(r.state), id, present: true },
-        IndexWrite::Queue(r.queue.clone(), id),
-        IndexWrite::Plugin(r.plugin.clone(), id),
-    ];
-    // A flow's root (a task submitted from outside, its id the flow's)
-    // is found by its id; only the tasks it grew are indexed.
-    if !r.is_flow_root() {
-        writes.push(IndexWrite::Iteration(r.flow_id.as_u128(), r.iteration, id));
-    }
-    writes
-}
-
-/// The index changes of a task moving between states.
-fn moved_writes(id: Uuid, from: TaskState, to: TaskState) -> Vec<IndexWrite> {
-    let (from, to) = (state_bucket(from), state_bucket(to));
-    if from == to {
-        return Vec::new();
-    }
-    vec![
-        IndexWrite::State { bucket: from, id: id.as_u128(), present: false },
-        IndexWrite::State { bucket: to, id: id.as_u128(), present: true },
-    ]
-}
-
 /// The state index's bucket of a state: one bucket for every unfinished
 /// state (pending, running, retrying), so starting and retrying a task
 /// write no index entry; one bucket per terminal state. A listing by an
@@ -1667,5 +1472,7 @@ impl TaskQuery {
     }
 }
 
+#[cfg(test)]
+mod matrix;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -5,9 +5,9 @@
 use super::*;
 use crate::FailureClass;
 use crate::store::StoredFailure;
-use crate::store::TaskRecord;
 use crate::store::postgres::Term;
 use crate::store::tests::record;
+use crate::store::{TaskRecord, TaskState};
 use std::collections::HashSet;
 
 async fn store(name: &str) -> (PgStore, String) {
@@ -21,7 +21,7 @@ async fn submit(store: &PgStore, n: u128, priority: impl Fn(u128) -> u8) -> Vec<
     for i in 1..=n {
         let mut r = record(i, None);
         r.priority = priority(i);
-        assert!(store.submit(&r, b"in").await.unwrap().created);
+        assert!(store.submit(r.clone(), b"in".to_vec()).await.unwrap().created);
         records.push(r);
     }
     records
@@ -85,8 +85,8 @@ async fn bad_urls_and_unreachable_servers_are_named_without_the_password() {
 async fn a_key_seen_before_returns_the_first_task() {
     let (store, _) = store("keys").await;
     let first = record(1, Some("k"));
-    assert!(store.submit(&first, b"a").await.unwrap().created);
-    let again = store.submit(&record(2, Some("k")), b"b").await.unwrap();
+    assert!(store.submit(first.clone(), b"a".to_vec()).await.unwrap().created);
+    let again = store.submit(record(2, Some("k")), b"b".to_vec()).await.unwrap();
     assert!(!again.created);
     assert_eq!(again.record.id, first.id);
     assert_eq!(store.get(Uuid::from_u128(2)).await.unwrap().map(|r| r.id), None, "nothing else was written");
@@ -94,15 +94,21 @@ async fn a_key_seen_before_returns_the_first_task() {
     // Eight submissions of a new key at once: one task.
     let racing = futures::future::join_all((10..18).map(|n| {
         let store = store.clone();
-        async move { store.submit(&record(n, Some("raced")), b"").await.unwrap() }
+        async move { store.submit(record(n, Some("raced")), Vec::new()).await.unwrap() }
     }))
     .await;
     assert_eq!(racing.iter().filter(|s| s.created).count(), 1);
     assert!(racing.iter().all(|s| s.record.id == racing.iter().find(|s| s.created).unwrap().record.id));
     assert_eq!(store.state_counts().await.unwrap(), [(TaskState::Pending, 2)]);
-    let child = crate::store::tests::child_of(1, 3, None).0;
-    let refused = store.submit(&child, b"").await.unwrap_err().to_string();
-    assert!(refused.contains("not supported on PostgreSQL yet"), "{refused}");
+    // A task a flow grew keeps its key in its flow's namespace: the same
+    // key is a new task there, and again the same task.
+    let (child, input) = crate::store::tests::child_of(1, 3, Some("k"));
+    let grown = store.submit(child.clone(), input.clone()).await.unwrap();
+    assert!(grown.created);
+    let (twin, _) = crate::store::tests::child_of(1, 4, Some("k"));
+    assert_eq!(store.submit(twin, input).await.unwrap().record.id, child.id);
+    assert_eq!(store.child_by_key(child.flow_id, "k").await.unwrap(), Some(child.id));
+    assert_eq!(store.task_by_key("k").await.unwrap(), Some(first.id));
 }
 
 /// Many submissions in one transaction: keys seen before, and keys
@@ -110,13 +116,13 @@ async fn a_key_seen_before_returns_the_first_task() {
 #[tokio::test]
 async fn many_submissions_commit_together_and_keys_hold_within_the_batch() {
     let (store, _) = store("submit_all").await;
-    assert!(store.submit(&record(1, Some("old")), b"").await.unwrap().created);
+    assert!(store.submit(record(1, Some("old")), Vec::new()).await.unwrap().created);
     let batch: Vec<(TaskRecord, Vec<u8>)> =
         [(2, Some("old")), (3, None), (4, Some("new")), (5, Some("new")), (6, None)]
             .into_iter()
             .map(|(n, key)| (record(n, key), n.to_le_bytes().to_vec()))
             .collect();
-    let answers = store.submit_all(&batch).await.unwrap();
+    let answers = store.submit_all(batch).await.unwrap();
     let seen: Vec<(u128, bool)> = answers.iter().map(|s| (s.record.id.as_u128(), s.created)).collect();
     assert_eq!(seen, [(1, false), (3, true), (4, true), (4, false), (6, true)]);
     assert_eq!(store.state_counts().await.unwrap(), [(TaskState::Pending, 4)]);
@@ -128,7 +134,7 @@ async fn many_submissions_commit_together_and_keys_hold_within_the_batch() {
         keys.iter().zip(from..).map(|(key, n)| (record(n, Some(key)), Vec::new())).collect()
     };
     let (a, b) = (keyed(10, ["x", "y", "z"]), keyed(20, ["z", "y", "x"]));
-    let (a, b) = tokio::join!(store.submit_all(&a), store.submit_all(&b));
+    let (a, b) = tokio::join!(store.submit_all(a), store.submit_all(b));
     let (a, b) = (a.unwrap(), b.unwrap());
     let created = a.iter().chain(&b).filter(|s| s.created).count();
     assert_eq!(created, 3, "{a:?} {b:?}");
@@ -145,7 +151,7 @@ async fn hosts_claim_disjoint_batches_highest_priority_first() {
     let submitted = submit(&store, 300, |i| (i % 10) as u8).await;
     let mut later = record(1_000, None);
     later.next_run_at_ms = Some(crate::store::now_ms() + 3_600_000);
-    store.submit(&later, b"").await.unwrap();
+    store.submit(later.clone(), Vec::new()).await.unwrap();
     let hosts = futures::future::join_all((0..3).map(|_| PgStore::connect(&url, 2))).await;
     let claims = futures::future::join_all(hosts.into_iter().enumerate().map(|(n, host)| async move {
         let host = host.unwrap();
@@ -235,7 +241,7 @@ async fn a_lapsed_lease_is_taken_back_and_its_old_holder_fenced() {
     let (store, _) = store("leases").await;
     let mut task = record(1, None);
     task.max_attempts = 2;
-    store.submit(&task, b"").await.unwrap();
+    store.submit(task.clone(), Vec::new()).await.unwrap();
     let done = |output: &[u8]| Outcome::completed(output.to_vec());
     let first = store.claim("a", 1, LEASE).await.unwrap().remove(0);
     assert!(store.reap(10).await.unwrap().is_empty(), "a live lease is not taken back");
@@ -341,4 +347,48 @@ async fn one_host_leads_at_a_time_and_another_takes_over_once_its_lease_lapses()
     assert_eq!(hosts[first].lead(&name(first), LEASE).await.unwrap(), None, "the old leader, resumed, follows");
     let now = store.leader().await.unwrap().unwrap();
     assert_eq!((now.host, now.term, now.live), (name(next), new_term, true));
+}
+
+/// Two hosts completing tasks of one flow at once, each completion growing
+/// a task and writing the flow's context: the flow's record loses no
+/// update (each completion waits for the other's hold on the flow), and
+/// every task and context key is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_completing_tasks_of_one_flow_at_once_lose_no_update() {
+    use crate::store::tests::child_of;
+    use crate::store::{Change, Effects};
+    let (a, url) = store("one_flow").await;
+    let b = PgStore::connect(&url, 4).await.unwrap();
+    let root = record(1, None);
+    a.submit(root.clone(), Vec::new()).await.unwrap();
+    let claimed = a.claim("a", 1, LEASE).await.unwrap().remove(0);
+    let children: Vec<(TaskRecord, Vec<u8>)> = (0..20).map(|i| child_of(1, 100 + i, None)).collect();
+    let grow = Effects { flow_id: root.id, children, ..Effects::default() };
+    let done = Change::new(root.id, TaskState::Completed, "done").effects(grow);
+    let [grown] = a.finish_changes(vec![(claimed.lease, done)]).await.unwrap().try_into().unwrap();
+    assert_eq!(grown.unwrap().created.len(), 20);
+    let before = a.flow(root.id).await.unwrap().unwrap();
+    assert_eq!(before.tasks, 21, "the root and what it grew");
+    // Each host claims half of the children and completes them one by one,
+    // both at once.
+    let (mine, theirs) = tokio::join!(a.claim("a", 10, LEASE), b.claim("b", 10, LEASE));
+    let complete = |store: PgStore, claimed: Vec<Claimed>| async move {
+        for (i, c) in claimed.into_iter().enumerate() {
+            let n = c.record.id.as_u128();
+            let effects = Effects {
+                flow_id: root.id,
+                children: vec![child_of(1, 1000 + n, None)],
+                context: vec![(format!("k{n}"), Some(i.to_le_bytes().to_vec()))],
+                stop_repeating: false,
+            };
+            let change = Change::new(c.record.id, TaskState::Completed, "done").effects(effects);
+            let [answer] = store.finish_changes(vec![(c.lease, change)]).await.unwrap().try_into().unwrap();
+            assert_eq!(answer.unwrap().created.len(), 1);
+        }
+    };
+    tokio::join!(complete(a.clone(), mine.unwrap()), complete(b.clone(), theirs.unwrap()));
+    let flow = b.flow(root.id).await.unwrap().unwrap();
+    assert_eq!((flow.tasks, flow.version), (41, before.version + 20), "no completion's flow update was lost");
+    assert_eq!(a.flow_tasks(root.id).await.unwrap().len(), 41);
+    assert_eq!(a.context_keys(root.id, "k").await.unwrap().len(), 20);
 }

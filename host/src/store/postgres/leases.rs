@@ -26,9 +26,10 @@
 //! decoded fails the whole claim or reap it is in (it is not skipped):
 //! quarantining such rows is still to be built.
 
-use super::{PgError, PgStore, to_i64};
+use super::{PgError, PgStore, PgTxn};
+use crate::store::apply::apply_transition;
 use crate::store::{
-    Change, StoredFailure, TaskRecord, TaskState, decode_record, interrupted, record::encode, start, step,
+    Applied, Change, StoreError, StoredFailure, TaskRecord, TaskState, decode_record, interrupted, start,
 };
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
@@ -100,19 +101,22 @@ impl PgStore {
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .fetch_all(&mut *txn)
         .await?;
-        let mut records = Vec::with_capacity(rows.len());
+        let mut found = Vec::with_capacity(rows.len());
         for row in rows {
-            let mut record = decode_record(row.try_get("record")?)?;
-            let claim = start(record.id, record.version);
-            step(&mut record, claim)?;
-            records.push(record);
+            found.push(decode_record(row.try_get("record")?)?);
         }
-        if records.is_empty() {
+        if found.is_empty() {
             return Ok(Vec::new());
         }
-        // The whole batch in two statements, not two per task.
+        let mut t = PgTxn::new(&mut txn);
+        let starts: Vec<Change> = found.iter().map(|r| start(r.id, r.version)).collect();
+        t.locked(found);
+        let mut records = Vec::with_capacity(starts.len());
+        for claim in starts {
+            records.push(apply_transition(&mut t, claim).await?.record);
+        }
+        t.flush().await?;
         let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
-        write_records(&mut txn, records.iter().map(|r| (r, None))).await?;
         let tokens: Vec<(Uuid, i64)> = sqlx::query_as(
             "INSERT INTO taskhost_leases (task_id, host, token, expires_at)
              SELECT id, $2, nextval('taskhost_fencing_tokens'), clock_timestamp() + $3 * interval '1 millisecond'
@@ -171,12 +175,40 @@ impl PgStore {
         &self,
         outcomes: Vec<(Lease, Outcome)>,
     ) -> Result<Vec<Result<TaskRecord, PgError>>, PgError> {
-        let (tasks, tokens): (Vec<Uuid>, Vec<i64>) = outcomes.iter().map(|(l, _)| (l.task, l.token)).unzip();
+        let changes = outcomes
+            .into_iter()
+            .map(|(lease, outcome)| {
+                let Outcome { to, reason, output, error, retry_at_ms } = outcome;
+                let mut change = Change::new(lease.task, to, reason).edit(move |r| {
+                    r.error = error;
+                    r.next_run_at_ms = retry_at_ms;
+                });
+                if let Some(output) = output {
+                    change = change.output(output);
+                }
+                (lease, change)
+            })
+            .collect();
+        let answers = self.finish_changes(changes).await?;
+        Ok(answers.into_iter().map(|answer| answer.map(|applied| applied.record)).collect())
+    }
+
+    /// Commits the changes that end attempts held under leases, in one
+    /// transaction, each through the store's checked transition (with a
+    /// completion's output, transcript and flow effects) while its lease
+    /// is live and still the task's; one whose lease lapsed or was taken
+    /// over is [`PgError::Fenced`] and writes nothing. The answers are in
+    /// the order of `changes`.
+    pub(crate) async fn finish_changes(
+        &self,
+        changes: Vec<(Lease, Change)>,
+    ) -> Result<Vec<Result<Applied, PgError>>, PgError> {
+        let (tasks, tokens): (Vec<Uuid>, Vec<i64>) = changes.iter().map(|(l, _)| (l.task, l.token)).unzip();
         let mut txn = self.pool().begin().await?;
         // Locks the live leases: a reaper taking one back skips it, or has
         // taken it already.
-        let live: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT l.task_id FROM taskhost_leases AS l
+        let live: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT l.task_id, l.token FROM taskhost_leases AS l
              JOIN unnest($1::uuid[], $2::bigint[]) AS held (task_id, token)
                ON l.task_id = held.task_id AND l.token = held.token
              WHERE l.expires_at > clock_timestamp()
@@ -186,33 +218,35 @@ impl PgStore {
         .bind(&tokens)
         .fetch_all(&mut *txn)
         .await?;
-        let mut held = locked_records(&mut txn, &live).await?;
-        let mut answers = Vec::with_capacity(outcomes.len());
-        let mut written: Vec<(TaskRecord, Option<Vec<u8>>)> = Vec::with_capacity(held.len());
-        for (lease, outcome) in outcomes {
-            let Some(mut record) = held.remove(&lease.task) else {
+        let ids: Vec<Uuid> = live.iter().map(|(task, _)| *task).collect();
+        let held = locked_records(&mut txn, &ids).await?;
+        // A lease ends with the first outcome committed under it: a second
+        // one in the same batch is fenced as a later one would be.
+        let mut live: HashSet<(Uuid, i64)> = live.into_iter().filter(|(task, _)| held.contains_key(task)).collect();
+        let mut t = PgTxn::new(&mut txn);
+        // An ending task's flow is read (its place in retention depends on
+        // whether the flow has a record): all at once.
+        t.lock_flows(held.values().map(|r| r.flow_id)).await?;
+        t.locked(held.into_values());
+        let mut answers = Vec::with_capacity(changes.len());
+        let mut ended = Vec::with_capacity(live.len());
+        for (lease, change) in changes {
+            if !live.contains(&(lease.task, lease.token)) {
                 answers.push(Err(PgError::Fenced { id: lease.task, token: lease.token }));
                 continue;
-            };
-            let Outcome { to, reason, output, error, retry_at_ms } = outcome;
-            let output_len = output.as_ref().map(|o| o.len() as u64);
-            let change = Change::new(lease.task, to, reason).edit(move |r| {
-                r.error = error;
-                r.next_run_at_ms = retry_at_ms;
-                if output_len.is_some() {
-                    r.output_len = output_len;
+            }
+            match apply_transition(&mut t, change).await {
+                Ok(applied) => {
+                    live.remove(&(lease.task, lease.token));
+                    ended.push(lease.task);
+                    answers.push(Ok(applied));
                 }
-            });
-            match step(&mut record, change) {
-                Ok(()) => {
-                    answers.push(Ok(record.clone()));
-                    written.push((record, output));
-                }
+                Err(error @ StoreError::Postgres(_)) => return Err(error.into()),
                 Err(refused) => answers.push(Err(refused.into())),
             }
         }
-        write_records(&mut txn, written.iter().map(|(r, output)| (r, output.as_deref()))).await?;
-        release_leases(&mut txn, written.iter().map(|(r, _)| r.id)).await?;
+        t.flush().await?;
+        release_leases(&mut txn, ended).await?;
         txn.commit().await?;
         Ok(answers)
     }
@@ -239,14 +273,19 @@ impl PgStore {
         }
         let ids: Vec<Uuid> = lapsed.iter().map(|(task, _)| *task).collect();
         let mut held = locked_records(&mut txn, &ids).await?;
-        let mut reaped = Vec::with_capacity(lapsed.len());
+        let mut changes = Vec::with_capacity(lapsed.len());
         for (task, host) in lapsed {
-            let mut record = held.remove(&task).ok_or(PgError::NotFound(task))?;
-            let taken_back = interrupted(&record, &format!("host `{host}` lost its lease"));
-            step(&mut record, taken_back)?;
-            reaped.push(record);
+            let record = held.get(&task).ok_or(PgError::NotFound(task))?;
+            changes.push(interrupted(record, &format!("host `{host}` lost its lease")));
         }
-        write_records(&mut txn, reaped.iter().map(|r| (r, None))).await?;
+        let mut t = PgTxn::new(&mut txn);
+        t.lock_flows(held.values().map(|r| r.flow_id)).await?;
+        t.locked(held.drain().map(|(_, r)| r));
+        let mut reaped = Vec::with_capacity(changes.len());
+        for change in changes {
+            reaped.push(apply_transition(&mut t, change).await?.record);
+        }
+        t.flush().await?;
         release_leases(&mut txn, ids).await?;
         txn.commit().await?;
         Ok(reaped)
@@ -266,44 +305,6 @@ async fn locked_records(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap
         records.insert(record.id, record);
     }
     Ok(records)
-}
-
-/// Writes each record and the columns queried beside it (and its output,
-/// when given) to its row, in one statement.
-async fn write_records<'a>(
-    conn: &mut PgConnection,
-    records: impl Iterator<Item = (&'a TaskRecord, Option<&'a [u8]>)>,
-) -> Result<(), PgError> {
-    let (mut ids, mut states, mut versions, mut due, mut encoded, mut outputs) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (record, output) in records {
-        ids.push(record.id);
-        states.push(record.state.as_str());
-        versions.push(to_i64(record.version));
-        due.push(to_i64(record.next_run_at_ms.unwrap_or(0)));
-        encoded.push(encode(record));
-        outputs.push(output);
-    }
-    if ids.is_empty() {
-        return Ok(());
-    }
-    sqlx::query(
-        "UPDATE taskhost_tasks AS t
-         SET state = c.state, version = c.version, due_at_ms = c.due, record = c.record,
-             output = coalesce(c.output, t.output)
-         FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[])
-           AS c (id, state, version, due, record, output)
-         WHERE t.id = c.id",
-    )
-    .bind(&ids)
-    .bind(&states)
-    .bind(&versions)
-    .bind(&due)
-    .bind(&encoded)
-    .bind(&outputs)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
 }
 
 /// Deletes the leases of tasks `ids` (their outcome is written, or they

@@ -16,15 +16,18 @@
 
 mod leader;
 mod leases;
+mod reads;
+mod txn;
 
 pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
 
-use super::{StoreError, Submitted, TaskRecord, TaskState, decode_record, record::encode};
-use sqlx::Row;
+use super::apply::{apply_flow, apply_submit, apply_transition};
+use super::{Applied, Change, FlowRecord, FlowUpdate, StoreError, Submitted, TaskRecord};
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::time::Duration;
+use txn::PgTxn;
 use uuid::Uuid;
 
 /// The schema's migrations, in version order.
@@ -118,150 +121,66 @@ impl PgStore {
         MIGRATOR.iter().map(|m| m.version).collect()
     }
 
-    /// Durably records a new task (a flow root), or returns the existing
-    /// one with the same idempotency key.
-    pub async fn submit(&self, record: &TaskRecord, input: &[u8]) -> Result<Submitted, PgError> {
-        if !record.is_flow_root() {
-            return Err(PgError::Unsupported(format!("task {} belongs to flow {}", record.id, record.flow_id)));
-        }
-        let inserted = sqlx::query(
-            "INSERT INTO taskhost_tasks (id, state, version, queue, priority, due_at_ms, idempotency_key, record, input)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-             ON CONFLICT (idempotency_key) DO NOTHING",
-        )
-        .bind(record.id)
-        .bind(record.state.as_str())
-        .bind(to_i64(record.version))
-        .bind(&record.queue)
-        .bind(i16::from(record.priority))
-        .bind(to_i64(record.next_run_at_ms.unwrap_or(0)))
-        .bind(record.idempotency_key.as_deref())
-        .bind(encode(record))
-        .bind(input)
-        .execute(&self.pool)
-        .await?;
-        if inserted.rows_affected() == 1 {
-            return Ok(Submitted { record: record.clone(), created: true });
-        }
-        // The key was taken: by a committed task, as the insert waited for
-        // any concurrent one to end.
-        let key = record.idempotency_key.as_deref().unwrap_or_default();
-        let row = sqlx::query("SELECT record FROM taskhost_tasks WHERE idempotency_key = $1")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?
-            .ok_or_else(|| {
-                StoreError::Refused(format!("the task with idempotency key `{key}` was removed meanwhile"))
-            })?;
-        Ok(Submitted { record: decode_record(row.try_get("record")?)?, created: false })
+    /// Runs `op` through the store's checked writes in one transaction
+    /// and commits what it wrote; a refusal or a failure writes nothing.
+    async fn in_txn<T>(&self, op: impl AsyncFnOnce(&mut PgTxn<'_>) -> Result<T, StoreError>) -> Result<T, PgError> {
+        let mut txn = self.pool.begin().await?;
+        let mut t = PgTxn::new(&mut txn);
+        let value = op(&mut t).await?;
+        t.flush().await?;
+        txn.commit().await?;
+        Ok(value)
     }
 
-    /// Records many new tasks (flow roots) in one transaction, each as
+    /// Durably records a new task, or returns the existing one with the
+    /// same idempotency key (in the API's namespace for a flow's root, in
+    /// its flow's for a task a flow grew), as the redb store does.
+    pub async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, PgError> {
+        self.in_txn(async move |t| apply_submit(t, record, input, None).await).await
+    }
+
+    /// Records many new tasks in one transaction, each as
     /// [`submit`](Self::submit) would: a key seen before, or earlier in
     /// `tasks`, answers with the task that has it. Answers in the order
     /// of `tasks`.
-    pub async fn submit_all(&self, tasks: &[(TaskRecord, Vec<u8>)]) -> Result<Vec<Submitted>, PgError> {
-        if let Some((r, _)) = tasks.iter().find(|(r, _)| !r.is_flow_root()) {
-            return Err(PgError::Unsupported(format!("task {} belongs to flow {}", r.id, r.flow_id)));
-        }
-        let ids: Vec<Uuid> = tasks.iter().map(|(r, _)| r.id).collect();
-        let states: Vec<&str> = tasks.iter().map(|(r, _)| r.state.as_str()).collect();
-        let versions: Vec<i64> = tasks.iter().map(|(r, _)| to_i64(r.version)).collect();
-        let queues: Vec<&str> = tasks.iter().map(|(r, _)| r.queue.as_str()).collect();
-        let priorities: Vec<i16> = tasks.iter().map(|(r, _)| i16::from(r.priority)).collect();
-        let due: Vec<i64> = tasks.iter().map(|(r, _)| to_i64(r.next_run_at_ms.unwrap_or(0))).collect();
-        let keys: Vec<Option<&str>> = tasks.iter().map(|(r, _)| r.idempotency_key.as_deref()).collect();
-        let records: Vec<Vec<u8>> = tasks.iter().map(|(r, _)| encode(r)).collect();
-        let inputs: Vec<&[u8]> = tasks.iter().map(|(_, input)| input.as_slice()).collect();
-        let mut txn = self.pool.begin().await?;
-        // Keys in one order on every host, so two batches sharing keys
-        // wait for each other instead of deadlocking; within a key, the
-        // batch's first task is kept.
-        let inserted: Vec<Uuid> = sqlx::query_scalar(
-            "INSERT INTO taskhost_tasks (id, state, version, queue, priority, due_at_ms, idempotency_key, record, input)
-             SELECT id, state, version, queue, priority, due, key, record, input
-             FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::smallint[], $6::bigint[], $7::text[],
-                         $8::bytea[], $9::bytea[])
-               WITH ORDINALITY AS t (id, state, version, queue, priority, due, key, record, input, n)
-             ORDER BY key, n
-             ON CONFLICT (idempotency_key) DO NOTHING
-             RETURNING id",
-        )
-        .bind(&ids)
-        .bind(&states)
-        .bind(&versions)
-        .bind(&queues)
-        .bind(&priorities)
-        .bind(&due)
-        .bind(&keys)
-        .bind(&records)
-        .bind(&inputs)
-        .fetch_all(&mut *txn)
-        .await?;
-        let inserted: std::collections::HashSet<Uuid> = inserted.into_iter().collect();
-        let taken: Vec<&str> = tasks
-            .iter()
-            .filter(|(r, _)| !inserted.contains(&r.id))
-            .filter_map(|(r, _)| r.idempotency_key.as_deref())
-            .collect();
-        let rows = sqlx::query("SELECT idempotency_key, record FROM taskhost_tasks WHERE idempotency_key = ANY($1)")
-            .bind(&taken)
-            .fetch_all(&mut *txn)
-            .await?;
-        txn.commit().await?;
-        let mut holders = std::collections::HashMap::with_capacity(rows.len());
-        for row in rows {
-            let key: String = row.try_get("idempotency_key")?;
-            holders.insert(key, decode_record(row.try_get("record")?)?);
-        }
-        tasks
-            .iter()
-            .map(|(record, _)| {
-                if inserted.contains(&record.id) {
-                    return Ok(Submitted { record: record.clone(), created: true });
-                }
-                let key = record.idempotency_key.as_deref().unwrap_or_default();
-                let holder = holders.get(key).ok_or_else(|| {
-                    StoreError::Refused(format!("the task with idempotency key `{key}` was removed meanwhile"))
-                })?;
-                Ok(Submitted { record: holder.clone(), created: false })
-            })
-            .collect()
+    pub async fn submit_all(&self, tasks: Vec<(TaskRecord, Vec<u8>)>) -> Result<Vec<Submitted>, PgError> {
+        self.in_txn(async move |t| {
+            let keys: Vec<&str> = tasks
+                .iter()
+                .filter(|(r, _)| r.is_flow_root())
+                .filter_map(|(r, _)| r.idempotency_key.as_deref())
+                .collect();
+            t.lock_keys(&keys).await?;
+            let mut answers = Vec::with_capacity(tasks.len());
+            for (record, input) in tasks {
+                answers.push(apply_submit(t, record, input, None).await?);
+            }
+            Ok(answers)
+        })
+        .await
     }
 
-    /// One task's record.
-    pub async fn get(&self, id: Uuid) -> Result<Option<TaskRecord>, PgError> {
-        let row =
-            sqlx::query("SELECT record FROM taskhost_tasks WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(Some(decode_record(row.try_get("record")?)?))
+    /// Applies a checked transition (the state machine, the expected
+    /// version; with a completion, its output, transcript and flow
+    /// effects) to a task, as the redb store does. It takes no lease: a
+    /// running task's outcome commits through [`finish`](Self::finish).
+    #[cfg_attr(not(test), expect(dead_code, reason = "the engine calls it once it runs on PostgreSQL (#16)"))]
+    pub(crate) async fn transition(&self, change: Change) -> Result<Applied, PgError> {
+        self.in_txn(async move |t| apply_transition(t, change).await).await
     }
 
-    /// A task's output, once it completed.
-    pub async fn output(&self, id: Uuid) -> Result<Option<Vec<u8>>, PgError> {
-        let row =
-            sqlx::query("SELECT output FROM taskhost_tasks WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
-        let Some(row) = row else { return Ok(None) };
-        Ok(row.try_get("output")?)
+    /// Applies an edit to a flow with the tasks it submits, as the redb
+    /// store does.
+    #[cfg_attr(not(test), expect(dead_code, reason = "the engine calls it once it runs on PostgreSQL (#16)"))]
+    pub(crate) async fn flow_change(
+        &self,
+        id: Uuid,
+        edit: impl FnOnce(Option<FlowRecord>) -> Result<FlowUpdate, StoreError> + Send + 'static,
+    ) -> Result<(FlowRecord, Vec<TaskRecord>), PgError> {
+        self.in_txn(async move |t| apply_flow(t, id, Box::new(edit)).await).await
     }
 
-    /// How many tasks are in each state.
-    pub async fn state_counts(&self) -> Result<Vec<(TaskState, i64)>, PgError> {
-        let rows =
-            sqlx::query("SELECT state, count(*) AS n FROM taskhost_tasks GROUP BY state").fetch_all(&self.pool).await?;
-        let mut counts = Vec::with_capacity(rows.len());
-        for row in rows {
-            let state: String = row.try_get("state")?;
-            let state = TaskState::ALL
-                .into_iter()
-                .find(|s| s.as_str() == state)
-                .ok_or_else(|| StoreError::Corrupt(format!("unknown task state `{state}` in PostgreSQL")))?;
-            counts.push((state, row.try_get("n")?));
-        }
-        Ok(counts)
-    }
-
-    fn pool(&self) -> &PgPool {
+    pub(crate) fn pool(&self) -> &PgPool {
         &self.pool
     }
 }

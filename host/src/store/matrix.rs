@@ -1,0 +1,442 @@
+//! The store's tests that hold for both backends, each run on a redb file
+//! and on a PostgreSQL database (a throwaway cluster, `tests/postgres`):
+//! the transition table and expected versions, idempotency keys in their
+//! two namespaces, flow effects committed only with a completion, a
+//! cancelled flow, and a model-based run with a reopen. Both backends
+//! apply changes through the same checked writes (`apply.rs`); these tests
+//! hold each to what the other does. Tests of what only one backend has
+//! (redb's files, migrations and write faults; PostgreSQL's leases) stay
+//! beside it.
+
+use super::postgres::{PgError, PgStore};
+use super::tests::{child_of, record};
+use super::*;
+use std::collections::{BTreeSet, HashMap};
+
+/// What the tests ask of a store, answered by either backend.
+trait Backend {
+    async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, StoreError>;
+    async fn apply(&self, change: Change) -> Result<Applied, StoreError>;
+    async fn flow_change(
+        &self,
+        id: Uuid,
+        edit: impl FnOnce(Option<FlowRecord>) -> Result<FlowUpdate, StoreError> + Send + 'static,
+    ) -> Result<(FlowRecord, Vec<TaskRecord>), StoreError>;
+    async fn get(&self, id: Uuid) -> Option<TaskRecord>;
+    async fn input(&self, id: Uuid) -> Option<Vec<u8>>;
+    async fn flow(&self, id: Uuid) -> Option<FlowRecord>;
+    async fn flow_tasks(&self, flow: Uuid) -> Vec<TaskRecord>;
+    async fn context_get(&self, flow: Uuid, key: &str) -> Option<Vec<u8>>;
+    async fn context_keys(&self, flow: Uuid, prefix: &str) -> Vec<String>;
+    async fn child_by_key(&self, flow: Uuid, key: &str) -> Option<Uuid>;
+    /// Every task.
+    async fn all(&self) -> Vec<TaskRecord>;
+    /// The tasks in `state`, as a listing by state finds them (redb's
+    /// state index, PostgreSQL's state column).
+    async fn in_state(&self, state: TaskState) -> BTreeSet<Uuid>;
+
+    async fn transition(&self, change: Change) -> Result<TaskRecord, StoreError> {
+        self.apply(change).await.map(|applied| applied.record)
+    }
+}
+
+impl Backend for Store {
+    async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, StoreError> {
+        Store::submit(self, record, input).await
+    }
+    async fn apply(&self, change: Change) -> Result<Applied, StoreError> {
+        Store::apply(self, change).await
+    }
+    async fn flow_change(
+        &self,
+        id: Uuid,
+        edit: impl FnOnce(Option<FlowRecord>) -> Result<FlowUpdate, StoreError> + Send + 'static,
+    ) -> Result<(FlowRecord, Vec<TaskRecord>), StoreError> {
+        Store::flow_change(self, id, edit).await
+    }
+    async fn get(&self, id: Uuid) -> Option<TaskRecord> {
+        Store::get(self, id).unwrap()
+    }
+    async fn input(&self, id: Uuid) -> Option<Vec<u8>> {
+        Store::input(self, id).unwrap()
+    }
+    async fn flow(&self, id: Uuid) -> Option<FlowRecord> {
+        Store::flow(self, id).unwrap()
+    }
+    async fn flow_tasks(&self, flow: Uuid) -> Vec<TaskRecord> {
+        Store::flow_tasks(self, flow).unwrap()
+    }
+    async fn context_get(&self, flow: Uuid, key: &str) -> Option<Vec<u8>> {
+        Store::context_get(self, flow, key).unwrap()
+    }
+    async fn context_keys(&self, flow: Uuid, prefix: &str) -> Vec<String> {
+        Store::context_keys(self, flow, prefix).unwrap()
+    }
+    async fn child_by_key(&self, flow: Uuid, key: &str) -> Option<Uuid> {
+        Store::child_by_key(self, flow, key).unwrap()
+    }
+    async fn all(&self) -> Vec<TaskRecord> {
+        let mut all = Vec::new();
+        self.scan(None, |record| {
+            all.push(record);
+            true
+        })
+        .unwrap();
+        all
+    }
+    async fn in_state(&self, state: TaskState) -> BTreeSet<Uuid> {
+        let query = TaskQuery { state: Some(state), ..TaskQuery::default() };
+        let mut listing = Listing { limit: 500, ..Listing::default() };
+        let mut out = BTreeSet::new();
+        loop {
+            let page = self.list_page(&query, &listing).unwrap();
+            let Some(last) = page.tasks.last() else { return out };
+            listing.after = Some(last.id);
+            out.extend(page.tasks.iter().map(|t| t.id));
+        }
+    }
+}
+
+/// A PostgreSQL store's refusal as the redb store words it.
+fn refusal(error: PgError) -> StoreError {
+    match error {
+        PgError::Record(error) => error,
+        PgError::NotFound(id) => StoreError::NotFound(id),
+        PgError::Database(error) => StoreError::Postgres(error),
+        other => StoreError::Refused(other.to_string()),
+    }
+}
+
+impl Backend for PgStore {
+    async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, StoreError> {
+        PgStore::submit(self, record, input).await.map_err(refusal)
+    }
+    async fn apply(&self, change: Change) -> Result<Applied, StoreError> {
+        PgStore::transition(self, change).await.map_err(refusal)
+    }
+    async fn flow_change(
+        &self,
+        id: Uuid,
+        edit: impl FnOnce(Option<FlowRecord>) -> Result<FlowUpdate, StoreError> + Send + 'static,
+    ) -> Result<(FlowRecord, Vec<TaskRecord>), StoreError> {
+        PgStore::flow_change(self, id, edit).await.map_err(refusal)
+    }
+    async fn get(&self, id: Uuid) -> Option<TaskRecord> {
+        PgStore::get(self, id).await.unwrap()
+    }
+    async fn input(&self, id: Uuid) -> Option<Vec<u8>> {
+        PgStore::input(self, id).await.unwrap()
+    }
+    async fn flow(&self, id: Uuid) -> Option<FlowRecord> {
+        PgStore::flow(self, id).await.unwrap()
+    }
+    async fn flow_tasks(&self, flow: Uuid) -> Vec<TaskRecord> {
+        PgStore::flow_tasks(self, flow).await.unwrap()
+    }
+    async fn context_get(&self, flow: Uuid, key: &str) -> Option<Vec<u8>> {
+        PgStore::context_get(self, flow, key).await.unwrap()
+    }
+    async fn context_keys(&self, flow: Uuid, prefix: &str) -> Vec<String> {
+        PgStore::context_keys(self, flow, prefix).await.unwrap()
+    }
+    async fn child_by_key(&self, flow: Uuid, key: &str) -> Option<Uuid> {
+        PgStore::child_by_key(self, flow, key).await.unwrap()
+    }
+    async fn all(&self) -> Vec<TaskRecord> {
+        let rows: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT record FROM taskhost_tasks ORDER BY id").fetch_all(self.pool()).await.unwrap();
+        rows.iter().map(|bytes| decode_record(bytes).unwrap()).collect()
+    }
+    async fn in_state(&self, state: TaskState) -> BTreeSet<Uuid> {
+        let ids: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM taskhost_tasks WHERE state = $1")
+            .bind(state.as_str())
+            .fetch_all(self.pool())
+            .await
+            .unwrap();
+        ids.into_iter().collect()
+    }
+}
+
+/// A store of either kind, opened again from what it wrote (redb: the
+/// file, reopened; PostgreSQL: a new connection to the database).
+trait Reopen: Backend + Sized {
+    async fn reopen(self) -> Self;
+}
+
+impl Reopen for Store {
+    async fn reopen(self) -> Self {
+        let path = self.path().to_owned();
+        drop(self);
+        Store::open(&path, true).unwrap()
+    }
+}
+
+impl Reopen for PgStore {
+    async fn reopen(self) -> Self {
+        let name: String = sqlx::query_scalar("SELECT current_database()").fetch_one(self.pool()).await.unwrap();
+        drop(self);
+        PgStore::connect(&taskhost_test_postgres::cluster().url(&name), 4).await.unwrap()
+    }
+}
+
+/// Runs the test body `$body` (an async fn taking a store) on a new redb
+/// file and on a new PostgreSQL database.
+macro_rules! on_both {
+    ($($name:ident => $body:path;)*) => {$(
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redb() {
+                let dir = tempfile::tempdir().unwrap();
+                $body(Store::open(&dir.path().join("t.redb"), true).unwrap()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let url = taskhost_test_postgres::cluster().database(concat!("matrix_", stringify!($name)));
+                $body(PgStore::connect(&url, 4).await.unwrap()).await;
+            }
+        }
+    )*};
+}
+
+on_both! {
+    children_and_context_commit_only_with_a_completion => children_and_context;
+    a_cancelled_flow_takes_no_more_children => cancelled_flow;
+    every_transition_is_checked_against_the_table => transition_table;
+    a_stale_version_is_refused_and_changes_nothing => stale_version;
+    an_idempotency_key_returns_the_first_task => idempotency;
+    api_keys_and_flow_keys_live_in_separate_namespaces => key_namespaces;
+    matches_a_model_across_a_reopen => model;
+}
+
+/// Drives a fresh task into `state` through allowed transitions.
+async fn task_in(store: &impl Backend, n: u128, state: TaskState) -> TaskRecord {
+    let path: &[TaskState] = match state {
+        TaskState::Pending => &[],
+        TaskState::Running => &[TaskState::Running],
+        TaskState::Retrying => &[TaskState::Running, TaskState::Retrying],
+        TaskState::Completed => &[TaskState::Running, TaskState::Completed],
+        TaskState::Failed => &[TaskState::Running, TaskState::Failed],
+        TaskState::Cancelled => &[TaskState::Cancelled],
+    };
+    let mut rec = store.submit(record(n, None), b"in".to_vec()).await.unwrap().record;
+    for &to in path {
+        rec = store.transition(Change::new(rec.id, to, "setup")).await.unwrap();
+    }
+    assert_eq!(rec.state, state);
+    rec
+}
+
+async fn children_and_context(store: impl Backend) {
+    let effects = |children: Vec<(TaskRecord, Vec<u8>)>| Effects {
+        flow_id: Uuid::from_u128(1),
+        children,
+        context: vec![("k".into(), Some(b"v".to_vec()))],
+        stop_repeating: false,
+    };
+    // A retry drops what the attempt held; `transition` ignores effects on
+    // anything but a completion.
+    let root = task_in(&store, 1, TaskState::Running).await;
+    let retry = Change::new(root.id, TaskState::Retrying, "flaky").effects(effects(vec![child_of(1, 10, None)]));
+    let applied = store.apply(retry).await.unwrap();
+    assert!(applied.created.is_empty());
+    assert!(store.get(Uuid::from_u128(10)).await.is_none());
+    assert!(store.flow(root.id).await.is_none());
+    assert_eq!(store.context_get(root.id, "k").await, None);
+    // The completion commits children (a repeated key only once), the
+    // context write and the flow record, in one transaction.
+    store.transition(Change::new(root.id, TaskState::Running, "again")).await.unwrap();
+    let children = vec![child_of(1, 11, Some("a")), child_of(1, 12, None), child_of(1, 13, Some("a"))];
+    let done = Change::new(root.id, TaskState::Completed, "done").effects(effects(children));
+    let applied = store.apply(done).await.unwrap();
+    let created: Vec<u128> = applied.created.iter().map(|c| c.id.as_u128()).collect();
+    assert_eq!(created, [11, 12]);
+    assert_eq!(store.context_get(root.id, "k").await.as_deref(), Some(&b"v"[..]));
+    assert_eq!(store.flow(root.id).await.unwrap().tasks, 3);
+    let members: Vec<u128> = store.flow_tasks(root.id).await.iter().map(|t| t.id.as_u128()).collect();
+    assert_eq!(members, [1, 11, 12]);
+    assert_eq!(store.input(Uuid::from_u128(12)).await.unwrap(), b"input 12");
+}
+
+async fn cancelled_flow(store: impl Backend) {
+    let root = task_in(&store, 1, TaskState::Running).await;
+    let cancel = |stored: Option<FlowRecord>| {
+        assert!(stored.is_none());
+        let flow = FlowRecord {
+            state: FlowState::Cancelled,
+            finished_at_ms: Some(1),
+            ..FlowRecord::new(Uuid::from_u128(1), 0)
+        };
+        Ok(FlowUpdate { flow, tasks: Vec::new() })
+    };
+    store.flow_change(root.id, cancel).await.unwrap();
+    let effects = Effects { flow_id: root.id, children: vec![child_of(1, 20, None)], ..Effects::default() };
+    let applied = store.apply(Change::new(root.id, TaskState::Completed, "done").effects(effects)).await.unwrap();
+    assert!(!applied.effects_applied);
+    assert_eq!(applied.record.state, TaskState::Completed);
+    assert!(store.get(Uuid::from_u128(20)).await.is_none());
+}
+
+async fn transition_table(store: impl Backend) {
+    let mut n = 0;
+    for from in TaskState::ALL {
+        for to in TaskState::ALL {
+            n += 1;
+            let rec = task_in(&store, n, from).await;
+            let result = store.transition(Change::new(rec.id, to, "probe")).await;
+            if machine::allowed(from, to) {
+                let done = result.unwrap_or_else(|e| panic!("{from} -> {to} refused: {e}"));
+                assert_eq!((done.state, done.version), (to, rec.version + 1));
+                assert_eq!(done.history.last().unwrap().from, Some(from));
+            } else {
+                match result {
+                    Err(StoreError::IllegalTransition { from: f, to: t, .. }) => {
+                        assert_eq!((f, t), (from, to))
+                    }
+                    other => panic!("{from} -> {to} should be refused, got {other:?}"),
+                }
+                // Nothing was written.
+                assert_eq!(store.get(rec.id).await.unwrap(), rec);
+            }
+        }
+    }
+}
+
+async fn stale_version(store: impl Backend) {
+    let rec = task_in(&store, 1, TaskState::Pending).await;
+    let started = store.transition(Change::new(rec.id, TaskState::Running, "start").expect_version(1)).await.unwrap();
+    let stale = store.transition(Change::new(rec.id, TaskState::Completed, "late").expect_version(1)).await;
+    assert!(matches!(stale, Err(StoreError::VersionMismatch { expected: 1, found: 2, .. })), "{stale:?}");
+    assert_eq!(store.get(rec.id).await.unwrap(), started);
+    let missing = store.transition(Change::new(Uuid::from_u128(999), TaskState::Running, "x")).await;
+    assert!(matches!(missing, Err(StoreError::NotFound(_))), "{missing:?}");
+}
+
+async fn idempotency(store: impl Backend) {
+    let first = store.submit(record(1, Some("order-7")), b"a".to_vec()).await.unwrap();
+    let again = store.submit(record(2, Some("order-7")), b"b".to_vec()).await.unwrap();
+    assert!(first.created && !again.created);
+    assert_eq!(again.record.id, Uuid::from_u128(1));
+    assert!(store.get(Uuid::from_u128(2)).await.is_none());
+    assert_eq!(store.input(Uuid::from_u128(1)).await.unwrap(), b"a");
+    assert_eq!(store.all().await.len(), 1);
+}
+
+/// A client's key and a flow's key for a child are apart, even when the
+/// client spells its key as the engine spells a child's.
+async fn key_namespaces(store: impl Backend) {
+    let key = format!("flow:{}:step-1", Uuid::from_u128(1));
+    let client = store.submit(record(5, Some(&key)), Vec::new()).await.unwrap();
+    assert!(client.created);
+    assert_eq!(store.child_by_key(Uuid::from_u128(1), &key).await, None, "the client claimed no child's key");
+    // The flow's child with that key is created, and found by its flow only.
+    let root = task_in(&store, 1, TaskState::Running).await;
+    let effects = Effects { flow_id: root.id, children: vec![child_of(1, 10, Some(&key))], ..Effects::default() };
+    let applied = store.apply(Change::new(root.id, TaskState::Completed, "done").effects(effects)).await.unwrap();
+    assert_eq!(applied.created.len(), 1);
+    assert_eq!(store.child_by_key(Uuid::from_u128(1), &key).await, Some(Uuid::from_u128(10)));
+    assert_eq!(store.child_by_key(Uuid::from_u128(2), &key).await, None);
+    // The client's key still names the client's task.
+    let again = store.submit(record(6, Some(&key)), Vec::new()).await.unwrap();
+    assert_eq!((again.created, again.record.id), (false, Uuid::from_u128(5)));
+}
+
+/// Random submissions (some keyed), transitions (some stale, some
+/// illegal) and completions with children and context writes, checked
+/// against a model as they go and, after a reopen, against what the
+/// store holds.
+async fn model(store: impl Reopen) {
+    let mut model: HashMap<u128, (TaskState, u64)> = HashMap::new();
+    // Task → its flow; flow → its context and its member tasks.
+    let mut flow_of: HashMap<u128, u128> = HashMap::new();
+    let mut context: HashMap<u128, HashMap<String, Vec<u8>>> = HashMap::new();
+    let mut members: HashMap<u128, Vec<u128>> = HashMap::new();
+    let mut next_child = 1_000_000u128;
+    let mut rng = fastrand::Rng::with_seed(7);
+    for step in 0..3000u128 {
+        if model.is_empty() || rng.u8(0..4) == 0 {
+            let key = rng.bool().then(|| format!("k{}", rng.u8(0..50)));
+            let submitted = store.submit(record(step, key.as_deref()), step.to_le_bytes().to_vec()).await.unwrap();
+            let id = submitted.record.id.as_u128();
+            model.entry(id).or_insert((TaskState::Pending, 1));
+            flow_of.entry(id).or_insert(id);
+            continue;
+        }
+        // Sorted: the map's own order differs from run to run, and the
+        // run must be the same every time for its seed.
+        let mut ids: Vec<u128> = model.keys().copied().collect();
+        ids.sort_unstable();
+        let id = ids[rng.usize(0..ids.len())];
+        let to = TaskState::ALL[rng.usize(0..TaskState::ALL.len())];
+        let (state, version) = model[&id];
+        let stale = rng.u8(0..10) == 0;
+        let expect = if stale { version + 1 } else { version };
+        let mut change = Change::new(Uuid::from_u128(id), to, "model").expect_version(expect);
+        let flow = flow_of[&id];
+        let mut children = Vec::new();
+        let key = format!("k{}", rng.u8(0..5));
+        if rng.u8(0..3) == 0 {
+            for _ in 0..rng.usize(0..3) {
+                next_child += 1;
+                children.push(child_of(flow, next_child, None));
+            }
+            let context = vec![(key.clone(), Some(step.to_le_bytes().to_vec()))];
+            change = change.effects(Effects {
+                flow_id: Uuid::from_u128(flow),
+                children: children.clone(),
+                context,
+                stop_repeating: false,
+            });
+        }
+        let had_effects = change.effects.is_some();
+        let result = store.apply(change).await;
+        let legal = machine::allowed(state, to) && !stale;
+        assert_eq!(result.is_ok(), legal, "{state} -> {to} (stale: {stale}): {:?}", result.map(|a| a.record));
+        if legal {
+            model.insert(id, (to, version + 1));
+            let applied = result.unwrap();
+            if to == TaskState::Completed && had_effects {
+                assert_eq!(applied.created.len(), children.len());
+                for (child, _) in children {
+                    model.insert(child.id.as_u128(), (TaskState::Pending, 1));
+                    flow_of.insert(child.id.as_u128(), flow);
+                    members.entry(flow).or_default().push(child.id.as_u128());
+                }
+                context.entry(flow).or_default().insert(key, step.to_le_bytes().to_vec());
+            } else {
+                assert!(applied.created.is_empty());
+            }
+        }
+    }
+    let store = store.reopen().await;
+    let all = store.all().await;
+    for rec in &all {
+        assert_eq!(model.get(&rec.id.as_u128()), Some(&(rec.state, rec.version)), "task {}", rec.id);
+        assert_eq!(rec.history.len() as u64, rec.version - 1);
+    }
+    assert_eq!(all.len(), model.len());
+    for (flow, values) in &context {
+        let keys = store.context_keys(Uuid::from_u128(*flow), "").await;
+        let mut expected: Vec<&String> = values.keys().collect();
+        expected.sort();
+        assert_eq!(keys.iter().collect::<Vec<_>>(), expected);
+        for (key, value) in values {
+            assert_eq!(store.context_get(Uuid::from_u128(*flow), key).await.as_ref(), Some(value));
+        }
+    }
+    for (flow, tasks) in &members {
+        let stored: Vec<u128> = store.flow_tasks(Uuid::from_u128(*flow)).await.iter().map(|t| t.id.as_u128()).collect();
+        assert_eq!(stored[0], *flow, "the root comes first");
+        assert_eq!(&stored[1..], tasks.as_slice(), "flow {flow}");
+    }
+    assert!(!members.is_empty() && !context.is_empty(), "the run exercised effects");
+    // A listing by state agrees with the model.
+    for state in TaskState::ALL {
+        let listed = store.in_state(state).await;
+        let modelled: BTreeSet<Uuid> =
+            model.iter().filter(|(_, (s, _))| *s == state).map(|(id, _)| Uuid::from_u128(*id)).collect();
+        assert_eq!(listed, modelled, "{state}");
+    }
+}

@@ -1,0 +1,131 @@
+//! Reads of the PostgreSQL store, each answering as the redb store's
+//! method of the same name does: a task's record, input, output and
+//! transcripts, the task an idempotency key names, a flow, its tasks and
+//! its context, and counts by state. Each is one statement outside any
+//! transaction; a read that fails is an error, never "absent".
+
+use super::{PgError, PgStore};
+use crate::store::record::decode;
+use crate::store::{FlowRecord, StoreError, TaskRecord, TaskState};
+use sqlx::Row;
+use uuid::Uuid;
+
+impl PgStore {
+    /// One task's record.
+    pub async fn get(&self, id: Uuid) -> Result<Option<TaskRecord>, PgError> {
+        let row: Option<Vec<u8>> = sqlx::query_scalar("SELECT record FROM taskhost_tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.map(|bytes| decode(&bytes)).transpose()?)
+    }
+
+    /// A task's input.
+    pub async fn input(&self, id: Uuid) -> Result<Option<Vec<u8>>, PgError> {
+        Ok(sqlx::query_scalar("SELECT input FROM taskhost_tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// A task's output, once it completed.
+    pub async fn output(&self, id: Uuid) -> Result<Option<Vec<u8>>, PgError> {
+        let row: Option<Option<Vec<u8>>> = sqlx::query_scalar("SELECT output FROM taskhost_tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.flatten())
+    }
+
+    /// The transcript of a task's attempt.
+    pub async fn attempt_log(&self, id: Uuid, attempt: u32) -> Result<Option<crate::sandbox::AttemptLog>, PgError> {
+        let row: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT log FROM taskhost_logs WHERE task_id = $1 AND attempt = $2")
+                .bind(id)
+                .bind(i64::from(attempt))
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(row.map(|bytes| decode(&bytes)).transpose()?)
+    }
+
+    /// The task an idempotency key of the API's namespace names.
+    pub async fn task_by_key(&self, key: &str) -> Result<Option<Uuid>, PgError> {
+        Ok(sqlx::query_scalar("SELECT id FROM taskhost_tasks WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// The task a key of `flow`'s own namespace names.
+    pub async fn child_by_key(&self, flow: Uuid, key: &str) -> Result<Option<Uuid>, PgError> {
+        Ok(sqlx::query_scalar("SELECT task_id FROM taskhost_flow_keys WHERE flow_id = $1 AND key = $2")
+            .bind(flow)
+            .bind(key)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// A flow's record.
+    pub async fn flow(&self, id: Uuid) -> Result<Option<FlowRecord>, PgError> {
+        let row: Option<Vec<u8>> = sqlx::query_scalar("SELECT record FROM taskhost_flows WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.map(|bytes| decode(&bytes)).transpose()?)
+    }
+
+    /// A flow's tasks: its root (whose id is the flow's) first, if it has
+    /// one, then the tasks it grew in submission order.
+    pub async fn flow_tasks(&self, flow: Uuid) -> Result<Vec<TaskRecord>, PgError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT record FROM (
+                 SELECT t.record, 0 AS part, t.id FROM taskhost_tasks AS t WHERE t.id = $1
+                 UNION ALL
+                 SELECT t.record, 1, t.id FROM taskhost_flow_tasks AS f JOIN taskhost_tasks AS t ON t.id = f.task_id
+                 WHERE f.flow_id = $1
+             ) AS tasks ORDER BY part, id",
+        )
+        .bind(flow)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|bytes| Ok(decode(bytes)?)).collect()
+    }
+
+    /// A value of a flow's context.
+    pub async fn context_get(&self, flow: Uuid, key: &str) -> Result<Option<Vec<u8>>, PgError> {
+        Ok(sqlx::query_scalar("SELECT value FROM taskhost_context WHERE flow_id = $1 AND key = $2")
+            .bind(flow)
+            .bind(key)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// The keys of a flow's context that start with `prefix`, in byte
+    /// order (as redb orders them, whatever the database's collation).
+    pub async fn context_keys(&self, flow: Uuid, prefix: &str) -> Result<Vec<String>, PgError> {
+        Ok(sqlx::query_scalar(
+            "SELECT key FROM taskhost_context WHERE flow_id = $1 AND starts_with(key, $2) ORDER BY key COLLATE \"C\"",
+        )
+        .bind(flow)
+        .bind(prefix)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// How many tasks are in each state.
+    pub async fn state_counts(&self) -> Result<Vec<(TaskState, i64)>, PgError> {
+        let rows = sqlx::query("SELECT state, count(*) AS n FROM taskhost_tasks GROUP BY state")
+            .fetch_all(self.pool())
+            .await?;
+        let mut counts = Vec::with_capacity(rows.len());
+        for row in rows {
+            let state: String = row.try_get("state")?;
+            let state = TaskState::ALL
+                .into_iter()
+                .find(|s| s.as_str() == state)
+                .ok_or_else(|| StoreError::Corrupt(format!("unknown task state `{state}` in PostgreSQL")))?;
+            counts.push((state, row.try_get("n")?));
+        }
+        Ok(counts)
+    }
+}

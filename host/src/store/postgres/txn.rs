@@ -1,0 +1,505 @@
+//! A PostgreSQL transaction as the store's checked writes see it
+//! ([`Txn`]), so a submission, a transition with its flow effects and a
+//! flow edit do on PostgreSQL exactly what they do on redb.
+//!
+//! - **Reads lock what they decide on**, for as long as the transaction
+//!   lasts, so hosts writing at once wait for each other instead of
+//!   deciding on what another is changing: a task's row (`FOR UPDATE`),
+//!   and, through transaction-scoped advisory locks, an idempotency key
+//!   (also one not taken yet, so two hosts cannot both create a task for
+//!   it) and a flow (also one with no record yet).
+//! - **Writes are kept in memory**, the last write of each row winning,
+//!   and reads see them; [`PgTxn::flush`] makes them all in a few
+//!   statements, one per table and kind of write, before the commit.
+//! - redb's secondary indexes (`Redo::Index`) have no rows here: the
+//!   columns beside each record and PostgreSQL's indexes serve instead.
+
+use crate::store::apply::Txn;
+use crate::store::record::decode;
+use crate::store::{FlowRecord, Redo, StoreError, TaskRecord};
+use sqlx::postgres::PgConnection;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use uuid::Uuid;
+
+/// A task row's writes in one transaction.
+#[derive(Default)]
+struct TaskWrites {
+    /// The record as last written (and its encoding), if written.
+    record: Option<(TaskRecord, Vec<u8>)>,
+    /// Its input: written once, at submission, so the row is new.
+    input: Option<Vec<u8>>,
+    output: Option<Vec<u8>>,
+}
+
+/// One open transaction's reads and kept writes.
+pub(crate) struct PgTxn<'c> {
+    conn: &'c mut PgConnection,
+    /// Records read under a lock the transaction holds (and not written).
+    locked: HashMap<Uuid, TaskRecord>,
+    /// Task rows written, in order of their first write.
+    tasks: BTreeMap<Uuid, TaskWrites>,
+    keys: HashMap<String, Uuid>,
+    flow_keys: HashMap<(Uuid, String), Uuid>,
+    flows: HashMap<Uuid, Vec<u8>>,
+    /// Flows read under their lock (and not written): `None` has no record.
+    flows_read: HashMap<Uuid, Option<FlowRecord>>,
+    flow_tasks: BTreeSet<(Uuid, Uuid)>,
+    /// `None` deletes.
+    context: BTreeMap<(Uuid, String), Option<Vec<u8>>>,
+    logs: BTreeMap<(Uuid, u32), Vec<u8>>,
+    /// `true` adds the entry, `false` removes it.
+    finished: BTreeMap<(String, u64, Uuid), bool>,
+    cleared_callbacks: BTreeSet<Uuid>,
+}
+
+impl<'c> PgTxn<'c> {
+    /// Reads and writes through `conn`, which is inside a transaction.
+    pub(crate) fn new(conn: &'c mut PgConnection) -> Self {
+        Self {
+            conn,
+            locked: HashMap::new(),
+            tasks: BTreeMap::new(),
+            keys: HashMap::new(),
+            flow_keys: HashMap::new(),
+            flows: HashMap::new(),
+            flows_read: HashMap::new(),
+            flow_tasks: BTreeSet::new(),
+            context: BTreeMap::new(),
+            logs: BTreeMap::new(),
+            finished: BTreeMap::new(),
+            cleared_callbacks: BTreeSet::new(),
+        }
+    }
+
+    /// Records the caller read with their rows locked (`FOR UPDATE`) in
+    /// this transaction, so reading them again costs no query.
+    pub(crate) fn locked(&mut self, records: impl IntoIterator<Item = TaskRecord>) {
+        self.locked.extend(records.into_iter().map(|r| (r.id, r)));
+    }
+
+    /// Holds the transaction-scoped advisory lock named `name` until the
+    /// transaction ends (waiting for a transaction that holds it).
+    async fn lock_name(&mut self, name: &str) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .bind(name)
+            .execute(&mut *self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes the locks of idempotency keys `keys` of the API's namespace
+    /// at once (see [`lock_names`](Self::lock_names)).
+    pub(crate) async fn lock_keys(&mut self, keys: &[&str]) -> Result<(), StoreError> {
+        self.lock_names(keys.iter().map(|key| key_lock(key)).collect()).await
+    }
+
+    /// Takes the locks of flows `ids` at once (see
+    /// [`lock_names`](Self::lock_names)) and reads their records, so the
+    /// transitions of a batch read none of them one by one.
+    pub(crate) async fn lock_flows(&mut self, ids: impl IntoIterator<Item = Uuid>) -> Result<(), StoreError> {
+        let mut ids: Vec<Uuid> =
+            ids.into_iter().filter(|id| !self.flows.contains_key(id) && !self.flows_read.contains_key(id)).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.lock_names(ids.iter().map(|id| flow_lock(*id)).collect()).await?;
+        let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as("SELECT id, record FROM taskhost_flows WHERE id = ANY($1)")
+            .bind(&ids)
+            .fetch_all(&mut *self.conn)
+            .await?;
+        let mut found: HashMap<Uuid, Vec<u8>> = rows.into_iter().collect();
+        for id in ids {
+            let flow = found.remove(&id).map(|bytes| decode(&bytes)).transpose()?;
+            self.flows_read.insert(id, flow);
+        }
+        Ok(())
+    }
+
+    /// Takes the transaction-scoped advisory locks named `names` in one
+    /// statement, in one order on every host, so two batches sharing some
+    /// wait for each other instead of deadlocking.
+    async fn lock_names(&mut self, mut names: Vec<String>) -> Result<(), StoreError> {
+        names.sort_unstable();
+        names.dedup();
+        if !names.is_empty() {
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtextextended(name, 0))
+                 FROM (SELECT name FROM unnest($1::text[]) AS name ORDER BY name) AS sorted",
+            )
+            .bind(&names)
+            .execute(&mut *self.conn)
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Makes every kept write, a statement per table and kind.
+    pub(crate) async fn flush(mut self) -> Result<(), StoreError> {
+        self.flush_tasks().await?;
+        let conn = &mut *self.conn;
+        if !self.flows.is_empty() {
+            let (ids, records): (Vec<Uuid>, Vec<Vec<u8>>) = self.flows.drain().unzip();
+            sqlx::query(
+                "INSERT INTO taskhost_flows (id, record) SELECT * FROM unnest($1::uuid[], $2::bytea[])
+                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+            )
+            .bind(&ids)
+            .bind(&records)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.flow_keys.is_empty() {
+            let mut columns = (Vec::new(), Vec::new(), Vec::new());
+            for ((flow, key), task) in self.flow_keys.drain() {
+                columns.0.push(flow);
+                columns.1.push(key);
+                columns.2.push(task);
+            }
+            sqlx::query(
+                "INSERT INTO taskhost_flow_keys (flow_id, key, task_id)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::uuid[])",
+            )
+            .bind(&columns.0)
+            .bind(&columns.1)
+            .bind(&columns.2)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.flow_tasks.is_empty() {
+            let (flows, tasks): (Vec<Uuid>, Vec<Uuid>) = std::mem::take(&mut self.flow_tasks).into_iter().unzip();
+            sqlx::query(
+                "INSERT INTO taskhost_flow_tasks (flow_id, task_id) SELECT * FROM unnest($1::uuid[], $2::uuid[])
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(&flows)
+            .bind(&tasks)
+            .execute(&mut *conn)
+            .await?;
+        }
+        let (mut put, mut gone) = ((Vec::new(), Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        for ((flow, key), value) in std::mem::take(&mut self.context) {
+            match value {
+                Some(value) => {
+                    put.0.push(flow);
+                    put.1.push(key);
+                    put.2.push(value);
+                }
+                None => {
+                    gone.0.push(flow);
+                    gone.1.push(key);
+                }
+            }
+        }
+        if !gone.0.is_empty() {
+            sqlx::query(
+                "DELETE FROM taskhost_context AS c USING unnest($1::uuid[], $2::text[]) AS g (flow_id, key)
+                 WHERE c.flow_id = g.flow_id AND c.key = g.key",
+            )
+            .bind(&gone.0)
+            .bind(&gone.1)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !put.0.is_empty() {
+            sqlx::query(
+                "INSERT INTO taskhost_context (flow_id, key, value)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::bytea[])
+                 ON CONFLICT (flow_id, key) DO UPDATE SET value = excluded.value",
+            )
+            .bind(&put.0)
+            .bind(&put.1)
+            .bind(&put.2)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.logs.is_empty() {
+            let mut columns = (Vec::new(), Vec::new(), Vec::new());
+            for ((task, attempt), log) in std::mem::take(&mut self.logs) {
+                columns.0.push(task);
+                columns.1.push(i64::from(attempt));
+                columns.2.push(log);
+            }
+            sqlx::query(
+                "INSERT INTO taskhost_logs (task_id, attempt, log)
+                 SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::bytea[])
+                 ON CONFLICT (task_id, attempt) DO UPDATE SET log = excluded.log",
+            )
+            .bind(&columns.0)
+            .bind(&columns.1)
+            .bind(&columns.2)
+            .execute(&mut *conn)
+            .await?;
+        }
+        let (mut added, mut removed) = ((Vec::new(), Vec::new(), Vec::new()), (Vec::new(), Vec::new(), Vec::new()));
+        for ((group, at, unit), add) in std::mem::take(&mut self.finished) {
+            let to = if add { &mut added } else { &mut removed };
+            to.0.push(group);
+            to.1.push(super::to_i64(at));
+            to.2.push(unit);
+        }
+        if !removed.0.is_empty() {
+            sqlx::query(
+                "DELETE FROM taskhost_finished AS f USING unnest($1::text[], $2::bigint[], $3::uuid[]) AS g (grp, at_ms, unit)
+                 WHERE f.grp = g.grp AND f.at_ms = g.at_ms AND f.unit = g.unit",
+            )
+            .bind(&removed.0)
+            .bind(&removed.1)
+            .bind(&removed.2)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !added.0.is_empty() {
+            sqlx::query(
+                "INSERT INTO taskhost_finished (grp, at_ms, unit)
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::uuid[]) ON CONFLICT DO NOTHING",
+            )
+            .bind(&added.0)
+            .bind(&added.1)
+            .bind(&added.2)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !self.cleared_callbacks.is_empty() {
+            let ids: Vec<Uuid> = std::mem::take(&mut self.cleared_callbacks).into_iter().collect();
+            sqlx::query("DELETE FROM taskhost_callbacks WHERE task_id = ANY($1)")
+                .bind(&ids)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Inserts the new task rows and updates the others (record, the
+    /// columns queried beside it, output).
+    async fn flush_tasks(&mut self) -> Result<(), StoreError> {
+        let mut new = NewRows::default();
+        let mut changed = ChangedRows::default();
+        for (id, writes) in std::mem::take(&mut self.tasks) {
+            match (writes.record, writes.input) {
+                (Some((record, encoded)), Some(input)) => new.push(&record, encoded, input, writes.output),
+                (Some((record, encoded)), None) => changed.push(&record, encoded, writes.output),
+                (None, _) => {
+                    return Err(StoreError::Refused(format!(
+                        "task {id}: an input or output was written without its record"
+                    )));
+                }
+            }
+        }
+        let conn = &mut *self.conn;
+        if !new.ids.is_empty() {
+            sqlx::query(
+                "INSERT INTO taskhost_tasks (id, state, version, queue, priority, due_at_ms, idempotency_key, record, input, output)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::smallint[], $6::bigint[],
+                                      $7::text[], $8::bytea[], $9::bytea[], $10::bytea[])",
+            )
+            .bind(&new.ids)
+            .bind(&new.states)
+            .bind(&new.versions)
+            .bind(&new.queues)
+            .bind(&new.priorities)
+            .bind(&new.due)
+            .bind(&new.keys)
+            .bind(&new.records)
+            .bind(&new.inputs)
+            .bind(&new.outputs)
+            .execute(&mut *conn)
+            .await?;
+        }
+        if !changed.ids.is_empty() {
+            sqlx::query(
+                "UPDATE taskhost_tasks AS t
+                 SET state = c.state, version = c.version, due_at_ms = c.due, record = c.record,
+                     output = coalesce(c.output, t.output)
+                 FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[])
+                   AS c (id, state, version, due, record, output)
+                 WHERE t.id = c.id",
+            )
+            .bind(&changed.ids)
+            .bind(&changed.states)
+            .bind(&changed.versions)
+            .bind(&changed.due)
+            .bind(&changed.records)
+            .bind(&changed.outputs)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The columns of new task rows, for one `INSERT … SELECT FROM unnest`.
+#[derive(Default)]
+struct NewRows {
+    ids: Vec<Uuid>,
+    states: Vec<&'static str>,
+    versions: Vec<i64>,
+    queues: Vec<String>,
+    priorities: Vec<i16>,
+    due: Vec<i64>,
+    keys: Vec<Option<String>>,
+    records: Vec<Vec<u8>>,
+    inputs: Vec<Vec<u8>>,
+    outputs: Vec<Option<Vec<u8>>>,
+}
+
+impl NewRows {
+    fn push(&mut self, record: &TaskRecord, encoded: Vec<u8>, input: Vec<u8>, output: Option<Vec<u8>>) {
+        self.ids.push(record.id);
+        self.states.push(record.state.as_str());
+        self.versions.push(super::to_i64(record.version));
+        self.queues.push(record.queue.clone());
+        self.priorities.push(i16::from(record.priority));
+        self.due.push(super::to_i64(record.next_run_at_ms.unwrap_or(0)));
+        // The API's namespace: a flow's root. A task a flow grew keeps
+        // its key in `taskhost_flow_keys`.
+        self.keys.push(record.idempotency_key.clone().filter(|_| record.is_flow_root()));
+        self.records.push(encoded);
+        self.inputs.push(input);
+        self.outputs.push(output);
+    }
+}
+
+/// The columns of changed task rows, for one `UPDATE … FROM unnest`.
+#[derive(Default)]
+struct ChangedRows {
+    ids: Vec<Uuid>,
+    states: Vec<&'static str>,
+    versions: Vec<i64>,
+    due: Vec<i64>,
+    records: Vec<Vec<u8>>,
+    outputs: Vec<Option<Vec<u8>>>,
+}
+
+impl ChangedRows {
+    fn push(&mut self, record: &TaskRecord, encoded: Vec<u8>, output: Option<Vec<u8>>) {
+        self.ids.push(record.id);
+        self.states.push(record.state.as_str());
+        self.versions.push(super::to_i64(record.version));
+        self.due.push(super::to_i64(record.next_run_at_ms.unwrap_or(0)));
+        self.records.push(encoded);
+        self.outputs.push(output);
+    }
+}
+
+/// The advisory lock's name of an idempotency key of the API's namespace.
+fn key_lock(key: &str) -> String {
+    format!("taskhost key {key}")
+}
+
+/// The advisory lock's name of a flow.
+fn flow_lock(id: Uuid) -> String {
+    format!("taskhost flow {id}")
+}
+
+impl Txn for PgTxn<'_> {
+    async fn task(&mut self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        if let Some((record, _)) = self.tasks.get(&id).and_then(|w| w.record.as_ref()) {
+            return Ok(Some(record.clone()));
+        }
+        if let Some(record) = self.locked.get(&id) {
+            return Ok(Some(record.clone()));
+        }
+        let row: Option<Vec<u8>> = sqlx::query_scalar("SELECT record FROM taskhost_tasks WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        let Some(bytes) = row else { return Ok(None) };
+        let record: TaskRecord = decode(&bytes)?;
+        self.locked.insert(id, record.clone());
+        Ok(Some(record))
+    }
+
+    async fn keyed(&mut self, key: &str) -> Result<Option<Uuid>, StoreError> {
+        if let Some(id) = self.keys.get(key) {
+            return Ok(Some(*id));
+        }
+        self.lock_name(&key_lock(key)).await?;
+        Ok(sqlx::query_scalar("SELECT id FROM taskhost_tasks WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(&mut *self.conn)
+            .await?)
+    }
+
+    async fn flow_keyed(&mut self, flow: Uuid, key: &str) -> Result<Option<Uuid>, StoreError> {
+        if let Some(id) = self.flow_keys.get(&(flow, key.to_owned())) {
+            return Ok(Some(*id));
+        }
+        self.lock_name(&format!("taskhost flow key {flow} {key}")).await?;
+        Ok(sqlx::query_scalar("SELECT task_id FROM taskhost_flow_keys WHERE flow_id = $1 AND key = $2")
+            .bind(flow)
+            .bind(key)
+            .fetch_optional(&mut *self.conn)
+            .await?)
+    }
+
+    async fn flow(&mut self, id: Uuid) -> Result<Option<FlowRecord>, StoreError> {
+        if let Some(bytes) = self.flows.get(&id) {
+            return decode(bytes).map(Some);
+        }
+        if let Some(flow) = self.flows_read.get(&id) {
+            return Ok(flow.clone());
+        }
+        self.lock_name(&flow_lock(id)).await?;
+        let row: Option<Vec<u8>> = sqlx::query_scalar("SELECT record FROM taskhost_flows WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        let flow: Option<FlowRecord> = row.map(|bytes| decode(&bytes)).transpose()?;
+        self.flows_read.insert(id, flow.clone());
+        Ok(flow)
+    }
+
+    async fn flow_tenant(&mut self, flow: Uuid) -> Result<String, StoreError> {
+        let first = match self.task(flow).await? {
+            Some(root) => Some(root),
+            None => {
+                let kept = self.flow_tasks.range((flow, Uuid::nil())..=(flow, Uuid::max())).next().map(|(_, t)| *t);
+                let stored: Option<Uuid> = sqlx::query_scalar(
+                    "SELECT task_id FROM taskhost_flow_tasks WHERE flow_id = $1 ORDER BY task_id LIMIT 1",
+                )
+                .bind(flow)
+                .fetch_optional(&mut *self.conn)
+                .await?;
+                match kept.into_iter().chain(stored).min() {
+                    Some(task) => self.task(task).await?,
+                    None => None,
+                }
+            }
+        };
+        Ok(first.map_or_else(|| crate::tenant::DEFAULT.to_owned(), |t| crate::tenant::tenant_of(&t.plugin).to_owned()))
+    }
+
+    fn write(&mut self, write: Redo) -> Result<(), StoreError> {
+        match write {
+            Redo::Task(id, bytes) => {
+                let record: TaskRecord = decode(&bytes)?;
+                let id = Uuid::from_u128(id);
+                self.locked.remove(&id);
+                self.tasks.entry(id).or_default().record = Some((record, bytes));
+            }
+            Redo::Input(id, input) => self.tasks.entry(Uuid::from_u128(id)).or_default().input = Some(input),
+            Redo::Output(id, output) => self.tasks.entry(Uuid::from_u128(id)).or_default().output = Some(output),
+            // The column beside the record holds it.
+            Redo::Key(key, id) => {
+                self.keys.insert(key, Uuid::from_u128(id));
+            }
+            Redo::FlowKey(flow, key, id) => {
+                self.flow_keys.insert((Uuid::from_u128(flow), key), Uuid::from_u128(id));
+            }
+            Redo::Flow(id, bytes) => {
+                let id = Uuid::from_u128(id);
+                self.flows_read.remove(&id);
+                self.flows.insert(id, bytes);
+            }
+            Redo::FlowTask(flow, id) => drop(self.flow_tasks.insert((Uuid::from_u128(flow), Uuid::from_u128(id)))),
+            Redo::Context(flow, key, value) => drop(self.context.insert((Uuid::from_u128(flow), key), value)),
+            Redo::Log(id, attempt, log) => drop(self.logs.insert((Uuid::from_u128(id), attempt), log)),
+            Redo::Index(_) => {}
+            Redo::Finished(group, at, id, add) => drop(self.finished.insert((group, at, Uuid::from_u128(id)), add)),
+            Redo::ClearCallback(id) => drop(self.cleared_callbacks.insert(Uuid::from_u128(id))),
+        }
+        Ok(())
+    }
+}
