@@ -20,8 +20,13 @@ use uuid::Uuid;
 /// transaction's own earlier writes; a write is kept (and made at once, or
 /// when the transaction commits).
 pub(crate) trait Txn {
-    /// A task's record.
+    /// A task's record, held for the transaction's write of it (a
+    /// PostgreSQL row lock).
     async fn task(&mut self, id: Uuid) -> Result<Option<TaskRecord>, StoreError>;
+    /// A task's record for a read that decides nothing about writing the
+    /// task itself (a flow's tenant, whether its root has ended, the task
+    /// a key names), made under a flow's or a key's hold: not held.
+    async fn peek_task(&mut self, id: Uuid) -> Result<Option<TaskRecord>, StoreError>;
     /// The task an idempotency key of the API's namespace names (a flow
     /// root's).
     async fn keyed(&mut self, key: &str) -> Result<Option<Uuid>, StoreError>;
@@ -62,7 +67,7 @@ pub(crate) async fn apply_submit<T: Txn>(
         let flow = record.flow_id;
         let existing = if record.is_flow_root() { t.keyed(key).await? } else { t.flow_keyed(flow, key).await? };
         if let Some(existing) = existing {
-            let found = t.task(existing).await?.ok_or(StoreError::NotFound(existing))?;
+            let found = t.peek_task(existing).await?.ok_or(StoreError::NotFound(existing))?;
             return Ok(Submitted { record: found, created: false });
         }
         key_write = Some(if record.is_flow_root() {
@@ -104,7 +109,7 @@ pub(crate) async fn apply_submit<T: Txn>(
 /// ended, under its tenant's flow group.
 async fn write_flow<T: Txn>(t: &mut T, before: Option<&FlowRecord>, flow: &FlowRecord) -> Result<(), StoreError> {
     let id = flow.id.as_u128();
-    let root = if before.is_none() { t.task(flow.id).await? } else { None };
+    let root = if before.is_none() { t.peek_task(flow.id).await? } else { None };
     if let Some(root) = root.filter(|r| r.state.is_terminal()) {
         // A root that ended alone is its flow's now (a flow of one task
         // cancelled after it ended): it goes with the flow.

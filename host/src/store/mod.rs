@@ -1212,6 +1212,10 @@ impl apply::Txn for Tables<'_> {
         self.tasks.get(id.as_u128())?.map(|v| decode(v.value())).transpose()
     }
 
+    async fn peek_task(&mut self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        apply::Txn::task(self, id).await
+    }
+
     async fn keyed(&mut self, key: &str) -> Result<Option<Uuid>, StoreError> {
         Ok(self.keys.get(key)?.map(|v| Uuid::from_u128(v.value())))
     }

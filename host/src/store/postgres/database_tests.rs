@@ -7,7 +7,7 @@ use crate::FailureClass;
 use crate::store::StoredFailure;
 use crate::store::postgres::Term;
 use crate::store::tests::record;
-use crate::store::{TaskRecord, TaskState};
+use crate::store::{QueueConfig, TaskRecord, TaskState};
 use std::collections::HashSet;
 
 async fn store(name: &str) -> (PgStore, String) {
@@ -391,4 +391,198 @@ async fn hosts_completing_tasks_of_one_flow_at_once_lose_no_update() {
     assert_eq!((flow.tasks, flow.version), (41, before.version + 20), "no completion's flow update was lost");
     assert_eq!(a.flow_tasks(root.id).await.unwrap().len(), 41);
     assert_eq!(a.context_keys(root.id, "k").await.unwrap().len(), 20);
+}
+
+/// `n` pending tasks in `queue`, ids from `first`.
+async fn submit_to(store: &PgStore, queue: &str, first: u128, n: u128) {
+    let tasks = (first..first + n)
+        .map(|i| {
+            let mut r = record(i, None);
+            r.queue = queue.into();
+            (r, Vec::new())
+        })
+        .collect();
+    assert!(store.submit_all(tasks).await.unwrap().iter().all(|s| s.created));
+}
+
+/// Two queues with equal work, one submitted wholly before the other,
+/// claimed and completed by three hosts at once in small batches: they
+/// finish together, whichever host took their tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_with_equal_work_finish_together_across_hosts() {
+    let (first, url) = store("fair").await;
+    submit_to(&first, "early", 1, 300).await;
+    submit_to(&first, "late", 1001, 300).await;
+    let ended = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let host = |name: &'static str| {
+        let (url, ended) = (url.clone(), ended.clone());
+        async move {
+            let store = PgStore::connect(&url, 2).await.unwrap();
+            loop {
+                let claimed = store.claim(name, 7, LEASE).await.unwrap();
+                if claimed.is_empty() {
+                    return;
+                }
+                let outcomes = claimed.iter().map(|c| (c.lease.clone(), Outcome::completed(Vec::new()))).collect();
+                for done in store.finish_all(outcomes).await.unwrap() {
+                    ended.lock().unwrap().push(done.unwrap().queue);
+                }
+            }
+        }
+    };
+    tokio::join!(host("a"), host("b"), host("c"));
+    let ended = ended.lock().unwrap().clone();
+    assert_eq!(ended.len(), 600);
+    // When the first queue has its last task completed, the other has
+    // nearly all of its own.
+    let first_done = ended
+        .iter()
+        .scan((0, 0), |n, q| {
+            if q == "early" {
+                n.0 += 1
+            } else {
+                n.1 += 1
+            }
+            Some(*n)
+        })
+        .find(|(early, late)| *early == 300 || *late == 300)
+        .unwrap();
+    assert!(first_done.0.min(first_done.1) >= 270, "completed (early, late) when one queue ended: {first_done:?}");
+}
+
+/// A queue's concurrency limit holds across hosts claiming at once, and
+/// weights share a claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queues_limit_holds_across_hosts_and_weights_share_a_claim() {
+    let (store, url) = store("caps").await;
+    store.set_queue("capped", &QueueConfig { concurrency: Some(2), ..QueueConfig::default() }).await.unwrap();
+    store.set_queue("heavy", &QueueConfig { weight: 3, ..QueueConfig::default() }).await.unwrap();
+    assert_eq!(store.queues().await.unwrap().iter().map(|(q, _)| q.as_str()).collect::<Vec<_>>(), ["capped", "heavy"]);
+    submit_to(&store, "capped", 1, 20).await;
+    let hosts: Vec<PgStore> = futures::future::join_all((0..3).map(|_| PgStore::connect(&url, 2)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let running_capped = || async {
+        store.state_counts().await.unwrap().iter().find(|(s, _)| *s == TaskState::Running).map_or(0, |(_, n)| *n)
+    };
+    for _ in 0..3 {
+        let claims =
+            futures::future::join_all(hosts.iter().enumerate().map(|(i, h)| h.claim(["a", "b", "c"][i], 10, LEASE)))
+                .await;
+        let claimed: Vec<Claimed> = claims.into_iter().flat_map(Result::unwrap).collect();
+        assert!(claimed.len() <= 2, "{} claimed at once", claimed.len());
+        assert_eq!(running_capped().await, 2, "the limit is filled, never passed");
+        // One ends: one more may start, on any host.
+        let first = claimed.into_iter().next().unwrap();
+        store.finish(&first.lease, Outcome::completed(Vec::new())).await.unwrap();
+        let again = futures::future::join_all(hosts.iter().map(|h| h.claim("x", 10, LEASE))).await;
+        assert_eq!(again.into_iter().map(|c| c.unwrap().len()).sum::<usize>(), 1);
+        // Complete everything running for the next round.
+        let leases: Vec<Uuid> =
+            sqlx::query_scalar("SELECT task_id FROM taskhost_leases").fetch_all(store.pool()).await.unwrap();
+        for id in leases {
+            lapse(&store, id).await;
+        }
+        store.reap(100).await.unwrap();
+    }
+    // Weights: a claim of 40 across a queue of weight 3 and one of weight 1.
+    sqlx::query("DELETE FROM taskhost_tasks").execute(store.pool()).await.unwrap();
+    submit_to(&store, "heavy", 100, 100).await;
+    submit_to(&store, "light", 300, 100).await;
+    let claimed = store.claim("a", 40, LEASE).await.unwrap();
+    let heavy = claimed.iter().filter(|c| c.record.queue == "heavy").count();
+    assert_eq!((heavy, claimed.len() - heavy), (30, 10));
+    // A queue short of its share leaves the rest to the others.
+    let claimed = store.claim("a", 200, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 160);
+}
+
+/// A flow edited on one host while another ends the flow's root: neither
+/// waits for the other in a cycle (the edit reads the root without its
+/// row lock), so both commit, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_edit_beside_its_roots_outcome_never_deadlocks() {
+    use crate::store::{Change, FlowRecord, FlowUpdate};
+    let (a, url) = store("edit_and_end").await;
+    let b = PgStore::connect(&url, 4).await.unwrap();
+    for n in 1..=30u128 {
+        a.submit(record(n, None), Vec::new()).await.unwrap();
+        let claimed = a.claim("a", 1, LEASE).await.unwrap().remove(0);
+        let id = claimed.record.id;
+        let edit = move |stored: Option<FlowRecord>| {
+            let flow = stored.unwrap_or_else(|| FlowRecord::new(id, 0));
+            Ok(FlowUpdate { flow, tasks: Vec::new() })
+        };
+        let done = Change::new(id, TaskState::Completed, "done");
+        let (edited, ended) = tokio::join!(b.flow_change(id, edit), a.finish_changes(vec![(claimed.lease, done)]));
+        edited.unwrap();
+        let [ended] = ended.unwrap().try_into().unwrap();
+        assert_eq!(ended.unwrap().record.state, TaskState::Completed);
+    }
+}
+
+/// Moving a running task out of running without its lease (cancelling
+/// it, say) ends the lease too: no reaper takes the task back later, and
+/// its queue can be claimed from as before.
+#[tokio::test]
+async fn a_task_moved_out_of_running_loses_its_lease() {
+    use crate::store::Change;
+    let (store, _) = store("moved_out").await;
+    submit(&store, 2, |_| 0).await;
+    let claimed = store.claim("a", 1, LEASE).await.unwrap().remove(0);
+    store.transition(Change::new(claimed.record.id, TaskState::Cancelled, "cancelled")).await.unwrap();
+    let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM taskhost_leases").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(leases, 0);
+    assert!(store.reap(10).await.unwrap().is_empty());
+    let refused = store.finish(&claimed.lease, Outcome::completed(Vec::new())).await.unwrap_err();
+    assert!(matches!(refused, PgError::Fenced { .. }), "{refused}");
+    assert_eq!(store.claim("a", 5, LEASE).await.unwrap().len(), 1);
+}
+
+/// An outcome refused after its first write (its flow's record cannot be
+/// decoded) leaves nothing behind and keeps its lease; the outcome
+/// committed beside it is whole.
+#[tokio::test]
+async fn an_outcome_refused_halfway_writes_nothing_and_its_neighbour_commits() {
+    use crate::store::tests::child_of;
+    use crate::store::{Change, Effects};
+    let (store, _) = store("halfway").await;
+    let root = record(1, None);
+    store.submit(root.clone(), Vec::new()).await.unwrap();
+    let claimed = store.claim("a", 1, LEASE).await.unwrap().remove(0);
+    let grow = Effects { flow_id: root.id, children: vec![child_of(1, 2, None)], ..Effects::default() };
+    let done = Change::new(root.id, TaskState::Completed, "done").effects(grow);
+    store.finish_changes(vec![(claimed.lease, done)]).await.unwrap();
+    store.submit(record(3, None), Vec::new()).await.unwrap();
+    let claimed = store.claim("a", 2, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    sqlx::query("UPDATE taskhost_flows SET record = '\\xff'::bytea").execute(store.pool()).await.unwrap();
+    let changes = claimed
+        .iter()
+        .map(|c| {
+            let effects = Effects {
+                flow_id: c.record.flow_id,
+                context: vec![("k".into(), Some(b"v".to_vec()))],
+                ..Effects::default()
+            };
+            let change = Change::new(c.record.id, TaskState::Completed, "done").output(b"out".to_vec());
+            let change = if c.record.is_flow_root() { change } else { change.effects(effects) };
+            (c.lease.clone(), change)
+        })
+        .collect();
+    let answers = store.finish_changes(changes).await.unwrap();
+    for (c, answer) in claimed.iter().zip(answers) {
+        let stored = store.get(c.record.id).await.unwrap().unwrap();
+        if c.record.is_flow_root() {
+            assert_eq!(answer.unwrap().record.state, TaskState::Completed);
+            assert_eq!(store.output(c.record.id).await.unwrap().as_deref(), Some(&b"out"[..]));
+        } else {
+            assert!(matches!(answer, Err(PgError::Record(StoreError::Corrupt(_)))), "{answer:?}");
+            assert_eq!(stored, c.record, "nothing of the refused outcome was written");
+            assert_eq!(store.output(c.record.id).await.unwrap(), None);
+            assert!(store.renew(std::slice::from_ref(&c.lease), LEASE).await.unwrap().is_empty(), "its lease is live");
+        }
+    }
 }

@@ -3,9 +3,11 @@
 //! commits at most once when a host that was thought dead comes back.
 //!
 //! - **Claim.** [`PgStore::claim`] takes up to `limit` startable tasks
-//!   (pending or retrying, due) by priority, then due time, then age, with
-//!   `FOR UPDATE SKIP LOCKED`: hosts claiming at once get disjoint batches
-//!   and never wait on each other's rows. Each becomes `running` through
+//!   (pending or retrying, due), each queue's share of them by weight and
+//!   within its concurrency limit, and in each queue by priority, then due
+//!   time, then age (see `fair.rs`), with `FOR UPDATE SKIP LOCKED`: hosts
+//!   claiming at once get disjoint batches and never wait on each other's
+//!   rows (except a capped queue's count, which they take in turn). Each becomes `running` through
 //!   the same checked transition the redb store commits (attempt counted),
 //!   and gets a lease: its host, a fencing token from one sequence (every
 //!   lease's larger than any before), and an expiry on the database's clock.
@@ -90,21 +92,7 @@ impl PgStore {
     /// of `lease` (see the module's opening).
     pub async fn claim(&self, host: &str, limit: usize, lease: Duration) -> Result<Vec<Claimed>, PgError> {
         let mut txn = self.pool().begin().await?;
-        let rows = sqlx::query(
-            "SELECT record FROM taskhost_tasks
-             WHERE state IN ('pending', 'retrying')
-               AND due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint
-             ORDER BY priority DESC, due_at_ms, id
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED",
-        )
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&mut *txn)
-        .await?;
-        let mut found = Vec::with_capacity(rows.len());
-        for row in rows {
-            found.push(decode_record(row.try_get("record")?)?);
-        }
+        let found = super::fair::take(&mut txn, limit).await?;
         if found.is_empty() {
             return Ok(Vec::new());
         }
@@ -114,6 +102,7 @@ impl PgStore {
         let mut records = Vec::with_capacity(starts.len());
         for claim in starts {
             records.push(apply_transition(&mut t, claim).await?.record);
+            t.keep();
         }
         t.flush().await?;
         let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
@@ -229,8 +218,15 @@ impl PgStore {
         t.lock_flows(held.values().map(|r| r.flow_id)).await?;
         t.locked(held.into_values());
         let mut answers = Vec::with_capacity(changes.len());
-        let mut ended = Vec::with_capacity(live.len());
         for (lease, change) in changes {
+            if change.id != lease.task {
+                answers.push(Err(StoreError::Refused(format!(
+                    "a change of task {} cannot end the attempt held under task {}'s lease",
+                    change.id, lease.task
+                ))
+                .into()));
+                continue;
+            }
             if !live.contains(&(lease.task, lease.token)) {
                 answers.push(Err(PgError::Fenced { id: lease.task, token: lease.token }));
                 continue;
@@ -238,15 +234,18 @@ impl PgStore {
             match apply_transition(&mut t, change).await {
                 Ok(applied) => {
                     live.remove(&(lease.task, lease.token));
-                    ended.push(lease.task);
+                    t.release_lease(lease.task);
+                    t.keep();
                     answers.push(Ok(applied));
                 }
                 Err(error @ StoreError::Postgres(_)) => return Err(error.into()),
-                Err(refused) => answers.push(Err(refused.into())),
+                Err(refused) => {
+                    t.discard();
+                    answers.push(Err(refused.into()));
+                }
             }
         }
         t.flush().await?;
-        release_leases(&mut txn, ended).await?;
         txn.commit().await?;
         Ok(answers)
     }
@@ -283,10 +282,25 @@ impl PgStore {
         t.locked(held.drain().map(|(_, r)| r));
         let mut reaped = Vec::with_capacity(changes.len());
         for change in changes {
-            reaped.push(apply_transition(&mut t, change).await?.record);
+            let id = change.id;
+            match apply_transition(&mut t, change).await {
+                Ok(applied) => {
+                    t.release_lease(id);
+                    t.keep();
+                    reaped.push(applied.record);
+                }
+                Err(error @ StoreError::Postgres(_)) => return Err(error.into()),
+                Err(refused) => {
+                    // Not running any more (its lease outlived the attempt):
+                    // the lease alone goes.
+                    t.discard();
+                    tracing::warn!(task = %id, %refused, "a lapsed lease's task was not running; its lease is removed");
+                    t.release_lease(id);
+                    t.keep();
+                }
+            }
         }
         t.flush().await?;
-        release_leases(&mut txn, ids).await?;
         txn.commit().await?;
         Ok(reaped)
     }
@@ -305,16 +319,6 @@ async fn locked_records(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap
         records.insert(record.id, record);
     }
     Ok(records)
-}
-
-/// Deletes the leases of tasks `ids` (their outcome is written, or they
-/// were taken back).
-async fn release_leases(conn: &mut PgConnection, ids: impl IntoIterator<Item = Uuid>) -> Result<(), PgError> {
-    let ids: Vec<Uuid> = ids.into_iter().collect();
-    if !ids.is_empty() {
-        sqlx::query("DELETE FROM taskhost_leases WHERE task_id = ANY($1)").bind(&ids).execute(&mut *conn).await?;
-    }
-    Ok(())
 }
 
 /// A duration in whole milliseconds, as a `bigint`.

@@ -14,8 +14,10 @@
 //! retention, fairness across queues and tenants, the duties a leader
 //! runs and `LISTEN/NOTIFY` wake-ups.
 
+mod fair;
 mod leader;
 mod leases;
+mod queues;
 mod reads;
 mod txn;
 
@@ -23,7 +25,7 @@ pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
 
 use super::apply::{apply_flow, apply_submit, apply_transition};
-use super::{Applied, Change, FlowRecord, FlowUpdate, StoreError, Submitted, TaskRecord};
+use super::{Applied, Change, FlowRecord, FlowUpdate, StoreError, Submitted, TaskRecord, TaskState};
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::time::Duration;
@@ -62,7 +64,7 @@ pub enum PgError {
     /// A record could not be decoded, or a change was refused by the state
     /// machine.
     #[error(transparent)]
-    Record(#[from] StoreError),
+    Record(StoreError),
     /// The lease is no longer this holder's: it lapsed, or the task was
     /// re-queued and claimed again. Nothing was written.
     #[error("task {id}: lease {token} has lapsed or was taken over; this host's write is refused")]
@@ -78,6 +80,17 @@ pub enum PgError {
     /// What this store cannot do yet.
     #[error("not supported on PostgreSQL yet: {0}")]
     Unsupported(String),
+}
+
+impl From<StoreError> for PgError {
+    /// A query that failed under the store's checked writes is the
+    /// database's error, not a record's.
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Postgres(error) => PgError::Database(error),
+            other => PgError::Record(other),
+        }
+    }
 }
 
 /// A handle to the shared PostgreSQL store; cheap to clone.
@@ -145,12 +158,7 @@ impl PgStore {
     /// of `tasks`.
     pub async fn submit_all(&self, tasks: Vec<(TaskRecord, Vec<u8>)>) -> Result<Vec<Submitted>, PgError> {
         self.in_txn(async move |t| {
-            let keys: Vec<&str> = tasks
-                .iter()
-                .filter(|(r, _)| r.is_flow_root())
-                .filter_map(|(r, _)| r.idempotency_key.as_deref())
-                .collect();
-            t.lock_keys(&keys).await?;
+            t.lock_keys(tasks.iter().map(|(r, _)| r)).await?;
             let mut answers = Vec::with_capacity(tasks.len());
             for (record, input) in tasks {
                 answers.push(apply_submit(t, record, input, None).await?);
@@ -166,7 +174,16 @@ impl PgStore {
     /// running task's outcome commits through [`finish`](Self::finish).
     #[cfg_attr(not(test), expect(dead_code, reason = "the engine calls it once it runs on PostgreSQL (#16)"))]
     pub(crate) async fn transition(&self, change: Change) -> Result<Applied, PgError> {
-        self.in_txn(async move |t| apply_transition(t, change).await).await
+        self.in_txn(async move |t| {
+            let applied = apply_transition(t, change).await?;
+            if applied.record.state != TaskState::Running {
+                // Out of running (cancelled, say): a lease it held is void,
+                // so no reaper takes the task back later.
+                t.release_lease(applied.record.id);
+            }
+            Ok(applied)
+        })
+        .await
     }
 
     /// Applies an edit to a flow with the tasks it submits, as the redb

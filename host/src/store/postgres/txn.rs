@@ -8,9 +8,17 @@
 //!   and, through transaction-scoped advisory locks, an idempotency key
 //!   (also one not taken yet, so two hosts cannot both create a task for
 //!   it) and a flow (also one with no record yet).
+//!   Reads that decide nothing about a row's own write (a flow's tenant,
+//!   its root's state, the task a key already names) take no row lock
+//!   ([`Txn::peek_task`]): they are made under the flow's or the key's
+//!   lock, and a row lock taken there, after the flow's, would invert the
+//!   order a task's transition takes them in (its row, then its flow).
 //! - **Writes are kept in memory**, the last write of each row winning,
 //!   and reads see them; [`PgTxn::flush`] makes them all in a few
-//!   statements, one per table and kind of write, before the commit.
+//!   statements, one per table and kind of write, before the commit. A
+//!   batch of operations keeps each one's writes apart until it is
+//!   settled ([`PgTxn::keep`], [`PgTxn::discard`]), so one refused after
+//!   its first write leaves nothing behind.
 //! - redb's secondary indexes (`Redo::Index`) have no rows here: the
 //!   columns beside each record and PostgreSQL's indexes serve instead.
 
@@ -31,18 +39,14 @@ struct TaskWrites {
     output: Option<Vec<u8>>,
 }
 
-/// One open transaction's reads and kept writes.
-pub(crate) struct PgTxn<'c> {
-    conn: &'c mut PgConnection,
-    /// Records read under a lock the transaction holds (and not written).
-    locked: HashMap<Uuid, TaskRecord>,
-    /// Task rows written, in order of their first write.
+/// Writes kept in memory, the last of each row winning.
+#[derive(Default)]
+struct Writes {
+    /// Task rows written, by id.
     tasks: BTreeMap<Uuid, TaskWrites>,
     keys: HashMap<String, Uuid>,
     flow_keys: HashMap<(Uuid, String), Uuid>,
     flows: HashMap<Uuid, Vec<u8>>,
-    /// Flows read under their lock (and not written): `None` has no record.
-    flows_read: HashMap<Uuid, Option<FlowRecord>>,
     flow_tasks: BTreeSet<(Uuid, Uuid)>,
     /// `None` deletes.
     context: BTreeMap<(Uuid, String), Option<Vec<u8>>>,
@@ -50,6 +54,79 @@ pub(crate) struct PgTxn<'c> {
     /// `true` adds the entry, `false` removes it.
     finished: BTreeMap<(String, u64, Uuid), bool>,
     cleared_callbacks: BTreeSet<Uuid>,
+    /// Tasks whose lease ends (their attempt's outcome is written, or they
+    /// were taken back or moved out of running).
+    released: BTreeSet<Uuid>,
+}
+
+impl Writes {
+    fn put(&mut self, write: Redo) -> Result<(), StoreError> {
+        match write {
+            Redo::Task(id, bytes) => {
+                let record: TaskRecord = decode(&bytes)?;
+                self.tasks.entry(Uuid::from_u128(id)).or_default().record = Some((record, bytes));
+            }
+            Redo::Input(id, input) => self.tasks.entry(Uuid::from_u128(id)).or_default().input = Some(input),
+            Redo::Output(id, output) => self.tasks.entry(Uuid::from_u128(id)).or_default().output = Some(output),
+            // The column beside the record holds it.
+            Redo::Key(key, id) => {
+                self.keys.insert(key, Uuid::from_u128(id));
+            }
+            Redo::FlowKey(flow, key, id) => {
+                self.flow_keys.insert((Uuid::from_u128(flow), key), Uuid::from_u128(id));
+            }
+            Redo::Flow(id, bytes) => drop(self.flows.insert(Uuid::from_u128(id), bytes)),
+            Redo::FlowTask(flow, id) => drop(self.flow_tasks.insert((Uuid::from_u128(flow), Uuid::from_u128(id)))),
+            Redo::Context(flow, key, value) => drop(self.context.insert((Uuid::from_u128(flow), key), value)),
+            Redo::Log(id, attempt, log) => drop(self.logs.insert((Uuid::from_u128(id), attempt), log)),
+            Redo::Index(_) => {}
+            Redo::Finished(group, at, id, add) => drop(self.finished.insert((group, at, Uuid::from_u128(id)), add)),
+            Redo::ClearCallback(id) => drop(self.cleared_callbacks.insert(Uuid::from_u128(id))),
+        }
+        Ok(())
+    }
+
+    /// Takes in `later`'s writes, made after these.
+    fn absorb(&mut self, later: Writes) {
+        for (id, writes) in later.tasks {
+            let row = self.tasks.entry(id).or_default();
+            if writes.record.is_some() {
+                row.record = writes.record;
+            }
+            if writes.input.is_some() {
+                row.input = writes.input;
+            }
+            if writes.output.is_some() {
+                row.output = writes.output;
+            }
+        }
+        self.keys.extend(later.keys);
+        self.flow_keys.extend(later.flow_keys);
+        self.flows.extend(later.flows);
+        self.flow_tasks.extend(later.flow_tasks);
+        self.context.extend(later.context);
+        self.logs.extend(later.logs);
+        self.finished.extend(later.finished);
+        self.cleared_callbacks.extend(later.cleared_callbacks);
+        self.released.extend(later.released);
+    }
+}
+
+/// One open transaction's reads and kept writes.
+pub(crate) struct PgTxn<'c> {
+    conn: &'c mut PgConnection,
+    /// Records read under a lock the transaction holds.
+    locked: HashMap<Uuid, TaskRecord>,
+    /// Records read without one (see [`Txn::peek_task`]).
+    peeked: HashMap<Uuid, TaskRecord>,
+    /// Flows read under their lock, as stored (decoded by each read, so a
+    /// record that cannot be decoded fails only the operation reading it):
+    /// `None` has no record.
+    flows_read: HashMap<Uuid, Option<Vec<u8>>>,
+    /// The writes of the operations settled so far.
+    kept: Writes,
+    /// The writes of the operation under way.
+    op: Writes,
 }
 
 impl<'c> PgTxn<'c> {
@@ -58,17 +135,37 @@ impl<'c> PgTxn<'c> {
         Self {
             conn,
             locked: HashMap::new(),
-            tasks: BTreeMap::new(),
-            keys: HashMap::new(),
-            flow_keys: HashMap::new(),
-            flows: HashMap::new(),
+            peeked: HashMap::new(),
             flows_read: HashMap::new(),
-            flow_tasks: BTreeSet::new(),
-            context: BTreeMap::new(),
-            logs: BTreeMap::new(),
-            finished: BTreeMap::new(),
-            cleared_callbacks: BTreeSet::new(),
+            kept: Writes::default(),
+            op: Writes::default(),
         }
+    }
+
+    /// Keeps the writes of the operation just applied, for the commit.
+    pub(crate) fn keep(&mut self) {
+        let op = std::mem::take(&mut self.op);
+        self.kept.absorb(op);
+    }
+
+    /// Forgets the writes of the operation just applied (it was refused).
+    pub(crate) fn discard(&mut self) {
+        self.op = Writes::default();
+    }
+
+    /// Ends task `id`'s lease, if it has one, with the operation under way.
+    pub(crate) fn release_lease(&mut self, id: Uuid) {
+        self.op.released.insert(id);
+    }
+
+    /// A task's record as written in this transaction, if it was.
+    fn written(&self, id: Uuid) -> Option<&TaskRecord> {
+        [&self.op, &self.kept].into_iter().find_map(|w| w.tasks.get(&id)?.record.as_ref().map(|(r, _)| r))
+    }
+
+    /// A flow's record as written in this transaction, if it was.
+    fn written_flow(&self, id: Uuid) -> Option<&Vec<u8>> {
+        self.op.flows.get(&id).or_else(|| self.kept.flows.get(&id))
     }
 
     /// Records the caller read with their rows locked (`FOR UPDATE`) in
@@ -87,18 +184,32 @@ impl<'c> PgTxn<'c> {
         Ok(())
     }
 
-    /// Takes the locks of idempotency keys `keys` of the API's namespace
-    /// at once (see [`lock_names`](Self::lock_names)).
-    pub(crate) async fn lock_keys(&mut self, keys: &[&str]) -> Result<(), StoreError> {
-        self.lock_names(keys.iter().map(|key| key_lock(key)).collect()).await
+    /// Takes the locks of the idempotency keys of `tasks` (of the API's
+    /// namespace for a flow's root, of its flow's for a task a flow grew)
+    /// at once (see [`lock_names`]), so a batch's submissions wait for
+    /// another's sharing keys with them instead of deadlocking.
+    pub(crate) async fn lock_keys<'r>(
+        &mut self,
+        tasks: impl IntoIterator<Item = &'r TaskRecord>,
+    ) -> Result<(), StoreError> {
+        let names = tasks
+            .into_iter()
+            .filter_map(|r| {
+                let key = r.idempotency_key.as_deref()?;
+                Some(if r.is_flow_root() { key_lock(key) } else { flow_key_lock(r.flow_id, key) })
+            })
+            .collect();
+        self.lock_names(names).await
     }
 
     /// Takes the locks of flows `ids` at once (see
-    /// [`lock_names`](Self::lock_names)) and reads their records, so the
+    /// [`lock_names`]) and reads their records, so the
     /// transitions of a batch read none of them one by one.
     pub(crate) async fn lock_flows(&mut self, ids: impl IntoIterator<Item = Uuid>) -> Result<(), StoreError> {
-        let mut ids: Vec<Uuid> =
-            ids.into_iter().filter(|id| !self.flows.contains_key(id) && !self.flows_read.contains_key(id)).collect();
+        let mut ids: Vec<Uuid> = ids
+            .into_iter()
+            .filter(|id| self.written_flow(*id).is_none() && !self.flows_read.contains_key(id))
+            .collect();
         ids.sort_unstable();
         ids.dedup();
         if ids.is_empty() {
@@ -111,36 +222,23 @@ impl<'c> PgTxn<'c> {
             .await?;
         let mut found: HashMap<Uuid, Vec<u8>> = rows.into_iter().collect();
         for id in ids {
-            let flow = found.remove(&id).map(|bytes| decode(&bytes)).transpose()?;
-            self.flows_read.insert(id, flow);
+            self.flows_read.insert(id, found.remove(&id));
         }
         Ok(())
     }
 
-    /// Takes the transaction-scoped advisory locks named `names` in one
-    /// statement, in one order on every host, so two batches sharing some
-    /// wait for each other instead of deadlocking.
-    async fn lock_names(&mut self, mut names: Vec<String>) -> Result<(), StoreError> {
-        names.sort_unstable();
-        names.dedup();
-        if !names.is_empty() {
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock(hashtextextended(name, 0))
-                 FROM (SELECT name FROM unnest($1::text[]) AS name ORDER BY name) AS sorted",
-            )
-            .bind(&names)
-            .execute(&mut *self.conn)
-            .await?;
-        }
-        Ok(())
+    async fn lock_names(&mut self, names: Vec<String>) -> Result<(), StoreError> {
+        lock_names(self.conn, names).await
     }
 
     /// Makes every kept write, a statement per table and kind.
     pub(crate) async fn flush(mut self) -> Result<(), StoreError> {
-        self.flush_tasks().await?;
+        self.keep();
+        let mut w = std::mem::take(&mut self.kept);
         let conn = &mut *self.conn;
-        if !self.flows.is_empty() {
-            let (ids, records): (Vec<Uuid>, Vec<Vec<u8>>) = self.flows.drain().unzip();
+        flush_tasks(conn, std::mem::take(&mut w.tasks)).await?;
+        if !w.flows.is_empty() {
+            let (ids, records): (Vec<Uuid>, Vec<Vec<u8>>) = w.flows.drain().unzip();
             sqlx::query(
                 "INSERT INTO taskhost_flows (id, record) SELECT * FROM unnest($1::uuid[], $2::bytea[])
                  ON CONFLICT (id) DO UPDATE SET record = excluded.record",
@@ -150,9 +248,9 @@ impl<'c> PgTxn<'c> {
             .execute(&mut *conn)
             .await?;
         }
-        if !self.flow_keys.is_empty() {
+        if !w.flow_keys.is_empty() {
             let mut columns = (Vec::new(), Vec::new(), Vec::new());
-            for ((flow, key), task) in self.flow_keys.drain() {
+            for ((flow, key), task) in w.flow_keys.drain() {
                 columns.0.push(flow);
                 columns.1.push(key);
                 columns.2.push(task);
@@ -167,8 +265,8 @@ impl<'c> PgTxn<'c> {
             .execute(&mut *conn)
             .await?;
         }
-        if !self.flow_tasks.is_empty() {
-            let (flows, tasks): (Vec<Uuid>, Vec<Uuid>) = std::mem::take(&mut self.flow_tasks).into_iter().unzip();
+        if !w.flow_tasks.is_empty() {
+            let (flows, tasks): (Vec<Uuid>, Vec<Uuid>) = std::mem::take(&mut w.flow_tasks).into_iter().unzip();
             sqlx::query(
                 "INSERT INTO taskhost_flow_tasks (flow_id, task_id) SELECT * FROM unnest($1::uuid[], $2::uuid[])
                  ON CONFLICT DO NOTHING",
@@ -179,7 +277,7 @@ impl<'c> PgTxn<'c> {
             .await?;
         }
         let (mut put, mut gone) = ((Vec::new(), Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
-        for ((flow, key), value) in std::mem::take(&mut self.context) {
+        for ((flow, key), value) in std::mem::take(&mut w.context) {
             match value {
                 Some(value) => {
                     put.0.push(flow);
@@ -214,9 +312,9 @@ impl<'c> PgTxn<'c> {
             .execute(&mut *conn)
             .await?;
         }
-        if !self.logs.is_empty() {
+        if !w.logs.is_empty() {
             let mut columns = (Vec::new(), Vec::new(), Vec::new());
-            for ((task, attempt), log) in std::mem::take(&mut self.logs) {
+            for ((task, attempt), log) in std::mem::take(&mut w.logs) {
                 columns.0.push(task);
                 columns.1.push(i64::from(attempt));
                 columns.2.push(log);
@@ -233,7 +331,7 @@ impl<'c> PgTxn<'c> {
             .await?;
         }
         let (mut added, mut removed) = ((Vec::new(), Vec::new(), Vec::new()), (Vec::new(), Vec::new(), Vec::new()));
-        for ((group, at, unit), add) in std::mem::take(&mut self.finished) {
+        for ((group, at, unit), add) in std::mem::take(&mut w.finished) {
             let to = if add { &mut added } else { &mut removed };
             to.0.push(group);
             to.1.push(super::to_i64(at));
@@ -261,8 +359,12 @@ impl<'c> PgTxn<'c> {
             .execute(&mut *conn)
             .await?;
         }
-        if !self.cleared_callbacks.is_empty() {
-            let ids: Vec<Uuid> = std::mem::take(&mut self.cleared_callbacks).into_iter().collect();
+        if !w.released.is_empty() {
+            let ids: Vec<Uuid> = std::mem::take(&mut w.released).into_iter().collect();
+            sqlx::query("DELETE FROM taskhost_leases WHERE task_id = ANY($1)").bind(&ids).execute(&mut *conn).await?;
+        }
+        if !w.cleared_callbacks.is_empty() {
+            let ids: Vec<Uuid> = std::mem::take(&mut w.cleared_callbacks).into_iter().collect();
             sqlx::query("DELETE FROM taskhost_callbacks WHERE task_id = ANY($1)")
                 .bind(&ids)
                 .execute(&mut *conn)
@@ -270,63 +372,62 @@ impl<'c> PgTxn<'c> {
         }
         Ok(())
     }
+}
 
-    /// Inserts the new task rows and updates the others (record, the
-    /// columns queried beside it, output).
-    async fn flush_tasks(&mut self) -> Result<(), StoreError> {
-        let mut new = NewRows::default();
-        let mut changed = ChangedRows::default();
-        for (id, writes) in std::mem::take(&mut self.tasks) {
-            match (writes.record, writes.input) {
-                (Some((record, encoded)), Some(input)) => new.push(&record, encoded, input, writes.output),
-                (Some((record, encoded)), None) => changed.push(&record, encoded, writes.output),
-                (None, _) => {
-                    return Err(StoreError::Refused(format!(
-                        "task {id}: an input or output was written without its record"
-                    )));
-                }
+/// Inserts the new task rows and updates the others (record, the columns
+/// queried beside it, output).
+async fn flush_tasks(conn: &mut PgConnection, tasks: BTreeMap<Uuid, TaskWrites>) -> Result<(), StoreError> {
+    let mut new = NewRows::default();
+    let mut changed = ChangedRows::default();
+    for (id, writes) in tasks {
+        match (writes.record, writes.input) {
+            (Some((record, encoded)), Some(input)) => new.push(&record, encoded, input, writes.output),
+            (Some((record, encoded)), None) => changed.push(&record, encoded, writes.output),
+            (None, _) => {
+                return Err(StoreError::Refused(format!(
+                    "task {id}: an input or output was written without its record"
+                )));
             }
         }
-        let conn = &mut *self.conn;
-        if !new.ids.is_empty() {
-            sqlx::query(
-                "INSERT INTO taskhost_tasks (id, state, version, queue, priority, due_at_ms, idempotency_key, record, input, output)
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::smallint[], $6::bigint[],
-                                      $7::text[], $8::bytea[], $9::bytea[], $10::bytea[])",
-            )
-            .bind(&new.ids)
-            .bind(&new.states)
-            .bind(&new.versions)
-            .bind(&new.queues)
-            .bind(&new.priorities)
-            .bind(&new.due)
-            .bind(&new.keys)
-            .bind(&new.records)
-            .bind(&new.inputs)
-            .bind(&new.outputs)
-            .execute(&mut *conn)
-            .await?;
-        }
-        if !changed.ids.is_empty() {
-            sqlx::query(
-                "UPDATE taskhost_tasks AS t
-                 SET state = c.state, version = c.version, due_at_ms = c.due, record = c.record,
-                     output = coalesce(c.output, t.output)
-                 FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[])
-                   AS c (id, state, version, due, record, output)
-                 WHERE t.id = c.id",
-            )
-            .bind(&changed.ids)
-            .bind(&changed.states)
-            .bind(&changed.versions)
-            .bind(&changed.due)
-            .bind(&changed.records)
-            .bind(&changed.outputs)
-            .execute(&mut *conn)
-            .await?;
-        }
-        Ok(())
     }
+    if !new.ids.is_empty() {
+        sqlx::query(
+            "INSERT INTO taskhost_tasks (id, state, version, queue, priority, due_at_ms, idempotency_key, record, input, output)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::smallint[], $6::bigint[],
+                                  $7::text[], $8::bytea[], $9::bytea[], $10::bytea[])",
+        )
+        .bind(&new.ids)
+        .bind(&new.states)
+        .bind(&new.versions)
+        .bind(&new.queues)
+        .bind(&new.priorities)
+        .bind(&new.due)
+        .bind(&new.keys)
+        .bind(&new.records)
+        .bind(&new.inputs)
+        .bind(&new.outputs)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !changed.ids.is_empty() {
+        sqlx::query(
+            "UPDATE taskhost_tasks AS t
+             SET state = c.state, version = c.version, due_at_ms = c.due, record = c.record,
+                 output = coalesce(c.output, t.output)
+             FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[])
+               AS c (id, state, version, due, record, output)
+             WHERE t.id = c.id",
+        )
+        .bind(&changed.ids)
+        .bind(&changed.states)
+        .bind(&changed.versions)
+        .bind(&changed.due)
+        .bind(&changed.records)
+        .bind(&changed.outputs)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// The columns of new task rows, for one `INSERT … SELECT FROM unnest`.
@@ -383,9 +484,32 @@ impl ChangedRows {
     }
 }
 
+/// Takes the transaction-scoped advisory locks named `names` in one
+/// statement, in one order on every host, so two transactions sharing some
+/// wait for each other instead of deadlocking.
+pub(super) async fn lock_names(conn: &mut PgConnection, mut names: Vec<String>) -> Result<(), StoreError> {
+    names.sort_unstable();
+    names.dedup();
+    if !names.is_empty() {
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended(name, 0))
+             FROM (SELECT name FROM unnest($1::text[]) AS name ORDER BY name) AS sorted",
+        )
+        .bind(&names)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 /// The advisory lock's name of an idempotency key of the API's namespace.
 fn key_lock(key: &str) -> String {
     format!("taskhost key {key}")
+}
+
+/// The advisory lock's name of a key of a flow's own namespace.
+fn flow_key_lock(flow: Uuid, key: &str) -> String {
+    format!("taskhost flow key {flow} {key}")
 }
 
 /// The advisory lock's name of a flow.
@@ -395,10 +519,7 @@ fn flow_lock(id: Uuid) -> String {
 
 impl Txn for PgTxn<'_> {
     async fn task(&mut self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
-        if let Some((record, _)) = self.tasks.get(&id).and_then(|w| w.record.as_ref()) {
-            return Ok(Some(record.clone()));
-        }
-        if let Some(record) = self.locked.get(&id) {
+        if let Some(record) = self.written(id).or_else(|| self.locked.get(&id)) {
             return Ok(Some(record.clone()));
         }
         let row: Option<Vec<u8>> = sqlx::query_scalar("SELECT record FROM taskhost_tasks WHERE id = $1 FOR UPDATE")
@@ -411,8 +532,22 @@ impl Txn for PgTxn<'_> {
         Ok(Some(record))
     }
 
+    async fn peek_task(&mut self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        if let Some(record) = self.written(id).or_else(|| self.locked.get(&id)).or_else(|| self.peeked.get(&id)) {
+            return Ok(Some(record.clone()));
+        }
+        let row: Option<Vec<u8>> = sqlx::query_scalar("SELECT record FROM taskhost_tasks WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *self.conn)
+            .await?;
+        let Some(bytes) = row else { return Ok(None) };
+        let record: TaskRecord = decode(&bytes)?;
+        self.peeked.insert(id, record.clone());
+        Ok(Some(record))
+    }
+
     async fn keyed(&mut self, key: &str) -> Result<Option<Uuid>, StoreError> {
-        if let Some(id) = self.keys.get(key) {
+        if let Some(id) = self.op.keys.get(key).or_else(|| self.kept.keys.get(key)) {
             return Ok(Some(*id));
         }
         self.lock_name(&key_lock(key)).await?;
@@ -423,10 +558,11 @@ impl Txn for PgTxn<'_> {
     }
 
     async fn flow_keyed(&mut self, flow: Uuid, key: &str) -> Result<Option<Uuid>, StoreError> {
-        if let Some(id) = self.flow_keys.get(&(flow, key.to_owned())) {
+        let at = (flow, key.to_owned());
+        if let Some(id) = self.op.flow_keys.get(&at).or_else(|| self.kept.flow_keys.get(&at)) {
             return Ok(Some(*id));
         }
-        self.lock_name(&format!("taskhost flow key {flow} {key}")).await?;
+        self.lock_name(&flow_key_lock(flow, key)).await?;
         Ok(sqlx::query_scalar("SELECT task_id FROM taskhost_flow_keys WHERE flow_id = $1 AND key = $2")
             .bind(flow)
             .bind(key)
@@ -435,35 +571,38 @@ impl Txn for PgTxn<'_> {
     }
 
     async fn flow(&mut self, id: Uuid) -> Result<Option<FlowRecord>, StoreError> {
-        if let Some(bytes) = self.flows.get(&id) {
+        if let Some(bytes) = self.written_flow(id) {
             return decode(bytes).map(Some);
         }
-        if let Some(flow) = self.flows_read.get(&id) {
-            return Ok(flow.clone());
+        if let Some(row) = self.flows_read.get(&id) {
+            return row.as_deref().map(decode).transpose();
         }
         self.lock_name(&flow_lock(id)).await?;
         let row: Option<Vec<u8>> = sqlx::query_scalar("SELECT record FROM taskhost_flows WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *self.conn)
             .await?;
-        let flow: Option<FlowRecord> = row.map(|bytes| decode(&bytes)).transpose()?;
-        self.flows_read.insert(id, flow.clone());
-        Ok(flow)
+        let flow = row.as_deref().map(decode).transpose();
+        self.flows_read.insert(id, row);
+        flow
     }
 
     async fn flow_tenant(&mut self, flow: Uuid) -> Result<String, StoreError> {
-        let first = match self.task(flow).await? {
+        let first = match self.peek_task(flow).await? {
             Some(root) => Some(root),
             None => {
-                let kept = self.flow_tasks.range((flow, Uuid::nil())..=(flow, Uuid::max())).next().map(|(_, t)| *t);
+                let range = (flow, Uuid::nil())..=(flow, Uuid::max());
+                let written =
+                    [&self.op, &self.kept].into_iter().filter_map(|w| w.flow_tasks.range(range.clone()).next());
+                let written: Option<Uuid> = written.map(|(_, t)| *t).min();
                 let stored: Option<Uuid> = sqlx::query_scalar(
                     "SELECT task_id FROM taskhost_flow_tasks WHERE flow_id = $1 ORDER BY task_id LIMIT 1",
                 )
                 .bind(flow)
                 .fetch_optional(&mut *self.conn)
                 .await?;
-                match kept.into_iter().chain(stored).min() {
-                    Some(task) => self.task(task).await?,
+                match written.into_iter().chain(stored).min() {
+                    Some(task) => self.peek_task(task).await?,
                     None => None,
                 }
             }
@@ -472,34 +611,6 @@ impl Txn for PgTxn<'_> {
     }
 
     fn write(&mut self, write: Redo) -> Result<(), StoreError> {
-        match write {
-            Redo::Task(id, bytes) => {
-                let record: TaskRecord = decode(&bytes)?;
-                let id = Uuid::from_u128(id);
-                self.locked.remove(&id);
-                self.tasks.entry(id).or_default().record = Some((record, bytes));
-            }
-            Redo::Input(id, input) => self.tasks.entry(Uuid::from_u128(id)).or_default().input = Some(input),
-            Redo::Output(id, output) => self.tasks.entry(Uuid::from_u128(id)).or_default().output = Some(output),
-            // The column beside the record holds it.
-            Redo::Key(key, id) => {
-                self.keys.insert(key, Uuid::from_u128(id));
-            }
-            Redo::FlowKey(flow, key, id) => {
-                self.flow_keys.insert((Uuid::from_u128(flow), key), Uuid::from_u128(id));
-            }
-            Redo::Flow(id, bytes) => {
-                let id = Uuid::from_u128(id);
-                self.flows_read.remove(&id);
-                self.flows.insert(id, bytes);
-            }
-            Redo::FlowTask(flow, id) => drop(self.flow_tasks.insert((Uuid::from_u128(flow), Uuid::from_u128(id)))),
-            Redo::Context(flow, key, value) => drop(self.context.insert((Uuid::from_u128(flow), key), value)),
-            Redo::Log(id, attempt, log) => drop(self.logs.insert((Uuid::from_u128(id), attempt), log)),
-            Redo::Index(_) => {}
-            Redo::Finished(group, at, id, add) => drop(self.finished.insert((group, at, Uuid::from_u128(id)), add)),
-            Redo::ClearCallback(id) => drop(self.cleared_callbacks.insert(Uuid::from_u128(id))),
-        }
-        Ok(())
+        self.op.put(write)
     }
 }

@@ -1,0 +1,210 @@
+//! Which startable tasks a claim takes, fairly across queues and hosts.
+//!
+//! A claim of `limit` tasks is shared among the queues that have startable
+//! work by their weights ([`shares`]), none past its room: a queue with a
+//! concurrency limit has room for its limit less its tasks running now,
+//! on every host (its running tasks are counted under a lock on the queue
+//! that capped queues' claims take in turn, so two hosts never both see
+//! the same room). Within a queue, tasks go by priority, then due time,
+//! then age, each taken with `FOR UPDATE SKIP LOCKED`. A queue with fewer
+//! startable tasks than its share gives the rest to the others (up to
+//! [`PASSES`] rounds).
+//!
+//! So queues with equal work finish together whichever hosts claim them:
+//! every claim, on any host, takes from each by weight. The shares count
+//! tasks, not their run time (the redb scheduler's fair queuing charges
+//! measured run time); tenants' limits do not apply yet.
+
+use crate::store::{StoreError, TaskRecord, decode_record};
+use sqlx::postgres::PgConnection;
+use uuid::Uuid;
+
+/// Most rounds one claim makes: shares, then what queues without enough
+/// startable tasks left over, and once more.
+const PASSES: usize = 3;
+
+/// A queue a claim may take from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Claimable {
+    /// Its share relative to the others (≥ 1).
+    pub(crate) weight: u32,
+    /// How many more of its tasks may run now (`None`: no limit of its own).
+    pub(crate) room: Option<usize>,
+}
+
+/// Splits a claim of `limit` tasks among `queues` by weight, none past its
+/// room; slots no queue has room for stay unclaimed. Each slot goes to
+/// the queue whose share would be least after taking it (its count over
+/// its weight); ties go to the first in turn from `start`, so that many
+/// small claims spread over the queues instead of favouring the first.
+pub(crate) fn shares(limit: usize, queues: &[Claimable], start: usize) -> Vec<usize> {
+    let mut given = vec![0usize; queues.len()];
+    for _ in 0..limit {
+        let mut best: Option<(usize, f64)> = None;
+        for k in 0..queues.len() {
+            let i = (start + k) % queues.len();
+            let queue = &queues[i];
+            if queue.room.is_some_and(|room| given[i] >= room) {
+                continue;
+            }
+            let load = (given[i] + 1) as f64 / f64::from(queue.weight.max(1));
+            if best.is_none_or(|(_, least)| load < least) {
+                best = Some((i, load));
+            }
+        }
+        let Some((i, _)) = best else { break };
+        given[i] += 1;
+    }
+    given
+}
+
+/// A queue with startable tasks, as a claim finds it.
+struct Ready {
+    name: String,
+    weight: u32,
+    room: Option<usize>,
+    /// Whether it may hold more startable tasks than it gave so far.
+    more: bool,
+    taken: usize,
+}
+
+/// Takes up to `limit` startable tasks in the transaction `conn` is in,
+/// each queue its share, their rows locked until it ends.
+pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+    let mut queues = ready(conn).await?;
+    if queues.is_empty() || limit == 0 {
+        return Ok(Vec::new());
+    }
+    let start = fastrand::usize(..queues.len());
+    let mut found: Vec<TaskRecord> = Vec::new();
+    let mut ids: Vec<Uuid> = Vec::new();
+    for _ in 0..PASSES {
+        let want = limit - found.len();
+        let claimable: Vec<Claimable> = queues
+            .iter()
+            .map(|q| Claimable {
+                weight: q.weight,
+                room: if q.more { q.room.map(|room| room.saturating_sub(q.taken)) } else { Some(0) },
+            })
+            .collect();
+        let quotas = shares(want, &claimable, start);
+        if want == 0 || quotas.iter().all(|&q| q == 0) {
+            break;
+        }
+        let names: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
+        let counts: Vec<i64> = quotas.iter().map(|&q| i64::try_from(q).unwrap_or(i64::MAX)).collect();
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT t.record FROM unnest($1::text[], $2::bigint[]) AS q (queue, quota)
+             CROSS JOIN LATERAL (
+                 SELECT record FROM taskhost_tasks
+                 WHERE queue = q.queue AND state IN ('pending', 'retrying')
+                   AND due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                   AND id <> ALL($3::uuid[])
+                 ORDER BY priority DESC, due_at_ms, id
+                 LIMIT q.quota
+                 FOR UPDATE SKIP LOCKED
+             ) AS t",
+        )
+        .bind(&names)
+        .bind(&counts)
+        .bind(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut got = vec![0usize; queues.len()];
+        for bytes in rows {
+            let record = decode_record(&bytes)?;
+            if let Some(i) = queues.iter().position(|q| q.name == record.queue) {
+                got[i] += 1;
+            }
+            ids.push(record.id);
+            found.push(record);
+        }
+        for (i, queue) in queues.iter_mut().enumerate() {
+            queue.taken += got[i];
+            queue.more &= got[i] >= quotas[i];
+        }
+    }
+    Ok(found)
+}
+
+/// The queues with startable tasks (some may not be due yet), with their
+/// settings and, for capped ones, their room now (under their locks).
+async fn ready(conn: &mut PgConnection) -> Result<Vec<Ready>, StoreError> {
+    // One index probe per queue (a loose index scan), however many tasks
+    // wait.
+    let rows: Vec<(String, Option<i32>, i32)> = sqlx::query_as(
+        "WITH RECURSIVE ready (queue) AS (
+             (SELECT queue FROM taskhost_tasks WHERE state IN ('pending', 'retrying') ORDER BY queue LIMIT 1)
+             UNION ALL
+             SELECT (SELECT t.queue FROM taskhost_tasks AS t
+                     WHERE t.state IN ('pending', 'retrying') AND t.queue > r.queue ORDER BY t.queue LIMIT 1)
+             FROM ready AS r WHERE r.queue IS NOT NULL
+         )
+         SELECT r.queue, q.concurrency, coalesce(q.weight, 1)
+         FROM ready AS r LEFT JOIN taskhost_queues AS q ON q.name = r.queue
+         WHERE r.queue IS NOT NULL",
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let capped: Vec<String> = rows.iter().filter(|(_, cap, _)| cap.is_some()).map(|(q, _, _)| q.clone()).collect();
+    let mut running = std::collections::HashMap::new();
+    if !capped.is_empty() {
+        super::txn::lock_names(conn, capped.iter().map(|q| queue_lock(q)).collect()).await?;
+        // Counted after the locks are held: a claim of the same queue that
+        // committed meanwhile is seen.
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT queue, count(*) FROM taskhost_tasks WHERE state = 'running' AND queue = ANY($1) GROUP BY queue",
+        )
+        .bind(&capped)
+        .fetch_all(&mut *conn)
+        .await?;
+        running.extend(counts);
+    }
+    Ok(rows
+        .into_iter()
+        .map(|(name, cap, weight)| {
+            let room = cap.map(|cap| {
+                let busy = running.get(&name).copied().unwrap_or(0);
+                usize::try_from(i64::from(cap) - busy).unwrap_or(0)
+            });
+            Ready { weight: u32::try_from(weight).unwrap_or(1).max(1), room, more: true, taken: 0, name }
+        })
+        .collect())
+}
+
+/// The advisory lock's name of a queue, held while its room is counted
+/// and claimed.
+fn queue_lock(queue: &str) -> String {
+    format!("taskhost queue {queue}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(weight: u32, room: Option<usize>) -> Claimable {
+        Claimable { weight, room }
+    }
+
+    #[test]
+    fn a_claim_is_shared_by_weight_within_each_queues_room() {
+        assert_eq!(shares(10, &[queue(1, None), queue(1, None)], 0), [5, 5]);
+        assert_eq!(shares(12, &[queue(1, None), queue(3, None)], 0), [3, 9]);
+        // A queue's room caps it; the others take the rest.
+        assert_eq!(shares(10, &[queue(1, Some(2)), queue(1, None)], 0), [2, 8]);
+        // No room anywhere: the slots stay unclaimed.
+        assert_eq!(shares(10, &[queue(1, Some(1)), queue(5, Some(0))], 0), [1, 0]);
+        assert_eq!(shares(0, &[queue(1, None)], 0), [0]);
+        assert_eq!(shares(3, &[], 0), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn small_claims_take_turns_across_queues() {
+        let queues = [queue(1, None), queue(1, None), queue(1, None)];
+        // A claim of one task goes to the queue whose turn it is.
+        let firsts: Vec<usize> =
+            (0..3).map(|start| shares(1, &queues, start).iter().position(|&n| n == 1).unwrap()).collect();
+        assert_eq!(firsts, [0, 1, 2]);
+        assert_eq!(shares(4, &queues, 2), [1, 1, 2]);
+    }
+}
