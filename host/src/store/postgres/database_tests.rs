@@ -586,3 +586,43 @@ async fn an_outcome_refused_halfway_writes_nothing_and_its_neighbour_commits() {
         }
     }
 }
+
+/// A task row whose record cannot be decoded is set aside by the first
+/// claim or reap that reads it, with why, instead of failing every host's
+/// claims; the tasks beside it are claimed as ever.
+#[tokio::test]
+async fn a_record_that_cannot_be_decoded_is_quarantined_not_claimed_forever() {
+    let (store, _) = store("quarantine").await;
+    submit(&store, 4, |_| 0).await;
+    let damaged = [Uuid::from_u128(2), Uuid::from_u128(3)];
+    sqlx::query("UPDATE taskhost_tasks SET record = '\\xffff'::bytea WHERE id = $1")
+        .bind(damaged[0])
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let claimed = store.claim("a", 10, LEASE).await.unwrap();
+    let ids: Vec<Uuid> = claimed.iter().map(|c| c.record.id).collect();
+    assert_eq!(ids, [Uuid::from_u128(1), Uuid::from_u128(3), Uuid::from_u128(4)]);
+    let quarantined = store.quarantined().await.unwrap();
+    assert_eq!(quarantined.len(), 1);
+    assert_eq!(quarantined[0].0, damaged[0]);
+    assert!(quarantined[0].1.contains("corrupt record"), "{quarantined:?}");
+    assert!(store.claim("b", 10, LEASE).await.unwrap().is_empty(), "never read again");
+    assert_eq!(store.state_counts().await.unwrap(), [(TaskState::Running, 3)]);
+    // A running task whose record is damaged while it runs: its reap sets
+    // it aside (and its lease goes), and the others are taken back.
+    sqlx::query("UPDATE taskhost_tasks SET record = '\\xffff'::bytea WHERE id = $1")
+        .bind(damaged[1])
+        .execute(store.pool())
+        .await
+        .unwrap();
+    for c in &claimed {
+        lapse(&store, c.record.id).await;
+    }
+    let reaped: Vec<Uuid> = store.reap(10).await.unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(reaped.len(), 2);
+    assert!(!reaped.contains(&damaged[1]));
+    let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM taskhost_leases").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(leases, 0);
+    assert_eq!(store.quarantined().await.unwrap().len(), 2);
+}

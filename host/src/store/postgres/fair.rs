@@ -13,9 +13,11 @@
 //! So queues with equal work finish together whichever hosts claim them:
 //! every claim, on any host, takes from each by weight. The shares count
 //! tasks, not their run time (the redb scheduler's fair queuing charges
-//! measured run time); tenants' limits do not apply yet.
+//! measured run time); tenants' limits do not apply yet. A row whose
+//! record cannot be decoded is quarantined (`quarantine.rs`), not claimed.
 
-use crate::store::{StoreError, TaskRecord, decode_record};
+use super::quarantine::{Decoded, set_aside};
+use crate::store::{StoreError, TaskRecord};
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
@@ -78,6 +80,7 @@ pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<Ta
     let start = fastrand::usize(..queues.len());
     let mut found: Vec<TaskRecord> = Vec::new();
     let mut ids: Vec<Uuid> = Vec::new();
+    let mut bad = Vec::new();
     for _ in 0..PASSES {
         let want = limit - found.len();
         let claimable: Vec<Claimable> = queues
@@ -93,10 +96,10 @@ pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<Ta
         }
         let names: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
         let counts: Vec<i64> = quotas.iter().map(|&q| i64::try_from(q).unwrap_or(i64::MAX)).collect();
-        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT t.record FROM unnest($1::text[], $2::bigint[]) AS q (queue, quota)
+        let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+            "SELECT t.id, t.record FROM unnest($1::text[], $2::bigint[]) AS q (queue, quota)
              CROSS JOIN LATERAL (
-                 SELECT record FROM taskhost_tasks
+                 SELECT id, record FROM taskhost_tasks
                  WHERE queue = q.queue AND state IN ('pending', 'retrying')
                    AND due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint
                    AND id <> ALL($3::uuid[])
@@ -110,20 +113,24 @@ pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<Ta
         .bind(&ids)
         .fetch_all(&mut *conn)
         .await?;
+        ids.extend(rows.iter().map(|(id, _)| *id));
+        let decoded = Decoded::of(rows);
+        // A row that cannot be decoded is set aside below; its queue may
+        // give this claim one task fewer.
         let mut got = vec![0usize; queues.len()];
-        for bytes in rows {
-            let record = decode_record(&bytes)?;
+        for record in decoded.records {
             if let Some(i) = queues.iter().position(|q| q.name == record.queue) {
                 got[i] += 1;
             }
-            ids.push(record.id);
             found.push(record);
         }
+        bad.extend(decoded.bad);
         for (i, queue) in queues.iter_mut().enumerate() {
             queue.taken += got[i];
             queue.more &= got[i] >= quotas[i];
         }
     }
+    set_aside(conn, &bad).await?;
     Ok(found)
 }
 

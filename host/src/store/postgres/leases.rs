@@ -28,11 +28,10 @@
 //! decoded fails the whole claim or reap it is in (it is not skipped):
 //! quarantining such rows is still to be built.
 
+use super::quarantine::{Decoded, set_aside};
 use super::{PgError, PgStore, PgTxn};
 use crate::store::apply::apply_transition;
-use crate::store::{
-    Applied, Change, StoreError, StoredFailure, TaskRecord, TaskState, decode_record, interrupted, start,
-};
+use crate::store::{Applied, Change, StoreError, StoredFailure, TaskRecord, TaskState, interrupted, start};
 use sqlx::Row;
 use sqlx::postgres::PgConnection;
 use std::collections::{HashMap, HashSet};
@@ -274,8 +273,10 @@ impl PgStore {
         let mut held = locked_records(&mut txn, &ids).await?;
         let mut changes = Vec::with_capacity(lapsed.len());
         for (task, host) in lapsed {
-            let record = held.get(&task).ok_or(PgError::NotFound(task))?;
-            changes.push(interrupted(record, &format!("host `{host}` lost its lease")));
+            // Missing: quarantined by the read (its lease went with it).
+            if let Some(record) = held.get(&task) {
+                changes.push(interrupted(record, &format!("host `{host}` lost its lease")));
+            }
         }
         let mut t = PgTxn::new(&mut txn);
         t.lock_flows(held.values().map(|r| r.flow_id)).await?;
@@ -307,18 +308,17 @@ impl PgStore {
 }
 
 /// The records of tasks `ids`, their rows locked until the transaction
-/// ends.
+/// ends; rows whose record cannot be decoded are quarantined (see
+/// `quarantine.rs`) and left out.
 async fn locked_records(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, TaskRecord>, PgError> {
-    let rows = sqlx::query("SELECT record FROM taskhost_tasks WHERE id = ANY($1) FOR UPDATE")
-        .bind(ids)
-        .fetch_all(&mut *conn)
-        .await?;
-    let mut records = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let record = decode_record(row.try_get("record")?)?;
-        records.insert(record.id, record);
-    }
-    Ok(records)
+    let rows: Vec<(Uuid, Vec<u8>)> =
+        sqlx::query_as("SELECT id, record FROM taskhost_tasks WHERE id = ANY($1) FOR UPDATE")
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await?;
+    let decoded = Decoded::of(rows);
+    set_aside(conn, &decoded.bad).await?;
+    Ok(decoded.records.into_iter().map(|r| (r.id, r)).collect())
 }
 
 /// A duration in whole milliseconds, as a `bigint`.

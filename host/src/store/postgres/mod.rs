@@ -1,22 +1,24 @@
 //! The PostgreSQL store that many hosts share (#16), first part: the
 //! connection, the schema (versioned migrations in `host/migrations/postgres`,
 //! embedded at build time and applied on connect under PostgreSQL's advisory
-//! lock, so hosts starting at once migrate once), submission with
-//! idempotency keys, and the claim, lease and fencing protocol
-//! ([`PgStore::claim`], [`PgStore::renew`], [`PgStore::finish`],
-//! [`PgStore::reap`]), and leader election ([`PgStore::lead`]). Records
-//! are the redb store's own ([`TaskRecord`] in
-//! postcard) and change through the same checked transitions as there (the
-//! state machine's table, the expected version).
+//! lock, so hosts starting at once migrate once), the task table with all
+//! that a transition writes beside a record (flows, their keys and tasks,
+//! context, transcripts, retention's entries), changed through the redb
+//! store's own checked writes (`store/apply.rs`, over `txn.rs`), reads of it
+//! (`reads.rs`), queue settings, claims shared fairly across queues
+//! (`fair.rs`), the lease and fencing protocol ([`PgStore::claim`],
+//! [`PgStore::renew`], [`PgStore::finish`], [`PgStore::reap`]), and leader
+//! election ([`PgStore::lead`]).
 //!
 //! Not yet here (see `docs/scale-out.md`): the engine running on it
-//! (`taskhost serve --store postgres://…`), flows, context, plugins,
-//! retention, fairness across queues and tenants, the duties a leader
-//! runs and `LISTEN/NOTIFY` wake-ups.
+//! (`taskhost serve --store postgres://…`), plugins and the store's other
+//! tables, retention sweeps, per-tenant limits in claims, the duties a
+//! leader runs and `LISTEN/NOTIFY` wake-ups.
 
 mod fair;
 mod leader;
 mod leases;
+mod quarantine;
 mod queues;
 mod reads;
 mod txn;

@@ -112,11 +112,13 @@ impl PgStore {
         .await?)
     }
 
-    /// How many tasks are in each state.
+    /// How many tasks are in each state (quarantined ones aside: see
+    /// [`PgStore::quarantined`]).
     pub async fn state_counts(&self) -> Result<Vec<(TaskState, i64)>, PgError> {
-        let rows = sqlx::query("SELECT state, count(*) AS n FROM taskhost_tasks GROUP BY state")
-            .fetch_all(self.pool())
-            .await?;
+        let rows =
+            sqlx::query("SELECT state, count(*) AS n FROM taskhost_tasks WHERE state <> 'quarantined' GROUP BY state")
+                .fetch_all(self.pool())
+                .await?;
         let mut counts = Vec::with_capacity(rows.len());
         for row in rows {
             let state: String = row.try_get("state")?;
