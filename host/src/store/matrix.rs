@@ -9,12 +9,12 @@
 //! beside it.
 
 use super::postgres::{PgError, PgStore};
-use super::tests::{child_of, record};
+use super::tests::{child_of, record, task_in};
 use super::*;
 use std::collections::{BTreeSet, HashMap};
 
 /// What the tests ask of a store, answered by either backend.
-trait Backend {
+pub(crate) trait Backend {
     async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, StoreError>;
     async fn apply(&self, change: Change) -> Result<Applied, StoreError>;
     async fn flow_change(
@@ -281,24 +281,6 @@ async fn both_backends_match_a_model_across_a_reopen_and_each_other() {
     let finished = redb.finished().await;
     assert!(!finished.is_empty(), "the run ended units of retention");
     assert_eq!(finished, postgres.finished().await);
-}
-
-/// Drives a fresh task into `state` through allowed transitions.
-async fn task_in(store: &impl Backend, n: u128, state: TaskState) -> TaskRecord {
-    let path: &[TaskState] = match state {
-        TaskState::Pending => &[],
-        TaskState::Running => &[TaskState::Running],
-        TaskState::Retrying => &[TaskState::Running, TaskState::Retrying],
-        TaskState::Completed => &[TaskState::Running, TaskState::Completed],
-        TaskState::Failed => &[TaskState::Running, TaskState::Failed],
-        TaskState::Cancelled => &[TaskState::Cancelled],
-    };
-    let mut rec = store.submit(record(n, None), b"in".to_vec()).await.unwrap().record;
-    for &to in path {
-        rec = store.transition(Change::new(rec.id, to, "setup")).await.unwrap();
-    }
-    assert_eq!(rec.state, state);
-    rec
 }
 
 async fn children_and_context(store: impl Backend) {

@@ -372,8 +372,9 @@ async fn an_unknown_stored_class_refuses_the_migration_and_changes_nothing() {
     assert_eq!(schema, 3, "a refused migration leaves the file as it was");
 }
 
-/// Drives a fresh task into `state` through allowed transitions.
-pub(crate) async fn task_in(store: &Store, n: u128, state: TaskState) -> TaskRecord {
+/// Drives a fresh task into `state` through allowed transitions, on
+/// either backend.
+pub(crate) async fn task_in(store: &impl super::matrix::Backend, n: u128, state: TaskState) -> TaskRecord {
     let path: &[TaskState] = match state {
         TaskState::Pending => &[],
         TaskState::Running => &[TaskState::Running],
