@@ -626,3 +626,39 @@ async fn a_record_that_cannot_be_decoded_is_quarantined_not_claimed_forever() {
     assert_eq!(leases, 0);
     assert_eq!(store.quarantined().await.unwrap().len(), 2);
 }
+
+/// A host waiting for work wakes when another host commits startable work
+/// (a submission; a retry), and not for a commit that makes nothing
+/// startable (a claim, a completion).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_host_wakes_when_another_commits_startable_work() {
+    use super::Wakeup;
+    use tokio::time::timeout;
+    let (a, url) = store("wakeups").await;
+    let b = PgStore::connect(&url, 4).await.unwrap();
+    let mut waiting = a.wakeups().await.unwrap();
+    // Long enough for a notification on loopback, which arrives in
+    // milliseconds; this is a check that none came, not a timing.
+    let quiet = Duration::from_millis(300);
+    let soon = Duration::from_secs(10);
+    assert!(timeout(quiet, waiting.next()).await.is_err(), "nothing woke it yet");
+    b.submit(record(1, None), Vec::new()).await.unwrap();
+    assert_eq!(timeout(soon, waiting.next()).await.unwrap().unwrap(), Wakeup::Work);
+    let claimed = b.claim("b", 1, LEASE).await.unwrap().remove(0);
+    assert!(timeout(quiet, waiting.next()).await.is_err(), "a claim makes nothing startable");
+    let retry =
+        Outcome { to: TaskState::Retrying, reason: "flaky".into(), output: None, error: None, retry_at_ms: Some(0) };
+    b.finish(&claimed.lease, retry).await.unwrap();
+    assert_eq!(timeout(soon, waiting.next()).await.unwrap().unwrap(), Wakeup::Work);
+    let claimed = a.claim("a", 1, LEASE).await.unwrap().remove(0);
+    a.finish(&claimed.lease, Outcome::completed(Vec::new())).await.unwrap();
+    assert!(timeout(quiet, waiting.next()).await.is_err(), "a completion makes nothing startable");
+    // Many commits while nobody waits: one wake-up, not a backlog.
+    for n in 2..12 {
+        b.submit(record(n, None), Vec::new()).await.unwrap();
+    }
+    // (Time for the reader to take in all ten.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(timeout(soon, waiting.next()).await.unwrap().unwrap(), Wakeup::Work);
+    assert!(timeout(quiet, waiting.next()).await.is_err(), "the ten commits woke it once");
+}

@@ -12,8 +12,9 @@
 //!
 //! Not yet here (see `docs/scale-out.md`): the engine running on it
 //! (`taskhost serve --store postgres://…`), plugins and the store's other
-//! tables, retention sweeps, per-tenant limits in claims, the duties a
-//! leader runs and `LISTEN/NOTIFY` wake-ups.
+//! tables, retention sweeps, per-tenant limits in claims and the duties a
+//! leader runs. Wake-ups through `LISTEN/NOTIFY` are here
+//! ([`PgStore::wakeups`]); nothing waits on them yet.
 
 mod fair;
 mod leader;
@@ -22,9 +23,11 @@ mod quarantine;
 mod queues;
 mod reads;
 mod txn;
+mod wakeups;
 
 pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
+pub use wakeups::{Wakeup, Wakeups};
 
 use super::apply::{apply_flow, apply_submit, apply_transition};
 use super::{Applied, Change, FlowRecord, FlowUpdate, StoreError, Submitted, TaskRecord, TaskState};

@@ -236,7 +236,11 @@ impl<'c> PgTxn<'c> {
         self.keep();
         let mut w = std::mem::take(&mut self.kept);
         let conn = &mut *self.conn;
-        flush_tasks(conn, std::mem::take(&mut w.tasks)).await?;
+        if flush_tasks(conn, std::mem::take(&mut w.tasks)).await? {
+            // Delivered to every listening host when (and only if) the
+            // transaction commits.
+            sqlx::query("SELECT pg_notify($1, '')").bind(super::wakeups::CHANNEL).execute(&mut *conn).await?;
+        }
         if !w.flows.is_empty() {
             let (ids, records): (Vec<Uuid>, Vec<Vec<u8>>) = w.flows.drain().unzip();
             sqlx::query(
@@ -375,8 +379,9 @@ impl<'c> PgTxn<'c> {
 }
 
 /// Inserts the new task rows and updates the others (record, the columns
-/// queried beside it, output).
-async fn flush_tasks(conn: &mut PgConnection, tasks: BTreeMap<Uuid, TaskWrites>) -> Result<(), StoreError> {
+/// queried beside it, output). Says whether any of them may be claimed
+/// now or later (pending or retrying).
+async fn flush_tasks(conn: &mut PgConnection, tasks: BTreeMap<Uuid, TaskWrites>) -> Result<bool, StoreError> {
     let mut new = NewRows::default();
     let mut changed = ChangedRows::default();
     for (id, writes) in tasks {
@@ -427,7 +432,8 @@ async fn flush_tasks(conn: &mut PgConnection, tasks: BTreeMap<Uuid, TaskWrites>)
         .execute(&mut *conn)
         .await?;
     }
-    Ok(())
+    let startable = |state: &&str| matches!(*state, "pending" | "retrying");
+    Ok(new.states.iter().any(startable) || changed.states.iter().any(startable))
 }
 
 /// The columns of new task rows, for one `INSERT … SELECT FROM unnest`.

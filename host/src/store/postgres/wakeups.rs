@@ -1,0 +1,80 @@
+//! Wake-ups through PostgreSQL's `LISTEN/NOTIFY`: a transaction that makes
+//! a task startable (a submission, a retry, a task taken back from a lost
+//! lease) notifies channel [`CHANNEL`] as it commits, and every host
+//! listening hears it within milliseconds, so an idle host need not poll
+//! to start new work promptly. Notifications are not durable: one sent
+//! while a host's listening connection was down is lost, which
+//! [`Wakeup::Reconnected`] says, and a host polls as well, less often.
+
+use super::{PgError, PgStore};
+use sqlx::postgres::PgListener;
+use tokio::sync::mpsc;
+
+/// The channel startable work is announced on.
+pub(crate) const CHANNEL: &str = "taskhost_startable";
+
+/// Why a wait for work ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Wakeup {
+    /// A commit made tasks startable (now, or once due).
+    Work,
+    /// The listening connection was lost and made again: notifications
+    /// meanwhile are lost, so look for work anyway.
+    Reconnected,
+}
+
+/// One host's subscription to wake-ups; holds one connection of the pool
+/// while it lives. A task of its own reads the notifications, so waiting
+/// ([`Wakeups::next`]) may be cancelled at any point (in a `select!`
+/// beside a polling timer, say) without losing one; wake-ups that arrive
+/// while nobody waits count as one.
+#[derive(Debug)]
+pub struct Wakeups {
+    woken: mpsc::Receiver<Result<Wakeup, PgError>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Wakeups {
+    /// Waits for the next wake-up. After an error (the pool was closed,
+    /// say) there are no more.
+    pub async fn next(&mut self) -> Result<Wakeup, PgError> {
+        self.woken.recv().await.unwrap_or(Err(PgError::Database(sqlx::Error::PoolClosed)))
+    }
+}
+
+impl Drop for Wakeups {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+impl PgStore {
+    /// Subscribes to wake-ups (see the module's opening): from now on,
+    /// every commit that makes tasks startable wakes [`Wakeups::next`].
+    pub async fn wakeups(&self) -> Result<Wakeups, PgError> {
+        let mut listener = PgListener::connect_with(self.pool()).await?;
+        listener.listen(CHANNEL).await?;
+        // One wake-up waiting is as good as many.
+        let (wake, woken) = mpsc::channel(1);
+        let reader = tokio::spawn(async move {
+            loop {
+                match listener.try_recv().await {
+                    Ok(found) => {
+                        let wakeup = if found.is_some() { Wakeup::Work } else { Wakeup::Reconnected };
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = wake.try_send(Ok(wakeup)) {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        // The subscription ends: its waiter hears why, after
+                        // a wake-up already waiting.
+                        let _ = wake.send(Err(PgError::Database(error))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Wakeups { woken, reader })
+    }
+}
