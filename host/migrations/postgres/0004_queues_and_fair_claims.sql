@@ -18,6 +18,11 @@ CREATE TABLE taskhost_queues (
 CREATE INDEX taskhost_tasks_claimable_by_queue ON taskhost_tasks (queue, priority DESC, due_at_ms, id)
     WHERE state IN ('pending', 'retrying');
 
+-- Whether a queue has a task due now (one whose tasks all wait for their
+-- due time takes no share).
+CREATE INDEX taskhost_tasks_due_by_queue ON taskhost_tasks (queue, due_at_ms)
+    WHERE state IN ('pending', 'retrying');
+
 CREATE INDEX taskhost_tasks_running_by_queue ON taskhost_tasks (queue) WHERE state = 'running';
 
 -- Claims no longer read the startable tasks across queues in one order.

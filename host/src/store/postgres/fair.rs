@@ -5,8 +5,11 @@
 //! concurrency limit has room for its limit less its tasks running now,
 //! on every host (its running tasks are counted under a lock on the queue
 //! that capped queues' claims take in turn, so two hosts never both see
-//! the same room). Within a queue, tasks go by priority, then due time,
-//! then age, each taken with `FOR UPDATE SKIP LOCKED`. A queue with fewer
+//! the same room). Shares are whole by weight, and the slots left over
+//! (fewer than the queues) are drawn by weight, so small claims reach
+//! light queues too. Queues whose tasks all wait for their due time take
+//! no share. Within a queue, tasks go by priority, then due time, then
+//! age, each taken with `FOR UPDATE SKIP LOCKED`. A queue with fewer
 //! startable tasks than its share gives the rest to the others (up to
 //! [`PASSES`] rounds).
 //!
@@ -35,29 +38,53 @@ pub(crate) struct Claimable {
 }
 
 /// Splits a claim of `limit` tasks among `queues` by weight, none past its
-/// room; slots no queue has room for stay unclaimed. Each slot goes to
-/// the queue whose share would be least after taking it (its count over
-/// its weight); ties go to the first in turn from `start`, so that many
-/// small claims spread over the queues instead of favouring the first.
-pub(crate) fn shares(limit: usize, queues: &[Claimable], start: usize) -> Vec<usize> {
+/// room; slots no queue has room for stay unclaimed. A queue whose share
+/// (`limit` × its weight over the open queues' weights) reaches its room
+/// gets its room, and the others share the rest. Otherwise each gets the
+/// whole part of its share, and the slots left (fewer than the queues) go
+/// to queues drawn by `rng` with chances equal to their shares' fractional
+/// parts (systematic sampling), so every queue's expected slots equal its
+/// share exactly: a claim of one task takes from a queue of weight 1 beside
+/// one of weight 3 a quarter of the times, where a fixed order would never
+/// reach it.
+pub(crate) fn shares(limit: usize, queues: &[Claimable], rng: &mut fastrand::Rng) -> Vec<usize> {
     let mut given = vec![0usize; queues.len()];
-    for _ in 0..limit {
-        let mut best: Option<(usize, f64)> = None;
-        for k in 0..queues.len() {
-            let i = (start + k) % queues.len();
-            let queue = &queues[i];
-            if queue.room.is_some_and(|room| given[i] >= room) {
-                continue;
+    let weight = |i: usize| u64::from(queues[i].weight.max(1));
+    let mut left = limit as u64;
+    loop {
+        let room =
+            |i: usize, given: &[usize]| queues[i].room.map_or(u64::MAX, |room| room.saturating_sub(given[i]) as u64);
+        let open: Vec<usize> = (0..queues.len()).filter(|&i| room(i, &given) > 0).collect();
+        let total: u64 = open.iter().map(|&i| weight(i)).sum();
+        if open.is_empty() || left == 0 {
+            return given;
+        }
+        // Queues whose share reaches their room: filled, and the rest is
+        // shared again among the others.
+        let full: Vec<usize> = open.iter().copied().filter(|&i| left * weight(i) / total >= room(i, &given)).collect();
+        if !full.is_empty() {
+            for i in full {
+                let room = room(i, &given);
+                given[i] += room as usize;
+                left -= room;
             }
-            let load = (given[i] + 1) as f64 / f64::from(queue.weight.max(1));
-            if best.is_none_or(|(_, least)| load < least) {
-                best = Some((i, load));
+            continue;
+        }
+        let mut points = {
+            let start = rng.u64(0..total);
+            let rest = left - open.iter().map(|&i| left * weight(i) / total).sum::<u64>();
+            (0..rest).map(move |k| start + k * total).peekable()
+        };
+        let mut reached = 0u64;
+        for i in open {
+            given[i] += (left * weight(i) / total) as usize;
+            reached += left * weight(i) % total;
+            while points.next_if(|&p| p < reached).is_some() {
+                given[i] += 1;
             }
         }
-        let Some((i, _)) = best else { break };
-        given[i] += 1;
+        return given;
     }
-    given
 }
 
 /// A queue with startable tasks, as a claim finds it.
@@ -77,7 +104,7 @@ pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<Ta
     if queues.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
-    let start = fastrand::usize(..queues.len());
+    let mut rng = fastrand::Rng::new();
     let mut found: Vec<TaskRecord> = Vec::new();
     let mut ids: Vec<Uuid> = Vec::new();
     let mut bad = Vec::new();
@@ -90,7 +117,7 @@ pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<Ta
                 room: if q.more { q.room.map(|room| room.saturating_sub(q.taken)) } else { Some(0) },
             })
             .collect();
-        let quotas = shares(want, &claimable, start);
+        let quotas = shares(want, &claimable, &mut rng);
         if want == 0 || quotas.iter().all(|&q| q == 0) {
             break;
         }
@@ -134,8 +161,9 @@ pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<Ta
     Ok(found)
 }
 
-/// The queues with startable tasks (some may not be due yet), with their
-/// settings and, for capped ones, their room now (under their locks).
+/// The queues with tasks startable now (due), with their settings and,
+/// for capped ones, their room now (under their locks). A queue whose
+/// tasks all wait for their due time takes no share.
 async fn ready(conn: &mut PgConnection) -> Result<Vec<Ready>, StoreError> {
     // One index probe per queue (a loose index scan), however many tasks
     // wait.
@@ -149,7 +177,10 @@ async fn ready(conn: &mut PgConnection) -> Result<Vec<Ready>, StoreError> {
          )
          SELECT r.queue, q.concurrency, coalesce(q.weight, 1)
          FROM ready AS r LEFT JOIN taskhost_queues AS q ON q.name = r.queue
-         WHERE r.queue IS NOT NULL",
+         WHERE r.queue IS NOT NULL
+           AND EXISTS (SELECT 1 FROM taskhost_tasks AS t
+                       WHERE t.queue = r.queue AND t.state IN ('pending', 'retrying')
+                         AND t.due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -195,23 +226,29 @@ mod tests {
 
     #[test]
     fn a_claim_is_shared_by_weight_within_each_queues_room() {
-        assert_eq!(shares(10, &[queue(1, None), queue(1, None)], 0), [5, 5]);
-        assert_eq!(shares(12, &[queue(1, None), queue(3, None)], 0), [3, 9]);
+        let rng = &mut fastrand::Rng::with_seed(1);
+        assert_eq!(shares(10, &[queue(1, None), queue(1, None)], rng), [5, 5]);
+        assert_eq!(shares(12, &[queue(1, None), queue(3, None)], rng), [3, 9]);
         // A queue's room caps it; the others take the rest.
-        assert_eq!(shares(10, &[queue(1, Some(2)), queue(1, None)], 0), [2, 8]);
+        assert_eq!(shares(10, &[queue(1, Some(2)), queue(1, None)], rng), [2, 8]);
         // No room anywhere: the slots stay unclaimed.
-        assert_eq!(shares(10, &[queue(1, Some(1)), queue(5, Some(0))], 0), [1, 0]);
-        assert_eq!(shares(0, &[queue(1, None)], 0), [0]);
-        assert_eq!(shares(3, &[], 0), Vec::<usize>::new());
+        assert_eq!(shares(10, &[queue(1, Some(1)), queue(5, Some(0))], rng), [1, 0]);
+        assert_eq!(shares(0, &[queue(1, None)], rng), [0]);
+        assert_eq!(shares(3, &[], rng), Vec::<usize>::new());
+        // Whole shares, then the rest drawn: every slot is given.
+        let given = shares(7, &[queue(1, None), queue(1, None), queue(1, None)], rng);
+        assert_eq!(given.iter().sum::<usize>(), 7);
+        assert!(given.iter().all(|&n| n == 2 || n == 3), "{given:?}");
     }
 
     #[test]
-    fn small_claims_take_turns_across_queues() {
-        let queues = [queue(1, None), queue(1, None), queue(1, None)];
-        // A claim of one task goes to the queue whose turn it is.
-        let firsts: Vec<usize> =
-            (0..3).map(|start| shares(1, &queues, start).iter().position(|&n| n == 1).unwrap()).collect();
-        assert_eq!(firsts, [0, 1, 2]);
-        assert_eq!(shares(4, &queues, 2), [1, 1, 2]);
+    fn small_claims_reach_light_queues_in_proportion_to_weight() {
+        let rng = &mut fastrand::Rng::with_seed(7);
+        let queues = [queue(1, None), queue(3, None)];
+        let light: usize = (0..4000).map(|_| shares(1, &queues, rng)[0]).sum();
+        assert!((800..1200).contains(&light), "weight 1 of 4 took {light} of 4000 single-task claims");
+        let queues = [queue(1, None), queue(10, None)];
+        let light: usize = (0..1100).map(|_| shares(2, &queues, rng)[0]).sum();
+        assert!((150..250).contains(&light), "weight 1 of 11 took {light} of 2200 slots");
     }
 }

@@ -25,8 +25,8 @@
 //! Times that decide who may do what (due times, lease expiry) are read
 //! on the database's clock, so hosts' clocks may differ; a retry's due
 //! time is its host's clock plus the backoff. A record that cannot be
-//! decoded fails the whole claim or reap it is in (it is not skipped):
-//! quarantining such rows is still to be built.
+//! decoded is quarantined by the claim, outcome or reap that reads it
+//! (see `quarantine.rs`), which goes on without it.
 
 use super::quarantine::{Decoded, set_aside};
 use super::{PgError, PgStore, PgTxn};
@@ -93,6 +93,8 @@ impl PgStore {
         let mut txn = self.pool().begin().await?;
         let found = super::fair::take(&mut txn, limit).await?;
         if found.is_empty() {
+            // What it quarantined, if anything, stays so.
+            txn.commit().await?;
             return Ok(Vec::new());
         }
         let mut t = PgTxn::new(&mut txn);
@@ -207,7 +209,8 @@ impl PgStore {
         .fetch_all(&mut *txn)
         .await?;
         let ids: Vec<Uuid> = live.iter().map(|(task, _)| *task).collect();
-        let held = locked_records(&mut txn, &ids).await?;
+        let Locked { records: held, quarantined } = locked_records(&mut txn, &ids).await?;
+        let quarantined: HashMap<Uuid, String> = quarantined.into_iter().collect();
         // A lease ends with the first outcome committed under it: a second
         // one in the same batch is fenced as a later one would be.
         let mut live: HashSet<(Uuid, i64)> = live.into_iter().filter(|(task, _)| held.contains_key(task)).collect();
@@ -224,6 +227,10 @@ impl PgStore {
                     change.id, lease.task
                 ))
                 .into()));
+                continue;
+            }
+            if let Some(why) = quarantined.get(&lease.task) {
+                answers.push(Err(PgError::Quarantined { id: lease.task, why: why.clone() }));
                 continue;
             }
             if !live.contains(&(lease.task, lease.token)) {
@@ -270,7 +277,7 @@ impl PgStore {
             lapsed.push((row.try_get::<Uuid, _>("task_id")?, row.try_get::<String, _>("host")?));
         }
         let ids: Vec<Uuid> = lapsed.iter().map(|(task, _)| *task).collect();
-        let mut held = locked_records(&mut txn, &ids).await?;
+        let mut held = locked_records(&mut txn, &ids).await?.records;
         let mut changes = Vec::with_capacity(lapsed.len());
         for (task, host) in lapsed {
             // Missing: quarantined by the read (its lease went with it).
@@ -310,7 +317,7 @@ impl PgStore {
 /// The records of tasks `ids`, their rows locked until the transaction
 /// ends; rows whose record cannot be decoded are quarantined (see
 /// `quarantine.rs`) and left out.
-async fn locked_records(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, TaskRecord>, PgError> {
+async fn locked_records(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Locked, PgError> {
     let rows: Vec<(Uuid, Vec<u8>)> =
         sqlx::query_as("SELECT id, record FROM taskhost_tasks WHERE id = ANY($1) FOR UPDATE")
             .bind(ids)
@@ -318,7 +325,14 @@ async fn locked_records(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap
             .await?;
     let decoded = Decoded::of(rows);
     set_aside(conn, &decoded.bad).await?;
-    Ok(decoded.records.into_iter().map(|r| (r.id, r)).collect())
+    Ok(Locked { records: decoded.records.into_iter().map(|r| (r.id, r)).collect(), quarantined: decoded.bad })
+}
+
+/// What [`locked_records`] read.
+struct Locked {
+    records: HashMap<Uuid, TaskRecord>,
+    /// The tasks it quarantined, with why.
+    quarantined: Vec<(Uuid, String)>,
 }
 
 /// A duration in whole milliseconds, as a `bigint`.

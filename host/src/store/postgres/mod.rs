@@ -82,6 +82,15 @@ pub enum PgError {
     /// No task has this id.
     #[error("task {0} not found")]
     NotFound(Uuid),
+    /// The task's record cannot be decoded: it was set aside
+    /// (`quarantined`), and nothing was written to it.
+    #[error("task {id} is quarantined: its record cannot be decoded ({why})")]
+    Quarantined {
+        /// The task.
+        id: Uuid,
+        /// The decoding error.
+        why: String,
+    },
     /// What this store cannot do yet.
     #[error("not supported on PostgreSQL yet: {0}")]
     Unsupported(String),

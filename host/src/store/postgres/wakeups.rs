@@ -8,10 +8,16 @@
 
 use super::{PgError, PgStore};
 use sqlx::postgres::PgListener;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// The channel startable work is announced on.
 pub(crate) const CHANNEL: &str = "taskhost_startable";
+
+/// First wait before listening again after a failure.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+/// Longest wait between two tries.
+const MAX_RETRY: Duration = Duration::from_secs(5);
 
 /// Why a wait for work ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +30,8 @@ pub enum Wakeup {
     Reconnected,
 }
 
-/// One host's subscription to wake-ups; holds one connection of the pool
-/// while it lives. A task of its own reads the notifications, so waiting
+/// One host's subscription to wake-ups; holds one connection of the
+/// store's pool while it lives (count it when sizing the pool). A task of its own reads the notifications, so waiting
 /// ([`Wakeups::next`]) may be cancelled at any point (in a `select!`
 /// beside a polling timer, say) without losing one; wake-ups that arrive
 /// while nobody waits count as one.
@@ -36,8 +42,10 @@ pub struct Wakeups {
 }
 
 impl Wakeups {
-    /// Waits for the next wake-up. After an error (the pool was closed,
-    /// say) there are no more.
+    /// Waits for the next wake-up. While the database cannot be reached
+    /// it waits on (the subscription retries with a growing backoff, up to
+    /// 5 s, and says [`Wakeup::Reconnected`] once it listens again); once
+    /// the store's pool is closed it answers that error, and no more.
     pub async fn next(&mut self) -> Result<Wakeup, PgError> {
         self.woken.recv().await.unwrap_or(Err(PgError::Database(sqlx::Error::PoolClosed)))
     }
@@ -58,19 +66,38 @@ impl PgStore {
         // One wake-up waiting is as good as many.
         let (wake, woken) = mpsc::channel(1);
         let reader = tokio::spawn(async move {
+            let mut backoff = FIRST_RETRY;
+            let mut lost = false;
             loop {
                 match listener.try_recv().await {
                     Ok(found) => {
-                        let wakeup = if found.is_some() { Wakeup::Work } else { Wakeup::Reconnected };
+                        backoff = FIRST_RETRY;
+                        let wakeup = if found.is_some() && !std::mem::take(&mut lost) {
+                            Wakeup::Work
+                        } else {
+                            Wakeup::Reconnected
+                        };
                         if let Err(mpsc::error::TrySendError::Closed(_)) = wake.try_send(Ok(wakeup)) {
                             return;
                         }
                     }
-                    Err(error) => {
-                        // The subscription ends: its waiter hears why, after
-                        // a wake-up already waiting.
+                    // The pool is closed: the subscription ends, and its
+                    // waiter hears why.
+                    Err(error @ sqlx::Error::PoolClosed) => {
                         let _ = wake.send(Err(PgError::Database(error))).await;
                         return;
+                    }
+                    // The database could not be reached (or ended the
+                    // connection): try again, more slowly each time, and
+                    // say `Reconnected` once listening again.
+                    Err(error) => {
+                        tracing::warn!(%error, retry_in = ?backoff, "listening for PostgreSQL wake-ups failed");
+                        lost = true;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(MAX_RETRY);
+                        if wake.is_closed() {
+                            return;
+                        }
                     }
                 }
             }
