@@ -31,10 +31,11 @@ pub enum Wakeup {
 }
 
 /// One host's subscription to wake-ups; holds one connection of the
-/// store's pool while it lives (count it when sizing the pool). A task of its own reads the notifications, so waiting
-/// ([`Wakeups::next`]) may be cancelled at any point (in a `select!`
-/// beside a polling timer, say) without losing one; wake-ups that arrive
-/// while nobody waits count as one.
+/// store's pool while it lives (count it when sizing the pool). A task of
+/// its own reads the notifications, so waiting ([`Wakeups::next`]) may be
+/// cancelled at any point (in a `select!` beside a polling timer, say)
+/// without losing one; wake-ups that arrive while nobody waits count as
+/// one.
 #[derive(Debug)]
 pub struct Wakeups {
     woken: mpsc::Receiver<Result<Wakeup, PgError>>,
