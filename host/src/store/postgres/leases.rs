@@ -7,10 +7,11 @@
 //!   within its concurrency limit, and in each queue by priority, then due
 //!   time, then age (see `fair.rs`), with `FOR UPDATE SKIP LOCKED`: hosts
 //!   claiming at once get disjoint batches and never wait on each other's
-//!   rows (except a capped queue's count, which they take in turn). Each becomes `running` through
-//!   the same checked transition the redb store commits (attempt counted),
-//!   and gets a lease: its host, a fencing token from one sequence (every
-//!   lease's larger than any before), and an expiry on the database's clock.
+//!   rows (except a capped queue's count, which they take in turn). Each
+//!   becomes `running` through the same checked transition the redb store
+//!   commits (attempt counted), and gets a lease: its host, a fencing token
+//!   from one sequence (every lease's larger than any before), and an
+//!   expiry on the database's clock.
 //! - **Renew.** The holder extends its leases ([`PgStore::renew`]) well
 //!   within their length; a lease that lapsed or was taken over is not
 //!   renewed and is reported lost, so the holder stops the attempt.

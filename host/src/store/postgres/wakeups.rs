@@ -73,11 +73,9 @@ impl PgStore {
                 match listener.try_recv().await {
                     Ok(found) => {
                         backoff = FIRST_RETRY;
-                        let wakeup = if found.is_some() && !std::mem::take(&mut lost) {
-                            Wakeup::Work
-                        } else {
-                            Wakeup::Reconnected
-                        };
+                        // After a failure, the first answer says so, whatever it is.
+                        let was_lost = std::mem::take(&mut lost);
+                        let wakeup = if found.is_some() && !was_lost { Wakeup::Work } else { Wakeup::Reconnected };
                         if let Err(mpsc::error::TrySendError::Closed(_)) = wake.try_send(Ok(wakeup)) {
                             return;
                         }
