@@ -235,10 +235,15 @@ impl Store {
 
     /// Appends an audit entry, dropping the oldest past [`AUDIT_KEEP`].
     pub(crate) async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        self.append_audit_keeping(entry, AUDIT_KEEP).await
+    }
+
+    /// Appends an audit entry, dropping the oldest past `keep`.
+    pub(crate) async fn append_audit_keeping(&self, entry: AuditEntry, keep: u64) -> Result<(), StoreError> {
         self.admin(move |txn| {
             let mut table = txn.open_table(AUDIT)?;
             table.insert(Uuid::now_v7().as_u128(), encode(&entry).as_slice())?;
-            let excess = table.len()?.saturating_sub(AUDIT_KEEP);
+            let excess = table.len()?.saturating_sub(keep);
             for _ in 0..excess {
                 table.pop_first()?;
             }
@@ -263,71 +268,5 @@ impl Store {
             out.push((Uuid::from_u128(id.value()), decode(value.value())?));
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn token(name: &str) -> StoredToken {
-        StoredToken::new(name.into(), "default".into(), 1, [7; 32], 1, None, "serve".into())
-    }
-
-    #[tokio::test]
-    async fn tokens_are_stored_replaced_and_removed() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb"), true).unwrap();
-        store.put_token("a".into(), token("one")).await.unwrap();
-        store.put_token("b".into(), token("two")).await.unwrap();
-        assert_eq!(store.tokens().unwrap(), vec![("a".into(), token("one")), ("b".into(), token("two"))]);
-        assert!(store.remove_token("a".into()).await.unwrap());
-        assert!(!store.remove_token("a".into()).await.unwrap());
-        drop(store);
-        let store = Store::open(&dir.path().join("s.redb"), true).unwrap();
-        assert_eq!(store.tokens().unwrap(), vec![("b".into(), token("two"))]);
-    }
-
-    #[tokio::test]
-    async fn tenants_are_stored_and_replaced() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.redb");
-        let store = Store::open(&path, true).unwrap();
-        assert!(store.tenants().unwrap().is_empty());
-        let quotas = TenantQuotas { max_running: Some(2), ..TenantQuotas::default() };
-        store.put_tenant("a".into(), TenantRecord::new("root".into(), TenantQuotas::default())).await.unwrap();
-        let replaced = TenantRecord::new("root".into(), quotas);
-        store.put_tenant("a".into(), replaced.clone()).await.unwrap();
-        drop(store);
-        assert_eq!(Store::open(&path, true).unwrap().tenants().unwrap(), vec![("a".into(), replaced)]);
-    }
-
-    #[tokio::test]
-    async fn a_secret_is_made_once_and_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s.redb");
-        let store = Store::open(&path, true).unwrap();
-        let first = store.secret("callbacks/default").await.unwrap();
-        assert_eq!(first.len(), 32);
-        assert_eq!(store.secret("callbacks/default").await.unwrap(), first);
-        assert_ne!(store.secret("callbacks/other").await.unwrap(), first);
-        drop(store);
-        assert_eq!(Store::open(&path, true).unwrap().secret("callbacks/default").await.unwrap(), first);
-    }
-
-    #[tokio::test]
-    async fn the_audit_log_pages_newest_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb"), true).unwrap();
-        for n in 0..5 {
-            let entry = AuditEntry::new("id".into(), "t".into(), "default".into(), "act".into(), n.to_string());
-            store.append_audit(entry).await.unwrap();
-        }
-        let page = store.audit(None, 2).unwrap();
-        let objects: Vec<_> = page.iter().map(|(_, e)| e.object.as_str()).collect();
-        assert_eq!(objects, ["4", "3"]);
-        let rest = store.audit(Some(page[1].0), 10).unwrap();
-        let objects: Vec<_> = rest.iter().map(|(_, e)| e.object.as_str()).collect();
-        assert_eq!(objects, ["2", "1", "0"]);
     }
 }

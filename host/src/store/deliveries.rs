@@ -54,20 +54,3 @@ impl Store {
         table.get(id.as_u128())?.map(|v| decode(v.value())).transpose()
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_latest_outcome_is_kept() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb"), true).unwrap();
-        let id = Uuid::from_u128(7);
-        assert_eq!(store.callback_outcome(id).unwrap(), None);
-        store.put_callback_outcome(id, CallbackOutcome::failed(6, "refused")).await.unwrap();
-        store.put_callback_outcome(id, CallbackOutcome::delivered(1)).await.unwrap();
-        let outcome = store.callback_outcome(id).unwrap().unwrap();
-        assert!(outcome.delivered && outcome.attempts == 1 && outcome.error.is_none());
-    }
-}

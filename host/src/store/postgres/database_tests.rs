@@ -697,3 +697,69 @@ async fn an_idle_host_wakes_when_another_commits_startable_work() {
     }
     assert!((1..=2).contains(&woken), "the ten commits woke it {woken} times");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_asking_for_a_new_secret_at_once_all_get_the_same() {
+    let (first, url) = store("secret_race").await;
+    let mut hosts = vec![first];
+    for _ in 0..5 {
+        hosts.push(PgStore::connect(&url, 2).await.unwrap());
+    }
+    let secrets = futures::future::join_all(hosts.iter().map(|h| h.secret("callbacks/default"))).await;
+    let secrets: HashSet<Vec<u8>> = secrets.into_iter().map(Result::unwrap).collect();
+    assert_eq!(secrets.len(), 1, "every host signs with the one stored secret");
+    assert_eq!(secrets.into_iter().next().unwrap().len(), 32);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_changes_from_several_hosts_at_once_lose_nothing() {
+    let (first, url) = store("plugin_race").await;
+    let mut hosts = vec![first];
+    for _ in 0..3 {
+        hosts.push(PgStore::connect(&url, 2).await.unwrap());
+    }
+    let version = |n: usize| crate::store::PluginVersion {
+        version: n.to_string(),
+        digest: format!("d{}", n % 2),
+        size: 1,
+        created_at_ms: 1,
+        script: None,
+    };
+    // Sixteen uploads to one name, four per host, sharing two digests.
+    let uploads = (0..16).map(|n| hosts[n % 4].put_plugin_version("p", version(n), vec![u8::try_from(n % 2).unwrap()]));
+    for done in futures::future::join_all(uploads).await {
+        done.unwrap();
+    }
+    let plugins = hosts[0].plugins().await.unwrap();
+    let mut versions: Vec<usize> = plugins[0].1.versions.iter().map(|v| v.version.parse().unwrap()).collect();
+    versions.sort_unstable();
+    assert_eq!(versions, (0..16).collect::<Vec<_>>(), "no host's upload overwrote another's");
+    let blobs: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM taskhost_blobs").fetch_one(hosts[0].pool()).await.unwrap();
+    assert_eq!(blobs, 2);
+
+    hosts[3]
+        .edit_plugin("p", |entry| {
+            entry.versions.clear();
+            vec!["d0".into(), "d1".into()]
+        })
+        .await
+        .unwrap();
+    assert_eq!(hosts[0].blob("d0").await.unwrap(), None);
+    assert_eq!(hosts[0].blob("d1").await.unwrap(), None);
+
+    // A version added with d0 while another host removes the only other
+    // version that has d0: whichever commits first, the bytes stay for the
+    // new one.
+    hosts[0].put_plugin_version("q", version(0), vec![0]).await.unwrap();
+    let (added, dropped) = tokio::join!(
+        hosts[1].put_plugin_version("r", version(2), vec![0]),
+        hosts[2].edit_plugin("q", |entry| {
+            entry.versions.clear();
+            vec!["d0".into()]
+        })
+    );
+    added.unwrap();
+    dropped.unwrap();
+    assert_eq!(hosts[0].blob("d0").await.unwrap(), Some(vec![0]), "plugin r references d0");
+}

@@ -8,17 +8,21 @@
 //! (`reads.rs`), queue settings, claims shared fairly across queues
 //! (`fair.rs`), the lease and fencing protocol ([`PgStore::claim`],
 //! [`PgStore::renew`], [`PgStore::finish`], [`PgStore::reap`]), and leader
-//! election ([`PgStore::lead`]).
+//! election ([`PgStore::lead`]); plugins and their components
+//! (`plugins.rs`), and tokens, tenants, secrets, the audit log and
+//! callbacks' outcomes (`access.rs`).
 //!
 //! Not yet here (see `docs/scale-out.md`): the engine running on it
-//! (`taskhost serve --store postgres://…`), plugins and the store's other
-//! tables, retention sweeps, per-tenant limits in claims and the duties a
-//! leader runs. Wake-ups through `LISTEN/NOTIFY` are here
-//! ([`PgStore::wakeups`]); nothing waits on them yet.
+//! (`taskhost serve --store postgres://…`), listings, retention sweeps,
+//! per-tenant limits in claims and the duties a leader runs. Wake-ups
+//! through `LISTEN/NOTIFY` are here ([`PgStore::wakeups`]); nothing waits
+//! on them yet.
 
+mod access;
 mod fair;
 mod leader;
 mod leases;
+mod plugins;
 mod quarantine;
 mod queues;
 mod reads;
