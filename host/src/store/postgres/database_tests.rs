@@ -7,7 +7,7 @@ use crate::FailureClass;
 use crate::store::StoredFailure;
 use crate::store::postgres::Term;
 use crate::store::tests::record;
-use crate::store::{QueueConfig, TaskRecord, TaskState};
+use crate::store::{Listing, QueueConfig, TaskQuery, TaskRecord, TaskState};
 use std::collections::HashSet;
 
 async fn store(name: &str) -> (PgStore, String) {
@@ -762,4 +762,38 @@ async fn plugin_changes_from_several_hosts_at_once_lose_nothing() {
     added.unwrap();
     dropped.unwrap();
     assert_eq!(hosts[0].blob("d0").await.unwrap(), Some(vec![0]), "plugin r references d0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_from_before_the_listing_columns_are_filled_on_connect() {
+    let (store, url) = store("fill_listing").await;
+    let records = submit(&store, 5, |_| 0).await;
+    store.transition(Change::new(records[1].id, TaskState::Cancelled, "t")).await.unwrap();
+    // As a host before schema 7 left them: no listing columns; and one
+    // record that cannot be decoded.
+    sqlx::query("UPDATE taskhost_tasks SET plugin = NULL, tenant = NULL, flow_id = NULL, iteration = NULL")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE taskhost_tasks SET plugin = NULL, record = '\\x00ff'::bytea WHERE id = $1")
+        .bind(records[4].id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let by_plugin = TaskQuery { plugin: Some("p".into()), ..TaskQuery::default() };
+    let listing = Listing { limit: 10, ..Listing::default() };
+    assert!(store.list_page(&by_plugin, &listing).await.unwrap().tasks.is_empty());
+
+    let store = PgStore::connect(&url, 2).await.unwrap();
+    let listed: Vec<Uuid> = store.list_page(&by_plugin, &listing).await.unwrap().tasks.iter().map(|r| r.id).collect();
+    assert_eq!(listed, [records[0].id, records[1].id, records[2].id, records[3].id]);
+    let iteration: Vec<Uuid> = store.iteration_tasks(records[0].id, 0).await.unwrap().iter().map(|r| r.id).collect();
+    assert_eq!(iteration, [records[0].id], "a root is found in its flow's first iteration");
+    assert_eq!(store.quarantined().await.unwrap().len(), 1, "the undecodable row is set aside");
+    let unlisted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM taskhost_tasks WHERE plugin IS NULL AND state <> 'quarantined'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(unlisted, 0);
 }

@@ -9,11 +9,11 @@
 //! (`fair.rs`), the lease and fencing protocol ([`PgStore::claim`],
 //! [`PgStore::renew`], [`PgStore::finish`], [`PgStore::reap`]), and leader
 //! election ([`PgStore::lead`]); plugins and their components
-//! (`plugins.rs`), and tokens, tenants, secrets, the audit log and
-//! callbacks' outcomes (`access.rs`).
+//! (`plugins.rs`), tokens, tenants, secrets, the audit log and callbacks'
+//! outcomes (`access.rs`), and listings (`listings.rs`).
 //!
 //! Not yet here (see `docs/scale-out.md`): the engine running on it
-//! (`taskhost serve --store postgres://…`), listings, retention sweeps,
+//! (`taskhost serve --store postgres://…`), retention sweeps,
 //! per-tenant limits in claims and the duties a leader runs. Wake-ups
 //! through `LISTEN/NOTIFY` are here ([`PgStore::wakeups`]); nothing waits
 //! on them yet.
@@ -22,6 +22,7 @@ mod access;
 mod fair;
 mod leader;
 mod leases;
+mod listings;
 mod plugins;
 mod quarantine;
 mod queues;
@@ -137,6 +138,10 @@ impl PgStore {
             .map_err(|source| PgError::Connect { at, source })?;
         let store = Self { pool };
         store.migrate().await?;
+        let filled = store.fill_listing_columns().await?;
+        if filled > 0 {
+            tracing::info!(tasks = filled, "filled the listing columns of tasks stored before schema version 7");
+        }
         Ok(store)
     }
 

@@ -397,9 +397,11 @@ async fn flush_tasks(conn: &mut PgConnection, tasks: BTreeMap<Uuid, TaskWrites>)
     }
     if !new.ids.is_empty() {
         sqlx::query(
-            "INSERT INTO taskhost_tasks (id, state, version, queue, priority, due_at_ms, idempotency_key, record, input, output)
+            "INSERT INTO taskhost_tasks (id, state, version, queue, priority, due_at_ms, idempotency_key, record, input,
+                                         output, plugin, tenant, flow_id, iteration)
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::smallint[], $6::bigint[],
-                                  $7::text[], $8::bytea[], $9::bytea[], $10::bytea[])",
+                                  $7::text[], $8::bytea[], $9::bytea[], $10::bytea[], $11::text[], $12::text[],
+                                  $13::uuid[], $14::bigint[])",
         )
         .bind(&new.ids)
         .bind(&new.states)
@@ -411,6 +413,10 @@ async fn flush_tasks(conn: &mut PgConnection, tasks: BTreeMap<Uuid, TaskWrites>)
         .bind(&new.records)
         .bind(&new.inputs)
         .bind(&new.outputs)
+        .bind(&new.plugins)
+        .bind(&new.tenants)
+        .bind(&new.flows)
+        .bind(&new.iterations)
         .execute(&mut *conn)
         .await?;
     }
@@ -449,6 +455,10 @@ struct NewRows {
     records: Vec<Vec<u8>>,
     inputs: Vec<Vec<u8>>,
     outputs: Vec<Option<Vec<u8>>>,
+    plugins: Vec<String>,
+    tenants: Vec<String>,
+    flows: Vec<Uuid>,
+    iterations: Vec<i64>,
 }
 
 impl NewRows {
@@ -465,6 +475,10 @@ impl NewRows {
         self.records.push(encoded);
         self.inputs.push(input);
         self.outputs.push(output);
+        self.plugins.push(record.plugin.clone());
+        self.tenants.push(crate::tenant::tenant_of(&record.plugin).to_owned());
+        self.flows.push(record.flow_id);
+        self.iterations.push(i64::from(record.iteration));
     }
 }
 

@@ -1,0 +1,210 @@
+//! Listings of the PostgreSQL store, each answering as the redb store's
+//! method of the same name does: a page of the tasks a query matches
+//! (oldest or newest first, after a cursor, with the tasks after it counted
+//! up to a cap), a plugin's tasks counted by version and state, one
+//! iteration of a flow, flows newest first, and how many tasks are
+//! stored. They select by the columns migration 7 added (plugin, tenant,
+//! flow, iteration) through an index each, in id order, so a page costs
+//! what it returns. Quarantined rows are left out: their records cannot be
+//! read. Also here: filling those columns for rows stored before them.
+
+use super::quarantine::{Decoded, set_aside};
+use super::{PgError, PgStore};
+use crate::store::record::decode;
+use crate::store::{FlowRecord, FlowsPage, Listed, Listing, TaskQuery, TaskRecord, TaskState};
+use sqlx::{Postgres, QueryBuilder};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// Rows whose listing columns one statement fills.
+const FILL_BATCH: i64 = 1_000;
+
+/// Flows one statement of [`PgStore::flows_newest`] reads.
+const FLOWS_BATCH: usize = 100;
+
+impl PgStore {
+    /// A page of the tasks `query` matches, oldest or newest first, past
+    /// the cursor `listing.after`, and how many more match (counted up to
+    /// `count_up_to`, at least 1 when any does).
+    pub async fn list_page(&self, query: &TaskQuery, listing: &Listing) -> Result<Listed, PgError> {
+        let limit = i64::try_from(listing.limit).unwrap_or(i64::MAX);
+        let rows: Vec<(Uuid, Vec<u8>)> =
+            matching("SELECT id, record", query, listing.after, listing.newest_first, limit)
+                .build_query_as()
+                .fetch_all(self.pool())
+                .await?;
+        let mut listed = Listed::default();
+        for (_, bytes) in &rows {
+            listed.tasks.push(decode(bytes)?);
+        }
+        if rows.len() == listing.limit {
+            // Count what follows the page.
+            let after = rows.last().map(|(id, _)| *id).or(listing.after);
+            let cap = i64::try_from(listing.count_up_to.max(1)).unwrap_or(i64::MAX);
+            let mut count = matching("SELECT count(*) FROM (SELECT 1", query, after, listing.newest_first, cap);
+            count.push(") AS rest");
+            let more: i64 = count.build_query_scalar().fetch_one(self.pool()).await?;
+            listed.more = u64::try_from(more).unwrap_or(0);
+        }
+        Ok(listed)
+    }
+
+    /// A plugin's tasks counted by (version, state).
+    pub async fn plugin_task_counts(&self, plugin: &str) -> Result<HashMap<(String, TaskState), u64>, PgError> {
+        let rows: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT record FROM taskhost_tasks WHERE plugin = $1 AND state <> 'quarantined'")
+                .bind(plugin)
+                .fetch_all(self.pool())
+                .await?;
+        let mut counts = HashMap::new();
+        for bytes in rows {
+            let r: TaskRecord = decode(&bytes)?;
+            *counts.entry((r.plugin_version, r.state)).or_default() += 1;
+        }
+        Ok(counts)
+    }
+
+    /// The tasks of one iteration of a flow (its root first, in iteration
+    /// 0), in submission order.
+    pub async fn iteration_tasks(&self, flow: Uuid, iteration: u32) -> Result<Vec<TaskRecord>, PgError> {
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT record FROM (
+                 SELECT record, 0 AS part, id FROM taskhost_tasks
+                 WHERE id = $1 AND flow_id = $1 AND $2 = 0 AND state <> 'quarantined'
+                 UNION ALL
+                 SELECT record, 1, id FROM taskhost_tasks
+                 WHERE flow_id = $1 AND iteration = $2 AND id <> $1 AND state <> 'quarantined'
+             ) AS tasks ORDER BY part, id",
+        )
+        .bind(flow)
+        .bind(i64::from(iteration))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(|bytes| Ok(decode(bytes)?)).collect()
+    }
+
+    /// Number of tasks stored.
+    pub async fn task_count(&self) -> Result<u64, PgError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM taskhost_tasks").fetch_one(self.pool()).await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Flows newest first, from before `before` (exclusive), each with its
+    /// first task (its root, or the first task it grew), while `keep`
+    /// takes them: at most `limit` taken, reading at most `scan` flows.
+    /// The id to go on from, when more may follow.
+    pub async fn flows_newest(
+        &self,
+        before: Option<Uuid>,
+        limit: usize,
+        scan: usize,
+        keep: impl Fn(&FlowRecord, Option<&TaskRecord>) -> bool,
+    ) -> Result<FlowsPage, PgError> {
+        let (mut out, mut scanned, mut cursor) = (Vec::new(), 0, before);
+        loop {
+            let batch = i64::try_from(FLOWS_BATCH.min(scan.saturating_sub(scanned)).max(1)).unwrap_or(i64::MAX);
+            let rows: Vec<(Uuid, Vec<u8>, Option<Vec<u8>>)> = sqlx::query_as(
+                "SELECT f.id, f.record, coalesce(
+                     (SELECT t.record FROM taskhost_tasks AS t WHERE t.id = f.id AND t.state <> 'quarantined'),
+                     (SELECT t.record FROM taskhost_flow_tasks AS ft JOIN taskhost_tasks AS t ON t.id = ft.task_id
+                      WHERE ft.flow_id = f.id AND t.state <> 'quarantined' ORDER BY ft.task_id LIMIT 1))
+                 FROM taskhost_flows AS f WHERE $1::uuid IS NULL OR f.id < $1 ORDER BY f.id DESC LIMIT $2",
+            )
+            .bind(cursor)
+            .bind(batch)
+            .fetch_all(self.pool())
+            .await?;
+            let read = rows.len();
+            for (id, flow, first) in rows {
+                let flow: FlowRecord = decode(&flow)?;
+                let first: Option<TaskRecord> = first.map(|bytes| decode(&bytes)).transpose()?;
+                scanned += 1;
+                cursor = Some(id);
+                if keep(&flow, first.as_ref()) {
+                    out.push((flow, first));
+                }
+                if out.len() >= limit || scanned >= scan {
+                    let more: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM taskhost_flows WHERE id < $1)")
+                        .bind(id)
+                        .fetch_one(self.pool())
+                        .await?;
+                    return Ok((out, more.then_some(id)));
+                }
+            }
+            if i64::try_from(read).unwrap_or(i64::MAX) < batch {
+                return Ok((out, None));
+            }
+        }
+    }
+
+    /// Fills the listing columns of rows stored before migration 7 added
+    /// them, from their records, a batch per transaction (hosts starting at
+    /// once share the work: each skips rows another has locked). A record
+    /// that cannot be decoded is quarantined. How many rows it filled.
+    pub(super) async fn fill_listing_columns(&self) -> Result<u64, PgError> {
+        let mut filled = 0;
+        loop {
+            let mut txn = self.pool().begin().await?;
+            let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+                "SELECT id, record FROM taskhost_tasks WHERE plugin IS NULL AND state <> 'quarantined'
+                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(FILL_BATCH)
+            .fetch_all(&mut *txn)
+            .await?;
+            if rows.is_empty() {
+                return Ok(filled);
+            }
+            let decoded = Decoded::of(rows);
+            set_aside(&mut txn, &decoded.bad).await?;
+            let records = &decoded.records;
+            sqlx::query(
+                "UPDATE taskhost_tasks AS t SET plugin = c.plugin, tenant = c.tenant, flow_id = c.flow_id,
+                     iteration = c.iteration
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::bigint[])
+                   AS c (id, plugin, tenant, flow_id, iteration)
+                 WHERE t.id = c.id",
+            )
+            .bind(records.iter().map(|r| r.id).collect::<Vec<_>>())
+            .bind(records.iter().map(|r| r.plugin.as_str()).collect::<Vec<_>>())
+            .bind(records.iter().map(|r| crate::tenant::tenant_of(&r.plugin)).collect::<Vec<_>>())
+            .bind(records.iter().map(|r| r.flow_id).collect::<Vec<_>>())
+            .bind(records.iter().map(|r| i64::from(r.iteration)).collect::<Vec<_>>())
+            .execute(&mut *txn)
+            .await?;
+            txn.commit().await?;
+            filled += records.len() as u64;
+        }
+    }
+}
+
+/// `{select} FROM taskhost_tasks` with `query`'s filters, past `after` in
+/// the listing's direction, in id order, at most `limit` rows.
+fn matching<'q>(
+    select: &str,
+    query: &'q TaskQuery,
+    after: Option<Uuid>,
+    newest_first: bool,
+    limit: i64,
+) -> QueryBuilder<'q, Postgres> {
+    let mut sql = QueryBuilder::new(select);
+    sql.push(" FROM taskhost_tasks WHERE state <> 'quarantined'");
+    if let Some(state) = query.state {
+        sql.push(" AND state = ").push_bind(state.as_str());
+    }
+    if let Some(queue) = query.queue.as_deref() {
+        sql.push(" AND queue = ").push_bind(queue);
+    }
+    if let Some(plugin) = query.plugin.as_deref() {
+        sql.push(" AND plugin = ").push_bind(plugin);
+    }
+    if let Some(tenant) = query.tenant.as_deref() {
+        sql.push(" AND tenant = ").push_bind(tenant);
+    }
+    if let Some(after) = after {
+        sql.push(if newest_first { " AND id < " } else { " AND id > " }).push_bind(after);
+    }
+    sql.push(if newest_first { " ORDER BY id DESC" } else { " ORDER BY id" });
+    sql.push(" LIMIT ").push_bind(limit);
+    sql
+}
