@@ -7,14 +7,16 @@
 //! [`BATCH`] and commits each batch's outcomes in one transaction
 //! (`finish_all`, with submissions batched the same way by `submit_all`),
 //! as the redb engine groups its commits; beside it, one host committing
-//! each submission and each outcome on its own. The server is a throwaway cluster on this
+//! each submission and each outcome on its own, and one whose callers
+//! submit and finish one task each but through the group committer,
+//! which commits what waits together. The server is a throwaway cluster on this
 //! machine with every commit flushed (`fsync` on), sharing its CPUs with
 //! the hosts.
 //!
 //! Run: `cargo bench -p taskhost --bench postgres`.
 
 use std::time::{Duration, Instant};
-use taskhost::store::postgres::{Outcome, PgStore};
+use taskhost::store::postgres::{CommitConfig, Outcome, PgCommitter, PgStore};
 use taskhost::store::{InputFrom, StoredLimits, TaskRecord, TaskState, Transition};
 
 /// Tasks per round.
@@ -33,13 +35,19 @@ fn main() {
 async fn bench() {
     let cluster = taskhost_test_postgres::durable_cluster();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    // (hosts, outcomes of a claim in one commit rather than one each)
-    let settings = [(1, false), (1, true), (2, true), (3, true)];
+    // (hosts, how commits are made)
+    let settings = [
+        (1, Commits::Each),
+        (1, Commits::Grouped),
+        (1, Commits::Batched),
+        (2, Commits::Batched),
+        (3, Commits::Batched),
+    ];
     let mut rates: Vec<Vec<(f64, f64)>> = vec![Vec::new(); settings.len()];
     for round in 0..ROUNDS {
-        for (i, &(hosts, together)) in settings.iter().enumerate() {
+        for (i, &(hosts, commits)) in settings.iter().enumerate() {
             let url = cluster.database(&format!("bench_{i}_{round}"));
-            rates[i].push(round_of(&url, hosts, together).await);
+            rates[i].push(round_of(&url, hosts, commits).await);
         }
     }
     let median = |v: &mut Vec<f64>| {
@@ -52,15 +60,15 @@ async fn bench() {
     println!("|---:|---|---:|---:|---:|---:|");
     let mut base = None;
     for (i, r) in rates.iter().enumerate() {
-        let (hosts, together) = settings[i];
+        let (hosts, commits) = settings[i];
         let mut submit: Vec<f64> = r.iter().map(|x| x.0).collect();
         let mut run: Vec<f64> = r.iter().map(|x| x.1).collect();
         let (submit, run) = (median(&mut submit), median(&mut run));
         let base = *base.get_or_insert(run);
-        let outcomes = if together {
-            "a batch's submissions, and a claim's outcomes, in one commit"
-        } else {
-            "one per submission (32 at once) and per outcome (16 at once)"
+        let outcomes = match commits {
+            Commits::Batched => "a batch's submissions, and a claim's outcomes, in one commit",
+            Commits::Each => "one per submission (32 at once) and per outcome (16 at once)",
+            Commits::Grouped => "the same callers, through the group committer",
         };
         println!(
             "| {hosts} | {outcomes} | {submit:.0} tasks/s | {run:.0} tasks/s | {:.0} tasks/s | {:.2}x |",
@@ -70,25 +78,44 @@ async fn bench() {
     }
 }
 
-/// One round on a new database: submits [`TASKS`] tasks (one per
-/// transaction, 32 at once; or `together`, [`BATCH`] per transaction, 8
-/// at once), then `hosts` stores claim and complete them all. Gives
-/// (submitted/s, completed/s).
-async fn round_of(url: &str, hosts: usize, together: bool) -> (f64, f64) {
+/// How a round commits its submissions and outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commits {
+    /// Each in a transaction of its own.
+    Each,
+    /// The same calls, each for one task, through the group committer.
+    Grouped,
+    /// A batch of submissions, and a claim's outcomes, per transaction.
+    Batched,
+}
+
+/// One round on a new database: submits [`TASKS`] tasks (one per call,
+/// 32 callers at once; or [`BATCH`] per call, 8 at once), then `hosts`
+/// stores claim and complete them all. Gives (submitted/s, completed/s).
+async fn round_of(url: &str, hosts: usize, commits: Commits) -> (f64, f64) {
     let store = PgStore::connect(url, 32).await.unwrap();
+    let committer = store.committer(CommitConfig::default());
     let started = Instant::now();
     let records: Vec<(TaskRecord, Vec<u8>)> = (0..TASKS).map(|_| (record(), b"{}".to_vec())).collect();
-    let workers = if together { 8 } else { 32 };
+    let workers = if commits == Commits::Batched { 8 } else { 32 };
     futures::future::join_all(records.chunks(TASKS.div_ceil(workers)).map(|chunk| {
-        let store = store.clone();
+        let (store, committer) = (store.clone(), committer.clone());
         async move {
-            if together {
-                for batch in chunk.chunks(BATCH) {
-                    assert!(store.submit_all(batch.to_vec()).await.unwrap().iter().all(|s| s.created));
+            match commits {
+                Commits::Batched => {
+                    for batch in chunk.chunks(BATCH) {
+                        assert!(store.submit_all(batch.to_vec()).await.unwrap().iter().all(|s| s.created));
+                    }
                 }
-            } else {
-                for (record, input) in chunk {
-                    assert!(store.submit(record.clone(), input.clone()).await.unwrap().created);
+                Commits::Each => {
+                    for (record, input) in chunk {
+                        assert!(store.submit(record.clone(), input.clone()).await.unwrap().created);
+                    }
+                }
+                Commits::Grouped => {
+                    for (record, input) in chunk {
+                        assert!(committer.submit(record.clone(), input.clone()).await.unwrap().created);
+                    }
                 }
             }
         }
@@ -101,7 +128,15 @@ async fn round_of(url: &str, hosts: usize, together: bool) -> (f64, f64) {
         .map(Result::unwrap)
         .collect();
     let started = Instant::now();
-    futures::future::join_all(stores.iter().enumerate().map(|(n, store)| run_host(store, n, together))).await;
+    let committers: Vec<PgCommitter> = stores.iter().map(|s| s.committer(CommitConfig::default())).collect();
+    futures::future::join_all(
+        stores
+            .iter()
+            .zip(&committers)
+            .enumerate()
+            .map(|(n, (store, committer))| run_host(store, committer, n, commits)),
+    )
+    .await;
     let run = TASKS as f64 / started.elapsed().as_secs_f64();
     let counts = store.state_counts().await.unwrap();
     assert_eq!(counts, [(TaskState::Completed, TASKS as i64)], "every task completed once");
@@ -109,8 +144,9 @@ async fn round_of(url: &str, hosts: usize, together: bool) -> (f64, f64) {
 }
 
 /// Claims and completes tasks until none is left: each claim's outcomes
-/// in one commit (`together`), or each in its own, 16 at once.
-async fn run_host(store: &PgStore, n: usize, together: bool) {
+/// in one commit, or each by a call of its own, 16 at once (committed
+/// alone, or through the group committer).
+async fn run_host(store: &PgStore, committer: &PgCommitter, n: usize, commits: Commits) {
     let host = format!("host-{n}");
     let done = || Outcome::completed(b"{}".to_vec());
     loop {
@@ -118,7 +154,7 @@ async fn run_host(store: &PgStore, n: usize, together: bool) {
         if batch.is_empty() {
             return;
         }
-        if together {
+        if commits == Commits::Batched {
             let outcomes = batch.into_iter().map(|claimed| (claimed.lease, done())).collect();
             for answer in store.finish_all(outcomes).await.unwrap() {
                 answer.unwrap();
@@ -127,7 +163,11 @@ async fn run_host(store: &PgStore, n: usize, together: bool) {
             let per = batch.len().div_ceil(16);
             futures::future::join_all(batch.chunks(per).map(|chunk| async move {
                 for claimed in chunk {
-                    store.finish(&claimed.lease, done()).await.unwrap();
+                    if commits == Commits::Grouped {
+                        committer.finish(claimed.lease.clone(), done()).await.unwrap();
+                    } else {
+                        store.finish(&claimed.lease, done()).await.unwrap();
+                    }
                 }
             }))
             .await;

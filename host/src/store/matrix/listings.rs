@@ -223,4 +223,21 @@ async fn flows_newest<S: Reopen + Listings>(store: S) {
     let page = store.flows_newest(None, 10, 3, rooted).await;
     assert_eq!(firsts(&page), [Some(Uuid::from_u128(5))]);
     assert_eq!(page.1, Some(Uuid::from_u128(4)));
+
+    // Past what one read takes: 250 more flows, read whole, then bounded.
+    for f in 1_000..1_250u128 {
+        let id = Uuid::from_u128(f);
+        store
+            .flow_change(id, move |_| Ok(FlowUpdate { flow: FlowRecord::new(id, 0), tasks: Vec::new() }))
+            .await
+            .unwrap();
+    }
+    let all = store.flows_newest(None, 1_000, 1_000, |_, _| true).await;
+    assert_eq!((all.0.len(), all.1), (256, None));
+    let ids: Vec<Uuid> = all.0.iter().map(|(f, _)| f.id).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first");
+    let page = store.flows_newest(None, 1_000, 150, |_, _| true).await;
+    assert_eq!((page.0.len(), page.1), (150, Some(Uuid::from_u128(1_100))));
+    let rest = store.flows_newest(page.1, 1_000, 1_000, |_, _| true).await;
+    assert_eq!((rest.0.len(), rest.1), (106, None));
 }

@@ -9,7 +9,7 @@
 //! (redb's files, migrations and write faults; PostgreSQL's leases) stay
 //! beside it.
 
-use super::postgres::{PgError, PgStore};
+use super::postgres::{CommitConfig, PgCommitter, PgError, PgStore};
 use super::tests::{child_of, record, task_in};
 use super::*;
 use std::collections::{BTreeSet, HashMap};
@@ -216,10 +216,96 @@ impl Reopen for PgStore {
     }
 }
 
+/// A PostgreSQL store written through its group committer, read directly.
+/// The tests await each operation, so each is a batch of one: batches of
+/// many are tested in `postgres/database_tests.rs`.
+struct Grouped {
+    store: PgStore,
+    committer: PgCommitter,
+}
+
+impl Grouped {
+    fn new(store: PgStore) -> Self {
+        let committer = store.committer(CommitConfig { queue: 64, batch: 8, workers: 2 });
+        Self { store, committer }
+    }
+}
+
+impl Backend for Grouped {
+    async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, StoreError> {
+        self.committer.submit(record, input).await.map_err(refusal)
+    }
+    async fn apply(&self, change: Change) -> Result<Applied, StoreError> {
+        self.committer.transition(change).await.map_err(refusal)
+    }
+    async fn flow_change(
+        &self,
+        id: Uuid,
+        edit: impl FnOnce(Option<FlowRecord>) -> Result<FlowUpdate, StoreError> + Send + 'static,
+    ) -> Result<(FlowRecord, Vec<TaskRecord>), StoreError> {
+        self.committer.flow_change(id, edit).await.map_err(refusal)
+    }
+    async fn get(&self, id: Uuid) -> Option<TaskRecord> {
+        Backend::get(&self.store, id).await
+    }
+    async fn input(&self, id: Uuid) -> Option<Vec<u8>> {
+        Backend::input(&self.store, id).await
+    }
+    async fn flow(&self, id: Uuid) -> Option<FlowRecord> {
+        Backend::flow(&self.store, id).await
+    }
+    async fn flow_tasks(&self, flow: Uuid) -> Vec<TaskRecord> {
+        Backend::flow_tasks(&self.store, flow).await
+    }
+    async fn context_get(&self, flow: Uuid, key: &str) -> Option<Vec<u8>> {
+        Backend::context_get(&self.store, flow, key).await
+    }
+    async fn context_keys(&self, flow: Uuid, prefix: &str) -> Vec<String> {
+        Backend::context_keys(&self.store, flow, prefix).await
+    }
+    async fn child_by_key(&self, flow: Uuid, key: &str) -> Option<Uuid> {
+        Backend::child_by_key(&self.store, flow, key).await
+    }
+    async fn output(&self, id: Uuid) -> Option<Vec<u8>> {
+        Backend::output(&self.store, id).await
+    }
+    async fn attempt_log(&self, id: Uuid, attempt: u32) -> Option<crate::sandbox::AttemptLog> {
+        Backend::attempt_log(&self.store, id, attempt).await
+    }
+    async fn finished(&self) -> BTreeSet<(String, Uuid)> {
+        self.store.finished().await
+    }
+    async fn all(&self) -> Vec<TaskRecord> {
+        self.store.all().await
+    }
+    async fn in_state(&self, state: TaskState) -> BTreeSet<Uuid> {
+        self.store.in_state(state).await
+    }
+}
+
+impl Reopen for Grouped {
+    async fn reopen(self) -> Self {
+        Grouped::new(self.store.reopen().await)
+    }
+}
+
 /// Runs the test body `$body` (an async fn taking a store) on a new redb
-/// file and on a new PostgreSQL database.
+/// file and on a new PostgreSQL database; after `grouped:`, also on a
+/// PostgreSQL database written through the group committer.
 macro_rules! on_both {
+    (grouped: $($name:ident => $body:path;)*) => {$(
+        on_both!(@tests $name => $body;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres_grouped() {
+                let url = taskhost_test_postgres::cluster().database(concat!("matrix_grouped_", stringify!($name)));
+                $body(Grouped::new(PgStore::connect(&url, 4).await.unwrap())).await;
+            }
+        );
+    )*};
     ($($name:ident => $body:path;)*) => {$(
+        on_both!(@tests $name => $body;);
+    )*};
+    (@tests $name:ident => $body:path; $($more:item)*) => {
         mod $name {
             use super::*;
 
@@ -234,14 +320,17 @@ macro_rules! on_both {
                 let url = taskhost_test_postgres::cluster().database(concat!("matrix_", stringify!($name)));
                 $body(PgStore::connect(&url, 4).await.unwrap()).await;
             }
+
+            $($more)*
         }
-    )*};
+    };
 }
 
 mod catalog;
 mod listings;
 
 on_both! {
+    grouped:
     children_and_context_commit_only_with_a_completion => children_and_context;
     a_cancelled_flow_takes_no_more_children => cancelled_flow;
     every_transition_is_checked_against_the_table => transition_table;
@@ -250,8 +339,9 @@ on_both! {
     api_keys_and_flow_keys_live_in_separate_namespaces => key_namespaces;
 }
 
-/// The model run on each backend, each checked against the model; then
-/// the two compared for what the model does not track: every record
+/// The model run on each backend (and on PostgreSQL through the group
+/// committer), each checked against the model; then each PostgreSQL run
+/// compared with redb's for what the model does not track: every record
 /// (but its times), output, transcript and retention entry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_backends_match_a_model_across_a_reopen_and_each_other() {
@@ -259,32 +349,39 @@ async fn both_backends_match_a_model_across_a_reopen_and_each_other() {
     let redb = model(Store::open(&dir.path().join("t.redb"), true).unwrap()).await;
     let url = taskhost_test_postgres::cluster().database("matrix_model");
     let postgres = model(PgStore::connect(&url, 4).await.unwrap()).await;
+    same_as_redb(&redb, &postgres).await;
+    let url = taskhost_test_postgres::cluster().database("matrix_model_grouped");
+    let grouped = model(Grouped::new(PgStore::connect(&url, 4).await.unwrap())).await;
+    same_as_redb(&redb, &grouped).await;
+}
+
+/// Checks that `other` holds what `redb` does, but for times.
+async fn same_as_redb(redb: &Store, other: &impl Backend) {
     let timeless = |mut r: TaskRecord| {
         r.created_at_ms = 0;
         r.finished_at_ms = r.finished_at_ms.map(|_| 0);
         r.history.iter_mut().for_each(|t| t.at_ms = 0);
         r
     };
-    let (a, b) = (redb.all().await, postgres.all().await);
+    let (a, b) = (redb.all().await, other.all().await);
     assert_eq!(a.len(), b.len());
     let b: HashMap<Uuid, TaskRecord> = b.into_iter().map(|r| (r.id, timeless(r))).collect();
     let mut outputs = 0;
     for record in a {
         let id = record.id;
         assert_eq!(Some(&timeless(record)), b.get(&id), "task {id}");
-        let output = Backend::output(&redb, id).await;
-        assert_eq!(output, Backend::output(&postgres, id).await, "the output of {id}");
+        let output = Backend::output(redb, id).await;
+        assert_eq!(output, other.output(id).await, "the output of {id}");
         outputs += usize::from(output.is_some());
         for attempt in 0..=3 {
-            let (a, b) =
-                (Backend::attempt_log(&redb, id, attempt).await, Backend::attempt_log(&postgres, id, attempt).await);
+            let (a, b) = (Backend::attempt_log(redb, id, attempt).await, other.attempt_log(id, attempt).await);
             assert_eq!(a, b, "the transcript of {id}'s attempt {attempt}");
         }
     }
     assert!(outputs > 0, "the run stored outputs");
     let finished = redb.finished().await;
     assert!(!finished.is_empty(), "the run ended units of retention");
-    assert_eq!(finished, postgres.finished().await);
+    assert_eq!(finished, other.finished().await);
 }
 
 async fn children_and_context(store: impl Backend) {

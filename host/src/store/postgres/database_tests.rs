@@ -6,9 +6,10 @@ use super::*;
 use crate::FailureClass;
 use crate::store::StoredFailure;
 use crate::store::postgres::Term;
+use crate::store::postgres::batch::{Done, PgOp};
 use crate::store::tests::record;
-use crate::store::{Listing, QueueConfig, TaskQuery, TaskRecord, TaskState};
-use std::collections::HashSet;
+use crate::store::{Listing, QueueConfig, StoreError, Submitted, TaskQuery, TaskRecord, TaskState};
+use std::collections::{HashMap, HashSet};
 
 async fn store(name: &str) -> (PgStore, String) {
     let url = taskhost_test_postgres::cluster().database(name);
@@ -796,4 +797,108 @@ async fn rows_from_before_the_listing_columns_are_filled_on_connect() {
             .await
             .unwrap();
     assert_eq!(unlisted, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operations_from_many_callers_commit_together_each_settled_alone() {
+    let (store, _) = store("committer").await;
+    let committer = store.committer(CommitConfig { queue: 32, batch: 64, workers: 2 });
+    // 300 submissions at once, the last 100 repeating keys of the first
+    // 100 keyed ones.
+    let submissions = (1..=300u128).map(|n| {
+        let key = (n > 100).then(|| format!("k{}", (n - 101) % 100));
+        let committer = committer.clone();
+        tokio::spawn(async move { committer.submit(record(n, key.as_deref()), b"in".to_vec()).await.unwrap() })
+    });
+    let answers: Vec<Submitted> =
+        futures::future::join_all(submissions).await.into_iter().map(Result::unwrap).collect();
+    let created = answers.iter().filter(|a| a.created).count();
+    assert_eq!(created, 200, "each key's first submission creates its task; a repeat finds it");
+    let mut by_key: HashMap<String, HashSet<Uuid>> = HashMap::new();
+    for answer in &answers {
+        if let Some(key) = &answer.record.idempotency_key {
+            by_key.entry(key.clone()).or_default().insert(answer.record.id);
+        }
+    }
+    assert!(by_key.len() == 100 && by_key.values().all(|ids| ids.len() == 1), "one task per key");
+    let (batches, operations) = committer.committed();
+    assert_eq!(operations, 300);
+    assert!(batches < 300, "operations waiting together commit together ({batches} batches)");
+
+    // Transitions at once, every other one with a stale version: those
+    // are refused and their neighbours in the same batches commit.
+    let ids: Vec<Uuid> = answers.iter().filter(|a| a.created).map(|a| a.record.id).collect();
+    let changes = ids.iter().enumerate().map(|(i, id)| {
+        let version = if i % 2 == 0 { 1 } else { 7 };
+        let change = Change::new(*id, TaskState::Cancelled, "t").expect_version(version);
+        let committer = committer.clone();
+        tokio::spawn(async move { committer.transition(change).await })
+    });
+    let results: Vec<_> = futures::future::join_all(changes).await.into_iter().map(Result::unwrap).collect();
+    for (i, result) in results.iter().enumerate() {
+        assert_eq!(result.is_ok(), i % 2 == 0, "transition {i}: {result:?}");
+    }
+    let cancelled = store.state_counts().await.unwrap().into_iter().find(|(s, _)| *s == TaskState::Cancelled);
+    assert_eq!(cancelled, Some((TaskState::Cancelled, 100)));
+
+    // In one batch: a submission of an id stored already, and two of a new
+    // id: the first of those is stored, the others are refused (their
+    // writes discarded), and their neighbours commit.
+    let again = |n: u128| PgOp::Submit { record: Box::new(record(n, None)), input: b"again".to_vec() };
+    let answers = store.commit_ops(vec![again(1), again(500), again(500), again(501)]).await.unwrap();
+    let refused = |a: &Result<Done, PgError>| matches!(a, Err(PgError::Record(StoreError::Refused(_))));
+    assert!(refused(&answers[0]) && refused(&answers[2]), "{answers:?}");
+    assert!(matches!(&answers[1], Ok(Done::Submitted(s)) if s.created), "{answers:?}");
+    assert!(matches!(&answers[3], Ok(Done::Submitted(s)) if s.created), "{answers:?}");
+    assert_eq!(store.input(Uuid::from_u128(1)).await.unwrap().unwrap(), b"in", "the stored task is unchanged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_and_cancels_racing_across_hosts_each_end_a_task_once() {
+    let (a, url) = store("committer_race").await;
+    let b = PgStore::connect(&url, 4).await.unwrap();
+    submit(&a, 60, |_| 0).await;
+    let claimed = a.claim("a", 60, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 60);
+    let (finishing, cancelling) =
+        (a.committer(CommitConfig { queue: 64, batch: 16, workers: 2 }), b.committer(CommitConfig::default()));
+    // Host a finishes every task (each outcome twice: the second under the
+    // same lease is fenced) while host b cancels them, in batches of both
+    // hosts at once: none may fail for a deadlock.
+    let mut calls = Vec::new();
+    for c in &claimed {
+        for _ in 0..2 {
+            let (committer, lease) = (finishing.clone(), c.lease.clone());
+            calls.push(tokio::spawn(async move {
+                committer.finish(lease, Outcome::completed(b"out".to_vec())).await.map(|r| r.state)
+            }));
+        }
+        let (committer, id) = (cancelling.clone(), c.record.id);
+        calls.push(tokio::spawn(async move {
+            committer.transition(Change::new(id, TaskState::Cancelled, "cancelled")).await.map(|a| a.record.state)
+        }));
+    }
+    let answers: Vec<_> = futures::future::join_all(calls).await.into_iter().map(Result::unwrap).collect();
+    for (i, task) in answers.chunks(3).enumerate() {
+        for answer in task {
+            assert!(
+                !matches!(answer, Err(PgError::BatchFailed(_) | PgError::Database(_))),
+                "task {i}: no batch fails: {answer:?}"
+            );
+        }
+        let completed = task[..2].iter().filter(|a| matches!(a, Ok(TaskState::Completed))).count();
+        let cancelled = matches!(task[2], Ok(TaskState::Cancelled));
+        assert!(completed <= 1, "task {i}: one outcome per lease: {task:?}");
+        let id = claimed[i].record.id;
+        let stored = a.get(id).await.unwrap().unwrap();
+        // Completed then cancelled is refused (a final state); cancelled
+        // first voids the lease, so no outcome commits after it.
+        match stored.state {
+            TaskState::Completed => assert!(completed == 1 && !cancelled, "task {i}: {task:?}"),
+            TaskState::Cancelled => assert!(completed == 0 && cancelled, "task {i}: {task:?}"),
+            other => panic!("task {i} ended {other:?}"),
+        }
+    }
+    let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM taskhost_leases").fetch_one(a.pool()).await.unwrap();
+    assert_eq!(leases, 0, "every lease ended with its task");
 }

@@ -29,12 +29,11 @@
 //! decoded is quarantined by the claim, outcome or reap that reads it
 //! (see `quarantine.rs`), which goes on without it.
 
-use super::quarantine::{Decoded, set_aside};
+use super::batch::{Done, PgOp, locked_records};
 use super::{PgError, PgStore, PgTxn};
 use crate::store::apply::apply_transition;
 use crate::store::{Applied, Change, StoreError, StoredFailure, TaskRecord, TaskState, interrupted, start};
 use sqlx::Row;
-use sqlx::postgres::PgConnection;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use uuid::Uuid;
@@ -84,6 +83,19 @@ impl Outcome {
             error: None,
             retry_at_ms: None,
         }
+    }
+
+    /// The checked transition that records this outcome of task `id`.
+    pub(crate) fn into_change(self, id: Uuid) -> Change {
+        let Outcome { to, reason, output, error, retry_at_ms } = self;
+        let mut change = Change::new(id, to, reason).edit(move |r| {
+            r.error = error;
+            r.next_run_at_ms = retry_at_ms;
+        });
+        if let Some(output) = output {
+            change = change.output(output);
+        }
+        change
     }
 }
 
@@ -169,14 +181,7 @@ impl PgStore {
         let changes = outcomes
             .into_iter()
             .map(|(lease, outcome)| {
-                let Outcome { to, reason, output, error, retry_at_ms } = outcome;
-                let mut change = Change::new(lease.task, to, reason).edit(move |r| {
-                    r.error = error;
-                    r.next_run_at_ms = retry_at_ms;
-                });
-                if let Some(output) = output {
-                    change = change.output(output);
-                }
+                let change = outcome.into_change(lease.task);
                 (lease, change)
             })
             .collect();
@@ -194,67 +199,15 @@ impl PgStore {
         &self,
         changes: Vec<(Lease, Change)>,
     ) -> Result<Vec<Result<Applied, PgError>>, PgError> {
-        let (tasks, tokens): (Vec<Uuid>, Vec<i64>) = changes.iter().map(|(l, _)| (l.task, l.token)).unzip();
-        let mut txn = self.pool().begin().await?;
-        // Locks the live leases: a reaper taking one back skips it, or has
-        // taken it already.
-        let live: Vec<(Uuid, i64)> = sqlx::query_as(
-            "SELECT l.task_id, l.token FROM taskhost_leases AS l
-             JOIN unnest($1::uuid[], $2::bigint[]) AS held (task_id, token)
-               ON l.task_id = held.task_id AND l.token = held.token
-             WHERE l.expires_at > clock_timestamp()
-             FOR UPDATE OF l",
-        )
-        .bind(&tasks)
-        .bind(&tokens)
-        .fetch_all(&mut *txn)
-        .await?;
-        let ids: Vec<Uuid> = live.iter().map(|(task, _)| *task).collect();
-        let Locked { records: held, quarantined } = locked_records(&mut txn, &ids).await?;
-        let quarantined: HashMap<Uuid, String> = quarantined.into_iter().collect();
-        // A lease ends with the first outcome committed under it: a second
-        // one in the same batch is fenced as a later one would be.
-        let mut live: HashSet<(Uuid, i64)> = live.into_iter().filter(|(task, _)| held.contains_key(task)).collect();
-        let mut t = PgTxn::new(&mut txn);
-        // An ending task's flow is read (its place in retention depends on
-        // whether the flow has a record): all at once.
-        t.lock_flows(held.values().map(|r| r.flow_id)).await?;
-        t.locked(held.into_values());
-        let mut answers = Vec::with_capacity(changes.len());
-        for (lease, change) in changes {
-            if change.id != lease.task {
-                answers.push(Err(StoreError::Refused(format!(
-                    "a change of task {} cannot end the attempt held under task {}'s lease",
-                    change.id, lease.task
-                ))
-                .into()));
-                continue;
-            }
-            if let Some(why) = quarantined.get(&lease.task) {
-                answers.push(Err(PgError::Quarantined { id: lease.task, why: why.clone() }));
-                continue;
-            }
-            if !live.contains(&(lease.task, lease.token)) {
-                answers.push(Err(PgError::Fenced { id: lease.task, token: lease.token }));
-                continue;
-            }
-            match apply_transition(&mut t, change).await {
-                Ok(applied) => {
-                    live.remove(&(lease.task, lease.token));
-                    t.release_lease(lease.task);
-                    t.keep();
-                    answers.push(Ok(applied));
-                }
-                Err(error @ StoreError::Postgres(_)) => return Err(error.into()),
-                Err(refused) => {
-                    t.discard();
-                    answers.push(Err(refused.into()));
-                }
-            }
-        }
-        t.flush().await?;
-        txn.commit().await?;
-        Ok(answers)
+        let ops = changes.into_iter().map(|(lease, change)| PgOp::Finish(lease, change)).collect();
+        let answers = self.commit_ops(ops).await?;
+        Ok(answers
+            .into_iter()
+            .map(|answer| match answer? {
+                Done::Applied(applied) => Ok(applied),
+                other => unreachable!("an outcome answers with its transition, not {other:?}"),
+            })
+            .collect())
     }
 
     /// Takes back up to `limit` lapsed leases: each task goes back to
@@ -313,27 +266,6 @@ impl PgStore {
         txn.commit().await?;
         Ok(reaped)
     }
-}
-
-/// The records of tasks `ids`, their rows locked until the transaction
-/// ends; rows whose record cannot be decoded are quarantined (see
-/// `quarantine.rs`) and left out.
-async fn locked_records(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Locked, PgError> {
-    let rows: Vec<(Uuid, Vec<u8>)> =
-        sqlx::query_as("SELECT id, record FROM taskhost_tasks WHERE id = ANY($1) FOR UPDATE")
-            .bind(ids)
-            .fetch_all(&mut *conn)
-            .await?;
-    let decoded = Decoded::of(rows);
-    set_aside(conn, &decoded.bad).await?;
-    Ok(Locked { records: decoded.records.into_iter().map(|r| (r.id, r)).collect(), quarantined: decoded.bad })
-}
-
-/// What [`locked_records`] read.
-struct Locked {
-    records: HashMap<Uuid, TaskRecord>,
-    /// The tasks it quarantined, with why.
-    quarantined: Vec<(Uuid, String)>,
 }
 
 /// A duration in whole milliseconds, as a `bigint`.

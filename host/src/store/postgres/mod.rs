@@ -19,6 +19,8 @@
 //! on them yet.
 
 mod access;
+mod batch;
+mod committer;
 mod fair;
 mod leader;
 mod leases;
@@ -30,12 +32,14 @@ mod reads;
 mod txn;
 mod wakeups;
 
+pub use committer::{CommitConfig, PgCommitter};
 pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
 pub use wakeups::{Wakeup, Wakeups};
 
-use super::apply::{apply_flow, apply_submit, apply_transition};
-use super::{Applied, Change, FlowRecord, FlowUpdate, StoreError, Submitted, TaskRecord, TaskState};
+use super::apply::apply_submit;
+use super::{Applied, Change, FlowRecord, FlowUpdate, StoreError, Submitted, TaskRecord};
+use batch::{Done, PgOp};
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use std::time::Duration;
@@ -96,6 +100,14 @@ pub enum PgError {
         /// The decoding error.
         why: String,
     },
+    /// The transaction a group committer committed this operation in
+    /// failed (the database's error, as text: the batch's other operations
+    /// got it too); nothing of the batch was written.
+    #[error("the batch this operation was committed in failed: {0}")]
+    BatchFailed(String),
+    /// The group committer stopped before answering.
+    #[error("the PostgreSQL group committer has stopped")]
+    CommitterStopped,
     /// What this store cannot do yet.
     #[error("not supported on PostgreSQL yet: {0}")]
     Unsupported(String),
@@ -168,11 +180,19 @@ impl PgStore {
         Ok(value)
     }
 
+    /// Commits one operation in a transaction of its own.
+    async fn commit_one(&self, op: PgOp) -> Result<Done, PgError> {
+        self.commit_ops(vec![op]).await?.pop().unwrap_or(Err(PgError::CommitterStopped))
+    }
+
     /// Durably records a new task, or returns the existing one with the
     /// same idempotency key (in the API's namespace for a flow's root, in
     /// its flow's for a task a flow grew), as the redb store does.
     pub async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, PgError> {
-        self.in_txn(async move |t| apply_submit(t, record, input, None).await).await
+        match self.commit_one(PgOp::Submit { record: Box::new(record), input }).await? {
+            Done::Submitted(submitted) => Ok(submitted),
+            other => unreachable!("a submission answers with its task, not {other:?}"),
+        }
     }
 
     /// Records many new tasks in one transaction, each as
@@ -197,16 +217,10 @@ impl PgStore {
     /// running task's outcome commits through [`finish`](Self::finish).
     #[cfg_attr(not(test), expect(dead_code, reason = "the engine calls it once it runs on PostgreSQL (#16)"))]
     pub(crate) async fn transition(&self, change: Change) -> Result<Applied, PgError> {
-        self.in_txn(async move |t| {
-            let applied = apply_transition(t, change).await?;
-            if applied.record.state != TaskState::Running {
-                // Out of running (cancelled, say): a lease it held is void,
-                // so no reaper takes the task back later.
-                t.release_lease(applied.record.id);
-            }
-            Ok(applied)
-        })
-        .await
+        match self.commit_one(PgOp::Transition(change)).await? {
+            Done::Applied(applied) => Ok(applied),
+            other => unreachable!("a transition answers with the task, not {other:?}"),
+        }
     }
 
     /// Applies an edit to a flow with the tasks it submits, as the redb
@@ -217,7 +231,10 @@ impl PgStore {
         id: Uuid,
         edit: impl FnOnce(Option<FlowRecord>) -> Result<FlowUpdate, StoreError> + Send + 'static,
     ) -> Result<(FlowRecord, Vec<TaskRecord>), PgError> {
-        self.in_txn(async move |t| apply_flow(t, id, Box::new(edit)).await).await
+        match self.commit_one(PgOp::Flow(id, Box::new(edit))).await? {
+            Done::Flow(flow, tasks) => Ok((flow, tasks)),
+            other => unreachable!("a flow edit answers with the flow, not {other:?}"),
+        }
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
