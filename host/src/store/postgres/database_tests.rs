@@ -766,17 +766,18 @@ async fn plugin_changes_from_several_hosts_at_once_lose_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_from_before_the_listing_columns_are_filled_on_connect() {
+async fn tasks_from_before_the_listings_table_are_filled_on_connect() {
     let (store, url) = store("fill_listing").await;
     let records = submit(&store, 5, |_| 0).await;
-    store.transition(Change::new(records[1].id, TaskState::Cancelled, "t")).await.unwrap();
-    // As a host before schema 7 left them: no listing columns; and one
-    // record that cannot be decoded.
-    sqlx::query("UPDATE taskhost_tasks SET plugin = NULL, tenant = NULL, flow_id = NULL, iteration = NULL")
+    // As a store of schema 6 left them when migration 7 ran: no listing
+    // rows, and the mark of what to fill; and one record that cannot be
+    // decoded.
+    sqlx::query("DELETE FROM taskhost_listed").execute(store.pool()).await.unwrap();
+    sqlx::query("INSERT INTO taskhost_listed_fill SELECT id FROM taskhost_tasks ORDER BY id DESC LIMIT 1")
         .execute(store.pool())
         .await
         .unwrap();
-    sqlx::query("UPDATE taskhost_tasks SET plugin = NULL, record = '\\x00ff'::bytea WHERE id = $1")
+    sqlx::query("UPDATE taskhost_tasks SET record = '\\x00ff'::bytea WHERE id = $1")
         .bind(records[4].id)
         .execute(store.pool())
         .await
@@ -790,13 +791,10 @@ async fn rows_from_before_the_listing_columns_are_filled_on_connect() {
     assert_eq!(listed, [records[0].id, records[1].id, records[2].id, records[3].id]);
     let iteration: Vec<Uuid> = store.iteration_tasks(records[0].id, 0).await.unwrap().iter().map(|r| r.id).collect();
     assert_eq!(iteration, [records[0].id], "a root is found in its flow's first iteration");
-    assert_eq!(store.quarantined().await.unwrap().len(), 1, "the undecodable row is set aside");
-    let unlisted: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM taskhost_tasks WHERE plugin IS NULL AND state <> 'quarantined'")
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
-    assert_eq!(unlisted, 0);
+    assert_eq!(store.quarantined().await.unwrap().len(), 1, "the undecodable task is set aside");
+    let marks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM taskhost_listed_fill").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(marks, 0, "the fill is done once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,10 +3,11 @@
 //! (oldest or newest first, after a cursor, with the tasks after it counted
 //! up to a cap), a plugin's tasks counted by version and state, one
 //! iteration of a flow, flows newest first, and how many tasks are
-//! stored. They select by the columns migration 7 added (plugin, tenant,
-//! flow, iteration) through an index each, in id order, so a page costs
-//! what it returns. Quarantined rows are left out: their records cannot be
-//! read. Also here: filling those columns for rows stored before them.
+//! stored. They select through an index each, in id order, so a page
+//! costs what it returns: the tasks' state, or what never changes of a
+//! task (queue, plugin, tenant, flow, iteration: `taskhost_listed`,
+//! migration 7). Quarantined rows are left out: their records cannot be
+//! read. Also here: filling `taskhost_listed` for tasks stored before it.
 
 use super::quarantine::{Decoded, set_aside};
 use super::{PgError, PgStore};
@@ -29,7 +30,7 @@ impl PgStore {
     pub async fn list_page(&self, query: &TaskQuery, listing: &Listing) -> Result<Listed, PgError> {
         let limit = i64::try_from(listing.limit).unwrap_or(i64::MAX);
         let rows: Vec<(Uuid, Vec<u8>)> =
-            matching("SELECT id, record", query, listing.after, listing.newest_first, limit)
+            matching("SELECT t.id, t.record", query, listing.after, listing.newest_first, limit)
                 .build_query_as()
                 .fetch_all(self.pool())
                 .await?;
@@ -51,11 +52,13 @@ impl PgStore {
 
     /// A plugin's tasks counted by (version, state).
     pub async fn plugin_task_counts(&self, plugin: &str) -> Result<HashMap<(String, TaskState), u64>, PgError> {
-        let rows: Vec<Vec<u8>> =
-            sqlx::query_scalar("SELECT record FROM taskhost_tasks WHERE plugin = $1 AND state <> 'quarantined'")
-                .bind(plugin)
-                .fetch_all(self.pool())
-                .await?;
+        let rows: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT t.record FROM taskhost_listed AS l JOIN taskhost_tasks AS t ON t.id = l.id
+                 WHERE l.plugin = $1 AND t.state <> 'quarantined'",
+        )
+        .bind(plugin)
+        .fetch_all(self.pool())
+        .await?;
         let mut counts = HashMap::new();
         for bytes in rows {
             let r: TaskRecord = decode(&bytes)?;
@@ -69,11 +72,11 @@ impl PgStore {
     pub async fn iteration_tasks(&self, flow: Uuid, iteration: u32) -> Result<Vec<TaskRecord>, PgError> {
         let rows: Vec<Vec<u8>> = sqlx::query_scalar(
             "SELECT record FROM (
-                 SELECT record, 0 AS part, id FROM taskhost_tasks
-                 WHERE id = $1 AND flow_id = $1 AND $2 = 0 AND state <> 'quarantined'
+                 SELECT t.record, 0 AS part, t.id FROM taskhost_listed AS l JOIN taskhost_tasks AS t ON t.id = l.id
+                 WHERE l.id = $1 AND l.flow_id = $1 AND $2 = 0 AND t.state <> 'quarantined'
                  UNION ALL
-                 SELECT record, 1, id FROM taskhost_tasks
-                 WHERE flow_id = $1 AND iteration = $2 AND id <> $1 AND state <> 'quarantined'
+                 SELECT t.record, 1, t.id FROM taskhost_listed AS l JOIN taskhost_tasks AS t ON t.id = l.id
+                 WHERE l.flow_id = $1 AND l.iteration = $2 AND l.id <> $1 AND t.state <> 'quarantined'
              ) AS tasks ORDER BY part, id",
         )
         .bind(flow)
@@ -137,35 +140,55 @@ impl PgStore {
         }
     }
 
-    /// Fills the listing columns of rows stored before migration 7 added
-    /// them, from their records, a batch per transaction (hosts starting at
-    /// once share the work: each skips rows another has locked). A record
-    /// that cannot be decoded is quarantined. How many rows it filled.
-    pub(super) async fn fill_listing_columns(&self) -> Result<u64, PgError> {
+    /// Fills `taskhost_listed` for the tasks stored before migration 7
+    /// made it, from their records, a batch per transaction (hosts
+    /// starting at once share the work: each skips rows another has
+    /// locked), then marks the work done. A record that cannot be decoded
+    /// is quarantined. How many tasks it filled.
+    pub(super) async fn fill_listed(&self) -> Result<u64, PgError> {
+        let upto: Option<Option<Uuid>> =
+            sqlx::query_scalar("SELECT upto FROM taskhost_listed_fill LIMIT 1").fetch_optional(self.pool()).await?;
+        let Some(Some(upto)) = upto else { return Ok(0) };
         let mut filled = 0;
         loop {
             let mut txn = self.pool().begin().await?;
             let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
-                "SELECT id, record FROM taskhost_tasks WHERE plugin IS NULL AND state <> 'quarantined'
-                 ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                "SELECT t.id, t.record FROM taskhost_tasks AS t
+                 WHERE t.id <= $1 AND t.state <> 'quarantined'
+                   AND NOT EXISTS (SELECT 1 FROM taskhost_listed AS l WHERE l.id = t.id)
+                 ORDER BY t.id LIMIT $2 FOR UPDATE SKIP LOCKED",
             )
+            .bind(upto)
             .bind(FILL_BATCH)
             .fetch_all(&mut *txn)
             .await?;
             if rows.is_empty() {
+                // Done, unless another host holds the last rows (then the
+                // mark stays until a start finds none left).
+                let left: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM taskhost_tasks AS t
+                     WHERE t.id <= $1 AND t.state <> 'quarantined'
+                       AND NOT EXISTS (SELECT 1 FROM taskhost_listed AS l WHERE l.id = t.id))",
+                )
+                .bind(upto)
+                .fetch_one(&mut *txn)
+                .await?;
+                if !left {
+                    sqlx::query("DELETE FROM taskhost_listed_fill").execute(&mut *txn).await?;
+                }
+                txn.commit().await?;
                 return Ok(filled);
             }
             let decoded = Decoded::of(rows);
             set_aside(&mut txn, &decoded.bad).await?;
             let records = &decoded.records;
             sqlx::query(
-                "UPDATE taskhost_tasks AS t SET plugin = c.plugin, tenant = c.tenant, flow_id = c.flow_id,
-                     iteration = c.iteration
-                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::bigint[])
-                   AS c (id, plugin, tenant, flow_id, iteration)
-                 WHERE t.id = c.id",
+                "INSERT INTO taskhost_listed (id, queue, plugin, tenant, flow_id, iteration)
+                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::bigint[])
+                 ON CONFLICT (id) DO NOTHING",
             )
             .bind(records.iter().map(|r| r.id).collect::<Vec<_>>())
+            .bind(records.iter().map(|r| r.queue.as_str()).collect::<Vec<_>>())
             .bind(records.iter().map(|r| r.plugin.as_str()).collect::<Vec<_>>())
             .bind(records.iter().map(|r| crate::tenant::tenant_of(&r.plugin)).collect::<Vec<_>>())
             .bind(records.iter().map(|r| r.flow_id).collect::<Vec<_>>())
@@ -178,8 +201,9 @@ impl PgStore {
     }
 }
 
-/// `{select} FROM taskhost_tasks` with `query`'s filters, past `after` in
-/// the listing's direction, in id order, at most `limit` rows.
+/// `{select} FROM` the tasks with `query`'s filters, past `after` in the
+/// listing's direction, in id order, at most `limit` rows. `select` names
+/// the tasks' table `t`.
 fn matching<'q>(
     select: &str,
     query: &'q TaskQuery,
@@ -188,23 +212,32 @@ fn matching<'q>(
     limit: i64,
 ) -> QueryBuilder<'q, Postgres> {
     let mut sql = QueryBuilder::new(select);
-    sql.push(" FROM taskhost_tasks WHERE state <> 'quarantined'");
+    let by_what_never_changes = query.queue.is_some() || query.plugin.is_some() || query.tenant.is_some();
+    // Ordered by the id of the table whose index selects.
+    let id = if by_what_never_changes {
+        sql.push(" FROM taskhost_listed AS l JOIN taskhost_tasks AS t ON t.id = l.id");
+        "l.id"
+    } else {
+        sql.push(" FROM taskhost_tasks AS t");
+        "t.id"
+    };
+    sql.push(" WHERE t.state <> 'quarantined'");
     if let Some(state) = query.state {
-        sql.push(" AND state = ").push_bind(state.as_str());
+        sql.push(" AND t.state = ").push_bind(state.as_str());
     }
     if let Some(queue) = query.queue.as_deref() {
-        sql.push(" AND queue = ").push_bind(queue);
+        sql.push(" AND l.queue = ").push_bind(queue);
     }
     if let Some(plugin) = query.plugin.as_deref() {
-        sql.push(" AND plugin = ").push_bind(plugin);
+        sql.push(" AND l.plugin = ").push_bind(plugin);
     }
     if let Some(tenant) = query.tenant.as_deref() {
-        sql.push(" AND tenant = ").push_bind(tenant);
+        sql.push(" AND l.tenant = ").push_bind(tenant);
     }
     if let Some(after) = after {
-        sql.push(if newest_first { " AND id < " } else { " AND id > " }).push_bind(after);
+        sql.push(format!(" AND {id} {} ", if newest_first { "<" } else { ">" })).push_bind(after);
     }
-    sql.push(if newest_first { " ORDER BY id DESC" } else { " ORDER BY id" });
+    sql.push(format!(" ORDER BY {id}{}", if newest_first { " DESC" } else { "" }));
     sql.push(" LIMIT ").push_bind(limit);
     sql
 }

@@ -10,13 +10,15 @@
 //! [`PgStore::renew`], [`PgStore::finish`], [`PgStore::reap`]), and leader
 //! election ([`PgStore::lead`]); plugins and their components
 //! (`plugins.rs`), tokens, tenants, secrets, the audit log and callbacks'
-//! outcomes (`access.rs`), and listings (`listings.rs`).
+//! outcomes (`access.rs`), listings (`listings.rs`), and many operations
+//! in one transaction (`batch.rs`) from many callers through a group
+//! committer ([`PgStore::committer`]).
 //!
 //! Not yet here (see `docs/scale-out.md`): the engine running on it
-//! (`taskhost serve --store postgres://…`), retention sweeps,
-//! per-tenant limits in claims and the duties a leader runs. Wake-ups
-//! through `LISTEN/NOTIFY` are here ([`PgStore::wakeups`]); nothing waits
-//! on them yet.
+//! (`taskhost serve --store postgres://…`), the event feed, retention
+//! sweeps, per-tenant limits in claims and the duties a leader runs.
+//! Wake-ups through `LISTEN/NOTIFY` are here ([`PgStore::wakeups`]);
+//! nothing waits on them yet.
 
 mod access;
 mod batch;
@@ -150,9 +152,9 @@ impl PgStore {
             .map_err(|source| PgError::Connect { at, source })?;
         let store = Self { pool };
         store.migrate().await?;
-        let filled = store.fill_listing_columns().await?;
+        let filled = store.fill_listed().await?;
         if filled > 0 {
-            tracing::info!(tasks = filled, "filled the listing columns of tasks stored before schema version 7");
+            tracing::info!(tasks = filled, "filled the listings' table for tasks stored before schema version 7");
         }
         Ok(store)
     }

@@ -397,11 +397,9 @@ async fn flush_tasks(conn: &mut PgConnection, tasks: BTreeMap<Uuid, TaskWrites>)
     }
     if !new.ids.is_empty() {
         sqlx::query(
-            "INSERT INTO taskhost_tasks (id, state, version, queue, priority, due_at_ms, idempotency_key, record, input,
-                                         output, plugin, tenant, flow_id, iteration)
+            "INSERT INTO taskhost_tasks (id, state, version, queue, priority, due_at_ms, idempotency_key, record, input, output)
              SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::smallint[], $6::bigint[],
-                                  $7::text[], $8::bytea[], $9::bytea[], $10::bytea[], $11::text[], $12::text[],
-                                  $13::uuid[], $14::bigint[])",
+                                  $7::text[], $8::bytea[], $9::bytea[], $10::bytea[])",
         )
         .bind(&new.ids)
         .bind(&new.states)
@@ -413,6 +411,15 @@ async fn flush_tasks(conn: &mut PgConnection, tasks: BTreeMap<Uuid, TaskWrites>)
         .bind(&new.records)
         .bind(&new.inputs)
         .bind(&new.outputs)
+        .execute(&mut *conn)
+        .await?;
+        // What listings select by, written once (see migration 7).
+        sqlx::query(
+            "INSERT INTO taskhost_listed (id, queue, plugin, tenant, flow_id, iteration)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::bigint[])",
+        )
+        .bind(&new.ids)
+        .bind(&new.queues)
         .bind(&new.plugins)
         .bind(&new.tenants)
         .bind(&new.flows)
