@@ -45,6 +45,32 @@ pub(crate) enum Done {
     Flow(FlowRecord, Vec<TaskRecord>),
 }
 
+impl Done {
+    /// A submission's answer.
+    pub(crate) fn submitted(self) -> Submitted {
+        match self {
+            Done::Submitted(submitted) => submitted,
+            other => unreachable!("a submission answers with its task, not {other:?}"),
+        }
+    }
+
+    /// A transition's (or an outcome's) answer.
+    pub(crate) fn applied(self) -> Applied {
+        match self {
+            Done::Applied(applied) => applied,
+            other => unreachable!("a transition answers with the task, not {other:?}"),
+        }
+    }
+
+    /// A flow edit's answer.
+    pub(crate) fn flow(self) -> (FlowRecord, Vec<TaskRecord>) {
+        match self {
+            Done::Flow(flow, tasks) => (flow, tasks),
+            other => unreachable!("a flow edit answers with the flow, not {other:?}"),
+        }
+    }
+}
+
 impl PgStore {
     /// Commits `ops` in one transaction; the answers are in their order.
     pub(crate) async fn commit_ops(&self, ops: Vec<PgOp>) -> Result<Vec<Result<Done, PgError>>, PgError> {

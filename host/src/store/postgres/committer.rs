@@ -131,29 +131,20 @@ impl PgCommitter {
     /// Durably records a new task, or returns the one its idempotency key
     /// names, as [`PgStore::submit`] does.
     pub async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, PgError> {
-        match self.run(PgOp::Submit { record: Box::new(record), input }).await? {
-            Done::Submitted(submitted) => Ok(submitted),
-            other => unreachable!("a submission answers with its task, not {other:?}"),
-        }
+        Ok(self.run(PgOp::Submit { record: Box::new(record), input }).await?.submitted())
     }
 
     /// A checked transition taking no lease, as [`PgStore::transition`].
     #[cfg_attr(not(test), expect(dead_code, reason = "the engine calls it once it runs on PostgreSQL (#16)"))]
     pub(crate) async fn transition(&self, change: Change) -> Result<Applied, PgError> {
-        match self.run(PgOp::Transition(change)).await? {
-            Done::Applied(applied) => Ok(applied),
-            other => unreachable!("a transition answers with the task, not {other:?}"),
-        }
+        Ok(self.run(PgOp::Transition(change)).await?.applied())
     }
 
     /// Commits how the attempt held under `lease` ended, as
     /// [`PgStore::finish`] does.
     pub async fn finish(&self, lease: Lease, outcome: Outcome) -> Result<TaskRecord, PgError> {
         let change = outcome.into_change(lease.task);
-        match self.run(PgOp::Finish(lease, change)).await? {
-            Done::Applied(applied) => Ok(applied.record),
-            other => unreachable!("an outcome answers with the task, not {other:?}"),
-        }
+        Ok(self.run(PgOp::Finish(lease, change)).await?.applied().record)
     }
 
     /// Edits a flow, as [`PgStore::flow_change`].
@@ -163,9 +154,6 @@ impl PgCommitter {
         id: Uuid,
         edit: impl FnOnce(Option<FlowRecord>) -> Result<FlowUpdate, StoreError> + Send + 'static,
     ) -> Result<(FlowRecord, Vec<TaskRecord>), PgError> {
-        match self.run(PgOp::Flow(id, Box::new(edit))).await? {
-            Done::Flow(flow, tasks) => Ok((flow, tasks)),
-            other => unreachable!("a flow edit answers with the flow, not {other:?}"),
-        }
+        Ok(self.run(PgOp::Flow(id, Box::new(edit))).await?.flow())
     }
 }

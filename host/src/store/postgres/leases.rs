@@ -201,13 +201,7 @@ impl PgStore {
     ) -> Result<Vec<Result<Applied, PgError>>, PgError> {
         let ops = changes.into_iter().map(|(lease, change)| PgOp::Finish(lease, change)).collect();
         let answers = self.commit_ops(ops).await?;
-        Ok(answers
-            .into_iter()
-            .map(|answer| match answer? {
-                Done::Applied(applied) => Ok(applied),
-                other => unreachable!("an outcome answers with its transition, not {other:?}"),
-            })
-            .collect())
+        Ok(answers.into_iter().map(|answer| answer.map(Done::applied)).collect())
     }
 
     /// Takes back up to `limit` lapsed leases: each task goes back to

@@ -191,10 +191,7 @@ impl PgStore {
     /// same idempotency key (in the API's namespace for a flow's root, in
     /// its flow's for a task a flow grew), as the redb store does.
     pub async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, PgError> {
-        match self.commit_one(PgOp::Submit { record: Box::new(record), input }).await? {
-            Done::Submitted(submitted) => Ok(submitted),
-            other => unreachable!("a submission answers with its task, not {other:?}"),
-        }
+        Ok(self.commit_one(PgOp::Submit { record: Box::new(record), input }).await?.submitted())
     }
 
     /// Records many new tasks in one transaction, each as
@@ -219,10 +216,7 @@ impl PgStore {
     /// running task's outcome commits through [`finish`](Self::finish).
     #[cfg_attr(not(test), expect(dead_code, reason = "the engine calls it once it runs on PostgreSQL (#16)"))]
     pub(crate) async fn transition(&self, change: Change) -> Result<Applied, PgError> {
-        match self.commit_one(PgOp::Transition(change)).await? {
-            Done::Applied(applied) => Ok(applied),
-            other => unreachable!("a transition answers with the task, not {other:?}"),
-        }
+        Ok(self.commit_one(PgOp::Transition(change)).await?.applied())
     }
 
     /// Applies an edit to a flow with the tasks it submits, as the redb
@@ -233,10 +227,7 @@ impl PgStore {
         id: Uuid,
         edit: impl FnOnce(Option<FlowRecord>) -> Result<FlowUpdate, StoreError> + Send + 'static,
     ) -> Result<(FlowRecord, Vec<TaskRecord>), PgError> {
-        match self.commit_one(PgOp::Flow(id, Box::new(edit))).await? {
-            Done::Flow(flow, tasks) => Ok((flow, tasks)),
-            other => unreachable!("a flow edit answers with the flow, not {other:?}"),
-        }
+        Ok(self.commit_one(PgOp::Flow(id, Box::new(edit))).await?.flow())
     }
 
     pub(crate) fn pool(&self) -> &PgPool {
