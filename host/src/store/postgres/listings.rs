@@ -13,6 +13,7 @@ use super::quarantine::{Decoded, set_aside};
 use super::{PgError, PgStore};
 use crate::store::record::decode;
 use crate::store::{FlowRecord, FlowsPage, Listed, Listing, TaskQuery, TaskRecord, TaskState};
+use sqlx::postgres::PgConnection;
 use sqlx::{Postgres, QueryBuilder};
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -182,22 +183,57 @@ impl PgStore {
             let decoded = Decoded::of(rows);
             set_aside(&mut txn, &decoded.bad).await?;
             let records = &decoded.records;
-            sqlx::query(
-                "INSERT INTO taskhost_listed (id, queue, plugin, tenant, flow_id, iteration)
-                 SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::bigint[])
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(records.iter().map(|r| r.id).collect::<Vec<_>>())
-            .bind(records.iter().map(|r| r.queue.as_str()).collect::<Vec<_>>())
-            .bind(records.iter().map(|r| r.plugin.as_str()).collect::<Vec<_>>())
-            .bind(records.iter().map(|r| crate::tenant::tenant_of(&r.plugin)).collect::<Vec<_>>())
-            .bind(records.iter().map(|r| r.flow_id).collect::<Vec<_>>())
-            .bind(records.iter().map(|r| i64::from(r.iteration)).collect::<Vec<_>>())
-            .execute(&mut *txn)
-            .await?;
+            let mut rows = ListedRows::default();
+            records.iter().for_each(|r| rows.push(r));
+            rows.write(&mut txn).await?;
             txn.commit().await?;
             filled += records.len() as u64;
         }
+    }
+}
+
+/// What listings select by of new tasks (`taskhost_listed`), gathered for
+/// one `INSERT … SELECT FROM unnest`.
+#[derive(Default)]
+pub(super) struct ListedRows {
+    ids: Vec<Uuid>,
+    queues: Vec<String>,
+    plugins: Vec<String>,
+    tenants: Vec<String>,
+    flows: Vec<Uuid>,
+    iterations: Vec<i64>,
+}
+
+impl ListedRows {
+    /// Adds a task's row.
+    pub(super) fn push(&mut self, record: &TaskRecord) {
+        self.ids.push(record.id);
+        self.queues.push(record.queue.clone());
+        self.plugins.push(record.plugin.clone());
+        self.tenants.push(crate::tenant::tenant_of(&record.plugin).to_owned());
+        self.flows.push(record.flow_id);
+        self.iterations.push(i64::from(record.iteration));
+    }
+
+    /// Writes the rows (a task that has one keeps it).
+    pub(super) async fn write(&self, conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO taskhost_listed (id, queue, plugin, tenant, flow_id, iteration)
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::bigint[])
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&self.ids)
+        .bind(&self.queues)
+        .bind(&self.plugins)
+        .bind(&self.tenants)
+        .bind(&self.flows)
+        .bind(&self.iterations)
+        .execute(&mut *conn)
+        .await?;
+        Ok(())
     }
 }
 

@@ -22,6 +22,7 @@
 //! - redb's secondary indexes (`Redo::Index`) have no rows here: the
 //!   columns beside each record and PostgreSQL's indexes serve instead.
 
+use super::listings::ListedRows;
 use crate::store::apply::Txn;
 use crate::store::record::decode;
 use crate::store::{FlowRecord, Redo, StoreError, TaskRecord};
@@ -414,18 +415,7 @@ async fn flush_tasks(conn: &mut PgConnection, tasks: BTreeMap<Uuid, TaskWrites>)
         .execute(&mut *conn)
         .await?;
         // What listings select by, written once (see migration 7).
-        sqlx::query(
-            "INSERT INTO taskhost_listed (id, queue, plugin, tenant, flow_id, iteration)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::bigint[])",
-        )
-        .bind(&new.ids)
-        .bind(&new.queues)
-        .bind(&new.plugins)
-        .bind(&new.tenants)
-        .bind(&new.flows)
-        .bind(&new.iterations)
-        .execute(&mut *conn)
-        .await?;
+        new.listed.write(&mut *conn).await?;
     }
     if !changed.ids.is_empty() {
         sqlx::query(
@@ -462,10 +452,7 @@ struct NewRows {
     records: Vec<Vec<u8>>,
     inputs: Vec<Vec<u8>>,
     outputs: Vec<Option<Vec<u8>>>,
-    plugins: Vec<String>,
-    tenants: Vec<String>,
-    flows: Vec<Uuid>,
-    iterations: Vec<i64>,
+    listed: ListedRows,
 }
 
 impl NewRows {
@@ -482,10 +469,7 @@ impl NewRows {
         self.records.push(encoded);
         self.inputs.push(input);
         self.outputs.push(output);
-        self.plugins.push(record.plugin.clone());
-        self.tenants.push(crate::tenant::tenant_of(&record.plugin).to_owned());
-        self.flows.push(record.flow_id);
-        self.iterations.push(i64::from(record.iteration));
+        self.listed.push(record);
     }
 }
 
