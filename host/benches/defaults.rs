@@ -532,13 +532,11 @@ async fn latency(engine: &Engine, rate: u64) -> Vec<Duration> {
         assert!(Instant::now() < deadline, "the latency run's tasks did not all complete in 2 minutes");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let mut latencies: Vec<Duration> = submitted
-        .into_iter()
-        .map(|(id, submitted_at)| {
-            let ran_at: u128 = String::from_utf8(engine.output(id).unwrap().unwrap()).unwrap().parse().unwrap();
-            Duration::from_nanos(ran_at.saturating_sub(submitted_at) as u64)
-        })
-        .collect();
+    let mut latencies: Vec<Duration> = Vec::with_capacity(submitted.len());
+    for (id, submitted_at) in submitted {
+        let ran_at: u128 = String::from_utf8(engine.output(id).await.unwrap().unwrap()).unwrap().parse().unwrap();
+        latencies.push(Duration::from_nanos(ran_at.saturating_sub(submitted_at) as u64));
+    }
     latencies.sort();
     latencies
 }

@@ -143,7 +143,7 @@ async fn latency(engine: &Engine) -> Vec<Duration> {
             let id = engine.submit(task).await.unwrap().record.id;
             let record = engine.wait(id, Duration::from_secs(30)).await.unwrap();
             assert_eq!(record.state, TaskState::Completed);
-            let ran_at: u128 = String::from_utf8(engine.output(id).unwrap().unwrap()).unwrap().parse().unwrap();
+            let ran_at: u128 = String::from_utf8(engine.output(id).await.unwrap().unwrap()).unwrap().parse().unwrap();
             Duration::from_nanos(ran_at.saturating_sub(submitted_at) as u64)
         }));
     }

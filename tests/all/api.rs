@@ -55,8 +55,8 @@ impl Api {
         panic!("task {id} did not end");
     }
 
-    fn stored(&self) -> usize {
-        self.engine.list(&Default::default()).unwrap().0.len()
+    async fn stored(&self) -> usize {
+        self.engine.list(&Default::default()).await.unwrap().0.len()
     }
 }
 
@@ -133,7 +133,7 @@ async fn batch_submission_answers_each_item() {
     assert_eq!((r[1]["status"].as_u64(), r[1]["error"]["code"].as_str()), (Some(404), Some("unknown_plugin")));
     assert_eq!(r[2]["error"]["code"], "invalid_request");
     assert!(r[3]["error"]["message"].as_str().unwrap().contains("unknown field `oops`"));
-    assert_eq!(api.stored(), 1);
+    assert_eq!(api.stored().await, 1);
 }
 
 #[tokio::test]
@@ -237,7 +237,7 @@ async fn every_bad_request_gets_a_clear_4xx_and_writes_nothing() {
     let (status, body) = api.send(put("q", r#"{"concurrency": 0}"#)).await;
     assert_error(status, &body, 400, "invalid_request", "concurrency must be at least 1");
 
-    assert_eq!(api.stored(), 0, "a refused request wrote a task");
+    assert_eq!(api.stored().await, 0, "a refused request wrote a task");
 }
 
 #[tokio::test]

@@ -240,7 +240,7 @@ async fn every_page_shows_live_tasks_and_its_actions_work_in_a_real_browser() {
     browser.wait_text("h1", "Tasks").await;
     browser.wait_text("tbody td", &delayed.to_string()).await;
     let first = browser.run("return document.querySelector('tbody a').textContent", json!([])).await;
-    assert_eq!(first.as_str().unwrap(), engine.list_page(&newest()).unwrap().tasks[0].id.to_string());
+    assert_eq!(first.as_str().unwrap(), engine.list_page(&newest()).await.unwrap().tasks[0].id.to_string());
     browser.wait_text("td.error", "the console should show this").await;
     browser.screenshot("tasks").await;
     browser.go(&format!("{base}/ui#/tasks?queue=web")).await;
@@ -261,18 +261,22 @@ async fn every_page_shows_live_tasks_and_its_actions_work_in_a_real_browser() {
     browser.screenshot("task").await;
     browser.click("#retry").await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while engine.get(failed).unwrap().history.len() < 5 {
-        assert!(Instant::now() < deadline, "the retry never reached the engine: {:?}", engine.get(failed).unwrap());
+    while engine.get(failed).await.unwrap().history.len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the retry never reached the engine: {:?}",
+            engine.get(failed).await.unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(engine.get(failed).unwrap().history.iter().any(|t| t.reason.contains("re-submitted")));
+    assert!(engine.get(failed).await.unwrap().history.iter().any(|t| t.reason.contains("re-submitted")));
     // Cancel a delayed task.
     browser.go(&format!("{base}/ui#/task/{delayed}")).await;
     browser.wait_text("h1", &delayed.to_string()).await;
     browser.wait_text("h1", "pending").await;
     browser.click("#cancel").await;
     browser.wait_text("h1", "cancelled").await;
-    assert_eq!(engine.get(delayed).unwrap().state, TaskState::Cancelled);
+    assert_eq!(engine.get(delayed).await.unwrap().state, TaskState::Cancelled);
 
     // A flow drawn as a graph, each task a node in its state's colour.
     browser.go(&format!("{base}/ui#/flow/{flow}")).await;

@@ -40,7 +40,7 @@ async fn a_task_runs_to_completion_with_its_history() {
     let submitted = engine.submit(task("uppercase", "durable")).await.unwrap();
     let record = finish(&engine, submitted.record.id).await;
     assert_eq!(record.state, TaskState::Completed);
-    assert_eq!(engine.output(record.id).unwrap().unwrap(), b"DURABLE");
+    assert_eq!(engine.output(record.id).await.unwrap().unwrap(), b"DURABLE");
     let path: Vec<_> = record.history.iter().map(|t| (t.from, t.to)).collect();
     assert_eq!(
         path,
@@ -64,7 +64,7 @@ async fn an_idempotency_key_never_makes_a_second_task() {
         assert!(!again.created);
         assert_eq!(again.record.id, first.record.id);
     }
-    let (all, _) = engine.list(&Default::default()).unwrap();
+    let (all, _) = engine.list(&Default::default()).await.unwrap();
     assert_eq!(all.len(), 1);
 }
 
@@ -222,7 +222,7 @@ async fn cancelling_a_running_task_interrupts_it_within_100ms() {
     let (engine, _dir) = engine_with(|_| {}).await;
     let t = NewTask { fuel: Some(100_000_000_000), timeout_ms: Some(60_000), ..task("spin", "") };
     let id = engine.submit(t).await.unwrap().record.id;
-    while engine.get(id).unwrap().state != TaskState::Running {
+    while engine.get(id).await.unwrap().state != TaskState::Running {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -257,7 +257,7 @@ async fn the_dead_letter_set_can_be_resubmitted() {
     let id = engine.submit(t).await.unwrap().record.id;
     assert_eq!(finish(&engine, id).await.state, TaskState::Failed);
     let filter = taskhost::engine::ListFilter { state: Some(TaskState::Failed), ..Default::default() };
-    assert_eq!(engine.list(&filter).unwrap().0.len(), 1);
+    assert_eq!(engine.list(&filter).await.unwrap().0.len(), 1);
     let again = engine.resubmit(id).await.unwrap();
     assert_eq!((again.state, again.attempts), (TaskState::Pending, 0));
     let done = finish(&engine, id).await;
@@ -306,6 +306,6 @@ async fn bad_submissions_are_refused_and_write_nothing() {
         let err = engine.submit(bad).await.unwrap_err();
         assert!(err.to_string().contains(expected), "{err} (expected {expected:?})");
     }
-    assert!(engine.list(&Default::default()).unwrap().0.is_empty());
+    assert!(engine.list(&Default::default()).await.unwrap().0.is_empty());
     assert_eq!(units::format_size(1 << 40), "1024 GiB");
 }

@@ -30,8 +30,8 @@ pub(crate) async fn ended(engine: &Engine, flow: Uuid) -> FlowView {
     view
 }
 
-fn output(engine: &Engine, id: Uuid) -> Value {
-    serde_json::from_slice(&engine.output(id).unwrap().expect("an output")).unwrap()
+async fn output(engine: &Engine, id: Uuid) -> Value {
+    serde_json::from_slice(&engine.output(id).await.unwrap().expect("an output")).unwrap()
 }
 
 #[tokio::test]
@@ -47,7 +47,7 @@ async fn a_join_receives_every_child_output_in_order() {
     // The join ran last, so its output is the flow's result.
     let join = view.tasks.iter().find(|t| !t.after.is_empty()).unwrap();
     assert_eq!(view.flow.result_task, Some(join.id));
-    let joined = output(&engine, join.id)[0].clone();
+    let joined = output(&engine, join.id).await[0].clone();
     let outputs: Vec<&str> = joined.as_array().unwrap().iter().map(|o| o["output"].as_str().unwrap()).collect();
     let expected: Vec<String> = (0..24).map(|i| format!("PART {i}")).collect();
     assert_eq!(outputs, expected);
@@ -70,7 +70,7 @@ async fn cancelling_a_flow_reaches_every_unfinished_task() {
     let flow = probe(&engine, Value::Array(actions)).await;
     // Wait until the sleepers run.
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while engine.flow(flow).unwrap().tasks.iter().filter(|t| t.state == TaskState::Running).count() < 6 {
+    while engine.flow(flow).await.unwrap().tasks.iter().filter(|t| t.state == TaskState::Running).count() < 6 {
         assert!(std::time::Instant::now() < deadline, "the children never started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -143,7 +143,7 @@ async fn a_repeater_runs_until_a_plugin_signals_stop() {
     assert_eq!((view.flow.iteration, view.tasks.len()), (3, 4), "stopped after the 4th iteration");
     let iterations: Vec<u32> = view.tasks.iter().map(|t| t.iteration).collect();
     assert_eq!(iterations, [0, 1, 2, 3]);
-    assert_eq!(output(&engine, view.tasks[3].id), json!([4]));
+    assert_eq!(output(&engine, view.tasks[3].id).await, json!([4]));
     assert!(view.flow.stop_requested);
 }
 
@@ -167,7 +167,7 @@ async fn a_cron_repeater_survives_a_restart_without_double_firing() {
     // Let two iterations fire, then stop the host and stay down past a fire
     // time.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while engine.flow(flow).unwrap().tasks.iter().filter(|t| t.state == TaskState::Completed).count() < 2 {
+    while engine.flow(flow).await.unwrap().tasks.iter().filter(|t| t.state == TaskState::Completed).count() < 2 {
         assert!(std::time::Instant::now() < deadline, "the cron flow never fired twice");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -209,9 +209,12 @@ async fn a_retried_parent_does_not_duplicate_children() {
     let view = ended(&engine, root).await;
     assert_eq!(view.tasks[0].attempts, 3, "the parent failed twice after submitting");
     assert_eq!(view.tasks.len(), 3, "children of failed attempts were never created: {:#?}", view.tasks);
-    let ids = output(&engine, root);
+    let ids = output(&engine, root).await;
     assert_eq!(ids[1], ids[2], "the same key in one attempt returns the same id");
-    let inputs: Vec<Vec<u8>> = view.tasks[1..].iter().map(|t| engine.output(t.id).unwrap().unwrap()).collect();
+    let mut inputs: Vec<Vec<u8>> = Vec::new();
+    for t in &view.tasks[1..] {
+        inputs.push(engine.output(t.id).await.unwrap().unwrap());
+    }
     assert_eq!(inputs, [b"ONE".to_vec(), b"TWO".to_vec()]);
     assert_eq!(view.flow.state, FlowState::Completed);
 }
@@ -231,7 +234,7 @@ async fn every_flow_limit_is_refused_cleanly() {
         async move {
             let root = probe(&engine, actions).await;
             let view = ended(&engine, root).await;
-            (view, output(&engine, root))
+            (view, output(&engine, root).await)
         }
     };
     // Children per task.
@@ -246,15 +249,17 @@ async fn every_flow_limit_is_refused_cleanly() {
     let level2 = json!([{"submit": {"plugin": "flow-probe", "input": level3}}]).to_string();
     let (view, _) = run(json!([{"submit": {"plugin": "flow-probe", "input": level2}}])).await;
     assert_eq!(view.tasks.len(), 3);
-    let deepest = output(&engine, view.tasks[2].id);
+    let deepest = output(&engine, view.tasks[2].id).await;
     assert!(deepest[0]["error"].as_str().unwrap().contains("3 submissions deep; the limit is 2"), "{deepest}");
     // Tasks per flow: the fork bomb stops at 6 (before its depth limit).
     let bomb = engine.submit(task("fork-bomb", "")).await.unwrap().record.id;
     let view = ended(&engine, bomb).await;
     assert_eq!(view.tasks.len(), 6);
     assert!(view.tasks.iter().all(|t| t.state == TaskState::Completed));
-    let outputs: Vec<String> =
-        view.tasks.iter().map(|t| String::from_utf8(engine.output(t.id).unwrap().unwrap()).unwrap()).collect();
+    let mut outputs: Vec<String> = Vec::new();
+    for t in &view.tasks {
+        outputs.push(String::from_utf8(engine.output(t.id).await.unwrap().unwrap()).unwrap());
+    }
     assert!(outputs.iter().any(|o| o.contains("the flow already has 6 tasks, its limit")), "{outputs:#?}");
     // Context bytes (keys plus values).
     let big = "v".repeat(40);
@@ -290,7 +295,7 @@ async fn every_flow_limit_is_refused_cleanly() {
     let (engine, _dir) = flow_engine(|c| c.flow_limits.submissions_per_sec = 4).await;
     let root = probe(&engine, json!([{"fanout": {"n": 10, "plugin": "uppercase"}}])).await;
     ended(&engine, root).await;
-    let out = output(&engine, root);
+    let out = output(&engine, root).await;
     assert_eq!(out[0]["submitted"], 4);
     assert!(out[0]["refused"][0].as_str().unwrap().contains("faster than 4 tasks per second"), "{out}");
     // The host is fine.
@@ -313,15 +318,15 @@ async fn context_is_shared_within_a_flow_and_isolated_between_flows() {
     ended(&engine, b).await;
     // A's child saw A's value; B saw nothing of A, its own write at once,
     // and its delete.
-    assert_eq!(output(&engine, a_view.tasks[1].id), json!(["from a", ["k"]]));
-    assert_eq!(output(&engine, b), json!([null, "ok", "from b", true, []]));
+    assert_eq!(output(&engine, a_view.tasks[1].id).await, json!(["from a", ["k"]]));
+    assert_eq!(output(&engine, b).await, json!([null, "ok", "from b", true, []]));
     // A failed attempt's writes are never committed.
     let failing = json!([{"set": ["k", "lost"]}, {"fail_before_attempt": [9, "always"]}]).to_string();
     let c = engine.submit(NewTask { max_attempts: Some(1), ..task("flow-probe", &failing) }).await.unwrap().record.id;
     ended(&engine, c).await;
     let check = probe(&engine, json!([{"keys": ""}])).await;
     ended(&engine, check).await;
-    assert_eq!(output(&engine, check), json!([[]]));
+    assert_eq!(output(&engine, check).await, json!([[]]));
 }
 
 #[tokio::test]
@@ -334,7 +339,7 @@ async fn a_fork_bomb_is_contained_and_other_queues_keep_their_share() {
     .await;
     let bomb = engine.submit(NewTask { queue: Some("bomb".into()), ..task("fork-bomb", "") }).await.unwrap().record.id;
     // Let the bomb build a backlog, then submit ordinary work.
-    while engine.flow(bomb).unwrap().tasks.len() < 200 {
+    while engine.flow(bomb).await.unwrap().tasks.len() < 200 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let work: Vec<Uuid> = engine
@@ -377,7 +382,7 @@ async fn the_pipeline_example_repeats_its_three_stages() {
     for pair in view.tasks.windows(2) {
         assert_eq!(pair[1].parent_id, Some(pair[0].id));
     }
-    let result = engine.output(view.flow.result_task.unwrap()).unwrap().unwrap();
+    let result = engine.output(view.flow.result_task.unwrap()).await.unwrap().unwrap();
     assert_eq!(String::from_utf8(result).unwrap(), "round-000,round-001,round-002");
 }
 
@@ -446,7 +451,7 @@ async fn flows_over_http_and_in_the_terminal() {
     // over HTTP.
     let actions = json!([{"submit": {"plugin": "sleep", "input": "20000"}}]).to_string();
     let root = engine.submit(task("flow-probe", &actions)).await.unwrap().record.id;
-    while engine.flow(root).unwrap().tasks.len() < 2 {
+    while engine.flow(root).await.unwrap().tasks.len() < 2 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let cancelled: Value = post(&format!("/v1/flows/{root}/cancel"), json!({})).await.unwrap().json().await.unwrap();

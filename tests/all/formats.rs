@@ -36,7 +36,7 @@ async fn busy_server() -> (Engine, [tempfile::TempDir; 2], String) {
     engine.cancel(delayed.record.id).await.unwrap();
     // Cancelled while it runs: a cancellation, not an attempt failure.
     let sleeping = engine.submit(task("sleep", "30000")).await.unwrap().record.id;
-    while engine.get(sleeping).unwrap().state != taskhost::store::TaskState::Running {
+    while engine.get(sleeping).await.unwrap().state != taskhost::store::TaskState::Running {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let cancelled = engine.cancel(sleeping).await.unwrap();

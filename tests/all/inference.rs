@@ -107,7 +107,7 @@ async fn concurrent_calls_from_many_tasks_run_as_one_batch_and_each_gets_its_own
     for (id, rows) in ids {
         let record = engine.wait(id, Duration::from_secs(30)).await.unwrap();
         assert_eq!(record.state, TaskState::Completed, "{record:?}");
-        let out: Value = serde_json::from_slice(&engine.output(id).unwrap().unwrap()).unwrap();
+        let out: Value = serde_json::from_slice(&engine.output(id).await.unwrap().unwrap()).unwrap();
         let y = &out["ok"][0];
         assert_eq!(y["shape"], json!([rows.len(), 4]), "{out}");
         let expected: Vec<f64> = rows.iter().flatten().map(|&x| f64::from(2.0 * x + 1.0)).collect();
@@ -429,7 +429,7 @@ async fn the_semantic_search_example_finds_the_nearest_sentences_with_minilm() {
     let root = engine.submit(task("semantic-search", &input.to_string())).await.unwrap().record.id;
     let view = engine.wait_flow(root, Duration::from_secs(60)).await.unwrap();
     let answer = view.flow.result_task.expect("a result");
-    let out: Value = serde_json::from_slice(&engine.output(answer).unwrap().unwrap()).unwrap();
+    let out: Value = serde_json::from_slice(&engine.output(answer).await.unwrap().unwrap()).unwrap();
     let nearest: Vec<&str> =
         out["answers"].as_array().unwrap().iter().map(|a| a["nearest"][0]["text"].as_str().unwrap()).collect();
     assert_eq!(nearest, [corpus[4], corpus[6], corpus[7], corpus[1]], "{out:#}");
@@ -491,7 +491,7 @@ async fn a_plugins_manifest_can_grant_it_a_model() {
     let run = |engine: Engine| async move {
         let id = engine.submit(task("infer-probe", &affine_call(&[[1.0; 4]]).to_string())).await.unwrap().record.id;
         engine.wait(id, Duration::from_secs(30)).await.unwrap();
-        serde_json::from_slice::<Value>(&engine.output(id).unwrap().unwrap()).unwrap()
+        serde_json::from_slice::<Value>(&engine.output(id).await.unwrap().unwrap()).unwrap()
     };
     assert_eq!(error(&run(engine.clone()).await).0, "not-permitted");
     let manifest = taskhost::registry::Manifest { models: vec!["affine".into()], ..Default::default() };
@@ -536,14 +536,14 @@ async fn the_intent_router_script_sends_each_request_to_its_nearest_intent_with_
         let input = json!({ "text": text }).to_string();
         let id = engine.submit(task("intent-router", &input)).await.unwrap().record.id;
         let view = engine.wait_flow(id, Duration::from_secs(120)).await.unwrap();
-        let record = engine.get(id).unwrap();
+        let record = engine.get(id).await.unwrap();
         assert_eq!(record.state, TaskState::Completed, "{text}: {:?}", record.error);
-        let out: Value = serde_json::from_slice(&engine.output(id).unwrap().unwrap()).unwrap();
+        let out: Value = serde_json::from_slice(&engine.output(id).await.unwrap().unwrap()).unwrap();
         assert_eq!(out["intent"], intent, "{text}: {out}");
         assert!(out["score"].as_f64().unwrap() > 0.3, "{out}");
         let child: uuid::Uuid = out["task"].as_str().unwrap().parse().unwrap();
         assert_eq!(view.flow.result_task, Some(child), "the handler ends the flow");
-        let handled = String::from_utf8(engine.output(child).unwrap().unwrap()).unwrap();
+        let handled = String::from_utf8(engine.output(child).await.unwrap().unwrap()).unwrap();
         assert_eq!(handled, format!("{handler}: {text}"));
     }
     // Without the vocabulary's grant, the router fails for good, saying why.

@@ -138,7 +138,7 @@ pub(crate) fn authed(token: &str) -> reqwest::Client {
 pub(crate) async fn serve_api(engine: &taskhost::engine::Engine, data: &std::path::Path) -> (String, String) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let auth = std::sync::Arc::new(taskhost::auth::Auth::load(engine.store()).unwrap());
+    let auth = std::sync::Arc::new(taskhost::auth::Auth::load(engine.store()).await.unwrap());
     auth.bootstrap(data).await.unwrap();
     let token = admin_token(data).await;
     let router = taskhost::api::router(engine.clone(), taskhost::api::Access::tokens(auth));

@@ -278,9 +278,9 @@ async fn a_python_script_plugin_runs_as_tasks_and_fans_out() {
     let id = engine.submit(crate::engine::task("fan", "[1, 2, 3, 4]")).await.unwrap().record.id;
     let record = engine.wait(id, std::time::Duration::from_secs(60)).await.unwrap();
     assert_eq!(record.state, taskhost::store::TaskState::Completed, "{:?}", record.error);
-    let join_id: uuid::Uuid = String::from_utf8(engine.output(id).unwrap().unwrap()).unwrap().parse().unwrap();
+    let join_id: uuid::Uuid = String::from_utf8(engine.output(id).await.unwrap().unwrap()).unwrap().parse().unwrap();
     let joined = engine.wait(join_id, std::time::Duration::from_secs(60)).await.unwrap();
     assert_eq!(joined.state, taskhost::store::TaskState::Completed, "{:?}", joined.error);
-    let output: serde_json::Value = serde_json::from_slice(&engine.output(join_id).unwrap().unwrap()).unwrap();
+    let output: serde_json::Value = serde_json::from_slice(&engine.output(join_id).await.unwrap().unwrap()).unwrap();
     assert_eq!(output, serde_json::json!({"total": 20, "parts": 4, "counted": 4, "version": versions[2]}));
 }

@@ -18,17 +18,8 @@ async fn done(engine: &Engine, id: uuid::Uuid) -> taskhost::store::TaskRecord {
     record
 }
 
-/// Waits (at most 5 s) for `condition`, which follows a commit already seen.
-async fn eventually(condition: impl Fn() -> bool, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-fn output(engine: &Engine, id: uuid::Uuid) -> String {
-    String::from_utf8(engine.output(id).unwrap().unwrap_or_default()).unwrap()
+async fn output(engine: &Engine, id: uuid::Uuid) -> String {
+    String::from_utf8(engine.output(id).await.unwrap().unwrap_or_default()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,7 +56,7 @@ async fn swapping_versions_under_load_fails_no_task() {
         let record = done(&engine, id).await;
         assert_eq!(record.state, TaskState::Completed, "{:?}", record.error);
         // Each task ran the version it was pinned to at submission.
-        let out = output(&engine, id);
+        let out = output(&engine, id).await;
         assert!(out.ends_with(&format!("run by greeter@{}", record.plugin_version)), "{out}");
         versions.insert(record.plugin_version);
     }
@@ -77,17 +68,17 @@ async fn an_in_flight_task_finishes_on_its_old_version() {
     let (engine, _dir) = engine_with(|_| {}).await;
     engine.add_plugin("napper", SLEEP.bytes(), None, true).await.unwrap();
     let id = engine.submit(task("napper", "400")).await.unwrap().record.id;
-    while engine.get(id).unwrap().state != TaskState::Running {
+    while engine.get(id).await.unwrap().state != TaskState::Running {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Version 2 is a different program entirely.
     engine.add_plugin("napper", UPPERCASE.bytes(), None, true).await.unwrap();
     let record = done(&engine, id).await;
     assert_eq!((record.state, record.plugin_version.as_str()), (TaskState::Completed, "1"));
-    assert_eq!(output(&engine, id), "slept 400 ms");
+    assert_eq!(output(&engine, id).await, "slept 400 ms");
     let next = engine.submit(task("napper", "hi")).await.unwrap().record.id;
     done(&engine, next).await;
-    assert_eq!(output(&engine, next), "HI");
+    assert_eq!(output(&engine, next).await, "HI");
 }
 
 #[tokio::test]
@@ -97,7 +88,7 @@ async fn retries_run_the_pinned_version() {
     engine.add_plugin("flaky", FAIL.bytes(), None, true).await.unwrap();
     let t = NewTask { max_attempts: Some(3), ..task("flaky", "retryable:still down") };
     let id = engine.submit(t).await.unwrap().record.id;
-    while engine.get(id).unwrap().attempts == 0 {
+    while engine.get(id).await.unwrap().attempts == 0 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // A version that would succeed arrives between attempts; it must not run.
@@ -148,11 +139,11 @@ async fn a_restart_loads_compiled_artifacts_from_the_cache() {
 
     let engine = Engine::open(config()).await.unwrap();
     assert_eq!(engine.plugin_load_counts(), (0, 2), "a restart recompiled instead of using the cache");
-    let (detail, _) = engine.plugin("uppercase").unwrap();
+    let (detail, _) = engine.plugin("uppercase").await.unwrap();
     assert!(detail.versions[0].from_cache);
     let id = engine.submit(task("uppercase", "cached")).await.unwrap().record.id;
     done(&engine, id).await;
-    assert_eq!(output(&engine, id), "CACHED");
+    assert_eq!(output(&engine, id).await, "CACHED");
     engine.close().await;
 
     // A cached artifact changed behind the host's back is never loaded.
@@ -178,7 +169,7 @@ async fn the_watched_directory_handles_partial_writes_and_renames() {
         async move {
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
-                if let Ok((detail, _)) = engine.plugin(name)
+                if let Ok((detail, _)) = engine.plugin(name).await
                     && detail.versions.iter().any(|v| v.info.version == version && v.state == VersionState::Live)
                 {
                     return detail;
@@ -197,7 +188,7 @@ async fn the_watched_directory_handles_partial_writes_and_renames() {
     file.flush().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let error = engine.plugin("shout").ok().and_then(|(d, _)| d.watch_error);
+        let error = engine.plugin("shout").await.ok().and_then(|(d, _)| d.watch_error);
         if let Some(error) = error {
             assert!(error.contains("shout.wasm"), "{error}");
             break;
@@ -212,7 +203,7 @@ async fn the_watched_directory_handles_partial_writes_and_renames() {
     assert!(detail.watch_error.is_none());
     let id = engine.submit(task("shout", "live")).await.unwrap().record.id;
     done(&engine, id).await;
-    assert_eq!(output(&engine, id), "LIVE");
+    assert_eq!(output(&engine, id).await, "LIVE");
 
     // Written to a hidden temporary name, then renamed, with an explicit version.
     let tmp = plugins.path().join(".napper.tmp");
@@ -223,7 +214,7 @@ async fn the_watched_directory_handles_partial_writes_and_renames() {
     // A manifest beside it.
     std::fs::write(plugins.path().join("napper.toml"), "[limits]\ntimeout = \"50ms\"\n").unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while engine.plugin("napper").unwrap().0.manifest.is_none() {
+    while engine.plugin("napper").await.unwrap().0.manifest.is_none() {
         assert!(Instant::now() < deadline, "the manifest was not picked up");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -258,7 +249,7 @@ async fn rollback_and_delete() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(engine.submit(task("tool@2", "a")).await.is_err());
-    assert_eq!(engine.plugin("tool").unwrap().0.versions.len(), 1);
+    assert_eq!(engine.plugin("tool").await.unwrap().0.versions.len(), 1);
 }
 
 #[tokio::test]
@@ -273,7 +264,7 @@ async fn manifest_grants_are_honoured_and_nothing_else() {
             let t = NewTask { max_attempts: Some(1), ..task(plugin, &input) };
             let id = engine.submit(t).await.unwrap().record.id;
             let record = done(&engine, id).await;
-            (record, output(&engine, id))
+            (record, output(&engine, id).await)
         }
     };
     // Directories: read-only grant reads but cannot write; read-write can.
@@ -332,33 +323,33 @@ async fn a_declared_version_is_used() {
 async fn idle_versions_are_unloaded_and_reloaded_from_the_cache() {
     let (engine, _dir) = engine_with(|_| {}).await;
     engine.add_plugin("tool", HELLO_TASK.bytes(), None, true).await.unwrap();
-    let loaded = |engine: &Engine| -> Vec<(String, bool)> {
-        engine.plugin("tool").unwrap().0.versions.iter().map(|v| (v.info.version.clone(), v.loaded)).collect()
+    let loaded = async |engine: &Engine| -> Vec<(String, bool)> {
+        engine.plugin("tool").await.unwrap().0.versions.iter().map(|v| (v.info.version.clone(), v.loaded)).collect()
     };
     // A queued task pins version 1 while version 2 arrives: 1 stays loaded.
     // It waits behind a blocker in a one-slot queue until version 2 is in.
     engine.set_queue("held", QueueConfig { concurrency: Some(1), weight: 1, ..QueueConfig::default() }).await.unwrap();
     let in_held = |t: NewTask| NewTask { queue: Some("held".into()), timeout_ms: Some(60_000), ..t };
     let blocker = engine.submit(in_held(task("sleep", "60000"))).await.unwrap().record.id;
-    eventually(|| engine.get(blocker).unwrap().state == TaskState::Running, "the blocker never started").await;
+    eventually_async(|| async { engine.get(blocker).await.unwrap().state == TaskState::Running }).await;
     let pinned = engine.submit(in_held(task("tool", "Ada"))).await.unwrap().record.id;
     engine.add_plugin("tool", HELLO_TASK_RAW.bytes(), None, true).await.unwrap();
-    assert_eq!(loaded(&engine), [("1".into(), true), ("2".into(), true)]);
-    assert_eq!(engine.get(pinned).unwrap().state, TaskState::Pending);
+    assert_eq!(loaded(&engine).await, [("1".into(), true), ("2".into(), true)]);
+    assert_eq!(engine.get(pinned).await.unwrap().state, TaskState::Pending);
     engine.cancel(blocker).await.unwrap();
     done(&engine, pinned).await;
-    assert!(output(&engine, pinned).ends_with("tool@1"));
+    assert!(output(&engine, pinned).await.ends_with("tool@1"));
     // Version 1 is now neither latest nor used: its code is freed (right
     // after the task's final commit, which `done` already observed).
     let idle: Vec<(String, bool)> = vec![("1".into(), false), ("2".into(), true)];
-    eventually(|| loaded(&engine) == idle, "version 1 was not unloaded").await;
+    eventually_async(|| async { loaded(&engine).await == idle }).await;
     let (compiled, hits) = engine.plugin_load_counts();
     // Asking for it again reloads it from the artifact cache, not the compiler.
     let again = engine.submit(task("tool@1", "Bo")).await.unwrap().record.id;
     done(&engine, again).await;
-    assert!(output(&engine, again).ends_with("tool@1"));
+    assert!(output(&engine, again).await.ends_with("tool@1"));
     assert_eq!(engine.plugin_load_counts(), (compiled, hits + 1));
-    eventually(|| loaded(&engine) == idle, "version 1 was not unloaded again").await;
+    eventually_async(|| async { loaded(&engine).await == idle }).await;
 }
 
 /// A component made distinct by a trailing custom section `n` (components,

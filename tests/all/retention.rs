@@ -64,7 +64,7 @@ async fn a_queue_keeps_its_latest_ended_tasks_and_the_rest_are_deleted() {
     wait_all(&engine, &other).await;
 
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while engine.get(short[2]).is_ok() {
+    while engine.get(short[2]).await.is_ok() {
         assert!(std::time::Instant::now() < deadline, "the sweep never deleted the oldest tasks");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -75,7 +75,7 @@ async fn a_queue_keeps_its_latest_ended_tasks_and_the_rest_are_deleted() {
         }
     }
     for id in short[3..].iter().chain(&other) {
-        assert_eq!(engine.get(*id).unwrap().state, taskhost::store::TaskState::Completed);
+        assert_eq!(engine.get(*id).await.unwrap().state, taskhost::store::TaskState::Completed);
     }
     let listed: Value = http.get(format!("{base}/v1/tasks?queue=short")).send().await.unwrap().json().await.unwrap();
     let listed: Vec<&str> = listed["tasks"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap()).collect();
@@ -116,11 +116,11 @@ async fn a_finished_flow_goes_whole_and_a_running_one_stays() {
     let slow = engine.submit(task("sleep", "2000")).await.unwrap().record.id;
     let deleted = engine.expire().await.unwrap();
     assert_eq!(deleted, ids.len() as u64);
-    assert!(engine.flow(root).is_err());
+    assert!(engine.flow(root).await.is_err());
     for id in ids {
-        assert!(engine.get(id).is_err(), "{id} outlived its flow");
+        assert!(engine.get(id).await.is_err(), "{id} outlived its flow");
     }
-    assert!(!engine.get(slow).unwrap().state.is_terminal(), "a running task is never deleted");
+    assert!(!engine.get(slow).await.unwrap().state.is_terminal(), "a running task is never deleted");
 }
 
 /// Many waves of tasks through a host that keeps 200 ended tasks: the
@@ -143,7 +143,7 @@ async fn a_long_run_stays_within_a_size_bound() {
         let ids = submit_all(&engine, (0..PER_WAVE).map(|_| task("uppercase", &input)).collect()).await;
         wait_all(&engine, &ids).await;
         engine.expire().await.unwrap();
-        let stored = engine.store().task_count().unwrap();
+        let stored = engine.store().task_count().await.unwrap();
         assert!(stored <= KEEP, "{stored} tasks kept past a count of {KEEP}");
         sizes.push(std::fs::metadata(&file).unwrap().len());
     }

@@ -288,7 +288,7 @@ pub(crate) async fn finished(
 ) -> (taskhost::store::TaskRecord, String) {
     let record = engine.wait(id, std::time::Duration::from_secs(60)).await.unwrap();
     assert!(record.state.is_terminal(), "{id} is still {}", record.state);
-    let output = engine.output(id).unwrap().map(|o| String::from_utf8(o).unwrap()).unwrap_or_default();
+    let output = engine.output(id).await.unwrap().map(|o| String::from_utf8(o).unwrap()).unwrap_or_default();
     (record, output)
 }
 
@@ -434,7 +434,7 @@ async fn script_plugins_survive_a_restart_and_load_from_the_watched_directory() 
         }
     };
     assert_eq!(finished(&engine, id).await.1, "from the directory");
-    let (detail, _) = engine.plugin("dropped").unwrap();
+    let (detail, _) = engine.plugin("dropped").await.unwrap();
     assert_eq!(detail.versions[0].info.script.as_deref(), Some("js"));
     engine.close().await;
 
@@ -491,7 +491,7 @@ async fn ad_hoc_scripts_run_only_where_a_tenant_allows_them_and_the_oldest_idle_
     let first = record.plugin_version.clone();
     assert_eq!(first.len(), 12, "a script's version is its source's hash");
     let (_, again) = submit(script(double, "scripts")).await;
-    let again = engine.get(again["id"].as_str().unwrap().parse().unwrap()).unwrap();
+    let again = engine.get(again["id"].as_str().unwrap().parse().unwrap()).await.unwrap();
     assert_eq!(again.plugin_version, first, "the same source is the same version");
     // Named as a plugin, an ad-hoc script still runs only where scripts may.
     let by_name = |queue: &str| json!({"plugin": format!("adhoc.js@{first}"), "input": 1, "queue": queue});
@@ -560,7 +560,8 @@ async fn ad_hoc_scripts_run_only_where_a_tenant_allows_them_and_the_oldest_idle_
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for id in engine.list(&taskhost::engine::ListFilter::default()).unwrap().0.iter().filter(|t| !t.state.is_terminal())
+    for id in
+        engine.list(&taskhost::engine::ListFilter::default()).await.unwrap().0.iter().filter(|t| !t.state.is_terminal())
     {
         engine.cancel(id.id).await.unwrap();
     }

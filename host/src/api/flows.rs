@@ -14,8 +14,8 @@ use serde_json::Value;
 
 /// Flow `id`, when its tasks are `ns`'s: another tenant's flow answers
 /// exactly as one that does not exist.
-fn owned(engine: &Engine, ns: &Namespace, id: uuid::Uuid) -> Result<FlowView, EngineError> {
-    let view = engine.flow(id)?;
+async fn owned(engine: &Engine, ns: &Namespace, id: uuid::Uuid) -> Result<FlowView, EngineError> {
+    let view = engine.flow(id).await?;
     // Every task of a flow is of one tenant; a flow with none is no one's.
     let owned = view.tasks.first().is_some_and(|t| ns.owns(&t.plugin));
     if owned { Ok(view) } else { Err(EngineError::NotFound(id)) }
@@ -104,8 +104,9 @@ pub(super) async fn list(
         })
         .transpose()?;
     let cursor = query.cursor.as_deref().map(parse_id).transpose()?;
-    let page = super::read(&engine, move |engine| {
-        let (flows, next) = engine.flows_page(cursor, limit, state, |plugin| ns.owns(plugin))?;
+    let page = super::read(&engine, async move |engine| {
+        let owner = ns.clone();
+        let (flows, next) = engine.flows_page(cursor, limit, state, move |plugin| owner.owns(plugin)).await?;
         let flows = flows.iter().map(|(flow, first)| crate::wire::FlowSummary::new(flow, first.as_ref(), &ns));
         Ok(crate::wire::FlowPage::new(flows.collect(), next))
     })
@@ -132,7 +133,10 @@ pub(super) async fn get(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Flow>> {
     let id = parse_id(&id)?;
-    Ok(Json(super::read(&engine, move |engine| Ok(Flow::new(&owned(engine, &ns, id)?).in_namespace(&ns))).await?))
+    Ok(Json(
+        super::read(&engine, async move |engine| Ok(Flow::new(&owned(engine, &ns, id).await?).in_namespace(&ns)))
+            .await?,
+    ))
 }
 
 #[utoipa::path(
@@ -156,6 +160,6 @@ pub(super) async fn cancel(
 ) -> ApiResult<Json<Flow>> {
     let id = parse_id(&id)?;
     let ns2 = ns.clone();
-    super::read(&engine, move |engine| owned(engine, &ns2, id).map(drop)).await?;
+    super::read(&engine, async move |engine| owned(engine, &ns2, id).await.map(drop)).await?;
     Ok(Json(Flow::new(&engine.cancel_flow(id).await?).in_namespace(&ns)))
 }

@@ -155,8 +155,8 @@ fn plugin_key(ns: &Namespace, name: &str) -> Result<String, ApiError> {
 
 /// Task `id`'s record, when it is one of `ns`'s tasks: another tenant's
 /// task answers exactly as one that does not exist.
-fn owned(engine: &Engine, ns: &Namespace, id: Uuid) -> Result<TaskRecord, crate::engine::EngineError> {
-    let record = engine.get(id)?;
+async fn owned(engine: &Engine, ns: &Namespace, id: Uuid) -> Result<TaskRecord, crate::engine::EngineError> {
+    let record = engine.get(id).await?;
     if ns.owns(&record.plugin) { Ok(record) } else { Err(crate::engine::EngineError::NotFound(id)) }
 }
 
@@ -297,7 +297,7 @@ async fn get_plugin(
 ) -> ApiResult<Json<wire::Plugin>> {
     let key = plugin_key(&ns, &name)?;
     let wanted = key.clone();
-    let (detail, counts) = read(&engine, move |engine| engine.plugin(&wanted)).await?;
+    let (detail, counts) = read(&engine, async move |engine| engine.plugin(&wanted).await).await?;
     Ok(Json(wire::Plugin::new(&name, &detail, &counts, |version| engine.plugin_runs(&key, version))))
 }
 
@@ -573,11 +573,20 @@ fn item_error(e: ApiError) -> wire::BatchItem {
     wire::BatchItem::Refused(wire::BatchRefusal::new(status, e.body().error))
 }
 
-/// Runs a store read on tokio's blocking pool, so reads whose cost grows
-/// with what is stored (a plugin's task counts, a page of records, a
-/// flow's tree, an output of up to the output cap) never hold an async
-/// worker.
+/// Runs a read of the engine, answering its error as the API does. The
+/// store keeps reads whose cost grows with what is stored (a plugin's
+/// task counts, a page of records, a flow's tree) off the async workers;
+/// `blocking` runs the rest of one (a transcript's lines) on tokio's
+/// blocking pool.
 pub(crate) async fn read<T: Send + 'static>(
+    engine: &Engine,
+    read: impl AsyncFnOnce(&Engine) -> Result<T, crate::engine::EngineError>,
+) -> ApiResult<T> {
+    Ok(read(engine).await?)
+}
+
+/// Runs a synchronous read of the engine on tokio's blocking pool.
+pub(crate) async fn blocking<T: Send + 'static>(
     engine: &Engine,
     read: impl FnOnce(&Engine) -> Result<T, crate::engine::EngineError> + Send + 'static,
 ) -> ApiResult<T> {
@@ -612,10 +621,10 @@ async fn get_task(
     Path(id): Path<String>,
 ) -> ApiResult<Json<wire::Task>> {
     let id = parse_id(&id)?;
-    let task = read(&engine, move |engine| {
-        let record = owned(engine, &ns, id)?;
-        let output = if record.state == TaskState::Completed { engine.output(id)? } else { None };
-        let callback = if record.callback_url.is_some() { engine.callback_outcome(id)? } else { None };
+    let task = read(&engine, async move |engine| {
+        let record = owned(engine, &ns, id).await?;
+        let output = if record.state == TaskState::Completed { engine.output(id).await? } else { None };
+        let callback = if record.callback_url.is_some() { engine.callback_outcome(id).await? } else { None };
         // The tail is an aid: a transcript that cannot be read leaves it
         // out (and is logged) rather than failing the whole record.
         let stderr = engine.stderr_tail(&record).unwrap_or_else(|error| {
@@ -652,10 +661,10 @@ async fn input(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let id = parse_id(&id)?;
-    let bytes = read(&engine, move |engine| {
-        let record = owned(engine, &ns, id)?;
+    let bytes = read(&engine, async move |engine| {
+        let record = owned(engine, &ns, id).await?;
         match record.input_from {
-            crate::store::InputFrom::Own => Ok(engine.input(id)?.unwrap_or_default()),
+            crate::store::InputFrom::Own => Ok(engine.input(id).await?.unwrap_or_default()),
             // The store holds the URL (which may carry credentials), or
             // nothing: the input is made when an attempt starts.
             crate::store::InputFrom::Url => Err(crate::engine::EngineError::Conflict(format!(
@@ -688,7 +697,7 @@ async fn history(
     Extension(ns): Extension<Namespace>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<wire::History>> {
-    let record = owned(&engine, &ns, parse_id(&id)?)?;
+    let record = owned(&engine, &ns, parse_id(&id)?).await?;
     Ok(Json(wire::History::new(&record)))
 }
 
@@ -728,9 +737,9 @@ async fn logs(
     use axum::response::sse::{Event, KeepAlive, Sse};
     let Query(query) = query?;
     let id = parse_id(&id)?;
-    let record = read(&engine, move |engine| owned(engine, &ns, id)).await?;
+    let record = owned(&engine, &ns, id).await?;
     if !query.follow.unwrap_or(false) {
-        let logs = read(&engine, move |engine| engine.task_logs(&record, query.attempt)).await?;
+        let logs = blocking(&engine, move |engine| engine.task_logs(&record, query.attempt)).await?;
         return Ok(Json(logs).into_response());
     }
     let events = engine.follow_logs(&record, query.attempt)?;
@@ -762,7 +771,7 @@ async fn cancel(
     Path(id): Path<String>,
 ) -> ApiResult<Json<wire::Task>> {
     // The tenant of a task never changes: checked once, it holds.
-    let id = owned(&engine, &ns, parse_id(&id)?)?.id;
+    let id = owned(&engine, &ns, parse_id(&id)?).await?.id;
     let record = engine.cancel(id).await?;
     Ok(Json(wire::Task::new(&record, None).in_namespace(&ns)))
 }
@@ -798,7 +807,7 @@ async fn resubmit(
             .map_err(|e| ApiError::invalid(format!("the retry body is not {{\"version\"?: string}}: {e}")))?
             .version
     };
-    let id = owned(&engine, &ns, parse_id(&id)?)?.id;
+    let id = owned(&engine, &ns, parse_id(&id)?).await?.id;
     let record = engine.resubmit_on(id, version).await?;
     Ok(Json(wire::Task::new(&record, None).in_namespace(&ns)))
 }
@@ -871,8 +880,8 @@ async fn list_tasks(
         newest_first,
         count_more: query.count.unwrap_or(false),
     };
-    let page = read(&engine, move |engine| {
-        let page = engine.list_page(&filter)?;
+    let page = read(&engine, async move |engine| {
+        let page = engine.list_page(&filter).await?;
         Ok(wire::TaskPage::new(&page.tasks, page.next).more(page.more).in_namespace(&ns))
     })
     .await?;

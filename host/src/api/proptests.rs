@@ -379,7 +379,7 @@ fn task_submissions_write_one_task_or_nothing() {
         prop_assert_eq!(&json["created"], &json!(created));
         prop_assert_eq!(after.tasks, before.tasks + u64::from(created));
         let id = json["id"].as_str().unwrap_or_default().parse().map_err(|e| TestCaseError::fail(format!("{e}")))?;
-        prop_assert!(h.engine.get(id).is_ok());
+        prop_assert!(h.engine.get(id).await.is_ok());
         // Whatever was accepted renders (a huge delay once made every view
         // of its task panic).
         for view in [format!("/v1/tasks/{id}"), format!("/v1/tasks/{id}/history"), "/v1/tasks?limit=1000".into()] {

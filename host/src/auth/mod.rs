@@ -2,7 +2,7 @@
 //! revoked), the bootstrap admin token a new data directory gets, and the
 //! audit log of admin and plugin actions. The API asks
 //! [`Auth::authenticate`] who a request comes from and checks the scope
-//! the route needs; what is kept goes through the [`Store`].
+//! the route needs; what is kept goes through the store ([`Db`]).
 //!
 //! Tokens are held in memory (at most [`MAX_TOKENS`]) and in the store; a
 //! revocation removes both before it is answered, so it holds from the
@@ -14,7 +14,7 @@ mod token;
 pub use scope::{Scope, Scopes};
 
 use crate::names::{self, NameKind};
-use crate::store::{AuditEntry, Store, StoreError, StoredToken, now_ms};
+use crate::store::{AuditEntry, Db, StoreError, StoredToken, now_ms};
 use crate::sync::{read, write};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -154,7 +154,7 @@ pub struct Created {
 
 /// Tokens and the audit log of one host.
 pub struct Auth {
-    store: Store,
+    store: Db,
     tokens: RwLock<HashMap<String, StoredToken>>,
     /// Serialises token changes, so two creations cannot both take a name.
     changes: tokio::sync::Mutex<()>,
@@ -162,8 +162,8 @@ pub struct Auth {
 
 impl Auth {
     /// The tokens stored in `store`.
-    pub fn load(store: Store) -> Result<Self, AuthError> {
-        let tokens = store.tokens()?.into_iter().collect();
+    pub async fn load(store: Db) -> Result<Self, AuthError> {
+        let tokens = store.tokens().await?.into_iter().collect();
         Ok(Self { store, tokens: RwLock::new(tokens), changes: tokio::sync::Mutex::new(()) })
     }
 
@@ -314,8 +314,8 @@ impl Auth {
     }
 
     /// Up to `limit` audit entries older than `before`, newest first.
-    pub fn audit(&self, before: Option<Uuid>, limit: usize) -> Result<Vec<(Uuid, AuditEntry)>, AuthError> {
-        Ok(self.store.audit(before, limit)?)
+    pub async fn audit(&self, before: Option<Uuid>, limit: usize) -> Result<Vec<(Uuid, AuditEntry)>, AuthError> {
+        Ok(self.store.audit(before, limit).await?)
     }
 }
 
@@ -346,8 +346,8 @@ mod tests {
 
     async fn auth() -> (tempfile::TempDir, Auth) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb"), true).unwrap();
-        (dir, Auth::load(store).unwrap())
+        let store = crate::store::Store::open(&dir.path().join("s.redb"), true).unwrap();
+        (dir, Auth::load(Db::Redb(store)).await.unwrap())
     }
 
     #[tokio::test]

@@ -72,6 +72,13 @@ pub(crate) struct ServeArgs {
     /// Commit every transition on its own (slower; for comparison).
     #[arg(long)]
     no_group_commit: bool,
+    /// Keep the store in this PostgreSQL database
+    /// (`postgres://USER[:PASSWORD]@HOST:PORT/DATABASE`, or
+    /// `postgres:///DATABASE?host=/SOCKET/DIR`) instead of the redb file in
+    /// the data directory, which still holds the artifact cache and
+    /// uploads. One host at a time runs on a database in this version.
+    #[arg(long, value_name = "URL", env = "TASKHOST_STORE", hide_env_values = true)]
+    store: Option<String>,
     /// Watch DIR for `NAME.wasm`, `NAME@VERSION.wasm` and `NAME.toml`
     /// (manifest) files and load them live.
     #[arg(long, value_name = "DIR")]
@@ -381,6 +388,8 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
         None => {}
     }
     config.group_commit = !args.no_group_commit;
+    config.store_url = args.store;
+    let backend = if config.store_url.is_some() { "PostgreSQL" } else { "redb" };
     let sandbox = &mut config.sandbox;
     let ceilings = &mut sandbox.ceilings;
     ceilings.fuel = args.max_fuel.unwrap_or(ceilings.fuel);
@@ -523,14 +532,14 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
         );
     }
     eprintln!(
-        "taskhost serving on {scheme}://{bound} (data: {}, {total} tasks stored, {} plugins; {settings})",
+        "taskhost serving on {scheme}://{bound} (data: {}, {total} tasks stored in {backend}, {} plugins; {settings})",
         data_dir.display(),
         engine.plugins().len()
     );
     if let Some(endpoint) = engine.traces().endpoint() {
         eprintln!("taskhost: traces go to {endpoint} (OTLP over HTTP)");
     }
-    let auth = match Auth::load(engine.store()) {
+    let auth = match Auth::load(engine.store()).await {
         Ok(auth) => Arc::new(auth),
         Err(e) => return fail(EXIT_STORE, &format!("cannot read the API tokens: {e}")),
     };
@@ -605,6 +614,9 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
 fn open_failed(e: &anyhow::Error, data_dir: &std::path::Path) -> ExitCode {
     if e.chain().any(|cause| cause.downcast_ref::<taskhost::engine::SettingsError>().is_some()) {
         return fail(EXIT_USAGE, &format!("cannot start: the configuration file: {e:#}"));
+    }
+    if e.chain().any(|cause| cause.downcast_ref::<store::postgres::PgError>().is_some()) {
+        return fail(EXIT_STORE, &format!("cannot start: the PostgreSQL store: {e:#}"));
     }
     let store_error = e.chain().find_map(|cause| {
         cause.downcast_ref::<StoreError>().or_else(|| match cause.downcast_ref::<EngineError>() {

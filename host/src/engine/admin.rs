@@ -123,7 +123,7 @@ impl Admin {
         let deadline = Instant::now() + CANCEL_WAIT;
         let mut interrupted = false;
         loop {
-            let record = shared.task(id)?;
+            let record = shared.task(id).await?;
             match record.state {
                 TaskState::Pending | TaskState::Retrying => {
                     let change =
@@ -170,7 +170,7 @@ impl Admin {
             crate::names::version(version).map_err(|e| EngineError::InvalidRequest(e.to_string()))?;
         }
         let shared = &self.shared;
-        let record = shared.task(id)?;
+        let record = shared.task(id).await?;
         if record.state != TaskState::Failed {
             return Err(EngineError::Conflict(format!(
                 "only failed tasks can be re-submitted; task {id} is {}",
@@ -212,17 +212,18 @@ impl Admin {
             r.plugin_version = version;
             r.digest = digest;
         });
-        let done = shared.store.transition(change).await.map_err(|e| match e {
+        let done = match shared.store.transition(change).await {
+            Ok(done) => done,
             // Another request (a concurrent re-submission) moved it first.
-            StoreError::VersionMismatch { .. } | StoreError::IllegalTransition { .. } => {
-                let now = shared.task(id).map_or_else(|_| "gone".to_owned(), |r| r.state.to_string());
-                EngineError::Conflict(format!(
+            Err(StoreError::VersionMismatch { .. } | StoreError::IllegalTransition { .. }) => {
+                let now = shared.task(id).await.map_or_else(|_| "gone".to_owned(), |r| r.state.to_string());
+                return Err(EngineError::Conflict(format!(
                     "task {id} changed while it was being re-submitted (another request re-submitted or cancelled \
                      it first); it is {now} now"
-                ))
+                )));
             }
-            other => other.into(),
-        })?;
+            Err(other) => return Err(other.into()),
+        };
         shared.metrics.moved(&done.queue, Some(TaskState::Failed), TaskState::Pending);
         shared.runner.hold(&done.plugin, &done.plugin_version);
         drop(resolved);
@@ -244,7 +245,7 @@ impl Admin {
             }
         }
         self.shared.ended.notify_waiters();
-        self.flows.view(id)
+        self.flows.view(id).await
     }
 
     /// Sets a queue's concurrency limit and weight.
@@ -277,7 +278,7 @@ impl Admin {
 
     /// Lists tasks in submission order; returns the page and the cursor of
     /// the next one.
-    pub(crate) fn list(&self, filter: &ListFilter) -> Result<TaskList, EngineError> {
+    pub(crate) async fn list(&self, filter: &ListFilter) -> Result<TaskList, EngineError> {
         let query = TaskQuery {
             state: filter.state,
             queue: filter.queue.clone(),
@@ -290,7 +291,7 @@ impl Admin {
             newest_first: filter.newest_first,
             count_up_to: if filter.count_more { MORE_COUNTED } else { 1 },
         };
-        let listed = self.shared.store.list_page(&query, &listing)?;
+        let listed = self.shared.store.list_page(&query, &listing).await?;
         let next = if listed.more > 0 { listed.tasks.last().map(|r| r.id) } else { None };
         Ok(TaskList { next, more: filter.count_more.then_some(listed.more), tasks: listed.tasks })
     }
@@ -298,18 +299,22 @@ impl Admin {
     /// Waits until the task has ended, or `timeout` passed.
     pub(crate) async fn wait(&self, id: Uuid, timeout: Duration) -> Result<TaskRecord, EngineError> {
         let shared = &self.shared;
-        shared
-            .wait_until(timeout, || Ok(Some(shared.task(id)?).filter(|r| r.state.is_terminal())), || shared.task(id))
-            .await
+        let ended = shared
+            .wait_until(timeout, || async move { Ok(Some(shared.task(id).await?).filter(|r| r.state.is_terminal())) })
+            .await?;
+        match ended {
+            Some(record) => Ok(record),
+            None => shared.task(id).await,
+        }
     }
 
     /// Waits until a flow ends or `timeout` passes; returns its view.
     pub(crate) async fn wait_flow(&self, id: Uuid, timeout: Duration) -> Result<FlowView, EngineError> {
-        let ended = self
-            .shared
-            .wait_until(timeout, || Ok((self.flows.state(id)? != FlowState::Running).then_some(())), || Ok(()))
-            .await;
-        ended.and_then(|()| self.flows.view(id))
+        let flows = &self.flows;
+        self.shared
+            .wait_until(timeout, || async move { Ok((flows.state(id).await? != FlowState::Running).then_some(())) })
+            .await?;
+        self.flows.view(id).await
     }
 }
 

@@ -128,13 +128,13 @@ impl Admission {
     /// is.
     fn check_released(&self, id: Uuid) -> Result<Option<(TaskRecord, Option<String>)>, EngineError> {
         let store = &self.shared.store;
-        let Some(record) = store.get(id)? else { return Ok(None) };
+        let Some(record) = store.get_now(id)? else { return Ok(None) };
         if record.state != TaskState::Pending {
             return Ok(None);
         }
         if record.input_from == InputFrom::Outputs {
             for dep in record.after.clone() {
-                let Some(d) = store.get(dep)? else {
+                let Some(d) = store.get_now(dep)? else {
                     return Ok(Some((record, Some(format!("skipped: predecessor {dep} is missing")))));
                 };
                 if d.state != TaskState::Completed {
@@ -208,7 +208,7 @@ mod tests {
     async fn a_failed_read_of_a_released_step_fails_it_instead_of_leaving_it_pending() {
         let h = Harness::new().await;
         let id = h.submit_delayed("echo", Script::Complete(Vec::new()), 60_000).await;
-        let record = h.engine.get(id).unwrap();
+        let record = h.engine.get(id).await.unwrap();
         h.store().fail_next_reads(1);
         let end = h.engine.inner.admission.release(id, record.version, None).expect("an end, not silence");
         assert_eq!(end.to, TaskState::Failed);

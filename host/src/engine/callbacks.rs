@@ -18,7 +18,7 @@
 //! `<t>.<body>` ([`signature`]), as GitHub and Stripe sign webhooks.
 
 use crate::egress::EgressPolicy;
-use crate::store::{CallbackOutcome, Store};
+use crate::store::{CallbackOutcome, Db};
 use hmac::{Hmac, Mac as _};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -105,7 +105,7 @@ impl Undelivered {
 
 pub(crate) struct Callbacks {
     /// Where each delivery's end is recorded, for the task's view.
-    store: Store,
+    store: Db,
     /// Checks each URL again before its delivery (an address written in
     /// the URL skips the resolver, and the policy may have narrowed since
     /// the task was submitted).
@@ -126,7 +126,7 @@ impl Callbacks {
     /// `max_pending` deliveries pending and [`MAX_IN_FLIGHT`] attempts
     /// under way.
     pub(crate) fn new(
-        store: Store,
+        store: Db,
         (dropped, undelivered): (Counter, Undelivered),
         max_pending: usize,
         policy: &EgressPolicy,
@@ -136,7 +136,7 @@ impl Callbacks {
     }
 
     fn with_limits(
-        store: Store,
+        store: Db,
         (dropped, undelivered): (Counter, Undelivered),
         max_pending: usize,
         max_in_flight: usize,
@@ -250,7 +250,7 @@ async fn attempts(
 
 /// Stores a delivery's end; a store that refuses it is logged (the
 /// delivery itself is done either way).
-async fn record(store: &Store, task: Uuid, outcome: CallbackOutcome) {
+async fn record(store: &Db, task: Uuid, outcome: CallbackOutcome) {
     if let Err(error) = store.put_callback_outcome(task, outcome).await {
         tracing::error!(%task, %error, "cannot record how the callback ended");
     }
@@ -261,10 +261,10 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn store() -> (tempfile::TempDir, Store) {
+    fn store() -> (tempfile::TempDir, Db) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb"), true).unwrap();
-        (dir, store)
+        let store = crate::store::Store::open(&dir.path().join("s.redb"), true).unwrap();
+        (dir, Db::Redb(store))
     }
 
     fn loopback() -> EgressPolicy {
@@ -346,10 +346,10 @@ mod tests {
         assert_eq!(callbacks.pending.available_permits(), 8);
     }
 
-    async fn wait_for_outcome(store: &Store, id: Uuid) -> CallbackOutcome {
+    async fn wait_for_outcome(store: &Db, id: Uuid) -> CallbackOutcome {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(outcome) = store.callback_outcome(id).unwrap() {
+            if let Some(outcome) = store.callback_outcome(id).await.unwrap() {
                 return outcome;
             }
             assert!(tokio::time::Instant::now() < deadline, "no outcome recorded");

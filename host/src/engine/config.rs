@@ -37,6 +37,11 @@ pub struct EngineConfig {
     /// Batch concurrent transitions into one commit. Default on; off only
     /// for comparison.
     pub group_commit: bool,
+    /// A PostgreSQL database to keep the store in
+    /// (`postgres://USER@HOST:PORT/DATABASE`) instead of the redb file in
+    /// `data_dir` (which still holds the artifact cache and uploads).
+    /// Default none: the redb file.
+    pub store_url: Option<String>,
     /// Backoff between attempts.
     pub retry: RetryPolicy,
     /// `max_attempts` of a task that sets none. Default 3.
@@ -107,6 +112,7 @@ impl Default for EngineConfig {
             claim_at_submit: true,
             memory_budget: default_memory_budget(),
             group_commit: true,
+            store_url: None,
             retry: RetryPolicy::default(),
             default_max_attempts: 3,
             plugins_dir: None,

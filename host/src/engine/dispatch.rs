@@ -195,7 +195,10 @@ impl Dispatch {
     pub(crate) fn claim_at_submit(&self, record: &TaskRecord) -> Option<Claim> {
         let shared = &self.shared;
         let due = record.next_run_at_ms.is_none_or(|at| at <= now_ms());
+        // PostgreSQL commits no claim with a submission (see
+        // `Db::submit_then`).
         if !shared.config.claim_at_submit
+            || shared.store.redb().is_none()
             || shared.stopping()
             || !due
             || !record.after.is_empty()
@@ -364,7 +367,7 @@ impl Dispatch {
         {
             // The flow's exact context size, read back after its writes.
             let size = if applied && context_writes {
-                match shared.store.context_sizes_of(record.flow_id) {
+                match shared.store.context_sizes_of(record.flow_id).await {
                     Ok(size) => Some(size),
                     Err(error) => {
                         // The reservation is released; the next attempt
@@ -486,6 +489,7 @@ impl Dispatch {
         if record.input_from == InputFrom::Own || record.input_from == InputFrom::Url || record.after.is_empty() {
             let own = store
                 .input(record.id)
+                .await
                 .map_err(|e| host_error(format!("reading the input: {e}")))?
                 .ok_or_else(|| host_error("the task's input is missing from the store".into()))?;
             if record.input_from != InputFrom::Url {
@@ -504,7 +508,8 @@ impl Dispatch {
         }
         let mut outputs = Vec::with_capacity(record.after.len());
         for dep in &record.after {
-            let output = store.output(*dep).map_err(|e| host_error(format!("reading the output of {dep}: {e}")))?;
+            let output =
+                store.output(*dep).await.map_err(|e| host_error(format!("reading the output of {dep}: {e}")))?;
             outputs.push(output.ok_or_else(|| host_error(format!("task {dep} has no output to pass on")))?);
         }
         Ok(if outputs.len() == 1 { outputs.remove(0) } else { gather(&outputs) })
@@ -548,7 +553,7 @@ mod tests {
         let id = h.submit("echo", Script::FailTimes(2, b"done".to_vec())).await;
         let done = h.wait(id).await;
         assert_eq!((done.state, done.attempts), (TaskState::Completed, 3));
-        assert_eq!(h.output(id).as_deref(), Some(&b"done"[..]));
+        assert_eq!(h.output(id).await.as_deref(), Some(&b"done"[..]));
         let states: Vec<TaskState> = done.history.iter().map(|t| t.to).collect();
         use TaskState::*;
         assert_eq!(states, [Pending, Running, Retrying, Running, Retrying, Running, Completed]);
@@ -575,7 +580,7 @@ mod tests {
             assert!(Instant::now() < deadline, "the outcome's commit never failed");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        assert_eq!(h.engine.get(id).unwrap().state, TaskState::Running, "reads go on; nothing recorded yet");
+        assert_eq!(h.engine.get(id).await.unwrap().state, TaskState::Running, "reads go on; nothing recorded yet");
         let task = NewTask { plugin: "echo".into(), ..NewTask::default() };
         let refused = h.engine.submit(task).await.unwrap_err();
         assert!(matches!(refused, EngineError::Store(StoreError::Unwritable { .. })), "{refused}");
@@ -583,7 +588,7 @@ mod tests {
         full.store(false, Ordering::SeqCst);
         let done = h.wait(id).await;
         assert_eq!((done.state, done.attempts), (TaskState::Completed, 1));
-        assert_eq!(h.output(id).as_deref(), Some(&b"late"[..]));
+        assert_eq!(h.output(id).await.as_deref(), Some(&b"late"[..]));
         assert!(h.engine.store_fault().is_none());
         let next = h.submit("echo", Script::Complete(b"next".to_vec())).await;
         assert_eq!(h.wait(next).await.state, TaskState::Completed);
@@ -625,7 +630,7 @@ mod tests {
             assert!(Instant::now() < deadline, "the second task never ran while the first's outcome waited");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        assert_eq!(h.engine.get(first).unwrap().state, TaskState::Running, "its outcome is not recorded yet");
+        assert_eq!(h.engine.get(first).await.unwrap().state, TaskState::Running, "its outcome is not recorded yet");
         full.store(false, Ordering::SeqCst);
         assert_eq!(h.wait(first).await.state, TaskState::Completed);
         assert_eq!(h.wait(second).await.state, TaskState::Completed);

@@ -91,7 +91,7 @@ impl Endings {
             _ => 0,
         };
         if let Some(url) = &done.callback_url {
-            match shared.store.output(done.id) {
+            match shared.store.output_now(done.id) {
                 Ok(output) => {
                     // The tail is an aid: one that cannot be read is left
                     // out (and logged); the callback still goes.

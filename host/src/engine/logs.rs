@@ -112,7 +112,7 @@ fn attempt_log(shared: &Shared, id: Uuid, attempt: u32) -> Result<(AttemptLog, O
     if let Some(t) = live {
         return Ok((t.kept(), Some(t)));
     }
-    Ok((shared.store.attempt_log(id, attempt)?.unwrap_or_default(), None))
+    Ok((shared.store.attempt_log_now(id, attempt)?.unwrap_or_default(), None))
 }
 
 /// Most stderr lines shown with a failure ([`stderr_tail`]).
@@ -261,8 +261,8 @@ impl Follower {
         // The attempt whose stored lines were all sent (not read again).
         let mut sent_whole = 0;
         loop {
-            let (shared, id) = (self.shared.clone(), self.id);
-            let record = crate::sync::blocking(move || shared.task(id)).await?;
+            let id = self.id;
+            let record = self.shared.task(id).await?;
             let runs = record.runs();
             if self.attempt <= runs && sent_whole != self.attempt {
                 let (shared, attempt) = (self.shared.clone(), self.attempt);

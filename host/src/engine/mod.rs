@@ -14,6 +14,8 @@
 mod ad_hoc;
 mod admin;
 mod admission;
+#[cfg(test)]
+mod backends;
 mod callbacks;
 mod config;
 mod dispatch;
@@ -61,7 +63,7 @@ pub use submission::{MAX_DELAY_MS, NewTask};
 pub use tenants::MAX_TENANTS;
 
 use crate::registry::{Manifest, PluginDetail, Registry, VersionStatus};
-use crate::store::{QueueConfig, Store, StoreError, Submitted, TaskRecord, TaskState, now_ms};
+use crate::store::{Db, QueueConfig, Store, StoreError, Submitted, TaskRecord, TaskState, now_ms};
 use crate::sync::{blocking, lock};
 use crate::{Sandbox, SandboxConfig};
 use admin::Admin;
@@ -208,7 +210,7 @@ impl Engine {
     /// dispatching.
     async fn assemble(
         config: EngineConfig,
-        store: Store,
+        store: Db,
         runner: Arc<dyn Runner>,
         metrics: Arc<Metrics>,
         plugins: Option<(Arc<Registry>, Sandbox)>,
@@ -216,17 +218,14 @@ impl Engine {
     ) -> Result<Engine, EngineError> {
         let found = match found {
             Some(found) => found,
-            None => {
-                let store = store.clone();
-                blocking(move || recovery::Found::scan(&store)).await?
-            }
+            None => recovery::Found::scan_db(&store).await?,
         };
-        let queues = store.queues()?;
+        let queues = store.queues().await?;
         let callback_keys = Arc::new(callbacks::CallbackKeys::new(
             store.secret(CALLBACK_SECRET).await?,
             store.secret(CALLBACK_DERIVE_SECRET).await?,
         ));
-        let tenants = Arc::new(tenants::Tenants::load(store.clone())?);
+        let tenants = Arc::new(tenants::Tenants::load(store.clone()).await?);
         let shared = Arc::new(Shared::new(config, store, runner, metrics, tenants.clone()));
         {
             let mut sched = lock(&shared.sched);
@@ -305,7 +304,7 @@ impl Engine {
             shared.runner.hold(&record.plugin, &record.plugin_version);
         }
         // Flow totals and joins; what is left is ready to run.
-        let (ready, running_flows) = self.inner.flows.recover(&unfinished)?;
+        let (ready, running_flows) = self.inner.flows.recover(&unfinished).await?;
         for flow in running_flows {
             let (created, pins) = self.inner.flows.finish(flow).await?;
             self.inner.endings.admit(&created, false);
@@ -452,9 +451,9 @@ impl Engine {
 
     /// One plugin's versions with their state, and task counts by version
     /// and state (read through the store's plugin index).
-    pub fn plugin(&self, name: &str) -> Result<(PluginDetail, TaskCounts), EngineError> {
+    pub async fn plugin(&self, name: &str) -> Result<(PluginDetail, TaskCounts), EngineError> {
         let detail = self.plugin_detail(name)?;
-        let counts = self.inner.shared.store.plugin_task_counts(name)?;
+        let counts = self.inner.shared.store.plugin_task_counts(name).await?;
         Ok((detail, counts))
     }
 
@@ -514,10 +513,12 @@ impl Engine {
 
     async fn submit_in_span(&self, mut task: NewTask) -> Result<Submitted, EngineError> {
         // A key seen before answers with its task and costs no quota.
-        if let Some(key) = &task.idempotency_key
-            && let Some(id) = self.inner.shared.store.task_by_key(key)?
-        {
-            return Ok(Submitted { record: self.get(id)?, created: false });
+        let seen = match &task.idempotency_key {
+            Some(key) => self.inner.shared.store.task_by_key(key).await?,
+            None => None,
+        };
+        if let Some(id) = seen {
+            return Ok(Submitted { record: self.inner.shared.task(id).await?, created: false });
         }
         // An ad-hoc script's own checks come first; nothing is written
         // for a script refused by them.
@@ -577,20 +578,20 @@ impl Engine {
     }
 
     /// One task's record.
-    pub fn get(&self, id: Uuid) -> Result<TaskRecord, EngineError> {
-        self.inner.shared.task(id)
+    pub async fn get(&self, id: Uuid) -> Result<TaskRecord, EngineError> {
+        self.inner.shared.task(id).await
     }
 
     /// A task's input bytes as stored at submission (for a task whose
     /// input comes from a URL, the URL; for a declared step fed by other
     /// tasks' outputs, nothing).
-    pub fn input(&self, id: Uuid) -> Result<Option<Vec<u8>>, EngineError> {
-        Ok(self.inner.shared.store.input(id)?)
+    pub async fn input(&self, id: Uuid) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(self.inner.shared.store.input(id).await?)
     }
 
     /// A task's output, once it completed.
-    pub fn output(&self, id: Uuid) -> Result<Option<Vec<u8>>, EngineError> {
-        Ok(self.inner.shared.store.output(id)?)
+    pub async fn output(&self, id: Uuid) -> Result<Option<Vec<u8>>, EngineError> {
+        Ok(self.inner.shared.store.output(id).await?)
     }
 
     /// One attempt's lines of task `record` (its latest when `attempt` is
@@ -632,15 +633,15 @@ impl Engine {
 
     /// Lists tasks in submission order; returns the page and the cursor of
     /// the next one.
-    pub fn list(&self, filter: &ListFilter) -> Result<(Vec<TaskRecord>, Option<Uuid>), EngineError> {
-        let page = self.inner.admin.list(filter)?;
+    pub async fn list(&self, filter: &ListFilter) -> Result<(Vec<TaskRecord>, Option<Uuid>), EngineError> {
+        let page = self.inner.admin.list(filter).await?;
         Ok((page.tasks, page.next))
     }
 
     /// A page of tasks matching `filter`, oldest or newest first, with how
     /// many more match when `count_more` asks.
-    pub fn list_page(&self, filter: &ListFilter) -> Result<TaskList, EngineError> {
-        self.inner.admin.list(filter)
+    pub async fn list_page(&self, filter: &ListFilter) -> Result<TaskList, EngineError> {
+        self.inner.admin.list(filter).await
     }
 
     /// Cancels a task: at once when pending or retrying; a running task is
@@ -660,7 +661,7 @@ impl Engine {
     /// instead of the one the task pinned (`None`: that one).
     pub async fn resubmit_on(&self, id: Uuid, version: Option<String>) -> Result<TaskRecord, EngineError> {
         // A retried task is unfinished again: it counts as a submission.
-        let record = self.get(id)?;
+        let record = self.get(id).await?;
         let tenant = crate::tenant::tenant_of(&record.plugin).to_owned();
         if ad_hoc::is_reserved(&record.plugin) {
             ad_hoc::check_queue(self.inner.shared.tenants.quotas(&tenant).as_ref(), &record.queue)?;
@@ -816,13 +817,13 @@ impl Engine {
     }
 
     /// How task `id`'s completion callback ended, if it has.
-    pub fn callback_outcome(&self, id: Uuid) -> Result<Option<crate::store::CallbackOutcome>, EngineError> {
-        Ok(self.inner.shared.store.callback_outcome(id)?)
+    pub async fn callback_outcome(&self, id: Uuid) -> Result<Option<crate::store::CallbackOutcome>, EngineError> {
+        Ok(self.inner.shared.store.callback_outcome(id).await?)
     }
 
     /// The engine's store (a cheap handle), for what keeps its own records
     /// beside the engine's (tokens, the audit log).
-    pub fn store(&self) -> Store {
+    pub fn store(&self) -> Db {
         self.inner.shared.store.clone()
     }
 
@@ -874,30 +875,30 @@ impl Engine {
             Ok(id)
         })
         .await?;
-        self.flow(id)
+        self.flow(id).await
     }
 
     /// Flows newest first, from before `before`: at most `limit` (1-100)
     /// whose first task's plugin `owns` takes (a tenant's), in `state` when
     /// given. One call reads at most [`FLOWS_SCANNED`] flows; the id to go
     /// on from is given when more may follow (a page may be short).
-    pub fn flows_page(
+    pub async fn flows_page(
         &self,
         before: Option<Uuid>,
         limit: usize,
         state: Option<crate::store::FlowState>,
-        owns: impl Fn(&str) -> bool,
+        owns: impl Fn(&str) -> bool + Send + 'static,
     ) -> Result<crate::store::FlowsPage, EngineError> {
-        let keep = |flow: &crate::store::FlowRecord, first: Option<&TaskRecord>| {
+        let keep = move |flow: &crate::store::FlowRecord, first: Option<&TaskRecord>| {
             state.is_none_or(|s| flow.state == s) && first.is_some_and(|t| owns(&t.plugin))
         };
-        Ok(self.inner.shared.store.flows_newest(before, limit.clamp(1, 100), FLOWS_SCANNED, keep)?)
+        Ok(self.inner.shared.store.flows_newest(before, limit.clamp(1, 100), FLOWS_SCANNED, keep).await?)
     }
 
     /// A flow with its tasks. Any task id that roots a flow works, even one
     /// that never submitted children.
-    pub fn flow(&self, id: Uuid) -> Result<FlowView, EngineError> {
-        self.inner.flows.view(id)
+    pub async fn flow(&self, id: Uuid) -> Result<FlowView, EngineError> {
+        self.inner.flows.view(id).await
     }
 
     /// Cancels a flow: no further task or iteration starts, and every
@@ -967,9 +968,61 @@ impl Engine {
     }
 }
 
-/// Opens (creating, migrating) the store off the async workers, and
+/// Connections this host opens to a PostgreSQL store at most.
+const PG_CONNECTIONS: u32 = 16;
+
+/// Workers of a PostgreSQL store's group committer (each holds a
+/// connection while it commits).
+const PG_COMMIT_WORKERS: usize = 4;
+
+/// Opens the store: the PostgreSQL database `config.store_url` names,
+/// else the redb file in the data directory. The store and what the
+/// start-up scan found.
+async fn open_store(config: &EngineConfig) -> anyhow::Result<(Db, recovery::Found)> {
+    use anyhow::Context as _;
+    let Some(url) = &config.store_url else {
+        let (store, found) = open_file_store(config).await?;
+        return Ok((Db::Redb(store), found));
+    };
+    let dir = config.data_dir.clone();
+    let host = blocking(move || host_name(&dir)).await?;
+    let store = crate::store::postgres::PgStore::connect(url, PG_CONNECTIONS).await?;
+    let pg = crate::store::PgDb::open(store, host, PG_COMMIT_WORKERS).await?;
+    let db = Db::Postgres(Arc::new(pg));
+    let found = recovery::Found::scan_db(&db).await.context("reading the PostgreSQL store's tasks")?;
+    Ok((db, found))
+}
+
+/// The file in the data directory that names this host to a shared store.
+const HOST_FILE: &str = "host-id";
+
+/// This host's name in a shared store (its artifact hashes are kept under
+/// it): made once, at random, in the data directory (made if missing,
+/// its owner's alone).
+fn host_name(dir: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context as _;
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))?;
+    let path = dir.join(HOST_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(name) if Uuid::parse_str(name.trim()).is_ok() => Ok(name.trim().to_owned()),
+        Ok(_) => anyhow::bail!("{} does not hold a host id (a UUID); remove it to make a new one", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let name = Uuid::now_v7().to_string();
+            std::fs::write(&path, format!("{name}\n")).with_context(|| format!("writing {}", path.display()))?;
+            Ok(name)
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),
+    }
+}
+
+/// Opens (creating, migrating) the redb store off the async workers, and
 /// scans it beside its integrity check: the store and what the scan found.
-async fn open_store(config: &EngineConfig) -> anyhow::Result<(Store, recovery::Found)> {
+async fn open_file_store(config: &EngineConfig) -> anyhow::Result<(Store, recovery::Found)> {
     use anyhow::Context as _;
     use std::os::unix::fs::PermissionsExt as _;
     let (dir, group_commit) = (config.data_dir.clone(), config.group_commit);

@@ -29,6 +29,37 @@ impl Found {
         Self::scan_unless(store, || false)
     }
 
+    /// Scans `store` off the async workers (redb), or reads what
+    /// PostgreSQL counts and the tasks not ended.
+    pub(crate) async fn scan_db(store: &crate::store::Db) -> Result<Found, StoreError> {
+        match store {
+            crate::store::Db::Redb(store) => {
+                let store = store.clone();
+                crate::sync::blocking(move || Found::scan(&store)).await
+            }
+            crate::store::Db::Postgres(pg) => Ok(Found::of(pg.store().unended().await?)),
+        }
+    }
+
+    /// What a PostgreSQL store holds, from its counts and the tasks not
+    /// ended it read ([`PgStore::unended`](crate::store::postgres::PgStore::unended)).
+    pub(crate) fn of(unended: crate::store::postgres::Unended) -> Found {
+        let mut found = Found::default();
+        for (queue, state, n) in unended.counts {
+            slot(&mut found.by_queue, &queue)[state as usize] += n;
+        }
+        for (tenant, bytes) in unended.stored {
+            *slot(&mut found.stored, &tenant) += bytes.max(0) as u64;
+        }
+        for record in unended.tasks {
+            match record.state {
+                TaskState::Running => found.interrupted.push(record),
+                _ => found.unfinished.push(record),
+            }
+        }
+        found
+    }
+
     /// [`Found::scan`], given up once `stop` says so (asked every few
     /// thousand tasks).
     fn scan_unless(store: &Store, stop: impl Fn() -> bool) -> Result<Found, StoreError> {

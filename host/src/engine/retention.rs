@@ -9,7 +9,6 @@ use super::EngineError;
 use super::metrics::Metrics;
 use super::shared::Shared;
 use crate::store::{QueueConfig, Retention, is_flow_group, now_ms};
-use crate::sync::blocking;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -55,16 +54,9 @@ pub(crate) async fn sweep(shared: &Shared) -> Result<u64, EngineError> {
     // passed over so the ones behind them go.
     let mut kept = std::collections::HashSet::new();
     while !shared.stopping() && kept.len() < MAX_PASSED_OVER {
-        let store = shared.store.clone();
         let host = shared.config.retention;
-        let skip = std::mem::take(&mut kept);
-        let (found, skip) = blocking(move || {
-            let queues: HashMap<String, QueueConfig> = store.queues()?.into_iter().collect();
-            let found = store.expired_past(|group| rule(host, &queues, group), now_ms(), BATCH, &skip)?;
-            Ok::<_, crate::store::StoreError>((found, skip))
-        })
-        .await?;
-        kept = skip;
+        let queues: HashMap<String, QueueConfig> = shared.store.queues().await?.into_iter().collect();
+        let found = shared.store.expired_past(move |group| rule(host, &queues, group), now_ms(), BATCH, &kept).await?;
         let full = found.len() == BATCH;
         if found.is_empty() {
             break;

@@ -10,7 +10,7 @@ use super::runner::Runner;
 use super::scheduler::{Entry, Scheduler};
 use super::{EngineConfig, EngineError};
 use crate::CancelToken;
-use crate::store::{Store, TaskRecord};
+use crate::store::{Db, TaskRecord};
 use crate::sync::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 pub(crate) struct Shared {
     pub(crate) config: EngineConfig,
-    pub(crate) store: Store,
+    pub(crate) store: Db,
     pub(crate) runner: Arc<dyn Runner>,
     pub(crate) sched: Mutex<Scheduler>,
     /// Execution slots and the memory budget, held only while a sandbox
@@ -61,7 +61,7 @@ impl Shared {
 
     pub(crate) fn new(
         config: EngineConfig,
-        store: Store,
+        store: Db,
         runner: Arc<dyn Runner>,
         metrics: Arc<Metrics>,
         tenants: Arc<super::tenants::Tenants>,
@@ -116,28 +116,30 @@ impl Shared {
     }
 
     /// Reads a task that must exist.
-    pub(crate) fn task(&self, id: Uuid) -> Result<TaskRecord, EngineError> {
-        self.store.get(id)?.ok_or(EngineError::NotFound(id))
+    pub(crate) async fn task(&self, id: Uuid) -> Result<TaskRecord, EngineError> {
+        self.store.get(id).await?.ok_or(EngineError::NotFound(id))
     }
 
-    /// Re-checks `done` after each end (or every 100 ms) until it gives a
-    /// value or `timeout` passes; then gives `last`'s value. One loop for
+    /// Re-checks `check` after each end (or every 100 ms) until it gives a
+    /// value, or `None` once `timeout` passed. One loop for
     /// waiting on a task and on a flow.
-    pub(crate) async fn wait_until<T>(
+    pub(crate) async fn wait_until<T, F>(
         &self,
         timeout: Duration,
-        mut check: impl FnMut() -> Result<Option<T>, EngineError>,
-        last: impl FnOnce() -> Result<T, EngineError>,
-    ) -> Result<T, EngineError> {
+        mut check: impl FnMut() -> F,
+    ) -> Result<Option<T>, EngineError>
+    where
+        F: std::future::Future<Output = Result<Option<T>, EngineError>>,
+    {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let ended = self.ended.notified();
-            if let Some(value) = check()? {
-                return Ok(value);
+            if let Some(value) = check().await? {
+                return Ok(Some(value));
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
-                return last();
+                return Ok(None);
             }
             let _ = tokio::time::timeout_at(deadline.min(now + Duration::from_millis(100)), ended).await;
         }

@@ -8,7 +8,7 @@
 //! [`Scheduler::configure_tenant`]: super::scheduler::Scheduler::configure_tenant
 
 use super::EngineError;
-use crate::store::{Store, TenantQuotas, TenantRecord};
+use crate::store::{Db, TenantQuotas, TenantRecord};
 use crate::sync::{lock, read, write};
 use crate::tenant;
 use std::collections::HashMap;
@@ -26,7 +26,7 @@ struct Bucket {
 }
 
 pub(crate) struct Tenants {
-    store: Store,
+    store: Db,
     known: RwLock<HashMap<String, TenantRecord>>,
     buckets: Mutex<HashMap<String, Bucket>>,
     /// Tasks each tenant submitted that are not yet counted as stored
@@ -59,8 +59,8 @@ impl Drop for Pending {
 
 impl Tenants {
     /// The tenants stored in `store`.
-    pub(crate) fn load(store: Store) -> Result<Self, EngineError> {
-        let known = store.tenants()?.into_iter().collect();
+    pub(crate) async fn load(store: Db) -> Result<Self, EngineError> {
+        let known = store.tenants().await?.into_iter().collect();
         Ok(Self {
             store,
             known: RwLock::new(known),
@@ -264,8 +264,8 @@ mod tests {
 
     async fn tenants() -> (tempfile::TempDir, Arc<Tenants>) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("s.redb"), true).unwrap();
-        (dir, Arc::new(Tenants::load(store).unwrap()))
+        let store = crate::store::Store::open(&dir.path().join("s.redb"), true).unwrap();
+        (dir, Arc::new(Tenants::load(Db::Redb(store)).await.unwrap()))
     }
 
     #[tokio::test]

@@ -166,6 +166,34 @@ impl Harness {
         Self::on(|path| Store::open(path, true).unwrap(), |_| {}).await
     }
 
+    /// A harness on database `name` of the throwaway PostgreSQL cluster,
+    /// opened as `Engine::open` opens it (the engine's lock, the start-up
+    /// read). Its tests run on a multi-threaded runtime: some reads wait
+    /// in place (see `store/db.rs`).
+    pub(crate) async fn postgres(name: &str, tweak: impl FnOnce(&mut EngineConfig)) -> Self {
+        let url = taskhost_test_postgres::cluster().database(name);
+        Self::on_url(url, tweak).await.unwrap()
+    }
+
+    /// A harness on the PostgreSQL database `url` names.
+    pub(crate) async fn on_url(url: String, tweak: impl FnOnce(&mut EngineConfig)) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = EngineConfig {
+            data_dir: dir.path().to_path_buf(),
+            concurrency: 4,
+            retry: super::RetryPolicy { base: Duration::from_millis(1), cap: Duration::from_millis(5) },
+            store_url: Some(url),
+            ..EngineConfig::default()
+        };
+        tweak(&mut config);
+        let (store, found) = super::open_store(&config).await?;
+        let runner = Arc::new(ScriptRunner::default());
+        let metrics = Arc::new(super::metrics::Metrics::new(None));
+        let engine = Engine::assemble(config, store, runner.clone(), metrics, None, Some(found)).await?;
+        let shared = engine.inner.shared.clone();
+        Ok(Self { engine, shared, runner, _dir: dir })
+    }
+
     /// A harness whose settings `tweak` changes first.
     pub(crate) async fn with_config(tweak: impl FnOnce(&mut EngineConfig)) -> Self {
         Self::on(|path| Store::open(path, true).unwrap(), tweak).await
@@ -195,13 +223,15 @@ impl Harness {
         let store = open(&dir.path().join("taskhost.redb"));
         let runner = Arc::new(ScriptRunner::default());
         let metrics = Arc::new(super::metrics::Metrics::new(None));
-        let engine = Engine::assemble(config, store, runner.clone(), metrics, None, None).await.unwrap();
+        let engine =
+            Engine::assemble(config, crate::store::Db::Redb(store), runner.clone(), metrics, None, None).await.unwrap();
         let shared = engine.inner.shared.clone();
         Self { engine, shared, runner, _dir: dir }
     }
 
+    /// The redb store the harness runs on.
     pub(crate) fn store(&self) -> &Store {
-        &self.shared.store
+        self.shared.store.redb().expect("the harness runs on redb")
     }
 
     pub(crate) async fn submit(&self, plugin: &str, script: Script) -> Uuid {
@@ -226,7 +256,7 @@ impl Harness {
     pub(crate) async fn wait_state(&self, id: Uuid, state: TaskState) -> TaskRecord {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let record = self.engine.get(id).unwrap();
+            let record = self.engine.get(id).await.unwrap();
             if record.state == state {
                 return record;
             }
@@ -240,13 +270,13 @@ impl Harness {
         lock(&self.runner.held).get(plugin).copied().unwrap_or(0)
     }
 
-    pub(crate) fn output(&self, id: Uuid) -> Option<Vec<u8>> {
-        self.engine.output(id).unwrap()
+    pub(crate) async fn output(&self, id: Uuid) -> Option<Vec<u8>> {
+        self.engine.output(id).await.unwrap()
     }
 
     /// The flow services an attempt of `task` would get.
     pub(crate) fn services(&self, task: Uuid) -> super::flows::AttemptServices {
-        let record = self.engine.get(task).unwrap();
+        let record = self.shared.store.get_now(task).unwrap().expect("the task exists");
         super::flows::AttemptServices::new(
             self.shared.clone(),
             self.engine.inner.submission.clone(),

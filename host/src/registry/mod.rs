@@ -27,7 +27,7 @@ pub(crate) use staging::{Staged, Staging};
 
 use crate::names::{self, NameError};
 use crate::sandbox::{Language, MAX_SCRIPT_BYTES, RunnerId, Script};
-use crate::store::{PluginEntry, PluginVersion, Store, StoreError, now_ms};
+use crate::store::{Db, PluginEntry, PluginVersion, StoreError, now_ms};
 use crate::sync::{blocking, lock, read, write};
 use crate::{LoadError, Plugin, Sandbox};
 use sha2_digest::{Digest, Sha256};
@@ -252,7 +252,7 @@ pub(crate) struct RegistryOptions {
 
 pub(crate) struct Registry {
     sandbox: Sandbox,
-    store: Store,
+    store: Db,
     metrics: RegistryMetrics,
     cache_dir: PathBuf,
     staging_dir: PathBuf,
@@ -346,7 +346,7 @@ impl Registry {
     /// Loads every stored version (from the artifact cache when it can).
     pub(crate) async fn open(
         sandbox: Sandbox,
-        store: Store,
+        store: Db,
         metrics: RegistryMetrics,
         options: RegistryOptions,
     ) -> Result<Self, RegistryError> {
@@ -382,8 +382,7 @@ impl Registry {
             javascript: tokio::sync::OnceCell::new(),
             python: tokio::sync::OnceCell::new(),
         };
-        let store = registry.store.clone();
-        for (name, stored) in blocking(move || store.plugins()).await? {
+        for (name, stored) in registry.store.plugins().await? {
             let PluginEntry { versions, latest, manifest } = stored;
             let manifest = manifest.map(|t| Manifest::parse(&t)).transpose().map_err(RegistryError::BadManifest)?;
             let mut entry = Entry { latest, manifest, ..Entry::default() };
@@ -424,8 +423,7 @@ impl Registry {
 
     /// A stored version's component bytes (a store read, off the workers).
     async fn blob(&self, name: &str, info: &PluginVersion) -> Result<Arc<[u8]>, RegistryError> {
-        let (store, digest) = (self.store.clone(), info.digest.clone());
-        let bytes = blocking(move || store.blob(&digest)).await?;
+        let bytes = self.store.blob(&info.digest).await?;
         let bytes = bytes.ok_or_else(|| {
             StoreError::Corrupt(format!("blob {} of plugin {name}@{} is missing", info.digest, info.version))
         })?;
@@ -492,20 +490,20 @@ impl Registry {
         path: &std::path::Path,
         size: usize,
     ) -> Option<Plugin> {
-        let (store, sandbox, key, path) = (self.store.clone(), self.sandbox.clone(), key.to_owned(), path.to_owned());
+        // Only an artifact whose hash this host recorded when it wrote it
+        // is ever deserialised: deserialising trusts the bytes as machine
+        // code.
+        let expected = match self.store.cache_hash(key).await {
+            Ok(Some(expected)) => expected,
+            Ok(None) => return None,
+            Err(error) => {
+                tracing::warn!(%name, %error, "cannot read the artifact cache's record; compiling");
+                return None;
+            }
+        };
+        let (sandbox, path) = (self.sandbox.clone(), path.to_owned());
         let (name, version) = (name.to_owned(), version.to_owned());
         blocking(move || -> Option<Plugin> {
-            // Only an artifact whose hash this host recorded when it wrote
-            // it is ever deserialised: deserialising trusts the bytes as
-            // machine code.
-            let expected = match store.cache_hash(&key) {
-                Ok(Some(expected)) => expected,
-                Ok(None) => return None,
-                Err(error) => {
-                    tracing::warn!(%name, %error, "cannot read the artifact cache's record; compiling");
-                    return None;
-                }
-            };
             let artifact = std::fs::read(&path).ok()?;
             if sha256_hex(&artifact) != expected {
                 tracing::warn!(%name, path = %path.display(), "a cached artifact changed on disk; compiling");
@@ -1119,7 +1117,7 @@ mod tests {
     async fn registry(dir: &std::path::Path, max_plugins: usize) -> Arc<Registry> {
         let sandbox =
             Sandbox::new(crate::SandboxConfig { pool_instances: 4, ..crate::SandboxConfig::default() }).unwrap();
-        let store = Store::open(&dir.join("t.redb"), true).unwrap();
+        let store = Db::Redb(crate::store::Store::open(&dir.join("t.redb"), true).unwrap());
         let mut prometheus = prometheus_client::registry::Registry::default();
         let metrics = RegistryMetrics::register(&mut prometheus);
         let options = RegistryOptions {

@@ -49,6 +49,10 @@ pub enum StoreError {
     /// a deadlock it broke, a constraint); the transaction wrote nothing.
     #[error("PostgreSQL: {0}")]
     Postgres(#[from] sqlx::Error),
+    /// The shared PostgreSQL store refused or failed an operation (a lease
+    /// taken over, a failed batch, a quarantined record).
+    #[error(transparent)]
+    Shared(Box<super::postgres::PgError>),
     /// The group commit holding this operation failed.
     #[error("commit failed: {0}")]
     CommitFailed(String),

@@ -12,6 +12,7 @@ mod apply;
 mod backend;
 pub mod check;
 mod commit;
+mod db;
 mod deliveries;
 mod error;
 mod events;
@@ -25,6 +26,7 @@ mod tables;
 
 pub use access::{AUDIT_KEEP, AuditEntry, StoredToken, TenantQuotas, TenantRecord};
 pub use commit::WriteFault;
+pub use db::{Db, PgDb};
 pub use deliveries::CallbackOutcome;
 pub use error::StoreError;
 pub use events::{EVENTS_BUFFER, EVENTS_KEPT, Subscription, TaskEvent};
@@ -468,6 +470,7 @@ impl Store {
     }
 
     /// Durably applies a checked transition and returns the new record.
+    #[cfg(test)]
     pub(crate) async fn transition(&self, change: Change) -> Result<TaskRecord, StoreError> {
         Ok(self.apply(change).await?.record)
     }

@@ -172,7 +172,7 @@ impl Flows {
     pub(crate) fn unfinished_deps(&self, record: &TaskRecord) -> Result<Vec<Uuid>, EngineError> {
         let mut pending = Vec::new();
         for dep in &record.after {
-            match self.shared.store.get(*dep)? {
+            match self.shared.store.get_now(*dep)? {
                 Some(r) if !r.state.is_terminal() => pending.push(*dep),
                 Some(_) => {}
                 // Deleted with its flow's retention, or never committed:
@@ -198,11 +198,11 @@ impl Flows {
     pub(crate) async fn finish(&self, id: Uuid) -> Result<Created, EngineError> {
         let shared = &self.shared;
         loop {
-            let Some(flow) = shared.store.flow(id)? else { return Ok(Created::default()) };
+            let Some(flow) = shared.store.flow(id).await? else { return Ok(Created::default()) };
             if flow.state != FlowState::Running || self.book().is_active(id) {
                 return Ok(Created::default());
             }
-            let tasks = shared.store.iteration_tasks(id, flow.iteration)?;
+            let tasks = shared.store.iteration_tasks(id, flow.iteration).await?;
             if tasks.iter().any(|t| !t.state.is_terminal()) {
                 return Ok(Created::default());
             }
@@ -219,7 +219,7 @@ impl Flows {
                     None => format!("{what} {}", t.state),
                 }
             });
-            let (next, pins) = match self.next_iteration(&flow, ok, last_completed)? {
+            let (next, pins) = match self.next_iteration(&flow, ok, last_completed).await? {
                 Some((at, tasks, pins)) => (Some((at, tasks)), pins),
                 None => (None, Vec::new()),
             };
@@ -261,7 +261,7 @@ impl Flows {
     }
 
     /// The next iteration's start time and tasks, if the flow repeats.
-    fn next_iteration(
+    async fn next_iteration(
         &self,
         flow: &FlowRecord,
         ok: bool,
@@ -293,7 +293,7 @@ impl Flows {
             Some(input) => input,
             None if matches!(repeat.kind, RepeatKind::Cron(_)) => flow.input.clone(),
             None => match last {
-                Some(task) => self.shared.store.output(task)?.unwrap_or_default(),
+                Some(task) => self.shared.store.output(task).await?.unwrap_or_default(),
                 None => flow.input.clone(),
             },
         };
@@ -407,10 +407,10 @@ impl Flows {
 
     /// A flow with its tasks. Any task id that roots a flow works, even one
     /// that never submitted children.
-    pub(crate) fn view(&self, id: Uuid) -> Result<FlowView, EngineError> {
+    pub(crate) async fn view(&self, id: Uuid) -> Result<FlowView, EngineError> {
         let store = &self.shared.store;
-        let tasks = store.flow_tasks(id)?;
-        let flow = match store.flow(id)? {
+        let tasks = store.flow_tasks(id).await?;
+        let flow = match store.flow(id).await? {
             Some(flow) => flow,
             None => {
                 let root = tasks.first().filter(|t| t.is_flow_root()).ok_or(EngineError::NotFound(id))?;
@@ -418,24 +418,24 @@ impl Flows {
             }
         };
         let output = match flow.result_task {
-            Some(task) => store.output(task)?,
+            Some(task) => store.output(task).await?,
             None => None,
         };
         Ok(FlowView { flow, tasks, output })
     }
 
     /// A flow's state (one read, not the whole tree).
-    pub(crate) fn state(&self, id: Uuid) -> Result<FlowState, EngineError> {
-        Ok(match self.shared.store.flow(id)? {
+    pub(crate) async fn state(&self, id: Uuid) -> Result<FlowState, EngineError> {
+        Ok(match self.shared.store.flow(id).await? {
             Some(flow) => flow.state,
-            None => synthesised(&self.shared.task(id)?).state,
+            None => synthesised(&self.shared.task(id).await?).state,
         })
     }
 
     /// Marks a flow cancelled, so no later iteration starts; returns its
     /// unfinished tasks, for the caller to cancel.
     pub(crate) async fn cancel(&self, id: Uuid) -> Result<Vec<Uuid>, EngineError> {
-        let view = self.view(id)?;
+        let view = self.view(id).await?;
         if view.flow.state != FlowState::Running {
             return Err(EngineError::Conflict(format!("flow {id} already ended ({})", view.flow.state.as_str())));
         }
@@ -456,22 +456,30 @@ impl Flows {
             other => other.into(),
         })?;
         self.shared.metrics.flows_ended.get_or_create(&metrics::FlowLabel { state: "cancelled".into() }).inc();
-        Ok(self.shared.store.flow_tasks(id)?.into_iter().filter(|t| !t.state.is_terminal()).map(|t| t.id).collect())
+        Ok(self
+            .shared
+            .store
+            .flow_tasks(id)
+            .await?
+            .into_iter()
+            .filter(|t| !t.state.is_terminal())
+            .map(|t| t.id)
+            .collect())
     }
 
     /// At start: flow totals and waiting joins from the unfinished tasks.
     /// Returns the tasks that are ready to schedule, and the running flows
     /// to check for an end (their last task may have ended just before the
     /// host stopped).
-    pub(crate) fn recover(&self, tasks: &[TaskRecord]) -> Result<(Vec<TaskRecord>, Vec<Uuid>), EngineError> {
+    pub(crate) async fn recover(&self, tasks: &[TaskRecord]) -> Result<(Vec<TaskRecord>, Vec<Uuid>), EngineError> {
         let store = &self.shared.store;
         let limits = self.limits();
-        let sizes = store.context_sizes()?;
+        let sizes = store.context_sizes().await?;
         let mut unfinished: HashMap<Uuid, u64> = HashMap::new();
         for t in tasks.iter().filter(|t| !t.state.is_terminal()) {
             *unfinished.entry(t.flow_id).or_default() += 1;
         }
-        let flows = store.flows()?;
+        let flows = store.flows().await?;
         let mut ready = Vec::new();
         let mut book = self.book();
         for flow in &flows {

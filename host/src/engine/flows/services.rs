@@ -146,7 +146,7 @@ impl AttemptServices {
                 return Ok(Ok(id.to_string()));
             }
             let stored =
-                self.shared.store.child_by_key(flow, key).map_err(|e| host("look up an idempotency key", e))?;
+                self.shared.store.child_by_key_now(flow, key).map_err(|e| host("look up an idempotency key", e))?;
             if let Some(id) = stored {
                 return Ok(Ok(id.to_string()));
             }
@@ -237,7 +237,7 @@ impl AttemptServices {
         if let Some(n) = self.flow_tasks.get() {
             return Ok(*n);
         }
-        let flow = self.shared.store.flow(self.task.flow_id).map_err(|e| host("read the flow", e))?;
+        let flow = self.shared.store.flow_now(self.task.flow_id).map_err(|e| host("read the flow", e))?;
         Ok(*self.flow_tasks.get_or_init(|| flow.map_or(1, |f| f.tasks)))
     }
 
@@ -247,7 +247,7 @@ impl AttemptServices {
         if lock(&self.held).ids.contains(&id) {
             return Ok(Ok(None));
         }
-        let record = self.shared.store.get(id).map_err(|e| host("read a task", e))?;
+        let record = self.shared.store.get_now(id).map_err(|e| host("read a task", e))?;
         match record.filter(|r| r.flow_id == self.task.flow_id) {
             Some(record) => Ok(Ok(Some(record))),
             None => Ok(Err(QueueError::NotFound(format!("no task {id} in this flow")))),
@@ -271,7 +271,7 @@ impl AttemptServices {
             self.shared.metrics.refused("host_budget");
             return Ok(Err(ViewError::Budget(refused)));
         }
-        let output = self.shared.store.output(id).map_err(|e| host("read a task's output", e))?;
+        let output = self.shared.store.output_now(id).map_err(|e| host("read a task's output", e))?;
         Ok(Ok(task_view(&record, output)))
     }
 
@@ -332,7 +332,7 @@ impl AttemptServices {
     }
 
     fn stored(&self, key: &str) -> Served<Option<Vec<u8>>> {
-        self.shared.store.context_get(self.task.flow_id, key).map_err(|e| host("read the flow's context", e))
+        self.shared.store.context_get_now(self.task.flow_id, key).map_err(|e| host("read the flow's context", e))
     }
 }
 
@@ -474,7 +474,7 @@ impl TaskServices for AttemptServices {
         let stored = self
             .shared
             .store
-            .context_keys(self.task.flow_id, prefix)
+            .context_keys_now(self.task.flow_id, prefix)
             .map_err(|e| host("list the flow's context", e))?;
         let mut keys: std::collections::BTreeSet<String> = stored.into_iter().collect();
         for (key, value) in held.overlay.range(prefix.to_owned()..) {

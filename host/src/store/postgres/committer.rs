@@ -135,7 +135,6 @@ impl PgCommitter {
     }
 
     /// A checked transition taking no lease, as [`PgStore::transition`].
-    #[cfg_attr(not(test), expect(dead_code, reason = "the engine calls it once it runs on PostgreSQL (#16)"))]
     pub(crate) async fn transition(&self, change: Change) -> Result<Applied, PgError> {
         Ok(self.run(PgOp::Transition(change)).await?.applied())
     }
@@ -148,7 +147,6 @@ impl PgCommitter {
     }
 
     /// Edits a flow, as [`PgStore::flow_change`].
-    #[cfg_attr(not(test), expect(dead_code, reason = "the engine calls it once it runs on PostgreSQL (#16)"))]
     pub(crate) async fn flow_change(
         &self,
         id: Uuid,

@@ -31,16 +31,22 @@ mod plugins;
 mod quarantine;
 mod queues;
 mod reads;
+mod retention;
+mod sole;
 mod txn;
 mod wakeups;
 
 pub use committer::{CommitConfig, PgCommitter};
 pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
+pub use reads::Unended;
+pub use sole::SoleEngine;
 pub use wakeups::{Wakeup, Wakeups};
 
 use super::apply::apply_submit;
-use super::{Applied, Change, FlowRecord, FlowUpdate, StoreError, Submitted, TaskRecord};
+#[cfg(test)]
+use super::{Applied, Change, FlowRecord, FlowUpdate};
+use super::{StoreError, Submitted, TaskRecord};
 use batch::{Done, PgOp};
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -110,6 +116,12 @@ pub enum PgError {
     /// The group committer stopped before answering.
     #[error("the PostgreSQL group committer has stopped")]
     CommitterStopped,
+    /// Another host's engine serves this database.
+    #[error(
+        "another taskhost host serves this PostgreSQL database; in this version one host at a time runs the \
+         engine on a database: stop the other one first"
+    )]
+    InUse,
     /// What this store cannot do yet.
     #[error("not supported on PostgreSQL yet: {0}")]
     Unsupported(String),
@@ -214,14 +226,14 @@ impl PgStore {
     /// version; with a completion, its output, transcript and flow
     /// effects) to a task, as the redb store does. It takes no lease: a
     /// running task's outcome commits through [`finish`](Self::finish).
-    #[cfg_attr(not(test), expect(dead_code, reason = "the engine calls it once it runs on PostgreSQL (#16)"))]
+    #[cfg(test)]
     pub(crate) async fn transition(&self, change: Change) -> Result<Applied, PgError> {
         Ok(self.commit_one(PgOp::Transition(change)).await?.applied())
     }
 
     /// Applies an edit to a flow with the tasks it submits, as the redb
     /// store does.
-    #[cfg_attr(not(test), expect(dead_code, reason = "the engine calls it once it runs on PostgreSQL (#16)"))]
+    #[cfg(test)]
     pub(crate) async fn flow_change(
         &self,
         id: Uuid,

@@ -5,7 +5,7 @@
 //! Every change of the plugins holds one transaction-scoped advisory lock
 //! (they are rare): a version added on one host and a blob it reuses
 //! removed on another at once can't leave a version without its bytes.
-//! The hashes of compiled artifacts are not here: each host's artifact
+//! The hashes of compiled artifacts are kept by host: each host's artifact
 //! cache is its own.
 
 use super::{PgError, PgStore};
@@ -18,6 +18,29 @@ use std::collections::HashSet;
 const PLUGINS_LOCK: &str = "taskhost plugins";
 
 impl PgStore {
+    /// The recorded sha256 of an artifact `host` cached under `key`.
+    pub async fn cache_hash(&self, host: &str, key: &str) -> Result<Option<String>, PgError> {
+        Ok(sqlx::query_scalar("SELECT hash FROM taskhost_artifact_hashes WHERE host = $1 AND key = $2")
+            .bind(host)
+            .bind(key)
+            .fetch_optional(self.pool())
+            .await?)
+    }
+
+    /// Records the sha256 of an artifact `host` just wrote to its cache.
+    pub async fn set_cache_hash(&self, host: &str, key: &str, hash: &str) -> Result<(), PgError> {
+        sqlx::query(
+            "INSERT INTO taskhost_artifact_hashes (host, key, hash) VALUES ($1, $2, $3)
+             ON CONFLICT (host, key) DO UPDATE SET hash = excluded.hash",
+        )
+        .bind(host)
+        .bind(key)
+        .bind(hash)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Every plugin entry, by name.
     pub async fn plugins(&self) -> Result<Vec<(String, PluginEntry)>, PgError> {
         let rows: Vec<(String, Vec<u8>)> =

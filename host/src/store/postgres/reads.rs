@@ -1,13 +1,14 @@
 //! Reads of the PostgreSQL store, each answering as the redb store's
 //! method of the same name does: a task's record, input, output and
 //! transcripts, the task an idempotency key names, a flow, its tasks and
-//! its context, and counts by state. Each is one statement outside any
+//! its context and its size, every flow, and counts by state. Each is one statement outside any
 //! transaction; a read that fails is an error, never "absent".
 
 use super::{PgError, PgStore};
 use crate::store::record::decode;
 use crate::store::{FlowRecord, StoreError, TaskRecord, TaskState};
 use sqlx::Row;
+use std::collections::HashMap;
 use uuid::Uuid;
 
 impl PgStore {
@@ -112,6 +113,66 @@ impl PgStore {
         .await?)
     }
 
+    /// Every flow's record, in id order.
+    pub async fn flows(&self) -> Result<Vec<FlowRecord>, PgError> {
+        let rows: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT record FROM taskhost_flows ORDER BY id").fetch_all(self.pool()).await?;
+        rows.iter().map(|bytes| Ok(decode(bytes)?)).collect()
+    }
+
+    /// Bytes (keys plus values) of every flow's context.
+    pub async fn context_sizes(&self) -> Result<HashMap<Uuid, u64>, PgError> {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT flow_id, sum(octet_length(key) + octet_length(value))::bigint FROM taskhost_context GROUP BY flow_id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|(flow, bytes)| (flow, bytes.max(0) as u64)).collect())
+    }
+
+    /// Bytes (keys plus values) of one flow's context.
+    pub async fn context_size(&self, flow: Uuid) -> Result<u64, PgError> {
+        let bytes: i64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(octet_length(key) + octet_length(value)), 0)::bigint
+             FROM taskhost_context WHERE flow_id = $1",
+        )
+        .bind(flow)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(bytes.max(0) as u64)
+    }
+
+    /// What a starting host needs of every task: how many there are by
+    /// queue and state, the bytes each tenant keeps (inputs, outputs,
+    /// transcripts), and the records of the tasks not ended (pending,
+    /// retrying and running), in id order.
+    pub async fn unended(&self) -> Result<Unended, PgError> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT queue, state, count(*) FROM taskhost_tasks WHERE state <> 'quarantined' GROUP BY queue, state",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut counts = Vec::with_capacity(rows.len());
+        for (queue, state, n) in rows {
+            counts.push((queue, state_named(&state)?, n));
+        }
+        let stored: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT l.tenant, sum(octet_length(t.input) + coalesce(octet_length(t.output), 0)
+                 + coalesce((SELECT sum(octet_length(g.log)) FROM taskhost_logs AS g WHERE g.task_id = t.id), 0))::bigint
+             FROM taskhost_tasks AS t JOIN taskhost_listed AS l ON l.id = t.id
+             WHERE t.state <> 'quarantined' GROUP BY l.tenant",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let records: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT record FROM taskhost_tasks WHERE state IN ('pending', 'retrying', 'running') ORDER BY id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let tasks = records.iter().map(|bytes| decode(bytes)).collect::<Result<_, StoreError>>()?;
+        Ok(Unended { counts, stored, tasks })
+    }
+
     /// How many tasks are in each state (quarantined ones aside: see
     /// [`PgStore::quarantined`]).
     pub async fn state_counts(&self) -> Result<Vec<(TaskState, i64)>, PgError> {
@@ -122,12 +183,28 @@ impl PgStore {
         let mut counts = Vec::with_capacity(rows.len());
         for row in rows {
             let state: String = row.try_get("state")?;
-            let state = TaskState::ALL
-                .into_iter()
-                .find(|s| s.as_str() == state)
-                .ok_or_else(|| StoreError::Corrupt(format!("unknown task state `{state}` in PostgreSQL")))?;
-            counts.push((state, row.try_get("n")?));
+            counts.push((state_named(&state)?, row.try_get("n")?));
         }
         Ok(counts)
     }
+}
+
+/// The state a column names.
+fn state_named(state: &str) -> Result<TaskState, StoreError> {
+    TaskState::ALL
+        .into_iter()
+        .find(|s| s.as_str() == state)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown task state `{state}` in PostgreSQL")))
+}
+
+/// What [`PgStore::unended`] read.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Unended {
+    /// Tasks by queue and state.
+    pub counts: Vec<(String, TaskState, i64)>,
+    /// Bytes kept by tenant.
+    pub stored: Vec<(String, i64)>,
+    /// The tasks not ended, in id order.
+    pub tasks: Vec<TaskRecord>,
 }

@@ -524,7 +524,7 @@ fn flow_key_lock(flow: Uuid, key: &str) -> String {
 }
 
 /// The advisory lock's name of a flow.
-fn flow_lock(id: Uuid) -> String {
+pub(super) fn flow_lock(id: Uuid) -> String {
     format!("taskhost flow {id}")
 }
 

@@ -1,0 +1,662 @@
+//! The store the engine holds, whichever backend keeps it: one redb file
+//! on this machine ([`Store`]), or a PostgreSQL database ([`PgDb`]). Every
+//! read and write the engine, the registry and the access layer make goes
+//! through [`Db`], so none of them names a backend; each method answers as
+//! the redb store's method of the same name does.
+//!
+//! redb's reads are short and local; those that walk a whole table
+//! (plugins, the start-up scan, retention) run on blocking threads.
+//! PostgreSQL's reads are one statement each, awaited; its writes go
+//! through a group committer (`postgres/committer.rs`), and its events are
+//! this host's own commits (see [`PgDb`]). A few callers cannot await (the
+//! flow book's lock is held across the read, or a plugin's host call is
+//! synchronous): they use the `_now` reads, which on PostgreSQL hand their
+//! thread off to wait (see [`PgDb::wait`]).
+
+use super::events::{Feed, Subscription};
+use super::postgres::{CommitConfig, PgCommitter, PgError, PgStore, SoleEngine};
+use super::retention::{Expired, Removed, Retention};
+use super::{
+    Applied, AuditEntry, CallbackOutcome, Change, FlowRecord, FlowUpdate, FlowsPage, Listed, Listing, PluginEntry,
+    PluginVersion, QueueConfig, Store, StoreError, StoredToken, Submitted, TaskQuery, TaskRecord, TaskState,
+    TenantRecord, WriteFault,
+};
+use crate::sync::blocking;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// The durable store, on either backend; cheap to clone.
+#[derive(Clone)]
+pub enum Db {
+    /// One redb file on this machine.
+    Redb(Store),
+    /// A PostgreSQL database.
+    Postgres(Arc<PgDb>),
+}
+
+/// The engine's handle of a PostgreSQL store: the store, the group
+/// committer its writes go through, and the feed of what this host
+/// committed.
+pub struct PgDb {
+    store: PgStore,
+    /// The runtime the store's connections belong to: reads for callers
+    /// that cannot await run there.
+    runtime: tokio::runtime::Handle,
+    /// This host's name: its artifact hashes are kept under it.
+    host: String,
+    /// The database's engine lock, held while this host runs.
+    _sole: SoleEngine,
+    committer: PgCommitter,
+    feed: Feed,
+}
+
+/// Operations waiting for PostgreSQL's group committer at most; callers
+/// wait for room past it.
+const PG_QUEUE: usize = 4096;
+
+/// Most operations in one PostgreSQL transaction of the group committer.
+const PG_BATCH: usize = 256;
+
+impl PgDb {
+    /// The engine's handle of `store` for the host named `host`: takes the
+    /// database's engine lock (see `postgres/sole.rs`) and starts the
+    /// group committer with `workers` workers (each holds a connection
+    /// while it commits).
+    pub async fn open(store: PgStore, host: String, workers: usize) -> Result<Self, PgError> {
+        let sole = store.hold_sole_engine().await?;
+        let committer = store.committer(CommitConfig { queue: PG_QUEUE, batch: PG_BATCH, workers });
+        let runtime = tokio::runtime::Handle::current();
+        Ok(Self { store, runtime, host, _sole: sole, committer, feed: Feed::default() })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &PgStore {
+        &self.store
+    }
+
+    /// Runs a read for a caller that cannot await (under the flow book's
+    /// lock; in a plugin's host call) on the store's runtime, and waits
+    /// for it. The waiting thread is handed off first
+    /// (`block_in_place`), so the runtime's other tasks go on; on a
+    /// single-threaded runtime that cannot be done, and the read is
+    /// refused rather than deadlocking.
+    fn wait<T: Send + 'static>(
+        &self,
+        read: impl Future<Output = Result<T, PgError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        let receive = move || answered.recv();
+        let flavor = Handle::try_current().map(|h| h.runtime_flavor());
+        if flavor.as_ref().is_ok_and(|f| *f != RuntimeFlavor::MultiThread) {
+            return Err(PgError::Unsupported("a blocking read on a single-threaded Tokio runtime".into()).into());
+        }
+        self.runtime.spawn(async move {
+            let _ = answer.send(read.await);
+        });
+        let received = match flavor {
+            Ok(_) => tokio::task::block_in_place(receive),
+            Err(_) => receive(),
+        };
+        received.map_err(|_| StoreError::Closed)?.map_err(Into::into)
+    }
+}
+
+impl From<PgError> for StoreError {
+    /// A PostgreSQL store's error as the engine sees it: a record's own
+    /// error (a refused transition, a version mismatch) stays that one.
+    fn from(error: PgError) -> Self {
+        match error {
+            PgError::Record(error) => error,
+            PgError::NotFound(id) => StoreError::NotFound(id),
+            PgError::Database(error) => StoreError::Postgres(error),
+            other => StoreError::Shared(Box::new(other)),
+        }
+    }
+}
+
+/// Runs a redb read on a blocking thread: one whose cost grows with what
+/// is stored (a page of records, a flow's tasks, every plugin).
+async fn off<T: Send + 'static>(
+    store: &Store,
+    read: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    let store = store.clone();
+    blocking(move || read(&store)).await
+}
+
+impl Db {
+    /// The redb store, when this is one.
+    pub fn redb(&self) -> Option<&Store> {
+        match self {
+            Db::Redb(store) => Some(store),
+            Db::Postgres(_) => None,
+        }
+    }
+
+    /// Which backend this is, for messages and `/healthz`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Db::Redb(_) => "redb",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Subscribes to the committed transitions after event `seq` of run
+    /// `run`; see [`Subscription`]. On PostgreSQL these are the commits of
+    /// this host.
+    pub fn subscribe(&self, resume: Option<(u64, u64)>) -> Subscription {
+        match self {
+            Db::Redb(store) => store.subscribe(resume),
+            Db::Postgres(pg) => pg.feed.subscribe(resume),
+        }
+    }
+
+    /// Why writes fail now, while they do (redb's full disk; PostgreSQL's
+    /// failures are answered per query).
+    pub fn write_fault(&self) -> Option<WriteFault> {
+        match self {
+            Db::Redb(store) => store.write_fault(),
+            Db::Postgres(_) => None,
+        }
+    }
+
+    /// At shutdown: stop retrying writes held by a write fault.
+    pub(crate) fn stop_retrying(&self) {
+        if let Db::Redb(store) = self {
+            store.stop_retrying();
+        }
+    }
+
+    /// Durably records a new task, or returns the one with its key.
+    pub(crate) async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, StoreError> {
+        match self {
+            Db::Redb(store) => store.submit(record, input).await,
+            Db::Postgres(pg) => {
+                let submitted = pg.committer.submit(record, input).await?;
+                if submitted.created {
+                    pg.feed.created(&submitted.record);
+                }
+                Ok(submitted)
+            }
+        }
+    }
+
+    /// [`submit`](Self::submit), the new task moved by `then` (its claim)
+    /// in the same commit; see [`Store::submit_then`]. Only redb commits
+    /// the two together: PostgreSQL refuses, writing nothing, as a
+    /// submission committed without its claim would be neither claimed
+    /// nor scheduled (the engine claims at submission on redb only).
+    pub(crate) async fn submit_then(
+        &self,
+        record: TaskRecord,
+        input: Vec<u8>,
+        then: Change,
+    ) -> Result<Submitted, StoreError> {
+        match self {
+            Db::Redb(store) => store.submit_then(record, input, then).await,
+            Db::Postgres(_) => Err(PgError::Unsupported("a claim committed with its submission".into()).into()),
+        }
+    }
+
+    /// Durably applies a checked transition; the new record.
+    pub(crate) async fn transition(&self, change: Change) -> Result<TaskRecord, StoreError> {
+        Ok(self.apply(change).await?.record)
+    }
+
+    /// Like [`transition`](Self::transition), with the children its
+    /// effects created.
+    pub(crate) async fn apply(&self, change: Change) -> Result<Applied, StoreError> {
+        match self {
+            Db::Redb(store) => store.apply(change).await,
+            Db::Postgres(pg) => {
+                let applied = pg.committer.transition(change).await?;
+                pg.feed.published(&applied.record);
+                applied.created.iter().for_each(|child| pg.feed.published(child));
+                Ok(applied)
+            }
+        }
+    }
+
+    /// Durably applies a checked change to a flow with the tasks it
+    /// creates.
+    pub(crate) async fn flow_change(
+        &self,
+        id: Uuid,
+        edit: impl FnOnce(Option<FlowRecord>) -> Result<FlowUpdate, StoreError> + Send + 'static,
+    ) -> Result<(FlowRecord, Vec<TaskRecord>), StoreError> {
+        match self {
+            Db::Redb(store) => store.flow_change(id, edit).await,
+            Db::Postgres(pg) => {
+                let (flow, created) = pg.committer.flow_change(id, edit).await?;
+                created.iter().for_each(|task| pg.feed.published(task));
+                Ok((flow, created))
+            }
+        }
+    }
+
+    /// [`get`](Self::get) for a caller that cannot await (see
+    /// [`PgDb::wait`]).
+    pub(crate) fn get_now(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        match self {
+            Db::Redb(store) => store.get(id),
+            Db::Postgres(pg) => {
+                let store = pg.store.clone();
+                pg.wait(async move { store.get(id).await })
+            }
+        }
+    }
+
+    /// [`output`](Self::output) for a caller that cannot await.
+    pub(crate) fn output_now(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Db::Redb(store) => store.output(id),
+            Db::Postgres(pg) => {
+                let store = pg.store.clone();
+                pg.wait(async move { store.output(id).await })
+            }
+        }
+    }
+
+    /// [`flow`](Self::flow) for a caller that cannot await.
+    pub(crate) fn flow_now(&self, id: Uuid) -> Result<Option<FlowRecord>, StoreError> {
+        match self {
+            Db::Redb(store) => store.flow(id),
+            Db::Postgres(pg) => {
+                let store = pg.store.clone();
+                pg.wait(async move { store.flow(id).await })
+            }
+        }
+    }
+
+    /// The task of `flow` a child's idempotency key names (for a plugin's
+    /// host call, which cannot await).
+    pub(crate) fn child_by_key_now(&self, flow: Uuid, key: &str) -> Result<Option<Uuid>, StoreError> {
+        match self {
+            Db::Redb(store) => store.child_by_key(flow, key),
+            Db::Postgres(pg) => {
+                let (store, key) = (pg.store.clone(), key.to_owned());
+                pg.wait(async move { store.child_by_key(flow, &key).await })
+            }
+        }
+    }
+
+    /// [`context_get`](Self::context_get) for a caller that cannot await.
+    pub(crate) fn context_get_now(&self, flow: Uuid, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Db::Redb(store) => store.context_get(flow, key),
+            Db::Postgres(pg) => {
+                let (store, key) = (pg.store.clone(), key.to_owned());
+                pg.wait(async move { store.context_get(flow, &key).await })
+            }
+        }
+    }
+
+    /// [`context_keys`](Self::context_keys) for a caller that cannot await.
+    pub(crate) fn context_keys_now(&self, flow: Uuid, prefix: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Db::Redb(store) => store.context_keys(flow, prefix),
+            Db::Postgres(pg) => {
+                let (store, prefix) = (pg.store.clone(), prefix.to_owned());
+                pg.wait(async move { store.context_keys(flow, &prefix).await })
+            }
+        }
+    }
+
+    /// [`attempt_log`](Self::attempt_log) for a caller that cannot await.
+    pub(crate) fn attempt_log_now(
+        &self,
+        id: Uuid,
+        attempt: u32,
+    ) -> Result<Option<crate::sandbox::AttemptLog>, StoreError> {
+        match self {
+            Db::Redb(store) => store.attempt_log(id, attempt),
+            Db::Postgres(pg) => {
+                let store = pg.store.clone();
+                pg.wait(async move { store.attempt_log(id, attempt).await })
+            }
+        }
+    }
+
+    /// One task's record.
+    pub async fn get(&self, id: Uuid) -> Result<Option<TaskRecord>, StoreError> {
+        match self {
+            Db::Redb(store) => store.get(id),
+            Db::Postgres(pg) => Ok(pg.store.get(id).await?),
+        }
+    }
+
+    /// A task's input.
+    pub async fn input(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Db::Redb(store) => store.input(id),
+            Db::Postgres(pg) => Ok(pg.store.input(id).await?),
+        }
+    }
+
+    /// A completed task's output.
+    pub async fn output(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Db::Redb(store) => store.output(id),
+            Db::Postgres(pg) => Ok(pg.store.output(id).await?),
+        }
+    }
+
+    /// The transcript of a task's attempt.
+    pub async fn attempt_log(&self, id: Uuid, attempt: u32) -> Result<Option<crate::sandbox::AttemptLog>, StoreError> {
+        match self {
+            Db::Redb(store) => store.attempt_log(id, attempt),
+            Db::Postgres(pg) => Ok(pg.store.attempt_log(id, attempt).await?),
+        }
+    }
+
+    /// The task a client's idempotency key names.
+    pub(crate) async fn task_by_key(&self, key: &str) -> Result<Option<Uuid>, StoreError> {
+        match self {
+            Db::Redb(store) => store.task_by_key(key),
+            Db::Postgres(pg) => Ok(pg.store.task_by_key(key).await?),
+        }
+    }
+
+    /// One flow's record.
+    pub async fn flow(&self, id: Uuid) -> Result<Option<FlowRecord>, StoreError> {
+        match self {
+            Db::Redb(store) => store.flow(id),
+            Db::Postgres(pg) => Ok(pg.store.flow(id).await?),
+        }
+    }
+
+    /// Every flow record.
+    pub async fn flows(&self) -> Result<Vec<FlowRecord>, StoreError> {
+        match self {
+            Db::Redb(store) => off(store, |s| s.flows()).await,
+            Db::Postgres(pg) => Ok(pg.store.flows().await?),
+        }
+    }
+
+    /// Flows newest first; see [`Store::flows_newest`].
+    pub async fn flows_newest(
+        &self,
+        before: Option<Uuid>,
+        limit: usize,
+        scan: usize,
+        keep: impl Fn(&FlowRecord, Option<&TaskRecord>) -> bool + Send + 'static,
+    ) -> Result<FlowsPage, StoreError> {
+        match self {
+            Db::Redb(store) => off(store, move |s| s.flows_newest(before, limit, scan, keep)).await,
+            Db::Postgres(pg) => Ok(pg.store.flows_newest(before, limit, scan, keep).await?),
+        }
+    }
+
+    /// Every task of a flow, in submission order.
+    pub async fn flow_tasks(&self, flow: Uuid) -> Result<Vec<TaskRecord>, StoreError> {
+        match self {
+            Db::Redb(store) => off(store, move |s| s.flow_tasks(flow)).await,
+            Db::Postgres(pg) => Ok(pg.store.flow_tasks(flow).await?),
+        }
+    }
+
+    /// The tasks of one iteration of a flow.
+    pub async fn iteration_tasks(&self, flow: Uuid, iteration: u32) -> Result<Vec<TaskRecord>, StoreError> {
+        match self {
+            Db::Redb(store) => store.iteration_tasks(flow, iteration),
+            Db::Postgres(pg) => Ok(pg.store.iteration_tasks(flow, iteration).await?),
+        }
+    }
+
+    /// A flow's context value.
+    pub async fn context_get(&self, flow: Uuid, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Db::Redb(store) => store.context_get(flow, key),
+            Db::Postgres(pg) => Ok(pg.store.context_get(flow, key).await?),
+        }
+    }
+
+    /// A flow's context keys starting with `prefix`, in order.
+    pub async fn context_keys(&self, flow: Uuid, prefix: &str) -> Result<Vec<String>, StoreError> {
+        match self {
+            Db::Redb(store) => store.context_keys(flow, prefix),
+            Db::Postgres(pg) => Ok(pg.store.context_keys(flow, prefix).await?),
+        }
+    }
+
+    /// Bytes (keys plus values) of every flow's context.
+    pub(crate) async fn context_sizes(&self) -> Result<HashMap<Uuid, u64>, StoreError> {
+        match self {
+            Db::Redb(store) => off(store, |s| s.context_sizes()).await,
+            Db::Postgres(pg) => Ok(pg.store.context_sizes().await?),
+        }
+    }
+
+    /// Bytes (keys plus values) of one flow's context.
+    pub(crate) async fn context_sizes_of(&self, flow: Uuid) -> Result<u64, StoreError> {
+        match self {
+            Db::Redb(store) => store.context_sizes_of(flow),
+            Db::Postgres(pg) => Ok(pg.store.context_size(flow).await?),
+        }
+    }
+
+    /// A page of the tasks `query` matches; see [`Store::list_page`].
+    pub async fn list_page(&self, query: &TaskQuery, listing: &Listing) -> Result<Listed, StoreError> {
+        match self {
+            Db::Redb(store) => {
+                let (query, listing) = (query.clone(), *listing);
+                off(store, move |s| s.list_page(&query, &listing)).await
+            }
+            Db::Postgres(pg) => Ok(pg.store.list_page(query, listing).await?),
+        }
+    }
+
+    /// A plugin's tasks counted by (version, state).
+    pub async fn plugin_task_counts(&self, plugin: &str) -> Result<HashMap<(String, TaskState), u64>, StoreError> {
+        match self {
+            Db::Redb(store) => {
+                let plugin = plugin.to_owned();
+                off(store, move |s| s.plugin_task_counts(&plugin)).await
+            }
+            Db::Postgres(pg) => Ok(pg.store.plugin_task_counts(plugin).await?),
+        }
+    }
+
+    /// Number of tasks stored.
+    pub async fn task_count(&self) -> Result<u64, StoreError> {
+        match self {
+            Db::Redb(store) => store.task_count(),
+            Db::Postgres(pg) => Ok(pg.store.task_count().await?),
+        }
+    }
+
+    /// Every plugin entry.
+    pub async fn plugins(&self) -> Result<Vec<(String, PluginEntry)>, StoreError> {
+        match self {
+            Db::Redb(store) => off(store, |s| s.plugins()).await,
+            Db::Postgres(pg) => Ok(pg.store.plugins().await?),
+        }
+    }
+
+    /// A stored component by digest.
+    pub async fn blob(&self, digest: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Db::Redb(store) => {
+                let digest = digest.to_owned();
+                off(store, move |s| s.blob(&digest)).await
+            }
+            Db::Postgres(pg) => Ok(pg.store.blob(digest).await?),
+        }
+    }
+
+    /// Adds a plugin version and its bytes, and the hash of its freshly
+    /// cached artifact (this host's).
+    pub(crate) async fn put_plugin_version(
+        &self,
+        name: String,
+        version: PluginVersion,
+        bytes: Vec<u8>,
+        cached_artifact: Option<(String, String)>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Db::Redb(store) => store.put_plugin_version(name, version, bytes, cached_artifact).await,
+            Db::Postgres(pg) => {
+                if let Some((key, hash)) = cached_artifact {
+                    pg.store.set_cache_hash(&pg.host, &key, &hash).await?;
+                }
+                Ok(pg.store.put_plugin_version(&name, version, bytes).await?)
+            }
+        }
+    }
+
+    /// Changes a plugin's entry; `edit` returns digests that may now be
+    /// unused.
+    pub(crate) async fn edit_plugin(
+        &self,
+        name: String,
+        edit: impl FnOnce(&mut PluginEntry) -> Vec<String> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        match self {
+            Db::Redb(store) => store.edit_plugin(name, edit).await,
+            Db::Postgres(pg) => Ok(pg.store.edit_plugin(&name, edit).await?),
+        }
+    }
+
+    /// The recorded sha256 of an artifact this host cached.
+    pub async fn cache_hash(&self, key: &str) -> Result<Option<String>, StoreError> {
+        match self {
+            Db::Redb(store) => {
+                let key = key.to_owned();
+                off(store, move |s| s.cache_hash(&key)).await
+            }
+            Db::Postgres(pg) => Ok(pg.store.cache_hash(&pg.host, key).await?),
+        }
+    }
+
+    /// Records the sha256 of an artifact this host just wrote.
+    pub(crate) async fn set_cache_hash(&self, key: String, hash: String) -> Result<(), StoreError> {
+        match self {
+            Db::Redb(store) => store.set_cache_hash(key, hash).await,
+            Db::Postgres(pg) => Ok(pg.store.set_cache_hash(&pg.host, &key, &hash).await?),
+        }
+    }
+
+    /// Every configured queue.
+    pub async fn queues(&self) -> Result<Vec<(String, QueueConfig)>, StoreError> {
+        match self {
+            Db::Redb(store) => store.queues(),
+            Db::Postgres(pg) => Ok(pg.store.queues().await?),
+        }
+    }
+
+    /// Stores a queue's settings.
+    pub(crate) async fn set_queue(&self, name: String, config: QueueConfig) -> Result<(), StoreError> {
+        match self {
+            Db::Redb(store) => store.set_queue(name, config).await,
+            Db::Postgres(pg) => Ok(pg.store.set_queue(&name, &config).await?),
+        }
+    }
+
+    /// Every API token.
+    pub async fn tokens(&self) -> Result<Vec<(String, StoredToken)>, StoreError> {
+        match self {
+            Db::Redb(store) => store.tokens(),
+            Db::Postgres(pg) => Ok(pg.store.tokens().await?),
+        }
+    }
+
+    /// Stores a token.
+    pub(crate) async fn put_token(&self, id: String, token: StoredToken) -> Result<(), StoreError> {
+        match self {
+            Db::Redb(store) => store.put_token(id, token).await,
+            Db::Postgres(pg) => Ok(pg.store.put_token(&id, &token).await?),
+        }
+    }
+
+    /// Removes a token; whether it was there.
+    pub(crate) async fn remove_token(&self, id: String) -> Result<bool, StoreError> {
+        match self {
+            Db::Redb(store) => store.remove_token(id).await,
+            Db::Postgres(pg) => Ok(pg.store.remove_token(&id).await?),
+        }
+    }
+
+    /// Every tenant.
+    pub async fn tenants(&self) -> Result<Vec<(String, TenantRecord)>, StoreError> {
+        match self {
+            Db::Redb(store) => store.tenants(),
+            Db::Postgres(pg) => Ok(pg.store.tenants().await?),
+        }
+    }
+
+    /// Stores a tenant.
+    pub(crate) async fn put_tenant(&self, name: String, tenant: TenantRecord) -> Result<(), StoreError> {
+        match self {
+            Db::Redb(store) => store.put_tenant(name, tenant).await,
+            Db::Postgres(pg) => Ok(pg.store.put_tenant(&name, &tenant).await?),
+        }
+    }
+
+    /// A named secret, made on first use (the same on every host).
+    pub(crate) async fn secret(&self, name: &str) -> Result<Vec<u8>, StoreError> {
+        match self {
+            Db::Redb(store) => store.secret(name).await,
+            Db::Postgres(pg) => Ok(pg.store.secret(name).await?),
+        }
+    }
+
+    /// Appends to the audit log (its newest entries kept).
+    pub(crate) async fn append_audit(&self, entry: AuditEntry) -> Result<(), StoreError> {
+        match self {
+            Db::Redb(store) => store.append_audit(entry).await,
+            Db::Postgres(pg) => Ok(pg.store.append_audit(&entry).await?),
+        }
+    }
+
+    /// Audit entries newest first, before `before`.
+    pub async fn audit(&self, before: Option<Uuid>, limit: usize) -> Result<Vec<(Uuid, AuditEntry)>, StoreError> {
+        match self {
+            Db::Redb(store) => off(store, move |s| s.audit(before, limit)).await,
+            Db::Postgres(pg) => Ok(pg.store.audit(before, limit).await?),
+        }
+    }
+
+    /// Records how a task's completion callback went.
+    pub(crate) async fn put_callback_outcome(&self, id: Uuid, outcome: CallbackOutcome) -> Result<(), StoreError> {
+        match self {
+            Db::Redb(store) => store.put_callback_outcome(id, outcome).await,
+            Db::Postgres(pg) => Ok(pg.store.put_callback_outcome(id, &outcome).await?),
+        }
+    }
+
+    /// How a task's completion callback went.
+    pub async fn callback_outcome(&self, id: Uuid) -> Result<Option<CallbackOutcome>, StoreError> {
+        match self {
+            Db::Redb(store) => store.callback_outcome(id),
+            Db::Postgres(pg) => Ok(pg.store.callback_outcome(id).await?),
+        }
+    }
+
+    /// Up to `limit` ended units past their retention, passing over
+    /// `skip`; see [`Store::expired_past`].
+    pub(crate) async fn expired_past(
+        &self,
+        rule: impl Fn(&str) -> Retention + Send + 'static,
+        now: u64,
+        limit: usize,
+        skip: &HashSet<(String, u64, u128)>,
+    ) -> Result<Vec<Expired>, StoreError> {
+        match self {
+            Db::Redb(store) => {
+                let skip = skip.clone();
+                off(store, move |s| s.expired_past(rule, now, limit, &skip)).await
+            }
+            Db::Postgres(pg) => Ok(pg.store.expired_past(rule, now, limit, skip).await?),
+        }
+    }
+
+    /// Deletes the units `expired` found that are still as found.
+    pub(crate) async fn delete_expired(&self, expired: Vec<Expired>) -> Result<Removed, StoreError> {
+        match self {
+            Db::Redb(store) => store.delete_expired(expired).await,
+            Db::Postgres(pg) => Ok(pg.store.delete_expired(expired).await?),
+        }
+    }
+}
