@@ -56,6 +56,9 @@ mod logs;
 /// The OpenAPI document: every route with its scope, a real validator,
 /// live answers against their schemas.
 mod openapi;
+/// `taskhost serve --store postgres://`: one host per database, a second
+/// refused, a host that loses its lock stops.
+mod postgres;
 /// Python scripts in the runner componentize-py builds: output, every WIT
 /// binding, errors, limits, the standard library, `taskhost run x.py`.
 mod python;

@@ -34,6 +34,20 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Waits (at most `within`) for the server to exit on its own.
+    pub(crate) async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "taskhost serve did not exit within {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
 impl Drop for Server {
     /// Never leaves a server running, even when an assertion failed.
     fn drop(&mut self) {
@@ -117,6 +131,18 @@ pub(crate) async fn start_with_env(data: &std::path::Path, port: u16, extra: &[&
     panic!("taskhost serve found no free port in 5 tries");
 }
 
+/// Starts the host that follows a killed one on `dir` (with `--store
+/// url` when given). A new data directory on PostgreSQL gets no admin
+/// token file of its own (the database has tokens): the first host's
+/// (in `first`) is copied there, which is where [`start_with`] looks for it.
+async fn start_restarted(dir: &std::path::Path, port: u16, url: Option<&str>, first: &std::path::Path) -> Server {
+    if dir != first {
+        let token = taskhost::auth::ADMIN_TOKEN_FILE;
+        std::fs::copy(first.join(token), dir.join(token)).unwrap();
+    }
+    start_with(dir, port, &store_args(url)).await
+}
+
 pub(crate) async fn upload(http: &reqwest::Client, base: &str, name: &str, bytes: Vec<u8>) {
     let response = http.post(format!("{base}/v1/plugins/{name}")).body(bytes).send().await.unwrap();
     assert!(response.status().is_success(), "uploading {name}: {}", response.status());
@@ -145,9 +171,41 @@ async fn all_tasks(http: &reqwest::Client, base: &str) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_and_duplicates_nothing() {
+    sigkill_under_load(None).await;
+}
+
+/// The same on a PostgreSQL store; the host that starts after the kill
+/// has a data directory of its own, so all it finds is in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_under_load_on_postgresql_loses_and_duplicates_nothing() {
+    sigkill_under_load(Some(taskhost_test_postgres::cluster().database("serve_sigkill"))).await;
+}
+
+/// `--store URL` when `url` is given.
+fn store_args(url: Option<&str>) -> Vec<&str> {
+    url.map(|url| vec!["--store", url]).unwrap_or_default()
+}
+
+/// The data directory a restarted host uses: the same one on redb, a new
+/// one on PostgreSQL (kept alive by the returned guard).
+fn restart_dir(data: &tempfile::TempDir, url: Option<&str>) -> (Option<tempfile::TempDir>, std::path::PathBuf) {
+    match url {
+        Some(_) => {
+            let fresh = tempfile::tempdir().unwrap();
+            let path = fresh.path().to_path_buf();
+            (Some(fresh), path)
+        }
+        None => (None, data.path().to_path_buf()),
+    }
+}
+
+/// Keyed batches stream in while the host is killed mid-run; after a
+/// restart every acknowledged task completes once.
+async fn sigkill_under_load(url: Option<String>) {
+    let url = url.as_deref();
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = start(data.path(), port).await;
+    let mut server = start_with(data.path(), port, &store_args(url)).await;
     let http = crate::admin_client(data.path()).await;
     upload(&http, &server.base, "sleep", SLEEP.bytes()).await;
 
@@ -207,8 +265,10 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(acknowledged.len() >= 100, "only {} tasks were acknowledged before the kill", acknowledged.len());
 
-    // Restart on the same data and let everything finish.
-    let mut server = start(data.path(), port).await;
+    // Restart (on the same data, or on the same database) and let
+    // everything finish.
+    let (_fresh, dir) = restart_dir(&data, url);
+    let mut server = start_restarted(&dir, port, url, data.path()).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     let tasks = loop {
         let tasks = all_tasks(&http, &server.base).await;
@@ -254,9 +314,20 @@ async fn sigkill_under_load_loses_and_duplicates_nothing() {
 /// once, none is duplicated, and the join sees them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_fan_out_keeps_the_flow_whole() {
+    sigkill_during_a_fan_out(None).await;
+}
+
+/// The same on a PostgreSQL store, restarted on a new data directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_fan_out_on_postgresql_keeps_the_flow_whole() {
+    sigkill_during_a_fan_out(Some(taskhost_test_postgres::cluster().database("serve_fan_out"))).await;
+}
+
+async fn sigkill_during_a_fan_out(url: Option<String>) {
+    let url = url.as_deref();
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut server = start(data.path(), port).await;
+    let mut server = start_with(data.path(), port, &store_args(url)).await;
     let http = crate::admin_client(data.path()).await;
     upload(&http, &server.base, "sleep", SLEEP.bytes()).await;
     upload(&http, &server.base, "flow-probe", taskhost_test_artifacts::FLOW_PROBE.bytes()).await;
@@ -288,7 +359,8 @@ async fn sigkill_during_a_fan_out_keeps_the_flow_whole() {
     }
     server.child.kill().unwrap();
     server.child.wait().unwrap();
-    let server = start(data.path(), port).await;
+    let (_fresh, dir) = restart_dir(&data, url);
+    let server = start_restarted(&dir, port, url, data.path()).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let view = loop {
         let view = get_json(&http, format!("{}/v1/flows/{flow}", server.base)).await;

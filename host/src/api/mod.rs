@@ -627,7 +627,7 @@ async fn get_task(
         let callback = if record.callback_url.is_some() { engine.callback_outcome(id).await? } else { None };
         // The tail is an aid: a transcript that cannot be read leaves it
         // out (and is logged) rather than failing the whole record.
-        let stderr = engine.stderr_tail(&record).unwrap_or_else(|error| {
+        let stderr = engine.stderr_tail(&record).await.unwrap_or_else(|error| {
             tracing::warn!(%id, %error, "cannot read the failed attempt's transcript");
             Vec::new()
         });

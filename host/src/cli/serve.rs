@@ -503,7 +503,7 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
     let opened = std::panic::AssertUnwindSafe(Engine::open(config)).catch_unwind().await;
     let engine = match opened {
         Ok(Ok(e)) => e,
-        Ok(Err(e)) => return open_failed(&e, &data_dir),
+        Ok(Err(e)) => return open_failed(&e, &data_dir, backend),
         Err(panic) => {
             let what = panic
                 .downcast_ref::<&str>()
@@ -589,12 +589,20 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
             });
         tokio::spawn(serving);
     }
+    let store_lost = std::sync::Arc::new(std::sync::Mutex::new(None));
     let shutdown = async {
         let ctrl_c = tokio::signal::ctrl_c();
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let lost = engine.store();
         tokio::select! {
             _ = ctrl_c => {},
             _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {},
+            why = lost.lost() => {
+                // Another host may run the engine on the database now:
+                // stop taking and starting work at once.
+                eprintln!("taskhost: stopping: this host is no longer sure to be the only one on its store: {why}");
+                *store_lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+            }
         }
         eprintln!("taskhost: shutting down");
         let _ = stopping.send(true);
@@ -606,16 +614,20 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
     engine.close().await;
     // Send the spans still buffered (blocking: off the async workers).
     let _ = tokio::task::spawn_blocking(move || traces.shutdown()).await;
+    if store_lost.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+        return ExitCode::from(EXIT_STORE);
+    }
     ExitCode::SUCCESS
 }
 
 /// Ends start-up on an engine that would not open: a store that cannot be
 /// used exits with [`EXIT_STORE`], naming the file and what to do.
-fn open_failed(e: &anyhow::Error, data_dir: &std::path::Path) -> ExitCode {
+fn open_failed(e: &anyhow::Error, data_dir: &std::path::Path, backend: &str) -> ExitCode {
     if e.chain().any(|cause| cause.downcast_ref::<taskhost::engine::SettingsError>().is_some()) {
         return fail(EXIT_USAGE, &format!("cannot start: the configuration file: {e:#}"));
     }
-    if e.chain().any(|cause| cause.downcast_ref::<store::postgres::PgError>().is_some()) {
+    let postgres = e.chain().any(|cause| cause.downcast_ref::<store::postgres::PgError>().is_some());
+    if postgres || (backend != "redb" && e.chain().any(|cause| cause.downcast_ref::<StoreError>().is_some())) {
         return fail(EXIT_STORE, &format!("cannot start: the PostgreSQL store: {e:#}"));
     }
     let store_error = e.chain().find_map(|cause| {

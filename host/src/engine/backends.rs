@@ -150,3 +150,63 @@ async fn a_second_engine_on_one_postgresql_database_is_refused_while_the_first_r
     let id = first.engine.submit(task("echo", &Script::Complete(b"on".to_vec()))).await.unwrap().record.id;
     assert_eq!(first.engine.wait(id, WAIT).await.unwrap().state, TaskState::Completed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_whose_lock_connection_fails_is_told_and_another_may_start() {
+    let url = taskhost_test_postgres::cluster().database("engine_sole_lost");
+    let first = Harness::on_url(url.clone(), tweak).await.unwrap();
+    let store = first.engine.store();
+    let lost = tokio::spawn(async move { store.lost().await });
+    // The server ends the lock's session, as a restart or a cut would.
+    let admin = crate::store::postgres::PgStore::connect(&url, 1).await.unwrap();
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(l.pid) FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
+         WHERE d.datname = current_database() AND l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()",
+    )
+    .fetch_all(admin.pool())
+    .await
+    .unwrap();
+    assert_eq!(ended, [true], "one session held the engine lock");
+    let why = tokio::time::timeout(Duration::from_secs(10), lost).await.expect("the loss is told").unwrap();
+    assert!(why.contains("the connection holding the engine lock failed"), "{why}");
+    // The lock is free: another host may start (its operator stops the first).
+    Harness::on_url(url, tweak).await.unwrap();
+}
+
+/// PostgreSQL's sessions are cut while their commits wait (on a lock
+/// taken for the purpose): the writes that fail (starts, outcomes, group
+/// commits) are settled by reading the tasks again, so every task still
+/// ends, and completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_whose_writes_fail_on_a_cut_connection_still_end() {
+    let url = taskhost_test_postgres::cluster().database("engine_cut_connections");
+    let h = Harness::on_url(url.clone(), tweak).await.unwrap();
+    let admin = crate::store::postgres::PgStore::connect(&url, 2).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..40 {
+        let t = NewTask { max_attempts: Some(20), ..task("echo", &Script::Sleep(30, b"ok".to_vec())) };
+        ids.push(h.engine.submit(t).await.unwrap().record.id);
+    }
+    // Writes of the tasks wait behind this lock; reads go on.
+    let mut lock = admin.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE taskhost_tasks IN EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let waiting = "SELECT pid FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let pids: Vec<i32> = loop {
+        let pids: Vec<i32> = sqlx::query_scalar(waiting).fetch_all(admin.pool()).await.unwrap();
+        if !pids.is_empty() {
+            break pids;
+        }
+        assert!(std::time::Instant::now() < deadline, "no write waited on the lock");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    for pid in &pids {
+        sqlx::query("SELECT pg_terminate_backend($1)").bind(pid).execute(admin.pool()).await.unwrap();
+    }
+    lock.rollback().await.unwrap();
+    for id in ids {
+        let done = h.engine.wait(id, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(done.state, TaskState::Completed, "{done:?}");
+    }
+}

@@ -20,6 +20,7 @@ use super::runner::Attempt;
 use super::scheduler::{Charge, Entry};
 use super::shared::{Shared, entry};
 use super::submission::Submission;
+use super::unsettled::{self, Unsettled};
 use crate::sandbox::Transcript;
 use crate::store::{Change, InputFrom, StoredFailure, TaskRecord, TaskState, now_ms, start};
 use crate::sync::lock;
@@ -248,6 +249,11 @@ impl Dispatch {
                 self.stop_running(queued.id, 0);
                 lock(&shared.sched).finished(&queued.queue, charge, 0.0);
                 shared.wake.notify_one();
+                if error.is_transient() {
+                    // It may or may not have started.
+                    let what = Unsettled::Start(queued.version);
+                    unsettled::settle(shared.clone(), self.endings.clone(), queued.id, what, error.to_string());
+                }
                 return;
             }
         };
@@ -411,7 +417,13 @@ impl Dispatch {
                     shared.metrics.fuel_used.observe(fuel as f64);
                 }
             }
-            Err(error) => tracing::error!(id = %record.id, %error, "recording the outcome failed"),
+            Err(error) => {
+                tracing::error!(id = %record.id, %error, "recording the outcome failed");
+                if error.is_transient() {
+                    let what = Unsettled::Outcome(record.version);
+                    unsettled::settle(shared.clone(), self.endings.clone(), record.id, what, error.to_string());
+                }
+            }
         }
         shared.wake.notify_one();
     }

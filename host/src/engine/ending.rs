@@ -4,6 +4,7 @@
 //! administration both end tasks through here; admission's refusals
 //! ([`StepEnd`]) are committed here too.
 
+use super::EngineError;
 use super::admission::{Admission, StepEnd};
 use super::callbacks::{self, Callbacks};
 use super::flows::Flows;
@@ -12,6 +13,7 @@ use super::shared::Shared;
 use crate::store::{Change, TaskRecord, TaskState};
 use crate::sync::lock;
 use std::sync::Arc;
+use std::time::Duration;
 use uuid::Uuid;
 
 pub(crate) struct Endings {
@@ -51,16 +53,51 @@ impl Endings {
             let endings = self.clone();
             tokio::spawn(async move {
                 let StepEnd { id, version, to, reason, error } = end;
-                let change = Change::new(id, to, reason).expect_version(version).edit(move |r| {
-                    if error.is_some() {
-                        r.error = error;
+                let mut wait = Duration::from_millis(50);
+                loop {
+                    let (reason, error) = (reason.clone(), error.clone());
+                    let change = Change::new(id, to, reason).expect_version(version).edit(move |r| {
+                        if error.is_some() {
+                            r.error = error;
+                        }
+                    });
+                    match endings.shared.store.transition(change).await {
+                        Ok(done) => endings.ended(&done),
+                        // A failure that may pass (PostgreSQL's): the same
+                        // checked change again, until the host stops.
+                        Err(error) if error.is_transient() && !endings.shared.stopping() => {
+                            tracing::warn!(%id, %error, "ending a step that must not run failed; trying again");
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(Duration::from_secs(5));
+                            continue;
+                        }
+                        Err(error) => tracing::error!(%id, %error, "cannot end a step that must not run"),
                     }
-                });
-                match endings.shared.store.transition(change).await {
-                    Ok(done) => endings.ended(&done),
-                    Err(error) => tracing::error!(%id, %error, "cannot end a step that must not run"),
+                    break;
                 }
             });
+        }
+    }
+
+    /// Sends task `done`'s completion callback to `url`.
+    async fn call_back(&self, url: String, done: &TaskRecord) {
+        match self.shared.store.output(done.id).await {
+            Ok(output) => {
+                // The tail is an aid: one that cannot be read is left out
+                // (and logged); the callback still goes.
+                let stderr = super::logs::stderr_tail(&self.shared, done).await.unwrap_or_else(|error| {
+                    tracing::warn!(id = %done.id, %error, "cannot read the failed attempt's transcript");
+                    Vec::new()
+                });
+                let ns = crate::tenant::Namespace::new(crate::tenant::tenant_of(&done.plugin));
+                let body = crate::wire::Task::new(done, output.as_deref()).with_stderr_tail(stderr).in_namespace(&ns);
+                self.callbacks.deliver(url, body, ns.tenant());
+            }
+            Err(error) => {
+                tracing::error!(id = %done.id, %error, "cannot read the output for the callback");
+                let why = format!("reading the output failed: {error}");
+                self.callbacks.ended(done.id, crate::store::CallbackOutcome::failed(0, why));
+            }
         }
     }
 
@@ -90,26 +127,11 @@ impl Endings {
             TaskState::Cancelled => shared.metrics.cancelled.get_or_create(&label).inc(),
             _ => 0,
         };
-        if let Some(url) = &done.callback_url {
-            match shared.store.output_now(done.id) {
-                Ok(output) => {
-                    // The tail is an aid: one that cannot be read is left
-                    // out (and logged); the callback still goes.
-                    let stderr = super::logs::stderr_tail(shared, done).unwrap_or_else(|error| {
-                        tracing::warn!(id = %done.id, %error, "cannot read the failed attempt's transcript");
-                        Vec::new()
-                    });
-                    let ns = crate::tenant::Namespace::new(crate::tenant::tenant_of(&done.plugin));
-                    let body =
-                        crate::wire::Task::new(done, output.as_deref()).with_stderr_tail(stderr).in_namespace(&ns);
-                    self.callbacks.deliver(url.clone(), body, ns.tenant());
-                }
-                Err(error) => {
-                    tracing::error!(id = %done.id, %error, "cannot read the output for the callback");
-                    let why = format!("reading the output failed: {error}");
-                    self.callbacks.ended(done.id, crate::store::CallbackOutcome::failed(0, why));
-                }
-            }
+        if let Some(url) = done.callback_url.clone() {
+            // The body is read off this path (its output, its failure's
+            // stderr), then the delivery goes on its own.
+            let (endings, done) = (self.clone(), done.clone());
+            tokio::spawn(async move { endings.call_back(url, &done).await });
         }
         let (released, last) = self.flows.task_ended(done);
         let ends: Vec<StepEnd> = released
@@ -128,14 +150,26 @@ impl Endings {
     pub(crate) fn finish_flow(self: &Arc<Self>, flow: Uuid) {
         let endings = self.clone();
         tokio::spawn(async move {
-            match endings.flows.finish(flow).await {
-                Ok((created, pins)) => {
-                    endings.admit(&created, false);
-                    // The tasks hold their versions now.
-                    drop(pins);
-                    endings.shared.ended.notify_waiters();
+            let mut wait = Duration::from_millis(50);
+            loop {
+                match endings.flows.finish(flow).await {
+                    Ok((created, pins)) => {
+                        endings.admit(&created, false);
+                        // The tasks hold their versions now.
+                        drop(pins);
+                        endings.shared.ended.notify_waiters();
+                    }
+                    // A failure that may pass (PostgreSQL's): finishing
+                    // reads the flow again, so it is tried again.
+                    Err(EngineError::Store(error)) if error.is_transient() && !endings.shared.stopping() => {
+                        tracing::warn!(%flow, %error, "recording the end of a flow failed; trying again");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                    Err(error) => tracing::error!(%flow, %error, "recording the end of a flow failed"),
                 }
-                Err(error) => tracing::error!(%flow, %error, "recording the end of a flow failed"),
+                break;
             }
         });
     }

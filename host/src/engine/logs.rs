@@ -105,11 +105,16 @@ impl Places {
     }
 }
 
+/// Attempt `attempt`'s transcript while it runs (and until its outcome is
+/// recorded).
+fn live_log(shared: &Shared, id: Uuid, attempt: u32) -> Option<Transcript> {
+    lock(&shared.transcripts).get(&id).filter(|(a, _)| *a == attempt).map(|(_, t)| t.clone())
+}
+
 /// Attempt `attempt`'s transcript as the engine has it now: live while
 /// it runs (and until its outcome is recorded), else stored.
 fn attempt_log(shared: &Shared, id: Uuid, attempt: u32) -> Result<(AttemptLog, Option<Transcript>), EngineError> {
-    let live = lock(&shared.transcripts).get(&id).filter(|(a, _)| *a == attempt).map(|(_, t)| t.clone());
-    if let Some(t) = live {
+    if let Some(t) = live_log(shared, id, attempt) {
         return Ok((t.kept(), Some(t)));
     }
     Ok((shared.store.attempt_log_now(id, attempt)?.unwrap_or_default(), None))
@@ -125,12 +130,15 @@ pub(crate) const STDERR_TAIL_BYTES: usize = 4096;
 /// failure ([`failed_run`]); empty when no run left it. Read from the
 /// attempt's transcript, so what its cap dropped from the middle is not
 /// there, but its last lines are (the transcript keeps its newest lines).
-pub(crate) fn stderr_tail(shared: &Shared, record: &TaskRecord) -> Result<Vec<String>, EngineError> {
+pub(crate) async fn stderr_tail(shared: &Shared, record: &TaskRecord) -> Result<Vec<String>, EngineError> {
     if record.error.is_none() {
         return Ok(Vec::new());
     }
     let Some(attempt) = failed_run(&record.history) else { return Ok(Vec::new()) };
-    let (log, _) = attempt_log(shared, record.id, attempt)?;
+    let log = match live_log(shared, record.id, attempt) {
+        Some(live) => live.kept(),
+        None => shared.store.attempt_log(record.id, attempt).await?.unwrap_or_default(),
+    };
     Ok(last_stderr(&log))
 }
 

@@ -39,6 +39,7 @@ mod submission;
 mod tenants;
 #[cfg(test)]
 pub(crate) mod testing;
+mod unsettled;
 
 pub use ad_hoc::{
     AD_HOC_JS, AD_HOC_PYTHON, AdHocScript, DEFAULT_MAX_SCRIPT_BYTES, MAX_AD_HOC_SCRIPTS, MAX_SCRIPT_QUEUES,
@@ -586,12 +587,12 @@ impl Engine {
     /// input comes from a URL, the URL; for a declared step fed by other
     /// tasks' outputs, nothing).
     pub async fn input(&self, id: Uuid) -> Result<Option<Vec<u8>>, EngineError> {
-        Ok(self.inner.shared.store.input(id).await?)
+        Ok(self.inner.shared.store.input_whole(id).await?)
     }
 
     /// A task's output, once it completed.
     pub async fn output(&self, id: Uuid) -> Result<Option<Vec<u8>>, EngineError> {
-        Ok(self.inner.shared.store.output(id).await?)
+        Ok(self.inner.shared.store.output_whole(id).await?)
     }
 
     /// One attempt's lines of task `record` (its latest when `attempt` is
@@ -602,8 +603,8 @@ impl Engine {
 
     /// The last stderr lines of the attempt that left `record`'s failure
     /// (empty without one): what `GET /v1/tasks/{id}` shows with it.
-    pub fn stderr_tail(&self, record: &TaskRecord) -> Result<Vec<String>, EngineError> {
-        logs::stderr_tail(&self.inner.shared, record)
+    pub async fn stderr_tail(&self, record: &TaskRecord) -> Result<Vec<String>, EngineError> {
+        logs::stderr_tail(&self.inner.shared, record).await
     }
 
     /// Follows task `record`'s lines from attempt `attempt` (its latest

@@ -4,7 +4,7 @@
 //! of a large store) are read from their records' leading fields only
 //! ([`TaskSummary`](crate::store::TaskSummary)).
 
-use crate::store::{Store, StoreError, TaskRecord, TaskState, decode_record};
+use crate::store::{Store, StoreError, TaskRecord, TaskState, TaskSummary, decode_record};
 use std::collections::HashMap;
 
 /// Tasks per state, by queue.
@@ -29,35 +29,20 @@ impl Found {
         Self::scan_unless(store, || false)
     }
 
-    /// Scans `store` off the async workers (redb), or reads what
-    /// PostgreSQL counts and the tasks not ended.
+    /// Scans `store`: a redb file off the async workers, a PostgreSQL
+    /// database as a stream of its rows (counted as redb's are).
     pub(crate) async fn scan_db(store: &crate::store::Db) -> Result<Found, StoreError> {
         match store {
             crate::store::Db::Redb(store) => {
                 let store = store.clone();
                 crate::sync::blocking(move || Found::scan(&store)).await
             }
-            crate::store::Db::Postgres(pg) => Ok(Found::of(pg.store().unended().await?)),
-        }
-    }
-
-    /// What a PostgreSQL store holds, from its counts and the tasks not
-    /// ended it read ([`PgStore::unended`](crate::store::postgres::PgStore::unended)).
-    pub(crate) fn of(unended: crate::store::postgres::Unended) -> Found {
-        let mut found = Found::default();
-        for (queue, state, n) in unended.counts {
-            slot(&mut found.by_queue, &queue)[state as usize] += n;
-        }
-        for (tenant, bytes) in unended.stored {
-            *slot(&mut found.stored, &tenant) += bytes.max(0) as u64;
-        }
-        for record in unended.tasks {
-            match record.state {
-                TaskState::Running => found.interrupted.push(record),
-                _ => found.unfinished.push(record),
+            crate::store::Db::Postgres(pg) => {
+                let mut found = Found::default();
+                pg.store().scan_summaries(|summary, log_bytes, encoded| found.add(summary, log_bytes, encoded)).await?;
+                Ok(found)
             }
         }
-        found
     }
 
     /// [`Found::scan`], given up once `stop` says so (asked every few
@@ -70,17 +55,24 @@ impl Found {
             if seen.is_multiple_of(4096) && stop() {
                 return Err(StoreError::Refused("the start-up scan was given up".into()));
             }
-            let kept = summary.input_len + summary.output_len.unwrap_or(0) + log_bytes;
-            *slot(&mut found.stored, crate::tenant::tenant_of(summary.plugin)) += kept;
-            slot(&mut found.by_queue, summary.queue)[summary.state as usize] += 1;
-            match summary.state {
-                TaskState::Running => found.interrupted.push(decode_record(encoded)?),
-                TaskState::Pending | TaskState::Retrying => found.unfinished.push(decode_record(encoded)?),
-                _ => {}
-            }
-            Ok(())
+            found.add(summary, log_bytes, encoded)
         })?;
         Ok(found)
+    }
+
+    /// Counts one stored task (its leading fields, the bytes of its
+    /// transcripts, its encoded record), keeping it whole if it has not
+    /// ended.
+    fn add(&mut self, summary: TaskSummary<'_>, log_bytes: u64, encoded: &[u8]) -> Result<(), StoreError> {
+        let kept = summary.input_len + summary.output_len.unwrap_or(0) + log_bytes;
+        *slot(&mut self.stored, crate::tenant::tenant_of(summary.plugin)) += kept;
+        slot(&mut self.by_queue, summary.queue)[summary.state as usize] += 1;
+        match summary.state {
+            TaskState::Running => self.interrupted.push(decode_record(encoded)?),
+            TaskState::Pending | TaskState::Retrying => self.unfinished.push(decode_record(encoded)?),
+            _ => {}
+        }
+        Ok(())
     }
 
     /// [`Found::scan`] of a store opened with

@@ -45,10 +45,12 @@ pub struct PgDb {
     runtime: tokio::runtime::Handle,
     /// This host's name: its artifact hashes are kept under it.
     host: String,
-    /// The database's engine lock, held while this host runs.
-    _sole: SoleEngine,
+
     committer: PgCommitter,
     feed: Feed,
+    /// The database's engine lock, held while this host runs; last, so it
+    /// is released after the committer stopped.
+    sole: SoleEngine,
 }
 
 /// Operations waiting for PostgreSQL's group committer at most; callers
@@ -64,10 +66,14 @@ impl PgDb {
     /// group committer with `workers` workers (each holds a connection
     /// while it commits).
     pub async fn open(store: PgStore, host: String, workers: usize) -> Result<Self, PgError> {
+        let runtime = tokio::runtime::Handle::current();
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            // Some reads wait in place (`wait`), which needs other workers.
+            return Err(PgError::Unsupported("a PostgreSQL store on a single-threaded Tokio runtime".into()));
+        }
         let sole = store.hold_sole_engine().await?;
         let committer = store.committer(CommitConfig { queue: PG_QUEUE, batch: PG_BATCH, workers });
-        let runtime = tokio::runtime::Handle::current();
-        Ok(Self { store, runtime, host, _sole: sole, committer, feed: Feed::default() })
+        Ok(Self { store, runtime, host, committer, feed: Feed::default(), sole })
     }
 
     /// The store.
@@ -132,6 +138,16 @@ impl Db {
         match self {
             Db::Redb(store) => Some(store),
             Db::Postgres(_) => None,
+        }
+    }
+
+    /// Waits until this host can no longer be sure it is the only engine
+    /// on the store (PostgreSQL: the connection holding its engine lock
+    /// failed); why. Never, on redb.
+    pub async fn lost(&self) -> String {
+        match self {
+            Db::Redb(_) => std::future::pending().await,
+            Db::Postgres(pg) => pg.sole.lost().await,
         }
     }
 
@@ -327,7 +343,8 @@ impl Db {
         }
     }
 
-    /// A task's input.
+    /// A task's input, read on the caller's thread on redb (the
+    /// dispatcher's, once per attempt); see [`input_whole`](Self::input_whole).
     pub async fn input(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
             Db::Redb(store) => store.input(id),
@@ -335,7 +352,8 @@ impl Db {
         }
     }
 
-    /// A completed task's output.
+    /// A completed task's output, read on the caller's thread on redb; see
+    /// [`output_whole`](Self::output_whole).
     pub async fn output(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
         match self {
             Db::Redb(store) => store.output(id),
@@ -343,10 +361,28 @@ impl Db {
         }
     }
 
+    /// A task's input for a client (up to the input cap): off the async
+    /// workers on redb.
+    pub async fn input_whole(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Db::Redb(store) => off(store, move |s| s.input(id)).await,
+            Db::Postgres(pg) => Ok(pg.store.input(id).await?),
+        }
+    }
+
+    /// A task's output for a client (up to the output cap): off the async
+    /// workers on redb.
+    pub async fn output_whole(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        match self {
+            Db::Redb(store) => off(store, move |s| s.output(id)).await,
+            Db::Postgres(pg) => Ok(pg.store.output(id).await?),
+        }
+    }
+
     /// The transcript of a task's attempt.
     pub async fn attempt_log(&self, id: Uuid, attempt: u32) -> Result<Option<crate::sandbox::AttemptLog>, StoreError> {
         match self {
-            Db::Redb(store) => store.attempt_log(id, attempt),
+            Db::Redb(store) => off(store, move |s| s.attempt_log(id, attempt)).await,
             Db::Postgres(pg) => Ok(pg.store.attempt_log(id, attempt).await?),
         }
     }

@@ -128,6 +128,37 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether the failure may pass, so the same write may be tried again:
+    /// PostgreSQL's lost connections, timeouts, broken deadlocks and
+    /// serialisation failures, and a group commit that failed as a whole
+    /// (nothing of it was written).
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Postgres(error) => transient_sql(error),
+            StoreError::Shared(error) => {
+                matches!(**error, super::postgres::PgError::BatchFailed(_))
+                    || matches!(&**error, super::postgres::PgError::Database(e) if transient_sql(e))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Whether a PostgreSQL failure may pass: the connection (class 08), a
+/// transaction rolled back for a serialisation failure or a deadlock
+/// (class 40), the server shutting down (57P01-57P03), or no connection
+/// in time.
+fn transient_sql(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+            code.starts_with("08") || code.starts_with("40") || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
 macro_rules! storage_from {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {

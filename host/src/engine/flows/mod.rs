@@ -418,7 +418,7 @@ impl Flows {
             }
         };
         let output = match flow.result_task {
-            Some(task) => store.output(task).await?,
+            Some(task) => store.output_whole(task).await?,
             None => None,
         };
         Ok(FlowView { flow, tasks, output })

@@ -3,7 +3,8 @@
 //! the transition table and expected versions, idempotency keys in their
 //! two namespaces, flow effects committed only with a completion, a
 //! cancelled flow, and a model-based run with a reopen; the store's other
-//! tables in `catalog.rs`, listings in `listings.rs`. Both backends
+//! tables in `catalog.rs`, listings in `listings.rs`, retention in
+//! `retention.rs`. Both backends
 //! apply changes through the same checked writes (`apply.rs`); these tests
 //! hold each to what the other does. Tests of what only one backend has
 //! (redb's files, migrations and write faults; PostgreSQL's leases) stay
@@ -328,6 +329,7 @@ macro_rules! on_both {
 
 mod catalog;
 mod listings;
+mod retention;
 
 on_both! {
     grouped:

@@ -39,7 +39,6 @@ mod wakeups;
 pub use committer::{CommitConfig, PgCommitter};
 pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
-pub use reads::Unended;
 pub use sole::SoleEngine;
 pub use wakeups::{Wakeup, Wakeups};
 

@@ -6,7 +6,7 @@
 
 use super::{PgError, PgStore};
 use crate::store::record::decode;
-use crate::store::{FlowRecord, StoreError, TaskRecord, TaskState};
+use crate::store::{FlowRecord, StoreError, TaskRecord, TaskState, TaskSummary};
 use sqlx::Row;
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -142,35 +142,25 @@ impl PgStore {
         Ok(bytes.max(0) as u64)
     }
 
-    /// What a starting host needs of every task: how many there are by
-    /// queue and state, the bytes each tenant keeps (inputs, outputs,
-    /// transcripts), and the records of the tasks not ended (pending,
-    /// retrying and running), in id order.
-    pub async fn unended(&self) -> Result<Unended, PgError> {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT queue, state, count(*) FROM taskhost_tasks WHERE state <> 'quarantined' GROUP BY queue, state",
+    /// Visits every task in id order, as the redb store's
+    /// `scan_summaries` does: its leading fields, the bytes its attempts'
+    /// transcripts take, and its encoded record. Rows are streamed, not
+    /// held; quarantined ones (undecodable) are passed over.
+    pub(crate) async fn scan_summaries(
+        &self,
+        mut visit: impl FnMut(TaskSummary<'_>, u64, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), PgError> {
+        use futures::TryStreamExt as _;
+        let mut rows = sqlx::query_as::<_, (Vec<u8>, i64)>(
+            "SELECT t.record,
+                    coalesce((SELECT sum(octet_length(g.log)) FROM taskhost_logs AS g WHERE g.task_id = t.id), 0)::bigint
+             FROM taskhost_tasks AS t WHERE t.state <> 'quarantined' ORDER BY t.id",
         )
-        .fetch_all(self.pool())
-        .await?;
-        let mut counts = Vec::with_capacity(rows.len());
-        for (queue, state, n) in rows {
-            counts.push((queue, state_named(&state)?, n));
+        .fetch(self.pool());
+        while let Some((record, log_bytes)) = rows.try_next().await? {
+            visit(TaskSummary::of(&record)?, log_bytes.max(0) as u64, &record)?;
         }
-        let stored: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT l.tenant, sum(octet_length(t.input) + coalesce(octet_length(t.output), 0)
-                 + coalesce((SELECT sum(octet_length(g.log)) FROM taskhost_logs AS g WHERE g.task_id = t.id), 0))::bigint
-             FROM taskhost_tasks AS t JOIN taskhost_listed AS l ON l.id = t.id
-             WHERE t.state <> 'quarantined' GROUP BY l.tenant",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        let records: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT record FROM taskhost_tasks WHERE state IN ('pending', 'retrying', 'running') ORDER BY id",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        let tasks = records.iter().map(|bytes| decode(bytes)).collect::<Result<_, StoreError>>()?;
-        Ok(Unended { counts, stored, tasks })
+        Ok(())
     }
 
     /// How many tasks are in each state (quarantined ones aside: see
@@ -195,16 +185,4 @@ fn state_named(state: &str) -> Result<TaskState, StoreError> {
         .into_iter()
         .find(|s| s.as_str() == state)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown task state `{state}` in PostgreSQL")))
-}
-
-/// What [`PgStore::unended`] read.
-#[derive(Debug, Default)]
-#[non_exhaustive]
-pub struct Unended {
-    /// Tasks by queue and state.
-    pub counts: Vec<(String, TaskState, i64)>,
-    /// Bytes kept by tenant.
-    pub stored: Vec<(String, i64)>,
-    /// The tasks not ended, in id order.
-    pub tasks: Vec<TaskRecord>,
 }

@@ -3,10 +3,11 @@
 //! a flow under its tenant's flow group, a repeating flow's past
 //! iterations under its tenant's iteration group), kept in step by every
 //! write that ends a unit or opens it again. A sweep finds the units past
-//! their group's [`Retention`] with reads, then deletes them in one
-//! transaction that checks each again under its locks (its tasks' rows,
-//! then its flow's lock, then its entry, the order every write takes
-//! them in): a unit retried or changed meanwhile stays.
+//! their group's [`Retention`] with reads, then deletes each in a
+//! transaction of its own that checks it again under its locks (its
+//! tasks' rows, then its flow's lock, then its entry, the order every
+//! write takes them in): a unit retried or changed meanwhile stays, and so
+//! does one with a quarantined task.
 
 use super::txn::{flow_lock, lock_names};
 use super::{PgError, PgStore};
@@ -43,19 +44,25 @@ impl PgStore {
             let mut over = retention.keep_count.map_or(0, |keep| (count.max(0) as u64).saturating_sub(keep));
             let mut after: Option<(i64, Uuid)> = None;
             'group: loop {
-                let rows: Vec<(i64, Uuid)> = sqlx::query_as(
-                    "SELECT at_ms, unit FROM taskhost_finished
-                     WHERE grp = $1 AND ($2::bigint IS NULL OR (at_ms, unit) > ($2, $3))
-                     ORDER BY at_ms, unit LIMIT $4",
+                // With each lone task's record and whether its callback's
+                // outcome is recorded (a flow's entry needs neither).
+                let rows: Vec<(i64, Uuid, Option<Vec<u8>>, bool)> = sqlx::query_as(
+                    "SELECT f.at_ms, f.unit, t.record,
+                            EXISTS (SELECT 1 FROM taskhost_callbacks AS c WHERE c.task_id = f.unit)
+                     FROM taskhost_finished AS f
+                     LEFT JOIN taskhost_tasks AS t ON t.id = f.unit AND t.state <> 'quarantined' AND NOT $5
+                     WHERE f.grp = $1 AND ($2::bigint IS NULL OR (f.at_ms, f.unit) > ($2, $3))
+                     ORDER BY f.at_ms, f.unit LIMIT $4",
                 )
                 .bind(&group)
                 .bind(after.map(|(at, _)| at))
                 .bind(after.map(|(_, unit)| unit))
                 .bind(PAGE)
+                .bind(is_flow_group(&group))
                 .fetch_all(self.pool())
                 .await?;
-                let Some(last) = rows.last().copied() else { break };
-                for (at, unit) in rows {
+                let Some(last) = rows.last().map(|(at, unit, _, _)| (*at, *unit)) else { break };
+                for (at, unit, record, recorded) in rows {
                     let ended_at_ms = at.max(0) as u64;
                     let old = retention.keep_for_ms.is_some_and(|keep| ended_at_ms.saturating_add(keep) <= now);
                     if !old && over == 0 {
@@ -65,7 +72,9 @@ impl PgStore {
                     if skip.contains(&(group.clone(), ended_at_ms, unit.as_u128())) {
                         continue;
                     }
-                    if !is_flow_group(&group) && self.awaits_callback(unit, now).await? {
+                    if let Some(record) = record
+                        && awaits(&decode(&record)?, recorded, now)
+                    {
                         continue;
                     }
                     out.push(Expired { group: group.clone(), ended_at_ms, id: unit.as_u128() });
@@ -79,32 +88,37 @@ impl PgStore {
         Ok(out)
     }
 
-    /// Whether lone task `id` still waits for its callback's outcome.
-    async fn awaits_callback(&self, id: Uuid, now: u64) -> Result<bool, PgError> {
-        let row: Option<(Vec<u8>, bool)> = sqlx::query_as(
-            "SELECT t.record, EXISTS (SELECT 1 FROM taskhost_callbacks AS c WHERE c.task_id = t.id)
-             FROM taskhost_tasks AS t WHERE t.id = $1 AND t.state <> 'quarantined'",
-        )
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?;
-        match row {
-            Some((bytes, recorded)) => Ok(awaits(&decode(&bytes)?, recorded, now)),
-            None => Ok(false),
-        }
-    }
-
     /// Deletes the units `expired` found, each only if it is still listed
     /// as it was found and every task of it ended and waits for no
-    /// callback: in one transaction.
+    /// callback: each unit in a transaction of its own, so no sweep holds
+    /// one unit's locks while it takes another's. A unit whose deletion
+    /// fails (a lost connection) is logged and kept, for a later sweep.
     pub(crate) async fn delete_expired(&self, expired: Vec<Expired>) -> Result<Removed, PgError> {
-        let mut txn = self.pool().begin().await?;
         let mut removed = Removed::default();
         let now = crate::store::now_ms();
         for unit in &expired {
-            delete_unit(&mut txn, unit, now, &mut removed).await?;
+            let mut one = Removed::default();
+            let deleted = async {
+                let mut txn = self.pool().begin().await?;
+                delete_unit(&mut txn, unit, now, &mut one).await?;
+                txn.commit().await?;
+                Ok::<_, PgError>(())
+            }
+            .await;
+            match deleted {
+                Ok(()) => {
+                    removed.tasks.append(&mut one.tasks);
+                    removed.flows += one.flows;
+                    removed.kept += one.kept;
+                    removed.kept_units.append(&mut one.kept_units);
+                }
+                Err(error) => {
+                    tracing::warn!(group = %unit.group, unit = %Uuid::from_u128(unit.id), %error,
+                        "deleting an expired unit failed; a later sweep tries again");
+                    keep(unit, &mut removed);
+                }
+            }
         }
-        txn.commit().await?;
         Ok(removed)
     }
 }
@@ -117,16 +131,29 @@ fn awaits(record: &TaskRecord, recorded: bool, now: u64) -> bool {
 }
 
 /// Locks tasks `ids` (in id order) and reads them, with whether each has
-/// its callback's outcome recorded.
-async fn lock_tasks(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<(TaskRecord, bool)>, PgError> {
-    let rows: Vec<(Vec<u8>, bool)> = sqlx::query_as(
-        "SELECT t.record, EXISTS (SELECT 1 FROM taskhost_callbacks AS c WHERE c.task_id = t.id)
-         FROM taskhost_tasks AS t WHERE t.id = ANY($1) AND t.state <> 'quarantined' ORDER BY t.id FOR UPDATE OF t",
+/// its callback's outcome recorded; `None` when one of them is
+/// quarantined (its record can't be read: its unit stays).
+async fn lock_tasks(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Option<Vec<(TaskRecord, bool)>>, PgError> {
+    let rows: Vec<(String, Vec<u8>, bool)> = sqlx::query_as(
+        "SELECT t.state, t.record, EXISTS (SELECT 1 FROM taskhost_callbacks AS c WHERE c.task_id = t.id)
+         FROM taskhost_tasks AS t WHERE t.id = ANY($1) ORDER BY t.id FOR UPDATE OF t",
     )
     .bind(ids)
     .fetch_all(&mut *conn)
     .await?;
-    rows.into_iter().map(|(bytes, recorded)| Ok((decode(&bytes)?, recorded))).collect()
+    if rows.iter().any(|(state, _, _)| state == "quarantined") {
+        return Ok(None);
+    }
+    let tasks = rows.into_iter().map(|(_, bytes, recorded)| Ok((decode(&bytes)?, recorded)));
+    Ok(Some(tasks.collect::<Result<_, PgError>>()?))
+}
+
+/// The tasks a flow grew, in id order.
+async fn grown(conn: &mut PgConnection, flow: Uuid) -> Result<Vec<Uuid>, PgError> {
+    Ok(sqlx::query_scalar("SELECT task_id FROM taskhost_flow_tasks WHERE flow_id = $1 ORDER BY task_id")
+        .bind(flow)
+        .fetch_all(&mut *conn)
+        .await?)
 }
 
 /// Takes and checks the unit's entry; false when it is gone (the unit
@@ -161,30 +188,33 @@ fn keep(unit: &Expired, removed: &mut Removed) {
     removed.kept_units.push(unit.clone());
 }
 
-/// Deletes one unit if it is still listed and nothing holds it.
+/// Deletes one unit if it is still listed and nothing holds it. Locks are
+/// taken as every write takes them: the tasks' rows (in id order), then
+/// the flow's lock, then the unit's entry.
 async fn delete_unit(conn: &mut PgConnection, unit: &Expired, now: u64, removed: &mut Removed) -> Result<(), PgError> {
     let id = Uuid::from_u128(unit.id);
     if is_iteration_group(&unit.group) {
-        lock_names(conn, vec![flow_lock(id)]).await?;
-        if !listed(conn, unit).await? {
-            keep(unit, removed);
-            return Ok(());
-        }
-        delete_iterations(conn, unit, now, removed).await?;
-        return unlist(conn, unit).await;
+        return delete_iterations(conn, unit, now, removed).await;
     }
     let flow = is_flow_group(&unit.group);
     let mut ids = vec![id];
     if flow {
-        let grown: Vec<Uuid> = sqlx::query_scalar("SELECT task_id FROM taskhost_flow_tasks WHERE flow_id = $1")
-            .bind(id)
-            .fetch_all(&mut *conn)
-            .await?;
-        ids.extend(grown);
+        ids.extend(grown(conn, id).await?);
     }
-    let tasks = lock_tasks(conn, &ids).await?;
+    let Some(tasks) = lock_tasks(conn, &ids).await? else {
+        keep(unit, removed);
+        return Ok(());
+    };
     if flow {
         lock_names(conn, vec![flow_lock(id)]).await?;
+        // A flow that grew since its tasks were read was opened again
+        // (and unlisted): its entry below is gone too, but say so here.
+        let mut now_grown = grown(conn, id).await?;
+        now_grown.insert(0, id);
+        if now_grown != ids {
+            keep(unit, removed);
+            return Ok(());
+        }
     }
     if !listed(conn, unit).await? {
         keep(unit, removed);
@@ -211,8 +241,8 @@ async fn delete_unit(conn: &mut PgConnection, unit: &Expired, now: u64, removed:
 /// Deletes the iterations of a repeating flow that ended by the unit's
 /// time, oldest first, each whole (its tasks, their keys and list
 /// entries); the flow's root task, the iteration before the current one
-/// (and the current one), and the flow's result stay. Holds the flow's
-/// lock.
+/// (and the current one), and the flow's result stay. The candidates are
+/// read first, then locked (their rows, the flow's lock, the entry).
 async fn delete_iterations(
     conn: &mut PgConnection,
     unit: &Expired,
@@ -220,12 +250,14 @@ async fn delete_iterations(
     removed: &mut Removed,
 ) -> Result<(), PgError> {
     let f = Uuid::from_u128(unit.id);
-    let record: Option<Vec<u8>> = sqlx::query_scalar("SELECT record FROM taskhost_flows WHERE id = $1")
-        .bind(f)
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some(record) = record else { return Ok(()) };
-    let flow: FlowRecord = decode(&record)?;
+    let Some(flow) = flow_record(conn, f).await? else {
+        // The flow went (with its own unit): so does this entry.
+        lock_names(conn, vec![flow_lock(f)]).await?;
+        if listed(conn, unit).await? {
+            unlist(conn, unit).await?;
+        }
+        return Ok(());
+    };
     let keep_from = flow.iteration.saturating_sub(1);
     let rows: Vec<(i64, Uuid)> = sqlx::query_as(
         "SELECT iteration, id FROM taskhost_listed WHERE flow_id = $1 AND id <> $1 AND iteration < $2
@@ -235,24 +267,40 @@ async fn delete_iterations(
     .bind(i64::from(keep_from))
     .fetch_all(&mut *conn)
     .await?;
+    let mut ids: Vec<Uuid> = rows.iter().map(|(_, id)| *id).collect();
+    ids.sort_unstable();
+    let Some(tasks) = lock_tasks(conn, &ids).await? else {
+        keep(unit, removed);
+        return Ok(());
+    };
+    lock_names(conn, vec![flow_lock(f)]).await?;
+    if !listed(conn, unit).await? {
+        keep(unit, removed);
+        return Ok(());
+    }
+    // Under the flow's lock: its result as it is now.
+    let result = flow_record(conn, f).await?.and_then(|flow| flow.result_task);
+    let mut records: std::collections::HashMap<Uuid, (TaskRecord, bool)> =
+        tasks.into_iter().map(|(record, recorded)| (record.id, (record, recorded))).collect();
     let mut by_iteration: BTreeMap<i64, Vec<Uuid>> = BTreeMap::new();
     for (iteration, id) in rows {
         by_iteration.entry(iteration).or_default().push(id);
     }
     for ids in by_iteration.into_values() {
-        let tasks = lock_tasks(conn, &ids).await?;
-        let done = tasks.iter().all(|(record, recorded)| {
+        let done = ids.iter().filter_map(|id| records.get(id)).all(|(record, recorded)| {
             record.state.is_terminal()
                 && record.finished_at_ms.unwrap_or(u64::MAX) <= unit.ended_at_ms
                 && !awaits(record, *recorded, now)
-                && flow.result_task != Some(record.id)
+                && result != Some(record.id)
         });
         if !done {
             // Iterations end in order: the later ones ended later still.
             break;
         }
-        for (record, _) in &tasks {
-            removed.tasks.push(delete_task(conn, record).await?);
+        for id in &ids {
+            if let Some((record, _)) = records.remove(id) {
+                removed.tasks.push(delete_task(conn, &record).await?);
+            }
         }
         sqlx::query("DELETE FROM taskhost_flow_tasks WHERE flow_id = $1 AND task_id = ANY($2)")
             .bind(f)
@@ -265,7 +313,15 @@ async fn delete_iterations(
             .execute(&mut *conn)
             .await?;
     }
-    Ok(())
+    unlist(conn, unit).await
+}
+
+async fn flow_record(conn: &mut PgConnection, id: Uuid) -> Result<Option<FlowRecord>, PgError> {
+    let record: Option<Vec<u8>> = sqlx::query_scalar("SELECT record FROM taskhost_flows WHERE id = $1")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(record.map(|bytes| decode(&bytes)).transpose()?)
 }
 
 /// Deletes one locked task with everything kept beside it; its queue,

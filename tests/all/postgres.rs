@@ -1,0 +1,78 @@
+//! `taskhost serve --store postgres://…` through the real binary: the
+//! store in the database (a host on another data directory finds it all:
+//! see `recovery.rs`'s PostgreSQL runs), one host at a time per database,
+//! and a host that can no longer be sure it is the only one stops.
+
+use crate::recovery::{free_port, start_with, upload};
+use serde_json::{Value, json};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A second host on a database a host serves is refused, saying why, and
+/// changes nothing: the first goes on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_host_on_a_database_is_refused_and_the_first_goes_on() {
+    let url = taskhost_test_postgres::cluster().database("serve_second_host");
+    let data = tempfile::tempdir().unwrap();
+    let server = start_with(data.path(), free_port(), &["--store", &url]).await;
+    let http = crate::admin_client(data.path()).await;
+    upload(&http, &server.base, "sleep", taskhost_test_artifacts::SLEEP.bytes()).await;
+    let other = tempfile::tempdir().unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .args(["serve", "--data", other.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--store", &url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("another taskhost host serves this PostgreSQL database"), "{stderr}");
+    assert!(!stderr.contains(&url), "the URL (which may hold a password) is not repeated: {stderr}");
+    let task: Value = http
+        .post(format!("{}/v1/tasks", server.base))
+        .json(&json!({"plugin": "sleep", "input": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = task["id"].as_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let task: Value =
+            http.get(format!("{}/v1/tasks/{id}", server.base)).send().await.unwrap().json().await.unwrap();
+        if task["state"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the first host stopped serving: {task}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// When the connection holding its engine lock fails (the server ended
+/// its session, as a restart or a network cut would), a host stops with
+/// the store's exit code, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_loses_its_engine_lock_stops() {
+    let url = taskhost_test_postgres::cluster().database("serve_lock_lost");
+    let data = tempfile::tempdir().unwrap();
+    let mut server = start_with(data.path(), free_port(), &["--store", &url]).await;
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(l.pid) FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
+         WHERE d.datname = current_database() AND l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()",
+    )
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert_eq!(ended, [true], "one session held the engine lock");
+    let status = server.exited(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(3));
+    let log = std::fs::read_dir(data.path())
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("serve-"))
+        .map(|entry| std::fs::read_to_string(entry.path()).unwrap())
+        .collect::<String>();
+    assert!(log.contains("no longer sure to be the only one on its store"), "{log}");
+}
