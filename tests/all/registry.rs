@@ -331,7 +331,11 @@ async fn idle_versions_are_unloaded_and_reloaded_from_the_cache() {
     engine.set_queue("held", QueueConfig { concurrency: Some(1), weight: 1, ..QueueConfig::default() }).await.unwrap();
     let in_held = |t: NewTask| NewTask { queue: Some("held".into()), timeout_ms: Some(60_000), ..t };
     let blocker = engine.submit(in_held(task("sleep", "60000"))).await.unwrap().record.id;
-    eventually_async(|| async { engine.get(blocker).await.unwrap().state == TaskState::Running }).await;
+    eventually(
+        || async { engine.get(blocker).await.unwrap().state == TaskState::Running },
+        "the blocker never started",
+    )
+    .await;
     let pinned = engine.submit(in_held(task("tool", "Ada"))).await.unwrap().record.id;
     engine.add_plugin("tool", HELLO_TASK_RAW.bytes(), None, true).await.unwrap();
     assert_eq!(loaded(&engine).await, [("1".into(), true), ("2".into(), true)]);
@@ -342,14 +346,14 @@ async fn idle_versions_are_unloaded_and_reloaded_from_the_cache() {
     // Version 1 is now neither latest nor used: its code is freed (right
     // after the task's final commit, which `done` already observed).
     let idle: Vec<(String, bool)> = vec![("1".into(), false), ("2".into(), true)];
-    eventually_async(|| async { loaded(&engine).await == idle }).await;
+    eventually(|| async { loaded(&engine).await == idle }, "version 1 was not unloaded").await;
     let (compiled, hits) = engine.plugin_load_counts();
     // Asking for it again reloads it from the artifact cache, not the compiler.
     let again = engine.submit(task("tool@1", "Bo")).await.unwrap().record.id;
     done(&engine, again).await;
     assert!(output(&engine, again).await.ends_with("tool@1"));
     assert_eq!(engine.plugin_load_counts(), (compiled, hits + 1));
-    eventually_async(|| async { loaded(&engine).await == idle }).await;
+    eventually(|| async { loaded(&engine).await == idle }, "version 1 was not unloaded again").await;
 }
 
 /// A component made distinct by a trailing custom section `n` (components,
@@ -383,6 +387,15 @@ async fn uploads_past_the_compile_queue_are_refused_as_overloaded() {
     .await;
     engine.add_plugin("many", distinct(&SPIN.bytes(), 200), None, true).await.unwrap();
     assert_eq!(engine.plugin_detail("many").unwrap().versions.len(), accepted + 1);
+}
+
+/// Waits (at most 5 s) for `condition`, which follows a commit already seen.
+async fn eventually<F: std::future::Future<Output = bool>>(condition: impl Fn() -> F, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn eventually_async<F: std::future::Future<Output = bool>>(condition: impl Fn() -> F) {
