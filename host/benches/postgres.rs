@@ -13,14 +13,25 @@
 //! machine with every commit flushed (`fsync` on), sharing its CPUs with
 //! the hosts.
 //!
+//!
+//! A second table runs the engine itself (`taskhost serve`'s, in this
+//! process, one host) on each store: the trivial plugin, submitted by 64
+//! callers, from submit to completed, on a redb file and on a PostgreSQL
+//! database of the same server, rounds alternating.
+//!
 //! Run: `cargo bench -p taskhost --bench postgres`.
 
 use std::time::{Duration, Instant};
+use taskhost::engine::{Engine, EngineConfig};
 use taskhost::store::postgres::{CommitConfig, Outcome, PgCommitter, PgStore};
 use taskhost::store::{InputFrom, StoredLimits, TaskRecord, TaskState, Transition};
 
+mod common;
+
 /// Tasks per round.
 const TASKS: usize = 10_000;
+/// Tasks per round of the engine's table.
+const ENGINE_TASKS: usize = 5_000;
 /// Tasks per claim.
 const BATCH: usize = 100;
 /// Rounds per setting (the median is shown).
@@ -76,6 +87,43 @@ async fn bench() {
             run / base
         );
     }
+    engines(cluster).await;
+}
+
+/// The engine on a redb file and on PostgreSQL, [`ROUNDS`] rounds each,
+/// alternating; prints the medians.
+async fn engines(cluster: &taskhost_test_postgres::Cluster) {
+    let (mut redb, mut postgres) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        redb.push(engine_round(None).await);
+        postgres.push(engine_round(Some(cluster.database(&format!("bench_engine_{round}")))).await);
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (redb, postgres) = (median(redb), median(postgres));
+    println!("\nThe engine, one host: trivial plugin, {ENGINE_TASKS} tasks from 64 submitters, submit → completed\n");
+    println!("| store | tasks/s | ratio |");
+    println!("|---|---:|---:|");
+    println!("| redb file (default) | {redb:.0} | 1.00x |");
+    println!("| PostgreSQL, same machine, fsync on | {postgres:.0} | {:.2}x |", postgres / redb);
+}
+
+/// One round of the engine on a new store: tasks per second.
+async fn engine_round(store_url: Option<String>) -> f64 {
+    let dir = tempfile::tempdir().unwrap();
+    let config = EngineConfig {
+        data_dir: dir.path().to_owned(),
+        sandbox: taskhost::SandboxConfig { pool_instances: 1024, ..taskhost::SandboxConfig::default() },
+        store_url,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::open(config).await.unwrap();
+    engine.add_plugin("trivial", taskhost_test_artifacts::TRIVIAL.bytes(), None, true).await.unwrap();
+    let took = common::submit_and_complete(&engine, ENGINE_TASKS, common::trivial).await;
+    engine.close().await;
+    ENGINE_TASKS as f64 / took.as_secs_f64()
 }
 
 /// How a round commits its submissions and outcomes.

@@ -599,7 +599,8 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
             _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {},
             why = lost.lost() => {
                 // Another host may run the engine on the database now:
-                // stop taking and starting work at once.
+                // nothing more starts here, at once.
+                engine.shutdown();
                 eprintln!("taskhost: stopping: this host is no longer sure to be the only one on its store: {why}");
                 *store_lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
             }

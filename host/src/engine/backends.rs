@@ -161,7 +161,8 @@ async fn an_engine_whose_lock_connection_fails_is_told_and_another_may_start() {
     let admin = crate::store::postgres::PgStore::connect(&url, 1).await.unwrap();
     let ended: Vec<bool> = sqlx::query_scalar(
         "SELECT pg_terminate_backend(l.pid) FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
-         WHERE d.datname = current_database() AND l.locktype = 'advisory' AND l.granted AND l.pid <> pg_backend_pid()",
+         WHERE d.datname = current_database() AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+           AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('taskhost sole engine', 0)",
     )
     .fetch_all(admin.pool())
     .await
@@ -209,4 +210,26 @@ async fn tasks_whose_writes_fail_on_a_cut_connection_still_end() {
         let done = h.engine.wait(id, Duration::from_secs(20)).await.unwrap();
         assert_eq!(done.state, TaskState::Completed, "{done:?}");
     }
+}
+
+/// A row whose record cannot be decoded is set aside when a host starts,
+/// as a claim would set it aside, and the host starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_starts_past_an_undecodable_row_and_sets_it_aside() {
+    let url = taskhost_test_postgres::cluster().database("engine_bad_row");
+    let store = crate::store::postgres::PgStore::connect(&url, 2).await.unwrap();
+    let good = crate::store::tests::record(1, None);
+    let bad = crate::store::tests::record(2, None);
+    store.submit(good.clone(), b"in".to_vec()).await.unwrap();
+    store.submit(bad.clone(), b"in".to_vec()).await.unwrap();
+    sqlx::query("UPDATE taskhost_tasks SET record = '\\xff00' WHERE id = $1")
+        .bind(bad.id)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let h = Harness::on_url(url, tweak).await.unwrap();
+    let set_aside = store.quarantined().await.unwrap();
+    assert_eq!(set_aside.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [bad.id]);
+    // The good one was recovered and runs.
+    assert_eq!(h.engine.wait(good.id, WAIT).await.unwrap().state, TaskState::Completed);
 }

@@ -10,7 +10,7 @@ use super::callbacks::{self, Callbacks};
 use super::flows::Flows;
 use super::metrics::Metrics;
 use super::shared::Shared;
-use crate::store::{Change, TaskRecord, TaskState};
+use crate::store::{Change, StoreError, TaskRecord, TaskState};
 use crate::sync::lock;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,54 @@ impl Endings {
         self.end_steps(ends);
     }
 
+    /// Books what an outcome whose commit was thought failed did after
+    /// all (see `unsettled.rs`): the children its effects created, never
+    /// admitted, are (they are the flow's tasks whose parent it is: a task
+    /// grows children only with its completion), and a flow record its
+    /// commit made is one to finish.
+    pub(crate) async fn admit_late(self: &Arc<Self>, done: &TaskRecord) -> Result<(), crate::store::StoreError> {
+        if done.state != TaskState::Completed {
+            return Ok(());
+        }
+        let children: Vec<TaskRecord> = self
+            .shared
+            .store
+            .flow_tasks(done.flow_id)
+            .await?
+            .into_iter()
+            .filter(|t| t.parent_id == Some(done.id) && !t.state.is_terminal())
+            .collect();
+        let has_flow = self.shared.store.flow(done.flow_id).await?.is_some();
+        self.admit(&children, false);
+        if has_flow {
+            self.flows.book().grew(done.flow_id);
+        }
+        Ok(())
+    }
+
+    /// After a try at ending flow `flow` (at iteration `before`) failed in
+    /// a way that may have committed: whether it did start the next
+    /// iteration, whose tasks are then admitted.
+    async fn admit_next_iteration(self: &Arc<Self>, flow: Uuid, before: Option<u32>) -> bool {
+        let Some(before) = before else { return false };
+        let Ok(Some(now)) = self.shared.store.flow(flow).await else { return false };
+        if now.iteration <= before {
+            return false;
+        }
+        match self.shared.store.iteration_tasks(flow, now.iteration).await {
+            Ok(tasks) => {
+                let open: Vec<TaskRecord> = tasks.into_iter().filter(|t| !t.state.is_terminal()).collect();
+                self.admit(&open, false);
+                self.shared.ended.notify_waiters();
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%flow, %error, "cannot read a flow's new iteration; trying again");
+                false
+            }
+        }
+    }
+
     /// Commits each step end on its own task (a store commit each), then
     /// does the bookkeeping of a task that ended.
     pub(crate) fn end_steps(self: &Arc<Self>, ends: Vec<StepEnd>) {
@@ -53,7 +101,7 @@ impl Endings {
             let endings = self.clone();
             tokio::spawn(async move {
                 let StepEnd { id, version, to, reason, error } = end;
-                let mut wait = Duration::from_millis(50);
+                let (mut wait, mut failed_once) = (Duration::from_millis(50), false);
                 loop {
                     let (reason, error) = (reason.clone(), error.clone());
                     let change = Change::new(id, to, reason).expect_version(version).edit(move |r| {
@@ -67,9 +115,19 @@ impl Endings {
                         // checked change again, until the host stops.
                         Err(error) if error.is_transient() && !endings.shared.stopping() => {
                             tracing::warn!(%id, %error, "ending a step that must not run failed; trying again");
+                            failed_once = true;
                             tokio::time::sleep(wait).await;
                             wait = (wait * 2).min(Duration::from_secs(5));
                             continue;
+                        }
+                        // The try that failed may have committed: then
+                        // the step ended, and is booked now.
+                        Err(StoreError::VersionMismatch { .. }) if failed_once => {
+                            match endings.shared.store.get(id).await {
+                                Ok(Some(now)) if now.version == version + 1 && now.state == to => endings.ended(&now),
+                                Ok(_) => {}
+                                Err(error) => tracing::error!(%id, %error, "cannot read a step whose end failed"),
+                            }
                         }
                         Err(error) => tracing::error!(%id, %error, "cannot end a step that must not run"),
                     }
@@ -152,6 +210,9 @@ impl Endings {
         tokio::spawn(async move {
             let mut wait = Duration::from_millis(50);
             loop {
+                // Where the flow was, in case a failed try committed its
+                // next iteration after all.
+                let before = endings.shared.store.flow(flow).await.ok().flatten().map(|f| f.iteration);
                 match endings.flows.finish(flow).await {
                     Ok((created, pins)) => {
                         endings.admit(&created, false);
@@ -165,6 +226,9 @@ impl Endings {
                         tracing::warn!(%flow, %error, "recording the end of a flow failed; trying again");
                         tokio::time::sleep(wait).await;
                         wait = (wait * 2).min(Duration::from_secs(5));
+                        if endings.admit_next_iteration(flow, before).await {
+                            break;
+                        }
                         continue;
                     }
                     Err(error) => tracing::error!(%flow, %error, "recording the end of a flow failed"),

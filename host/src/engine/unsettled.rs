@@ -7,16 +7,20 @@
 //! it can be put where it belongs:
 //!
 //! - still queued at the version it was queued with: queued again;
-//! - started (by this host) and not ended: recovered as after a crash,
-//!   back to pending with the attempt counted, or failed once out of
-//!   attempts, and then queued or ended;
-//! - ended or moved on: the commit went through; its end is booked.
+//! - started by the failed start: back to pending, its attempt not
+//!   counted (it never ran), and queued;
+//! - still running after the failed outcome: recovered as after a crash,
+//!   back to pending with the attempt counted (or failed once out of
+//!   attempts), and queued or ended;
+//! - moved on by the failed outcome: it committed after all; the children
+//!   its effects created are admitted and its end is booked;
+//! - moved on otherwise (a cancel): that write booked it.
 //!
 //! Until the host stops: then the next start's recovery settles it.
 
 use super::ending::Endings;
 use super::shared::Shared;
-use crate::store::{TaskRecord, TaskState, now_ms};
+use crate::store::{Change, TaskRecord, TaskState, now_ms};
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -57,41 +61,52 @@ async fn settle_once(
     why: &str,
 ) -> Result<(), crate::store::StoreError> {
     let Some(now) = shared.store.get(id).await? else { return Ok(()) };
-    let started = match what {
+    match what {
         Unsettled::Start(queued) if now.version == queued => {
             if matches!(now.state, TaskState::Pending | TaskState::Retrying) {
                 shared.enqueue(&now, now.next_run_at_ms, now_ms());
             }
-            return Ok(());
         }
-        // Started by the failed write: nobody runs it.
-        Unsettled::Start(queued) => now.state == TaskState::Running && now.version == queued + 1,
-        Unsettled::Outcome(at) => now.state == TaskState::Running && now.version == at,
-    };
-    if started {
-        let lost = format!("recording its start or outcome failed ({why})");
-        let done = shared.store.transition(crate::store::interrupted(&now, &lost)).await?;
-        shared.metrics.moved(&done.queue, Some(TaskState::Running), done.state);
-        book(shared, endings, &done);
-        return Ok(());
+        // Started by the failed write, and never run: back to where it
+        // was, its attempt not counted (as a claim the host stops before
+        // running).
+        Unsettled::Start(queued) if now.state == TaskState::Running && now.version == queued + 1 => {
+            let reason = format!("not started: recording its start failed ({why})");
+            let back = Change::new(id, TaskState::Pending, reason)
+                .expect_version(now.version)
+                .edit(|r| r.attempts = r.attempts.saturating_sub(1));
+            let done = shared.store.transition(back).await?;
+            shared.enqueue(&done, done.next_run_at_ms, now_ms());
+        }
+        // Ran, and its outcome is not recorded: recovered as after a
+        // crash, the attempt counted.
+        Unsettled::Outcome(at) if now.state == TaskState::Running && now.version == at => {
+            let lost = format!("recording its outcome failed ({why})");
+            let done = shared.store.transition(crate::store::interrupted(&now, &lost)).await?;
+            book(shared, endings, &done);
+        }
+        // The outcome committed after all: booked as its commit would
+        // have been, with the children its effects created.
+        Unsettled::Outcome(at) if now.version == at + 1 => {
+            endings.admit_late(&now).await?;
+            book(shared, endings, &now);
+        }
+        // Another write moved it (a cancel, a re-submission), and booked
+        // it.
+        Unsettled::Start(_) | Unsettled::Outcome(_) => {}
     }
-    if let Unsettled::Outcome(at) = what
-        && now.version == at + 1
-    {
-        // The outcome committed after all: book it as its commit would have.
-        shared.metrics.moved(&now.queue, Some(TaskState::Running), now.state);
-        book(shared, endings, &now);
-    }
-    // Otherwise another write moved it (a cancel, a re-submission), and
-    // booked it.
     Ok(())
 }
 
-/// Queues task `done` again, or books its end.
+/// Queues task `done`, which left `running`, again, or books its end
+/// (which counts its move).
 fn book(shared: &Shared, endings: &Arc<Endings>, done: &TaskRecord) {
-    match done.state {
-        TaskState::Pending | TaskState::Retrying => shared.enqueue(done, done.next_run_at_ms, now_ms()),
-        _ if done.state.is_terminal() => endings.ended(done),
-        _ => {}
+    if done.state.is_terminal() {
+        endings.ended(done);
+        return;
+    }
+    shared.metrics.moved(&done.queue, Some(TaskState::Running), done.state);
+    if matches!(done.state, TaskState::Pending | TaskState::Retrying) {
+        shared.enqueue(done, done.next_run_at_ms, now_ms());
     }
 }

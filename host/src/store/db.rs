@@ -48,8 +48,7 @@ pub struct PgDb {
 
     committer: PgCommitter,
     feed: Feed,
-    /// The database's engine lock, held while this host runs; last, so it
-    /// is released after the committer stopped.
+    /// The database's engine lock, held while this host runs.
     sole: SoleEngine,
 }
 

@@ -136,10 +136,7 @@ impl StoreError {
     pub(crate) fn is_transient(&self) -> bool {
         match self {
             StoreError::Postgres(error) => transient_sql(error),
-            StoreError::Shared(error) => {
-                matches!(**error, super::postgres::PgError::BatchFailed(_))
-                    || matches!(&**error, super::postgres::PgError::Database(e) if transient_sql(e))
-            }
+            StoreError::Shared(error) => error.is_transient(),
             _ => false,
         }
     }
@@ -147,13 +144,16 @@ impl StoreError {
 
 /// Whether a PostgreSQL failure may pass: the connection (class 08), a
 /// transaction rolled back for a serialisation failure or a deadlock
-/// (class 40), the server shutting down (57P01-57P03), or no connection
-/// in time.
-fn transient_sql(error: &sqlx::Error) -> bool {
+/// (class 40), too many connections (53300), a lock or statement timeout
+/// (55P03, 57014), the server ending the session (57P01-57P03, 25P03), or
+/// no connection in time.
+pub(crate) fn transient_sql(error: &sqlx::Error) -> bool {
     match error {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
         sqlx::Error::Database(db) => db.code().is_some_and(|code| {
-            code.starts_with("08") || code.starts_with("40") || matches!(&*code, "57P01" | "57P02" | "57P03")
+            code.starts_with("08")
+                || code.starts_with("40")
+                || matches!(&*code, "53300" | "55P03" | "57014" | "57P01" | "57P02" | "57P03" | "25P03")
         }),
         _ => false,
     }

@@ -105,12 +105,13 @@ async fn work(store: PgStore, rx: Arc<Mutex<mpsc::Receiver<Queued>>>, batch: usi
                 }
                 continue;
             }
-            Ok(Err(error)) => error.to_string(),
-            Err(panicked) => format!("committing it panicked: {panicked}"),
+            Ok(Err(error)) => (error.to_string(), error.is_transient()),
+            Err(panicked) => (format!("committing it panicked: {panicked}"), false),
         };
-        tracing::error!(error = %failure, operations, "a PostgreSQL batch failed; none of it was committed");
+        let (why, transient) = failure;
+        tracing::error!(error = %why, operations, "a PostgreSQL batch failed; none of it was committed");
         for reply in replies {
-            let _ = reply.send(Err(PgError::BatchFailed(failure.clone())));
+            let _ = reply.send(Err(PgError::BatchFailed { why: why.clone(), transient }));
         }
     }
 }

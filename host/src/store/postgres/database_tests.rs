@@ -880,7 +880,7 @@ async fn outcomes_and_cancels_racing_across_hosts_each_end_a_task_once() {
     for (i, task) in answers.chunks(3).enumerate() {
         for answer in task {
             assert!(
-                !matches!(answer, Err(PgError::BatchFailed(_) | PgError::Database(_))),
+                !matches!(answer, Err(PgError::BatchFailed { .. } | PgError::Database(_))),
                 "task {i}: no batch fails: {answer:?}"
             );
         }

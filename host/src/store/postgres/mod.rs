@@ -110,8 +110,14 @@ pub enum PgError {
     /// The transaction a group committer committed this operation in
     /// failed (the database's error, as text: the batch's other operations
     /// got it too); nothing of the batch was written.
-    #[error("the batch this operation was committed in failed: {0}")]
-    BatchFailed(String),
+    #[error("the batch this operation was committed in failed: {why}")]
+    BatchFailed {
+        /// The database's error, as text.
+        why: String,
+        /// Whether it may pass (a lost connection, a broken deadlock):
+        /// the same write may be tried again.
+        transient: bool,
+    },
     /// The group committer stopped before answering.
     #[error("the PostgreSQL group committer has stopped")]
     CommitterStopped,
@@ -124,6 +130,19 @@ pub enum PgError {
     /// What this store cannot do yet.
     #[error("not supported on PostgreSQL yet: {0}")]
     Unsupported(String),
+}
+
+impl PgError {
+    /// Whether the failure may pass, so the same write may be tried again
+    /// (see [`StoreError::is_transient`]).
+    pub(crate) fn is_transient(&self) -> bool {
+        match self {
+            PgError::Database(error) | PgError::Connect { source: error, .. } => super::error::transient_sql(error),
+            PgError::Record(error) => error.is_transient(),
+            PgError::BatchFailed { transient, .. } => *transient,
+            _ => false,
+        }
+    }
 }
 
 impl From<StoreError> for PgError {

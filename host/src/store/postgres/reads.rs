@@ -145,20 +145,42 @@ impl PgStore {
     /// Visits every task in id order, as the redb store's
     /// `scan_summaries` does: its leading fields, the bytes its attempts'
     /// transcripts take, and its encoded record. Rows are streamed, not
-    /// held; quarantined ones (undecodable) are passed over.
+    /// held. Quarantined rows are passed over, and a row whose record
+    /// cannot be decoded (or that `visit` finds corrupt) is quarantined
+    /// once the scan ended, as a claim would, so one bad row does not stop
+    /// a host from starting.
     pub(crate) async fn scan_summaries(
         &self,
         mut visit: impl FnMut(TaskSummary<'_>, u64, &[u8]) -> Result<(), StoreError>,
     ) -> Result<(), PgError> {
         use futures::TryStreamExt as _;
-        let mut rows = sqlx::query_as::<_, (Vec<u8>, i64)>(
-            "SELECT t.record,
-                    coalesce((SELECT sum(octet_length(g.log)) FROM taskhost_logs AS g WHERE g.task_id = t.id), 0)::bigint
-             FROM taskhost_tasks AS t WHERE t.state <> 'quarantined' ORDER BY t.id",
-        )
-        .fetch(self.pool());
-        while let Some((record, log_bytes)) = rows.try_next().await? {
-            visit(TaskSummary::of(&record)?, log_bytes.max(0) as u64, &record)?;
+        let mut bad = Vec::new();
+        {
+            let mut rows = sqlx::query_as::<_, (Uuid, Vec<u8>, i64)>(
+                "SELECT t.id, t.record,
+                        coalesce((SELECT sum(octet_length(g.log)) FROM taskhost_logs AS g WHERE g.task_id = t.id), 0)::bigint
+                 FROM taskhost_tasks AS t WHERE t.state <> 'quarantined' ORDER BY t.id",
+            )
+            .fetch(self.pool());
+            while let Some((id, record, log_bytes)) = rows.try_next().await? {
+                let visited =
+                    TaskSummary::of(&record).and_then(|summary| visit(summary, log_bytes.max(0) as u64, &record));
+                match visited {
+                    Ok(()) => {}
+                    Err(StoreError::Corrupt(why)) => bad.push((id, why)),
+                    Err(other) => return Err(other.into()),
+                }
+            }
+        }
+        if !bad.is_empty() {
+            let mut txn = self.pool().begin().await?;
+            let ids: Vec<Uuid> = bad.iter().map(|(id, _)| *id).collect();
+            sqlx::query("SELECT id FROM taskhost_tasks WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+                .bind(&ids)
+                .execute(&mut *txn)
+                .await?;
+            super::quarantine::set_aside(&mut txn, &bad).await?;
+            txn.commit().await?;
         }
         Ok(())
     }

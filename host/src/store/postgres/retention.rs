@@ -91,8 +91,9 @@ impl PgStore {
     /// Deletes the units `expired` found, each only if it is still listed
     /// as it was found and every task of it ended and waits for no
     /// callback: each unit in a transaction of its own, so no sweep holds
-    /// one unit's locks while it takes another's. A unit whose deletion
-    /// fails (a lost connection) is logged and kept, for a later sweep.
+    /// one unit's locks while it takes another's. At a unit whose deletion
+    /// fails (a lost connection) the sweep stops, logging it: what was
+    /// deleted before it is answered, the rest waits for a later sweep.
     pub(crate) async fn delete_expired(&self, expired: Vec<Expired>) -> Result<Removed, PgError> {
         let mut removed = Removed::default();
         let now = crate::store::now_ms();
@@ -113,9 +114,11 @@ impl PgStore {
                     removed.kept_units.append(&mut one.kept_units);
                 }
                 Err(error) => {
+                    // The rest waits for a later sweep too: a database
+                    // that is gone would fail each unit in turn.
                     tracing::warn!(group = %unit.group, unit = %Uuid::from_u128(unit.id), %error,
                         "deleting an expired unit failed; a later sweep tries again");
-                    keep(unit, &mut removed);
+                    break;
                 }
             }
         }

@@ -66,20 +66,34 @@ impl PgStore {
     }
 }
 
-/// Checks the lock's connection until it fails, then says why.
+/// Timeouts in a row that count as the connection lost (a loaded server
+/// may answer one check late).
+const TIMEOUTS: u32 = 3;
+
+/// Checks the lock's connection until it fails (an error, or
+/// [`TIMEOUTS`] checks in a row unanswered), then says why. The
+/// connection is held on after that (until the lock is dropped): a
+/// server that only answered late still holds the lock for this host
+/// while it stops.
 async fn check(mut conn: PgConnection, lost: watch::Sender<Option<String>>) {
     let mut every = tokio::time::interval(CHECK_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let mut late = 0;
+    let why = loop {
         every.tick().await;
-        let checked = tokio::time::timeout(CHECK_EVERY, sqlx::query("SELECT 1").execute(&mut conn)).await;
-        let why = match checked {
-            Ok(Ok(_)) => continue,
-            Ok(Err(error)) => error.to_string(),
-            Err(_) => format!("it did not answer within {CHECK_EVERY:?}"),
-        };
-        tracing::error!(%why, "lost the connection holding this host's PostgreSQL engine lock");
-        let _ = lost.send(Some(format!("the connection holding the engine lock failed: {why}")));
-        return;
-    }
+        match tokio::time::timeout(CHECK_EVERY, sqlx::query("SELECT 1").execute(&mut conn)).await {
+            Ok(Ok(_)) => late = 0,
+            Ok(Err(error)) => break error.to_string(),
+            Err(_) => {
+                late += 1;
+                if late >= TIMEOUTS {
+                    break format!("it did not answer {TIMEOUTS} checks in a row, each within {CHECK_EVERY:?}");
+                }
+            }
+        }
+    };
+    tracing::error!(%why, "lost the connection holding this host's PostgreSQL engine lock");
+    let _ = lost.send(Some(format!("the connection holding the engine lock failed: {why}")));
+    std::future::pending::<()>().await;
+    drop(conn);
 }
