@@ -249,7 +249,7 @@ impl Dispatch {
                 self.stop_running(queued.id, 0);
                 lock(&shared.sched).finished(&queued.queue, charge, 0.0);
                 shared.wake.notify_one();
-                if error.is_transient() {
+                if error.is_unsettled() {
                     // It may or may not have started.
                     let what = Unsettled::Start(queued.version);
                     unsettled::settle(shared.clone(), self.endings.clone(), queued.id, what, error.to_string());
@@ -419,7 +419,7 @@ impl Dispatch {
             }
             Err(error) => {
                 tracing::error!(id = %record.id, %error, "recording the outcome failed");
-                if error.is_transient() {
+                if error.is_unsettled() {
                     let what = Unsettled::Outcome(record.version);
                     unsettled::settle(shared.clone(), self.endings.clone(), record.id, what, error.to_string());
                 }

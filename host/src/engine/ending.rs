@@ -72,24 +72,32 @@ impl Endings {
     }
 
     /// After a try at ending flow `flow` (at iteration `before`) failed in
-    /// a way that may have committed: whether it did start the next
-    /// iteration, whose tasks are then admitted.
-    async fn admit_next_iteration(self: &Arc<Self>, flow: Uuid, before: Option<u32>) -> bool {
-        let Some(before) = before else { return false };
-        let Ok(Some(now)) = self.shared.store.flow(flow).await else { return false };
+    /// a way that may have committed: `Some(true)` when it did start the
+    /// next iteration, whose tasks are then admitted; `Some(false)` when
+    /// it did not; `None` when that cannot be read now.
+    async fn admit_next_iteration(self: &Arc<Self>, flow: Uuid, before: Option<u32>) -> Option<bool> {
+        let Some(before) = before else { return Some(false) };
+        let now = match self.shared.store.flow(flow).await {
+            Ok(Some(now)) => now,
+            Ok(None) => return Some(false),
+            Err(error) => {
+                tracing::warn!(%flow, %error, "cannot read a flow whose end failed; trying again");
+                return None;
+            }
+        };
         if now.iteration <= before {
-            return false;
+            return Some(false);
         }
         match self.shared.store.iteration_tasks(flow, now.iteration).await {
             Ok(tasks) => {
                 let open: Vec<TaskRecord> = tasks.into_iter().filter(|t| !t.state.is_terminal()).collect();
                 self.admit(&open, false);
                 self.shared.ended.notify_waiters();
-                true
+                Some(true)
             }
             Err(error) => {
                 tracing::warn!(%flow, %error, "cannot read a flow's new iteration; trying again");
-                false
+                None
             }
         }
     }
@@ -103,8 +111,8 @@ impl Endings {
                 let StepEnd { id, version, to, reason, error } = end;
                 let (mut wait, mut failed_once) = (Duration::from_millis(50), false);
                 loop {
-                    let (reason, error) = (reason.clone(), error.clone());
-                    let change = Change::new(id, to, reason).expect_version(version).edit(move |r| {
+                    let (why, error) = (reason.clone(), error.clone());
+                    let change = Change::new(id, to, why).expect_version(version).edit(move |r| {
                         if error.is_some() {
                             r.error = error;
                         }
@@ -122,9 +130,16 @@ impl Endings {
                         }
                         // The try that failed may have committed: then
                         // the step ended, and is booked now.
-                        Err(StoreError::VersionMismatch { .. }) if failed_once => {
+                        Err(StoreError::VersionMismatch { .. } | StoreError::IllegalTransition { .. })
+                            if failed_once =>
+                        {
+                            let ours = |now: &TaskRecord| {
+                                now.version == version + 1
+                                    && now.state == to
+                                    && now.history.last().is_some_and(|t| t.reason == reason)
+                            };
                             match endings.shared.store.get(id).await {
-                                Ok(Some(now)) if now.version == version + 1 && now.state == to => endings.ended(&now),
+                                Ok(Some(now)) if ours(&now) => endings.ended(&now),
                                 Ok(_) => {}
                                 Err(error) => tracing::error!(%id, %error, "cannot read a step whose end failed"),
                             }
@@ -209,10 +224,14 @@ impl Endings {
         let endings = self.clone();
         tokio::spawn(async move {
             let mut wait = Duration::from_millis(50);
-            loop {
-                // Where the flow was, in case a failed try committed its
-                // next iteration after all.
-                let before = endings.shared.store.flow(flow).await.ok().flatten().map(|f| f.iteration);
+            // Where the flow was, in case a failed try commits its next
+            // iteration after all (PostgreSQL's failures may have
+            // committed; redb's do not).
+            let before = match endings.shared.store.redb() {
+                Some(_) => None,
+                None => endings.shared.store.flow(flow).await.ok().flatten().map(|f| f.iteration),
+            };
+            'tries: loop {
                 match endings.flows.finish(flow).await {
                     Ok((created, pins)) => {
                         endings.admit(&created, false);
@@ -221,16 +240,21 @@ impl Endings {
                         endings.shared.ended.notify_waiters();
                     }
                     // A failure that may pass (PostgreSQL's): finishing
-                    // reads the flow again, so it is tried again.
-                    Err(EngineError::Store(error)) if error.is_transient() && !endings.shared.stopping() => {
+                    // reads the flow again, so it is tried again, once it
+                    // is known the failed try started no iteration.
+                    Err(EngineError::Store(error)) if error.is_transient() => loop {
+                        if endings.shared.stopping() {
+                            break 'tries;
+                        }
                         tracing::warn!(%flow, %error, "recording the end of a flow failed; trying again");
                         tokio::time::sleep(wait).await;
                         wait = (wait * 2).min(Duration::from_secs(5));
-                        if endings.admit_next_iteration(flow, before).await {
-                            break;
+                        match endings.admit_next_iteration(flow, before).await {
+                            Some(true) => break 'tries,
+                            Some(false) => continue 'tries,
+                            None => {}
                         }
-                        continue;
-                    }
+                    },
                     Err(error) => tracing::error!(%flow, %error, "recording the end of a flow failed"),
                 }
                 break;

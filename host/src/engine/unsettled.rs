@@ -7,8 +7,8 @@
 //! it can be put where it belongs:
 //!
 //! - still queued at the version it was queued with: queued again;
-//! - started by the failed start: back to pending, its attempt not
-//!   counted (it never ran), and queued;
+//! - started by the failed start: back to the state it was started from,
+//!   its attempt not counted (it never ran), and queued;
 //! - still running after the failed outcome: recovered as after a crash,
 //!   back to pending with the attempt counted (or failed once out of
 //!   attempts), and queued or ended;
@@ -28,6 +28,9 @@ use uuid::Uuid;
 /// The first wait before a task is read again, and the longest.
 const FIRST_WAIT: Duration = Duration::from_millis(50);
 const LONGEST_WAIT: Duration = Duration::from_secs(5);
+
+/// The reason of a task's move back after a start that failed.
+const NOT_STARTED: &str = "not started: recording its start failed";
 
 /// What was being written when the failure came.
 #[derive(Debug, Clone, Copy)]
@@ -67,16 +70,25 @@ async fn settle_once(
                 shared.enqueue(&now, now.next_run_at_ms, now_ms());
             }
         }
-        // Started by the failed write, and never run: back to where it
-        // was, its attempt not counted (as a claim the host stops before
-        // running).
+        // Started by the failed write, and never run: back to the state it
+        // was started from, its attempt not counted (no move of it was
+        // counted in the metrics either).
         Unsettled::Start(queued) if now.state == TaskState::Running && now.version == queued + 1 => {
-            let reason = format!("not started: recording its start failed ({why})");
-            let back = Change::new(id, TaskState::Pending, reason)
+            let from = now.history.last().and_then(|t| t.from).unwrap_or(TaskState::Pending);
+            let back = Change::new(id, from, format!("{NOT_STARTED} ({why})"))
                 .expect_version(now.version)
                 .edit(|r| r.attempts = r.attempts.saturating_sub(1));
             let done = shared.store.transition(back).await?;
             shared.enqueue(&done, done.next_run_at_ms, now_ms());
+        }
+        // Moved back by an earlier try of the above that failed yet
+        // committed.
+        Unsettled::Start(queued)
+            if now.version == queued + 2
+                && matches!(now.state, TaskState::Pending | TaskState::Retrying)
+                && now.history.last().is_some_and(|t| t.reason.starts_with(NOT_STARTED)) =>
+        {
+            shared.enqueue(&now, now.next_run_at_ms, now_ms());
         }
         // Ran, and its outcome is not recorded: recovered as after a
         // crash, the attempt counted.

@@ -142,6 +142,16 @@ impl StoreError {
     }
 }
 
+impl StoreError {
+    /// Whether the write may or may not have committed, so the task must be
+    /// read again to know: a failure that may pass, or a group commit that
+    /// failed as a whole (whatever failed in it, this write is as it was).
+    pub(crate) fn is_unsettled(&self) -> bool {
+        self.is_transient()
+            || matches!(self, StoreError::Shared(e) if matches!(**e, super::postgres::PgError::BatchFailed { .. }))
+    }
+}
+
 /// Whether a PostgreSQL failure may pass: the connection (class 08), a
 /// transaction rolled back for a serialisation failure or a deadlock
 /// (class 40), too many connections (53300), a lock or statement timeout

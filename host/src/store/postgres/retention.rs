@@ -118,6 +118,8 @@ impl PgStore {
                     // that is gone would fail each unit in turn.
                     tracing::warn!(group = %unit.group, unit = %Uuid::from_u128(unit.id), %error,
                         "deleting an expired unit failed; a later sweep tries again");
+                    // Passed over by the rest of this sweep.
+                    keep(unit, &mut removed);
                     break;
                 }
             }
