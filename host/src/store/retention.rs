@@ -411,34 +411,14 @@ fn delete_task(txn: &WriteTransaction, id: u128) -> Result<Option<(String, TaskS
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Change;
-    use crate::store::tests::{record, task_in};
+    use crate::store::matrix::retention::{completed, ids, keep};
+    use crate::store::tests::task_in;
 
     fn open() -> (tempfile::TempDir, std::path::PathBuf, Store) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.redb");
         let store = Store::open(&path, true).unwrap();
         (dir, path, store)
-    }
-
-    fn keep(count: u64) -> impl Fn(&str) -> Retention {
-        move |_| Retention::new(None, Some(count))
-    }
-
-    fn ids(found: &[Expired]) -> Vec<u128> {
-        found.iter().map(|e| e.id).collect()
-    }
-
-    /// A completed task outside any flow, with an idempotency key, an
-    /// output and a transcript.
-    async fn completed(store: &Store, n: u128) -> TaskRecord {
-        let key = format!("key-{n}");
-        let rec = store.submit(record(n, Some(&key)), b"input".to_vec()).await.unwrap().record;
-        store.transition(Change::new(rec.id, TaskState::Running, "start")).await.unwrap();
-        let log = crate::sandbox::Transcript::new(1024);
-        log.write(crate::sandbox::Stream::Stdout, b"hello\n");
-        let done = Change::new(rec.id, TaskState::Completed, "done").output(b"output".to_vec()).log(1, &log.finish());
-        store.transition(done).await.unwrap()
     }
 
     fn assert_consistent(path: &std::path::Path, store: Store) {

@@ -329,7 +329,7 @@ macro_rules! on_both {
 
 mod catalog;
 mod listings;
-mod retention;
+pub(super) mod retention;
 
 on_both! {
     grouped:

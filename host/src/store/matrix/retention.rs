@@ -50,17 +50,17 @@ impl Retain for PgStore {
     async fn consistent(self) {}
 }
 
-fn keep(count: u64) -> impl Fn(&str) -> Retention {
+pub(crate) fn keep(count: u64) -> impl Fn(&str) -> Retention {
     move |_| Retention::new(None, Some(count))
 }
 
-fn ids(found: &[Expired]) -> Vec<u128> {
+pub(crate) fn ids(found: &[Expired]) -> Vec<u128> {
     found.iter().map(|e| e.id).collect()
 }
 
 /// A completed task outside any flow, with an idempotency key, an output
 /// and a transcript.
-async fn completed(store: &impl Retain, n: u128) -> TaskRecord {
+pub(crate) async fn completed(store: &impl Retain, n: u128) -> TaskRecord {
     let key = format!("key-{n}");
     let rec = store.submit(record(n, Some(&key)), b"input".to_vec()).await.unwrap().record;
     store.transition(Change::new(rec.id, TaskState::Running, "start")).await.unwrap();
