@@ -150,14 +150,6 @@ impl Db {
         }
     }
 
-    /// Which backend this is, for messages and `/healthz`.
-    pub fn backend(&self) -> &'static str {
-        match self {
-            Db::Redb(_) => "redb",
-            Db::Postgres(_) => "postgres",
-        }
-    }
-
     /// Subscribes to the committed transitions after event `seq` of run
     /// `run`; see [`Subscription`]. On PostgreSQL these are the commits of
     /// this host.

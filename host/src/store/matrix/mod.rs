@@ -10,7 +10,7 @@
 //! (redb's files, migrations and write faults; PostgreSQL's leases) stay
 //! beside it.
 
-use super::postgres::{CommitConfig, PgCommitter, PgError, PgStore};
+use super::postgres::{CommitConfig, PgCommitter, PgStore};
 use super::tests::{child_of, record, task_in};
 use super::*;
 use std::collections::{BTreeSet, HashMap};
@@ -124,29 +124,19 @@ impl Backend for Store {
     }
 }
 
-/// A PostgreSQL store's refusal as the redb store words it.
-fn refusal(error: PgError) -> StoreError {
-    match error {
-        PgError::Record(error) => error,
-        PgError::NotFound(id) => StoreError::NotFound(id),
-        PgError::Database(error) => StoreError::Postgres(error),
-        other => StoreError::Refused(other.to_string()),
-    }
-}
-
 impl Backend for PgStore {
     async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, StoreError> {
-        PgStore::submit(self, record, input).await.map_err(refusal)
+        PgStore::submit(self, record, input).await.map_err(StoreError::from)
     }
     async fn apply(&self, change: Change) -> Result<Applied, StoreError> {
-        PgStore::transition(self, change).await.map_err(refusal)
+        PgStore::transition(self, change).await.map_err(StoreError::from)
     }
     async fn flow_change(
         &self,
         id: Uuid,
         edit: impl FnOnce(Option<FlowRecord>) -> Result<FlowUpdate, StoreError> + Send + 'static,
     ) -> Result<(FlowRecord, Vec<TaskRecord>), StoreError> {
-        PgStore::flow_change(self, id, edit).await.map_err(refusal)
+        PgStore::flow_change(self, id, edit).await.map_err(StoreError::from)
     }
     async fn get(&self, id: Uuid) -> Option<TaskRecord> {
         PgStore::get(self, id).await.unwrap()
@@ -234,17 +224,17 @@ impl Grouped {
 
 impl Backend for Grouped {
     async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, StoreError> {
-        self.committer.submit(record, input).await.map_err(refusal)
+        self.committer.submit(record, input).await.map_err(StoreError::from)
     }
     async fn apply(&self, change: Change) -> Result<Applied, StoreError> {
-        self.committer.transition(change).await.map_err(refusal)
+        self.committer.transition(change).await.map_err(StoreError::from)
     }
     async fn flow_change(
         &self,
         id: Uuid,
         edit: impl FnOnce(Option<FlowRecord>) -> Result<FlowUpdate, StoreError> + Send + 'static,
     ) -> Result<(FlowRecord, Vec<TaskRecord>), StoreError> {
-        self.committer.flow_change(id, edit).await.map_err(refusal)
+        self.committer.flow_change(id, edit).await.map_err(StoreError::from)
     }
     async fn get(&self, id: Uuid) -> Option<TaskRecord> {
         Backend::get(&self.store, id).await
