@@ -77,3 +77,68 @@ async fn a_host_that_loses_its_engine_lock_stops() {
         .collect::<String>();
     assert!(log.contains("no longer sure to be the only one on its store"), "{log}");
 }
+
+/// The configuration file's `[server] store` names the database, reached
+/// over TLS with the server's certificate verified: tasks run, and their
+/// records are in that database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_keeps_its_store_in_the_database_its_file_names_over_tls() {
+    let cluster = taskhost_test_postgres::tls_cluster();
+    let tls = cluster.tls().unwrap();
+    let db = cluster.new_database("serve_tls");
+    let url = format!("{}?sslmode=verify-full&sslrootcert={}", cluster.tcp_url(&db).unwrap(), tls.ca.display());
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("taskhost.toml");
+    std::fs::write(&config, format!("[server]\nstore = \"{url}\"\n")).unwrap();
+    let server = start_with(data.path(), free_port(), &["--config", config.to_str().unwrap()]).await;
+    let http = crate::admin_client(data.path()).await;
+    upload(&http, &server.base, "sleep", taskhost_test_artifacts::SLEEP.bytes()).await;
+    let task: Value = http
+        .post(format!("{}/v1/tasks", server.base))
+        .json(&json!({"plugin": "sleep", "input": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = task["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let task: Value =
+            http.get(format!("{}/v1/tasks/{id}", server.base)).send().await.unwrap().json().await.unwrap();
+        if task["state"] == "completed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the task did not complete: {task}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let db = sqlx::PgPool::connect(&cluster.url(&db)).await.unwrap();
+    let state: String = sqlx::query_scalar("SELECT state FROM taskhost_tasks WHERE id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(state, "completed");
+    assert!(!data.path().join("taskhost.redb").exists(), "no redb store was made beside it");
+}
+
+/// A database server whose certificate the URL's authority did not sign is
+/// refused at start (exit code 3), saying so, without repeating the URL.
+#[test]
+fn a_host_refuses_a_database_whose_certificate_it_cannot_verify() {
+    let cluster = taskhost_test_postgres::tls_cluster();
+    let tls = cluster.tls().unwrap();
+    let db = cluster.new_database("serve_tls_untrusted");
+    let url = format!("{}?sslmode=verify-full&sslrootcert={}", cluster.tcp_url(&db).unwrap(), tls.other_ca.display());
+    let data = tempfile::tempdir().unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .args(["serve", "--data", data.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--store", &url])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("certificate"), "{stderr}");
+    assert!(!stderr.contains(&tls.password), "the password is not repeated: {stderr}");
+}

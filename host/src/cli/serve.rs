@@ -76,7 +76,9 @@ pub(crate) struct ServeArgs {
     /// (`postgres://USER[:PASSWORD]@HOST:PORT/DATABASE`, or
     /// `postgres:///DATABASE?host=/SOCKET/DIR`) instead of the redb file in
     /// the data directory, which still holds the artifact cache and
-    /// uploads. One host at a time runs on a database in this version.
+    /// uploads. TLS: add `?sslmode=verify-full&sslrootcert=CA.pem`. The
+    /// configuration file's `[server] store` wins. One host at a time runs
+    /// on a database in this version.
     #[arg(long, value_name = "URL", env = "TASKHOST_STORE", hide_env_values = true)]
     store: Option<String>,
     /// Watch DIR for `NAME.wasm`, `NAME@VERSION.wasm` and `NAME.toml`
@@ -195,6 +197,8 @@ struct ListenerMover {
     tls: Option<TlsFiles>,
     no_auth: bool,
     scheme: &'static str,
+    /// The file's store URL at start (a change needs a restart).
+    store: Option<taskhost::engine::StoreUrl>,
 }
 
 /// The server's certificate, the files it comes from, and their watch.
@@ -207,6 +211,10 @@ struct TlsFiles {
 impl ListenerMover {
     fn apply(&mut self, server: &taskhost::engine::ServerSettings) {
         self.move_tls(server);
+        if server.store != self.store {
+            tracing::warn!("[server] store changed: the store stays the one this host started on until it restarts");
+            self.store = server.store.clone();
+        }
         if let Some(to) = server.listen
             && to != self.api.0
         {
@@ -337,13 +345,18 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
     // The file's `[server]` wins over the flags, as the file does
     // everywhere; the whole file is checked now, so a broken one stops the
     // start before anything listens.
+    let mut file_store = None;
     if let Some(path) = &args.config {
         match taskhost::engine::server_settings(path) {
             Ok(Some(server)) => {
+                file_store = server.store.clone();
                 args.listen = server.listen.unwrap_or(args.listen);
                 args.metrics_listen = server.metrics_listen.or(args.metrics_listen);
                 if let Some((cert, key)) = server.tls {
                     (args.tls_cert, args.tls_key) = (Some(cert), Some(key));
+                }
+                if let Some(url) = server.store {
+                    args.store = Some(url.into_string());
                 }
             }
             Ok(None) => {}
@@ -571,6 +584,7 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
                 tls: tls_files.take(),
                 no_auth: args.no_auth,
                 scheme,
+                store: file_store,
             };
             match taskhost::engine::watch_server_settings(path.clone(), move |server| mover.apply(&server)) {
                 Ok(watch) => (Some(api_rx), Some(metrics_rx), Some(watch)),

@@ -58,7 +58,7 @@ pub use flows::{FlowLimits, FlowSpec, FlowView, Node, RepeatSpec, Step};
 pub use logs::{MAX_FOLLOWERS, MAX_PER_TENANT, MAX_SUBSCRIBERS, Place};
 pub use retry::{RetryPolicy, is_retried};
 pub use settings::{
-    MAX_SETTINGS_BYTES, ServerSettings, ServerWatch, SettingsError, server_settings, watch_server_settings,
+    MAX_SETTINGS_BYTES, ServerSettings, ServerWatch, SettingsError, StoreUrl, server_settings, watch_server_settings,
 };
 pub use submission::{MAX_DELAY_MS, NewTask};
 pub use tenants::MAX_TENANTS;

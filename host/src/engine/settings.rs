@@ -43,6 +43,7 @@
 //! listen = "0.0.0.0:7070"
 //! tls_cert = "/etc/taskhost/cert.pem"
 //! tls_key = "/etc/taskhost/key.pem"
+//! store = "postgres://taskhost@db/taskhost?sslmode=verify-full"  # read at start
 //! ```
 
 use super::{Engine, EngineError, Inner};
@@ -152,6 +153,30 @@ struct ServerFile {
     metrics_listen: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    store: Option<String>,
+}
+
+/// A store's URL (`postgres://…`), which may carry a password: its `Debug`
+/// never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl(String);
+
+impl StoreUrl {
+    /// The URL.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL, owned.
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreUrl(…)")
+    }
 }
 
 /// The file's `[server]`, checked.
@@ -164,6 +189,9 @@ pub struct ServerSettings {
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// `tls_cert` and `tls_key`, both or neither.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// `store`: the PostgreSQL database to keep the store in (as
+    /// `serve --store`), read at start only.
+    pub store: Option<StoreUrl>,
 }
 
 /// The `[server]` section of configuration file `path` (the whole file is
@@ -287,10 +315,17 @@ impl Settings {
                 (None, None) => None,
                 _ => return Err(invalid("[server]: give both tls_cert and tls_key, or neither".into())),
             };
+            // The URL is not echoed: it may hold a password.
+            if let Some(url) = &server.store
+                && !["postgres://", "postgresql://"].iter().any(|scheme| url.starts_with(scheme))
+            {
+                return Err(invalid("[server]: store must be a postgres:// or postgresql:// URL".into()));
+            }
             settings.server = Some(ServerSettings {
                 listen: address("listen", server.listen)?,
                 metrics_listen: address("metrics_listen", server.metrics_listen)?,
                 tls,
+                store: server.store.map(StoreUrl),
             });
         }
         Ok(settings)
@@ -471,7 +506,8 @@ mod tests {
         let all = parse(
             "[limits]\nfuel = 5\nmemory = \"64MiB\"\n[ceilings]\ntimeout = \"1m\"\n\
              [egress]\nallow = [\"10.0.0.0/8\", \"::1\"]\n\
-             [server]\nlisten = \"0.0.0.0:7070\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n",
+             [server]\nlisten = \"0.0.0.0:7070\"\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n\
+             store = \"postgres://u:hunter2@db/tasks\"\n",
         )
         .unwrap();
         assert_eq!(all.limits.unwrap().over(&crate::Limits::default()).unwrap().memory_bytes, 64 << 20);
@@ -480,6 +516,8 @@ mod tests {
         let server = all.server.unwrap();
         assert_eq!(server.listen, Some("0.0.0.0:7070".parse().unwrap()));
         assert_eq!(server.tls, Some(("c.pem".into(), "k.pem".into())));
+        assert_eq!(server.store.as_ref().map(StoreUrl::as_str), Some("postgres://u:hunter2@db/tasks"));
+        assert!(!format!("{server:?}").contains("hunter2"), "{server:?}");
         let retry = parse("[retry]\ncap = \"10m\"\n").unwrap().retry;
         assert_eq!(retry, Some((None, Some(Duration::from_secs(600)))));
         for (bad, says) in [
@@ -499,6 +537,7 @@ mod tests {
             ("[egress]\nallow = [\"nowhere\"]\n", "[egress]: allow: `nowhere` is not a network"),
             ("[server]\nlisten = \"here\"\n", "[server]: listen `here`"),
             ("[server]\ntls_cert = \"c.pem\"\n", "give both tls_cert and tls_key"),
+            ("[server]\nstore = \"mysql://u:hunter2@db\"\n", "store must be a postgres:// or postgresql:// URL"),
             ("[retry]\nbase = \"soon\"\n", "[retry]: base: invalid duration `soon`"),
             ("[retry]\nbase = \"1m\"\ncap = \"1s\"\n", "[retry]: cap (1s) is shorter than base (1m)"),
             ("[retry]\njitter = true\n", "unknown field `jitter`"),

@@ -303,3 +303,5 @@ mod tests {
 
 #[cfg(test)]
 mod database_tests;
+#[cfg(test)]
+mod tls_tests;
