@@ -18,6 +18,7 @@ pub(crate) const ROUTES: &[(&str, &str, Option<&str>)] = &[
     ("GET", "/docs", None),
     ("GET", "/metrics", Some("metrics")),
     ("GET", "/v1/stats/recent", Some("metrics")),
+    ("GET", "/v1/hosts", Some("metrics")),
     ("GET", "/v1/plugins", Some("read")),
     ("POST", "/v1/plugins/{name}", Some("plugins")),
     ("GET", "/v1/plugins/{name}", Some("read")),

@@ -350,6 +350,19 @@ async fn the_cli_reads_every_answer_into_its_wire_type() {
     let table = text(&out.stdout);
     assert!(table.starts_with("QUEUE ") && table.lines().any(|l| l.starts_with("bulk ")), "{table}");
 
+    // `hosts`: on redb, the one host answering, live, with its slots.
+    let out = cli(&api, &["hosts", "--json"]).await;
+    let hosts: taskhost::wire::HostList = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hosts.hosts.len(), 1, "{hosts:?}");
+    let host = &hosts.hosts[0];
+    assert!(host.this && host.live && host.report.as_ref().is_some_and(|r| r.load.slots > 0), "{hosts:?}");
+    let out = cli(&api, &["hosts"]).await;
+    let table = text(&out.stdout);
+    assert!(
+        table.starts_with("HOST ") && table.lines().nth(1).is_some_and(|l| l.starts_with(&format!("{} *", host.id))),
+        "{table}"
+    );
+
     // Refusals print the error body's code and message.
     let out = cli(&api, &["cancel", &id]).await;
     assert_eq!(out.status.code(), Some(1));

@@ -213,6 +213,7 @@ async fn live_answers_have_a_documented_status_and_fit_their_schema() {
     // Host.
     call!(GET, "/healthz".into());
     call!(GET, "/v1/stats/recent".into());
+    call!(GET, "/v1/hosts".into());
     call!(GET, "/v1/config".into());
     call!(GET, "/metrics".into());
     call!(GET, "/v1/openapi.json".into());

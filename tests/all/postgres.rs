@@ -113,6 +113,12 @@ async fn a_host_keeps_its_store_in_the_database_its_file_names_over_tls() {
         assert!(Instant::now() < deadline, "the task did not complete: {task}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The host lists itself, under the id its data directory keeps.
+    let hosts: taskhost::wire::HostList =
+        http.get(format!("{}/v1/hosts", server.base)).send().await.unwrap().json().await.unwrap();
+    let id_file = std::fs::read_to_string(data.path().join("host-id")).unwrap();
+    assert_eq!(hosts.hosts.len(), 1, "{hosts:?}");
+    assert!(hosts.hosts[0].this && hosts.hosts[0].live && hosts.hosts[0].id == id_file.trim(), "{hosts:?}");
     let db = sqlx::PgPool::connect(&cluster.url(&db)).await.unwrap();
     let state: String = sqlx::query_scalar("SELECT state FROM taskhost_tasks WHERE id = $1::uuid")
         .bind(&id)

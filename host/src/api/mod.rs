@@ -64,6 +64,7 @@ pub fn router(engine: Engine, access: Arc<Access>) -> Router {
         .route("/docs", get(openapi::reference))
         .route("/metrics", g(needs(Metrics), get(metrics::metrics)))
         .route("/v1/stats/recent", g(needs(Metrics), get(recent_stats)))
+        .route("/v1/hosts", g(needs(Metrics), get(list_hosts)))
         .route("/v1/plugins", g(needs(Read), get(list_plugins)))
         .route(
             "/v1/plugins/{name}",
@@ -146,6 +147,23 @@ pub(crate) type ApiResult<T> = Result<T, ApiError>;
 )]
 async fn recent_stats(State(engine): State<Engine>) -> Json<wire::RecentStats> {
     Json(engine.recent_stats())
+}
+
+/// The hosts serving the store, with their models, load and heartbeat
+/// age (on redb, this host alone).
+#[utoipa::path(
+    get,
+    path = "/v1/hosts",
+    operation_id = "list_hosts",
+    tag = "host",
+    responses(
+        openapi::Refused,
+        (status = 200, description = "The hosts serving the store, by id", body = wire::HostList)
+    ),
+    security(("token" = ["metrics"]))
+)]
+async fn list_hosts(State(engine): State<Engine>) -> ApiResult<Json<wire::HostList>> {
+    Ok(Json(engine.hosts().await?))
 }
 
 /// The key of plugin `name` in `ns`, or the API's refusal of the name.

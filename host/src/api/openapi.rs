@@ -147,6 +147,7 @@ impl Modify for BearerToken {
         document,
         reference,
         super::recent_stats,
+        super::list_hosts,
         super::list_plugins,
         super::add_plugin,
         super::get_plugin,

@@ -8,6 +8,7 @@ mod artifacts;
 mod client;
 mod events;
 mod flow;
+mod hosts;
 mod local_server;
 mod logs;
 mod models;
@@ -79,6 +80,9 @@ enum Command {
     Tenants(tenants::TenantsCommand),
     /// Show the audit log of admin and plugin actions (admin), newest first.
     Audit(tokens::AuditArgs),
+    /// List the hosts serving the server's store: their models, load and
+    /// last heartbeat (one host on redb).
+    Hosts(hosts::HostsArgs),
     /// Check or repair the data store, offline (no server running on it).
     #[command(subcommand)]
     Store(store::StoreCommand),
@@ -143,6 +147,7 @@ pub(crate) fn main() -> ExitCode {
         Command::Tokens(command) => runtime.block_on(tokens::tokens(command)),
         Command::Tenants(command) => runtime.block_on(tenants::tenants(command)),
         Command::Audit(args) => runtime.block_on(tokens::audit(args)),
+        Command::Hosts(args) => runtime.block_on(hosts::hosts(args)),
         Command::Store(command) => runtime.block_on(store::store(command)),
         Command::Compile => taskhost::registry::compile_process_main(),
     }

@@ -63,6 +63,29 @@ both! {
         assert_eq!(h.engine.store().task_count().await.unwrap(), 21);
     }
 
+    async fn the_host_lists_itself_with_its_load(h) {
+        let running = h.engine.submit(task("echo", &Script::RunUntilCancelled)).await.unwrap().record.id;
+        let deadline = std::time::Instant::now() + WAIT;
+        let list = loop {
+            let list = h.engine.hosts().await.unwrap();
+            if list.hosts.iter().any(|host| host.report.as_ref().is_some_and(|r| r.load.busy == 1)) {
+                break list;
+            }
+            assert!(std::time::Instant::now() < deadline, "the running task never showed: {list:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert_eq!(list.hosts.len(), 1, "one host serves the store: {list:?}");
+        let host = &list.hosts[0];
+        assert!(host.this && host.live, "{host:?}");
+        assert_eq!(host.id, h.shared.host);
+        let report = host.report.as_ref().unwrap();
+        assert_eq!(report.version, env!("CARGO_PKG_VERSION"));
+        assert_eq!((report.load.slots, report.load.busy), (4, 1));
+        assert!(report.load.memory_reserved_bytes > 0, "the running task's memory is reserved: {report:?}");
+        assert!(report.models.is_empty());
+        h.engine.cancel(running).await.unwrap();
+    }
+
     async fn a_failing_task_is_retried_and_its_attempts_counted(h) {
         let id = h.engine.submit(task("echo", &Script::FailTimes(2, b"ok".to_vec()))).await.unwrap().record.id;
         let done = h.engine.wait(id, WAIT).await.unwrap();
@@ -232,4 +255,46 @@ async fn a_host_starts_past_an_undecodable_row_and_sets_it_aside() {
     assert_eq!(set_aside.iter().map(|(id, _)| *id).collect::<Vec<_>>(), [bad.id]);
     // The good one was recovered and runs.
     assert_eq!(h.engine.wait(good.id, WAIT).await.unwrap().state, TaskState::Completed);
+}
+
+/// On PostgreSQL each host writes its heartbeat: the list shows every
+/// host's row, aged on the database's clock (a quiet one not live), this
+/// host's own report fresh; a host that stops removes its row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_sharing_a_database_are_listed_with_their_heartbeats() {
+    let url = taskhost_test_postgres::cluster().database("engine_hosts");
+    let h = Harness::on_url(url.clone(), tweak).await.unwrap();
+    let me = h.shared.host.clone();
+    let other = crate::store::postgres::PgStore::connect(&url, 1).await.unwrap();
+    // Two other hosts' heartbeats, as they write them: one now, one that
+    // went quiet a minute ago.
+    let list = h.engine.hosts().await.unwrap();
+    let report = serde_json::to_value(list.hosts[0].report.clone().unwrap()).unwrap();
+    other.beat("host-live", &report).await.unwrap();
+    other.beat("host-quiet", &serde_json::json!({"not": "a report"})).await.unwrap();
+    sqlx::query(
+        "UPDATE taskhost_hosts SET heartbeat_at = clock_timestamp() - interval '1 minute' WHERE host = 'host-quiet'",
+    )
+    .execute(other.pool())
+    .await
+    .unwrap();
+    // This host's own row is written at start, and every 2 s.
+    let deadline = std::time::Instant::now() + WAIT;
+    while !other.hosts().await.unwrap().iter().any(|row| row.host == me) {
+        assert!(std::time::Instant::now() < deadline, "this host's heartbeat was never written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let list = h.engine.hosts().await.unwrap();
+    let by_id: std::collections::HashMap<_, _> = list.hosts.iter().map(|host| (host.id.as_str(), host)).collect();
+    assert_eq!(by_id.len(), 3, "{list:?}");
+    let live = by_id["host-live"];
+    assert!(live.live && !live.this && live.report.is_some(), "{live:?}");
+    let quiet = by_id["host-quiet"];
+    assert!(!quiet.live && quiet.heartbeat_age_ms >= 60_000, "{quiet:?}");
+    assert!(quiet.report.is_none(), "a report this build cannot read is shown as none: {quiet:?}");
+    assert!(by_id[me.as_str()].this && by_id[me.as_str()].live);
+    // A host that stops removes its heartbeat.
+    h.engine.clone().close().await;
+    let rows: Vec<String> = other.hosts().await.unwrap().into_iter().map(|row| row.host).collect();
+    assert_eq!(rows, ["host-live", "host-quiet"]);
 }

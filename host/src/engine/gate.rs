@@ -219,6 +219,12 @@ impl Gate {
     pub(crate) fn busy_slots(&self) -> usize {
         self.slot_count.saturating_sub(self.free_slots())
     }
+
+    /// Bytes of the budget reserved now (whole mebibytes).
+    pub(crate) fn reserved(&self) -> u64 {
+        let free = u32::try_from(self.memory.available_permits()).unwrap_or(u32::MAX);
+        u64::from(self.budget_units.saturating_sub(free)) * UNIT
+    }
 }
 
 /// A slot wait that may be dropped: if the slot was sent but not yet

@@ -25,6 +25,7 @@ mod fetch;
 mod flows;
 mod gate;
 mod history;
+mod hosts;
 mod logs;
 mod metrics;
 mod recent;
@@ -128,6 +129,8 @@ struct Inner {
     dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The retention sweep.
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Writes this host's heartbeat; removes it once the engine halts.
+    heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
     watcher: Mutex<Option<crate::registry::watch::DirWatch>>,
     /// The configuration file's state, and its watch.
     settings: settings::FileSettings,
@@ -166,7 +169,9 @@ impl Engine {
     /// dispatching.
     pub async fn open(config: EngineConfig) -> anyhow::Result<Engine> {
         use anyhow::Context as _;
-        let (store, found) = open_store(&config).await?;
+        let dir = config.data_dir.clone();
+        let host = blocking(move || host_name(&dir)).await?;
+        let (store, found) = open_store(&config, &host).await?;
         let sandbox_config: SandboxConfig = config.sandbox.clone();
         let sandbox = blocking(move || Sandbox::new(sandbox_config)).await?;
         let metrics = Metrics::new(config.models.as_ref().map(|m| m.metrics()));
@@ -186,9 +191,16 @@ impl Engine {
             crate::AttemptRuntime::new(config.sandbox.blocking_threads).context("starting the attempt runtime")?;
         let runner = Arc::new(SandboxRunner::new(sandbox.clone(), runtime, registry.clone(), inference));
         let plugins_dir = config.plugins_dir.clone();
-        let engine =
-            Self::assemble(config, store, runner, Arc::new(metrics), Some((registry.clone(), sandbox)), Some(found))
-                .await?;
+        let engine = Self::assemble(
+            config,
+            store,
+            runner,
+            Arc::new(metrics),
+            Some((registry.clone(), sandbox)),
+            Some(found),
+            host,
+        )
+        .await?;
         // Versions no recovered task holds.
         registry.unload_idle();
         if let Some(dir) = plugins_dir {
@@ -216,6 +228,7 @@ impl Engine {
         metrics: Arc<Metrics>,
         plugins: Option<(Arc<Registry>, Sandbox)>,
         found: Option<recovery::Found>,
+        host: String,
     ) -> Result<Engine, EngineError> {
         let found = match found {
             Some(found) => found,
@@ -227,7 +240,7 @@ impl Engine {
             store.secret(CALLBACK_DERIVE_SECRET).await?,
         ));
         let tenants = Arc::new(tenants::Tenants::load(store.clone()).await?);
-        let shared = Arc::new(Shared::new(config, store, runner, metrics, tenants.clone()));
+        let shared = Arc::new(Shared::new(config, store, runner, metrics, tenants.clone(), host));
         {
             let mut sched = lock(&shared.sched);
             for (name, queue) in queues {
@@ -257,6 +270,7 @@ impl Engine {
                 callback_keys,
                 dispatcher: Mutex::default(),
                 sweeper: Mutex::default(),
+                heartbeat: Mutex::default(),
                 watcher: Mutex::default(),
                 settings: settings::FileSettings::default(),
                 settings_watch: Mutex::default(),
@@ -269,6 +283,7 @@ impl Engine {
         *lock(&engine.inner.sweeper) = Some(tokio::spawn(retention::run(engine.inner.shared.clone())));
         // Ends when the engine halts.
         tokio::spawn(recent::run(engine.inner.shared.clone()));
+        *lock(&engine.inner.heartbeat) = Some(tokio::spawn(hosts::run(engine.inner.shared.clone())));
         Ok(engine)
     }
 
@@ -689,6 +704,12 @@ impl Engine {
         self.inner.admin.queues()
     }
 
+    /// The hosts serving the store, each with what it says of itself and
+    /// its heartbeat's age (`GET /v1/hosts`); on redb, this host alone.
+    pub async fn hosts(&self) -> Result<crate::wire::HostList, EngineError> {
+        Ok(hosts::list(&self.inner.shared).await?)
+    }
+
     /// The recent throughput and latency: running totals sampled every 2
     /// seconds over the last 10 minutes, host-wide; and the execution
     /// slots busy now.
@@ -944,6 +965,11 @@ impl Engine {
         if let Some(handle) = sweeper {
             let _ = handle.await;
         }
+        // Removes this host's heartbeat (bounded by `hosts::LEAVE_GRACE`).
+        let heartbeat = lock(&self.inner.heartbeat).take();
+        if let Some(handle) = heartbeat {
+            let _ = handle.await;
+        }
         let shared = &self.inner.shared;
         loop {
             let idle = shared.idle.notified();
@@ -979,14 +1005,13 @@ const PG_COMMIT_WORKERS: usize = 4;
 /// Opens the store: the PostgreSQL database `config.store_url` names,
 /// else the redb file in the data directory. The store and what the
 /// start-up scan found.
-async fn open_store(config: &EngineConfig) -> anyhow::Result<(Db, recovery::Found)> {
+async fn open_store(config: &EngineConfig, host: &str) -> anyhow::Result<(Db, recovery::Found)> {
     use anyhow::Context as _;
     let Some(url) = &config.store_url else {
         let (store, found) = open_file_store(config).await?;
         return Ok((Db::Redb(store), found));
     };
-    let dir = config.data_dir.clone();
-    let host = blocking(move || host_name(&dir)).await?;
+    let host = host.to_owned();
     let store = crate::store::postgres::PgStore::connect(url, PG_CONNECTIONS).await?;
     let pg = crate::store::PgDb::open(store, host, PG_COMMIT_WORKERS).await?;
     let db = Db::Postgres(Arc::new(pg));

@@ -51,6 +51,10 @@ pub(crate) struct Shared {
     /// The retry backoff in force: the configuration file's `[retry]`,
     /// else `config.retry`.
     pub(crate) retry: std::sync::RwLock<super::RetryPolicy>,
+    /// This host's id (its `host-id`): its name in a shared store.
+    pub(crate) host: String,
+    /// When the engine started, ms since the Unix epoch.
+    pub(crate) started_ms: u64,
 }
 
 impl Shared {
@@ -65,8 +69,11 @@ impl Shared {
         runner: Arc<dyn Runner>,
         metrics: Arc<Metrics>,
         tenants: Arc<super::tenants::Tenants>,
+        host: String,
     ) -> Self {
         Self {
+            host,
+            started_ms: crate::store::now_ms(),
             sched: Mutex::new(Scheduler::new(config.concurrency).with_ahead(config.claim_ahead)),
             retry: std::sync::RwLock::new(config.retry),
             gate: Gate::new(config.concurrency, config.memory_budget, metrics.gate.clone()),

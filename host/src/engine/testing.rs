@@ -14,6 +14,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
+/// The id of a harness's host on redb.
+pub(crate) const TEST_HOST: &str = "test-host";
+
 /// What every attempt of a task does, carried as its input (JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) enum Script {
@@ -186,10 +189,11 @@ impl Harness {
             ..EngineConfig::default()
         };
         tweak(&mut config);
-        let (store, found) = super::open_store(&config).await?;
+        let host = super::host_name(&config.data_dir)?;
+        let (store, found) = super::open_store(&config, &host).await?;
         let runner = Arc::new(ScriptRunner::default());
         let metrics = Arc::new(super::metrics::Metrics::new(None));
-        let engine = Engine::assemble(config, store, runner.clone(), metrics, None, Some(found)).await?;
+        let engine = Engine::assemble(config, store, runner.clone(), metrics, None, Some(found), host).await?;
         let shared = engine.inner.shared.clone();
         Ok(Self { engine, shared, runner, _dir: dir })
     }
@@ -223,8 +227,17 @@ impl Harness {
         let store = open(&dir.path().join("taskhost.redb"));
         let runner = Arc::new(ScriptRunner::default());
         let metrics = Arc::new(super::metrics::Metrics::new(None));
-        let engine =
-            Engine::assemble(config, crate::store::Db::Redb(store), runner.clone(), metrics, None, None).await.unwrap();
+        let engine = Engine::assemble(
+            config,
+            crate::store::Db::Redb(store),
+            runner.clone(),
+            metrics,
+            None,
+            None,
+            TEST_HOST.to_owned(),
+        )
+        .await
+        .unwrap();
         let shared = engine.inner.shared.clone();
         Self { engine, shared, runner, _dir: dir }
     }

@@ -565,6 +565,32 @@ impl Db {
         }
     }
 
+    /// Writes this host's heartbeat with `report` (what it says of
+    /// itself) to a shared store; redb keeps none (its one host answers
+    /// for itself).
+    pub(crate) async fn beat(&self, report: &serde_json::Value) -> Result<(), StoreError> {
+        match self {
+            Db::Redb(_) => Ok(()),
+            Db::Postgres(pg) => Ok(pg.store.beat(&pg.host, report).await?),
+        }
+    }
+
+    /// The hosts a shared store lists, by name; `None` on redb.
+    pub(crate) async fn hosts(&self) -> Result<Option<Vec<crate::store::postgres::HostRow>>, StoreError> {
+        match self {
+            Db::Redb(_) => Ok(None),
+            Db::Postgres(pg) => Ok(Some(pg.store.hosts().await?)),
+        }
+    }
+
+    /// Removes this host's heartbeat from a shared store (it stops).
+    pub(crate) async fn leave(&self) -> Result<(), StoreError> {
+        match self {
+            Db::Redb(_) => Ok(()),
+            Db::Postgres(pg) => Ok(pg.store.leave(&pg.host).await?),
+        }
+    }
+
     /// Every configured queue.
     pub async fn queues(&self) -> Result<Vec<(String, QueueConfig)>, StoreError> {
         match self {

@@ -17,6 +17,7 @@
 //! - [`events`]: the live task events;
 //! - [`logs`]: a task's logs and the events of following them;
 //! - [`health`]: `GET /healthz`;
+//! - [`host`]: the hosts serving the store;
 //! - [`stats`]: the recent throughput and latency.
 //!
 //! Conventions: times are RFC 3339 strings with milliseconds (UTC); an
@@ -32,6 +33,7 @@ pub mod error;
 pub mod events;
 pub mod flow;
 pub mod health;
+pub mod host;
 pub mod logs;
 pub mod model;
 pub mod plugin;
@@ -47,6 +49,7 @@ pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use events::{EventsMissed, MissedReason, Stopping, TaskMoved, event_id, parse_event_id};
 pub use flow::{Flow, FlowNode, FlowPage, FlowRepeat, FlowSummary, FlowTasks, RepeatRule};
 pub use health::{Health, HealthStatus};
+pub use host::{Host, HostList, HostLoad, HostModel, HostReport};
 pub use logs::{LogEvent, LogLine, LogsDropped, TaskLogs};
 pub use plugin::{
     LatestChange, ManifestSet, Plugin, PluginAdded, PluginLatest, PluginList, PluginSummary, PluginVersion,

@@ -76,15 +76,18 @@ enum Kind {
 /// start.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| Cluster::start(Kind::Test).unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}")))
+    CLUSTER.get_or_init(|| {
+        Cluster::start(Kind::Test).unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}"))
+    })
 }
 
 /// The process's cluster for benchmarks: durable as PostgreSQL ships
 /// (`fsync` on, every commit flushed), started on first use.
 pub fn durable_cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER
-        .get_or_init(|| Cluster::start(Kind::Durable).unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}")))
+    CLUSTER.get_or_init(|| {
+        Cluster::start(Kind::Durable).unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}"))
+    })
 }
 
 /// The process's cluster for TLS tests (`fsync=off`), started on first
@@ -92,8 +95,9 @@ pub fn durable_cluster() -> &'static Cluster {
 /// only TLS connections with the superuser's password ([`Cluster::tls`]).
 pub fn tls_cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER
-        .get_or_init(|| Cluster::start(Kind::Tls).unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}")))
+    CLUSTER.get_or_init(|| {
+        Cluster::start(Kind::Tls).unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}"))
+    })
 }
 
 impl Cluster {
@@ -198,7 +202,9 @@ impl Cluster {
         server.arg("-D").arg(&data).arg("-k").arg(&dir).args(["-p", &port.to_string()]);
         let fsync = if kind == Kind::Durable { "fsync=on" } else { "fsync=off" };
         let mut settings: Vec<String> =
-            ["listen_addresses=", "unix_socket_permissions=0700", fsync, "max_connections=300"].map(String::from).into();
+            ["listen_addresses=", "unix_socket_permissions=0700", fsync, "max_connections=300"]
+                .map(String::from)
+                .into();
         let tls = match password {
             Some(password) => {
                 let tls = certify(&dir, &data, port, password, owner)?;

@@ -24,6 +24,7 @@ mod access;
 mod batch;
 mod committer;
 mod fair;
+mod hosts;
 mod leader;
 mod leases;
 mod listings;
@@ -37,6 +38,7 @@ mod txn;
 mod wakeups;
 
 pub use committer::{CommitConfig, PgCommitter};
+pub use hosts::{HostRow, MAX_HOSTS};
 pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
 pub use sole::SoleEngine;
