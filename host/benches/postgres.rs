@@ -116,7 +116,7 @@ async fn engine_round(store_url: Option<String>) -> f64 {
     let config = EngineConfig {
         data_dir: dir.path().to_owned(),
         sandbox: taskhost::SandboxConfig { pool_instances: 1024, ..taskhost::SandboxConfig::default() },
-        store_url,
+        store_url: store_url.map(taskhost::engine::StoreUrl::new),
         ..EngineConfig::default()
     };
     let engine = Engine::open(config).await.unwrap();

@@ -50,6 +50,9 @@ def test_host_state(client: Client) -> None:
     stats = client.recent_stats()  # no samples yet in the first seconds of a host
     assert stats.every_ms > 0 and all(s.completed <= s.ended for s in stats.samples)
     assert stats.workers >= 1 and 0 <= stats.busy <= stats.workers
+    hosts = client.list_hosts()
+    assert [h.this for h in hosts.hosts] == [True] and hosts.hosts[0].live
+    assert hosts.hosts[0].report is not None and hosts.hosts[0].report.load.slots >= 1
     assert len(client.callback_secret().secret) == 64
     assert "# TYPE taskhost_" in client.metrics()
     assert client.metrics(openmetrics=True).rstrip().endswith("# EOF")

@@ -31,6 +31,7 @@ import type {
   FlowSpec,
   Health,
   History,
+  HostList,
   ManifestSet,
   ModelPut,
   ModelRemoved,
@@ -357,6 +358,11 @@ export class TaskhostClient {
   /** The key this tenant's completion callbacks are signed with (`GET /v1/callbacks/secret`). */
   callbackSecret(request: RequestOptions = {}): Promise<CallbackSecret> {
     return this.#http.json("GET", "/v1/callbacks/secret", request);
+  }
+
+  /** The hosts serving the store, with their models, load and heartbeat age (`GET /v1/hosts`; on redb, the one host). */
+  listHosts(request: RequestOptions = {}): Promise<HostList> {
+    return this.#http.json("GET", "/v1/hosts", request);
   }
 
   /** Recent throughput and latency: running totals sampled every 2 s over 10 minutes (`GET /v1/stats/recent`). */

@@ -60,6 +60,7 @@ export const OPERATIONS = {
   audit_log: "auditLog",
   callback_secret: "callbackSecret",
   recent_stats: "recentStats",
+  list_hosts: "listHosts",
   health: "health",
   metrics: "metrics",
   openapi: "openapi",

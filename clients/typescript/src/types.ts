@@ -785,6 +785,49 @@ export interface RecentSample {
   runs: number;
 }
 
+/** `HostList`: the hosts serving the store, by id (on redb, the one host). */
+export interface HostList {
+  hosts: Host[];
+  heartbeat_every_ms: number;
+  live_within_ms: number;
+}
+
+/** `Host`: a host serving the store: `this` the one that answered, `live`
+ *  while its heartbeat is recent, `report` null when written in a format
+ *  the server cannot read. */
+export interface Host {
+  id: string;
+  this: boolean;
+  live: boolean;
+  heartbeat_age_ms: number;
+  report: HostReport | null;
+}
+
+/** `HostReport`: what a host said of itself in its last heartbeat. */
+export interface HostReport {
+  version: string;
+  started_at: string;
+  models: HostModel[];
+  load: HostLoad;
+}
+
+/** `HostModel`: a model a host serves; `device` when it is ready. */
+export interface HostModel {
+  name: string;
+  ready: boolean;
+  device: string | null;
+}
+
+/** `HostLoad`: execution slots (`busy` of `slots`), tasks ready, and the
+ *  memory running tasks reserve of the budget. */
+export interface HostLoad {
+  slots: number;
+  busy: number;
+  ready: number;
+  memory_budget_bytes: number;
+  memory_reserved_bytes: number;
+}
+
 /** `RecentStats`: the samples of the last 10 minutes, oldest first;
  *  and the execution slots now: `busy` of `workers`. */
 export interface RecentStats {

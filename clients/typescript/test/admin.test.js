@@ -46,6 +46,9 @@ describe("the host", () => {
     assert.equal(stats.every_ms, 2_000);
     assert.ok(Array.isArray(stats.samples));
     assert.ok(stats.workers >= 1 && stats.busy >= 0 && stats.busy <= stats.workers, JSON.stringify(stats));
+    const hosts = await admin.listHosts();
+    assert.deepEqual(hosts.hosts.map((host) => host.this), [true]);
+    assert.ok(hosts.hosts[0].live && hosts.hosts[0].report.load.slots >= 1, JSON.stringify(hosts));
     const secret = await admin.callbackSecret();
     assert.equal(secret.tenant, "default");
     assert.match(secret.secret, /^[0-9a-f]{64}$/);

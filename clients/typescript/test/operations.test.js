@@ -89,6 +89,7 @@ const ARGUMENTS = {
   get_config: [],
   audit_log: [],
   recent_stats: [],
+  list_hosts: [],
   callback_secret: [],
   openapi: [],
   reference: [],

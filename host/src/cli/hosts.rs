@@ -44,7 +44,8 @@ fn hosts_text(list: &wire::HostList) -> String {
                     .iter()
                     .map(|m| match (&m.device, m.ready) {
                         (Some(device), true) => format!("{} ({device})", m.name),
-                        _ => format!("{} (not ready)", m.name),
+                        (None, true) => m.name.clone(),
+                        (_, false) => format!("{} (not ready)", m.name),
                     })
                     .collect();
                 row.extend([

@@ -189,7 +189,7 @@ mod tests {
         let without: Vec<&String> = found.iter().filter(|(_, json)| !json).map(|(path, _)| path).collect();
         // A new client command adds one here; one that lost `--server`
         // would take one away.
-        assert_eq!(found.len(), 27, "client commands: {found:?}");
+        assert_eq!(found.len(), 28, "client commands: {found:?}");
         assert!(without.is_empty(), "client commands without --json: {without:?}");
     }
 }

@@ -79,8 +79,8 @@ pub(crate) struct ServeArgs {
     /// uploads. TLS: add `?sslmode=verify-full&sslrootcert=CA.pem`. The
     /// configuration file's `[server] store` wins. One host at a time runs
     /// on a database in this version.
-    #[arg(long, value_name = "URL", env = "TASKHOST_STORE", hide_env_values = true)]
-    store: Option<String>,
+    #[arg(long, value_name = "URL", env = "TASKHOST_STORE", hide_env_values = true, value_parser = store_url)]
+    store: Option<taskhost::engine::StoreUrl>,
     /// Watch DIR for `NAME.wasm`, `NAME@VERSION.wasm` and `NAME.toml`
     /// (manifest) files and load them live.
     #[arg(long, value_name = "DIR")]
@@ -341,6 +341,11 @@ fn ensure_fd_limit(connections: usize) {
     }
 }
 
+/// `--store`'s URL (checked when the store connects; never shown).
+fn store_url(text: &str) -> Result<taskhost::engine::StoreUrl, String> {
+    Ok(taskhost::engine::StoreUrl::new(text))
+}
+
 pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
     // The file's `[server]` wins over the flags, as the file does
     // everywhere; the whole file is checked now, so a broken one stops the
@@ -356,7 +361,12 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
                     (args.tls_cert, args.tls_key) = (Some(cert), Some(key));
                 }
                 if let Some(url) = server.store {
-                    args.store = Some(url.into_string());
+                    if args.store.as_ref().is_some_and(|given| *given != url) {
+                        eprintln!(
+                            "taskhost: the configuration file's [server] store is used, not --store/$TASKHOST_STORE"
+                        );
+                    }
+                    args.store = Some(url);
                 }
             }
             Ok(None) => {}

@@ -40,8 +40,9 @@ pub struct EngineConfig {
     /// A PostgreSQL database to keep the store in
     /// (`postgres://USER@HOST:PORT/DATABASE`) instead of the redb file in
     /// `data_dir` (which still holds the artifact cache and uploads).
-    /// Default none: the redb file.
-    pub store_url: Option<String>,
+    /// Default none: the redb file. (Its `Debug` does not show it: it
+    /// may hold a password.)
+    pub store_url: Option<super::StoreUrl>,
     /// Backoff between attempts.
     pub retry: RetryPolicy,
     /// `max_attempts` of a task that sets none. Default 3.

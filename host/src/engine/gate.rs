@@ -220,10 +220,11 @@ impl Gate {
         self.slot_count.saturating_sub(self.free_slots())
     }
 
-    /// Bytes of the budget reserved now (whole mebibytes).
+    /// Bytes of the budget reserved now (whole mebibytes), as the
+    /// `reserved` gauge counts them: attempts running or recording their
+    /// outcome.
     pub(crate) fn reserved(&self) -> u64 {
-        let free = u32::try_from(self.memory.available_permits()).unwrap_or(u32::MAX);
-        u64::from(self.budget_units.saturating_sub(free)) * UNIT
+        u64::try_from(self.metrics.reserved.get()).unwrap_or(0)
     }
 }
 

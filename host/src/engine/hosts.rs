@@ -18,7 +18,7 @@ pub(crate) const EVERY: Duration = Duration::from_secs(2);
 pub(crate) const LIVE_WITHIN: Duration = Duration::from_secs(10);
 
 /// How long a stopping host waits to remove its heartbeat.
-pub(crate) const LEAVE_GRACE: Duration = Duration::from_secs(2);
+pub(crate) const LEAVE_GRACE: Duration = Duration::from_secs(5);
 
 /// What this host says of itself now.
 pub(crate) fn report(shared: &Shared) -> HostReport {
@@ -37,27 +37,44 @@ pub(crate) fn report(shared: &Shared) -> HostReport {
     HostReport::new(env!("CARGO_PKG_VERSION").to_owned(), crate::wire::time(shared.started_ms), models, load)
 }
 
-/// Writes this host's heartbeat every [`EVERY`] until the engine halts,
-/// then removes it (within [`LEAVE_GRACE`]). A failed write is logged
-/// once until one succeeds again.
-pub(crate) async fn run(shared: Arc<Shared>) {
+/// Writes this host's heartbeat to a shared store every [`EVERY`] until
+/// `stop` is sent (or dropped: the engine is gone), then removes it
+/// (within [`LEAVE_GRACE`]). The engine stops it once its running tasks
+/// ended, so a draining host stays listed with them. A write in flight is
+/// given up when `stop` comes, so a database that does not answer never
+/// holds the engine's close. A failed write is logged once until one
+/// succeeds again. On redb there is nothing to write.
+pub(crate) async fn run(shared: Arc<Shared>, mut stop: tokio::sync::oneshot::Receiver<()>) {
+    if shared.store.redb().is_some() {
+        let _ = stop.await;
+        return;
+    }
     let mut failing = false;
     loop {
-        let report = serde_json::to_value(report(&shared)).unwrap_or(serde_json::Value::Null);
-        match shared.store.beat(&report).await {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!("this host's heartbeat is written again");
+        let report = match serde_json::to_value(report(&shared)) {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::error!(%error, "cannot encode this host's report; its heartbeat is not written");
+                serde_json::Value::Null
             }
-            Ok(()) => {}
-            Err(error) if !failing => {
-                failing = true;
-                tracing::warn!(%error, "cannot write this host's heartbeat; other hosts see it as not live meanwhile");
-            }
-            Err(_) => {}
+        };
+        tokio::select! {
+            _ = &mut stop => break,
+            written = shared.store.beat(&report), if !report.is_null() => match written {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("this host's heartbeat is written again");
+                }
+                Ok(()) => {}
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, "cannot write this host's heartbeat; other hosts see it as not live meanwhile");
+                }
+                Err(_) => {}
+            },
         }
         tokio::select! {
-            () = shared.halted() => break,
+            _ = &mut stop => break,
             () = tokio::time::sleep(EVERY) => {}
         }
     }

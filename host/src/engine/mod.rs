@@ -129,8 +129,9 @@ struct Inner {
     dispatcher: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// The retention sweep.
     sweeper: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Writes this host's heartbeat; removes it once the engine halts.
-    heartbeat: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Writes this host's heartbeat until told to stop (or the sender is
+    /// dropped with the engine), then removes it.
+    heartbeat: Mutex<Option<(tokio::task::JoinHandle<()>, tokio::sync::oneshot::Sender<()>)>>,
     watcher: Mutex<Option<crate::registry::watch::DirWatch>>,
     /// The configuration file's state, and its watch.
     settings: settings::FileSettings,
@@ -283,7 +284,9 @@ impl Engine {
         *lock(&engine.inner.sweeper) = Some(tokio::spawn(retention::run(engine.inner.shared.clone())));
         // Ends when the engine halts.
         tokio::spawn(recent::run(engine.inner.shared.clone()));
-        *lock(&engine.inner.heartbeat) = Some(tokio::spawn(hosts::run(engine.inner.shared.clone())));
+        let (stop_beating, stop) = tokio::sync::oneshot::channel();
+        let beating = tokio::spawn(hosts::run(engine.inner.shared.clone(), stop));
+        *lock(&engine.inner.heartbeat) = Some((beating, stop_beating));
         Ok(engine)
     }
 
@@ -965,11 +968,6 @@ impl Engine {
         if let Some(handle) = sweeper {
             let _ = handle.await;
         }
-        // Removes this host's heartbeat (bounded by `hosts::LEAVE_GRACE`).
-        let heartbeat = lock(&self.inner.heartbeat).take();
-        if let Some(handle) = heartbeat {
-            let _ = handle.await;
-        }
         let shared = &self.inner.shared;
         loop {
             let idle = shared.idle.notified();
@@ -977,6 +975,15 @@ impl Engine {
                 break;
             }
             idle.await;
+        }
+        // Listed while its tasks drained; now it leaves the hosts' list
+        // (bounded: `hosts::LEAVE_GRACE`, and a write in flight is given up).
+        let heartbeat = lock(&self.inner.heartbeat).take();
+        if let Some((mut beating, stop)) = heartbeat {
+            let _ = stop.send(());
+            if tokio::time::timeout(hosts::LEAVE_GRACE * 2, &mut beating).await.is_err() {
+                beating.abort();
+            }
         }
     }
 
@@ -1007,7 +1014,7 @@ const PG_COMMIT_WORKERS: usize = 4;
 /// start-up scan found.
 async fn open_store(config: &EngineConfig, host: &str) -> anyhow::Result<(Db, recovery::Found)> {
     use anyhow::Context as _;
-    let Some(url) = &config.store_url else {
+    let Some(url) = config.store_url.as_ref().map(StoreUrl::as_str) else {
         let (store, found) = open_file_store(config).await?;
         return Ok((Db::Redb(store), found));
     };
@@ -1038,8 +1045,11 @@ fn host_name(dir: &std::path::Path) -> anyhow::Result<String> {
         Ok(name) if Uuid::parse_str(name.trim()).is_ok() => Ok(name.trim().to_owned()),
         Ok(_) => anyhow::bail!("{} does not hold a host id (a UUID); remove it to make a new one", path.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Whole or not at all: written beside it, then renamed.
             let name = Uuid::now_v7().to_string();
-            std::fs::write(&path, format!("{name}\n")).with_context(|| format!("writing {}", path.display()))?;
+            let partial = dir.join(format!("{HOST_FILE}.partial"));
+            std::fs::write(&partial, format!("{name}\n")).with_context(|| format!("writing {}", partial.display()))?;
+            std::fs::rename(&partial, &path).with_context(|| format!("writing {}", path.display()))?;
             Ok(name)
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("reading {}", path.display()))),

@@ -162,6 +162,11 @@ struct ServerFile {
 pub struct StoreUrl(String);
 
 impl StoreUrl {
+    /// `url`, unchecked (the store checks it when it connects).
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
     /// The URL.
     pub fn as_str(&self) -> &str {
         &self.0
@@ -254,11 +259,26 @@ pub(crate) struct Settings {
     pub(crate) server: Option<ServerSettings>,
 }
 
+/// A TOML error as its line, column and message, without the excerpt of
+/// the file toml's own text quotes: the excerpt may be a line holding a
+/// secret (`[server] store`'s password).
+fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {}", error.message().trim_end())
+        }
+        None => error.message().trim_end().to_owned(),
+    }
+}
+
 impl Settings {
     /// Parses and checks `text` (read from `path`, for messages).
     pub(crate) fn parse(path: &Path, text: &str) -> Result<Self, SettingsError> {
         let invalid = |message: String| SettingsError::Invalid { path: path.to_owned(), message };
-        let file: SettingsFile = toml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let file: SettingsFile = toml::from_str(text).map_err(|e| invalid(toml_error(text, &e)))?;
         let mut settings = Settings::default();
         for (name, quotas) in file.tenants {
             crate::names::name(NameKind::Tenant, &name).map_err(|e| invalid(format!("[tenants]: {e}")))?;
@@ -538,12 +558,16 @@ mod tests {
             ("[server]\nlisten = \"here\"\n", "[server]: listen `here`"),
             ("[server]\ntls_cert = \"c.pem\"\n", "give both tls_cert and tls_key"),
             ("[server]\nstore = \"mysql://u:hunter2@db\"\n", "store must be a postgres:// or postgresql:// URL"),
+            ("[server]\nstor = \"postgres://u:hunter2@db\"\n", "line 2, column 1: unknown field `stor`"),
+            ("[server]\nstore = \"postgres://u:hunter2@db\n", "line 2, column"),
+            ("[server]\nstore = \"postgres://u:hunter2@a\"\nstore = \"postgres://b\"\n", "line 3"),
             ("[retry]\nbase = \"soon\"\n", "[retry]: base: invalid duration `soon`"),
             ("[retry]\nbase = \"1m\"\ncap = \"1s\"\n", "[retry]: cap (1s) is shorter than base (1m)"),
             ("[retry]\njitter = true\n", "unknown field `jitter`"),
         ] {
             let e = parse(bad).unwrap_err();
             assert!(e.contains(says) && e.starts_with("taskhost.toml"), "{bad}: {e}");
+            assert!(!e.contains("hunter2"), "the file's text is not quoted: {e}");
         }
     }
 }

@@ -185,7 +185,7 @@ impl Harness {
             data_dir: dir.path().to_path_buf(),
             concurrency: 4,
             retry: super::RetryPolicy { base: Duration::from_millis(1), cap: Duration::from_millis(5) },
-            store_url: Some(url),
+            store_url: Some(super::StoreUrl::new(url)),
             ..EngineConfig::default()
         };
         tweak(&mut config);

@@ -76,18 +76,14 @@ enum Kind {
 /// start.
 pub fn cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        Cluster::start(Kind::Test).unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}"))
-    })
+    CLUSTER.get_or_init(|| Cluster::start_retrying(Kind::Test))
 }
 
 /// The process's cluster for benchmarks: durable as PostgreSQL ships
 /// (`fsync` on, every commit flushed), started on first use.
 pub fn durable_cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        Cluster::start(Kind::Durable).unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}"))
-    })
+    CLUSTER.get_or_init(|| Cluster::start_retrying(Kind::Durable))
 }
 
 /// The process's cluster for TLS tests (`fsync=off`), started on first
@@ -95,9 +91,7 @@ pub fn durable_cluster() -> &'static Cluster {
 /// only TLS connections with the superuser's password ([`Cluster::tls`]).
 pub fn tls_cluster() -> &'static Cluster {
     static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-    CLUSTER.get_or_init(|| {
-        Cluster::start(Kind::Tls).unwrap_or_else(|e| panic!("cannot start a throwaway PostgreSQL: {e}"))
-    })
+    CLUSTER.get_or_init(|| Cluster::start_retrying(Kind::Tls))
 }
 
 impl Cluster {
@@ -156,6 +150,20 @@ impl Cluster {
         &self.dir
     }
 
+    /// Starts a cluster of `kind`, again on another port when the one
+    /// found free was taken before the server bound it (other tests take
+    /// ports too); panics, saying why, when it cannot.
+    fn start_retrying(kind: Kind) -> Cluster {
+        let mut tries = 0;
+        loop {
+            match Cluster::start(kind) {
+                Ok(cluster) => return cluster,
+                Err(e) if tries < 5 && e.contains("could not bind") => tries += 1,
+                Err(e) => panic!("cannot start a throwaway PostgreSQL: {e}"),
+            }
+        }
+    }
+
     fn start(kind: Kind) -> Result<Cluster, String> {
         let bin = binaries()?;
         let tmp = std::env::temp_dir();
@@ -172,7 +180,7 @@ impl Cluster {
         // reaches its socket.
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
             .map_err(|e| format!("{}: {e}", dir.display()))?;
-        if dir.join(".s.PGSQL.5432").as_os_str().len() > 107 {
+        if dir.join(".s.PGSQL.65535").as_os_str().len() > 107 {
             return Err(format!("{} is too long a path for a Unix socket: set TMPDIR to a shorter one", dir.display()));
         }
         let owner = owner()?;

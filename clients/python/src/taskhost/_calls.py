@@ -28,6 +28,7 @@ from .models import (
     FlowPage,
     Health,
     History,
+    HostList,
     LogEvent,
     ManifestSet,
     ModelRemoved,
@@ -425,6 +426,11 @@ def callback_secret() -> Call[CallbackSecret]:
 def recent_stats() -> Call[RecentStats]:
     """``GET /v1/stats/recent``."""
     return Call(Request("GET", "/v1/stats/recent"), _model(RecentStats))
+
+
+def list_hosts() -> Call[HostList]:
+    """``GET /v1/hosts``."""
+    return Call(Request("GET", "/v1/hosts"), _model(HostList))
 
 
 def health() -> Call[Health]:

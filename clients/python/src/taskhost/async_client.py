@@ -25,6 +25,7 @@ from .models import (
     FlowPage,
     Health,
     History,
+    HostList,
     LogEvent,
     ManifestSet,
     ModelRemoved,
@@ -537,6 +538,11 @@ class AsyncClient:
         """The host's throughput and latency totals over the last 10
         minutes."""
         return await self._call(_calls.recent_stats())
+
+    async def list_hosts(self) -> HostList:
+        """The hosts serving the store, with their models, load and
+        heartbeat age (on redb, the one host)."""
+        return await self._call(_calls.list_hosts())
 
     async def health(self) -> Health:
         """The host's health (an unhealthy host's too, not an error)."""

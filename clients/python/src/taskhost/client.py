@@ -25,6 +25,7 @@ from .models import (
     FlowPage,
     Health,
     History,
+    HostList,
     LogEvent,
     ManifestSet,
     ModelRemoved,
@@ -534,6 +535,11 @@ class Client:
         """The host's throughput and latency totals over the last 10
         minutes."""
         return self._call(_calls.recent_stats())
+
+    def list_hosts(self) -> HostList:
+        """The hosts serving the store, with their models, load and
+        heartbeat age (on redb, the one host)."""
+        return self._call(_calls.list_hosts())
 
     def health(self) -> Health:
         """The host's health (an unhealthy host's too, not an error)."""

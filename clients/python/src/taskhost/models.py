@@ -815,6 +815,59 @@ class RecentStats:
 
 
 @dataclass(frozen=True)
+class HostModel:
+    """A model a host serves; ``device`` when it is ready."""
+
+    name: str
+    ready: bool
+    device: Optional[str]
+
+
+@dataclass(frozen=True)
+class HostLoad:
+    """A host's execution slots (``busy`` of ``slots``), tasks ready in its
+    schedule, and the memory running tasks reserve of its budget."""
+
+    slots: int
+    busy: int
+    ready: int
+    memory_budget_bytes: int
+    memory_reserved_bytes: int
+
+
+@dataclass(frozen=True)
+class HostReport:
+    """What a host said of itself in its last heartbeat."""
+
+    version: str
+    started_at: str
+    models: list[HostModel]
+    load: HostLoad
+
+
+@dataclass(frozen=True)
+class Host:
+    """A host serving the store: ``this`` the one that answered, ``live``
+    while its heartbeat is recent, ``report`` ``None`` when written in a
+    format the server cannot read."""
+
+    id: str
+    this: bool
+    live: bool
+    heartbeat_age_ms: int
+    report: Optional[HostReport]
+
+
+@dataclass(frozen=True)
+class HostList:
+    """The hosts serving the store, by id (on redb, the one host)."""
+
+    hosts: list[Host]
+    heartbeat_every_ms: int
+    live_within_ms: int
+
+
+@dataclass(frozen=True)
 class Health:
     """The host's health: ``status`` ``ok``, or ``unhealthy`` with the
     ``reason`` and ``since``."""

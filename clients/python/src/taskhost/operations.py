@@ -51,6 +51,7 @@ OPERATIONS: Mapping[str, str] = {
     "audit_log": "audit_log",
     "callback_secret": "callback_secret",
     "recent_stats": "recent_stats",
+    "list_hosts": "list_hosts",
     "health": "health",
     "metrics": "metrics",
     "openapi": "openapi",

@@ -513,6 +513,61 @@ async fn a_queues_limit_holds_across_hosts_and_weights_share_a_claim() {
     assert_eq!(claimed.iter().filter(|c| c.record.queue == "now").count(), 10);
 }
 
+/// A tenant's running limit holds across its queues and across hosts
+/// claiming at once; other tenants' queues take the rest of the claims.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_limit_holds_across_its_queues_and_hosts() {
+    use crate::store::{TenantQuotas, TenantRecord};
+    let (store, url) = store("tenant_caps").await;
+    let quotas = TenantQuotas { max_running: Some(3), ..TenantQuotas::default() };
+    store.put_tenant("acme", &TenantRecord::new("root".into(), quotas)).await.unwrap();
+    // A tenant without a running limit is not capped.
+    store.put_tenant("free", &TenantRecord::new("root".into(), TenantQuotas::default())).await.unwrap();
+    submit_to(&store, "acme/a", 1, 20).await;
+    submit_to(&store, "acme/b", 100, 20).await;
+    submit_to(&store, "free/c", 200, 100).await;
+    submit_to(&store, "plain", 300, 100).await;
+    let hosts: Vec<PgStore> = futures::future::join_all((0..3).map(|_| PgStore::connect(&url, 2)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let running_of = |tenant: &'static str| {
+        let store = store.clone();
+        async move {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM taskhost_tasks WHERE state = 'running' AND queue LIKE $1 || '/%'",
+            )
+            .bind(tenant)
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+            n
+        }
+    };
+    let mut acme_queues = HashSet::new();
+    for round in 0..4 {
+        let claims =
+            futures::future::join_all(hosts.iter().enumerate().map(|(i, h)| h.claim(["a", "b", "c"][i], 8, LEASE)))
+                .await;
+        let claimed: Vec<Claimed> = claims.into_iter().flat_map(Result::unwrap).collect();
+        assert_eq!(running_of("acme").await, 3, "round {round}: acme's limit is filled, never passed");
+        assert!(claimed.len() > 3, "round {round}: the others take the rest ({})", claimed.len());
+        acme_queues
+            .extend(claimed.iter().filter(|c| c.record.queue.starts_with("acme/")).map(|c| c.record.queue.clone()));
+        // Everything of acme running ends: three more of acme may start.
+        for c in claimed {
+            store.finish(&c.lease, Outcome::completed(Vec::new())).await.unwrap();
+        }
+    }
+    assert_eq!(acme_queues.len(), 2, "both of acme's queues got turns: {acme_queues:?}");
+    assert!(running_of("free").await == 0 && running_of("acme").await == 0);
+    // Lifting the limit lets the tenant take a whole claim.
+    store.put_tenant("acme", &TenantRecord::new("root".into(), TenantQuotas::default())).await.unwrap();
+    sqlx::query("DELETE FROM taskhost_tasks WHERE queue NOT LIKE 'acme/%'").execute(store.pool()).await.unwrap();
+    assert_eq!(store.claim("a", 8, LEASE).await.unwrap().len(), 8);
+}
+
 /// A flow edited on one host while another ends the flow's root: neither
 /// waits for the other in a cycle (the edit reads the root without its
 /// row lock), so both commit, every time.

@@ -13,11 +13,18 @@
 //! startable tasks than its share gives the rest to the others (up to
 //! [`PASSES`] rounds).
 //!
+//! A tenant with a running limit (`max_running` in its stored quotas)
+//! caps its queues together: its room (the limit less its tasks running
+//! now on every host, counted under a lock on the tenant, taken with the
+//! queues' locks in one order) is split among its queues by weight before
+//! the claim is shared, and what its queues take in one round is counted
+//! against it in the next.
+//!
 //! So queues with equal work finish together whichever hosts claim them:
 //! every claim, on any host, takes from each by weight. The shares count
 //! tasks, not their run time (the redb scheduler's fair queuing charges
-//! measured run time); tenants' limits do not apply yet. A row whose
-//! record cannot be decoded is quarantined (`quarantine.rs`), not claimed.
+//! measured run time). A row whose record cannot be decoded is
+//! quarantined (`quarantine.rs`), not claimed.
 
 use super::quarantine::{Decoded, set_aside};
 use crate::store::{StoreError, TaskRecord};
@@ -95,12 +102,46 @@ struct Ready {
     /// Whether it may hold more startable tasks than it gave so far.
     more: bool,
     taken: usize,
+    /// Its tenant's running limit, when it has one (an index into the
+    /// claim's capped tenants).
+    tenant: Option<usize>,
+}
+
+/// A tenant with a running limit, as a claim finds it.
+struct Capped {
+    /// How many more of its tasks may run now.
+    room: usize,
+    taken: usize,
+}
+
+impl Ready {
+    /// What the queue may still be given: none once it ran out of
+    /// startable tasks.
+    fn claimable(&self) -> Claimable {
+        let room = if self.more { self.room.map(|room| room.saturating_sub(self.taken)) } else { Some(0) };
+        Claimable { weight: self.weight, room }
+    }
+}
+
+/// The queues' rooms for one round: each queue's own, within its tenant's
+/// room left, split among the tenant's queues by weight.
+fn rooms(queues: &[Ready], tenants: &[Capped], rng: &mut fastrand::Rng) -> Vec<Claimable> {
+    let mut claimable: Vec<Claimable> = queues.iter().map(Ready::claimable).collect();
+    for (t, tenant) in tenants.iter().enumerate() {
+        let members: Vec<usize> = (0..queues.len()).filter(|&i| queues[i].tenant == Some(t)).collect();
+        let own: Vec<Claimable> = members.iter().map(|&i| claimable[i]).collect();
+        let split = shares(tenant.room.saturating_sub(tenant.taken), &own, rng);
+        for (&i, room) in members.iter().zip(split) {
+            claimable[i].room = Some(room);
+        }
+    }
+    claimable
 }
 
 /// Takes up to `limit` startable tasks in the transaction `conn` is in,
 /// each queue its share, their rows locked until it ends.
 pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
-    let mut queues = ready(conn).await?;
+    let (mut queues, mut tenants) = ready(conn).await?;
     if queues.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
@@ -110,13 +151,7 @@ pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<Ta
     let mut bad = Vec::new();
     for _ in 0..PASSES {
         let want = limit - found.len();
-        let claimable: Vec<Claimable> = queues
-            .iter()
-            .map(|q| Claimable {
-                weight: q.weight,
-                room: if q.more { q.room.map(|room| room.saturating_sub(q.taken)) } else { Some(0) },
-            })
-            .collect();
+        let claimable = rooms(&queues, &tenants, &mut rng);
         let quotas = shares(want, &claimable, &mut rng);
         if want == 0 || quotas.iter().all(|&q| q == 0) {
             break;
@@ -155,16 +190,24 @@ pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<Ta
         for (i, queue) in queues.iter_mut().enumerate() {
             queue.taken += got[i];
             queue.more &= got[i] >= quotas[i];
+            if let Some(t) = queue.tenant {
+                tenants[t].taken += got[i];
+            }
         }
     }
     set_aside(conn, &bad).await?;
     Ok(found)
 }
 
+/// A task's tenant from its queue's name (as `crate::tenant::tenant_of`
+/// reads a key), in SQL.
+const TENANT_OF_QUEUE: &str = "(CASE WHEN strpos(queue, '/') > 0 THEN split_part(queue, '/', 1) ELSE 'default' END)";
+
 /// The queues with tasks startable now (due), with their settings and,
-/// for capped ones, their room now (under their locks). A queue whose
-/// tasks all wait for their due time takes no share.
-async fn ready(conn: &mut PgConnection) -> Result<Vec<Ready>, StoreError> {
+/// for capped ones, their room now; and the tenants of theirs with a
+/// running limit, with their room now (both under their locks). A queue
+/// whose tasks all wait for their due time takes no share.
+async fn ready(conn: &mut PgConnection) -> Result<(Vec<Ready>, Vec<Capped>), StoreError> {
     // One index probe per queue (a loose index scan), however many tasks
     // wait.
     let rows: Vec<(String, Option<i32>, i32)> = sqlx::query_as(
@@ -185,11 +228,24 @@ async fn ready(conn: &mut PgConnection) -> Result<Vec<Ready>, StoreError> {
     .fetch_all(&mut *conn)
     .await?;
     let capped: Vec<String> = rows.iter().filter(|(_, cap, _)| cap.is_some()).map(|(q, _, _)| q.clone()).collect();
+    let mut of_tenants: Vec<&str> = rows.iter().map(|(q, _, _)| crate::tenant::tenant_of(q)).collect();
+    of_tenants.sort_unstable();
+    of_tenants.dedup();
+    // The tenants of these queues with a running limit.
+    let limits: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT name, (record->'quotas'->>'max_running')::bigint FROM taskhost_tenants
+         WHERE name = ANY($1) AND jsonb_typeof(record->'quotas'->'max_running') = 'number'",
+    )
+    .bind(&of_tenants)
+    .fetch_all(&mut *conn)
+    .await?;
     let mut running = std::collections::HashMap::new();
-    if !capped.is_empty() {
-        super::txn::lock_names(conn, capped.iter().map(|q| queue_lock(q)).collect()).await?;
-        // Counted after the locks are held: a claim of the same queue that
-        // committed meanwhile is seen.
+    let mut tenants_running = std::collections::HashMap::new();
+    if !capped.is_empty() || !limits.is_empty() {
+        let locks = capped.iter().map(|q| queue_lock(q)).chain(limits.iter().map(|(t, _)| tenant_lock(t)));
+        super::txn::lock_names(conn, locks.collect()).await?;
+        // Counted after the locks are held: a claim of the same queue or
+        // tenant that committed meanwhile is seen.
         let counts: Vec<(String, i64)> = sqlx::query_as(
             "SELECT queue, count(*) FROM taskhost_tasks WHERE state = 'running' AND queue = ANY($1) GROUP BY queue",
         )
@@ -197,23 +253,40 @@ async fn ready(conn: &mut PgConnection) -> Result<Vec<Ready>, StoreError> {
         .fetch_all(&mut *conn)
         .await?;
         running.extend(counts);
+        let names: Vec<&str> = limits.iter().map(|(t, _)| t.as_str()).collect();
+        let counts: Vec<(String, i64)> = sqlx::query_as(&format!(
+            "SELECT {TENANT_OF_QUEUE}, count(*) FROM taskhost_tasks
+             WHERE state = 'running' AND {TENANT_OF_QUEUE} = ANY($1) GROUP BY 1"
+        ))
+        .bind(&names)
+        .fetch_all(&mut *conn)
+        .await?;
+        tenants_running.extend(counts);
     }
-    Ok(rows
+    let room = |limit: i64, busy: Option<&i64>| usize::try_from(limit - busy.copied().unwrap_or(0)).unwrap_or(0);
+    let tenants: Vec<Capped> =
+        limits.iter().map(|(t, limit)| Capped { room: room(*limit, tenants_running.get(t)), taken: 0 }).collect();
+    let queues = rows
         .into_iter()
         .map(|(name, cap, weight)| {
-            let room = cap.map(|cap| {
-                let busy = running.get(&name).copied().unwrap_or(0);
-                usize::try_from(i64::from(cap) - busy).unwrap_or(0)
-            });
-            Ready { weight: u32::try_from(weight).unwrap_or(1).max(1), room, more: true, taken: 0, name }
+            let room = cap.map(|cap| room(i64::from(cap), running.get(&name)));
+            let tenant = limits.iter().position(|(t, _)| t == crate::tenant::tenant_of(&name));
+            Ready { weight: u32::try_from(weight).unwrap_or(1).max(1), room, more: true, taken: 0, tenant, name }
         })
-        .collect())
+        .collect();
+    Ok((queues, tenants))
 }
 
 /// The advisory lock's name of a queue, held while its room is counted
 /// and claimed.
 fn queue_lock(queue: &str) -> String {
     format!("taskhost queue {queue}")
+}
+
+/// The advisory lock's name of a tenant with a running limit, held while
+/// its room is counted and claimed.
+fn tenant_lock(tenant: &str) -> String {
+    format!("taskhost tenant {tenant}")
 }
 
 #[cfg(test)]
@@ -239,6 +312,31 @@ mod tests {
         let given = shares(7, &[queue(1, None), queue(1, None), queue(1, None)], rng);
         assert_eq!(given.iter().sum::<usize>(), 7);
         assert!(given.iter().all(|&n| n == 2 || n == 3), "{given:?}");
+    }
+
+    fn ready(weight: u32, room: Option<usize>, tenant: Option<usize>) -> Ready {
+        Ready { name: String::new(), weight, room, more: true, taken: 0, tenant }
+    }
+
+    #[test]
+    fn a_tenants_room_is_split_among_its_queues_and_counts_what_they_took() {
+        let rng = &mut fastrand::Rng::with_seed(3);
+        // Tenant 0 (room 4) owns queues 0 and 1; queue 2 is another's.
+        let queues = [ready(1, None, Some(0)), ready(3, None, Some(0)), ready(1, None, None)];
+        let mut tenants = [Capped { room: 4, taken: 0 }];
+        let rooms_now = rooms(&queues, &tenants, rng);
+        assert_eq!(rooms_now.iter().map(|c| c.room).collect::<Vec<_>>(), [Some(1), Some(3), None]);
+        let given = shares(20, &rooms_now, rng);
+        assert_eq!(given, [1, 3, 16], "the tenant's queues take its room, the others the rest");
+        // What its queues took counts against it in the next round.
+        tenants[0].taken = 3;
+        let left: Vec<_> = rooms(&queues, &tenants, rng).iter().map(|c| c.room.unwrap_or(usize::MAX)).collect();
+        assert_eq!(left[0] + left[1], 1, "{left:?}");
+        // A queue's own room still caps it within its tenant's.
+        let queues = [ready(1, Some(1), Some(0)), ready(1, None, Some(0))];
+        let tenants = [Capped { room: 6, taken: 0 }];
+        let rooms_now = rooms(&queues, &tenants, rng);
+        assert_eq!(rooms_now.iter().map(|c| c.room).collect::<Vec<_>>(), [Some(1), Some(5)]);
     }
 
     #[test]

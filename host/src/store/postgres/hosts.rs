@@ -8,7 +8,7 @@ use sqlx::Row;
 use std::time::Duration;
 
 /// Rows listed at most (hosts beyond it are left out, by name).
-pub const MAX_HOSTS: i64 = 1000;
+const MAX_HOSTS: i64 = 1000;
 
 /// A row not written for this long is removed by any host's heartbeat.
 const FORGET_AFTER_SECS: i64 = 86_400;

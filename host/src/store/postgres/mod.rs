@@ -38,7 +38,7 @@ mod txn;
 mod wakeups;
 
 pub use committer::{CommitConfig, PgCommitter};
-pub use hosts::{HostRow, MAX_HOSTS};
+pub use hosts::HostRow;
 pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
 pub use sole::SoleEngine;
@@ -173,6 +173,12 @@ impl PgStore {
         }
         let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| PgError::Url(e.to_string()))?;
         let at = describe(&options);
+        if !verified_or_local(&options) {
+            tracing::warn!(
+                "the connection to PostgreSQL ({at}) does not verify the server (sslmode is not verify-full or \
+                 verify-ca): a machine in the middle could read or change the store; add sslmode=verify-full"
+            );
+        }
         // A host stopped (or cut off) inside a transaction must not hold
         // its rows (a lease it locked) for longer than a lease lasts.
         let options = options.options([("idle_in_transaction_session_timeout", "10s")]);
@@ -277,6 +283,18 @@ fn describe(options: &PgConnectOptions) -> String {
     format!("{place}, port {}, database `{database}`", options.get_port())
 }
 
+/// Whether `options` reach the server on this machine (a Unix socket, a
+/// loopback address) or verify its certificate.
+fn verified_or_local(options: &PgConnectOptions) -> bool {
+    use sqlx::postgres::PgSslMode;
+    let host = options.get_host();
+    let local = options.get_socket().is_some()
+        || host.starts_with('/')
+        || host == "localhost"
+        || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    local || matches!(options.get_ssl_mode(), PgSslMode::VerifyCa | PgSslMode::VerifyFull)
+}
+
 /// A count or time as PostgreSQL's `bigint` (they never come near 2^63).
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -285,6 +303,19 @@ fn to_i64(n: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_connection_off_this_machine_that_does_not_verify_the_server_is_warned_of() {
+        let verified = |url: &str| verified_or_local(&url.parse().unwrap());
+        assert!(!verified("postgres://u:p@db.internal/tasks"));
+        assert!(!verified("postgres://u:p@db.internal/tasks?sslmode=require"));
+        assert!(verified("postgres://u:p@db.internal/tasks?sslmode=verify-full"));
+        assert!(verified("postgres://u:p@db.internal/tasks?sslmode=verify-ca"));
+        assert!(verified("postgres://u@localhost/tasks"));
+        assert!(verified("postgres://u@127.0.0.1:5433/tasks"));
+        assert!(verified("postgres://u@%2Frun%2Fpostgresql/tasks"));
+        assert!(verified("postgres://u@localhost/tasks?host=/run/postgresql"));
+    }
 
     #[test]
     fn where_a_url_points_is_named_without_its_password() {
