@@ -148,3 +148,98 @@ fn a_host_refuses_a_database_whose_certificate_it_cannot_verify() {
     assert!(stderr.contains("certificate"), "{stderr}");
     assert!(!stderr.contains(&tls.password), "the password is not repeated: {stderr}");
 }
+
+/// A host frozen (SIGSTOP) past its lease is taken over by a host starting
+/// on the database: the tasks it was running are recovered and complete
+/// there, once each. Resumed, the frozen host can write nothing (a
+/// submission to it is not stored) and stops with the store's exit code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_host_is_taken_over_and_writes_nothing_when_it_resumes() {
+    let url = taskhost_test_postgres::cluster().database("serve_frozen");
+    let lease = ["--store", &url, "--store-lease", "6s"];
+    let data = tempfile::tempdir().unwrap();
+    let mut frozen = start_with(data.path(), free_port(), &lease).await;
+    let http = crate::admin_client(data.path()).await;
+    upload(&http, &frozen.base, "sleep", taskhost_test_artifacts::SLEEP.bytes()).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let task: Value = http
+            .post(format!("{}/v1/tasks", frozen.base))
+            .json(&json!({"plugin": "sleep", "input": 1500}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(task["id"].as_str().unwrap().to_owned());
+    }
+    // Frozen while it runs them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let task: Value =
+            http.get(format!("{}/v1/tasks/{}", frozen.base, ids[2])).send().await.unwrap().json().await.unwrap();
+        if task["state"] == "running" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the tasks never ran: {task}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    frozen.signal(libc::SIGSTOP);
+    // While its lease is live, another host is refused; once it lapsed
+    // (6 s after the last renewal), one takes over.
+    let other = tempfile::tempdir().unwrap();
+    let refused = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .args(["serve", "--data", other.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(lease)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(3), "{}", String::from_utf8_lossy(&refused.stderr));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // The database's tokens serve it; the first host's admin token is
+    // copied where the client looks for one.
+    let token = taskhost::auth::ADMIN_TOKEN_FILE;
+    std::fs::copy(data.path().join(token), other.path().join(token)).unwrap();
+    let taker = start_with(other.path(), free_port(), &lease).await;
+    let other_http = crate::admin_client(other.path()).await;
+    for id in &ids {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let task = loop {
+            let task: Value =
+                other_http.get(format!("{}/v1/tasks/{id}", taker.base)).send().await.unwrap().json().await.unwrap();
+            if task["state"] == "completed" {
+                break task;
+            }
+            assert!(Instant::now() < deadline, "the frozen host's task did not complete on the other: {task}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        // Its first attempt was the frozen host's, counted.
+        assert_eq!(task["attempts"], 2, "{task}");
+    }
+    // Resumed: what it tries to write is refused, and it stops.
+    frozen.signal(libc::SIGCONT);
+    let late = http
+        .post(format!("{}/v1/tasks", frozen.base))
+        .json(&json!({"plugin": "sleep", "input": 1, "idempotency_key": "after-resume"}))
+        .send()
+        .await;
+    if let Ok(answer) = late {
+        assert!(!answer.status().is_success(), "a deposed host accepted a task: {}", answer.status());
+    }
+    let status = frozen.exited(Duration::from_secs(20)).await;
+    assert_eq!(status.code(), Some(3));
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM taskhost_tasks").fetch_one(&db).await.unwrap();
+    assert_eq!(stored, 3, "nothing the resumed host was given was stored");
+    for id in &ids {
+        let history: Value =
+            other_http.get(format!("{}/v1/tasks/{id}/history", taker.base)).send().await.unwrap().json().await.unwrap();
+        let completions = history["history"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{history}"))
+            .iter()
+            .filter(|t| t["to"] == "completed")
+            .count();
+        assert_eq!(completions, 1, "task {id} completed once: {history}");
+    }
+}

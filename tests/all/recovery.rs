@@ -35,6 +35,13 @@ impl Server {
 }
 
 impl Server {
+    /// Sends `signal` to the server (SIGSTOP, SIGCONT).
+    pub(crate) fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).unwrap();
+        // SAFETY: signals our own child, which has not been reaped.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+
     /// Waits (at most `within`) for the server to exit on its own.
     pub(crate) async fn exited(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
@@ -51,6 +58,7 @@ impl Server {
 impl Drop for Server {
     /// Never leaves a server running, even when an assertion failed.
     fn drop(&mut self) {
+        // A stopped one gets SIGKILL all the same.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

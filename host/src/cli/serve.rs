@@ -81,6 +81,12 @@ pub(crate) struct ServeArgs {
     /// on a database in this version.
     #[arg(long, value_name = "URL", env = "TASKHOST_STORE", hide_env_values = true, value_parser = store_url)]
     store: Option<taskhost::engine::StoreUrl>,
+    /// With --store: how long this host holds the database without a
+    /// renewal (it renews every 2 s). Another host starting after a lapse
+    /// (this one frozen or cut off) takes over, and this one's writes are
+    /// refused from then on. At least 6s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "15s")]
+    store_lease: Duration,
     /// Watch DIR for `NAME.wasm`, `NAME@VERSION.wasm` and `NAME.toml`
     /// (manifest) files and load them live.
     #[arg(long, value_name = "DIR")]
@@ -412,6 +418,13 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
     }
     config.group_commit = !args.no_group_commit;
     config.store_url = args.store;
+    if args.store_lease < taskhost::store::postgres::MIN_LEASE {
+        return fail(
+            EXIT_USAGE,
+            &format!("--store-lease must be at least {}s", taskhost::store::postgres::MIN_LEASE.as_secs()),
+        );
+    }
+    config.store_lease = args.store_lease;
     let backend = if config.store_url.is_some() { "PostgreSQL" } else { "redb" };
     let sandbox = &mut config.sandbox;
     let ceilings = &mut sandbox.ceilings;

@@ -4,6 +4,7 @@ use super::{FlowLimits, RetryPolicy};
 use crate::SandboxConfig;
 use crate::registry::Compiler;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Engine settings. See [`EngineConfig::default`] for the defaults.
 #[derive(Debug, Clone)]
@@ -43,6 +44,12 @@ pub struct EngineConfig {
     /// Default none: the redb file. (Its `Debug` does not show it: it
     /// may hold a password.)
     pub store_url: Option<super::StoreUrl>,
+    /// On PostgreSQL: how long this host's hold on the database lasts
+    /// without a renewal (renewed every 2 s). A host that stops renewing
+    /// (frozen, cut off) may be taken over by another that starts after
+    /// this long, and its writes are refused from then on. Default 15 s;
+    /// at least `store::postgres::MIN_LEASE`.
+    pub store_lease: Duration,
     /// Backoff between attempts.
     pub retry: RetryPolicy,
     /// `max_attempts` of a task that sets none. Default 3.
@@ -114,6 +121,7 @@ impl Default for EngineConfig {
             memory_budget: default_memory_budget(),
             group_commit: true,
             store_url: None,
+            store_lease: Duration::from_secs(15),
             retry: RetryPolicy::default(),
             default_max_attempts: 3,
             plugins_dir: None,

@@ -24,6 +24,7 @@ use super::{
 use crate::sync::blocking;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 use uuid::Uuid;
 
 /// The durable store, on either backend; cheap to clone.
@@ -61,17 +62,19 @@ const PG_BATCH: usize = 256;
 
 impl PgDb {
     /// The engine's handle of `store` for the host named `host`: takes the
-    /// database's engine lock (see `postgres/sole.rs`) and starts the
-    /// group committer with `workers` workers (each holds a connection
-    /// while it commits).
-    pub async fn open(store: PgStore, host: String, workers: usize) -> Result<Self, PgError> {
+    /// database's engine lock and lead, renewed for `lease` at a time (see
+    /// `postgres/sole.rs`), and starts the group committer with `workers`
+    /// workers (each holds a connection while it commits), every commit
+    /// fenced by the lead's term.
+    pub async fn open(store: PgStore, host: String, workers: usize, lease: Duration) -> Result<Self, PgError> {
         let runtime = tokio::runtime::Handle::current();
         if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
             // Some reads wait in place (`wait`), which needs other workers.
             return Err(PgError::Unsupported("a PostgreSQL store on a single-threaded Tokio runtime".into()));
         }
-        let sole = store.hold_sole_engine().await?;
-        let committer = store.committer(CommitConfig { queue: PG_QUEUE, batch: PG_BATCH, workers });
+        let sole = store.hold_sole_engine(&host, lease).await?;
+        let fence = Some(sole.term());
+        let committer = store.committer(CommitConfig { queue: PG_QUEUE, batch: PG_BATCH, workers, fence });
         Ok(Self { store, runtime, host, committer, feed: Feed::default(), sole })
     }
 

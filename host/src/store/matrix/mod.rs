@@ -217,7 +217,7 @@ struct Grouped {
 
 impl Grouped {
     fn new(store: PgStore) -> Self {
-        let committer = store.committer(CommitConfig { queue: 64, batch: 8, workers: 2 });
+        let committer = store.committer(CommitConfig { queue: 64, batch: 8, workers: 2, fence: None });
         Self { store, committer }
     }
 }

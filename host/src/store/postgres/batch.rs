@@ -73,7 +73,11 @@ impl Done {
 
 impl PgStore {
     /// Commits `ops` in one transaction; the answers are in their order.
-    pub(crate) async fn commit_ops(&self, ops: Vec<PgOp>) -> Result<Vec<Result<Done, PgError>>, PgError> {
+    pub(crate) async fn commit_ops(
+        &self,
+        ops: Vec<PgOp>,
+        fence: Option<super::Term>,
+    ) -> Result<Vec<Result<Done, PgError>>, PgError> {
         // What the locks are taken on, gathered before any wait (`ops`
         // holds closures that are not `Sync`).
         let held_leases: HashSet<(Uuid, i64)> = ops
@@ -115,6 +119,13 @@ impl PgStore {
             })
             .collect();
         let mut txn = self.pool().begin().await?;
+        // A deposed engine writes nothing; the check holds off a takeover
+        // until this transaction ends.
+        if let Some(term) = fence
+            && !PgStore::leads(&mut txn, term).await?
+        {
+            return Err(PgError::Deposed);
+        }
         // The leases of every task changed, whatever the change: a
         // transition out of running ends its task's lease, so it takes the
         // lease before the row as an outcome and a reaper do.

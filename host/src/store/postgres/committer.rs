@@ -35,11 +35,14 @@ pub struct CommitConfig {
     pub batch: usize,
     /// Transactions in flight at once (one connection each).
     pub workers: usize,
+    /// The term every transaction checks first (`PgStore::leads`): the
+    /// sole engine's, so a deposed host writes nothing. `None`: unfenced.
+    pub fence: Option<super::Term>,
 }
 
 impl Default for CommitConfig {
     fn default() -> Self {
-        Self { queue: 4_096, batch: 256, workers: 2 }
+        Self { queue: 4_096, batch: 256, workers: 2, fence: None }
     }
 }
 
@@ -72,7 +75,7 @@ impl PgStore {
         let rx = Arc::new(Mutex::new(rx));
         let counts = Arc::new(Counts::default());
         for _ in 0..config.workers.max(1) {
-            tokio::spawn(work(self.clone(), Arc::clone(&rx), config.batch.max(1), Arc::clone(&counts)));
+            tokio::spawn(work(self.clone(), Arc::clone(&rx), config.batch.max(1), config.fence, Arc::clone(&counts)));
         }
         PgCommitter { ops, counts }
     }
@@ -80,7 +83,13 @@ impl PgStore {
 
 /// A worker: takes what has gathered in the queue, up to `batch`, commits
 /// it, answers each caller, and goes on until the queue closes.
-async fn work(store: PgStore, rx: Arc<Mutex<mpsc::Receiver<Queued>>>, batch: usize, counts: Arc<Counts>) {
+async fn work(
+    store: PgStore,
+    rx: Arc<Mutex<mpsc::Receiver<Queued>>>,
+    batch: usize,
+    fence: Option<super::Term>,
+    counts: Arc<Counts>,
+) {
     loop {
         let mut taken = Vec::with_capacity(batch);
         {
@@ -94,7 +103,7 @@ async fn work(store: PgStore, rx: Arc<Mutex<mpsc::Receiver<Queued>>>, batch: usi
         // In a task of its own, so a panic (in a flow edit's closure, say)
         // fails this batch, not the worker.
         let committing = store.clone();
-        let committed = tokio::spawn(async move { committing.commit_ops(ops).await }).await;
+        let committed = tokio::spawn(async move { committing.commit_ops(ops, fence).await }).await;
         let failure = match committed {
             Ok(Ok(answers)) => {
                 counts.batches.fetch_add(1, Ordering::Relaxed);

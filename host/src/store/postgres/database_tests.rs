@@ -855,7 +855,7 @@ async fn tasks_from_before_the_listings_table_are_filled_on_connect() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operations_from_many_callers_commit_together_each_settled_alone() {
     let (store, _) = store("committer").await;
-    let committer = store.committer(CommitConfig { queue: 32, batch: 64, workers: 2 });
+    let committer = store.committer(CommitConfig { queue: 32, batch: 64, workers: 2, fence: None });
     // 300 submissions at once, the last 100 repeating keys of the first
     // 100 keyed ones.
     let submissions = (1..=300u128).map(|n| {
@@ -898,7 +898,7 @@ async fn operations_from_many_callers_commit_together_each_settled_alone() {
     // id: the first of those is stored, the others are refused (their
     // writes discarded), and their neighbours commit.
     let again = |n: u128| PgOp::Submit { record: Box::new(record(n, None)), input: b"again".to_vec() };
-    let answers = store.commit_ops(vec![again(1), again(500), again(500), again(501)]).await.unwrap();
+    let answers = store.commit_ops(vec![again(1), again(500), again(500), again(501)], None).await.unwrap();
     let refused = |a: &Result<Done, PgError>| matches!(a, Err(PgError::Record(StoreError::Refused(_))));
     assert!(refused(&answers[0]) && refused(&answers[2]), "{answers:?}");
     assert!(matches!(&answers[1], Ok(Done::Submitted(s)) if s.created), "{answers:?}");
@@ -913,8 +913,10 @@ async fn outcomes_and_cancels_racing_across_hosts_each_end_a_task_once() {
     submit(&a, 60, |_| 0).await;
     let claimed = a.claim("a", 60, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 60);
-    let (finishing, cancelling) =
-        (a.committer(CommitConfig { queue: 64, batch: 16, workers: 2 }), b.committer(CommitConfig::default()));
+    let (finishing, cancelling) = (
+        a.committer(CommitConfig { queue: 64, batch: 16, workers: 2, fence: None }),
+        b.committer(CommitConfig::default()),
+    );
     // Host a finishes every task (each outcome twice: the second under the
     // same lease is fenced) while host b cancels them, in batches of both
     // hosts at once: none may fail for a deadlock.
@@ -954,4 +956,52 @@ async fn outcomes_and_cancels_racing_across_hosts_each_end_a_task_once() {
     }
     let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM taskhost_leases").fetch_one(a.pool()).await.unwrap();
     assert_eq!(leases, 0, "every lease ended with its task");
+}
+
+/// A host holding the engine lock that stopped renewing its lease (frozen:
+/// its lock's session lives on) is taken over by a starting host: its
+/// session is ended, the lead moves under a new term, and a commit fenced
+/// by the old term writes nothing. While the lease is live, the second
+/// host is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_engine_is_taken_over_and_its_commits_are_refused() {
+    let (store, url) = store("deposed").await;
+    // Host a, frozen: the lock and the lead taken by hand, never renewed.
+    let mut frozen = store.pool().acquire().await.unwrap().detach();
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended('taskhost sole engine', 0))")
+        .fetch_one(&mut frozen)
+        .await
+        .unwrap();
+    assert!(locked);
+    let old = PgStore::take_lead(&mut frozen, "a", MIN_LEASE).await.unwrap();
+    let b = PgStore::connect(&url, 4).await.unwrap();
+    let refused = b.hold_sole_engine("b", MIN_LEASE).await.unwrap_err();
+    assert!(matches!(refused, PgError::InUse), "{refused:?}");
+    // a's lease lapses.
+    sqlx::query("UPDATE taskhost_leader SET expires_at = clock_timestamp() - interval '1 second'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let sole = b.hold_sole_engine("b", MIN_LEASE).await.unwrap();
+    assert!(sole.term() > old);
+    let leader = b.leader().await.unwrap().unwrap();
+    assert_eq!((leader.host.as_str(), leader.term, leader.live), ("b", sole.term(), true));
+    // a's session was ended; its commits, fenced by its term, write nothing.
+    assert!(sqlx::query("SELECT 1").execute(&mut frozen).await.is_err(), "a's lock session was ended");
+    let fenced = store.committer(CommitConfig { fence: Some(old), ..CommitConfig::default() });
+    let refused = fenced.submit(record(1, None), b"in".to_vec()).await.unwrap_err();
+    assert!(
+        matches!(&refused, PgError::BatchFailed { transient: false, why } if why.contains("no longer the engine")),
+        "{refused:?}"
+    );
+    assert!(store.get(record(1, None).id).await.unwrap().is_none(), "nothing of a's was written");
+    // b's commits go through.
+    let current = b.committer(CommitConfig { fence: Some(sole.term()), ..CommitConfig::default() });
+    assert!(current.submit(record(2, None), b"in".to_vec()).await.unwrap().created);
+    // The lock is b's: a third host is refused.
+    let c = PgStore::connect(&url, 2).await.unwrap();
+    assert!(matches!(c.hold_sole_engine("c", MIN_LEASE).await, Err(PgError::InUse)));
+    // Renewals keep b's lease live.
+    tokio::time::sleep(super::sole::CHECK_EVERY * 2).await;
+    assert!(b.leader().await.unwrap().unwrap().live);
 }

@@ -70,6 +70,39 @@ impl PgStore {
         }))
     }
 
+    /// Takes the lead for `host` now, whoever held it, under a new, larger
+    /// term (fencing the last leader's writes: its term fails
+    /// [`PgStore::leads`] from now on). Only for a host that knows no other
+    /// may lead: the sole engine, holding the engine lock. Waits for a
+    /// transaction that checked the last term to end.
+    pub(crate) async fn take_lead(conn: &mut PgConnection, host: &str, lease: Duration) -> Result<Term, PgError> {
+        let term: i64 = sqlx::query_scalar(
+            "INSERT INTO taskhost_leader AS l (singleton, host, term, expires_at)
+             VALUES (true, $1, nextval('taskhost_leader_terms'), clock_timestamp() + $2 * interval '1 millisecond')
+             ON CONFLICT (singleton) DO UPDATE
+               SET host = excluded.host, term = excluded.term, expires_at = excluded.expires_at
+             RETURNING term",
+        )
+        .bind(host)
+        .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+        .fetch_one(conn)
+        .await?;
+        Ok(Term(term))
+    }
+
+    /// Renews `term`'s lease for `lease` from now: whether it still held
+    /// the lead (no other host took it, lapsed or not).
+    pub(crate) async fn renew_lead(conn: &mut PgConnection, term: Term, lease: Duration) -> Result<bool, PgError> {
+        let renewed = sqlx::query(
+            "UPDATE taskhost_leader SET expires_at = clock_timestamp() + $2 * interval '1 millisecond' WHERE term = $1",
+        )
+        .bind(term.0)
+        .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+        .execute(conn)
+        .await?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
     /// Whether `term` still leads, checked inside the caller's
     /// transaction (it locks the row against a takeover until the
     /// transaction ends).

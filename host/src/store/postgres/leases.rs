@@ -200,7 +200,7 @@ impl PgStore {
         changes: Vec<(Lease, Change)>,
     ) -> Result<Vec<Result<Applied, PgError>>, PgError> {
         let ops = changes.into_iter().map(|(lease, change)| PgOp::Finish(lease, change)).collect();
-        let answers = self.commit_ops(ops).await?;
+        let answers = self.commit_ops(ops, None).await?;
         Ok(answers.into_iter().map(|answer| answer.map(Done::applied)).collect())
     }
 

@@ -41,7 +41,7 @@ pub use committer::{CommitConfig, PgCommitter};
 pub use hosts::HostRow;
 pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
-pub use sole::SoleEngine;
+pub use sole::{MIN_LEASE, SoleEngine};
 pub use wakeups::{Wakeup, Wakeups};
 
 use super::apply::apply_submit;
@@ -129,6 +129,13 @@ pub enum PgError {
          engine on a database: stop the other one first"
     )]
     InUse,
+    /// This host's engine was deposed: another host took over the
+    /// database (this one's lease had lapsed); nothing was written.
+    #[error(
+        "this host is no longer the engine of this PostgreSQL database: another host took over (this host's lease \
+         had lapsed); nothing was written"
+    )]
+    Deposed,
     /// What this store cannot do yet.
     #[error("not supported on PostgreSQL yet: {0}")]
     Unsupported(String),
@@ -222,7 +229,7 @@ impl PgStore {
 
     /// Commits one operation in a transaction of its own.
     async fn commit_one(&self, op: PgOp) -> Result<Done, PgError> {
-        self.commit_ops(vec![op]).await?.pop().unwrap_or(Err(PgError::CommitterStopped))
+        self.commit_ops(vec![op], None).await?.pop().unwrap_or(Err(PgError::CommitterStopped))
     }
 
     /// Durably records a new task, or returns the existing one with the
