@@ -45,7 +45,7 @@ impl PgStore {
         Ok(())
     }
 
-    /// The hosts' rows, by name (at most [`MAX_HOSTS`]).
+    /// The hosts' rows, by name (at most 1,000).
     pub async fn hosts(&self) -> Result<Vec<HostRow>, PgError> {
         let rows = sqlx::query(
             "SELECT host, report::text AS report,
