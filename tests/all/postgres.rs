@@ -156,7 +156,7 @@ fn a_host_refuses_a_database_whose_certificate_it_cannot_verify() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_host_is_taken_over_and_writes_nothing_when_it_resumes() {
     let url = taskhost_test_postgres::cluster().database("serve_frozen");
-    let lease = ["--store", &url, "--store-lease", "6s"];
+    let lease = ["--store", &url, "--store-lease", "10s"];
     let data = tempfile::tempdir().unwrap();
     let mut frozen = start_with(data.path(), free_port(), &lease).await;
     let http = crate::admin_client(data.path()).await;
@@ -189,13 +189,18 @@ async fn a_frozen_host_is_taken_over_and_writes_nothing_when_it_resumes() {
     // While its lease is live, another host is refused; once it lapsed
     // (6 s after the last renewal), one takes over.
     let other = tempfile::tempdir().unwrap();
-    let refused = Command::new(env!("CARGO_BIN_EXE_taskhost"))
+    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
         .args(["serve", "--data", other.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())])
         .args(lease)
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let refused = tokio::time::timeout(Duration::from_secs(30), refused)
+        .await
+        .expect("a host starting under a live lease is refused, not left running")
         .unwrap();
     assert_eq!(refused.status.code(), Some(3), "{}", String::from_utf8_lossy(&refused.stderr));
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("another taskhost host serves"));
+    tokio::time::sleep(Duration::from_secs(12)).await;
     // The database's tokens serve it; the first host's admin token is
     // copied where the client looks for one.
     let token = taskhost::auth::ADMIN_TOKEN_FILE;
@@ -226,8 +231,17 @@ async fn a_frozen_host_is_taken_over_and_writes_nothing_when_it_resumes() {
     if let Ok(answer) = late {
         assert!(!answer.status().is_success(), "a deposed host accepted a task: {}", answer.status());
     }
-    let status = frozen.exited(Duration::from_secs(20)).await;
+    let status = frozen.exited(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(3));
+    // Its attempts' outcomes were tried, and refused by the fence (without
+    // it, they would have met the moved tasks' versions instead).
+    let log = std::fs::read_dir(data.path())
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("serve-"))
+        .map(|entry| std::fs::read_to_string(entry.path()).unwrap())
+        .collect::<String>();
+    assert!(log.contains("no longer the engine of this PostgreSQL database"), "{log}");
     let db = sqlx::PgPool::connect(&url).await.unwrap();
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM taskhost_tasks").fetch_one(&db).await.unwrap();
     assert_eq!(stored, 3, "nothing the resumed host was given was stored");

@@ -14,11 +14,12 @@
 //! so only a retry racing its own first try would.
 
 use super::quarantine::{Decoded, set_aside};
-use super::{Lease, PgError, PgStore, PgTxn};
+use super::{Lease, PgError, PgStore, PgTxn, Standing};
 use crate::store::apply::{apply_flow, apply_submit, apply_transition};
 use crate::store::{Applied, Change, FlowEdit, FlowRecord, StoreError, Submitted, TaskRecord, TaskState};
 use sqlx::postgres::PgConnection;
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 use uuid::Uuid;
 
 /// One operation of a batch.
@@ -71,6 +72,12 @@ impl Done {
     }
 }
 
+/// How long a commit waits for a renewal of this host's lapsed lease.
+const LAPSED_WAIT: Duration = Duration::from_secs(4);
+
+/// How often it looks again meanwhile.
+const LAPSED_RETRY: Duration = Duration::from_millis(100);
+
 impl PgStore {
     /// Commits `ops` in one transaction; the answers are in their order.
     pub(crate) async fn commit_ops(
@@ -120,11 +127,23 @@ impl PgStore {
             .collect();
         let mut txn = self.pool().begin().await?;
         // A deposed engine writes nothing; the check holds off a takeover
-        // until this transaction ends.
-        if let Some(term) = fence
-            && !PgStore::leads(&mut txn, term).await?
-        {
-            return Err(PgError::Deposed);
+        // until this transaction ends. While this host's own lease lapsed
+        // (late renewals), it waits for the next renewal a while.
+        if let Some(term) = fence {
+            let mut waited = Duration::ZERO;
+            loop {
+                match PgStore::standing(&mut txn, term).await? {
+                    Standing::Leads => break,
+                    Standing::Replaced => return Err(PgError::Deposed),
+                    Standing::Lapsed if waited >= LAPSED_WAIT => return Err(PgError::Lapsed),
+                    Standing::Lapsed => {
+                        txn.rollback().await?;
+                        tokio::time::sleep(LAPSED_RETRY).await;
+                        waited += LAPSED_RETRY;
+                        txn = self.pool().begin().await?;
+                    }
+                }
+            }
         }
         // The leases of every task changed, whatever the change: a
         // transition out of running ends its task's lease, so it takes the

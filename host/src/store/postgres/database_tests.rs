@@ -1001,7 +1001,21 @@ async fn a_frozen_engine_is_taken_over_and_its_commits_are_refused() {
     // The lock is b's: a third host is refused.
     let c = PgStore::connect(&url, 2).await.unwrap();
     assert!(matches!(c.hold_sole_engine("c", MIN_LEASE).await, Err(PgError::InUse)));
-    // Renewals keep b's lease live.
-    tokio::time::sleep(super::sole::CHECK_EVERY * 2).await;
-    assert!(b.leader().await.unwrap().unwrap().live);
+    // Renewals keep b's lease live: 3 s on, more than 3 s of it is left.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let left = b.leader().await.unwrap().unwrap();
+    assert!(left.live && left.left > Duration::from_millis(3500), "{left:?}");
+    // A commit in flight under b's term holds off a takeover until it
+    // ends; then b's term stands replaced.
+    let mut txn = b.pool().begin().await.unwrap();
+    assert_eq!(PgStore::standing(&mut txn, sole.term()).await.unwrap(), Standing::Leads);
+    let mut taker = c.pool().acquire().await.unwrap().detach();
+    let taking = tokio::spawn(async move { PgStore::take_lead(&mut taker, "c", MIN_LEASE).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!taking.is_finished(), "a takeover waits for the commit in flight");
+    txn.commit().await.unwrap();
+    let newer = taking.await.unwrap().unwrap();
+    assert!(newer > sole.term());
+    let mut txn = b.pool().begin().await.unwrap();
+    assert_eq!(PgStore::standing(&mut txn, sole.term()).await.unwrap(), Standing::Replaced);
 }

@@ -10,6 +10,11 @@
 //! interval. A leader's duty checks its term in the transaction that
 //! does the work ([`PgStore::leads`]), so a leader that was stopped past
 //! its lease and resumes cannot act on the old term.
+//!
+//! For now the row is the sole engine's (`sole.rs`): it takes the lead by
+//! force under the engine lock ([`PgStore::take_lead`]) and fences its
+//! commits with [`PgStore::standing`]. Nothing else may call
+//! [`PgStore::lead`] on a database an engine serves.
 
 use super::{PgError, PgStore};
 use sqlx::postgres::PgConnection;
@@ -18,6 +23,22 @@ use std::time::Duration;
 /// This host's leadership: its term, larger than any leader's before.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Term(pub i64);
+
+/// The advisory lock that fences the sole engine's commits against a
+/// takeover: commits hold it shared, a takeover exclusively.
+const FENCE: &str = "taskhost engine fence";
+
+/// Where the sole engine's term stands ([`PgStore::standing`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// It leads, its lease live.
+    Leads,
+    /// It still holds the row, but its lease lapsed (its renewals are
+    /// late); no other host took over yet.
+    Lapsed,
+    /// Another host took over (or the row is gone).
+    Replaced,
+}
 
 /// Who leads, as the row says.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,23 +92,50 @@ impl PgStore {
     }
 
     /// Takes the lead for `host` now, whoever held it, under a new, larger
-    /// term (fencing the last leader's writes: its term fails
-    /// [`PgStore::leads`] from now on). Only for a host that knows no other
-    /// may lead: the sole engine, holding the engine lock. Waits for a
-    /// transaction that checked the last term to end.
+    /// term, naming `conn`'s session (fencing the last leader's commits:
+    /// its term's [`PgStore::standing`] is `Replaced` from now on). Only for
+    /// a host that knows no other may lead: the sole engine, holding the
+    /// engine lock on `conn`. Waits, holding the fence exclusively, for the
+    /// commits that checked the last term to end.
     pub(crate) async fn take_lead(conn: &mut PgConnection, host: &str, lease: Duration) -> Result<Term, PgError> {
+        use sqlx::Connection as _;
+        let mut txn = conn.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))").bind(FENCE).execute(&mut *txn).await?;
         let term: i64 = sqlx::query_scalar(
-            "INSERT INTO taskhost_leader AS l (singleton, host, term, expires_at)
-             VALUES (true, $1, nextval('taskhost_leader_terms'), clock_timestamp() + $2 * interval '1 millisecond')
+            "INSERT INTO taskhost_leader AS l (singleton, host, term, expires_at, pid)
+             VALUES (true, $1, nextval('taskhost_leader_terms'), clock_timestamp() + $2 * interval '1 millisecond',
+                     pg_backend_pid())
              ON CONFLICT (singleton) DO UPDATE
-               SET host = excluded.host, term = excluded.term, expires_at = excluded.expires_at
+               SET host = excluded.host, term = excluded.term, expires_at = excluded.expires_at, pid = excluded.pid
              RETURNING term",
         )
         .bind(host)
         .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
-        .fetch_one(conn)
+        .fetch_one(&mut *txn)
         .await?;
+        txn.commit().await?;
         Ok(Term(term))
+    }
+
+    /// Where the sole engine's `term` stands, in the caller's transaction,
+    /// which holds the fence shared from then on: a takeover waits for the
+    /// transaction to end (a renewal does not).
+    pub(crate) async fn standing(conn: &mut PgConnection, term: Term) -> Result<Standing, PgError> {
+        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
+            .bind(FENCE)
+            .execute(&mut *conn)
+            .await?;
+        // A statement of its own, after the lock: it sees a takeover that
+        // committed while it waited.
+        let row: Option<(i64, bool)> =
+            sqlx::query_as("SELECT term, expires_at > clock_timestamp() FROM taskhost_leader")
+                .fetch_optional(&mut *conn)
+                .await?;
+        Ok(match row {
+            Some((current, true)) if current == term.0 => Standing::Leads,
+            Some((current, false)) if current == term.0 => Standing::Lapsed,
+            _ => Standing::Replaced,
+        })
     }
 
     /// Renews `term`'s lease for `lease` from now: whether it still held

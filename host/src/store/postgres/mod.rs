@@ -39,6 +39,7 @@ mod wakeups;
 
 pub use committer::{CommitConfig, PgCommitter};
 pub use hosts::HostRow;
+pub(crate) use leader::Standing;
 pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
 pub use sole::{MIN_LEASE, SoleEngine};
@@ -136,6 +137,21 @@ pub enum PgError {
          had lapsed); nothing was written"
     )]
     Deposed,
+    /// This host's hold on the database lapsed (its renewals are late) and
+    /// was not renewed in time for this commit; nothing was written. It may
+    /// pass.
+    #[error("this host's hold on the PostgreSQL database lapsed (its lease renewals are late); nothing was written")]
+    Lapsed,
+    /// A host whose lease lapsed holds the engine lock, and its session
+    /// cannot be ended.
+    #[error(
+        "the host holding this database's engine lock stopped renewing its lease, but its session cannot be ended \
+         ({0}): end it yourself (pg_terminate_backend) or give this role the right to (pg_signal_backend)"
+    )]
+    CannotTakeOver(String),
+    /// A setting of the store is out of its range.
+    #[error("invalid PostgreSQL store setting: {0}")]
+    Setting(String),
     /// What this store cannot do yet.
     #[error("not supported on PostgreSQL yet: {0}")]
     Unsupported(String),
@@ -149,6 +165,7 @@ impl PgError {
             PgError::Database(error) | PgError::Connect { source: error, .. } => super::error::transient_sql(error),
             PgError::Record(error) => error.is_transient(),
             PgError::BatchFailed { transient, .. } => *transient,
+            PgError::Lapsed => true,
             _ => false,
         }
     }

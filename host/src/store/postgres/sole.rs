@@ -82,10 +82,11 @@ impl PgStore {
     /// one whose lease lapsed.
     pub async fn hold_sole_engine(&self, host: &str, lease: Duration) -> Result<SoleEngine, PgError> {
         if lease < MIN_LEASE {
-            return Err(PgError::Unsupported(format!("an engine lease shorter than {MIN_LEASE:?}")));
+            return Err(PgError::Setting(format!("the engine lease must be at least {MIN_LEASE:?}")));
         }
         let mut conn = self.pool().acquire().await?.detach();
         let deadline = Instant::now() + TAKEOVER_WAIT;
+        let mut told = false;
         loop {
             let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
                 .bind(SOLE)
@@ -94,25 +95,56 @@ impl PgStore {
             if taken {
                 break;
             }
-            // Held: by a live host, or by one that stopped renewing its
-            // lease (a lock with no lease at all is a live host's too).
-            let leader = self.leader().await?;
-            if leader.as_ref().is_none_or(|l| l.live) || Instant::now() > deadline {
-                return Err(PgError::InUse);
-            }
-            let ended: Vec<bool> = sqlx::query_scalar(
-                "SELECT pg_terminate_backend(l.pid) FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
+            // Held. Taken over only from the session the leader row names,
+            // once its lease lapsed (it stopped renewing): a lock held by
+            // any other session, or under a live lease, or with no row at
+            // all (a host of an earlier version), is a live host's.
+            let holders: Vec<i32> = sqlx::query_scalar(
+                "SELECT l.pid FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
                  WHERE d.datname = current_database() AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
                    AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended($1, 0)",
             )
             .bind(SOLE)
             .fetch_all(&mut conn)
             .await?;
-            tracing::warn!(
-                sessions = ended.len(),
-                "the host holding this database's engine lock stopped renewing its lease: ending its session \
-                 to take over"
-            );
+            let lapsed: Option<i32> = sqlx::query_scalar(
+                "SELECT pid FROM taskhost_leader WHERE expires_at <= clock_timestamp() AND pid IS NOT NULL",
+            )
+            .fetch_optional(&mut conn)
+            .await?;
+            let Some(pid) = lapsed.filter(|pid| holders == [*pid]) else {
+                // Ended meanwhile (the lock is free now), or a live host's.
+                if holders.is_empty() && Instant::now() < deadline {
+                    continue;
+                }
+                return Err(PgError::InUse);
+            };
+            if Instant::now() > deadline {
+                return Err(PgError::InUse);
+            }
+            if !told {
+                told = true;
+                tracing::warn!(
+                    pid,
+                    "the host holding this database's engine lock stopped renewing its lease: ending its session \
+                     to take over"
+                );
+            }
+            // Only while the row still names it, lapsed: two hosts starting
+            // at once never end each other's session.
+            sqlx::query(
+                "SELECT pg_terminate_backend($1) FROM taskhost_leader
+                 WHERE pid = $1 AND expires_at <= clock_timestamp()",
+            )
+            .bind(pid)
+            .execute(&mut conn)
+            .await
+            .map_err(|error| match &error {
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+                    PgError::CannotTakeOver(db.message().to_owned())
+                }
+                _ => PgError::from(error),
+            })?;
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let term = PgStore::take_lead(&mut conn, host, lease).await?;
