@@ -8,6 +8,35 @@ use serde_json::{Value, json};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// Submits `body` to the server at `base`: the created task.
+async fn submit(http: &reqwest::Client, base: &str, body: Value) -> Value {
+    http.post(format!("{base}/v1/tasks")).json(&body).send().await.unwrap().json().await.unwrap()
+}
+
+/// Waits (at most `within`) for task `id` to complete on the server at
+/// `base`: its record.
+async fn completed(http: &reqwest::Client, base: &str, id: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let task: Value = http.get(format!("{base}/v1/tasks/{id}")).send().await.unwrap().json().await.unwrap();
+        if task["state"] == "completed" {
+            return task;
+        }
+        assert!(Instant::now() < deadline, "task {id} did not complete: {task}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What the servers started in data directory `dir` logged.
+fn serve_log(dir: &std::path::Path) -> String {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("serve-"))
+        .map(|entry| std::fs::read_to_string(entry.path()).unwrap())
+        .collect()
+}
+
 /// A second host on a database a host serves is refused, saying why, and
 /// changes nothing: the first goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,26 +56,9 @@ async fn a_second_host_on_a_database_is_refused_and_the_first_goes_on() {
     assert_eq!(refused.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("another taskhost host serves this PostgreSQL database"), "{stderr}");
     assert!(!stderr.contains(&url), "the URL (which may hold a password) is not repeated: {stderr}");
-    let task: Value = http
-        .post(format!("{}/v1/tasks", server.base))
-        .json(&json!({"plugin": "sleep", "input": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = task["id"].as_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let task: Value =
-            http.get(format!("{}/v1/tasks/{id}", server.base)).send().await.unwrap().json().await.unwrap();
-        if task["state"] == "completed" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the first host stopped serving: {task}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let task = submit(&http, &server.base, json!({"plugin": "sleep", "input": 1})).await;
+    // The first host goes on serving.
+    completed(&http, &server.base, task["id"].as_str().unwrap(), Duration::from_secs(20)).await;
 }
 
 /// When the connection holding its engine lock fails (the server ended
@@ -69,12 +81,7 @@ async fn a_host_that_loses_its_engine_lock_stops() {
     assert_eq!(ended, [true], "one session held the engine lock");
     let status = server.exited(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(3));
-    let log = std::fs::read_dir(data.path())
-        .unwrap()
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("serve-"))
-        .map(|entry| std::fs::read_to_string(entry.path()).unwrap())
-        .collect::<String>();
+    let log = serve_log(data.path());
     assert!(log.contains("no longer sure to be the only one on its store"), "{log}");
 }
 
@@ -93,26 +100,9 @@ async fn a_host_keeps_its_store_in_the_database_its_file_names_over_tls() {
     let server = start_with(data.path(), free_port(), &["--config", config.to_str().unwrap()]).await;
     let http = crate::admin_client(data.path()).await;
     upload(&http, &server.base, "sleep", taskhost_test_artifacts::SLEEP.bytes()).await;
-    let task: Value = http
-        .post(format!("{}/v1/tasks", server.base))
-        .json(&json!({"plugin": "sleep", "input": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let task = submit(&http, &server.base, json!({"plugin": "sleep", "input": 1})).await;
     let id = task["id"].as_str().unwrap().to_owned();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let task: Value =
-            http.get(format!("{}/v1/tasks/{id}", server.base)).send().await.unwrap().json().await.unwrap();
-        if task["state"] == "completed" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the task did not complete: {task}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    completed(&http, &server.base, &id, Duration::from_secs(20)).await;
     // The host lists itself, under the id its data directory keeps.
     let hosts: taskhost::wire::HostList =
         http.get(format!("{}/v1/hosts", server.base)).send().await.unwrap().json().await.unwrap();
@@ -163,15 +153,7 @@ async fn a_frozen_host_is_taken_over_and_writes_nothing_when_it_resumes() {
     upload(&http, &frozen.base, "sleep", taskhost_test_artifacts::SLEEP.bytes()).await;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let task: Value = http
-            .post(format!("{}/v1/tasks", frozen.base))
-            .json(&json!({"plugin": "sleep", "input": 1500}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let task = submit(&http, &frozen.base, json!({"plugin": "sleep", "input": 1500})).await;
         ids.push(task["id"].as_str().unwrap().to_owned());
     }
     // Frozen while it runs them.
@@ -208,16 +190,7 @@ async fn a_frozen_host_is_taken_over_and_writes_nothing_when_it_resumes() {
     let taker = start_with(other.path(), free_port(), &lease).await;
     let other_http = crate::admin_client(other.path()).await;
     for id in &ids {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let task = loop {
-            let task: Value =
-                other_http.get(format!("{}/v1/tasks/{id}", taker.base)).send().await.unwrap().json().await.unwrap();
-            if task["state"] == "completed" {
-                break task;
-            }
-            assert!(Instant::now() < deadline, "the frozen host's task did not complete on the other: {task}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
+        let task = completed(&other_http, &taker.base, id, Duration::from_secs(30)).await;
         // Its first attempt was the frozen host's, counted.
         assert_eq!(task["attempts"], 2, "{task}");
     }
@@ -235,12 +208,7 @@ async fn a_frozen_host_is_taken_over_and_writes_nothing_when_it_resumes() {
     assert_eq!(status.code(), Some(3));
     // Its attempts' outcomes were tried, and refused by the fence (without
     // it, they would have met the moved tasks' versions instead).
-    let log = std::fs::read_dir(data.path())
-        .unwrap()
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_name().to_string_lossy().starts_with("serve-"))
-        .map(|entry| std::fs::read_to_string(entry.path()).unwrap())
-        .collect::<String>();
+    let log = serve_log(data.path());
     assert!(log.contains("no longer the engine of this PostgreSQL database"), "{log}");
     let db = sqlx::PgPool::connect(&url).await.unwrap();
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM taskhost_tasks").fetch_one(&db).await.unwrap();
