@@ -5,7 +5,6 @@
 
 use crate::recovery::{free_port, start_with, upload};
 use serde_json::{Value, json};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Submits `body` to the server at `base`: the created task.
@@ -37,6 +36,22 @@ fn serve_log(dir: &std::path::Path) -> String {
         .collect()
 }
 
+/// Starts `taskhost serve` on a new data directory `dir` with `extra`
+/// flags, expecting it to refuse to start: what it printed and its exit
+/// status (a start that runs on past 30 s fails the test instead of
+/// hanging it).
+async fn refused_start(dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let start = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
+        .args(["serve", "--data", dir.to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(extra)
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(Duration::from_secs(30), start)
+        .await
+        .expect("the start was refused, not left running")
+        .unwrap()
+}
+
 /// A second host on a database a host serves is refused, saying why, and
 /// changes nothing: the first goes on serving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,11 +62,7 @@ async fn a_second_host_on_a_database_is_refused_and_the_first_goes_on() {
     let http = crate::admin_client(data.path()).await;
     upload(&http, &server.base, "sleep", taskhost_test_artifacts::SLEEP.bytes()).await;
     let other = tempfile::tempdir().unwrap();
-    let refused = Command::new(env!("CARGO_BIN_EXE_taskhost"))
-        .args(["serve", "--data", other.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--store", &url])
-        .output()
-        .unwrap();
+    let refused = refused_start(other.path(), &["--store", &url]).await;
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("another taskhost host serves this PostgreSQL database"), "{stderr}");
@@ -121,18 +132,14 @@ async fn a_host_keeps_its_store_in_the_database_its_file_names_over_tls() {
 
 /// A database server whose certificate the URL's authority did not sign is
 /// refused at start (exit code 3), saying so, without repeating the URL.
-#[test]
-fn a_host_refuses_a_database_whose_certificate_it_cannot_verify() {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_refuses_a_database_whose_certificate_it_cannot_verify() {
     let cluster = taskhost_test_postgres::tls_cluster();
     let tls = cluster.tls().unwrap();
     let db = cluster.new_database("serve_tls_untrusted");
     let url = format!("{}?sslmode=verify-full&sslrootcert={}", cluster.tcp_url(&db).unwrap(), tls.other_ca.display());
     let data = tempfile::tempdir().unwrap();
-    let refused = Command::new(env!("CARGO_BIN_EXE_taskhost"))
-        .args(["serve", "--data", data.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--store", &url])
-        .output()
-        .unwrap();
+    let refused = refused_start(data.path(), &["--store", &url]).await;
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(3), "{stderr}");
     assert!(stderr.contains("certificate"), "{stderr}");
@@ -171,15 +178,7 @@ async fn a_frozen_host_is_taken_over_and_writes_nothing_when_it_resumes() {
     // While its lease is live, another host is refused; once it lapsed
     // (6 s after the last renewal), one takes over.
     let other = tempfile::tempdir().unwrap();
-    let refused = tokio::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
-        .args(["serve", "--data", other.path().to_str().unwrap(), "--listen", &format!("127.0.0.1:{}", free_port())])
-        .args(lease)
-        .kill_on_drop(true)
-        .output();
-    let refused = tokio::time::timeout(Duration::from_secs(30), refused)
-        .await
-        .expect("a host starting under a live lease is refused, not left running")
-        .unwrap();
+    let refused = refused_start(other.path(), &lease).await;
     assert_eq!(refused.status.code(), Some(3), "{}", String::from_utf8_lossy(&refused.stderr));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("another taskhost host serves"));
     tokio::time::sleep(Duration::from_secs(12)).await;

@@ -337,7 +337,7 @@ impl Settings {
             };
             // The URL is not echoed: it may hold a password.
             if let Some(url) = &server.store
-                && !["postgres://", "postgresql://"].iter().any(|scheme| url.starts_with(scheme))
+                && !crate::store::postgres::is_postgres_url(url)
             {
                 return Err(invalid("[server]: store must be a postgres:// or postgresql:// URL".into()));
             }

@@ -16,6 +16,11 @@ async fn store(name: &str) -> (PgStore, String) {
     (PgStore::connect(&url, 4).await.unwrap(), url)
 }
 
+/// `n` hosts' stores on the database `url` names, connected at once.
+async fn hosts(url: &str, n: usize) -> Vec<PgStore> {
+    futures::future::join_all((0..n).map(|_| PgStore::connect(url, 2))).await.into_iter().map(Result::unwrap).collect()
+}
+
 /// `n` pending tasks, the `i`th of priority `priority(i)`.
 async fn submit(store: &PgStore, n: u128, priority: impl Fn(u128) -> u8) -> Vec<TaskRecord> {
     let mut records = Vec::new();
@@ -153,9 +158,8 @@ async fn hosts_claim_disjoint_batches_highest_priority_first() {
     let mut later = record(1_000, None);
     later.next_run_at_ms = Some(crate::store::now_ms() + 3_600_000);
     store.submit(later.clone(), Vec::new()).await.unwrap();
-    let hosts = futures::future::join_all((0..3).map(|_| PgStore::connect(&url, 2))).await;
+    let hosts = hosts(&url, 3).await;
     let claims = futures::future::join_all(hosts.into_iter().enumerate().map(|(n, host)| async move {
-        let host = host.unwrap();
         let mut batches = Vec::new();
         loop {
             let batch = host.claim(&format!("host-{n}"), 10, LEASE).await.unwrap();
@@ -311,11 +315,7 @@ async fn a_retrying_task_is_claimed_again_once_due() {
 async fn one_host_leads_at_a_time_and_another_takes_over_once_its_lease_lapses() {
     let (store, url) = store("leader").await;
     assert_eq!(store.leader().await.unwrap(), None);
-    let hosts: Vec<PgStore> = futures::future::join_all((0..3).map(|_| PgStore::connect(&url, 2)))
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let hosts = hosts(&url, 3).await;
     let name = |n: usize| format!("host-{n}");
     let names: Vec<String> = (0..3).map(name).collect();
     let terms = futures::future::join_all(hosts.iter().zip(&names).map(|(h, n)| h.lead(n, LEASE))).await;
@@ -460,11 +460,7 @@ async fn a_queues_limit_holds_across_hosts_and_weights_share_a_claim() {
     store.set_queue("heavy", &QueueConfig { weight: 3, ..QueueConfig::default() }).await.unwrap();
     assert_eq!(store.queues().await.unwrap().iter().map(|(q, _)| q.as_str()).collect::<Vec<_>>(), ["capped", "heavy"]);
     submit_to(&store, "capped", 1, 20).await;
-    let hosts: Vec<PgStore> = futures::future::join_all((0..3).map(|_| PgStore::connect(&url, 2)))
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let hosts = hosts(&url, 3).await;
     let running_capped = || async {
         store.state_counts().await.unwrap().iter().find(|(s, _)| *s == TaskState::Running).map_or(0, |(_, n)| *n)
     };
@@ -527,11 +523,7 @@ async fn a_tenants_limit_holds_across_its_queues_and_hosts() {
     submit_to(&store, "acme/b", 100, 20).await;
     submit_to(&store, "free/c", 200, 100).await;
     submit_to(&store, "plain", 300, 100).await;
-    let hosts: Vec<PgStore> = futures::future::join_all((0..3).map(|_| PgStore::connect(&url, 2)))
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let hosts = hosts(&url, 3).await;
     let running_of = |tenant: &'static str| {
         let store = store.clone();
         async move {

@@ -192,7 +192,7 @@ impl PgStore {
     /// Connects with at most `max_connections` connections and applies
     /// the schema's migrations that are not applied yet.
     pub async fn connect(url: &str, max_connections: u32) -> Result<Self, PgError> {
-        if !["postgres://", "postgresql://"].iter().any(|scheme| url.starts_with(scheme)) {
+        if !is_postgres_url(url) {
             return Err(PgError::Url("the scheme must be postgres:// or postgresql://".into()));
         }
         let options: PgConnectOptions = url.parse().map_err(|e: sqlx::Error| PgError::Url(e.to_string()))?;
@@ -305,6 +305,13 @@ fn describe(options: &PgConnectOptions) -> String {
     };
     let database = options.get_database().unwrap_or(options.get_username());
     format!("{place}, port {}, database `{database}`", options.get_port())
+}
+
+/// Whether `url` has a PostgreSQL URL's scheme (`postgres://` or
+/// `postgresql://`): what a store URL is checked against before it is
+/// parsed.
+pub fn is_postgres_url(url: &str) -> bool {
+    ["postgres://", "postgresql://"].iter().any(|scheme| url.starts_with(scheme))
 }
 
 /// Whether `options` reach the server on this machine (a Unix socket, a
