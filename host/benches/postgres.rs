@@ -19,7 +19,14 @@
 //! callers, from submit to completed, on a redb file and on a PostgreSQL
 //! database of the same server, rounds alternating.
 //!
-//! Run: `cargo bench -p taskhost --bench postgres`.
+//! A third table times failover through the real binary: a host serving
+//! a database and a `--standby` host beside it; the serving host is
+//! SIGKILLed (or frozen with SIGSTOP past its lease), and the time until
+//! the standby's `/healthz` answers 200 is measured; beside it, the time
+//! a host started after the SIGKILL takes to serve (no standby).
+//!
+//! Run: `cargo bench -p taskhost --bench postgres` (`-- failover`: the
+//! failover table alone).
 
 use std::time::{Duration, Instant};
 use taskhost::engine::{Engine, EngineConfig};
@@ -27,6 +34,9 @@ use taskhost::store::postgres::{CommitConfig, Outcome, PgCommitter, PgStore};
 use taskhost::store::{InputFrom, StoredLimits, TaskRecord, TaskState, Transition};
 
 mod common;
+#[path = "common/server.rs"]
+#[allow(dead_code)] // Not every helper is timed here.
+mod server;
 
 /// Tasks per round.
 const TASKS: usize = 10_000;
@@ -45,6 +55,9 @@ fn main() {
 
 async fn bench() {
     let cluster = taskhost_test_postgres::durable_cluster();
+    if std::env::args().any(|arg| arg == "failover") {
+        return failovers(cluster).await;
+    }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // (hosts, how commits are made)
     let settings = [
@@ -88,6 +101,97 @@ async fn bench() {
         );
     }
     engines(cluster).await;
+    failovers(cluster).await;
+}
+
+/// Rounds of each failover (the median is shown).
+const FAILOVERS: usize = 5;
+
+/// How the serving host stops in a failover round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// SIGKILL, a standby waiting.
+    Killed,
+    /// SIGSTOP (kept stopped), a standby waiting; the lease is 6 s.
+    Frozen,
+    /// SIGKILL, then a new host started (no standby).
+    Restarted,
+}
+
+/// The failover table: [`FAILOVERS`] rounds of each way of stopping.
+async fn failovers(cluster: &taskhost_test_postgres::Cluster) {
+    let stops = [Stop::Killed, Stop::Frozen, Stop::Restarted];
+    let mut took: Vec<Vec<Duration>> = vec![Vec::new(); stops.len()];
+    for round in 0..FAILOVERS {
+        for (i, &stop) in stops.iter().enumerate() {
+            took[i].push(failover(&cluster.database(&format!("bench_failover_{i}_{round}")), stop).await);
+        }
+    }
+    println!("\nFailover: the serving host stopped → another host serves (`/healthz` 200), medians of {FAILOVERS}\n");
+    println!("| the serving host | the other host | serving after | min | max |");
+    println!("|---|---|---:|---:|---:|");
+    for (i, stop) in stops.iter().enumerate() {
+        let times = &mut took[i];
+        times.sort();
+        let (what, other) = match stop {
+            Stop::Killed => ("SIGKILL", "`--standby`, waiting"),
+            Stop::Frozen => ("SIGSTOP, `--store-lease 6s`", "`--standby`, waiting"),
+            Stop::Restarted => ("SIGKILL", "started after it (no standby)"),
+        };
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "| {what} | {other} | {:.0} ms | {:.0} ms | {:.0} ms |",
+            ms(times[times.len() / 2]),
+            ms(times[0]),
+            ms(times[times.len() - 1])
+        );
+    }
+}
+
+/// One failover on a new database: from stopping the serving host to the
+/// other host serving.
+async fn failover(url: &str, stop: Stop) -> Duration {
+    let store = ["--store", url, "--store-lease", "6s"];
+    let (first_dir, other_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    taskhost::tls::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let (first_port, other_port) = (server::free_port(), server::free_port());
+    let mut first = server::serve(first_dir.path(), first_port, &store);
+    server::until_up(&http, &format!("http://127.0.0.1:{first_port}")).await;
+    let other_base = format!("http://127.0.0.1:{other_port}");
+    let standby = [&store[..], &["--standby"]].concat();
+    let mut other = (stop != Stop::Restarted).then(|| server::serve(other_dir.path(), other_port, &standby));
+    if other.is_some() {
+        // Standing by, having found the first host serving (its API answers
+        // 503 from the start, before it looked).
+        let started = Instant::now();
+        loop {
+            if let Ok(answer) = http.get(format!("{other_base}/healthz")).send().await
+                && let Ok(health) = answer.json::<serde_json::Value>().await
+                && health["reason"].as_str().is_some_and(|why| why.contains("serves this PostgreSQL database (term"))
+            {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(60), "the standby did not stand by");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let pid = libc::pid_t::try_from(first.id()).unwrap();
+    let signal = if stop == Stop::Frozen { libc::SIGSTOP } else { libc::SIGKILL };
+    // SAFETY: signals our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    let stopped = Instant::now();
+    if stop == Stop::Restarted {
+        first.wait().unwrap();
+        other = Some(server::serve(other_dir.path(), other_port, &store));
+    }
+    server::until_up(&http, &other_base).await;
+    let took = stopped.elapsed();
+    for child in [Some(&mut first), other.as_mut()].into_iter().flatten() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    took
 }
 
 /// The engine on a redb file and on PostgreSQL, [`ROUNDS`] rounds each,

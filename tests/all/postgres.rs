@@ -224,3 +224,181 @@ async fn a_frozen_host_is_taken_over_and_writes_nothing_when_it_resumes() {
         assert_eq!(completions, 1, "task {id} completed once: {history}");
     }
 }
+
+/// `/healthz` of the server at `base`: its status code and body.
+async fn health(http: &reqwest::Client, base: &str) -> (u16, Value) {
+    let answer = http.get(format!("{base}/healthz")).send().await.unwrap();
+    (answer.status().as_u16(), answer.json().await.unwrap())
+}
+
+/// The host id in data directory `dir`.
+fn host_id(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("host-id")).unwrap().trim().to_owned()
+}
+
+/// Waits (at most 10 s) until the server at `base` stands by naming
+/// `serving` (a host id) as the host that serves.
+async fn standing_by_for(http: &reqwest::Client, base: &str, serving: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = health(http, base).await;
+        assert_eq!((status, body["status"].as_str()), (503, Some("standby")), "{body}");
+        if body["reason"].as_str().is_some_and(|why| why.contains(serving)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the standby does not name {serving}: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (at most `within`) until one of `servers` serves (`/healthz`
+/// 200): its index. (A request cut by a standby's switch counts as not
+/// serving yet.)
+async fn serving(http: &reqwest::Client, servers: &[&crate::recovery::Server], within: Duration) -> usize {
+    let deadline = Instant::now() + within;
+    loop {
+        for (i, server) in servers.iter().enumerate() {
+            let answer = http.get(format!("{}/healthz", server.base)).send().await;
+            if answer.is_ok_and(|a| a.status() == 200) {
+                return i;
+            }
+        }
+        assert!(Instant::now() < deadline, "no standby took over within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits (at most 20 s) until the tasks `ids` run on the server at `base`.
+async fn running(http: &reqwest::Client, base: &str, ids: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for id in ids {
+        loop {
+            let task: Value = http.get(format!("{base}/v1/tasks/{id}")).send().await.unwrap().json().await.unwrap();
+            if task["state"] == "running" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "task {id} never ran: {task}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Three hosts on one database, two of them `--standby`: the standbys
+/// answer 503 naming the serving host. The serving host is SIGKILLed
+/// mid-run: one standby takes over within seconds and completes its
+/// tasks (the interrupted attempts counted) while the other waits on.
+/// That one is frozen (SIGSTOP) past its lease mid-run: the last takes
+/// over; resumed, the frozen host writes nothing and exits 3. Every task
+/// completes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standbys_take_over_in_turn_and_every_task_completes_once() {
+    let url = taskhost_test_postgres::cluster().database("serve_standbys");
+    let lease = ["--store", &url, "--store-lease", "6s"];
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut first = start_with(dirs[0].path(), free_port(), &lease).await;
+    let http = crate::admin_client(dirs[0].path()).await;
+    upload(&http, &first.base, "sleep", taskhost_test_artifacts::SLEEP.bytes()).await;
+    // The database's tokens serve every host: the first host's admin token
+    // is copied where the client looks for one.
+    let token = taskhost::auth::ADMIN_TOKEN_FILE;
+    for dir in &dirs[1..] {
+        std::fs::copy(dirs[0].path().join(token), dir.path().join(token)).unwrap();
+    }
+    let standby = [&lease[..], &["--standby"]].concat();
+    let mut standbys = Vec::new();
+    for dir in &dirs[1..] {
+        standbys.push(start_with(dir.path(), free_port(), &standby).await);
+    }
+    for server in &standbys {
+        standing_by_for(&http, &server.base, &host_id(dirs[0].path())).await;
+        let refused = http.post(format!("{}/v1/tasks", server.base)).json(&json!({"plugin": "sleep"})).send().await;
+        let refused = refused.unwrap();
+        assert_eq!(refused.status().as_u16(), 503);
+        assert_eq!(refused.headers()["retry-after"], "1");
+        let body: Value = refused.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+    }
+    let mut ids = Vec::new();
+    let mut long = Vec::new();
+    for n in 0..44 {
+        let ms = if n < 4 { 2000 } else { 50 };
+        let task = submit(&http, &first.base, json!({"plugin": "sleep", "input": ms})).await;
+        let id = task["id"].as_str().unwrap().to_owned();
+        if n < 4 {
+            long.push(id.clone());
+        }
+        ids.push(id);
+    }
+    running(&http, &first.base, &long).await;
+    first.signal(libc::SIGKILL);
+    first.exited(Duration::from_secs(10)).await;
+    let killed = Instant::now();
+    let taker = serving(&http, &[&standbys[0], &standbys[1]], Duration::from_secs(20)).await;
+    eprintln!("a standby served {:?} after the SIGKILL", killed.elapsed());
+    let mut leader = standbys.remove(taker);
+    let last = standbys.remove(0);
+    let leader_dir = if taker == 0 { &dirs[1] } else { &dirs[2] };
+    // The other waits on, naming the new host.
+    standing_by_for(&http, &last.base, &host_id(leader_dir.path())).await;
+    for id in &ids {
+        let task = completed(&http, &leader.base, id, Duration::from_secs(30)).await;
+        if long.contains(id) {
+            assert_eq!(task["attempts"], 2, "the killed host's attempt counted: {task}");
+        } else {
+            // Run once, or once more if the kill cut its first attempt.
+            assert!(matches!(task["attempts"].as_u64(), Some(1 | 2)), "{task}");
+        }
+    }
+    // Frozen while it runs more: the last standby takes over once its
+    // lease lapsed, and completes them.
+    let mut frozen_ids = Vec::new();
+    for _ in 0..3 {
+        let task = submit(&http, &leader.base, json!({"plugin": "sleep", "input": 2000})).await;
+        frozen_ids.push(task["id"].as_str().unwrap().to_owned());
+    }
+    running(&http, &leader.base, &frozen_ids).await;
+    leader.signal(libc::SIGSTOP);
+    serving(&http, &[&last], Duration::from_secs(40)).await;
+    for id in &frozen_ids {
+        let task = completed(&http, &last.base, id, Duration::from_secs(30)).await;
+        assert_eq!(task["attempts"], 2, "the frozen host's attempt counted: {task}");
+    }
+    leader.signal(libc::SIGCONT);
+    assert_eq!(leader.exited(Duration::from_secs(30)).await.code(), Some(3));
+    assert!(serve_log(leader_dir.path()).contains("no longer the engine of this PostgreSQL database"));
+    ids.extend(frozen_ids);
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM taskhost_tasks").fetch_one(&db).await.unwrap();
+    assert_eq!(stored, i64::try_from(ids.len()).unwrap(), "nothing but the submitted tasks was stored");
+    for id in &ids {
+        let history: Value =
+            http.get(format!("{}/v1/tasks/{id}/history", last.base)).send().await.unwrap().json().await.unwrap();
+        let ends = history["history"].as_array().unwrap_or_else(|| panic!("{history}"));
+        let completions = ends.iter().filter(|t| t["to"] == "completed").count();
+        assert_eq!(completions, 1, "task {id} completed once: {history}");
+    }
+}
+
+/// A standby told to stop (SIGTERM) while it waits exits at once, having
+/// served nothing; `--standby` without a database is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_stops_while_it_waits_and_needs_a_database() {
+    let url = taskhost_test_postgres::cluster().database("serve_standby_stop");
+    let data = tempfile::tempdir().unwrap();
+    let _serving = start_with(data.path(), free_port(), &["--store", &url]).await;
+    let other = tempfile::tempdir().unwrap();
+    let token = taskhost::auth::ADMIN_TOKEN_FILE;
+    std::fs::copy(data.path().join(token), other.path().join(token)).unwrap();
+    let mut standby = start_with(other.path(), free_port(), &["--store", &url, "--standby"]).await;
+    let (status, _) = health(&crate::http(), &standby.base).await;
+    assert_eq!(status, 503);
+    let (exit, took) = standby.terminate(Duration::from_secs(10)).await;
+    assert!(exit.success(), "{exit:?} after {took:?}");
+    let log = serve_log(other.path());
+    assert!(log.contains("standing by") && log.contains("it took nothing over"), "{log}");
+    let alone = tempfile::tempdir().unwrap();
+    let refused = refused_start(alone.path(), &["--standby"]).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--standby needs a PostgreSQL store"), "{stderr}");
+}

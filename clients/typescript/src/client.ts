@@ -371,8 +371,9 @@ export class TaskhostClient {
   }
 
   /**
-   * The host's health (`GET /healthz`, no token needed): `status` is `ok`,
-   * or `unhealthy` while its store cannot write (answered with 503, and
+   * The host's health (`GET /healthz`, no token needed): `status` is `ok`;
+   * `unhealthy` while its store cannot write; or `standby` on a host waiting
+   * to take over its database from another (both answered with 503, and
    * returned here rather than thrown).
    */
   health(request: RequestOptions = {}): Promise<Health> {

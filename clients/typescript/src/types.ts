@@ -703,7 +703,8 @@ export interface TenantList {
 
 /** `Health`: the host's health, with its tasks per state. */
 export interface Health {
-  /** `ok`, or `unhealthy` while the store cannot write. */
+  /** `ok`; `unhealthy` while the store cannot write; `standby` on a host
+   * waiting to take over from the one serving its database. */
   status: string;
   tasks: Partial<Record<TaskState, number>>;
   reason?: string | null;

@@ -17,11 +17,13 @@ mod openapi;
 mod proptests;
 mod reference;
 mod serve;
+mod standby;
 
 pub use access::{Access, TENANT_HEADER};
 pub(crate) use error::{ApiError, Path};
 pub use openapi::openapi_json;
 pub use serve::{ServeConfig, serve, serve_moving};
+pub use standby::{standby_router, standing_by};
 
 use crate::auth::Scope;
 use crate::engine::{Engine, ListFilter, NewTask};

@@ -78,7 +78,7 @@ pub(crate) struct ServeArgs {
     /// the data directory, which still holds the artifact cache and
     /// uploads. TLS: add `?sslmode=verify-full&sslrootcert=CA.pem`. The
     /// configuration file's `[server] store` wins. One host at a time runs
-    /// on a database in this version.
+    /// on a database in this version (others may wait: --standby).
     #[arg(long, value_name = "URL", env = "TASKHOST_STORE", hide_env_values = true, value_parser = store_url)]
     store: Option<taskhost::engine::StoreUrl>,
     /// With --store: how long this host holds the database without a
@@ -87,6 +87,12 @@ pub(crate) struct ServeArgs {
     /// refused from then on. At least 6s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "15s")]
     store_lease: Duration,
+    /// With --store: while another host serves the database, wait (every
+    /// request answered 503, `/healthz` saying `standby` and who serves)
+    /// and take over once it stops, or once its lease lapses, instead of
+    /// refusing to start.
+    #[arg(long)]
+    standby: bool,
     /// Watch DIR for `NAME.wasm`, `NAME@VERSION.wasm` and `NAME.toml`
     /// (manifest) files and load them live.
     #[arg(long, value_name = "DIR")]
@@ -425,6 +431,15 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
         );
     }
     config.store_lease = args.store_lease;
+    let standby = match (args.standby, config.store_url.is_some()) {
+        (false, _) => None,
+        (true, false) => return fail(EXIT_USAGE, "--standby needs a PostgreSQL store (--store, or the file's store)"),
+        (true, true) => {
+            let (standby, seen) = taskhost::store::postgres::Standby::new();
+            config.standby = Some(standby.clone());
+            Some((standby, seen))
+        }
+    };
     let backend = if config.store_url.is_some() { "PostgreSQL" } else { "redb" };
     let sandbox = &mut config.sandbox;
     let ceilings = &mut sandbox.ceilings;
@@ -536,7 +551,42 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
         config.claim_ahead,
         taskhost::units::format_size(config.memory_budget)
     );
-    let opened = std::panic::AssertUnwindSafe(Engine::open(config)).catch_unwind().await;
+    // Listened for from here on, so none is missed between standing by
+    // and serving.
+    let mut signals = Signals::new();
+    let opening = std::panic::AssertUnwindSafe(Engine::open(config)).catch_unwind();
+    let opened = match standby {
+        None => opening.await,
+        Some((standby, seen)) => {
+            let metrics_config = ServeConfig::default();
+            let listeners = [(Some(&listener), &serve_config), (metrics_listener.as_ref(), &metrics_config)];
+            let standing = match StandbyServers::start(listeners, seen) {
+                Ok(standing) => standing,
+                Err(e) => return fail(EXIT_USAGE, &format!("cannot serve while standing by: {e}")),
+            };
+            tokio::pin!(opening);
+            let (opened, told_to_stop) = tokio::select! {
+                opened = &mut opening => (opened, false),
+                () = signals.recv() => {
+                    // Stops waiting; an engine that took over already
+                    // finishes opening, and is closed.
+                    standby.stop();
+                    (opening.await, true)
+                }
+            };
+            standing.stop().await;
+            if told_to_stop {
+                let took_over = matches!(&opened, Ok(Ok(_)));
+                if let Ok(Ok(engine)) = opened {
+                    engine.close().await;
+                }
+                let what = if took_over { "it had just taken over, and closed" } else { "it took nothing over" };
+                eprintln!("taskhost: shutting down while standing by ({what})");
+                return ExitCode::SUCCESS;
+            }
+            opened
+        }
+    };
     let engine = match opened {
         Ok(Ok(e)) => e,
         Ok(Err(e)) => return open_failed(&e, &data_dir, backend),
@@ -628,12 +678,9 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
     }
     let store_lost = std::sync::Arc::new(std::sync::Mutex::new(None));
     let shutdown = async {
-        let ctrl_c = tokio::signal::ctrl_c();
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         let lost = engine.store();
         tokio::select! {
-            _ = ctrl_c => {},
-            _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {},
+            () = signals.recv() => {},
             why = lost.lost() => {
                 // Another host may run the engine on the database now:
                 // nothing more starts here, at once.
@@ -656,6 +703,101 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
         return ExitCode::from(EXIT_STORE);
     }
     ExitCode::SUCCESS
+}
+
+/// SIGINT and SIGTERM, listened for from start-up to shutdown (a signal
+/// that comes while nothing waits on it is kept for the next wait).
+struct Signals {
+    interrupt: Option<tokio::signal::unix::Signal>,
+    terminate: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self { interrupt: signal(SignalKind::interrupt()).ok(), terminate: signal(SignalKind::terminate()).ok() }
+    }
+
+    /// Waits for either.
+    async fn recv(&mut self) {
+        async fn one(signal: Option<&mut tokio::signal::unix::Signal>) {
+            match signal {
+                Some(signal) => {
+                    signal.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        tokio::select! {
+            () = one(self.interrupt.as_mut()) => {}
+            () = one(self.terminate.as_mut()) => {}
+        }
+    }
+}
+
+/// The standby's API (`api::standby_router`), served on second handles
+/// of the host's listeners while it stands by; the engine's API takes
+/// the listeners over once these stopped.
+struct StandbyServers {
+    stop: tokio::sync::watch::Sender<bool>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    tell: tokio::task::AbortHandle,
+}
+
+/// How long stopping the standby's servers waits for answers in flight
+/// (each a 503) before it cuts them off.
+const STANDBY_STOP_GRACE: Duration = Duration::from_millis(500);
+
+impl StandbyServers {
+    /// Serves on each listener given, with its settings; says what the
+    /// standby sees whenever that changes.
+    fn start<'a>(
+        listeners: impl IntoIterator<Item = (Option<&'a tokio::net::TcpListener>, &'a ServeConfig)>,
+        seen: tokio::sync::watch::Receiver<taskhost::store::postgres::StandbyState>,
+    ) -> std::io::Result<Self> {
+        use std::os::fd::AsFd as _;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut servers = Vec::new();
+        for (listener, config) in listeners {
+            let Some(listener) = listener else { continue };
+            // The same socket (a duplicated descriptor, non-blocking as
+            // the first): connections wait in its backlog for whichever
+            // accepts, and none is lost at the switch.
+            let second = std::net::TcpListener::from(listener.as_fd().try_clone_to_owned()?);
+            second.set_nonblocking(true)?;
+            let second = tokio::net::TcpListener::from_std(second)?;
+            if let Ok(at) = listener.local_addr() {
+                let scheme = if config.tls.is_some() { "https" } else { "http" };
+                eprintln!("taskhost standing by on {scheme}://{at}: answering 503 until it serves");
+            }
+            let mut stopped = stopped.clone();
+            let router = taskhost::api::standby_router(seen.clone());
+            servers.push(tokio::spawn(taskhost::api::serve_moving(second, None, router, config.clone(), async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            })));
+        }
+        let mut told = seen;
+        let tell = tokio::spawn(async move {
+            while told.changed().await.is_ok() {
+                let now = taskhost::api::standing_by(&told.borrow_and_update());
+                eprintln!("taskhost: {now}");
+            }
+        })
+        .abort_handle();
+        Ok(Self { stop, servers, tell })
+    }
+
+    /// Stops serving, cutting off what has not ended within
+    /// [`STANDBY_STOP_GRACE`].
+    async fn stop(self) {
+        self.tell.abort();
+        self.stop.send_replace(true);
+        for mut server in self.servers {
+            if tokio::time::timeout(STANDBY_STOP_GRACE, &mut server).await.is_err() {
+                server.abort();
+            }
+        }
+    }
 }
 
 /// Ends start-up on an engine that would not open: a store that cannot be

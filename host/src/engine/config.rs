@@ -50,6 +50,12 @@ pub struct EngineConfig {
     /// this long, and its writes are refused from then on. Default 15 s;
     /// at least `store::postgres::MIN_LEASE`.
     pub store_lease: Duration,
+    /// On PostgreSQL: wait while another host serves the database, and
+    /// take over once it stops (its connection ends) or its lease lapses,
+    /// instead of refusing to start. The sender is told who leads while
+    /// this host waits, and may be told to stop waiting. Default `None`:
+    /// refuse.
+    pub standby: Option<crate::store::postgres::Standby>,
     /// Backoff between attempts.
     pub retry: RetryPolicy,
     /// `max_attempts` of a task that sets none. Default 3.
@@ -122,6 +128,7 @@ impl Default for EngineConfig {
             group_commit: true,
             store_url: None,
             store_lease: Duration::from_secs(15),
+            standby: None,
             retry: RetryPolicy::default(),
             default_max_attempts: 3,
             plugins_dir: None,

@@ -1020,7 +1020,8 @@ async fn open_store(config: &EngineConfig, host: &str) -> anyhow::Result<(Db, re
     };
     let host = host.to_owned();
     let store = crate::store::postgres::PgStore::connect(url, PG_CONNECTIONS).await?;
-    let pg = crate::store::PgDb::open(store, host, PG_COMMIT_WORKERS, config.store_lease).await?;
+    let standby = config.standby.as_ref();
+    let pg = crate::store::PgDb::open(store, host, PG_COMMIT_WORKERS, config.store_lease, standby).await?;
     let db = Db::Postgres(Arc::new(pg));
     let found = recovery::Found::scan_db(&db).await.context("reading the PostgreSQL store's tasks")?;
     Ok((db, found))

@@ -14,7 +14,7 @@
 //! thread off to wait (see [`PgDb::wait`]).
 
 use super::events::{Feed, Subscription};
-use super::postgres::{CommitConfig, PgCommitter, PgError, PgStore, SoleEngine};
+use super::postgres::{CommitConfig, PgCommitter, PgError, PgStore, SoleEngine, Standby};
 use super::retention::{Expired, Removed, Retention};
 use super::{
     Applied, AuditEntry, CallbackOutcome, Change, FlowRecord, FlowUpdate, FlowsPage, Listed, Listing, PluginEntry,
@@ -65,14 +65,25 @@ impl PgDb {
     /// database's engine lock and lead, renewed for `lease` at a time (see
     /// `postgres/sole.rs`), and starts the group committer with `workers`
     /// workers (each holds a connection while it commits), every commit
-    /// fenced by the lead's term.
-    pub async fn open(store: PgStore, host: String, workers: usize, lease: Duration) -> Result<Self, PgError> {
+    /// fenced by the lead's term. With `standby`, waits while another host
+    /// holds the database (telling `standby` what it sees) instead of
+    /// refusing ([`PgError::InUse`]).
+    pub async fn open(
+        store: PgStore,
+        host: String,
+        workers: usize,
+        lease: Duration,
+        standby: Option<&Standby>,
+    ) -> Result<Self, PgError> {
         let runtime = tokio::runtime::Handle::current();
         if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
             // Some reads wait in place (`wait`), which needs other workers.
             return Err(PgError::Unsupported("a PostgreSQL store on a single-threaded Tokio runtime".into()));
         }
-        let sole = store.hold_sole_engine(&host, lease).await?;
+        let sole = match standby {
+            None => store.hold_sole_engine(&host, lease).await?,
+            Some(tell) => store.stand_by_for_sole_engine(&host, lease, tell).await?,
+        };
         let fence = Some(sole.term());
         let committer = store.committer(CommitConfig { queue: PG_QUEUE, batch: PG_BATCH, workers, fence });
         Ok(Self { store, runtime, host, committer, feed: Feed::default(), sole })

@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct Health {
-    /// `ok`, or `unhealthy` while the store cannot write (a full disk).
+    /// `ok`; `unhealthy` while the store cannot write (a full disk);
+    /// `standby` while another host serves its database.
     pub status: HealthStatus,
     /// Why the host is unhealthy (absent when it is not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -31,6 +32,10 @@ pub enum HealthStatus {
     Ok,
     /// Up but unable to do its work, e.g. the store cannot write (503).
     Unhealthy,
+    /// Standing by (`serve --standby`): another host serves its
+    /// PostgreSQL database, and this one takes over once that one stops
+    /// (503).
+    Standby,
 }
 
 impl Health {
@@ -54,6 +59,12 @@ impl Health {
         }
     }
 
+    /// A host standing by for another (`serve --standby`): `reason` says
+    /// who serves the database. It holds no tasks.
+    pub fn standby(reason: String) -> Self {
+        Self { status: HealthStatus::Standby, reason: Some(reason), since: None, tasks: BTreeMap::new() }
+    }
+
     /// Whether `status` is `ok`.
     pub fn is_ok(&self) -> bool {
         self.status == HealthStatus::Ok
@@ -71,6 +82,12 @@ mod tests {
         let value = serde_json::to_value(&health).unwrap();
         assert_eq!(value, json!({"status": "ok", "tasks": {"pending": 0, "running": 2}}));
         assert_eq!(serde_json::from_value::<Health>(value).unwrap(), health);
+    }
+
+    #[test]
+    fn a_standby_says_who_it_waits_for_and_holds_no_tasks() {
+        let value = serde_json::to_value(Health::standby("host h serves".into())).unwrap();
+        assert_eq!(value, json!({"status": "standby", "reason": "host h serves", "tasks": {}}));
     }
 
     #[test]

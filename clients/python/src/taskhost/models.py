@@ -869,8 +869,9 @@ class HostList:
 
 @dataclass(frozen=True)
 class Health:
-    """The host's health: ``status`` ``ok``, or ``unhealthy`` with the
-    ``reason`` and ``since``."""
+    """The host's health: ``status`` ``ok``; ``unhealthy`` with the
+    ``reason`` and ``since``; or ``standby`` (a host waiting to take over
+    from the one serving its database) with the ``reason``."""
 
     status: str
     tasks: dict[str, int]

@@ -1011,3 +1011,109 @@ async fn a_frozen_engine_is_taken_over_and_its_commits_are_refused() {
     let mut txn = b.pool().begin().await.unwrap();
     assert_eq!(PgStore::standing(&mut txn, sole.term()).await.unwrap(), Standing::Replaced);
 }
+
+/// A standby waits while a host holds the database, told who leads, and
+/// takes over within a poll once the holder stops (its connection ends);
+/// of two standbys, one takes over and the other waits on, for it. A
+/// standby told to stop stops waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_once_the_holder_stops_and_only_one_does() {
+    let (store, url) = store("standby").await;
+    let a = store.hold_sole_engine("a", MIN_LEASE).await.unwrap();
+    let stand_by = |name: &'static str| {
+        let url = url.clone();
+        let (standby, seen) = Standby::new();
+        let waiting = tokio::spawn({
+            let standby = standby.clone();
+            async move {
+                let store = PgStore::connect(&url, 2).await.unwrap();
+                let sole = store.stand_by_for_sole_engine(name, MIN_LEASE, &standby).await?;
+                Ok::<_, PgError>((name, sole, store))
+            }
+        });
+        (waiting, standby, seen)
+    };
+    let ((b, _, mut seen), (c, _, _)) = (stand_by("b"), stand_by("c"));
+    tokio::time::timeout(STANDBY_POLL * 4, seen.wait_for(|s| matches!(s, StandbyState::Held(Some(_)))))
+        .await
+        .expect("told who leads")
+        .unwrap();
+    match &*seen.borrow() {
+        StandbyState::Held(Some(leader)) => assert_eq!((leader.host.as_str(), leader.live), ("a", true)),
+        other => panic!("{other:?}"),
+    }
+    tokio::time::sleep(STANDBY_POLL * 2).await;
+    assert!(!b.is_finished() && !c.is_finished(), "standbys wait while a holds the database");
+    // Each is queued on the lock, to be granted it the moment a's session ends.
+    let queued: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
+         WHERE d.datname = current_database() AND l.locktype = 'advisory' AND NOT l.granted
+           AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('taskhost sole engine', 0)",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(queued, 2);
+    // a stops: one standby takes over within a poll or two, the other waits on.
+    let stopped = std::time::Instant::now();
+    drop(a);
+    while !b.is_finished() && !c.is_finished() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(stopped.elapsed() < STANDBY_POLL * 4, "took over after {:?}", stopped.elapsed());
+    let (first, second) = if b.is_finished() { (b.await, c) } else { (c.await, b) };
+    let (name, sole, taker) = first.unwrap().unwrap();
+    let leader = taker.leader().await.unwrap().unwrap();
+    assert_eq!((leader.host.as_str(), leader.term, leader.live), (name, sole.term(), true));
+    tokio::time::sleep(STANDBY_POLL * 4).await;
+    assert!(!second.is_finished(), "the other standby waits on for {name}");
+    drop(sole);
+    let (next, sole, _) =
+        tokio::time::timeout(STANDBY_POLL * 4, second).await.expect("the second took over").unwrap().unwrap();
+    assert_ne!(next, name);
+    assert!(sole.term() > leader.term);
+    // A standby told to stop stops waiting, and takes nothing over.
+    let (waiting, standby, _) = stand_by("d");
+    tokio::time::sleep(STANDBY_POLL * 2).await;
+    standby.stop();
+    let stood_down = tokio::time::timeout(STANDBY_POLL * 4, waiting).await.expect("it stopped").unwrap();
+    assert!(matches!(stood_down, Err(PgError::StoodDown)), "{:?}", stood_down.map(|(n, ..)| n));
+    assert_eq!(taker.leader().await.unwrap().unwrap().term, sole.term());
+}
+
+/// A standby whose connection is cut (the server ended its session, as a
+/// restart would) connects again and goes on waiting, then takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_that_loses_its_connection_connects_again() {
+    let (store, url) = store("standby_reconnects").await;
+    let a = store.hold_sole_engine("a", MIN_LEASE).await.unwrap();
+    let (standby, mut seen) = Standby::new();
+    let waiting = tokio::spawn({
+        let standby = standby.clone();
+        async move {
+            let store = PgStore::connect(&url, 2).await.unwrap();
+            store.stand_by_for_sole_engine("b", MIN_LEASE, &standby).await.map(|sole| (sole, store))
+        }
+    });
+    let held = |s: &StandbyState| matches!(s, StandbyState::Held(Some(_)));
+    tokio::time::timeout(Duration::from_secs(5), seen.wait_for(held)).await.unwrap().unwrap();
+    // End every session of this database but the holder's and ours.
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()
+           AND pid <> (SELECT pid FROM taskhost_leader)",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    assert!(!ended.is_empty(), "the standby's session was ended");
+    tokio::time::timeout(Duration::from_secs(5), seen.wait_for(|s| *s == StandbyState::Looking))
+        .await
+        .expect("it noticed")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), seen.wait_for(held)).await.expect("it looks again").unwrap();
+    assert!(!waiting.is_finished(), "it waits on");
+    drop(a);
+    let (sole, b) = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("took over").unwrap().unwrap();
+    assert_eq!(b.leader().await.unwrap().unwrap().term, sole.term());
+}

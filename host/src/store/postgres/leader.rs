@@ -78,10 +78,16 @@ impl PgStore {
 
     /// The last host to lead, if any has.
     pub async fn leader(&self) -> Result<Option<Leader>, PgError> {
+        let mut conn = self.pool().acquire().await?;
+        PgStore::leader_on(&mut conn).await
+    }
+
+    /// [`PgStore::leader`], read on `conn`.
+    pub(crate) async fn leader_on(conn: &mut PgConnection) -> Result<Option<Leader>, PgError> {
         let row: Option<(String, i64, f64)> = sqlx::query_as(
             "SELECT host, term, extract(epoch FROM expires_at - clock_timestamp())::float8 FROM taskhost_leader",
         )
-        .fetch_optional(self.pool())
+        .fetch_optional(conn)
         .await?;
         Ok(row.map(|(host, term, left)| Leader {
             host,

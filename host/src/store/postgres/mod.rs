@@ -42,7 +42,7 @@ pub use hosts::HostRow;
 pub(crate) use leader::Standing;
 pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
-pub use sole::{MIN_LEASE, SoleEngine};
+pub use sole::{MIN_LEASE, STANDBY_POLL, SoleEngine, Standby, StandbyState};
 pub use wakeups::{Wakeup, Wakeups};
 
 use super::apply::apply_submit;
@@ -127,7 +127,8 @@ pub enum PgError {
     /// Another host's engine serves this database.
     #[error(
         "another taskhost host serves this PostgreSQL database; in this version one host at a time runs the \
-         engine on a database: stop the other one first"
+         engine on a database: stop the other one first, or start this one with --standby to take over once it \
+         stops"
     )]
     InUse,
     /// This host's engine was deposed: another host took over the
@@ -152,6 +153,9 @@ pub enum PgError {
     /// A setting of the store is out of its range.
     #[error("invalid PostgreSQL store setting: {0}")]
     Setting(String),
+    /// A standby was told to stop before it took the database over.
+    #[error("stopped while standing by; it took nothing over")]
+    StoodDown,
     /// What this store cannot do yet.
     #[error("not supported on PostgreSQL yet: {0}")]
     Unsupported(String),

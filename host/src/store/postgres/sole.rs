@@ -23,7 +23,7 @@
 //! server restarted, the network went), or finds another host's term,
 //! [`SoleEngine::lost`] says so, for the host to stop.
 
-use super::{PgError, PgStore, Term};
+use super::{Leader, PgError, PgStore, Term};
 use sqlx::postgres::PgConnection;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -75,83 +75,270 @@ impl SoleEngine {
     }
 }
 
+/// How often a standby looks whether the database is free
+/// ([`PgStore::stand_by_for_sole_engine`]).
+pub const STANDBY_POLL: Duration = Duration::from_millis(500);
+
+/// The longest one look of a standby may take (a takeover's included)
+/// before its connection counts as lost.
+const STANDBY_LOOK: Duration = Duration::from_secs(15);
+
+/// The longest a standby waits before it connects again after losing its
+/// connection.
+const STANDBY_BACKOFF: Duration = Duration::from_secs(5);
+
+/// What a host standing by sees (the receiver [`Standby::new`] gives).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum StandbyState {
+    /// It has not looked yet, or cannot reach the database now.
+    Looking,
+    /// Another host holds the database; the last leader row (its lease
+    /// lapsed when `live` is false: that host is being taken over).
+    Held(Option<Leader>),
+    /// It holds the database's lock now and is starting.
+    TakingOver,
+}
+
+/// A host standing by for a database another host serves: where it says
+/// what it sees, and how it is told to stop waiting. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Standby {
+    state: watch::Sender<StandbyState>,
+    stop: watch::Sender<bool>,
+}
+
+impl Standby {
+    /// A standby, and the receiver of what it sees.
+    pub fn new() -> (Self, watch::Receiver<StandbyState>) {
+        let (state, seen) = watch::channel(StandbyState::Looking);
+        (Self { state, stop: watch::channel(false).0 }, seen)
+    }
+
+    /// Stops waiting: [`PgStore::stand_by_for_sole_engine`] returns
+    /// [`PgError::StoodDown`] unless it holds the lock already.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Keeps `state`; tells the receivers only when who leads, or
+    /// whether their lease is live, changed (not the time it has left).
+    fn tell(&self, state: StandbyState) {
+        self.state.send_if_modified(|now| {
+            let changed = match (&*now, &state) {
+                (StandbyState::Held(Some(a)), StandbyState::Held(Some(b))) => {
+                    (&a.host, a.term, a.live) != (&b.host, b.term, b.live)
+                }
+                (a, b) => a != b,
+            };
+            *now = state;
+            changed
+        });
+    }
+}
+
 impl PgStore {
     /// Takes the database's engine lock and the lead for `host`, renewed
     /// for `lease` at a time (at least [`MIN_LEASE`]); refuses while
     /// another host holds the lock under a live lease, and takes over from
     /// one whose lease lapsed.
     pub async fn hold_sole_engine(&self, host: &str, lease: Duration) -> Result<SoleEngine, PgError> {
-        if lease < MIN_LEASE {
-            return Err(PgError::Setting(format!("the engine lease must be at least {MIN_LEASE:?}")));
-        }
+        check_lease(lease)?;
         let mut conn = self.pool().acquire().await?.detach();
-        let deadline = Instant::now() + TAKEOVER_WAIT;
-        let mut told = false;
-        loop {
-            let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-                .bind(SOLE)
-                .fetch_one(&mut conn)
-                .await?;
-            if taken {
-                break;
-            }
-            // Held. Taken over only from the session the leader row names,
-            // once its lease lapsed (it stopped renewing): a lock held by
-            // any other session, or under a live lease, or with no row at
-            // all (a host of an earlier version), is a live host's.
-            let holders: Vec<i32> = sqlx::query_scalar(
-                "SELECT l.pid FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
-                 WHERE d.datname = current_database() AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                   AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended($1, 0)",
-            )
-            .bind(SOLE)
-            .fetch_all(&mut conn)
-            .await?;
-            let lapsed: Option<i32> = sqlx::query_scalar(
-                "SELECT pid FROM taskhost_leader WHERE expires_at <= clock_timestamp() AND pid IS NOT NULL",
-            )
-            .fetch_optional(&mut conn)
-            .await?;
-            let Some(pid) = lapsed.filter(|pid| holders == [*pid]) else {
-                // Ended meanwhile (the lock is free now), or a live host's.
-                if holders.is_empty() && Instant::now() < deadline {
-                    continue;
-                }
-                return Err(PgError::InUse);
-            };
-            if Instant::now() > deadline {
-                return Err(PgError::InUse);
-            }
-            if !told {
-                told = true;
-                tracing::warn!(
-                    pid,
-                    "the host holding this database's engine lock stopped renewing its lease: ending its session \
-                     to take over"
-                );
-            }
-            // Only while the row still names it, lapsed: two hosts starting
-            // at once never end each other's session.
-            sqlx::query(
-                "SELECT pg_terminate_backend($1) FROM taskhost_leader
-                 WHERE pid = $1 AND expires_at <= clock_timestamp()",
-            )
-            .bind(pid)
-            .execute(&mut conn)
-            .await
-            .map_err(|error| match &error {
-                sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
-                    PgError::CannotTakeOver(db.message().to_owned())
-                }
-                _ => PgError::from(error),
-            })?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if !try_hold(&mut conn).await? {
+            return Err(PgError::InUse);
         }
-        let term = PgStore::take_lead(&mut conn, host, lease).await?;
-        let (tell, lost) = watch::channel(None);
-        let check = tokio::spawn(check(conn, term, lease, tell)).abort_handle();
-        Ok(SoleEngine { lost, check, term })
+        start_holding(conn, host, lease).await
     }
+
+    /// [`PgStore::hold_sole_engine`], waiting while another host holds
+    /// the database, and taking over once the holder stopped (its
+    /// connection ended: at once, from the lock's queue) or stopped
+    /// renewing its lease (once it lapsed: a look every
+    /// [`STANDBY_POLL`]). Tells `standby` what it sees. A lost connection
+    /// (the server restarting, a look unanswered for 15 s) is made again,
+    /// with a backoff up to 5 s, for as long as it waits. Returns
+    /// [`PgError::StoodDown`] once [`Standby::stop`] was called (or the
+    /// future may be dropped).
+    pub async fn stand_by_for_sole_engine(
+        &self,
+        host: &str,
+        lease: Duration,
+        standby: &Standby,
+    ) -> Result<SoleEngine, PgError> {
+        check_lease(lease)?;
+        let mut stop = standby.stop.subscribe();
+        let stopped = async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        tokio::pin!(stopped);
+        let mut backoff = STANDBY_POLL;
+        loop {
+            let round = tokio::select! {
+                () = &mut stopped => return Err(PgError::StoodDown),
+                round = self.stand_by_round(standby) => round,
+            };
+            let error = match round {
+                Ok(mine) => {
+                    standby.tell(StandbyState::TakingOver);
+                    return start_holding(mine, host, lease).await;
+                }
+                Err(error) if !error.is_transient() => return Err(error),
+                Err(error) => error,
+            };
+            // A round that saw the database starts the backoff again.
+            if *standby.state.borrow() == StandbyState::Looking {
+                backoff = (backoff * 2).min(STANDBY_BACKOFF);
+            } else {
+                tracing::warn!(%error, "standing by: lost the database; connecting again");
+                backoff = STANDBY_POLL;
+            }
+            standby.tell(StandbyState::Looking);
+            tokio::select! {
+                () = &mut stopped => return Err(PgError::StoodDown),
+                () = tokio::time::sleep(backoff) => {}
+            }
+        }
+    }
+
+    /// One round of standing by, on two connections of its own: one
+    /// queued on the engine lock (granted the moment the holder's session
+    /// ends), one looking every [`STANDBY_POLL`] who leads and whether
+    /// their lease lapsed (then ending the holder's session). The
+    /// connection that holds the lock, or the first failure.
+    async fn stand_by_round(&self, standby: &Standby) -> Result<PgConnection, PgError> {
+        let queued = async {
+            let mut mine = self.pool().acquire().await?.detach();
+            // The server notices a standby that went away while queued.
+            let _ = sqlx::query("SET client_connection_check_interval = 1000").execute(&mut mine).await;
+            sqlx::query(&format!("SET statement_timeout = {}", STANDBY_LOOK.as_millis())).execute(&mut mine).await?;
+            loop {
+                let lock = sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))").bind(SOLE);
+                match unanswered(STANDBY_LOOK * 2, lock.execute(&mut mine)).await? {
+                    Ok(_) => break,
+                    // Still held when the statement's time ran out: queue again.
+                    Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("57014") => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            sqlx::query("SET statement_timeout = 0").execute(&mut mine).await?;
+            Ok(mine)
+        };
+        let looking = async {
+            let mut mine = self.pool().acquire().await?.detach();
+            loop {
+                let look = async {
+                    if try_hold(&mut mine).await? {
+                        return Ok(None);
+                    }
+                    PgStore::leader_on(&mut mine).await.map(Some)
+                };
+                match unanswered(STANDBY_LOOK, look).await?? {
+                    None => return Ok(mine),
+                    Some(leader) => standby.tell(StandbyState::Held(leader)),
+                }
+                tokio::time::sleep(STANDBY_POLL).await;
+            }
+        };
+        tokio::select! {
+            queued = queued => queued,
+            looked = looking => looked,
+        }
+    }
+}
+
+/// `work`'s result, or a transient error once it ran past `within` (the
+/// connection is taken for lost).
+async fn unanswered<T>(within: Duration, work: impl Future<Output = T>) -> Result<T, PgError> {
+    tokio::time::timeout(within, work).await.map_err(|_| {
+        let why = format!("the database did not answer within {within:?}");
+        PgError::Database(sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, why)))
+    })
+}
+
+/// A lease shorter than [`MIN_LEASE`] is refused.
+fn check_lease(lease: Duration) -> Result<(), PgError> {
+    if lease < MIN_LEASE {
+        return Err(PgError::Setting(format!("the engine lease must be at least {MIN_LEASE:?}")));
+    }
+    Ok(())
+}
+
+/// Takes the engine lock on `conn`, ending the session of a holder whose
+/// lease lapsed (trying for at most [`TAKEOVER_WAIT`]): whether it holds
+/// it now (`false`: a live host holds it).
+async fn try_hold(conn: &mut PgConnection) -> Result<bool, PgError> {
+    let deadline = Instant::now() + TAKEOVER_WAIT;
+    let mut told = false;
+    loop {
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(SOLE)
+            .fetch_one(&mut *conn)
+            .await?;
+        if taken {
+            return Ok(true);
+        }
+        // Held. Taken over only from the session the leader row names,
+        // once its lease lapsed (it stopped renewing): a lock held by
+        // any other session, or under a live lease, or with no row at
+        // all (a host of an earlier version), is a live host's.
+        let holders: Vec<i32> = sqlx::query_scalar(
+            "SELECT l.pid FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
+             WHERE d.datname = current_database() AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+               AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended($1, 0)",
+        )
+        .bind(SOLE)
+        .fetch_all(&mut *conn)
+        .await?;
+        let lapsed: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM taskhost_leader WHERE expires_at <= clock_timestamp() AND pid IS NOT NULL",
+        )
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(pid) = lapsed.filter(|pid| holders == [*pid]) else {
+            // Ended meanwhile (the lock is free now), or a live host's.
+            if holders.is_empty() && Instant::now() < deadline {
+                continue;
+            }
+            return Ok(false);
+        };
+        if Instant::now() > deadline {
+            return Ok(false);
+        }
+        if !told {
+            told = true;
+            tracing::warn!(
+                pid,
+                "the host holding this database's engine lock stopped renewing its lease: ending its session to \
+                 take over"
+            );
+        }
+        // Only while the row still names it, lapsed: two hosts starting
+        // at once never end each other's session.
+        sqlx::query(
+            "SELECT pg_terminate_backend($1) FROM taskhost_leader
+             WHERE pid = $1 AND expires_at <= clock_timestamp()",
+        )
+        .bind(pid)
+        .execute(&mut *conn)
+        .await
+        .map_err(|error| match &error {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+                PgError::CannotTakeOver(db.message().to_owned())
+            }
+            _ => PgError::from(error),
+        })?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// With the lock held on `conn`: takes the lead for `host` and starts
+/// renewing it.
+async fn start_holding(mut conn: PgConnection, host: &str, lease: Duration) -> Result<SoleEngine, PgError> {
+    let term = PgStore::take_lead(&mut conn, host, lease).await?;
+    let (tell, lost) = watch::channel(None);
+    let check = tokio::spawn(check(conn, term, lease, tell)).abort_handle();
+    Ok(SoleEngine { lost, check, term })
 }
 
 /// Timeouts in a row that count as the connection lost (a loaded server
@@ -192,4 +379,27 @@ async fn check(mut conn: PgConnection, term: Term, lease: Duration, lost: watch:
     let _ = lost.send(Some(why));
     std::future::pending::<()>().await;
     drop(conn);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_standby_tells_who_leads_when_it_changes_not_the_time_left() {
+        let (standby, mut seen) = Standby::new();
+        let leader = |host: &str, term, live, left| Leader { host: host.into(), term: Term(term), live, left };
+        standby.tell(StandbyState::Held(Some(leader("a", 1, true, Duration::from_secs(9)))));
+        assert!(seen.has_changed().unwrap());
+        seen.mark_unchanged();
+        standby.tell(StandbyState::Held(Some(leader("a", 1, true, Duration::from_secs(8)))));
+        assert!(!seen.has_changed().unwrap(), "only the time left changed");
+        for changed in [leader("a", 1, false, Duration::ZERO), leader("b", 2, true, Duration::from_secs(9))] {
+            standby.tell(StandbyState::Held(Some(changed)));
+            assert!(seen.has_changed().unwrap());
+            seen.mark_unchanged();
+        }
+        standby.tell(StandbyState::TakingOver);
+        assert_eq!(*seen.borrow_and_update(), StandbyState::TakingOver);
+    }
 }
