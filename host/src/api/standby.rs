@@ -33,7 +33,7 @@ pub fn standing_by(state: &StandbyState) -> String {
             l.host, l.term.0
         ),
         StandbyState::Held(Some(l)) => format!(
-            "standing by: host {} (term {}) stopped renewing its hold on this PostgreSQL database; this host takes \
+            "standing by: host {} (term {}) stopped renewing its hold on this PostgreSQL database; a standby takes \
              over",
             l.host, l.term.0
         ),

@@ -551,9 +551,10 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
         config.claim_ahead,
         taskhost::units::format_size(config.memory_budget)
     );
-    // Listened for from here on, so none is missed between standing by
-    // and serving.
-    let mut signals = Signals::new();
+    // A standby listens for signals from before it waits, so none is
+    // missed between standing by and serving; a host that does not stand
+    // by is stopped by one while it starts, as before.
+    let mut signals = None;
     let opening = std::panic::AssertUnwindSafe(Engine::open(config)).catch_unwind();
     let opened = match standby {
         None => opening.await,
@@ -567,7 +568,7 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
             tokio::pin!(opening);
             let (opened, told_to_stop) = tokio::select! {
                 opened = &mut opening => (opened, false),
-                () = signals.recv() => {
+                () = signals.insert(Signals::new()).recv() => {
                     // Stops waiting; an engine that took over already
                     // finishes opening, and is closed.
                     standby.stop();
@@ -587,6 +588,7 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
             opened
         }
     };
+    let mut signals = signals.unwrap_or_else(Signals::new);
     let engine = match opened {
         Ok(Ok(e)) => e,
         Ok(Err(e)) => return open_failed(&e, &data_dir, backend),

@@ -1034,7 +1034,7 @@ async fn a_standby_takes_over_once_the_holder_stops_and_only_one_does() {
         (waiting, standby, seen)
     };
     let ((b, _, mut seen), (c, _, _)) = (stand_by("b"), stand_by("c"));
-    tokio::time::timeout(STANDBY_POLL * 4, seen.wait_for(|s| matches!(s, StandbyState::Held(Some(_)))))
+    tokio::time::timeout(Duration::from_secs(10), seen.wait_for(|s| matches!(s, StandbyState::Held(Some(_)))))
         .await
         .expect("told who leads")
         .unwrap();
@@ -1045,22 +1045,30 @@ async fn a_standby_takes_over_once_the_holder_stops_and_only_one_does() {
     tokio::time::sleep(STANDBY_POLL * 2).await;
     assert!(!b.is_finished() && !c.is_finished(), "standbys wait while a holds the database");
     // Each is queued on the lock, to be granted it the moment a's session ends.
-    let queued: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
-         WHERE d.datname = current_database() AND l.locktype = 'advisory' AND NOT l.granted
-           AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('taskhost sole engine', 0)",
-    )
-    .fetch_one(store.pool())
-    .await
-    .unwrap();
-    assert_eq!(queued, 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let queued: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
+             WHERE d.datname = current_database() AND l.locktype = 'advisory' AND NOT l.granted
+               AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('taskhost sole engine', 0)",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        if queued == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{queued} standbys queued on the lock");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // a stops: one standby takes over within a poll or two, the other waits on.
     let stopped = std::time::Instant::now();
     drop(a);
     while !b.is_finished() && !c.is_finished() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert!(stopped.elapsed() < STANDBY_POLL * 4, "took over after {:?}", stopped.elapsed());
+    // Well within a lease (it comes from the lock's queue: no lease lapsed).
+    assert!(stopped.elapsed() < MIN_LEASE, "took over after {:?}", stopped.elapsed());
     let (first, second) = if b.is_finished() { (b.await, c) } else { (c.await, b) };
     let (name, sole, taker) = first.unwrap().unwrap();
     let leader = taker.leader().await.unwrap().unwrap();
@@ -1069,14 +1077,14 @@ async fn a_standby_takes_over_once_the_holder_stops_and_only_one_does() {
     assert!(!second.is_finished(), "the other standby waits on for {name}");
     drop(sole);
     let (next, sole, _) =
-        tokio::time::timeout(STANDBY_POLL * 4, second).await.expect("the second took over").unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), second).await.expect("the second took over").unwrap().unwrap();
     assert_ne!(next, name);
     assert!(sole.term() > leader.term);
     // A standby told to stop stops waiting, and takes nothing over.
     let (waiting, standby, _) = stand_by("d");
     tokio::time::sleep(STANDBY_POLL * 2).await;
     standby.stop();
-    let stood_down = tokio::time::timeout(STANDBY_POLL * 4, waiting).await.expect("it stopped").unwrap();
+    let stood_down = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("it stopped").unwrap();
     assert!(matches!(stood_down, Err(PgError::StoodDown)), "{:?}", stood_down.map(|(n, ..)| n));
     assert_eq!(taker.leader().await.unwrap().unwrap().term, sole.term());
 }
@@ -1116,4 +1124,84 @@ async fn a_standby_that_loses_its_connection_connects_again() {
     drop(a);
     let (sole, b) = tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("took over").unwrap().unwrap();
     assert_eq!(b.leader().await.unwrap().unwrap().term, sole.term());
+}
+
+/// A standby that froze while queued on the lock (its process alive, its
+/// runtime stopped) and is granted it when the holder stops cannot keep
+/// it: the server ends its idle session after a lease, and the next
+/// standby takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard held across awaits is the freeze: it stops the other runtime.
+#[allow(clippy::await_holding_lock)]
+async fn a_frozen_standby_granted_the_lock_lets_it_go_after_a_lease() {
+    use std::sync::{Arc, Mutex};
+    let (store, url) = store("standby_frozen").await;
+    let a = store.hold_sole_engine("a", MIN_LEASE).await.unwrap();
+    let queued = || async {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
+             WHERE d.datname = current_database() AND l.locktype = 'advisory' AND NOT l.granted
+               AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('taskhost sole engine', 0)",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        count
+    };
+    let until_queued = |n: i64| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while queued().await != n {
+            assert!(std::time::Instant::now() < deadline, "{n} standbys never queued");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    // Standby f, first in the lock's queue, on a runtime of its own that
+    // the test freezes by holding `freeze`.
+    let freeze = Arc::new(Mutex::new(()));
+    let (f, _) = Standby::new();
+    let frozen = std::thread::spawn({
+        let (freeze, f, url) = (freeze.clone(), f.clone(), url.clone());
+        move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let store = PgStore::connect(&url, 2).await.unwrap();
+                let freezer = async {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        drop(freeze.lock().unwrap());
+                    }
+                };
+                tokio::select! {
+                    waited = store.stand_by_for_sole_engine("f", MIN_LEASE, &f) => waited.map(drop),
+                    () = freezer => unreachable!(),
+                }
+            })
+        }
+    });
+    until_queued(1).await;
+    let (g, _) = Standby::new();
+    let waiting = tokio::spawn({
+        let (g, url) = (g.clone(), url.clone());
+        async move {
+            let store = PgStore::connect(&url, 2).await.unwrap();
+            store.stand_by_for_sole_engine("g", MIN_LEASE, &g).await.map(|sole| (sole, store))
+        }
+    });
+    until_queued(2).await;
+    let held = freeze.lock().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // a stops: the lock goes to f's session, which nobody reads now.
+    let stopped = std::time::Instant::now();
+    drop(a);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!waiting.is_finished(), "the frozen standby was granted the lock first");
+    let (sole, taker) =
+        tokio::time::timeout(MIN_LEASE + Duration::from_secs(6), waiting).await.expect("g took over").unwrap().unwrap();
+    let took = stopped.elapsed();
+    assert!(took >= MIN_LEASE, "f held the lock for a lease first: {took:?}");
+    assert_eq!(taker.leader().await.unwrap().unwrap().term, sole.term());
+    drop(held);
+    f.stop();
+    let f_ended = tokio::task::spawn_blocking(move || frozen.join().unwrap()).await.unwrap();
+    assert!(f_ended.is_err(), "f took nothing over");
 }

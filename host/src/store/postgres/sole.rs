@@ -176,12 +176,18 @@ impl PgStore {
         loop {
             let round = tokio::select! {
                 () = &mut stopped => return Err(PgError::StoodDown),
-                round = self.stand_by_round(standby) => round,
+                round = self.stand_by_round(standby, lease) => round,
             };
             let error = match round {
+                // Told to stop as the lock came: it is let go (with the
+                // connection) untaken.
+                Ok(_) if *standby.stop.borrow() => return Err(PgError::StoodDown),
                 Ok(mine) => {
                     standby.tell(StandbyState::TakingOver);
-                    return start_holding(mine, host, lease).await;
+                    match start_holding(mine, host, lease).await {
+                        Err(error) if error.is_transient() => error,
+                        held => return held,
+                    }
                 }
                 Err(error) if !error.is_transient() => return Err(error),
                 Err(error) => error,
@@ -206,22 +212,36 @@ impl PgStore {
     /// ends), one looking every [`STANDBY_POLL`] who leads and whether
     /// their lease lapsed (then ending the holder's session). The
     /// connection that holds the lock, or the first failure.
-    async fn stand_by_round(&self, standby: &Standby) -> Result<PgConnection, PgError> {
+    async fn stand_by_round(&self, standby: &Standby, lease: Duration) -> Result<PgConnection, PgError> {
         let queued = async {
             let mut mine = self.pool().acquire().await?.detach();
-            // The server notices a standby that went away while queued.
+            // The server notices a standby that went away while queued
+            // (its connection closed); and one that went silent (frozen,
+            // cut off) and was granted the lock meanwhile is ended after a
+            // lease of holding it idle, so it cannot keep the lock from
+            // the others (both PostgreSQL 14 or later).
             let _ = sqlx::query("SET client_connection_check_interval = 1000").execute(&mut mine).await;
-            sqlx::query(&format!("SET statement_timeout = {}", STANDBY_LOOK.as_millis())).execute(&mut mine).await?;
+            let idle = format!("SET idle_session_timeout = {}", lease_ms(lease));
+            let _ = sqlx::query(&idle).execute(&mut mine).await;
+            let wait = format!("SET statement_timeout = {}", STANDBY_LOOK.as_millis());
+            sqlx::query(&wait).execute(&mut mine).await?;
+            sqlx::query("SET lock_timeout = 0").execute(&mut mine).await?;
             loop {
                 let lock = sqlx::query("SELECT pg_advisory_lock(hashtextextended($1, 0))").bind(SOLE);
                 match unanswered(STANDBY_LOOK * 2, lock.execute(&mut mine)).await? {
                     Ok(_) => break,
-                    // Still held when the statement's time ran out: queue again.
+                    // Still held when the statement's time ran out: queue
+                    // again (were it granted as the time ran out, it is
+                    // held, and asking again returns at once).
                     Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("57014") => {}
                     Err(error) => return Err(error.into()),
                 }
             }
-            sqlx::query("SET statement_timeout = 0").execute(&mut mine).await?;
+            // This connection renews the lease from now on: the session's
+            // own settings again.
+            let _ = sqlx::query("RESET idle_session_timeout").execute(&mut mine).await;
+            sqlx::query("RESET statement_timeout").execute(&mut mine).await?;
+            sqlx::query("RESET lock_timeout").execute(&mut mine).await?;
             Ok(mine)
         };
         let looking = async {
@@ -245,6 +265,11 @@ impl PgStore {
             looked = looking => looked,
         }
     }
+}
+
+/// `lease` in whole milliseconds.
+fn lease_ms(lease: Duration) -> u64 {
+    u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// `work`'s result, or a transient error once it ran past `within` (the
