@@ -1012,6 +1012,18 @@ async fn a_frozen_engine_is_taken_over_and_its_commits_are_refused() {
     assert_eq!(PgStore::standing(&mut txn, sole.term()).await.unwrap(), Standing::Replaced);
 }
 
+/// Sessions of this database waiting for the engine lock.
+async fn queued_on_the_engine_lock(store: &PgStore) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
+         WHERE d.datname = current_database() AND l.locktype = 'advisory' AND NOT l.granted
+           AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('taskhost sole engine', 0)",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap()
+}
+
 /// A standby waits while a host holds the database, told who leads, and
 /// takes over within a poll once the holder stops (its connection ends);
 /// of two standbys, one takes over and the other waits on, for it. A
@@ -1047,14 +1059,7 @@ async fn a_standby_takes_over_once_the_holder_stops_and_only_one_does() {
     // Each is queued on the lock, to be granted it the moment a's session ends.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let queued: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
-             WHERE d.datname = current_database() AND l.locktype = 'advisory' AND NOT l.granted
-               AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('taskhost sole engine', 0)",
-        )
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
+        let queued = queued_on_the_engine_lock(&store).await;
         if queued == 2 {
             break;
         }
@@ -1137,22 +1142,14 @@ async fn a_frozen_standby_granted_the_lock_lets_it_go_after_a_lease() {
     use std::sync::{Arc, Mutex};
     let (store, url) = store("standby_frozen").await;
     let a = store.hold_sole_engine("a", MIN_LEASE).await.unwrap();
-    let queued = || async {
-        let count: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
-             WHERE d.datname = current_database() AND l.locktype = 'advisory' AND NOT l.granted
-               AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended('taskhost sole engine', 0)",
-        )
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
-        count
-    };
-    let until_queued = |n: i64| async move {
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while queued().await != n {
-            assert!(std::time::Instant::now() < deadline, "{n} standbys never queued");
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    let until_queued = |n: i64| {
+        let store = &store;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while queued_on_the_engine_lock(store).await != n {
+                assert!(std::time::Instant::now() < deadline, "{n} standbys never queued");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         }
     };
     // Standby f, first in the lock's queue, on a runtime of its own that
