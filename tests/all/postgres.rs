@@ -164,16 +164,7 @@ async fn a_frozen_host_is_taken_over_and_writes_nothing_when_it_resumes() {
         ids.push(task["id"].as_str().unwrap().to_owned());
     }
     // Frozen while it runs them.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let task: Value =
-            http.get(format!("{}/v1/tasks/{}", frozen.base, ids[2])).send().await.unwrap().json().await.unwrap();
-        if task["state"] == "running" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the tasks never ran: {task}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    running(&http, &frozen.base, &ids[2..]).await;
     frozen.signal(libc::SIGSTOP);
     // While its lease is live, another host is refused; once it lapsed
     // (6 s after the last renewal), one takes over.

@@ -16,6 +16,7 @@
 //! commits with [`PgStore::standing`]. Nothing else may call
 //! [`PgStore::lead`] on a database an engine serves.
 
+use super::leases::millis;
 use super::{PgError, PgStore};
 use sqlx::postgres::PgConnection;
 use std::time::Duration;
@@ -70,7 +71,7 @@ impl PgStore {
              RETURNING term",
         )
         .bind(host)
-        .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+        .bind(millis(lease))
         .fetch_optional(self.pool())
         .await?;
         Ok(term.map(Term))
@@ -116,7 +117,7 @@ impl PgStore {
              RETURNING term",
         )
         .bind(host)
-        .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+        .bind(millis(lease))
         .fetch_one(&mut *txn)
         .await?;
         txn.commit().await?;
@@ -151,7 +152,7 @@ impl PgStore {
             "UPDATE taskhost_leader SET expires_at = clock_timestamp() + $2 * interval '1 millisecond' WHERE term = $1",
         )
         .bind(term.0)
-        .bind(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX))
+        .bind(millis(lease))
         .execute(conn)
         .await?;
         Ok(renewed.rows_affected() == 1)

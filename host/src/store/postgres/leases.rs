@@ -263,6 +263,6 @@ impl PgStore {
 }
 
 /// A duration in whole milliseconds, as a `bigint`.
-fn millis(d: Duration) -> i64 {
+pub(super) fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

@@ -23,6 +23,7 @@
 //! server restarted, the network went), or finds another host's term,
 //! [`SoleEngine::lost`] says so, for the host to stop.
 
+use super::leases::millis;
 use super::{Leader, PgError, PgStore, Term};
 use sqlx::postgres::PgConnection;
 use std::time::{Duration, Instant};
@@ -221,7 +222,7 @@ impl PgStore {
             // lease of holding it idle, so it cannot keep the lock from
             // the others (both PostgreSQL 14 or later).
             let _ = sqlx::query("SET client_connection_check_interval = 1000").execute(&mut mine).await;
-            let idle = format!("SET idle_session_timeout = {}", lease_ms(lease));
+            let idle = format!("SET idle_session_timeout = {}", millis(lease));
             let _ = sqlx::query(&idle).execute(&mut mine).await;
             let wait = format!("SET statement_timeout = {}", STANDBY_LOOK.as_millis());
             sqlx::query(&wait).execute(&mut mine).await?;
@@ -265,11 +266,6 @@ impl PgStore {
             looked = looking => looked,
         }
     }
-}
-
-/// `lease` in whole milliseconds.
-fn lease_ms(lease: Duration) -> u64 {
-    u64::try_from(lease.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// `work`'s result, or a transient error once it ran past `within` (the
