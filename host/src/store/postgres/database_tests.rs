@@ -1202,3 +1202,144 @@ async fn a_frozen_standby_granted_the_lock_lets_it_go_after_a_lease() {
     let f_ended = tokio::task::spawn_blocking(move || frozen.join().unwrap()).await.unwrap();
     assert!(f_ended.is_err(), "f took nothing over");
 }
+
+/// Whether task `n` is blocked, and the dependencies it waits for.
+async fn waits_of(store: &PgStore, n: u128) -> (bool, Vec<Uuid>) {
+    let id = Uuid::from_u128(n);
+    let blocked: bool = sqlx::query_scalar("SELECT blocked FROM taskhost_tasks WHERE id = $1")
+        .bind(id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let deps: Vec<Uuid> = sqlx::query_scalar("SELECT dep FROM taskhost_waits WHERE task = $1 ORDER BY dep")
+        .bind(id)
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    (blocked, deps)
+}
+
+/// Claims up to 10 tasks for `host` and gives their numbers.
+async fn claim_ids(store: &PgStore, host: &str) -> (Vec<u128>, Vec<Claimed>) {
+    let mut claimed = store.claim(host, 10, LEASE).await.unwrap();
+    claimed.sort_by_key(|c| c.record.id);
+    (claimed.iter().map(|c| c.record.id.as_u128()).collect(), claimed)
+}
+
+/// A task that joins others of its flow is claimed by no host until each
+/// of them ended (completed, failed, cancelled or quarantined); one
+/// waiting for a task that ends in the same transaction, or for one that
+/// does not exist, waits for nothing; a waiting task cancelled leaves no
+/// wait behind; and the tasks it released wake idle hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_task_is_claimed_once_every_task_it_waits_for_ended() {
+    use crate::store::tests::child_of;
+    use crate::store::{Change, Effects};
+    let (a, url) = store("joins").await;
+    let b = PgStore::connect(&url, 4).await.unwrap();
+    let root = record(1, None);
+    a.submit(root.clone(), Vec::new()).await.unwrap();
+    let claimed = a.claim("a", 1, LEASE).await.unwrap().remove(0);
+    let joining = |n: u128, after: &[u128]| {
+        let (mut child, input) = child_of(1, n, None);
+        child.after = after.iter().map(|&d| Uuid::from_u128(d)).collect();
+        (child, input)
+    };
+    // 100, 101 and 104 plain; 102 joins 100 and 101; 103 joins the root,
+    // which ends with this commit; 105 joins a task that does not exist;
+    // 106 joins 104, whose record will be damaged; 107 joins 100 and is
+    // cancelled while it waits.
+    let children = vec![
+        joining(100, &[]),
+        joining(101, &[]),
+        joining(102, &[100, 101]),
+        joining(103, &[1]),
+        joining(104, &[]),
+        joining(105, &[999]),
+        joining(106, &[104]),
+        joining(107, &[100]),
+    ];
+    let grow = Effects { flow_id: root.id, children, ..Effects::default() };
+    let done = Change::new(root.id, TaskState::Completed, "done").effects(grow);
+    let [grown] = a.finish_changes(vec![(claimed.lease, done)]).await.unwrap().try_into().unwrap();
+    assert_eq!(grown.unwrap().created.len(), 8);
+    assert_eq!(waits_of(&a, 102).await, (true, vec![Uuid::from_u128(100), Uuid::from_u128(101)]));
+    for free in [100, 103, 105] {
+        assert_eq!(waits_of(&a, free).await, (false, vec![]), "task {free}");
+    }
+    let cancel = Change::new(Uuid::from_u128(107), TaskState::Cancelled, "cancelled");
+    a.transition(cancel).await.unwrap();
+    assert_eq!(waits_of(&a, 107).await, (false, vec![]), "a cancelled task waits for nothing");
+    sqlx::query("UPDATE taskhost_tasks SET record = '\\xffff'::bytea WHERE id = $1")
+        .bind(Uuid::from_u128(104))
+        .execute(a.pool())
+        .await
+        .unwrap();
+
+    // The damaged 104 is set aside by the claim that reads it, which
+    // releases 106 (claimed by this claim's next round, or the next claim).
+    let (mut first, held) = claim_ids(&a, "a").await;
+    first.extend(claim_ids(&a, "a").await.0);
+    first.sort_unstable();
+    assert_eq!(first, [100, 101, 103, 105, 106], "102 waits; 104 is quarantined");
+    let held: HashMap<u128, Claimed> = held.into_iter().map(|c| (c.record.id.as_u128(), c)).collect();
+
+    // 100 completes: 102 still waits for 101.
+    let mut wakeups = b.wakeups().await.unwrap();
+    a.finish(&held[&100].lease, Outcome::completed(Vec::new())).await.unwrap();
+    assert_eq!(waits_of(&a, 102).await, (true, vec![Uuid::from_u128(101)]));
+    assert!(b.claim("b", 10, LEASE).await.unwrap().is_empty());
+    // 101 fails: 102 may start, and an idle host hears of it.
+    let failed =
+        Outcome { to: TaskState::Failed, reason: "failed".into(), output: None, error: None, retry_at_ms: None };
+    let _ = tokio::time::timeout(Duration::from_millis(200), wakeups.next()).await;
+    a.finish(&held[&101].lease, failed).await.unwrap();
+    let heard = tokio::time::timeout(Duration::from_secs(5), wakeups.next()).await;
+    assert!(heard.is_ok(), "the release woke the listening host");
+    assert_eq!(waits_of(&a, 102).await, (false, vec![]));
+    assert_eq!(claim_ids(&b, "b").await.0, [102]);
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM taskhost_waits").fetch_one(a.pool()).await.unwrap();
+    assert_eq!(left, 0, "no wait outlives what it waited for");
+}
+
+/// The joins of startable tasks stored before migration 11 are written on
+/// connect, from their records: a task whose dependency has not ended is
+/// blocked, one whose dependency ended is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_from_before_the_waits_table_are_written_on_connect() {
+    use crate::store::tests::child_of;
+    let (store, url) = store("fill_waits").await;
+    let root = record(1, None);
+    store.submit(root, Vec::new()).await.unwrap();
+    let mut written = Vec::new();
+    for (n, after) in [(10, vec![]), (11, vec![1]), (12, vec![13]), (13, vec![])] {
+        let (mut child, input) = child_of(1, n, None);
+        child.after = after.into_iter().map(Uuid::from_u128).collect();
+        written.push(store.submit(child, input).await.unwrap().record);
+    }
+    // 10 ends; 11 waits for the root, 12 for 13.
+    let done = Change::new(Uuid::from_u128(10), TaskState::Cancelled, "cancelled");
+    store.transition(done).await.unwrap();
+    assert_eq!(waits_of(&store, 11).await, (true, vec![Uuid::from_u128(1)]));
+    // As a store of schema 10 left them when migration 11 ran.
+    sqlx::query("DELETE FROM taskhost_waits").execute(store.pool()).await.unwrap();
+    sqlx::query("UPDATE taskhost_tasks SET blocked = false").execute(store.pool()).await.unwrap();
+    sqlx::query("INSERT INTO taskhost_waits_fill SELECT id, NULL FROM taskhost_tasks ORDER BY id DESC LIMIT 1")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    // The root is cancelled meanwhile (its end releases nothing: no wait
+    // names it yet).
+    store.transition(Change::new(Uuid::from_u128(1), TaskState::Cancelled, "cancelled")).await.unwrap();
+
+    let store = PgStore::connect(&url, 2).await.unwrap();
+    assert_eq!(waits_of(&store, 11).await, (false, vec![]), "its dependency ended");
+    assert_eq!(waits_of(&store, 12).await, (true, vec![Uuid::from_u128(13)]));
+    let marks: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM taskhost_waits_fill").fetch_one(store.pool()).await.unwrap();
+    assert_eq!(marks, 0, "the fill is done once");
+    let mut claimed: Vec<u128> =
+        store.claim("a", 10, LEASE).await.unwrap().iter().map(|c| c.record.id.as_u128()).collect();
+    claimed.sort_unstable();
+    assert_eq!(claimed, [11, 13]);
+}

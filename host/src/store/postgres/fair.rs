@@ -162,7 +162,7 @@ pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<Ta
             "SELECT t.id, t.record FROM unnest($1::text[], $2::bigint[]) AS q (queue, quota)
              CROSS JOIN LATERAL (
                  SELECT id, record FROM taskhost_tasks
-                 WHERE queue = q.queue AND state IN ('pending', 'retrying')
+                 WHERE queue = q.queue AND state IN ('pending', 'retrying') AND NOT blocked
                    AND due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint
                    AND id <> ALL($3::uuid[])
                  ORDER BY priority DESC, due_at_ms, id
@@ -212,17 +212,17 @@ async fn ready(conn: &mut PgConnection) -> Result<(Vec<Ready>, Vec<Capped>), Sto
     // wait.
     let rows: Vec<(String, Option<i32>, i32)> = sqlx::query_as(
         "WITH RECURSIVE ready (queue) AS (
-             (SELECT queue FROM taskhost_tasks WHERE state IN ('pending', 'retrying') ORDER BY queue LIMIT 1)
+             (SELECT queue FROM taskhost_tasks WHERE state IN ('pending', 'retrying') AND NOT blocked ORDER BY queue LIMIT 1)
              UNION ALL
              SELECT (SELECT t.queue FROM taskhost_tasks AS t
-                     WHERE t.state IN ('pending', 'retrying') AND t.queue > r.queue ORDER BY t.queue LIMIT 1)
+                     WHERE t.state IN ('pending', 'retrying') AND NOT blocked AND t.queue > r.queue ORDER BY t.queue LIMIT 1)
              FROM ready AS r WHERE r.queue IS NOT NULL
          )
          SELECT r.queue, q.concurrency, coalesce(q.weight, 1)
          FROM ready AS r LEFT JOIN taskhost_queues AS q ON q.name = r.queue
          WHERE r.queue IS NOT NULL
            AND EXISTS (SELECT 1 FROM taskhost_tasks AS t
-                       WHERE t.queue = r.queue AND t.state IN ('pending', 'retrying')
+                       WHERE t.queue = r.queue AND t.state IN ('pending', 'retrying') AND NOT blocked
                          AND t.due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
     )
     .fetch_all(&mut *conn)

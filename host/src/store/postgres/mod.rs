@@ -6,7 +6,8 @@
 //! context, transcripts, retention's entries), changed through the redb
 //! store's own checked writes (`store/apply.rs`, over `txn.rs`), reads of it
 //! (`reads.rs`), queue settings, claims shared fairly across queues
-//! (`fair.rs`), the lease and fencing protocol ([`PgStore::claim`],
+//! (`fair.rs`) and skipping tasks that wait for others (`joins.rs`), the
+//! lease and fencing protocol ([`PgStore::claim`],
 //! [`PgStore::renew`], [`PgStore::finish`], [`PgStore::reap`]), and leader
 //! election ([`PgStore::lead`]); plugins and their components
 //! (`plugins.rs`), tokens, tenants, secrets, the audit log and callbacks'
@@ -25,6 +26,7 @@ mod batch;
 mod committer;
 mod fair;
 mod hosts;
+mod joins;
 mod leader;
 mod leases;
 mod listings;
@@ -222,6 +224,10 @@ impl PgStore {
         if filled > 0 {
             tracing::info!(tasks = filled, "filled the listings' table for tasks stored before schema version 7");
         }
+        let read = store.fill_waits().await?;
+        if read > 0 {
+            tracing::info!(tasks = read, "wrote the joins of startable tasks stored before schema version 11");
+        }
         Ok(store)
     }
 
@@ -266,6 +272,10 @@ impl PgStore {
     /// of `tasks`.
     pub async fn submit_all(&self, tasks: Vec<(TaskRecord, Vec<u8>)>) -> Result<Vec<Submitted>, PgError> {
         self.in_txn(async move |t| {
+            // A task a flow grew is written under its flow's lock, as its
+            // joins need (see `joins.rs`); flows before keys, as every
+            // batch takes them.
+            t.lock_flows(tasks.iter().filter(|(r, _)| !r.is_flow_root()).map(|(r, _)| r.flow_id)).await?;
             t.lock_keys(tasks.iter().map(|(r, _)| r)).await?;
             let mut answers = Vec::with_capacity(tasks.len());
             for (record, input) in tasks {

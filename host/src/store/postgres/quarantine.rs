@@ -51,6 +51,8 @@ pub(super) async fn set_aside(conn: &mut PgConnection, bad: &[(Uuid, String)]) -
     .execute(&mut *conn)
     .await?;
     sqlx::query("DELETE FROM taskhost_leases WHERE task_id = ANY($1)").bind(&ids).execute(&mut *conn).await?;
+    // It will never end: nothing waits for it any more.
+    super::joins::release(conn, &ids).await?;
     Ok(())
 }
 

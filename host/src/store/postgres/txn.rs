@@ -22,6 +22,7 @@
 //! - redb's secondary indexes (`Redo::Index`) have no rows here: the
 //!   columns beside each record and PostgreSQL's indexes serve instead.
 
+use super::joins::NewWaits;
 use super::listings::ListedRows;
 use crate::store::apply::Txn;
 use crate::store::record::decode;
@@ -435,8 +436,12 @@ async fn flush_tasks(conn: &mut PgConnection, tasks: BTreeMap<Uuid, TaskWrites>)
         .execute(&mut *conn)
         .await?;
     }
+    // Joins, once every row is as this transaction leaves it: ends first
+    // (a task written with a dependency ending here does not wait for it).
+    let unblocked = super::joins::release(&mut *conn, &changed.ended).await?;
+    new.waits.write(&mut *conn).await?;
     let startable = |state: &&str| matches!(*state, "pending" | "retrying");
-    Ok(new.states.iter().any(startable) || changed.states.iter().any(startable))
+    Ok(unblocked > 0 || new.states.iter().any(startable) || changed.states.iter().any(startable))
 }
 
 /// The columns of new task rows, for one `INSERT … SELECT FROM unnest`.
@@ -453,6 +458,7 @@ struct NewRows {
     inputs: Vec<Vec<u8>>,
     outputs: Vec<Option<Vec<u8>>>,
     listed: ListedRows,
+    waits: NewWaits,
 }
 
 impl NewRows {
@@ -470,6 +476,7 @@ impl NewRows {
         self.inputs.push(input);
         self.outputs.push(output);
         self.listed.push(record);
+        self.waits.push(record);
     }
 }
 
@@ -482,6 +489,8 @@ struct ChangedRows {
     due: Vec<i64>,
     records: Vec<Vec<u8>>,
     outputs: Vec<Option<Vec<u8>>>,
+    /// The tasks that ended (what waited for them may start).
+    ended: Vec<Uuid>,
 }
 
 impl ChangedRows {
@@ -492,6 +501,9 @@ impl ChangedRows {
         self.due.push(super::to_i64(record.next_run_at_ms.unwrap_or(0)));
         self.records.push(encoded);
         self.outputs.push(output);
+        if record.state.is_terminal() {
+            self.ended.push(record.id);
+        }
     }
 }
 
