@@ -1343,3 +1343,132 @@ async fn joins_from_before_the_waits_table_are_written_on_connect() {
     claimed.sort_unstable();
     assert_eq!(claimed, [11, 13]);
 }
+
+/// Flow `flow`'s count as kept (`None`: NULL), and its unended tasks
+/// counted from the tasks.
+async fn counts_of(store: &PgStore, flow: Uuid) -> (Option<i64>, i64) {
+    let kept: Option<i64> = sqlx::query_scalar("SELECT unfinished FROM taskhost_flows WHERE id = $1")
+        .bind(flow)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let truth: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM taskhost_tasks WHERE state IN ('pending', 'running', 'retrying')
+         AND (id = $1 OR id IN (SELECT task_id FROM taskhost_flow_tasks WHERE flow_id = $1))",
+    )
+    .bind(flow)
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    (kept, truth)
+}
+
+/// A flow's count of unended tasks, kept by the transactions that write
+/// its tasks, matches its tasks after every step of a random run of
+/// claims, completions that grow children, failures, cancels, reaps and
+/// re-submissions; a task of it quarantined makes the count be taken
+/// again when read; a declared flow's tasks are counted when its record
+/// is made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flows_count_of_unended_tasks_follows_every_change_of_its_tasks() {
+    use crate::store::tests::child_of;
+    use crate::store::{Change, Effects, FlowRecord, FlowUpdate};
+    let (s, _) = store("flow_counts").await;
+    let root = record(1, None);
+    s.submit(root.clone(), Vec::new()).await.unwrap();
+    assert_eq!(s.flow_unfinished(root.id).await.unwrap(), None, "a flow that has not grown has no count");
+    let mut next = 100u128;
+    let mut grow = |n: usize| -> Effects {
+        let children = (0..n).map(|_| {
+            next += 1;
+            child_of(1, next, None)
+        });
+        Effects { flow_id: root.id, children: children.collect(), ..Effects::default() }
+    };
+    let first = s.claim("a", 1, LEASE).await.unwrap().remove(0);
+    let done = Change::new(root.id, TaskState::Completed, "done").effects(grow(4));
+    s.finish_changes(vec![(first.lease, done)]).await.unwrap().remove(0).unwrap();
+    assert_eq!(counts_of(&s, root.id).await, (Some(4), 4), "made with the flow's record");
+
+    let mut rng = fastrand::Rng::with_seed(16);
+    let mut running: Vec<Claimed> = Vec::new();
+    let one_in = |s: &PgStore, state: &'static str| {
+        let pool = s.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, Uuid>("SELECT id FROM taskhost_tasks WHERE state = $1 ORDER BY id LIMIT 1")
+                .bind(state)
+                .fetch_optional(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let mut seen = HashSet::new();
+    for step in 0..200 {
+        // Claims and completions that grow most often, so work never runs out.
+        let what = [0, 0, 0, 1, 1, 1, 2, 3, 4, 5][rng.usize(0..10)];
+        match what {
+            0 => {
+                let claimed = s.claim("a", rng.usize(1..4), LEASE).await.unwrap();
+                if claimed.is_empty() {
+                    continue;
+                }
+                running.extend(claimed);
+            }
+            1 | 2 if !running.is_empty() => {
+                let c = running.swap_remove(rng.usize(0..running.len()));
+                let change = if what == 1 {
+                    Change::new(c.record.id, TaskState::Completed, "done").effects(grow(rng.usize(0..4)))
+                } else {
+                    Change::new(c.record.id, TaskState::Failed, "failed")
+                };
+                s.finish_changes(vec![(c.lease, change)]).await.unwrap().remove(0).unwrap();
+            }
+            3 => {
+                let Some(id) = one_in(&s, "pending").await else { continue };
+                s.transition(Change::new(id, TaskState::Cancelled, "cancelled")).await.unwrap();
+            }
+            4 if !running.is_empty() => {
+                let c = running.swap_remove(rng.usize(0..running.len()));
+                lapse(&s, c.record.id).await;
+                assert_eq!(s.reap(10).await.unwrap().len(), 1);
+            }
+            5 => {
+                let Some(id) = one_in(&s, "failed").await else { continue };
+                s.transition(Change::new(id, TaskState::Pending, "again")).await.unwrap();
+            }
+            _ => continue,
+        }
+        seen.insert(what);
+        let (kept, truth) = counts_of(&s, root.id).await;
+        assert_eq!(kept, Some(truth), "step {step} ({what})");
+    }
+    assert_eq!(seen.len(), 6, "every kind of change ran: {seen:?}");
+
+    // A pending task of the flow damaged: the claim that reads it sets it
+    // aside, and the count is taken again when read.
+    s.submit(child_of(1, 9_999, None).0, Vec::new()).await.unwrap();
+    for c in running.drain(..) {
+        s.finish(&c.lease, Outcome::completed(Vec::new())).await.unwrap();
+    }
+    sqlx::query("UPDATE taskhost_tasks SET record = '\\xffff'::bytea WHERE id = $1")
+        .bind(Uuid::from_u128(9_999))
+        .execute(s.pool())
+        .await
+        .unwrap();
+    for c in s.claim("a", 1_000, LEASE).await.unwrap() {
+        s.finish(&c.lease, Outcome::completed(Vec::new())).await.unwrap();
+    }
+    assert_eq!(s.quarantined().await.unwrap().len(), 1);
+    assert_eq!(counts_of(&s, root.id).await.0, None, "forgotten");
+    assert_eq!(s.flow_unfinished(root.id).await.unwrap(), Some(0));
+    assert_eq!(counts_of(&s, root.id).await, (Some(0), 0), "counted again and kept");
+
+    // A declared flow: its record and first tasks made at once.
+    let declared = Uuid::from_u128(50_000);
+    let edit = move |_: Option<FlowRecord>| {
+        let tasks = (0..3).map(|i| child_of(50_000, 50_001 + i, None)).collect();
+        Ok(FlowUpdate { flow: FlowRecord::new(declared, 0), tasks })
+    };
+    s.flow_change(declared, edit).await.unwrap();
+    assert_eq!(s.flow_unfinished(declared).await.unwrap(), Some(3));
+}

@@ -6,8 +6,9 @@
 //! context, transcripts, retention's entries), changed through the redb
 //! store's own checked writes (`store/apply.rs`, over `txn.rs`), reads of it
 //! (`reads.rs`), queue settings, claims shared fairly across queues
-//! (`fair.rs`) and skipping tasks that wait for others (`joins.rs`), the
-//! lease and fencing protocol ([`PgStore::claim`],
+//! (`fair.rs`) and skipping tasks that wait for others (`joins.rs`),
+//! flows' counts of unended tasks (`flow_counts.rs`), the lease and
+//! fencing protocol ([`PgStore::claim`],
 //! [`PgStore::renew`], [`PgStore::finish`], [`PgStore::reap`]), and leader
 //! election ([`PgStore::lead`]); plugins and their components
 //! (`plugins.rs`), tokens, tenants, secrets, the audit log and callbacks'
@@ -25,6 +26,7 @@ mod access;
 mod batch;
 mod committer;
 mod fair;
+mod flow_counts;
 mod hosts;
 mod joins;
 mod leader;

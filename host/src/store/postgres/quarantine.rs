@@ -51,8 +51,10 @@ pub(super) async fn set_aside(conn: &mut PgConnection, bad: &[(Uuid, String)]) -
     .execute(&mut *conn)
     .await?;
     sqlx::query("DELETE FROM taskhost_leases WHERE task_id = ANY($1)").bind(&ids).execute(&mut *conn).await?;
-    // It will never end: nothing waits for it any more.
+    // It will never end: nothing waits for it any more, and its flow's
+    // count is taken again.
     super::joins::release(conn, &ids).await?;
+    super::flow_counts::forget(conn, &ids).await?;
     Ok(())
 }
 

@@ -22,11 +22,12 @@
 //! - redb's secondary indexes (`Redo::Index`) have no rows here: the
 //!   columns beside each record and PostgreSQL's indexes serve instead.
 
+use super::flow_counts::CountChanges;
 use super::joins::NewWaits;
 use super::listings::ListedRows;
 use crate::store::apply::Txn;
 use crate::store::record::decode;
-use crate::store::{FlowRecord, Redo, StoreError, TaskRecord};
+use crate::store::{FlowRecord, Redo, StoreError, TaskRecord, TaskState};
 use sqlx::postgres::PgConnection;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use uuid::Uuid;
@@ -233,10 +234,34 @@ impl<'c> PgTxn<'c> {
         lock_names(self.conn, names).await
     }
 
+    /// How `w`'s task and flow writes change flows' counts of unended
+    /// tasks, from each task's state as this transaction read it.
+    fn count_changes(&self, w: &Writes) -> CountChanges {
+        let mut counts = CountChanges::default();
+        for (id, writes) in &w.tasks {
+            let Some((record, _)) = &writes.record else { continue };
+            let unended = !record.state.is_terminal();
+            if writes.input.is_some() {
+                counts.task(record.flow_id, None, unended);
+            } else if let Some(before) = self.locked.get(id).or_else(|| self.peeked.get(id)) {
+                counts.task(record.flow_id, Some(!before.state.is_terminal()), unended);
+            } else {
+                counts.unknown(record.flow_id);
+            }
+        }
+        for id in w.flows.keys() {
+            if !matches!(self.flows_read.get(id), Some(Some(_))) {
+                counts.created(*id);
+            }
+        }
+        counts
+    }
+
     /// Makes every kept write, a statement per table and kind.
     pub(crate) async fn flush(mut self) -> Result<(), StoreError> {
         self.keep();
         let mut w = std::mem::take(&mut self.kept);
+        let counts = self.count_changes(&w);
         let conn = &mut *self.conn;
         if flush_tasks(conn, std::mem::take(&mut w.tasks)).await? {
             // Delivered to every listening host when (and only if) the
@@ -254,6 +279,7 @@ impl<'c> PgTxn<'c> {
             .execute(&mut *conn)
             .await?;
         }
+        counts.write(&mut *conn).await?;
         if !w.flow_keys.is_empty() {
             let mut columns = (Vec::new(), Vec::new(), Vec::new());
             for ((flow, key), task) in w.flow_keys.drain() {
@@ -389,7 +415,14 @@ async fn flush_tasks(conn: &mut PgConnection, tasks: BTreeMap<Uuid, TaskWrites>)
     for (id, writes) in tasks {
         match (writes.record, writes.input) {
             (Some((record, encoded)), Some(input)) => new.push(&record, encoded, input, writes.output),
-            (Some((record, encoded)), None) => changed.push(&record, encoded, writes.output),
+            (Some((record, encoded)), None) => {
+                // A task started again (a failure re-submitted) waits again
+                // for what has not ended of what it joins.
+                if record.state == TaskState::Pending {
+                    new.waits.push(&record);
+                }
+                changed.push(&record, encoded, writes.output)
+            }
             (None, _) => {
                 return Err(StoreError::Refused(format!(
                     "task {id}: an input or output was written without its record"

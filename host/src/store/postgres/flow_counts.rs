@@ -1,0 +1,139 @@
+//! Each flow's count of tasks that have not ended (migration 12), kept in
+//! the database by the transactions that write its tasks, so the host
+//! that ends a flow's last task, whichever it is, can tell under the
+//! flow's lock that nothing of the flow is left to run.
+//!
+//! A transaction adds, per flow, the tasks it created unended, less those
+//! it ended, plus those it started again (a re-submitted failure), each
+//! task's state before its write read from the row it locked. A flow whose
+//! record it created is counted from its tasks instead (as this
+//! transaction leaves them). A count that cannot be kept exactly (a task
+//! of the flow quarantined, a write whose earlier state was not read, a
+//! flow from before the count existed) is NULL and counted again from the
+//! tasks when next read ([`PgStore::flow_unfinished`]). Only flows with a
+//! record (those that grew past one task) are counted, as the engine's
+//! book counts them.
+
+use super::txn::flow_lock;
+use super::{PgError, PgStore};
+use crate::store::StoreError;
+use sqlx::postgres::PgConnection;
+use std::collections::{BTreeMap, BTreeSet};
+use uuid::Uuid;
+
+/// How one transaction changes flows' counts.
+#[derive(Default)]
+pub(super) struct CountChanges {
+    /// Flows whose count moves by this much (`None`: by an amount not
+    /// known, so it is counted again when read).
+    by: BTreeMap<Uuid, Option<i64>>,
+    /// Flows to count from their tasks (their record is new).
+    recount: BTreeSet<Uuid>,
+}
+
+impl CountChanges {
+    /// Task of flow `flow` was written `unended` (or not), having been
+    /// `before` (`Some(unended)` as read; `None`: a new task; an
+    /// existing task whose earlier state is not known is
+    /// [`unknown`](Self::unknown)).
+    pub(super) fn task(&mut self, flow: Uuid, before: Option<bool>, unended: bool) {
+        let delta = i64::from(unended) - i64::from(before.unwrap_or(false));
+        if delta != 0
+            && let Some(by) = self.by.entry(flow).or_insert(Some(0))
+        {
+            *by += delta;
+        }
+    }
+
+    /// Flow `flow`'s count can no longer be kept exactly.
+    pub(super) fn unknown(&mut self, flow: Uuid) {
+        self.by.insert(flow, None);
+    }
+
+    /// Flow `flow`'s record is new: its count is taken from its tasks.
+    pub(super) fn created(&mut self, flow: Uuid) {
+        self.recount.insert(flow);
+    }
+
+    /// Writes the changes, after the tasks' and flows' rows are written.
+    pub(super) async fn write(self, conn: &mut PgConnection) -> Result<(), StoreError> {
+        let recount: Vec<Uuid> = self.recount.into_iter().collect();
+        if !recount.is_empty() {
+            sqlx::query(&format!("UPDATE taskhost_flows AS f SET unfinished = {COUNT} WHERE f.id = ANY($1)"))
+                .bind(&recount)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let (mut ids, mut deltas) = (Vec::new(), Vec::new());
+        for (flow, by) in self.by {
+            if by != Some(0) && recount.binary_search(&flow).is_err() {
+                ids.push(flow);
+                deltas.push(by);
+            }
+        }
+        if !ids.is_empty() {
+            // NULL + anything stays NULL: counted when read.
+            sqlx::query(
+                "UPDATE taskhost_flows AS f SET unfinished = f.unfinished + d.delta
+                 FROM unnest($1::uuid[], $2::bigint[]) AS d (id, delta) WHERE f.id = d.id",
+            )
+            .bind(&ids)
+            .bind(&deltas)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Ok(())
+    }
+}
+
+/// A flow's (`f`'s) tasks that have not ended, counted from the tasks.
+const COUNT: &str = "(SELECT count(*) FROM taskhost_listed AS l JOIN taskhost_tasks AS t ON t.id = l.id
+                      WHERE l.flow_id = f.id AND t.state IN ('pending', 'running', 'retrying'))";
+
+/// The flows of tasks `ids`, quarantined in the transaction `conn` is in:
+/// their counts are taken again when read (a quarantined task never ends,
+/// and its state before cannot be read).
+pub(super) async fn forget(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE taskhost_flows SET unfinished = NULL
+         WHERE id IN (SELECT flow_id FROM taskhost_listed WHERE id = ANY($1))",
+    )
+    .bind(ids)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+impl PgStore {
+    /// How many tasks of flow `id` have not ended (pending, running or
+    /// retrying), read under the flow's lock; `None` for a flow without a
+    /// record (one that never grew past its root). A count not known is
+    /// taken from the tasks and kept.
+    pub async fn flow_unfinished(&self, id: Uuid) -> Result<Option<u64>, PgError> {
+        let mut txn = self.pool().begin().await?;
+        super::txn::lock_names(&mut txn, vec![flow_lock(id)]).await?;
+        let row: Option<Option<i64>> = sqlx::query_scalar("SELECT unfinished FROM taskhost_flows WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *txn)
+            .await?;
+        let count = match row {
+            None => None,
+            Some(Some(count)) if count >= 0 => Some(count),
+            stale => {
+                if stale != Some(None) {
+                    tracing::warn!(flow = %id, count = ?stale, "a flow's count of unended tasks was below zero; counting again");
+                }
+                Some(
+                    sqlx::query_scalar(&format!(
+                        "UPDATE taskhost_flows AS f SET unfinished = {COUNT} WHERE f.id = $1 RETURNING unfinished"
+                    ))
+                    .bind(id)
+                    .fetch_one(&mut *txn)
+                    .await?,
+                )
+            }
+        };
+        txn.commit().await?;
+        Ok(count.map(|n| u64::try_from(n).unwrap_or(0)))
+    }
+}
