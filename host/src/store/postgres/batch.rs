@@ -3,8 +3,8 @@
 //! under leases and flow edits. A refused operation writes nothing and its
 //! neighbours commit; an error of the database fails the batch. Every
 //! lock the batch needs is taken before the first operation, in one order
-//! on every host (the leases of the tasks changed, then their rows, by
-//! id; then flows, then idempotency keys, by name), so batches of
+//! on every host (flows, by name; then the leases of the tasks changed,
+//! then their rows, by id; then idempotency keys, by name), so batches of
 //! different hosts sharing a flow or a task wait for each other instead of
 //! deadlocking. This is
 //! what the group committer (`committer.rs`) and [`PgStore::finish_all`]
@@ -145,6 +145,11 @@ impl PgStore {
                 }
             }
         }
+        // Flows first (see `txn.rs`): the flows of the tasks changed (an
+        // ending task's flow decides its place in retention; a
+        // completion's effects change it), the flows edited, and the flows
+        // of new tasks a flow grew.
+        super::txn::lock_flows_of(&mut txn, &changed, other_flows.iter().copied()).await?;
         // The leases of every task changed, whatever the change: a
         // transition out of running ends its task's lease, so it takes the
         // lease before the row as an outcome and a reaper do.
@@ -169,9 +174,8 @@ impl PgStore {
             stored.into_iter().collect()
         };
         let mut t = PgTxn::new(&mut txn);
-        // Flows: those of the tasks changed (an ending task's flow decides
-        // its place in retention; a completion's effects change it), the
-        // flows edited, and the flows of new tasks a flow grew.
+        // Their records (locked above, except a task's whose flow could not
+        // be read before its row: taken now).
         t.lock_flows(held.values().map(|r| r.flow_id).chain(other_flows)).await?;
         t.lock_keys(&submitted).await?;
         t.locked(held.into_values());

@@ -1247,8 +1247,8 @@ async fn a_joining_task_is_claimed_once_every_task_it_waits_for_ended() {
     };
     // 100, 101 and 104 plain; 102 joins 100 and 101; 103 joins the root,
     // which ends with this commit; 105 joins a task that does not exist;
-    // 106 joins 104, whose record will be damaged; 107 joins 100 and is
-    // cancelled while it waits.
+    // 106 joins 104, whose record will be damaged (quarantined: it never
+    // ends); 107 joins 100 and is cancelled while it waits.
     let children = vec![
         joining(100, &[]),
         joining(101, &[]),
@@ -1264,6 +1264,7 @@ async fn a_joining_task_is_claimed_once_every_task_it_waits_for_ended() {
     let [grown] = a.finish_changes(vec![(claimed.lease, done)]).await.unwrap().try_into().unwrap();
     assert_eq!(grown.unwrap().created.len(), 8);
     assert_eq!(waits_of(&a, 102).await, (true, vec![Uuid::from_u128(100), Uuid::from_u128(101)]));
+    assert_eq!(waits_of(&a, 106).await, (true, vec![Uuid::from_u128(104)]));
     for free in [100, 103, 105] {
         assert_eq!(waits_of(&a, free).await, (false, vec![]), "task {free}");
     }
@@ -1276,12 +1277,16 @@ async fn a_joining_task_is_claimed_once_every_task_it_waits_for_ended() {
         .await
         .unwrap();
 
-    // The damaged 104 is set aside by the claim that reads it, which
-    // releases 106 (claimed by this claim's next round, or the next claim).
-    let (mut first, held) = claim_ids(&a, "a").await;
-    first.extend(claim_ids(&a, "a").await.0);
+    // The damaged 104 is set aside by the claim that reads it; 106 waits
+    // on for it.
+    let (mut first, mut held) = claim_ids(&a, "a").await;
+    let (more, more_held) = claim_ids(&a, "a").await;
+    first.extend(more);
+    held.extend(more_held);
     first.sort_unstable();
-    assert_eq!(first, [100, 101, 103, 105, 106], "102 waits; 104 is quarantined");
+    assert_eq!(first, [100, 101, 103, 105], "102 and 106 wait; 104 is quarantined");
+    assert_eq!(a.quarantined().await.unwrap().len(), 1);
+    assert_eq!(waits_of(&a, 106).await, (true, vec![Uuid::from_u128(104)]));
     let held: HashMap<u128, Claimed> = held.into_iter().map(|c| (c.record.id.as_u128(), c)).collect();
 
     // 100 completes: 102 still waits for 101.
@@ -1298,8 +1303,72 @@ async fn a_joining_task_is_claimed_once_every_task_it_waits_for_ended() {
     assert!(heard.is_ok(), "the release woke the listening host");
     assert_eq!(waits_of(&a, 102).await, (false, vec![]));
     assert_eq!(claim_ids(&b, "b").await.0, [102]);
+    let left: Vec<Uuid> = sqlx::query_scalar("SELECT task FROM taskhost_waits").fetch_all(a.pool()).await.unwrap();
+    assert_eq!(left, [Uuid::from_u128(106)], "no wait outlives what it waited for but the quarantined one's");
+}
+
+/// A task waiting for another is cancelled on one host while another host
+/// completes what it waits for, the two interleaved the way that would
+/// deadlock were a task's row locked before its flow: the completion
+/// queues on the flow first, the cancel second, and the completion, once
+/// it holds the flow, unblocks the waiting task's row. Both commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_waiting_task_beside_its_dependency_ending_never_deadlocks() {
+    use crate::store::tests::child_of;
+    use crate::store::{Change, Effects};
+    let (a, url) = store("joins_race").await;
+    let b = PgStore::connect(&url, 4).await.unwrap();
+    let root = record(1, None);
+    a.submit(root.clone(), Vec::new()).await.unwrap();
+    let claimed = a.claim("a", 1, LEASE).await.unwrap().remove(0);
+    let dep = child_of(1, 100, None);
+    let (mut waiting, input) = child_of(1, 200, None);
+    waiting.after = vec![dep.0.id];
+    let grow = Effects { flow_id: root.id, children: vec![dep, (waiting, input)], ..Effects::default() };
+    let done = Change::new(root.id, TaskState::Completed, "done").effects(grow);
+    a.finish_changes(vec![(claimed.lease, done)]).await.unwrap().remove(0).unwrap();
+    let [dep] = a.claim("a", 10, LEASE).await.unwrap().try_into().unwrap();
+
+    // A third session holds the flow while both queue on it.
+    let mut holder = a.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(super::txn::flow_lock(root.id))
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let waiting_on_locks = |n: i64| {
+        let pool = a.pool().clone();
+        async move {
+            for _ in 0..200 {
+                let waiting: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_locks WHERE NOT granted")
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                if waiting >= n {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("fewer than {n} sessions wait for a lock");
+        }
+    };
+    let complete = tokio::spawn({
+        let a = a.clone();
+        async move { a.finish(&dep.lease, Outcome::completed(Vec::new())).await }
+    });
+    waiting_on_locks(1).await;
+    let cancel = tokio::spawn({
+        let b = b.clone();
+        async move { b.transition(Change::new(Uuid::from_u128(200), TaskState::Cancelled, "cancelled")).await }
+    });
+    waiting_on_locks(2).await;
+    holder.commit().await.unwrap();
+    let (completed, cancelled) =
+        tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(complete, cancel) }).await.unwrap();
+    assert_eq!(completed.unwrap().unwrap().state, TaskState::Completed);
+    assert_eq!(cancelled.unwrap().unwrap().record.state, TaskState::Cancelled);
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM taskhost_waits").fetch_one(a.pool()).await.unwrap();
-    assert_eq!(left, 0, "no wait outlives what it waited for");
+    assert_eq!(left, 0);
 }
 
 /// The joins of startable tasks stored before migration 11 are written on
@@ -1345,7 +1414,7 @@ async fn joins_from_before_the_waits_table_are_written_on_connect() {
 }
 
 /// Flow `flow`'s count as kept (`None`: NULL), and its unended tasks
-/// counted from the tasks.
+/// (quarantined ones never end) counted from the tasks.
 async fn counts_of(store: &PgStore, flow: Uuid) -> (Option<i64>, i64) {
     let kept: Option<i64> = sqlx::query_scalar("SELECT unfinished FROM taskhost_flows WHERE id = $1")
         .bind(flow)
@@ -1353,7 +1422,7 @@ async fn counts_of(store: &PgStore, flow: Uuid) -> (Option<i64>, i64) {
         .await
         .unwrap();
     let truth: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM taskhost_tasks WHERE state IN ('pending', 'running', 'retrying')
+        "SELECT count(*) FROM taskhost_tasks WHERE state IN ('pending', 'running', 'retrying', 'quarantined')
          AND (id = $1 OR id IN (SELECT task_id FROM taskhost_flow_tasks WHERE flow_id = $1))",
     )
     .bind(flow)
@@ -1366,9 +1435,9 @@ async fn counts_of(store: &PgStore, flow: Uuid) -> (Option<i64>, i64) {
 /// A flow's count of unended tasks, kept by the transactions that write
 /// its tasks, matches its tasks after every step of a random run of
 /// claims, completions that grow children, failures, cancels, reaps and
-/// re-submissions; a task of it quarantined makes the count be taken
-/// again when read; a declared flow's tasks are counted when its record
-/// is made.
+/// re-submissions; a task of it quarantined stays counted (it never
+/// ends); a count not known is taken from the tasks when read; a declared
+/// flow's tasks are counted when its record is made.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flows_count_of_unended_tasks_follows_every_change_of_its_tasks() {
     use crate::store::tests::child_of;
@@ -1445,7 +1514,7 @@ async fn a_flows_count_of_unended_tasks_follows_every_change_of_its_tasks() {
     assert_eq!(seen.len(), 6, "every kind of change ran: {seen:?}");
 
     // A pending task of the flow damaged: the claim that reads it sets it
-    // aside, and the count is taken again when read.
+    // aside, and it stays counted.
     s.submit(child_of(1, 9_999, None).0, Vec::new()).await.unwrap();
     for c in running.drain(..) {
         s.finish(&c.lease, Outcome::completed(Vec::new())).await.unwrap();
@@ -1459,9 +1528,17 @@ async fn a_flows_count_of_unended_tasks_follows_every_change_of_its_tasks() {
         s.finish(&c.lease, Outcome::completed(Vec::new())).await.unwrap();
     }
     assert_eq!(s.quarantined().await.unwrap().len(), 1);
-    assert_eq!(counts_of(&s, root.id).await.0, None, "forgotten");
-    assert_eq!(s.flow_unfinished(root.id).await.unwrap(), Some(0));
-    assert_eq!(counts_of(&s, root.id).await, (Some(0), 0), "counted again and kept");
+    assert_eq!(counts_of(&s, root.id).await, (Some(1), 1), "the quarantined task never ends");
+    assert_eq!(s.flow_unfinished(root.id).await.unwrap(), Some(1));
+    // A count not known (a flow from before it was kept) is taken from the
+    // tasks when read, and kept.
+    sqlx::query("UPDATE taskhost_flows SET unfinished = NULL WHERE id = $1")
+        .bind(root.id)
+        .execute(s.pool())
+        .await
+        .unwrap();
+    assert_eq!(s.flow_unfinished(root.id).await.unwrap(), Some(1));
+    assert_eq!(counts_of(&s, root.id).await, (Some(1), 1), "counted again and kept");
 
     // A declared flow: its record and first tasks made at once.
     let declared = Uuid::from_u128(50_000);
@@ -1470,5 +1547,5 @@ async fn a_flows_count_of_unended_tasks_follows_every_change_of_its_tasks() {
         Ok(FlowUpdate { flow: FlowRecord::new(declared, 0), tasks })
     };
     s.flow_change(declared, edit).await.unwrap();
-    assert_eq!(s.flow_unfinished(declared).await.unwrap(), Some(3));
+    assert_eq!(counts_of(&s, declared).await, (Some(3), 3), "counted as its record was made");
 }

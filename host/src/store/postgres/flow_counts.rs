@@ -7,12 +7,13 @@
 //! it ended, plus those it started again (a re-submitted failure), each
 //! task's state before its write read from the row it locked. A flow whose
 //! record it created is counted from its tasks instead (as this
-//! transaction leaves them). A count that cannot be kept exactly (a task
-//! of the flow quarantined, a write whose earlier state was not read, a
-//! flow from before the count existed) is NULL and counted again from the
-//! tasks when next read ([`PgStore::flow_unfinished`]). Only flows with a
-//! record (those that grew past one task) are counted, as the engine's
-//! book counts them.
+//! transaction leaves them). A count that cannot be kept exactly (a write
+//! whose earlier state was not read under its lock, a flow from before
+//! the count existed) is NULL and counted again from the tasks when next
+//! read ([`PgStore::flow_unfinished`]). Only flows with a record (those
+//! that grew past one task) are counted, as the engine's book counts
+//! them. A quarantined task never ends (see `joins.rs`): it stays counted,
+//! so its flow does not end without it.
 
 use super::txn::flow_lock;
 use super::{PgError, PgStore};
@@ -86,23 +87,10 @@ impl CountChanges {
     }
 }
 
-/// A flow's (`f`'s) tasks that have not ended, counted from the tasks.
+/// A flow's (`f`'s) tasks that have not ended (quarantined ones never
+/// do), counted from the tasks.
 const COUNT: &str = "(SELECT count(*) FROM taskhost_listed AS l JOIN taskhost_tasks AS t ON t.id = l.id
-                      WHERE l.flow_id = f.id AND t.state IN ('pending', 'running', 'retrying'))";
-
-/// The flows of tasks `ids`, quarantined in the transaction `conn` is in:
-/// their counts are taken again when read (a quarantined task never ends,
-/// and its state before cannot be read).
-pub(super) async fn forget(conn: &mut PgConnection, ids: &[Uuid]) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE taskhost_flows SET unfinished = NULL
-         WHERE id IN (SELECT flow_id FROM taskhost_listed WHERE id = ANY($1))",
-    )
-    .bind(ids)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
-}
+                      WHERE l.flow_id = f.id AND t.state IN ('pending', 'running', 'retrying', 'quarantined'))";
 
 impl PgStore {
     /// How many tasks of flow `id` have not ended (pending, running or

@@ -3,25 +3,29 @@
 //! `blocked` while any of them has not, so a claim on any host skips it
 //! without reading records. Each dependency that had not ended when the
 //! task was written is a row of `taskhost_waits`; a task's end (completed,
-//! failed, cancelled, or quarantined: it will never end otherwise) deletes
-//! the rows naming it and unblocks the tasks left with none, in the
-//! transaction that ends it.
+//! failed or cancelled) deletes the rows naming it and unblocks the tasks
+//! left with none, in the transaction that ends it. A quarantined task
+//! (its record cannot be decoded) never ends: what waits for it stays
+//! blocked until an operator repairs or removes it.
 //!
 //! A task waits only for tasks of its own flow, and both the writes that
-//! create a task and those that end one hold the flow's lock (see
-//! `txn.rs`), so an end never misses a waiting task written at the same
-//! time. A dependency that does not exist (removed by retention, or never
-//! committed) is nothing to wait for, as on redb.
+//! create a task and those that end one hold the flow's lock, taken
+//! before any task's row (see `txn.rs`), so an end never misses a waiting
+//! task written at the same time, and unblocking a waiting task's row
+//! never waits for a transaction that waits for the flow. A dependency
+//! that does not exist (removed by retention, or never committed) is
+//! nothing to wait for, as on redb.
 
 use super::quarantine::{Decoded, set_aside};
-use super::txn::{flow_lock, lock_names};
+use super::txn::lock_flows_of;
 use super::{PgError, PgStore};
 use crate::store::{StoreError, TaskRecord, TaskState};
 use sqlx::postgres::PgConnection;
 use uuid::Uuid;
 
-/// Tasks the fill reads per transaction.
-const FILL_BATCH: i64 = 1_000;
+/// Tasks the fill reads per transaction (a few in tests, so they read
+/// several batches).
+const FILL_BATCH: i64 = if cfg!(test) { 2 } else { 1_000 };
 
 /// The dependencies of new tasks, gathered for one statement.
 #[derive(Default)]
@@ -52,7 +56,7 @@ impl NewWaits {
                  INSERT INTO taskhost_waits (dep, task)
                  SELECT d.dep, d.task FROM unnest($1::uuid[], $2::uuid[]) AS d (dep, task)
                  WHERE EXISTS (SELECT 1 FROM taskhost_tasks AS x
-                               WHERE x.id = d.dep AND x.state IN ('pending', 'running', 'retrying'))
+                               WHERE x.id = d.dep AND x.state IN ('pending', 'running', 'retrying', 'quarantined'))
                  ON CONFLICT DO NOTHING
                  RETURNING task
              )
@@ -112,28 +116,35 @@ impl PgStore {
                 txn.commit().await?;
                 return Ok(read);
             };
-            let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
-                "SELECT id, record FROM taskhost_tasks
-                 WHERE id <= $1 AND id > $2 AND state IN ('pending', 'retrying')
-                 ORDER BY id LIMIT $3 FOR UPDATE",
+            // The batch's tasks' flows, then their rows (see `txn.rs`).
+            let batch: Vec<Uuid> = sqlx::query_scalar(
+                "SELECT id FROM taskhost_tasks
+                 WHERE id <= $1 AND id > $2 AND state IN ('pending', 'retrying') ORDER BY id LIMIT $3",
             )
             .bind(upto)
             .bind(done_to.unwrap_or(Uuid::nil()))
             .bind(FILL_BATCH)
             .fetch_all(&mut *txn)
             .await?;
-            let Some(last) = rows.last().map(|(id, _)| *id) else {
+            let Some(&last) = batch.last() else {
                 sqlx::query("DELETE FROM taskhost_waits_fill").execute(&mut *txn).await?;
                 txn.commit().await?;
                 return Ok(read);
             };
-            read += rows.len() as u64;
+            lock_flows_of(&mut txn, &batch, []).await?;
+            // Still startable once locked (ended meanwhile: nothing to do).
+            let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+                "SELECT id, record FROM taskhost_tasks
+                 WHERE id = ANY($1) AND state IN ('pending', 'retrying') ORDER BY id FOR UPDATE",
+            )
+            .bind(&batch)
+            .fetch_all(&mut *txn)
+            .await?;
+            read += batch.len() as u64;
             let decoded = Decoded::of(rows);
             set_aside(&mut txn, &decoded.bad).await?;
-            let joining: Vec<&TaskRecord> = decoded.records.iter().filter(|r| !r.after.is_empty()).collect();
-            lock_names(&mut txn, joining.iter().map(|r| flow_lock(r.flow_id)).collect()).await?;
             let mut waits = NewWaits::default();
-            joining.into_iter().for_each(|r| waits.push(r));
+            decoded.records.iter().for_each(|r| waits.push(r));
             waits.write(&mut txn).await?;
             sqlx::query("UPDATE taskhost_waits_fill SET done_to = $1").bind(last).execute(&mut *txn).await?;
             txn.commit().await?;

@@ -210,14 +210,26 @@ impl PgStore {
     /// reaper holds are skipped.
     pub async fn reap(&self, limit: usize) -> Result<Vec<TaskRecord>, PgError> {
         let mut txn = self.pool().begin().await?;
-        let rows = sqlx::query(
-            "SELECT l.task_id, l.host FROM taskhost_leases AS l
-             WHERE l.expires_at <= clock_timestamp()
-             ORDER BY l.expires_at
-             LIMIT $1
-             FOR UPDATE SKIP LOCKED",
+        // Flows before rows (see `txn.rs`): the lapsed leases' tasks'
+        // flows, then the leases still lapsed (and not another reaper's).
+        let candidates: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT task_id FROM taskhost_leases WHERE expires_at <= clock_timestamp() ORDER BY expires_at LIMIT $1",
         )
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *txn)
+        .await?;
+        if candidates.is_empty() {
+            txn.commit().await?;
+            return Ok(Vec::new());
+        }
+        super::txn::lock_flows_of(&mut txn, &candidates, []).await?;
+        let rows = sqlx::query(
+            "SELECT task_id, host FROM taskhost_leases
+             WHERE task_id = ANY($1) AND expires_at <= clock_timestamp()
+             ORDER BY task_id
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&candidates)
         .fetch_all(&mut *txn)
         .await?;
         let mut lapsed = Vec::with_capacity(rows.len());

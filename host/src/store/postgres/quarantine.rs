@@ -50,11 +50,10 @@ pub(super) async fn set_aside(conn: &mut PgConnection, bad: &[(Uuid, String)]) -
     .bind(&reasons)
     .execute(&mut *conn)
     .await?;
+    // It never ends: tasks waiting for it stay blocked, and its flow
+    // counts it unended (`joins.rs`, `flow_counts.rs`) until an operator
+    // repairs or removes it.
     sqlx::query("DELETE FROM taskhost_leases WHERE task_id = ANY($1)").bind(&ids).execute(&mut *conn).await?;
-    // It will never end: nothing waits for it any more, and its flow's
-    // count is taken again.
-    super::joins::release(conn, &ids).await?;
-    super::flow_counts::forget(conn, &ids).await?;
     Ok(())
 }
 

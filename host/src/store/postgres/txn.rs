@@ -10,9 +10,13 @@
 //!   it) and a flow (also one with no record yet).
 //!   Reads that decide nothing about a row's own write (a flow's tenant,
 //!   its root's state, the task a key already names) take no row lock
-//!   ([`Txn::peek_task`]): they are made under the flow's or the key's
-//!   lock, and a row lock taken there, after the flow's, would invert the
-//!   order a task's transition takes them in (its row, then its flow).
+//!   ([`Txn::peek_task`]).
+//! - **Flows before rows.** A transaction that writes tasks takes their
+//!   flows' locks before their rows' ([`lock_flows_of`]: a task's flow
+//!   never changes, so it is read without a lock), so one that ends a
+//!   task and unblocks the tasks waiting for it (`joins.rs`) under the
+//!   flow's lock never waits for a transaction that holds a waiting
+//!   task's row and waits for that flow.
 //! - **Writes are kept in memory**, the last write of each row winning,
 //!   and reads see them; [`PgTxn::flush`] makes them all in a few
 //!   statements, one per table and kind of write, before the commit. A
@@ -29,7 +33,7 @@ use crate::store::apply::Txn;
 use crate::store::record::decode;
 use crate::store::{FlowRecord, Redo, StoreError, TaskRecord, TaskState};
 use sqlx::postgres::PgConnection;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use uuid::Uuid;
 
 /// A task row's writes in one transaction.
@@ -235,7 +239,8 @@ impl<'c> PgTxn<'c> {
     }
 
     /// How `w`'s task and flow writes change flows' counts of unended
-    /// tasks, from each task's state as this transaction read it.
+    /// tasks, from each task's state as this transaction read it under its
+    /// lock (one read without it may be stale: its flow is counted again).
     fn count_changes(&self, w: &Writes) -> CountChanges {
         let mut counts = CountChanges::default();
         for (id, writes) in &w.tasks {
@@ -243,7 +248,7 @@ impl<'c> PgTxn<'c> {
             let unended = !record.state.is_terminal();
             if writes.input.is_some() {
                 counts.task(record.flow_id, None, unended);
-            } else if let Some(before) = self.locked.get(id).or_else(|| self.peeked.get(id)) {
+            } else if let Some(before) = self.locked.get(id) {
                 counts.task(record.flow_id, Some(!before.state.is_terminal()), unended);
             } else {
                 counts.unknown(record.flow_id);
@@ -263,7 +268,17 @@ impl<'c> PgTxn<'c> {
         let mut w = std::mem::take(&mut self.kept);
         let counts = self.count_changes(&w);
         let conn = &mut *self.conn;
-        if flush_tasks(conn, std::mem::take(&mut w.tasks)).await? {
+        // Tasks started again from failed wait again for what they join.
+        let again: HashSet<Uuid> = w
+            .tasks
+            .iter()
+            .filter(|(id, writes)| {
+                let pending = writes.record.as_ref().is_some_and(|(r, _)| r.state == TaskState::Pending);
+                pending && self.locked.get(id).is_some_and(|r| r.state == TaskState::Failed)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if flush_tasks(conn, std::mem::take(&mut w.tasks), &again).await? {
             // Delivered to every listening host when (and only if) the
             // transaction commits.
             sqlx::query("SELECT pg_notify($1, '')").bind(super::wakeups::CHANNEL).execute(&mut *conn).await?;
@@ -407,18 +422,22 @@ impl<'c> PgTxn<'c> {
 }
 
 /// Inserts the new task rows and updates the others (record, the columns
-/// queried beside it, output). Says whether any of them may be claimed
-/// now or later (pending or retrying).
-async fn flush_tasks(conn: &mut PgConnection, tasks: BTreeMap<Uuid, TaskWrites>) -> Result<bool, StoreError> {
+/// queried beside it, output), and keeps joins (`joins.rs`): waits of the
+/// new tasks and of those in `again` (started again from failed), and
+/// the waits the tasks that ended release. Says whether any of them may
+/// be claimed now or later (pending or retrying, or unblocked).
+async fn flush_tasks(
+    conn: &mut PgConnection,
+    tasks: BTreeMap<Uuid, TaskWrites>,
+    again: &HashSet<Uuid>,
+) -> Result<bool, StoreError> {
     let mut new = NewRows::default();
     let mut changed = ChangedRows::default();
     for (id, writes) in tasks {
         match (writes.record, writes.input) {
             (Some((record, encoded)), Some(input)) => new.push(&record, encoded, input, writes.output),
             (Some((record, encoded)), None) => {
-                // A task started again (a failure re-submitted) waits again
-                // for what has not ended of what it joins.
-                if record.state == TaskState::Pending {
+                if again.contains(&id) {
                     new.waits.push(&record);
                 }
                 changed.push(&record, encoded, writes.output)
@@ -556,6 +575,27 @@ pub(super) async fn lock_names(conn: &mut PgConnection, mut names: Vec<String>) 
         .await?;
     }
     Ok(())
+}
+
+/// Takes the locks of the flows of tasks `tasks` (from what never
+/// changes of them, read without a lock) and of flows `more`, in one
+/// statement ([`lock_names`]): a transaction takes them before it locks
+/// any task's row.
+pub(super) async fn lock_flows_of(
+    conn: &mut PgConnection,
+    tasks: &[Uuid],
+    more: impl IntoIterator<Item = Uuid>,
+) -> Result<(), StoreError> {
+    let mut flows: Vec<Uuid> = if tasks.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_scalar("SELECT DISTINCT flow_id FROM taskhost_listed WHERE id = ANY($1)")
+            .bind(tasks)
+            .fetch_all(&mut *conn)
+            .await?
+    };
+    flows.extend(more);
+    lock_names(conn, flows.into_iter().map(flow_lock).collect()).await
 }
 
 /// The advisory lock's name of an idempotency key of the API's namespace.
