@@ -1414,7 +1414,7 @@ async fn joins_from_before_the_waits_table_are_written_on_connect() {
 }
 
 /// Flow `flow`'s count as kept (`None`: NULL), and its unended tasks
-/// (quarantined ones never end) counted from the tasks.
+/// (one quarantined before it ended never ends) counted from the tasks.
 async fn counts_of(store: &PgStore, flow: Uuid) -> (Option<i64>, i64) {
     let kept: Option<i64> = sqlx::query_scalar("SELECT unfinished FROM taskhost_flows WHERE id = $1")
         .bind(flow)
@@ -1422,8 +1422,9 @@ async fn counts_of(store: &PgStore, flow: Uuid) -> (Option<i64>, i64) {
         .await
         .unwrap();
     let truth: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM taskhost_tasks WHERE state IN ('pending', 'running', 'retrying', 'quarantined')
-         AND (id = $1 OR id IN (SELECT task_id FROM taskhost_flow_tasks WHERE flow_id = $1))",
+        "SELECT count(*) FROM taskhost_tasks
+         WHERE (state IN ('pending', 'running', 'retrying') OR (state = 'quarantined' AND NOT quarantined_ended))
+           AND (id = $1 OR id IN (SELECT task_id FROM taskhost_flow_tasks WHERE flow_id = $1))",
     )
     .bind(flow)
     .fetch_one(store.pool())
@@ -1530,6 +1531,16 @@ async fn a_flows_count_of_unended_tasks_follows_every_change_of_its_tasks() {
     assert_eq!(s.quarantined().await.unwrap().len(), 1);
     assert_eq!(counts_of(&s, root.id).await, (Some(1), 1), "the quarantined task never ends");
     assert_eq!(s.flow_unfinished(root.id).await.unwrap(), Some(1));
+    // One damaged after it ended stays ended.
+    let ended = one_in(&s, "completed").await.unwrap();
+    sqlx::query("UPDATE taskhost_tasks SET record = '\\xffff'::bytea WHERE id = $1")
+        .bind(ended)
+        .execute(s.pool())
+        .await
+        .unwrap();
+    let refused = s.transition(Change::new(ended, TaskState::Pending, "again")).await.unwrap_err();
+    assert!(matches!(refused, PgError::Quarantined { .. }), "{refused}");
+    assert_eq!(s.quarantined().await.unwrap().len(), 2);
     // A count not known (a flow from before it was kept) is taken from the
     // tasks when read, and kept.
     sqlx::query("UPDATE taskhost_flows SET unfinished = NULL WHERE id = $1")

@@ -12,8 +12,9 @@
 //! the count existed) is NULL and counted again from the tasks when next
 //! read ([`PgStore::flow_unfinished`]). Only flows with a record (those
 //! that grew past one task) are counted, as the engine's book counts
-//! them. A quarantined task never ends (see `joins.rs`): it stays counted,
-//! so its flow does not end without it.
+//! them. A task quarantined before it ended never ends (see
+//! `quarantine.rs`): it stays counted, so its flow does not end without
+//! it.
 
 use super::txn::flow_lock;
 use super::{PgError, PgStore};
@@ -60,7 +61,7 @@ impl CountChanges {
     pub(super) async fn write(self, conn: &mut PgConnection) -> Result<(), StoreError> {
         let recount: Vec<Uuid> = self.recount.into_iter().collect();
         if !recount.is_empty() {
-            sqlx::query(&format!("UPDATE taskhost_flows AS f SET unfinished = {COUNT} WHERE f.id = ANY($1)"))
+            sqlx::query(&format!("UPDATE taskhost_flows AS f SET unfinished = {} WHERE f.id = ANY($1)", count()))
                 .bind(&recount)
                 .execute(&mut *conn)
                 .await?;
@@ -87,10 +88,15 @@ impl CountChanges {
     }
 }
 
-/// A flow's (`f`'s) tasks that have not ended (quarantined ones never
-/// do), counted from the tasks.
-const COUNT: &str = "(SELECT count(*) FROM taskhost_listed AS l JOIN taskhost_tasks AS t ON t.id = l.id
-                      WHERE l.flow_id = f.id AND t.state IN ('pending', 'running', 'retrying', 'quarantined'))";
+/// SQL: a flow's (`f`'s) tasks that have not ended, counted from the
+/// tasks.
+fn count() -> String {
+    let unended = super::quarantine::unended("t");
+    format!(
+        "(SELECT count(*) FROM taskhost_listed AS l JOIN taskhost_tasks AS t ON t.id = l.id
+          WHERE l.flow_id = f.id AND {unended})"
+    )
+}
 
 impl PgStore {
     /// How many tasks of flow `id` have not ended (pending, running or
@@ -113,7 +119,8 @@ impl PgStore {
                 }
                 Some(
                     sqlx::query_scalar(&format!(
-                        "UPDATE taskhost_flows AS f SET unfinished = {COUNT} WHERE f.id = $1 RETURNING unfinished"
+                        "UPDATE taskhost_flows AS f SET unfinished = {} WHERE f.id = $1 RETURNING unfinished",
+                        count()
                     ))
                     .bind(id)
                     .fetch_one(&mut *txn)

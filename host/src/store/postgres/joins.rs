@@ -17,7 +17,7 @@
 //! nothing to wait for, as on redb.
 
 use super::quarantine::{Decoded, set_aside};
-use super::txn::lock_flows_of;
+use super::txn::{flow_lock, lock_flows_of, lock_names};
 use super::{PgError, PgStore};
 use crate::store::{StoreError, TaskRecord, TaskState};
 use sqlx::postgres::PgConnection;
@@ -51,17 +51,18 @@ impl NewWaits {
         if self.deps.is_empty() {
             return Ok(());
         }
-        sqlx::query(
+        let unended = super::quarantine::unended("x");
+        sqlx::query(&format!(
             "WITH waits AS (
                  INSERT INTO taskhost_waits (dep, task)
                  SELECT d.dep, d.task FROM unnest($1::uuid[], $2::uuid[]) AS d (dep, task)
                  WHERE EXISTS (SELECT 1 FROM taskhost_tasks AS x
-                               WHERE x.id = d.dep AND x.state IN ('pending', 'running', 'retrying', 'quarantined'))
+                               WHERE x.id = d.dep AND {unended})
                  ON CONFLICT DO NOTHING
                  RETURNING task
              )
-             UPDATE taskhost_tasks SET blocked = true WHERE id IN (SELECT task FROM waits) AND NOT blocked",
-        )
+             UPDATE taskhost_tasks SET blocked = true WHERE id IN (SELECT task FROM waits) AND NOT blocked"
+        ))
         .bind(&self.deps)
         .bind(&self.tasks)
         .execute(&mut *conn)
@@ -143,6 +144,9 @@ impl PgStore {
             read += batch.len() as u64;
             let decoded = Decoded::of(rows);
             set_aside(&mut txn, &decoded.bad).await?;
+            // A task not listed yet (the listings' fill runs on another
+            // host) had its flow not locked above: now, late.
+            lock_names(&mut txn, decoded.records.iter().map(|r| flow_lock(r.flow_id)).collect()).await?;
             let mut waits = NewWaits::default();
             decoded.records.iter().for_each(|r| waits.push(r));
             waits.write(&mut txn).await?;

@@ -42,19 +42,32 @@ pub(super) async fn set_aside(conn: &mut PgConnection, bad: &[(Uuid, String)]) -
         tracing::error!(task = %id, %why, "a task's record in PostgreSQL cannot be decoded; it is quarantined");
     }
     let (ids, reasons): (Vec<Uuid>, Vec<&str>) = bad.iter().map(|(id, why)| (*id, why.as_str())).unzip();
+    // Whether it had ended is kept (the state it replaces is read here,
+    // in the row as it was).
     sqlx::query(
-        "UPDATE taskhost_tasks AS t SET state = 'quarantined', quarantined_because = b.why
+        "UPDATE taskhost_tasks AS t SET state = 'quarantined', quarantined_because = b.why,
+             quarantined_ended = CASE WHEN t.state = 'quarantined' THEN t.quarantined_ended
+                                      ELSE t.state IN ('completed', 'failed', 'cancelled') END
          FROM unnest($1::uuid[], $2::text[]) AS b (id, why) WHERE t.id = b.id",
     )
     .bind(&ids)
     .bind(&reasons)
     .execute(&mut *conn)
     .await?;
-    // It never ends: tasks waiting for it stay blocked, and its flow
-    // counts it unended (`joins.rs`, `flow_counts.rs`) until an operator
-    // repairs or removes it.
+    // One that had not ended never does: tasks waiting for it stay
+    // blocked, and its flow counts it unended ([`unended`]) until an
+    // operator repairs or removes it.
     sqlx::query("DELETE FROM taskhost_leases WHERE task_id = ANY($1)").bind(&ids).execute(&mut *conn).await?;
     Ok(())
+}
+
+/// SQL: whether the task row `alias` has not ended (pending, running,
+/// retrying; or quarantined before it ended: it never will).
+pub(super) fn unended(alias: &str) -> String {
+    format!(
+        "({alias}.state IN ('pending', 'running', 'retrying') \
+         OR ({alias}.state = 'quarantined' AND NOT {alias}.quarantined_ended))"
+    )
 }
 
 impl PgStore {

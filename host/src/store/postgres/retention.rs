@@ -194,8 +194,8 @@ fn keep(unit: &Expired, removed: &mut Removed) {
 }
 
 /// Deletes one unit if it is still listed and nothing holds it. Locks are
-/// taken as every write takes them: the tasks' rows (in id order), then
-/// the flow's lock, then the unit's entry.
+/// taken as every write takes them (see `txn.rs`): the flow's lock, then
+/// the tasks' rows (in id order), then the unit's entry.
 async fn delete_unit(conn: &mut PgConnection, unit: &Expired, now: u64, removed: &mut Removed) -> Result<(), PgError> {
     let id = Uuid::from_u128(unit.id);
     if is_iteration_group(&unit.group) {
@@ -204,23 +204,14 @@ async fn delete_unit(conn: &mut PgConnection, unit: &Expired, now: u64, removed:
     let flow = is_flow_group(&unit.group);
     let mut ids = vec![id];
     if flow {
+        // What it grew, read under its lock: it grows under it too.
+        lock_names(conn, vec![flow_lock(id)]).await?;
         ids.extend(grown(conn, id).await?);
     }
     let Some(tasks) = lock_tasks(conn, &ids).await? else {
         keep(unit, removed);
         return Ok(());
     };
-    if flow {
-        lock_names(conn, vec![flow_lock(id)]).await?;
-        // A flow that grew since its tasks were read was opened again
-        // (and unlisted): its entry below is gone too, but say so here.
-        let mut now_grown = grown(conn, id).await?;
-        now_grown.insert(0, id);
-        if now_grown != ids {
-            keep(unit, removed);
-            return Ok(());
-        }
-    }
     if !listed(conn, unit).await? {
         keep(unit, removed);
         return Ok(());
@@ -246,8 +237,9 @@ async fn delete_unit(conn: &mut PgConnection, unit: &Expired, now: u64, removed:
 /// Deletes the iterations of a repeating flow that ended by the unit's
 /// time, oldest first, each whole (its tasks, their keys and list
 /// entries); the flow's root task, the iteration before the current one
-/// (and the current one), and the flow's result stay. The candidates are
-/// read first, then locked (their rows, the flow's lock, the entry).
+/// (and the current one), and the flow's result stay. The flow's lock is
+/// taken first, then the candidates read and locked (their rows, then the
+/// entry).
 async fn delete_iterations(
     conn: &mut PgConnection,
     unit: &Expired,
@@ -255,9 +247,9 @@ async fn delete_iterations(
     removed: &mut Removed,
 ) -> Result<(), PgError> {
     let f = Uuid::from_u128(unit.id);
+    lock_names(conn, vec![flow_lock(f)]).await?;
     let Some(flow) = flow_record(conn, f).await? else {
         // The flow went (with its own unit): so does this entry.
-        lock_names(conn, vec![flow_lock(f)]).await?;
         if listed(conn, unit).await? {
             unlist(conn, unit).await?;
         }
@@ -278,7 +270,6 @@ async fn delete_iterations(
         keep(unit, removed);
         return Ok(());
     };
-    lock_names(conn, vec![flow_lock(f)]).await?;
     if !listed(conn, unit).await? {
         keep(unit, removed);
         return Ok(());
