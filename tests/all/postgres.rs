@@ -242,6 +242,24 @@ async fn standing_by_for(http: &reqwest::Client, base: &str, serving: &str) {
     }
 }
 
+/// Waits (at most 10 s) until the server at `base` lists each of
+/// `expected` (host id, role) as live in `GET /v1/hosts`.
+async fn listed(http: &reqwest::Client, base: &str, expected: &[(String, taskhost::wire::HostRole)]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let list: taskhost::wire::HostList =
+            http.get(format!("{base}/v1/hosts")).send().await.unwrap().json().await.unwrap();
+        let found = expected.iter().all(|(id, role)| {
+            list.hosts.iter().any(|h| &h.id == id && h.live && h.report.as_ref().is_some_and(|r| r.role == *role))
+        });
+        if found {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{base} does not list {expected:?}: {list:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (at most `within`) until one of `servers` serves (`/healthz`
 /// 200): its index. (A request cut by a standby's switch counts as not
 /// serving yet.)
@@ -309,6 +327,11 @@ async fn standbys_take_over_in_turn_and_every_task_completes_once() {
         let body: Value = refused.json().await.unwrap();
         assert_eq!(body["error"]["code"], "unavailable", "{body}");
     }
+    // The serving host lists the standbys, as such.
+    use taskhost::wire::HostRole::{Serving, Standby};
+    let roles =
+        [(host_id(dirs[0].path()), Serving), (host_id(dirs[1].path()), Standby), (host_id(dirs[2].path()), Standby)];
+    listed(&http, &first.base, &roles).await;
     let mut ids = Vec::new();
     let mut long = Vec::new();
     for n in 0..44 {
@@ -329,8 +352,10 @@ async fn standbys_take_over_in_turn_and_every_task_completes_once() {
     let mut leader = standbys.remove(taker);
     let last = standbys.remove(0);
     let leader_dir = if taker == 0 { &dirs[1] } else { &dirs[2] };
-    // The other waits on, naming the new host.
+    // The other waits on, naming the new host, which lists it.
     standing_by_for(&http, &last.base, &host_id(leader_dir.path())).await;
+    let last_dir = if taker == 0 { &dirs[2] } else { &dirs[1] };
+    listed(&http, &leader.base, &[(host_id(leader_dir.path()), Serving), (host_id(last_dir.path()), Standby)]).await;
     for id in &ids {
         let task = completed(&http, &leader.base, id, Duration::from_secs(30)).await;
         if long.contains(id) {
@@ -371,20 +396,27 @@ async fn standbys_take_over_in_turn_and_every_task_completes_once() {
 }
 
 /// A standby told to stop (SIGTERM) while it waits exits at once, having
-/// served nothing; `--standby` without a database is refused.
+/// served nothing, and the serving host no longer lists it; `--standby`
+/// without a database is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_standby_stops_while_it_waits_and_needs_a_database() {
     let url = taskhost_test_postgres::cluster().database("serve_standby_stop");
     let data = tempfile::tempdir().unwrap();
-    let _serving = start_with(data.path(), free_port(), &["--store", &url]).await;
+    let serving = start_with(data.path(), free_port(), &["--store", &url]).await;
     let other = tempfile::tempdir().unwrap();
     let token = taskhost::auth::ADMIN_TOKEN_FILE;
     std::fs::copy(data.path().join(token), other.path().join(token)).unwrap();
     let mut standby = start_with(other.path(), free_port(), &["--store", &url, "--standby"]).await;
     let (status, _) = health(&crate::http(), &standby.base).await;
     assert_eq!(status, 503);
+    let http = crate::admin_client(data.path()).await;
+    listed(&http, &serving.base, &[(host_id(other.path()), taskhost::wire::HostRole::Standby)]).await;
     let (exit, took) = standby.terminate(Duration::from_secs(10)).await;
     assert!(exit.success(), "{exit:?} after {took:?}");
+    let list: taskhost::wire::HostList =
+        http.get(format!("{}/v1/hosts", serving.base)).send().await.unwrap().json().await.unwrap();
+    let ids: Vec<&str> = list.hosts.iter().map(|h| h.id.as_str()).collect();
+    assert_eq!(ids, [host_id(data.path())], "the standby's heartbeat went with it");
     let log = serve_log(other.path());
     assert!(log.contains("standing by") && log.contains("it took nothing over"), "{log}");
     let alone = tempfile::tempdir().unwrap();

@@ -810,6 +810,8 @@ export interface HostReport {
   started_at: string;
   models: HostModel[];
   load: HostLoad;
+  /** `serving`, or `standby` while it waits to take over. */
+  role: "serving" | "standby";
 }
 
 /** `HostModel`: a model a host serves; `device` when it is ready. */

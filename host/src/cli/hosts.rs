@@ -29,8 +29,9 @@ pub(crate) async fn hosts(args: HostsArgs) -> ExitCode {
 
 /// The hosts as a table; the one that answered is marked `*`.
 fn hosts_text(list: &wire::HostList) -> String {
-    let mut table = Table::new(&["HOST", "LIVE", "HEARD", "VERSION", "STARTED", "SLOTS", "READY", "MEMORY", "MODELS"])
-        .right(&[2, 5, 6]);
+    let mut table =
+        Table::new(&["HOST", "LIVE", "HEARD", "ROLE", "VERSION", "STARTED", "SLOTS", "READY", "MEMORY", "MODELS"])
+            .right(&[2, 6, 7]);
     for host in &list.hosts {
         let mark = if host.this { " *" } else { "" };
         let heard = format!("{:.1}s ago", host.heartbeat_age_ms as f64 / 1000.0);
@@ -48,7 +49,12 @@ fn hosts_text(list: &wire::HostList) -> String {
                         (_, false) => format!("{} (not ready)", m.name),
                     })
                     .collect();
+                let role = match r.role {
+                    wire::HostRole::Standby => "standby",
+                    _ => "serving",
+                };
                 row.extend([
+                    role.to_owned(),
                     r.version.clone(),
                     r.started_at.clone(),
                     format!("{}/{}", load.busy, load.slots),
@@ -58,6 +64,7 @@ fn hosts_text(list: &wire::HostList) -> String {
                 ]);
             }
             None => row.extend([
+                "-".to_owned(),
                 "(unreadable report)".to_owned(),
                 "-".into(),
                 "-".into(),
@@ -80,10 +87,13 @@ mod tests {
         let load = wire::HostLoad::new(8, 3, 12, 4 << 30, 1 << 30);
         let model = wire::HostModel::new("minilm".into(), true, Some("cuda:0".into()));
         let report = wire::HostReport::new("0.1.0".into(), "2026-12-05T10:00:00.000Z".into(), vec![model], load);
+        let idle = wire::HostLoad::new(8, 0, 0, 4 << 30, 0);
+        let standing = wire::HostReport::new("0.1.0".into(), "2026-12-05T10:01:00.000Z".into(), vec![], idle);
         let list = wire::HostList::new(
             vec![
                 wire::Host::new("a".into(), true, true, 1200, Some(report)),
                 wire::Host::new("b".into(), false, false, 65_000, None),
+                wire::Host::new("c".into(), false, true, 900, Some(standing.standing_by())),
             ],
             2000,
             10_000,
@@ -92,6 +102,10 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("HOST"), "{text}");
         assert!(lines[1].starts_with("a *") && lines[1].contains("1.2s ago") && lines[1].contains("3/8"), "{text}");
+        assert!(
+            lines[1].contains(" serving ") && lines[3].starts_with("c ") && lines[3].contains(" standby "),
+            "{text}"
+        );
         assert!(lines[1].contains("minilm (cuda:0)") && lines[1].contains("1 GiB/4 GiB"), "{text}");
         assert!(
             lines[2].starts_with("b ") && lines[2].contains(" no ") && lines[2].contains("(unreadable report)"),

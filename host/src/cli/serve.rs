@@ -431,15 +431,9 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
         );
     }
     config.store_lease = args.store_lease;
-    let standby = match (args.standby, config.store_url.is_some()) {
-        (false, _) => None,
-        (true, false) => return fail(EXIT_USAGE, "--standby needs a PostgreSQL store (--store, or the file's store)"),
-        (true, true) => {
-            let (standby, seen) = taskhost::store::postgres::Standby::new();
-            config.standby = Some(standby.clone());
-            Some((standby, seen))
-        }
-    };
+    if args.standby && config.store_url.is_none() {
+        return fail(EXIT_USAGE, "--standby needs a PostgreSQL store (--store, or the file's store)");
+    }
     let backend = if config.store_url.is_some() { "PostgreSQL" } else { "redb" };
     let sandbox = &mut config.sandbox;
     let ceilings = &mut sandbox.ceilings;
@@ -551,6 +545,20 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
         config.claim_ahead,
         taskhost::units::format_size(config.memory_budget)
     );
+    // A standby says so in its heartbeat while it waits (the serving
+    // host's `GET /v1/hosts` lists it).
+    let standby = args.standby.then(|| {
+        let (standby, seen) = taskhost::store::postgres::Standby::new();
+        let standby = match standby_report(&config) {
+            Ok(report) => standby.with_report(report),
+            Err(error) => {
+                tracing::error!(%error, "cannot encode this standby's report; it writes no heartbeat");
+                standby
+            }
+        };
+        config.standby = Some(standby.clone());
+        (standby, seen)
+    });
     // A standby listens for signals from before it waits, so none is
     // missed between standing by and serving; a host that does not stand
     // by is stopped by one while it starts, as before.
@@ -735,6 +743,18 @@ impl Signals {
             () = one(self.terminate.as_mut()) => {}
         }
     }
+}
+
+/// What a standby writes as its heartbeat while it waits: its version,
+/// when it started, and the slots and memory budget it will serve with
+/// (none of them busy), as a `standby`.
+fn standby_report(config: &EngineConfig) -> Result<serde_json::Value, serde_json::Error> {
+    use taskhost::wire::{HostLoad, HostReport, time};
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let started = u64::try_from(started.as_millis()).unwrap_or(u64::MAX);
+    let load = HostLoad::new(config.concurrency as u64, 0, 0, config.memory_budget, 0);
+    let report = HostReport::new(env!("CARGO_PKG_VERSION").to_owned(), time(started), Vec::new(), load);
+    serde_json::to_value(report.standing_by())
 }
 
 /// The standby's API (`api::standby_router`), served on second handles

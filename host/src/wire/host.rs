@@ -62,13 +62,34 @@ pub struct HostReport {
     /// Its execution slots and memory budget, and how much of them is in
     /// use.
     pub load: HostLoad,
+    /// Whether it serves the store or stands by to take over (reports
+    /// written before standbys were listed say neither: `serving`).
+    #[serde(default)]
+    pub role: HostRole,
 }
 
 impl HostReport {
-    /// A report of `version`, started at `started_at`.
+    /// A serving host's report of `version`, started at `started_at`.
     pub fn new(version: String, started_at: String, models: Vec<HostModel>, load: HostLoad) -> Self {
-        Self { version, started_at, models, load }
+        Self { version, started_at, models, load, role: HostRole::Serving }
     }
+
+    /// The same report of a host standing by.
+    pub fn standing_by(self) -> Self {
+        Self { role: HostRole::Standby, ..self }
+    }
+}
+
+/// What a host does for the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HostRole {
+    /// It runs the engine.
+    #[default]
+    Serving,
+    /// It waits to take over (`serve --standby`): it runs no tasks.
+    Standby,
 }
 
 /// A model a host serves.

@@ -843,6 +843,8 @@ class HostReport:
     started_at: str
     models: list[HostModel]
     load: HostLoad
+    #: ``serving``, or ``standby`` while it waits to take over.
+    role: str = "serving"
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@
 //! not matter.
 
 use super::{PgError, PgStore};
-use sqlx::Row;
+use sqlx::postgres::PgConnection;
+use sqlx::{Connection, Row};
 use std::time::Duration;
 
 /// Rows listed at most (hosts beyond it are left out, by name).
@@ -28,21 +29,8 @@ impl PgStore {
     /// Writes `host`'s heartbeat now with `report`, and forgets hosts not
     /// heard from for a day.
     pub async fn beat(&self, host: &str, report: &serde_json::Value) -> Result<(), PgError> {
-        let mut txn = self.pool().begin().await?;
-        sqlx::query(
-            "INSERT INTO taskhost_hosts (host, heartbeat_at, report) VALUES ($1, clock_timestamp(), $2::text::jsonb)
-             ON CONFLICT (host) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at, report = EXCLUDED.report",
-        )
-        .bind(host)
-        .bind(report.to_string())
-        .execute(&mut *txn)
-        .await?;
-        sqlx::query("DELETE FROM taskhost_hosts WHERE heartbeat_at < clock_timestamp() - make_interval(secs => $1)")
-            .bind(FORGET_AFTER_SECS as f64)
-            .execute(&mut *txn)
-            .await?;
-        txn.commit().await?;
-        Ok(())
+        let mut conn = self.pool().acquire().await?;
+        beat_on(&mut conn, host, report).await
     }
 
     /// The hosts' rows, by name (at most 1,000).
@@ -72,6 +60,26 @@ impl PgStore {
         sqlx::query("DELETE FROM taskhost_hosts WHERE host = $1").bind(host).execute(self.pool()).await?;
         Ok(())
     }
+}
+
+/// Writes `host`'s heartbeat now with `report` on `conn`, and forgets
+/// hosts not heard from for a day.
+pub(super) async fn beat_on(conn: &mut PgConnection, host: &str, report: &serde_json::Value) -> Result<(), PgError> {
+    let mut txn = conn.begin().await?;
+    sqlx::query(
+        "INSERT INTO taskhost_hosts (host, heartbeat_at, report) VALUES ($1, clock_timestamp(), $2::text::jsonb)
+         ON CONFLICT (host) DO UPDATE SET heartbeat_at = EXCLUDED.heartbeat_at, report = EXCLUDED.report",
+    )
+    .bind(host)
+    .bind(report.to_string())
+    .execute(&mut *txn)
+    .await?;
+    sqlx::query("DELETE FROM taskhost_hosts WHERE heartbeat_at < clock_timestamp() - make_interval(secs => $1)")
+        .bind(FORGET_AFTER_SECS as f64)
+        .execute(&mut *txn)
+        .await?;
+    txn.commit().await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -26,6 +26,7 @@
 use super::leases::millis;
 use super::{Leader, PgError, PgStore, Term};
 use sqlx::postgres::PgConnection;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -88,6 +89,13 @@ const STANDBY_LOOK: Duration = Duration::from_secs(15);
 /// connection.
 const STANDBY_BACKOFF: Duration = Duration::from_secs(5);
 
+/// A standby with a report writes its heartbeat every this many looks
+/// (2 s, as a serving host beats).
+const LOOKS_PER_BEAT: u32 = 4;
+
+/// How long a standby that stops waits to remove its heartbeat.
+const LEAVE_GRACE: Duration = Duration::from_secs(5);
+
 /// What a host standing by sees (the receiver [`Standby::new`] gives).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -107,13 +115,23 @@ pub enum StandbyState {
 pub struct Standby {
     state: watch::Sender<StandbyState>,
     stop: watch::Sender<bool>,
+    /// What it writes as its heartbeat while it waits, if anything.
+    report: Option<Arc<serde_json::Value>>,
 }
 
 impl Standby {
     /// A standby, and the receiver of what it sees.
     pub fn new() -> (Self, watch::Receiver<StandbyState>) {
         let (state, seen) = watch::channel(StandbyState::Looking);
-        (Self { state, stop: watch::channel(false).0 }, seen)
+        (Self { state, stop: watch::channel(false).0, report: None }, seen)
+    }
+
+    /// Writes `report` as this host's heartbeat while it waits (every 2
+    /// s, as a serving host beats; `GET /v1/hosts` lists it), and removes
+    /// it when it stops waiting without taking over. Set before it is
+    /// cloned.
+    pub fn with_report(self, report: serde_json::Value) -> Self {
+        Self { report: Some(Arc::new(report)), ..self }
     }
 
     /// Stops waiting: [`PgStore::stand_by_for_sole_engine`] returns
@@ -167,6 +185,20 @@ impl PgStore {
         lease: Duration,
         standby: &Standby,
     ) -> Result<SoleEngine, PgError> {
+        let waited = self.stand_by(host, lease, standby).await;
+        // Its standby row goes however the wait ended: a host that took
+        // over writes its own once its engine runs.
+        if standby.report.is_some() {
+            match tokio::time::timeout(LEAVE_GRACE, self.leave(host)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "cannot remove this standby's heartbeat; it ages out"),
+                Err(_) => tracing::warn!("removing this standby's heartbeat took too long; it ages out"),
+            }
+        }
+        waited
+    }
+
+    async fn stand_by(&self, host: &str, lease: Duration, standby: &Standby) -> Result<SoleEngine, PgError> {
         check_lease(lease)?;
         let mut stop = standby.stop.subscribe();
         let stopped = async move {
@@ -177,7 +209,7 @@ impl PgStore {
         loop {
             let round = tokio::select! {
                 () = &mut stopped => return Err(PgError::StoodDown),
-                round = self.stand_by_round(standby, lease) => round,
+                round = self.stand_by_round(host, standby, lease) => round,
             };
             let error = match round {
                 // Told to stop as the lock came: it is let go (with the
@@ -213,7 +245,9 @@ impl PgStore {
     /// ends), one looking every [`STANDBY_POLL`] who leads and whether
     /// their lease lapsed (then ending the holder's session). The
     /// connection that holds the lock, or the first failure.
-    async fn stand_by_round(&self, standby: &Standby, lease: Duration) -> Result<PgConnection, PgError> {
+    /// With a report, the looking connection writes the standby's
+    /// heartbeat every [`LOOKS_PER_BEAT`] looks.
+    async fn stand_by_round(&self, host: &str, standby: &Standby, lease: Duration) -> Result<PgConnection, PgError> {
         let queued = async {
             let mut mine = self.pool().acquire().await?.detach();
             // The server notices a standby that went away while queued
@@ -247,10 +281,28 @@ impl PgStore {
         };
         let looking = async {
             let mut mine = self.pool().acquire().await?.detach();
+            let mut looks = 0u32;
+            let mut beat_failing = false;
             loop {
+                let beat = standby.report.as_ref().filter(|_| looks.is_multiple_of(LOOKS_PER_BEAT));
+                looks = looks.wrapping_add(1);
+                let failing = &mut beat_failing;
                 let look = async {
                     if try_hold(&mut mine).await? {
                         return Ok(None);
+                    }
+                    if let Some(report) = beat {
+                        // Best effort: a failure to list itself does not
+                        // stop it standing by (a lost connection fails
+                        // the look below).
+                        match super::hosts::beat_on(&mut mine, host, report).await {
+                            Ok(()) => *failing = false,
+                            Err(error) if !*failing => {
+                                *failing = true;
+                                tracing::warn!(%error, "standing by: cannot write this host's heartbeat");
+                            }
+                            Err(_) => {}
+                        }
                     }
                     PgStore::leader_on(&mut mine).await.map(Some)
                 };
