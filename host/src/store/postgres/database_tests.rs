@@ -48,6 +48,20 @@ async fn lapse(store: &PgStore, id: Uuid) {
     assert_eq!(lapsed.rows_affected(), 1);
 }
 
+/// Submits task 1, claims it and completes it growing `children` in its
+/// flow: the root, and the tasks the completion created.
+async fn grow_flow(store: &PgStore, children: Vec<(TaskRecord, Vec<u8>)>) -> (TaskRecord, Vec<TaskRecord>) {
+    use crate::store::{Change, Effects};
+    let root = record(1, None);
+    store.submit(root.clone(), Vec::new()).await.unwrap();
+    let claimed = store.claim("a", 1, LEASE).await.unwrap().remove(0);
+    assert_eq!(claimed.record.id, root.id);
+    let grow = Effects { flow_id: root.id, children, ..Effects::default() };
+    let done = Change::new(root.id, TaskState::Completed, "done").effects(grow);
+    let applied = store.finish_changes(vec![(claimed.lease, done)]).await.unwrap().remove(0).unwrap();
+    (root, applied.created)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_starting_at_once_migrate_once() {
     let url = taskhost_test_postgres::cluster().database("migrate");
@@ -360,14 +374,8 @@ async fn hosts_completing_tasks_of_one_flow_at_once_lose_no_update() {
     use crate::store::{Change, Effects};
     let (a, url) = store("one_flow").await;
     let b = PgStore::connect(&url, 4).await.unwrap();
-    let root = record(1, None);
-    a.submit(root.clone(), Vec::new()).await.unwrap();
-    let claimed = a.claim("a", 1, LEASE).await.unwrap().remove(0);
-    let children: Vec<(TaskRecord, Vec<u8>)> = (0..20).map(|i| child_of(1, 100 + i, None)).collect();
-    let grow = Effects { flow_id: root.id, children, ..Effects::default() };
-    let done = Change::new(root.id, TaskState::Completed, "done").effects(grow);
-    let [grown] = a.finish_changes(vec![(claimed.lease, done)]).await.unwrap().try_into().unwrap();
-    assert_eq!(grown.unwrap().created.len(), 20);
+    let (root, grown) = grow_flow(&a, (0..20).map(|i| child_of(1, 100 + i, None)).collect()).await;
+    assert_eq!(grown.len(), 20);
     let before = a.flow(root.id).await.unwrap().unwrap();
     assert_eq!(before.tasks, 21, "the root and what it grew");
     // Each host claims half of the children and completes them one by one,
@@ -1233,13 +1241,10 @@ async fn claim_ids(store: &PgStore, host: &str) -> (Vec<u128>, Vec<Claimed>) {
 /// wait behind; and the tasks it released wake idle hosts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_task_is_claimed_once_every_task_it_waits_for_ended() {
+    use crate::store::Change;
     use crate::store::tests::child_of;
-    use crate::store::{Change, Effects};
     let (a, url) = store("joins").await;
     let b = PgStore::connect(&url, 4).await.unwrap();
-    let root = record(1, None);
-    a.submit(root.clone(), Vec::new()).await.unwrap();
-    let claimed = a.claim("a", 1, LEASE).await.unwrap().remove(0);
     let joining = |n: u128, after: &[u128]| {
         let (mut child, input) = child_of(1, n, None);
         child.after = after.iter().map(|&d| Uuid::from_u128(d)).collect();
@@ -1259,10 +1264,7 @@ async fn a_joining_task_is_claimed_once_every_task_it_waits_for_ended() {
         joining(106, &[104]),
         joining(107, &[100]),
     ];
-    let grow = Effects { flow_id: root.id, children, ..Effects::default() };
-    let done = Change::new(root.id, TaskState::Completed, "done").effects(grow);
-    let [grown] = a.finish_changes(vec![(claimed.lease, done)]).await.unwrap().try_into().unwrap();
-    assert_eq!(grown.unwrap().created.len(), 8);
+    assert_eq!(grow_flow(&a, children).await.1.len(), 8);
     assert_eq!(waits_of(&a, 102).await, (true, vec![Uuid::from_u128(100), Uuid::from_u128(101)]));
     assert_eq!(waits_of(&a, 106).await, (true, vec![Uuid::from_u128(104)]));
     for free in [100, 103, 105] {
@@ -1314,19 +1316,14 @@ async fn a_joining_task_is_claimed_once_every_task_it_waits_for_ended() {
 /// it holds the flow, unblocks the waiting task's row. Both commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_waiting_task_beside_its_dependency_ending_never_deadlocks() {
+    use crate::store::Change;
     use crate::store::tests::child_of;
-    use crate::store::{Change, Effects};
     let (a, url) = store("joins_race").await;
     let b = PgStore::connect(&url, 4).await.unwrap();
-    let root = record(1, None);
-    a.submit(root.clone(), Vec::new()).await.unwrap();
-    let claimed = a.claim("a", 1, LEASE).await.unwrap().remove(0);
     let dep = child_of(1, 100, None);
     let (mut waiting, input) = child_of(1, 200, None);
     waiting.after = vec![dep.0.id];
-    let grow = Effects { flow_id: root.id, children: vec![dep, (waiting, input)], ..Effects::default() };
-    let done = Change::new(root.id, TaskState::Completed, "done").effects(grow);
-    a.finish_changes(vec![(claimed.lease, done)]).await.unwrap().remove(0).unwrap();
+    let (root, _) = grow_flow(&a, vec![dep, (waiting, input)]).await;
     let [dep] = a.claim("a", 10, LEASE).await.unwrap().try_into().unwrap();
 
     // A third session holds the flow while both queue on it.
