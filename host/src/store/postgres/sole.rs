@@ -128,8 +128,8 @@ impl Standby {
 
     /// Writes `report` as this host's heartbeat while it waits (every 2
     /// s, as a serving host beats; `GET /v1/hosts` lists it), and removes
-    /// it when it stops waiting without taking over. Set before it is
-    /// cloned.
+    /// it however the wait ends (a host that took over writes its own
+    /// once its engine runs). Set before it is cloned.
     pub fn with_report(self, report: serde_json::Value) -> Self {
         Self { report: Some(Arc::new(report)), ..self }
     }
