@@ -149,7 +149,7 @@ impl PgStore {
         // ending task's flow decides its place in retention; a
         // completion's effects change it), the flows edited, and the flows
         // of new tasks a flow grew.
-        super::txn::lock_flows_of(&mut txn, &changed, other_flows.iter().copied()).await?;
+        let held_flows = super::txn::lock_flows_of(&mut txn, &changed, other_flows.iter().copied()).await?;
         // The leases of every task changed, whatever the change: a
         // transition out of running ends its task's lease, so it takes the
         // lease before the row as an outcome and a reaper do.
@@ -174,6 +174,7 @@ impl PgStore {
             stored.into_iter().collect()
         };
         let mut t = PgTxn::new(&mut txn);
+        t.flows_held(held_flows);
         // Their records (locked above, except a task's whose flow could not
         // be read before its row: taken now).
         t.lock_flows(held.values().map(|r| r.flow_id).chain(other_flows)).await?;

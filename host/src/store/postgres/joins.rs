@@ -111,28 +111,29 @@ impl PgStore {
                 sqlx::query_as("SELECT upto, done_to FROM taskhost_waits_fill LIMIT 1 FOR UPDATE")
                     .fetch_optional(&mut *txn)
                     .await?;
-            let Some((Some(upto), done_to)) = mark else {
-                // No mark (done, or nothing was stored), or an empty store's.
-                sqlx::query("DELETE FROM taskhost_waits_fill").execute(&mut *txn).await?;
-                txn.commit().await?;
-                return Ok(read);
+            // No mark (done, or nothing was stored), an empty store's, or
+            // nothing left after the last batch: the mark goes.
+            let batch: Vec<Uuid> = match mark {
+                Some((Some(upto), done_to)) => {
+                    sqlx::query_scalar(
+                        "SELECT id FROM taskhost_tasks
+                         WHERE id <= $1 AND id > $2 AND state IN ('pending', 'retrying') ORDER BY id LIMIT $3",
+                    )
+                    .bind(upto)
+                    .bind(done_to.unwrap_or(Uuid::nil()))
+                    .bind(FILL_BATCH)
+                    .fetch_all(&mut *txn)
+                    .await?
+                }
+                _ => Vec::new(),
             };
-            // The batch's tasks' flows, then their rows (see `txn.rs`).
-            let batch: Vec<Uuid> = sqlx::query_scalar(
-                "SELECT id FROM taskhost_tasks
-                 WHERE id <= $1 AND id > $2 AND state IN ('pending', 'retrying') ORDER BY id LIMIT $3",
-            )
-            .bind(upto)
-            .bind(done_to.unwrap_or(Uuid::nil()))
-            .bind(FILL_BATCH)
-            .fetch_all(&mut *txn)
-            .await?;
             let Some(&last) = batch.last() else {
                 sqlx::query("DELETE FROM taskhost_waits_fill").execute(&mut *txn).await?;
                 txn.commit().await?;
                 return Ok(read);
             };
-            lock_flows_of(&mut txn, &batch, []).await?;
+            // The batch's tasks' flows, then their rows (see `txn.rs`).
+            let held = lock_flows_of(&mut txn, &batch, []).await?;
             // Still startable once locked (ended meanwhile: nothing to do).
             let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
                 "SELECT id, record FROM taskhost_tasks
@@ -146,7 +147,8 @@ impl PgStore {
             set_aside(&mut txn, &decoded.bad).await?;
             // A task not listed yet (the listings' fill runs on another
             // host) had its flow not locked above: now, late.
-            lock_names(&mut txn, decoded.records.iter().map(|r| flow_lock(r.flow_id)).collect()).await?;
+            let late = decoded.records.iter().filter(|r| !held.contains(&r.flow_id));
+            lock_names(&mut txn, late.map(|r| flow_lock(r.flow_id)).collect()).await?;
             let mut waits = NewWaits::default();
             decoded.records.iter().for_each(|r| waits.push(r));
             waits.write(&mut txn).await?;

@@ -222,7 +222,7 @@ impl PgStore {
             txn.commit().await?;
             return Ok(Vec::new());
         }
-        super::txn::lock_flows_of(&mut txn, &candidates, []).await?;
+        let held_flows = super::txn::lock_flows_of(&mut txn, &candidates, []).await?;
         let rows = sqlx::query(
             "SELECT task_id, host FROM taskhost_leases
              WHERE task_id = ANY($1) AND expires_at <= clock_timestamp()
@@ -246,6 +246,7 @@ impl PgStore {
             }
         }
         let mut t = PgTxn::new(&mut txn);
+        t.flows_held(held_flows);
         t.lock_flows(held.values().map(|r| r.flow_id)).await?;
         t.locked(held.drain().map(|(_, r)| r));
         let mut reaped = Vec::with_capacity(changes.len());

@@ -130,6 +130,9 @@ pub(crate) struct PgTxn<'c> {
     /// record that cannot be decoded fails only the operation reading it):
     /// `None` has no record.
     flows_read: HashMap<Uuid, Option<Vec<u8>>>,
+    /// Flows whose locks the transaction took before it was opened as this
+    /// ([`lock_flows_of`]): not asked for again.
+    held_flows: HashSet<Uuid>,
     /// The writes of the operations settled so far.
     kept: Writes,
     /// The writes of the operation under way.
@@ -144,6 +147,7 @@ impl<'c> PgTxn<'c> {
             locked: HashMap::new(),
             peeked: HashMap::new(),
             flows_read: HashMap::new(),
+            held_flows: HashSet::new(),
             kept: Writes::default(),
             op: Writes::default(),
         }
@@ -209,9 +213,16 @@ impl<'c> PgTxn<'c> {
         self.lock_names(names).await
     }
 
+    /// Flows `ids` are locked already ([`lock_flows_of`], before this was
+    /// opened on the transaction).
+    pub(crate) fn flows_held(&mut self, ids: impl IntoIterator<Item = Uuid>) {
+        self.held_flows.extend(ids);
+    }
+
     /// Takes the locks of flows `ids` at once (see
-    /// [`lock_names`]) and reads their records, so the
-    /// transitions of a batch read none of them one by one.
+    /// [`lock_names`]; those held already are not asked for again) and
+    /// reads their records, so the transitions of a batch read none of
+    /// them one by one.
     pub(crate) async fn lock_flows(&mut self, ids: impl IntoIterator<Item = Uuid>) -> Result<(), StoreError> {
         let mut ids: Vec<Uuid> = ids
             .into_iter()
@@ -222,7 +233,8 @@ impl<'c> PgTxn<'c> {
         if ids.is_empty() {
             return Ok(());
         }
-        self.lock_names(ids.iter().map(|id| flow_lock(*id)).collect()).await?;
+        let names = ids.iter().filter(|id| !self.held_flows.contains(id)).map(|id| flow_lock(*id)).collect();
+        self.lock_names(names).await?;
         let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as("SELECT id, record FROM taskhost_flows WHERE id = ANY($1)")
             .bind(&ids)
             .fetch_all(&mut *self.conn)
@@ -580,12 +592,12 @@ pub(super) async fn lock_names(conn: &mut PgConnection, mut names: Vec<String>) 
 /// Takes the locks of the flows of tasks `tasks` (from what never
 /// changes of them, read without a lock) and of flows `more`, in one
 /// statement ([`lock_names`]): a transaction takes them before it locks
-/// any task's row.
+/// any task's row. The flows it locked (for [`PgTxn::flows_held`]).
 pub(super) async fn lock_flows_of(
     conn: &mut PgConnection,
     tasks: &[Uuid],
     more: impl IntoIterator<Item = Uuid>,
-) -> Result<(), StoreError> {
+) -> Result<Vec<Uuid>, StoreError> {
     let mut flows: Vec<Uuid> = if tasks.is_empty() {
         Vec::new()
     } else {
@@ -595,7 +607,8 @@ pub(super) async fn lock_flows_of(
             .await?
     };
     flows.extend(more);
-    lock_names(conn, flows.into_iter().map(flow_lock).collect()).await
+    lock_names(conn, flows.iter().map(|id| flow_lock(*id)).collect()).await?;
+    Ok(flows)
 }
 
 /// The advisory lock's name of an idempotency key of the API's namespace.
@@ -673,7 +686,9 @@ impl Txn for PgTxn<'_> {
         if let Some(row) = self.flows_read.get(&id) {
             return row.as_deref().map(decode).transpose();
         }
-        self.lock_name(&flow_lock(id)).await?;
+        if !self.held_flows.contains(&id) {
+            self.lock_name(&flow_lock(id)).await?;
+        }
         let row: Option<Vec<u8>> = sqlx::query_scalar("SELECT record FROM taskhost_flows WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *self.conn)
