@@ -69,6 +69,11 @@ impl Admission {
             shared.metrics.submitted.get_or_create(&Metrics::label(&record.queue)).inc();
         }
         for record in records {
+            if shared.store.queues_tasks() {
+                // The store's claims wait for what it joins.
+                ready.push(record);
+                continue;
+            }
             // Under the book lock, a task that ends after this read finds
             // the waiter registered; one that ended before is not waited
             // for.
@@ -90,12 +95,14 @@ impl Admission {
 
     /// Schedules tasks that wait for nothing. A pending declared step whose
     /// predecessors have ended is checked first (and skipped if one of them
-    /// did not complete).
+    /// did not complete). A store that queues tasks is given them all: its
+    /// claims wait for what they join, and a claimed step checks its
+    /// predecessors then (see `dispatch.rs`).
     pub(crate) fn schedule_ready<'a>(&self, ready: impl IntoIterator<Item = &'a TaskRecord>, now: u64) -> Vec<StepEnd> {
         let mut ends = Vec::new();
+        let checked_here = !self.shared.store.queues_tasks();
         for record in ready {
-            if record.state == TaskState::Pending && record.input_from == InputFrom::Outputs && !record.after.is_empty()
-            {
+            if checked_here && record.state == TaskState::Pending && is_declared_step(record) {
                 ends.extend(self.release(record.id, record.version, None));
             } else {
                 self.shared.enqueue(record, record.next_run_at_ms, now);
@@ -134,17 +141,29 @@ impl Admission {
         }
         if record.input_from == InputFrom::Outputs {
             for dep in record.after.clone() {
-                let Some(d) = store.get_now(dep)? else {
-                    return Ok(Some((record, Some(format!("skipped: predecessor {dep} is missing")))));
-                };
-                if d.state != TaskState::Completed {
-                    let step = d.step.clone().unwrap_or_else(|| d.id.to_string());
-                    return Ok(Some((record, Some(format!("skipped: step `{step}` ended {}", d.state)))));
+                if let Some(reason) = skipped_by(dep, store.get_now(dep)?.as_ref()) {
+                    return Ok(Some((record, Some(reason))));
                 }
             }
         }
         Ok(Some((record, None)))
     }
+}
+
+/// Whether `record` is a declared step: it runs on its predecessors'
+/// outputs, and only if they all completed.
+pub(crate) fn is_declared_step(record: &TaskRecord) -> bool {
+    record.input_from == InputFrom::Outputs && !record.after.is_empty()
+}
+
+/// Why a declared step is skipped because of its predecessor `dep`
+/// (`found` as read): it is missing, or it ended other than completed.
+pub(crate) fn skipped_by(dep: Uuid, found: Option<&TaskRecord>) -> Option<String> {
+    let Some(d) = found else { return Some(format!("skipped: predecessor {dep} is missing")) };
+    (d.state != TaskState::Completed).then(|| {
+        let step = d.step.clone().unwrap_or_else(|| d.id.to_string());
+        format!("skipped: step `{step}` ended {}", d.state)
+    })
 }
 
 #[cfg(test)]

@@ -132,6 +132,26 @@ both! {
         assert_eq!(flows.len(), 2, "both flows are listed");
     }
 
+    // A declared step runs only if its predecessor completed: one whose
+    // predecessor failed is skipped, never run. (On PostgreSQL the claim
+    // takes it once its predecessor ended, and the attempt checks.)
+    async fn a_step_after_a_failed_one_is_skipped(h) {
+        let spec = serde_json::json!({
+            "input": Script::FailTimes(10, Vec::new()),
+            "steps": {"series": [{"id": "a", "plugin": "echo"}, {"id": "b", "plugin": "echo"}]},
+        });
+        let view = h.engine.submit_flow(serde_json::from_value(spec).unwrap()).await.unwrap();
+        let done = h.engine.wait_flow(view.flow.id, WAIT).await.unwrap();
+        assert_eq!(done.flow.state, FlowState::Failed, "{:?}", done.flow);
+        let step = |id: &str| done.tasks.iter().find(|t| t.step.as_deref() == Some(id)).unwrap().clone();
+        let (a, b) = (step("a"), step("b"));
+        assert_eq!((a.state, a.attempts), (TaskState::Failed, 3));
+        assert_eq!((b.state, b.attempts), (TaskState::Cancelled, 0), "{b:?}");
+        let reason = &b.history.last().unwrap().reason;
+        assert_eq!(reason, "skipped: step `a` ended failed");
+        assert_eq!(h.runner.calls(b.id), 0, "a skipped step never runs");
+    }
+
     async fn retention_deletes_what_ended_past_it_and_keeps_the_rest(h) {
         let mut ended = Vec::new();
         for _ in 0..5 {
@@ -297,4 +317,55 @@ async fn hosts_sharing_a_database_are_listed_with_their_heartbeats() {
     h.engine.clone().close().await;
     let rows: Vec<String> = other.hosts().await.unwrap().into_iter().map(|row| row.host).collect();
     assert_eq!(rows, ["host-live", "host-quiet"]);
+}
+
+/// On PostgreSQL a running task's lease is renewed while it runs; once it
+/// is lost (lapsed here, as behind a host stopped past its lease), the
+/// attempt is stopped, its outcome is refused, the task is taken back
+/// with its attempt counted, and it runs again under a new lease, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_whose_lease_is_lost_is_stopped_and_its_task_runs_again() {
+    let url = taskhost_test_postgres::cluster().database("engine_lost_lease");
+    let h = Harness::on_url(url.clone(), tweak).await.unwrap();
+    let admin = crate::store::postgres::PgStore::connect(&url, 1).await.unwrap();
+    let t = task("echo", &Script::RunUntilCancelledOnce(b"again".to_vec()));
+    let id = h.engine.submit(t).await.unwrap().record.id;
+    h.wait_state(id, TaskState::Running).await;
+    let lease = || async {
+        sqlx::query_as::<_, (i64, f64)>(
+            "SELECT token, extract(epoch FROM expires_at - clock_timestamp())::float8 FROM taskhost_leases
+             WHERE task_id = $1",
+        )
+        .bind(id)
+        .fetch_one(admin.pool())
+        .await
+        .unwrap()
+    };
+    let (token, _) = lease().await;
+    // Renewed every 2 s to a whole lease (15 s) from then: left to run
+    // alone, it would be down to 12 s.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let (renewed, left) = lease().await;
+    assert_eq!(renewed, token, "the same lease");
+    assert!(left > 12.5, "renewed: {left} s left");
+    sqlx::query("UPDATE taskhost_leases SET expires_at = clock_timestamp() - interval '1 second' WHERE task_id = $1")
+        .bind(id)
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    let done = h.engine.wait(id, WAIT).await.unwrap();
+    assert_eq!((done.state, done.attempts), (TaskState::Completed, 2), "{done:?}");
+    assert_eq!(h.engine.output(id).await.unwrap().as_deref(), Some(&b"again"[..]));
+    assert_eq!(h.runner.calls(id), 2);
+    let moves: Vec<(TaskState, &str)> = done.history.iter().map(|m| (m.to, m.reason.as_str())).collect();
+    assert_eq!(moves.iter().filter(|(to, _)| *to == TaskState::Running).count(), 2, "{moves:?}");
+    assert!(
+        !moves.iter().any(|(to, _)| *to == TaskState::Cancelled),
+        "the lost attempt's outcome is refused: {moves:?}"
+    );
+    let reaped = moves.iter().skip(1).any(|(to, why)| *to == TaskState::Pending && why.contains("lost its lease"));
+    assert!(reaped, "taken back: {moves:?}");
+    let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM taskhost_leases").fetch_one(admin.pool()).await.unwrap();
+    assert_eq!(leases, 0);
+    assert_eq!(crate::sync::lock(&h.shared.leases).len(), 0, "this host holds no lease");
 }

@@ -22,6 +22,7 @@ use super::shared::{Shared, entry};
 use super::submission::Submission;
 use super::unsettled::{self, Unsettled};
 use crate::sandbox::Transcript;
+use crate::store::postgres::{Claimed, Lease};
 use crate::store::{Change, InputFrom, StoredFailure, TaskRecord, TaskState, now_ms, start};
 use crate::sync::lock;
 use crate::{CancelToken, FailureClass, TaskFailure, TaskReport};
@@ -111,6 +112,9 @@ enum NotRun {
     Retried(TaskFailure),
     /// The host is stopping.
     Stopping,
+    /// A declared step claimed after a predecessor ended other than
+    /// completed (or went missing): why it is skipped.
+    Skipped(String),
 }
 
 /// The report of an attempt that failed before its run began.
@@ -146,8 +150,13 @@ impl Dispatch {
     }
 
     /// Starts tasks while the scheduler has slots, sleeping until the next
-    /// due task or a wake-up, until the engine stops.
+    /// due task or a wake-up, until the engine stops. On a shared store
+    /// the tasks come from claims (see `claims.rs`).
     pub(crate) async fn run(self: Arc<Self>) {
+        if let Some(pg) = self.shared.store.postgres().cloned() {
+            let (shared, endings) = (self.shared.clone(), self.endings.clone());
+            return super::claims::run(self, shared, endings, pg).await;
+        }
         let shared = &self.shared;
         while !shared.stopping() {
             let next_due = {
@@ -226,7 +235,37 @@ impl Dispatch {
     /// Runs a task committed as claimed (`record`, running).
     pub(crate) fn run_claimed(self: &Arc<Self>, claim: Claim, record: TaskRecord) {
         let Claim { charge, token, claimed, .. } = claim;
-        tokio::spawn(self.clone().attempt(record, charge, token, claimed));
+        tokio::spawn(self.clone().attempt(record, charge, token, claimed, None));
+    }
+
+    /// Runs a task this host claimed from a shared store, its outcome
+    /// recorded under the claim's lease. An earlier attempt of the task
+    /// may still be stopping here (its lease was lost, and the task was
+    /// taken back and claimed again): this one starts once it ended. One
+    /// still waiting when the host stops is left to its lease, which
+    /// lapses, and the next host's reap takes it back.
+    pub(crate) fn start_claimed(self: &Arc<Self>, claim: Claimed) {
+        let Claimed { record, lease } = claim;
+        let shared = &self.shared;
+        let claimed = Instant::now();
+        let charge = lock(&shared.sched).claimed(&record.queue);
+        let token = CancelToken::new();
+        lock(&shared.leases).hold(&lease, token.clone());
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let ended = this.shared.ended.notified();
+                if let std::collections::hash_map::Entry::Vacant(free) = lock(&this.shared.running).entry(record.id) {
+                    free.insert(token.clone());
+                    break;
+                }
+                if this.shared.stopping() {
+                    return;
+                }
+                let _ = tokio::time::timeout(Duration::from_millis(50), ended).await;
+            }
+            this.attempt(record, charge, token, claimed, Some(lease)).await;
+        });
     }
 
     /// Gives back the claim of task `id`, whose submission created nothing
@@ -257,12 +296,20 @@ impl Dispatch {
                 return;
             }
         };
-        self.attempt(record, charge, token, claimed).await;
+        self.attempt(record, charge, token, claimed, None).await;
     }
 
     /// Runs one attempt of a claimed task (`record`, running since
-    /// `claimed`) and records its outcome.
-    async fn attempt(self: Arc<Self>, record: TaskRecord, charge: Charge, token: CancelToken, claimed: Instant) {
+    /// `claimed`) and records its outcome (under `lease`, a shared
+    /// store's claim).
+    async fn attempt(
+        self: Arc<Self>,
+        record: TaskRecord,
+        charge: Charge,
+        token: CancelToken,
+        claimed: Instant,
+        lease: Option<Lease>,
+    ) {
         let shared = &self.shared;
         let from = record.history.last().and_then(|t| t.from).unwrap_or(TaskState::Pending);
         shared.metrics.moved(&record.queue, Some(from), TaskState::Running);
@@ -297,7 +344,11 @@ impl Dispatch {
         if let Some(t) = &transcript {
             lock(&shared.transcripts).insert(record.id, (run, t.clone()));
         }
-        let ran = self.gated_run(&record, token, &services, transcript.clone(), trace.clone(), &mut waited).await;
+        let ran = match self.skipped(&record).await {
+            Ok(None) => self.gated_run(&record, token, &services, transcript.clone(), trace.clone(), &mut waited).await,
+            Ok(Some(reason)) => Err(NotRun::Skipped(reason)),
+            Err(not_run) => Err(not_run),
+        };
         let mut change = match ran {
             Ok(ran) => {
                 run_secs = ran.secs;
@@ -312,6 +363,10 @@ impl Dispatch {
             }
             Err(NotRun::Failed(class, message)) => fail_before_run(&record, class, message),
             Err(NotRun::Retried(failure)) => decide(&record, unrun(failure), &shared.retry_policy()),
+            // As a step skipped before it was claimed: no attempt counted.
+            Err(NotRun::Skipped(reason)) => {
+                Change::new(record.id, TaskState::Cancelled, reason).edit(|r| r.attempts = r.attempts.saturating_sub(1))
+            }
             Err(NotRun::Stopping) => {
                 // Claimed but never run: back to pending, its attempt not
                 // counted, to run after the restart.
@@ -334,7 +389,14 @@ impl Dispatch {
         }
         let log_bytes = change.log.as_ref().map_or(0, |(_, bytes)| bytes.len() as u64);
         let mut commit_span = trace.child("commit");
-        let finished = shared.store.apply(change.expect_version(record.version)).await;
+        let change = change.expect_version(record.version);
+        let finished = match &lease {
+            Some(lease) => shared.store.finish(lease.clone(), change).await,
+            None => shared.store.apply(change).await,
+        };
+        if let Some(lease) = &lease {
+            lock(&shared.leases).release(lease);
+        }
         match &finished {
             Ok(applied) => {
                 let state = applied.record.state.as_str();
@@ -417,6 +479,11 @@ impl Dispatch {
                     shared.metrics.fuel_used.observe(fuel as f64);
                 }
             }
+            // The lease was lost (the task was taken back, and is another
+            // claim's now): nothing was written, and the reap booked it.
+            Err(error) if error.is_fenced() => {
+                tracing::warn!(id = %record.id, %error, "the attempt's outcome was refused: this host lost its lease");
+            }
             Err(error) => {
                 tracing::error!(id = %record.id, %error, "recording the outcome failed");
                 if error.is_unsettled() {
@@ -491,6 +558,25 @@ impl Dispatch {
         let secs = started.elapsed().as_secs_f64();
         shared.history.record(&record.plugin, &record.plugin_version, secs, report.memory_peak, report.host_bytes_peak);
         Ok(Ran { report, secs, started_ms, input_len, reserved })
+    }
+
+    /// Why a declared step must not run, when one of its predecessors did
+    /// not complete; a failed read fails it before it runs. On redb the
+    /// flow book checked it before queueing it (see `admission.rs`); a
+    /// shared store's claim takes it once its predecessors ended, however.
+    async fn skipped(&self, record: &TaskRecord) -> Result<Option<String>, NotRun> {
+        if !super::admission::is_declared_step(record) {
+            return Ok(None);
+        }
+        for &dep in &record.after {
+            let found = self.shared.store.get(dep).await.map_err(|e| {
+                NotRun::Failed(FailureClass::HostError, format!("reading what this task waits for failed: {e}"))
+            })?;
+            if let Some(reason) = super::admission::skipped_by(dep, found.as_ref()) {
+                return Ok(Some(reason));
+            }
+        }
+        Ok(None)
     }
 
     /// A task's input: its own, its predecessors' outputs (one as is,

@@ -17,6 +17,7 @@ mod admission;
 #[cfg(test)]
 mod backends;
 mod callbacks;
+mod claims;
 mod config;
 mod dispatch;
 mod ending;

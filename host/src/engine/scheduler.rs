@@ -143,6 +143,9 @@ pub(crate) struct Scheduler {
     ahead_max: usize,
     /// Running estimate of one task's run time over all queues (seconds).
     avg_run: f64,
+    /// On a shared store, whose database is the queue (its heaps here stay
+    /// empty): each queue's ready and delayed tasks as last read there.
+    backlog: Option<HashMap<String, (usize, usize)>>,
 }
 
 /// Initial guess of a task's run time, before any has been measured.
@@ -167,6 +170,7 @@ impl Scheduler {
             slots: slots.max(1),
             ahead_max: 0,
             avg_run: INITIAL_COST,
+            backlog: None,
         }
     }
 
@@ -185,6 +189,23 @@ impl Scheduler {
     pub(crate) fn window(&self) -> usize {
         let wanted = self.slots as f64 * COMMIT_TIME / self.avg_run.max(1e-7);
         self.slots + (wanted.floor() as usize).min(self.ahead_max)
+    }
+
+    /// Shows `backlog` (a shared store's ready and delayed tasks by queue,
+    /// as just read) as the queues' ready and delayed counts.
+    pub(crate) fn set_backlog(&mut self, backlog: HashMap<String, (usize, usize)>) {
+        for name in backlog.keys() {
+            self.queue(name);
+        }
+        self.backlog = Some(backlog);
+    }
+
+    /// Queue `name`'s ready and delayed tasks.
+    fn waiting(&self, name: &str, q: &Queue) -> (usize, usize) {
+        match &self.backlog {
+            Some(backlog) => backlog.get(name).copied().unwrap_or_default(),
+            None => (q.live(), q.delayed),
+        }
     }
 
     /// Tasks in flight now.
@@ -223,9 +244,10 @@ impl Scheduler {
     /// The tasks of `tenant` ready (or delayed) and running now.
     pub(crate) fn tenant_depth(&self, tenant: &str) -> QueueDepth {
         let mut depth = QueueDepth::default();
-        for (_, q) in self.queues.iter().filter(|(name, _)| crate::tenant::tenant_of(name) == tenant) {
-            depth.ready += q.live();
-            depth.delayed += q.delayed;
+        for (name, q) in self.queues.iter().filter(|(name, _)| crate::tenant::tenant_of(name) == tenant) {
+            let (ready, delayed) = self.waiting(name, q);
+            depth.ready += ready;
+            depth.delayed += delayed;
             depth.running += q.running;
         }
         depth
@@ -391,6 +413,29 @@ impl Scheduler {
         Some((entry, charge))
     }
 
+    /// Room in the window: how many more tasks may be claimed now.
+    pub(crate) fn room(&self) -> usize {
+        self.window().saturating_sub(self.in_flight)
+    }
+
+    /// Books a task claimed from a shared store (PostgreSQL's claim, which
+    /// decided fairness, caps and joins across hosts) as in flight and
+    /// running in its queue, as if [`Scheduler::next`] had claimed it,
+    /// charged its queue's estimate; [`Scheduler::ran`] and
+    /// [`Scheduler::settled`] follow as for any claim.
+    pub(crate) fn claimed(&mut self, queue: &str) -> Charge {
+        let q = self.queue(queue);
+        q.running += 1;
+        let cost = q.avg_cost;
+        let charge = Charge(cost / f64::from(q.config.weight.max(1)), cost);
+        q.vtime += charge.0;
+        let tenant = self.tenant(queue);
+        tenant.running += 1;
+        tenant.vtime += charge.1;
+        self.in_flight += 1;
+        charge
+    }
+
     /// Claims a task that is being submitted, before its commit, when it
     /// is the one [`Scheduler::next`] would claim anyway: nothing else is
     /// ready (delayed tasks due at `now_ms` count), the window has room,
@@ -463,7 +508,10 @@ impl Scheduler {
         let mut out: Vec<_> = self
             .queues
             .iter()
-            .map(|(name, q)| (name.clone(), QueueDepth { ready: q.live(), delayed: q.delayed, running: q.running }))
+            .map(|(name, q)| {
+                let (ready, delayed) = self.waiting(name, q);
+                (name.clone(), QueueDepth { ready, delayed, running: q.running })
+            })
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
@@ -520,6 +568,30 @@ mod tests {
         let idle = &s.queues["idle"];
         assert_eq!((idle.ready.len(), idle.withdrawn), (0, 0));
         assert!(s.withdrawn.is_empty() && s.ready_ids.is_empty());
+    }
+
+    /// Tasks a shared store's claim took fill the window and count as
+    /// running in their queue and tenant until they ran and settled.
+    #[test]
+    fn tasks_claimed_from_a_shared_store_fill_the_window_until_settled() {
+        let mut s = Scheduler::new(2);
+        assert_eq!(s.room(), 2);
+        let a = s.claimed("t/q");
+        let b = s.claimed("t/q");
+        assert_eq!((s.room(), s.in_flight()), (0, 2));
+        assert_eq!(s.depths(), [("t/q".to_owned(), QueueDepth { ready: 0, delayed: 0, running: 2 })]);
+        assert_eq!(s.tenant_depth("t").running, 2);
+        s.ran("t/q", 0.001);
+        assert_eq!((s.room(), s.depths()[0].1.running), (0, 1), "in flight until its outcome is recorded");
+        s.settled("t/q", a, 0.002);
+        s.finished("t/q", b, 0.002);
+        assert_eq!((s.room(), s.in_flight(), s.tenant_depth("t").running), (2, 0, 0));
+        // What waits is the database's, as last read.
+        s.set_backlog(HashMap::from([("t/other".to_owned(), (5, 2))]));
+        let depths = s.depths();
+        assert_eq!(depths[1], ("t/q".to_owned(), QueueDepth::default()));
+        assert_eq!(depths[0], ("t/other".to_owned(), QueueDepth { ready: 5, delayed: 2, running: 0 }));
+        assert_eq!(s.tenant_depth("t"), QueueDepth { ready: 5, delayed: 2, running: 0 });
     }
 
     #[test]

@@ -55,6 +55,12 @@ pub(crate) struct Shared {
     pub(crate) host: String,
     /// When the engine started, ms since the Unix epoch.
     pub(crate) started_ms: u64,
+    /// On a shared store: the leases of the tasks this host claimed, until
+    /// their outcomes commit (at most the scheduler's window).
+    pub(crate) leases: Mutex<super::claims::Leases>,
+    /// On a shared store: when tasks this host queued become due, so its
+    /// claims look for them on time.
+    pub(crate) due: Mutex<super::claims::DueTimes>,
 }
 
 impl Shared {
@@ -91,12 +97,22 @@ impl Shared {
             halting: Notify::new(),
             queues: QueueNames::default(),
             tenants,
+            leases: Mutex::default(),
+            due: Mutex::default(),
         }
     }
 
-    /// Queues a task to run once `due_ms` (if any) has passed.
+    /// Queues a task to run once `due_ms` (if any) has passed. On a
+    /// shared store the database is the queue (claims take what is
+    /// startable): only its due time is kept, to claim on time.
     pub(crate) fn enqueue(&self, record: &TaskRecord, due_ms: Option<u64>, now_ms: u64) {
-        lock(&self.sched).enqueue(entry(record), due_ms, now_ms);
+        if self.store.queues_tasks() {
+            if let Some(due) = due_ms.filter(|due| *due > now_ms) {
+                lock(&self.due).add(due);
+            }
+        } else {
+            lock(&self.sched).enqueue(entry(record), due_ms, now_ms);
+        }
         self.wake.notify_one();
     }
 

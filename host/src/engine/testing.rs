@@ -30,6 +30,9 @@ pub(crate) enum Script {
     AwaitGate(Vec<u8>),
     /// Sleeps this many milliseconds, then completes.
     Sleep(u64, Vec<u8>),
+    /// Runs until cancelled on its first attempt; later attempts complete
+    /// with this output.
+    RunUntilCancelledOnce(Vec<u8>),
 }
 
 /// The scripted runner: every plugin name resolves to version `1`.
@@ -133,7 +136,8 @@ impl ScriptRunner {
             Script::Complete(output) => report(Ok(output)),
             Script::FailTimes(n, output) if call > n => report(Ok(output)),
             Script::FailTimes(..) => report(Err(TaskFailure::new(FailureClass::Trap, format!("failure {call}")))),
-            Script::RunUntilCancelled => {
+            Script::RunUntilCancelledOnce(output) if call > 1 => report(Ok(output)),
+            Script::RunUntilCancelled | Script::RunUntilCancelledOnce(_) => {
                 while !attempt.cancel.is_cancelled() {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }

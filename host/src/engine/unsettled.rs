@@ -112,7 +112,7 @@ async fn settle_once(
 
 /// Queues task `done`, which left `running`, again, or books its end
 /// (which counts its move).
-fn book(shared: &Shared, endings: &Arc<Endings>, done: &TaskRecord) {
+pub(crate) fn book(shared: &Shared, endings: &Arc<Endings>, done: &TaskRecord) {
     if done.state.is_terminal() {
         endings.ended(done);
         return;

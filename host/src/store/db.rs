@@ -14,7 +14,9 @@
 //! thread off to wait (see [`PgDb::wait`]).
 
 use super::events::{Feed, Subscription};
-use super::postgres::{CommitConfig, PgCommitter, PgError, PgStore, SoleEngine, Standby};
+use super::postgres::{
+    Claimed, CommitConfig, Lease, PgCommitter, PgError, PgStore, QueueBacklog, SoleEngine, Standby, Wakeups,
+};
 use super::retention::{Expired, Removed, Retention};
 use super::{
     Applied, AuditEntry, CallbackOutcome, Change, FlowRecord, FlowUpdate, FlowsPage, Listed, Listing, PluginEntry,
@@ -122,6 +124,54 @@ impl PgDb {
     }
 }
 
+/// Dispatch from claims: what a host serving a shared store does to take
+/// tasks, keep their leases and record their outcomes (see
+/// `engine/claims.rs`). Each commit is published on this host's feed.
+impl PgDb {
+    /// Claims up to `limit` startable tasks for this host, each under a
+    /// lease of `lease` (see [`PgStore::claim`]).
+    pub(crate) async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
+        let claimed = self.store.claim(&self.host, limit, lease).await?;
+        claimed.iter().for_each(|c| self.feed.published(&c.record));
+        Ok(claimed)
+    }
+
+    /// Extends this host's `leases` by `lease`; the tasks whose lease was
+    /// lost (see [`PgStore::renew`]).
+    pub(crate) async fn renew(&self, leases: &[Lease], lease: Duration) -> Result<Vec<Uuid>, StoreError> {
+        Ok(self.store.renew(leases, lease).await?)
+    }
+
+    /// Takes back up to `limit` lapsed leases, any host's (see
+    /// [`PgStore::reap`]); the tasks as they are now.
+    pub(crate) async fn reap(&self, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
+        let reaped = self.store.reap(limit).await?;
+        reaped.iter().for_each(|record| self.feed.published(record));
+        Ok(reaped)
+    }
+
+    /// Commits `change`, which ends the attempt held under `lease`, while
+    /// the lease is live and still the task's; else [`PgError::Fenced`]
+    /// and nothing is written.
+    pub(crate) async fn finish(&self, lease: Lease, change: Change) -> Result<Applied, StoreError> {
+        let applied = self.committer.finish_change(lease, change).await?;
+        self.feed.published(&applied.record);
+        applied.created.iter().for_each(|child| self.feed.published(child));
+        Ok(applied)
+    }
+
+    /// Each queue's startable tasks, due now and later (see
+    /// [`PgStore::backlog`]).
+    pub(crate) async fn backlog(&self) -> Result<Vec<QueueBacklog>, StoreError> {
+        Ok(self.store.backlog().await?)
+    }
+
+    /// Subscribes to the wake-ups of commits that make tasks startable.
+    pub(crate) async fn wakeups(&self) -> Result<Wakeups, StoreError> {
+        Ok(self.store.wakeups().await?)
+    }
+}
+
 impl From<PgError> for StoreError {
     /// A PostgreSQL store's error as the engine sees it: a record's own
     /// error (a refused transition, a version mismatch) stays that one.
@@ -151,6 +201,21 @@ impl Db {
         match self {
             Db::Redb(store) => Some(store),
             Db::Postgres(_) => None,
+        }
+    }
+
+    /// Whether the store is the queue: on PostgreSQL, claims take what is
+    /// startable and skip what waits for other tasks, so the engine keeps
+    /// no ready queue nor waiting joins of its own.
+    pub(crate) fn queues_tasks(&self) -> bool {
+        matches!(self, Db::Postgres(_))
+    }
+
+    /// The PostgreSQL store, when this is one: its tasks start by claims.
+    pub(crate) fn postgres(&self) -> Option<&Arc<PgDb>> {
+        match self {
+            Db::Redb(_) => None,
+            Db::Postgres(pg) => Some(pg),
         }
     }
 
@@ -237,6 +302,16 @@ impl Db {
                 applied.created.iter().for_each(|child| pg.feed.published(child));
                 Ok(applied)
             }
+        }
+    }
+
+    /// Durably applies `change`, which ends the attempt a shared store's
+    /// claim started under `lease`, if the lease is still live and the
+    /// task's (see [`PgDb::finish`]); redb has no leases and refuses.
+    pub(crate) async fn finish(&self, lease: Lease, change: Change) -> Result<Applied, StoreError> {
+        match self {
+            Db::Redb(_) => Err(PgError::Unsupported("an outcome under a lease on redb".into()).into()),
+            Db::Postgres(pg) => pg.finish(lease, change).await,
         }
     }
 

@@ -150,6 +150,13 @@ impl StoreError {
         self.is_transient()
             || matches!(self, StoreError::Shared(e) if matches!(**e, super::postgres::PgError::BatchFailed { .. }))
     }
+
+    /// Whether a shared store refused the write because the lease it was
+    /// made under lapsed or was taken over: another host's claim (or a
+    /// reap) owns the task now, and nothing was written.
+    pub(crate) fn is_fenced(&self) -> bool {
+        matches!(self, StoreError::Shared(e) if matches!(**e, super::postgres::PgError::Fenced { .. }))
+    }
 }
 
 /// Whether a PostgreSQL failure may pass: the connection (class 08), a

@@ -489,10 +489,12 @@ impl Flows {
         for (flow, open) in unfinished {
             book.restore_single(flow, open, limits);
         }
-        // Pending tasks that join others wait again; the rest are ready.
+        // Pending tasks that join others wait again (a store that queues
+        // tasks waits for them itself); the rest are ready.
         for t in tasks.iter().filter(|t| matches!(t.state, TaskState::Pending | TaskState::Retrying)) {
             // A retrying task started once: what it joined has ended.
-            let pending = if t.state == TaskState::Pending { self.unfinished_deps(t)? } else { Vec::new() };
+            let joins = t.state == TaskState::Pending && !store.queues_tasks();
+            let pending = if joins { self.unfinished_deps(t)? } else { Vec::new() };
             if pending.is_empty() {
                 ready.push(t.clone());
             } else {

@@ -153,7 +153,14 @@ impl PgCommitter {
     /// [`PgStore::finish`] does.
     pub async fn finish(&self, lease: Lease, outcome: Outcome) -> Result<TaskRecord, PgError> {
         let change = outcome.into_change(lease.task);
-        Ok(self.run(PgOp::Finish(lease, change)).await?.applied().record)
+        Ok(self.finish_change(lease, change).await?.record)
+    }
+
+    /// Commits the change that ends the attempt held under `lease` (with
+    /// a completion's output, transcript and flow effects), as
+    /// [`PgStore::finish_changes`] does.
+    pub(crate) async fn finish_change(&self, lease: Lease, change: Change) -> Result<Applied, PgError> {
+        Ok(self.run(PgOp::Finish(lease, change)).await?.applied())
     }
 
     /// Edits a flow, as [`PgStore::flow_change`].

@@ -46,6 +46,7 @@ pub use hosts::HostRow;
 pub(crate) use leader::Standing;
 pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
+pub use queues::QueueBacklog;
 pub use sole::{MIN_LEASE, STANDBY_POLL, SoleEngine, Standby, StandbyState};
 pub use wakeups::{Wakeup, Wakeups};
 

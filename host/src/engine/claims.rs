@@ -1,0 +1,314 @@
+//! Dispatch on a shared store (PostgreSQL): the database is the queue.
+//! This host claims startable tasks in batches while its window has room
+//! ([`run`]); each claim is the task's durable start under a lease, and
+//! decides what the in-memory scheduler decides on redb (priorities,
+//! queues' shares and limits, tenants' limits, joins) across every host
+//! on the database. The lease keeper ([`keep`]) renews this host's leases
+//! in one statement every beat, stops the attempts whose lease was lost,
+//! takes back lapsed leases (any host's), booking what they moved, and
+//! reads how many tasks wait in each queue (the database's counts stand
+//! for the in-memory scheduler's, whose heaps stay empty here).
+//!
+//! A claim is looked for when this host's own work wakes it (a submission,
+//! a retry, a freed slot), when another host's commit makes tasks
+//! startable (`LISTEN/NOTIFY`), at the due times of tasks this host
+//! queued, and otherwise every [`POLL`]: another host's delayed task come
+//! due, room in a capped queue freed elsewhere, a wake-up lost with its
+//! connection.
+
+use super::dispatch::Dispatch;
+use super::ending::Endings;
+use super::shared::Shared;
+use crate::CancelToken;
+use crate::store::postgres::{Lease, Wakeups};
+use crate::store::{PgDb, StoreError, now_ms};
+use crate::sync::lock;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// The most tasks one claim takes.
+const CLAIM_BATCH: usize = 256;
+
+/// How often a host looks for work it heard nothing of.
+pub(crate) const POLL: Duration = Duration::from_millis(500);
+
+/// The first wait after a failed claim, and the longest.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const LONGEST_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The most due times kept; later ones are found by polling.
+const DUE_TIMES: usize = 4096;
+
+/// The most lapsed leases one reap takes back.
+const REAP_BATCH: usize = 256;
+
+/// When tasks this host queued become due (ms since the Unix epoch): the
+/// earliest [`DUE_TIMES`] of them.
+#[derive(Debug, Default)]
+pub(crate) struct DueTimes(BTreeSet<u64>);
+
+impl DueTimes {
+    /// Keeps `due`, unless [`DUE_TIMES`] earlier ones are kept.
+    pub(crate) fn add(&mut self, due: u64) {
+        self.0.insert(due);
+        if self.0.len() > DUE_TIMES {
+            self.0.pop_last();
+        }
+    }
+
+    /// The first due time after `now`, forgetting those passed.
+    fn next_after(&mut self, now: u64) -> Option<u64> {
+        while let Some(&first) = self.0.first() {
+            if first > now {
+                return Some(first);
+            }
+            self.0.pop_first();
+        }
+        None
+    }
+}
+
+/// The leases this host holds, by token, each with the cancel token of
+/// the attempt it was claimed for: one per claimed task until its outcome
+/// commits, so at most the scheduler's window.
+#[derive(Debug, Default)]
+pub(crate) struct Leases(HashMap<i64, Held>);
+
+#[derive(Debug)]
+struct Held {
+    task: Uuid,
+    attempt: CancelToken,
+    /// Reported lost: no longer renewed, its attempt stopped.
+    lost: bool,
+}
+
+impl Leases {
+    /// Holds `lease`, claimed for the attempt `attempt` cancels.
+    pub(crate) fn hold(&mut self, lease: &Lease, attempt: CancelToken) {
+        self.0.insert(lease.token, Held { task: lease.task, attempt, lost: false });
+    }
+
+    /// Lets `lease` go: its outcome committed (or was refused).
+    pub(crate) fn release(&mut self, lease: &Lease) {
+        self.0.remove(&lease.token);
+    }
+
+    /// The leases to renew.
+    fn live(&self) -> Vec<Lease> {
+        self.0.iter().filter(|(_, held)| !held.lost).map(|(&token, held)| Lease { task: held.task, token }).collect()
+    }
+
+    /// Marks `lease` lost and stops its attempt; whether it was held and
+    /// live.
+    fn lose(&mut self, lease: &Lease) -> bool {
+        match self.0.get_mut(&lease.token) {
+            Some(held) if !held.lost => {
+                held.lost = true;
+                held.attempt.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Claims tasks for `dispatch` while the window has room, until the
+/// engine stops; the lease keeper runs beside it until the last attempt
+/// ended.
+pub(crate) async fn run(dispatch: Arc<Dispatch>, shared: Arc<Shared>, endings: Arc<Endings>, pg: Arc<PgDb>) {
+    tokio::spawn(keep(shared.clone(), endings, pg.clone()));
+    let mut wakeups: Option<Wakeups> = None;
+    let mut failing: Option<Duration> = None;
+    while !shared.stopping() {
+        if wakeups.is_none() {
+            match pg.wakeups().await {
+                Ok(subscribed) => wakeups = Some(subscribed),
+                // Claims go on by polling; the next round tries again.
+                Err(error) => tracing::debug!(%error, "cannot listen for wake-ups yet"),
+            }
+        }
+        let room = lock(&shared.sched).room().min(CLAIM_BATCH);
+        if room > 0 {
+            match pg.claim(room, shared.config.store_lease).await {
+                Ok(claimed) => {
+                    if failing.take().is_some() {
+                        tracing::info!("claiming tasks works again");
+                    }
+                    let full = claimed.len() == room;
+                    for claim in claimed {
+                        dispatch.start_claimed(claim);
+                    }
+                    if full {
+                        continue;
+                    }
+                }
+                Err(error) => {
+                    let wait = failing.map_or(FIRST_BACKOFF, |wait| (wait * 2).min(LONGEST_BACKOFF));
+                    if failing.is_none() {
+                        tracing::warn!(%error, "claiming tasks failed; trying again");
+                    }
+                    failing = Some(wait);
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = shared.halted() => {}
+                    }
+                    continue;
+                }
+            }
+        }
+        let now = now_ms();
+        let next_due = lock(&shared.due).next_after(now);
+        let sleep = next_due.map_or(POLL, |due| Duration::from_millis(due - now).min(POLL));
+        let listening_failed = tokio::select! {
+            () = shared.wake.notified() => false,
+            heard = next_wakeup(&mut wakeups) => heard.is_err(),
+            () = tokio::time::sleep(sleep) => false,
+        };
+        if listening_failed {
+            // The store's pool is closed: nothing more will be heard.
+            wakeups = None;
+        }
+    }
+}
+
+/// The next wake-up; never, without a subscription.
+async fn next_wakeup(wakeups: &mut Option<Wakeups>) -> Result<(), crate::store::postgres::PgError> {
+    match wakeups {
+        Some(wakeups) => wakeups.next().await.map(drop),
+        None => std::future::pending().await,
+    }
+}
+
+/// Renews this host's leases (a third of the lease, at most every
+/// heartbeat), stops the attempts whose lease was lost, and takes back
+/// lapsed leases, until the engine stopped and its last attempt ended. A
+/// failed renewal or reap is logged once until one succeeds again.
+pub(crate) async fn keep(shared: Arc<Shared>, endings: Arc<Endings>, pg: Arc<PgDb>) {
+    let lease = shared.config.store_lease;
+    let every = (lease / 3).min(super::hosts::EVERY);
+    let mut failing = false;
+    loop {
+        match beat(&shared, &endings, &pg, lease).await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("renewing this host's leases works again");
+            }
+            Ok(()) => {}
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, "renewing this host's leases (or taking back lapsed ones, or reading the queues' \
+                                        backlog) failed; trying again");
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = drained(&shared) => return,
+        }
+    }
+}
+
+/// One beat of the lease keeper: renews, stops what lost its lease, reaps,
+/// reads the backlog.
+async fn beat(shared: &Arc<Shared>, endings: &Arc<Endings>, pg: &PgDb, lease: Duration) -> Result<(), StoreError> {
+    let held = lock(&shared.leases).live();
+    if !held.is_empty() {
+        let lost: HashSet<Uuid> = pg.renew(&held, lease).await?.into_iter().collect();
+        let stopped: Vec<&Lease> = {
+            let mut leases = lock(&shared.leases);
+            held.iter().filter(|l| lost.contains(&l.task) && leases.lose(l)).collect()
+        };
+        for lease in stopped {
+            tracing::warn!(task = %lease.task, token = lease.token,
+                "this host lost the task's lease (it lapsed, or another host took the task back); its attempt is \
+                 stopped and its outcome will not be recorded");
+        }
+    }
+    reap(shared, endings, pg).await?;
+    read_backlog(shared, pg).await
+}
+
+/// Takes back every lapsed lease, booking what each task became.
+async fn reap(shared: &Arc<Shared>, endings: &Arc<Endings>, pg: &PgDb) -> Result<(), StoreError> {
+    loop {
+        let reaped = pg.reap(REAP_BATCH).await?;
+        for done in &reaped {
+            tracing::info!(task = %done.id, state = %done.state, "took back a lapsed lease");
+            super::unsettled::book(shared, endings, done);
+        }
+        if reaped.len() < REAP_BATCH {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads what waits in the database, by queue, for the queues' counts
+/// (`GET /v1/queues`, the metrics, this host's report).
+async fn read_backlog(shared: &Shared, pg: &PgDb) -> Result<(), StoreError> {
+    let backlog = pg.backlog().await?;
+    let backlog = backlog.into_iter().map(|b| (b.queue, (to_usize(b.ready), to_usize(b.delayed)))).collect();
+    lock(&shared.sched).set_backlog(backlog);
+    Ok(())
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// Resolves once the engine stopped and no attempt runs.
+async fn drained(shared: &Shared) {
+    shared.halted().await;
+    loop {
+        let idle = shared.idle.notified();
+        if lock(&shared.running).is_empty() {
+            return;
+        }
+        idle.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn due_times_keep_the_earliest_and_forget_those_passed() {
+        let mut due = DueTimes::default();
+        for t in (0..DUE_TIMES as u64 + 10).rev() {
+            due.add(1_000 + t);
+        }
+        assert_eq!(due.0.len(), DUE_TIMES, "bounded");
+        assert_eq!(due.next_after(0), Some(1_000));
+        assert_eq!(due.next_after(1_005), Some(1_006), "passed ones are forgotten");
+        assert_eq!(due.0.len(), DUE_TIMES - 6);
+        assert_eq!(due.next_after(u64::MAX), None);
+        assert!(due.0.is_empty());
+    }
+
+    #[test]
+    fn a_lost_lease_stops_its_own_attempt_once_and_is_no_longer_renewed() {
+        let mut leases = Leases::default();
+        let task = Uuid::from_u128(1);
+        let (first, second) = (CancelToken::new(), CancelToken::new());
+        let old = Lease { task, token: 1 };
+        let new = Lease { task, token: 2 };
+        leases.hold(&old, first.clone());
+        leases.hold(&new, second.clone());
+        assert_eq!(leases.live().len(), 2);
+        assert!(leases.lose(&old));
+        assert!(!leases.lose(&old), "once");
+        assert!(first.is_cancelled() && !second.is_cancelled(), "only the attempt claimed under it");
+        assert_eq!(leases.live(), std::slice::from_ref(&new));
+        leases.release(&old);
+        leases.release(&new);
+        assert_eq!(leases.len(), 0);
+        assert!(!leases.lose(&new), "a released lease is not held");
+    }
+}
