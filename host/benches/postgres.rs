@@ -3,7 +3,7 @@
 //! completed through claims, leases and fenced outcomes, with 1, 2 and 3
 //! hosts, beside a PostgreSQL-free baseline of the same records. Each
 //! "host" is a store handle with its own connection pool in this process
-//! (the engine does not run on PostgreSQL yet); it claims batches of
+//! (the protocol alone; the second table runs the engine); it claims batches of
 //! [`BATCH`] and commits each batch's outcomes in one transaction
 //! (`finish_all`, with submissions batched the same way by `submit_all`),
 //! as the redb engine groups its commits; beside it, one host committing

@@ -369,3 +369,38 @@ async fn an_attempt_whose_lease_is_lost_is_stopped_and_its_task_runs_again() {
     assert_eq!(leases, 0);
     assert_eq!(crate::sync::lock(&h.shared.leases).len(), 0, "this host holds no lease");
 }
+
+/// A claim of this host's that committed though its answer never came
+/// (made here by another connection under this host's name, as a claim
+/// whose connection failed while it committed): the host finds it by its
+/// lease and runs it, once, under that lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_whose_answer_was_lost_is_found_by_its_lease_and_run() {
+    let url = taskhost_test_postgres::cluster().database("engine_lost_claim");
+    let h = Harness::on_url(url.clone(), |c| {
+        tweak(c);
+        // One slot and no claim ahead: while the blocker runs, this host
+        // claims nothing, so the other connection's claim takes the task.
+        c.concurrency = 1;
+        c.claim_ahead = 0;
+    })
+    .await
+    .unwrap();
+    let blocker = h.engine.submit(task("echo", &Script::AwaitGate(b"b".to_vec()))).await.unwrap().record.id;
+    h.wait_state(blocker, TaskState::Running).await;
+    let other = crate::store::postgres::PgStore::connect(&url, 1).await.unwrap();
+    let mut record = crate::store::tests::record(7, None);
+    record.plugin = "echo".into();
+    other.submit(record.clone(), input(&Script::Complete(b"found".to_vec()))).await.unwrap();
+    let claimed = other.claim(&h.shared.host, 1, Duration::from_secs(15)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    h.runner.gate.add_permits(1);
+    assert_eq!(h.engine.wait(blocker, WAIT).await.unwrap().state, TaskState::Completed);
+    // Within a lease (15 s): taken back by a reap instead, it would run as
+    // attempt 2.
+    let done = h.engine.wait(record.id, WAIT).await.unwrap();
+    assert_eq!((done.state, done.attempts), (TaskState::Completed, 1), "{done:?}");
+    assert!(done.history.iter().all(|m| !m.reason.contains("lost its lease")), "{:?}", done.history);
+    assert_eq!(h.engine.output(record.id).await.unwrap().as_deref(), Some(&b"found"[..]));
+    assert_eq!(h.runner.calls(record.id), 1);
+}

@@ -3,11 +3,13 @@
 //! ([`run`]); each claim is the task's durable start under a lease, and
 //! decides what the in-memory scheduler decides on redb (priorities,
 //! queues' shares and limits, tenants' limits, joins) across every host
-//! on the database. The lease keeper ([`keep`]) renews this host's leases
-//! in one statement every beat, stops the attempts whose lease was lost,
-//! takes back lapsed leases (any host's), booking what they moved, and
-//! reads how many tasks wait in each queue (the database's counts stand
-//! for the in-memory scheduler's, whose heaps stay empty here).
+//! on the database. Beside it, [`renew`] extends this host's leases in one
+//! statement every beat and stops the attempts whose lease was lost, and
+//! [`tend`] takes back lapsed leases (any host's), booking what they
+//! moved, and reads how many tasks wait in each queue (the database's
+//! counts stand for the in-memory scheduler's, whose heaps stay empty
+//! here). A claim whose answer was lost (its commit's connection failed)
+//! is found by its leases and run ([`adopt`]).
 //!
 //! A claim is looked for when this host's own work wakes it (a submission,
 //! a retry, a freed slot), when another host's commit makes tasks
@@ -20,7 +22,7 @@ use super::dispatch::Dispatch;
 use super::ending::Endings;
 use super::shared::Shared;
 use crate::CancelToken;
-use crate::store::postgres::{Lease, Wakeups};
+use crate::store::postgres::{Claimed, Lease, Wakeups};
 use crate::store::{PgDb, StoreError, now_ms};
 use crate::sync::lock;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -95,6 +97,11 @@ impl Leases {
         self.0.remove(&lease.token);
     }
 
+    /// Whether `lease` is held here.
+    fn holds(&self, lease: &Lease) -> bool {
+        self.0.contains_key(&lease.token)
+    }
+
     /// The leases to renew.
     fn live(&self) -> Vec<Lease> {
         self.0.iter().filter(|(_, held)| !held.lost).map(|(&token, held)| Lease { task: held.task, token }).collect()
@@ -123,9 +130,11 @@ impl Leases {
 /// engine stops; the lease keeper runs beside it until the last attempt
 /// ended.
 pub(crate) async fn run(dispatch: Arc<Dispatch>, shared: Arc<Shared>, endings: Arc<Endings>, pg: Arc<PgDb>) {
-    tokio::spawn(keep(shared.clone(), endings, pg.clone()));
+    tokio::spawn(renew(shared.clone(), pg.clone()));
+    tokio::spawn(tend(shared.clone(), endings, pg.clone()));
     let mut wakeups: Option<Wakeups> = None;
     let mut failing: Option<Duration> = None;
+    let mut adopted = std::time::Instant::now();
     while !shared.stopping() {
         if wakeups.is_none() {
             match pg.wakeups().await {
@@ -133,6 +142,14 @@ pub(crate) async fn run(dispatch: Arc<Dispatch>, shared: Arc<Shared>, endings: A
                 // Claims go on by polling; the next round tries again.
                 Err(error) => tracing::debug!(%error, "cannot listen for wake-ups yet"),
             }
+        }
+        if failing.is_some() || adopted.elapsed() >= super::hosts::EVERY {
+            if let Err(error) = adopt(&dispatch, &shared, &pg).await {
+                tracing::debug!(%error, "cannot look for this host's claims yet");
+                backoff(&shared, &mut failing).await;
+                continue;
+            }
+            adopted = std::time::Instant::now();
         }
         let room = lock(&shared.sched).room().min(CLAIM_BATCH);
         if room > 0 {
@@ -150,15 +167,10 @@ pub(crate) async fn run(dispatch: Arc<Dispatch>, shared: Arc<Shared>, endings: A
                     }
                 }
                 Err(error) => {
-                    let wait = failing.map_or(FIRST_BACKOFF, |wait| (wait * 2).min(LONGEST_BACKOFF));
                     if failing.is_none() {
                         tracing::warn!(%error, "claiming tasks failed; trying again");
                     }
-                    failing = Some(wait);
-                    tokio::select! {
-                        () = tokio::time::sleep(wait) => {}
-                        () = shared.halted() => {}
-                    }
+                    backoff(&shared, &mut failing).await;
                     continue;
                 }
             }
@@ -178,6 +190,41 @@ pub(crate) async fn run(dispatch: Arc<Dispatch>, shared: Arc<Shared>, endings: A
     }
 }
 
+/// Waits after a failed claim, longer each time (`failing` holds the last
+/// wait), or until the engine stops.
+async fn backoff(shared: &Shared, failing: &mut Option<Duration>) {
+    let wait = failing.map_or(FIRST_BACKOFF, |wait| (wait * 2).min(LONGEST_BACKOFF));
+    *failing = Some(wait);
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        () = shared.halted() => {}
+    }
+}
+
+/// Runs the tasks this host holds leases on that it does not know of: a
+/// claim that committed though its answer was lost (the connection failed
+/// as it committed). Looked for before claiming again after a failure,
+/// and every heartbeat; only between claims, so a claim just made is
+/// never taken for one.
+async fn adopt(dispatch: &Arc<Dispatch>, shared: &Shared, pg: &PgDb) -> Result<(), StoreError> {
+    let held = pg.held_leases().await?;
+    let unknown: Vec<Lease> = {
+        let leases = lock(&shared.leases);
+        held.into_iter().filter(|lease| !leases.holds(lease)).collect()
+    };
+    for lease in unknown {
+        match pg.store().get(lease.task).await? {
+            Some(record) if record.state == crate::store::TaskState::Running => {
+                tracing::info!(task = %lease.task, "running a task whose claim committed though its answer was lost");
+                dispatch.start_claimed(Claimed { record, lease });
+            }
+            // Moved on since (its lease went with it).
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The next wake-up; never, without a subscription.
 async fn next_wakeup(wakeups: &mut Option<Wakeups>) -> Result<(), crate::store::postgres::PgError> {
     match wakeups {
@@ -186,40 +233,18 @@ async fn next_wakeup(wakeups: &mut Option<Wakeups>) -> Result<(), crate::store::
     }
 }
 
-/// Renews this host's leases (a third of the lease, at most every
-/// heartbeat), stops the attempts whose lease was lost, and takes back
-/// lapsed leases, until the engine stopped and its last attempt ended. A
-/// failed renewal or reap is logged once until one succeeds again.
-pub(crate) async fn keep(shared: Arc<Shared>, endings: Arc<Endings>, pg: Arc<PgDb>) {
+/// Renews this host's leases every third of the lease (at most every
+/// heartbeat) and stops the attempts whose lease was lost, until the
+/// engine stopped and its last attempt ended. Nothing else waits in this
+/// loop, so a slow reap or backlog read never delays a renewal.
+async fn renew(shared: Arc<Shared>, pg: Arc<PgDb>) {
     let lease = shared.config.store_lease;
     let every = (lease / 3).min(super::hosts::EVERY);
-    let mut failing = false;
-    loop {
-        match beat(&shared, &endings, &pg, lease).await {
-            Ok(()) if failing => {
-                failing = false;
-                tracing::info!("renewing this host's leases works again");
-            }
-            Ok(()) => {}
-            Err(error) if !failing => {
-                failing = true;
-                tracing::warn!(%error, "renewing this host's leases (or taking back lapsed ones, or reading the queues' \
-                                        backlog) failed; trying again");
-            }
-            Err(_) => {}
+    repeat(&shared, every, "renewing this host's leases", || async {
+        let held = lock(&shared.leases).live();
+        if held.is_empty() {
+            return Ok(());
         }
-        tokio::select! {
-            () = tokio::time::sleep(every) => {}
-            () = drained(&shared) => return,
-        }
-    }
-}
-
-/// One beat of the lease keeper: renews, stops what lost its lease, reaps,
-/// reads the backlog.
-async fn beat(shared: &Arc<Shared>, endings: &Arc<Endings>, pg: &PgDb, lease: Duration) -> Result<(), StoreError> {
-    let held = lock(&shared.leases).live();
-    if !held.is_empty() {
         let lost: HashSet<Uuid> = pg.renew(&held, lease).await?.into_iter().collect();
         let stopped: Vec<&Lease> = {
             let mut leases = lock(&shared.leases);
@@ -230,9 +255,49 @@ async fn beat(shared: &Arc<Shared>, endings: &Arc<Endings>, pg: &PgDb, lease: Du
                 "this host lost the task's lease (it lapsed, or another host took the task back); its attempt is \
                  stopped and its outcome will not be recorded");
         }
+        Ok(())
+    })
+    .await;
+}
+
+/// Every heartbeat until the engine stopped and its last attempt ended:
+/// takes back lapsed leases (any host's), booking what each task became,
+/// and reads each queue's backlog.
+async fn tend(shared: Arc<Shared>, endings: Arc<Endings>, pg: Arc<PgDb>) {
+    repeat(&shared, super::hosts::EVERY, "taking back lapsed leases or reading the queues' backlog", || async {
+        reap(&shared, &endings, &pg).await?;
+        read_backlog(&shared, &pg).await
+    })
+    .await;
+}
+
+/// Runs `work` every `every` until the engine stopped and its last
+/// attempt ended; a failure is logged once until `work` succeeds again.
+async fn repeat<F: Future<Output = Result<(), StoreError>>>(
+    shared: &Shared,
+    every: Duration,
+    what: &str,
+    mut work: impl FnMut() -> F,
+) {
+    let mut failing = false;
+    loop {
+        match work().await {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("{what} works again");
+            }
+            Ok(()) => {}
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, "{what} failed; trying again");
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = drained(shared) => return,
+        }
     }
-    reap(shared, endings, pg).await?;
-    read_backlog(shared, pg).await
 }
 
 /// Takes back every lapsed lease, booking what each task became.

@@ -241,9 +241,8 @@ impl Dispatch {
     /// Runs a task this host claimed from a shared store, its outcome
     /// recorded under the claim's lease. An earlier attempt of the task
     /// may still be stopping here (its lease was lost, and the task was
-    /// taken back and claimed again): this one starts once it ended. One
-    /// still waiting when the host stops is left to its lease, which
-    /// lapses, and the next host's reap takes it back.
+    /// taken back and claimed again): this one starts once it ended, or is
+    /// given back if the host stops first.
     pub(crate) fn start_claimed(self: &Arc<Self>, claim: Claimed) {
         let Claimed { record, lease } = claim;
         let shared = &self.shared;
@@ -251,21 +250,54 @@ impl Dispatch {
         let charge = lock(&shared.sched).claimed(&record.queue);
         let token = CancelToken::new();
         lock(&shared.leases).hold(&lease, token.clone());
+        // Tracked before it is spawned, so `close()` never finds `running`
+        // empty while an attempt is about to start.
+        if self.track(record.id, &token) {
+            tokio::spawn(self.clone().attempt(record, charge, token, claimed, Some(lease)));
+            return;
+        }
         let this = self.clone();
         tokio::spawn(async move {
             loop {
                 let ended = this.shared.ended.notified();
-                if let std::collections::hash_map::Entry::Vacant(free) = lock(&this.shared.running).entry(record.id) {
-                    free.insert(token.clone());
+                if this.track(record.id, &token) {
                     break;
                 }
                 if this.shared.stopping() {
+                    this.give_back(record, charge, lease).await;
                     return;
                 }
                 let _ = tokio::time::timeout(Duration::from_millis(50), ended).await;
             }
             this.attempt(record, charge, token, claimed, Some(lease)).await;
         });
+    }
+
+    /// Tracks the attempt `token` cancels as task `id`'s running one,
+    /// unless another attempt of it runs here.
+    fn track(&self, id: uuid::Uuid, token: &CancelToken) -> bool {
+        match lock(&self.shared.running).entry(id) {
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(token.clone());
+                true
+            }
+            std::collections::hash_map::Entry::Occupied(_) => false,
+        }
+    }
+
+    /// Gives back a claim that never started (the host stopped first): the
+    /// task goes back to pending, its attempt not counted, as an attempt
+    /// the host stops before it runs does.
+    async fn give_back(&self, record: TaskRecord, charge: Charge, lease: Lease) {
+        let shared = &self.shared;
+        let back = Change::new(record.id, TaskState::Pending, "not started: the host is stopping")
+            .expect_version(record.version)
+            .edit(|r| r.attempts = r.attempts.saturating_sub(1));
+        if let Err(error) = shared.store.finish(lease.clone(), back).await {
+            tracing::warn!(id = %record.id, %error, "giving back a claimed task failed; it is taken back once its lease lapses");
+        }
+        lock(&shared.leases).release(&lease);
+        lock(&shared.sched).finished(&record.queue, charge, 0.0);
     }
 
     /// Gives back the claim of task `id`, whose submission created nothing
@@ -390,11 +422,13 @@ impl Dispatch {
         let log_bytes = change.log.as_ref().map_or(0, |(_, bytes)| bytes.len() as u64);
         let mut commit_span = trace.child("commit");
         let change = change.expect_version(record.version);
+        let reason = change.reason.clone();
         let finished = match &lease {
             Some(lease) => shared.store.finish(lease.clone(), change).await,
             None => shared.store.apply(change).await,
         };
-        if let Some(lease) = &lease {
+        // Held on while the outcome is unsettled (see `unsettled.rs`).
+        if let Some(lease) = lease.as_ref().filter(|_| !finished.as_ref().is_err_and(|e| e.is_unsettled())) {
             lock(&shared.leases).release(lease);
         }
         match &finished {
@@ -487,7 +521,7 @@ impl Dispatch {
             Err(error) => {
                 tracing::error!(id = %record.id, %error, "recording the outcome failed");
                 if error.is_unsettled() {
-                    let what = Unsettled::Outcome(record.version);
+                    let what = Unsettled::Outcome { at: record.version, reason, lease };
                     unsettled::settle(shared.clone(), self.endings.clone(), record.id, what, error.to_string());
                 }
             }

@@ -33,12 +33,16 @@ const LONGEST_WAIT: Duration = Duration::from_secs(5);
 const NOT_STARTED: &str = "not started: recording its start failed";
 
 /// What was being written when the failure came.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Unsettled {
     /// The start of a task queued at this version.
     Start(u64),
-    /// The outcome of an attempt that started the task at this version.
-    Outcome(u64),
+    /// The outcome of an attempt that started the task at version `at`,
+    /// with the reason it gave (so a move another write made, such as a
+    /// lapsed lease's reap, is not taken for it) and the lease it was
+    /// written under: held (and renewed) until the task is settled, so no
+    /// reap takes it meanwhile and no adoption runs it again.
+    Outcome { at: u64, reason: String, lease: Option<crate::store::postgres::Lease> },
 }
 
 /// Settles task `id` on a task of its own; see the module docs.
@@ -48,10 +52,13 @@ pub(crate) fn settle(shared: Arc<Shared>, endings: Arc<Endings>, id: Uuid, what:
         while !shared.stopping() {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(LONGEST_WAIT);
-            match settle_once(&shared, &endings, id, what, &why).await {
-                Ok(()) => return,
+            match settle_once(&shared, &endings, id, &what, &why).await {
+                Ok(()) => break,
                 Err(error) => tracing::warn!(%id, %error, "cannot settle a task whose write failed yet; trying again"),
             }
+        }
+        if let Unsettled::Outcome { lease: Some(lease), .. } = &what {
+            crate::sync::lock(&shared.leases).release(lease);
         }
     });
 }
@@ -60,11 +67,12 @@ async fn settle_once(
     shared: &Shared,
     endings: &Arc<Endings>,
     id: Uuid,
-    what: Unsettled,
+    what: &Unsettled,
     why: &str,
 ) -> Result<(), crate::store::StoreError> {
     let Some(now) = shared.store.get(id).await? else { return Ok(()) };
-    match what {
+    let moved_by = |reason: &str| now.history.last().is_some_and(|t| t.reason == reason);
+    match *what {
         Unsettled::Start(queued) if now.version == queued => {
             if matches!(now.state, TaskState::Pending | TaskState::Retrying) {
                 shared.enqueue(&now, now.next_run_at_ms, now_ms());
@@ -92,20 +100,20 @@ async fn settle_once(
         }
         // Ran, and its outcome is not recorded: recovered as after a
         // crash, the attempt counted.
-        Unsettled::Outcome(at) if now.state == TaskState::Running && now.version == at => {
+        Unsettled::Outcome { at, .. } if now.state == TaskState::Running && now.version == at => {
             let lost = format!("recording its outcome failed ({why})");
             let done = shared.store.transition(crate::store::interrupted(&now, &lost)).await?;
             book(shared, endings, &done);
         }
         // The outcome committed after all: booked as its commit would
         // have been, with the children its effects created.
-        Unsettled::Outcome(at) if now.version == at + 1 => {
+        Unsettled::Outcome { at, ref reason, .. } if now.version == at + 1 && moved_by(reason) => {
             endings.admit_late(&now).await?;
             book(shared, endings, &now);
         }
         // Another write moved it (a cancel, a re-submission), and booked
         // it.
-        Unsettled::Start(_) | Unsettled::Outcome(_) => {}
+        Unsettled::Start(_) | Unsettled::Outcome { .. } => {}
     }
     Ok(())
 }

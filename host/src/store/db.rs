@@ -136,6 +136,11 @@ impl PgDb {
         Ok(claimed)
     }
 
+    /// The leases this host holds in the database.
+    pub(crate) async fn held_leases(&self) -> Result<Vec<Lease>, StoreError> {
+        Ok(self.store.leases_of(&self.host).await?)
+    }
+
     /// Extends this host's `leases` by `lease`; the tasks whose lease was
     /// lost (see [`PgStore::renew`]).
     pub(crate) async fn renew(&self, leases: &[Lease], lease: Duration) -> Result<Vec<Uuid>, StoreError> {

@@ -162,6 +162,15 @@ impl PgStore {
         Ok(tasks.into_iter().filter(|t| !renewed.contains(t)).collect())
     }
 
+    /// The leases `host` holds, live or lapsed.
+    pub async fn leases_of(&self, host: &str) -> Result<Vec<Lease>, PgError> {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as("SELECT task_id, token FROM taskhost_leases WHERE host = $1")
+            .bind(host)
+            .fetch_all(self.pool())
+            .await?;
+        Ok(rows.into_iter().map(|(task, token)| Lease { task, token }).collect())
+    }
+
     /// Commits how the attempt held under `lease` ended, if the lease is
     /// still live and still the task's; else [`PgError::Fenced`] and
     /// nothing is written.
