@@ -22,7 +22,7 @@ use super::dispatch::Dispatch;
 use super::ending::Endings;
 use super::shared::Shared;
 use crate::CancelToken;
-use crate::store::postgres::{Claimed, Lease, Wakeups};
+use crate::store::postgres::{Lease, Wakeups};
 use crate::store::{PgDb, StoreError, now_ms};
 use crate::sync::lock;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -82,19 +82,46 @@ pub(crate) struct Leases(HashMap<i64, Held>);
 struct Held {
     task: Uuid,
     attempt: CancelToken,
+    state: Holding,
+}
+
+/// What this host does with a lease it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holding {
+    /// Renewed while its attempt runs.
+    Renewed,
     /// Reported lost: no longer renewed, its attempt stopped.
-    lost: bool,
+    Lost,
+    /// Given up with its row still there (an outcome refused, a give-back
+    /// that failed): not renewed, so it lapses and a reap takes the task
+    /// back, and never adopted; forgotten once the database no longer
+    /// lists it live.
+    GivenUp,
 }
 
 impl Leases {
     /// Holds `lease`, claimed for the attempt `attempt` cancels.
     pub(crate) fn hold(&mut self, lease: &Lease, attempt: CancelToken) {
-        self.0.insert(lease.token, Held { task: lease.task, attempt, lost: false });
+        self.0.insert(lease.token, Held { task: lease.task, attempt, state: Holding::Renewed });
     }
 
-    /// Lets `lease` go: its outcome committed (or was refused).
+    /// Lets `lease` go: its row is gone (its outcome committed, or another
+    /// write moved the task).
     pub(crate) fn release(&mut self, lease: &Lease) {
         self.0.remove(&lease.token);
+    }
+
+    /// Gives `lease` up while its row may remain (see [`Holding::GivenUp`]).
+    pub(crate) fn give_up(&mut self, lease: &Lease) {
+        if let Some(held) = self.0.get_mut(&lease.token) {
+            held.state = Holding::GivenUp;
+        }
+    }
+
+    /// Forgets the leases given up that the database no longer lists among
+    /// this host's live ones (`listed`).
+    fn forget_given_up(&mut self, listed: &HashSet<i64>) {
+        self.0.retain(|token, held| held.state != Holding::GivenUp || listed.contains(token));
     }
 
     /// Whether `lease` is held here.
@@ -104,15 +131,16 @@ impl Leases {
 
     /// The leases to renew.
     fn live(&self) -> Vec<Lease> {
-        self.0.iter().filter(|(_, held)| !held.lost).map(|(&token, held)| Lease { task: held.task, token }).collect()
+        let renewed = self.0.iter().filter(|(_, held)| held.state == Holding::Renewed);
+        renewed.map(|(&token, held)| Lease { task: held.task, token }).collect()
     }
 
     /// Marks `lease` lost and stops its attempt; whether it was held and
     /// live.
     fn lose(&mut self, lease: &Lease) -> bool {
         match self.0.get_mut(&lease.token) {
-            Some(held) if !held.lost => {
-                held.lost = true;
+            Some(held) if held.state == Holding::Renewed => {
+                held.state = Holding::Lost;
                 held.attempt.cancel();
                 true
             }
@@ -144,10 +172,11 @@ pub(crate) async fn run(dispatch: Arc<Dispatch>, shared: Arc<Shared>, endings: A
             }
         }
         if failing.is_some() || adopted.elapsed() >= super::hosts::EVERY {
-            if let Err(error) = adopt(&dispatch, &shared, &pg).await {
-                tracing::debug!(%error, "cannot look for this host's claims yet");
-                backoff(&shared, &mut failing).await;
-                continue;
+            // A failure here keeps no claim from being made.
+            if let Err(error) = adopt(&dispatch, &shared, &pg).await
+                && failing.is_none()
+            {
+                tracing::warn!(%error, "cannot look for claims of this host whose answer was lost");
             }
             adopted = std::time::Instant::now();
         }
@@ -209,17 +238,15 @@ async fn backoff(shared: &Shared, failing: &mut Option<Duration>) {
 async fn adopt(dispatch: &Arc<Dispatch>, shared: &Shared, pg: &PgDb) -> Result<(), StoreError> {
     let held = pg.held_leases().await?;
     let unknown: Vec<Lease> = {
-        let leases = lock(&shared.leases);
+        let mut leases = lock(&shared.leases);
+        leases.forget_given_up(&held.iter().map(|lease| lease.token).collect());
         held.into_iter().filter(|lease| !leases.holds(lease)).collect()
     };
     for lease in unknown {
-        match pg.store().get(lease.task).await? {
-            Some(record) if record.state == crate::store::TaskState::Running => {
-                tracing::info!(task = %lease.task, "running a task whose claim committed though its answer was lost");
-                dispatch.start_claimed(Claimed { record, lease });
-            }
-            // Moved on since (its lease went with it).
-            _ => {}
+        // Moved on since (its lease went with it): nothing to run.
+        if let Some(claim) = pg.claimed(lease).await? {
+            tracing::info!(task = %claim.lease.task, "running a task whose claim committed though its answer was lost");
+            dispatch.start_claimed(claim);
         }
     }
     Ok(())
@@ -327,16 +354,10 @@ fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
-/// Resolves once the engine stopped and no attempt runs.
+/// Resolves once the engine stopped and no attempt runs or waits to.
 async fn drained(shared: &Shared) {
     shared.halted().await;
-    loop {
-        let idle = shared.idle.notified();
-        if lock(&shared.running).is_empty() {
-            return;
-        }
-        idle.await;
-    }
+    shared.at_rest().await;
 }
 
 #[cfg(test)]
@@ -375,5 +396,15 @@ mod tests {
         leases.release(&new);
         assert_eq!(leases.len(), 0);
         assert!(!leases.lose(&new), "a released lease is not held");
+
+        // Given up: not renewed nor lost, still held (never adopted) until
+        // the database no longer lists it live.
+        leases.hold(&new, second.clone());
+        leases.give_up(&new);
+        assert!(leases.live().is_empty() && !leases.lose(&new) && leases.holds(&new));
+        leases.forget_given_up(&HashSet::from([new.token]));
+        assert!(leases.holds(&new), "still listed");
+        leases.forget_given_up(&HashSet::new());
+        assert_eq!(leases.len(), 0);
     }
 }

@@ -256,20 +256,26 @@ impl Dispatch {
             tokio::spawn(self.clone().attempt(record, charge, token, claimed, Some(lease)));
             return;
         }
+        // Counted until it runs or is given back, so `close()` waits for it.
+        shared.starting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let this = self.clone();
         tokio::spawn(async move {
-            loop {
+            let started = loop {
                 let ended = this.shared.ended.notified();
-                if this.track(record.id, &token) {
-                    break;
-                }
                 if this.shared.stopping() {
-                    this.give_back(record, charge, lease).await;
-                    return;
+                    this.give_back(&record, charge, &lease).await;
+                    break false;
+                }
+                if this.track(record.id, &token) {
+                    break true;
                 }
                 let _ = tokio::time::timeout(Duration::from_millis(50), ended).await;
+            };
+            this.shared.starting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            this.shared.idle.notify_waiters();
+            if started {
+                this.attempt(record, charge, token, claimed, Some(lease)).await;
             }
-            this.attempt(record, charge, token, claimed, Some(lease)).await;
         });
     }
 
@@ -288,15 +294,18 @@ impl Dispatch {
     /// Gives back a claim that never started (the host stopped first): the
     /// task goes back to pending, its attempt not counted, as an attempt
     /// the host stops before it runs does.
-    async fn give_back(&self, record: TaskRecord, charge: Charge, lease: Lease) {
+    async fn give_back(&self, record: &TaskRecord, charge: Charge, lease: &Lease) {
         let shared = &self.shared;
         let back = Change::new(record.id, TaskState::Pending, "not started: the host is stopping")
             .expect_version(record.version)
             .edit(|r| r.attempts = r.attempts.saturating_sub(1));
-        if let Err(error) = shared.store.finish(lease.clone(), back).await {
-            tracing::warn!(id = %record.id, %error, "giving back a claimed task failed; it is taken back once its lease lapses");
+        match shared.store.finish(lease.clone(), back).await {
+            Ok(_) => lock(&shared.leases).release(lease),
+            Err(error) => {
+                tracing::warn!(id = %record.id, %error, "giving back a claimed task failed; it is taken back once its lease lapses");
+                lock(&shared.leases).give_up(lease);
+            }
         }
-        lock(&shared.leases).release(&lease);
         lock(&shared.sched).finished(&record.queue, charge, 0.0);
     }
 
@@ -427,9 +436,14 @@ impl Dispatch {
             Some(lease) => shared.store.finish(lease.clone(), change).await,
             None => shared.store.apply(change).await,
         };
-        // Held on while the outcome is unsettled (see `unsettled.rs`).
-        if let Some(lease) = lease.as_ref().filter(|_| !finished.as_ref().is_err_and(|e| e.is_unsettled())) {
-            lock(&shared.leases).release(lease);
+        // Held on while the outcome is unsettled (see `unsettled.rs`); one
+        // refused keeps its row, which lapses.
+        if let Some(lease) = &lease {
+            match &finished {
+                Ok(_) => lock(&shared.leases).release(lease),
+                Err(error) if error.is_unsettled() => {}
+                Err(_) => lock(&shared.leases).give_up(lease),
+            }
         }
         match &finished {
             Ok(applied) => {

@@ -970,13 +970,7 @@ impl Engine {
             let _ = handle.await;
         }
         let shared = &self.inner.shared;
-        loop {
-            let idle = shared.idle.notified();
-            if lock(&shared.running).is_empty() {
-                break;
-            }
-            idle.await;
-        }
+        shared.at_rest().await;
         // Listed while its tasks drained; now it leaves the hosts' list
         // (bounded: `hosts::LEAVE_GRACE`, and a write in flight is given up).
         let heartbeat = lock(&self.inner.heartbeat).take();

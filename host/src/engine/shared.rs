@@ -39,8 +39,12 @@ pub(crate) struct Shared {
     /// The transcripts of the attempts running now (their attempt
     /// numbers with them), until their outcome is recorded.
     pub(crate) transcripts: Mutex<HashMap<Uuid, (u32, crate::sandbox::Transcript)>>,
-    /// Signalled when the last running attempt ends.
+    /// Signalled when the last running attempt ends, and when a claim
+    /// that waited to start did.
     pub(crate) idle: Notify,
+    /// Claims waiting to start (an earlier attempt of their task still
+    /// stopping here): the engine's close waits for them as for `running`.
+    pub(crate) starting: std::sync::atomic::AtomicUsize,
     pub(crate) stopping: AtomicBool,
     /// Signalled when `stopping` is set.
     halting: Notify,
@@ -93,6 +97,7 @@ impl Shared {
             running: Mutex::default(),
             transcripts: Mutex::default(),
             idle: Notify::new(),
+            starting: std::sync::atomic::AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             halting: Notify::new(),
             queues: QueueNames::default(),
@@ -135,6 +140,17 @@ impl Shared {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// Resolves once no attempt runs nor waits to start.
+    pub(crate) async fn at_rest(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if lock(&self.running).is_empty() && self.starting.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            idle.await;
         }
     }
 

@@ -57,8 +57,11 @@ pub(crate) fn settle(shared: Arc<Shared>, endings: Arc<Endings>, id: Uuid, what:
                 Err(error) => tracing::warn!(%id, %error, "cannot settle a task whose write failed yet; trying again"),
             }
         }
+        // Settled, the task moved and its lease went with it; a host that
+        // stops first leaves it to lapse.
         if let Unsettled::Outcome { lease: Some(lease), .. } = &what {
-            crate::sync::lock(&shared.leases).release(lease);
+            let mut leases = crate::sync::lock(&shared.leases);
+            if shared.stopping() { leases.give_up(lease) } else { leases.release(lease) }
         }
     });
 }

@@ -136,7 +136,18 @@ impl PgDb {
         Ok(claimed)
     }
 
-    /// The leases this host holds in the database.
+    /// Task `lease` names, as claimed under it, if it still runs; published
+    /// on this host's feed as a claim is.
+    pub(crate) async fn claimed(&self, lease: Lease) -> Result<Option<Claimed>, StoreError> {
+        let Some(record) = self.store.get(lease.task).await? else { return Ok(None) };
+        if record.state != crate::store::TaskState::Running {
+            return Ok(None);
+        }
+        self.feed.published(&record);
+        Ok(Some(Claimed { record, lease }))
+    }
+
+    /// The live leases this host holds on running tasks.
     pub(crate) async fn held_leases(&self) -> Result<Vec<Lease>, StoreError> {
         Ok(self.store.leases_of(&self.host).await?)
     }

@@ -162,12 +162,15 @@ impl PgStore {
         Ok(tasks.into_iter().filter(|t| !renewed.contains(t)).collect())
     }
 
-    /// The leases `host` holds, live or lapsed.
+    /// The live leases `host` holds on running tasks.
     pub async fn leases_of(&self, host: &str) -> Result<Vec<Lease>, PgError> {
-        let rows: Vec<(Uuid, i64)> = sqlx::query_as("SELECT task_id, token FROM taskhost_leases WHERE host = $1")
-            .bind(host)
-            .fetch_all(self.pool())
-            .await?;
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT l.task_id, l.token FROM taskhost_leases AS l JOIN taskhost_tasks AS t ON t.id = l.task_id
+             WHERE l.host = $1 AND l.expires_at > clock_timestamp() AND t.state = 'running'",
+        )
+        .bind(host)
+        .fetch_all(self.pool())
+        .await?;
         Ok(rows.into_iter().map(|(task, token)| Lease { task, token }).collect())
     }
 
