@@ -131,7 +131,9 @@ impl PgDb {
     /// Claims up to `limit` startable tasks for this host, each under a
     /// lease of `lease` (see [`PgStore::claim`]).
     pub(crate) async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
-        let claimed = self.store.claim(&self.host, limit, lease).await?;
+        // Fenced as the group committer's commits are: a deposed host
+        // starts nothing.
+        let claimed = self.store.claim_fenced(&self.host, limit, lease, Some(self.sole.term())).await?;
         claimed.iter().for_each(|c| self.feed.published(&c.record));
         Ok(claimed)
     }

@@ -998,6 +998,12 @@ async fn a_frozen_engine_is_taken_over_and_its_commits_are_refused() {
     // b's commits go through.
     let current = b.committer(CommitConfig { fence: Some(sole.term()), ..CommitConfig::default() });
     assert!(current.submit(record(2, None), b"in".to_vec()).await.unwrap().created);
+    // So are its claims: a's, fenced by its old term, take nothing; b's take
+    // the task.
+    let refused = store.claim_fenced("a", 10, MIN_LEASE, Some(old)).await.unwrap_err();
+    assert!(matches!(refused, PgError::Deposed), "{refused:?}");
+    let claimed = b.claim_fenced("b", 10, MIN_LEASE, Some(sole.term())).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.record.id).collect::<Vec<_>>(), [record(2, None).id]);
     // The lock is b's: a third host is refused.
     let c = PgStore::connect(&url, 2).await.unwrap();
     assert!(matches!(c.hold_sole_engine("c", MIN_LEASE).await, Err(PgError::InUse)));

@@ -103,7 +103,27 @@ impl PgStore {
     /// Claims up to `limit` startable tasks for `host`, each with a lease
     /// of `lease` (see the module's opening).
     pub async fn claim(&self, host: &str, limit: usize, lease: Duration) -> Result<Vec<Claimed>, PgError> {
+        self.claim_fenced(host, limit, lease, None).await
+    }
+
+    /// [`claim`](Self::claim) by the sole engine under `fence`, its term:
+    /// a host deposed ([`PgError::Deposed`]), or whose own lease lapsed
+    /// ([`PgError::Lapsed`]), claims nothing.
+    pub(crate) async fn claim_fenced(
+        &self,
+        host: &str,
+        limit: usize,
+        lease: Duration,
+        fence: Option<super::Term>,
+    ) -> Result<Vec<Claimed>, PgError> {
         let mut txn = self.pool().begin().await?;
+        if let Some(term) = fence {
+            match PgStore::standing(&mut txn, term).await? {
+                super::Standing::Leads => {}
+                super::Standing::Replaced => return Err(PgError::Deposed),
+                super::Standing::Lapsed => return Err(PgError::Lapsed),
+            }
+        }
         let found = super::fair::take(&mut txn, limit).await?;
         if found.is_empty() {
             // What it quarantined, if anything, stays so.
