@@ -131,6 +131,13 @@ fn unrun(failure: TaskFailure) -> TaskReport {
     }
 }
 
+/// A claimed task the host stops before it runs: back to pending, its
+/// attempt not counted.
+fn not_started(record: &TaskRecord) -> Change {
+    Change::new(record.id, TaskState::Pending, "not started: the host is stopping")
+        .edit(|r| r.attempts = r.attempts.saturating_sub(1))
+}
+
 /// A failure (or a cancel) recorded before anything ran.
 fn fail_before_run(record: &TaskRecord, class: FailureClass, message: String) -> Change {
     let to = if class == FailureClass::Cancelled { TaskState::Cancelled } else { TaskState::Failed };
@@ -296,10 +303,7 @@ impl Dispatch {
     /// the host stops before it runs does.
     async fn give_back(&self, record: &TaskRecord, charge: Charge, lease: &Lease) {
         let shared = &self.shared;
-        let back = Change::new(record.id, TaskState::Pending, "not started: the host is stopping")
-            .expect_version(record.version)
-            .edit(|r| r.attempts = r.attempts.saturating_sub(1));
-        match shared.store.finish(lease.clone(), back).await {
+        match shared.store.finish(lease.clone(), not_started(record).expect_version(record.version)).await {
             Ok(_) => lock(&shared.leases).release(lease),
             Err(error) => {
                 tracing::warn!(id = %record.id, %error, "giving back a claimed task failed; it is taken back once its lease lapses");
@@ -409,10 +413,8 @@ impl Dispatch {
                 Change::new(record.id, TaskState::Cancelled, reason).edit(|r| r.attempts = r.attempts.saturating_sub(1))
             }
             Err(NotRun::Stopping) => {
-                // Claimed but never run: back to pending, its attempt not
-                // counted, to run after the restart.
-                Change::new(record.id, TaskState::Pending, "not started: the host is stopping")
-                    .edit(|r| r.attempts = r.attempts.saturating_sub(1))
+                // Claimed but never run: to run after the restart.
+                not_started(&record)
             }
         };
         // The queue's slot is free before the outcome's commit.
