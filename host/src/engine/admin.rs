@@ -141,9 +141,31 @@ impl Admin {
                 TaskState::Running => {
                     let ended = shared.ended.notified();
                     let token = lock(&shared.running).get(&id).cloned();
-                    if let Some(token) = token {
-                        token.cancel();
-                        interrupted = true;
+                    match token {
+                        Some(token) => {
+                            token.cancel();
+                            interrupted = true;
+                        }
+                        // Not running here: on a shared store another host
+                        // runs it under a lease, which this change ends.
+                        // That host's outcome is then refused (fenced) and
+                        // its next renewal finds the lease gone and stops
+                        // the attempt.
+                        None if shared.store.queues_tasks() && !interrupted => {
+                            let change = Change::new(id, TaskState::Cancelled, "cancelled by request")
+                                .expect_version(record.version);
+                            match shared.store.transition(change).await {
+                                Ok(done) => {
+                                    self.endings.ended(&done);
+                                    return Ok(done);
+                                }
+                                Err(StoreError::VersionMismatch { .. } | StoreError::IllegalTransition { .. }) => {
+                                    continue;
+                                }
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                        None => {}
                     }
                     if Instant::now() > deadline {
                         return Err(EngineError::Conflict(format!(

@@ -410,3 +410,77 @@ async fn a_claim_whose_answer_was_lost_is_found_by_its_lease_and_run() {
     assert_eq!(h.engine.output(record.id).await.unwrap().as_deref(), Some(&b"found"[..]));
     assert_eq!(h.runner.calls(record.id), 1);
 }
+
+/// The steps of a flow ended by another host (another connection that
+/// claims and finishes them under its own leases, as a second host
+/// would): the host that ends the last one finishes the flow, from the
+/// store's count of its unended tasks (this host's book saw only its own
+/// end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_whose_other_steps_another_host_ended_is_finished_by_the_host_that_ends_its_last() {
+    let url = taskhost_test_postgres::cluster().database("engine_flow_across_hosts");
+    let h = Harness::on_url(url.clone(), |c| {
+        tweak(c);
+        // One slot and no claim ahead: while the blocker runs, this host
+        // claims nothing, so the other host's claims take the steps.
+        c.concurrency = 1;
+        c.claim_ahead = 0;
+    })
+    .await
+    .unwrap();
+    let blocker = h.engine.submit(task("echo", &Script::AwaitGate(b"b".to_vec()))).await.unwrap().record.id;
+    h.wait_state(blocker, TaskState::Running).await;
+    let spec = serde_json::json!({
+        "input": Script::Complete(b"step".to_vec()),
+        "steps": {"parallel": [{"id": "a", "plugin": "echo"}, {"id": "b", "plugin": "echo"}, {"id": "c", "plugin": "echo"}]},
+    });
+    let flow = h.engine.submit_flow(serde_json::from_value(spec).unwrap()).await.unwrap().flow.id;
+    let other = crate::store::postgres::PgStore::connect(&url, 2).await.unwrap();
+    let claimed = other.claim("another-host", 2, Duration::from_secs(15)).await.unwrap();
+    assert_eq!(claimed.len(), 2, "{claimed:?}");
+    for c in &claimed {
+        assert_eq!(c.record.flow_id, flow);
+        let outcome = crate::store::postgres::Outcome::completed(b"elsewhere".to_vec());
+        assert_eq!(other.finish(&c.lease, outcome).await.unwrap().state, TaskState::Completed);
+    }
+    assert_eq!(other.flow_unfinished(flow).await.unwrap(), Some(1));
+    h.runner.gate.add_permits(1);
+    let done = h.engine.wait_flow(flow, WAIT).await.unwrap();
+    assert_eq!(done.flow.state, FlowState::Completed, "{:?}", done.flow);
+    assert_eq!(done.tasks.len(), 3);
+    assert!(done.tasks.iter().all(|t| t.state == TaskState::Completed), "{:?}", done.tasks);
+    assert_eq!(other.flow_unfinished(flow).await.unwrap(), Some(0));
+}
+
+/// A task running on another host is cancelled through its lease: the
+/// cancel commits at once, that host's outcome is refused (fenced), and
+/// nothing of its lease is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_running_on_another_host_is_cancelled_through_its_lease() {
+    let url = taskhost_test_postgres::cluster().database("engine_cancel_across_hosts");
+    let h = Harness::on_url(url.clone(), |c| {
+        tweak(c);
+        c.concurrency = 1;
+        c.claim_ahead = 0;
+    })
+    .await
+    .unwrap();
+    let blocker = h.engine.submit(task("echo", &Script::AwaitGate(b"b".to_vec()))).await.unwrap().record.id;
+    h.wait_state(blocker, TaskState::Running).await;
+    let id = h.engine.submit(task("echo", &Script::Complete(b"never".to_vec()))).await.unwrap().record.id;
+    let other = crate::store::postgres::PgStore::connect(&url, 2).await.unwrap();
+    let claimed = other.claim("another-host", 1, Duration::from_secs(15)).await.unwrap();
+    assert_eq!(claimed.iter().map(|c| c.record.id).collect::<Vec<_>>(), [id]);
+    let started = std::time::Instant::now();
+    let cancelled = h.engine.cancel(id).await.unwrap();
+    assert_eq!(cancelled.state, TaskState::Cancelled, "{cancelled:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "it did not wait out the cancel: {:?}", started.elapsed());
+    let refused = other.finish(&claimed[0].lease, crate::store::postgres::Outcome::completed(b"late".to_vec())).await;
+    assert!(matches!(refused, Err(crate::store::postgres::PgError::Fenced { .. })), "{refused:?}");
+    assert_eq!(other.renew(&[claimed[0].lease.clone()], Duration::from_secs(15)).await.unwrap(), [id], "lost");
+    let now = h.engine.get(id).await.unwrap();
+    assert_eq!((now.state, now.output_len), (TaskState::Cancelled, None), "{now:?}");
+    h.runner.gate.add_permits(1);
+    assert_eq!(h.engine.wait(blocker, WAIT).await.unwrap().state, TaskState::Completed);
+    assert_eq!(h.runner.calls(id), 0, "it never ran here");
+}

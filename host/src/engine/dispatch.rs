@@ -500,7 +500,7 @@ impl Dispatch {
             let mut book = self.flows.book();
             if applied && has_effects {
                 // The commit created the flow's record: it must be finished.
-                book.grew(record.flow_id);
+                book.grew(record.flow_id, self.flows.limits());
             }
             book.unreserve_tasks(record.flow_id, held.tasks_reserved.saturating_sub(committed));
             book.settle_context(record.flow_id, held.context_reserved, size);

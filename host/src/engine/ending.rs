@@ -66,7 +66,7 @@ impl Endings {
         let has_flow = self.shared.store.flow(done.flow_id).await?.is_some();
         self.admit(&children, false);
         if has_flow {
-            self.flows.book().grew(done.flow_id);
+            self.flows.book().grew(done.flow_id, self.flows.limits());
         }
         Ok(())
     }
@@ -227,9 +227,19 @@ impl Endings {
             // Where the flow was, in case a failed try commits its next
             // iteration after all (PostgreSQL's failures may have
             // committed; redb's do not).
-            let before = match endings.shared.store.redb() {
-                Some(_) => None,
-                None => endings.shared.store.flow(flow).await.ok().flatten().map(|f| f.iteration),
+            let before = match endings.shared.store.postgres() {
+                None => None,
+                Some(pg) => {
+                    // Most ends leave tasks of their flow to run: then
+                    // nothing more is read. (A failed read is left to
+                    // `finish`, which reads the count again and is tried
+                    // again.)
+                    match pg.flow_unfinished(flow).await {
+                        Ok(Some(0)) | Err(_) => {}
+                        Ok(_) => return,
+                    }
+                    endings.shared.store.flow(flow).await.ok().flatten().map(|f| f.iteration)
+                }
             };
             'tries: loop {
                 match endings.flows.finish(flow).await {

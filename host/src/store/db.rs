@@ -128,6 +128,13 @@ impl PgDb {
 /// tasks, keep their leases and record their outcomes (see
 /// `engine/claims.rs`). Each commit is published on this host's feed.
 impl PgDb {
+    /// How many tasks of flow `flow` have not ended, read under the flow's
+    /// lock (see [`PgStore::flow_unfinished`]); `None` for a flow without
+    /// a record.
+    pub(crate) async fn flow_unfinished(&self, flow: Uuid) -> Result<Option<u64>, StoreError> {
+        Ok(self.store.flow_unfinished(flow).await?)
+    }
+
     /// Claims up to `limit` startable tasks for this host, each under a
     /// lease of `lease` (see [`PgStore::claim`]).
     pub(crate) async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
@@ -403,6 +410,18 @@ impl Db {
             Db::Postgres(pg) => {
                 let (store, key) = (pg.store.clone(), key.to_owned());
                 pg.wait(async move { store.context_get(flow, &key).await })
+            }
+        }
+    }
+
+    /// [`context_sizes_of`](Self::context_sizes_of) for a caller that
+    /// cannot await.
+    pub(crate) fn context_size_now(&self, flow: Uuid) -> Result<u64, StoreError> {
+        match self {
+            Db::Redb(store) => store.context_sizes_of(flow),
+            Db::Postgres(pg) => {
+                let store = pg.store.clone();
+                pg.wait(async move { store.context_size(flow).await })
             }
         }
     }

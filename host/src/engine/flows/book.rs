@@ -3,6 +3,12 @@
 //! context bytes attempts have reserved against the flow limits, the
 //! submission rate buckets, and which waiting tasks each task's end
 //! releases (joins).
+//!
+//! On a shared store ([`Book::sharing`]) other hosts create and end tasks
+//! of the same flows, so this host cannot count them: the store keeps each
+//! flow's count (PostgreSQL's `flow_unfinished`) and the book keeps a flow
+//! only while this host's attempts hold reservations against its limits,
+//! taking its totals from the store when it books it again.
 
 use super::FlowLimits;
 use crate::engine::scheduler::Entry;
@@ -26,6 +32,9 @@ struct Live {
     refilled: Instant,
     /// It grew past one task (it has a flow record to finish).
     grown: bool,
+    /// Tasks that attempts reserved and have neither committed nor given
+    /// back.
+    reserved_tasks: u64,
 }
 
 /// A task whose `after` tasks have not all ended.
@@ -70,15 +79,31 @@ impl fmt::Display for Refusal {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Book {
+    /// Whether every task of this host's flows ends here, so that the
+    /// book's counts tell when a flow ends (one host on its own store).
+    counts_ends: bool,
     flows: HashMap<Uuid, Live>,
     /// Task → tasks waiting for it.
     waiters: HashMap<Uuid, Vec<Uuid>>,
     waiting: HashMap<Uuid, Waiting>,
 }
 
+impl Default for Book {
+    fn default() -> Self {
+        Self { counts_ends: true, flows: HashMap::new(), waiters: HashMap::new(), waiting: HashMap::new() }
+    }
+}
+
 impl Book {
+    /// The book of a host sharing its store with others (see the module
+    /// docs): it counts no flow's unfinished tasks, and [`Book::ended`]
+    /// says when the store must be asked whether a flow ended.
+    pub(crate) fn sharing() -> Self {
+        Self { counts_ends: false, ..Self::default() }
+    }
+
     fn live(&mut self, flow: Uuid, limits: &FlowLimits) -> &mut Live {
         self.flows.entry(flow).or_insert_with(|| Live {
             unfinished: 0,
@@ -88,11 +113,25 @@ impl Book {
             tokens: f64::from(limits.submissions_per_sec),
             refilled: Instant::now(),
             grown: false,
+            reserved_tasks: 0,
         })
+    }
+
+    /// On a shared store: forgets `flow` once this host's attempts hold
+    /// nothing against it.
+    fn forget_idle(&mut self, flow: Uuid) {
+        if !self.counts_ends
+            && self.flows.get(&flow).is_some_and(|l| l.reserved_tasks == 0 && l.context_reserved == 0 && !l.grown)
+        {
+            self.flows.remove(&flow);
+        }
     }
 
     /// At recovery: a flow's totals as stored.
     pub(crate) fn restore(&mut self, flow: Uuid, tasks: u64, unfinished: u64, context_bytes: u64, l: &FlowLimits) {
+        if !self.counts_ends {
+            return;
+        }
         let live = self.live(flow, l);
         live.tasks = live.tasks.max(tasks);
         live.unfinished += unfinished;
@@ -102,6 +141,9 @@ impl Book {
 
     /// At recovery: unfinished tasks of a flow that is one task.
     pub(crate) fn restore_single(&mut self, flow: Uuid, unfinished: u64, l: &FlowLimits) {
+        if !self.counts_ends {
+            return;
+        }
         let live = self.live(flow, l);
         live.tasks = live.tasks.max(1);
         live.unfinished += unfinished;
@@ -110,6 +152,14 @@ impl Book {
     /// A task was created (its reservation, if any, already counted it);
     /// `grown` when it is not a flow's only task.
     pub(crate) fn created(&mut self, flow: Uuid, reserved: bool, grown: bool, limits: &FlowLimits) {
+        if !self.counts_ends {
+            // Committed: the flow's stored total counts it now.
+            if reserved && let Some(live) = self.flows.get_mut(&flow) {
+                live.reserved_tasks = live.reserved_tasks.saturating_sub(1);
+            }
+            self.forget_idle(flow);
+            return;
+        }
         let live = self.live(flow, limits);
         live.unfinished += 1;
         live.grown |= grown;
@@ -119,21 +169,36 @@ impl Book {
     }
 
     /// The flow now has a record to finish (an attempt committed effects).
-    pub(crate) fn grew(&mut self, flow: Uuid) {
-        if let Some(live) = self.flows.get_mut(&flow) {
+    /// On a shared store the task that committed them is ending: its end
+    /// asks the store ([`Book::ended`]).
+    pub(crate) fn grew(&mut self, flow: Uuid, limits: &FlowLimits) {
+        if !self.counts_ends {
+            self.live(flow, limits).grown = true;
+        } else if let Some(live) = self.flows.get_mut(&flow) {
             live.grown = true;
         }
     }
 
     /// A task that had ended runs again (re-submitted from the dead-letter
-    /// set): its flow waits for it.
+    /// set): its flow waits for it. (On a shared store the store counts
+    /// it, and its end asks the store: it is a task the flow grew.)
     pub(crate) fn reopened(&mut self, flow: Uuid, limits: &FlowLimits) {
-        self.live(flow, limits).unfinished += 1;
+        if self.counts_ends {
+            self.live(flow, limits).unfinished += 1;
+        }
     }
 
-    /// A task ended; true when it was the last unfinished task of a flow
-    /// that grew past one task (one with a record to finish).
-    pub(crate) fn ended(&mut self, flow: Uuid) -> bool {
+    /// Task `task` of flow `flow` ended; true when it was the last
+    /// unfinished task of a flow that grew past one task (one with a
+    /// record to finish). On a shared store: true when it may have been
+    /// (a task the flow grew, or one whose end was marked by
+    /// [`grew`](Self::grew)), for the caller to ask the store.
+    pub(crate) fn ended(&mut self, flow: Uuid, task: Uuid) -> bool {
+        if !self.counts_ends {
+            let marked = self.flows.get_mut(&flow).is_some_and(|l| std::mem::take(&mut l.grown));
+            self.forget_idle(flow);
+            return marked || flow != task;
+        }
         let Some(live) = self.flows.get_mut(&flow) else { return false };
         live.unfinished = live.unfinished.saturating_sub(1);
         let last = live.unfinished == 0 && live.grown;
@@ -145,7 +210,8 @@ impl Book {
         last
     }
 
-    /// Whether the flow has unfinished tasks.
+    /// Whether the flow has unfinished tasks, as far as this book knows
+    /// (never, on a shared store: the store is asked).
     pub(crate) fn is_active(&self, flow: Uuid) -> bool {
         self.flows.get(&flow).is_some_and(|l| l.unfinished > 0)
     }
@@ -167,6 +233,7 @@ impl Book {
         }
         live.tokens -= 1.0;
         live.tasks += 1;
+        live.reserved_tasks += 1;
         Ok(())
     }
 
@@ -174,12 +241,25 @@ impl Book {
     pub(crate) fn unreserve_tasks(&mut self, flow: Uuid, count: u64) {
         if let Some(live) = self.flows.get_mut(&flow) {
             live.tasks = live.tasks.saturating_sub(count);
+            live.reserved_tasks = live.reserved_tasks.saturating_sub(count);
         }
+        self.forget_idle(flow);
     }
 
-    /// Reserves `grow` more context bytes, within the cap.
-    pub(crate) fn reserve_context(&mut self, flow: Uuid, grow: u64, limits: &FlowLimits) -> Result<(), Refusal> {
+    /// Reserves `grow` more context bytes, within the cap; `stored_bytes`:
+    /// the flow's context as last read from the store, where the book may
+    /// not know it (a shared store).
+    pub(crate) fn reserve_context(
+        &mut self,
+        flow: Uuid,
+        grow: u64,
+        stored_bytes: Option<u64>,
+        limits: &FlowLimits,
+    ) -> Result<(), Refusal> {
         let live = self.live(flow, limits);
+        if let Some(stored) = stored_bytes {
+            live.context_bytes = live.context_bytes.max(stored);
+        }
         let total = live.context_bytes + live.context_reserved + grow;
         if total > limits.context_bytes {
             return Err(Refusal::ContextBytes { total, limit: limits.context_bytes });
@@ -197,6 +277,7 @@ impl Book {
                 live.context_bytes = size;
             }
         }
+        self.forget_idle(flow);
     }
 
     /// Registers a task that starts once `pending` of its `after` tasks end.
@@ -242,10 +323,10 @@ mod tests {
         assert!(book.reserve_task(flow, 1, &l).unwrap_err().to_string().contains("already has 3 tasks"));
         book.unreserve_tasks(flow, 1);
         book.reserve_task(flow, 1, &l).unwrap();
-        book.reserve_context(flow, 8, &l).unwrap();
-        assert!(book.reserve_context(flow, 3, &l).unwrap_err().to_string().contains("would hold 11 bytes"));
+        book.reserve_context(flow, 8, None, &l).unwrap();
+        assert!(book.reserve_context(flow, 3, None, &l).unwrap_err().to_string().contains("would hold 11 bytes"));
         book.settle_context(flow, 8, Some(2));
-        book.reserve_context(flow, 8, &l).unwrap();
+        book.reserve_context(flow, 8, None, &l).unwrap();
     }
 
     #[test]
@@ -258,6 +339,34 @@ mod tests {
             book.reserve_task(flow, 0, &l).unwrap();
         }
         assert!(book.reserve_task(flow, 0, &l).unwrap_err().to_string().contains("faster than 5 tasks per second"));
+    }
+
+    #[test]
+    fn a_shared_book_keeps_a_flow_only_while_attempts_hold_reservations_and_asks_the_store_at_ends() {
+        let (mut book, l) = (Book::sharing(), limits());
+        let (flow, root, child) = (Uuid::from_u128(1), Uuid::from_u128(1), Uuid::from_u128(2));
+        // Created or restored tasks are the store's to count.
+        book.created(flow, false, true, &l);
+        book.restore(flow, 2, 2, 0, &l);
+        assert!(book.flows.is_empty());
+        // A task the flow grew may be its last: the store is asked.
+        assert!(book.ended(flow, child));
+        // The root's end asks only when its attempt's commit grew the flow.
+        assert!(!book.ended(flow, root));
+        book.grew(flow, &l);
+        assert!(book.ended(flow, root));
+        assert!(!book.ended(flow, root), "the mark is taken by the end it was made for");
+        assert!(book.flows.is_empty());
+        // Reservations keep the flow, with the stored totals as the base.
+        book.reserve_task(flow, 2, &l).unwrap();
+        assert!(book.reserve_task(flow, 2, &l).unwrap_err().to_string().contains("already has 3 tasks"));
+        book.reserve_context(flow, 4, Some(5), &l).unwrap();
+        assert!(book.reserve_context(flow, 2, Some(5), &l).unwrap_err().to_string().contains("would hold 11 bytes"));
+        book.created(flow, true, true, &l);
+        assert!(book.flows.contains_key(&flow), "its context reservation holds it");
+        book.settle_context(flow, 4, Some(9));
+        assert!(book.flows.is_empty(), "nothing held: forgotten");
+        assert!(!book.is_active(flow));
     }
 
     #[test]

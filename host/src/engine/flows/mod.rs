@@ -143,7 +143,13 @@ pub(crate) struct Flows {
 
 impl Flows {
     pub(crate) fn new(shared: Arc<Shared>, submission: Arc<Submission>) -> Self {
-        Self { shared, submission, book: Mutex::default() }
+        // A store other hosts may share keeps each flow's count of
+        // unended tasks; one host's own store is counted here.
+        let book = match shared.store.queues_tasks() {
+            true => Book::sharing(),
+            false => Book::default(),
+        };
+        Self { shared, submission, book: Mutex::new(book) }
     }
 
     /// The flow book. Admission holds it while it checks dependencies, so
@@ -184,10 +190,11 @@ impl Flows {
     }
 
     /// A task ended: the waiting tasks it released, and whether it was
-    /// the last unfinished task of a flow that has a record to finish.
+    /// (on a shared store: may have been) the last unfinished task of a
+    /// flow that has a record to finish.
     pub(crate) fn task_ended(&self, done: &TaskRecord) -> (Vec<Waiting>, bool) {
         let mut book = self.book();
-        (book.release(done.id), book.ended(done.flow_id))
+        (book.release(done.id), book.ended(done.flow_id, done.id))
     }
 
     /// Records a flow's outcome once no task of it is unfinished, or
@@ -197,6 +204,14 @@ impl Flows {
     /// past one task.
     pub(crate) async fn finish(&self, id: Uuid) -> Result<Created, EngineError> {
         let shared = &self.shared;
+        // A shared store counts each flow's unended tasks under the flow's
+        // lock (whichever host ended them): the host that commits the
+        // last end reads zero after its commit.
+        if let Some(pg) = shared.store.postgres()
+            && pg.flow_unfinished(id).await? != Some(0)
+        {
+            return Ok(Created::default());
+        }
         loop {
             let Some(flow) = shared.store.flow(id).await? else { return Ok(Created::default()) };
             if flow.state != FlowState::Running || self.book().is_active(id) {

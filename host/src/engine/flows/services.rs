@@ -50,6 +50,9 @@ pub(crate) struct AttemptServices {
     task: TaskRecord,
     /// Tasks the flow had stored, read on the first submission.
     flow_tasks: OnceLock<u64>,
+    /// The flow's context bytes as stored, read on the first write that
+    /// grows it on a shared store (where the flow book may not know them).
+    context_stored: OnceLock<u64>,
     held: Mutex<Held>,
     budget: Arc<HostBudget>,
     /// The attempt's span: the tasks it submits continue the trace there.
@@ -101,6 +104,7 @@ impl AttemptServices {
             flows,
             task,
             flow_tasks: OnceLock::new(),
+            context_stored: OnceLock::new(),
             held: Mutex::new(Held { effects, ..Held::default() }),
             budget,
             trace,
@@ -241,6 +245,19 @@ impl AttemptServices {
         Ok(*self.flow_tasks.get_or_init(|| flow.map_or(1, |f| f.tasks)))
     }
 
+    /// The flow's stored context bytes where the flow book may not know
+    /// them (a shared store), read once per attempt.
+    fn stored_context_bytes(&self) -> Served<Option<u64>> {
+        if !self.shared.store.queues_tasks() {
+            return Ok(None);
+        }
+        if let Some(n) = self.context_stored.get() {
+            return Ok(Some(*n));
+        }
+        let size = self.shared.store.context_size_now(self.task.flow_id).map_err(|e| host("read the context", e))?;
+        Ok(Some(*self.context_stored.get_or_init(|| size)))
+    }
+
     /// A task of this flow, held by this attempt or stored; `None` for a
     /// held one.
     fn find(&self, id: Uuid) -> Served<Result<Option<TaskRecord>, QueueError>> {
@@ -307,8 +324,15 @@ impl AttemptServices {
             return Ok(Err(ContextError::TooLarge(refused.to_string())));
         }
         if reserve > was_reserved {
+            let stored = match self.stored_context_bytes() {
+                Ok(stored) => stored,
+                Err(failure) => {
+                    self.budget.refund(held_after.saturating_sub(held_before));
+                    return Err(failure);
+                }
+            };
             if let Err(refusal) =
-                self.flows.book().reserve_context(self.task.flow_id, reserve - was_reserved, &self.limits())
+                self.flows.book().reserve_context(self.task.flow_id, reserve - was_reserved, stored, &self.limits())
             {
                 self.budget.refund(held_after.saturating_sub(held_before));
                 self.shared.metrics.refused(refusal.limit());
