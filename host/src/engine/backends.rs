@@ -484,3 +484,43 @@ async fn a_task_running_on_another_host_is_cancelled_through_its_lease() {
     assert_eq!(h.engine.wait(blocker, WAIT).await.unwrap().state, TaskState::Completed);
     assert_eq!(h.runner.calls(id), 0, "it never ran here");
 }
+
+/// Another host ends a flow's last step and stops before it records the
+/// flow's end: the store noted the flow as its count reached zero, and
+/// this host's periodic check records the end once the note is old.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_whose_last_step_ended_on_a_host_that_stopped_first_is_finished_by_another() {
+    let url = taskhost_test_postgres::cluster().database("engine_flow_noted_end");
+    let h = Harness::on_url(url.clone(), |c| {
+        tweak(c);
+        c.concurrency = 1;
+        c.claim_ahead = 0;
+    })
+    .await
+    .unwrap();
+    let blocker = h.engine.submit(task("echo", &Script::AwaitGate(b"b".to_vec()))).await.unwrap().record.id;
+    h.wait_state(blocker, TaskState::Running).await;
+    let spec = serde_json::json!({
+        "input": Script::Complete(b"step".to_vec()),
+        "steps": {"parallel": [{"id": "a", "plugin": "echo"}, {"id": "b", "plugin": "echo"}]},
+    });
+    let flow = h.engine.submit_flow(serde_json::from_value(spec).unwrap()).await.unwrap().flow.id;
+    let other = crate::store::postgres::PgStore::connect(&url, 2).await.unwrap();
+    let claimed = other.claim("another-host", 2, Duration::from_secs(15)).await.unwrap();
+    assert_eq!(claimed.len(), 2, "{claimed:?}");
+    for c in &claimed {
+        let outcome = crate::store::postgres::Outcome::completed(b"elsewhere".to_vec());
+        other.finish(&c.lease, outcome).await.unwrap();
+    }
+    // That host stops here. Its note stands until this host acts on it.
+    let noted = other.flow_ends_noted(Duration::ZERO, 10).await.unwrap();
+    assert_eq!(noted.iter().map(|n| n.flow).collect::<Vec<_>>(), [flow]);
+    assert!(other.flow_ends_noted(Duration::from_secs(60), 10).await.unwrap().is_empty());
+    let started = std::time::Instant::now();
+    let done = h.engine.wait_flow(flow, WAIT).await.unwrap();
+    assert_eq!(done.flow.state, FlowState::Completed, "{:?}", done.flow);
+    assert!(started.elapsed() >= Duration::from_secs(3), "recorded by the check, not at once: {:?}", started.elapsed());
+    assert!(other.flow_ends_noted(Duration::ZERO, 10).await.unwrap().is_empty(), "the flow's end cleared its note");
+    h.runner.gate.add_permits(1);
+    assert_eq!(h.engine.wait(blocker, WAIT).await.unwrap().state, TaskState::Completed);
+}

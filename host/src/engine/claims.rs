@@ -289,13 +289,37 @@ async fn renew(shared: Arc<Shared>, pg: Arc<PgDb>) {
 
 /// Every heartbeat until the engine stopped and its last attempt ended:
 /// takes back lapsed leases (any host's), booking what each task became,
-/// and reads each queue's backlog.
+/// records the ends of flows whose last task's host stopped first, and
+/// reads each queue's backlog.
 async fn tend(shared: Arc<Shared>, endings: Arc<Endings>, pg: Arc<PgDb>) {
-    repeat(&shared, super::hosts::EVERY, "taking back lapsed leases or reading the queues' backlog", || async {
+    let what = "taking back lapsed leases, recording flows' ends or reading the queues' backlog";
+    repeat(&shared, super::hosts::EVERY, what, || async {
         reap(&shared, &endings, &pg).await?;
+        finish_noted_flows(&endings, &pg).await?;
         read_backlog(&shared, &pg).await
     })
     .await;
+}
+
+/// How long a flow's count may stand at zero, its end unrecorded, before
+/// a host other than the one that ended its last task records the end:
+/// that host does it at once, so a note this old says it stopped first.
+pub(crate) const NOTED_FLOW_AGE: Duration = Duration::from_secs(5);
+
+/// Flows whose ends one round records at most.
+const NOTED_FLOWS: usize = 64;
+
+/// Records the ends (or next iterations) of flows whose last task ended
+/// [`NOTED_FLOW_AGE`] ago or more with nothing recorded since (see
+/// [`PgStore::flow_ends_noted`](crate::store::postgres::PgStore::flow_ends_noted)).
+async fn finish_noted_flows(endings: &Arc<Endings>, pg: &PgDb) -> Result<(), StoreError> {
+    for note in pg.store().flow_ends_noted(NOTED_FLOW_AGE, NOTED_FLOWS).await? {
+        tracing::info!(flow = %note.flow, "recording the end of a flow whose last task's host stopped first");
+        if endings.finish_flow_now(note.flow).await {
+            pg.store().forget_flow_end(note).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs `work` every `every` until the engine stopped and its last

@@ -222,53 +222,63 @@ impl Endings {
     /// iteration (on its own task: it commits).
     pub(crate) fn finish_flow(self: &Arc<Self>, flow: Uuid) {
         let endings = self.clone();
-        tokio::spawn(async move {
-            let mut wait = Duration::from_millis(50);
-            // Where the flow was, in case a failed try commits its next
-            // iteration after all (PostgreSQL's failures may have
-            // committed; redb's do not).
-            let before = match endings.shared.store.postgres() {
-                None => None,
-                Some(pg) => {
-                    // Most ends leave tasks of their flow to run: then
-                    // nothing more is read. (A failed read is left to
-                    // `finish`, which reads the count again and is tried
-                    // again.)
-                    match pg.flow_unfinished(flow).await {
-                        Ok(Some(0)) | Err(_) => {}
-                        Ok(_) => return,
-                    }
-                    endings.shared.store.flow(flow).await.ok().flatten().map(|f| f.iteration)
+        tokio::spawn(async move { endings.finish_flow_now(flow).await });
+    }
+
+    /// [`finish_flow`](Self::finish_flow), awaited: returns once the
+    /// flow's end (or next iteration) is recorded, or found not due,
+    /// trying again after failures that may pass until the host stops;
+    /// false when it gave up.
+    pub(crate) async fn finish_flow_now(self: &Arc<Self>, flow: Uuid) -> bool {
+        let endings = self;
+        let mut wait = Duration::from_millis(50);
+        // Where the flow was, in case a failed try commits its next
+        // iteration after all (PostgreSQL's failures may have
+        // committed; redb's do not).
+        let before = match endings.shared.store.postgres() {
+            None => None,
+            Some(pg) => {
+                // Most ends leave tasks of their flow to run: then
+                // nothing more is read. (A failed read is left to
+                // `finish`, which reads the count again and is tried
+                // again.)
+                match pg.flow_unfinished(flow).await {
+                    Ok(Some(0)) | Err(_) => {}
+                    Ok(_) => return true,
                 }
-            };
-            'tries: loop {
-                match endings.flows.finish(flow).await {
-                    Ok((created, pins)) => {
-                        endings.admit(&created, false);
-                        // The tasks hold their versions now.
-                        drop(pins);
-                        endings.shared.ended.notify_waiters();
-                    }
-                    // A failure that may pass (PostgreSQL's): finishing
-                    // reads the flow again, so it is tried again, once it
-                    // is known the failed try started no iteration.
-                    Err(EngineError::Store(error)) if error.is_transient() => loop {
-                        if endings.shared.stopping() {
-                            break 'tries;
-                        }
-                        tracing::warn!(%flow, %error, "recording the end of a flow failed; trying again");
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(5));
-                        match endings.admit_next_iteration(flow, before).await {
-                            Some(true) => break 'tries,
-                            Some(false) => continue 'tries,
-                            None => {}
-                        }
-                    },
-                    Err(error) => tracing::error!(%flow, %error, "recording the end of a flow failed"),
-                }
-                break;
+                endings.shared.store.flow(flow).await.ok().flatten().map(|f| f.iteration)
             }
-        });
+        };
+        loop {
+            match endings.flows.finish(flow).await {
+                Ok((created, pins)) => {
+                    endings.admit(&created, false);
+                    // The tasks hold their versions now.
+                    drop(pins);
+                    endings.shared.ended.notify_waiters();
+                    return true;
+                }
+                // A failure that may pass (PostgreSQL's): finishing
+                // reads the flow again, so it is tried again, once it
+                // is known the failed try started no iteration.
+                Err(EngineError::Store(error)) if error.is_transient() => loop {
+                    if endings.shared.stopping() {
+                        return false;
+                    }
+                    tracing::warn!(%flow, %error, "recording the end of a flow failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                    match endings.admit_next_iteration(flow, before).await {
+                        Some(true) => return true,
+                        Some(false) => break,
+                        None => {}
+                    }
+                },
+                Err(error) => {
+                    tracing::error!(%flow, %error, "recording the end of a flow failed");
+                    return false;
+                }
+            }
+        }
     }
 }

@@ -57,14 +57,23 @@ impl CountChanges {
         self.recount.insert(flow);
     }
 
-    /// Writes the changes, after the tasks' and flows' rows are written.
+    /// Writes the changes, after the tasks' and flows' rows are written,
+    /// and notes each flow whose count they brought to zero (see
+    /// [`PgStore::flow_ends_noted`]).
     pub(super) async fn write(self, conn: &mut PgConnection) -> Result<(), StoreError> {
         let recount: Vec<Uuid> = self.recount.into_iter().collect();
         if !recount.is_empty() {
-            sqlx::query(&format!("UPDATE taskhost_flows AS f SET unfinished = {} WHERE f.id = ANY($1)", count()))
-                .bind(&recount)
-                .execute(&mut *conn)
-                .await?;
+            sqlx::query(&format!(
+                "WITH counted AS (
+                     UPDATE taskhost_flows AS f SET unfinished = {} WHERE f.id = ANY($1) RETURNING f.id, f.unfinished
+                 )
+                 INSERT INTO taskhost_flow_ends (flow_id) SELECT id FROM counted WHERE unfinished = 0
+                 ON CONFLICT (flow_id) DO NOTHING",
+                count()
+            ))
+            .bind(&recount)
+            .execute(&mut *conn)
+            .await?;
         }
         let (mut ids, mut deltas) = (Vec::new(), Vec::new());
         for (flow, by) in self.by {
@@ -76,8 +85,13 @@ impl CountChanges {
         if !ids.is_empty() {
             // NULL + anything stays NULL: counted when read.
             sqlx::query(
-                "UPDATE taskhost_flows AS f SET unfinished = f.unfinished + d.delta
-                 FROM unnest($1::uuid[], $2::bigint[]) AS d (id, delta) WHERE f.id = d.id",
+                "WITH moved AS (
+                     UPDATE taskhost_flows AS f SET unfinished = f.unfinished + d.delta
+                     FROM unnest($1::uuid[], $2::bigint[]) AS d (id, delta) WHERE f.id = d.id
+                     RETURNING f.id, f.unfinished, d.delta
+                 )
+                 INSERT INTO taskhost_flow_ends (flow_id) SELECT id FROM moved WHERE unfinished = 0 AND delta < 0
+                 ON CONFLICT (flow_id) DO NOTHING",
             )
             .bind(&ids)
             .bind(&deltas)
@@ -98,7 +112,51 @@ fn count() -> String {
     )
 }
 
+/// A flow whose count of unended tasks reached zero, as noted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowEndNote {
+    /// The flow.
+    pub flow: Uuid,
+    /// When the note was made, on the database's clock (milliseconds since
+    /// the Unix epoch): it identifies the note.
+    pub noted_at_ms: i64,
+}
+
 impl PgStore {
+    /// Flows whose count of unended tasks reached zero at least `age` ago
+    /// and whose end is not recorded yet, oldest first, at most `limit`.
+    /// The transaction that ends a flow's last task notes the flow; the
+    /// next write of the flow's record (its end, its next iteration, a
+    /// cancel) clears the note. So a note this old says the host that
+    /// ended the last task stopped before it recorded the flow's end:
+    /// another records it, then [`forget_flow_end`](Self::forget_flow_end)s
+    /// the note (a flow already ended, or removed, leaves only the note).
+    pub async fn flow_ends_noted(&self, age: std::time::Duration, limit: usize) -> Result<Vec<FlowEndNote>, PgError> {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "SELECT flow_id, (extract(epoch FROM noted_at) * 1000)::bigint FROM taskhost_flow_ends
+             WHERE noted_at <= clock_timestamp() - $1 * interval '1 millisecond'
+             ORDER BY noted_at LIMIT $2",
+        )
+        .bind(super::leases::millis(age))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(|(flow, noted_at_ms)| FlowEndNote { flow, noted_at_ms }).collect())
+    }
+
+    /// Removes `note`, unless the flow was noted again since.
+    pub async fn forget_flow_end(&self, note: FlowEndNote) -> Result<(), PgError> {
+        sqlx::query(
+            "DELETE FROM taskhost_flow_ends
+             WHERE flow_id = $1 AND (extract(epoch FROM noted_at) * 1000)::bigint = $2",
+        )
+        .bind(note.flow)
+        .bind(note.noted_at_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// How many tasks of flow `id` have not ended (pending, running or
     /// retrying), read under the flow's lock; `None` for a flow without a
     /// record (one that never grew past its root). A count not known is

@@ -42,6 +42,7 @@ mod txn;
 mod wakeups;
 
 pub use committer::{CommitConfig, PgCommitter};
+pub use flow_counts::FlowEndNote;
 pub use hosts::HostRow;
 pub(crate) use leader::Standing;
 pub use leader::{Leader, Term};

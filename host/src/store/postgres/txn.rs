@@ -297,9 +297,16 @@ impl<'c> PgTxn<'c> {
         }
         if !w.flows.is_empty() {
             let (ids, records): (Vec<Uuid>, Vec<Vec<u8>>) = w.flows.drain().unzip();
+            // A flow's write (its end, its next iteration, a cancel)
+            // clears its note of a count at zero (`flow_counts.rs`); this
+            // transaction's own counts, written next, may note it again.
             sqlx::query(
-                "INSERT INTO taskhost_flows (id, record) SELECT * FROM unnest($1::uuid[], $2::bytea[])
-                 ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+                "WITH written AS (
+                     INSERT INTO taskhost_flows (id, record) SELECT * FROM unnest($1::uuid[], $2::bytea[])
+                     ON CONFLICT (id) DO UPDATE SET record = excluded.record
+                     RETURNING id
+                 )
+                 DELETE FROM taskhost_flow_ends WHERE flow_id IN (SELECT id FROM written)",
             )
             .bind(&ids)
             .bind(&records)
