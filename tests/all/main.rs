@@ -53,6 +53,9 @@ mod limits;
 /// What tasks log and print under the server: kept per attempt within a
 /// cap, shown and followed over HTTP and the CLI.
 mod logs;
+/// Three `taskhost serve --many-hosts` on one PostgreSQL database: a
+/// kill, a freeze, every task once, flows whole, the lead failing over.
+mod many_hosts;
 /// The OpenAPI document: every route with its scope, a real validator,
 /// live answers against their schemas.
 mod openapi;

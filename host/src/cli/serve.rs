@@ -77,8 +77,9 @@ pub(crate) struct ServeArgs {
     /// `postgres:///DATABASE?host=/SOCKET/DIR`) instead of the redb file in
     /// the data directory, which still holds the artifact cache and
     /// uploads. TLS: add `?sslmode=verify-full&sslrootcert=CA.pem`. The
-    /// configuration file's `[server] store` wins. One host at a time runs
-    /// on a database in this version (others may wait: --standby).
+    /// configuration file's `[server] store` wins. One host serves a
+    /// database alone (others may wait: --standby), unless every host
+    /// serving it passes --many-hosts.
     #[arg(long, value_name = "URL", env = "TASKHOST_STORE", hide_env_values = true, value_parser = store_url)]
     store: Option<taskhost::engine::StoreUrl>,
     /// With --store: how long this host holds the database without a
@@ -93,6 +94,12 @@ pub(crate) struct ServeArgs {
     /// refusing to start.
     #[arg(long)]
     standby: bool,
+    /// With --store: serve the database together with the other hosts
+    /// started with --many-hosts, each claiming tasks under leases, one of
+    /// them (elected) running retention. Each needs a data directory of
+    /// its own. Refused beside a host serving the database alone.
+    #[arg(long, conflicts_with = "standby")]
+    many_hosts: bool,
     /// Watch DIR for `NAME.wasm`, `NAME@VERSION.wasm` and `NAME.toml`
     /// (manifest) files and load them live.
     #[arg(long, value_name = "DIR")]
@@ -434,6 +441,10 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
     if args.standby && config.store_url.is_none() {
         return fail(EXIT_USAGE, "--standby needs a PostgreSQL store (--store, or the file's store)");
     }
+    if args.many_hosts && config.store_url.is_none() {
+        return fail(EXIT_USAGE, "--many-hosts needs a PostgreSQL store (--store, or the file's store)");
+    }
+    config.many_hosts = args.many_hosts;
     let backend = if config.store_url.is_some() { "PostgreSQL" } else { "redb" };
     let sandbox = &mut config.sandbox;
     let ceilings = &mut sandbox.ceilings;

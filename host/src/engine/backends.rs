@@ -524,3 +524,49 @@ async fn a_flow_whose_last_step_ended_on_a_host_that_stopped_first_is_finished_b
     h.runner.gate.add_permits(1);
     assert_eq!(h.engine.wait(blocker, WAIT).await.unwrap().state, TaskState::Completed);
 }
+
+/// Two hosts serving one database together (`many_hosts`): one leads, a
+/// host serving alone is refused beside them, and the tasks and a flow's
+/// steps submitted to either run on both, each once, every wait answered
+/// by either host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hosts_serving_together_share_the_work_and_run_each_task_once() {
+    let url = taskhost_test_postgres::cluster().database("engine_many_hosts");
+    let together = |c: &mut EngineConfig| {
+        tweak(c);
+        c.many_hosts = true;
+    };
+    let a = Harness::on_url(url.clone(), together).await.unwrap();
+    let b = Harness::on_url(url.clone(), together).await.unwrap();
+    let leading = [&a, &b].iter().filter(|h| h.shared.store.postgres().unwrap().leads().is_some()).count();
+    assert_eq!(leading, 1, "one of them leads");
+    let refused = Harness::on_url(url.clone(), tweak).await.err().expect("a host serving alone is refused");
+    assert!(format!("{refused:#}").contains("another taskhost host serves this PostgreSQL database"), "{refused:#}");
+    let mut ids = Vec::new();
+    for i in 0..120u8 {
+        let on = if i % 2 == 0 { &a } else { &b };
+        let new = task("echo", &Script::Sleep(5, vec![i]));
+        ids.push((i, on.engine.submit(new).await.unwrap().record.id));
+    }
+    let spec = serde_json::json!({
+        "input": Script::Sleep(5, b"step".to_vec()),
+        "steps": {"series": [
+            {"parallel": (0..12).map(|i| serde_json::json!({"id": format!("p{i}"), "plugin": "echo"})).collect::<Vec<_>>()},
+            {"id": "last", "plugin": "echo"},
+        ]},
+    });
+    let flow = a.engine.submit_flow(serde_json::from_value(spec).unwrap()).await.unwrap().flow.id;
+    for (i, id) in &ids {
+        // Waited for on the host it was not submitted to.
+        let other = if i % 2 == 0 { &b } else { &a };
+        let done = other.engine.wait(*id, WAIT).await.unwrap();
+        assert_eq!((done.state, done.attempts), (TaskState::Completed, 1), "{done:?}");
+        assert_eq!(other.engine.output(*id).await.unwrap(), Some(vec![*i]));
+        assert_eq!(a.runner.calls(*id) + b.runner.calls(*id), 1, "task {id} ran once");
+    }
+    let done = b.engine.wait_flow(flow, WAIT).await.unwrap();
+    assert_eq!(done.flow.state, FlowState::Completed, "{:?}", done.flow);
+    assert_eq!(done.tasks.len(), 13);
+    let ran = |h: &Harness| ids.iter().filter(|(_, id)| h.runner.calls(*id) == 1).count();
+    assert!(ran(&a) > 0 && ran(&b) > 0, "both hosts ran tasks: {} and {}", ran(&a), ran(&b));
+}

@@ -56,6 +56,12 @@ pub struct EngineConfig {
     /// this host waits, and may be told to stop waiting. Default `None`:
     /// refuse.
     pub standby: Option<crate::store::postgres::Standby>,
+    /// On PostgreSQL: serve the database together with the other hosts
+    /// started so, each claiming tasks under leases, the leader (elected
+    /// among them) running retention (see `store/postgres/many.rs`).
+    /// Refused beside a host serving alone, and with a standby. Default
+    /// false: serve alone.
+    pub many_hosts: bool,
     /// Backoff between attempts.
     pub retry: RetryPolicy,
     /// `max_attempts` of a task that sets none. Default 3.
@@ -129,6 +135,7 @@ impl Default for EngineConfig {
             store_url: None,
             store_lease: Duration::from_secs(15),
             standby: None,
+            many_hosts: false,
             retry: RetryPolicy::default(),
             default_max_attempts: 3,
             plugins_dir: None,

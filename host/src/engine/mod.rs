@@ -309,12 +309,34 @@ impl Engine {
             shared.tenants.add_stored(tenant, *bytes);
         }
         // Tasks the host died running: back to pending (their attempt was
-        // counted when it started), or failed once out of attempts.
+        // counted when it started), or failed once out of attempts. Beside
+        // other hosts, only those this host ran before it restarted and
+        // those no live lease holds (the others are theirs, or their
+        // reapers').
+        let together = shared.store.postgres().filter(|pg| pg.together());
+        let interrupted = match together {
+            None => interrupted,
+            Some(pg) => {
+                let ours =
+                    pg.store().running_to_take_back(&shared.host).await.map_err(crate::store::StoreError::from)?;
+                interrupted.into_iter().filter(|r| ours.contains(&r.id)).collect()
+            }
+        };
         let changes = interrupted
             .into_iter()
             .map(|record| shared.store.transition(crate::store::interrupted(&record, "the host stopped")));
         for result in futures::future::join_all(changes).await {
-            let record = result?;
+            let record = match result {
+                Ok(record) => record,
+                // Moved meanwhile by another host (its reaper, say).
+                Err(
+                    crate::store::StoreError::VersionMismatch { .. }
+                    | crate::store::StoreError::IllegalTransition { .. },
+                ) if together.is_some() => {
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             shared.metrics.moved(&record.queue, Some(TaskState::Running), record.state);
             if record.state == TaskState::Pending {
                 unfinished.push(record);
@@ -1014,16 +1036,57 @@ async fn open_store(config: &EngineConfig, host: &str) -> anyhow::Result<(Db, re
         return Ok((Db::Redb(store), found));
     };
     let host = host.to_owned();
+    let serving = match (config.many_hosts, config.standby.as_ref()) {
+        (false, standby) => crate::store::Serving::Alone(standby),
+        (true, None) => crate::store::Serving::Together,
+        (true, Some(_)) => anyhow::bail!("a host serving a database together with others does not stand by"),
+    };
+    // A host serving together names itself by its data directory's host
+    // id, and takes back its own leases at start: one process a directory.
+    let dir_lock = match serving {
+        crate::store::Serving::Together => {
+            let dir = config.data_dir.clone();
+            Some(blocking(move || lock_data_dir(&dir)).await?)
+        }
+        crate::store::Serving::Alone(_) => None,
+    };
     let store = crate::store::postgres::PgStore::connect(url, PG_CONNECTIONS).await?;
-    let standby = config.standby.as_ref();
-    let pg = crate::store::PgDb::open(store, host, PG_COMMIT_WORKERS, config.store_lease, standby).await?;
-    let db = Db::Postgres(Arc::new(pg));
+    let pg = crate::store::PgDb::open(store, host, PG_COMMIT_WORKERS, config.store_lease, serving).await?;
+    let db = Db::Postgres(Arc::new(pg.with_dir_lock(dir_lock)));
     let found = recovery::Found::scan_db(&db).await.context("reading the PostgreSQL store's tasks")?;
     Ok((db, found))
 }
 
 /// The file in the data directory that names this host to a shared store.
 const HOST_FILE: &str = "host-id";
+
+/// The file a host serving a database together with others locks in its
+/// data directory while it runs.
+const HOST_LOCK: &str = "host.lock";
+
+/// Locks the data directory's [`HOST_LOCK`] (made if missing): refused
+/// while another process holds it.
+fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context as _;
+    let path = dir.join(HOST_LOCK);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "the data directory {} is in use by another taskhost host (its host id names one host to the \
+             database): give each host a data directory of its own",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(anyhow::Error::new(e).context(format!("locking {}", path.display())))
+        }
+    }
+}
 
 /// This host's name in a shared store (its artifact hashes are kept under
 /// it): made once, at random, in the data directory (made if missing,

@@ -41,6 +41,12 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             () = shared.halted() => return,
             () = tokio::time::sleep(every) => {}
         }
+        // Beside other hosts, the leader sweeps. (A sweep of a leader
+        // deposed meanwhile is harmless: each unit's deletion checks it
+        // again under its locks.)
+        if shared.store.postgres().is_some_and(|pg| pg.leads().is_none()) {
+            continue;
+        }
         if let Err(error) = sweep(&shared).await {
             tracing::warn!(%error, "deleting ended tasks past their retention failed; the next sweep tries again");
         }

@@ -15,7 +15,8 @@
 
 use super::events::{Feed, Subscription};
 use super::postgres::{
-    Claimed, CommitConfig, Lease, PgCommitter, PgError, PgStore, QueueBacklog, SoleEngine, Standby, Wakeups,
+    Claimed, CommitConfig, Lease, ManyHosts, PgCommitter, PgError, PgStore, QueueBacklog, SoleEngine, Standby, Term,
+    Wakeups,
 };
 use super::retention::{Expired, Removed, Retention};
 use super::{
@@ -52,7 +53,29 @@ pub struct PgDb {
     committer: PgCommitter,
     feed: Feed,
     /// The database's engine lock, held while this host runs.
-    sole: SoleEngine,
+    hold: Hold,
+    /// The data directory's lock, held while this host runs (serving
+    /// together: its host id is its own).
+    _dir_lock: Option<std::fs::File>,
+}
+
+/// How a host holds its PostgreSQL database's engine lock.
+enum Hold {
+    /// Alone (exclusively), its commits and claims fenced by its term.
+    Alone(SoleEngine),
+    /// Together with other hosts (shared): leases fence what its attempts
+    /// write, and it leads when the election says so.
+    Together(ManyHosts),
+}
+
+/// How a host serves a PostgreSQL database.
+#[derive(Debug, Clone, Copy)]
+pub enum Serving<'a> {
+    /// Alone: refused while another host serves it, or, with a standby,
+    /// waiting until it can take over.
+    Alone(Option<&'a Standby>),
+    /// Together with the other hosts started so (`--many-hosts`).
+    Together,
 }
 
 /// Operations waiting for PostgreSQL's group committer at most; callers
@@ -63,32 +86,58 @@ const PG_QUEUE: usize = 4096;
 const PG_BATCH: usize = 256;
 
 impl PgDb {
-    /// The engine's handle of `store` for the host named `host`: takes the
-    /// database's engine lock and lead, renewed for `lease` at a time (see
-    /// `postgres/sole.rs`), and starts the group committer with `workers`
-    /// workers (each holds a connection while it commits), every commit
-    /// fenced by the lead's term. With `standby`, waits while another host
-    /// holds the database (telling `standby` what it sees) instead of
+    /// The engine's handle of `store` for the host named `host`, serving
+    /// it alone or together with others (`serving`; see
+    /// `postgres/sole.rs` and `postgres/many.rs`), its lease of `lease`;
+    /// starts the group committer with `workers` workers (each holds a
+    /// connection while it commits). A host serving alone fences every
+    /// commit with its term, and with a standby waits while another host
+    /// holds the database (telling the standby what it sees) instead of
     /// refusing ([`PgError::InUse`]).
     pub async fn open(
         store: PgStore,
         host: String,
         workers: usize,
         lease: Duration,
-        standby: Option<&Standby>,
+        serving: Serving<'_>,
     ) -> Result<Self, PgError> {
         let runtime = tokio::runtime::Handle::current();
         if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
             // Some reads wait in place (`wait`), which needs other workers.
             return Err(PgError::Unsupported("a PostgreSQL store on a single-threaded Tokio runtime".into()));
         }
-        let sole = match standby {
-            None => store.hold_sole_engine(&host, lease).await?,
-            Some(tell) => store.stand_by_for_sole_engine(&host, lease, tell).await?,
+        let hold = match serving {
+            Serving::Alone(None) => Hold::Alone(store.hold_sole_engine(&host, lease).await?),
+            Serving::Alone(Some(tell)) => Hold::Alone(store.stand_by_for_sole_engine(&host, lease, tell).await?),
+            Serving::Together => Hold::Together(store.join_many_hosts(&host, lease).await?),
         };
-        let fence = Some(sole.term());
+        let fence = match &hold {
+            Hold::Alone(sole) => Some(sole.term()),
+            Hold::Together(_) => None,
+        };
         let committer = store.committer(CommitConfig { queue: PG_QUEUE, batch: PG_BATCH, workers, fence });
-        Ok(Self { store, runtime, host, committer, feed: Feed::default(), sole })
+        Ok(Self { store, runtime, host, committer, feed: Feed::default(), hold, _dir_lock: None })
+    }
+
+    /// Whether other hosts may serve the database beside this one.
+    pub(crate) fn together(&self) -> bool {
+        matches!(self.hold, Hold::Together(_))
+    }
+
+    /// This host's term while it leads: always, serving alone; as last
+    /// elected, serving together.
+    pub(crate) fn leads(&self) -> Option<Term> {
+        match &self.hold {
+            Hold::Alone(sole) => Some(sole.term()),
+            Hold::Together(many) => many.term(),
+        }
+    }
+
+    /// Keeps `lock` (the data directory's) for as long as this handle
+    /// lives.
+    pub(crate) fn with_dir_lock(mut self, lock: Option<std::fs::File>) -> Self {
+        self._dir_lock = lock;
+        self
     }
 
     /// The store.
@@ -140,7 +189,12 @@ impl PgDb {
     pub(crate) async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
         // Fenced as the group committer's commits are: a deposed host
         // starts nothing.
-        let claimed = self.store.claim_fenced(&self.host, limit, lease, Some(self.sole.term())).await?;
+        let fence = match &self.hold {
+            Hold::Alone(sole) => Some(sole.term()),
+            // Each claim's lease fences what its attempt writes.
+            Hold::Together(_) => None,
+        };
+        let claimed = self.store.claim_fenced(&self.host, limit, lease, fence).await?;
         claimed.iter().for_each(|c| self.feed.published(&c.record));
         Ok(claimed)
     }
@@ -250,7 +304,10 @@ impl Db {
     pub async fn lost(&self) -> String {
         match self {
             Db::Redb(_) => std::future::pending().await,
-            Db::Postgres(pg) => pg.sole.lost().await,
+            Db::Postgres(pg) => match &pg.hold {
+                Hold::Alone(sole) => sole.lost().await,
+                Hold::Together(many) => many.lost().await,
+            },
         }
     }
 

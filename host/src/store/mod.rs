@@ -26,7 +26,7 @@ mod tables;
 
 pub use access::{AUDIT_KEEP, AuditEntry, StoredToken, TenantQuotas, TenantRecord};
 pub use commit::WriteFault;
-pub use db::{Db, PgDb};
+pub use db::{Db, PgDb, Serving};
 pub use deliveries::CallbackOutcome;
 pub use error::StoreError;
 pub use events::{EVENTS_BUFFER, EVENTS_KEPT, Subscription, TaskEvent};

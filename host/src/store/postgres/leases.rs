@@ -182,6 +182,21 @@ impl PgStore {
         Ok(tasks.into_iter().filter(|t| !renewed.contains(t)).collect())
     }
 
+    /// The running tasks a host named `host` that starts may take back:
+    /// those it held leases on before it restarted, those whose lease
+    /// lapsed, and those without one (started by a host of an earlier
+    /// version). The others run on live hosts.
+    pub async fn running_to_take_back(&self, host: &str) -> Result<HashSet<Uuid>, PgError> {
+        let ids: Vec<Uuid> = sqlx::query_scalar(
+            "SELECT t.id FROM taskhost_tasks AS t LEFT JOIN taskhost_leases AS l ON l.task_id = t.id
+             WHERE t.state = 'running' AND (l.task_id IS NULL OR l.host = $1 OR l.expires_at <= clock_timestamp())",
+        )
+        .bind(host)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(ids.into_iter().collect())
+    }
+
     /// The live leases `host` holds on running tasks.
     pub async fn leases_of(&self, host: &str) -> Result<Vec<Lease>, PgError> {
         let rows: Vec<(Uuid, i64)> = sqlx::query_as(

@@ -32,6 +32,7 @@ mod joins;
 mod leader;
 mod leases;
 mod listings;
+mod many;
 mod plugins;
 mod quarantine;
 mod queues;
@@ -47,6 +48,7 @@ pub use hosts::HostRow;
 pub(crate) use leader::Standing;
 pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
+pub use many::ManyHosts;
 pub use queues::QueueBacklog;
 pub use sole::{MIN_LEASE, STANDBY_POLL, SoleEngine, Standby, StandbyState};
 pub use wakeups::{Wakeup, Wakeups};
@@ -132,11 +134,18 @@ pub enum PgError {
     CommitterStopped,
     /// Another host's engine serves this database.
     #[error(
-        "another taskhost host serves this PostgreSQL database; in this version one host at a time runs the \
-         engine on a database: stop the other one first, or start this one with --standby to take over once it \
-         stops"
+        "another taskhost host serves this PostgreSQL database: stop it first, start this one with --standby to \
+         take over once it stops, or, where the hosts serve together (--many-hosts), start this one with \
+         --many-hosts too"
     )]
     InUse,
+    /// A host serves this database alone (started without
+    /// `--many-hosts`): no host may join it.
+    #[error(
+        "a taskhost host serves this PostgreSQL database alone (started without --many-hosts): stop it, and start \
+         every host with --many-hosts to serve the database together"
+    )]
+    ServedAlone,
     /// This host's engine was deposed: another host took over the
     /// database (this one's lease had lapsed); nothing was written.
     #[error(

@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-/// The lock's name.
-const SOLE: &str = "taskhost sole engine";
+/// The lock's name (hosts serving together hold it shared: `many.rs`).
+pub(super) const SOLE: &str = "taskhost sole engine";
 
 /// How often the lease is renewed (and the lock's connection checked).
 pub(super) const CHECK_EVERY: Duration = Duration::from_secs(2);

@@ -1,0 +1,162 @@
+//! Many hosts serving one database together (`taskhost serve
+//! --many-hosts`): each claims tasks under leases and fences its outcomes
+//! with them (`leases.rs`), so none needs to be the only one; the duties
+//! that must run on one host at a time (retention) run on the leader,
+//! elected through the leader row (`leader.rs`).
+//!
+//! A joining host takes the engine lock of `sole.rs` **shared**, on a
+//! connection of its own, for as long as it serves: hosts serving together
+//! hold it side by side, and a host serving alone (which holds it
+//! exclusively) and hosts serving together never serve one database at
+//! once, whichever started first. On the same connection it asks for the
+//! lead every [`CHECK_EVERY`](super::sole::CHECK_EVERY): the row is taken
+//! only once the leader's lease lapsed, so after the leader stops another
+//! host leads within one lease plus one check. [`ManyHosts::term`] says
+//! whether this host leads, under which term.
+//!
+//! Once the connection fails (the server restarted, the network went), or
+//! three checks in a row go unanswered, [`ManyHosts::lost`] says so: the
+//! lock may be gone, and a host serving alone could start, so this host
+//! stops too.
+
+use super::leader::Term;
+use super::leases::millis;
+use super::sole::{CHECK_EVERY, MIN_LEASE, SOLE};
+use super::{PgError, PgStore};
+use sqlx::postgres::PgConnection;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Checks in a row unanswered that count as the connection lost.
+const TIMEOUTS: u32 = 3;
+
+/// This host's place among the hosts serving a database together.
+/// Dropping it stops the checks and closes the connection, which releases
+/// its share of the lock.
+#[derive(Debug)]
+pub struct ManyHosts {
+    term: watch::Receiver<Option<Term>>,
+    lost: watch::Receiver<Option<String>>,
+    check: tokio::task::AbortHandle,
+}
+
+impl Drop for ManyHosts {
+    fn drop(&mut self) {
+        self.check.abort();
+    }
+}
+
+impl ManyHosts {
+    /// This host's term while it leads (as of its last check), else
+    /// `None`.
+    pub fn term(&self) -> Option<Term> {
+        *self.term.borrow()
+    }
+
+    /// Waits until the lock's connection is lost; why.
+    pub async fn lost(&self) -> String {
+        let mut lost = self.lost.clone();
+        let why = lost.wait_for(Option::is_some).await.map(|why| why.clone().unwrap_or_default());
+        match why {
+            Ok(why) => why,
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+impl PgStore {
+    /// Joins the hosts serving this database together as `host`, asking
+    /// for the lead for `lease` at a time (at least [`MIN_LEASE`]).
+    /// Refused ([`PgError::ServedAlone`]) while a host serves it alone.
+    pub async fn join_many_hosts(&self, host: &str, lease: Duration) -> Result<ManyHosts, PgError> {
+        if lease < MIN_LEASE {
+            return Err(PgError::Setting(format!("the engine lease must be at least {MIN_LEASE:?}")));
+        }
+        let mut conn = self.pool().acquire().await?.detach();
+        let joined: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock_shared(hashtextextended($1, 0))")
+            .bind(SOLE)
+            .fetch_one(&mut conn)
+            .await?;
+        if !joined {
+            return Err(PgError::ServedAlone);
+        }
+        let first = lead_on(&mut conn, host, lease).await?;
+        let (tell_term, term) = watch::channel(first);
+        let (tell_lost, lost) = watch::channel(None);
+        let check = tokio::spawn(check(conn, host.to_owned(), lease, tell_term, tell_lost)).abort_handle();
+        Ok(ManyHosts { term, lost, check })
+    }
+}
+
+/// Leads, or keeps leading, for `lease` from now, unless another host's
+/// lease is live (see [`PgStore::lead`]), on `conn`. The row names no
+/// session: a host serving alone ends only the session of a lapsed host
+/// serving alone (`sole.rs`).
+async fn lead_on(conn: &mut PgConnection, host: &str, lease: Duration) -> Result<Option<Term>, PgError> {
+    let term: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO taskhost_leader AS l (singleton, host, term, expires_at, pid)
+         VALUES (true, $1, nextval('taskhost_leader_terms'), clock_timestamp() + $2 * interval '1 millisecond', NULL)
+         ON CONFLICT (singleton) DO UPDATE
+           SET host = excluded.host,
+               term = CASE WHEN l.host = excluded.host AND l.expires_at > clock_timestamp()
+                           THEN l.term ELSE excluded.term END,
+               expires_at = excluded.expires_at,
+               pid = NULL
+           WHERE l.host = excluded.host OR l.expires_at <= clock_timestamp()
+         RETURNING term",
+    )
+    .bind(host)
+    .bind(millis(lease))
+    .fetch_optional(conn)
+    .await?;
+    Ok(term.map(Term))
+}
+
+/// Asks for the lead every [`CHECK_EVERY`] until the connection fails,
+/// then says why (and holds the connection until dropped).
+async fn check(
+    mut conn: PgConnection,
+    host: String,
+    lease: Duration,
+    term: watch::Sender<Option<Term>>,
+    lost: watch::Sender<Option<String>>,
+) {
+    let mut every = tokio::time::interval(CHECK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every.tick().await;
+    let mut late = 0;
+    let why = loop {
+        every.tick().await;
+        match tokio::time::timeout(CHECK_EVERY, lead_on(&mut conn, &host, lease)).await {
+            Ok(Ok(now)) => {
+                late = 0;
+                let was = term.send_replace(now);
+                if was != now {
+                    match now {
+                        Some(t) => tracing::info!(term = t.0, "this host leads the hosts serving its database"),
+                        None => tracing::info!("another host leads the hosts serving this database"),
+                    }
+                }
+            }
+            Ok(Err(error)) => {
+                break format!("the connection holding this host's share of the engine lock failed: {error}");
+            }
+            Err(_) => {
+                // Not known to lead any more: its duties wait.
+                term.send_replace(None);
+                late += 1;
+                if late >= TIMEOUTS {
+                    break format!(
+                        "the connection holding this host's share of the engine lock did not answer {TIMEOUTS} \
+                         checks in a row, each within {CHECK_EVERY:?}"
+                    );
+                }
+            }
+        }
+    };
+    term.send_replace(None);
+    tracing::error!(%why, "this host can no longer be sure no host serves its PostgreSQL database alone");
+    let _ = lost.send(Some(why));
+    std::future::pending::<()>().await;
+    drop(conn);
+}

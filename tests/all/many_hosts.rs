@@ -1,0 +1,195 @@
+//! Three `taskhost serve --many-hosts` processes serving one PostgreSQL
+//! database together through a SIGKILL of the leader and a freeze
+//! (SIGSTOP past the lease) of another: every accepted task completes
+//! once, fan-out flows complete whole, a repeating flow neither loses nor
+//! doubles an iteration, and the lead fails over.
+
+use crate::recovery::{Server, free_port, start_with, upload};
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Tasks submitted in all (the issue's 10,000).
+const TASKS: usize = 10_000;
+
+/// The lease: a frozen host's tasks are taken back this long after its
+/// last renewal.
+const LEASE_SECS: u64 = 6;
+
+/// The host id in data directory `dir`.
+fn host_id(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("host-id")).unwrap().trim().to_owned()
+}
+
+/// The leading host's id and whether its lease is live.
+async fn leader(db: &sqlx::PgPool) -> Option<(String, bool)> {
+    sqlx::query_as("SELECT host, expires_at > clock_timestamp() FROM taskhost_leader").fetch_optional(db).await.unwrap()
+}
+
+/// How many of `ids` have completed.
+async fn completed(db: &sqlx::PgPool, ids: &[uuid::Uuid]) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM taskhost_tasks WHERE id = ANY($1) AND state = 'completed'")
+        .bind(ids)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// Submits `tasks` to the server at `base` in one batch: their ids.
+async fn submit_batch(http: &reqwest::Client, base: &str, tasks: Vec<Value>) -> Vec<uuid::Uuid> {
+    let answer: Value = http
+        .post(format!("{base}/v1/tasks:batch"))
+        .json(&json!({"tasks": tasks}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let results = answer["results"].as_array().unwrap_or_else(|| panic!("{answer}"));
+    results.iter().map(|r| r["id"].as_str().unwrap_or_else(|| panic!("{r}")).parse().unwrap()).collect()
+}
+
+/// A flow's view from the server at `base`.
+async fn flow(http: &reqwest::Client, base: &str, id: &str) -> Value {
+    http.get(format!("{base}/v1/flows/{id}")).send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_serve_one_database_together_through_a_kill_and_a_freeze() {
+    let url = taskhost_test_postgres::cluster().database("serve_many_hosts");
+    let lease = format!("{LEASE_SECS}s");
+    let flags = ["--store", &url, "--store-lease", &lease, "--many-hosts"];
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let first = start_with(dirs[0].path(), free_port(), &flags).await;
+    let http = crate::admin_client(dirs[0].path()).await;
+    // Plugins are read at start (an upload is not yet seen by running
+    // hosts): uploaded before the others start.
+    upload(&http, &first.base, "sleep", taskhost_test_artifacts::SLEEP.bytes()).await;
+    let token = taskhost::auth::ADMIN_TOKEN_FILE;
+    for dir in &dirs[1..] {
+        std::fs::copy(dirs[0].path().join(token), dir.path().join(token)).unwrap();
+    }
+    let mut hosts: Vec<Server> = vec![first];
+    for dir in &dirs[1..] {
+        hosts.push(start_with(dir.path(), free_port(), &flags).await);
+    }
+    let ids: Vec<String> = dirs.iter().map(|d| host_id(d.path())).collect();
+    let db = sqlx::PgPool::connect(&url).await.unwrap();
+    // Every host is listed live, serving.
+    let listed: Value = http.get(format!("{}/v1/hosts", hosts[2].base)).send().await.unwrap().json().await.unwrap();
+    let live = listed["hosts"].as_array().unwrap().iter().filter(|h| h["live"] == true).count();
+    assert_eq!(live, 3, "{listed}");
+
+    // A repeating flow, every 500 ms, for as long as the run lasts.
+    let repeating = json!({"steps": {"plugin": "sleep", "input": 1}, "repeat": {"every_ms": 500}});
+    let answer: Value =
+        http.post(format!("{}/v1/flows", hosts[0].base)).json(&repeating).send().await.unwrap().json().await.unwrap();
+    let repeater = answer["id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_owned();
+    // Six fan-out flows: 40 steps side by side, then one that joins them.
+    let mut flows = Vec::new();
+    for i in 0..6 {
+        let parallel: Vec<Value> = (0..40).map(|s| json!({"id": format!("s{s}"), "plugin": "sleep"})).collect();
+        let spec =
+            json!({"input": 20, "steps": [{"parallel": parallel}, {"id": "join", "plugin": "sleep", "input": 20}]});
+        let base = &hosts[i % 3].base;
+        let answer: Value =
+            http.post(format!("{base}/v1/flows")).json(&spec).send().await.unwrap().json().await.unwrap();
+        flows.push(answer["id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_owned());
+    }
+    // The tasks, in batches to each host in turn.
+    let mut tasks = Vec::with_capacity(TASKS);
+    for (i, chunk) in (0..TASKS).collect::<Vec<_>>().chunks(1000).enumerate() {
+        let batch = chunk.iter().map(|_| json!({"plugin": "sleep", "input": 20})).collect();
+        tasks.extend(submit_batch(&http, &hosts[i % 3].base, batch).await);
+    }
+    assert_eq!(tasks.len(), TASKS);
+
+    // Mid-run: the leader is killed, and another host frozen past its
+    // lease.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while completed(&db, &tasks).await < (TASKS / 10) as i64 {
+        assert!(Instant::now() < deadline, "the hosts did not get going");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (leading, live) = leader(&db).await.expect("a host leads");
+    assert!(live);
+    let killed = ids.iter().position(|id| *id == leading).expect("the leader is one of the three");
+    let frozen = (killed + 1) % 3;
+    let survivor = (killed + 2) % 3;
+    hosts[killed].signal(libc::SIGKILL);
+    let killed_at = Instant::now();
+    hosts[frozen].signal(libc::SIGSTOP);
+    // The lead fails over to the host that goes on, within a lease and a
+    // check or two.
+    let deadline = killed_at + Duration::from_secs(LEASE_SECS + 6);
+    loop {
+        if let Some((host, true)) = leader(&db).await
+            && host == ids[survivor]
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lead did not fail over: {:?}", leader(&db).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let failover = killed_at.elapsed();
+    // Frozen past its lease, then resumed: it serves on.
+    tokio::time::sleep(Duration::from_secs(LEASE_SECS + 3).saturating_sub(killed_at.elapsed())).await;
+    let done_before_resume = completed(&db, &tasks).await;
+    hosts[frozen].signal(libc::SIGCONT);
+    assert!(done_before_resume < TASKS as i64, "the run ended before the frozen host resumed");
+
+    // Every accepted task completes.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while completed(&db, &tasks).await < TASKS as i64 {
+        assert!(Instant::now() < deadline, "{} of {TASKS} tasks completed", completed(&db, &tasks).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let health = http.get(format!("{}/healthz", hosts[frozen].base)).send().await.unwrap();
+    assert_eq!(health.status().as_u16(), 200, "the host that was frozen serves on");
+    // Once each: every task that ran more than once (its host killed or
+    // frozen under it) completed once in its history.
+    let survivors = [&hosts[survivor].base, &hosts[frozen].base];
+    let mut rerun = 0;
+    for (i, id) in tasks.iter().enumerate() {
+        let base = survivors[i % 2];
+        let task: Value = http.get(format!("{base}/v1/tasks/{id}")).send().await.unwrap().json().await.unwrap();
+        assert_eq!(task["state"], "completed", "{task}");
+        if task["attempts"].as_u64() == Some(1) {
+            continue;
+        }
+        rerun += 1;
+        let history: Value =
+            http.get(format!("{base}/v1/tasks/{id}/history")).send().await.unwrap().json().await.unwrap();
+        let completions = history["history"].as_array().unwrap().iter().filter(|t| t["to"] == "completed").count();
+        assert_eq!(completions, 1, "task {id} completed once: {history}");
+    }
+    assert!(rerun > 0, "the killed and frozen hosts were running tasks");
+    // The fan-out flows complete whole.
+    for id in &flows {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let view = loop {
+            let view = flow(&http, &hosts[survivor].base, id).await;
+            if view["state"] != "running" {
+                break view;
+            }
+            assert!(Instant::now() < deadline, "flow {id} did not end: {view}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(view["state"], "completed", "{view}");
+        assert_eq!(view["tasks"]["by_state"]["completed"], 41, "{view}");
+    }
+    // The repeating flow goes on, one task per iteration (none doubled),
+    // each iteration after the one before (none lost: it still fires).
+    let before = flow(&http, &hosts[survivor].base, &repeater).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = flow(&http, &hosts[frozen].base, &repeater).await;
+    let (was, now) = (before["iteration"].as_u64().unwrap(), after["iteration"].as_u64().unwrap());
+    assert!(now >= was + 3, "the repeating flow stalled: iteration {was}, then {now}: {after}");
+    assert_eq!(after["state"], "running", "{after}");
+    let total = after["tasks"]["total"].as_u64().unwrap();
+    assert_eq!(total, now + 1, "one task per iteration: {after}");
+    eprintln!(
+        "three hosts: {TASKS} tasks and 6 flows of 41 steps completed; {rerun} ran again after the kill or freeze; \
+         the lead failed over in {failover:?}; the repeating flow reached iteration {now}"
+    );
+}
