@@ -193,3 +193,73 @@ async fn three_hosts_serve_one_database_together_through_a_kill_and_a_freeze() {
          the lead failed over in {failover:?}; the repeating flow reached iteration {now}"
     );
 }
+
+/// Uploads `bytes` as a version of plugin `name` on the server at `base`:
+/// the version.
+async fn upload_version(http: &reqwest::Client, base: &str, name: &str, bytes: Vec<u8>) -> String {
+    let answer = http.post(format!("{base}/v1/plugins/{name}")).body(bytes).send().await.unwrap();
+    assert!(answer.status().is_success(), "uploading {name}: {}", answer.status());
+    let status: Value = answer.json().await.unwrap();
+    status["version"].as_str().unwrap_or_else(|| panic!("{status}")).to_owned()
+}
+
+/// Submits plugin `plugin` with `input` to the server at `base` until it
+/// is accepted (at most 10 s): the task's id.
+async fn submitted(http: &reqwest::Client, base: &str, plugin: &str, input: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = http
+            .post(format!("{base}/v1/tasks"))
+            .json(&json!({"plugin": plugin, "input": input}))
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status();
+        let body: Value = answer.json().await.unwrap();
+        if status.is_success() {
+            return body["id"].as_str().unwrap().to_owned();
+        }
+        assert_eq!(status.as_u16(), 404, "{body}");
+        assert!(Instant::now() < deadline, "{plugin} is still unknown on {base}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A plugin uploaded on one host serving together runs on the others,
+/// and a later version uploaded on another is what a plain name resolves
+/// to everywhere, within a few seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_uploaded_on_one_host_serves_on_the_others() {
+    let url = taskhost_test_postgres::cluster().database("serve_many_hosts_plugins");
+    let flags = ["--store", &url, "--many-hosts"];
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let a = start_with(dirs[0].path(), free_port(), &flags).await;
+    let http = crate::admin_client(dirs[0].path()).await;
+    let token = taskhost::auth::ADMIN_TOKEN_FILE;
+    std::fs::copy(dirs[0].path().join(token), dirs[1].path().join(token)).unwrap();
+    let b = start_with(dirs[1].path(), free_port(), &flags).await;
+    let first = upload_version(&http, &a.base, "shout", taskhost_test_artifacts::UPPERCASE.bytes()).await;
+    let id = submitted(&http, &b.base, "shout", "hi").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let task = loop {
+        let task: Value = http.get(format!("{}/v1/tasks/{id}", b.base)).send().await.unwrap().json().await.unwrap();
+        if task["state"] != "pending" && task["state"] != "running" {
+            break task;
+        }
+        assert!(Instant::now() < deadline, "{task}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!((task["state"].as_str(), task["plugin_version"].as_str()), (Some("completed"), Some(&*first)), "{task}");
+    let second = upload_version(&http, &b.base, "shout", taskhost_test_artifacts::HELLO_TASK.bytes()).await;
+    assert_ne!(first, second);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let id = submitted(&http, &a.base, "shout", "x").await;
+        let task: Value = http.get(format!("{}/v1/tasks/{id}", a.base)).send().await.unwrap().json().await.unwrap();
+        if task["plugin_version"] == second.as_str() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "host a still resolves shout to {}", task["plugin_version"]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -205,6 +205,9 @@ impl Engine {
         .await?;
         // Versions no recovered task holds.
         registry.unload_idle();
+        if engine.inner.shared.store.postgres().is_some_and(|pg| pg.together()) {
+            tokio::spawn(sync_plugins(registry.clone(), engine.inner.shared.clone()));
+        }
         if let Some(dir) = plugins_dir {
             let watch = crate::registry::watch::start(registry, dir).context("watching the plugins directory")?;
             *lock(&engine.inner.watcher) = Some(watch);
@@ -1016,6 +1019,31 @@ impl Engine {
     /// In an engine built on a test runner (never through [`Engine::open`]).
     pub fn sandbox(&self) -> &Sandbox {
         &self.plugin_host().expect("an engine opened with Engine::open has a sandbox").1
+    }
+}
+
+/// Beside other hosts on one database: takes in the plugin versions,
+/// rollbacks, manifests and deletions made on them, every heartbeat, until
+/// the engine halts.
+async fn sync_plugins(registry: Arc<Registry>, shared: Arc<Shared>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            () = shared.halted() => return,
+            () = tokio::time::sleep(hosts::EVERY) => {}
+        }
+        match registry.sync_from_store().await {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("reading the plugins other hosts changed works again");
+            }
+            Ok(_) => {}
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, "reading the plugins other hosts changed failed; trying again");
+            }
+            Err(_) => {}
+        }
     }
 }
 

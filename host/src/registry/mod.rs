@@ -264,6 +264,8 @@ pub(crate) struct Registry {
     compile_thread: Option<std::sync::Mutex<std::sync::mpsc::Sender<CompileJob>>>,
     /// One compile at a time, wherever it runs.
     compile_slot: Semaphore,
+    /// One look at what other hosts changed at a time.
+    sync_slot: tokio::sync::Mutex<()>,
     /// One upload at a time is read whole into memory (for its declared
     /// version, or to be stored).
     whole_slot: Semaphore,
@@ -373,6 +375,7 @@ impl Registry {
             compiler,
             compile_thread,
             compile_slot: Semaphore::new(1),
+            sync_slot: tokio::sync::Mutex::new(()),
             whole_slot: Semaphore::new(1),
             entries: RwLock::default(),
             compiled: AtomicU64::new(0),
@@ -400,6 +403,73 @@ impl Registry {
         }
         registry.update_gauge();
         Ok(registry)
+    }
+
+    /// Takes in what other hosts sharing the store changed since this
+    /// host looked (`serve --many-hosts`): versions uploaded there (loaded
+    /// here as at start: from this host's artifact cache, else compiled),
+    /// the version each name resolves to, manifests, and versions deleted
+    /// there (dropped here unless this host's tasks hold them). Returns
+    /// how many versions it added. Runs one at a time.
+    pub(crate) async fn sync_from_store(&self) -> Result<usize, RegistryError> {
+        let _one = self.sync_slot.lock().await;
+        let stored = self.store.plugins().await?;
+        let mut added = 0;
+        for (name, entry) in &stored {
+            let PluginEntry { versions, latest, manifest } = entry;
+            let missing: Vec<PluginVersion> = {
+                let entries = read(&self.entries);
+                let known = entries.get(name);
+                versions.iter().filter(|v| known.is_none_or(|e| e.slot(&v.version).is_none())).cloned().collect()
+            };
+            for info in missing {
+                let bytes = self.blob(name, &info).await?;
+                let loaded = self.load_stored(name, &info, Input::Blob(bytes)).await;
+                let (state, plugin, load_time, from_cache) = match loaded {
+                    Ok(o) => (VersionState::Live, Some(o.plugin), Some(o.took), o.from_cache),
+                    Err(e) => (VersionState::Failed(e.to_string()), None, None, false),
+                };
+                let loaded = plugin.is_some();
+                let mut entries = write(&self.entries);
+                let entry = entries.entry(name.clone()).or_default();
+                if entry.slot(&info.version).is_none() {
+                    tracing::info!(plugin = %name, version = %info.version, "a version uploaded on another host is loaded");
+                    let status = VersionStatus { info, state, load_time, from_cache, loaded };
+                    entry.slots.push(Slot::new(status, plugin));
+                    added += 1;
+                }
+            }
+            let manifest = match manifest.as_deref().map(Manifest::parse).transpose() {
+                Ok(manifest) => manifest,
+                Err(error) => {
+                    tracing::error!(plugin = %name, %error, "a manifest set on another host cannot be read; the one \
+                        this host had stays");
+                    read(&self.entries).get(name).and_then(|e| e.manifest.clone())
+                }
+            };
+            let mut entries = write(&self.entries);
+            let entry = entries.entry(name.clone()).or_default();
+            entry.latest = latest.clone();
+            entry.manifest = manifest;
+            // Deleted there: gone here too, unless a task here holds it (a
+            // version being loaded or deleted here is this host's own).
+            entry.slots.retain(|slot| {
+                let held = slot.unfinished.load(Ordering::SeqCst) + slot.pinned.load(Ordering::SeqCst) > 0;
+                !slot.usable() || held || versions.iter().any(|v| v.version == slot.status.info.version)
+            });
+            entry.unload_idle();
+        }
+        // Names removed there whose versions here no task holds.
+        write(&self.entries).retain(|name, entry| {
+            stored.iter().any(|(n, _)| n == name)
+                || entry.watch_error.is_some()
+                || entry
+                    .slots
+                    .iter()
+                    .any(|s| !s.usable() || s.unfinished.load(Ordering::SeqCst) + s.pinned.load(Ordering::SeqCst) > 0)
+        });
+        self.update_gauge();
+        Ok(added)
     }
 
     /// Refuses new plugin names past `max` (names stored before still
@@ -883,6 +953,19 @@ impl Registry {
     /// The compiled plugin of a pinned version.
     /// Reloads it (from the artifact cache, normally) if it was unloaded.
     pub(crate) async fn get(&self, name: &str, version: &str) -> Result<Plugin, RegistryError> {
+        match self.get_known(name, version).await {
+            // Uploaded on another host sharing the store, not seen here
+            // yet: looked for there first.
+            Err(RegistryError::UnknownVersion { .. }) if self.store.postgres().is_some_and(|pg| pg.together()) => {
+                self.sync_from_store().await?;
+                self.get_known(name, version).await
+            }
+            got => got,
+        }
+    }
+
+    /// [`get`](Self::get), of what this host knows.
+    async fn get_known(&self, name: &str, version: &str) -> Result<Plugin, RegistryError> {
         let info = {
             let entries = read(&self.entries);
             let slot = entries.get(name).and_then(|e| e.live().find(|s| s.status.info.version == version));
