@@ -225,11 +225,27 @@ async fn submitted(http: &reqwest::Client, base: &str, plugin: &str, input: &str
     }
 }
 
-/// A plugin uploaded on one host serving together runs on the others,
-/// and a later version uploaded on another is what a plain name resolves
-/// to everywhere, within a few seconds.
+/// Waits (at most 10 s) until `GET /v1/tasks` with `token` on the server
+/// at `base` answers `status`.
+async fn answers(base: &str, token: &str, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = crate::http().get(format!("{base}/v1/tasks")).bearer_auth(token).send().await.unwrap();
+        if answer.status().as_u16() == status {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{base} still answers {} to the token", answer.status());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// What one host serving together changes counts on the others within a
+/// few seconds: a plugin uploaded on one runs on another, a later version
+/// uploaded there is what a plain name resolves to everywhere, and a
+/// token made on one is let in, and once revoked on another refused, on
+/// each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_plugin_uploaded_on_one_host_serves_on_the_others() {
+async fn what_one_host_changes_counts_on_the_others() {
     let url = taskhost_test_postgres::cluster().database("serve_many_hosts_plugins");
     let flags = ["--store", &url, "--many-hosts"];
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
@@ -262,4 +278,18 @@ async fn a_plugin_uploaded_on_one_host_serves_on_the_others() {
         assert!(Instant::now() < deadline, "host a still resolves shout to {}", task["plugin_version"]);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let made: Value = http
+        .post(format!("{}/v1/tokens", a.base))
+        .json(&json!({"name": "reader", "scopes": ["read"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (secret, id) = (made["token"].as_str().unwrap(), made["id"].as_str().unwrap());
+    answers(&b.base, secret, 200).await;
+    let revoked = http.delete(format!("{}/v1/tokens/{id}", b.base)).send().await.unwrap();
+    assert_eq!(revoked.status().as_u16(), 200);
+    answers(&a.base, secret, 401).await;
 }

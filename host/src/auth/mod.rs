@@ -167,6 +167,15 @@ impl Auth {
         Ok(Self { store, tokens: RwLock::new(tokens), changes: tokio::sync::Mutex::new(()) })
     }
 
+    /// Reads the tokens again from the store: those other hosts sharing
+    /// it made or revoked (`serve --many-hosts`).
+    pub async fn reload(&self) -> Result<(), AuthError> {
+        let _change = self.changes.lock().await;
+        let tokens = self.store.tokens().await?.into_iter().collect();
+        *write(&self.tokens) = tokens;
+        Ok(())
+    }
+
     /// On a store with no token yet, makes an admin token and writes it to
     /// `DATA/admin.token` (mode 0600); the file's path when it did. The
     /// file is written (and synced) before the token is stored, so a start

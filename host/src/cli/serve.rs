@@ -657,6 +657,24 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
         Ok(None) => {}
         Err(e) => return fail(EXIT_USAGE, &format!("cannot make the first admin token: {e}")),
     }
+    if engine.store().serves_together() {
+        // Tokens made or revoked on the other hosts count here within 2 s.
+        let auth = auth.clone();
+        tokio::spawn(async move {
+            let mut failing = false;
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                match auth.reload().await {
+                    Ok(()) => failing = false,
+                    Err(error) if !failing => {
+                        failing = true;
+                        tracing::warn!(%error, "reading the tokens other hosts changed failed; trying again");
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+    }
     let access = if args.no_auth {
         eprintln!("taskhost: WARNING: --no-auth: every request to {bound} is let in as an admin, without a token");
         Access::open(auth)

@@ -313,10 +313,17 @@ const NOTED_FLOWS: usize = 64;
 /// [`NOTED_FLOW_AGE`] ago or more with nothing recorded since (see
 /// [`PgStore::flow_ends_noted`](crate::store::postgres::PgStore::flow_ends_noted)).
 async fn finish_noted_flows(endings: &Arc<Endings>, pg: &PgDb) -> Result<(), StoreError> {
+    // Beside other hosts, the leader does it (each end is recorded once
+    // anyway: the flow's write is checked by its version).
+    if pg.leads().is_none() {
+        return Ok(());
+    }
     for note in pg.store().flow_ends_noted(NOTED_FLOW_AGE, NOTED_FLOWS).await? {
         tracing::info!(flow = %note.flow, "recording the end of a flow whose last task's host stopped first");
-        if endings.finish_flow_now(note.flow).await {
-            pg.store().forget_flow_end(note).await?;
+        match endings.finish_flow_now(note.flow).await {
+            true => pg.store().forget_flow_end(note).await?,
+            // Logged; tried again later, behind the others.
+            false => pg.store().postpone_flow_end(note).await?,
         }
     }
     Ok(())
@@ -368,6 +375,12 @@ async fn reap(shared: &Arc<Shared>, endings: &Arc<Endings>, pg: &PgDb) -> Result
 /// Reads what waits in the database, by queue, for the queues' counts
 /// (`GET /v1/queues`, the metrics, this host's report).
 async fn read_backlog(shared: &Shared, pg: &PgDb) -> Result<(), StoreError> {
+    if pg.together() {
+        // Each host sees only its own moves: the counts that tenants'
+        // quotas and the metrics read are taken from the store instead.
+        let unended = pg.store().unended_by_queue().await?;
+        shared.metrics.set_unended(unended);
+    }
     let backlog = pg.backlog().await?;
     let backlog = backlog.into_iter().map(|b| (b.queue, (to_usize(b.ready), to_usize(b.delayed)))).collect();
     lock(&shared.sched).set_backlog(backlog);

@@ -261,6 +261,21 @@ impl Metrics {
         *counts.entry((queue.to_owned(), state)).or_default() -= 1;
     }
 
+    /// Sets the counts of tasks that have not ended to `unended` (queue,
+    /// state, count; a queue and state left out has none), as the store
+    /// read them across every host sharing it.
+    pub(crate) fn set_unended(&self, unended: Vec<(String, TaskState, u64)>) {
+        let mut counts = crate::sync::lock(&self.counts);
+        for ((_, state), n) in counts.iter_mut() {
+            if !state.is_terminal() {
+                *n = 0;
+            }
+        }
+        for (queue, state, n) in unended {
+            counts.insert((queue, state), i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Tasks of `tenant` stored and not yet finished.
     pub(crate) fn unfinished_of(&self, tenant: &str) -> u64 {
         let counts = crate::sync::lock(&self.counts);

@@ -205,8 +205,8 @@ impl Engine {
         .await?;
         // Versions no recovered task holds.
         registry.unload_idle();
-        if engine.inner.shared.store.postgres().is_some_and(|pg| pg.together()) {
-            tokio::spawn(sync_plugins(registry.clone(), engine.inner.shared.clone()));
+        if engine.inner.shared.store.serves_together() {
+            tokio::spawn(follow_other_hosts(registry.clone(), engine.inner.shared.clone()));
         }
         if let Some(dir) = plugins_dir {
             let watch = crate::registry::watch::start(registry, dir).context("watching the plugins directory")?;
@@ -1023,24 +1023,28 @@ impl Engine {
 }
 
 /// Beside other hosts on one database: takes in the plugin versions,
-/// rollbacks, manifests and deletions made on them, every heartbeat, until
-/// the engine halts.
-async fn sync_plugins(registry: Arc<Registry>, shared: Arc<Shared>) {
+/// rollbacks, manifests and deletions, and the tenants, made on them,
+/// every heartbeat, until the engine halts.
+async fn follow_other_hosts(registry: Arc<Registry>, shared: Arc<Shared>) {
     let mut failing = false;
     loop {
         tokio::select! {
             () = shared.halted() => return,
             () = tokio::time::sleep(hosts::EVERY) => {}
         }
-        match registry.sync_from_store().await {
-            Ok(_) if failing => {
+        let read = match registry.sync_from_store().await {
+            Ok(_) => shared.tenants.reload().await,
+            Err(e) => Err(EngineError::from(e)),
+        };
+        match read {
+            Ok(()) if failing => {
                 failing = false;
-                tracing::info!("reading the plugins other hosts changed works again");
+                tracing::info!("reading the plugins and tenants other hosts changed works again");
             }
-            Ok(_) => {}
+            Ok(()) => {}
             Err(error) if !failing => {
                 failing = true;
-                tracing::warn!(%error, "reading the plugins other hosts changed failed; trying again");
+                tracing::warn!(%error, "reading the plugins and tenants other hosts changed failed; trying again");
             }
             Err(_) => {}
         }

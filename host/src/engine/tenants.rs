@@ -135,6 +135,27 @@ impl Tenants {
         out
     }
 
+    /// Reads the tenants again from the store: those other hosts sharing
+    /// it made or changed (`serve --many-hosts`).
+    pub(crate) async fn reload(&self) -> Result<(), EngineError> {
+        let _change = self.changes.lock().await;
+        let known: HashMap<String, TenantRecord> = self.store.tenants().await?.into_iter().collect();
+        let mut now = write(&self.known);
+        let changed: Vec<String> = known
+            .iter()
+            .filter(|(name, record)| now.get(*name) != Some(record))
+            .map(|(name, _)| name.clone())
+            .collect();
+        *now = known;
+        drop(now);
+        // A changed rate starts from a full bucket, as here.
+        let mut buckets = lock(&self.buckets);
+        for name in changed {
+            buckets.remove(&name);
+        }
+        Ok(())
+    }
+
     /// Makes tenant `name`, or sets its quotas; whether it was made.
     pub(crate) async fn put(&self, name: &str, quotas: TenantQuotas, by: &str) -> Result<bool, EngineError> {
         crate::names::name(crate::names::NameKind::Tenant, name)

@@ -1095,6 +1095,12 @@ impl Registry {
     /// freed once running tasks let go of it. Cancelling the call midway
     /// can leave the version unresolvable: run it to its end.
     pub(crate) async fn delete(&self, name: &str, version: &str) -> Result<(), RegistryError> {
+        // Hosts serving together: the other hosts' tasks hold it too.
+        let together = self.store.serves_together();
+        let unfinished = self.store.unended_elsewhere(name, version).await?;
+        if unfinished > 0 {
+            return Err(RegistryError::InUse { name: name.into(), version: version.into(), unfinished });
+        }
         let (name_s, v) = (name.to_owned(), version.to_owned());
         let digest = {
             let mut entries = write(&self.entries);
@@ -1106,7 +1112,14 @@ impl Registry {
                 version: version.into(),
                 known,
             })?;
-            let unfinished = slot.unfinished.load(Ordering::SeqCst) + slot.pinned.load(Ordering::SeqCst);
+            // Beside other hosts, this host's count of the tasks holding
+            // it sees only those it admitted and ended (the store was
+            // asked above); its submissions in flight count here.
+            let held = match together {
+                true => 0,
+                false => slot.unfinished.load(Ordering::SeqCst),
+            };
+            let unfinished = held + slot.pinned.load(Ordering::SeqCst);
             if unfinished > 0 {
                 return Err(RegistryError::InUse { name: name.into(), version: version.into(), unfinished });
             }

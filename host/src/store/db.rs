@@ -290,6 +290,22 @@ impl Db {
         matches!(self, Db::Postgres(_))
     }
 
+    /// On a store other hosts serve beside this one: how many tasks of
+    /// plugin `name` at `version` have not ended, on any host (`0`
+    /// elsewhere: each host counts its own).
+    pub(crate) async fn unended_elsewhere(&self, name: &str, version: &str) -> Result<u64, StoreError> {
+        match self {
+            Db::Postgres(pg) if pg.together() => Ok(pg.store.unended_of_version(name, version).await?),
+            _ => Ok(0),
+        }
+    }
+
+    /// Whether other hosts serve this store beside this one
+    /// (`serve --many-hosts`): what they change is read again from it.
+    pub fn serves_together(&self) -> bool {
+        matches!(self, Db::Postgres(pg) if pg.together())
+    }
+
     /// The PostgreSQL store, when this is one: its tasks start by claims.
     pub(crate) fn postgres(&self) -> Option<&Arc<PgDb>> {
         match self {

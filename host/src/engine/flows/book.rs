@@ -226,9 +226,11 @@ impl Book {
         live.tokens = (live.tokens + now.duration_since(live.refilled).as_secs_f64() * rate).min(rate);
         live.refilled = now;
         if live.tasks >= limits.tasks_per_flow {
+            self.forget_idle(flow);
             return Err(Refusal::TasksPerFlow { limit: limits.tasks_per_flow });
         }
         if live.tokens < 1.0 {
+            self.forget_idle(flow);
             return Err(Refusal::SubmissionsPerSec { limit: limits.submissions_per_sec });
         }
         live.tokens -= 1.0;
@@ -262,6 +264,7 @@ impl Book {
         }
         let total = live.context_bytes + live.context_reserved + grow;
         if total > limits.context_bytes {
+            self.forget_idle(flow);
             return Err(Refusal::ContextBytes { total, limit: limits.context_bytes });
         }
         live.context_reserved += grow;

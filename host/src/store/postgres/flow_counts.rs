@@ -58,8 +58,9 @@ impl CountChanges {
     }
 
     /// Writes the changes, after the tasks' and flows' rows are written,
-    /// and notes each flow whose count they brought to zero (see
-    /// [`PgStore::flow_ends_noted`]).
+    /// and notes each flow whose count they brought to zero, or which
+    /// ended a task of while its count is not known (see
+    /// [`PgStore::flow_ends_noted`]; a note made again is dated anew).
     pub(super) async fn write(self, conn: &mut PgConnection) -> Result<(), StoreError> {
         let recount: Vec<Uuid> = self.recount.into_iter().collect();
         if !recount.is_empty() {
@@ -68,7 +69,7 @@ impl CountChanges {
                      UPDATE taskhost_flows AS f SET unfinished = {} WHERE f.id = ANY($1) RETURNING f.id, f.unfinished
                  )
                  INSERT INTO taskhost_flow_ends (flow_id) SELECT id FROM counted WHERE unfinished = 0
-                 ON CONFLICT (flow_id) DO NOTHING",
+                 ON CONFLICT (flow_id) DO UPDATE SET noted_at = excluded.noted_at",
                 count()
             ))
             .bind(&recount)
@@ -90,8 +91,9 @@ impl CountChanges {
                      FROM unnest($1::uuid[], $2::bigint[]) AS d (id, delta) WHERE f.id = d.id
                      RETURNING f.id, f.unfinished, d.delta
                  )
-                 INSERT INTO taskhost_flow_ends (flow_id) SELECT id FROM moved WHERE unfinished = 0 AND delta < 0
-                 ON CONFLICT (flow_id) DO NOTHING",
+                 INSERT INTO taskhost_flow_ends (flow_id)
+                 SELECT id FROM moved WHERE (unfinished = 0 AND delta < 0) OR (unfinished IS NULL AND delta < 0)
+                 ON CONFLICT (flow_id) DO UPDATE SET noted_at = excluded.noted_at",
             )
             .bind(&ids)
             .bind(&deltas)
@@ -142,6 +144,21 @@ impl PgStore {
         .fetch_all(self.pool())
         .await?;
         Ok(rows.into_iter().map(|(flow, noted_at_ms)| FlowEndNote { flow, noted_at_ms }).collect())
+    }
+
+    /// Dates `note` anew: the flow's end could not be recorded now, and is
+    /// tried again once the note is old again (the notes behind it go
+    /// first meanwhile).
+    pub async fn postpone_flow_end(&self, note: FlowEndNote) -> Result<(), PgError> {
+        sqlx::query(
+            "UPDATE taskhost_flow_ends SET noted_at = clock_timestamp()
+             WHERE flow_id = $1 AND (extract(epoch FROM noted_at) * 1000)::bigint = $2",
+        )
+        .bind(note.flow)
+        .bind(note.noted_at_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(())
     }
 
     /// Removes `note`, unless the flow was noted again since.

@@ -12,6 +12,27 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 impl PgStore {
+    /// How many tasks of plugin `name` at `version` have not ended, on
+    /// every host (a version deleted under them would fail them).
+    pub async fn unended_of_version(&self, name: &str, version: &str) -> Result<u64, PgError> {
+        let records: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT t.record FROM taskhost_listed AS l JOIN taskhost_tasks AS t ON t.id = l.id
+             WHERE l.plugin = $1 AND t.state IN ('pending', 'running', 'retrying')",
+        )
+        .bind(name)
+        .fetch_all(self.pool())
+        .await?;
+        let mut n = 0;
+        for record in records {
+            // One that cannot be read is counted: it may use the version.
+            if crate::store::decode_record(&record).is_ok_and(|r| r.plugin_version != version) {
+                continue;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// One task's record.
     pub async fn get(&self, id: Uuid) -> Result<Option<TaskRecord>, PgError> {
         let row: Option<Vec<u8>> = sqlx::query_scalar("SELECT record FROM taskhost_tasks WHERE id = $1")
@@ -202,7 +223,7 @@ impl PgStore {
 }
 
 /// The state a column names.
-fn state_named(state: &str) -> Result<TaskState, StoreError> {
+pub(super) fn state_named(state: &str) -> Result<TaskState, StoreError> {
     TaskState::ALL
         .into_iter()
         .find(|s| s.as_str() == state)
