@@ -15,9 +15,12 @@
 //!
 //!
 //! A second table runs the engine itself (`taskhost serve`'s, in this
-//! process, one host) on each store: the trivial plugin, submitted by 64
-//! callers, from submit to completed, on a redb file and on a PostgreSQL
-//! database of the same server, rounds alternating.
+//! process) on each store: the trivial plugin, submitted by 64 callers,
+//! from submit to completed, on a redb file, on a PostgreSQL database of
+//! the same server served by one host alone, and by 1, 2 and 3 hosts
+//! serving it together (`--many-hosts`; engines in this process, each
+//! with a data directory of its own, sharing the machine's CPUs with each
+//! other and the server), rounds alternating.
 //!
 //! A third table times failover through the real binary: a host serving
 //! a database and a `--standby` host beside it; the serving host is
@@ -26,7 +29,7 @@
 //! a host started after the SIGKILL takes to serve (no standby).
 //!
 //! Run: `cargo bench -p taskhost --bench postgres` (`-- failover`: the
-//! failover table alone).
+//! failover table alone; `-- engine`: the engine's).
 
 use std::time::{Duration, Instant};
 use taskhost::engine::{Engine, EngineConfig};
@@ -57,6 +60,9 @@ async fn bench() {
     let cluster = taskhost_test_postgres::durable_cluster();
     if std::env::args().any(|arg| arg == "failover") {
         return failovers(cluster).await;
+    }
+    if std::env::args().any(|arg| arg == "engine") {
+        return engines(cluster).await;
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // (hosts, how commits are made)
@@ -198,20 +204,82 @@ async fn failover(url: &str, stop: Stop) -> Duration {
 /// alternating; prints the medians.
 async fn engines(cluster: &taskhost_test_postgres::Cluster) {
     let (mut redb, mut postgres) = (Vec::new(), Vec::new());
+    let mut together: [Vec<(f64, Vec<u64>)>; 3] = Default::default();
     for round in 0..ROUNDS {
         redb.push(engine_round(None).await);
         postgres.push(engine_round(Some(cluster.database(&format!("bench_engine_{round}")))).await);
+        for (i, runs) in together.iter_mut().enumerate() {
+            let url = cluster.database(&format!("bench_engine_hosts_{}_{round}", i + 1));
+            runs.push(hosts_round(&url, i + 1).await);
+        }
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
     let (redb, postgres) = (median(redb), median(postgres));
-    println!("\nThe engine, one host: trivial plugin, {ENGINE_TASKS} tasks from 64 submitters, submit → completed\n");
-    println!("| store | tasks/s | ratio |");
-    println!("|---|---:|---:|");
-    println!("| redb file (default) | {redb:.0} | 1.00x |");
-    println!("| PostgreSQL, same machine, fsync on | {postgres:.0} | {:.2}x |", postgres / redb);
+    println!("\nThe engine: trivial plugin, {ENGINE_TASKS} tasks from 64 submitters, submit → completed\n");
+    println!("| store | hosts | tasks/s | ratio | tasks each host completed (median round) |");
+    println!("|---|---:|---:|---:|---|");
+    println!("| redb file (default) | 1 | {redb:.0} | 1.00x | |");
+    println!("| PostgreSQL, serving alone | 1 | {postgres:.0} | {:.2}x | |", postgres / redb);
+    for (i, mut runs) in together.into_iter().enumerate() {
+        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let (rate, each) = &runs[runs.len() / 2];
+        let each = each.iter().map(u64::to_string).collect::<Vec<_>>().join(" / ");
+        println!("| PostgreSQL, `--many-hosts` | {} | {rate:.0} | {:.2}x | {each} |", i + 1, rate / redb);
+    }
+}
+
+/// One round of `hosts` engines serving one new database together (in
+/// this process, each with a data directory of its own), the tasks
+/// submitted to each in turn: tasks per second, and how many each host
+/// completed.
+async fn hosts_round(url: &str, hosts: usize) -> (f64, Vec<u64>) {
+    let mut engines = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..hosts {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            data_dir: dir.path().to_owned(),
+            sandbox: taskhost::SandboxConfig { pool_instances: 1024, ..taskhost::SandboxConfig::default() },
+            store_url: Some(taskhost::engine::StoreUrl::new(url.to_owned())),
+            many_hosts: true,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::open(config).await.unwrap();
+        if engines.is_empty() {
+            // Uploaded before the others start, which read it at start.
+            engine.add_plugin("trivial", taskhost_test_artifacts::TRIVIAL.bytes(), None, true).await.unwrap();
+        }
+        engines.push(engine);
+        dirs.push(dir);
+    }
+    let started = Instant::now();
+    let submitters: Vec<_> = (0..64)
+        .map(|i| {
+            let engine = engines[i % hosts].clone();
+            let share = ENGINE_TASKS / 64 + usize::from(i < ENGINE_TASKS % 64);
+            tokio::spawn(async move {
+                for _ in 0..share {
+                    engine.submit(common::trivial()).await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        s.await.unwrap();
+    }
+    let completed = |e: &Engine| e.state_counts().get(&TaskState::Completed).copied().unwrap_or(0).max(0) as u64;
+    while engines.iter().map(completed).sum::<u64>() < ENGINE_TASKS as u64 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let took = started.elapsed();
+    let each = engines.iter().map(completed).collect();
+    for engine in engines {
+        engine.close().await;
+    }
+    (ENGINE_TASKS as f64 / took.as_secs_f64(), each)
 }
 
 /// One round of the engine on a new store: tasks per second.
