@@ -657,7 +657,7 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
         Ok(None) => {}
         Err(e) => return fail(EXIT_USAGE, &format!("cannot make the first admin token: {e}")),
     }
-    if engine.store().serves_together() {
+    let reloading = engine.store().serves_together().then(|| {
         // Tokens made or revoked on the other hosts count here within 2 s.
         let auth = auth.clone();
         tokio::spawn(async move {
@@ -673,8 +673,9 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
                     Err(_) => {}
                 }
             }
-        });
-    }
+        })
+        .abort_handle()
+    });
     let access = if args.no_auth {
         eprintln!("taskhost: WARNING: --no-auth: every request to {bound} is let in as an admin, without a token");
         Access::open(auth)
@@ -732,6 +733,9 @@ pub(crate) async fn serve(mut args: ServeArgs) -> ExitCode {
         let _ = stopping.send(true);
     };
     taskhost::api::serve_moving(listener, api_moves, app, serve_config, shutdown).await;
+    if let Some(reloading) = reloading {
+        reloading.abort();
+    }
     // Stop dispatching and watching, let running attempts end and their
     // outcomes commit, then release the store.
     let traces = engine.traces().clone();

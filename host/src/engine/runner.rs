@@ -235,6 +235,11 @@ impl Runner for SandboxRunner {
     async fn run(&self, task: &TaskRecord, attempt: Attempt) -> TaskReport {
         let plugin = match self.registry.get(&task.plugin, &task.plugin_version).await {
             Ok(plugin) => plugin,
+            // The store failed (reading the version, or what other hosts
+            // changed): the attempt may pass later.
+            Err(e @ crate::registry::RegistryError::Store(_)) => {
+                return failed(FailureClass::HostError, e.to_string());
+            }
             Err(e) => return failed(FailureClass::InvalidPlugin, e.to_string()),
         };
         // The operator's grants, resolved at start so DNS changes count.

@@ -423,8 +423,10 @@ impl Registry {
                 versions.iter().filter(|v| known.is_none_or(|e| e.slot(&v.version).is_none())).cloned().collect()
             };
             for info in missing {
-                let bytes = self.blob(name, &info).await?;
-                let loaded = self.load_stored(name, &info, Input::Blob(bytes)).await;
+                let loaded = match self.blob(name, &info).await {
+                    Ok(bytes) => self.load_stored(name, &info, Input::Blob(bytes)).await,
+                    Err(e) => Err(e),
+                };
                 let (state, plugin, load_time, from_cache) = match loaded {
                     Ok(o) => (VersionState::Live, Some(o.plugin), Some(o.took), o.from_cache),
                     Err(e) => (VersionState::Failed(e.to_string()), None, None, false),
@@ -451,12 +453,24 @@ impl Registry {
             let entry = entries.entry(name.clone()).or_default();
             entry.latest = latest.clone();
             entry.manifest = manifest;
-            // Deleted there: gone here too, unless a task here holds it (a
-            // version being loaded or deleted here is this host's own).
-            entry.slots.retain(|slot| {
-                let held = slot.unfinished.load(Ordering::SeqCst) + slot.pinned.load(Ordering::SeqCst) > 0;
-                !slot.usable() || held || versions.iter().any(|v| v.version == slot.status.info.version)
-            });
+            // Deleted there: resolved to no more here, and gone once no
+            // submission here holds it (a version being loaded or deleted
+            // here is this host's own; this host's count of the tasks
+            // holding a version sees only those it admitted and ended, so
+            // it does not keep one).
+            let stored_at = |slot: &Slot| versions.iter().position(|v| v.version == slot.status.info.version);
+            for slot in &mut entry.slots {
+                if slot.usable() && stored_at(slot).is_none() {
+                    slot.deleting = true;
+                }
+            }
+            entry
+                .slots
+                .retain(|slot| !slot.deleting || stored_at(slot).is_some() || slot.pinned.load(Ordering::SeqCst) > 0);
+            // The store's order, as the other hosts hold them (a plain
+            // name resolves to the newest); this host's own uploads under
+            // way after them.
+            entry.slots.sort_by_key(|slot| stored_at(slot).unwrap_or(usize::MAX));
             entry.unload_idle();
         }
         // Names removed there whose versions here no task holds.
@@ -762,6 +776,13 @@ impl Registry {
         script: Option<Language>,
     ) -> Result<(VersionStatus, bool), RegistryError> {
         Self::check_names(name, version.as_deref())?;
+        if self.store.serves_together() {
+            // Numbered after what the other hosts stored (one stored
+            // meanwhile under the same number is refused by the store).
+            if let Err(error) = self.sync_from_store().await {
+                tracing::warn!(%error, "cannot read the plugins other hosts stored before numbering an upload");
+            }
+        }
         match script {
             None if bytes.len() > MAX_PLUGIN_BYTES => return Err(RegistryError::TooLarge { size: bytes.len() as u64 }),
             None => crate::sandbox::check_header(&bytes)?,
@@ -884,6 +905,9 @@ impl Registry {
         staged: Staged,
     ) -> Result<VersionStatus, RegistryError> {
         let outcome = self.load(&name, &info, Input::Staged(staged.clone())).await;
+        // Stored and made live before a look at what other hosts changed
+        // reads the store, or after it applied what it read.
+        let _synced = self.sync_slot.lock().await;
         // One commit stores the version, its blob and its cached artifact's
         // hash; the blob is read whole one upload at a time.
         let stored = match &outcome {
@@ -1050,6 +1074,9 @@ impl Registry {
     /// Checks and sets (or clears) a plugin's manifest.
     pub(crate) async fn set_manifest(&self, name: &str, manifest: Option<Manifest>) -> Result<(), RegistryError> {
         crate::tenant::check_key(names::NameKind::Plugin, name).map_err(RegistryError::BadName)?;
+        // Not undone by a look at what other hosts changed that read the
+        // store before.
+        let _synced = self.sync_slot.lock().await;
         if let Some(m) = &manifest {
             m.check().map_err(RegistryError::BadManifest)?;
             for model in &m.models {
@@ -1071,6 +1098,9 @@ impl Registry {
 
     /// Makes `version` what a plain name resolves to (rollback).
     pub(crate) async fn set_latest(&self, name: &str, version: &str) -> Result<(), RegistryError> {
+        // Not undone by a look at what other hosts changed that read the
+        // store before.
+        let _synced = self.sync_slot.lock().await;
         // Pinned until the pointer is set: not deleted meanwhile.
         let (_, _pinned) = self.resolve(&format!("{name}@{version}"))?;
         let v = version.to_owned();
@@ -1095,12 +1125,8 @@ impl Registry {
     /// freed once running tasks let go of it. Cancelling the call midway
     /// can leave the version unresolvable: run it to its end.
     pub(crate) async fn delete(&self, name: &str, version: &str) -> Result<(), RegistryError> {
-        // Hosts serving together: the other hosts' tasks hold it too.
+        let _synced = self.sync_slot.lock().await;
         let together = self.store.serves_together();
-        let unfinished = self.store.unended_elsewhere(name, version).await?;
-        if unfinished > 0 {
-            return Err(RegistryError::InUse { name: name.into(), version: version.into(), unfinished });
-        }
         let (name_s, v) = (name.to_owned(), version.to_owned());
         let digest = {
             let mut entries = write(&self.entries);
@@ -1126,6 +1152,19 @@ impl Registry {
             slot.deleting = true;
             slot.status.info.digest.clone()
         };
+        // Hosts serving together: the other hosts' tasks hold it too (asked
+        // once no submission here resolves to it any more).
+        let elsewhere = match self.store.unended_elsewhere(name, version).await {
+            Ok(0) => Ok(()),
+            Ok(unfinished) => Err(RegistryError::InUse { name: name.into(), version: version.into(), unfinished }),
+            Err(e) => Err(RegistryError::from(e)),
+        };
+        if let Err(refused) = elsewhere {
+            if let Some(entry) = write(&self.entries).get_mut(name) {
+                entry.slots.iter_mut().filter(|s| s.status.info.version == version).for_each(|s| s.deleting = false);
+            }
+            return Err(refused);
+        }
         let stored = self
             .store
             .edit_plugin(name_s, move |entry| {

@@ -818,6 +818,18 @@ async fn plugin_changes_from_several_hosts_at_once_lose_nothing() {
     added.unwrap();
     dropped.unwrap();
     assert_eq!(hosts[0].blob("d0").await.unwrap(), Some(vec![0]), "plugin r references d0");
+
+    // Two hosts numbering an upload alike: the same bytes are the same
+    // version; other bytes under a number taken are refused, naming it.
+    hosts[1].put_plugin_version("r", version(2), vec![0]).await.unwrap();
+    let mut other = version(2);
+    other.digest = "d9".into();
+    let refused = hosts[3].put_plugin_version("r", other, vec![9]).await.unwrap_err();
+    assert!(refused.to_string().contains("version 2 of plugin r was just stored with other bytes"), "{refused}");
+    let plugins = hosts[0].plugins().await.unwrap();
+    let r = &plugins.iter().find(|(name, _)| name == "r").unwrap().1;
+    assert_eq!(r.versions.iter().map(|v| (v.version.as_str(), v.digest.as_str())).collect::<Vec<_>>(), [("2", "d0")]);
+    assert_eq!(hosts[0].blob("d9").await.unwrap(), None, "nothing of the refused upload was stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -92,7 +92,7 @@ impl CountChanges {
                      RETURNING f.id, f.unfinished, d.delta
                  )
                  INSERT INTO taskhost_flow_ends (flow_id)
-                 SELECT id FROM moved WHERE (unfinished = 0 AND delta < 0) OR (unfinished IS NULL AND delta < 0)
+                 SELECT id FROM moved WHERE (unfinished = 0 AND delta < 0) OR (unfinished IS NULL AND (delta < 0 OR delta IS NULL))
                  ON CONFLICT (flow_id) DO UPDATE SET noted_at = excluded.noted_at",
             )
             .bind(&ids)

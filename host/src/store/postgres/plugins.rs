@@ -64,6 +64,18 @@ impl PgStore {
     pub async fn put_plugin_version(&self, name: &str, version: PluginVersion, bytes: Vec<u8>) -> Result<(), PgError> {
         let mut txn = self.plugins_txn().await?;
         let mut entry = entry_of(&mut txn, name).await?;
+        // Hosts serving together number versions from what each has seen:
+        // one taken meanwhile by other bytes is refused, the same bytes
+        // are the same version.
+        if let Some(taken) = entry.versions.iter().find(|v| v.version == version.version) {
+            if taken.digest == version.digest {
+                return Ok(());
+            }
+            return Err(PgError::Record(crate::store::StoreError::Refused(format!(
+                "version {} of plugin {name} was just stored with other bytes (by another host); upload again",
+                version.version
+            ))));
+        }
         let stored: Option<i32> = sqlx::query_scalar("SELECT 1 FROM taskhost_blobs WHERE digest = $1")
             .bind(&version.digest)
             .fetch_optional(&mut *txn)

@@ -78,7 +78,8 @@ impl PgStore {
     /// Each queue's tasks that have not ended, by state (pending,
     /// retrying, and running under a lease), on every host: the counts
     /// hosts serving together share (their own moves would count only
-    /// what each saw). Walks the claims' index and the leases.
+    /// what each saw). Reads the unended tasks through the state index,
+    /// and the leases.
     pub async fn unended_by_queue(&self) -> Result<Vec<(String, TaskState, u64)>, PgError> {
         let rows: Vec<(String, String, i64)> = sqlx::query_as(
             "SELECT queue, state, count(*) FROM taskhost_tasks WHERE state IN ('pending', 'retrying')
