@@ -411,18 +411,15 @@ async fn a_claim_whose_answer_was_lost_is_found_by_its_lease_and_run() {
     assert_eq!(h.runner.calls(record.id), 1);
 }
 
-/// The steps of a flow ended by another host (another connection that
-/// claims and finishes them under its own leases, as a second host
-/// would): the host that ends the last one finishes the flow, from the
-/// store's count of its unended tasks (this host's book saw only its own
-/// end).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flow_whose_other_steps_another_host_ended_is_finished_by_the_host_that_ends_its_last() {
-    let url = taskhost_test_postgres::cluster().database("engine_flow_across_hosts");
+/// A host on a new PostgreSQL database `name` with one slot and no claim
+/// ahead, its slot taken by a task that waits for the runner's gate: while
+/// it waits, this host claims nothing, so another connection's claims (as
+/// another host's) take what is submitted. The harness, the database's
+/// URL and the waiting task.
+async fn blocked_host(name: &str) -> (Harness, String, uuid::Uuid) {
+    let url = taskhost_test_postgres::cluster().database(name);
     let h = Harness::on_url(url.clone(), |c| {
         tweak(c);
-        // One slot and no claim ahead: while the blocker runs, this host
-        // claims nothing, so the other host's claims take the steps.
         c.concurrency = 1;
         c.claim_ahead = 0;
     })
@@ -430,6 +427,17 @@ async fn a_flow_whose_other_steps_another_host_ended_is_finished_by_the_host_tha
     .unwrap();
     let blocker = h.engine.submit(task("echo", &Script::AwaitGate(b"b".to_vec()))).await.unwrap().record.id;
     h.wait_state(blocker, TaskState::Running).await;
+    (h, url, blocker)
+}
+
+/// The steps of a flow ended by another host (another connection that
+/// claims and finishes them under its own leases, as a second host
+/// would): the host that ends the last one finishes the flow, from the
+/// store's count of its unended tasks (this host's book saw only its own
+/// end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_whose_other_steps_another_host_ended_is_finished_by_the_host_that_ends_its_last() {
+    let (h, url, blocker) = blocked_host("engine_flow_across_hosts").await;
     let spec = serde_json::json!({
         "input": Script::Complete(b"step".to_vec()),
         "steps": {"parallel": [{"id": "a", "plugin": "echo"}, {"id": "b", "plugin": "echo"}, {"id": "c", "plugin": "echo"}]},
@@ -450,6 +458,7 @@ async fn a_flow_whose_other_steps_another_host_ended_is_finished_by_the_host_tha
     assert_eq!(done.tasks.len(), 3);
     assert!(done.tasks.iter().all(|t| t.state == TaskState::Completed), "{:?}", done.tasks);
     assert_eq!(other.flow_unfinished(flow).await.unwrap(), Some(0));
+    assert_eq!(h.engine.wait(blocker, WAIT).await.unwrap().state, TaskState::Completed);
 }
 
 /// A task running on another host is cancelled through its lease: the
@@ -457,16 +466,7 @@ async fn a_flow_whose_other_steps_another_host_ended_is_finished_by_the_host_tha
 /// nothing of its lease is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_running_on_another_host_is_cancelled_through_its_lease() {
-    let url = taskhost_test_postgres::cluster().database("engine_cancel_across_hosts");
-    let h = Harness::on_url(url.clone(), |c| {
-        tweak(c);
-        c.concurrency = 1;
-        c.claim_ahead = 0;
-    })
-    .await
-    .unwrap();
-    let blocker = h.engine.submit(task("echo", &Script::AwaitGate(b"b".to_vec()))).await.unwrap().record.id;
-    h.wait_state(blocker, TaskState::Running).await;
+    let (h, url, blocker) = blocked_host("engine_cancel_across_hosts").await;
     let id = h.engine.submit(task("echo", &Script::Complete(b"never".to_vec()))).await.unwrap().record.id;
     let other = crate::store::postgres::PgStore::connect(&url, 2).await.unwrap();
     let claimed = other.claim("another-host", 1, Duration::from_secs(15)).await.unwrap();
@@ -490,16 +490,7 @@ async fn a_task_running_on_another_host_is_cancelled_through_its_lease() {
 /// this host's periodic check records the end once the note is old.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flow_whose_last_step_ended_on_a_host_that_stopped_first_is_finished_by_another() {
-    let url = taskhost_test_postgres::cluster().database("engine_flow_noted_end");
-    let h = Harness::on_url(url.clone(), |c| {
-        tweak(c);
-        c.concurrency = 1;
-        c.claim_ahead = 0;
-    })
-    .await
-    .unwrap();
-    let blocker = h.engine.submit(task("echo", &Script::AwaitGate(b"b".to_vec()))).await.unwrap().record.id;
-    h.wait_state(blocker, TaskState::Running).await;
+    let (h, url, blocker) = blocked_host("engine_flow_noted_end").await;
     let spec = serde_json::json!({
         "input": Script::Complete(b"step".to_vec()),
         "steps": {"parallel": [{"id": "a", "plugin": "echo"}, {"id": "b", "plugin": "echo"}]},

@@ -55,12 +55,7 @@ impl ManyHosts {
 
     /// Waits until the lock's connection is lost; why.
     pub async fn lost(&self) -> String {
-        let mut lost = self.lost.clone();
-        let why = lost.wait_for(Option::is_some).await.map(|why| why.clone().unwrap_or_default());
-        match why {
-            Ok(why) => why,
-            Err(_) => std::future::pending().await,
-        }
+        super::sole::said_lost(&self.lost).await
     }
 }
 

@@ -62,18 +62,23 @@ impl Drop for SoleEngine {
 impl SoleEngine {
     /// Waits until the lock or the lead is lost; why.
     pub async fn lost(&self) -> String {
-        let mut lost = self.lost.clone();
-        let why = lost.wait_for(Option::is_some).await.map(|why| why.clone().unwrap_or_default());
-        match why {
-            Ok(why) => why,
-            // The check ended without a word: it was stopped with the lock.
-            Err(_) => std::future::pending().await,
-        }
+        said_lost(&self.lost).await
     }
 
     /// The term this host's writes are fenced with.
     pub fn term(&self) -> Term {
         self.term
+    }
+}
+
+/// Waits until `lost` says why a hold was lost. A check that ended without
+/// a word was stopped with its hold: then never.
+pub(super) async fn said_lost(lost: &watch::Receiver<Option<String>>) -> String {
+    let mut lost = lost.clone();
+    let why = lost.wait_for(Option::is_some).await.map(|why| why.clone().unwrap_or_default());
+    match why {
+        Ok(why) => why,
+        Err(_) => std::future::pending().await,
     }
 }
 
