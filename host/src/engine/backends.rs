@@ -382,18 +382,7 @@ async fn an_attempt_whose_lease_is_lost_is_stopped_and_its_task_runs_again() {
 /// lease and runs it, once, under that lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_whose_answer_was_lost_is_found_by_its_lease_and_run() {
-    let url = taskhost_test_postgres::cluster().database("engine_lost_claim");
-    let h = Harness::on_url(url.clone(), |c| {
-        tweak(c);
-        // One slot and no claim ahead: while the blocker runs, this host
-        // claims nothing, so the other connection's claim takes the task.
-        c.concurrency = 1;
-        c.claim_ahead = 0;
-    })
-    .await
-    .unwrap();
-    let blocker = h.engine.submit(task("echo", &Script::AwaitGate(b"b".to_vec()))).await.unwrap().record.id;
-    h.wait_state(blocker, TaskState::Running).await;
+    let (h, url, blocker) = blocked_host("engine_lost_claim").await;
     let other = crate::store::postgres::PgStore::connect(&url, 1).await.unwrap();
     let mut record = crate::store::tests::record(7, None);
     record.plugin = "echo".into();

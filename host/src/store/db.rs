@@ -68,6 +68,18 @@ enum Hold {
     Together(ManyHosts),
 }
 
+impl Hold {
+    /// The term that fences this host's commits and claims: a host serving
+    /// alone's; none for hosts serving together (each claim's lease fences
+    /// what its attempt writes).
+    fn fence(&self) -> Option<Term> {
+        match self {
+            Hold::Alone(sole) => Some(sole.term()),
+            Hold::Together(_) => None,
+        }
+    }
+}
+
 /// How a host serves a PostgreSQL database.
 #[derive(Debug, Clone, Copy)]
 pub enum Serving<'a> {
@@ -111,11 +123,8 @@ impl PgDb {
             Serving::Alone(Some(tell)) => Hold::Alone(store.stand_by_for_sole_engine(&host, lease, tell).await?),
             Serving::Together => Hold::Together(store.join_many_hosts(&host, lease).await?),
         };
-        let fence = match &hold {
-            Hold::Alone(sole) => Some(sole.term()),
-            Hold::Together(_) => None,
-        };
-        let committer = store.committer(CommitConfig { queue: PG_QUEUE, batch: PG_BATCH, workers, fence });
+        let committer =
+            store.committer(CommitConfig { queue: PG_QUEUE, batch: PG_BATCH, workers, fence: hold.fence() });
         Ok(Self { store, runtime, host, committer, feed: Feed::default(), hold, _dir_lock: None })
     }
 
@@ -189,12 +198,7 @@ impl PgDb {
     pub(crate) async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
         // Fenced as the group committer's commits are: a deposed host
         // starts nothing.
-        let fence = match &self.hold {
-            Hold::Alone(sole) => Some(sole.term()),
-            // Each claim's lease fences what its attempt writes.
-            Hold::Together(_) => None,
-        };
-        let claimed = self.store.claim_fenced(&self.host, limit, lease, fence).await?;
+        let claimed = self.store.claim_fenced(&self.host, limit, lease, self.hold.fence()).await?;
         claimed.iter().for_each(|c| self.feed.published(&c.record));
         Ok(claimed)
     }

@@ -150,27 +150,23 @@ impl PgStore {
     /// tried again once the note is old again (the notes behind it go
     /// first meanwhile).
     pub async fn postpone_flow_end(&self, note: FlowEndNote) -> Result<(), PgError> {
-        sqlx::query(
-            "UPDATE taskhost_flow_ends SET noted_at = clock_timestamp()
-             WHERE flow_id = $1 AND (extract(epoch FROM noted_at) * 1000)::bigint = $2",
-        )
-        .bind(note.flow)
-        .bind(note.noted_at_ms)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+        self.on_note("UPDATE taskhost_flow_ends SET noted_at = clock_timestamp()", note).await
     }
 
     /// Removes `note`, unless the flow was noted again since.
     pub async fn forget_flow_end(&self, note: FlowEndNote) -> Result<(), PgError> {
-        sqlx::query(
-            "DELETE FROM taskhost_flow_ends
-             WHERE flow_id = $1 AND (extract(epoch FROM noted_at) * 1000)::bigint = $2",
-        )
-        .bind(note.flow)
-        .bind(note.noted_at_ms)
-        .execute(self.pool())
-        .await?;
+        self.on_note("DELETE FROM taskhost_flow_ends", note).await
+    }
+
+    /// Runs `statement` (an update or delete of `taskhost_flow_ends`) on
+    /// `note`'s row, unless the flow was noted again since (its time,
+    /// read as [`flow_ends_noted`](Self::flow_ends_noted) reads it, moved).
+    async fn on_note(&self, statement: &str, note: FlowEndNote) -> Result<(), PgError> {
+        sqlx::query(&format!("{statement} WHERE flow_id = $1 AND (extract(epoch FROM noted_at) * 1000)::bigint = $2"))
+            .bind(note.flow)
+            .bind(note.noted_at_ms)
+            .execute(self.pool())
+            .await?;
         Ok(())
     }
 
