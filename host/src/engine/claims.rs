@@ -2,7 +2,7 @@
 //! This host claims startable tasks in batches while its window has room
 //! ([`run`]); each claim is the task's durable start under a lease, and
 //! decides what the in-memory scheduler decides on redb (priorities,
-//! queues' shares and limits, tenants' limits, joins) across every host
+//! tenants' and queues' shares, limits, joins) across every host
 //! on the database. Beside it, [`renew`] extends this host's leases in one
 //! statement every beat and stops the attempts whose lease was lost, and
 //! [`tend`] takes back lapsed leases (any host's), booking what they

@@ -517,6 +517,27 @@ async fn a_queues_limit_holds_across_hosts_and_weights_share_a_claim() {
     assert_eq!(claimed.iter().filter(|c| c.record.queue == "now").count(), 10);
 }
 
+/// A claim is shared equally among tenants first, then among a tenant's
+/// queues by weight: a tenant with four queues takes no more than one
+/// with a single queue, and what one cannot use goes to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_share_a_claim_equally_whatever_their_queues() {
+    let (store, _) = store("tenant_shares").await;
+    for (i, queue) in ["big/a", "big/b", "big/c", "big/d"].into_iter().enumerate() {
+        submit_to(&store, queue, 1000 * (i as u128 + 1), 50).await;
+    }
+    submit_to(&store, "small/only", 9000, 50).await;
+    let claimed = store.claim("a", 40, LEASE).await.unwrap();
+    let count = |prefix: &str| claimed.iter().filter(|c| c.record.queue.starts_with(prefix)).count();
+    assert_eq!((count("big/"), count("small/")), (20, 20), "by queue it would be 32 and 8");
+    for queue in ["big/a", "big/b", "big/c", "big/d"] {
+        assert_eq!(claimed.iter().filter(|c| c.record.queue == queue).count(), 5, "{queue}");
+    }
+    // Small has 30 left: a claim of 100 takes them and gives big the rest.
+    let claimed = store.claim("a", 100, LEASE).await.unwrap();
+    assert_eq!((claimed.len(), claimed.iter().filter(|c| c.record.queue.starts_with("small/")).count()), (100, 30));
+}
+
 /// A tenant's running limit holds across its queues and across hosts
 /// claiming at once; other tenants' queues take the rest of the claims.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

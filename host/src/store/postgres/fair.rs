@@ -1,7 +1,8 @@
 //! Which startable tasks a claim takes, fairly across queues and hosts.
 //!
-//! A claim of `limit` tasks is shared among the queues that have startable
-//! work by their weights ([`shares`]), none past its room: a queue with a
+//! A claim of `limit` tasks is shared equally among the tenants that have
+//! startable work, then each tenant's part among its queues by their
+//! weights ([`split`], [`shares`]), none past its room: a queue with a
 //! concurrency limit has room for its limit less its tasks running now,
 //! on every host (its running tasks are counted under a lock on the queue
 //! that capped queues' claims take in turn, so two hosts never both see
@@ -20,8 +21,17 @@
 //! the claim is shared, and what its queues take in one round is counted
 //! against it in the next.
 //!
-//! So queues with equal work finish together whichever hosts claim them:
-//! every claim, on any host, takes from each by weight. The shares count
+//! Tenants come first, as in the redb scheduler, so a tenant with many
+//! queues (or a heavy weight on one) takes no more of a claim than a
+//! tenant with one. What a tenant cannot use (its queues' rooms, or it
+//! ran out of tasks) goes to the others: in the claim's next round the
+//! rest is split equally again among the tenants that still have room, so
+//! a tenant one of whose queues ran short may end a claim a little under
+//! its equal part.
+//!
+//! So queues of one tenant (or of tenants alike) with equal work finish
+//! together whichever hosts claim them: every claim, on any host, takes
+//! from each by its tenant's part and its weight. The shares count
 //! tasks, not their run time (the redb scheduler's fair queuing charges
 //! measured run time). A row whose record cannot be decoded is
 //! quarantined (`quarantine.rs`), not claimed.
@@ -105,6 +115,9 @@ struct Ready {
     /// Its tenant's running limit, when it has one (an index into the
     /// claim's capped tenants).
     tenant: Option<usize>,
+    /// Its tenant (an index into the claim's tenants with startable
+    /// work), whose part of the claim it shares.
+    owner: usize,
 }
 
 /// A tenant with a running limit, as a claim finds it.
@@ -138,6 +151,32 @@ fn rooms(queues: &[Ready], tenants: &[Capped], rng: &mut fastrand::Rng) -> Vec<C
     claimable
 }
 
+/// Splits a claim of `limit` tasks among `queues`, whose tenants are
+/// `owners` (indexes): equally among the tenants (each as one queue of
+/// weight 1 whose room is the sum of its queues'), then each tenant's
+/// part among its queues by [`shares`]. A tenant whose queues have less
+/// room than its part gives the rest to the others.
+pub(crate) fn split(limit: usize, queues: &[Claimable], owners: &[usize], rng: &mut fastrand::Rng) -> Vec<usize> {
+    let count = owners.iter().max().map_or(0, |&last| last + 1);
+    let members = |t: usize| (0..queues.len()).filter(move |&i| owners[i] == t);
+    let tenants: Vec<Claimable> = (0..count)
+        .map(|t| {
+            let room = members(t).try_fold(0usize, |sum, i| queues[i].room.map(|room| sum.saturating_add(room)));
+            Claimable { weight: 1, room }
+        })
+        .collect();
+    let parts = shares(limit, &tenants, rng);
+    let mut given = vec![0usize; queues.len()];
+    for (t, part) in parts.into_iter().enumerate() {
+        let mine: Vec<usize> = members(t).collect();
+        let own: Vec<Claimable> = mine.iter().map(|&i| queues[i]).collect();
+        for (&i, n) in mine.iter().zip(shares(part, &own, rng)) {
+            given[i] = n;
+        }
+    }
+    given
+}
+
 /// Takes up to `limit` startable tasks in the transaction `conn` is in,
 /// each queue its share, their rows locked until it ends.
 pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
@@ -146,13 +185,14 @@ pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<Ta
         return Ok(Vec::new());
     }
     let mut rng = fastrand::Rng::new();
+    let owners: Vec<usize> = queues.iter().map(|q| q.owner).collect();
     let mut found: Vec<TaskRecord> = Vec::new();
     let mut ids: Vec<Uuid> = Vec::new();
     let mut bad = Vec::new();
     for _ in 0..PASSES {
         let want = limit - found.len();
         let claimable = rooms(&queues, &tenants, &mut rng);
-        let quotas = shares(want, &claimable, &mut rng);
+        let quotas = split(want, &claimable, &owners, &mut rng);
         if want == 0 || quotas.iter().all(|&q| q == 0) {
             break;
         }
@@ -228,7 +268,7 @@ async fn ready(conn: &mut PgConnection) -> Result<(Vec<Ready>, Vec<Capped>), Sto
     .fetch_all(&mut *conn)
     .await?;
     let capped: Vec<String> = rows.iter().filter(|(_, cap, _)| cap.is_some()).map(|(q, _, _)| q.clone()).collect();
-    let mut of_tenants: Vec<&str> = rows.iter().map(|(q, _, _)| crate::tenant::tenant_of(q)).collect();
+    let mut of_tenants: Vec<String> = rows.iter().map(|(q, _, _)| crate::tenant::tenant_of(q).to_owned()).collect();
     of_tenants.sort_unstable();
     of_tenants.dedup();
     // The tenants of these queues with a running limit.
@@ -270,8 +310,13 @@ async fn ready(conn: &mut PgConnection) -> Result<(Vec<Ready>, Vec<Capped>), Sto
         .into_iter()
         .map(|(name, cap, weight)| {
             let room = cap.map(|cap| room(i64::from(cap), running.get(&name)));
-            let tenant = limits.iter().position(|(t, _)| t == crate::tenant::tenant_of(&name));
-            Ready { weight: u32::try_from(weight).unwrap_or(1).max(1), room, more: true, taken: 0, tenant, name }
+            let of = crate::tenant::tenant_of(&name);
+            let tenant = limits.iter().position(|(t, _)| t == of);
+            let owner = of_tenants
+                .binary_search_by(|t| t.as_str().cmp(of))
+                .expect("`of_tenants` holds every tenant of these queues, sorted");
+            let weight = u32::try_from(weight).unwrap_or(1).max(1);
+            Ready { weight, room, more: true, taken: 0, tenant, owner, name }
         })
         .collect();
     Ok((queues, tenants))
@@ -315,7 +360,7 @@ mod tests {
     }
 
     fn ready(weight: u32, room: Option<usize>, tenant: Option<usize>) -> Ready {
-        Ready { name: String::new(), weight, room, more: true, taken: 0, tenant }
+        Ready { name: String::new(), weight, room, more: true, taken: 0, tenant, owner: 0 }
     }
 
     #[test]
@@ -337,6 +382,28 @@ mod tests {
         let tenants = [Capped { room: 6, taken: 0 }];
         let rooms_now = rooms(&queues, &tenants, rng);
         assert_eq!(rooms_now.iter().map(|c| c.room).collect::<Vec<_>>(), [Some(1), Some(5)]);
+    }
+
+    #[test]
+    fn a_claim_is_split_equally_among_tenants_then_by_weight_among_their_queues() {
+        let rng = &mut fastrand::Rng::with_seed(5);
+        // Tenant 0 has four queues, tenant 1 one: half each, not 4:1.
+        let queues = [queue(1, None), queue(1, None), queue(1, None), queue(1, None), queue(1, None)];
+        let given = split(16, &queues, &[0, 0, 0, 0, 1], rng);
+        assert_eq!(given, [2, 2, 2, 2, 8]);
+        // A heavy queue weighs only within its tenant.
+        let given = split(12, &[queue(1, None), queue(5, None), queue(1, None)], &[0, 0, 1], rng);
+        assert_eq!(given, [1, 5, 6]);
+        // What a tenant's queues have no room for goes to the others.
+        let given = split(10, &[queue(1, Some(1)), queue(1, Some(1)), queue(1, None)], &[0, 0, 1], rng);
+        assert_eq!(given, [1, 1, 8]);
+        // One tenant: its queues by weight, as `shares` alone.
+        assert_eq!(split(12, &[queue(1, None), queue(3, None)], &[0, 0], rng), [3, 9]);
+        assert_eq!(split(5, &[], &[], rng), Vec::<usize>::new());
+        // Small claims reach every tenant in turn.
+        let queues = [queue(1, None), queue(1, None), queue(1, None), queue(1, None)];
+        let alone: usize = (0..2000).map(|_| split(1, &queues, &[0, 0, 0, 1], rng)[3]).sum();
+        assert!((850..1150).contains(&alone), "the one-queue tenant took {alone} of 2000 single-task claims");
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! commits at most once when a host that was thought dead comes back.
 //!
 //! - **Claim.** [`PgStore::claim`] takes up to `limit` startable tasks
-//!   (pending or retrying, due), each queue's share of them by weight and
-//!   within its concurrency limit, and in each queue by priority, then due
+//!   (pending or retrying, due), each tenant an equal part of them, each
+//!   of its queues a share of that by weight and within its concurrency
+//!   limit, and in each queue by priority, then due
 //!   time, then age (see `fair.rs`), with `FOR UPDATE SKIP LOCKED`: hosts
 //!   claiming at once get disjoint batches and never wait on each other's
 //!   rows (except a capped queue's count, which they take in turn). Each
