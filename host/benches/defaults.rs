@@ -32,9 +32,8 @@
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use taskhost::engine::{Engine, EngineConfig, NewTask};
-use taskhost::store::TaskState;
+use std::time::{Duration, Instant};
+use taskhost::engine::{Engine, EngineConfig};
 use taskhost_test_artifacts::{CLOCK, TRIVIAL};
 
 mod common;
@@ -164,7 +163,7 @@ async fn bench() {
         let mut samples = vec![Vec::new(); settings.len()];
         for _ in 0..LATENCY_ROUNDS {
             for (i, (_, engine)) in engines.iter().enumerate() {
-                samples[i].extend(latency(engine, 1_000).await);
+                samples[i].extend(common::latency(std::slice::from_ref(engine), 1_000, LATENCY_SECONDS).await);
             }
         }
         let p = |l: &mut Vec<Duration>, q: usize| {
@@ -182,7 +181,7 @@ async fn bench() {
                 format!("{:.2}x (p99)", p99.as_secs_f64() / base.as_secs_f64()),
             ));
         }
-        let l = latency(&engines[0].1, 10_000).await;
+        let l = common::latency(std::slice::from_ref(&engines[0].1), 10_000, LATENCY_SECONDS).await;
         let pct = |q: usize| l[(l.len() * q / 100).min(l.len() - 1)];
         rows.push(row(
             &format!("submit -> start at a steady 10000 tasks/s ({} tasks)", l.len()),
@@ -494,55 +493,6 @@ async fn trickle_waits(own_tenant: bool) -> Vec<Duration> {
     server.kill().unwrap();
     server.wait().unwrap();
     waits
-}
-
-fn unix_nanos() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
-}
-
-/// Submit → start latencies of `clock` tasks at `rate` per second for
-/// [`LATENCY_SECONDS`], sorted. Each task's output is the time it started;
-/// the outputs are read once all have completed, so waiting costs nothing
-/// while they run.
-async fn latency(engine: &Engine, rate: u64) -> Vec<Duration> {
-    let done_before = completed_in(engine);
-    let tick = Duration::from_micros(1_000_000 / rate.min(1_000));
-    let per_tick = (rate / 1_000).max(1);
-    let mut ticker = tokio::time::interval(tick);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let mut pending = Vec::new();
-    let until = Instant::now() + Duration::from_secs(LATENCY_SECONDS);
-    while Instant::now() < until {
-        ticker.tick().await;
-        for _ in 0..per_tick {
-            let engine = engine.clone();
-            pending.push(tokio::spawn(async move {
-                let submitted_at = unix_nanos();
-                let task = NewTask { plugin: "clock".into(), ..NewTask::default() };
-                (engine.submit(task).await.unwrap().record.id, submitted_at)
-            }));
-        }
-    }
-    let mut submitted = Vec::with_capacity(pending.len());
-    for p in pending {
-        submitted.push(p.await.unwrap());
-    }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while completed_in(engine) < done_before + submitted.len() as i64 {
-        assert!(Instant::now() < deadline, "the latency run's tasks did not all complete in 2 minutes");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let mut latencies: Vec<Duration> = Vec::with_capacity(submitted.len());
-    for (id, submitted_at) in submitted {
-        let ran_at: u128 = String::from_utf8(engine.output(id).await.unwrap().unwrap()).unwrap().parse().unwrap();
-        latencies.push(Duration::from_nanos(ran_at.saturating_sub(submitted_at) as u64));
-    }
-    latencies.sort();
-    latencies
-}
-
-fn completed_in(engine: &Engine) -> i64 {
-    engine.state_counts().get(&TaskState::Completed).copied().unwrap_or(0)
 }
 
 /// Fills a store with `n` completed tasks, starts `taskhost serve` on it,

@@ -28,8 +28,13 @@
 //! the standby's `/healthz` answers 200 is measured; beside it, the time
 //! a host started after the SIGKILL takes to serve (no standby).
 //!
+//! A fourth table times submit → start at a steady 1,000 tasks/s (the
+//! `clock` plugin's output is when it ran) on a redb file, on PostgreSQL
+//! served by one host alone, and by 1 and 3 hosts serving together.
+//!
 //! Run: `cargo bench -p taskhost --bench postgres` (`-- failover`: the
-//! failover table alone; `-- engine`: the engine's).
+//! failover table alone; `-- engine`: the engine's; `-- latency`: the
+//! latency table).
 
 use std::time::{Duration, Instant};
 use taskhost::engine::{Engine, EngineConfig};
@@ -63,6 +68,9 @@ async fn bench() {
     }
     if std::env::args().any(|arg| arg == "engine") {
         return engines(cluster).await;
+    }
+    if std::env::args().any(|arg| arg == "latency") {
+        return latencies(cluster).await;
     }
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     // (hosts, how commits are made)
@@ -107,6 +115,7 @@ async fn bench() {
         );
     }
     engines(cluster).await;
+    latencies(cluster).await;
     failovers(cluster).await;
 }
 
@@ -236,25 +245,8 @@ async fn engines(cluster: &taskhost_test_postgres::Cluster) {
 /// submitted to each in turn: tasks per second, and how many each host
 /// completed.
 async fn hosts_round(url: &str, hosts: usize) -> (f64, Vec<u64>) {
-    let mut engines = Vec::new();
-    let mut dirs = Vec::new();
-    for _ in 0..hosts {
-        let dir = tempfile::tempdir().unwrap();
-        let config = EngineConfig {
-            data_dir: dir.path().to_owned(),
-            sandbox: taskhost::SandboxConfig { pool_instances: 1024, ..taskhost::SandboxConfig::default() },
-            store_url: Some(taskhost::engine::StoreUrl::new(url.to_owned())),
-            many_hosts: true,
-            ..EngineConfig::default()
-        };
-        let engine = Engine::open(config).await.unwrap();
-        if engines.is_empty() {
-            // Uploaded before the others start, which read it at start.
-            engine.add_plugin("trivial", taskhost_test_artifacts::TRIVIAL.bytes(), None, true).await.unwrap();
-        }
-        engines.push(engine);
-        dirs.push(dir);
-    }
+    let (engines, _dirs) =
+        open_hosts(Some(url), hosts, true, "trivial", taskhost_test_artifacts::TRIVIAL.bytes()).await;
     let started = Instant::now();
     let submitters: Vec<_> = (0..64)
         .map(|i| {
@@ -282,17 +274,94 @@ async fn hosts_round(url: &str, hosts: usize) -> (f64, Vec<u64>) {
     (ENGINE_TASKS as f64 / took.as_secs_f64(), each)
 }
 
+/// `hosts` engines in this process, each with a data directory of its
+/// own (returned: it lives as long as they run), on a new redb file (no
+/// `url`: one host) or on the database at `url`, serving it together
+/// (`many`) or alone; `plugin` is uploaded to the first before the others
+/// start (they read it at start).
+async fn open_hosts(
+    url: Option<&str>,
+    hosts: usize,
+    many: bool,
+    plugin: &str,
+    wasm: Vec<u8>,
+) -> (Vec<Engine>, Vec<tempfile::TempDir>) {
+    let mut engines: Vec<Engine> = Vec::new();
+    let mut dirs = Vec::new();
+    for _ in 0..hosts {
+        let dir = tempfile::tempdir().unwrap();
+        let config = EngineConfig {
+            data_dir: dir.path().to_owned(),
+            sandbox: taskhost::SandboxConfig { pool_instances: 1024, ..taskhost::SandboxConfig::default() },
+            store_url: url.map(|url| taskhost::engine::StoreUrl::new(url.to_owned())),
+            many_hosts: many,
+            ..EngineConfig::default()
+        };
+        let engine = Engine::open(config).await.unwrap();
+        if engines.is_empty() {
+            engine.add_plugin(plugin, wasm.clone(), None, true).await.unwrap();
+        }
+        engines.push(engine);
+        dirs.push(dir);
+    }
+    (engines, dirs)
+}
+
+/// Seconds of each latency run.
+const LATENCY_SECONDS: u64 = 2;
+
+/// Submit → start latency at a steady 1,000 tasks/s on each store
+/// ([`ROUNDS`] runs each, alternating; percentiles over all of a
+/// setting's samples).
+async fn latencies(cluster: &taskhost_test_postgres::Cluster) {
+    // (label, on PostgreSQL, hosts, serving together)
+    let settings = [
+        ("redb file (default)", false, 1, false),
+        ("PostgreSQL, serving alone", true, 1, false),
+        ("PostgreSQL, `--many-hosts`", true, 1, true),
+        ("PostgreSQL, `--many-hosts`", true, 3, true),
+    ];
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); settings.len()];
+    for round in 0..ROUNDS {
+        for (i, &(_, postgres, hosts, many)) in settings.iter().enumerate() {
+            let url = postgres.then(|| cluster.database(&format!("bench_latency_{i}_{round}")));
+            let clock = taskhost_test_artifacts::CLOCK.bytes();
+            let (engines, _dirs) = open_hosts(url.as_deref(), hosts, many, "clock", clock).await;
+            // A moment for every host to lead, claim and listen.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            samples[i].extend(common::latency(&engines, 1_000, LATENCY_SECONDS).await);
+            for engine in engines {
+                engine.close().await;
+            }
+        }
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!(
+        "\nSubmit → start at a steady 1,000 tasks/s ({LATENCY_SECONDS} s × {ROUNDS} rounds, submitted to the hosts in turn)\n"
+    );
+    println!("| store | hosts | tasks | p50 | p99 | p99 ratio |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let mut base = None;
+    for (i, mut l) in samples.into_iter().enumerate() {
+        l.sort();
+        let (p50, p99) = (l[l.len() / 2], l[l.len() * 99 / 100]);
+        let base = *base.get_or_insert(p99);
+        let (label, _, hosts, _) = settings[i];
+        println!(
+            "| {label} | {hosts} | {} | {:.2} ms | {:.2} ms | {:.2}x |",
+            l.len(),
+            ms(p50),
+            ms(p99),
+            p99.as_secs_f64() / base.as_secs_f64()
+        );
+    }
+}
+
 /// One round of the engine on a new store: tasks per second.
 async fn engine_round(store_url: Option<String>) -> f64 {
-    let dir = tempfile::tempdir().unwrap();
-    let config = EngineConfig {
-        data_dir: dir.path().to_owned(),
-        sandbox: taskhost::SandboxConfig { pool_instances: 1024, ..taskhost::SandboxConfig::default() },
-        store_url: store_url.map(taskhost::engine::StoreUrl::new),
-        ..EngineConfig::default()
-    };
-    let engine = Engine::open(config).await.unwrap();
-    engine.add_plugin("trivial", taskhost_test_artifacts::TRIVIAL.bytes(), None, true).await.unwrap();
+    let trivial = taskhost_test_artifacts::TRIVIAL.bytes();
+    let (mut engines, _dir) = open_hosts(store_url.as_deref(), 1, false, "trivial", trivial).await;
+    let engine = engines.remove(0);
     let took = common::submit_and_complete(&engine, ENGINE_TASKS, common::trivial).await;
     engine.close().await;
     ENGINE_TASKS as f64 / took.as_secs_f64()
