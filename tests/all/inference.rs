@@ -554,3 +554,78 @@ async fn the_intent_router_script_sends_each_request_to_its_nearest_intent_with_
     let error = record.error.unwrap();
     assert!(!error.retryable && error.message.contains("is not granted"), "{}", error.message);
 }
+
+/// Routing by capability on real ONNX Runtime: two engines serve one
+/// PostgreSQL database together, only one of them with the model a
+/// plugin's manifest names. Every task of that plugin, all submitted to
+/// the host without the model, runs where the model is (a call on the
+/// other host would answer that it serves no models); while the manifest
+/// names a model no live host serves, its tasks wait and the hosts' list
+/// names the plugin, and they run once it is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn serving_together_a_plugins_tasks_run_only_on_hosts_serving_its_models() {
+    use taskhost::registry::Manifest;
+    let url = taskhost_test_postgres::cluster().database("inference_routing");
+    let dir = tempfile::tempdir().unwrap();
+    let models = open(dir.path(), &[("affine", "affine", "max_delay = \"0ms\"\ntimeout = \"30s\"")]);
+    let host = |models: Option<Models>| {
+        let url = url.clone();
+        engine_with(move |c| {
+            c.store_url = Some(taskhost::engine::StoreUrl::new(url));
+            c.many_hosts = true;
+            c.models = models;
+        })
+    };
+    let (gpu, _gpu_dir) = host(Some(models)).await;
+    let (cpu, _cpu_dir) = host(None).await;
+    gpu.add_plugin(INFER_PROBE.name, INFER_PROBE.bytes(), None, true).await.unwrap();
+    let needs =
+        |models: &[&str]| Manifest { models: models.iter().map(|m| m.to_string()).collect(), ..Manifest::default() };
+    gpu.set_manifest(INFER_PROBE.name, Some(needs(&["affine"]))).await.unwrap();
+    // The other host knows the plugin once it read and compiled it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut ids = Vec::new();
+    for i in 0..24 {
+        let call = affine_call(&[[i as f32; 4]]).to_string();
+        let id = loop {
+            match cpu.submit(task(INFER_PROBE.name, &call)).await {
+                Ok(submitted) => break submitted.record.id,
+                Err(error) if Instant::now() < deadline => {
+                    assert!(error.to_string().contains("unknown plugin"), "{error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(error) => panic!("the host never knew the plugin: {error}"),
+            }
+        };
+        ids.push((i, id));
+    }
+    for (i, id) in ids {
+        let record = cpu.wait(id, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(record.state, TaskState::Completed, "{record:?}");
+        let out: Value = serde_json::from_slice(&cpu.output(id).await.unwrap().unwrap()).unwrap();
+        assert_eq!(
+            out["ok"][0]["values"],
+            json!(vec![2.0 * i as f64 + 1.0; 4]),
+            "task {id} ran on a host without the model: {out}"
+        );
+    }
+    let listed = cpu.hosts().await.unwrap();
+    assert_eq!(listed.hosts.len(), 2, "{listed:?}");
+    assert!(listed.unserved.is_empty(), "{:?}", listed.unserved);
+
+    // A model no host serves: the plugin's tasks wait, and the list says so.
+    gpu.set_manifest(INFER_PROBE.name, Some(needs(&["affine", "ranker"]))).await.unwrap();
+    let waiting = gpu.submit(task(INFER_PROBE.name, &affine_call(&[[1.0; 4]]).to_string())).await.unwrap().record.id;
+    let listed = gpu.hosts().await.unwrap();
+    assert_eq!(listed.unserved.len(), 1, "{listed:?}");
+    assert_eq!((listed.unserved[0].plugin.as_str(), listed.unserved[0].needs.len()), (INFER_PROBE.name, 2));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(gpu.get(waiting).await.unwrap().state, TaskState::Pending, "no host serves `ranker`");
+    gpu.set_manifest(INFER_PROBE.name, Some(needs(&["affine"]))).await.unwrap();
+    let record = gpu.wait(waiting, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(record.state, TaskState::Completed, "{record:?}");
+    let out: Value = serde_json::from_slice(&gpu.output(waiting).await.unwrap().unwrap()).unwrap();
+    assert_eq!(out["ok"][0]["values"], json!(vec![3.0; 4]), "{out}");
+    cpu.close().await;
+    gpu.close().await;
+}

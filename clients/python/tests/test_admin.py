@@ -54,6 +54,7 @@ def test_host_state(client: Client) -> None:
     assert [h.this for h in hosts.hosts] == [True] and hosts.hosts[0].live
     assert hosts.hosts[0].report is not None and hosts.hosts[0].report.load.slots >= 1
     assert hosts.hosts[0].report.role == "serving"
+    assert hosts.unserved == []  # a host serving alone routes nothing
     assert len(client.callback_secret().secret) == 64
     assert "# TYPE taskhost_" in client.metrics()
     assert client.metrics(openmetrics=True).rstrip().endswith("# EOF")

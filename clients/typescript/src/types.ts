@@ -791,6 +791,17 @@ export interface HostList {
   hosts: Host[];
   heartbeat_every_ms: number;
   live_within_ms: number;
+  /** Hosts serving together: the plugins whose tasks no live serving host
+   *  can run (their manifest names models none serves all of); their
+   *  tasks wait until one does. Empty on a host serving alone. */
+  unserved: UnservedPlugin[];
+}
+
+/** `UnservedPlugin`: a plugin whose tasks wait for a host that serves
+ *  every model its manifest names (`needs`). */
+export interface UnservedPlugin {
+  plugin: string;
+  needs: string[];
 }
 
 /** `Host`: a host serving the store: `this` the one that answered, `live`

@@ -50,6 +50,7 @@ describe("the host", () => {
     assert.deepEqual(hosts.hosts.map((host) => host.this), [true]);
     assert.ok(hosts.hosts[0].live && hosts.hosts[0].report.load.slots >= 1, JSON.stringify(hosts));
     assert.equal(hosts.hosts[0].report.role, "serving");
+    assert.deepEqual(hosts.unserved, [], "a host serving alone routes nothing");
     const secret = await admin.callbackSecret();
     assert.equal(secret.tenant, "default");
     assert.match(secret.secret, /^[0-9a-f]{64}$/);

@@ -1,5 +1,6 @@
 //! `taskhost hosts`: the hosts serving a server's store, with their
-//! models, load and heartbeat age (`GET /v1/hosts`).
+//! models, load and heartbeat age, and the plugins whose models no live
+//! host serves (`GET /v1/hosts`).
 
 use super::client::{Client, ServerArg, done};
 use super::render::{JsonArg, Table};
@@ -75,7 +76,15 @@ fn hosts_text(list: &wire::HostList) -> String {
         }
         table.row(row);
     }
-    table.render("no hosts")
+    let mut text = table.render("no hosts");
+    for waiting in &list.unserved {
+        text.push_str(&format!(
+            "waiting: plugin `{}` needs {}, which no live host serves together; its tasks wait until one does\n",
+            waiting.plugin,
+            waiting.needs.join(", "),
+        ));
+    }
+    text
 }
 
 #[cfg(test)]
@@ -97,7 +106,8 @@ mod tests {
             ],
             2000,
             10_000,
-        );
+        )
+        .with_unserved(vec![wire::UnservedPlugin::new("t/rank".into(), vec!["minilm".into(), "ranker".into()])]);
         let text = hosts_text(&list);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[0].starts_with("HOST"), "{text}");
@@ -110,6 +120,11 @@ mod tests {
         assert!(
             lines[2].starts_with("b ") && lines[2].contains(" no ") && lines[2].contains("(unreadable report)"),
             "{text}"
+        );
+        assert_eq!(
+            lines[4],
+            "waiting: plugin `t/rank` needs minilm, ranker, which no live host serves together; its tasks wait until \
+             one does"
         );
     }
 }

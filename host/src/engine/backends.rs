@@ -43,6 +43,15 @@ fn task(plugin: &str, script: &Script) -> NewTask {
 const WAIT: Duration = Duration::from_secs(20);
 
 both! {
+    async fn a_host_serving_alone_runs_tasks_whatever_models_they_need(h) {
+        // No other host could take them: they run here (and a call to a
+        // model this host lacks fails, as on redb).
+        h.runner.needs.lock().unwrap().push(("embed".into(), vec!["minilm".into()]));
+        let id = h.engine.submit(task("embed", &Script::Complete(b"ran".to_vec()))).await.unwrap().record.id;
+        assert_eq!(h.engine.wait(id, WAIT).await.unwrap().state, TaskState::Completed);
+        assert_eq!(h.runner.calls(id), 1);
+    }
+
     async fn tasks_complete_with_their_outputs_and_a_key_answers_with_its_task(h) {
         let mut ids = Vec::new();
         for i in 0..20u8 {
@@ -549,4 +558,42 @@ async fn hosts_serving_together_share_the_work_and_run_each_task_once() {
     assert_eq!(done.tasks.len(), 13);
     let ran = |h: &Harness| ids.iter().filter(|(_, id)| h.runner.calls(*id) == 1).count();
     assert!(ran(&a) > 0 && ran(&b) > 0, "both hosts ran tasks: {} and {}", ran(&a), ran(&b));
+}
+
+/// Routing by capability: serving together, a host leaves the tasks of
+/// plugins that need models it does not serve (its runner says which) to
+/// the hosts that serve them, whichever host they were submitted to; other
+/// plugins' tasks run on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hosts_serving_together_leave_the_tasks_they_cannot_serve_to_those_that_can() {
+    let url = taskhost_test_postgres::cluster().database("engine_routing");
+    let together = |c: &mut EngineConfig| {
+        tweak(c);
+        c.many_hosts = true;
+    };
+    let a = Harness::on_url(url.clone(), together).await.unwrap();
+    let b = Harness::on_url(url.clone(), together).await.unwrap();
+    // As host a's registry has it; host b's has no manifest, so b takes
+    // them (neither serves a model here).
+    a.runner.needs.lock().unwrap().push(("embed".into(), vec!["minilm".into()]));
+    let mut embeds = Vec::new();
+    let mut echoes = Vec::new();
+    for i in 0..60u8 {
+        let on = if i % 2 == 0 { &a } else { &b };
+        embeds.push(on.engine.submit(task("embed", &Script::Sleep(5, vec![i]))).await.unwrap().record.id);
+        echoes.push(on.engine.submit(task("echo", &Script::Sleep(5, vec![i]))).await.unwrap().record.id);
+    }
+    for id in embeds.iter().chain(&echoes) {
+        let done = a.engine.wait(*id, WAIT).await.unwrap();
+        assert_eq!((done.state, done.attempts), (TaskState::Completed, 1), "{done:?}");
+        assert_eq!(a.runner.calls(*id) + b.runner.calls(*id), 1, "task {id} ran once");
+    }
+    let ran = |h: &Harness, ids: &[uuid::Uuid]| ids.iter().filter(|id| h.runner.calls(**id) == 1).count();
+    assert_eq!(ran(&a, &embeds), 0, "host a serves no `embed` task, not even those submitted to it");
+    assert_eq!(ran(&b, &embeds), 60);
+    assert!(ran(&a, &echoes) > 0 && ran(&b, &echoes) > 0, "{} and {}", ran(&a, &echoes), ran(&b, &echoes));
+    // Host a lists the plugin as unserved: no live host serves `minilm`.
+    let listed = a.engine.hosts().await.unwrap();
+    assert_eq!(listed.hosts.len(), 2, "{listed:?}");
+    assert_eq!(listed.unserved, [crate::wire::UnservedPlugin::new("embed".into(), vec!["minilm".into()])]);
 }

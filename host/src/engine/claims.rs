@@ -9,7 +9,10 @@
 //! moved, and reads how many tasks wait in each queue (the database's
 //! counts stand for the in-memory scheduler's, whose heaps stay empty
 //! here). A claim whose answer was lost (its commit's connection failed)
-//! is found by its leases and run ([`adopt`]).
+//! is found by its leases and run ([`adopt`]). Serving with other hosts,
+//! a claim leaves the tasks of plugins that need models this host does
+//! not serve to the hosts that serve them (routing by capability: the
+//! models a plugin's manifest names).
 //!
 //! A claim is looked for when this host's own work wakes it (a submission,
 //! a retry, a freed slot), when another host's commit makes tasks
@@ -182,7 +185,8 @@ pub(crate) async fn run(dispatch: Arc<Dispatch>, shared: Arc<Shared>, endings: A
         }
         let room = lock(&shared.sched).room().min(CLAIM_BATCH);
         if room > 0 {
-            match pg.claim(room, shared.config.store_lease).await {
+            let leave = super::routing::leave_to_others(&shared);
+            match pg.claim(room, shared.config.store_lease, &leave).await {
                 Ok(claimed) => {
                     if failing.take().is_some() {
                         tracing::info!("claiming tasks works again");

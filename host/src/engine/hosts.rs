@@ -87,7 +87,7 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: tokio::sync::oneshot::Rec
 
 /// Every host serving the store, by id: on a shared store its rows, with
 /// this host's own report in place of its last heartbeat's; on redb this
-/// host alone.
+/// host alone. With the plugins no live host serves (see `routing.rs`).
 pub(crate) async fn list(shared: &Shared) -> Result<HostList, crate::store::StoreError> {
     let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     let this = || Host::new(shared.host.clone(), true, true, 0, Some(report(shared)));
@@ -114,5 +114,6 @@ pub(crate) async fn list(shared: &Shared) -> Result<HostList, crate::store::Stor
             hosts
         }
     };
-    Ok(HostList::new(hosts, ms(EVERY), ms(LIVE_WITHIN)))
+    let unserved = super::routing::unserved(shared, &hosts);
+    Ok(HostList::new(hosts, ms(EVERY), ms(LIVE_WITHIN)).with_unserved(unserved))
 }

@@ -33,6 +33,7 @@ mod recent;
 mod recovery;
 mod retention;
 mod retry;
+mod routing;
 mod runner;
 mod scheduler;
 mod settings;

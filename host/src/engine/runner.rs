@@ -113,6 +113,11 @@ pub(crate) trait Runner: Send + Sync + 'static {
     fn release(&self, name: &str, version: &str);
     /// Runs one attempt of `task`.
     async fn run(&self, task: &TaskRecord, attempt: Attempt) -> TaskReport;
+    /// The plugins whose manifest names models, with them (what their
+    /// tasks need of a host: see `routing.rs`).
+    fn model_needs(&self) -> Vec<(String, Vec<String>)> {
+        Vec::new()
+    }
     /// The task defaults and ceilings in force, and those given at start
     /// (`None`: a runner without them, as in tests).
     fn host_limits(&self) -> Option<HostLimits> {
@@ -175,6 +180,10 @@ fn failed(class: FailureClass, message: String) -> TaskReport {
 
 #[async_trait::async_trait]
 impl Runner for SandboxRunner {
+    fn model_needs(&self) -> Vec<(String, Vec<String>)> {
+        self.registry.model_needs()
+    }
+
     fn resolve(&self, spec: &str) -> Result<Resolved, EngineError> {
         let (name, loaded) = self.registry.resolve(spec)?;
         let (defaults, ceilings) = crate::sync::read(&self.limits).clone();

@@ -46,6 +46,8 @@ pub(crate) struct ScriptRunner {
     pub(crate) held: Mutex<HashMap<String, i64>>,
     /// Opens for [`Script::AwaitGate`] attempts.
     pub(crate) gate: tokio::sync::Semaphore,
+    /// The models plugins' manifests name, as the registry would say.
+    pub(crate) needs: Mutex<Vec<(String, Vec<String>)>>,
 }
 
 impl Default for ScriptRunner {
@@ -56,6 +58,7 @@ impl Default for ScriptRunner {
             most_active: Default::default(),
             held: Mutex::default(),
             gate: tokio::sync::Semaphore::new(0),
+            needs: Mutex::default(),
         }
     }
 }
@@ -90,6 +93,10 @@ impl Runner for ScriptRunner {
             caps,
             pin: crate::registry::Pin::default(),
         })
+    }
+
+    fn model_needs(&self) -> Vec<(String, Vec<String>)> {
+        lock(&self.needs).clone()
     }
 
     fn check_limits(&self, _: &Limits) -> Result<(), String> {

@@ -357,6 +357,12 @@ impl Models {
         };
     }
 
+    /// The names of the models this host serves now (loaded and ready),
+    /// whoever may call them, sorted.
+    pub(crate) fn serving(&self) -> Vec<String> {
+        crate::sync::read(&self.inner.models).values().filter(|m| m.loaded.is_ok()).map(|m| m.name.clone()).collect()
+    }
+
     /// Everything, for `GET /v1/models`.
     pub fn view(&self) -> ModelsView {
         let status = self.runtime();

@@ -1071,6 +1071,20 @@ impl Registry {
         read(&self.entries).get(name).and_then(|e| e.manifest.clone())
     }
 
+    /// The plugins whose manifest names models, with them: what their
+    /// tasks need of the host they run on. Sorted by name.
+    pub(crate) fn model_needs(&self) -> Vec<(String, Vec<String>)> {
+        let mut needs: Vec<(String, Vec<String>)> = read(&self.entries)
+            .iter()
+            .filter_map(|(name, e)| {
+                let models = &e.manifest.as_ref()?.models;
+                (!models.is_empty()).then(|| (name.clone(), models.clone()))
+            })
+            .collect();
+        needs.sort_unstable();
+        needs
+    }
+
     /// Checks and sets (or clears) a plugin's manifest.
     pub(crate) async fn set_manifest(&self, name: &str, manifest: Option<Manifest>) -> Result<(), RegistryError> {
         crate::tenant::check_key(names::NameKind::Plugin, name).map_err(RegistryError::BadName)?;
@@ -1324,5 +1338,25 @@ mod tests {
         let bad_model = Manifest { models: vec!["..".into()], ..Manifest::default() };
         let refused = r.set_manifest("p", Some(bad_model)).await.unwrap_err();
         assert!(refused.to_string().contains("invalid model name `..`"), "{refused}");
+    }
+
+    #[tokio::test]
+    async fn the_models_plugins_need_are_their_manifests_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path(), 10).await;
+        let needs = |models: &[&str]| Manifest {
+            models: models.iter().map(|m| m.to_string()).collect(),
+            ..Manifest::default()
+        };
+        r.add("plain", TRIVIAL.bytes(), None, true).await.unwrap();
+        r.set_manifest("files", Some(needs(&[]))).await.unwrap();
+        r.set_manifest("t/both", Some(needs(&["minilm", "ranker"]))).await.unwrap();
+        r.set_manifest("embed", Some(needs(&["minilm"]))).await.unwrap();
+        let expect = |list: &[(&str, &[&str])]| -> Vec<(String, Vec<String>)> {
+            list.iter().map(|(p, m)| (p.to_string(), m.iter().map(|m| m.to_string()).collect())).collect()
+        };
+        assert_eq!(r.model_needs(), expect(&[("embed", &["minilm"]), ("t/both", &["minilm", "ranker"])]));
+        r.set_manifest("t/both", None).await.unwrap();
+        assert_eq!(r.model_needs(), expect(&[("embed", &["minilm"])]), "a cleared manifest needs nothing");
     }
 }

@@ -194,11 +194,17 @@ impl PgDb {
     }
 
     /// Claims up to `limit` startable tasks for this host, each under a
-    /// lease of `lease` (see [`PgStore::claim`]).
-    pub(crate) async fn claim(&self, limit: usize, lease: Duration) -> Result<Vec<Claimed>, StoreError> {
+    /// lease of `lease`, leaving the tasks of the plugins in `leave` to
+    /// other hosts (see [`PgStore::claim_leaving`]).
+    pub(crate) async fn claim(
+        &self,
+        limit: usize,
+        lease: Duration,
+        leave: &[String],
+    ) -> Result<Vec<Claimed>, StoreError> {
         // Fenced as the group committer's commits are: a deposed host
         // starts nothing.
-        let claimed = self.store.claim_fenced(&self.host, limit, lease, self.hold.fence()).await?;
+        let claimed = self.store.claim_fenced(&self.host, limit, lease, self.hold.fence(), leave).await?;
         claimed.iter().for_each(|c| self.feed.published(&c.record));
         Ok(claimed)
     }

@@ -1,6 +1,7 @@
 //! Hosts on the wire: `GET /v1/hosts` ([`HostList`]): the hosts serving
 //! the store, each with what it says of itself (version, start, models,
-//! load) and how long ago it last said it.
+//! load) and how long ago it last said it, and the plugins whose models
+//! no live host serves.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,12 +15,43 @@ pub struct HostList {
     pub heartbeat_every_ms: u64,
     /// A host is `live` while its last heartbeat is younger than this, ms.
     pub live_within_ms: u64,
+    /// Hosts serving together (`--many-hosts`): the plugins whose tasks no
+    /// live serving host can run, as the answering host sees them: their
+    /// manifest names models that no such host serves all of (ready).
+    /// Their tasks wait until one does. Empty on a host serving alone,
+    /// which runs every plugin's tasks itself.
+    #[serde(default)]
+    pub unserved: Vec<UnservedPlugin>,
 }
 
 impl HostList {
     /// `hosts`, beating every `every_ms`, live within `live_ms`.
     pub fn new(hosts: Vec<Host>, every_ms: u64, live_ms: u64) -> Self {
-        Self { hosts, heartbeat_every_ms: every_ms, live_within_ms: live_ms }
+        Self { hosts, heartbeat_every_ms: every_ms, live_within_ms: live_ms, unserved: Vec::new() }
+    }
+
+    /// The same list naming the plugins no live host serves.
+    pub fn with_unserved(self, unserved: Vec<UnservedPlugin>) -> Self {
+        Self { unserved, ..self }
+    }
+}
+
+/// A plugin whose tasks wait for a host that serves the models its
+/// manifest names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[non_exhaustive]
+pub struct UnservedPlugin {
+    /// The plugin (`tenant/name` outside the default tenant).
+    pub plugin: String,
+    /// The models its manifest names: a host runs its tasks only if it
+    /// serves every one.
+    pub needs: Vec<String>,
+}
+
+impl UnservedPlugin {
+    /// Plugin `plugin`, needing `needs`.
+    pub fn new(plugin: String, needs: Vec<String>) -> Self {
+        Self { plugin, needs }
     }
 }
 

@@ -49,7 +49,7 @@ pub use error::{ErrorBody, ErrorCode, ErrorDetail};
 pub use events::{EventsMissed, MissedReason, Stopping, TaskMoved, event_id, parse_event_id};
 pub use flow::{Flow, FlowNode, FlowPage, FlowRepeat, FlowSummary, FlowTasks, RepeatRule};
 pub use health::{Health, HealthStatus};
-pub use host::{Host, HostList, HostLoad, HostModel, HostReport, HostRole};
+pub use host::{Host, HostList, HostLoad, HostModel, HostReport, HostRole, UnservedPlugin};
 pub use logs::{LogEvent, LogLine, LogsDropped, TaskLogs};
 pub use plugin::{
     LatestChange, ManifestSet, Plugin, PluginAdded, PluginLatest, PluginList, PluginSummary, PluginVersion,

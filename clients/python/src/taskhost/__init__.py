@@ -93,6 +93,7 @@ from .models import (
     TokenInfo,
     TokenList,
     TokenRevoked,
+    UnservedPlugin,
     Usage,
     VersionDeleted,
 )
@@ -200,6 +201,7 @@ __all__ = [
     "TokenInfo",
     "TokenList",
     "TokenRevoked",
+    "UnservedPlugin",
     "Usage",
     "VersionDeleted",
 ]

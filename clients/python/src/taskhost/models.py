@@ -861,12 +861,25 @@ class Host:
 
 
 @dataclass(frozen=True)
+class UnservedPlugin:
+    """A plugin whose tasks wait for a host that serves every model its
+    manifest names (``needs``)."""
+
+    plugin: str
+    needs: list[str]
+
+
+@dataclass(frozen=True)
 class HostList:
     """The hosts serving the store, by id (on redb, the one host)."""
 
     hosts: list[Host]
     heartbeat_every_ms: int
     live_within_ms: int
+    #: Hosts serving together: the plugins whose tasks no live serving host
+    #: can run (their manifest names models none serves all of); their
+    #: tasks wait until one does. Empty on a host serving alone.
+    unserved: list[UnservedPlugin] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -538,6 +538,41 @@ async fn tenants_share_a_claim_equally_whatever_their_queues() {
     assert_eq!((claimed.len(), claimed.iter().filter(|c| c.record.queue.starts_with("small/")).count()), (100, 30));
 }
 
+/// A claim that leaves some plugins' tasks to other hosts (they need
+/// models the claiming host does not serve) takes none of them, however
+/// urgent, and their queue takes no share of it: the claim goes whole to
+/// what the host can run; a host that leaves nothing takes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_leaves_the_plugins_it_cannot_serve_to_other_hosts() {
+    let (store, _) = store("claim_leaving").await;
+    let of = |plugin: &str, queue: &str, ids: std::ops::Range<u128>, priority: u8| -> Vec<(TaskRecord, Vec<u8>)> {
+        ids.map(|i| {
+            let mut r = record(i, None);
+            (r.plugin, r.queue, r.priority) = (plugin.into(), queue.into(), priority);
+            (r, Vec::new())
+        })
+        .collect()
+    };
+    // Queue `gpu` holds only the embedding plugin's tasks; queue `mixed`
+    // its most urgent ones beside the echo plugin's.
+    store.submit_all(of("t/embed", "gpu", 0..20, 0)).await.unwrap();
+    store.submit_all(of("t/embed", "mixed", 100..110, 9)).await.unwrap();
+    store.submit_all(of("t/echo", "mixed", 200..230, 0)).await.unwrap();
+    let leave = vec!["t/embed".to_owned(), "t/other".to_owned()];
+    let claimed = store.claim_leaving("cpu-host", 20, LEASE, &leave).await.unwrap();
+    assert_eq!(claimed.len(), 20, "the whole claim goes to the echo tasks");
+    assert!(claimed.iter().all(|c| c.record.plugin == "t/echo"), "{:?}", claimed.iter().map(|c| &c.record.plugin));
+    let claimed = store.claim_leaving("cpu-host", 50, LEASE, &leave).await.unwrap();
+    assert_eq!(claimed.len(), 10, "the echo tasks' rest, nothing of `t/embed`");
+    assert!(store.claim_leaving("cpu-host", 50, LEASE, &leave).await.unwrap().is_empty());
+    // A host that leaves nothing takes them all, the urgent first.
+    let claimed = store.claim("gpu-host", 50, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 30);
+    assert!(claimed.iter().all(|c| c.record.plugin == "t/embed"));
+    let mixed: Vec<u8> = claimed.iter().filter(|c| c.record.queue == "mixed").map(|c| c.record.priority).collect();
+    assert_eq!(mixed, vec![9; 10]);
+}
+
 /// A tenant's running limit holds across its queues and across hosts
 /// claiming at once; other tenants' queues take the rest of the claims.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1033,9 +1068,9 @@ async fn a_frozen_engine_is_taken_over_and_its_commits_are_refused() {
     assert!(current.submit(record(2, None), b"in".to_vec()).await.unwrap().created);
     // So are its claims: a's, fenced by its old term, take nothing; b's take
     // the task.
-    let refused = store.claim_fenced("a", 10, MIN_LEASE, Some(old)).await.unwrap_err();
+    let refused = store.claim_fenced("a", 10, MIN_LEASE, Some(old), &[]).await.unwrap_err();
     assert!(matches!(refused, PgError::Deposed), "{refused:?}");
-    let claimed = b.claim_fenced("b", 10, MIN_LEASE, Some(sole.term())).await.unwrap();
+    let claimed = b.claim_fenced("b", 10, MIN_LEASE, Some(sole.term()), &[]).await.unwrap();
     assert_eq!(claimed.iter().map(|c| c.record.id).collect::<Vec<_>>(), [record(2, None).id]);
     // The lock is b's: a third host is refused.
     let c = PgStore::connect(&url, 2).await.unwrap();

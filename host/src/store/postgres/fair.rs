@@ -35,6 +35,11 @@
 //! tasks, not their run time (the redb scheduler's fair queuing charges
 //! measured run time). A row whose record cannot be decoded is
 //! quarantined (`quarantine.rs`), not claimed.
+//!
+//! A claim may leave some plugins' tasks to other hosts (routing by
+//! capability: they need models the claiming host does not serve): those
+//! tasks are neither taken nor make their queue a share, so the claim
+//! goes to the queues this host can serve.
 
 use super::quarantine::{Decoded, set_aside};
 use crate::store::{StoreError, TaskRecord};
@@ -178,9 +183,14 @@ pub(crate) fn split(limit: usize, queues: &[Claimable], owners: &[usize], rng: &
 }
 
 /// Takes up to `limit` startable tasks in the transaction `conn` is in,
-/// each queue its share, their rows locked until it ends.
-pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<TaskRecord>, StoreError> {
-    let (mut queues, mut tenants) = ready(conn).await?;
+/// each queue its share, their rows locked until it ends; none of the
+/// plugins in `leave` (see [`leaving`]).
+pub(super) async fn take(
+    conn: &mut PgConnection,
+    limit: usize,
+    leave: &[String],
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let (mut queues, mut tenants) = ready(conn, leave).await?;
     if queues.is_empty() || limit == 0 {
         return Ok(Vec::new());
     }
@@ -198,23 +208,24 @@ pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<Ta
         }
         let names: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
         let counts: Vec<i64> = quotas.iter().map(|&q| i64::try_from(q).unwrap_or(i64::MAX)).collect();
-        let rows: Vec<(Uuid, Vec<u8>)> = sqlx::query_as(
+        let sql = format!(
             "SELECT t.id, t.record FROM unnest($1::text[], $2::bigint[]) AS q (queue, quota)
              CROSS JOIN LATERAL (
-                 SELECT id, record FROM taskhost_tasks
+                 SELECT id, record FROM taskhost_tasks AS c
                  WHERE queue = q.queue AND state IN ('pending', 'retrying') AND NOT blocked
                    AND due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint
-                   AND id <> ALL($3::uuid[])
+                   AND id <> ALL($3::uuid[]) {}
                  ORDER BY priority DESC, due_at_ms, id
                  LIMIT q.quota
                  FOR UPDATE SKIP LOCKED
              ) AS t",
-        )
-        .bind(&names)
-        .bind(&counts)
-        .bind(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
+            leaving("c", "$4", leave)
+        );
+        let mut query = sqlx::query_as(&sql).bind(&names).bind(&counts).bind(&ids);
+        if !leave.is_empty() {
+            query = query.bind(leave);
+        }
+        let rows: Vec<(Uuid, Vec<u8>)> = query.fetch_all(&mut *conn).await?;
         ids.extend(rows.iter().map(|(id, _)| *id));
         let decoded = Decoded::of(rows);
         // A row that cannot be decoded is set aside below; its queue may
@@ -243,14 +254,29 @@ pub(super) async fn take(conn: &mut PgConnection, limit: usize) -> Result<Vec<Ta
 /// reads a key), in SQL.
 const TENANT_OF_QUEUE: &str = "(CASE WHEN strpos(queue, '/') > 0 THEN split_part(queue, '/', 1) ELSE 'default' END)";
 
-/// The queues with tasks startable now (due), with their settings and,
-/// for capped ones, their room now; and the tenants of theirs with a
-/// running limit, with their room now (both under their locks). A queue
-/// whose tasks all wait for their due time takes no share.
-async fn ready(conn: &mut PgConnection) -> Result<(Vec<Ready>, Vec<Capped>), StoreError> {
+/// What keeps the tasks of the plugins in `leave` (bound as `param`) out
+/// of a query over `taskhost_tasks AS alias`: their plugin is in
+/// `taskhost_listed`, written with the task. Nothing when `leave` is
+/// empty (the query then does not take `param`), so a host that serves
+/// every plugin's models pays nothing for it.
+fn leaving(alias: &str, param: &str, leave: &[String]) -> String {
+    if leave.is_empty() {
+        return String::new();
+    }
+    format!(
+        "AND NOT EXISTS (SELECT 1 FROM taskhost_listed AS l WHERE l.id = {alias}.id AND l.plugin = ANY({param}::text[]))"
+    )
+}
+
+/// The queues with tasks startable now (due) by this host (not of a
+/// plugin in `leave`), with their settings and, for capped ones, their
+/// room now; and the tenants of theirs with a running limit, with their
+/// room now (both under their locks). A queue whose tasks all wait for
+/// their due time, or are all left to other hosts, takes no share.
+async fn ready(conn: &mut PgConnection, leave: &[String]) -> Result<(Vec<Ready>, Vec<Capped>), StoreError> {
     // One index probe per queue (a loose index scan), however many tasks
     // wait.
-    let rows: Vec<(String, Option<i32>, i32)> = sqlx::query_as(
+    let sql = format!(
         "WITH RECURSIVE ready (queue) AS (
              (SELECT queue FROM taskhost_tasks WHERE state IN ('pending', 'retrying') AND NOT blocked ORDER BY queue LIMIT 1)
              UNION ALL
@@ -263,10 +289,14 @@ async fn ready(conn: &mut PgConnection) -> Result<(Vec<Ready>, Vec<Capped>), Sto
          WHERE r.queue IS NOT NULL
            AND EXISTS (SELECT 1 FROM taskhost_tasks AS t
                        WHERE t.queue = r.queue AND t.state IN ('pending', 'retrying') AND NOT blocked
-                         AND t.due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint)",
-    )
-    .fetch_all(&mut *conn)
-    .await?;
+                         AND t.due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint {})",
+        leaving("t", "$1", leave)
+    );
+    let mut query = sqlx::query_as(&sql);
+    if !leave.is_empty() {
+        query = query.bind(leave);
+    }
+    let rows: Vec<(String, Option<i32>, i32)> = query.fetch_all(&mut *conn).await?;
     let capped: Vec<String> = rows.iter().filter(|(_, cap, _)| cap.is_some()).map(|(q, _, _)| q.clone()).collect();
     let mut of_tenants: Vec<String> = rows.iter().map(|(q, _, _)| crate::tenant::tenant_of(q).to_owned()).collect();
     of_tenants.sort_unstable();

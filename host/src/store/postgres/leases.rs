@@ -12,7 +12,9 @@
 //!   becomes `running` through the same checked transition the redb store
 //!   commits (attempt counted), and gets a lease: its host, a fencing token
 //!   from one sequence (every lease's larger than any before), and an
-//!   expiry on the database's clock.
+//!   expiry on the database's clock. A host serving with others leaves
+//!   the tasks of plugins that need models it does not serve
+//!   ([`PgStore::claim_leaving`]) to the hosts that serve them.
 //! - **Renew.** The holder extends its leases ([`PgStore::renew`]) well
 //!   within their length; a lease that lapsed or was taken over is not
 //!   renewed and is reported lost, so the holder stops the attempt.
@@ -104,18 +106,32 @@ impl PgStore {
     /// Claims up to `limit` startable tasks for `host`, each with a lease
     /// of `lease` (see the module's opening).
     pub async fn claim(&self, host: &str, limit: usize, lease: Duration) -> Result<Vec<Claimed>, PgError> {
-        self.claim_fenced(host, limit, lease, None).await
+        self.claim_fenced(host, limit, lease, None, &[]).await
     }
 
-    /// [`claim`](Self::claim) by the sole engine under `fence`, its term:
-    /// a host deposed ([`PgError::Deposed`]), or whose own lease lapsed
-    /// ([`PgError::Lapsed`]), claims nothing.
+    /// [`claim`](Self::claim), leaving the tasks of the plugins in `leave`
+    /// to other hosts (routing by capability: those plugins need models
+    /// `host` does not serve). Their queues take no share of this claim.
+    pub async fn claim_leaving(
+        &self,
+        host: &str,
+        limit: usize,
+        lease: Duration,
+        leave: &[String],
+    ) -> Result<Vec<Claimed>, PgError> {
+        self.claim_fenced(host, limit, lease, None, leave).await
+    }
+
+    /// [`claim_leaving`](Self::claim_leaving) under `fence`, the sole or
+    /// leading engine's term: a host deposed ([`PgError::Deposed`]), or
+    /// whose own lease lapsed ([`PgError::Lapsed`]), claims nothing.
     pub(crate) async fn claim_fenced(
         &self,
         host: &str,
         limit: usize,
         lease: Duration,
         fence: Option<super::Term>,
+        leave: &[String],
     ) -> Result<Vec<Claimed>, PgError> {
         let mut txn = self.pool().begin().await?;
         if let Some(term) = fence {
@@ -125,7 +141,7 @@ impl PgStore {
                 super::Standing::Lapsed => return Err(PgError::Lapsed),
             }
         }
-        let found = super::fair::take(&mut txn, limit).await?;
+        let found = super::fair::take(&mut txn, limit, leave).await?;
         if found.is_empty() {
             // What it quarantined, if anything, stays so.
             txn.commit().await?;
