@@ -597,3 +597,37 @@ async fn hosts_serving_together_leave_the_tasks_they_cannot_serve_to_those_that_
     assert_eq!(listed.hosts.len(), 2, "{listed:?}");
     assert_eq!(listed.unserved, [crate::wire::UnservedPlugin::new("embed".into(), vec!["minilm".into()])]);
 }
+
+/// Serving together, hosts count the bytes a tenant keeps (its
+/// `max_stored_bytes`) from the database's totals, each adding its own
+/// changes: what one host admitted and completed counts on the other
+/// within a beat or two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hosts_serving_together_count_the_bytes_tenants_keep_together() {
+    let url = taskhost_test_postgres::cluster().database("engine_tenant_bytes");
+    let together = |c: &mut EngineConfig| {
+        tweak(c);
+        c.many_hosts = true;
+    };
+    let a = Harness::on_url(url.clone(), together).await.unwrap();
+    let b = Harness::on_url(url.clone(), together).await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..10u8 {
+        ids.push(a.engine.submit(task("echo", &Script::Complete(vec![i; 100]))).await.unwrap().record.id);
+    }
+    for id in &ids {
+        assert_eq!(a.engine.wait(*id, WAIT).await.unwrap().state, TaskState::Completed);
+    }
+    let mut kept = 0;
+    for id in &ids {
+        let record = a.engine.get(*id).await.unwrap();
+        kept += record.input_len + record.output_len.unwrap();
+    }
+    assert!(kept > 1000, "{kept}");
+    let deadline = std::time::Instant::now() + WAIT;
+    let of = |h: &Harness| h.shared.tenants.stored_of("default");
+    while (of(&a), of(&b)) != (kept, kept) {
+        assert!(std::time::Instant::now() < deadline, "host a counts {}, host b {}, of {kept}", of(&a), of(&b));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -293,16 +293,43 @@ async fn renew(shared: Arc<Shared>, pg: Arc<PgDb>) {
 
 /// Every heartbeat until the engine stopped and its last attempt ended:
 /// takes back lapsed leases (any host's), booking what each task became,
-/// records the ends of flows whose last task's host stopped first, and
-/// reads each queue's backlog.
+/// records the ends of flows whose last task's host stopped first, reads
+/// each queue's backlog, and adds this host's changes to the bytes
+/// tenants keep to the shared totals, reading them back (and once more at
+/// the end).
 async fn tend(shared: Arc<Shared>, endings: Arc<Endings>, pg: Arc<PgDb>) {
-    let what = "taking back lapsed leases, recording flows' ends or reading the queues' backlog";
+    let what = "taking back lapsed leases, recording flows' ends, reading the queues' backlog or counting the \
+                bytes tenants keep";
     repeat(&shared, super::hosts::EVERY, what, || async {
         reap(&shared, &endings, &pg).await?;
         finish_noted_flows(&endings, &pg).await?;
-        read_backlog(&shared, &pg).await
+        read_backlog(&shared, &pg).await?;
+        count_stored_bytes(&shared, &pg).await
     })
     .await;
+    if let Err(error) = count_stored_bytes(&shared, &pg).await {
+        tracing::warn!(%error, "cannot add this host's last changes to the bytes tenants keep; the totals miss them");
+    }
+}
+
+/// Adds this host's changes to the bytes each tenant keeps (its
+/// admissions, outputs, transcripts and deletions since the last time) to
+/// the database's totals, and counts by those totals, which hold every
+/// host's (see `stored_bytes.rs`). Changes that could not be sent go with
+/// the next.
+async fn count_stored_bytes(shared: &Shared, pg: &PgDb) -> Result<(), StoreError> {
+    let stored = &shared.tenants.stored;
+    let changes = stored.take_changes();
+    match pg.store().add_tenant_bytes(&changes).await {
+        Ok(totals) => {
+            stored.sent(totals);
+            Ok(())
+        }
+        Err(error) => {
+            stored.unsent();
+            Err(error.into())
+        }
+    }
 }
 
 /// How long a flow's count may stand at zero, its end unrecorded, before

@@ -38,6 +38,7 @@ mod runner;
 mod scheduler;
 mod settings;
 mod shared;
+mod stored_bytes;
 mod submission;
 mod tenants;
 #[cfg(test)]
@@ -309,9 +310,7 @@ impl Engine {
                 }
             }
         }
-        for (tenant, bytes) in &stored {
-            shared.tenants.add_stored(tenant, *bytes);
-        }
+        shared.tenants.stored.counted(stored);
         // Tasks the host died running: back to pending (their attempt was
         // counted when it started), or failed once out of attempts. Beside
         // other hosts, only those this host ran before it restarted and

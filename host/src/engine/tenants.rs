@@ -8,6 +8,7 @@
 //! [`Scheduler::configure_tenant`]: super::scheduler::Scheduler::configure_tenant
 
 use super::EngineError;
+use super::stored_bytes::StoredBytes;
 use crate::store::{Db, TenantQuotas, TenantRecord};
 use crate::sync::{lock, read, write};
 use crate::tenant;
@@ -33,8 +34,9 @@ pub(crate) struct Tenants {
     /// (between their check and their admission).
     pending: Mutex<HashMap<String, u64>>,
     /// Bytes of task inputs, outputs and logs each tenant keeps in the store
-    /// (counted at start-up, then as tasks are admitted and complete).
-    stored: Mutex<HashMap<String, u64>>,
+    /// (counted at start-up, then as tasks are admitted, complete and are
+    /// deleted; on PostgreSQL, the totals of every host's changes).
+    pub(crate) stored: StoredBytes,
     /// Serialises changes, so two creations cannot both pass the count.
     changes: tokio::sync::Mutex<()>,
 }
@@ -66,7 +68,7 @@ impl Tenants {
             known: RwLock::new(known),
             buckets: Mutex::default(),
             pending: Mutex::default(),
-            stored: Mutex::default(),
+            stored: StoredBytes::default(),
             changes: tokio::sync::Mutex::new(()),
         })
     }
@@ -90,21 +92,17 @@ impl Tenants {
 
     /// Counts `bytes` more kept by `tenant`.
     pub(crate) fn add_stored(&self, tenant: &str, bytes: u64) {
-        if bytes > 0 {
-            *lock(&self.stored).entry(tenant.to_owned()).or_default() += bytes;
-        }
+        self.stored.add(tenant, bytes);
     }
 
     /// Counts `bytes` fewer kept by `tenant` (deleted).
     pub(crate) fn sub_stored(&self, tenant: &str, bytes: u64) {
-        if let Some(kept) = lock(&self.stored).get_mut(tenant) {
-            *kept = kept.saturating_sub(bytes);
-        }
+        self.stored.sub(tenant, bytes);
     }
 
     /// The bytes `tenant` keeps.
     pub(crate) fn stored_of(&self, tenant: &str) -> u64 {
-        lock(&self.stored).get(tenant).copied().unwrap_or(0)
+        self.stored.of(tenant)
     }
 
     /// Refuses `bytes` more for `tenant` past its `max_stored_bytes`.

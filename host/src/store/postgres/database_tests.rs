@@ -891,7 +891,13 @@ async fn plugin_changes_from_several_hosts_at_once_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tasks_from_before_the_listings_table_are_filled_on_connect() {
     let (store, url) = store("fill_listing").await;
-    let records = submit(&store, 5, |_| 0).await;
+    let mut records = Vec::new();
+    for i in 1..=5u128 {
+        let mut r = record(i, None);
+        r.input_len = 2;
+        assert!(store.submit(r.clone(), b"in".to_vec()).await.unwrap().created);
+        records.push(r);
+    }
     // As a store of schema 6 left them when migration 7 ran: no listing
     // rows, and the mark of what to fill; and one record that cannot be
     // decoded.
@@ -918,6 +924,54 @@ async fn tasks_from_before_the_listings_table_are_filled_on_connect() {
     let marks: i64 =
         sqlx::query_scalar("SELECT count(*) FROM taskhost_listed_fill").fetch_one(store.pool()).await.unwrap();
     assert_eq!(marks, 0, "the fill is done once");
+    // Their bytes count for their tenant as they are listed (migration
+    // 14 counted only the tasks listed then): those of the four decoded.
+    let totals = store.add_tenant_bytes(&HashMap::new()).await.unwrap();
+    assert_eq!(totals, HashMap::from([("default".to_owned(), 8)]));
+}
+
+/// The bytes tenants keep: migration 14 counts what is stored (inputs,
+/// outputs, transcripts, by the plugin's tenant), and hosts adding their
+/// changes at once lose none of them; a total never goes below zero.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bytes_tenants_keep_are_counted_across_hosts() {
+    let (store, url) = store("tenant_bytes").await;
+    let mut kept = HashMap::<String, u64>::new();
+    for (n, plugin, input) in [(1u128, "p", 10usize), (2, "acme/p", 300), (3, "acme/q", 7), (4, "p", 0)] {
+        let mut r = record(n, None);
+        (r.plugin, r.input_len) = (plugin.into(), input as u64);
+        assert!(store.submit(r, vec![b'x'; input]).await.unwrap().created);
+        *kept.entry(crate::tenant::tenant_of(plugin).to_owned()).or_default() += input as u64;
+    }
+    let claimed = store.claim("a", 10, LEASE).await.unwrap();
+    for c in &claimed {
+        store.finish(&c.lease, Outcome::completed(vec![b'o'; 5])).await.unwrap();
+        *kept.get_mut(crate::tenant::tenant_of(&c.record.plugin)).unwrap() += 5;
+    }
+    sqlx::query("INSERT INTO taskhost_logs (task_id, attempt, log) VALUES ($1, 1, '\\x010203'::bytea)")
+        .bind(Uuid::from_u128(2))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    *kept.get_mut("acme").unwrap() += 3;
+    // The migration's count, run again over what is stored now.
+    let migration = include_str!("../../../migrations/postgres/0014_tenant_bytes.sql");
+    let count = &migration[migration.find("INSERT INTO").unwrap()..];
+    sqlx::query("DELETE FROM taskhost_tenant_bytes").execute(store.pool()).await.unwrap();
+    sqlx::query(count).execute(store.pool()).await.unwrap();
+    assert_eq!(store.add_tenant_bytes(&HashMap::new()).await.unwrap(), kept);
+
+    // Eight hosts add at once, each to both tenants and a new one.
+    let hosts = hosts(&url, 8).await;
+    let adds = hosts.iter().enumerate().map(|(i, h)| {
+        let changes = HashMap::from([("default".to_owned(), 100), ("acme".to_owned(), -1), (format!("t{}", i % 2), 1)]);
+        async move { h.add_tenant_bytes(&changes).await.unwrap() }
+    });
+    futures::future::join_all(adds).await;
+    let totals = store.add_tenant_bytes(&HashMap::from([("t1".to_owned(), -100)])).await.unwrap();
+    assert_eq!(totals["default"], kept["default"] + 800);
+    assert_eq!(totals["acme"], kept["acme"] - 8);
+    assert_eq!((totals["t0"], totals["t1"]), (4, 0), "never below zero");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -186,6 +186,26 @@ impl PgStore {
             let mut rows = ListedRows::default();
             records.iter().for_each(|r| rows.push(r));
             rows.write(&mut txn).await?;
+            // Migration 14 counted the bytes of the tasks listed then;
+            // these are counted as they are listed.
+            let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+            let logs: HashMap<Uuid, i64> = sqlx::query_as(
+                "SELECT task_id, sum(octet_length(log))::bigint FROM taskhost_logs WHERE task_id = ANY($1) GROUP BY 1",
+            )
+            .bind(&ids)
+            .fetch_all(&mut *txn)
+            .await?
+            .into_iter()
+            .collect();
+            let mut kept: HashMap<String, i64> = HashMap::new();
+            for r in records {
+                let bytes = r.input_len.saturating_add(r.output_len.unwrap_or(0));
+                let bytes =
+                    i64::try_from(bytes).unwrap_or(i64::MAX).saturating_add(logs.get(&r.id).copied().unwrap_or(0));
+                let tenant = kept.entry(crate::tenant::tenant_of(&r.plugin).to_owned()).or_default();
+                *tenant = tenant.saturating_add(bytes);
+            }
+            super::tenant_bytes::add(&mut txn, &kept).await?;
             txn.commit().await?;
             filled += records.len() as u64;
         }

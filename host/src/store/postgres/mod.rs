@@ -39,6 +39,7 @@ mod queues;
 mod reads;
 mod retention;
 mod sole;
+mod tenant_bytes;
 mod txn;
 mod wakeups;
 
