@@ -631,3 +631,45 @@ async fn hosts_serving_together_count_the_bytes_tenants_keep_together() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Serving together, each host's event feed carries every host's events:
+/// tasks submitted to either host and run on host a alone (host b leaves
+/// their plugin to others) show on host b's feed created, started and
+/// completed, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hosts_serving_together_each_carry_every_hosts_events() {
+    let url = taskhost_test_postgres::cluster().database("engine_shared_events");
+    let together = |c: &mut EngineConfig| {
+        tweak(c);
+        c.many_hosts = true;
+    };
+    let a = Harness::on_url(url.clone(), together).await.unwrap();
+    let b = Harness::on_url(url.clone(), together).await.unwrap();
+    b.runner.needs.lock().unwrap().push(("echo".into(), vec!["minilm".into()]));
+    let mut feed = b.shared.store.subscribe(None);
+    let mut ids = Vec::new();
+    for i in 0..10u8 {
+        let on = if i % 2 == 0 { &a } else { &b };
+        ids.push(on.engine.submit(task("echo", &Script::Complete(vec![i]))).await.unwrap().record.id);
+    }
+    for id in &ids {
+        assert_eq!(a.engine.wait(*id, WAIT).await.unwrap().state, TaskState::Completed);
+        assert_eq!((a.runner.calls(*id), b.runner.calls(*id)), (1, 0), "host a ran it");
+    }
+    let mut seen: std::collections::HashMap<(uuid::Uuid, TaskState), usize> = Default::default();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while seen.len() < ids.len() * 3 {
+        let event = tokio::time::timeout_at(deadline, feed.live.recv())
+            .await
+            .unwrap_or_else(|_| panic!("host b's feed lacks events; it has {seen:?}"))
+            .unwrap();
+        if ids.contains(&event.id) {
+            *seen.entry((event.id, event.to)).or_default() += 1;
+        }
+    }
+    for id in &ids {
+        for state in [TaskState::Pending, TaskState::Running, TaskState::Completed] {
+            assert_eq!(seen.get(&(*id, state)), Some(&1), "task {id} {state:?} once on host b's feed");
+        }
+    }
+}

@@ -15,8 +15,8 @@
 
 use super::events::{Feed, Subscription};
 use super::postgres::{
-    Claimed, CommitConfig, Lease, ManyHosts, PgCommitter, PgError, PgStore, QueueBacklog, SoleEngine, Standby, Term,
-    Wakeups,
+    Claimed, CommitConfig, Lease, ManyHosts, PgCommitter, PgError, PgStore, QueueBacklog, SharedEvents, SoleEngine,
+    Standby, Term, Wakeups,
 };
 use super::retention::{Expired, Removed, Retention};
 use super::{
@@ -51,7 +51,10 @@ pub struct PgDb {
     host: String,
 
     committer: PgCommitter,
-    feed: Feed,
+    feed: Arc<Feed>,
+    /// Serving together: this host's events sent to the others, and
+    /// theirs heard (see `postgres/shared_events.rs`).
+    _shared_events: Option<SharedEvents>,
     /// The database's engine lock, held while this host runs.
     hold: Hold,
     /// The data directory's lock, held while this host runs (serving
@@ -125,7 +128,12 @@ impl PgDb {
         };
         let committer =
             store.committer(CommitConfig { queue: PG_QUEUE, batch: PG_BATCH, workers, fence: hold.fence() });
-        Ok(Self { store, runtime, host, committer, feed: Feed::default(), hold, _dir_lock: None })
+        let feed = Arc::new(Feed::default());
+        let shared_events = match hold {
+            Hold::Together(_) => store.share_events(&host, &feed).await?,
+            Hold::Alone(_) => None,
+        };
+        Ok(Self { store, runtime, host, committer, feed, _shared_events: shared_events, hold, _dir_lock: None })
     }
 
     /// Whether other hosts may serve the database beside this one.

@@ -4,12 +4,16 @@
 //! reconnects with the last number it saw gets what it missed; each live
 //! subscriber reads through its own bounded buffer ([`EVENTS_BUFFER`]), and one
 //! that falls behind it is told so and dropped: publishing never waits.
+//! Hosts serving one PostgreSQL database together also send their own
+//! events to each other ([`Feed::share`], `postgres/shared_events.rs`) and
+//! publish what they hear ([`Feed::heard`]) in their own numbering.
 
 use super::{TaskRecord, TaskState};
 use crate::sync::lock;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use tokio::sync::broadcast;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use tokio::sync::{broadcast, mpsc};
 use uuid::Uuid;
 
 /// Events kept for subscribers that resume.
@@ -62,6 +66,11 @@ pub(crate) struct Feed {
     run: u64,
     ring: Mutex<Ring>,
     live: broadcast::Sender<Arc<TaskEvent>>,
+    /// Where this host's own events go to be sent to the other hosts,
+    /// once [`share`](Self::share)d.
+    outbox: OnceLock<mpsc::Sender<Arc<TaskEvent>>>,
+    /// Own events the full outbox could not take.
+    unshared: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -74,7 +83,13 @@ struct Ring {
 
 impl Default for Feed {
     fn default() -> Self {
-        Self { run: super::now_ms(), ring: Mutex::default(), live: broadcast::Sender::new(EVENTS_BUFFER) }
+        Self {
+            run: super::now_ms(),
+            ring: Mutex::default(),
+            live: broadcast::Sender::new(EVENTS_BUFFER),
+            outbox: OnceLock::new(),
+            unshared: AtomicU64::new(0),
+        }
     }
 }
 
@@ -93,7 +108,7 @@ impl Feed {
     }
 
     fn publish(&self, record: &TaskRecord, transition: &super::Transition) {
-        let mut event = TaskEvent {
+        let event = TaskEvent {
             seq: 0,
             at_ms: transition.at_ms,
             id: record.id,
@@ -104,6 +119,31 @@ impl Feed {
             to: transition.to,
             attempt: transition.attempt,
         };
+        self.push(event, true);
+    }
+
+    /// Publishes an event another host committed (and sent), numbered in
+    /// this host's order; it is not sent on.
+    pub(crate) fn heard(&self, event: TaskEvent) {
+        self.push(event, false);
+    }
+
+    /// From now on, this host's own events also go to the returned
+    /// receiver (up to `room` waiting; past that they are counted in
+    /// [`unshared`](Self::unshared) and not sent). Once per feed: `None`
+    /// after the first.
+    pub(crate) fn share(&self, room: usize) -> Option<mpsc::Receiver<Arc<TaskEvent>>> {
+        let (send, receive) = mpsc::channel(room.max(1));
+        self.outbox.set(send).ok()?;
+        Some(receive)
+    }
+
+    /// How many own events the outbox had no room for, so far.
+    pub(crate) fn unshared(&self) -> u64 {
+        self.unshared.load(Ordering::Relaxed)
+    }
+
+    fn push(&self, mut event: TaskEvent, own: bool) {
         let mut ring = lock(&self.ring);
         ring.last_seq += 1;
         event.seq = ring.last_seq;
@@ -113,8 +153,15 @@ impl Feed {
         }
         ring.events.push_back(event.clone());
         // Under the ring's lock, so a subscriber's replay and live events
-        // neither overlap nor leave a hole. No receiver is no error.
-        let _ = self.live.send(event);
+        // neither overlap nor leave a hole (and other hosts hear them in
+        // this order). No receiver is no error.
+        let _ = self.live.send(event.clone());
+        if own
+            && let Some(outbox) = self.outbox.get()
+            && let Err(mpsc::error::TrySendError::Full(_)) = outbox.try_send(event)
+        {
+            self.unshared.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Subscribes after event `seq` of host run `run` (only what comes

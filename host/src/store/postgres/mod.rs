@@ -38,6 +38,7 @@ mod quarantine;
 mod queues;
 mod reads;
 mod retention;
+mod shared_events;
 mod sole;
 mod tenant_bytes;
 mod txn;
@@ -51,6 +52,7 @@ pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
 pub use many::ManyHosts;
 pub use queues::QueueBacklog;
+pub(crate) use shared_events::SharedEvents;
 pub use sole::{MIN_LEASE, STANDBY_POLL, SoleEngine, Standby, StandbyState};
 pub use wakeups::{Wakeup, Wakeups};
 

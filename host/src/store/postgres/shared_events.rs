@@ -1,0 +1,281 @@
+//! The event feed across hosts serving one database together: each host
+//! sends its own committed transitions to the others on channel
+//! [`CHANNEL`] (`NOTIFY`, batched, once they are durable) and publishes
+//! what it hears from them on its own feed, so `/v1/events` on any host
+//! carries every host's events, numbered in that host's order.
+//!
+//! Best effort, as notifications are: events sent while a host's
+//! listening connection is down are lost to it (its log says so), and a
+//! host whose outbox is full ([`OUTBOX`] events waiting to be sent, the
+//! database slow) sends those that fit and counts the rest (logged). A
+//! subscriber that needs every task's end reads the task (`GET
+//! /v1/tasks/{id}`, `?wait`) as well.
+
+use super::{PgError, PgStore};
+use crate::store::TaskState;
+use crate::store::events::{Feed, TaskEvent};
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::PgListener;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// The channel hosts send their events on.
+pub(crate) const CHANNEL: &str = "taskhost_events";
+
+/// Own events waiting to be sent, at most.
+pub(crate) const OUTBOX: usize = 16_384;
+
+/// The most bytes of one notification's payload (PostgreSQL takes fewer
+/// than 8,000).
+const MAX_PAYLOAD: usize = 7_000;
+
+/// The most events sent in one statement.
+const BATCH: usize = 2_048;
+
+/// First wait before listening again after a failure, and the longest.
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// One notification: the sending host and its events, oldest first.
+#[derive(Debug, Serialize, Deserialize)]
+struct Sent {
+    /// The host that committed them.
+    h: String,
+    /// Its events.
+    e: Vec<Wire>,
+}
+
+/// An event on the wire (short keys: more fit in one notification).
+#[derive(Debug, Serialize, Deserialize)]
+struct Wire {
+    a: u64,
+    i: Uuid,
+    f: Uuid,
+    p: String,
+    q: String,
+    #[serde(default)]
+    s: Option<TaskState>,
+    t: TaskState,
+    n: u32,
+}
+
+impl From<&TaskEvent> for Wire {
+    fn from(e: &TaskEvent) -> Self {
+        Wire {
+            a: e.at_ms,
+            i: e.id,
+            f: e.flow_id,
+            p: e.plugin.clone(),
+            q: e.queue.clone(),
+            s: e.from,
+            t: e.to,
+            n: e.attempt,
+        }
+    }
+}
+
+impl From<Wire> for TaskEvent {
+    fn from(w: Wire) -> Self {
+        TaskEvent {
+            seq: 0,
+            at_ms: w.a,
+            id: w.i,
+            flow_id: w.f,
+            plugin: w.p,
+            queue: w.q,
+            from: w.s,
+            to: w.t,
+            attempt: w.n,
+        }
+    }
+}
+
+/// The sending and hearing of a host's events; both stop when it is
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct SharedEvents {
+    sender: tokio::task::JoinHandle<()>,
+    hearer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SharedEvents {
+    fn drop(&mut self) {
+        self.sender.abort();
+        self.hearer.abort();
+    }
+}
+
+impl PgStore {
+    /// Sends `feed`'s own events from now on to the other hosts, as host
+    /// `host`, and publishes theirs on it (see the module's opening).
+    /// Holds one connection of the store's pool to listen. `None` if the
+    /// feed is shared already.
+    pub(crate) async fn share_events(&self, host: &str, feed: &Arc<Feed>) -> Result<Option<SharedEvents>, PgError> {
+        let mut listener = PgListener::connect_with(self.pool()).await?;
+        listener.listen(CHANNEL).await?;
+        let Some(outbox) = feed.share(OUTBOX) else { return Ok(None) };
+        let sender = tokio::spawn(send(self.clone(), host.to_owned(), outbox, Arc::downgrade(feed)));
+        let hearer = tokio::spawn(hear(listener, host.to_owned(), Arc::downgrade(feed)));
+        Ok(Some(SharedEvents { sender, hearer }))
+    }
+}
+
+/// Sends what comes to `outbox`, as many as are waiting in one statement,
+/// until the feed is gone.
+async fn send(store: PgStore, host: String, mut outbox: mpsc::Receiver<Arc<TaskEvent>>, feed: Weak<Feed>) {
+    let mut failing = false;
+    let mut unshared = 0;
+    while let Some(first) = outbox.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match outbox.try_recv() {
+                Ok(event) => batch.push(event),
+                Err(_) => break,
+            }
+        }
+        let payloads = payloads(&host, &batch);
+        let sent =
+            sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS n (p, i) ORDER BY i")
+                .bind(CHANNEL)
+                .bind(&payloads)
+                .execute(store.pool())
+                .await;
+        match sent {
+            Ok(_) if failing => {
+                failing = false;
+                tracing::info!("sending this host's events to the other hosts works again");
+            }
+            Ok(_) => {}
+            Err(error) if !failing => {
+                failing = true;
+                tracing::warn!(%error, "cannot send this host's events to the other hosts; their event feeds miss them");
+            }
+            Err(_) => {}
+        }
+        let now = feed.upgrade().map_or(unshared, |f| f.unshared());
+        if now > unshared {
+            tracing::warn!(
+                events = now - unshared,
+                "events of this host were not sent to the other hosts: more were waiting than the outbox holds"
+            );
+            unshared = now;
+        }
+    }
+}
+
+/// `events` as notifications' payloads of `host`, each under
+/// [`MAX_PAYLOAD`] bytes, in order. An event that alone would pass it (it
+/// cannot: names are short) is left out.
+fn payloads(host: &str, events: &[Arc<TaskEvent>]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current: Vec<String> = Vec::new();
+    let empty = serde_json::to_string(&Sent { h: host.to_owned(), e: Vec::new() }).expect("encodes").len();
+    let mut size = empty;
+    let close = |current: &mut Vec<String>, out: &mut Vec<String>| {
+        if !current.is_empty() {
+            let host = serde_json::to_string(host).expect("a string encodes");
+            out.push(format!("{{\"h\":{host},\"e\":[{}]}}", current.join(",")));
+            current.clear();
+        }
+    };
+    for event in events {
+        let one = serde_json::to_string(&Wire::from(event.as_ref())).expect("an event encodes");
+        if empty + one.len() > MAX_PAYLOAD {
+            tracing::warn!(task = %event.id, "an event too large to send to the other hosts is left out");
+            continue;
+        }
+        if size + one.len() + 1 > MAX_PAYLOAD {
+            close(&mut current, &mut out);
+            size = empty;
+        }
+        size += one.len() + 1;
+        current.push(one);
+    }
+    close(&mut current, &mut out);
+    out
+}
+
+/// Publishes on `feed` the events other hosts send, until the feed is
+/// gone or the store's pool closed.
+async fn hear(mut listener: PgListener, host: String, feed: Weak<Feed>) {
+    let mut backoff = FIRST_RETRY;
+    let mut lost = false;
+    loop {
+        match listener.try_recv().await {
+            Ok(Some(notification)) => {
+                backoff = FIRST_RETRY;
+                if std::mem::take(&mut lost) {
+                    tracing::info!("listening for the other hosts' events again (those sent meanwhile are missed)");
+                }
+                let Some(feed) = feed.upgrade() else { return };
+                match serde_json::from_str::<Sent>(notification.payload()) {
+                    Ok(sent) if sent.h == host => {}
+                    Ok(sent) => sent.e.into_iter().for_each(|e| feed.heard(e.into())),
+                    Err(error) => tracing::warn!(%error, "an event notification from another host cannot be read"),
+                }
+            }
+            // The connection was lost; the next call makes it again. What
+            // is sent meanwhile is lost.
+            Ok(None) => {
+                if !std::mem::replace(&mut lost, true) {
+                    tracing::warn!("the connection listening for the other hosts' events was lost; listening again");
+                }
+            }
+            Err(sqlx::Error::PoolClosed) => return,
+            Err(error) => {
+                if !std::mem::replace(&mut lost, true) {
+                    tracing::warn!(%error, retry_in = ?backoff,
+                        "listening for the other hosts' events failed; this host's event feed misses theirs meanwhile");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_RETRY);
+                if feed.strong_count() == 0 {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u128, plugin: &str) -> Arc<TaskEvent> {
+        Arc::new(TaskEvent {
+            seq: 9,
+            at_ms: 1_000 + n as u64,
+            id: Uuid::from_u128(n),
+            flow_id: Uuid::from_u128(n),
+            plugin: plugin.into(),
+            queue: "q".into(),
+            from: (n % 2 == 1).then_some(TaskState::Pending),
+            to: TaskState::Running,
+            attempt: 1,
+        })
+    }
+
+    #[test]
+    fn events_go_in_order_in_payloads_under_the_limit_and_read_back_whole() {
+        let events: Vec<Arc<TaskEvent>> = (0..500).map(|n| event(n, &"p".repeat(40))).collect();
+        let sent = payloads("host-\"a\"", &events);
+        assert!(sent.len() > 1, "500 events need more than one notification");
+        let mut read = Vec::new();
+        for payload in &sent {
+            assert!(payload.len() <= MAX_PAYLOAD, "{}", payload.len());
+            let sent: Sent = serde_json::from_str(payload).unwrap();
+            assert_eq!(sent.h, "host-\"a\"");
+            read.extend(sent.e.into_iter().map(TaskEvent::from));
+        }
+        assert_eq!(read.len(), 500);
+        for (got, sent) in read.iter().zip(&events) {
+            let sent = TaskEvent { seq: 0, ..sent.as_ref().clone() };
+            assert_eq!(*got, sent, "every field but the sender's number");
+        }
+        let huge = event(1, &"x".repeat(MAX_PAYLOAD));
+        assert_eq!(payloads("h", &[event(2, "p"), huge, event(3, "p")]).len(), 1, "the too large one is left out");
+        assert!(payloads("h", &[]).is_empty());
+    }
+}
