@@ -163,6 +163,7 @@ impl Leases {
 pub(crate) async fn run(dispatch: Arc<Dispatch>, shared: Arc<Shared>, endings: Arc<Endings>, pg: Arc<PgDb>) {
     tokio::spawn(renew(shared.clone(), pg.clone()));
     tokio::spawn(tend(shared.clone(), endings, pg.clone()));
+    tokio::spawn(count_stored_bytes(shared.clone(), pg.clone()));
     let mut wakeups: Option<Wakeups> = None;
     let mut failing: Option<Duration> = None;
     let mut adopted = std::time::Instant::now();
@@ -293,43 +294,50 @@ async fn renew(shared: Arc<Shared>, pg: Arc<PgDb>) {
 
 /// Every heartbeat until the engine stopped and its last attempt ended:
 /// takes back lapsed leases (any host's), booking what each task became,
-/// records the ends of flows whose last task's host stopped first, reads
-/// each queue's backlog, and adds this host's changes to the bytes
-/// tenants keep to the shared totals, reading them back (and once more at
-/// the end).
+/// records the ends of flows whose last task's host stopped first, and
+/// reads each queue's backlog.
 async fn tend(shared: Arc<Shared>, endings: Arc<Endings>, pg: Arc<PgDb>) {
-    let what = "taking back lapsed leases, recording flows' ends, reading the queues' backlog or counting the \
-                bytes tenants keep";
+    let what = "taking back lapsed leases, recording flows' ends or reading the queues' backlog";
     repeat(&shared, super::hosts::EVERY, what, || async {
         reap(&shared, &endings, &pg).await?;
         finish_noted_flows(&endings, &pg).await?;
-        read_backlog(&shared, &pg).await?;
-        count_stored_bytes(&shared, &pg).await
+        read_backlog(&shared, &pg).await
     })
     .await;
-    if let Err(error) = count_stored_bytes(&shared, &pg).await {
+}
+
+/// Every heartbeat until the engine stopped and its last attempt ended,
+/// and once more then: adds this host's changes to the bytes each tenant
+/// keeps (its admissions, outputs, transcripts and deletions since the
+/// last time) to the database's totals, and counts by those totals, which
+/// hold every host's (see `stored_bytes.rs`). A batch that could not be
+/// sent, or whose answer was lost, is sent again under its number (the
+/// store adds it once); what comes meanwhile waits for the next.
+async fn count_stored_bytes(shared: Arc<Shared>, pg: Arc<PgDb>) {
+    // The number of the next batch to send (0: not read yet).
+    let next = std::sync::atomic::AtomicI64::new(0);
+    let what = "counting the bytes tenants keep with the other hosts";
+    repeat(&shared, super::hosts::EVERY, what, || send_stored_bytes(&shared, &pg, &next)).await;
+    if let Err(error) = send_stored_bytes(&shared, &pg, &next).await {
         tracing::warn!(%error, "cannot add this host's last changes to the bytes tenants keep; the totals miss them");
     }
 }
 
-/// Adds this host's changes to the bytes each tenant keeps (its
-/// admissions, outputs, transcripts and deletions since the last time) to
-/// the database's totals, and counts by those totals, which hold every
-/// host's (see `stored_bytes.rs`). Changes that could not be sent go with
-/// the next.
-async fn count_stored_bytes(shared: &Shared, pg: &PgDb) -> Result<(), StoreError> {
+async fn send_stored_bytes(shared: &Shared, pg: &PgDb, next: &std::sync::atomic::AtomicI64) -> Result<(), StoreError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut seq = next.load(Relaxed);
+    if seq == 0 {
+        seq = pg.store().tenant_bytes_sent(pg.host()).await? + 1;
+        next.store(seq, Relaxed);
+    }
     let stored = &shared.tenants.stored;
     let changes = stored.take_changes();
-    match pg.store().add_tenant_bytes(&changes).await {
-        Ok(totals) => {
-            stored.sent(totals);
-            Ok(())
-        }
-        Err(error) => {
-            stored.unsent();
-            Err(error.into())
-        }
+    let totals = pg.store().add_tenant_bytes(pg.host(), seq, &changes).await?;
+    stored.sent(totals);
+    if changes.values().any(|by| *by != 0) {
+        next.store(seq + 1, Relaxed);
     }
+    Ok(())
 }
 
 /// How long a flow's count may stand at zero, its end unrecorded, before

@@ -399,6 +399,15 @@ impl Dispatch {
                 run_secs = ran.secs;
                 reserved = Some(ran.reserved);
                 let (run_started, input_len) = (ran.started_ms, ran.input_len);
+                if record.input_from == InputFrom::Url && input_len != record.input_len {
+                    // A fetched input counts as its size once known (as
+                    // retention and the start-up scan count it).
+                    let tenant = crate::tenant::tenant_of(&record.plugin);
+                    match input_len.checked_sub(record.input_len) {
+                        Some(more) => shared.tenants.add_stored(tenant, more),
+                        None => shared.tenants.sub_stored(tenant, record.input_len - input_len),
+                    }
+                }
                 decide(&record, ran.report, &shared.retry_policy()).edit(move |r| {
                     r.started_at_ms = Some(run_started);
                     if r.input_from == InputFrom::Url {

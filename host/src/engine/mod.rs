@@ -310,6 +310,12 @@ impl Engine {
                 }
             }
         }
+        // Serving a PostgreSQL database alone, the scan's count replaces
+        // the shared totals (forgetting what they drifted by); serving
+        // together, the totals are read within a beat.
+        if let Some(pg) = shared.store.postgres().filter(|pg| !pg.together()) {
+            pg.store().recount_tenant_bytes(&stored).await.map_err(crate::store::StoreError::from)?;
+        }
         shared.tenants.stored.counted(stored);
         // Tasks the host died running: back to pending (their attempt was
         // counted when it started), or failed once out of attempts. Beside

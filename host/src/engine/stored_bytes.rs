@@ -1,10 +1,10 @@
 //! The bytes each tenant keeps in the store (task inputs, outputs and
 //! transcripts), as this host counts them for `max_stored_bytes`: the last
 //! whole count (the start-up scan, or the shared database's totals) plus
-//! this host's own changes since. Hosts sharing a PostgreSQL database each
-//! add their changes to the database's totals and read them back every
-//! beat ([`StoredBytes::take_changes`], [`StoredBytes::sent`]), so each
-//! counts what the others admitted, completed and deleted too.
+//! this host's own changes since. Hosts on a PostgreSQL database each add
+//! their changes to the database's totals and read them back every beat
+//! ([`StoredBytes::take_changes`], [`StoredBytes::sent`]), so each counts
+//! what the others admitted, completed and deleted too.
 
 use crate::sync::lock;
 use std::collections::HashMap;
@@ -59,14 +59,14 @@ impl StoredBytes {
         lock(&self.0).counted = whole;
     }
 
-    /// This host's changes since the last send, now on their way (still
-    /// counted until [`sent`](Self::sent) or [`unsent`](Self::unsent)).
+    /// The changes to send: those still on their way from a send whose
+    /// answer did not come (the same batch again, so the store can tell it
+    /// added them already), else this host's changes since the last send,
+    /// now on their way (still counted until [`sent`](Self::sent)).
     pub(crate) fn take_changes(&self) -> HashMap<String, i64> {
         let mut counts = lock(&self.0);
-        let changes = std::mem::take(&mut counts.changes);
-        for (tenant, by) in &changes {
-            let sending = counts.sending.entry(tenant.clone()).or_default();
-            *sending = sending.saturating_add(*by);
+        if counts.sending.is_empty() {
+            counts.sending = std::mem::take(&mut counts.changes);
         }
         counts.sending.clone()
     }
@@ -77,16 +77,6 @@ impl StoredBytes {
         let mut counts = lock(&self.0);
         counts.sending.clear();
         counts.counted = totals;
-    }
-
-    /// Sending failed: the changes on their way go with the next send.
-    pub(crate) fn unsent(&self) {
-        let mut counts = lock(&self.0);
-        let sending = std::mem::take(&mut counts.sending);
-        for (tenant, by) in sending {
-            let change = counts.changes.entry(tenant).or_default();
-            *change = change.saturating_add(by);
-        }
     }
 }
 
@@ -115,13 +105,13 @@ mod tests {
         assert_eq!(sending, HashMap::from([("a".to_owned(), 50)]));
         bytes.add("a", 5);
         assert_eq!(bytes.of("a"), 155, "counted while on their way");
-        // A failed send: they go with the next one, with what came since.
-        bytes.unsent();
+        // A send whose answer did not come: the same batch goes again,
+        // what came since waits for the next.
+        assert_eq!(bytes.take_changes(), sending);
         assert_eq!(bytes.of("a"), 155);
-        assert_eq!(bytes.take_changes(), HashMap::from([("a".to_owned(), 55)]));
         // The totals read back hold them, and another host's 1,000 bytes.
-        bytes.sent(HashMap::from([("a".to_owned(), 1155)]));
+        bytes.sent(HashMap::from([("a".to_owned(), 1150)]));
         assert_eq!(bytes.of("a"), 1155);
-        assert!(bytes.take_changes().is_empty());
+        assert_eq!(bytes.take_changes(), HashMap::from([("a".to_owned(), 5)]));
     }
 }

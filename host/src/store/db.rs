@@ -136,6 +136,11 @@ impl PgDb {
         Ok(Self { store, runtime, host, committer, feed, _shared_events: shared_events, hold, _dir_lock: None })
     }
 
+    /// This host's name.
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
     /// Whether other hosts may serve the database beside this one.
     pub(crate) fn together(&self) -> bool {
         matches!(self.hold, Hold::Together(_))

@@ -573,6 +573,32 @@ async fn a_claim_leaves_the_plugins_it_cannot_serve_to_other_hosts() {
     assert_eq!(mixed, vec![9; 10]);
 }
 
+/// A claim that leaves some plugins looks only so deep in a queue for
+/// tasks it may take (each claim's cost bounded whatever the backlog of
+/// left tasks): behind more left tasks than that, it finds none until
+/// another host takes some.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_that_leaves_plugins_looks_a_bounded_depth_into_a_queue() {
+    let (store, _) = store("claim_lookahead").await;
+    let of = |plugin: &str, ids: std::ops::Range<u128>, priority: u8| -> Vec<(TaskRecord, Vec<u8>)> {
+        ids.map(|i| {
+            let mut r = record(i, None);
+            (r.plugin, r.priority) = (plugin.into(), priority);
+            (r, Vec::new())
+        })
+        .collect()
+    };
+    let deep = super::fair::LOOKAHEAD as u128 + 10;
+    store.submit_all(of("embed", 0..deep, 9)).await.unwrap();
+    store.submit_all(of("echo", deep..deep + 5, 0)).await.unwrap();
+    let leave = ["embed".to_owned()];
+    assert!(store.claim_leaving("cpu", 10, LEASE, &leave).await.unwrap().is_empty(), "all behind the lookahead");
+    assert_eq!(store.claim("gpu", 20, LEASE).await.unwrap().len(), 20);
+    let claimed = store.claim_leaving("cpu", 10, LEASE, &leave).await.unwrap();
+    assert_eq!(claimed.len(), 5);
+    assert!(claimed.iter().all(|c| c.record.plugin == "echo"));
+}
+
 /// A tenant's running limit holds across its queues and across hosts
 /// claiming at once; other tenants' queues take the rest of the claims.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -926,13 +952,16 @@ async fn tasks_from_before_the_listings_table_are_filled_on_connect() {
     assert_eq!(marks, 0, "the fill is done once");
     // Their bytes count for their tenant as they are listed (migration
     // 14 counted only the tasks listed then): those of the four decoded.
-    let totals = store.add_tenant_bytes(&HashMap::new()).await.unwrap();
+    let totals = store.add_tenant_bytes("h", 1, &HashMap::new()).await.unwrap();
     assert_eq!(totals, HashMap::from([("default".to_owned(), 8)]));
 }
 
 /// The bytes tenants keep: migration 14 counts what is stored (inputs,
-/// outputs, transcripts, by the plugin's tenant), and hosts adding their
-/// changes at once lose none of them; a total never goes below zero.
+/// outputs, transcripts, by the plugin's tenant); hosts adding their
+/// changes at once lose none of them; a batch sent again (its answer was
+/// lost) is added once; totals are signed sums, read as zero while below
+/// it, so a deletion counted before its admission is not lost; a host
+/// serving alone replaces them with its own count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bytes_tenants_keep_are_counted_across_hosts() {
     let (store, url) = store("tenant_bytes").await;
@@ -956,22 +985,39 @@ async fn the_bytes_tenants_keep_are_counted_across_hosts() {
     *kept.get_mut("acme").unwrap() += 3;
     // The migration's count, run again over what is stored now.
     let migration = include_str!("../../../migrations/postgres/0014_tenant_bytes.sql");
-    let count = &migration[migration.find("INSERT INTO").unwrap()..];
+    let count = &migration[migration.find("INSERT INTO taskhost_tenant_bytes (").unwrap()..];
     sqlx::query("DELETE FROM taskhost_tenant_bytes").execute(store.pool()).await.unwrap();
     sqlx::query(count).execute(store.pool()).await.unwrap();
-    assert_eq!(store.add_tenant_bytes(&HashMap::new()).await.unwrap(), kept);
+    let read = |store: &PgStore| {
+        let store = store.clone();
+        async move { store.add_tenant_bytes("reader", 1, &HashMap::new()).await.unwrap() }
+    };
+    assert_eq!(read(&store).await, kept);
 
     // Eight hosts add at once, each to both tenants and a new one.
     let hosts = hosts(&url, 8).await;
-    let adds = hosts.iter().enumerate().map(|(i, h)| {
-        let changes = HashMap::from([("default".to_owned(), 100), ("acme".to_owned(), -1), (format!("t{}", i % 2), 1)]);
-        async move { h.add_tenant_bytes(&changes).await.unwrap() }
+    let batch =
+        |i: usize| HashMap::from([("default".to_owned(), 100), ("acme".to_owned(), -1), (format!("t{}", i % 2), 1)]);
+    let adds = hosts.iter().enumerate().map(|(i, h)| async move {
+        assert_eq!(h.tenant_bytes_sent(&format!("h{i}")).await.unwrap(), 0);
+        h.add_tenant_bytes(&format!("h{i}"), 1, &batch(i)).await.unwrap()
     });
     futures::future::join_all(adds).await;
-    let totals = store.add_tenant_bytes(&HashMap::from([("t1".to_owned(), -100)])).await.unwrap();
+    let totals = read(&store).await;
     assert_eq!(totals["default"], kept["default"] + 800);
     assert_eq!(totals["acme"], kept["acme"] - 8);
-    assert_eq!((totals["t0"], totals["t1"]), (4, 0), "never below zero");
+    // Host h0's batch 1 again (its answer was lost): added once.
+    assert_eq!(hosts[0].add_tenant_bytes("h0", 1, &batch(0)).await.unwrap(), totals);
+    assert_eq!(hosts[0].tenant_bytes_sent("h0").await.unwrap(), 1);
+    // Retention's deletion of t1's bytes counted before the admissions
+    // that stored them: read as zero, then the admissions bring it back.
+    let deleted = store.add_tenant_bytes("leader", 1, &HashMap::from([("t1".to_owned(), -104)])).await.unwrap();
+    assert_eq!((deleted["t0"], deleted["t1"]), (4, 0), "read as zero while below it");
+    let admitted = store.add_tenant_bytes("late", 1, &HashMap::from([("t1".to_owned(), 110)])).await.unwrap();
+    assert_eq!(admitted["t1"], 10, "the deletion still counts");
+    // A host serving alone counts anew.
+    store.recount_tenant_bytes(&HashMap::from([("default".to_owned(), 42)])).await.unwrap();
+    assert_eq!(read(&store).await, HashMap::from([("default".to_owned(), 42)]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

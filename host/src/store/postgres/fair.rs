@@ -39,7 +39,10 @@
 //! A claim may leave some plugins' tasks to other hosts (routing by
 //! capability: they need models the claiming host does not serve): those
 //! tasks are neither taken nor make their queue a share, so the claim
-//! goes to the queues this host can serve.
+//! goes to the queues this host can serve. Such a claim looks at most
+//! [`LOOKAHEAD`] startable tasks deep in each queue, so a queue whose
+//! first thousand are all left gives it nothing until other hosts take
+//! them (keep plugins that need models in queues of their own).
 
 use super::quarantine::{Decoded, set_aside};
 use crate::store::{StoreError, TaskRecord};
@@ -49,6 +52,12 @@ use uuid::Uuid;
 /// Most rounds one claim makes: shares, then what queues without enough
 /// startable tasks left over, and once more.
 const PASSES: usize = 3;
+
+/// How deep a claim that leaves some plugins to other hosts looks in each
+/// queue (in claim order) for tasks it may take: so a backlog of left
+/// tasks costs each claim at most this many rows a queue, not the whole
+/// backlog.
+pub(super) const LOOKAHEAD: usize = 1_000;
 
 /// A queue a claim may take from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,19 +217,44 @@ pub(super) async fn take(
         }
         let names: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
         let counts: Vec<i64> = quotas.iter().map(|&q| i64::try_from(q).unwrap_or(i64::MAX)).collect();
-        let sql = format!(
+        let sql = if leave.is_empty() {
             "SELECT t.id, t.record FROM unnest($1::text[], $2::bigint[]) AS q (queue, quota)
              CROSS JOIN LATERAL (
-                 SELECT id, record FROM taskhost_tasks AS c
+                 SELECT id, record FROM taskhost_tasks
                  WHERE queue = q.queue AND state IN ('pending', 'retrying') AND NOT blocked
                    AND due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint
-                   AND id <> ALL($3::uuid[]) {}
+                   AND id <> ALL($3::uuid[])
                  ORDER BY priority DESC, due_at_ms, id
                  LIMIT q.quota
                  FOR UPDATE SKIP LOCKED
-             ) AS t",
-            leaving("c", "$4", leave)
-        );
+             ) AS t"
+                .to_owned()
+        } else {
+            // The queue's first LOOKAHEAD startable tasks, less those left
+            // to others; the state is checked again as each row is locked.
+            format!(
+                "SELECT t.id, t.record FROM unnest($1::text[], $2::bigint[]) AS q (queue, quota)
+                 CROSS JOIN LATERAL (
+                     SELECT c.id, c.record FROM taskhost_tasks AS c
+                     WHERE c.id IN (
+                         SELECT h.id FROM (
+                             SELECT id FROM taskhost_tasks
+                             WHERE queue = q.queue AND state IN ('pending', 'retrying') AND NOT blocked
+                               AND due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                               AND id <> ALL($3::uuid[])
+                             ORDER BY priority DESC, due_at_ms, id
+                             LIMIT {LOOKAHEAD}
+                         ) AS h
+                         WHERE true {}
+                     )
+                       AND c.state IN ('pending', 'retrying') AND NOT c.blocked
+                     ORDER BY c.priority DESC, c.due_at_ms, c.id
+                     LIMIT q.quota
+                     FOR UPDATE OF c SKIP LOCKED
+                 ) AS t",
+                leaving("h", "$4", leave)
+            )
+        };
         let mut query = sqlx::query_as(&sql).bind(&names).bind(&counts).bind(&ids);
         if !leave.is_empty() {
             query = query.bind(leave);
@@ -287,10 +321,25 @@ async fn ready(conn: &mut PgConnection, leave: &[String]) -> Result<(Vec<Ready>,
          SELECT r.queue, q.concurrency, coalesce(q.weight, 1)
          FROM ready AS r LEFT JOIN taskhost_queues AS q ON q.name = r.queue
          WHERE r.queue IS NOT NULL
-           AND EXISTS (SELECT 1 FROM taskhost_tasks AS t
-                       WHERE t.queue = r.queue AND t.state IN ('pending', 'retrying') AND NOT blocked
-                         AND t.due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint {})",
-        leaving("t", "$1", leave)
+           AND {}",
+        if leave.is_empty() {
+            "EXISTS (SELECT 1 FROM taskhost_tasks AS t
+                     WHERE t.queue = r.queue AND t.state IN ('pending', 'retrying') AND NOT blocked
+                       AND t.due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint)"
+                .to_owned()
+        } else {
+            // Within the queue's first LOOKAHEAD startable tasks.
+            format!(
+                "EXISTS (SELECT 1 FROM (
+                     SELECT t.id FROM taskhost_tasks AS t
+                     WHERE t.queue = r.queue AND t.state IN ('pending', 'retrying') AND NOT blocked
+                       AND t.due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+                     ORDER BY t.priority DESC, t.due_at_ms, t.id
+                     LIMIT {LOOKAHEAD}
+                 ) AS h WHERE true {})",
+                leaving("h", "$1", leave)
+            )
+        }
     );
     let mut query = sqlx::query_as(&sql);
     if !leave.is_empty() {
