@@ -332,7 +332,7 @@ async fn send_stored_bytes(shared: &Shared, pg: &PgDb, next: &std::sync::atomic:
     }
     let stored = &shared.tenants.stored;
     let changes = stored.take_changes();
-    let totals = pg.store().add_tenant_bytes(pg.host(), seq, &changes).await?;
+    let totals = pg.store().add_tenant_bytes(pg.host(), seq, &changes, pg.fence()).await?;
     stored.sent(totals);
     if changes.values().any(|by| *by != 0) {
         next.store(seq + 1, Relaxed);

@@ -399,15 +399,6 @@ impl Dispatch {
                 run_secs = ran.secs;
                 reserved = Some(ran.reserved);
                 let (run_started, input_len) = (ran.started_ms, ran.input_len);
-                if record.input_from == InputFrom::Url && input_len != record.input_len {
-                    // A fetched input counts as its size once known (as
-                    // retention and the start-up scan count it).
-                    let tenant = crate::tenant::tenant_of(&record.plugin);
-                    match input_len.checked_sub(record.input_len) {
-                        Some(more) => shared.tenants.add_stored(tenant, more),
-                        None => shared.tenants.sub_stored(tenant, record.input_len - input_len),
-                    }
-                }
                 decide(&record, ran.report, &shared.retry_policy()).edit(move |r| {
                     r.started_at_ms = Some(run_started);
                     if r.input_from == InputFrom::Url {
@@ -478,6 +469,18 @@ impl Dispatch {
         commit_span.end();
         if finished.is_ok() && log_bytes > 0 {
             shared.tenants.add_stored(crate::tenant::tenant_of(&record.plugin), log_bytes);
+        }
+        // A fetched input counts as its size once known and recorded (as
+        // retention and the start-up scan count it).
+        if let Ok(applied) = &finished
+            && record.input_from == InputFrom::Url
+            && applied.record.input_len != record.input_len
+        {
+            let tenant = crate::tenant::tenant_of(&record.plugin);
+            match applied.record.input_len.checked_sub(record.input_len) {
+                Some(more) => shared.tenants.add_stored(tenant, more),
+                None => shared.tenants.sub_stored(tenant, record.input_len - applied.record.input_len),
+            }
         }
         drop(reserved);
         // Children first, so the flow never looks finished in between.

@@ -8,7 +8,8 @@
 //! (plugins, the start-up scan, retention) run on blocking threads.
 //! PostgreSQL's reads are one statement each, awaited; its writes go
 //! through a group committer (`postgres/committer.rs`), and its events are
-//! this host's own commits (see [`PgDb`]). A few callers cannot await (the
+//! this host's own commits and, serving together, those other hosts send
+//! (see [`PgDb`]). A few callers cannot await (the
 //! flow book's lock is held across the read, or a plugin's host call is
 //! synchronous): they use the `_now` reads, which on PostgreSQL hand their
 //! thread off to wait (see [`PgDb::wait`]).
@@ -41,7 +42,7 @@ pub enum Db {
 
 /// The engine's handle of a PostgreSQL store: the store, the group
 /// committer its writes go through, and the feed of what this host
-/// committed.
+/// committed (serving together, and what the other hosts did).
 pub struct PgDb {
     store: PgStore,
     /// The runtime the store's connections belong to: reads for callers
@@ -130,7 +131,14 @@ impl PgDb {
             store.committer(CommitConfig { queue: PG_QUEUE, batch: PG_BATCH, workers, fence: hold.fence() });
         let feed = Arc::new(Feed::default());
         let shared_events = match hold {
-            Hold::Together(_) => store.share_events(&host, &feed).await?,
+            Hold::Together(_) => match store.share_events(&host, &feed).await {
+                Ok(shared) => shared,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot share events with the other hosts; this host's event feed carries \
+                        its own only");
+                    None
+                }
+            },
             Hold::Alone(_) => None,
         };
         Ok(Self { store, runtime, host, committer, feed, _shared_events: shared_events, hold, _dir_lock: None })
@@ -139,6 +147,12 @@ impl PgDb {
     /// This host's name.
     pub(crate) fn host(&self) -> &str {
         &self.host
+    }
+
+    /// The term that fences this host's writes outside the committer:
+    /// serving alone, its own; serving together, none.
+    pub(crate) fn fence(&self) -> Option<Term> {
+        self.hold.fence()
     }
 
     /// Whether other hosts may serve the database beside this one.
@@ -352,7 +366,7 @@ impl Db {
 
     /// Subscribes to the committed transitions after event `seq` of run
     /// `run`; see [`Subscription`]. On PostgreSQL these are the commits of
-    /// this host.
+    /// this host and, serving together, those the other hosts sent.
     pub fn subscribe(&self, resume: Option<(u64, u64)>) -> Subscription {
         match self {
             Db::Redb(store) => store.subscribe(resume),

@@ -43,6 +43,9 @@ pub struct TaskEvent {
     pub to: TaskState,
     /// Its attempts then.
     pub attempt: u32,
+    /// The task's record version after this change (every change bumps
+    /// it): orders one task's events whichever host committed them.
+    pub version: u64,
 }
 
 /// Where a subscription starts.
@@ -79,6 +82,43 @@ struct Ring {
     /// pointers, not events, under the ring's lock.
     events: VecDeque<Arc<TaskEvent>>,
     last_seq: u64,
+    /// The latest version published of the tasks of recent events.
+    versions: Versions,
+}
+
+/// Tasks seen lately, most [`VERSIONS_KEPT`], each with the latest version
+/// of it published; the oldest seen go first.
+#[derive(Debug, Default)]
+struct Versions {
+    latest: std::collections::HashMap<Uuid, u64>,
+    order: VecDeque<Uuid>,
+}
+
+/// Tasks whose latest published version is kept.
+const VERSIONS_KEPT: usize = 65_536;
+
+impl Versions {
+    /// Whether `version` of task `id` is later than any published (or the
+    /// task is not among those kept), keeping it as the latest if so.
+    fn newer(&mut self, id: Uuid, version: u64) -> bool {
+        match self.latest.get_mut(&id) {
+            Some(latest) if *latest >= version => false,
+            Some(latest) => {
+                *latest = version;
+                true
+            }
+            None => {
+                if self.order.len() == VERSIONS_KEPT
+                    && let Some(oldest) = self.order.pop_front()
+                {
+                    self.latest.remove(&oldest);
+                }
+                self.order.push_back(id);
+                self.latest.insert(id, version);
+                true
+            }
+        }
+    }
 }
 
 impl Default for Feed {
@@ -97,17 +137,22 @@ impl Feed {
     /// Publishes a record's latest transition (or its creation).
     pub(crate) fn published(&self, record: &TaskRecord) {
         if let Some(last) = record.history.last() {
-            self.publish(record, last);
+            self.publish(record, last, record.version);
         }
     }
 
     /// Publishes every transition of a record just created: its creation,
     /// and its start when it was claimed in the same commit.
     pub(crate) fn created(&self, record: &TaskRecord) {
-        record.history.iter().for_each(|transition| self.publish(record, transition));
+        let changes = record.history.len() as u64;
+        for (i, transition) in record.history.iter().enumerate() {
+            // The last change made the record's version.
+            let version = (record.version + 1 + i as u64).saturating_sub(changes);
+            self.publish(record, transition, version);
+        }
     }
 
-    fn publish(&self, record: &TaskRecord, transition: &super::Transition) {
+    fn publish(&self, record: &TaskRecord, transition: &super::Transition, version: u64) {
         let event = TaskEvent {
             seq: 0,
             at_ms: transition.at_ms,
@@ -118,14 +163,19 @@ impl Feed {
             from: transition.from,
             to: transition.to,
             attempt: transition.attempt,
+            version,
         };
         self.push(event, true);
     }
 
     /// Publishes an event another host committed (and sent), numbered in
-    /// this host's order; it is not sent on.
-    pub(crate) fn heard(&self, event: TaskEvent) {
-        self.push(event, false);
+    /// this host's order; it is not sent on. One that comes after a later
+    /// change of its task was published (hosts send their events apart,
+    /// so one host's claim of a task may come before another's event of
+    /// its submission) is dropped: a subscriber sees each task's changes
+    /// in order, and the latest last. Says whether it was published.
+    pub(crate) fn heard(&self, event: TaskEvent) -> bool {
+        self.push(event, false)
     }
 
     /// From now on, this host's own events also go to the returned
@@ -143,8 +193,13 @@ impl Feed {
         self.unshared.load(Ordering::Relaxed)
     }
 
-    fn push(&self, mut event: TaskEvent, own: bool) {
+    fn push(&self, mut event: TaskEvent, own: bool) -> bool {
         let mut ring = lock(&self.ring);
+        // Only a feed that hears other hosts keeps versions: its own
+        // commits come in order.
+        if self.outbox.get().is_some() && !ring.versions.newer(event.id, event.version) && !own {
+            return false;
+        }
         ring.last_seq += 1;
         event.seq = ring.last_seq;
         let event = Arc::new(event);
@@ -162,6 +217,7 @@ impl Feed {
         {
             self.unshared.fetch_add(1, Ordering::Relaxed);
         }
+        true
     }
 
     /// Subscribes after event `seq` of host run `run` (only what comes
@@ -212,6 +268,49 @@ mod tests {
             assert!(stale.gap);
             assert_eq!(stale.replay.len(), 3);
         }
+    }
+
+    fn event(id: u128, version: u64, to: TaskState) -> TaskEvent {
+        TaskEvent {
+            seq: 0,
+            at_ms: 1,
+            id: Uuid::from_u128(id),
+            flow_id: Uuid::from_u128(id),
+            plugin: "p".into(),
+            queue: "q".into(),
+            from: None,
+            to,
+            attempt: 0,
+            version,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_shared_feed_sends_its_own_events_and_publishes_others_in_each_tasks_order() {
+        let feed = Feed::default();
+        let mut outbox = feed.share(2).unwrap();
+        assert!(feed.share(2).is_none(), "shared once");
+        let mut live = feed.subscribe(None).live;
+        // Another host's claim of task 1 came before its submission's
+        // event: the late one is dropped, the next change published.
+        assert!(feed.heard(event(1, 2, TaskState::Running)));
+        assert!(!feed.heard(event(1, 1, TaskState::Pending)));
+        assert!(feed.heard(event(1, 3, TaskState::Completed)));
+        // Own events are published and sent; heard ones are not sent on.
+        let mut own = crate::store::tests::record(2, None);
+        own.history =
+            vec![Transition { at_ms: 1, from: None, to: TaskState::Pending, attempt: 0, reason: String::new() }];
+        feed.created(&own);
+        feed.published(&record(TaskState::Running));
+        feed.published(&record(TaskState::Completed));
+        let states: Vec<(u128, TaskState)> =
+            std::iter::from_fn(|| live.try_recv().ok()).map(|e| (e.id.as_u128(), e.to)).collect();
+        assert_eq!(states[..2], [(1, TaskState::Running), (1, TaskState::Completed)]);
+        assert_eq!(states.len(), 5);
+        assert_eq!(outbox.try_recv().unwrap().id, Uuid::from_u128(2));
+        assert_eq!(outbox.try_recv().unwrap().to, TaskState::Running);
+        assert!(outbox.try_recv().is_err(), "a full outbox keeps no more");
+        assert_eq!(feed.unshared(), 1);
     }
 
     #[tokio::test]

@@ -952,7 +952,7 @@ async fn tasks_from_before_the_listings_table_are_filled_on_connect() {
     assert_eq!(marks, 0, "the fill is done once");
     // Their bytes count for their tenant as they are listed (migration
     // 14 counted only the tasks listed then): those of the four decoded.
-    let totals = store.add_tenant_bytes("h", 1, &HashMap::new()).await.unwrap();
+    let totals = store.add_tenant_bytes("h", 1, &HashMap::new(), None).await.unwrap();
     assert_eq!(totals, HashMap::from([("default".to_owned(), 8)]));
 }
 
@@ -990,7 +990,7 @@ async fn the_bytes_tenants_keep_are_counted_across_hosts() {
     sqlx::query(count).execute(store.pool()).await.unwrap();
     let read = |store: &PgStore| {
         let store = store.clone();
-        async move { store.add_tenant_bytes("reader", 1, &HashMap::new()).await.unwrap() }
+        async move { store.add_tenant_bytes("reader", 1, &HashMap::new(), None).await.unwrap() }
     };
     assert_eq!(read(&store).await, kept);
 
@@ -1000,20 +1000,20 @@ async fn the_bytes_tenants_keep_are_counted_across_hosts() {
         |i: usize| HashMap::from([("default".to_owned(), 100), ("acme".to_owned(), -1), (format!("t{}", i % 2), 1)]);
     let adds = hosts.iter().enumerate().map(|(i, h)| async move {
         assert_eq!(h.tenant_bytes_sent(&format!("h{i}")).await.unwrap(), 0);
-        h.add_tenant_bytes(&format!("h{i}"), 1, &batch(i)).await.unwrap()
+        h.add_tenant_bytes(&format!("h{i}"), 1, &batch(i), None).await.unwrap()
     });
     futures::future::join_all(adds).await;
     let totals = read(&store).await;
     assert_eq!(totals["default"], kept["default"] + 800);
     assert_eq!(totals["acme"], kept["acme"] - 8);
     // Host h0's batch 1 again (its answer was lost): added once.
-    assert_eq!(hosts[0].add_tenant_bytes("h0", 1, &batch(0)).await.unwrap(), totals);
+    assert_eq!(hosts[0].add_tenant_bytes("h0", 1, &batch(0), None).await.unwrap(), totals);
     assert_eq!(hosts[0].tenant_bytes_sent("h0").await.unwrap(), 1);
     // Retention's deletion of t1's bytes counted before the admissions
     // that stored them: read as zero, then the admissions bring it back.
-    let deleted = store.add_tenant_bytes("leader", 1, &HashMap::from([("t1".to_owned(), -104)])).await.unwrap();
+    let deleted = store.add_tenant_bytes("leader", 1, &HashMap::from([("t1".to_owned(), -104)]), None).await.unwrap();
     assert_eq!((deleted["t0"], deleted["t1"]), (4, 0), "read as zero while below it");
-    let admitted = store.add_tenant_bytes("late", 1, &HashMap::from([("t1".to_owned(), 110)])).await.unwrap();
+    let admitted = store.add_tenant_bytes("late", 1, &HashMap::from([("t1".to_owned(), 110)]), None).await.unwrap();
     assert_eq!(admitted["t1"], 10, "the deletion still counts");
     // A host serving alone counts anew.
     store.recount_tenant_bytes(&HashMap::from([("default".to_owned(), 42)])).await.unwrap();

@@ -248,6 +248,7 @@ pub(super) async fn take(
                          WHERE true {}
                      )
                        AND c.state IN ('pending', 'retrying') AND NOT c.blocked
+                       AND c.due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint
                      ORDER BY c.priority DESC, c.due_at_ms, c.id
                      LIMIT q.quota
                      FOR UPDATE OF c SKIP LOCKED

@@ -4,6 +4,11 @@
 //! what it hears from them on its own feed, so `/v1/events` on any host
 //! carries every host's events, numbered in that host's order.
 //!
+//! Hosts send their events apart, so one host's change of a task may come
+//! before another's earlier one (a claim before the submission's event):
+//! a host publishes a task's events in the order of its record's versions
+//! and drops one that comes after a later change (see [`Feed::heard`]).
+//!
 //! Best effort, as notifications are: events sent while a host's
 //! listening connection is down are lost to it (its log says so), and a
 //! host whose outbox is full ([`OUTBOX`] events waiting to be sent, the
@@ -59,6 +64,7 @@ struct Wire {
     s: Option<TaskState>,
     t: TaskState,
     n: u32,
+    v: u64,
 }
 
 impl From<&TaskEvent> for Wire {
@@ -72,6 +78,7 @@ impl From<&TaskEvent> for Wire {
             s: e.from,
             t: e.to,
             n: e.attempt,
+            v: e.version,
         }
     }
 }
@@ -88,6 +95,7 @@ impl From<Wire> for TaskEvent {
             from: w.s,
             to: w.t,
             attempt: w.n,
+            version: w.v,
         }
     }
 }
@@ -212,7 +220,9 @@ async fn hear(mut listener: PgListener, host: String, feed: Weak<Feed>) {
                 let Some(feed) = feed.upgrade() else { return };
                 match serde_json::from_str::<Sent>(notification.payload()) {
                     Ok(sent) if sent.h == host => {}
-                    Ok(sent) => sent.e.into_iter().for_each(|e| feed.heard(e.into())),
+                    Ok(sent) => sent.e.into_iter().for_each(|e| {
+                        feed.heard(e.into());
+                    }),
                     Err(error) => tracing::warn!(%error, "an event notification from another host cannot be read"),
                 }
             }
@@ -254,6 +264,7 @@ mod tests {
             from: (n % 2 == 1).then_some(TaskState::Pending),
             to: TaskState::Running,
             attempt: 1,
+            version: 3,
         })
     }
 

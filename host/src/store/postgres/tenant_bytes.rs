@@ -19,20 +19,39 @@ impl PgStore {
     /// host `host`'s batch number `seq`, to the tenants' totals unless that
     /// batch was added already, and reads every tenant's total back, in
     /// one transaction: the totals hold these changes. With no changes it
-    /// only reads (and `seq` is not taken).
+    /// only reads (and `seq` is not taken). Under `fence` (a host serving
+    /// alone's term), a host replaced meanwhile adds nothing
+    /// ([`PgError::Deposed`], [`PgError::Lapsed`]).
     pub async fn add_tenant_bytes(
         &self,
         host: &str,
         seq: i64,
         changes: &HashMap<String, i64>,
+        fence: Option<super::Term>,
     ) -> Result<HashMap<String, u64>, PgError> {
         let mut txn = self.pool().begin().await?;
+        if let Some(term) = fence {
+            match PgStore::standing(&mut txn, term).await? {
+                super::Standing::Leads => {}
+                super::Standing::Replaced => return Err(PgError::Deposed),
+                super::Standing::Lapsed => return Err(PgError::Lapsed),
+            }
+        }
         if changes.values().any(|by| *by != 0) {
             let last: Option<i64> =
                 sqlx::query_scalar("SELECT seq FROM taskhost_tenant_bytes_sent WHERE host = $1 FOR UPDATE")
                     .bind(host)
                     .fetch_optional(&mut *txn)
                     .await?;
+            if let Some(last) = last.filter(|last| *last > seq) {
+                tracing::warn!(
+                    host,
+                    last,
+                    seq,
+                    "a batch of stored-byte changes numbered behind this host's last is not \
+                    added: another process uses this host's id (a copied data directory?)"
+                );
+            }
             if last.is_none_or(|last| last < seq) {
                 add(&mut txn, changes).await?;
                 sqlx::query(
