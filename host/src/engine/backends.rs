@@ -560,19 +560,25 @@ async fn hosts_serving_together_share_the_work_and_run_each_task_once() {
     assert!(ran(&a) > 0 && ran(&b) > 0, "both hosts ran tasks: {} and {}", ran(&a), ran(&b));
 }
 
+/// Two hosts serving the throwaway cluster's database `name` together.
+async fn two_hosts_together(name: &str) -> (Harness, Harness) {
+    let url = taskhost_test_postgres::cluster().database(name);
+    let together = |c: &mut EngineConfig| {
+        tweak(c);
+        c.many_hosts = true;
+    };
+    let a = Harness::on_url(url.clone(), together).await.unwrap();
+    let b = Harness::on_url(url, together).await.unwrap();
+    (a, b)
+}
+
 /// Routing by capability: serving together, a host leaves the tasks of
 /// plugins that need models it does not serve (its runner says which) to
 /// the hosts that serve them, whichever host they were submitted to; other
 /// plugins' tasks run on both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hosts_serving_together_leave_the_tasks_they_cannot_serve_to_those_that_can() {
-    let url = taskhost_test_postgres::cluster().database("engine_routing");
-    let together = |c: &mut EngineConfig| {
-        tweak(c);
-        c.many_hosts = true;
-    };
-    let a = Harness::on_url(url.clone(), together).await.unwrap();
-    let b = Harness::on_url(url.clone(), together).await.unwrap();
+    let (a, b) = two_hosts_together("engine_routing").await;
     // As host a's registry has it; host b's has no manifest, so b takes
     // them (neither serves a model here).
     a.runner.needs.lock().unwrap().push(("embed".into(), vec!["minilm".into()]));
@@ -604,13 +610,7 @@ async fn hosts_serving_together_leave_the_tasks_they_cannot_serve_to_those_that_
 /// within a beat or two.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hosts_serving_together_count_the_bytes_tenants_keep_together() {
-    let url = taskhost_test_postgres::cluster().database("engine_tenant_bytes");
-    let together = |c: &mut EngineConfig| {
-        tweak(c);
-        c.many_hosts = true;
-    };
-    let a = Harness::on_url(url.clone(), together).await.unwrap();
-    let b = Harness::on_url(url.clone(), together).await.unwrap();
+    let (a, b) = two_hosts_together("engine_tenant_bytes").await;
     let mut ids = Vec::new();
     for i in 0..10u8 {
         ids.push(a.engine.submit(task("echo", &Script::Complete(vec![i; 100]))).await.unwrap().record.id);
@@ -638,13 +638,7 @@ async fn hosts_serving_together_count_the_bytes_tenants_keep_together() {
 /// completed, each once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hosts_serving_together_each_carry_every_hosts_events() {
-    let url = taskhost_test_postgres::cluster().database("engine_shared_events");
-    let together = |c: &mut EngineConfig| {
-        tweak(c);
-        c.many_hosts = true;
-    };
-    let a = Harness::on_url(url.clone(), together).await.unwrap();
-    let b = Harness::on_url(url.clone(), together).await.unwrap();
+    let (a, b) = two_hosts_together("engine_shared_events").await;
     b.runner.needs.lock().unwrap().push(("echo".into(), vec!["minilm".into()]));
     let mut feed = b.shared.store.subscribe(None);
     let mut ids = Vec::new();

@@ -145,6 +145,21 @@ impl PgStore {
         })
     }
 
+    /// Goes on only while `fence` (a host serving alone's term, if any)
+    /// still leads, in the caller's transaction (see [`standing`](Self::standing)):
+    /// a host replaced meanwhile gets [`PgError::Deposed`], one whose own
+    /// lease lapsed [`PgError::Lapsed`].
+    pub(crate) async fn fenced(conn: &mut PgConnection, fence: Option<Term>) -> Result<(), PgError> {
+        match fence {
+            None => Ok(()),
+            Some(term) => match PgStore::standing(conn, term).await? {
+                Standing::Leads => Ok(()),
+                Standing::Replaced => Err(PgError::Deposed),
+                Standing::Lapsed => Err(PgError::Lapsed),
+            },
+        }
+    }
+
     /// Renews `term`'s lease for `lease` from now: whether it still held
     /// the lead (no other host took it, lapsed or not).
     pub(crate) async fn renew_lead(conn: &mut PgConnection, term: Term, lease: Duration) -> Result<bool, PgError> {

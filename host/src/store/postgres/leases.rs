@@ -134,13 +134,7 @@ impl PgStore {
         leave: &[String],
     ) -> Result<Vec<Claimed>, PgError> {
         let mut txn = self.pool().begin().await?;
-        if let Some(term) = fence {
-            match PgStore::standing(&mut txn, term).await? {
-                super::Standing::Leads => {}
-                super::Standing::Replaced => return Err(PgError::Deposed),
-                super::Standing::Lapsed => return Err(PgError::Lapsed),
-            }
-        }
+        PgStore::fenced(&mut txn, fence).await?;
         let found = super::fair::take(&mut txn, limit, leave).await?;
         if found.is_empty() {
             // What it quarantined, if anything, stays so.

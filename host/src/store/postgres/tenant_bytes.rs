@@ -30,13 +30,7 @@ impl PgStore {
         fence: Option<super::Term>,
     ) -> Result<HashMap<String, u64>, PgError> {
         let mut txn = self.pool().begin().await?;
-        if let Some(term) = fence {
-            match PgStore::standing(&mut txn, term).await? {
-                super::Standing::Leads => {}
-                super::Standing::Replaced => return Err(PgError::Deposed),
-                super::Standing::Lapsed => return Err(PgError::Lapsed),
-            }
-        }
+        PgStore::fenced(&mut txn, fence).await?;
         if changes.values().any(|by| *by != 0) {
             let last: Option<i64> =
                 sqlx::query_scalar("SELECT seq FROM taskhost_tenant_bytes_sent WHERE host = $1 FOR UPDATE")
