@@ -253,7 +253,7 @@ pub(super) async fn take(
                      LIMIT q.quota
                      FOR UPDATE OF c SKIP LOCKED
                  ) AS t",
-                leaving("h", "$4", leave)
+                leaving("$4")
             )
         };
         let mut query = sqlx::query_as(&sql).bind(&names).bind(&counts).bind(&ids);
@@ -289,18 +289,13 @@ pub(super) async fn take(
 /// reads a key), in SQL.
 const TENANT_OF_QUEUE: &str = "(CASE WHEN strpos(queue, '/') > 0 THEN split_part(queue, '/', 1) ELSE 'default' END)";
 
-/// What keeps the tasks of the plugins in `leave` (bound as `param`) out
-/// of a query over `taskhost_tasks AS alias`: their plugin is in
-/// `taskhost_listed`, written with the task. Nothing when `leave` is
-/// empty (the query then does not take `param`), so a host that serves
-/// every plugin's models pays nothing for it.
-fn leaving(alias: &str, param: &str, leave: &[String]) -> String {
-    if leave.is_empty() {
-        return String::new();
-    }
-    format!(
-        "AND NOT EXISTS (SELECT 1 FROM taskhost_listed AS l WHERE l.id = {alias}.id AND l.plugin = ANY({param}::text[]))"
-    )
+/// What keeps the tasks of the plugins bound as `param` (the claim's
+/// `leave`) out of the head `h` of a queue: their plugin is in
+/// `taskhost_listed`, written with the task. Only a claim that leaves
+/// some plugins has it, so a host that serves every plugin's models pays
+/// nothing for it.
+fn leaving(param: &str) -> String {
+    format!("AND NOT EXISTS (SELECT 1 FROM taskhost_listed AS l WHERE l.id = h.id AND l.plugin = ANY({param}::text[]))")
 }
 
 /// The queues with tasks startable now (due) by this host (not of a
@@ -338,7 +333,7 @@ async fn ready(conn: &mut PgConnection, leave: &[String]) -> Result<(Vec<Ready>,
                      ORDER BY t.priority DESC, t.due_at_ms, t.id
                      LIMIT {LOOKAHEAD}
                  ) AS h WHERE true {})",
-                leaving("h", "$1", leave)
+                leaving("$1")
             )
         }
     );
