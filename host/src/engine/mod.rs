@@ -29,6 +29,7 @@ mod history;
 mod hosts;
 mod logs;
 mod metrics;
+mod rates;
 mod recent;
 mod recovery;
 mod retention;
@@ -578,7 +579,7 @@ impl Engine {
         }
         let tenants = &self.inner.shared.tenants;
         let tenant = crate::tenant::tenant_of(&task.plugin).to_owned();
-        tenants.take_submission(&tenant)?;
+        tenants.take_submission(&tenant).await?;
         let metrics = &self.inner.shared.metrics;
         let quota = tenants.reserve_unfinished(&tenant, || metrics.unfinished_of(&tenant), 1)?;
         // An ad-hoc script becomes a version first; the guard keeps it
@@ -718,7 +719,7 @@ impl Engine {
             ad_hoc::check_queue(self.inner.shared.tenants.quotas(&tenant).as_ref(), &record.queue)?;
         }
         let tenants = &self.inner.shared.tenants;
-        tenants.take_submission(&tenant)?;
+        tenants.take_submission(&tenant).await?;
         let metrics = &self.inner.shared.metrics;
         let quota = tenants.reserve_unfinished(&tenant, || metrics.unfinished_of(&tenant), 1)?;
         let engine = self.clone();
@@ -913,7 +914,7 @@ impl Engine {
         let tenant = first_plugin(&spec.steps).map(|p| crate::tenant::tenant_of(p).to_owned());
         let tenant = tenant.unwrap_or_else(|| crate::tenant::DEFAULT.to_owned());
         let tenants = &self.inner.shared.tenants;
-        tenants.take_submission(&tenant)?;
+        tenants.take_submission(&tenant).await?;
         // A flow's tasks' inputs are counted as they are admitted: a
         // tenant already past its stored bytes starts no flow.
         tenants.check_stored(&tenant, 0)?;

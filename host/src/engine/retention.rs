@@ -3,7 +3,8 @@
 //! tenant's stored bytes, the task gauges). Tasks outside any flow follow
 //! their queue's `retain_for` / `retain_count`, else the host's; flows (each
 //! deleted whole) follow the host's. See `store/retention.rs` for what a
-//! unit is and what is deleted with it.
+//! unit is and what is deleted with it. On PostgreSQL the sweep also
+//! deletes the shared rate buckets that have refilled (`engine/rates.rs`).
 
 use super::EngineError;
 use super::metrics::Metrics;
@@ -49,6 +50,16 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         }
         if let Err(error) = sweep(&shared).await {
             tracing::warn!(%error, "deleting ended tasks past their retention failed; the next sweep tries again");
+        }
+        // And the shared rate buckets that have refilled (a missing one is
+        // full), so the table holds only the keys drawn from lately.
+        if let Some(pg) = shared.store.postgres() {
+            match pg.drop_full_buckets().await {
+                Ok(dropped) => tracing::debug!(dropped, "deleted full shared rate buckets"),
+                Err(error) => {
+                    tracing::warn!(%error, "deleting full shared rate buckets failed; the next sweep tries again")
+                }
+            }
         }
     }
 }

@@ -8,6 +8,7 @@
 //! [`Scheduler::configure_tenant`]: super::scheduler::Scheduler::configure_tenant
 
 use super::EngineError;
+use super::rates::{SharedRates, Take, tenant_key};
 use super::stored_bytes::StoredBytes;
 use crate::store::{Db, TenantQuotas, TenantRecord};
 use crate::sync::{lock, read, write};
@@ -37,6 +38,9 @@ pub(crate) struct Tenants {
     /// (counted at start-up, then as tasks are admitted, complete and are
     /// deleted; on PostgreSQL, the totals of every host's changes).
     pub(crate) stored: StoredBytes,
+    /// The rates a PostgreSQL store keeps: flows' on any, tenants' while
+    /// hosts serve it together (then `buckets` stays empty).
+    rates: Option<Arc<SharedRates>>,
     /// Serialises changes, so two creations cannot both pass the count.
     changes: tokio::sync::Mutex<()>,
 }
@@ -64,13 +68,24 @@ impl Tenants {
     pub(crate) async fn load(store: Db) -> Result<Self, EngineError> {
         let known = store.tenants().await?.into_iter().collect();
         Ok(Self {
-            store,
             known: RwLock::new(known),
             buckets: Mutex::default(),
             pending: Mutex::default(),
             stored: StoredBytes::default(),
+            rates: SharedRates::of(&store).map(Arc::new),
+            store,
             changes: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// The rates the store keeps, on PostgreSQL (see `engine/rates.rs`).
+    pub(crate) fn shared_rates(&self) -> Option<&Arc<SharedRates>> {
+        self.rates.as_ref()
+    }
+
+    /// The tenants' rates the store keeps: hosts serve it together.
+    fn tenants_rates(&self) -> Option<&SharedRates> {
+        self.rates.as_deref().filter(|r| r.for_tenants())
     }
 
     /// Whether `name` is a tenant (the default one always is).
@@ -149,6 +164,9 @@ impl Tenants {
         // A changed rate starts from a full bucket, as here.
         let mut buckets = lock(&self.buckets);
         for name in changed {
+            if let Some(rates) = self.tenants_rates() {
+                rates.forget_here(&tenant_key(&name));
+            }
             buckets.remove(&name);
         }
         Ok(())
@@ -176,17 +194,40 @@ impl Tenants {
         write(&self.known).insert(name.to_owned(), record);
         // A changed rate starts from a full bucket.
         lock(&self.buckets).remove(name);
+        if let Some(rates) = self.tenants_rates()
+            && let Err(error) = rates.forget(&tenant_key(name)).await
+        {
+            tracing::warn!(
+                tenant = name,
+                %error,
+                "the tenant's quotas are stored, but its shared submission bucket could not be \
+                started full (it refills at its rate)"
+            );
+        }
         Ok(created)
     }
 
-    /// Takes one submission from `tenant`'s bucket, or refuses.
-    pub(crate) fn take_submission(&self, tenant: &str) -> Result<(), EngineError> {
+    /// Takes one submission from `tenant`'s bucket, or refuses: this
+    /// host's own bucket, or serving together, the database's.
+    pub(crate) async fn take_submission(&self, tenant: &str) -> Result<(), EngineError> {
         let Some(quotas) = read(&self.known).get(tenant).map(|r| r.quotas.clone()) else {
             return Ok(());
         };
         let Some(rate) = quotas.submit_per_sec else { return Ok(()) };
-        let size = f64::from(quotas.submit_burst.unwrap_or(rate).max(1));
-        let rate = f64::from(rate);
+        let size = quotas.submit_burst.unwrap_or(rate).max(1);
+        let refused = |wait| EngineError::QuotaExceeded {
+            tenant: tenant.to_owned(),
+            quota: "submit_per_sec",
+            message: format!("more than {rate} submissions per second (burst {size})"),
+            retry_after_secs: Some(wait),
+        };
+        if let Some(rates) = self.tenants_rates() {
+            return match rates.take(&tenant_key(tenant), rate, size).await? {
+                Take::Taken => Ok(()),
+                Take::Refused(wait) => Err(refused(Take::retry_after_secs(wait))),
+            };
+        }
+        let (rate, size) = (f64::from(rate), f64::from(size));
         let now = Instant::now();
         let mut buckets = lock(&self.buckets);
         let bucket = buckets.entry(tenant.to_owned()).or_insert(Bucket { tokens: size, at: now });
@@ -197,12 +238,7 @@ impl Tenants {
             return Ok(());
         }
         let wait = ((1.0 - bucket.tokens) / rate.max(f64::MIN_POSITIVE)).ceil().clamp(1.0, 3600.0) as u32;
-        Err(EngineError::QuotaExceeded {
-            tenant: tenant.to_owned(),
-            quota: "submit_per_sec",
-            message: format!("more than {rate} submissions per second (burst {size})"),
-            retry_after_secs: Some(wait),
-        })
+        Err(refused(wait))
     }
 
     /// Counts `n` more unfinished tasks of `tenant` as pending, or refuses
@@ -308,15 +344,15 @@ mod tests {
         let quotas = TenantQuotas { submit_per_sec: Some(1), submit_burst: Some(3), ..TenantQuotas::default() };
         t.put("a", quotas, "root").await.unwrap();
         for _ in 0..3 {
-            t.take_submission("a").unwrap();
+            t.take_submission("a").await.unwrap();
         }
-        match t.take_submission("a") {
+        match t.take_submission("a").await {
             Err(EngineError::QuotaExceeded { quota: "submit_per_sec", retry_after_secs: Some(1), .. }) => {}
             other => panic!("{other:?}"),
         }
         // Other tenants have their own buckets (the default none at all).
         for _ in 0..100 {
-            t.take_submission(tenant::DEFAULT).unwrap();
+            t.take_submission(tenant::DEFAULT).await.unwrap();
         }
     }
 

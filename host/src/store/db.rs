@@ -16,8 +16,8 @@
 
 use super::events::{Feed, Subscription};
 use super::postgres::{
-    Claimed, CommitConfig, Lease, ManyHosts, PgCommitter, PgError, PgStore, QueueBacklog, SharedEvents, SoleEngine,
-    Standby, Term, Wakeups,
+    Claimed, CommitConfig, Drawn, Lease, ManyHosts, PgCommitter, PgError, PgStore, QueueBacklog, SharedEvents,
+    SoleEngine, Standby, Term, Wakeups,
 };
 use super::retention::{Expired, Removed, Retention};
 use super::{
@@ -206,6 +206,32 @@ impl PgDb {
             Err(_) => receive(),
         };
         received.map_err(|_| StoreError::Closed)?.map_err(Into::into)
+    }
+}
+
+/// Rates shared by the hosts serving together (see `postgres/rates.rs`).
+impl PgDb {
+    /// Draws up to `want` tokens from shared bucket `key` (see
+    /// [`PgStore::draw_tokens`]).
+    pub(crate) async fn draw_tokens(&self, key: &str, rate: f64, burst: f64, want: u32) -> Result<Drawn, StoreError> {
+        Ok(self.store.draw_tokens(key, rate, burst, want).await?)
+    }
+
+    /// [`draw_tokens`](Self::draw_tokens) for a caller that cannot await
+    /// (a plugin's host call).
+    pub(crate) fn draw_tokens_now(&self, key: &str, rate: f64, burst: f64, want: u32) -> Result<Drawn, StoreError> {
+        let (store, key) = (self.store.clone(), key.to_owned());
+        self.wait(async move { store.draw_tokens(&key, rate, burst, want).await })
+    }
+
+    /// Forgets shared bucket `key`: it starts full.
+    pub(crate) async fn forget_bucket(&self, key: &str) -> Result<(), StoreError> {
+        Ok(self.store.forget_bucket(key).await?)
+    }
+
+    /// Deletes the shared buckets that have refilled (the leader's duty).
+    pub(crate) async fn drop_full_buckets(&self) -> Result<u64, StoreError> {
+        Ok(self.store.drop_full_buckets().await?)
     }
 }
 

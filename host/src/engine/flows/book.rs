@@ -218,7 +218,15 @@ impl Book {
 
     /// Takes one submission from the flow's budget (rate, then size), or
     /// says which limit refused it.
-    pub(crate) fn reserve_task(&mut self, flow: Uuid, stored_tasks: u64, limits: &FlowLimits) -> Result<(), Refusal> {
+    /// The flow's rate is checked here only with `rate_here` (otherwise
+    /// the store keeps it: see `engine/rates.rs`).
+    pub(crate) fn reserve_task(
+        &mut self,
+        flow: Uuid,
+        stored_tasks: u64,
+        limits: &FlowLimits,
+        rate_here: bool,
+    ) -> Result<(), Refusal> {
         let live = self.live(flow, limits);
         live.tasks = live.tasks.max(stored_tasks);
         let rate = f64::from(limits.submissions_per_sec.max(1));
@@ -229,11 +237,13 @@ impl Book {
             self.forget_idle(flow);
             return Err(Refusal::TasksPerFlow { limit: limits.tasks_per_flow });
         }
-        if live.tokens < 1.0 {
-            self.forget_idle(flow);
-            return Err(Refusal::SubmissionsPerSec { limit: limits.submissions_per_sec });
+        if rate_here {
+            if live.tokens < 1.0 {
+                self.forget_idle(flow);
+                return Err(Refusal::SubmissionsPerSec { limit: limits.submissions_per_sec });
+            }
+            live.tokens -= 1.0;
         }
-        live.tokens -= 1.0;
         live.tasks += 1;
         live.reserved_tasks += 1;
         Ok(())
@@ -321,11 +331,11 @@ mod tests {
     fn task_and_context_limits_are_hard() {
         let (mut book, l, flow) = (Book::default(), limits(), Uuid::from_u128(1));
         book.created(flow, false, false, &l);
-        book.reserve_task(flow, 1, &l).unwrap();
-        book.reserve_task(flow, 1, &l).unwrap();
-        assert!(book.reserve_task(flow, 1, &l).unwrap_err().to_string().contains("already has 3 tasks"));
+        book.reserve_task(flow, 1, &l, true).unwrap();
+        book.reserve_task(flow, 1, &l, true).unwrap();
+        assert!(book.reserve_task(flow, 1, &l, true).unwrap_err().to_string().contains("already has 3 tasks"));
         book.unreserve_tasks(flow, 1);
-        book.reserve_task(flow, 1, &l).unwrap();
+        book.reserve_task(flow, 1, &l, true).unwrap();
         book.reserve_context(flow, 8, None, &l).unwrap();
         assert!(book.reserve_context(flow, 3, None, &l).unwrap_err().to_string().contains("would hold 11 bytes"));
         book.settle_context(flow, 8, Some(2));
@@ -339,9 +349,11 @@ mod tests {
         l.submissions_per_sec = 5;
         let (mut book, flow) = (Book::default(), Uuid::from_u128(1));
         for _ in 0..5 {
-            book.reserve_task(flow, 0, &l).unwrap();
+            book.reserve_task(flow, 0, &l, true).unwrap();
         }
-        assert!(book.reserve_task(flow, 0, &l).unwrap_err().to_string().contains("faster than 5 tasks per second"));
+        assert!(
+            book.reserve_task(flow, 0, &l, true).unwrap_err().to_string().contains("faster than 5 tasks per second")
+        );
     }
 
     #[test]
@@ -361,8 +373,8 @@ mod tests {
         assert!(!book.ended(flow, root), "the mark is taken by the end it was made for");
         assert!(book.flows.is_empty());
         // Reservations keep the flow, with the stored totals as the base.
-        book.reserve_task(flow, 2, &l).unwrap();
-        assert!(book.reserve_task(flow, 2, &l).unwrap_err().to_string().contains("already has 3 tasks"));
+        book.reserve_task(flow, 2, &l, true).unwrap();
+        assert!(book.reserve_task(flow, 2, &l, true).unwrap_err().to_string().contains("already has 3 tasks"));
         book.reserve_context(flow, 4, Some(5), &l).unwrap();
         assert!(book.reserve_context(flow, 2, Some(5), &l).unwrap_err().to_string().contains("would hold 11 bytes"));
         book.created(flow, true, true, &l);

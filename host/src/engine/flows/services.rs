@@ -6,7 +6,9 @@
 //! for "absent". What the attempt holds (children, their inputs, context
 //! writes) and what a join hands back count against its host budget.
 
+use super::book::Refusal;
 use super::{FlowLimits, Flows, scoped_key, task_view};
+use crate::engine::rates::{Take, flow_key};
 use crate::engine::shared::Shared;
 use crate::engine::submission::{MAX_KEY, Submission};
 use crate::engine::{EngineError, NewTask};
@@ -217,9 +219,27 @@ impl AttemptServices {
             Err(other) => return refund(Ok(Err(QueueError::Invalid(other.to_string())))),
         };
         let stored_tasks = refund_on_err(self.stored_flow_tasks(), || self.budget.refund(cost))?;
-        if let Err(refusal) = self.flows.book().reserve_task(flow, stored_tasks, &limits) {
+        // On PostgreSQL the flow's rate is the database's (its tasks run on
+        // any host, and the book forgets a flow between attempts); the
+        // book checks the rest first, so a refused child takes no token.
+        let rates = self.shared.tenants.shared_rates();
+        if let Err(refusal) = self.flows.book().reserve_task(flow, stored_tasks, &limits, rates.is_none()) {
             metrics.refused(refusal.limit());
             return refund(Ok(Err(QueueError::LimitExceeded(refusal.to_string()))));
+        }
+        if let Some(rates) = rates {
+            let per_sec = limits.submissions_per_sec;
+            let taken = rates.take_now(&flow_key(flow), per_sec, per_sec).map_err(|e| host("draw the flow's rate", e));
+            let unreserve = || {
+                self.flows.book().unreserve_tasks(flow, 1);
+                self.budget.refund(cost);
+            };
+            if refund_on_err(taken, unreserve)? != Take::Taken {
+                unreserve();
+                let refusal = Refusal::SubmissionsPerSec { limit: per_sec };
+                metrics.refused(refusal.limit());
+                return Ok(Err(QueueError::LimitExceeded(refusal.to_string())));
+            }
         }
         held.tasks_reserved += 1;
         record.flow_id = flow;

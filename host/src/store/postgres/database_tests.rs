@@ -1731,3 +1731,52 @@ async fn a_flows_count_of_unended_tasks_follows_every_change_of_its_tasks() {
     s.flow_change(declared, edit).await.unwrap();
     assert_eq!(counts_of(&s, declared).await, (Some(3), 3), "counted as its record was made");
 }
+
+/// Shared token buckets: a draw takes what the bucket holds, up to what it
+/// asks; hosts drawing at once admit the rate between them; a forgotten
+/// bucket starts full; only refilled buckets are deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_shared_bucket_admits_its_rate_across_hosts() {
+    let (store, url) = store("rate_buckets").await;
+    // Rate 1 a second (nothing refills in the test's few milliseconds
+    // worth counting), burst 5: a new bucket is full.
+    let drawn = store.draw_tokens("k", 1.0, 5.0, 3).await.unwrap();
+    assert_eq!(drawn.granted, 3);
+    let drawn = store.draw_tokens("k", 1.0, 5.0, 3).await.unwrap();
+    assert_eq!(drawn.granted, 2, "what is left, not what was asked: {drawn:?}");
+    let drawn = store.draw_tokens("k", 1.0, 5.0, 3).await.unwrap();
+    assert_eq!(drawn.granted, 0, "{drawn:?}");
+    assert!(drawn.left < 1.0, "{drawn:?}");
+    store.forget_bucket("k").await.unwrap();
+    assert_eq!(store.draw_tokens("k", 1.0, 5.0, 9).await.unwrap().granted, 5, "full again, up to its burst");
+
+    // Four hosts drawing one token at a time as fast as they can for
+    // 600 ms admit the burst and the rate, not four times either.
+    let (rate, burst) = (50.0, 10.0);
+    let hosts = futures::future::join_all((0..4).map(|_| PgStore::connect(&url, 2))).await;
+    let started = std::time::Instant::now();
+    let drawing = hosts.into_iter().map(|host| {
+        let host = host.unwrap();
+        async move {
+            let mut granted = 0;
+            while started.elapsed() < Duration::from_millis(600) {
+                granted += host.draw_tokens("shared", rate, burst, 1).await.unwrap().granted;
+            }
+            granted
+        }
+    });
+    let granted: u32 = futures::future::join_all(drawing).await.into_iter().sum();
+    let elapsed = started.elapsed().as_secs_f64();
+    let most = burst + rate * elapsed;
+    assert!(f64::from(granted) <= most + 1.0, "{granted} granted in {elapsed:.2} s; at most {most:.0}");
+    assert!(f64::from(granted) >= burst + rate * 0.3, "{granted} granted in {elapsed:.2} s");
+
+    // Refilled buckets go, a drained slow one stays.
+    store.draw_tokens("quick", 1_000.0, 1.0, 1).await.unwrap();
+    store.draw_tokens("slow", 0.001, 100.0, 50).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let gone = store.drop_full_buckets().await.unwrap();
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT key FROM taskhost_rate_buckets ORDER BY key").fetch_all(store.pool()).await.unwrap();
+    assert!(left.contains(&"slow".to_owned()) && !left.contains(&"quick".to_owned()), "{left:?} ({gone} went)");
+}

@@ -1,4 +1,4 @@
-//! The PostgreSQL store that many hosts share (#16), first part: the
+//! The PostgreSQL store that many hosts share (#16): the
 //! connection, the schema (versioned migrations in `host/migrations/postgres`,
 //! embedded at build time and applied on connect under PostgreSQL's advisory
 //! lock, so hosts starting at once migrate once), the task table with all
@@ -16,11 +16,10 @@
 //! in one transaction (`batch.rs`) from many callers through a group
 //! committer ([`PgStore::committer`]).
 //!
-//! Not yet here (see `docs/scale-out.md`): the engine running on it
-//! (`taskhost serve --store postgres://…`), the event feed, retention
-//! sweeps, per-tenant limits in claims and the duties a leader runs.
-//! Wake-ups through `LISTEN/NOTIFY` are here ([`PgStore::wakeups`]);
-//! nothing waits on them yet.
+//! Serving together, hosts also share their events (`shared_events.rs`),
+//! tenants' stored bytes (`tenant_bytes.rs`) and submission rates
+//! (`rates.rs`), and wake each other through `LISTEN/NOTIFY`
+//! ([`PgStore::wakeups`]). See `docs/scale-out.md`.
 
 mod access;
 mod batch;
@@ -36,6 +35,7 @@ mod many;
 mod plugins;
 mod quarantine;
 mod queues;
+mod rates;
 mod reads;
 mod retention;
 mod shared_events;
@@ -52,6 +52,7 @@ pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
 pub use many::ManyHosts;
 pub use queues::QueueBacklog;
+pub use rates::Drawn;
 pub(crate) use shared_events::SharedEvents;
 pub use sole::{MIN_LEASE, STANDBY_POLL, SoleEngine, Standby, StandbyState};
 pub use wakeups::{Wakeup, Wakeups};
