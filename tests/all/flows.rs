@@ -304,37 +304,42 @@ async fn every_flow_limit_is_refused_cleanly() {
 }
 
 /// A flow's submissions per second hold across its tasks' attempts, on
-/// either store: three children each try to submit ten more, and all of
+/// either store: five children each try to submit ten more, and all of
 /// them together get the flow's rate (on PostgreSQL the database keeps
 /// the flow's bucket, since its tasks may run on any host; a bucket per
-/// attempt would admit three more to each).
+/// attempt would admit five more to each: 30 in all).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flows_rate_holds_across_its_tasks() {
     let url = taskhost_test_postgres::cluster().database("flow_rate");
     for store in [None, Some(url)] {
         let on = if store.is_some() { "PostgreSQL" } else { "redb" };
         let (engine, _dir) = flow_engine(|c| {
-            c.flow_limits.submissions_per_sec = 3;
+            c.flow_limits.submissions_per_sec = 5;
             c.store_url = store.map(taskhost::engine::StoreUrl::new);
         })
         .await;
         let fanout = json!([{"fanout": {"n": 10, "plugin": "uppercase"}}]).to_string();
         let child = json!({"submit": {"plugin": "flow-probe", "input": fanout}});
-        let started = std::time::Instant::now();
-        let root = probe(&engine, json!([child, child, child])).await;
+        let root = probe(&engine, json!([child, child, child, child, child])).await;
         let view = ended(&engine, root).await;
-        let elapsed = started.elapsed().as_secs_f64();
-        let mut submitted = 3;
+        let created = view.tasks.iter().find(|t| t.id == root).unwrap().created_at_ms;
+        let children: Vec<_> = view.tasks.iter().filter(|t| t.plugin == "flow-probe" && t.id != root).collect();
+        assert_eq!(children.len(), 5, "{on}");
+        // Every submission of the flow came between the root's creation
+        // and the last child's end.
+        let last = children.iter().map(|t| t.finished_at_ms.unwrap()).max().unwrap();
+        let window = (last.saturating_sub(created) + 1) as f64 / 1000.0;
+        let mut submitted = 5;
         let mut refusals = Vec::new();
-        for t in view.tasks.iter().filter(|t| t.plugin == "flow-probe" && t.id != root) {
+        for t in &children {
             let out = output(&engine, t.id).await;
             submitted += out[0]["submitted"].as_u64().unwrap();
             refusals.extend(out[0]["refused"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_owned()));
         }
-        // The burst (the root's three) and what refilled meanwhile.
-        let most = 3.0 + 3.0 * elapsed + 1.0;
-        assert!((submitted as f64) <= most, "{on}: {submitted} submitted in {elapsed:.2} s; at most {most:.1}");
-        assert!(refusals.iter().any(|r| r.contains("faster than 3 tasks per second")), "{on}: {refusals:?}");
+        // The burst (the root's five) and what refilled meanwhile.
+        let most = 5.0 + 5.0 * window + 1.0;
+        assert!((submitted as f64) <= most, "{on}: {submitted} submitted within {window:.2} s; at most {most:.1}");
+        assert!(refusals.iter().any(|r| r.contains("faster than 5 tasks per second")), "{on}: {refusals:?}");
     }
 }
 

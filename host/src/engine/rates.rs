@@ -8,11 +8,13 @@
 //! A host draws tokens from a key's bucket in the database a few at a time
 //! (a twentieth of a second's worth, at least one) and admits submissions
 //! from that credit while it is fresh (credit unused for 100 ms is
-//! dropped: the key is admitted less, never more); a bucket found empty is
-//! remembered until its next token is due, so refusals cost no statement.
-//! A busy key thus costs each host about twenty statements a second. Past
-//! a burst, k hosts may admit up to one draw each beyond it; over time,
-//! never more than the rate.
+//! dropped: the key is admitted less, never more); after a draw that got
+//! less than it asked for, the bucket counts as empty here until a whole
+//! draw's worth is due, so refusals cost no statement and a key submitted
+//! to faster than its rate costs each host about twenty statements a
+//! second. A host has at most four draws in flight. Past a burst, k hosts
+//! may admit up to one draw each beyond it; over time, never more than the
+//! rate.
 
 use crate::store::Db;
 use crate::store::PgDb;
@@ -22,6 +24,7 @@ use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 /// How long drawn credit stays usable.
@@ -30,6 +33,9 @@ const CREDIT_FOR: Duration = Duration::from_millis(100);
 const MOST_DRAWN: u32 = 1_000;
 /// Most keys a host keeps credit or an empty bucket for.
 const MOST_KEYS: usize = 65_536;
+/// Most draws a host has in flight at once (each holds a connection of the
+/// store's pool, which claims and leases need too).
+const MOST_DRAWING: usize = 4;
 
 /// Whether a submission was admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,13 +56,18 @@ impl Take {
 /// The buckets a PostgreSQL store keeps, and this host's credit of them.
 pub(crate) struct SharedRates {
     pg: Arc<PgDb>,
-    credits: Mutex<Credits>,
+    credits: Arc<Mutex<Credits>>,
+    drawing: Arc<Semaphore>,
 }
 
 impl SharedRates {
     /// The shared rates of `store`: `None` on redb, which one host serves.
     pub(crate) fn of(store: &Db) -> Option<Self> {
-        store.postgres().map(|pg| Self { pg: pg.clone(), credits: Mutex::default() })
+        store.postgres().map(|pg| Self {
+            pg: pg.clone(),
+            credits: Arc::default(),
+            drawing: Arc::new(Semaphore::new(MOST_DRAWING)),
+        })
     }
 
     /// Whether tenants' rates are kept here too: hosts serve together.
@@ -69,9 +80,7 @@ impl SharedRates {
         if let Some(take) = lock(&self.credits).spend(key, Instant::now()) {
             return Ok(take);
         }
-        let (rate, burst) = (f64::from(rate.max(1)), f64::from(burst.max(1)));
-        let drawn = self.pg.draw_tokens(key, rate, burst, draw_size(rate, burst)).await?;
-        Ok(lock(&self.credits).drawn(key, Instant::now(), drawn, rate))
+        self.draw(key, rate, burst).await
     }
 
     /// [`take`](Self::take) for a caller that cannot await (a plugin's
@@ -80,9 +89,29 @@ impl SharedRates {
         if let Some(take) = lock(&self.credits).spend(key, Instant::now()) {
             return Ok(take);
         }
-        let (rate, burst) = (f64::from(rate.max(1)), f64::from(burst.max(1)));
-        let drawn = self.pg.draw_tokens_now(key, rate, burst, draw_size(rate, burst))?;
-        Ok(lock(&self.credits).drawn(key, Instant::now(), drawn, rate))
+        self.pg.run_now(self.draw(key, rate, burst))
+    }
+
+    /// Draws a few tokens of `key` from the database, one of them for this
+    /// submission, at most [`MOST_DRAWING`] draws at once.
+    fn draw(
+        &self,
+        key: &str,
+        rate: u32,
+        burst: u32,
+    ) -> impl Future<Output = Result<Take, StoreError>> + Send + 'static {
+        let (pg, credits, drawing, key) = (self.pg.clone(), self.credits.clone(), self.drawing.clone(), key.to_owned());
+        async move {
+            let _drawing = drawing.acquire_owned().await.map_err(|_| StoreError::Closed)?;
+            // A draw that went first may have left credit, or found none.
+            if let Some(take) = lock(&credits).spend(&key, Instant::now()) {
+                return Ok(take);
+            }
+            let (rate, burst) = (f64::from(rate.max(1)), f64::from(burst.max(1)));
+            let want = draw_size(rate, burst);
+            let drawn = pg.draw_tokens(&key, rate, burst, want).await?;
+            Ok(lock(&credits).drawn(&key, Instant::now(), drawn, want, rate))
+        }
     }
 
     /// Drops this host's credit of `key` (its quota changed).
@@ -90,10 +119,10 @@ impl SharedRates {
         lock(&self.credits).keys.remove(key);
     }
 
-    /// Starts `key`'s bucket full on every host (its quota changed here):
-    /// this host's credit goes at once; other hosts' credit within 100 ms,
-    /// and a bucket they found empty within a second (when its next token
-    /// was due) or when they read the change.
+    /// Starts `key`'s bucket full (its quota changed here): this host's
+    /// credit goes at once; other hosts draw by the old quota, and may
+    /// refuse from an empty bucket they remember, until they read the
+    /// change (within a heartbeat, 2 s).
     pub(crate) async fn forget(&self, key: &str) -> Result<(), StoreError> {
         self.forget_here(key);
         self.pg.forget_bucket(key).await
@@ -116,8 +145,8 @@ fn draw_size(rate: f64, burst: f64) -> u32 {
     (rate / 20.0).ceil().clamp(1.0, burst.floor().max(1.0)).min(f64::from(MOST_DRAWN)) as u32
 }
 
-/// This host's credit: tokens drawn and not yet spent, or a bucket found
-/// empty, per key, each until it is stale.
+/// This host's credit per key: tokens drawn and not yet spent, and when
+/// the database may be asked again.
 #[derive(Default)]
 struct Credits {
     keys: HashMap<String, Credit>,
@@ -125,54 +154,57 @@ struct Credits {
 
 #[derive(Debug)]
 struct Credit {
-    /// Tokens left to spend; 0: the bucket was empty.
+    /// Tokens left to spend.
     tokens: u32,
-    /// Until when they may be spent (or the bucket counts as empty).
-    until: Instant,
+    /// Until when they may be spent.
+    spend_until: Instant,
+    /// Not before then is the database asked again: a draw got less than
+    /// it asked for, so the bucket is empty until a whole draw's worth is
+    /// due (a key submitted to faster than its rate costs a statement a
+    /// draw's worth of time, not one per submission).
+    next_draw: Instant,
 }
 
 impl Credits {
-    /// Spends a token of fresh credit, or refuses while the bucket is known
-    /// empty; `None` when the database must be asked.
+    /// Spends a token of fresh credit, or refuses while the bucket is
+    /// known empty; `None` when the database must be asked.
     fn spend(&mut self, key: &str, now: Instant) -> Option<Take> {
         let credit = self.keys.get_mut(key)?;
-        if now >= credit.until {
-            self.keys.remove(key);
-            return None;
+        if credit.tokens > 0 && now < credit.spend_until {
+            credit.tokens -= 1;
+            return Some(Take::Taken);
         }
-        if credit.tokens == 0 {
-            return Some(Take::Refused(credit.until - now));
+        if now < credit.next_draw {
+            return Some(Take::Refused(credit.next_draw - now));
         }
-        credit.tokens -= 1;
-        if credit.tokens == 0 {
-            self.keys.remove(key);
-        }
-        Some(Take::Taken)
+        self.keys.remove(key);
+        None
     }
 
-    /// Takes one of the tokens `drawn` for `key`, keeping the rest as
-    /// credit, or remembers the bucket empty until its next token is due.
-    fn drawn(&mut self, key: &str, now: Instant, drawn: Drawn, rate: f64) -> Take {
-        if drawn.granted == 0 {
-            let wait = Duration::from_secs_f64(((1.0 - drawn.left) / rate).clamp(0.001, 3600.0));
-            self.keep(key, Credit { tokens: 0, until: now + wait });
-            return Take::Refused(wait);
+    /// Keeps what a draw of `want` tokens for `key` got (beside credit
+    /// another draw left), and spends one of them, or refuses.
+    fn drawn(&mut self, key: &str, now: Instant, drawn: Drawn, want: u32, rate: f64) -> Take {
+        let next_draw = if drawn.granted >= want {
+            now
+        } else {
+            now + Duration::from_secs_f64(((f64::from(want) - drawn.left) / rate).clamp(0.001, 3600.0))
+        };
+        let had = self.keys.get(key).filter(|c| now < c.spend_until).map_or(0, |c| c.tokens);
+        self.keep(key, Credit { tokens: had.saturating_add(drawn.granted), spend_until: now + CREDIT_FOR, next_draw });
+        match self.spend(key, now) {
+            Some(take) => take,
+            // Not kept (too many keys): this submission's token only.
+            None if drawn.granted > 0 => Take::Taken,
+            None => Take::Refused(next_draw.saturating_duration_since(now)),
         }
-        let more = drawn.granted - 1;
-        if more > 0 {
-            // Credit drawn meanwhile by another submission adds up.
-            let had = self.keys.get(key).filter(|c| c.until > now).map_or(0, |c| c.tokens);
-            self.keep(key, Credit { tokens: had.saturating_add(more), until: now + CREDIT_FOR });
-        }
-        Take::Taken
     }
 
-    /// Keeps `credit` for `key`; with too many keys kept, the stale ones go
+    /// Keeps `credit` for `key`; with too many keys kept, the spent ones go
     /// first, and failing that the credit is dropped (admitting less).
     fn keep(&mut self, key: &str, credit: Credit) {
         if self.keys.len() >= MOST_KEYS && !self.keys.contains_key(key) {
             let now = Instant::now();
-            self.keys.retain(|_, c| c.until > now);
+            self.keys.retain(|_, c| (c.tokens > 0 && now < c.spend_until) || now < c.next_draw);
             if self.keys.len() >= MOST_KEYS {
                 return;
             }
@@ -201,41 +233,52 @@ mod tests {
     fn drawn_credit_is_spent_while_fresh_then_the_database_is_asked() {
         let (mut credits, now) = (Credits::default(), Instant::now());
         assert_eq!(credits.spend("k", now), None);
-        assert_eq!(credits.drawn("k", now, drawn(3, 0.0), 10.0), Take::Taken);
+        assert_eq!(credits.drawn("k", now, drawn(3, 7.0), 3, 10.0), Take::Taken);
         assert_eq!(credits.spend("k", now), Some(Take::Taken));
         assert_eq!(credits.spend("k", now), Some(Take::Taken));
         assert_eq!(credits.spend("k", now), None, "three drawn, three spent");
         // Stale credit is dropped.
-        assert_eq!(credits.drawn("k", now, drawn(2, 0.0), 10.0), Take::Taken);
+        assert_eq!(credits.drawn("k", now, drawn(2, 7.0), 2, 10.0), Take::Taken);
         assert_eq!(credits.spend("k", now + CREDIT_FOR), None);
         assert!(credits.keys.is_empty());
         // Two draws at once add up.
-        credits.drawn("k", now, drawn(3, 0.0), 10.0);
-        credits.drawn("k", now, drawn(3, 0.0), 10.0);
+        credits.drawn("k", now, drawn(3, 7.0), 3, 10.0);
+        credits.drawn("k", now, drawn(3, 7.0), 3, 10.0);
         assert_eq!(credits.keys["k"].tokens, 4);
+        // An empty draw spends what another left.
+        assert_eq!(credits.drawn("k", now, drawn(0, 0.5), 3, 10.0), Take::Taken);
+        assert_eq!(credits.keys["k"].tokens, 3);
     }
 
     #[test]
-    fn an_empty_bucket_refuses_here_until_its_next_token_is_due() {
+    fn an_empty_bucket_refuses_here_until_a_whole_draw_is_due() {
         let (mut credits, now) = (Credits::default(), Instant::now());
-        // A quarter of a token left at 2 a second: the next in 375 ms.
-        let Take::Refused(wait) = credits.drawn("k", now, drawn(0, 0.25), 2.0) else { panic!() };
+        // A quarter of a token left at 2 a second, one asked for: the next
+        // is due in 375 ms.
+        let Take::Refused(wait) = credits.drawn("k", now, drawn(0, 0.25), 1, 2.0) else { panic!() };
         assert_eq!(wait, Duration::from_millis(375));
         assert_eq!(Take::retry_after_secs(wait), 1);
-        assert_eq!(
-            credits.spend("k", now + Duration::from_millis(100)),
-            Some(Take::Refused(Duration::from_millis(275)))
-        );
+        let later = now + Duration::from_millis(100);
+        assert_eq!(credits.spend("k", later), Some(Take::Refused(Duration::from_millis(275))));
         assert_eq!(credits.spend("k", now + wait), None, "then the database is asked again");
+        // Asked for 100 at 2,000 a second and given 10: the 10 are spent,
+        // then nothing is asked until 100 are due (50 ms).
+        assert_eq!(credits.drawn("k", now, drawn(10, 0.0), 100, 2_000.0), Take::Taken);
+        for _ in 0..9 {
+            assert_eq!(credits.spend("k", now), Some(Take::Taken));
+        }
+        assert_eq!(credits.spend("k", now), Some(Take::Refused(Duration::from_millis(50))));
+        assert_eq!(credits.spend("k", now + Duration::from_millis(50)), None);
     }
 
     #[test]
     fn credit_for_too_many_keys_is_dropped_never_granted() {
         let (mut credits, now) = (Credits::default(), Instant::now());
+        let later = now + Duration::from_secs(60);
         for i in 0..MOST_KEYS {
-            credits.keep(&i.to_string(), Credit { tokens: 1, until: now + Duration::from_secs(60) });
+            credits.keep(&i.to_string(), Credit { tokens: 1, spend_until: later, next_draw: now });
         }
-        credits.drawn("one more", now, drawn(5, 0.0), 100.0);
+        assert_eq!(credits.drawn("one more", now, drawn(5, 0.0), 5, 100.0), Take::Taken);
         assert_eq!(credits.keys.len(), MOST_KEYS);
         assert_eq!(credits.spend("one more", now), None);
     }

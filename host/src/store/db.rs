@@ -217,11 +217,13 @@ impl PgDb {
         Ok(self.store.draw_tokens(key, rate, burst, want).await?)
     }
 
-    /// [`draw_tokens`](Self::draw_tokens) for a caller that cannot await
-    /// (a plugin's host call).
-    pub(crate) fn draw_tokens_now(&self, key: &str, rate: f64, burst: f64, want: u32) -> Result<Drawn, StoreError> {
-        let (store, key) = (self.store.clone(), key.to_owned());
-        self.wait(async move { store.draw_tokens(&key, rate, burst, want).await })
+    /// Runs `work` (store calls) for a caller that cannot await (a
+    /// plugin's host call) and waits for it (see [`PgDb::wait`]).
+    pub(crate) fn run_now<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.wait(async move { Ok::<_, PgError>(work.await) })?
     }
 
     /// Forgets shared bucket `key`: it starts full.

@@ -1738,17 +1738,18 @@ async fn a_flows_count_of_unended_tasks_follows_every_change_of_its_tasks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_shared_bucket_admits_its_rate_across_hosts() {
     let (store, url) = store("rate_buckets").await;
-    // Rate 1 a second (nothing refills in the test's few milliseconds
-    // worth counting), burst 5: a new bucket is full.
-    let drawn = store.draw_tokens("k", 1.0, 5.0, 3).await.unwrap();
+    // Nothing worth counting refills during the test (one token in 1,000
+    // s); burst 5: a new bucket is full.
+    let slow = 0.001;
+    let drawn = store.draw_tokens("k", slow, 5.0, 3).await.unwrap();
     assert_eq!(drawn.granted, 3);
-    let drawn = store.draw_tokens("k", 1.0, 5.0, 3).await.unwrap();
+    let drawn = store.draw_tokens("k", slow, 5.0, 3).await.unwrap();
     assert_eq!(drawn.granted, 2, "what is left, not what was asked: {drawn:?}");
-    let drawn = store.draw_tokens("k", 1.0, 5.0, 3).await.unwrap();
+    let drawn = store.draw_tokens("k", slow, 5.0, 3).await.unwrap();
     assert_eq!(drawn.granted, 0, "{drawn:?}");
-    assert!(drawn.left < 1.0, "{drawn:?}");
+    assert!(drawn.left < 1.0 && drawn.left >= 0.0, "{drawn:?}");
     store.forget_bucket("k").await.unwrap();
-    assert_eq!(store.draw_tokens("k", 1.0, 5.0, 9).await.unwrap().granted, 5, "full again, up to its burst");
+    assert_eq!(store.draw_tokens("k", slow, 5.0, 9).await.unwrap().granted, 5, "full again, up to its burst");
 
     // Four hosts drawing one token at a time as fast as they can for
     // 600 ms admit the burst and the rate, not four times either.
@@ -1769,7 +1770,7 @@ async fn a_shared_bucket_admits_its_rate_across_hosts() {
     let elapsed = started.elapsed().as_secs_f64();
     let most = burst + rate * elapsed;
     assert!(f64::from(granted) <= most + 1.0, "{granted} granted in {elapsed:.2} s; at most {most:.0}");
-    assert!(f64::from(granted) >= burst + rate * 0.3, "{granted} granted in {elapsed:.2} s");
+    assert!(f64::from(granted) >= burst + rate * 0.1, "{granted} granted in {elapsed:.2} s");
 
     // Refilled buckets go, a drained slow one stays.
     store.draw_tokens("quick", 1_000.0, 1.0, 1).await.unwrap();

@@ -1,6 +1,7 @@
-//! Token buckets shared by the hosts serving a database together
-//! (`taskhost_rate_buckets`, migration 15): a tenant's `submit_per_sec`
-//! and a flow's submissions per second hold across every host. A host
+//! Token buckets kept in the database (`taskhost_rate_buckets`,
+//! migration 15), so submission rates hold across hosts and attempts: a
+//! tenant's `submit_per_sec` while hosts serve the database together, and
+//! a flow's submissions per second on any PostgreSQL store. A host
 //! draws a few tokens at a time ([`PgStore::draw_tokens`], one statement,
 //! refilled by the database's clock, so hosts' clocks do not matter) and
 //! admits submissions from them (`engine/rates.rs`). A missing row is a
@@ -27,9 +28,10 @@ impl PgStore {
     /// granted, down to none.
     pub async fn draw_tokens(&self, key: &str, rate: f64, burst: f64, want: u32) -> Result<Drawn, PgError> {
         // The row is locked for the statement only; every expression of the
-        // update reads the row as it was (`b`). The time is the clock's when
-        // the row is updated (not the statement's start: a draw that waited
-        // for another's lock would count its refill twice), and never goes
+        // update reads the row as it was (`b`) and the time the statement
+        // read once (`excluded.at`). A draw that waited for another's lock
+        // finds the row at a later time than its own and gets no refill
+        // for the wait (never the same refill twice); the time never goes
         // back.
         let (granted, left): (i32, f64) = sqlx::query_as(
             "INSERT INTO taskhost_rate_buckets AS b (key, rate, burst, tokens, granted, at)
@@ -38,12 +40,12 @@ impl PgStore {
                rate = $2,
                burst = $3,
                granted = least($4, floor(least($3, b.tokens + $2 * extract(epoch FROM
-                   greatest(b.at, clock_timestamp()) - b.at)::double precision)))::integer,
+                   greatest(b.at, excluded.at) - b.at)::double precision)))::integer,
                tokens = least($3, b.tokens + $2 * extract(epoch FROM
-                   greatest(b.at, clock_timestamp()) - b.at)::double precision)
+                   greatest(b.at, excluded.at) - b.at)::double precision)
                    - least($4, floor(least($3, b.tokens + $2 * extract(epoch FROM
-                   greatest(b.at, clock_timestamp()) - b.at)::double precision))),
-               at = greatest(b.at, clock_timestamp())
+                   greatest(b.at, excluded.at) - b.at)::double precision))),
+               at = greatest(b.at, excluded.at)
              RETURNING granted, tokens",
         )
         .bind(key)
