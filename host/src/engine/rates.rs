@@ -7,24 +7,25 @@
 //!
 //! A host draws tokens from a key's bucket in the database a few at a time
 //! (a twentieth of a second's worth, at least one) and admits submissions
-//! from that credit while it is fresh (credit unused for 100 ms is
-//! dropped: the key is admitted less, never more); after a draw that got
-//! less than it asked for, the bucket counts as empty here until a whole
-//! draw's worth is due, so refusals cost no statement and a key submitted
-//! to faster than its rate costs each host about twenty statements a
-//! second. A host has at most four draws in flight. Past a burst, k hosts
-//! may admit up to one draw each beyond it; over time, never more than the
-//! rate.
+//! from that credit for 100 ms after it is drawn (then it is dropped: the
+//! key is admitted less, never more); after a draw that got less than it
+//! asked for, or left the bucket without a whole token, the bucket counts
+//! as empty here until a whole draw's worth is due, so refusals cost no
+//! statement and a key submitted to faster than its rate costs each host
+//! about twenty statements a second. A host draws a key once at a time
+//! (other submissions of it wait for that draw) and at most four keys at
+//! once. Past a burst, k hosts may admit up to one draw's worth each
+//! beyond it; over time, never more than the rate.
 
 use crate::store::Db;
 use crate::store::PgDb;
 use crate::store::StoreError;
-use crate::store::postgres::Drawn;
+use crate::store::postgres::{Drawn, PgError};
 use crate::sync::lock;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use uuid::Uuid;
 
 /// How long drawn credit stays usable.
@@ -34,8 +35,10 @@ const MOST_DRAWN: u32 = 1_000;
 /// Most keys a host keeps credit or an empty bucket for.
 const MOST_KEYS: usize = 65_536;
 /// Most draws a host has in flight at once (each holds a connection of the
-/// store's pool, which claims and leases need too).
+/// store's pool, which claims and leases need too); one per key.
 const MOST_DRAWING: usize = 4;
+/// How long a submission waits for a draw (its turn and the statement).
+const DRAW_WITHIN: Duration = Duration::from_secs(5);
 
 /// Whether a submission was admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +96,9 @@ impl SharedRates {
     }
 
     /// Draws a few tokens of `key` from the database, one of them for this
-    /// submission, at most [`MOST_DRAWING`] draws at once.
+    /// submission: one draw per key at a time (others wait for it and spend
+    /// what it got), at most [`MOST_DRAWING`] at once, within
+    /// [`DRAW_WITHIN`].
     fn draw(
         &self,
         key: &str,
@@ -101,16 +106,35 @@ impl SharedRates {
         burst: u32,
     ) -> impl Future<Output = Result<Take, StoreError>> + Send + 'static {
         let (pg, credits, drawing, key) = (self.pg.clone(), self.credits.clone(), self.drawing.clone(), key.to_owned());
-        async move {
-            let _drawing = drawing.acquire_owned().await.map_err(|_| StoreError::Closed)?;
-            // A draw that went first may have left credit, or found none.
-            if let Some(take) = lock(&credits).spend(&key, Instant::now()) {
-                return Ok(take);
-            }
+        let draw = async move {
+            let _turn = loop {
+                let drawn = {
+                    let mut c = lock(&credits);
+                    if let Some(take) = c.spend(&key, Instant::now()) {
+                        return Ok(take);
+                    }
+                    match c.drawing.get(&key) {
+                        // Made under the lock: its end is not missed.
+                        Some(notify) => Err(notify.clone().notified_owned()),
+                        None => Ok(c.start_drawing(&key)),
+                    }
+                };
+                match drawn {
+                    Ok(turn) => break DrawTurn { credits: credits.clone(), key: key.clone(), notify: turn },
+                    Err(other_draw) => other_draw.await,
+                }
+            };
+            let _permit = drawing.acquire_owned().await.map_err(|_| StoreError::Closed)?;
             let (rate, burst) = (f64::from(rate.max(1)), f64::from(burst.max(1)));
             let want = draw_size(rate, burst);
             let drawn = pg.draw_tokens(&key, rate, burst, want).await?;
             Ok(lock(&credits).drawn(&key, Instant::now(), drawn, want, rate))
+        };
+        async move {
+            match tokio::time::timeout(DRAW_WITHIN, draw).await {
+                Ok(taken) => taken,
+                Err(_) => Err(PgError::Unanswered("a draw from a shared rate bucket").into()),
+            }
         }
     }
 
@@ -150,6 +174,25 @@ fn draw_size(rate: f64, burst: f64) -> u32 {
 #[derive(Default)]
 struct Credits {
     keys: HashMap<String, Credit>,
+    /// The keys being drawn now (at most [`MOST_DRAWING`] running, the
+    /// rest waiting for a permit; as many as submissions wait), each with
+    /// what tells the submissions waiting for it that it ended.
+    drawing: HashMap<String, Arc<Notify>>,
+}
+
+/// A submission's turn to draw a key; when it ends (drawn, failed or
+/// dropped), the submissions waiting for it look again.
+struct DrawTurn {
+    credits: Arc<Mutex<Credits>>,
+    key: String,
+    notify: Arc<Notify>,
+}
+
+impl Drop for DrawTurn {
+    fn drop(&mut self) {
+        lock(&self.credits).drawing.remove(&self.key);
+        self.notify.notify_waiters();
+    }
 }
 
 #[derive(Debug)]
@@ -166,6 +209,13 @@ struct Credit {
 }
 
 impl Credits {
+    /// Marks `key` as being drawn.
+    fn start_drawing(&mut self, key: &str) -> Arc<Notify> {
+        let notify = Arc::new(Notify::new());
+        self.drawing.insert(key.to_owned(), notify.clone());
+        notify
+    }
+
     /// Spends a token of fresh credit, or refuses while the bucket is
     /// known empty; `None` when the database must be asked.
     fn spend(&mut self, key: &str, now: Instant) -> Option<Take> {
@@ -184,13 +234,22 @@ impl Credits {
     /// Keeps what a draw of `want` tokens for `key` got (beside credit
     /// another draw left), and spends one of them, or refuses.
     fn drawn(&mut self, key: &str, now: Instant, drawn: Drawn, want: u32, rate: f64) -> Take {
-        let next_draw = if drawn.granted >= want {
+        // A bucket left with less than a token counts as empty until a
+        // whole draw's worth is due.
+        let mut next_draw = if drawn.granted >= want && drawn.left >= 1.0 {
             now
         } else {
             now + Duration::from_secs_f64(((f64::from(want) - drawn.left) / rate).clamp(0.001, 3600.0))
         };
-        let had = self.keys.get(key).filter(|c| now < c.spend_until).map_or(0, |c| c.tokens);
-        self.keep(key, Credit { tokens: had.saturating_add(drawn.granted), spend_until: now + CREDIT_FOR, next_draw });
+        let (mut had, mut spend_until) = (0, now + CREDIT_FOR);
+        if let Some(old) = self.keys.get(key) {
+            next_draw = next_draw.max(old.next_draw);
+            if now < old.spend_until {
+                // Older credit stays as fresh as it was.
+                (had, spend_until) = (old.tokens, old.spend_until);
+            }
+        }
+        self.keep(key, Credit { tokens: had.saturating_add(drawn.granted), spend_until, next_draw });
         match self.spend(key, now) {
             Some(take) => take,
             // Not kept (too many keys): this submission's token only.
@@ -269,6 +328,12 @@ mod tests {
         }
         assert_eq!(credits.spend("k", now), Some(Take::Refused(Duration::from_millis(50))));
         assert_eq!(credits.spend("k", now + Duration::from_millis(50)), None);
+        // Given all it asked for but leaving less than a token: empty too,
+        // once the draw is spent (2.8 tokens due at 10 a second).
+        assert_eq!(credits.drawn("k", now, drawn(3, 0.2), 3, 10.0), Take::Taken);
+        credits.spend("k", now);
+        credits.spend("k", now);
+        assert_eq!(credits.spend("k", now), Some(Take::Refused(Duration::from_millis(280))));
     }
 
     #[test]

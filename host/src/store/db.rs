@@ -16,7 +16,7 @@
 
 use super::events::{Feed, Subscription};
 use super::postgres::{
-    Claimed, CommitConfig, Drawn, Lease, ManyHosts, PgCommitter, PgError, PgStore, QueueBacklog, SharedEvents,
+    Claimed, CommitConfig, DRAIN, Drawn, Lease, ManyHosts, PgCommitter, PgError, PgStore, QueueBacklog, SharedEvents,
     SoleEngine, Standby, Term, Wakeups,
 };
 use super::retention::{Expired, Removed, Retention};
@@ -206,6 +206,21 @@ impl PgDb {
             Err(_) => receive(),
         };
         received.map_err(|_| StoreError::Closed)?.map_err(Into::into)
+    }
+}
+
+impl PgDb {
+    /// Waits (up to [`DRAIN`]) until the sender has handed every event of
+    /// this host's outbox to the database; logs what was left.
+    async fn drain_events(&self) {
+        let deadline = tokio::time::Instant::now() + DRAIN;
+        while self.feed.unsent() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let unsent = self.feed.unsent();
+        if unsent > 0 {
+            tracing::warn!(events = unsent, "this host stops with events not yet sent to the other hosts");
+        }
     }
 }
 
@@ -848,10 +863,17 @@ impl Db {
     }
 
     /// Removes this host's heartbeat from a shared store (it stops).
+    /// Serving together, the events this host has not sent to the others
+    /// yet go first (for up to `postgres::shared_events::DRAIN`).
     pub(crate) async fn leave(&self) -> Result<(), StoreError> {
         match self {
             Db::Redb(_) => Ok(()),
-            Db::Postgres(pg) => Ok(pg.store.leave(&pg.host).await?),
+            Db::Postgres(pg) => {
+                if pg._shared_events.is_some() {
+                    pg.drain_events().await;
+                }
+                Ok(pg.store.leave(&pg.host).await?)
+            }
         }
     }
 

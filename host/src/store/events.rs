@@ -74,6 +74,10 @@ pub(crate) struct Feed {
     outbox: OnceLock<mpsc::Sender<Arc<TaskEvent>>>,
     /// Own events the full outbox could not take.
     unshared: AtomicU64,
+    /// Own events the outbox took, and of them those the sender has
+    /// handed to the database (sent, or failed to send).
+    queued: AtomicU64,
+    handed: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -129,6 +133,8 @@ impl Default for Feed {
             live: broadcast::Sender::new(EVENTS_BUFFER),
             outbox: OnceLock::new(),
             unshared: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
+            handed: AtomicU64::new(0),
         }
     }
 }
@@ -193,6 +199,20 @@ impl Feed {
         self.unshared.load(Ordering::Relaxed)
     }
 
+    /// The sender handed `n` more events of the outbox to the database.
+    pub(crate) fn handed(&self, n: u64) {
+        self.handed.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// How many own events the outbox holds that the sender has not
+    /// handed to the database yet.
+    pub(crate) fn unsent(&self) -> u64 {
+        // Read in this order: an event handed between the reads was
+        // queued before the first.
+        let handed = self.handed.load(Ordering::Acquire);
+        self.queued.load(Ordering::Acquire).saturating_sub(handed)
+    }
+
     fn push(&self, mut event: TaskEvent, own: bool) -> bool {
         let mut ring = lock(&self.ring);
         // Only a feed that hears other hosts keeps versions: its own
@@ -211,11 +231,14 @@ impl Feed {
         // neither overlap nor leave a hole (and other hosts hear them in
         // this order). No receiver is no error.
         let _ = self.live.send(event.clone());
-        if own
-            && let Some(outbox) = self.outbox.get()
-            && let Err(mpsc::error::TrySendError::Full(_)) = outbox.try_send(event)
-        {
-            self.unshared.fetch_add(1, Ordering::Relaxed);
+        if own && let Some(outbox) = self.outbox.get() {
+            // Counted before it is sent, so the sender never hands more than
+            // were queued.
+            self.queued.fetch_add(1, Ordering::AcqRel);
+            if let Err(mpsc::error::TrySendError::Full(_)) = outbox.try_send(event) {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                self.unshared.fetch_add(1, Ordering::Relaxed);
+            }
         }
         true
     }
@@ -311,6 +334,11 @@ mod tests {
         assert_eq!(outbox.try_recv().unwrap().to, TaskState::Running);
         assert!(outbox.try_recv().is_err(), "a full outbox keeps no more");
         assert_eq!(feed.unshared(), 1);
+        // Two were queued and are unsent until the sender hands them over;
+        // heard events and the one refused are not counted.
+        assert_eq!(feed.unsent(), 2);
+        feed.handed(2);
+        assert_eq!(feed.unsent(), 0);
     }
 
     #[tokio::test]

@@ -53,7 +53,7 @@ pub use leases::{Claimed, Lease, Outcome};
 pub use many::ManyHosts;
 pub use queues::QueueBacklog;
 pub use rates::Drawn;
-pub(crate) use shared_events::SharedEvents;
+pub(crate) use shared_events::{DRAIN, SharedEvents};
 pub use sole::{MIN_LEASE, STANDBY_POLL, SoleEngine, Standby, StandbyState};
 pub use wakeups::{Wakeup, Wakeups};
 
@@ -172,6 +172,10 @@ pub enum PgError {
     /// A setting of the store is out of its range.
     #[error("invalid PostgreSQL store setting: {0}")]
     Setting(String),
+    /// The database did not answer within the time a caller allows (what
+    /// it was asked).
+    #[error("PostgreSQL did not answer in time: {0}")]
+    Unanswered(&'static str),
     /// A standby was told to stop before it took the database over.
     #[error("stopped while standing by; it took nothing over")]
     StoodDown,

@@ -9,6 +9,9 @@
 //! a host publishes a task's events in the order of its record's versions
 //! and drops one that comes after a later change (see [`Feed::heard`]).
 //!
+//! A host that stops sends what its outbox holds first (for up to
+//! [`DRAIN`]; see `Db::leave`).
+//!
 //! Best effort, as notifications are: events sent while a host's
 //! listening connection is down are lost to it (its log says so), and a
 //! host whose outbox is full ([`OUTBOX`] events waiting to be sent, the
@@ -35,6 +38,9 @@ pub(crate) const OUTBOX: usize = 16_384;
 /// The most bytes of one notification's payload (PostgreSQL takes fewer
 /// than 8,000).
 const MAX_PAYLOAD: usize = 7_000;
+
+/// How long a stopping host waits for its outbox to be sent.
+pub(crate) const DRAIN: Duration = Duration::from_secs(2);
 
 /// The most events sent in one statement.
 const BATCH: usize = 2_048;
@@ -162,7 +168,11 @@ async fn send(store: PgStore, host: String, mut outbox: mpsc::Receiver<Arc<TaskE
             }
             Err(_) => {}
         }
-        let now = feed.upgrade().map_or(unshared, |f| f.unshared());
+        let strong = feed.upgrade();
+        if let Some(feed) = &strong {
+            feed.handed(batch.len() as u64);
+        }
+        let now = strong.map_or(unshared, |f| f.unshared());
         if now > unshared {
             tracing::warn!(
                 events = now - unshared,
