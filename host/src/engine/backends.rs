@@ -658,10 +658,22 @@ async fn hosts_serving_together_admit_a_tenants_rate_between_them() {
     // would admit 8 in well under a second).
     assert!(admitted >= 4 && f64::from(admitted) <= 5.0 + 2.0 * elapsed, "{admitted} admitted in {elapsed:.2} s");
     // Set again, the quota starts from a full bucket.
-    a.engine.put_tenant("acme", quotas, "test").await.unwrap();
+    a.engine.put_tenant("acme", quotas.clone(), "test").await.unwrap();
     for i in 0..4 {
         a.engine.submit(acme(i)).await.unwrap();
     }
+    // Submissions at once (waiting for each other's draws) admit no more.
+    a.engine.put_tenant("acme", quotas, "test").await.unwrap();
+    b.shared.tenants.reload().await.unwrap();
+    let started = std::time::Instant::now();
+    let at_once = (0..16u8).map(|i| if i % 2 == 0 { &a } else { &b }.engine.submit(acme(i)));
+    let answers = futures::future::join_all(at_once).await;
+    for refused in answers.iter().filter_map(|a| a.as_ref().err()) {
+        assert!(matches!(refused, EngineError::QuotaExceeded { quota: "submit_per_sec", .. }), "{refused}");
+    }
+    let admitted = answers.iter().filter(|a| a.is_ok()).count() as f64;
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(admitted >= 4.0 && admitted <= 5.0 + 2.0 * elapsed, "{admitted} admitted at once in {elapsed:.2} s");
 }
 
 /// Serving together, each host's event feed carries every host's events:

@@ -13,8 +13,8 @@
 //! as empty here until a whole draw's worth is due, so refusals cost no
 //! statement and a key submitted to faster than its rate costs each host
 //! about twenty statements a second. A host draws a key once at a time
-//! (other submissions of it wait for that draw) and at most four keys at
-//! once. Past a burst, k hosts may admit up to one draw's worth each
+//! (other submissions of it wait for that draw, which asks for enough for
+//! them too, within the burst) and at most four keys at once. Past a burst, k hosts may admit up to one draw's worth each
 //! beyond it; over time, never more than the rate.
 
 use crate::store::Db;
@@ -106,35 +106,52 @@ impl SharedRates {
         burst: u32,
     ) -> impl Future<Output = Result<Take, StoreError>> + Send + 'static {
         let (pg, credits, drawing, key) = (self.pg.clone(), self.credits.clone(), self.drawing.clone(), key.to_owned());
-        let draw = async move {
-            let _turn = loop {
-                let drawn = {
-                    let mut c = lock(&credits);
-                    if let Some(take) = c.spend(&key, Instant::now()) {
-                        return Ok(take);
+        async move {
+            let turn = async {
+                loop {
+                    let drawn = {
+                        let mut c = lock(&credits);
+                        if let Some(take) = c.spend(&key, Instant::now()) {
+                            return Ok(take);
+                        }
+                        match c.drawing.get_mut(&key) {
+                            // Made under the lock: its end is not missed.
+                            Some(other) => {
+                                other.waiting += 1;
+                                Err(other.notify.clone().notified_owned())
+                            }
+                            None => Ok(c.start_drawing(&key)),
+                        }
+                    };
+                    match drawn {
+                        Ok(notify) => {
+                            return Err(DrawTurn { credits: credits.clone(), key: key.clone(), notify });
+                        }
+                        Err(other_draw) => other_draw.await,
                     }
-                    match c.drawing.get(&key) {
-                        // Made under the lock: its end is not missed.
-                        Some(notify) => Err(notify.clone().notified_owned()),
-                        None => Ok(c.start_drawing(&key)),
-                    }
-                };
-                match drawn {
-                    Ok(turn) => break DrawTurn { credits: credits.clone(), key: key.clone(), notify: turn },
-                    Err(other_draw) => other_draw.await,
                 }
             };
-            let _permit = drawing.acquire_owned().await.map_err(|_| StoreError::Closed)?;
-            let (rate, burst) = (f64::from(rate.max(1)), f64::from(burst.max(1)));
-            let want = draw_size(rate, burst);
-            let drawn = pg.draw_tokens(&key, rate, burst, want).await?;
-            Ok(lock(&credits).drawn(&key, Instant::now(), drawn, want, rate))
-        };
-        async move {
-            match tokio::time::timeout(DRAW_WITHIN, draw).await {
+            let turn = match tokio::time::timeout(DRAW_WITHIN, turn).await {
+                Ok(Ok(take)) => return Ok(take),
+                Ok(Err(turn)) => turn,
+                Err(_) => return Err(PgError::Unanswered("other draws from a shared rate bucket").into()),
+            };
+            let draw = async {
+                let _permit = drawing.acquire_owned().await.map_err(|_| StoreError::Closed)?;
+                let (rate, burst) = (f64::from(rate.max(1)), f64::from(burst.max(1)));
+                let base = draw_size(rate, burst);
+                // Enough for the submissions waiting for this draw too.
+                let waiting = lock(&credits).drawing.get(&key).map_or(0, |d| d.waiting);
+                let want = base.max(u32::try_from(waiting + 1).unwrap_or(u32::MAX)).min(burst as u32).min(MOST_DRAWN);
+                let drawn = pg.draw_tokens(&key, rate, burst, want).await?;
+                Ok(lock(&credits).drawn(&key, Instant::now(), drawn, want, base, rate))
+            };
+            let taken = match tokio::time::timeout(DRAW_WITHIN, draw).await {
                 Ok(taken) => taken,
                 Err(_) => Err(PgError::Unanswered("a draw from a shared rate bucket").into()),
-            }
+            };
+            drop(turn);
+            taken
         }
     }
 
@@ -177,7 +194,14 @@ struct Credits {
     /// The keys being drawn now (at most [`MOST_DRAWING`] running, the
     /// rest waiting for a permit; as many as submissions wait), each with
     /// what tells the submissions waiting for it that it ended.
-    drawing: HashMap<String, Arc<Notify>>,
+    drawing: HashMap<String, Drawing>,
+}
+
+/// A key being drawn: what tells the submissions waiting for the draw
+/// that it ended, and how many wait.
+struct Drawing {
+    notify: Arc<Notify>,
+    waiting: usize,
 }
 
 /// A submission's turn to draw a key; when it ends (drawn, failed or
@@ -212,7 +236,7 @@ impl Credits {
     /// Marks `key` as being drawn.
     fn start_drawing(&mut self, key: &str) -> Arc<Notify> {
         let notify = Arc::new(Notify::new());
-        self.drawing.insert(key.to_owned(), notify.clone());
+        self.drawing.insert(key.to_owned(), Drawing { notify: notify.clone(), waiting: 0 });
         notify
     }
 
@@ -231,25 +255,19 @@ impl Credits {
         None
     }
 
-    /// Keeps what a draw of `want` tokens for `key` got (beside credit
-    /// another draw left), and spends one of them, or refuses.
-    fn drawn(&mut self, key: &str, now: Instant, drawn: Drawn, want: u32, rate: f64) -> Take {
-        // A bucket left with less than a token counts as empty until a
-        // whole draw's worth is due.
-        let mut next_draw = if drawn.granted >= want && drawn.left >= 1.0 {
+    /// Keeps what a draw of `want` tokens for `key` got and spends one of
+    /// them, or refuses. A draw that got less than it asked for, or left
+    /// the bucket without a whole token, marks it empty until `base` tokens
+    /// (a draw's worth) are due.
+    fn drawn(&mut self, key: &str, now: Instant, drawn: Drawn, want: u32, base: u32, rate: f64) -> Take {
+        let next_draw = if drawn.granted >= want && drawn.left >= 1.0 {
             now
         } else {
-            now + Duration::from_secs_f64(((f64::from(want) - drawn.left) / rate).clamp(0.001, 3600.0))
+            now + Duration::from_secs_f64(((f64::from(base) - drawn.left) / rate).clamp(0.001, 3600.0))
         };
-        let (mut had, mut spend_until) = (0, now + CREDIT_FOR);
-        if let Some(old) = self.keys.get(key) {
-            next_draw = next_draw.max(old.next_draw);
-            if now < old.spend_until {
-                // Older credit stays as fresh as it was.
-                (had, spend_until) = (old.tokens, old.spend_until);
-            }
-        }
-        self.keep(key, Credit { tokens: had.saturating_add(drawn.granted), spend_until, next_draw });
+        // (One draw per key at a time, begun once its credit was spent: no
+        // credit is left to add to.)
+        self.keep(key, Credit { tokens: drawn.granted, spend_until: now + CREDIT_FOR, next_draw });
         match self.spend(key, now) {
             Some(take) => take,
             // Not kept (too many keys): this submission's token only.
@@ -292,21 +310,14 @@ mod tests {
     fn drawn_credit_is_spent_while_fresh_then_the_database_is_asked() {
         let (mut credits, now) = (Credits::default(), Instant::now());
         assert_eq!(credits.spend("k", now), None);
-        assert_eq!(credits.drawn("k", now, drawn(3, 7.0), 3, 10.0), Take::Taken);
+        assert_eq!(credits.drawn("k", now, drawn(3, 7.0), 3, 3, 10.0), Take::Taken);
         assert_eq!(credits.spend("k", now), Some(Take::Taken));
         assert_eq!(credits.spend("k", now), Some(Take::Taken));
         assert_eq!(credits.spend("k", now), None, "three drawn, three spent");
         // Stale credit is dropped.
-        assert_eq!(credits.drawn("k", now, drawn(2, 7.0), 2, 10.0), Take::Taken);
+        assert_eq!(credits.drawn("k", now, drawn(2, 7.0), 2, 2, 10.0), Take::Taken);
         assert_eq!(credits.spend("k", now + CREDIT_FOR), None);
         assert!(credits.keys.is_empty());
-        // Two draws at once add up.
-        credits.drawn("k", now, drawn(3, 7.0), 3, 10.0);
-        credits.drawn("k", now, drawn(3, 7.0), 3, 10.0);
-        assert_eq!(credits.keys["k"].tokens, 4);
-        // An empty draw spends what another left.
-        assert_eq!(credits.drawn("k", now, drawn(0, 0.5), 3, 10.0), Take::Taken);
-        assert_eq!(credits.keys["k"].tokens, 3);
     }
 
     #[test]
@@ -314,7 +325,7 @@ mod tests {
         let (mut credits, now) = (Credits::default(), Instant::now());
         // A quarter of a token left at 2 a second, one asked for: the next
         // is due in 375 ms.
-        let Take::Refused(wait) = credits.drawn("k", now, drawn(0, 0.25), 1, 2.0) else { panic!() };
+        let Take::Refused(wait) = credits.drawn("k", now, drawn(0, 0.25), 1, 1, 2.0) else { panic!() };
         assert_eq!(wait, Duration::from_millis(375));
         assert_eq!(Take::retry_after_secs(wait), 1);
         let later = now + Duration::from_millis(100);
@@ -322,7 +333,7 @@ mod tests {
         assert_eq!(credits.spend("k", now + wait), None, "then the database is asked again");
         // Asked for 100 at 2,000 a second and given 10: the 10 are spent,
         // then nothing is asked until 100 are due (50 ms).
-        assert_eq!(credits.drawn("k", now, drawn(10, 0.0), 100, 2_000.0), Take::Taken);
+        assert_eq!(credits.drawn("k", now, drawn(10, 0.0), 100, 100, 2_000.0), Take::Taken);
         for _ in 0..9 {
             assert_eq!(credits.spend("k", now), Some(Take::Taken));
         }
@@ -330,10 +341,17 @@ mod tests {
         assert_eq!(credits.spend("k", now + Duration::from_millis(50)), None);
         // Given all it asked for but leaving less than a token: empty too,
         // once the draw is spent (2.8 tokens due at 10 a second).
-        assert_eq!(credits.drawn("k", now, drawn(3, 0.2), 3, 10.0), Take::Taken);
+        assert_eq!(credits.drawn("k", now, drawn(3, 0.2), 3, 3, 10.0), Take::Taken);
         credits.spend("k", now);
         credits.spend("k", now);
         assert_eq!(credits.spend("k", now), Some(Take::Refused(Duration::from_millis(280))));
+        // Asked for 40 (waiting submissions) though a draw's worth is 3:
+        // given 10, the bucket is empty until 3 are due, not 40.
+        assert_eq!(credits.drawn("j", now, drawn(10, 0.0), 40, 3, 10.0), Take::Taken);
+        for _ in 0..9 {
+            credits.spend("j", now);
+        }
+        assert_eq!(credits.spend("j", now), Some(Take::Refused(Duration::from_millis(300))));
     }
 
     #[test]
@@ -343,7 +361,7 @@ mod tests {
         for i in 0..MOST_KEYS {
             credits.keep(&i.to_string(), Credit { tokens: 1, spend_until: later, next_draw: now });
         }
-        assert_eq!(credits.drawn("one more", now, drawn(5, 0.0), 5, 100.0), Take::Taken);
+        assert_eq!(credits.drawn("one more", now, drawn(5, 0.0), 5, 5, 100.0), Take::Taken);
         assert_eq!(credits.keys.len(), MOST_KEYS);
         assert_eq!(credits.spend("one more", now), None);
     }

@@ -214,7 +214,8 @@ impl PgDb {
     /// this host's outbox to the database; logs what was left.
     async fn drain_events(&self) {
         let deadline = tokio::time::Instant::now() + DRAIN;
-        while self.feed.unsent() > 0 && tokio::time::Instant::now() < deadline {
+        let sending = || self._shared_events.as_ref().is_some_and(SharedEvents::sending);
+        while self.feed.unsent() > 0 && sending() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let unsent = self.feed.unsent();

@@ -235,7 +235,8 @@ impl Feed {
             // Counted before it is sent, so the sender never hands more than
             // were queued.
             self.queued.fetch_add(1, Ordering::AcqRel);
-            if let Err(mpsc::error::TrySendError::Full(_)) = outbox.try_send(event) {
+            // Full, or closed (the sender stopped): not sent.
+            if outbox.try_send(event).is_err() {
                 self.queued.fetch_sub(1, Ordering::AcqRel);
                 self.unshared.fetch_add(1, Ordering::Relaxed);
             }

@@ -114,6 +114,13 @@ pub(crate) struct SharedEvents {
     hearer: tokio::task::JoinHandle<()>,
 }
 
+impl SharedEvents {
+    /// Whether the sender still runs.
+    pub(crate) fn sending(&self) -> bool {
+        !self.sender.is_finished()
+    }
+}
+
 impl Drop for SharedEvents {
     fn drop(&mut self) {
         self.sender.abort();
