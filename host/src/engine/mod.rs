@@ -247,8 +247,9 @@ impl Engine {
             store.secret(CALLBACK_SECRET).await?,
             store.secret(CALLBACK_DERIVE_SECRET).await?,
         ));
-        let tenants = Arc::new(tenants::Tenants::load(store.clone()).await?);
-        let shared = Arc::new(Shared::new(config, store, runner, metrics, tenants.clone(), host));
+        let rates = rates::SharedRates::of(&store).map(Arc::new);
+        let tenants = Arc::new(tenants::Tenants::load(store.clone(), rates.clone()).await?);
+        let shared = Arc::new(Shared::new(config, store, runner, metrics, tenants.clone(), rates, host));
         {
             let mut sched = lock(&shared.sched);
             for (name, queue) in queues {

@@ -52,6 +52,9 @@ pub(crate) struct Shared {
     pub(crate) queues: QueueNames,
     /// The tenants, their quotas and what they keep.
     pub(crate) tenants: Arc<super::tenants::Tenants>,
+    /// The submission rates a PostgreSQL store keeps: flows' on any,
+    /// tenants' while hosts serve it together (see `engine/rates.rs`).
+    pub(crate) rates: Option<Arc<super::rates::SharedRates>>,
     /// The retry backoff in force: the configuration file's `[retry]`,
     /// else `config.retry`.
     pub(crate) retry: std::sync::RwLock<super::RetryPolicy>,
@@ -79,6 +82,7 @@ impl Shared {
         runner: Arc<dyn Runner>,
         metrics: Arc<Metrics>,
         tenants: Arc<super::tenants::Tenants>,
+        rates: Option<Arc<super::rates::SharedRates>>,
         host: String,
     ) -> Self {
         Self {
@@ -102,6 +106,7 @@ impl Shared {
             halting: Notify::new(),
             queues: QueueNames::default(),
             tenants,
+            rates,
             leases: Mutex::default(),
             due: Mutex::default(),
         }

@@ -38,8 +38,9 @@ pub(crate) struct Tenants {
     /// (counted at start-up, then as tasks are admitted, complete and are
     /// deleted; on PostgreSQL, the totals of every host's changes).
     pub(crate) stored: StoredBytes,
-    /// The rates a PostgreSQL store keeps: flows' on any, tenants' while
-    /// hosts serve it together (then `buckets` stays empty).
+    /// The rates a PostgreSQL store keeps (see `engine/rates.rs`); used
+    /// for tenants' while hosts serve it together (then `buckets` stays
+    /// empty).
     rates: Option<Arc<SharedRates>>,
     /// Serialises changes, so two creations cannot both pass the count.
     changes: tokio::sync::Mutex<()>,
@@ -64,23 +65,18 @@ impl Drop for Pending {
 }
 
 impl Tenants {
-    /// The tenants stored in `store`.
-    pub(crate) async fn load(store: Db) -> Result<Self, EngineError> {
+    /// The tenants stored in `store`, with the rates it keeps.
+    pub(crate) async fn load(store: Db, rates: Option<Arc<SharedRates>>) -> Result<Self, EngineError> {
         let known = store.tenants().await?.into_iter().collect();
         Ok(Self {
             known: RwLock::new(known),
             buckets: Mutex::default(),
             pending: Mutex::default(),
             stored: StoredBytes::default(),
-            rates: SharedRates::of(&store).map(Arc::new),
+            rates,
             store,
             changes: tokio::sync::Mutex::new(()),
         })
-    }
-
-    /// The rates the store keeps, on PostgreSQL (see `engine/rates.rs`).
-    pub(crate) fn shared_rates(&self) -> Option<&Arc<SharedRates>> {
-        self.rates.as_ref()
     }
 
     /// The tenants' rates the store keeps: hosts serve it together.
@@ -320,7 +316,7 @@ mod tests {
     async fn tenants() -> (tempfile::TempDir, Arc<Tenants>) {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(&dir.path().join("s.redb"), true).unwrap();
-        (dir, Arc::new(Tenants::load(Db::Redb(store)).await.unwrap()))
+        (dir, Arc::new(Tenants::load(Db::Redb(store), None).await.unwrap()))
     }
 
     #[tokio::test]

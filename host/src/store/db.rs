@@ -870,9 +870,7 @@ impl Db {
         match self {
             Db::Redb(_) => Ok(()),
             Db::Postgres(pg) => {
-                if pg._shared_events.is_some() {
-                    pg.drain_events().await;
-                }
+                pg.drain_events().await;
                 Ok(pg.store.leave(&pg.host).await?)
             }
         }

@@ -222,7 +222,7 @@ impl AttemptServices {
         // On PostgreSQL the flow's rate is the database's (its tasks run on
         // any host, and the book forgets a flow between attempts); the
         // book checks the rest first, so a refused child takes no token.
-        let rates = self.shared.tenants.shared_rates();
+        let rates = self.shared.rates.as_deref();
         if let Err(refusal) = self.flows.book().reserve_task(flow, stored_tasks, &limits, rates.is_none()) {
             metrics.refused(refusal.limit());
             return refund(Ok(Err(QueueError::LimitExceeded(refusal.to_string()))));
