@@ -6,7 +6,7 @@
 
 use super::testing::{Harness, Script, input};
 use super::{EngineConfig, EngineError, NewTask};
-use crate::store::{FlowState, Retention, TaskState};
+use crate::store::{FlowRecord, FlowState, FlowUpdate, Retention, TaskState};
 use std::time::Duration;
 
 /// Runs `$body` with a harness `$h` on each backend; `$name` names the
@@ -630,6 +630,56 @@ async fn hosts_serving_together_count_the_bytes_tenants_keep_together() {
         assert!(std::time::Instant::now() < deadline, "host a counts {}, host b {}, of {kept}", of(&a), of(&b));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Serving together, attempts of one flow on two hosts may each fit the
+/// flow's task limit alone and not together (each host reserves against
+/// the stored total and its own reservations): the attempt that commits
+/// second is refused as it commits, runs again without its attempt
+/// counted, and is told the limit. Here the other host's commit is made
+/// through the store while this host's attempt waits at the gate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_attempt_whose_children_no_longer_fit_its_flow_runs_again_and_is_told_the_limit() {
+    let url = taskhost_test_postgres::cluster().database("engine_flow_bounds");
+    let h = Harness::on_url(url, |c| {
+        tweak(c);
+        c.many_hosts = true;
+        c.flow_limits.tasks_per_flow = 5;
+    })
+    .await
+    .unwrap();
+    let root = h.engine.submit(task("grow", &Script::GrowThenGate(3))).await.unwrap().record.id;
+    let deadline = std::time::Instant::now() + WAIT;
+    while h.runner.grown.lock().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the attempt never submitted its children");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Its three fit (1 + 3 of 5); another host's attempt commits two
+    // children of the flow meanwhile.
+    let others: Vec<_> = (0..2).map(|n| crate::store::tests::child_of(root.as_u128(), 1_000 + n, None)).collect();
+    h.shared
+        .store
+        .flow_change(root, move |stored| {
+            let mut flow = stored.unwrap_or_else(|| FlowRecord::new(root, crate::store::now_ms()));
+            flow.tasks += 2;
+            Ok(FlowUpdate { flow, tasks: others })
+        })
+        .await
+        .unwrap();
+    h.runner.gate.add_permits(2);
+    let done = h.engine.wait(root, WAIT).await.unwrap();
+    assert_eq!(done.state, TaskState::Completed, "{done:?}");
+    assert_eq!((h.runner.calls(root), done.attempts), (2, 1), "ran twice; the refused attempt is not counted");
+    let back = |t: &&crate::store::Transition| t.from == Some(TaskState::Running) && t.to == TaskState::Pending;
+    let again = done.history.iter().find(back).expect("moved back to pending");
+    assert!(again.reason.contains("to 6 tasks, over its limit of 5"), "{}", again.reason);
+    // The second attempt was told the limit once two more had fitted.
+    let grown = h.runner.grown.lock().unwrap().clone();
+    assert_eq!(grown.len(), 2);
+    let (_, submitted, refused) = &grown[1];
+    assert_eq!(*submitted, 2, "{refused:?}");
+    assert!(refused.len() == 1 && refused[0].contains("already has 5 tasks"), "{refused:?}");
+    assert_eq!(h.engine.flow(root).await.unwrap().tasks.len(), 5);
 }
 
 /// Serving together, a tenant's `submit_per_sec` holds across the hosts:

@@ -23,7 +23,7 @@ use super::submission::Submission;
 use super::unsettled::{self, Unsettled};
 use crate::sandbox::Transcript;
 use crate::store::postgres::{Claimed, Lease};
-use crate::store::{Change, InputFrom, StoredFailure, TaskRecord, TaskState, now_ms, start};
+use crate::store::{Change, InputFrom, StoreError, StoredFailure, TaskRecord, TaskState, now_ms, start};
 use crate::sync::lock;
 use crate::{CancelToken, FailureClass, TaskFailure, TaskReport};
 use std::sync::Arc;
@@ -135,6 +135,15 @@ fn unrun(failure: TaskFailure) -> TaskReport {
 /// attempt not counted.
 fn not_started(record: &TaskRecord) -> Change {
     Change::new(record.id, TaskState::Pending, "not started: the host is stopping")
+        .edit(|r| r.attempts = r.attempts.saturating_sub(1))
+}
+
+/// An attempt whose effects would have taken its flow past a limit that
+/// other hosts' attempts reached meanwhile (`error`): back to pending to
+/// run again, its attempt not counted (the next reserves against what
+/// they committed, and is told the limit).
+fn over_flow_limit(record: &TaskRecord, error: &StoreError) -> Change {
+    Change::new(record.id, TaskState::Pending, format!("runs again: its effects were not committed: {error}"))
         .edit(|r| r.attempts = r.attempts.saturating_sub(1))
 }
 
@@ -421,23 +430,43 @@ impl Dispatch {
         lock(&shared.sched).ran(&record.queue, run_secs);
         shared.wake.notify_one();
         let held = services.take();
-        let completing = change.to == TaskState::Completed;
+        let mut completing = change.to == TaskState::Completed;
         let context_writes = !held.effects.context.is_empty();
         let has_effects = context_writes || held.effects.stop_repeating || !held.effects.children.is_empty();
         if completing {
             change = change.effects(held.effects);
         }
-        if let Some(t) = &transcript {
-            change = change.log(run, &t.finish());
+        let log = transcript.as_ref().map(Transcript::finish);
+        if let Some(log) = &log {
+            change = change.log(run, log);
         }
         let log_bytes = change.log.as_ref().map_or(0, |(_, bytes)| bytes.len() as u64);
         let mut commit_span = trace.child("commit");
-        let change = change.expect_version(record.version);
-        let reason = change.reason.clone();
-        let finished = match &lease {
-            Some(lease) => shared.store.finish(lease.clone(), change).await,
-            None => shared.store.apply(change).await,
+        let (store, held_lease, version) = (&shared.store, &lease, record.version);
+        let commit = move |change: Change| async move {
+            let change = change.expect_version(version);
+            let reason = change.reason.clone();
+            let finished = match held_lease {
+                Some(lease) => store.finish(lease.clone(), change).await,
+                None => store.apply(change).await,
+            };
+            (finished, reason)
         };
+        let (mut finished, mut reason) = commit(change).await;
+        // Other hosts' attempts of the flow committed first and left no
+        // room for this one's effects: it runs again, not counted, and
+        // reserves against what they committed.
+        let again = matches!(&finished, Err(StoreError::OverFlowLimit { .. }));
+        if let Err(error @ StoreError::OverFlowLimit { what, .. }) = &finished {
+            tracing::warn!(id = %record.id, %error, "the attempt's effects were refused; it runs again");
+            shared.metrics.refused(if *what == "tasks" { "tasks_per_flow" } else { "context_bytes" });
+            let mut rerun = over_flow_limit(&record, error);
+            if let Some(log) = &log {
+                rerun = rerun.log(run, log);
+            }
+            completing = false;
+            (finished, reason) = commit(rerun).await;
+        }
         // Held on while the outcome is unsettled (see `unsettled.rs`); one
         // refused keeps its row, which lapses.
         if let Some(lease) = &lease {
@@ -528,8 +557,12 @@ impl Dispatch {
             Ok(done) => {
                 if done.state == TaskState::Pending {
                     // Not started before the host stopped: it runs after
-                    // the restart (the store has it pending).
+                    // the restart (the store has it pending); or to run
+                    // again now.
                     shared.metrics.moved(&done.queue, Some(TaskState::Running), TaskState::Pending);
+                    if again {
+                        shared.enqueue(&done, None, now_ms());
+                    }
                 } else if done.state == TaskState::Retrying {
                     shared.metrics.moved(&done.queue, Some(TaskState::Running), TaskState::Retrying);
                     shared.metrics.retried.get_or_create(&Metrics::label(&done.queue)).inc();

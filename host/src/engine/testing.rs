@@ -33,6 +33,10 @@ pub(crate) enum Script {
     /// Runs until cancelled on its first attempt; later attempts complete
     /// with this output.
     RunUntilCancelledOnce(Vec<u8>),
+    /// Submits this many children (each completing at once), notes what
+    /// it was told ([`ScriptRunner::grown`]), waits until the runner's
+    /// gate opens, then completes.
+    GrowThenGate(u32),
 }
 
 /// The scripted runner: every plugin name resolves to version `1`.
@@ -48,6 +52,9 @@ pub(crate) struct ScriptRunner {
     pub(crate) gate: tokio::sync::Semaphore,
     /// The models plugins' manifests name, as the registry would say.
     pub(crate) needs: Mutex<Vec<(String, Vec<String>)>>,
+    /// Per [`Script::GrowThenGate`] attempt: its task, the children it
+    /// submitted and the refusals it was told.
+    pub(crate) grown: Mutex<Vec<(Uuid, u32, Vec<String>)>>,
 }
 
 impl Default for ScriptRunner {
@@ -59,6 +66,7 @@ impl Default for ScriptRunner {
             held: Mutex::default(),
             gate: tokio::sync::Semaphore::new(0),
             needs: Mutex::default(),
+            grown: Mutex::default(),
         }
     }
 }
@@ -158,6 +166,28 @@ impl ScriptRunner {
             Script::Sleep(ms, output) => {
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 report(Ok(output))
+            }
+            Script::GrowThenGate(children) => {
+                let (mut submitted, mut refused) = (0, Vec::new());
+                for _ in 0..children {
+                    let child = crate::flow::ChildTask {
+                        plugin: "echo".into(),
+                        input: input(&Script::Complete(b"child".to_vec())),
+                        queue: None,
+                        priority: None,
+                        idempotency_key: None,
+                        delay_ms: None,
+                    };
+                    // A host call: it may wait for the store in place.
+                    match attempt.services.submit(child) {
+                        Ok(Ok(_)) => submitted += 1,
+                        Ok(Err(error)) => refused.push(error.to_string()),
+                        Err(failure) => return report(Err(TaskFailure::new(FailureClass::Trap, failure.0))),
+                    }
+                }
+                lock(&self.grown).push((task.id, submitted, refused));
+                drop(self.gate.acquire().await);
+                report(Ok(b"grown".to_vec()))
             }
         }
     }

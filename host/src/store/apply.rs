@@ -11,6 +11,7 @@ use super::{
     Applied, Change, Effects, FlowEdit, FlowRecord, FlowState, FlowUpdate, IndexWrite, Redo, StoreError, Submitted,
     TaskRecord, TaskState, allowed, encode, moved, now_ms, state_bucket,
 };
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Poll, Waker};
@@ -37,8 +38,32 @@ pub(crate) trait Txn {
     /// The tenant a flow belongs to: its root task's, else its first
     /// task's, else the default tenant.
     async fn flow_tenant(&mut self, flow: Uuid) -> Result<String, StoreError>;
+    /// The bytes (keys plus values) of flow `flow`'s context as this
+    /// transaction sees it, those of `keys` apart from the others.
+    async fn context_bytes(&mut self, flow: Uuid, keys: &BTreeSet<String>) -> Result<ContextBytes, StoreError>;
     /// Makes a write (or keeps it for the commit) and keeps it.
     fn write(&mut self, write: Redo) -> Result<(), StoreError>;
+}
+
+/// A flow's context bytes, split by [`Txn::context_bytes`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ContextBytes {
+    /// Of the keys asked about.
+    pub(crate) these: u64,
+    /// Of every other key.
+    pub(crate) others: u64,
+}
+
+impl ContextBytes {
+    /// Counts an entry of `size` bytes, of one of the keys asked about or
+    /// not.
+    pub(crate) fn add(&mut self, asked: bool, size: u64) {
+        if asked {
+            self.these += size;
+        } else {
+            self.others += size;
+        }
+    }
 }
 
 /// The answer of a future that never waits: the checked writes through the
@@ -146,6 +171,9 @@ pub(crate) async fn apply_transition<T: Txn>(t: &mut T, change: Change) -> Resul
     let id = change.id;
     let mut record = t.task(id).await?.ok_or(StoreError::NotFound(id))?;
     allowed(&record, &change)?;
+    if let Some(effects) = change.effects.as_deref().filter(|_| change.to == TaskState::Completed) {
+        check_bounds(t, effects).await?;
+    }
     let from = record.state;
     let ended_at = record.finished_at_ms;
     if let Some(output) = change.output {
@@ -188,10 +216,56 @@ pub(crate) async fn apply_transition<T: Txn>(t: &mut T, change: Change) -> Resul
     Ok(applied)
 }
 
+/// Refuses effects that would take their flow past one of its bounds (see
+/// [`FlowBounds`](super::FlowBounds)) that it did not exceed already,
+/// before anything of the operation is written. A cancelled flow's effects
+/// are dropped anyway ([`apply_effects`]).
+async fn check_bounds<T: Txn>(t: &mut T, effects: &Effects) -> Result<(), StoreError> {
+    let Some(bounds) = effects.bounds else { return Ok(()) };
+    let flow_id = effects.flow_id;
+    let flow = t.flow(flow_id).await?;
+    if flow.as_ref().is_some_and(|f| f.state == FlowState::Cancelled) {
+        return Ok(());
+    }
+    let over = |what, total, limit| StoreError::OverFlowLimit { flow: flow_id, what, total, limit };
+    // The children it creates: a key seen before (stored, or earlier in
+    // these effects) creates none, as `apply_effects` does.
+    let mut keys = HashSet::new();
+    let mut created = 0;
+    for (child, _) in &effects.children {
+        let new = match &child.idempotency_key {
+            None => true,
+            Some(key) => keys.insert(key.as_str()) && t.flow_keyed(flow_id, key).await?.is_none(),
+        };
+        created += u64::from(new);
+    }
+    // A flow with no record yet is its root alone.
+    let tasks = flow.as_ref().map_or(1, |f| f.tasks) + created;
+    if created > 0 && tasks > bounds.tasks {
+        return Err(over("tasks", tasks, bounds.tasks));
+    }
+    if !effects.context.is_empty() {
+        // Each key's last write, and the bytes it leaves.
+        let written: BTreeMap<&str, u64> = effects
+            .context
+            .iter()
+            .map(|(key, value)| (key.as_str(), value.as_ref().map_or(0, |v| (key.len() + v.len()) as u64)))
+            .collect();
+        let keys: BTreeSet<String> = written.keys().map(|k| (*k).to_owned()).collect();
+        let stored = t.context_bytes(flow_id, &keys).await?;
+        let after = stored.others + written.values().sum::<u64>();
+        // A flow over a lowered limit may still shrink.
+        if after > bounds.context_bytes && after > stored.others + stored.these {
+            return Err(over("context bytes", after, bounds.context_bytes));
+        }
+    }
+    Ok(())
+}
+
 /// Commits an attempt's children, context writes and stop request, unless
 /// its flow was cancelled meanwhile. Creates the flow record on first use.
 async fn apply_effects<T: Txn>(t: &mut T, effects: Effects, created: &mut Vec<TaskRecord>) -> Result<bool, StoreError> {
-    let Effects { flow_id, children, context, stop_repeating } = effects;
+    let Effects { flow_id, children, context, stop_repeating, bounds: _ } = effects;
     let before = t.flow(flow_id).await?;
     let mut flow = match &before {
         Some(flow) if flow.state == FlowState::Cancelled => return Ok(false),

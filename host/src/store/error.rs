@@ -98,6 +98,24 @@ pub enum StoreError {
         /// What is wrong with it.
         problem: String,
     },
+    /// An attempt's flow effects would take its flow past one of its
+    /// limits ([`FlowBounds`](super::FlowBounds)), reached meanwhile by
+    /// what other hosts' attempts of the flow committed: nothing of the
+    /// operation was written.
+    #[error(
+        "flow {flow}: committing this attempt's effects would take it to {total} {what}, over its limit of {limit} \
+         (other hosts' attempts of the flow committed theirs meanwhile)"
+    )]
+    OverFlowLimit {
+        /// The flow.
+        flow: Uuid,
+        /// What the limit counts: `tasks` or `context bytes`.
+        what: &'static str,
+        /// What the flow would hold.
+        total: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// Another process has the store file open.
     #[error("the store file {} is in use by another process (another `taskhost serve`?); stop it first", path.display())]
     InUse {

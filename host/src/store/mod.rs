@@ -92,6 +92,26 @@ pub(crate) struct Effects {
     /// Context writes in order (`None` deletes).
     pub(crate) context: Vec<(String, Option<Vec<u8>>)>,
     pub(crate) stop_repeating: bool,
+    /// The flow limits the attempt reserved its children and context
+    /// bytes against, checked again as they commit (see [`FlowBounds`]).
+    pub(crate) bounds: Option<FlowBounds>,
+}
+
+/// The flow limits an attempt's effects must stay within once committed.
+///
+/// On one host the engine's flow book reserves exactly, so a commit never
+/// crosses them; hosts serving one PostgreSQL database together each
+/// reserve against the stored totals plus their own reservations, so two
+/// hosts' attempts of one flow may each fit alone and not together. The
+/// commit checks again, under the flow's lock, and refuses effects that
+/// would take the flow past a bound it did not already exceed
+/// ([`StoreError::OverFlowLimit`]), writing nothing of the operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FlowBounds {
+    /// Tasks the flow may have in all (its root counted).
+    pub(crate) tasks: u64,
+    /// Bytes of keys plus values its context may hold.
+    pub(crate) context_bytes: u64,
 }
 
 impl Effects {
@@ -1233,6 +1253,23 @@ impl apply::Txn for Tables<'_> {
 
     async fn flow_tenant(&mut self, flow: Uuid) -> Result<String, StoreError> {
         retention::flow_tenant(&self.tasks, &self.flow_tasks, flow.as_u128())
+    }
+
+    async fn context_bytes(
+        &mut self,
+        flow: Uuid,
+        keys: &std::collections::BTreeSet<String>,
+    ) -> Result<apply::ContextBytes, StoreError> {
+        let mut bytes = apply::ContextBytes::default();
+        for entry in self.context.range((flow.as_u128(), "")..)? {
+            let (key, value) = entry?;
+            let (f, k) = key.value();
+            if f != flow.as_u128() {
+                break;
+            }
+            bytes.add(keys.contains(k), (k.len() + value.value().len()) as u64);
+        }
+        Ok(bytes)
     }
 
     /// Makes a write and keeps it.

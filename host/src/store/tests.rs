@@ -568,6 +568,7 @@ async fn a_full_disk_holds_the_failed_commit_and_writes_it_once_there_is_room() 
         children: vec![child_of(1, 10, Some("c")), child_of(1, 11, None)],
         context: vec![("k".into(), Some(b"v".to_vec()))],
         stop_repeating: false,
+        bounds: None,
     });
     let completion = tokio::spawn({
         let store = store.clone();

@@ -14,7 +14,7 @@ use crate::engine::submission::{MAX_KEY, Submission};
 use crate::engine::{EngineError, NewTask};
 use crate::flow::{ChildTask, ContextError, HostFailure, QueueError, Served, TaskServices, TaskStatus, TaskView};
 use crate::registry::Pin;
-use crate::store::{Effects, StoreError, TaskRecord, TaskState};
+use crate::store::{Effects, FlowBounds, StoreError, TaskRecord, TaskState};
 use crate::sync::lock;
 use crate::{BudgetExceeded, HostBudget};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -123,6 +123,13 @@ impl AttemptServices {
     pub(crate) fn take(&self) -> Outcome {
         let mut held = std::mem::take(&mut *lock(&self.held));
         held.effects.context = std::mem::take(&mut held.overlay).into_iter().collect();
+        // Hosts serving together reserve against the same flows, each
+        // beside its own reservations only: the commit checks again.
+        if self.shared.store.serves_together() {
+            let limits = self.limits();
+            held.effects.bounds =
+                Some(FlowBounds { tasks: limits.tasks_per_flow, context_bytes: limits.context_bytes });
+        }
         Outcome {
             effects: held.effects,
             tasks_reserved: held.tasks_reserved,

@@ -324,6 +324,7 @@ pub(super) mod retention;
 on_both! {
     grouped:
     children_and_context_commit_only_with_a_completion => children_and_context;
+    effects_past_their_flows_bounds_are_refused_and_write_nothing => flow_bounds;
     a_cancelled_flow_takes_no_more_children => cancelled_flow;
     every_transition_is_checked_against_the_table => transition_table;
     a_stale_version_is_refused_and_changes_nothing => stale_version;
@@ -382,6 +383,7 @@ async fn children_and_context(store: impl Backend) {
         children,
         context: vec![("k".into(), Some(b"v".to_vec()))],
         stop_repeating: false,
+        bounds: None,
     };
     // A retry drops what the attempt held; `transition` ignores effects on
     // anything but a completion.
@@ -405,6 +407,56 @@ async fn children_and_context(store: impl Backend) {
     let members: Vec<u128> = store.flow_tasks(root.id).await.iter().map(|t| t.id.as_u128()).collect();
     assert_eq!(members, [1, 11, 12]);
     assert_eq!(store.input(Uuid::from_u128(12)).await.unwrap(), b"input 12");
+}
+
+async fn flow_bounds(store: impl Backend) {
+    let flow = Uuid::from_u128(1);
+    let bounds = |tasks, context_bytes| Some(FlowBounds { tasks, context_bytes });
+    let effects =
+        |children, context, bounds| Effects { flow_id: flow, children, context, bounds, ..Effects::default() };
+    let set = |key: &str, value: &str| (key.to_owned(), Some(value.as_bytes().to_vec()));
+    let complete = |id: Uuid, effects| Change::new(id, TaskState::Completed, "done").effects(effects);
+    let running = |id: u128| Change::new(Uuid::from_u128(id), TaskState::Running, "run");
+    // The root and two children: 3 tasks, at the bound.
+    let root = task_in(&store, 1, TaskState::Running).await;
+    let grow = effects(vec![child_of(1, 11, None), child_of(1, 12, Some("a"))], Vec::new(), bounds(3, 10));
+    assert_eq!(store.apply(complete(root.id, grow)).await.unwrap().created.len(), 2);
+    // One more is refused whole: no child, no context write, still running.
+    let child = store.transition(running(11)).await.unwrap();
+    let past = effects(vec![child_of(1, 13, None)], vec![set("k", "v")], bounds(3, 10));
+    let refused = store.apply(complete(child.id, past)).await.unwrap_err();
+    assert!(matches!(refused, StoreError::OverFlowLimit { what: "tasks", total: 4, limit: 3, .. }), "{refused:?}");
+    assert!(refused.to_string().contains("to 4 tasks, over its limit of 3"), "{refused}");
+    assert_eq!(store.get(child.id).await.unwrap(), child, "nothing of it was written");
+    assert!(store.get(Uuid::from_u128(13)).await.is_none());
+    assert_eq!(store.flow(flow).await.unwrap().tasks, 3);
+    assert_eq!(store.context_get(flow, "k").await, None);
+    // A key seen before (stored, or earlier in the same effects) creates
+    // nothing, so it counts nothing; context up to the bound is kept
+    // (keys plus values: 3 + 6 bytes).
+    let keyed = vec![child_of(1, 14, Some("a")), child_of(1, 15, Some("b")), child_of(1, 16, Some("b"))];
+    let again = effects(keyed, vec![set("k", "first"), set("k", "v1"), set("key2", "v2")], bounds(4, 10));
+    let applied = store.apply(complete(child.id, again)).await.unwrap();
+    assert_eq!(applied.created.iter().map(|c| c.id.as_u128()).collect::<Vec<_>>(), [15]);
+    assert_eq!(store.flow(flow).await.unwrap().tasks, 4);
+    // Context past its bound is refused; a write that shrinks a flow
+    // already past a lowered bound is not; without bounds nothing is
+    // checked (one host reserves exactly).
+    let twelve = store.transition(running(12)).await.unwrap();
+    let past = effects(Vec::new(), vec![set("k2", "vvv")], bounds(4, 10));
+    let refused = store.apply(complete(twelve.id, past)).await.unwrap_err();
+    assert!(
+        matches!(refused, StoreError::OverFlowLimit { what: "context bytes", total: 14, limit: 10, .. }),
+        "{refused:?}"
+    );
+    assert_eq!(store.context_get(flow, "k2").await, None);
+    let shrink = effects(Vec::new(), vec![set("key2", "v"), ("k".into(), None)], bounds(4, 3));
+    store.apply(complete(twelve.id, shrink)).await.unwrap();
+    assert_eq!(store.context_keys(flow, "").await, ["key2"]);
+    let fifteen = store.transition(running(15)).await.unwrap();
+    let unchecked = effects(vec![child_of(1, 17, None)], vec![set("big", "0123456789")], None);
+    store.apply(complete(fifteen.id, unchecked)).await.unwrap();
+    assert_eq!(store.flow(flow).await.unwrap().tasks, 5);
 }
 
 async fn cancelled_flow(store: impl Backend) {
@@ -535,6 +587,7 @@ async fn model<S: Reopen>(store: S) -> S {
                 children: children.clone(),
                 context,
                 stop_repeating: false,
+                bounds: None,
             });
         }
         if to == TaskState::Completed {

@@ -163,6 +163,7 @@ async fn a_flow_goes_whole_once_it_ended(store: impl Retain) {
         children: vec![child_of(1, 10, Some("a")), child_of(1, 11, None)],
         context: vec![("k".into(), Some(b"v".to_vec()))],
         stop_repeating: false,
+        bounds: None,
     };
     store.apply(Change::new(root.id, TaskState::Completed, "done").effects(effects)).await.unwrap();
     let everything = |_: &str| Retention::new(Some(0), None);

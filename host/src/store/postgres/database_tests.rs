@@ -389,6 +389,7 @@ async fn hosts_completing_tasks_of_one_flow_at_once_lose_no_update() {
                 children: vec![child_of(1, 1000 + n, None)],
                 context: vec![(format!("k{n}"), Some(i.to_le_bytes().to_vec()))],
                 stop_repeating: false,
+                bounds: None,
             };
             let change = Change::new(c.record.id, TaskState::Completed, "done").effects(effects);
             let [answer] = store.finish_changes(vec![(c.lease, change)]).await.unwrap().try_into().unwrap();

@@ -29,7 +29,7 @@
 use super::flow_counts::CountChanges;
 use super::joins::NewWaits;
 use super::listings::ListedRows;
-use crate::store::apply::Txn;
+use crate::store::apply::{ContextBytes, Txn};
 use crate::store::record::decode;
 use crate::store::{FlowRecord, Redo, StoreError, TaskRecord, TaskState};
 use sqlx::postgres::PgConnection;
@@ -726,6 +726,35 @@ impl Txn for PgTxn<'_> {
             }
         };
         Ok(first.map_or_else(|| crate::tenant::DEFAULT.to_owned(), |t| crate::tenant::tenant_of(&t.plugin).to_owned()))
+    }
+
+    async fn context_bytes(&mut self, flow: Uuid, keys: &BTreeSet<String>) -> Result<ContextBytes, StoreError> {
+        // This transaction's writes of the flow's context (the operation
+        // under way's last), in place of the stored rows.
+        let mut written: BTreeMap<&str, u64> = BTreeMap::new();
+        for writes in [&self.kept, &self.op] {
+            let of_flow = writes.context.range((flow, String::new())..).take_while(|((f, _), _)| *f == flow);
+            for ((_, key), value) in of_flow {
+                written.insert(key, value.as_ref().map_or(0, |v| (key.len() + v.len()) as u64));
+            }
+        }
+        let asked: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let replaced: Vec<&str> = written.keys().copied().collect();
+        let (these, others): (i64, i64) = sqlx::query_as(
+            "SELECT coalesce(sum(octet_length(key) + octet_length(value)) FILTER (WHERE key = ANY($2)), 0)::bigint,
+                    coalesce(sum(octet_length(key) + octet_length(value)) FILTER (WHERE key <> ALL($2)), 0)::bigint
+             FROM taskhost_context WHERE flow_id = $1 AND key <> ALL($3)",
+        )
+        .bind(flow)
+        .bind(&asked)
+        .bind(&replaced)
+        .fetch_one(&mut *self.conn)
+        .await?;
+        let mut bytes = ContextBytes { these: these.max(0) as u64, others: others.max(0) as u64 };
+        for (key, size) in written {
+            bytes.add(keys.contains(key), size);
+        }
+        Ok(bytes)
     }
 
     fn write(&mut self, write: Redo) -> Result<(), StoreError> {
