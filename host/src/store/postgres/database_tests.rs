@@ -325,6 +325,35 @@ async fn a_retrying_task_is_claimed_again_once_due() {
 /// Of three hosts asking at once, one leads; it keeps its term while it
 /// renews; once its lease lapses (it stopped) another leads under a
 /// larger term, and the old term no longer passes a duty's check.
+/// Two processes serving together under one host id (a copied data
+/// directory) would share their leases and the lead: a second is refused
+/// while the first is live, joins once the first has left, and ends the
+/// session of one whose heartbeat is older than the lease (frozen, or its
+/// machine gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_id_serves_from_one_process_at_a_time() {
+    let url = taskhost_test_postgres::cluster().database("pg_host_ids");
+    let store = PgStore::connect(&url, 4).await.unwrap();
+    let lease = MIN_LEASE;
+    let first = store.join_many_hosts("h", lease).await.unwrap();
+    store.beat("h", &serde_json::json!({})).await.unwrap();
+    let beside = store.join_many_hosts("other", lease).await.unwrap();
+    let refused = store.join_many_hosts("h", lease).await.unwrap_err();
+    assert!(matches!(&refused, PgError::HostIdInUse { host, .. } if host == "h"), "{refused:?}");
+    let said = refused.to_string();
+    assert!(said.contains("as host `h` (its last heartbeat ") && said.contains(" s ago)"), "{said}");
+    drop(first);
+    let second = store.join_many_hosts("h", lease).await.expect("joins once the first has left");
+    sqlx::query("UPDATE taskhost_hosts SET heartbeat_at = clock_timestamp() - interval '1 hour' WHERE host = 'h'")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let third = store.join_many_hosts("h", lease).await.expect("takes the id from a holder gone quiet");
+    let why = tokio::time::timeout(Duration::from_secs(10), second.lost()).await.expect("the quiet holder stops");
+    assert!(why.contains("failed"), "{why}");
+    drop((beside, third));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_host_leads_at_a_time_and_another_takes_over_once_its_lease_lapses() {
     let (store, url) = store("leader").await;

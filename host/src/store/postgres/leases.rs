@@ -179,9 +179,18 @@ impl PgStore {
     pub async fn renew(&self, leases: &[Lease], lease: Duration) -> Result<Vec<Uuid>, PgError> {
         let (tasks, tokens): (Vec<Uuid>, Vec<i64>) = leases.iter().map(|l| (l.task, l.token)).unzip();
         let renewed: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE taskhost_leases AS l SET expires_at = clock_timestamp() + $3 * interval '1 millisecond'
-             FROM unnest($1::uuid[], $2::bigint[]) AS held (task_id, token)
-             WHERE l.task_id = held.task_id AND l.token = held.token AND l.expires_at > clock_timestamp()
+            // Rows locked in task order first, as every transaction that
+            // locks several leases does (a finish's batch, a release), so
+            // a renewal and a commit never wait for each other in a cycle.
+            "WITH held AS (
+                 SELECT l.task_id FROM taskhost_leases AS l
+                 JOIN unnest($1::uuid[], $2::bigint[]) AS h (task_id, token)
+                   ON l.task_id = h.task_id AND l.token = h.token
+                 ORDER BY l.task_id
+                 FOR UPDATE OF l
+             )
+             UPDATE taskhost_leases AS l SET expires_at = clock_timestamp() + $3 * interval '1 millisecond'
+             FROM held WHERE l.task_id = held.task_id AND l.expires_at > clock_timestamp()
              RETURNING l.task_id",
         )
         .bind(&tasks)

@@ -24,11 +24,19 @@ use super::leases::millis;
 use super::sole::{CHECK_EVERY, MIN_LEASE, SOLE};
 use super::{PgError, PgStore};
 use sqlx::postgres::PgConnection;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// Checks in a row unanswered that count as the connection lost.
 const TIMEOUTS: u32 = 3;
+
+/// The prefix of the name of a host id's lock (see [`hold_host_id`]).
+const HOST_ID_LOCK: &str = "taskhost host id ";
+
+/// How long a joining host waits for another session holding its id to
+/// end (a process of this host just killed: PostgreSQL ends its session
+/// once it sees the connection closed) before refusing to start.
+const ENDING_WAIT: Duration = Duration::from_secs(3);
 
 /// This host's place among the hosts serving a database together.
 /// Dropping it stops the checks and closes the connection, which releases
@@ -75,11 +83,73 @@ impl PgStore {
         if !joined {
             return Err(PgError::ServedAlone);
         }
+        hold_host_id(&mut conn, host, lease).await?;
         let first = lead_on(&mut conn, host, lease).await?;
         let (tell_term, term) = watch::channel(first);
         let (tell_lost, lost) = watch::channel(None);
         let check = tokio::spawn(check(conn, host.to_owned(), lease, tell_term, tell_lost)).abort_handle();
         Ok(ManyHosts { term, lost, check })
+    }
+}
+
+/// Takes the lock of host id `host` on `conn` (the joining host's own,
+/// held as long as it serves), so no two processes serve together under
+/// one id: they would share their leases and the lead. A holder whose
+/// heartbeat is older than `lease` (frozen or cut off, or its machine gone
+/// before its session ended) has its session ended, as `sole.rs` ends a
+/// lapsed host's; one just killed is waited for while its session ends
+/// (up to [`ENDING_WAIT`]); a live one refuses the start
+/// ([`PgError::HostIdInUse`]).
+async fn hold_host_id(conn: &mut PgConnection, host: &str, lease: Duration) -> Result<(), PgError> {
+    let name = format!("{HOST_ID_LOCK}{host}");
+    let deadline = Instant::now() + ENDING_WAIT;
+    loop {
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(&name)
+            .fetch_one(&mut *conn)
+            .await?;
+        if taken {
+            return Ok(());
+        }
+        let holders = super::sole::lock_holders(conn, &name).await?;
+        let age_ms: Option<i64> = sqlx::query_scalar(
+            "SELECT floor(extract(epoch FROM clock_timestamp() - heartbeat_at) * 1000)::bigint
+             FROM taskhost_hosts WHERE host = $1",
+        )
+        .bind(host)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let lapsed = age_ms.is_some_and(|ms| ms > millis(lease));
+        if let ([pid], true) = (holders.as_slice(), lapsed) {
+            tracing::warn!(
+                pid,
+                host,
+                "a session holding this host's id has not written its heartbeat within the lease: ending it"
+            );
+            // Only while the row is still that old.
+            sqlx::query(
+                "SELECT pg_terminate_backend($1) FROM taskhost_hosts
+                 WHERE host = $2 AND heartbeat_at < clock_timestamp() - $3 * interval '1 millisecond'",
+            )
+            .bind(pid)
+            .bind(host)
+            .bind(millis(lease))
+            .execute(&mut *conn)
+            .await
+            .map_err(|error| match &error {
+                sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+                    PgError::CannotTakeOver(db.message().to_owned())
+                }
+                _ => PgError::from(error),
+            })?;
+        } else if Instant::now() >= deadline {
+            let seen = age_ms.map_or_else(
+                || "it has written no heartbeat yet".to_owned(),
+                |ms| format!("its last heartbeat {:.1} s ago", ms.max(0) as f64 / 1000.0),
+            );
+            return Err(PgError::HostIdInUse { host: host.to_owned(), seen });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

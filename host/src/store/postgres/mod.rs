@@ -150,6 +150,20 @@ pub enum PgError {
          every host with --many-hosts to serve the database together"
     )]
     ServedAlone,
+    /// Another process, live, serves this database together with others
+    /// under this host's id (a copied data directory?).
+    #[error(
+        "another process serves this PostgreSQL database as host `{host}` ({seen}): each host needs a data \
+         directory of its own (its `host-id` file names the host), as two processes serving as one would share \
+         their leases and the lead; if that process has stopped, start this one again: the session of a host whose \
+         heartbeat is older than the lease is ended"
+    )]
+    HostIdInUse {
+        /// The host id.
+        host: String,
+        /// Its heartbeat's age, as seen.
+        seen: String,
+    },
     /// This host's engine was deposed: another host took over the
     /// database (this one's lease had lapsed); nothing was written.
     #[error(

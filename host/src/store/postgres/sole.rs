@@ -342,6 +342,19 @@ fn check_lease(lease: Duration) -> Result<(), PgError> {
     Ok(())
 }
 
+/// The sessions (their backends' pids) holding the advisory lock `name`
+/// in this database.
+pub(super) async fn lock_holders(conn: &mut PgConnection, name: &str) -> Result<Vec<i32>, PgError> {
+    Ok(sqlx::query_scalar(
+        "SELECT l.pid FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
+         WHERE d.datname = current_database() AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+           AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended($1, 0)",
+    )
+    .bind(name)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
 /// Takes the engine lock on `conn`, ending the session of a holder whose
 /// lease lapsed (trying for at most [`TAKEOVER_WAIT`]): whether it holds
 /// it now (`false`: a live host holds it).
@@ -360,14 +373,7 @@ async fn try_hold(conn: &mut PgConnection) -> Result<bool, PgError> {
         // once its lease lapsed (it stopped renewing): a lock held by
         // any other session, or under a live lease, or with no row at
         // all (a host of an earlier version), is a live host's.
-        let holders: Vec<i32> = sqlx::query_scalar(
-            "SELECT l.pid FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
-             WHERE d.datname = current_database() AND l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-               AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended($1, 0)",
-        )
-        .bind(SOLE)
-        .fetch_all(&mut *conn)
-        .await?;
+        let holders = lock_holders(conn, SOLE).await?;
         let lapsed: Option<i32> = sqlx::query_scalar(
             "SELECT pid FROM taskhost_leader WHERE expires_at <= clock_timestamp() AND pid IS NOT NULL",
         )

@@ -427,7 +427,15 @@ impl<'c> PgTxn<'c> {
         }
         if !w.released.is_empty() {
             let ids: Vec<Uuid> = std::mem::take(&mut w.released).into_iter().collect();
-            sqlx::query("DELETE FROM taskhost_leases WHERE task_id = ANY($1)").bind(&ids).execute(&mut *conn).await?;
+            // Locked in task order first (see `PgStore::renew`).
+            sqlx::query(
+                "DELETE FROM taskhost_leases WHERE task_id IN (
+                     SELECT task_id FROM taskhost_leases WHERE task_id = ANY($1) ORDER BY task_id FOR UPDATE
+                 )",
+            )
+            .bind(&ids)
+            .execute(&mut *conn)
+            .await?;
         }
         if !w.cleared_callbacks.is_empty() {
             let ids: Vec<Uuid> = std::mem::take(&mut w.cleared_callbacks).into_iter().collect();
