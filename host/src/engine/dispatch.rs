@@ -138,12 +138,29 @@ fn not_started(record: &TaskRecord) -> Change {
         .edit(|r| r.attempts = r.attempts.saturating_sub(1))
 }
 
+/// The reason of a move back to pending after a refused commit of effects.
+const RUNS_AGAIN: &str = "runs again: its effects were not committed";
+
+/// Uncounted runs again a task may have before a refused commit counts
+/// as a failed attempt (the reservation and the commit's check should
+/// agree on the second run; this bounds a disagreement).
+const MAX_RUNS_AGAIN: usize = 3;
+
 /// An attempt whose effects would have taken its flow past a limit that
 /// other hosts' attempts reached meanwhile (`error`): back to pending to
 /// run again, its attempt not counted (the next reserves against what
-/// they committed, and is told the limit).
-fn over_flow_limit(record: &TaskRecord, error: &StoreError) -> Change {
-    Change::new(record.id, TaskState::Pending, format!("runs again: its effects were not committed: {error}"))
+/// they committed, and is told the limit); after [`MAX_RUNS_AGAIN`] such
+/// runs, a failed attempt (`HostError`) for `policy` to retry or not.
+fn over_flow_limit(record: &TaskRecord, error: &StoreError, policy: &RetryPolicy) -> Change {
+    let before = record.history.iter().filter(|t| t.reason.starts_with(RUNS_AGAIN)).count();
+    if before >= MAX_RUNS_AGAIN {
+        let failure = TaskFailure::new(
+            FailureClass::HostError,
+            format!("its effects were not committed {} times in a row: {error}", before + 1),
+        );
+        return decide(record, unrun(failure), policy);
+    }
+    Change::new(record.id, TaskState::Pending, format!("{RUNS_AGAIN}: {error}"))
         .edit(|r| r.attempts = r.attempts.saturating_sub(1))
 }
 
@@ -457,10 +474,11 @@ impl Dispatch {
         // room for this one's effects: it runs again, not counted, and
         // reserves against what they committed.
         let again = matches!(&finished, Err(StoreError::OverFlowLimit { .. }));
-        if let Err(error @ StoreError::OverFlowLimit { what, .. }) = &finished {
+        if let Err(error @ StoreError::OverFlowLimit { .. }) = &finished {
             tracing::warn!(id = %record.id, %error, "the attempt's effects were refused; it runs again");
-            shared.metrics.refused(if *what == "tasks" { "tasks_per_flow" } else { "context_bytes" });
-            let mut rerun = over_flow_limit(&record, error);
+            // (Counted as a refusal once the plugin is told, by its next
+            // attempt's reservation.)
+            let mut rerun = over_flow_limit(&record, error, &shared.retry_policy());
             if let Some(log) = &log {
                 rerun = rerun.log(run, log);
             }
@@ -716,6 +734,37 @@ mod tests {
     use crate::engine::NewTask;
     use crate::engine::testing::{Harness, Script, input, report};
     use crate::store::QueueConfig;
+
+    /// A commit refused for its flow's bounds runs the task again, not
+    /// counted, three times in a row; the fourth counts as a failed
+    /// attempt, for the retry policy.
+    #[test]
+    fn a_refused_commit_runs_again_uncounted_at_most_three_times_in_a_row() {
+        let mut record = crate::store::tests::record(1, None);
+        (record.state, record.attempts) = (TaskState::Running, 1);
+        let flow = record.flow_id;
+        let error = StoreError::OverFlowLimit { flow, limit: crate::store::FlowLimit::Tasks, total: 6, bound: 5 };
+        for _ in 0..MAX_RUNS_AGAIN {
+            let mut change = over_flow_limit(&record, &error, &RetryPolicy::default());
+            assert_eq!(change.to, TaskState::Pending);
+            assert!(change.reason.contains("to 6 tasks, over its limit of 5"), "{}", change.reason);
+            let edit = change.edit.take().unwrap();
+            let mut edited = record.clone();
+            edit(&mut edited);
+            assert_eq!(edited.attempts, 0, "not counted");
+            let at = crate::store::Transition {
+                at_ms: 0,
+                from: Some(TaskState::Running),
+                to: TaskState::Pending,
+                attempt: 1,
+                reason: change.reason.clone(),
+            };
+            record.history.push(at);
+        }
+        let change = over_flow_limit(&record, &error, &RetryPolicy::default());
+        assert_eq!(change.to, TaskState::Retrying, "counted, and retried by the policy");
+        assert!(change.reason.contains("not committed 4 times in a row"), "{}", change.reason);
+    }
 
     fn failure(class: FailureClass, retryable: bool) -> TaskFailure {
         TaskFailure { class, retryable, message: "boom".into(), backtrace: None }

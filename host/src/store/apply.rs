@@ -8,8 +8,8 @@
 
 use super::retention::{self, flow_group};
 use super::{
-    Applied, Change, Effects, FlowEdit, FlowRecord, FlowState, FlowUpdate, IndexWrite, Redo, StoreError, Submitted,
-    TaskRecord, TaskState, allowed, encode, moved, now_ms, state_bucket,
+    Applied, Change, Effects, FlowEdit, FlowLimit, FlowRecord, FlowState, FlowUpdate, IndexWrite, Redo, StoreError,
+    Submitted, TaskRecord, TaskState, allowed, encode, moved, now_ms, state_bucket,
 };
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::future::Future;
@@ -227,7 +227,7 @@ async fn check_bounds<T: Txn>(t: &mut T, effects: &Effects) -> Result<(), StoreE
     if flow.as_ref().is_some_and(|f| f.state == FlowState::Cancelled) {
         return Ok(());
     }
-    let over = |what, total, limit| StoreError::OverFlowLimit { flow: flow_id, what, total, limit };
+    let over = |limit, total, bound| StoreError::OverFlowLimit { flow: flow_id, limit, total, bound };
     // The children it creates: a key seen before (stored, or earlier in
     // these effects) creates none, as `apply_effects` does.
     let mut keys = HashSet::new();
@@ -242,7 +242,7 @@ async fn check_bounds<T: Txn>(t: &mut T, effects: &Effects) -> Result<(), StoreE
     // A flow with no record yet is its root alone.
     let tasks = flow.as_ref().map_or(1, |f| f.tasks) + created;
     if created > 0 && tasks > bounds.tasks {
-        return Err(over("tasks", tasks, bounds.tasks));
+        return Err(over(FlowLimit::Tasks, tasks, bounds.tasks));
     }
     if !effects.context.is_empty() {
         // Each key's last write, and the bytes it leaves.
@@ -256,7 +256,7 @@ async fn check_bounds<T: Txn>(t: &mut T, effects: &Effects) -> Result<(), StoreE
         let after = stored.others + written.values().sum::<u64>();
         // A flow over a lowered limit may still shrink.
         if after > bounds.context_bytes && after > stored.others + stored.these {
-            return Err(over("context bytes", after, bounds.context_bytes));
+            return Err(over(FlowLimit::ContextBytes, after, bounds.context_bytes));
         }
     }
     Ok(())

@@ -99,22 +99,21 @@ pub enum StoreError {
         problem: String,
     },
     /// An attempt's flow effects would take its flow past one of its
-    /// limits ([`FlowBounds`](super::FlowBounds)), reached meanwhile by
-    /// what other hosts' attempts of the flow committed: nothing of the
+    /// limits ([`FlowBounds`](super::FlowBounds)), reached meanwhile (by
+    /// what other hosts' attempts of the flow committed): nothing of the
     /// operation was written.
     #[error(
-        "flow {flow}: committing this attempt's effects would take it to {total} {what}, over its limit of {limit} \
-         (other hosts' attempts of the flow committed theirs meanwhile)"
+        "flow {flow}: committing this attempt's effects would take it to {total} {limit}, over its limit of {bound}"
     )]
     OverFlowLimit {
         /// The flow.
         flow: Uuid,
-        /// What the limit counts: `tasks` or `context bytes`.
-        what: &'static str,
+        /// Which limit.
+        limit: FlowLimit,
         /// What the flow would hold.
         total: u64,
-        /// The limit.
-        limit: u64,
+        /// The limit's value.
+        bound: u64,
     },
     /// Another process has the store file open.
     #[error("the store file {} is in use by another process (another `taskhost serve`?); stop it first", path.display())]
@@ -122,6 +121,25 @@ pub enum StoreError {
         /// The store file.
         path: PathBuf,
     },
+}
+
+/// A flow limit a commit checks again ([`StoreError::OverFlowLimit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FlowLimit {
+    /// The tasks the flow holds in all.
+    Tasks,
+    /// The bytes of its context's keys and values.
+    ContextBytes,
+}
+
+impl std::fmt::Display for FlowLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FlowLimit::Tasks => "tasks",
+            FlowLimit::ContextBytes => "context bytes",
+        })
+    }
 }
 
 /// The data directory holding a store file, for the advice in messages.

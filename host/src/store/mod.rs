@@ -28,7 +28,7 @@ pub use access::{AUDIT_KEEP, AuditEntry, StoredToken, TenantQuotas, TenantRecord
 pub use commit::WriteFault;
 pub use db::{Db, PgDb, Serving};
 pub use deliveries::CallbackOutcome;
-pub use error::StoreError;
+pub use error::{FlowLimit, StoreError};
 pub use events::{EVENTS_BUFFER, EVENTS_KEPT, Subscription, TaskEvent};
 pub(crate) use open::{panic_message, quietly};
 pub(crate) use record::TaskSummary;

@@ -39,6 +39,9 @@ struct Held {
     context_reserved: u64,
     /// Flow task reservations held.
     tasks_reserved: u64,
+    /// The highest flow limits this attempt reserved under (a tenant's
+    /// quota may be lowered while it runs): what its commit is held to.
+    reserved_under: Option<FlowBounds>,
     /// The held children's plugin versions, kept from deletion until the
     /// children are admitted or dropped.
     pins: Vec<Pin>,
@@ -86,6 +89,15 @@ pub(crate) struct Outcome {
     pub(crate) pins: Vec<Pin>,
 }
 
+/// The higher of `bounds` (if any) and `limits`, limit by limit.
+fn higher(bounds: Option<FlowBounds>, limits: &FlowLimits) -> FlowBounds {
+    let now = FlowBounds { tasks: limits.tasks_per_flow, context_bytes: limits.context_bytes };
+    bounds.map_or(now, |b| FlowBounds {
+        tasks: b.tasks.max(now.tasks),
+        context_bytes: b.context_bytes.max(now.context_bytes),
+    })
+}
+
 fn host(what: &str, e: StoreError) -> HostFailure {
     HostFailure(format!("the host could not {what}: {e}"))
 }
@@ -124,11 +136,10 @@ impl AttemptServices {
         let mut held = std::mem::take(&mut *lock(&self.held));
         held.effects.context = std::mem::take(&mut held.overlay).into_iter().collect();
         // Hosts serving together reserve against the same flows, each
-        // beside its own reservations only: the commit checks again.
+        // beside its own reservations only: the commit checks again, by
+        // the limits the attempt reserved under.
         if self.shared.store.serves_together() {
-            let limits = self.limits();
-            held.effects.bounds =
-                Some(FlowBounds { tasks: limits.tasks_per_flow, context_bytes: limits.context_bytes });
+            held.effects.bounds = Some(higher(held.reserved_under, &self.limits()));
         }
         Outcome {
             effects: held.effects,
@@ -249,6 +260,7 @@ impl AttemptServices {
             }
         }
         held.tasks_reserved += 1;
+        held.reserved_under = Some(higher(held.reserved_under, &limits));
         record.flow_id = flow;
         record.depth = self.task.depth + 1;
         record.iteration = self.task.iteration;
@@ -358,14 +370,16 @@ impl AttemptServices {
                     return Err(failure);
                 }
             };
+            let limits = self.limits();
             if let Err(refusal) =
-                self.flows.book().reserve_context(self.task.flow_id, reserve - was_reserved, stored, &self.limits())
+                self.flows.book().reserve_context(self.task.flow_id, reserve - was_reserved, stored, &limits)
             {
                 self.budget.refund(held_after.saturating_sub(held_before));
                 self.shared.metrics.refused(refusal.limit());
                 return Ok(Err(ContextError::TooLarge(refusal.to_string())));
             }
             held.context_reserved += reserve - was_reserved;
+            held.reserved_under = Some(higher(held.reserved_under, &limits));
         } else if was_reserved > reserve {
             self.flows.book().settle_context(self.task.flow_id, was_reserved - reserve, None);
             held.context_reserved -= was_reserved - reserve;

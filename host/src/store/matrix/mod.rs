@@ -425,7 +425,10 @@ async fn flow_bounds(store: impl Backend) {
     let child = store.transition(running(11)).await.unwrap();
     let past = effects(vec![child_of(1, 13, None)], vec![set("k", "v")], bounds(3, 10));
     let refused = store.apply(complete(child.id, past)).await.unwrap_err();
-    assert!(matches!(refused, StoreError::OverFlowLimit { what: "tasks", total: 4, limit: 3, .. }), "{refused:?}");
+    assert!(
+        matches!(refused, StoreError::OverFlowLimit { limit: FlowLimit::Tasks, total: 4, bound: 3, .. }),
+        "{refused:?}"
+    );
     assert!(refused.to_string().contains("to 4 tasks, over its limit of 3"), "{refused}");
     assert_eq!(store.get(child.id).await.unwrap(), child, "nothing of it was written");
     assert!(store.get(Uuid::from_u128(13)).await.is_none());
@@ -446,7 +449,7 @@ async fn flow_bounds(store: impl Backend) {
     let past = effects(Vec::new(), vec![set("k2", "vvv")], bounds(4, 10));
     let refused = store.apply(complete(twelve.id, past)).await.unwrap_err();
     assert!(
-        matches!(refused, StoreError::OverFlowLimit { what: "context bytes", total: 14, limit: 10, .. }),
+        matches!(refused, StoreError::OverFlowLimit { limit: FlowLimit::ContextBytes, total: 14, bound: 10, .. }),
         "{refused:?}"
     );
     assert_eq!(store.context_get(flow, "k2").await, None);

@@ -62,6 +62,48 @@ async fn grow_flow(store: &PgStore, children: Vec<(TaskRecord, Vec<u8>)>) -> (Ta
     (root, applied.created)
 }
 
+/// Two completions of one flow committed in one transaction: the second's
+/// check of the flow's bounds counts the first's context writes, kept in
+/// memory until the transaction's flush.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batchs_earlier_effects_count_against_a_flows_bounds() {
+    use crate::store::tests::child_of;
+    use crate::store::{Change, Effects, FlowBounds, FlowLimit};
+    let url = taskhost_test_postgres::cluster().database("pg_flow_bounds_batch");
+    let store = PgStore::connect(&url, 4).await.unwrap();
+    let (root, _) = grow_flow(&store, vec![child_of(1, 11, None), child_of(1, 12, None)]).await;
+    let claimed = store.claim("a", 2, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let bounds = Some(FlowBounds { tasks: 4, context_bytes: 10 });
+    let done = |id, children, key: &str, value: &str| {
+        let context = vec![(key.to_owned(), Some(value.as_bytes().to_vec()))];
+        let effects = Effects { flow_id: root.id, children, context, bounds, ..Effects::default() };
+        Change::new(id, TaskState::Completed, "done").effects(effects)
+    };
+    let (first, second) = (&claimed[0], &claimed[1]);
+    let answers = store
+        .finish_changes(vec![
+            (first.lease.clone(), done(first.record.id, vec![child_of(1, 13, None)], "a", "12345678")),
+            (second.lease.clone(), done(second.record.id, Vec::new(), "b", "12")),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(answers[0].as_ref().unwrap().created.len(), 1);
+    match &answers[1] {
+        Err(PgError::Record(StoreError::OverFlowLimit {
+            limit: FlowLimit::ContextBytes,
+            total: 12,
+            bound: 10,
+            ..
+        })) => {}
+        other => panic!("{other:?}"),
+    }
+    let flow = store.flow(root.id).await.unwrap().unwrap();
+    assert_eq!(flow.tasks, 4);
+    assert_eq!(store.context_size(root.id).await.unwrap(), 9);
+    assert_eq!(store.get(second.record.id).await.unwrap().unwrap().state, TaskState::Running);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_starting_at_once_migrate_once() {
     let url = taskhost_test_postgres::cluster().database("migrate");

@@ -179,9 +179,9 @@ impl PgStore {
     pub async fn renew(&self, leases: &[Lease], lease: Duration) -> Result<Vec<Uuid>, PgError> {
         let (tasks, tokens): (Vec<Uuid>, Vec<i64>) = leases.iter().map(|l| (l.task, l.token)).unzip();
         let renewed: Vec<Uuid> = sqlx::query_scalar(
-            // Rows locked in task order first, as every transaction that
-            // locks several leases does (a finish's batch, a release), so
-            // a renewal and a commit never wait for each other in a cycle.
+            // Rows locked in task order first, as a finish's batch and a
+            // release lock theirs, so a renewal and a commit never wait
+            // for each other in a cycle.
             "WITH held AS (
                  SELECT l.task_id FROM taskhost_leases AS l
                  JOIN unnest($1::uuid[], $2::bigint[]) AS h (task_id, token)

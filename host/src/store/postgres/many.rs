@@ -38,6 +38,15 @@ const HOST_ID_LOCK: &str = "taskhost host id ";
 /// once it sees the connection closed) before refusing to start.
 const ENDING_WAIT: Duration = Duration::from_secs(3);
 
+/// A holder of a host id is taken for gone once its heartbeat is older
+/// than this (and the lease): a live host writes one every 2 s, late
+/// under load by a few.
+const QUIET_FOR: Duration = Duration::from_secs(10);
+
+/// How long a joining host tries to end a quiet holder's session before
+/// refusing to start.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(10);
+
 /// This host's place among the hosts serving a database together.
 /// Dropping it stops the checks and closes the connection, which releases
 /// its share of the lock.
@@ -95,20 +104,27 @@ impl PgStore {
 /// Takes the lock of host id `host` on `conn` (the joining host's own,
 /// held as long as it serves), so no two processes serve together under
 /// one id: they would share their leases and the lead. A holder whose
-/// heartbeat is older than `lease` (frozen or cut off, or its machine gone
-/// before its session ended) has its session ended, as `sole.rs` ends a
-/// lapsed host's; one just killed is waited for while its session ends
-/// (up to [`ENDING_WAIT`]); a live one refuses the start
-/// ([`PgError::HostIdInUse`]).
+/// heartbeat is older than the lease and [`QUIET_FOR`] (frozen or cut
+/// off, or its machine gone before its session ended) has its session
+/// ended, as `sole.rs` ends a lapsed host's; one just killed is waited for
+/// while its session ends (up to [`ENDING_WAIT`]); a live one refuses the
+/// start ([`PgError::HostIdInUse`]).
 async fn hold_host_id(conn: &mut PgConnection, host: &str, lease: Duration) -> Result<(), PgError> {
     let name = format!("{HOST_ID_LOCK}{host}");
-    let deadline = Instant::now() + ENDING_WAIT;
+    let quiet = millis(lease.max(QUIET_FOR));
+    let started = Instant::now();
     loop {
         let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
             .bind(&name)
             .fetch_one(&mut *conn)
             .await?;
         if taken {
+            // Its old heartbeat is this process's now: no other joiner
+            // takes it for a quiet holder's before the engine beats.
+            sqlx::query("UPDATE taskhost_hosts SET heartbeat_at = clock_timestamp() WHERE host = $1")
+                .bind(host)
+                .execute(&mut *conn)
+                .await?;
             return Ok(());
         }
         let holders = super::sole::lock_holders(conn, &name).await?;
@@ -119,35 +135,51 @@ async fn hold_host_id(conn: &mut PgConnection, host: &str, lease: Duration) -> R
         .bind(host)
         .fetch_optional(&mut *conn)
         .await?;
-        let lapsed = age_ms.is_some_and(|ms| ms > millis(lease));
-        if let ([pid], true) = (holders.as_slice(), lapsed) {
-            tracing::warn!(
-                pid,
-                host,
-                "a session holding this host's id has not written its heartbeat within the lease: ending it"
-            );
-            // Only while the row is still that old.
-            sqlx::query(
-                "SELECT pg_terminate_backend($1) FROM taskhost_hosts
-                 WHERE host = $2 AND heartbeat_at < clock_timestamp() - $3 * interval '1 millisecond'",
-            )
-            .bind(pid)
-            .bind(host)
-            .bind(millis(lease))
-            .execute(&mut *conn)
-            .await
-            .map_err(|error| match &error {
-                sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
-                    PgError::CannotTakeOver(db.message().to_owned())
-                }
-                _ => PgError::from(error),
-            })?;
-        } else if Instant::now() >= deadline {
-            let seen = age_ms.map_or_else(
-                || "it has written no heartbeat yet".to_owned(),
-                |ms| format!("its last heartbeat {:.1} s ago", ms.max(0) as f64 / 1000.0),
-            );
-            return Err(PgError::HostIdInUse { host: host.to_owned(), seen });
+        let quiet_holder = match (holders.as_slice(), age_ms) {
+            ([pid], Some(ms)) if ms > quiet => Some(*pid),
+            _ => None,
+        };
+        match quiet_holder {
+            Some(pid) if started.elapsed() < TAKEOVER_WAIT => {
+                tracing::warn!(
+                    pid,
+                    host,
+                    "a session holding this host's id has not written its heartbeat for {} ms: ending it",
+                    age_ms.unwrap_or_default()
+                );
+                // Only while the row is still that old and the session
+                // still holds the id (its pid not reused meanwhile).
+                sqlx::query(
+                    "SELECT pg_terminate_backend($1) FROM taskhost_hosts
+                     WHERE host = $2 AND heartbeat_at < clock_timestamp() - $3 * interval '1 millisecond'
+                       AND EXISTS (
+                           SELECT 1 FROM pg_locks AS l JOIN pg_database AS d ON d.oid = l.database
+                           WHERE l.pid = $1 AND d.datname = current_database() AND l.locktype = 'advisory'
+                             AND l.granted AND l.objsubid = 1
+                             AND ((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended($4, 0)
+                       )",
+                )
+                .bind(pid)
+                .bind(host)
+                .bind(quiet)
+                .bind(&name)
+                .execute(&mut *conn)
+                .await
+                .map_err(|error| match &error {
+                    sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+                        PgError::CannotTakeOver(db.message().to_owned())
+                    }
+                    _ => PgError::from(error),
+                })?;
+            }
+            None if started.elapsed() < ENDING_WAIT => {}
+            _ => {
+                let seen = age_ms.map_or_else(
+                    || "it has written no heartbeat".to_owned(),
+                    |ms| format!("its last heartbeat {:.1} s ago", ms.max(0) as f64 / 1000.0),
+                );
+                return Err(PgError::HostIdInUse { host: host.to_owned(), seen });
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

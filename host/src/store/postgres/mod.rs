@@ -155,8 +155,8 @@ pub enum PgError {
     #[error(
         "another process serves this PostgreSQL database as host `{host}` ({seen}): each host needs a data \
          directory of its own (its `host-id` file names the host), as two processes serving as one would share \
-         their leases and the lead; if that process has stopped, start this one again: the session of a host whose \
-         heartbeat is older than the lease is ended"
+         their leases and the lead; stop that process, or, if it is gone, start this one again once its heartbeat \
+         is older than the lease (at least 10 s): its session is then ended"
     )]
     HostIdInUse {
         /// The host id.
