@@ -99,7 +99,7 @@ pub enum StoreError {
         problem: String,
     },
     /// An attempt's flow effects would take its flow past one of its
-    /// limits ([`FlowBounds`](super::FlowBounds)), reached meanwhile (by
+    /// limits (checked again as it commits), reached meanwhile (by
     /// what other hosts' attempts of the flow committed): nothing of the
     /// operation was written.
     #[error(
