@@ -165,12 +165,7 @@ async fn hold_host_id(conn: &mut PgConnection, host: &str, lease: Duration) -> R
                 .bind(&name)
                 .execute(&mut *conn)
                 .await
-                .map_err(|error| match &error {
-                    sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
-                        PgError::CannotTakeOver(db.message().to_owned())
-                    }
-                    _ => PgError::from(error),
-                })?;
+                .map_err(super::sole::refused_takeover)?;
             }
             None if started.elapsed() < ENDING_WAIT => {}
             _ => {

@@ -342,6 +342,17 @@ fn check_lease(lease: Duration) -> Result<(), PgError> {
     Ok(())
 }
 
+/// A failed `pg_terminate_backend`: [`PgError::CannotTakeOver`] where
+/// this role may not end the session (42501).
+pub(super) fn refused_takeover(error: sqlx::Error) -> PgError {
+    match &error {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
+            PgError::CannotTakeOver(db.message().to_owned())
+        }
+        _ => PgError::from(error),
+    }
+}
+
 /// The sessions (their backends' pids) holding the advisory lock `name`
 /// in this database.
 pub(super) async fn lock_holders(conn: &mut PgConnection, name: &str) -> Result<Vec<i32>, PgError> {
@@ -406,12 +417,7 @@ async fn try_hold(conn: &mut PgConnection) -> Result<bool, PgError> {
         .bind(pid)
         .execute(&mut *conn)
         .await
-        .map_err(|error| match &error {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => {
-                PgError::CannotTakeOver(db.message().to_owned())
-            }
-            _ => PgError::from(error),
-        })?;
+        .map_err(refused_takeover)?;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
