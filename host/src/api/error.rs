@@ -88,6 +88,14 @@ impl From<EngineError> for ApiError {
                 },
             };
         }
+        if let EngineError::Store(store) = &e
+            && store.is_unsettled()
+        {
+            // PostgreSQL failed the write in a way that passes (a lost
+            // connection, a deadlock it broke, the batch it was grouped
+            // in failing): the same request may succeed a second later.
+            return Self { retry_after: Some(1), ..Self::new(ErrorCode::StoreUnavailable, e.to_string()) };
+        }
         if let EngineError::QuotaExceeded { retry_after_secs, .. } = &e {
             let retry_after = *retry_after_secs;
             return Self { retry_after, ..Self::new(ErrorCode::QuotaExceeded, e.to_string()) };
@@ -197,6 +205,13 @@ mod tests {
         assert_eq!((failed.status(), failed.code), (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::StoreUnavailable));
         let poisoned = ApiError::from(EngineError::Store(StoreError::Storage(redb::Error::PreviousIo)));
         assert_eq!((poisoned.status(), poisoned.retry_after), (StatusCode::SERVICE_UNAVAILABLE, Some(5)));
+        // A PostgreSQL failure that passes (here a lost connection).
+        let lost = StoreError::Postgres(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into()));
+        let passing = ApiError::from(EngineError::Store(lost)).into_response();
+        assert_eq!(passing.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(passing.headers()[axum::http::header::RETRY_AFTER], "1");
+        let refused = ApiError::from(EngineError::Store(StoreError::Postgres(sqlx::Error::RowNotFound)));
+        assert_eq!(refused.status(), StatusCode::INTERNAL_SERVER_ERROR, "a failure that does not pass");
         let corrupt = ApiError::from(EngineError::Store(StoreError::Corrupt("bad".into())));
         assert_eq!(corrupt.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }

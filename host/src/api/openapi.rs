@@ -41,7 +41,8 @@ pub(crate) enum Refused {
     #[response(status = 500)]
     Internal(ErrorBody),
     /// The host is busy (`overloaded`), stopping (`unavailable`), cannot
-    /// write (`store_unwritable`, on writes), or is reopening its store
+    /// write (`store_unwritable`, on writes), is reopening its store, or
+    /// PostgreSQL failed a write in a way that passes
     /// (`store_unavailable`).
     #[response(status = 503, headers(("Retry-After" = u32, description = "Seconds to wait before trying again")))]
     Unavailable(ErrorBody),
