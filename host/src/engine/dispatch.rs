@@ -152,7 +152,14 @@ const MAX_RUNS_AGAIN: usize = 3;
 /// they committed, and is told the limit); after [`MAX_RUNS_AGAIN`] such
 /// runs, a failed attempt (`HostError`) for `policy` to retry or not.
 fn over_flow_limit(record: &TaskRecord, error: &StoreError, policy: &RetryPolicy) -> Change {
-    let before = record.history.iter().filter(|t| t.reason.starts_with(RUNS_AGAIN)).count();
+    // Its last moves back, in a row (between them only its starts).
+    let before = record
+        .history
+        .iter()
+        .rev()
+        .filter(|t| t.to != TaskState::Running)
+        .take_while(|t| t.reason.starts_with(RUNS_AGAIN))
+        .count();
     if before >= MAX_RUNS_AGAIN {
         let failure = TaskFailure::new(
             FailureClass::HostError,
@@ -759,11 +766,21 @@ mod tests {
                 attempt: 1,
                 reason: change.reason.clone(),
             };
-            record.history.push(at);
+            record.history.push(at.clone());
+            // Started again between them.
+            record.history.push(crate::store::Transition {
+                from: Some(TaskState::Pending),
+                to: TaskState::Running,
+                ..at
+            });
         }
         let change = over_flow_limit(&record, &error, &RetryPolicy::default());
         assert_eq!(change.to, TaskState::Retrying, "counted, and retried by the policy");
         assert!(change.reason.contains("not committed 4 times in a row"), "{}", change.reason);
+        // Any other move ends the row.
+        let last = record.history.last().unwrap().clone();
+        record.history.push(crate::store::Transition { to: TaskState::Retrying, reason: "failed".into(), ..last });
+        assert_eq!(over_flow_limit(&record, &error, &RetryPolicy::default()).to, TaskState::Pending);
     }
 
     fn failure(class: FailureClass, retryable: bool) -> TaskFailure {
