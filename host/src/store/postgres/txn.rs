@@ -130,6 +130,10 @@ pub(crate) struct PgTxn<'c> {
     /// record that cannot be decoded fails only the operation reading it):
     /// `None` has no record.
     flows_read: HashMap<Uuid, Option<Vec<u8>>>,
+    /// Flows' keys read under their lock (held until the transaction
+    /// ends, so what was read stays so but for this transaction's own
+    /// writes, which are looked at first): the task each names, if any.
+    flow_keys_read: HashMap<(Uuid, String), Option<Uuid>>,
     /// Flows whose locks the transaction took before it was opened as this
     /// ([`lock_flows_of`]): not asked for again.
     held_flows: HashSet<Uuid>,
@@ -147,6 +151,7 @@ impl<'c> PgTxn<'c> {
             locked: HashMap::new(),
             peeked: HashMap::new(),
             flows_read: HashMap::new(),
+            flow_keys_read: HashMap::new(),
             held_flows: HashSet::new(),
             kept: Writes::default(),
             op: Writes::default(),
@@ -686,12 +691,19 @@ impl Txn for PgTxn<'_> {
         if let Some(id) = self.op.flow_keys.get(&at).or_else(|| self.kept.flow_keys.get(&at)) {
             return Ok(Some(*id));
         }
+        // Read once: a commit's check of its flow's bounds and its
+        // children's submissions both ask.
+        if let Some(read) = self.flow_keys_read.get(&at) {
+            return Ok(*read);
+        }
         self.lock_name(&flow_key_lock(flow, key)).await?;
-        Ok(sqlx::query_scalar("SELECT task_id FROM taskhost_flow_keys WHERE flow_id = $1 AND key = $2")
+        let read = sqlx::query_scalar("SELECT task_id FROM taskhost_flow_keys WHERE flow_id = $1 AND key = $2")
             .bind(flow)
             .bind(key)
             .fetch_optional(&mut *self.conn)
-            .await?)
+            .await?;
+        self.flow_keys_read.insert(at, read);
+        Ok(read)
     }
 
     async fn flow(&mut self, id: Uuid) -> Result<Option<FlowRecord>, StoreError> {
