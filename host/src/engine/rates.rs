@@ -14,8 +14,9 @@
 //! statement and a key submitted to faster than its rate costs each host
 //! about twenty statements a second. A host draws a key once at a time
 //! (other submissions of it wait for that draw, which asks for enough for
-//! them too, within the burst) and at most four keys at once. Past a burst, k hosts may admit up to one draw's worth each
-//! beyond it; over time, never more than the rate.
+//! them too, within the burst) and at most four keys at once. Past a
+//! burst, k hosts may admit up to one draw's worth each beyond it; over
+//! time, never more than the rate.
 
 use crate::store::Db;
 use crate::store::PgDb;
