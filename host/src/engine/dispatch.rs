@@ -90,6 +90,14 @@ pub(crate) fn decide(record: &TaskRecord, report: TaskReport, retry: &RetryPolic
     }
 }
 
+/// What an attempt runs with, besides its task and input.
+struct RunWith<'s> {
+    cancel: CancelToken,
+    services: &'s Arc<AttemptServices>,
+    transcript: Option<Transcript>,
+    trace: crate::trace::Scope,
+}
+
 /// An attempt that ran.
 struct Ran<'a> {
     report: TaskReport,
@@ -275,7 +283,7 @@ impl Dispatch {
     /// Runs a task committed as claimed (`record`, running).
     pub(crate) fn run_claimed(self: &Arc<Self>, claim: Claim, record: TaskRecord) {
         let Claim { charge, token, claimed, .. } = claim;
-        tokio::spawn(self.clone().attempt(record, charge, token, claimed, None));
+        tokio::spawn(self.clone().attempt(record, charge, token, claimed, None, None));
     }
 
     /// Runs a task this host claimed from a shared store, its outcome
@@ -284,7 +292,7 @@ impl Dispatch {
     /// taken back and claimed again): this one starts once it ended, or is
     /// given back if the host stops first.
     pub(crate) fn start_claimed(self: &Arc<Self>, claim: Claimed) {
-        let Claimed { record, lease } = claim;
+        let Claimed { record, lease, input } = claim;
         let shared = &self.shared;
         let claimed = Instant::now();
         let charge = lock(&shared.sched).claimed(&record.queue);
@@ -293,7 +301,7 @@ impl Dispatch {
         // Tracked before it is spawned, so `close()` never finds `running`
         // empty while an attempt is about to start.
         if self.track(record.id, &token) {
-            tokio::spawn(self.clone().attempt(record, charge, token, claimed, Some(lease)));
+            tokio::spawn(self.clone().attempt(record, charge, token, claimed, Some(lease), input));
             return;
         }
         // Counted until it runs or is given back, so `close()` waits for it.
@@ -314,7 +322,7 @@ impl Dispatch {
             this.shared.starting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             this.shared.idle.notify_waiters();
             if started {
-                this.attempt(record, charge, token, claimed, Some(lease)).await;
+                this.attempt(record, charge, token, claimed, Some(lease), input).await;
             }
         });
     }
@@ -374,12 +382,13 @@ impl Dispatch {
                 return;
             }
         };
-        self.attempt(record, charge, token, claimed, None).await;
+        self.attempt(record, charge, token, claimed, None, None).await;
     }
 
     /// Runs one attempt of a claimed task (`record`, running since
     /// `claimed`) and records its outcome (under `lease`, a shared
-    /// store's claim).
+    /// store's claim). `input`: the task's own input, when its claim read
+    /// it already.
     async fn attempt(
         self: Arc<Self>,
         record: TaskRecord,
@@ -387,6 +396,7 @@ impl Dispatch {
         token: CancelToken,
         claimed: Instant,
         lease: Option<Lease>,
+        input: Option<Vec<u8>>,
     ) {
         let shared = &self.shared;
         let from = record.history.last().and_then(|t| t.from).unwrap_or(TaskState::Pending);
@@ -423,7 +433,15 @@ impl Dispatch {
             lock(&shared.transcripts).insert(record.id, (run, t.clone()));
         }
         let ran = match self.skipped(&record).await {
-            Ok(None) => self.gated_run(&record, token, &services, transcript.clone(), trace.clone(), &mut waited).await,
+            Ok(None) => {
+                let with = RunWith {
+                    cancel: token,
+                    services: &services,
+                    transcript: transcript.clone(),
+                    trace: trace.clone(),
+                };
+                self.gated_run(&record, input, with, &mut waited).await
+            }
             Ok(Some(reason)) => Err(NotRun::Skipped(reason)),
             Err(not_run) => Err(not_run),
         };
@@ -616,16 +634,14 @@ impl Dispatch {
     }
 
     /// Waits at the gate for a slot and room for the task's memory, reads
-    /// its input, then runs it. A task that can never fit, one cancelled
+    /// its input (unless its claim did), then runs it. A task that can never fit, one cancelled
     /// while it waits, one whose input cannot be read, and one the host
     /// stops before it runs give why they did not run.
     async fn gated_run<'a>(
         &'a self,
         record: &TaskRecord,
-        cancel: CancelToken,
-        services: &Arc<AttemptServices>,
-        transcript: Option<Transcript>,
-        trace: crate::trace::Scope,
+        input: Option<Vec<u8>>,
+        RunWith { cancel, services, transcript, trace }: RunWith<'_>,
         waited: &mut Duration,
     ) -> Result<Ran<'a>, NotRun> {
         let shared = &self.shared;
@@ -649,7 +665,7 @@ impl Dispatch {
         };
         *waited = waiting.elapsed();
         let (slot, mut reserved) = entered?;
-        let input = self.input_of(record).await?;
+        let input = self.input_of(record, input).await?;
         let input_len = input.len() as u64;
         // Ready since its last move before this start (submitted, retried,
         // retried by hand, put back at a restart), or its delay if later.
@@ -699,17 +715,21 @@ impl Dispatch {
         Ok(None)
     }
 
-    /// A task's input: its own, its predecessors' outputs (one as is,
-    /// several gathered into a JSON array), or fetched from its URL.
-    async fn input_of(&self, record: &TaskRecord) -> Result<Vec<u8>, NotRun> {
+    /// A task's input: its own (`read` already, or read now), its
+    /// predecessors' outputs (one as is, several gathered into a JSON
+    /// array), or fetched from its URL.
+    async fn input_of(&self, record: &TaskRecord, read: Option<Vec<u8>>) -> Result<Vec<u8>, NotRun> {
         let store = &self.shared.store;
         let host_error = |message: String| NotRun::Failed(FailureClass::HostError, message);
         if record.input_from == InputFrom::Own || record.input_from == InputFrom::Url || record.after.is_empty() {
-            let own = store
-                .input(record.id)
-                .await
-                .map_err(|e| host_error(format!("reading the input: {e}")))?
-                .ok_or_else(|| host_error("the task's input is missing from the store".into()))?;
+            let own = match read {
+                Some(own) => own,
+                None => store
+                    .input(record.id)
+                    .await
+                    .map_err(|e| host_error(format!("reading the input: {e}")))?
+                    .ok_or_else(|| host_error("the task's input is missing from the store".into()))?,
+            };
             if record.input_from != InputFrom::Url {
                 return Ok(own);
             }

@@ -288,7 +288,7 @@ impl PgDb {
             return Ok(None);
         }
         self.feed.published(&record);
-        Ok(Some(Claimed { record, lease }))
+        Ok(Some(Claimed { record, lease, input: None }))
     }
 
     /// The live leases this host holds on running tasks.

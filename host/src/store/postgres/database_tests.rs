@@ -232,7 +232,7 @@ async fn hosts_claim_disjoint_batches_highest_priority_first() {
         for batch in batches {
             let priorities: Vec<u8> = batch.iter().map(|c| c.record.priority).collect();
             assert!(priorities.windows(2).all(|w| w[0] >= w[1]), "{priorities:?}");
-            for Claimed { record, lease } in batch {
+            for Claimed { record, lease, .. } in batch {
                 assert!(seen.insert(record.id), "task {} claimed twice", record.id);
                 assert!(tokens.insert(lease.token), "token {} given twice", lease.token);
                 assert_eq!((record.state, record.attempts, record.version), (TaskState::Running, 1, 2));
@@ -253,7 +253,7 @@ async fn hosts_claim_disjoint_batches_highest_priority_first() {
 async fn an_outcome_commits_once_under_its_lease() {
     let (store, _) = store("finish").await;
     submit(&store, 1, |_| 0).await;
-    let Claimed { record, lease } = store.claim("a", 1, LEASE).await.unwrap().remove(0);
+    let Claimed { record, lease, .. } = store.claim("a", 1, LEASE).await.unwrap().remove(0);
     let done = |output: &[u8]| Outcome::completed(output.to_vec());
     let finished = store.finish(&lease, done(b"out")).await.unwrap();
     assert_eq!((finished.state, finished.output_len, finished.version), (TaskState::Completed, Some(3), 3));
@@ -262,6 +262,25 @@ async fn an_outcome_commits_once_under_its_lease() {
     assert!(matches!(again, PgError::Fenced { id, .. } if id == record.id), "{again}");
     assert_eq!(store.output(record.id).await.unwrap().as_deref(), Some(&b"out"[..]));
     assert_eq!(store.get(record.id).await.unwrap().unwrap().version, 3, "the refused write changed nothing");
+}
+
+/// A claim reads each small input with its record (up to 16 KiB), so its
+/// attempt reads nothing more; a larger one is left to be read when the
+/// attempt starts.
+#[tokio::test]
+async fn a_claim_reads_small_inputs_with_their_records() {
+    let (store, _) = store("claim_inputs").await;
+    let big = vec![7u8; super::fair::INLINE_INPUT + 1];
+    let inputs = [Vec::new(), b"small".to_vec(), vec![1u8; super::fair::INLINE_INPUT], big.clone()];
+    for (i, input) in inputs.iter().enumerate() {
+        assert!(store.submit(record(i as u128 + 1, None), input.clone()).await.unwrap().created);
+    }
+    let claimed = store.claim("a", 4, LEASE).await.unwrap();
+    let by_id: HashMap<Uuid, Option<Vec<u8>>> = claimed.into_iter().map(|c| (c.record.id, c.input)).collect();
+    let expected: Vec<Option<Vec<u8>>> = vec![Some(Vec::new()), Some(b"small".to_vec()), Some(inputs[2].clone()), None];
+    let got: Vec<Option<Vec<u8>>> = (1..=4).map(|i| by_id[&Uuid::from_u128(i)].clone()).collect();
+    assert_eq!(got, expected);
+    assert_eq!(store.input(Uuid::from_u128(4)).await.unwrap(), Some(big), "the large one is read as before");
 }
 
 /// Outcomes committed together: each as alone, a fenced one refused

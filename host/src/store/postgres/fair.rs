@@ -10,7 +10,9 @@
 //! (fewer than the queues) are drawn by weight, so small claims reach
 //! light queues too. Queues whose tasks all wait for their due time take
 //! no share. Within a queue, tasks go by priority, then due time, then
-//! age, each taken with `FOR UPDATE SKIP LOCKED`. A queue with fewer
+//! age, each taken with `FOR UPDATE SKIP LOCKED`, read with its input
+//! when that is small ([`INLINE_INPUT`]), so its attempt reads nothing
+//! more before it runs. A queue with fewer
 //! startable tasks than its share gives the rest to the others (up to
 //! [`PASSES`] rounds).
 //!
@@ -47,6 +49,7 @@
 use super::quarantine::{Decoded, set_aside};
 use crate::store::{StoreError, TaskRecord};
 use sqlx::postgres::PgConnection;
+use std::collections::HashMap;
 use uuid::Uuid;
 
 /// Most rounds one claim makes: shares, then what queues without enough
@@ -58,6 +61,20 @@ const PASSES: usize = 3;
 /// tasks costs each claim at most this many rows a queue, not the whole
 /// backlog.
 pub(super) const LOOKAHEAD: usize = 1_000;
+
+/// Inputs up to this size are read with the records a claim takes, so
+/// their attempts need no read of their own before they run (larger ones
+/// are read as each attempt starts). A host holds at most its claim window
+/// (slots and claim-ahead) of them at once: 16 MiB with the defaults.
+pub(crate) const INLINE_INPUT: usize = 16 << 10;
+
+/// What a claim took: the records, and the inputs read with them (by task;
+/// those up to [`INLINE_INPUT`] bytes).
+#[derive(Debug, Default)]
+pub(crate) struct Taken {
+    pub(crate) records: Vec<TaskRecord>,
+    pub(crate) inputs: HashMap<Uuid, Vec<u8>>,
+}
 
 /// A queue a claim may take from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,18 +211,15 @@ pub(crate) fn split(limit: usize, queues: &[Claimable], owners: &[usize], rng: &
 /// Takes up to `limit` startable tasks in the transaction `conn` is in,
 /// each queue its share, their rows locked until it ends; none of the
 /// plugins in `leave` (see [`leaving`]).
-pub(super) async fn take(
-    conn: &mut PgConnection,
-    limit: usize,
-    leave: &[String],
-) -> Result<Vec<TaskRecord>, StoreError> {
+pub(super) async fn take(conn: &mut PgConnection, limit: usize, leave: &[String]) -> Result<Taken, StoreError> {
     let (mut queues, mut tenants) = ready(conn, leave).await?;
     if queues.is_empty() || limit == 0 {
-        return Ok(Vec::new());
+        return Ok(Taken::default());
     }
     let mut rng = fastrand::Rng::new();
     let owners: Vec<usize> = queues.iter().map(|q| q.owner).collect();
     let mut found: Vec<TaskRecord> = Vec::new();
+    let mut inputs: HashMap<Uuid, Vec<u8>> = HashMap::new();
     let mut ids: Vec<Uuid> = Vec::new();
     let mut bad = Vec::new();
     for _ in 0..PASSES {
@@ -218,9 +232,11 @@ pub(super) async fn take(
         let names: Vec<&str> = queues.iter().map(|q| q.name.as_str()).collect();
         let counts: Vec<i64> = quotas.iter().map(|&q| i64::try_from(q).unwrap_or(i64::MAX)).collect();
         let sql = if leave.is_empty() {
-            "SELECT t.id, t.record FROM unnest($1::text[], $2::bigint[]) AS q (queue, quota)
+            format!(
+                "SELECT t.id, t.record, t.input FROM unnest($1::text[], $2::bigint[]) AS q (queue, quota)
              CROSS JOIN LATERAL (
-                 SELECT id, record FROM taskhost_tasks
+                 SELECT id, record, CASE WHEN octet_length(input) <= {INLINE_INPUT} THEN input END AS input
+                 FROM taskhost_tasks
                  WHERE queue = q.queue AND state IN ('pending', 'retrying') AND NOT blocked
                    AND due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint
                    AND id <> ALL($3::uuid[])
@@ -228,14 +244,15 @@ pub(super) async fn take(
                  LIMIT q.quota
                  FOR UPDATE SKIP LOCKED
              ) AS t"
-                .to_owned()
+            )
         } else {
             // The queue's first LOOKAHEAD startable tasks, less those left
             // to others; the state is checked again as each row is locked.
             format!(
-                "SELECT t.id, t.record FROM unnest($1::text[], $2::bigint[]) AS q (queue, quota)
+                "SELECT t.id, t.record, t.input FROM unnest($1::text[], $2::bigint[]) AS q (queue, quota)
                  CROSS JOIN LATERAL (
-                     SELECT c.id, c.record FROM taskhost_tasks AS c
+                     SELECT c.id, c.record, CASE WHEN octet_length(c.input) <= {INLINE_INPUT} THEN c.input END AS input
+                     FROM taskhost_tasks AS c
                      WHERE c.id IN (
                          SELECT h.id FROM (
                              SELECT id FROM taskhost_tasks
@@ -245,7 +262,7 @@ pub(super) async fn take(
                              ORDER BY priority DESC, due_at_ms, id
                              LIMIT {LOOKAHEAD}
                          ) AS h
-                         WHERE true {}
+                         WHERE true {leaving}
                      )
                        AND c.state IN ('pending', 'retrying') AND NOT c.blocked
                        AND c.due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint
@@ -253,15 +270,24 @@ pub(super) async fn take(
                      LIMIT q.quota
                      FOR UPDATE OF c SKIP LOCKED
                  ) AS t",
-                leaving("$4")
+                leaving = leaving("$4")
             )
         };
         let mut query = sqlx::query_as(&sql).bind(&names).bind(&counts).bind(&ids);
         if !leave.is_empty() {
             query = query.bind(leave);
         }
-        let rows: Vec<(Uuid, Vec<u8>)> = query.fetch_all(&mut *conn).await?;
-        ids.extend(rows.iter().map(|(id, _)| *id));
+        let rows: Vec<(Uuid, Vec<u8>, Option<Vec<u8>>)> = query.fetch_all(&mut *conn).await?;
+        ids.extend(rows.iter().map(|(id, _, _)| *id));
+        let rows = rows
+            .into_iter()
+            .map(|(id, record, input)| {
+                if let Some(input) = input {
+                    inputs.insert(id, input);
+                }
+                (id, record)
+            })
+            .collect();
         let decoded = Decoded::of(rows);
         // A row that cannot be decoded is set aside below; its queue may
         // give this claim one task fewer.
@@ -282,7 +308,7 @@ pub(super) async fn take(
         }
     }
     set_aside(conn, &bad).await?;
-    Ok(found)
+    Ok(Taken { records: found, inputs })
 }
 
 /// A task's tenant from its queue's name (as `crate::tenant::tenant_of`

@@ -58,6 +58,9 @@ pub struct Claimed {
     pub record: TaskRecord,
     /// The lease to renew and to finish with.
     pub lease: Lease,
+    /// The task's input, read with the record when it is at most 16 KiB;
+    /// `None`: read it when the attempt starts.
+    pub input: Option<Vec<u8>>,
 }
 
 /// How an attempt ended.
@@ -135,7 +138,7 @@ impl PgStore {
     ) -> Result<Vec<Claimed>, PgError> {
         let mut txn = self.pool().begin().await?;
         PgStore::fenced(&mut txn, fence).await?;
-        let found = super::fair::take(&mut txn, limit, leave).await?;
+        let super::fair::Taken { records: found, mut inputs } = super::fair::take(&mut txn, limit, leave).await?;
         if found.is_empty() {
             // What it quarantined, if anything, stays so.
             txn.commit().await?;
@@ -168,7 +171,7 @@ impl PgStore {
             .into_iter()
             .map(|record| {
                 let token = *tokens.get(&record.id).ok_or(PgError::NotFound(record.id))?;
-                Ok(Claimed { lease: Lease { task: record.id, token }, record })
+                Ok(Claimed { lease: Lease { task: record.id, token }, input: inputs.remove(&record.id), record })
             })
             .collect()
     }
