@@ -640,7 +640,7 @@ async fn a_claim_leaves_the_plugins_it_cannot_serve_to_other_hosts() {
         ids.map(|i| {
             let mut r = record(i, None);
             (r.plugin, r.queue, r.priority) = (plugin.into(), queue.into(), priority);
-            (r, Vec::new())
+            (r, i.to_le_bytes().to_vec())
         })
         .collect()
     };
@@ -653,6 +653,9 @@ async fn a_claim_leaves_the_plugins_it_cannot_serve_to_other_hosts() {
     let claimed = store.claim_leaving("cpu-host", 20, LEASE, &leave).await.unwrap();
     assert_eq!(claimed.len(), 20, "the whole claim goes to the echo tasks");
     assert!(claimed.iter().all(|c| c.record.plugin == "t/echo"), "{:?}", claimed.iter().map(|c| &c.record.plugin));
+    // Each read with its own input, as a claim leaving nothing reads them.
+    let own_input = |c: &Claimed| c.input.as_deref() == Some(&c.record.id.as_u128().to_le_bytes()[..]);
+    assert!(claimed.iter().all(own_input));
     let claimed = store.claim_leaving("cpu-host", 50, LEASE, &leave).await.unwrap();
     assert_eq!(claimed.len(), 10, "the echo tasks' rest, nothing of `t/embed`");
     assert!(store.claim_leaving("cpu-host", 50, LEASE, &leave).await.unwrap().is_empty());
@@ -660,6 +663,7 @@ async fn a_claim_leaves_the_plugins_it_cannot_serve_to_other_hosts() {
     let claimed = store.claim("gpu-host", 50, LEASE).await.unwrap();
     assert_eq!(claimed.len(), 30);
     assert!(claimed.iter().all(|c| c.record.plugin == "t/embed"));
+    assert!(claimed.iter().all(own_input));
     let mixed: Vec<u8> = claimed.iter().filter(|c| c.record.queue == "mixed").map(|c| c.record.priority).collect();
     assert_eq!(mixed, vec![9; 10]);
 }

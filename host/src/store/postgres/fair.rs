@@ -65,7 +65,8 @@ pub(super) const LOOKAHEAD: usize = 1_000;
 /// Inputs up to this size are read with the records a claim takes, so
 /// their attempts need no read of their own before they run (larger ones
 /// are read as each attempt starts). A host holds at most its claim window
-/// (slots and claim-ahead) of them at once: 16 MiB with the defaults.
+/// of them at once, (slots + claim-ahead) × 16 KiB: about 16 MiB with the
+/// defaults.
 pub(crate) const INLINE_INPUT: usize = 16 << 10;
 
 /// What a claim took: the records, and the inputs read with them (by task;
