@@ -341,8 +341,14 @@ async fn ready(conn: &mut PgConnection, leave: &[String]) -> Result<(Vec<Ready>,
                      WHERE t.state IN ('pending', 'retrying') AND NOT blocked AND t.queue > r.queue ORDER BY t.queue LIMIT 1)
              FROM ready AS r WHERE r.queue IS NOT NULL
          )
-         SELECT r.queue, q.concurrency, coalesce(q.weight, 1)
+         SELECT r.queue, q.concurrency, coalesce(q.weight, 1), l.max_running
          FROM ready AS r LEFT JOIN taskhost_queues AS q ON q.name = r.queue
+         -- The queue's tenant's running limit, if it has one (`queue` is
+         -- the ready queue's: the tenants' table has no such column).
+         LEFT JOIN LATERAL (
+             SELECT (tn.record->'quotas'->>'max_running')::bigint AS max_running FROM taskhost_tenants AS tn
+             WHERE tn.name = {TENANT_OF_QUEUE} AND jsonb_typeof(tn.record->'quotas'->'max_running') = 'number'
+         ) AS l ON true
          WHERE r.queue IS NOT NULL
            AND {}",
         if leave.is_empty() {
@@ -368,19 +374,18 @@ async fn ready(conn: &mut PgConnection, leave: &[String]) -> Result<(Vec<Ready>,
     if !leave.is_empty() {
         query = query.bind(leave);
     }
-    let rows: Vec<(String, Option<i32>, i32)> = query.fetch_all(&mut *conn).await?;
-    let capped: Vec<String> = rows.iter().filter(|(_, cap, _)| cap.is_some()).map(|(q, _, _)| q.clone()).collect();
-    let mut of_tenants: Vec<String> = rows.iter().map(|(q, _, _)| crate::tenant::tenant_of(q).to_owned()).collect();
+    let rows: Vec<(String, Option<i32>, i32, Option<i64>)> = query.fetch_all(&mut *conn).await?;
+    let capped: Vec<String> = rows.iter().filter(|(_, cap, _, _)| cap.is_some()).map(|(q, ..)| q.clone()).collect();
+    let mut of_tenants: Vec<String> = rows.iter().map(|(q, ..)| crate::tenant::tenant_of(q).to_owned()).collect();
     of_tenants.sort_unstable();
     of_tenants.dedup();
-    // The tenants of these queues with a running limit.
-    let limits: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT name, (record->'quotas'->>'max_running')::bigint FROM taskhost_tenants
-         WHERE name = ANY($1) AND jsonb_typeof(record->'quotas'->'max_running') = 'number'",
-    )
-    .bind(&of_tenants)
-    .fetch_all(&mut *conn)
-    .await?;
+    // The tenants of these queues with a running limit, each once.
+    let limits: Vec<(String, i64)> = rows
+        .iter()
+        .filter_map(|(q, _, _, limit)| Some((crate::tenant::tenant_of(q).to_owned(), (*limit)?)))
+        .collect::<std::collections::BTreeMap<String, i64>>()
+        .into_iter()
+        .collect();
     let mut running = std::collections::HashMap::new();
     let mut tenants_running = std::collections::HashMap::new();
     if !capped.is_empty() || !limits.is_empty() {
@@ -410,7 +415,7 @@ async fn ready(conn: &mut PgConnection, leave: &[String]) -> Result<(Vec<Ready>,
         limits.iter().map(|(t, limit)| Capped { room: room(*limit, tenants_running.get(t)), taken: 0 }).collect();
     let queues = rows
         .into_iter()
-        .map(|(name, cap, weight)| {
+        .map(|(name, cap, weight, _)| {
             let room = cap.map(|cap| room(i64::from(cap), running.get(&name)));
             let of = crate::tenant::tenant_of(&name);
             let tenant = limits.iter().position(|(t, _)| t == of);
