@@ -634,9 +634,10 @@ impl Dispatch {
     }
 
     /// Waits at the gate for a slot and room for the task's memory, reads
-    /// its input (unless its claim did), then runs it. A task that can never fit, one cancelled
-    /// while it waits, one whose input cannot be read, and one the host
-    /// stops before it runs give why they did not run.
+    /// its input (unless its claim did), then runs it. A task that can
+    /// never fit, one cancelled while it waits, one whose input cannot be
+    /// read, and one the host stops before it runs give why they did not
+    /// run.
     async fn gated_run<'a>(
         &'a self,
         record: &TaskRecord,

@@ -12,9 +12,8 @@
 //! no share. Within a queue, tasks go by priority, then due time, then
 //! age, each taken with `FOR UPDATE SKIP LOCKED`, read with its input
 //! when that is small ([`INLINE_INPUT`]), so its attempt reads nothing
-//! more before it runs. A queue with fewer
-//! startable tasks than its share gives the rest to the others (up to
-//! [`PASSES`] rounds).
+//! more before it runs. A queue with fewer startable tasks than its share
+//! gives the rest to the others (up to [`PASSES`] rounds).
 //!
 //! A tenant with a running limit (`max_running` in its stored quotas)
 //! caps its queues together: its room (the limit less its tasks running
@@ -279,17 +278,15 @@ pub(super) async fn take(conn: &mut PgConnection, limit: usize, leave: &[String]
             query = query.bind(leave);
         }
         let rows: Vec<(Uuid, Vec<u8>, Option<Vec<u8>>)> = query.fetch_all(&mut *conn).await?;
-        ids.extend(rows.iter().map(|(id, _, _)| *id));
-        let rows = rows
-            .into_iter()
-            .map(|(id, record, input)| {
-                if let Some(input) = input {
-                    inputs.insert(id, input);
-                }
-                (id, record)
-            })
-            .collect();
-        let decoded = Decoded::of(rows);
+        let mut records = Vec::with_capacity(rows.len());
+        for (id, record, input) in rows {
+            ids.push(id);
+            if let Some(input) = input {
+                inputs.insert(id, input);
+            }
+            records.push((id, record));
+        }
+        let decoded = Decoded::of(records);
         // A row that cannot be decoded is set aside below; its queue may
         // give this claim one task fewer.
         let mut got = vec![0usize; queues.len()];
