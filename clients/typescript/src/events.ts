@@ -13,7 +13,7 @@ import type { EventsMissed, LogLine, Stopping, TaskMoved, TaskState } from "./ty
 export type TaskEvent =
   /** A task was created or entered a state. `id` is the event's id (`RUN-SEQ`), to resume after it. */
   | { event: "task"; id: string | undefined; data: TaskMoved }
-  /** Events were lost: read the records again (after `too_slow`, the stream ends). */
+  /** Events were lost: read the records again (after `too_slow` the stream ends; after `gap` and `unheard` it goes on). */
   | { event: "missed"; data: EventsMissed }
   /** The server is stopping: the stream ends. */
   | { event: "stopping"; data: Stopping };

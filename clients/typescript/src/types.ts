@@ -276,7 +276,11 @@ export interface TaskMoved {
 
 /** Why events are missing from a stream (SSE event `missed`; not in the OpenAPI components). */
 export interface EventsMissed {
-  /** `gap` (resumed after events no longer kept) or `too_slow` (the stream ends). */
+  /**
+   * `gap` (resumed after events no longer kept), `too_slow` (the stream
+   * ends) or `unheard` (events other hosts sent may be missing; the stream
+   * goes on).
+   */
   reason: string;
   message: string;
 }

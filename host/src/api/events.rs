@@ -2,7 +2,10 @@
 //! tenant as Server-Sent Events, filtered by queue, flow, plugin and
 //! state, resumable with `Last-Event-ID`. Each subscriber reads through
 //! its own bounded buffer; one that falls behind gets a `missed` event
-//! (`too_slow`) and its stream ends: the engine never waits for it.
+//! (`too_slow`) and its stream ends: the engine never waits for it. A
+//! subscriber is also told (`missed`, `unheard`; the stream goes on) when
+//! its host noted that events other hosts sent are missing from its feed
+//! (hosts serving one PostgreSQL database together).
 
 use super::{ApiError, ApiResult, parse_id};
 use crate::engine::Engine;
@@ -15,8 +18,9 @@ use axum::extract::{Extension, Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt as _;
+use futures::{Stream, StreamExt as _};
 use serde::Deserialize;
+use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -82,9 +86,111 @@ impl Filter {
     }
 }
 
-fn missed(reason: MissedReason, message: String) -> Event {
-    let body = EventsMissed { reason, message };
-    Event::default().event("missed").json_data(&body).unwrap_or_default()
+/// The shortest time between two `unheard` notices of one stream.
+const NOTICE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a subscriber's stream sends, in order.
+#[derive(Debug)]
+enum Item {
+    /// A transition, with its event id.
+    Task(String, TaskMoved),
+    /// Events are missing.
+    Missed(MissedReason, String),
+}
+
+impl Item {
+    fn gap() -> Self {
+        Item::Missed(
+            MissedReason::Gap,
+            "events after the one given are no longer kept (or are from before a restart): read the tasks' \
+             records for what happened meanwhile"
+                .into(),
+        )
+    }
+
+    fn unheard() -> Self {
+        Item::Missed(
+            MissedReason::Unheard,
+            "events other hosts sent may be missing here (this host could not hear them for a while; its log \
+             says why): read the tasks' records for what happened meanwhile"
+                .into(),
+        )
+    }
+
+    fn event(self) -> Event {
+        match self {
+            Item::Task(id, moved) => Event::default().event("task").id(id).json_data(&moved).unwrap_or_default(),
+            Item::Missed(reason, message) => {
+                let body = EventsMissed { reason, message };
+                Event::default().event("missed").json_data(&body).unwrap_or_default()
+            }
+        }
+    }
+}
+
+/// What `subscription` sends through `filter`: a notice of what it missed
+/// before it subscribed, the kept events after the one it resumes from,
+/// then live events and notices, until it falls behind or the feed ends.
+fn items(subscription: Subscription, filter: Filter) -> impl Stream<Item = Item> {
+    let Subscription { run, replay, gap, unheard, live, losses } = subscription;
+    let first = if gap { Some(Item::gap()) } else { unheard.then(Item::unheard) };
+    let filter = Arc::new(filter);
+    let task = move |filter: &Filter, event: &TaskEvent| {
+        filter.pass(event).map(|moved| Item::Task(event_id(run, moved.seq), moved))
+    };
+    let replayed = {
+        let filter = filter.clone();
+        futures::stream::iter(replay.into_iter().filter_map(move |e| task(&filter, &e)))
+    };
+    // The live events, and a notice of each loss noted (one at most every
+    // `NOTICE_EVERY`: those noted meanwhile make one after it).
+    let quiet_until = tokio::time::Instant::now();
+    let live = futures::stream::unfold(Some((live, Some(losses), quiet_until)), move |state| {
+        let filter = filter.clone();
+        async move {
+            let (mut live, mut losses, mut quiet_until) = state?;
+            loop {
+                let heard = async {
+                    match losses.as_mut() {
+                        Some(losses) => {
+                            if quiet_until > tokio::time::Instant::now() {
+                                tokio::time::sleep_until(quiet_until).await;
+                            }
+                            losses.changed().await
+                        }
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    heard = heard => match heard {
+                        Ok(()) => {
+                            quiet_until = tokio::time::Instant::now() + NOTICE_EVERY;
+                            return Some((Item::unheard(), Some((live, losses, quiet_until))));
+                        }
+                        // The feed is gone: its events end next.
+                        Err(_) => losses = None,
+                    },
+                    event = live.recv() => match event {
+                        Ok(event) => {
+                            if let Some(item) = task(&filter, &event) {
+                                return Some((item, Some((live, losses, quiet_until))));
+                            }
+                        }
+                        Err(RecvError::Lagged(n)) => {
+                            let message = format!(
+                                "this subscriber fell {n} events behind and is dropped; subscribe again with the \
+                                 last event id seen"
+                            );
+                            return Some((Item::Missed(MissedReason::TooSlow, message), None));
+                        }
+                        Err(RecvError::Closed) => return None,
+                    },
+                }
+            }
+        }
+    });
+    futures::stream::iter(first).chain(replayed).chain(live)
 }
 
 #[utoipa::path(
@@ -116,47 +222,73 @@ pub(super) async fn events(
         None => None,
     };
     let (subscription, permit) = engine.subscribe_events(&tenant, resume)?;
-    let Subscription { run, replay, gap, live } = subscription;
-    let first = gap.then(|| {
-        missed(
-            MissedReason::Gap,
-            "events after the one given are no longer kept (or are from before a restart): read the tasks' \
-             records for what happened meanwhile"
-                .into(),
-        )
+    // The place is held while the stream lives.
+    let stream = items(subscription, filter).map(move |item| {
+        let _held = &permit;
+        Ok::<_, std::convert::Infallible>(item.event())
     });
-    let sse = move |moved: TaskMoved| {
-        let id = event_id(run, moved.seq);
-        Event::default().event("task").id(id).json_data(&moved).unwrap_or_default()
-    };
-    let filter = std::sync::Arc::new(filter);
-    let replayed = {
-        let filter = filter.clone();
-        futures::stream::iter(replay.into_iter().filter_map(move |e| filter.pass(&e)).map(sse))
-    };
-    let live = futures::stream::unfold(Some((live, permit)), move |state| {
-        let filter = filter.clone();
-        async move {
-            let (mut live, permit) = state?;
-            loop {
-                match live.recv().await {
-                    Ok(event) => {
-                        if let Some(moved) = filter.pass(&event) {
-                            return Some((sse(moved), Some((live, permit))));
-                        }
-                    }
-                    Err(RecvError::Lagged(n)) => {
-                        let message = format!(
-                            "this subscriber fell {n} events behind and is dropped; subscribe again with the \
-                             last event id seen"
-                        );
-                        return Some((missed(MissedReason::TooSlow, message), None));
-                    }
-                    Err(RecvError::Closed) => return None,
-                }
-            }
-        }
-    });
-    let stream = futures::stream::iter(first).chain(replayed).chain(live).map(Ok::<_, std::convert::Infallible>);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Feed, Transition};
+    use std::time::Duration;
+
+    fn record(n: u128) -> crate::store::TaskRecord {
+        let mut r = crate::store::tests::record(n, None);
+        r.history.push(Transition {
+            at_ms: 1,
+            from: Some(TaskState::Pending),
+            to: TaskState::Running,
+            attempt: 1,
+            reason: String::new(),
+        });
+        r
+    }
+
+    fn everything() -> Filter {
+        Filter { ns: Namespace::default_tenant(), queue: None, flow: None, plugin: None, states: None }
+    }
+
+    async fn next(stream: &mut (impl Stream<Item = Item> + Unpin)) -> Option<Item> {
+        tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("the stream answers")
+    }
+
+    #[tokio::test]
+    async fn a_loss_of_other_hosts_events_is_told_in_the_stream_which_goes_on() {
+        let feed = Feed::default();
+        let mut live = Box::pin(items(feed.subscribe(None), everything()));
+        feed.published(&record(1));
+        assert!(matches!(next(&mut live).await, Some(Item::Task(_, moved)) if moved.seq == 1));
+        feed.unheard();
+        assert!(matches!(next(&mut live).await, Some(Item::Missed(MissedReason::Unheard, _))));
+        feed.published(&record(2));
+        let Some(Item::Task(id, moved)) = next(&mut live).await else { panic!("the stream goes on") };
+        assert_eq!(moved.seq, 2);
+        // Losses noted in a burst make one notice a second at most, and
+        // events go on meanwhile.
+        let burst = tokio::time::Instant::now();
+        for _ in 0..100 {
+            feed.unheard();
+        }
+        feed.published(&record(3));
+        let Some(Item::Task(_, moved)) = next(&mut live).await else { panic!("events are not held back") };
+        assert_eq!(moved.seq, 3);
+        assert!(matches!(next(&mut live).await, Some(Item::Missed(MissedReason::Unheard, _))));
+        assert!(burst.elapsed() >= NOTICE_EVERY / 2, "the burst's notice waited out the quiet time");
+        // Resuming from before the loss: told first, then what is kept.
+        let run = parse_event_id(&id).unwrap().0;
+        let mut resumed = Box::pin(items(feed.subscribe(Some((run, 0))), everything()));
+        assert!(matches!(next(&mut resumed).await, Some(Item::Missed(MissedReason::Unheard, _))));
+        assert!(matches!(next(&mut resumed).await, Some(Item::Task(_, moved)) if moved.seq == 1));
+        assert!(matches!(next(&mut resumed).await, Some(Item::Task(_, moved)) if moved.seq == 2));
+        // From after it: not told.
+        let mut after = Box::pin(items(feed.subscribe(Some((run, 3))), everything()));
+        // Once the feed is gone, the streams end (after what they hold).
+        drop(feed);
+        assert!(next(&mut after).await.is_none());
+        assert!(next(&mut live).await.is_none());
+    }
 }

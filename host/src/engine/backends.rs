@@ -726,6 +726,61 @@ async fn hosts_serving_together_admit_a_tenants_rate_between_them() {
     assert!(admitted >= 4.0 && admitted <= 5.0 + 2.0 * elapsed, "{admitted} admitted at once in {elapsed:.2} s");
 }
 
+/// Serving together, a host whose connection listening for the others'
+/// events is cut tells its subscribers at once (events sent meanwhile are
+/// lost to it), listens again and goes on hearing them; a host that says
+/// it could not send some of its events makes the others tell theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_that_cannot_hear_the_others_tells_its_subscribers_and_listens_again() {
+    let url = taskhost_test_postgres::cluster().database("engine_unheard");
+    let together = |c: &mut EngineConfig| {
+        tweak(c);
+        c.many_hosts = true;
+    };
+    let a = Harness::on_url(url.clone(), together).await.unwrap();
+    let b = Harness::on_url(url.clone(), together).await.unwrap();
+    // Host a runs every task: host b hears of them only from a.
+    b.runner.needs.lock().unwrap().push(("echo".into(), vec!["minilm".into()]));
+    let mut feed = b.shared.store.subscribe(None);
+    let admin = crate::store::postgres::PgStore::connect(&url, 1).await.unwrap();
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE datname = current_database() AND query ILIKE 'LISTEN%taskhost_events%' AND pid <> pg_backend_pid()",
+    )
+    .fetch_all(admin.pool())
+    .await
+    .unwrap();
+    assert_eq!(ended, [true, true], "each host listened on a session of its own");
+    tokio::time::timeout(WAIT, feed.losses.changed()).await.expect("host b's subscribers are told").unwrap();
+    // It listens again: a task host a runs after that shows on b's feed
+    // (one sent before b listened again may be lost, as told).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut ids = Vec::new();
+    'heard: loop {
+        let id = a.engine.submit(task("echo", &Script::Complete(vec![1]))).await.unwrap().record.id;
+        ids.push(id);
+        assert_eq!(a.engine.wait(id, WAIT).await.unwrap().state, TaskState::Completed);
+        let pause = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(event) = tokio::time::timeout_at(pause.min(deadline), feed.live.recv()).await {
+            let event = event.unwrap();
+            if event.id == id && event.to == TaskState::Completed {
+                break 'heard;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "host b's feed never heard host a again");
+    }
+    assert!(ids.iter().all(|id| b.runner.calls(*id) == 0), "host a ran them all");
+    // Told again once the outage was over (before what it heard next).
+    assert_eq!(*feed.losses.borrow_and_update(), 2, "told when it began and when it ended");
+    // A host that says it could not send some of its events: b tells too.
+    sqlx::query("SELECT pg_notify('taskhost_events', '{\"h\":\"host-c\",\"e\":[],\"l\":5}')")
+        .execute(admin.pool())
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, feed.losses.changed()).await.expect("told of host c's loss").unwrap();
+    assert_eq!(*feed.losses.borrow(), 3);
+}
+
 /// Serving together, each host's event feed carries every host's events:
 /// tasks submitted to either host and run on host a alone (host b leaves
 /// their plugin to others) show on host b's feed created, started and

@@ -6,14 +6,17 @@
 //! that falls behind it is told so and dropped: publishing never waits.
 //! Hosts serving one PostgreSQL database together also send their own
 //! events to each other ([`Feed::share`], `postgres/shared_events.rs`) and
-//! publish what they hear ([`Feed::heard`]) in their own numbering.
+//! publish what they hear ([`Feed::heard`]) in their own numbering. What
+//! a host could not hear (its listening connection lost, or another host
+//! unable to send) is noted ([`Feed::unheard`]), and its subscribers are
+//! told, live and when they resume from before it.
 
 use super::{TaskRecord, TaskState};
 use crate::sync::lock;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use uuid::Uuid;
 
 /// Events kept for subscribers that resume.
@@ -59,8 +62,15 @@ pub struct Subscription {
     /// Events were lost between the one asked for and `replay` (it is
     /// older than the ring, or from before a restart).
     pub gap: bool,
+    /// Events other hosts sent may be missing after the one asked for
+    /// (this host noted since that it could not hear some); not set with
+    /// `gap`, which says more.
+    pub unheard: bool,
     /// The live events after `replay`.
     pub live: broadcast::Receiver<Arc<TaskEvent>>,
+    /// Changes (to a count) each time this host notes from now on that
+    /// events other hosts sent are missing from `live`.
+    pub losses: watch::Receiver<u64>,
 }
 
 /// See the module docs.
@@ -78,6 +88,8 @@ pub(crate) struct Feed {
     /// handed to the database (sent, or failed to send).
     queued: AtomicU64,
     handed: AtomicU64,
+    /// How often other hosts' events were noted missing.
+    losses: watch::Sender<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +100,9 @@ struct Ring {
     last_seq: u64,
     /// The latest version published of the tasks of recent events.
     versions: Versions,
+    /// The number of the last event published before the latest loss was
+    /// noted (see [`Feed::unheard`]).
+    unheard_after: Option<u64>,
 }
 
 /// Tasks seen lately, most [`VERSIONS_KEPT`], each with the latest version
@@ -135,6 +150,7 @@ impl Default for Feed {
             unshared: AtomicU64::new(0),
             queued: AtomicU64::new(0),
             handed: AtomicU64::new(0),
+            losses: watch::Sender::new(0),
         }
     }
 }
@@ -182,6 +198,16 @@ impl Feed {
     /// in order, and the latest last. Says whether it was published.
     pub(crate) fn heard(&self, event: TaskEvent) -> bool {
         self.push(event, false)
+    }
+
+    /// Notes that events other hosts sent are missing from this feed
+    /// (its connection listening for them was lost, or a host says it
+    /// could not send some): live subscribers are told now, and one that
+    /// resumes from an event before this point when it subscribes.
+    pub(crate) fn unheard(&self) {
+        let mut ring = lock(&self.ring);
+        ring.unheard_after = Some(ring.last_seq);
+        self.losses.send_modify(|n| *n += 1);
     }
 
     /// From now on, this host's own events also go to the returned
@@ -249,16 +275,23 @@ impl Feed {
     pub(crate) fn subscribe(&self, resume: Option<(u64, u64)>) -> Subscription {
         let ring = lock(&self.ring);
         let live = self.live.subscribe();
+        // Under the ring's lock, as `unheard` notes a loss: one noted
+        // after this is told live, one before it by `unheard`.
+        let losses = self.losses.subscribe();
         let run = self.run;
-        let Some((from_run, after)) = resume else { return Subscription { run, replay: Vec::new(), gap: false, live } };
+        let subscription = |replay, gap, unheard| Subscription { run, replay, gap, unheard, live, losses };
+        let Some((from_run, after)) = resume else { return subscription(Vec::new(), false, false) };
         if from_run != run || after > ring.last_seq {
             // From another run of the host (its numbers started again).
-            return Subscription { run, replay: ring.events.iter().cloned().collect(), gap: true, live };
+            return subscription(ring.events.iter().cloned().collect(), true, false);
         }
         let oldest = ring.events.front().map_or(ring.last_seq + 1, |e| e.seq);
         let gap = after + 1 < oldest;
         let replay = ring.events.iter().filter(|e| e.seq > after).cloned().collect();
-        Subscription { run, replay, gap, live }
+        // A subscriber that had read the event before a loss may not have
+        // been told of it before it left: told again.
+        let unheard = !gap && ring.unheard_after.is_some_and(|before| after <= before);
+        subscription(replay, gap, unheard)
     }
 }
 
@@ -340,6 +373,30 @@ mod tests {
         assert_eq!(feed.unsent(), 2);
         feed.handed(2);
         assert_eq!(feed.unsent(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_loss_of_other_hosts_events_is_told_live_and_to_those_resuming_from_before_it() {
+        let feed = Feed::default();
+        let mut live = feed.subscribe(None);
+        assert!(!live.unheard);
+        assert!(!live.losses.has_changed().unwrap(), "nothing noted yet");
+        feed.published(&record(TaskState::Running));
+        feed.published(&record(TaskState::Completed));
+        feed.unheard();
+        tokio::time::timeout(std::time::Duration::from_secs(5), live.losses.changed()).await.unwrap().unwrap();
+        assert_eq!(*live.losses.borrow_and_update(), 1);
+        feed.published(&record(TaskState::Failed));
+        // Resuming from before the loss (or at the last event before it)
+        // is told; from after it, or anew, is not.
+        assert!(feed.subscribe(Some((feed.run, 1))).unheard);
+        assert!(feed.subscribe(Some((feed.run, 2))).unheard);
+        assert!(!feed.subscribe(Some((feed.run, 3))).unheard);
+        let fresh = feed.subscribe(None);
+        assert!(!fresh.unheard && !fresh.losses.has_changed().unwrap(), "a loss before it is not news to it");
+        // A gap says more: not both.
+        let stale = feed.subscribe(Some((feed.run + 1, 1)));
+        assert!(stale.gap && !stale.unheard);
     }
 
     #[tokio::test]

@@ -29,6 +29,8 @@ pub use commit::WriteFault;
 pub use db::{Db, PgDb, Serving};
 pub use deliveries::CallbackOutcome;
 pub use error::{FlowLimit, StoreError};
+#[cfg(test)]
+pub(crate) use events::Feed;
 pub use events::{EVENTS_BUFFER, EVENTS_KEPT, Subscription, TaskEvent};
 pub(crate) use open::{panic_message, quietly};
 pub(crate) use record::TaskSummary;

@@ -92,8 +92,9 @@ impl Default for Stopping {
 
 /// Why events are missing from a stream (SSE event `missed`): the
 /// subscriber resumed after events no longer kept or from before a
-/// restart (`gap`), or read too slowly and is dropped (`too_slow`; the
-/// stream ends).
+/// restart (`gap`), read too slowly and is dropped (`too_slow`; the
+/// stream ends), or its host could not hear some events other hosts sent
+/// (`unheard`; hosts serving one PostgreSQL database together).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[non_exhaustive]
 pub struct EventsMissed {
@@ -112,6 +113,10 @@ pub enum MissedReason {
     Gap,
     /// The subscriber read too slowly and is dropped; the stream ends.
     TooSlow,
+    /// Events other hosts sent may be missing: the host could not hear
+    /// them for a while (its connection to the database was lost, or the
+    /// sending host could not send them). The stream goes on.
+    Unheard,
 }
 
 impl std::fmt::Display for MissedReason {
@@ -119,6 +124,7 @@ impl std::fmt::Display for MissedReason {
         f.write_str(match self {
             Self::Gap => "gap",
             Self::TooSlow => "too_slow",
+            Self::Unheard => "unheard",
         })
     }
 }

@@ -313,8 +313,9 @@ class TaskMoved:
 @dataclass(frozen=True)
 class StreamNotice:
     """A notice on the event stream: ``missed`` (``reason`` ``gap``: events
-    before it are lost; ``too_slow``: the stream ends) or ``stopping`` (the
-    server stops and the stream ends)."""
+    before it are lost; ``too_slow``: the stream ends; ``unheard``: events
+    other hosts sent may be missing, the stream goes on) or ``stopping``
+    (the server stops and the stream ends)."""
 
     kind: str
     reason: Optional[str]

@@ -508,7 +508,8 @@ async function taskPage(id) {
   );
   await showLogs(null).catch((e) => logs.replaceChildren(h("p", { class: "error" }, e.message)));
   const again = throttled(400, () => route());
-  onEvent((e, kind) => { if (kind === "task" && e.id === id) again(); });
+  // Told that events were missed: read the task again.
+  onEvent((e, kind) => { if ((kind === "task" && e.id === id) || kind === "missed") again(); });
 }
 
 async function queuesPage() {
@@ -654,7 +655,7 @@ async function flowPage(id) {
     dag(flow.tree),
   );
   const again = throttled(400, () => route());
-  onEvent((e, kind) => { if (kind === "task" && e.flow_id === id) again(); });
+  onEvent((e, kind) => { if ((kind === "task" && e.flow_id === id) || kind === "missed") again(); });
 }
 
 async function pluginsPage() {

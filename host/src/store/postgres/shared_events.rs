@@ -13,11 +13,18 @@
 //! [`DRAIN`]; see `Db::leave`).
 //!
 //! Best effort, as notifications are: events sent while a host's
-//! listening connection is down are lost to it (its log says so), and a
-//! host whose outbox is full ([`OUTBOX`] events waiting to be sent, the
-//! database slow) sends those that fit and counts the rest (logged). A
-//! subscriber that needs every task's end reads the task (`GET
-//! /v1/tasks/{id}`, `?wait`) as well.
+//! listening connection is down are lost to it, and a host whose outbox is
+//! full ([`OUTBOX`] events waiting to be sent, the database slow) sends
+//! those that fit and counts the rest; one whose sending failed loses that
+//! batch. The host that lost its connection notes the loss on its feed
+//! ([`Feed::unheard`]) when it finds the connection lost and again when it
+//! hears again, and a host that could not send says how many it did not
+//! with its next notification that goes, so every host hearing it notes
+//! the loss; their subscribers are told (a `missed` event, reason
+//! `unheard`) and read the tasks (`GET /v1/tasks/{id}`, `?wait`) for what
+//! they missed. What a host could not send just before it stopped, or
+//! before it died, is told to no one. The channel is trusted: any session
+//! of the database may notify on it.
 
 use super::{PgError, PgStore};
 use crate::store::TaskState;
@@ -45,6 +52,10 @@ pub(crate) const DRAIN: Duration = Duration::from_secs(2);
 /// The most events sent in one statement.
 const BATCH: usize = 2_048;
 
+/// How often at most a hearer warns of the events other hosts could not
+/// send.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
 /// First wait before listening again after a failure, and the longest.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(5);
@@ -56,6 +67,42 @@ struct Sent {
     h: String,
     /// Its events.
     e: Vec<Wire>,
+    /// How many of its events it could not send since its last
+    /// notification (absent: none).
+    #[serde(default)]
+    l: u64,
+}
+
+/// What a host's sender could not send since its last notification that
+/// went: the next one says how many.
+#[derive(Debug, Default)]
+struct Unsent {
+    /// Events not sent since then.
+    lost: u64,
+    /// The feed's count of events its full outbox refused, as last read.
+    refused: u64,
+}
+
+impl Unsent {
+    /// Reads the feed's count of refused events: those new since the last
+    /// read are lost. Returns how many.
+    fn refused(&mut self, now: u64) -> u64 {
+        let new = now.saturating_sub(self.refused);
+        self.refused += new;
+        self.lost += new;
+        new
+    }
+
+    /// A batch of `n` events could not be sent.
+    fn failed(&mut self, n: u64) {
+        self.lost += n;
+    }
+
+    /// A batch went, having said what was lost before it, with `left_out`
+    /// of its events left out (too large).
+    fn sent(&mut self, left_out: u64) {
+        self.lost = left_out;
+    }
 }
 
 /// An event on the wire (short keys: more fit in one notification).
@@ -147,7 +194,7 @@ impl PgStore {
 /// until the feed is gone.
 async fn send(store: PgStore, host: String, mut outbox: mpsc::Receiver<Arc<TaskEvent>>, feed: Weak<Feed>) {
     let mut failing = false;
-    let mut unshared = 0;
+    let mut unsent = Unsent::default();
     while let Some(first) = outbox.recv().await {
         let mut batch = vec![first];
         while batch.len() < BATCH {
@@ -156,7 +203,14 @@ async fn send(store: PgStore, host: String, mut outbox: mpsc::Receiver<Arc<TaskE
                 Err(_) => break,
             }
         }
-        let payloads = payloads(&host, &batch);
+        let refused = feed.upgrade().map_or(0, |f| unsent.refused(f.unshared()));
+        if refused > 0 {
+            tracing::warn!(
+                events = refused,
+                "events of this host were not sent to the other hosts: more were waiting than the outbox holds"
+            );
+        }
+        let (payloads, left_out) = payloads(&host, &batch, unsent.lost);
         let sent =
             sqlx::query("SELECT pg_notify($1, p) FROM unnest($2::text[]) WITH ORDINALITY AS n (p, i) ORDER BY i")
                 .bind(CHANNEL)
@@ -164,44 +218,41 @@ async fn send(store: PgStore, host: String, mut outbox: mpsc::Receiver<Arc<TaskE
                 .execute(store.pool())
                 .await;
         match sent {
-            Ok(_) if failing => {
-                failing = false;
-                tracing::info!("sending this host's events to the other hosts works again");
+            Ok(_) => {
+                unsent.sent(left_out);
+                if std::mem::take(&mut failing) {
+                    tracing::info!("sending this host's events to the other hosts works again");
+                }
             }
-            Ok(_) => {}
-            Err(error) if !failing => {
-                failing = true;
-                tracing::warn!(%error, "cannot send this host's events to the other hosts; their event feeds miss them");
+            Err(error) => {
+                unsent.failed(batch.len() as u64);
+                if !std::mem::replace(&mut failing, true) {
+                    tracing::warn!(%error, "cannot send this host's events to the other hosts; their event feeds miss them");
+                }
             }
-            Err(_) => {}
         }
-        let strong = feed.upgrade();
-        if let Some(feed) = &strong {
+        if let Some(feed) = feed.upgrade() {
             feed.handed(batch.len() as u64);
-        }
-        let now = strong.map_or(unshared, |f| f.unshared());
-        if now > unshared {
-            tracing::warn!(
-                events = now - unshared,
-                "events of this host were not sent to the other hosts: more were waiting than the outbox holds"
-            );
-            unshared = now;
         }
     }
 }
 
 /// `events` as notifications' payloads of `host`, each under
-/// [`MAX_PAYLOAD`] bytes, in order. An event that alone would pass it (it
-/// cannot: names are short) is left out.
-fn payloads(host: &str, events: &[Arc<TaskEvent>]) -> Vec<String> {
-    let mut out = Vec::new();
+/// [`MAX_PAYLOAD`] bytes, in order, the first saying that `lost` events
+/// went unsent before them; and how many were left out. An event that
+/// alone would pass the limit (it cannot: names are short) is left out.
+fn payloads(host: &str, events: &[Arc<TaskEvent>], lost: u64) -> (Vec<String>, u64) {
+    let mut out: Vec<String> = Vec::new();
     let mut current: Vec<String> = Vec::new();
-    let empty = serde_json::to_string(&Sent { h: host.to_owned(), e: Vec::new() }).expect("encodes").len();
+    // Room for the largest count of losses, whichever payload says it.
+    let empty = serde_json::to_string(&Sent { h: host.to_owned(), e: Vec::new(), l: u64::MAX }).expect("encodes").len();
     let mut size = empty;
+    let mut left_out = 0;
     let close = |current: &mut Vec<String>, out: &mut Vec<String>| {
-        if !current.is_empty() {
+        if !current.is_empty() || (out.is_empty() && lost > 0) {
             let host = serde_json::to_string(host).expect("a string encodes");
-            out.push(format!("{{\"h\":{host},\"e\":[{}]}}", current.join(",")));
+            let lost = if out.is_empty() && lost > 0 { format!(",\"l\":{lost}") } else { String::new() };
+            out.push(format!("{{\"h\":{host},\"e\":[{}]{lost}}}", current.join(",")));
             current.clear();
         }
     };
@@ -209,6 +260,7 @@ fn payloads(host: &str, events: &[Arc<TaskEvent>]) -> Vec<String> {
         let one = serde_json::to_string(&Wire::from(event.as_ref())).expect("an event encodes");
         if empty + one.len() > MAX_PAYLOAD {
             tracing::warn!(task = %event.id, "an event too large to send to the other hosts is left out");
+            left_out += 1;
             continue;
         }
         if size + one.len() + 1 > MAX_PAYLOAD {
@@ -219,7 +271,7 @@ fn payloads(host: &str, events: &[Arc<TaskEvent>]) -> Vec<String> {
         current.push(one);
     }
     close(&mut current, &mut out);
-    out
+    (out, left_out)
 }
 
 /// Publishes on `feed` the events other hosts send, until the feed is
@@ -227,19 +279,37 @@ fn payloads(host: &str, events: &[Arc<TaskEvent>]) -> Vec<String> {
 async fn hear(mut listener: PgListener, host: String, feed: Weak<Feed>) {
     let mut backoff = FIRST_RETRY;
     let mut lost = false;
+    // When a host's loss was last logged as a warning (a host whose
+    // outbox stays full says so in every notification).
+    let mut warned: Option<std::time::Instant> = None;
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
                 backoff = FIRST_RETRY;
+                let Some(feed) = feed.upgrade() else { return };
                 if std::mem::take(&mut lost) {
                     tracing::info!("listening for the other hosts' events again (those sent meanwhile are missed)");
+                    // The outage is over: what it lost is all lost now.
+                    feed.unheard();
                 }
-                let Some(feed) = feed.upgrade() else { return };
                 match serde_json::from_str::<Sent>(notification.payload()) {
                     Ok(sent) if sent.h == host => {}
-                    Ok(sent) => sent.e.into_iter().for_each(|e| {
-                        feed.heard(e.into());
-                    }),
+                    Ok(sent) => {
+                        if sent.l > 0 {
+                            if warned.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                                warned = Some(std::time::Instant::now());
+                                tracing::warn!(
+                                    host = sent.h,
+                                    events = sent.l,
+                                    "another host could not send some of its events (told at most every 10 s)"
+                                );
+                            }
+                            feed.unheard();
+                        }
+                        sent.e.into_iter().for_each(|e| {
+                            feed.heard(e.into());
+                        });
+                    }
                     Err(error) => tracing::warn!(%error, "an event notification from another host cannot be read"),
                 }
             }
@@ -248,6 +318,9 @@ async fn hear(mut listener: PgListener, host: String, feed: Weak<Feed>) {
             Ok(None) => {
                 if !std::mem::replace(&mut lost, true) {
                     tracing::warn!("the connection listening for the other hosts' events was lost; listening again");
+                    if let Some(feed) = feed.upgrade() {
+                        feed.unheard();
+                    }
                 }
             }
             Err(sqlx::Error::PoolClosed) => return,
@@ -255,6 +328,9 @@ async fn hear(mut listener: PgListener, host: String, feed: Weak<Feed>) {
                 if !std::mem::replace(&mut lost, true) {
                     tracing::warn!(%error, retry_in = ?backoff,
                         "listening for the other hosts' events failed; this host's event feed misses theirs meanwhile");
+                    if let Some(feed) = feed.upgrade() {
+                        feed.unheard();
+                    }
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_RETRY);
@@ -288,13 +364,15 @@ mod tests {
     #[test]
     fn events_go_in_order_in_payloads_under_the_limit_and_read_back_whole() {
         let events: Vec<Arc<TaskEvent>> = (0..500).map(|n| event(n, &"p".repeat(40))).collect();
-        let sent = payloads("host-\"a\"", &events);
+        let (sent, left_out) = payloads("host-\"a\"", &events, 7);
+        assert_eq!(left_out, 0);
         assert!(sent.len() > 1, "500 events need more than one notification");
         let mut read = Vec::new();
-        for payload in &sent {
+        for (i, payload) in sent.iter().enumerate() {
             assert!(payload.len() <= MAX_PAYLOAD, "{}", payload.len());
             let sent: Sent = serde_json::from_str(payload).unwrap();
             assert_eq!(sent.h, "host-\"a\"");
+            assert_eq!(sent.l, if i == 0 { 7 } else { 0 }, "the first says what went unsent before them");
             read.extend(sent.e.into_iter().map(TaskEvent::from));
         }
         assert_eq!(read.len(), 500);
@@ -303,7 +381,31 @@ mod tests {
             assert_eq!(*got, sent, "every field but the sender's number");
         }
         let huge = event(1, &"x".repeat(MAX_PAYLOAD));
-        assert_eq!(payloads("h", &[event(2, "p"), huge, event(3, "p")]).len(), 1, "the too large one is left out");
-        assert!(payloads("h", &[]).is_empty());
+        let (sent, left_out) = payloads("h", &[event(2, "p"), huge, event(3, "p")], 0);
+        assert_eq!((sent.len(), left_out), (1, 1), "the too large one is left out, and counted");
+        assert!(payloads("h", &[], 0).0.is_empty());
+        // Losses are said even with nothing to send.
+        let said: Vec<Sent> = payloads("h", &[], 3).0.iter().map(|p| serde_json::from_str(p).unwrap()).collect();
+        assert_eq!((said.len(), said[0].e.len(), said[0].l), (1, 0, 3));
+        // An older host's notification (no count) reads as none lost.
+        let old: Sent = serde_json::from_str(r#"{"h":"x","e":[]}"#).unwrap();
+        assert_eq!(old.l, 0);
+        assert!(!payloads("h", &[event(2, "p")], 0).0[0].contains("\"l\""), "none lost: not said");
+    }
+
+    #[test]
+    fn what_a_sender_could_not_send_is_said_by_its_next_notification_that_goes() {
+        let mut unsent = Unsent::default();
+        assert_eq!(unsent.refused(0), 0);
+        // The outbox refused 3, then 2 more; a batch of 10 failed.
+        assert_eq!(unsent.refused(3), 3);
+        assert_eq!(unsent.refused(5), 2);
+        unsent.failed(10);
+        assert_eq!(unsent.lost, 15);
+        // A batch went, saying 15; one of its events was left out.
+        unsent.sent(1);
+        assert_eq!(unsent.lost, 1);
+        unsent.sent(0);
+        assert_eq!((unsent.lost, unsent.refused(5)), (0, 0), "counted once");
     }
 }
