@@ -128,19 +128,31 @@ impl Item {
     }
 }
 
-/// What `subscription` sends through `filter`: a notice of what it missed
-/// before it subscribed, the kept events after the one it resumes from,
-/// then live events and notices, until it falls behind or the feed ends.
+/// What `subscription` sends through `filter`: the kept events after the
+/// one it resumes from (after a notice of a gap, or with a notice of a
+/// loss noted meanwhile where it was noted), then live events and notices,
+/// until it falls behind or the feed ends.
 fn items(subscription: Subscription, filter: Filter) -> impl Stream<Item = Item> {
-    let Subscription { run, replay, gap, unheard, live, losses } = subscription;
-    let first = if gap { Some(Item::gap()) } else { unheard.then(Item::unheard) };
+    let Subscription { run, replay, gap, unheard_after, live, losses } = subscription;
     let filter = Arc::new(filter);
     let task = move |filter: &Filter, event: &TaskEvent| {
         filter.pass(event).map(|moved| Item::Task(event_id(run, moved.seq), moved))
     };
     let replayed = {
-        let filter = filter.clone();
-        futures::stream::iter(replay.into_iter().filter_map(move |e| task(&filter, &e)))
+        // A gap's notice first; a loss's right after the last event
+        // before it.
+        let mut early = replay;
+        let late = early.split_off(unheard_after.map_or(0, |before| early.partition_point(|e| e.seq <= before)));
+        let early = early.into_iter().filter_map({
+            let filter = filter.clone();
+            move |e| task(&filter, &e)
+        });
+        let late = late.into_iter().filter_map({
+            let filter = filter.clone();
+            move |e| task(&filter, &e)
+        });
+        let notices = (gap.then(Item::gap), unheard_after.map(|_| Item::unheard()));
+        futures::stream::iter(notices.0.into_iter().chain(early).chain(notices.1).chain(late))
     };
     // The live events, and a notice of each loss noted (one at most every
     // `NOTICE_EVERY`: those noted meanwhile make one after it).
@@ -190,7 +202,7 @@ fn items(subscription: Subscription, filter: Filter) -> impl Stream<Item = Item>
             }
         }
     });
-    futures::stream::iter(first).chain(replayed).chain(live)
+    replayed.chain(live)
 }
 
 #[utoipa::path(
@@ -278,12 +290,18 @@ mod tests {
         assert_eq!(moved.seq, 3);
         assert!(matches!(next(&mut live).await, Some(Item::Missed(MissedReason::Unheard, _))));
         assert!(burst.elapsed() >= NOTICE_EVERY / 2, "the burst's notice waited out the quiet time");
-        // Resuming from before the loss: told first, then what is kept.
         let run = parse_event_id(&id).unwrap().0;
+        // Resuming from before the latest loss (noted after event 2): told
+        // where it was noted, among what is kept.
         let mut resumed = Box::pin(items(feed.subscribe(Some((run, 0))), everything()));
-        assert!(matches!(next(&mut resumed).await, Some(Item::Missed(MissedReason::Unheard, _))));
         assert!(matches!(next(&mut resumed).await, Some(Item::Task(_, moved)) if moved.seq == 1));
         assert!(matches!(next(&mut resumed).await, Some(Item::Task(_, moved)) if moved.seq == 2));
+        assert!(matches!(next(&mut resumed).await, Some(Item::Missed(MissedReason::Unheard, _))));
+        assert!(matches!(next(&mut resumed).await, Some(Item::Task(_, moved)) if moved.seq == 3));
+        // From the event right before it: told first.
+        let mut at = Box::pin(items(feed.subscribe(Some((run, 2))), everything()));
+        assert!(matches!(next(&mut at).await, Some(Item::Missed(MissedReason::Unheard, _))));
+        assert!(matches!(next(&mut at).await, Some(Item::Task(_, moved)) if moved.seq == 3));
         // From after it: not told.
         let mut after = Box::pin(items(feed.subscribe(Some((run, 3))), everything()));
         // Once the feed is gone, the streams end (after what they hold).

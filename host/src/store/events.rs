@@ -62,10 +62,11 @@ pub struct Subscription {
     /// Events were lost between the one asked for and `replay` (it is
     /// older than the ring, or from before a restart).
     pub gap: bool,
-    /// Events other hosts sent may be missing after the one asked for
-    /// (this host noted since that it could not hear some); not set with
-    /// `gap`, which says more.
-    pub unheard: bool,
+    /// Events other hosts sent may be missing after the one asked for:
+    /// this host noted since that it could not hear some, last right after
+    /// the event numbered so (or before any, 0), which is in `replay`
+    /// unless it is the one asked for. Not set with `gap`, which says more.
+    pub unheard_after: Option<u64>,
     /// The live events after `replay`.
     pub live: broadcast::Receiver<Arc<TaskEvent>>,
     /// Changes (to a count) each time this host notes from now on that
@@ -279,19 +280,19 @@ impl Feed {
         // after this is told live, one before it by `unheard`.
         let losses = self.losses.subscribe();
         let run = self.run;
-        let subscription = |replay, gap, unheard| Subscription { run, replay, gap, unheard, live, losses };
-        let Some((from_run, after)) = resume else { return subscription(Vec::new(), false, false) };
+        let subscription = |replay, gap, unheard_after| Subscription { run, replay, gap, unheard_after, live, losses };
+        let Some((from_run, after)) = resume else { return subscription(Vec::new(), false, None) };
         if from_run != run || after > ring.last_seq {
             // From another run of the host (its numbers started again).
-            return subscription(ring.events.iter().cloned().collect(), true, false);
+            return subscription(ring.events.iter().cloned().collect(), true, None);
         }
         let oldest = ring.events.front().map_or(ring.last_seq + 1, |e| e.seq);
         let gap = after + 1 < oldest;
         let replay = ring.events.iter().filter(|e| e.seq > after).cloned().collect();
         // A subscriber that had read the event before a loss may not have
         // been told of it before it left: told again.
-        let unheard = !gap && ring.unheard_after.is_some_and(|before| after <= before);
-        subscription(replay, gap, unheard)
+        let unheard_after = ring.unheard_after.filter(|before| !gap && after <= *before);
+        subscription(replay, gap, unheard_after)
     }
 }
 
@@ -379,7 +380,7 @@ mod tests {
     async fn a_loss_of_other_hosts_events_is_told_live_and_to_those_resuming_from_before_it() {
         let feed = Feed::default();
         let mut live = feed.subscribe(None);
-        assert!(!live.unheard);
+        assert_eq!(live.unheard_after, None);
         assert!(!live.losses.has_changed().unwrap(), "nothing noted yet");
         feed.published(&record(TaskState::Running));
         feed.published(&record(TaskState::Completed));
@@ -389,14 +390,14 @@ mod tests {
         feed.published(&record(TaskState::Failed));
         // Resuming from before the loss (or at the last event before it)
         // is told; from after it, or anew, is not.
-        assert!(feed.subscribe(Some((feed.run, 1))).unheard);
-        assert!(feed.subscribe(Some((feed.run, 2))).unheard);
-        assert!(!feed.subscribe(Some((feed.run, 3))).unheard);
+        assert_eq!(feed.subscribe(Some((feed.run, 1))).unheard_after, Some(2), "after event 2");
+        assert_eq!(feed.subscribe(Some((feed.run, 2))).unheard_after, Some(2));
+        assert_eq!(feed.subscribe(Some((feed.run, 3))).unheard_after, None);
         let fresh = feed.subscribe(None);
-        assert!(!fresh.unheard && !fresh.losses.has_changed().unwrap(), "a loss before it is not news to it");
+        assert!(fresh.unheard_after.is_none() && !fresh.losses.has_changed().unwrap(), "a loss before it is old news");
         // A gap says more: not both.
         let stale = feed.subscribe(Some((feed.run + 1, 1)));
-        assert!(stale.gap && !stale.unheard);
+        assert!(stale.gap && stale.unheard_after.is_none());
     }
 
     #[tokio::test]
