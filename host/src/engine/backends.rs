@@ -521,12 +521,7 @@ async fn a_flow_whose_last_step_ended_on_a_host_that_stopped_first_is_finished_b
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hosts_serving_together_share_the_work_and_run_each_task_once() {
     let url = taskhost_test_postgres::cluster().database("engine_many_hosts");
-    let together = |c: &mut EngineConfig| {
-        tweak(c);
-        c.many_hosts = true;
-    };
-    let a = Harness::on_url(url.clone(), together).await.unwrap();
-    let b = Harness::on_url(url.clone(), together).await.unwrap();
+    let (a, b) = two_hosts_on(&url).await;
     let leading = [&a, &b].iter().filter(|h| h.shared.store.postgres().unwrap().leads().is_some()).count();
     assert_eq!(leading, 1, "one of them leads");
     let refused = Harness::on_url(url.clone(), tweak).await.err().expect("a host serving alone is refused");
@@ -562,13 +557,17 @@ async fn hosts_serving_together_share_the_work_and_run_each_task_once() {
 
 /// Two hosts serving the throwaway cluster's database `name` together.
 async fn two_hosts_together(name: &str) -> (Harness, Harness) {
-    let url = taskhost_test_postgres::cluster().database(name);
+    two_hosts_on(&taskhost_test_postgres::cluster().database(name)).await
+}
+
+/// Two hosts serving the database at `url` together.
+async fn two_hosts_on(url: &str) -> (Harness, Harness) {
     let together = |c: &mut EngineConfig| {
         tweak(c);
         c.many_hosts = true;
     };
-    let a = Harness::on_url(url.clone(), together).await.unwrap();
-    let b = Harness::on_url(url, together).await.unwrap();
+    let a = Harness::on_url(url.to_owned(), together).await.unwrap();
+    let b = Harness::on_url(url.to_owned(), together).await.unwrap();
     (a, b)
 }
 
@@ -733,12 +732,7 @@ async fn hosts_serving_together_admit_a_tenants_rate_between_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_host_that_cannot_hear_the_others_tells_its_subscribers_and_listens_again() {
     let url = taskhost_test_postgres::cluster().database("engine_unheard");
-    let together = |c: &mut EngineConfig| {
-        tweak(c);
-        c.many_hosts = true;
-    };
-    let a = Harness::on_url(url.clone(), together).await.unwrap();
-    let b = Harness::on_url(url.clone(), together).await.unwrap();
+    let (a, b) = two_hosts_on(&url).await;
     // Host a runs every task: host b hears of them only from a.
     b.runner.needs.lock().unwrap().push(("echo".into(), vec!["minilm".into()]));
     let mut feed = b.shared.store.subscribe(None);
