@@ -17,8 +17,9 @@
 //! full ([`OUTBOX`] events waiting to be sent, the database slow) sends
 //! those that fit and counts the rest; one whose sending failed loses that
 //! batch. The host that lost its connection notes the loss on its feed
-//! ([`Feed::unheard`]) when it finds the connection lost and again when it
-//! hears again, and a host that could not send says how many it did not
+//! ([`Feed::unheard`]) when it finds the connection lost and made again,
+//! or, when it could not make it at once, when it found it lost and again
+//! once it listens again; a host that could not send says how many it did not
 //! with its next notification that goes, so every host hearing it notes
 //! the loss; their subscribers are told (a `missed` event, reason
 //! `unheard`) and read the tasks (`GET /v1/tasks/{id}`, `?wait`) for what
@@ -181,11 +182,10 @@ impl PgStore {
     /// Holds one connection of the store's pool to listen. `None` if the
     /// feed is shared already.
     pub(crate) async fn share_events(&self, host: &str, feed: &Arc<Feed>) -> Result<Option<SharedEvents>, PgError> {
-        let mut listener = PgListener::connect_with(self.pool()).await?;
-        listener.listen(CHANNEL).await?;
+        let listener = listening(self).await?;
         let Some(outbox) = feed.share(OUTBOX) else { return Ok(None) };
         let sender = tokio::spawn(send(self.clone(), host.to_owned(), outbox, Arc::downgrade(feed)));
-        let hearer = tokio::spawn(hear(listener, host.to_owned(), Arc::downgrade(feed)));
+        let hearer = tokio::spawn(hear(self.clone(), listener, host.to_owned(), Arc::downgrade(feed)));
         Ok(Some(SharedEvents { sender, hearer }))
     }
 }
@@ -276,22 +276,14 @@ fn payloads(host: &str, events: &[Arc<TaskEvent>], lost: u64) -> (Vec<String>, u
 
 /// Publishes on `feed` the events other hosts send, until the feed is
 /// gone or the store's pool closed.
-async fn hear(mut listener: PgListener, host: String, feed: Weak<Feed>) {
-    let mut backoff = FIRST_RETRY;
-    let mut lost = false;
+async fn hear(store: PgStore, mut listener: PgListener, host: String, feed: Weak<Feed>) {
     // When a host's loss was last logged as a warning (a host whose
     // outbox stays full says so in every notification).
     let mut warned: Option<std::time::Instant> = None;
     loop {
         match listener.try_recv().await {
             Ok(Some(notification)) => {
-                backoff = FIRST_RETRY;
                 let Some(feed) = feed.upgrade() else { return };
-                if std::mem::take(&mut lost) {
-                    tracing::info!("listening for the other hosts' events again (those sent meanwhile are missed)");
-                    // The outage is over: what it lost is all lost now.
-                    feed.unheard();
-                }
                 match serde_json::from_str::<Sent>(notification.payload()) {
                     Ok(sent) if sent.h == host => {}
                     Ok(sent) => {
@@ -313,33 +305,62 @@ async fn hear(mut listener: PgListener, host: String, feed: Weak<Feed>) {
                     Err(error) => tracing::warn!(%error, "an event notification from another host cannot be read"),
                 }
             }
-            // The connection was lost; the next call makes it again. What
-            // is sent meanwhile is lost.
+            // The connection was lost, and made again before this answer
+            // (sqlx's listener reconnects, listening on the channel again):
+            // what was sent meanwhile is lost.
             Ok(None) => {
-                if !std::mem::replace(&mut lost, true) {
-                    tracing::warn!("the connection listening for the other hosts' events was lost; listening again");
-                    if let Some(feed) = feed.upgrade() {
-                        feed.unheard();
-                    }
-                }
+                tracing::warn!(
+                    "the connection listening for the other hosts' events was lost and made again; events they \
+                     sent meanwhile are missed"
+                );
+                let Some(feed) = feed.upgrade() else { return };
+                feed.unheard();
             }
             Err(sqlx::Error::PoolClosed) => return,
             Err(error) => {
-                if !std::mem::replace(&mut lost, true) {
-                    tracing::warn!(%error, retry_in = ?backoff,
-                        "listening for the other hosts' events failed; this host's event feed misses theirs meanwhile");
-                    if let Some(feed) = feed.upgrade() {
-                        feed.unheard();
-                    }
+                tracing::warn!(%error,
+                    "listening for the other hosts' events failed; this host's event feed misses theirs until it \
+                     listens again");
+                match feed.upgrade() {
+                    Some(feed) => feed.unheard(),
+                    None => return,
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_RETRY);
-                if feed.strong_count() == 0 {
-                    return;
-                }
+                let Some(again) = listen_again(&store, &feed).await else { return };
+                listener = again;
+                tracing::info!("listening for the other hosts' events again (those sent meanwhile are missed)");
+                // The outage is over: what it lost is all lost now.
+                let Some(feed) = feed.upgrade() else { return };
+                feed.unheard();
             }
         }
     }
+}
+
+/// A new listener on [`CHANNEL`], after a pause that grows with each
+/// failure to make one; `None` once the feed is gone or the pool closed.
+async fn listen_again(store: &PgStore, feed: &Weak<Feed>) -> Option<PgListener> {
+    let mut backoff = FIRST_RETRY;
+    loop {
+        tokio::time::sleep(backoff).await;
+        if feed.strong_count() == 0 {
+            return None;
+        }
+        match listening(store).await {
+            Ok(listener) => return Some(listener),
+            Err(sqlx::Error::PoolClosed) => return None,
+            Err(error) => {
+                backoff = (backoff * 2).min(MAX_RETRY);
+                tracing::debug!(%error, retry_in = ?backoff, "listening for the other hosts' events failed again");
+            }
+        }
+    }
+}
+
+/// A listener on [`CHANNEL`], on a connection of the store's pool.
+async fn listening(store: &PgStore) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(store.pool()).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
 }
 
 #[cfg(test)]
