@@ -7,6 +7,7 @@
 use super::testing::{Harness, Script, input};
 use super::{EngineConfig, EngineError, NewTask};
 use crate::store::{FlowRecord, FlowState, FlowUpdate, Retention, TaskState};
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// Runs `$body` with a harness `$h` on each backend; `$name` names the
@@ -553,6 +554,17 @@ async fn hosts_serving_together_share_the_work_and_run_each_task_once() {
     assert_eq!(done.tasks.len(), 13);
     let ran = |h: &Harness| ids.iter().filter(|(_, id)| h.runner.calls(*id) == 1).count();
     assert!(ran(&a) > 0 && ran(&b) > 0, "both hosts ran tasks: {} and {}", ran(&a), ran(&b));
+    // Each counts every host's tasks (`/healthz`, `/metrics`) within a
+    // beat: the 133 completed, whichever host ended them, and none left.
+    let counted = |h: &Harness| -> HashMap<TaskState, i64> {
+        h.engine.state_counts().into_iter().filter(|(_, n)| *n != 0).collect()
+    };
+    let all = HashMap::from([(TaskState::Completed, 133)]);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while (counted(&a) != all || counted(&b) != all) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!((counted(&a), counted(&b)), (all.clone(), all), "both hosts count every host's tasks");
 }
 
 /// Two hosts serving the throwaway cluster's database `name` together.

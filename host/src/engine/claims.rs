@@ -416,9 +416,10 @@ async fn reap(shared: &Arc<Shared>, endings: &Arc<Endings>, pg: &PgDb) -> Result
 async fn read_backlog(shared: &Shared, pg: &PgDb) -> Result<(), StoreError> {
     if pg.together() {
         // Each host sees only its own moves: the counts that tenants'
-        // quotas and the metrics read are taken from the store instead.
-        let unended = pg.store().unended_by_queue().await?;
-        shared.metrics.set_unended(unended);
+        // quotas, the metrics and the health check read are taken from
+        // the store instead, which counts every host's.
+        let counts = pg.store().counts_by_queue().await?;
+        shared.metrics.set_counts(counts);
     }
     let backlog = pg.backlog().await?;
     let backlog = backlog.into_iter().map(|b| (b.queue, (to_usize(b.ready), to_usize(b.delayed)))).collect();

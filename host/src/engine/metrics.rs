@@ -261,17 +261,15 @@ impl Metrics {
         *counts.entry((queue.to_owned(), state)).or_default() -= 1;
     }
 
-    /// Sets the counts of tasks that have not ended to `unended` (queue,
-    /// state, count; a queue and state left out has none), as the store
-    /// read them across every host sharing it.
-    pub(crate) fn set_unended(&self, unended: Vec<(String, TaskState, u64)>) {
+    /// Sets the counts of tasks to `read` (queue, state, count; a queue
+    /// and state left out has none), as the store counted them across
+    /// every host sharing it.
+    pub(crate) fn set_counts(&self, read: Vec<(String, TaskState, u64)>) {
         let mut counts = crate::sync::lock(&self.counts);
-        for ((_, state), n) in counts.iter_mut() {
-            if !state.is_terminal() {
-                *n = 0;
-            }
+        for n in counts.values_mut() {
+            *n = 0;
         }
-        for (queue, state, n) in unended {
+        for (queue, state, n) in read {
             counts.insert((queue, state), i64::try_from(n).unwrap_or(i64::MAX));
         }
     }

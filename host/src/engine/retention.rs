@@ -4,7 +4,9 @@
 //! their queue's `retain_for` / `retain_count`, else the host's; flows (each
 //! deleted whole) follow the host's. See `store/retention.rs` for what a
 //! unit is and what is deleted with it. On PostgreSQL the sweep also
-//! deletes the shared rate buckets that have refilled (`engine/rates.rs`).
+//! deletes the shared rate buckets that have refilled (`engine/rates.rs`)
+//! and folds the database's counts of tasks by state
+//! (`store/postgres/state_counts.rs`).
 
 use super::EngineError;
 use super::metrics::Metrics;
@@ -52,12 +54,20 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             tracing::warn!(%error, "deleting ended tasks past their retention failed; the next sweep tries again");
         }
         // And the shared rate buckets that have refilled (a missing one is
-        // full), so the table holds only the keys drawn from lately.
+        // full), so the table holds only the keys drawn from lately; and
+        // the database's counts of tasks by state are folded, so that
+        // table holds a row per queue and state and few more.
         if let Some(pg) = shared.store.postgres() {
             match pg.drop_full_buckets().await {
                 Ok(dropped) => tracing::debug!(dropped, "deleted full shared rate buckets"),
                 Err(error) => {
                     tracing::warn!(%error, "deleting full shared rate buckets failed; the next sweep tries again")
+                }
+            }
+            match pg.fold_state_counts().await {
+                Ok(folded) => tracing::debug!(folded, "folded the counts of tasks by state"),
+                Err(error) => {
+                    tracing::warn!(%error, "folding the counts of tasks by state failed; the next sweep tries again")
                 }
             }
         }

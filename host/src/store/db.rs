@@ -251,6 +251,11 @@ impl PgDb {
     pub(crate) async fn drop_full_buckets(&self) -> Result<u64, StoreError> {
         Ok(self.store.drop_full_buckets().await?)
     }
+
+    /// See [`PgStore::fold_state_counts`].
+    pub(crate) async fn fold_state_counts(&self) -> Result<u64, StoreError> {
+        Ok(self.store.fold_state_counts().await?)
+    }
 }
 
 /// Dispatch from claims: what a host serving a shared store does to take

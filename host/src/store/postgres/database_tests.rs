@@ -889,6 +889,7 @@ async fn a_record_that_cannot_be_decoded_is_quarantined_not_claimed_forever() {
         .unwrap();
     let _ = store.claim("c", 10, LEASE).await.unwrap();
     assert_eq!(store.quarantined().await.unwrap().len(), 4, "committed though nothing was claimed");
+    counts_agree(&store).await;
 }
 
 /// A host waiting for work wakes when another host commits startable work
@@ -1219,6 +1220,7 @@ async fn outcomes_and_cancels_racing_across_hosts_each_end_a_task_once() {
     }
     let leases: i64 = sqlx::query_scalar("SELECT count(*) FROM taskhost_leases").fetch_one(a.pool()).await.unwrap();
     assert_eq!(leases, 0, "every lease ended with its task");
+    counts_agree(&b).await;
 }
 
 /// A host holding the engine lock that stopped renewing its lease (frozen:
@@ -1875,4 +1877,176 @@ async fn a_shared_bucket_admits_its_rate_across_hosts() {
     let left: Vec<String> =
         sqlx::query_scalar("SELECT key FROM taskhost_rate_buckets ORDER BY key").fetch_all(store.pool()).await.unwrap();
     assert!(left.contains(&"slow".to_owned()) && !left.contains(&"quick".to_owned()), "{left:?} ({gone} went)");
+}
+
+/// Each queue's tasks by state, counted from the tasks themselves.
+async fn counted_from_tasks(store: &PgStore) -> Vec<(String, TaskState, u64)> {
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT queue, state, count(*) FROM taskhost_tasks WHERE state <> 'quarantined' GROUP BY queue, state",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let mut counted: Vec<_> =
+        rows.into_iter().map(|(q, s, n)| (q, super::reads::state_named(&s).unwrap(), n as u64)).collect();
+    counted.sort();
+    counted
+}
+
+/// The database's counts by queue and state agree with its tasks.
+async fn counts_agree(store: &PgStore) {
+    let mut kept = store.counts_by_queue().await.unwrap();
+    kept.sort();
+    assert_eq!(kept, counted_from_tasks(store).await, "the counts kept, and the tasks counted");
+}
+
+/// The rows of the counts table.
+async fn count_rows(store: &PgStore) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM taskhost_state_counts").fetch_one(store.pool()).await.unwrap()
+}
+
+/// The database counts tasks by queue and state from every write, of any
+/// host and of any kind (submissions, claims, outcomes, cancels, a lapsed
+/// lease taken back, a task set aside, a deletion), while folds run beside
+/// the writers and never stall them; folded, the table holds a row per
+/// queue and state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_counts_by_state_follow_every_hosts_writes_while_folds_run() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (a, url) = store("state_counts").await;
+    let stores = hosts(&url, 2).await;
+    let (b, folder) = (stores[0].clone(), stores[1].clone());
+    submit_to(&a, "q1", 1, 200).await;
+    submit_to(&b, "q2", 1_001, 200).await;
+    assert_eq!(
+        a.state_counts().await.unwrap(),
+        [(TaskState::Pending, 400)],
+        "submissions of both hosts, read by either"
+    );
+    let done = Arc::new(AtomicBool::new(false));
+    let folding = tokio::spawn({
+        let (folder, done) = (folder.clone(), done.clone());
+        async move {
+            let mut folds = 0u32;
+            while !done.load(Ordering::Relaxed) {
+                folder.fold_state_counts().await.unwrap();
+                folds += 1;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            folds
+        }
+    });
+    // Both hosts claim in small batches and end each task one of three
+    // ways, or leave it running.
+    let taken = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let work = |store: PgStore, host: &'static str| {
+        let taken = taken.clone();
+        async move {
+            loop {
+                let claimed = store.claim(host, 7, LEASE).await.unwrap();
+                if claimed.is_empty() {
+                    return;
+                }
+                for c in claimed {
+                    match taken.fetch_add(1, Ordering::Relaxed) % 4 {
+                        0 => drop(store.finish(&c.lease, Outcome::completed(b"out".to_vec())).await.unwrap()),
+                        1 => {
+                            let cancel = Change::new(c.record.id, TaskState::Cancelled, "cancelled");
+                            store.transition(cancel).await.unwrap();
+                        }
+                        2 => {
+                            let failed = Outcome {
+                                to: TaskState::Failed,
+                                reason: "failed".into(),
+                                output: None,
+                                error: None,
+                                retry_at_ms: None,
+                            };
+                            store.finish(&c.lease, failed).await.unwrap();
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+    };
+    futures::future::join(work(a.clone(), "a"), work(b.clone(), "b")).await;
+    done.store(true, Ordering::Relaxed);
+    assert!(folding.await.unwrap() > 0, "folds ran beside the writers");
+    counts_agree(&a).await;
+    let running = |store: &PgStore| {
+        let store = store.clone();
+        async move { store.state_counts().await.unwrap().into_iter().find(|(s, _)| *s == TaskState::Running) }
+    };
+    assert_eq!(running(&b).await, Some((TaskState::Running, 100)), "a quarter left running");
+
+    // A lapsed lease taken back; a task set aside; tasks deleted.
+    let held: Vec<Uuid> = sqlx::query_scalar("SELECT task_id FROM taskhost_leases ORDER BY task_id LIMIT 2")
+        .fetch_all(a.pool())
+        .await
+        .unwrap();
+    lapse(&a, held[0]).await;
+    assert_eq!(b.reap(10).await.unwrap().len(), 1);
+    sqlx::query("UPDATE taskhost_tasks SET record = '\\xffff'::bytea WHERE id = $1")
+        .bind(held[1])
+        .execute(a.pool())
+        .await
+        .unwrap();
+    lapse(&a, held[1]).await;
+    b.reap(10).await.unwrap();
+    assert_eq!(b.quarantined().await.unwrap().len(), 1);
+    sqlx::query("DELETE FROM taskhost_tasks WHERE state = 'cancelled' AND queue = 'q1'")
+        .execute(a.pool())
+        .await
+        .unwrap();
+    counts_agree(&b).await;
+
+    // Folded, a row per queue and state is left (none for a count at
+    // zero), and the totals stay.
+    let mut before = a.counts_by_queue().await.unwrap();
+    folder.fold_state_counts().await.unwrap();
+    let mut after = a.counts_by_queue().await.unwrap();
+    before.sort();
+    after.sort();
+    assert_eq!(after, before, "a fold keeps the totals");
+    let states: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM (SELECT DISTINCT queue, state FROM taskhost_tasks) AS s")
+            .fetch_one(a.pool())
+            .await
+            .unwrap();
+    assert_eq!(count_rows(&a).await, states, "one row per queue and state in use");
+}
+
+/// A database from before the counts (schema 15) is counted by migration
+/// 16 from the tasks stored then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_16_counts_the_tasks_stored_before_it() {
+    let (store, url) = store("state_counts_migration").await;
+    submit_to(&store, "old", 1, 5).await;
+    let claimed = store.claim("a", 2, LEASE).await.unwrap();
+    store.finish(&claimed[0].lease, Outcome::completed(Vec::new())).await.unwrap();
+    // As schema 15 left it: no counts, no triggers, migration 16 not run.
+    for undo in [
+        "DROP TABLE taskhost_state_counts",
+        "DROP FUNCTION taskhost_count_states CASCADE",
+        "DROP FUNCTION taskhost_count_none CASCADE",
+        "DELETE FROM _sqlx_migrations WHERE version = 16",
+    ] {
+        sqlx::query(undo).execute(store.pool()).await.unwrap();
+    }
+    submit_to(&store, "older", 11, 3).await;
+
+    let store = PgStore::connect(&url, 2).await.unwrap();
+    counts_agree(&store).await;
+    assert_eq!(
+        store.state_counts().await.unwrap(),
+        [(TaskState::Pending, 6), (TaskState::Running, 1), (TaskState::Completed, 1)]
+    );
+    submit_to(&store, "old", 21, 1).await;
+    counts_agree(&store).await;
+    // Emptied at once, counted empty.
+    sqlx::query("TRUNCATE taskhost_tasks CASCADE").execute(store.pool()).await.unwrap();
+    assert_eq!(store.state_counts().await.unwrap(), []);
+    counts_agree(&store).await;
 }

@@ -7,7 +7,8 @@
 //! store's own checked writes (`store/apply.rs`, over `txn.rs`), reads of it
 //! (`reads.rs`), queue settings, claims shared fairly across queues
 //! (`fair.rs`) and skipping tasks that wait for others (`joins.rs`),
-//! flows' counts of unended tasks (`flow_counts.rs`), the lease and
+//! flows' counts of unended tasks (`flow_counts.rs`), the tasks in each
+//! state counted by the database (`state_counts.rs`), the lease and
 //! fencing protocol ([`PgStore::claim`],
 //! [`PgStore::renew`], [`PgStore::finish`], [`PgStore::reap`]), and leader
 //! election ([`PgStore::lead`]); plugins and their components
@@ -40,6 +41,7 @@ mod reads;
 mod retention;
 mod shared_events;
 mod sole;
+mod state_counts;
 mod tenant_bytes;
 mod txn;
 mod wakeups;

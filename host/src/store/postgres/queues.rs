@@ -3,7 +3,7 @@
 //! share their batches by them (`fair.rs`).
 
 use super::{PgError, PgStore, to_i64};
-use crate::store::{QueueConfig, TaskState};
+use crate::store::QueueConfig;
 
 /// A stored queue's columns: name, concurrency, weight, retention time and
 /// count.
@@ -71,30 +71,6 @@ impl PgStore {
             .into_iter()
             .map(|(queue, ready, delayed)| QueueBacklog { queue, ready: count(ready), delayed: count(delayed) })
             .collect())
-    }
-}
-
-impl PgStore {
-    /// Each queue's tasks that have not ended, by state (pending,
-    /// retrying, and running under a lease), on every host: the counts
-    /// hosts serving together share (their own moves would count only
-    /// what each saw). Reads the unended tasks through the state index,
-    /// and the leases.
-    pub async fn unended_by_queue(&self) -> Result<Vec<(String, TaskState, u64)>, PgError> {
-        let rows: Vec<(String, String, i64)> = sqlx::query_as(
-            "SELECT queue, state, count(*) FROM taskhost_tasks WHERE state IN ('pending', 'retrying')
-             GROUP BY queue, state
-             UNION ALL
-             SELECT t.queue, 'running', count(*) FROM taskhost_leases AS l JOIN taskhost_tasks AS t ON t.id = l.task_id
-             WHERE t.state = 'running' GROUP BY t.queue",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.into_iter()
-            .map(|(queue, state, n)| {
-                Ok((queue, super::reads::state_named(&state).map_err(PgError::from)?, u64::try_from(n).unwrap_or(0)))
-            })
-            .collect()
     }
 }
 

@@ -7,7 +7,6 @@
 use super::{PgError, PgStore};
 use crate::store::record::decode;
 use crate::store::{FlowRecord, StoreError, TaskRecord, TaskState, TaskSummary};
-use sqlx::Row;
 use std::collections::HashMap;
 use uuid::Uuid;
 
@@ -204,21 +203,6 @@ impl PgStore {
             txn.commit().await?;
         }
         Ok(())
-    }
-
-    /// How many tasks are in each state (quarantined ones aside: see
-    /// [`PgStore::quarantined`]).
-    pub async fn state_counts(&self) -> Result<Vec<(TaskState, i64)>, PgError> {
-        let rows =
-            sqlx::query("SELECT state, count(*) AS n FROM taskhost_tasks WHERE state <> 'quarantined' GROUP BY state")
-                .fetch_all(self.pool())
-                .await?;
-        let mut counts = Vec::with_capacity(rows.len());
-        for row in rows {
-            let state: String = row.try_get("state")?;
-            counts.push((state_named(&state)?, row.try_get("n")?));
-        }
-        Ok(counts)
     }
 }
 
