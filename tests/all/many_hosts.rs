@@ -178,6 +178,29 @@ async fn three_hosts_serve_one_database_together_through_a_kill_and_a_freeze() {
         assert_eq!(view["state"], "completed", "{view}");
         assert_eq!(view["tasks"]["by_state"]["completed"], 41, "{view}");
     }
+    // Each host counts every host's tasks (`/healthz`, the `tasks`
+    // gauge): at least those completed above, whichever host ended them,
+    // and no more than the database holds (give or take the repeating
+    // flow's few tasks a host may count before its next read of the
+    // database's counts, up to 2 s later).
+    let floor = (TASKS + 6 * 41) as i64;
+    for base in survivors {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let health: Value = http.get(format!("{base}/healthz")).send().await.unwrap().json().await.unwrap();
+            let counted = health["tasks"]["completed"].as_i64().unwrap_or(0);
+            let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM taskhost_tasks WHERE state = 'completed'")
+                .fetch_one(&db)
+                .await
+                .unwrap();
+            if counted >= floor {
+                assert!(counted <= stored + 10, "{base} counts {counted} completed tasks, the database holds {stored}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{base} counts {counted} completed tasks, not {floor}: {health}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
     // The repeating flow goes on, one task per iteration (none doubled),
     // each iteration after the one before (none lost: it still fires).
     let before = flow(&http, &hosts[survivor].base, &repeater).await;

@@ -53,9 +53,9 @@ async fn run(args: EventsArgs) -> Result<ExitCode, Failure> {
                 if args.json { print_json_line(&mut out, &moved) } else { print_moved(&mut out, &moved) }
             }
             "missed" => {
-                let missed: EventsMissed = serde_json::from_str(&sse.data).map_err(|e| unreadable(&e, &sse.data))?;
-                eprintln!("taskhost: events missed ({}): {}", missed.reason, missed.message);
-                if missed.reason == MissedReason::TooSlow {
+                let (reason, message, ends) = missed_notice(&sse.data)?;
+                eprintln!("taskhost: events missed ({reason}): {message}");
+                if ends {
                     return Ok(ExitCode::from(EXIT_TASK_FAILED));
                 }
                 Ok(())
@@ -77,6 +77,22 @@ async fn run(args: EventsArgs) -> Result<ExitCode, Failure> {
     Err(Failure(EXIT_USAGE, "the server closed the event stream".into()))
 }
 
+/// What a `missed` event says: its reason, its message, and whether the
+/// stream ends (`too_slow`). A reason newer than this client is told as
+/// the server sent it, and the stream goes on.
+fn missed_notice(data: &str) -> Result<(String, String, bool), Failure> {
+    match serde_json::from_str::<EventsMissed>(data) {
+        Ok(missed) => Ok((missed.reason.to_string(), missed.message, missed.reason == MissedReason::TooSlow)),
+        Err(e) => {
+            let value: serde_json::Value = serde_json::from_str(data).map_err(|_| unreadable(&e, data))?;
+            match (value["reason"].as_str(), value["message"].as_str()) {
+                (Some(reason), Some(message)) => Ok((reason.to_owned(), message.to_owned(), false)),
+                _ => Err(unreadable(&e, data)),
+            }
+        }
+    }
+}
+
 fn unreadable(e: &serde_json::Error, data: &str) -> Failure {
     Failure(EXIT_USAGE, format!("the server sent an event this client cannot read ({e}): {data}"))
 }
@@ -93,4 +109,23 @@ fn print_moved(out: &mut impl std::io::Write, m: &TaskMoved) -> std::io::Result<
         m.queue,
         m.attempt
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missed_notice_ends_the_stream_only_when_too_slow_and_a_newer_reason_is_told_as_sent() {
+        let notice = |reason: &str| missed_notice(&format!(r#"{{"reason":"{reason}","message":"m"}}"#)).ok();
+        assert_eq!(notice("too_slow"), Some(("too_slow".into(), "m".into(), true)));
+        assert_eq!(notice("gap"), Some(("gap".into(), "m".into(), false)));
+        assert_eq!(notice("unheard"), Some(("unheard".into(), "m".into(), false)));
+        assert_eq!(notice("from_a_newer_server"), Some(("from_a_newer_server".into(), "m".into(), false)));
+        for bad in [r#"{"reason":"gap"}"#, r#"{"message":"m"}"#, "not json"] {
+            let Err(Failure(code, why)) = missed_notice(bad) else { panic!("{bad} was read") };
+            assert_eq!(code, EXIT_USAGE);
+            assert!(why.contains("cannot read"), "{why}");
+        }
+    }
 }
