@@ -76,13 +76,26 @@ impl Filter {
         })
     }
 
-    /// `event` as the subscriber sees it, if it passes.
-    fn pass(&self, event: &TaskEvent) -> Option<TaskMoved> {
-        let wanted = self.queue.as_ref().is_none_or(|q| *q == event.queue)
+    /// Whether the subscriber sees `event` (its tenant's, and wanted).
+    fn passes(&self, event: &TaskEvent) -> bool {
+        self.ns.local(&event.plugin).is_some()
+            && self.queue.as_ref().is_none_or(|q| *q == event.queue)
             && self.plugin.as_ref().is_none_or(|p| *p == event.plugin)
             && self.flow.is_none_or(|f| f == event.flow_id)
-            && self.states.as_ref().is_none_or(|s| s.contains(&event.to));
-        if wanted { TaskMoved::new(event, &self.ns) } else { None }
+            && self.states.as_ref().is_none_or(|s| s.contains(&event.to))
+    }
+
+    /// `event`'s JSON (a [`TaskMoved`]) as the subscriber is sent it, if
+    /// it passes. Made once, by the first subscriber, and shared: every
+    /// subscriber it passes is of its tenant, so sees the same.
+    fn pass(&self, event: &TaskEvent) -> Option<Arc<str>> {
+        if !self.passes(event) {
+            return None;
+        }
+        Some(event.rendered.get_or_init(|| {
+            let moved = TaskMoved::new(event, &self.ns);
+            Arc::from(moved.and_then(|m| serde_json::to_string(&m).ok()).unwrap_or_default())
+        }))
     }
 }
 
@@ -92,8 +105,8 @@ const NOTICE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// What a subscriber's stream sends, in order.
 #[derive(Debug)]
 enum Item {
-    /// A transition, with its event id.
-    Task(String, TaskMoved),
+    /// A transition: its event id and its JSON.
+    Task { id: String, json: Arc<str> },
     /// Events are missing.
     Missed(MissedReason, String),
 }
@@ -119,7 +132,7 @@ impl Item {
 
     fn event(self) -> Event {
         match self {
-            Item::Task(id, moved) => Event::default().event("task").id(id).json_data(&moved).unwrap_or_default(),
+            Item::Task { id, json, .. } => Event::default().event("task").id(id).data(&*json),
             Item::Missed(reason, message) => {
                 let body = EventsMissed { reason, message };
                 Event::default().event("missed").json_data(&body).unwrap_or_default()
@@ -136,7 +149,7 @@ fn items(subscription: Subscription, filter: Filter) -> impl Stream<Item = Item>
     let Subscription { run, replay, gap, unheard_after, live, losses } = subscription;
     let filter = Arc::new(filter);
     let task = move |filter: &Filter, event: &TaskEvent| {
-        filter.pass(event).map(|moved| Item::Task(event_id(run, moved.seq), moved))
+        filter.pass(event).map(|json| Item::Task { id: event_id(run, event.seq), json })
     };
     let replayed = {
         // A gap's notice first; a loss's right after the last event
@@ -268,17 +281,56 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), stream.next()).await.expect("the stream answers")
     }
 
+    /// The number of a transition's event, from its id.
+    fn seq_of(item: &Option<Item>) -> Option<u64> {
+        match item {
+            Some(Item::Task { id, .. }) => parse_event_id(id).map(|(_, seq)| seq),
+            _ => None,
+        }
+    }
+
+    /// An event's JSON is made once and shared by every subscriber of its
+    /// tenant (each filtering on its own), the same as its `TaskMoved`
+    /// serialized; another tenant's subscriber is not sent it.
+    #[tokio::test]
+    async fn an_events_json_is_made_once_for_every_subscriber_that_sees_it() {
+        let feed = Feed::default();
+        let running = || Filter { states: Some(vec![TaskState::Running]), ..everything() };
+        let of_queue = Filter { queue: Some("q".into()), ..running() };
+        let other = Filter { ns: Namespace::new("acme"), ..everything() };
+        let mut streams: Vec<_> = [running(), of_queue, running(), other]
+            .into_iter()
+            .map(|filter| Box::pin(items(feed.subscribe(None), filter)))
+            .collect();
+        let mut task = record(1);
+        task.queue = "q".into();
+        feed.published(&task);
+        let kept = feed.subscribe(Some((feed.subscribe(None).run, 0))).replay;
+        let event = kept.iter().find(|e| e.to == TaskState::Running).unwrap();
+        let mut sent = Vec::new();
+        for stream in &mut streams[..3] {
+            let Some(Item::Task { json, .. }) = next(stream).await else { panic!("a transition") };
+            sent.push(json);
+        }
+        let expected = serde_json::to_string(&TaskMoved::new(event, &Namespace::default_tenant()).unwrap()).unwrap();
+        assert_eq!(*sent[0], *expected);
+        assert!(sent.iter().all(|json| Arc::ptr_eq(json, &sent[0])), "made once, shared");
+        drop(feed);
+        assert!(next(&mut streams[3]).await.is_none(), "another tenant's subscriber is sent nothing");
+    }
+
     #[tokio::test]
     async fn a_loss_of_other_hosts_events_is_told_in_the_stream_which_goes_on() {
         let feed = Feed::default();
         let mut live = Box::pin(items(feed.subscribe(None), everything()));
         feed.published(&record(1));
-        assert!(matches!(next(&mut live).await, Some(Item::Task(_, moved)) if moved.seq == 1));
+        assert_eq!(seq_of(&next(&mut live).await), Some(1));
         feed.unheard();
         assert!(matches!(next(&mut live).await, Some(Item::Missed(MissedReason::Unheard, _))));
         feed.published(&record(2));
-        let Some(Item::Task(id, moved)) = next(&mut live).await else { panic!("the stream goes on") };
-        assert_eq!(moved.seq, 2);
+        let two = next(&mut live).await;
+        assert_eq!(seq_of(&two), Some(2), "the stream goes on");
+        let Some(Item::Task { id, .. }) = two else { unreachable!() };
         // Losses noted in a burst make one notice (at most one a second),
         // and the events go on.
         for _ in 0..100 {
@@ -287,7 +339,7 @@ mod tests {
         feed.published(&record(3));
         let mut two = [next(&mut live).await, next(&mut live).await];
         two.sort_by_key(|item| matches!(item, Some(Item::Missed(..))));
-        assert!(matches!(&two[0], Some(Item::Task(_, moved)) if moved.seq == 3), "{two:?}");
+        assert_eq!(seq_of(&two[0]), Some(3), "{two:?}");
         assert!(matches!(&two[1], Some(Item::Missed(MissedReason::Unheard, _))), "{two:?}");
         let more = tokio::time::timeout(NOTICE_EVERY * 2, live.next()).await;
         assert!(more.is_err(), "one notice for the burst, not {more:?}");
@@ -295,14 +347,14 @@ mod tests {
         // Resuming from before the latest loss (noted after event 2): told
         // where it was noted, among what is kept.
         let mut resumed = Box::pin(items(feed.subscribe(Some((run, 0))), everything()));
-        assert!(matches!(next(&mut resumed).await, Some(Item::Task(_, moved)) if moved.seq == 1));
-        assert!(matches!(next(&mut resumed).await, Some(Item::Task(_, moved)) if moved.seq == 2));
+        assert_eq!(seq_of(&next(&mut resumed).await), Some(1));
+        assert_eq!(seq_of(&next(&mut resumed).await), Some(2));
         assert!(matches!(next(&mut resumed).await, Some(Item::Missed(MissedReason::Unheard, _))));
-        assert!(matches!(next(&mut resumed).await, Some(Item::Task(_, moved)) if moved.seq == 3));
+        assert_eq!(seq_of(&next(&mut resumed).await), Some(3));
         // From the event right before it: told first.
         let mut at = Box::pin(items(feed.subscribe(Some((run, 2))), everything()));
         assert!(matches!(next(&mut at).await, Some(Item::Missed(MissedReason::Unheard, _))));
-        assert!(matches!(next(&mut at).await, Some(Item::Task(_, moved)) if moved.seq == 3));
+        assert_eq!(seq_of(&next(&mut at).await), Some(3));
         // From after it: not told.
         let mut after = Box::pin(items(feed.subscribe(Some((run, 3))), everything()));
         // Once the feed is gone, the streams end (after what they hold).

@@ -49,6 +49,43 @@ pub struct TaskEvent {
     /// The task's record version after this change (every change bumps
     /// it): orders one task's events whichever host committed them.
     pub version: u64,
+    /// The event as subscribers are sent it, made by the first that sends
+    /// it and shared by the rest.
+    pub rendered: Rendered,
+}
+
+/// What subscribers send for one event (`/v1/events` sends its JSON), made
+/// once and shared: an event shows the same to every subscriber that may
+/// see it (its tenant's). A copy of an event starts without it (it may be
+/// renumbered), and events compare equal whatever they hold.
+#[derive(Default)]
+pub struct Rendered(OnceLock<Arc<str>>);
+
+impl Rendered {
+    /// What was made, making it with `make` first if nothing was.
+    pub fn get_or_init(&self, make: impl FnOnce() -> Arc<str>) -> Arc<str> {
+        self.0.get_or_init(make).clone()
+    }
+}
+
+impl Clone for Rendered {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl PartialEq for Rendered {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Rendered {}
+
+impl std::fmt::Debug for Rendered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() { "Rendered(made)" } else { "Rendered(not yet)" })
+    }
 }
 
 /// Where a subscription starts.
@@ -187,6 +224,7 @@ impl Feed {
             to: transition.to,
             attempt: transition.attempt,
             version,
+            rendered: Rendered::default(),
         };
         self.push(event, true);
     }
@@ -340,6 +378,7 @@ mod tests {
             to,
             attempt: 0,
             version,
+            rendered: Rendered::default(),
         }
     }
 

@@ -31,7 +31,7 @@ pub use deliveries::CallbackOutcome;
 pub use error::{FlowLimit, StoreError};
 #[cfg(test)]
 pub(crate) use events::Feed;
-pub use events::{EVENTS_BUFFER, EVENTS_KEPT, Subscription, TaskEvent};
+pub use events::{EVENTS_BUFFER, EVENTS_KEPT, Rendered, Subscription, TaskEvent};
 pub(crate) use open::{panic_message, quietly};
 pub(crate) use record::TaskSummary;
 pub(crate) use record::now_ms;

@@ -150,6 +150,7 @@ impl From<Wire> for TaskEvent {
             to: w.t,
             attempt: w.n,
             version: w.v,
+            rendered: crate::store::Rendered::default(),
         }
     }
 }
@@ -379,6 +380,7 @@ mod tests {
             to: TaskState::Running,
             attempt: 1,
             version: 3,
+            rendered: crate::store::Rendered::default(),
         })
     }
 
