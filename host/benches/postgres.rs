@@ -26,7 +26,9 @@
 //! a database and a `--standby` host beside it; the serving host is
 //! SIGKILLed (or frozen with SIGSTOP past its lease), and the time until
 //! the standby's `/healthz` answers 200 is measured; beside it, the time
-//! a host started after the SIGKILL takes to serve (no standby).
+//! a host started after the SIGKILL takes to serve (no standby), and the
+//! time until another host leads once the leader of three hosts serving
+//! together is SIGKILLed.
 //!
 //! A fourth table times submit → start at a steady 1,000 tasks/s (the
 //! `clock` plugin's output is when it ran) on a redb file, on PostgreSQL
@@ -131,19 +133,30 @@ enum Stop {
     Frozen,
     /// SIGKILL, then a new host started (no standby).
     Restarted,
+    /// SIGKILL of the leader of three hosts serving together
+    /// (`--many-hosts`, lease 6 s): until another leads.
+    LeaderKilled,
 }
 
 /// The failover table: [`FAILOVERS`] rounds of each way of stopping.
 async fn failovers(cluster: &taskhost_test_postgres::Cluster) {
-    let stops = [Stop::Killed, Stop::Frozen, Stop::Restarted];
+    let stops = [Stop::Killed, Stop::Frozen, Stop::Restarted, Stop::LeaderKilled];
     let mut took: Vec<Vec<Duration>> = vec![Vec::new(); stops.len()];
     for round in 0..FAILOVERS {
         for (i, &stop) in stops.iter().enumerate() {
-            took[i].push(failover(&cluster.database(&format!("bench_failover_{i}_{round}")), stop).await);
+            let url = cluster.database(&format!("bench_failover_{i}_{round}"));
+            took[i].push(if stop == Stop::LeaderKilled {
+                lead_failover(&url).await
+            } else {
+                failover(&url, stop).await
+            });
         }
     }
-    println!("\nFailover: the serving host stopped → another host serves (`/healthz` 200), medians of {FAILOVERS}\n");
-    println!("| the serving host | the other host | serving after | min | max |");
+    println!(
+        "\nFailover: the serving host stopped → another host serves (`/healthz` 200), or the leader of hosts serving \
+         together killed → another leads (its lease live in `taskhost_leader`); medians of {FAILOVERS}\n"
+    );
+    println!("| the serving host | the other host | serving (leading) after | min | max |");
     println!("|---|---|---:|---:|---:|");
     for (i, stop) in stops.iter().enumerate() {
         let times = &mut took[i];
@@ -152,6 +165,9 @@ async fn failovers(cluster: &taskhost_test_postgres::Cluster) {
             Stop::Killed => ("SIGKILL", "`--standby`, waiting"),
             Stop::Frozen => ("SIGSTOP, `--store-lease 6s`", "`--standby`, waiting"),
             Stop::Restarted => ("SIGKILL", "started after it (no standby)"),
+            Stop::LeaderKilled => {
+                ("the leader of 3 `--many-hosts`, SIGKILL, `--store-lease 6s`", "the 2 others, serving")
+            }
         };
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
@@ -205,6 +221,61 @@ async fn failover(url: &str, stop: Stop) -> Duration {
     for child in [Some(&mut first), other.as_mut()].into_iter().flatten() {
         let _ = child.kill();
         let _ = child.wait();
+    }
+    took
+}
+
+/// One failover of the lead among three hosts serving the new database
+/// at `url` together: from the leader's SIGKILL to another host holding a
+/// live lead (the leader's duties resume there; the other two served all
+/// along).
+async fn lead_failover(url: &str) -> Duration {
+    let flags = ["--store", url, "--store-lease", "6s", "--many-hosts"];
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    taskhost::tls::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let mut hosts = Vec::new();
+    for dir in &dirs {
+        let port = server::free_port();
+        hosts.push(server::serve(dir.path(), port, &flags));
+        server::until_up(&http, &format!("http://127.0.0.1:{port}")).await;
+    }
+    let ids: Vec<String> =
+        dirs.iter().map(|d| std::fs::read_to_string(d.path().join("host-id")).unwrap().trim().to_owned()).collect();
+    let db = sqlx::PgPool::connect(url).await.unwrap();
+    let leader = || async {
+        let row: Option<(String, bool)> =
+            sqlx::query_as("SELECT host, expires_at > clock_timestamp() FROM taskhost_leader")
+                .fetch_optional(&db)
+                .await
+                .unwrap();
+        row.filter(|(_, live)| *live).map(|(host, _)| host)
+    };
+    let started = Instant::now();
+    let leading = loop {
+        if let Some(host) = leader().await {
+            break host;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no host took the lead");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let killed = ids.iter().position(|id| *id == leading).expect("the leader is one of the three");
+    let pid = libc::pid_t::try_from(hosts[killed].id()).unwrap();
+    // SAFETY: signals our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let stopped = Instant::now();
+    loop {
+        if leader().await.is_some_and(|host| host != leading) {
+            break;
+        }
+        assert!(stopped.elapsed() < Duration::from_secs(60), "the lead did not fail over");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = stopped.elapsed();
+    db.close().await;
+    for host in &mut hosts {
+        let _ = host.kill();
+        let _ = host.wait();
     }
     took
 }

@@ -415,6 +415,34 @@ async fn a_host_id_serves_from_one_process_at_a_time() {
     drop((beside, third));
 }
 
+/// Among hosts serving together, a leader whose process died (its
+/// session ended) is replaced at the next check, not a lease later; a
+/// live leader keeps the lead, check after check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_leaders_lead_is_taken_at_the_next_check_not_a_lease_later() {
+    use super::sole::CHECK_EVERY;
+    let url = taskhost_test_postgres::cluster().database("pg_dead_leader");
+    let store = PgStore::connect(&url, 4).await.unwrap();
+    let lease = Duration::from_secs(120);
+    let first = store.join_many_hosts("a", lease).await.unwrap();
+    let term = first.term().expect("the first to join leads");
+    let second = store.join_many_hosts("b", lease).await.unwrap();
+    tokio::time::sleep(CHECK_EVERY * 2 + Duration::from_millis(500)).await;
+    assert_eq!((first.term(), second.term()), (Some(term), None), "a live leader keeps the lead");
+    drop(first);
+    let died = std::time::Instant::now();
+    let taken = loop {
+        if let Some(taken) = second.term() {
+            break taken;
+        }
+        assert!(died.elapsed() < CHECK_EVERY * 3, "the lead was not taken within a check or two");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(taken.0 > term.0, "under a new term: {taken:?} after {term:?}");
+    let leader = store.leader().await.unwrap().unwrap();
+    assert_eq!((leader.host.as_str(), leader.live), ("b", true));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_host_leads_at_a_time_and_another_takes_over_once_its_lease_lapses() {
     let (store, url) = store("leader").await;

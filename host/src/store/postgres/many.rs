@@ -10,9 +10,11 @@
 //! exclusively) and hosts serving together never serve one database at
 //! once, whichever started first. On the same connection it asks for the
 //! lead every [`CHECK_EVERY`](super::sole::CHECK_EVERY): the row is taken
-//! only once the leader's lease lapsed, so after the leader stops another
-//! host leads within one lease plus one check. [`ManyHosts::term`] says
-//! whether this host leads, under which term.
+//! once the leader's lease lapsed, or at once when the leader's session
+//! ended (its process died: its host id's lock is gone), so after a
+//! leader is killed another host leads within one check, and after one
+//! is frozen or cut off, within one lease plus one check.
+//! [`ManyHosts::term`] says whether this host leads, under which term.
 //!
 //! Once the connection fails (the server restarted, the network went), or
 //! three checks in a row go unanswered, [`ManyHosts::lost`] says so: the
@@ -180,10 +182,16 @@ async fn hold_host_id(conn: &mut PgConnection, host: &str, lease: Duration) -> R
     }
 }
 
-/// Leads, or keeps leading, for `lease` from now, unless another host's
-/// lease is live (see [`PgStore::lead`]), on `conn`. The row names no
-/// session: a host serving alone ends only the session of a lapsed host
-/// serving alone (`sole.rs`).
+/// Leads, or keeps leading, for `lease` from now, unless another host
+/// leads: one whose lease is live (see [`PgStore::lead`]) and whose
+/// session still holds its host id's lock (taken on this same connection
+/// when it joined, [`hold_host_id`]), on `conn`. A leader whose process
+/// died (its session ended, releasing the lock) is replaced at the next
+/// check, not a lease later; a leader deposed so while it still runs (its
+/// connection cut) finds out at its own next check, and its duties' writes
+/// are checked under their locks meanwhile. The row names no session: a
+/// host serving alone ends only the session of a lapsed host serving
+/// alone (`sole.rs`).
 async fn lead_on(conn: &mut PgConnection, host: &str, lease: Duration) -> Result<Option<Term>, PgError> {
     let term: Option<i64> = sqlx::query_scalar(
         "INSERT INTO taskhost_leader AS l (singleton, host, term, expires_at, pid)
@@ -195,10 +203,17 @@ async fn lead_on(conn: &mut PgConnection, host: &str, lease: Duration) -> Result
                expires_at = excluded.expires_at,
                pid = NULL
            WHERE l.host = excluded.host OR l.expires_at <= clock_timestamp()
+              OR NOT EXISTS (
+                  SELECT 1 FROM pg_locks AS k JOIN pg_database AS d ON d.oid = k.database
+                  WHERE d.datname = current_database() AND k.locktype = 'advisory' AND k.granted
+                    AND k.objsubid = 1
+                    AND ((k.classid::bigint << 32) | k.objid::bigint) = hashtextextended($3 || l.host, 0)
+              )
          RETURNING term",
     )
     .bind(host)
     .bind(millis(lease))
+    .bind(HOST_ID_LOCK)
     .fetch_optional(conn)
     .await?;
     Ok(term.map(Term))
