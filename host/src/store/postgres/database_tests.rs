@@ -2077,4 +2077,13 @@ async fn migration_16_counts_the_tasks_stored_before_it() {
     sqlx::query("TRUNCATE taskhost_tasks CASCADE").execute(store.pool()).await.unwrap();
     assert_eq!(store.state_counts().await.unwrap(), []);
     counts_agree(&store).await;
+    // A count driven below zero (tasks deleted with the triggers off)
+    // reads as none, and the others are still read.
+    sqlx::query("INSERT INTO taskhost_state_counts VALUES (0, 'q', 'completed', -3), (0, 'q', 'pending', 2)")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let mut read = store.counts_by_queue().await.unwrap();
+    read.sort();
+    assert_eq!(read, [("q".to_owned(), TaskState::Pending, 2), ("q".to_owned(), TaskState::Completed, 0)]);
 }

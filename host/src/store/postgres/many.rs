@@ -185,13 +185,14 @@ async fn hold_host_id(conn: &mut PgConnection, host: &str, lease: Duration) -> R
 /// Leads, or keeps leading, for `lease` from now, unless another host
 /// leads: one whose lease is live (see [`PgStore::lead`]) and whose
 /// session still holds its host id's lock (taken on this same connection
-/// when it joined, [`hold_host_id`]), on `conn`. A leader whose process
-/// died (its session ended, releasing the lock) is replaced at the next
-/// check, not a lease later; a leader deposed so while it still runs (its
-/// connection cut) finds out at its own next check, and its duties' writes
-/// are checked under their locks meanwhile. The row names no session: a
-/// host serving alone ends only the session of a lapsed host serving
-/// alone (`sole.rs`).
+/// when it joined, [`hold_host_id`]), on `conn`. Whether it does is asked
+/// by trying that lock for the statement alone, which can't succeed while
+/// any session holds it. A leader whose process died (its session ended,
+/// releasing the lock) is replaced at the next check, not a lease later; a
+/// leader deposed so while it still runs (its connection cut) finds out at
+/// its own next check, and its duties' writes are checked under their
+/// term meanwhile. The row names no session: a host serving alone ends
+/// only the session of a lapsed host serving alone (`sole.rs`).
 async fn lead_on(conn: &mut PgConnection, host: &str, lease: Duration) -> Result<Option<Term>, PgError> {
     let term: Option<i64> = sqlx::query_scalar(
         "INSERT INTO taskhost_leader AS l (singleton, host, term, expires_at, pid)
@@ -203,12 +204,7 @@ async fn lead_on(conn: &mut PgConnection, host: &str, lease: Duration) -> Result
                expires_at = excluded.expires_at,
                pid = NULL
            WHERE l.host = excluded.host OR l.expires_at <= clock_timestamp()
-              OR NOT EXISTS (
-                  SELECT 1 FROM pg_locks AS k JOIN pg_database AS d ON d.oid = k.database
-                  WHERE d.datname = current_database() AND k.locktype = 'advisory' AND k.granted
-                    AND k.objsubid = 1
-                    AND ((k.classid::bigint << 32) | k.objid::bigint) = hashtextextended($3 || l.host, 0)
-              )
+              OR pg_try_advisory_xact_lock(hashtextextended($3 || l.host, 0))
          RETURNING term",
     )
     .bind(host)
