@@ -49,6 +49,12 @@ async fn submit_batch(http: &reqwest::Client, base: &str, tasks: Vec<Value>) -> 
     results.iter().map(|r| r["id"].as_str().unwrap_or_else(|| panic!("{r}")).parse().unwrap()).collect()
 }
 
+/// Starts the flow `spec` on the server at `base`: its id.
+async fn start_flow(http: &reqwest::Client, base: &str, spec: &Value) -> String {
+    let answer: Value = http.post(format!("{base}/v1/flows")).json(spec).send().await.unwrap().json().await.unwrap();
+    answer["id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_owned()
+}
+
 /// A flow's view from the server at `base`.
 async fn flow(http: &reqwest::Client, base: &str, id: &str) -> Value {
     http.get(format!("{base}/v1/flows/{id}")).send().await.unwrap().json().await.unwrap()
@@ -86,16 +92,7 @@ async fn three_hosts_serve_one_database_together_through_a_kill_and_a_freeze() {
     let mut repeaters = Vec::new();
     for repeat in [json!({"every_ms": 500}), json!({"cron": "* * * * * *"})] {
         let repeating = json!({"steps": {"plugin": "sleep", "input": 1}, "repeat": repeat});
-        let answer: Value = http
-            .post(format!("{}/v1/flows", hosts[0].base))
-            .json(&repeating)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        repeaters.push(answer["id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_owned());
+        repeaters.push(start_flow(&http, &hosts[0].base, &repeating).await);
     }
     // Six fan-out flows: 40 steps side by side, then one that joins them.
     let mut flows = Vec::new();
@@ -103,10 +100,7 @@ async fn three_hosts_serve_one_database_together_through_a_kill_and_a_freeze() {
         let parallel: Vec<Value> = (0..40).map(|s| json!({"id": format!("s{s}"), "plugin": "sleep"})).collect();
         let spec =
             json!({"input": 20, "steps": [{"parallel": parallel}, {"id": "join", "plugin": "sleep", "input": 20}]});
-        let base = &hosts[i % 3].base;
-        let answer: Value =
-            http.post(format!("{base}/v1/flows")).json(&spec).send().await.unwrap().json().await.unwrap();
-        flows.push(answer["id"].as_str().unwrap_or_else(|| panic!("{answer}")).to_owned());
+        flows.push(start_flow(&http, &hosts[i % 3].base, &spec).await);
     }
     // The tasks, in batches to each host in turn.
     let mut tasks = Vec::with_capacity(TASKS);
