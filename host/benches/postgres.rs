@@ -207,10 +207,7 @@ async fn failover(url: &str, stop: Stop) -> Duration {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    let pid = libc::pid_t::try_from(first.id()).unwrap();
-    let signal = if stop == Stop::Frozen { libc::SIGSTOP } else { libc::SIGKILL };
-    // SAFETY: signals our own child, not yet reaped.
-    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    signal(&first, if stop == Stop::Frozen { libc::SIGSTOP } else { libc::SIGKILL });
     let stopped = Instant::now();
     if stop == Stop::Restarted {
         first.wait().unwrap();
@@ -223,6 +220,14 @@ async fn failover(url: &str, stop: Stop) -> Duration {
         let _ = child.wait();
     }
     took
+}
+
+/// Sends `signal` to `child`, a host this benchmark started and has not
+/// reaped.
+fn signal(child: &std::process::Child, signal: libc::c_int) {
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: signals our own child, not yet reaped.
+    assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
 }
 
 /// One failover of the lead among three hosts serving the new database
@@ -242,15 +247,8 @@ async fn lead_failover(url: &str) -> Duration {
     }
     let ids: Vec<String> =
         dirs.iter().map(|d| std::fs::read_to_string(d.path().join("host-id")).unwrap().trim().to_owned()).collect();
-    let db = sqlx::PgPool::connect(url).await.unwrap();
-    let leader = || async {
-        let row: Option<(String, bool)> =
-            sqlx::query_as("SELECT host, expires_at > clock_timestamp() FROM taskhost_leader")
-                .fetch_optional(&db)
-                .await
-                .unwrap();
-        row.filter(|(_, live)| *live).map(|(host, _)| host)
-    };
+    let store = PgStore::connect(url, 1).await.unwrap();
+    let leader = || async { store.leader().await.unwrap().filter(|l| l.live).map(|l| l.host) };
     let started = Instant::now();
     let leading = loop {
         if let Some(host) = leader().await {
@@ -260,9 +258,7 @@ async fn lead_failover(url: &str) -> Duration {
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     let killed = ids.iter().position(|id| *id == leading).expect("the leader is one of the three");
-    let pid = libc::pid_t::try_from(hosts[killed].id()).unwrap();
-    // SAFETY: signals our own child, not yet reaped.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    signal(&hosts[killed], libc::SIGKILL);
     let stopped = Instant::now();
     loop {
         if leader().await.is_some_and(|host| host != leading) {
@@ -272,7 +268,6 @@ async fn lead_failover(url: &str) -> Duration {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let took = stopped.elapsed();
-    db.close().await;
     for host in &mut hosts {
         let _ = host.kill();
         let _ = host.wait();

@@ -132,7 +132,7 @@ impl Item {
 
     fn event(self) -> Event {
         match self {
-            Item::Task { id, json, .. } => Event::default().event("task").id(id).data(&*json),
+            Item::Task { id, json } => Event::default().event("task").id(id).data(&*json),
             Item::Missed(reason, message) => {
                 let body = EventsMissed { reason, message };
                 Event::default().event("missed").json_data(&body).unwrap_or_default()
@@ -156,14 +156,11 @@ fn items(subscription: Subscription, filter: Filter) -> impl Stream<Item = Item>
         // before it.
         let mut early = replay;
         let late = early.split_off(unheard_after.map_or(0, |before| early.partition_point(|e| e.seq <= before)));
-        let early = early.into_iter().filter_map({
+        let passing = |events: Vec<Arc<TaskEvent>>| {
             let filter = filter.clone();
-            move |e| task(&filter, &e)
-        });
-        let late = late.into_iter().filter_map({
-            let filter = filter.clone();
-            move |e| task(&filter, &e)
-        });
+            events.into_iter().filter_map(move |e| task(&filter, &e))
+        };
+        let (early, late) = (passing(early), passing(late));
         let notices = (gap.then(Item::gap), unheard_after.map(|_| Item::unheard()));
         futures::stream::iter(notices.0.into_iter().chain(early).chain(notices.1).chain(late))
     };

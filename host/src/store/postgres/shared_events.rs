@@ -314,27 +314,34 @@ async fn hear(store: PgStore, mut listener: PgListener, host: String, feed: Weak
                     "the connection listening for the other hosts' events was lost and made again; events they \
                      sent meanwhile are missed"
                 );
-                let Some(feed) = feed.upgrade() else { return };
-                feed.unheard();
+                if !unheard(&feed) {
+                    return;
+                }
             }
             Err(sqlx::Error::PoolClosed) => return,
             Err(error) => {
                 tracing::warn!(%error,
                     "listening for the other hosts' events failed; this host's event feed misses theirs until it \
                      listens again");
-                match feed.upgrade() {
-                    Some(feed) => feed.unheard(),
-                    None => return,
+                if !unheard(&feed) {
+                    return;
                 }
                 let Some(again) = listen_again(&store, &feed).await else { return };
                 listener = again;
                 tracing::info!("listening for the other hosts' events again (those sent meanwhile are missed)");
                 // The outage is over: what it lost is all lost now.
-                let Some(feed) = feed.upgrade() else { return };
-                feed.unheard();
+                if !unheard(&feed) {
+                    return;
+                }
             }
         }
     }
+}
+
+/// Notes on `feed` that events of other hosts went unheard; `false` once
+/// the feed is gone.
+fn unheard(feed: &Weak<Feed>) -> bool {
+    feed.upgrade().map(|feed| feed.unheard()).is_some()
 }
 
 /// A new listener on [`CHANNEL`], after a pause that grows with each

@@ -60,7 +60,7 @@ impl PgStore {
     /// writer that finds its row being folded waits for the fold, then
     /// writes a new one). Folds from two hosts at once lock in one order.
     pub async fn fold_state_counts(&self) -> Result<u64, PgError> {
-        let mut txn = self.pool().begin().await?;
+        // One statement: the fold is one transaction of its own.
         let folded: i64 = sqlx::query_scalar(
             "WITH picked AS (
                  SELECT pid, queue, state FROM taskhost_state_counts WHERE pid <> 0 FOR UPDATE SKIP LOCKED
@@ -75,9 +75,8 @@ impl PgStore {
              )
              SELECT count(*) FROM gone",
         )
-        .fetch_one(&mut *txn)
+        .fetch_one(self.pool())
         .await?;
-        txn.commit().await?;
         // In the order a fold writes them, and none another fold holds.
         sqlx::query(
             "DELETE FROM taskhost_state_counts WHERE (pid, queue, state) IN (
