@@ -189,7 +189,7 @@ async fn every_page_shows_live_tasks_and_its_actions_work_in_a_real_browser() {
     let _heavy = crate::heavy().await;
     let models_dir = tempfile::tempdir().unwrap();
     let models = crate::inference::open(models_dir.path(), &[("affine", "affine", "plugins = [\"*\"]")]);
-    let (engine, dir) = crate::flows::flow_engine(move |c| c.models = Some(models)).await;
+    let (engine, dir) = crate::flows::flow_engine(crate::stores::Backend::Redb, move |c| c.models = Some(models)).await;
     let (base, token) = crate::serve_api(&engine, dir.path()).await;
 
     // Real tasks in every state the pages show.

@@ -83,6 +83,9 @@ mod sdk;
 /// Storage faults: a damaged or empty store file refused at start-up with
 /// a clear error, `taskhost store check|repair`, a full disk.
 mod storage;
+/// The store backends the engine's, flows' and retention's tests run
+/// on, each test on both (`on_both_stores!`).
+mod stores;
 /// Tenants: isolation of every object kind, quotas, fairness, the CLI.
 mod tenants;
 /// OpenTelemetry traces through the real binary to a real OTLP/HTTP

@@ -429,6 +429,56 @@ async fn blocked_host(name: &str) -> (Harness, String, uuid::Uuid) {
     (h, url, blocker)
 }
 
+/// Lapsed leases are taken back by the leader alone: a host serving
+/// beside a leader (another connection joined first, as a host would)
+/// leaves a lapsed lease where it is, beat after beat; once that leader's
+/// session ends, this host leads at its next check and takes the task
+/// back, and it runs again here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_takes_back_lapsed_leases() {
+    let url = taskhost_test_postgres::cluster().database("engine_leader_reaps");
+    let other = crate::store::postgres::PgStore::connect(&url, 2).await.unwrap();
+    let ghost = other.join_many_hosts("ghost", Duration::from_secs(15)).await.unwrap();
+    assert!(ghost.term().is_some(), "the first to join leads");
+    let h = Harness::on_url(url.clone(), |c| {
+        tweak(c);
+        c.many_hosts = true;
+        c.concurrency = 1;
+        c.claim_ahead = 0;
+    })
+    .await
+    .unwrap();
+    let pg = h.shared.store.postgres().unwrap();
+    assert!(pg.leads().is_none(), "the other leads");
+    // This host's one slot waits; the ghost claims a new task under a
+    // lease that lapses at once.
+    let blocker = h.engine.submit(task("echo", &Script::AwaitGate(b"b".to_vec()))).await.unwrap().record.id;
+    h.wait_state(blocker, TaskState::Running).await;
+    let id = h.engine.submit(task("echo", &Script::Complete(b"back".to_vec()))).await.unwrap().record.id;
+    let claimed = other.claim("ghost", 1, Duration::from_millis(1)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    // Two beats (every 2 s) of this host's: the lapsed lease stays.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let leases = || async {
+        sqlx::query_scalar::<_, String>("SELECT host FROM taskhost_leases WHERE task_id = $1")
+            .bind(id)
+            .fetch_all(other.pool())
+            .await
+            .unwrap()
+    };
+    assert_eq!(leases().await, ["ghost"], "a host that does not lead reaps nothing");
+    assert_eq!(h.engine.get(id).await.unwrap().state, TaskState::Running);
+    // The leader's session ends: this host leads within a check, reaps,
+    // and runs the task once its slot is free.
+    drop(ghost);
+    h.runner.gate.add_permits(1);
+    let done = h.engine.wait(id, WAIT).await.unwrap();
+    assert_eq!((done.state, done.attempts), (TaskState::Completed, 2), "{done:?}");
+    assert!(done.history.iter().any(|m| m.reason.contains("host `ghost` lost its lease")), "{:?}", done.history);
+    assert!(pg.leads().is_some(), "this host leads now");
+    assert!(leases().await.is_empty());
+}
+
 /// The steps of a flow ended by another host (another connection that
 /// claims and finishes them under its own leases, as a second host
 /// would): the host that ends the last one finishes the flow, from the
@@ -565,6 +615,59 @@ async fn hosts_serving_together_share_the_work_and_run_each_task_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!((counted(&a), counted(&b)), (all.clone(), all), "both hosts count every host's tasks");
+}
+
+/// Fairness across hosts: two queues with equal work, one's tasks all
+/// submitted to host a and the other's to host b, the first queue's
+/// first, all due at once, finish together, each host running tasks of
+/// both (in submission order the first queue would end about when half
+/// the work was done).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queues_with_equal_work_finish_together_whichever_host_runs_them() {
+    let url = taskhost_test_postgres::cluster().database("engine_fair_hosts");
+    let host = || {
+        Harness::on_url(url.clone(), |c| {
+            tweak(c);
+            c.many_hosts = true;
+            c.concurrency = 2;
+            c.claim_ahead = 1;
+        })
+    };
+    let (a, b) = (host().await.unwrap(), host().await.unwrap());
+    let due = crate::store::now_ms() + 1_000;
+    let mut ids: Vec<(&str, uuid::Uuid)> = Vec::new();
+    for (queue, on) in [("first", &a), ("second", &b)] {
+        let batch = (0..80u8)
+            .map(|i| NewTask {
+                queue: Some(queue.into()),
+                run_at_ms: Some(due),
+                ..task("echo", &Script::Sleep(15, vec![i]))
+            })
+            .collect();
+        for submitted in on.engine.submit_batch(batch).await {
+            ids.push((queue, submitted.unwrap().record.id));
+        }
+    }
+    let mut ends: HashMap<&str, u64> = HashMap::new();
+    let mut first_start = u64::MAX;
+    for (queue, id) in &ids {
+        let done = a.engine.wait(*id, WAIT).await.unwrap();
+        assert_eq!(done.state, TaskState::Completed, "{done:?}");
+        first_start = first_start.min(done.started_at_ms.unwrap());
+        let end = ends.entry(queue).or_default();
+        *end = (*end).max(done.finished_at_ms.unwrap());
+    }
+    let (first, second) = (ends["first"], ends["second"]);
+    let span = first.max(second) - first_start;
+    assert!(span >= 400, "too short to judge: {span} ms");
+    let apart = first.abs_diff(second);
+    assert!(apart * 5 <= span, "the queues ended {apart} ms apart in a {span} ms run");
+    for (h, name) in [(&a, "a"), (&b, "b")] {
+        for queue in ["first", "second"] {
+            let ran = ids.iter().filter(|(q, id)| *q == queue && h.runner.calls(*id) == 1).count();
+            assert!(ran > 0, "host {name} ran no task of queue `{queue}`");
+        }
+    }
 }
 
 /// Two hosts serving the throwaway cluster's database `name` together.

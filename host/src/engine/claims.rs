@@ -293,9 +293,9 @@ async fn renew(shared: Arc<Shared>, pg: Arc<PgDb>) {
 }
 
 /// Every heartbeat until the engine stopped and its last attempt ended:
-/// takes back lapsed leases (any host's), booking what each task became,
-/// records the ends of flows whose last task's host stopped first, and
-/// reads each queue's backlog.
+/// as the leader, takes back lapsed leases (any host's), booking what
+/// each task became, and records the ends of flows whose last task's host
+/// stopped first; and reads each queue's backlog.
 async fn tend(shared: Arc<Shared>, endings: Arc<Endings>, pg: Arc<PgDb>) {
     let what = "taking back lapsed leases, recording flows' ends or reading the queues' backlog";
     repeat(&shared, super::hosts::EVERY, what, || async {
@@ -397,8 +397,14 @@ async fn repeat<F: Future<Output = Result<(), StoreError>>>(
     }
 }
 
-/// Takes back every lapsed lease, booking what each task became.
+/// Takes back every lapsed lease, booking what each task became. Beside
+/// other hosts, the leader does it, so one host at a time reaps. (A reap
+/// by a leader deposed meanwhile is harmless: it takes only leases still
+/// lapsed under their rows' locks, skipping those another reaper holds.)
 async fn reap(shared: &Arc<Shared>, endings: &Arc<Endings>, pg: &PgDb) -> Result<(), StoreError> {
+    if pg.leads().is_none() {
+        return Ok(());
+    }
     loop {
         let reaped = pg.reap(REAP_BATCH).await?;
         for done in &reaped {

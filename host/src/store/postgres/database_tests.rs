@@ -358,6 +358,57 @@ async fn a_lapsed_lease_is_taken_back_and_its_old_holder_fenced() {
     assert!(store.claim("c", 10, LEASE).await.unwrap().is_empty(), "a failed task is not claimed");
 }
 
+/// A completion that carries a flow's effects (children and a context
+/// write) from a holder whose lease lapsed, or was taken over, writes
+/// none of them: no child, no context, no flow, no output. The same
+/// completion under the live lease commits them all.
+#[tokio::test]
+async fn a_fenced_completion_writes_none_of_its_children_or_context() {
+    use crate::store::{Change, Effects};
+    let (store, _) = store("fenced_effects").await;
+    let root = record(1, None);
+    store.submit(root.clone(), Vec::new()).await.unwrap();
+    let done = || {
+        let effects = Effects {
+            flow_id: root.id,
+            children: vec![crate::store::tests::child_of(1, 11, None), crate::store::tests::child_of(1, 12, Some("k"))],
+            context: vec![("progress".into(), Some(b"half".to_vec()))],
+            ..Effects::default()
+        };
+        Change::new(root.id, TaskState::Completed, "done").output(b"out".to_vec()).effects(effects)
+    };
+    let first = store.claim("a", 1, LEASE).await.unwrap().remove(0);
+    lapse(&store, root.id).await;
+    let nothing_written = |when: &'static str| {
+        let store = &store;
+        async move {
+            assert_eq!(store.flow_tasks(root.id).await.unwrap().len(), 1, "{when}: only the root");
+            for child in [11, 12] {
+                assert!(store.get(Uuid::from_u128(child)).await.unwrap().is_none(), "{when}: child {child}");
+            }
+            assert_eq!(store.context_get(root.id, "progress").await.unwrap(), None, "{when}");
+            assert_eq!(store.output(root.id).await.unwrap(), None, "{when}");
+        }
+    };
+    // Lapsed.
+    let answer = store.finish_changes(vec![(first.lease.clone(), done())]).await.unwrap().remove(0);
+    assert!(matches!(answer, Err(PgError::Fenced { .. })), "{answer:?}");
+    nothing_written("lapsed").await;
+    // Taken back and claimed by another host: still refused.
+    assert_eq!(store.reap(10).await.unwrap().len(), 1);
+    let second = store.claim("b", 1, LEASE).await.unwrap().remove(0);
+    let answer = store.finish_changes(vec![(first.lease, done())]).await.unwrap().remove(0);
+    assert!(matches!(answer, Err(PgError::Fenced { .. })), "{answer:?}");
+    nothing_written("taken over").await;
+    assert_eq!(store.get(root.id).await.unwrap().unwrap().state, TaskState::Running, "the new holder's");
+    // The live holder's completion commits them all.
+    let applied = store.finish_changes(vec![(second.lease, done())]).await.unwrap().remove(0).unwrap();
+    assert_eq!(applied.created.len(), 2);
+    assert_eq!(store.flow_tasks(root.id).await.unwrap().len(), 3);
+    assert_eq!(store.context_get(root.id, "progress").await.unwrap().as_deref(), Some(&b"half"[..]));
+    assert_eq!(store.output(root.id).await.unwrap().as_deref(), Some(&b"out"[..]));
+}
+
 /// A retrying outcome waits out its backoff before it is claimed again.
 #[tokio::test]
 async fn a_retrying_task_is_claimed_again_once_due() {
