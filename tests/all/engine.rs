@@ -233,85 +233,82 @@ on_both_stores! {
         assert!(engine.list(&Default::default()).await.unwrap().0.is_empty());
         assert_eq!(units::format_size(1 << 40), "1024 GiB");
     }
-}
 
-/// Three backlogged queues with very different task lengths share the
-/// workers by run time: while all three still have work, each is charged a
-/// third of the worker time, whatever its task count. Worker time is read
-/// from `taskhost_worker_seconds_total` as the queues run: it counts each
-/// attempt's run and its commits, which a busy disk makes a large part of a
-/// 10 ms task (the records' start and end times leave the commits out, so
-/// they cannot judge fairness on a slow machine). The counter is checked
-/// against the wall clock, so it cannot pass by counting nothing.
-/// (Completion times are not compared: the simulation in `engine::scheduler`
-/// covers finishing together exactly.) On redb alone: on PostgreSQL a
-/// claim shares tasks among queues by count, not run time (see
-/// `store/postgres/fair.rs`), so queues with equal work, not equal task
-/// counts, finish together there (`backends.rs` in the engine, and the
-/// store's `queues_with_equal_work_finish_together_across_hosts`).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backlogged_queues_share_workers_by_run_time() {
-    let _quiet = crate::timing().await;
-    let (engine, _dir) = engine_with(|c| c.concurrency = 3).await;
-    let start_at = std::time::SystemTime::now() + Duration::from_millis(300);
-    let run_at_ms = start_at.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
-    let plan = [("short", 96, 10), ("medium", 32, 30), ("long", 16, 60)];
-    let mut batch = Vec::new();
-    for (queue, count, ms) in plan {
-        for _ in 0..count {
-            batch.push(NewTask {
-                queue: Some(queue.into()),
-                run_at_ms: Some(run_at_ms),
-                ..task("sleep", &ms.to_string())
-            });
-        }
-    }
-    let ids: Vec<_> = engine.submit_batch(batch).await.into_iter().map(|r| r.unwrap().record).collect();
-    // Worker seconds per queue, sampled every 5 ms until every task ended.
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let (engine, done) = (engine.clone(), done.clone());
-        let queues = plan.map(|(q, _, _)| q);
-        tokio::spawn(async move {
-            let mut samples = Vec::new();
-            while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                let text = engine.metrics_text();
-                let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-                let charged = queues.map(|q| {
-                    let series = format!("taskhost_worker_seconds_total{{tenant=\"default\",queue=\"{q}\"}}");
-                    crate::metric_value(&text, &series)
+    /// Three backlogged queues with very different task lengths share the
+    /// workers by run time: while all three still have work, each is charged a
+    /// third of the worker time, whatever its task count. Worker time is read
+    /// from `taskhost_worker_seconds_total` as the queues run: it counts each
+    /// attempt's run and its commits, which a busy disk makes a large part of a
+    /// 10 ms task (the records' start and end times leave the commits out, so
+    /// they cannot judge fairness on a slow machine). The counter is checked
+    /// against the wall clock, so it cannot pass by counting nothing.
+    /// (Completion times are not compared: the simulation in `engine::scheduler`
+    /// covers finishing together exactly.) On PostgreSQL each claim shares
+    /// run time by what the queues' tasks cost this host (see
+    /// `store/postgres/fair.rs`).
+    async fn backlogged_queues_share_workers_by_run_time(backend) {
+        let _quiet = crate::timing().await;
+        let (engine, _dir) = engine_on(backend, |c| c.concurrency = 3).await;
+        let start_at = std::time::SystemTime::now() + Duration::from_millis(300);
+        let run_at_ms = start_at.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        let plan = [("short", 96, 10), ("medium", 32, 30), ("long", 16, 60)];
+        let mut batch = Vec::new();
+        for (queue, count, ms) in plan {
+            for _ in 0..count {
+                batch.push(NewTask {
+                    queue: Some(queue.into()),
+                    run_at_ms: Some(run_at_ms),
+                    ..task("sleep", &ms.to_string())
                 });
-                samples.push((at.as_millis() as u64, charged));
-                tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            samples
-        })
-    };
-    let mut runs = Vec::new();
-    for record in ids {
-        let record = finish(&engine, record.id).await;
-        assert_eq!(record.state, TaskState::Completed);
-        runs.push((record.queue.clone(), record.started_at_ms.unwrap()));
+        }
+        let ids: Vec<_> = engine.submit_batch(batch).await.into_iter().map(|r| r.unwrap().record).collect();
+        // Worker seconds per queue, sampled every 5 ms until every task ended.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let sampler = {
+            let (engine, done) = (engine.clone(), done.clone());
+            let queues = plan.map(|(q, _, _)| q);
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let text = engine.metrics_text();
+                    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+                    let charged = queues.map(|q| {
+                        let series = format!("taskhost_worker_seconds_total{{tenant=\"default\",queue=\"{q}\"}}");
+                        crate::metric_value(&text, &series)
+                    });
+                    samples.push((at.as_millis() as u64, charged));
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                samples
+            })
+        };
+        let mut runs = Vec::new();
+        for record in ids {
+            let record = finish(&engine, record.id).await;
+            assert_eq!(record.state, TaskState::Completed);
+            runs.push((record.queue.clone(), record.started_at_ms.unwrap()));
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let samples = sampler.await.unwrap();
+        // The contended window ends when the first queue starts its last task.
+        let window_end =
+            plan.iter().map(|(q, _, _)| runs.iter().filter(|r| r.0 == *q).map(|r| r.1).max().unwrap()).min().unwrap();
+        assert!(window_end > run_at_ms + 200, "window too short to judge: {} ms", window_end - run_at_ms);
+        let (at_ms, charged) = samples.iter().rev().find(|(at, _)| *at <= window_end).unwrap();
+        assert!(*at_ms > run_at_ms + 200, "no sample well inside the window: the last before its end is at {at_ms}");
+        let window_ms = (at_ms - run_at_ms) as f64;
+        let busy: Vec<f64> = charged.iter().map(|s| s * 1000.0).collect();
+        let total: f64 = busy.iter().sum();
+        // Three workers were busy all along, so at least half of their time is
+        // in (attempts still running at the sample are not counted yet; an
+        // outcome's commit overlaps the slot's next attempt, so there is no
+        // upper bound of the same kind).
+        assert!(
+            total >= 0.5 * 3.0 * window_ms,
+            "worker time (ms) per queue {busy:?} is too little for 3 busy workers over {window_ms} ms"
+        );
+        let (min, max) = busy.iter().fold((f64::MAX, 0f64), |(a, b), s| (a.min(*s), b.max(*s)));
+        assert!((max - min) / max <= 0.25, "worker time (ms) per queue {busy:?} in a {window_ms} ms window");
     }
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let samples = sampler.await.unwrap();
-    // The contended window ends when the first queue starts its last task.
-    let window_end =
-        plan.iter().map(|(q, _, _)| runs.iter().filter(|r| r.0 == *q).map(|r| r.1).max().unwrap()).min().unwrap();
-    assert!(window_end > run_at_ms + 200, "window too short to judge: {} ms", window_end - run_at_ms);
-    let (at_ms, charged) = samples.iter().rev().find(|(at, _)| *at <= window_end).unwrap();
-    assert!(*at_ms > run_at_ms + 200, "no sample well inside the window: the last before its end is at {at_ms}");
-    let window_ms = (at_ms - run_at_ms) as f64;
-    let busy: Vec<f64> = charged.iter().map(|s| s * 1000.0).collect();
-    let total: f64 = busy.iter().sum();
-    // Three workers were busy all along, so at least half of their time is
-    // in (attempts still running at the sample are not counted yet; an
-    // outcome's commit overlaps the slot's next attempt, so there is no
-    // upper bound of the same kind).
-    assert!(
-        total >= 0.5 * 3.0 * window_ms,
-        "worker time (ms) per queue {busy:?} is too little for 3 busy workers over {window_ms} ms"
-    );
-    let (min, max) = busy.iter().fold((f64::MAX, 0f64), |(a, b), s| (a.min(*s), b.max(*s)));
-    assert!((max - min) / max <= 0.25, "worker time (ms) per queue {busy:?} in a {window_ms} ms window");
 }

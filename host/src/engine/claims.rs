@@ -187,7 +187,8 @@ pub(crate) async fn run(dispatch: Arc<Dispatch>, shared: Arc<Shared>, endings: A
         let room = lock(&shared.sched).room().min(CLAIM_BATCH);
         if room > 0 {
             let leave = super::routing::leave_to_others(&shared);
-            match pg.claim(room, shared.config.store_lease, &leave).await {
+            let costs = lock(&shared.sched).run_costs();
+            match pg.claim(room, shared.config.store_lease, &leave, &costs).await {
                 Ok(claimed) => {
                     if failing.take().is_some() {
                         tracing::info!("claiming tasks works again");

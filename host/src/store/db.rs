@@ -16,8 +16,8 @@
 
 use super::events::{Feed, Subscription};
 use super::postgres::{
-    Claimed, CommitConfig, DRAIN, Drawn, Lease, ManyHosts, PgCommitter, PgError, PgStore, QueueBacklog, SharedEvents,
-    SoleEngine, Standby, Term, Wakeups,
+    Claimed, CommitConfig, DRAIN, Drawn, Lease, ManyHosts, PgCommitter, PgError, PgStore, QueueBacklog, RunCosts,
+    SharedEvents, SoleEngine, Standby, Term, Wakeups,
 };
 use super::retention::{Expired, Removed, Retention};
 use super::{
@@ -271,16 +271,18 @@ impl PgDb {
 
     /// Claims up to `limit` startable tasks for this host, each under a
     /// lease of `lease`, leaving the tasks of the plugins in `leave` to
-    /// other hosts (see [`PgStore::claim_leaving`]).
+    /// other hosts (see [`PgStore::claim_leaving`]), the queues sharing
+    /// run time at `costs`.
     pub(crate) async fn claim(
         &self,
         limit: usize,
         lease: Duration,
         leave: &[String],
+        costs: &RunCosts,
     ) -> Result<Vec<Claimed>, StoreError> {
         // Fenced as the group committer's commits are: a deposed host
         // starts nothing.
-        let claimed = self.store.claim_fenced(&self.host, limit, lease, self.hold.fence(), leave).await?;
+        let claimed = self.store.claim_fenced(&self.host, limit, lease, self.hold.fence(), leave, costs).await?;
         claimed.iter().for_each(|c| self.feed.published(&c.record));
         Ok(claimed)
     }

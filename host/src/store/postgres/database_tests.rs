@@ -1344,9 +1344,9 @@ async fn a_frozen_engine_is_taken_over_and_its_commits_are_refused() {
     assert!(current.submit(record(2, None), b"in".to_vec()).await.unwrap().created);
     // So are its claims: a's, fenced by its old term, take nothing; b's take
     // the task.
-    let refused = store.claim_fenced("a", 10, MIN_LEASE, Some(old), &[]).await.unwrap_err();
+    let refused = store.claim_fenced("a", 10, MIN_LEASE, Some(old), &[], &Default::default()).await.unwrap_err();
     assert!(matches!(refused, PgError::Deposed), "{refused:?}");
-    let claimed = b.claim_fenced("b", 10, MIN_LEASE, Some(sole.term()), &[]).await.unwrap();
+    let claimed = b.claim_fenced("b", 10, MIN_LEASE, Some(sole.term()), &[], &Default::default()).await.unwrap();
     assert_eq!(claimed.iter().map(|c| c.record.id).collect::<Vec<_>>(), [record(2, None).id]);
     // The lock is b's: a third host is refused.
     let c = PgStore::connect(&url, 2).await.unwrap();

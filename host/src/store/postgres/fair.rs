@@ -1,8 +1,22 @@
 //! Which startable tasks a claim takes, fairly across queues and hosts.
 //!
-//! A claim of `limit` tasks is shared equally among the tenants that have
-//! startable work, then each tenant's part among its queues by their
-//! weights ([`split`], [`shares`]), none past its room: a queue with a
+//! An engine's claim shares run time, as the redb scheduler's fair
+//! queuing does: the claiming host gives its own fair queuing
+//! ([`RunCosts`]: what a task of each queue costs it, its slot time with
+//! commits, and the run time charged so far to each queue over its weight
+//! and to each tenant), and the claim deals its slots one at a time by
+//! deficit ([`Dealer`]): to the tenant charged least, within it to its
+//! queue charged least, each charged the queue's cost as it is dealt a
+//! slot, none past its room. So three backlogged queues of 10, 30 and 60
+//! ms tasks are claimed 6 : 2 : 1, a third of the time each; a queue or
+//! tenant behind catches up by at most [`MOST_CREDIT`] (the host's
+//! scheduler keeps its charges within that too). Each host's claims are
+//! fair by its own charges, so all hosts' together are.
+//!
+//! A claim without them (a store's own, and a host's before its scheduler
+//! knows any queue) shares by task count: equally among the tenants that
+//! have startable work, then each tenant's part among its queues by their
+//! weights ([`split`], [`shares`]), none past its room. Either way, a queue with a
 //! concurrency limit has room for its limit less its tasks running now,
 //! on every host (its running tasks are counted under a lock on the queue
 //! that capped queues' claims take in turn, so two hosts never both see
@@ -18,8 +32,9 @@
 //! A tenant with a running limit (`max_running` in its stored quotas)
 //! caps its queues together: its room (the limit less its tasks running
 //! now on every host, counted under a lock on the tenant, taken with the
-//! queues' locks in one order) is split among its queues by weight before
-//! the claim is shared, and what its queues take in one round is counted
+//! queues' locks in one order) bounds what the dealer gives its queues
+//! together (by count, it is split among its queues by weight before the
+//! claim is shared), and what its queues take in one round is counted
 //! against it in the next.
 //!
 //! Tenants come first, as in the redb scheduler, so a tenant with many
@@ -31,11 +46,8 @@
 //! its equal part.
 //!
 //! So queues of one tenant (or of tenants alike) with equal work finish
-//! together whichever hosts claim them: every claim, on any host, takes
-//! from each by its tenant's part and its weight. The shares count
-//! tasks, not their run time (the redb scheduler's fair queuing charges
-//! measured run time). A row whose record cannot be decoded is
-//! quarantined (`quarantine.rs`), not claimed.
+//! together whichever hosts claim them. A row whose record cannot be
+//! decoded is quarantined (`quarantine.rs`), not claimed.
 //!
 //! A claim may leave some plugins' tasks to other hosts (routing by
 //! capability: they need models the claiming host does not serve): those
@@ -74,6 +86,137 @@ pub(crate) const INLINE_INPUT: usize = 16 << 10;
 pub(crate) struct Taken {
     pub(crate) records: Vec<TaskRecord>,
     pub(crate) inputs: HashMap<Uuid, Vec<u8>>,
+}
+
+/// The claiming host's fair queuing, for a claim to share run time as
+/// the redb scheduler does: by queue, what a task costs (the mean seconds
+/// of a slot its recent tasks took there, commits included; `None` before
+/// one settled) and the run time charged to it so far over its weight;
+/// by tenant, the run time charged to it so far. Empty (the default), a
+/// claim shares by task count.
+#[derive(Debug, Clone, Default)]
+pub struct RunCosts {
+    queues: HashMap<String, (Option<f64>, f64)>,
+    tenants: HashMap<String, f64>,
+}
+
+/// How far behind the most served ready queue (or tenant) a claim lets
+/// one be, in charged seconds: a queue idle for a while comes back with
+/// at most this much credit, not all it missed. (The engine's scheduler
+/// keeps its charges within it too, so the bound holds across claims.)
+pub(crate) const MOST_CREDIT: f64 = 0.25;
+
+impl RunCosts {
+    /// From each queue's `(name, cost per task, charged over weight)` and
+    /// each tenant's `(name, charged)`. Costs that are not positive and
+    /// finite count as unknown.
+    pub fn new(
+        queues: impl IntoIterator<Item = (String, Option<f64>, f64)>,
+        tenants: impl IntoIterator<Item = (String, f64)>,
+    ) -> Self {
+        let cost = |c: Option<f64>| c.filter(|c| c.is_finite() && *c > 0.0);
+        Self {
+            queues: queues.into_iter().map(|(q, c, charged)| (q, (cost(c), charged))).collect(),
+            tenants: tenants.into_iter().collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queues.is_empty()
+    }
+
+    /// The claim's fair-queuing state for `queues` (whose tenants are
+    /// their owners, `tenants` of them).
+    fn start(&self, queues: &[Ready], tenants: usize) -> Dealer {
+        let known: Vec<f64> = queues.iter().filter_map(|q| self.queues.get(&q.name)?.0).collect();
+        // A queue whose tasks never settled here costs the others' mean.
+        let guess = if known.is_empty() { 1.0 } else { known.iter().sum::<f64>() / known.len() as f64 };
+        let cost: Vec<f64> =
+            queues.iter().map(|q| self.queues.get(&q.name).and_then(|c| c.0).unwrap_or(guess)).collect();
+        let charged: Vec<Option<f64>> = queues.iter().map(|q| self.queues.get(&q.name).map(|c| c.1)).collect();
+        let mut tenant_charged: Vec<Option<f64>> = vec![None; tenants];
+        for q in queues {
+            tenant_charged[q.owner] = self.tenants.get(crate::tenant::tenant_of(&q.name)).copied();
+        }
+        Dealer {
+            step: queues.iter().zip(&cost).map(|(q, c)| c / f64::from(q.weight.max(1))).collect(),
+            cost,
+            charged: lifted(&charged),
+            tenant_charged: lifted(&tenant_charged),
+        }
+    }
+}
+
+/// `charged`, each at least the most charged less [`MOST_CREDIT`]; one
+/// unknown (never claimed here) at the least charged known.
+fn lifted(charged: &[Option<f64>]) -> Vec<f64> {
+    let known: Vec<f64> = charged.iter().flatten().copied().filter(|c| c.is_finite()).collect();
+    let most = known.iter().copied().fold(0.0, f64::max);
+    let least = known.iter().copied().reduce(f64::min).unwrap_or(0.0);
+    let floor = (most - MOST_CREDIT).max(least);
+    charged.iter().map(|c| c.filter(|c| c.is_finite()).map_or(floor, |c| c.max(most - MOST_CREDIT))).collect()
+}
+
+/// Deals a claim's slots one at a time by deficit: to the tenant charged
+/// least, within it to the queue charged least over its weight, each
+/// charged the queue's cost per task as it is given one (so across the
+/// claim's rounds).
+struct Dealer {
+    cost: Vec<f64>,
+    /// `cost` over the queue's weight.
+    step: Vec<f64>,
+    charged: Vec<f64>,
+    tenant_charged: Vec<f64>,
+}
+
+impl Dealer {
+    /// Splits `limit` slots among `queues` (whose tenants are `owners`),
+    /// none past its room, nor a capped tenant's queues together past
+    /// theirs (`caps`: per queue, its tenant's index into `rooms`, the
+    /// rooms those tenants have left).
+    fn deal(
+        &mut self,
+        limit: usize,
+        queues: &[Claimable],
+        owners: &[usize],
+        caps: &[Option<usize>],
+        rooms: &[usize],
+    ) -> Vec<usize> {
+        let mut given = vec![0usize; queues.len()];
+        let mut capped_given = vec![0usize; rooms.len()];
+        let open = |i: usize, given: &[usize], capped_given: &[usize]| {
+            queues[i].room.is_none_or(|room| given[i] < room) && caps[i].is_none_or(|t| capped_given[t] < rooms[t])
+        };
+        for _ in 0..limit {
+            let Some(tenant) = (0..queues.len())
+                .filter(|&i| open(i, &given, &capped_given))
+                .map(|i| owners[i])
+                .min_by(|&a, &b| self.tenant_charged[a].total_cmp(&self.tenant_charged[b]))
+            else {
+                break;
+            };
+            let Some(i) = (0..queues.len())
+                .filter(|&i| owners[i] == tenant && open(i, &given, &capped_given))
+                .min_by(|&a, &b| self.charged[a].total_cmp(&self.charged[b]))
+            else {
+                break;
+            };
+            given[i] += 1;
+            if let Some(t) = caps[i] {
+                capped_given[t] += 1;
+            }
+            self.charged[i] += self.step[i];
+            self.tenant_charged[tenant] += self.cost[i];
+        }
+        given
+    }
+
+    /// Takes back the charges of `n` slots dealt to queue `i` (of tenant
+    /// `tenant`) that it could not fill.
+    fn refund(&mut self, i: usize, tenant: usize, n: usize) {
+        self.charged[i] -= self.step[i] * n as f64;
+        self.tenant_charged[tenant] -= self.cost[i] * n as f64;
+    }
 }
 
 /// A queue a claim may take from.
@@ -209,23 +352,38 @@ pub(crate) fn split(limit: usize, queues: &[Claimable], owners: &[usize], rng: &
 }
 
 /// Takes up to `limit` startable tasks in the transaction `conn` is in,
-/// each queue its share, their rows locked until it ends; none of the
-/// plugins in `leave` (see [`leaving`]).
-pub(super) async fn take(conn: &mut PgConnection, limit: usize, leave: &[String]) -> Result<Taken, StoreError> {
+/// each queue its share of run time at `costs`, their rows locked until
+/// it ends; none of the plugins in `leave` (see [`leaving`]).
+pub(super) async fn take(
+    conn: &mut PgConnection,
+    limit: usize,
+    leave: &[String],
+    costs: &RunCosts,
+) -> Result<Taken, StoreError> {
     let (mut queues, mut tenants) = ready(conn, leave).await?;
     if queues.is_empty() || limit == 0 {
         return Ok(Taken::default());
     }
     let mut rng = fastrand::Rng::new();
     let owners: Vec<usize> = queues.iter().map(|q| q.owner).collect();
+    let mut dealer = (!costs.is_empty()).then(|| costs.start(&queues, owners.iter().max().map_or(0, |&last| last + 1)));
     let mut found: Vec<TaskRecord> = Vec::new();
     let mut inputs: HashMap<Uuid, Vec<u8>> = HashMap::new();
     let mut ids: Vec<Uuid> = Vec::new();
     let mut bad = Vec::new();
     for _ in 0..PASSES {
         let want = limit - found.len();
-        let claimable = rooms(&queues, &tenants, &mut rng);
-        let quotas = split(want, &claimable, &owners, &mut rng);
+        let quotas = match dealer.as_mut() {
+            // Queues' own rooms: the dealer holds capped tenants to
+            // theirs as it deals.
+            Some(dealer) => {
+                let own: Vec<Claimable> = queues.iter().map(Ready::claimable).collect();
+                let caps: Vec<Option<usize>> = queues.iter().map(|q| q.tenant).collect();
+                let rooms: Vec<usize> = tenants.iter().map(|t| t.room.saturating_sub(t.taken)).collect();
+                dealer.deal(want, &own, &owners, &caps, &rooms)
+            }
+            None => split(want, &rooms(&queues, &tenants, &mut rng), &owners, &mut rng),
+        };
         if want == 0 || quotas.iter().all(|&q| q == 0) {
             break;
         }
@@ -298,6 +456,11 @@ pub(super) async fn take(conn: &mut PgConnection, limit: usize, leave: &[String]
         }
         bad.extend(decoded.bad);
         for (i, queue) in queues.iter_mut().enumerate() {
+            if let Some(dealer) = dealer.as_mut()
+                && got[i] < quotas[i]
+            {
+                dealer.refund(i, queue.owner, quotas[i] - got[i]);
+            }
             queue.taken += got[i];
             queue.more &= got[i] >= quotas[i];
             if let Some(t) = queue.tenant {
@@ -444,6 +607,96 @@ mod tests {
 
     fn queue(weight: u32, room: Option<usize>) -> Claimable {
         Claimable { weight, room }
+    }
+
+    fn named(name: &str, weight: u32, owner: usize) -> Ready {
+        Ready { name: name.into(), weight, room: None, more: true, taken: 0, tenant: None, owner }
+    }
+
+    /// Deals `limit` slots among `queues` with `costs`, none capped.
+    fn dealt(costs: &RunCosts, queues: &[Ready], limit: usize) -> Vec<usize> {
+        let owners: Vec<usize> = queues.iter().map(|q| q.owner).collect();
+        let tenants = owners.iter().max().map_or(0, |&last| last + 1);
+        let claimable: Vec<Claimable> = queues.iter().map(Ready::claimable).collect();
+        costs.start(queues, tenants).deal(limit, &claimable, &owners, &vec![None; queues.len()], &[])
+    }
+
+    fn costs(queues: &[(&str, Option<f64>, f64)], tenants: &[(&str, f64)]) -> RunCosts {
+        RunCosts::new(
+            queues.iter().map(|(q, c, v)| ((*q).to_owned(), *c, *v)),
+            tenants.iter().map(|(t, v)| ((*t).to_owned(), *v)),
+        )
+    }
+
+    #[test]
+    fn a_claim_deals_run_time_equally_whatever_the_queues_task_lengths() {
+        let queues = [named("short", 1, 0), named("medium", 1, 0), named("long", 1, 0)];
+        let c = costs(&[("short", Some(0.010), 0.0), ("medium", Some(0.030), 0.0), ("long", Some(0.060), 0.0)], &[]);
+        let given = dealt(&c, &queues, 900);
+        // 6 : 2 : 1 by count, a third of the run time each.
+        let run: Vec<f64> = given.iter().zip([10.0, 30.0, 60.0]).map(|(n, ms)| *n as f64 * ms).collect();
+        assert!(run.iter().all(|r| (r - 6_000.0).abs() <= 60.0), "{given:?}: {run:?} ms");
+        // A queue's weight still counts: twice the weight, twice the run
+        // time.
+        let queues = [named("a", 2, 0), named("b", 1, 0)];
+        let c = costs(&[("a", Some(0.020), 0.0), ("b", Some(0.010), 0.0)], &[]);
+        assert_eq!(dealt(&c, &queues, 100), [50, 50]);
+        // Tenants too: one whose tasks cost a quarter gets four times as
+        // many, whatever its queues.
+        let queues = [named("cheap", 1, 0), named("also-cheap", 5, 0), named("t/dear", 1, 1)];
+        let c =
+            costs(&[("cheap", Some(0.010), 0.0), ("also-cheap", Some(0.010), 0.0), ("t/dear", Some(0.040), 0.0)], &[]);
+        let given = dealt(&c, &queues, 100);
+        assert_eq!(given[0] + given[1] + given[2], 100);
+        assert!((19..=21).contains(&given[2]), "{given:?}");
+        // And rooms: a capped queue gets its room, the rest the others.
+        let claimable = [queue(1, Some(2)), queue(1, None)];
+        let c = costs(&[("a", Some(0.010), 0.0), ("b", Some(0.010), 0.0)], &[]);
+        let mut dealer = c.start(&[named("a", 1, 0), named("b", 1, 0)], 1);
+        assert_eq!(dealer.deal(10, &claimable, &[0, 0], &[None, None], &[]), [2, 8]);
+        // A capped tenant's queues together get its room, by run time: b's
+        // tasks cost a third of a's.
+        let c = costs(&[("a", Some(0.030), 0.0), ("b", Some(0.010), 0.0), ("c", Some(0.010), 0.0)], &[]);
+        let mut dealer = c.start(&[named("a", 1, 0), named("b", 1, 0), named("c", 1, 1)], 2);
+        let open = [queue(1, None); 3];
+        assert_eq!(dealer.deal(12, &open, &[0, 0, 1], &[Some(0), Some(0), None], &[4]), [1, 3, 8]);
+        // What a queue could not fill is refunded: dealt again, it is
+        // where it was.
+        let queues = [named("a", 1, 0), named("b", 1, 0)];
+        let c = costs(&[("a", Some(0.010), 0.0), ("b", Some(0.010), 0.0)], &[]);
+        let mut dealer = c.start(&queues, 1);
+        let open = [queue(1, None); 2];
+        assert_eq!(dealer.deal(10, &open, &[0, 0], &[None, None], &[]), [5, 5]);
+        dealer.refund(1, 0, 5);
+        // b first takes its five back, then they take turns.
+        assert_eq!(dealer.deal(10, &open, &[0, 0], &[None, None], &[]), [3, 7]);
+    }
+
+    #[test]
+    fn a_queue_behind_catches_up_with_bounded_credit_and_a_new_one_starts_level() {
+        let queues = [named("a", 1, 0), named("b", 1, 0)];
+        // b was charged 0.1 s less: its next 10 tasks of 10 ms, then turns.
+        let c = costs(&[("a", Some(0.010), 0.3), ("b", Some(0.010), 0.2)], &[]);
+        assert_eq!(dealt(&c, &queues, 10), [0, 10]);
+        assert_eq!(dealt(&c, &queues, 30), [10, 20]);
+        // Idle for long (10 s behind): at most 0.25 s of credit.
+        let c = costs(&[("a", Some(0.010), 10.0), ("b", Some(0.010), 0.0)], &[]);
+        assert_eq!(dealt(&c, &queues, 25), [0, 25]);
+        assert_eq!(dealt(&c, &queues, 45), [10, 35]);
+        // A queue this host never claimed from starts level with the least
+        // charged and costs the others' mean (20 ms here).
+        let queues = [named("a", 1, 0), named("b", 1, 0), named("new", 1, 0)];
+        let c = costs(&[("a", Some(0.010), 0.5), ("b", Some(0.030), 0.4)], &[]);
+        let given = dealt(&c, &queues, 60);
+        // Run time (ms): a, 100 ms ahead, gets 100 ms less than the
+        // others, which share the rest equally.
+        let run: Vec<f64> = given.iter().zip([10.0, 30.0, 20.0]).map(|(n, ms)| *n as f64 * ms).collect();
+        assert!((run[1] - run[2]).abs() <= 30.0 && (run[1] - run[0] - 100.0).abs() <= 30.0, "{given:?}: {run:?}");
+        // Tenants behind catch up as queues do.
+        let queues = [named("x/q", 1, 0), named("y/q", 1, 1)];
+        let c = costs(&[("x/q", Some(0.010), 0.0), ("y/q", Some(0.010), 0.0)], &[("x", 0.05), ("y", 0.0)]);
+        assert_eq!(dealt(&c, &queues, 5), [0, 5]);
+        assert_eq!(dealt(&c, &queues, 9), [2, 7]);
     }
 
     #[test]

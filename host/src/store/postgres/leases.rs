@@ -33,7 +33,7 @@
 //! (see `quarantine.rs`), which goes on without it.
 
 use super::batch::{Done, PgOp, locked_records};
-use super::{PgError, PgStore, PgTxn};
+use super::{PgError, PgStore, PgTxn, RunCosts};
 use crate::store::apply::apply_transition;
 use crate::store::{Applied, Change, StoreError, StoredFailure, TaskRecord, TaskState, interrupted, start};
 use sqlx::Row;
@@ -109,7 +109,7 @@ impl PgStore {
     /// Claims up to `limit` startable tasks for `host`, each with a lease
     /// of `lease` (see the module's opening).
     pub async fn claim(&self, host: &str, limit: usize, lease: Duration) -> Result<Vec<Claimed>, PgError> {
-        self.claim_fenced(host, limit, lease, None, &[]).await
+        self.claim_fenced(host, limit, lease, None, &[], &RunCosts::default()).await
     }
 
     /// [`claim`](Self::claim), leaving the tasks of the plugins in `leave`
@@ -122,12 +122,14 @@ impl PgStore {
         lease: Duration,
         leave: &[String],
     ) -> Result<Vec<Claimed>, PgError> {
-        self.claim_fenced(host, limit, lease, None, leave).await
+        self.claim_fenced(host, limit, lease, None, leave, &RunCosts::default()).await
     }
 
     /// [`claim_leaving`](Self::claim_leaving) under `fence`, the sole or
     /// leading engine's term: a host deposed ([`PgError::Deposed`]), or
-    /// whose own lease lapsed ([`PgError::Lapsed`]), claims nothing.
+    /// whose own lease lapsed ([`PgError::Lapsed`]), claims nothing. The
+    /// queues share the claim's run time at `costs` (what their tasks cost
+    /// `host`; see `fair.rs`).
     pub(crate) async fn claim_fenced(
         &self,
         host: &str,
@@ -135,10 +137,12 @@ impl PgStore {
         lease: Duration,
         fence: Option<super::Term>,
         leave: &[String],
+        costs: &RunCosts,
     ) -> Result<Vec<Claimed>, PgError> {
         let mut txn = self.pool().begin().await?;
         PgStore::fenced(&mut txn, fence).await?;
-        let super::fair::Taken { records: found, mut inputs } = super::fair::take(&mut txn, limit, leave).await?;
+        let super::fair::Taken { records: found, mut inputs } =
+            super::fair::take(&mut txn, limit, leave, costs).await?;
         if found.is_empty() {
             // What it quarantined, if anything, stays so.
             txn.commit().await?;

@@ -47,6 +47,8 @@ mod txn;
 mod wakeups;
 
 pub use committer::{CommitConfig, PgCommitter};
+pub(crate) use fair::MOST_CREDIT;
+pub use fair::RunCosts;
 pub use flow_counts::FlowEndNote;
 pub use hosts::HostRow;
 pub(crate) use leader::Standing;
