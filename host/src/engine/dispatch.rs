@@ -93,6 +93,8 @@ pub(crate) fn decide(record: &TaskRecord, report: TaskReport, retry: &RetryPolic
 /// What an attempt runs with, besides its task and input.
 struct RunWith<'s> {
     cancel: CancelToken,
+    /// Its place in line for a slot ([`super::gate::Gate::ticket`]).
+    ticket: u64,
     services: &'s Arc<AttemptServices>,
     transcript: Option<Transcript>,
     trace: crate::trace::Scope,
@@ -215,7 +217,8 @@ impl Dispatch {
                     // `running` empty while an attempt is about to start.
                     let token = CancelToken::new();
                     lock(&shared.running).insert(entry.id, token.clone());
-                    tokio::spawn(self.clone().execute(entry, charge, token));
+                    let ticket = shared.gate.ticket();
+                    tokio::spawn(self.clone().execute(entry, charge, token, ticket));
                 }
                 next_due
             };
@@ -283,7 +286,8 @@ impl Dispatch {
     /// Runs a task committed as claimed (`record`, running).
     pub(crate) fn run_claimed(self: &Arc<Self>, claim: Claim, record: TaskRecord) {
         let Claim { charge, token, claimed, .. } = claim;
-        tokio::spawn(self.clone().attempt(record, charge, token, claimed, None, None));
+        let ticket = self.shared.gate.ticket();
+        tokio::spawn(self.clone().attempt(record, charge, token, (claimed, ticket), None, None));
     }
 
     /// Runs a task this host claimed from a shared store, its outcome
@@ -294,7 +298,7 @@ impl Dispatch {
     pub(crate) fn start_claimed(self: &Arc<Self>, claim: Claimed) {
         let Claimed { record, lease, input } = claim;
         let shared = &self.shared;
-        let claimed = Instant::now();
+        let claimed = (Instant::now(), shared.gate.ticket());
         let charge = lock(&shared.sched).claimed(&record.queue);
         let token = CancelToken::new();
         lock(&shared.leases).hold(&lease, token.clone());
@@ -363,9 +367,9 @@ impl Dispatch {
     }
 
     /// Claims a queued task, then runs its attempt.
-    async fn execute(self: Arc<Self>, queued: Entry, charge: Charge, token: CancelToken) {
+    async fn execute(self: Arc<Self>, queued: Entry, charge: Charge, token: CancelToken, ticket: u64) {
         let shared = &self.shared;
-        let claimed = Instant::now();
+        let claimed = (Instant::now(), ticket);
         let record = match shared.store.transition(start(queued.id, queued.version)).await {
             Ok(record) => record,
             Err(error) => {
@@ -386,15 +390,15 @@ impl Dispatch {
     }
 
     /// Runs one attempt of a claimed task (`record`, running since
-    /// `claimed`) and records its outcome (under `lease`, a shared
-    /// store's claim). `input`: the task's own input, when its claim read
-    /// it already.
+    /// `claimed.0`, its place in line for a slot `claimed.1`) and records
+    /// its outcome (under `lease`, a shared store's claim). `input`: the
+    /// task's own input, when its claim read it already.
     async fn attempt(
         self: Arc<Self>,
         record: TaskRecord,
         charge: Charge,
         token: CancelToken,
-        claimed: Instant,
+        (claimed, ticket): (Instant, u64),
         lease: Option<Lease>,
         input: Option<Vec<u8>>,
     ) {
@@ -436,6 +440,7 @@ impl Dispatch {
             Ok(None) => {
                 let with = RunWith {
                     cancel: token,
+                    ticket,
                     services: &services,
                     transcript: transcript.clone(),
                     trace: trace.clone(),
@@ -642,7 +647,7 @@ impl Dispatch {
         &'a self,
         record: &TaskRecord,
         input: Option<Vec<u8>>,
-        RunWith { cancel, services, transcript, trace }: RunWith<'_>,
+        RunWith { cancel, ticket, services, transcript, trace }: RunWith<'_>,
         waited: &mut Duration,
     ) -> Result<Ran<'a>, NotRun> {
         let shared = &self.shared;
@@ -650,7 +655,7 @@ impl Dispatch {
         let needs = needs.saturating_add(transcript.as_ref().map_or(0, Transcript::most));
         let waiting = Instant::now();
         let entered = tokio::select! {
-            entered = shared.gate.enter(needs, record.priority) => entered.ok_or_else(|| {
+            entered = shared.gate.enter(needs, record.priority, ticket) => entered.ok_or_else(|| {
                 let size = crate::units::format_size;
                 NotRun::Failed(FailureClass::HostError, format!(
                     "the task reserves {} (its memory limit, its host budget and its transcript), more than this host's memory \

@@ -40,9 +40,8 @@ pub(crate) struct GateMetrics {
 #[derive(Debug)]
 struct Slots {
     free: usize,
-    /// (priority, -arrival): the highest priority, then the first in line.
+    /// (priority, -ticket): the highest priority, then the first claimed.
     waiting: BinaryHeap<(u8, Reverse<u64>, Waiter)>,
-    arrivals: u64,
 }
 
 #[derive(Debug)]
@@ -74,6 +73,8 @@ pub(crate) struct Gate {
     memory: Semaphore,
     budget_units: u32,
     metrics: GateMetrics,
+    /// The next place in line ([`Gate::ticket`]).
+    tickets: std::sync::atomic::AtomicU64,
 }
 
 /// One execution slot; dropping it hands the slot to the next waiter.
@@ -132,12 +133,20 @@ impl Gate {
         let budget_units = units(budget).clamp(1, u64::from(u32::MAX)) as u32;
         metrics.budget.set((u64::from(budget_units) * UNIT) as i64);
         Self {
-            slots: Mutex::new(Slots { free: slots.max(1), waiting: BinaryHeap::new(), arrivals: 0 }),
+            slots: Mutex::new(Slots { free: slots.max(1), waiting: BinaryHeap::new() }),
             slot_count: slots.max(1),
             memory: Semaphore::new(budget_units as usize),
             budget_units,
             metrics,
+            tickets: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// A place in line for slots, taken when a task is claimed (before its
+    /// attempt is spawned), so tasks of one priority get slots in the order
+    /// they were claimed, not in the order their attempts reach the gate.
+    pub(crate) fn ticket(&self) -> u64 {
+        self.tickets.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The budget in bytes (whole mebibytes).
@@ -151,9 +160,10 @@ impl Gate {
     }
 
     /// Waits for room in the budget for `bytes`, then for a slot (by
-    /// `priority`). `None` when `bytes` can never fit ([`Gate::fits`]).
-    /// Dropping the wait gives back whatever it took.
-    pub(crate) async fn enter(&self, bytes: u64, priority: u8) -> Option<(Slot<'_>, Reserved<'_>)> {
+    /// `priority`, then `ticket`, from [`Gate::ticket`]). `None` when
+    /// `bytes` can never fit ([`Gate::fits`]). Dropping the wait gives
+    /// back whatever it took.
+    pub(crate) async fn enter(&self, bytes: u64, priority: u8, ticket: u64) -> Option<(Slot<'_>, Reserved<'_>)> {
         if !self.fits(bytes) {
             return None;
         }
@@ -169,11 +179,11 @@ impl Gate {
         };
         self.metrics.reserved.inc_by((u64::from(need) * UNIT) as i64);
         let reserved = Reserved { permit, metrics: &self.metrics };
-        let slot = self.slot(priority).await;
+        let slot = self.slot(priority, ticket).await;
         Some((slot, reserved))
     }
 
-    async fn slot(&self, priority: u8) -> Slot<'_> {
+    async fn slot(&self, priority: u8, ticket: u64) -> Slot<'_> {
         let receiver = {
             let mut slots = lock(&self.slots);
             if slots.free > 0 && slots.waiting.is_empty() {
@@ -181,9 +191,7 @@ impl Gate {
                 return Slot { gate: self };
             }
             let (sender, receiver) = oneshot::channel();
-            slots.arrivals += 1;
-            let arrival = slots.arrivals;
-            slots.waiting.push((priority, Reverse(arrival), Waiter(sender)));
+            slots.waiting.push((priority, Reverse(ticket), Waiter(sender)));
             receiver
         };
         // A slot handed over but never taken (this wait was dropped) is
@@ -254,10 +262,10 @@ mod tests {
     #[tokio::test]
     async fn a_task_waits_until_its_memory_fits_and_then_runs() {
         let gate = Gate::new(4, 300 * UNIT, GateMetrics::default());
-        let a = gate.enter(200 * UNIT, 0).await.unwrap();
+        let a = gate.enter(200 * UNIT, 0, gate.ticket()).await.unwrap();
         assert_eq!(gate.metrics.reserved.get(), (200 * UNIT) as i64);
         // 200 + 200 > 300: the second waits although slots are free.
-        let second = gate.enter(200 * UNIT, 0);
+        let second = gate.enter(200 * UNIT, 0, gate.ticket());
         tokio::pin!(second);
         assert!(tokio::time::timeout(Duration::from_millis(50), &mut second).await.is_err());
         assert_eq!((gate.metrics.waiting.get(), gate.metrics.waits.get()), (1, 1));
@@ -272,30 +280,30 @@ mod tests {
     #[tokio::test]
     async fn a_wait_dropped_while_it_waits_gives_everything_back() {
         let gate = Gate::new(1, 100 * UNIT, GateMetrics::default());
-        let a = gate.enter(60 * UNIT, 0).await.unwrap();
+        let a = gate.enter(60 * UNIT, 0, gate.ticket()).await.unwrap();
         // Waiting for memory, then dropped: the waiting gauge goes back.
-        let for_memory = gate.enter(60 * UNIT, 0);
+        let for_memory = gate.enter(60 * UNIT, 0, gate.ticket());
         assert!(tokio::time::timeout(Duration::from_millis(20), for_memory).await.is_err());
         assert_eq!(gate.metrics.waiting.get(), 0);
         // Waiting for the slot, then dropped: its memory is given back.
-        let for_slot = gate.enter(10 * UNIT, 0);
+        let for_slot = gate.enter(10 * UNIT, 0, gate.ticket());
         assert!(tokio::time::timeout(Duration::from_millis(20), for_slot).await.is_err());
         assert_eq!(gate.metrics.reserved.get(), (60 * UNIT) as i64);
         drop(a);
         assert_eq!(gate.free_slots(), 1, "the slot is not lost to the dropped waiter");
-        assert!(gate.enter(100 * UNIT, 0).await.is_some());
+        assert!(gate.enter(100 * UNIT, 0, gate.ticket()).await.is_some());
     }
 
     #[tokio::test]
     async fn slots_go_to_the_highest_priority_then_the_first_in_line() {
         let gate = std::sync::Arc::new(Gate::new(1, 1 << 40, GateMetrics::default()));
-        let first = gate.enter(1, 0).await.unwrap();
+        let first = gate.enter(1, 0, gate.ticket()).await.unwrap();
         let order = std::sync::Arc::new(Mutex::new(Vec::new()));
         let mut waiters = Vec::new();
         for (n, priority) in [(1, 0u8), (2, 9), (3, 5), (4, 9)] {
             let (gate, order) = (gate.clone(), order.clone());
             waiters.push(tokio::spawn(async move {
-                let pass = gate.enter(1, priority).await.unwrap();
+                let pass = gate.enter(1, priority, gate.ticket()).await.unwrap();
                 lock(&order).push(n);
                 tokio::time::sleep(Duration::from_millis(5)).await;
                 drop(pass);
@@ -309,24 +317,50 @@ mod tests {
         assert_eq!(*lock(&order), [2, 4, 3, 1]);
     }
 
+    /// Of one priority, the task claimed first gets the slot first, even
+    /// when its attempt reaches the gate second (attempts are spawned, so
+    /// on a multi-threaded runtime they may arrive in either order).
+    #[tokio::test]
+    async fn slots_go_by_claim_order_not_arrival() {
+        let gate = std::sync::Arc::new(Gate::new(1, 1 << 40, GateMetrics::default()));
+        let first = gate.enter(1, 0, gate.ticket()).await.unwrap();
+        let (earlier, later) = (gate.ticket(), gate.ticket());
+        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let mut waiters = Vec::new();
+        for ticket in [later, earlier] {
+            let (gate, order) = (gate.clone(), order.clone());
+            waiters.push(tokio::spawn(async move {
+                let pass = gate.enter(1, 0, ticket).await.unwrap();
+                lock(&order).push(ticket);
+                drop(pass);
+            }));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(first);
+        for w in waiters {
+            w.await.unwrap();
+        }
+        assert_eq!(*lock(&order), [earlier, later]);
+    }
+
     #[tokio::test]
     async fn more_than_the_whole_budget_never_enters() {
         let gate = Gate::new(2, 100 * UNIT, GateMetrics::default());
         assert!(gate.fits(100 * UNIT));
         assert!(!gate.fits(100 * UNIT + 1));
-        assert!(gate.enter(101 * UNIT, 0).await.is_none());
+        assert!(gate.enter(101 * UNIT, 0, gate.ticket()).await.is_none());
         assert_eq!(gate.budget(), 100 * UNIT);
     }
 
     #[tokio::test]
     async fn after_the_run_only_what_the_outcome_holds_stays_reserved() {
         let gate = Gate::new(2, 100 * UNIT, GateMetrics::default());
-        let (slot, mut reserved) = gate.enter(80 * UNIT, 0).await.unwrap();
+        let (slot, mut reserved) = gate.enter(80 * UNIT, 0, gate.ticket()).await.unwrap();
         drop(slot);
         reserved.shrink_to(3 * UNIT + 1);
         assert_eq!(gate.metrics.reserved.get(), (4 * UNIT) as i64);
         // 96 MiB is free again while the outcome is being recorded.
-        let other = gate.enter(96 * UNIT, 0).await.unwrap();
+        let other = gate.enter(96 * UNIT, 0, gate.ticket()).await.unwrap();
         drop((reserved, other));
         assert_eq!(gate.metrics.reserved.get(), 0);
     }
@@ -334,12 +368,12 @@ mod tests {
     #[tokio::test]
     async fn a_large_task_first_in_line_is_not_overtaken() {
         let gate = Gate::new(8, 100 * UNIT, GateMetrics::default());
-        let small = gate.enter(60 * UNIT, 0).await.unwrap();
-        let large = gate.enter(100 * UNIT, 0);
+        let small = gate.enter(60 * UNIT, 0, gate.ticket()).await.unwrap();
+        let large = gate.enter(100 * UNIT, 0, gate.ticket());
         tokio::pin!(large);
         assert!(tokio::time::timeout(Duration::from_millis(20), &mut large).await.is_err());
         // 10 MiB would fit beside the 60, but the large one is first.
-        let later = gate.enter(10 * UNIT, 0);
+        let later = gate.enter(10 * UNIT, 0, gate.ticket());
         tokio::pin!(later);
         assert!(tokio::time::timeout(Duration::from_millis(20), &mut later).await.is_err());
         drop(small);
