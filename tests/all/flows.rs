@@ -548,32 +548,22 @@ on_both_stores! {
                 (response.status().as_u16(), response.json::<Value>().await.unwrap())
             }
         };
+        // Declares the flow `spec` over HTTP: its id.
+        let declare = |spec: Value| {
+            let (http, url) = (http.clone(), format!("{base}/v1/flows"));
+            async move {
+                let view: Value = http.post(url).json(&spec).send().await.unwrap().json().await.unwrap();
+                view["id"].as_str().unwrap().parse::<Uuid>().unwrap()
+            }
+        };
         // A declared flow, a flow grown by a task's children, a lone task (no
         // flow) and a declared flow whose step fails.
-        let declared: Value = http
-            .post(format!("{base}/v1/flows"))
-            .json(&json!({"name": "first", "input": "hi", "steps": [{"plugin": "uppercase"}]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let declared = declared["id"].as_str().unwrap().parse::<Uuid>().unwrap();
+        let declared = declare(json!({"name": "first", "input": "hi", "steps": [{"plugin": "uppercase"}]})).await;
         ended(&engine, declared).await;
         let grown = probe(&engine, json!([{"fanout": {"n": 2, "plugin": "uppercase", "input": "x"}}])).await;
         ended(&engine, grown).await;
         engine.submit(task("uppercase", "lone")).await.unwrap();
-        let failing: Value = http
-            .post(format!("{base}/v1/flows"))
-            .json(&json!({"steps": [{"plugin": "flow-probe", "input": "not json", "max_attempts": 1}]}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let failing = failing["id"].as_str().unwrap().parse::<Uuid>().unwrap();
+        let failing = declare(json!({"steps": [{"plugin": "flow-probe", "input": "not json", "max_attempts": 1}]})).await;
         ended(&engine, failing).await;
 
         let (status, page) = get(format!("{base}/v1/flows")).await;
