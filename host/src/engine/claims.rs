@@ -427,6 +427,13 @@ async fn read_backlog(shared: &Shared, pg: &PgDb) -> Result<(), StoreError> {
         // the store instead, which counts every host's.
         let counts = pg.store().counts_by_queue().await?;
         shared.metrics.set_counts(counts);
+        // And the queues' settings another host may have changed: the
+        // weights this host charges its claims by are the database's.
+        let queues = pg.store().queues().await?;
+        let mut sched = lock(&shared.sched);
+        for (name, config) in queues {
+            sched.configure(&name, config);
+        }
     }
     let backlog = pg.backlog().await?;
     let backlog = backlog.into_iter().map(|b| (b.queue, (to_usize(b.ready), to_usize(b.delayed)))).collect();

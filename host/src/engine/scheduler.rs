@@ -418,13 +418,22 @@ impl Scheduler {
     }
 
     /// This host's fair queuing, for a shared store's claims to share run
-    /// time as [`Scheduler::next`] does: each queue's cost per task (once
-    /// one of its tasks settled here) and charge over its weight, and
-    /// each tenant's charge.
+    /// time as [`Scheduler::next`] does: each queue's cost per task (its
+    /// measure, or the measured queues' mean) and charge over its weight,
+    /// and each tenant's charge.
     pub(crate) fn run_costs(&mut self) -> RunCosts {
         self.bound_credit();
+        // A queue none of whose tasks settled here is charged, here and in
+        // the claim, the mean of those measured (not the 1 ms first guess,
+        // which would let a queue of long tasks win claim after claim
+        // until its first task ended).
+        let measured: Vec<f64> = self.queues.values().filter(|q| q.measured).map(|q| q.avg_cost).collect();
+        if !measured.is_empty() {
+            let mean = measured.iter().sum::<f64>() / measured.len() as f64;
+            self.queues.values_mut().filter(|q| !q.measured).for_each(|q| q.avg_cost = mean);
+        }
         RunCosts::new(
-            self.queues.iter().map(|(name, q)| (name.clone(), q.measured.then_some(q.avg_cost), q.vtime)),
+            self.queues.iter().map(|(name, q)| (name.clone(), Some(q.avg_cost), q.vtime)),
             self.tenants.iter().map(|(name, t)| (name.clone(), t.vtime)),
         )
     }
@@ -650,6 +659,26 @@ mod tests {
         s.set_backlog(HashMap::from([("r".to_owned(), (1, 0))]));
         s.run_costs();
         assert_eq!(s.queues["r"].vtime, 0.0, "q is idle: r owes it nothing");
+    }
+
+    /// A queue none of whose tasks settled here is charged, from the next
+    /// claim on, the mean cost of the queues measured (not the 1 ms first
+    /// guess), as the claim deals it.
+    #[test]
+    fn a_queue_not_measured_yet_is_charged_the_measured_mean() {
+        let mut s = Scheduler::new(4);
+        for (q, cost) in [("a", 0.010), ("b", 0.030)] {
+            let charge = s.claimed(q);
+            s.finished(q, charge, cost);
+        }
+        s.set_backlog(HashMap::from([("new".to_owned(), (5, 0))]));
+        assert_eq!(s.claimed("new").1, INITIAL_COST, "before a claim's costs were read");
+        s.run_costs();
+        let charge = s.claimed("new");
+        assert!((charge.1 - 0.020).abs() < 1e-12, "{}", charge.1);
+        // Its first measure replaces the mean.
+        s.finished("new", charge, 2.0);
+        assert_eq!(s.queues["new"].avg_cost, 2.0);
     }
 
     /// Tasks a shared store's claim took fill the window and count as

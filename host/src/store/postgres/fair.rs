@@ -148,7 +148,9 @@ impl RunCosts {
 }
 
 /// `charged`, each at least the most charged less [`MOST_CREDIT`]; one
-/// unknown (never claimed here) at the least charged known.
+/// unknown (a queue the host's scheduler has not seen yet: it knows those
+/// of its backlog reads, lifted as here) at that, or at the least
+/// charged known if that is more.
 fn lifted(charged: &[Option<f64>]) -> Vec<f64> {
     let known: Vec<f64> = charged.iter().flatten().copied().filter(|c| c.is_finite()).collect();
     let most = known.iter().copied().fold(0.0, f64::max);
@@ -683,7 +685,7 @@ mod tests {
         let c = costs(&[("a", Some(0.010), 10.0), ("b", Some(0.010), 0.0)], &[]);
         assert_eq!(dealt(&c, &queues, 25), [0, 25]);
         assert_eq!(dealt(&c, &queues, 45), [10, 35]);
-        // A queue this host never claimed from starts level with the least
+        // A queue the host's scheduler does not know starts level with the least
         // charged and costs the others' mean (20 ms here).
         let queues = [named("a", 1, 0), named("b", 1, 0), named("new", 1, 0)];
         let c = costs(&[("a", Some(0.010), 0.5), ("b", Some(0.030), 0.4)], &[]);
