@@ -462,16 +462,7 @@ on_both_stores! {
         assert_eq!(steps, ["a", "b", "both"]);
         assert!(view["tree"][2]["run_ms"].is_u64());
         // The same flow in the terminal.
-        let (server, shown_token) = (base.clone(), token.clone());
-        let shown = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
-                .args(["flow", &id, "--server", &server])
-                .env("TASKHOST_TOKEN", shown_token)
-                .output()
-                .unwrap()
-        })
-        .await
-        .unwrap();
+        let shown = crate::client_cli(&base, &token, &["flow", &id, "--server", &base]).await;
         assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
         let text = String::from_utf8(shown.stdout).unwrap();
         assert!(text.starts_with(&format!("flow {} completed (demo)  3 tasks", view["id"].as_str().unwrap())), "{text}");
@@ -520,16 +511,7 @@ on_both_stores! {
         let typed: taskhost::wire::Flow = serde_json::from_value(view.clone()).unwrap();
         assert_eq!(typed.output.bytes().as_deref(), Some(&b"HI"[..]));
         // The terminal shows the node's error as `class: message`.
-        let (server, token) = (base.clone(), token.clone());
-        let shown = tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_taskhost"))
-                .args(["flow", &id, "--server", &server])
-                .env("TASKHOST_TOKEN", token)
-                .output()
-        })
-        .await
-        .unwrap()
-        .unwrap();
+        let shown = crate::client_cli(&base, &token, &["flow", &id, "--server", &base]).await;
         let text = String::from_utf8(shown.stdout).unwrap();
         let class = error["class"].as_str().unwrap();
         let line = format!("  {class}: bad input");
