@@ -258,12 +258,18 @@ impl Admin {
     /// unfinished task is cancelled (running ones interrupted).
     pub(crate) async fn cancel_flow(&self, id: Uuid) -> Result<FlowView, EngineError> {
         let unfinished = self.flows.cancel(id).await?;
-        let cancels = unfinished.into_iter().map(|task| self.cancel(task));
-        for result in futures::future::join_all(cancels).await {
-            match result {
-                // Ended on its own meanwhile: nothing to cancel.
-                Ok(_) | Err(EngineError::Conflict(_)) => {}
-                Err(e) => return Err(e),
+        // Those waiting first: a running task's end, its cancel's too, may
+        // release a join waiting for it, which would then start before its
+        // own cancel.
+        let (running, waiting): (Vec<_>, Vec<_>) = unfinished.into_iter().partition(|(_, running)| *running);
+        for tasks in [waiting, running] {
+            let cancels = tasks.into_iter().map(|(task, _)| self.cancel(task));
+            for result in futures::future::join_all(cancels).await {
+                match result {
+                    // Ended on its own meanwhile: nothing to cancel.
+                    Ok(_) | Err(EngineError::Conflict(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         self.shared.ended.notify_waiters();

@@ -448,8 +448,9 @@ impl Flows {
     }
 
     /// Marks a flow cancelled, so no later iteration starts; returns its
-    /// unfinished tasks, for the caller to cancel.
-    pub(crate) async fn cancel(&self, id: Uuid) -> Result<Vec<Uuid>, EngineError> {
+    /// unfinished tasks, each with whether it was running, for the caller
+    /// to cancel.
+    pub(crate) async fn cancel(&self, id: Uuid) -> Result<Vec<(Uuid, bool)>, EngineError> {
         let view = self.view(id).await?;
         if view.flow.state != FlowState::Running {
             return Err(EngineError::Conflict(format!("flow {id} already ended ({})", view.flow.state.as_str())));
@@ -478,7 +479,7 @@ impl Flows {
             .await?
             .into_iter()
             .filter(|t| !t.state.is_terminal())
-            .map(|t| t.id)
+            .map(|t| (t.id, t.state == TaskState::Running))
             .collect())
     }
 
