@@ -30,9 +30,10 @@
 //! time until another host leads once the leader of three hosts serving
 //! together is SIGKILLed.
 //!
-//! A fourth table times submit → start at a steady 1,000 tasks/s (the
-//! `clock` plugin's output is when it ran) on a redb file, on PostgreSQL
-//! served by one host alone, and by 1 and 3 hosts serving together.
+//! A fourth table times submit → start at a steady 100 and 1,000 tasks/s
+//! (the `clock` plugin's output is when it ran) on a redb file, on
+//! PostgreSQL served by one host alone, and by 1 and 3 hosts serving
+//! together.
 //!
 //! Run: `cargo bench -p taskhost --bench postgres` (`-- failover`: the
 //! failover table alone; `-- engine`: the engine's; `-- latency`: the
@@ -380,11 +381,13 @@ async fn open_hosts(
     (engines, dirs)
 }
 
-/// Seconds of each latency run.
-const LATENCY_SECONDS: u64 = 2;
+/// The rates of the latency runs (tasks/s), each with its seconds: a
+/// light load, where a task waits for no one else's commit, and the
+/// issue's 1,000/s.
+const LATENCY_RATES: [(u64, u64); 2] = [(100, 4), (1_000, 2)];
 
-/// Submit → start latency at a steady 1,000 tasks/s on each store
-/// ([`ROUNDS`] runs each, alternating; percentiles over all of a
+/// Submit → start latency at steady rates ([`LATENCY_RATES`]) on each
+/// store ([`ROUNDS`] runs each, alternating; percentiles over all of a
 /// setting's samples).
 async fn latencies(cluster: &taskhost_test_postgres::Cluster) {
     // (label, on PostgreSQL, hosts, serving together)
@@ -394,39 +397,42 @@ async fn latencies(cluster: &taskhost_test_postgres::Cluster) {
         ("PostgreSQL, `--many-hosts`", true, 1, true),
         ("PostgreSQL, `--many-hosts`", true, 3, true),
     ];
-    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); settings.len()];
+    let mut samples: Vec<Vec<Vec<Duration>>> = vec![vec![Vec::new(); settings.len()]; LATENCY_RATES.len()];
     for round in 0..ROUNDS {
-        for (i, &(_, postgres, hosts, many)) in settings.iter().enumerate() {
-            let url = postgres.then(|| cluster.database(&format!("bench_latency_{i}_{round}")));
-            let clock = taskhost_test_artifacts::CLOCK.bytes();
-            let (engines, _dirs) = open_hosts(url.as_deref(), hosts, many, "clock", clock).await;
-            // A moment for every host to lead, claim and listen.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            samples[i].extend(common::latency(&engines, 1_000, LATENCY_SECONDS).await);
-            for engine in engines {
-                engine.close().await;
+        for (r, &(rate, seconds)) in LATENCY_RATES.iter().enumerate() {
+            for (i, &(_, postgres, hosts, many)) in settings.iter().enumerate() {
+                let url = postgres.then(|| cluster.database(&format!("bench_latency_{r}_{i}_{round}")));
+                let clock = taskhost_test_artifacts::CLOCK.bytes();
+                let (engines, _dirs) = open_hosts(url.as_deref(), hosts, many, "clock", clock).await;
+                // A moment for every host to lead, claim and listen.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                samples[r][i].extend(common::latency(&engines, rate, seconds).await);
+                for engine in engines {
+                    engine.close().await;
+                }
             }
         }
     }
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    println!(
-        "\nSubmit → start at a steady 1,000 tasks/s ({LATENCY_SECONDS} s × {ROUNDS} rounds, submitted to the hosts in turn)\n"
-    );
-    println!("| store | hosts | tasks | p50 | p99 | p99 ratio |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    let mut base = None;
-    for (i, mut l) in samples.into_iter().enumerate() {
-        l.sort();
-        let (p50, p99) = (l[l.len() / 2], l[l.len() * 99 / 100]);
-        let base = *base.get_or_insert(p99);
-        let (label, _, hosts, _) = settings[i];
-        println!(
-            "| {label} | {hosts} | {} | {:.2} ms | {:.2} ms | {:.2}x |",
-            l.len(),
-            ms(p50),
-            ms(p99),
-            p99.as_secs_f64() / base.as_secs_f64()
-        );
+    println!("\nSubmit → start at steady rates ({ROUNDS} rounds, submitted to the hosts in turn)\n");
+    println!("| store | hosts | tasks/s | tasks | p50 | p99 | p99 ratio |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for (r, at_rate) in samples.into_iter().enumerate() {
+        let rate = LATENCY_RATES[r].0;
+        let mut base = None;
+        for (i, mut l) in at_rate.into_iter().enumerate() {
+            l.sort();
+            let (p50, p99) = (l[l.len() / 2], l[l.len() * 99 / 100]);
+            let base = *base.get_or_insert(p99);
+            let (label, _, hosts, _) = settings[i];
+            println!(
+                "| {label} | {hosts} | {rate} | {} | {:.2} ms | {:.2} ms | {:.2}x |",
+                l.len(),
+                ms(p50),
+                ms(p99),
+                p99.as_secs_f64() / base.as_secs_f64()
+            );
+        }
     }
 }
 

@@ -70,8 +70,12 @@ impl Admission {
         }
         for record in records {
             if shared.store.queues_tasks() {
-                // The store's claims wait for what it joins.
-                ready.push(record);
+                // Started in its submission's commit: its submitter runs
+                // it, and no claim needs waking.
+                if record.state != TaskState::Running {
+                    // The store's claims wait for what it joins.
+                    ready.push(record);
+                }
                 continue;
             }
             // Under the book lock, a task that ends after this read finds

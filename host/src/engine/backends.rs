@@ -6,7 +6,7 @@
 
 use super::testing::{Harness, Script, input};
 use super::{EngineConfig, EngineError, NewTask};
-use crate::store::{FlowRecord, FlowState, FlowUpdate, Retention, TaskState};
+use crate::store::{FlowRecord, FlowState, FlowUpdate, QueueConfig, Retention, TaskState};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -94,6 +94,54 @@ both! {
         assert!(report.load.memory_reserved_bytes > 0, "the running task's memory is reserved: {report:?}");
         assert!(report.models.is_empty());
         h.engine.cancel(running).await.unwrap();
+    }
+
+    async fn an_idle_host_starts_a_task_in_its_submissions_commit(h) {
+        // PostgreSQL decides it in that commit: nothing else startable,
+        // no cap on the queue or tenant (redb's scheduler decides the same).
+        let held = QueueConfig { concurrency: Some(1), ..QueueConfig::default() };
+        h.engine.set_queue("held", held).await.unwrap();
+        let mut events = h.engine.store().subscribe(None);
+        let on = |queue: &str, s: Script| NewTask { queue: Some(queue.into()), ..task("echo", &s) };
+        let first = h.engine.submit(on("default", Script::AwaitGate(b"a".to_vec()))).await.unwrap().record;
+        assert_eq!((first.state, first.attempts, first.version), (TaskState::Running, 1, 2), "{first:?}");
+        let moves: Vec<_> = first.history.iter().map(|t| (t.from, t.to, t.attempt)).collect();
+        assert_eq!(moves, [(None, TaskState::Pending, 0), (Some(TaskState::Pending), TaskState::Running, 1)]);
+        for (from, to, attempt) in moves {
+            let event = tokio::time::timeout(WAIT, events.live.recv()).await.unwrap().unwrap();
+            assert_eq!((event.id, event.from, event.to, event.attempt), (first.id, from, to, attempt));
+        }
+        // A capped queue's task, its queue under its cap: redb's scheduler
+        // starts it, knowing every task running; PostgreSQL leaves it to a
+        // claim, which counts the queue's running tasks under its lock.
+        let capped = h.engine.submit(on("held", Script::AwaitGate(b"b".to_vec()))).await.unwrap().record;
+        let shared = h.engine.store().queues_tasks();
+        let expected = if shared { TaskState::Pending } else { TaskState::Running };
+        assert_eq!(capped.state, expected, "its queue has a cap");
+        h.wait_state(capped.id, TaskState::Running).await;
+        let waiting = h.engine.submit(on("held", Script::Complete(b"c".to_vec()))).await.unwrap().record;
+        assert_eq!(waiting.state, TaskState::Pending);
+        // Behind a startable task (held by its queue's cap) a submission
+        // waits its turn.
+        let behind = h.engine.submit(on("default", Script::Complete(b"d".to_vec()))).await.unwrap().record;
+        assert_eq!(behind.state, TaskState::Pending, "a task is startable before it");
+        assert_eq!(h.engine.wait(behind.id, WAIT).await.unwrap().state, TaskState::Completed, "claimed as any other");
+        h.runner.gate.add_permits(2);
+        for id in [first.id, capped.id, waiting.id, behind.id] {
+            assert_eq!(h.engine.wait(id, WAIT).await.unwrap().state, TaskState::Completed);
+            assert_eq!(h.runner.calls(id), 1, "each ran once");
+        }
+        assert_eq!(h.engine.output(first.id).await.unwrap(), Some(b"a".to_vec()));
+        // Idle again (on PostgreSQL, once a claim found nothing waiting):
+        // the next starts with its commit.
+        let deadline = std::time::Instant::now() + WAIT;
+        while h.shared.backlogged.load(std::sync::atomic::Ordering::Relaxed) {
+            assert!(std::time::Instant::now() < deadline, "a claim never found the host idle");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let next = h.engine.submit(on("default", Script::Complete(b"e".to_vec()))).await.unwrap().record;
+        assert_eq!(next.state, TaskState::Running);
+        assert_eq!(h.engine.wait(next.id, WAIT).await.unwrap().state, TaskState::Completed);
     }
 
     async fn a_failing_task_is_retried_and_its_attempts_counted(h) {
@@ -339,8 +387,11 @@ async fn an_attempt_whose_lease_is_lost_is_stopped_and_its_task_runs_again() {
     let h = Harness::on_url(url.clone(), tweak).await.unwrap();
     let admin = crate::store::postgres::PgStore::connect(&url, 1).await.unwrap();
     let t = task("echo", &Script::RunUntilCancelledOnce(b"again".to_vec()));
-    let id = h.engine.submit(t).await.unwrap().record.id;
-    h.wait_state(id, TaskState::Running).await;
+    let submitted = h.engine.submit(t).await.unwrap().record;
+    // Started in its submission's commit (the host is idle), under a lease
+    // that commit wrote.
+    assert_eq!(submitted.state, TaskState::Running);
+    let id = submitted.id;
     let lease = || async {
         sqlx::query_as::<_, (i64, f64)>(
             "SELECT token, extract(epoch FROM expires_at - clock_timestamp())::float8 FROM taskhost_leases

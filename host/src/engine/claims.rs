@@ -190,6 +190,9 @@ pub(crate) async fn run(dispatch: Arc<Dispatch>, shared: Arc<Shared>, endings: A
             let costs = lock(&shared.sched).run_costs();
             match pg.claim(room, shared.config.store_lease, &leave, &costs).await {
                 Ok(claimed) => {
+                    // A full claim leaves tasks waiting: submissions leave
+                    // their start to claims.
+                    shared.backlogged.store(claimed.len() == room, std::sync::atomic::Ordering::Relaxed);
                     if failing.take().is_some() {
                         tracing::info!("claiming tasks works again");
                     }
@@ -240,13 +243,23 @@ async fn backoff(shared: &Shared, failing: &mut Option<Duration>) {
 /// claim that committed though its answer was lost (the connection failed
 /// as it committed). Looked for before claiming again after a failure,
 /// and every heartbeat; only between claims, so a claim just made is
-/// never taken for one.
+/// never taken for one. A task claimed with its submission is tracked as
+/// running before its commit, so one whose answer is on its way is not
+/// taken for one either.
 async fn adopt(dispatch: &Arc<Dispatch>, shared: &Shared, pg: &PgDb) -> Result<(), StoreError> {
     let held = pg.held_leases().await?;
+    // `running` first: a task started with its submission is tracked there
+    // from before its commit until its attempt ended, and its lease is held
+    // from after its commit until its outcome committed (or was given up),
+    // so read in this order one of the two shows it.
+    let tracked: HashSet<Uuid> = {
+        let running = lock(&shared.running);
+        held.iter().filter(|lease| running.contains_key(&lease.task)).map(|lease| lease.task).collect()
+    };
     let unknown: Vec<Lease> = {
         let mut leases = lock(&shared.leases);
         leases.forget_given_up(&held.iter().map(|lease| lease.token).collect());
-        held.into_iter().filter(|lease| !leases.holds(lease)).collect()
+        held.into_iter().filter(|lease| !tracked.contains(&lease.task) && !leases.holds(lease)).collect()
     };
     for lease in unknown {
         // Moved on since (its lease went with it): nothing to run.

@@ -27,6 +27,7 @@ use crate::store::{Change, InputFrom, StoreError, StoredFailure, TaskRecord, Tas
 use crate::sync::lock;
 use crate::{CancelToken, FailureClass, TaskFailure, TaskReport};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub(crate) struct Dispatch {
@@ -248,27 +249,45 @@ impl Dispatch {
     /// Claims `record`, about to be submitted, when the scheduler would
     /// claim it next anyway (see [`Scheduler::claim_now`]): a plain task,
     /// due now, while nothing else waits and the window has room. The
-    /// caller commits it with [`start`] through `submit_then`, then hands
-    /// the claim to [`Dispatch::run_claimed`] or, when no task was created,
-    /// to [`Dispatch::unclaim`].
+    /// caller commits it started through `Db::submit_started`, then hands
+    /// the claim to [`Dispatch::run_claimed`] or, when no task was created
+    /// or it was not started (PostgreSQL found other tasks startable, or a
+    /// cap on its queue or tenant), to [`Dispatch::unclaim`]. On
+    /// PostgreSQL the scheduler holds no queued tasks: the database decides
+    /// in that commit whether nothing else waits, and a task of a plugin
+    /// this host leaves to others is not claimed, nor is any while this
+    /// host has as many tasks in flight as execution slots (the task would
+    /// wait here anyway, other hosts' claims may take it, and claims in
+    /// batches cost the database less) or its last claim filled up (tasks
+    /// wait: they come first, and the commit's look for them would be
+    /// wasted).
     ///
     /// [`Scheduler::claim_now`]: super::scheduler::Scheduler::claim_now
     pub(crate) fn claim_at_submit(&self, record: &TaskRecord) -> Option<Claim> {
         let shared = &self.shared;
         let due = record.next_run_at_ms.is_none_or(|at| at <= now_ms());
-        // PostgreSQL commits no claim with a submission (see
-        // `Db::submit_then`).
+        let shared_store = shared.store.queues_tasks();
+        let backlogged = shared_store && shared.backlogged.load(Ordering::Relaxed);
         if !shared.config.claim_at_submit
-            || shared.store.redb().is_none()
+            || backlogged
             || shared.stopping()
             || !due
             || !record.after.is_empty()
             || record.state != TaskState::Pending
+            || super::routing::leave_to_others(shared).contains(&record.plugin)
         {
             return None;
         }
         let claimed = Instant::now();
-        let charge = lock(&shared.sched).claim_now(entry(record), now_ms())?;
+        let charge = {
+            let mut sched = lock(&shared.sched);
+            // Under the scheduler's lock, so a burst of submissions starts
+            // no more than the slots with their commits.
+            if shared_store && sched.in_flight() >= shared.gate.slot_count() {
+                return None;
+            }
+            sched.claim_now(entry(record), now_ms())?
+        };
         // Tracked before its commit, so a cancel finds it once it exists
         // and `close()` waits for it.
         let token = CancelToken::new();
@@ -283,11 +302,22 @@ impl Dispatch {
         Some(claim)
     }
 
-    /// Runs a task committed as claimed (`record`, running).
-    pub(crate) fn run_claimed(self: &Arc<Self>, claim: Claim, record: TaskRecord) {
+    /// Runs a task committed as claimed (`record`, running), under `lease`
+    /// on a shared store; `input` is its input when the caller still holds
+    /// it (else it is read from the store).
+    pub(crate) fn run_claimed(
+        self: &Arc<Self>,
+        claim: Claim,
+        record: TaskRecord,
+        lease: Option<Lease>,
+        input: Option<Vec<u8>>,
+    ) {
         let Claim { charge, token, claimed, .. } = claim;
+        if let Some(lease) = &lease {
+            lock(&self.shared.leases).hold(lease, token.clone());
+        }
         let ticket = self.shared.gate.ticket();
-        tokio::spawn(self.clone().attempt(record, charge, token, (claimed, ticket), None, None));
+        tokio::spawn(self.clone().attempt(record, charge, token, (claimed, ticket), lease, input));
     }
 
     /// Runs a task this host claimed from a shared store, its outcome

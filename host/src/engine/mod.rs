@@ -598,21 +598,32 @@ impl Engine {
             let _quota = quota;
             let inner = &engine.inner;
             // A task nothing waits before is claimed in this commit.
-            let (id, version, claim) = (record.id, record.version, inner.dispatch.claim_at_submit(&record));
+            let (id, claim) = (record.id, inner.dispatch.claim_at_submit(&record));
+            // Kept for the attempt where a shared store's claim would have
+            // carried it too, saving a read.
+            let kept_input = (claim.is_some()
+                && inner.shared.store.queues_tasks()
+                && input.len() <= crate::store::postgres::INLINE_INPUT)
+                .then(|| input.clone());
             let submitted = match &claim {
-                Some(_) => inner.shared.store.submit_then(record, input, crate::store::start(id, version)).await,
-                None => inner.shared.store.submit(record, input).await,
+                Some(_) => inner.shared.store.submit_started(record, input, inner.shared.config.store_lease).await,
+                None => inner.shared.store.submit(record, input).await.map(|s| (s, None)),
             };
             match (claim, &submitted) {
-                (claim, Ok(s)) if s.created => {
+                (claim, Ok((s, lease))) if s.created => {
                     inner.endings.admit(std::slice::from_ref(&s.record), false);
-                    if let Some(claim) = claim {
-                        inner.dispatch.run_claimed(claim, s.record.clone());
+                    match claim {
+                        Some(claim) if s.record.state == crate::store::TaskState::Running => {
+                            inner.dispatch.run_claimed(claim, s.record.clone(), lease.clone(), kept_input);
+                        }
+                        Some(claim) => inner.dispatch.unclaim(claim, id),
+                        None => {}
                     }
                 }
                 (Some(claim), _) => inner.dispatch.unclaim(claim, id),
                 (None, _) => {}
             }
+            let submitted = submitted.map(|(s, _)| s);
             // The task holds its version now (or was never created).
             drop(pin);
             Ok(submitted?)

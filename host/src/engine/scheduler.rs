@@ -212,8 +212,7 @@ impl Scheduler {
         }
     }
 
-    /// Tasks in flight now.
-    #[cfg(test)]
+    /// Tasks in flight now: claimed, until their outcome settled.
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight
     }

@@ -68,6 +68,10 @@ pub(crate) struct Shared {
     /// On a shared store: when tasks this host queued become due, so its
     /// claims look for them on time.
     pub(crate) due: Mutex<super::claims::DueTimes>,
+    /// On a shared store: this host's last claim found tasks waiting, so a
+    /// submission is not started with its commit (others come first; see
+    /// `Dispatch::claim_at_submit`).
+    pub(crate) backlogged: AtomicBool,
 }
 
 impl Shared {
@@ -109,6 +113,7 @@ impl Shared {
             rates,
             leases: Mutex::default(),
             due: Mutex::default(),
+            backlogged: AtomicBool::new(false),
         }
     }
 

@@ -16,8 +16,8 @@
 
 use super::events::{Feed, Subscription};
 use super::postgres::{
-    Claimed, CommitConfig, DRAIN, Drawn, Lease, ManyHosts, PgCommitter, PgError, PgStore, QueueBacklog, RunCosts,
-    SharedEvents, SoleEngine, Standby, Term, Wakeups,
+    ClaimAtSubmit, Claimed, CommitConfig, DRAIN, Drawn, Lease, ManyHosts, PgCommitter, PgError, PgStore, QueueBacklog,
+    RunCosts, SharedEvents, SoleEngine, Standby, Term, Wakeups,
 };
 use super::retention::{Expired, Removed, Retention};
 use super::{
@@ -455,20 +455,32 @@ impl Db {
         }
     }
 
-    /// [`submit`](Self::submit), the new task moved by `then` (its claim)
-    /// in the same commit; see [`Store::submit_then`]. Only redb commits
-    /// the two together: PostgreSQL refuses, writing nothing, as a
-    /// submission committed without its claim would be neither claimed
-    /// nor scheduled (the engine claims at submission on redb only).
-    pub(crate) async fn submit_then(
+    /// [`submit`](Self::submit), the new task started in the same commit
+    /// if it may be: on redb always (the caller's scheduler decided it is
+    /// the task to claim next; see [`Store::submit_then`]); on PostgreSQL
+    /// when, in that commit, no other task is startable and neither its
+    /// queue nor its tenant has a running limit, under a lease of `lease`
+    /// held by this host (see `postgres/at_submit.rs`). The lease of a task
+    /// started on PostgreSQL comes with it; a task not started is pending.
+    pub(crate) async fn submit_started(
         &self,
         record: TaskRecord,
         input: Vec<u8>,
-        then: Change,
-    ) -> Result<Submitted, StoreError> {
+        lease: Duration,
+    ) -> Result<(Submitted, Option<Lease>), StoreError> {
         match self {
-            Db::Redb(store) => store.submit_then(record, input, then).await,
-            Db::Postgres(_) => Err(PgError::Unsupported("a claim committed with its submission".into()).into()),
+            Db::Redb(store) => {
+                let then = super::start(record.id, record.version);
+                Ok((store.submit_then(record, input, then).await?, None))
+            }
+            Db::Postgres(pg) => {
+                let claim = ClaimAtSubmit { host: pg.host.clone(), lease };
+                let (submitted, lease) = pg.committer.submit_claiming(record, input, claim).await?;
+                if submitted.created {
+                    pg.feed.created(&submitted.record);
+                }
+                Ok((submitted, lease))
+            }
         }
     }
 

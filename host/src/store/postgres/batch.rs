@@ -6,13 +6,15 @@
 //! on every host (flows, by name; then the leases of the tasks changed,
 //! then their rows, by id; then idempotency keys, by name), so batches of
 //! different hosts sharing a flow or a task wait for each other instead of
-//! deadlocking. This is
+//! deadlocking (the leases of tasks started with their submission are
+//! inserted last, on rows this transaction created). This is
 //! what the group committer (`committer.rs`) and [`PgStore::finish_all`]
 //! commit through. A submission of an id stored already (or earlier in the
 //! batch) is refused; one stored by another transaction committing at the
 //! same moment fails the batch (the primary key): ids are fresh UUIDv7s,
 //! so only a retry racing its own first try would.
 
+use super::at_submit::{self, ClaimAtSubmit, StartNow};
 use super::quarantine::{Decoded, set_aside};
 use super::{Lease, PgError, PgStore, PgTxn, Standing};
 use crate::store::apply::{apply_flow, apply_submit, apply_transition};
@@ -24,10 +26,11 @@ use uuid::Uuid;
 
 /// One operation of a batch.
 pub(crate) enum PgOp {
-    /// Records a new task (or finds the one its key names). No change
-    /// comes with it: on PostgreSQL a task starts by a claim, which gives
-    /// it a lease.
-    Submit { record: Box<TaskRecord>, input: Vec<u8> },
+    /// Records a new task (or finds the one its key names). With `claim`,
+    /// the task starts in the same commit, under a lease, when a claim
+    /// would take it next anyway (see `at_submit.rs`); otherwise it waits
+    /// for a claim, which gives it a lease.
+    Submit { record: Box<TaskRecord>, input: Vec<u8>, claim: Option<ClaimAtSubmit> },
     /// A checked transition taking no lease (a task out of running loses
     /// its lease with it).
     Transition(Change),
@@ -41,7 +44,8 @@ pub(crate) enum PgOp {
 /// What an operation of a batch did.
 #[derive(Debug)]
 pub(crate) enum Done {
-    Submitted(Submitted),
+    /// The task, with its lease when it started in this commit.
+    Submitted(Submitted, Option<Lease>),
     Applied(Applied),
     Flow(FlowRecord, Vec<TaskRecord>),
 }
@@ -49,8 +53,13 @@ pub(crate) enum Done {
 impl Done {
     /// A submission's answer.
     pub(crate) fn submitted(self) -> Submitted {
+        self.started().0
+    }
+
+    /// A submission's answer, with the lease of a task started with it.
+    pub(crate) fn started(self) -> (Submitted, Option<Lease>) {
         match self {
-            Done::Submitted(submitted) => submitted,
+            Done::Submitted(submitted, lease) => (submitted, lease),
             other => unreachable!("a submission answers with its task, not {other:?}"),
         }
     }
@@ -118,6 +127,14 @@ impl PgStore {
                 _ => None,
             })
             .collect();
+        // The queues of the submissions asking to start with their commit.
+        let asking: Vec<String> = ops
+            .iter()
+            .filter_map(|op| match op {
+                PgOp::Submit { record, claim: Some(_), .. } => Some(record.queue.clone()),
+                _ => None,
+            })
+            .collect();
         let new_ids: Vec<Uuid> = ops
             .iter()
             .filter_map(|op| match op {
@@ -145,6 +162,10 @@ impl PgStore {
                 }
             }
         }
+        // Before the batch's flow and row locks (it takes none, and what it
+        // reads may change as it ends either way): may the asks start?
+        let mut start_now =
+            if asking.is_empty() { StartNow::default() } else { StartNow::read(&mut txn, asking).await? };
         // Flows first (see `txn.rs`): the flows of the tasks changed (an
         // ending task's flow decides its place in retention; a
         // completion's effects change it), the flows edited, and the flows
@@ -173,6 +194,9 @@ impl PgStore {
                 .await?;
             stored.into_iter().collect()
         };
+        // The tasks created running, each with its ask, and its answer's place.
+        let mut started: Vec<(Uuid, ClaimAtSubmit)> = Vec::new();
+        let mut started_at: Vec<usize> = Vec::new();
         let mut t = PgTxn::new(&mut txn);
         t.flows_held(held_flows);
         // Their records (locked above, except a task's whose flow could not
@@ -183,18 +207,33 @@ impl PgStore {
         let mut answers = Vec::with_capacity(ops.len());
         for op in ops {
             let done = match op {
-                PgOp::Submit { record, input } => match apply_submit(&mut t, *record, input, None).await {
-                    Ok(submitted) if submitted.created && !taken.insert(submitted.record.id) => {
-                        Err(StoreError::Refused(format!("task {} is stored already", submitted.record.id)))
+                PgOp::Submit { record, input, claim } => {
+                    let claim = claim.filter(|_| start_now.may_start(&record));
+                    let then = claim.as_ref().map(|_| crate::store::start(record.id, record.version));
+                    match apply_submit(&mut t, *record, input, then).await {
+                        Ok(submitted) if submitted.created && !taken.insert(submitted.record.id) => {
+                            Err(StoreError::Refused(format!("task {} is stored already", submitted.record.id)))
+                        }
+                        Ok(submitted) => {
+                            if let Some(claim) = claim.filter(|_| submitted.created) {
+                                started.push((submitted.record.id, claim));
+                                started_at.push(answers.len());
+                            }
+                            start_now.noted([&submitted.record]);
+                            Ok(Done::Submitted(submitted, None))
+                        }
+                        Err(refused) => Err(refused),
                     }
-                    other => other.map(Done::Submitted),
-                },
+                }
                 PgOp::Transition(change) => {
                     if let Some(why) = quarantined.get(&change.id) {
                         answers.push(Err(PgError::Quarantined { id: change.id, why: why.clone() }));
                         continue;
                     }
                     let applied = apply_transition(&mut t, change).await;
+                    if let Ok(applied) = &applied {
+                        start_now.noted(std::iter::once(&applied.record).chain(&applied.created));
+                    }
                     if let Ok(applied) = &applied
                         && applied.record.state != TaskState::Running
                     {
@@ -225,6 +264,9 @@ impl PgStore {
                         continue;
                     }
                     let applied = apply_transition(&mut t, change).await;
+                    if let Ok(applied) = &applied {
+                        start_now.noted(std::iter::once(&applied.record).chain(&applied.created));
+                    }
                     if applied.is_ok() {
                         t.release_lease(lease.task);
                     } else {
@@ -233,7 +275,10 @@ impl PgStore {
                     }
                     applied.map(Done::Applied)
                 }
-                PgOp::Flow(id, edit) => apply_flow(&mut t, id, edit).await.map(|(flow, tasks)| Done::Flow(flow, tasks)),
+                PgOp::Flow(id, edit) => apply_flow(&mut t, id, edit).await.map(|(flow, tasks)| {
+                    start_now.noted(&tasks);
+                    Done::Flow(flow, tasks)
+                }),
             };
             match done {
                 Ok(done) => {
@@ -248,7 +293,14 @@ impl PgStore {
             }
         }
         t.flush().await?;
+        // After the tasks' rows, which their leases name.
+        let mut leases = at_submit::lease(&mut txn, &started).await?;
         txn.commit().await?;
+        for at in started_at {
+            if let Some(Ok(Done::Submitted(submitted, lease))) = answers.get_mut(at) {
+                *lease = leases.remove(&submitted.record.id);
+            }
+        }
         Ok(answers)
     }
 }

@@ -19,7 +19,7 @@
 //! twice.
 
 use super::batch::{Done, PgOp};
-use super::{Lease, Outcome, PgError, PgStore};
+use super::{ClaimAtSubmit, Lease, Outcome, PgError, PgStore};
 use crate::store::{Applied, Change, FlowRecord, FlowUpdate, StoreError, Submitted, TaskRecord};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,7 +141,20 @@ impl PgCommitter {
     /// Durably records a new task, or returns the one its idempotency key
     /// names, as [`PgStore::submit`] does.
     pub async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, PgError> {
-        Ok(self.run(PgOp::Submit { record: Box::new(record), input }).await?.submitted())
+        Ok(self.run(PgOp::Submit { record: Box::new(record), input, claim: None }).await?.submitted())
+    }
+
+    /// [`submit`](Self::submit), the new task started in the same commit
+    /// under a lease of `claim`'s when a claim would take it next anyway
+    /// (see `at_submit.rs`): then it is returned running, with its lease;
+    /// otherwise it waits for a claim, as any other.
+    pub(crate) async fn submit_claiming(
+        &self,
+        record: TaskRecord,
+        input: Vec<u8>,
+        claim: ClaimAtSubmit,
+    ) -> Result<(Submitted, Option<Lease>), PgError> {
+        Ok(self.run(PgOp::Submit { record: Box::new(record), input, claim: Some(claim) }).await?.started())
     }
 
     /// A checked transition taking no lease, as [`PgStore::transition`].

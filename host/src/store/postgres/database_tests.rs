@@ -1240,12 +1240,12 @@ async fn operations_from_many_callers_commit_together_each_settled_alone() {
     // In one batch: a submission of an id stored already, and two of a new
     // id: the first of those is stored, the others are refused (their
     // writes discarded), and their neighbours commit.
-    let again = |n: u128| PgOp::Submit { record: Box::new(record(n, None)), input: b"again".to_vec() };
+    let again = |n: u128| PgOp::Submit { record: Box::new(record(n, None)), input: b"again".to_vec(), claim: None };
     let answers = store.commit_ops(vec![again(1), again(500), again(500), again(501)], None).await.unwrap();
     let refused = |a: &Result<Done, PgError>| matches!(a, Err(PgError::Record(StoreError::Refused(_))));
     assert!(refused(&answers[0]) && refused(&answers[2]), "{answers:?}");
-    assert!(matches!(&answers[1], Ok(Done::Submitted(s)) if s.created), "{answers:?}");
-    assert!(matches!(&answers[3], Ok(Done::Submitted(s)) if s.created), "{answers:?}");
+    assert!(matches!(&answers[1], Ok(Done::Submitted(s, None)) if s.created), "{answers:?}");
+    assert!(matches!(&answers[3], Ok(Done::Submitted(s, None)) if s.created), "{answers:?}");
     assert_eq!(store.input(Uuid::from_u128(1)).await.unwrap().unwrap(), b"in", "the stored task is unchanged");
 }
 
@@ -2137,4 +2137,77 @@ async fn migration_16_counts_the_tasks_stored_before_it() {
     let mut read = store.counts_by_queue().await.unwrap();
     read.sort();
     assert_eq!(read, [("q".to_owned(), TaskState::Pending, 2), ("q".to_owned(), TaskState::Completed, 0)]);
+}
+
+/// A submission asking to start with its commit (`at_submit.rs`) starts,
+/// under a lease of its own, only while no other task is startable and its
+/// queue and tenant have no running limit; within a batch, a startable task
+/// written before it counts. A task started so is claimed by no one else,
+/// and its outcome commits under its lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_starts_in_its_commit_only_when_a_claim_would_take_it_next() {
+    use crate::store::postgres::ClaimAtSubmit;
+    use crate::store::{TenantQuotas, TenantRecord};
+    let (store, _) = store("at_submit").await;
+    let ask = || Some(ClaimAtSubmit { host: "a".into(), lease: LEASE });
+    let op = |n: u128, queue: &str, claim: Option<ClaimAtSubmit>| {
+        let mut r = record(n, None);
+        r.queue = queue.into();
+        PgOp::Submit { record: Box::new(r), input: b"in".to_vec(), claim }
+    };
+    let started = |a: &Result<Done, PgError>| match a {
+        Ok(Done::Submitted(s, lease)) => {
+            assert!(s.created);
+            assert_eq!(lease.is_some(), s.record.state == TaskState::Running, "{s:?}");
+            lease.clone()
+        }
+        other => panic!("{other:?}"),
+    };
+    // Idle: started, attempt 1, with a live lease; no claim finds it.
+    let answers = store.commit_ops(vec![op(1, "default", ask())], None).await.unwrap();
+    let lease = started(&answers[0]).expect("started with its commit");
+    let one = store.get(Uuid::from_u128(1)).await.unwrap().unwrap();
+    assert_eq!((one.state, one.attempts), (TaskState::Running, 1));
+    assert_eq!(store.leases_of("a").await.unwrap(), vec![lease.clone()]);
+    assert!(store.claim("b", 10, LEASE).await.unwrap().is_empty());
+    // In one batch: a task not asking (pending, startable) comes first, so
+    // the asks after it wait; so does an ask of a capped queue or tenant.
+    store.set_queue("capped", &QueueConfig { concurrency: Some(5), ..QueueConfig::default() }).await.unwrap();
+    let quotas = TenantQuotas { max_running: Some(5), ..TenantQuotas::default() };
+    store.put_tenant("acme", &TenantRecord::new("root".into(), quotas)).await.unwrap();
+    for (n, queue) in [(2, "capped"), (3, "acme/q")] {
+        let answers = store.commit_ops(vec![op(n, queue, ask())], None).await.unwrap();
+        assert!(started(&answers[0]).is_none(), "{queue} is capped: {answers:?}");
+        let claimed = store.claim("b", 1, LEASE).await.unwrap();
+        assert_eq!(claimed.len(), 1, "task {n} waits for a claim");
+        store.finish(&claimed[0].lease, Outcome::completed(Vec::new())).await.unwrap();
+    }
+    let answers = store.commit_ops(vec![op(4, "default", None), op(5, "default", ask())], None).await.unwrap();
+    assert!(started(&answers[0]).is_none() && started(&answers[1]).is_none(), "behind task 4: {answers:?}");
+    // Outside the batch too: task 4 and 5 wait, so a later ask waits.
+    let answers = store.commit_ops(vec![op(6, "default", ask())], None).await.unwrap();
+    assert!(started(&answers[0]).is_none());
+    assert_eq!(store.claim("b", 10, LEASE).await.unwrap().len(), 3);
+    // Nothing startable again: an ask starts, before a task that does
+    // not ask in the same batch (it was not there yet).
+    let answers = store.commit_ops(vec![op(7, "default", ask()), op(8, "default", None)], None).await.unwrap();
+    assert!(started(&answers[0]).is_some() && started(&answers[1]).is_none());
+    // A task waiting for its due time is not startable: an ask starts.
+    assert_eq!(store.claim("b", 10, LEASE).await.unwrap().len(), 1, "task 8");
+    let mut later = record(9, None);
+    later.next_run_at_ms = Some(crate::store::now_ms() + 600_000);
+    assert!(store.submit(later, Vec::new()).await.unwrap().created);
+    let answers = store.commit_ops(vec![op(10, "default", ask())], None).await.unwrap();
+    assert!(started(&answers[0]).is_some(), "a delayed task does not wait before it");
+    // An ask due later waits for its time, whatever it asked.
+    let mut due_later = record(11, None);
+    due_later.next_run_at_ms = Some(crate::store::now_ms() + 600_000);
+    let ask_later = PgOp::Submit { record: Box::new(due_later), input: Vec::new(), claim: ask() };
+    let answers = store.commit_ops(vec![ask_later], None).await.unwrap();
+    assert!(started(&answers[0]).is_none());
+    // Task 1's outcome commits under its lease, once.
+    store.finish(&lease, Outcome::completed(b"out".to_vec())).await.unwrap();
+    assert_eq!(store.get(Uuid::from_u128(1)).await.unwrap().unwrap().state, TaskState::Completed);
+    let again = store.finish(&lease, Outcome::completed(Vec::new())).await.unwrap_err();
+    assert!(matches!(again, PgError::Fenced { .. }), "{again}");
 }

@@ -476,7 +476,8 @@ pub(super) async fn take(
 
 /// A task's tenant from its queue's name (as `crate::tenant::tenant_of`
 /// reads a key), in SQL.
-const TENANT_OF_QUEUE: &str = "(CASE WHEN strpos(queue, '/') > 0 THEN split_part(queue, '/', 1) ELSE 'default' END)";
+pub(super) const TENANT_OF_QUEUE: &str =
+    "(CASE WHEN strpos(queue, '/') > 0 THEN split_part(queue, '/', 1) ELSE 'default' END)";
 
 /// What keeps the tasks of the plugins bound as `param` (the claim's
 /// `leave`) out of the head `h` of a queue: their plugin is in

@@ -23,6 +23,7 @@
 //! ([`PgStore::wakeups`]). See `docs/scale-out.md`.
 
 mod access;
+mod at_submit;
 mod batch;
 mod committer;
 mod fair;
@@ -46,9 +47,10 @@ mod tenant_bytes;
 mod txn;
 mod wakeups;
 
+pub(crate) use at_submit::ClaimAtSubmit;
 pub use committer::{CommitConfig, PgCommitter};
-pub(crate) use fair::MOST_CREDIT;
 pub use fair::RunCosts;
+pub(crate) use fair::{INLINE_INPUT, MOST_CREDIT};
 pub use flow_counts::FlowEndNote;
 pub use hosts::HostRow;
 pub(crate) use leader::Standing;
@@ -302,7 +304,7 @@ impl PgStore {
     /// same idempotency key (in the API's namespace for a flow's root, in
     /// its flow's for a task a flow grew), as the redb store does.
     pub async fn submit(&self, record: TaskRecord, input: Vec<u8>) -> Result<Submitted, PgError> {
-        Ok(self.commit_one(PgOp::Submit { record: Box::new(record), input }).await?.submitted())
+        Ok(self.commit_one(PgOp::Submit { record: Box::new(record), input, claim: None }).await?.submitted())
     }
 
     /// Records many new tasks in one transaction, each as
