@@ -17,7 +17,7 @@
 //! outcome in it ending a step's last predecessor), is claimed next, after
 //! a task started here, as with two claims committing side by side.
 
-use super::fair::TENANT_OF_QUEUE;
+use super::fair::{READY_QUEUES, TENANT_OF_QUEUE};
 use super::leases::millis;
 use super::{Lease, PgError};
 use crate::store::{TaskRecord, TaskState, now_ms};
@@ -48,18 +48,10 @@ impl StartNow {
     /// Reads, in the transaction `conn` is in, whether any task is
     /// startable now and which of `queues` (those of the asks) are capped.
     pub(super) async fn read(conn: &mut PgConnection, queues: Vec<String>) -> Result<Self, PgError> {
-        // One index probe per queue holding startable tasks (a loose index
-        // scan, as a claim's), stopping at the first with one due.
+        // The claims' walk of the queues holding startable tasks, stopping
+        // at the first with one due.
         let (busy, capped): (bool, Vec<String>) = sqlx::query_as(&format!(
-            "WITH RECURSIVE ready (queue) AS (
-                 (SELECT queue FROM taskhost_tasks WHERE state IN ('pending', 'retrying') AND NOT blocked
-                  ORDER BY queue LIMIT 1)
-                 UNION ALL
-                 SELECT (SELECT t.queue FROM taskhost_tasks AS t
-                         WHERE t.state IN ('pending', 'retrying') AND NOT t.blocked AND t.queue > r.queue
-                         ORDER BY t.queue LIMIT 1)
-                 FROM ready AS r WHERE r.queue IS NOT NULL
-             )
+            "{READY_QUEUES}
              SELECT
                  EXISTS (SELECT 1 FROM ready AS r WHERE r.queue IS NOT NULL AND EXISTS (
                      SELECT 1 FROM taskhost_tasks AS t

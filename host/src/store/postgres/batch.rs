@@ -194,9 +194,8 @@ impl PgStore {
                 .await?;
             stored.into_iter().collect()
         };
-        // The tasks created running, each with its ask, and its answer's place.
+        // The tasks created running, each with its ask.
         let mut started: Vec<(Uuid, ClaimAtSubmit)> = Vec::new();
-        let mut started_at: Vec<usize> = Vec::new();
         let mut t = PgTxn::new(&mut txn);
         t.flows_held(held_flows);
         // Their records (locked above, except a task's whose flow could not
@@ -217,7 +216,6 @@ impl PgStore {
                         Ok(submitted) => {
                             if let Some(claim) = claim.filter(|_| submitted.created) {
                                 started.push((submitted.record.id, claim));
-                                started_at.push(answers.len());
                             }
                             start_now.noted([&submitted.record]);
                             Ok(Done::Submitted(submitted, None))
@@ -296,8 +294,12 @@ impl PgStore {
         // After the tasks' rows, which their leases name.
         let mut leases = at_submit::lease(&mut txn, &started).await?;
         txn.commit().await?;
-        for at in started_at {
-            if let Some(Ok(Done::Submitted(submitted, lease))) = answers.get_mut(at) {
+        // Each to the answer that created its task (one per id: a second
+        // creation of an id is refused).
+        for answer in &mut answers {
+            if let Ok(Done::Submitted(submitted, lease)) = answer
+                && submitted.created
+            {
                 *lease = leases.remove(&submitted.record.id);
             }
         }

@@ -474,6 +474,18 @@ pub(super) async fn take(
     Ok(Taken { records: found, inputs })
 }
 
+/// The queues holding startable tasks (pending or retrying, waiting for no
+/// other task; due or not), as the table `ready (queue)`, the last row
+/// `NULL`: one index probe per queue (a loose index scan), however many
+/// tasks wait.
+pub(super) const READY_QUEUES: &str = "WITH RECURSIVE ready (queue) AS (
+     (SELECT queue FROM taskhost_tasks WHERE state IN ('pending', 'retrying') AND NOT blocked ORDER BY queue LIMIT 1)
+     UNION ALL
+     SELECT (SELECT t.queue FROM taskhost_tasks AS t
+             WHERE t.state IN ('pending', 'retrying') AND NOT blocked AND t.queue > r.queue ORDER BY t.queue LIMIT 1)
+     FROM ready AS r WHERE r.queue IS NOT NULL
+ )";
+
 /// A task's tenant from its queue's name (as `crate::tenant::tenant_of`
 /// reads a key), in SQL.
 pub(super) const TENANT_OF_QUEUE: &str =
@@ -494,16 +506,8 @@ fn leaving(param: &str) -> String {
 /// room now (both under their locks). A queue whose tasks all wait for
 /// their due time, or are all left to other hosts, takes no share.
 async fn ready(conn: &mut PgConnection, leave: &[String]) -> Result<(Vec<Ready>, Vec<Capped>), StoreError> {
-    // One index probe per queue (a loose index scan), however many tasks
-    // wait.
     let sql = format!(
-        "WITH RECURSIVE ready (queue) AS (
-             (SELECT queue FROM taskhost_tasks WHERE state IN ('pending', 'retrying') AND NOT blocked ORDER BY queue LIMIT 1)
-             UNION ALL
-             SELECT (SELECT t.queue FROM taskhost_tasks AS t
-                     WHERE t.state IN ('pending', 'retrying') AND NOT blocked AND t.queue > r.queue ORDER BY t.queue LIMIT 1)
-             FROM ready AS r WHERE r.queue IS NOT NULL
-         )
+        "{READY_QUEUES}
          SELECT r.queue, q.concurrency, coalesce(q.weight, 1), l.max_running
          FROM ready AS r LEFT JOIN taskhost_queues AS q ON q.name = r.queue
          -- The queue's tenant's running limit, if it has one (`queue` is
