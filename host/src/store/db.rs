@@ -287,13 +287,11 @@ impl PgDb {
         Ok(claimed)
     }
 
-    /// Task `lease` names, as claimed under it, if it still runs; published
-    /// on this host's feed as a claim is.
+    /// Task `lease` names, as claimed under it, if it still runs under
+    /// that lease (see [`PgStore::running_under`]); published on this
+    /// host's feed as a claim is.
     pub(crate) async fn claimed(&self, lease: Lease) -> Result<Option<Claimed>, StoreError> {
-        let Some(record) = self.store.get(lease.task).await? else { return Ok(None) };
-        if record.state != crate::store::TaskState::Running {
-            return Ok(None);
-        }
+        let Some(record) = self.store.running_under(&lease).await? else { return Ok(None) };
         self.feed.published(&record);
         Ok(Some(Claimed { record, lease, input: None }))
     }

@@ -326,7 +326,16 @@ async fn a_lapsed_lease_is_taken_back_and_its_old_holder_fenced() {
     let first = store.claim("a", 1, LEASE).await.unwrap().remove(0);
     assert!(store.reap(10).await.unwrap().is_empty(), "a live lease is not taken back");
     assert!(store.renew(std::slice::from_ref(&first.lease), LEASE).await.unwrap().is_empty(), "renewed while live");
+    let running = |lease: &Lease| {
+        let store = &store;
+        let lease = lease.clone();
+        async move { store.running_under(&lease).await.unwrap().map(|r| r.id) }
+    };
+    assert_eq!(running(&first.lease).await, Some(task.id), "it runs under its live lease");
+    let other = Lease { token: first.lease.token + 1, ..first.lease.clone() };
+    assert_eq!(running(&other).await, None, "not under another token");
     lapse(&store, task.id).await;
+    assert_eq!(running(&first.lease).await, None, "not once its lease lapsed");
     // Lapsed, not yet taken back: the holder may neither renew nor finish.
     assert_eq!(store.renew(std::slice::from_ref(&first.lease), LEASE).await.unwrap(), [task.id]);
     let fenced = store.finish(&first.lease, done(b"lapsed")).await.unwrap_err();
@@ -339,6 +348,8 @@ async fn a_lapsed_lease_is_taken_back_and_its_old_holder_fenced() {
     // Taken over: the old lease is refused though the task holds a live one.
     let second = store.claim("b", 1, LEASE).await.unwrap().remove(0);
     assert!(second.lease.token > first.lease.token);
+    assert_eq!(running(&first.lease).await, None, "not once taken over");
+    assert_eq!(running(&second.lease).await, Some(task.id));
     assert_eq!(second.record.attempts, 2);
     assert_eq!(store.renew(std::slice::from_ref(&first.lease), LEASE).await.unwrap(), [task.id]);
     let fenced = store.finish(&first.lease, done(b"stale")).await.unwrap_err();

@@ -209,6 +209,22 @@ impl PgStore {
         Ok(tasks.into_iter().filter(|t| !renewed.contains(t)).collect())
     }
 
+    /// The task `lease` names, while it runs under that lease and the
+    /// lease is live; `None` once it moved on, or its lease lapsed or was
+    /// taken over (a host adopting a claim whose answer was lost must not
+    /// run a task another host now runs).
+    pub async fn running_under(&self, lease: &Lease) -> Result<Option<TaskRecord>, PgError> {
+        let row: Option<Vec<u8>> = sqlx::query_scalar(
+            "SELECT t.record FROM taskhost_tasks AS t JOIN taskhost_leases AS l ON l.task_id = t.id
+             WHERE t.id = $1 AND l.token = $2 AND l.expires_at > clock_timestamp() AND t.state = 'running'",
+        )
+        .bind(lease.task)
+        .bind(lease.token)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(row.map(|bytes| crate::store::record::decode(&bytes)).transpose()?)
+    }
+
     /// The running tasks a host named `host` that starts may take back:
     /// those it held leases on before it restarted, those whose lease
     /// lapsed, and those without one (started by a host of an earlier
