@@ -348,54 +348,59 @@ impl Admin {
 
 #[cfg(test)]
 mod tests {
-    use crate::engine::testing::{Harness, Script};
+    use crate::engine::testing::{Harness, Script, on_both};
     use crate::store::{QueueConfig, TaskState};
 
-    #[tokio::test]
-    async fn cancelling_a_delayed_task_ends_it_at_once_and_a_second_cancel_conflicts() {
-        let h = Harness::new().await;
-        let id = h.submit_delayed("echo", Script::Complete(Vec::new()), 60_000).await;
-        let done = h.engine.cancel(id).await.unwrap();
-        assert_eq!(done.state, TaskState::Cancelled);
-        assert!(h.engine.cancel(id).await.unwrap_err().to_string().contains("already ended (cancelled)"));
-    }
-
-    #[tokio::test]
-    async fn cancelling_a_running_task_interrupts_it() {
-        let h = Harness::new().await;
-        let id = h.submit("echo", Script::RunUntilCancelled).await;
-        h.wait_state(id, TaskState::Running).await;
-        let done = h.engine.cancel(id).await.unwrap();
-        assert_eq!(done.state, TaskState::Cancelled);
-    }
-
-    /// Twenty concurrent re-submissions of one failed task: one wins, the
-    /// others lost the race and get a conflict (they once got a storage
-    /// error: "cannot go from pending to pending").
-    #[tokio::test]
-    async fn concurrent_resubmissions_have_one_winner_and_conflicts() {
-        let h = Harness::new().await;
-        let id = h.submit("echo", Script::FailTimes(3, b"ok".to_vec())).await;
-        assert_eq!(h.wait(id).await.state, TaskState::Failed);
-        let tries = (0..20).map(|_| {
-            let engine = h.engine.clone();
-            tokio::spawn(async move { engine.resubmit(id).await })
-        });
-        let mut won = 0;
-        for result in futures::future::join_all(tries).await {
-            match result.unwrap() {
-                Ok(_) => won += 1,
-                Err(crate::engine::EngineError::Conflict(m)) => {
-                    assert!(
-                        m.contains("only failed tasks") || m.contains("changed while it was being re-submitted"),
-                        "{m}"
-                    );
-                }
-                Err(other) => panic!("a lost race must be a conflict: {other:?}"),
-            }
+    on_both! {
+        async fn cancelling_a_delayed_task_ends_it_at_once_and_a_second_cancel_conflicts(h) {
+            let id = h.submit_delayed("echo", Script::Complete(Vec::new()), 60_000).await;
+            let done = h.engine.cancel(id).await.unwrap();
+            assert_eq!(done.state, TaskState::Cancelled);
+            assert!(h.engine.cancel(id).await.unwrap_err().to_string().contains("already ended (cancelled)"));
         }
-        assert_eq!(won, 1);
-        assert_eq!(h.wait(id).await.state, TaskState::Completed);
+
+        async fn cancelling_a_running_task_interrupts_it(h) {
+            let id = h.submit("echo", Script::RunUntilCancelled).await;
+            h.wait_state(id, TaskState::Running).await;
+            let done = h.engine.cancel(id).await.unwrap();
+            assert_eq!(done.state, TaskState::Cancelled);
+        }
+
+        /// Twenty concurrent re-submissions of one failed task: one wins, the
+        /// others lost the race and get a conflict (they once got a storage
+        /// error: "cannot go from pending to pending").
+        async fn concurrent_resubmissions_have_one_winner_and_conflicts(h) {
+            let id = h.submit("echo", Script::FailTimes(3, b"ok".to_vec())).await;
+            assert_eq!(h.wait(id).await.state, TaskState::Failed);
+            let tries = (0..20).map(|_| {
+                let engine = h.engine.clone();
+                tokio::spawn(async move { engine.resubmit(id).await })
+            });
+            let mut won = 0;
+            for result in futures::future::join_all(tries).await {
+                match result.unwrap() {
+                    Ok(_) => won += 1,
+                    Err(crate::engine::EngineError::Conflict(m)) => {
+                        assert!(
+                            m.contains("only failed tasks") || m.contains("changed while it was being re-submitted"),
+                            "{m}"
+                        );
+                    }
+                    Err(other) => panic!("a lost race must be a conflict: {other:?}"),
+                }
+            }
+            assert_eq!(won, 1);
+            assert_eq!(h.wait(id).await.state, TaskState::Completed);
+        }
+
+        async fn a_dead_letter_task_runs_again_from_its_first_attempt(h) {
+            let id = h.submit("echo", Script::FailTimes(3, b"ok".to_vec())).await;
+            assert_eq!(h.wait(id).await.state, TaskState::Failed);
+            assert!(h.engine.resubmit(id).await.is_ok());
+            let done = h.wait(id).await;
+            assert_eq!((done.state, done.attempts), (TaskState::Completed, 1));
+            assert!(h.engine.resubmit(id).await.unwrap_err().to_string().contains("only failed tasks"));
+        }
     }
 
     #[tokio::test]
@@ -406,16 +411,5 @@ mod tests {
         assert!(matches!(refused, crate::engine::EngineError::LimitReached(_)), "{refused:?}");
         assert!(h.store().queues().unwrap().iter().all(|(name, _)| name == "a"), "a refusal writes nothing");
         h.engine.set_queue("a", QueueConfig { weight: 3, ..QueueConfig::default() }).await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_dead_letter_task_runs_again_from_its_first_attempt() {
-        let h = Harness::new().await;
-        let id = h.submit("echo", Script::FailTimes(3, b"ok".to_vec())).await;
-        assert_eq!(h.wait(id).await.state, TaskState::Failed);
-        assert!(h.engine.resubmit(id).await.is_ok());
-        let done = h.wait(id).await;
-        assert_eq!((done.state, done.attempts), (TaskState::Completed, 1));
-        assert!(h.engine.resubmit(id).await.unwrap_err().to_string().contains("only failed tasks"));
     }
 }

@@ -23,7 +23,7 @@ use super::submission::Submission;
 use super::unsettled::{self, Unsettled};
 use crate::sandbox::Transcript;
 use crate::store::postgres::{Claimed, Lease};
-use crate::store::{Change, InputFrom, StoreError, StoredFailure, TaskRecord, TaskState, now_ms, start};
+use crate::store::{Change, FlowState, InputFrom, StoreError, StoredFailure, TaskRecord, TaskState, now_ms, start};
 use crate::sync::lock;
 use crate::{CancelToken, FailureClass, TaskFailure, TaskReport};
 use std::sync::Arc;
@@ -123,8 +123,9 @@ enum NotRun {
     Retried(TaskFailure),
     /// The host is stopping.
     Stopping,
-    /// A declared step claimed after a predecessor ended other than
-    /// completed (or went missing): why it is skipped.
+    /// A task of a cancelled flow, or a declared step claimed after a
+    /// predecessor ended other than completed (or went missing): why it
+    /// is cancelled without an attempt counted.
     Skipped(String),
 }
 
@@ -732,18 +733,30 @@ impl Dispatch {
         Ok(Ran { report, secs, started_ms, input_len, reserved })
     }
 
-    /// Why a declared step must not run, when one of its predecessors did
-    /// not complete; a failed read fails it before it runs. On redb the
-    /// flow book checked it before queueing it (see `admission.rs`); a
-    /// shared store's claim takes it once its predecessors ended, however.
+    /// Why a task must not run: its flow was cancelled, or it is a
+    /// declared step one of whose predecessors did not complete; a failed
+    /// read fails it before it runs. On redb the flow book checked the
+    /// predecessors before queueing it (see `admission.rs`); a shared
+    /// store's claim takes it once its predecessors ended, however.
     async fn skipped(&self, record: &TaskRecord) -> Result<Option<String>, NotRun> {
+        let failed =
+            |what: &str, e: StoreError| NotRun::Failed(FailureClass::HostError, format!("reading {what} failed: {e}"));
+        // A flow's cancel marks the flow, then cancels its tasks one by
+        // one: a task that became startable in between (a join its
+        // dependency's end released, a child taken just before its
+        // cancel) must not start. (A flow's root is its first task: a
+        // cancel reaches it directly.)
+        if record.flow_id != record.id {
+            let flow = self.shared.store.flow(record.flow_id).await.map_err(|e| failed("the task's flow", e))?;
+            if flow.is_some_and(|f| f.state == FlowState::Cancelled) {
+                return Ok(Some("cancelled with its flow before it ran".into()));
+            }
+        }
         if !super::admission::is_declared_step(record) {
             return Ok(None);
         }
         for &dep in &record.after {
-            let found = self.shared.store.get(dep).await.map_err(|e| {
-                NotRun::Failed(FailureClass::HostError, format!("reading what this task waits for failed: {e}"))
-            })?;
+            let found = self.shared.store.get(dep).await.map_err(|e| failed("what this task waits for", e))?;
             if let Some(reason) = super::admission::skipped_by(dep, found.as_ref()) {
                 return Ok(Some(reason));
             }
@@ -794,8 +807,9 @@ impl Dispatch {
 mod tests {
     use super::*;
     use crate::TaskFailure;
+    use crate::engine::EngineConfig;
     use crate::engine::NewTask;
-    use crate::engine::testing::{Harness, Script, input, report};
+    use crate::engine::testing::{Harness, Script, input, on_both, report};
     use crate::store::QueueConfig;
 
     /// A commit refused for its flow's bounds runs the task again, not
@@ -860,19 +874,6 @@ mod tests {
         let exhausted = decide(&record, report(Err(failure(FailureClass::Timeout, false))), &retry);
         assert_eq!(exhausted.to, TaskState::Failed);
         assert!(exhausted.reason.ends_with("attempts exhausted"), "{}", exhausted.reason);
-    }
-
-    #[tokio::test]
-    async fn a_task_is_retried_until_it_completes() {
-        let h = Harness::new().await;
-        let id = h.submit("echo", Script::FailTimes(2, b"done".to_vec())).await;
-        let done = h.wait(id).await;
-        assert_eq!((done.state, done.attempts), (TaskState::Completed, 3));
-        assert_eq!(h.output(id).await.as_deref(), Some(&b"done"[..]));
-        let states: Vec<TaskState> = done.history.iter().map(|t| t.to).collect();
-        use TaskState::*;
-        assert_eq!(states, [Pending, Running, Retrying, Running, Retrying, Running, Completed]);
-        assert_eq!(h.held("echo"), 0, "an ended task releases its version");
     }
 
     /// The disk fills while a task runs: its outcome waits for room instead
@@ -1017,66 +1018,6 @@ mod tests {
         assert_eq!(lock(&h.shared.sched).in_flight(), 0, "every claim settled");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn runs_never_exceed_the_slots_however_many_are_claimed() {
-        let h = Harness::with_config(|c| c.concurrency = 3).await;
-        let mut ids = Vec::new();
-        for _ in 0..40 {
-            ids.push(h.submit("echo", Script::Sleep(2, b"ok".to_vec())).await);
-        }
-        for id in ids {
-            assert_eq!(h.wait(id).await.state, TaskState::Completed);
-        }
-        let most = h.runner.most_active.load(std::sync::atomic::Ordering::SeqCst);
-        assert!((1..=3).contains(&most), "{most} ran at once");
-    }
-
-    /// Each task reserves its memory limit plus its host budget (192 MiB by
-    /// default); a budget of 400 MiB lets two run at once whatever the
-    /// slots, the rest wait and all complete, and the metrics show it.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn tasks_whose_memory_does_not_fit_wait_and_then_all_complete() {
-        let h = Harness::with_config(|c| {
-            c.concurrency = 8;
-            c.memory_budget = 400 << 20;
-        })
-        .await;
-        let mut ids = Vec::new();
-        for _ in 0..12 {
-            ids.push(h.submit("echo", Script::Sleep(5, b"ok".to_vec())).await);
-        }
-        for id in ids {
-            assert_eq!(h.wait(id).await.state, TaskState::Completed);
-        }
-        assert_eq!(h.runner.most_active.load(std::sync::atomic::Ordering::SeqCst), 2);
-        let gate = &h.shared.metrics.gate;
-        assert!(gate.waits.get() > 0, "some waited for room");
-        // An outcome's memory is given back just after its commit.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while gate.reserved.get() != 0 {
-            assert!(Instant::now() < deadline, "{} bytes still reserved", gate.reserved.get());
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        assert_eq!(gate.waiting.get(), 0);
-        assert_eq!(gate.budget.get(), 400 << 20);
-    }
-
-    #[tokio::test]
-    async fn a_task_that_could_never_fit_the_memory_budget_is_refused() {
-        let h = Harness::with_config(|c| c.memory_budget = 100 << 20).await;
-        let task = crate::engine::NewTask { plugin: "echo".into(), ..crate::engine::NewTask::default() };
-        let refused = h.engine.submit(task).await.unwrap_err().to_string();
-        assert!(refused.contains("more than this host's whole memory budget of 100 MiB"), "{refused}");
-        let small = crate::engine::NewTask {
-            plugin: "echo".into(),
-            memory_bytes: Some(16 << 20),
-            ..crate::engine::NewTask::default()
-        };
-        // 16 MiB + the 64 MiB host budget fit.
-        let id = h.engine.submit(small).await.unwrap().record.id;
-        assert_eq!(h.wait(id).await.state, TaskState::Completed);
-    }
-
     /// A task cancelled while it waits for a slot ends `cancelled` without
     /// running.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1097,12 +1038,90 @@ mod tests {
         assert_eq!(h.wait(other).await.state, TaskState::Completed);
     }
 
-    #[tokio::test]
-    async fn a_task_out_of_attempts_fails_with_its_last_error() {
-        let h = Harness::new().await;
-        let id = h.submit("echo", Script::FailTimes(10, Vec::new())).await;
-        let done = h.wait(id).await;
-        assert_eq!((done.state, done.attempts), (TaskState::Failed, 3));
-        assert_eq!(done.error.unwrap().class, "trap");
+    // On both stores: what dispatch does whatever the store.
+    on_both! {
+        async fn a_task_is_retried_until_it_completes(h) {
+            let id = h.submit("echo", Script::FailTimes(2, b"done".to_vec())).await;
+            let done = h.wait(id).await;
+            assert_eq!((done.state, done.attempts), (TaskState::Completed, 3));
+            assert_eq!(h.output(id).await.as_deref(), Some(&b"done"[..]));
+            let states: Vec<TaskState> = done.history.iter().map(|t| t.to).collect();
+            use TaskState::*;
+            assert_eq!(states, [Pending, Running, Retrying, Running, Retrying, Running, Completed]);
+            assert_eq!(h.held("echo"), 0, "an ended task releases its version");
+        }
+
+        async fn a_task_out_of_attempts_fails_with_its_last_error(h) {
+            let id = h.submit("echo", Script::FailTimes(10, Vec::new())).await;
+            let done = h.wait(id).await;
+            assert_eq!((done.state, done.attempts), (TaskState::Failed, 3));
+            assert_eq!(done.error.unwrap().class, "trap");
+        }
+    }
+
+    on_both! {
+        tweak = |c: &mut EngineConfig| c.concurrency = 3;
+
+        async fn runs_never_exceed_the_slots_however_many_are_claimed(h) {
+            let mut ids = Vec::new();
+            for _ in 0..40 {
+                ids.push(h.submit("echo", Script::Sleep(2, b"ok".to_vec())).await);
+            }
+            for id in ids {
+                assert_eq!(h.wait(id).await.state, TaskState::Completed);
+            }
+            let most = h.runner.most_active.load(std::sync::atomic::Ordering::SeqCst);
+            assert!((1..=3).contains(&most), "{most} ran at once");
+        }
+    }
+
+    on_both! {
+        tweak = |c: &mut EngineConfig| {
+            c.concurrency = 8;
+            c.memory_budget = 400 << 20;
+        };
+
+        /// Each task reserves its memory limit plus its host budget (192 MiB
+        /// by default); a budget of 400 MiB lets two run at once whatever
+        /// the slots, the rest wait and all complete, and the metrics show
+        /// it.
+        async fn tasks_whose_memory_does_not_fit_wait_and_then_all_complete(h) {
+            let mut ids = Vec::new();
+            for _ in 0..12 {
+                ids.push(h.submit("echo", Script::Sleep(5, b"ok".to_vec())).await);
+            }
+            for id in ids {
+                assert_eq!(h.wait(id).await.state, TaskState::Completed);
+            }
+            assert_eq!(h.runner.most_active.load(std::sync::atomic::Ordering::SeqCst), 2);
+            let gate = &h.shared.metrics.gate;
+            assert!(gate.waits.get() > 0, "some waited for room");
+            // An outcome's memory is given back just after its commit.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while gate.reserved.get() != 0 {
+                assert!(Instant::now() < deadline, "{} bytes still reserved", gate.reserved.get());
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            assert_eq!(gate.waiting.get(), 0);
+            assert_eq!(gate.budget.get(), 400 << 20);
+        }
+    }
+
+    on_both! {
+        tweak = |c: &mut EngineConfig| c.memory_budget = 100 << 20;
+
+        async fn a_task_that_could_never_fit_the_memory_budget_is_refused(h) {
+            let task = crate::engine::NewTask { plugin: "echo".into(), ..crate::engine::NewTask::default() };
+            let refused = h.engine.submit(task).await.unwrap_err().to_string();
+            assert!(refused.contains("more than this host's whole memory budget of 100 MiB"), "{refused}");
+            let small = crate::engine::NewTask {
+                plugin: "echo".into(),
+                memory_bytes: Some(16 << 20),
+                ..crate::engine::NewTask::default()
+            };
+            // 16 MiB + the 64 MiB host budget fit.
+            let id = h.engine.submit(small).await.unwrap().record.id;
+            assert_eq!(h.wait(id).await.state, TaskState::Completed);
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! A harness for the engine's unit tests: a real redb store in a temporary
-//! directory and a scripted [`Runner`] instead of wasm, so dispatch,
-//! retries, admission and flows are tested on their own. A task's input
-//! says what its attempts do (see [`Script`]).
+//! directory, or a database of the throwaway PostgreSQL cluster (tests on
+//! both: [`on_both!`]), and a scripted [`Runner`] instead of wasm, so
+//! dispatch, retries, admission and flows are tested on their own. A
+//! task's input says what its attempts do (see [`Script`]).
 
 use super::runner::{Attempt, Resolved, Runner};
 use super::{Engine, EngineConfig, EngineError, NewTask};
@@ -16,6 +17,38 @@ use uuid::Uuid;
 
 /// The id of a harness's host on redb.
 pub(crate) const TEST_HOST: &str = "test-host";
+
+/// Runs each test body once with a harness on a redb file and once on a
+/// PostgreSQL database of the throwaway cluster (named after the test),
+/// the same body against the same engine. PostgreSQL's copy runs on a
+/// multi-threaded runtime, as `taskhost serve` does: a few of its reads
+/// wait in place (see `store/db.rs`). `tweak = f;` first sets up both
+/// engines' settings.
+macro_rules! on_both {
+    (tweak = $tweak:expr; $($(#[$meta:meta])* async fn $name:ident($h:ident) $body:block)*) => {$(
+        $(#[$meta])*
+        mod $name {
+            use super::*;
+
+            async fn body($h: $crate::engine::testing::Harness) $body
+
+            #[tokio::test]
+            async fn redb() {
+                body($crate::engine::testing::Harness::with_config($tweak).await).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let name = concat!("engine_", stringify!($name));
+                body($crate::engine::testing::Harness::postgres(name, $tweak).await).await;
+            }
+        }
+    )*};
+    ($($rest:tt)*) => {
+        $crate::engine::testing::on_both!(tweak = |_: &mut $crate::engine::EngineConfig| {}; $($rest)*);
+    };
+}
+pub(crate) use on_both;
 
 /// What every attempt of a task does, carried as its input (JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -441,10 +441,20 @@ impl Flows {
 
     /// A flow's state (one read, not the whole tree).
     pub(crate) async fn state(&self, id: Uuid) -> Result<FlowState, EngineError> {
-        Ok(match self.shared.store.flow(id).await? {
-            Some(flow) => flow.state,
-            None => synthesised(&self.shared.task(id).await?).state,
-        })
+        let store = &self.shared.store;
+        if let Some(flow) = store.flow(id).await? {
+            return Ok(flow.state);
+        }
+        let root = synthesised(&self.shared.task(id).await?).state;
+        // An ended root's commit wrote the flow's record with it, if the
+        // flow grew: read again, as that commit may have come between the
+        // two reads (the flow is then still running).
+        if root != FlowState::Running
+            && let Some(flow) = store.flow(id).await?
+        {
+            return Ok(flow.state);
+        }
+        Ok(root)
     }
 
     /// Marks a flow cancelled, so no later iteration starts; returns its

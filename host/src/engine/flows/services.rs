@@ -135,10 +135,12 @@ impl AttemptServices {
     pub(crate) fn take(&self) -> Outcome {
         let mut held = std::mem::take(&mut *lock(&self.held));
         held.effects.context = std::mem::take(&mut held.overlay).into_iter().collect();
-        // Hosts serving together reserve against the same flows, each
-        // beside its own reservations only: the commit checks again, by
-        // the limits the attempt reserved under.
-        if self.shared.store.serves_together() {
+        // On a shared store the book keeps a flow only while this host's
+        // attempts hold reservations against it, and other attempts (of
+        // other hosts, or of this one once the book forgot the flow)
+        // reserve beside a stored total read earlier: the commit checks
+        // again, by the limits the attempt reserved under.
+        if self.shared.store.queues_tasks() {
             held.effects.bounds = Some(higher(held.reserved_under, &self.limits()));
         }
         Outcome {
