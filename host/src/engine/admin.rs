@@ -199,6 +199,15 @@ impl Admin {
                 record.state
             )));
         }
+        // A task of a cancelled flow would be cancelled as it started.
+        if record.flow_id != record.id
+            && shared.store.flow(record.flow_id).await?.is_some_and(|f| f.state == FlowState::Cancelled)
+        {
+            return Err(EngineError::Conflict(format!(
+                "task {id} cannot be re-submitted: its flow {} was cancelled",
+                record.flow_id
+            )));
+        }
         // A task that failed before it could start (what it waits for could
         // not be read) may still wait for tasks that have not ended.
         let waiting = self.flows.unfinished_deps(&record)?;

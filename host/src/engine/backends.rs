@@ -9,6 +9,7 @@ use super::{EngineConfig, EngineError, NewTask};
 use crate::store::{FlowRecord, FlowState, FlowUpdate, QueueConfig, Retention, TaskState};
 use std::collections::HashMap;
 use std::time::Duration;
+use uuid::Uuid;
 
 /// Settings both backends' engines share.
 fn tweak(config: &mut EngineConfig) {
@@ -212,6 +213,23 @@ on_both! {
         assert_eq!(h.runner.calls(b.id), 0, "it never ran");
         let done = h.engine.wait_flow(view.flow.id, WAIT).await.unwrap();
         assert_eq!(done.flow.state, FlowState::Cancelled, "{:?}", done.flow);
+        // A failed task of the cancelled flow is not re-submitted (it
+        // would be cancelled as it started).
+        let flow = view.flow.id;
+        let (mut failed, input) = crate::store::tests::child_of(flow.as_u128(), 7, None);
+        failed.state = TaskState::Failed;
+        failed.finished_at_ms = Some(crate::store::now_ms());
+        h.shared
+            .store
+            .flow_change(flow, move |stored| {
+                let mut record = stored.expect("the cancelled flow's record");
+                record.tasks += 1;
+                Ok(FlowUpdate { flow: record, tasks: vec![(failed, input)] })
+            })
+            .await
+            .unwrap();
+        let refused = h.engine.resubmit(Uuid::from_u128(7)).await.unwrap_err().to_string();
+        assert!(refused.contains("its flow") && refused.contains("was cancelled"), "{refused}");
     }
 
     async fn retention_deletes_what_ended_past_it_and_keeps_the_rest(h) {

@@ -734,20 +734,28 @@ impl Dispatch {
     }
 
     /// Why a task must not run: its flow was cancelled, or it is a
-    /// declared step one of whose predecessors did not complete; a failed
-    /// read fails it before it runs. On redb the flow book checked the
-    /// predecessors before queueing it (see `admission.rs`); a shared
-    /// store's claim takes it once its predecessors ended, however.
+    /// declared step one of whose predecessors did not complete. A failed
+    /// read of its flow is a failed attempt (retried by its policy); of a
+    /// predecessor, it fails the task before it runs. On redb the flow
+    /// book checked the predecessors before queueing it (see
+    /// `admission.rs`); a shared store's claim takes it once its
+    /// predecessors ended, however.
     async fn skipped(&self, record: &TaskRecord) -> Result<Option<String>, NotRun> {
-        let failed =
-            |what: &str, e: StoreError| NotRun::Failed(FailureClass::HostError, format!("reading {what} failed: {e}"));
         // A flow's cancel marks the flow, then cancels its tasks one by
-        // one: a task that became startable in between (a join its
-        // dependency's end released, a child taken just before its
-        // cancel) must not start. (A flow's root is its first task: a
-        // cancel reaches it directly.)
+        // one: a task of the flow that became startable in between (a
+        // join its dependency's end released, a child claimed just before
+        // its cancel) must not start. (Its first task, the root, is not
+        // checked here: that would be a read for every task. A root
+        // claimed in between runs, and is interrupted by its cancel.)
         if record.flow_id != record.id {
-            let flow = self.shared.store.flow(record.flow_id).await.map_err(|e| failed("the task's flow", e))?;
+            let flow = self.shared.store.flow(record.flow_id).await.map_err(|e| {
+                NotRun::Retried(TaskFailure {
+                    class: FailureClass::HostError,
+                    retryable: true,
+                    message: format!("reading the task's flow failed: {e}"),
+                    backtrace: None,
+                })
+            })?;
             if flow.is_some_and(|f| f.state == FlowState::Cancelled) {
                 return Ok(Some("cancelled with its flow before it ran".into()));
             }
@@ -756,7 +764,9 @@ impl Dispatch {
             return Ok(None);
         }
         for &dep in &record.after {
-            let found = self.shared.store.get(dep).await.map_err(|e| failed("what this task waits for", e))?;
+            let found = self.shared.store.get(dep).await.map_err(|e| {
+                NotRun::Failed(FailureClass::HostError, format!("reading what this task waits for failed: {e}"))
+            })?;
             if let Some(reason) = super::admission::skipped_by(dep, found.as_ref()) {
                 return Ok(Some(reason));
             }

@@ -20,10 +20,10 @@ pub(crate) const TEST_HOST: &str = "test-host";
 
 /// Runs each test body once with a harness on a redb file and once on a
 /// PostgreSQL database of the throwaway cluster (named after the test),
-/// the same body against the same engine. PostgreSQL's copy runs on a
-/// multi-threaded runtime, as `taskhost serve` does: a few of its reads
-/// wait in place (see `store/db.rs`). `tweak = f;` first sets up both
-/// engines' settings.
+/// the same body against the same engine, each on a multi-threaded
+/// runtime, as `taskhost serve` runs (on PostgreSQL a few reads wait in
+/// place: see `store/db.rs`). `tweak = f;` first sets up both engines'
+/// settings.
 macro_rules! on_both {
     (tweak = $tweak:expr; $($(#[$meta:meta])* async fn $name:ident($h:ident) $body:block)*) => {$(
         $(#[$meta])*
@@ -32,7 +32,7 @@ macro_rules! on_both {
 
             async fn body($h: $crate::engine::testing::Harness) $body
 
-            #[tokio::test]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn redb() {
                 body($crate::engine::testing::Harness::with_config($tweak).await).await;
             }

@@ -35,6 +35,9 @@ struct Live {
     /// Tasks that attempts reserved and have neither committed nor given
     /// back.
     reserved_tasks: u64,
+    /// On a shared store: this host's attempts that read the flow's stored
+    /// totals and may still reserve beside them ([`Book::hold`]).
+    holders: u64,
 }
 
 /// A task whose `after` tasks have not all ended.
@@ -114,6 +117,7 @@ impl Book {
             refilled: Instant::now(),
             grown: false,
             reserved_tasks: 0,
+            holders: 0,
         })
     }
 
@@ -121,10 +125,34 @@ impl Book {
     /// nothing against it.
     fn forget_idle(&mut self, flow: Uuid) {
         if !self.counts_ends
-            && self.flows.get(&flow).is_some_and(|l| l.reserved_tasks == 0 && l.context_reserved == 0 && !l.grown)
+            && self
+                .flows
+                .get(&flow)
+                .is_some_and(|l| l.reserved_tasks == 0 && l.context_reserved == 0 && !l.grown && l.holders == 0)
         {
             self.flows.remove(&flow);
         }
+    }
+
+    /// On a shared store: an attempt is about to read `flow`'s stored
+    /// totals, to reserve beside them for the rest of its run. The book
+    /// keeps the flow until the attempt [lets go](Self::unhold) of it, so
+    /// what this host's other attempts reserve and commit after that read
+    /// stays counted here (a total read once, then used after the book
+    /// forgot the flow, let a flow of 6 tasks grow a 7th). Other hosts'
+    /// commits are checked as each commits (see `services.rs`).
+    pub(crate) fn hold(&mut self, flow: Uuid, limits: &FlowLimits) {
+        if !self.counts_ends {
+            self.live(flow, limits).holders += 1;
+        }
+    }
+
+    /// The attempt that [held](Self::hold) `flow` ended.
+    pub(crate) fn unhold(&mut self, flow: Uuid) {
+        if let Some(live) = self.flows.get_mut(&flow).filter(|_| !self.counts_ends) {
+            live.holders = live.holders.saturating_sub(1);
+        }
+        self.forget_idle(flow);
     }
 
     /// At recovery: a flow's totals as stored.
@@ -354,6 +382,43 @@ mod tests {
         assert!(
             book.reserve_task(flow, 0, &l, true).unwrap_err().to_string().contains("faster than 5 tasks per second")
         );
+    }
+
+    /// The fork bomb's sequence on one host on PostgreSQL: attempt `g`
+    /// reads the flow's stored total (5 of a limit of 6), then attempt
+    /// `c`, which had reserved the 6th, commits it. Had the book forgotten
+    /// the flow then (nothing reserved), `g` would reserve beside its
+    /// stale 5 and the flow would hold 7; held by `g`, the flow's count
+    /// stays and `g` is refused.
+    #[test]
+    fn an_attempt_that_read_a_flows_totals_holds_it_in_a_shared_book() {
+        let (mut book, mut l) = (Book::sharing(), limits());
+        l.tasks_per_flow = 6;
+        let flow = Uuid::from_u128(1);
+        // `c` reserves the 6th (stored: 5).
+        book.hold(flow, &l);
+        book.reserve_task(flow, 5, &l, true).unwrap();
+        // `g` reads the stored total, still 5.
+        book.hold(flow, &l);
+        let g_read = 5;
+        // `c` commits and ends.
+        book.created(flow, true, true, &l);
+        book.unhold(flow);
+        assert!(book.flows.contains_key(&flow), "held by `g`");
+        let refused = book.reserve_task(flow, g_read, &l, true).unwrap_err();
+        assert_eq!(refused, Refusal::TasksPerFlow { limit: 6 });
+        book.unhold(flow);
+        assert!(book.flows.is_empty(), "nothing held: forgotten");
+        // Without the hold, the same sequence is what went wrong.
+        book.reserve_task(flow, 5, &l, true).unwrap();
+        book.created(flow, true, true, &l);
+        assert!(book.flows.is_empty());
+        assert!(book.reserve_task(flow, 5, &l, true).is_ok(), "a stale total alone admits a 7th");
+        // The book of a host alone on redb counts everything: holds change nothing.
+        let mut alone = Book::default();
+        alone.hold(flow, &l);
+        alone.unhold(flow);
+        assert!(alone.flows.is_empty());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::store::{Effects, FlowBounds, StoreError, TaskRecord, TaskState};
 use crate::sync::lock;
 use crate::{BudgetExceeded, HostBudget};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use uuid::Uuid;
 
@@ -58,6 +59,9 @@ pub(crate) struct AttemptServices {
     /// The flow's context bytes as stored, read on the first write that
     /// grows it on a shared store (where the flow book may not know them).
     context_stored: OnceLock<u64>,
+    /// Whether the attempt holds its flow in the flow book (from before
+    /// its first read of the flow's stored totals until it is dropped).
+    holds_flow: AtomicBool,
     held: Mutex<Held>,
     budget: Arc<HostBudget>,
     /// The attempt's span: the tasks it submits continue the trace there.
@@ -102,6 +106,14 @@ fn host(what: &str, e: StoreError) -> HostFailure {
     HostFailure(format!("the host could not {what}: {e}"))
 }
 
+impl Drop for AttemptServices {
+    fn drop(&mut self) {
+        if *self.holds_flow.get_mut() {
+            self.flows.book().unhold(self.task.flow_id);
+        }
+    }
+}
+
 impl AttemptServices {
     pub(crate) fn new(
         shared: Arc<Shared>,
@@ -119,6 +131,7 @@ impl AttemptServices {
             task,
             flow_tasks: OnceLock::new(),
             context_stored: OnceLock::new(),
+            holds_flow: AtomicBool::new(false),
             held: Mutex::new(Held { effects, ..Held::default() }),
             budget,
             trace,
@@ -135,11 +148,12 @@ impl AttemptServices {
     pub(crate) fn take(&self) -> Outcome {
         let mut held = std::mem::take(&mut *lock(&self.held));
         held.effects.context = std::mem::take(&mut held.overlay).into_iter().collect();
-        // On a shared store the book keeps a flow only while this host's
-        // attempts hold reservations against it, and other attempts (of
-        // other hosts, or of this one once the book forgot the flow)
-        // reserve beside a stored total read earlier: the commit checks
-        // again, by the limits the attempt reserved under.
+        // On a shared store each host's book counts only its own
+        // attempts' reservations beside the stored totals they read, and
+        // tasks the engine creates without one (a repeater's next
+        // iteration) or other hosts' commits may land after that read:
+        // the commit checks again, by the limits the attempt reserved
+        // under.
         if self.shared.store.queues_tasks() {
             held.effects.bounds = Some(higher(held.reserved_under, &self.limits()));
         }
@@ -278,10 +292,22 @@ impl AttemptServices {
         Ok(Ok(id.to_string()))
     }
 
+    /// Holds the flow in the flow book for the rest of the attempt (once):
+    /// before it first reads the flow's stored totals, so that what other
+    /// attempts of this host commit after that read stays counted beside
+    /// them (see [`Book::hold`](super::book::Book::hold)).
+    fn hold_flow(&self) {
+        if !self.holds_flow.swap(true, Ordering::AcqRel) {
+            let limits = self.limits();
+            self.flows.book().hold(self.task.flow_id, &limits);
+        }
+    }
+
     fn stored_flow_tasks(&self) -> Served<u64> {
         if let Some(n) = self.flow_tasks.get() {
             return Ok(*n);
         }
+        self.hold_flow();
         let flow = self.shared.store.flow_now(self.task.flow_id).map_err(|e| host("read the flow", e))?;
         Ok(*self.flow_tasks.get_or_init(|| flow.map_or(1, |f| f.tasks)))
     }
@@ -295,6 +321,7 @@ impl AttemptServices {
         if let Some(n) = self.context_stored.get() {
             return Ok(Some(*n));
         }
+        self.hold_flow();
         let size = self.shared.store.context_size_now(self.task.flow_id).map_err(|e| host("read the context", e))?;
         Ok(Some(*self.context_stored.get_or_init(|| size)))
     }
