@@ -830,11 +830,10 @@ async fn an_attempt_whose_children_no_longer_fit_its_flow_runs_again_and_is_told
     children_that_no_longer_fit_run_again("engine_flow_bounds", true).await;
 }
 
-/// One host on PostgreSQL too: its book forgets a flow between attempts
-/// (see `flows/book.rs`), so an attempt reserves beside the stored total
-/// it read, which another attempt of the flow may have grown since (a
-/// fork bomb's tasks once made a flow of 6 tasks hold 7); the commit
-/// checks again.
+/// One host on PostgreSQL too: its book keeps a flow only while its
+/// attempts hold it (see `flows/book.rs`), and tasks may join the flow
+/// without a reservation of this host's (a repeater's next iteration, or
+/// as here, written beside it): the commit checks again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_host_on_postgresql_checks_a_flows_task_limit_as_it_commits() {
     children_that_no_longer_fit_run_again("engine_flow_bounds_alone", false).await;
@@ -881,6 +880,13 @@ async fn children_that_no_longer_fit_run_again(database: &str, many_hosts: bool)
     assert_eq!(*submitted, 2, "{refused:?}");
     assert!(refused.len() == 1 && refused[0].contains("already has 5 tasks"), "{refused:?}");
     assert_eq!(h.engine.flow(root).await.unwrap().tasks.len(), 5);
+    // Once its attempts ended, the book keeps nothing of the flow.
+    assert_ne!(h.engine.wait_flow(root, WAIT).await.unwrap().flow.state, FlowState::Running);
+    let deadline = std::time::Instant::now() + WAIT;
+    while h.engine.inner.flows.book().knows(root) {
+        assert!(std::time::Instant::now() < deadline, "the book still holds the ended flow");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Serving together, a tenant's `submit_per_sec` holds across the hosts:

@@ -1096,10 +1096,10 @@ mod tests {
         /// the slots, the rest wait and all complete, and the metrics show
         /// it.
         async fn tasks_whose_memory_does_not_fit_wait_and_then_all_complete(h) {
-            let mut ids = Vec::new();
-            for _ in 0..12 {
-                ids.push(h.submit("echo", Script::Sleep(5, b"ok".to_vec())).await);
-            }
+            // Submitted at once, so that more are claimed than fit (one at
+            // a time, on PostgreSQL each could end before the next came).
+            let submits = (0..12).map(|_| h.submit("echo", Script::Sleep(20, b"ok".to_vec())));
+            let ids = futures::future::join_all(submits).await;
             for id in ids {
                 assert_eq!(h.wait(id).await.state, TaskState::Completed);
             }

@@ -139,12 +139,21 @@ impl Book {
     /// keeps the flow until the attempt [lets go](Self::unhold) of it, so
     /// what this host's other attempts reserve and commit after that read
     /// stays counted here (a total read once, then used after the book
-    /// forgot the flow, let a flow of 6 tasks grow a 7th). Other hosts'
-    /// commits are checked as each commits (see `services.rs`).
+    /// forgot the flow, let a flow of 6 tasks grow a 7th). Tasks created
+    /// without a reservation (a repeater's next iteration, children of a
+    /// commit whose answer was lost), other hosts' commits and a context
+    /// size that could not be read back are not: each commit checks the
+    /// flow's bounds again (see `services.rs`).
     pub(crate) fn hold(&mut self, flow: Uuid, limits: &FlowLimits) {
         if !self.counts_ends {
             self.live(flow, limits).holders += 1;
         }
+    }
+
+    /// Whether the book keeps an entry for `flow`.
+    #[cfg(test)]
+    pub(crate) fn knows(&self, flow: Uuid) -> bool {
+        self.flows.contains_key(&flow)
     }
 
     /// The attempt that [held](Self::hold) `flow` ended.

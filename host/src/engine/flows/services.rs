@@ -297,7 +297,8 @@ impl AttemptServices {
     /// attempts of this host commit after that read stays counted beside
     /// them (see [`Book::hold`](super::book::Book::hold)).
     fn hold_flow(&self) {
-        if !self.holds_flow.swap(true, Ordering::AcqRel) {
+        // (redb's book counts every task of its flows: nothing to hold.)
+        if self.shared.store.queues_tasks() && !self.holds_flow.swap(true, Ordering::AcqRel) {
             let limits = self.limits();
             self.flows.book().hold(self.task.flow_id, &limits);
         }
