@@ -200,9 +200,7 @@ impl Admin {
             )));
         }
         // A task of a cancelled flow would be cancelled as it started.
-        if record.flow_id != record.id
-            && shared.store.flow(record.flow_id).await?.is_some_and(|f| f.state == FlowState::Cancelled)
-        {
+        if shared.store.in_cancelled_flow(&record).await? {
             return Err(EngineError::Conflict(format!(
                 "task {id} cannot be re-submitted: its flow {} was cancelled",
                 record.flow_id

@@ -23,7 +23,7 @@ use super::submission::Submission;
 use super::unsettled::{self, Unsettled};
 use crate::sandbox::Transcript;
 use crate::store::postgres::{Claimed, Lease};
-use crate::store::{Change, FlowState, InputFrom, StoreError, StoredFailure, TaskRecord, TaskState, now_ms, start};
+use crate::store::{Change, InputFrom, StoreError, StoredFailure, TaskRecord, TaskState, now_ms, start};
 use crate::sync::lock;
 use crate::{CancelToken, FailureClass, TaskFailure, TaskReport};
 use std::sync::Arc;
@@ -747,18 +747,16 @@ impl Dispatch {
         // its cancel) must not start. (Its first task, the root, is not
         // checked here: that would be a read for every task. A root
         // claimed in between runs, and is interrupted by its cancel.)
-        if record.flow_id != record.id {
-            let flow = self.shared.store.flow(record.flow_id).await.map_err(|e| {
-                NotRun::Retried(TaskFailure {
-                    class: FailureClass::HostError,
-                    retryable: true,
-                    message: format!("reading the task's flow failed: {e}"),
-                    backtrace: None,
-                })
-            })?;
-            if flow.is_some_and(|f| f.state == FlowState::Cancelled) {
-                return Ok(Some("cancelled with its flow before it ran".into()));
-            }
+        let cancelled = self.shared.store.in_cancelled_flow(record).await.map_err(|e| {
+            NotRun::Retried(TaskFailure {
+                class: FailureClass::HostError,
+                retryable: true,
+                message: format!("reading the task's flow failed: {e}"),
+                backtrace: None,
+            })
+        })?;
+        if cancelled {
+            return Ok(Some("cancelled with its flow before it ran".into()));
         }
         if !super::admission::is_declared_step(record) {
             return Ok(None);

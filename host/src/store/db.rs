@@ -129,7 +129,7 @@ impl PgDb {
         };
         let committer =
             store.committer(CommitConfig { queue: PG_QUEUE, batch: PG_BATCH, workers, fence: hold.fence() });
-        let feed = Arc::new(Feed::default());
+        let feed = Arc::new(Feed::ordered());
         let shared_events = match hold {
             Hold::Together(_) => match store.share_events(&host, &feed).await {
                 Ok(shared) => shared,
@@ -689,6 +689,15 @@ impl Db {
             Db::Redb(store) => store.flow(id),
             Db::Postgres(pg) => Ok(pg.store.flow(id).await?),
         }
+    }
+
+    /// Whether `task` is a task of a cancelled flow, other than the
+    /// flow's first (its root, whose flow is read only when asked for).
+    pub(crate) async fn in_cancelled_flow(&self, task: &TaskRecord) -> Result<bool, StoreError> {
+        if task.is_flow_root() {
+            return Ok(false);
+        }
+        Ok(self.flow(task.flow_id).await?.is_some_and(|f| f.state == crate::store::FlowState::Cancelled))
     }
 
     /// Every flow record.

@@ -10,6 +10,13 @@
 //! a host could not hear (its listening connection lost, or another host
 //! unable to send) is noted ([`Feed::unheard`]), and its subscribers are
 //! told, live and when they resume from before it.
+//!
+//! A PostgreSQL host's feed ([`Feed::ordered`]) keeps each task's changes in
+//! order itself: a commit is published after it returns, and by then a
+//! claim (this host's or another's) may have published a later change of
+//! the same task. So a feed that keeps order publishes with each record the
+//! changes of it that it has not published yet, and drops one that comes
+//! after a later change of its task, its own commits' as heard ones.
 
 use super::{TaskRecord, TaskState};
 use crate::sync::lock;
@@ -115,6 +122,9 @@ pub struct Subscription {
 #[derive(Debug)]
 pub(crate) struct Feed {
     run: u64,
+    /// Each task's changes are published in order, whoever publishes them
+    /// (see the module docs); also once [`share`](Self::share)d.
+    ordered: bool,
     ring: Mutex<Ring>,
     live: broadcast::Sender<Arc<TaskEvent>>,
     /// Where this host's own events go to be sent to the other hosts,
@@ -155,6 +165,11 @@ struct Versions {
 const VERSIONS_KEPT: usize = 65_536;
 
 impl Versions {
+    /// The latest version published of task `id`, if it is kept.
+    fn latest(&self, id: Uuid) -> Option<u64> {
+        self.latest.get(&id).copied()
+    }
+
     /// Whether `version` of task `id` is later than any published (or the
     /// task is not among those kept), keeping it as the latest if so.
     fn newer(&mut self, id: Uuid, version: u64) -> bool {
@@ -182,6 +197,7 @@ impl Default for Feed {
     fn default() -> Self {
         Self {
             run: super::now_ms(),
+            ordered: false,
             ring: Mutex::default(),
             live: broadcast::Sender::new(EVENTS_BUFFER),
             outbox: OnceLock::new(),
@@ -194,26 +210,59 @@ impl Default for Feed {
 }
 
 impl Feed {
-    /// Publishes a record's latest transition (or its creation).
+    /// A feed that keeps each task's changes in order whoever publishes
+    /// them (see the module docs): a PostgreSQL host's.
+    pub(crate) fn ordered() -> Self {
+        Self { ordered: true, ..Self::default() }
+    }
+
+    fn keeps_order(&self) -> bool {
+        self.ordered || self.outbox.get().is_some()
+    }
+
+    /// Publishes a record's latest transition (or its creation). A feed
+    /// that keeps order publishes the record's earlier changes it has not
+    /// published first: those after the task's latest it published; of a
+    /// task it has not published, the record's creation when this is its
+    /// first claim and it was created in this run of the host (the claim
+    /// came before the creation's commit was published). A task first
+    /// claimed after the feed forgot it ([`VERSIONS_KEPT`] tasks later)
+    /// has its creation published again then.
     pub(crate) fn published(&self, record: &TaskRecord) {
-        if let Some(last) = record.history.last() {
-            self.publish(record, last, record.version);
-        }
+        let first_claim = self.keeps_order()
+            && matches!(&record.history[..], [created, _] if created.from.is_none() && created.at_ms >= self.run);
+        self.publish(record, if first_claim { 0 } else { record.history.len().saturating_sub(1) });
     }
 
     /// Publishes every transition of a record just created: its creation,
-    /// and its start when it was claimed in the same commit.
+    /// and its start when it was claimed in the same commit (on a feed
+    /// that keeps order, those it has not published yet).
     pub(crate) fn created(&self, record: &TaskRecord) {
-        let changes = record.history.len() as u64;
-        for (i, transition) in record.history.iter().enumerate() {
-            // The last change made the record's version.
-            let version = (record.version + 1 + i as u64).saturating_sub(changes);
-            self.publish(record, transition, version);
+        self.publish(record, 0);
+    }
+
+    /// Publishes the transitions of `record` from its `unseen`th, when the
+    /// feed keeps no order or has not published the task, else those after
+    /// the task's latest it published.
+    fn publish(&self, record: &TaskRecord, unseen: usize) {
+        let mut ring = lock(&self.ring);
+        let changes = record.history.len();
+        let from = match self.keeps_order().then(|| ring.versions.latest(record.id)).flatten() {
+            // The last change made the record's version, each one before
+            // it the one before.
+            Some(latest) => {
+                changes.saturating_sub(usize::try_from(record.version.saturating_sub(latest)).unwrap_or(changes))
+            }
+            None => unseen,
+        };
+        for (i, transition) in record.history.iter().enumerate().skip(from) {
+            let version = (record.version + 1 + i as u64).saturating_sub(changes as u64);
+            self.push(&mut ring, Self::event(record, transition, version), true);
         }
     }
 
-    fn publish(&self, record: &TaskRecord, transition: &super::Transition, version: u64) {
-        let event = TaskEvent {
+    fn event(record: &TaskRecord, transition: &super::Transition, version: u64) -> TaskEvent {
+        TaskEvent {
             seq: 0,
             at_ms: transition.at_ms,
             id: record.id,
@@ -225,8 +274,7 @@ impl Feed {
             attempt: transition.attempt,
             version,
             rendered: Rendered::default(),
-        };
-        self.push(event, true);
+        }
     }
 
     /// Publishes an event another host committed (and sent), numbered in
@@ -236,7 +284,7 @@ impl Feed {
     /// its submission) is dropped: a subscriber sees each task's changes
     /// in order, and the latest last. Says whether it was published.
     pub(crate) fn heard(&self, event: TaskEvent) -> bool {
-        self.push(event, false)
+        self.push(&mut lock(&self.ring), event, false)
     }
 
     /// Notes that events other hosts sent are missing from this feed
@@ -278,11 +326,13 @@ impl Feed {
         self.queued.load(Ordering::Acquire).saturating_sub(handed)
     }
 
-    fn push(&self, mut event: TaskEvent, own: bool) -> bool {
-        let mut ring = lock(&self.ring);
-        // Only a feed that hears other hosts keeps versions: its own
-        // commits come in order.
-        if self.outbox.get().is_some() && !ring.versions.newer(event.id, event.version) && !own {
+    /// Publishes `event` (this host's own, or heard) under the ring's
+    /// lock, unless the feed keeps order and it comes after a later change
+    /// of its task; says whether it was published.
+    fn push(&self, ring: &mut Ring, mut event: TaskEvent, own: bool) -> bool {
+        // A redb host's feed keeps no versions: its commits are published
+        // in commit order.
+        if self.keeps_order() && !ring.versions.newer(event.id, event.version) {
             return false;
         }
         ring.last_seq += 1;
@@ -382,6 +432,26 @@ mod tests {
         }
     }
 
+    /// Task `id` as committed after the changes `path` (from its creation),
+    /// each at `at_ms`: its version counts them.
+    fn task(id: u128, path: &[TaskState], at_ms: u64) -> TaskRecord {
+        let mut r = crate::store::tests::record(id, None);
+        let mut from = None;
+        r.history = path
+            .iter()
+            .map(|&to| Transition { at_ms, from: from.replace(to), to, attempt: 0, reason: String::new() })
+            .collect();
+        r.version = path.len() as u64;
+        r.state = *path.last().unwrap();
+        r
+    }
+
+    fn drained(live: &mut broadcast::Receiver<Arc<TaskEvent>>) -> Vec<(u128, TaskState, u64)> {
+        std::iter::from_fn(|| live.try_recv().ok()).map(|e| (e.id.as_u128(), e.to, e.version)).collect()
+    }
+
+    use TaskState::{Completed, Pending, Retrying, Running};
+
     #[tokio::test]
     async fn a_shared_feed_sends_its_own_events_and_publishes_others_in_each_tasks_order() {
         let feed = Feed::default();
@@ -390,22 +460,20 @@ mod tests {
         let mut live = feed.subscribe(None).live;
         // Another host's claim of task 1 came before its submission's
         // event: the late one is dropped, the next change published.
-        assert!(feed.heard(event(1, 2, TaskState::Running)));
-        assert!(!feed.heard(event(1, 1, TaskState::Pending)));
-        assert!(feed.heard(event(1, 3, TaskState::Completed)));
+        assert!(feed.heard(event(1, 2, Running)));
+        assert!(!feed.heard(event(1, 1, Pending)));
+        assert!(feed.heard(event(1, 3, Completed)));
         // Own events are published and sent; heard ones are not sent on.
-        let mut own = crate::store::tests::record(2, None);
-        own.history =
-            vec![Transition { at_ms: 1, from: None, to: TaskState::Pending, attempt: 0, reason: String::new() }];
-        feed.created(&own);
-        feed.published(&record(TaskState::Running));
-        feed.published(&record(TaskState::Completed));
-        let states: Vec<(u128, TaskState)> =
-            std::iter::from_fn(|| live.try_recv().ok()).map(|e| (e.id.as_u128(), e.to)).collect();
-        assert_eq!(states[..2], [(1, TaskState::Running), (1, TaskState::Completed)]);
-        assert_eq!(states.len(), 5);
-        assert_eq!(outbox.try_recv().unwrap().id, Uuid::from_u128(2));
-        assert_eq!(outbox.try_recv().unwrap().to, TaskState::Running);
+        let now = feed.run;
+        feed.created(&task(2, &[Pending], now));
+        feed.published(&task(2, &[Pending, Running], now));
+        feed.published(&task(2, &[Pending, Running, Completed], now));
+        assert_eq!(
+            drained(&mut live),
+            [(1, Running, 2), (1, Completed, 3), (2, Pending, 1), (2, Running, 2), (2, Completed, 3)]
+        );
+        assert_eq!(outbox.try_recv().unwrap().to, Pending);
+        assert_eq!(outbox.try_recv().unwrap().to, Running);
         assert!(outbox.try_recv().is_err(), "a full outbox keeps no more");
         assert_eq!(feed.unshared(), 1);
         // Two were queued and are unsent until the sender hands them over;
@@ -413,6 +481,41 @@ mod tests {
         assert_eq!(feed.unsent(), 2);
         feed.handed(2);
         assert_eq!(feed.unsent(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_feed_that_keeps_order_publishes_what_a_claim_overtook_first_and_drops_it_when_it_comes() {
+        let feed = Feed::ordered();
+        let mut live = feed.subscribe(None).live;
+        let now = feed.run;
+        // This host's claim of task 1 was published before its
+        // submission's commit was: the creation comes first, from the
+        // claimed record, and the submission's own event is dropped.
+        feed.published(&task(1, &[Pending, Running], now));
+        feed.created(&task(1, &[Pending], now));
+        // A retry's commit overtaken by the next claim: the changes after
+        // the latest published come in order, and the late ones are dropped.
+        let claimed_again = task(1, &[Pending, Running, Retrying, Pending, Running], now);
+        feed.published(&claimed_again);
+        feed.published(&task(1, &[Pending, Running, Retrying], now));
+        assert!(!feed.heard(event(1, 4, Pending)), "another host's copy of a change published");
+        assert_eq!(
+            drained(&mut live),
+            [(1, Pending, 1), (1, Running, 2), (1, Retrying, 3), (1, Pending, 4), (1, Running, 5)]
+        );
+        // The first claim of a task created before this run of the host
+        // is its only event: the creation was another run's.
+        feed.published(&task(2, &[Pending, Running], now - 1));
+        // Another host heard first: its claim's copy carries the creation.
+        assert!(feed.heard(event(3, 1, Pending)));
+        feed.published(&task(3, &[Pending, Running], now));
+        assert_eq!(drained(&mut live), [(2, Running, 2), (3, Pending, 1), (3, Running, 2)]);
+        // A redb host's feed publishes each record's latest change: its
+        // commits are published in commit order.
+        let unordered = Feed::default();
+        let mut live = unordered.subscribe(None).live;
+        unordered.published(&task(4, &[Pending, Running], unordered.run));
+        assert_eq!(drained(&mut live), [(4, Running, 2)]);
     }
 
     #[tokio::test]

@@ -7,8 +7,9 @@
 //! On a shared store ([`Book::sharing`]) other hosts create and end tasks
 //! of the same flows, so this host cannot count them: the store keeps each
 //! flow's count (PostgreSQL's `flow_unfinished`) and the book keeps a flow
-//! only while this host's attempts hold reservations against its limits,
-//! taking its totals from the store when it books it again.
+//! only while this host's attempts hold reservations against its limits or
+//! a hold on it ([`Book::hold`]: an attempt that read the flow's stored
+//! totals), taking its totals from the store when it books it again.
 
 use super::FlowLimits;
 use crate::engine::scheduler::Entry;
