@@ -161,6 +161,11 @@ struct Versions {
     order: VecDeque<Uuid>,
 }
 
+/// How far back a feed that keeps order looks for the changes a claim
+/// of a task it has not published may have overtaken (ms): a commit is
+/// published right after it returns.
+const RECENT_MS: u64 = 5_000;
+
 /// Tasks whose latest published version is kept.
 const VERSIONS_KEPT: usize = 65_536;
 
@@ -223,15 +228,23 @@ impl Feed {
     /// Publishes a record's latest transition (or its creation). A feed
     /// that keeps order publishes the record's earlier changes it has not
     /// published first: those after the task's latest it published; of a
-    /// task it has not published, the record's creation when this is its
-    /// first claim and it was created in this run of the host (the claim
-    /// came before the creation's commit was published). A task first
-    /// claimed after the feed forgot it ([`VERSIONS_KEPT`] tasks later)
-    /// has its creation published again then.
+    /// task it has not published (or forgot, [`VERSIONS_KEPT`] tasks
+    /// later), the changes made in the last [`RECENT_MS`] (a claim
+    /// published before the commit it overtook was: the task's creation,
+    /// or a re-submission). A feed publishing more than
+    /// [`VERSIONS_KEPT`] events in [`RECENT_MS`] may publish a change twice,
+    /// and a host whose clock is more than [`RECENT_MS`] behind another's
+    /// may leave out that host's change that a claim overtook.
     pub(crate) fn published(&self, record: &TaskRecord) {
-        let first_claim = self.keeps_order()
-            && matches!(&record.history[..], [created, _] if created.from.is_none() && created.at_ms >= self.run);
-        self.publish(record, if first_claim { 0 } else { record.history.len().saturating_sub(1) });
+        let last = record.history.len().saturating_sub(1);
+        let unseen = if self.keeps_order() {
+            let since = super::now_ms().saturating_sub(RECENT_MS);
+            let older = record.history[..last].iter().rposition(|t| t.at_ms < since);
+            older.map_or(0, |i| i + 1)
+        } else {
+            last
+        };
+        self.publish(record, unseen);
     }
 
     /// Publishes every transition of a record just created: its creation,
@@ -450,7 +463,8 @@ mod tests {
         std::iter::from_fn(|| live.try_recv().ok()).map(|e| (e.id.as_u128(), e.to, e.version)).collect()
     }
 
-    use TaskState::{Completed, Pending, Retrying, Running};
+    use crate::store::now_ms;
+    use TaskState::{Completed, Failed, Pending, Retrying, Running};
 
     #[tokio::test]
     async fn a_shared_feed_sends_its_own_events_and_publishes_others_in_each_tasks_order() {
@@ -503,19 +517,27 @@ mod tests {
             drained(&mut live),
             [(1, Pending, 1), (1, Running, 2), (1, Retrying, 3), (1, Pending, 4), (1, Running, 5)]
         );
-        // The first claim of a task created before this run of the host
-        // is its only event: the creation was another run's.
-        feed.published(&task(2, &[Pending, Running], now - 1));
+        // The claim of a task not published here: its changes of the last
+        // few seconds come first (a re-submission this claim overtook),
+        // not older ones (published before, or before this run).
+        let long_ago = now_ms() - RECENT_MS - 1_000;
+        let mut resubmitted = task(2, &[Pending, Running, Failed, Pending, Running], long_ago);
+        resubmitted.history[3..].iter_mut().for_each(|t| t.at_ms = now_ms());
+        feed.published(&resubmitted);
+        feed.published(&task(4, &[Pending, Running], long_ago));
         // Another host heard first: its claim's copy carries the creation.
         assert!(feed.heard(event(3, 1, Pending)));
         feed.published(&task(3, &[Pending, Running], now));
-        assert_eq!(drained(&mut live), [(2, Running, 2), (3, Pending, 1), (3, Running, 2)]);
+        assert_eq!(
+            drained(&mut live),
+            [(2, Pending, 4), (2, Running, 5), (4, Running, 2), (3, Pending, 1), (3, Running, 2)]
+        );
         // A redb host's feed publishes each record's latest change: its
         // commits are published in commit order.
         let unordered = Feed::default();
         let mut live = unordered.subscribe(None).live;
-        unordered.published(&task(4, &[Pending, Running], unordered.run));
-        assert_eq!(drained(&mut live), [(4, Running, 2)]);
+        unordered.published(&task(5, &[Pending, Running], unordered.run));
+        assert_eq!(drained(&mut live), [(5, Running, 2)]);
     }
 
     #[tokio::test]
