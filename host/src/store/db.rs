@@ -691,8 +691,9 @@ impl Db {
         }
     }
 
-    /// Whether `task` is a task of a cancelled flow, other than the
-    /// flow's first (its root, whose flow is read only when asked for).
+    /// Whether `task` belongs to a flow that was cancelled. A flow's root
+    /// is never answered so, and its flow is not read: a root runs and is
+    /// interrupted by its flow's cancel.
     pub(crate) async fn in_cancelled_flow(&self, task: &TaskRecord) -> Result<bool, StoreError> {
         if task.is_flow_root() {
             return Ok(false);

@@ -237,27 +237,27 @@ impl Feed {
     /// may leave out that host's change that a claim overtook.
     pub(crate) fn published(&self, record: &TaskRecord) {
         let last = record.history.len().saturating_sub(1);
-        let unseen = if self.keeps_order() {
+        self.publish(record, || {
+            if !self.keeps_order() {
+                return last;
+            }
             let since = super::now_ms().saturating_sub(RECENT_MS);
             let older = record.history[..last].iter().rposition(|t| t.at_ms < since);
             older.map_or(0, |i| i + 1)
-        } else {
-            last
-        };
-        self.publish(record, unseen);
+        });
     }
 
     /// Publishes every transition of a record just created: its creation,
     /// and its start when it was claimed in the same commit (on a feed
     /// that keeps order, those it has not published yet).
     pub(crate) fn created(&self, record: &TaskRecord) {
-        self.publish(record, 0);
+        self.publish(record, || 0);
     }
 
-    /// Publishes the transitions of `record` from its `unseen`th, when the
-    /// feed keeps no order or has not published the task, else those after
-    /// the task's latest it published.
-    fn publish(&self, record: &TaskRecord, unseen: usize) {
+    /// Publishes the transitions of `record` from its `unseen()`th, when
+    /// the feed keeps no order or has not published the task, else those
+    /// after the task's latest it published.
+    fn publish(&self, record: &TaskRecord, unseen: impl FnOnce() -> usize) {
         let mut ring = lock(&self.ring);
         let changes = record.history.len();
         let from = match self.keeps_order().then(|| ring.versions.latest(record.id)).flatten() {
@@ -266,7 +266,7 @@ impl Feed {
             Some(latest) => {
                 changes.saturating_sub(usize::try_from(record.version.saturating_sub(latest)).unwrap_or(changes))
             }
-            None => unseen,
+            None => unseen(),
         };
         for (i, transition) in record.history.iter().enumerate().skip(from) {
             let version = (record.version + 1 + i as u64).saturating_sub(changes as u64);
