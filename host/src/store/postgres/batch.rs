@@ -16,7 +16,7 @@
 
 use super::at_submit::{self, ClaimAtSubmit, StartNow};
 use super::quarantine::{Decoded, set_aside};
-use super::{Lease, PgError, PgStore, PgTxn, Standing};
+use super::{Lease, PgError, PgStore, PgTxn};
 use crate::store::apply::{apply_flow, apply_submit, apply_transition};
 use crate::store::{Applied, Change, FlowEdit, FlowRecord, StoreError, Submitted, TaskRecord, TaskState};
 use sqlx::postgres::PgConnection;
@@ -142,26 +142,19 @@ impl PgStore {
                 _ => None,
             })
             .collect();
-        let mut txn = self.pool().begin().await?;
         // A deposed engine writes nothing; the check holds off a takeover
         // until this transaction ends. While this host's own lease lapsed
         // (late renewals), it waits for the next renewal a while.
-        if let Some(term) = fence {
-            let mut waited = Duration::ZERO;
-            loop {
-                match PgStore::standing(&mut txn, term).await? {
-                    Standing::Leads => break,
-                    Standing::Replaced => return Err(PgError::Deposed),
-                    Standing::Lapsed if waited >= LAPSED_WAIT => return Err(PgError::Lapsed),
-                    Standing::Lapsed => {
-                        txn.rollback().await?;
-                        tokio::time::sleep(LAPSED_RETRY).await;
-                        waited += LAPSED_RETRY;
-                        txn = self.pool().begin().await?;
-                    }
+        let mut waited = Duration::ZERO;
+        let mut txn = loop {
+            match self.begin_fenced(fence).await {
+                Err(PgError::Lapsed) if waited < LAPSED_WAIT => {
+                    tokio::time::sleep(LAPSED_RETRY).await;
+                    waited += LAPSED_RETRY;
                 }
+                begun => break begun?,
             }
-        }
+        };
         // Before the batch's flow and row locks (it takes none, and what it
         // reads may change as it ends either way): may the asks start?
         let mut start_now =

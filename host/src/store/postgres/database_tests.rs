@@ -1368,8 +1368,7 @@ async fn a_frozen_engine_is_taken_over_and_its_commits_are_refused() {
     assert!(left.live && left.left > Duration::from_millis(3500), "{left:?}");
     // A commit in flight under b's term holds off a takeover until it
     // ends; then b's term stands replaced.
-    let mut txn = b.pool().begin().await.unwrap();
-    assert_eq!(PgStore::standing(&mut txn, sole.term()).await.unwrap(), Standing::Leads);
+    let txn = b.begin_fenced(Some(sole.term())).await.unwrap();
     let mut taker = c.pool().acquire().await.unwrap().detach();
     let taking = tokio::spawn(async move { PgStore::take_lead(&mut taker, "c", MIN_LEASE).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -1377,8 +1376,58 @@ async fn a_frozen_engine_is_taken_over_and_its_commits_are_refused() {
     txn.commit().await.unwrap();
     let newer = taking.await.unwrap().unwrap();
     assert!(newer > sole.term());
-    let mut txn = b.pool().begin().await.unwrap();
-    assert_eq!(PgStore::standing(&mut txn, sole.term()).await.unwrap(), Standing::Replaced);
+    let refused = b.begin_fenced(Some(sole.term())).await.unwrap_err();
+    assert!(matches!(refused, PgError::Deposed), "{refused:?}");
+}
+
+/// A fenced transaction begun while a takeover is in flight waits for it
+/// and then sees it: refused as deposed, nothing open on its connection;
+/// a term whose lease lapsed is refused as lapsed; the term that leads
+/// begins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_begin_waits_for_a_takeover_in_flight_and_is_refused_after_it() {
+    let (store, url) = store("fenced_begin").await;
+    let mut conn = store.pool().acquire().await.unwrap().detach();
+    let term = PgStore::take_lead(&mut conn, "a", MIN_LEASE).await.unwrap();
+    drop(store.begin_fenced(Some(term)).await.unwrap());
+    // One connection: a refusal must leave it fit for the next use.
+    let a = PgStore::connect(&url, 1).await.unwrap();
+    // A takeover in flight: the fence held exclusively, the row written.
+    let mut taker = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('taskhost engine fence', 0))")
+        .execute(&mut *taker)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE taskhost_leader SET host = 'b', term = nextval('taskhost_leader_terms')")
+        .execute(&mut *taker)
+        .await
+        .unwrap();
+    let waiting = tokio::spawn({
+        let a = a.clone();
+        async move { a.begin_fenced(Some(term)).await.map(drop) }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "a fenced begin waits for the takeover in flight");
+    taker.commit().await.unwrap();
+    let refused = waiting.await.unwrap().unwrap_err();
+    assert!(matches!(refused, PgError::Deposed), "{refused:?}");
+    let left: i32 = sqlx::query_scalar("SELECT 7").fetch_one(a.pool()).await.unwrap();
+    assert_eq!(left, 7, "the refused connection is fit for use");
+    let newer: i64 = sqlx::query_scalar("SELECT term FROM taskhost_leader").fetch_one(a.pool()).await.unwrap();
+    let mut txn = a.begin_fenced(Some(Term(newer))).await.unwrap();
+    sqlx::query("SELECT 1").execute(&mut *txn).await.unwrap();
+    txn.commit().await.unwrap();
+    // The new term's lease lapses: its commits wait for a renewal.
+    sqlx::query("UPDATE taskhost_leader SET expires_at = clock_timestamp() - interval '1 second'")
+        .execute(a.pool())
+        .await
+        .unwrap();
+    let lapsed = a.begin_fenced(Some(Term(newer))).await.unwrap_err();
+    assert!(matches!(lapsed, PgError::Lapsed), "{lapsed:?}");
+    let refused = a.begin_fenced(Some(term)).await.unwrap_err();
+    assert!(matches!(refused, PgError::Deposed), "{refused:?}");
+    // Unfenced, it begins as ever.
+    drop(a.begin_fenced(None).await.unwrap());
 }
 
 /// Sessions of this database waiting for the engine lock.

@@ -57,6 +57,12 @@ impl CountChanges {
         self.recount.insert(flow);
     }
 
+    /// Flows for which `uncounted` holds have no count (no record, as
+    /// read under their lock): their changes are dropped.
+    pub(super) fn uncounted(&mut self, uncounted: impl Fn(&Uuid) -> bool) {
+        self.by.retain(|flow, _| !uncounted(flow));
+    }
+
     /// Writes the changes, after the tasks' and flows' rows are written,
     /// and notes each flow whose count they brought to zero, or which
     /// ended a task of while its count is not known (see

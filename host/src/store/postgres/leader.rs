@@ -13,12 +13,13 @@
 //!
 //! For now the row is the sole engine's (`sole.rs`): it takes the lead by
 //! force under the engine lock ([`PgStore::take_lead`]) and fences its
-//! commits with [`PgStore::standing`]. Nothing else may call
+//! commits with [`PgStore::begin_fenced`]. Nothing else may call
 //! [`PgStore::lead`] on a database an engine serves.
 
 use super::leases::millis;
 use super::{PgError, PgStore};
-use sqlx::postgres::PgConnection;
+use sqlx::Transaction;
+use sqlx::postgres::{PgConnection, Postgres};
 use std::time::Duration;
 
 /// This host's leadership: its term, larger than any leader's before.
@@ -26,20 +27,14 @@ use std::time::Duration;
 pub struct Term(pub i64);
 
 /// The advisory lock that fences the sole engine's commits against a
-/// takeover: commits hold it shared, a takeover exclusively.
+/// takeover: commits hold it shared, a takeover exclusively. Migration
+/// 17's `taskhost_fence` names it too.
 const FENCE: &str = "taskhost engine fence";
 
-/// Where the sole engine's term stands ([`PgStore::standing`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Standing {
-    /// It leads, its lease live.
-    Leads,
-    /// It still holds the row, but its lease lapsed (its renewals are
-    /// late); no other host took over yet.
-    Lapsed,
-    /// Another host took over (or the row is gone).
-    Replaced,
-}
+/// The SQLSTATE `taskhost_fence` raises when another host took over.
+const DEPOSED: &str = "TH001";
+/// The SQLSTATE `taskhost_fence` raises when this host's lease lapsed.
+const LAPSED: &str = "TH002";
 
 /// Who leads, as the row says.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,7 +95,7 @@ impl PgStore {
 
     /// Takes the lead for `host` now, whoever held it, under a new, larger
     /// term, naming `conn`'s session (fencing the last leader's commits:
-    /// its term's [`PgStore::standing`] is `Replaced` from now on). Only for
+    /// [`PgStore::begin_fenced`] refuses its term from now on). Only for
     /// a host that knows no other may lead: the sole engine, holding the
     /// engine lock on `conn`. Waits, holding the fence exclusively, for the
     /// commits that checked the last term to end.
@@ -124,40 +119,26 @@ impl PgStore {
         Ok(Term(term))
     }
 
-    /// Where the sole engine's `term` stands, in the caller's transaction,
-    /// which holds the fence shared from then on: a takeover waits for the
-    /// transaction to end (a renewal does not).
-    pub(crate) async fn standing(conn: &mut PgConnection, term: Term) -> Result<Standing, PgError> {
-        sqlx::query("SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))")
-            .bind(FENCE)
-            .execute(&mut *conn)
-            .await?;
-        // A statement of its own, after the lock: it sees a takeover that
-        // committed while it waited.
-        let row: Option<(i64, bool)> =
-            sqlx::query_as("SELECT term, expires_at > clock_timestamp() FROM taskhost_leader")
-                .fetch_optional(&mut *conn)
-                .await?;
-        Ok(match row {
-            Some((current, true)) if current == term.0 => Standing::Leads,
-            Some((current, false)) if current == term.0 => Standing::Lapsed,
-            _ => Standing::Replaced,
+    /// Begins a transaction that goes on only while `fence` (a host
+    /// serving alone's term, if any) still leads, in one round trip:
+    /// `taskhost_fence` (migration 17) sent with `BEGIN` holds the fence
+    /// shared until the transaction ends, so a takeover waits for it (a
+    /// renewal does not). A host replaced meanwhile gets
+    /// [`PgError::Deposed`], one whose own lease lapsed
+    /// [`PgError::Lapsed`]; either leaves no transaction open.
+    pub(crate) async fn begin_fenced(&self, fence: Option<Term>) -> Result<Transaction<'static, Postgres>, PgError> {
+        let Some(term) = fence else { return Ok(self.pool().begin().await?) };
+        // The check runs first, in the implicit transaction that `BEGIN`
+        // then makes explicit (its lock held on): refused, it rolls back
+        // whole, and the connection is left idle. The term is this host's
+        // own number, written in.
+        self.pool().begin_with(format!("SELECT taskhost_fence({}); BEGIN", term.0)).await.map_err(|error| {
+            match error.as_database_error().and_then(|e| e.code()).as_deref() {
+                Some(DEPOSED) => PgError::Deposed,
+                Some(LAPSED) => PgError::Lapsed,
+                _ => PgError::Database(error),
+            }
         })
-    }
-
-    /// Goes on only while `fence` (a host serving alone's term, if any)
-    /// still leads, in the caller's transaction (see [`standing`](Self::standing)):
-    /// a host replaced meanwhile gets [`PgError::Deposed`], one whose own
-    /// lease lapsed [`PgError::Lapsed`].
-    pub(crate) async fn fenced(conn: &mut PgConnection, fence: Option<Term>) -> Result<(), PgError> {
-        match fence {
-            None => Ok(()),
-            Some(term) => match PgStore::standing(conn, term).await? {
-                Standing::Leads => Ok(()),
-                Standing::Replaced => Err(PgError::Deposed),
-                Standing::Lapsed => Err(PgError::Lapsed),
-            },
-        }
     }
 
     /// Renews `term`'s lease for `lease` from now: whether it still held

@@ -139,8 +139,7 @@ impl PgStore {
         leave: &[String],
         costs: &RunCosts,
     ) -> Result<Vec<Claimed>, PgError> {
-        let mut txn = self.pool().begin().await?;
-        PgStore::fenced(&mut txn, fence).await?;
+        let mut txn = self.begin_fenced(fence).await?;
         let super::fair::Taken { records: found, mut inputs } =
             super::fair::take(&mut txn, limit, leave, costs).await?;
         if found.is_empty() {

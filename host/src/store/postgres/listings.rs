@@ -240,20 +240,34 @@ impl ListedRows {
         if self.ids.is_empty() {
             return Ok(());
         }
-        sqlx::query(
-            "INSERT INTO taskhost_listed (id, queue, plugin, tenant, flow_id, iteration)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::uuid[], $6::bigint[])
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&self.ids)
-        .bind(&self.queues)
-        .bind(&self.plugins)
-        .bind(&self.tenants)
-        .bind(&self.flows)
-        .bind(&self.iterations)
-        .execute(&mut *conn)
-        .await?;
+        self.bind(sqlx::query(&ListedRows::insert(1))).execute(&mut *conn).await?;
         Ok(())
+    }
+
+    /// SQL: inserts the rows [`bind`](Self::bind) binds as parameters
+    /// `$first` on (a task that has one keeps it).
+    pub(super) fn insert(first: usize) -> String {
+        let [ids, queues, plugins, tenants, flows, iterations] = std::array::from_fn(|i| first + i);
+        format!(
+            "INSERT INTO taskhost_listed (id, queue, plugin, tenant, flow_id, iteration)
+             SELECT * FROM unnest(${ids}::uuid[], ${queues}::text[], ${plugins}::text[], ${tenants}::text[],
+                                  ${flows}::uuid[], ${iterations}::bigint[])
+             ON CONFLICT (id) DO NOTHING"
+        )
+    }
+
+    /// Binds the rows' columns to `query`, next, in [`insert`](Self::insert)'s order.
+    pub(super) fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(&self.ids)
+            .bind(&self.queues)
+            .bind(&self.plugins)
+            .bind(&self.tenants)
+            .bind(&self.flows)
+            .bind(&self.iterations)
     }
 }
 

@@ -53,7 +53,6 @@ pub use fair::RunCosts;
 pub(crate) use fair::{INLINE_INPUT, MOST_CREDIT};
 pub use flow_counts::FlowEndNote;
 pub use hosts::HostRow;
-pub(crate) use leader::Standing;
 pub use leader::{Leader, Term};
 pub use leases::{Claimed, Lease, Outcome};
 pub use many::ManyHosts;

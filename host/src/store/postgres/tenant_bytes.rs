@@ -29,8 +29,7 @@ impl PgStore {
         changes: &HashMap<String, i64>,
         fence: Option<super::Term>,
     ) -> Result<HashMap<String, u64>, PgError> {
-        let mut txn = self.pool().begin().await?;
-        PgStore::fenced(&mut txn, fence).await?;
+        let mut txn = self.begin_fenced(fence).await?;
         if changes.values().any(|by| *by != 0) {
             let last: Option<i64> =
                 sqlx::query_scalar("SELECT seq FROM taskhost_tenant_bytes_sent WHERE host = $1 FOR UPDATE")

@@ -276,6 +276,10 @@ impl<'c> PgTxn<'c> {
                 counts.created(*id);
             }
         }
+        // A flow read under its lock with no record, and given none here,
+        // has no count (only flows with a record are counted): nothing to
+        // move, and no statement to send.
+        counts.uncounted(|flow| matches!(self.flows_read.get(flow), Some(None)) && !w.flows.contains_key(flow));
         counts
     }
 
@@ -482,25 +486,31 @@ async fn flush_tasks(
         }
     }
     if !new.ids.is_empty() {
-        sqlx::query(
-            "INSERT INTO taskhost_tasks (id, state, version, queue, priority, due_at_ms, idempotency_key, record, input, output)
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::smallint[], $6::bigint[],
-                                  $7::text[], $8::bytea[], $9::bytea[], $10::bytea[])",
-        )
-        .bind(&new.ids)
-        .bind(&new.states)
-        .bind(&new.versions)
-        .bind(&new.queues)
-        .bind(&new.priorities)
-        .bind(&new.due)
-        .bind(&new.keys)
-        .bind(&new.records)
-        .bind(&new.inputs)
-        .bind(&new.outputs)
-        .execute(&mut *conn)
-        .await?;
-        // What listings select by, written once (see migration 7).
-        new.listed.write(&mut *conn).await?;
+        // With what listings select by (see migration 7), written once.
+        static INSERT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "WITH tasks AS (
+                     INSERT INTO taskhost_tasks (id, state, version, queue, priority, due_at_ms, idempotency_key, record,
+                                                 input, output)
+                     SELECT * FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::smallint[], $6::bigint[],
+                                          $7::text[], $8::bytea[], $9::bytea[], $10::bytea[])
+                 )
+                 {}",
+                ListedRows::insert(11)
+            )
+        });
+        let insert = sqlx::query(&INSERT)
+            .bind(&new.ids)
+            .bind(&new.states)
+            .bind(&new.versions)
+            .bind(&new.queues)
+            .bind(&new.priorities)
+            .bind(&new.due)
+            .bind(&new.keys)
+            .bind(&new.records)
+            .bind(&new.inputs)
+            .bind(&new.outputs);
+        new.listed.bind(insert).execute(&mut *conn).await?;
     }
     if !changed.ids.is_empty() {
         sqlx::query(
