@@ -1394,7 +1394,9 @@ async fn a_fenced_begin_waits_for_a_takeover_in_flight_and_is_refused_after_it()
     let a = PgStore::connect(&url, 1).await.unwrap();
     // A takeover in flight: the fence held exclusively, the row written.
     let mut taker = store.pool().begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('taskhost engine fence', 0))")
+    // The name `take_lead` locks: `taskhost_fence` must wait on the same.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+        .bind(super::leader::FENCE)
         .execute(&mut *taker)
         .await
         .unwrap();

@@ -28,8 +28,8 @@ pub struct Term(pub i64);
 
 /// The advisory lock that fences the sole engine's commits against a
 /// takeover: commits hold it shared, a takeover exclusively. Migration
-/// 17's `taskhost_fence` names it too.
-const FENCE: &str = "taskhost engine fence";
+/// 17's `taskhost_fence` names it too (a test checks they agree).
+pub(super) const FENCE: &str = "taskhost engine fence";
 
 /// The SQLSTATE `taskhost_fence` raises when another host took over.
 const DEPOSED: &str = "TH001";
@@ -132,13 +132,23 @@ impl PgStore {
         // then makes explicit (its lock held on): refused, it rolls back
         // whole, and the connection is left idle. The term is this host's
         // own number, written in.
-        self.pool().begin_with(format!("SELECT taskhost_fence({}); BEGIN", term.0)).await.map_err(|error| {
-            match error.as_database_error().and_then(|e| e.code()).as_deref() {
+        // In a task of its own: were the caller's wait cancelled while the
+        // check waits for the lock, sqlx (which counts the transaction
+        // open only once `BEGIN` answered) would give the connection back
+        // to the pool inside it; the task's transaction, dropped
+        // unclaimed, is rolled back instead.
+        let pool = self.pool().clone();
+        let begin = format!("SELECT taskhost_fence({}); BEGIN", term.0);
+        match tokio::spawn(async move { pool.begin_with(begin).await }).await {
+            Ok(begun) => begun.map_err(|error| match error.as_database_error().and_then(|e| e.code()).as_deref() {
                 Some(DEPOSED) => PgError::Deposed,
                 Some(LAPSED) => PgError::Lapsed,
                 _ => PgError::Database(error),
-            }
-        })
+            }),
+            Err(failed) if failed.is_panic() => std::panic::resume_unwind(failed.into_panic()),
+            // Only as the runtime shuts down, the pool's work with it.
+            Err(_) => Err(PgError::Database(sqlx::Error::PoolClosed)),
+        }
     }
 
     /// Renews `term`'s lease for `lease` from now: whether it still held
