@@ -207,7 +207,8 @@ impl Shared {
     /// The open database. While a reopen after a write fault is under way
     /// this waits for it (it takes milliseconds), at most [`REOPEN_WAIT`];
     /// then, or if the reopen failed, it refuses with
-    /// [`StoreError::Reopening`].
+    /// [`StoreError::Reopening`]; once a failed check closed it, with what
+    /// the check found.
     pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
         let slot = lock(&self.db);
         if let Some(db) = slot.as_ref() {
@@ -217,7 +218,8 @@ impl Shared {
             .reopened
             .wait_timeout_while(slot, REOPEN_WAIT, |slot| slot.is_none() && self.reopening.load(Ordering::Acquire))
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        slot.clone().ok_or_else(|| StoreError::Reopening { reason: self.reason() })
+        // A file whose check failed was closed: say so, not "reopening".
+        slot.clone().ok_or_else(|| self.refusal().unwrap_or_else(|| StoreError::Reopening { reason: self.reason() }))
     }
 
     /// Why writes fail now, while they do.

@@ -760,13 +760,19 @@ async fn a_store_is_read_while_its_check_runs_and_written_only_once_it_passed() 
     }
     std::fs::write(&path, &damaged).unwrap();
     {
-        // The open reads no input page: it opens, and reads work.
+        // The open reads no input page: it opens, and reads work while
+        // the check runs; once it failed, they are refused as damaged.
         let store = Store::open_checking(&path, true).unwrap();
-        assert_eq!(store.get(Uuid::from_u128(2)).unwrap().unwrap().state, TaskState::Completed);
+        match store.get(Uuid::from_u128(2)) {
+            Ok(read) => assert_eq!(read.unwrap().state, TaskState::Completed),
+            Err(e) => assert!(store.check_failed() && matches!(&e, StoreError::Damaged { .. }), "{e}"),
+        }
         let e = store.checked().unwrap_err();
         assert!(matches!(&e, StoreError::Damaged { path: p, .. } if p == &path), "{e}");
         let refused = store.submit(record(4, None), b"in".to_vec()).await.unwrap_err();
         assert!(matches!(refused, StoreError::Damaged { .. }), "{refused}");
+        let refused = store.get(Uuid::from_u128(2)).unwrap_err();
+        assert!(matches!(refused, StoreError::Damaged { .. }), "a read after the failed check: {refused}");
     }
     assert!(matches!(Store::open(&path, true), Err(StoreError::Damaged { .. })));
     assert_eq!(std::fs::read(&path).unwrap(), damaged, "a file that failed its check is left as it was");
