@@ -355,7 +355,7 @@ impl Admin {
 
 #[cfg(test)]
 mod tests {
-    use crate::engine::testing::{Harness, Script, on_both};
+    use crate::engine::testing::{Script, on_both};
     use crate::store::{QueueConfig, TaskState};
 
     on_both! {
@@ -410,13 +410,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_setting_for_a_new_queue_past_the_limit_is_refused() {
-        let h = Harness::with_config(|c| c.max_queues = 1).await;
-        h.engine.set_queue("a", QueueConfig::default()).await.unwrap();
-        let refused = h.engine.set_queue("b", QueueConfig::default()).await.unwrap_err();
-        assert!(matches!(refused, crate::engine::EngineError::LimitReached(_)), "{refused:?}");
-        assert!(h.store().queues().unwrap().iter().all(|(name, _)| name == "a"), "a refusal writes nothing");
-        h.engine.set_queue("a", QueueConfig { weight: 3, ..QueueConfig::default() }).await.unwrap();
+    on_both! {
+        tweak = |c: &mut crate::engine::EngineConfig| c.max_queues = 1;
+
+        async fn a_setting_for_a_new_queue_past_the_limit_is_refused(h) {
+            h.engine.set_queue("a", QueueConfig::default()).await.unwrap();
+            let refused = h.engine.set_queue("b", QueueConfig::default()).await.unwrap_err();
+            assert!(matches!(refused, crate::engine::EngineError::LimitReached(_)), "{refused:?}");
+            let stored = h.shared.store.queues().await.unwrap();
+            assert!(stored.iter().all(|(name, _)| name == "a"), "a refusal writes nothing: {stored:?}");
+            h.engine.set_queue("a", QueueConfig { weight: 3, ..QueueConfig::default() }).await.unwrap();
+            let stored = h.shared.store.queues().await.unwrap();
+            assert_eq!(stored.iter().find(|(name, _)| name == "a").map(|(_, c)| c.weight), Some(3));
+        }
     }
 }

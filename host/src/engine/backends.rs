@@ -147,50 +147,6 @@ on_both! {
         assert!(matches!(refused, EngineError::Conflict(_)), "{refused}");
     }
 
-    async fn a_series_flow_passes_outputs_on_and_a_repeating_one_runs_each_iteration(h) {
-        let spec = serde_json::json!({
-            "input": Script::Complete(b"hi".to_vec()),
-            "steps": {"series": [{"id": "a", "plugin": "echo"}, {"id": "b", "plugin": "echo"}]},
-        });
-        let view = h.engine.submit_flow(serde_json::from_value(spec).unwrap()).await.unwrap();
-        let done = h.engine.wait_flow(view.flow.id, WAIT).await.unwrap();
-        assert_eq!(done.flow.state, FlowState::Completed, "{:?}", done.flow);
-        assert_eq!(done.output.as_deref(), Some(&b"hi"[..]));
-        assert_eq!(done.tasks.len(), 2);
-        let spec = serde_json::json!({
-            "input": Script::Complete(b"x".to_vec()),
-            "steps": {"id": "only", "plugin": "echo"},
-            "repeat": {"times": 3},
-        });
-        let view = h.engine.submit_flow(serde_json::from_value(spec).unwrap()).await.unwrap();
-        let done = h.engine.wait_flow(view.flow.id, WAIT).await.unwrap();
-        assert_eq!((done.flow.state, done.flow.iteration), (FlowState::Completed, 2));
-        let iterations: Vec<u32> = done.tasks.iter().map(|t| t.iteration).collect();
-        assert_eq!(iterations, [0, 1, 2]);
-        let (flows, _) = h.engine.flows_page(None, 10, None, |_| true).await.unwrap();
-        assert_eq!(flows.len(), 2, "both flows are listed");
-    }
-
-    // A declared step runs only if its predecessor completed: one whose
-    // predecessor failed is skipped, never run. (On PostgreSQL the claim
-    // takes it once its predecessor ended, and the attempt checks.)
-    async fn a_step_after_a_failed_one_is_skipped(h) {
-        let spec = serde_json::json!({
-            "input": Script::FailTimes(10, Vec::new()),
-            "steps": {"series": [{"id": "a", "plugin": "echo"}, {"id": "b", "plugin": "echo"}]},
-        });
-        let view = h.engine.submit_flow(serde_json::from_value(spec).unwrap()).await.unwrap();
-        let done = h.engine.wait_flow(view.flow.id, WAIT).await.unwrap();
-        assert_eq!(done.flow.state, FlowState::Failed, "{:?}", done.flow);
-        let step = |id: &str| done.tasks.iter().find(|t| t.step.as_deref() == Some(id)).unwrap().clone();
-        let (a, b) = (step("a"), step("b"));
-        assert_eq!((a.state, a.attempts), (TaskState::Failed, 3));
-        assert_eq!((b.state, b.attempts), (TaskState::Cancelled, 0), "{b:?}");
-        let reason = &b.history.last().unwrap().reason;
-        assert_eq!(reason, "skipped: step `a` ended failed");
-        assert_eq!(h.runner.calls(b.id), 0, "a skipped step never runs");
-    }
-
     // A flow's cancel marks the flow, then cancels its tasks one by one:
     // a task that becomes startable in between (here `b`, released by `a`
     // ending on its own after the mark) is cancelled before it runs.

@@ -1026,24 +1026,26 @@ mod tests {
         assert_eq!(lock(&h.shared.sched).in_flight(), 0, "every claim settled");
     }
 
-    /// A task cancelled while it waits for a slot ends `cancelled` without
-    /// running.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_task_cancelled_while_it_waits_for_a_slot_never_runs() {
-        let h = Harness::with_config(|c| c.concurrency = 1).await;
-        let a = h.submit("echo", Script::AwaitGate(b"a".to_vec())).await;
-        let b = h.submit("echo", Script::AwaitGate(b"b".to_vec())).await;
-        h.wait_state(b, TaskState::Running).await;
-        h.wait_state(a, TaskState::Running).await;
-        one_runs(&h, a, b).await;
-        let waiting = if h.runner.calls(a) == 1 { b } else { a };
-        h.engine.cancel(waiting).await.unwrap();
-        let done = h.wait(waiting).await;
-        assert_eq!(done.state, TaskState::Cancelled);
-        assert_eq!(h.runner.calls(waiting), 0);
-        h.runner.gate.add_permits(1);
-        let other = if waiting == a { b } else { a };
-        assert_eq!(h.wait(other).await.state, TaskState::Completed);
+    on_both! {
+        tweak = |c: &mut EngineConfig| c.concurrency = 1;
+
+        /// A task cancelled while it waits for a slot ends `cancelled`
+        /// without running.
+        async fn a_task_cancelled_while_it_waits_for_a_slot_never_runs(h) {
+            let a = h.submit("echo", Script::AwaitGate(b"a".to_vec())).await;
+            let b = h.submit("echo", Script::AwaitGate(b"b".to_vec())).await;
+            h.wait_state(b, TaskState::Running).await;
+            h.wait_state(a, TaskState::Running).await;
+            one_runs(&h, a, b).await;
+            let waiting = if h.runner.calls(a) == 1 { b } else { a };
+            h.engine.cancel(waiting).await.unwrap();
+            let done = h.wait(waiting).await;
+            assert_eq!(done.state, TaskState::Cancelled);
+            assert_eq!(h.runner.calls(waiting), 0);
+            h.runner.gate.add_permits(1);
+            let other = if waiting == a { b } else { a };
+            assert_eq!(h.wait(other).await.state, TaskState::Completed);
+        }
     }
 
     // On both stores: what dispatch does whatever the store.

@@ -572,7 +572,7 @@ fn spec_json(spec: &FlowSpec) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::{FlowSpec, gather};
-    use crate::engine::testing::{Harness, Script};
+    use crate::engine::testing::{Script, on_both};
     use crate::store::{FlowState, TaskState};
     use serde_json::{Value, json};
     use std::time::Duration;
@@ -581,47 +581,53 @@ mod tests {
         serde_json::from_value(serde_json::json!({"input": script, "steps": steps})).unwrap()
     }
 
-    #[tokio::test]
-    async fn a_series_passes_each_output_on_and_ends_with_the_last() {
-        let h = Harness::new().await;
-        let steps = serde_json::json!({"series": [
-            {"id": "a", "plugin": "echo"}, {"id": "b", "plugin": "echo"}, {"id": "c", "plugin": "echo"}
-        ]});
-        let view = h.engine.submit_flow(spec(&Script::Complete(b"hi".to_vec()), steps)).await.unwrap();
-        let done = h.engine.wait_flow(view.flow.id, Duration::from_secs(10)).await.unwrap();
-        assert_eq!(done.flow.state, FlowState::Completed, "{:?}", done.flow);
-        assert_eq!(done.output.as_deref(), Some(&b"hi"[..]));
-        assert!(done.tasks.iter().all(|t| t.state == TaskState::Completed));
-        assert_eq!(h.held("echo"), 0);
-    }
+    const WAIT: Duration = Duration::from_secs(20);
 
-    #[tokio::test]
-    async fn a_failed_step_skips_what_follows_and_fails_the_flow_naming_it() {
-        let h = Harness::new().await;
-        let steps = serde_json::json!({"series": [
-            {"id": "a", "plugin": "echo", "max_attempts": 1}, {"id": "b", "plugin": "echo"}
-        ]});
-        let view = h.engine.submit_flow(spec(&Script::FailTimes(5, Vec::new()), steps)).await.unwrap();
-        let done = h.engine.wait_flow(view.flow.id, Duration::from_secs(10)).await.unwrap();
-        assert_eq!(done.flow.state, FlowState::Failed);
-        let error = done.flow.error.clone().unwrap();
-        assert!(error.starts_with("step `a` failed: trap"), "{error}");
-        let b = done.tasks.iter().find(|t| t.step.as_deref() == Some("b")).unwrap();
-        assert_eq!(b.state, TaskState::Cancelled);
-        assert_eq!(b.history.last().unwrap().reason, "skipped: step `a` ended failed");
-        assert_eq!(b.attempts, 0, "a skipped step never runs");
-    }
+    on_both! {
+        async fn a_series_passes_each_output_on_and_ends_with_the_last(h) {
+            let steps = serde_json::json!({"series": [
+                {"id": "a", "plugin": "echo"}, {"id": "b", "plugin": "echo"}, {"id": "c", "plugin": "echo"}
+            ]});
+            let view = h.engine.submit_flow(spec(&Script::Complete(b"hi".to_vec()), steps)).await.unwrap();
+            let done = h.engine.wait_flow(view.flow.id, WAIT).await.unwrap();
+            assert_eq!(done.flow.state, FlowState::Completed, "{:?}", done.flow);
+            assert_eq!(done.output.as_deref(), Some(&b"hi"[..]));
+            assert_eq!(done.tasks.len(), 3);
+            assert!(done.tasks.iter().all(|t| t.state == TaskState::Completed));
+            assert_eq!(h.held("echo"), 0);
+            let (flows, _) = h.engine.flows_page(None, 10, None, |_| true).await.unwrap();
+            assert_eq!(flows.len(), 1, "the flow is listed");
+        }
 
-    #[tokio::test]
-    async fn a_repeating_flow_runs_each_iteration_then_ends() {
-        let h = Harness::new().await;
-        let mut spec = spec(&Script::Complete(b"x".to_vec()), serde_json::json!({"id": "only", "plugin": "echo"}));
-        spec.repeat = Some(serde_json::from_value(serde_json::json!({"times": 3})).unwrap());
-        let view = h.engine.submit_flow(spec).await.unwrap();
-        let done = h.engine.wait_flow(view.flow.id, Duration::from_secs(10)).await.unwrap();
-        assert_eq!((done.flow.state, done.flow.iteration), (FlowState::Completed, 2));
-        let iterations: Vec<u32> = done.tasks.iter().map(|t| t.iteration).collect();
-        assert_eq!(iterations, [0, 1, 2]);
+        // A declared step runs only if its predecessor completed: one whose
+        // predecessor failed is skipped, never run. (On PostgreSQL the claim
+        // takes it once its predecessor ended, and the attempt checks.)
+        async fn a_failed_step_skips_what_follows_and_fails_the_flow_naming_it(h) {
+            let steps = serde_json::json!({"series": [
+                {"id": "a", "plugin": "echo", "max_attempts": 1}, {"id": "b", "plugin": "echo"}
+            ]});
+            let view = h.engine.submit_flow(spec(&Script::FailTimes(5, Vec::new()), steps)).await.unwrap();
+            let done = h.engine.wait_flow(view.flow.id, WAIT).await.unwrap();
+            assert_eq!(done.flow.state, FlowState::Failed);
+            let error = done.flow.error.clone().unwrap();
+            assert!(error.starts_with("step `a` failed: trap"), "{error}");
+            let a = done.tasks.iter().find(|t| t.step.as_deref() == Some("a")).unwrap();
+            assert_eq!((a.state, a.attempts), (TaskState::Failed, 1));
+            let b = done.tasks.iter().find(|t| t.step.as_deref() == Some("b")).unwrap();
+            assert_eq!((b.state, b.attempts), (TaskState::Cancelled, 0), "{b:?}");
+            assert_eq!(b.history.last().unwrap().reason, "skipped: step `a` ended failed");
+            assert_eq!(h.runner.calls(b.id), 0, "a skipped step never runs");
+        }
+
+        async fn a_repeating_flow_runs_each_iteration_then_ends(h) {
+            let mut spec = spec(&Script::Complete(b"x".to_vec()), serde_json::json!({"id": "only", "plugin": "echo"}));
+            spec.repeat = Some(serde_json::from_value(serde_json::json!({"times": 3})).unwrap());
+            let view = h.engine.submit_flow(spec).await.unwrap();
+            let done = h.engine.wait_flow(view.flow.id, WAIT).await.unwrap();
+            assert_eq!((done.flow.state, done.flow.iteration), (FlowState::Completed, 2));
+            let iterations: Vec<u32> = done.tasks.iter().map(|t| t.iteration).collect();
+            assert_eq!(iterations, [0, 1, 2]);
+        }
     }
 
     #[test]

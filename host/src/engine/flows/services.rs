@@ -611,7 +611,7 @@ pub(crate) fn status(state: TaskState) -> TaskStatus {
 #[cfg(test)]
 mod tests {
     use super::{MAX_CHILD_INPUT, MAX_JOIN};
-    use crate::engine::testing::{Harness, Script};
+    use crate::engine::testing::{Harness, Script, on_both};
     use crate::flow::{ChildTask, QueueError, TaskServices as _};
 
     fn child(key: &str) -> ChildTask {
@@ -625,6 +625,8 @@ mod tests {
         }
     }
 
+    // This test and the next make a store read fail, which only the redb
+    // store can be told to do: they run on redb alone.
     #[tokio::test]
     async fn a_failed_key_lookup_fails_the_call_instead_of_duplicating_the_child() {
         let h = Harness::new().await;
@@ -640,118 +642,6 @@ mod tests {
         assert!(services.submit(child("k2")).unwrap().is_ok());
     }
 
-    /// A client that registers the key a flow will give its child does not
-    /// get the child: the flow's keys are its own.
-    #[tokio::test]
-    async fn a_client_key_spelled_like_a_childs_does_not_hijack_the_child() {
-        let h = Harness::new().await;
-        let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
-        h.wait(parent).await;
-        let hijack = crate::engine::NewTask {
-            plugin: "echo".into(),
-            idempotency_key: Some(format!("flow:{parent}:step-1")),
-            ..crate::engine::NewTask::default()
-        };
-        let client = h.engine.submit(hijack).await.unwrap().record.id;
-        let services = h.services(parent);
-        let child_id = services.submit(child("step-1")).unwrap().unwrap();
-        assert_ne!(child_id, client.to_string(), "the child is a new task of the flow");
-    }
-
-    /// A plugin's child is checked like a submission: a delay of about
-    /// 10^15 ms, or a queue past the limit, is refused to the plugin.
-    #[tokio::test]
-    async fn a_childs_delay_and_queue_are_checked() {
-        let h = Harness::with_config(|c| c.max_queues = 2).await;
-        let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
-        h.wait(parent).await;
-        let services = h.services(parent);
-        let late = ChildTask { delay_ms: Some(1_000_000_000_000_000), ..child("late") };
-        match services.submit(late).unwrap() {
-            Err(QueueError::Invalid(m)) => assert!(m.contains("delay_ms 1000000000000000 is out of range"), "{m}"),
-            other => panic!("{other:?}"),
-        }
-        // `default` is known; one more queue fits, the next does not.
-        services.submit(ChildTask { queue: Some("q1".into()), ..child("a") }).unwrap().unwrap();
-        match services.submit(ChildTask { queue: Some("q2".into()), ..child("b") }).unwrap() {
-            Err(QueueError::LimitExceeded(m)) => assert!(m.contains("max_queues = 2"), "{m}"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn children_count_against_the_host_budget_and_a_refusal_holds_nothing() {
-        let h = Harness::new().await;
-        let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
-        h.wait(parent).await;
-        let services = h.services(parent);
-        let budget = services.budget();
-        let big = |n: usize| ChildTask { input: vec![b'x'; n], idempotency_key: None, ..child("unused") };
-        let mut accepted = 0;
-        let refusal = loop {
-            match services.submit(big(8 << 20)).unwrap() {
-                Ok(_) => accepted += 1,
-                Err(e) => break e,
-            }
-        };
-        // 64 MiB holds seven 8 MiB children and their records, not eight.
-        assert_eq!(accepted, 7);
-        let crate::flow::QueueError::LimitExceeded(message) = refusal else { panic!("{refusal:?}") };
-        // Its input, plugin and queue names (the parent's queue), and 512.
-        let queue = h.store().get(parent).unwrap().unwrap().queue;
-        let cost = (8 << 20) + "echo".len() + queue.len() + 512;
-        assert!(message.contains(&format!("a child needs {cost} more bytes")), "{message}");
-        let held = budget.held();
-        assert!(services.submit(big(8 << 20)).unwrap().is_err());
-        assert_eq!(budget.held(), held, "a refused child holds nothing");
-        // Over the input cap, whatever the budget.
-        let over = services.submit(big(MAX_CHILD_INPUT + 1)).unwrap().unwrap_err();
-        assert!(format!("{over:?}").contains("a child's input may be at most"), "{over:?}");
-    }
-
-    #[tokio::test]
-    async fn a_key_set_then_deleted_gives_its_bytes_back() {
-        let h = Harness::new().await;
-        let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
-        h.wait(parent).await;
-        let services = h.services(parent);
-        // Twenty rounds of 100 KiB under a 1 MiB flow cap.
-        for round in 0..20 {
-            services
-                .context_set("k".into(), vec![b'v'; 100 << 10])
-                .unwrap()
-                .unwrap_or_else(|e| panic!("{round}: {e:?}"));
-            assert!(services.context_delete("k").unwrap());
-        }
-        assert_eq!(services.budget().held(), 0);
-        // Keys created and deleted within the attempt leave nothing behind
-        // (no tombstones to hold or commit).
-        for i in 0..1_000 {
-            services.context_set(format!("new-{i}"), b"v".to_vec()).unwrap().unwrap();
-            assert!(services.context_delete(&format!("new-{i}")).unwrap());
-        }
-        // Only the last write of a key is committed.
-        services.context_set("k".into(), b"1".to_vec()).unwrap().unwrap();
-        services.context_set("k".into(), b"2".to_vec()).unwrap().unwrap();
-        let outcome = services.take();
-        assert_eq!(outcome.effects.context, vec![("k".to_owned(), Some(b"2".to_vec()))]);
-        assert_eq!(outcome.context_reserved, 2);
-    }
-
-    #[tokio::test]
-    async fn a_join_names_each_task_once_and_at_most_max_join() {
-        let h = Harness::new().await;
-        let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
-        h.wait(parent).await;
-        let services = h.services(parent);
-        let a = services.submit(child("a")).unwrap().unwrap();
-        let twice = services.join(vec![a.clone(), a.clone()], child("then")).unwrap().unwrap_err();
-        assert!(format!("{twice:?}").contains("appears more than once in the join"), "{twice:?}");
-        let many = vec![a; MAX_JOIN + 1];
-        let refused = services.join(many, child("then")).unwrap().unwrap_err();
-        assert!(format!("{refused:?}").contains("a join may wait for at most 10000 tasks"), "{refused:?}");
-    }
-
     #[tokio::test]
     async fn a_failed_read_is_not_an_absent_task() {
         let h = Harness::new().await;
@@ -762,5 +652,113 @@ mod tests {
         let failed = services.get(&parent.to_string()).unwrap_err();
         assert!(failed.0.contains("could not read a task"), "{failed}");
         assert!(services.get(&parent.to_string()).unwrap().is_ok());
+    }
+
+    on_both! {
+        /// A client that registers the key a flow will give its child does not
+        /// get the child: the flow's keys are its own.
+        async fn a_client_key_spelled_like_a_childs_does_not_hijack_the_child(h) {
+            let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
+            h.wait(parent).await;
+            let hijack = crate::engine::NewTask {
+                plugin: "echo".into(),
+                idempotency_key: Some(format!("flow:{parent}:step-1")),
+                ..crate::engine::NewTask::default()
+            };
+            let client = h.engine.submit(hijack).await.unwrap().record.id;
+            let services = h.services(parent);
+            let child_id = services.submit(child("step-1")).unwrap().unwrap();
+            assert_ne!(child_id, client.to_string(), "the child is a new task of the flow");
+        }
+
+        async fn children_count_against_the_host_budget_and_a_refusal_holds_nothing(h) {
+            let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
+            h.wait(parent).await;
+            let services = h.services(parent);
+            let budget = services.budget();
+            let big = |n: usize| ChildTask { input: vec![b'x'; n], idempotency_key: None, ..child("unused") };
+            let mut accepted = 0;
+            let refusal = loop {
+                match services.submit(big(8 << 20)).unwrap() {
+                    Ok(_) => accepted += 1,
+                    Err(e) => break e,
+                }
+            };
+            // 64 MiB holds seven 8 MiB children and their records, not eight.
+            assert_eq!(accepted, 7);
+            let crate::flow::QueueError::LimitExceeded(message) = refusal else { panic!("{refusal:?}") };
+            // Its input, plugin and queue names (the parent's queue), and 512.
+            let queue = h.engine.get(parent).await.unwrap().queue;
+            let cost = (8 << 20) + "echo".len() + queue.len() + 512;
+            assert!(message.contains(&format!("a child needs {cost} more bytes")), "{message}");
+            let held = budget.held();
+            assert!(services.submit(big(8 << 20)).unwrap().is_err());
+            assert_eq!(budget.held(), held, "a refused child holds nothing");
+            // Over the input cap, whatever the budget.
+            let over = services.submit(big(MAX_CHILD_INPUT + 1)).unwrap().unwrap_err();
+            assert!(format!("{over:?}").contains("a child's input may be at most"), "{over:?}");
+        }
+
+        async fn a_key_set_then_deleted_gives_its_bytes_back(h) {
+            let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
+            h.wait(parent).await;
+            let services = h.services(parent);
+            // Twenty rounds of 100 KiB under a 1 MiB flow cap.
+            for round in 0..20 {
+                services
+                    .context_set("k".into(), vec![b'v'; 100 << 10])
+                    .unwrap()
+                    .unwrap_or_else(|e| panic!("{round}: {e:?}"));
+                assert!(services.context_delete("k").unwrap());
+            }
+            assert_eq!(services.budget().held(), 0);
+            // Keys created and deleted within the attempt leave nothing behind
+            // (no tombstones to hold or commit).
+            for i in 0..1_000 {
+                services.context_set(format!("new-{i}"), b"v".to_vec()).unwrap().unwrap();
+                assert!(services.context_delete(&format!("new-{i}")).unwrap());
+            }
+            // Only the last write of a key is committed.
+            services.context_set("k".into(), b"1".to_vec()).unwrap().unwrap();
+            services.context_set("k".into(), b"2".to_vec()).unwrap().unwrap();
+            let outcome = services.take();
+            assert_eq!(outcome.effects.context, vec![("k".to_owned(), Some(b"2".to_vec()))]);
+            assert_eq!(outcome.context_reserved, 2);
+        }
+
+        async fn a_join_names_each_task_once_and_at_most_max_join(h) {
+            let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
+            h.wait(parent).await;
+            let services = h.services(parent);
+            let a = services.submit(child("a")).unwrap().unwrap();
+            let twice = services.join(vec![a.clone(), a.clone()], child("then")).unwrap().unwrap_err();
+            assert!(format!("{twice:?}").contains("appears more than once in the join"), "{twice:?}");
+            let many = vec![a; MAX_JOIN + 1];
+            let refused = services.join(many, child("then")).unwrap().unwrap_err();
+            assert!(format!("{refused:?}").contains("a join may wait for at most 10000 tasks"), "{refused:?}");
+        }
+    }
+
+    on_both! {
+        tweak = |c: &mut crate::engine::EngineConfig| c.max_queues = 2;
+
+        /// A plugin's child is checked like a submission: a delay of about
+        /// 10^15 ms, or a queue past the limit, is refused to the plugin.
+        async fn a_childs_delay_and_queue_are_checked(h) {
+            let parent = h.submit("echo", Script::Complete(b"p".to_vec())).await;
+            h.wait(parent).await;
+            let services = h.services(parent);
+            let late = ChildTask { delay_ms: Some(1_000_000_000_000_000), ..child("late") };
+            match services.submit(late).unwrap() {
+                Err(QueueError::Invalid(m)) => assert!(m.contains("delay_ms 1000000000000000 is out of range"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+            // `default` is known; one more queue fits, the next does not.
+            services.submit(ChildTask { queue: Some("q1".into()), ..child("a") }).unwrap().unwrap();
+            match services.submit(ChildTask { queue: Some("q2".into()), ..child("b") }).unwrap() {
+                Err(QueueError::LimitExceeded(m)) => assert!(m.contains("max_queues = 2"), "{m}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }
