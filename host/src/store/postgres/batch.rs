@@ -145,9 +145,18 @@ impl PgStore {
         // A deposed engine writes nothing; the check holds off a takeover
         // until this transaction ends. While this host's own lease lapsed
         // (late renewals), it waits for the next renewal a while.
+        // A submission without a key that does not ask to start with its
+        // commit makes a task another host may start (unless refused): the
+        // hosts are told as the transaction begins, in its round trip. A
+        // keyed one may name a stored task, and an ask may be granted, so
+        // those batches tell them only once the flush found work.
+        let wake = ops
+            .iter()
+            .any(|op| matches!(op, PgOp::Submit { claim: None, record, .. } if record.idempotency_key.is_none()));
         let mut waited = Duration::ZERO;
         let mut txn = loop {
-            match self.begin_fenced(fence).await {
+            let begun = if wake { self.begin_waking(fence).await } else { self.begin_fenced(fence).await };
+            match begun {
                 Err(PgError::Lapsed) if waited < LAPSED_WAIT => {
                     tokio::time::sleep(LAPSED_RETRY).await;
                     waited += LAPSED_RETRY;
@@ -190,6 +199,9 @@ impl PgStore {
         // The tasks created running, each with its ask.
         let mut started: Vec<(Uuid, ClaimAtSubmit)> = Vec::new();
         let mut t = PgTxn::new(&mut txn);
+        if wake {
+            t.woken();
+        }
         t.flows_held(held_flows);
         // Their records (locked above, except a task's whose flow could not
         // be read before its row: taken now).

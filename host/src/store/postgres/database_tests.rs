@@ -984,7 +984,8 @@ async fn a_record_that_cannot_be_decoded_is_quarantined_not_claimed_forever() {
 
 /// A host waiting for work wakes when another host commits startable work
 /// (a submission; a retry), and not for a commit that makes nothing
-/// startable (a claim, a completion).
+/// startable (a claim, a completion, a keyed submission that names a
+/// stored task).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_host_wakes_when_another_commits_startable_work() {
     use super::Wakeup;
@@ -1008,6 +1009,12 @@ async fn an_idle_host_wakes_when_another_commits_startable_work() {
     let claimed = a.claim("a", 1, LEASE).await.unwrap().remove(0);
     a.finish(&claimed.lease, Outcome::completed(Vec::new())).await.unwrap();
     assert!(timeout(quiet, waiting.next()).await.is_err(), "a completion makes nothing startable");
+    // A keyed submission wakes it once it made a task; naming that task
+    // again, it makes none.
+    assert!(b.submit(record(20, Some("k")), Vec::new()).await.unwrap().created);
+    assert_eq!(timeout(soon, waiting.next()).await.unwrap().unwrap(), Wakeup::Work);
+    assert!(!b.submit(record(21, Some("k")), Vec::new()).await.unwrap().created);
+    assert!(timeout(quiet, waiting.next()).await.is_err(), "a submission that made no task");
     // Many commits while nobody waits: one wake-up, not a backlog.
     for n in 2..12 {
         b.submit(record(n, None), Vec::new()).await.unwrap();
@@ -1430,6 +1437,37 @@ async fn a_fenced_begin_waits_for_a_takeover_in_flight_and_is_refused_after_it()
     assert!(matches!(refused, PgError::Deposed), "{refused:?}");
     // Unfenced, it begins as ever.
     drop(a.begin_fenced(None).await.unwrap());
+}
+
+/// A transaction begun waking the hosts wakes them when it commits, and
+/// only then: not when it rolls back, nor when its fence refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waking_begin_wakes_the_hosts_only_if_its_transaction_commits() {
+    use super::Wakeup;
+    use tokio::time::timeout;
+    let (store, _url) = store("waking_begin").await;
+    let mut waiting = store.wakeups().await.unwrap();
+    // Long enough for a notification on loopback, which arrives in
+    // milliseconds; this is a check that none came, not a timing.
+    let quiet = Duration::from_millis(300);
+    let mut conn = store.pool().acquire().await.unwrap().detach();
+    let term = PgStore::take_lead(&mut conn, "a", MIN_LEASE).await.unwrap();
+    for fence in [None, Some(term)] {
+        let txn = store.begin_waking(fence).await.unwrap();
+        assert!(timeout(quiet, waiting.next()).await.is_err(), "nothing before the commit");
+        txn.rollback().await.unwrap();
+        assert!(timeout(quiet, waiting.next()).await.is_err(), "a rollback wakes nobody");
+        store.begin_waking(fence).await.unwrap().commit().await.unwrap();
+        let woken = timeout(Duration::from_secs(10), waiting.next()).await;
+        assert_eq!(woken.unwrap().unwrap(), Wakeup::Work, "fence {fence:?}");
+    }
+    sqlx::query("UPDATE taskhost_leader SET host = 'b', term = nextval('taskhost_leader_terms')")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let refused = store.begin_waking(Some(term)).await.unwrap_err();
+    assert!(matches!(refused, PgError::Deposed), "{refused:?}");
+    assert!(timeout(quiet, waiting.next()).await.is_err(), "a refused begin wakes nobody");
 }
 
 /// Sessions of this database waiting for the engine lock.

@@ -13,7 +13,8 @@
 //!
 //! For now the row is the sole engine's (`sole.rs`): it takes the lead by
 //! force under the engine lock ([`PgStore::take_lead`]) and fences its
-//! commits with [`PgStore::begin_fenced`]. Nothing else may call
+//! commits with [`PgStore::begin_fenced`] (or [`PgStore::begin_waking`],
+//! which also wakes the hosts as it commits). Nothing else may call
 //! [`PgStore::lead`] on a database an engine serves.
 
 use super::leases::millis;
@@ -127,18 +128,41 @@ impl PgStore {
     /// [`PgError::Deposed`], one whose own lease lapsed
     /// [`PgError::Lapsed`]; either leaves no transaction open.
     pub(crate) async fn begin_fenced(&self, fence: Option<Term>) -> Result<Transaction<'static, Postgres>, PgError> {
-        let Some(term) = fence else { return Ok(self.pool().begin().await?) };
+        self.begin_as(fence, false).await
+    }
+
+    /// Begins a transaction as [`PgStore::begin_fenced`] does, and tells
+    /// every listening host (`wakeups.rs`) to look for work when (and
+    /// only if) it commits, in the same round trip: for one that writes
+    /// startable tasks (`PgTxn::woken`). A wake-up it turns out not to
+    /// need costs a look that finds nothing.
+    pub(crate) async fn begin_waking(&self, fence: Option<Term>) -> Result<Transaction<'static, Postgres>, PgError> {
+        self.begin_as(fence, true).await
+    }
+
+    async fn begin_as(&self, fence: Option<Term>, wake: bool) -> Result<Transaction<'static, Postgres>, PgError> {
+        if fence.is_none() && !wake {
+            return Ok(self.pool().begin().await?);
+        }
         // The check runs first, in the implicit transaction that `BEGIN`
         // then makes explicit (its lock held on): refused, it rolls back
-        // whole, and the connection is left idle. The term is this host's
-        // own number, written in.
+        // whole (the notification with it), and the connection is left
+        // idle. The term is this host's own number, and the channel a
+        // constant, written in.
+        let mut begin = String::new();
+        if let Some(term) = fence {
+            begin.push_str(&format!("SELECT taskhost_fence({}); ", term.0));
+        }
+        if wake {
+            begin.push_str(&format!("SELECT pg_notify('{}', ''); ", super::wakeups::CHANNEL));
+        }
+        begin.push_str("BEGIN");
         // In a task of its own: were the caller's wait cancelled while the
         // check waits for the lock, sqlx (which counts the transaction
         // open only once `BEGIN` answered) would give the connection back
         // to the pool inside it; the task's transaction, dropped
         // unclaimed, is rolled back instead.
         let pool = self.pool().clone();
-        let begin = format!("SELECT taskhost_fence({}); BEGIN", term.0);
         match tokio::spawn(async move { pool.begin_with(begin).await }).await {
             Ok(begun) => begun.map_err(|error| match error.as_database_error().and_then(|e| e.code()).as_deref() {
                 Some(DEPOSED) => PgError::Deposed,

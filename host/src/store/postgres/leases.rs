@@ -155,19 +155,9 @@ impl PgStore {
             records.push(apply_transition(&mut t, claim).await?.record);
             t.keep();
         }
-        t.flush().await?;
         let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
-        let tokens: Vec<(Uuid, i64)> = sqlx::query_as(
-            "INSERT INTO taskhost_leases (task_id, host, token, expires_at)
-             SELECT id, $2, nextval('taskhost_fencing_tokens'), clock_timestamp() + $3 * interval '1 millisecond'
-             FROM unnest($1::uuid[]) AS id
-             RETURNING task_id, token",
-        )
-        .bind(&ids)
-        .bind(host)
-        .bind(millis(lease))
-        .fetch_all(&mut *txn)
-        .await?;
+        let grant = super::txn::Grant { host, lease_ms: millis(lease), tasks: &ids };
+        let tokens = t.flush_granting(grant).await?;
         txn.commit().await?;
         let tokens: HashMap<Uuid, i64> = tokens.into_iter().collect();
         records

@@ -141,6 +141,19 @@ pub(crate) struct PgTxn<'c> {
     kept: Writes,
     /// The writes of the operation under way.
     op: Writes,
+    /// The hosts were told to look for work as the transaction began
+    /// ([`PgStore::begin_waking`](super::PgStore::begin_waking)), so its
+    /// flush does not tell them again.
+    woken: bool,
+}
+
+/// Leases a claim takes on the tasks it starts, granted in the statement
+/// that writes their rows ([`PgTxn::flush_granting`]).
+pub(crate) struct Grant<'a> {
+    pub(crate) host: &'a str,
+    /// How long each lease lasts from the statement on (ms).
+    pub(crate) lease_ms: i64,
+    pub(crate) tasks: &'a [Uuid],
 }
 
 impl<'c> PgTxn<'c> {
@@ -155,7 +168,13 @@ impl<'c> PgTxn<'c> {
             held_flows: HashSet::new(),
             kept: Writes::default(),
             op: Writes::default(),
+            woken: false,
         }
+    }
+
+    /// The hosts were told to look for work as the transaction began.
+    pub(crate) fn woken(&mut self) {
+        self.woken = true;
     }
 
     /// Keeps the writes of the operation just applied, for the commit.
@@ -264,7 +283,13 @@ impl<'c> PgTxn<'c> {
             let Some((record, _)) = &writes.record else { continue };
             let unended = !record.state.is_terminal();
             if writes.input.is_some() {
-                counts.task(record.flow_id, None, unended);
+                // A new flow root's flow has no record unless this
+                // transaction writes one (recounted then, as it is when
+                // written later): no count to move. Ids are new, so none
+                // was stored before.
+                if !record.is_flow_root() {
+                    counts.task(record.flow_id, None, unended);
+                }
             } else if let Some(before) = self.locked.get(id) {
                 counts.task(record.flow_id, Some(!before.state.is_terminal()), unended);
             } else {
@@ -284,7 +309,20 @@ impl<'c> PgTxn<'c> {
     }
 
     /// Makes every kept write, a statement per table and kind.
-    pub(crate) async fn flush(mut self) -> Result<(), StoreError> {
+    pub(crate) async fn flush(self) -> Result<(), StoreError> {
+        self.write(None).await.map(drop)
+    }
+
+    /// Makes every kept write, as [`PgTxn::flush`] does, and grants
+    /// `grant`'s leases in the statement that updates the task rows: each
+    /// task's fencing token. Each of its tasks must be among the rows
+    /// updated (stored before this transaction and written in it; a task
+    /// created here is inserted instead, and fails the flush).
+    pub(crate) async fn flush_granting(self, grant: Grant<'_>) -> Result<Vec<(Uuid, i64)>, StoreError> {
+        self.write(Some(grant)).await
+    }
+
+    async fn write(mut self, grant: Option<Grant<'_>>) -> Result<Vec<(Uuid, i64)>, StoreError> {
         self.keep();
         let mut w = std::mem::take(&mut self.kept);
         let counts = self.count_changes(&w);
@@ -299,7 +337,8 @@ impl<'c> PgTxn<'c> {
             })
             .map(|(id, _)| *id)
             .collect();
-        if flush_tasks(conn, std::mem::take(&mut w.tasks), &again).await? {
+        let (startable, granted) = flush_tasks(conn, std::mem::take(&mut w.tasks), &again, grant).await?;
+        if startable && !self.woken {
             // Delivered to every listening host when (and only if) the
             // transaction commits.
             sqlx::query("SELECT pg_notify($1, '')").bind(super::wakeups::CHANNEL).execute(&mut *conn).await?;
@@ -453,20 +492,44 @@ impl<'c> PgTxn<'c> {
                 .execute(&mut *conn)
                 .await?;
         }
-        Ok(())
+        Ok(granted)
     }
 }
+
+/// Binds [`UPDATE`]'s parameters to `query` (a `Query` or a `QueryAs`).
+macro_rules! bind_changed {
+    ($query:expr, $changed:expr) => {
+        $query
+            .bind(&$changed.ids)
+            .bind(&$changed.states)
+            .bind(&$changed.versions)
+            .bind(&$changed.due)
+            .bind(&$changed.records)
+            .bind(&$changed.outputs)
+    };
+}
+
+/// Updates the changed task rows: their record, the columns queried
+/// beside it, and their output (kept when not written). `$1`-`$6`.
+const UPDATE: &str = "UPDATE taskhost_tasks AS t
+     SET state = c.state, version = c.version, due_at_ms = c.due, record = c.record,
+         output = coalesce(c.output, t.output)
+     FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[])
+       AS c (id, state, version, due, record, output)
+     WHERE t.id = c.id";
 
 /// Inserts the new task rows and updates the others (record, the columns
 /// queried beside it, output), and keeps joins (`joins.rs`): waits of the
 /// new tasks and of those in `again` (started again from failed), and
 /// the waits the tasks that ended release. Says whether any of them may
-/// be claimed now or later (pending or retrying, or unblocked).
+/// be claimed now or later (pending or retrying, or unblocked), and the
+/// leases `grant` took, in the statement that updates the rows.
 async fn flush_tasks(
     conn: &mut PgConnection,
     tasks: BTreeMap<Uuid, TaskWrites>,
     again: &HashSet<Uuid>,
-) -> Result<bool, StoreError> {
+    grant: Option<Grant<'_>>,
+) -> Result<(bool, Vec<(Uuid, i64)>), StoreError> {
     let mut new = NewRows::default();
     let mut changed = ChangedRows::default();
     for (id, writes) in tasks {
@@ -512,30 +575,41 @@ async fn flush_tasks(
             .bind(&new.outputs);
         new.listed.bind(insert).execute(&mut *conn).await?;
     }
-    if !changed.ids.is_empty() {
-        sqlx::query(
-            "UPDATE taskhost_tasks AS t
-             SET state = c.state, version = c.version, due_at_ms = c.due, record = c.record,
-                 output = coalesce(c.output, t.output)
-             FROM unnest($1::uuid[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[], $6::bytea[])
-               AS c (id, state, version, due, record, output)
-             WHERE t.id = c.id",
-        )
-        .bind(&changed.ids)
-        .bind(&changed.states)
-        .bind(&changed.versions)
-        .bind(&changed.due)
-        .bind(&changed.records)
-        .bind(&changed.outputs)
-        .execute(&mut *conn)
-        .await?;
+    let mut granted = Vec::new();
+    if let Some(grant) = grant.filter(|g| !g.tasks.is_empty()) {
+        // A claim: the rows it starts, and their leases, in one statement
+        // (the lease's row refers to the task's).
+        static GRANTING: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "WITH changed AS ({UPDATE} RETURNING t.id)
+                 INSERT INTO taskhost_leases (task_id, host, token, expires_at)
+                 SELECT id, $7, nextval('taskhost_fencing_tokens'), clock_timestamp() + $8 * interval '1 millisecond'
+                 FROM changed WHERE id = ANY($9::uuid[])
+                 RETURNING task_id, token"
+            )
+        });
+        granted = bind_changed!(sqlx::query_as(&GRANTING), changed)
+            .bind(grant.host)
+            .bind(grant.lease_ms)
+            .bind(grant.tasks)
+            .fetch_all(&mut *conn)
+            .await?;
+        if granted.len() != grant.tasks.len() {
+            return Err(StoreError::Corrupt(format!(
+                "{} of the {} tasks a claim starts were not updated with it, so got no lease",
+                grant.tasks.len() - granted.len(),
+                grant.tasks.len()
+            )));
+        }
+    } else if !changed.ids.is_empty() {
+        bind_changed!(sqlx::query(UPDATE), changed).execute(&mut *conn).await?;
     }
     // Joins, once every row is as this transaction leaves it: ends first
     // (a task written with a dependency ending here does not wait for it).
     let unblocked = super::joins::release(&mut *conn, &changed.ended).await?;
     new.waits.write(&mut *conn).await?;
     let startable = |state: &&str| matches!(*state, "pending" | "retrying");
-    Ok(unblocked > 0 || new.states.iter().any(startable) || changed.states.iter().any(startable))
+    Ok((unblocked > 0 || new.states.iter().any(startable) || changed.states.iter().any(startable), granted))
 }
 
 /// The columns of new task rows, for one `INSERT … SELECT FROM unnest`.

@@ -1,6 +1,9 @@
 //! Wake-ups through PostgreSQL's `LISTEN/NOTIFY`: a transaction that makes
 //! a task startable (a submission, a retry, a task taken back from a lost
-//! lease) notifies channel [`CHANNEL`] as it commits, and every host
+//! lease) notifies channel [`CHANNEL`] as it commits (a batch of
+//! submissions without keys, from its `BEGIN` on: see
+//! [`PgStore::begin_waking`]; one of them refused wakes the hosts for
+//! nothing), and every host
 //! listening hears it within milliseconds, so an idle host need not poll
 //! to start new work promptly. Notifications are not durable: one sent
 //! while a host's listening connection was down is lost, which
@@ -23,7 +26,7 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Wakeup {
-    /// A commit made tasks startable (now, or once due).
+    /// A commit made tasks startable (now, or once due), or may have.
     Work,
     /// The listening connection was lost and made again: notifications
     /// meanwhile are lost, so look for work anyway.
