@@ -695,35 +695,24 @@ pub(super) async fn lock_names(conn: &mut PgConnection, mut names: Vec<String>) 
 
 /// Takes the locks of the flows of tasks `tasks` (from what never
 /// changes of them, read without a lock) and of flows `more`, in one
-/// statement, in [`lock_names`]' order (a flow's lock is named by
-/// [`flow_lock`]: the SQL spells the same): a transaction takes them
-/// before it locks any task's row. The flows it locked (for
-/// [`PgTxn::flows_held`]).
+/// statement ([`lock_names`]): a transaction takes them before it locks
+/// any task's row. The flows it locked (for [`PgTxn::flows_held`]).
 pub(super) async fn lock_flows_of(
     conn: &mut PgConnection,
     tasks: &[Uuid],
     more: impl IntoIterator<Item = Uuid>,
 ) -> Result<Vec<Uuid>, StoreError> {
-    let more: Vec<Uuid> = more.into_iter().collect();
-    if tasks.is_empty() && more.is_empty() {
-        return Ok(Vec::new());
-    }
-    // The locks are taken as the outer query reads the sorted names (as
-    // `lock_names` takes them; `void` read as text is empty).
-    let locked: Vec<(Uuid, String)> = sqlx::query_as(
-        "SELECT sorted.id, pg_advisory_xact_lock(hashtextextended(sorted.name, 0))::text FROM (
-             SELECT id, 'taskhost flow ' || id::text AS name FROM (
-                 SELECT flow_id AS id FROM taskhost_listed WHERE id = ANY($1)
-                 UNION SELECT unnest($2::uuid[])
-             ) AS flows
-             ORDER BY name
-         ) AS sorted",
-    )
-    .bind(tasks)
-    .bind(&more)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(locked.into_iter().map(|(id, _)| id).collect())
+    let mut flows: Vec<Uuid> = if tasks.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_scalar("SELECT DISTINCT flow_id FROM taskhost_listed WHERE id = ANY($1)")
+            .bind(tasks)
+            .fetch_all(&mut *conn)
+            .await?
+    };
+    flows.extend(more);
+    lock_names(conn, flows.iter().map(|id| flow_lock(*id)).collect()).await?;
+    Ok(flows)
 }
 
 /// The advisory lock's name of an idempotency key of the API's namespace.
