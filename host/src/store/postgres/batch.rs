@@ -142,9 +142,6 @@ impl PgStore {
                 _ => None,
             })
             .collect();
-        // A deposed engine writes nothing; the check holds off a takeover
-        // until this transaction ends. While this host's own lease lapsed
-        // (late renewals), it waits for the next renewal a while.
         // A submission without a key that does not ask to start with its
         // commit makes a task another host may start (unless refused): the
         // hosts are told as the transaction begins, in its round trip. A
@@ -153,6 +150,9 @@ impl PgStore {
         let wake = ops
             .iter()
             .any(|op| matches!(op, PgOp::Submit { claim: None, record, .. } if record.idempotency_key.is_none()));
+        // A deposed engine writes nothing; the check holds off a takeover
+        // until this transaction ends. While this host's own lease lapsed
+        // (late renewals), it waits for the next renewal a while.
         let mut waited = Duration::ZERO;
         let mut txn = loop {
             let begun = if wake { self.begin_waking(fence).await } else { self.begin_fenced(fence).await };

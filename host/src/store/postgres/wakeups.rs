@@ -1,9 +1,9 @@
 //! Wake-ups through PostgreSQL's `LISTEN/NOTIFY`: a transaction that makes
 //! a task startable (a submission, a retry, a task taken back from a lost
-//! lease) notifies channel [`CHANNEL`] as it commits (a batch of
-//! submissions without keys, from its `BEGIN` on: see
-//! [`PgStore::begin_waking`]; one of them refused wakes the hosts for
-//! nothing), and every host
+//! lease) notifies channel [`CHANNEL`] as it commits (a batch with a
+//! submission that has no key and does not ask to start with its commit,
+//! from its `BEGIN` on: see [`PgStore::begin_waking`]; were that
+//! submission refused, the hosts wake for nothing), and every host
 //! listening hears it within milliseconds, so an idle host need not poll
 //! to start new work promptly. Notifications are not durable: one sent
 //! while a host's listening connection was down is lost, which
