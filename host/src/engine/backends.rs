@@ -102,13 +102,13 @@ on_both! {
         h.wait_state(capped.id, TaskState::Running).await;
         let waiting = h.engine.submit(on("held", Script::Complete(b"c".to_vec()))).await.unwrap().record;
         assert_eq!(waiting.state, TaskState::Pending);
-        // Behind a startable task (held by its queue's cap) a submission
-        // waits its turn.
-        let behind = h.engine.submit(on("default", Script::Complete(b"d".to_vec()))).await.unwrap().record;
-        assert_eq!(behind.state, TaskState::Pending, "a task is startable before it");
-        assert_eq!(h.engine.wait(behind.id, WAIT).await.unwrap().state, TaskState::Completed, "claimed as any other");
+        // A task held by its queue's cap would not be claimed next: a
+        // submission of another queue starts with its commit beside it.
+        let beside = h.engine.submit(on("default", Script::Complete(b"d".to_vec()))).await.unwrap().record;
+        assert_eq!(beside.state, TaskState::Running, "the waiting task is held by its queue's cap");
+        assert_eq!(h.engine.wait(beside.id, WAIT).await.unwrap().state, TaskState::Completed);
         h.runner.gate.add_permits(2);
-        for id in [first.id, capped.id, waiting.id, behind.id] {
+        for id in [first.id, capped.id, waiting.id, beside.id] {
             assert_eq!(h.engine.wait(id, WAIT).await.unwrap().state, TaskState::Completed);
             assert_eq!(h.runner.calls(id), 1, "each ran once");
         }

@@ -249,7 +249,8 @@ impl Dispatch {
 
     /// Claims `record`, about to be submitted, when the scheduler would
     /// claim it next anyway (see [`Scheduler::claim_now`]): a plain task,
-    /// due now, while nothing else waits and the window has room. The
+    /// due now, while nothing else waits (but tasks held by their queue's
+    /// or tenant's cap) and the window has room. The
     /// caller commits it started through `Db::submit_started`, then hands
     /// the claim to [`Dispatch::run_claimed`] or, when no task was created
     /// or it was not started (PostgreSQL found other tasks startable, or a
@@ -963,9 +964,10 @@ mod tests {
 
     /// A task submitted while nothing waits is committed already claimed:
     /// one commit before it starts, its two moves in its history and on
-    /// the event feed. One that would wait (its queue at its cap), or that
-    /// comes behind a waiting one, is not; a submission that creates
-    /// nothing gives its claim back.
+    /// the event feed. One that would wait (its queue at its cap) is not,
+    /// but a task waiting only for its queue's cap does not hold back
+    /// another queue's; a submission that creates nothing gives its claim
+    /// back.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_idle_host_claims_a_task_in_its_submissions_commit() {
         use crate::store::StoreError;
@@ -988,9 +990,11 @@ mod tests {
         }
         let second = h.engine.submit(task("held", Script::Complete(b"b".to_vec()))).await.unwrap().record;
         assert_eq!(second.state, TaskState::Pending, "its queue is at its cap");
+        // The second, held by its queue's cap, would not be claimed next:
+        // a task of another queue is claimed with its commit beside it.
         let third = h.engine.submit(task("default", Script::Complete(b"c".to_vec()))).await.unwrap().record;
-        assert_eq!(third.state, TaskState::Pending, "a task waits before it (held by its queue's cap, here)");
-        assert_eq!(h.wait(third.id).await.state, TaskState::Completed, "claimed as any queued task");
+        assert_eq!(third.state, TaskState::Running, "the task waiting before it is held by its queue's cap");
+        assert_eq!(h.wait(third.id).await.state, TaskState::Completed);
         h.runner.gate.add_permits(1);
         for id in [first.id, second.id] {
             assert_eq!(h.wait(id).await.state, TaskState::Completed);

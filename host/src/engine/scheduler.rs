@@ -491,9 +491,11 @@ impl Scheduler {
     }
 
     /// Claims a task that is being submitted, before its commit, when it
-    /// is the one [`Scheduler::next`] would claim anyway: nothing else is
-    /// ready (delayed tasks due at `now_ms` count), the window has room,
-    /// and neither its queue nor its tenant is at its cap. The task is then charged and in flight as if `next` had
+    /// is the one [`Scheduler::next`] would claim anyway: nothing else
+    /// ready could be claimed now (delayed tasks due at `now_ms` count; a
+    /// task whose queue or tenant is at its cap waits either way), the
+    /// window has room, and neither its queue nor its tenant is at its
+    /// cap. The task is then charged and in flight as if `next` had
     /// claimed it; the caller commits it as running, and calls
     /// [`Scheduler::finished`] when that commit does not happen. `None`
     /// leaves the scheduler as it was: the task is enqueued after its
@@ -501,7 +503,7 @@ impl Scheduler {
     pub(crate) fn claim_now(&mut self, entry: Entry, now_ms: u64) -> Option<Charge> {
         // Due tasks first, as the dispatch loop promotes them before `next`.
         self.promote_due(now_ms);
-        if !self.ready_ids.is_empty() || self.in_flight >= self.window() {
+        if self.claimable() || self.in_flight >= self.window() {
             return None;
         }
         let capped = self.queues.get(&entry.queue).is_some_and(Queue::capped);
@@ -521,6 +523,13 @@ impl Scheduler {
                 None
             }
         }
+    }
+
+    /// Whether [`Scheduler::next`] would find a ready task to claim, the
+    /// window aside: one in a queue and a tenant under their caps.
+    fn claimable(&self) -> bool {
+        let capped = |name: &str| self.tenants.get(crate::tenant::tenant_of(name)).is_some_and(Tenant::capped);
+        !self.ready_ids.is_empty() && self.queues.iter().any(|(name, q)| q.eligible() && !capped(name))
     }
 
     /// A claimed task's run in the sandbox ended after `run_secs` (0 for
@@ -737,6 +746,33 @@ mod tests {
         assert!(s.claim_now(entry("t/q", 0, 10), 0).is_some());
         assert!(s.claim_now(entry("t/q", 0, 11), 0).is_none(), "the tenant's cap");
         assert!(s.claim_now(entry("q", 0, 12), 0).is_some(), "another tenant");
+        assert!(s.ready_ids.is_empty() && s.withdrawn.is_empty());
+    }
+
+    /// Ready tasks held by their queue's or tenant's cap would not be
+    /// claimed next: a submission elsewhere is claimed at once beside
+    /// them. Once the cap leaves room, they come first again.
+    #[test]
+    fn a_backlog_held_by_its_cap_does_not_keep_a_submission_from_being_claimed_at_once() {
+        let mut s = Scheduler::new(8);
+        s.configure("one", QueueConfig { concurrency: Some(1), weight: 1, ..QueueConfig::default() });
+        s.configure_tenant("t", Some(1));
+        let held = s.claim_now(entry("one", 0, 1), 0).expect("idle");
+        let tenant = s.claim_now(entry("t/q", 0, 2), 0).expect("idle");
+        s.enqueue(entry("one", 0, 3), None, 0);
+        s.enqueue(entry("t/q", 0, 4), None, 0);
+        assert_eq!(s.ready_ids.len(), 2);
+        let other = s.claim_now(entry("other", 0, 5), 0).expect("the ready tasks wait for their caps");
+        assert!(s.next().is_none(), "nothing else is claimable");
+        // The queue's running task ends: its waiting task goes first.
+        s.finished("one", held, 0.001);
+        assert!(s.claim_now(entry("other", 0, 6), 0).is_none(), "task 3 may start now");
+        assert_eq!(s.next().unwrap().0.id.as_u128(), 3);
+        // Likewise the tenant's.
+        s.finished("t/q", tenant, 0.001);
+        assert!(s.claim_now(entry("other", 0, 7), 0).is_none(), "task 4 may start now");
+        assert_eq!(s.next().unwrap().0.id.as_u128(), 4);
+        s.finished("other", other, 0.001);
         assert!(s.ready_ids.is_empty() && s.withdrawn.is_empty());
     }
 

@@ -5,7 +5,8 @@
 //! once, already running, with its lease. As redb's scheduler does
 //! (`Scheduler::claim_now`), this happens only when a claim would take the
 //! task next anyway: the batch's transaction first reads that no task
-//! anywhere is startable now ([`StartNow::read`]) and that neither the
+//! anywhere is startable now by a claim ([`StartNow::read`]; one whose
+//! queue or tenant is at its running limit waits either way) and that neither the
 //! task's queue nor its tenant has a running limit (a capped one is
 //! claimed as usual, under its advisory lock and count); within the
 //! batch, once an operation made a task startable, later submissions are
@@ -46,23 +47,37 @@ pub(super) struct StartNow {
 
 impl StartNow {
     /// Reads, in the transaction `conn` is in, whether any task is
-    /// startable now and which of `queues` (those of the asks) are capped.
+    /// startable now (its queue and tenant under their running limits) and
+    /// which of `queues` (those of the asks) are capped.
     pub(super) async fn read(conn: &mut PgConnection, queues: Vec<String>) -> Result<Self, PgError> {
         // The claims' walk of the queues holding startable tasks, stopping
-        // at the first with one due.
+        // at the first with one due that a claim would take: its queue and
+        // tenant under their running limits (counted without their locks:
+        // a snapshot, as the rest).
         let (busy, capped): (bool, Vec<String>) = sqlx::query_as(&format!(
             "{READY_QUEUES}
              SELECT
-                 EXISTS (SELECT 1 FROM ready AS r WHERE r.queue IS NOT NULL AND EXISTS (
-                     SELECT 1 FROM taskhost_tasks AS t
-                     WHERE t.queue = r.queue AND t.state IN ('pending', 'retrying') AND NOT t.blocked
-                       AND t.due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint)),
+                 EXISTS (SELECT 1 FROM ready AS r LEFT JOIN taskhost_queues AS q ON q.name = r.queue
+                     WHERE r.queue IS NOT NULL AND EXISTS (
+                         SELECT 1 FROM taskhost_tasks AS t
+                         WHERE t.queue = r.queue AND t.state IN ('pending', 'retrying') AND NOT t.blocked
+                           AND t.due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint)
+                       AND (q.concurrency IS NULL OR q.concurrency > (
+                           SELECT count(*) FROM taskhost_tasks AS u WHERE u.queue = r.queue AND u.state = 'running'))
+                       AND NOT EXISTS (
+                           SELECT 1 FROM taskhost_tenants AS tn
+                           WHERE tn.name = {TENANT_OF_QUEUE}
+                             AND jsonb_typeof(tn.record->'quotas'->'max_running') = 'number'
+                             AND (tn.record->'quotas'->>'max_running')::bigint <= (
+                                 SELECT count(*) FROM taskhost_tasks AS u
+                                 WHERE u.state = 'running' AND {TENANT_OF_U} = tn.name))),
                  ARRAY(SELECT a.queue FROM unnest($1::text[]) AS a (queue)
                        WHERE EXISTS (SELECT 1 FROM taskhost_queues AS q
                                      WHERE q.name = a.queue AND q.concurrency IS NOT NULL)
                           OR EXISTS (SELECT 1 FROM taskhost_tenants AS tn
                                      WHERE tn.name = {TENANT_OF_QUEUE}
-                                       AND jsonb_typeof(tn.record->'quotas'->'max_running') = 'number'))"
+                                       AND jsonb_typeof(tn.record->'quotas'->'max_running') = 'number'))",
+            TENANT_OF_U = TENANT_OF_QUEUE.replace("queue", "u.queue"),
         ))
         .bind(&queues)
         .fetch_one(&mut *conn)

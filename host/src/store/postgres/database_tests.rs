@@ -2311,3 +2311,49 @@ async fn a_submission_starts_in_its_commit_only_when_a_claim_would_take_it_next(
     let again = store.finish(&lease, Outcome::completed(Vec::new())).await.unwrap_err();
     assert!(matches!(again, PgError::Fenced { .. }), "{again}");
 }
+
+/// Tasks held by their queue's or tenant's running limit would not be
+/// claimed next: a submission of another queue starts with its commit
+/// beside them (as on redb, `Scheduler::claim_now`). Once the limit leaves
+/// room, they come first again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_held_by_its_cap_does_not_keep_a_submission_from_starting_in_its_commit() {
+    use crate::store::postgres::ClaimAtSubmit;
+    use crate::store::{TenantQuotas, TenantRecord};
+    let (store, _) = store("at_submit_capped").await;
+    let op = |n: u128, queue: &str, ask: bool| {
+        let mut r = record(n, None);
+        r.queue = queue.into();
+        let claim = ask.then(|| ClaimAtSubmit { host: "a".into(), lease: LEASE });
+        PgOp::Submit { record: Box::new(r), input: b"in".to_vec(), claim }
+    };
+    let starts = |answers: &[Result<Done, PgError>]| match &answers[0] {
+        Ok(Done::Submitted(s, lease)) => {
+            assert!(s.created);
+            lease.is_some()
+        }
+        other => panic!("{other:?}"),
+    };
+    store.set_queue("one", &QueueConfig { concurrency: Some(1), ..QueueConfig::default() }).await.unwrap();
+    let quotas = TenantQuotas { max_running: Some(1), ..TenantQuotas::default() };
+    store.put_tenant("t", &TenantRecord::new("root".into(), quotas)).await.unwrap();
+    // Each limit reached by a running task, with a task waiting behind it.
+    let mut running = Vec::new();
+    for (n, queue) in [(1, "one"), (3, "t/q")] {
+        store.commit_ops(vec![op(n, queue, false), op(n + 1, queue, false)], None).await.unwrap();
+        let claimed = store.claim("b", 10, LEASE).await.unwrap();
+        assert_eq!(claimed.len(), 1, "{queue}'s limit: one runs, one waits");
+        running.push(claimed[0].lease.clone());
+    }
+    assert!(starts(&store.commit_ops(vec![op(5, "other", true)], None).await.unwrap()), "tasks 2 and 4 wait anyway");
+    // Each limit leaves room in turn: its waiting task is startable again,
+    // so a submission waits behind it.
+    for (lease, waiting, n) in [(&running[0], 2, 6), (&running[1], 4, 7)] {
+        store.finish(lease, Outcome::completed(Vec::new())).await.unwrap();
+        assert!(!starts(&store.commit_ops(vec![op(n, "other", true)], None).await.unwrap()), "task {waiting} first");
+        let mut claimed: Vec<u128> =
+            store.claim("b", 10, LEASE).await.unwrap().iter().map(|c| c.record.id.as_u128()).collect();
+        claimed.sort_unstable();
+        assert_eq!(claimed, [waiting, n]);
+    }
+}
