@@ -10,7 +10,9 @@
 //! task's queue nor its tenant has a running limit (a capped one is
 //! claimed as usual, under its advisory lock and count); within the
 //! batch, once an operation made a task startable, later submissions are
-//! not started with their commit ([`StartNow::noted`]). Nothing here
+//! not started with their commit ([`StartNow::noted`]), nor, while tasks
+//! wait for a running limit, once a transition may have freed it
+//! ([`StartNow::transitioned`]). Nothing here
 //! takes a lock, so a batch waits for nothing more than it did.
 //!
 //! The read is a snapshot: a task another transaction makes startable at
@@ -41,6 +43,9 @@ pub(super) struct StartNow {
     /// No task is startable outside the batch, nor made so by an
     /// operation of it applied so far.
     idle: bool,
+    /// Tasks wait that only their queue's or tenant's running limit holds
+    /// back: a running task's end may free one.
+    held: bool,
     /// The queues of the asks whose queue or tenant has a running limit.
     capped: HashSet<String>,
 }
@@ -54,9 +59,13 @@ impl StartNow {
         // at the first with one due that a claim would take: its queue and
         // tenant under their running limits (counted without their locks:
         // a snapshot, as the rest).
-        let (busy, capped): (bool, Vec<String>) = sqlx::query_as(&format!(
+        let (due, busy, capped): (bool, bool, Vec<String>) = sqlx::query_as(&format!(
             "{READY_QUEUES}
              SELECT
+                 EXISTS (SELECT 1 FROM ready AS r WHERE r.queue IS NOT NULL AND EXISTS (
+                     SELECT 1 FROM taskhost_tasks AS t
+                     WHERE t.queue = r.queue AND t.state IN ('pending', 'retrying') AND NOT t.blocked
+                       AND t.due_at_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint)),
                  EXISTS (SELECT 1 FROM ready AS r LEFT JOIN taskhost_queues AS q ON q.name = r.queue
                      WHERE r.queue IS NOT NULL AND EXISTS (
                          SELECT 1 FROM taskhost_tasks AS t
@@ -82,7 +91,7 @@ impl StartNow {
         .bind(&queues)
         .fetch_one(&mut *conn)
         .await?;
-        Ok(Self { idle: !busy, capped: capped.into_iter().collect() })
+        Ok(Self { idle: !busy, held: due && !busy, capped: capped.into_iter().collect() })
     }
 
     /// Whether `record`, about to be created, may start in this commit: a
@@ -94,6 +103,15 @@ impl StartNow {
             && record.after.is_empty()
             && record.next_run_at_ms.is_none_or(|at| at <= now_ms())
             && !self.capped.contains(&record.queue)
+    }
+
+    /// Notes a transition an operation of the batch applied: while tasks
+    /// wait only for a running limit, one that ended a running task may
+    /// have freed it, so the submissions after it wait for a claim.
+    pub(super) fn transitioned(&mut self) {
+        if self.held {
+            self.idle = false;
+        }
     }
 
     /// Notes a task an operation of the batch wrote: once one is startable

@@ -235,6 +235,7 @@ impl PgStore {
                     }
                     let applied = apply_transition(&mut t, change).await;
                     if let Ok(applied) = &applied {
+                        start_now.transitioned();
                         start_now.noted(std::iter::once(&applied.record).chain(&applied.created));
                     }
                     if let Ok(applied) = &applied
@@ -268,6 +269,7 @@ impl PgStore {
                     }
                     let applied = apply_transition(&mut t, change).await;
                     if let Ok(applied) = &applied {
+                        start_now.transitioned();
                         start_now.noted(std::iter::once(&applied.record).chain(&applied.created));
                     }
                     if applied.is_ok() {

@@ -2347,10 +2347,20 @@ async fn a_backlog_held_by_its_cap_does_not_keep_a_submission_from_starting_in_i
     }
     assert!(starts(&store.commit_ops(vec![op(5, "other", true)], None).await.unwrap()), "tasks 2 and 4 wait anyway");
     // Each limit leaves room in turn: its waiting task is startable again,
-    // so a submission waits behind it.
-    for (lease, waiting, n) in [(&running[0], 2, 6), (&running[1], 4, 7)] {
-        store.finish(lease, Outcome::completed(Vec::new())).await.unwrap();
-        assert!(!starts(&store.commit_ops(vec![op(n, "other", true)], None).await.unwrap()), "task {waiting} first");
+    // so a submission waits behind it. The queue's running task ends in
+    // the submission's own batch (the read before it saw the queue full),
+    // the tenant's in a commit before.
+    for (lease, waiting, n, together) in [(&running[0], 2, 6, true), (&running[1], 4, 7, false)] {
+        let ended = PgOp::Finish(lease.clone(), Outcome::completed(Vec::new()).into_change(lease.task));
+        let ops = if together {
+            vec![ended, op(n, "other", true)]
+        } else {
+            store.commit_ops(vec![ended], None).await.unwrap();
+            vec![op(n, "other", true)]
+        };
+        let answers = store.commit_ops(ops, None).await.unwrap();
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        assert!(!starts(&answers[answers.len() - 1..]), "task {waiting} first");
         let mut claimed: Vec<u128> =
             store.claim("b", 10, LEASE).await.unwrap().iter().map(|c| c.record.id.as_u128()).collect();
         claimed.sort_unstable();
