@@ -55,10 +55,10 @@ impl StartNow {
     /// startable now (its queue and tenant under their running limits) and
     /// which of `queues` (those of the asks) are capped.
     pub(super) async fn read(conn: &mut PgConnection, queues: Vec<String>) -> Result<Self, PgError> {
-        // The claims' walk of the queues holding startable tasks, stopping
-        // at the first with one due that a claim would take: its queue and
-        // tenant under their running limits (counted without their locks:
-        // a snapshot, as the rest).
+        // The claims' walk of the queues holding startable tasks, twice:
+        // stopping at the first with one due, and at the first with one due
+        // that a claim would take, its queue and tenant under their running
+        // limits (counted without their locks: a snapshot, as the rest).
         let (due, busy, capped): (bool, bool, Vec<String>) = sqlx::query_as(&format!(
             "{READY_QUEUES}
              SELECT
